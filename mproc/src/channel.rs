@@ -1,0 +1,163 @@
+//! A framed, descriptor-carrying connection over one Unix stream socket.
+//!
+//! Sending writes the whole frame, however large, with blocking writes: the peer reads as it
+//! goes, so a frame bigger than the socket buffer cannot deadlock. Receiving never blocks
+//! inside a frame: bytes are pulled as they are available and [`Channel::recv_frame`] waits with
+//! poll(2) against a deadline, so a wait can always time out and be retried without losing
+//! the part of a frame already read.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::sys::fd::{self, InternalFd};
+use crate::sys::socket;
+use crate::wire::codec;
+use crate::wire::frame::{self, FrameDecoder};
+use crate::{Error, ErrorKind};
+
+/// The smallest read: enough for a header and a small message in one system call.
+const MIN_READ: usize = 4096;
+
+/// One end of a framed connection.
+#[derive(Debug)]
+pub(crate) struct Channel {
+    sock: InternalFd,
+    decoder: FrameDecoder,
+    fds: Vec<OwnedFd>,
+    eof: bool,
+}
+
+impl Channel {
+    pub(crate) fn new(sock: InternalFd) -> Self {
+        Channel {
+            sock,
+            decoder: FrameDecoder::default(),
+            fds: Vec::new(),
+            eof: false,
+        }
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    /// Whether the peer has closed its end (seen while reading).
+    pub(crate) fn at_eof(&self) -> bool {
+        self.eof
+    }
+
+    /// Sends one frame with `fds` attached to its first byte.
+    pub(crate) fn send_frame(&self, payload: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
+        let head = frame::header(payload.len())?;
+        let total = head.len() + payload.len();
+        let mut sent = 0;
+        while sent < total {
+            let n = if sent < head.len() {
+                socket::send(self.fd(), &[&head[sent..], payload], fds)
+            } else {
+                socket::send(self.fd(), &[&payload[sent - head.len()..]], &[])
+            };
+            sent += n.map_err(send_error)?;
+        }
+        Ok(())
+    }
+
+    /// Encodes and sends one message.
+    pub(crate) fn send<T: Serialize>(&self, msg: &T, fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
+        let bytes = codec::encode(msg).map_err(|e| {
+            Error::codec(
+                format!("a `{}` message", std::any::type_name::<T>()),
+                "encode",
+                e,
+            )
+        })?;
+        self.send_frame(&bytes, fds)
+    }
+
+    /// A whole frame if one can be completed from what is already available, without
+    /// blocking. `Err(Closed)` once the peer has closed at a frame boundary.
+    pub(crate) fn try_recv_frame(&mut self) -> Result<Option<Vec<u8>>, Error> {
+        loop {
+            if let Some(f) = self.decoder.next_frame()? {
+                return Ok(Some(f));
+            }
+            if self.eof {
+                return Err(self.eof_error());
+            }
+            let want = self.decoder.wanted().max(MIN_READ);
+            let buf = self.decoder.read_buf(want);
+            let got = socket::recv(self.sock.as_fd(), buf, &mut self.fds, true);
+            self.decoder.filled(want, *got.as_ref().unwrap_or(&0));
+            match got {
+                Ok(0) => self.eof = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => self.eof = true,
+                Err(e) => return Err(Error::os("reading from a process's socket", e)),
+            }
+        }
+    }
+
+    fn eof_error(&self) -> Error {
+        if self.decoder.is_mid_frame() {
+            Error::protocol(format!(
+                "the connection closed in the middle of a frame ({} bytes received, {} more \
+                 expected)",
+                self.decoder.buffered(),
+                self.decoder.wanted()
+            ))
+        } else {
+            ErrorKind::Closed.into()
+        }
+    }
+
+    /// Waits for a whole frame until `deadline` (`Err(Timeout)` then; the partial frame is
+    /// kept for the next call).
+    pub(crate) fn recv_frame(&mut self, deadline: Option<Instant>) -> Result<Vec<u8>, Error> {
+        loop {
+            if let Some(f) = self.try_recv_frame()? {
+                return Ok(f);
+            }
+            let ready = fd::poll_read(&[self.fd()], deadline)
+                .map_err(|e| Error::os("waiting on a process's socket", e))?;
+            if !ready[0].readable && !ready[0].hangup {
+                return Err(ErrorKind::Timeout.into());
+            }
+        }
+    }
+
+    /// Waits for and decodes one message.
+    pub(crate) fn recv<T: DeserializeOwned>(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<T, Error> {
+        let bytes = self.recv_frame(deadline)?;
+        decode_message(&bytes)
+    }
+
+    /// Descriptors received so far, in arrival order.
+    pub(crate) fn take_fds(&mut self) -> Vec<OwnedFd> {
+        std::mem::take(&mut self.fds)
+    }
+}
+
+/// Decodes a message received as a frame.
+pub(crate) fn decode_message<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    codec::decode(bytes).map_err(|e| {
+        Error::protocol(format!(
+            "a `{}` message could not be decoded: {e}",
+            std::any::type_name::<T>()
+        ))
+    })
+}
+
+fn send_error(e: io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(libc::EPIPE) | Some(libc::ECONNRESET) => ErrorKind::Closed.into(),
+        _ => Error::os("writing to a process's socket", e),
+    }
+}

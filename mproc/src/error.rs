@@ -1,0 +1,281 @@
+//! The crate's one error type.
+
+use std::fmt;
+use std::io;
+
+use serde::{Deserialize, Serialize};
+
+/// `Result<T, mproc::Error>`.
+///
+/// ```
+/// fn run() -> mproc::Result<u32> {
+///     Ok(7)
+/// }
+/// assert_eq!(run().unwrap(), 7);
+/// ```
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in mproc: what happened ([`Error::kind`]) and a sentence a
+/// person can act on (`Display`).
+///
+/// It is `Clone`, so a stored outcome can be handed out again, and it converts into
+/// [`std::io::Error`] for callers that speak `io`.
+///
+/// ```
+/// use mproc::{Error, ErrorKind};
+///
+/// let e = Error::from(ErrorKind::Timeout);
+/// assert_eq!(e.kind(), &ErrorKind::Timeout);
+/// let io: std::io::Error = e.into();
+/// assert_eq!(io.kind(), std::io::ErrorKind::TimedOut);
+/// ```
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Error(Box<ErrorKind>);
+
+/// What went wrong; match on it. New kinds may be added.
+///
+/// ```
+/// use mproc::{Error, ErrorKind};
+///
+/// let e = Error::from(ErrorKind::Timeout);
+/// match e.kind() {
+///     ErrorKind::Timeout => println!("still running; try again later"),
+///     other => println!("failed: {other:?}"),
+/// }
+/// ```
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// A wait ran out before the result was ready; the work goes on and the call may be
+    /// retried.
+    Timeout,
+    /// A pool task ran longer than its `task_timeout` and its worker was killed.
+    TaskTimedOut,
+    /// The target panicked in the child.
+    Panicked(PanicReport),
+    /// The process ended without returning a value: killed by a signal, or exited early.
+    WorkerLost(LostReport),
+    /// The pool was closed to new submissions.
+    PoolClosed,
+    /// The pool was terminated before the task finished.
+    Terminated,
+    /// The task was cancelled.
+    Cancelled,
+    /// The result is not ready yet (for `successful`).
+    NotReady,
+    /// A bounded queue is full.
+    Full,
+    /// A queue or connection is closed, or its peer is gone.
+    Closed,
+    /// A barrier is broken or was aborted.
+    BrokenBarrier,
+    /// An argument is out of range or a call came in the wrong state.
+    InvalidArgument(String),
+    /// A value could not be encoded or decoded.
+    Codec(CodecReport),
+    /// The child runs a different build of the executable and refused the function reference.
+    ExecutableMismatch,
+    /// Bytes on the wire were not a valid frame: malformed, truncated or oversized.
+    Protocol(String),
+    /// The operating system refused an operation.
+    Os(OsReport),
+}
+
+/// Where and how a target panicked.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PanicReport {
+    /// The panic message (its payload when that is a string).
+    pub message: String,
+    /// `file:line:column` of the panic, when known.
+    pub location: Option<String>,
+    /// The name of the process that panicked, such as `"Process-3"`.
+    pub process: String,
+    /// The backtrace, captured when `RUST_BACKTRACE` is set in the child.
+    pub backtrace: Option<String>,
+}
+
+/// A process that ended without returning a value.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LostReport {
+    /// Its name.
+    pub process: String,
+    /// Its process id.
+    pub pid: u32,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+    /// Its exit code, if it exited.
+    pub exit_code: Option<i32>,
+}
+
+/// Which value failed to encode or decode, on which side, and serde's message.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodecReport {
+    /// What was being converted, such as "the arguments of `squarer`".
+    pub value: String,
+    /// `"encode"` or `"decode"`.
+    pub direction: String,
+    /// The process that failed, such as `"MainProcess"`.
+    pub process: String,
+    /// serde's message.
+    pub message: String,
+}
+
+/// A failed system call.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OsReport {
+    /// What mproc was doing, such as "starting the fork server".
+    pub context: String,
+    /// The OS error number, when there is one.
+    pub errno: Option<i32>,
+    /// The OS's description.
+    pub message: String,
+}
+
+impl Error {
+    /// What went wrong.
+    ///
+    /// ```
+    /// let e = mproc::Error::from(mproc::ErrorKind::Closed);
+    /// assert!(matches!(e.kind(), mproc::ErrorKind::Closed));
+    /// ```
+    pub fn kind(&self) -> &ErrorKind {
+        &self.0
+    }
+
+    /// An OS error, with what mproc was doing when it happened.
+    pub(crate) fn os(context: impl Into<String>, e: io::Error) -> Error {
+        ErrorKind::Os(OsReport {
+            context: context.into(),
+            errno: e.raw_os_error(),
+            message: e.to_string(),
+        })
+        .into()
+    }
+
+    pub(crate) fn invalid(msg: impl Into<String>) -> Error {
+        ErrorKind::InvalidArgument(msg.into()).into()
+    }
+
+    pub(crate) fn protocol(msg: impl Into<String>) -> Error {
+        ErrorKind::Protocol(msg.into()).into()
+    }
+
+    pub(crate) fn codec(
+        value: impl Into<String>,
+        direction: &str,
+        message: impl fmt::Display,
+    ) -> Error {
+        ErrorKind::Codec(CodecReport {
+            value: value.into(),
+            direction: direction.into(),
+            process: crate::process::current_process().name().to_owned(),
+            message: message.to_string(),
+        })
+        .into()
+    }
+}
+
+impl From<ErrorKind> for Error {
+    fn from(kind: ErrorKind) -> Self {
+        Error(Box::new(kind))
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::os("an I/O operation", e)
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> Self {
+        let kind = match e.kind() {
+            ErrorKind::Timeout | ErrorKind::TaskTimedOut => io::ErrorKind::TimedOut,
+            ErrorKind::Closed => io::ErrorKind::BrokenPipe,
+            ErrorKind::InvalidArgument(_) => io::ErrorKind::InvalidInput,
+            ErrorKind::Codec(_) | ErrorKind::Protocol(_) => io::ErrorKind::InvalidData,
+            ErrorKind::Os(OsReport { errno: Some(n), .. }) => {
+                io::Error::from_raw_os_error(*n).kind()
+            }
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.0, self)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind() {
+            ErrorKind::Timeout => f.write_str(
+                "timed out waiting for the result; the work goes on, and the wait may be retried",
+            ),
+            ErrorKind::TaskTimedOut => {
+                f.write_str("the task ran past its task_timeout; its worker was killed")
+            }
+            ErrorKind::Panicked(p) => fmt::Display::fmt(p, f),
+            ErrorKind::WorkerLost(l) => fmt::Display::fmt(l, f),
+            ErrorKind::PoolClosed => f.write_str("the pool is closed to new work"),
+            ErrorKind::Terminated => {
+                f.write_str("the pool was terminated before the task finished")
+            }
+            ErrorKind::Cancelled => f.write_str("the task was cancelled"),
+            ErrorKind::NotReady => f.write_str("the result is not ready yet"),
+            ErrorKind::Full => f.write_str("the queue is full"),
+            ErrorKind::Closed => f.write_str("the channel is closed or its peer is gone"),
+            ErrorKind::BrokenBarrier => f.write_str("the barrier is broken or was aborted"),
+            ErrorKind::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
+            ErrorKind::Codec(c) => write!(
+                f,
+                "could not {} {} in {}: {}",
+                c.direction, c.value, c.process, c.message
+            ),
+            ErrorKind::ExecutableMismatch => f.write_str(
+                "the child runs a different build of this executable, so it refused the function \
+                 reference; rebuild, then restart the program so parent and children match",
+            ),
+            ErrorKind::Protocol(m) => write!(f, "malformed message between processes: {m}"),
+            ErrorKind::Os(o) => write!(f, "{} failed: {}", o.context, o.message),
+        }
+    }
+}
+
+impl fmt::Display for PanicReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "process {} panicked", self.process)?;
+        if let Some(loc) = &self.location {
+            write!(f, " at {loc}")?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(bt) = &self.backtrace {
+            write!(f, "\nstack backtrace:\n{bt}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for LostReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "process {} (pid {}) ", self.process, self.pid)?;
+        match (self.signal, self.exit_code) {
+            (Some(s), _) => write!(
+                f,
+                "was killed by signal {s} ({}) before returning a value",
+                crate::sys::proc::signal_name(s)
+            ),
+            (None, Some(c)) => write!(f, "exited with code {c} without returning a value"),
+            (None, None) => f.write_str("was lost without returning a value"),
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! Python's `multiprocessing`, in Rust: run functions in separate OS processes, with Python's
+//! vocabulary and Rust's types.
+//!
+//! ```
+//! use mproc::{Process, current_process};
+//!
+//! fn squarer(n: u64) -> u64 {
+//!     println!("{n} squared to {} by: {}", n * n, current_process().name());
+//!     n * n
+//! }
+//!
+//! let mut procs: Vec<_> = [2, 3, 4].into_iter().map(|n| Process::new(squarer, (n,))).collect();
+//! for p in &mut procs {
+//!     p.start()?;
+//! }
+//! let squares: Vec<u64> = procs.iter_mut().map(|p| p.join()).collect::<Result<_, _>>()?;
+//! assert_eq!(squares, [4, 9, 16]);
+//! # Ok::<(), mproc::Error>(())
+//! ```
+//!
+//! # How workers start
+//!
+//! No call is needed in `main`. A constructor in the ELF `.init_array` section runs before
+//! `main` in every executable that links mproc; in a process that mproc started as a worker
+//! (marked by the `MPROC_WORKER` environment variable) it runs the target and exits, so code in
+//! your `main` never runs twice. This works the same in binaries, examples and test harnesses.
+//!
+//! # Start methods
+//!
+//! [`StartMethod::Forkserver`] (the default), [`StartMethod::Spawn`] and
+//! [`StartMethod::Fork`], as in Python; see [`StartMethod`] for what each child may touch.
+//!
+//! # Targets
+//!
+//! A target is a `fn` item or a closure that captures nothing, with 0 to 6 serde-serializable
+//! arguments passed as a tuple, exactly as Python's `args`: `(n,)`, `()`, `(a, b)`. It crosses
+//! into the child as an offset inside the executable, checked against the build's identity.
+//!
+//! # Platform-specific behavior
+//!
+//! Linux only (it relies on pidfds, `close_range` and `signalfd`).
+
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod channel;
+mod error;
+mod process;
+mod start;
+mod sys;
+mod wire;
+
+pub use error::{CodecReport, Error, ErrorKind, LostReport, OsReport, PanicReport, Result};
+pub use process::{CurrentProcess, Process, cpu_count, current_process};
+pub use start::{StartMethod, get_start_method, set_start_method};
+pub use wire::target::Target;
+
+/// Entry points for the fuzz targets in `fuzz/`; not part of the API.
+#[doc(hidden)]
+pub mod __fuzz {
+    /// Feeds `data` to the frame decoder in pieces and decodes every frame as each message
+    /// type a peer may send. Must never panic, whatever the bytes.
+    pub fn wire(data: &[u8]) {
+        crate::wire::fuzz(data)
+    }
+}

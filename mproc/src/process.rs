@@ -1,0 +1,520 @@
+//! `Process`, `current_process` and `cpu_count`.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, ErrorKind, LostReport};
+use crate::start::{self, Child, StartMethod};
+use crate::sys::exe;
+use crate::sys::fd;
+use crate::sys::proc::Exit;
+use crate::wire::message::{Outcome, Start};
+use crate::wire::target::{self, Target, TargetRef};
+
+/// A function running in a child process, as Python's `multiprocessing.Process`.
+///
+/// Made with [`Process::new`], started with [`Process::start`], and joined with
+/// [`Process::join`], which returns the target's value. `R` is the target's return type.
+///
+/// ```
+/// use mproc::{Process, current_process};
+///
+/// fn squarer(n: u64) -> u64 {
+///     println!("{n} squared to {} by: {}", n * n, current_process().name());
+///     n * n
+/// }
+///
+/// let mut p = Process::new(squarer, (3,));
+/// p.start()?;
+/// assert_eq!(p.join()?, 9);
+/// assert_eq!(p.exitcode(), Some(0));
+/// # Ok::<(), mproc::Error>(())
+/// ```
+///
+/// Dropping a started `Process` that was not joined neither blocks nor kills the child; it
+/// runs to its end and is reaped in the background, so it never lingers as a zombie.
+pub struct Process<R> {
+    target: TargetRef,
+    args: Result<Vec<u8>, Error>,
+    name: String,
+    lineage: Vec<u32>,
+    method: Option<StartMethod>,
+    pid: Option<u32>,
+    state: Mutex<State>,
+    _result: PhantomData<fn() -> R>,
+}
+
+enum State {
+    New,
+    Running(Child),
+    Done {
+        exit: Exit,
+        outcome: Result<Vec<u8>, Error>,
+    },
+}
+
+/// Counts the processes this process has made, for their names ("Process-N").
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl<R> Process<R> {
+    /// A process that will call `target` with `args` (a tuple: `()`, `(a,)`, `(a, b)`, ...)
+    /// once started. Its name is `Process-N`, N counting up from 1 in this process.
+    ///
+    /// `target` is a `fn` item or a closure that captures nothing, taking 0 to 6 arguments;
+    /// arguments and the return value must be serde-serializable. The arguments are encoded
+    /// now; an encoding error is reported by [`start`](Process::start).
+    ///
+    /// ```
+    /// fn add(a: i32, b: i32) -> i32 {
+    ///     a + b
+    /// }
+    /// let p = mproc::Process::new(add, (2, 3));
+    /// assert!(p.name().starts_with("Process-"));
+    /// assert_eq!(p.pid(), None);
+    /// ```
+    pub fn new<F, A>(target: F, args: A) -> Process<R>
+    where
+        F: Target<A, Output = R>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let _ = target;
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut lineage = current().lineage.clone();
+        lineage.push(n);
+        let name = format!(
+            "Process-{}",
+            lineage
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(":")
+        );
+        Process {
+            target: target::target_ref::<F, A>(),
+            args: target::encode_args::<F, A>(&args),
+            name,
+            lineage,
+            method: None,
+            pid: None,
+            state: Mutex::new(State::New),
+            _result: PhantomData,
+        }
+    }
+
+    /// Gives the process a name of your choosing (`current_process().name()` in the child).
+    ///
+    /// ```
+    /// fn work() {}
+    /// let p = mproc::Process::new(work, ()).with_name("sq-3");
+    /// assert_eq!(p.name(), "sq-3");
+    /// ```
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Chooses how this process starts, instead of [`get_start_method`](crate::get_start_method).
+    ///
+    /// ```
+    /// use mproc::{Process, StartMethod};
+    ///
+    /// fn work() -> u8 {
+    ///     7
+    /// }
+    /// let mut p = Process::new(work, ()).start_method(StartMethod::Spawn);
+    /// p.start()?;
+    /// assert_eq!(p.join()?, 7);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Starts the child.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` if it was started before; a `Codec` error if the arguments could not
+    /// be encoded; `ExecutableMismatch` if a fork server runs another build; an `Os` error if
+    /// the system refused to create the process.
+    ///
+    /// ```
+    /// fn work() {}
+    /// let mut p = mproc::Process::new(work, ());
+    /// p.start()?;
+    /// assert!(p.start().is_err()); // a process starts once
+    /// p.join()?;
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn start(&mut self) -> Result<(), Error> {
+        if self.pid.is_some() {
+            return Err(Error::invalid(format!(
+                "{} was already started; a process can be started only once",
+                self.name
+            )));
+        }
+        let args = std::mem::replace(&mut self.args, Ok(Vec::new()))?;
+        let start = Start {
+            identity: exe::identity(),
+            entry: self.target.entry,
+            target: self.target.name.to_owned(),
+            name: self.name.clone(),
+            lineage: self.lineage.clone(),
+            args,
+        };
+        let method = self.method.unwrap_or_else(start::get_start_method);
+        match start::launch(method, &start) {
+            Ok(child) => {
+                self.pid = Some(child.pid());
+                *self.lock() = State::Running(child);
+                Ok(())
+            }
+            Err(e) => {
+                self.args = Ok(start.args);
+                Err(e)
+            }
+        }
+    }
+
+    /// Its name: `Process-N` unless set with [`with_name`](Process::with_name).
+    ///
+    /// ```
+    /// fn work() {}
+    /// let p = mproc::Process::new(work, ()).with_name("worker");
+    /// assert_eq!(p.name(), "worker");
+    /// ```
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The child's process id; `None` before it is started.
+    ///
+    /// ```
+    /// fn work() {}
+    /// let mut p = mproc::Process::new(work, ());
+    /// assert_eq!(p.pid(), None);
+    /// p.start()?;
+    /// assert!(p.pid().is_some());
+    /// # p.join()?;
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// Whether it has been started and has not ended yet. Never blocks.
+    ///
+    /// ```
+    /// fn nap() {
+    ///     std::thread::sleep(std::time::Duration::from_millis(200));
+    /// }
+    /// let mut p = mproc::Process::new(nap, ());
+    /// assert!(!p.is_alive());
+    /// p.start()?;
+    /// assert!(p.is_alive());
+    /// p.join()?;
+    /// assert!(!p.is_alive());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn is_alive(&self) -> bool {
+        self.pid.is_some() && self.poll(Some(Instant::now())).is_none()
+    }
+
+    /// Python's `exitcode`: `None` before it starts and while it runs; then its exit code,
+    /// 0 after the target returned, 1 after a panic, or minus the signal number if a signal
+    /// killed it. Never blocks.
+    ///
+    /// ```
+    /// fn work() {}
+    /// let mut p = mproc::Process::new(work, ());
+    /// assert_eq!(p.exitcode(), None);
+    /// p.start()?;
+    /// p.join()?;
+    /// assert_eq!(p.exitcode(), Some(0));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn exitcode(&self) -> Option<i32> {
+        self.poll(Some(Instant::now())).map(Exit::python_code)
+    }
+
+    /// Asks the child to stop with `SIGTERM`. Does nothing if it has already ended.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` if the process was not started.
+    ///
+    /// ```
+    /// fn sleepy() {
+    ///     std::thread::sleep(std::time::Duration::from_secs(60));
+    /// }
+    /// let mut p = mproc::Process::new(sleepy, ());
+    /// p.start()?;
+    /// p.terminate()?;
+    /// assert!(p.join().is_err());
+    /// assert_eq!(p.exitcode(), Some(-15));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn terminate(&self) -> Result<(), Error> {
+        self.signal(libc::SIGTERM)
+    }
+
+    /// Kills the child with `SIGKILL`. Does nothing if it has already ended.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` if the process was not started.
+    ///
+    /// ```
+    /// fn sleepy() {
+    ///     std::thread::sleep(std::time::Duration::from_secs(60));
+    /// }
+    /// let mut p = mproc::Process::new(sleepy, ());
+    /// p.start()?;
+    /// p.kill()?;
+    /// assert!(p.join().is_err());
+    /// assert_eq!(p.exitcode(), Some(-9));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn kill(&self) -> Result<(), Error> {
+        self.signal(libc::SIGKILL)
+    }
+
+    fn signal(&self, sig: i32) -> Result<(), Error> {
+        match &*self.lock() {
+            State::New => Err(Error::invalid(format!(
+                "{} was not started, so it cannot be signalled",
+                self.name
+            ))),
+            State::Running(child) => child.signal(sig),
+            State::Done { .. } => Ok(()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until the child ends or `deadline`; its exit once it has ended.
+    fn poll(&self, deadline: Option<Instant>) -> Option<Exit> {
+        self.wait(deadline).ok().flatten()
+    }
+
+    fn wait(&self, deadline: Option<Instant>) -> Result<Option<Exit>, Error> {
+        let mut state = self.lock();
+        let (exit, outcome) = match &mut *state {
+            State::New => return Ok(None),
+            State::Done { exit, .. } => return Ok(Some(*exit)),
+            State::Running(child) => match child.wait(deadline)? {
+                None => return Ok(None),
+                Some(exit) => (exit, self.settle(child, exit)),
+            },
+        };
+        *state = State::Done { exit, outcome };
+        Ok(Some(exit))
+    }
+
+    /// What a finished child's outcome means for `join`.
+    fn settle(&self, child: &Child, exit: Exit) -> Result<Vec<u8>, Error> {
+        match child.outcome() {
+            Some(Ok(Outcome::Returned(bytes))) => Ok(bytes.clone()),
+            Some(Ok(Outcome::Panicked(report))) => Err(ErrorKind::Panicked(report.clone()).into()),
+            Some(Ok(Outcome::Failed(e))) => Err(e.clone()),
+            Some(Ok(Outcome::Refused)) => Err(ErrorKind::ExecutableMismatch.into()),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(ErrorKind::WorkerLost(LostReport {
+                process: self.name.clone(),
+                pid: child.pid(),
+                signal: match exit {
+                    Exit::Signal(s) => Some(s),
+                    Exit::Code(_) => None,
+                },
+                exit_code: match exit {
+                    Exit::Code(c) => Some(c),
+                    Exit::Signal(_) => None,
+                },
+            })
+            .into()),
+        }
+    }
+}
+
+impl<R: DeserializeOwned> Process<R> {
+    /// Waits for the child to end and returns the target's value.
+    ///
+    /// May be called again: it gives the same outcome each time (decoding the value again).
+    ///
+    /// # Errors
+    ///
+    /// `Panicked` (message, location, process name; backtrace when `RUST_BACKTRACE` is set in
+    /// the child) if the target panicked; `WorkerLost` with the signal or exit code if the
+    /// child was killed or exited without returning; `InvalidArgument` if it was not started.
+    ///
+    /// ```
+    /// fn boom() {
+    ///     panic!("out of cheese");
+    /// }
+    /// let mut p = mproc::Process::new(boom, ());
+    /// p.start()?;
+    /// let e = p.join().unwrap_err();
+    /// assert!(e.to_string().contains("out of cheese"));
+    /// assert_eq!(p.exitcode(), Some(1));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn join(&mut self) -> Result<R, Error> {
+        self.join_until(None)
+    }
+
+    /// Like [`join`](Process::join), but gives up after `timeout` with `Err(Timeout)`; the
+    /// child keeps running and the call may be repeated.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap() -> &'static str {
+    ///     std::thread::sleep(Duration::from_millis(300));
+    ///     "rested"
+    /// }
+    /// let mut p = mproc::Process::new(nap, ());
+    /// p.start()?;
+    /// let e = p.join_timeout(Duration::from_millis(10)).unwrap_err();
+    /// assert_eq!(e.kind(), &mproc::ErrorKind::Timeout);
+    /// assert_eq!(p.join_timeout(Duration::from_secs(30))?, "rested");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<R, Error> {
+        self.join_until(fd::deadline_after(timeout))
+    }
+
+    fn join_until(&mut self, deadline: Option<Instant>) -> Result<R, Error> {
+        if self.pid.is_none() {
+            return Err(Error::invalid(format!(
+                "{} was not started, so it cannot be joined",
+                self.name
+            )));
+        }
+        if self.wait(deadline)?.is_none() {
+            return Err(ErrorKind::Timeout.into());
+        }
+        match &*self.lock() {
+            State::Done { outcome, .. } => {
+                let bytes = outcome.as_ref().map_err(Clone::clone)?;
+                target::decode_output(bytes, self.target.name)
+            }
+            _ => unreachable!("wait returned an exit, so the state is Done"),
+        }
+    }
+}
+
+impl<R> fmt::Debug for Process<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Process")
+            .field("name", &self.name)
+            .field("target", &self.target.name)
+            .field("pid", &self.pid)
+            .field("exitcode", &self.exitcode())
+            .finish()
+    }
+}
+
+/// Who this process is: its name and pid, as Python's `current_process()`.
+///
+/// ```
+/// let me = mproc::current_process();
+/// assert_eq!(me.name(), "MainProcess");
+/// assert_eq!(me.pid(), std::process::id());
+/// ```
+#[derive(Clone, Debug)]
+pub struct CurrentProcess {
+    identity: Arc<Identity>,
+    pid: u32,
+}
+
+/// A process's name and lineage (Python's `_identity`).
+#[derive(Debug)]
+pub(crate) struct Identity {
+    name: String,
+    lineage: Vec<u32>,
+}
+
+impl CurrentProcess {
+    /// `"MainProcess"` in the program's own process; in a child, the child's name
+    /// (`"Process-N"` unless it was given another).
+    ///
+    /// ```
+    /// println!("I am {}", mproc::current_process().name());
+    /// ```
+    pub fn name(&self) -> &str {
+        &self.identity.name
+    }
+
+    /// This process's id.
+    ///
+    /// ```
+    /// assert_eq!(mproc::current_process().pid(), std::process::id());
+    /// ```
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+static CURRENT: Mutex<Option<Arc<Identity>>> = Mutex::new(None);
+
+pub(crate) fn lock_current() -> MutexGuard<'static, Option<Arc<Identity>>> {
+    CURRENT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn current() -> Arc<Identity> {
+    lock_current()
+        .get_or_insert_with(|| {
+            Arc::new(Identity {
+                name: "MainProcess".into(),
+                lineage: Vec::new(),
+            })
+        })
+        .clone()
+}
+
+/// In a new child: sets its identity and restarts the name counter, as Python does.
+pub(crate) fn set_current(name: String, lineage: Vec<u32>) {
+    *lock_current() = Some(Arc::new(Identity { name, lineage }));
+    COUNTER.store(0, Ordering::Relaxed);
+}
+
+/// The process this code runs in.
+///
+/// ```
+/// fn who() -> String {
+///     mproc::current_process().name().to_owned()
+/// }
+/// let mut p = mproc::Process::new(who, ()).with_name("helper");
+/// p.start()?;
+/// assert_eq!(p.join()?, "helper");
+/// assert_eq!(who(), "MainProcess");
+/// # Ok::<(), mproc::Error>(())
+/// ```
+pub fn current_process() -> CurrentProcess {
+    CurrentProcess {
+        identity: current(),
+        pid: std::process::id(),
+    }
+}
+
+/// How many CPUs this process may use: its CPU affinity mask, reduced by a cgroup CPU quota
+/// when one is set (v1 or v2). At least 1. The default size of a pool.
+///
+/// ```
+/// assert!(mproc::cpu_count() >= 1);
+/// ```
+pub fn cpu_count() -> usize {
+    // std reads sched_getaffinity(2) and the cgroup quota (cpu.max, or cpu.cfs_quota_us and
+    // cpu.cfs_period_us) of this process, which is exactly the rule we want.
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

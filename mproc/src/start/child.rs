@@ -1,0 +1,146 @@
+//! The parent's handle on one started child.
+//!
+//! A child is done when it has ended (its exit status is known) and its outcome frame, if it
+//! sent one, has been read. Both are watched at once: the control socket is drained while
+//! waiting, so a child writing a result larger than the socket buffer is never stuck, and the
+//! end of the process is seen through its pidfd (or, for a fork server child, through the
+//! server's status report), never through end-of-file, which a leaked descriptor could delay.
+
+use std::os::fd::AsFd;
+use std::time::Instant;
+
+use crate::channel::{self, Channel};
+use crate::error::{Error, ErrorKind};
+use crate::sys::fd::{self, InternalFd};
+use crate::sys::proc::{self, Exit};
+use crate::wire::message::{Outcome, Start};
+
+/// Who learns how the child ended.
+#[derive(Debug)]
+pub(crate) enum Reaper {
+    /// This process is the real parent: it reaps through the pidfd.
+    Us,
+    /// The fork server is the real parent and reports the exit status on this channel.
+    Server(Channel),
+}
+
+/// A started child.
+#[derive(Debug)]
+pub(crate) struct Child {
+    pid: u32,
+    pidfd: InternalFd,
+    ctrl: Channel,
+    reaper: Reaper,
+    outcome: Option<Result<Outcome, Error>>,
+    exit: Option<Exit>,
+}
+
+impl Child {
+    pub(crate) fn new(pid: u32, pidfd: InternalFd, ctrl: InternalFd, reaper: Reaper) -> Child {
+        Child {
+            pid,
+            pidfd,
+            ctrl: Channel::new(ctrl),
+            reaper,
+            outcome: None,
+            exit: None,
+        }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub(crate) fn send_start(&self, start: &Start) -> Result<(), Error> {
+        self.ctrl.send(start, &[])
+    }
+
+    /// Waits until the child has ended or `deadline` passes (`Ok(None)` then).
+    pub(crate) fn wait(&mut self, deadline: Option<Instant>) -> Result<Option<Exit>, Error> {
+        loop {
+            self.pump_ctrl();
+            if self.exit.is_none() {
+                self.exit = self.check_exit()?;
+            }
+            if let Some(exit) = self.exit {
+                // Everything it wrote before ending is in the socket buffer now.
+                self.pump_ctrl();
+                return Ok(Some(exit));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
+            let exit_fd = match &self.reaper {
+                Reaper::Us => self.pidfd.as_fd(),
+                Reaper::Server(status) => status.fd(),
+            };
+            let mut fds = vec![exit_fd];
+            if self.outcome.is_none() && !self.ctrl.at_eof() {
+                fds.push(self.ctrl.fd());
+            }
+            fd::poll_read(&fds, deadline).map_err(|e| Error::os("waiting for a child", e))?;
+        }
+    }
+
+    /// Reads whatever the child has sent, without blocking.
+    fn pump_ctrl(&mut self) {
+        if self.outcome.is_some() || self.ctrl.at_eof() {
+            return;
+        }
+        match self.ctrl.try_recv_frame() {
+            Ok(Some(frame)) => self.outcome = Some(channel::decode_message(&frame)),
+            Ok(None) => {}
+            // The peer closed without a frame: no outcome; the exit status tells why.
+            Err(e) if *e.kind() == ErrorKind::Closed => {}
+            Err(e) => self.outcome = Some(Err(e)),
+        }
+    }
+
+    fn check_exit(&mut self) -> Result<Option<Exit>, Error> {
+        match &mut self.reaper {
+            Reaper::Us => {
+                proc::try_reap(self.pidfd.as_fd()).map_err(|e| Error::os("reaping a child", e))
+            }
+            Reaper::Server(status) => match status.try_recv_frame() {
+                Ok(Some(frame)) => channel::decode_message(&frame).map(Some),
+                Ok(None) => Ok(None),
+                // The server died before reporting: the child died with it.
+                Err(e) if *e.kind() == ErrorKind::Closed => Ok(Some(Exit::Signal(libc::SIGKILL))),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// The outcome the child sent, once it has ended (`None` if it sent none).
+    pub(crate) fn outcome(&self) -> Option<&Result<Outcome, Error>> {
+        self.outcome.as_ref()
+    }
+
+    /// Sends a signal, through the pidfd so it can never reach a recycled pid.
+    pub(crate) fn signal(&self, sig: i32) -> Result<(), Error> {
+        if self.exit.is_some() {
+            return Ok(());
+        }
+        proc::pidfd_signal(self.pidfd.as_fd(), sig).map_err(|e| Error::os("signalling a child", e))
+    }
+}
+
+impl Drop for Child {
+    /// A child dropped before it ended is left running; if we are its real parent, a small
+    /// thread waits to reap it so it never lingers as a zombie.
+    fn drop(&mut self) {
+        if self.exit.is_some() || !matches!(self.reaper, Reaper::Us) {
+            return;
+        }
+        let Ok(pidfd) = fd::dup_above(self.pidfd.as_fd(), 3).map(InternalFd::new) else {
+            return;
+        };
+        let _ = std::thread::Builder::new()
+            .name("mproc-reaper".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let _ = fd::poll_read(&[pidfd.as_fd()], None);
+                let _ = proc::try_reap(pidfd.as_fd());
+            });
+    }
+}

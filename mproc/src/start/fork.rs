@@ -1,0 +1,55 @@
+//! The `Fork` start method: the child is a copy of the calling process.
+//!
+//! Everything the child will touch after `fork` is made ready, and every lock of mproc's
+//! that it will take is held by the forking thread across the call, so the child inherits them
+//! in a known state (held by itself) instead of held by a thread that no longer exists. The
+//! child then closes mproc's descriptors that belong to other children and the parent's
+//! bookkeeping (the fork server socket, the write end of the liveness pipe), watches the
+//! parent's liveness pipe, and runs the worker.
+
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd};
+
+use super::child::{Child, Reaper};
+use super::{alive, forkserver, worker};
+use crate::Error;
+use crate::process;
+use crate::sys::fd::{self, InternalFd};
+use crate::sys::proc::{self, Forked};
+use crate::sys::socket;
+
+pub(crate) fn launch() -> Result<Child, Error> {
+    // Buffered output would otherwise be written once by each process.
+    let _ = std::io::stdout().flush();
+    let current = process::lock_current();
+    let mut server = forkserver::lock();
+    let mut alive_slot = alive::lock();
+    let alive_read = alive::reader_locked(&mut alive_slot)?;
+    let [parent_end, child_end] = fd::create_internal(|| {
+        let (a, b) = socket::socketpair()?;
+        Ok([a, b])
+    })
+    .map_err(|e| Error::os("creating a child's socket", e))?;
+    let internal = fd::lock_internal();
+    match proc::fork().map_err(|e| Error::os("fork", e))? {
+        Forked::Child => {
+            internal.close_all_except(&[child_end.as_fd().as_raw_fd()]);
+            // These were the parent's; their descriptors are closed now, so forget them
+            // without running their destructors.
+            std::mem::forget(parent_end);
+            std::mem::forget(alive_slot.take());
+            std::mem::forget(server.take());
+            drop((current, server, alive_slot));
+            let ctrl = InternalFd::new(child_end.into_owned());
+            alive::watch(alive_read);
+            worker::run(ctrl)
+        }
+        Forked::Parent(pid) => {
+            drop((internal, current, server, alive_slot));
+            drop(child_end);
+            let [pidfd] = fd::create_internal(|| Ok([proc::pidfd_open(pid)?]))
+                .map_err(|e| Error::os("opening a pidfd for a forked child", e))?;
+            Ok(Child::new(pid, pidfd, parent_end, Reaper::Us))
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The `Forkserver` start method.
+//!
+//! Client side (any process that starts children): the first `Forkserver` start spawns a
+//! server, a fresh copy of the executable that becomes the server before `main`, checks that
+//! it runs the same build ([`Hello`]/[`Welcome`]), and keeps one request socket to it. Each
+//! child is one [`ForkRequest`] carrying two descriptors: the child's control socket and a
+//! status socket. The server answers on the status socket with [`Forked`] and a pidfd, and later
+//! with the child's exit status.
+//!
+//! Server side: a single-threaded loop over the request socket, a signalfd for `SIGCHLD` and
+//! the liveness pipe. A request is served by `fork`; the child closes every descriptor but its
+//! control socket, asks to be killed when the server dies, and runs the worker. A reaped child's
+//! status goes back on its status socket. When the parent dies the liveness pipe hangs up (and
+//! the request socket closes); the server exits and the kernel kills its children.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::bootstrap::Role;
+use super::child::{Child, Reaper};
+use super::{alive, spawn, worker};
+use crate::channel::Channel;
+use crate::error::{Error, ErrorKind};
+use crate::sys::fd::{self, InternalFd};
+use crate::sys::proc::{self, Forked as ForkSide};
+use crate::sys::{exe, socket};
+use crate::wire::message::{ForkRequest, Forked, Hello, Welcome};
+
+/// How long a fork server may take to start or to answer a request before it is considered
+/// broken. Generous: it bounds a hang, it is not a performance target.
+const SERVER_PATIENCE: Duration = Duration::from_secs(30);
+
+/// This process's fork server. `owner` tells a forked child that the server it inherited is
+/// its parent's (its socket already closed by the fork launch).
+pub(crate) struct Server {
+    owner: u32,
+    pidfd: InternalFd,
+    request: Channel,
+}
+
+static SERVER: Mutex<Option<Server>> = Mutex::new(None);
+
+pub(crate) fn lock() -> MutexGuard<'static, Option<Server>> {
+    SERVER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn socket_pair() -> Result<[InternalFd; 2], Error> {
+    fd::create_internal(|| {
+        let (a, b) = socket::socketpair()?;
+        Ok([a, b])
+    })
+    .map_err(|e| Error::os("creating a socket pair", e))
+}
+
+pub(crate) fn launch() -> Result<Child, Error> {
+    let [ctrl, ctrl_child] = socket_pair()?;
+    let [status, status_child] = socket_pair()?;
+    let mut slot = lock();
+    for attempt in 0.. {
+        let server = running(&mut slot)?;
+        let fds = [ctrl_child.as_fd(), status_child.as_fd()];
+        match server.request.send(&ForkRequest, &fds) {
+            Ok(()) => break,
+            // The server died (someone killed it): replace it once.
+            Err(e) if *e.kind() == ErrorKind::Closed && attempt == 0 => retire(&mut slot),
+            Err(e) => return Err(e),
+        }
+    }
+    drop(slot);
+    drop((ctrl_child, status_child));
+    let mut status = Channel::new(status);
+    let deadline = fd::deadline_after(SERVER_PATIENCE);
+    let forked: Forked = status
+        .recv(deadline)
+        .map_err(|e| server_failed("fork a child", e))?;
+    let pidfd = status
+        .take_fds()
+        .pop()
+        .ok_or_else(|| Error::protocol("the fork server's answer carried no pidfd"))?;
+    Ok(Child::new(
+        forked.pid,
+        InternalFd::new(pidfd),
+        ctrl,
+        Reaper::Server(status),
+    ))
+}
+
+fn server_failed(what: &str, e: Error) -> Error {
+    match e.kind() {
+        ErrorKind::Closed | ErrorKind::Timeout => Error::os(
+            format!("asking the fork server to {what}"),
+            std::io::Error::other(format!("the fork server did not answer ({e})")),
+        ),
+        _ => e,
+    }
+}
+
+/// The running server, started if there is none (or only the parent's, inherited by fork).
+fn running(slot: &mut Option<Server>) -> Result<&mut Server, Error> {
+    if slot.as_ref().is_some_and(|s| s.owner != proc::getpid()) {
+        std::mem::forget(slot.take());
+    }
+    if slot.is_none() {
+        *slot = Some(start_server()?);
+    }
+    Ok(slot.as_mut().expect("just started"))
+}
+
+fn start_server() -> Result<Server, Error> {
+    let alive_read = alive::reader()?;
+    let [client, server_end] = socket_pair()?;
+    let pid = spawn::spawn_executable(Role::ForkServer, server_end.as_fd(), alive_read.as_fd())?;
+    drop(server_end);
+    let [pidfd] = fd::create_internal(|| Ok([proc::pidfd_open(pid)?]))
+        .map_err(|e| Error::os("opening a pidfd for the fork server", e))?;
+    let mut server = Server {
+        owner: proc::getpid(),
+        pidfd,
+        request: Channel::new(client),
+    };
+    let handshake = server.request.send(
+        &Hello {
+            identity: exe::identity(),
+        },
+        &[],
+    );
+    let welcome = handshake.and_then(|()| {
+        let deadline = fd::deadline_after(SERVER_PATIENCE);
+        server.request.recv::<Welcome>(deadline)
+    });
+    match welcome {
+        Ok(Welcome { accepted: true }) => Ok(server),
+        Ok(Welcome { accepted: false }) => {
+            retire(&mut Some(server));
+            Err(ErrorKind::ExecutableMismatch.into())
+        }
+        Err(e) => {
+            retire(&mut Some(server));
+            Err(server_failed("start", e))
+        }
+    }
+}
+
+/// Stops and reaps a server that is broken or unwanted.
+fn retire(slot: &mut Option<Server>) {
+    if let Some(server) = slot.take() {
+        let _ = proc::pidfd_signal(server.pidfd.as_fd(), libc::SIGKILL);
+        let _ = fd::poll_read(&[server.pidfd.as_fd()], fd::deadline_after(SERVER_PATIENCE));
+        let _ = proc::try_reap(server.pidfd.as_fd());
+    }
+}
+
+/// The fork server's life: never returns.
+pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
+    let mut request = Channel::new(request);
+    let Ok(hello) = request.recv::<Hello>(None) else {
+        proc::exit_now(0)
+    };
+    let accepted = hello.identity == exe::identity();
+    let _ = request.send(&Welcome { accepted }, &[]);
+    if !accepted {
+        proc::exit_now(1);
+    }
+    let Ok(sigchld) = proc::sigchld_fd() else {
+        proc::write_stderr("mproc: the fork server could not watch its children; exiting\n");
+        proc::exit_now(1)
+    };
+    let mut children: HashMap<u32, Channel> = HashMap::new();
+    loop {
+        let fds = [request.fd(), sigchld.as_fd(), alive.as_fd()];
+        let Ok(ready) = fd::poll_read(&fds, None) else {
+            proc::exit_now(1)
+        };
+        if ready[2].readable || ready[2].hangup {
+            proc::exit_now(0); // the parent died; PR_SET_PDEATHSIG takes the children
+        }
+        if ready[1].readable {
+            proc::drain_signalfd(sigchld.as_fd());
+            report_ended(&mut children);
+        }
+        if ready[0].readable || ready[0].hangup {
+            serve_requests(&mut request, &mut children);
+        }
+    }
+}
+
+fn serve_requests(request: &mut Channel, children: &mut HashMap<u32, Channel>) {
+    loop {
+        match request.try_recv_frame() {
+            Ok(Some(_frame)) => {
+                let fds = request.take_fds();
+                if let Ok([ctrl, status]) = <[OwnedFd; 2]>::try_from(fds) {
+                    fork_child(ctrl, status, children);
+                }
+            }
+            Ok(None) => return,
+            Err(_) => proc::exit_now(0), // the parent closed the request socket
+        }
+    }
+}
+
+fn fork_child(ctrl: OwnedFd, status: OwnedFd, children: &mut HashMap<u32, Channel>) {
+    let server_pid = proc::getpid();
+    match proc::fork() {
+        Ok(ForkSide::Child) => {
+            proc::close_all_fds_except(ctrl.as_raw_fd());
+            proc::unblock_all_signals();
+            if proc::kill_me_with_parent().is_err() || proc::getppid() != server_pid {
+                proc::exit_now(1);
+            }
+            worker::run(InternalFd::new(ctrl))
+        }
+        Ok(ForkSide::Parent(pid)) => {
+            let status = Channel::new(InternalFd::new(status));
+            if let Ok(pidfd) = proc::pidfd_open(pid) {
+                let _ = status.send(&Forked { pid }, &[pidfd.as_fd()]);
+            }
+            children.insert(pid, status);
+        }
+        Err(_) => {} // dropping `status` tells the client the fork failed
+    }
+}
+
+fn report_ended(children: &mut HashMap<u32, Channel>) {
+    while let Ok(Some((pid, exit))) = proc::reap_any() {
+        if let Some(status) = children.remove(&pid) {
+            let _ = status.send(&exit, &[]);
+        }
+    }
+}

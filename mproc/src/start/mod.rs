@@ -1,0 +1,132 @@
+//! How a child process comes to exist: the three start methods, the worker's entry before
+//! `main`, and the handle the parent keeps on each child.
+//!
+//! - [`bootstrap`]: the constructor that intercepts a worker before `main`;
+//! - [`worker`]: what a child does: read its [`Start`](crate::wire::message::Start), run the
+//!   target, send the outcome, exit;
+//! - [`fork`], [`spawn`], [`forkserver`]: the start methods;
+//! - [`child`]: the parent's handle on a started child (waiting, reaping, signalling);
+//! - [`alive`]: the pipe whose hang-up tells children their parent has died.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::Error;
+use crate::wire::message::Start;
+
+pub(crate) mod alive;
+pub(crate) mod bootstrap;
+pub(crate) mod child;
+pub(crate) mod fork;
+pub(crate) mod forkserver;
+pub(crate) mod spawn;
+pub(crate) mod worker;
+
+pub(crate) use child::Child;
+
+/// How a child process is created, as in Python's `multiprocessing`.
+///
+/// ```
+/// use mproc::StartMethod;
+///
+/// assert_eq!(mproc::get_start_method(), StartMethod::Forkserver);
+/// ```
+///
+/// # Platform-specific behavior
+///
+/// mproc runs on Linux; the default there is [`StartMethod::Forkserver`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StartMethod {
+    /// `fork()` the calling process; the child runs the target in a copy of the parent.
+    ///
+    /// Fast, and the child sees the parent's memory as it was at the fork. Unsafe to combine
+    /// with threads in the parent: only the forking thread exists in the child, so a lock
+    /// another thread held at that moment (inside `malloc`, `println!`, a `Mutex` of yours)
+    /// stays locked forever there. Use it only from single-threaded programs, or when you know
+    /// what every other thread may hold. The child keeps the parent's own open files, as in
+    /// Python, but mproc's descriptors that belong to other children are closed in it.
+    Fork,
+    /// Start a fresh copy of the current executable (`/proc/self/exe`), which runs the target
+    /// before `main`. The child sees none of the parent's statics, threads or open files except
+    /// the handles passed to it. The slowest method, and the most isolated.
+    Spawn,
+    /// Ask a fork server to fork a child. The server is a fresh, single-threaded copy of the
+    /// executable started (with `Spawn`) the first time it is needed; its children are as
+    /// clean as spawned ones and start nearly as fast as forked ones. The default.
+    Forkserver,
+}
+
+impl StartMethod {
+    /// All three, in the order Python lists them.
+    ///
+    /// ```
+    /// assert_eq!(mproc::StartMethod::ALL.len(), 3);
+    /// ```
+    pub const ALL: [StartMethod; 3] = [
+        StartMethod::Fork,
+        StartMethod::Spawn,
+        StartMethod::Forkserver,
+    ];
+
+    /// Python's name for it: `"fork"`, `"spawn"` or `"forkserver"`.
+    ///
+    /// ```
+    /// assert_eq!(mproc::StartMethod::Spawn.name(), "spawn");
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            StartMethod::Fork => "fork",
+            StartMethod::Spawn => "spawn",
+            StartMethod::Forkserver => "forkserver",
+        }
+    }
+
+    fn from_u8(v: u8) -> StartMethod {
+        match v {
+            0 => StartMethod::Fork,
+            1 => StartMethod::Spawn,
+            _ => StartMethod::Forkserver,
+        }
+    }
+}
+
+impl fmt::Display for StartMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+static DEFAULT_METHOD: AtomicU8 = AtomicU8::new(StartMethod::Forkserver as u8);
+
+/// Sets the start method that new processes use unless they choose their own.
+///
+/// ```
+/// use mproc::StartMethod;
+///
+/// mproc::set_start_method(StartMethod::Spawn);
+/// assert_eq!(mproc::get_start_method(), StartMethod::Spawn);
+/// mproc::set_start_method(StartMethod::Forkserver);
+/// ```
+pub fn set_start_method(method: StartMethod) {
+    DEFAULT_METHOD.store(method as u8, Ordering::Relaxed);
+}
+
+/// The start method new processes use unless they choose their own.
+///
+/// ```
+/// println!("processes start with {}", mproc::get_start_method());
+/// ```
+pub fn get_start_method() -> StartMethod {
+    StartMethod::from_u8(DEFAULT_METHOD.load(Ordering::Relaxed))
+}
+
+/// Starts a child with `method` and hands it `start`.
+pub(crate) fn launch(method: StartMethod, start: &Start) -> Result<Child, Error> {
+    let child = match method {
+        StartMethod::Fork => fork::launch()?,
+        StartMethod::Spawn => spawn::launch()?,
+        StartMethod::Forkserver => forkserver::launch()?,
+    };
+    child.send_start(start)?;
+    Ok(child)
+}

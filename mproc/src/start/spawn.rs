@@ -1,0 +1,88 @@
+//! The `Spawn` start method: a fresh copy of the current executable.
+//!
+//! The child is started with posix_spawn(3) on `/proc/self/exe` (the very file this process
+//! runs, even if its path has since been replaced), with the `MPROC_WORKER` marker added to
+//! its environment and exactly two descriptors besides the standard streams: its control
+//! socket at 3 and the parent's liveness pipe at 4. The bootstrap constructor takes over
+//! before `main`.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::os::unix::ffi::OsStringExt;
+
+use super::alive;
+use super::bootstrap::{self, Role};
+use super::child::{Child, Reaper};
+use crate::Error;
+use crate::sys::fd;
+use crate::sys::proc;
+use crate::sys::socket;
+
+/// Where the control socket lands in the child.
+const CTRL_FD: RawFd = 3;
+/// Where the liveness pipe lands in the child.
+const ALIVE_FD: RawFd = 4;
+
+pub(crate) fn launch() -> Result<Child, Error> {
+    let alive_read = alive::reader()?;
+    let [parent_end, child_end] = fd::create_internal(|| {
+        let (a, b) = socket::socketpair()?;
+        Ok([a, b])
+    })
+    .map_err(|e| Error::os("creating a child's socket", e))?;
+    let pid = spawn_executable(Role::Worker, child_end.as_fd(), alive_read.as_fd())?;
+    let [pidfd] = fd::create_internal(|| Ok([proc::pidfd_open(pid)?]))
+        .map_err(|e| Error::os("opening a pidfd for a spawned child", e))?;
+    Ok(Child::new(pid, pidfd, parent_end, Reaper::Us))
+}
+
+/// Starts this executable in `role`, handing it `ctrl` and `alive`. Returns its pid.
+pub(crate) fn spawn_executable(
+    role: Role,
+    ctrl: BorrowedFd<'_>,
+    alive: BorrowedFd<'_>,
+) -> Result<u32, Error> {
+    // Move both above the target numbers first, so neither dup2 can clobber the other.
+    let [ctrl_high, alive_high] =
+        fd::create_internal(|| Ok([fd::dup_above(ctrl, 10)?, fd::dup_above(alive, 10)?]))
+            .map_err(|e| Error::os("preparing descriptors for a spawned child", e))?;
+    let argv0 = std::env::args_os()
+        .next()
+        .and_then(|a| CString::new(a.into_vec()).ok())
+        .unwrap_or_else(|| c"mproc-worker".to_owned());
+    let env = child_environment(&bootstrap::marker(role, CTRL_FD, ALIVE_FD));
+    proc::spawn(
+        c"/proc/self/exe",
+        &[argv0],
+        &env,
+        &[(ctrl_high.as_fd(), CTRL_FD), (alive_high.as_fd(), ALIVE_FD)],
+    )
+    .map_err(|e| {
+        Error::os(
+            format!("starting a {} with posix_spawn", role_noun(role)),
+            e,
+        )
+    })
+}
+
+fn role_noun(role: Role) -> &'static str {
+    match role {
+        Role::Worker => "worker process",
+        Role::ForkServer => "fork server",
+    }
+}
+
+/// This process's environment with the worker marker set to `marker`.
+fn child_environment(marker: &str) -> Vec<CString> {
+    let mut env: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| k != bootstrap::MARKER)
+        .filter_map(|(k, v)| {
+            let mut kv = k.into_vec();
+            kv.push(b'=');
+            kv.extend(v.into_vec());
+            CString::new(kv).ok()
+        })
+        .collect();
+    env.extend(CString::new(format!("{}={marker}", bootstrap::MARKER)));
+    env
+}

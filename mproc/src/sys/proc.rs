@@ -1,0 +1,342 @@
+//! Creating, watching, signalling and reaping processes.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::mem;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr;
+
+use serde::{Deserialize, Serialize};
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Exit {
+    /// It called `exit` (or returned from `main`) with this code.
+    Code(i32),
+    /// A signal with this number ended it.
+    Signal(i32),
+}
+
+impl Exit {
+    /// Python's `exitcode`: the code, or minus the signal number.
+    pub(crate) fn python_code(self) -> i32 {
+        match self {
+            Exit::Code(c) => c,
+            Exit::Signal(s) => -s,
+        }
+    }
+
+    fn from_wait_status(status: libc::c_int) -> Exit {
+        if libc::WIFSIGNALED(status) {
+            Exit::Signal(libc::WTERMSIG(status))
+        } else {
+            Exit::Code(libc::WEXITSTATUS(status))
+        }
+    }
+}
+
+/// The symbolic name of a signal number, such as `"SIGKILL"`.
+pub(crate) fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGSYS => "SIGSYS",
+        _ => "a signal",
+    }
+}
+
+/// The two sides of a `fork`.
+pub(crate) enum Forked {
+    /// This is the new process.
+    Child,
+    /// This is the parent; the child has this pid.
+    Parent(u32),
+}
+
+/// fork(2). The child must confine itself to what the caller documents as fork-safe.
+pub(crate) fn fork() -> io::Result<Forked> {
+    // SAFETY: fork has no memory-safety preconditions of its own; what the child may do after
+    // it in a multithreaded parent is the caller's documented contract (start::fork).
+    let pid = syscall!(fork())?;
+    Ok(if pid == 0 {
+        Forked::Child
+    } else {
+        Forked::Parent(pid as u32)
+    })
+}
+
+/// Starts `path` as a new process with `argv` and `envp`; each `(fd, target)` in `fds` is
+/// duplicated to `target` in the child (clearing close-on-exec there). Every target must be
+/// above 2 and the sources must not be any of the targets.
+///
+/// See posix_spawn(3).
+pub(crate) fn spawn(
+    path: &CStr,
+    argv: &[CString],
+    envp: &[CString],
+    fds: &[(BorrowedFd<'_>, RawFd)],
+) -> io::Result<u32> {
+    let argv_ptrs = null_terminated(argv);
+    let envp_ptrs = null_terminated(envp);
+    let mut actions = FileActions::new()?;
+    for (fd, target) in fds {
+        actions.dup2(fd.as_raw_fd(), *target)?;
+    }
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: every pointer is valid for the call: path is a C string, the argv and envp
+    // arrays are null-terminated and point into CStrings that outlive the call, and
+    // `actions` is an initialised file-actions object.
+    let rc = unsafe {
+        libc::posix_spawn(
+            &mut pid,
+            path.as_ptr(),
+            &actions.0,
+            ptr::null(),
+            argv_ptrs.as_ptr(),
+            envp_ptrs.as_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(pid as u32)
+}
+
+fn null_terminated(strings: &[CString]) -> Vec<*mut libc::c_char> {
+    let mut v: Vec<_> = strings.iter().map(|s| s.as_ptr() as *mut _).collect();
+    v.push(ptr::null_mut());
+    v
+}
+
+struct FileActions(libc::posix_spawn_file_actions_t);
+
+impl FileActions {
+    fn new() -> io::Result<Self> {
+        // SAFETY: an all-zero value is valid storage for posix_spawn_file_actions_init to fill.
+        let mut raw: libc::posix_spawn_file_actions_t = unsafe { mem::zeroed() };
+        // SAFETY: `raw` is writable storage for the object being initialised.
+        let rc = unsafe { libc::posix_spawn_file_actions_init(&mut raw) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(FileActions(raw))
+    }
+
+    fn dup2(&mut self, fd: RawFd, target: RawFd) -> io::Result<()> {
+        // SAFETY: self.0 was initialised by posix_spawn_file_actions_init.
+        let rc = unsafe { libc::posix_spawn_file_actions_adddup2(&mut self.0, fd, target) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FileActions {
+    fn drop(&mut self) {
+        // SAFETY: self.0 was initialised and is destroyed once.
+        unsafe { libc::posix_spawn_file_actions_destroy(&mut self.0) };
+    }
+}
+
+/// A descriptor that refers to a process (pidfd_open(2)): readable once the process has ended,
+/// and a race-free target for signals.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a fresh descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a fresh descriptor (close-on-exec by default) owned by nobody.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sends `sig` through a pidfd (pidfd_send_signal(2)). A process that has already ended is
+/// not an error.
+pub(crate) fn pidfd_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+    // SAFETY: the arguments are a valid pidfd, a signal number, a null siginfo and no flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Reaps the child behind `pidfd` if it has ended (waitid(2) with `P_PIDFD` and `WNOHANG`).
+pub(crate) fn try_reap(pidfd: BorrowedFd<'_>) -> io::Result<Option<Exit>> {
+    // SAFETY: an all-zero siginfo_t is valid storage for waitid to fill.
+    let mut info: libc::siginfo_t = unsafe { mem::zeroed() };
+    loop {
+        match syscall!(waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG
+        )) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    // SAFETY: waitid succeeded, so the SIGCHLD fields of `info` are initialised (si_pid is 0
+    // when no child had changed state).
+    let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+    if pid == 0 {
+        return Ok(None);
+    }
+    Ok(Some(if code == libc::CLD_EXITED {
+        Exit::Code(status)
+    } else {
+        Exit::Signal(status)
+    }))
+}
+
+/// Reaps any one ended child without blocking (waitpid(2) with -1 and `WNOHANG`).
+pub(crate) fn reap_any() -> io::Result<Option<(u32, Exit)>> {
+    let mut status = 0;
+    loop {
+        match syscall!(waitpid(-1, &mut status, libc::WNOHANG)) {
+            Ok(0) => return Ok(None),
+            Ok(pid) => return Ok(Some((pid as u32, Exit::from_wait_status(status)))),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Ends this process at once, without running exit handlers or destructors (_exit(2)).
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions and does not return.
+    unsafe { libc::_exit(code) }
+}
+
+/// This process's id.
+pub(crate) fn getpid() -> u32 {
+    std::process::id()
+}
+
+/// The parent's process id (getppid(2)).
+pub(crate) fn getppid() -> u32 {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    unsafe { libc::getppid() as u32 }
+}
+
+/// Asks the kernel to SIGKILL this process when the thread that created it ends
+/// (PR_SET_PDEATHSIG in prctl(2)). Used only in children of the single-threaded fork server.
+pub(crate) fn kill_me_with_parent() -> io::Result<()> {
+    syscall!(prctl(
+        libc::PR_SET_PDEATHSIG,
+        libc::SIGKILL as libc::c_ulong,
+        0,
+        0,
+        0
+    ))
+    .map(drop)
+}
+
+/// Ignores `SIGPIPE`, as Rust's runtime does before `main`, so a write to a closed pipe is an
+/// `EPIPE` error instead of death. Workers run before `main`, so they set it themselves.
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: installing SIG_IGN for SIGPIPE has no memory-safety preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// Blocks `SIGCHLD` for this thread and returns a non-blocking signalfd(2) that becomes
+/// readable when a child ends. For the single-threaded fork server.
+pub(crate) fn sigchld_fd() -> io::Result<OwnedFd> {
+    let mask = sigchld_set();
+    syscall!(sigprocmask(libc::SIG_BLOCK, &mask, ptr::null_mut()))?;
+    let fd = syscall!(signalfd(-1, &mask, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK))?;
+    // SAFETY: signalfd returned a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Empties a signalfd of pending `SIGCHLD` records.
+pub(crate) fn drain_signalfd(fd: BorrowedFd<'_>) {
+    let mut buf = [0u8; mem::size_of::<libc::signalfd_siginfo>() * 8];
+    loop {
+        // SAFETY: buf is writable for its whole length.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+    }
+}
+
+/// Unblocks every signal for this thread: a fork server child starts with a clean mask.
+pub(crate) fn unblock_all_signals() {
+    // SAFETY: an all-zero sigset is valid storage; sigemptyset initialises it.
+    let mut empty: libc::sigset_t = unsafe { mem::zeroed() };
+    // SAFETY: `empty` is valid storage for a sigset.
+    unsafe { libc::sigemptyset(&mut empty) };
+    // SAFETY: setting the mask to an initialised empty set has no other preconditions.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut()) };
+}
+
+fn sigchld_set() -> libc::sigset_t {
+    // SAFETY: an all-zero sigset is valid storage; sigemptyset and sigaddset initialise it.
+    let mut set: libc::sigset_t = unsafe { mem::zeroed() };
+    // SAFETY: `set` is valid storage for a sigset and SIGCHLD is a valid signal.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+    }
+    set
+}
+
+/// Flushes nothing and writes `msg` to standard error with one write(2): safe to call in a
+/// freshly forked child or before `main`.
+pub(crate) fn write_stderr(msg: &str) {
+    // SAFETY: msg is a valid buffer of msg.len() bytes.
+    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+}
+
+/// Removes an environment variable while the process is still single-threaded (before `main`).
+pub(crate) fn remove_env_before_main(name: &str) {
+    // SAFETY: only called from the .init_array constructor, before `main` and before any
+    // thread exists, so nothing can read the environment concurrently.
+    unsafe { std::env::remove_var(name) };
+}
+
+/// Closes every descriptor above 2 except `keep` (close_range(2)). For a fork server child,
+/// whose every other descriptor belongs to the server.
+pub(crate) fn close_all_fds_except(keep: RawFd) {
+    let close_range = |first: RawFd, last: libc::c_uint| {
+        // SAFETY: close_range only closes descriptors; the caller (a freshly forked child that
+        // never returns into the server's code) owns none of them through live Rust objects
+        // it will drop.
+        unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, last, 0) };
+    };
+    if keep > 3 {
+        close_range(3, (keep - 1) as libc::c_uint);
+    }
+    close_range(keep + 1, libc::c_uint::MAX);
+}

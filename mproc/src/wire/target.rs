@@ -1,0 +1,131 @@
+//! Functions as references that are valid in any process running the same build.
+//!
+//! A target is a zero-sized callable (a `fn` item or a closure that captures nothing). For each
+//! target type `F` and argument tuple `A`, the generic [`trampoline`] is monomorphised into a
+//! plain function with one fixed signature ([`Entry`]): it decodes `A`, makes an `F` out of
+//! nothing (it has no bytes), calls it, and encodes the result. The parent sends the
+//! trampoline's offset from a fixed symbol; the child adds it back to its own copy of that
+//! symbol. See `sys::image` for why that is sound once the build identity matches.
+
+use std::any::type_name;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::codec;
+use crate::Error;
+use crate::sys::image::{self, Entry};
+
+/// A function mproc can run in another process, called with the argument tuple `Args`.
+///
+/// It is implemented for every `fn` item and every closure that captures nothing, with 0 to 6
+/// parameters; you never implement it yourself. Arguments and return value cross between
+/// processes through serde, so they must be `Serialize + DeserializeOwned + Send + 'static`.
+///
+/// ```
+/// fn add(a: u32, b: u32) -> u32 {
+///     a + b
+/// }
+/// fn takes_target<F: mproc::Target<(u32, u32), Output = u32>>(_f: F) {}
+/// takes_target(add);
+/// takes_target(|a: u32, b: u32| a * b);
+/// ```
+///
+/// A closure that captures a variable is refused when the program is compiled, because its
+/// state could not cross into the child:
+///
+/// ```compile_fail
+/// let base = 10u32;
+/// let mut p = mproc::Process::new(move |x: u32| x + base, (1,));
+/// ```
+pub trait Target<Args>: Copy + Send + Sync + 'static {
+    /// What the function returns.
+    type Output;
+
+    /// Calls the function with its arguments unpacked from the tuple.
+    fn call(self, args: Args) -> Self::Output;
+}
+
+macro_rules! impl_target {
+    ($($arg:ident),*) => {
+        impl<Func, Ret, $($arg,)*> Target<($($arg,)*)> for Func
+        where
+            Func: Fn($($arg),*) -> Ret + Copy + Send + Sync + 'static,
+        {
+            type Output = Ret;
+
+            #[allow(non_snake_case)]
+            fn call(self, ($($arg,)*): ($($arg,)*)) -> Ret {
+                self($($arg),*)
+            }
+        }
+    };
+}
+
+impl_target!();
+impl_target!(A1);
+impl_target!(A1, A2);
+impl_target!(A1, A2, A3);
+impl_target!(A1, A2, A3, A4);
+impl_target!(A1, A2, A3, A4, A5);
+impl_target!(A1, A2, A3, A4, A5, A6);
+
+/// A target as it crosses into a child: its trampoline's offset, and its name for messages.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TargetRef {
+    pub(crate) entry: i64,
+    pub(crate) name: &'static str,
+}
+
+/// The reference to `F` called with `A`.
+pub(crate) fn target_ref<F, A>() -> TargetRef
+where
+    F: Target<A>,
+    A: DeserializeOwned,
+    F::Output: Serialize,
+{
+    // Force the zero-size check at compile time in the parent too, where the error belongs.
+    let _ = image::conjure::<F>;
+    let entry: Entry = trampoline::<F, A>;
+    TargetRef {
+        entry: image::offset_of(entry),
+        name: type_name::<F>(),
+    }
+}
+
+/// Decodes `A`, calls `F`, encodes its result. One instance per (target, arguments) pair.
+fn trampoline<F, A>(args: &[u8]) -> Result<Vec<u8>, Error>
+where
+    F: Target<A>,
+    A: DeserializeOwned,
+    F::Output: Serialize,
+{
+    let what = || format!("the arguments of `{}`", type_name::<F>());
+    let args: A = codec::decode(args).map_err(|e| Error::codec(what(), "decode", e))?;
+    let f: F = image::conjure::<F>();
+    let out = f.call(args);
+    codec::encode(&out).map_err(|e| {
+        Error::codec(
+            format!("the return value of `{}`", type_name::<F>()),
+            "encode",
+            e,
+        )
+    })
+}
+
+/// Encodes an argument tuple for `F` in the parent.
+pub(crate) fn encode_args<F, A: Serialize>(args: &A) -> Result<Vec<u8>, Error> {
+    codec::encode(args).map_err(|e| {
+        Error::codec(
+            format!("the arguments of `{}`", type_name::<F>()),
+            "encode",
+            e,
+        )
+    })
+}
+
+/// Decodes a target's returned value in the parent.
+pub(crate) fn decode_output<R: DeserializeOwned>(bytes: &[u8], target: &str) -> Result<R, Error> {
+    codec::decode(bytes)
+        .map_err(|e| Error::codec(format!("the return value of `{target}`"), "decode", e))
+}
