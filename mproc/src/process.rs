@@ -378,9 +378,9 @@ impl<R: DeserializeOwned> Process<R> {
     /// ```
     /// use std::time::Duration;
     ///
-    /// fn nap() -> &'static str {
+    /// fn nap() -> String {
     ///     std::thread::sleep(Duration::from_millis(300));
-    ///     "rested"
+    ///     "rested".into()
     /// }
     /// let mut p = mproc::Process::new(nap, ());
     /// p.start()?;

@@ -35,7 +35,7 @@ pub(crate) use child::Child;
 /// # Platform-specific behavior
 ///
 /// mproc runs on Linux; the default there is [`StartMethod::Forkserver`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum StartMethod {
     /// `fork()` the calling process; the child runs the target in a copy of the parent.
     ///

@@ -81,8 +81,9 @@ pub(crate) fn fork() -> io::Result<Forked> {
 }
 
 /// Starts `path` as a new process with `argv` and `envp`; each `(fd, target)` in `fds` is
-/// duplicated to `target` in the child (clearing close-on-exec there). Every target must be
-/// above 2 and the sources must not be any of the targets.
+/// duplicated to `target` in the child (clearing close-on-exec there), and every other
+/// descriptor above 2 is closed in it, inherited or not. The targets must be 3, 4, ... in
+/// order, and no source may be one of them.
 ///
 /// See posix_spawn(3).
 pub(crate) fn spawn(
@@ -97,6 +98,7 @@ pub(crate) fn spawn(
     for (fd, target) in fds {
         actions.dup2(fd.as_raw_fd(), *target)?;
     }
+    actions.close_from(3 + fds.len() as RawFd)?;
     let mut pid: libc::pid_t = 0;
     // SAFETY: every pointer is valid for the call: path is a C string, the argv and envp
     // arrays are null-terminated and point into CStrings that outlive the call, and
@@ -140,6 +142,17 @@ impl FileActions {
     fn dup2(&mut self, fd: RawFd, target: RawFd) -> io::Result<()> {
         // SAFETY: self.0 was initialised by posix_spawn_file_actions_init.
         let rc = unsafe { libc::posix_spawn_file_actions_adddup2(&mut self.0, fd, target) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(())
+    }
+}
+
+impl FileActions {
+    fn close_from(&mut self, first: RawFd) -> io::Result<()> {
+        // SAFETY: self.0 was initialised by posix_spawn_file_actions_init.
+        let rc = unsafe { libc::posix_spawn_file_actions_addclosefrom_np(&mut self.0, first) };
         if rc != 0 {
             return Err(io::Error::from_raw_os_error(rc));
         }

@@ -1,0 +1,171 @@
+//! Panics, aborts, signals and early exits reach the parent as clear errors.
+
+use mproc::{ErrorKind, Process, StartMethod};
+
+use crate::common::{PATIENCE, sleep_ms};
+
+fn boom(what: String) -> u32 {
+    panic!("boom: {what}");
+}
+
+fn panic_reports_message_location_and_name(m: StartMethod) {
+    let mut p = Process::new(boom, ("cheese".to_string(),))
+        .start_method(m)
+        .with_name("crasher");
+    p.start().unwrap();
+    let e = p.join_timeout(PATIENCE).unwrap_err();
+    let ErrorKind::Panicked(report) = e.kind() else {
+        panic!("{e:?}")
+    };
+    assert_eq!(report.message, "boom: cheese");
+    assert!(
+        report
+            .location
+            .as_deref()
+            .unwrap()
+            .starts_with("mproc/tests/crashes.rs:")
+            || report
+                .location
+                .as_deref()
+                .unwrap()
+                .starts_with("tests/crashes.rs:"),
+        "{report:?}"
+    );
+    assert_eq!(report.process, "crasher");
+    let asked = std::env::var("RUST_BACKTRACE").is_ok_and(|v| v != "0");
+    assert_eq!(
+        report.backtrace.is_some(),
+        asked,
+        "a backtrace exactly when RUST_BACKTRACE asks"
+    );
+    assert_eq!(p.exitcode(), Some(1));
+    let text = e.to_string();
+    assert!(
+        text.contains("crasher") && text.contains("boom: cheese"),
+        "{text}"
+    );
+    // Joining again gives the same error.
+    assert_eq!(p.join().unwrap_err(), e);
+}
+
+fn boom_with_backtrace() {
+    // SAFETY: the child's only other thread (the parent watcher) never reads the environment.
+    unsafe { std::env::set_var("RUST_BACKTRACE", "1") };
+    panic!("traced");
+}
+
+fn panic_carries_a_backtrace_when_asked(m: StartMethod) {
+    let mut p = Process::new(boom_with_backtrace, ()).start_method(m);
+    p.start().unwrap();
+    let e = p.join_timeout(PATIENCE).unwrap_err();
+    let ErrorKind::Panicked(report) = e.kind() else {
+        panic!("{e:?}")
+    };
+    let bt = report.backtrace.as_deref().expect("a backtrace");
+    assert!(bt.contains("boom_with_backtrace"), "{bt}");
+}
+
+fn abort() {
+    std::process::abort();
+}
+
+fn abort_is_reported_as_sigabrt(m: StartMethod) {
+    let mut p = Process::new(abort, ()).start_method(m);
+    p.start().unwrap();
+    let e = p.join_timeout(PATIENCE).unwrap_err();
+    let ErrorKind::WorkerLost(lost) = e.kind() else {
+        panic!("{e:?}")
+    };
+    assert_eq!(
+        (lost.signal, lost.pid),
+        (Some(libc::SIGABRT), p.pid().unwrap())
+    );
+    assert!(e.to_string().contains("SIGABRT"), "{e}");
+    assert_eq!(p.exitcode(), Some(-libc::SIGABRT));
+}
+
+fn kill_self(signal: String) {
+    let pid = std::process::id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-s", &signal, &pid])
+        .status();
+    std::thread::sleep(std::time::Duration::from_secs(30));
+}
+
+fn segfault(_: String) {
+    // A real invalid access, not a signal sent by kill.
+    // SAFETY: none; this deliberately writes through a null pointer to die by SIGSEGV.
+    unsafe { std::ptr::null_mut::<u64>().write_volatile(7) };
+}
+
+fn expect_signal<F: mproc::Target<(String,), Output = ()>>(
+    m: StartMethod,
+    target: F,
+    name: &str,
+    number: i32,
+) {
+    let mut p = Process::new(target, (name.to_string(),)).start_method(m);
+    p.start().unwrap();
+    let e = p.join_timeout(PATIENCE).unwrap_err();
+    let ErrorKind::WorkerLost(lost) = e.kind() else {
+        panic!("{e:?}")
+    };
+    assert_eq!(lost.signal, Some(number), "{e}");
+    assert!(e.to_string().contains(&format!("SIG{name}")), "{e}");
+    assert_eq!(p.exitcode(), Some(-number));
+}
+
+fn death_by_signal_reports_the_signal(m: StartMethod) {
+    expect_signal(m, kill_self, "KILL", libc::SIGKILL);
+    expect_signal(m, kill_self, "TERM", libc::SIGTERM);
+    expect_signal(m, segfault, "SEGV", libc::SIGSEGV);
+}
+
+fn kill_and_terminate_from_the_parent(m: StartMethod) {
+    for (sig, call) in [(libc::SIGKILL, true), (libc::SIGTERM, false)] {
+        let mut p = Process::new(sleep_ms, (60_000,)).start_method(m);
+        p.start().unwrap();
+        if call {
+            p.kill().unwrap()
+        } else {
+            p.terminate().unwrap()
+        }
+        let e = p.join_timeout(PATIENCE).unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::WorkerLost(l) if l.signal == Some(sig)),
+            "{e:?}"
+        );
+        assert_eq!(p.exitcode(), Some(-sig));
+    }
+}
+
+fn exit_with(code: i32) -> u8 {
+    std::process::exit(code)
+}
+
+fn exiting_without_returning_says_so(m: StartMethod) {
+    for code in [0, 3] {
+        let mut p = Process::new(exit_with, (code,)).start_method(m);
+        p.start().unwrap();
+        let e = p.join_timeout(PATIENCE).unwrap_err();
+        let ErrorKind::WorkerLost(lost) = e.kind() else {
+            panic!("{e:?}")
+        };
+        assert_eq!((lost.signal, lost.exit_code), (None, Some(code)));
+        assert!(
+            e.to_string()
+                .contains(&format!("exited with code {code} without returning")),
+            "{e}"
+        );
+        assert_eq!(p.exitcode(), Some(code));
+    }
+}
+
+per_start_method!(
+    panic_reports_message_location_and_name,
+    panic_carries_a_backtrace_when_asked,
+    abort_is_reported_as_sigabrt,
+    death_by_signal_reports_the_signal,
+    kill_and_terminate_from_the_parent,
+    exiting_without_returning_says_so,
+);

@@ -1,0 +1,10 @@
+//! mproc's integration tests: one binary, one module per area. Every cross-process scenario
+//! runs under each start method (see [`per_start_method!`]), and every wait is bounded.
+
+#[macro_use]
+mod common;
+
+mod bootstrap;
+mod crashes;
+mod lifecycle;
+mod process;

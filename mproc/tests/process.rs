@@ -1,0 +1,238 @@
+//! The `Process` API, end to end, under every start method.
+
+use std::time::Duration;
+
+use mproc::{ErrorKind, Process, StartMethod, current_process};
+
+use crate::common::{PATIENCE, has_ended, sleep_ms, wait_until};
+
+fn square(n: u64) -> u64 {
+    n * n
+}
+
+fn join_returns_the_value(m: StartMethod) {
+    let mut p = Process::new(square, (7,)).start_method(m);
+    assert_eq!(p.exitcode(), None);
+    p.start().unwrap();
+    assert_eq!(p.join_timeout(PATIENCE).unwrap(), 49);
+    assert_eq!(p.exitcode(), Some(0));
+    assert!(!p.is_alive());
+    // join may be called again and gives the same outcome.
+    assert_eq!(p.join().unwrap(), 49);
+}
+
+fn zero() -> String {
+    "none".into()
+}
+fn two(a: u8, b: String) -> String {
+    format!("{a}{b}")
+}
+fn six(a: u8, b: u16, c: u32, d: u64, e: i8, f: String) -> String {
+    format!("{a}-{b}-{c}-{d}-{e}-{f}")
+}
+
+fn every_arity_and_closures(m: StartMethod) {
+    let mut p0 = Process::new(zero, ()).start_method(m);
+    let mut p2 = Process::new(two, (4, "x".to_string())).start_method(m);
+    let mut p6 = Process::new(six, (1, 2, 3, 4, -5, "six".to_string())).start_method(m);
+    let mut pc =
+        Process::new(|v: Vec<i32>| v.iter().sum::<i32>(), (vec![1, 2, 3],)).start_method(m);
+    for r in [p0.start(), p2.start(), p6.start(), pc.start()] {
+        r.unwrap();
+    }
+    assert_eq!(p0.join_timeout(PATIENCE).unwrap(), "none");
+    assert_eq!(p2.join_timeout(PATIENCE).unwrap(), "4x");
+    assert_eq!(p6.join_timeout(PATIENCE).unwrap(), "1-2-3-4--5-six");
+    assert_eq!(pc.join_timeout(PATIENCE).unwrap(), 6);
+}
+
+fn whoami() -> (String, u32) {
+    (current_process().name().to_owned(), current_process().pid())
+}
+
+fn names_and_pids(m: StartMethod) {
+    let mut a = Process::new(whoami, ()).start_method(m);
+    let mut b = Process::new(whoami, ()).start_method(m).with_name("sq-3");
+    let a_name = a.name().to_owned();
+    assert!(a_name.starts_with("Process-"), "{a_name}");
+    a.start().unwrap();
+    b.start().unwrap();
+    let (name, pid) = a.join_timeout(PATIENCE).unwrap();
+    assert_eq!((name.as_str(), Some(pid)), (a_name.as_str(), a.pid()));
+    assert_ne!(pid, std::process::id());
+    assert_eq!(b.join_timeout(PATIENCE).unwrap().0, "sq-3");
+    assert_eq!(current_process().name(), "MainProcess");
+}
+
+fn grandchild_name(m: StartMethod) -> (String, String) {
+    let mut p = Process::new(whoami, ()).start_method(m);
+    p.start().unwrap();
+    let (name, _) = p.join_timeout(PATIENCE).unwrap();
+    (p.name().to_owned(), name)
+}
+
+fn children_of_children_are_named_like_python(m: StartMethod) {
+    let mut p = Process::new(grandchild_name, (m,)).start_method(m);
+    p.start().unwrap();
+    let parent = p.name().to_owned();
+    let (given, seen) = p.join_timeout(PATIENCE).unwrap();
+    assert_eq!(given, format!("{parent}:1"));
+    assert_eq!(seen, given);
+}
+
+fn counters_are_per_process_and_count_up(m: StartMethod) {
+    let a = Process::new(square, (1,)).start_method(m);
+    let b = Process::new(square, (1,)).start_method(m);
+    let n = |p: &Process<u64>| p.name()["Process-".len()..].parse::<u32>().unwrap();
+    assert_eq!(n(&b), n(&a) + 1);
+}
+
+fn wrong_state_calls_are_errors(m: StartMethod) {
+    let mut p = Process::new(square, (2,)).start_method(m);
+    assert!(matches!(
+        p.join().unwrap_err().kind(),
+        ErrorKind::InvalidArgument(_)
+    ));
+    assert!(p.terminate().is_err());
+    assert!(p.kill().is_err());
+    assert!(!p.is_alive());
+    p.start().unwrap();
+    let again = p.start().unwrap_err();
+    assert!(again.to_string().contains("already started"), "{again}");
+    assert_eq!(p.join_timeout(PATIENCE).unwrap(), 4);
+    // Signalling a process that has ended is not an error.
+    p.terminate().unwrap();
+    p.kill().unwrap();
+}
+
+fn join_timeout_is_retryable(m: StartMethod) {
+    let mut p = Process::new(sleep_ms, (400,)).start_method(m);
+    p.start().unwrap();
+    assert!(p.is_alive());
+    let e = p.join_timeout(Duration::from_millis(20)).unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Timeout);
+    assert_eq!(p.exitcode(), None);
+    assert!(p.is_alive());
+    assert_eq!(p.join_timeout(PATIENCE).unwrap(), 400);
+}
+
+fn echo_bytes(v: Vec<u8>) -> Vec<u8> {
+    let mut v = v;
+    v.reverse();
+    v
+}
+
+fn frames_larger_than_the_socket_buffer(m: StartMethod) {
+    let big: Vec<u8> = (0..10 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut p = Process::new(echo_bytes, (big.clone(),)).start_method(m);
+    p.start().unwrap();
+    let mut back = p.join_timeout(PATIENCE).unwrap();
+    back.reverse();
+    assert!(back == big);
+}
+
+fn drop_without_join_neither_blocks_nor_kills_nor_leaves_a_zombie(m: StartMethod) {
+    let mut p = Process::new(sleep_ms, (300,)).start_method(m);
+    p.start().unwrap();
+    let pid = p.pid().unwrap();
+    drop(p);
+    assert!(!has_ended(pid), "dropping the handle killed the child");
+    // It runs to its end and is then reaped by someone: /proc/<pid> disappears.
+    wait_until("the dropped child is reaped", || {
+        !crate::common::exists(pid)
+    });
+}
+
+struct Unencodable;
+
+impl serde::Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(
+            "this value refuses to be encoded",
+        ))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Unencodable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <()>::deserialize(d).map(|()| Unencodable)
+    }
+}
+
+fn takes(_: Unencodable) {}
+fn gives() -> Unencodable {
+    Unencodable
+}
+
+fn codec_errors_say_which_value_and_side(m: StartMethod) {
+    let mut p = Process::new(takes, (Unencodable,)).start_method(m);
+    let e = p.start().unwrap_err();
+    let ErrorKind::Codec(c) = e.kind() else {
+        panic!("{e:?}")
+    };
+    assert_eq!(
+        (c.direction.as_str(), c.process.as_str()),
+        ("encode", "MainProcess")
+    );
+    assert!(
+        c.value.contains("arguments") && c.message.contains("refuses"),
+        "{e}"
+    );
+
+    let mut p = Process::new(gives, ()).start_method(m);
+    p.start().unwrap();
+    let e = p.join_timeout(PATIENCE).err().unwrap();
+    let ErrorKind::Codec(c) = e.kind() else {
+        panic!("{e:?}")
+    };
+    assert_eq!(c.direction, "encode");
+    assert_eq!(c.process, p.name());
+    assert!(c.value.contains("return value"), "{e}");
+    assert_eq!(p.exitcode(), Some(1));
+}
+
+per_start_method!(
+    join_returns_the_value,
+    every_arity_and_closures,
+    names_and_pids,
+    children_of_children_are_named_like_python,
+    counters_are_per_process_and_count_up,
+    wrong_state_calls_are_errors,
+    join_timeout_is_retryable,
+    frames_larger_than_the_socket_buffer,
+    drop_without_join_neither_blocks_nor_kills_nor_leaves_a_zombie,
+    codec_errors_say_which_value_and_side,
+);
+
+#[test]
+fn start_method_default_and_setting() {
+    assert_eq!(mproc::get_start_method(), StartMethod::Forkserver);
+    mproc::set_start_method(StartMethod::Spawn);
+    let mut p = Process::new(whoami, ());
+    p.start().unwrap();
+    p.join_timeout(PATIENCE).unwrap();
+    mproc::set_start_method(StartMethod::Forkserver);
+    assert_eq!(mproc::get_start_method(), StartMethod::Forkserver);
+    assert_eq!(StartMethod::Forkserver.to_string(), "forkserver");
+}
+
+fn pin_and_count() -> usize {
+    let mut set = std::mem::MaybeUninit::<libc::cpu_set_t>::zeroed();
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity get a
+    // valid pointer to it and its size.
+    unsafe {
+        let set = set.assume_init_mut();
+        libc::CPU_SET(0, set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set);
+    }
+    mproc::cpu_count()
+}
+
+#[test]
+fn cpu_count_respects_affinity() {
+    let all = mproc::cpu_count();
+    assert!(all >= 1);
+    let mut p = Process::new(pin_and_count, ());
+    p.start().unwrap();
+    assert_eq!(p.join_timeout(PATIENCE).unwrap(), 1);
+}
