@@ -21,6 +21,9 @@ use crate::{Error, ErrorKind};
 
 /// The smallest read: enough for a header and a small message in one system call.
 const MIN_READ: usize = 4096;
+/// The largest read: about what a Unix socket buffers, so storage grows with the data that
+/// actually arrived, not with what a header announced.
+const MAX_READ: usize = 256 * 1024;
 
 /// One end of a framed connection.
 #[derive(Debug)]
@@ -88,7 +91,7 @@ impl Channel {
             if self.eof {
                 return Err(self.eof_error());
             }
-            let want = self.decoder.wanted().max(MIN_READ);
+            let want = self.decoder.wanted().clamp(MIN_READ, MAX_READ);
             let buf = self.decoder.read_buf(want);
             let got = socket::recv(self.sock.as_fd(), buf, &mut self.fds, true);
             self.decoder.filled(want, *got.as_ref().unwrap_or(&0));
@@ -159,5 +162,110 @@ fn send_error(e: io::Error) -> Error {
     match e.raw_os_error() {
         Some(libc::EPIPE) | Some(libc::ECONNRESET) => ErrorKind::Closed.into(),
         _ => Error::os("writing to a process's socket", e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::sys::socket::socketpair;
+
+    fn pair() -> (Channel, std::os::unix::net::UnixStream) {
+        let (a, b) = socketpair().unwrap();
+        (
+            Channel::new(InternalFd::new(a)),
+            std::os::unix::net::UnixStream::from(b),
+        )
+    }
+
+    fn soon() -> Option<Instant> {
+        Some(Instant::now() + Duration::from_secs(5))
+    }
+
+    #[test]
+    fn an_oversized_announcement_is_a_protocol_error() {
+        let (mut ch, mut raw) = pair();
+        raw.write_all(&u32::MAX.to_le_bytes()).unwrap();
+        let e = ch.recv_frame(soon()).unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::Protocol(_)), "{e}");
+    }
+
+    #[test]
+    fn a_truncated_frame_is_a_protocol_error_and_a_clean_close_is_closed() {
+        let (mut ch, mut raw) = pair();
+        raw.write_all(&10u32.to_le_bytes()).unwrap();
+        raw.write_all(b"abc").unwrap();
+        drop(raw);
+        let e = ch.recv_frame(soon()).unwrap_err();
+        assert!(e.to_string().contains("middle of a frame"), "{e}");
+
+        let (mut ch, raw) = pair();
+        drop(raw);
+        assert_eq!(
+            ch.recv_frame(soon()).unwrap_err().kind(),
+            &ErrorKind::Closed
+        );
+    }
+
+    #[test]
+    fn garbage_inside_a_frame_is_a_protocol_error_not_a_panic() {
+        let (mut ch, mut raw) = pair();
+        raw.write_all(&4u32.to_le_bytes()).unwrap();
+        raw.write_all(&[0xff; 4]).unwrap();
+        let e = ch
+            .recv::<crate::wire::message::Outcome>(soon())
+            .unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::Protocol(_)), "{e}");
+    }
+
+    #[test]
+    fn a_partial_frame_survives_a_timeout() {
+        let (mut ch, mut raw) = pair();
+        raw.write_all(&3u32.to_le_bytes()).unwrap();
+        raw.write_all(b"a").unwrap();
+        let e = ch
+            .recv_frame(Some(Instant::now() + Duration::from_millis(20)))
+            .unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::Timeout);
+        raw.write_all(b"bc").unwrap();
+        assert_eq!(ch.recv_frame(soon()).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn descriptors_travel_with_a_frame_and_big_frames_do_not_deadlock() {
+        let (a, b) = socketpair().unwrap();
+        let (tx, mut rx) = (
+            Channel::new(InternalFd::new(a)),
+            Channel::new(InternalFd::new(b)),
+        );
+        let (r, w) = crate::sys::fd::pipe().unwrap();
+        let big = vec![42u8; 8 << 20];
+        let sender = std::thread::spawn(move || {
+            tx.send_frame(&big, &[w.as_fd()]).unwrap();
+            tx
+        });
+        let got = rx.recv_frame(soon()).unwrap();
+        let _tx = sender.join().unwrap();
+        assert_eq!(got.len(), 8 << 20);
+        assert!(got.iter().all(|&b| b == 42));
+        let fds = rx.take_fds();
+        assert_eq!(fds.len(), 1);
+        let mut w = std::fs::File::from(fds.into_iter().next().unwrap());
+        w.write_all(b"through").unwrap();
+        drop(w);
+        let mut s = String::new();
+        std::fs::File::from(r).read_to_string(&mut s).unwrap();
+        assert_eq!(s, "through");
+    }
+
+    #[test]
+    fn sending_to_a_closed_peer_is_closed_not_sigpipe() {
+        let (ch, raw) = pair();
+        drop(raw);
+        let e = ch.send_frame(&[0; 1 << 20], &[]).unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::Closed);
     }
 }

@@ -52,7 +52,7 @@ pub struct Process<R> {
 
 enum State {
     New,
-    Running(Child),
+    Running(Box<Child>),
     Done {
         exit: Exit,
         outcome: Result<Vec<u8>, Error>,
@@ -155,6 +155,11 @@ impl<R> Process<R> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn start(&mut self) -> Result<(), Error> {
+        self.start_as(exe::identity())
+    }
+
+    /// Starts the child, claiming to be the build `identity` (tests claim a wrong one).
+    fn start_as(&mut self, identity: u64) -> Result<(), Error> {
         if self.pid.is_some() {
             return Err(Error::invalid(format!(
                 "{} was already started; a process can be started only once",
@@ -163,7 +168,7 @@ impl<R> Process<R> {
         }
         let args = std::mem::replace(&mut self.args, Ok(Vec::new()))?;
         let start = Start {
-            identity: exe::identity(),
+            identity,
             entry: self.target.entry,
             target: self.target.name.to_owned(),
             name: self.name.clone(),
@@ -174,7 +179,7 @@ impl<R> Process<R> {
         match start::launch(method, &start) {
             Ok(child) => {
                 self.pid = Some(child.pid());
-                *self.lock() = State::Running(child);
+                *self.lock() = State::Running(Box::new(child));
                 Ok(())
             }
             Err(e) => {
@@ -517,4 +522,25 @@ pub fn cpu_count() -> usize {
     // std reads sched_getaffinity(2) and the cgroup quota (cpu.max, or cpu.cfs_quota_us and
     // cpu.cfs_period_us) of this process, which is exactly the rule we want.
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seven() -> u8 {
+        7
+    }
+
+    #[test]
+    fn a_child_of_another_build_refuses_the_function_reference() {
+        for m in StartMethod::ALL {
+            let mut p = Process::new(seven, ()).start_method(m);
+            p.start_as(exe::identity() ^ 1).unwrap();
+            let e = p.join_timeout(Duration::from_secs(20)).unwrap_err();
+            assert_eq!(e.kind(), &ErrorKind::ExecutableMismatch, "{m}: {e}");
+            assert!(e.to_string().contains("different build"), "{e}");
+            assert_eq!(p.exitcode(), Some(1));
+        }
+    }
 }

@@ -103,12 +103,13 @@ fn running(slot: &mut Option<Server>) -> Result<&mut Server, Error> {
         std::mem::forget(slot.take());
     }
     if slot.is_none() {
-        *slot = Some(start_server()?);
+        *slot = Some(start_server(exe::identity())?);
     }
     Ok(slot.as_mut().expect("just started"))
 }
 
-fn start_server() -> Result<Server, Error> {
+/// Starts a server and checks that it runs the build `identity` (ours, except in tests).
+fn start_server(identity: u64) -> Result<Server, Error> {
     let alive_read = alive::reader()?;
     let [client, server_end] = socket_pair()?;
     let pid = spawn::spawn_executable(Role::ForkServer, server_end.as_fd(), alive_read.as_fd())?;
@@ -120,12 +121,7 @@ fn start_server() -> Result<Server, Error> {
         pidfd,
         request: Channel::new(client),
     };
-    let handshake = server.request.send(
-        &Hello {
-            identity: exe::identity(),
-        },
-        &[],
-    );
+    let handshake = server.request.send(&Hello { identity }, &[]);
     let welcome = handshake.and_then(|()| {
         let deadline = fd::deadline_after(SERVER_PATIENCE);
         server.request.recv::<Welcome>(deadline)
@@ -228,5 +224,18 @@ fn report_ended(children: &mut HashMap<u32, Channel>) {
         if let Some(status) = children.remove(&pid) {
             let _ = status.send(&exit, &[]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fork_server_of_another_build_is_refused() {
+        let e = start_server(exe::identity() ^ 1).err().expect("refused");
+        assert_eq!(e.kind(), &ErrorKind::ExecutableMismatch);
+        let server = start_server(exe::identity()).expect("the same build is accepted");
+        retire(&mut Some(server));
     }
 }

@@ -22,12 +22,18 @@ pub(crate) fn header(len: usize) -> Result<[u8; HEADER_LEN], Error> {
     Ok((len as u32).to_le_bytes())
 }
 
+/// Frames at least this large are handed over in the decoder's own buffer instead of copied.
+const HANDOVER_LEN: usize = 64 * 1024;
+
 /// Reassembles frames from a byte stream.
+///
+/// `buf` is storage that stays initialised as it grows, so reads land in it without being
+/// zeroed each time; `buf[start..end]` holds the bytes not yet returned as frames.
 #[derive(Debug)]
 pub(crate) struct FrameDecoder {
     buf: Vec<u8>,
-    /// Where the unconsumed bytes of `buf` start.
     start: usize,
+    end: usize,
     limit: usize,
 }
 
@@ -43,44 +49,43 @@ impl FrameDecoder {
         FrameDecoder {
             buf: Vec::new(),
             start: 0,
+            end: 0,
             limit,
         }
     }
 
     /// Appends bytes read from the stream.
     pub(crate) fn push(&mut self, bytes: &[u8]) {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        }
-        self.buf.extend_from_slice(bytes);
+        self.read_buf(bytes.len()).copy_from_slice(bytes);
+        self.filled(bytes.len(), bytes.len());
     }
 
     /// A writable tail of `n` bytes for the next read to fill; then call [`Self::filled`].
     pub(crate) fn read_buf(&mut self, n: usize) -> &mut [u8] {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
+        if self.start > 0 && self.end + n > self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
-        let len = self.buf.len();
-        self.buf.resize(len + n, 0);
-        &mut self.buf[len..]
+        if self.end + n > self.buf.len() {
+            self.buf.resize(self.end + n, 0);
+        }
+        &mut self.buf[self.end..self.end + n]
     }
 
-    /// Records that the last [`Self::read_buf`] of `asked` bytes received `got`.
-    pub(crate) fn filled(&mut self, asked: usize, got: usize) {
-        let unused = asked.saturating_sub(got);
-        self.buf.truncate(self.buf.len() - unused);
+    /// Records that the last [`Self::read_buf`] received `got` bytes (of the `_asked`).
+    pub(crate) fn filled(&mut self, _asked: usize, got: usize) {
+        self.end += got;
     }
 
     /// How many buffered bytes have not been returned as a frame yet.
     pub(crate) fn buffered(&self) -> usize {
-        self.buf.len() - self.start
+        self.end - self.start
     }
 
     /// The payload length announced by a complete buffered header, if any.
     fn announced(&self) -> Option<usize> {
-        let head = self.buf.get(self.start..self.start + HEADER_LEN)?;
+        let head = self.buf[self.start..self.end].get(..HEADER_LEN)?;
         Some(u32::from_le_bytes(head.try_into().ok()?) as usize)
     }
 
@@ -106,20 +111,23 @@ impl FrameDecoder {
             )));
         }
         if self.buffered() < HEADER_LEN + len {
-            self.buf.reserve(HEADER_LEN + len - self.buffered());
             return Ok(None);
         }
         let body = self.start + HEADER_LEN;
-        let payload = if self.start == 0 && self.buf.len() == body + len {
-            // The common case: exactly one frame buffered. Hand over the buffer itself.
+        if len >= HANDOVER_LEN && self.start == 0 && self.end == body + len {
+            // A large frame alone in the buffer: hand the buffer itself over.
             let mut all = std::mem::take(&mut self.buf);
+            all.truncate(body + len);
             all.drain(..HEADER_LEN);
-            all
-        } else {
-            let p = self.buf[body..body + len].to_vec();
-            self.start = body + len;
-            p
-        };
+            self.end = 0;
+            return Ok(Some(all));
+        }
+        let payload = self.buf[body..body + len].to_vec();
+        self.start = body + len;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
         Ok(Some(payload))
     }
 
