@@ -17,7 +17,8 @@ fn squarer(number: u64) -> u64 {
     result
 }
 
-fn main() -> mproc::Result<()> {
+/// Starts one process per number, then joins them all.
+pub(crate) fn main() -> mproc::Result<()> {
     let numbers = [2, 3, 4, 5, 6];
     let mut procs = Vec::new();
     for number in numbers {

@@ -91,7 +91,8 @@ pub struct PanicReport {
     pub location: Option<String>,
     /// The name of the process that panicked, such as `"Process-3"`.
     pub process: String,
-    /// The backtrace, captured when `RUST_BACKTRACE` is set in the child.
+    /// The backtrace, captured when `RUST_BACKTRACE` is set in the child. The error's
+    /// alternate form (`{:#}`) prints it after the message.
     pub backtrace: Option<String>,
 }
 
@@ -258,10 +259,10 @@ impl fmt::Display for PanicReport {
             write!(f, " at {loc}")?;
         }
         write!(f, ": {}", self.message)?;
-        if let Some(bt) = &self.backtrace {
-            write!(f, "\nstack backtrace:\n{bt}")?;
+        match &self.backtrace {
+            Some(bt) if f.alternate() => write!(f, "\nstack backtrace of the child:\n{bt}"),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 

@@ -27,9 +27,17 @@ pub(crate) use child::Child;
 /// How a child process is created, as in Python's `multiprocessing`.
 ///
 /// ```
-/// use mproc::StartMethod;
+/// use mproc::{Process, StartMethod};
 ///
-/// assert_eq!(mproc::get_start_method(), StartMethod::Forkserver);
+/// fn hello() -> String {
+///     format!("hello from {}", mproc::current_process().name())
+/// }
+/// for method in StartMethod::ALL {
+///     let mut p = Process::new(hello, ()).start_method(method);
+///     p.start()?;
+///     println!("{method}: {}", p.join()?);
+/// }
+/// # Ok::<(), mproc::Error>(())
 /// ```
 ///
 /// # Platform-specific behavior

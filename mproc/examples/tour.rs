@@ -1,0 +1,50 @@
+//! A tour of mproc: runs each example scenario in turn under a short heading.
+//!
+//! ```text
+//! cargo run --release --example tour
+//! ```
+
+#[path = "crash_report.rs"]
+mod crash_report;
+#[path = "squarer.rs"]
+mod squarer;
+#[path = "start_methods.rs"]
+mod start_methods;
+
+/// One stop of the tour: a heading, what it shows, and the scenario.
+struct Stop {
+    name: &'static str,
+    shows: &'static str,
+    run: fn() -> mproc::Result<()>,
+}
+
+fn main() -> mproc::Result<()> {
+    let stops = [
+        Stop {
+            name: "squarer",
+            shows: "one Process per number, each printing its name; then all joined",
+            run: squarer::main,
+        },
+        Stop {
+            name: "start_methods",
+            shows: "fork, spawn and forkserver side by side",
+            run: start_methods::main,
+        },
+        Stop {
+            name: "crash_report",
+            shows: "panics, signals and early exits reach the parent as clear errors",
+            run: crash_report::main,
+        },
+    ];
+    println!(
+        "mproc tour: {} CPUs available, default start method {}\n",
+        mproc::cpu_count(),
+        mproc::get_start_method()
+    );
+    for stop in stops {
+        println!("== {} — {}", stop.name, stop.shows);
+        (stop.run)()?;
+        println!();
+    }
+    Ok(())
+}
