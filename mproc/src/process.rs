@@ -327,13 +327,13 @@ impl<R> Process<R> {
     }
 
     /// What a finished child's outcome means for `join`.
-    fn settle(&self, child: &Child, exit: Exit) -> Result<Vec<u8>, Error> {
-        match child.outcome() {
-            Some(Ok(Outcome::Returned(bytes))) => Ok(bytes.clone()),
-            Some(Ok(Outcome::Panicked(report))) => Err(ErrorKind::Panicked(report.clone()).into()),
-            Some(Ok(Outcome::Failed(e))) => Err(e.clone()),
+    fn settle(&self, child: &mut Child, exit: Exit) -> Result<Vec<u8>, Error> {
+        match child.take_outcome() {
+            Some(Ok(Outcome::Returned(bytes))) => Ok(bytes),
+            Some(Ok(Outcome::Panicked(report))) => Err(ErrorKind::Panicked(report).into()),
+            Some(Ok(Outcome::Failed(e))) => Err(e),
             Some(Ok(Outcome::Refused)) => Err(ErrorKind::ExecutableMismatch.into()),
-            Some(Err(e)) => Err(e.clone()),
+            Some(Err(e)) => Err(e),
             None => Err(ErrorKind::WorkerLost(LostReport {
                 process: self.name.clone(),
                 pid: child.pid(),

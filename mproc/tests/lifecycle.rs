@@ -158,7 +158,29 @@ fn children_hold_only_the_descriptors_meant_for_them(m: StartMethod) {
     drop(user_file);
 }
 
+fn sees_manifest() -> bool {
+    open_fds().iter().any(|(_, t)| t.ends_with("/Cargo.toml"))
+}
+
+fn open_then_fork() -> (bool, bool) {
+    let file = std::fs::File::open(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    let mut p = Process::new(sees_manifest, ()).start_method(StartMethod::Fork);
+    p.start().unwrap();
+    let seen = p.join_timeout(PATIENCE).unwrap();
+    drop(file);
+    (seen, sees_manifest())
+}
+
+/// A child opens a file (likely at a descriptor number its start-up used and closed) and forks
+/// a grandchild: the grandchild keeps the file, as a forked child keeps its parent's files.
+fn a_forked_grandchild_keeps_its_parents_files(m: StartMethod) {
+    let mut p = Process::new(open_then_fork, ()).start_method(m);
+    p.start().unwrap();
+    assert_eq!(p.join_timeout(PATIENCE).unwrap(), (true, false));
+}
+
 per_start_method!(
     no_descriptor_leaks_over_1000_cycles,
     children_hold_only_the_descriptors_meant_for_them,
+    a_forked_grandchild_keeps_its_parents_files,
 );

@@ -111,9 +111,9 @@ impl Child {
         }
     }
 
-    /// The outcome the child sent, once it has ended (`None` if it sent none).
-    pub(crate) fn outcome(&self) -> Option<&Result<Outcome, Error>> {
-        self.outcome.as_ref()
+    /// Takes the outcome the child sent, once it has ended (`None` if it sent none).
+    pub(crate) fn take_outcome(&mut self) -> Option<Result<Outcome, Error>> {
+        self.outcome.take()
     }
 
     /// Sends a signal, through the pidfd so it can never reach a recycled pid.

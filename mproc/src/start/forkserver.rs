@@ -202,6 +202,7 @@ fn fork_child(ctrl: OwnedFd, status: OwnedFd, children: &mut HashMap<u32, Channe
     match proc::fork() {
         Ok(ForkSide::Child) => {
             proc::close_all_fds_except(ctrl.as_raw_fd());
+            fd::lock_internal().forget_all();
             proc::unblock_all_signals();
             if proc::kill_me_with_parent().is_err() || proc::getppid() != server_pid {
                 proc::exit_now(1);

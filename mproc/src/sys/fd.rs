@@ -83,6 +83,12 @@ impl InternalSnapshot {
         }
         self.0.clear();
     }
+
+    /// In a fork server's child, whose inherited descriptors were all closed at once: forgets
+    /// the list without closing anything again.
+    pub(crate) fn forget_all(mut self) {
+        self.0.clear();
+    }
 }
 
 /// Sets or clears `FD_CLOEXEC`.
