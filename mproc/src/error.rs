@@ -82,6 +82,22 @@ pub enum ErrorKind {
 }
 
 /// Where and how a target panicked.
+///
+/// ```
+/// use mproc::{ErrorKind, Process};
+///
+/// fn boom() {
+///     panic!("no more cheese");
+/// }
+/// let mut p = Process::new(boom, ()).with_name("cheese-shop");
+/// p.start()?;
+/// let e = p.join().unwrap_err();
+/// let ErrorKind::Panicked(report) = e.kind() else { unreachable!() };
+/// assert_eq!(report.message, "no more cheese");
+/// assert_eq!(report.process, "cheese-shop");
+/// assert!(report.location.as_deref().unwrap().contains(".rs:"));
+/// # Ok::<(), mproc::Error>(())
+/// ```
 #[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PanicReport {
@@ -97,6 +113,22 @@ pub struct PanicReport {
 }
 
 /// A process that ended without returning a value.
+///
+/// ```
+/// use mproc::{ErrorKind, Process};
+///
+/// fn sleepy() {
+///     std::thread::sleep(std::time::Duration::from_secs(60));
+/// }
+/// let mut p = Process::new(sleepy, ());
+/// p.start()?;
+/// p.kill()?;
+/// let e = p.join().unwrap_err();
+/// let ErrorKind::WorkerLost(lost) = e.kind() else { unreachable!() };
+/// assert_eq!((lost.signal, lost.exit_code), (Some(9), None));
+/// assert_eq!(Some(lost.pid), p.pid());
+/// # Ok::<(), mproc::Error>(())
+/// ```
 #[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LostReport {
@@ -111,6 +143,29 @@ pub struct LostReport {
 }
 
 /// Which value failed to encode or decode, on which side, and serde's message.
+///
+/// ```
+/// use mproc::{ErrorKind, Process};
+///
+/// // A value whose Serialize fails on purpose:
+/// struct Secret;
+/// impl serde::Serialize for Secret {
+///     fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+///         Err(serde::ser::Error::custom("secrets stay here"))
+///     }
+/// }
+/// impl<'de> serde::Deserialize<'de> for Secret {
+///     fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+///         Ok(Secret)
+///     }
+/// }
+/// fn keep(_: Secret) {}
+/// let mut p = Process::new(keep, (Secret,));
+/// let e = p.start().unwrap_err();
+/// let ErrorKind::Codec(c) = e.kind() else { unreachable!() };
+/// assert_eq!(c.direction, "encode");
+/// assert!(c.message.contains("secrets stay here"));
+/// ```
 #[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CodecReport {
@@ -125,6 +180,14 @@ pub struct CodecReport {
 }
 
 /// A failed system call.
+///
+/// ```
+/// use mproc::{Error, ErrorKind};
+///
+/// let e: Error = std::io::Error::from_raw_os_error(24).into();
+/// let ErrorKind::Os(os) = e.kind() else { unreachable!() };
+/// assert_eq!(os.errno, Some(24)); // EMFILE: too many open files
+/// ```
 #[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OsReport {
