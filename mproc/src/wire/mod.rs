@@ -36,3 +36,39 @@ pub(crate) fn fuzz(data: &[u8]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The fuzz seeds and many cheap mutations of them, on every `cargo test`: the long run is
+    /// `cargo fuzz` (fuzz/README.md); this keeps the decoder honest between runs.
+    #[test]
+    fn fuzz_seeds_and_their_mutations_never_panic() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/seeds");
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut seeds = 0;
+        for entry in std::fs::read_dir(dir).expect("fuzz/seeds exists") {
+            let seed = std::fs::read(entry.unwrap().path()).unwrap();
+            seeds += 1;
+            super::fuzz(&seed);
+            for _ in 0..2000 {
+                let mut m = seed.clone();
+                for _ in 0..1 + next() % 4 {
+                    let i = (next() as usize) % m.len().max(1);
+                    match next() % 3 {
+                        0 if !m.is_empty() => m[i] = next() as u8,
+                        1 => m.truncate(i),
+                        _ => m.insert(i.min(m.len()), next() as u8),
+                    }
+                }
+                super::fuzz(&m);
+            }
+        }
+        assert!(seeds >= 3, "fuzz seeds missing");
+    }
+}
