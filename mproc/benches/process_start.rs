@@ -1,1 +1,534 @@
-fn main() {}
+//! Process start benchmark: how long does `Process::start` + `join` of a trivial target take
+//! under each start method, next to the operating system's floors and to Python?
+//!
+//! Rows, each the time of one start+join, as median and p90 in microseconds:
+//!
+//! - `raw/fork`: libc `fork()`, `_exit(0)` in the child, `waitpid` in the parent;
+//! - `raw/reexec`: `std::process::Command::new(current_exe()).arg("--noop").status()`, a fresh
+//!   copy of this very binary whose `main` returns at once on `--noop`;
+//! - `raw/posix_spawn`: libc `posix_spawn` of `/proc/self/exe --noop` (what mproc's `Spawn`
+//!   uses), then `waitpid`; argv and envp are built once, outside the timing;
+//! - `mproc/{fork,forkserver,spawn}`: `Process::new(nothing, ()).start_method(m)`, `start()`,
+//!   `join()`, with `fn nothing() {}` (the fork server is started during the warm-up);
+//! - `python/{fork,forkserver,spawn}`: `multiprocessing.get_context(m).Process(target=f)`,
+//!   `start()`, `join()`, timed by `python3` itself (`benches/python_process_start.py`; the
+//!   interpreter is `$PYTHON` if set) and parsed here.
+//!
+//! Each row is compared with its floor (`raw/fork` for fork and forkserver, the faster of
+//! `raw/reexec` and `raw/posix_spawn` for spawn) and with Python's spawn, and the targets are
+//! checked on medians: forkserver <= 2x raw fork, spawn <= 1.5x raw re-exec, and every mproc
+//! method at least 10x faster than Python's spawn.
+//!
+//! Method: plain `std::time::Instant` around each start+join, no harness. After a warm-up, the
+//! Rust rows are sampled round-robin, each row's samples spread evenly over the rounds, so
+//! machine noise hits every row alike; the Python script does the same for its rows, in its
+//! own process, after the Rust rows.
+//!
+//! Run it with:
+//!
+//! ```text
+//! cargo bench -p mproc --bench process_start                 # everything, about 15 s
+//! cargo bench -p mproc --bench process_start -- spawn        # only rows whose name contains "spawn"
+//! cargo bench -p mproc --bench process_start -- mproc/fork   # only the row named exactly so
+//! cargo bench -p mproc --bench process_start -- --iters 200  # 200 samples of fork-class rows
+//! ```
+//!
+//! `--pin CPU` runs everything (Rust rows, fork server, Python) on that one CPU: on a small VM
+//! a wake-up across CPUs costs tens of microseconds, so pinning shows the CPU cost alone.
+//! `--iters N` sets the sample count of the fork-class Rust rows (default 2000); the other rows
+//! keep their default proportion to it (Rust exec-class 1/2, Python fork and
+//! forkserver 1/4, Python spawn 1/40). Without `--bench` on its command line (as under
+//! `cargo test --benches`) it does a smoke run of a few samples per row.
+
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::OsStringExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use mproc::{Process, StartMethod};
+
+/// The argument that makes this binary's `main` return at once (the re-exec floors).
+const NOOP: &str = "--noop";
+
+/// Every row's name, in table order.
+const ROWS: [&str; 9] = [
+    "raw/fork",
+    "raw/reexec",
+    "raw/posix_spawn",
+    "mproc/fork",
+    "mproc/forkserver",
+    "mproc/spawn",
+    "python/fork",
+    "python/forkserver",
+    "python/spawn",
+];
+
+/// The trivial target.
+fn nothing() {}
+
+/// Sample counts at the default scale, and warm-up counts.
+struct Plan {
+    /// Rust rows that fork (raw fork, mproc fork, mproc forkserver).
+    rust_fork: usize,
+    /// Rust rows that execute the binary afresh (re-exec, posix_spawn, mproc spawn).
+    rust_exec: usize,
+    /// Python's fork and forkserver.
+    py_fork: usize,
+    /// Python's spawn (about 40 ms each).
+    py_spawn: usize,
+    /// Untimed starts of each row first.
+    warmup: usize,
+}
+
+const FULL: Plan = Plan {
+    rust_fork: 2000,
+    rust_exec: 1000,
+    py_fork: 500,
+    py_spawn: 50,
+    warmup: 20,
+};
+
+const SMOKE: Plan = Plan {
+    rust_fork: 3,
+    rust_exec: 3,
+    py_fork: 2,
+    py_spawn: 2,
+    warmup: 1,
+};
+
+/// One timed row of Rust code.
+struct Job {
+    name: &'static str,
+    samples: usize,
+    run: Box<dyn FnMut()>,
+    times: Vec<f64>,
+}
+
+/// Median and p90 of a row, in microseconds.
+#[derive(Clone, Copy)]
+struct Stats {
+    n: usize,
+    median: f64,
+    p90: f64,
+}
+
+fn stats(times: &[f64]) -> Option<Stats> {
+    if times.is_empty() {
+        return None;
+    }
+    let mut v = times.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    // Nearest rank.
+    let p90 = v[(n * 9).div_ceil(10).max(1) - 1];
+    Some(Stats { n, median, p90 })
+}
+
+fn main() {
+    if std::env::args_os().nth(1).is_some_and(|a| a == NOOP) {
+        return;
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let plan = if full { FULL } else { SMOKE };
+    let mut scale = 1.0;
+    let mut pin: Option<usize> = None;
+    let mut filters: Vec<&str> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v)),
+            _ => (a.as_str(), None),
+        };
+        let mut value = |what: &str| -> usize {
+            inline
+                .or_else(|| it.next().map(String::as_str))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{flag} takes {what}"))
+        };
+        match flag {
+            "--iters" => scale = value("a sample count") as f64 / plan.rust_fork as f64,
+            "--pin" => pin = Some(value("a CPU number")),
+            _ if !a.starts_with('-') => filters.push(a),
+            _ => {}
+        }
+    }
+    let count = |n: usize| ((n as f64 * scale).round() as usize).max(3);
+    // A filter that is a row's full name selects that row only ("mproc/fork" is not also
+    // "mproc/forkserver"); any other filter selects every row whose name contains it.
+    let wanted = |name: &str| {
+        filters.is_empty()
+            || filters
+                .iter()
+                .any(|f| name == *f || (!ROWS.contains(f) && name.contains(f)))
+    };
+    let started = Instant::now();
+
+    println!(
+        "mproc process_start bench ({}): start+join of a trivial target, microseconds",
+        if full {
+            "full"
+        } else {
+            "smoke: a few samples per row, not meaningful"
+        }
+    );
+    println!("machine: {}", machine());
+    if let Some(cpu) = pin {
+        pin_to(cpu);
+        println!("pinned: this process and every child run on CPU {cpu} only");
+    }
+
+    let mut jobs = rust_jobs(&plan, &count);
+    jobs.retain(|j| wanted(j.name));
+    run_round_robin(&mut jobs, plan.warmup);
+    let mut rows: Vec<(String, Stats)> = jobs
+        .iter()
+        .filter_map(|j| stats(&j.times).map(|s| (j.name.to_owned(), s)))
+        .collect();
+
+    let py_plan: Vec<(&str, usize)> = [
+        ("fork", count(plan.py_fork)),
+        ("forkserver", count(plan.py_fork)),
+        ("spawn", count(plan.py_spawn)),
+    ]
+    .into_iter()
+    .filter(|(m, _)| wanted(&format!("python/{m}")))
+    .collect();
+    let mut py_version = None;
+    if !py_plan.is_empty() {
+        match run_python(&py_plan, plan.warmup.min(3)) {
+            Ok((version, samples)) => {
+                py_version = Some(version);
+                for (m, times) in samples {
+                    if let Some(s) = stats(&times) {
+                        rows.push((format!("python/{m}"), s));
+                    }
+                }
+            }
+            Err(e) => println!("python rows skipped: {e}"),
+        }
+    }
+
+    report(&rows, py_version.as_deref(), full);
+    println!("total bench time: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// The Rust rows, with their sample counts.
+fn rust_jobs(plan: &Plan, count: &dyn Fn(usize) -> usize) -> Vec<Job> {
+    let exe = std::env::current_exe().expect("current_exe");
+    let argv0 = std::env::args_os()
+        .next()
+        .unwrap_or_else(|| OsString::from("process_start"));
+    let argv = vec![cstring(argv0), CString::new(NOOP).expect("no NUL")];
+    let envp: Vec<CString> = std::env::vars_os()
+        .map(|(k, v)| {
+            let mut kv = k.into_vec();
+            kv.push(b'=');
+            kv.extend(v.into_vec());
+            CString::new(kv).expect("environment strings have no NUL")
+        })
+        .collect();
+    let fork_n = count(plan.rust_fork);
+    let exec_n = count(plan.rust_exec);
+    let mproc = |method: StartMethod| -> Box<dyn FnMut()> {
+        Box::new(move || {
+            let mut p = Process::new(nothing, ()).start_method(method);
+            p.start().expect("Process::start");
+            p.join().expect("Process::join");
+        })
+    };
+    vec![
+        job("raw/fork", fork_n, Box::new(raw_fork)),
+        job("raw/reexec", exec_n, Box::new(move || raw_reexec(&exe))),
+        job(
+            "raw/posix_spawn",
+            exec_n,
+            Box::new(move || raw_posix_spawn(&argv, &envp)),
+        ),
+        job("mproc/fork", fork_n, mproc(StartMethod::Fork)),
+        job("mproc/forkserver", fork_n, mproc(StartMethod::Forkserver)),
+        job("mproc/spawn", exec_n, mproc(StartMethod::Spawn)),
+    ]
+}
+
+fn job(name: &'static str, samples: usize, run: Box<dyn FnMut()>) -> Job {
+    Job {
+        name,
+        samples,
+        run,
+        times: Vec::with_capacity(samples),
+    }
+}
+
+fn cstring(s: OsString) -> CString {
+    CString::new(s.into_vec()).expect("no NUL in argv[0]")
+}
+
+/// Warms every job up, then samples them round-robin, each job's samples spread evenly.
+fn run_round_robin(jobs: &mut [Job], warmup: usize) {
+    for j in jobs.iter_mut() {
+        for _ in 0..warmup {
+            (j.run)();
+        }
+    }
+    let rounds = jobs.iter().map(|j| j.samples).max().unwrap_or(0);
+    for r in 0..rounds {
+        for j in jobs.iter_mut() {
+            if (r + 1) * j.samples / rounds != r * j.samples / rounds {
+                let t = Instant::now();
+                (j.run)();
+                j.times.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+    }
+}
+
+/// fork, `_exit(0)` in the child, waitpid in the parent.
+fn raw_fork() {
+    // SAFETY: the child calls only `_exit`, which is async-signal-safe, so it touches no state
+    // another thread of the parent might have held at the fork.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: `_exit` ends the child at once, running no destructors or atexit handlers.
+        unsafe { libc::_exit(0) };
+    }
+    assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+    reap(pid);
+}
+
+/// `Command` re-exec of this binary with `--noop`.
+fn raw_reexec(exe: &Path) {
+    let status = Command::new(exe)
+        .arg(NOOP)
+        .status()
+        .expect("re-exec of the bench binary");
+    assert!(status.success(), "re-exec exited with {status}");
+}
+
+/// posix_spawn of `/proc/self/exe --noop`, then waitpid.
+fn raw_posix_spawn(argv: &[CString], envp: &[CString]) {
+    let mut argv_ptrs: Vec<*mut libc::c_char> =
+        argv.iter().map(|s| s.as_ptr().cast_mut()).collect();
+    argv_ptrs.push(std::ptr::null_mut());
+    let mut envp_ptrs: Vec<*mut libc::c_char> =
+        envp.iter().map(|s| s.as_ptr().cast_mut()).collect();
+    envp_ptrs.push(std::ptr::null_mut());
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: the path is a C string literal; argv and envp are null-terminated arrays of
+    // pointers into CStrings that outlive the call; null file actions and attributes are
+    // allowed and mean "none".
+    let rc = unsafe {
+        libc::posix_spawn(
+            &mut pid,
+            c"/proc/self/exe".as_ptr(),
+            std::ptr::null(),
+            std::ptr::null(),
+            argv_ptrs.as_ptr(),
+            envp_ptrs.as_ptr(),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "posix_spawn: {}",
+        std::io::Error::from_raw_os_error(rc)
+    );
+    reap(pid);
+}
+
+/// Waits for `pid` and checks that it exited with 0.
+fn reap(pid: libc::pid_t) {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid, writable int for waitpid to fill.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "waitpid: {e}");
+    }
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child ended with wait status {status:#x}"
+    );
+}
+
+/// Python's version and its samples per start method.
+type PySamples = (String, Vec<(String, Vec<f64>)>);
+
+/// Runs the Python script with `plan` (method, samples) and parses what it prints.
+fn run_python(plan: &[(&str, usize)], warmup: usize) -> Result<PySamples, String> {
+    let python = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/python_process_start.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg("--warmup")
+        .arg(warmup.to_string())
+        .args(plan.iter().map(|(m, n)| format!("{m}={n}")))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("could not run {}: {e}", python.to_string_lossy()))?;
+    if !out.status.success() {
+        return Err(format!("{} exited with {}", script.display(), out.status));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut version = String::from("?");
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("version") => version = words.collect::<Vec<_>>().join(" "),
+            Some("samples") => {
+                let method = words.next().ok_or("a samples line without a method")?;
+                let times = words
+                    .map(|w| {
+                        w.parse::<f64>()
+                            .map_err(|e| format!("bad sample {w:?}: {e}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                samples.push((method.to_owned(), times));
+            }
+            _ => {}
+        }
+    }
+    Ok((version, samples))
+}
+
+/// The table and the target checks.
+fn report(rows: &[(String, Stats)], py_version: Option<&str>, full: bool) {
+    let get = |name: &str| rows.iter().find(|(n, _)| n == name).map(|(_, s)| *s);
+    let raw_fork = get("raw/fork");
+    let exec_floor = [
+        ("raw/reexec", get("raw/reexec")),
+        ("raw/posix_spawn", get("raw/posix_spawn")),
+    ]
+    .into_iter()
+    .filter_map(|(n, s)| s.map(|s| (n, s)))
+    .min_by(|a, b| a.1.median.total_cmp(&b.1.median));
+    let py_spawn = get("python/spawn");
+    let floor_of = |name: &str| -> Option<(&'static str, Stats)> {
+        match name {
+            "mproc/fork" | "mproc/forkserver" | "python/fork" | "python/forkserver" => {
+                raw_fork.map(|s| ("raw/fork", s))
+            }
+            "mproc/spawn" | "python/spawn" => exec_floor,
+            _ => None,
+        }
+    };
+
+    println!();
+    if let Some(v) = py_version {
+        println!("python rows: CPython {v}, multiprocessing.Process(target=f).start(); join()");
+    }
+    println!(
+        "{:<18} {:>6} {:>11} {:>11}  {:>24}  {:>13}",
+        "method", "n", "median µs", "p90 µs", "median vs floor", "vs py spawn"
+    );
+    for (name, s) in rows {
+        let vs_floor = floor_of(name).map_or_else(
+            || "(floor)".to_owned(),
+            |(f, fs)| format!("{:.2}x {f}", s.median / fs.median),
+        );
+        let vs_py = py_spawn.map_or_else(
+            || "-".to_owned(),
+            |p| format!("{:.1}x faster", p.median / s.median),
+        );
+        println!(
+            "{name:<18} {:>6} {:>11.1} {:>11.1}  {vs_floor:>24}  {vs_py:>13}",
+            s.n, s.median, s.p90
+        );
+    }
+    if let (Some(b), Some(c)) = (get("raw/reexec"), get("raw/posix_spawn")) {
+        let faster = if c.median <= b.median {
+            "raw/posix_spawn"
+        } else {
+            "raw/reexec"
+        };
+        println!("spawn floor: {faster} is the faster of raw/reexec and raw/posix_spawn");
+    }
+
+    println!();
+    println!(
+        "targets (on medians){}:",
+        if full {
+            ""
+        } else {
+            "; smoke run, so the verdicts mean nothing"
+        }
+    );
+    let check = |what: String, ratio: Option<f64>, limit: f64, want_below: bool| {
+        let verdict = match ratio {
+            None => "n/a ",
+            Some(r) if (want_below && r <= limit) || (!want_below && r >= limit) => "PASS",
+            Some(_) => "MISS",
+        };
+        let shown = ratio.map_or_else(|| "not measured".to_owned(), |r| format!("{r:.2}"));
+        println!("  {verdict}  {what}: {shown}");
+    };
+    let ratio = |a: Option<Stats>, b: Option<Stats>| a.zip(b).map(|(a, b)| a.median / b.median);
+    check(
+        "mproc/forkserver / raw/fork <= 2.00".to_owned(),
+        ratio(get("mproc/forkserver"), raw_fork),
+        2.0,
+        true,
+    );
+    check(
+        format!(
+            "mproc/spawn / {} <= 1.50",
+            exec_floor.map_or("raw re-exec", |(n, _)| n)
+        ),
+        ratio(get("mproc/spawn"), exec_floor.map(|(_, s)| s)),
+        1.5,
+        true,
+    );
+    for m in ["mproc/fork", "mproc/forkserver", "mproc/spawn"] {
+        check(
+            format!("python/spawn / {m} >= 10.0"),
+            ratio(py_spawn, get(m)),
+            10.0,
+            false,
+        );
+    }
+}
+
+/// Restricts this process, and so every process it starts, to one CPU.
+fn pin_to(cpu: usize) {
+    // SAFETY: an all-zero cpu_set_t is a valid, empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    assert!(cpu < libc::CPU_SETSIZE as usize, "--pin: no CPU {cpu}");
+    // SAFETY: `set` is a valid cpu_set_t and `cpu` is below its capacity.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is an initialised cpu_set_t of the size passed; pid 0 means this thread,
+    // the only one, whose mask new threads and processes inherit.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    assert_eq!(rc, 0, "--pin {cpu}: {}", std::io::Error::last_os_error());
+}
+
+/// CPU count, model, kernel and load, for the record.
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "?".to_owned(), |s| s.trim().to_owned());
+    // Other work on the machine skews every row; the load average shows whether there was any.
+    let load = std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "?".to_owned(),
+        |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    );
+    format!("{cpus} CPUs, {model}, Linux {kernel}, load average {load}")
+}
