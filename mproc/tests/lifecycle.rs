@@ -90,6 +90,61 @@ fn parent_death_by_sigkill_takes_children_and_fork_server_within_a_second() {
     }
 }
 
+/// A middle process: forks two sleepers from its main thread (a worker's target runs there),
+/// writes their pids to `path`, and waits to be killed.
+fn fork_sleepers_and_wait(path: String) {
+    let mut kids: Vec<_> = (0..2)
+        .map(|_| Process::new(sleep_ms, (60_000,)).start_method(StartMethod::Fork))
+        .collect();
+    let pids: Vec<String> = kids
+        .iter_mut()
+        .map(|k| {
+            k.start().unwrap();
+            k.pid().unwrap().to_string()
+        })
+        .collect();
+    std::fs::write(&path, pids.join(" ")).unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// The other path of parent-death detection: children forked from a main thread rely on
+/// `PR_SET_PDEATHSIG` instead of a watcher thread.
+#[test]
+fn children_forked_from_a_main_thread_die_with_it_within_a_second() {
+    for method in [StartMethod::Spawn, StartMethod::Forkserver] {
+        let path =
+            std::env::temp_dir().join(format!("mproc-pdeath-{}-{method}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let path_s = path.to_string_lossy().into_owned();
+        let mut middle = Process::new(fork_sleepers_and_wait, (path_s,)).start_method(method);
+        middle.start().unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        let pids: Vec<u32> = loop {
+            if let Ok(s) = std::fs::read_to_string(&path) {
+                if !s.is_empty() {
+                    break s.split(' ').map(|p| p.parse().unwrap()).collect();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{method}: the middle process never wrote its children"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let _ = std::fs::remove_file(&path);
+        middle.kill().unwrap();
+        let killed = Instant::now();
+        while !pids.iter().all(|&p| has_ended(p)) {
+            assert!(
+                killed.elapsed() < Duration::from_secs(1),
+                "{method}: grandchildren outlived their parent"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = middle.join_timeout(PATIENCE);
+    }
+}
+
 fn nothing() {}
 
 fn no_descriptor_leaks_over_1000_cycles(m: StartMethod) {

@@ -36,11 +36,11 @@ pub(crate) struct Child {
 }
 
 impl Child {
-    pub(crate) fn new(pid: u32, pidfd: InternalFd, ctrl: InternalFd, reaper: Reaper) -> Child {
+    pub(crate) fn new(pid: u32, pidfd: InternalFd, ctrl: Channel, reaper: Reaper) -> Child {
         Child {
             pid,
             pidfd,
-            ctrl: Channel::new(ctrl),
+            ctrl,
             reaper,
             outcome: None,
             exit: None,
@@ -51,8 +51,11 @@ impl Child {
         self.pid
     }
 
-    pub(crate) fn send_start(&self, start: &Start) -> Result<(), Error> {
-        self.ctrl.send(start, &[])
+    /// Sends the child its start message. On failure the child is dropped like any other, so
+    /// it is still reaped.
+    pub(crate) fn send_start(self, start: &Start) -> Result<Child, Error> {
+        self.ctrl.send(start, &[])?;
+        Ok(self)
     }
 
     /// Waits until the child has ended or `deadline` passes (`Ok(None)` then).

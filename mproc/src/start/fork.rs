@@ -8,17 +8,19 @@
 //! parent's liveness pipe, and runs the worker.
 
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use super::child::{Child, Reaper};
 use super::{alive, forkserver, worker};
 use crate::Error;
+use crate::channel::Channel;
 use crate::process;
 use crate::sys::fd::{self, InternalFd};
 use crate::sys::proc::{self, Forked};
 use crate::sys::socket;
+use crate::wire::message::Start;
 
-pub(crate) fn launch() -> Result<Child, Error> {
+pub(crate) fn launch(start: &Start) -> Result<Child, Error> {
     // Buffered output would otherwise be written once by each process.
     let _ = std::io::stdout().flush();
     let current = process::lock_current();
@@ -30,6 +32,8 @@ pub(crate) fn launch() -> Result<Child, Error> {
         Ok([a, b])
     })
     .map_err(|e| Error::os("creating a child's socket", e))?;
+    let parent = proc::getpid();
+    let from_main_thread = proc::is_main_thread();
     let internal = fd::lock_internal();
     match proc::fork().map_err(|e| Error::os("fork", e))? {
         Forked::Child => {
@@ -41,7 +45,7 @@ pub(crate) fn launch() -> Result<Child, Error> {
             std::mem::forget(server.take());
             drop((current, server, alive_slot));
             let ctrl = InternalFd::new(child_end.into_owned());
-            alive::watch(alive_read);
+            watch_parent(parent, from_main_thread, alive_read);
             worker::run(ctrl)
         }
         Forked::Parent(pid) => {
@@ -49,7 +53,21 @@ pub(crate) fn launch() -> Result<Child, Error> {
             drop(child_end);
             let [pidfd] = fd::create_internal(|| Ok([proc::pidfd_open(pid)?]))
                 .map_err(|e| Error::os("opening a pidfd for a forked child", e))?;
-            Ok(Child::new(pid, pidfd, parent_end, Reaper::Us))
+            Child::new(pid, pidfd, Channel::new(parent_end), Reaper::Us).send_start(start)
         }
+    }
+}
+
+/// Makes the child die with its parent. When the parent forked from its main thread, whose end
+/// is the process's end, the kernel does it (`PR_SET_PDEATHSIG`) at no cost; otherwise that
+/// signal would fire when the forking thread ends, so a small thread watches the liveness pipe.
+fn watch_parent(parent: u32, from_main_thread: bool, alive_read: OwnedFd) {
+    if from_main_thread && proc::kill_me_with_parent().is_ok() {
+        if proc::getppid() != parent {
+            proc::exit_now(1); // the parent died before the signal was armed
+        }
+        drop(alive_read);
+    } else {
+        alive::watch(alive_read);
     }
 }

@@ -26,7 +26,7 @@ use crate::error::{Error, ErrorKind};
 use crate::sys::fd::{self, InternalFd};
 use crate::sys::proc::{self, Forked as ForkSide};
 use crate::sys::{exe, socket};
-use crate::wire::message::{ForkRequest, Forked, Hello, Welcome};
+use crate::wire::message::{ForkRequest, Forked, Hello, Start, Welcome};
 
 /// How long a fork server may take to start or to answer a request before it is considered
 /// broken. Generous: it bounds a hang, it is not a performance target.
@@ -54,7 +54,7 @@ fn socket_pair() -> Result<[InternalFd; 2], Error> {
     .map_err(|e| Error::os("creating a socket pair", e))
 }
 
-pub(crate) fn launch() -> Result<Child, Error> {
+pub(crate) fn launch(start: &Start) -> Result<Child, Error> {
     let [ctrl, ctrl_child] = socket_pair()?;
     let [status, status_child] = socket_pair()?;
     let mut slot = lock();
@@ -70,6 +70,9 @@ pub(crate) fn launch() -> Result<Child, Error> {
     }
     drop(slot);
     drop((ctrl_child, status_child));
+    // The child will find its start message waiting: no round trip spent on it.
+    let ctrl = Channel::new(ctrl);
+    let sent = ctrl.send(start, &[]);
     let mut status = Channel::new(status);
     let deadline = fd::deadline_after(SERVER_PATIENCE);
     let forked: Forked = status
@@ -79,6 +82,7 @@ pub(crate) fn launch() -> Result<Child, Error> {
         .take_fds()
         .pop()
         .ok_or_else(|| Error::protocol("the fork server's answer carried no pidfd"))?;
+    sent?;
     Ok(Child::new(
         forked.pid,
         InternalFd::new(pidfd),

@@ -128,13 +128,12 @@ pub fn get_start_method() -> StartMethod {
     StartMethod::from_u8(DEFAULT_METHOD.load(Ordering::Relaxed))
 }
 
-/// Starts a child with `method` and hands it `start`.
+/// Starts a child with `method` and hands it `start` (each method sends it as early as it can,
+/// so the child finds it waiting).
 pub(crate) fn launch(method: StartMethod, start: &Start) -> Result<Child, Error> {
-    let child = match method {
-        StartMethod::Fork => fork::launch()?,
-        StartMethod::Spawn => spawn::launch()?,
-        StartMethod::Forkserver => forkserver::launch()?,
-    };
-    child.send_start(start)?;
-    Ok(child)
+    match method {
+        StartMethod::Fork => fork::launch(start),
+        StartMethod::Spawn => spawn::launch(start),
+        StartMethod::Forkserver => forkserver::launch(start),
+    }
 }

@@ -14,16 +14,18 @@ use super::alive;
 use super::bootstrap::{self, Role};
 use super::child::{Child, Reaper};
 use crate::Error;
+use crate::channel::Channel;
 use crate::sys::fd;
 use crate::sys::proc;
 use crate::sys::socket;
+use crate::wire::message::Start;
 
 /// Where the control socket lands in the child.
 const CTRL_FD: RawFd = 3;
 /// Where the liveness pipe lands in the child.
 const ALIVE_FD: RawFd = 4;
 
-pub(crate) fn launch() -> Result<Child, Error> {
+pub(crate) fn launch(start: &Start) -> Result<Child, Error> {
     let alive_read = alive::reader()?;
     let [parent_end, child_end] = fd::create_internal(|| {
         let (a, b) = socket::socketpair()?;
@@ -33,7 +35,7 @@ pub(crate) fn launch() -> Result<Child, Error> {
     let pid = spawn_executable(Role::Worker, child_end.as_fd(), alive_read.as_fd())?;
     let [pidfd] = fd::create_internal(|| Ok([proc::pidfd_open(pid)?]))
         .map_err(|e| Error::os("opening a pidfd for a spawned child", e))?;
-    Ok(Child::new(pid, pidfd, parent_end, Reaper::Us))
+    Child::new(pid, pidfd, Channel::new(parent_end), Reaper::Us).send_start(start)
 }
 
 /// Starts this executable in `role`, handing it `ctrl` and `alive`. Returns its pid.

@@ -256,6 +256,13 @@ pub(crate) fn getpid() -> u32 {
     std::process::id()
 }
 
+/// Whether the calling thread is the process's main thread (gettid(2) equals getpid(2)).
+pub(crate) fn is_main_thread() -> bool {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    tid as u32 == getpid()
+}
+
 /// The parent's process id (getppid(2)).
 pub(crate) fn getppid() -> u32 {
     // SAFETY: getppid has no preconditions and cannot fail.
@@ -263,7 +270,8 @@ pub(crate) fn getppid() -> u32 {
 }
 
 /// Asks the kernel to SIGKILL this process when the thread that created it ends
-/// (PR_SET_PDEATHSIG in prctl(2)). Used only in children of the single-threaded fork server.
+/// (PR_SET_PDEATHSIG in prctl(2)). Used in children of the single-threaded fork server, and in
+/// children forked from a main thread.
 pub(crate) fn kill_me_with_parent() -> io::Result<()> {
     syscall!(prctl(
         libc::PR_SET_PDEATHSIG,
