@@ -42,6 +42,9 @@
 
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
+// `unsafe` is fenced into `sys/` (and the one `.init_array` attribute of `start/bootstrap.rs`);
+// each of those files opts in by itself.
+#![deny(unsafe_code)]
 
 mod channel;
 mod error;

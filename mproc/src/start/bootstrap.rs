@@ -98,6 +98,9 @@ pub(crate) fn parse(value: &OsStr) -> Result<Marker, String> {
     Ok(Marker { role, ctrl, alive })
 }
 
+// The one unsafe attribute outside `sys/`: placing a function pointer in `.init_array` is
+// sound because `bootstrap` has the signature the loader calls (no arguments are read).
+#[allow(unsafe_code)]
 #[used]
 #[unsafe(link_section = ".init_array")]
 static BOOTSTRAP: extern "C" fn() = bootstrap;

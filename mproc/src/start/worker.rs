@@ -12,9 +12,8 @@ use std::sync::Mutex;
 use crate::channel::Channel;
 use crate::error::PanicReport;
 use crate::process;
-use crate::sys::exe;
 use crate::sys::fd::InternalFd;
-use crate::sys::image;
+use crate::sys::image::{self, Entry};
 use crate::sys::proc;
 use crate::wire::message::{Outcome, Start};
 
@@ -28,16 +27,16 @@ pub(crate) fn run(ctrl: InternalFd) -> ! {
         Ok(s) => s,
         Err(_) => proc::exit_now(EXIT_NO_START),
     };
-    if start.identity != exe::identity() {
+    let Some(entry) = image::entry_for(start.identity, start.entry) else {
         let _ = ctrl.send(&Outcome::Refused, &[]);
         proc::write_stderr(
             "mproc: this worker runs a different build of the executable than its parent; \
              refusing the function reference\n",
         );
         proc::exit_now(1);
-    }
+    };
     process::set_current(start.name.clone(), start.lineage.clone());
-    let outcome = call(&start);
+    let outcome = call(entry, &start.args);
     let code = match outcome {
         Outcome::Returned(_) => 0,
         _ => 1,
@@ -48,15 +47,12 @@ pub(crate) fn run(ctrl: InternalFd) -> ! {
     proc::exit_now(code)
 }
 
-fn call(start: &Start) -> Outcome {
+fn call(entry: Entry, args: &[u8]) -> Outcome {
     install_panic_hook();
-    // SAFETY: the identity check in `run` passed, so `start.entry` came from `offset_of` in a
-    // process running this same build.
-    let entry = unsafe { image::entry_at(start.entry) };
-    match panic::catch_unwind(AssertUnwindSafe(|| entry(&start.args))) {
+    match panic::catch_unwind(AssertUnwindSafe(|| entry(args))) {
         Ok(Ok(bytes)) => Outcome::Returned(bytes),
         Ok(Err(e)) => Outcome::Failed(e),
-        Err(payload) => Outcome::Panicked(take_panic(payload, &start.name)),
+        Err(payload) => Outcome::Panicked(take_panic(payload)),
     }
 }
 
@@ -79,12 +75,12 @@ fn install_panic_hook() {
     }));
 }
 
-fn take_panic(payload: Box<dyn std::any::Any + Send>, name: &str) -> PanicReport {
+fn take_panic(payload: Box<dyn std::any::Any + Send>) -> PanicReport {
     let recorded = LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()).take();
     recorded.unwrap_or_else(|| PanicReport {
         message: payload_message(&*payload),
         location: None,
-        process: name.to_owned(),
+        process: process::current_process().name().to_owned(),
         backtrace: None,
     })
 }

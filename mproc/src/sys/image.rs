@@ -26,6 +26,17 @@ pub(crate) fn offset_of(entry: Entry) -> i64 {
     (entry as usize as i64).wrapping_sub(anchor_address() as i64)
 }
 
+/// The entry at `offset` from the anchor, if `identity` (the sender's build) is this build;
+/// `None` for another build, whose offsets mean nothing here.
+pub(crate) fn entry_for(identity: u64, offset: i64) -> Option<Entry> {
+    if identity != super::exe::identity() {
+        return None;
+    }
+    // SAFETY: the sender runs this very build (checked above), and offsets are only ever made
+    // by `offset_of`, so this one names an `Entry` function of this image.
+    Some(unsafe { entry_at(offset) })
+}
+
 /// The entry at `offset` from the anchor.
 ///
 /// # Safety
@@ -33,7 +44,7 @@ pub(crate) fn offset_of(entry: Entry) -> i64 {
 /// `offset` must have come from [`offset_of`] in a process running the same build as this
 /// one (the executable identity check has passed); any other value gives a pointer to
 /// arbitrary code.
-pub(crate) unsafe fn entry_at(offset: i64) -> Entry {
+unsafe fn entry_at(offset: i64) -> Entry {
     let address = (anchor_address() as i64).wrapping_add(offset) as usize;
     // SAFETY: by this function's contract the address is that of an `Entry` function in this
     // image; fn pointers and usize have the same size on every supported target.
