@@ -236,3 +236,33 @@ fn cpu_count_respects_affinity() {
     p.start().unwrap();
     assert_eq!(p.join_timeout(PATIENCE).unwrap(), 1);
 }
+
+fn join_cgroup_and_count(dir: String) -> usize {
+    std::fs::write(
+        format!("{dir}/cgroup.procs"),
+        std::process::id().to_string(),
+    )
+    .unwrap();
+    mproc::cpu_count()
+}
+
+/// A CPU quota of one CPU (cgroup v1 `cpu` controller, where this machine has one we may
+/// write to) makes cpu_count() 1, even on a bigger machine.
+#[test]
+fn cpu_count_respects_a_cgroup_cpu_quota() {
+    let dir = format!("/sys/fs/cgroup/cpu/mproc-test-{}", std::process::id());
+    if std::fs::create_dir(&dir).is_err() {
+        eprintln!("no writable cgroup v1 cpu controller here; the affinity test still runs");
+        return;
+    }
+    std::fs::write(format!("{dir}/cpu.cfs_period_us"), "100000").unwrap();
+    std::fs::write(format!("{dir}/cpu.cfs_quota_us"), "100000").unwrap();
+    let mut p =
+        Process::new(join_cgroup_and_count, (dir.clone(),)).start_method(StartMethod::Spawn);
+    p.start().unwrap();
+    let counted = p.join_timeout(PATIENCE);
+    crate::common::wait_until("the cgroup is removed", || {
+        std::fs::remove_dir(&dir).is_ok()
+    });
+    assert_eq!(counted.unwrap(), 1);
+}
