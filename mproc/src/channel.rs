@@ -53,32 +53,48 @@ impl Channel {
         self.eof
     }
 
-    /// Sends one frame with `fds` attached to its first byte.
+    /// Sends one frame with `fds` attached to its first byte, waiting as long as the peer
+    /// takes to read it.
     pub(crate) fn send_frame(&self, payload: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
+        self.send_frame_until(payload, fds, None)
+    }
+
+    /// Sends one frame, or gives up with `Err(Timeout)` at `deadline`, after which the stream
+    /// holds a partial frame and the connection must be abandoned.
+    pub(crate) fn send_frame_until(
+        &self,
+        payload: &[u8],
+        fds: &[BorrowedFd<'_>],
+        deadline: Option<Instant>,
+    ) -> Result<(), Error> {
         let head = frame::header(payload.len())?;
         let total = head.len() + payload.len();
         let mut sent = 0;
         while sent < total {
-            let n = if sent < head.len() {
+            let attempt = if sent < head.len() {
+                let fds = if sent == 0 { fds } else { &[] };
                 socket::send(self.fd(), &[&head[sent..], payload], fds)
             } else {
                 socket::send(self.fd(), &[&payload[sent - head.len()..]], &[])
             };
-            sent += n.map_err(send_error)?;
+            match attempt {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let ready = fd::poll_write(self.fd(), deadline)
+                        .map_err(|e| Error::os("waiting to write to a process's socket", e))?;
+                    if !ready {
+                        return Err(ErrorKind::Timeout.into());
+                    }
+                }
+                Err(e) => return Err(send_error(e)),
+            }
         }
         Ok(())
     }
 
     /// Encodes and sends one message.
     pub(crate) fn send<T: Serialize>(&self, msg: &T, fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
-        let bytes = codec::encode(msg).map_err(|e| {
-            Error::codec(
-                format!("a `{}` message", std::any::type_name::<T>()),
-                "encode",
-                e,
-            )
-        })?;
-        self.send_frame(&bytes, fds)
+        self.send_frame(&encode_message(msg)?, fds)
     }
 
     /// A whole frame if one can be completed from what is already available, without
@@ -146,6 +162,17 @@ impl Channel {
     pub(crate) fn take_fds(&mut self) -> Vec<OwnedFd> {
         std::mem::take(&mut self.fds)
     }
+}
+
+/// Encodes a message for [`Channel::send_frame`].
+pub(crate) fn encode_message<T: Serialize>(msg: &T) -> Result<Vec<u8>, Error> {
+    codec::encode(msg).map_err(|e| {
+        Error::codec(
+            format!("a `{}` message", std::any::type_name::<T>()),
+            "encode",
+            e,
+        )
+    })
 }
 
 /// Decodes a message received as a frame.

@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::channel;
 use crate::error::{Error, ErrorKind, LostReport};
 use crate::start::{self, Child, StartMethod};
 use crate::sys::exe;
 use crate::sys::fd;
 use crate::sys::proc::Exit;
+use crate::wire::frame;
 use crate::wire::message::{Outcome, Start};
 use crate::wire::target::{self, Target, TargetRef};
 
@@ -166,7 +168,10 @@ impl<R> Process<R> {
                 self.name
             )));
         }
-        let args = std::mem::replace(&mut self.args, Ok(Vec::new()))?;
+        let args = match &mut self.args {
+            Ok(args) => std::mem::take(args),
+            Err(e) => return Err(e.clone()),
+        };
         let start = Start {
             identity,
             entry: self.target.entry,
@@ -175,18 +180,18 @@ impl<R> Process<R> {
             lineage: self.lineage.clone(),
             args,
         };
+        // Encoded (and its size checked) before any process exists; the arguments stay here
+        // for a retry if the start fails.
+        let message = channel::encode_message(&start);
+        self.args = Ok(start.args);
+        let message = message?;
+        frame::header(message.len())?;
         let method = self.method.unwrap_or_else(start::get_start_method);
-        match start::launch(method, &start) {
-            Ok(child) => {
-                self.pid = Some(child.pid());
-                *self.lock() = State::Running(Box::new(child));
-                Ok(())
-            }
-            Err(e) => {
-                self.args = Ok(start.args);
-                Err(e)
-            }
-        }
+        let child = start::launch(method, &message)?;
+        self.args = Ok(Vec::new());
+        self.pid = Some(child.pid());
+        *self.lock() = State::Running(Box::new(child));
+        Ok(())
     }
 
     /// Its name: `Process-N` unless set with [`with_name`](Process::with_name).
@@ -230,12 +235,13 @@ impl<R> Process<R> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn is_alive(&self) -> bool {
-        self.pid.is_some() && self.poll(Some(Instant::now())).is_none()
+        self.pid.is_some() && matches!(self.wait(Some(Instant::now())), Ok(None))
     }
 
     /// Python's `exitcode`: `None` before it starts and while it runs; then its exit code,
     /// 0 after the target returned, 1 after a panic, or minus the signal number if a signal
-    /// killed it. Never blocks.
+    /// killed it. Never blocks. Also `None` after it ended if its status was lost because this
+    /// process ignores `SIGCHLD` (the kernel then reaps children itself).
     ///
     /// ```
     /// fn work() {}
@@ -247,7 +253,7 @@ impl<R> Process<R> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn exitcode(&self) -> Option<i32> {
-        self.poll(Some(Instant::now())).map(Exit::python_code)
+        self.poll(Some(Instant::now())).and_then(Exit::python_code)
     }
 
     /// Asks the child to stop with `SIGTERM`. Does nothing if it has already ended.
@@ -333,17 +339,18 @@ impl<R> Process<R> {
             Some(Ok(Outcome::Panicked(report))) => Err(ErrorKind::Panicked(report).into()),
             Some(Ok(Outcome::Failed(e))) => Err(e),
             Some(Ok(Outcome::Refused)) => Err(ErrorKind::ExecutableMismatch.into()),
-            Some(Err(e)) => Err(e),
-            None => Err(ErrorKind::WorkerLost(LostReport {
+            // A frame cut short by the child's death is the death's fault, not the wire's.
+            Some(Err(e)) if exit == Exit::Code(0) => Err(e),
+            Some(Err(_)) | None => Err(ErrorKind::WorkerLost(LostReport {
                 process: self.name.clone(),
                 pid: child.pid(),
                 signal: match exit {
                     Exit::Signal(s) => Some(s),
-                    Exit::Code(_) => None,
+                    _ => None,
                 },
                 exit_code: match exit {
                     Exit::Code(c) => Some(c),
-                    Exit::Signal(_) => None,
+                    _ => None,
                 },
             })
             .into()),

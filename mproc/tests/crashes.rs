@@ -161,6 +161,86 @@ fn exiting_without_returning_says_so(m: StartMethod) {
     }
 }
 
+fn square(n: u64) -> u64 {
+    n * n
+}
+
+fn run_with_sigchld_ignored(m: StartMethod) -> (u64, bool) {
+    // SAFETY: installing SIG_IGN for SIGCHLD has no memory-safety preconditions.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    let mut p = Process::new(square, (9,)).start_method(m);
+    p.start().unwrap();
+    let value = p.join_timeout(PATIENCE).unwrap();
+    (value, p.is_alive())
+}
+
+/// A parent that ignores SIGCHLD (so the kernel reaps its children itself) still gets its
+/// children's values, and never sees them as alive after they ended.
+fn results_survive_a_parent_that_ignores_sigchld(m: StartMethod) {
+    let mut middle = Process::new(run_with_sigchld_ignored, (m,)).start_method(StartMethod::Spawn);
+    middle.start().unwrap();
+    assert_eq!(middle.join_timeout(PATIENCE).unwrap(), (81, false));
+}
+
+fn terminate_with_sigterm_blocked_in_the_parent(m: StartMethod) {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::zeroed();
+    // SAFETY: `set` is valid storage initialised by sigemptyset; only this test thread's mask
+    // changes.
+    unsafe {
+        let set = set.assume_init_mut();
+        libc::sigemptyset(set);
+        libc::sigaddset(set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, set, std::ptr::null_mut());
+    }
+    let mut p = Process::new(sleep_ms, (60_000,)).start_method(m);
+    p.start().unwrap();
+    p.terminate().unwrap();
+    assert!(p.join_timeout(PATIENCE).is_err());
+    assert_eq!(
+        p.exitcode(),
+        Some(-libc::SIGTERM),
+        "{m}: the child inherited a blocked SIGTERM"
+    );
+}
+
+fn catch_then_rethrow() {
+    let _ = std::panic::catch_unwind(|| panic!("first, caught"));
+    std::panic::resume_unwind(Box::new("second, rethrown"));
+}
+
+fn a_rethrown_panic_is_not_reported_as_an_older_one(m: StartMethod) {
+    let mut p = Process::new(catch_then_rethrow, ()).start_method(m);
+    p.start().unwrap();
+    let e = p.join_timeout(PATIENCE).unwrap_err();
+    let ErrorKind::Panicked(report) = e.kind() else {
+        panic!("{e:?}")
+    };
+    assert_eq!(report.message, "second, rethrown");
+    assert_eq!(report.location, None);
+}
+
+/// Another thread holds stderr, or stdout, while a child starts: the child must not inherit a
+/// lock held by a thread that does not exist in it.
+fn a_child_is_not_stuck_on_output_locks_held_by_other_threads(m: StartMethod) {
+    for stream in ["stderr", "stdout"] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let _held: Box<dyn std::any::Any> = if stream == "stderr" {
+                Box::new(std::io::stderr().lock())
+            } else {
+                Box::new(std::io::stdout().lock())
+            };
+            tx.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        });
+        rx.recv().unwrap();
+        let mut p = Process::new(square, (3,)).start_method(m);
+        p.start().unwrap();
+        holder.join().unwrap();
+        assert_eq!(p.join_timeout(PATIENCE).unwrap(), 9, "{m}, {stream} held");
+    }
+}
+
 per_start_method!(
     panic_reports_message_location_and_name,
     panic_carries_a_backtrace_when_asked,
@@ -168,4 +248,8 @@ per_start_method!(
     death_by_signal_reports_the_signal,
     kill_and_terminate_from_the_parent,
     exiting_without_returning_says_so,
+    results_survive_a_parent_that_ignores_sigchld,
+    terminate_with_sigterm_blocked_in_the_parent,
+    a_rethrown_panic_is_not_reported_as_an_older_one,
+    a_child_is_not_stuck_on_output_locks_held_by_other_threads,
 );

@@ -13,7 +13,7 @@ use crate::channel::{self, Channel};
 use crate::error::{Error, ErrorKind};
 use crate::sys::fd::{self, InternalFd};
 use crate::sys::proc::{self, Exit};
-use crate::wire::message::{Outcome, Start};
+use crate::wire::message::Outcome;
 
 /// Who learns how the child ended.
 #[derive(Debug)]
@@ -51,11 +51,17 @@ impl Child {
         self.pid
     }
 
-    /// Sends the child its start message. On failure the child is dropped like any other, so
-    /// it is still reaped.
-    pub(crate) fn send_start(self, start: &Start) -> Result<Child, Error> {
-        self.ctrl.send(start, &[])?;
-        Ok(self)
+    /// Sends the child its encoded start message, giving it [`super::PATIENCE`] to read it.
+    /// On failure the child is killed, and reaped like any dropped child.
+    pub(crate) fn send_start(self, start: &[u8]) -> Result<Child, Error> {
+        let deadline = fd::deadline_after(super::PATIENCE);
+        match self.ctrl.send_frame_until(start, &[], deadline) {
+            Ok(()) => Ok(self),
+            Err(e) => {
+                let _ = self.signal(libc::SIGKILL);
+                Err(e)
+            }
+        }
     }
 
     /// Waits until the child has ended or `deadline` passes (`Ok(None)` then).

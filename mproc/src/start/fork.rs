@@ -18,11 +18,15 @@ use crate::process;
 use crate::sys::fd::{self, InternalFd};
 use crate::sys::proc::{self, Forked};
 use crate::sys::socket;
-use crate::wire::message::Start;
 
-pub(crate) fn launch(start: &Start) -> Result<Child, Error> {
-    // Buffered output would otherwise be written once by each process.
-    let _ = std::io::stdout().flush();
+pub(crate) fn launch(start: &[u8]) -> Result<Child, Error> {
+    worker::ensure_panic_hook();
+    // Held across the fork, so the child inherits them held by its own thread (they are
+    // reentrant) rather than by a thread that does not exist there; and buffered output is
+    // flushed so it is not written once by each process.
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.flush();
+    let stderr = std::io::stderr().lock();
     let current = process::lock_current();
     let mut server = forkserver::lock();
     let mut alive_slot = alive::lock();
@@ -43,16 +47,15 @@ pub(crate) fn launch(start: &Start) -> Result<Child, Error> {
             std::mem::forget(parent_end);
             std::mem::forget(alive_slot.take());
             std::mem::forget(server.take());
-            drop((current, server, alive_slot));
+            drop((current, server, alive_slot, stdout, stderr));
             let ctrl = InternalFd::new(child_end.into_owned());
             watch_parent(parent, from_main_thread, alive_read);
             worker::run(ctrl)
         }
         Forked::Parent(pid) => {
-            drop((internal, current, server, alive_slot));
+            drop((internal, current, server, alive_slot, stdout, stderr));
             drop(child_end);
-            let [pidfd] = fd::create_internal(|| Ok([proc::pidfd_open(pid)?]))
-                .map_err(|e| Error::os("opening a pidfd for a forked child", e))?;
+            let pidfd = super::pidfd_for_our_child(pid)?;
             Child::new(pid, pidfd, Channel::new(parent_end), Reaper::Us).send_start(start)
         }
     }

@@ -16,21 +16,16 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
 
 use super::bootstrap::Role;
 use super::child::{Child, Reaper};
-use super::{alive, spawn, worker};
-use crate::channel::Channel;
+use super::{PATIENCE, alive, spawn, worker};
+use crate::channel::{self, Channel};
 use crate::error::{Error, ErrorKind};
 use crate::sys::fd::{self, InternalFd};
 use crate::sys::proc::{self, Forked as ForkSide};
 use crate::sys::{exe, socket};
-use crate::wire::message::{ForkRequest, Forked, Hello, Start, Welcome};
-
-/// How long a fork server may take to start or to answer a request before it is considered
-/// broken. Generous: it bounds a hang, it is not a performance target.
-const SERVER_PATIENCE: Duration = Duration::from_secs(30);
+use crate::wire::message::{ForkRequest, Forked, Hello, Welcome};
 
 /// This process's fork server. `owner` tells a forked child that the server it inherited is
 /// its parent's (its socket already closed by the fork launch).
@@ -54,14 +49,16 @@ fn socket_pair() -> Result<[InternalFd; 2], Error> {
     .map_err(|e| Error::os("creating a socket pair", e))
 }
 
-pub(crate) fn launch(start: &Start) -> Result<Child, Error> {
+pub(crate) fn launch(start: &[u8]) -> Result<Child, Error> {
     let [ctrl, ctrl_child] = socket_pair()?;
     let [status, status_child] = socket_pair()?;
+    let request = channel::encode_message(&ForkRequest)?;
+    let deadline = fd::deadline_after(PATIENCE);
     let mut slot = lock();
     for attempt in 0.. {
         let server = running(&mut slot)?;
         let fds = [ctrl_child.as_fd(), status_child.as_fd()];
-        match server.request.send(&ForkRequest, &fds) {
+        match server.request.send_frame_until(&request, &fds, deadline) {
             Ok(()) => break,
             // The server died (someone killed it): replace it once.
             Err(e) if *e.kind() == ErrorKind::Closed && attempt == 0 => retire(&mut slot),
@@ -72,9 +69,8 @@ pub(crate) fn launch(start: &Start) -> Result<Child, Error> {
     drop((ctrl_child, status_child));
     // The child will find its start message waiting: no round trip spent on it.
     let ctrl = Channel::new(ctrl);
-    let sent = ctrl.send(start, &[]);
+    let sent = ctrl.send_frame_until(start, &[], deadline);
     let mut status = Channel::new(status);
-    let deadline = fd::deadline_after(SERVER_PATIENCE);
     let forked: Forked = status
         .recv(deadline)
         .map_err(|e| server_failed("fork a child", e))?;
@@ -82,13 +78,19 @@ pub(crate) fn launch(start: &Start) -> Result<Child, Error> {
         .take_fds()
         .pop()
         .ok_or_else(|| Error::protocol("the fork server's answer carried no pidfd"))?;
-    sent?;
-    Ok(Child::new(
+    let child = Child::new(
         forked.pid,
         InternalFd::new(pidfd),
         ctrl,
         Reaper::Server(status),
-    ))
+    );
+    match sent {
+        Ok(()) => Ok(child),
+        Err(e) => {
+            let _ = child.signal(libc::SIGKILL);
+            Err(e)
+        }
+    }
 }
 
 fn server_failed(what: &str, e: Error) -> Error {
@@ -127,7 +129,7 @@ fn start_server(identity: u64) -> Result<Server, Error> {
     };
     let handshake = server.request.send(&Hello { identity }, &[]);
     let welcome = handshake.and_then(|()| {
-        let deadline = fd::deadline_after(SERVER_PATIENCE);
+        let deadline = fd::deadline_after(PATIENCE);
         server.request.recv::<Welcome>(deadline)
     });
     match welcome {
@@ -147,7 +149,7 @@ fn start_server(identity: u64) -> Result<Server, Error> {
 fn retire(slot: &mut Option<Server>) {
     if let Some(server) = slot.take() {
         let _ = proc::pidfd_signal(server.pidfd.as_fd(), libc::SIGKILL);
-        let _ = fd::poll_read(&[server.pidfd.as_fd()], fd::deadline_after(SERVER_PATIENCE));
+        let _ = fd::poll_read(&[server.pidfd.as_fd()], fd::deadline_after(PATIENCE));
         let _ = proc::try_reap(server.pidfd.as_fd());
     }
 }
@@ -196,7 +198,13 @@ fn serve_requests(request: &mut Channel, children: &mut HashMap<u32, Channel>) {
                 }
             }
             Ok(None) => return,
-            Err(_) => proc::exit_now(0), // the parent closed the request socket
+            // The parent closed the request socket (it is gone), or the stream lost its
+            // framing (cannot happen with our own client): nothing more can be served.
+            Err(e) if matches!(e.kind(), ErrorKind::Closed | ErrorKind::Protocol(_)) => {
+                proc::exit_now(0)
+            }
+            // A transient failure (such as the descriptor limit): serve on.
+            Err(_) => return,
         }
     }
 }
@@ -215,10 +223,16 @@ fn fork_child(ctrl: OwnedFd, status: OwnedFd, children: &mut HashMap<u32, Channe
         }
         Ok(ForkSide::Parent(pid)) => {
             let status = Channel::new(InternalFd::new(status));
-            if let Ok(pidfd) = proc::pidfd_open(pid) {
-                let _ = status.send(&Forked { pid }, &[pidfd.as_fd()]);
+            let answered = proc::pidfd_open(pid)
+                .map_err(Error::from)
+                .and_then(|pidfd| status.send(&Forked { pid }, &[pidfd.as_fd()]));
+            if answered.is_ok() {
+                children.insert(pid, status);
+            } else {
+                // The client cannot watch this child, so it must not run: kill it (it is not
+                // reaped yet, so the pid is still its own); dropping `status` tells the client.
+                let _ = proc::kill(pid, libc::SIGKILL);
             }
-            children.insert(pid, status);
         }
         Err(_) => {} // dropping `status` tells the client the fork failed
     }

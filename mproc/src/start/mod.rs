@@ -12,7 +12,6 @@ use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::Error;
-use crate::wire::message::Start;
 
 pub(crate) mod alive;
 pub(crate) mod bootstrap;
@@ -128,12 +127,33 @@ pub fn get_start_method() -> StartMethod {
     StartMethod::from_u8(DEFAULT_METHOD.load(Ordering::Relaxed))
 }
 
-/// Starts a child with `method` and hands it `start` (each method sends it as early as it can,
-/// so the child finds it waiting).
-pub(crate) fn launch(method: StartMethod, start: &Start) -> Result<Child, Error> {
+/// How long a child, or the fork server, may take to read its start message or answer a
+/// request before it is considered broken (and killed). Generous: it bounds a hang, it is not a
+/// performance target.
+pub(crate) const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Starts a child with `method` and hands it `start`, an encoded
+/// [`Start`](crate::wire::message::Start) (each method sends it as early as it can, so the
+/// child finds it waiting).
+pub(crate) fn launch(method: StartMethod, start: &[u8]) -> Result<Child, Error> {
     match method {
         StartMethod::Fork => fork::launch(start),
         StartMethod::Spawn => spawn::launch(start),
         StartMethod::Forkserver => forkserver::launch(start),
+    }
+}
+
+/// A pidfd for our new child `pid`, listed as internal. If none can be had, the child is
+/// killed and reaped at once (it cannot be watched, so it must not run unwatched or linger as
+/// a zombie).
+pub(crate) fn pidfd_for_our_child(pid: u32) -> Result<crate::sys::fd::InternalFd, Error> {
+    use crate::sys::{fd, proc};
+    match fd::create_internal(|| Ok([proc::pidfd_open(pid)?])) {
+        Ok([pidfd]) => Ok(pidfd),
+        Err(e) => {
+            let _ = proc::kill(pid, libc::SIGKILL);
+            let _ = proc::reap_blocking(pid);
+            Err(Error::os("opening a pidfd for a new child", e))
+        }
     }
 }

@@ -18,14 +18,13 @@ use crate::channel::Channel;
 use crate::sys::fd;
 use crate::sys::proc;
 use crate::sys::socket;
-use crate::wire::message::Start;
 
 /// Where the control socket lands in the child.
 const CTRL_FD: RawFd = 3;
 /// Where the liveness pipe lands in the child.
 const ALIVE_FD: RawFd = 4;
 
-pub(crate) fn launch(start: &Start) -> Result<Child, Error> {
+pub(crate) fn launch(start: &[u8]) -> Result<Child, Error> {
     let alive_read = alive::reader()?;
     let [parent_end, child_end] = fd::create_internal(|| {
         let (a, b) = socket::socketpair()?;
@@ -33,8 +32,7 @@ pub(crate) fn launch(start: &Start) -> Result<Child, Error> {
     })
     .map_err(|e| Error::os("creating a child's socket", e))?;
     let pid = spawn_executable(Role::Worker, child_end.as_fd(), alive_read.as_fd())?;
-    let [pidfd] = fd::create_internal(|| Ok([proc::pidfd_open(pid)?]))
-        .map_err(|e| Error::os("opening a pidfd for a spawned child", e))?;
+    let pidfd = super::pidfd_for_our_child(pid)?;
     Child::new(pid, pidfd, Channel::new(parent_end), Reaper::Us).send_start(start)
 }
 

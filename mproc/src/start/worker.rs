@@ -3,14 +3,17 @@
 //!
 //! The child never returns into the code that started it: after a fork that code's stack and
 //! the parent's statics are still there, and unwinding into them or running their destructors
-//! would act on the parent's behalf.
+//! would act on the parent's behalf. So everything here runs under `catch_unwind`, and panic
+//! payloads are forgotten rather than dropped (a payload's own `Drop` could panic).
 
 use std::io::Write;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, Once};
+use std::thread::{self, ThreadId};
 
 use crate::channel::Channel;
-use crate::error::PanicReport;
+use crate::error::{ErrorKind, PanicReport};
 use crate::process;
 use crate::sys::fd::InternalFd;
 use crate::sys::image::{self, Entry};
@@ -22,10 +25,27 @@ const EXIT_NO_START: i32 = 3;
 
 /// Runs the target described by the first message on `ctrl`, reports, and exits.
 pub(crate) fn run(ctrl: InternalFd) -> ! {
+    let code = match panic::catch_unwind(AssertUnwindSafe(|| serve(ctrl))) {
+        Ok(code) => code,
+        Err(payload) => {
+            std::mem::forget(payload);
+            1
+        }
+    };
+    proc::exit_now(code)
+}
+
+fn serve(ctrl: InternalFd) -> i32 {
+    // Whatever the starting thread had blocked or ignored, a worker starts clean, and it needs
+    // SIGCHLD to reap children of its own.
+    proc::unblock_all_signals();
+    proc::default_sigchld();
+    IN_WORKER.store(true, Ordering::Relaxed);
+    ensure_panic_hook();
     let mut ctrl = Channel::new(ctrl);
     let start: Start = match ctrl.recv(None) {
         Ok(s) => s,
-        Err(_) => proc::exit_now(EXIT_NO_START),
+        Err(_) => return EXIT_NO_START,
     };
     let Some(entry) = image::entry_for(start.identity, start.entry) else {
         let _ = ctrl.send(&Outcome::Refused, &[]);
@@ -33,56 +53,97 @@ pub(crate) fn run(ctrl: InternalFd) -> ! {
             "mproc: this worker runs a different build of the executable than its parent; \
              refusing the function reference\n",
         );
-        proc::exit_now(1);
+        return 1;
     };
-    process::set_current(start.name.clone(), start.lineage.clone());
+    process::set_current(start.name, start.lineage);
     let outcome = call(entry, &start.args);
-    let code = match outcome {
-        Outcome::Returned(_) => 0,
-        _ => 1,
-    };
-    let _ = ctrl.send(&outcome, &[]);
+    let code = report(&ctrl, outcome);
+    // Rust's stdout is line-buffered: a last line without a newline would be lost by _exit.
     let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
-    proc::exit_now(code)
+    code
 }
 
-fn call(entry: Entry, args: &[u8]) -> Outcome {
-    install_panic_hook();
-    match panic::catch_unwind(AssertUnwindSafe(|| entry(args))) {
-        Ok(Ok(bytes)) => Outcome::Returned(bytes),
-        Ok(Err(e)) => Outcome::Failed(e),
-        Err(payload) => Outcome::Panicked(take_panic(payload)),
+/// Sends the outcome; the exit code says what the parent will have received.
+fn report(ctrl: &Channel, outcome: Outcome) -> i32 {
+    let returned = matches!(outcome, Outcome::Returned(_));
+    match ctrl.send(&outcome, &[]) {
+        Ok(()) if returned => 0,
+        Ok(()) => 1,
+        Err(e) if *e.kind() == ErrorKind::Closed => 1, // nobody is listening any more
+        Err(e) => {
+            // The value could not be sent (over the frame limit, say): say so instead.
+            let _ = ctrl.send(&Outcome::Failed(e), &[]);
+            1
+        }
     }
 }
 
-/// The last panic seen by the hook in this process: message, location, backtrace.
-static LAST_PANIC: Mutex<Option<PanicReport>> = Mutex::new(None);
-
-fn install_panic_hook() {
-    let previous = panic::take_hook();
-    panic::set_hook(Box::new(move |info| {
-        let backtrace = std::backtrace::Backtrace::capture();
-        let report = PanicReport {
-            message: payload_message(info.payload()),
-            location: info.location().map(|l| l.to_string()),
-            process: process::current_process().name().to_owned(),
-            backtrace: (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
-                .then(|| backtrace.to_string()),
-        };
-        *LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
-        previous(info);
-    }));
+fn call(entry: Entry, args: &[u8]) -> Outcome {
+    *last_panic() = None;
+    match panic::catch_unwind(AssertUnwindSafe(|| entry(args))) {
+        Ok(Ok(bytes)) => Outcome::Returned(bytes),
+        Ok(Err(e)) => Outcome::Failed(e),
+        Err(payload) => {
+            let report = take_panic(&*payload);
+            std::mem::forget(payload);
+            Outcome::Panicked(report)
+        }
+    }
 }
 
-fn take_panic(payload: Box<dyn std::any::Any + Send>) -> PanicReport {
-    let recorded = LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()).take();
-    recorded.unwrap_or_else(|| PanicReport {
-        message: payload_message(&*payload),
-        location: None,
+/// Whether this process is a worker, whose panics the hook records.
+static IN_WORKER: AtomicBool = AtomicBool::new(false);
+
+/// The last panic the hook saw in this worker, with the thread it happened on.
+static LAST_PANIC: Mutex<Option<(ThreadId, PanicReport)>> = Mutex::new(None);
+
+fn last_panic() -> std::sync::MutexGuard<'static, Option<(ThreadId, PanicReport)>> {
+    LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Installs, once per process, a panic hook that records where a worker's target panicked and
+/// then calls the hook that was there before. Called before forking, so a forked child never
+/// has to take the hook lock, which another thread of the parent may have held at the fork.
+pub(crate) fn ensure_panic_hook() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if IN_WORKER.load(Ordering::Relaxed) {
+                record(info);
+            }
+            previous(info);
+        }));
+    });
+}
+
+fn record(info: &panic::PanicHookInfo<'_>) {
+    let backtrace = std::backtrace::Backtrace::capture();
+    let report = PanicReport {
+        message: payload_message(info.payload()),
+        location: info.location().map(|l| l.to_string()),
         process: process::current_process().name().to_owned(),
-        backtrace: None,
-    })
+        backtrace: (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
+            .then(|| backtrace.to_string()),
+    };
+    *last_panic() = Some((thread::current().id(), report));
+}
+
+/// The report for the panic whose payload reached `catch_unwind`: the hook's record if it is
+/// this very panic (same thread, same message), else what the payload alone tells.
+fn take_panic(payload: &(dyn std::any::Any + Send)) -> PanicReport {
+    let message = payload_message(payload);
+    match last_panic().take() {
+        Some((thread, report)) if thread == thread::current().id() && report.message == message => {
+            report
+        }
+        _ => PanicReport {
+            message,
+            location: None,
+            process: process::current_process().name().to_owned(),
+            backtrace: None,
+        },
+    }
 }
 
 fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {

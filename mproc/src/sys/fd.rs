@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -17,33 +18,54 @@ fn internal() -> MutexGuard<'static, BTreeSet<RawFd>> {
 }
 
 /// An [`OwnedFd`] that is listed as internal for as long as it lives.
+///
+/// It remembers which process made it: in a forked child that still holds one of its
+/// parent's (the fork launch closed the number, which may since have been reused), dropping
+/// it closes nothing.
 #[derive(Debug)]
-pub(crate) struct InternalFd(OwnedFd);
+pub(crate) struct InternalFd {
+    fd: ManuallyDrop<OwnedFd>,
+    owner: u32,
+}
 
 impl InternalFd {
     pub(crate) fn new(fd: OwnedFd) -> Self {
-        internal().insert(fd.as_raw_fd());
-        InternalFd(fd)
+        let mut list = internal();
+        list.insert(fd.as_raw_fd());
+        drop(list);
+        InternalFd {
+            fd: ManuallyDrop::new(fd),
+            owner: std::process::id(),
+        }
     }
 
     /// Gives the descriptor back without closing it, no longer listed as internal.
     pub(crate) fn into_owned(self) -> OwnedFd {
-        let this = std::mem::ManuallyDrop::new(self);
-        internal().remove(&this.0.as_raw_fd());
+        let mut this = ManuallyDrop::new(self);
+        internal().remove(&this.fd.as_raw_fd());
         // SAFETY: `this` is never dropped, so the descriptor is moved out exactly once.
-        unsafe { std::ptr::read(&this.0) }
+        unsafe { ManuallyDrop::take(&mut this.fd) }
     }
 }
 
 impl Drop for InternalFd {
     fn drop(&mut self) {
-        internal().remove(&self.0.as_raw_fd());
+        if self.owner != std::process::id() {
+            return; // the parent's, inherited through fork: already closed here
+        }
+        // Unlist and close under the list's lock, so a concurrent fork sees either both or
+        // neither.
+        let mut list = internal();
+        list.remove(&self.fd.as_raw_fd());
+        // SAFETY: dropped exactly once, here; `self.fd` is not used afterwards.
+        unsafe { ManuallyDrop::drop(&mut self.fd) };
+        drop(list);
     }
 }
 
 impl AsFd for InternalFd {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.0.as_fd()
+        self.fd.as_fd()
     }
 }
 
@@ -58,7 +80,11 @@ pub(crate) fn create_internal<const N: usize>(
         list.insert(f.as_raw_fd());
     }
     drop(list);
-    Ok(fds.map(InternalFd))
+    let owner = std::process::id();
+    Ok(fds.map(|fd| InternalFd {
+        fd: ManuallyDrop::new(fd),
+        owner,
+    }))
 }
 
 /// Holds the internal list locked across a `fork`, so the child inherits it in a consistent
@@ -76,8 +102,8 @@ impl InternalSnapshot {
         for &fd in self.0.iter() {
             if !keep.contains(&fd) {
                 // SAFETY: `fd` was an internal descriptor of the parent; in the child its
-                // owning objects are never dropped (the child leaves through `_exit`), so
-                // closing it here cannot double-close a descriptor someone else owns.
+                // owning `InternalFd` closes nothing when dropped (it belongs to another pid),
+                // so closing it here is the only close in this process.
                 unsafe { libc::close(fd) };
             }
         }
@@ -175,6 +201,23 @@ pub(crate) fn poll_read(
             hangup: p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0,
         })
         .collect())
+}
+
+/// Waits until `fd` can be written to (or is hung up), or until `deadline`. Returns whether it
+/// is ready.
+pub(crate) fn poll_write(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    loop {
+        match syscall!(poll(&mut p, 1, poll_timeout_ms(deadline))) {
+            Ok(n) => return Ok(n > 0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn poll_timeout_ms(deadline: Option<Instant>) -> libc::c_int {

@@ -15,14 +15,18 @@ pub(crate) enum Exit {
     Code(i32),
     /// A signal with this number ended it.
     Signal(i32),
+    /// It ended, but its status was lost: something else reaped it (this process ignores
+    /// `SIGCHLD`, or other code called `waitpid(-1)`).
+    Unknown,
 }
 
 impl Exit {
-    /// Python's `exitcode`: the code, or minus the signal number.
-    pub(crate) fn python_code(self) -> i32 {
+    /// Python's `exitcode`: the code, or minus the signal number; `None` when unknown.
+    pub(crate) fn python_code(self) -> Option<i32> {
         match self {
-            Exit::Code(c) => c,
-            Exit::Signal(s) => -s,
+            Exit::Code(c) => Some(c),
+            Exit::Signal(s) => Some(-s),
+            Exit::Unknown => None,
         }
     }
 
@@ -99,16 +103,17 @@ pub(crate) fn spawn(
         actions.dup2(fd.as_raw_fd(), *target)?;
     }
     actions.close_from(3 + fds.len() as RawFd)?;
+    let attrs = SpawnAttrs::clean_signals()?;
     let mut pid: libc::pid_t = 0;
     // SAFETY: every pointer is valid for the call: path is a C string, the argv and envp
     // arrays are null-terminated and point into CStrings that outlive the call, and
-    // `actions` is an initialised file-actions object.
+    // `actions` and `attrs` are initialised objects.
     let rc = unsafe {
         libc::posix_spawn(
             &mut pid,
             path.as_ptr(),
             &actions.0,
-            ptr::null(),
+            &attrs.0,
             argv_ptrs.as_ptr(),
             envp_ptrs.as_ptr(),
         )
@@ -123,6 +128,59 @@ fn null_terminated(strings: &[CString]) -> Vec<*mut libc::c_char> {
     let mut v: Vec<_> = strings.iter().map(|s| s.as_ptr() as *mut _).collect();
     v.push(ptr::null_mut());
     v
+}
+
+/// Spawn attributes that give the child an empty signal mask and the default action for the
+/// signals a parent may have ignored that matter to a worker (`SIGCHLD`, which it needs to
+/// reap its own children, and `SIGPIPE`), whatever the spawning thread had.
+struct SpawnAttrs(libc::posix_spawnattr_t);
+
+impl SpawnAttrs {
+    fn clean_signals() -> io::Result<Self> {
+        // SAFETY: an all-zero value is valid storage for posix_spawnattr_init to fill.
+        let mut raw: libc::posix_spawnattr_t = unsafe { mem::zeroed() };
+        // SAFETY: `raw` is writable storage for the object being initialised.
+        let rc = unsafe { libc::posix_spawnattr_init(&mut raw) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        let mut attrs = SpawnAttrs(raw);
+        let empty = empty_sigset();
+        let mut defaults = empty_sigset();
+        // SAFETY: `defaults` is an initialised sigset and both signals are valid.
+        unsafe {
+            libc::sigaddset(&mut defaults, libc::SIGCHLD);
+            libc::sigaddset(&mut defaults, libc::SIGPIPE);
+        }
+        let flags = (libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short;
+        // SAFETY: attrs.0 was initialised above; the sigsets are initialised.
+        let rcs = unsafe {
+            [
+                libc::posix_spawnattr_setsigmask(&mut attrs.0, &empty),
+                libc::posix_spawnattr_setsigdefault(&mut attrs.0, &defaults),
+                libc::posix_spawnattr_setflags(&mut attrs.0, flags),
+            ]
+        };
+        match rcs.into_iter().find(|&rc| rc != 0) {
+            Some(rc) => Err(io::Error::from_raw_os_error(rc)),
+            None => Ok(attrs),
+        }
+    }
+}
+
+impl Drop for SpawnAttrs {
+    fn drop(&mut self) {
+        // SAFETY: self.0 was initialised and is destroyed once.
+        unsafe { libc::posix_spawnattr_destroy(&mut self.0) };
+    }
+}
+
+fn empty_sigset() -> libc::sigset_t {
+    // SAFETY: an all-zero sigset is valid storage; sigemptyset initialises it.
+    let mut set: libc::sigset_t = unsafe { mem::zeroed() };
+    // SAFETY: `set` is valid storage for a sigset.
+    unsafe { libc::sigemptyset(&mut set) };
+    set
 }
 
 struct FileActions(libc::posix_spawn_file_actions_t);
@@ -215,6 +273,10 @@ pub(crate) fn try_reap(pidfd: BorrowedFd<'_>) -> io::Result<Option<Exit>> {
         )) {
             Ok(_) => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // Reaped by someone else; if the pidfd says it has ended, its status is lost.
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
+                return Ok(has_ended(pidfd)?.then_some(Exit::Unknown));
+            }
             Err(e) => return Err(e),
         }
     }
@@ -229,6 +291,38 @@ pub(crate) fn try_reap(pidfd: BorrowedFd<'_>) -> io::Result<Option<Exit>> {
     } else {
         Exit::Signal(status)
     }))
+}
+
+/// Whether the process behind `pidfd` has ended (its pidfd is readable).
+fn has_ended(pidfd: BorrowedFd<'_>) -> io::Result<bool> {
+    let ready = super::fd::poll_read(&[pidfd], Some(std::time::Instant::now()))?;
+    Ok(ready[0].readable || ready[0].hangup)
+}
+
+/// Blocks until the child `pid` ends and reaps it (waitpid(2)). For a child that could not be
+/// given a pidfd.
+pub(crate) fn reap_blocking(pid: u32) -> io::Result<Exit> {
+    let mut status = 0;
+    loop {
+        match syscall!(waitpid(pid as libc::pid_t, &mut status, 0)) {
+            Ok(_) => return Ok(Exit::from_wait_status(status)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Sends `sig` to `pid` (kill(2)). Only for a process that cannot have been reaped yet (our own
+/// child, or the fork server's before it has looked at `SIGCHLD`).
+pub(crate) fn kill(pid: u32, sig: i32) -> io::Result<()> {
+    syscall!(kill(pid as libc::pid_t, sig)).map(drop)
+}
+
+/// Restores the default action for `SIGCHLD` (a parent may have ignored it, which would make
+/// the kernel reap our children behind our back).
+pub(crate) fn default_sigchld() {
+    // SAFETY: installing SIG_DFL for SIGCHLD has no memory-safety preconditions.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
 }
 
 /// Reaps any one ended child without blocking (waitpid(2) with -1 and `WNOHANG`).
@@ -293,6 +387,7 @@ pub(crate) fn ignore_sigpipe() {
 /// Blocks `SIGCHLD` for this thread and returns a non-blocking signalfd(2) that becomes
 /// readable when a child ends. For the single-threaded fork server.
 pub(crate) fn sigchld_fd() -> io::Result<OwnedFd> {
+    default_sigchld();
     let mask = sigchld_set();
     syscall!(sigprocmask(libc::SIG_BLOCK, &mask, ptr::null_mut()))?;
     let fd = syscall!(signalfd(-1, &mask, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK))?;
@@ -312,24 +407,18 @@ pub(crate) fn drain_signalfd(fd: BorrowedFd<'_>) {
     }
 }
 
-/// Unblocks every signal for this thread: a fork server child starts with a clean mask.
+/// Unblocks every signal for this thread: every worker starts with a clean mask, whatever
+/// the thread that started it had blocked.
 pub(crate) fn unblock_all_signals() {
-    // SAFETY: an all-zero sigset is valid storage; sigemptyset initialises it.
-    let mut empty: libc::sigset_t = unsafe { mem::zeroed() };
-    // SAFETY: `empty` is valid storage for a sigset.
-    unsafe { libc::sigemptyset(&mut empty) };
+    let empty = empty_sigset();
     // SAFETY: setting the mask to an initialised empty set has no other preconditions.
     unsafe { libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut()) };
 }
 
 fn sigchld_set() -> libc::sigset_t {
-    // SAFETY: an all-zero sigset is valid storage; sigemptyset and sigaddset initialise it.
-    let mut set: libc::sigset_t = unsafe { mem::zeroed() };
-    // SAFETY: `set` is valid storage for a sigset and SIGCHLD is a valid signal.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGCHLD);
-    }
+    let mut set = empty_sigset();
+    // SAFETY: `set` is an initialised sigset and SIGCHLD is a valid signal.
+    unsafe { libc::sigaddset(&mut set, libc::SIGCHLD) };
     set
 }
 
