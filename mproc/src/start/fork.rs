@@ -21,16 +21,18 @@ use crate::sys::socket;
 
 pub(crate) fn launch(start: &[u8]) -> Result<Child, Error> {
     worker::ensure_panic_hook();
-    // Held across the fork, so the child inherits them held by its own thread (they are
-    // reentrant) rather than by a thread that does not exist there; and buffered output is
-    // flushed so it is not written once by each process.
+    // Every lock the child will take is held across the fork, so the child inherits it held
+    // by its own thread instead of by a thread that does not exist there. The order is the
+    // crate's lock order: fork server, liveness pipe, standard streams, process identity,
+    // descriptor list (the slow ones first, so nothing else waits behind a fork server start).
+    let mut server = forkserver::lock();
+    let mut alive_slot = alive::lock();
+    let alive_read = alive::reader_locked(&mut alive_slot)?;
+    // Reentrant, so the child can use them; flushed, so buffered output is not written twice.
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.flush();
     let stderr = std::io::stderr().lock();
     let current = process::lock_current();
-    let mut server = forkserver::lock();
-    let mut alive_slot = alive::lock();
-    let alive_read = alive::reader_locked(&mut alive_slot)?;
     let [parent_end, child_end] = fd::create_internal(|| {
         let (a, b) = socket::socketpair()?;
         Ok([a, b])
