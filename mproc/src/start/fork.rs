@@ -17,7 +17,6 @@ use crate::channel::Channel;
 use crate::process;
 use crate::sys::fd::{self, InternalFd};
 use crate::sys::proc::{self, Forked};
-use crate::sys::socket;
 
 pub(crate) fn launch(start: &[u8]) -> Result<Child, Error> {
     worker::ensure_panic_hook();
@@ -33,11 +32,7 @@ pub(crate) fn launch(start: &[u8]) -> Result<Child, Error> {
     let _ = stdout.flush();
     let stderr = std::io::stderr().lock();
     let current = process::lock_current();
-    let [parent_end, child_end] = fd::create_internal(|| {
-        let (a, b) = socket::socketpair()?;
-        Ok([a, b])
-    })
-    .map_err(|e| Error::os("creating a child's socket", e))?;
+    let [parent_end, child_end] = super::socket_pair()?;
     let parent = proc::getpid();
     let from_main_thread = proc::is_main_thread();
     let internal = fd::lock_internal();

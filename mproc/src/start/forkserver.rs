@@ -19,12 +19,12 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::bootstrap::Role;
 use super::child::{Child, Reaper};
-use super::{PATIENCE, alive, spawn, worker};
+use super::{PATIENCE, alive, socket_pair, spawn, worker};
 use crate::channel::{self, Channel};
 use crate::error::{Error, ErrorKind};
+use crate::sys::exe;
 use crate::sys::fd::{self, InternalFd};
 use crate::sys::proc::{self, Forked as ForkSide};
-use crate::sys::{exe, socket};
 use crate::wire::message::{ForkRequest, Forked, Hello, Welcome};
 
 /// This process's fork server. `owner` tells a forked child that the server it inherited is
@@ -39,14 +39,6 @@ static SERVER: Mutex<Option<Server>> = Mutex::new(None);
 
 pub(crate) fn lock() -> MutexGuard<'static, Option<Server>> {
     SERVER.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn socket_pair() -> Result<[InternalFd; 2], Error> {
-    fd::create_internal(|| {
-        let (a, b) = socket::socketpair()?;
-        Ok([a, b])
-    })
-    .map_err(|e| Error::os("creating a socket pair", e))
 }
 
 pub(crate) fn launch(start: &[u8]) -> Result<Child, Error> {

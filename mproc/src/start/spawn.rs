@@ -17,7 +17,6 @@ use crate::Error;
 use crate::channel::Channel;
 use crate::sys::fd;
 use crate::sys::proc;
-use crate::sys::socket;
 
 /// Where the control socket lands in the child.
 const CTRL_FD: RawFd = 3;
@@ -26,11 +25,7 @@ const ALIVE_FD: RawFd = 4;
 
 pub(crate) fn launch(start: &[u8]) -> Result<Child, Error> {
     let alive_read = alive::reader()?;
-    let [parent_end, child_end] = fd::create_internal(|| {
-        let (a, b) = socket::socketpair()?;
-        Ok([a, b])
-    })
-    .map_err(|e| Error::os("creating a child's socket", e))?;
+    let [parent_end, child_end] = super::socket_pair()?;
     let pid = spawn_executable(Role::Worker, child_end.as_fd(), alive_read.as_fd())?;
     let pidfd = super::pidfd_for_our_child(pid)?;
     Child::new(pid, pidfd, Channel::new(parent_end), Reaper::Us).send_start(start)
