@@ -164,6 +164,48 @@ impl Channel {
     }
 }
 
+/// Frames waiting to be written to a peer that reads at its own pace: nothing blocks, and a
+/// frame is never interleaved with another. For the pool's dispatcher, which serves many
+/// workers from one thread.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    frames: std::collections::VecDeque<(Vec<u8>, usize)>,
+}
+
+impl Outbox {
+    /// Queues one message (encoded with its frame header).
+    pub(crate) fn push<T: Serialize>(&mut self, msg: &T) -> Result<(), Error> {
+        let body = encode_message(msg)?;
+        let mut framed = Vec::with_capacity(frame::HEADER_LEN + body.len());
+        framed.extend_from_slice(&frame::header(body.len())?);
+        framed.extend_from_slice(&body);
+        self.frames.push_back((framed, 0));
+        Ok(())
+    }
+
+    /// Whether everything queued has been written.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Writes as much as the socket takes now; `Ok(true)` once everything is written.
+    pub(crate) fn flush(&mut self, ch: &Channel) -> Result<bool, Error> {
+        while let Some((bytes, sent)) = self.frames.front_mut() {
+            match socket::send(ch.fd(), &[&bytes[*sent..]], &[]) {
+                Ok(n) => {
+                    *sent += n;
+                    if *sent == bytes.len() {
+                        self.frames.pop_front();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(send_error(e)),
+            }
+        }
+        Ok(true)
+    }
+}
+
 /// Encodes a message for [`Channel::send_frame`].
 pub(crate) fn encode_message<T: Serialize>(msg: &T) -> Result<Vec<u8>, Error> {
     codec::encode(msg).map_err(|e| {

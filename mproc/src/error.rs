@@ -57,6 +57,8 @@ pub enum ErrorKind {
     WorkerLost(LostReport),
     /// The pool was closed to new submissions.
     PoolClosed,
+    /// A pool worker's initializer failed (the error says how); the pool runs nothing more.
+    InitializerFailed(Box<Error>),
     /// The pool was terminated before the task finished.
     Terminated,
     /// The task was cancelled.
@@ -291,6 +293,10 @@ impl fmt::Display for Error {
             ErrorKind::Panicked(p) => fmt::Display::fmt(p, f),
             ErrorKind::WorkerLost(l) => fmt::Display::fmt(l, f),
             ErrorKind::PoolClosed => f.write_str("the pool is closed to new work"),
+            ErrorKind::InitializerFailed(e) => write!(
+                f,
+                "the pool's initializer failed, so the pool runs nothing more: {e}"
+            ),
             ErrorKind::Terminated => {
                 f.write_str("the pool was terminated before the task finished")
             }

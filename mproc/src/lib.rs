@@ -48,12 +48,14 @@
 
 mod channel;
 mod error;
+mod pool;
 mod process;
 mod start;
 mod sys;
 mod wire;
 
 pub use error::{CodecReport, Error, ErrorKind, LostReport, OsReport, PanicReport, Result};
+pub use pool::{AsyncResult, Chunked, Imap, Pool, PoolBuilder};
 pub use process::{CurrentProcess, Process, cpu_count, current_process};
 pub use start::{StartMethod, get_start_method, set_start_method};
 pub use wire::target::Target;

@@ -16,7 +16,7 @@ use crate::sys::exe;
 use crate::sys::fd;
 use crate::sys::proc::Exit;
 use crate::wire::frame;
-use crate::wire::message::{Outcome, Start};
+use crate::wire::message::{Outcome, Role, Start};
 use crate::wire::target::{self, Target, TargetRef};
 
 /// A function running in a child process, as Python's `multiprocessing.Process`.
@@ -87,9 +87,7 @@ impl<R> Process<R> {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let _ = target;
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut lineage = current().lineage.clone();
-        lineage.push(n);
+        let (_, lineage) = next_child();
         let name = format!(
             "Process-{}",
             lineage
@@ -179,6 +177,7 @@ impl<R> Process<R> {
             name: self.name.clone(),
             lineage: self.lineage.clone(),
             args,
+            role: Role::Call,
         };
         // Encoded (and its size checked) before any process exists; the arguments stay here
         // for a retry if the start fails.
@@ -492,6 +491,15 @@ fn current() -> Arc<Identity> {
             })
         })
         .clone()
+}
+
+/// The number and lineage of this process's next child (Python's `_identity`), for children
+/// that are not `Process` objects (pool workers).
+pub(crate) fn next_child() -> (u32, Vec<u32>) {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut lineage = current().lineage.clone();
+    lineage.push(n);
+    (n, lineage)
 }
 
 /// In a new child: sets its identity and restarts the name counter, as Python does.

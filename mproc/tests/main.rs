@@ -7,4 +7,5 @@ mod common;
 mod bootstrap;
 mod crashes;
 mod lifecycle;
+mod pool;
 mod process;

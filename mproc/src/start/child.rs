@@ -120,6 +120,32 @@ impl Child {
         }
     }
 
+    /// The control channel, for a child that speaks more than one message (a pool worker).
+    pub(crate) fn channel(&mut self) -> &mut Channel {
+        &mut self.ctrl
+    }
+
+    /// The control channel's descriptor, for polling.
+    pub(crate) fn channel_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.ctrl.fd()
+    }
+
+    /// The descriptor that becomes readable when the child ends (or the fork server reports).
+    pub(crate) fn exit_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match &self.reaper {
+            Reaper::Us => self.pidfd.as_fd(),
+            Reaper::Server(status) => status.fd(),
+        }
+    }
+
+    /// How it ended, once it has, without reading the control channel. Never blocks.
+    pub(crate) fn poll_exit(&mut self) -> Result<Option<Exit>, Error> {
+        if self.exit.is_none() {
+            self.exit = self.check_exit()?;
+        }
+        Ok(self.exit)
+    }
+
     /// Takes the outcome the child sent, once it has ended (`None` if it sent none).
     pub(crate) fn take_outcome(&mut self) -> Option<Result<Outcome, Error>> {
         self.outcome.take()

@@ -18,7 +18,7 @@ use crate::process;
 use crate::sys::fd::InternalFd;
 use crate::sys::image::{self, Entry};
 use crate::sys::proc;
-use crate::wire::message::{Outcome, Start};
+use crate::wire::message::{FromWorker, Outcome, Role, Start};
 
 /// Exit code of a child that could not read its start message (its parent is gone).
 const EXIT_NO_START: i32 = 3;
@@ -48,7 +48,13 @@ fn serve(ctrl: InternalFd) -> i32 {
         Err(_) => return EXIT_NO_START,
     };
     let Some(entry) = image::entry_for(start.identity, start.entry) else {
-        let _ = ctrl.send(&Outcome::Refused, &[]);
+        let _ = match start.role {
+            Role::Call => ctrl.send(&Outcome::Refused, &[]),
+            Role::PoolWorker(_) => ctrl.send(
+                &FromWorker::InitFailed(ErrorKind::ExecutableMismatch.into()),
+                &[],
+            ),
+        };
         proc::write_stderr(
             "mproc: this worker runs a different build of the executable than its parent; \
              refusing the function reference\n",
@@ -56,6 +62,11 @@ fn serve(ctrl: InternalFd) -> i32 {
         return 1;
     };
     process::set_current(start.name, start.lineage);
+    if let Role::PoolWorker(spec) = start.role {
+        let code = crate::pool::worker::serve(&mut ctrl, start.identity, spec);
+        let _ = std::io::stdout().flush();
+        return code;
+    }
     let outcome = call(entry, &start.args);
     let code = report(&ctrl, outcome);
     // Rust's stdout is line-buffered: a last line without a newline would be lost by _exit.
@@ -79,14 +90,23 @@ fn report(ctrl: &Channel, outcome: Outcome) -> i32 {
 }
 
 fn call(entry: Entry, args: &[u8]) -> Outcome {
-    *last_panic() = None;
-    match panic::catch_unwind(AssertUnwindSafe(|| entry(args))) {
+    match catch(|| entry(args)) {
         Ok(Ok(bytes)) => Outcome::Returned(bytes),
         Ok(Err(e)) => Outcome::Failed(e),
+        Err(report) => Outcome::Panicked(report),
+    }
+}
+
+/// Runs `f` in a worker, turning a panic into its report (message, location, process name,
+/// backtrace when asked). The payload is forgotten, never dropped: its `Drop` could panic.
+pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, PanicReport> {
+    *last_panic() = None;
+    match panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => Ok(r),
         Err(payload) => {
             let report = take_panic(&*payload);
             std::mem::forget(payload);
-            Outcome::Panicked(report)
+            Err(report)
         }
     }
 }

@@ -170,19 +170,27 @@ pub(crate) struct Ready {
     pub(crate) readable: bool,
     /// The peer hung up or the descriptor is in error.
     pub(crate) hangup: bool,
+    /// It can be written to (only asked for by [`poll`]).
+    pub(crate) writable: bool,
 }
 
-/// Waits until one of `fds` is readable or hung up, or until `deadline`. Retries on `EINTR`.
-/// Returns one [`Ready`] per descriptor; all false on timeout.
-pub(crate) fn poll_read(
-    fds: &[BorrowedFd<'_>],
+/// One descriptor to [`poll`] and what to wait for on it.
+pub(crate) struct Interest<'a> {
+    pub(crate) fd: BorrowedFd<'a>,
+    pub(crate) write: bool,
+}
+
+/// Waits until one descriptor is readable (or hung up), or writable where `write` is asked,
+/// or until `deadline`. Retries on `EINTR`. One [`Ready`] per descriptor; all false on timeout.
+pub(crate) fn poll(
+    interests: &[Interest<'_>],
     deadline: Option<Instant>,
 ) -> io::Result<Vec<Ready>> {
-    let mut pfds: Vec<libc::pollfd> = fds
+    let mut pfds: Vec<libc::pollfd> = interests
         .iter()
-        .map(|fd| libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
+        .map(|i| libc::pollfd {
+            fd: i.fd.as_raw_fd(),
+            events: libc::POLLIN | if i.write { libc::POLLOUT } else { 0 },
             revents: 0,
         })
         .collect();
@@ -199,8 +207,22 @@ pub(crate) fn poll_read(
         .map(|p| Ready {
             readable: p.revents & libc::POLLIN != 0,
             hangup: p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0,
+            writable: p.revents & libc::POLLOUT != 0,
         })
         .collect())
+}
+
+/// Waits until one of `fds` is readable or hung up, or until `deadline`. Retries on `EINTR`.
+/// Returns one [`Ready`] per descriptor; all false on timeout.
+pub(crate) fn poll_read(
+    fds: &[BorrowedFd<'_>],
+    deadline: Option<Instant>,
+) -> io::Result<Vec<Ready>> {
+    let interests: Vec<Interest<'_>> = fds
+        .iter()
+        .map(|&fd| Interest { fd, write: false })
+        .collect();
+    poll(&interests, deadline)
 }
 
 /// Waits until `fd` can be written to (or is hung up), or until `deadline`. Returns whether it
@@ -235,4 +257,37 @@ fn poll_timeout_ms(deadline: Option<Instant>) -> libc::c_int {
 /// The deadline `timeout` from now, or `None` when it does not fit in an `Instant`.
 pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
     Instant::now().checked_add(timeout)
+}
+
+/// An eventfd(2): a counter one thread bumps to wake another out of `poll`.
+#[derive(Debug)]
+pub(crate) struct EventFd(OwnedFd);
+
+impl EventFd {
+    pub(crate) fn new() -> io::Result<Self> {
+        let fd = syscall!(eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
+        // SAFETY: eventfd returned a fresh descriptor owned by nobody else.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Makes the descriptor readable until the next [`EventFd::drain`].
+    pub(crate) fn notify(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64; a full counter (EAGAIN) already means
+        // "readable", so the result needs no handling.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Resets the counter.
+    pub(crate) fn drain(&self) {
+        let mut n: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a valid u64; EAGAIN (nothing pending) is fine.
+        unsafe { libc::read(self.0.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
+    }
+}
+
+impl AsFd for EventFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
 }

@@ -26,6 +26,58 @@ pub(crate) struct Start {
     /// The encoded argument tuple.
     #[serde(with = "serde_bytes")]
     pub(crate) args: Vec<u8>,
+    /// What the child is for.
+    pub(crate) role: Role,
+}
+
+/// What a child is for.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Role {
+    /// Call the target once with the arguments, send the [`Outcome`], exit (a `Process`).
+    Call,
+    /// Serve pool tasks until told to stop (`entry` and `args` are unused).
+    PoolWorker(PoolWorkerSpec),
+}
+
+/// How a pool worker starts.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct PoolWorkerSpec {
+    /// The initializer's trampoline offset and encoded arguments, run before the first task.
+    pub(crate) init: Option<(i64, serde_bytes::ByteBuf)>,
+}
+
+/// Dispatcher to pool worker. `P` is the payload's type: borrowed when sent, owned when
+/// received; the bytes on the wire are the same.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound(
+    serialize = "P: serde_bytes::Serialize",
+    deserialize = "P: serde_bytes::Deserialize<'de>"
+))]
+pub(crate) enum ToWorker<P> {
+    /// Run the chunk trampoline at `entry` on `payload` (an encoded `Vec` of argument tuples).
+    Task {
+        id: u64,
+        entry: i64,
+        #[serde(with = "serde_bytes")]
+        payload: P,
+    },
+    /// Finish what was sent before, then exit.
+    Stop,
+}
+
+/// Pool worker to dispatcher.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum FromWorker {
+    /// The initializer (if any) succeeded; tasks may come.
+    Ready,
+    /// The initializer failed; the worker exits.
+    InitFailed(Error),
+    /// A task finished: the encoded `Vec<Result<R, PanicReport>>`, one per item, or an error
+    /// for the whole chunk (its arguments or results could not be converted).
+    Done {
+        id: u64,
+        result: Result<serde_bytes::ByteBuf, Error>,
+    },
 }
 
 /// How a target ended, sent by the child just before it exits.

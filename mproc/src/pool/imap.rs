@@ -1,0 +1,168 @@
+//! `imap` and `imap_unordered`: results as a stream, input pulled lazily.
+//!
+//! The iterator submits chunks as it is consumed, keeping at most a window of them in flight,
+//! so an endless input works and memory stays bounded. Dropping it cancels what it had not yet
+//! returned.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use super::dispatcher::{Chunk, Shared};
+use super::result::{JobState, decode_slot};
+use crate::error::{Error, ErrorKind};
+
+/// One encoded chunk of input and its item count, or why it could not be encoded.
+pub(crate) type Feed<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, usize), Error>> + 'a>;
+
+/// The results of [`Pool::imap`](crate::Pool::imap) or
+/// [`Pool::imap_unordered`](crate::Pool::imap_unordered): one `Result` per input item.
+///
+/// ```
+/// fn square(n: u64) -> u64 {
+///     n * n
+/// }
+/// let pool = mproc::Pool::new(2)?;
+/// // An endless input: only what is consumed is ever computed.
+/// let first: Vec<u64> = pool.imap(square, 1..)?.take(5).collect::<Result<_, _>>()?;
+/// assert_eq!(first, [1, 4, 9, 16, 25]);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+pub struct Imap<'a, R> {
+    shared: Arc<Shared>,
+    job: Arc<JobState>,
+    feed: Feed<'a>,
+    entry: i64,
+    target: &'static str,
+    ordered: bool,
+    ahead: usize,
+    exhausted: bool,
+    consumed: usize,
+    next_ordered: usize,
+    ready: VecDeque<Result<R, Error>>,
+    _value: PhantomData<fn() -> R>,
+}
+
+impl<'a, R> Imap<'a, R> {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        feed: Feed<'a>,
+        entry: i64,
+        target: &'static str,
+        ordered: bool,
+        ahead: usize,
+    ) -> Self {
+        Imap {
+            shared,
+            job: JobState::new(),
+            feed,
+            entry,
+            target,
+            ordered,
+            ahead: ahead.max(1),
+            exhausted: false,
+            consumed: 0,
+            next_ordered: 0,
+            ready: VecDeque::new(),
+            _value: PhantomData,
+        }
+    }
+
+    /// Submits input chunks until the window is full or the input ends.
+    fn top_up(&mut self) {
+        while !self.exhausted && self.job.lock().added() - self.consumed < self.ahead {
+            match self.feed.next() {
+                None => {
+                    self.exhausted = true;
+                    self.job.seal();
+                }
+                Some(Err(e)) => {
+                    let index = self.job.add_chunk(0, 1);
+                    self.job.deliver(index, Err(e));
+                }
+                Some(Ok((payload, items))) => {
+                    let id = self.shared.chunk_id();
+                    let index = self.job.add_chunk(id, items);
+                    let chunk = Chunk {
+                        id,
+                        entry: self.entry,
+                        payload,
+                        job: Arc::clone(&self.job),
+                        index,
+                    };
+                    // On refusal the chunk has been failed with the reason: it is yielded.
+                    let _ = self.shared.submit(vec![chunk], false);
+                }
+            }
+        }
+    }
+}
+
+impl<R: DeserializeOwned> Iterator for Imap<'_, R> {
+    type Item = Result<R, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(item) = self.ready.pop_front() {
+                return Some(item);
+            }
+            self.top_up();
+            if self.exhausted && self.consumed == self.job.lock().added() {
+                return None;
+            }
+            let ordered = self.ordered.then_some(self.next_ordered);
+            let mut inner = self
+                .job
+                .wait_for(None, |inner| pick(inner, ordered).is_some())
+                .expect("no deadline");
+            let index = pick(&inner, ordered).expect("just waited for it");
+            let slot = inner.slot_mut(index).expect("a picked chunk is present");
+            self.ready.extend(decode_slot::<R>(slot, self.target));
+            slot.outcome = None;
+            slot.consumed = true;
+            inner.trim();
+            drop(inner);
+            self.consumed += 1;
+            self.next_ordered += usize::from(self.ordered);
+        }
+    }
+}
+
+/// The chunk to hand out next: chunk `ordered` once it is answered, or (unordered) any
+/// answered chunk not yet handed out.
+fn pick(inner: &super::result::JobInner, ordered: Option<usize>) -> Option<usize> {
+    match ordered {
+        Some(i) => {
+            let at = i.checked_sub(inner.base)?;
+            inner.slots.get(at)?.outcome.as_ref().map(|_| i)
+        }
+        None => inner
+            .slots
+            .iter()
+            .position(|s| !s.consumed && s.outcome.is_some())
+            .map(|at| inner.base + at),
+    }
+}
+
+impl<R> Drop for Imap<'_, R> {
+    fn drop(&mut self) {
+        let ids = self.job.fail_waiting(&ErrorKind::Cancelled.into());
+        let ids: Vec<u64> = ids.into_iter().filter(|&id| id != 0).collect();
+        if !ids.is_empty() {
+            self.shared.cancel(ids);
+        }
+    }
+}
+
+impl<R> fmt::Debug for Imap<'_, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Imap")
+            .field("target", &self.target)
+            .field("ordered", &self.ordered)
+            .field("consumed_chunks", &self.consumed)
+            .finish()
+    }
+}

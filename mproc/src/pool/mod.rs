@@ -1,0 +1,801 @@
+//! `Pool`: Python's `multiprocessing.Pool`, with every task accounted for.
+//!
+//! - [`dispatcher`]: the thread that owns the workers and assigns each chunk to one of them;
+//! - [`worker`]: a worker's loop, in the child;
+//! - [`task`]: chunks of arguments and the trampoline that runs them;
+//! - [`result`]: [`AsyncResult`] and the per-job state the dispatcher fills;
+//! - [`imap`]: the streaming iterators.
+
+use std::any::type_name;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+use crate::start::{self, StartMethod};
+use crate::wire::target::{self, Target};
+
+mod dispatcher;
+mod imap;
+mod result;
+mod task;
+pub(crate) mod worker;
+
+use dispatcher::{Chunk, Config, Dispatcher, Shared};
+pub use imap::Imap;
+pub use result::AsyncResult;
+use result::JobState;
+
+/// A pool of worker processes, as Python's `multiprocessing.Pool`.
+///
+/// Each task (or chunk of tasks) is assigned to one worker, and the pool knows which: a worker
+/// that dies (killed, segfault, abort, out of memory) fails only what it held, with
+/// `Err(WorkerLost)`, and is replaced; nothing hangs. Dropping the pool terminates it, like
+/// Python's `with Pool() as pool:`.
+///
+/// ```
+/// use mproc::Pool;
+///
+/// fn square(n: u64) -> u64 {
+///     n * n
+/// }
+///
+/// let pool = Pool::new(2)?;
+/// assert_eq!(pool.map(square, 1..=5)?, [1, 4, 9, 16, 25]);
+/// assert_eq!(pool.apply(square, (12,))?, 144);
+/// let pending = pool.apply_async(square, (3,))?;
+/// assert_eq!(pending.get()?, 9);
+/// pool.close();
+/// pool.join()?;
+/// # Ok::<(), mproc::Error>(())
+/// ```
+pub struct Pool {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    processes: usize,
+}
+
+/// Configures a [`Pool`]; made by [`Pool::builder`].
+///
+/// ```
+/// use std::time::Duration;
+///
+/// fn setup(greeting: String) {
+///     assert_eq!(greeting, "hello");
+/// }
+/// fn square(n: u64) -> u64 {
+///     n * n
+/// }
+/// let pool = mproc::Pool::builder()
+///     .processes(2)
+///     .start_method(mproc::StartMethod::Forkserver)
+///     .initializer(setup, ("hello".to_string(),))
+///     .max_tasks_per_child(100)
+///     .task_timeout(Duration::from_secs(30))
+///     .build()?;
+/// assert_eq!(pool.map(square, [3, 4])?, [9, 16]);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    method: Option<StartMethod>,
+    init: Option<(i64, Result<Vec<u8>, Error>)>,
+    max_tasks_per_child: Option<usize>,
+    task_timeout: Option<Duration>,
+}
+
+impl PoolBuilder {
+    /// How many worker processes (default: [`cpu_count`](crate::cpu_count)).
+    ///
+    /// ```
+    /// let pool = mproc::Pool::builder().processes(3).build()?;
+    /// assert_eq!(pool.processes(), 3);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// How the workers start (default: [`get_start_method`](crate::get_start_method)).
+    ///
+    /// ```
+    /// let pool = mproc::Pool::builder().start_method(mproc::StartMethod::Spawn).processes(1).build()?;
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// A function each worker runs once, with `args`, before its first task.
+    ///
+    /// If it panics (or its worker dies during it), the pool is broken: every pending task and
+    /// every later submission fails with `InitializerFailed`, which carries the cause. The pool
+    /// never starts workers into a failure again and again (Python's Pool does, forever).
+    ///
+    /// ```
+    /// fn fails() {
+    ///     panic!("no database");
+    /// }
+    /// fn work() -> u8 {
+    ///     1
+    /// }
+    /// let pool = mproc::Pool::builder().processes(1).initializer(fails, ()).build()?;
+    /// let e = pool.apply(work, ()).unwrap_err();
+    /// assert!(matches!(e.kind(), mproc::ErrorKind::InitializerFailed(_)));
+    /// assert!(e.to_string().contains("no database"));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn initializer<F, A>(mut self, init: F, args: A) -> Self
+    where
+        F: Target<A, Output = ()>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let _ = init;
+        self.init = Some((
+            task::init_entry::<F, A>(),
+            target::encode_args::<F, A>(&args),
+        ));
+        self
+    }
+
+    /// Replaces a worker after it has run this many tasks (chunks), as Python's
+    /// `maxtasksperchild`. Zero is an error at [`build`](Self::build).
+    ///
+    /// ```
+    /// fn pid() -> u32 {
+    ///     std::process::id()
+    /// }
+    /// let pool = mproc::Pool::builder().processes(1).max_tasks_per_child(1).build()?;
+    /// assert_ne!(pool.apply(pid, ())?, pool.apply(pid, ())?);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn max_tasks_per_child(mut self, n: usize) -> Self {
+        self.max_tasks_per_child = Some(n);
+        self
+    }
+
+    /// Kills a worker whose task (or chunk) runs longer than `timeout`; the task fails with
+    /// `TaskTimedOut` and a new worker takes the worker's place.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn sleepy() {
+    ///     std::thread::sleep(Duration::from_secs(60));
+    /// }
+    /// let pool = mproc::Pool::builder().processes(1).task_timeout(Duration::from_millis(100)).build()?;
+    /// let e = pool.apply(sleepy, ()).unwrap_err();
+    /// assert_eq!(e.kind(), &mproc::ErrorKind::TaskTimedOut);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// Starts the workers.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for zero processes or zero tasks per child; a `Codec` error if the
+    /// initializer's arguments could not be encoded; an `Os` error if a worker could not start.
+    ///
+    /// ```
+    /// assert!(mproc::Pool::builder().processes(0).build().is_err());
+    /// ```
+    pub fn build(self) -> Result<Pool, Error> {
+        let processes = self.processes.unwrap_or_else(crate::cpu_count);
+        if processes == 0 {
+            return Err(Error::invalid("a pool needs at least one process"));
+        }
+        if self.max_tasks_per_child == Some(0) {
+            return Err(Error::invalid("max_tasks_per_child must be at least 1"));
+        }
+        let init = match self.init {
+            Some((entry, args)) => Some((entry, args?)),
+            None => None,
+        };
+        let shared = Shared::new()?;
+        let config = Config {
+            processes,
+            method: self.method.unwrap_or_else(start::get_start_method),
+            init,
+            max_tasks_per_child: self.max_tasks_per_child,
+            task_timeout: self.task_timeout,
+        };
+        let dispatcher = Dispatcher::new(Arc::clone(&shared), config)?;
+        let thread = std::thread::Builder::new()
+            .name("mproc-pool".into())
+            .spawn(move || dispatcher.run())
+            .map_err(|e| Error::os("starting the pool's dispatcher thread", e))?;
+        Ok(Pool {
+            shared,
+            thread: Mutex::new(Some(thread)),
+            processes,
+        })
+    }
+}
+
+impl Pool {
+    /// A pool of `processes` workers, started with the default method.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for zero; an `Os` error if a worker could not start.
+    ///
+    /// ```
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert!(mproc::Pool::new(0).is_err());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn new(processes: usize) -> Result<Pool, Error> {
+        Pool::builder().processes(processes).build()
+    }
+
+    /// A builder for a pool with more settings.
+    ///
+    /// ```
+    /// let pool = mproc::Pool::builder().processes(2).build()?;
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// How many workers it keeps.
+    ///
+    /// ```
+    /// assert_eq!(mproc::Pool::new(2)?.processes(), 2);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn processes(&self) -> usize {
+        self.processes
+    }
+
+    /// The map family with an explicit chunk size: `pool.chunksize(10).map(f, items)`.
+    /// Without it, `map` and `starmap` use Python's rule, `ceil(len / (4 * processes))`, and
+    /// `imap` uses 1. Zero is an `InvalidArgument` error when used.
+    ///
+    /// ```
+    /// fn inc(n: u32) -> u32 {
+    ///     n + 1
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert_eq!(pool.chunksize(3).map(inc, 0..7)?, [1, 2, 3, 4, 5, 6, 7]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn chunksize(&self, n: usize) -> Chunked<'_> {
+        Chunked {
+            pool: self,
+            size: Some(n),
+        }
+    }
+
+    fn default_chunks(&self) -> Chunked<'_> {
+        Chunked {
+            pool: self,
+            size: None,
+        }
+    }
+
+    /// Runs `f(args)` in a worker and waits for its value.
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncResult::get`], and `PoolClosed` after [`close`](Self::close).
+    ///
+    /// ```
+    /// fn add(a: i32, b: i32) -> i32 {
+    ///     a + b
+    /// }
+    /// let pool = mproc::Pool::new(1)?;
+    /// assert_eq!(pool.apply(add, (2, 3))?, 5);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn apply<F, A>(&self, f: F, args: A) -> Result<F::Output, Error>
+    where
+        F: Target<A>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.apply_async(f, args)?.get()
+    }
+
+    /// Runs `f(args)` in a worker; the [`AsyncResult`] gives its value later.
+    ///
+    /// # Errors
+    ///
+    /// `PoolClosed` after [`close`](Self::close); a `Codec` error if `args` cannot be encoded;
+    /// `InitializerFailed` if the pool is broken.
+    ///
+    /// ```
+    /// fn add(a: i32, b: i32) -> i32 {
+    ///     a + b
+    /// }
+    /// let pool = mproc::Pool::new(1)?;
+    /// let r = pool.apply_async(add, (2, 3))?;
+    /// assert_eq!(r.get()?, 5);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn apply_async<F, A>(&self, f: F, args: A) -> Result<AsyncResult<F::Output>, Error>
+    where
+        F: Target<A>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let _ = f;
+        self.shared.check_open()?;
+        let target = type_name::<F>();
+        let job = JobState::new();
+        let chunk = self.chunk(&job, task::chunk_entry::<F, A>(), &[args], target)?;
+        job.seal();
+        self.shared.submit(vec![chunk], true)?;
+        Ok(AsyncResult::new(
+            job,
+            result::decode_one::<F::Output>,
+            target,
+            Arc::clone(&self.shared),
+        ))
+    }
+
+    /// Applies `f` to every item, in parallel, and returns the values in order.
+    ///
+    /// # Errors
+    ///
+    /// The first failing item's error (by position), as [`AsyncResult::get`].
+    ///
+    /// ```
+    /// fn square(n: u64) -> u64 {
+    ///     n * n
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert_eq!(pool.map(square, vec![1, 2, 3])?, [1, 4, 9]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn map<F, T, I>(&self, f: F, items: I) -> Result<Vec<F::Output>, Error>
+    where
+        F: Target<(T,)>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = T>,
+    {
+        self.default_chunks().map(f, items)
+    }
+
+    /// [`map`](Self::map) without waiting.
+    ///
+    /// ```
+    /// fn square(n: u64) -> u64 {
+    ///     n * n
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// let r = pool.map_async(square, 0..4)?;
+    /// assert_eq!(r.get()?, [0, 1, 4, 9]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn map_async<F, T, I>(&self, f: F, items: I) -> Result<AsyncResult<Vec<F::Output>>, Error>
+    where
+        F: Target<(T,)>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = T>,
+    {
+        self.default_chunks().map_async(f, items)
+    }
+
+    /// Like [`map`](Self::map), with each item a tuple of arguments.
+    ///
+    /// ```
+    /// fn add(a: i32, b: i32) -> i32 {
+    ///     a + b
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert_eq!(pool.starmap(add, [(1, 2), (3, 4)])?, [3, 7]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn starmap<F, A, I>(&self, f: F, items: I) -> Result<Vec<F::Output>, Error>
+    where
+        F: Target<A>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.default_chunks().starmap(f, items)
+    }
+
+    /// [`starmap`](Self::starmap) without waiting.
+    ///
+    /// ```
+    /// fn add(a: i32, b: i32) -> i32 {
+    ///     a + b
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert_eq!(pool.starmap_async(add, [(1, 2)])?.get()?, [3]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn starmap_async<F, A, I>(
+        &self,
+        f: F,
+        items: I,
+    ) -> Result<AsyncResult<Vec<F::Output>>, Error>
+    where
+        F: Target<A>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.default_chunks().starmap_async(f, items)
+    }
+
+    /// Applies `f` to each item, yielding results in order as they come; the input is pulled
+    /// lazily (an endless iterator works) with a bounded number of chunks in flight.
+    ///
+    /// ```
+    /// fn square(n: u64) -> u64 {
+    ///     n * n
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// for (n, sq) in pool.imap(square, 0..5)?.enumerate() {
+    ///     assert_eq!(sq?, (n * n) as u64);
+    /// }
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn imap<'a, F, T, I>(&self, f: F, items: I) -> Result<Imap<'a, F::Output>, Error>
+    where
+        F: Target<(T,)>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = T>,
+        I::IntoIter: 'a,
+    {
+        self.default_chunks().imap(f, items)
+    }
+
+    /// Like [`imap`](Self::imap), yielding each result as soon as it is ready.
+    ///
+    /// ```
+    /// fn square(n: u64) -> u64 {
+    ///     n * n
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// let mut all: Vec<u64> = pool.imap_unordered(square, 0..5)?.collect::<Result<_, _>>()?;
+    /// all.sort();
+    /// assert_eq!(all, [0, 1, 4, 9, 16]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn imap_unordered<'a, F, T, I>(&self, f: F, items: I) -> Result<Imap<'a, F::Output>, Error>
+    where
+        F: Target<(T,)>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = T>,
+        I::IntoIter: 'a,
+    {
+        self.default_chunks().imap_unordered(f, items)
+    }
+
+    /// No more submissions: later ones fail with `PoolClosed`. Work already submitted goes on.
+    ///
+    /// ```
+    /// fn one() -> u8 {
+    ///     1
+    /// }
+    /// let pool = mproc::Pool::new(1)?;
+    /// pool.close();
+    /// assert_eq!(pool.apply(one, ()).unwrap_err().kind(), &mproc::ErrorKind::PoolClosed);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// After [`close`](Self::close): waits until every submitted task has finished and the
+    /// workers have exited.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` if the pool was not closed (or terminated) first.
+    ///
+    /// ```
+    /// fn one() -> u8 {
+    ///     1
+    /// }
+    /// let pool = mproc::Pool::new(1)?;
+    /// let r = pool.apply_async(one, ())?;
+    /// assert!(pool.join().is_err()); // not closed yet
+    /// pool.close();
+    /// pool.join()?;
+    /// assert!(r.ready());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn join(&self) -> Result<(), Error> {
+        if !self.shared.is_closed() {
+            return Err(Error::invalid("join() needs close() or terminate() first"));
+        }
+        self.wait_dispatcher();
+        Ok(())
+    }
+
+    /// Kills the workers now; tasks not finished fail with `Terminated`. Also what dropping the
+    /// pool does.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn sleepy() {
+    ///     std::thread::sleep(Duration::from_secs(60));
+    /// }
+    /// let pool = mproc::Pool::new(1)?;
+    /// let r = pool.apply_async(sleepy, ())?;
+    /// pool.terminate();
+    /// assert_eq!(r.get().unwrap_err().kind(), &mproc::ErrorKind::Terminated);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn terminate(&self) {
+        self.shared.terminate();
+        self.wait_dispatcher();
+    }
+
+    fn wait_dispatcher(&self) {
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+
+    /// One chunk of `items` for the job.
+    fn chunk<A: Serialize>(
+        &self,
+        job: &Arc<JobState>,
+        entry: i64,
+        items: &[A],
+        target: &str,
+    ) -> Result<Chunk, Error> {
+        let payload = task::encode_chunk(items, target)?;
+        let id = self.shared.chunk_id();
+        let index = job.add_chunk(id, items.len());
+        Ok(Chunk {
+            id,
+            entry,
+            payload,
+            job: Arc::clone(job),
+            index,
+        })
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.processes)
+            .field("closed", &self.shared.is_closed())
+            .finish()
+    }
+}
+
+/// The map family with a chosen chunk size; made by [`Pool::chunksize`].
+///
+/// ```
+/// fn inc(n: u32) -> u32 {
+///     n + 1
+/// }
+/// let pool = mproc::Pool::new(2)?;
+/// let by_ten = pool.chunksize(10);
+/// assert_eq!(by_ten.map(inc, 0..3)?, [1, 2, 3]);
+/// assert_eq!(by_ten.imap(inc, 0..3)?.count(), 3);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Chunked<'p> {
+    pool: &'p Pool,
+    size: Option<usize>,
+}
+
+impl Chunked<'_> {
+    /// Python's rule for `map` when no size was chosen: `ceil(len / (4 * processes))`.
+    fn size_for(&self, len: usize) -> Result<usize, Error> {
+        match self.size {
+            Some(0) => Err(Error::invalid("chunksize must be at least 1")),
+            Some(n) => Ok(n),
+            None => Ok(len.div_ceil(4 * self.pool.processes).max(1)),
+        }
+    }
+
+    /// [`Pool::map`] with this chunk size.
+    ///
+    /// ```
+    /// fn inc(n: u32) -> u32 {
+    ///     n + 1
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert_eq!(pool.chunksize(1).map(inc, [1, 2])?, [2, 3]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn map<F, T, I>(&self, f: F, items: I) -> Result<Vec<F::Output>, Error>
+    where
+        F: Target<(T,)>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = T>,
+    {
+        self.map_async(f, items)?.get()
+    }
+
+    /// [`Pool::map_async`] with this chunk size.
+    ///
+    /// ```
+    /// fn inc(n: u32) -> u32 {
+    ///     n + 1
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert_eq!(pool.chunksize(1).map_async(inc, [1, 2])?.get()?, [2, 3]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn map_async<F, T, I>(&self, f: F, items: I) -> Result<AsyncResult<Vec<F::Output>>, Error>
+    where
+        F: Target<(T,)>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = T>,
+    {
+        self.starmap_async(f, items.into_iter().map(|t| (t,)))
+    }
+
+    /// [`Pool::starmap`] with this chunk size.
+    ///
+    /// ```
+    /// fn add(a: i32, b: i32) -> i32 {
+    ///     a + b
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert_eq!(pool.chunksize(1).starmap(add, [(1, 1)])?, [2]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn starmap<F, A, I>(&self, f: F, items: I) -> Result<Vec<F::Output>, Error>
+    where
+        F: Target<A>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.starmap_async(f, items)?.get()
+    }
+
+    /// [`Pool::starmap_async`] with this chunk size.
+    ///
+    /// ```
+    /// fn add(a: i32, b: i32) -> i32 {
+    ///     a + b
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert_eq!(pool.chunksize(1).starmap_async(add, [(1, 1)])?.get()?, [2]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn starmap_async<F, A, I>(
+        &self,
+        f: F,
+        items: I,
+    ) -> Result<AsyncResult<Vec<F::Output>>, Error>
+    where
+        F: Target<A>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let _ = f;
+        let pool = self.pool;
+        pool.shared.check_open()?;
+        let items: Vec<A> = items.into_iter().collect();
+        let size = self.size_for(items.len())?;
+        let target = type_name::<F>();
+        let entry = task::chunk_entry::<F, A>();
+        let job = JobState::new();
+        let chunks = items
+            .chunks(size)
+            .map(|piece| pool.chunk(&job, entry, piece, target))
+            .collect::<Result<Vec<_>, _>>()?;
+        job.seal();
+        pool.shared.submit(chunks, true)?;
+        Ok(AsyncResult::new(
+            job,
+            result::decode_all::<F::Output>,
+            target,
+            Arc::clone(&pool.shared),
+        ))
+    }
+
+    /// [`Pool::imap`] with this chunk size.
+    ///
+    /// ```
+    /// fn inc(n: u32) -> u32 {
+    ///     n + 1
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// let v: Vec<u32> = pool.chunksize(4).imap(inc, 0..10)?.collect::<Result<_, _>>()?;
+    /// assert_eq!(v, (1..11).collect::<Vec<_>>());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn imap<'a, F, T, I>(&self, f: F, items: I) -> Result<Imap<'a, F::Output>, Error>
+    where
+        F: Target<(T,)>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = T>,
+        I::IntoIter: 'a,
+    {
+        self.stream(f, items, true)
+    }
+
+    /// [`Pool::imap_unordered`] with this chunk size.
+    ///
+    /// ```
+    /// fn inc(n: u32) -> u32 {
+    ///     n + 1
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert_eq!(pool.chunksize(4).imap_unordered(inc, 0..10)?.count(), 10);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn imap_unordered<'a, F, T, I>(&self, f: F, items: I) -> Result<Imap<'a, F::Output>, Error>
+    where
+        F: Target<(T,)>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = T>,
+        I::IntoIter: 'a,
+    {
+        self.stream(f, items, false)
+    }
+
+    fn stream<'a, F, T, I>(
+        &self,
+        f: F,
+        items: I,
+        ordered: bool,
+    ) -> Result<Imap<'a, F::Output>, Error>
+    where
+        F: Target<(T,)>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = T>,
+        I::IntoIter: 'a,
+    {
+        let _ = f;
+        let pool = self.pool;
+        pool.shared.check_open()?;
+        let size = match self.size {
+            Some(0) => return Err(Error::invalid("chunksize must be at least 1")),
+            Some(n) => n,
+            None => 1,
+        };
+        let target = type_name::<F>();
+        let mut input = items.into_iter().map(|t| (t,));
+        let feed: imap::Feed<'a> = Box::new(std::iter::from_fn(move || {
+            let piece: Vec<(T,)> = input.by_ref().take(size).collect();
+            (!piece.is_empty())
+                .then(|| task::encode_chunk(&piece, target).map(|bytes| (bytes, piece.len())))
+        }));
+        // Enough in flight to keep every worker's window full twice over.
+        let ahead = pool.processes * 4;
+        Ok(Imap::new(
+            Arc::clone(&pool.shared),
+            feed,
+            task::chunk_entry::<F, (T,)>(),
+            target,
+            ordered,
+            ahead,
+        ))
+    }
+}

@@ -1,0 +1,78 @@
+//! Pool tasks as they cross into a worker: a chunk of argument tuples and the trampoline that
+//! runs the target on each.
+//!
+//! A chunk travels as one encoded `Vec<A>`; the worker calls the target once per item, each
+//! under its own `catch_unwind`, and answers with one encoded `Vec<Result<R, PanicReport>>`,
+//! so a panic fails its own item and nothing else.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, PanicReport};
+use crate::start::worker;
+use crate::sys::image::{self, Entry};
+use crate::wire::codec;
+use crate::wire::target::Target;
+
+/// The chunk trampoline's offset for target `F` called with `A`.
+pub(crate) fn chunk_entry<F, A>() -> i64
+where
+    F: Target<A>,
+    A: DeserializeOwned,
+    F::Output: Serialize,
+{
+    let _ = image::conjure::<F>;
+    let entry: Entry = run_chunk::<F, A>;
+    image::offset_of(entry)
+}
+
+/// Decodes a `Vec<A>`, calls `F` on each item, encodes the `Vec<Result<F::Output, _>>`.
+fn run_chunk<F, A>(payload: &[u8]) -> Result<Vec<u8>, Error>
+where
+    F: Target<A>,
+    A: DeserializeOwned,
+    F::Output: Serialize,
+{
+    let name = std::any::type_name::<F>;
+    let items: Vec<A> = codec::decode(payload)
+        .map_err(|e| Error::codec(format!("the arguments of `{}`", name()), "decode", e))?;
+    let f: F = image::conjure::<F>();
+    let outputs: Vec<Result<F::Output, PanicReport>> = items
+        .into_iter()
+        .map(|args| worker::catch(|| f.call(args)))
+        .collect();
+    codec::encode(&outputs)
+        .map_err(|e| Error::codec(format!("the return values of `{}`", name()), "encode", e))
+}
+
+/// Encodes a chunk of argument tuples in the parent.
+pub(crate) fn encode_chunk<A: Serialize>(items: &[A], target: &str) -> Result<Vec<u8>, Error> {
+    codec::encode(items)
+        .map_err(|e| Error::codec(format!("the arguments of `{target}`"), "encode", e))
+}
+
+/// Decodes a chunk's answer in the parent: one result per item.
+pub(crate) fn decode_chunk<R: DeserializeOwned>(
+    bytes: &[u8],
+    target: &str,
+) -> Result<Vec<Result<R, PanicReport>>, Error> {
+    codec::decode(bytes)
+        .map_err(|e| Error::codec(format!("the return values of `{target}`"), "decode", e))
+}
+
+/// The initializer's trampoline: an ordinary target entry (its value, `()`, is ignored).
+pub(crate) fn init_entry<F, A>() -> i64
+where
+    F: Target<A, Output = ()>,
+    A: DeserializeOwned,
+{
+    crate::wire::target::target_ref::<F, A>().entry
+}
+
+/// The entry a pool worker's start message names: never called, it only proves the build.
+pub(crate) fn worker_entry() -> i64 {
+    fn serve_pool(_: &[u8]) -> Result<Vec<u8>, Error> {
+        Ok(Vec::new())
+    }
+    image::offset_of(serve_pool)
+}

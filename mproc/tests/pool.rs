@@ -1,0 +1,526 @@
+//! `Pool` and `AsyncResult`, under every start method: the API, crashes, timeouts, cancels,
+//! and a stress test with workers killed at random.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mproc::{ErrorKind, Pool, StartMethod};
+
+use crate::common::{PATIENCE, has_ended, wait_until};
+
+fn pool(m: StartMethod, n: usize) -> Pool {
+    Pool::builder()
+        .processes(n)
+        .start_method(m)
+        .build()
+        .unwrap()
+}
+
+fn square(n: u64) -> u64 {
+    n * n
+}
+
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+fn pid() -> u32 {
+    std::process::id()
+}
+
+fn nap_then(ms: u64, v: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    v
+}
+
+fn the_whole_api(m: StartMethod) {
+    let p = pool(m, 2);
+    assert_eq!(p.processes(), 2);
+    assert_eq!(p.apply(square, (12,)).unwrap(), 144);
+    let r = p.apply_async(add, (2, 3)).unwrap();
+    assert_eq!(r.get_timeout(PATIENCE).unwrap(), 5);
+    assert!(r.ready());
+    assert!(r.successful().unwrap());
+    assert_eq!(r.get().unwrap(), 5, "get is repeatable");
+    let expected: Vec<u64> = (0..100).map(|n| n * n).collect();
+    assert_eq!(p.map(square, 0..100).unwrap(), expected);
+    assert_eq!(
+        p.map_async(square, 0..100)
+            .unwrap()
+            .get_timeout(PATIENCE)
+            .unwrap(),
+        expected
+    );
+    assert_eq!(p.starmap(add, [(1, 2), (3, 4)]).unwrap(), [3, 7]);
+    assert_eq!(
+        p.starmap_async(add, [(5, 5)])
+            .unwrap()
+            .get_timeout(PATIENCE)
+            .unwrap(),
+        [10]
+    );
+    for size in [1, 3, 1000] {
+        let c = p.chunksize(size);
+        assert_eq!(c.map(square, 0..100).unwrap(), expected, "chunksize {size}");
+        assert_eq!(c.starmap(add, [(1, 1)]).unwrap(), [2]);
+        let v: Vec<u64> = c
+            .imap(square, 0..100)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(v, expected);
+        let mut u: Vec<u64> = c
+            .imap_unordered(square, 0..100)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        u.sort();
+        assert_eq!(u, expected);
+    }
+    assert!(matches!(
+        p.chunksize(0).map(square, 0..3).unwrap_err().kind(),
+        ErrorKind::InvalidArgument(_)
+    ));
+    assert_eq!(p.map(square, Vec::new()).unwrap(), Vec::<u64>::new());
+    assert_eq!(p.imap(square, Vec::new()).unwrap().count(), 0);
+    assert!(p.join().is_err(), "join before close is an error");
+    p.close();
+    assert_eq!(
+        p.apply(square, (1,)).unwrap_err().kind(),
+        &ErrorKind::PoolClosed
+    );
+    assert_eq!(
+        p.map(square, 0..2).unwrap_err().kind(),
+        &ErrorKind::PoolClosed
+    );
+    p.join().unwrap();
+}
+
+fn zero_processes_is_invalid(_m: StartMethod) {
+    assert!(matches!(
+        Pool::new(0).unwrap_err().kind(),
+        ErrorKind::InvalidArgument(_)
+    ));
+    let e = Pool::builder()
+        .processes(1)
+        .max_tasks_per_child(0)
+        .build()
+        .unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::InvalidArgument(_)));
+}
+
+fn join_waits_for_every_submitted_task(m: StartMethod) {
+    let p = pool(m, 2);
+    let rs: Vec<_> = (0..6)
+        .map(|i| p.apply_async(nap_then, (50, i)).unwrap())
+        .collect();
+    p.close();
+    p.join().unwrap();
+    for (i, r) in rs.iter().enumerate() {
+        assert!(r.ready());
+        assert_eq!(r.get().unwrap(), i as u64);
+    }
+}
+
+fn async_result_waits_and_timeouts(m: StartMethod) {
+    let p = pool(m, 1);
+    let r = p.apply_async(nap_then, (300, 7)).unwrap();
+    assert_eq!(r.successful().unwrap_err().kind(), &ErrorKind::NotReady);
+    assert!(!r.ready());
+    assert!(!r.wait_timeout(Duration::from_millis(20)));
+    assert_eq!(
+        r.get_timeout(Duration::from_millis(20)).unwrap_err().kind(),
+        &ErrorKind::Timeout
+    );
+    // The task went on: the next wait gets it.
+    assert_eq!(r.get_timeout(PATIENCE).unwrap(), 7);
+    r.wait();
+    assert!(r.ready());
+}
+
+fn boom(n: u64) -> u64 {
+    if n % 7 == 3 {
+        panic!("item {n} refuses");
+    }
+    n
+}
+
+fn panics_fail_only_their_item(m: StartMethod) {
+    let p = pool(m, 2);
+    let e = p.map(boom, 0..20).unwrap_err();
+    let ErrorKind::Panicked(report) = e.kind() else {
+        panic!("{e:?}")
+    };
+    assert_eq!(
+        report.message, "item 3 refuses",
+        "the first failure by position"
+    );
+    assert!(report.process.contains("PoolWorker-"), "{report:?}");
+    let items: Vec<_> = p.imap(boom, 0..20).unwrap().collect();
+    for (n, item) in items.iter().enumerate() {
+        assert_eq!(item.is_err(), n % 7 == 3, "item {n}: {item:?}");
+    }
+    let r = p.apply_async(boom, (3,)).unwrap();
+    r.wait_timeout(PATIENCE);
+    assert!(!r.successful().unwrap());
+    // The pool keeps working: a panic does not cost the worker.
+    assert_eq!(p.apply(square, (3,)).unwrap(), 9);
+}
+
+fn die(how: String) -> u64 {
+    match how.as_str() {
+        "abort" => std::process::abort(),
+        "kill" => {
+            let me = std::process::id().to_string();
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &me])
+                .status();
+            std::thread::sleep(Duration::from_secs(30));
+            0
+        }
+        "segv" => {
+            // SAFETY: none; this deliberately writes through a null pointer to die by SIGSEGV.
+            unsafe { std::ptr::null_mut::<u64>().write_volatile(1) };
+            0
+        }
+        "oom" => {
+            let limit = libc::rlimit {
+                rlim_cur: 1 << 30,
+                rlim_max: 1 << 30,
+            };
+            // SAFETY: setrlimit reads a valid rlimit; it only lowers this process's limit.
+            unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) };
+            let v: Vec<u8> = vec![1; 4 << 30];
+            v.len() as u64
+        }
+        _ => 1,
+    }
+}
+
+fn a_dying_worker_fails_only_its_task(m: StartMethod) {
+    let p = pool(m, 2);
+    for (how, signal) in [
+        ("abort", libc::SIGABRT),
+        ("kill", libc::SIGKILL),
+        ("segv", libc::SIGSEGV),
+        ("oom", libc::SIGABRT),
+    ] {
+        let others: Vec<_> = (0..6)
+            .map(|i| p.apply_async(nap_then, (20, i)).unwrap())
+            .collect();
+        let doomed = p.apply_async(die, (how.to_string(),)).unwrap();
+        let e = doomed.get_timeout(PATIENCE).unwrap_err();
+        let ErrorKind::WorkerLost(lost) = e.kind() else {
+            panic!("{how}: {e:?}")
+        };
+        assert_eq!(lost.signal, Some(signal), "{how}: {e}");
+        assert!(lost.process.contains("PoolWorker-"));
+        for (i, r) in others.iter().enumerate() {
+            assert_eq!(
+                r.get_timeout(PATIENCE).unwrap(),
+                i as u64,
+                "{how}: a bystander failed"
+            );
+        }
+    }
+    // Replacements keep the pool at full strength.
+    let pids: HashSet<u32> = (0..40)
+        .map(|_| p.apply_async(pid, ()).unwrap())
+        .map(|r| r.get_timeout(PATIENCE).unwrap())
+        .collect();
+    assert!(!pids.is_empty() && pids.len() <= 2, "{pids:?}");
+}
+
+fn abort_on(n: u64) -> u64 {
+    if n == 1234 {
+        std::process::abort();
+    }
+    n
+}
+
+fn one_abort_in_2000_items_through_imap(m: StartMethod) {
+    let p = pool(m, 2);
+    let results: Vec<_> = p.imap(abort_on, 0..2000).unwrap().collect();
+    assert_eq!(results.len(), 2000);
+    for (n, r) in results.iter().enumerate() {
+        match r {
+            Ok(v) => assert_eq!(*v, n as u64),
+            Err(e) => {
+                assert_eq!(n, 1234, "{e}");
+                assert!(
+                    matches!(e.kind(), ErrorKind::WorkerLost(l) if l.signal == Some(libc::SIGABRT))
+                );
+            }
+        }
+    }
+    assert_eq!(results.iter().filter(|r| r.is_err()).count(), 1);
+}
+
+fn task_timeout_kills_within_milliseconds(m: StartMethod) {
+    let p = Pool::builder()
+        .processes(2)
+        .start_method(m)
+        .task_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let ok = p.apply_async(nap_then, (10, 5)).unwrap();
+    let began = Instant::now();
+    let slow = p.apply_async(nap_then, (60_000, 0)).unwrap();
+    let e = slow.get_timeout(PATIENCE).unwrap_err();
+    let waited = began.elapsed();
+    assert_eq!(e.kind(), &ErrorKind::TaskTimedOut);
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert_eq!(ok.get_timeout(PATIENCE).unwrap(), 5);
+    // A replacement took the killed worker's place.
+    assert_eq!(p.map(square, 0..10).unwrap().len(), 10);
+}
+
+fn cancel_queued_and_running(m: StartMethod) {
+    let p = pool(m, 1);
+    let running = p.apply_async(nap_then, (60_000, 1)).unwrap();
+    let queued: Vec<_> = (0..4)
+        .map(|i| p.apply_async(nap_then, (10, i)).unwrap())
+        .collect();
+    assert!(queued[3].cancel());
+    assert_eq!(queued[3].get().unwrap_err().kind(), &ErrorKind::Cancelled);
+    // Give the long task time to start, so cancelling it takes the running path.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(running.cancel());
+    assert_eq!(running.get().unwrap_err().kind(), &ErrorKind::Cancelled);
+    for (i, r) in queued.iter().take(3).enumerate() {
+        assert_eq!(
+            r.get_timeout(PATIENCE).unwrap(),
+            i as u64,
+            "the others still run"
+        );
+    }
+    assert!(!queued[0].cancel(), "a finished task cannot be cancelled");
+    assert_eq!(queued[0].get().unwrap(), 0);
+}
+
+fn terminate_and_drop_neither_hang_nor_orphan(m: StartMethod) {
+    let p = pool(m, 2);
+    let pids: Vec<u32> = (0..2)
+        .map(|_| p.apply_async(pid, ()).unwrap())
+        .map(|r| r.get_timeout(PATIENCE).unwrap())
+        .collect();
+    let pending: Vec<_> = (0..4)
+        .map(|_| p.apply_async(nap_then, (60_000, 0)).unwrap())
+        .collect();
+    let began = Instant::now();
+    drop(p);
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "drop took {:?}",
+        began.elapsed()
+    );
+    for r in &pending {
+        assert_eq!(
+            r.get_timeout(PATIENCE).unwrap_err().kind(),
+            &ErrorKind::Terminated
+        );
+    }
+    for pid in pids {
+        wait_until("the pool's workers are gone", || has_ended(pid));
+    }
+}
+
+fn futures_under_two_executors(m: StartMethod) {
+    let p = pool(m, 2);
+    let r = p.apply_async(square, (9,)).unwrap();
+    assert_eq!(futures::executor::block_on(r).unwrap(), 81);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let (a, b) = (
+        p.apply_async(nap_then, (50, 1)).unwrap(),
+        p.map_async(square, 0..4).unwrap(),
+    );
+    let (a, b) = rt.block_on(async {
+        tokio::time::timeout(PATIENCE, async { (a.await, b.await) })
+            .await
+            .expect("bounded")
+    });
+    assert_eq!((a.unwrap(), b.unwrap()), (1, vec![0, 1, 4, 9]));
+}
+
+fn callbacks_see_values_and_errors(m: StartMethod) {
+    let p = pool(m, 1);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx2 = tx.clone();
+    p.apply_async(square, (5,))
+        .unwrap()
+        .on_complete(move |r| tx.send(r.map_err(|e| e.to_string())).unwrap());
+    p.apply_async(boom, (3,))
+        .unwrap()
+        .on_complete(move |r| tx2.send(r.map_err(|e| e.to_string())).unwrap());
+    let mut got: Vec<_> = (0..2).map(|_| rx.recv_timeout(PATIENCE).unwrap()).collect();
+    got.sort();
+    assert_eq!(got[0], Ok(25));
+    assert!(got[1].as_ref().unwrap_err().contains("item 3 refuses"));
+}
+
+static SETTING: Mutex<Option<String>> = Mutex::new(None);
+
+fn remember(s: String) {
+    *SETTING.lock().unwrap() = Some(s);
+}
+
+fn recall() -> Option<String> {
+    SETTING.lock().unwrap().clone()
+}
+
+fn broken_init() {
+    panic!("cannot connect");
+}
+
+fn initializer_runs_first_and_failures_surface(m: StartMethod) {
+    let p = Pool::builder()
+        .processes(2)
+        .start_method(m)
+        .initializer(remember, ("ready".to_string(),))
+        .build()
+        .unwrap();
+    assert_eq!(
+        p.map(|_: u8| recall(), 0..8).unwrap(),
+        vec![Some("ready".to_string()); 8]
+    );
+
+    let p = Pool::builder()
+        .processes(2)
+        .start_method(m)
+        .initializer(broken_init, ())
+        .build()
+        .unwrap();
+    let e = p
+        .apply_async(square, (2,))
+        .unwrap()
+        .get_timeout(PATIENCE)
+        .unwrap_err();
+    let ErrorKind::InitializerFailed(cause) = e.kind() else {
+        panic!("{e:?}")
+    };
+    assert!(
+        matches!(cause.kind(), ErrorKind::Panicked(r) if r.message == "cannot connect"),
+        "{e}"
+    );
+    // No respawn loop: later submissions fail at once with the same cause.
+    wait_until("the pool knows it is broken", || {
+        p.apply_async(square, (1,)).is_err()
+    });
+    assert!(matches!(
+        p.map(square, 0..3).unwrap_err().kind(),
+        ErrorKind::InitializerFailed(_)
+    ));
+}
+
+fn max_tasks_per_child_replaces_workers(m: StartMethod) {
+    let p = Pool::builder()
+        .processes(1)
+        .start_method(m)
+        .max_tasks_per_child(2)
+        .build()
+        .unwrap();
+    let pids: Vec<u32> = (0..6).map(|_| p.apply(pid, ()).unwrap()).collect();
+    let distinct: HashSet<_> = pids.iter().collect();
+    assert_eq!(distinct.len(), 3, "{pids:?}");
+}
+
+fn imap_pulls_lazily_with_bounded_work_in_flight(m: StartMethod) {
+    let p = pool(m, 2);
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&pulled);
+    let endless = (0u64..).inspect(move |_| {
+        counter.fetch_add(1, Ordering::Relaxed);
+    });
+    let mut it = p.imap(square, endless).unwrap();
+    for n in 0..50u64 {
+        assert_eq!(it.next().unwrap().unwrap(), n * n);
+    }
+    let ahead = pulled.load(Ordering::Relaxed) - 50;
+    assert!(ahead <= 2 * 4, "{ahead} items pulled ahead of the consumer");
+    drop(it);
+    // Dropping the stream cancelled what it had in flight; the pool is still fine.
+    assert_eq!(p.apply(square, (4,)).unwrap(), 16);
+}
+
+fn stress_100k_tasks_with_workers_killed_at_random(m: StartMethod) {
+    let p = pool(m, 2);
+    let pids = Arc::new(Mutex::new(HashSet::<u32>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let killer = {
+        let (pids, stop) = (Arc::clone(&pids), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut kills = 0;
+            let mut seed = 0x2545_f491_4f6c_dd1du64;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(25));
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let candidates: Vec<u32> = pids.lock().unwrap().iter().copied().collect();
+                if let Some(&victim) = candidates.get(seed as usize % candidates.len().max(1)) {
+                    // SAFETY: kill(2) has no memory-safety preconditions.
+                    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+                    pids.lock().unwrap().remove(&victim);
+                    kills += 1;
+                }
+            }
+            kills
+        })
+    };
+    let began = Instant::now();
+    let (mut values, mut lost) = (0usize, 0usize);
+    for r in p
+        .chunksize(50)
+        .imap_unordered(|n: u64| (n, std::process::id()), 0..100_000)
+        .unwrap()
+    {
+        match r {
+            Ok((_, worker)) => {
+                values += 1;
+                pids.lock().unwrap().insert(worker);
+            }
+            Err(e) => {
+                assert!(matches!(e.kind(), ErrorKind::WorkerLost(_)), "{e}");
+                lost += 1;
+            }
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(120),
+            "stress test ran too long"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let kills = killer.join().unwrap();
+    assert_eq!(values + lost, 100_000, "every task is accounted for");
+    assert!(
+        kills > 0 && lost > 0,
+        "the test must actually kill workers ({kills} kills)"
+    );
+}
+
+per_start_method!(
+    the_whole_api,
+    zero_processes_is_invalid,
+    join_waits_for_every_submitted_task,
+    async_result_waits_and_timeouts,
+    panics_fail_only_their_item,
+    a_dying_worker_fails_only_its_task,
+    one_abort_in_2000_items_through_imap,
+    task_timeout_kills_within_milliseconds,
+    cancel_queued_and_running,
+    terminate_and_drop_neither_hang_nor_orphan,
+    futures_under_two_executors,
+    callbacks_see_values_and_errors,
+    initializer_runs_first_and_failures_surface,
+    max_tasks_per_child_replaces_workers,
+    imap_pulls_lazily_with_bounded_work_in_flight,
+    stress_100k_tasks_with_workers_killed_at_random,
+);
