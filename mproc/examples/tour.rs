@@ -4,8 +4,14 @@
 //! cargo run --release --example tour
 //! ```
 
+#[path = "apply_timeout.rs"]
+mod apply_timeout;
 #[path = "crash_report.rs"]
 mod crash_report;
+#[path = "do_math.rs"]
+mod do_math;
+#[path = "speedup.rs"]
+mod speedup;
 #[path = "squarer.rs"]
 mod squarer;
 #[path = "start_methods.rs"]
@@ -34,6 +40,21 @@ fn main() -> mproc::Result<()> {
             name: "crash_report",
             shows: "panics, signals and early exits reach the parent as clear errors",
             run: crash_report::main,
+        },
+        Stop {
+            name: "do_math",
+            shows: "a Pool of 4, apply_async per block, results in submission order",
+            run: do_math::main,
+        },
+        Stop {
+            name: "apply_timeout",
+            shows: "get_timeout gives up after a second; dropping the pool ends the task",
+            run: apply_timeout::main,
+        },
+        Stop {
+            name: "speedup",
+            shows: "a CPU-bound job, sequential and then on a Pool of every CPU",
+            run: speedup::main,
         },
     ];
     println!(
