@@ -188,21 +188,41 @@ impl Outbox {
         self.frames.is_empty()
     }
 
-    /// Writes as much as the socket takes now; `Ok(true)` once everything is written.
+    /// Writes as much as the socket takes now, many frames per system call; `Ok(true)` once
+    /// everything is written.
     pub(crate) fn flush(&mut self, ch: &Channel) -> Result<bool, Error> {
-        while let Some((bytes, sent)) = self.frames.front_mut() {
-            match socket::send(ch.fd(), &[&bytes[*sent..]], &[]) {
-                Ok(n) => {
-                    *sent += n;
-                    if *sent == bytes.len() {
-                        self.frames.pop_front();
-                    }
-                }
+        const GATHER: usize = 64;
+        while !self.frames.is_empty() {
+            let bufs: Vec<&[u8]> = self
+                .frames
+                .iter()
+                .take(GATHER)
+                .map(|(bytes, sent)| &bytes[*sent..])
+                .collect();
+            match socket::send(ch.fd(), &bufs, &[]) {
+                Ok(n) => self.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(send_error(e)),
             }
         }
         Ok(true)
+    }
+
+    /// Drops `n` written bytes from the front.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some((bytes, sent)) = self.frames.front_mut() else {
+                return;
+            };
+            let left = bytes.len() - *sent;
+            if n >= left {
+                n -= left;
+                self.frames.pop_front();
+            } else {
+                *sent += n;
+                n = 0;
+            }
+        }
     }
 }
 

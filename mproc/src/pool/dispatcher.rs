@@ -32,6 +32,13 @@ use crate::wire::message::{FromWorker, PoolWorkerSpec, Role, Start, ToWorker};
 /// it never waits for the dispatcher between tasks.
 const WINDOW: usize = 2;
 
+/// The window for a worker whose chunks take less than [`QUICK`]: deep enough that a stream
+/// of tiny tasks leaves the dispatcher many per system call.
+const QUICK_WINDOW: usize = 32;
+
+/// Chunks faster than this (on average) count as tiny.
+const QUICK: Duration = Duration::from_micros(200);
+
 /// A chunk of one job, as the dispatcher moves it around.
 pub(crate) struct Chunk {
     pub(crate) id: u64,
@@ -169,9 +176,24 @@ struct Worker {
     given: usize,
     stopping: bool,
     outbox: Outbox,
+    /// A running average of how long its chunks take, to size its window.
+    average: Duration,
 }
 
 impl Worker {
+    fn window(&self) -> usize {
+        if self.average < QUICK {
+            QUICK_WINDOW
+        } else {
+            WINDOW
+        }
+    }
+
+    /// Records a chunk answered after `took`.
+    fn timed(&mut self, took: Duration) {
+        self.average = (self.average * 7 + took) / 8;
+    }
+
     fn lost(&self, exit: Exit) -> Error {
         ErrorKind::WorkerLost(LostReport {
             process: self.name.clone(),
@@ -257,6 +279,8 @@ impl Dispatcher {
             given: 0,
             stopping: false,
             outbox: Outbox::default(),
+            // Start cautious: the window deepens once chunks prove quick.
+            average: QUICK * 2,
         })
     }
 
@@ -306,7 +330,7 @@ impl Dispatcher {
             let Some(w) = self
                 .workers
                 .iter_mut()
-                .filter(|w| w.ready && !w.stopping && w.in_flight.len() < WINDOW)
+                .filter(|w| w.ready && !w.stopping && w.in_flight.len() < w.window())
                 .min_by_key(|w| w.in_flight.len())
             else {
                 return;
@@ -413,7 +437,9 @@ impl Dispatcher {
                 Ok(FromWorker::Done { id, result }) => {
                     let pos = w.in_flight.iter().position(|c| c.id == id);
                     if let Some(chunk) = pos.and_then(|p| w.in_flight.remove(p)) {
-                        w.front_since = Instant::now();
+                        let now = Instant::now();
+                        w.timed(now.saturating_duration_since(w.front_since));
+                        w.front_since = now;
                         chunk
                             .job
                             .deliver(chunk.index, result.map(serde_bytes::ByteBuf::into_vec));

@@ -51,6 +51,8 @@ pub(crate) struct JobInner {
     sealed: bool,
     waker: Option<Waker>,
     callbacks: Vec<Box<dyn FnOnce() + Send>>,
+    /// Threads blocked in `wait_for`: a delivery that completes nothing wakes only them.
+    waiters: usize,
 }
 
 impl JobInner {
@@ -120,7 +122,7 @@ impl JobState {
     /// Fills chunk `index` unless it already has an answer (a cancelled chunk's late result is
     /// dropped here).
     pub(crate) fn deliver(&self, index: usize, outcome: ChunkOutcome) {
-        let done = {
+        let (done, waiters) = {
             let mut inner = self.lock();
             let Some(slot) = inner.slot_mut(index) else {
                 return;
@@ -130,11 +132,11 @@ impl JobState {
             }
             slot.outcome = Some(outcome);
             inner.filled += 1;
-            inner.complete()
+            (inner.complete(), inner.waiters)
         };
         if done {
             self.finished();
-        } else {
+        } else if waiters > 0 {
             self.changed.notify_all();
         }
     }
@@ -188,16 +190,21 @@ impl JobState {
             if ready(&inner) {
                 return Some(inner);
             }
-            inner = match deadline {
+            let left = match deadline {
+                None => None,
+                Some(d) => Some(d.checked_duration_since(Instant::now())?),
+            };
+            inner.waiters += 1;
+            inner = match left {
                 None => self.changed.wait(inner).unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let left = d.checked_duration_since(Instant::now())?;
+                Some(left) => {
                     self.changed
                         .wait_timeout(inner, left)
                         .unwrap_or_else(|e| e.into_inner())
                         .0
                 }
             };
+            inner.waiters -= 1;
         }
     }
 

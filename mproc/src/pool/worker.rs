@@ -22,6 +22,8 @@ pub(crate) fn serve(ctrl: &mut Channel, identity: u64, spec: PoolWorkerSpec) -> 
     if ctrl.send(&FromWorker::Ready, &[]).is_err() {
         return 0;
     }
+    // Each answer leaves before the next task starts: if the worker dies, every task it had
+    // finished has been reported, so the dispatcher fails exactly the one that was running.
     loop {
         match ctrl.recv::<ToWorker<Vec<u8>>>(None) {
             Ok(ToWorker::Task { id, entry, payload }) => {
