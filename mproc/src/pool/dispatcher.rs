@@ -178,6 +178,8 @@ struct Worker {
     outbox: Outbox,
     /// A running average of how long its chunks take, to size its window.
     average: Duration,
+    /// How it ended, once its exit descriptor said so.
+    ended: Option<Exit>,
 }
 
 impl Worker {
@@ -281,6 +283,7 @@ impl Dispatcher {
             outbox: Outbox::default(),
             // Start cautious: the window deepens once chunks prove quick.
             average: QUICK * 2,
+            ended: None,
         })
     }
 
@@ -459,7 +462,12 @@ impl Dispatcher {
     /// Marks worker `i` as gone if it has ended (its messages were read just before).
     fn check_worker_exit(&mut self, i: usize) {
         let w = &mut self.workers[i];
-        if let Ok(Some(_)) = w.child.poll_exit() {
+        let ended = match w.child.poll_exit() {
+            Ok(exit) => exit,
+            Err(_) => Some(Exit::Unknown),
+        };
+        if ended.is_some() {
+            w.ended = ended;
             // Read anything it managed to send before dying.
             self.read_worker(i);
         }
@@ -469,13 +477,9 @@ impl Dispatcher {
     fn reap_departed(&mut self) {
         let mut i = 0;
         while i < self.workers.len() {
-            let exit = match self.workers[i].child.poll_exit() {
-                Ok(Some(exit)) => exit,
-                Ok(None) => {
-                    i += 1;
-                    continue;
-                }
-                Err(_) => Exit::Unknown,
+            let Some(exit) = self.workers[i].ended else {
+                i += 1;
+                continue;
             };
             let mut w = self.workers.swap_remove(i);
             let lost = w.lost(exit);

@@ -107,14 +107,14 @@ impl JobState {
 
     /// No more chunks will be added.
     pub(crate) fn seal(&self) {
-        let done = {
+        let (done, waiters) = {
             let mut inner = self.lock();
             inner.sealed = true;
-            inner.complete()
+            (inner.complete(), inner.waiters)
         };
         if done {
             self.finished();
-        } else {
+        } else if waiters > 0 {
             self.changed.notify_all();
         }
     }
@@ -267,7 +267,7 @@ pub(crate) fn decode_slot<R: DeserializeOwned>(slot: &Slot, target: &str) -> Vec
             ))),
             Ok(items) => items
                 .into_iter()
-                .map(|r| r.map_err(|p| ErrorKind::Panicked(p).into()))
+                .map(|r| r.map_err(|p| ErrorKind::Panicked(*p).into()))
                 .collect(),
         },
     }

@@ -55,7 +55,7 @@ pub(crate) fn encode_chunk<A: Serialize>(items: &[A], target: &str) -> Result<Ve
 pub(crate) fn decode_chunk<R: DeserializeOwned>(
     bytes: &[u8],
     target: &str,
-) -> Result<Vec<Result<R, PanicReport>>, Error> {
+) -> Result<Vec<Result<R, Box<PanicReport>>>, Error> {
     codec::decode(bytes)
         .map_err(|e| Error::codec(format!("the return values of `{target}`"), "decode", e))
 }

@@ -100,7 +100,9 @@ fn call(entry: Entry, args: &[u8]) -> Outcome {
 /// Runs `f` in a worker, turning a panic into its report (message, location, process name,
 /// backtrace when asked). The payload is forgotten, never dropped: its `Drop` could panic.
 pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, PanicReport> {
-    *last_panic() = None;
+    if RECORDED.swap(false, Ordering::Relaxed) {
+        *last_panic() = None;
+    }
     match panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => Ok(r),
         Err(payload) => {
@@ -113,6 +115,9 @@ pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, PanicReport> {
 
 /// Whether this process is a worker, whose panics the hook records.
 static IN_WORKER: AtomicBool = AtomicBool::new(false);
+
+/// Whether `LAST_PANIC` may hold a record (so `catch` clears it only then: it runs per item).
+static RECORDED: AtomicBool = AtomicBool::new(false);
 
 /// The last panic the hook saw in this worker, with the thread it happened on.
 static LAST_PANIC: Mutex<Option<(ThreadId, PanicReport)>> = Mutex::new(None);
@@ -147,6 +152,7 @@ fn record(info: &panic::PanicHookInfo<'_>) {
             .then(|| backtrace.to_string()),
     };
     *last_panic() = Some((thread::current().id(), report));
+    RECORDED.store(true, Ordering::Relaxed);
 }
 
 /// The report for the panic whose payload reached `catch_unwind`: the hook's record if it is

@@ -1,0 +1,1043 @@
+//! Pool benchmark: what a `Pool` costs per task, per item, at start, under CPU load and when a
+//! worker dies, next to the operating system's floor and to Python's `multiprocessing.Pool`.
+//!
+//! Sections, each with its target (checked at the end, PASS or MISS):
+//!
+//! 1. `apply`: round trip `pool.apply_async(f, (x,))?.get()` of a trivial `fn(u64) -> u64` on
+//!    a warm `Pool::new(2)`, p50 and p99. Floor: an 8-byte ping-pong over a Unix socketpair
+//!    with a forked child that echoes with raw `read`/`write`. Shown beside them, not a
+//!    target: the same echo through a relay thread (caller, thread, child, thread, caller),
+//!    the shape of any pool with a dispatcher thread. Samples of the three alternate.
+//!    Targets: p50 <= 2x the floor's p50; p99 <= 50 µs.
+//! 2. `map1`: throughput of `pool.chunksize(1).map(f, 0..N)`, one task per item, in tasks/s.
+//!    Target: >= 1,000,000 tasks/s.
+//! 3. `map`: `pool.map(f, 0..1_000_000u64)` with the default chunk size, in items/s. Target:
+//!    >= 3x Python's `Pool(2).map(f, range(1_000_000))`.
+//! 4. `start`: `Pool::new(2)` (by builder, per start method) plus its first `apply(f, (1,))`,
+//!    timed together; the pool's drop afterwards is not timed. Methods sampled round-robin.
+//!    Target: median <= 2 ms for the default (forkserver).
+//! 5. `speedup`: 40 CPU-bound tasks of about 10 ms (an integer loop calibrated here), run in
+//!    this process one after another and on a warm `Pool::new(2)` with `chunksize(1)`.
+//!    Target: speed-up >= 0.95 x `mproc::cpu_count()`.
+//! 6. `death`: a one-worker pool reports its worker's pid, then runs a long sleep; once the
+//!    sleep has begun (it writes a marker file first), the worker gets `SIGKILL` and the time
+//!    from the kill to `get()` returning `Err(WorkerLost)` is taken. Target: median <= 10 ms.
+//!    Python is not run here: its `Pool` never returns such a task's result (it hangs).
+//!
+//! The sections run in the order 1, 4, 2, 3, 5, 6: pool starts early, while this process is
+//! small (a fork copies its page tables, and the maps leave a large heap behind).
+//!
+//! Python's side (`benches/python_pool.py`, interpreter `$PYTHON` or `python3`) times itself
+//! in its own process after the Rust sections, and this binary parses what it prints.
+//!
+//! Method: plain `std::time::Instant`, warm-ups before every measurement, medians (and p99
+//! where asked). Run it with:
+//!
+//! ```text
+//! cargo bench -p mproc --bench pool                  # everything, under 2 minutes
+//! cargo bench -p mproc --bench pool -- apply death   # only the sections named
+//! cargo bench -p mproc --bench pool -- --pin 0       # everything on CPU 0 only
+//! cargo bench -p mproc --bench pool -- --no-python   # skip Python
+//! ```
+//!
+//! `--pin CPU` runs everything (this process, the workers, the fork server, Python) on one CPU:
+//! a wake-up across CPUs costs about ten microseconds on a small VM, and pinning shows the CPU
+//! cost alone (the speed-up target then expects 0.95x of one CPU). Without `--bench` on its
+//! command line (as under `cargo test --benches`) it does a smoke run of a few samples each.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mproc::{ErrorKind, Pool, StartMethod};
+
+/// Every section's name, in order.
+const SECTIONS: [&str; 6] = ["apply", "map1", "map", "start", "speedup", "death"];
+
+/// The trivial target.
+fn ident(x: u64) -> u64 {
+    x
+}
+
+/// The worker's process id.
+fn worker_pid() -> u32 {
+    std::process::id()
+}
+
+/// Writes `marker` (so the parent knows the task has begun), then sleeps `ms` milliseconds.
+fn sleeper(marker: String, ms: u64) -> u64 {
+    std::fs::write(&marker, b"").expect("writing the marker file");
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// A deterministic integer loop of `iters` rounds (xorshift plus a counter).
+fn spin(iters: u64) -> u64 {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in 0..std::hint::black_box(iters) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x = x.wrapping_add(i);
+    }
+    x
+}
+
+/// Sample counts; `FULL` under `--bench`, `SMOKE` otherwise.
+struct Plan {
+    /// Round trips of each of raw ping-pong and mproc apply (section 1).
+    apply: usize,
+    /// Untimed round trips of each first.
+    apply_warmup: usize,
+    /// Python's round trips.
+    py_apply: usize,
+    /// Seconds one `chunksize(1)` map run should take (N is chosen from a warm-up run).
+    map1_secs: f64,
+    /// Bounds on N for section 2.
+    map1_n: (usize, usize),
+    /// Runs of section 2.
+    map1_runs: usize,
+    /// Python's N and runs for section 2.
+    py_map1: (usize, usize),
+    /// Items of section 3 (both sides).
+    map_n: usize,
+    /// Runs of section 3, Rust and Python.
+    map_runs: usize,
+    py_map_runs: usize,
+    /// Pool starts per method (section 4), and Python's for fork, forkserver, spawn.
+    start: usize,
+    py_start: (usize, usize, usize),
+    /// Untimed pool starts per method first.
+    start_warmup: usize,
+    /// Length of one CPU-bound task, how many, and how many runs of each side (section 5).
+    spin_ms: f64,
+    spin_tasks: usize,
+    spin_runs: usize,
+    /// Kills (section 6).
+    death: usize,
+    /// Python's warm-up repetitions.
+    py_warmup: usize,
+}
+
+const FULL: Plan = Plan {
+    apply: 20_000,
+    apply_warmup: 2_000,
+    py_apply: 20_000,
+    map1_secs: 1.0,
+    map1_n: (100_000, 2_000_000),
+    map1_runs: 3,
+    py_map1: (100_000, 1),
+    map_n: 1_000_000,
+    map_runs: 5,
+    py_map_runs: 3,
+    start: 50,
+    py_start: (30, 10, 10),
+    start_warmup: 3,
+    spin_ms: 10.0,
+    spin_tasks: 40,
+    spin_runs: 5,
+    death: 30,
+    py_warmup: 2,
+};
+
+const SMOKE: Plan = Plan {
+    apply: 50,
+    apply_warmup: 10,
+    py_apply: 50,
+    map1_secs: 0.01,
+    map1_n: (1_000, 1_000),
+    map1_runs: 1,
+    py_map1: (1_000, 1),
+    map_n: 10_000,
+    map_runs: 1,
+    py_map_runs: 1,
+    start: 2,
+    py_start: (1, 1, 1),
+    start_warmup: 1,
+    spin_ms: 1.0,
+    spin_tasks: 4,
+    spin_runs: 1,
+    death: 2,
+    py_warmup: 1,
+};
+
+/// One line of the results table.
+struct Row {
+    section: usize,
+    name: String,
+    n: String,
+    result: String,
+    note: String,
+}
+
+/// One target's check.
+struct Check {
+    section: usize,
+    what: String,
+    /// The measured value as shown, and whether it met the target (None: not measured).
+    shown: String,
+    pass: Option<bool>,
+}
+
+/// Everything measured.
+#[derive(Default)]
+struct Results {
+    rows: Vec<Row>,
+    checks: Vec<Check>,
+    /// mproc's apply round trip p50 and p99, µs (section 1).
+    apply: Option<(f64, f64)>,
+    /// mproc's items/s of section 2 and of section 3.
+    map1_rate: Option<f64>,
+    map_rate: Option<f64>,
+    /// mproc's median Pool(2)+apply under forkserver, µs (section 4).
+    forkserver_start: Option<f64>,
+}
+
+impl Results {
+    fn row(&mut self, section: usize, name: &str, n: String, result: String, note: String) {
+        self.rows.push(Row {
+            section,
+            name: name.to_owned(),
+            n,
+            result,
+            note,
+        });
+    }
+
+    fn check(&mut self, section: usize, what: String, shown: String, pass: Option<bool>) {
+        self.checks.push(Check {
+            section,
+            what,
+            shown,
+            pass,
+        });
+    }
+}
+
+fn main() -> Result<(), mproc::Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let plan = if full { FULL } else { SMOKE };
+    let mut pin: Option<usize> = None;
+    let mut python = true;
+    let mut filters: Vec<&str> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--pin" => {
+                pin = Some(
+                    it.next()
+                        .and_then(|v| v.parse().ok())
+                        .expect("--pin takes a CPU number"),
+                );
+            }
+            "--no-python" => python = false,
+            s if !s.starts_with('-') => filters.push(s),
+            _ => {}
+        }
+    }
+    for f in &filters {
+        assert!(
+            SECTIONS.contains(f),
+            "unknown section {f:?}; the sections are {SECTIONS:?}"
+        );
+    }
+    let wanted = |name: &str| filters.is_empty() || filters.contains(&name);
+    let started = Instant::now();
+
+    println!(
+        "mproc pool bench ({})",
+        if full {
+            "full"
+        } else {
+            "smoke: a few samples each, not meaningful"
+        }
+    );
+    println!("machine: {}", machine());
+    if let Some(cpu) = pin {
+        pin_to(cpu);
+        println!("pinned: this process and every child run on CPU {cpu} only");
+    }
+    let cores = mproc::cpu_count();
+    let mut res = Results::default();
+    let mut py = PyRequest::default();
+
+    if wanted("apply") {
+        apply_section(&plan, &mut res)?;
+        py.add(format!("apply={}", plan.py_apply));
+    }
+    if wanted("start") {
+        start_section(&plan, &mut res)?;
+        let (f, fs, s) = plan.py_start;
+        py.add(format!("start_fork={f}"));
+        py.add(format!("start_forkserver={fs}"));
+        py.add(format!("start_spawn={s}"));
+    }
+    if wanted("map1") {
+        map1_section(&plan, &mut res)?;
+        py.add(format!("map1={}:{}", plan.py_map1.0, plan.py_map1.1));
+    }
+    if wanted("map") {
+        map_section(&plan, &mut res)?;
+        py.add(format!("map={}:{}", plan.map_n, plan.py_map_runs));
+    }
+    if wanted("speedup") {
+        speedup_section(&plan, cores, &mut res)?;
+    }
+    if wanted("death") {
+        death_section(&plan, &mut res)?;
+    }
+
+    let mut py_out = None;
+    if python && !py.args.is_empty() {
+        println!("running python ({} measurements)...", py.args.len());
+        match run_python(&py.args, plan.py_warmup) {
+            Ok(out) => py_out = Some(out),
+            Err(e) => println!("python skipped: {e}"),
+        }
+    }
+    compare_python(py_out.as_ref(), &mut res);
+
+    report(&res, py_out.as_ref(), full);
+    println!("total bench time: {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Section 1: apply round trip against a raw socketpair ping-pong.
+fn apply_section(plan: &Plan, res: &mut Results) -> Result<(), mproc::Error> {
+    println!("1. apply round trip ({} samples each)...", plan.apply);
+    // The echo children are forked before any pool or thread exists.
+    let mut echo = Echo::start();
+    let mut relay = Relay::start(Echo::start());
+    let pool = Pool::new(2)?;
+    for i in 0..plan.apply_warmup as u64 {
+        echo.round_trip(i);
+        relay.round_trip(i);
+        assert_eq!(pool.apply_async(ident, (i,))?.get()?, i);
+    }
+    let mut raw = Vec::with_capacity(plan.apply);
+    let mut via = Vec::with_capacity(plan.apply);
+    let mut mp = Vec::with_capacity(plan.apply);
+    for i in 0..plan.apply as u64 {
+        let t = Instant::now();
+        echo.round_trip(i);
+        raw.push(us(t));
+        let t = Instant::now();
+        relay.round_trip(i);
+        via.push(us(t));
+        let t = Instant::now();
+        let r = pool.apply_async(ident, (i,))?.get()?;
+        mp.push(us(t));
+        assert_eq!(r, i);
+    }
+    drop(pool);
+    drop(relay);
+    drop(echo);
+    let raw = Pct::of(&raw);
+    let via = Pct::of(&via);
+    let mp = Pct::of(&mp);
+    res.apply = Some((mp.p50, mp.p99));
+    res.row(
+        1,
+        "raw ping-pong 8 B, socketpair + forked child",
+        raw.n.to_string(),
+        format!("p50 {:.1} µs  p99 {:.1} µs", raw.p50, raw.p99),
+        "(floor)".into(),
+    );
+    res.row(
+        1,
+        "raw relay: caller->thread->child->thread->caller",
+        via.n.to_string(),
+        format!("p50 {:.1} µs  p99 {:.1} µs", via.p50, via.p99),
+        format!(
+            "p50 {:.2}x floor, p99 {:.2}x floor (a pool's shape)",
+            via.p50 / raw.p50,
+            via.p99 / raw.p99
+        ),
+    );
+    res.row(
+        1,
+        "mproc apply_async(f,(x,)).get(), Pool(2)",
+        mp.n.to_string(),
+        format!("p50 {:.1} µs  p99 {:.1} µs", mp.p50, mp.p99),
+        format!(
+            "p50 {:.2}x floor, p99 {:.2}x floor",
+            mp.p50 / raw.p50,
+            mp.p99 / raw.p99
+        ),
+    );
+    res.check(
+        1,
+        "apply p50 / raw ping-pong p50 <= 2.00".into(),
+        format!(
+            "{:.2} ({:.1} / {:.1} µs)",
+            mp.p50 / raw.p50,
+            mp.p50,
+            raw.p50
+        ),
+        Some(mp.p50 <= 2.0 * raw.p50),
+    );
+    res.check(
+        1,
+        "apply p99 <= 50 µs".into(),
+        format!("{:.1} µs", mp.p99),
+        Some(mp.p99 <= 50.0),
+    );
+    Ok(())
+}
+
+/// Section 2: `chunksize(1).map` throughput.
+fn map1_section(plan: &Plan, res: &mut Results) -> Result<(), mproc::Error> {
+    let pool = Pool::new(2)?;
+    // A warm-up run that also sizes N for about `map1_secs` a run.
+    let probe = 20_000.min(plan.map1_n.0) as u64;
+    let t = Instant::now();
+    assert_eq!(
+        pool.chunksize(1).map(ident, 0..probe)?.len(),
+        probe as usize
+    );
+    let rate = probe as f64 / t.elapsed().as_secs_f64();
+    let n = ((rate * plan.map1_secs / 100_000.0).round() as usize * 100_000)
+        .clamp(plan.map1_n.0, plan.map1_n.1);
+    println!(
+        "2. chunksize(1) map of {n} items, {} runs...",
+        plan.map1_runs
+    );
+    let mut secs = Vec::new();
+    for _ in 0..plan.map1_runs {
+        let t = Instant::now();
+        let v = pool.chunksize(1).map(ident, 0..n as u64)?;
+        secs.push(t.elapsed().as_secs_f64());
+        assert_eq!((v.len(), v.last().copied()), (n, Some(n as u64 - 1)));
+    }
+    let rate = n as f64 / median(&secs);
+    res.map1_rate = Some(rate);
+    res.row(
+        2,
+        "mproc chunksize(1).map(f, 0..N), Pool(2)",
+        format!("{n}x{}", plan.map1_runs),
+        format!("{} tasks/s", thousands(rate)),
+        format!("median run {:.0} ms", median(&secs) * 1e3),
+    );
+    res.check(
+        2,
+        "chunksize(1) map >= 1,000,000 tasks/s".into(),
+        format!("{} tasks/s", thousands(rate)),
+        Some(rate >= 1e6),
+    );
+    Ok(())
+}
+
+/// Section 3: default-chunksize map of a million items.
+fn map_section(plan: &Plan, res: &mut Results) -> Result<(), mproc::Error> {
+    println!(
+        "3. default map of {} items, {} runs...",
+        plan.map_n, plan.map_runs
+    );
+    let pool = Pool::new(2)?;
+    let n = plan.map_n;
+    assert_eq!(pool.map(ident, 0..n as u64)?.len(), n);
+    let mut secs = Vec::new();
+    for _ in 0..plan.map_runs {
+        let t = Instant::now();
+        let v = pool.map(ident, 0..n as u64)?;
+        secs.push(t.elapsed().as_secs_f64());
+        assert_eq!((v.len(), v.last().copied()), (n, Some(n as u64 - 1)));
+    }
+    let rate = n as f64 / median(&secs);
+    res.map_rate = Some(rate);
+    res.row(
+        3,
+        "mproc map(f, 0..N) default chunks, Pool(2)",
+        format!("{n}x{}", plan.map_runs),
+        format!("{} items/s", thousands(rate)),
+        format!("median run {:.1} ms", median(&secs) * 1e3),
+    );
+    // The check needs Python; `compare_python` adds it.
+    Ok(())
+}
+
+/// Section 4: pool creation to first result, per start method.
+fn start_section(plan: &Plan, res: &mut Results) -> Result<(), mproc::Error> {
+    println!(
+        "4. Pool(2) + first apply, {} per start method...",
+        plan.start
+    );
+    let methods = [
+        StartMethod::Forkserver,
+        StartMethod::Fork,
+        StartMethod::Spawn,
+    ];
+    let once = |m: StartMethod| -> Result<f64, mproc::Error> {
+        let t = Instant::now();
+        let pool = Pool::builder().processes(2).start_method(m).build()?;
+        let r = pool.apply(ident, (1,))?;
+        let el = us(t);
+        assert_eq!(r, 1);
+        drop(pool);
+        Ok(el)
+    };
+    for m in methods {
+        for _ in 0..plan.start_warmup {
+            once(m)?;
+        }
+    }
+    let mut times = vec![Vec::new(); methods.len()];
+    for _ in 0..plan.start {
+        for (i, m) in methods.into_iter().enumerate() {
+            times[i].push(once(m)?);
+        }
+    }
+    for (m, t) in methods.iter().zip(&times) {
+        let p = Pct::of(t);
+        res.row(
+            4,
+            &format!("mproc Pool(2)+apply, {m}"),
+            p.n.to_string(),
+            format!("median {:.2} ms  p90 {:.2} ms", p.p50 / 1e3, p.p90 / 1e3),
+            String::new(),
+        );
+        if *m == StartMethod::Forkserver {
+            res.forkserver_start = Some(p.p50);
+            res.check(
+                4,
+                "Pool(2)+apply median, forkserver (default) <= 2 ms".into(),
+                format!("{:.2} ms", p.p50 / 1e3),
+                Some(p.p50 <= 2000.0),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Section 5: CPU-bound speed-up over running in this process.
+fn speedup_section(plan: &Plan, cores: usize, res: &mut Results) -> Result<(), mproc::Error> {
+    // Calibrate: the fastest of a few runs of a fixed count, scaled to `spin_ms`.
+    let probe = 2_000_000;
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        std::hint::black_box(spin(probe));
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let iters = (probe as f64 * plan.spin_ms / 1e3 / best) as u64;
+    println!(
+        "5. speed-up: {} tasks of {iters} rounds (~{} ms), {} runs each way...",
+        plan.spin_tasks, plan.spin_ms, plan.spin_runs
+    );
+    let expected = spin(iters);
+    let pool = Pool::new(2)?;
+    // Warm: the workers run the loop once too.
+    assert_eq!(pool.chunksize(1).map(spin, [iters, iters])?[0], expected);
+    let tasks = vec![iters; plan.spin_tasks];
+    let (mut seq, mut par) = (Vec::new(), Vec::new());
+    for _ in 0..plan.spin_runs {
+        let t = Instant::now();
+        for &k in &tasks {
+            assert_eq!(spin(k), expected);
+        }
+        seq.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let v = pool.chunksize(1).map(spin, tasks.iter().copied())?;
+        par.push(t.elapsed().as_secs_f64());
+        assert!(v.iter().all(|&x| x == expected));
+    }
+    let (s, p) = (median(&seq), median(&par));
+    let speedup = s / p;
+    let task_ms = s / plan.spin_tasks as f64 * 1e3;
+    res.row(
+        5,
+        "sequential, in this process",
+        format!("{}x{}", plan.spin_tasks, plan.spin_runs),
+        format!("{:.1} ms ({task_ms:.2} ms/task)", s * 1e3),
+        String::new(),
+    );
+    res.row(
+        5,
+        "mproc Pool(2).chunksize(1).map",
+        format!("{}x{}", plan.spin_tasks, plan.spin_runs),
+        format!("{:.1} ms", p * 1e3),
+        format!(
+            "speed-up {speedup:.2}, efficiency {:.1}% of {cores} cores",
+            100.0 * speedup / cores as f64
+        ),
+    );
+    let goal = 0.95 * cores as f64;
+    res.check(
+        5,
+        format!("CPU-bound speed-up >= 0.95 x {cores} cores = {goal:.2}"),
+        format!("{speedup:.2}"),
+        Some(speedup >= goal),
+    );
+    Ok(())
+}
+
+/// Section 6: from SIGKILL of a busy worker to `Err(WorkerLost)`.
+fn death_section(plan: &Plan, res: &mut Results) -> Result<(), mproc::Error> {
+    println!("6. worker death, {} kills...", plan.death);
+    let pool = Pool::new(1)?;
+    let marker = std::env::temp_dir().join(format!("mproc-pool-bench-{}", std::process::id()));
+    let marker_s = marker.to_string_lossy().into_owned();
+    let mut times = Vec::new();
+    for run in 0..=plan.death {
+        let _ = std::fs::remove_file(&marker);
+        // The replacement of the worker killed last time, once it is up.
+        let pid = pool.apply(worker_pid, ())?;
+        let r = pool.apply_async(sleeper, (marker_s.clone(), 60_000))?;
+        wait_for(&marker, Duration::from_secs(10));
+        let t = Instant::now();
+        // SAFETY: kill has no memory effects; `pid` is our pool's live worker (it answered
+        // above and is now sleeping in `sleeper`, so it has not exited).
+        let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+        let e = r
+            .get_timeout(Duration::from_secs(10))
+            .expect_err("a killed worker's task must fail");
+        let el = us(t);
+        assert!(
+            matches!(e.kind(), ErrorKind::WorkerLost(_)),
+            "expected WorkerLost, got {e}"
+        );
+        // The first kill is a warm-up.
+        if run > 0 {
+            times.push(el);
+        }
+    }
+    let _ = std::fs::remove_file(&marker);
+    let p = Pct::of(&times);
+    res.row(
+        6,
+        "SIGKILL of busy worker -> get() Err(WorkerLost)",
+        p.n.to_string(),
+        format!("median {:.2} ms  p90 {:.2} ms", p.p50 / 1e3, p.p90 / 1e3),
+        format!("max {:.2} ms", p.max / 1e3),
+    );
+    res.row(
+        6,
+        "python Pool, same",
+        "-".into(),
+        "not run: get() hangs forever".into(),
+        "the task is lost and never answered".into(),
+    );
+    res.check(
+        6,
+        "death to WorkerLost median <= 10 ms".into(),
+        format!("{:.2} ms", p.p50 / 1e3),
+        Some(p.p50 <= 10_000.0),
+    );
+    Ok(())
+}
+
+/// Polls until `path` exists.
+fn wait_for(path: &Path, limit: Duration) {
+    let t = Instant::now();
+    while !path.exists() {
+        assert!(t.elapsed() < limit, "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+/// A forked child that echoes 8-byte messages over a socketpair, with raw syscalls only.
+struct Echo {
+    fd: libc::c_int,
+    pid: libc::pid_t,
+}
+
+impl Echo {
+    fn start() -> Echo {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` is a writable array of two ints, as socketpair requires.
+        let rc = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(rc, 0, "socketpair: {}", std::io::Error::last_os_error());
+        // SAFETY: the child calls only close, read, write and _exit, all async-signal-safe, so
+        // it touches no state another thread might have held at the fork.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            let mut buf = [0u8; 8];
+            // SAFETY: fds[0] is the parent's end, ours to close; `buf` is 8 writable bytes for
+            // read and 8 initialised bytes for write; `_exit` ends the child without running
+            // destructors.
+            unsafe {
+                libc::close(fds[0]);
+                loop {
+                    let n = libc::read(fds[1], buf.as_mut_ptr().cast(), 8);
+                    if n <= 0 || libc::write(fds[1], buf.as_ptr().cast(), n as usize) != n {
+                        libc::_exit(0);
+                    }
+                }
+            }
+        }
+        // SAFETY: fds[1] is the child's end, open and owned here; the parent no longer needs it.
+        unsafe { libc::close(fds[1]) };
+        Echo { fd: fds[0], pid }
+    }
+
+    /// Sends `x` and reads it back.
+    fn round_trip(&mut self, x: u64) {
+        let out = x.to_ne_bytes();
+        // SAFETY: `out` is 8 initialised bytes; `self.fd` is our open socket.
+        let n = unsafe { libc::write(self.fd, out.as_ptr().cast(), 8) };
+        assert_eq!(n, 8, "write: {}", std::io::Error::last_os_error());
+        let mut back = [0u8; 8];
+        let mut got = 0;
+        while got < 8 {
+            // SAFETY: `back[got..]` is 8 - got writable bytes; `self.fd` is our open socket.
+            let n = unsafe { libc::read(self.fd, back[got..].as_mut_ptr().cast(), 8 - got) };
+            assert!(n > 0, "read: {}", std::io::Error::last_os_error());
+            got += n as usize;
+        }
+        assert_eq!(u64::from_ne_bytes(back), x);
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        // SAFETY: `self.fd` is open and owned by this Echo, closed once here; the child then
+        // reads end of file and exits, and `status` is a writable int for waitpid.
+        unsafe {
+            libc::close(self.fd);
+            let mut status = 0;
+            libc::waitpid(self.pid, &mut status, 0);
+        }
+    }
+}
+
+/// The floor of a pool's shape: the same 8-byte echo, with a relay thread between this
+/// thread and the child (4 wake-ups a round trip instead of 2), all by blocking socket I/O.
+struct Relay {
+    sock: Option<UnixStream>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    fn start(mut echo: Echo) -> Relay {
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        let thread = std::thread::spawn(move || {
+            let mut theirs = theirs;
+            let mut buf = [0u8; 8];
+            while theirs.read_exact(&mut buf).is_ok() {
+                echo.round_trip(u64::from_ne_bytes(buf));
+                if theirs.write_all(&buf).is_err() {
+                    break;
+                }
+            }
+        });
+        Relay {
+            sock: Some(ours),
+            thread: Some(thread),
+        }
+    }
+
+    /// Sends `x` through the relay thread to the child and reads it back.
+    fn round_trip(&mut self, x: u64) {
+        let sock = self.sock.as_mut().expect("open until dropped");
+        sock.write_all(&x.to_ne_bytes()).expect("relay write");
+        let mut back = [0u8; 8];
+        sock.read_exact(&mut back).expect("relay read");
+        assert_eq!(u64::from_ne_bytes(back), x);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // End of file ends the thread, which drops (and so reaps) its echo child.
+        drop(self.sock.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Microseconds since `t`.
+fn us(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e6
+}
+
+/// Nearest-rank percentiles of a sample.
+#[derive(Clone, Copy)]
+struct Pct {
+    n: usize,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Pct {
+    fn of(xs: &[f64]) -> Pct {
+        let mut v = xs.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let rank = |p: usize| v[(n * p).div_ceil(100).max(1) - 1];
+        Pct {
+            n,
+            p50: median(&v),
+            p90: rank(90),
+            p99: rank(99),
+            max: v[n - 1],
+        }
+    }
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// mproc's speed over Python's as words.
+fn faster(ratio: f64) -> String {
+    if ratio >= 1.0 {
+        format!("mproc {ratio:.2}x faster")
+    } else {
+        format!("mproc {:.2}x slower", 1.0 / ratio)
+    }
+}
+
+/// `1234567.8` as `1,234,568`.
+fn thousands(x: f64) -> String {
+    let s = format!("{:.0}", x);
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The measurements asked of Python.
+#[derive(Default)]
+struct PyRequest {
+    args: Vec<String>,
+}
+
+impl PyRequest {
+    fn add(&mut self, arg: String) {
+        self.args.push(arg);
+    }
+}
+
+/// What the Python script printed.
+struct PyOut {
+    version: String,
+    method: String,
+    /// Per measurement: items per sample and the samples in microseconds.
+    samples: Vec<(String, usize, Vec<f64>)>,
+}
+
+impl PyOut {
+    fn get(&self, name: &str) -> Option<(usize, &[f64])> {
+        self.samples
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, k, v)| (*k, v.as_slice()))
+    }
+
+    /// Items per second of a throughput measurement, on the median run.
+    fn rate(&self, name: &str) -> Option<(usize, usize, f64)> {
+        self.get(name)
+            .map(|(k, v)| (k, v.len(), k as f64 / (median(v) / 1e6)))
+    }
+}
+
+/// Runs the Python script with `args` and parses what it prints.
+fn run_python(args: &[String], warmup: usize) -> Result<PyOut, String> {
+    let python = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
+    let script: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/python_pool.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg("--warmup")
+        .arg(warmup.to_string())
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("could not run {}: {e}", python.to_string_lossy()))?;
+    if !out.status.success() {
+        return Err(format!("{} exited with {}", script.display(), out.status));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut py = PyOut {
+        version: "?".into(),
+        method: "?".into(),
+        samples: Vec::new(),
+    };
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("version") => py.version = words.collect::<Vec<_>>().join(" "),
+            Some("method") => py.method = words.collect::<Vec<_>>().join(" "),
+            Some("samples") => {
+                let name = words.next().ok_or("a samples line without a name")?;
+                let items = words
+                    .next()
+                    .and_then(|w| w.parse().ok())
+                    .ok_or("a samples line without an item count")?;
+                let v = words
+                    .map(|w| {
+                        w.parse::<f64>()
+                            .map_err(|e| format!("bad sample {w:?}: {e}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if !v.is_empty() {
+                    py.samples.push((name.to_owned(), items, v));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(py)
+}
+
+/// Python's rows, and the checks and ratios that need them.
+fn compare_python(py: Option<&PyOut>, res: &mut Results) {
+    if let Some((_, v)) = py.and_then(|p| p.get("apply")) {
+        let p = Pct::of(v);
+        res.row(
+            1,
+            "python apply_async(f,(x,)).get(), Pool(2)",
+            p.n.to_string(),
+            format!("p50 {:.1} µs  p99 {:.1} µs", p.p50, p.p99),
+            res.apply.map_or_else(String::new, |(m50, m99)| {
+                format!(
+                    "mproc {:.1}x faster at p50, {:.1}x at p99",
+                    p.p50 / m50,
+                    p.p99 / m99
+                )
+            }),
+        );
+    }
+    if let Some((k, runs, rate)) = py.and_then(|p| p.rate("map1")) {
+        res.row(
+            2,
+            "python map(f, range(N), chunksize=1), Pool(2)",
+            format!("{k}x{runs}"),
+            format!("{} tasks/s", thousands(rate)),
+            res.map1_rate.map_or_else(String::new, |m| faster(m / rate)),
+        );
+    }
+    let py_map = py.and_then(|p| p.rate("map"));
+    if let Some((k, runs, rate)) = py_map {
+        res.row(
+            3,
+            "python map(f, range(N)), Pool(2)",
+            format!("{k}x{runs}"),
+            format!("{} items/s", thousands(rate)),
+            res.map_rate.map_or_else(String::new, |m| faster(m / rate)),
+        );
+    }
+    if let Some(m) = res.map_rate {
+        let ratio = py_map.map(|(_, _, rate)| m / rate);
+        res.check(
+            3,
+            "default map items/s >= 3x Python's".into(),
+            ratio.map_or_else(|| "not measured (no Python)".into(), |r| format!("{r:.2}x")),
+            ratio.map(|r| r >= 3.0),
+        );
+    }
+    for m in ["fork", "forkserver", "spawn"] {
+        if let Some((_, v)) = py.and_then(|p| p.get(&format!("start_{m}"))) {
+            let p = Pct::of(v);
+            res.row(
+                4,
+                &format!("python Pool(2)+apply, {m}"),
+                p.n.to_string(),
+                format!("median {:.2} ms  p90 {:.2} ms", p.p50 / 1e3, p.p90 / 1e3),
+                res.forkserver_start.map_or_else(String::new, |f| {
+                    format!("{:.1}x mproc forkserver", p.p50 / f)
+                }),
+            );
+        }
+    }
+    res.rows.sort_by_key(|r| r.section);
+}
+
+/// The table and the target checks.
+fn report(res: &Results, py: Option<&PyOut>, full: bool) {
+    println!();
+    if let Some(p) = py {
+        println!(
+            "python rows: CPython {}, warm pools use its default start method ({})",
+            p.version, p.method
+        );
+    }
+    println!(
+        "{:<2} {:<48} {:>10}  {:<32} comparison",
+        "#", "measurement", "n", "result"
+    );
+    for r in &res.rows {
+        println!(
+            "{:<2} {:<48} {:>10}  {:<32} {}",
+            r.section, r.name, r.n, r.result, r.note
+        );
+    }
+    println!();
+    println!(
+        "targets{}:",
+        if full {
+            ""
+        } else {
+            " (smoke run, so the verdicts mean nothing)"
+        }
+    );
+    let mut checks: Vec<&Check> = res.checks.iter().collect();
+    checks.sort_by_key(|c| c.section);
+    for c in checks {
+        let verdict = match c.pass {
+            Some(true) => "PASS",
+            Some(false) => "MISS",
+            None => "n/a ",
+        };
+        println!("  {verdict}  {}. {}: {}", c.section, c.what, c.shown);
+    }
+}
+
+/// Restricts this process, and so every process it starts, to one CPU.
+fn pin_to(cpu: usize) {
+    // SAFETY: an all-zero cpu_set_t is a valid, empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    assert!(cpu < libc::CPU_SETSIZE as usize, "--pin: no CPU {cpu}");
+    // SAFETY: `set` is a valid cpu_set_t and `cpu` is below its capacity.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is an initialised cpu_set_t of the size passed; pid 0 means this thread,
+    // the only one so far, whose mask new threads and processes inherit.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    assert_eq!(rc, 0, "--pin {cpu}: {}", std::io::Error::last_os_error());
+}
+
+/// CPU count, model, kernel and load, for the record.
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "?".to_owned(), |s| s.trim().to_owned());
+    let load = std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "?".to_owned(),
+        |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    );
+    format!("{cpus} CPUs, {model}, Linux {kernel}, load average {load}")
+}
