@@ -506,7 +506,86 @@ fn stress_100k_tasks_with_workers_killed_at_random(m: StartMethod) {
     );
 }
 
+fn callback_panics() {
+    panic!("a careless callback");
+}
+
+fn a_panicking_callback_does_not_take_the_pool_down(m: StartMethod) {
+    let p = pool(m, 1);
+    p.apply_async(square, (2,))
+        .unwrap()
+        .on_complete(|_| callback_panics());
+    let r = p.apply_async(square, (3,)).unwrap();
+    assert_eq!(r.get_timeout(PATIENCE).unwrap(), 9);
+    p.close();
+    p.join().unwrap();
+}
+
+fn terminate_from_a_callback_does_not_deadlock(m: StartMethod) {
+    let p = Arc::new(pool(m, 1));
+    let inner = Arc::clone(&p);
+    let (tx, rx) = std::sync::mpsc::channel();
+    p.apply_async(square, (2,)).unwrap().on_complete(move |_| {
+        inner.terminate();
+        tx.send(()).unwrap();
+    });
+    rx.recv_timeout(PATIENCE)
+        .expect("the callback ran to its end");
+    p.terminate();
+    assert_eq!(
+        p.apply(square, (1,)).unwrap_err().kind(),
+        &ErrorKind::PoolClosed
+    );
+}
+
+fn an_imap_made_before_close_is_served_to_the_end(m: StartMethod) {
+    let p = pool(m, 2);
+    let it = p.imap(square, 0..100).unwrap();
+    p.close();
+    let v: Vec<u64> = it.map(Result::unwrap).collect();
+    assert_eq!(v, (0..100).map(|n| n * n).collect::<Vec<_>>());
+    p.join().unwrap();
+}
+
+fn task_timeout_is_per_task_even_in_chunks(m: StartMethod) {
+    let p = Pool::builder()
+        .processes(2)
+        .start_method(m)
+        .task_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    // 16 tasks of 100 ms in chunks of 4: each chunk runs 400 ms, each task well within 500 ms.
+    let v = p
+        .chunksize(4)
+        .starmap(nap_then, (0..16).map(|i| (100, i)))
+        .unwrap();
+    assert_eq!(v, (0..16).collect::<Vec<u64>>());
+}
+
+fn rotation_never_exceeds_the_pool_size(m: StartMethod) {
+    let p = Pool::builder()
+        .processes(2)
+        .start_method(m)
+        .max_tasks_per_child(1)
+        .build()
+        .unwrap();
+    let began = Instant::now();
+    let v = p.starmap(nap_then, (0..8).map(|i| (150, i))).unwrap();
+    assert_eq!(v.len(), 8);
+    // 8 tasks of 150 ms on 2 processes take at least 4 rounds.
+    assert!(
+        began.elapsed() >= Duration::from_millis(550),
+        "ran more than 2 at once: {:?}",
+        began.elapsed()
+    );
+}
+
 per_start_method!(
+    a_panicking_callback_does_not_take_the_pool_down,
+    terminate_from_a_callback_does_not_deadlock,
+    an_imap_made_before_close_is_served_to_the_end,
+    task_timeout_is_per_task_even_in_chunks,
+    rotation_never_exceeds_the_pool_size,
     the_whole_api,
     zero_processes_is_invalid,
     join_waits_for_every_submitted_task,

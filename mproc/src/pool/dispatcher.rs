@@ -1,20 +1,23 @@
 //! The dispatcher: one thread per pool that owns every worker and decides who runs what.
 //!
 //! It knows, for each worker, the chunks it was sent, in order (`in_flight`). Workers run
-//! chunks strictly in that order, so the oldest unanswered chunk is the one running; when a
-//! worker dies, exactly that chunk fails (`WorkerLost`), the ones behind it go back to the
-//! front of the queue, and a replacement starts. `task_timeout` is measured from when a chunk
-//! became the oldest; past it the worker is killed and the chunk fails with `TaskTimedOut`.
-//! See `README.md` beside this file for the states.
+//! chunks strictly in that order and answer each before starting the next, so the oldest
+//! unanswered chunk is the one running; when a worker dies, exactly that chunk fails
+//! (`WorkerLost`), the ones behind it go back to the front of the queue, and a replacement
+//! starts. A worker the dispatcher kills itself (task timeout, cancel, garbage on its socket) is
+//! only "condemned" at first: its accounting waits until its exit is seen and its socket drained,
+//! so an answer already on its way is never mistaken for a task still running. See `README.md`
+//! beside this file for the states.
 //!
 //! The API side talks to it through [`Shared`]: a command queue behind a mutex and an eventfd
 //! that wakes its `poll`. Everything it writes to workers goes through per-worker outboxes,
 //! so one slow worker never blocks the others.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::os::fd::AsFd;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::result::JobState;
@@ -32,25 +35,68 @@ use crate::wire::message::{FromWorker, PoolWorkerSpec, Role, Start, ToWorker};
 /// it never waits for the dispatcher between tasks.
 const WINDOW: usize = 2;
 
-/// The window for a worker whose chunks take less than [`QUICK`]: deep enough that a stream
-/// of tiny tasks leaves the dispatcher many per system call.
-const QUICK_WINDOW: usize = 32;
+/// The window for a worker whose chunks are quick: deep enough that a stream of tiny tasks
+/// leaves the dispatcher several per system call, shallow enough that few wait behind a task
+/// that turns out slow.
+const QUICK_WINDOW: usize = 8;
 
-/// Chunks faster than this (on average) count as tiny.
+/// Chunks faster than this (on average) count as quick.
 const QUICK: Duration = Duration::from_micros(200);
 
-/// A chunk of one job, as the dispatcher moves it around.
+/// A chunk of one job, as the dispatcher moves it around. Dropped unanswered (the pool is
+/// going away), it answers `Terminated`, so no waiter is ever left without an answer.
 pub(crate) struct Chunk {
     pub(crate) id: u64,
     pub(crate) entry: i64,
     pub(crate) payload: Vec<u8>,
     pub(crate) job: Arc<JobState>,
     pub(crate) index: usize,
+    pub(crate) items: usize,
+    answered: bool,
 }
 
 impl Chunk {
+    pub(crate) fn new(
+        id: u64,
+        entry: i64,
+        payload: Vec<u8>,
+        job: Arc<JobState>,
+        index: usize,
+        items: usize,
+    ) -> Chunk {
+        Chunk {
+            id,
+            entry,
+            payload,
+            job,
+            index,
+            items,
+            answered: false,
+        }
+    }
+
+    /// Gives the job this chunk's answer.
+    fn finish(mut self, outcome: super::result::ChunkOutcome) {
+        self.job.deliver(self.index, outcome);
+        self.answered = true;
+    }
+
     fn fail(self, err: Error) {
-        self.job.deliver(self.index, Err(err));
+        self.finish(Err(err));
+    }
+
+    /// Whether the job already has an answer for it (it was cancelled).
+    fn answered(&self) -> bool {
+        self.job.is_answered(self.index)
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.job
+                .deliver(self.index, Err(ErrorKind::Terminated.into()));
+        }
     }
 }
 
@@ -59,11 +105,15 @@ pub(crate) enum Command {
     Cancel(Vec<u64>),
     Close,
     Terminate,
+    /// Nothing to do but look again (a stream ended).
+    Wake,
 }
 
 /// What the API side and the dispatcher share.
 pub(crate) struct Shared {
     inbox: Mutex<Inbox>,
+    /// Signalled when the dispatcher has finished (for `join` from several threads).
+    finished: Condvar,
     wake: EventFd,
     next_chunk: AtomicU64,
 }
@@ -72,15 +122,20 @@ pub(crate) struct Shared {
 struct Inbox {
     commands: VecDeque<Command>,
     closed: bool,
-    /// Set when the dispatcher has stopped: nothing sent after it would ever be answered.
+    /// Set once the dispatcher stops (or is told to terminate): nothing sent after it would be
+    /// answered.
     stopped: Option<Error>,
     broken: Option<Error>,
+    /// `imap` iterators that may still submit chunks: a closed pool serves them to the end.
+    streams: usize,
+    finished: bool,
 }
 
 impl Shared {
     pub(crate) fn new() -> Result<Arc<Shared>, Error> {
         Ok(Arc::new(Shared {
             inbox: Mutex::new(Inbox::default()),
+            finished: Condvar::new(),
             wake: EventFd::new()
                 .map_err(|e| Error::os("creating the pool's wake-up eventfd", e))?,
             next_chunk: AtomicU64::new(1),
@@ -103,26 +158,14 @@ impl Shared {
 
     /// Whether new jobs are accepted; the error to give if not.
     pub(crate) fn check_open(&self) -> Result<(), Error> {
-        let inbox = self.inbox();
-        if let Some(e) = &inbox.broken {
-            return Err(e.clone());
-        }
-        if inbox.closed || inbox.stopped.is_some() {
-            return Err(ErrorKind::PoolClosed.into());
-        }
-        Ok(())
+        refusal(&self.inbox(), true).map_or(Ok(()), Err)
     }
 
     /// Queues chunks. A new job is refused once the pool is closed; more chunks of a job
     /// submitted before (an `imap` pulling its input) are taken until the dispatcher stops.
     pub(crate) fn submit(&self, chunks: Vec<Chunk>, new_job: bool) -> Result<(), Error> {
         let mut inbox = self.inbox();
-        let refusal = match (&inbox.broken, &inbox.stopped) {
-            (Some(e), _) | (None, Some(e)) => Some(e.clone()),
-            _ if new_job && inbox.closed => Some(ErrorKind::PoolClosed.into()),
-            _ => None,
-        };
-        if let Some(e) = refusal {
+        if let Some(e) = refusal(&inbox, new_job) {
             drop(inbox);
             for c in chunks {
                 c.fail(e.clone());
@@ -153,7 +196,51 @@ impl Shared {
     pub(crate) fn terminate(&self) {
         let mut inbox = self.inbox();
         inbox.closed = true;
+        inbox
+            .stopped
+            .get_or_insert_with(|| ErrorKind::Terminated.into());
         self.send(&mut inbox, Command::Terminate);
+    }
+
+    /// An `imap` iterator starts: a closed pool keeps serving it.
+    pub(crate) fn stream_opened(&self) {
+        self.inbox().streams += 1;
+    }
+
+    /// An `imap` iterator has submitted its last chunk (or was dropped).
+    pub(crate) fn stream_closed(&self) {
+        let mut inbox = self.inbox();
+        inbox.streams = inbox.streams.saturating_sub(1);
+        self.send(&mut inbox, Command::Wake);
+    }
+
+    /// Waits until the dispatcher has finished.
+    pub(crate) fn wait_finished(&self) {
+        let mut inbox = self.inbox();
+        while !inbox.finished {
+            inbox = self.finished.wait(inbox).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The dispatcher is gone: refuse everything from now on and wake every `join`.
+    fn mark_finished(&self, why: &Error) {
+        let mut inbox = self.inbox();
+        inbox.stopped.get_or_insert_with(|| why.clone());
+        inbox.finished = true;
+        // Chunks still queued are dropped here, which answers them.
+        inbox.commands.clear();
+        drop(inbox);
+        self.finished.notify_all();
+    }
+}
+
+/// Why a submission must be refused, if it must.
+fn refusal(inbox: &Inbox, new_job: bool) -> Option<Error> {
+    match (&inbox.broken, &inbox.stopped) {
+        (Some(e), _) => Some(e.clone()),
+        (None, Some(_)) => Some(ErrorKind::PoolClosed.into()),
+        _ if new_job && inbox.closed => Some(ErrorKind::PoolClosed.into()),
+        _ => None,
     }
 }
 
@@ -174,7 +261,12 @@ struct Worker {
     /// When the oldest chunk in flight became the running one.
     front_since: Instant,
     given: usize,
+    /// Takes no more chunks (rotated out, condemned, or its socket closed).
     stopping: bool,
+    /// Killed by the dispatcher, and why: the chunk it targeted (if any) gets this error.
+    condemned: Option<(Option<u64>, Error)>,
+    /// Whether its control socket can still be read.
+    ctrl_open: bool,
     outbox: Outbox,
     /// A running average of how long its chunks take, to size its window.
     average: Duration,
@@ -183,8 +275,18 @@ struct Worker {
 }
 
 impl Worker {
+    fn accepting(&self) -> bool {
+        self.ready && !self.stopping && self.ctrl_open
+    }
+
+    /// Whether it counts toward the pool's size: serving, or still finishing chunks.
+    fn occupies_slot(&self) -> bool {
+        !self.stopping || !self.in_flight.is_empty()
+    }
+
     fn window(&self) -> usize {
-        if self.average < QUICK {
+        let front_quick = self.in_flight.is_empty() || self.front_since.elapsed() < QUICK * 5;
+        if self.average < QUICK && front_quick {
             QUICK_WINDOW
         } else {
             WINDOW
@@ -212,11 +314,24 @@ impl Worker {
         .into()
     }
 
+    /// When its running chunk passes `timeout` (scaled by the chunk's items: the timeout is
+    /// per task).
     fn deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
-        if self.in_flight.is_empty() {
+        let front = self.in_flight.front()?;
+        if self.condemned.is_some() {
             return None;
         }
-        timeout.and_then(|t| self.front_since.checked_add(t))
+        let allowed = timeout?.checked_mul(front.items.max(1) as u32)?;
+        self.front_since.checked_add(allowed)
+    }
+
+    /// Kills it; the accounting happens when its exit is seen.
+    fn condemn(&mut self, target: Option<u64>, why: Error) {
+        if self.condemned.is_none() {
+            let _ = self.child.signal(libc::SIGKILL);
+            self.condemned = Some((target, why));
+            self.stopping = true;
+        }
     }
 }
 
@@ -280,6 +395,8 @@ impl Dispatcher {
             front_since: Instant::now(),
             given: 0,
             stopping: false,
+            condemned: None,
+            ctrl_open: true,
             outbox: Outbox::default(),
             // Start cautious: the window deepens once chunks prove quick.
             average: QUICK * 2,
@@ -287,8 +404,22 @@ impl Dispatcher {
         })
     }
 
-    /// The thread's body.
-    pub(crate) fn run(mut self) {
+    /// The thread's body. A panic in it (a bug) still ends the pool cleanly: every waiter is
+    /// answered (dropped chunks answer `Terminated`) and `join` returns.
+    pub(crate) fn run(self) {
+        let shared = Arc::clone(&self.shared);
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| self.serve()));
+        let why = match outcome {
+            Ok(why) => why,
+            Err(payload) => {
+                std::mem::forget(payload);
+                Error::protocol("the pool's dispatcher failed; the pool was stopped")
+            }
+        };
+        shared.mark_finished(&why);
+    }
+
+    fn serve(mut self) -> Error {
         let stop = loop {
             if let Some(stop) = self.take_commands() {
                 break stop;
@@ -296,14 +427,15 @@ impl Dispatcher {
             self.replace_workers();
             self.assign();
             self.flush();
-            if self.closed && self.idle() {
+            if self.closed && self.idle() && self.shared.inbox().streams == 0 {
                 break ErrorKind::PoolClosed.into();
             }
             if let Err(e) = self.wait_and_handle() {
                 self.break_pool(e);
             }
         };
-        self.shut_down(stop);
+        self.shut_down(&stop);
+        stop
     }
 
     /// Applies queued commands; `Some(error)` when the pool must stop now.
@@ -315,9 +447,11 @@ impl Dispatcher {
                     Some(e) => chunks.into_iter().for_each(|c| c.fail(e.clone())),
                     None => self.queue.extend(chunks),
                 },
-                Command::Cancel(ids) => self.cancel(&ids),
+                Command::Cancel(ids) => self.cancel(ids.into_iter().collect()),
                 Command::Close => self.closed = true,
+                // Whatever came after it in this batch is dropped, which answers it.
                 Command::Terminate => return Some(ErrorKind::Terminated.into()),
+                Command::Wake => {}
             }
         }
         None
@@ -327,18 +461,22 @@ impl Dispatcher {
         self.queue.is_empty() && self.workers.iter().all(|w| w.in_flight.is_empty())
     }
 
-    /// Gives queued chunks to ready workers with room, least loaded first.
+    /// Gives queued chunks to workers with room, least loaded first.
     fn assign(&mut self) {
-        while !self.queue.is_empty() {
+        while let Some(chunk) = self.queue.pop_front() {
+            if chunk.answered() {
+                chunk.finish(Err(ErrorKind::Cancelled.into())); // cancelled while queued: a no-op
+                continue;
+            }
             let Some(w) = self
                 .workers
                 .iter_mut()
-                .filter(|w| w.ready && !w.stopping && w.in_flight.len() < w.window())
+                .filter(|w| w.accepting() && w.in_flight.len() < w.window())
                 .min_by_key(|w| w.in_flight.len())
             else {
+                self.queue.push_front(chunk);
                 return;
             };
-            let chunk = self.queue.pop_front().expect("not empty");
             let task = ToWorker::Task {
                 id: chunk.id,
                 entry: chunk.entry,
@@ -367,7 +505,7 @@ impl Dispatcher {
     /// Writes what each worker can take now. A worker whose socket is broken is dying; its
     /// exit is handled when it is seen.
     fn flush(&mut self) {
-        for w in &mut self.workers {
+        for w in self.workers.iter_mut().filter(|w| w.condemned.is_none()) {
             let _ = w.outbox.flush(w.child.channel());
         }
     }
@@ -385,16 +523,20 @@ impl Dispatcher {
             fd: self.shared.wake.as_fd(),
             write: false,
         }];
+        // Per worker: its exit descriptor, then its control socket while that is open.
+        let mut layout = Vec::with_capacity(self.workers.len());
         for w in &self.workers {
-            let ctrl = w.child.channel_fd();
-            interests.push(Interest {
-                fd: ctrl,
-                write: !w.outbox.is_empty(),
-            });
             interests.push(Interest {
                 fd: w.child.exit_fd(),
                 write: false,
             });
+            if w.ctrl_open {
+                interests.push(Interest {
+                    fd: w.child.channel_fd(),
+                    write: !w.outbox.is_empty() && w.condemned.is_none(),
+                });
+            }
+            layout.push(w.ctrl_open);
         }
         let ready = fd::poll(&interests, deadline)
             .map_err(|e| Error::os("waiting on the pool's workers", e))?;
@@ -402,18 +544,23 @@ impl Dispatcher {
         if ready[0].readable {
             self.shared.wake.drain();
         }
-        // Worker i's readiness is at 1 + 2i (control socket) and 2 + 2i (exit). Handling one
-        // can break the pool, which empties the list: stop then.
-        for i in 0..(ready.len() - 1) / 2 {
-            let (ctrl, exit) = (ready[1 + 2 * i], ready[2 + 2 * i]);
-            if i < self.workers.len() && ctrl.writable {
+        let mut at = 1;
+        for (i, has_ctrl) in layout.into_iter().enumerate() {
+            let exit = ready[at];
+            let ctrl = if has_ctrl {
+                ready[at + 1]
+            } else {
+                Default::default()
+            };
+            at += 1 + usize::from(has_ctrl);
+            if ctrl.writable {
                 let w = &mut self.workers[i];
                 let _ = w.outbox.flush(w.child.channel());
             }
-            if i < self.workers.len() && (ctrl.readable || ctrl.hangup) {
+            if ctrl.readable || ctrl.hangup {
                 self.read_worker(i);
             }
-            if i < self.workers.len() && (exit.readable || exit.hangup) {
+            if exit.readable || exit.hangup {
                 self.check_worker_exit(i);
             }
         }
@@ -424,12 +571,22 @@ impl Dispatcher {
 
     /// Handles every message worker `i` has sent.
     fn read_worker(&mut self, i: usize) {
-        loop {
-            let w = &mut self.workers[i];
+        let w = &mut self.workers[i];
+        while w.ctrl_open {
             let frame = match w.child.channel().try_recv_frame() {
                 Ok(Some(frame)) => frame,
-                // Nothing more now, or it closed: its exit will tell the rest.
-                Ok(None) | Err(_) => return,
+                Ok(None) => return,
+                Err(e) => {
+                    // Closed, or garbage that cannot be framed: either way it can say nothing
+                    // more. If it lives on, it is of no use.
+                    w.ctrl_open = false;
+                    w.stopping = true;
+                    if *e.kind() != ErrorKind::Closed {
+                        let front = w.in_flight.front().map(|c| c.id);
+                        w.condemn(front, e);
+                    }
+                    return;
+                }
             };
             match channel::decode_message::<FromWorker>(&frame) {
                 Ok(FromWorker::Ready) => w.ready = true,
@@ -438,42 +595,42 @@ impl Dispatcher {
                     return;
                 }
                 Ok(FromWorker::Done { id, result }) => {
-                    let pos = w.in_flight.iter().position(|c| c.id == id);
-                    if let Some(chunk) = pos.and_then(|p| w.in_flight.remove(p)) {
+                    if w.in_flight.front().is_some_and(|c| c.id == id) {
+                        let chunk = w.in_flight.pop_front().expect("just looked");
                         let now = Instant::now();
                         w.timed(now.saturating_duration_since(w.front_since));
                         w.front_since = now;
-                        chunk
-                            .job
-                            .deliver(chunk.index, result.map(serde_bytes::ByteBuf::into_vec));
+                        chunk.finish(result.map(serde_bytes::ByteBuf::into_vec));
+                    } else {
+                        // Out of order: it is not running what we think. Trust nothing more.
+                        w.condemn(None, Error::protocol("a pool worker answered out of order"));
                     }
                 }
                 Err(e) => {
                     // Garbage from a worker: it cannot be trusted with more work.
-                    let _ = w.child.signal(libc::SIGKILL);
-                    if let Some(chunk) = w.in_flight.pop_front() {
-                        chunk.fail(e);
-                    }
+                    let front = w.in_flight.front().map(|c| c.id);
+                    w.condemn(front, e);
                 }
             }
         }
     }
 
-    /// Marks worker `i` as gone if it has ended (its messages were read just before).
+    /// Notes that worker `i` has ended, after reading what it sent before.
     fn check_worker_exit(&mut self, i: usize) {
-        let w = &mut self.workers[i];
-        let ended = match w.child.poll_exit() {
+        let ended = match self.workers[i].child.poll_exit() {
             Ok(exit) => exit,
             Err(_) => Some(Exit::Unknown),
         };
         if ended.is_some() {
-            w.ended = ended;
-            // Read anything it managed to send before dying.
             self.read_worker(i);
+            if let Some(w) = self.workers.get_mut(i) {
+                w.ended = ended;
+            }
         }
     }
 
-    /// Removes every worker that has ended: its running chunk fails, the others are requeued.
+    /// Removes every worker that has ended: the chunk it was running fails (with the reason it
+    /// was killed for, if it was killed for that chunk), the others are requeued.
     fn reap_departed(&mut self) {
         let mut i = 0;
         while i < self.workers.len() {
@@ -482,81 +639,68 @@ impl Dispatcher {
                 continue;
             };
             let mut w = self.workers.swap_remove(i);
-            let lost = w.lost(exit);
-            if !w.ready && self.broken.is_none() {
-                // Died before it could serve: the initializer (or start-up) failed. Never
-                // respawn into the same failure.
-                self.break_pool(ErrorKind::InitializerFailed(Box::new(lost)).into());
+            let failure = match w.condemned.take() {
+                Some((target, why)) if target == w.in_flight.front().map(|c| c.id) => why,
+                _ => w.lost(exit),
+            };
+            if !w.ready && self.config.init.is_some() && self.broken.is_none() {
+                // Died during its initializer: never respawn into the same failure.
+                self.break_pool(ErrorKind::InitializerFailed(Box::new(failure)).into());
                 continue;
             }
             if let Some(running) = w.in_flight.pop_front() {
-                running.fail(lost);
+                running.fail(failure);
             }
             self.requeue(w.in_flight.drain(..));
         }
     }
 
-    /// Puts chunks that never started back at the front of the queue, in order.
+    /// Puts chunks that never started back at the front of the queue, in order (dropping the
+    /// ones already answered: cancelled).
     fn requeue(&mut self, chunks: impl DoubleEndedIterator<Item = Chunk>) {
         for c in chunks.rev() {
-            self.queue.push_front(c);
+            if c.answered() {
+                c.finish(Err(ErrorKind::Cancelled.into())); // already answered: a no-op
+            } else {
+                self.queue.push_front(c);
+            }
         }
     }
 
     /// Kills workers whose running chunk has passed its deadline.
     fn expire_timeouts(&mut self) {
-        let Some(timeout) = self.config.task_timeout else {
-            return;
-        };
+        let timeout = self.config.task_timeout;
         let now = Instant::now();
-        let mut i = 0;
-        while i < self.workers.len() {
-            if self.workers[i]
-                .deadline(Some(timeout))
-                .is_some_and(|d| d <= now)
-            {
-                let mut w = self.workers.swap_remove(i);
-                let _ = w.child.signal(libc::SIGKILL);
-                if let Some(running) = w.in_flight.pop_front() {
-                    running.fail(ErrorKind::TaskTimedOut.into());
-                }
-                self.requeue(w.in_flight.drain(..));
-                // Dropping the child reaps it in the background.
-            } else {
-                i += 1;
+        for w in &mut self.workers {
+            if w.deadline(timeout).is_some_and(|d| d <= now) {
+                let front = w.in_flight.front().map(|c| c.id);
+                w.condemn(front, ErrorKind::TaskTimedOut.into());
             }
         }
     }
 
     /// Cancelled chunks: dropped from the queue; a running one costs its worker.
-    fn cancel(&mut self, ids: &[u64]) {
+    fn cancel(&mut self, ids: HashSet<u64>) {
         self.queue.retain(|c| !ids.contains(&c.id));
-        let mut i = 0;
-        while i < self.workers.len() {
-            let running = self.workers[i].in_flight.front().map(|c| c.id);
-            if running.is_some_and(|id| ids.contains(&id)) {
-                let mut w = self.workers.swap_remove(i);
-                let _ = w.child.signal(libc::SIGKILL);
-                w.in_flight.pop_front();
-                let rest: Vec<Chunk> = w
-                    .in_flight
-                    .drain(..)
-                    .filter(|c| !ids.contains(&c.id))
-                    .collect();
-                self.requeue(rest.into_iter());
-            } else {
-                i += 1;
+        for w in &mut self.workers {
+            if let Some(front) = w
+                .in_flight
+                .front()
+                .map(|c| c.id)
+                .filter(|id| ids.contains(id))
+            {
+                w.condemn(Some(front), ErrorKind::Cancelled.into());
             }
         }
     }
 
-    /// Starts workers until there are `processes` again (unless closed and idle, or broken).
+    /// Starts workers until `processes` occupy their slots (unless closed and idle, or broken).
     fn replace_workers(&mut self) {
         if self.broken.is_some() || (self.closed && self.idle()) {
             return;
         }
-        let serving = self.workers.iter().filter(|w| !w.stopping).count();
-        for _ in serving..self.config.processes {
+        let occupied = self.workers.iter().filter(|w| w.occupies_slot()).count();
+        for _ in occupied..self.config.processes {
             match self.start_worker() {
                 Ok(w) => self.workers.push(w),
                 Err(e) if self.workers.is_empty() => {
@@ -590,21 +734,15 @@ impl Dispatcher {
 
     /// Ends the pool: on close (all work done) workers are asked to stop and exit on their own;
     /// on terminate they are killed and what is left fails with `Terminated`.
-    fn shut_down(mut self, why: Error) {
+    fn shut_down(&mut self, why: &Error) {
         let terminate = *why.kind() == ErrorKind::Terminated;
-        {
-            let mut inbox = self.shared.inbox();
-            inbox.stopped = Some(why.clone());
-            for command in inbox.commands.drain(..) {
-                if let Command::Submit(chunks) = command {
-                    chunks.into_iter().for_each(|c| c.fail(why.clone()));
-                }
-            }
-        }
+        self.shared
+            .inbox()
+            .stopped
+            .get_or_insert_with(|| why.clone());
         for c in self.queue.drain(..) {
             c.fail(why.clone());
         }
-        let deadline = fd::deadline_after(start::PATIENCE);
         for w in &mut self.workers {
             if terminate {
                 let _ = w.child.signal(libc::SIGKILL);
@@ -613,6 +751,7 @@ impl Dispatcher {
                 let _ = w.outbox.flush(w.child.channel());
             }
         }
+        let deadline = fd::deadline_after(start::PATIENCE);
         for mut w in self.workers.drain(..) {
             for c in w.in_flight.drain(..) {
                 c.fail(why.clone());

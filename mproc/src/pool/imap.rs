@@ -55,9 +55,14 @@ impl<'a, R> Imap<'a, R> {
         ordered: bool,
         ahead: usize,
     ) -> Self {
+        shared.stream_opened();
         Imap {
             shared,
-            job: JobState::new(),
+            job: if ordered {
+                JobState::new()
+            } else {
+                JobState::unordered()
+            },
             feed,
             entry,
             target,
@@ -75,10 +80,7 @@ impl<'a, R> Imap<'a, R> {
     fn top_up(&mut self) {
         while !self.exhausted && self.job.lock().added() - self.consumed < self.ahead {
             match self.feed.next() {
-                None => {
-                    self.exhausted = true;
-                    self.job.seal();
-                }
+                None => self.finish_input(),
                 Some(Err(e)) => {
                     let index = self.job.add_chunk(0, 1);
                     self.job.deliver(index, Err(e));
@@ -86,17 +88,24 @@ impl<'a, R> Imap<'a, R> {
                 Some(Ok((payload, items))) => {
                     let id = self.shared.chunk_id();
                     let index = self.job.add_chunk(id, items);
-                    let chunk = Chunk {
-                        id,
-                        entry: self.entry,
-                        payload,
-                        job: Arc::clone(&self.job),
-                        index,
-                    };
-                    // On refusal the chunk has been failed with the reason: it is yielded.
-                    let _ = self.shared.submit(vec![chunk], false);
+                    let chunk =
+                        Chunk::new(id, self.entry, payload, Arc::clone(&self.job), index, items);
+                    // On refusal the chunk has been failed with the reason (it is yielded), and
+                    // the stream ends there: an endless input must not yield errors forever.
+                    if self.shared.submit(vec![chunk], false).is_err() {
+                        self.finish_input();
+                    }
                 }
             }
+        }
+    }
+
+    /// No more input will be submitted.
+    fn finish_input(&mut self) {
+        if !self.exhausted {
+            self.exhausted = true;
+            self.job.seal();
+            self.shared.stream_closed();
         }
     }
 }
@@ -119,6 +128,9 @@ impl<R: DeserializeOwned> Iterator for Imap<'_, R> {
                 .wait_for(None, |inner| pick(inner, ordered).is_some())
                 .expect("no deadline");
             let index = pick(&inner, ordered).expect("just waited for it");
+            if let Some(answered) = &mut inner.answered {
+                answered.pop_front();
+            }
             let slot = inner.slot_mut(index).expect("a picked chunk is present");
             self.ready.extend(decode_slot::<R>(slot, self.target));
             slot.outcome = None;
@@ -131,24 +143,21 @@ impl<R: DeserializeOwned> Iterator for Imap<'_, R> {
     }
 }
 
-/// The chunk to hand out next: chunk `ordered` once it is answered, or (unordered) any
-/// answered chunk not yet handed out.
+/// The chunk to hand out next: chunk `ordered` once it is answered, or (unordered) the
+/// earliest answered chunk not yet handed out.
 fn pick(inner: &super::result::JobInner, ordered: Option<usize>) -> Option<usize> {
     match ordered {
         Some(i) => {
             let at = i.checked_sub(inner.base)?;
             inner.slots.get(at)?.outcome.as_ref().map(|_| i)
         }
-        None => inner
-            .slots
-            .iter()
-            .position(|s| !s.consumed && s.outcome.is_some())
-            .map(|at| inner.base + at),
+        None => inner.answered.as_ref()?.front().copied(),
     }
 }
 
 impl<R> Drop for Imap<'_, R> {
     fn drop(&mut self) {
+        self.finish_input();
         let ids = self.job.fail_waiting(&ErrorKind::Cancelled.into());
         let ids: Vec<u64> = ids.into_iter().filter(|&id| id != 0).collect();
         if !ids.is_empty() {

@@ -8,7 +8,7 @@
 
 use std::any::type_name;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -55,6 +55,7 @@ use result::JobState;
 pub struct Pool {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    dispatcher: ThreadId,
     processes: usize,
 }
 
@@ -216,6 +217,7 @@ impl PoolBuilder {
             .map_err(|e| Error::os("starting the pool's dispatcher thread", e))?;
         Ok(Pool {
             shared,
+            dispatcher: thread.thread().id(),
             thread: Mutex::new(Some(thread)),
             processes,
         })
@@ -542,11 +544,18 @@ impl Pool {
         self.wait_dispatcher();
     }
 
+    /// Waits until the dispatcher has finished. From the dispatcher's own thread (a callback
+    /// that calls `terminate` or `join`) it cannot wait for itself: the command stands, and
+    /// the pool finishes once the callback returns.
     fn wait_dispatcher(&self) {
+        if std::thread::current().id() == self.dispatcher {
+            return;
+        }
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = thread {
             let _ = t.join();
         }
+        self.shared.wait_finished();
     }
 
     /// One chunk of `items` for the job.
@@ -560,13 +569,14 @@ impl Pool {
         let payload = task::encode_chunk(items, target)?;
         let id = self.shared.chunk_id();
         let index = job.add_chunk(id, items.len());
-        Ok(Chunk {
+        Ok(Chunk::new(
             id,
             entry,
             payload,
-            job: Arc::clone(job),
+            Arc::clone(job),
             index,
-        })
+            items.len(),
+        ))
     }
 }
 

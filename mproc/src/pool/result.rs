@@ -53,6 +53,8 @@ pub(crate) struct JobInner {
     callbacks: Vec<Box<dyn FnOnce() + Send>>,
     /// Threads blocked in `wait_for`: a delivery that completes nothing wakes only them.
     waiters: usize,
+    /// For an unordered stream: answered chunks not yet handed out, in answer order.
+    pub(crate) answered: Option<VecDeque<usize>>,
 }
 
 impl JobInner {
@@ -86,6 +88,21 @@ impl JobState {
             inner: Mutex::new(JobInner::default()),
             changed: Condvar::new(),
         })
+    }
+
+    /// A job whose answered chunks are queued in answer order (for `imap_unordered`).
+    pub(crate) fn unordered() -> Arc<JobState> {
+        let job = JobState::new();
+        job.lock().answered = Some(VecDeque::new());
+        job
+    }
+
+    /// Whether chunk `index` has its answer (or was consumed).
+    pub(crate) fn is_answered(&self, index: usize) -> bool {
+        let mut inner = self.lock();
+        inner
+            .slot_mut(index)
+            .is_none_or(|s| s.outcome.is_some() || s.consumed)
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, JobInner> {
@@ -127,11 +144,14 @@ impl JobState {
             let Some(slot) = inner.slot_mut(index) else {
                 return;
             };
-            if slot.outcome.is_some() {
+            if slot.outcome.is_some() || slot.consumed {
                 return;
             }
             slot.outcome = Some(outcome);
             inner.filled += 1;
+            if let Some(answered) = &mut inner.answered {
+                answered.push_back(index);
+            }
             (inner.complete(), inner.waiters)
         };
         if done {
@@ -146,11 +166,19 @@ impl JobState {
         let (ids, done) = {
             let mut inner = self.lock();
             let mut ids = Vec::new();
-            for slot in inner.slots.iter_mut().filter(|s| s.outcome.is_none()) {
-                slot.outcome = Some(Err(err.clone()));
-                ids.push(slot.id);
+            let base = inner.base;
+            let mut failed = Vec::new();
+            for (at, slot) in inner.slots.iter_mut().enumerate() {
+                if slot.outcome.is_none() && !slot.consumed {
+                    slot.outcome = Some(Err(err.clone()));
+                    ids.push(slot.id);
+                    failed.push(base + at);
+                }
             }
             inner.filled += ids.len();
+            if let Some(answered) = &mut inner.answered {
+                answered.extend(failed);
+            }
             (ids, inner.complete())
         };
         if done {
@@ -171,7 +199,10 @@ impl JobState {
             w.wake();
         }
         for cb in callbacks {
-            cb();
+            // A callback's panic is its own: it must not take the pool's dispatcher with it.
+            if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(cb)) {
+                std::mem::forget(payload);
+            }
         }
     }
 

@@ -28,8 +28,18 @@ pub(crate) fn serve(ctrl: &mut Channel, identity: u64, spec: PoolWorkerSpec) -> 
         match ctrl.recv::<ToWorker<Vec<u8>>>(None) {
             Ok(ToWorker::Task { id, entry, payload }) => {
                 let result = run(identity, entry, &payload).map(serde_bytes::ByteBuf::from);
-                if ctrl.send(&FromWorker::Done { id, result }, &[]).is_err() {
-                    return 0;
+                match ctrl.send(&FromWorker::Done { id, result }, &[]) {
+                    Ok(()) => {}
+                    Err(e) if *e.kind() == ErrorKind::Closed => return 0,
+                    // The answer could not be sent (over the frame limit, say): say that.
+                    Err(e) => {
+                        if ctrl
+                            .send(&FromWorker::Done { id, result: Err(e) }, &[])
+                            .is_err()
+                        {
+                            return 1;
+                        }
+                    }
                 }
             }
             // Told to stop, or the dispatcher is gone: either way there is nothing more to do.
