@@ -161,8 +161,9 @@ impl PoolBuilder {
         self
     }
 
-    /// Kills a worker whose task (or chunk) runs longer than `timeout`; the task fails with
-    /// `TaskTimedOut` and a new worker takes the worker's place.
+    /// Kills a worker whose task runs longer than `timeout`; the task fails with
+    /// `TaskTimedOut` and a new worker takes the worker's place. A chunk of `n` tasks may run
+    /// for `n × timeout` (the worker reports per chunk); on failure the whole chunk fails.
     ///
     /// ```
     /// use std::time::Duration;
