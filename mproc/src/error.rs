@@ -202,6 +202,24 @@ pub struct OsReport {
 }
 
 impl Error {
+    /// `WorkerLost` for the process `name` (pid `pid`) that ended as `exit`.
+    pub(crate) fn lost(name: &str, pid: u32, exit: crate::sys::proc::Exit) -> Error {
+        use crate::sys::proc::Exit;
+        ErrorKind::WorkerLost(LostReport {
+            process: name.to_owned(),
+            pid,
+            signal: match exit {
+                Exit::Signal(s) => Some(s),
+                _ => None,
+            },
+            exit_code: match exit {
+                Exit::Code(c) => Some(c),
+                _ => None,
+            },
+        })
+        .into()
+    }
+
     /// What went wrong.
     ///
     /// ```

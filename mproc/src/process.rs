@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::channel;
-use crate::error::{Error, ErrorKind, LostReport};
+use crate::error::{Error, ErrorKind};
 use crate::start::{self, Child, StartMethod};
 use crate::sys::exe;
 use crate::sys::fd;
@@ -340,19 +340,7 @@ impl<R> Process<R> {
             Some(Ok(Outcome::Refused)) => Err(ErrorKind::ExecutableMismatch.into()),
             // A frame cut short by the child's death is the death's fault, not the wire's.
             Some(Err(e)) if exit == Exit::Code(0) => Err(e),
-            Some(Err(_)) | None => Err(ErrorKind::WorkerLost(LostReport {
-                process: self.name.clone(),
-                pid: child.pid(),
-                signal: match exit {
-                    Exit::Signal(s) => Some(s),
-                    _ => None,
-                },
-                exit_code: match exit {
-                    Exit::Code(c) => Some(c),
-                    _ => None,
-                },
-            })
-            .into()),
+            Some(Err(_)) | None => Err(Error::lost(&self.name, child.pid(), exit)),
         }
     }
 }

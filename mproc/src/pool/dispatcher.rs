@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use super::result::JobState;
 use super::task;
 use crate::channel::{self, Outbox};
-use crate::error::{Error, ErrorKind, LostReport};
+use crate::error::{Error, ErrorKind};
 use crate::process;
 use crate::start::{self, Child, StartMethod};
 use crate::sys::exe;
@@ -299,19 +299,7 @@ impl Worker {
     }
 
     fn lost(&self, exit: Exit) -> Error {
-        ErrorKind::WorkerLost(LostReport {
-            process: self.name.clone(),
-            pid: self.child.pid(),
-            signal: match exit {
-                Exit::Signal(s) => Some(s),
-                _ => None,
-            },
-            exit_code: match exit {
-                Exit::Code(c) => Some(c),
-                _ => None,
-            },
-        })
-        .into()
+        Error::lost(&self.name, self.child.pid(), exit)
     }
 
     /// When its running chunk passes `timeout` (scaled by the chunk's items: the timeout is
