@@ -14,7 +14,7 @@
 //! so one slow worker never blocks the others.
 
 use std::collections::{HashSet, VecDeque};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -27,7 +27,7 @@ use crate::error::{Error, ErrorKind};
 use crate::process;
 use crate::start::{self, Child, StartMethod};
 use crate::sys::exe;
-use crate::sys::fd::{self, EventFd, Interest};
+use crate::sys::fd::{self, EventFd};
 use crate::sys::proc::Exit;
 use crate::wire::message::{FromWorker, PoolWorkerSpec, Role, Start, ToWorker};
 
@@ -112,6 +112,10 @@ pub(crate) enum Command {
 /// What the API side and the dispatcher share.
 pub(crate) struct Shared {
     inbox: Mutex<Inbox>,
+    /// The dispatcher's state. Its thread holds it while it works and lets go while it waits
+    /// in `poll`; a submitting thread that finds it free assigns its chunks itself and writes
+    /// them to the workers, saving a wake-up of the dispatcher on the way to a worker.
+    state: Mutex<Option<Dispatcher>>,
     /// Signalled when the dispatcher has finished (for `join` from several threads).
     finished: Condvar,
     wake: EventFd,
@@ -135,6 +139,7 @@ impl Shared {
     pub(crate) fn new() -> Result<Arc<Shared>, Error> {
         Ok(Arc::new(Shared {
             inbox: Mutex::new(Inbox::default()),
+            state: Mutex::new(None),
             finished: Condvar::new(),
             wake: EventFd::new()
                 .map_err(|e| Error::os("creating the pool's wake-up eventfd", e))?,
@@ -172,8 +177,29 @@ impl Shared {
             }
             return Err(e);
         }
+        // The fast path: the dispatcher is waiting, so assign and write here. Never blocks:
+        // the inbox is held, and the dispatcher takes the inbox while holding the state.
+        let chunks = match self.state.try_lock() {
+            Ok(mut state) => match state.as_mut() {
+                Some(d) if inbox.commands.is_empty() && d.broken.is_none() => {
+                    d.queue.extend(chunks);
+                    d.assign();
+                    d.flush();
+                    if d.needs_attention() {
+                        self.wake.notify();
+                    }
+                    return Ok(());
+                }
+                _ => chunks,
+            },
+            Err(_) => chunks,
+        };
         self.send(&mut inbox, Command::Submit(chunks));
         Ok(())
+    }
+
+    fn state(&self) -> MutexGuard<'_, Option<Dispatcher>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn cancel(&self, ids: Vec<u64>) {
@@ -323,7 +349,58 @@ impl Worker {
     }
 }
 
-/// The dispatcher thread's state.
+/// What one `poll` of the dispatcher waits on.
+struct Plan {
+    /// Descriptor numbers (valid while the state is not held: only the dispatcher thread
+    /// closes workers' descriptors) and whether to wait for writability.
+    fds: Vec<(RawFd, bool)>,
+    /// Per worker: whether its control socket is in `fds` after its exit descriptor.
+    layout: Vec<bool>,
+    deadline: Option<Instant>,
+}
+
+/// The dispatcher thread's body. A panic in it (a bug) still ends the pool cleanly: the state
+/// is dropped, which answers every chunk it held with `Terminated`, and `join` returns.
+pub(crate) fn run(shared: Arc<Shared>) {
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| serve(&shared)));
+    let why = match outcome {
+        Ok(why) => why,
+        Err(payload) => {
+            std::mem::forget(payload);
+            Error::protocol("the pool's dispatcher failed; the pool was stopped")
+        }
+    };
+    // Dropping the state answers whatever it still held and breaks the Arc cycle.
+    let state = shared.state().take();
+    drop(state);
+    shared.mark_finished(&why);
+}
+
+fn serve(shared: &Shared) -> Error {
+    loop {
+        let plan = {
+            let mut state = shared.state();
+            let d = state.as_mut().expect("installed before the thread starts");
+            match d.turn() {
+                Ok(plan) => plan,
+                Err(stop) => {
+                    d.shut_down(&stop);
+                    return stop;
+                }
+            }
+        };
+        // Waiting without the state, so submitting threads can reach the workers directly.
+        let ready = fd::poll_numbers(&plan.fds, plan.deadline);
+        let mut state = shared.state();
+        let d = state.as_mut().expect("only this thread removes it");
+        match ready {
+            Ok(ready) => d.handle(&plan, &ready),
+            Err(e) => d.break_pool(Error::os("waiting on the pool's workers", e)),
+        }
+    }
+}
+
+/// The dispatcher's state.
 pub(crate) struct Dispatcher {
     shared: Arc<Shared>,
     config: Config,
@@ -392,38 +469,33 @@ impl Dispatcher {
         })
     }
 
-    /// The thread's body. A panic in it (a bug) still ends the pool cleanly: every waiter is
-    /// answered (dropped chunks answer `Terminated`) and `join` returns.
-    pub(crate) fn run(self) {
+    /// Hands the started workers to `shared`, where the dispatcher thread ([`run`]) and
+    /// submitting threads find them.
+    pub(crate) fn install(self) {
         let shared = Arc::clone(&self.shared);
-        let outcome = panic::catch_unwind(AssertUnwindSafe(|| self.serve()));
-        let why = match outcome {
-            Ok(why) => why,
-            Err(payload) => {
-                std::mem::forget(payload);
-                Error::protocol("the pool's dispatcher failed; the pool was stopped")
-            }
-        };
-        shared.mark_finished(&why);
+        *shared.state() = Some(self);
     }
 
-    fn serve(mut self) -> Error {
-        let stop = loop {
-            if let Some(stop) = self.take_commands() {
-                break stop;
-            }
-            self.replace_workers();
-            self.assign();
-            self.flush();
-            if self.closed && self.idle() && self.shared.inbox().streams == 0 {
-                break ErrorKind::PoolClosed.into();
-            }
-            if let Err(e) = self.wait_and_handle() {
-                self.break_pool(e);
-            }
-        };
-        self.shut_down(&stop);
-        stop
+    /// Whether the dispatcher thread must look (a deadline to set, or bytes still to write)
+    /// after a submitting thread assigned chunks itself.
+    fn needs_attention(&self) -> bool {
+        self.config.task_timeout.is_some()
+            || !self.queue.is_empty()
+            || self.workers.iter().any(|w| !w.outbox.is_empty())
+    }
+
+    /// One turn of work; `Err(why)` when the pool must stop, else what to wait on.
+    fn turn(&mut self) -> Result<Plan, Error> {
+        if let Some(stop) = self.take_commands() {
+            return Err(stop);
+        }
+        self.replace_workers();
+        self.assign();
+        self.flush();
+        if self.closed && self.idle() && self.shared.inbox().streams == 0 {
+            return Err(ErrorKind::PoolClosed.into());
+        }
+        Ok(self.plan())
     }
 
     /// Applies queued commands; `Some(error)` when the pool must stop now.
@@ -498,42 +570,40 @@ impl Dispatcher {
         }
     }
 
-    /// Polls every worker and the wake-up eventfd until something happens or the next task
-    /// deadline, then handles it.
-    fn wait_and_handle(&mut self) -> Result<(), Error> {
+    /// What the dispatcher waits on: the wake-up eventfd, then per worker its exit descriptor
+    /// and, while open, its control socket; and the next task deadline.
+    fn plan(&self) -> Plan {
         let timeout = self.config.task_timeout;
         let deadline = self
             .workers
             .iter()
             .filter_map(|w| w.deadline(timeout))
             .min();
-        let mut interests = vec![Interest {
-            fd: self.shared.wake.as_fd(),
-            write: false,
-        }];
-        // Per worker: its exit descriptor, then its control socket while that is open.
+        let mut fds = vec![(self.shared.wake.as_fd().as_raw_fd(), false)];
         let mut layout = Vec::with_capacity(self.workers.len());
         for w in &self.workers {
-            interests.push(Interest {
-                fd: w.child.exit_fd(),
-                write: false,
-            });
+            fds.push((w.child.exit_fd().as_raw_fd(), false));
             if w.ctrl_open {
-                interests.push(Interest {
-                    fd: w.child.channel_fd(),
-                    write: !w.outbox.is_empty() && w.condemned.is_none(),
-                });
+                let write = !w.outbox.is_empty() && w.condemned.is_none();
+                fds.push((w.child.channel_fd().as_raw_fd(), write));
             }
             layout.push(w.ctrl_open);
         }
-        let ready = fd::poll(&interests, deadline)
-            .map_err(|e| Error::os("waiting on the pool's workers", e))?;
-        drop(interests);
+        Plan {
+            fds,
+            layout,
+            deadline,
+        }
+    }
+
+    /// Handles what `poll` reported for `plan` (the worker list has not changed since: only
+    /// this thread adds or removes workers).
+    fn handle(&mut self, plan: &Plan, ready: &[fd::Ready]) {
         if ready[0].readable {
             self.shared.wake.drain();
         }
         let mut at = 1;
-        for (i, has_ctrl) in layout.into_iter().enumerate() {
+        for (i, &has_ctrl) in plan.layout.iter().enumerate() {
             let exit = ready[at];
             let ctrl = if has_ctrl {
                 ready[at + 1]
@@ -541,6 +611,9 @@ impl Dispatcher {
                 Default::default()
             };
             at += 1 + usize::from(has_ctrl);
+            if i >= self.workers.len() {
+                break; // the pool broke while handling an earlier worker
+            }
             if ctrl.writable {
                 let w = &mut self.workers[i];
                 let _ = w.outbox.flush(w.child.channel());
@@ -548,13 +621,12 @@ impl Dispatcher {
             if ctrl.readable || ctrl.hangup {
                 self.read_worker(i);
             }
-            if exit.readable || exit.hangup {
+            if i < self.workers.len() && (exit.readable || exit.hangup) {
                 self.check_worker_exit(i);
             }
         }
         self.reap_departed();
         self.expire_timeouts();
-        Ok(())
     }
 
     /// Handles every message worker `i` has sent.

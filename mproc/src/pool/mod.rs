@@ -211,10 +211,11 @@ impl PoolBuilder {
             max_tasks_per_child: self.max_tasks_per_child,
             task_timeout: self.task_timeout,
         };
-        let dispatcher = Dispatcher::new(Arc::clone(&shared), config)?;
+        Dispatcher::new(Arc::clone(&shared), config)?.install();
+        let for_thread = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("mproc-pool".into())
-            .spawn(move || dispatcher.run())
+            .spawn(move || dispatcher::run(for_thread))
             .map_err(|e| Error::os("starting the pool's dispatcher thread", e))?;
         Ok(Pool {
             shared,

@@ -186,17 +186,34 @@ pub(crate) fn poll(
     interests: &[Interest<'_>],
     deadline: Option<Instant>,
 ) -> io::Result<Vec<Ready>> {
-    let mut pfds: Vec<libc::pollfd> = interests
+    let fds: Vec<(RawFd, bool)> = interests
         .iter()
-        .map(|i| libc::pollfd {
-            fd: i.fd.as_raw_fd(),
-            events: libc::POLLIN | if i.write { libc::POLLOUT } else { 0 },
+        .map(|i| (i.fd.as_raw_fd(), i.write))
+        .collect();
+    poll_numbers(&fds, deadline)
+}
+
+/// [`poll`] on descriptor numbers, for a thread that waits while another may use the same
+/// descriptors (the pool's dispatcher). The caller guarantees the numbers stay open for the
+/// call; a number that does not is reported as hung up (`POLLNVAL`), never misread.
+pub(crate) fn poll_numbers(
+    fds: &[(RawFd, bool)],
+    deadline: Option<Instant>,
+) -> io::Result<Vec<Ready>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&(fd, write)| libc::pollfd {
+            fd,
+            events: libc::POLLIN | if write { libc::POLLOUT } else { 0 },
             revents: 0,
         })
         .collect();
     loop {
-        let timeout = poll_timeout_ms(deadline);
-        match syscall!(poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout)) {
+        match syscall!(poll(
+            pfds.as_mut_ptr(),
+            pfds.len() as libc::nfds_t,
+            poll_timeout_ms(deadline)
+        )) {
             Ok(_) => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
