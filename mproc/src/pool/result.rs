@@ -6,6 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -37,7 +38,13 @@ pub(crate) struct Slot {
 pub(crate) struct JobState {
     inner: Mutex<JobInner>,
     changed: Condvar,
+    /// Set once complete, for waiters that spin briefly before sleeping.
+    done: AtomicBool,
 }
+
+/// How long a waiter spins on `done` before it sleeps: about one wake-up's cost here, so a
+/// quick answer is picked up without the dispatcher having to wake anyone.
+const SPIN: Duration = Duration::from_micros(50);
 
 #[derive(Default)]
 pub(crate) struct JobInner {
@@ -87,6 +94,7 @@ impl JobState {
         Arc::new(JobState {
             inner: Mutex::new(JobInner::default()),
             changed: Condvar::new(),
+            done: AtomicBool::new(false),
         })
     }
 
@@ -190,6 +198,7 @@ impl JobState {
     }
 
     fn finished(&self) {
+        self.done.store(true, Ordering::Release);
         let (waker, callbacks) = {
             let mut inner = self.lock();
             (inner.waker.take(), std::mem::take(&mut inner.callbacks))
@@ -240,6 +249,11 @@ impl JobState {
     }
 
     fn wait_complete(&self, deadline: Option<Instant>) -> Option<MutexGuard<'_, JobInner>> {
+        let spin_until = Instant::now() + SPIN;
+        let spin_until = deadline.map_or(spin_until, |d| d.min(spin_until));
+        while !self.done.load(Ordering::Acquire) && Instant::now() < spin_until {
+            std::hint::spin_loop();
+        }
         self.wait_for(deadline, JobInner::complete)
     }
 
