@@ -450,6 +450,16 @@ fn imap_pulls_lazily_with_bounded_work_in_flight(m: StartMethod) {
     assert_eq!(p.apply(square, (4,)).unwrap(), 16);
 }
 
+/// About 20 µs of work, so the workers are busy (not waiting for the consumer) when the killer
+/// strikes: 100,000 of them keep two workers busy for about a second.
+fn busy_echo(n: u64) -> (u64, u32) {
+    let until = Instant::now() + Duration::from_micros(20);
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+    (n, std::process::id())
+}
+
 fn stress_100k_tasks_with_workers_killed_at_random(m: StartMethod) {
     let p = pool(m, 2);
     let pids = Arc::new(Mutex::new(HashSet::<u32>::new()));
@@ -479,7 +489,7 @@ fn stress_100k_tasks_with_workers_killed_at_random(m: StartMethod) {
     let (mut values, mut lost) = (0usize, 0usize);
     for r in p
         .chunksize(50)
-        .imap_unordered(|n: u64| (n, std::process::id()), 0..100_000)
+        .imap_unordered(busy_echo, 0..100_000)
         .unwrap()
     {
         match r {
@@ -499,6 +509,10 @@ fn stress_100k_tasks_with_workers_killed_at_random(m: StartMethod) {
     }
     stop.store(true, Ordering::Relaxed);
     let kills = killer.join().unwrap();
+    eprintln!(
+        "STRESS values={values} lost={lost} kills={kills} took={:?}",
+        began.elapsed()
+    );
     assert_eq!(values + lost, 100_000, "every task is accounted for");
     assert!(
         kills > 0 && lost > 0,
