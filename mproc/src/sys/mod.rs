@@ -4,7 +4,7 @@
 //!
 //! Everything above this module is safe Rust. Each function here wraps one system call (or a
 //! small, fixed sequence of them) and turns its failure into an [`io::Error`] through the
-//! [`syscall!`] macro, in one place. Descriptors cross this boundary as [`OwnedFd`] or
+//! `syscall!` macro, in one place. Descriptors cross this boundary as [`OwnedFd`] or
 //! [`BorrowedFd`], never as bare integers, except where a number must be written into a child's
 //! environment or compared with `/proc/self/fd`. Every descriptor this module creates has
 //! `FD_CLOEXEC` set: a descriptor reaches a child only when the start method hands it over
