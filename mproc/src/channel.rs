@@ -175,10 +175,18 @@ pub(crate) struct Outbox {
 impl Outbox {
     /// Queues one message (encoded with its frame header).
     pub(crate) fn push<T: Serialize>(&mut self, msg: &T) -> Result<(), Error> {
-        let body = encode_message(msg)?;
-        let mut framed = Vec::with_capacity(frame::HEADER_LEN + body.len());
-        framed.extend_from_slice(&frame::header(body.len())?);
-        framed.extend_from_slice(&body);
+        let failed = |e| {
+            Error::codec(
+                format!("a `{}` message", std::any::type_name::<T>()),
+                "encode",
+                e,
+            )
+        };
+        // Header and body in one buffer, encoded in place: no copy of the body.
+        let len = codec::encoded_len(msg).map_err(failed)?;
+        let mut framed = Vec::with_capacity(frame::HEADER_LEN + len);
+        framed.extend_from_slice(&frame::header(len)?);
+        codec::encode_into(&mut framed, msg).map_err(failed)?;
         self.frames.push_back((framed, 0));
         Ok(())
     }

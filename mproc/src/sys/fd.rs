@@ -170,30 +170,14 @@ pub(crate) struct Ready {
     pub(crate) readable: bool,
     /// The peer hung up or the descriptor is in error.
     pub(crate) hangup: bool,
-    /// It can be written to (only asked for by [`poll`]).
+    /// It can be written to (only when asked for).
     pub(crate) writable: bool,
 }
 
-/// One descriptor to [`poll`] and what to wait for on it.
-pub(crate) struct Interest<'a> {
-    pub(crate) fd: BorrowedFd<'a>,
-    pub(crate) write: bool,
-}
-
-/// Waits until one descriptor is readable (or hung up), or writable where `write` is asked,
-/// or until `deadline`. Retries on `EINTR`. One [`Ready`] per descriptor; all false on timeout.
-pub(crate) fn poll(
-    interests: &[Interest<'_>],
-    deadline: Option<Instant>,
-) -> io::Result<Vec<Ready>> {
-    let fds: Vec<(RawFd, bool)> = interests
-        .iter()
-        .map(|i| (i.fd.as_raw_fd(), i.write))
-        .collect();
-    poll_numbers(&fds, deadline)
-}
-
-/// [`poll`] on descriptor numbers, for a thread that waits while another may use the same
+/// Waits until one descriptor is readable (or hung up), or writable where asked, or until
+/// `deadline`; retries on `EINTR`; one [`Ready`] per descriptor, all false on timeout.
+///
+/// It takes descriptor numbers, for a thread that waits while another may use the same
 /// descriptors (the pool's dispatcher). The caller guarantees the numbers stay open for the
 /// call; a number that does not is reported as hung up (`POLLNVAL`), never misread.
 pub(crate) fn poll_numbers(
@@ -235,11 +219,8 @@ pub(crate) fn poll_read(
     fds: &[BorrowedFd<'_>],
     deadline: Option<Instant>,
 ) -> io::Result<Vec<Ready>> {
-    let interests: Vec<Interest<'_>> = fds
-        .iter()
-        .map(|&fd| Interest { fd, write: false })
-        .collect();
-    poll(&interests, deadline)
+    let numbers: Vec<(RawFd, bool)> = fds.iter().map(|fd| (fd.as_raw_fd(), false)).collect();
+    poll_numbers(&numbers, deadline)
 }
 
 /// Waits until `fd` can be written to (or is hung up), or until `deadline`. Returns whether it

@@ -19,6 +19,19 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, bincod
     options().serialize(value)
 }
 
+/// How many bytes [`encode`] would make of `value`.
+pub(crate) fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, bincode::Error> {
+    Ok(options().serialized_size(value)? as usize)
+}
+
+/// Encodes `value` at the end of `out` (after a frame header, say), without a buffer of its own.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    value: &T,
+) -> Result<(), bincode::Error> {
+    options().serialize_into(out, value)
+}
+
 /// Decodes a `T` that must use all of `bytes`.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
     options().with_limit(bytes.len() as u64).deserialize(bytes)
