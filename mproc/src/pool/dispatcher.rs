@@ -28,19 +28,25 @@ use crate::process;
 use crate::start::{self, Child, StartMethod};
 use crate::sys::exe;
 use crate::sys::fd::{self, EventFd};
+use crate::sys::lane::Lane;
 use crate::sys::proc::Exit;
+use crate::wire::codec;
 use crate::wire::message::{FromWorker, PoolWorkerSpec, Role, Start, ToWorker};
 
-/// Chunks a worker may hold at once: the one it runs and the next, already in its socket, so
-/// it never waits for the dispatcher between tasks.
+/// Chunks a worker may hold at once when they are slow: the one it runs and the next, already
+/// in its lane, so it never waits for the dispatcher between tasks.
 const WINDOW: usize = 2;
 
-/// The window for a worker whose chunks are quick: deep enough that a stream of tiny tasks
-/// leaves the dispatcher several per system call, shallow enough that few wait behind a task
-/// that turns out slow.
-const QUICK_WINDOW: usize = 8;
+/// The most chunks a worker whose chunks are quick may hold: enough that a stream of tiny
+/// tasks keeps it busy while the dispatcher sleeps between wake-ups.
+const MAX_WINDOW: usize = 256;
 
-/// Chunks faster than this (on average) count as quick.
+/// How much work (by the worker's running average) its window may hold: little enough that
+/// few tasks wait behind one that turns out slow.
+const DEPTH: Duration = Duration::from_millis(1);
+
+/// Chunks faster than this (on average) count as quick; a window stops growing while the
+/// running chunk is older than five times this.
 const QUICK: Duration = Duration::from_micros(200);
 
 /// A chunk of one job, as the dispatcher moves it around. Dropped unanswered (the pool is
@@ -298,6 +304,18 @@ struct Worker {
     average: Duration,
     /// How it ended, once its exit descriptor said so.
     ended: Option<Exit>,
+    /// The shared-memory rings its tasks and answers travel in.
+    lane: Lane,
+    /// Answers that came on the socket (too large for the lane), in order, each waiting for
+    /// its placeholder in the lane.
+    socket_answers: VecDeque<(u64, Result<serde_bytes::ByteBuf, Error>)>,
+    /// Placeholders met in the lane whose answers have not come on the socket yet; the lane is
+    /// not read past them.
+    placeholders: usize,
+    /// Answers accepted; compared with the lane's `started` count when it dies.
+    answered: u64,
+    /// How many chunks it may hold in this round of assignments (0 once its lane is full).
+    limit: usize,
 }
 
 impl Worker {
@@ -310,12 +328,66 @@ impl Worker {
         !self.stopping || !self.in_flight.is_empty()
     }
 
-    fn window(&self) -> usize {
-        let front_quick = self.in_flight.is_empty() || self.front_since.elapsed() < QUICK * 5;
-        if self.average < QUICK && front_quick {
-            QUICK_WINDOW
+    /// How many chunks it may hold, as of `now`.
+    fn window(&self, now: Instant) -> usize {
+        let front_quick = self.in_flight.is_empty()
+            || now.saturating_duration_since(self.front_since) < QUICK * 5;
+        if !front_quick {
+            return WINDOW;
+        }
+        let each = (self.average.as_nanos() as u64).max(1000);
+        usize::try_from(DEPTH.as_nanos() as u64 / each)
+            .unwrap_or(MAX_WINDOW)
+            .clamp(WINDOW, MAX_WINDOW)
+    }
+
+    /// Accepts the answer to the chunk it was running (its oldest).
+    fn accept(&mut self, id: u64, result: Result<serde_bytes::ByteBuf, Error>, now: Instant) {
+        if self.in_flight.front().is_some_and(|c| c.id == id) {
+            let chunk = self.in_flight.pop_front().expect("just looked");
+            self.answered += 1;
+            self.timed(now.saturating_duration_since(self.front_since));
+            self.front_since = now;
+            chunk.finish(result.map(serde_bytes::ByteBuf::into_vec));
         } else {
-            WINDOW
+            // Out of order: it is not running what we think. Trust nothing more.
+            self.condemn(None, Error::protocol("a pool worker answered out of order"));
+        }
+    }
+
+    /// Reads the answers in its lane, in order, taking large ones from `socket_answers` at
+    /// their placeholders.
+    fn drain_lane(&mut self, scratch: &mut Vec<u8>) {
+        let now = Instant::now();
+        loop {
+            while self.placeholders > 0 {
+                let Some((id, result)) = self.socket_answers.pop_front() else {
+                    return; // the lane waits for the socket
+                };
+                self.placeholders -= 1;
+                self.accept(id, result, now);
+            }
+            match self.lane.pop_into(scratch) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(_) => {
+                    let front = self.in_flight.front().map(|c| c.id);
+                    self.condemn(front, Error::protocol("a pool worker corrupted its lane"));
+                    return;
+                }
+            }
+            match channel::decode_message::<FromWorker>(scratch) {
+                Ok(FromWorker::Done { id, result }) => self.accept(id, result, now),
+                Ok(FromWorker::OnSocket) => self.placeholders += 1,
+                Ok(_) | Err(_) => {
+                    let front = self.in_flight.front().map(|c| c.id);
+                    self.condemn(
+                        front,
+                        Error::protocol("a pool worker wrote garbage in its lane"),
+                    );
+                    return;
+                }
+            }
         }
     }
 
@@ -408,6 +480,8 @@ pub(crate) struct Dispatcher {
     queue: VecDeque<Chunk>,
     closed: bool,
     broken: Option<Error>,
+    /// Where lane frames are encoded and read.
+    scratch: Vec<u8>,
 }
 
 impl Dispatcher {
@@ -420,6 +494,7 @@ impl Dispatcher {
             queue: VecDeque::new(),
             closed: false,
             broken: None,
+            scratch: Vec::new(),
         };
         for _ in 0..d.config.processes {
             let w = d.start_worker()?;
@@ -451,7 +526,14 @@ impl Dispatcher {
                     .map(|(entry, args)| (*entry, serde_bytes::ByteBuf::from(args.clone()))),
             }),
         };
-        let child = start::launch(self.config.method, &channel::encode_message(&start)?)?;
+        let mut child = start::launch(self.config.method, &channel::encode_message(&start)?)?;
+        let (lane, file) =
+            Lane::create().map_err(|e| Error::os("creating a pool worker's lane", e))?;
+        // The socket is empty and the message small: this does not wait on the worker.
+        child
+            .channel()
+            .send(&ToWorker::<&[u8]>::Lane, &[file.as_fd()])?;
+        drop(file);
         Ok(Worker {
             child,
             name,
@@ -466,6 +548,11 @@ impl Dispatcher {
             // Start cautious: the window deepens once chunks prove quick.
             average: QUICK * 2,
             ended: None,
+            lane,
+            socket_answers: VecDeque::new(),
+            placeholders: 0,
+            answered: 0,
+            limit: 0,
         })
     }
 
@@ -486,16 +573,33 @@ impl Dispatcher {
 
     /// One turn of work; `Err(why)` when the pool must stop, else what to wait on.
     fn turn(&mut self) -> Result<Plan, Error> {
-        if let Some(stop) = self.take_commands() {
-            return Err(stop);
+        // Answers keep arriving in the lanes while this runs: go round until every lane is
+        // empty with its sleep word set, or, after a few rounds, poll without waiting (so
+        // exits and deadlines are still looked at).
+        for _ in 0..4 {
+            if let Some(stop) = self.take_commands() {
+                return Err(stop);
+            }
+            self.drain_lanes();
+            self.replace_workers();
+            self.assign();
+            self.flush();
+            if self.closed && self.idle() && self.shared.inbox().streams == 0 {
+                return Err(ErrorKind::PoolClosed.into());
+            }
+            if self.workers.iter().all(|w| w.lane.prepare_sleep()) {
+                return Ok(self.plan(None));
+            }
         }
-        self.replace_workers();
-        self.assign();
-        self.flush();
-        if self.closed && self.idle() && self.shared.inbox().streams == 0 {
-            return Err(ErrorKind::PoolClosed.into());
+        Ok(self.plan(Some(Instant::now())))
+    }
+
+    /// Accepts every answer waiting in a lane.
+    fn drain_lanes(&mut self) {
+        for w in &mut self.workers {
+            w.lane.awake();
+            w.drain_lane(&mut self.scratch);
         }
-        Ok(self.plan())
     }
 
     /// Applies queued commands; `Some(error)` when the pool must stop now.
@@ -523,6 +627,10 @@ impl Dispatcher {
 
     /// Gives queued chunks to workers with room, least loaded first.
     fn assign(&mut self) {
+        let now = Instant::now();
+        for w in &mut self.workers {
+            w.limit = if w.accepting() { w.window(now) } else { 0 };
+        }
         while let Some(chunk) = self.queue.pop_front() {
             if chunk.answered() {
                 chunk.finish(Err(ErrorKind::Cancelled.into())); // cancelled while queued: a no-op
@@ -531,7 +639,7 @@ impl Dispatcher {
             let Some(w) = self
                 .workers
                 .iter_mut()
-                .filter(|w| w.accepting() && w.in_flight.len() < w.window())
+                .filter(|w| w.in_flight.len() < w.limit)
                 .min_by_key(|w| w.in_flight.len())
             else {
                 self.queue.push_front(chunk);
@@ -542,12 +650,37 @@ impl Dispatcher {
                 entry: chunk.entry,
                 payload: chunk.payload.as_slice(),
             };
-            if let Err(e) = w.outbox.push(&task) {
-                chunk.fail(e);
+            // Small tasks go in the lane; a large one on the socket, with a placeholder in the
+            // lane that keeps its place in the order.
+            let small = codec::encoded_len(&task).is_ok_and(Lane::fits);
+            let placed = if small {
+                let scratch = &mut self.scratch;
+                scratch.clear();
+                codec::encode_into(scratch, &task).is_ok() && w.lane.push(scratch)
+            } else {
+                let scratch = &mut self.scratch;
+                scratch.clear();
+                let _ = codec::encode_into(scratch, &ToWorker::<&[u8]>::OnSocket);
+                if w.lane.has_room(scratch.len()) {
+                    if let Err(e) = w.outbox.push(&task) {
+                        chunk.fail(e);
+                        continue;
+                    }
+                    w.lane.push(scratch)
+                } else {
+                    false
+                }
+            };
+            if !placed {
+                w.limit = 0;
+                self.queue.push_front(chunk);
                 continue;
             }
+            if w.lane.peer_needs_wake() {
+                let _ = w.outbox.push(&ToWorker::<&[u8]>::Wake);
+            }
             if w.in_flight.is_empty() {
-                w.front_since = Instant::now();
+                w.front_since = now;
             }
             w.in_flight.push_back(chunk);
             w.given += 1;
@@ -558,6 +691,7 @@ impl Dispatcher {
             {
                 let _ = w.outbox.push(&ToWorker::<&[u8]>::Stop);
                 w.stopping = true;
+                w.limit = 0;
             }
         }
     }
@@ -572,12 +706,13 @@ impl Dispatcher {
 
     /// What the dispatcher waits on: the wake-up eventfd, then per worker its exit descriptor
     /// and, while open, its control socket; and the next task deadline.
-    fn plan(&self) -> Plan {
+    fn plan(&self, now: Option<Instant>) -> Plan {
         let timeout = self.config.task_timeout;
         let deadline = self
             .workers
             .iter()
             .filter_map(|w| w.deadline(timeout))
+            .chain(now)
             .min();
         let mut fds = vec![(self.shared.wake.as_fd().as_raw_fd(), false)];
         let mut layout = Vec::with_capacity(self.workers.len());
@@ -629,8 +764,16 @@ impl Dispatcher {
         self.expire_timeouts();
     }
 
-    /// Handles every message worker `i` has sent.
+    /// Handles every message worker `i` has sent, on its socket and in its lane.
     fn read_worker(&mut self, i: usize) {
+        self.read_socket(i);
+        if let Some(w) = self.workers.get_mut(i) {
+            w.drain_lane(&mut self.scratch);
+        }
+    }
+
+    /// Handles the messages on worker `i`'s socket (answers there wait for their place).
+    fn read_socket(&mut self, i: usize) {
         let w = &mut self.workers[i];
         while w.ctrl_open {
             let frame = match w.child.channel().try_recv_frame() {
@@ -654,17 +797,11 @@ impl Dispatcher {
                     self.break_pool(ErrorKind::InitializerFailed(Box::new(e)).into());
                     return;
                 }
-                Ok(FromWorker::Done { id, result }) => {
-                    if w.in_flight.front().is_some_and(|c| c.id == id) {
-                        let chunk = w.in_flight.pop_front().expect("just looked");
-                        let now = Instant::now();
-                        w.timed(now.saturating_duration_since(w.front_since));
-                        w.front_since = now;
-                        chunk.finish(result.map(serde_bytes::ByteBuf::into_vec));
-                    } else {
-                        // Out of order: it is not running what we think. Trust nothing more.
-                        w.condemn(None, Error::protocol("a pool worker answered out of order"));
-                    }
+                Ok(FromWorker::Done { id, result }) => w.socket_answers.push_back((id, result)),
+                Ok(FromWorker::Wake) => {}
+                Ok(FromWorker::OnSocket) => {
+                    let front = w.in_flight.front().map(|c| c.id);
+                    w.condemn(front, Error::protocol("a pool worker sent a lane message"));
                 }
                 Err(e) => {
                     // Garbage from a worker: it cannot be trusted with more work.
@@ -699,6 +836,15 @@ impl Dispatcher {
                 continue;
             };
             let mut w = self.workers.swap_remove(i);
+            // An answer sent on the socket just before it died, without its placeholder.
+            if w.placeholders == 0 {
+                while let Some((id, result)) = w.socket_answers.pop_front() {
+                    w.accept(id, result, Instant::now());
+                }
+            }
+            // Every answer it published has been accepted: if it took one more task, that one
+            // was running; the ones after it never started.
+            let running = w.lane.started() > w.answered;
             let failure = match w.condemned.take() {
                 Some((target, why)) if target == w.in_flight.front().map(|c| c.id) => why,
                 _ => w.lost(exit),
@@ -708,8 +854,10 @@ impl Dispatcher {
                 self.break_pool(ErrorKind::InitializerFailed(Box::new(failure)).into());
                 continue;
             }
-            if let Some(running) = w.in_flight.pop_front() {
-                running.fail(failure);
+            if running {
+                if let Some(chunk) = w.in_flight.pop_front() {
+                    chunk.fail(failure);
+                }
             }
             self.requeue(w.in_flight.drain(..));
         }

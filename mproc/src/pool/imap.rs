@@ -125,7 +125,7 @@ impl<R: DeserializeOwned> Iterator for Imap<'_, R> {
             let ordered = self.ordered.then_some(self.next_ordered);
             let mut inner = self
                 .job
-                .wait_for(None, |inner| pick(inner, ordered).is_some())
+                .wait_for(None, true, |inner| pick(inner, ordered).is_some())
                 .expect("no deadline");
             let index = pick(&inner, ordered).expect("just waited for it");
             if let Some(answered) = &mut inner.answered {

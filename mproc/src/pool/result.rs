@@ -58,7 +58,9 @@ pub(crate) struct JobInner {
     sealed: bool,
     waker: Option<Waker>,
     callbacks: Vec<Box<dyn FnOnce() + Send>>,
-    /// Threads blocked in `wait_for`: a delivery that completes nothing wakes only them.
+    /// Threads blocked in `wait_for` on something short of the whole job (an `imap` waiting
+    /// for one chunk): a delivery that completes nothing wakes only them. Threads waiting for
+    /// the whole job are woken once, when it completes.
     waiters: usize,
     /// For an unordered stream: answered chunks not yet handed out, in answer order.
     pub(crate) answered: Option<VecDeque<usize>>,
@@ -220,9 +222,11 @@ impl JobState {
     }
 
     /// Waits until `ready(inner)` holds or `deadline` passes; returns the guard if it holds.
+    /// `partial`: `ready` may hold before the job is complete (else only completion wakes).
     pub(crate) fn wait_for(
         &self,
         deadline: Option<Instant>,
+        partial: bool,
         mut ready: impl FnMut(&JobInner) -> bool,
     ) -> Option<MutexGuard<'_, JobInner>> {
         let mut inner = self.lock();
@@ -234,7 +238,7 @@ impl JobState {
                 None => None,
                 Some(d) => Some(d.checked_duration_since(Instant::now())?),
             };
-            inner.waiters += 1;
+            inner.waiters += usize::from(partial);
             inner = match left {
                 None => self.changed.wait(inner).unwrap_or_else(|e| e.into_inner()),
                 Some(left) => {
@@ -244,7 +248,7 @@ impl JobState {
                         .0
                 }
             };
-            inner.waiters -= 1;
+            inner.waiters -= usize::from(partial);
         }
     }
 
@@ -254,7 +258,7 @@ impl JobState {
         while !self.done.load(Ordering::Acquire) && Instant::now() < spin_until {
             std::hint::spin_loop();
         }
-        self.wait_for(deadline, JobInner::complete)
+        self.wait_for(deadline, false, JobInner::complete)
     }
 
     /// Runs `callback` once the job is complete: now (on this thread) if it already is, else

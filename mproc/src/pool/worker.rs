@@ -1,18 +1,35 @@
-//! A pool worker's life, in the child: run the initializer, say `Ready`, then run tasks in the
-//! order they come and answer each with `Done`, until `Stop` or the dispatcher goes away.
+//! A pool worker's life, in the child: map its lane, run the initializer, say `Ready`, then
+//! run tasks in the order they come and answer each, until `Stop` or the dispatcher goes away.
 //!
-//! Tasks are run strictly in arrival order, which is what lets the dispatcher know, when a
-//! worker dies, that the oldest unanswered task is the one that was running and the others
-//! never started.
+//! Tasks and answers travel through the lane (shared memory, no system call) unless they are
+//! too large for it; then a placeholder goes in the lane and the frame on the socket. The
+//! worker counts each task it takes in the lane's `started` word before running it, and
+//! publishes each answer before taking the next task, so when a worker dies the dispatcher
+//! knows exactly which task was running (if any): answers published are finished, the one
+//! counted but unanswered was running, the rest never started.
+
+use std::time::{Duration, Instant};
 
 use crate::channel::Channel;
 use crate::error::{Error, ErrorKind};
 use crate::start::worker::catch;
+use crate::sys::fd;
 use crate::sys::image;
+use crate::sys::lane::Lane;
+use crate::wire::codec;
 use crate::wire::message::{FromWorker, PoolWorkerSpec, ToWorker};
+
+/// How long an idle worker keeps looking at its lane before it sleeps on its socket: long
+/// enough to catch the next task of a busy caller without a wake-up, short enough to give the
+/// CPU back soon.
+const LINGER: Duration = Duration::from_micros(20);
 
 /// Serves tasks on `ctrl`; returns the exit code.
 pub(crate) fn serve(ctrl: &mut Channel, identity: u64, spec: PoolWorkerSpec) -> i32 {
+    let lane = match open_lane(ctrl) {
+        Ok(lane) => lane,
+        Err(code) => return code,
+    };
     if let Some((entry, args)) = spec.init {
         if let Err(e) = run(identity, entry, &args) {
             let _ = ctrl.send(&FromWorker::InitFailed(e), &[]);
@@ -22,29 +39,174 @@ pub(crate) fn serve(ctrl: &mut Channel, identity: u64, spec: PoolWorkerSpec) -> 
     if ctrl.send(&FromWorker::Ready, &[]).is_err() {
         return 0;
     }
-    // Each answer leaves before the next task starts: if the worker dies, every task it had
-    // finished has been reported, so the dispatcher fails exactly the one that was running.
-    loop {
-        match ctrl.recv::<ToWorker<Vec<u8>>>(None) {
-            Ok(ToWorker::Task { id, entry, payload }) => {
-                let result = run(identity, entry, &payload).map(serde_bytes::ByteBuf::from);
-                match ctrl.send(&FromWorker::Done { id, result }, &[]) {
-                    Ok(()) => {}
-                    Err(e) if *e.kind() == ErrorKind::Closed => return 0,
-                    // The answer could not be sent (over the frame limit, say): say that.
-                    Err(e) => {
-                        if ctrl
-                            .send(&FromWorker::Done { id, result: Err(e) }, &[])
-                            .is_err()
-                        {
-                            return 1;
-                        }
+    let mut worker = Worker {
+        ctrl,
+        lane,
+        identity,
+        out: Vec::new(),
+        socket_task: None,
+    };
+    match worker.serve() {
+        Ok(()) => 0,
+        Err(code) => code,
+    }
+}
+
+/// Receives the lane's memory file (the dispatcher's first message) and maps it.
+fn open_lane(ctrl: &mut Channel) -> Result<Lane, i32> {
+    match ctrl.recv::<ToWorker<Vec<u8>>>(None) {
+        Ok(ToWorker::Lane) => {}
+        Ok(_) => return Err(1),
+        Err(_) => return Err(0), // the dispatcher is gone
+    }
+    let file = ctrl.take_fds().into_iter().next().ok_or(1)?;
+    Lane::open(std::os::fd::AsFd::as_fd(&file)).map_err(|_| 1)
+}
+
+struct Worker<'a> {
+    ctrl: &'a mut Channel,
+    lane: Lane,
+    identity: u64,
+    /// Where answers are encoded.
+    out: Vec<u8>,
+    /// A large task that came on the socket while the worker slept, before it met the
+    /// task's placeholder in the lane.
+    socket_task: Option<(u64, i64, Vec<u8>)>,
+}
+
+impl Worker<'_> {
+    /// Runs tasks until told to stop (`Ok`) or until it cannot go on (`Err(exit code)`).
+    fn serve(&mut self) -> Result<(), i32> {
+        let mut frame = Vec::new();
+        let mut stopping = false;
+        loop {
+            if self.lane.pop_into(&mut frame).map_err(|_| 1)? {
+                match codec::decode_borrowed::<ToWorker<&[u8]>>(&frame) {
+                    Ok(ToWorker::Task { id, entry, payload }) => {
+                        self.lane.note_started();
+                        let result = run(self.identity, entry, payload);
+                        self.answer(id, result)?;
                     }
+                    Ok(ToWorker::OnSocket) => {
+                        self.lane.note_started();
+                        let (id, entry, payload) = self.task_from_socket()?;
+                        let result = run(self.identity, entry, &payload);
+                        drop(payload);
+                        self.answer(id, result)?;
+                    }
+                    _ => return Err(1), // nothing else belongs in the lane
+                }
+                continue;
+            }
+            if stopping {
+                return Ok(());
+            }
+            if self.linger() || !self.lane.prepare_sleep() {
+                continue;
+            }
+            let message = self.ctrl.recv::<ToWorker<Vec<u8>>>(None);
+            self.lane.awake();
+            match message {
+                Ok(ToWorker::Wake) => {}
+                // Runs what the lane still holds first: it was sent before the Stop.
+                Ok(ToWorker::Stop) => stopping = true,
+                // Its placeholder is in the lane by now: kept until the worker gets there.
+                Ok(ToWorker::Task { id, entry, payload }) if self.socket_task.is_none() => {
+                    self.socket_task = Some((id, entry, payload));
+                }
+                Ok(_) => return Err(1),
+                Err(_) => return Ok(()), // the dispatcher is gone
+            }
+        }
+    }
+
+    /// Watches the lane for a little while; `true` if a frame came.
+    fn linger(&self) -> bool {
+        let until = Instant::now() + LINGER;
+        loop {
+            for _ in 0..64 {
+                if !self.lane.is_empty() {
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+        }
+    }
+
+    /// The task a placeholder in the lane stands for.
+    fn task_from_socket(&mut self) -> Result<(u64, i64, Vec<u8>), i32> {
+        if let Some(task) = self.socket_task.take() {
+            return Ok(task);
+        }
+        loop {
+            match self.ctrl.recv::<ToWorker<Vec<u8>>>(None) {
+                Ok(ToWorker::Task { id, entry, payload }) => return Ok((id, entry, payload)),
+                Ok(ToWorker::Wake) => {}
+                Ok(_) => return Err(1),
+                Err(_) => return Err(0),
+            }
+        }
+    }
+
+    /// Publishes a task's answer (in the lane, or on the socket with a placeholder in the
+    /// lane), and wakes the dispatcher if it sleeps.
+    fn answer(&mut self, id: u64, result: Result<Vec<u8>, Error>) -> Result<(), i32> {
+        let done = FromWorker::Done {
+            id,
+            result: result.map(serde_bytes::ByteBuf::from),
+        };
+        let small = codec::encoded_len(&done).is_ok_and(Lane::fits);
+        if small && codec::encode_into(self.out_cleared(), &done).is_ok() {
+            self.publish()?;
+        } else {
+            match self.ctrl.send(&done, &[]) {
+                Ok(()) => {
+                    codec::encode_into(self.out_cleared(), &FromWorker::OnSocket)
+                        .map_err(|_| 1)?;
+                }
+                Err(e) if *e.kind() == ErrorKind::Closed => return Err(0),
+                // The answer could not be sent (over the frame limit, say): say that instead.
+                Err(e) => {
+                    let failed = FromWorker::Done { id, result: Err(e) };
+                    codec::encode_into(self.out_cleared(), &failed).map_err(|_| 1)?;
                 }
             }
-            // Told to stop, or the dispatcher is gone: either way there is nothing more to do.
-            Ok(ToWorker::Stop) | Err(_) => return 0,
+            self.publish()?;
         }
+        if self.lane.peer_needs_wake() {
+            self.ctrl.send(&FromWorker::Wake, &[]).map_err(|_| 0)?;
+        }
+        Ok(())
+    }
+
+    fn out_cleared(&mut self) -> &mut Vec<u8> {
+        self.out.clear();
+        &mut self.out
+    }
+
+    /// Pushes `self.out` into the lane, waiting for room if the dispatcher is behind.
+    fn publish(&mut self) -> Result<(), i32> {
+        if !Lane::fits(self.out.len()) {
+            return Err(1);
+        }
+        while !self.lane.push(&self.out) {
+            if self.lane.peer_needs_wake() {
+                self.ctrl.send(&FromWorker::Wake, &[]).map_err(|_| 0)?;
+            }
+            // The dispatcher empties every lane before it sleeps; wait for it, unless it is
+            // gone.
+            std::thread::sleep(Duration::from_micros(50));
+            let gone = fd::poll_read(&[self.ctrl.fd()], Some(Instant::now()))
+                .map(|r| r[0].hangup)
+                .unwrap_or(true);
+            if gone {
+                return Err(0);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -35,5 +35,7 @@ macro_rules! syscall {
 pub(crate) mod exe;
 pub(crate) mod fd;
 pub(crate) mod image;
+pub(crate) mod lane;
 pub(crate) mod proc;
+pub(crate) mod shm;
 pub(crate) mod socket;

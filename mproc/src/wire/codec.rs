@@ -37,6 +37,13 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Er
     options().with_limit(bytes.len() as u64).deserialize(bytes)
 }
 
+/// Decodes a `T` that must use all of `bytes` and may borrow from them (`&[u8]` fields).
+pub(crate) fn decode_borrowed<'a, T: serde::Deserialize<'a>>(
+    bytes: &'a [u8],
+) -> Result<T, bincode::Error> {
+    options().with_limit(bytes.len() as u64).deserialize(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,8 +61,15 @@ pub(crate) enum ToWorker<P> {
         #[serde(with = "serde_bytes")]
         payload: P,
     },
-    /// Finish what was sent before, then exit.
+    /// Finish what was sent before, then exit. Sent on the socket; the worker first runs
+    /// everything already in its lane.
     Stop,
+    /// The first message to a new worker: its lane's memory file is attached.
+    Lane,
+    /// Sent on the socket to a worker asleep on it: its lane has frames.
+    Wake,
+    /// In the lane, in place of a task too large for it: the task follows on the socket.
+    OnSocket,
 }
 
 /// Pool worker to dispatcher.
@@ -78,6 +85,10 @@ pub(crate) enum FromWorker {
         id: u64,
         result: Result<serde_bytes::ByteBuf, Error>,
     },
+    /// Sent on the socket to a dispatcher asleep on it: the lane has answers.
+    Wake,
+    /// In the lane, in place of an answer too large for it: the answer went on the socket.
+    OnSocket,
 }
 
 /// How a target ended, sent by the child just before it exits.

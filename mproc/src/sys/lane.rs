@@ -1,0 +1,392 @@
+//! A lane: two single-producer, single-consumer byte rings in one shared mapping, one each way
+//! between a pool's dispatcher and one of its workers, plus the shared words that say who is
+//! asleep and how many tasks the worker has started.
+//!
+//! Frames cross without a system call. A side about to block first says so in its `asleep`
+//! word and looks at its ring once more; a side that publishes a frame then looks at the
+//! peer's word and, only if the peer sleeps, wakes it by some other means (the pool sends a
+//! small message on the worker's socket). Both looks are ordered by a sequentially consistent
+//! fence, so one of the two always sees the other: a frame is never left unseen by a sleeper.
+//!
+//! Layout (`HEADER` bytes of words, each on its own cache line, then the two rings):
+//!
+//! ```text
+//! down.tail  down.head  up.tail  up.head  worker_asleep  parent_asleep  started  magic,capacity
+//! [ down ring: parent -> worker, CAPACITY bytes ][ up ring: worker -> parent, CAPACITY bytes ]
+//! ```
+//!
+//! Positions are byte counts that only grow; a frame is a `u32` length, four bytes of padding
+//! and the body, padded to 8 bytes, never split across the ring's end (a `u32::MAX` length
+//! says "continue at the start"). Each side keeps its own position privately and trusts
+//! nothing it reads from the peer: a position or length out of bounds is reported as
+//! [`Corrupt`], never followed.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicU64, Ordering, fence};
+
+use super::fd::InternalFd;
+use super::shm::Mapping;
+
+const LINE: usize = 64;
+const HEADER: usize = 4096;
+/// Bytes in each ring.
+const CAPACITY: usize = 256 * 1024;
+const FRAME_HEADER: usize = 8;
+const WRAP: u32 = u32::MAX;
+const MAGIC: u64 = 0x6d70_726f_635f_6c31; // "mproc_l1"
+
+/// The largest frame body a ring carries; larger ones must travel some other way.
+pub(crate) const MAX_FRAME: usize = CAPACITY / 8;
+
+const DOWN_TAIL: usize = 0;
+const DOWN_HEAD: usize = LINE;
+const UP_TAIL: usize = 2 * LINE;
+const UP_HEAD: usize = 3 * LINE;
+const WORKER_ASLEEP: usize = 4 * LINE;
+const PARENT_ASLEEP: usize = 5 * LINE;
+const STARTED: usize = 6 * LINE;
+const MAGIC_AT: usize = 7 * LINE;
+
+/// The peer wrote something a well-behaved peer never writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Corrupt;
+
+#[derive(Debug, Clone, Copy)]
+struct Ring {
+    tail: usize,
+    head: usize,
+    data: usize,
+}
+
+const DOWN: Ring = Ring {
+    tail: DOWN_TAIL,
+    head: DOWN_HEAD,
+    data: HEADER,
+};
+const UP: Ring = Ring {
+    tail: UP_TAIL,
+    head: UP_HEAD,
+    data: HEADER + CAPACITY,
+};
+
+/// One side's view of a lane.
+#[derive(Debug)]
+pub(crate) struct Lane {
+    map: Mapping,
+    out: Ring,
+    inc: Ring,
+    mine_asleep: usize,
+    peer_asleep: usize,
+    /// Where this side writes next in its outgoing ring (never read back from shared memory).
+    out_tail: u64,
+    /// Where this side reads next in its incoming ring.
+    in_head: u64,
+    /// Tasks started (the worker's side only).
+    started: u64,
+}
+
+fn padded(len: usize) -> usize {
+    FRAME_HEADER + len.next_multiple_of(8)
+}
+
+impl Lane {
+    /// The dispatcher's side of a new lane, and the descriptor to send to the worker.
+    pub(crate) fn create() -> io::Result<(Lane, InternalFd)> {
+        let (map, file) = Mapping::create("mproc-lane", HEADER + 2 * CAPACITY)?;
+        let lane = Lane::new(map, true);
+        lane.word(MAGIC_AT).store(MAGIC, Ordering::Relaxed);
+        lane.word(MAGIC_AT + 8)
+            .store(CAPACITY as u64, Ordering::Release);
+        Ok((lane, file))
+    }
+
+    /// The worker's side of the lane whose memory file is `file`.
+    pub(crate) fn open(file: BorrowedFd<'_>) -> io::Result<Lane> {
+        let map = Mapping::open(file)?;
+        if map.len() != HEADER + 2 * CAPACITY {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a lane"));
+        }
+        let lane = Lane::new(map, false);
+        if lane.word(MAGIC_AT).load(Ordering::Relaxed) != MAGIC
+            || lane.word(MAGIC_AT + 8).load(Ordering::Acquire) != CAPACITY as u64
+        {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a lane"));
+        }
+        Ok(lane)
+    }
+
+    fn new(map: Mapping, parent: bool) -> Lane {
+        let (out, inc, mine_asleep, peer_asleep) = if parent {
+            (DOWN, UP, PARENT_ASLEEP, WORKER_ASLEEP)
+        } else {
+            (UP, DOWN, WORKER_ASLEEP, PARENT_ASLEEP)
+        };
+        Lane {
+            map,
+            out,
+            inc,
+            mine_asleep,
+            peer_asleep,
+            out_tail: 0,
+            in_head: 0,
+            started: 0,
+        }
+    }
+
+    fn word(&self, at: usize) -> &AtomicU64 {
+        debug_assert!(at + 8 <= HEADER && at % 8 == 0);
+        // SAFETY: `at` is one of the header's 8-aligned offsets inside the mapping (which is
+        // page-aligned and outlives the borrow); both processes touch these words only through
+        // atomics, and `AtomicU64` has the layout of `u64`.
+        unsafe { &*self.map.as_ptr().add(at).cast::<AtomicU64>() }
+    }
+
+    /// Whether a body of `len` bytes may go in a ring at all.
+    pub(crate) fn fits(len: usize) -> bool {
+        len <= MAX_FRAME
+    }
+
+    /// Free bytes a frame of `len` would need now, or `None` when it does not fit now.
+    fn room(&self, len: usize) -> Option<(usize, usize)> {
+        if !Lane::fits(len) {
+            return None;
+        }
+        let head = self.word(self.out.head).load(Ordering::Acquire);
+        let used = self.out_tail.wrapping_sub(head);
+        if used > CAPACITY as u64 {
+            return None; // the peer's position is impossible: treat as full
+        }
+        let free = CAPACITY - used as usize;
+        let off = (self.out_tail % CAPACITY as u64) as usize;
+        let need = padded(len);
+        let skip = if need > CAPACITY - off {
+            CAPACITY - off
+        } else {
+            0
+        };
+        (skip + need <= free).then_some((off, skip))
+    }
+
+    /// Whether a frame of `len` bytes can be pushed now.
+    pub(crate) fn has_room(&self, len: usize) -> bool {
+        self.room(len).is_some()
+    }
+
+    /// Publishes `body` as one frame; `false` (nothing written) when the ring is full or the
+    /// body too large.
+    pub(crate) fn push(&mut self, body: &[u8]) -> bool {
+        let Some((mut off, skip)) = self.room(body.len()) else {
+            return false;
+        };
+        let data = self.out.data;
+        if skip > 0 {
+            // SAFETY: `off` is 8-aligned and at least 8 bytes before the ring's end, in the
+            // part of the ring the consumer has released.
+            unsafe { self.map.as_ptr().add(data + off).cast::<u32>().write(WRAP) };
+            self.out_tail += skip as u64;
+            off = 0;
+        }
+        // SAFETY: `room` checked that the padded frame fits between `off` and the ring's end
+        // and in the space the consumer has released; nobody reads it before the tail moves.
+        unsafe {
+            let at = self.map.as_ptr().add(data + off);
+            at.cast::<u32>().write(body.len() as u32);
+            at.add(4).cast::<u32>().write(0);
+            std::ptr::copy_nonoverlapping(body.as_ptr(), at.add(FRAME_HEADER), body.len());
+        }
+        self.out_tail += padded(body.len()) as u64;
+        self.word(self.out.tail)
+            .store(self.out_tail, Ordering::Release);
+        true
+    }
+
+    /// Whether the incoming ring holds nothing.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.word(self.inc.tail).load(Ordering::Acquire) == self.in_head
+    }
+
+    /// Copies the next incoming frame into `buf` (replacing its contents); `Ok(false)` when
+    /// there is none.
+    pub(crate) fn pop_into(&mut self, buf: &mut Vec<u8>) -> Result<bool, Corrupt> {
+        loop {
+            let tail = self.word(self.inc.tail).load(Ordering::Acquire);
+            if tail == self.in_head {
+                return Ok(false);
+            }
+            let avail = tail.wrapping_sub(self.in_head);
+            if avail > CAPACITY as u64 {
+                return Err(Corrupt);
+            }
+            let avail = avail as usize;
+            let off = (self.in_head % CAPACITY as u64) as usize;
+            let at = self.inc.data + off;
+            // SAFETY: `off` is 8-aligned and at most CAPACITY - 8, so the length word is
+            // inside the ring; the producer published it before moving the tail (Acquire).
+            let len = unsafe { self.map.as_ptr().add(at).cast::<u32>().read() };
+            if len == WRAP {
+                let skip = CAPACITY - off;
+                if skip > avail {
+                    return Err(Corrupt);
+                }
+                self.in_head += skip as u64;
+                continue;
+            }
+            let len = len as usize;
+            if len > MAX_FRAME || padded(len) > avail || padded(len) > CAPACITY - off {
+                return Err(Corrupt);
+            }
+            buf.clear();
+            buf.reserve(len);
+            // SAFETY: the body lies inside the ring (checked above) and inside `buf`'s spare
+            // capacity (reserved above); the producer does not touch published frames.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.map.as_ptr().add(at + FRAME_HEADER),
+                    buf.as_mut_ptr(),
+                    len,
+                );
+                buf.set_len(len);
+            }
+            self.in_head += padded(len) as u64;
+            self.word(self.inc.head)
+                .store(self.in_head, Ordering::Release);
+            return Ok(true);
+        }
+    }
+
+    /// Says this side is about to block; `true` when it may (nothing arrived meanwhile). On
+    /// `false` it has already taken the word back.
+    pub(crate) fn prepare_sleep(&self) -> bool {
+        self.word(self.mine_asleep).store(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if self.is_empty() {
+            true
+        } else {
+            self.awake();
+            false
+        }
+    }
+
+    /// Says this side is awake (no wake-up needed).
+    pub(crate) fn awake(&self) {
+        self.word(self.mine_asleep).store(0, Ordering::Relaxed);
+    }
+
+    /// After publishing: whether the peer sleeps and must be woken (at most once per sleep).
+    pub(crate) fn peer_needs_wake(&self) -> bool {
+        fence(Ordering::SeqCst);
+        let peer = self.word(self.peer_asleep);
+        peer.load(Ordering::Relaxed) != 0 && peer.swap(0, Ordering::SeqCst) != 0
+    }
+
+    /// The worker is about to run the task it just took.
+    pub(crate) fn note_started(&mut self) {
+        self.started += 1;
+        self.word(STARTED).store(self.started, Ordering::Release);
+    }
+
+    /// How many tasks the worker has taken to run.
+    pub(crate) fn started(&self) -> u64 {
+        self.word(STARTED).load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn pair() -> (Lane, Lane) {
+        let (parent, file) = Lane::create().unwrap();
+        let worker = Lane::open(file.as_fd()).unwrap();
+        (parent, worker)
+    }
+
+    #[test]
+    fn frames_cross_both_ways_in_order_across_wraps() {
+        let (mut p, mut w) = pair();
+        let mut buf = Vec::new();
+        let mut next_in = 0u32;
+        let mut sent = 0u32;
+        // Sizes that do not divide the capacity, so frames wrap at many offsets.
+        for round in 0..20_000u32 {
+            let body: Vec<u8> = (0..(round % 1000)).map(|i| (i ^ sent) as u8).collect();
+            if p.push(&body) {
+                sent += 1;
+            }
+            if round % 3 == 0 {
+                while w.pop_into(&mut buf).unwrap() {
+                    let want: Vec<u8> =
+                        (0..buf.len() as u32).map(|i| (i ^ next_in) as u8).collect();
+                    assert_eq!(buf, want);
+                    next_in += 1;
+                }
+            }
+        }
+        while w.pop_into(&mut buf).unwrap() {
+            next_in += 1;
+        }
+        assert_eq!(next_in, sent);
+        assert!(sent > 10_000);
+        assert!(w.push(b"up"));
+        assert!(p.pop_into(&mut buf).unwrap());
+        assert_eq!(buf, b"up");
+        assert!(!p.pop_into(&mut buf).unwrap());
+    }
+
+    #[test]
+    fn full_ring_refuses_and_oversized_frames_never_fit() {
+        let (mut p, mut w) = pair();
+        assert!(!p.push(&vec![0; MAX_FRAME + 1]));
+        let body = vec![7; MAX_FRAME];
+        let mut n = 0;
+        while p.push(&body) {
+            n += 1;
+        }
+        assert_eq!(n, CAPACITY / padded(MAX_FRAME));
+        assert!(!p.has_room(MAX_FRAME));
+        let mut buf = Vec::new();
+        assert!(w.pop_into(&mut buf).unwrap());
+        assert!(p.has_room(MAX_FRAME));
+    }
+
+    #[test]
+    fn sleep_words_hand_over_exactly_one_wake() {
+        let (mut p, w) = pair();
+        assert!(w.prepare_sleep());
+        assert!(p.push(b"x"));
+        assert!(p.peer_needs_wake());
+        assert!(!p.peer_needs_wake(), "one wake per sleep");
+        assert!(!w.prepare_sleep(), "a frame is waiting: do not sleep");
+        assert!(!p.peer_needs_wake());
+    }
+
+    #[test]
+    fn corrupt_positions_are_reported_not_followed() {
+        let (mut p, mut w) = pair();
+        assert!(p.push(b"hello"));
+        // A peer that writes an impossible tail.
+        p.word(DOWN_TAIL).store(u64::MAX / 2, Ordering::Release);
+        let mut buf = Vec::new();
+        assert_eq!(w.pop_into(&mut buf), Err(Corrupt));
+        // A frame whose length runs past what was published.
+        let (mut p, mut w) = pair();
+        assert!(p.push(b"hello"));
+        // SAFETY: the first frame's length word, inside the down ring.
+        unsafe { p.map.as_ptr().add(HEADER).cast::<u32>().write(4000) };
+        assert_eq!(w.pop_into(&mut buf), Err(Corrupt));
+        // A file of the wrong size is not a lane.
+        let (_m, file) = Mapping::create("x", 4096).unwrap();
+        assert!(Lane::open(file.as_fd()).is_err());
+    }
+
+    #[test]
+    fn started_counts_cross() {
+        let (p, mut w) = pair();
+        assert_eq!(p.started(), 0);
+        w.note_started();
+        w.note_started();
+        assert_eq!(p.started(), 2);
+    }
+}

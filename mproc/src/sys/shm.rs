@@ -1,0 +1,118 @@
+//! Shared memory: anonymous memory files (memfd) mapped into every process that holds one.
+//!
+//! A [`Mapping`] is created in one process, its descriptor crosses to another (inherited, or
+//! sent with `SCM_RIGHTS`), and the other maps the same pages with [`Mapping::open`]. Nothing
+//! has a name in the file system, so nothing is left behind when every process is gone.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+
+use super::fd::{self, InternalFd};
+
+/// A shared, read-write mapping of a whole memory file, unmapped on drop.
+///
+/// Mapped with `MADV_DONTFORK`: a child made with fork(2) does not inherit it, so a mapping
+/// only ever lives in the processes that opened it on purpose.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory, valid until drop in whichever thread drops it; the
+// types built on it decide how the bytes are shared (atomics, or one writer at a time).
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `&Mapping` only hands out raw pointers, whose use is the caller's business.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Creates a zero-filled memory file of `len` bytes and maps it. The descriptor is listed
+    /// as internal (a fork child closes it) and is only needed to share the mapping.
+    pub(crate) fn create(name: &str, len: usize) -> io::Result<(Mapping, InternalFd)> {
+        let name = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+        let [file] = fd::create_internal(|| {
+            let raw = syscall!(memfd_create(name.as_ptr(), libc::MFD_CLOEXEC))?;
+            // SAFETY: memfd_create returned a fresh descriptor owned by nobody else.
+            Ok([unsafe { OwnedFd::from_raw_fd(raw) }])
+        })?;
+        let size = libc::off_t::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
+        syscall!(ftruncate(file.as_fd().as_raw_fd(), size))?;
+        let map = Mapping::map(file.as_fd(), len)?;
+        Ok((map, file))
+    }
+
+    /// Maps the whole memory file `file` (as created by [`Mapping::create`] elsewhere).
+    pub(crate) fn open(file: BorrowedFd<'_>) -> io::Result<Mapping> {
+        // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is a valid, writable stat buffer.
+        syscall!(fstat(file.as_raw_fd(), &mut st))?;
+        let len = usize::try_from(st.st_size).map_err(|_| io::ErrorKind::InvalidData)?;
+        Mapping::map(file, len)
+    }
+
+    fn map(file: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
+        if len == 0 {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        // SAFETY: a fresh shared mapping of a descriptor we hold; the kernel picks the address.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let map = Mapping {
+            ptr: NonNull::new(ptr.cast()).ok_or(io::ErrorKind::InvalidData)?,
+            len,
+        };
+        // SAFETY: advice on exactly the range just mapped.
+        syscall!(madvise(ptr, len, libc::MADV_DONTFORK))?;
+        Ok(map)
+    }
+
+    /// The first byte. Valid for [`Mapping::len`] bytes while `self` lives; other processes
+    /// may write the same bytes at any time.
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `map` mapped, once; no reference into it outlives `self`
+        // (the types built on it borrow it).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn two_mappings_of_one_file_share_bytes() {
+        let (a, file) = Mapping::create("mproc-test", 8192).unwrap();
+        let b = Mapping::open(file.as_fd()).unwrap();
+        assert_eq!(b.len(), 8192);
+        // SAFETY: both pointers are valid for 8192 bytes; one thread, no overlap in time.
+        unsafe {
+            a.as_ptr().add(100).write(42);
+            assert_eq!(b.as_ptr().add(100).read(), 42);
+            assert_eq!(b.as_ptr().add(8191).read(), 0);
+        }
+    }
+}
