@@ -653,25 +653,29 @@ impl Dispatcher {
             // Small tasks go in the lane; a large one on the socket, with a placeholder in the
             // lane that keeps its place in the order.
             let small = codec::encoded_len(&task).is_ok_and(Lane::fits);
+            let scratch = &mut self.scratch;
+            scratch.clear();
             let placed = if small {
-                let scratch = &mut self.scratch;
-                scratch.clear();
-                codec::encode_into(scratch, &task).is_ok() && w.lane.push(scratch)
+                let _ = codec::encode_into(scratch, &task);
+                w.lane.push(scratch)
             } else {
-                let scratch = &mut self.scratch;
-                scratch.clear();
                 let _ = codec::encode_into(scratch, &ToWorker::<&[u8]>::OnSocket);
-                if w.lane.has_room(scratch.len()) {
-                    if let Err(e) = w.outbox.push(&task) {
-                        chunk.fail(e);
-                        continue;
+                match w.lane.has_room(scratch.len()) {
+                    Ok(true) => {
+                        if let Err(e) = w.outbox.push(&task) {
+                            chunk.fail(e);
+                            continue;
+                        }
+                        w.lane.push(scratch)
                     }
-                    w.lane.push(scratch)
-                } else {
-                    false
+                    other => other,
                 }
             };
-            if !placed {
+            if placed.is_err() {
+                let front = w.in_flight.front().map(|c| c.id);
+                w.condemn(front, Error::protocol("a pool worker corrupted its lane"));
+            }
+            if placed != Ok(true) {
                 w.limit = 0;
                 self.queue.push_front(chunk);
                 continue;

@@ -164,8 +164,7 @@ impl Worker<'_> {
         } else {
             match self.ctrl.send(&done, &[]) {
                 Ok(()) => {
-                    codec::encode_into(self.out_cleared(), &FromWorker::OnSocket)
-                        .map_err(|_| 1)?;
+                    codec::encode_into(self.out_cleared(), &FromWorker::OnSocket).map_err(|_| 1)?;
                 }
                 Err(e) if *e.kind() == ErrorKind::Closed => return Err(0),
                 // The answer could not be sent (over the frame limit, say): say that instead.
@@ -192,7 +191,7 @@ impl Worker<'_> {
         if !Lane::fits(self.out.len()) {
             return Err(1);
         }
-        while !self.lane.push(&self.out) {
+        while !self.lane.push(&self.out).map_err(|_| 1)? {
             if self.lane.peer_needs_wake() {
                 self.ctrl.send(&FromWorker::Wake, &[]).map_err(|_| 0)?;
             }

@@ -147,15 +147,16 @@ impl Lane {
         len <= MAX_FRAME
     }
 
-    /// Free bytes a frame of `len` would need now, or `None` when it does not fit now.
-    fn room(&self, len: usize) -> Option<(usize, usize)> {
+    /// Where a frame of `len` would go now (offset, bytes skipped to wrap), or `None` when it
+    /// does not fit now.
+    fn room(&self, len: usize) -> Result<Option<(usize, usize)>, Corrupt> {
         if !Lane::fits(len) {
-            return None;
+            return Ok(None);
         }
         let head = self.word(self.out.head).load(Ordering::Acquire);
         let used = self.out_tail.wrapping_sub(head);
         if used > CAPACITY as u64 {
-            return None; // the peer's position is impossible: treat as full
+            return Err(Corrupt); // the peer's position is impossible
         }
         let free = CAPACITY - used as usize;
         let off = (self.out_tail % CAPACITY as u64) as usize;
@@ -165,19 +166,19 @@ impl Lane {
         } else {
             0
         };
-        (skip + need <= free).then_some((off, skip))
+        Ok((skip + need <= free).then_some((off, skip)))
     }
 
     /// Whether a frame of `len` bytes can be pushed now.
-    pub(crate) fn has_room(&self, len: usize) -> bool {
-        self.room(len).is_some()
+    pub(crate) fn has_room(&self, len: usize) -> Result<bool, Corrupt> {
+        Ok(self.room(len)?.is_some())
     }
 
-    /// Publishes `body` as one frame; `false` (nothing written) when the ring is full or the
-    /// body too large.
-    pub(crate) fn push(&mut self, body: &[u8]) -> bool {
-        let Some((mut off, skip)) = self.room(body.len()) else {
-            return false;
+    /// Publishes `body` as one frame; `Ok(false)` (nothing written) when the ring is full or
+    /// the body too large.
+    pub(crate) fn push(&mut self, body: &[u8]) -> Result<bool, Corrupt> {
+        let Some((mut off, skip)) = self.room(body.len())? else {
+            return Ok(false);
         };
         let data = self.out.data;
         if skip > 0 {
@@ -198,7 +199,7 @@ impl Lane {
         self.out_tail += padded(body.len()) as u64;
         self.word(self.out.tail)
             .store(self.out_tail, Ordering::Release);
-        true
+        Ok(true)
     }
 
     /// Whether the incoming ring holds nothing.
@@ -312,7 +313,7 @@ mod tests {
         // Sizes that do not divide the capacity, so frames wrap at many offsets.
         for round in 0..20_000u32 {
             let body: Vec<u8> = (0..(round % 1000)).map(|i| (i ^ sent) as u8).collect();
-            if p.push(&body) {
+            if p.push(&body).unwrap() {
                 sent += 1;
             }
             if round % 3 == 0 {
@@ -329,7 +330,7 @@ mod tests {
         }
         assert_eq!(next_in, sent);
         assert!(sent > 10_000);
-        assert!(w.push(b"up"));
+        assert!(w.push(b"up").unwrap());
         assert!(p.pop_into(&mut buf).unwrap());
         assert_eq!(buf, b"up");
         assert!(!p.pop_into(&mut buf).unwrap());
@@ -338,24 +339,24 @@ mod tests {
     #[test]
     fn full_ring_refuses_and_oversized_frames_never_fit() {
         let (mut p, mut w) = pair();
-        assert!(!p.push(&vec![0; MAX_FRAME + 1]));
+        assert!(!p.push(&vec![0; MAX_FRAME + 1]).unwrap());
         let body = vec![7; MAX_FRAME];
         let mut n = 0;
-        while p.push(&body) {
+        while p.push(&body).unwrap() {
             n += 1;
         }
         assert_eq!(n, CAPACITY / padded(MAX_FRAME));
-        assert!(!p.has_room(MAX_FRAME));
+        assert!(!p.has_room(MAX_FRAME).unwrap());
         let mut buf = Vec::new();
         assert!(w.pop_into(&mut buf).unwrap());
-        assert!(p.has_room(MAX_FRAME));
+        assert!(p.has_room(MAX_FRAME).unwrap());
     }
 
     #[test]
     fn sleep_words_hand_over_exactly_one_wake() {
         let (mut p, w) = pair();
         assert!(w.prepare_sleep());
-        assert!(p.push(b"x"));
+        assert!(p.push(b"x").unwrap());
         assert!(p.peer_needs_wake());
         assert!(!p.peer_needs_wake(), "one wake per sleep");
         assert!(!w.prepare_sleep(), "a frame is waiting: do not sleep");
@@ -365,17 +366,22 @@ mod tests {
     #[test]
     fn corrupt_positions_are_reported_not_followed() {
         let (mut p, mut w) = pair();
-        assert!(p.push(b"hello"));
+        assert!(p.push(b"hello").unwrap());
         // A peer that writes an impossible tail.
         p.word(DOWN_TAIL).store(u64::MAX / 2, Ordering::Release);
         let mut buf = Vec::new();
         assert_eq!(w.pop_into(&mut buf), Err(Corrupt));
         // A frame whose length runs past what was published.
         let (mut p, mut w) = pair();
-        assert!(p.push(b"hello"));
+        assert!(p.push(b"hello").unwrap());
         // SAFETY: the first frame's length word, inside the down ring.
         unsafe { p.map.as_ptr().add(HEADER).cast::<u32>().write(4000) };
         assert_eq!(w.pop_into(&mut buf), Err(Corrupt));
+        // A consumer that writes an impossible head: the producer refuses to write.
+        let (mut p, _w) = pair();
+        p.word(DOWN_HEAD).store(1 << 40, Ordering::Release);
+        assert_eq!(p.push(b"x"), Err(Corrupt));
+        assert_eq!(p.has_room(1), Err(Corrupt));
         // A file of the wrong size is not a lane.
         let (_m, file) = Mapping::create("x", 4096).unwrap();
         assert!(Lane::open(file.as_fd()).is_err());
