@@ -554,6 +554,33 @@ fn terminate_from_a_callback_does_not_deadlock(m: StartMethod) {
     );
 }
 
+/// A thread waiting in `get` may pick the answer up itself (the dispatcher asleep): callbacks
+/// it completes run after it has let go of the pool's state, so one that terminates the
+/// pool (which waits for the dispatcher) cannot deadlock it.
+fn a_callback_may_stop_the_pool_whoever_completes_its_job(m: StartMethod) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for _ in 0..30 {
+            let p = Arc::new(pool(m, 1));
+            // A first answer, so the worker is ready and the next one comes back quickly.
+            assert_eq!(p.apply(square, (1,)).unwrap(), 1);
+            let inner = Arc::clone(&p);
+            let r = p.apply_async(square, (2,)).unwrap();
+            r.on_complete(move |v| {
+                assert_eq!(v.unwrap(), 4);
+                inner.terminate();
+            });
+            assert_eq!(r.get().unwrap(), 4);
+            p.terminate();
+            tx.send(()).unwrap();
+        }
+    });
+    for round in 0..30 {
+        rx.recv_timeout(PATIENCE)
+            .unwrap_or_else(|e| panic!("round {round} did not finish: {e}"));
+    }
+}
+
 fn an_imap_made_before_close_is_served_to_the_end(m: StartMethod) {
     let p = pool(m, 2);
     let it = p.imap(square, 0..100).unwrap();
@@ -691,6 +718,7 @@ fn a_worker_that_corrupts_its_lane_is_replaced(m: StartMethod) {
 }
 
 per_start_method!(
+    a_callback_may_stop_the_pool_whoever_completes_its_job,
     large_and_small_frames_keep_their_order,
     a_worker_that_corrupts_its_lane_is_replaced,
     a_panicking_callback_does_not_take_the_pool_down,

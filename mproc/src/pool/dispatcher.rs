@@ -16,11 +16,11 @@
 use std::collections::{HashSet, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::result::JobState;
+use super::result::{self, JobState};
 use super::task;
 use crate::channel::{self, Outbox};
 use crate::error::{Error, ErrorKind};
@@ -126,6 +126,11 @@ pub(crate) struct Shared {
     finished: Condvar,
     wake: EventFd,
     next_chunk: AtomicU64,
+    /// Commands sent so far: a helping waiter stops when this moves.
+    posted: AtomicU64,
+    /// Set while the dispatcher thread, woken from `poll`, waits for the state: a helping
+    /// waiter lets go at once.
+    wanted: AtomicBool,
 }
 
 #[derive(Default)]
@@ -150,6 +155,8 @@ impl Shared {
             wake: EventFd::new()
                 .map_err(|e| Error::os("creating the pool's wake-up eventfd", e))?,
             next_chunk: AtomicU64::new(1),
+            posted: AtomicU64::new(0),
+            wanted: AtomicBool::new(false),
         }))
     }
 
@@ -159,7 +166,69 @@ impl Shared {
 
     fn send(&self, inbox: &mut Inbox, command: Command) {
         inbox.commands.push_back(command);
+        self.posted.fetch_add(1, Ordering::Relaxed);
         self.wake.notify();
+    }
+
+    /// Called by a thread waiting for `done()`: if the dispatcher sleeps in `poll`, this thread
+    /// reads the workers' lanes itself until `done()`, `until`, or a command for the
+    /// dispatcher arrives. Meanwhile the workers are told the dispatcher is awake, so they
+    /// publish answers without waking anyone: a quick answer costs no system call on either
+    /// side. Before letting go it sets the sleep words back as the dispatcher left them (and
+    /// wakes the dispatcher if anything arrived meanwhile), so nothing published goes unseen.
+    /// Callbacks of jobs it completes run after it has let go.
+    pub(crate) fn help(&self, done: &dyn Fn() -> bool, until: Instant) -> bool {
+        if self.wanted.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Ok(mut state) = self.state.try_lock() else {
+            return false;
+        };
+        let Some(d) = state.as_mut().filter(|d| d.broken.is_none()) else {
+            return false;
+        };
+        let posted = self.posted.load(Ordering::Relaxed);
+        let callbacks = result::deferring_callbacks(|| {
+            for w in &d.workers {
+                w.lane.awake();
+            }
+            for round in 1u32.. {
+                for w in &mut d.workers {
+                    w.drain_lane(&mut d.scratch);
+                }
+                if done()
+                    || Instant::now() >= until
+                    || self.posted.load(Ordering::Relaxed) != posted
+                    || self.wanted.load(Ordering::Relaxed)
+                {
+                    break;
+                }
+                // Let a worker or the dispatcher that waits for this CPU have it.
+                if round % 64 == 0 {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            d.assign();
+            d.flush();
+            let rested = (0..4).any(|_| {
+                if d.workers.iter().all(|w| w.lane.prepare_sleep()) {
+                    return true;
+                }
+                for w in &mut d.workers {
+                    w.lane.awake();
+                    w.drain_lane(&mut d.scratch);
+                }
+                false
+            });
+            if !rested || d.needs_attention() {
+                self.wake.notify();
+            }
+        });
+        drop(state);
+        result::run_callbacks(callbacks);
+        true
     }
 
     /// A fresh chunk id.
@@ -463,7 +532,9 @@ fn serve(shared: &Shared) -> Error {
         };
         // Waiting without the state, so submitting threads can reach the workers directly.
         let ready = fd::poll_numbers(&plan.fds, plan.deadline);
+        shared.wanted.store(true, Ordering::Relaxed);
         let mut state = shared.state();
+        shared.wanted.store(false, Ordering::Relaxed);
         let d = state.as_mut().expect("only this thread removes it");
         match ready {
             Ok(ready) => d.handle(&plan, &ready),

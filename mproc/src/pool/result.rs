@@ -42,9 +42,10 @@ pub(crate) struct JobState {
     done: AtomicBool,
 }
 
-/// How long a waiter spins on `done` before it sleeps: about one wake-up's cost here, so a
-/// quick answer is picked up without the dispatcher having to wake anyone.
-const SPIN: Duration = Duration::from_micros(50);
+/// How long a waiter stays awake (reading the lanes itself, or yielding its CPU) before it
+/// sleeps: a few wake-ups' cost here, so a quick answer is picked up without the dispatcher
+/// or the waiter having to be woken, even when the machine is busy.
+const SPIN: Duration = Duration::from_micros(200);
 
 #[derive(Default)]
 pub(crate) struct JobInner {
@@ -57,7 +58,7 @@ pub(crate) struct JobInner {
     /// Whether every chunk has been added (an `imap` adds them as it goes).
     sealed: bool,
     waker: Option<Waker>,
-    callbacks: Vec<Box<dyn FnOnce() + Send>>,
+    callbacks: Vec<Callback>,
     /// Threads blocked in `wait_for` on something short of the whole job (an `imap` waiting
     /// for one chunk): a delivery that completes nothing wakes only them. Threads waiting for
     /// the whole job are woken once, when it completes.
@@ -209,11 +210,8 @@ impl JobState {
         if let Some(w) = waker {
             w.wake();
         }
-        for cb in callbacks {
-            // A callback's panic is its own: it must not take the pool's dispatcher with it.
-            if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(cb)) {
-                std::mem::forget(payload);
-            }
+        if let Some(callbacks) = defer_callbacks(callbacks) {
+            run_callbacks(callbacks);
         }
     }
 
@@ -252,11 +250,22 @@ impl JobState {
         }
     }
 
-    fn wait_complete(&self, deadline: Option<Instant>) -> Option<MutexGuard<'_, JobInner>> {
+    /// Waits for the whole job. For a short while the waiter does the dispatcher's reading
+    /// itself, if the dispatcher sleeps (see [`Shared::help`]): a quick answer then reaches it
+    /// without a system call on either side.
+    fn wait_complete(
+        &self,
+        pool: &Shared,
+        deadline: Option<Instant>,
+    ) -> Option<MutexGuard<'_, JobInner>> {
         let spin_until = Instant::now() + SPIN;
         let spin_until = deadline.map_or(spin_until, |d| d.min(spin_until));
-        while !self.done.load(Ordering::Acquire) && Instant::now() < spin_until {
-            std::hint::spin_loop();
+        let done = || self.done.load(Ordering::Acquire);
+        while !done() && Instant::now() < spin_until {
+            // Someone else has the dispatcher's state: leave this CPU to whoever needs it.
+            if !pool.help(&done, spin_until) {
+                std::thread::yield_now();
+            }
         }
         self.wait_for(deadline, false, JobInner::complete)
     }
@@ -270,6 +279,55 @@ impl JobState {
             callback();
         } else {
             inner.callbacks.push(callback);
+        }
+    }
+}
+
+type Callback = Box<dyn FnOnce() + Send>;
+
+thread_local! {
+    /// Set while a waiting thread helps the dispatcher: callbacks of jobs it completes wait
+    /// here until it has let go of the dispatcher's state (a callback may use the pool).
+    static DEFERRED: std::cell::RefCell<Option<Vec<Callback>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Keeps `callbacks` for later if this thread defers them; else gives them back to run now.
+fn defer_callbacks(callbacks: Vec<Callback>) -> Option<Vec<Callback>> {
+    DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+        Some(kept) => {
+            kept.extend(callbacks);
+            None
+        }
+        None => Some(callbacks),
+    })
+}
+
+/// Runs `f` with this thread's callbacks deferred; returns them.
+pub(crate) fn deferring_callbacks(f: impl FnOnce()) -> Vec<Callback> {
+    /// Puts the thread's previous setting back, even if `f` unwinds.
+    struct Restore(Option<Option<Vec<Callback>>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(outer) = self.0.take() {
+                let _ = DEFERRED.with(|d| std::mem::replace(&mut *d.borrow_mut(), outer));
+            }
+        }
+    }
+    let mut restore = Restore(Some(DEFERRED.with(|d| d.borrow_mut().replace(Vec::new()))));
+    f();
+    let outer = restore.0.take().expect("set above");
+    DEFERRED
+        .with(|d| std::mem::replace(&mut *d.borrow_mut(), outer))
+        .unwrap_or_default()
+}
+
+/// Runs callbacks, each under its own `catch_unwind`.
+pub(crate) fn run_callbacks(callbacks: Vec<Callback>) {
+    for cb in callbacks {
+        // A callback's panic is its own: it must not take the pool's dispatcher with it.
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(cb)) {
+            std::mem::forget(payload);
         }
     }
 }
@@ -406,7 +464,7 @@ impl<R> AsyncResult<R> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn wait(&self) {
-        let _ = self.job.wait_complete(None);
+        let _ = self.job.wait_complete(&self.pool, None);
     }
 
     /// Waits until the task has finished or `timeout` passes; `true` if it finished.
@@ -425,7 +483,7 @@ impl<R> AsyncResult<R> {
     /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         self.job
-            .wait_complete(fd::deadline_after(timeout))
+            .wait_complete(&self.pool, fd::deadline_after(timeout))
             .is_some()
     }
 
@@ -481,9 +539,11 @@ impl<R> AsyncResult<R> {
         any
     }
 
-    /// Runs `callback` with the outcome once the task has finished, on the pool's dispatcher
-    /// thread (or right away, on this thread, if it already has): Python's `callback` and
-    /// `error_callback` in one. Keep it short: the pool waits for it.
+    /// Runs `callback` with the outcome once the task has finished: Python's `callback` and
+    /// `error_callback` in one. It runs on the thread that sees the answer first: the pool's
+    /// dispatcher thread, or a thread waiting in `get`/`wait` that picked the answer up
+    /// itself (after it has let go of the pool), or this thread right away if the task has
+    /// already finished. Keep it short: whoever runs it waits for it.
     ///
     /// ```
     /// use std::sync::mpsc;
@@ -529,7 +589,10 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn get(&self) -> Result<R, Error> {
-        let inner = self.job.wait_complete(None).expect("no deadline");
+        let inner = self
+            .job
+            .wait_complete(&self.pool, None)
+            .expect("no deadline");
         (self.decode)(&inner.slots, self.target)
     }
 
@@ -550,7 +613,10 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn get_timeout(&self, timeout: Duration) -> Result<R, Error> {
-        match self.job.wait_complete(fd::deadline_after(timeout)) {
+        match self
+            .job
+            .wait_complete(&self.pool, fd::deadline_after(timeout))
+        {
             Some(inner) => (self.decode)(&inner.slots, self.target),
             None => Err(ErrorKind::Timeout.into()),
         }

@@ -22,7 +22,7 @@ use crate::wire::message::{FromWorker, PoolWorkerSpec, ToWorker};
 /// How long an idle worker keeps looking at its lane before it sleeps on its socket: long
 /// enough to catch the next task of a busy caller without a wake-up, short enough to give the
 /// CPU back soon.
-const LINGER: Duration = Duration::from_micros(20);
+const LINGER: Duration = Duration::from_micros(50);
 
 /// Serves tasks on `ctrl`; returns the exit code.
 pub(crate) fn serve(ctrl: &mut Channel, identity: u64, spec: PoolWorkerSpec) -> i32 {
@@ -130,6 +130,8 @@ impl Worker<'_> {
                 }
                 std::hint::spin_loop();
             }
+            // Let a process that waits for this CPU (the caller, say) have it.
+            std::thread::yield_now();
             if Instant::now() >= until {
                 return false;
             }
