@@ -303,6 +303,43 @@ fn cancel_queued_and_running(m: StartMethod) {
     assert_eq!(queued[0].get().unwrap(), 0);
 }
 
+fn nap_then_pid(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+fn touch(path: String) -> u32 {
+    std::fs::write(path, b"ran").unwrap();
+    std::process::id()
+}
+
+/// A task already handed to a worker (waiting behind the one it runs) is cancelled without
+/// running and without costing the worker.
+fn cancelling_a_task_a_worker_holds_skips_it(m: StartMethod) {
+    let p = pool(m, 1);
+    let marker = std::env::temp_dir().join(format!(
+        "mproc-cancel-{}-{m}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_file(&marker);
+    let first = p.apply_async(nap_then_pid, (300,)).unwrap();
+    let held = p
+        .apply_async(touch, (marker.to_string_lossy().into_owned(),))
+        .unwrap();
+    let after = p.apply_async(pid, ()).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(held.cancel());
+    assert_eq!(
+        held.get_timeout(PATIENCE).unwrap_err().kind(),
+        &ErrorKind::Cancelled
+    );
+    let a = first.get_timeout(PATIENCE).unwrap();
+    let c = after.get_timeout(PATIENCE).unwrap();
+    assert_eq!(a, c, "the worker was not replaced");
+    assert!(!marker.exists(), "the cancelled task never ran");
+}
+
 fn terminate_and_drop_neither_hang_nor_orphan(m: StartMethod) {
     let p = pool(m, 2);
     let pids: Vec<u32> = (0..2)
@@ -718,6 +755,7 @@ fn a_worker_that_corrupts_its_lane_is_replaced(m: StartMethod) {
 }
 
 per_start_method!(
+    cancelling_a_task_a_worker_holds_skips_it,
     a_callback_may_stop_the_pool_whoever_completes_its_job,
     large_and_small_frames_keep_their_order,
     a_worker_that_corrupts_its_lane_is_replaced,

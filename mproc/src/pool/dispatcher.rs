@@ -40,6 +40,8 @@ const WINDOW: usize = 2;
 /// The most chunks a worker whose chunks are quick may hold: enough that a stream of tiny
 /// tasks keeps it busy while the dispatcher sleeps between wake-ups.
 const MAX_WINDOW: usize = 256;
+// A cancel mark must outlive every task a worker may hold.
+const _: () = assert!(MAX_WINDOW <= crate::sys::lane::MARKS);
 
 /// How much work (by the worker's running average) its window may hold: little enough that
 /// few tasks wait behind one that turns out slow.
@@ -963,16 +965,25 @@ impl Dispatcher {
     }
 
     /// Cancelled chunks: dropped from the queue; a running one costs its worker.
+    /// A chunk a worker holds but has not taken yet is marked in its lane, and the worker
+    /// skips it; one it has taken (running, or about to) costs the worker.
     fn cancel(&mut self, ids: HashSet<u64>) {
         self.queue.retain(|c| !ids.contains(&c.id));
         for w in &mut self.workers {
-            if let Some(front) = w
-                .in_flight
-                .front()
-                .map(|c| c.id)
-                .filter(|id| ids.contains(id))
-            {
-                w.condemn(Some(front), ErrorKind::Cancelled.into());
+            let mut running = None;
+            for (at, c) in w.in_flight.iter().enumerate() {
+                if !ids.contains(&c.id) {
+                    continue;
+                }
+                // Its number in the worker's count of tasks taken.
+                let task = w.answered + at as u64 + 1;
+                if !w.lane.cancel(task, c.id) {
+                    running = Some(c.id);
+                    break; // the worker runs in order: it has taken nothing after this one
+                }
+            }
+            if let Some(id) = running {
+                w.condemn(Some(id), ErrorKind::Cancelled.into());
             }
         }
     }

@@ -84,13 +84,13 @@ impl Worker<'_> {
                 match codec::decode_borrowed::<ToWorker<&[u8]>>(&frame) {
                     Ok(ToWorker::Task { id, entry, payload }) => {
                         self.lane.note_started();
-                        let result = run(self.identity, entry, payload);
+                        let result = self.run_unless_cancelled(id, entry, payload);
                         self.answer(id, result)?;
                     }
                     Ok(ToWorker::OnSocket) => {
                         self.lane.note_started();
                         let (id, entry, payload) = self.task_from_socket()?;
-                        let result = run(self.identity, entry, &payload);
+                        let result = self.run_unless_cancelled(id, entry, &payload);
                         drop(payload);
                         self.answer(id, result)?;
                     }
@@ -118,6 +118,14 @@ impl Worker<'_> {
                 Err(_) => return Ok(()), // the dispatcher is gone
             }
         }
+    }
+
+    /// Runs the task just taken, unless the dispatcher cancelled it before it was taken.
+    fn run_unless_cancelled(&self, id: u64, entry: i64, payload: &[u8]) -> Result<Vec<u8>, Error> {
+        if self.lane.take_cancelled(id) {
+            return Err(ErrorKind::Cancelled.into());
+        }
+        run(self.identity, entry, payload)
     }
 
     /// Watches the lane for a little while; `true` if a frame came.

@@ -12,6 +12,7 @@
 //!
 //! ```text
 //! down.tail  down.head  up.tail  up.head  worker_asleep  parent_asleep  started  magic,capacity
+//! cancel marks (MARKS words)
 //! [ down ring: parent -> worker, CAPACITY bytes ][ up ring: worker -> parent, CAPACITY bytes ]
 //! ```
 //!
@@ -47,6 +48,12 @@ const WORKER_ASLEEP: usize = 4 * LINE;
 const PARENT_ASLEEP: usize = 5 * LINE;
 const STARTED: usize = 6 * LINE;
 const MAGIC_AT: usize = 7 * LINE;
+/// Cancel marks: slot `n % MARKS` holds the id of task number `n` if it was cancelled.
+const MARKS_AT: usize = 8 * LINE;
+
+/// How many cancel marks a lane keeps: at least as many tasks as a worker may hold at once,
+/// so a mark is never overwritten while its task may still be taken.
+pub(crate) const MARKS: usize = 256;
 
 /// The peer wrote something a well-behaved peer never writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +142,7 @@ impl Lane {
     }
 
     fn word(&self, at: usize) -> &AtomicU64 {
+        const { assert!(MARKS_AT + 8 * MARKS <= HEADER) };
         debug_assert!(at + 8 <= HEADER && at % 8 == 0);
         // SAFETY: `at` is one of the header's 8-aligned offsets inside the mapping (which is
         // page-aligned and outlives the borrow); both processes touch these words only through
@@ -284,12 +292,34 @@ impl Lane {
     /// The worker is about to run the task it just took.
     pub(crate) fn note_started(&mut self) {
         self.started += 1;
-        self.word(STARTED).store(self.started, Ordering::Release);
+        self.word(STARTED).store(self.started, Ordering::SeqCst);
     }
 
     /// How many tasks the worker has taken to run.
     pub(crate) fn started(&self) -> u64 {
         self.word(STARTED).load(Ordering::Acquire)
+    }
+
+    /// The dispatcher cancels the worker's task number `task` (counting from 1), whose chunk
+    /// id is `id` (never 0); `true` if the worker had not taken it yet, so it will not run
+    /// it. On `false` it may be running it (or about to): only killing the worker stops it.
+    ///
+    /// The mark and the worker's count are a pair of sequentially consistent accesses on
+    /// each side (mark then count here; count then mark in [`Lane::take_cancelled`]), so at
+    /// least one side sees the other's.
+    pub(crate) fn cancel(&self, task: u64, id: u64) -> bool {
+        self.word(MARKS_AT + 8 * (task % MARKS as u64) as usize)
+            .store(id, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        self.word(STARTED).load(Ordering::SeqCst) < task
+    }
+
+    /// The worker, after [`Lane::note_started`]: whether the task it just took (chunk `id`)
+    /// was cancelled, in which case it must not run it.
+    pub(crate) fn take_cancelled(&self, id: u64) -> bool {
+        fence(Ordering::SeqCst);
+        let at = MARKS_AT + 8 * (self.started % MARKS as u64) as usize;
+        self.word(at).load(Ordering::SeqCst) == id
     }
 }
 
@@ -385,6 +415,20 @@ mod tests {
         // A file of the wrong size is not a lane.
         let (_m, file) = Mapping::create("x", 4096).unwrap();
         assert!(Lane::open(file.as_fd()).is_err());
+    }
+
+    #[test]
+    fn cancel_marks_reach_the_worker_or_say_it_was_too_late() {
+        let (p, mut w) = pair();
+        assert!(p.cancel(2, 77), "task 2 not taken yet");
+        w.note_started();
+        assert!(!w.take_cancelled(5), "task 1 was not cancelled");
+        w.note_started();
+        assert!(w.take_cancelled(77), "task 2 was");
+        assert!(!p.cancel(2, 77), "task 2 is taken: too late");
+        // A mark for task n + MARKS reuses the slot of task n.
+        assert!(p.cancel(2 + MARKS as u64, 99));
+        assert!(!w.take_cancelled(77));
     }
 
     #[test]
