@@ -710,8 +710,9 @@ fn large_and_small_frames_keep_their_order(m: StartMethod) {
     assert_eq!(pids.len(), 1, "one worker served everything: {pids:?}");
 }
 
-/// Finds this process's mapping of its pool lane and overwrites `offset` (a header word).
-fn scribble_on_lane(offset: usize, nap_ms: u64) -> u32 {
+/// Finds this process's mapping of its pool lane and overwrites `offset` (a header word);
+/// then writes `marker` (if any) and naps.
+fn scribble_on_lane(offset: usize, marker: String, nap_ms: u64) -> u32 {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
     let line = maps
         .lines()
@@ -720,6 +721,9 @@ fn scribble_on_lane(offset: usize, nap_ms: u64) -> u32 {
     let start = usize::from_str_radix(line.split('-').next().unwrap(), 16).unwrap();
     // SAFETY: the lane's header is mapped read-write at `start`; this deliberately corrupts it.
     unsafe { std::ptr::write_volatile((start + offset) as *mut u64, 1 << 40) };
+    if !marker.is_empty() {
+        std::fs::write(marker, b"done").unwrap();
+    }
     std::thread::sleep(Duration::from_millis(nap_ms));
     std::process::id()
 }
@@ -731,7 +735,7 @@ fn a_worker_that_corrupts_its_lane_is_replaced(m: StartMethod) {
     // The position the worker reads from (the dispatcher's view of free space).
     let p = pool(m, 1);
     let first = p
-        .apply_async(scribble_on_lane, (64, 0))
+        .apply_async(scribble_on_lane, (64, String::new(), 0))
         .unwrap()
         .get_timeout(PATIENCE)
         .unwrap();
@@ -745,8 +749,20 @@ fn a_worker_that_corrupts_its_lane_is_replaced(m: StartMethod) {
     // The position the worker writes answers at, damaged while it naps: the dispatcher sees
     // it when another worker's answer wakes it.
     let p = pool(m, 2);
-    let bad = p.apply_async(scribble_on_lane, (128, 500)).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    let marker = std::env::temp_dir().join(format!(
+        "mproc-scribble-{}-{m}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_file(&marker);
+    let bad = p
+        .apply_async(
+            scribble_on_lane,
+            (128, marker.to_string_lossy().into_owned(), 60_000),
+        )
+        .unwrap();
+    wait_until("the worker has damaged its lane", || marker.exists());
+    let _ = std::fs::remove_file(&marker);
     assert_eq!(p.apply(square, (3,)).unwrap(), 9);
     let e = bad.get_timeout(PATIENCE).unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::Protocol(_)), "{e}");
