@@ -1,17 +1,18 @@
 //! The dispatcher: one thread per pool that owns every worker and decides who runs what.
 //!
-//! It knows, for each worker, the chunks it was sent, in order (`in_flight`). Workers run
-//! chunks strictly in that order and answer each before starting the next, so the oldest
-//! unanswered chunk is the one running; when a worker dies, exactly that chunk fails
-//! (`WorkerLost`), the ones behind it go back to the front of the queue, and a replacement
-//! starts. A worker the dispatcher kills itself (task timeout, cancel, garbage on its socket) is
+//! It knows, for each worker, the chunks it was sent, in order (`in_flight`). Workers take
+//! chunks strictly in that order, count each in their lane before running it, and publish each
+//! answer before taking the next; so when a worker dies, the oldest unanswered chunk fails
+//! (`WorkerLost`) if the lane's count says it was taken, the ones behind it go back to the front
+//! of the queue, and a replacement starts. A worker the dispatcher kills itself (task timeout, cancel, garbage on its socket) is
 //! only "condemned" at first: its accounting waits until its exit is seen and its socket drained,
 //! so an answer already on its way is never mistaken for a task still running. See `README.md`
 //! beside this file for the states.
 //!
 //! The API side talks to it through [`Shared`]: a command queue behind a mutex and an eventfd
-//! that wakes its `poll`. Everything it writes to workers goes through per-worker outboxes,
-//! so one slow worker never blocks the others.
+//! that wakes its `poll`. Chunks and answers travel in each worker's lane (shared memory, see
+//! `sys/lane.rs`); what goes on a worker's socket (large frames, wake-ups, `Stop`) goes through
+//! its outbox, so one slow worker never blocks the others.
 
 use std::collections::{HashSet, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, RawFd};

@@ -5,6 +5,11 @@
 //! [`Welcome`]; then one [`ForkRequest`] per child, carrying the child's control socket and a
 //! status socket; on the status socket the server answers [`Forked`] (with a pidfd attached)
 //! and later the child's [`crate::sys::proc::Exit`].
+//!
+//! A pool worker gets [`ToWorker::Lane`] (its lane's memory file attached) after its `Start`;
+//! then [`ToWorker`] and [`FromWorker`] messages travel in the lane, or on the socket when they
+//! are too large for it (a `OnSocket` placeholder keeps their place in the lane) or wake a
+//! sleeping peer (`Wake`).
 
 use serde::{Deserialize, Serialize};
 

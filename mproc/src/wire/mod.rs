@@ -13,7 +13,7 @@ pub(crate) mod target;
 /// The fuzz target's body: split `data` at its first byte, feed the frame decoder in pieces of
 /// that size, and decode every frame as each message a peer may send.
 pub(crate) fn fuzz(data: &[u8]) {
-    use message::{Forked, Hello, Outcome, Start, Welcome};
+    use message::{Forked, FromWorker, Hello, Outcome, Start, ToWorker, Welcome};
     let Some((&split, rest)) = data.split_first() else {
         return;
     };
@@ -29,6 +29,9 @@ pub(crate) fn fuzz(data: &[u8]) {
                     let _ = codec::decode::<Welcome>(&f);
                     let _ = codec::decode::<Forked>(&f);
                     let _ = codec::decode::<crate::sys::proc::Exit>(&f);
+                    let _ = codec::decode::<ToWorker<Vec<u8>>>(&f);
+                    let _ = codec::decode_borrowed::<ToWorker<&[u8]>>(&f);
+                    let _ = codec::decode::<FromWorker>(&f);
                 }
                 Ok(None) => break,
                 Err(_) => return,
