@@ -2,6 +2,7 @@
 //! and a stress test with workers killed at random.
 
 use std::collections::HashSet;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -301,6 +302,49 @@ fn cancel_queued_and_running(m: StartMethod) {
     }
     assert!(!queued[0].cancel(), "a finished task cannot be cancelled");
     assert_eq!(queued[0].get().unwrap(), 0);
+}
+
+/// A value (with 2 KiB of ballast) that refuses to be encoded when it is 999.
+#[derive(serde::Deserialize)]
+struct Picky(u32, Vec<u8>);
+
+impl Picky {
+    fn new(n: u32) -> Picky {
+        Picky(n, vec![0; 2048])
+    }
+}
+
+impl serde::Serialize for Picky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 999 {
+            return Err(serde::ser::Error::custom("999 refuses to be encoded"));
+        }
+        (self.0, &self.1).serialize(s)
+    }
+}
+
+fn picky(p: Picky) -> u32 {
+    p.0
+}
+
+/// A map whose arguments fail to encode part-way (after earlier chunks, 2 MiB in all, were
+/// already handed to workers) returns the codec error; the pool goes on and closes cleanly.
+fn a_map_whose_later_items_cannot_be_encoded_fails_cleanly(m: StartMethod) {
+    let p = pool(m, 2);
+    for size in [1, 7, 100] {
+        let e = p
+            .chunksize(size)
+            .map(picky, (0..1000).map(Picky::new))
+            .unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::Codec(_)), "{e}");
+        assert!(e.to_string().contains("999 refuses"), "{e}");
+    }
+    assert_eq!(
+        p.map(picky, (0..10).map(Picky::new)).unwrap(),
+        (0..10).collect::<Vec<_>>()
+    );
+    p.close();
+    p.join().unwrap();
 }
 
 fn nap_then_pid(ms: u64) -> u32 {
@@ -771,6 +815,7 @@ fn a_worker_that_corrupts_its_lane_is_replaced(m: StartMethod) {
 }
 
 per_start_method!(
+    a_map_whose_later_items_cannot_be_encoded_fails_cleanly,
     cancelling_a_task_a_worker_holds_skips_it,
     a_callback_may_stop_the_pool_whoever_completes_its_job,
     large_and_small_frames_keep_their_order,

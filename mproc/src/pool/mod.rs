@@ -29,6 +29,27 @@ pub use imap::Imap;
 pub use result::AsyncResult;
 use result::JobState;
 
+/// A `map` submits its chunks in batches of about this many bytes (or chunks), so workers
+/// start on the first while the rest are encoded.
+const SUBMIT_BYTES: usize = 256 * 1024;
+const SUBMIT_CHUNKS: usize = 16384;
+
+/// Marks a job that is still submitting chunks, like an `imap`, for as long as it lives.
+struct Stream<'a>(&'a Shared);
+
+impl<'a> Stream<'a> {
+    fn open(shared: &'a Shared) -> Stream<'a> {
+        shared.stream_opened();
+        Stream(shared)
+    }
+}
+
+impl Drop for Stream<'_> {
+    fn drop(&mut self) {
+        self.0.stream_closed();
+    }
+}
+
 /// A pool of worker processes, as Python's `multiprocessing.Pool`.
 ///
 /// Each task (or chunk of tasks) is assigned to one worker, and the pool knows which: a worker
@@ -714,12 +735,37 @@ impl Chunked<'_> {
         let target = type_name::<F>();
         let entry = task::chunk_entry::<F, A>();
         let job = JobState::new();
-        let chunks = items
-            .chunks(size)
-            .map(|piece| pool.chunk(&job, entry, piece, target))
-            .collect::<Result<Vec<_>, _>>()?;
-        job.seal();
-        pool.shared.submit(chunks, true)?;
+        // Chunks go to the workers in batches as they are encoded, so the workers start while
+        // the rest is still being encoded.
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut first = true;
+        let mut pieces = items.chunks(size).peekable();
+        // Until the last batch is in, a concurrent `close` must not end the pool under it.
+        let _stream = Stream::open(&pool.shared);
+        while let Some(piece) = pieces.next() {
+            let chunk = match pool.chunk(&job, entry, piece, target) {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    drop(batch); // answers its chunks Terminated; nobody will read them
+                    pool.shared.cancel(job.fail_waiting(&e));
+                    return Err(e);
+                }
+            };
+            bytes += chunk.payload.len();
+            batch.push(chunk);
+            if pieces.peek().is_none() {
+                job.seal();
+            }
+            if pieces.peek().is_none() || bytes >= SUBMIT_BYTES || batch.len() >= SUBMIT_CHUNKS {
+                pool.shared
+                    .submit(std::mem::take(&mut batch), std::mem::take(&mut first))?;
+                bytes = 0;
+            }
+        }
+        if first {
+            job.seal(); // no items: complete at once
+        }
         Ok(AsyncResult::new(
             job,
             result::decode_all::<F::Output>,

@@ -100,7 +100,9 @@ fn call(entry: Entry, args: &[u8]) -> Outcome {
 /// Runs `f` in a worker, turning a panic into its report (message, location, process name,
 /// backtrace when asked). The payload is forgotten, never dropped: its `Drop` could panic.
 pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, PanicReport> {
-    if RECORDED.swap(false, Ordering::Relaxed) {
+    // A plain load first: this runs once per item of a chunk, and a swap is a locked
+    // instruction.
+    if RECORDED.load(Ordering::Relaxed) && RECORDED.swap(false, Ordering::Relaxed) {
         *last_panic() = None;
     }
     match panic::catch_unwind(AssertUnwindSafe(f)) {
