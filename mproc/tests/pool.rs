@@ -347,6 +347,70 @@ fn a_map_whose_later_items_cannot_be_encoded_fails_cleanly(m: StartMethod) {
     p.join().unwrap();
 }
 
+/// Quick tasks submitted right behind a slow one are not held up by it: the worker that got
+/// them behind the slow one gives back those it has not started, and another worker runs them.
+fn quick_tasks_never_wait_behind_a_slow_one(m: StartMethod) {
+    let p = pool(m, 2);
+    // Warm up, so the pool has seen quick tasks and hands them out in deep windows.
+    let warm: Vec<u64> = p.chunksize(1).map(square, 0..2000).unwrap();
+    assert_eq!(warm.len(), 2000);
+    let began = Instant::now();
+    let slow = p.apply_async(nap_then, (3_000, 1)).unwrap();
+    let quick: Vec<_> = (0..300)
+        .map(|i| p.apply_async(square, (i,)).unwrap())
+        .collect();
+    for (i, r) in quick.iter().enumerate() {
+        assert_eq!(r.get_timeout(PATIENCE).unwrap(), (i * i) as u64);
+    }
+    let took = began.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "the quick tasks took {took:?}: they waited for the slow one"
+    );
+    assert!(!slow.ready(), "the slow task is still running");
+    assert_eq!(slow.get_timeout(PATIENCE).unwrap(), 1);
+}
+
+/// Returns `n` bytes, but kills its own process once its main thread (the one that sends the
+/// answer) waits in poll(2) for room in the socket: in the middle of the answer's frame.
+fn die_while_answering(n: usize) -> serde_bytes::ByteBuf {
+    let bytes = serde_bytes::ByteBuf::from(vec![7u8; n]);
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    std::thread::spawn(move || {
+        let path = format!("/proc/self/task/{tid}/syscall");
+        loop {
+            let now = std::fs::read_to_string(&path).unwrap_or_default();
+            // poll (7) or ppoll (271) on x86_64, ppoll (73) on aarch64.
+            let nr = now.split(' ').next().unwrap_or("");
+            if matches!(nr, "7" | "271" | "73") {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    });
+    bytes
+}
+
+/// A worker killed in the middle of sending a large answer is a lost worker (the signal
+/// says so), not a protocol error; the pool goes on.
+fn a_worker_killed_mid_answer_is_lost_not_garbled(m: StartMethod) {
+    let p = pool(m, 1);
+    for _ in 0..3 {
+        match p
+            .apply_async(die_while_answering, (64 << 20,))
+            .unwrap()
+            .get_timeout(PATIENCE)
+        {
+            Err(e) => assert!(matches!(e.kind(), ErrorKind::WorkerLost(_)), "{e}"),
+            Ok(v) => panic!("the worker answered ({} bytes) instead of dying", v.len()),
+        }
+    }
+    assert_eq!(p.apply(square, (4,)).unwrap(), 16);
+}
+
 fn nap_then_pid(ms: u64) -> u32 {
     std::thread::sleep(Duration::from_millis(ms));
     std::process::id()
@@ -815,6 +879,8 @@ fn a_worker_that_corrupts_its_lane_is_replaced(m: StartMethod) {
 }
 
 per_start_method!(
+    a_worker_killed_mid_answer_is_lost_not_garbled,
+    quick_tasks_never_wait_behind_a_slow_one,
     a_map_whose_later_items_cannot_be_encoded_fails_cleanly,
     cancelling_a_task_a_worker_holds_skips_it,
     a_callback_may_stop_the_pool_whoever_completes_its_job,
@@ -842,3 +908,53 @@ per_start_method!(
     imap_pulls_lazily_with_bounded_work_in_flight,
     stress_100k_tasks_with_workers_killed_at_random,
 );
+
+/// A pool and a pending result the parent keeps in globals, which a fork child inherits.
+static FORKED_POOL: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
+static FORKED_PENDING: std::sync::OnceLock<mproc::AsyncResult<u64>> = std::sync::OnceLock::new();
+
+/// What a fork child sees when it uses its parent's pool: clear errors, at once.
+fn use_the_parents_pool() -> Vec<String> {
+    let p = FORKED_POOL.get().expect("inherited through fork");
+    let pending = FORKED_PENDING.get().expect("inherited through fork");
+    let began = Instant::now();
+    let kind = |r: Result<u64, mproc::Error>| match r {
+        Ok(v) => format!("value {v}"),
+        Err(e) => format!("{:?}", e.kind()),
+    };
+    let mut seen = vec![
+        kind(p.apply(square, (3,))),
+        kind(p.apply_async(square, (3,)).map(|_| 0)),
+        kind(pending.get()),
+        kind(p.imap(square, 0..3).map(|_| 0)),
+    ];
+    p.close();
+    p.terminate();
+    seen.push(format!("{}", began.elapsed() < Duration::from_secs(5)));
+    seen
+}
+
+/// A fork child that inherited a pool can neither reach nor damage its parent's workers: every
+/// call fails at once with `InvalidArgument`, and the parent's pool carries on.
+#[test]
+fn a_pool_used_in_a_fork_child_is_refused() {
+    let p = FORKED_POOL.get_or_init(|| pool(StartMethod::Forkserver, 1));
+    assert_eq!(p.apply(square, (2,)).unwrap(), 4);
+    let _ = FORKED_PENDING.set(p.apply_async(nap_then, (2_000, 7)).unwrap());
+    for _ in 0..3 {
+        let mut child =
+            mproc::Process::new(use_the_parents_pool, ()).start_method(StartMethod::Fork);
+        child.start().unwrap();
+        let seen = child.join_timeout(PATIENCE).unwrap();
+        assert_eq!(seen.len(), 5, "{seen:?}");
+        for s in &seen[..4] {
+            assert!(s.starts_with("InvalidArgument"), "{seen:?}");
+        }
+        assert_eq!(seen[4], "true", "{seen:?}");
+    }
+    assert_eq!(
+        FORKED_PENDING.get().unwrap().get_timeout(PATIENCE).unwrap(),
+        7
+    );
+    assert_eq!(p.apply(square, (5,)).unwrap(), 25);
+}

@@ -62,6 +62,9 @@ pub(crate) struct Chunk {
     pub(crate) index: usize,
     pub(crate) items: usize,
     answered: bool,
+    /// Taken back from a worker that holds it but had not taken it (it will skip it): this is
+    /// the inert entry left in that worker's order; a copy went back to the queue.
+    revoked: bool,
 }
 
 impl Chunk {
@@ -81,13 +84,31 @@ impl Chunk {
             index,
             items,
             answered: false,
+            revoked: false,
         }
     }
 
-    /// Gives the job this chunk's answer.
+    /// Gives the job this chunk's answer (an inert revoked entry has none to give: its copy
+    /// answers).
     fn finish(mut self, outcome: super::result::ChunkOutcome) {
-        self.job.deliver(self.index, outcome);
+        if !self.revoked {
+            self.job.deliver(self.index, outcome);
+        }
         self.answered = true;
+    }
+
+    /// Leaves an inert entry here and returns the live copy (same id, same slot).
+    fn revoke(&mut self) -> Chunk {
+        self.revoked = true;
+        self.answered = true;
+        Chunk::new(
+            self.id,
+            self.entry,
+            std::mem::take(&mut self.payload),
+            Arc::clone(&self.job),
+            self.index,
+            self.items,
+        )
     }
 
     fn fail(self, err: Error) {
@@ -111,7 +132,10 @@ impl Drop for Chunk {
 
 pub(crate) enum Command {
     Submit(Vec<Chunk>),
+    /// Cancel these chunks; kill the workers running any of them.
     Cancel(Vec<u64>),
+    /// Cancel these chunks, but let the ones already running finish.
+    Withdraw(Vec<u64>),
     Close,
     Terminate,
     /// Nothing to do but look again (a stream ended).
@@ -134,6 +158,9 @@ pub(crate) struct Shared {
     /// Set while the dispatcher thread, woken from `poll`, waits for the state: a helping
     /// waiter lets go at once.
     wanted: AtomicBool,
+    /// The fork generation that made the pool: in a fork child that inherited it, the
+    /// dispatcher thread, the workers and the lanes are not there, and nothing may touch them.
+    generation: u64,
 }
 
 #[derive(Default)]
@@ -160,7 +187,21 @@ impl Shared {
             next_chunk: AtomicU64::new(1),
             posted: AtomicU64::new(0),
             wanted: AtomicBool::new(false),
+            generation: crate::sys::proc::fork_generation(),
         }))
+    }
+
+    /// Whether this process is a fork child of the one that made the pool.
+    pub(crate) fn foreign(&self) -> bool {
+        crate::sys::proc::fork_generation() != self.generation
+    }
+
+    /// The error for using a pool in a fork child of its process.
+    pub(crate) fn foreign_error() -> Error {
+        Error::invalid(
+            "this Pool belongs to the process that created it; a forked child cannot use it \
+             (create a pool in the child instead)",
+        )
     }
 
     fn inbox(&self) -> MutexGuard<'_, Inbox> {
@@ -181,7 +222,7 @@ impl Shared {
     /// wakes the dispatcher if anything arrived meanwhile), so nothing published goes unseen.
     /// Callbacks of jobs it completes run after it has let go.
     pub(crate) fn help(&self, done: &dyn Fn() -> bool, until: Instant) -> bool {
-        if self.wanted.load(Ordering::Relaxed) {
+        if self.wanted.load(Ordering::Relaxed) || self.foreign() {
             return false;
         }
         let Ok(mut state) = self.state.try_lock() else {
@@ -191,6 +232,17 @@ impl Shared {
             return false;
         };
         let posted = self.posted.load(Ordering::Relaxed);
+        // If this unwinds (a bug), the sleep words may be left clear: wake the dispatcher,
+        // whose next turn reads every lane and sets them again.
+        struct WakeOnUnwind<'a>(&'a EventFd);
+        impl Drop for WakeOnUnwind<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.notify();
+                }
+            }
+        }
+        let _unwind = WakeOnUnwind(&self.wake);
         let callbacks = result::deferring_callbacks(|| {
             for w in &d.workers {
                 w.lane.awake();
@@ -241,12 +293,22 @@ impl Shared {
 
     /// Whether new jobs are accepted; the error to give if not.
     pub(crate) fn check_open(&self) -> Result<(), Error> {
+        if self.foreign() {
+            return Err(Shared::foreign_error());
+        }
         refusal(&self.inbox(), true).map_or(Ok(()), Err)
     }
 
     /// Queues chunks. A new job is refused once the pool is closed; more chunks of a job
     /// submitted before (an `imap` pulling its input) are taken until the dispatcher stops.
     pub(crate) fn submit(&self, chunks: Vec<Chunk>, new_job: bool) -> Result<(), Error> {
+        if self.foreign() {
+            let e = Shared::foreign_error();
+            for c in chunks {
+                c.fail(e.clone());
+            }
+            return Err(e);
+        }
         let mut inbox = self.inbox();
         if let Some(e) = refusal(&inbox, new_job) {
             drop(inbox);
@@ -281,11 +343,27 @@ impl Shared {
     }
 
     pub(crate) fn cancel(&self, ids: Vec<u64>) {
+        if self.foreign() {
+            return;
+        }
         let mut inbox = self.inbox();
         self.send(&mut inbox, Command::Cancel(ids));
     }
 
+    /// Like [`Shared::cancel`], but chunks already running finish (their answers are dropped):
+    /// for work the caller abandons, not work that must stop.
+    pub(crate) fn withdraw(&self, ids: Vec<u64>) {
+        if self.foreign() {
+            return;
+        }
+        let mut inbox = self.inbox();
+        self.send(&mut inbox, Command::Withdraw(ids));
+    }
+
     pub(crate) fn close(&self) {
+        if self.foreign() {
+            return;
+        }
         let mut inbox = self.inbox();
         if !inbox.closed {
             inbox.closed = true;
@@ -298,6 +376,9 @@ impl Shared {
     }
 
     pub(crate) fn terminate(&self) {
+        if self.foreign() {
+            return;
+        }
         let mut inbox = self.inbox();
         inbox.closed = true;
         inbox
@@ -313,6 +394,9 @@ impl Shared {
 
     /// An `imap` iterator has submitted its last chunk (or was dropped).
     pub(crate) fn stream_closed(&self) {
+        if self.foreign() {
+            return;
+        }
         let mut inbox = self.inbox();
         inbox.streams = inbox.streams.saturating_sub(1);
         self.send(&mut inbox, Command::Wake);
@@ -320,6 +404,9 @@ impl Shared {
 
     /// Waits until the dispatcher has finished.
     pub(crate) fn wait_finished(&self) {
+        if self.foreign() {
+            return; // nothing runs here to finish
+        }
         let mut inbox = self.inbox();
         while !inbox.finished {
             inbox = self.finished.wait(inbox).unwrap_or_else(|e| e.into_inner());
@@ -388,6 +475,9 @@ struct Worker {
     answered: u64,
     /// How many chunks it may hold in this round of assignments (0 once its lane is full).
     limit: usize,
+    /// The front chunk whose slowness already made the dispatcher take back the chunks
+    /// waiting behind it.
+    rebalanced: Option<u64>,
 }
 
 impl Worker {
@@ -415,6 +505,17 @@ impl Worker {
 
     /// Accepts the answer to the chunk it was running (its oldest).
     fn accept(&mut self, id: u64, result: Result<serde_bytes::ByteBuf, Error>, now: Instant) {
+        if self
+            .in_flight
+            .front()
+            .is_some_and(|c| c.id == id && c.revoked)
+        {
+            // It skipped a chunk taken back from it; the copy runs elsewhere.
+            self.in_flight.pop_front();
+            self.answered += 1;
+            self.front_since = now;
+            return;
+        }
         if self.in_flight.front().is_some_and(|c| c.id == id) {
             let chunk = self.in_flight.pop_front().expect("just looked");
             self.answered += 1;
@@ -476,11 +577,38 @@ impl Worker {
     /// per task).
     fn deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
         let front = self.in_flight.front()?;
-        if self.condemned.is_some() {
+        if self.condemned.is_some() || front.revoked {
             return None;
         }
         let allowed = timeout?.checked_mul(front.items.max(1) as u32)?;
         self.front_since.checked_add(allowed)
+    }
+
+    /// When the chunks waiting behind a slow running chunk should be taken back, if ever.
+    fn rebalance_at(&self) -> Option<Instant> {
+        let front = self.in_flight.front()?;
+        let waiting = self.in_flight.len() > 1;
+        (waiting && self.condemned.is_none() && self.rebalanced != Some(front.id))
+            .then(|| self.front_since + QUICK * 5)
+    }
+
+    /// Takes back the chunks it holds but has not taken (marking them in its lane so it skips
+    /// them), leaving inert entries in their place; returns the live copies, in order.
+    fn revoke_untaken(&mut self) -> Vec<Chunk> {
+        let taken = self.lane.started().saturating_sub(self.answered) as usize;
+        let mut copies = Vec::new();
+        for at in taken.max(1)..self.in_flight.len() {
+            let task = self.answered + at as u64 + 1;
+            let c = &mut self.in_flight[at];
+            if c.revoked || c.answered() {
+                continue;
+            }
+            if !self.lane.cancel(task, c.id) {
+                break; // it has just taken this one: it runs here
+            }
+            copies.push(c.revoke());
+        }
+        copies
     }
 
     /// Kills it; the accounting happens when its exit is seen.
@@ -603,11 +731,18 @@ impl Dispatcher {
         let mut child = start::launch(self.config.method, &channel::encode_message(&start)?)?;
         let (lane, file) =
             Lane::create().map_err(|e| Error::os("creating a pool worker's lane", e))?;
-        // The socket is empty and the message small: this does not wait on the worker.
-        child
-            .channel()
-            .send(&ToWorker::<&[u8]>::Lane, &[file.as_fd()])?;
+        // Small, but the start message before it may still fill the socket: bounded, like it.
+        let lane_message = channel::encode_message(&ToWorker::<&[u8]>::Lane)?;
+        let sent = child.channel().send_frame_until(
+            &lane_message,
+            &[file.as_fd()],
+            fd::deadline_after(start::PATIENCE),
+        );
         drop(file);
+        if let Err(e) = sent {
+            let _ = child.signal(libc::SIGKILL);
+            return Err(e);
+        }
         Ok(Worker {
             child,
             name,
@@ -627,6 +762,7 @@ impl Dispatcher {
             placeholders: 0,
             answered: 0,
             limit: 0,
+            rebalanced: None,
         })
     }
 
@@ -643,6 +779,14 @@ impl Dispatcher {
         self.config.task_timeout.is_some()
             || !self.queue.is_empty()
             || self.workers.iter().any(|w| !w.outbox.is_empty())
+            || self.rebalance_deadline().is_some()
+    }
+
+    /// When the dispatcher should look at taking chunks back from a slow worker: only while
+    /// another worker has room (else the answer that frees one wakes it anyway).
+    fn rebalance_deadline(&self) -> Option<Instant> {
+        let at = self.workers.iter().filter_map(Worker::rebalance_at).min()?;
+        self.has_room(Instant::now()).then_some(at)
     }
 
     /// One turn of work; `Err(why)` when the pool must stop, else what to wait on.
@@ -685,7 +829,8 @@ impl Dispatcher {
                     Some(e) => chunks.into_iter().for_each(|c| c.fail(e.clone())),
                     None => self.queue.extend(chunks),
                 },
-                Command::Cancel(ids) => self.cancel(ids.into_iter().collect()),
+                Command::Cancel(ids) => self.cancel(ids.into_iter().collect(), true),
+                Command::Withdraw(ids) => self.cancel(ids.into_iter().collect(), false),
                 Command::Close => self.closed = true,
                 // Whatever came after it in this batch is dropped, which answers it.
                 Command::Terminate => return Some(ErrorKind::Terminated.into()),
@@ -740,7 +885,13 @@ impl Dispatcher {
                             chunk.fail(e);
                             continue;
                         }
-                        w.lane.push(scratch)
+                        // It had room a moment ago and only this thread writes: a refusal
+                        // now means the worker tampered with the lane (it is killed below, so
+                        // the task already queued on its socket never runs).
+                        match w.lane.push(scratch) {
+                            Ok(true) => Ok(true),
+                            _ => Err(crate::sys::lane::Corrupt),
+                        }
                     }
                     other => other,
                 }
@@ -790,6 +941,7 @@ impl Dispatcher {
             .workers
             .iter()
             .filter_map(|w| w.deadline(timeout))
+            .chain(self.rebalance_deadline())
             .chain(now)
             .min();
         let mut fds = vec![(self.shared.wake.as_fd().as_raw_fd(), false)];
@@ -840,6 +992,7 @@ impl Dispatcher {
         }
         self.reap_departed();
         self.expire_timeouts();
+        self.rebalance();
     }
 
     /// Handles every message worker `i` has sent, on its socket and in its lane.
@@ -862,7 +1015,9 @@ impl Dispatcher {
                     // more. If it lives on, it is of no use.
                     w.ctrl_open = false;
                     w.stopping = true;
-                    if *e.kind() != ErrorKind::Closed {
+                    // Closed mid-frame is a death while sending (its exit tells how), not
+                    // garbage.
+                    if *e.kind() != ErrorKind::Closed && !w.child.channel().at_eof() {
                         let front = w.in_flight.front().map(|c| c.id);
                         w.condemn(front, e);
                     }
@@ -945,6 +1100,9 @@ impl Dispatcher {
     /// ones already answered: cancelled).
     fn requeue(&mut self, chunks: impl DoubleEndedIterator<Item = Chunk>) {
         for c in chunks.rev() {
+            if c.revoked {
+                continue; // inert: its copy is queued or running elsewhere
+            }
             if c.answered() {
                 c.finish(Err(ErrorKind::Cancelled.into())); // already answered: a no-op
             } else {
@@ -953,11 +1111,44 @@ impl Dispatcher {
         }
     }
 
+    /// Takes back the chunks waiting behind a chunk that has run for a while, when another
+    /// worker could run them now: a slow task never holds up quick ones queued behind it.
+    fn rebalance(&mut self) {
+        let now = Instant::now();
+        if !self.has_room(now) {
+            return;
+        }
+        let mut taken_back = Vec::new();
+        for w in &mut self.workers {
+            if w.rebalance_at().is_some_and(|at| at <= now) {
+                w.drain_lane(&mut self.scratch);
+                if w.rebalance_at().is_some_and(|at| at <= now) {
+                    w.rebalanced = w.in_flight.front().map(|c| c.id);
+                    taken_back.extend(w.revoke_untaken());
+                }
+            }
+        }
+        for c in taken_back.into_iter().rev() {
+            self.queue.push_front(c);
+        }
+    }
+
+    /// Whether some worker could take a chunk taken back from another now.
+    fn has_room(&self, now: Instant) -> bool {
+        self.workers
+            .iter()
+            .any(|w| w.accepting() && w.in_flight.len() < w.window(now).min(WINDOW))
+    }
+
     /// Kills workers whose running chunk has passed its deadline.
     fn expire_timeouts(&mut self) {
         let timeout = self.config.task_timeout;
         let now = Instant::now();
         for w in &mut self.workers {
+            if w.deadline(timeout).is_some_and(|d| d <= now) {
+                // An answer already in the lane means it finished in time.
+                w.drain_lane(&mut self.scratch);
+            }
             if w.deadline(timeout).is_some_and(|d| d <= now) {
                 let front = w.in_flight.front().map(|c| c.id);
                 w.condemn(front, ErrorKind::TaskTimedOut.into());
@@ -965,15 +1156,17 @@ impl Dispatcher {
         }
     }
 
-    /// Cancelled chunks: dropped from the queue; a running one costs its worker.
-    /// A chunk a worker holds but has not taken yet is marked in its lane, and the worker
-    /// skips it; one it has taken (running, or about to) costs the worker.
-    fn cancel(&mut self, ids: HashSet<u64>) {
+    /// Cancelled chunks: dropped from the queue. A chunk a worker holds but has not taken yet
+    /// is marked in its lane, and the worker skips it; one it has taken (running, or about to)
+    /// costs the worker if `kill_running`, else it runs to its end (its answer is dropped).
+    fn cancel(&mut self, ids: HashSet<u64>, kill_running: bool) {
         self.queue.retain(|c| !ids.contains(&c.id));
         for w in &mut self.workers {
+            // Answers already published are not "running".
+            w.drain_lane(&mut self.scratch);
             let mut running = None;
             for (at, c) in w.in_flight.iter().enumerate() {
-                if !ids.contains(&c.id) {
+                if c.revoked || !ids.contains(&c.id) {
                     continue;
                 }
                 // Its number in the worker's count of tasks taken.
@@ -983,7 +1176,7 @@ impl Dispatcher {
                     break; // the worker runs in order: it has taken nothing after this one
                 }
             }
-            if let Some(id) = running {
+            if let Some(id) = running.filter(|_| kill_running) {
                 w.condemn(Some(id), ErrorKind::Cancelled.into());
             }
         }

@@ -122,6 +122,12 @@ impl<R: DeserializeOwned> Iterator for Imap<'_, R> {
             if self.exhausted && self.consumed == self.job.lock().added() {
                 return None;
             }
+            if self.shared.foreign() {
+                // A fork child: nothing here will ever answer; say so once, then end.
+                self.exhausted = true;
+                self.consumed = self.job.lock().added();
+                return Some(Err(Shared::foreign_error()));
+            }
             let ordered = self.ordered.then_some(self.next_ordered);
             let mut inner = self
                 .job

@@ -571,7 +571,7 @@ impl Pool {
     /// that calls `terminate` or `join`) it cannot wait for itself: the command stands, and
     /// the pool finishes once the callback returns.
     fn wait_dispatcher(&self) {
-        if std::thread::current().id() == self.dispatcher {
+        if std::thread::current().id() == self.dispatcher || self.shared.foreign() {
             return;
         }
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -748,7 +748,8 @@ impl Chunked<'_> {
                 Ok(chunk) => chunk,
                 Err(e) => {
                     drop(batch); // answers its chunks Terminated; nobody will read them
-                    pool.shared.cancel(job.fail_waiting(&e));
+                    // Chunks already handed out are withdrawn; running ones finish.
+                    pool.shared.withdraw(job.fail_waiting(&e));
                     return Err(e);
                 }
             };

@@ -208,7 +208,13 @@ impl JobState {
         };
         self.changed.notify_all();
         if let Some(w) = waker {
-            w.wake();
+            // A waker's panic is the executor's: it must not take down whoever completed the
+            // job (the dispatcher, or a waiter holding the pool's state).
+            if let Err(payload) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()))
+            {
+                std::mem::forget(payload);
+            }
         }
         if let Some(callbacks) = defer_callbacks(callbacks) {
             run_callbacks(callbacks);
@@ -258,6 +264,11 @@ impl JobState {
         pool: &Shared,
         deadline: Option<Instant>,
     ) -> Option<MutexGuard<'_, JobInner>> {
+        if pool.foreign() {
+            // A fork child: nothing here will ever complete it.
+            let inner = self.lock();
+            return inner.complete().then_some(inner);
+        }
         let spin_until = Instant::now() + SPIN;
         let spin_until = deadline.map_or(spin_until, |d| d.min(spin_until));
         let done = || self.done.load(Ordering::Acquire);
@@ -589,11 +600,10 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn get(&self) -> Result<R, Error> {
-        let inner = self
-            .job
-            .wait_complete(&self.pool, None)
-            .expect("no deadline");
-        (self.decode)(&inner.slots, self.target)
+        match self.job.wait_complete(&self.pool, None) {
+            Some(inner) => (self.decode)(&inner.slots, self.target),
+            None => Err(Shared::foreign_error()), // only without a deadline in a fork child
+        }
     }
 
     /// Like [`get`](Self::get), but gives up after `timeout` with `Err(Timeout)`; the task
@@ -618,6 +628,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
             .wait_complete(&self.pool, fd::deadline_after(timeout))
         {
             Some(inner) => (self.decode)(&inner.slots, self.target),
+            None if self.pool.foreign() => Err(Shared::foreign_error()),
             None => Err(ErrorKind::Timeout.into()),
         }
     }
@@ -630,6 +641,9 @@ impl<R: DeserializeOwned> Future for AsyncResult<R> {
         let mut inner = self.job.lock();
         if inner.complete() {
             return Poll::Ready((self.decode)(&inner.slots, self.target));
+        }
+        if self.pool.foreign() {
+            return Poll::Ready(Err(Shared::foreign_error()));
         }
         inner.waker = Some(cx.waker().clone());
         Poll::Pending

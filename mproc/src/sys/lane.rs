@@ -232,7 +232,8 @@ impl Lane {
             let at = self.inc.data + off;
             // SAFETY: `off` is 8-aligned and at most CAPACITY - 8, so the length word is
             // inside the ring; the producer published it before moving the tail (Acquire).
-            let len = unsafe { self.map.as_ptr().add(at).cast::<u32>().read() };
+            // Read once (volatile): the peer's memory, checked below, must not be re-read after.
+            let len = unsafe { self.map.as_ptr().add(at).cast::<u32>().read_volatile() };
             if len == WRAP {
                 let skip = CAPACITY - off;
                 if skip > avail {

@@ -84,6 +84,27 @@ pub(crate) fn fork() -> io::Result<Forked> {
     })
 }
 
+/// Forks seen by this process's image: bumped in the child of every fork(3) (ours, the user's,
+/// a library's), so an object can tell that it was made by the parent's image.
+static FORKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn count_fork_in_child() {
+    FORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How many forks separate this process from the image that first called this: an object that
+/// records it at birth is foreign wherever it later differs (a fork child that inherited it).
+pub(crate) fn fork_generation() -> u64 {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: registers a child handler that only bumps an atomic (async-signal-safe);
+        // it stays valid for the life of the process. A failure (ENOMEM) leaves forks
+        // uncounted, which only weakens a safety check; nothing to undo.
+        unsafe { libc::pthread_atfork(None, None, Some(count_fork_in_child)) };
+    });
+    FORKS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Starts `path` as a new process with `argv` and `envp`; each `(fd, target)` in `fds` is
 /// duplicated to `target` in the child (clearing close-on-exec there), and every other
 /// descriptor above 2 is closed in it, inherited or not. The targets must be 3, 4, ... in

@@ -18,6 +18,9 @@ use super::fd::{self, InternalFd};
 pub(crate) struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
+    /// The fork generation that mapped it: a fork child does not have it (`MADV_DONTFORK`), and
+    /// must not unmap whatever it has at that address since.
+    generation: u64,
 }
 
 // SAFETY: the mapping is plain memory, valid until drop in whichever thread drops it; the
@@ -32,12 +35,22 @@ impl Mapping {
     pub(crate) fn create(name: &str, len: usize) -> io::Result<(Mapping, InternalFd)> {
         let name = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
         let [file] = fd::create_internal(|| {
-            let raw = syscall!(memfd_create(name.as_ptr(), libc::MFD_CLOEXEC))?;
+            let raw = syscall!(memfd_create(
+                name.as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING
+            ))?;
             // SAFETY: memfd_create returned a fresh descriptor owned by nobody else.
             Ok([unsafe { OwnedFd::from_raw_fd(raw) }])
         })?;
         let size = libc::off_t::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
         syscall!(ftruncate(file.as_fd().as_raw_fd(), size))?;
+        // Its size is fixed from now on: a process that maps it can trust the size it saw, and
+        // no holder of the descriptor can shrink it under another's mapping (SIGBUS).
+        syscall!(fcntl(
+            file.as_fd().as_raw_fd(),
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL
+        ))?;
         let map = Mapping::map(file.as_fd(), len)?;
         Ok((map, file))
     }
@@ -73,6 +86,7 @@ impl Mapping {
         let map = Mapping {
             ptr: NonNull::new(ptr.cast()).ok_or(io::ErrorKind::InvalidData)?,
             len,
+            generation: super::proc::fork_generation(),
         };
         // SAFETY: advice on exactly the range just mapped.
         syscall!(madvise(ptr, len, libc::MADV_DONTFORK))?;
@@ -92,6 +106,9 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if self.generation != super::proc::fork_generation() {
+            return; // inherited by a fork child, which never had the pages
+        }
         // SAFETY: unmaps exactly what `map` mapped, once; no reference into it outlives `self`
         // (the types built on it borrow it).
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
@@ -102,6 +119,14 @@ impl Drop for Mapping {
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+
+    #[test]
+    fn a_memory_file_cannot_be_resized() {
+        let (_a, file) = Mapping::create("mproc-test", 4096).unwrap();
+        // SAFETY: ftruncate on a descriptor we hold.
+        let rc = unsafe { libc::ftruncate(file.as_fd().as_raw_fd(), 1) };
+        assert_eq!(rc, -1, "shrinking a sealed memory file must fail");
+    }
 
     #[test]
     fn two_mappings_of_one_file_share_bytes() {
