@@ -554,7 +554,9 @@ impl<R> AsyncResult<R> {
     /// `error_callback` in one. It runs on the thread that sees the answer first: the pool's
     /// dispatcher thread, or a thread waiting in `get`/`wait` that picked the answer up
     /// itself (after it has let go of the pool), or this thread right away if the task has
-    /// already finished. Keep it short: whoever runs it waits for it.
+    /// already finished. So, unlike CPython's single result-handler thread, callbacks of
+    /// different tasks may run at the same time and out of completion order; each runs once.
+    /// Keep it short: whoever runs it waits for it.
     ///
     /// ```
     /// use std::sync::mpsc;
