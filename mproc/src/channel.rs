@@ -158,6 +158,13 @@ impl Channel {
         decode_message(&bytes)
     }
 
+    /// The first `n` descriptors received (those of the message just read; later messages'
+    /// may have arrived in the same read and stay for them).
+    pub(crate) fn take_fds_n(&mut self, n: usize) -> Vec<OwnedFd> {
+        let n = n.min(self.fds.len());
+        self.fds.drain(..n).collect()
+    }
+
     /// Descriptors received so far, in arrival order.
     pub(crate) fn take_fds(&mut self) -> Vec<OwnedFd> {
         std::mem::take(&mut self.fds)

@@ -48,16 +48,23 @@
 
 mod channel;
 mod error;
+mod handle;
 mod pool;
 mod process;
+mod shared;
 mod start;
+mod sync;
 mod sys;
 mod wire;
 
+/// Plain old data (bytemuck's): what [`Value`] and [`Array`] may hold.
+pub use bytemuck::Pod;
 pub use error::{CodecReport, Error, ErrorKind, LostReport, OsReport, PanicReport, Result};
 pub use pool::{AsyncResult, Chunked, Imap, Pool, PoolBuilder};
 pub use process::{CurrentProcess, Process, cpu_count, current_process};
+pub use shared::{Array, ArrayGuard, Value, ValueGuard};
 pub use start::{StartMethod, get_start_method, set_start_method};
+pub use sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, Semaphore};
 pub use wire::target::Target;
 
 /// Entry points for the fuzz targets in `fuzz/`; not part of the API.

@@ -43,7 +43,8 @@ use crate::wire::target::{self, Target, TargetRef};
 /// runs to its end and is reaped in the background, so it never lingers as a zombie.
 pub struct Process<R> {
     target: TargetRef,
-    args: Result<Vec<u8>, Error>,
+    /// The encoded arguments and the descriptors of the handles among them.
+    args: Result<target::EncodedArgs, Error>,
     name: String,
     lineage: Vec<u32>,
     method: Option<StartMethod>,
@@ -166,8 +167,8 @@ impl<R> Process<R> {
                 self.name
             )));
         }
-        let args = match &mut self.args {
-            Ok(args) => std::mem::take(args),
+        let (args, fds) = match &mut self.args {
+            Ok((args, fds)) => (std::mem::take(args), std::mem::take(fds)),
             Err(e) => return Err(e.clone()),
         };
         let start = Start {
@@ -178,16 +179,23 @@ impl<R> Process<R> {
             lineage: self.lineage.clone(),
             args,
             role: Role::Call,
+            handles: fds.len() as u32,
         };
         // Encoded (and its size checked) before any process exists; the arguments stay here
         // for a retry if the start fails.
         let message = channel::encode_message(&start);
-        self.args = Ok(start.args);
+        self.args = Ok((start.args, fds));
         let message = message?;
         frame::header(message.len())?;
         let method = self.method.unwrap_or_else(start::get_start_method);
-        let child = start::launch(method, &message)?;
-        self.args = Ok(Vec::new());
+        let child = {
+            let Ok((_, fds)) = &self.args else {
+                unreachable!("set just above")
+            };
+            let fds: Vec<_> = fds.iter().map(std::os::fd::AsFd::as_fd).collect();
+            start::launch(method, &message, &fds)?
+        };
+        self.args = Ok((Vec::new(), Vec::new()));
         self.pid = Some(child.pid());
         *self.lock() = State::Running(Box::new(child));
         Ok(())

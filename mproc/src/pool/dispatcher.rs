@@ -440,6 +440,8 @@ pub(crate) struct Config {
     pub(crate) processes: usize,
     pub(crate) method: StartMethod,
     pub(crate) init: Option<(i64, Vec<u8>)>,
+    /// Descriptors of the handles among the initializer's arguments, sent to every worker.
+    pub(crate) init_fds: Vec<std::os::fd::OwnedFd>,
     pub(crate) max_tasks_per_child: Option<usize>,
     pub(crate) task_timeout: Option<Duration>,
 }
@@ -714,6 +716,7 @@ impl Dispatcher {
         };
         let name = format!("{prefix}-{number}");
         let start = Start {
+            handles: self.config.init_fds.len() as u32,
             identity: exe::identity(),
             entry: task::worker_entry(),
             target: "mproc::Pool worker".into(),
@@ -728,7 +731,12 @@ impl Dispatcher {
                     .map(|(entry, args)| (*entry, serde_bytes::ByteBuf::from(args.clone()))),
             }),
         };
-        let mut child = start::launch(self.config.method, &channel::encode_message(&start)?)?;
+        let init_fds: Vec<_> = self.config.init_fds.iter().map(AsFd::as_fd).collect();
+        let mut child = start::launch(
+            self.config.method,
+            &channel::encode_message(&start)?,
+            &init_fds,
+        )?;
         let (lane, file) =
             Lane::create().map_err(|e| Error::os("creating a pool worker's lane", e))?;
         // Small, but the start message before it may still fill the socket: bounded, like it.

@@ -105,7 +105,8 @@ pub struct Pool {
 pub struct PoolBuilder {
     processes: Option<usize>,
     method: Option<StartMethod>,
-    init: Option<(i64, Result<Vec<u8>, Error>)>,
+    /// The initializer's entry, and its encoded arguments with their handles' descriptors.
+    init: Option<(i64, Result<target::EncodedArgs, Error>)>,
     max_tasks_per_child: Option<usize>,
     task_timeout: Option<Duration>,
 }
@@ -220,15 +221,19 @@ impl PoolBuilder {
         if self.max_tasks_per_child == Some(0) {
             return Err(Error::invalid("max_tasks_per_child must be at least 1"));
         }
-        let init = match self.init {
-            Some((entry, args)) => Some((entry, args?)),
-            None => None,
+        let (init, init_fds) = match self.init {
+            Some((entry, args)) => {
+                let (bytes, fds) = args?;
+                (Some((entry, bytes)), fds)
+            }
+            None => (None, Vec::new()),
         };
         let shared = Shared::new()?;
         let config = Config {
             processes,
             method: self.method.unwrap_or_else(start::get_start_method),
             init,
+            init_fds,
             max_tasks_per_child: self.max_tasks_per_child,
             task_timeout: self.task_timeout,
         };

@@ -25,13 +25,18 @@ use crate::wire::message::{FromWorker, PoolWorkerSpec, ToWorker};
 const LINGER: Duration = Duration::from_micros(50);
 
 /// Serves tasks on `ctrl`; returns the exit code.
-pub(crate) fn serve(ctrl: &mut Channel, identity: u64, spec: PoolWorkerSpec) -> i32 {
+pub(crate) fn serve(
+    ctrl: &mut Channel,
+    identity: u64,
+    spec: PoolWorkerSpec,
+    init_handles: Vec<std::os::fd::OwnedFd>,
+) -> i32 {
     let lane = match open_lane(ctrl) {
         Ok(lane) => lane,
         Err(code) => return code,
     };
     if let Some((entry, args)) = spec.init {
-        if let Err(e) = run(identity, entry, &args) {
+        if let Err(e) = crate::handle::providing(init_handles, || run(identity, entry, &args)) {
             let _ = ctrl.send(&FromWorker::InitFailed(e), &[]);
             return 1;
         }

@@ -6,7 +6,7 @@
 //! end of the process is seen through its pidfd (or, for a fork server child, through the
 //! server's status report), never through end-of-file, which a leaked descriptor could delay.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Instant;
 
 use crate::channel::{self, Channel};
@@ -53,9 +53,9 @@ impl Child {
 
     /// Sends the child its encoded start message, giving it [`super::PATIENCE`] to read it.
     /// On failure the child is killed, and reaped like any dropped child.
-    pub(crate) fn send_start(self, start: &[u8]) -> Result<Child, Error> {
+    pub(crate) fn send_start(self, start: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Child, Error> {
         let deadline = fd::deadline_after(super::PATIENCE);
-        match self.ctrl.send_frame_until(start, &[], deadline) {
+        match self.ctrl.send_frame_until(start, fds, deadline) {
             Ok(()) => Ok(self),
             Err(e) => {
                 let _ = self.signal(libc::SIGKILL);

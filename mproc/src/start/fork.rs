@@ -8,7 +8,7 @@
 //! parent's liveness pipe, and runs the worker.
 
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use super::child::{Child, Reaper};
 use super::{alive, forkserver, worker};
@@ -18,7 +18,7 @@ use crate::process;
 use crate::sys::fd::{self, InternalFd};
 use crate::sys::proc::{self, Forked};
 
-pub(crate) fn launch(start: &[u8]) -> Result<Child, Error> {
+pub(crate) fn launch(start: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Child, Error> {
     worker::ensure_panic_hook();
     // Every lock the child will take is held across the fork, so the child inherits it held
     // by its own thread instead of by a thread that does not exist there. The order is the
@@ -53,7 +53,7 @@ pub(crate) fn launch(start: &[u8]) -> Result<Child, Error> {
             drop((internal, current, server, alive_slot, stdout, stderr));
             drop(child_end);
             let pidfd = super::pidfd_for_our_child(pid)?;
-            Child::new(pid, pidfd, Channel::new(parent_end), Reaper::Us).send_start(start)
+            Child::new(pid, pidfd, Channel::new(parent_end), Reaper::Us).send_start(start, fds)
         }
     }
 }

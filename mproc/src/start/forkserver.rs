@@ -14,7 +14,7 @@
 //! the request socket closes); the server exits and the kernel kills its children.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
 
 use super::bootstrap::Role;
@@ -41,7 +41,7 @@ pub(crate) fn lock() -> MutexGuard<'static, Option<Server>> {
     SERVER.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub(crate) fn launch(start: &[u8]) -> Result<Child, Error> {
+pub(crate) fn launch(start: &[u8], start_fds: &[BorrowedFd<'_>]) -> Result<Child, Error> {
     let [ctrl, ctrl_child] = socket_pair()?;
     let [status, status_child] = socket_pair()?;
     let request = channel::encode_message(&ForkRequest)?;
@@ -61,7 +61,7 @@ pub(crate) fn launch(start: &[u8]) -> Result<Child, Error> {
     drop((ctrl_child, status_child));
     // The child will find its start message waiting: no round trip spent on it.
     let ctrl = Channel::new(ctrl);
-    let sent = ctrl.send_frame_until(start, &[], deadline);
+    let sent = ctrl.send_frame_until(start, start_fds, deadline);
     let mut status = Channel::new(status);
     let forked: Forked = status
         .recv(deadline)

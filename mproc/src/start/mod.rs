@@ -135,11 +135,15 @@ pub(crate) const PATIENCE: std::time::Duration = std::time::Duration::from_secs(
 /// Starts a child with `method` and hands it `start`, an encoded
 /// [`Start`](crate::wire::message::Start) (each method sends it as early as it can, so the
 /// child finds it waiting).
-pub(crate) fn launch(method: StartMethod, start: &[u8]) -> Result<Child, Error> {
+pub(crate) fn launch(
+    method: StartMethod,
+    start: &[u8],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> Result<Child, Error> {
     match method {
-        StartMethod::Fork => fork::launch(start),
-        StartMethod::Spawn => spawn::launch(start),
-        StartMethod::Forkserver => forkserver::launch(start),
+        StartMethod::Fork => fork::launch(start, fds),
+        StartMethod::Spawn => spawn::launch(start, fds),
+        StartMethod::Forkserver => forkserver::launch(start, fds),
     }
 }
 

@@ -23,12 +23,12 @@ const CTRL_FD: RawFd = 3;
 /// Where the liveness pipe lands in the child.
 const ALIVE_FD: RawFd = 4;
 
-pub(crate) fn launch(start: &[u8]) -> Result<Child, Error> {
+pub(crate) fn launch(start: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Child, Error> {
     let alive_read = alive::reader()?;
     let [parent_end, child_end] = super::socket_pair()?;
     let pid = spawn_executable(Role::Worker, child_end.as_fd(), alive_read.as_fd())?;
     let pidfd = super::pidfd_for_our_child(pid)?;
-    Child::new(pid, pidfd, Channel::new(parent_end), Reaper::Us).send_start(start)
+    Child::new(pid, pidfd, Channel::new(parent_end), Reaper::Us).send_start(start, fds)
 }
 
 /// Starts this executable in `role`, handing it `ctrl` and `alive`. Returns its pid.

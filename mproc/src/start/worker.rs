@@ -47,6 +47,8 @@ fn serve(ctrl: InternalFd) -> i32 {
         Ok(s) => s,
         Err(_) => return EXIT_NO_START,
     };
+    // The descriptors of the handles among the arguments came with the start message.
+    let handles = ctrl.take_fds_n(start.handles as usize);
     let Some(entry) = image::entry_for(start.identity, start.entry) else {
         let _ = match start.role {
             Role::Call => ctrl.send(&Outcome::Refused, &[]),
@@ -63,11 +65,11 @@ fn serve(ctrl: InternalFd) -> i32 {
     };
     process::set_current(start.name, start.lineage);
     if let Role::PoolWorker(spec) = start.role {
-        let code = crate::pool::worker::serve(&mut ctrl, start.identity, spec);
+        let code = crate::pool::worker::serve(&mut ctrl, start.identity, spec, handles);
         let _ = std::io::stdout().flush();
         return code;
     }
-    let outcome = call(entry, &start.args);
+    let outcome = crate::handle::providing(handles, || call(entry, &start.args));
     let code = report(&ctrl, outcome);
     // Rust's stdout is line-buffered: a last line without a newline would be lost by _exit.
     let _ = std::io::stdout().flush();

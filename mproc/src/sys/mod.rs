@@ -34,8 +34,10 @@ macro_rules! syscall {
 
 pub(crate) mod exe;
 pub(crate) mod fd;
+pub(crate) mod futex;
 pub(crate) mod image;
 pub(crate) mod lane;
 pub(crate) mod proc;
+pub(crate) mod shared;
 pub(crate) mod shm;
 pub(crate) mod socket;

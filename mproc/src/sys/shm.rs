@@ -12,15 +12,17 @@ use super::fd::{self, InternalFd};
 
 /// A shared, read-write mapping of a whole memory file, unmapped on drop.
 ///
-/// Mapped with `MADV_DONTFORK`: a child made with fork(2) does not inherit it, so a mapping
-/// only ever lives in the processes that opened it on purpose.
+/// mproc's own mappings (pool lanes) are made with `MADV_DONTFORK`: a child made with fork(2)
+/// does not inherit them, so they only live in the processes that opened them on purpose.
+/// User objects' mappings are inherited, as Python's are.
 #[derive(Debug)]
 pub(crate) struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
-    /// The fork generation that mapped it: a fork child does not have it (`MADV_DONTFORK`), and
-    /// must not unmap whatever it has at that address since.
-    generation: u64,
+    /// For a mapping fork children do not inherit (`MADV_DONTFORK`): the fork generation that
+    /// mapped it. A fork child does not have it, and must not unmap whatever it has at that
+    /// address since.
+    private_to: Option<u64>,
 }
 
 // SAFETY: the mapping is plain memory, valid until drop in whichever thread drops it; the
@@ -33,6 +35,15 @@ impl Mapping {
     /// Creates a zero-filled memory file of `len` bytes and maps it. The descriptor is listed
     /// as internal (a fork child closes it) and is only needed to share the mapping.
     pub(crate) fn create(name: &str, len: usize) -> io::Result<(Mapping, InternalFd)> {
+        Mapping::create_as(name, len, false)
+    }
+
+    /// Like [`Mapping::create`], but fork children inherit the mapping (for user objects).
+    pub(crate) fn create_inherited(name: &str, len: usize) -> io::Result<(Mapping, InternalFd)> {
+        Mapping::create_as(name, len, true)
+    }
+
+    fn create_as(name: &str, len: usize, inherit: bool) -> io::Result<(Mapping, InternalFd)> {
         let name = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
         let [file] = fd::create_internal(|| {
             let raw = syscall!(memfd_create(
@@ -51,21 +62,30 @@ impl Mapping {
             libc::F_ADD_SEALS,
             libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL
         ))?;
-        let map = Mapping::map(file.as_fd(), len)?;
+        let map = Mapping::map(file.as_fd(), len, inherit)?;
         Ok((map, file))
     }
 
     /// Maps the whole memory file `file` (as created by [`Mapping::create`] elsewhere).
     pub(crate) fn open(file: BorrowedFd<'_>) -> io::Result<Mapping> {
+        Mapping::open_as(file, false)
+    }
+
+    /// Like [`Mapping::open`], but fork children inherit the mapping (for user objects).
+    pub(crate) fn open_inherited(file: BorrowedFd<'_>) -> io::Result<Mapping> {
+        Mapping::open_as(file, true)
+    }
+
+    fn open_as(file: BorrowedFd<'_>, inherit: bool) -> io::Result<Mapping> {
         // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: `st` is a valid, writable stat buffer.
         syscall!(fstat(file.as_raw_fd(), &mut st))?;
         let len = usize::try_from(st.st_size).map_err(|_| io::ErrorKind::InvalidData)?;
-        Mapping::map(file, len)
+        Mapping::map(file, len, inherit)
     }
 
-    fn map(file: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
+    fn map(file: BorrowedFd<'_>, len: usize, inherit: bool) -> io::Result<Mapping> {
         if len == 0 {
             return Err(io::ErrorKind::InvalidInput.into());
         }
@@ -86,10 +106,12 @@ impl Mapping {
         let map = Mapping {
             ptr: NonNull::new(ptr.cast()).ok_or(io::ErrorKind::InvalidData)?,
             len,
-            generation: super::proc::fork_generation(),
+            private_to: (!inherit).then(super::proc::fork_generation),
         };
-        // SAFETY: advice on exactly the range just mapped.
-        syscall!(madvise(ptr, len, libc::MADV_DONTFORK))?;
+        if !inherit {
+            // SAFETY: advice on exactly the range just mapped.
+            syscall!(madvise(ptr, len, libc::MADV_DONTFORK))?;
+        }
         Ok(map)
     }
 
@@ -106,8 +128,11 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        if self.generation != super::proc::fork_generation() {
-            return; // inherited by a fork child, which never had the pages
+        if self
+            .private_to
+            .is_some_and(|g| g != super::proc::fork_generation())
+        {
+            return; // a fork child, which never had the pages
         }
         // SAFETY: unmaps exactly what `map` mapped, once; no reference into it outlives `self`
         // (the types built on it borrow it).

@@ -33,6 +33,9 @@ pub(crate) struct Start {
     pub(crate) args: Vec<u8>,
     /// What the child is for.
     pub(crate) role: Role,
+    /// How many descriptors (of handles among the arguments) ride with this message; more
+    /// may follow with later messages.
+    pub(crate) handles: u32,
 }
 
 /// What a child is for.

@@ -114,14 +114,20 @@ where
 }
 
 /// Encodes an argument tuple for `F` in the parent.
-pub(crate) fn encode_args<F, A: Serialize>(args: &A) -> Result<Vec<u8>, Error> {
-    codec::encode(args).map_err(|e| {
+/// Encoded arguments and the descriptors of the handles among them.
+pub(crate) type EncodedArgs = (Vec<u8>, Vec<std::os::fd::OwnedFd>);
+
+/// Encodes a target's arguments, with the descriptors of the handles among them.
+pub(crate) fn encode_args<F, A: Serialize>(args: &A) -> Result<EncodedArgs, Error> {
+    let (bytes, fds) = crate::handle::collecting(|| codec::encode(args));
+    let bytes = bytes.map_err(|e| {
         Error::codec(
             format!("the arguments of `{}`", type_name::<F>()),
             "encode",
             e,
         )
-    })
+    })?;
+    Ok((bytes, fds))
 }
 
 /// Decodes a target's returned value in the parent.

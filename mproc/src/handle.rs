@@ -1,0 +1,129 @@
+//! How handles that own a descriptor (a `Lock`, a `Value`, ...) cross into another process.
+//!
+//! A handle serializes as a small index. While mproc encodes a target's arguments it collects
+//! the descriptors those indices stand for ([`collecting`]); they travel beside the bytes,
+//! attached to the same socket message with `SCM_RIGHTS`, whatever the start method. The
+//! receiving side decodes the arguments with the descriptors it received in hand
+//! ([`providing`]), and each handle takes its own back by index.
+//!
+//! Outside those two contexts (a handle put in a `Queue`, say), serializing a handle is an
+//! error with a sentence that says where handles may go.
+
+use std::cell::RefCell;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+thread_local! {
+    /// Descriptors of the handles met while encoding, in index order (each once): the
+    /// handle's number, and a duplicate that travels.
+    static OUTGOING: RefCell<Option<Vec<(RawFd, OwnedFd)>>> = const { RefCell::new(None) };
+    /// Descriptors received with the message being decoded, taken by index.
+    static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+}
+
+/// Runs `encode` (which serializes handles) and returns its result with owned copies of the
+/// descriptors the handles stand for, in index order.
+pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
+    type Outgoing = Option<Vec<(RawFd, OwnedFd)>>;
+    struct Restore(Option<Outgoing>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(outer) = self.0.take() {
+                OUTGOING.with(|o| *o.borrow_mut() = outer);
+            }
+        }
+    }
+    let mut restore = Restore(Some(OUTGOING.with(|o| o.borrow_mut().replace(Vec::new()))));
+    let result = encode();
+    let outer = restore.0.take().expect("set above");
+    let fds = OUTGOING
+        .with(|o| std::mem::replace(&mut *o.borrow_mut(), outer))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, fd)| fd)
+        .collect();
+    (result, fds)
+}
+
+/// Runs `decode` with `fds` (received with the bytes) available to the handles it decodes.
+/// Descriptors no handle claims are closed afterwards.
+pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Option<Vec<Option<OwnedFd>>>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(outer) = self.0.take() {
+                INCOMING.with(|i| *i.borrow_mut() = outer);
+            }
+        }
+    }
+    let fds = fds.into_iter().map(Some).collect();
+    let _restore = Restore(Some(INCOMING.with(|i| i.borrow_mut().replace(fds))));
+    decode()
+}
+
+/// Called by a handle's `Serialize`: the index that stands for `fd` in this message.
+pub(crate) fn export(fd: BorrowedFd<'_>) -> Result<u32, String> {
+    OUTGOING.with(|o| {
+        let mut o = o.borrow_mut();
+        let Some(list) = o.as_mut() else {
+            return Err(NOT_HERE.to_string());
+        };
+        let raw = fd.as_raw_fd();
+        // bincode sizes a value before writing it: the same handle is met twice.
+        let at = match list.iter().position(|(f, _)| *f == raw) {
+            Some(at) => at,
+            None => {
+                let copy = crate::sys::fd::dup_above(fd, 0)
+                    .map_err(|e| format!("duplicating a handle's descriptor: {e}"))?;
+                list.push((raw, copy));
+                list.len() - 1
+            }
+        };
+        u32::try_from(at).map_err(|_| "too many handles in one message".to_string())
+    })
+}
+
+/// Called by a handle's `Deserialize`: the descriptor that index `at` stands for.
+pub(crate) fn import(at: u32) -> Result<OwnedFd, String> {
+    INCOMING.with(|i| {
+        let mut i = i.borrow_mut();
+        let Some(list) = i.as_mut() else {
+            return Err(NOT_HERE.to_string());
+        };
+        list.get_mut(at as usize)
+            .and_then(Option::take)
+            .ok_or_else(|| format!("handle {at} did not arrive with its message"))
+    })
+}
+
+const NOT_HERE: &str = "mproc handles (locks, shared values, queues) can only travel as \
+                        arguments of Process::new or of Pool tasks";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn descriptors_travel_by_index_once_each() {
+        let (a, _a2) = crate::sys::fd::pipe().unwrap();
+        let (b, _b2) = crate::sys::fd::pipe().unwrap();
+        let (indices, fds) = collecting(|| {
+            [
+                export(a.as_fd()).unwrap(),
+                export(b.as_fd()).unwrap(),
+                export(a.as_fd()).unwrap(),
+            ]
+        });
+        assert_eq!(indices, [0, 1, 0]);
+        assert_eq!(fds.len(), 2);
+        let got = providing(fds, || {
+            let x = import(1).unwrap();
+            assert!(import(1).is_err(), "taken once");
+            assert!(import(7).is_err());
+            x
+        });
+        drop(got);
+        assert!(export(a.as_fd()).is_err(), "outside a message");
+        assert!(import(0).is_err());
+    }
+}
