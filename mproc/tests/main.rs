@@ -9,3 +9,4 @@ mod crashes;
 mod lifecycle;
 mod pool;
 mod process;
+mod sync;
