@@ -176,12 +176,23 @@ impl Channel {
 /// workers from one thread.
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
-    frames: std::collections::VecDeque<(Vec<u8>, usize)>,
+    /// Each frame: its bytes, how many are written, and descriptors to attach to its first
+    /// byte.
+    frames: std::collections::VecDeque<(Vec<u8>, usize, Vec<OwnedFd>)>,
 }
 
 impl Outbox {
     /// Queues one message (encoded with its frame header).
     pub(crate) fn push<T: Serialize>(&mut self, msg: &T) -> Result<(), Error> {
+        self.push_with_fds(msg, Vec::new())
+    }
+
+    /// Queues one message with descriptors attached (sent with `SCM_RIGHTS`).
+    pub(crate) fn push_with_fds<T: Serialize>(
+        &mut self,
+        msg: &T,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), Error> {
         let failed = |e| {
             Error::codec(
                 format!("a `{}` message", std::any::type_name::<T>()),
@@ -194,7 +205,7 @@ impl Outbox {
         let mut framed = Vec::with_capacity(frame::HEADER_LEN + len);
         framed.extend_from_slice(&frame::header(len)?);
         codec::encode_into(&mut framed, msg).map_err(failed)?;
-        self.frames.push_back((framed, 0));
+        self.frames.push_back((framed, 0, fds));
         Ok(())
     }
 
@@ -208,13 +219,21 @@ impl Outbox {
     pub(crate) fn flush(&mut self, ch: &Channel) -> Result<bool, Error> {
         const GATHER: usize = 64;
         while !self.frames.is_empty() {
+            // Descriptors ride with their frame's first byte: a frame that carries some starts
+            // a send of its own, and ends the gathering of the frames before it.
+            let carried: Vec<BorrowedFd<'_>> = match self.frames.front() {
+                Some((_, 0, fds)) => fds.iter().map(AsFd::as_fd).collect(),
+                _ => Vec::new(),
+            };
             let bufs: Vec<&[u8]> = self
                 .frames
                 .iter()
+                .enumerate()
+                .take_while(|(at, (_, _, fds))| *at == 0 || fds.is_empty())
                 .take(GATHER)
-                .map(|(bytes, sent)| &bytes[*sent..])
+                .map(|(_, (bytes, sent, _))| &bytes[*sent..])
                 .collect();
-            match socket::send(ch.fd(), &bufs, &[]) {
+            match socket::send(ch.fd(), &bufs, &carried) {
                 Ok(n) => self.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(send_error(e)),
@@ -226,9 +245,11 @@ impl Outbox {
     /// Drops `n` written bytes from the front.
     fn advance(&mut self, mut n: usize) {
         while n > 0 {
-            let Some((bytes, sent)) = self.frames.front_mut() else {
+            let Some((bytes, sent, fds)) = self.frames.front_mut() else {
                 return;
             };
+            // Sent with the first byte: the peer has its own copies now.
+            fds.clear();
             let left = bytes.len() - *sent;
             if n >= left {
                 n -= left;

@@ -10,14 +10,15 @@
 //! error with a sentence that says where handles may go.
 
 use std::cell::RefCell;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 thread_local! {
     /// Descriptors of the handles met while encoding, in index order (each once): the
     /// handle's number, and a duplicate that travels.
     static OUTGOING: RefCell<Option<Vec<(RawFd, OwnedFd)>>> = const { RefCell::new(None) };
-    /// Descriptors received with the message being decoded, taken by index.
-    static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+    /// Descriptors received with the message being decoded, by index (a handle that appears
+    /// several times in the message shares one; each decoded handle gets its own copy).
+    static INCOMING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
 }
 
 /// Runs `encode` (which serializes handles) and returns its result with owned copies of the
@@ -47,7 +48,7 @@ pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
 /// Runs `decode` with `fds` (received with the bytes) available to the handles it decodes.
 /// Descriptors no handle claims are closed afterwards.
 pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
-    struct Restore(Option<Option<Vec<Option<OwnedFd>>>>);
+    struct Restore(Option<Option<Vec<OwnedFd>>>);
     impl Drop for Restore {
         fn drop(&mut self) {
             if let Some(outer) = self.0.take() {
@@ -55,7 +56,6 @@ pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
             }
         }
     }
-    let fds = fds.into_iter().map(Some).collect();
     let _restore = Restore(Some(INCOMING.with(|i| i.borrow_mut().replace(fds))));
     decode()
 }
@@ -89,9 +89,11 @@ pub(crate) fn import(at: u32) -> Result<OwnedFd, String> {
         let Some(list) = i.as_mut() else {
             return Err(NOT_HERE.to_string());
         };
-        list.get_mut(at as usize)
-            .and_then(Option::take)
-            .ok_or_else(|| format!("handle {at} did not arrive with its message"))
+        let fd = list
+            .get(at as usize)
+            .ok_or_else(|| format!("handle {at} did not arrive with its message"))?;
+        crate::sys::fd::dup_above(fd.as_fd(), 0)
+            .map_err(|e| format!("duplicating a received handle's descriptor: {e}"))
     })
 }
 
@@ -101,7 +103,6 @@ const NOT_HERE: &str = "mproc handles (locks, shared values, queues) can only tr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
 
     #[test]
     fn descriptors_travel_by_index_once_each() {
@@ -118,7 +119,8 @@ mod tests {
         assert_eq!(fds.len(), 2);
         let got = providing(fds, || {
             let x = import(1).unwrap();
-            assert!(import(1).is_err(), "taken once");
+            let y = import(1).unwrap();
+            assert_ne!(x.as_raw_fd(), y.as_raw_fd(), "each gets its own copy");
             assert!(import(7).is_err());
             x
         });

@@ -292,7 +292,39 @@ fn handles_reach_pool_initializers(m: StartMethod) {
     }
 }
 
+/// Handles travel in pool tasks too, alone and in chunks, and several per chunk.
+fn handles_reach_pool_tasks(m: StartMethod) {
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(m)
+        .build()
+        .unwrap();
+    let counter = Value::new(0u64).unwrap();
+    let results: Vec<_> = (0..20)
+        .map(|_| pool.apply_async(bump, (counter.clone(), 10)).unwrap())
+        .collect();
+    for r in &results {
+        r.get_timeout(PATIENCE).unwrap();
+    }
+    assert_eq!(counter.get().unwrap(), 200);
+    let other = Value::new(0u64).unwrap();
+    let work = (0..20).map(|i| {
+        let target = if i % 2 == 0 { &counter } else { &other };
+        (target.clone(), 10)
+    });
+    pool.chunksize(5).starmap(bump, work).unwrap();
+    assert_eq!(counter.get().unwrap(), 300);
+    assert_eq!(other.get().unwrap(), 100);
+    let seen: Vec<u64> = pool
+        .imap(|v: Value<u64>| v.get().unwrap(), vec![other.clone(); 30])
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(seen, vec![100; 30]);
+}
+
 per_start_method!(
+    handles_reach_pool_tasks,
     locks_exclude_across_processes,
     a_lock_whose_owner_died_is_handed_on_and_says_so,
     semaphores_count_across_processes,

@@ -65,6 +65,8 @@ pub(crate) struct Chunk {
     /// Taken back from a worker that holds it but had not taken it (it will skip it): this is
     /// the inert entry left in that worker's order; a copy went back to the queue.
     revoked: bool,
+    /// Descriptors of the handles among its arguments: such a chunk goes on the socket.
+    handles: Vec<std::os::fd::OwnedFd>,
 }
 
 impl Chunk {
@@ -85,7 +87,14 @@ impl Chunk {
             items,
             answered: false,
             revoked: false,
+            handles: Vec::new(),
         }
+    }
+
+    /// The descriptors of the handles among its arguments.
+    pub(crate) fn with_handles(mut self, handles: Vec<std::os::fd::OwnedFd>) -> Chunk {
+        self.handles = handles;
+        self
     }
 
     /// Gives the job this chunk's answer (an inert revoked entry has none to give: its copy
@@ -109,6 +118,7 @@ impl Chunk {
             self.index,
             self.items,
         )
+        .with_handles(std::mem::take(&mut self.handles))
     }
 
     fn fail(self, err: Error) {
@@ -876,10 +886,11 @@ impl Dispatcher {
                 id: chunk.id,
                 entry: chunk.entry,
                 payload: chunk.payload.as_slice(),
+                handles: chunk.handles.len() as u32,
             };
-            // Small tasks go in the lane; a large one on the socket, with a placeholder in the
-            // lane that keeps its place in the order.
-            let small = codec::encoded_len(&task).is_ok_and(Lane::fits);
+            // Small tasks go in the lane; a large one (or one carrying handles' descriptors) on
+            // the socket, with a placeholder in the lane that keeps its place in the order.
+            let small = chunk.handles.is_empty() && codec::encoded_len(&task).is_ok_and(Lane::fits);
             let scratch = &mut self.scratch;
             scratch.clear();
             let placed = if small {
@@ -889,7 +900,16 @@ impl Dispatcher {
                 let _ = codec::encode_into(scratch, &ToWorker::<&[u8]>::OnSocket);
                 match w.lane.has_room(scratch.len()) {
                     Ok(true) => {
-                        if let Err(e) = w.outbox.push(&task) {
+                        let copies = chunk
+                            .handles
+                            .iter()
+                            .map(|fd| crate::sys::fd::dup_above(fd.as_fd(), 0))
+                            .collect::<Result<Vec<_>, _>>();
+                        let pushed = match copies {
+                            Ok(fds) => w.outbox.push_with_fds(&task, fds),
+                            Err(e) => Err(Error::os("passing a handle to a pool worker", e)),
+                        };
+                        if let Err(e) = pushed {
                             chunk.fail(e);
                             continue;
                         }

@@ -16,7 +16,8 @@ use super::result::{JobState, decode_slot};
 use crate::error::{Error, ErrorKind};
 
 /// One encoded chunk of input and its item count, or why it could not be encoded.
-pub(crate) type Feed<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, usize), Error>> + 'a>;
+pub(crate) type Feed<'a> =
+    Box<dyn Iterator<Item = Result<(super::task::Encoded, usize), Error>> + 'a>;
 
 /// The results of [`Pool::imap`](crate::Pool::imap) or
 /// [`Pool::imap_unordered`](crate::Pool::imap_unordered): one `Result` per input item.
@@ -85,11 +86,12 @@ impl<'a, R> Imap<'a, R> {
                     let index = self.job.add_chunk(0, 1);
                     self.job.deliver(index, Err(e));
                 }
-                Some(Ok((payload, items))) => {
+                Some(Ok(((payload, fds), items))) => {
                     let id = self.shared.chunk_id();
                     let index = self.job.add_chunk(id, items);
                     let chunk =
-                        Chunk::new(id, self.entry, payload, Arc::clone(&self.job), index, items);
+                        Chunk::new(id, self.entry, payload, Arc::clone(&self.job), index, items)
+                            .with_handles(fds);
                     // On refusal the chunk has been failed with the reason (it is yielded), and
                     // the stream ends there: an endless input must not yield errors forever.
                     if self.shared.submit(vec![chunk], false).is_err() {

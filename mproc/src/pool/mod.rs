@@ -594,17 +594,10 @@ impl Pool {
         items: &[A],
         target: &str,
     ) -> Result<Chunk, Error> {
-        let payload = task::encode_chunk(items, target)?;
+        let (payload, fds) = task::encode_chunk(items, target)?;
         let id = self.shared.chunk_id();
         let index = job.add_chunk(id, items.len());
-        Ok(Chunk::new(
-            id,
-            entry,
-            payload,
-            Arc::clone(job),
-            index,
-            items.len(),
-        ))
+        Ok(Chunk::new(id, entry, payload, Arc::clone(job), index, items.len()).with_handles(fds))
     }
 }
 
@@ -849,7 +842,7 @@ impl Chunked<'_> {
         let feed: imap::Feed<'a> = Box::new(std::iter::from_fn(move || {
             let piece: Vec<(T,)> = input.by_ref().take(size).collect();
             (!piece.is_empty())
-                .then(|| task::encode_chunk(&piece, target).map(|bytes| (bytes, piece.len())))
+                .then(|| task::encode_chunk(&piece, target).map(|enc| (enc, piece.len())))
         }));
         // Enough in flight to keep every worker's window full twice over.
         let ahead = pool.processes * 4;

@@ -47,10 +47,15 @@ where
         .map_err(|e| Error::codec(format!("the return values of `{}`", name()), "encode", e))
 }
 
+/// A chunk's encoded arguments and the descriptors of the handles among them.
+pub(crate) type Encoded = (Vec<u8>, Vec<std::os::fd::OwnedFd>);
+
 /// Encodes a chunk of argument tuples in the parent.
-pub(crate) fn encode_chunk<A: Serialize>(items: &[A], target: &str) -> Result<Vec<u8>, Error> {
-    codec::encode(items)
-        .map_err(|e| Error::codec(format!("the arguments of `{target}`"), "encode", e))
+pub(crate) fn encode_chunk<A: Serialize>(items: &[A], target: &str) -> Result<Encoded, Error> {
+    let (bytes, fds) = crate::handle::collecting(|| codec::encode(items));
+    let bytes =
+        bytes.map_err(|e| Error::codec(format!("the arguments of `{target}`"), "encode", e))?;
+    Ok((bytes, fds))
 }
 
 /// Decodes a chunk's answer in the parent: one result per item.

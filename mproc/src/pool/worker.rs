@@ -76,8 +76,11 @@ struct Worker<'a> {
     out: Vec<u8>,
     /// A large task that came on the socket while the worker slept, before it met the
     /// task's placeholder in the lane.
-    socket_task: Option<(u64, i64, Vec<u8>)>,
+    socket_task: Option<SocketTask>,
 }
+
+/// A task that came on the socket: id, entry, payload, and its handles' descriptors.
+type SocketTask = (u64, i64, Vec<u8>, Vec<std::os::fd::OwnedFd>);
 
 impl Worker<'_> {
     /// Runs tasks until told to stop (`Ok`) or until it cannot go on (`Err(exit code)`).
@@ -87,15 +90,20 @@ impl Worker<'_> {
         loop {
             if self.lane.pop_into(&mut frame).map_err(|_| 1)? {
                 match codec::decode_borrowed::<ToWorker<&[u8]>>(&frame) {
-                    Ok(ToWorker::Task { id, entry, payload }) => {
+                    Ok(ToWorker::Task {
+                        id,
+                        entry,
+                        payload,
+                        handles: 0,
+                    }) => {
                         self.lane.note_started();
-                        let result = self.run_unless_cancelled(id, entry, payload);
+                        let result = self.run_unless_cancelled(id, entry, payload, Vec::new());
                         self.answer(id, result)?;
                     }
                     Ok(ToWorker::OnSocket) => {
                         self.lane.note_started();
-                        let (id, entry, payload) = self.task_from_socket()?;
-                        let result = self.run_unless_cancelled(id, entry, &payload);
+                        let (id, entry, payload, fds) = self.task_from_socket()?;
+                        let result = self.run_unless_cancelled(id, entry, &payload, fds);
                         drop(payload);
                         self.answer(id, result)?;
                     }
@@ -116,8 +124,14 @@ impl Worker<'_> {
                 // Runs what the lane still holds first: it was sent before the Stop.
                 Ok(ToWorker::Stop) => stopping = true,
                 // Its placeholder is in the lane by now: kept until the worker gets there.
-                Ok(ToWorker::Task { id, entry, payload }) if self.socket_task.is_none() => {
-                    self.socket_task = Some((id, entry, payload));
+                Ok(ToWorker::Task {
+                    id,
+                    entry,
+                    payload,
+                    handles,
+                }) if self.socket_task.is_none() => {
+                    let fds = self.ctrl.take_fds_n(handles as usize);
+                    self.socket_task = Some((id, entry, payload, fds));
                 }
                 Ok(_) => return Err(1),
                 Err(_) => return Ok(()), // the dispatcher is gone
@@ -126,11 +140,17 @@ impl Worker<'_> {
     }
 
     /// Runs the task just taken, unless the dispatcher cancelled it before it was taken.
-    fn run_unless_cancelled(&self, id: u64, entry: i64, payload: &[u8]) -> Result<Vec<u8>, Error> {
+    fn run_unless_cancelled(
+        &self,
+        id: u64,
+        entry: i64,
+        payload: &[u8],
+        handles: Vec<std::os::fd::OwnedFd>,
+    ) -> Result<Vec<u8>, Error> {
         if self.lane.take_cancelled(id) {
             return Err(ErrorKind::Cancelled.into());
         }
-        run(self.identity, entry, payload)
+        crate::handle::providing(handles, || run(self.identity, entry, payload))
     }
 
     /// Watches the lane for a little while; `true` if a frame came.
@@ -152,13 +172,21 @@ impl Worker<'_> {
     }
 
     /// The task a placeholder in the lane stands for.
-    fn task_from_socket(&mut self) -> Result<(u64, i64, Vec<u8>), i32> {
+    fn task_from_socket(&mut self) -> Result<SocketTask, i32> {
         if let Some(task) = self.socket_task.take() {
             return Ok(task);
         }
         loop {
             match self.ctrl.recv::<ToWorker<Vec<u8>>>(None) {
-                Ok(ToWorker::Task { id, entry, payload }) => return Ok((id, entry, payload)),
+                Ok(ToWorker::Task {
+                    id,
+                    entry,
+                    payload,
+                    handles,
+                }) => {
+                    let fds = self.ctrl.take_fds_n(handles as usize);
+                    return Ok((id, entry, payload, fds));
+                }
                 Ok(ToWorker::Wake) => {}
                 Ok(_) => return Err(1),
                 Err(_) => return Err(0),

@@ -68,6 +68,8 @@ pub(crate) enum ToWorker<P> {
         entry: i64,
         #[serde(with = "serde_bytes")]
         payload: P,
+        /// How many descriptors (of handles among the arguments) ride with this message.
+        handles: u32,
     },
     /// Finish what was sent before, then exit. Sent on the socket; the worker first runs
     /// everything already in its lane.
