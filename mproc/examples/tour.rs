@@ -6,6 +6,8 @@
 
 #[path = "apply_timeout.rs"]
 mod apply_timeout;
+#[path = "counter.rs"]
+mod counter;
 #[path = "crash_report.rs"]
 mod crash_report;
 #[path = "do_math.rs"]
@@ -50,6 +52,11 @@ fn main() -> mproc::Result<()> {
             name: "apply_timeout",
             shows: "get_timeout gives up after a second; dropping the pool ends the task",
             run: apply_timeout::main,
+        },
+        Stop {
+            name: "counter",
+            shows: "processes increment one shared Value under its lock; the total is exact",
+            run: counter::main,
         },
         Stop {
             name: "speedup",
