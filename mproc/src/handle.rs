@@ -11,6 +11,7 @@
 
 use std::cell::RefCell;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::thread::LocalKey;
 
 thread_local! {
     /// Descriptors of the handles met while encoding, in index order (each once): the
@@ -21,23 +22,39 @@ thread_local! {
     static INCOMING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
 }
 
-/// Runs `encode` (which serializes handles) and returns its result with owned copies of the
-/// descriptors the handles stand for, in index order.
-pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
-    type Outgoing = Option<Vec<(RawFd, OwnedFd)>>;
-    struct Restore(Option<Outgoing>);
-    impl Drop for Restore {
+/// Runs `f` with the thread-local `slot` holding `Some(value)`, and puts back what it held
+/// before (even if `f` unwinds). Returns `f`'s result and what the slot held at the end.
+pub(crate) fn scoped<T: 'static, R>(
+    slot: &'static LocalKey<RefCell<Option<T>>>,
+    value: T,
+    f: impl FnOnce() -> R,
+) -> (R, Option<T>) {
+    struct Restore<T: 'static> {
+        slot: &'static LocalKey<RefCell<Option<T>>>,
+        outer: Option<Option<T>>,
+    }
+    impl<T: 'static> Drop for Restore<T> {
         fn drop(&mut self) {
-            if let Some(outer) = self.0.take() {
-                OUTGOING.with(|o| *o.borrow_mut() = outer);
+            if let Some(outer) = self.outer.take() {
+                self.slot.with(|s| *s.borrow_mut() = outer);
             }
         }
     }
-    let mut restore = Restore(Some(OUTGOING.with(|o| o.borrow_mut().replace(Vec::new()))));
-    let result = encode();
-    let outer = restore.0.take().expect("set above");
-    let fds = OUTGOING
-        .with(|o| std::mem::replace(&mut *o.borrow_mut(), outer))
+    let mut restore = Restore {
+        slot,
+        outer: Some(slot.with(|s| s.borrow_mut().replace(value))),
+    };
+    let result = f();
+    let outer = restore.outer.take().expect("set above");
+    let last = slot.with(|s| std::mem::replace(&mut *s.borrow_mut(), outer));
+    (result, last)
+}
+
+/// Runs `encode` (which serializes handles) and returns its result with owned copies of the
+/// descriptors the handles stand for, in index order.
+pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
+    let (result, out) = scoped(&OUTGOING, Vec::new(), encode);
+    let fds = out
         .unwrap_or_default()
         .into_iter()
         .map(|(_, fd)| fd)
@@ -46,18 +63,9 @@ pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
 }
 
 /// Runs `decode` with `fds` (received with the bytes) available to the handles it decodes.
-/// Descriptors no handle claims are closed afterwards.
+/// They are closed afterwards (each decoded handle holds its own copy).
 pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
-    struct Restore(Option<Option<Vec<OwnedFd>>>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            if let Some(outer) = self.0.take() {
-                INCOMING.with(|i| *i.borrow_mut() = outer);
-            }
-        }
-    }
-    let _restore = Restore(Some(INCOMING.with(|i| i.borrow_mut().replace(fds))));
-    decode()
+    scoped(&INCOMING, fds, decode).0
 }
 
 /// Called by a handle's `Serialize`: the index that stands for `fd` in this message.

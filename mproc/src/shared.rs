@@ -87,15 +87,14 @@ fn take(block: &Block) -> Result<(Held<'_>, bool), Error> {
 /// # Ok::<(), mproc::Error>(())
 /// ```
 pub struct Value<T> {
-    block: Arc<Block>,
-    _t: PhantomData<fn() -> T>,
+    /// One element, in a block of its own kind.
+    cell: Array<T>,
 }
 
 impl<T> Clone for Value<T> {
     fn clone(&self) -> Self {
         Value {
-            block: Arc::clone(&self.block),
-            _t: PhantomData,
+            cell: self.cell.clone(),
         }
     }
 }
@@ -110,8 +109,7 @@ impl<T: Pod> Value<T> {
     /// ```
     pub fn new(value: T) -> Result<Value<T>, Error> {
         let v = Value {
-            block: block_for::<T>(KIND_VALUE, 1)?,
-            _t: PhantomData,
+            cell: Array::of_kind(KIND_VALUE, 1)?,
         };
         v.set(value)?;
         Ok(v)
@@ -157,32 +155,23 @@ impl<T: Pod> Value<T> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn lock(&self) -> Result<ValueGuard<'_, T>, Error> {
-        let (held, owner_died) = take(&self.block)?;
-        Ok(ValueGuard {
-            block: &self.block,
-            held,
-            owner_died,
-            _t: PhantomData,
-        })
+        Ok(ValueGuard(self.cell.lock()?))
     }
 }
 
 impl<T: Pod> Serialize for Value<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        serialize_block(&self.block, s)
+        self.cell.serialize(s)
     }
 }
 
 impl<'de, T: Pod> Deserialize<'de> for Value<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let block = deserialize_block(d, KIND_VALUE)?;
-        if check_block::<T, D::Error>(&block)? != 1 {
+        let cell = Array::deserialize_kind(d, KIND_VALUE)?;
+        if cell.len() != 1 {
             return Err(serde::de::Error::custom("not a single shared value"));
         }
-        Ok(Value {
-            block,
-            _t: PhantomData,
-        })
+        Ok(Value { cell })
     }
 }
 
@@ -200,12 +189,7 @@ impl<T: Pod + fmt::Debug> fmt::Debug for Value<T> {
 /// assert_eq!(*g, 1);
 /// # Ok::<(), mproc::Error>(())
 /// ```
-pub struct ValueGuard<'a, T> {
-    block: &'a Block,
-    held: Held<'a>,
-    owner_died: bool,
-    _t: PhantomData<&'a mut T>,
-}
+pub struct ValueGuard<'a, T>(ArrayGuard<'a, T>);
 
 impl<T> ValueGuard<'_, T> {
     /// Whether the previous holder died holding the lock (the value may be half-written).
@@ -215,28 +199,20 @@ impl<T> ValueGuard<'_, T> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn owner_died(&self) -> bool {
-        self.owner_died
+        self.0.owner_died()
     }
 }
 
 impl<T: Pod> Deref for ValueGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        let len = std::mem::size_of::<T>();
-        bytemuck::from_bytes(
-            self.block
-                .guarded_bytes_ref(&self.held, data_at::<T>(), len),
-        )
+        &self.0[0]
     }
 }
 
 impl<T: Pod> DerefMut for ValueGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
-        let len = std::mem::size_of::<T>();
-        bytemuck::from_bytes_mut(
-            self.block
-                .guarded_bytes(&mut self.held, data_at::<T>(), len),
-        )
+        &mut self.0[0]
     }
 }
 
@@ -283,8 +259,23 @@ impl<T: Pod> Array<T> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn new(len: usize) -> Result<Array<T>, Error> {
+        Array::of_kind(KIND_ARRAY, len)
+    }
+
+    fn of_kind(kind: u32, len: usize) -> Result<Array<T>, Error> {
         Ok(Array {
-            block: block_for::<T>(KIND_ARRAY, len)?,
+            block: block_for::<T>(kind, len)?,
+            len,
+            _t: PhantomData,
+        })
+    }
+
+    /// A handle received from another process, checked to hold `T`s in a block of `kind`.
+    fn deserialize_kind<'de, D: Deserializer<'de>>(d: D, kind: u32) -> Result<Self, D::Error> {
+        let block = deserialize_block(d, kind)?;
+        let len = check_block::<T, D::Error>(&block)?;
+        Ok(Array {
+            block,
             len,
             _t: PhantomData,
         })
@@ -361,13 +352,7 @@ impl<T: Pod> Serialize for Array<T> {
 
 impl<'de, T: Pod> Deserialize<'de> for Array<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let block = deserialize_block(d, KIND_ARRAY)?;
-        let len = check_block::<T, D::Error>(&block)?;
-        Ok(Array {
-            block,
-            len,
-            _t: PhantomData,
-        })
+        Array::deserialize_kind(d, KIND_ARRAY)
     }
 }
 

@@ -41,6 +41,35 @@ fn deadline(timeout: Duration) -> Option<Instant> {
     crate::sys::fd::deadline_after(timeout)
 }
 
+/// A block of `kind` with room for its words (no mutex).
+fn new_block(kind: u32, what: &str) -> Result<Arc<Block>, Error> {
+    Block::create(kind, WORDS_AT + 64)
+        .map(Arc::new)
+        .map_err(|e| os(&format!("creating shared memory for {what}"), e))
+}
+
+/// Sleeps while the word at `at` holds `expected`, counted in the block's waiters so that
+/// [`wake`] skips the system call when nobody sleeps. `Ok(false)`: the deadline passed.
+fn sleep(
+    block: &Block,
+    at: usize,
+    expected: u32,
+    deadline: Option<Instant>,
+) -> std::io::Result<bool> {
+    let waiters = block.u32_at(WAITERS_AT);
+    waiters.fetch_add(1, Ordering::SeqCst);
+    let woke = futex::wait(block.u32_at(at), expected, deadline);
+    waiters.fetch_sub(1, Ordering::SeqCst);
+    woke
+}
+
+/// Wakes up to `n` sleepers on the word at `at` (after the caller changed it), if any sleep.
+fn wake(block: &Block, at: usize, n: u32) {
+    if block.u32_at(WAITERS_AT).load(Ordering::SeqCst) > 0 {
+        futex::wake(block.u32_at(at), n);
+    }
+}
+
 /// A handle's bytes: the index of its block's descriptor in the message (see `handle.rs`).
 pub(crate) fn serialize_block<S: Serializer>(block: &Block, s: S) -> Result<S::Ok, S::Error> {
     use std::os::fd::AsFd;
@@ -446,11 +475,10 @@ impl Semaphore {
             .ok()
             .filter(|&v| v < u32::MAX)
             .ok_or_else(|| Error::invalid("a semaphore holds at most u32::MAX - 1 permits"))?;
-        let block = Block::create(KIND_SEMAPHORE, WORDS_AT + 64)
-            .map_err(|e| os("creating shared memory for a semaphore", e))?;
+        let block = new_block(KIND_SEMAPHORE, "a semaphore")?;
         block.u32_at(COUNT_AT).store(value, Ordering::Relaxed);
         block.u32_at(MAX_AT).store(max, Ordering::Release);
-        Ok(Semaphore::from_block(Arc::new(block)))
+        Ok(Semaphore::from_block(block))
     }
 
     fn from_block(block: Arc<Block>) -> Semaphore {
@@ -481,7 +509,6 @@ impl Semaphore {
 
     fn take(&self, deadline: Option<Instant>) -> Result<bool, Error> {
         let count = self.block.u32_at(COUNT_AT);
-        let waiters = self.block.u32_at(WAITERS_AT);
         loop {
             let c = count.load(Ordering::Acquire);
             if c > 0 {
@@ -493,9 +520,7 @@ impl Semaphore {
                 }
                 continue;
             }
-            waiters.fetch_add(1, Ordering::SeqCst);
-            let woke = futex::wait(count, 0, deadline);
-            waiters.fetch_sub(1, Ordering::SeqCst);
+            let woke = sleep(&self.block, COUNT_AT, 0, deadline);
             if !woke.map_err(|e| os("waiting on a semaphore", e))? {
                 return Ok(false);
             }
@@ -533,9 +558,7 @@ impl Semaphore {
                 Err(now) => c = now,
             }
         }
-        if self.block.u32_at(WAITERS_AT).load(Ordering::SeqCst) > 0 {
-            futex::wake(count, 1);
-        }
+        wake(&self.block, COUNT_AT, 1);
         Ok(())
     }
 
@@ -679,9 +702,7 @@ impl Event {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn new() -> Result<Event, Error> {
-        let block = Block::create(KIND_EVENT, WORDS_AT + 64)
-            .map_err(|e| os("creating shared memory for an event", e))?;
-        Ok(Event::from_block(Arc::new(block)))
+        Ok(Event::from_block(new_block(KIND_EVENT, "an event")?))
     }
 
     fn from_block(block: Arc<Block>) -> Event {
@@ -697,11 +718,8 @@ impl Event {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn set(&self) {
-        let flag = self.block.u32_at(FLAG_AT);
-        flag.store(1, Ordering::SeqCst);
-        if self.block.u32_at(WAITERS_AT).load(Ordering::SeqCst) > 0 {
-            futex::wake(flag, u32::MAX);
-        }
+        self.block.u32_at(FLAG_AT).store(1, Ordering::SeqCst);
+        wake(&self.block, FLAG_AT, u32::MAX);
     }
 
     /// Clears the flag.
@@ -752,12 +770,8 @@ impl Event {
 
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
         let flag = self.block.u32_at(FLAG_AT);
-        let waiters = self.block.u32_at(WAITERS_AT);
         while flag.load(Ordering::Acquire) == 0 {
-            waiters.fetch_add(1, Ordering::SeqCst);
-            let woke = futex::wait(flag, 0, deadline);
-            waiters.fetch_sub(1, Ordering::SeqCst);
-            if !matches!(woke, Ok(true)) {
+            if !matches!(sleep(&self.block, FLAG_AT, 0, deadline), Ok(true)) {
                 return flag.load(Ordering::Acquire) != 0;
             }
         }
@@ -823,11 +837,9 @@ impl Condition {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn new(lock: &Lock) -> Result<Condition, Error> {
-        let block = Block::create(KIND_CONDITION, WORDS_AT + 64)
-            .map_err(|e| os("creating shared memory for a condition", e))?;
         Ok(Condition {
             lock: lock.clone(),
-            block: Arc::new(block),
+            block: new_block(KIND_CONDITION, "a condition")?,
         })
     }
 
@@ -890,12 +902,10 @@ impl Condition {
         }
         let lock = guard.lock;
         let seq = self.block.u32_at(SEQ_AT);
-        let waiters = self.block.u32_at(WAITERS_AT);
         let seen = seq.load(Ordering::SeqCst);
-        waiters.fetch_add(1, Ordering::SeqCst);
         drop(guard);
-        let woke = futex::wait(seq, seen, deadline);
-        waiters.fetch_sub(1, Ordering::SeqCst);
+        // A notify from here on changes `seq`, so the sleep below returns at once.
+        let woke = sleep(&self.block, SEQ_AT, seen, deadline);
         let again = lock.acquire()?;
         let woken = match woke {
             Ok(true) => true,
@@ -913,11 +923,8 @@ impl Condition {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn notify(&self, n: usize) {
-        let seq = self.block.u32_at(SEQ_AT);
-        seq.fetch_add(1, Ordering::SeqCst);
-        if self.block.u32_at(WAITERS_AT).load(Ordering::SeqCst) > 0 {
-            futex::wake(seq, u32::try_from(n).unwrap_or(u32::MAX));
-        }
+        self.block.u32_at(SEQ_AT).fetch_add(1, Ordering::SeqCst);
+        wake(&self.block, SEQ_AT, u32::try_from(n).unwrap_or(u32::MAX));
     }
 
     /// Wakes every waiter.
@@ -974,10 +981,9 @@ impl Barrier {
             .ok()
             .filter(|&p| p > 0)
             .ok_or_else(|| Error::invalid("a barrier needs between 1 and u32::MAX parties"))?;
-        let block = Block::create(KIND_BARRIER, WORDS_AT + 64)
-            .map_err(|e| os("creating shared memory for a barrier", e))?;
+        let block = new_block(KIND_BARRIER, "a barrier")?;
         block.u32_at(PARTIES_AT).store(parties, Ordering::Release);
-        Ok(Barrier::from_block(Arc::new(block)))
+        Ok(Barrier::from_block(block))
     }
 
     fn from_block(block: Arc<Block>) -> Barrier {

@@ -254,13 +254,8 @@ impl Shared {
         }
         let _unwind = WakeOnUnwind(&self.wake);
         let callbacks = result::deferring_callbacks(|| {
-            for w in &d.workers {
-                w.lane.awake();
-            }
             for round in 1u32.. {
-                for w in &mut d.workers {
-                    w.drain_lane(&mut d.scratch);
-                }
+                d.drain_lanes();
                 if done()
                     || Instant::now() >= until
                     || self.posted.load(Ordering::Relaxed) != posted
@@ -278,14 +273,11 @@ impl Shared {
             d.assign();
             d.flush();
             let rested = (0..4).any(|_| {
-                if d.workers.iter().all(|w| w.lane.prepare_sleep()) {
-                    return true;
+                let rested = d.workers.iter().all(|w| w.lane.prepare_sleep());
+                if !rested {
+                    d.drain_lanes();
                 }
-                for w in &mut d.workers {
-                    w.lane.awake();
-                    w.drain_lane(&mut d.scratch);
-                }
-                false
+                rested
             });
             if !rested || d.needs_attention() {
                 self.wake.notify();
@@ -830,7 +822,8 @@ impl Dispatcher {
         Ok(self.plan(Some(Instant::now())))
     }
 
-    /// Accepts every answer waiting in a lane.
+    /// Accepts every answer waiting in a lane; workers are told the reader is awake (no
+    /// wake-up needed).
     fn drain_lanes(&mut self) {
         for w in &mut self.workers {
             w.lane.awake();

@@ -316,20 +316,8 @@ fn defer_callbacks(callbacks: Vec<Callback>) -> Option<Vec<Callback>> {
 
 /// Runs `f` with this thread's callbacks deferred; returns them.
 pub(crate) fn deferring_callbacks(f: impl FnOnce()) -> Vec<Callback> {
-    /// Puts the thread's previous setting back, even if `f` unwinds.
-    struct Restore(Option<Option<Vec<Callback>>>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            if let Some(outer) = self.0.take() {
-                let _ = DEFERRED.with(|d| std::mem::replace(&mut *d.borrow_mut(), outer));
-            }
-        }
-    }
-    let mut restore = Restore(Some(DEFERRED.with(|d| d.borrow_mut().replace(Vec::new()))));
-    f();
-    let outer = restore.0.take().expect("set above");
-    DEFERRED
-        .with(|d| std::mem::replace(&mut *d.borrow_mut(), outer))
+    crate::handle::scoped(&DEFERRED, Vec::new(), f)
+        .1
         .unwrap_or_default()
 }
 
