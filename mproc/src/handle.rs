@@ -19,7 +19,7 @@ thread_local! {
     static OUTGOING: RefCell<Option<Vec<(RawFd, OwnedFd)>>> = const { RefCell::new(None) };
     /// Descriptors received with the message being decoded, by index (a handle that appears
     /// several times in the message shares one; each decoded handle gets its own copy).
-    static INCOMING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+    static INCOMING: RefCell<Option<Vec<(OwnedFd, bool)>>> = const { RefCell::new(None) };
 }
 
 /// Runs `f` with the thread-local `slot` holding `Some(value)`, and puts back what it held
@@ -65,11 +65,18 @@ pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
 /// Runs `decode` with `fds` (received with the bytes) available to the handles it decodes.
 /// They are closed afterwards (each decoded handle holds its own copy).
 pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
+    let fds = fds.into_iter().map(|fd| (fd, false)).collect();
     scoped(&INCOMING, fds, decode).0
 }
 
 /// Called by a handle's `Serialize`: the index that stands for `fd` in this message.
 pub(crate) fn export(fd: BorrowedFd<'_>) -> Result<u32, String> {
+    export_then(fd, || ())
+}
+
+/// Like [`export`], running `first` when `fd` first joins this message (a handle met again,
+/// or sized before it is written, does not run it twice).
+pub(crate) fn export_then(fd: BorrowedFd<'_>, first: impl FnOnce()) -> Result<u32, String> {
     OUTGOING.with(|o| {
         let mut o = o.borrow_mut();
         let Some(list) = o.as_mut() else {
@@ -83,6 +90,7 @@ pub(crate) fn export(fd: BorrowedFd<'_>) -> Result<u32, String> {
                 let copy = crate::sys::fd::dup_above(fd, 0)
                     .map_err(|e| format!("duplicating a handle's descriptor: {e}"))?;
                 list.push((raw, copy));
+                first();
                 list.len() - 1
             }
         };
@@ -92,21 +100,30 @@ pub(crate) fn export(fd: BorrowedFd<'_>) -> Result<u32, String> {
 
 /// Called by a handle's `Deserialize`: the descriptor that index `at` stands for.
 pub(crate) fn import(at: u32) -> Result<OwnedFd, String> {
+    import_then(at, || ())
+}
+
+/// Like [`import`], running `first` the first time index `at` is decoded from this message.
+pub(crate) fn import_then(at: u32, first: impl FnOnce()) -> Result<OwnedFd, String> {
     INCOMING.with(|i| {
         let mut i = i.borrow_mut();
         let Some(list) = i.as_mut() else {
             return Err(NOT_HERE.to_string());
         };
-        let fd = list
-            .get(at as usize)
+        let (fd, seen) = list
+            .get_mut(at as usize)
             .ok_or_else(|| format!("handle {at} did not arrive with its message"))?;
-        crate::sys::fd::dup_above(fd.as_fd(), 0)
-            .map_err(|e| format!("duplicating a received handle's descriptor: {e}"))
+        let copy = crate::sys::fd::dup_above(fd.as_fd(), 0)
+            .map_err(|e| format!("duplicating a received handle's descriptor: {e}"))?;
+        if !std::mem::replace(seen, true) {
+            first();
+        }
+        Ok(copy)
     })
 }
 
 const NOT_HERE: &str = "mproc handles (locks, shared values, queues) can only travel as \
-                        arguments of Process::new or of Pool tasks";
+                        arguments of Process::new or of Pool tasks, or through a Connection";
 
 #[cfg(test)]
 mod tests {

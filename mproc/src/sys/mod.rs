@@ -38,6 +38,7 @@ pub(crate) mod futex;
 pub(crate) mod image;
 pub(crate) mod lane;
 pub(crate) mod proc;
+pub(crate) mod ring;
 pub(crate) mod shared;
 pub(crate) mod shm;
 pub(crate) mod socket;

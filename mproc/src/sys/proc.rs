@@ -471,3 +471,17 @@ pub(crate) fn close_all_fds_except(keep: RawFd) {
     }
     close_range(keep + 1, libc::c_uint::MAX);
 }
+
+/// What `/proc/<pid>/stat` says of a process: whether it still runs (not a zombie) and when
+/// it started (clock ticks after boot: with the pid, this names one process even after its
+/// pid is reused). `None` when there is no such process.
+pub(crate) fn process_start(pid: u32) -> Option<(bool, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold anything; fields after it
+    // are space-separated: state is field 3, starttime field 22.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?;
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((!matches!(state, "Z" | "X" | "x"), start))
+}

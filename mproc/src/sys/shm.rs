@@ -43,18 +43,46 @@ impl Mapping {
         Mapping::create_as(name, len, true)
     }
 
+    /// A memory file of `len` bytes that may grow (never shrink), mapped with `reserve` bytes
+    /// of address space so that growth made by any process is seen by every mapping without
+    /// remapping. Bytes past the file's current size must not be touched (SIGBUS). Fork
+    /// children inherit it.
+    pub(crate) fn create_growable(
+        name: &str,
+        len: usize,
+        reserve: usize,
+    ) -> io::Result<(Mapping, OwnedFd)> {
+        let file = memfd(name, len)?.into_owned();
+        syscall!(fcntl(
+            file.as_raw_fd(),
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL
+        ))?;
+        let map = Mapping::map(file.as_fd(), reserve.max(len), true)?;
+        Ok((map, file))
+    }
+
+    /// Maps a memory file made by [`Mapping::create_growable`] elsewhere with `reserve` bytes
+    /// of address space, after checking that nobody can shrink it. Returns the mapping and the
+    /// file's current size.
+    pub(crate) fn open_growable(
+        file: BorrowedFd<'_>,
+        reserve: usize,
+    ) -> io::Result<(Mapping, usize)> {
+        let seals = syscall!(fcntl(file.as_raw_fd(), libc::F_GET_SEALS))?;
+        if seals & libc::F_SEAL_SHRINK == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a growable memory file that could shrink",
+            ));
+        }
+        let len = file_len(file)?;
+        let map = Mapping::map(file, reserve.max(len), true)?;
+        Ok((map, len))
+    }
+
     fn create_as(name: &str, len: usize, inherit: bool) -> io::Result<(Mapping, InternalFd)> {
-        let name = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
-        let [file] = fd::create_internal(|| {
-            let raw = syscall!(memfd_create(
-                name.as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING
-            ))?;
-            // SAFETY: memfd_create returned a fresh descriptor owned by nobody else.
-            Ok([unsafe { OwnedFd::from_raw_fd(raw) }])
-        })?;
-        let size = libc::off_t::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
-        syscall!(ftruncate(file.as_fd().as_raw_fd(), size))?;
+        let file = memfd(name, len)?;
         // Its size is fixed from now on: a process that maps it can trust the size it saw, and
         // no holder of the descriptor can shrink it under another's mapping (SIGBUS).
         syscall!(fcntl(
@@ -77,11 +105,7 @@ impl Mapping {
     }
 
     fn open_as(file: BorrowedFd<'_>, inherit: bool) -> io::Result<Mapping> {
-        // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `st` is a valid, writable stat buffer.
-        syscall!(fstat(file.as_raw_fd(), &mut st))?;
-        let len = usize::try_from(st.st_size).map_err(|_| io::ErrorKind::InvalidData)?;
+        let len = file_len(file)?;
         Mapping::map(file, len, inherit)
     }
 
@@ -124,6 +148,40 @@ impl Mapping {
     pub(crate) fn len(&self) -> usize {
         self.len
     }
+}
+
+/// A zero-filled memory file of `len` bytes (close-on-exec, sealable), listed as internal.
+fn memfd(name: &str, len: usize) -> io::Result<InternalFd> {
+    let name = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let [file] = fd::create_internal(|| {
+        let raw = syscall!(memfd_create(
+            name.as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING
+        ))?;
+        // SAFETY: memfd_create returned a fresh descriptor owned by nobody else.
+        Ok([unsafe { OwnedFd::from_raw_fd(raw) }])
+    })?;
+    let size = libc::off_t::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
+    syscall!(ftruncate(file.as_fd().as_raw_fd(), size))?;
+    Ok(file)
+}
+
+/// The current size of a file.
+pub(crate) fn file_len(file: BorrowedFd<'_>) -> io::Result<usize> {
+    // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable stat buffer.
+    syscall!(fstat(file.as_raw_fd(), &mut st))?;
+    usize::try_from(st.st_size).map_err(|_| io::ErrorKind::InvalidData.into())
+}
+
+/// Grows a memory file to `len` bytes if it is smaller (never shrinks it).
+pub(crate) fn grow_file(file: BorrowedFd<'_>, len: usize) -> io::Result<()> {
+    if file_len(file)? < len {
+        let size = libc::off_t::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
+        syscall!(ftruncate(file.as_raw_fd(), size))?;
+    }
+    Ok(())
 }
 
 impl Drop for Mapping {

@@ -32,6 +32,22 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     options().serialize_into(out, value)
 }
 
+/// Encodes `value` into exactly `out` (sized with [`encoded_len`]); an error if the value
+/// does not fill it exactly (a `Serialize` that changed its mind between the two calls).
+pub(crate) fn encode_to_slice<T: Serialize + ?Sized>(
+    out: &mut [u8],
+    value: &T,
+) -> Result<(), bincode::Error> {
+    let mut rest = &mut *out;
+    options().serialize_into(&mut rest, value)?;
+    if !rest.is_empty() {
+        return Err(Box::new(bincode::ErrorKind::Custom(
+            "the value encoded to fewer bytes than it was sized at".into(),
+        )));
+    }
+    Ok(())
+}
+
 /// Decodes a `T` that must use all of `bytes`.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
     options().with_limit(bytes.len() as u64).deserialize(bytes)

@@ -1,0 +1,722 @@
+//! The memory behind a `Queue`: a multi-producer, multi-consumer ring of byte frames in one
+//! memory file that every process holding the queue maps, with two robust locks (one for the
+//! producers, one for the consumers, so a put and a get run at the same time), counters, futex
+//! words to sleep on, and a table of the processes that hold the queue.
+//!
+//! The file grows when a frame does not fit (a queue is unbounded in bytes), up to
+//! [`RESERVE`]: each process maps that much address space once, and pages past the file's
+//! end become usable in every mapping as soon as one process grows the file, so nobody
+//! remaps. Growth takes both locks and moves the live frames to the new part of the file.
+//!
+//! Exactly once, even when a process dies inside a put or a get: a frame becomes visible in
+//! one store (`written`) and is consumed in one store (`read`); the counters that go with them
+//! (`puts`, `gets`, a joinable queue's `unfinished`) are journaled before, and the next
+//! process to take the dead one's lock (told by `EOWNERDEAD`) finishes or undoes the
+//! bookkeeping. A frame half written by a dead producer is simply never published; a frame a
+//! dead consumer was decoding stays in the queue for the next one.
+//!
+//! Layout: a 4 KiB header (words on separate cache lines by who writes them), then the ring.
+//! A frame is a `u32` length, four bytes of padding, the body, padded to 8 bytes, never split
+//! across the ring's end (a `u32::MAX` length says "continue at the start"). Positions are
+//! byte counts that only grow; the ring offset of position `p` is `(p - base) % cap`.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
+
+use super::futex;
+use super::shared::{Held, RobustMutex, Taken};
+use super::shm::{self, Mapping};
+
+/// Address space each process reserves for one queue: the most its file may grow to.
+pub(crate) const RESERVE: usize = 1 << 36;
+/// Where the ring starts in the file.
+const DATA_AT: usize = 4096;
+/// The ring's first size.
+const FIRST_CAP: usize = 64 * 1024;
+/// The largest frame body.
+pub(crate) const MAX_FRAME: usize = u32::MAX as usize - 1;
+const SKIP: u32 = u32::MAX;
+const MAGIC: u32 = 0x6d70_7172; // "mpqr"
+
+const KIND_AT: usize = 4;
+const MAXSIZE_AT: usize = 8;
+const PUT_MUTEX_AT: usize = 64;
+const GET_MUTEX_AT: usize = 128;
+const REG_MUTEX_AT: usize = 192;
+// Written by producers.
+const WRITTEN_AT: usize = 256;
+const PUTS_AT: usize = 264;
+const PUT_STAGE_AT: usize = 272;
+const PUT_SEQ_AT: usize = 276;
+const WRITTEN_BEFORE_AT: usize = 280;
+const PUTS_BEFORE_AT: usize = 288;
+// Written by consumers.
+const READ_AT: usize = 320;
+const GETS_AT: usize = 328;
+const GET_ACTIVE_AT: usize = 336;
+const GET_SEQ_AT: usize = 340;
+const READ_BEFORE_AT: usize = 344;
+const GETS_BEFORE_AT: usize = 352;
+// Written when the ring grows.
+const BASE_AT: usize = 384;
+const CAP_AT: usize = 392;
+const RELOCATING_AT: usize = 400;
+const BROKEN_AT: usize = 404;
+// Written rarely.
+const GETTERS_ASLEEP_AT: usize = 448;
+const PUTTERS_ASLEEP_AT: usize = 452;
+const CLOSED_AT: usize = 456;
+const DONE_SEQ_AT: usize = 460;
+const JOINERS_ASLEEP_AT: usize = 464;
+const UNFINISHED_AT: usize = 472;
+const IN_FLIGHT_AT: usize = 480;
+const EVER_SHARED_AT: usize = 488;
+// The holders' table (under the registry lock).
+const OVERFLOW_AT: usize = 512;
+const SLOTS_AT: usize = 576;
+const SLOTS: usize = 128;
+const SLOT: usize = 16;
+const _: () = assert!(SLOTS_AT + SLOTS * SLOT <= DATA_AT);
+
+fn corrupt(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("the queue's shared memory is corrupt ({what})"),
+    )
+}
+
+fn round8(n: usize) -> usize {
+    n.next_multiple_of(8)
+}
+
+/// One process's mapping of a queue's memory.
+#[derive(Debug)]
+pub(crate) struct Ring {
+    map: Mapping,
+    file: OwnedFd,
+}
+
+/// What a put found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Push {
+    /// The frame is in the queue.
+    Done,
+    /// The queue holds its maximum number of items.
+    Full,
+    /// The frame does not fit and the queue cannot grow (any more); wait for a get.
+    NoRoom,
+    /// The consumers' lock (needed to grow) was not free before the deadline.
+    Busy,
+}
+
+/// A process that holds a queue: its pid and the start time the kernel gave it (so a reused
+/// pid is not mistaken for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Holder {
+    pub(crate) pid: u32,
+    pub(crate) start: u64,
+}
+
+impl Ring {
+    /// A new, empty queue of `kind`, holding at most `maxsize` items (0: no limit).
+    pub(crate) fn create(kind: u32, maxsize: u64) -> io::Result<Ring> {
+        let (map, file) = Mapping::create_growable("mproc-queue", DATA_AT + FIRST_CAP, RESERVE)?;
+        let ring = Ring { map, file };
+        for at in [PUT_MUTEX_AT, GET_MUTEX_AT, REG_MUTEX_AT] {
+            ring.mutex(at).init(false)?;
+        }
+        ring.u32(KIND_AT).store(kind, Ordering::Relaxed);
+        ring.u64(MAXSIZE_AT).store(maxsize, Ordering::Relaxed);
+        ring.u64(CAP_AT).store(FIRST_CAP as u64, Ordering::Relaxed);
+        ring.u32(0).store(MAGIC, Ordering::Release);
+        Ok(ring)
+    }
+
+    /// Maps a queue received from another process, checking that it is one of `kind`.
+    pub(crate) fn open(file: OwnedFd, kind: u32) -> io::Result<Ring> {
+        let (map, len) = Mapping::open_growable(file.as_fd(), RESERVE)?;
+        let bad = || {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not an mproc queue of this kind",
+            )
+        };
+        if len < DATA_AT + FIRST_CAP {
+            return Err(bad());
+        }
+        let ring = Ring { map, file };
+        if ring.u32(0).load(Ordering::Acquire) != MAGIC
+            || ring.u32(KIND_AT).load(Ordering::Relaxed) != kind
+        {
+            return Err(bad());
+        }
+        Ok(ring)
+    }
+
+    fn u32(&self, at: usize) -> &AtomicU32 {
+        assert!(at % 4 == 0 && at + 4 <= DATA_AT);
+        // SAFETY: inside the header, which lies inside the file from creation on (checked by
+        // `open`) and inside the mapping; aligned; every process touches it only atomically.
+        unsafe { &*self.map.as_ptr().add(at).cast::<AtomicU32>() }
+    }
+
+    fn u64(&self, at: usize) -> &AtomicU64 {
+        assert!(at % 8 == 0 && at + 8 <= DATA_AT);
+        // SAFETY: as for `u32`.
+        unsafe { &*self.map.as_ptr().add(at).cast::<AtomicU64>() }
+    }
+
+    fn mutex(&self, at: usize) -> &RobustMutex {
+        assert!(at % 64 == 0 && at + std::mem::size_of::<RobustMutex>() <= DATA_AT);
+        // SAFETY: inside the header and aligned; `RobustMutex` is a transparent cell over the
+        // C type, initialized by `create` before the file was shared.
+        unsafe { &*self.map.as_ptr().add(at).cast::<RobustMutex>() }
+    }
+
+    /// The ring's bytes `at..at + len` (ring offsets). Callers hold the lock that gives them
+    /// those bytes under the protocol (see the module docs).
+    fn bytes(&self, at: usize, len: usize) -> io::Result<*mut u8> {
+        let cap = self.u64(CAP_AT).load(Ordering::Relaxed) as usize;
+        if at.checked_add(len).is_none_or(|end| end > cap) || DATA_AT + cap > self.map.len() {
+            return Err(corrupt("a frame outside the ring"));
+        }
+        // SAFETY: inside the mapping (checked against the reservation) and inside the file
+        // (the file is grown to `DATA_AT + cap` before `cap` is published).
+        Ok(unsafe { self.map.as_ptr().add(DATA_AT + at) })
+    }
+
+    /// The most items it holds (0: no limit).
+    pub(crate) fn maxsize(&self) -> u64 {
+        self.u64(MAXSIZE_AT).load(Ordering::Relaxed)
+    }
+
+    /// How many items it holds now (a snapshot).
+    pub(crate) fn len(&self) -> u64 {
+        let gets = self.u64(GETS_AT).load(Ordering::Acquire);
+        let puts = self.u64(PUTS_AT).load(Ordering::Acquire);
+        puts.saturating_sub(gets)
+    }
+
+    /// Whether a frame is there to take (a snapshot).
+    pub(crate) fn has_frames(&self) -> bool {
+        self.u64(WRITTEN_AT).load(Ordering::Acquire) != self.u64(READ_AT).load(Ordering::Acquire)
+    }
+
+    /// Takes the producers' lock (waiting until `deadline`), finishing the bookkeeping of a
+    /// producer that died holding it.
+    pub(crate) fn producer(&self, deadline: Option<Instant>) -> io::Result<Option<Producer<'_>>> {
+        let Some((held, taken)) = self.mutex(PUT_MUTEX_AT).lock(deadline)? else {
+            return Ok(None);
+        };
+        if taken == Taken::OwnerDied {
+            self.recover_put();
+        }
+        self.check_layout()?;
+        Ok(Some(Producer {
+            ring: self,
+            _held: held,
+        }))
+    }
+
+    /// Takes the consumers' lock (waiting until `deadline`), finishing the bookkeeping of a
+    /// consumer that died holding it.
+    pub(crate) fn consumer(&self, deadline: Option<Instant>) -> io::Result<Option<Consumer<'_>>> {
+        Ok(self.lock_get(deadline)?.map(|held| Consumer {
+            ring: self,
+            _held: held,
+        }))
+    }
+
+    fn lock_get(&self, deadline: Option<Instant>) -> io::Result<Option<Held<'_>>> {
+        let Some((held, taken)) = self.mutex(GET_MUTEX_AT).lock(deadline)? else {
+            return Ok(None);
+        };
+        if taken == Taken::OwnerDied {
+            self.recover_get();
+        }
+        self.check_layout()?;
+        Ok(Some(held))
+    }
+
+    fn check_layout(&self) -> io::Result<()> {
+        if self.u32(RELOCATING_AT).load(Ordering::Relaxed) != 0 {
+            // A process died while moving the frames: what the queue held is lost.
+            self.u32(BROKEN_AT).store(1, Ordering::Relaxed);
+        }
+        if self.u32(BROKEN_AT).load(Ordering::Relaxed) != 0 {
+            return Err(corrupt("a process died while growing it"));
+        }
+        Ok(())
+    }
+
+    fn recover_put(&self) {
+        let stage = self.u32(PUT_STAGE_AT).load(Ordering::Relaxed);
+        if stage == 0 {
+            return;
+        }
+        let before = self.u64(WRITTEN_BEFORE_AT).load(Ordering::Relaxed);
+        if self.u64(WRITTEN_AT).load(Ordering::Relaxed) == before {
+            // Never published: undo its counts.
+            let puts = self.u64(PUTS_BEFORE_AT).load(Ordering::Relaxed);
+            self.u64(PUTS_AT).store(puts, Ordering::Release);
+            if stage == 2 {
+                self.u64(UNFINISHED_AT).fetch_sub(1, Ordering::AcqRel);
+                self.notify_done_if_zero();
+            }
+        }
+        self.u32(PUT_STAGE_AT).store(0, Ordering::Release);
+    }
+
+    fn recover_get(&self) {
+        if self.u32(GET_ACTIVE_AT).load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let read_before = self.u64(READ_BEFORE_AT).load(Ordering::Relaxed);
+        let gets_before = self.u64(GETS_BEFORE_AT).load(Ordering::Relaxed);
+        if self.u64(READ_AT).load(Ordering::Relaxed) != read_before
+            && self.u64(GETS_AT).load(Ordering::Relaxed) == gets_before
+        {
+            // Consumed, not yet counted.
+            self.u64(GETS_AT).store(gets_before + 1, Ordering::Release);
+        }
+        self.u32(GET_ACTIVE_AT).store(0, Ordering::Release);
+    }
+
+    // --- closing, waiting and waking ---
+
+    /// Marks the queue closed and wakes everyone who waits on it.
+    pub(crate) fn close(&self) {
+        self.u32(CLOSED_AT).store(1, Ordering::SeqCst);
+        for (seq, _) in self.seqs() {
+            self.u32(seq).fetch_add(1, Ordering::SeqCst);
+            futex::wake(self.u32(seq), u32::MAX);
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.u32(CLOSED_AT).load(Ordering::SeqCst) != 0
+    }
+
+    fn seqs(&self) -> [(usize, usize); 3] {
+        [
+            (PUT_SEQ_AT, GETTERS_ASLEEP_AT),
+            (GET_SEQ_AT, PUTTERS_ASLEEP_AT),
+            (DONE_SEQ_AT, JOINERS_ASLEEP_AT),
+        ]
+    }
+
+    /// A ticket for [`Ring::sleep`]: read it, check the condition, then sleep on it.
+    pub(crate) fn ticket(&self, on: Wait) -> u32 {
+        self.u32(self.seqs()[on as usize].0).load(Ordering::SeqCst)
+    }
+
+    /// Sleeps until what `on` watches changes after `ticket` was read, or `deadline`.
+    /// `Ok(false)` when the deadline passed.
+    pub(crate) fn sleep(
+        &self,
+        on: Wait,
+        ticket: u32,
+        deadline: Option<Instant>,
+    ) -> io::Result<bool> {
+        let (seq, asleep) = self.seqs()[on as usize];
+        self.u32(asleep).fetch_add(1, Ordering::SeqCst);
+        let woke = futex::wait(self.u32(seq), ticket, deadline);
+        self.u32(asleep).fetch_sub(1, Ordering::SeqCst);
+        woke
+    }
+
+    fn notify(&self, on: Wait, n: u32) {
+        let (seq, asleep) = self.seqs()[on as usize];
+        self.u32(seq).fetch_add(1, Ordering::SeqCst);
+        if self.u32(asleep).load(Ordering::SeqCst) > 0 {
+            futex::wake(self.u32(seq), n);
+        }
+    }
+
+    // --- joinable queues ---
+
+    /// Items put and not yet marked done.
+    pub(crate) fn unfinished(&self) -> u64 {
+        self.u64(UNFINISHED_AT).load(Ordering::Acquire)
+    }
+
+    /// Marks one item done; `false` (and no change) when none is unfinished.
+    pub(crate) fn task_done(&self) -> bool {
+        let word = self.u64(UNFINISHED_AT);
+        let mut n = word.load(Ordering::Acquire);
+        loop {
+            if n == 0 {
+                return false;
+            }
+            match word.compare_exchange_weak(n, n - 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(now) => n = now,
+            }
+        }
+        if n == 1 {
+            self.notify(Wait::Done, u32::MAX);
+        }
+        true
+    }
+
+    fn notify_done_if_zero(&self) {
+        if self.unfinished() == 0 {
+            self.notify(Wait::Done, u32::MAX);
+        }
+    }
+
+    // --- holders ---
+
+    /// Counts one more handle of `me` in the table. `false` when the table is full (the queue
+    /// then never concludes that nobody else holds it).
+    pub(crate) fn attach(&self, me: Holder, alive: impl Fn(Holder) -> bool) -> io::Result<()> {
+        let _held = self.lock_registry()?;
+        if (0..SLOTS).any(|i| {
+            let pid = self.slot(i).0.load(Ordering::Relaxed);
+            pid != 0 && pid != me.pid
+        }) {
+            // A second process (a fork child that inherited it, say).
+            self.u32(EVER_SHARED_AT).store(1, Ordering::Release);
+        }
+        let mut free = None;
+        for i in 0..SLOTS {
+            let (pid, count, start) = self.slot(i);
+            if pid.load(Ordering::Relaxed) == me.pid && start.load(Ordering::Relaxed) == me.start {
+                count.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            let taken = pid.load(Ordering::Relaxed) != 0;
+            let stale = taken
+                && !alive(Holder {
+                    pid: pid.load(Ordering::Relaxed),
+                    start: start.load(Ordering::Relaxed),
+                });
+            if free.is_none() && (!taken || stale) {
+                free = Some(i);
+            }
+        }
+        match free {
+            Some(i) => {
+                let (pid, count, start) = self.slot(i);
+                pid.store(me.pid, Ordering::Relaxed);
+                start.store(me.start, Ordering::Relaxed);
+                count.store(1, Ordering::Relaxed);
+            }
+            None => self.u32(OVERFLOW_AT).store(1, Ordering::Relaxed),
+        }
+        Ok(())
+    }
+
+    /// Counts one handle of `me` less.
+    pub(crate) fn detach(&self, me: Holder) -> io::Result<()> {
+        let _held = self.lock_registry()?;
+        for i in 0..SLOTS {
+            let (pid, count, start) = self.slot(i);
+            if pid.load(Ordering::Relaxed) == me.pid && start.load(Ordering::Relaxed) == me.start {
+                if count.fetch_sub(1, Ordering::Relaxed) <= 1 {
+                    pid.store(0, Ordering::Relaxed);
+                }
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether some process other than `me`, or another handle of `me`, may still use the
+    /// queue. `alive` says whether a listed process still runs. A queue that never left its
+    /// process counts as shared (its threads may use it as they please).
+    pub(crate) fn shared_beyond(
+        &self,
+        me: Holder,
+        alive: impl Fn(Holder) -> bool,
+    ) -> io::Result<bool> {
+        let _held = self.lock_registry()?;
+        if self.u32(EVER_SHARED_AT).load(Ordering::Acquire) == 0
+            || self.u32(OVERFLOW_AT).load(Ordering::Relaxed) != 0
+            || self.u64(IN_FLIGHT_AT).load(Ordering::Acquire) > 0
+        {
+            return Ok(true);
+        }
+        for i in 0..SLOTS {
+            let (pid, count, start) = self.slot(i);
+            let holder = Holder {
+                pid: pid.load(Ordering::Relaxed),
+                start: start.load(Ordering::Relaxed),
+            };
+            if holder.pid == 0 {
+                continue;
+            }
+            if holder == me {
+                if count.load(Ordering::Relaxed) > 1 {
+                    return Ok(true);
+                }
+            } else if alive(holder) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// A handle is on its way to another process (in a message not yet decoded): until it
+    /// [`arrived`](Ring::arrived), the queue counts as shared.
+    pub(crate) fn lend(&self) {
+        self.u32(EVER_SHARED_AT).store(1, Ordering::Release);
+        self.u64(IN_FLIGHT_AT).fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A lent handle was decoded (its process attached first).
+    pub(crate) fn arrived(&self) {
+        let word = self.u64(IN_FLIGHT_AT);
+        let _ = word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    fn lock_registry(&self) -> io::Result<Held<'_>> {
+        // A registry update is a few stores; a dead owner leaves at most a half-written slot,
+        // which names a dead or a live process either way.
+        let (held, _) = self
+            .mutex(REG_MUTEX_AT)
+            .lock(None)?
+            .ok_or_else(|| io::Error::from(io::ErrorKind::TimedOut))?;
+        Ok(held)
+    }
+
+    fn slot(&self, i: usize) -> (&AtomicU32, &AtomicU32, &AtomicU64) {
+        let at = SLOTS_AT + i * SLOT;
+        (self.u32(at), self.u32(at + 4), self.u64(at + 8))
+    }
+}
+
+impl AsFd for Ring {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+/// What a sleeper waits for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wait {
+    /// A put (for getters).
+    Put = 0,
+    /// A get (for putters of a full queue).
+    Get = 1,
+    /// The last unfinished item marked done (for joiners).
+    Done = 2,
+}
+
+/// The producers' lock, held.
+pub(crate) struct Producer<'a> {
+    ring: &'a Ring,
+    _held: Held<'a>,
+}
+
+impl Producer<'_> {
+    /// Appends a frame of `len` bytes that `fill` writes, growing the ring if it must (which
+    /// waits for the consumers' lock until `deadline`). With `joinable`, the item also counts
+    /// as unfinished. If `fill` fails nothing is published.
+    pub(crate) fn push<E: From<io::Error>>(
+        &mut self,
+        len: usize,
+        joinable: bool,
+        deadline: Option<Instant>,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<Push, E> {
+        let r = self.ring;
+        if len > MAX_FRAME {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a message of {len} bytes; a queue takes at most {MAX_FRAME}"),
+            )
+            .into());
+        }
+        let max = r.maxsize();
+        let puts = r.u64(PUTS_AT).load(Ordering::Relaxed);
+        if max > 0 && puts.saturating_sub(r.u64(GETS_AT).load(Ordering::Acquire)) >= max {
+            return Ok(Push::Full);
+        }
+        let need = 8 + round8(len);
+        let written = r.u64(WRITTEN_AT).load(Ordering::Relaxed);
+        let (at, skip) = loop {
+            let cap = r.u64(CAP_AT).load(Ordering::Relaxed) as usize;
+            let base = r.u64(BASE_AT).load(Ordering::Relaxed);
+            let read = r.u64(READ_AT).load(Ordering::Acquire);
+            let used = written.wrapping_sub(read) as usize;
+            if used > cap {
+                return Err(corrupt("more bytes queued than it holds").into());
+            }
+            let at = (written.wrapping_sub(base) % cap as u64) as usize;
+            let skip = if cap - at >= need { 0 } else { cap - at };
+            if cap - used >= skip + need {
+                break (if skip > 0 { 0 } else { at }, skip);
+            }
+            match self.grow(cap, used, need, deadline)? {
+                Push::Done => continue,
+                other => return Ok(other),
+            }
+        };
+        r.u64(WRITTEN_BEFORE_AT).store(written, Ordering::Relaxed);
+        r.u64(PUTS_BEFORE_AT).store(puts, Ordering::Relaxed);
+        r.u32(PUT_STAGE_AT).store(1, Ordering::Release);
+        if joinable {
+            r.u64(UNFINISHED_AT).fetch_add(1, Ordering::AcqRel);
+            r.u32(PUT_STAGE_AT).store(2, Ordering::Release);
+        }
+        r.u64(PUTS_AT).store(puts + 1, Ordering::Release);
+        let filled = (|| {
+            if skip > 0 {
+                let cap = r.u64(CAP_AT).load(Ordering::Relaxed) as usize;
+                let p = r.bytes(cap - skip, 4)?;
+                // SAFETY: 4 bytes at an 8-aligned offset inside the ring, past `written`:
+                // producers' bytes, and we hold the producers' lock.
+                unsafe { p.cast::<u32>().write(SKIP) };
+            }
+            let p = r.bytes(at, need)?;
+            // SAFETY: `need` bytes inside the ring between `written` and `read + cap`, which
+            // no consumer reads until `written` moves past them; we hold the producers' lock,
+            // so no other producer writes them; 8-aligned.
+            let body = unsafe {
+                p.cast::<u32>().write(len as u32);
+                p.add(4).cast::<u32>().write(0);
+                std::slice::from_raw_parts_mut(p.add(8), len)
+            };
+            Ok::<_, io::Error>(body)
+        })();
+        let outcome = match filled {
+            Ok(body) => fill(body),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = outcome {
+            r.u64(PUTS_AT).store(puts, Ordering::Release);
+            if joinable {
+                r.u64(UNFINISHED_AT).fetch_sub(1, Ordering::AcqRel);
+                r.notify_done_if_zero();
+            }
+            r.u32(PUT_STAGE_AT).store(0, Ordering::Release);
+            return Err(e);
+        }
+        r.u64(WRITTEN_AT).store(
+            written.wrapping_add((skip + need) as u64),
+            Ordering::Release,
+        );
+        r.u32(PUT_STAGE_AT).store(0, Ordering::Release);
+        r.notify(Wait::Put, 1);
+        Ok(Push::Done)
+    }
+
+    /// Makes room for a frame of `need` bytes: a larger file, the live frames moved to its new
+    /// part. Takes the consumers' lock (order: producers', then consumers').
+    fn grow(
+        &mut self,
+        cap: usize,
+        used: usize,
+        need: usize,
+        deadline: Option<Instant>,
+    ) -> io::Result<Push> {
+        let r = self.ring;
+        let new_cap = (cap * 2).max(cap + used + need + 8).next_multiple_of(4096);
+        if DATA_AT + new_cap > r.map.len() {
+            return Ok(Push::NoRoom);
+        }
+        let Some(_get) = r.lock_get(deadline)? else {
+            return Ok(Push::Busy);
+        };
+        shm::grow_file(r.file.as_fd(), DATA_AT + new_cap)?;
+        let base = r.u64(BASE_AT).load(Ordering::Relaxed);
+        let read = r.u64(READ_AT).load(Ordering::Relaxed);
+        let written = r.u64(WRITTEN_AT).load(Ordering::Relaxed);
+        // Copy the live frames, in order and without skips, to [cap, cap + moved).
+        let mut pos = read;
+        let mut moved = 0usize;
+        while pos != written {
+            let at = (pos.wrapping_sub(base) % cap as u64) as usize;
+            let left = written.wrapping_sub(pos) as usize;
+            // SAFETY: 4 bytes at an 8-aligned offset inside the old ring (`bytes` checks the
+            // bounds against the old capacity, still published); both locks are held.
+            let len = unsafe { r.bytes(at, 4)?.cast::<u32>().read() };
+            if len == SKIP {
+                if cap - at > left {
+                    return Err(corrupt("a skip past the last frame"));
+                }
+                pos = pos.wrapping_add((cap - at) as u64);
+                continue;
+            }
+            let size = 8 + round8(len as usize);
+            if size > left || at + size > cap || cap + moved + size > new_cap {
+                return Err(corrupt("a frame longer than the bytes queued"));
+            }
+            let from = r.bytes(at, size)?;
+            // SAFETY: the destination lies in the grown file past the old ring (the mapping
+            // covers it: checked against the reservation above) and does not overlap the
+            // source; both locks are held, so nobody else touches either range.
+            unsafe {
+                let to = r.map.as_ptr().add(DATA_AT + cap + moved);
+                std::ptr::copy_nonoverlapping(from, to, size);
+            }
+            moved += size;
+            pos = pos.wrapping_add(size as u64);
+        }
+        // Publish the new layout; a death in these four stores breaks the queue (reported).
+        let new_read = written.wrapping_sub(moved as u64);
+        r.u32(RELOCATING_AT).store(1, Ordering::SeqCst);
+        r.u64(CAP_AT).store(new_cap as u64, Ordering::Relaxed);
+        r.u64(BASE_AT)
+            .store(new_read.wrapping_sub(cap as u64), Ordering::Relaxed);
+        r.u64(READ_AT).store(new_read, Ordering::Release);
+        r.u32(RELOCATING_AT).store(0, Ordering::SeqCst);
+        Ok(Push::Done)
+    }
+}
+
+/// The consumers' lock, held.
+pub(crate) struct Consumer<'a> {
+    ring: &'a Ring,
+    _held: Held<'a>,
+}
+
+impl Consumer<'_> {
+    /// Takes the oldest frame and hands its bytes to `read`; `None` when the ring is empty.
+    /// The frame is consumed whatever `read` returns, unless it unwinds.
+    pub(crate) fn pop<R>(&mut self, read: impl FnOnce(&[u8]) -> R) -> io::Result<Option<R>> {
+        let r = self.ring;
+        let start = r.u64(READ_AT).load(Ordering::Relaxed);
+        let written = r.u64(WRITTEN_AT).load(Ordering::Acquire);
+        let cap = r.u64(CAP_AT).load(Ordering::Relaxed) as usize;
+        let base = r.u64(BASE_AT).load(Ordering::Relaxed);
+        let mut pos = start;
+        if pos == written {
+            return Ok(None);
+        }
+        let mut at = (pos.wrapping_sub(base) % cap as u64) as usize;
+        // SAFETY: 4 bytes at an 8-aligned offset inside the ring, before `written`: published
+        // by a producer (acquire above) and ours under the consumers' lock.
+        let mut len = unsafe { r.bytes(at, 4)?.cast::<u32>().read() };
+        if len == SKIP {
+            pos = pos.wrapping_add((cap - at) as u64);
+            at = 0;
+            if written.wrapping_sub(pos) as usize > cap {
+                return Err(corrupt("a skip past the last frame"));
+            }
+            // SAFETY: as above, at the ring's start.
+            len = unsafe { r.bytes(0, 4)?.cast::<u32>().read() };
+        }
+        let size = 8 + round8(len as usize);
+        if len == SKIP || size > written.wrapping_sub(pos) as usize {
+            return Err(corrupt("a frame longer than the bytes queued"));
+        }
+        let p = r.bytes(at + 8, len as usize)?;
+        // SAFETY: the body lies inside the ring (checked) in a published frame that no
+        // producer overwrites until `read` moves past it, which only we do, under the lock.
+        let out = read(unsafe { std::slice::from_raw_parts(p, len as usize) });
+        let gets = r.u64(GETS_AT).load(Ordering::Relaxed);
+        r.u64(READ_BEFORE_AT).store(start, Ordering::Relaxed);
+        r.u64(GETS_BEFORE_AT).store(gets, Ordering::Relaxed);
+        r.u32(GET_ACTIVE_AT).store(1, Ordering::Release);
+        r.u64(READ_AT)
+            .store(pos.wrapping_add(size as u64), Ordering::Release);
+        r.u64(GETS_AT).store(gets + 1, Ordering::Release);
+        r.u32(GET_ACTIVE_AT).store(0, Ordering::Release);
+        r.notify(Wait::Get, 1);
+        Ok(Some(out))
+    }
+}
