@@ -9,4 +9,5 @@ mod crashes;
 mod lifecycle;
 mod pool;
 mod process;
+mod queues;
 mod sync;
