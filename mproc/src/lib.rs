@@ -47,6 +47,7 @@
 #![deny(unsafe_code)]
 
 mod channel;
+mod connection;
 mod error;
 mod handle;
 mod pool;
@@ -60,6 +61,7 @@ mod wire;
 
 /// Plain old data (bytemuck's): what [`Value`] and [`Array`] may hold.
 pub use bytemuck::Pod;
+pub use connection::{Connection, pipe};
 pub use error::{CodecReport, Error, ErrorKind, LostReport, OsReport, PanicReport, Result};
 pub use pool::{AsyncResult, Chunked, Imap, Pool, PoolBuilder};
 pub use process::{CurrentProcess, Process, cpu_count, current_process};

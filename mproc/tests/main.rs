@@ -7,6 +7,7 @@ mod common;
 mod bootstrap;
 mod crashes;
 mod lifecycle;
+mod pipes;
 mod pool;
 mod process;
 mod queues;

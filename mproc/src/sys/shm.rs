@@ -148,6 +148,24 @@ impl Mapping {
     pub(crate) fn len(&self) -> usize {
         self.len
     }
+
+    /// The bytes of a mapping this process alone writes (a message being written before it
+    /// is sent).
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: valid for `len` bytes while `self` lives; exclusive for the borrow of
+        // `&mut self`. The file has not been sent yet (callers write a message before sending
+        // it), so no other process maps it.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The bytes of a mapping nobody writes any more (a message received: its sender wrote it
+    /// before sending and dropped its mapping).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: valid for `len` bytes while `self` lives. A message's sender finishes
+        // writing before it sends the file and never maps it again; a misbehaving sender could
+        // only change what the bytes decode to, which the decoder checks.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
 }
 
 /// A zero-filled memory file of `len` bytes (close-on-exec, sealable), listed as internal.

@@ -23,6 +23,45 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// A connected pair of Unix sequenced-packet sockets (each send arrives whole, as one message,
+/// whatever else is sent on the same socket), both close-on-exec.
+///
+/// See socketpair(2), unix(7).
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    syscall!(socketpair(
+        libc::AF_UNIX,
+        libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+        0,
+        fds.as_mut_ptr()
+    ))?;
+    // SAFETY: socketpair succeeded, so both numbers are fresh descriptors owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Whether `sock` is a Unix sequenced-packet socket (checked when one arrives from elsewhere).
+pub(crate) fn is_seqpacket(sock: BorrowedFd<'_>) -> bool {
+    let mut kind: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `kind` and `len` are valid for writing one int and its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut kind as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && kind == libc::SOCK_SEQPACKET
+}
+
+/// Shuts both directions of `sock` down, for every process that holds it: the peer reads end
+/// of file (after what was already sent), and sends fail.
+pub(crate) fn shutdown(sock: BorrowedFd<'_>) -> io::Result<()> {
+    syscall!(shutdown(sock.as_raw_fd(), libc::SHUT_RDWR)).map(drop)
+}
+
 fn cmsg_space(n: usize) -> usize {
     // SAFETY: CMSG_SPACE is a pure size computation.
     unsafe { libc::CMSG_SPACE((n * mem::size_of::<RawFd>()) as u32) as usize }

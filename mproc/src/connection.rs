@@ -1,0 +1,327 @@
+//! Pipes: [`pipe`] makes two connected, duplex [`Connection`]s.
+//!
+//! A connection is one end of a Unix sequenced-packet socket pair: each `send` arrives whole
+//! as one message, so processes and threads sharing an end never interleave. A value up to
+//! [`INLINE`] bytes encoded travels in the message; a larger one is encoded straight into a
+//! memory file that travels with the message (`SCM_RIGHTS`) and is decoded straight out of it,
+//! so big payloads are never copied through the socket. Handles (locks, queues, other
+//! connections) may ride inside a sent value: their descriptors go with the message.
+//!
+//! End of file is the kernel's: once every process holding the other end has closed it (by
+//! dropping it, exiting or dying), `recv` fails with `Closed` at once.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, ErrorKind};
+use crate::sys::fd::{self, InternalFd};
+use crate::sys::proc;
+use crate::sys::shm::Mapping;
+use crate::sys::socket;
+use crate::wire::codec;
+
+/// The largest encoded value sent inside the message itself; larger ones go in a memory file.
+pub(crate) const INLINE: usize = 64 * 1024;
+const TAG_INLINE: u8 = 0;
+const TAG_FILE: u8 = 1;
+
+struct End {
+    /// Listed as internal: a child made with fork closes it (unless it is passed to the child),
+    /// so end of file never depends on who forked when.
+    sock: InternalFd,
+    /// The fork generation it belongs to; a fork child that inherited it without being
+    /// passed it has no such descriptor.
+    generation: u64,
+    /// One sender at a time in this process (a message is whole anyway; this orders the
+    /// waits for room).
+    sending: Mutex<()>,
+    /// One receiver at a time in this process, so a message and its descriptors stay
+    /// together; and its buffer.
+    receiving: Mutex<Vec<u8>>,
+}
+
+/// One end of a [`pipe`]: Python's `multiprocessing.connection.Connection`, for values of `T`.
+///
+/// Both ends send and receive. A `Connection` is a cheap `Clone` (clones share the end),
+/// `Send + Sync`, and travels as an argument of [`Process::new`](crate::Process::new), of pool
+/// tasks, or inside a value sent over another connection.
+///
+/// A child started with [`StartMethod::Fork`](crate::StartMethod::Fork) holds only the
+/// connections passed to it: the ones it inherited otherwise are closed in it, so an end's
+/// peer sees end of file when the processes it was passed to are gone, whoever forked when
+/// (Python's inherited ends keep pipes open by surprise). Using such an inherited handle is
+/// an `InvalidArgument` error that says so.
+///
+/// ```
+/// use mproc::{Connection, Process};
+///
+/// fn echo_twice(conn: Connection<String>) {
+///     let s = conn.recv().unwrap();
+///     conn.send(format!("{s} {s}")).unwrap();
+/// }
+///
+/// let (here, there) = mproc::pipe()?;
+/// let mut p = Process::new(echo_twice, (there,));
+/// p.start()?;
+/// here.send("hi".to_string())?;
+/// assert_eq!(here.recv()?, "hi hi");
+/// p.join()?;
+/// # Ok::<(), mproc::Error>(())
+/// ```
+pub struct Connection<T> {
+    end: Arc<End>,
+    _values: PhantomData<fn(T) -> T>,
+}
+
+/// Two connected ends, each of which sends to the other: Python's `Pipe()`.
+///
+/// ```
+/// let (a, b) = mproc::pipe::<u32>()?;
+/// a.send(1)?;
+/// b.send(2)?;
+/// assert_eq!((b.recv()?, a.recv()?), (1, 2));
+/// # Ok::<(), mproc::Error>(())
+/// ```
+pub fn pipe<T>() -> Result<(Connection<T>, Connection<T>), Error> {
+    let (a, b) = socket::seqpacket_pair().map_err(|e| Error::os("creating a pipe", e))?;
+    Ok((Connection::from_sock(a), Connection::from_sock(b)))
+}
+
+impl<T> Clone for Connection<T> {
+    fn clone(&self) -> Self {
+        Connection {
+            end: self.end.clone(),
+            _values: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Connection<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("fd", &self.end.sock)
+            .finish()
+    }
+}
+
+fn os(what: &str, e: std::io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN) => {
+            ErrorKind::Closed.into()
+        }
+        _ => Error::os(what.to_string(), e),
+    }
+}
+
+impl End {
+    /// The socket, unless this process is a fork child that inherited the handle without
+    /// being passed it.
+    fn sock(&self) -> Result<BorrowedFd<'_>, Error> {
+        if self.generation != proc::fork_generation() {
+            return Err(Error::invalid(
+                "this connection was inherited through fork, not passed to this process: \
+                 pass it in the arguments of Process::new or of a pool task",
+            ));
+        }
+        Ok(self.sock.as_fd())
+    }
+}
+
+impl<T> Connection<T> {
+    fn from_sock(sock: OwnedFd) -> Self {
+        Connection {
+            end: Arc::new(End {
+                sock: InternalFd::new(sock),
+                generation: proc::fork_generation(),
+                sending: Mutex::new(()),
+                receiving: Mutex::new(Vec::new()),
+            }),
+            _values: PhantomData,
+        }
+    }
+
+    /// Whether a message (or the end of file) is there to receive, waiting up to `timeout`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let (a, b) = mproc::pipe::<u8>()?;
+    /// assert!(!b.poll(Duration::ZERO)?);
+    /// a.send(1)?;
+    /// assert!(b.poll(Duration::from_secs(1))?);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn poll(&self, timeout: Duration) -> Result<bool, Error> {
+        let ready = fd::poll_read(&[self.end.sock()?], fd::deadline_after(timeout))
+            .map_err(|e| os("waiting on a pipe", e))?;
+        Ok(ready[0].readable || ready[0].hangup)
+    }
+
+    /// Shuts the connection down in both directions, for every process: the other end reads
+    /// what was already sent and then fails with `Closed`; sends from either end fail.
+    ///
+    /// ```
+    /// let (a, b) = mproc::pipe::<u8>()?;
+    /// a.send(1)?;
+    /// a.close();
+    /// assert_eq!(b.recv()?, 1);
+    /// assert_eq!(b.recv().unwrap_err().kind(), &mproc::ErrorKind::Closed);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn close(&self) {
+        if let Ok(sock) = self.end.sock() {
+            let _ = socket::shutdown(sock);
+        }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Connection<T> {
+    /// Sends `value` (a `T` or a `&T`) to the other end, waiting while the socket is full.
+    ///
+    /// # Errors
+    ///
+    /// `Closed` when the other end is closed or every process holding it is gone; `Codec` when
+    /// the value does not encode.
+    ///
+    /// ```
+    /// let (a, b) = mproc::pipe::<Vec<u64>>()?;
+    /// let v = vec![1, 2, 3];
+    /// a.send(&v)?; // by reference
+    /// assert_eq!(b.recv()?, v);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn send(&self, value: impl Borrow<T>) -> Result<(), Error> {
+        let value = value.borrow();
+        let encode_err = |e| Error::codec(std::any::type_name::<T>(), "encode", e);
+        let (message, handles) = crate::handle::collecting(|| -> Result<_, Error> {
+            let len = codec::encoded_len(value).map_err(encode_err)?;
+            if len <= INLINE {
+                let mut bytes = Vec::with_capacity(1 + len);
+                bytes.push(TAG_INLINE);
+                codec::encode_into(&mut bytes, value).map_err(encode_err)?;
+                return Ok((bytes, None));
+            }
+            let (mut map, file) = Mapping::create("mproc-message", len)
+                .map_err(|e| Error::os("creating shared memory for a message", e))?;
+            codec::encode_to_slice(&mut map.bytes_mut()[..len], value).map_err(encode_err)?;
+            let mut bytes = vec![TAG_FILE];
+            bytes.extend((len as u64).to_le_bytes());
+            Ok((bytes, Some(file.into_owned())))
+        });
+        let (bytes, file) = message?;
+        let mut fds: Vec<_> = file.iter().map(|f| f.as_fd()).collect();
+        fds.extend(handles.iter().map(|f| f.as_fd()));
+        let sock = self.end.sock()?;
+        let _one = self.end.sending.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match socket::send(sock, &[&bytes], &fds) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    fd::poll_write(sock, None).map_err(|e| os("waiting to send on a pipe", e))?;
+                }
+                Err(e) => return Err(os("sending on a pipe", e)),
+            }
+        }
+    }
+
+    /// Receives the next value, waiting for it.
+    ///
+    /// # Errors
+    ///
+    /// `Closed` at once when the other end is closed, or every process holding it has dropped
+    /// it or died; `Codec` when the message does not decode as a `T` (it is consumed).
+    ///
+    /// ```
+    /// let (a, b) = mproc::pipe::<String>()?;
+    /// a.send("ping".to_string())?;
+    /// assert_eq!(b.recv()?, "ping");
+    /// drop(a);
+    /// assert_eq!(b.recv().unwrap_err().kind(), &mproc::ErrorKind::Closed);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn recv(&self) -> Result<T, Error> {
+        self.recv_until(None)
+    }
+
+    /// Like [`recv`](Connection::recv), giving up with `Err(Timeout)` after `timeout`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let (_a, b) = mproc::pipe::<u8>()?;
+    /// let e = b.recv_timeout(Duration::from_millis(10)).unwrap_err();
+    /// assert_eq!(e.kind(), &mproc::ErrorKind::Timeout);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<T, Error> {
+        self.recv_until(fd::deadline_after(timeout))
+    }
+
+    fn recv_until(&self, deadline: Option<Instant>) -> Result<T, Error> {
+        let sock = self.end.sock()?;
+        let mut buf = self.end.receiving.lock().unwrap_or_else(|e| e.into_inner());
+        buf.resize(1 + INLINE, 0);
+        let mut fds = Vec::new();
+        let n = loop {
+            match socket::recv(sock, &mut buf, &mut fds, true) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let ready =
+                        fd::poll_read(&[sock], deadline).map_err(|e| os("waiting on a pipe", e))?;
+                    if !ready[0].readable && !ready[0].hangup {
+                        return Err(ErrorKind::Timeout.into());
+                    }
+                }
+                Err(e) => return Err(os("receiving on a pipe", e)),
+            }
+        };
+        if n == 0 {
+            return Err(ErrorKind::Closed.into());
+        }
+        let decode_err = |e| Error::codec(std::any::type_name::<T>(), "decode", e);
+        match buf[0] {
+            TAG_INLINE => {
+                crate::handle::providing(fds, || codec::decode(&buf[1..n]).map_err(decode_err))
+            }
+            TAG_FILE if n == 9 && !fds.is_empty() => {
+                let len = u64::from_le_bytes(buf[1..9].try_into().expect("8 bytes")) as usize;
+                let file = fds.remove(0);
+                let map = Mapping::open(file.as_fd())
+                    .map_err(|e| Error::os("mapping a received message", e))?;
+                if map.len() < len {
+                    return Err(Error::protocol("a message shorter than it says"));
+                }
+                crate::handle::providing(fds, || {
+                    codec::decode(&map.bytes()[..len]).map_err(decode_err)
+                })
+            }
+            _ => Err(Error::protocol("a malformed message on a pipe")),
+        }
+    }
+}
+
+impl<T> Serialize for Connection<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let sock = self.end.sock().map_err(serde::ser::Error::custom)?;
+        let at = crate::handle::export(sock).map_err(serde::ser::Error::custom)?;
+        s.serialize_u32(at)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Connection<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let at = u32::deserialize(d)?;
+        let sock = crate::handle::import(at).map_err(serde::de::Error::custom)?;
+        if !socket::is_seqpacket(sock.as_fd()) {
+            return Err(serde::de::Error::custom("not an mproc pipe"));
+        }
+        Ok(Connection::from_sock(sock))
+    }
+}

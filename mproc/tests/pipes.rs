@@ -1,0 +1,190 @@
+//! Pipes across processes, under every start method: order, both directions, large values
+//! through shared memory, handles inside messages, dead and closed peers, timeouts.
+
+use std::time::{Duration, Instant};
+
+use serde_bytes::ByteBuf;
+
+use mproc::{Connection, ErrorKind, Lock, Process, Queue, StartMethod, pipe};
+
+use crate::common::PATIENCE;
+
+fn start<R, F, A>(m: StartMethod, f: F, args: A) -> Process<R>
+where
+    F: mproc::Target<A, Output = R>,
+    A: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+    R: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    let mut p = Process::new(f, args).start_method(m);
+    p.start().unwrap();
+    p
+}
+
+/// Sends back each number plus one until the other end closes; returns how many.
+fn plus_one(conn: Connection<u64>) -> u64 {
+    let mut n = 0;
+    while let Ok(x) = conn.recv() {
+        conn.send(x + 1).unwrap();
+        n += 1;
+    }
+    n
+}
+
+fn messages_cross_in_order_both_ways(m: StartMethod) {
+    let (here, there) = pipe().unwrap();
+    let mut p = start(m, plus_one, (there,));
+    for i in 0..200u64 {
+        here.send(i).unwrap();
+    }
+    for i in 0..200u64 {
+        assert_eq!(here.recv_timeout(PATIENCE).unwrap(), i + 1);
+    }
+    drop(here); // end of file for the child
+    assert_eq!(p.join_timeout(PATIENCE).unwrap(), 200);
+}
+
+/// Returns the large value it receives, reversed, and the sum of its bytes.
+fn reverse(conn: Connection<ByteBuf>) -> u64 {
+    let mut v = conn.recv().unwrap().into_vec();
+    let sum = v.iter().map(|&b| u64::from(b)).sum();
+    v.reverse();
+    conn.send(ByteBuf::from(v)).unwrap();
+    sum
+}
+
+fn large_values_cross_through_shared_memory(m: StartMethod) {
+    let (here, there) = pipe().unwrap();
+    let mut p = start(m, reverse, (there,));
+    let v: Vec<u8> = (0..10u32 << 20).map(|i| (i % 253) as u8).collect();
+    here.send(ByteBuf::from(v.clone())).unwrap();
+    let back = here.recv_timeout(PATIENCE).unwrap();
+    let sum: u64 = v.iter().map(|&b| u64::from(b)).sum();
+    assert_eq!(p.join_timeout(PATIENCE).unwrap(), sum);
+    assert!(back.iter().rev().eq(v.iter()), "10 MiB intact both ways");
+}
+
+/// Waits on the connection until killed.
+fn hang_on(conn: Connection<u8>) {
+    let _ = conn.recv();
+}
+
+/// Returns without sending.
+fn say_nothing(conn: Connection<u8>) {
+    drop(conn);
+}
+
+fn a_dead_peer_is_an_error_at_once(m: StartMethod) {
+    let (here, there) = pipe().unwrap();
+    let p = start(m, hang_on, (there,));
+    std::thread::sleep(Duration::from_millis(100));
+    let killed = Instant::now();
+    p.kill().unwrap();
+    let e = here.recv_timeout(PATIENCE).unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Closed, "{e}");
+    assert!(
+        killed.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        killed.elapsed()
+    );
+    assert_eq!(here.send(1).unwrap_err().kind(), &ErrorKind::Closed);
+
+    let (here, there) = pipe().unwrap();
+    let mut p = start(m, say_nothing, (there,));
+    assert_eq!(
+        here.recv_timeout(PATIENCE).unwrap_err().kind(),
+        &ErrorKind::Closed
+    );
+    assert!(
+        here.poll(Duration::ZERO).unwrap(),
+        "end of file is readable"
+    );
+    p.join_timeout(PATIENCE).unwrap();
+}
+
+/// Receives a connection, a queue and a lock through a connection, and uses each.
+fn handles_arrive(conn: Connection<(Connection<String>, Queue<u32>, Lock)>) {
+    let (back, q, lock) = conn.recv().unwrap();
+    let _g = lock.acquire().unwrap();
+    q.put(7).unwrap();
+    back.send("via a pipe".to_string()).unwrap();
+}
+
+fn handles_travel_inside_messages(m: StartMethod) {
+    let (here, there) = pipe().unwrap();
+    let mut p = start(m, handles_arrive, (there,));
+    let (mine, theirs) = pipe::<String>().unwrap();
+    let q = Queue::new().unwrap();
+    let lock = Lock::new().unwrap();
+    here.send((theirs, q.clone(), lock.clone())).unwrap();
+    assert_eq!(mine.recv_timeout(PATIENCE).unwrap(), "via a pipe");
+    assert_eq!(q.get_timeout(PATIENCE).unwrap(), 7);
+    p.join_timeout(PATIENCE).unwrap();
+    drop(lock.acquire().unwrap());
+}
+
+/// Sends `n` values from each of `threads` threads at once, big and small.
+fn send_from_threads(conn: Connection<ByteBuf>, threads: u8, n: u32) {
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let conn = conn.clone();
+            s.spawn(move || {
+                for i in 0..n {
+                    let len = if i % 10 == 0 { 200_000 } else { 100 };
+                    conn.send(ByteBuf::from(vec![t; len])).unwrap();
+                }
+            });
+        }
+    });
+}
+
+fn concurrent_senders_never_interleave(m: StartMethod) {
+    let (here, there) = pipe().unwrap();
+    let mut p = start(m, send_from_threads, (there, 4, 50));
+    let mut counts = [0; 4];
+    for _ in 0..200 {
+        let v = here.recv_timeout(PATIENCE).unwrap();
+        assert!(v.len() == 100 || v.len() == 200_000);
+        assert!(v.iter().all(|&b| b == v[0]), "a message arrives whole");
+        counts[v[0] as usize] += 1;
+    }
+    assert_eq!(counts, [50; 4]);
+    p.join_timeout(PATIENCE).unwrap();
+}
+
+fn close_ends_the_other_side_after_what_was_sent(_m: StartMethod) {
+    let (a, b) = pipe::<u8>().unwrap();
+    a.send(1).unwrap();
+    a.close();
+    assert_eq!(b.recv().unwrap(), 1);
+    assert_eq!(b.recv().unwrap_err().kind(), &ErrorKind::Closed);
+    assert_eq!(b.send(2).unwrap_err().kind(), &ErrorKind::Closed);
+
+    let want = Duration::from_millis(100);
+    let (_a, b) = pipe::<u8>().unwrap();
+    let t = Instant::now();
+    assert_eq!(
+        b.recv_timeout(want).unwrap_err().kind(),
+        &ErrorKind::Timeout
+    );
+    let took = t.elapsed();
+    assert!(
+        took >= want && took < want + Duration::from_millis(150),
+        "{took:?}"
+    );
+    let t = Instant::now();
+    assert!(!b.poll(want).unwrap());
+    let took = t.elapsed();
+    assert!(
+        took >= want && took < want + Duration::from_millis(150),
+        "{took:?}"
+    );
+}
+
+per_start_method!(
+    messages_cross_in_order_both_ways,
+    large_values_cross_through_shared_memory,
+    a_dead_peer_is_an_error_at_once,
+    handles_travel_inside_messages,
+    concurrent_senders_never_interleave,
+    close_ends_the_other_side_after_what_was_sent,
+);
