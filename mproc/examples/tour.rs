@@ -4,6 +4,8 @@
 //! cargo run --release --example tour
 //! ```
 
+#[path = "add_many.rs"]
+mod add_many;
 #[path = "apply_timeout.rs"]
 mod apply_timeout;
 #[path = "counter.rs"]
@@ -57,6 +59,11 @@ fn main() -> mproc::Result<()> {
             name: "counter",
             shows: "processes increment one shared Value under its lock; the total is exact",
             run: counter::main,
+        },
+        Stop {
+            name: "add_many",
+            shows: "two children add half a million random numbers each and put their sums on one Queue",
+            run: add_many::main,
         },
         Stop {
             name: "speedup",
