@@ -59,6 +59,9 @@ pub(crate) fn main() -> mproc::Result<()> {
         "each of {TOTAL_NUMBERS} numbers is between 1 and 100"
     );
     let mean = total as f64 / TOTAL_NUMBERS as f64;
-    assert!((mean - 50.5).abs() < 1.0, "the mean of 1..=100 is 50.5, got {mean}");
+    assert!(
+        (mean - 50.5).abs() < 1.0,
+        "the mean of 1..=100 is 50.5, got {mean}"
+    );
     Ok(())
 }

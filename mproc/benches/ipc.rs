@@ -1,0 +1,443 @@
+//! Queues, pipes, locks and events between processes, next to the operating system's floor and
+//! to Python's `multiprocessing`, in the same run.
+//!
+//! Sections, each with its target (checked at the end, PASS or MISS):
+//!
+//! 1. `q64`: a child puts N messages of 64 bytes (`[u64; 8]`) on a `Queue`, the parent gets
+//!    them; messages/s from the parent's first `get` to its last. Floor: a forked child that
+//!    `write`s each 64-byte message to a Unix socketpair, the parent reading in bulk (one
+//!    system call per message, the least a socket-based queue pays). Target: >= 2,000,000/s.
+//! 2. `big`: a child puts 10 MiB messages (`ByteBuf`) on a `Queue::bounded(2)`, and sends them
+//!    on a pipe; GB/s at the parent. Floor: `memcpy` of 10 MiB between two warm buffers.
+//!    Target (queue): >= 0.5x memcpy.
+//! 3. `lock`: uncontended `Lock::acquire` + drop, ns per pair; `std::sync::Mutex` beside it.
+//!    Target: <= 50 ns.
+//! 4. `event`: a ping-pong between two processes over two `Event`s (set, wait, clear), half a
+//!    round trip per wake-up. Floor: the same ping-pong over two raw futex words in shared
+//!    memory with a forked child. Target: <= 2x the floor.
+//!
+//! Python's side (`benches/python_ipc.py`, `$PYTHON` or `python3`) runs after the Rust
+//! sections. Run it with:
+//!
+//! ```text
+//! cargo bench -p mproc --bench ipc                 # everything, about a minute
+//! cargo bench -p mproc --bench ipc -- q64 lock     # only the sections named
+//! cargo bench -p mproc --bench ipc -- --no-python  # skip Python
+//! ```
+//!
+//! Without `--bench` on its command line (as under `cargo test --benches`) it does a smoke run.
+
+mod common;
+use common::machine;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_bytes::ByteBuf;
+
+use mproc::{Connection, Event, Lock, Process, Queue, pipe};
+
+const SECTIONS: [&str; 4] = ["q64", "big", "lock", "event"];
+const BIG: usize = 10 << 20;
+
+struct Plan {
+    q64: u64,
+    big: usize,
+    locks: u64,
+    pings: u64,
+    rounds: usize,
+}
+
+const FULL: Plan = Plan {
+    q64: 2_000_000,
+    big: 40,
+    locks: 10_000_000,
+    pings: 20_000,
+    rounds: 5,
+};
+const SMOKE: Plan = Plan {
+    q64: 10_000,
+    big: 2,
+    locks: 10_000,
+    pings: 100,
+    rounds: 1,
+};
+
+/// Waits for `go`, then puts `n` 64-byte messages.
+fn put_small(q: Queue<[u64; 8]>, go: Event, n: u64) {
+    go.wait();
+    for i in 0..n {
+        q.put([i; 8]).unwrap();
+    }
+}
+
+/// Waits for `go`, then puts `n` messages of 10 MiB.
+fn put_big(q: Queue<ByteBuf>, go: Event, n: usize) {
+    let v = ByteBuf::from(vec![7u8; BIG]);
+    go.wait();
+    for _ in 0..n {
+        q.put(&v).unwrap();
+    }
+}
+
+/// Waits for `go`, then sends `n` messages of 10 MiB.
+fn send_big(c: Connection<ByteBuf>, go: Event, n: usize) {
+    let v = ByteBuf::from(vec![7u8; BIG]);
+    go.wait();
+    for _ in 0..n {
+        c.send(&v).unwrap();
+    }
+}
+
+/// The other side of the event ping-pong: `n` times, wait for ping, answer pong.
+fn pong(ping: Event, pong: Event, n: u64) {
+    for _ in 0..n {
+        ping.wait();
+        ping.clear();
+        pong.set();
+    }
+}
+
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+struct Report {
+    rows: Vec<String>,
+    checks: Vec<(String, bool)>,
+}
+
+impl Report {
+    fn row(&mut self, name: &str, value: String) {
+        println!("{name:<58} {value}");
+        self.rows.push(format!("{name:<58} {value}"));
+    }
+    fn check(&mut self, what: String, ok: bool) {
+        self.checks.push((what, ok));
+    }
+}
+
+fn main() -> Result<(), mproc::Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let python = !args.iter().any(|a| a == "--no-python");
+    let wanted: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| SECTIONS.contains(a))
+        .collect();
+    let on = |s: &str| wanted.is_empty() || wanted.contains(&s);
+    let plan = if full { FULL } else { SMOKE };
+    println!("{}", machine());
+    let mut r = Report {
+        rows: Vec::new(),
+        checks: Vec::new(),
+    };
+    let mut py_args = Vec::new();
+    if on("q64") {
+        q64(&plan, &mut r)?;
+        py_args.push(format!("q64={}", plan.q64 / 10));
+    }
+    if on("big") {
+        big(&plan, &mut r)?;
+        py_args.push(format!("big={}", plan.big.min(20)));
+    }
+    if on("lock") {
+        lock(&plan, &mut r)?;
+        py_args.push(format!("lock={}", plan.locks / 10));
+    }
+    if on("event") {
+        event(&plan, &mut r)?;
+        py_args.push(format!("event={}", plan.pings / 4));
+    }
+    if python && !py_args.is_empty() {
+        match run_python(&py_args) {
+            Ok(out) => {
+                for line in out.lines() {
+                    r.row(
+                        &format!("python {}", line.split('=').next().unwrap_or("")),
+                        line.split('=').nth(1).unwrap_or("").to_string(),
+                    );
+                }
+            }
+            Err(e) => println!("python skipped: {e}"),
+        }
+    }
+    println!();
+    for (what, ok) in &r.checks {
+        println!("{} {what}", if *ok { "PASS" } else { "MISS" });
+    }
+    Ok(())
+}
+
+fn q64(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
+    let mut ours = Vec::new();
+    let mut floor = Vec::new();
+    for _ in 0..plan.rounds {
+        let q = Queue::<[u64; 8]>::new()?;
+        let go = Event::new()?;
+        let mut p = Process::new(put_small, (q.clone(), go.clone(), plan.q64));
+        p.start()?;
+        go.set();
+        let t = Instant::now();
+        for i in 0..plan.q64 {
+            let m = q.get()?;
+            debug_assert_eq!(m[0], i);
+            std::hint::black_box(m);
+        }
+        ours.push(plan.q64 as f64 / t.elapsed().as_secs_f64());
+        p.join()?;
+        floor.push(socket_stream(plan.q64));
+    }
+    let (ours, floor) = (median(&mut ours), median(&mut floor));
+    r.row(
+        "socketpair, one write(2) per 64 B message (floor)",
+        format!("{:>12.0} msgs/s", floor),
+    );
+    r.row(
+        "Queue<[u64; 8]> child -> parent",
+        format!("{:>12.0} msgs/s  ({:.1}x the floor)", ours, ours / floor),
+    );
+    r.check(format!("q64: {ours:.0} msgs/s >= 2,000,000"), ours >= 2e6);
+    Ok(())
+}
+
+/// A forked child writes `n` 64-byte messages, one `write` each; the parent reads them all.
+/// Messages per second at the parent.
+fn socket_stream(n: u64) -> f64 {
+    let (mut a, mut b) = UnixStream::pair().unwrap();
+    // SAFETY: the child only writes to a socket and exits with _exit.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        drop(a);
+        let msg = [1u8; 64];
+        for _ in 0..n {
+            b.write_all(&msg).unwrap();
+        }
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    drop(b);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = n as usize * 64;
+    let t = Instant::now();
+    while left > 0 {
+        let k = a.read(&mut buf).unwrap();
+        assert!(k > 0);
+        left -= k;
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    // SAFETY: reaps the child forked above.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    rate
+}
+
+fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
+    let gb = |n: usize, t: Instant| (n * BIG) as f64 / t.elapsed().as_secs_f64() / 1e9;
+    let (mut copy, mut queue, mut piped) = (Vec::new(), Vec::new(), Vec::new());
+    let src = vec![3u8; BIG];
+    let mut dst = vec![0u8; BIG];
+    for _ in 0..plan.rounds {
+        dst.copy_from_slice(&src);
+        let t = Instant::now();
+        for _ in 0..plan.big {
+            dst.copy_from_slice(std::hint::black_box(&src));
+            std::hint::black_box(&mut dst);
+        }
+        copy.push(gb(plan.big, t));
+
+        let q = Queue::<ByteBuf>::bounded(2)?;
+        let go = Event::new()?;
+        let mut p = Process::new(put_big, (q.clone(), go.clone(), plan.big));
+        p.start()?;
+        go.set();
+        let t = Instant::now();
+        for _ in 0..plan.big {
+            let v = q.get()?;
+            assert_eq!(v.len(), BIG);
+        }
+        queue.push(gb(plan.big, t));
+        p.join()?;
+
+        let (here, there) = pipe::<ByteBuf>()?;
+        let go = Event::new()?;
+        let mut p = Process::new(send_big, (there, go.clone(), plan.big));
+        p.start()?;
+        go.set();
+        let t = Instant::now();
+        for _ in 0..plan.big {
+            let v = here.recv()?;
+            assert_eq!(v.len(), BIG);
+        }
+        piped.push(gb(plan.big, t));
+        p.join()?;
+    }
+    let (copy, queue, piped) = (median(&mut copy), median(&mut queue), median(&mut piped));
+    r.row("memcpy of 10 MiB (floor)", format!("{copy:>8.2} GB/s"));
+    r.row(
+        "Queue<ByteBuf> 10 MiB messages child -> parent",
+        format!("{queue:>8.2} GB/s  ({:.2}x memcpy)", queue / copy),
+    );
+    r.row(
+        "pipe Connection<ByteBuf> 10 MiB messages child -> parent",
+        format!("{piped:>8.2} GB/s  ({:.2}x memcpy)", piped / copy),
+    );
+    r.check(
+        format!("big: queue {queue:.2} GB/s >= 0.5 x memcpy {copy:.2} GB/s"),
+        queue >= 0.5 * copy,
+    );
+    Ok(())
+}
+
+fn lock(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
+    let lock = Lock::new()?;
+    let std_lock = std::sync::Mutex::new(0u64);
+    let (mut ours, mut std_ns) = (Vec::new(), Vec::new());
+    for _ in 0..plan.rounds {
+        let t = Instant::now();
+        for _ in 0..plan.locks {
+            std::hint::black_box(lock.acquire()?);
+        }
+        ours.push(t.elapsed().as_nanos() as f64 / plan.locks as f64);
+        let t = Instant::now();
+        for _ in 0..plan.locks {
+            std::hint::black_box(std_lock.lock().unwrap());
+        }
+        std_ns.push(t.elapsed().as_nanos() as f64 / plan.locks as f64);
+    }
+    let (ours, std_ns) = (median(&mut ours), median(&mut std_ns));
+    r.row(
+        "std::sync::Mutex lock+unlock (in-process floor)",
+        format!("{std_ns:>8.1} ns"),
+    );
+    r.row(
+        "Lock acquire+release, uncontended",
+        format!("{ours:>8.1} ns"),
+    );
+    r.check(format!("lock: {ours:.1} ns <= 50 ns"), ours <= 50.0);
+    Ok(())
+}
+
+fn event(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
+    let (mut ours, mut floor) = (Vec::new(), Vec::new());
+    for _ in 0..plan.rounds {
+        let (ping, pong_e) = (Event::new()?, Event::new()?);
+        let mut p = Process::new(pong, (ping.clone(), pong_e.clone(), plan.pings + 10));
+        p.start()?;
+        for _ in 0..10 {
+            ping.set();
+            pong_e.wait();
+            pong_e.clear();
+        }
+        let t = Instant::now();
+        for _ in 0..plan.pings {
+            ping.set();
+            pong_e.wait();
+            pong_e.clear();
+        }
+        ours.push(t.elapsed().as_nanos() as f64 / plan.pings as f64 / 2.0 / 1000.0);
+        p.join()?;
+        floor.push(futex_ping_pong(plan.pings));
+    }
+    let (ours, floor) = (median(&mut ours), median(&mut floor));
+    r.row(
+        "raw futex wake-up across processes (floor)",
+        format!("{floor:>8.2} µs"),
+    );
+    r.row(
+        "Event wake-up across processes",
+        format!("{ours:>8.2} µs  ({:.2}x the floor)", ours / floor),
+    );
+    r.check(
+        format!("event: {ours:.2} µs <= 2 x {floor:.2} µs"),
+        ours <= 2.0 * floor,
+    );
+    Ok(())
+}
+
+/// A ping-pong over two futex words in a shared anonymous mapping with a forked child, each
+/// side sleeping in FUTEX_WAIT until the other wakes it. Microseconds per one-way wake-up.
+fn futex_ping_pong(n: u64) -> f64 {
+    // SAFETY: a fresh shared anonymous mapping of one page; unmapped below.
+    let mem = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(mem, libc::MAP_FAILED);
+    // SAFETY: the page is zeroed, aligned and lives until munmap; both words only accessed
+    // atomically.
+    let (ping, pong) = unsafe {
+        (
+            &*(mem as *const AtomicU32),
+            &*(mem.cast::<u8>().add(64) as *const AtomicU32),
+        )
+    };
+    let wait = |w: &AtomicU32| {
+        while w.load(Ordering::Acquire) == 0 {
+            // SAFETY: FUTEX_WAIT on a valid word, no timeout.
+            unsafe {
+                libc::syscall(libc::SYS_futex, w.as_ptr(), libc::FUTEX_WAIT, 0, 0, 0, 0);
+            }
+        }
+        w.store(0, Ordering::Release);
+    };
+    let wake = |w: &AtomicU32| {
+        w.store(1, Ordering::Release);
+        // SAFETY: FUTEX_WAKE on a valid word.
+        unsafe { libc::syscall(libc::SYS_futex, w.as_ptr(), libc::FUTEX_WAKE, 1, 0, 0, 0) };
+    };
+    let rounds = n + 10;
+    // SAFETY: the child only touches the shared words and exits with _exit.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        for _ in 0..rounds {
+            wait(ping);
+            wake(pong);
+        }
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    for _ in 0..10 {
+        wake(ping);
+        wait(pong);
+    }
+    let t = Instant::now();
+    for _ in 0..n {
+        wake(ping);
+        wait(pong);
+    }
+    let us = t.elapsed().as_nanos() as f64 / n as f64 / 2.0 / 1000.0;
+    // SAFETY: reaps the child; unmaps the page mapped above.
+    unsafe {
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+        libc::munmap(mem, 4096);
+    }
+    us
+}
+
+fn run_python(args: &[String]) -> Result<String, String> {
+    let python = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/python_ipc.py");
+    println!("running python...");
+    let out = Command::new(&python)
+        .arg(&script)
+        .args(args)
+        .output()
+        .map_err(|e| format!("could not run {}: {e}", python.to_string_lossy()))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let _ = Duration::ZERO;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

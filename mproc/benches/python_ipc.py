@@ -1,0 +1,81 @@
+"""Python's side of benches/ipc.rs: multiprocessing Queue, Lock and Event, timed here.
+
+Arguments: q64=N big=N lock=N event=N (each optional). Prints one line per measurement,
+"name=value" with the unit in the name.
+"""
+import multiprocessing as mp
+import sys
+import time
+
+BIG = 10 << 20
+
+
+def put_small(q, go, n):
+    msg = bytes(64)
+    go.wait()
+    for _ in range(n):
+        q.put(msg)
+
+
+def put_big(q, go, n):
+    msg = bytes(BIG)
+    go.wait()
+    for _ in range(n):
+        q.put(msg)
+
+
+def pong(ping, pong_e, n):
+    for _ in range(n):
+        ping.wait()
+        ping.clear()
+        pong_e.set()
+
+
+def main():
+    args = dict(a.split("=") for a in sys.argv[1:])
+    if "q64" in args:
+        n = int(args["q64"])
+        q, go = mp.Queue(), mp.Event()
+        p = mp.Process(target=put_small, args=(q, go, n))
+        p.start()
+        go.set()
+        t = time.perf_counter()
+        for _ in range(n):
+            q.get()
+        print(f"Queue 64 B child -> parent (msgs/s)={n / (time.perf_counter() - t):.0f}")
+        p.join()
+    if "big" in args:
+        n = int(args["big"])
+        q, go = mp.Queue(2), mp.Event()
+        p = mp.Process(target=put_big, args=(q, go, n))
+        p.start()
+        go.set()
+        t = time.perf_counter()
+        for _ in range(n):
+            q.get()
+        print(f"Queue 10 MiB child -> parent (GB/s)={n * BIG / (time.perf_counter() - t) / 1e9:.2f}")
+        p.join()
+    if "lock" in args:
+        n = int(args["lock"])
+        lock = mp.Lock()
+        t = time.perf_counter()
+        for _ in range(n):
+            lock.acquire()
+            lock.release()
+        print(f"Lock acquire+release (ns)={(time.perf_counter() - t) / n * 1e9:.1f}")
+    if "event" in args:
+        n = int(args["event"])
+        ping, pong_e = mp.Event(), mp.Event()
+        p = mp.Process(target=pong, args=(ping, pong_e, n))
+        p.start()
+        t = time.perf_counter()
+        for _ in range(n):
+            ping.set()
+            pong_e.wait()
+            pong_e.clear()
+        print(f"Event wake-up across processes (us)={(time.perf_counter() - t) / n / 2 * 1e6:.2f}")
+        p.join()
+
+
+if __name__ == "__main__":
+    main()
