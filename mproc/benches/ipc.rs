@@ -4,11 +4,12 @@
 //! Sections, each with its target (checked at the end, PASS or MISS):
 //!
 //! 1. `q64`: a child puts N messages of 64 bytes (`[u64; 8]`) on a `Queue`, the parent gets
-//!    them; messages/s from the parent's first `get` to its last. Floor: a forked child that
+//!    them; messages/s over the parent's gets, after warm-up messages (child start, the
+//!    queue's first growth) that are not timed. Floor: a forked child that
 //!    `write`s each 64-byte message to a Unix socketpair, the parent reading in bulk (one
 //!    system call per message, the least a socket-based queue pays). Target: >= 2,000,000/s.
 //! 2. `big`: a child puts 10 MiB messages (`ByteBuf`) on a `Queue::bounded(2)`, and sends them
-//!    on a pipe; GB/s at the parent. Floor: `memcpy` of 10 MiB between two warm buffers.
+//!    on a pipe; GB/s at the parent, after 4 warm-up messages. Floor: `memcpy` of 10 MiB between two warm buffers.
 //!    Target (queue): >= 0.5x memcpy.
 //! 3. `lock`: uncontended `Lock::acquire` + drop, ns per pair; `std::sync::Mutex` beside it.
 //!    Target: <= 50 ns.
@@ -23,12 +24,13 @@
 //! cargo bench -p mproc --bench ipc                 # everything, about a minute
 //! cargo bench -p mproc --bench ipc -- q64 lock     # only the sections named
 //! cargo bench -p mproc --bench ipc -- --no-python  # skip Python
+//! cargo bench -p mproc --bench ipc -- --pin 0      # everything on CPU 0 only
 //! ```
 //!
 //! Without `--bench` on its command line (as under `cargo test --benches`) it does a smoke run.
 
 mod common;
-use common::machine;
+use common::{machine, pin_to};
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -67,26 +69,39 @@ const SMOKE: Plan = Plan {
     rounds: 1,
 };
 
-/// Waits for `go`, then puts `n` 64-byte messages.
+/// Messages put and taken before the clock starts (process start, first growth).
+const WARM_SMALL: u64 = 10_000;
+const WARM_BIG: usize = 4;
+
+/// Puts [`WARM_SMALL`] messages, waits for `go`, then puts `n` 64-byte messages.
 fn put_small(q: Queue<[u64; 8]>, go: Event, n: u64) {
+    for i in 0..WARM_SMALL {
+        q.put([i; 8]).unwrap();
+    }
     go.wait();
     for i in 0..n {
         q.put([i; 8]).unwrap();
     }
 }
 
-/// Waits for `go`, then puts `n` messages of 10 MiB.
+/// Puts [`WARM_BIG`] messages, waits for `go`, then puts `n` messages of 10 MiB.
 fn put_big(q: Queue<ByteBuf>, go: Event, n: usize) {
     let v = ByteBuf::from(vec![7u8; BIG]);
+    for _ in 0..WARM_BIG {
+        q.put(&v).unwrap();
+    }
     go.wait();
     for _ in 0..n {
         q.put(&v).unwrap();
     }
 }
 
-/// Waits for `go`, then sends `n` messages of 10 MiB.
+/// Sends [`WARM_BIG`] messages, waits for `go`, then sends `n` messages of 10 MiB.
 fn send_big(c: Connection<ByteBuf>, go: Event, n: usize) {
     let v = ByteBuf::from(vec![7u8; BIG]);
+    for _ in 0..WARM_BIG {
+        c.send(&v).unwrap();
+    }
     go.wait();
     for _ in 0..n {
         c.send(&v).unwrap();
@@ -108,14 +123,14 @@ fn median(xs: &mut [f64]) -> f64 {
 }
 
 struct Report {
-    rows: Vec<String>,
     checks: Vec<(String, bool)>,
+    /// Headline figures by Python's line names, to print ratios.
+    ours: Vec<(&'static str, f64)>,
 }
 
 impl Report {
     fn row(&mut self, name: &str, value: String) {
         println!("{name:<58} {value}");
-        self.rows.push(format!("{name:<58} {value}"));
     }
     fn check(&mut self, what: String, ok: bool) {
         self.checks.push((what, ok));
@@ -133,10 +148,17 @@ fn main() -> Result<(), mproc::Error> {
         .collect();
     let on = |s: &str| wanted.is_empty() || wanted.contains(&s);
     let plan = if full { FULL } else { SMOKE };
+    if let Some(at) = args.iter().position(|a| a == "--pin") {
+        let cpu = args
+            .get(at + 1)
+            .and_then(|c| c.parse().ok())
+            .expect("--pin CPU");
+        pin_to(cpu);
+    }
     println!("{}", machine());
     let mut r = Report {
-        rows: Vec::new(),
         checks: Vec::new(),
+        ours: Vec::new(),
     };
     let mut py_args = Vec::new();
     if on("q64") {
@@ -159,10 +181,19 @@ fn main() -> Result<(), mproc::Error> {
         match run_python(&py_args) {
             Ok(out) => {
                 for line in out.lines() {
-                    r.row(
-                        &format!("python {}", line.split('=').next().unwrap_or("")),
-                        line.split('=').nth(1).unwrap_or("").to_string(),
-                    );
+                    let (name, value) = line.split_once('=').unwrap_or((line, ""));
+                    let ratio = value.parse::<f64>().ok().and_then(|py| {
+                        let ours = r.ours.iter().find(|(n, _)| *n == name)?.1;
+                        // Rates: higher is better; times (ns, us): lower is better.
+                        let x = if name.contains("/s") {
+                            ours / py
+                        } else {
+                            py / ours
+                        };
+                        Some(format!("  (mproc {x:.1}x faster)"))
+                    });
+                    let value = format!("{value}{}", ratio.unwrap_or_default());
+                    r.row(&format!("python {name}"), value);
                 }
             }
             Err(e) => println!("python skipped: {e}"),
@@ -183,6 +214,9 @@ fn q64(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
         let go = Event::new()?;
         let mut p = Process::new(put_small, (q.clone(), go.clone(), plan.q64));
         p.start()?;
+        for _ in 0..WARM_SMALL {
+            q.get()?;
+        }
         go.set();
         let t = Instant::now();
         for i in 0..plan.q64 {
@@ -204,6 +238,7 @@ fn q64(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
         format!("{:>12.0} msgs/s  ({:.1}x the floor)", ours, ours / floor),
     );
     r.check(format!("q64: {ours:.0} msgs/s >= 2,000,000"), ours >= 2e6);
+    r.ours.push(("Queue 64 B child -> parent (msgs/s)", ours));
     Ok(())
 }
 
@@ -255,6 +290,9 @@ fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
         let go = Event::new()?;
         let mut p = Process::new(put_big, (q.clone(), go.clone(), plan.big));
         p.start()?;
+        for _ in 0..WARM_BIG {
+            q.get()?;
+        }
         go.set();
         let t = Instant::now();
         for _ in 0..plan.big {
@@ -268,6 +306,9 @@ fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
         let go = Event::new()?;
         let mut p = Process::new(send_big, (there, go.clone(), plan.big));
         p.start()?;
+        for _ in 0..WARM_BIG {
+            here.recv()?;
+        }
         go.set();
         let t = Instant::now();
         for _ in 0..plan.big {
@@ -291,6 +332,7 @@ fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
         format!("big: queue {queue:.2} GB/s >= 0.5 x memcpy {copy:.2} GB/s"),
         queue >= 0.5 * copy,
     );
+    r.ours.push(("Queue 10 MiB child -> parent (GB/s)", queue));
     Ok(())
 }
 
@@ -301,12 +343,12 @@ fn lock(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
     for _ in 0..plan.rounds {
         let t = Instant::now();
         for _ in 0..plan.locks {
-            std::hint::black_box(lock.acquire()?);
+            drop(std::hint::black_box(lock.acquire()?));
         }
         ours.push(t.elapsed().as_nanos() as f64 / plan.locks as f64);
         let t = Instant::now();
         for _ in 0..plan.locks {
-            std::hint::black_box(std_lock.lock().unwrap());
+            drop(std::hint::black_box(std_lock.lock().unwrap()));
         }
         std_ns.push(t.elapsed().as_nanos() as f64 / plan.locks as f64);
     }
@@ -320,6 +362,7 @@ fn lock(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
         format!("{ours:>8.1} ns"),
     );
     r.check(format!("lock: {ours:.1} ns <= 50 ns"), ours <= 50.0);
+    r.ours.push(("Lock acquire+release (ns)", ours));
     Ok(())
 }
 
@@ -353,6 +396,7 @@ fn event(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
         "Event wake-up across processes",
         format!("{ours:>8.2} µs  ({:.2}x the floor)", ours / floor),
     );
+    r.ours.push(("Event wake-up across processes (us)", ours));
     r.check(
         format!("event: {ours:.2} µs <= 2 x {floor:.2} µs"),
         ours <= 2.0 * floor,

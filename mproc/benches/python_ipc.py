@@ -10,8 +10,14 @@ import time
 BIG = 10 << 20
 
 
+WARM_SMALL = 10_000
+WARM_BIG = 4
+
+
 def put_small(q, go, n):
     msg = bytes(64)
+    for _ in range(WARM_SMALL):
+        q.put(msg)
     go.wait()
     for _ in range(n):
         q.put(msg)
@@ -19,6 +25,8 @@ def put_small(q, go, n):
 
 def put_big(q, go, n):
     msg = bytes(BIG)
+    for _ in range(WARM_BIG):
+        q.put(msg)
     go.wait()
     for _ in range(n):
         q.put(msg)
@@ -38,6 +46,8 @@ def main():
         q, go = mp.Queue(), mp.Event()
         p = mp.Process(target=put_small, args=(q, go, n))
         p.start()
+        for _ in range(WARM_SMALL):
+            q.get()
         go.set()
         t = time.perf_counter()
         for _ in range(n):
@@ -49,6 +59,8 @@ def main():
         q, go = mp.Queue(2), mp.Event()
         p = mp.Process(target=put_big, args=(q, go, n))
         p.start()
+        for _ in range(WARM_BIG):
+            q.get()
         go.set()
         t = time.perf_counter()
         for _ in range(n):
