@@ -188,3 +188,35 @@ per_start_method!(
     concurrent_senders_never_interleave,
     close_ends_the_other_side_after_what_was_sent,
 );
+
+static INHERITED: std::sync::Mutex<Option<Connection<u8>>> = std::sync::Mutex::new(None);
+
+/// Tries the connection this process inherited through fork (not passed to it).
+fn use_inherited() -> Option<ErrorKind> {
+    let conn = INHERITED.lock().unwrap().clone()?;
+    conn.send(1).err().map(|e| e.kind().clone())
+}
+
+/// A fork child holds only the ends passed to it: one it inherited is closed there (the peer
+/// still sees end of file when the holders it was passed to are gone) and using it is an error.
+#[test]
+fn a_fork_child_does_not_keep_ends_it_was_not_passed() {
+    let (here, there) = pipe::<u8>().unwrap();
+    *INHERITED.lock().unwrap() = Some(there);
+    let mut p = start(StartMethod::Fork, use_inherited, ());
+    let got = p.join_timeout(PATIENCE).unwrap();
+    assert!(
+        matches!(got, Some(ErrorKind::InvalidArgument(_))),
+        "{got:?}"
+    );
+    // A fork child alive for a long while: with this process's own copy gone, nobody holds
+    // the other end, whatever the child inherited.
+    let p = start(StartMethod::Fork, crate::common::sleep_ms, (30_000,));
+    *INHERITED.lock().unwrap() = None;
+    assert_eq!(
+        here.recv_timeout(PATIENCE).unwrap_err().kind(),
+        &ErrorKind::Closed
+    );
+    assert!(p.is_alive());
+    p.kill().unwrap();
+}
