@@ -266,13 +266,16 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
 
     fn recv_until(&self, deadline: Option<Instant>) -> Result<T, Error> {
         let sock = self.end.sock()?;
-        let mut buf = self.end.receiving.lock().unwrap_or_else(|e| e.into_inner());
-        buf.resize(1 + INLINE, 0);
         let mut fds = Vec::new();
-        let n = loop {
+        // Waits happen without the buffer's lock, so each receiver keeps its own deadline; a
+        // message (and its descriptors) is taken whole by one nonblocking receive under it.
+        let (mut buf, n) = loop {
+            let mut buf = self.end.receiving.lock().unwrap_or_else(|e| e.into_inner());
+            buf.resize(1 + INLINE, 0);
             match socket::recv(sock, &mut buf, &mut fds, true) {
-                Ok(n) => break n,
+                Ok(n) => break (buf, n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    drop(buf);
                     let ready =
                         fd::poll_read(&[sock], deadline).map_err(|e| os("waiting on a pipe", e))?;
                     if !ready[0].readable && !ready[0].hangup {
@@ -282,6 +285,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                 Err(e) => return Err(os("receiving on a pipe", e)),
             }
         };
+        let buf = &mut *buf;
         if n == 0 {
             return Err(ErrorKind::Closed.into());
         }

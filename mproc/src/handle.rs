@@ -16,10 +16,11 @@ use std::thread::LocalKey;
 thread_local! {
     /// Descriptors of the handles met while encoding, in index order (each once): the
     /// handle's number, and a duplicate that travels.
-    static OUTGOING: RefCell<Option<Vec<(RawFd, OwnedFd)>>> = const { RefCell::new(None) };
+    /// With each, the tag its first export made (see [`export_then`]).
+    static OUTGOING: RefCell<Option<Vec<(RawFd, OwnedFd, u64)>>> = const { RefCell::new(None) };
     /// Descriptors received with the message being decoded, by index (a handle that appears
     /// several times in the message shares one; each decoded handle gets its own copy).
-    static INCOMING: RefCell<Option<Vec<(OwnedFd, bool)>>> = const { RefCell::new(None) };
+    static INCOMING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
 }
 
 /// Runs `f` with the thread-local `slot` holding `Some(value)`, and puts back what it held
@@ -57,7 +58,7 @@ pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
     let fds = out
         .unwrap_or_default()
         .into_iter()
-        .map(|(_, fd)| fd)
+        .map(|(_, fd, _)| fd)
         .collect();
     (result, fds)
 }
@@ -65,18 +66,21 @@ pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
 /// Runs `decode` with `fds` (received with the bytes) available to the handles it decodes.
 /// They are closed afterwards (each decoded handle holds its own copy).
 pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
-    let fds = fds.into_iter().map(|fd| (fd, false)).collect();
     scoped(&INCOMING, fds, decode).0
 }
 
 /// Called by a handle's `Serialize`: the index that stands for `fd` in this message.
 pub(crate) fn export(fd: BorrowedFd<'_>) -> Result<u32, String> {
-    export_then(fd, || ())
+    export_then(fd, || 0).map(|(at, _)| at)
 }
 
 /// Like [`export`], running `first` when `fd` first joins this message (a handle met again,
-/// or sized before it is written, does not run it twice).
-pub(crate) fn export_then(fd: BorrowedFd<'_>, first: impl FnOnce()) -> Result<u32, String> {
+/// or sized before it is written, does not run it again) and returning the tag it made then,
+/// with the index.
+pub(crate) fn export_then(
+    fd: BorrowedFd<'_>,
+    first: impl FnOnce() -> u64,
+) -> Result<(u32, u64), String> {
     OUTGOING.with(|o| {
         let mut o = o.borrow_mut();
         let Some(list) = o.as_mut() else {
@@ -84,41 +88,33 @@ pub(crate) fn export_then(fd: BorrowedFd<'_>, first: impl FnOnce()) -> Result<u3
         };
         let raw = fd.as_raw_fd();
         // bincode sizes a value before writing it: the same handle is met twice.
-        let at = match list.iter().position(|(f, _)| *f == raw) {
+        let at = match list.iter().position(|(f, _, _)| *f == raw) {
             Some(at) => at,
             None => {
                 let copy = crate::sys::fd::dup_above(fd, 0)
                     .map_err(|e| format!("duplicating a handle's descriptor: {e}"))?;
-                list.push((raw, copy));
-                first();
+                list.push((raw, copy, first()));
                 list.len() - 1
             }
         };
-        u32::try_from(at).map_err(|_| "too many handles in one message".to_string())
+        let tag = list[at].2;
+        let at = u32::try_from(at).map_err(|_| "too many handles in one message".to_string())?;
+        Ok((at, tag))
     })
 }
 
 /// Called by a handle's `Deserialize`: the descriptor that index `at` stands for.
 pub(crate) fn import(at: u32) -> Result<OwnedFd, String> {
-    import_then(at, || ())
-}
-
-/// Like [`import`], running `first` the first time index `at` is decoded from this message.
-pub(crate) fn import_then(at: u32, first: impl FnOnce()) -> Result<OwnedFd, String> {
     INCOMING.with(|i| {
         let mut i = i.borrow_mut();
         let Some(list) = i.as_mut() else {
             return Err(NOT_HERE.to_string());
         };
-        let (fd, seen) = list
-            .get_mut(at as usize)
+        let fd = list
+            .get(at as usize)
             .ok_or_else(|| format!("handle {at} did not arrive with its message"))?;
-        let copy = crate::sys::fd::dup_above(fd.as_fd(), 0)
-            .map_err(|e| format!("duplicating a received handle's descriptor: {e}"))?;
-        if !std::mem::replace(seen, true) {
-            first();
-        }
-        Ok(copy)
+        crate::sys::fd::dup_above(fd.as_fd(), 0)
+            .map_err(|e| format!("duplicating a received handle's descriptor: {e}"))
     })
 }
 

@@ -18,8 +18,8 @@ use std::borrow::Borrow;
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::AsFd;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -60,13 +60,60 @@ fn me() -> Holder {
             start: packed & ((1 << PID_SHIFT) - 1),
         };
     }
-    let start = proc::process_start(pid).map_or(0, |(_, s)| s) & ((1 << PID_SHIFT) - 1);
+    let Some((_, start)) = proc::process_start(pid) else {
+        // No /proc to tell processes apart: never conclude that nobody else holds a queue.
+        NO_PROC.store(true, Ordering::Relaxed);
+        return Holder { pid, start: 0 };
+    };
+    let start = start & ((1 << PID_SHIFT) - 1);
     ME.store((u64::from(pid) << PID_SHIFT) | start, Ordering::Relaxed);
     Holder { pid, start }
 }
 
+/// Set when `/proc` cannot say who is who.
+static NO_PROC: AtomicBool = AtomicBool::new(false);
+
+/// Whether the holder `h` still runs (not a zombie, and not another process with its pid).
 fn alive(h: Holder) -> bool {
-    proc::process_start(h.pid).is_some_and(|(running, start)| running && start == h.start)
+    match proc::process_start(h.pid) {
+        Some((running, start)) => running && start & ((1 << 42) - 1) == h.start,
+        // Unreadable: gone, unless kill(2) says it exists.
+        None => {
+            proc::kill(h.pid, 0).map_or_else(|e| e.raw_os_error() != Some(libc::ESRCH), |()| true)
+        }
+    }
+}
+
+/// Every queue this process holds, so that a child made with fork(2) (which inherits them all,
+/// passed or not) is counted as a holder of each before it runs.
+static LIVE: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
+
+/// The list of this process's queues, locked (held across a fork by `start::fork`).
+pub(crate) struct LiveQueues(MutexGuard<'static, Vec<Weak<Shared>>>);
+
+pub(crate) fn live_queues() -> LiveQueues {
+    LiveQueues(LIVE.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+impl LiveQueues {
+    /// Counts the fork child `pid` as a holder of every queue this process holds: it inherited
+    /// them, and may put or get before it ever says so itself.
+    pub(crate) fn count_fork_child(&mut self, pid: u32) {
+        self.0.retain(|w| w.strong_count() > 0);
+        if self.0.is_empty() {
+            return;
+        }
+        let Some((_, start)) = proc::process_start(pid) else {
+            return;
+        };
+        let child = Holder {
+            pid,
+            start: start & ((1 << 42) - 1),
+        };
+        for shared in self.0.iter().filter_map(Weak::upgrade) {
+            let _ = shared.ring.attach(child, alive);
+        }
+    }
 }
 
 /// One process's handle on a queue's memory.
@@ -86,7 +133,11 @@ impl Shared {
             attached: AtomicU64::new(0),
         };
         shared.attach()?;
-        Ok(Arc::new(shared))
+        let shared = Arc::new(shared);
+        let mut live = live_queues();
+        live.0.retain(|w| w.strong_count() > 0);
+        live.0.push(Arc::downgrade(&shared));
+        Ok(shared)
     }
 
     fn create(kind: u32, maxsize: u64) -> Result<Arc<Shared>, Error> {
@@ -118,7 +169,7 @@ impl Shared {
     /// process holds the queue, no handle to it is on its way to one, and this is this
     /// process's only handle.
     fn alone(self: &Arc<Self>) -> Result<bool, Error> {
-        if Arc::strong_count(self) > 1 {
+        if Arc::strong_count(self) > 1 || NO_PROC.load(Ordering::Relaxed) {
             return Ok(false);
         }
         let beyond = self
@@ -195,8 +246,10 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
         &self.shared.ring
     }
 
-    /// Puts `value`, waiting for room until `deadline` (`Some(now)`: not at all).
-    fn put(&self, value: &T, deadline: Option<Instant>) -> Result<(), Error> {
+    /// Puts `value`, waiting for room until `deadline`; with `at_once`, not at all (the
+    /// locks, only ever held briefly, are still waited for: a busy lock is not a full queue).
+    fn put(&self, value: &T, deadline: Option<Instant>, at_once: bool) -> Result<(), Error> {
+        let lock_deadline = if at_once { None } else { deadline };
         self.shared.attach()?;
         let len = codec::encoded_len(value)
             .map_err(|e| Error::codec(std::any::type_name::<T>(), "encode", e))?;
@@ -210,12 +263,12 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
             let pushed = {
                 let Some(mut producer) = self
                     .ring()
-                    .producer(deadline)
+                    .producer(lock_deadline)
                     .map_err(|e| os("locking a queue", e))?
                 else {
                     return Err(ErrorKind::Full.into());
                 };
-                producer.push(len, joinable, deadline, |buf| {
+                producer.push(len, joinable, lock_deadline, |buf| {
                     codec::encode_to_slice(buf, value)
                         .map_err(|e| Error::codec(std::any::type_name::<T>(), "encode", e))
                 })?
@@ -225,7 +278,7 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
                 Push::Busy => return Err(ErrorKind::Full.into()),
                 Push::Full | Push::NoRoom => {}
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if at_once || deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(ErrorKind::Full.into());
             }
             let slept = self
@@ -296,19 +349,16 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
         let ring = &self.shared.ring;
         let at = crate::handle::export_then(ring.as_fd(), || ring.lend())
             .map_err(serde::ser::Error::custom)?;
-        s.serialize_u32(at)
+        at.serialize(s)
     }
 
     fn deserialize<'de, D: Deserializer<'de>>(d: D, kind: u32) -> Result<Self, D::Error> {
-        let at = u32::deserialize(d)?;
-        let mut lent = None;
-        let fd =
-            crate::handle::import_then(at, || lent = Some(())).map_err(serde::de::Error::custom)?;
+        let (at, token) = <(u32, u64)>::deserialize(d)?;
+        let fd = crate::handle::import(at).map_err(serde::de::Error::custom)?;
         let ring = Ring::open(fd, kind).map_err(serde::de::Error::custom)?;
         let shared = Shared::new(ring, kind).map_err(serde::de::Error::custom)?;
-        if lent.is_some() {
-            shared.ring.arrived();
-        }
+        // Attached first, then no longer in flight: never a moment when neither counts.
+        shared.ring.arrived(token);
         Ok(Core {
             shared,
             _values: PhantomData,
@@ -427,7 +477,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn put(&self, value: impl Borrow<T>) -> Result<(), Error> {
-        self.core.put(value.borrow(), None)
+        self.core.put(value.borrow(), None, false)
     }
 
     /// Like [`put`](Queue::put), giving up with `Err(Full)` after `timeout`.
@@ -442,7 +492,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn put_timeout(&self, value: impl Borrow<T>, timeout: Duration) -> Result<(), Error> {
-        self.core.put(value.borrow(), deadline_in(timeout))
+        self.core.put(value.borrow(), deadline_in(timeout), false)
     }
 
     /// Puts `value` if there is room now; `Err(Full)` otherwise.
@@ -455,7 +505,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn try_put(&self, value: impl Borrow<T>) -> Result<(), Error> {
-        self.core.put(value.borrow(), Some(Instant::now()))
+        self.core.put(value.borrow(), None, true)
     }
 
     /// Takes the item at the front, waiting for one.
@@ -658,7 +708,7 @@ impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn put(&self, value: impl Borrow<T>) -> Result<(), Error> {
-        self.core.put(value.borrow(), None)
+        self.core.put(value.borrow(), None, false)
     }
 
     /// Takes the item at the front, waiting for one; as [`Queue::get`].

@@ -220,3 +220,23 @@ fn a_fork_child_does_not_keep_ends_it_was_not_passed() {
     assert!(p.is_alive());
     p.kill().unwrap();
 }
+
+/// Each receiver keeps its own deadline, even while another waits on the same end.
+#[test]
+fn recv_timeout_keeps_its_deadline_beside_another_receiver() {
+    let (a, b) = pipe::<u8>().unwrap();
+    std::thread::scope(|s| {
+        let other = s.spawn(|| b.recv_timeout(PATIENCE));
+        std::thread::sleep(Duration::from_millis(50));
+        let t = Instant::now();
+        let e = b.recv_timeout(Duration::from_millis(50)).unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::Timeout);
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+        a.send(1).unwrap();
+        assert_eq!(other.join().unwrap().unwrap(), 1);
+    });
+}

@@ -435,3 +435,74 @@ fn a_bounded_queue_of_zero_is_refused() {
     let e = Queue::<u8>::bounded(0).unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::InvalidArgument(_)));
 }
+
+/// A value whose second encoding (the one into the queue, after sizing) panics.
+#[derive(Debug, Deserialize)]
+struct PanicsWriting(u8);
+
+static WRITES: AtomicU32 = AtomicU32::new(0);
+
+impl Serialize for PanicsWriting {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if WRITES.fetch_add(1, Ordering::SeqCst) % 2 == 1 {
+            panic!("no encoding today");
+        }
+        self.0.serialize(s)
+    }
+}
+
+/// A put whose encoding unwinds leaves no trace: no item, no count, no unfinished task.
+#[test]
+fn a_panic_inside_a_put_leaves_the_counts_alone() {
+    let q = Queue::<PanicsWriting>::bounded(1).unwrap();
+    let j = JoinableQueue::<PanicsWriting>::new().unwrap();
+    for _ in 0..2 {
+        let put =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| q.put(PanicsWriting(1))));
+        assert!(put.is_err());
+        let put =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| j.put(PanicsWriting(1))));
+        assert!(put.is_err());
+    }
+    assert_eq!(q.len(), 0);
+    assert!(q.try_get().unwrap().is_none());
+    assert_eq!(j.unfinished(), 0);
+    j.join_timeout(Duration::ZERO).unwrap();
+}
+
+/// `try_put` on an unbounded queue never says `Full`, however busy its lock.
+#[test]
+fn try_put_on_an_unbounded_queue_always_succeeds() {
+    let q = Queue::<u64>::new().unwrap();
+    let full: u32 = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| (0..20_000u64).filter(|&i| q.try_put(i).is_err()).count() as u32))
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    assert_eq!(full, 0);
+    assert_eq!(q.len(), 80_000);
+}
+
+static GLOBAL: std::sync::OnceLock<Queue<u8>> = std::sync::OnceLock::new();
+
+/// Puts on the queue this fork child inherited (not passed to it), after `ms` milliseconds.
+fn put_on_inherited(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+    GLOBAL.get().unwrap().put(7).unwrap();
+}
+
+/// A fork child inherits every queue; it counts as a holder from its birth, so a get waiting
+/// for it does not conclude that nobody is left.
+#[test]
+fn a_fork_child_that_inherited_a_queue_counts_as_holding_it() {
+    let q = GLOBAL.get_or_init(|| Queue::new().unwrap()).clone();
+    // Shared once already, so the dead-peer rule applies to this queue.
+    let mut p = start(StartMethod::Fork, hold, (q.clone(), 10));
+    p.join_timeout(PATIENCE).unwrap();
+    drop(q);
+    let mut c = start(StartMethod::Fork, put_on_inherited, (500u64,));
+    let got = GLOBAL.get().unwrap().get_timeout(PATIENCE);
+    c.join_timeout(PATIENCE).unwrap();
+    assert_eq!(got.unwrap(), 7);
+}

@@ -23,7 +23,7 @@ pub(crate) fn launch(start: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Child, Erro
     // Every lock the child will take is held across the fork, so the child inherits it held
     // by its own thread instead of by a thread that does not exist there. The order is the
     // crate's lock order: fork server, liveness pipe, standard streams, process identity,
-    // descriptor list (the slow ones first, so nothing else waits behind a fork server start).
+    // live queues, descriptor list (the slow ones first, so nothing else waits behind a fork server start).
     let mut server = forkserver::lock();
     let mut alive_slot = alive::lock();
     let alive_read = alive::reader_locked(&mut alive_slot)?;
@@ -35,6 +35,7 @@ pub(crate) fn launch(start: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Child, Erro
     let [parent_end, child_end] = super::socket_pair()?;
     let parent = proc::getpid();
     let from_main_thread = proc::is_main_thread();
+    let mut queues = crate::queue::live_queues();
     let internal = fd::lock_internal();
     match proc::fork().map_err(|e| Error::os("fork", e))? {
         Forked::Child => {
@@ -44,13 +45,16 @@ pub(crate) fn launch(start: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Child, Erro
             std::mem::forget(parent_end);
             std::mem::forget(alive_slot.take());
             std::mem::forget(server.take());
-            drop((current, server, alive_slot, stdout, stderr));
+            drop((queues, current, server, alive_slot, stdout, stderr));
             let ctrl = InternalFd::new(child_end.into_owned());
             watch_parent(parent, from_main_thread, alive_read);
             worker::run(ctrl)
         }
         Forked::Parent(pid) => {
-            drop((internal, current, server, alive_slot, stdout, stderr));
+            drop(internal);
+            // The child inherited every queue this process holds.
+            queues.count_fork_child(pid);
+            drop((queues, current, server, alive_slot, stdout, stderr));
             drop(child_end);
             let pidfd = super::pidfd_for_our_child(pid)?;
             Child::new(pid, pidfd, Channel::new(parent_end), Reaper::Us).send_start(start, fds)

@@ -30,7 +30,7 @@ use super::shared::{Held, RobustMutex, Taken};
 use super::shm::{self, Mapping};
 
 /// Address space each process reserves for one queue: the most its file may grow to.
-pub(crate) const RESERVE: usize = 1 << 36;
+pub(crate) const RESERVE: usize = 1 << 34;
 /// Where the ring starts in the file.
 const DATA_AT: usize = 4096;
 /// The ring's first size.
@@ -52,6 +52,8 @@ const PUT_STAGE_AT: usize = 272;
 const PUT_SEQ_AT: usize = 276;
 const WRITTEN_BEFORE_AT: usize = 280;
 const PUTS_BEFORE_AT: usize = 288;
+const ADDED_AT: usize = 296;
+const ADDED_BEFORE_AT: usize = 304;
 // Written by consumers.
 const READ_AT: usize = 320;
 const GETS_AT: usize = 328;
@@ -70,15 +72,20 @@ const PUTTERS_ASLEEP_AT: usize = 452;
 const CLOSED_AT: usize = 456;
 const DONE_SEQ_AT: usize = 460;
 const JOINERS_ASLEEP_AT: usize = 464;
-const UNFINISHED_AT: usize = 472;
-const IN_FLIGHT_AT: usize = 480;
+const DONE_AT: usize = 472;
+const LENDS_AT: usize = 480;
 const EVER_SHARED_AT: usize = 488;
+const LENT_OVERFLOW_AT: usize = 492;
+const LIMIT_AT: usize = 496;
 // The holders' table (under the registry lock).
 const OVERFLOW_AT: usize = 512;
 const SLOTS_AT: usize = 576;
 const SLOTS: usize = 128;
 const SLOT: usize = 16;
-const _: () = assert!(SLOTS_AT + SLOTS * SLOT <= DATA_AT);
+/// One bit per handle on its way to another process, by token (modulo the bits).
+const LENT_AT: usize = SLOTS_AT + SLOTS * SLOT;
+const LENT_WORDS: usize = 64;
+const _: () = assert!(LENT_AT + LENT_WORDS * 8 <= DATA_AT);
 
 fn corrupt(what: &str) -> io::Error {
     io::Error::new(
@@ -89,6 +96,23 @@ fn corrupt(what: &str) -> io::Error {
 
 fn round8(n: usize) -> usize {
     n.next_multiple_of(8)
+}
+
+/// Maps with [`RESERVE`] bytes of address space, or less where this process may not have that
+/// much (a `ulimit -v`): a quarter at a time, down to 64 MiB.
+fn reserve<T>(mut map: impl FnMut(usize) -> io::Result<T>) -> io::Result<T> {
+    let mut size = RESERVE;
+    loop {
+        match map(size) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) && size > 64 << 20 => size /= 4,
+            other => return other,
+        }
+    }
+}
+
+fn lent_bit(token: u64) -> (usize, u64) {
+    let i = (token % (LENT_WORDS as u64 * 64)) as usize;
+    (LENT_AT + 8 * (i / 64), 1 << (i % 64))
 }
 
 /// One process's mapping of a queue's memory.
@@ -122,7 +146,8 @@ pub(crate) struct Holder {
 impl Ring {
     /// A new, empty queue of `kind`, holding at most `maxsize` items (0: no limit).
     pub(crate) fn create(kind: u32, maxsize: u64) -> io::Result<Ring> {
-        let (map, file) = Mapping::create_growable("mproc-queue", DATA_AT + FIRST_CAP, RESERVE)?;
+        let (map, file) =
+            reserve(|r| Mapping::create_growable("mproc-queue", DATA_AT + FIRST_CAP, r))?;
         let ring = Ring { map, file };
         for at in [PUT_MUTEX_AT, GET_MUTEX_AT, REG_MUTEX_AT] {
             ring.mutex(at).init(false)?;
@@ -130,13 +155,15 @@ impl Ring {
         ring.u32(KIND_AT).store(kind, Ordering::Relaxed);
         ring.u64(MAXSIZE_AT).store(maxsize, Ordering::Relaxed);
         ring.u64(CAP_AT).store(FIRST_CAP as u64, Ordering::Relaxed);
+        ring.u64(LIMIT_AT)
+            .store(ring.map.len() as u64, Ordering::Relaxed);
         ring.u32(0).store(MAGIC, Ordering::Release);
         Ok(ring)
     }
 
     /// Maps a queue received from another process, checking that it is one of `kind`.
     pub(crate) fn open(file: OwnedFd, kind: u32) -> io::Result<Ring> {
-        let (map, len) = Mapping::open_growable(file.as_fd(), RESERVE)?;
+        let (map, len) = reserve(|r| Mapping::open_growable(file.as_fd(), r))?;
         let bad = || {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -151,6 +178,19 @@ impl Ring {
             || ring.u32(KIND_AT).load(Ordering::Relaxed) != kind
         {
             return Err(bad());
+        }
+        let cap = ring.u64(CAP_AT).load(Ordering::Relaxed) as usize;
+        if cap == 0 || cap % 8 != 0 || DATA_AT + cap > len {
+            return Err(bad());
+        }
+        // Growth stays within what every holder could map.
+        let limit = ring.u64(LIMIT_AT);
+        limit.fetch_min(ring.map.len() as u64, Ordering::AcqRel);
+        if len > ring.map.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                "the queue has grown beyond the address space this process can reserve for it",
+            ));
         }
         Ok(ring)
     }
@@ -252,21 +292,25 @@ impl Ring {
     }
 
     fn recover_put(&self) {
-        let stage = self.u32(PUT_STAGE_AT).load(Ordering::Relaxed);
-        if stage == 0 {
+        if self.u32(PUT_STAGE_AT).load(Ordering::Relaxed) == 0 {
             return;
         }
         let before = self.u64(WRITTEN_BEFORE_AT).load(Ordering::Relaxed);
         if self.u64(WRITTEN_AT).load(Ordering::Relaxed) == before {
-            // Never published: undo its counts.
-            let puts = self.u64(PUTS_BEFORE_AT).load(Ordering::Relaxed);
-            self.u64(PUTS_AT).store(puts, Ordering::Release);
-            if stage == 2 {
-                self.u64(UNFINISHED_AT).fetch_sub(1, Ordering::AcqRel);
-                self.notify_done_if_zero();
-            }
+            // Never published: its counts go back to what they were (by value, so running
+            // this twice does no harm).
+            self.undo_put();
         }
         self.u32(PUT_STAGE_AT).store(0, Ordering::Release);
+    }
+
+    /// Puts the producers' counts back to the journaled values.
+    fn undo_put(&self) {
+        let puts = self.u64(PUTS_BEFORE_AT).load(Ordering::Relaxed);
+        self.u64(PUTS_AT).store(puts, Ordering::Release);
+        let added = self.u64(ADDED_BEFORE_AT).load(Ordering::Relaxed);
+        self.u64(ADDED_AT).store(added, Ordering::Release);
+        self.notify_done_if_zero();
     }
 
     fn recover_get(&self) {
@@ -339,25 +383,26 @@ impl Ring {
 
     /// Items put and not yet marked done.
     pub(crate) fn unfinished(&self) -> u64 {
-        self.u64(UNFINISHED_AT).load(Ordering::Acquire)
+        let done = self.u64(DONE_AT).load(Ordering::Acquire);
+        self.u64(ADDED_AT)
+            .load(Ordering::Acquire)
+            .saturating_sub(done)
     }
 
     /// Marks one item done; `false` (and no change) when none is unfinished.
     pub(crate) fn task_done(&self) -> bool {
-        let word = self.u64(UNFINISHED_AT);
-        let mut n = word.load(Ordering::Acquire);
+        let word = self.u64(DONE_AT);
+        let mut done = word.load(Ordering::Acquire);
         loop {
-            if n == 0 {
+            if done >= self.u64(ADDED_AT).load(Ordering::Acquire) {
                 return false;
             }
-            match word.compare_exchange_weak(n, n - 1, Ordering::AcqRel, Ordering::Acquire) {
+            match word.compare_exchange_weak(done, done + 1, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => break,
-                Err(now) => n = now,
+                Err(now) => done = now,
             }
         }
-        if n == 1 {
-            self.notify(Wait::Done, u32::MAX);
-        }
+        self.notify_done_if_zero();
         true
     }
 
@@ -435,7 +480,7 @@ impl Ring {
         let _held = self.lock_registry()?;
         if self.u32(EVER_SHARED_AT).load(Ordering::Acquire) == 0
             || self.u32(OVERFLOW_AT).load(Ordering::Relaxed) != 0
-            || self.u64(IN_FLIGHT_AT).load(Ordering::Acquire) > 0
+            || self.in_flight()
         {
             return Ok(true);
         }
@@ -460,16 +505,29 @@ impl Ring {
     }
 
     /// A handle is on its way to another process (in a message not yet decoded): until it
-    /// [`arrived`](Ring::arrived), the queue counts as shared.
-    pub(crate) fn lend(&self) {
+    /// [`arrived`](Ring::arrived), the queue counts as shared. Returns the token the message
+    /// carries.
+    pub(crate) fn lend(&self) -> u64 {
         self.u32(EVER_SHARED_AT).store(1, Ordering::Release);
-        self.u64(IN_FLIGHT_AT).fetch_add(1, Ordering::AcqRel);
+        let token = self.u64(LENDS_AT).fetch_add(1, Ordering::AcqRel);
+        let (word, bit) = lent_bit(token);
+        if self.u64(word).fetch_or(bit, Ordering::AcqRel) & bit != 0 {
+            // As many handles in flight as there are bits: count it as shared for good.
+            self.u32(LENT_OVERFLOW_AT).store(1, Ordering::Release);
+        }
+        token
     }
 
-    /// A lent handle was decoded (its process attached first).
-    pub(crate) fn arrived(&self) {
-        let word = self.u64(IN_FLIGHT_AT);
-        let _ = word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    /// The handle lent with `token` was decoded (its process attached first). A message
+    /// decoded several times (a pool initializer's, by each worker) clears it once.
+    pub(crate) fn arrived(&self, token: u64) {
+        let (word, bit) = lent_bit(token);
+        self.u64(word).fetch_and(!bit, Ordering::AcqRel);
+    }
+
+    fn in_flight(&self) -> bool {
+        self.u32(LENT_OVERFLOW_AT).load(Ordering::Acquire) != 0
+            || (0..LENT_WORDS).any(|i| self.u64(LENT_AT + 8 * i).load(Ordering::Acquire) != 0)
     }
 
     fn lock_registry(&self) -> io::Result<Held<'_>> {
@@ -555,12 +613,13 @@ impl Producer<'_> {
                 other => return Ok(other),
             }
         };
+        let added = r.u64(ADDED_AT).load(Ordering::Relaxed);
         r.u64(WRITTEN_BEFORE_AT).store(written, Ordering::Relaxed);
         r.u64(PUTS_BEFORE_AT).store(puts, Ordering::Relaxed);
+        r.u64(ADDED_BEFORE_AT).store(added, Ordering::Relaxed);
         r.u32(PUT_STAGE_AT).store(1, Ordering::Release);
         if joinable {
-            r.u64(UNFINISHED_AT).fetch_add(1, Ordering::AcqRel);
-            r.u32(PUT_STAGE_AT).store(2, Ordering::Release);
+            r.u64(ADDED_AT).store(added + 1, Ordering::Release);
         }
         r.u64(PUTS_AT).store(puts + 1, Ordering::Release);
         let filled = (|| {
@@ -582,19 +641,22 @@ impl Producer<'_> {
             };
             Ok::<_, io::Error>(body)
         })();
+        /// Puts the counts back unless forgotten: when `fill` fails or unwinds (the lock is
+        /// then released normally, so no later locker would).
+        struct Undo<'a>(&'a Ring);
+        impl Drop for Undo<'_> {
+            fn drop(&mut self) {
+                self.0.undo_put();
+                self.0.u32(PUT_STAGE_AT).store(0, Ordering::Release);
+            }
+        }
+        let undo = Undo(r);
         let outcome = match filled {
             Ok(body) => fill(body),
             Err(e) => Err(e.into()),
         };
-        if let Err(e) = outcome {
-            r.u64(PUTS_AT).store(puts, Ordering::Release);
-            if joinable {
-                r.u64(UNFINISHED_AT).fetch_sub(1, Ordering::AcqRel);
-                r.notify_done_if_zero();
-            }
-            r.u32(PUT_STAGE_AT).store(0, Ordering::Release);
-            return Err(e);
-        }
+        outcome?;
+        std::mem::forget(undo);
         r.u64(WRITTEN_AT).store(
             written.wrapping_add((skip + need) as u64),
             Ordering::Release,
@@ -614,8 +676,12 @@ impl Producer<'_> {
         deadline: Option<Instant>,
     ) -> io::Result<Push> {
         let r = self.ring;
-        let new_cap = (cap * 2).max(cap + used + need + 8).next_multiple_of(4096);
-        if DATA_AT + new_cap > r.map.len() {
+        let limit = (r.u64(LIMIT_AT).load(Ordering::Acquire) as usize).min(r.map.len());
+        let least = (cap + used + need + 8).next_multiple_of(4096);
+        let new_cap = (cap * 2)
+            .max(least)
+            .min(limit.saturating_sub(DATA_AT) / 4096 * 4096);
+        if new_cap < least {
             return Ok(Push::NoRoom);
         }
         let Some(_get) = r.lock_get(deadline)? else {
