@@ -10,7 +10,7 @@
 //!
 //! Exactly once, even when a process dies inside a put or a get: a frame becomes visible in
 //! one store (`written`) and is consumed in one store (`read`); the counters that go with them
-//! (`puts`, `gets`, a joinable queue's `unfinished`) are journaled before, and the next
+//! (`puts`, `gets`, a joinable queue's `added`) are journaled before, and the next
 //! process to take the dead one's lock (told by `EOWNERDEAD`) finishes or undoes the
 //! bookkeeping. A frame half written by a dead producer is simply never published; a frame a
 //! dead consumer was decoding stays in the queue for the next one.
@@ -414,8 +414,8 @@ impl Ring {
 
     // --- holders ---
 
-    /// Counts one more handle of `me` in the table. `false` when the table is full (the queue
-    /// then never concludes that nobody else holds it).
+    /// Counts one more handle of `me` in the table. When the table is full the queue is marked
+    /// so, and then never concludes that nobody else holds it.
     pub(crate) fn attach(&self, me: Holder, alive: impl Fn(Holder) -> bool) -> io::Result<()> {
         let _held = self.lock_registry()?;
         if (0..SLOTS).any(|i| {
