@@ -48,16 +48,23 @@ fn os(what: &str, e: std::io::Error) -> Error {
     Error::os(what.to_string(), e)
 }
 
+/// A process start time is kept to its low 42 bits (clock ticks: centuries), so that it packs
+/// with a pid into one word.
+const START_BITS: u32 = 42;
+
+fn start_key(start: u64) -> u64 {
+    start & ((1 << START_BITS) - 1)
+}
+
 /// This process, as the holders' table names it. Cached per pid (a fork child recomputes).
 fn me() -> Holder {
     static ME: AtomicU64 = AtomicU64::new(0);
-    const PID_SHIFT: u32 = 42;
     let pid = proc::getpid();
     let packed = ME.load(Ordering::Relaxed);
-    if packed != 0 && (packed >> PID_SHIFT) as u32 == pid {
+    if packed != 0 && (packed >> START_BITS) as u32 == pid {
         return Holder {
             pid,
-            start: packed & ((1 << PID_SHIFT) - 1),
+            start: start_key(packed),
         };
     }
     let Some((_, start)) = proc::process_start(pid) else {
@@ -65,8 +72,8 @@ fn me() -> Holder {
         NO_PROC.store(true, Ordering::Relaxed);
         return Holder { pid, start: 0 };
     };
-    let start = start & ((1 << PID_SHIFT) - 1);
-    ME.store((u64::from(pid) << PID_SHIFT) | start, Ordering::Relaxed);
+    let start = start_key(start);
+    ME.store((u64::from(pid) << START_BITS) | start, Ordering::Relaxed);
     Holder { pid, start }
 }
 
@@ -76,7 +83,7 @@ static NO_PROC: AtomicBool = AtomicBool::new(false);
 /// Whether the holder `h` still runs (not a zombie, and not another process with its pid).
 fn alive(h: Holder) -> bool {
     match proc::process_start(h.pid) {
-        Some((running, start)) => running && start & ((1 << 42) - 1) == h.start,
+        Some((running, start)) => running && start_key(start) == h.start,
         // Unreadable: gone, unless kill(2) says it exists.
         None => {
             proc::kill(h.pid, 0).map_or_else(|e| e.raw_os_error() != Some(libc::ESRCH), |()| true)
@@ -108,7 +115,7 @@ impl LiveQueues {
         };
         let child = Holder {
             pid,
-            start: start & ((1 << 42) - 1),
+            start: start_key(start),
         };
         for shared in self.0.iter().filter_map(Weak::upgrade) {
             let _ = shared.ring.attach(child, alive);

@@ -22,6 +22,18 @@ macro_rules! per_start_method {
     };
 }
 
+/// Starts `f(args)` in a new process under start method `m` (panics if it cannot start).
+pub(crate) fn start<R, F, A>(m: mproc::StartMethod, f: F, args: A) -> mproc::Process<R>
+where
+    F: mproc::Target<A, Output = R>,
+    A: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+    R: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    let mut p = mproc::Process::new(f, args).start_method(m);
+    p.start().unwrap();
+    p
+}
+
 /// Polls `cond` every few milliseconds until it holds; panics after [`PATIENCE`].
 pub(crate) fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + PATIENCE;

@@ -5,20 +5,9 @@ use std::time::{Duration, Instant};
 
 use serde_bytes::ByteBuf;
 
-use mproc::{Connection, ErrorKind, Lock, Process, Queue, StartMethod, pipe};
+use mproc::{Connection, ErrorKind, Lock, Queue, StartMethod, pipe};
 
-use crate::common::PATIENCE;
-
-fn start<R, F, A>(m: StartMethod, f: F, args: A) -> Process<R>
-where
-    F: mproc::Target<A, Output = R>,
-    A: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
-    R: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
-{
-    let mut p = Process::new(f, args).start_method(m);
-    p.start().unwrap();
-    p
-}
+use crate::common::{PATIENCE, start};
 
 /// Sends back each number plus one until the other end closes; returns how many.
 fn plus_one(conn: Connection<u64>) -> u64 {

@@ -9,20 +9,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_bytes::ByteBuf;
 
-use mproc::{ErrorKind, JoinableQueue, Lock, Pool, Process, Queue, SimpleQueue, StartMethod};
+use mproc::{ErrorKind, JoinableQueue, Lock, Pool, Queue, SimpleQueue, StartMethod};
 
-use crate::common::{PATIENCE, wait_until};
-
-fn start<R, F, A>(m: StartMethod, f: F, args: A) -> Process<R>
-where
-    F: mproc::Target<A, Output = R>,
-    A: Serialize + serde::de::DeserializeOwned + Send + 'static,
-    R: Serialize + serde::de::DeserializeOwned + Send + 'static,
-{
-    let mut p = Process::new(f, args).start_method(m);
-    p.start().unwrap();
-    p
-}
+use crate::common::{PATIENCE, start, wait_until};
 
 /// The seed's addTwoNumbers: the child puts, the parent's get waits for it.
 fn add_two(a: i64, b: i64, q: Queue<i64>) {

@@ -8,18 +8,7 @@ use mproc::{
     Semaphore, StartMethod, Value,
 };
 
-use crate::common::PATIENCE;
-
-fn start<R, F, A>(m: StartMethod, f: F, args: A) -> Process<R>
-where
-    F: mproc::Target<A, Output = R>,
-    A: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
-    R: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
-{
-    let mut p = Process::new(f, args).start_method(m);
-    p.start().unwrap();
-    p
-}
+use crate::common::{PATIENCE, start};
 
 /// Adds 1 to the counter `n` times, each a read, a pause and a write under the lock: any lost
 /// exclusion loses an update.
