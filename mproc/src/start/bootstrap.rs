@@ -17,8 +17,8 @@
 //! in it. A marker that cannot be parsed ends the process with a message and
 //! [`EXIT_BAD_MARKER`] instead of running `main` with a half-set-up environment.
 //!
-//! The marker's format is `mproc1:<role>:<control fd>:<liveness fd>`, with role `worker` or
-//! `forkserver`.
+//! The marker's format is `mproc1:<role>:<control fd>:<liveness fd>`, with role `worker`,
+//! `forkserver` or `shmkeeper`.
 //!
 //! Constructors of other crates may run before or after this one (their order is unspecified);
 //! they run in workers too, as they would in any process of the executable.
@@ -43,6 +43,8 @@ pub(crate) const EXIT_BAD_MARKER: i32 = 121;
 pub(crate) enum Role {
     Worker,
     ForkServer,
+    /// The keeper of this process's named shared memory (see [`super::keeper`]).
+    Keeper,
 }
 
 impl Role {
@@ -50,6 +52,7 @@ impl Role {
         match self {
             Role::Worker => "worker",
             Role::ForkServer => "forkserver",
+            Role::Keeper => "shmkeeper",
         }
     }
 }
@@ -83,6 +86,7 @@ pub(crate) fn parse(value: &OsStr) -> Result<Marker, String> {
     let role = match role {
         "worker" => Role::Worker,
         "forkserver" => Role::ForkServer,
+        "shmkeeper" => Role::Keeper,
         other => return Err(format!("unknown role {other:?}")),
     };
     let fd = |f: &str| -> Result<RawFd, String> {
@@ -139,6 +143,7 @@ fn become_role(role: Role, ctrl: OwnedFd, alive: OwnedFd) -> ! {
             super::worker::run(InternalFd::new(ctrl))
         }
         Role::ForkServer => super::forkserver::serve(InternalFd::new(ctrl), alive),
+        Role::Keeper => super::keeper::serve(ctrl, alive),
     }
 }
 

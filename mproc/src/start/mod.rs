@@ -6,7 +6,8 @@
 //!   target, send the outcome, exit;
 //! - [`fork`], [`spawn`], [`forkserver`]: the start methods;
 //! - [`child`]: the parent's handle on a started child (waiting, reaping, signalling);
-//! - [`alive`]: the pipe whose hang-up tells children their parent has died.
+//! - [`alive`]: the pipe whose hang-up tells children their parent has died;
+//! - [`keeper`]: the helper process that removes named shared memory once nobody holds it.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -18,6 +19,7 @@ pub(crate) mod bootstrap;
 pub(crate) mod child;
 pub(crate) mod fork;
 pub(crate) mod forkserver;
+pub(crate) mod keeper;
 pub(crate) mod spawn;
 pub(crate) mod worker;
 

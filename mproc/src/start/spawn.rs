@@ -64,6 +64,7 @@ fn role_noun(role: Role) -> &'static str {
     match role {
         Role::Worker => "worker process",
         Role::ForkServer => "fork server",
+        Role::Keeper => "shared-memory keeper",
     }
 }
 

@@ -485,3 +485,60 @@ pub(crate) fn process_start(pid: u32) -> Option<(bool, u64)> {
     let start = fields.nth(18)?.parse().ok()?;
     Some((!matches!(state, "Z" | "X" | "x"), start))
 }
+
+/// This process's real user id (getuid(2)).
+pub(crate) fn getuid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// For a long-lived helper process: starts a new session (so the terminal's signals, such as
+/// Ctrl-C's `SIGINT`, and a `kill` of the caller's process group do not reach it), points its
+/// standard streams at `/dev/null` (so it holds no pipe a test runner or shell waits on), and
+/// raises its descriptor limit as far as it may go.
+///
+/// See setsid(2), dup2(2), setrlimit(2).
+pub(crate) fn detach() {
+    // SAFETY: setsid has no memory-safety preconditions; it fails harmlessly for a process
+    // that already leads a group.
+    unsafe { libc::setsid() };
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for target in 0..3 {
+            // SAFETY: dup2 onto the standard stream numbers, which this process owns; no
+            // Rust object holds them as an OwnedFd.
+            unsafe { libc::dup2(null.as_raw_fd(), target) };
+        }
+    }
+    // SAFETY: an all-zero rlimit is a valid value for getrlimit to overwrite.
+    let mut lim: libc::rlimit = unsafe { mem::zeroed() };
+    // SAFETY: `lim` is a valid rlimit for both calls.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    }
+}
+
+/// 64 random bits from the kernel (getrandom(2)), for names nobody can guess.
+pub(crate) fn random_u64() -> io::Result<u64> {
+    let mut bytes = [0u8; 8];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `bytes`.
+        let n = syscall!(getrandom(
+            bytes[filled..].as_mut_ptr().cast(),
+            bytes.len() - filled,
+            0
+        ));
+        match n {
+            Ok(n) => filled += n as usize,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(u64::from_ne_bytes(bytes))
+}

@@ -149,6 +149,42 @@ impl Mapping {
         self.len
     }
 
+    /// Copies `buf.len()` bytes at `offset` out of the mapping. `InvalidInput` if they are not
+    /// all inside it.
+    pub(crate) fn read_at(&self, offset: usize, buf: &mut [u8]) -> io::Result<()> {
+        self.check_range(offset, buf.len())?;
+        // SAFETY: `offset..offset + buf.len()` lies inside the mapping (checked above), which
+        // is valid while `self` lives; `buf` is a distinct Rust buffer, so they do not overlap.
+        // Other processes may write the same bytes at once: the copy then sees some mix of
+        // old and new bytes, which are plain `u8`s (no invalid value exists).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        Ok(())
+    }
+
+    /// Copies `data` into the mapping at `offset`. `InvalidInput` if it does not fit.
+    pub(crate) fn write_at(&self, offset: usize, data: &[u8]) -> io::Result<()> {
+        self.check_range(offset, data.len())?;
+        // SAFETY: as in `read_at`, with the copy going the other way; the mapping is
+        // writable shared memory that no Rust reference covers.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len())
+        };
+        Ok(())
+    }
+
+    fn check_range(&self, offset: usize, len: usize) -> io::Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(io::ErrorKind::InvalidInput.into()),
+        }
+    }
+
     /// The bytes of a mapping this process alone writes (a message being written before it
     /// is sent).
     pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
@@ -166,6 +202,101 @@ impl Mapping {
         // only change what the bytes decode to, which the decoder checks.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
+}
+
+/// Named shared memory (POSIX, in `/dev/shm`): `name` is given without its leading slash.
+///
+/// Creates `name` (it must not exist) with `len` zero bytes, readable and writable by this user
+/// only, and allocates its pages at once, so that a full `/dev/shm` is an `ENOSPC` error here
+/// rather than a `SIGBUS` at the first write into the mapping. The name is removed again if
+/// any step fails.
+///
+/// See shm_open(3), posix_fallocate(3).
+pub(crate) fn shm_create(name: &str, len: usize) -> io::Result<OwnedFd> {
+    let path = shm_path(name)?;
+    let raw = syscall!(shm_open(
+        path.as_ptr(),
+        libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+        0o600 as libc::mode_t
+    ))?;
+    // SAFETY: shm_open returned a fresh descriptor owned by nobody else.
+    let file = unsafe { OwnedFd::from_raw_fd(raw) };
+    let sized = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))
+        .and_then(|size| {
+            syscall!(ftruncate(file.as_raw_fd(), size))?;
+            // SAFETY: posix_fallocate on a descriptor we hold; it returns the error number.
+            match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size) } {
+                0 => Ok(()),
+                errno => Err(io::Error::from_raw_os_error(errno)),
+            }
+        });
+    match sized {
+        Ok(()) => Ok(file),
+        Err(e) => {
+            let _ = shm_unlink(name);
+            Err(e)
+        }
+    }
+}
+
+/// Opens the existing named shared memory `name` for reading and writing.
+///
+/// See shm_open(3).
+pub(crate) fn shm_open(name: &str) -> io::Result<OwnedFd> {
+    let path = shm_path(name)?;
+    let raw = syscall!(shm_open(
+        path.as_ptr(),
+        libc::O_RDWR | libc::O_CLOEXEC,
+        0 as libc::mode_t
+    ))?;
+    // SAFETY: shm_open returned a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Removes the name `name`; memory stays mapped wherever it is, until its last mapping and
+/// descriptor are gone.
+///
+/// See shm_unlink(3).
+pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
+    let path = shm_path(name)?;
+    syscall!(shm_unlink(path.as_ptr())).map(drop)
+}
+
+/// Which file `name` now names (device and inode), without opening it for writing.
+pub(crate) fn shm_identity(name: &str) -> io::Result<(u64, u64)> {
+    let path = shm_path(name)?;
+    let raw = syscall!(shm_open(
+        path.as_ptr(),
+        libc::O_RDONLY | libc::O_CLOEXEC,
+        0 as libc::mode_t
+    ))?;
+    // SAFETY: shm_open returned a fresh descriptor owned by nobody else.
+    let file = unsafe { OwnedFd::from_raw_fd(raw) };
+    file_identity(file.as_fd())
+}
+
+/// Which file `file` is (device and inode).
+pub(crate) fn file_identity(file: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let st = stat(file)?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// Whether `file` is a regular file (what shared memory is).
+pub(crate) fn is_regular_file(file: BorrowedFd<'_>) -> bool {
+    stat(file).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
+}
+
+fn shm_path(name: &str) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(format!("/{name}")).map_err(|_| io::ErrorKind::InvalidInput.into())
+}
+
+fn stat(file: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable stat buffer.
+    syscall!(fstat(file.as_raw_fd(), &mut st))?;
+    Ok(st)
 }
 
 /// A zero-filled memory file of `len` bytes (close-on-exec, sealable), listed as internal.
@@ -186,11 +317,7 @@ fn memfd(name: &str, len: usize) -> io::Result<InternalFd> {
 
 /// The current size of a file.
 pub(crate) fn file_len(file: BorrowedFd<'_>) -> io::Result<usize> {
-    // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid, writable stat buffer.
-    syscall!(fstat(file.as_raw_fd(), &mut st))?;
-    usize::try_from(st.st_size).map_err(|_| io::ErrorKind::InvalidData.into())
+    usize::try_from(stat(file)?.st_size).map_err(|_| io::ErrorKind::InvalidData.into())
 }
 
 /// Grows a memory file to `len` bytes if it is smaller (never shrinks it).

@@ -186,3 +186,111 @@ fn take_fds(msg: &libc::msghdr, fds: &mut Vec<OwnedFd>) {
         }
     }
 }
+
+/// A `sockaddr_un` for `name` in Linux's abstract namespace (a leading NUL: no file, and the
+/// address is gone when the socket that holds it closes), with its length.
+fn abstract_address(name: &[u8]) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: an all-zero sockaddr_un is a valid (empty) address.
+    let mut addr: libc::sockaddr_un = unsafe { mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    if name.is_empty() || name.len() + 1 > addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an abstract socket name must be 1 to 107 bytes",
+        ));
+    }
+    for (slot, &b) in addr.sun_path[1..].iter_mut().zip(name) {
+        *slot = b as libc::c_char;
+    }
+    let len = mem::offset_of!(libc::sockaddr_un, sun_path) + 1 + name.len();
+    Ok((addr, len as libc::socklen_t))
+}
+
+fn seqpacket_socket(extra_flags: libc::c_int) -> io::Result<OwnedFd> {
+    let fd = syscall!(socket(
+        libc::AF_UNIX,
+        libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | extra_flags,
+        0
+    ))?;
+    // SAFETY: socket returned a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A non-blocking sequenced-packet socket listening on the abstract address `name`.
+/// `AddrInUse` when another socket holds that address.
+///
+/// See bind(2), listen(2), unix(7).
+pub(crate) fn listen_abstract(name: &[u8]) -> io::Result<OwnedFd> {
+    let (addr, len) = abstract_address(name)?;
+    let sock = seqpacket_socket(libc::SOCK_NONBLOCK)?;
+    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
+    syscall!(bind(
+        sock.as_raw_fd(),
+        (&addr as *const libc::sockaddr_un).cast(),
+        len
+    ))?;
+    syscall!(listen(sock.as_raw_fd(), 128))?;
+    Ok(sock)
+}
+
+/// A (blocking) sequenced-packet socket connected to the abstract address `name`.
+/// `ConnectionRefused` when nothing listens there.
+///
+/// See connect(2), unix(7).
+pub(crate) fn connect_abstract(name: &[u8]) -> io::Result<OwnedFd> {
+    let (addr, len) = abstract_address(name)?;
+    let sock = seqpacket_socket(0)?;
+    loop {
+        // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
+        match syscall!(connect(
+            sock.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len
+        )) {
+            Ok(_) => return Ok(sock),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A connection waiting on `listener`, close-on-exec; `None` when none waits.
+///
+/// See accept4(2).
+pub(crate) fn accept(listener: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    loop {
+        match syscall!(accept4(
+            listener.as_raw_fd(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+            libc::SOCK_CLOEXEC
+        )) {
+            // SAFETY: accept4 returned a fresh descriptor owned by nobody else.
+            Ok(fd) => return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) })),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            // The connecting side gave up before we took it: nothing waits after all.
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The user id of the process at the other end of a connected Unix socket, as it was when
+/// the connection was made (`SO_PEERCRED`).
+///
+/// See unix(7).
+pub(crate) fn peer_uid(sock: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: an all-zero ucred is a valid value for getsockopt to overwrite.
+    let mut cred: libc::ucred = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writing one ucred and its size.
+    syscall!(getsockopt(
+        sock.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_PEERCRED,
+        (&mut cred as *mut libc::ucred).cast(),
+        &mut len
+    ))?;
+    Ok(cred.uid)
+}

@@ -1,0 +1,401 @@
+//! Named shared memory: [`SharedMemory`] (Python's `multiprocessing.shared_memory`).
+
+use std::fmt;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::Error;
+use crate::start::keeper;
+use crate::sys::shm::Mapping;
+use crate::sys::{proc, shm, socket};
+
+/// A block of memory with a name in `/dev/shm`, shared by every process that maps it: Python's
+/// `multiprocessing.shared_memory.SharedMemory`.
+///
+/// Any process can [`open`](SharedMemory::open) it by [`name`](SharedMemory::name), an mproc
+/// child can receive it in its arguments, and a program in another language can open the same
+/// name (`shm_open`, or Python's `SharedMemory(name=...)`).
+///
+/// ```
+/// use mproc::{Process, SharedMemory};
+///
+/// fn greet(name: String) -> mproc::Result<()> {
+///     let shm = SharedMemory::open(&name)?;
+///     shm.write_at(0, b"hello from a child")
+/// }
+/// let shm = SharedMemory::create(64)?;
+/// let mut p = Process::new(greet, (shm.name().to_owned(),));
+/// p.start()?;
+/// p.join()??;
+/// let mut buf = [0u8; 18];
+/// shm.read_at(0, &mut buf)?;
+/// assert_eq!(&buf, b"hello from a child");
+/// # Ok::<(), mproc::Error>(())
+/// ```
+///
+/// # Lifetime of the name
+///
+/// The name exists while any process holds a handle to the segment: the one that created it,
+/// one that opened it by name, one that received it, a `fork` child that inherited it. When the
+/// last of them drops it, or dies (`SIGKILL` included), the name is removed from `/dev/shm`,
+/// exactly once. A process that only opened it never removes it from under the others (unlike
+/// Python's resource tracker, cpython gh-82300). [`unlink`](SharedMemory::unlink) removes the
+/// name earlier, as in Python; the memory stays usable wherever it is mapped.
+///
+/// This is done by a small helper process, the *keeper*, which the first `create` in a process
+/// starts (a fresh copy of the executable, in a session of its own, so that Ctrl-C does not stop
+/// it before it has cleaned up). Only a `SIGKILL` of the keeper itself can leave a name behind.
+/// A segment that mproc did not create (made by another program) is opened without a keeper and
+/// its name is never removed except by `unlink`.
+///
+/// # Concurrency
+///
+/// The bytes have no lock: [`read_at`](SharedMemory::read_at) and
+/// [`write_at`](SharedMemory::write_at) copy whatever is there, and concurrent writers to the
+/// same bytes interleave. Pair it with a [`Lock`](crate::Lock), or use [`Value`](crate::Value)
+/// and [`Array`](crate::Array), which carry their own lock.
+#[derive(Clone)]
+pub struct SharedMemory {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    map: Mapping,
+    file: OwnedFd,
+    /// This handle's holder socket, which keeps the name alive (see the keeper); `None` for a
+    /// segment that no keeper keeps.
+    holder: Option<OwnedFd>,
+    /// One `unlink` request at a time on the holder socket, from this process.
+    unlinking: Mutex<()>,
+}
+
+impl SharedMemory {
+    /// A new segment of `size` zero bytes under a fresh, unguessable name (`mproc_` and 16 hex
+    /// digits), readable and writable by this user only.
+    ///
+    /// Its pages are allocated now: a `/dev/shm` too small for it is an error here (`ENOSPC`),
+    /// not a crash (`SIGBUS`) at the first write, as it would be in Python.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` if `size` is 0; an OS error if the memory cannot be had.
+    ///
+    /// ```
+    /// let shm = mproc::SharedMemory::create(4096)?;
+    /// assert_eq!(shm.len(), 4096);
+    /// assert!(shm.name().starts_with("mproc_"));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn create(size: usize) -> Result<SharedMemory, Error> {
+        loop {
+            let id = proc::random_u64().map_err(|e| Error::os("choosing a name", e))?;
+            match SharedMemory::create_named(&format!("mproc_{id:016x}"), size) {
+                // Someone holds that name already (chance): draw another.
+                Err(e) if errno(&e) == Some(libc::EEXIST) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// A new segment of `size` zero bytes named `name` (Python's
+    /// `SharedMemory(name, create=True, size=size)`); see [`create`](SharedMemory::create).
+    /// A leading `/` is ignored.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` if `size` is 0 or the name is empty, longer than 96 bytes, or holds a
+    /// `/` or a NUL; an OS error `EEXIST` if the name exists.
+    ///
+    /// ```
+    /// use mproc::SharedMemory;
+    ///
+    /// let name = format!("doc-example-{}", std::process::id());
+    /// let shm = SharedMemory::create_named(&name, 100)?;
+    /// assert_eq!(shm.name(), name);
+    /// assert!(SharedMemory::create_named(&name, 100).is_err(), "the name is taken");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn create_named(name: &str, size: usize) -> Result<SharedMemory, Error> {
+        let name = name.strip_prefix('/').unwrap_or(name);
+        if size == 0 {
+            return Err(Error::invalid("shared memory must have a size above 0"));
+        }
+        if !keeper::valid_name(name) {
+            return Err(Error::invalid(format!(
+                "{name:?} cannot name shared memory: a name has 1 to {} bytes, \
+                 with no '/' or NUL, and is not '.' or '..'",
+                keeper::MAX_NAME
+            )));
+        }
+        let (file, holder) = keeper::create(name, size)?;
+        SharedMemory::from_parts(name.to_owned(), file, Some(holder))
+    }
+
+    /// Opens the segment named `name`, made by this or any other process (a leading `/` is
+    /// ignored). Opening never makes this process responsible for removing the name.
+    ///
+    /// # Errors
+    ///
+    /// An OS error `ENOENT` if no such segment exists (or its name was removed), `EACCES` if
+    /// this user may not open it.
+    ///
+    /// ```
+    /// use mproc::SharedMemory;
+    ///
+    /// let a = SharedMemory::create(16)?;
+    /// a.write_at(0, &[7; 16])?;
+    /// let b = SharedMemory::open(a.name())?;
+    /// let mut buf = [0; 16];
+    /// b.read_at(0, &mut buf)?;
+    /// assert_eq!(buf, [7; 16]);
+    /// assert!(SharedMemory::open("no-such-segment").is_err());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn open(name: &str) -> Result<SharedMemory, Error> {
+        let name = name.strip_prefix('/').unwrap_or(name);
+        if name.is_empty() || name.contains(['/', '\0']) {
+            return Err(Error::invalid(format!(
+                "{name:?} cannot name shared memory: a name is not empty and has no '/' or NUL"
+            )));
+        }
+        let (file, holder) = match keeper::join(name) {
+            Some((file, holder)) => (file, Some(holder)),
+            None => {
+                let file = shm::shm_open(name)
+                    .map_err(|e| Error::os(format!("opening shared memory {name:?}"), e))?;
+                (file, None)
+            }
+        };
+        SharedMemory::from_parts(name.to_owned(), file, holder)
+    }
+
+    fn from_parts(
+        name: String,
+        file: OwnedFd,
+        holder: Option<OwnedFd>,
+    ) -> Result<SharedMemory, Error> {
+        let map = Mapping::open_inherited(file.as_fd())
+            .map_err(|e| Error::os(format!("mapping shared memory {name:?}"), e))?;
+        Ok(SharedMemory {
+            inner: Arc::new(Inner {
+                name,
+                map,
+                file,
+                holder,
+                unlinking: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Its name, without a leading `/` (as Python's `name`): what [`open`](SharedMemory::open)
+    /// takes.
+    ///
+    /// ```
+    /// let shm = mproc::SharedMemory::create(8)?;
+    /// assert!(std::path::Path::new("/dev/shm").join(shm.name()).exists());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Its size in bytes.
+    ///
+    /// ```
+    /// assert_eq!(mproc::SharedMemory::create(10)?.len(), 10);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn len(&self) -> usize {
+        self.inner.map.len()
+    }
+
+    /// Always `false`: a segment has at least one byte.
+    ///
+    /// ```
+    /// assert!(!mproc::SharedMemory::create(1)?.is_empty());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Copies `buf.len()` bytes starting at `offset` into `buf`.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` if the range does not lie inside the segment (nothing is copied).
+    ///
+    /// ```
+    /// let shm = mproc::SharedMemory::create(4)?;
+    /// shm.write_at(1, &[1, 2, 3])?;
+    /// let mut buf = [9; 4];
+    /// shm.read_at(0, &mut buf)?;
+    /// assert_eq!(buf, [0, 1, 2, 3]);
+    /// assert!(shm.read_at(2, &mut buf).is_err());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), Error> {
+        self.check_range("read", offset, buf.len())?;
+        self.inner
+            .map
+            .read_at(offset, buf)
+            .map_err(|e| Error::os("reading shared memory", e))
+    }
+
+    /// Copies `data` into the segment starting at `offset`.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` if the range does not lie inside the segment (nothing is copied).
+    ///
+    /// ```
+    /// let shm = mproc::SharedMemory::create(4)?;
+    /// shm.write_at(0, b"abcd")?;
+    /// assert!(shm.write_at(3, b"ef").is_err());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<(), Error> {
+        self.check_range("write", offset, data.len())?;
+        self.inner
+            .map
+            .write_at(offset, data)
+            .map_err(|e| Error::os("writing shared memory", e))
+    }
+
+    fn check_range(&self, what: &str, offset: usize, len: usize) -> Result<(), Error> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len() => Ok(()),
+            _ => Err(Error::invalid(format!(
+                "cannot {what} {len} bytes at offset {offset} of shared memory {:?} \
+                 of {} bytes",
+                self.name(),
+                self.len()
+            ))),
+        }
+    }
+
+    /// The first byte, for code that works on the memory in place (casting it to a
+    /// structure, handing it to a C library). Valid for [`len`](SharedMemory::len) bytes while
+    /// any clone of this handle lives; other processes may read and write the same bytes at any
+    /// time, so every access through it is yours to synchronize (atomics, or a
+    /// [`Lock`](crate::Lock)).
+    ///
+    /// ```
+    /// let shm = mproc::SharedMemory::create(8)?;
+    /// let p = shm.as_ptr();
+    /// // SAFETY: 8 bytes are valid; no other process uses this segment.
+    /// unsafe { p.add(7).write(42) };
+    /// let mut last = [0];
+    /// shm.read_at(7, &mut last)?;
+    /// assert_eq!(last, [42]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.inner.map.as_ptr()
+    }
+
+    /// Removes the name from `/dev/shm` now (Python's `unlink`): `open` by this name fails from
+    /// then on, while every process that has the segment mapped keeps using it. Without a call,
+    /// the name goes when the last handle does (see the type's docs).
+    ///
+    /// # Errors
+    ///
+    /// An OS error `ENOENT` if the name was already removed.
+    ///
+    /// ```
+    /// use mproc::SharedMemory;
+    ///
+    /// let shm = SharedMemory::create(8)?;
+    /// shm.unlink()?;
+    /// assert!(SharedMemory::open(shm.name()).is_err());
+    /// shm.write_at(0, b"still ok")?;
+    /// assert!(shm.unlink().is_err(), "removed already");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn unlink(&self) -> Result<(), Error> {
+        let _one = self
+            .inner
+            .unlinking
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match &self.inner.holder {
+            Some(holder) => keeper::unlink(holder.as_fd(), &self.inner.name),
+            None => shm::shm_unlink(&self.inner.name).map_err(|e| {
+                Error::os(format!("unlinking shared memory {:?}", self.inner.name), e)
+            }),
+        }
+    }
+}
+
+fn errno(e: &Error) -> Option<i32> {
+    match e.kind() {
+        crate::ErrorKind::Os(os) => os.errno,
+        _ => None,
+    }
+}
+
+/// What travels: the file and holder socket (as handle indices) and the name.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    file: u32,
+    holder: Option<u32>,
+    name: String,
+}
+
+impl Serialize for SharedMemory {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error as _;
+        let file = crate::handle::export(self.inner.file.as_fd()).map_err(S::Error::custom)?;
+        let holder = match &self.inner.holder {
+            Some(h) => Some(crate::handle::export(h.as_fd()).map_err(S::Error::custom)?),
+            None => None,
+        };
+        Wire {
+            file,
+            holder,
+            name: self.inner.name.clone(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedMemory {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let wire = Wire::deserialize(d)?;
+        if wire.name.is_empty() || wire.name.contains(['/', '\0']) {
+            return Err(D::Error::custom(
+                "a shared memory handle with a malformed name",
+            ));
+        }
+        let file = crate::handle::import(wire.file).map_err(D::Error::custom)?;
+        if !shm::is_regular_file(file.as_fd()) {
+            return Err(D::Error::custom("a shared memory handle without its file"));
+        }
+        let holder = match wire.holder {
+            Some(at) => {
+                let h = crate::handle::import(at).map_err(D::Error::custom)?;
+                if !socket::is_seqpacket(h.as_fd()) {
+                    return Err(D::Error::custom(
+                        "a shared memory handle without its keeper",
+                    ));
+                }
+                Some(h)
+            }
+            None => None,
+        };
+        SharedMemory::from_parts(wire.name, file, holder).map_err(D::Error::custom)
+    }
+}
+
+impl fmt::Debug for SharedMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedMemory")
+            .field("name", &self.inner.name)
+            .field("len", &self.len())
+            .finish()
+    }
+}
