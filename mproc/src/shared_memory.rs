@@ -16,7 +16,8 @@ use crate::sys::{proc, shm, socket};
 ///
 /// Any process can [`open`](SharedMemory::open) it by [`name`](SharedMemory::name), an mproc
 /// child can receive it in its arguments, and a program in another language can open the same
-/// name (`shm_open`, or Python's `SharedMemory(name=...)`).
+/// name (`shm_open`, or Python's `SharedMemory(name=...)`; Python before 3.13 then removes
+/// the name when its script exits, unless it unregisters it from its resource tracker).
 ///
 /// ```
 /// use mproc::{Process, SharedMemory};

@@ -11,4 +11,5 @@ mod pipes;
 mod pool;
 mod process;
 mod queues;
+mod shared_memory;
 mod sync;

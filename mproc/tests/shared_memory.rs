@@ -1,0 +1,395 @@
+//! Named shared memory across processes, under every start method: bytes shared through a
+//! passed handle and through the name, the name removed exactly once when the last holder ends
+//! (its creator SIGKILLed included) and never while one still holds it, explicit unlink, and
+//! segments made by other programs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mproc::{Connection, ErrorKind, Pool, SharedMemory, StartMethod, pipe};
+
+use crate::common::{PATIENCE, has_ended, start, wait_until};
+
+fn in_dev_shm(name: &str) -> PathBuf {
+    PathBuf::from("/dev/shm").join(name)
+}
+
+fn errno(e: &mproc::Error) -> Option<i32> {
+    match e.kind() {
+        ErrorKind::Os(os) => os.errno,
+        _ => None,
+    }
+}
+
+const ENOENT: i32 = 2;
+const EEXIST: i32 = 17;
+
+/// A byte pattern that differs at every offset of a page-crossing range.
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+}
+
+/// Checks what the parent wrote, then writes its own pattern after it; returns whether the
+/// parent's bytes were there.
+fn check_then_write(shm: SharedMemory) -> bool {
+    let mut got = vec![0; 300_000];
+    shm.read_at(0, &mut got).unwrap();
+    let ok = got == pattern(1, 300_000);
+    shm.write_at(300_000, &pattern(2, 700_000)).unwrap();
+    ok
+}
+
+fn a_passed_handle_shares_bytes_both_ways(m: StartMethod) {
+    let shm = SharedMemory::create(1_000_000).unwrap();
+    shm.write_at(0, &pattern(1, 300_000)).unwrap();
+    let mut p = start(m, check_then_write, (shm.clone(),));
+    assert!(
+        p.join_timeout(PATIENCE).unwrap(),
+        "the child saw the parent's bytes"
+    );
+    let mut got = vec![0; 700_000];
+    shm.read_at(300_000, &mut got).unwrap();
+    assert!(
+        got == pattern(2, 700_000),
+        "the parent sees the child's bytes"
+    );
+}
+
+/// Opens `name`, writes `byte` at `at`, and returns its length.
+fn open_and_write(name: String, at: usize, byte: u8) -> usize {
+    let shm = SharedMemory::open(&name).unwrap();
+    shm.write_at(at, &[byte]).unwrap();
+    shm.len()
+}
+
+/// Opens `name`, says so, and waits to be killed.
+fn open_and_hang(name: String, ready: Connection<usize>) {
+    let shm = SharedMemory::open(&name).unwrap();
+    ready.send(shm.len()).unwrap();
+    std::thread::sleep(PATIENCE * 2);
+}
+
+/// cpython gh-82300: a process that only opened a segment removes it when it exits. Here no
+/// opener, ending well or SIGKILLed, removes it; the name goes when its last holder does.
+fn openers_that_end_never_remove_the_name(m: StartMethod) {
+    let shm = SharedMemory::create(5000).unwrap();
+    let name = shm.name().to_owned();
+    let mut p = start(m, open_and_write, (name.clone(), 4999, 9u8));
+    assert_eq!(p.join_timeout(PATIENCE).unwrap(), 5000);
+
+    let (here, there) = pipe().unwrap();
+    let p = start(m, open_and_hang, (name.clone(), there));
+    assert_eq!(here.recv_timeout(PATIENCE).unwrap(), 5000);
+    p.kill().unwrap();
+    let pid = p.pid().unwrap();
+    wait_until("the opener has ended", || has_ended(pid));
+    std::thread::sleep(Duration::from_millis(200)); // time the keeper would need to act
+
+    assert!(in_dev_shm(&name).exists(), "an opener removed the name");
+    let again = SharedMemory::open(&name).unwrap();
+    let mut last = [0];
+    again.read_at(4999, &mut last).unwrap();
+    assert_eq!(last, [9]);
+    drop((shm, again));
+    wait_until("the name is removed after the last handle", || {
+        !in_dev_shm(&name).exists()
+    });
+}
+
+/// Creates a segment, sends its name, and waits to be killed.
+fn create_and_hang(size: usize, out: Connection<String>) {
+    let shm = SharedMemory::create(size).unwrap();
+    shm.write_at(size - 1, &[77]).unwrap();
+    out.send(shm.name().to_owned()).unwrap();
+    std::thread::sleep(PATIENCE * 2);
+}
+
+/// The creator SIGKILLed while it alone holds the segment: nothing stays in /dev/shm.
+fn a_killed_creator_leaves_nothing_behind(m: StartMethod) {
+    let (here, there) = pipe().unwrap();
+    let p = start(m, create_and_hang, (4096usize, there));
+    let name = here.recv_timeout(PATIENCE).unwrap();
+    assert!(in_dev_shm(&name).exists());
+    p.kill().unwrap();
+    wait_until("the killed creator's segment is removed", || {
+        !in_dev_shm(&name).exists()
+    });
+    assert_eq!(errno(&SharedMemory::open(&name).unwrap_err()), Some(ENOENT));
+}
+
+/// The creator SIGKILLed while another process holds the segment: the name stays for the
+/// holder, and goes when it lets go.
+fn a_killed_creator_leaves_the_name_to_other_holders(m: StartMethod) {
+    let (here, there) = pipe().unwrap();
+    let p = start(m, create_and_hang, (100_000usize, there));
+    let name = here.recv_timeout(PATIENCE).unwrap();
+    let shm = SharedMemory::open(&name).unwrap();
+    p.kill().unwrap();
+    let pid = p.pid().unwrap();
+    wait_until("the creator has ended", || has_ended(pid));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(in_dev_shm(&name).exists(), "removed under a holder");
+    let mut last = [0];
+    shm.read_at(99_999, &mut last).unwrap();
+    assert_eq!(last, [77]);
+    // A third process can still open it by name.
+    let mut q = start(m, open_and_write, (name.clone(), 0, 1u8));
+    assert_eq!(q.join_timeout(PATIENCE).unwrap(), 100_000);
+    drop(shm);
+    wait_until("the name is removed after the last holder", || {
+        !in_dev_shm(&name).exists()
+    });
+}
+
+/// Holds a received segment until killed, after saying so.
+fn hold_received(shm: SharedMemory, ready: Connection<usize>) {
+    ready.send(shm.len()).unwrap();
+    std::thread::sleep(PATIENCE * 2);
+}
+
+/// The creator drops its handle while a child holds the one it was passed: the name stays
+/// until the child is killed.
+fn a_passed_handle_holds_the_name_until_its_holder_dies(m: StartMethod) {
+    let shm = SharedMemory::create(64).unwrap();
+    let name = shm.name().to_owned();
+    let (here, there) = pipe().unwrap();
+    let p = start(m, hold_received, (shm.clone(), there));
+    assert_eq!(here.recv_timeout(PATIENCE).unwrap(), 64);
+    drop(shm);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(in_dev_shm(&name).exists(), "removed while a child holds it");
+    p.kill().unwrap();
+    wait_until("the name is removed after its last holder died", || {
+        !in_dev_shm(&name).exists()
+    });
+}
+
+/// Unlinks the segment it was passed, then writes into it.
+fn unlink_then_write(shm: SharedMemory) -> bool {
+    let unlinked = shm.unlink().is_ok();
+    shm.write_at(0, b"after").unwrap();
+    unlinked
+}
+
+fn unlink_removes_the_name_once(m: StartMethod) {
+    let shm = SharedMemory::create(10).unwrap();
+    let name = shm.name().to_owned();
+    let mut p = start(m, unlink_then_write, (shm.clone(),));
+    assert!(
+        p.join_timeout(PATIENCE).unwrap(),
+        "the child's unlink succeeded"
+    );
+    assert!(!in_dev_shm(&name).exists());
+    assert_eq!(errno(&shm.unlink().unwrap_err()), Some(ENOENT), "once only");
+    assert_eq!(errno(&SharedMemory::open(&name).unwrap_err()), Some(ENOENT));
+    let mut got = [0; 5];
+    shm.read_at(0, &mut got).unwrap();
+    assert_eq!(&got, b"after", "the memory outlives its name");
+}
+
+/// Writes its index into the segment (a pool task).
+fn mark(shm: SharedMemory, i: usize) -> usize {
+    shm.write_at(i, &[i as u8 + 1]).unwrap();
+    i
+}
+
+fn pool_tasks_receive_the_segment(m: StartMethod) {
+    let shm = SharedMemory::create(32).unwrap();
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(m)
+        .build()
+        .unwrap();
+    let done = pool
+        .starmap(mark, (0..32).map(|i| (shm.clone(), i)))
+        .unwrap();
+    assert_eq!(done, (0..32).collect::<Vec<_>>());
+    let mut got = [0; 32];
+    shm.read_at(0, &mut got).unwrap();
+    assert!(
+        got.iter().enumerate().all(|(i, &b)| b == i as u8 + 1),
+        "{got:?}"
+    );
+    pool.close();
+    pool.join().unwrap();
+}
+
+/// Receives a segment inside a message and writes into it.
+fn write_received(conn: Connection<SharedMemory>) {
+    let shm = conn.recv().unwrap();
+    shm.write_at(0, b"through a pipe").unwrap();
+}
+
+fn a_segment_travels_inside_a_message(m: StartMethod) {
+    let (here, there) = pipe().unwrap();
+    let mut p = start(m, write_received, (there,));
+    let shm = SharedMemory::create(14).unwrap();
+    here.send(&shm).unwrap();
+    p.join_timeout(PATIENCE).unwrap();
+    let mut got = [0; 14];
+    shm.read_at(0, &mut got).unwrap();
+    assert_eq!(&got, b"through a pipe");
+}
+
+/// A segment another program made (here, plain file calls on /dev/shm): mproc opens it,
+/// processes that open it end, and its name stays until someone unlinks it.
+fn a_segment_made_elsewhere_is_only_removed_by_unlink(m: StartMethod) {
+    let name = format!("mproc-test-foreign-{}-{}", std::process::id(), m);
+    std::fs::write(in_dev_shm(&name), vec![5u8; 3000]).unwrap();
+    let shm = SharedMemory::open(&name).unwrap();
+    assert_eq!(shm.len(), 3000);
+    let mut p = start(m, open_and_write, (name.clone(), 2999, 6u8));
+    assert_eq!(p.join_timeout(PATIENCE).unwrap(), 3000);
+    drop(shm);
+    std::thread::sleep(Duration::from_millis(100));
+    let bytes = std::fs::read(in_dev_shm(&name)).unwrap();
+    assert_eq!((bytes[0], bytes[2999]), (5, 6));
+    SharedMemory::open(&name).unwrap().unlink().unwrap();
+    assert!(!in_dev_shm(&name).exists());
+}
+
+per_start_method!(
+    a_passed_handle_shares_bytes_both_ways,
+    openers_that_end_never_remove_the_name,
+    a_killed_creator_leaves_nothing_behind,
+    a_killed_creator_leaves_the_name_to_other_holders,
+    a_passed_handle_holds_the_name_until_its_holder_dies,
+    unlink_removes_the_name_once,
+    pool_tasks_receive_the_segment,
+    a_segment_travels_inside_a_message,
+    a_segment_made_elsewhere_is_only_removed_by_unlink,
+);
+
+static INHERITED: std::sync::OnceLock<SharedMemory> = std::sync::OnceLock::new();
+
+/// Writes into the segment this fork child inherited (not passed to it), after `ms`.
+fn write_inherited(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+    INHERITED.get().unwrap().write_at(0, b"inherited").unwrap();
+}
+
+/// A fork child inherits the parent's segments and holds their names while it lives.
+#[test]
+fn a_fork_child_holds_the_segments_it_inherits() {
+    let shm = INHERITED
+        .get_or_init(|| SharedMemory::create(9).unwrap())
+        .clone();
+    let name = shm.name().to_owned();
+    let mut p = start(StartMethod::Fork, write_inherited, (300u64,));
+    p.join_timeout(PATIENCE).unwrap();
+    let mut got = [0; 9];
+    shm.read_at(0, &mut got).unwrap();
+    assert_eq!(&got, b"inherited");
+    assert!(in_dev_shm(&name).exists());
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let e = SharedMemory::create(0).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::InvalidArgument(_)), "{e}");
+    for bad in ["", "a/b", "x\0y", ".", "..", &"n".repeat(97)] {
+        let e = SharedMemory::create_named(bad, 8).unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::InvalidArgument(_)),
+            "{bad:?}: {e}"
+        );
+    }
+    assert!(matches!(
+        SharedMemory::open("a/b").unwrap_err().kind(),
+        ErrorKind::InvalidArgument(_)
+    ));
+    let e = SharedMemory::open("mproc-test-no-such-segment").unwrap_err();
+    assert_eq!(errno(&e), Some(ENOENT), "{e}");
+
+    let name = format!("mproc-test-taken-{}", std::process::id());
+    let shm = SharedMemory::create_named(&format!("/{name}"), 8).unwrap();
+    assert_eq!(shm.name(), name, "a leading slash is not part of the name");
+    let e = SharedMemory::create_named(&name, 8).unwrap_err();
+    assert_eq!(errno(&e), Some(EEXIST), "{e}");
+
+    let mut buf = [0; 4];
+    for (offset, len) in [(5, 4), (9, 0), (usize::MAX, 4)] {
+        let e = shm.read_at(offset, &mut buf[..len]).unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::InvalidArgument(_)), "{e}");
+        let e = shm.write_at(offset, &buf[..len]).unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::InvalidArgument(_)), "{e}");
+    }
+    shm.write_at(8, &[]).unwrap();
+    shm.write_at(4, &[1; 4]).unwrap();
+
+    // Too large for /dev/shm: an error now, not a SIGBUS later.
+    let e = SharedMemory::create(1 << 60).unwrap_err();
+    assert!(errno(&e).is_some(), "{e}");
+}
+
+/// Many handles in many threads, dropped in any order: the name goes exactly when the last
+/// does, and the keeper serves creates concurrently.
+#[test]
+fn many_segments_and_threads() {
+    let names: Vec<String> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..8)
+            .map(|t| {
+                s.spawn(move || {
+                    let segs: Vec<SharedMemory> = (0..20)
+                        .map(|i| {
+                            let shm = SharedMemory::create(100 + i).unwrap();
+                            shm.write_at(0, &[t as u8]).unwrap();
+                            shm
+                        })
+                        .collect();
+                    let again: Vec<SharedMemory> = segs
+                        .iter()
+                        .map(|s| SharedMemory::open(s.name()).unwrap())
+                        .collect();
+                    let names: Vec<String> = segs.iter().map(|s| s.name().to_owned()).collect();
+                    drop(segs);
+                    for (shm, name) in again.iter().zip(&names) {
+                        assert!(in_dev_shm(name).exists());
+                        let mut b = [9];
+                        shm.read_at(0, &mut b).unwrap();
+                        assert_eq!(b, [t as u8]);
+                    }
+                    names
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    assert_eq!(names.len(), 160);
+    wait_until("every name is removed", || {
+        names.iter().all(|n| !in_dev_shm(n).exists())
+    });
+}
+
+/// Python's `SharedMemory(name=...)` opens what mproc made, and the other way round.
+#[test]
+fn python_opens_the_same_memory() {
+    let shm = SharedMemory::create(64).unwrap();
+    shm.write_at(0, b"from rust").unwrap();
+    // Python 3.11's resource tracker would remove the name when this script exits (cpython
+    // gh-82300); the script unregisters it, as Python programs must.
+    let script = "import sys\n\
+        from multiprocessing import shared_memory, resource_tracker\n\
+        s = shared_memory.SharedMemory(name=sys.argv[1])\n\
+        assert bytes(s.buf[:9]) == b'from rust', bytes(s.buf[:9])\n\
+        s.buf[9:20] = b', in python'\n\
+        resource_tracker.unregister(s._name, 'shared_memory')\n\
+        s.close()\n";
+    let mut python = std::process::Command::new("python3")
+        .args(["-c", script, shm.name()])
+        .spawn()
+        .expect("python3 runs");
+    let mut status = None;
+    wait_until("python has finished", || {
+        status = python.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(status.unwrap().success(), "the python script failed");
+    let mut got = [0; 20];
+    shm.read_at(0, &mut got).unwrap();
+    assert_eq!(&got, b"from rust, in python");
+    assert!(in_dev_shm(shm.name()).exists());
+}
