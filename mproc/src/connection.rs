@@ -4,7 +4,9 @@
 //! as one message, so processes and threads sharing an end never interleave. A value up to
 //! [`INLINE`] bytes encoded travels in the message; a larger one is encoded straight into a
 //! memory file that travels with the message (`SCM_RIGHTS`) and is decoded straight out of it,
-//! so big payloads are never copied through the socket. Handles (locks, queues, other
+//! so big payloads are never copied through the socket. The receiver marks the file done when
+//! it has decoded it, and the sender writes its next large message into it again (a few files
+//! kept per end), so its pages are allocated once. Handles (locks, queues, other
 //! connections) may ride inside a sent value: their descriptors go with the message.
 //!
 //! End of file is the kernel's: once every process holding the other end has closed it (by
@@ -14,6 +16,7 @@ use std::borrow::Borrow;
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,6 +34,24 @@ use crate::wire::codec;
 pub(crate) const INLINE: usize = 64 * 1024;
 const TAG_INLINE: u8 = 0;
 const TAG_FILE: u8 = 1;
+/// Where a message starts in its memory file: after the *done word*, which the sender sets to
+/// 1 when it sends the file and the receiver sets back to 0 once it has decoded the message.
+const FILE_HEADER: usize = 64;
+/// How many memory files a sending end keeps for reuse: a file the receiver is done with is
+/// written again instead of a new one being made (and its pages allocated and zeroed).
+const SPARES: usize = 4;
+
+/// A memory file this end sent, kept for reuse.
+struct Spare {
+    map: Mapping,
+    file: OwnedFd,
+}
+
+impl Spare {
+    fn is_free(&self) -> bool {
+        self.map.word(0).load(Ordering::Acquire) == 0
+    }
+}
 
 struct End {
     /// Listed as internal: a child made with fork closes it (unless it is passed to the child),
@@ -45,6 +66,8 @@ struct End {
     /// One receiver at a time in this process, so a message and its descriptors stay
     /// together; and its buffer.
     receiving: Mutex<Vec<u8>>,
+    /// Memory files sent for large messages, kept for reuse (see [`SPARES`]).
+    spares: Mutex<Vec<Spare>>,
 }
 
 /// One end of a [`pipe`]: Python's `multiprocessing.connection.Connection`, for values of `T`.
@@ -121,6 +144,48 @@ fn os(what: &str, e: std::io::Error) -> Error {
 }
 
 impl End {
+    /// A memory file holding a message of `len` bytes that `fill` writes (a spare the
+    /// receiver is done with, or a new one), marked in flight; returns a descriptor to send.
+    fn write_file(
+        &self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), Error>,
+    ) -> Result<OwnedFd, Error> {
+        let need = FILE_HEADER
+            .checked_add(len)
+            .ok_or_else(|| Error::invalid("a message longer than memory"))?;
+        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+        let at = match spares
+            .iter()
+            .position(|s| s.map.len() >= need && s.is_free())
+        {
+            Some(at) => at,
+            None => {
+                // Rounded up, so messages that vary a little in size share files.
+                let size = need.next_multiple_of(64 * 1024);
+                let (map, file) = Mapping::create("mproc-message", size)
+                    .map_err(|e| Error::os("creating shared memory for a message", e))?;
+                if spares.len() >= SPARES {
+                    // A free one goes first; else the oldest (its receiver may never finish:
+                    // dropping our copy only frees the memory once the receiver's is gone).
+                    let victim = spares.iter().position(Spare::is_free).unwrap_or(0);
+                    spares.remove(victim);
+                }
+                spares.push(Spare {
+                    map,
+                    file: file.into_owned(),
+                });
+                spares.len() - 1
+            }
+        };
+        let spare = &mut spares[at];
+        fill(&mut spare.map.bytes_mut_from(FILE_HEADER)[..len])?;
+        let copy = fd::dup_above(spare.file.as_fd(), 0)
+            .map_err(|e| Error::os("duplicating a message's memory file", e))?;
+        spare.map.word(0).store(1, Ordering::Relaxed);
+        Ok(copy)
+    }
+
     /// The socket, unless this process is a fork child that inherited the handle without
     /// being passed it.
     fn sock(&self) -> Result<BorrowedFd<'_>, Error> {
@@ -142,6 +207,7 @@ impl<T> Connection<T> {
                 generation: proc::fork_generation(),
                 sending: Mutex::new(()),
                 receiving: Mutex::new(Vec::new()),
+                spares: Mutex::new(Vec::new()),
             }),
             _values: PhantomData,
         }
@@ -199,6 +265,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// ```
     pub fn send(&self, value: impl Borrow<T>) -> Result<(), Error> {
         let value = value.borrow();
+        let sock = self.end.sock()?;
         let encode_err = |e| Error::codec(std::any::type_name::<T>(), "encode", e);
         let (message, handles) = crate::handle::collecting(|| -> Result<_, Error> {
             let len = codec::encoded_len(value).map_err(encode_err)?;
@@ -208,17 +275,16 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                 codec::encode_into(&mut bytes, value).map_err(encode_err)?;
                 return Ok((bytes, None));
             }
-            let (mut map, file) = Mapping::create("mproc-message", len)
-                .map_err(|e| Error::os("creating shared memory for a message", e))?;
-            codec::encode_to_slice(&mut map.bytes_mut()[..len], value).map_err(encode_err)?;
+            let file = self.end.write_file(len, |body| {
+                codec::encode_to_slice(body, value).map_err(encode_err)
+            })?;
             let mut bytes = vec![TAG_FILE];
             bytes.extend((len as u64).to_le_bytes());
-            Ok((bytes, Some(file.into_owned())))
+            Ok((bytes, Some(file)))
         });
         let (bytes, file) = message?;
         let mut fds: Vec<_> = file.iter().map(|f| f.as_fd()).collect();
         fds.extend(handles.iter().map(|f| f.as_fd()));
-        let sock = self.end.sock()?;
         let _one = self.end.sending.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             match socket::send(sock, &[&bytes], &fds) {
@@ -295,16 +361,25 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                 crate::handle::providing(fds, || codec::decode(&buf[1..n]).map_err(decode_err))
             }
             TAG_FILE if n == 9 && !fds.is_empty() => {
-                let len = u64::from_le_bytes(buf[1..9].try_into().expect("8 bytes")) as usize;
+                let len = u64::from_le_bytes(buf[1..9].try_into().expect("8 bytes"));
                 let file = fds.remove(0);
-                let map = Mapping::open(file.as_fd())
-                    .map_err(|e| Error::os("mapping a received message", e))?;
-                if map.len() < len {
-                    return Err(Error::protocol("a message shorter than it says"));
-                }
-                crate::handle::providing(fds, || {
-                    codec::decode(&map.bytes()[..len]).map_err(decode_err)
-                })
+                let need = usize::try_from(len)
+                    .ok()
+                    .and_then(|len| len.checked_add(FILE_HEADER))
+                    .ok_or_else(|| Error::protocol("a message longer than memory"))?;
+                let map = Mapping::open_prefix(file.as_fd(), need).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::InvalidData {
+                        Error::protocol("a message shorter than it says")
+                    } else {
+                        Error::os("mapping a received message", e)
+                    }
+                })?;
+                let value = crate::handle::providing(fds, || {
+                    codec::decode(map.bytes_from(FILE_HEADER)).map_err(decode_err)
+                });
+                // Done with it: the sender may write its next message there.
+                map.word(0).store(0, Ordering::Release);
+                value
             }
             _ => Err(Error::protocol("a malformed message on a pipe")),
         }

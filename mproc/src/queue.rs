@@ -262,11 +262,13 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
             .map_err(|e| Error::codec(std::any::type_name::<T>(), "encode", e))?;
         let joinable = self.shared.kind == KIND_JOINABLE;
         let mut patience = Patience::new();
+        // Taken before a check that may lead to sleep; not on the first try, which usually
+        // succeeds (a ticket reads the consumers' cache line).
+        let mut ticket = None;
         loop {
             if self.ring().is_closed() {
                 return Err(ErrorKind::Closed.into());
             }
-            let ticket = self.ring().ticket(Wait::Get);
             let pushed = {
                 let Some(mut producer) = self
                     .ring()
@@ -288,13 +290,18 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
             if at_once || deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(ErrorKind::Full.into());
             }
+            let Some(taken) = ticket else {
+                ticket = Some(self.ring().ticket(Wait::Get));
+                continue; // check again, now that a get will move the ticket on
+            };
             let slept = self
                 .ring()
-                .sleep(Wait::Get, ticket, Some(patience.until(deadline)))
+                .sleep(Wait::Get, taken, Some(patience.until(deadline)))
                 .map_err(|e| os("waiting for room in a queue", e))?;
             if !slept && patience.due() && self.shared.alone()? {
                 return Err(ErrorKind::Closed.into());
             }
+            ticket = Some(self.ring().ticket(Wait::Get));
         }
     }
 
@@ -304,8 +311,9 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
         self.shared.attach()?;
         let mut patience = Patience::new();
         let mut spun = false;
+        // As in `put`: no ticket on the first try (it reads the producers' cache line).
+        let mut ticket = None;
         loop {
-            let ticket = self.ring().ticket(Wait::Put);
             if let Some(value) = self.pop(deadline)? {
                 return Ok(Some(value?));
             }
@@ -324,13 +332,18 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
                 }
                 continue;
             }
+            let Some(taken) = ticket else {
+                ticket = Some(self.ring().ticket(Wait::Put));
+                continue; // check again, now that a put will move the ticket on
+            };
             let slept = self
                 .ring()
-                .sleep(Wait::Put, ticket, Some(patience.until(deadline)))
+                .sleep(Wait::Put, taken, Some(patience.until(deadline)))
                 .map_err(|e| os("waiting for a queue", e))?;
             if !slept && patience.due() && !self.ring().has_frames() && self.shared.alone()? {
                 return Err(ErrorKind::Closed.into());
             }
+            ticket = Some(self.ring().ticket(Wait::Put));
         }
     }
 

@@ -169,6 +169,55 @@ fn close_ends_the_other_side_after_what_was_sent(_m: StartMethod) {
     );
 }
 
+/// Sends back every large value it receives, unchanged, until the other end closes.
+fn echo_bytes(conn: Connection<ByteBuf>) -> u32 {
+    let mut n = 0;
+    while let Ok(v) = conn.recv() {
+        conn.send(&v).unwrap();
+        n += 1;
+    }
+    n
+}
+
+/// The memory files of large messages are reused once their receiver is done with them:
+/// many large values of varying sizes, sent faster than they are read and echoed back, all
+/// arrive intact (a file is never rewritten while a receiver may still read it).
+fn large_messages_reuse_memory_without_mixing_them(m: StartMethod) {
+    let (here, there) = pipe().unwrap();
+    let mut p = start(m, echo_bytes, (there,));
+    let sizes = [
+        70_000usize,
+        3_000_000,
+        65_537,
+        1_000_000,
+        200_000,
+        3_000_000,
+        70_001,
+    ];
+    let value = |i: usize, size: usize| ByteBuf::from(pattern_bytes(i as u8, size));
+    for round in 0..3 {
+        // All sent before any is read back: more in flight than the end keeps spare.
+        for (i, &size) in sizes.iter().enumerate() {
+            here.send(value(round * 10 + i, size)).unwrap();
+        }
+        for (i, &size) in sizes.iter().enumerate() {
+            let back = here.recv_timeout(PATIENCE).unwrap();
+            assert!(
+                back == value(round * 10 + i, size),
+                "message {i} of round {round}"
+            );
+        }
+    }
+    drop(here);
+    assert_eq!(p.join_timeout(PATIENCE).unwrap(), 21);
+}
+
+fn pattern_bytes(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes()[7] ^ seed)
+        .collect()
+}
+
 per_start_method!(
     messages_cross_in_order_both_ways,
     large_values_cross_through_shared_memory,
@@ -176,6 +225,7 @@ per_start_method!(
     handles_travel_inside_messages,
     concurrent_senders_never_interleave,
     close_ends_the_other_side_after_what_was_sent,
+    large_messages_reuse_memory_without_mixing_them,
 );
 
 static INHERITED: std::sync::Mutex<Option<Connection<u8>>> = std::sync::Mutex::new(None);

@@ -42,6 +42,8 @@ const MAGIC: u32 = 0x6d70_7172; // "mpqr"
 
 const KIND_AT: usize = 4;
 const MAXSIZE_AT: usize = 8;
+/// Read by every put and get, written once: on the read-mostly first line.
+const CLOSED_AT: usize = 16;
 const PUT_MUTEX_AT: usize = 64;
 const GET_MUTEX_AT: usize = 128;
 const REG_MUTEX_AT: usize = 192;
@@ -54,6 +56,9 @@ const WRITTEN_BEFORE_AT: usize = 280;
 const PUTS_BEFORE_AT: usize = 288;
 const ADDED_AT: usize = 296;
 const ADDED_BEFORE_AT: usize = 304;
+/// `read` as producers last loaded it (never ahead of it): a put that finds room by it needs
+/// no look at the consumers' line.
+const READ_SEEN_AT: usize = 312;
 // Written by consumers.
 const READ_AT: usize = 320;
 const GETS_AT: usize = 328;
@@ -61,6 +66,8 @@ const GET_ACTIVE_AT: usize = 336;
 const GET_SEQ_AT: usize = 340;
 const READ_BEFORE_AT: usize = 344;
 const GETS_BEFORE_AT: usize = 352;
+/// `written` as consumers last loaded it (never ahead of it), likewise.
+const WRITTEN_SEEN_AT: usize = 360;
 // Written when the ring grows.
 const BASE_AT: usize = 384;
 const CAP_AT: usize = 392;
@@ -69,7 +76,6 @@ const BROKEN_AT: usize = 404;
 // Written rarely.
 const GETTERS_ASLEEP_AT: usize = 448;
 const PUTTERS_ASLEEP_AT: usize = 452;
-const CLOSED_AT: usize = 456;
 const DONE_SEQ_AT: usize = 460;
 const JOINERS_ASLEEP_AT: usize = 464;
 const DONE_AT: usize = 472;
@@ -598,20 +604,31 @@ impl Producer<'_> {
         let (at, skip) = loop {
             let cap = r.u64(CAP_AT).load(Ordering::Relaxed) as usize;
             let base = r.u64(BASE_AT).load(Ordering::Relaxed);
-            let read = r.u64(READ_AT).load(Ordering::Acquire);
-            let used = written.wrapping_sub(read) as usize;
-            if used > cap {
-                return Err(corrupt("more bytes queued than it holds").into());
-            }
             let at = (written.wrapping_sub(base) % cap as u64) as usize;
             let skip = if cap - at >= need { 0 } else { cap - at };
-            if cap - used >= skip + need {
-                break (if skip > 0 { 0 } else { at }, skip);
+            let room = |read: u64| {
+                let used = written.wrapping_sub(read) as usize;
+                used <= cap && cap - used >= skip + need
+            };
+            // Judged first by where producers last saw the consumers (a stale value only
+            // understates the room), so most puts never touch the consumers' cache line.
+            // The value was stored under the producers' lock after an acquire load of `read`,
+            // so the frames it frees are as surely consumed as if we had loaded it ourselves.
+            if !room(r.u64(READ_SEEN_AT).load(Ordering::Relaxed)) {
+                let read = r.u64(READ_AT).load(Ordering::Acquire);
+                r.u64(READ_SEEN_AT).store(read, Ordering::Relaxed);
+                let used = written.wrapping_sub(read) as usize;
+                if used > cap {
+                    return Err(corrupt("more bytes queued than it holds").into());
+                }
+                if !room(read) {
+                    match self.grow(cap, used, need, deadline)? {
+                        Push::Done => continue,
+                        other => return Ok(other),
+                    }
+                }
             }
-            match self.grow(cap, used, need, deadline)? {
-                Push::Done => continue,
-                other => return Ok(other),
-            }
+            break (if skip > 0 { 0 } else { at }, skip);
         };
         let added = r.u64(ADDED_AT).load(Ordering::Relaxed);
         r.u64(WRITTEN_BEFORE_AT).store(written, Ordering::Relaxed);
@@ -730,6 +747,9 @@ impl Producer<'_> {
             .store(new_read.wrapping_sub(cap as u64), Ordering::Relaxed);
         r.u64(READ_AT).store(new_read, Ordering::Release);
         r.u32(RELOCATING_AT).store(0, Ordering::SeqCst);
+        // Both locks are held: the cached positions can be made exact.
+        r.u64(READ_SEEN_AT).store(new_read, Ordering::Relaxed);
+        r.u64(WRITTEN_SEEN_AT).store(written, Ordering::Relaxed);
         Ok(Push::Done)
     }
 }
@@ -746,13 +766,21 @@ impl Consumer<'_> {
     pub(crate) fn pop<R>(&mut self, read: impl FnOnce(&[u8]) -> R) -> io::Result<Option<R>> {
         let r = self.ring;
         let start = r.u64(READ_AT).load(Ordering::Relaxed);
-        let written = r.u64(WRITTEN_AT).load(Ordering::Acquire);
         let cap = r.u64(CAP_AT).load(Ordering::Relaxed) as usize;
         let base = r.u64(BASE_AT).load(Ordering::Relaxed);
-        let mut pos = start;
-        if pos == written {
-            return Ok(None);
+        // Where consumers last saw the producers (stored under the consumers' lock after an
+        // acquire load, so the frames before it are as surely published): only when it shows
+        // nothing new is the producers' cache line read.
+        let mut written = r.u64(WRITTEN_SEEN_AT).load(Ordering::Relaxed);
+        let ahead = written.wrapping_sub(start);
+        if ahead == 0 || ahead as usize > cap {
+            written = r.u64(WRITTEN_AT).load(Ordering::Acquire);
+            r.u64(WRITTEN_SEEN_AT).store(written, Ordering::Relaxed);
+            if written == start {
+                return Ok(None);
+            }
         }
+        let mut pos = start;
         let mut at = (pos.wrapping_sub(base) % cap as u64) as usize;
         // SAFETY: 4 bytes at an 8-aligned offset inside the ring, before `written`: published
         // by a producer (acquire above) and ours under the consumers' lock.

@@ -104,12 +104,34 @@ impl Mapping {
         Mapping::open_as(file, true)
     }
 
+    /// Maps the first `len` bytes of the memory file `file` (made by [`Mapping::create`]
+    /// elsewhere), with every page faulted in at once (`MAP_POPULATE`: one pass in the kernel
+    /// instead of a fault per page). For a message about to be read whole.
+    pub(crate) fn open_prefix(file: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
+        if file_len(file)? < len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a memory file shorter than its message",
+            ));
+        }
+        Mapping::map_with(file, len, false, libc::MAP_POPULATE)
+    }
+
     fn open_as(file: BorrowedFd<'_>, inherit: bool) -> io::Result<Mapping> {
         let len = file_len(file)?;
         Mapping::map(file, len, inherit)
     }
 
     fn map(file: BorrowedFd<'_>, len: usize, inherit: bool) -> io::Result<Mapping> {
+        Mapping::map_with(file, len, inherit, 0)
+    }
+
+    fn map_with(
+        file: BorrowedFd<'_>,
+        len: usize,
+        inherit: bool,
+        flags: libc::c_int,
+    ) -> io::Result<Mapping> {
         if len == 0 {
             return Err(io::ErrorKind::InvalidInput.into());
         }
@@ -119,7 +141,7 @@ impl Mapping {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
+                libc::MAP_SHARED | flags,
                 file.as_raw_fd(),
                 0,
             )
@@ -185,22 +207,43 @@ impl Mapping {
         }
     }
 
-    /// The bytes of a mapping this process alone writes (a message being written before it
-    /// is sent).
-    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: valid for `len` bytes while `self` lives; exclusive for the borrow of
-        // `&mut self`. The file has not been sent yet (callers write a message before sending
-        // it), so no other process maps it.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    /// The bytes from `from` on, of a mapping this process alone uses now (a message being
+    /// written before it is sent, or after its receiver said it is done with it).
+    pub(crate) fn bytes_mut_from(&mut self, from: usize) -> &mut [u8] {
+        assert!(from <= self.len, "past the end of a mapping");
+        // SAFETY: valid for `len - from` bytes past `from` while `self` lives; exclusive for
+        // the borrow of `&mut self`. Callers write a message before they send its file, or
+        // again only after the receiver stored its done word (outside this range) and so reads
+        // no more.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(from), self.len - from) }
     }
 
-    /// The bytes of a mapping nobody writes any more (a message received: its sender wrote it
-    /// before sending and dropped its mapping).
-    pub(crate) fn bytes(&self) -> &[u8] {
-        // SAFETY: valid for `len` bytes while `self` lives. A message's sender finishes
-        // writing before it sends the file and never maps it again; a misbehaving sender could
-        // only change what the bytes decode to, which the decoder checks.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    /// The bytes from `from` on, of a mapping nobody writes for the borrow (a message
+    /// received: its sender wrote it before sending it and waits for the done word).
+    pub(crate) fn bytes_from(&self, from: usize) -> &[u8] {
+        assert!(from <= self.len, "past the end of a mapping");
+        // SAFETY: valid for `len - from` bytes past `from` while `self` lives. A message's
+        // sender finishes writing before it sends the file and writes again only after the
+        // done word; a misbehaving sender could only change what the bytes decode to, which
+        // the decoder checks.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(from), self.len - from) }
+    }
+
+    /// The 32-bit word at `at` (4-aligned, inside the mapping), shared through atomics.
+    pub(crate) fn word(&self, at: usize) -> &std::sync::atomic::AtomicU32 {
+        assert!(
+            at % 4 == 0 && at + 4 <= self.len,
+            "a word outside a mapping"
+        );
+        // SAFETY: inside the mapping and aligned (checked), valid while `self` lives; every
+        // process touches this word only through atomics.
+        unsafe {
+            &*self
+                .ptr
+                .as_ptr()
+                .add(at)
+                .cast::<std::sync::atomic::AtomicU32>()
+        }
     }
 }
 
