@@ -2,14 +2,14 @@
 
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::Error;
 use crate::start::keeper;
 use crate::sys::shm::Mapping;
-use crate::sys::{proc, shm, socket};
+use crate::sys::{proc, shm};
 
 /// A block of memory with a name in `/dev/shm`, shared by every process that maps it: Python's
 /// `multiprocessing.shared_memory.SharedMemory`.
@@ -51,6 +51,10 @@ use crate::sys::{proc, shm, socket};
 /// A segment that mproc did not create (made by another program) is opened without a keeper and
 /// its name is never removed except by `unlink`.
 ///
+/// Like any file, the memory can be shrunk by a process that holds it open for writing
+/// (`ftruncate`); reading or writing past the new end then kills the process with `SIGBUS`, as
+/// it would in C or Python. mproc itself never resizes a segment.
+///
 /// # Concurrency
 ///
 /// The bytes have no lock: [`read_at`](SharedMemory::read_at) and
@@ -69,8 +73,6 @@ struct Inner {
     /// This handle's holder socket, which keeps the name alive (see the keeper); `None` for a
     /// segment that no keeper keeps.
     holder: Option<OwnedFd>,
-    /// One `unlink` request at a time on the holder socket, from this process.
-    unlinking: Mutex<()>,
 }
 
 impl SharedMemory {
@@ -95,7 +97,7 @@ impl SharedMemory {
             let id = proc::random_u64().map_err(|e| Error::os("choosing a name", e))?;
             match SharedMemory::create_named(&format!("mproc_{id:016x}"), size) {
                 // Someone holds that name already (chance): draw another.
-                Err(e) if errno(&e) == Some(libc::EEXIST) => continue,
+                Err(e) if keeper::is_errno(&e, libc::EEXIST) => continue,
                 other => return other,
             }
         }
@@ -107,7 +109,7 @@ impl SharedMemory {
     ///
     /// # Errors
     ///
-    /// `InvalidArgument` if `size` is 0 or the name is empty, longer than 96 bytes, or holds a
+    /// `InvalidArgument` if `size` is 0 or the name is empty, longer than 255 bytes, or holds a
     /// `/` or a NUL; an OS error `EEXIST` if the name exists.
     ///
     /// ```
@@ -162,14 +164,9 @@ impl SharedMemory {
                 "{name:?} cannot name shared memory: a name is not empty and has no '/' or NUL"
             )));
         }
-        let (file, holder) = match keeper::join(name) {
-            Some((file, holder)) => (file, Some(holder)),
-            None => {
-                let file = shm::shm_open(name)
-                    .map_err(|e| Error::os(format!("opening shared memory {name:?}"), e))?;
-                (file, None)
-            }
-        };
+        let file = shm::shm_open(name)
+            .map_err(|e| Error::os(format!("opening shared memory {name:?}"), e))?;
+        let holder = keeper::join(name, file.as_fd())?;
         SharedMemory::from_parts(name.to_owned(), file, holder)
     }
 
@@ -186,7 +183,6 @@ impl SharedMemory {
                 map,
                 file,
                 holder,
-                unlinking: Mutex::new(()),
             }),
         })
     }
@@ -317,24 +313,12 @@ impl SharedMemory {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn unlink(&self) -> Result<(), Error> {
-        let _one = self
-            .inner
-            .unlinking
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match &self.inner.holder {
-            Some(holder) => keeper::unlink(holder.as_fd(), &self.inner.name),
-            None => shm::shm_unlink(&self.inner.name).map_err(|e| {
-                Error::os(format!("unlinking shared memory {:?}", self.inner.name), e)
-            }),
-        }
-    }
-}
-
-fn errno(e: &Error) -> Option<i32> {
-    match e.kind() {
-        crate::ErrorKind::Os(os) => os.errno,
-        _ => None,
+        let inner = &self.inner;
+        keeper::unlink(
+            inner.holder.as_ref().map(|h| h.as_fd()),
+            &inner.name,
+            inner.file.as_fd(),
+        )
     }
 }
 
@@ -367,7 +351,7 @@ impl<'de> Deserialize<'de> for SharedMemory {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
         let wire = Wire::deserialize(d)?;
-        if wire.name.is_empty() || wire.name.contains(['/', '\0']) {
+        if !keeper::valid_name(&wire.name) {
             return Err(D::Error::custom(
                 "a shared memory handle with a malformed name",
             ));
@@ -379,9 +363,9 @@ impl<'de> Deserialize<'de> for SharedMemory {
         let holder = match wire.holder {
             Some(at) => {
                 let h = crate::handle::import(at).map_err(D::Error::custom)?;
-                if !socket::is_seqpacket(h.as_fd()) {
+                if !keeper::holds(h.as_fd(), file.as_fd()) {
                     return Err(D::Error::custom(
-                        "a shared memory handle without its keeper",
+                        "a shared memory handle whose holder socket is not its keeper's",
                     ));
                 }
                 Some(h)
@@ -398,5 +382,56 @@ impl fmt::Debug for SharedMemory {
             .field("name", &self.inner.name)
             .field("len", &self.len())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::socket;
+    use std::time::{Duration, Instant};
+
+    fn name_exists(name: &str) -> bool {
+        std::path::Path::new("/dev/shm").join(name).exists()
+    }
+
+    fn running(pid: u32) -> bool {
+        proc::process_start(pid).is_some_and(|(running, _)| running)
+    }
+
+    /// The keeper is not this process's child (so never its zombie), ignores the signals that
+    /// stop processes politely, and takes an empty message on a holder socket for what it is,
+    /// not for a hang-up.
+    #[test]
+    fn the_keeper_outlives_stop_signals_and_forged_hang_ups() {
+        let shm = SharedMemory::create(8).unwrap();
+        let name = shm.name().to_owned();
+        let holder = shm.inner.holder.as_ref().unwrap().as_fd();
+        let keeper = socket::peer_pid(holder).unwrap();
+        assert_ne!(keeper, proc::getpid());
+        let stat = std::fs::read_to_string(format!("/proc/{keeper}/stat")).unwrap();
+        let ppid: u32 = stat[stat.rfind(')').unwrap() + 2..]
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_ne!(ppid, proc::getpid(), "the keeper is this process's child");
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            proc::kill(keeper, sig).unwrap();
+        }
+        socket::send(holder, &[&[]], &[]).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(running(keeper), "the keeper died of a stop signal");
+        assert!(
+            name_exists(&name),
+            "an empty message was taken for a hang-up"
+        );
+        drop(shm);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while name_exists(&name) {
+            assert!(Instant::now() < deadline, "the name was never removed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use super::child::{Child, Reaper};
-use super::{alive, forkserver, worker};
+use super::{alive, forkserver, keeper, worker};
 use crate::Error;
 use crate::channel::Channel;
 use crate::process;
@@ -22,9 +22,11 @@ pub(crate) fn launch(start: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Child, Erro
     worker::ensure_panic_hook();
     // Every lock the child will take is held across the fork, so the child inherits it held
     // by its own thread instead of by a thread that does not exist there. The order is the
-    // crate's lock order: fork server, liveness pipe, standard streams, process identity,
-    // live queues, descriptor list (the slow ones first, so nothing else waits behind a fork server start).
+    // crate's lock order: fork server, shared-memory keeper, liveness pipe, standard streams,
+    // process identity, live queues, descriptor list (the slow ones first, so nothing else
+    // waits behind a fork server or keeper start).
     let mut server = forkserver::lock();
+    let mut keeper = keeper::lock();
     let mut alive_slot = alive::lock();
     let alive_read = alive::reader_locked(&mut alive_slot)?;
     // Reentrant, so the child can use them; flushed, so buffered output is not written twice.
@@ -45,7 +47,8 @@ pub(crate) fn launch(start: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Child, Erro
             std::mem::forget(parent_end);
             std::mem::forget(alive_slot.take());
             std::mem::forget(server.take());
-            drop((queues, current, server, alive_slot, stdout, stderr));
+            std::mem::forget(keeper.take());
+            drop((queues, current, server, keeper, alive_slot, stdout, stderr));
             let ctrl = InternalFd::new(child_end.into_owned());
             watch_parent(parent, from_main_thread, alive_read);
             worker::run(ctrl)
@@ -54,7 +57,7 @@ pub(crate) fn launch(start: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Child, Erro
             drop(internal);
             // The child inherited every queue this process holds.
             queues.count_fork_child(pid);
-            drop((queues, current, server, alive_slot, stdout, stderr));
+            drop((queues, current, server, keeper, alive_slot, stdout, stderr));
             drop(child_end);
             let pidfd = super::pidfd_for_our_child(pid)?;
             Child::new(pid, pidfd, Channel::new(parent_end), Reaper::Us).send_start(start, fds)

@@ -13,47 +13,49 @@
 //! copies inside messages still in flight, so a copy that is inherited by `fork`, passed to a
 //! child or sent through a [`Connection`](crate::Connection) counts with no bookkeeping at all.
 //! When every holder socket of a segment has hung up, the keeper removes the name, after checking
-//! that it still names the same file (so a name someone reused is never removed).
+//! that it still names the same file (so a name someone else reused is never removed).
 //!
 //! Each process that creates shared memory starts one keeper, the first time, with the `Spawn`
-//! machinery (a fresh copy of the executable). It runs in a session of its own with its standard
-//! streams on `/dev/null`, so Ctrl-C in the terminal and a kill of the creator's process group
-//! leave it to do its work; it exits once its creator has gone and every name it keeps has been
-//! removed.
+//! machinery (a fresh copy of the executable), which forks once and lets its parent exit: the
+//! keeper is nobody's child (never a zombie of its creator), runs in a session of its own with
+//! its standard streams on `/dev/null`, and ignores `SIGINT`, `SIGTERM` and `SIGHUP`, so Ctrl-C
+//! or a kill of the creator's process group leaves it to do its work. It exits once its creator
+//! has gone and every name it keeps has been removed.
 //!
 //! # Protocol
 //!
-//! All sockets are sequenced-packet (each send is one message); every answer starts with an
-//! error number, 0 for success, as 4 little-endian bytes.
+//! All sockets are sequenced-packet (each send is one message). A request carries a fresh
+//! *reply socket*, on which the keeper answers: an error number, 0 for success, as 4
+//! little-endian bytes, with descriptors where said. Nobody else can read that answer.
 //!
-//! - The *request socket*, between the creator and its keeper: `C`, the size (8 bytes), the
-//!   name. The keeper creates the name (so no window exists in which a named segment has no
-//!   keeper) and answers with the file and the creator's end of a new holder socket.
-//! - A *listening socket* per segment, at the abstract address `mproc-shm:<name>` (no file; it
-//!   vanishes with the socket): a process that opens the segment by name connects there. The
-//!   keeper checks that the caller runs as the same user, answers with the file, and keeps the
-//!   connection as one more holder socket. The caller checks the keeper's user too.
-//! - A *holder socket*: `U` asks to remove the name now (`ENOENT` if it was already removed).
+//! - The *request socket*, from the creator to its keeper: `C`, the size (8 bytes), the name.
+//!   The keeper creates the name (so no moment exists in which a named segment has no keeper)
+//!   and answers with the file and a holder socket.
+//! - A *listening socket* per segment, at the abstract address `mproc-shm:<dev>:<inode>` of its
+//!   file (no file system entry; it vanishes with the socket). A process that opens the name
+//!   opens the file itself, then connects to the address of the file it got; the keeper checks
+//!   the caller's user, answers 0 on the connection, and keeps it as one more holder socket.
+//!   Every holder socket, the creator's too, is such a connection, so a holder socket proves
+//!   which file it holds (its peer's address).
+//! - A *holder socket*: `U` with a reply socket asks to remove the name now (`ENOENT` if it was
+//!   removed already).
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::bootstrap::Role;
 use super::{PATIENCE, alive, spawn};
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::sys::fd::{self, InternalFd};
 use crate::sys::{proc, shm, socket};
 
-/// The abstract socket address of a segment is this prefix and its name.
-const PREFIX: &str = "mproc-shm:";
+/// The longest name a segment may have (`NAME_MAX`).
+pub(crate) const MAX_NAME: usize = 255;
 
-/// The longest name a segment made by mproc may have (its address must fit in 107 bytes).
-pub(crate) const MAX_NAME: usize = 96;
-
-/// Whether `name` may name a segment that mproc creates: 1 to [`MAX_NAME`] bytes, none of them
-/// `/` or NUL, and not `.` or `..`.
+/// Whether `name` may name a segment: 1 to [`MAX_NAME`] bytes, none of them `/` or NUL, and
+/// not `.` or `..`.
 pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME
@@ -62,24 +64,30 @@ pub(crate) fn valid_name(name: &str) -> bool {
         && name != ".."
 }
 
-fn address(name: &str) -> Vec<u8> {
-    format!("{PREFIX}{name}").into_bytes()
+/// The abstract socket address of the keeper of the file with this identity.
+fn address((dev, ino): (u64, u64)) -> Vec<u8> {
+    format!("mproc-shm:{dev:x}:{ino:x}").into_bytes()
+}
+
+fn os(context: impl Into<String>, e: io::Error) -> Error {
+    Error::os(context, e)
 }
 
 // ----------------------------------------------------------------------------------------
 // Client side.
 
-/// This process's keeper. `owner` tells a forked child that the keeper it inherited is its
-/// parent's (its request socket already closed by the fork launch).
-struct Keeper {
-    owner: u32,
-    pidfd: InternalFd,
+/// This process's keeper: the socket its requests go to, and the fork generation that made
+/// it (a fork child has its parent's closed, by the fork launch or its own `close_range`).
+pub(crate) struct Keeper {
+    generation: u64,
     request: InternalFd,
 }
 
 static KEEPER: Mutex<Option<Keeper>> = Mutex::new(None);
 
-fn lock() -> MutexGuard<'static, Option<Keeper>> {
+/// The keeper's slot; held only to start or replace a keeper (never across a request), and by
+/// the `Fork` launch across `fork`.
+pub(crate) fn lock() -> MutexGuard<'static, Option<Keeper>> {
     KEEPER.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -90,80 +98,64 @@ pub(crate) fn create(name: &str, len: usize) -> Result<(OwnedFd, OwnedFd), Error
     msg.push(b'C');
     msg.extend((len as u64).to_le_bytes());
     msg.extend(name.as_bytes());
-    let deadline = fd::deadline_after(PATIENCE);
     let asking = || format!("asking the shared-memory keeper to create {name:?}");
-    let mut slot = lock();
     for attempt in 0.. {
-        let keeper = running(&mut slot)?;
-        match ask(keeper.request.as_fd(), &msg, deadline) {
-            Ok(Some((0, fds))) => {
+        let request = request_socket()?;
+        let deadline = fd::deadline_after(PATIENCE);
+        match ask(request.as_fd(), &msg, deadline).map_err(|e| os(asking(), e))? {
+            Some((0, fds)) => {
                 let [file, holder] = <[OwnedFd; 2]>::try_from(fds).map_err(|_| {
                     Error::protocol("the shared-memory keeper's answer lacked its descriptors")
                 })?;
                 return Ok((file, holder));
             }
-            Ok(Some((errno, _))) => {
-                return Err(Error::os(
+            Some((errno, _)) => {
+                return Err(os(
                     format!("creating shared memory {name:?}"),
                     io::Error::from_raw_os_error(errno),
                 ));
             }
             // It died (someone killed it): replace it once.
-            Ok(None) if attempt == 0 => retire(&mut slot),
-            Ok(None) => {
-                retire(&mut slot);
-                return Err(Error::os(asking(), io::Error::other("the keeper ended")));
-            }
-            Err(e) => {
-                // It may still answer later; a new keeper keeps requests and answers paired.
-                retire(&mut slot);
-                return Err(Error::os(asking(), e));
+            None if attempt == 0 => retire(&request),
+            None => {
+                retire(&request);
+                return Err(os(asking(), io::Error::other("the keeper ended")));
             }
         }
     }
     unreachable!("the loop returns")
 }
 
-/// Joins the keeper of segment `name`, if one keeps it: returns the segment's file and a new
-/// holder socket. `None` when no keeper of this user answers for that name (it is not
-/// mproc's, or it is being removed).
-pub(crate) fn join(name: &str) -> Option<(OwnedFd, OwnedFd)> {
-    if !valid_name(name) {
-        return None;
-    }
-    let sock = socket::connect_abstract(&address(name)).ok()?;
-    // Anyone may listen at an abstract address: take a file only from our own user.
-    if socket::peer_uid(sock.as_fd()).ok()? != proc::getuid() {
-        return None;
-    }
-    let (errno, fds) = answer(sock.as_fd(), fd::deadline_after(PATIENCE))
-        .ok()
-        .flatten()?;
-    let [file] = <[OwnedFd; 1]>::try_from(fds).ok()?;
-    (errno == 0).then_some((file, sock))
-}
-
-/// Asks the keeper behind `holder` to remove the name `name` now.
-pub(crate) fn unlink(holder: BorrowedFd<'_>, name: &str) -> Result<(), Error> {
-    let context = || format!("unlinking shared memory {name:?}");
-    match ask(holder, b"U", fd::deadline_after(PATIENCE)) {
-        Ok(Some((0, _))) => Ok(()),
-        Ok(Some((errno, _))) => Err(Error::os(context(), io::Error::from_raw_os_error(errno))),
-        // The keeper is gone (killed): nobody else will remove the name, so remove it here.
-        Ok(None) => shm::shm_unlink(name).map_err(|e| Error::os(context(), e)),
-        Err(e) => Err(Error::os(context(), e)),
-    }
-}
-
-/// The running keeper, started if there is none (or only the parent's, inherited by fork).
-fn running(slot: &mut Option<Keeper>) -> Result<&mut Keeper, Error> {
-    if slot.as_ref().is_some_and(|k| k.owner != proc::getpid()) {
+/// A copy of the running keeper's request socket, starting a keeper if there is none (or
+/// only the parent's, inherited by fork).
+fn request_socket() -> Result<OwnedFd, Error> {
+    let mut slot = lock();
+    if slot
+        .as_ref()
+        .is_some_and(|k| k.generation != proc::fork_generation())
+    {
         std::mem::forget(slot.take());
     }
     if slot.is_none() {
         *slot = Some(start()?);
     }
-    Ok(slot.as_mut().expect("just started"))
+    let keeper = slot.as_ref().expect("just started");
+    fd::dup_above(keeper.request.as_fd(), 0)
+        .map_err(|e| os("duplicating the shared-memory keeper's socket", e))
+}
+
+/// Forgets the keeper whose request socket is `request` (a copy of it), if it is still this
+/// process's: closing its socket tells it to exit once the names it keeps are removed.
+fn retire(request: &OwnedFd) {
+    let mut slot = lock();
+    let same = slot.as_ref().is_some_and(|k| {
+        k.generation == proc::fork_generation()
+            && shm::file_identity(k.request.as_fd()).ok()
+                == shm::file_identity(request.as_fd()).ok()
+    });
+    if same {
+        slot.take();
+    }
 }
 
 fn start() -> Result<Keeper, Error> {
@@ -174,36 +166,106 @@ fn start() -> Result<Keeper, Error> {
         let (a, b) = socket::seqpacket_pair()?;
         Ok([a, b])
     })
-    .map_err(|e| Error::os("creating a socket pair", e))?;
+    .map_err(|e| os("creating a socket pair", e))?;
     let pid = spawn::spawn_executable(Role::Keeper, keeper_end.as_fd(), alive_read.as_fd())?;
+    // It forks at once and its first process exits: reap that one (the keeper itself is
+    // then nobody's child).
     let [pidfd] = fd::create_internal(|| Ok([proc::pidfd_open(pid)?]))
-        .map_err(|e| Error::os("opening a pidfd for the shared-memory keeper", e))?;
+        .map_err(|e| os("opening a pidfd for the shared-memory keeper", e))?;
+    let _ = fd::poll_read(&[pidfd.as_fd()], fd::deadline_after(PATIENCE));
+    let _ = proc::try_reap(pidfd.as_fd());
     Ok(Keeper {
-        owner: proc::getpid(),
-        pidfd,
+        generation: proc::fork_generation(),
         request,
     })
 }
 
-/// Lets go of a keeper that stopped answering. Closing its request socket tells it to exit
-/// once the names it keeps are removed; it is reaped if it has already ended, never killed
-/// (it may still keep names that processes hold).
-fn retire(slot: &mut Option<Keeper>) {
-    if let Some(keeper) = slot.take() {
-        drop(keeper.request);
-        let _ = proc::try_reap(keeper.pidfd.as_fd());
+/// Joins the keeper of `file`, which this process opened by its name: returns a new holder
+/// socket, or `None` when no keeper answers for that file (it is not mproc's, or its name is
+/// being removed).
+pub(crate) fn join(name: &str, file: BorrowedFd<'_>) -> Result<Option<OwnedFd>, Error> {
+    let context = || format!("joining the keeper of shared memory {name:?}");
+    let identity = shm::file_identity(file).map_err(|e| os(context(), e))?;
+    let deadline = fd::deadline_after(PATIENCE);
+    let mut pause = Duration::from_micros(100);
+    let sock = loop {
+        match socket::connect_abstract(&address(identity)) {
+            Ok(sock) => break sock,
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => return Ok(None),
+            // Its backlog is full: the keeper is busy; wait for it, within the deadline.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if deadline.is_some_and(|d| Instant::now() + pause > d) {
+                    return Err(os(context(), io::ErrorKind::TimedOut.into()));
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            Err(e) => return Err(os(context(), e)),
+        }
+    };
+    // Anyone may listen at an abstract address: count on our own user's keeper only.
+    let uid = socket::peer_uid(sock.as_fd()).map_err(|e| os(context(), e))?;
+    if uid != proc::geteuid() {
+        return Err(os(
+            format!(
+                "{}: a process of user {uid} listens in its place",
+                context()
+            ),
+            io::ErrorKind::PermissionDenied.into(),
+        ));
+    }
+    match answer(sock.as_fd(), deadline).map_err(|e| os(context(), e))? {
+        Some((0, _)) => Ok(Some(sock)),
+        Some((errno, _)) => Err(os(context(), io::Error::from_raw_os_error(errno))),
+        None => Ok(None), // it is removing the name: the file is ours to map, untracked
     }
 }
 
-/// Sends `msg` on `sock` and waits for the answer: its error number and descriptors. `None`
-/// when the other side has hung up.
+/// Whether `holder` is a holder socket of the keeper of `file` (its peer's address says so).
+pub(crate) fn holds(holder: BorrowedFd<'_>, file: BorrowedFd<'_>) -> bool {
+    match (
+        shm::file_identity(file),
+        socket::peer_abstract_address(holder),
+    ) {
+        (Ok(identity), Ok(peer)) => peer == address(identity),
+        _ => false,
+    }
+}
+
+/// Removes the name `name` of `file` now: through its keeper when `holder` is given, else
+/// directly, if the name still names `file`.
+pub(crate) fn unlink(
+    holder: Option<BorrowedFd<'_>>,
+    name: &str,
+    file: BorrowedFd<'_>,
+) -> Result<(), Error> {
+    let context = || format!("unlinking shared memory {name:?}");
+    if let Some(holder) = holder {
+        match ask(holder, b"U", fd::deadline_after(PATIENCE)).map_err(|e| os(context(), e))? {
+            Some((0, _)) => return Ok(()),
+            Some((errno, _)) => return Err(os(context(), io::Error::from_raw_os_error(errno))),
+            // The keeper is gone (killed): nobody else will remove the name, so do it here.
+            None => {}
+        }
+    }
+    let same = shm::shm_identity(name).ok()
+        == Some(shm::file_identity(file).map_err(|e| os(context(), e))?);
+    if !same {
+        return Err(os(context(), io::Error::from_raw_os_error(libc::ENOENT)));
+    }
+    shm::shm_unlink(name).map_err(|e| os(context(), e))
+}
+
+/// Sends `msg` on `sock` with a fresh reply socket and waits for the answer on it: its error
+/// number and descriptors. `None` when the keeper has hung up (or dropped the request).
 fn ask(
     sock: BorrowedFd<'_>,
     msg: &[u8],
     deadline: Option<Instant>,
 ) -> io::Result<Option<(i32, Vec<OwnedFd>)>> {
+    let (reply, theirs) = socket::seqpacket_pair()?;
     loop {
-        match socket::send(sock, &[msg], &[]) {
+        match socket::send(sock, &[msg], &[theirs.as_fd()]) {
             Ok(_) => break,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if !fd::poll_write(sock, deadline)? {
@@ -214,10 +276,11 @@ fn ask(
             Err(e) => return Err(e),
         }
     }
-    answer(sock, deadline)
+    drop(theirs);
+    answer(reply.as_fd(), deadline)
 }
 
-/// Waits for one answer on `sock` (see [`ask`]).
+/// Waits for the one answer on `sock` (see [`ask`]).
 fn answer(
     sock: BorrowedFd<'_>,
     deadline: Option<Instant>,
@@ -236,8 +299,6 @@ fn answer(
                 return Ok(Some((errno, fds)));
             }
             Ok(_) => return Err(io::ErrorKind::InvalidData.into()),
-            // Another process that shares this holder socket took the answer that woke us:
-            // ours is still to come.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if hung_up(&e) => return Ok(None),
             Err(e) => return Err(e),
@@ -252,20 +313,51 @@ fn hung_up(e: &io::Error) -> bool {
     )
 }
 
+/// Whether `e` is the error an answer of `errno` makes.
+pub(crate) fn is_errno(e: &Error, errno: i32) -> bool {
+    matches!(e.kind(), ErrorKind::Os(os) if os.errno == Some(errno))
+}
+
 // ----------------------------------------------------------------------------------------
 // Server side.
 
 /// One name the keeper keeps.
 struct Segment {
     name: String,
-    /// Its file, to tell openers' requests and to check the name still names it.
+    /// Its file: held so that its inode cannot be reused while the name is kept, and so that
+    /// the name is removed only while it still names this file.
     file: OwnedFd,
     identity: (u64, u64),
-    /// Where openers connect; closed once the name is removed.
+    /// Where holders connect; closed once the name is removed.
     listener: Option<OwnedFd>,
     /// The keeper's ends of the holder sockets; the name goes when the last one hangs up.
     holders: Vec<OwnedFd>,
     removed: bool,
+}
+
+/// A descriptor kept open to be closed when the keeper runs out of them, so that it can still
+/// take a connection and refuse it with `EMFILE` instead of leaving it waiting.
+struct Spare(Option<std::fs::File>);
+
+impl Spare {
+    fn new() -> Spare {
+        Spare(std::fs::File::open("/dev/null").ok())
+    }
+
+    /// Refuses one waiting connection on `listener` with `EMFILE`; false if none could be
+    /// taken even so.
+    fn refuse_one(&mut self, listener: BorrowedFd<'_>) -> bool {
+        self.0 = None;
+        let refused = match socket::accept(listener) {
+            Ok(Some(conn)) => {
+                let _ = socket::send(conn.as_fd(), &[&libc::EMFILE.to_le_bytes()], &[]);
+                true
+            }
+            _ => false,
+        };
+        *self = Spare::new();
+        refused
+    }
 }
 
 impl Segment {
@@ -287,32 +379,44 @@ impl Segment {
     }
 
     /// Takes every connection waiting on the listening socket as a holder (after checking its
-    /// user) and answers it with the file.
-    fn admit(&mut self, uid: u32) {
+    /// user) and answers it. Returns false if it ran out of descriptors and could not even
+    /// refuse one (the listener then rests a while).
+    fn admit(&mut self, uid: u32, spare: &mut Spare) -> bool {
         let Some(listener) = &self.listener else {
-            return;
+            return true;
         };
-        while let Ok(Some(conn)) = socket::accept(listener.as_fd()) {
-            if socket::peer_uid(conn.as_fd()).ok() != Some(uid) {
-                continue; // another user's process: dropping the connection refuses it
-            }
-            let sent = socket::send(conn.as_fd(), &[&0i32.to_le_bytes()], &[self.file.as_fd()]);
-            if sent.is_ok() {
-                self.holders.push(conn);
+        loop {
+            match socket::accept(listener.as_fd()) {
+                Ok(Some(conn)) => {
+                    if socket::peer_uid(conn.as_fd()).ok() != Some(uid) {
+                        continue; // another user's process: dropping the connection refuses it
+                    }
+                    if socket::send(conn.as_fd(), &[&0i32.to_le_bytes()], &[]).is_ok() {
+                        self.holders.push(conn);
+                    }
+                }
+                Ok(None) => return true,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    if !spare.refuse_one(listener.as_fd()) {
+                        return false;
+                    }
+                }
+                Err(_) => return true,
             }
         }
     }
 
-    /// Serves what holder `h` sent; returns whether it is still there.
-    fn serve_holder(&mut self, h: usize) -> bool {
+    /// Serves what holder `h` sent; returns whether it is still there. A zero-length read is
+    /// the end only when poll said the peer hung up (else it is an empty message).
+    fn serve_holder(&mut self, h: usize, hung_up: bool) -> bool {
         loop {
             let mut buf = [0u8; 8];
             let mut fds = Vec::new();
             match socket::recv(self.holders[h].as_fd(), &mut buf, &mut fds, true) {
-                Ok(0) => return false,
-                Ok(_) if buf[0] == b'U' => {
+                Ok(0) => return !hung_up,
+                Ok(_) if buf[0] == b'U' && fds.len() == 1 => {
                     let errno = self.remove_name();
-                    let _ = socket::send(self.holders[h].as_fd(), &[&errno.to_le_bytes()], &[]);
+                    let _ = socket::send(fds[0].as_fd(), &[&errno.to_le_bytes()], &[]);
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
@@ -334,8 +438,12 @@ fn create_segment(name: &str, len: usize) -> io::Result<(Segment, OwnedFd)> {
         e
     };
     let identity = shm::file_identity(file.as_fd()).map_err(undo)?;
-    let listener = socket::listen_abstract(&address(name)).map_err(undo)?;
-    let (mine, theirs) = socket::seqpacket_pair().map_err(undo)?;
+    let listener = socket::listen_abstract(&address(identity)).map_err(undo)?;
+    // The creator's holder socket is a connection like any opener's, so it names its file.
+    let theirs = socket::connect_abstract(&address(identity)).map_err(undo)?;
+    let mine = socket::accept(listener.as_fd())
+        .map_err(undo)?
+        .ok_or_else(|| undo(io::ErrorKind::WouldBlock.into()))?;
     let segment = Segment {
         name: name.to_owned(),
         file,
@@ -348,40 +456,43 @@ fn create_segment(name: &str, len: usize) -> io::Result<(Segment, OwnedFd)> {
 }
 
 /// Serves what the creator sent; returns whether its request socket is still open.
-fn serve_requests(request: BorrowedFd<'_>, segments: &mut Vec<Segment>) -> bool {
+fn serve_requests(request: BorrowedFd<'_>, hung_up: bool, segments: &mut Vec<Segment>) -> bool {
     loop {
-        let mut buf = [0u8; 9 + MAX_NAME];
+        let mut buf = [0u8; 16 + MAX_NAME];
         let mut fds = Vec::new();
-        match socket::recv(request, &mut buf, &mut fds, true) {
-            Ok(0) => return false,
-            Ok(n) if n > 9 && buf[0] == b'C' => {
-                let len = u64::from_le_bytes(buf[1..9].try_into().expect("8 bytes"));
-                let created = std::str::from_utf8(&buf[9..n])
-                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-                    .and_then(|name| {
-                        let len = usize::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
-                        create_segment(name, len)
-                    });
-                match created {
-                    Ok((segment, theirs)) => {
-                        let fds = [segment.file.as_fd(), theirs.as_fd()];
-                        // If the creator is gone, `theirs` closes here and the segment's
-                        // only holder hangs up: its name is removed on the next turn.
-                        let _ = socket::send(request, &[&0i32.to_le_bytes()], &fds);
-                        segments.push(segment);
-                    }
-                    Err(e) => {
-                        let errno = e.raw_os_error().unwrap_or(libc::EINVAL);
-                        let _ = socket::send(request, &[&errno.to_le_bytes()], &[]);
-                    }
-                }
-            }
-            Ok(_) => {
-                let _ = socket::send(request, &[&libc::EINVAL.to_le_bytes()], &[]);
-            }
+        let n = match socket::recv(request, &mut buf, &mut fds, true) {
+            Ok(0) => return !hung_up,
+            Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return false,
+        };
+        let Ok([reply]) = <[OwnedFd; 1]>::try_from(fds) else {
+            continue; // nowhere to answer
+        };
+        let created = if buf[0] == b'C' && n > 9 && n < buf.len() {
+            let len = u64::from_le_bytes(buf[1..9].try_into().expect("8 bytes"));
+            std::str::from_utf8(&buf[9..n])
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+                .and_then(|name| {
+                    let len = usize::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
+                    create_segment(name, len)
+                })
+        } else {
+            Err(io::ErrorKind::InvalidInput.into())
+        };
+        match created {
+            Ok((segment, theirs)) => {
+                let fds = [segment.file.as_fd(), theirs.as_fd()];
+                // If the creator is gone, `theirs` closes here and the segment's only holder
+                // hangs up: its name is removed on the next turn.
+                let _ = socket::send(reply.as_fd(), &[&0i32.to_le_bytes()], &fds);
+                segments.push(segment);
+            }
+            Err(e) => {
+                let errno = e.raw_os_error().unwrap_or(libc::EINVAL);
+                let _ = socket::send(reply.as_fd(), &[&errno.to_le_bytes()], &[]);
+            }
         }
     }
 }
@@ -389,10 +500,20 @@ fn serve_requests(request: BorrowedFd<'_>, segments: &mut Vec<Segment>) -> bool 
 /// The keeper's life: never returns.
 pub(crate) fn serve(request: OwnedFd, alive: OwnedFd) -> ! {
     drop(alive);
+    // Leave the creator: it reaps this first process, and the keeper is nobody's child.
+    match proc::fork() {
+        Ok(proc::Forked::Child) => {}
+        Ok(proc::Forked::Parent(_)) => proc::exit_now(0),
+        Err(_) => proc::exit_now(1),
+    }
     proc::detach();
-    let uid = proc::getuid();
+    proc::ignore_stop_signals();
+    let uid = proc::geteuid();
+    let mut spare = Spare::new();
     let mut request = Some(request);
     let mut segments: Vec<Segment> = Vec::new();
+    // Listeners that ran out of descriptors rest until then.
+    let mut resting: Option<Instant> = None;
     #[derive(Clone, Copy)]
     enum Who {
         Request,
@@ -403,6 +524,9 @@ pub(crate) fn serve(request: OwnedFd, alive: OwnedFd) -> ! {
         if request.is_none() && segments.is_empty() {
             proc::exit_now(0);
         }
+        if resting.is_some_and(|until| Instant::now() >= until) {
+            resting = None;
+        }
         let mut who = Vec::new();
         let mut fds = Vec::new();
         if let Some(r) = &request {
@@ -410,7 +534,7 @@ pub(crate) fn serve(request: OwnedFd, alive: OwnedFd) -> ! {
             fds.push(r.as_fd());
         }
         for (s, seg) in segments.iter().enumerate() {
-            if let Some(l) = &seg.listener {
+            if let (Some(l), None) = (&seg.listener, resting) {
                 who.push(Who::Listener(s));
                 fds.push(l.as_fd());
             }
@@ -419,34 +543,38 @@ pub(crate) fn serve(request: OwnedFd, alive: OwnedFd) -> ! {
                 fds.push(holder.as_fd());
             }
         }
-        let Ok(ready) = fd::poll_read(&fds, None) else {
-            // Out of memory or descriptors for poll itself: try again shortly.
-            std::thread::sleep(std::time::Duration::from_millis(10));
+        let Ok(ready) = fd::poll_read(&fds, resting) else {
+            // Out of memory for poll itself: try again shortly.
+            std::thread::sleep(Duration::from_millis(10));
             continue;
         };
-        let events: Vec<Who> = who
+        let events: Vec<(Who, bool)> = who
             .iter()
             .zip(&ready)
             .filter(|(_, r)| r.readable || r.hangup)
-            .map(|(w, _)| *w)
+            .map(|(w, r)| (*w, r.hangup))
             .collect();
         drop(fds);
         // New segments and holders are pushed at the ends, so the indices in `events` stay
         // valid until the holders that hung up are removed, below.
         let mut gone = Vec::new();
-        for w in events {
+        for (w, hung_up) in events {
             match w {
                 Who::Request => {
                     let open = request
                         .as_ref()
-                        .is_some_and(|r| serve_requests(r.as_fd(), &mut segments));
+                        .is_some_and(|r| serve_requests(r.as_fd(), hung_up, &mut segments));
                     if !open {
                         request = None;
                     }
                 }
-                Who::Listener(s) => segments[s].admit(uid),
+                Who::Listener(s) => {
+                    if !segments[s].admit(uid, &mut spare) {
+                        resting = Some(Instant::now() + Duration::from_millis(100));
+                    }
+                }
                 Who::Holder(s, h) => {
-                    if !segments[s].serve_holder(h) {
+                    if !segments[s].serve_holder(h, hung_up) {
                         gone.push((s, h));
                     }
                 }
@@ -458,7 +586,7 @@ pub(crate) fn serve(request: OwnedFd, alive: OwnedFd) -> ! {
         segments.retain_mut(|seg| {
             if seg.holders.is_empty() {
                 // A connection still waiting to be taken holds the name too.
-                seg.admit(uid);
+                seg.admit(uid, &mut spare);
             }
             if !seg.holders.is_empty() {
                 return true;

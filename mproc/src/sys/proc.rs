@@ -486,10 +486,19 @@ pub(crate) fn process_start(pid: u32) -> Option<(bool, u64)> {
     Some((!matches!(state, "Z" | "X" | "x"), start))
 }
 
-/// This process's real user id (getuid(2)).
-pub(crate) fn getuid() -> u32 {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
+/// This process's effective user id (geteuid(2)): what `SO_PEERCRED` reports of it.
+pub(crate) fn geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Ignores the signals that ask a process to stop (`SIGINT`, `SIGTERM`, `SIGHUP`), for a
+/// helper whose work is to clean up after the processes that are stopped that way.
+pub(crate) fn ignore_stop_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: installing SIG_IGN has no memory-safety preconditions.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
 }
 
 /// For a long-lived helper process: starts a new session (so the terminal's signals, such as

@@ -7,6 +7,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::atomic::Ordering;
 
 use super::fd::{self, InternalFd};
 
@@ -28,7 +29,9 @@ pub(crate) struct Mapping {
 // SAFETY: the mapping is plain memory, valid until drop in whichever thread drops it; the
 // types built on it decide how the bytes are shared (atomics, or one writer at a time).
 unsafe impl Send for Mapping {}
-// SAFETY: as above; `&Mapping` only hands out raw pointers, whose use is the caller's business.
+// SAFETY: as above. Through `&Mapping`, shared bytes are read and written only with atomics
+// (`word`, `read_at`, `write_at`); `bytes_from` lends bytes that the message protocol keeps
+// unwritten for the borrow; raw pointers are the caller's business.
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
@@ -173,30 +176,57 @@ impl Mapping {
 
     /// Copies `buf.len()` bytes at `offset` out of the mapping. `InvalidInput` if they are not
     /// all inside it.
+    ///
+    /// Other threads and processes may write the same bytes at the same time, so the copy is
+    /// made of relaxed atomic loads (8 bytes at a time where aligned): a racing write makes the
+    /// copy see a mix of old and new words, never undefined behaviour.
     pub(crate) fn read_at(&self, offset: usize, buf: &mut [u8]) -> io::Result<()> {
+        use std::sync::atomic::{AtomicU8, AtomicU64};
         self.check_range(offset, buf.len())?;
-        // SAFETY: `offset..offset + buf.len()` lies inside the mapping (checked above), which
-        // is valid while `self` lives; `buf` is a distinct Rust buffer, so they do not overlap.
-        // Other processes may write the same bytes at once: the copy then sees some mix of
-        // old and new bytes, which are plain `u8`s (no invalid value exists).
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.ptr.as_ptr().add(offset),
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        };
+        let base = self.ptr.as_ptr() as usize + offset;
+        let head = base.next_multiple_of(8).saturating_sub(base).min(buf.len());
+        let words = (buf.len() - head) / 8;
+        for (i, out) in buf.iter_mut().enumerate() {
+            if i >= head && i < head + words * 8 {
+                continue;
+            }
+            // SAFETY: `base + i` lies inside the mapping (range checked above), valid while
+            // `self` lives; shared bytes are only accessed through atomics here.
+            *out = unsafe { &*((base + i) as *const AtomicU8) }.load(Ordering::Relaxed);
+        }
+        for w in 0..words {
+            let at = head + w * 8;
+            // SAFETY: 8 bytes at an 8-aligned address inside the mapping (checked), as above.
+            let word = unsafe { &*((base + at) as *const AtomicU64) }.load(Ordering::Relaxed);
+            buf[at..at + 8].copy_from_slice(&word.to_ne_bytes());
+        }
         Ok(())
     }
 
     /// Copies `data` into the mapping at `offset`. `InvalidInput` if it does not fit.
+    /// Relaxed atomic stores, for the reasons given at [`Mapping::read_at`].
     pub(crate) fn write_at(&self, offset: usize, data: &[u8]) -> io::Result<()> {
+        use std::sync::atomic::{AtomicU8, AtomicU64};
         self.check_range(offset, data.len())?;
-        // SAFETY: as in `read_at`, with the copy going the other way; the mapping is
-        // writable shared memory that no Rust reference covers.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len())
-        };
+        let base = self.ptr.as_ptr() as usize + offset;
+        let head = base
+            .next_multiple_of(8)
+            .saturating_sub(base)
+            .min(data.len());
+        let words = (data.len() - head) / 8;
+        for (i, &b) in data.iter().enumerate() {
+            if i >= head && i < head + words * 8 {
+                continue;
+            }
+            // SAFETY: as in `read_at`; the mapping is writable.
+            unsafe { &*((base + i) as *const AtomicU8) }.store(b, Ordering::Relaxed);
+        }
+        for w in 0..words {
+            let at = head + w * 8;
+            let word = u64::from_ne_bytes(data[at..at + 8].try_into().expect("8 bytes"));
+            // SAFETY: as in `read_at`; the mapping is writable.
+            unsafe { &*((base + at) as *const AtomicU64) }.store(word, Ordering::Relaxed);
+        }
         Ok(())
     }
 

@@ -233,13 +233,14 @@ pub(crate) fn listen_abstract(name: &[u8]) -> io::Result<OwnedFd> {
     Ok(sock)
 }
 
-/// A (blocking) sequenced-packet socket connected to the abstract address `name`.
-/// `ConnectionRefused` when nothing listens there.
+/// A non-blocking sequenced-packet socket connected to the abstract address `name`.
+/// `ConnectionRefused` when nothing listens there; `WouldBlock` when the listener's backlog is
+/// full (try again later).
 ///
 /// See connect(2), unix(7).
 pub(crate) fn connect_abstract(name: &[u8]) -> io::Result<OwnedFd> {
     let (addr, len) = abstract_address(name)?;
-    let sock = seqpacket_socket(0)?;
+    let sock = seqpacket_socket(libc::SOCK_NONBLOCK)?;
     loop {
         // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
         match syscall!(connect(
@@ -252,6 +253,31 @@ pub(crate) fn connect_abstract(name: &[u8]) -> io::Result<OwnedFd> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The abstract address (without its leading NUL) of the socket `sock` is connected to; empty
+/// when the peer has none (a socket pair).
+///
+/// See getpeername(2), unix(7).
+pub(crate) fn peer_abstract_address(sock: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    // SAFETY: an all-zero sockaddr_un is a valid value for getpeername to overwrite.
+    let mut addr: libc::sockaddr_un = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` and `len` describe a writable sockaddr_un.
+    syscall!(getpeername(
+        sock.as_raw_fd(),
+        (&mut addr as *mut libc::sockaddr_un).cast(),
+        &mut len
+    ))?;
+    let path_at = mem::offset_of!(libc::sockaddr_un, sun_path);
+    let path_len = (len as usize)
+        .saturating_sub(path_at)
+        .min(addr.sun_path.len());
+    let path = &addr.sun_path[..path_len];
+    Ok(match path.split_first() {
+        Some((0, rest)) => rest.iter().map(|&c| c as u8).collect(),
+        _ => Vec::new(),
+    })
 }
 
 /// A connection waiting on `listener`, close-on-exec; `None` when none waits.
@@ -276,11 +302,22 @@ pub(crate) fn accept(listener: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
     }
 }
 
-/// The user id of the process at the other end of a connected Unix socket, as it was when
-/// the connection was made (`SO_PEERCRED`).
+/// The effective user id of the process at the other end of a connected Unix socket, as it was
+/// when the connection was made (`SO_PEERCRED`).
 ///
 /// See unix(7).
 pub(crate) fn peer_uid(sock: BorrowedFd<'_>) -> io::Result<u32> {
+    Ok(peer_cred(sock)?.uid)
+}
+
+/// The process id at the other end of a connected Unix socket (`SO_PEERCRED`): the process
+/// that made the connection, or that listened for it.
+#[cfg(test)]
+pub(crate) fn peer_pid(sock: BorrowedFd<'_>) -> io::Result<u32> {
+    Ok(peer_cred(sock)?.pid as u32)
+}
+
+fn peer_cred(sock: BorrowedFd<'_>) -> io::Result<libc::ucred> {
     // SAFETY: an all-zero ucred is a valid value for getsockopt to overwrite.
     let mut cred: libc::ucred = unsafe { mem::zeroed() };
     let mut len = mem::size_of::<libc::ucred>() as libc::socklen_t;
@@ -292,5 +329,5 @@ pub(crate) fn peer_uid(sock: BorrowedFd<'_>) -> io::Result<u32> {
         (&mut cred as *mut libc::ucred).cast(),
         &mut len
     ))?;
-    Ok(cred.uid)
+    Ok(cred)
 }
