@@ -333,6 +333,7 @@ fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
         queue >= 0.5 * copy,
     );
     r.ours.push(("Queue 10 MiB child -> parent (GB/s)", queue));
+    r.ours.push(("Pipe 10 MiB child -> parent (GB/s)", piped));
     Ok(())
 }
 

@@ -1,4 +1,4 @@
-"""Python's side of benches/ipc.rs: multiprocessing Queue, Lock and Event, timed here.
+"""Python's side of benches/ipc.rs: multiprocessing Queue, Pipe, Lock and Event, timed here.
 
 Arguments: q64=N big=N lock=N event=N (each optional). Prints one line per measurement,
 "name=value" with the unit in the name.
@@ -30,6 +30,15 @@ def put_big(q, go, n):
     go.wait()
     for _ in range(n):
         q.put(msg)
+
+
+def send_big(conn, go, n):
+    msg = bytes(BIG)
+    for _ in range(WARM_BIG):
+        conn.send_bytes(msg)
+    go.wait()
+    for _ in range(n):
+        conn.send_bytes(msg)
 
 
 def pong(ping, pong_e, n):
@@ -66,6 +75,18 @@ def main():
         for _ in range(n):
             q.get()
         print(f"Queue 10 MiB child -> parent (GB/s)={n * BIG / (time.perf_counter() - t) / 1e9:.2f}")
+        p.join()
+        here, there = mp.Pipe()
+        go = mp.Event()
+        p = mp.Process(target=send_big, args=(there, go, n))
+        p.start()
+        for _ in range(WARM_BIG):
+            here.recv_bytes()
+        go.set()
+        t = time.perf_counter()
+        for _ in range(n):
+            here.recv_bytes()
+        print(f"Pipe 10 MiB child -> parent (GB/s)={n * BIG / (time.perf_counter() - t) / 1e9:.2f}")
         p.join()
     if "lock" in args:
         n = int(args["lock"])
