@@ -389,7 +389,11 @@ fn queues_reach_pool_tasks(m: StartMethod) {
         .unwrap();
     let q = Queue::new().unwrap();
     let args: Vec<_> = (0..50u64).map(|x| (q.clone(), x)).collect();
-    let xs = pool.starmap(put_square, args).unwrap();
+    let xs = pool
+        .starmap_async(put_square, args)
+        .unwrap()
+        .get_timeout(PATIENCE)
+        .unwrap();
     assert_eq!(xs.len(), 50);
     let mut got: Vec<u64> = (0..50).map(|_| q.get_timeout(PATIENCE).unwrap()).collect();
     got.sort_unstable();
