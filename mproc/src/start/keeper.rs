@@ -428,35 +428,68 @@ impl Segment {
 }
 
 /// Creates segment `name` for a request; returns it and the requester's holder socket.
-fn create_segment(name: &str, len: usize) -> io::Result<(Segment, OwnedFd)> {
+fn create_segment(name: &str, len: usize, uid: u32) -> io::Result<(Segment, OwnedFd)> {
     if !valid_name(name) || len == 0 {
         return Err(io::ErrorKind::InvalidInput.into());
     }
-    let file = shm::shm_create(name, len)?;
     let undo = |e: io::Error| {
         let _ = shm::shm_unlink(name);
         e
     };
-    let identity = shm::file_identity(file.as_fd()).map_err(undo)?;
-    let listener = socket::listen_abstract(&address(identity)).map_err(undo)?;
-    // The creator's holder socket is a connection like any opener's, so it names its file.
-    let theirs = socket::connect_abstract(&address(identity)).map_err(undo)?;
-    let mine = socket::accept(listener.as_fd())
-        .map_err(undo)?
-        .ok_or_else(|| undo(io::ErrorKind::WouldBlock.into()))?;
-    let segment = Segment {
+    // Anyone may bind an abstract address first (inode numbers are guessable): then the name
+    // is made again, as a new file with a new address.
+    let mut tries = 0;
+    let (file, identity, listener) = loop {
+        let file = shm::shm_create(name, len)?;
+        let identity = shm::file_identity(file.as_fd()).map_err(undo)?;
+        match socket::listen_abstract(&address(identity)) {
+            Ok(listener) => break (file, identity, listener),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries < 8 => {
+                tries += 1;
+                drop(file);
+                let _ = shm::shm_unlink(name);
+            }
+            Err(e) => return Err(undo(e)),
+        }
+    };
+    let mut segment = Segment {
         name: name.to_owned(),
         file,
         identity,
         listener: Some(listener),
-        holders: vec![mine],
+        holders: Vec::new(),
         removed: false,
     };
+    // The creator's holder socket is a connection like any opener's, so it names its file.
+    let theirs = socket::connect_abstract(&address(identity)).map_err(undo)?;
+    // Another process may have connected first (the address can be computed from the name):
+    // ours is the connection whose peer is this process; the others are admitted as openers.
+    let me = proc::getpid();
+    let listener = segment.listener.as_ref().expect("just made").as_fd();
+    loop {
+        let Some(conn) = socket::accept(listener).map_err(undo)? else {
+            return Err(undo(io::ErrorKind::WouldBlock.into()));
+        };
+        if socket::peer_pid(conn.as_fd()).ok() == Some(me) {
+            segment.holders.push(conn);
+            break;
+        }
+        if socket::peer_uid(conn.as_fd()).ok() == Some(uid)
+            && socket::send(conn.as_fd(), &[&0i32.to_le_bytes()], &[]).is_ok()
+        {
+            segment.holders.push(conn);
+        }
+    }
     Ok((segment, theirs))
 }
 
 /// Serves what the creator sent; returns whether its request socket is still open.
-fn serve_requests(request: BorrowedFd<'_>, hung_up: bool, segments: &mut Vec<Segment>) -> bool {
+fn serve_requests(
+    request: BorrowedFd<'_>,
+    hung_up: bool,
+    uid: u32,
+    segments: &mut Vec<Segment>,
+) -> bool {
     loop {
         let mut buf = [0u8; 16 + MAX_NAME];
         let mut fds = Vec::new();
@@ -476,7 +509,7 @@ fn serve_requests(request: BorrowedFd<'_>, hung_up: bool, segments: &mut Vec<Seg
                 .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
                 .and_then(|name| {
                     let len = usize::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
-                    create_segment(name, len)
+                    create_segment(name, len, uid)
                 })
         } else {
             Err(io::ErrorKind::InvalidInput.into())
@@ -563,7 +596,7 @@ pub(crate) fn serve(request: OwnedFd, alive: OwnedFd) -> ! {
                 Who::Request => {
                     let open = request
                         .as_ref()
-                        .is_some_and(|r| serve_requests(r.as_fd(), hung_up, &mut segments));
+                        .is_some_and(|r| serve_requests(r.as_fd(), hung_up, uid, &mut segments));
                     if !open {
                         request = None;
                     }

@@ -179,7 +179,9 @@ impl Mapping {
     ///
     /// Other threads and processes may write the same bytes at the same time, so the copy is
     /// made of relaxed atomic loads (8 bytes at a time where aligned): a racing write makes the
-    /// copy see a mix of old and new words, never undefined behaviour.
+    /// copy see a mix of old and new words. (A racing copy may use a byte where this one uses
+    /// the word around it; mixed-size atomic accesses are outside Rust's formal model but are
+    /// single instructions on every target Linux runs, never a torn byte.)
     pub(crate) fn read_at(&self, offset: usize, buf: &mut [u8]) -> io::Result<()> {
         use std::sync::atomic::{AtomicU8, AtomicU64};
         self.check_range(offset, buf.len())?;

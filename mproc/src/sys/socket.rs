@@ -312,7 +312,6 @@ pub(crate) fn peer_uid(sock: BorrowedFd<'_>) -> io::Result<u32> {
 
 /// The process id at the other end of a connected Unix socket (`SO_PEERCRED`): the process
 /// that made the connection, or that listened for it.
-#[cfg(test)]
 pub(crate) fn peer_pid(sock: BorrowedFd<'_>) -> io::Result<u32> {
     Ok(peer_cred(sock)?.pid as u32)
 }
