@@ -95,6 +95,11 @@ fn take_permit(s: Semaphore, b: BoundedSemaphore) -> bool {
     s.acquire().unwrap();
     b.acquire().unwrap();
     b.release().unwrap();
+    true
+}
+
+/// Releases a bounded semaphore that is at its bound: whether that is refused.
+fn over_release(b: BoundedSemaphore) -> bool {
     b.release().is_err()
 }
 
@@ -112,9 +117,14 @@ fn semaphores_count_across_processes(m: StartMethod) {
         s.release().unwrap();
     }
     for p in &mut kids {
-        assert!(p.join_timeout(PATIENCE).unwrap(), "over-release refused");
+        assert!(p.join_timeout(PATIENCE).unwrap());
     }
     assert_eq!(s.value(), 0);
+    assert_eq!(b.value(), 1);
+    // Checked when no other process holds a permit: with the three above running at once, one
+    // child's second release could find the permit taken by another and rightly succeed.
+    let mut p = start(m, over_release, (b.clone(),));
+    assert!(p.join_timeout(PATIENCE).unwrap(), "over-release refused");
     assert_eq!(b.value(), 1);
 }
 
