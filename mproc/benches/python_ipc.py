@@ -14,31 +14,16 @@ WARM_SMALL = 10_000
 WARM_BIG = 4
 
 
-def put_small(q, go, n):
-    msg = bytes(64)
-    for _ in range(WARM_SMALL):
-        q.put(msg)
+def feed(out, size, warm, go, n):
+    """Sends `warm` messages of `size` bytes, waits for `go`, then sends `n` more: on a Queue
+    (put) or a Pipe end (send_bytes)."""
+    send = out.send_bytes if hasattr(out, "send_bytes") else out.put
+    msg = bytes(size)
+    for _ in range(warm):
+        send(msg)
     go.wait()
     for _ in range(n):
-        q.put(msg)
-
-
-def put_big(q, go, n):
-    msg = bytes(BIG)
-    for _ in range(WARM_BIG):
-        q.put(msg)
-    go.wait()
-    for _ in range(n):
-        q.put(msg)
-
-
-def send_big(conn, go, n):
-    msg = bytes(BIG)
-    for _ in range(WARM_BIG):
-        conn.send_bytes(msg)
-    go.wait()
-    for _ in range(n):
-        conn.send_bytes(msg)
+        send(msg)
 
 
 def pong(ping, pong_e, n):
@@ -53,7 +38,7 @@ def main():
     if "q64" in args:
         n = int(args["q64"])
         q, go = mp.Queue(), mp.Event()
-        p = mp.Process(target=put_small, args=(q, go, n))
+        p = mp.Process(target=feed, args=(q, 64, WARM_SMALL, go, n))
         p.start()
         for _ in range(WARM_SMALL):
             q.get()
@@ -66,7 +51,7 @@ def main():
     if "big" in args:
         n = int(args["big"])
         q, go = mp.Queue(2), mp.Event()
-        p = mp.Process(target=put_big, args=(q, go, n))
+        p = mp.Process(target=feed, args=(q, BIG, WARM_BIG, go, n))
         p.start()
         for _ in range(WARM_BIG):
             q.get()
@@ -78,7 +63,7 @@ def main():
         p.join()
         here, there = mp.Pipe()
         go = mp.Event()
-        p = mp.Process(target=send_big, args=(there, go, n))
+        p = mp.Process(target=feed, args=(there, BIG, WARM_BIG, go, n))
         p.start()
         for _ in range(WARM_BIG):
             here.recv_bytes()

@@ -85,3 +85,11 @@ pub(crate) fn sleep_ms(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
     ms
 }
+
+/// `len` bytes that vary with their offset and with `seed`: a payload whose every byte is
+/// checked when it comes back.
+pub(crate) fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes()[7] ^ seed)
+        .collect()
+}

@@ -7,7 +7,7 @@ use serde_bytes::ByteBuf;
 
 use mproc::{Connection, ErrorKind, Lock, Queue, StartMethod, pipe};
 
-use crate::common::{PATIENCE, start};
+use crate::common::{PATIENCE, pattern, start};
 
 /// Sends back each number plus one until the other end closes; returns how many.
 fn plus_one(conn: Connection<u64>) -> u64 {
@@ -194,7 +194,7 @@ fn large_messages_reuse_memory_without_mixing_them(m: StartMethod) {
         3_000_000,
         70_001,
     ];
-    let value = |i: usize, size: usize| ByteBuf::from(pattern_bytes(i as u8, size));
+    let value = |i: usize, size: usize| ByteBuf::from(pattern(i as u8, size));
     for round in 0..3 {
         // All sent before any is read back: more in flight than the end keeps spare.
         for (i, &size) in sizes.iter().enumerate() {
@@ -210,12 +210,6 @@ fn large_messages_reuse_memory_without_mixing_them(m: StartMethod) {
     }
     drop(here);
     assert_eq!(p.join_timeout(PATIENCE).unwrap(), 21);
-}
-
-fn pattern_bytes(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes()[7] ^ seed)
-        .collect()
 }
 
 per_start_method!(

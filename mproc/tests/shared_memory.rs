@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mproc::{Connection, ErrorKind, Pool, SharedMemory, StartMethod, pipe};
 
-use crate::common::{PATIENCE, has_ended, start, wait_until};
+use crate::common::{PATIENCE, has_ended, pattern, start, wait_until};
 
 fn in_dev_shm(name: &str) -> PathBuf {
     PathBuf::from("/dev/shm").join(name)
@@ -23,11 +23,6 @@ fn errno(e: &mproc::Error) -> Option<i32> {
 
 const ENOENT: i32 = 2;
 const EEXIST: i32 = 17;
-
-/// A byte pattern that differs at every offset of a page-crossing range.
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
-}
 
 /// Checks what the parent wrote, then writes its own pattern after it; returns whether the
 /// parent's bytes were there.

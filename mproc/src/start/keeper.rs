@@ -387,14 +387,7 @@ impl Segment {
         };
         loop {
             match socket::accept(listener.as_fd()) {
-                Ok(Some(conn)) => {
-                    if socket::peer_uid(conn.as_fd()).ok() != Some(uid) {
-                        continue; // another user's process: dropping the connection refuses it
-                    }
-                    if socket::send(conn.as_fd(), &[&0i32.to_le_bytes()], &[]).is_ok() {
-                        self.holders.push(conn);
-                    }
-                }
+                Ok(Some(conn)) => admit_one(&mut self.holders, conn, uid),
                 Ok(None) => return true,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                     if !spare.refuse_one(listener.as_fd()) {
@@ -424,6 +417,16 @@ impl Segment {
                 Err(_) => return false,
             }
         }
+    }
+}
+
+/// Counts the connection `conn` among `holders` and tells it so, if its process runs as `uid`
+/// (another user's is refused by dropping the connection).
+fn admit_one(holders: &mut Vec<OwnedFd>, conn: OwnedFd, uid: u32) {
+    if socket::peer_uid(conn.as_fd()).ok() == Some(uid)
+        && socket::send(conn.as_fd(), &[&0i32.to_le_bytes()], &[]).is_ok()
+    {
+        holders.push(conn);
     }
 }
 
@@ -465,22 +468,17 @@ fn create_segment(name: &str, len: usize, uid: u32) -> io::Result<(Segment, Owne
     // Another process may have connected first (the address can be computed from the name):
     // ours is the connection whose peer is this process; the others are admitted as openers.
     let me = proc::getpid();
-    let listener = segment.listener.as_ref().expect("just made").as_fd();
     loop {
-        let Some(conn) = socket::accept(listener).map_err(undo)? else {
+        let listener = segment.listener.as_ref().expect("just made");
+        let Some(conn) = socket::accept(listener.as_fd()).map_err(undo)? else {
             return Err(undo(io::ErrorKind::WouldBlock.into()));
         };
         if socket::peer_pid(conn.as_fd()).ok() == Some(me) {
             segment.holders.push(conn);
-            break;
+            return Ok((segment, theirs));
         }
-        if socket::peer_uid(conn.as_fd()).ok() == Some(uid)
-            && socket::send(conn.as_fd(), &[&0i32.to_le_bytes()], &[]).is_ok()
-        {
-            segment.holders.push(conn);
-        }
+        admit_one(&mut segment.holders, conn, uid);
     }
-    Ok((segment, theirs))
 }
 
 /// Serves what the creator sent; returns whether its request socket is still open.

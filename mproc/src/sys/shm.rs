@@ -186,21 +186,18 @@ impl Mapping {
         use std::sync::atomic::{AtomicU8, AtomicU64};
         self.check_range(offset, buf.len())?;
         let base = self.ptr.as_ptr() as usize + offset;
-        let head = base.next_multiple_of(8).saturating_sub(base).min(buf.len());
-        let words = (buf.len() - head) / 8;
-        for (i, out) in buf.iter_mut().enumerate() {
-            if i >= head && i < head + words * 8 {
-                continue;
+        for (at, width) in pieces(base, buf.len()) {
+            // SAFETY: `base + at` and its `width` bytes lie inside the mapping (range checked
+            // above; 8-byte pieces are 8-aligned), valid while `self` lives; shared bytes are
+            // only accessed through atomics here.
+            unsafe {
+                if width == 8 {
+                    let word = (*((base + at) as *const AtomicU64)).load(Ordering::Relaxed);
+                    buf[at..at + 8].copy_from_slice(&word.to_ne_bytes());
+                } else {
+                    buf[at] = (*((base + at) as *const AtomicU8)).load(Ordering::Relaxed);
+                }
             }
-            // SAFETY: `base + i` lies inside the mapping (range checked above), valid while
-            // `self` lives; shared bytes are only accessed through atomics here.
-            *out = unsafe { &*((base + i) as *const AtomicU8) }.load(Ordering::Relaxed);
-        }
-        for w in 0..words {
-            let at = head + w * 8;
-            // SAFETY: 8 bytes at an 8-aligned address inside the mapping (checked), as above.
-            let word = unsafe { &*((base + at) as *const AtomicU64) }.load(Ordering::Relaxed);
-            buf[at..at + 8].copy_from_slice(&word.to_ne_bytes());
         }
         Ok(())
     }
@@ -211,23 +208,16 @@ impl Mapping {
         use std::sync::atomic::{AtomicU8, AtomicU64};
         self.check_range(offset, data.len())?;
         let base = self.ptr.as_ptr() as usize + offset;
-        let head = base
-            .next_multiple_of(8)
-            .saturating_sub(base)
-            .min(data.len());
-        let words = (data.len() - head) / 8;
-        for (i, &b) in data.iter().enumerate() {
-            if i >= head && i < head + words * 8 {
-                continue;
+        for (at, width) in pieces(base, data.len()) {
+            // SAFETY: as in `read_at`; the mapping is writable.
+            unsafe {
+                if width == 8 {
+                    let word = u64::from_ne_bytes(data[at..at + 8].try_into().expect("8 bytes"));
+                    (*((base + at) as *const AtomicU64)).store(word, Ordering::Relaxed);
+                } else {
+                    (*((base + at) as *const AtomicU8)).store(data[at], Ordering::Relaxed);
+                }
             }
-            // SAFETY: as in `read_at`; the mapping is writable.
-            unsafe { &*((base + i) as *const AtomicU8) }.store(b, Ordering::Relaxed);
-        }
-        for w in 0..words {
-            let at = head + w * 8;
-            let word = u64::from_ne_bytes(data[at..at + 8].try_into().expect("8 bytes"));
-            // SAFETY: as in `read_at`; the mapping is writable.
-            unsafe { &*((base + at) as *const AtomicU64) }.store(word, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -288,14 +278,7 @@ impl Mapping {
 ///
 /// See shm_open(3), posix_fallocate(3).
 pub(crate) fn shm_create(name: &str, len: usize) -> io::Result<OwnedFd> {
-    let path = shm_path(name)?;
-    let raw = syscall!(shm_open(
-        path.as_ptr(),
-        libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
-        0o600 as libc::mode_t
-    ))?;
-    // SAFETY: shm_open returned a fresh descriptor owned by nobody else.
-    let file = unsafe { OwnedFd::from_raw_fd(raw) };
+    let file = open_named(name, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600)?;
     let sized = libc::off_t::try_from(len)
         .map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))
         .and_then(|size| {
@@ -319,14 +302,7 @@ pub(crate) fn shm_create(name: &str, len: usize) -> io::Result<OwnedFd> {
 ///
 /// See shm_open(3).
 pub(crate) fn shm_open(name: &str) -> io::Result<OwnedFd> {
-    let path = shm_path(name)?;
-    let raw = syscall!(shm_open(
-        path.as_ptr(),
-        libc::O_RDWR | libc::O_CLOEXEC,
-        0 as libc::mode_t
-    ))?;
-    // SAFETY: shm_open returned a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    open_named(name, libc::O_RDWR, 0)
 }
 
 /// Removes the name `name`; memory stays mapped wherever it is, until its last mapping and
@@ -340,15 +316,7 @@ pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
 
 /// Which file `name` now names (device and inode), without opening it for writing.
 pub(crate) fn shm_identity(name: &str) -> io::Result<(u64, u64)> {
-    let path = shm_path(name)?;
-    let raw = syscall!(shm_open(
-        path.as_ptr(),
-        libc::O_RDONLY | libc::O_CLOEXEC,
-        0 as libc::mode_t
-    ))?;
-    // SAFETY: shm_open returned a fresh descriptor owned by nobody else.
-    let file = unsafe { OwnedFd::from_raw_fd(raw) };
-    file_identity(file.as_fd())
+    file_identity(open_named(name, libc::O_RDONLY, 0)?.as_fd())
 }
 
 /// Which file `file` is (device and inode).
@@ -362,6 +330,14 @@ pub(crate) fn is_regular_file(file: BorrowedFd<'_>) -> bool {
     stat(file).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
 }
 
+/// shm_open(3) of `name` with `flags` (close-on-exec added) and, when creating, `mode`.
+fn open_named(name: &str, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
+    let path = shm_path(name)?;
+    let raw = syscall!(shm_open(path.as_ptr(), flags | libc::O_CLOEXEC, mode))?;
+    // SAFETY: shm_open returned a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
 fn shm_path(name: &str) -> io::Result<std::ffi::CString> {
     std::ffi::CString::new(format!("/{name}")).map_err(|_| io::ErrorKind::InvalidInput.into())
 }
@@ -372,6 +348,17 @@ fn stat(file: BorrowedFd<'_>) -> io::Result<libc::stat> {
     // SAFETY: `st` is a valid, writable stat buffer.
     syscall!(fstat(file.as_raw_fd(), &mut st))?;
     Ok(st)
+}
+
+/// How to copy `len` bytes starting at address `base` in atomic pieces: `(offset, width)`,
+/// single bytes up to the first 8-aligned address, 8-byte words, then single bytes.
+fn pieces(base: usize, len: usize) -> impl Iterator<Item = (usize, usize)> {
+    let head = (base.next_multiple_of(8) - base).min(len);
+    let body_end = head + (len - head) / 8 * 8;
+    let bytes = |r: std::ops::Range<usize>| r.map(|at| (at, 1));
+    bytes(0..head)
+        .chain((head..body_end).step_by(8).map(|at| (at, 8)))
+        .chain(bytes(body_end..len))
 }
 
 /// A zero-filled memory file of `len` bytes (close-on-exec, sealable), listed as internal.
@@ -429,6 +416,21 @@ mod tests {
         // SAFETY: ftruncate on a descriptor we hold.
         let rc = unsafe { libc::ftruncate(file.as_fd().as_raw_fd(), 1) };
         assert_eq!(rc, -1, "shrinking a sealed memory file must fail");
+    }
+
+    #[test]
+    fn copies_at_any_offset_and_length_round_trip() {
+        let (map, _file) = Mapping::create("mproc-test", 64).unwrap();
+        for offset in 0..17 {
+            for len in 0..30 {
+                let data: Vec<u8> = (0..len as u8).map(|b| b ^ offset as u8 ^ 0x5a).collect();
+                map.write_at(offset, &data).unwrap();
+                let mut back = vec![0; len];
+                map.read_at(offset, &mut back).unwrap();
+                assert_eq!(back, data, "offset {offset}, length {len}");
+            }
+        }
+        assert!(map.read_at(60, &mut [0; 5]).is_err());
     }
 
     #[test]
