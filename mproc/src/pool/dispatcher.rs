@@ -41,7 +41,7 @@ const WINDOW: usize = 2;
 /// The most chunks a worker whose chunks are quick may hold: enough that a stream of tiny
 /// tasks keeps it busy while the dispatcher sleeps between wake-ups.
 const MAX_WINDOW: usize = 256;
-// A cancel mark must outlive every task a worker may hold.
+// A claim slot must outlive every task a worker may hold.
 const _: () = assert!(MAX_WINDOW <= crate::sys::lane::MARKS);
 
 /// How much work (by the worker's running average) its window may hold: little enough that
@@ -596,8 +596,8 @@ impl Worker {
             .then(|| self.front_since + QUICK * 5)
     }
 
-    /// Takes back the chunks it holds but has not taken (marking them in its lane so it skips
-    /// them), leaving inert entries in their place; returns the live copies, in order.
+    /// Takes back the chunks it holds but has not claimed (revoking them in its lane so it
+    /// skips them), leaving inert entries in their place; returns the live copies, in order.
     fn revoke_untaken(&mut self) -> Vec<Chunk> {
         let taken = self.lane.started().saturating_sub(self.answered) as usize;
         let mut copies = Vec::new();
@@ -607,8 +607,8 @@ impl Worker {
             if c.revoked || c.answered() {
                 continue;
             }
-            if !self.lane.cancel(task, c.id) {
-                break; // it has just taken this one: it runs here
+            if !self.lane.revoke(task) {
+                break; // it has just claimed this one: it runs here
             }
             copies.push(c.revoke());
         }
@@ -1177,8 +1177,8 @@ impl Dispatcher {
         }
     }
 
-    /// Cancelled chunks: dropped from the queue. A chunk a worker holds but has not taken yet
-    /// is marked in its lane, and the worker skips it; one it has taken (running, or about to)
+    /// Cancelled chunks: dropped from the queue. A chunk a worker holds but has not claimed
+    /// yet is revoked in its lane, and the worker skips it; one it has taken (running, or about to)
     /// costs the worker if `kill_running`, else it runs to its end (its answer is dropped).
     fn cancel(&mut self, ids: HashSet<u64>, kill_running: bool) {
         self.queue.retain(|c| !ids.contains(&c.id));
@@ -1192,7 +1192,7 @@ impl Dispatcher {
                 }
                 // Its number in the worker's count of tasks taken.
                 let task = w.answered + at as u64 + 1;
-                if !w.lane.cancel(task, c.id) {
+                if !w.lane.revoke(task) {
                     running = Some(c.id);
                     break; // the worker runs in order: it has taken nothing after this one
                 }

@@ -96,14 +96,14 @@ impl Worker<'_> {
                         payload,
                         handles: 0,
                     }) => {
-                        self.lane.note_started();
-                        let result = self.run_unless_cancelled(id, entry, payload, Vec::new());
+                        let mine = self.lane.claim();
+                        let result = self.run_if(mine, entry, payload, Vec::new());
                         self.answer(id, result)?;
                     }
                     Ok(ToWorker::OnSocket) => {
-                        self.lane.note_started();
+                        let mine = self.lane.claim();
                         let (id, entry, payload, fds) = self.task_from_socket()?;
-                        let result = self.run_unless_cancelled(id, entry, &payload, fds);
+                        let result = self.run_if(mine, entry, &payload, fds);
                         drop(payload);
                         self.answer(id, result)?;
                     }
@@ -139,15 +139,16 @@ impl Worker<'_> {
         }
     }
 
-    /// Runs the task just taken, unless the dispatcher cancelled it before it was taken.
-    fn run_unless_cancelled(
+    /// Runs the task just taken if its claim was won (`mine`); one the dispatcher took back
+    /// first is answered `Cancelled` without running.
+    fn run_if(
         &self,
-        id: u64,
+        mine: bool,
         entry: i64,
         payload: &[u8],
         handles: Vec<std::os::fd::OwnedFd>,
     ) -> Result<Vec<u8>, Error> {
-        if self.lane.take_cancelled(id) {
+        if !mine {
             return Err(ErrorKind::Cancelled.into());
         }
         crate::handle::providing(handles, || run(self.identity, entry, payload))

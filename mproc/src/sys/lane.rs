@@ -12,7 +12,7 @@
 //!
 //! ```text
 //! down.tail  down.head  up.tail  up.head  worker_asleep  parent_asleep  started  magic,capacity
-//! cancel marks (MARKS words)
+//! claim slots (MARKS words)
 //! [ down ring: parent -> worker, CAPACITY bytes ][ up ring: worker -> parent, CAPACITY bytes ]
 //! ```
 //!
@@ -48,12 +48,22 @@ const WORKER_ASLEEP: usize = 4 * LINE;
 const PARENT_ASLEEP: usize = 5 * LINE;
 const STARTED: usize = 6 * LINE;
 const MAGIC_AT: usize = 7 * LINE;
-/// Cancel marks: slot `n % MARKS` holds the id of task number `n` if it was cancelled.
+/// Claim slots: slot `n % MARKS` decides who has task number `n` (see [`Lane::claim`]).
 const MARKS_AT: usize = 8 * LINE;
 
-/// How many cancel marks a lane keeps: at least as many tasks as a worker may hold at once,
-/// so a mark is never overwritten while its task may still be taken.
+/// How many claim slots a lane keeps: at least as many tasks as a worker may hold at once,
+/// so a slot is never reused while its task may still be taken back.
 pub(crate) const MARKS: usize = 256;
+
+/// A slot's value once the worker has claimed task `n` to run it.
+const fn claimed(task: u64) -> u64 {
+    (task << 1) | 1
+}
+
+/// A slot's value once the dispatcher has taken task `n` back.
+const fn revoked(task: u64) -> u64 {
+    task << 1
+}
 
 /// The peer wrote something a well-behaved peer never writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,37 +300,53 @@ impl Lane {
         peer.load(Ordering::Relaxed) != 0 && peer.swap(0, Ordering::SeqCst) != 0
     }
 
-    /// The worker is about to run the task it just took.
-    pub(crate) fn note_started(&mut self) {
+    /// The worker has just taken its next task: counts it and claims it. `true` if it is
+    /// the worker's to run; `false` if the dispatcher took it back first ([`Lane::revoke`]),
+    /// in which case the worker must skip it.
+    ///
+    /// Exactly one side decides each task: the claim and the revocation are single atomic
+    /// read-modify-writes of the same slot, so whichever comes second sees the first. The
+    /// slot's value names the task number, so a value left from task `n - MARKS` (a chunk
+    /// taken back earlier, perhaps the very chunk now returning) never decides task `n`.
+    pub(crate) fn claim(&mut self) -> bool {
         self.started += 1;
-        self.word(STARTED).store(self.started, Ordering::SeqCst);
+        let task = self.started;
+        self.word(STARTED).store(task, Ordering::Release);
+        self.slot(task).swap(claimed(task), Ordering::AcqRel) != revoked(task)
     }
 
-    /// How many tasks the worker has taken to run.
+    /// How many tasks the worker has taken (claimed or skipped).
     pub(crate) fn started(&self) -> u64 {
         self.word(STARTED).load(Ordering::Acquire)
     }
 
-    /// The dispatcher cancels the worker's task number `task` (counting from 1), whose chunk
-    /// id is `id` (never 0); `true` if the worker had not taken it yet, so it will not run
-    /// it. On `false` it may be running it (or about to): only killing the worker stops it.
+    /// The dispatcher takes back the worker's task number `task` (counting from 1): `true`
+    /// if the worker had not claimed it, so it never will run it (it skips it); `false` if
+    /// the worker has claimed it and runs it (only killing the worker stops it then).
     ///
-    /// The mark and the worker's count are a pair of sequentially consistent accesses on
-    /// each side (mark then count here; count then mark in [`Lane::take_cancelled`]), so at
-    /// least one side sees the other's.
-    pub(crate) fn cancel(&self, task: u64, id: u64) -> bool {
-        self.word(MARKS_AT + 8 * (task % MARKS as u64) as usize)
-            .store(id, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        self.word(STARTED).load(Ordering::SeqCst) < task
+    /// The dispatcher must only revoke tasks the worker may not have passed by `MARKS`:
+    /// tasks it holds, of which there are never more than `MARKS`.
+    pub(crate) fn revoke(&self, task: u64) -> bool {
+        let slot = self.slot(task);
+        let mut seen = slot.load(Ordering::Acquire);
+        loop {
+            if seen == claimed(task) {
+                return false;
+            }
+            match slot.compare_exchange_weak(
+                seen,
+                revoked(task),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => seen = now,
+            }
+        }
     }
 
-    /// The worker, after [`Lane::note_started`]: whether the task it just took (chunk `id`)
-    /// was cancelled, in which case it must not run it.
-    pub(crate) fn take_cancelled(&self, id: u64) -> bool {
-        fence(Ordering::SeqCst);
-        let at = MARKS_AT + 8 * (self.started % MARKS as u64) as usize;
-        self.word(at).load(Ordering::SeqCst) == id
+    fn slot(&self, task: u64) -> &AtomicU64 {
+        self.word(MARKS_AT + 8 * (task % MARKS as u64) as usize)
     }
 }
 
@@ -418,26 +444,91 @@ mod tests {
         assert!(Lane::open(file.as_fd()).is_err());
     }
 
+    /// The interleaving that made a task nobody cancelled answer `Cancelled`: the worker
+    /// counted the task, the dispatcher marked it and read the count (so kept it as
+    /// running), then the worker read the mark (so skipped it). Nobody ran it.
     #[test]
-    fn cancel_marks_reach_the_worker_or_say_it_was_too_late() {
+    fn claim_then_revoke_keeps_the_task_with_the_worker() {
         let (p, mut w) = pair();
-        assert!(p.cancel(2, 77), "task 2 not taken yet");
-        w.note_started();
-        assert!(!w.take_cancelled(5), "task 1 was not cancelled");
-        w.note_started();
-        assert!(w.take_cancelled(77), "task 2 was");
-        assert!(!p.cancel(2, 77), "task 2 is taken: too late");
-        // A mark for task n + MARKS reuses the slot of task n.
-        assert!(p.cancel(2 + MARKS as u64, 99));
-        assert!(!w.take_cancelled(77));
+        assert!(w.claim(), "task 1 was not revoked: the worker runs it");
+        assert!(
+            !p.revoke(1),
+            "task 1 is claimed: the dispatcher must not take it back"
+        );
+    }
+
+    #[test]
+    fn revoke_then_claim_makes_the_worker_skip() {
+        let (p, mut w) = pair();
+        assert!(p.revoke(1), "task 1 not claimed yet");
+        assert!(p.revoke(1), "revoking twice is still revoked");
+        assert!(!w.claim(), "task 1 was revoked: the worker skips it");
+        assert!(!p.revoke(1), "decided: the worker has passed it");
+        assert!(w.claim(), "task 2 was not revoked");
+    }
+
+    /// A chunk taken back and handed to the same worker again a slot-length later must run:
+    /// the old value in its slot names the old task number.
+    #[test]
+    fn a_slot_reused_a_ring_later_decides_only_its_own_task() {
+        let (p, mut w) = pair();
+        assert!(p.revoke(2));
+        assert!(w.claim()); // task 1
+        assert!(!w.claim()); // task 2: skipped
+        for _ in 3..2 + MARKS as u64 {
+            assert!(w.claim());
+        }
+        assert!(
+            w.claim(),
+            "task 2 + MARKS shares task 2's slot but was never revoked"
+        );
+        assert!(!p.revoke(2 + MARKS as u64));
+    }
+
+    /// Both sides racing on many tasks, on two threads: for each task exactly one side
+    /// decides (the dispatcher revoked it and the worker skipped it, or neither).
+    #[test]
+    fn claim_and_revoke_race_exactly_one_winner() {
+        const TASKS: u64 = 20_000;
+        const AHEAD: u64 = MARKS as u64 / 2;
+        let (p, mut w) = pair();
+        // How far the dispatcher has got; each side stays within AHEAD tasks of the other, as
+        // in a pool (the dispatcher revokes only tasks the worker holds).
+        let passed = AtomicU64::new(0);
+        let (revoked, skipped) = std::thread::scope(|s| {
+            let dispatcher = s.spawn(|| {
+                let mut revoked = Vec::new();
+                for task in 1..=TASKS {
+                    while task > p.started() + AHEAD {
+                        std::thread::yield_now();
+                    }
+                    if task % 3 != 0 && p.revoke(task) {
+                        revoked.push(task);
+                    }
+                    passed.store(task, Ordering::Release);
+                }
+                revoked
+            });
+            let mut skipped = Vec::new();
+            for task in 1..=TASKS {
+                while task > passed.load(Ordering::Acquire) + AHEAD {
+                    std::thread::yield_now();
+                }
+                if !w.claim() {
+                    skipped.push(task);
+                }
+            }
+            (dispatcher.join().unwrap(), skipped)
+        });
+        assert_eq!(revoked, skipped);
     }
 
     #[test]
     fn started_counts_cross() {
         let (p, mut w) = pair();
         assert_eq!(p.started(), 0);
-        w.note_started();
-        w.note_started();
+        assert!(w.claim());
+        assert!(w.claim());
         assert_eq!(p.started(), 2);
     }
 }
