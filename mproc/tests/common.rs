@@ -1,6 +1,7 @@
 //! Shared helpers: the per-start-method macro, bounded waits, and process inspection.
 
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The longest any single wait in a test may take before the test fails.
@@ -32,6 +33,60 @@ where
     let mut p = mproc::Process::new(f, args).start_method(m);
     p.start().unwrap();
     p
+}
+
+/// Set in a run of this binary made by [`alone`]: the one test it runs is alone in it.
+const ALONE: &str = "MPROC_TEST_ALONE";
+
+/// For a test that needs its process to itself (it counts the process's descriptors, or
+/// changes process-wide settings): `true` when it already has it, so the caller runs its
+/// body; otherwise runs the calling test alone in a fresh run of this test binary, waits
+/// for it (bounded), panics if it failed, and returns `false`.
+///
+/// nextest runs every test in a process of its own; plain `cargo test` runs them as
+/// threads of one process, where another test's descriptors come and go meanwhile.
+pub(crate) fn alone() -> bool {
+    if std::env::var_os(ALONE).is_some()
+        || std::env::var("NEXTEST_EXECUTION_MODE").is_ok_and(|m| m == "process-per-test")
+    {
+        return true;
+    }
+    // libtest names each test's thread after the test.
+    let name = std::thread::current()
+        .name()
+        .expect("alone() is called from a test's own thread")
+        .to_owned();
+    let mut run = Command::new(std::env::current_exe().expect("this test binary"))
+        .args([name.as_str(), "--exact", "--test-threads=1", "--nocapture"])
+        .env(ALONE, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run this test binary again");
+    let deadline = Instant::now() + PATIENCE * 6;
+    let status = loop {
+        if let Some(status) = run.try_wait().expect("wait for the test's own run") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = run.kill();
+            let _ = run.wait();
+            panic!("{name}, run alone, took longer than {:?}", PATIENCE * 6);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut run.stdout.take().expect("piped"), &mut out)
+        .expect("read the test's own run");
+    assert!(
+        status.success(),
+        "{name}, run alone, failed ({status}):\n{out}"
+    );
+    assert!(
+        out.contains("1 passed"),
+        "{name}, run alone, did not run exactly that test:\n{out}"
+    );
+    false
 }
 
 /// Polls `cond` every few milliseconds until it holds; panics after [`PATIENCE`].

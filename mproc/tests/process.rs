@@ -206,6 +206,10 @@ per_start_method!(
 
 #[test]
 fn start_method_default_and_setting() {
+    // It changes the process-wide default, which other tests running beside it would see.
+    if !crate::common::alone() {
+        return;
+    }
     assert_eq!(mproc::get_start_method(), StartMethod::Forkserver);
     mproc::set_start_method(StartMethod::Spawn);
     let mut p = Process::new(whoami, ());
