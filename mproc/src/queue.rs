@@ -8,13 +8,17 @@
 //! the middle of a put or a get leaves the queue consistent, and every item is delivered
 //! exactly once.
 //!
-//! A queue knows which processes hold it. When a get would wait forever because the queue
-//! was shared with other processes and none of them holds it any more (they ended, were
-//! killed, or dropped it), and this process has no other handle to it, the get fails with
-//! `Closed` instead of hanging (Python's hangs, gh-87971); likewise a put on a full bounded
-//! queue, and a `join` with items no one is left to finish.
+//! A queue knows which processes hold it, and each process how many handles it has (handles
+//! are `Send` but not `Sync`, so every thread that can use a queue holds a handle of its own
+//! and the count is exact). When a get would wait forever because the queue was shared with
+//! other processes and none of them holds it any more (they ended, were killed, or dropped
+//! it), and the waiting handle is this process's only one, the get fails with `Closed`
+//! instead of hanging (Python's hangs, gh-87971); likewise a put on a full bounded queue, and
+//! a `join` with items no one is left to finish. A queue that never left its process waits
+//! as Python's does.
 
 use std::borrow::Borrow;
+use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::AsFd;
@@ -92,7 +96,8 @@ fn alive(h: Holder) -> bool {
 }
 
 /// Every queue this process holds, so that a child made with fork(2) (which inherits them all,
-/// passed or not) is counted as a holder of each before it runs.
+/// passed or not) is counted as a holder of each before it runs: it may reach one through a
+/// static, and put before it ever says so itself.
 static LIVE: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
 
 /// The list of this process's queues, locked (held across a fork by `start::fork`).
@@ -104,7 +109,9 @@ pub(crate) fn live_queues() -> LiveQueues {
 
 impl LiveQueues {
     /// Counts the fork child `pid` as a holder of every queue this process holds: it inherited
-    /// them, and may put or get before it ever says so itself.
+    /// them, and may put or get before it ever says so itself. It does not mark them as
+    /// shared: a child that never touches a queue leaves it as private as it was (the child
+    /// marks it when it first uses it, see [`Shared::attach`]).
     pub(crate) fn count_fork_child(&mut self, pid: u32) {
         self.0.retain(|w| w.strong_count() > 0);
         if self.0.is_empty() {
@@ -118,7 +125,7 @@ impl LiveQueues {
             start: start_key(start),
         };
         for shared in self.0.iter().filter_map(Weak::upgrade) {
-            let _ = shared.ring.attach(child, alive);
+            let _ = shared.ring.attach(child, alive, false);
         }
     }
 }
@@ -153,7 +160,10 @@ impl Shared {
         Shared::new(ring, kind)
     }
 
-    /// Counts this process as a holder, once per process.
+    /// Counts this process as a holder, once per process. A handle this process inherited
+    /// through fork (attached by an earlier generation) and now uses makes the queue shared
+    /// with another process, as passing it would have: from now on the dead-holder rule
+    /// applies to it.
     fn attach(&self) -> Result<(), Error> {
         let generation = proc::fork_generation() + 1;
         let was = self.attached.load(Ordering::Acquire);
@@ -165,16 +175,23 @@ impl Shared {
             .compare_exchange(was, generation, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
+            let inherited = was != 0;
             self.ring
-                .attach(me(), alive)
+                .attach(me(), alive, inherited)
                 .map_err(|e| os("registering with a queue", e))?;
         }
         Ok(())
     }
 
-    /// Whether nothing can ever arrive (or leave) unless this very call does it: no other
-    /// process holds the queue, no handle to it is on its way to one, and this is this
-    /// process's only handle.
+    /// Whether nothing can ever arrive (or leave) unless this very call does it: the queue was
+    /// shared with another process, no other process holds it, no handle to it is on its way
+    /// to one, and this is this process's only handle.
+    ///
+    /// The last is exact because handles are not `Sync`: a thread that can use the queue
+    /// holds a handle of its own (a clone, or one reached through a `Mutex`, which counts
+    /// too), so a strong count of 1 means no other thread can reach it while this call runs.
+    /// A caller that gets `true` tries once more before failing: a thread that just put (or
+    /// got) and dropped its clone may have done so after the caller last looked.
     fn alone(self: &Arc<Self>) -> Result<bool, Error> {
         if Arc::strong_count(self) > 1 || NO_PROC.load(Ordering::Relaxed) {
             return Ok(false);
@@ -183,6 +200,9 @@ impl Shared {
             .ring
             .shared_beyond(me(), alive)
             .map_err(|e| os("reading a queue's holders", e))?;
+        // Pairs with the release of the handle dropped last (in this process, or through the
+        // registry lock in another), so the try that follows sees what it did.
+        std::sync::atomic::fence(Ordering::Acquire);
         Ok(!beyond)
     }
 }
@@ -230,6 +250,9 @@ impl Patience {
 struct Core<T> {
     shared: Arc<Shared>,
     _values: PhantomData<fn(T) -> T>,
+    /// Not `Sync` (still `Send`): a thread uses a queue through a handle of its own, so the
+    /// handle count that [`Shared::alone`] reads is exact.
+    _one_thread: PhantomData<Cell<()>>,
 }
 
 impl<T> Clone for Core<T> {
@@ -237,6 +260,7 @@ impl<T> Clone for Core<T> {
         Core {
             shared: self.shared.clone(),
             _values: PhantomData,
+            _one_thread: PhantomData,
         }
     }
 }
@@ -246,6 +270,7 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
         Ok(Core {
             shared: Shared::create(kind, maxsize)?,
             _values: PhantomData,
+            _one_thread: PhantomData,
         })
     }
 
@@ -265,6 +290,8 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
         // Taken before a check that may lead to sleep; not on the first try, which usually
         // succeeds (a ticket reads the consumers' cache line).
         let mut ticket = None;
+        // Set when nobody else can get any more: one last try, then `Closed`.
+        let mut last = false;
         loop {
             if self.ring().is_closed() {
                 return Err(ErrorKind::Closed.into());
@@ -287,6 +314,9 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
                 Push::Busy => return Err(ErrorKind::Full.into()),
                 Push::Full | Push::NoRoom => {}
             }
+            if last {
+                return Err(ErrorKind::Closed.into());
+            }
             if at_once || deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(ErrorKind::Full.into());
             }
@@ -298,9 +328,7 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
                 .ring()
                 .sleep(Wait::Get, taken, Some(patience.until(deadline)))
                 .map_err(|e| os("waiting for room in a queue", e))?;
-            if !slept && patience.due() && self.shared.alone()? {
-                return Err(ErrorKind::Closed.into());
-            }
+            last = !slept && patience.due() && self.shared.alone()?;
             ticket = Some(self.ring().ticket(Wait::Get));
         }
     }
@@ -313,11 +341,13 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
         let mut spun = false;
         // As in `put`: no ticket on the first try (it reads the producers' cache line).
         let mut ticket = None;
+        // Set when nobody else can put any more: one last try, then `Closed`.
+        let mut last = false;
         loop {
             if let Some(value) = self.pop(deadline)? {
                 return Ok(Some(value?));
             }
-            if self.ring().is_closed() {
+            if last || self.ring().is_closed() {
                 return Err(ErrorKind::Closed.into());
             }
             let now = Instant::now();
@@ -340,9 +370,7 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
                 .ring()
                 .sleep(Wait::Put, taken, Some(patience.until(deadline)))
                 .map_err(|e| os("waiting for a queue", e))?;
-            if !slept && patience.due() && !self.ring().has_frames() && self.shared.alone()? {
-                return Err(ErrorKind::Closed.into());
-            }
+            last = !slept && patience.due() && !self.ring().has_frames() && self.shared.alone()?;
             ticket = Some(self.ring().ticket(Wait::Put));
         }
     }
@@ -382,6 +410,7 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
         Ok(Core {
             shared,
             _values: PhantomData,
+            _one_thread: PhantomData,
         })
     }
 }
@@ -394,16 +423,77 @@ fn deadline_in(timeout: Duration) -> Option<Instant> {
 ///
 /// Any number of processes may put and get at once; each item is delivered exactly once, in
 /// the order it was put. Values cross encoded with serde, straight into and out of shared
-/// memory. `put` takes a `T` or a `&T`. Handles are cheap clones of one queue, `Send + Sync`,
-/// and travel as arguments of [`Process::new`](crate::Process::new) and of pool tasks.
+/// memory. `put` takes a `T` or a `&T`. Handles are cheap clones of one queue and travel as
+/// arguments of [`Process::new`](crate::Process::new) and of pool tasks.
 ///
 /// [`close`](Queue::close) closes the queue for every process: later puts fail with
-/// `Closed`, gets take what is left and then fail with `Closed`. A get that would wait
-/// forever, because the queue went to other processes and none of them holds it any more
-/// (they returned, were killed, or dropped it) while this process has no other handle to it,
-/// fails with `Closed` too, checked while it waits (within about 100 ms); Python's hangs. A
-/// queue that never left its process is not concerned: its threads may wait on each other as
-/// long as they like.
+/// `Closed`, gets take what is left and then fail with `Closed`.
+///
+/// # Threads: one handle each
+///
+/// A handle is `Send + Clone` but not `Sync` (as `std::sync::mpsc::Sender` was before Rust
+/// 1.72): to use a queue from several threads, give each thread a clone. A handle kept where
+/// threads take turns with it, in a `static Mutex<Option<Queue<T>>>` say, is fine too (a
+/// `Mutex` of a `Send` value is `Sync`), and counts as one handle. This is what lets a queue
+/// know exactly how many of this process's threads can still use it (next section).
+///
+/// ```
+/// let q = mproc::Queue::<u32>::new()?;
+/// let producer = q.clone(); // one handle per thread
+/// let t = std::thread::spawn(move || producer.put(7));
+/// assert_eq!(q.get()?, 7);
+/// t.join().unwrap()?;
+/// # Ok::<(), mproc::Error>(())
+/// ```
+///
+/// Sharing one handle by reference does not compile:
+///
+/// ```compile_fail,E0277
+/// let q = mproc::Queue::<u32>::new().unwrap();
+/// std::thread::scope(|s| {
+///     s.spawn(|| q.put(7).unwrap()); // `&Queue` cannot go to another thread
+/// });
+/// ```
+///
+/// # When a wait ends with `Closed` before its time
+///
+/// Once a queue has been shared with another process (passed to a child or a pool task, sent
+/// inside a message, or used by a fork child that inherited it), a get that would wait for an
+/// item nobody can put fails with `Closed` instead of hanging (Python's hangs, gh-87971): it
+/// checks while it waits (within about 100 ms) whether any other process still holds the
+/// queue (they returned, were killed, or dropped it), whether a handle to it is on its way to
+/// one, and whether the waiting handle is this process's only one. Only when all say "nobody"
+/// is `Closed` certain, and only then does it come early; otherwise a timed wait runs its full
+/// time and answers `Timeout`, and an untimed one goes on waiting. Likewise a put on a full
+/// bounded queue when nobody can get, and [`JoinableQueue::join`] when nobody can finish an
+/// item. Such a `Closed` says that nobody else can answer, not that the queue was closed:
+/// [`is_closed`](Queue::is_closed) stays false, and this handle may still put and get.
+///
+/// A queue that never left its process waits as Python's does, whatever its handles: a
+/// `get_timeout` runs its full time, and a `get` on an empty queue that only this thread
+/// holds waits forever. (A child made with `Fork` inherits every queue, used or not; that
+/// alone does not make a queue shared.)
+///
+/// ```
+/// use std::time::Duration;
+/// use mproc::{ErrorKind, Process, Queue};
+///
+/// fn put_nothing(_q: Queue<u8>) {}
+///
+/// let q = Queue::<u8>::new()?;
+/// let e = q.get_timeout(Duration::from_millis(50)).unwrap_err();
+/// assert_eq!(e.kind(), &ErrorKind::Timeout); // never shared: waits its full time
+///
+/// let mut p = Process::new(put_nothing, (q.clone(),));
+/// p.start()?;
+/// p.join()?;
+/// // Shared, the child is gone, and `q` is this process's only handle: nobody can put.
+/// assert_eq!(q.get().unwrap_err().kind(), &ErrorKind::Closed);
+/// assert!(!q.is_closed());
+/// # Ok::<(), mproc::Error>(())
+/// ```
+///
+/// # Example
 ///
 /// ```
 /// use mproc::{Process, Queue};
@@ -486,8 +576,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// # Errors
     ///
-    /// `Closed` if the queue is closed, or if it is full and no other process holds it any
-    /// more; `Codec` if the value does not encode.
+    /// `Closed` if the queue is closed, or if it is full and nobody else can ever get (see
+    /// [`Queue`]); `Codec` if the value does not encode.
     ///
     /// ```
     /// let q = mproc::Queue::<Vec<u8>>::new()?;
@@ -500,7 +590,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         self.core.put(value.borrow(), None, false)
     }
 
-    /// Like [`put`](Queue::put), giving up with `Err(Full)` after `timeout`.
+    /// Like [`put`](Queue::put), giving up with `Err(Full)` after `timeout`: early with
+    /// `Closed` only when nobody else can ever get (see [`Queue`]).
     ///
     /// ```
     /// use std::time::Duration;
@@ -532,9 +623,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// # Errors
     ///
-    /// `Closed` if the queue is closed and empty, or if it is empty and no other process holds
-    /// it any more (nothing can arrive); `Codec` if the item does not decode as a `T` (it is
-    /// consumed).
+    /// `Closed` if the queue is closed and empty, or if it is empty and nobody else can ever
+    /// put (see [`Queue`]: a queue that never left this process waits); `Codec` if the item
+    /// does not decode as a `T` (it is consumed).
     ///
     /// ```
     /// let q = mproc::Queue::new()?;
@@ -549,7 +640,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             .ok_or_else(|| ErrorKind::Timeout.into())
     }
 
-    /// Like [`get`](Queue::get), giving up with `Err(Timeout)` after `timeout`.
+    /// Like [`get`](Queue::get), giving up with `Err(Timeout)` after `timeout`: early with
+    /// `Closed` only when nobody else can ever put (see [`Queue`]).
     ///
     /// ```
     /// use std::time::Duration;
@@ -670,6 +762,15 @@ impl<'de, T: Serialize + DeserializeOwned> Deserialize<'de> for Queue<T> {
 
 /// A simpler queue: Python's `multiprocessing.SimpleQueue` (unbounded; `put`, `get`,
 /// `is_empty`, `close`).
+///
+/// As [`Queue`]'s: a handle is `Send + Clone` but not `Sync` (give each thread a clone), and a
+/// `get` fails with `Closed` early only once the queue was shared with another process and
+/// nobody else can put (see [`Queue`]).
+///
+/// ```compile_fail,E0277
+/// fn shared_by_reference<T: Sync>(_: &T) {}
+/// shared_by_reference(&mproc::SimpleQueue::<u8>::new().unwrap());
+/// ```
 ///
 /// ```
 /// use mproc::{Process, SimpleQueue};
@@ -792,6 +893,15 @@ impl<'de, T: Serialize + DeserializeOwned> Deserialize<'de> for SimpleQueue<T> {
 /// when it has finished with an item it got, and [`join`](JoinableQueue::join) waits until
 /// every item put has been marked done. It has all of [`Queue`]'s methods (through `Deref`).
 ///
+/// As [`Queue`]'s: a handle is `Send + Clone` but not `Sync` (give each thread a clone), and
+/// `join` fails with `Closed` early only once the queue was shared with another process and
+/// nobody else can finish an item (see [`Queue`]).
+///
+/// ```compile_fail,E0277
+/// fn shared_by_reference<T: Sync>(_: &T) {}
+/// shared_by_reference(&mproc::JoinableQueue::<u8>::new().unwrap());
+/// ```
+///
 /// ```
 /// use mproc::{JoinableQueue, Process};
 ///
@@ -913,8 +1023,8 @@ impl<T> JoinableQueue<T> {
     ///
     /// # Errors
     ///
-    /// `Closed` when items are unfinished and no other process holds the queue any more (no
-    /// one is left to finish them).
+    /// `Closed` when items are unfinished and nobody else can ever finish them (see
+    /// [`Queue`]: a queue that never left this process waits).
     ///
     /// ```
     /// let q = mproc::JoinableQueue::new()?;
@@ -928,7 +1038,8 @@ impl<T> JoinableQueue<T> {
         self.join_until(None)
     }
 
-    /// Like [`join`](JoinableQueue::join), giving up with `Err(Timeout)` after `timeout`.
+    /// Like [`join`](JoinableQueue::join), giving up with `Err(Timeout)` after `timeout`:
+    /// early with `Closed` only when nobody else can ever finish an item.
     ///
     /// ```
     /// use std::time::Duration;
@@ -948,10 +1059,15 @@ impl<T> JoinableQueue<T> {
         shared.attach()?;
         let ring = &shared.ring;
         let mut patience = Patience::new();
+        // Set when nobody else can finish an item any more: one last look, then `Closed`.
+        let mut last = false;
         loop {
             let ticket = ring.ticket(Wait::Done);
             if ring.unfinished() == 0 {
                 return Ok(());
+            }
+            if last {
+                return Err(ErrorKind::Closed.into());
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(ErrorKind::Timeout.into());
@@ -959,9 +1075,7 @@ impl<T> JoinableQueue<T> {
             let slept = ring
                 .sleep(Wait::Done, ticket, Some(patience.until(deadline)))
                 .map_err(|e| os("waiting for a queue's items to be done", e))?;
-            if !slept && patience.due() && ring.unfinished() > 0 && shared.alone()? {
-                return Err(ErrorKind::Closed.into());
-            }
+            last = !slept && patience.due() && ring.unfinished() > 0 && shared.alone()?;
         }
     }
 }

@@ -3,7 +3,8 @@
 //! exits not held up by unread data, joinable queues, closing, timeouts, pool tasks.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -165,6 +166,129 @@ fn a_get_nobody_can_answer_fails_instead_of_hanging(m: StartMethod) {
     });
     assert_eq!(q.get_timeout(PATIENCE).unwrap(), 9);
     t.join().unwrap();
+}
+
+/// Runs `f` on its own thread and waits at most [`PATIENCE`] for its answer: an untimed wait
+/// that hangs fails the test instead of hanging it.
+fn within_patience<R: Send + 'static>(what: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(PATIENCE)
+        .unwrap_or_else(|_| panic!("{what} did not return"))
+}
+
+/// The queue went to a child that is gone; the getting thread holds one handle and another
+/// thread a clone, and puts 300 ms later (then drops its clone at once): the get waits for it.
+/// (Handles used to be `Sync`: shared by reference, the putter was not counted, and the get
+/// answered `Closed` after 5 ms. Now that does not compile; see `Queue`'s doc tests.)
+fn a_get_waits_for_a_thread_of_this_process_that_can_still_put(m: StartMethod) {
+    for timed in [false, true] {
+        let q = Queue::<u8>::new().unwrap();
+        let mut p = start(m, hold, (q.clone(), 10));
+        p.join_timeout(PATIENCE).unwrap();
+        let t = Instant::now();
+        let putter = q.clone();
+        let put = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            putter.put(9)
+        });
+        let got = within_patience("get", move || {
+            if timed {
+                q.get_timeout(Duration::from_secs(2))
+            } else {
+                q.get()
+            }
+        });
+        put.join().unwrap().unwrap();
+        assert_eq!(got.unwrap(), 9, "timed: {timed}");
+        assert!(t.elapsed() >= Duration::from_millis(290));
+    }
+}
+
+/// Returns at once: a child that has nothing to do with the parent's queues.
+fn nothing() {}
+
+/// A queue that never left this process waits its full time (a `Fork` child inherits every
+/// queue, which used to make a private queue look abandoned once that child was gone).
+fn a_queue_that_never_left_this_process_waits_its_full_time(m: StartMethod) {
+    let want = Duration::from_millis(100);
+    let q = Queue::<u8>::bounded(1).unwrap();
+    let j = JoinableQueue::<u8>::new().unwrap();
+    let mut p = start(m, nothing, ());
+    p.join_timeout(PATIENCE).unwrap();
+
+    let t = Instant::now();
+    let e = q.get_timeout(want).unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Timeout, "{e}");
+    assert!(t.elapsed() >= want, "{:?}", t.elapsed());
+    assert!(!q.is_closed());
+    q.put(1).unwrap();
+    let t = Instant::now();
+    let e = q.put_timeout(2, want).unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Full, "{e}");
+    assert!(t.elapsed() >= want, "{:?}", t.elapsed());
+    assert_eq!(q.get_timeout(PATIENCE).unwrap(), 1);
+    q.put(3).unwrap();
+    assert_eq!(q.get_timeout(PATIENCE).unwrap(), 3);
+
+    j.put(1).unwrap();
+    let t = Instant::now();
+    let e = j.join_timeout(want).unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Timeout, "{e}");
+    assert!(t.elapsed() >= want, "{:?}", t.elapsed());
+}
+
+/// One thread starts short-lived children one after another while another waits on its own
+/// queue, again and again: every wait runs its full time.
+fn private_waits_outlast_children_coming_and_going(m: StartMethod) {
+    let want = Duration::from_millis(100);
+    let q = Queue::<u8>::new().unwrap();
+    let stop = AtomicBool::new(false);
+    let started = AtomicU32::new(0);
+    let answers: Vec<_> = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                let mut p = start(m, nothing, ());
+                started.fetch_add(1, Ordering::Relaxed);
+                p.join_timeout(PATIENCE).unwrap();
+            }
+        });
+        wait_until("a child starts", || started.load(Ordering::Relaxed) > 0);
+        let answers = (0..8)
+            .map(|_| {
+                let t = Instant::now();
+                (
+                    q.get_timeout(want).map_err(|e| e.kind().clone()),
+                    t.elapsed(),
+                )
+            })
+            .collect();
+        stop.store(true, Ordering::Relaxed);
+        answers
+    });
+    for (answer, took) in answers {
+        assert_eq!(answer, Err(ErrorKind::Timeout), "after {took:?}");
+        assert!(took >= want, "{took:?}");
+    }
+    assert!(started.load(Ordering::Relaxed) > 1);
+}
+
+/// gh-87971: a child that should put returns without putting; an untimed get in the parent
+/// answers `Closed` instead of hanging.
+fn an_untimed_get_fails_once_the_only_other_holder_is_gone(m: StartMethod) {
+    let q = Queue::<u8>::new().unwrap();
+    let mut p = start(m, hold, (q.clone(), 50));
+    let t = Instant::now();
+    let e = within_patience("get", move || q.get()).unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Closed, "{e}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(40),
+        "{:?}",
+        t.elapsed()
+    );
+    p.join_timeout(PATIENCE).unwrap();
 }
 
 /// Whether this is a child (the test harness's process is "MainProcess").
@@ -411,6 +535,10 @@ per_start_method!(
     close_wakes_every_waiter,
     timeouts_are_accurate,
     queues_reach_pool_tasks,
+    a_get_waits_for_a_thread_of_this_process_that_can_still_put,
+    a_queue_that_never_left_this_process_waits_its_full_time,
+    private_waits_outlast_children_coming_and_going,
+    an_untimed_get_fails_once_the_only_other_holder_is_gone,
 );
 
 /// A handle inside a queued value is refused with a sentence, not sent half-way.
@@ -469,7 +597,10 @@ fn try_put_on_an_unbounded_queue_always_succeeds() {
     let q = Queue::<u64>::new().unwrap();
     let full: u32 = std::thread::scope(|s| {
         let workers: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| (0..20_000u64).filter(|&i| q.try_put(i).is_err()).count() as u32))
+            .map(|_| {
+                let q = q.clone();
+                s.spawn(move || (0..20_000u64).filter(|&i| q.try_put(i).is_err()).count() as u32)
+            })
             .collect();
         workers.into_iter().map(|w| w.join().unwrap()).sum()
     });
@@ -477,25 +608,59 @@ fn try_put_on_an_unbounded_queue_always_succeeds() {
     assert_eq!(q.len(), 80_000);
 }
 
-static GLOBAL: std::sync::OnceLock<Queue<u8>> = std::sync::OnceLock::new();
+/// A queue reached through a static (a `Mutex`: handles are `Send`, not `Sync`; the one in
+/// the static counts as a handle like any other).
+static GLOBAL: Mutex<Option<Queue<u8>>> = Mutex::new(None);
 
 /// Puts on the queue this fork child inherited (not passed to it), after `ms` milliseconds.
 fn put_on_inherited(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
-    GLOBAL.get().unwrap().put(7).unwrap();
+    let global = GLOBAL.lock().unwrap();
+    global.as_ref().unwrap().put(7).unwrap();
 }
 
 /// A fork child inherits every queue; it counts as a holder from its birth, so a get waiting
 /// for it does not conclude that nobody is left.
 #[test]
 fn a_fork_child_that_inherited_a_queue_counts_as_holding_it() {
-    let q = GLOBAL.get_or_init(|| Queue::new().unwrap()).clone();
+    let q = Queue::new().unwrap();
+    *GLOBAL.lock().unwrap() = Some(q.clone());
     // Shared once already, so the dead-peer rule applies to this queue.
     let mut p = start(StartMethod::Fork, hold, (q.clone(), 10));
     p.join_timeout(PATIENCE).unwrap();
     drop(q);
     let mut c = start(StartMethod::Fork, put_on_inherited, (500u64,));
-    let got = GLOBAL.get().unwrap().get_timeout(PATIENCE);
+    let got = GLOBAL
+        .lock()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .get_timeout(PATIENCE);
     c.join_timeout(PATIENCE).unwrap();
     assert_eq!(got.unwrap(), 7);
+}
+
+/// A queue that is never passed anywhere, reached by a fork child through a static.
+static PRIVATE: Mutex<Option<Queue<u8>>> = Mutex::new(None);
+
+fn put_on_private() {
+    let private = PRIVATE.lock().unwrap();
+    private.as_ref().unwrap().put(5).unwrap();
+}
+
+/// A fork child that uses a queue it inherited makes it shared with another process, as
+/// passing it would have: once the child is gone, a get that nothing can answer fails. (Its
+/// mere birth does not: see `a_queue_that_never_left_this_process_waits_its_full_time`.)
+#[test]
+fn a_fork_child_that_uses_an_inherited_queue_shares_it() {
+    *PRIVATE.lock().unwrap() = Some(Queue::new().unwrap());
+    let mut c = start(StartMethod::Fork, put_on_private, ());
+    c.join_timeout(PATIENCE).unwrap();
+    let (first, second) = within_patience("two gets", || {
+        let private = PRIVATE.lock().unwrap();
+        let q = private.as_ref().unwrap();
+        (q.get(), q.get())
+    });
+    assert_eq!(first.unwrap(), 5);
+    assert_eq!(second.unwrap_err().kind(), &ErrorKind::Closed);
 }

@@ -420,23 +420,35 @@ impl Ring {
 
     // --- holders ---
 
-    /// Counts one more handle of `me` in the table. When the table is full the queue is marked
-    /// so, and then never concludes that nobody else holds it.
-    pub(crate) fn attach(&self, me: Holder, alive: impl Fn(Holder) -> bool) -> io::Result<()> {
+    /// Counts one more handle of `me` in the table; with `shares`, also marks the queue as
+    /// used by more than one process (after counting `me`, so that no reader of the mark can
+    /// miss `me`). When the table is full the queue is marked so, and then never concludes
+    /// that nobody else holds it.
+    ///
+    /// Being in the table does not by itself mark the queue: a fork child is counted at birth
+    /// for every queue its parent holds, used or not, and its mere existence must not make a
+    /// queue that never left its process look abandoned once it is gone.
+    pub(crate) fn attach(
+        &self,
+        me: Holder,
+        alive: impl Fn(Holder) -> bool,
+        shares: bool,
+    ) -> io::Result<()> {
         let _held = self.lock_registry()?;
-        if (0..SLOTS).any(|i| {
-            let pid = self.slot(i).0.load(Ordering::Relaxed);
-            pid != 0 && pid != me.pid
-        }) {
-            // A second process (a fork child that inherited it, say).
+        self.count(me, alive);
+        if shares {
             self.u32(EVER_SHARED_AT).store(1, Ordering::Release);
         }
+        Ok(())
+    }
+
+    fn count(&self, me: Holder, alive: impl Fn(Holder) -> bool) {
         let mut free = None;
         for i in 0..SLOTS {
             let (pid, count, start) = self.slot(i);
             if pid.load(Ordering::Relaxed) == me.pid && start.load(Ordering::Relaxed) == me.start {
                 count.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
+                return;
             }
             let taken = pid.load(Ordering::Relaxed) != 0;
             let stale = taken
@@ -457,7 +469,6 @@ impl Ring {
             }
             None => self.u32(OVERFLOW_AT).store(1, Ordering::Relaxed),
         }
-        Ok(())
     }
 
     /// Counts one handle of `me` less.
@@ -476,8 +487,9 @@ impl Ring {
     }
 
     /// Whether some process other than `me`, or another handle of `me`, may still use the
-    /// queue. `alive` says whether a listed process still runs. A queue that never left its
-    /// process counts as shared (its threads may use it as they please).
+    /// queue. `alive` says whether a listed process still runs. A queue that was never shared
+    /// with another process (never lent, never used by a fork child that inherited it) counts
+    /// as shared: it waits as Python's does.
     pub(crate) fn shared_beyond(
         &self,
         me: Holder,
