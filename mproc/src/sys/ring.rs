@@ -552,6 +552,20 @@ impl Ring {
     }
 }
 
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // Every hold is a scoped `Held` today, so none is left here; one ever forgotten must
+        // not leave a thread's robust list pointing into unmapped memory (see
+        // `RobustMutex::held_here`).
+        if [PUT_MUTEX_AT, GET_MUTEX_AT, REG_MUTEX_AT]
+            .into_iter()
+            .any(|at| self.mutex(at).held_here())
+        {
+            self.map.keep_mapped();
+        }
+    }
+}
+
 impl AsFd for Ring {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
