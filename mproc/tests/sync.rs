@@ -329,7 +329,7 @@ fn handles_reach_pool_tasks(m: StartMethod) {
 
 /// The ways safe code can let go of a lock's last handle while this process may still hold the
 /// lock (its pthread mutex then sits on the holding thread's robust list).
-const UNMAP_SEQUENCES: [&str; 9] = [
+const UNMAP_SEQUENCES: [&str; 10] = [
     "an RLock dropped while held",
     "an RLock held by one thread, dropped by another",
     "a forgotten LockGuard, its Lock dropped",
@@ -338,6 +338,7 @@ const UNMAP_SEQUENCES: [&str; 9] = [
     "a forgotten ArrayGuard, its Array dropped",
     "a forgotten guard from Condition::wait_timeout, the Lock and Condition dropped",
     "a queue's last handle dropped by the putting thread, another handle dropped mid-put",
+    "an RLock held through two mappings of it, one dropped while held",
     "many of each, one after the other",
 ];
 
@@ -386,6 +387,23 @@ fn let_go_while_held(sequence: usize) {
             drop(cond);
         }
         7 => queue_dropped_mid_put(),
+        8 => {
+            // A handle sent through a pipe arrives as a second mapping of the same lock. Taken
+            // through the second, again through the first, released once through the second:
+            // the lock is still held, linked into this thread's list by the second's address.
+            let first = RLock::new().unwrap();
+            let (tx, rx) = mproc::pipe::<RLock>().unwrap();
+            tx.send(&first).unwrap();
+            let second = rx.recv_timeout(PATIENCE).unwrap();
+            let other = Lock::new().unwrap();
+            second.acquire().unwrap();
+            first.acquire().unwrap();
+            second.release().unwrap();
+            drop(second);
+            drop(other.acquire().unwrap());
+            first.release().unwrap();
+            assert!(first.release().is_err(), "free again");
+        }
         _ => {
             for _ in 0..20 {
                 (0..UNMAP_SEQUENCES.len() - 1).for_each(let_go_while_held);
