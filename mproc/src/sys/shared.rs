@@ -395,16 +395,16 @@ fn monotonic_deadline(deadline: Instant) -> libc::timespec {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::os::fd::AsRawFd;
     use std::time::Duration;
 
     use super::*;
-    use crate::sys::ring::Ring;
 
-    const MUTEX: usize = 64;
+    pub(crate) const MUTEX: usize = 64;
 
-    fn lock_block() -> Block {
+    /// A block with a robust (recursive) mutex at 64, for tests.
+    pub(crate) fn lock_block() -> Block {
         let block = Block::create(1, 256, &[MUTEX]).unwrap();
         block.mutex_at(MUTEX).init(true).unwrap();
         block
@@ -412,7 +412,7 @@ mod tests {
 
     /// Runs `body` in a new process running only this test (`name`, its full path), and
     /// checks that it passed there: what it checks may crash the process it runs in.
-    fn in_own_process(name: &str, body: impl FnOnce()) {
+    pub(crate) fn in_own_process(name: &str, body: impl FnOnce()) {
         const CHILD: &str = "MPROC_TEST_IN_OWN_PROCESS";
         if std::env::var_os(CHILD).is_some() {
             body();
@@ -512,32 +512,5 @@ mod tests {
         assert!(!held_elsewhere, "held by another process");
         let (_held, taken) = m.lock(None).unwrap().unwrap();
         assert_eq!(taken, Taken::OwnerDied);
-    }
-
-    /// A queue's lock left held (no queue API does that, but one forgotten hold would) keeps
-    /// its memory mapped: later locks of other mutexes work, through this thread's list.
-    #[test]
-    fn a_queue_lock_left_held_leaves_later_locks_working() {
-        in_own_process(
-            "sys::shared::tests::a_queue_lock_left_held_leaves_later_locks_working",
-            || {
-                let made_before = lock_block();
-                for _ in 0..3 {
-                    let ring = Ring::create(1, 0).unwrap();
-                    std::mem::forget(ring.producer(None).unwrap().unwrap());
-                    std::mem::forget(ring.consumer(None).unwrap().unwrap());
-                    drop(ring);
-                    // Before any new mapping can take the ring's place.
-                    drop(made_before.mutex_at(MUTEX).lock(None).unwrap().unwrap());
-                }
-                for _ in 0..100 {
-                    let ring = Ring::create(1, 0).unwrap();
-                    drop(ring.producer(None).unwrap().unwrap());
-                    drop(made_before.mutex_at(MUTEX).lock(None).unwrap().unwrap());
-                    let block = lock_block();
-                    drop(block.mutex_at(MUTEX).lock(None).unwrap().unwrap());
-                }
-            },
-        );
     }
 }
