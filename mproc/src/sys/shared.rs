@@ -315,11 +315,14 @@ impl RobustMutex {
             return true;
         }
         let tid = self.first_word().load(Ordering::Acquire) & FUTEX_TID_MASK;
+        if tid == 0 {
+            return false;
+        }
         // SAFETY: tgkill with signal 0 sends nothing; it only says whether thread `tid`
-        // belongs to this process (ESRCH when not).
-        tid != 0
-            && unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid as libc::pid_t, 0) }
-                == 0
+        // belongs to this process.
+        let rc = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid as libc::pid_t, 0) };
+        // Only ESRCH says "not ours"; any other failure (a seccomp filter) cannot tell.
+        rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
     }
 
     /// glibc's lock word, where the robust-futex ABI keeps the owner's thread id.
