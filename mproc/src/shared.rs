@@ -181,7 +181,8 @@ impl<T: Pod + fmt::Debug> fmt::Debug for Value<T> {
     }
 }
 
-/// A [`Value`]'s lock, held; derefs to the value. Released on drop.
+/// A [`Value`]'s lock, held; derefs to the value. Released on drop. (Forgotten, it holds the
+/// lock as a forgotten [`LockGuard`](crate::LockGuard) does.)
 ///
 /// ```
 /// let v = mproc::Value::new(1u16)?;
@@ -362,7 +363,8 @@ impl<T: Pod> fmt::Debug for Array<T> {
     }
 }
 
-/// An [`Array`]'s lock, held; derefs to the elements. Released on drop.
+/// An [`Array`]'s lock, held; derefs to the elements. Released on drop. (Forgotten, it holds
+/// the lock as a forgotten [`LockGuard`](crate::LockGuard) does.)
 ///
 /// ```
 /// let a = mproc::Array::<u8>::new(2)?;

@@ -43,7 +43,7 @@ fn deadline(timeout: Duration) -> Option<Instant> {
 
 /// A block of `kind` with room for its words (no mutex).
 fn new_block(kind: u32, what: &str) -> Result<Arc<Block>, Error> {
-    Block::create(kind, WORDS_AT + 64)
+    Block::create(kind, WORDS_AT + 64, mutexes_of(kind))
         .map(Arc::new)
         .map_err(|e| os(&format!("creating shared memory for {what}"), e))
 }
@@ -70,6 +70,15 @@ fn wake(block: &Block, at: usize, n: u32) {
     }
 }
 
+/// Where blocks of `kind` have a robust mutex: a lock's, an `RLock`'s, a shared value's and
+/// a shared array's, at [`MUTEX_AT`].
+fn mutexes_of(kind: u32) -> &'static [usize] {
+    match kind {
+        KIND_SEMAPHORE | KIND_EVENT | KIND_CONDITION | KIND_BARRIER => &[],
+        _ => &[MUTEX_AT],
+    }
+}
+
 /// A handle's bytes: the index of its block's descriptor in the message (see `handle.rs`).
 pub(crate) fn serialize_block<S: Serializer>(block: &Block, s: S) -> Result<S::Ok, S::Error> {
     use std::os::fd::AsFd;
@@ -83,7 +92,7 @@ pub(crate) fn deserialize_block<'de, D: Deserializer<'de>>(
 ) -> Result<Arc<Block>, D::Error> {
     let at = u32::deserialize(d)?;
     let fd = crate::handle::import(at).map_err(serde::de::Error::custom)?;
-    Block::open(fd, kind)
+    Block::open(fd, kind, mutexes_of(kind))
         .map(Arc::new)
         .map_err(serde::de::Error::custom)
 }
@@ -229,7 +238,7 @@ pub(crate) fn new_mutex_block(
     extra: usize,
     recursive: bool,
 ) -> Result<Arc<Block>, Error> {
-    let block = Block::create(kind, WORDS_AT + 64 + extra)
+    let block = Block::create(kind, WORDS_AT + 64 + extra, &[MUTEX_AT])
         .map_err(|e| os("creating shared memory for a lock", e))?;
     block
         .mutex_at(MUTEX_AT)
@@ -258,6 +267,11 @@ impl fmt::Debug for Lock {
 
 /// A held [`Lock`]; dropping it releases the lock. Not `Send`: the thread that took a lock
 /// releases it.
+///
+/// A guard passed to `mem::forget` keeps the lock held until its thread exits (other
+/// processes are then told that its owner died). If the lock's last handle in this process is
+/// dropped before that, its shared memory stays mapped until the process exits: the holding
+/// thread's robust list still points into it.
 ///
 /// ```
 /// let lock = mproc::Lock::new()?;
@@ -309,6 +323,10 @@ impl fmt::Debug for LockGuard<'_> {
 
 /// A re-entrant lock shared between processes: Python's `multiprocessing.RLock`. The thread
 /// that holds it may acquire it again; it is free once released as many times.
+///
+/// Dropping the last handle in this process while one of its threads still holds the lock
+/// leaves its shared memory mapped until the process exits (the thread's robust list still
+/// points into it); the lock is freed for other processes when that thread exits.
 ///
 /// ```
 /// let lock = mproc::RLock::new()?;

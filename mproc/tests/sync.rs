@@ -1,12 +1,14 @@
 //! Locks, semaphores, events, conditions, barriers and shared values across processes, under
 //! every start method: exclusion, owner death, wake-ups, timeouts, handles passed as arguments.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use mproc::{
-    Array, Barrier, BoundedSemaphore, Condition, ErrorKind, Event, Lock, Pool, Process, RLock,
-    Semaphore, StartMethod, Value,
+    Array, Barrier, BoundedSemaphore, Condition, ErrorKind, Event, Lock, Pool, Process, Queue,
+    RLock, Semaphore, StartMethod, Value,
 };
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::common::{PATIENCE, start};
 
@@ -322,7 +324,198 @@ fn handles_reach_pool_tasks(m: StartMethod) {
     assert_eq!(seen, vec![100; 30]);
 }
 
+// ----------------------------------------------------------------------------------------
+// A lock's memory outlives every hold this process may still have on it
+
+/// The ways safe code can let go of a lock's last handle while this process may still hold the
+/// lock (its pthread mutex then sits on the holding thread's robust list).
+const UNMAP_SEQUENCES: [&str; 10] = [
+    "an RLock dropped while held",
+    "an RLock held by one thread, dropped by another",
+    "a forgotten LockGuard, its Lock dropped",
+    "a forgotten LockGuard, its Lock dropped by another thread",
+    "a forgotten ValueGuard, its Value dropped",
+    "a forgotten ArrayGuard, its Array dropped",
+    "a forgotten guard from Condition::wait_timeout, the Lock and Condition dropped",
+    "a queue's last handle dropped by the putting thread, another handle dropped mid-put",
+    "an RLock held through two mappings of it, one dropped while held",
+    "many of each, one after the other",
+];
+
+/// Lets go of a lock's last handle as `UNMAP_SEQUENCES[sequence]` says.
+fn let_go_while_held(sequence: usize) {
+    match sequence {
+        0 => {
+            let r = RLock::new().unwrap();
+            r.acquire().unwrap();
+            r.acquire().unwrap();
+            drop(r);
+        }
+        1 => {
+            let r = RLock::new().unwrap();
+            r.acquire().unwrap();
+            std::thread::spawn(move || drop(r)).join().unwrap();
+        }
+        2 => {
+            let l = Lock::new().unwrap();
+            std::mem::forget(l.acquire().unwrap());
+            drop(l);
+        }
+        3 => {
+            let l = Lock::new().unwrap();
+            std::mem::forget(l.acquire().unwrap());
+            std::thread::spawn(move || drop(l)).join().unwrap();
+        }
+        4 => {
+            let v = Value::new(5u64).unwrap();
+            std::mem::forget(v.lock().unwrap());
+            drop(v);
+        }
+        5 => {
+            let a = Array::<u32>::new(100).unwrap();
+            std::mem::forget(a.lock().unwrap());
+            drop(a);
+        }
+        6 => {
+            let lock = Lock::new().unwrap();
+            let cond = Condition::new(&lock).unwrap();
+            let (g, _) = cond
+                .wait_timeout(lock.acquire().unwrap(), Duration::from_millis(1))
+                .unwrap();
+            std::mem::forget(g);
+            drop(lock);
+            drop(cond);
+        }
+        7 => queue_dropped_mid_put(),
+        8 => {
+            // A handle sent through a pipe arrives as a second mapping of the same lock. Taken
+            // through the second, again through the first, released once through the second:
+            // the lock is still held, linked into this thread's list by the second's address.
+            let first = RLock::new().unwrap();
+            let (tx, rx) = mproc::pipe::<RLock>().unwrap();
+            tx.send(&first).unwrap();
+            let second = rx.recv_timeout(PATIENCE).unwrap();
+            let other = Lock::new().unwrap();
+            second.acquire().unwrap();
+            first.acquire().unwrap();
+            second.release().unwrap();
+            drop(second);
+            drop(other.acquire().unwrap());
+            first.release().unwrap();
+            assert!(first.release().is_err(), "free again");
+        }
+        _ => {
+            for _ in 0..20 {
+                (0..UNMAP_SEQUENCES.len() - 1).for_each(let_go_while_held);
+            }
+        }
+    }
+}
+
+/// Whether the putting thread of `queue_dropped_mid_put` is inside its put.
+static IN_PUT: AtomicBool = AtomicBool::new(false);
+/// Whether it may go on.
+static GO_ON: AtomicBool = AtomicBool::new(false);
+
+/// A value whose second encoding (the one into the queue, under its producers' lock) waits
+/// for `GO_ON`.
+#[derive(Deserialize)]
+struct WaitsInPut(u32);
+
+impl Serialize for WaitsInPut {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        static ENCODINGS: AtomicU32 = AtomicU32::new(0);
+        if ENCODINGS.fetch_add(1, Ordering::SeqCst) % 2 == 1 {
+            IN_PUT.store(true, Ordering::SeqCst);
+            let deadline = Instant::now() + PATIENCE;
+            while !GO_ON.load(Ordering::SeqCst) {
+                assert!(Instant::now() < deadline, "never let go on");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        self.0.serialize(s)
+    }
+}
+
+/// One thread puts (holding the queue's producers' lock while it encodes) while another drops
+/// its handle; the putter then drops the last one.
+fn queue_dropped_mid_put() {
+    IN_PUT.store(false, Ordering::SeqCst);
+    GO_ON.store(false, Ordering::SeqCst);
+    let q = Queue::<WaitsInPut>::new().unwrap();
+    let putter = q.clone();
+    let t = std::thread::spawn(move || {
+        putter.put(WaitsInPut(1)).unwrap();
+        assert_eq!(putter.len(), 1);
+        drop(putter);
+    });
+    let deadline = Instant::now() + PATIENCE;
+    while !IN_PUT.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the put never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(q);
+    GO_ON.store(true, Ordering::SeqCst);
+    t.join().unwrap();
+}
+
+/// In a thread of its own: takes `dies_holding`, runs `sequence`, then takes locks made after
+/// it many times (likely mapped where the sequence's lock was: before the fix, this quietly
+/// tangled the thread's robust list) and `made_before` (mapped before the sequence, so never
+/// there: before the fix, taking it wrote through the freed address and crashed). The thread
+/// exits holding `dies_holding`, which the kernel must then find through its robust list,
+/// past whatever the sequence left there, and hand on as its owner's death.
+fn drop_while_held(sequence: usize) -> bool {
+    let made_before = Lock::new().unwrap();
+    let dies_holding = Lock::new().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::mem::forget(dies_holding.acquire().unwrap());
+            let_go_while_held(sequence);
+            for _ in 0..200 {
+                let l = Lock::new().unwrap();
+                drop(l.acquire().unwrap());
+                let v = Value::new(0u32).unwrap();
+                *v.lock().unwrap() += 1;
+                let r = RLock::new().unwrap();
+                r.acquire().unwrap();
+                r.release().unwrap();
+            }
+            drop(made_before.acquire().unwrap());
+        });
+    });
+    // Shorter than the parent's wait for this process, so that a lock never handed on is
+    // reported as such.
+    let g = dies_holding.acquire_timeout(PATIENCE / 4).unwrap();
+    assert!(
+        g.owner_died(),
+        "the lock held by the exited thread is handed on"
+    );
+    drop(made_before.acquire().unwrap());
+    true
+}
+
+/// Dropping the last handle of a lock while this process may still hold it (an `RLock` never
+/// released, a guard forgotten) must not unmap the mutex: it is still on the holding thread's
+/// robust list, which the next lock of any other mutex writes through. Each sequence runs in a
+/// child of its own, because before the fix they crashed the process or corrupted its list.
+fn handles_dropped_while_held_leave_later_locks_working(m: StartMethod) {
+    for (sequence, what) in UNMAP_SEQUENCES.iter().enumerate() {
+        let mut p = start(m, drop_while_held, (sequence,));
+        let outcome = p.join_timeout(PATIENCE);
+        if outcome.is_err() {
+            let _ = p.kill();
+        }
+        assert!(
+            matches!(outcome, Ok(true)),
+            "{what}: {outcome:?} (exit code {:?})",
+            p.exitcode()
+        );
+    }
+}
+
 per_start_method!(
+    handles_dropped_while_held_leave_later_locks_working,
     handles_reach_pool_tasks,
     locks_exclude_across_processes,
     a_lock_whose_owner_died_is_handed_on_and_says_so,

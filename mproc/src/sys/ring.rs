@@ -564,6 +564,53 @@ impl Ring {
     }
 }
 
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // Every hold is a scoped `Held` today, so none is left here; one ever forgotten must
+        // not leave a thread's robust list pointing into unmapped memory (see
+        // `RobustMutex::held_here`).
+        if [PUT_MUTEX_AT, GET_MUTEX_AT, REG_MUTEX_AT]
+            .into_iter()
+            .any(|at| self.mutex(at).held_here())
+        {
+            self.map.keep_mapped();
+        }
+    }
+}
+
+#[cfg(test)]
+mod held_tests {
+    use super::super::shared::tests::{MUTEX, in_own_process, lock_block};
+    use super::*;
+
+    /// A queue's lock left held (no queue API does that, but one forgotten hold would) keeps
+    /// its memory mapped: later locks of other mutexes work, through this thread's list.
+    #[test]
+    fn a_queue_lock_left_held_leaves_later_locks_working() {
+        in_own_process(
+            "sys::ring::held_tests::a_queue_lock_left_held_leaves_later_locks_working",
+            || {
+                let made_before = lock_block();
+                for _ in 0..3 {
+                    let ring = Ring::create(1, 0).unwrap();
+                    std::mem::forget(ring.producer(None).unwrap().unwrap());
+                    std::mem::forget(ring.consumer(None).unwrap().unwrap());
+                    drop(ring);
+                    // Before any new mapping can take the ring's place.
+                    drop(made_before.mutex_at(MUTEX).lock(None).unwrap().unwrap());
+                }
+                for _ in 0..100 {
+                    let ring = Ring::create(1, 0).unwrap();
+                    drop(ring.producer(None).unwrap().unwrap());
+                    drop(made_before.mutex_at(MUTEX).lock(None).unwrap().unwrap());
+                    let block = lock_block();
+                    drop(block.mutex_at(MUTEX).lock(None).unwrap().unwrap());
+                }
+            },
+        );
+    }
+}
+
 impl AsFd for Ring {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()

@@ -9,6 +9,13 @@
 //!
 //! Unlike a pool's lanes, blocks are inherited by fork(2) children: a handle kept in a global
 //! works in a forked child, as Python's objects do.
+//!
+//! A robust mutex that a thread holds is linked, by its address in this process, into that
+//! thread's robust list, which glibc writes through at every lock and unlock of any robust
+//! mutex and the kernel walks when the thread exits. Safe code can drop a block's last handle
+//! while its mutex is held (an `RLock` never released, a guard passed to `mem::forget`): such a
+//! block is left mapped for the rest of the process's life (see [`RobustMutex::held_here`]),
+//! never unmapped under the list.
 
 use std::cell::UnsafeCell;
 use std::io;
@@ -29,25 +36,33 @@ pub(crate) const HEADER: usize = 64;
 pub(crate) struct Block {
     map: Mapping,
     file: OwnedFd,
+    /// Where its robust mutexes sit: the only ones [`Block::mutex_at`] lends, each checked
+    /// before the block is unmapped.
+    mutexes: &'static [usize],
 }
 
 impl Block {
-    /// A zero-filled block of `len` bytes (at least [`HEADER`]) for objects of `kind`.
-    pub(crate) fn create(kind: u32, len: usize) -> io::Result<Block> {
+    /// A zero-filled block of `len` bytes (at least [`HEADER`]) for objects of `kind`, with
+    /// robust mutexes at `mutexes` (set up by the caller with [`RobustMutex::init`]).
+    pub(crate) fn create(kind: u32, len: usize, mutexes: &'static [usize]) -> io::Result<Block> {
         let len = len.max(HEADER).next_multiple_of(64);
         let (map, file) = Mapping::create_inherited("mproc-shared", len)?;
-        let block = Block {
+        let mut block = Block {
             map,
             file: file.into_owned(),
+            mutexes: &[],
         };
+        assert!(block.fits(mutexes), "a mutex outside the block");
+        block.mutexes = mutexes;
         block.u32_at(4).store(kind, Ordering::Relaxed);
         block.u64_at(8).store(len as u64, Ordering::Relaxed);
         block.u32_at(0).store(MAGIC, Ordering::Release);
         Ok(block)
     }
 
-    /// Maps a block received from another process, checking that it is one of `kind`.
-    pub(crate) fn open(file: OwnedFd, kind: u32) -> io::Result<Block> {
+    /// Maps a block received from another process, checking that it is one of `kind` and has
+    /// room for robust mutexes at `mutexes`.
+    pub(crate) fn open(file: OwnedFd, kind: u32, mutexes: &'static [usize]) -> io::Result<Block> {
         let map = Mapping::open_inherited(file.as_fd())?;
         let bad = || {
             io::Error::new(
@@ -58,14 +73,32 @@ impl Block {
         if map.len() < HEADER {
             return Err(bad());
         }
-        let block = Block { map, file };
+        let mut block = Block {
+            map,
+            file,
+            mutexes: &[],
+        };
         if block.u32_at(0).load(Ordering::Acquire) != MAGIC
             || block.u32_at(4).load(Ordering::Relaxed) != kind
             || block.u64_at(8).load(Ordering::Relaxed) != block.map.len() as u64
+            || !block.fits(mutexes)
         {
             return Err(bad());
         }
+        block.mutexes = mutexes;
         Ok(block)
+    }
+
+    /// Whether every mutex at `mutexes` lies inside the block, aligned.
+    fn fits(&self, mutexes: &[usize]) -> bool {
+        let size = std::mem::size_of::<RobustMutex>();
+        mutexes.iter().all(|&at| {
+            at % 64 == 0
+                && at >= HEADER
+                && at
+                    .checked_add(size)
+                    .is_some_and(|end| end <= self.map.len())
+        })
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -97,12 +130,14 @@ impl Block {
         unsafe { &*self.map.as_ptr().add(at).cast::<AtomicU64>() }
     }
 
-    /// The robust mutex at `at` (64-aligned, inside the block), set up once by
+    /// The robust mutex at `at` (one of the block's `mutexes`), set up once by
     /// [`RobustMutex::init`] when the block is created.
     pub(crate) fn mutex_at(&self, at: usize) -> &RobustMutex {
-        self.check(at, std::mem::size_of::<RobustMutex>(), 64);
-        // SAFETY: inside the mapping and aligned (checked); `RobustMutex` is a transparent
-        // `UnsafeCell` over the C type, which glibc accesses with atomics across processes.
+        // Only a declared mutex is checked before the block is unmapped.
+        assert!(self.mutexes.contains(&at), "no mutex at offset {at}");
+        // SAFETY: a declared mutex, which `create` or `open` checked to lie inside the mapping,
+        // 64-aligned; `RobustMutex` is a transparent `UnsafeCell` over the C type, which glibc
+        // accesses with atomics across processes.
         unsafe { &*self.map.as_ptr().add(at).cast::<RobustMutex>() }
     }
 
@@ -133,6 +168,14 @@ impl Block {
         // SAFETY: inside the mapping (checked); nobody writes them while the caller holds the
         // guarding mutex (and this shared borrow of its `Held` excludes a mutable one here).
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(at), len) }
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        if self.mutexes.iter().any(|&at| self.mutex_at(at).held_here()) {
+            self.map.keep_mapped();
+        }
     }
 }
 
@@ -256,6 +299,39 @@ impl RobustMutex {
         }
     }
 
+    /// Whether a thread of this process may hold the mutex, through this mapping or another:
+    /// then the memory it was locked in must stay mapped, since it is linked into that
+    /// thread's robust list. Called when a mapping is about to go, so nothing of this process
+    /// can be locking or unlocking it through that mapping.
+    ///
+    /// The robust-futex ABI puts the owner's thread id in the lock word (glibc's `__lock`,
+    /// the mutex's first word, checked once per process by [`owner_in_first_word`]): a mutex
+    /// this process holds names one of its threads there until released (a thread that exits
+    /// holding it has it marked dead by the kernel, and its list is gone). An id of another
+    /// process's thread, or a word another process scribbled, makes this at worst keep a
+    /// mapping it could have dropped. No system call unless the mutex is held by someone.
+    pub(crate) fn held_here(&self) -> bool {
+        if !owner_in_first_word() {
+            return true;
+        }
+        let tid = self.first_word().load(Ordering::Acquire) & FUTEX_TID_MASK;
+        if tid == 0 {
+            return false;
+        }
+        // SAFETY: tgkill with signal 0 sends nothing; it only says whether thread `tid`
+        // belongs to this process.
+        let rc = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid as libc::pid_t, 0) };
+        // Only ESRCH says "not ours"; any other failure (a seccomp filter) cannot tell.
+        rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+
+    /// glibc's lock word, where the robust-futex ABI keeps the owner's thread id.
+    fn first_word(&self) -> &AtomicU32 {
+        // SAFETY: `pthread_mutex_t` is at least 4-aligned and larger than 4 bytes; its first
+        // field is glibc's `int __lock`, which every process changes only atomically.
+        unsafe { &*self.0.get().cast::<AtomicU32>() }
+    }
+
     /// Releases a hold taken with [`Held`] forgotten (an `RLock` released by `release()`).
     /// `Err(EPERM)` when this thread does not hold it.
     pub(crate) fn unlock(&self) -> io::Result<()> {
@@ -266,6 +342,36 @@ impl RobustMutex {
             e => Err(io::Error::from_raw_os_error(e)),
         }
     }
+}
+
+/// The thread-id bits of a robust futex word (`FUTEX_TID_MASK` in linux/futex.h).
+const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
+
+/// Whether this C library keeps a held robust mutex's owner, and nothing else, in the mutex's
+/// first word (glibc does; [`RobustMutex::held_here`] relies on it and, if it were ever not
+/// so, assumes every mutex may be held). Checked once per process on a private mutex.
+fn owner_in_first_word() -> bool {
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        // SAFETY: an all-zero `pthread_mutex_t` is a valid value to hand to
+        // `pthread_mutex_init` (which `init` does before any other use).
+        let probe = Box::new(RobustMutex(UnsafeCell::new(unsafe { std::mem::zeroed() })));
+        if probe.init(false).is_err() {
+            return false;
+        }
+        // SAFETY: gettid has no preconditions.
+        let me = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
+        let held = match probe.lock(None) {
+            Ok(Some((held, _))) => held,
+            _ => return false,
+        };
+        let while_held = probe.first_word().load(Ordering::Relaxed);
+        drop(held);
+        let after = probe.first_word().load(Ordering::Relaxed);
+        // SAFETY: the mutex is set up, free, and unused from here on.
+        unsafe { libc::pthread_mutex_destroy(probe.0.get()) };
+        while_held == me && after == 0
+    })
 }
 
 /// `deadline` as an absolute CLOCK_MONOTONIC time (what `Instant` measures on Linux).
@@ -288,5 +394,126 @@ fn monotonic_deadline(deadline: Instant) -> libc::timespec {
     libc::timespec {
         tv_sec: sec,
         tv_nsec: nsec,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    use super::*;
+
+    pub(crate) const MUTEX: usize = 64;
+
+    /// A block with a robust (recursive) mutex at 64, for tests.
+    pub(crate) fn lock_block() -> Block {
+        let block = Block::create(1, 256, &[MUTEX]).unwrap();
+        block.mutex_at(MUTEX).init(true).unwrap();
+        block
+    }
+
+    /// Runs `body` in a new process running only this test (`name`, its full path), and
+    /// checks that it passed there: what it checks may crash the process it runs in.
+    pub(crate) fn in_own_process(name: &str, body: impl FnOnce()) {
+        const CHILD: &str = "MPROC_TEST_IN_OWN_PROCESS";
+        if std::env::var_os(CHILD).is_some() {
+            body();
+            return;
+        }
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--test-threads=1"])
+            .env(CHILD, "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{name} did not finish in its own process");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+        assert!(
+            status.success(),
+            "{name} in its own process: {status}\n{out}"
+        );
+        assert!(
+            out.contains("1 passed"),
+            "{name} did not run in its own process:\n{out}"
+        );
+    }
+
+    #[test]
+    fn held_here_knows_this_process_s_holds_from_others() {
+        assert!(
+            owner_in_first_word(),
+            "glibc keeps a robust mutex's owner in its first word"
+        );
+        let block = lock_block();
+        let m = block.mutex_at(MUTEX);
+        assert!(!m.held_here(), "free");
+        let (held, _) = m.lock(None).unwrap().unwrap();
+        assert!(m.held_here(), "held by this thread");
+        drop(held);
+        assert!(!m.held_here(), "released");
+
+        let (took, taken) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let held = m.lock(None).unwrap().unwrap();
+                took.send(()).unwrap();
+                let _ = released.recv_timeout(Duration::from_secs(20));
+                drop(held);
+            });
+            taken.recv_timeout(Duration::from_secs(20)).unwrap();
+            assert!(m.held_here(), "held by another thread of this process");
+            release.send(()).unwrap();
+        });
+        assert!(!m.held_here());
+
+        let (read, write) = crate::sys::fd::pipe().unwrap();
+        // SAFETY: the child only locks a mutex (no allocation), writes to a pipe and sleeps,
+        // all safe after fork in a multithreaded process; it never returns.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
+        if pid == 0 {
+            let held = m.lock(None);
+            // SAFETY: writes one byte from a valid buffer; then sleeps until killed.
+            unsafe {
+                libc::write(write.as_raw_fd(), [1u8].as_ptr().cast(), 1);
+                libc::sleep(60);
+                libc::_exit(if held.is_ok() { 0 } else { 1 })
+            }
+        }
+        drop(write);
+        let mut byte = [0u8];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        crate::sys::fd::poll_read(&[read.as_fd()], Some(deadline)).unwrap();
+        // SAFETY: reads at most one byte into a valid buffer, without blocking: the pipe is
+        // readable (the child wrote once it held the mutex, or died) or it is empty and the
+        // read fails, which the assertion below reports.
+        let n = unsafe {
+            libc::fcntl(read.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
+            libc::read(read.as_raw_fd(), byte.as_mut_ptr().cast(), 1)
+        };
+        let held_elsewhere = m.held_here();
+        // SAFETY: kills and reaps the child made above.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        assert_eq!(n, 1, "the child took the mutex");
+        assert!(!held_elsewhere, "held by another process");
+        let (_held, taken) = m.lock(None).unwrap().unwrap();
+        assert_eq!(taken, Taken::OwnerDied);
     }
 }

@@ -24,6 +24,8 @@ pub(crate) struct Mapping {
     /// mapped it. A fork child does not have it, and must not unmap whatever it has at that
     /// address since.
     private_to: Option<u64>,
+    /// Left mapped when dropped (see [`Mapping::keep_mapped`]).
+    kept: bool,
 }
 
 // SAFETY: the mapping is plain memory, valid until drop in whichever thread drops it; the
@@ -156,6 +158,7 @@ impl Mapping {
             ptr: NonNull::new(ptr.cast()).ok_or(io::ErrorKind::InvalidData)?,
             len,
             private_to: (!inherit).then(super::proc::fork_generation),
+            kept: false,
         };
         if !inherit {
             // SAFETY: advice on exactly the range just mapped.
@@ -172,6 +175,13 @@ impl Mapping {
 
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    /// Leaves the pages mapped when `self` is dropped, for the rest of the process's life: for
+    /// memory that something outside Rust's ownership may still point into (a robust mutex on
+    /// a thread's robust list, which glibc and the kernel follow by address).
+    pub(crate) fn keep_mapped(&mut self) {
+        self.kept = true;
     }
 
     /// Copies `buf.len()` bytes at `offset` out of the mapping. `InvalidInput` if they are not
@@ -398,6 +408,9 @@ impl Drop for Mapping {
             .is_some_and(|g| g != super::proc::fork_generation())
         {
             return; // a fork child, which never had the pages
+        }
+        if self.kept {
+            return;
         }
         // SAFETY: unmaps exactly what `map` mapped, once; no reference into it outlives `self`
         // (the types built on it borrow it).
