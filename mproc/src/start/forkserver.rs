@@ -9,9 +9,16 @@
 //!
 //! Server side: a single-threaded loop over the request socket, a signalfd for `SIGCHLD` and
 //! the liveness pipe. A request is served by `fork`; the child closes every descriptor but its
-//! control socket, asks to be killed when the server dies, and runs the worker. A reaped child's
-//! status goes back on its status socket. When the parent dies the liveness pipe hangs up (and
-//! the request socket closes); the server exits and the kernel kills its children.
+//! control socket and its own description of the liveness pipe, on which the kernel will kill
+//! it when the pipe hangs up ([`alive::tie`]), and runs the worker. A reaped child's status goes
+//! back on its status socket. When the parent dies the liveness pipe hangs up (and the request
+//! socket closes): the server and every child exit.
+//!
+//! A child's life is tied to the user's process, never to the server's: a server killed by
+//! the out-of-memory killer or a stray `kill` leaves its running children running (another
+//! process adopts them), and the next start replaces the server. The parent's [`Child`] then
+//! sees the end through its pidfd and learns how it ended from the kernel's record or from the
+//! child's own report (see [`Reaper::Adopted`]).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -168,25 +175,29 @@ pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
             proc::exit_now(1)
         };
         if ready[2].readable || ready[2].hangup {
-            proc::exit_now(0); // the parent died; PR_SET_PDEATHSIG takes the children
+            proc::exit_now(0); // the parent died; each child sees the same pipe and exits
         }
         if ready[1].readable {
             proc::drain_signalfd(sigchld.as_fd());
             report_ended(&mut children);
         }
         if ready[0].readable || ready[0].hangup {
-            serve_requests(&mut request, &mut children);
+            serve_requests(&mut request, alive.as_fd(), &mut children);
         }
     }
 }
 
-fn serve_requests(request: &mut Channel, children: &mut HashMap<u32, Channel>) {
+fn serve_requests(
+    request: &mut Channel,
+    alive: BorrowedFd<'_>,
+    children: &mut HashMap<u32, Channel>,
+) {
     loop {
         match request.try_recv_frame() {
             Ok(Some(_frame)) => {
                 let fds = request.take_fds();
                 if let Ok([ctrl, status]) = <[OwnedFd; 2]>::try_from(fds) {
-                    fork_child(ctrl, status, children);
+                    fork_child(ctrl, status, alive, children);
                 }
             }
             Ok(None) => return,
@@ -201,16 +212,25 @@ fn serve_requests(request: &mut Channel, children: &mut HashMap<u32, Channel>) {
     }
 }
 
-fn fork_child(ctrl: OwnedFd, status: OwnedFd, children: &mut HashMap<u32, Channel>) {
-    let server_pid = proc::getpid();
+fn fork_child(
+    ctrl: OwnedFd,
+    status: OwnedFd,
+    alive: BorrowedFd<'_>,
+    children: &mut HashMap<u32, Channel>,
+) {
+    // Made here, where it is cheap (this process's /proc entries are warm), not in the child.
+    let Some((tie, own)) = alive::tie_for_child(alive) else {
+        return; // dropping `status` tells the client the fork failed
+    };
     match proc::fork() {
         Ok(ForkSide::Child) => {
-            proc::close_all_fds_except(ctrl.as_raw_fd());
+            // Tied to the user's process through its liveness pipe, not to the server through
+            // PR_SET_PDEATHSIG: the server may die (killed, out of memory) while the user's
+            // process still wants this child's work.
+            proc::close_all_fds_except(&[ctrl.as_raw_fd(), tie.as_raw_fd()]);
             fd::lock_internal().forget_all();
             proc::unblock_all_signals();
-            if proc::kill_me_with_parent().is_err() || proc::getppid() != server_pid {
-                proc::exit_now(1);
-            }
+            alive::tie(tie, own);
             worker::run(InternalFd::new(ctrl))
         }
         Ok(ForkSide::Parent(pid)) => {
