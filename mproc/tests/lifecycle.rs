@@ -580,3 +580,41 @@ fn a_fork_server_child_needs_no_watcher_thread() {
     p.start().unwrap();
     assert_eq!(p.join_timeout(PATIENCE).unwrap(), 1);
 }
+
+/// Whether thread `tid` of this process waits in poll(2).
+fn waits_in_poll(tid: i32) -> bool {
+    let now = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap_or_default();
+    // poll (7) or ppoll (271) on x86_64, ppoll (73) on aarch64.
+    matches!(now.split(' ').next().unwrap_or(""), "7" | "271" | "73")
+}
+
+/// A server killed with a request of ours queued, before it could fork: nothing ran, so the
+/// start goes to a fresh server instead of failing.
+#[test]
+fn a_request_the_killed_server_never_served_goes_to_a_fresh_one() {
+    const NAME: &str = "lifecycle::a_request_the_killed_server_never_served_goes_to_a_fresh_one";
+    if !alone(NAME) {
+        return run_alone(NAME);
+    }
+    let m = StartMethod::Forkserver;
+    let mut first = Process::new(my_parent, ()).start_method(m);
+    first.start().unwrap();
+    let server = first.join_timeout(PATIENCE).unwrap();
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(server as i32, libc::SIGSTOP) }, 0);
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let starter = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        tid_tx.send(unsafe { libc::gettid() }).unwrap();
+        let mut p = Process::new(my_parent, ()).start_method(m);
+        p.start().map(|()| p.join_timeout(PATIENCE))
+    });
+    let tid = tid_rx.recv_timeout(PATIENCE).unwrap();
+    wait_until("the start waits for the stopped server", || {
+        waits_in_poll(tid)
+    });
+    kill_and_await(server);
+    let new_server = starter.join().unwrap().unwrap().unwrap();
+    assert_ne!(new_server, server);
+    assert_eq!(parent_pid_of(new_server), std::process::id());
+}
