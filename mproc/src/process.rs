@@ -250,6 +250,12 @@ impl<R> Process<R> {
     /// killed it. Never blocks. Also `None` after it ended if its status was lost because this
     /// process ignores `SIGCHLD` (the kernel then reaps children itself).
     ///
+    /// A [`Forkserver`](crate::StartMethod::Forkserver) child whose fork server was killed
+    /// while it ran is adopted by another process, which alone can reap it. Its code then
+    /// comes from the kernel's record (Linux 6.15 and later, once the adopter reaped it), else
+    /// from what it reported (0 after the target returned, 1 after a panic or error), else it
+    /// is `None`.
+    ///
     /// ```
     /// fn work() {}
     /// let mut p = mproc::Process::new(work, ());

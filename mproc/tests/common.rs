@@ -63,6 +63,8 @@ pub(crate) fn alone() -> bool {
         .stdout(Stdio::piped())
         .spawn()
         .expect("run this test binary again");
+    let stdout = run.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
     let deadline = Instant::now() + PATIENCE * 6;
     let status = loop {
         if let Some(status) = run.try_wait().expect("wait for the test's own run") {
@@ -75,9 +77,16 @@ pub(crate) fn alone() -> bool {
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut run.stdout.take().expect("piped"), &mut out)
-        .expect("read the test's own run");
+    // Its children die with it (they watch its liveness pipe), and with them the last writers
+    // of its output.
+    while !reader.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "{name}, run alone: its children outlived it"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = reader.join().expect("the reader thread");
     assert!(
         status.success(),
         "{name}, run alone, failed ({status}):\n{out}"

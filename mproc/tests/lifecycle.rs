@@ -4,9 +4,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mproc::{Process, StartMethod};
+use mproc::{Barrier, ErrorKind, Event, Pool, Process, StartMethod};
 
-use crate::common::{PATIENCE, alone, has_ended, open_fds, sleep_ms};
+use crate::common::{PATIENCE, alone, exists, has_ended, open_fds, sleep_ms, wait_until};
 
 const ORPHAN_DRIVER: &str = "MPROC_TEST_ORPHAN_DRIVER";
 
@@ -30,9 +30,14 @@ fn drive_orphans(method: &str) {
 }
 
 fn parent_pid_of(pid: u32) -> u32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = stat.rsplit(')').next().unwrap();
-    after.split_whitespace().nth(1).unwrap().parse().unwrap()
+    parent_of(pid).unwrap_or_else(|| panic!("no process {pid}"))
+}
+
+/// The parent of `pid`, if there is such a process.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit(')').next()?;
+    after.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[test]
@@ -245,3 +250,320 @@ per_start_method!(
     children_hold_only_the_descriptors_meant_for_them,
     a_forked_grandchild_keeps_its_parents_files,
 );
+
+// The fork server's death: its children belong to the user's process, not to the server.
+// Each scenario kills a fork server, which every other test of this process would feel, so it
+// runs in a process of its own (see `alone`).
+
+/// The pids whose parent is `pid`, from `/proc`.
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .map_while(Result::ok)
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|&p| parent_of(p) == Some(pid))
+        .collect()
+}
+
+/// SIGKILLs `pid` (a fork server: our own child, so its pid cannot have been reused) and
+/// waits until it has ended.
+fn kill_and_await(pid: u32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    wait_until("the killed fork server has ended", || has_ended(pid));
+}
+
+fn my_parent() -> u32 {
+    parent_pid_of(std::process::id())
+}
+
+fn wait_then_set(go: Event, done: Event) -> u32 {
+    assert!(go.wait_timeout(PATIENCE), "never told to go");
+    std::thread::sleep(Duration::from_millis(500));
+    done.set();
+    7
+}
+
+/// A running `Forkserver` child outlives its server, which is killed under it (CPython's
+/// bpo-31308): it finishes its work, its handle joins it with its value and exit code, and the
+/// next process starts through a fresh server.
+#[test]
+fn a_child_outlives_its_killed_fork_server_and_the_next_one_starts() {
+    if !alone() {
+        return;
+    }
+    let m = StartMethod::Forkserver;
+    let (go, done) = (Event::new().unwrap(), Event::new().unwrap());
+    let mut p = Process::new(wait_then_set, (go.clone(), done.clone())).start_method(m);
+    p.start().unwrap();
+    let server = parent_pid_of(p.pid().unwrap());
+    assert_ne!(server, std::process::id(), "the child is the server's");
+    kill_and_await(server);
+    go.set();
+    assert!(
+        done.wait_timeout(PATIENCE),
+        "the child died with its fork server"
+    );
+    assert_eq!(p.join_timeout(PATIENCE).unwrap(), 7);
+    assert_eq!(p.exitcode(), Some(0));
+    assert!(!p.is_alive());
+    let mut next = Process::new(my_parent, ()).start_method(m);
+    next.start().unwrap();
+    let new_server = next.join_timeout(PATIENCE).unwrap();
+    assert_ne!(
+        new_server, server,
+        "a fresh server started the next process"
+    );
+    assert_ne!(new_server, std::process::id());
+    assert_eq!(next.exitcode(), Some(0));
+}
+
+/// Run as a separate copy of this test binary: starts two `Forkserver` sleepers and a
+/// `Forkserver` pool of two, kills their fork server, starts one more sleeper (through a fresh
+/// server), prints every pid that must die with it, and waits to be killed.
+fn drive_orphans_of_a_killed_server() {
+    let m = StartMethod::Forkserver;
+    let mut kids: Vec<_> = (0..2)
+        .map(|_| Process::new(sleep_ms, (60_000,)).start_method(m))
+        .collect();
+    for k in &mut kids {
+        k.start().unwrap();
+    }
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(m)
+        .build()
+        .unwrap();
+    assert_eq!(pool.apply(sleep_ms, (0,)).unwrap(), 0);
+    let server = parent_pid_of(kids[0].pid().unwrap());
+    wait_until(
+        "the pool's workers and the sleepers are the server's",
+        || children_of(server).len() == 4,
+    );
+    let mut pids = children_of(server);
+    kill_and_await(server);
+    let mut late = Process::new(sleep_ms, (60_000,)).start_method(m);
+    late.start().unwrap();
+    pids.push(late.pid().unwrap());
+    pids.push(parent_pid_of(late.pid().unwrap()));
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    println!("PIDS {}", pids.join(" "));
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// Children that outlived their fork server still die with the user's process: a SIGKILLed
+/// parent takes its orphaned `Forkserver` processes and pool workers, the fresh server and
+/// its child, all within a second.
+#[test]
+fn orphans_of_a_killed_fork_server_still_die_with_the_parent_within_a_second() {
+    const NAME: &str =
+        "lifecycle::orphans_of_a_killed_fork_server_still_die_with_the_parent_within_a_second";
+    const DRIVER: &str = "MPROC_TEST_SERVER_ORPHANS_DRIVER";
+    if std::env::var_os(DRIVER).is_some() {
+        return drive_orphans_of_a_killed_server();
+    }
+    let mut driver = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", NAME, "--nocapture"])
+        .env(DRIVER, "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = driver.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("PIDS ").map(str::to_owned))
+    });
+    let deadline = Instant::now() + PATIENCE;
+    while !reader.is_finished() {
+        if Instant::now() >= deadline {
+            let _ = driver.kill();
+            panic!("the driver never printed its children");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let Some(line) = reader.join().unwrap() else {
+        let _ = driver.kill();
+        panic!(
+            "the driver failed before printing its children: {:?}",
+            driver.wait()
+        );
+    };
+    let pids: Vec<u32> = line.split(' ').map(|p| p.parse().unwrap()).collect();
+    let all_ran = pids.iter().all(|&p| !has_ended(p));
+    driver.kill().unwrap();
+    driver.wait().unwrap();
+    assert_eq!(pids.len(), 6, "{pids:?}");
+    assert!(all_ran, "all ran until their parent was killed: {pids:?}");
+    let killed = Instant::now();
+    while !pids.iter().all(|&p| has_ended(p)) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "still alive a second after their parent was killed: {:?}",
+            pids.iter().filter(|&&p| !has_ended(p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn kill_myself() {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    std::thread::sleep(PATIENCE);
+}
+
+/// Meets another task at `barrier` (so two workers run at once), then says who ran it.
+fn meet(barrier: Barrier) -> (u32, u32) {
+    barrier.wait_timeout(PATIENCE).unwrap();
+    (std::process::id(), my_parent())
+}
+
+fn square(n: u64) -> u64 {
+    n * n
+}
+
+/// A pool whose fork server is killed keeps working with the workers it has, and a worker
+/// lost afterwards is replaced through a fresh server.
+#[test]
+fn a_pool_outlives_its_killed_fork_server() {
+    if !alone() {
+        return;
+    }
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(StartMethod::Forkserver)
+        .build()
+        .unwrap();
+    let expected: Vec<u64> = (0..1000).map(|n| n * n).collect();
+    let barrier = Barrier::new(2).unwrap();
+    let meetings: Vec<_> = (0..2)
+        .map(|_| pool.apply_async(meet, (barrier.clone(),)).unwrap())
+        .collect();
+    let workers: Vec<(u32, u32)> = meetings
+        .iter()
+        .map(|r| r.get_timeout(PATIENCE).unwrap())
+        .collect();
+    let server = workers[0].1;
+    assert_eq!(workers[1].1, server, "both workers are the server's");
+    kill_and_await(server);
+    let all = pool.map_async(square, 0..1000).unwrap();
+    assert_eq!(all.get_timeout(PATIENCE).unwrap(), expected);
+    for (pid, _) in &workers {
+        assert!(!has_ended(*pid), "worker {pid} died with the fork server");
+    }
+    let lost = pool.apply_async(kill_myself, ()).unwrap();
+    let e = lost.get_timeout(PATIENCE).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::WorkerLost(_)), "{e:?}");
+    let meetings: Vec<_> = (0..2)
+        .map(|_| pool.apply_async(meet, (barrier.clone(),)).unwrap())
+        .collect();
+    let now: Vec<(u32, u32)> = meetings
+        .iter()
+        .map(|r| r.get_timeout(PATIENCE).unwrap())
+        .collect();
+    let fresh: Vec<_> = now
+        .iter()
+        .filter(|(pid, _)| !workers.iter().any(|w| w.0 == *pid))
+        .collect();
+    assert_eq!(fresh.len(), 1, "one replacement: {now:?} after {workers:?}");
+    let new_server = fresh[0].1;
+    assert_ne!(new_server, server);
+    assert_eq!(
+        parent_pid_of(new_server),
+        std::process::id(),
+        "a fresh server of ours"
+    );
+    assert_eq!(pool.map(square, 0..1000).unwrap(), expected);
+    pool.close();
+    pool.join().unwrap();
+}
+
+fn sleep_then_return(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// A process that adopts the orphans of its killed fork server (it is a subreaper, as a
+/// container's init is) reaps them itself, so it knows exactly how they ended and leaves no
+/// zombie.
+#[test]
+fn an_adopting_parent_reaps_the_orphans_and_knows_how_they_ended() {
+    if !alone() {
+        return;
+    }
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) has no memory-safety preconditions.
+    let made_subreaper = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(made_subreaper, 0);
+    let m = StartMethod::Forkserver;
+    let mut stopped = Process::new(sleep_ms, (60_000,)).start_method(m);
+    let mut finishing = Process::new(sleep_then_return, (300,)).start_method(m);
+    stopped.start().unwrap();
+    finishing.start().unwrap();
+    let server = parent_pid_of(stopped.pid().unwrap());
+    kill_and_await(server);
+    for p in [stopped.pid().unwrap(), finishing.pid().unwrap()] {
+        wait_until("the orphan is adopted", || {
+            parent_of(p) == Some(std::process::id())
+        });
+    }
+    stopped.terminate().unwrap();
+    let e = stopped.join_timeout(PATIENCE).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::WorkerLost(_)), "{e:?}");
+    assert_eq!(stopped.exitcode(), Some(-libc::SIGTERM));
+    assert_eq!(finishing.join_timeout(PATIENCE).unwrap(), 300);
+    assert_eq!(finishing.exitcode(), Some(0));
+    for p in [stopped.pid().unwrap(), finishing.pid().unwrap()] {
+        assert!(!exists(p), "{p} was left a zombie");
+    }
+}
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// A fork server child is tied to its parent by the kernel (a signal on the liveness pipe's
+/// hang-up), not by a watcher thread, which would cost a large share of its start.
+#[test]
+fn a_fork_server_child_needs_no_watcher_thread() {
+    let mut p = Process::new(threads, ()).start_method(StartMethod::Forkserver);
+    p.start().unwrap();
+    assert_eq!(p.join_timeout(PATIENCE).unwrap(), 1);
+}
+
+/// Whether thread `tid` of this process waits in poll(2).
+fn waits_in_poll(tid: i32) -> bool {
+    let now = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap_or_default();
+    // poll (7) or ppoll (271) on x86_64, ppoll (73) on aarch64.
+    matches!(now.split(' ').next().unwrap_or(""), "7" | "271" | "73")
+}
+
+/// A server killed with a request of ours queued, before it could fork: nothing ran, so the
+/// start goes to a fresh server instead of failing.
+#[test]
+fn a_request_the_killed_server_never_served_goes_to_a_fresh_one() {
+    if !alone() {
+        return;
+    }
+    let m = StartMethod::Forkserver;
+    let mut first = Process::new(my_parent, ()).start_method(m);
+    first.start().unwrap();
+    let server = first.join_timeout(PATIENCE).unwrap();
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(server as i32, libc::SIGSTOP) }, 0);
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let starter = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        tid_tx.send(unsafe { libc::gettid() }).unwrap();
+        let mut p = Process::new(my_parent, ()).start_method(m);
+        p.start().map(|()| p.join_timeout(PATIENCE))
+    });
+    let tid = tid_rx.recv_timeout(PATIENCE).unwrap();
+    wait_until("the start waits for the stopped server", || {
+        waits_in_poll(tid)
+    });
+    kill_and_await(server);
+    let new_server = starter.join().unwrap().unwrap().unwrap();
+    assert_ne!(new_server, server);
+    assert_eq!(parent_pid_of(new_server), std::process::id());
+}

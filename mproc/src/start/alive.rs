@@ -4,9 +4,13 @@
 //! Children get a copy of the read end and never the write end, so when the parent dies for
 //! any reason the kernel closes its write end and every child's read end hangs up. Spawned and
 //! forked children watch it from a small thread and exit at once; the fork server watches it
-//! in its event loop and exits, and its children die with it through `PR_SET_PDEATHSIG`.
+//! in its event loop and exits. The fork server's children are tied to the same pipe, never to
+//! the server (which may die alone, killed by hand or by the out-of-memory killer, while the
+//! user's process still wants their work): each gets an open file description of the pipe of
+//! its own, on which the kernel itself SIGKILLs it at the hang-up (see [`tie`]), at a fraction
+//! of a thread's cost.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::Error;
@@ -72,4 +76,33 @@ pub(crate) fn watch(read: OwnedFd) {
         proc::write_stderr("mproc: could not start the parent watcher thread; exiting\n");
         proc::exit_now(1);
     }
+}
+
+/// In a fork server, before forking a child: what the child will tie itself to the parent's
+/// pipe `read` with. A description of the pipe of its own if one can be opened (the kernel
+/// then kills the child itself, see [`tie`]), else a plain copy (for a watcher thread).
+pub(crate) fn tie_for_child(read: BorrowedFd<'_>) -> Option<(OwnedFd, bool)> {
+    match proc::reopen_pipe_reader(read) {
+        Ok(own) => Some((own, true)),
+        Err(_) => read.try_clone_to_owned().ok().map(|copy| (copy, false)),
+    }
+}
+
+/// In a fork server's child: exits as soon as the parent's pipe hangs up. `own` says whether
+/// `read` is a description of the child's own ([`tie_for_child`]): then the kernel delivers
+/// `SIGKILL` at the hang-up and no thread is needed; otherwise, or if the kernel refuses, a
+/// watcher thread does it.
+pub(crate) fn tie(read: OwnedFd, own: bool) {
+    if own {
+        match proc::kill_me_on_hangup(read.as_fd()) {
+            Ok(false) => {
+                // The kernel's watch lasts as long as the description stays open: for life.
+                std::mem::forget(read);
+                return;
+            }
+            Ok(true) => proc::exit_now(1), // the parent is already gone
+            Err(_) => {}
+        }
+    }
+    watch(read);
 }

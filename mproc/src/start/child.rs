@@ -5,6 +5,10 @@
 //! waiting, so a child writing a result larger than the socket buffer is never stuck, and the
 //! end of the process is seen through its pidfd (or, for a fork server child, through the
 //! server's status report), never through end-of-file, which a leaked descriptor could delay.
+//!
+//! A fork server child outlives a server that is killed: the server's status channel then
+//! closes without a report, and the child's end is watched on its pidfd instead (see
+//! [`Reaper::Adopted`]).
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Instant;
@@ -22,6 +26,15 @@ pub(crate) enum Reaper {
     Us,
     /// The fork server is the real parent and reports the exit status on this channel.
     Server(Channel),
+    /// The fork server died before reporting, so another process adopted the child: the
+    /// nearest subreaper among the server's ancestors, else init. If that is this process
+    /// (it is a subreaper, or a container's init), it reaps the child as its parent and knows
+    /// how it ended. Otherwise the adopter reaps it, and only the adopter learns its status
+    /// from `wait`: the end is seen on the pidfd, and how it ended comes from the kernel's
+    /// record ([`proc::exit_record`], Linux 6.15 and later, once the adopter has reaped it);
+    /// failing that, from the outcome the child sent (a worker exits 0 after reporting a value
+    /// and 1 after any other outcome); failing that, it is [`Exit::Unknown`].
+    Adopted,
 }
 
 /// A started child.
@@ -74,16 +87,17 @@ impl Child {
             if let Some(exit) = self.exit {
                 // Everything it wrote before ending is in the socket buffer now.
                 self.pump_ctrl();
-                return Ok(Some(exit));
+                if exit == Exit::Unknown && matches!(self.reaper, Reaper::Adopted) {
+                    if let Some(Ok(outcome)) = &self.outcome {
+                        self.exit = Some(Exit::Code(super::worker::exit_code_after(outcome)));
+                    }
+                }
+                return Ok(self.exit);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(None);
             }
-            let exit_fd = match &self.reaper {
-                Reaper::Us => self.pidfd.as_fd(),
-                Reaper::Server(status) => status.fd(),
-            };
-            let mut fds = vec![exit_fd];
+            let mut fds = vec![self.exit_fd()];
             if self.outcome.is_none() && !self.ctrl.at_eof() {
                 fds.push(self.ctrl.fd());
             }
@@ -113,11 +127,27 @@ impl Child {
             Reaper::Server(status) => match status.try_recv_frame() {
                 Ok(Some(frame)) => channel::decode_message(&frame).map(Some),
                 Ok(None) => Ok(None),
-                // The server died before reporting: the child died with it.
-                Err(e) if *e.kind() == ErrorKind::Closed => Ok(Some(Exit::Signal(libc::SIGKILL))),
+                // The server died before reporting; the child lives on, or ended unreported.
+                Err(e) if *e.kind() == ErrorKind::Closed => {
+                    self.reaper = Reaper::Adopted;
+                    self.adopted_exit()
+                }
                 Err(e) => Err(e),
             },
+            Reaper::Adopted => self.adopted_exit(),
         }
+    }
+
+    /// How an adopted child ended, once it has: reaped by this process if it adopted it, else
+    /// the kernel's record, else `Unknown` (which [`Child::wait`] may refine from the outcome).
+    fn adopted_exit(&self) -> Result<Option<Exit>, Error> {
+        let pidfd = self.pidfd.as_fd();
+        // Not our child: `try_reap` only looks (Unknown once it has ended).
+        let exit = proc::try_reap(pidfd).map_err(|e| Error::os("reaping a child", e))?;
+        Ok(exit.map(|exit| match exit {
+            Exit::Unknown => proc::exit_record(pidfd).unwrap_or(Exit::Unknown),
+            known => known,
+        }))
     }
 
     /// The control channel, for a child that speaks more than one message (a pool worker).
@@ -130,10 +160,11 @@ impl Child {
         self.ctrl.fd()
     }
 
-    /// The descriptor that becomes readable when the child ends (or the fork server reports).
+    /// The descriptor that becomes readable when the child ends (or the fork server reports,
+    /// or dies).
     pub(crate) fn exit_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         match &self.reaper {
-            Reaper::Us => self.pidfd.as_fd(),
+            Reaper::Us | Reaper::Adopted => self.pidfd.as_fd(),
             Reaper::Server(status) => status.fd(),
         }
     }
@@ -161,10 +192,11 @@ impl Child {
 }
 
 impl Drop for Child {
-    /// A child dropped before it ended is left running; if we are its real parent, a small
-    /// thread waits to reap it so it never lingers as a zombie.
+    /// A child dropped before it ended is left running; if we are (or may have become, by
+    /// adoption) its real parent, a small thread waits to reap it so it never lingers as a
+    /// zombie.
     fn drop(&mut self) {
-        if self.exit.is_some() || !matches!(self.reaper, Reaper::Us) {
+        if self.exit.is_some() || matches!(self.reaper, Reaper::Server(_)) {
             return;
         }
         let Ok(pidfd) = fd::dup_above(self.pidfd.as_fd(), 3).map(InternalFd::new) else {

@@ -4,14 +4,23 @@
 //! server, a fresh copy of the executable that becomes the server before `main`, checks that
 //! it runs the same build ([`Hello`]/[`Welcome`]), and keeps one request socket to it. Each
 //! child is one [`ForkRequest`] carrying two descriptors: the child's control socket and a
-//! status socket. The server answers on the status socket with [`Forked`] and a pidfd, and later
-//! with the child's exit status.
+//! status socket. The new child answers on the status socket with [`Forked`] and a pidfd before
+//! it runs anything (so an unanswered request ran nothing, even if the server died on it), and
+//! the server later sends the child's exit status there.
 //!
 //! Server side: a single-threaded loop over the request socket, a signalfd for `SIGCHLD` and
 //! the liveness pipe. A request is served by `fork`; the child closes every descriptor but its
-//! control socket, asks to be killed when the server dies, and runs the worker. A reaped child's
-//! status goes back on its status socket. When the parent dies the liveness pipe hangs up (and
-//! the request socket closes); the server exits and the kernel kills its children.
+//! control and status sockets and its own description of the liveness pipe, on which the
+//! kernel will kill it when the pipe hangs up ([`alive::tie`]), announces itself, and runs the
+//! worker. A reaped child's status goes
+//! back on its status socket. When the parent dies the liveness pipe hangs up (and the request
+//! socket closes): the server and every child exit.
+//!
+//! A child's life is tied to the user's process, never to the server's: a server killed by
+//! the out-of-memory killer or a stray `kill` leaves its running children running (another
+//! process adopts them), and the next start replaces the server. The parent's [`Child`] then
+//! sees the end through its pidfd and learns how it ended from the kernel's record or from the
+//! child's own report (see [`Reaper::Adopted`]).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -31,6 +40,8 @@ use crate::wire::message::{ForkRequest, Forked, Hello, Welcome};
 /// its parent's (its socket already closed by the fork launch).
 pub(crate) struct Server {
     owner: u32,
+    /// Which server of this process it is (each replacement gets the next number).
+    serial: u64,
     pidfd: InternalFd,
     request: Channel,
 }
@@ -42,13 +53,30 @@ pub(crate) fn lock() -> MutexGuard<'static, Option<Server>> {
 }
 
 pub(crate) fn launch(start: &[u8], start_fds: &[BorrowedFd<'_>]) -> Result<Child, Error> {
+    let deadline = fd::deadline_after(PATIENCE);
+    // A server killed before it forked our child ran nothing: a fresh one may try, once.
+    match launch_once(start, start_fds, deadline)? {
+        Some(child) => Ok(child),
+        None => launch_once(start, start_fds, deadline)?
+            .ok_or_else(|| server_failed("fork a child", ErrorKind::Closed.into())),
+    }
+}
+
+/// One try at a child; `None` if the server died, and no child of this request exists or
+/// ever will.
+fn launch_once(
+    start: &[u8],
+    start_fds: &[BorrowedFd<'_>],
+    deadline: Option<std::time::Instant>,
+) -> Result<Option<Child>, Error> {
     let [ctrl, ctrl_child] = socket_pair()?;
     let [status, status_child] = socket_pair()?;
     let request = channel::encode_message(&ForkRequest)?;
-    let deadline = fd::deadline_after(PATIENCE);
     let mut slot = lock();
+    let mut serial = 0;
     for attempt in 0.. {
         let server = running(&mut slot)?;
+        serial = server.serial;
         let fds = [ctrl_child.as_fd(), status_child.as_fd()];
         match server.request.send_frame_until(&request, &fds, deadline) {
             Ok(()) => break,
@@ -62,14 +90,21 @@ pub(crate) fn launch(start: &[u8], start_fds: &[BorrowedFd<'_>]) -> Result<Child
     // The child will find its start message waiting: no round trip spent on it.
     let ctrl = Channel::new(ctrl);
     let sent = ctrl.send_frame_until(start, start_fds, deadline);
+    // The child itself announces its pid and pidfd on the status socket before it runs
+    // anything, and keeps that socket open until then: so the socket closing unanswered means
+    // that no child of this request will ever run.
     let mut status = Channel::new(status);
-    let forked: Forked = status
-        .recv(deadline)
-        .map_err(|e| server_failed("fork a child", e))?;
+    let forked: Forked = match status.recv(deadline) {
+        Ok(forked) => forked,
+        Err(e) if *e.kind() == ErrorKind::Closed && has_died(serial) => {
+            return Ok(None);
+        }
+        Err(e) => return Err(server_failed("fork a child", e)),
+    };
     let pidfd = status
         .take_fds()
         .pop()
-        .ok_or_else(|| Error::protocol("the fork server's answer carried no pidfd"))?;
+        .ok_or_else(|| Error::protocol("the new child's announcement carried no pidfd"))?;
     let child = Child::new(
         forked.pid,
         InternalFd::new(pidfd),
@@ -77,13 +112,36 @@ pub(crate) fn launch(start: &[u8], start_fds: &[BorrowedFd<'_>]) -> Result<Child
         Reaper::Server(status),
     );
     match sent {
-        Ok(()) => Ok(child),
+        Ok(()) => Ok(Some(child)),
         Err(e) => {
             let _ = child.signal(libc::SIGKILL);
             Err(e)
         }
     }
 }
+
+/// Whether the server numbered `serial` has died; if it is still this process's server, it is
+/// reaped and forgotten. A server that dropped a request unanswered without dying (its fork
+/// failed) is given a moment to show which it is: a killed server closes its sockets just
+/// before it ends.
+fn has_died(serial: u64) -> bool {
+    let mut slot = lock();
+    match slot.as_ref() {
+        Some(server) if server.serial == serial && server.owner == proc::getpid() => {
+            let ended = fd::poll_read(&[server.pidfd.as_fd()], fd::deadline_after(DYING))
+                .is_ok_and(|r| r[0].readable || r[0].hangup);
+            if ended {
+                retire(&mut slot);
+            }
+            ended
+        }
+        // Replaced already, by another thread that found it dead.
+        _ => true,
+    }
+}
+
+/// How long a server that closed a status socket unanswered may take to end if it was killed.
+const DYING: std::time::Duration = std::time::Duration::from_millis(200);
 
 fn server_failed(what: &str, e: Error) -> Error {
     match e.kind() {
@@ -114,8 +172,10 @@ fn start_server(identity: u64) -> Result<Server, Error> {
     drop(server_end);
     let [pidfd] = fd::create_internal(|| Ok([proc::pidfd_open(pid)?]))
         .map_err(|e| Error::os("opening a pidfd for the fork server", e))?;
+    static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let mut server = Server {
         owner: proc::getpid(),
+        serial: SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         pidfd,
         request: Channel::new(client),
     };
@@ -168,25 +228,29 @@ pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
             proc::exit_now(1)
         };
         if ready[2].readable || ready[2].hangup {
-            proc::exit_now(0); // the parent died; PR_SET_PDEATHSIG takes the children
+            proc::exit_now(0); // the parent died; each child sees the same pipe and exits
         }
         if ready[1].readable {
             proc::drain_signalfd(sigchld.as_fd());
             report_ended(&mut children);
         }
         if ready[0].readable || ready[0].hangup {
-            serve_requests(&mut request, &mut children);
+            serve_requests(&mut request, alive.as_fd(), &mut children);
         }
     }
 }
 
-fn serve_requests(request: &mut Channel, children: &mut HashMap<u32, Channel>) {
+fn serve_requests(
+    request: &mut Channel,
+    alive: BorrowedFd<'_>,
+    children: &mut HashMap<u32, Channel>,
+) {
     loop {
         match request.try_recv_frame() {
             Ok(Some(_frame)) => {
                 let fds = request.take_fds();
                 if let Ok([ctrl, status]) = <[OwnedFd; 2]>::try_from(fds) {
-                    fork_child(ctrl, status, children);
+                    fork_child(ctrl, status, alive, children);
                 }
             }
             Ok(None) => return,
@@ -201,33 +265,47 @@ fn serve_requests(request: &mut Channel, children: &mut HashMap<u32, Channel>) {
     }
 }
 
-fn fork_child(ctrl: OwnedFd, status: OwnedFd, children: &mut HashMap<u32, Channel>) {
-    let server_pid = proc::getpid();
+fn fork_child(
+    ctrl: OwnedFd,
+    status: OwnedFd,
+    alive: BorrowedFd<'_>,
+    children: &mut HashMap<u32, Channel>,
+) {
+    // Made here, where it is cheap (this process's /proc entries are warm), not in the child.
+    let Some((tie, own)) = alive::tie_for_child(alive) else {
+        return; // dropping `status` tells the client the fork failed
+    };
     match proc::fork() {
         Ok(ForkSide::Child) => {
-            proc::close_all_fds_except(ctrl.as_raw_fd());
+            let keep = [ctrl.as_raw_fd(), status.as_raw_fd(), tie.as_raw_fd()];
+            proc::close_all_fds_except(&keep);
             fd::lock_internal().forget_all();
             proc::unblock_all_signals();
-            if proc::kill_me_with_parent().is_err() || proc::getppid() != server_pid {
-                proc::exit_now(1);
+            // Tied to the user's process through its liveness pipe, not to the server through
+            // PR_SET_PDEATHSIG: the server may die (killed, out of memory) while the user's
+            // process still wants this child's work.
+            alive::tie(tie, own);
+            if announce(status).is_err() {
+                proc::exit_now(1); // nobody will ever know of it, so it must not run
             }
             worker::run(InternalFd::new(ctrl))
         }
         Ok(ForkSide::Parent(pid)) => {
-            let status = Channel::new(InternalFd::new(status));
-            let answered = proc::pidfd_open(pid)
-                .map_err(Error::from)
-                .and_then(|pidfd| status.send(&Forked { pid }, &[pidfd.as_fd()]));
-            if answered.is_ok() {
-                children.insert(pid, status);
-            } else {
-                // The client cannot watch this child, so it must not run: kill it (it is not
-                // reaped yet, so the pid is still its own); dropping `status` tells the client.
-                let _ = proc::kill(pid, libc::SIGKILL);
-            }
+            children.insert(pid, Channel::new(InternalFd::new(status)));
         }
         Err(_) => {} // dropping `status` tells the client the fork failed
     }
+}
+
+/// In a new child: tells the client its pid, with a pidfd, then closes its copy of the status
+/// socket (the server reports the exit on it later). The child does it, not the server, so
+/// that the client hears of every child that may run its target, even if the server dies
+/// this very moment.
+fn announce(status: OwnedFd) -> Result<(), Error> {
+    let status = Channel::new(InternalFd::new(status));
+    let pid = proc::getpid();
+    let pidfd = proc::pidfd_open(pid)?;
+    status.send(&Forked { pid }, &[pidfd.as_fd()])
 }
 
 fn report_ended(children: &mut HashMap<u32, Channel>) {

@@ -62,6 +62,10 @@ pub enum StartMethod {
     /// Ask a fork server to fork a child. The server is a fresh, single-threaded copy of the
     /// executable started (with `Spawn`) the first time it is needed; its children are as
     /// clean as spawned ones and start nearly as fast as forked ones. The default.
+    ///
+    /// Children live as long as the process that started them wants, whatever happens to the
+    /// server: if it is killed (by hand, or by the out-of-memory killer), running children
+    /// carry on and are joined as usual, and the next start replaces the server.
     Forkserver,
 }
 

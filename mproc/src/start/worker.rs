@@ -78,16 +78,24 @@ fn serve(ctrl: InternalFd) -> i32 {
 
 /// Sends the outcome; the exit code says what the parent will have received.
 fn report(ctrl: &Channel, outcome: Outcome) -> i32 {
-    let returned = matches!(outcome, Outcome::Returned(_));
     match ctrl.send(&outcome, &[]) {
-        Ok(()) if returned => 0,
-        Ok(()) => 1,
+        Ok(()) => exit_code_after(&outcome),
         Err(e) if *e.kind() == ErrorKind::Closed => 1, // nobody is listening any more
         Err(e) => {
             // The value could not be sent (over the frame limit, say): say so instead.
             let _ = ctrl.send(&Outcome::Failed(e), &[]);
             1
         }
+    }
+}
+
+/// The code a worker exits with once `outcome` has reached its parent: 0 after a value, 1
+/// after anything else. A parent that cannot learn the real status (its fork server died, see
+/// [`super::child::Reaper::Adopted`]) relies on it.
+pub(crate) fn exit_code_after(outcome: &Outcome) -> i32 {
+    match outcome {
+        Outcome::Returned(_) => 0,
+        _ => 1,
     }
 }
 

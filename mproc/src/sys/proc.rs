@@ -320,6 +320,38 @@ fn has_ended(pidfd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(ready[0].readable || ready[0].hangup)
 }
 
+/// How the process behind `pidfd` ended, as the kernel records it for every holder of a pidfd
+/// (`PIDFD_INFO_EXIT` of the `PIDFD_GET_INFO` ioctl, Linux 6.15 and later): the one way a
+/// process that is not the parent can learn a signal or exit code. The record is made when
+/// the process is reaped, by whichever process that is. `None` until then, or on a kernel that
+/// keeps no record.
+pub(crate) fn exit_record(pidfd: BorrowedFd<'_>) -> Option<Exit> {
+    /// `struct pidfd_info` of `<linux/pidfd.h>`, in its first (64-byte) version, which every
+    /// kernel with the ioctl accepts.
+    #[repr(C)]
+    #[derive(Default)]
+    struct PidfdInfo {
+        mask: u64,
+        cgroupid: u64,
+        /// pid, tgid, ppid, then the real, effective, saved and file-system uid and gid.
+        ids: [u32; 11],
+        exit_code: i32,
+    }
+    const _: () = assert!(mem::size_of::<PidfdInfo>() == 64);
+    const PIDFD_INFO_EXIT: u64 = 1 << 3;
+    // _IOWR(PIDFS_IOCTL_MAGIC, 11, struct pidfd_info): read-write, the size, 0xFF, 11.
+    const PIDFD_GET_INFO: u64 =
+        (3 << 30) | ((mem::size_of::<PidfdInfo>() as u64) << 16) | (0xFF << 8) | 11;
+    let mut info = PidfdInfo {
+        mask: PIDFD_INFO_EXIT,
+        ..PidfdInfo::default()
+    };
+    // SAFETY: `info` is writable storage of exactly the size the request number encodes; an
+    // older kernel fails the call (ENOTTY, EINVAL) without touching it.
+    let rc = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO as _, &mut info) };
+    (rc == 0 && info.mask & PIDFD_INFO_EXIT != 0).then(|| Exit::from_wait_status(info.exit_code))
+}
+
 /// Blocks until the child `pid` ends and reaps it (waitpid(2)). For a child that could not be
 /// given a pidfd.
 pub(crate) fn reap_blocking(pid: u32) -> io::Result<Exit> {
@@ -385,8 +417,7 @@ pub(crate) fn getppid() -> u32 {
 }
 
 /// Asks the kernel to SIGKILL this process when the thread that created it ends
-/// (PR_SET_PDEATHSIG in prctl(2)). Used in children of the single-threaded fork server, and in
-/// children forked from a main thread.
+/// (PR_SET_PDEATHSIG in prctl(2)). Used in children forked from a main thread.
 pub(crate) fn kill_me_with_parent() -> io::Result<()> {
     syscall!(prctl(
         libc::PR_SET_PDEATHSIG,
@@ -396,6 +427,41 @@ pub(crate) fn kill_me_with_parent() -> io::Result<()> {
         0
     ))
     .map(drop)
+}
+
+/// A new open file description of the pipe whose read end is `read` (open(2) of
+/// `/proc/self/fd/N`, which for a pipe opens the pipe itself, not a copy of the descriptor), for
+/// [`kill_me_on_hangup`]: the owner of a description's signals is shared by every duplicate.
+pub(crate) fn reopen_pipe_reader(read: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let path = CString::new(format!("/proc/self/fd/{}", read.as_raw_fd()))
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // O_NONBLOCK: opening a pipe for reading may otherwise wait for a writer.
+    let fd = syscall!(open(
+        path.as_ptr(),
+        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC
+    ))?;
+    // SAFETY: open returned a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Asks the kernel to SIGKILL this process the moment the pipe behind `read` loses its last
+/// writer: `O_ASYNC` with this process as the owner and `SIGKILL` as the signal (fcntl(2)
+/// `F_SETOWN`, `F_SETSIG`), which the pipe raises for its readers' owners when its last writer
+/// closes. `read` must be a description of this process's own ([`reopen_pipe_reader`]) and
+/// stay open for its whole life. Returns whether the pipe had already hung up (then no signal
+/// will come: the caller must act on its own).
+pub(crate) fn kill_me_on_hangup(read: BorrowedFd<'_>) -> io::Result<bool> {
+    /// `F_SETSIG` of `<asm-generic/fcntl.h>`, which no architecture redefines (the libc crate
+    /// names it only for some targets).
+    const F_SETSIG: libc::c_int = 10;
+    let fd = read.as_raw_fd();
+    syscall!(fcntl(fd, libc::F_SETOWN, getpid() as libc::c_int))?;
+    syscall!(fcntl(fd, F_SETSIG, libc::SIGKILL))?;
+    let flags = syscall!(fcntl(fd, libc::F_GETFL))?;
+    syscall!(fcntl(fd, libc::F_SETFL, flags | libc::O_ASYNC))?;
+    // A writer that left before the line above raised nothing: look once.
+    let ready = super::fd::poll_read(&[read], Some(std::time::Instant::now()))?;
+    Ok(ready[0].readable || ready[0].hangup)
 }
 
 /// Ignores `SIGPIPE`, as Rust's runtime does before `main`, so a write to a closed pipe is an
@@ -457,19 +523,25 @@ pub(crate) fn remove_env_before_main(name: &str) {
     unsafe { std::env::remove_var(name) };
 }
 
-/// Closes every descriptor above 2 except `keep` (close_range(2)). For a fork server child,
-/// whose every other descriptor belongs to the server.
-pub(crate) fn close_all_fds_except(keep: RawFd) {
+/// Closes every descriptor above 2 except those in `keep` (close_range(2)). For a fork server
+/// child, whose every other descriptor belongs to the server.
+pub(crate) fn close_all_fds_except(keep: &[RawFd]) {
     let close_range = |first: RawFd, last: libc::c_uint| {
         // SAFETY: close_range only closes descriptors; the caller (a freshly forked child that
         // never returns into the server's code) owns none of them through live Rust objects
         // it will drop.
         unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, last, 0) };
     };
-    if keep > 3 {
-        close_range(3, (keep - 1) as libc::c_uint);
+    let mut keep = keep.to_vec();
+    keep.sort_unstable();
+    let mut first = 3;
+    for k in keep {
+        if k > first {
+            close_range(first, (k - 1) as libc::c_uint);
+        }
+        first = first.max(k + 1);
     }
-    close_range(keep + 1, libc::c_uint::MAX);
+    close_range(first, libc::c_uint::MAX);
 }
 
 /// What `/proc/<pid>/stat` says of a process: whether it still runs (not a zombie) and when
@@ -550,4 +622,53 @@ pub(crate) fn random_u64() -> io::Result<u64> {
         }
     }
     Ok(u64::from_ne_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+    use std::process::Command;
+
+    use super::*;
+
+    /// This kernel's (major, minor) version.
+    fn kernel() -> (u32, u32) {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut parts = release.split(|c: char| !c.is_ascii_digit());
+        let mut next = || parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        (next(), next())
+    }
+
+    #[test]
+    fn the_kernel_records_how_a_reaped_process_ended() {
+        let mut exits = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
+        let mut killed = Command::new("sleep").arg("60").spawn().unwrap();
+        let exits_fd = pidfd_open(exits.id()).unwrap();
+        let killed_fd = pidfd_open(killed.id()).unwrap();
+        assert_eq!(exit_record(killed_fd.as_fd()), None, "it still runs");
+        pidfd_signal(killed_fd.as_fd(), libc::SIGTERM).unwrap();
+        assert_eq!(exits.wait().unwrap().code(), Some(3));
+        assert!(killed.wait().unwrap().code().is_none());
+        let records = [
+            exit_record(exits_fd.as_fd()),
+            exit_record(killed_fd.as_fd()),
+        ];
+        if kernel() >= (6, 15) {
+            assert_eq!(
+                records,
+                [Some(Exit::Code(3)), Some(Exit::Signal(libc::SIGTERM))]
+            );
+        }
+    }
+
+    #[test]
+    fn a_pipe_description_of_its_own_is_the_same_pipe() {
+        let (read, write) = crate::sys::fd::pipe().unwrap();
+        let own = reopen_pipe_reader(read.as_fd()).unwrap();
+        let ready = crate::sys::fd::poll_read(&[own.as_fd()], Some(std::time::Instant::now()));
+        assert!(!ready.unwrap()[0].hangup, "a writer is still there");
+        drop(write);
+        let ready = crate::sys::fd::poll_read(&[own.as_fd()], Some(std::time::Instant::now()));
+        assert!(ready.unwrap()[0].hangup, "the last writer left");
+    }
 }
