@@ -440,4 +440,31 @@ mod tests {
         w.note_started();
         assert_eq!(p.started(), 2);
     }
+
+    /// A worker handed a lane whose file could shrink (a well-formed lane, unsealed) would
+    /// fault on its first read once the sender cut it: it must refuse the file instead.
+    fn open_a_lane_its_sender_can_shrink() -> Result<(), String> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::from(super::super::shm::testing::unsealed_memfd(
+            HEADER + 2 * CAPACITY,
+        ));
+        file.write_all_at(&MAGIC.to_ne_bytes(), MAGIC_AT as u64)
+            .and_then(|()| file.write_all_at(&(CAPACITY as u64).to_ne_bytes(), MAGIC_AT as u64 + 8))
+            .and_then(|()| file.write_all_at(&8u64.to_ne_bytes(), DOWN_TAIL as u64))
+            .map_err(|e| e.to_string())?;
+        match Lane::open(file.as_fd()) {
+            Ok(mut lane) => {
+                file.set_len(0).map_err(|e| e.to_string())?;
+                let _ = lane.pop_into(&mut Vec::new());
+                Err("a lane that could shrink was opened".into())
+            }
+            Err(e) if e.to_string().contains("could shrink") => Ok(()),
+            Err(e) => Err(format!("the wrong error: {e}")),
+        }
+    }
+
+    #[test]
+    fn a_lane_file_that_could_shrink_is_refused_not_a_crash() {
+        super::super::shm::testing::in_children(open_a_lane_its_sender_can_shrink);
+    }
 }

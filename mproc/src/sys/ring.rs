@@ -22,7 +22,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use super::futex;
@@ -126,6 +126,11 @@ fn lent_bit(token: u64) -> (usize, u64) {
 pub(crate) struct Ring {
     map: Mapping,
     file: OwnedFd,
+    /// A size the file had (it never shrinks): ring bytes below it can be touched. Bytes past
+    /// the file's end would fault (`SIGBUS`), so a capacity read from the shared header is
+    /// checked against this before it is followed (and the file's size asked again when the
+    /// check fails: another holder may have grown it).
+    file_len: AtomicUsize,
 }
 
 /// What a put found.
@@ -154,7 +159,12 @@ impl Ring {
     pub(crate) fn create(kind: u32, maxsize: u64) -> io::Result<Ring> {
         let (map, file) =
             reserve(|r| Mapping::create_growable("mproc-queue", DATA_AT + FIRST_CAP, r))?;
-        let ring = Ring { map, file };
+        let file_len = AtomicUsize::new(DATA_AT + FIRST_CAP);
+        let ring = Ring {
+            map,
+            file,
+            file_len,
+        };
         for at in [PUT_MUTEX_AT, GET_MUTEX_AT, REG_MUTEX_AT] {
             ring.mutex(at).init(false)?;
         }
@@ -179,14 +189,16 @@ impl Ring {
         if len < DATA_AT + FIRST_CAP {
             return Err(bad());
         }
-        let ring = Ring { map, file };
+        let file_len = AtomicUsize::new(len);
+        let ring = Ring {
+            map,
+            file,
+            file_len,
+        };
         if ring.u32(0).load(Ordering::Acquire) != MAGIC
             || ring.u32(KIND_AT).load(Ordering::Relaxed) != kind
+            || ring.layout().is_err()
         {
-            return Err(bad());
-        }
-        let cap = ring.u64(CAP_AT).load(Ordering::Relaxed) as usize;
-        if cap == 0 || cap % 8 != 0 || DATA_AT + cap > len {
             return Err(bad());
         }
         // Growth stays within what every holder could map.
@@ -221,15 +233,43 @@ impl Ring {
         unsafe { &*self.map.as_ptr().add(at).cast::<RobustMutex>() }
     }
 
-    /// The ring's bytes `at..at + len` (ring offsets). Callers hold the lock that gives them
-    /// those bytes under the protocol (see the module docs).
+    /// The ring's capacity and base, as published in the header, checked: a capacity no
+    /// holder could have published (zero, not a multiple of 8, or reaching past the file or
+    /// the mapping) or a base off the frames' 8-byte grid is reported, never followed.
+    fn layout(&self) -> io::Result<(usize, u64)> {
+        let cap = self.u64(CAP_AT).load(Ordering::Relaxed);
+        let base = self.u64(BASE_AT).load(Ordering::Relaxed);
+        let end = usize::try_from(cap)
+            .ok()
+            .filter(|&cap| cap != 0 && cap % 8 == 0)
+            .and_then(|cap| DATA_AT.checked_add(cap))
+            .filter(|&end| end <= self.map.len());
+        match end {
+            Some(end) if base % 8 == 0 && self.file_reaches(end)? => Ok((end - DATA_AT, base)),
+            _ => Err(corrupt("a capacity past the end of its file")),
+        }
+    }
+
+    /// Whether the file is at least `end` bytes long.
+    fn file_reaches(&self, end: usize) -> io::Result<bool> {
+        if end <= self.file_len.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        // Grown by another holder since we last looked, or a corrupt capacity.
+        let len = shm::file_len(self.file.as_fd())?;
+        self.file_len.fetch_max(len, Ordering::Relaxed);
+        Ok(end <= len)
+    }
+
+    /// The ring's bytes `at..at + len` (ring offsets; `at` 8-aligned). Callers hold the lock
+    /// that gives them those bytes under the protocol (see the module docs).
     fn bytes(&self, at: usize, len: usize) -> io::Result<*mut u8> {
-        let cap = self.u64(CAP_AT).load(Ordering::Relaxed) as usize;
-        if at.checked_add(len).is_none_or(|end| end > cap) || DATA_AT + cap > self.map.len() {
+        let (cap, _) = self.layout()?;
+        if at % 8 != 0 || at.checked_add(len).is_none_or(|end| end > cap) {
             return Err(corrupt("a frame outside the ring"));
         }
-        // SAFETY: inside the mapping (checked against the reservation) and inside the file
-        // (the file is grown to `DATA_AT + cap` before `cap` is published).
+        // SAFETY: inside the mapping and inside the file (both checked by `layout`), aligned
+        // for the frame's length word.
         Ok(unsafe { self.map.as_ptr().add(DATA_AT + at) })
     }
 
@@ -329,7 +369,8 @@ impl Ring {
             && self.u64(GETS_AT).load(Ordering::Relaxed) == gets_before
         {
             // Consumed, not yet counted.
-            self.u64(GETS_AT).store(gets_before + 1, Ordering::Release);
+            self.u64(GETS_AT)
+                .store(gets_before.wrapping_add(1), Ordering::Release);
         }
         self.u32(GET_ACTIVE_AT).store(0, Ordering::Release);
     }
@@ -602,8 +643,7 @@ impl Producer<'_> {
         let need = 8 + round8(len);
         let written = r.u64(WRITTEN_AT).load(Ordering::Relaxed);
         let (at, skip) = loop {
-            let cap = r.u64(CAP_AT).load(Ordering::Relaxed) as usize;
-            let base = r.u64(BASE_AT).load(Ordering::Relaxed);
+            let (cap, base) = r.layout()?;
             let at = (written.wrapping_sub(base) % cap as u64) as usize;
             let skip = if cap - at >= need { 0 } else { cap - at };
             let room = |read: u64| {
@@ -636,13 +676,15 @@ impl Producer<'_> {
         r.u64(ADDED_BEFORE_AT).store(added, Ordering::Relaxed);
         r.u32(PUT_STAGE_AT).store(1, Ordering::Release);
         if joinable {
-            r.u64(ADDED_AT).store(added + 1, Ordering::Release);
+            r.u64(ADDED_AT)
+                .store(added.wrapping_add(1), Ordering::Release);
         }
-        r.u64(PUTS_AT).store(puts + 1, Ordering::Release);
+        r.u64(PUTS_AT)
+            .store(puts.wrapping_add(1), Ordering::Release);
         let filled = (|| {
             if skip > 0 {
-                let cap = r.u64(CAP_AT).load(Ordering::Relaxed) as usize;
-                let p = r.bytes(cap - skip, 4)?;
+                let (cap, _) = r.layout()?;
+                let p = r.bytes(cap.saturating_sub(skip), 4)?;
                 // SAFETY: 4 bytes at an 8-aligned offset inside the ring, past `written`:
                 // producers' bytes, and we hold the producers' lock.
                 unsafe { p.cast::<u32>().write(SKIP) };
@@ -705,6 +747,7 @@ impl Producer<'_> {
             return Ok(Push::Busy);
         };
         shm::grow_file(r.file.as_fd(), DATA_AT + new_cap)?;
+        r.file_len.fetch_max(DATA_AT + new_cap, Ordering::Relaxed);
         let base = r.u64(BASE_AT).load(Ordering::Relaxed);
         let read = r.u64(READ_AT).load(Ordering::Relaxed);
         let written = r.u64(WRITTEN_AT).load(Ordering::Relaxed);
@@ -766,8 +809,7 @@ impl Consumer<'_> {
     pub(crate) fn pop<R>(&mut self, read: impl FnOnce(&[u8]) -> R) -> io::Result<Option<R>> {
         let r = self.ring;
         let start = r.u64(READ_AT).load(Ordering::Relaxed);
-        let cap = r.u64(CAP_AT).load(Ordering::Relaxed) as usize;
-        let base = r.u64(BASE_AT).load(Ordering::Relaxed);
+        let (cap, base) = r.layout()?;
         // Where consumers last saw the producers (stored under the consumers' lock after an
         // acquire load, so the frames before it are as surely published): only when it shows
         // nothing new is the producers' cache line read.
@@ -808,9 +850,95 @@ impl Consumer<'_> {
         r.u32(GET_ACTIVE_AT).store(1, Ordering::Release);
         r.u64(READ_AT)
             .store(pos.wrapping_add(size as u64), Ordering::Release);
-        r.u64(GETS_AT).store(gets + 1, Ordering::Release);
+        r.u64(GETS_AT)
+            .store(gets.wrapping_add(1), Ordering::Release);
         r.u32(GET_ACTIVE_AT).store(0, Ordering::Release);
         r.notify(Wait::Get, 1);
         Ok(Some(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(e: impl ToString) -> String {
+        e.to_string()
+    }
+
+    /// Reads and writes a queue whose header a peer corrupted: a capacity past the end of the
+    /// file, zero, unaligned or absurd, or positions off the frames' grid. Each must be an
+    /// error; reading or writing where the header points would kill the process (`SIGBUS`
+    /// past the file, a division by zero, an unaligned access).
+    fn use_a_queue_with_a_corrupt_layout() -> Result<(), String> {
+        let far = 1u64 << 29;
+        let cases = [
+            (1u64 << 30, 0u64, far),
+            (0, 0, 0),
+            (FIRST_CAP as u64 + 4, 0, 0),
+            (u64::MAX, 0, 0),
+            (u64::MAX - 7, 0, 0),
+            (FIRST_CAP as u64, 4, 0),
+        ];
+        for (cap, base, read) in cases {
+            let ring = Ring::create(1, 0).map_err(text)?;
+            ring.producer(None)
+                .map_err(text)?
+                .ok_or("the producers' lock")?
+                .push(5, false, None, |b| {
+                    b.copy_from_slice(b"hello");
+                    Ok::<_, io::Error>(())
+                })
+                .map_err(text)?;
+            ring.u64(CAP_AT).store(cap, Ordering::Relaxed);
+            ring.u64(BASE_AT).store(base, Ordering::Relaxed);
+            ring.u64(READ_AT).store(read, Ordering::Relaxed);
+            ring.u64(WRITTEN_AT).store(read + 16, Ordering::Relaxed);
+            ring.u64(READ_SEEN_AT).store(read, Ordering::Relaxed);
+            let what = format!("capacity {cap}, base {base}, read {read}");
+            let mut consumer = ring.consumer(None).map_err(text)?.ok_or("the lock")?;
+            match consumer.pop(|b| b.to_vec()) {
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {}
+                other => return Err(format!("{what}: a get gave {other:?}")),
+            }
+            drop(consumer);
+            let mut producer = ring.producer(None).map_err(text)?.ok_or("the lock")?;
+            let pushed = producer.push(8, false, None, |b| {
+                b.fill(1);
+                Ok::<_, io::Error>(())
+            });
+            match pushed {
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {}
+                other => return Err(format!("{what}: a put gave {other:?}")),
+            }
+            drop(producer);
+            let file = ring.file.try_clone().map_err(text)?;
+            if Ring::open(file, 1).is_ok() {
+                return Err(format!("{what}: opened"));
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_corrupt_capacity_is_an_error_not_a_crash() {
+        super::super::shm::testing::in_children(use_a_queue_with_a_corrupt_layout);
+    }
+
+    #[test]
+    fn the_ring_grows_past_the_size_it_first_saw() {
+        let a = Ring::create(1, 0).unwrap();
+        let b = Ring::open(a.file.try_clone().unwrap(), 1).unwrap();
+        let body = vec![3u8; 3 * FIRST_CAP];
+        let mut p = a.producer(None).unwrap().unwrap();
+        let pushed = p.push(body.len(), false, None, |b| {
+            b.copy_from_slice(&body);
+            Ok::<_, io::Error>(())
+        });
+        assert_eq!(pushed.unwrap(), Push::Done);
+        drop(p);
+        // `b` still has the first size on record: it must look again, not call it corrupt.
+        let mut c = b.consumer(None).unwrap().unwrap();
+        assert_eq!(c.pop(|b| b.to_vec()).unwrap().unwrap(), body);
     }
 }
