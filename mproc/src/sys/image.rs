@@ -18,8 +18,7 @@
 use std::mem;
 use std::sync::OnceLock;
 
-use crate::Error;
-use crate::error::ErrorKind;
+use crate::{Error, ErrorKind};
 
 /// The signature every entry trampoline has: encoded arguments in, encoded result out.
 pub(crate) type Entry = fn(&[u8]) -> Result<Vec<u8>, Error>;
@@ -175,20 +174,18 @@ unsafe extern "C" fn visit(
     // SAFETY: as above.
     let phdrs = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
     let base = info.dlpi_addr as usize;
-    let range = |ph: &libc::Elf64_Phdr| {
+    let ranges = phdrs.iter().map(|ph| {
         let start = base.wrapping_add(ph.p_vaddr as usize);
-        (start, start.saturating_add(ph.p_memsz as usize))
-    };
-    let anchor = anchor_address();
-    let holds_anchor = phdrs.iter().any(|ph| {
-        let (s, e) = range(ph);
-        ph.p_type == libc::PT_LOAD && s <= anchor && anchor < e
+        (ph, start, start.saturating_add(ph.p_memsz as usize))
     });
+    let anchor = anchor_address();
+    let holds_anchor = ranges
+        .clone()
+        .any(|(ph, s, e)| ph.p_type == libc::PT_LOAD && s <= anchor && anchor < e);
     if !holds_anchor {
         return 0; // another object: a shared library, the vDSO
     }
-    for ph in phdrs {
-        let (s, e) = range(ph);
+    for (ph, s, e) in ranges {
         match ph.p_type {
             libc::PT_LOAD => found.loads.push((s, e, ph.p_flags)),
             libc::PT_GNU_RELRO => found.relro = Some((s, e)),

@@ -246,7 +246,9 @@ impl Ring {
             .filter(|&end| end <= self.map.len());
         match end {
             Some(end) if base % 8 == 0 && self.file_reaches(end)? => Ok((end - DATA_AT, base)),
-            _ => Err(corrupt("a capacity past the end of its file")),
+            _ => Err(corrupt(
+                "a ring capacity or base that does not fit its file",
+            )),
         }
     }
 

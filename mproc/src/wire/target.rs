@@ -71,7 +71,8 @@ impl_target!(A1, A2, A3, A4);
 impl_target!(A1, A2, A3, A4, A5);
 impl_target!(A1, A2, A3, A4, A5, A6);
 
-/// A target as it crosses into a child: its trampoline's offset, and its name for messages.
+/// A target as it crosses into a child: the offset that names its trampoline, and its name
+/// for messages.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct TargetRef {
     pub(crate) entry: i64,
