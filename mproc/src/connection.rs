@@ -369,7 +369,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                     .ok_or_else(|| Error::protocol("a message longer than memory"))?;
                 let map = Mapping::open_prefix(file.as_fd(), need).map_err(|e| {
                     if e.kind() == std::io::ErrorKind::InvalidData {
-                        Error::protocol("a message shorter than it says")
+                        Error::protocol(format!("a message in a bad memory file: {e}"))
                     } else {
                         Error::os("mapping a received message", e)
                     }
@@ -402,5 +402,69 @@ impl<'de, T> Deserialize<'de> for Connection<T> {
             return Err(serde::de::Error::custom("not an mproc pipe"));
         }
         Ok(Connection::from_sock(sock))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+    use crate::sys::shm::testing;
+
+    /// The memory file a [`Shrinking`] value cuts short as it is decoded.
+    static VICTIM: Mutex<Option<File>> = Mutex::new(None);
+
+    /// Bytes that, as they are decoded, first shorten the file they come from: what a sender
+    /// that meant harm would do while its receiver reads the message.
+    struct Shrinking;
+
+    impl Serialize for Shrinking {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(&[])
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Shrinking {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            if let Some(file) = VICTIM.lock().unwrap().as_ref() {
+                file.set_len(0).unwrap();
+            }
+            Vec::<u8>::deserialize(d).map(|_| Shrinking)
+        }
+    }
+
+    /// Receives a large message whose memory file its sender did not seal, and shrinks under
+    /// the receiver.
+    fn receive_from_a_sender_that_shrinks_the_file() -> Result<(), String> {
+        let (a, b) = socket::seqpacket_pair().map_err(|e| e.to_string())?;
+        let conn = Connection::<Shrinking>::from_sock(b);
+        let body = codec::encode(&vec![7u8; 1 << 20]).map_err(|e| e.to_string())?;
+        let file = testing::unsealed_memfd(FILE_HEADER + body.len());
+        let writer = File::from(file.try_clone().map_err(|e| e.to_string())?);
+        writer
+            .write_all_at(&body, FILE_HEADER as u64)
+            .map_err(|e| e.to_string())?;
+        *VICTIM.lock().unwrap() = Some(writer);
+        let mut message = vec![TAG_FILE];
+        message.extend((body.len() as u64).to_le_bytes());
+        socket::send(a.as_fd(), &[&message], &[file.as_fd()]).map_err(|e| e.to_string())?;
+        match conn.recv() {
+            Ok(_) => Err("a message in a file that could shrink was decoded".into()),
+            Err(e) if matches!(e.kind(), ErrorKind::Protocol(_)) => {
+                if e.to_string().contains("could shrink") {
+                    Ok(())
+                } else {
+                    Err(format!("the wrong error: {e}"))
+                }
+            }
+            Err(e) => Err(format!("the wrong kind of error: {e}")),
+        }
+    }
+
+    #[test]
+    fn a_message_file_its_sender_could_shrink_is_refused_not_a_crash() {
+        testing::in_children(receive_from_a_sender_that_shrinks_the_file);
     }
 }

@@ -76,6 +76,20 @@ pub use wire::target::Target;
 /// Entry points for the fuzz targets in `fuzz/`; not part of the API.
 #[doc(hidden)]
 pub mod __fuzz {
+    /// Drives both sides of a pool lane (shared-memory rings) with `data`, with a peer's
+    /// arbitrary writes into the shared header and rings between calls. Must never panic,
+    /// fault or hang, whatever the bytes.
+    pub fn lane(data: &[u8]) {
+        crate::sys::lane::fuzz(data)
+    }
+
+    /// Drives a queue's shared-memory ring with `data`: puts, gets, growth and the other calls,
+    /// with a peer's arbitrary writes into the header and ring between them. Must never panic,
+    /// fault or hang, whatever the bytes.
+    pub fn ring(data: &[u8]) {
+        crate::sys::ring::fuzz(data)
+    }
+
     /// Feeds `data` to the frame decoder in pieces and decodes every frame as each message
     /// type a peer may send. Must never panic, whatever the bytes.
     pub fn wire(data: &[u8]) {

@@ -560,4 +560,18 @@ mod tests {
             assert_eq!(p.exitcode(), Some(1));
         }
     }
+
+    #[test]
+    fn a_child_sent_a_bogus_function_reference_refuses_it() {
+        for m in StartMethod::ALL {
+            let mut p = Process::new(seven, ()).start_method(m);
+            // Past the record: the trampoline's own code, say, or any other bytes.
+            p.target.entry = p.target.entry.wrapping_add(8);
+            p.start().unwrap();
+            let e = p.join_timeout(Duration::from_secs(20)).unwrap_err();
+            assert!(matches!(e.kind(), ErrorKind::Protocol(_)), "{m}: {e}");
+            assert!(e.to_string().contains("names no target"), "{e}");
+            assert_eq!(p.exitcode(), Some(1), "{m}");
+        }
+    }
 }

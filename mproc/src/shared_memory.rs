@@ -175,7 +175,7 @@ impl SharedMemory {
         file: OwnedFd,
         holder: Option<OwnedFd>,
     ) -> Result<SharedMemory, Error> {
-        let map = Mapping::open_inherited(file.as_fd())
+        let map = Mapping::open_named(file.as_fd())
             .map_err(|e| Error::os(format!("mapping shared memory {name:?}"), e))?;
         Ok(SharedMemory {
             inner: Arc::new(Inner {

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, PanicReport};
 use crate::start::worker;
-use crate::sys::image::{self, Entry};
+use crate::sys::image;
 use crate::wire::codec;
 use crate::wire::target::Target;
 
@@ -22,8 +22,7 @@ where
     F::Output: Serialize,
 {
     let _ = image::conjure::<F>;
-    let entry: Entry = run_chunk::<F, A>;
-    image::offset_of(entry)
+    image::offset_of(run_chunk::<F, A>)
 }
 
 /// Decodes a `Vec<A>`, calls `F` on each item, encodes the `Vec<Result<F::Output, _>>`.

@@ -256,6 +256,6 @@ impl Worker<'_> {
 /// Calls the entry at `entry` on `payload`; a panic outside the per-item catch (in decoding,
 /// or in an initializer) becomes `Panicked`.
 fn run(identity: u64, entry: i64, payload: &[u8]) -> Result<Vec<u8>, Error> {
-    let f = image::entry_for(identity, entry).ok_or(ErrorKind::ExecutableMismatch)?;
+    let f = image::entry_for(identity, entry)?;
     catch(|| f(payload)).map_err(|report| Error::from(ErrorKind::Panicked(report)))?
 }

@@ -49,19 +49,24 @@ fn serve(ctrl: InternalFd) -> i32 {
     };
     // The descriptors of the handles among the arguments came with the start message.
     let handles = ctrl.take_fds_n(start.handles as usize);
-    let Some(entry) = image::entry_for(start.identity, start.entry) else {
-        let _ = match start.role {
-            Role::Call => ctrl.send(&Outcome::Refused, &[]),
-            Role::PoolWorker(_) => ctrl.send(
-                &FromWorker::InitFailed(ErrorKind::ExecutableMismatch.into()),
-                &[],
-            ),
-        };
-        proc::write_stderr(
-            "mproc: this worker runs a different build of the executable than its parent; \
-             refusing the function reference\n",
-        );
-        return 1;
+    let entry = match image::entry_for(start.identity, start.entry) {
+        Ok(entry) => entry,
+        Err(e) => {
+            let other_build = *e.kind() == ErrorKind::ExecutableMismatch;
+            let _ = match start.role {
+                Role::Call if other_build => ctrl.send(&Outcome::Refused, &[]),
+                Role::Call => ctrl.send(&Outcome::Failed(e), &[]),
+                Role::PoolWorker(_) => ctrl.send(&FromWorker::InitFailed(e), &[]),
+            };
+            proc::write_stderr(if other_build {
+                "mproc: this worker runs a different build of the executable than its parent; \
+                 refusing the function reference\n"
+            } else {
+                "mproc: this worker was sent a function reference that names no target; \
+                 refusing it\n"
+            });
+            return 1;
+        }
     };
     process::set_current(start.name, start.lineage);
     if let Role::PoolWorker(spec) = start.role {

@@ -246,7 +246,9 @@ impl Lane {
             let len = unsafe { self.map.as_ptr().add(at).cast::<u32>().read_volatile() };
             if len == WRAP {
                 let skip = CAPACITY - off;
-                if skip > avail {
+                // A wrap at the ring's start is never written (every frame fits after it), so
+                // this loop turns at most twice, however fast a peer moves the tail.
+                if skip > avail || off == 0 {
                     return Err(Corrupt);
                 }
                 self.in_head += skip as u64;
@@ -347,6 +349,113 @@ impl Lane {
 
     fn slot(&self, task: u64) -> &AtomicU64 {
         self.word(MARKS_AT + 8 * (task % MARKS as u64) as usize)
+    }
+}
+
+/// The lane fuzz target's body (`mproc::__fuzz::lane`): a dispatcher's and a worker's side
+/// of one lane, driven by `data` one operation at a time: pushes and pops both ways, the
+/// sleep handshake, a worker that opens the file again, and a peer's arbitrary writes anywhere
+/// in the shared file (positions, lengths, ring bytes). Every call must return: no panic, no
+/// access outside the mapping, no endless loop; a side reports a bad peer as [`Corrupt`], and
+/// only after some stray write. Frames no stray write could have touched arrive whole and in
+/// order.
+pub(crate) fn fuzz(data: &[u8]) {
+    use std::collections::VecDeque;
+    use std::os::fd::AsFd;
+
+    let Ok((parent, file)) = Lane::create() else {
+        return;
+    };
+    let Ok(worker) = Lane::open(file.as_fd()) else {
+        return;
+    };
+    let mut sides = [parent, worker];
+    // Frames pushed by each side and not yet popped by the other.
+    let mut sent: [VecDeque<Vec<u8>>; 2] = Default::default();
+    // Whether anything but the two sides' own calls wrote to the lane.
+    let mut tampered = false;
+    let mut buf = Vec::new();
+    let mut input = data.iter().copied();
+    let mut byte = || input.next().unwrap_or(0);
+    let word = |byte: &mut dyn FnMut() -> u8, n: usize| {
+        (0..n).fold(0u64, |w, i| w | u64::from(byte()) << (8 * i))
+    };
+    let file_len = HEADER + 2 * CAPACITY;
+    for step in 0..data.len().min(512) {
+        let op = byte();
+        let me = usize::from(op & 1);
+        let peer = 1 - me;
+        match (op >> 1) % 8 {
+            // Push a frame: small, near the largest, or too large.
+            0 | 1 => {
+                let len = match op >> 4 {
+                    0..=11 => word(&mut byte, 1) as usize * 8 + step % 8,
+                    12..=14 => MAX_FRAME - word(&mut byte, 1) as usize,
+                    _ => MAX_FRAME + 1 + word(&mut byte, 1) as usize,
+                };
+                let body: Vec<u8> = (0..len).map(|i| (i ^ step) as u8).collect();
+                match sides[me].push(&body) {
+                    Ok(true) => sent[me].push_back(body),
+                    Ok(false) => assert!(tampered || !sent[me].is_empty() || len > MAX_FRAME),
+                    Err(Corrupt) => assert!(tampered, "an honest peer reported corrupt"),
+                }
+            }
+            // Pop a frame.
+            2 | 3 => match sides[me].pop_into(&mut buf) {
+                Ok(true) => {
+                    assert!(
+                        buf.len() <= MAX_FRAME,
+                        "a frame longer than any ring carries"
+                    );
+                    let want = sent[peer].pop_front();
+                    assert!(
+                        tampered || want.as_deref() == Some(&buf[..]),
+                        "a frame garbled"
+                    );
+                }
+                Ok(false) => assert!(tampered || sent[peer].is_empty(), "a frame lost"),
+                Err(Corrupt) => assert!(tampered, "an honest peer reported corrupt"),
+            },
+            // A peer's write of up to 8 bytes anywhere in the file.
+            4 => {
+                let at = word(&mut byte, 3) as usize % file_len;
+                let bytes: Vec<u8> = (0..byte() % 9).map(|_| byte()).collect();
+                let _ = sides[0].map.write_at(at, &bytes);
+                tampered = true;
+            }
+            // A peer's write of a position (or length word) of its choice, near the truth.
+            5 => {
+                let at = [DOWN_TAIL, DOWN_HEAD, UP_TAIL, UP_HEAD][usize::from(byte() % 4)];
+                let now = sides[0].word(at).load(Ordering::Relaxed);
+                let value = match byte() % 4 {
+                    0 => now.wrapping_add(word(&mut byte, 2)),
+                    1 => now.wrapping_sub(word(&mut byte, 2)),
+                    2 => now.wrapping_add(CAPACITY as u64 * word(&mut byte, 1)),
+                    _ => word(&mut byte, 8),
+                };
+                sides[0].word(at).store(value, Ordering::Release);
+                tampered = true;
+            }
+            // The rest of a side's calls.
+            6 => {
+                let len = word(&mut byte, 3) as usize;
+                let _ = sides[me].has_room(len);
+                let _ = sides[me].is_empty();
+                if sides[me].prepare_sleep() {
+                    let _ = sides[peer].peer_needs_wake();
+                    sides[me].awake();
+                }
+                let _ = sides[me].started();
+            }
+            // The worker maps the file again: its positions start over, so what it reads next
+            // is no longer what the dispatcher sent.
+            _ => {
+                if let Ok(lane) = Lane::open(file.as_fd()) {
+                    sides[1] = lane;
+                }
+                tampered = true;
+            }
+        }
     }
 }
 
@@ -530,5 +639,70 @@ mod tests {
         assert!(w.claim());
         assert!(w.claim());
         assert_eq!(p.started(), 2);
+    }
+
+    /// A worker handed a lane whose file could shrink (a well-formed lane, unsealed) would
+    /// fault on its first read once the sender cut it: it must refuse the file instead.
+    fn open_a_lane_its_sender_can_shrink() -> Result<(), String> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::from(super::super::shm::testing::unsealed_memfd(
+            HEADER + 2 * CAPACITY,
+        ));
+        file.write_all_at(&MAGIC.to_ne_bytes(), MAGIC_AT as u64)
+            .and_then(|()| file.write_all_at(&(CAPACITY as u64).to_ne_bytes(), MAGIC_AT as u64 + 8))
+            .and_then(|()| file.write_all_at(&8u64.to_ne_bytes(), DOWN_TAIL as u64))
+            .map_err(|e| e.to_string())?;
+        match Lane::open(file.as_fd()) {
+            Ok(mut lane) => {
+                file.set_len(0).map_err(|e| e.to_string())?;
+                let _ = lane.pop_into(&mut Vec::new());
+                Err("a lane that could shrink was opened".into())
+            }
+            Err(e) if e.to_string().contains("could shrink") => Ok(()),
+            Err(e) => Err(format!("the wrong error: {e}")),
+        }
+    }
+
+    #[test]
+    fn a_lane_file_that_could_shrink_is_refused_not_a_crash() {
+        super::super::shm::testing::in_children(open_a_lane_its_sender_can_shrink);
+    }
+
+    /// The fuzz target's body on cheap random inputs, on every `cargo test`: the long run is
+    /// `cargo fuzz` (fuzz/README.md); this keeps the checks honest between runs.
+    #[test]
+    fn the_fuzz_body_survives_random_inputs() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..60 {
+            let len = (next() % 200) as usize;
+            // Every other input leaves the peer's writes out, so honest runs go deep.
+            let data: Vec<u8> = (0..len)
+                .map(|_| next() as u8)
+                .map(|b| {
+                    if round % 2 == 0 && (b >> 1) % 8 >= 4 {
+                        b & !0x08
+                    } else {
+                        b
+                    }
+                })
+                .collect();
+            super::fuzz(&data);
+        }
+    }
+
+    #[test]
+    fn a_wrap_at_the_rings_start_is_corrupt() {
+        let (p, mut w) = pair();
+        // A peer that says "continue at the start" at the start, and a whole ring published.
+        // SAFETY: the first length word of the down ring, inside the mapping.
+        unsafe { p.map.as_ptr().add(HEADER).cast::<u32>().write(WRAP) };
+        p.word(DOWN_TAIL).store(CAPACITY as u64, Ordering::Release);
+        assert_eq!(w.pop_into(&mut Vec::new()), Err(Corrupt));
     }
 }

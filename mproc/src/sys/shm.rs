@@ -3,6 +3,12 @@
 //! A [`Mapping`] is created in one process, its descriptor crosses to another (inherited, or
 //! sent with `SCM_RIGHTS`), and the other maps the same pages with [`Mapping::open`]. Nothing
 //! has a name in the file system, so nothing is left behind when every process is gone.
+//!
+//! Touching a mapped page past the end of its file kills the process (`SIGBUS`), and any
+//! holder of a descriptor can shorten a file. So every memory file mproc makes is sealed
+//! against shrinking (`F_SEAL_SHRINK`), and every one it receives is mapped only once it is
+//! seen to be sealed: a sender cannot pull pages from under its receiver. (Named shared memory,
+//! which other programs make too, cannot be sealed: see [`Mapping::open_named`].)
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -74,13 +80,7 @@ impl Mapping {
         file: BorrowedFd<'_>,
         reserve: usize,
     ) -> io::Result<(Mapping, usize)> {
-        let seals = syscall!(fcntl(file.as_raw_fd(), libc::F_GET_SEALS))?;
-        if seals & libc::F_SEAL_SHRINK == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "a growable memory file that could shrink",
-            ));
-        }
+        require_unshrinkable(file)?;
         let len = file_len(file)?;
         let map = Mapping::map(file, reserve.max(len), true)?;
         Ok((map, len))
@@ -100,19 +100,31 @@ impl Mapping {
     }
 
     /// Maps the whole memory file `file` (as created by [`Mapping::create`] elsewhere).
+    /// `InvalidData` if it could shrink (see the module docs).
     pub(crate) fn open(file: BorrowedFd<'_>) -> io::Result<Mapping> {
+        require_unshrinkable(file)?;
         Mapping::open_as(file, false)
     }
 
     /// Like [`Mapping::open`], but fork children inherit the mapping (for user objects).
     pub(crate) fn open_inherited(file: BorrowedFd<'_>) -> io::Result<Mapping> {
+        require_unshrinkable(file)?;
+        Mapping::open_as(file, true)
+    }
+
+    /// Maps the whole of `file`, a named shared memory file, which fork children inherit. Such
+    /// a file cannot be sealed, so a process that shortens it makes every access past its new
+    /// end fault: the caller documents that, as for any mapped file.
+    pub(crate) fn open_named(file: BorrowedFd<'_>) -> io::Result<Mapping> {
         Mapping::open_as(file, true)
     }
 
     /// Maps the first `len` bytes of the memory file `file` (made by [`Mapping::create`]
     /// elsewhere), with every page faulted in at once (`MAP_POPULATE`: one pass in the kernel
-    /// instead of a fault per page). For a message about to be read whole.
+    /// instead of a fault per page). For a message about to be read whole. `InvalidData` if
+    /// the file is shorter or could shrink.
     pub(crate) fn open_prefix(file: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
+        require_unshrinkable(file)?;
         if file_len(file)? < len {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -387,6 +399,21 @@ fn memfd(name: &str, len: usize) -> io::Result<InternalFd> {
     Ok(file)
 }
 
+/// `InvalidData` unless `file` is sealed against shrinking: whoever else holds it can then never
+/// take pages from under a mapping of it. Checked before the size is read, so the size stays
+/// true.
+fn require_unshrinkable(file: BorrowedFd<'_>) -> io::Result<()> {
+    match syscall!(fcntl(file.as_raw_fd(), libc::F_GET_SEALS)) {
+        Ok(seals) if seals & libc::F_SEAL_SHRINK != 0 => Ok(()),
+        Err(e) if e.raw_os_error() != Some(libc::EINVAL) => Err(e),
+        // EINVAL: a file that supports no seals at all (not a memory file).
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a memory file its sender could shrink (not sealed against it)",
+        )),
+    }
+}
+
 /// The current size of a file.
 pub(crate) fn file_len(file: BorrowedFd<'_>) -> io::Result<usize> {
     usize::try_from(stat(file)?.st_size).map_err(|_| io::ErrorKind::InvalidData.into())
@@ -418,10 +445,68 @@ impl Drop for Mapping {
     }
 }
 
+/// For tests elsewhere in the crate: what a misbehaving peer would send, and a way to watch a
+/// scenario that may kill its process.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::os::fd::OwnedFd;
+    use std::time::Duration;
+
+    use crate::{Process, StartMethod, Target};
+
+    /// A memory file of `len` zero bytes that nothing stops from shrinking (no seals).
+    pub(crate) fn unsealed_memfd(len: usize) -> OwnedFd {
+        super::memfd("mproc-test-unsealed", len)
+            .expect("memfd")
+            .into_owned()
+    }
+
+    /// Runs `scenario` in a child under every start method and fails the test unless each
+    /// returns `Ok`: a scenario that kills its process (`SIGBUS`) fails it with the signal.
+    pub(crate) fn in_children<F>(scenario: F)
+    where
+        F: Target<(), Output = Result<(), String>>,
+    {
+        let _ = scenario;
+        for m in StartMethod::ALL {
+            let mut p = Process::new(crate::sys::image::conjure::<F>(), ()).start_method(m);
+            p.start().unwrap();
+            match p.join_timeout(Duration::from_secs(20)) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => panic!("{m}: {e}"),
+                Err(e) => panic!("{m}: {e}"),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+
+    #[test]
+    fn received_files_that_could_shrink_are_refused() {
+        let unsealed = testing::unsealed_memfd(1 << 16);
+        let refused = |r: io::Result<Mapping>| {
+            let e = r.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+            assert!(e.to_string().contains("could shrink"), "{e}");
+        };
+        refused(Mapping::open(unsealed.as_fd()));
+        refused(Mapping::open_inherited(unsealed.as_fd()));
+        refused(Mapping::open_prefix(unsealed.as_fd(), 100));
+        refused(Mapping::open_growable(unsealed.as_fd(), 1 << 20).map(|(m, _)| m));
+        // Not a memory file at all: supports no seals.
+        let (sock, _peer) = super::super::socket::seqpacket_pair().unwrap();
+        refused(Mapping::open(sock.as_fd()));
+        // Ours are sealed.
+        let (_m, file) = Mapping::create("mproc-test", 4096).unwrap();
+        assert_eq!(Mapping::open(file.as_fd()).unwrap().len(), 4096);
+        assert_eq!(Mapping::open_prefix(file.as_fd(), 100).unwrap().len(), 100);
+        // Named shared memory cannot be sealed: it is mapped as it is.
+        assert!(Mapping::open_named(unsealed.as_fd()).is_ok());
+    }
 
     #[test]
     fn a_memory_file_cannot_be_resized() {

@@ -20,7 +20,8 @@ use crate::error::{Error, PanicReport};
 pub(crate) struct Start {
     /// The parent's build identity; the child refuses to run if its own differs.
     pub(crate) identity: u64,
-    /// The trampoline's offset from the anchor symbol.
+    /// The offset that names the trampoline (of its entry record from the anchor symbol; see
+    /// `sys::image`).
     pub(crate) entry: i64,
     /// The target's name, for messages.
     pub(crate) target: String,

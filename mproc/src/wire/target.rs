@@ -2,10 +2,11 @@
 //!
 //! A target is a zero-sized callable (a `fn` item or a closure that captures nothing). For each
 //! target type `F` and argument tuple `A`, the generic [`trampoline`] is monomorphised into a
-//! plain function with one fixed signature ([`Entry`]): it decodes `A`, makes an `F` out of
-//! nothing (it has no bytes), calls it, and encodes the result. The parent sends the
-//! trampoline's offset from a fixed symbol; the child adds it back to its own copy of that
-//! symbol. See `sys::image` for why that is sound once the build identity matches.
+//! plain function with one fixed signature ([`Entry`](crate::sys::image::Entry)): it decodes
+//! `A`, makes an `F` out of nothing (it has no bytes), calls it, and encodes the result. The
+//! parent sends the offset of the trampoline's record from a fixed symbol; the child adds it
+//! back to its own copy of that symbol and follows it only if a record is there. See
+//! `sys::image` for why that is sound.
 
 use std::any::type_name;
 
@@ -14,7 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::codec;
 use crate::Error;
-use crate::sys::image::{self, Entry};
+use crate::sys::image;
 
 /// A function mproc can run in another process, called with the argument tuple `Args`.
 ///
@@ -70,7 +71,8 @@ impl_target!(A1, A2, A3, A4);
 impl_target!(A1, A2, A3, A4, A5);
 impl_target!(A1, A2, A3, A4, A5, A6);
 
-/// A target as it crosses into a child: its trampoline's offset, and its name for messages.
+/// A target as it crosses into a child: the offset that names its trampoline, and its name
+/// for messages.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct TargetRef {
     pub(crate) entry: i64,
@@ -86,9 +88,8 @@ where
 {
     // Force the zero-size check at compile time in the parent too, where the error belongs.
     let _ = image::conjure::<F>;
-    let entry: Entry = trampoline::<F, A>;
     TargetRef {
-        entry: image::offset_of(entry),
+        entry: image::offset_of(trampoline::<F, A>),
         name: type_name::<F>(),
     }
 }
