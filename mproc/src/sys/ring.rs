@@ -1055,7 +1055,7 @@ pub(crate) fn fuzz(data: &[u8]) {
                 let _ = ring.task_done();
                 let ticket = ring.ticket(Wait::Put);
                 let _ = ring.sleep(Wait::Put, ticket.wrapping_add(1), Some(Instant::now()));
-                let _ = ring.attach(me, |_| false);
+                let _ = ring.attach(me, |_| false, op & 0x20 != 0);
                 let _ = ring.shared_beyond(me, |h| h.pid % 2 == 0);
                 let token = ring.lend();
                 ring.arrived(token);
