@@ -10,7 +10,7 @@
 //! peer, and later over a network): it names an [`EntryRecord`], never code. Each entry
 //! function has one record, a constant the compiler places in the image's read-only data,
 //! holding a 128-bit tag and a pointer to the function. An offset is followed only if it lands,
-//! aligned, on read-only data of this image that carries the tag, and the pointer there lies in
+//! aligned, on read-only memory of this image that carries the tag, and the pointer there lies in
 //! this image's code. The tag's bytes appear nowhere else in the image: the check compares
 //! against a value computed at run time from its complement. So a bogus offset is refused
 //! with an error; it is never turned into a jump.
@@ -121,8 +121,9 @@ impl Image {
             .map(|&(_, _, flags)| flags)
     }
 
-    /// Whether `len` bytes at `start` are constant data: readable, never executed, and never
-    /// written after start-up.
+    /// Whether `len` bytes at `start` are constant: readable and never written after start-up.
+    /// (Executable segments count too: a linker without separate code and data segments puts
+    /// constants beside the code; code bytes never hold the tag.)
     fn is_constant(&self, start: usize, len: usize) -> bool {
         let Some(flags) = self.segment(start, len) else {
             return false;
@@ -132,9 +133,7 @@ impl Image {
             // An image linked without RELRO has nowhere better to put them.
             None => true,
         };
-        flags & libc::PF_R != 0
-            && flags & libc::PF_X == 0
-            && (flags & libc::PF_W == 0 || relocated_once)
+        flags & libc::PF_R != 0 && (flags & libc::PF_W == 0 || relocated_once)
     }
 
     fn is_code(&self, address: usize) -> bool {
