@@ -587,6 +587,12 @@ fn create_segment(name: &str, len: u64, dirs: &[Rc<OwnedFd>]) -> io::Result<(Seg
         .iter()
         .find_map(|d| Record::write(d, identity, name).ok());
     shm::shm_link(shared.as_fd(), name)?;
+    // The requester gets an opening made through the name, so that its descriptor and mapping
+    // show the name (in /proc and lsof), not the unnamed file's "(deleted)".
+    let shared = match shm::shm_open(name) {
+        Ok(named) if shm::file_identity(named.as_fd()).ok() == Some(identity) => named,
+        _ => shared,
+    };
     let segment = Segment {
         name: name.to_owned(),
         file,
