@@ -64,12 +64,6 @@ use crate::sys::{proc, shm};
 /// A segment that mproc did not create (made by another program) has no keeper and no record:
 /// its name is never removed except by `unlink`.
 ///
-/// # Platform-specific behavior
-///
-/// The keeper needs file leases (`fcntl(F_SETLEASE)`, on unless `/proc/sys/fs/leases-enable`
-/// is 0; `create` fails clearly without them) and uses inotify when it can (without it, it
-/// checks every 100 ms).
-///
 /// Like any file, the memory can be shrunk by a process that holds it open for writing
 /// (`ftruncate`); reading or writing past the new end then kills the process with `SIGBUS`, as
 /// it would in C or Python. mproc itself never resizes a segment.
@@ -80,6 +74,12 @@ use crate::sys::{proc, shm};
 /// [`write_at`](SharedMemory::write_at) copy whatever is there, and concurrent writers to the
 /// same bytes interleave. Pair it with a [`Lock`](crate::Lock), or use [`Value`](crate::Value)
 /// and [`Array`](crate::Array), which carry their own lock.
+///
+/// # Platform-specific behavior
+///
+/// The keeper needs file leases (`fcntl(F_SETLEASE)`, on unless `/proc/sys/fs/leases-enable`
+/// is 0; `create` fails clearly without them) and uses inotify when it can (without it, it
+/// checks every 100 ms).
 #[derive(Clone)]
 pub struct SharedMemory {
     inner: Arc<Inner>,
