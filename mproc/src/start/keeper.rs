@@ -950,6 +950,48 @@ mod tests {
         }
     }
 
+    /// The fuzz target's checks, on its seeds and mutations of them (the 5-minute fuzz run is
+    /// in fuzz/README.md).
+    #[test]
+    fn fuzz_seeds_and_their_mutations_never_panic() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/seeds");
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut seeds = 0;
+        for entry in std::fs::read_dir(dir).expect("fuzz/seeds exists") {
+            let path = entry.unwrap().path();
+            if !path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("keeper-")
+            {
+                continue;
+            }
+            let seed = std::fs::read(path).unwrap();
+            seeds += 1;
+            fuzz(&seed);
+            for _ in 0..2000 {
+                let mut m = seed.clone();
+                for _ in 0..1 + next() % 4 {
+                    let i = (next() as usize) % m.len().max(1);
+                    match next() % 3 {
+                        0 if !m.is_empty() => m[i] = next() as u8,
+                        1 => m.truncate(i),
+                        _ => m.insert(i.min(m.len()), next() as u8),
+                    }
+                }
+                fuzz(&m);
+            }
+        }
+        assert_eq!(seeds, 5, "the keeper's fuzz seeds are missing");
+    }
+
     #[test]
     fn records_round_trip_and_bad_ones_are_refused() {
         let bytes = encode_record((7, u64::MAX), "mproc_1");
