@@ -95,4 +95,11 @@ pub mod __fuzz {
     pub fn wire(data: &[u8]) {
         crate::wire::fuzz(data)
     }
+
+    /// Parses `data` as everything the shared-memory keeper reads from others: a request from
+    /// a process, a record left by another keeper (its bytes and its file name), and inotify
+    /// events. Must never panic, and whatever parses must encode back to `data`.
+    pub fn keeper(data: &[u8]) {
+        crate::start::keeper::fuzz(data)
+    }
 }

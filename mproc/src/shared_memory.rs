@@ -38,17 +38,30 @@ use crate::sys::{proc, shm};
 ///
 /// # Lifetime of the name
 ///
-/// The name exists while any process holds a handle to the segment: the one that created it,
-/// one that opened it by name, one that received it, a `fork` child that inherited it. When the
-/// last of them drops it, or dies (`SIGKILL` included), the name is removed from `/dev/shm`,
-/// exactly once. A process that only opened it never removes it from under the others (unlike
-/// Python's resource tracker, cpython gh-82300). [`unlink`](SharedMemory::unlink) removes the
-/// name earlier, as in Python; the memory stays usable wherever it is mapped.
+/// The name exists while any process holds the segment: a handle to it (the creator's, an
+/// opener's, a received one, one a `fork` child inherited), or any other opening of its file
+/// (a program in another language that opened the name counts too, while it has it open or
+/// mapped). When the last of them lets go, or dies (`SIGKILL` included), the name is removed
+/// from `/dev/shm`, exactly once. A process that only opened it never removes it from under the
+/// others (unlike Python's resource tracker, cpython gh-82300).
+/// [`unlink`](SharedMemory::unlink) removes the name earlier, as in Python; the memory stays
+/// usable wherever it is mapped.
 ///
 /// This is done by a small helper process, the *keeper*, which the first `create` in a process
 /// starts (a fresh copy of the executable, in a session of its own, so that Ctrl-C does not stop
-/// it before it has cleaned up). Only a `SIGKILL` of the keeper itself can leave a name behind.
-/// A segment that mproc did not create (made by another program) is opened without a keeper and
+/// it before it has cleaned up). The kernel tells it when the last opening of the file goes;
+/// opening a segment by name asks nothing of anyone, so no other user can get in the way.
+///
+/// A keeper killed with `SIGKILL` (the out-of-memory killer) leaves its names behind, each
+/// with a record in a directory only this user can use (`$XDG_RUNTIME_DIR/mproc`,
+/// `/run/user/<uid>/mproc` or `/tmp/mproc-<uid>`). Another keeper adopts them: when a process
+/// opens or drops such a segment (it starts a keeper for that if it has none), or when any
+/// process of this user next creates shared memory; the name then goes once its last holder
+/// has. If every holder dies without dropping its handle after its keeper, the name stays until
+/// the next `create` of this user; if no record directory can be had (a `/tmp/mproc-<uid>` made
+/// by another user is never used), until it is unlinked.
+///
+/// A segment that mproc did not create (made by another program) has no keeper and no record:
 /// its name is never removed except by `unlink`.
 ///
 /// Like any file, the memory can be shrunk by a process that holds it open for writing
@@ -61,6 +74,12 @@ use crate::sys::{proc, shm};
 /// [`write_at`](SharedMemory::write_at) copy whatever is there, and concurrent writers to the
 /// same bytes interleave. Pair it with a [`Lock`](crate::Lock), or use [`Value`](crate::Value)
 /// and [`Array`](crate::Array), which carry their own lock.
+///
+/// # Platform-specific behavior
+///
+/// The keeper needs file leases (`fcntl(F_SETLEASE)`, on unless `/proc/sys/fs/leases-enable`
+/// is 0; `create` fails clearly without them) and uses inotify when it can (without it, it
+/// checks every 100 ms).
 #[derive(Clone)]
 pub struct SharedMemory {
     inner: Arc<Inner>,
@@ -69,10 +88,18 @@ pub struct SharedMemory {
 struct Inner {
     name: String,
     map: Mapping,
+    /// The file, open for reading and writing: while it (or the mapping) is open, this process
+    /// holds the segment, and its keeper leaves the name alone.
     file: OwnedFd,
-    /// This handle's holder socket, which keeps the name alive (see the keeper); `None` for a
-    /// segment that no keeper keeps.
-    holder: Option<OwnedFd>,
+    /// Which file it is (device and inode): how its keeper's record is found.
+    identity: (u64, u64),
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // If its keeper was killed, the name has nobody to remove it: see that someone will.
+        keeper::look_after(self.identity);
+    }
 }
 
 impl SharedMemory {
@@ -133,8 +160,8 @@ impl SharedMemory {
                 keeper::MAX_NAME
             )));
         }
-        let (file, holder) = keeper::create(name, size)?;
-        SharedMemory::from_parts(name.to_owned(), file, Some(holder))
+        let file = keeper::create(name, size)?;
+        SharedMemory::from_parts(name.to_owned(), file)
     }
 
     /// Opens the segment named `name`, made by this or any other process (a leading `/` is
@@ -166,23 +193,21 @@ impl SharedMemory {
         }
         let file = shm::shm_open(name)
             .map_err(|e| Error::os(format!("opening shared memory {name:?}"), e))?;
-        let holder = keeper::join(name, file.as_fd())?;
-        SharedMemory::from_parts(name.to_owned(), file, holder)
+        let shm = SharedMemory::from_parts(name.to_owned(), file)?;
+        keeper::look_after(shm.inner.identity);
+        Ok(shm)
     }
 
-    fn from_parts(
-        name: String,
-        file: OwnedFd,
-        holder: Option<OwnedFd>,
-    ) -> Result<SharedMemory, Error> {
-        let map = Mapping::open_named(file.as_fd())
-            .map_err(|e| Error::os(format!("mapping shared memory {name:?}"), e))?;
+    fn from_parts(name: String, file: OwnedFd) -> Result<SharedMemory, Error> {
+        let context = || format!("mapping shared memory {name:?}");
+        let identity = shm::file_identity(file.as_fd()).map_err(|e| Error::os(context(), e))?;
+        let map = Mapping::open_named(file.as_fd()).map_err(|e| Error::os(context(), e))?;
         Ok(SharedMemory {
             inner: Arc::new(Inner {
                 name,
                 map,
                 file,
-                holder,
+                identity,
             }),
         })
     }
@@ -313,20 +338,14 @@ impl SharedMemory {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn unlink(&self) -> Result<(), Error> {
-        let inner = &self.inner;
-        keeper::unlink(
-            inner.holder.as_ref().map(|h| h.as_fd()),
-            &inner.name,
-            inner.file.as_fd(),
-        )
+        keeper::unlink(&self.inner.name, self.inner.file.as_fd())
     }
 }
 
-/// What travels: the file and holder socket (as handle indices) and the name.
+/// What travels: the file (as a handle index) and the name.
 #[derive(Serialize, Deserialize)]
 struct Wire {
     file: u32,
-    holder: Option<u32>,
     name: String,
 }
 
@@ -334,13 +353,8 @@ impl Serialize for SharedMemory {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::Error as _;
         let file = crate::handle::export(self.inner.file.as_fd()).map_err(S::Error::custom)?;
-        let holder = match &self.inner.holder {
-            Some(h) => Some(crate::handle::export(h.as_fd()).map_err(S::Error::custom)?),
-            None => None,
-        };
         Wire {
             file,
-            holder,
             name: self.inner.name.clone(),
         }
         .serialize(s)
@@ -360,19 +374,7 @@ impl<'de> Deserialize<'de> for SharedMemory {
         if !shm::is_regular_file(file.as_fd()) {
             return Err(D::Error::custom("a shared memory handle without its file"));
         }
-        let holder = match wire.holder {
-            Some(at) => {
-                let h = crate::handle::import(at).map_err(D::Error::custom)?;
-                if !keeper::holds(h.as_fd(), file.as_fd()) {
-                    return Err(D::Error::custom(
-                        "a shared memory handle whose holder socket is not its keeper's",
-                    ));
-                }
-                Some(h)
-            }
-            None => None,
-        };
-        SharedMemory::from_parts(wire.name, file, holder).map_err(D::Error::custom)
+        SharedMemory::from_parts(wire.name, file).map_err(D::Error::custom)
     }
 }
 
@@ -382,56 +384,5 @@ impl fmt::Debug for SharedMemory {
             .field("name", &self.inner.name)
             .field("len", &self.len())
             .finish()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sys::socket;
-    use std::time::{Duration, Instant};
-
-    fn name_exists(name: &str) -> bool {
-        std::path::Path::new("/dev/shm").join(name).exists()
-    }
-
-    fn running(pid: u32) -> bool {
-        proc::process_start(pid).is_some_and(|(running, _)| running)
-    }
-
-    /// The keeper is not this process's child (so never its zombie), ignores the signals that
-    /// stop processes politely, and takes an empty message on a holder socket for what it is,
-    /// not for a hang-up.
-    #[test]
-    fn the_keeper_outlives_stop_signals_and_forged_hang_ups() {
-        let shm = SharedMemory::create(8).unwrap();
-        let name = shm.name().to_owned();
-        let holder = shm.inner.holder.as_ref().unwrap().as_fd();
-        let keeper = socket::peer_pid(holder).unwrap();
-        assert_ne!(keeper, proc::getpid());
-        let stat = std::fs::read_to_string(format!("/proc/{keeper}/stat")).unwrap();
-        let ppid: u32 = stat[stat.rfind(')').unwrap() + 2..]
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert_ne!(ppid, proc::getpid(), "the keeper is this process's child");
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            proc::kill(keeper, sig).unwrap();
-        }
-        socket::send(holder, &[&[]], &[]).unwrap();
-        std::thread::sleep(Duration::from_millis(200));
-        assert!(running(keeper), "the keeper died of a stop signal");
-        assert!(
-            name_exists(&name),
-            "an empty message was taken for a hang-up"
-        );
-        drop(shm);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while name_exists(&name) {
-            assert!(Instant::now() < deadline, "the name was never removed");
-            std::thread::sleep(Duration::from_millis(5));
-        }
     }
 }

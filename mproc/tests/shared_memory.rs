@@ -252,6 +252,173 @@ fn a_segment_made_elsewhere_is_only_removed_by_unlink(m: StartMethod) {
     assert!(!in_dev_shm(&name).exists());
 }
 
+/// The keeper of the segment named `name`: the process, other than this one, that has the
+/// segment's file open and leads a session of its own (as the keeper does; no child a test
+/// starts does). Panics if there is none.
+fn keeper_of(name: &str) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(in_dev_shm(name)).unwrap();
+    let (dev, ino) = (meta.dev(), meta.ino());
+    let me = std::process::id();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Field 6, the session, counts from the state after the command's closing parenthesis.
+        let session = stat[stat.rfind(')').unwrap() + 2..].split(' ').nth(3);
+        if pid == me || session != Some(pid.to_string().as_str()) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        let holds = fds
+            .flatten()
+            .any(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| (m.dev(), m.ino()) == (dev, ino)));
+        if holds {
+            return pid;
+        }
+    }
+    panic!("no keeper holds {name:?}");
+}
+
+/// SIGKILLs the keeper of `name` and waits until it has ended.
+fn kill_keeper_of(name: &str) {
+    let keeper = keeper_of(name);
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(keeper as i32, libc::SIGKILL) }, 0);
+    wait_until("the keeper has ended", || has_ended(keeper));
+}
+
+/// Polls until `name` is gone from /dev/shm, for at most 5 s.
+fn wait_until_removed(name: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while in_dev_shm(name).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name:?} is still in /dev/shm 5 s after its last holder let go"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Holds a received segment, says so, and lets go when told (checking on the way that its name
+/// was there all along and that it still opens by name).
+fn hold_until_told(shm: SharedMemory, talk: Connection<bool>) -> bool {
+    talk.send(true).unwrap();
+    let _go = talk.recv_timeout(PATIENCE).unwrap();
+    let still_there = in_dev_shm(shm.name()).exists() && SharedMemory::open(shm.name()).is_ok();
+    drop(shm);
+    still_there
+}
+
+/// The keeper SIGKILLed (as the out-of-memory killer does) while this process and a child hold
+/// the segment: the name stays while either holds it, and goes within a bounded time once both
+/// have dropped their handles.
+fn a_killed_keeper_leaves_nothing_once_every_holder_lets_go(m: StartMethod) {
+    let shm = SharedMemory::create(4096).unwrap();
+    let name = shm.name().to_owned();
+    let (here, there) = pipe().unwrap();
+    let mut p = start(m, hold_until_told, (shm.clone(), there));
+    assert!(here.recv_timeout(PATIENCE).unwrap());
+    kill_keeper_of(&name);
+    drop(shm);
+    std::thread::sleep(Duration::from_millis(200)); // time a keeper would need to act
+    assert!(in_dev_shm(&name).exists(), "removed while a child holds it");
+    here.send(true).unwrap();
+    assert!(
+        p.join_timeout(PATIENCE).unwrap(),
+        "the child saw its name removed while it held it"
+    );
+    wait_until_removed(&name);
+}
+
+/// The keeper and every holder SIGKILLed, so that no handle is ever dropped: the next keeper of
+/// this user (started here by a create in a new child) removes the orphaned name.
+fn the_next_keeper_adopts_names_whose_holders_all_died(m: StartMethod) {
+    let (here, there) = pipe().unwrap();
+    let p = start(m, create_and_hang, (4096usize, there));
+    let name = here.recv_timeout(PATIENCE).unwrap();
+    kill_keeper_of(&name);
+    p.kill().unwrap();
+    let pid = p.pid().unwrap();
+    wait_until("the creator has ended", || has_ended(pid));
+    assert!(
+        in_dev_shm(&name).exists(),
+        "nobody should be left to remove it"
+    );
+    let mut q = start(m, create_in_child, (64usize,));
+    assert_eq!(q.join_timeout(PATIENCE).unwrap(), 64);
+    wait_until_removed(&name);
+}
+
+/// Binds, in this process, the abstract socket addresses that a keeper deriving its address from
+/// the device and inode numbers of `/dev/shm` files would use for the next `count` files, says
+/// so, and waits to be killed.
+fn squat_keeper_addresses(dev: u64, first_ino: u64, count: u64, ready: Connection<u64>) {
+    let mut bound = 0;
+    for ino in first_ino..first_ino + count {
+        let name = format!("mproc-shm:{dev:x}:{ino:x}");
+        // SAFETY: plain socket calls on a zeroed sockaddr_un filled within its bounds; the
+        // sockets are left open on purpose until this process is killed.
+        unsafe {
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0);
+            let mut addr: libc::sockaddr_un = std::mem::zeroed();
+            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            for (slot, &b) in addr.sun_path[1..].iter_mut().zip(name.as_bytes()) {
+                *slot = b as libc::c_char;
+            }
+            let len = std::mem::size_of::<libc::sa_family_t>() + 1 + name.len();
+            let ok = libc::bind(fd, (&addr as *const libc::sockaddr_un).cast(), len as _) == 0
+                && libc::listen(fd, 1) == 0;
+            bound += u64::from(ok);
+        }
+    }
+    ready.send(bound).unwrap();
+    std::thread::sleep(PATIENCE * 2);
+}
+
+/// Another process binds every socket address a keeper could be expected to use next: creates
+/// still succeed, and every segment opens by name in another process.
+fn squatted_addresses_do_not_stop_a_create(m: StartMethod) {
+    use std::os::unix::fs::MetadataExt;
+    // The next inode numbers of /dev/shm follow this one's.
+    let probe = format!("mproc-test-probe-{}-{m}", std::process::id());
+    std::fs::write(in_dev_shm(&probe), b"").unwrap();
+    let meta = std::fs::metadata(in_dev_shm(&probe)).unwrap();
+    std::fs::remove_file(in_dev_shm(&probe)).unwrap();
+    let (here, there) = pipe().unwrap();
+    let squatter = start(
+        m,
+        squat_keeper_addresses,
+        (meta.dev(), meta.ino() + 1, 100u64, there),
+    );
+    assert_eq!(
+        here.recv_timeout(PATIENCE).unwrap(),
+        100,
+        "the squatter bound every address"
+    );
+    let segments: Vec<SharedMemory> = (0..5)
+        .map(|i| SharedMemory::create(100 + i).expect("a create despite the squatter"))
+        .collect();
+    for (i, shm) in segments.iter().enumerate() {
+        let mut p = start(m, open_and_write, (shm.name().to_owned(), i, 7u8));
+        assert_eq!(p.join_timeout(PATIENCE).unwrap(), 100 + i);
+        let mut got = [0];
+        shm.read_at(i, &mut got).unwrap();
+        assert_eq!(got, [7]);
+    }
+    squatter.kill().unwrap();
+    let names: Vec<String> = segments.iter().map(|s| s.name().to_owned()).collect();
+    drop(segments);
+    wait_until("every name is removed", || {
+        names.iter().all(|n| !in_dev_shm(n).exists())
+    });
+}
+
 per_start_method!(
     a_passed_handle_shares_bytes_both_ways,
     openers_that_end_never_remove_the_name,
@@ -262,6 +429,9 @@ per_start_method!(
     pool_tasks_receive_the_segment,
     a_segment_travels_inside_a_message,
     a_segment_made_elsewhere_is_only_removed_by_unlink,
+    a_killed_keeper_leaves_nothing_once_every_holder_lets_go,
+    the_next_keeper_adopts_names_whose_holders_all_died,
+    squatted_addresses_do_not_stop_a_create,
 );
 
 /// A fork child inherits every segment its parent holds (as in Python) and holds its name
@@ -412,6 +582,36 @@ fn many_segments_and_threads() {
     wait_until("every name is removed", || {
         names.iter().all(|n| !in_dev_shm(n).exists())
     });
+}
+
+/// The keeper is not this process's child (so never its zombie), and ignores the signals that
+/// stop processes politely and the one a lease break sends.
+#[test]
+fn the_keeper_outlives_stop_signals() {
+    let shm = SharedMemory::create(8).unwrap();
+    let name = shm.name().to_owned();
+    let keeper = keeper_of(&name);
+    let stat = std::fs::read_to_string(format!("/proc/{keeper}/stat")).unwrap();
+    let ppid: u32 = stat[stat.rfind(')').unwrap() + 2..]
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(
+        ppid,
+        std::process::id(),
+        "the keeper is this process's child"
+    );
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGIO] {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        assert_eq!(unsafe { libc::kill(keeper as i32, sig) }, 0);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!has_ended(keeper), "the keeper died of a signal");
+    assert!(in_dev_shm(&name).exists());
+    drop(shm);
+    wait_until("the name is removed", || !in_dev_shm(&name).exists());
 }
 
 /// Python's `SharedMemory(name=...)` opens what mproc made, and the other way round.

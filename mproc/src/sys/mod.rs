@@ -32,6 +32,7 @@ macro_rules! syscall {
     }};
 }
 
+pub(crate) mod dir;
 pub(crate) mod exe;
 pub(crate) mod fd;
 pub(crate) mod futex;
@@ -42,3 +43,4 @@ pub(crate) mod ring;
 pub(crate) mod shared;
 pub(crate) mod shm;
 pub(crate) mod socket;
+pub(crate) mod watch;

@@ -471,6 +471,14 @@ pub(crate) fn ignore_sigpipe() {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 }
 
+/// Ignores `SIGIO`, which the kernel sends a process whose file lease someone's `open` breaks
+/// (and which would otherwise end it): for the shared-memory keeper, which holds leases for
+/// microseconds and needs no notice.
+pub(crate) fn ignore_lease_breaks() {
+    // SAFETY: installing SIG_IGN for SIGIO has no memory-safety preconditions.
+    unsafe { libc::signal(libc::SIGIO, libc::SIG_IGN) };
+}
+
 /// Blocks `SIGCHLD` for this thread and returns a non-blocking signalfd(2) that becomes
 /// readable when a child ends. For the single-threaded fork server.
 pub(crate) fn sigchld_fd() -> io::Result<OwnedFd> {

@@ -291,33 +291,99 @@ impl Mapping {
     }
 }
 
+/// Where POSIX named shared memory lives: `shm_open("/name")` opens `/dev/shm/name` (glibc).
+const SHM_DIR: &str = "/dev/shm";
+
 /// Named shared memory (POSIX, in `/dev/shm`): `name` is given without its leading slash.
 ///
-/// Creates `name` (it must not exist) with `len` zero bytes, readable and writable by this user
-/// only, and allocates its pages at once, so that a full `/dev/shm` is an `ENOSPC` error here
-/// rather than a `SIGBUS` at the first write into the mapping. The name is removed again if
-/// any step fails.
+/// Creates a file of `len` zero bytes in `/dev/shm` that has no name yet (so that its identity
+/// can be recorded before anyone can see it; [`shm_link`] names it), readable and writable by
+/// this user only, and allocates its pages at once, so that a full `/dev/shm` is an `ENOSPC`
+/// error here rather than a `SIGBUS` at the first write into the mapping.
 ///
-/// See shm_open(3), posix_fallocate(3).
-pub(crate) fn shm_create(name: &str, len: usize) -> io::Result<OwnedFd> {
-    let file = open_named(name, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600)?;
-    let sized = libc::off_t::try_from(len)
-        .map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))
-        .and_then(|size| {
-            syscall!(ftruncate(file.as_raw_fd(), size))?;
-            // SAFETY: posix_fallocate on a descriptor we hold; it returns the error number.
-            match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size) } {
-                0 => Ok(()),
-                errno => Err(io::Error::from_raw_os_error(errno)),
-            }
-        });
-    match sized {
-        Ok(()) => Ok(file),
-        Err(e) => {
-            let _ = shm_unlink(name);
-            Err(e)
-        }
+/// See open(2) (`O_TMPFILE`), posix_fallocate(3).
+pub(crate) fn shm_create_unnamed(len: usize) -> io::Result<OwnedFd> {
+    let dir = std::ffi::CString::new(SHM_DIR).expect("no NUL");
+    let raw = syscall!(open(
+        dir.as_ptr(),
+        libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+        0o600 as libc::c_uint
+    ))?;
+    // SAFETY: open returned a fresh descriptor owned by nobody else.
+    let file = unsafe { OwnedFd::from_raw_fd(raw) };
+    let size = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    syscall!(ftruncate(file.as_raw_fd(), size))?;
+    // SAFETY: posix_fallocate on a descriptor we hold; it returns the error number.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size) } {
+        0 => Ok(file),
+        errno => Err(io::Error::from_raw_os_error(errno)),
     }
+}
+
+/// Gives the unnamed file `file` (from [`shm_create_unnamed`]) the name `name`;
+/// `AlreadyExists` if the name is taken.
+///
+/// See linkat(2) (`AT_SYMLINK_FOLLOW` through `/proc/self/fd`, as open(2) describes for
+/// `O_TMPFILE`).
+pub(crate) fn shm_link(file: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|_| io::ErrorKind::InvalidInput)?;
+    let to = shm_file_path(name)?;
+    syscall!(linkat(
+        libc::AT_FDCWD,
+        from.as_ptr(),
+        libc::AT_FDCWD,
+        to.as_ptr(),
+        libc::AT_SYMLINK_FOLLOW
+    ))
+    .map(drop)
+}
+
+/// A new, read-only open file description of `file` (not a duplicate descriptor of the same
+/// description): for a process that must tell its own opening of the file from everyone
+/// else's (see [`try_write_lease`]).
+pub(crate) fn reopen_read_only(file: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|_| io::ErrorKind::InvalidInput)?;
+    let raw = syscall!(open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC))?;
+    // SAFETY: open returned a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Opens the named shared memory `name` read-only, without following a symbolic link or
+/// blocking (on a FIFO put in its place), and returns it with its owner's user id.
+/// `InvalidData` if it is not a regular file.
+pub(crate) fn shm_open_read_only(name: &str) -> io::Result<(OwnedFd, u32)> {
+    let file = open_named(
+        name,
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+        0,
+    )?;
+    let st = stat(file.as_fd())?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(io::ErrorKind::InvalidData.into());
+    }
+    Ok((file, st.st_uid))
+}
+
+/// Asks for a write lease on `file`: granted (true) only if no other open file description of
+/// the file exists anywhere — no other process, and no other opening in this one, has it open,
+/// mapped, or in a message in flight; false when one does. While it is held, anyone opening
+/// the file waits until [`release_lease`] (and this process gets `SIGIO`, which it must
+/// ignore). The caller must own the file.
+///
+/// See fcntl(2), "Leases".
+pub(crate) fn try_write_lease(file: BorrowedFd<'_>) -> io::Result<bool> {
+    match syscall!(fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_WRLCK)) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Gives up the lease [`try_write_lease`] took.
+pub(crate) fn release_lease(file: BorrowedFd<'_>) {
+    let _ = syscall!(fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK));
 }
 
 /// Opens the existing named shared memory `name` for reading and writing.
@@ -336,9 +402,17 @@ pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
     syscall!(shm_unlink(path.as_ptr())).map(drop)
 }
 
-/// Which file `name` now names (device and inode), without opening it for writing.
+/// Which file `name` now names (device and inode). It does not open the file (an opening
+/// would wait for a lease, and would count as a holder) nor follow a symbolic link.
+///
+/// See stat(2).
 pub(crate) fn shm_identity(name: &str) -> io::Result<(u64, u64)> {
-    file_identity(open_named(name, libc::O_RDONLY, 0)?.as_fd())
+    let path = shm_file_path(name)?;
+    // SAFETY: an all-zero `stat` is a valid value for lstat to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `st` is a valid, writable stat buffer.
+    syscall!(lstat(path.as_ptr(), &mut st))?;
+    Ok((st.st_dev, st.st_ino))
 }
 
 /// Which file `file` is (device and inode).
@@ -362,6 +436,12 @@ fn open_named(name: &str, flags: libc::c_int, mode: libc::mode_t) -> io::Result<
 
 fn shm_path(name: &str) -> io::Result<std::ffi::CString> {
     std::ffi::CString::new(format!("/{name}")).map_err(|_| io::ErrorKind::InvalidInput.into())
+}
+
+/// The file behind the name, as glibc's shm_open(3) finds it.
+fn shm_file_path(name: &str) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(format!("{SHM_DIR}/{name}"))
+        .map_err(|_| io::ErrorKind::InvalidInput.into())
 }
 
 fn stat(file: BorrowedFd<'_>) -> io::Result<libc::stat> {
