@@ -191,8 +191,18 @@ impl SharedMemory {
                 "{name:?} cannot name shared memory: a name is not empty and has no '/' or NUL"
             )));
         }
-        let file = shm::shm_open(name)
-            .map_err(|e| Error::os(format!("opening shared memory {name:?}"), e))?;
+        let context = || format!("opening shared memory {name:?}");
+        let file = shm::shm_open(name).map_err(|e| Error::os(context(), e))?;
+        // A keeper that found nobody holding the segment removes its name under a lease, which
+        // this open waited for: it then has the file whose name has just gone, which nobody
+        // could open by name after it. The open came too late: as if after the removal.
+        let identity = shm::file_identity(file.as_fd()).map_err(|e| Error::os(context(), e))?;
+        if shm::shm_identity(name).ok() != Some(identity) {
+            return Err(Error::os(
+                context(),
+                std::io::Error::from_raw_os_error(libc::ENOENT),
+            ));
+        }
         let shm = SharedMemory::from_parts(name.to_owned(), file)?;
         keeper::look_after(shm.inner.identity);
         Ok(shm)

@@ -503,6 +503,43 @@ fn a_name_removed_elsewhere_can_be_made_again() {
     });
 }
 
+/// An open that waited for a keeper's lease while the keeper removed the name (it found nobody
+/// holding the segment) answers `ENOENT`, as if it came just after: never a handle on a segment
+/// whose name is gone, which its holder would pass on to processes that cannot open it.
+#[test]
+fn an_open_that_waited_out_a_removal_finds_nothing() {
+    use std::os::fd::AsRawFd;
+    let name = format!("mproc-test-lease-{}", std::process::id());
+    let path = in_dev_shm(&name);
+    std::fs::write(&path, [0u8; 64]).unwrap();
+    // This test plays the keeper: a lease on the only opening, its break reported with a
+    // signal ignored by default (SIGIO's default would end the test).
+    let own = std::fs::File::open(&path).unwrap();
+    let fd = own.as_raw_fd();
+    const F_SETSIG: libc::c_int = 10; // fcntl.h, not in the libc crate
+    // SAFETY: fcntl(2) on a descriptor this test owns, no pointers.
+    unsafe {
+        assert_eq!(libc::fcntl(fd, F_SETSIG, libc::SIGWINCH), 0);
+        assert_eq!(libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK), 0);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let opener = {
+        let name = name.clone();
+        std::thread::spawn(move || tx.send(SharedMemory::open(&name).map(drop)).unwrap())
+    };
+    // SAFETY: as above.
+    wait_until("the opener waits for the lease", || unsafe {
+        libc::fcntl(fd, libc::F_GETLEASE) != libc::F_WRLCK
+    });
+    std::fs::remove_file(&path).unwrap();
+    // SAFETY: as above.
+    unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+    let opened = rx.recv_timeout(PATIENCE).expect("the open returned");
+    opener.join().unwrap();
+    let e = opened.expect_err("opened a segment whose name had gone");
+    assert_eq!(errno(&e), Some(ENOENT), "{e}");
+}
+
 #[test]
 fn bad_input_is_a_clear_error() {
     let e = SharedMemory::create(0).unwrap_err();

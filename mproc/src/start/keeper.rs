@@ -15,8 +15,9 @@
 //!   The keeper keeps one read-only opening of its own and asks the kernel for a *write lease*
 //!   on it, which is granted only when no other opening of the file exists anywhere. Granted,
 //!   the keeper removes the name, then gives the lease back; anyone opening the name meanwhile
-//!   waits for that (microseconds) and gets the file whose name has just gone, as if it had
-//!   opened it just before. Refused, somebody holds the segment.
+//!   waits for that (microseconds) and gets the file whose name has just gone:
+//!   [`SharedMemory::open`](crate::SharedMemory::open) sees that and answers `ENOENT`, as if
+//!   it had come just after. Refused, somebody holds the segment.
 //! - The keeper asks again whenever an opening of the file is released in any process: it
 //!   watches each file with inotify, which reports the release of an opening (its last close,
 //!   last `munmap`, or the end of the message that carried it). Without inotify (out of
