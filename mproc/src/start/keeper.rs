@@ -29,7 +29,9 @@
 //!
 //! A keeper can itself be `SIGKILL`ed (the out-of-memory killer). So that its names do not stay
 //! in `/dev/shm` for ever, each keeper writes, before a name exists, a *record* of it (the
-//! name and its file's device and inode) in a directory only this user can use
+//! name, and its file's device and inode numbers and file handle: numbers alone come back in a
+//! fresh tmpfs, after a reboot or a container's restart, while tmpfs gives each file's handle a
+//! random generation) in a directory only this user can use
 //! ([`record_dirs`]: `$XDG_RUNTIME_DIR/mproc`, `/run/user/<uid>/mproc`, `/tmp/mproc-<uid>`,
 //! each checked to be this user's, mode 0700, never a directory someone else made first), and
 //! holds a lock on the record ([`dir::try_lock`]: it belongs to the keeper's opening of the
@@ -146,28 +148,40 @@ impl Request<'_> {
     }
 }
 
-/// What a record holds: a tag, the file's device and inode (8 bytes each, little-endian), then
-/// its name.
-const RECORD_TAG: &[u8] = b"mproc shared-memory record 1\n";
-const MAX_RECORD: usize = RECORD_TAG.len() + 16 + MAX_NAME;
+/// What a record holds: a tag, the file's device and inode (8 bytes each, little-endian), the
+/// length of its file handle (1 byte, 1 to [`shm::MAX_FILE_HANDLE`]) and the handle, then its
+/// name. The handle tells the recorded file from a later one with the same numbers.
+const RECORD_TAG: &[u8] = b"mproc shared-memory record 2\n";
+const MAX_RECORD: usize = RECORD_TAG.len() + 16 + 1 + shm::MAX_FILE_HANDLE + MAX_NAME;
 
-fn encode_record((dev, ino): Identity, name: &str) -> Vec<u8> {
+/// What a record says: which file (numbers and handle), and its name.
+type Recorded<'a> = (Identity, &'a [u8], &'a str);
+
+fn encode_record(((dev, ino), handle, name): Recorded<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(MAX_RECORD);
     out.extend(RECORD_TAG);
     out.extend(dev.to_le_bytes());
     out.extend(ino.to_le_bytes());
+    out.push(handle.len() as u8);
+    out.extend(handle);
     out.extend(name.as_bytes());
     out
 }
 
-/// The identity and name in a record's bytes; `None` unless they are exactly a record.
-fn parse_record(bytes: &[u8]) -> Option<(Identity, &str)> {
+/// What a record's bytes say; `None` unless they are exactly a record.
+fn parse_record(bytes: &[u8]) -> Option<Recorded<'_>> {
     let rest = bytes.strip_prefix(RECORD_TAG)?;
-    let (numbers, name) = rest.split_at_checked(16)?;
+    let (numbers, rest) = rest.split_at_checked(16)?;
     let dev = u64::from_le_bytes(numbers[..8].try_into().ok()?);
     let ino = u64::from_le_bytes(numbers[8..].try_into().ok()?);
+    let (&handle_len, rest) = rest.split_first()?;
+    let handle_len = usize::from(handle_len);
+    if handle_len == 0 || handle_len > shm::MAX_FILE_HANDLE {
+        return None;
+    }
+    let (handle, name) = rest.split_at_checked(handle_len)?;
     let name = std::str::from_utf8(name).ok().filter(|n| valid_name(n))?;
-    Some(((dev, ino), name))
+    Some(((dev, ino), handle, name))
 }
 
 /// The file name of the record of the segment whose file is `identity`: a process that has
@@ -194,8 +208,8 @@ pub(crate) fn fuzz(data: &[u8]) {
         assert_eq!(request.encode(), data, "{request:?}");
         assert!(data.len() <= MAX_REQUEST);
     }
-    if let Some((identity, name)) = parse_record(data) {
-        assert_eq!(encode_record(identity, name), data);
+    if let Some(recorded) = parse_record(data) {
+        assert_eq!(encode_record(recorded), data);
         assert!(data.len() <= MAX_RECORD);
     }
     if let Some(identity) = std::str::from_utf8(data).ok().and_then(parse_record_entry) {
@@ -491,17 +505,22 @@ impl Drop for Record {
 }
 
 impl Record {
-    /// Records segment `name`, whose file is `identity`, in `dir`: written and locked under a
-    /// staging name, then given its real one, so a record is never seen half-written or
-    /// unlocked while its keeper lives.
-    fn write(dir: &Rc<OwnedFd>, identity: Identity, name: &str) -> io::Result<Record> {
+    /// Records segment `name`, whose file is `identity` with file handle `handle`, in `dir`:
+    /// written and locked under a staging name, then given its real one, so a record is never
+    /// seen half-written or unlocked while its keeper lives.
+    fn write(
+        dir: &Rc<OwnedFd>,
+        identity: Identity,
+        handle: &[u8],
+        name: &str,
+    ) -> io::Result<Record> {
         let staging = format!("t-{:016x}", proc::random_u64()?);
         let file = dir::create_file(dir.as_fd(), &staging)?;
         let written = dir::try_lock(file.as_fd()).and_then(|locked| {
             if !locked {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            dir::write_start(file.as_fd(), &encode_record(identity, name))?;
+            dir::write_start(file.as_fd(), &encode_record((identity, handle, name)))?;
             claim_entry(dir.as_fd(), &staging, &record_entry(identity))
         });
         let _ = dir::remove(dir.as_fd(), &staging);
@@ -583,10 +602,13 @@ fn create_segment(name: &str, len: u64, dirs: &[Rc<OwnedFd>]) -> io::Result<(Seg
     let file = shm::reopen_read_only(shared.as_fd())?;
     let identity = shm::file_identity(file.as_fd())?;
     // Recorded before it has a name, so a name never exists unrecorded. No record (every
-    // directory unusable, or full) costs only recovery from this keeper's death.
-    let record = dirs
-        .iter()
-        .find_map(|d| Record::write(d, identity, name).ok());
+    // directory unusable, or full, or no file handles here) costs only recovery from this
+    // keeper's death.
+    let handle = shm::file_handle(file.as_fd());
+    let record = handle.ok().and_then(|handle| {
+        dirs.iter()
+            .find_map(|d| Record::write(d, identity, &handle, name).ok())
+    });
     shm::shm_link(shared.as_fd(), name)?;
     // The requester gets an opening made through the name, so that its descriptor and mapping
     // show the name (in /proc and lsof), not the unnamed file's "(deleted)".
@@ -828,7 +850,9 @@ impl Server {
             let _ = dir::remove(d.as_fd(), entry);
             None
         };
-        let Some((recorded, name)) = parse_record(&bytes).filter(|(id, _)| *id == identity) else {
+        let Some((recorded, handle, name)) =
+            parse_record(&bytes).filter(|(id, _, _)| *id == identity)
+        else {
             return not_ours();
         };
         let segment_file = match shm::shm_open_read_only(name) {
@@ -843,6 +867,13 @@ impl Server {
             // Out of descriptors or memory: left (unlocked again) for a later look.
             Err(_) => return None,
         };
+        // The same numbers, but maybe a later file (of another program, after /dev/shm was made
+        // anew): its handle tells.
+        match shm::file_handle(segment_file.as_fd()) {
+            Ok(h) if h == handle => {}
+            Ok(_) => return not_ours(),
+            Err(_) => return None,
+        }
         let record = Record {
             dir: d.clone(),
             entry: entry.to_owned(),
@@ -995,11 +1026,18 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_bad_ones_are_refused() {
-        let bytes = encode_record((7, u64::MAX), "mproc_1");
-        assert_eq!(parse_record(&bytes), Some(((7, u64::MAX), "mproc_1")));
+        let handle = [1, 0, 0, 0, 9, 9, 9, 9, 2, 0, 0, 0];
+        let bytes = encode_record(((7, u64::MAX), &handle, "mproc_1"));
+        assert_eq!(
+            parse_record(&bytes),
+            Some(((7, u64::MAX), &handle[..], "mproc_1"))
+        );
         fuzz(&bytes);
         assert_eq!(parse_record(&bytes[..bytes.len() - 7]), None, "no name");
-        assert_eq!(parse_record(&encode_record((1, 2), "a/b")), None);
+        assert_eq!(parse_record(&encode_record(((1, 2), &handle, "a/b"))), None);
+        assert_eq!(parse_record(&encode_record(((1, 2), &[], "a"))), None);
+        let too_long = [0; shm::MAX_FILE_HANDLE + 1];
+        assert_eq!(parse_record(&encode_record(((1, 2), &too_long, "a"))), None);
         assert_eq!(parse_record(&bytes[1..]), None);
         assert_eq!(record_entry((0x10, 0xab)), "r-10-ab");
         assert_eq!(parse_record_entry("r-10-ab"), Some((0x10, 0xab)));
@@ -1083,12 +1121,45 @@ mod tests {
         shm::shm_unlink(&name).unwrap();
     }
 
-    /// Writes a record of `name` as `identity` in `d`, as a keeper that then died would have.
-    fn orphan(d: &OwnedFd, identity: Identity, name: &str) -> String {
+    /// Writes a record of `name` as `identity` with file handle `handle` in `d`, as a keeper
+    /// that then died would have.
+    fn orphan(d: &OwnedFd, identity: Identity, handle: &[u8], name: &str) -> String {
         let entry = record_entry(identity);
         let f = dir::create_file(d.as_fd(), &entry).unwrap();
-        dir::write_start(f.as_fd(), &encode_record(identity, name)).unwrap();
+        dir::write_start(f.as_fd(), &encode_record((identity, &handle, name))).unwrap();
         entry
+    }
+
+    fn identity_of(f: &OwnedFd) -> Identity {
+        shm::file_identity(f.as_fd()).unwrap()
+    }
+
+    fn handle_of(f: &OwnedFd) -> Vec<u8> {
+        shm::file_handle(f.as_fd()).unwrap()
+    }
+
+    /// A record left before `/dev/shm` was made anew (a reboot, a container's restart: a fresh
+    /// tmpfs numbers its files from the same start, on the same device number) may carry the
+    /// device and inode numbers of another program's file that now has the recorded name: it
+    /// is never adopted (that file's name would be removed once nobody held it).
+    #[test]
+    fn a_stale_record_never_adopts_a_new_file_with_its_numbers() {
+        let (d, name, _scratch) = scratch("stale");
+        let (request, _creator) = socket::seqpacket_pair().unwrap();
+        let mut server = Server::new(request);
+        // Another program's segment, which nobody holds now (kept for a later reader).
+        std::fs::write(std::path::Path::new("/dev/shm").join(&name), b"for later").unwrap();
+        let file = shm::shm_open(&name).unwrap();
+        let identity = shm::file_identity(file.as_fd()).unwrap();
+        // The earlier file's handle: the same but for its generation (tmpfs: bytes 4 to 7).
+        let mut handle = shm::file_handle(file.as_fd()).unwrap();
+        handle[4] ^= 1;
+        drop(file);
+        let entry = orphan(&d, identity, &handle, &name);
+        server.adopt_from(vec![d.clone()]);
+        assert!(exists(&name), "another program's segment was removed");
+        assert_eq!(record_state(&d, &entry), None, "the stale record stayed");
+        shm::shm_unlink(&name).unwrap();
     }
 
     /// Orphaned records are adopted when their name still names the recorded file (and the name
@@ -1102,23 +1173,23 @@ mod tests {
         // An orphan still held by this test, and one nobody holds.
         let held = shm::shm_create_unnamed(64).unwrap();
         shm::shm_link(held.as_fd(), &name).unwrap();
-        let held_entry = orphan(&d, shm::file_identity(held.as_fd()).unwrap(), &name);
+        let held_entry = orphan(&d, identity_of(&held), &handle_of(&held), &name);
         let free_name = format!("{name}-free");
         let free = shm::shm_create_unnamed(64).unwrap();
         shm::shm_link(free.as_fd(), &free_name).unwrap();
-        orphan(&d, shm::file_identity(free.as_fd()).unwrap(), &free_name);
+        orphan(&d, identity_of(&free), &handle_of(&free), &free_name);
         drop(free);
         // A record whose name now names another file, and one naming nothing.
         let foreign_name = format!("{name}-foreign");
         std::fs::write(std::path::Path::new("/dev/shm").join(&foreign_name), b"x").unwrap();
-        let foreign_entry = orphan(&d, (1, 2), &foreign_name);
-        let nothing_entry = orphan(&d, (1, 3), &format!("{name}-nothing"));
+        let foreign_entry = orphan(&d, (1, 2), &[1; 12], &foreign_name);
+        let nothing_entry = orphan(&d, (1, 3), &[1; 12], &format!("{name}-nothing"));
         // A live keeper's record: locked.
         let live_name = format!("{name}-live");
         let live = shm::shm_create_unnamed(64).unwrap();
         shm::shm_link(live.as_fd(), &live_name).unwrap();
         let live_identity = shm::file_identity(live.as_fd()).unwrap();
-        let live_entry = orphan(&d, live_identity, &live_name);
+        let live_entry = orphan(&d, live_identity, &handle_of(&live), &live_name);
         let live_lock = dir::open_file(d.as_fd(), &live_entry).unwrap();
         assert!(dir::try_lock(live_lock.as_fd()).unwrap());
         drop(live);

@@ -421,6 +421,47 @@ pub(crate) fn file_identity(file: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
     Ok((st.st_dev, st.st_ino))
 }
 
+/// The longest file handle [`file_handle`] returns: its type (4 bytes) and `MAX_HANDLE_SZ`
+/// bytes.
+pub(crate) const MAX_FILE_HANDLE: usize = 4 + 128;
+
+/// What tells `file` apart from every other file its file system ever had, as NFS does: its
+/// file handle (type, then bytes). Device and inode numbers do not: a fresh tmpfs (after a
+/// reboot, or in a restarted container) numbers its files from the same start on the same
+/// device, while tmpfs puts a random generation number in each new file's handle.
+///
+/// See name_to_handle_at(2).
+pub(crate) fn file_handle(file: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    const MAX_HANDLE_SZ: usize = MAX_FILE_HANDLE - 4;
+    /// `struct file_handle` with room for the largest handle.
+    #[repr(C)]
+    struct Handle {
+        handle_bytes: libc::c_uint,
+        handle_type: libc::c_int,
+        f_handle: [u8; MAX_HANDLE_SZ],
+    }
+    let mut handle = Handle {
+        handle_bytes: MAX_HANDLE_SZ as libc::c_uint,
+        handle_type: 0,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: the path is an empty NUL-terminated string (AT_EMPTY_PATH: the descriptor's own
+    // file); `handle` is a file_handle with room for the `handle_bytes` it announces, and
+    // `mount_id` is writable.
+    syscall!(name_to_handle_at(
+        file.as_raw_fd(),
+        c"".as_ptr(),
+        (&raw mut handle).cast(),
+        &mut mount_id,
+        libc::AT_EMPTY_PATH
+    ))?;
+    let len = (handle.handle_bytes as usize).min(MAX_HANDLE_SZ);
+    let mut out = handle.handle_type.to_le_bytes().to_vec();
+    out.extend(&handle.f_handle[..len]);
+    Ok(out)
+}
+
 /// Whether `file` is a regular file (what shared memory is).
 pub(crate) fn is_regular_file(file: BorrowedFd<'_>) -> bool {
     stat(file).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
