@@ -346,10 +346,8 @@ fn the_next_keeper_adopts_names_whose_holders_all_died(m: StartMethod) {
     p.kill().unwrap();
     let pid = p.pid().unwrap();
     wait_until("the creator has ended", || has_ended(pid));
-    assert!(
-        in_dev_shm(&name).exists(),
-        "nobody should be left to remove it"
-    );
+    // Nobody is left to remove it here; but a keeper that another test starts meanwhile (the
+    // other start methods' runs of this one) adopts it too, so it may be gone already.
     let mut q = start(m, create_in_child, (64usize,));
     assert_eq!(q.join_timeout(PATIENCE).unwrap(), 64);
     wait_until_removed(&name);
