@@ -79,7 +79,8 @@ use crate::sys::{proc, shm};
 ///
 /// The keeper needs file leases (`fcntl(F_SETLEASE)`, on unless `/proc/sys/fs/leases-enable`
 /// is 0; `create` fails clearly without them) and uses inotify when it can (without it, it
-/// checks every 100 ms).
+/// checks every 100 ms). Its records need file handles (`name_to_handle_at`, which tell a file
+/// from a later one with the same inode number); without them a keeper writes none.
 #[derive(Clone)]
 pub struct SharedMemory {
     inner: Arc<Inner>,

@@ -1126,7 +1126,7 @@ mod tests {
     fn orphan(d: &OwnedFd, identity: Identity, handle: &[u8], name: &str) -> String {
         let entry = record_entry(identity);
         let f = dir::create_file(d.as_fd(), &entry).unwrap();
-        dir::write_start(f.as_fd(), &encode_record((identity, &handle, name))).unwrap();
+        dir::write_start(f.as_fd(), &encode_record((identity, handle, name))).unwrap();
         entry
     }
 
