@@ -105,11 +105,18 @@ pub struct Pool {
 pub struct PoolBuilder {
     processes: Option<usize>,
     method: Option<StartMethod>,
-    /// The initializer's entry, its encoded arguments with their handles' descriptors, and
-    /// the arguments themselves (see [`Config::init_args`]).
-    init: Option<(i64, Result<target::EncodedArgs, Error>, Box<dyn Any + Send>)>,
+    init: Option<Init>,
     max_tasks_per_child: Option<usize>,
     task_timeout: Option<Duration>,
+}
+
+/// The initializer: its entry, its encoded arguments with their handles' descriptors, and
+/// the arguments themselves (kept while workers may start, see `Config::init_args`).
+#[derive(Debug)]
+struct Init {
+    entry: i64,
+    encoded: Result<target::EncodedArgs, Error>,
+    args: Box<dyn Any + Send>,
 }
 
 impl PoolBuilder {
@@ -166,7 +173,11 @@ impl PoolBuilder {
     {
         let _ = init;
         let encoded = target::encode_args::<F, A>(&args);
-        self.init = Some((task::init_entry::<F, A>(), encoded, Box::new(args)));
+        self.init = Some(Init {
+            entry: task::init_entry::<F, A>(),
+            encoded,
+            args: Box::new(args),
+        });
         self
     }
 
@@ -225,7 +236,11 @@ impl PoolBuilder {
             return Err(Error::invalid("max_tasks_per_child must be at least 1"));
         }
         let (init, init_fds, init_args) = match self.init {
-            Some((entry, encoded, args)) => {
+            Some(Init {
+                entry,
+                encoded,
+                args,
+            }) => {
                 let (bytes, fds) = encoded?;
                 (Some((entry, bytes)), fds, Some(args))
             }
