@@ -100,11 +100,21 @@ fn alive(h: Holder) -> bool {
 /// static, and put before it ever says so itself.
 static LIVE: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
 
-/// The list of this process's queues, locked (held across a fork by `start::fork`).
-pub(crate) struct LiveQueues(MutexGuard<'static, Vec<Weak<Shared>>>);
+/// The list of this process's queues, locked and held across a fork by `start::fork`, with a
+/// strong reference to each: from before the fork until the child is counted as a holder
+/// ([`LiveQueues::count_fork_child`]), each queue has one more handle in this process than
+/// its users hold, so no get here concludes in that gap that nobody else can put (the child
+/// exists, and may put, before it is counted).
+pub(crate) struct LiveQueues {
+    _list: MutexGuard<'static, Vec<Weak<Shared>>>,
+    held: Vec<Arc<Shared>>,
+}
 
 pub(crate) fn live_queues() -> LiveQueues {
-    LiveQueues(LIVE.lock().unwrap_or_else(|e| e.into_inner()))
+    let mut list = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    list.retain(|w| w.strong_count() > 0);
+    let held = list.iter().filter_map(Weak::upgrade).collect();
+    LiveQueues { _list: list, held }
 }
 
 impl LiveQueues {
@@ -113,8 +123,7 @@ impl LiveQueues {
     /// shared: a child that never touches a queue leaves it as private as it was (the child
     /// marks it when it first uses it, see [`Shared::attach`]).
     pub(crate) fn count_fork_child(&mut self, pid: u32) {
-        self.0.retain(|w| w.strong_count() > 0);
-        if self.0.is_empty() {
+        if self.held.is_empty() {
             return;
         }
         let Some((_, start)) = proc::process_start(pid) else {
@@ -124,7 +133,7 @@ impl LiveQueues {
             pid,
             start: start_key(start),
         };
-        for shared in self.0.iter().filter_map(Weak::upgrade) {
+        for shared in &self.held {
             let _ = shared.ring.attach(child, alive, false);
         }
     }
@@ -148,9 +157,9 @@ impl Shared {
         };
         shared.attach()?;
         let shared = Arc::new(shared);
-        let mut live = live_queues();
-        live.0.retain(|w| w.strong_count() > 0);
-        live.0.push(Arc::downgrade(&shared));
+        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|w| w.strong_count() > 0);
+        live.push(Arc::downgrade(&shared));
         Ok(shared)
     }
 
@@ -1093,5 +1102,47 @@ impl<'de, T: Serialize + DeserializeOwned> Deserialize<'de> for JoinableQueue<T>
                 core: Core::deserialize(d, KIND_JOINABLE)?,
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fork child exists, and may put, before the parent counts it as a holder: a get of
+    /// the parent's in that gap must not conclude that nobody else can put. (Found when a
+    /// thread's `get` on a shared queue raced another thread's `Fork` start: the child, which
+    /// used the queue through a static later, was not counted yet, and the get said `Closed`.)
+    #[test]
+    fn a_fork_child_counts_as_a_holder_from_its_first_moment() {
+        let q = Queue::<u8>::new().unwrap();
+        // Shared with another process once, and nobody else holds it now: the dead-holder
+        // rule applies to it.
+        let ring = &q.core.shared.ring;
+        ring.arrived(ring.lend());
+        assert!(
+            q.core.shared.alone().unwrap(),
+            "set-up: nobody else holds it"
+        );
+
+        let mut live = live_queues();
+        let pid = match proc::fork().unwrap() {
+            proc::Forked::Child => {
+                drop(live);
+                std::thread::sleep(Duration::from_millis(200));
+                let code = i32::from(q.put(7).is_err());
+                proc::exit_now(code)
+            }
+            proc::Forked::Parent(pid) => pid,
+        };
+        // The gap `start::fork` has between fork(2) and counting the child.
+        let alone_in_gap = q.core.shared.alone().unwrap();
+        live.count_fork_child(pid);
+        drop(live);
+        let got = q.get_timeout(Duration::from_secs(10));
+        let exit = proc::reap_blocking(pid).unwrap();
+        assert!(!alone_in_gap, "the child was forked: it may put");
+        assert_eq!(got.unwrap(), 7);
+        assert_eq!(exit, proc::Exit::Code(0));
     }
 }

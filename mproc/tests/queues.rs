@@ -539,6 +539,7 @@ per_start_method!(
     a_queue_that_never_left_this_process_waits_its_full_time,
     private_waits_outlast_children_coming_and_going,
     an_untimed_get_fails_once_the_only_other_holder_is_gone,
+    a_pool_initializer_holds_its_queue_while_workers_come_and_go,
 );
 
 /// A handle inside a queued value is refused with a sentence, not sent half-way.
@@ -663,4 +664,63 @@ fn a_fork_child_that_uses_an_inherited_queue_shares_it() {
     });
     assert_eq!(first.unwrap(), 5);
     assert_eq!(second.unwrap_err().kind(), &ErrorKind::Closed);
+}
+
+/// The queue a pool worker's initializer kept (each worker process has its own).
+static KEPT: Mutex<Option<Queue<u32>>> = Mutex::new(None);
+
+/// Decodes slowly in a child (200 ms): a worker that decodes it before a queue attaches to
+/// the queue that much later.
+#[derive(Debug)]
+struct SlowToDecode;
+
+impl Serialize for SlowToDecode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        ().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SlowToDecode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <()>::deserialize(d)?;
+        if in_child() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(SlowToDecode)
+    }
+}
+
+fn keep_queue(_slow: SlowToDecode, q: Queue<u32>) {
+    *KEPT.lock().unwrap() = Some(q);
+}
+
+fn put_on_kept(x: u32) {
+    KEPT.lock().unwrap().as_ref().unwrap().put(x).unwrap();
+}
+
+/// A pool keeps its initializer's arguments, handles included, and decodes them again in
+/// every worker it starts: while the pool lives, a worker yet to start can put, so a get
+/// that waits while one worker replaces another must wait for it, not answer `Closed`.
+/// (Each worker here runs one task, and attaches to the queue 200 ms after it starts, well
+/// past the waiting get's first checks.)
+fn a_pool_initializer_holds_its_queue_while_workers_come_and_go(m: StartMethod) {
+    let q = Queue::<u32>::new().unwrap();
+    let pool = Pool::builder()
+        .processes(1)
+        .start_method(m)
+        .max_tasks_per_child(1)
+        .initializer(keep_queue, (SlowToDecode, q.clone()))
+        .build()
+        .unwrap();
+    let n = 3;
+    let results: Vec<_> = (0..n)
+        .map(|i| pool.apply_async(put_on_kept, (i,)).unwrap())
+        .collect();
+    let got: Vec<_> = (0..n)
+        .map(|_| q.get_timeout(PATIENCE).map_err(|e| e.kind().clone()))
+        .collect();
+    for r in results {
+        r.get_timeout(PATIENCE).unwrap();
+    }
+    assert_eq!(got, (0..n).map(Ok).collect::<Vec<_>>());
 }

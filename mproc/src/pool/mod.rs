@@ -6,7 +6,7 @@
 //! - [`result`]: [`AsyncResult`] and the per-job state the dispatcher fills;
 //! - [`imap`]: the streaming iterators.
 
-use std::any::type_name;
+use std::any::{Any, type_name};
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
@@ -105,10 +105,18 @@ pub struct Pool {
 pub struct PoolBuilder {
     processes: Option<usize>,
     method: Option<StartMethod>,
-    /// The initializer's entry, and its encoded arguments with their handles' descriptors.
-    init: Option<(i64, Result<target::EncodedArgs, Error>)>,
+    init: Option<Init>,
     max_tasks_per_child: Option<usize>,
     task_timeout: Option<Duration>,
+}
+
+/// The initializer: its entry, its encoded arguments with their handles' descriptors, and
+/// the arguments themselves (kept while workers may start, see `Config::init_args`).
+#[derive(Debug)]
+struct Init {
+    entry: i64,
+    encoded: Result<target::EncodedArgs, Error>,
+    args: Box<dyn Any + Send>,
 }
 
 impl PoolBuilder {
@@ -137,6 +145,10 @@ impl PoolBuilder {
 
     /// A function each worker runs once, with `args`, before its first task.
     ///
+    /// The pool keeps `args` for as long as it may start a worker (each new one decodes them
+    /// again): a handle among them, a [`Queue`](crate::Queue) say, is held by this process
+    /// until then.
+    ///
     /// If it panics (or its worker dies during it), the pool is broken: every pending task and
     /// every later submission fails with `InitializerFailed`, which carries the cause. The pool
     /// never starts workers into a failure again and again (Python's Pool does, forever).
@@ -160,10 +172,12 @@ impl PoolBuilder {
         A: Serialize + DeserializeOwned + Send + 'static,
     {
         let _ = init;
-        self.init = Some((
-            task::init_entry::<F, A>(),
-            target::encode_args::<F, A>(&args),
-        ));
+        let encoded = target::encode_args::<F, A>(&args);
+        self.init = Some(Init {
+            entry: task::init_entry::<F, A>(),
+            encoded,
+            args: Box::new(args),
+        });
         self
     }
 
@@ -221,12 +235,16 @@ impl PoolBuilder {
         if self.max_tasks_per_child == Some(0) {
             return Err(Error::invalid("max_tasks_per_child must be at least 1"));
         }
-        let (init, init_fds) = match self.init {
-            Some((entry, args)) => {
-                let (bytes, fds) = args?;
-                (Some((entry, bytes)), fds)
+        let (init, init_fds, init_args) = match self.init {
+            Some(Init {
+                entry,
+                encoded,
+                args,
+            }) => {
+                let (bytes, fds) = encoded?;
+                (Some((entry, bytes)), fds, Some(args))
             }
-            None => (None, Vec::new()),
+            None => (None, Vec::new(), None),
         };
         let shared = Shared::new()?;
         let config = Config {
@@ -234,6 +252,7 @@ impl PoolBuilder {
             method: self.method.unwrap_or_else(start::get_start_method),
             init,
             init_fds,
+            init_args,
             max_tasks_per_child: self.max_tasks_per_child,
             task_timeout: self.task_timeout,
         };
