@@ -14,10 +14,12 @@
 //!   inherited by `fork`, passed to a child or in flight inside a message counts just the same).
 //!   The keeper keeps one read-only opening of its own and asks the kernel for a *write lease*
 //!   on it, which is granted only when no other opening of the file exists anywhere. Granted,
-//!   the keeper removes the name, then gives the lease back; anyone opening the name meanwhile
-//!   waits for that (microseconds) and gets the file whose name has just gone:
-//!   [`SharedMemory::open`](crate::SharedMemory::open) sees that and answers `ENOENT`, as if
-//!   it had come just after. Refused, somebody holds the segment.
+//!   the keeper removes the name, then gives the lease back. Anyone opening the name meanwhile
+//!   waits for the lease (the kernel breaks it): if the keeper sees the break before it
+//!   removes the name, it leaves the name to the opener (and asks again at its release);
+//!   if the open came in the microseconds after, it gets the file whose name has just gone,
+//!   and [`SharedMemory::open`](crate::SharedMemory::open) sees that and answers `ENOENT`, as
+//!   if it had come just after. Refused, somebody holds the segment.
 //! - The keeper asks again whenever an opening of the file is released in any process: it
 //!   watches each file with inotify, which reports the release of an opening (its last close,
 //!   last `munmap`, or the end of the message that carried it). Without inotify (out of
@@ -571,20 +573,33 @@ impl Segment {
     /// Removes the name if nobody else holds the file; returns whether the keeper is done with
     /// it (the name removed now, or by someone else before, or now naming another file).
     fn release(&self) -> bool {
-        let ours = || shm::shm_identity(&self.name).ok() == Some(self.identity);
-        if !ours() {
+        if !self.named() {
             return true;
         }
         match shm::try_write_lease(self.file.as_fd()) {
-            Ok(true) => {}
+            Ok(true) => self.remove_under_lease(),
             // Held; or no lease to be had, so nobody can be known not to hold it.
-            Ok(false) | Err(_) => return false,
+            Ok(false) | Err(_) => false,
         }
-        if ours() {
+    }
+
+    /// With the write lease taken (nobody else had the file open): removes the name unless an
+    /// opener came meanwhile, then gives the lease back. Whether the keeper is done with it.
+    fn remove_under_lease(&self) -> bool {
+        // An open of the name that came meanwhile is breaking the lease (it waits for us): it
+        // will hold the file, so the name stays. So does one the kernel let through after the
+        // lease-break time, had this keeper been stopped that long. Asked again at its release.
+        let opener = !shm::holds_write_lease(self.file.as_fd());
+        if !opener && self.named() {
             let _ = shm::shm_unlink(&self.name);
         }
         shm::release_lease(self.file.as_fd());
-        true
+        !opener
+    }
+
+    /// Whether its name still names its file.
+    fn named(&self) -> bool {
+        shm::shm_identity(&self.name).ok() == Some(self.identity)
     }
 }
 
@@ -1104,6 +1119,39 @@ mod tests {
         assert!(!exists(&name));
         drop(segment);
         assert_eq!(record_state(&d, &entry), None, "the record goes with it");
+    }
+
+    /// An open of the name that comes while the keeper holds its lease waits for the lease
+    /// (the kernel breaks it) and will hold the file: the keeper leaves the name, and asks
+    /// again later.
+    #[test]
+    fn an_opener_waiting_on_the_lease_keeps_the_name() {
+        let (d, name, _scratch) = scratch("opener");
+        let (segment, shared) = create_segment(&name, 64, &[d]).unwrap();
+        drop(shared);
+        // The break is signalled to the lease's holder, this test: as in a keeper.
+        proc::ignore_lease_breaks();
+        assert!(shm::try_write_lease(segment.file.as_fd()).unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let opener = {
+            let name = name.clone();
+            std::thread::spawn(move || tx.send(shm::shm_open(&name)).unwrap())
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while shm::holds_write_lease(segment.file.as_fd()) {
+            assert!(
+                Instant::now() < deadline,
+                "the opener never waited for the lease"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(!segment.remove_under_lease(), "an opener came: not done");
+        let opened = rx.recv_timeout(Duration::from_secs(20)).unwrap().unwrap();
+        opener.join().unwrap();
+        assert!(exists(&name), "the name was removed under its opener");
+        drop(opened);
+        assert!(segment.release(), "nobody holds it now");
+        assert!(!exists(&name));
     }
 
     /// A name that someone else removed, or made again as another file, is done with: the

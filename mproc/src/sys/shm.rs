@@ -381,6 +381,15 @@ pub(crate) fn try_write_lease(file: BorrowedFd<'_>) -> io::Result<bool> {
     }
 }
 
+/// Whether this opening still holds the write lease [`try_write_lease`] took, unbroken: while
+/// another process's open waits for it to be given back (or once the kernel has taken it back,
+/// `/proc/sys/fs/lease-break-time` later), the kernel reports the type it is being broken to.
+///
+/// See fcntl(2), `F_GETLEASE`.
+pub(crate) fn holds_write_lease(file: BorrowedFd<'_>) -> bool {
+    syscall!(fcntl(file.as_raw_fd(), libc::F_GETLEASE)).ok() == Some(libc::F_WRLCK)
+}
+
 /// Gives up the lease [`try_write_lease`] took.
 pub(crate) fn release_lease(file: BorrowedFd<'_>) {
     let _ = syscall!(fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK));
