@@ -735,6 +735,21 @@ fn an_imap_made_before_close_is_served_to_the_end(m: StartMethod) {
     p.join().unwrap();
 }
 
+/// An `imap` whose last chunks are submitted while a closed pool's dispatcher is deciding
+/// whether it is done (idle, no stream open) must still be served: its input runs out (the
+/// stream closes) just after the dispatcher took its commands, with the last chunk still in
+/// them. Many short rounds, so the moment comes up.
+fn an_imap_ending_as_a_closed_pool_looks_idle_is_served(m: StartMethod) {
+    for round in 0..200u64 {
+        let p = pool(m, 2);
+        let it = p.imap(square, round..round + 20).unwrap();
+        p.close();
+        let v: Vec<u64> = it.map(Result::unwrap).collect();
+        assert_eq!(v, (round..round + 20).map(|n| n * n).collect::<Vec<_>>());
+        p.join().unwrap();
+    }
+}
+
 fn task_timeout_is_per_task_even_in_chunks(m: StartMethod) {
     let p = Pool::builder()
         .processes(2)
@@ -889,6 +904,7 @@ per_start_method!(
     a_panicking_callback_does_not_take_the_pool_down,
     terminate_from_a_callback_does_not_deadlock,
     an_imap_made_before_close_is_served_to_the_end,
+    an_imap_ending_as_a_closed_pool_looks_idle_is_served,
     task_timeout_is_per_task_even_in_chunks,
     rotation_never_exceeds_the_pool_size,
     the_whole_api,

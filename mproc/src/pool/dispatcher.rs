@@ -394,6 +394,14 @@ impl Shared {
         self.inbox().streams += 1;
     }
 
+    /// Whether a closed pool can get no more work: no `imap` stream open, and no command
+    /// waiting (an `imap`'s last chunks may have come just after the dispatcher took its
+    /// commands, and its stream closed just before it looks here).
+    fn nothing_more_to_come(&self) -> bool {
+        let inbox = self.inbox();
+        inbox.streams == 0 && inbox.commands.is_empty()
+    }
+
     /// An `imap` iterator has submitted its last chunk (or was dropped).
     pub(crate) fn stream_closed(&self) {
         if self.foreign() {
@@ -818,7 +826,7 @@ impl Dispatcher {
             self.replace_workers();
             self.assign();
             self.flush();
-            if self.closed && self.idle() && self.shared.inbox().streams == 0 {
+            if self.closed && self.idle() && self.shared.nothing_more_to_come() {
                 return Err(ErrorKind::PoolClosed.into());
             }
             if self.workers.iter().all(|w| w.lane.prepare_sleep()) {
