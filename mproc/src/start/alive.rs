@@ -86,8 +86,8 @@ pub(crate) struct Tie {
     armed: bool,
 }
 
-impl Tie {
-    pub(crate) fn as_raw_fd(&self) -> std::os::fd::RawFd {
+impl AsRawFd for Tie {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.fd.as_raw_fd()
     }
 }
@@ -97,7 +97,9 @@ impl Tie {
 /// reaps for a later child: in the steady state no start makes one. A description a dead child
 /// claimed is safe to hand on: its owner names a process that no longer exists (the kernel
 /// keeps the owner as a reference to that process, never as a number a new process could
-/// reuse), and the server clears it before keeping the tie anyway.
+/// reuse), and the server clears it before keeping the tie anyway. (A dead child's own children
+/// may still hold its copy, inherited like any descriptor: holding one signals nobody; only
+/// the claim of the child the server hands it to does.)
 pub(crate) struct Ties {
     free: Vec<OwnedFd>,
 }
