@@ -10,14 +10,18 @@ use crate::common::{PATIENCE, alone, exists, has_ended, open_fds, sleep_ms, wait
 
 const ORPHAN_DRIVER: &str = "MPROC_TEST_ORPHAN_DRIVER";
 
-/// Run as a separate copy of this test binary: starts two long sleepers with the method named
-/// in the environment, prints their pids, and waits to be killed.
+/// Run as a separate copy of this test binary: runs one short child to its end, starts two long
+/// sleepers with the method named in the environment, prints their pids, and waits to be
+/// killed. (A fork server hands the short child's tie to the liveness pipe on to a sleeper.)
 fn drive_orphans(method: &str) {
     let m = match method {
         "fork" => StartMethod::Fork,
         "spawn" => StartMethod::Spawn,
         _ => StartMethod::Forkserver,
     };
+    let mut short = Process::new(sleep_ms, (0,)).start_method(m);
+    short.start().unwrap();
+    short.join().unwrap();
     let mut kids: Vec<_> = (0..2)
         .map(|_| Process::new(sleep_ms, (60_000,)).start_method(m))
         .collect();

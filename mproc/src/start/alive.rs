@@ -10,7 +10,7 @@
 //! its own, on which the kernel itself SIGKILLs it at the hang-up (see [`tie`]), at a fraction
 //! of a thread's cost.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::Error;
@@ -78,31 +78,81 @@ pub(crate) fn watch(read: OwnedFd) {
     }
 }
 
-/// In a fork server, before forking a child: what the child will tie itself to the parent's
-/// pipe `read` with. A description of the pipe of its own if one can be opened (the kernel
-/// then kills the child itself, see [`tie`]), else a plain copy (for a watcher thread).
-pub(crate) fn tie_for_child(read: BorrowedFd<'_>) -> Option<(OwnedFd, bool)> {
-    match proc::reopen_pipe_reader(read) {
-        Ok(own) => Some((own, true)),
-        Err(_) => read.try_clone_to_owned().ok().map(|copy| (copy, false)),
+/// What ties a fork server's child to the parent's pipe: a description of the pipe of the
+/// child's own, armed to kill whoever claims it (the kernel then kills the child itself, see
+/// [`tie`]), or failing that a plain copy of the read end (for a watcher thread).
+pub(crate) struct Tie {
+    fd: OwnedFd,
+    armed: bool,
+}
+
+impl AsRawFd for Tie {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
     }
 }
 
-/// In a fork server's child: exits as soon as the parent's pipe hangs up. `own` says whether
-/// `read` is a description of the child's own ([`tie_for_child`]): then the kernel delivers
-/// `SIGKILL` at the hang-up and no thread is needed; otherwise, or if the kernel refuses, a
-/// watcher thread does it.
-pub(crate) fn tie(read: OwnedFd, own: bool) {
-    if own {
-        match proc::kill_me_on_hangup(read.as_fd()) {
+/// A fork server's ties for its children. Making one costs an open(2) of `/proc/self/fd/N` and
+/// three fcntl(2) calls, so the server makes one ahead and takes back the tie of every child it
+/// reaps for a later child: in the steady state no start makes one. A description a dead child
+/// claimed is safe to hand on: its owner names a process that no longer exists (the kernel
+/// keeps the owner as a reference to that process, never as a number a new process could
+/// reuse), and the server clears it before keeping the tie anyway. (A dead child's own children
+/// may still hold its copy, inherited like any descriptor: holding one signals nobody; only
+/// the claim of the child the server hands it to does.)
+pub(crate) struct Ties {
+    free: Vec<OwnedFd>,
+}
+
+/// At most this many ties are kept for later children (beyond what running children hold):
+/// enough for a pool's workers to be replaced, not a descriptor per child of a past burst.
+const SPARE_TIES: usize = 16;
+
+impl Ties {
+    /// A supply with one tie made ahead, so that the first child does not wait for it.
+    pub(crate) fn new(read: BorrowedFd<'_>) -> Ties {
+        Ties {
+            free: proc::hangup_killer(read).ok().into_iter().collect(),
+        }
+    }
+
+    /// The tie for the next child: a kept one, else a new one.
+    pub(crate) fn take(&mut self, read: BorrowedFd<'_>) -> Option<Tie> {
+        if let Some(fd) = self.free.pop() {
+            return Some(Tie { fd, armed: true });
+        }
+        match proc::hangup_killer(read) {
+            Ok(fd) => Some(Tie { fd, armed: true }),
+            Err(_) => read
+                .try_clone_to_owned()
+                .ok()
+                .map(|fd| Tie { fd, armed: false }),
+        }
+    }
+
+    /// Takes back the tie of a child that has been reaped (or never ran), for a later child.
+    pub(crate) fn give_back(&mut self, tie: Tie) {
+        if tie.armed && self.free.len() < SPARE_TIES && proc::disown(tie.fd.as_fd()).is_ok() {
+            self.free.push(tie.fd);
+        }
+    }
+}
+
+/// In a fork server's child, whose id is `me`: exits as soon as the parent's pipe hangs up.
+/// With an armed tie the kernel delivers `SIGKILL` at the hang-up and no thread is needed;
+/// otherwise, or if the kernel refuses, a watcher thread does it. The child's copy of the tie
+/// stays open for its whole life, and no other process may claim the tie while it lives.
+pub(crate) fn tie(tie: Tie, me: u32) {
+    if tie.armed {
+        match proc::kill_me_on_hangup(tie.fd.as_fd(), me) {
             Ok(false) => {
                 // The kernel's watch lasts as long as the description stays open: for life.
-                std::mem::forget(read);
+                std::mem::forget(tie.fd);
                 return;
             }
             Ok(true) => proc::exit_now(1), // the parent is already gone
             Err(_) => {}
         }
     }
-    watch(read);
+    watch(tie.fd);
 }

@@ -221,7 +221,9 @@ pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
         proc::write_stderr("mproc: the fork server could not watch its children; exiting\n");
         proc::exit_now(1)
     };
-    let mut children: HashMap<u32, Channel> = HashMap::new();
+    // Each child's tie to the liveness pipe, made ahead and handed on (see `alive::Ties`).
+    let mut ties = alive::Ties::new(alive.as_fd());
+    let mut children = HashMap::new();
     loop {
         let fds = [request.fd(), sigchld.as_fd(), alive.as_fd()];
         let Ok(ready) = fd::poll_read(&fds, None) else {
@@ -232,25 +234,29 @@ pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
         }
         if ready[1].readable {
             proc::drain_signalfd(sigchld.as_fd());
-            report_ended(&mut children);
+            report_ended(&mut children, &mut ties);
         }
         if ready[0].readable || ready[0].hangup {
-            serve_requests(&mut request, alive.as_fd(), &mut children);
+            serve_requests(&mut request, alive.as_fd(), &mut ties, &mut children);
         }
     }
 }
 
+/// The server's running children: where each one's exit is reported, and its tie.
+type Children = HashMap<u32, (Channel, alive::Tie)>;
+
 fn serve_requests(
     request: &mut Channel,
     alive: BorrowedFd<'_>,
-    children: &mut HashMap<u32, Channel>,
+    ties: &mut alive::Ties,
+    children: &mut Children,
 ) {
     loop {
         match request.try_recv_frame() {
             Ok(Some(_frame)) => {
                 let fds = request.take_fds();
                 if let Ok([ctrl, status]) = <[OwnedFd; 2]>::try_from(fds) {
-                    fork_child(ctrl, status, alive, children);
+                    fork_child(ctrl, status, alive, ties, children);
                 }
             }
             Ok(None) => return,
@@ -269,10 +275,10 @@ fn fork_child(
     ctrl: OwnedFd,
     status: OwnedFd,
     alive: BorrowedFd<'_>,
-    children: &mut HashMap<u32, Channel>,
+    ties: &mut alive::Ties,
+    children: &mut Children,
 ) {
-    // Made here, where it is cheap (this process's /proc entries are warm), not in the child.
-    let Some((tie, own)) = alive::tie_for_child(alive) else {
+    let Some(tie) = ties.take(alive) else {
         return; // dropping `status` tells the client the fork failed
     };
     match proc::fork() {
@@ -281,37 +287,40 @@ fn fork_child(
             proc::close_all_fds_except(&keep);
             fd::lock_internal().forget_all();
             proc::unblock_all_signals();
+            let me = proc::getpid();
             // Tied to the user's process through its liveness pipe, not to the server through
             // PR_SET_PDEATHSIG: the server may die (killed, out of memory) while the user's
             // process still wants this child's work.
-            alive::tie(tie, own);
-            if announce(status).is_err() {
+            alive::tie(tie, me);
+            if announce(status, me).is_err() {
                 proc::exit_now(1); // nobody will ever know of it, so it must not run
             }
             worker::run(InternalFd::new(ctrl))
         }
         Ok(ForkSide::Parent(pid)) => {
-            children.insert(pid, Channel::new(InternalFd::new(status)));
+            // The server keeps its copy of the tie until the child is reaped, to hand it on.
+            children.insert(pid, (Channel::new(InternalFd::new(status)), tie));
         }
-        Err(_) => {} // dropping `status` tells the client the fork failed
+        // Dropping `status` tells the client the fork failed.
+        Err(_) => ties.give_back(tie),
     }
 }
 
-/// In a new child: tells the client its pid, with a pidfd, then closes its copy of the status
-/// socket (the server reports the exit on it later). The child does it, not the server, so
-/// that the client hears of every child that may run its target, even if the server dies
-/// this very moment.
-fn announce(status: OwnedFd) -> Result<(), Error> {
+/// In a new child, whose id is `pid`: tells the client its pid, with a pidfd, then closes its
+/// copy of the status socket (the server reports the exit on it later). The child does it, not
+/// the server, so that the client hears of every child that may run its target, even if the
+/// server dies this very moment.
+fn announce(status: OwnedFd, pid: u32) -> Result<(), Error> {
     let status = Channel::new(InternalFd::new(status));
-    let pid = proc::getpid();
     let pidfd = proc::pidfd_open(pid)?;
     status.send(&Forked { pid }, &[pidfd.as_fd()])
 }
 
-fn report_ended(children: &mut HashMap<u32, Channel>) {
+fn report_ended(children: &mut Children, ties: &mut alive::Ties) {
     while let Ok(Some((pid, exit))) = proc::reap_any() {
-        if let Some(status) = children.remove(&pid) {
+        if let Some((status, tie)) = children.remove(&pid) {
             let _ = status.send(&exit, &[]);
+            ties.give_back(tie);
         }
     }
 }

@@ -431,7 +431,7 @@ pub(crate) fn kill_me_with_parent() -> io::Result<()> {
 
 /// A new open file description of the pipe whose read end is `read` (open(2) of
 /// `/proc/self/fd/N`, which for a pipe opens the pipe itself, not a copy of the descriptor), for
-/// [`kill_me_on_hangup`]: the owner of a description's signals is shared by every duplicate.
+/// [`hangup_killer`]: the owner of a description's signals is shared by every duplicate.
 pub(crate) fn reopen_pipe_reader(read: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let path = CString::new(format!("/proc/self/fd/{}", read.as_raw_fd()))
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
@@ -444,24 +444,57 @@ pub(crate) fn reopen_pipe_reader(read: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Asks the kernel to SIGKILL this process the moment the pipe behind `read` loses its last
-/// writer: `O_ASYNC` with this process as the owner and `SIGKILL` as the signal (fcntl(2)
-/// `F_SETOWN`, `F_SETSIG`), which the pipe raises for its readers' owners when its last writer
-/// closes. `read` must be a description of this process's own ([`reopen_pipe_reader`]) and
-/// stay open for its whole life. Returns whether the pipe had already hung up (then no signal
-/// will come: the caller must act on its own).
-pub(crate) fn kill_me_on_hangup(read: BorrowedFd<'_>) -> io::Result<bool> {
-    /// `F_SETSIG` of `<asm-generic/fcntl.h>`, which no architecture redefines (the libc crate
-    /// names it only for some targets).
-    const F_SETSIG: libc::c_int = 10;
-    let fd = read.as_raw_fd();
-    syscall!(fcntl(fd, libc::F_SETOWN, getpid() as libc::c_int))?;
+/// Clears the owner of `killer` ([`hangup_killer`]), which then signals nobody at the hang-up
+/// until a process claims it again with [`kill_me_on_hangup`].
+pub(crate) fn disown(killer: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fcntl on a borrowed, open descriptor, with an integer argument.
+    syscall!(fcntl(killer.as_raw_fd(), libc::F_SETOWN, 0)).map(drop)
+}
+
+/// `F_SETSIG` of `<asm-generic/fcntl.h>`, which no architecture redefines (the libc crate
+/// names it only for some targets).
+const F_SETSIG: libc::c_int = 10;
+
+/// A new description of the pipe whose read end is `read` ([`reopen_pipe_reader`]), armed to
+/// SIGKILL its owner the moment the pipe loses its last writer: `O_ASYNC` with `SIGKILL` as
+/// the signal (fcntl(2) `F_SETSIG`), which the pipe raises for its readers' owners when its
+/// last writer closes. It has no owner yet, so until one claims it with [`kill_me_on_hangup`]
+/// the hang-up signals nobody. Made by a fork server ahead of the fork of the child that claims
+/// it, so the child's own start is two system calls, not five.
+pub(crate) fn hangup_killer(read: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let own = reopen_pipe_reader(read)?;
+    let fd = own.as_raw_fd();
+    // SAFETY (these three): fcntl on a descriptor this function owns, with integer arguments.
     syscall!(fcntl(fd, F_SETSIG, libc::SIGKILL))?;
     let flags = syscall!(fcntl(fd, libc::F_GETFL))?;
     syscall!(fcntl(fd, libc::F_SETFL, flags | libc::O_ASYNC))?;
-    // A writer that left before the line above raised nothing: look once.
-    let ready = super::fd::poll_read(&[read], Some(std::time::Instant::now()))?;
-    Ok(ready[0].readable || ready[0].hangup)
+    Ok(own)
+}
+
+/// Makes this process, whose id is `me`, the owner of `killer` ([`hangup_killer`], fcntl(2)
+/// `F_SETOWN`): the kernel SIGKILLs it the moment the pipe hangs up. `killer` must be a
+/// description nobody else claims and stay open for this process's whole life. Returns whether
+/// the pipe had already hung up (then no signal will come: the caller must act on its own).
+pub(crate) fn kill_me_on_hangup(killer: BorrowedFd<'_>, me: u32) -> io::Result<bool> {
+    let fd = killer.as_raw_fd();
+    // SAFETY: fcntl on a borrowed, open descriptor, with an integer argument.
+    syscall!(fcntl(fd, libc::F_SETOWN, me as libc::c_int))?;
+    // A writer that left before the line above signalled nobody: look once. (A plain poll with
+    // no deadline: this runs in every new fork server child, where each code page touched
+    // costs a page fault.)
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: `p` is one valid pollfd, and the count says one.
+        match syscall!(poll(&mut p, 1, 0)) {
+            Ok(_) => return Ok(p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Ignores `SIGPIPE`, as Rust's runtime does before `main`, so a write to a closed pipe is an
@@ -678,5 +711,25 @@ mod tests {
         drop(write);
         let ready = crate::sys::fd::poll_read(&[own.as_fd()], Some(std::time::Instant::now()));
         assert!(ready.unwrap()[0].hangup, "the last writer left");
+    }
+
+    /// What lets a fork server hand a dead child's tie to the next child: a description
+    /// disowned after use (or never claimed) signals nobody at the hang-up. If it still named
+    /// this process, the hang-up below would SIGKILL this test.
+    #[test]
+    fn a_disowned_hangup_killer_signals_nobody() {
+        let (read, write) = crate::sys::fd::pipe().unwrap();
+        let unclaimed = hangup_killer(read.as_fd()).unwrap();
+        let handed_on = hangup_killer(read.as_fd()).unwrap();
+        assert!(!kill_me_on_hangup(handed_on.as_fd(), getpid()).unwrap());
+        disown(handed_on.as_fd()).unwrap();
+        drop(write);
+        for killer in [&unclaimed, &handed_on] {
+            let ready = crate::sys::fd::poll_read(&[killer.as_fd()], None);
+            assert!(ready.unwrap()[0].hangup, "the last writer left");
+        }
+        // A claim that comes after the hang-up is told so: no signal will come for it.
+        assert!(kill_me_on_hangup(handed_on.as_fd(), getpid()).unwrap());
+        disown(handed_on.as_fd()).unwrap();
     }
 }
