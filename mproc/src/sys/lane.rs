@@ -672,26 +672,7 @@ mod tests {
     /// `cargo fuzz` (fuzz/README.md); this keeps the checks honest between runs.
     #[test]
     fn the_fuzz_body_survives_random_inputs() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        for round in 0..60 {
-            let len = (next() % 200) as usize;
-            // Every other input leaves the peer's writes out, so honest runs go deep.
-            let data: Vec<u8> = (0..len)
-                .map(|_| next() as u8)
-                .map(|b| {
-                    if round % 2 == 0 && (b >> 1) % 8 >= 4 {
-                        b & !0x08
-                    } else {
-                        b
-                    }
-                })
-                .collect();
+        for data in super::super::shm::testing::fuzz_inputs(60) {
             super::fuzz(&data);
         }
     }

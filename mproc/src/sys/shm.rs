@@ -584,6 +584,37 @@ pub(crate) mod testing {
 
     use crate::{Process, StartMethod, Target};
 
+    /// A repeatable stream of pseudo-random numbers (xorshift64) from `state` (not 0), for
+    /// tests that run a fuzz target's body on cheap inputs at every `cargo test`.
+    pub(crate) fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
+    /// `rounds` random inputs of up to 200 bytes for the lane and ring fuzz bodies, whose
+    /// operations 4 to 7 of a byte's bits 1-3 are a peer's stray writes when its bit 3 is set:
+    /// every other input leaves those out, so that honest runs go deep.
+    pub(crate) fn fuzz_inputs(rounds: usize) -> impl Iterator<Item = Vec<u8>> {
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
+        (0..rounds).map(move |round| {
+            let len = (next() % 200) as usize;
+            (0..len)
+                .map(|_| next() as u8)
+                .map(|b| {
+                    if round % 2 == 0 && (b >> 1) % 8 >= 4 {
+                        b & !0x08
+                    } else {
+                        b
+                    }
+                })
+                .collect()
+        })
+    }
+
     /// A memory file of `len` zero bytes that nothing stops from shrinking (no seals).
     pub(crate) fn unsealed_memfd(len: usize) -> OwnedFd {
         super::memfd("mproc-test-unsealed", len)

@@ -47,13 +47,7 @@ mod tests {
     #[test]
     fn fuzz_seeds_and_their_mutations_never_panic() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/seeds");
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::sys::shm::testing::xorshift(0x9e37_79b9_7f4a_7c15);
         let mut seeds = 0;
         for entry in std::fs::read_dir(dir).expect("fuzz/seeds exists") {
             let seed = std::fs::read(entry.unwrap().path()).unwrap();
