@@ -50,36 +50,11 @@ fn parent_death_by_sigkill_takes_children_and_fork_server_within_a_second() {
         return drive_orphans(&method);
     }
     for method in ["fork", "spawn", "forkserver"] {
-        let mut driver = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "lifecycle::parent_death_by_sigkill_takes_children_and_fork_server_within_a_second",
-                "--nocapture",
-            ])
-            .env(ORPHAN_DRIVER, method)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = driver.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .find_map(|l| l.strip_prefix("PIDS ").map(str::to_owned))
-        });
-        let deadline = Instant::now() + PATIENCE;
-        while !reader.is_finished() {
-            assert!(
-                Instant::now() < deadline,
-                "{method}: the driver never printed its children"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let line = reader
-            .join()
-            .unwrap()
-            .expect("the driver printed its children");
-        let mut pids: Vec<u32> = line.split(' ').map(|p| p.parse().unwrap()).collect();
+        let (mut driver, mut pids) = start_driver(
+            "lifecycle::parent_death_by_sigkill_takes_children_and_fork_server_within_a_second",
+            ORPHAN_DRIVER,
+            method,
+        );
         if method == "forkserver" {
             let server = parent_pid_of(pids[0]);
             assert_ne!(server, driver.id(), "forkserver children are the server's");
@@ -87,15 +62,55 @@ fn parent_death_by_sigkill_takes_children_and_fork_server_within_a_second() {
         }
         driver.kill().unwrap();
         driver.wait().unwrap();
-        let killed = Instant::now();
-        while !pids.iter().all(|&p| has_ended(p)) {
-            assert!(
-                killed.elapsed() < Duration::from_secs(1),
-                "{method}: still alive a second after their parent was killed: {:?}",
-                pids.iter().filter(|&&p| !has_ended(p)).collect::<Vec<_>>()
-            );
-            std::thread::sleep(Duration::from_millis(5));
+        all_end_within_a_second(method, &pids);
+    }
+}
+
+/// Runs the test `name` of this binary again as a driver (`var` set to `value` in its
+/// environment), and reads the pids it prints on a line `PIDS ...` (bounded).
+fn start_driver(name: &str, var: &str, value: &str) -> (std::process::Child, Vec<u32>) {
+    let mut driver = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture"])
+        .env(var, value)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = driver.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("PIDS ").map(str::to_owned))
+    });
+    let deadline = Instant::now() + PATIENCE;
+    while !reader.is_finished() {
+        if Instant::now() >= deadline {
+            let _ = driver.kill();
+            panic!("{value}: the driver never printed its children");
         }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let Some(line) = reader.join().unwrap() else {
+        let _ = driver.kill();
+        panic!(
+            "{value}: the driver failed before printing its children: {:?}",
+            driver.wait()
+        );
+    };
+    let pids = line.split(' ').map(|p| p.parse().unwrap()).collect();
+    (driver, pids)
+}
+
+/// Waits until every process of `pids` has ended, failing after a second.
+fn all_end_within_a_second(what: &str, pids: &[u32]) {
+    let killed = Instant::now();
+    while !pids.iter().all(|&p| has_ended(p)) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "{what}: still alive a second after their parent was killed: {:?}",
+            pids.iter().filter(|&&p| !has_ended(p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -366,49 +381,13 @@ fn orphans_of_a_killed_fork_server_still_die_with_the_parent_within_a_second() {
     if std::env::var_os(DRIVER).is_some() {
         return drive_orphans_of_a_killed_server();
     }
-    let mut driver = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", NAME, "--nocapture"])
-        .env(DRIVER, "1")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = driver.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| l.strip_prefix("PIDS ").map(str::to_owned))
-    });
-    let deadline = Instant::now() + PATIENCE;
-    while !reader.is_finished() {
-        if Instant::now() >= deadline {
-            let _ = driver.kill();
-            panic!("the driver never printed its children");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let Some(line) = reader.join().unwrap() else {
-        let _ = driver.kill();
-        panic!(
-            "the driver failed before printing its children: {:?}",
-            driver.wait()
-        );
-    };
-    let pids: Vec<u32> = line.split(' ').map(|p| p.parse().unwrap()).collect();
+    let (mut driver, pids) = start_driver(NAME, DRIVER, "1");
     let all_ran = pids.iter().all(|&p| !has_ended(p));
     driver.kill().unwrap();
     driver.wait().unwrap();
     assert_eq!(pids.len(), 6, "{pids:?}");
     assert!(all_ran, "all ran until their parent was killed: {pids:?}");
-    let killed = Instant::now();
-    while !pids.iter().all(|&p| has_ended(p)) {
-        assert!(
-            killed.elapsed() < Duration::from_secs(1),
-            "still alive a second after their parent was killed: {:?}",
-            pids.iter().filter(|&&p| !has_ended(p)).collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    all_end_within_a_second("fork server orphans", &pids);
 }
 
 fn kill_myself() {
