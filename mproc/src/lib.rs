@@ -47,6 +47,8 @@
 #![deny(unsafe_code)]
 
 mod channel;
+#[cfg(doctest)]
+mod compile_fail;
 mod connection;
 mod error;
 mod handle;
