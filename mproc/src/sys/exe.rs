@@ -5,9 +5,9 @@
 //! contents, present in binaries linked by GNU ld, gold, lld and mold with their defaults on
 //! Debian and most distributions), read from memory through dl_iterate_phdr(3). When the image
 //! has no such note, it falls back to the device, inode, size and modification time of
-//! `/proc/self/exe`, so a rebuilt file is still told apart. Either way the anchor offset of a
-//! second symbol is mixed in, so two builds that share a note by accident still differ when
-//! their layouts do.
+//! `/proc/self/exe`, so a rebuilt file is still told apart. Either way the distance between two
+//! of its symbols is mixed in (see [`layout_distance`]), so two builds that share a note by
+//! accident still differ when their layouts do.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
@@ -30,12 +30,21 @@ fn compute() -> u64 {
             }
         }
     }
-    super::image::offset_of(layout_probe).hash(&mut h);
+    layout_distance().hash(&mut h);
     h.finish()
 }
 
-fn layout_probe(_: &[u8]) -> Result<Vec<u8>, crate::Error> {
-    Ok(Vec::new())
+/// The distance between a function and a static of this image: fixed at link time, so two
+/// builds that share a build ID by accident still differ when their layouts do.
+fn layout_distance() -> i64 {
+    static ANCHOR: u8 = 0;
+    let anchor = std::hint::black_box(&ANCHOR) as *const u8 as usize;
+    let probe = std::hint::black_box(layout_probe as fn() -> u8) as usize;
+    (probe as i64).wrapping_sub(anchor as i64)
+}
+
+fn layout_probe() -> u8 {
+    std::hint::black_box(7)
 }
 
 /// The GNU build ID of the main executable, if it carries one.
