@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::result::{self, JobState};
+use super::job::{self, JobState};
 use super::task;
 use crate::channel::{self, Outbox};
 use crate::error::{Error, ErrorKind};
@@ -99,7 +99,7 @@ impl Chunk {
 
     /// Gives the job this chunk's answer (an inert revoked entry has none to give: its copy
     /// answers).
-    fn finish(mut self, outcome: super::result::ChunkOutcome) {
+    fn finish(mut self, outcome: super::job::ChunkOutcome) {
         if !self.revoked {
             self.job.deliver(self.index, outcome);
         }
@@ -253,7 +253,7 @@ impl Shared {
             }
         }
         let _unwind = WakeOnUnwind(&self.wake);
-        let callbacks = result::deferring_callbacks(|| {
+        let callbacks = job::deferring_callbacks(|| {
             for round in 1u32.. {
                 d.drain_lanes();
                 if done()
@@ -284,7 +284,7 @@ impl Shared {
             }
         });
         drop(state);
-        result::run_callbacks(callbacks);
+        job::run_callbacks(callbacks);
         true
     }
 

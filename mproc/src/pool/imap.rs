@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use super::dispatcher::{Chunk, Shared};
-use super::result::{JobState, decode_slot};
+use super::job::{JobState, decode_slot};
 use crate::error::{Error, ErrorKind};
 
 /// One encoded chunk of input and its item count, or why it could not be encoded.
@@ -153,7 +153,7 @@ impl<R: DeserializeOwned> Iterator for Imap<'_, R> {
 
 /// The chunk to hand out next: chunk `ordered` once it is answered, or (unordered) the
 /// earliest answered chunk not yet handed out.
-fn pick(inner: &super::result::JobInner, ordered: Option<usize>) -> Option<usize> {
+fn pick(inner: &super::job::JobInner, ordered: Option<usize>) -> Option<usize> {
     match ordered {
         Some(i) => {
             let at = i.checked_sub(inner.base)?;

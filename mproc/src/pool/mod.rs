@@ -3,7 +3,8 @@
 //! - [`dispatcher`]: the thread that owns the workers and assigns each chunk to one of them;
 //! - [`worker`]: a worker's loop, in the child;
 //! - [`task`]: chunks of arguments and the trampoline that runs them;
-//! - [`result`]: [`AsyncResult`] and the per-job state the dispatcher fills;
+//! - [`job`]: the per-job state the dispatcher fills and the handles wait on;
+//! - [`result`]: [`AsyncResult`], the handle on one job;
 //! - [`imap`]: the streaming iterators.
 
 use std::any::{Any, type_name};
@@ -20,14 +21,15 @@ use crate::wire::target::{self, Target};
 
 mod dispatcher;
 mod imap;
+mod job;
 mod result;
 mod task;
 pub(crate) mod worker;
 
 use dispatcher::{Chunk, Config, Dispatcher, Shared};
 pub use imap::Imap;
+use job::JobState;
 pub use result::AsyncResult;
-use result::JobState;
 
 /// A `map` submits its chunks in batches of about this many bytes (or chunks), so workers
 /// start on the first while the rest are encoded.
@@ -387,7 +389,7 @@ impl Pool {
         self.shared.submit(vec![chunk], true)?;
         Ok(AsyncResult::new(
             job,
-            result::decode_one::<F::Output>,
+            job::decode_one::<F::Output>,
             target,
             Arc::clone(&self.shared),
         ))
@@ -786,7 +788,7 @@ impl Chunked<'_> {
         }
         Ok(AsyncResult::new(
             job,
-            result::decode_all::<F::Output>,
+            job::decode_all::<F::Output>,
             target,
             Arc::clone(&pool.shared),
         ))
