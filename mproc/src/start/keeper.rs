@@ -1018,16 +1018,7 @@ mod tests {
             seeds += 1;
             fuzz(&seed);
             for _ in 0..2000 {
-                let mut m = seed.clone();
-                for _ in 0..1 + next() % 4 {
-                    let i = (next() as usize) % m.len().max(1);
-                    match next() % 3 {
-                        0 if !m.is_empty() => m[i] = next() as u8,
-                        1 => m.truncate(i),
-                        _ => m.insert(i.min(m.len()), next() as u8),
-                    }
-                }
-                fuzz(&m);
+                fuzz(&crate::sys::shm::testing::mutate(&seed, &mut next));
             }
         }
         assert_eq!(seeds, 5, "the keeper's fuzz seeds are missing");

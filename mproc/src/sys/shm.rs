@@ -595,6 +595,21 @@ pub(crate) mod testing {
         }
     }
 
+    /// `seed` with one to four random bytes changed, cut or inserted: a cheap mutation, as a
+    /// fuzzer would make, for tests that run a fuzz body on the seeds at every `cargo test`.
+    pub(crate) fn mutate(seed: &[u8], next: &mut impl FnMut() -> u64) -> Vec<u8> {
+        let mut m = seed.to_vec();
+        for _ in 0..1 + next() % 4 {
+            let i = (next() as usize) % m.len().max(1);
+            match next() % 3 {
+                0 if !m.is_empty() => m[i] = next() as u8,
+                1 => m.truncate(i),
+                _ => m.insert(i.min(m.len()), next() as u8),
+            }
+        }
+        m
+    }
+
     /// `rounds` random inputs of up to 200 bytes for the lane and ring fuzz bodies, whose
     /// operations 4 to 7 of a byte's bits 1-3 are a peer's stray writes when its bit 3 is set:
     /// every other input leaves those out, so that honest runs go deep.
