@@ -204,15 +204,20 @@ impl SharedMemory {
                 std::io::Error::from_raw_os_error(libc::ENOENT),
             ));
         }
-        let shm = SharedMemory::from_parts(name.to_owned(), file)?;
-        keeper::look_after(shm.inner.identity);
-        Ok(shm)
+        keeper::look_after(identity);
+        SharedMemory::from_file(name.to_owned(), file, identity)
     }
 
     fn from_parts(name: String, file: OwnedFd) -> Result<SharedMemory, Error> {
-        let context = || format!("mapping shared memory {name:?}");
-        let identity = shm::file_identity(file.as_fd()).map_err(|e| Error::os(context(), e))?;
-        let map = Mapping::open_named(file.as_fd()).map_err(|e| Error::os(context(), e))?;
+        let identity = shm::file_identity(file.as_fd())
+            .map_err(|e| Error::os(format!("mapping shared memory {name:?}"), e))?;
+        SharedMemory::from_file(name, file, identity)
+    }
+
+    /// A handle on `file` (whose device and inode are `identity`), mapped whole.
+    fn from_file(name: String, file: OwnedFd, identity: (u64, u64)) -> Result<SharedMemory, Error> {
+        let map = Mapping::open_named(file.as_fd())
+            .map_err(|e| Error::os(format!("mapping shared memory {name:?}"), e))?;
         Ok(SharedMemory {
             inner: Arc::new(Inner {
                 name,
