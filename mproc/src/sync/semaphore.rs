@@ -1,0 +1,158 @@
+//! [`Semaphore`], a counter of permits.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::{KIND_SEMAPHORE, WORDS_AT, block_handle, deadline, new_block, os, sleep, wake};
+use crate::error::Error;
+use crate::sys::shared::Block;
+
+const COUNT_AT: usize = WORDS_AT;
+const MAX_AT: usize = WORDS_AT + 8;
+
+/// A counting semaphore shared between processes: Python's `multiprocessing.Semaphore`.
+///
+/// ```
+/// let s = mproc::Semaphore::new(2)?;
+/// s.acquire()?;
+/// s.acquire()?;
+/// assert!(!s.acquire_timeout(std::time::Duration::from_millis(5))?);
+/// s.release()?;
+/// assert_eq!(s.value(), 1);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Semaphore {
+    block: Arc<Block>,
+}
+
+impl Semaphore {
+    /// A semaphore with `value` permits.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` above `u32::MAX - 1` permits.
+    ///
+    /// ```
+    /// let s = mproc::Semaphore::new(0)?;
+    /// assert_eq!(s.value(), 0);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn new(value: usize) -> Result<Semaphore, Error> {
+        Semaphore::with_max(value, 0)
+    }
+
+    pub(super) fn with_max(value: usize, max: u32) -> Result<Semaphore, Error> {
+        let value = u32::try_from(value)
+            .ok()
+            .filter(|&v| v < u32::MAX)
+            .ok_or_else(|| Error::invalid("a semaphore holds at most u32::MAX - 1 permits"))?;
+        let block = new_block(KIND_SEMAPHORE, "a semaphore")?;
+        block.u32_at(COUNT_AT).store(value, Ordering::Relaxed);
+        block.u32_at(MAX_AT).store(max, Ordering::Release);
+        Ok(Semaphore::from_block(block))
+    }
+
+    fn from_block(block: Arc<Block>) -> Semaphore {
+        Semaphore { block }
+    }
+
+    /// Takes a permit, waiting for one.
+    ///
+    /// ```
+    /// let s = mproc::Semaphore::new(1)?;
+    /// s.acquire()?;
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn acquire(&self) -> Result<(), Error> {
+        self.take(None).map(|_| ())
+    }
+
+    /// Takes a permit, waiting at most `timeout`: `Ok(false)` if none came.
+    ///
+    /// ```
+    /// let s = mproc::Semaphore::new(0)?;
+    /// assert!(!s.acquire_timeout(std::time::Duration::from_millis(5))?);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool, Error> {
+        self.take(deadline(timeout))
+    }
+
+    fn take(&self, deadline: Option<Instant>) -> Result<bool, Error> {
+        let count = self.block.u32_at(COUNT_AT);
+        loop {
+            let c = count.load(Ordering::Acquire);
+            if c > 0 {
+                if count
+                    .compare_exchange_weak(c, c - 1, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return Ok(true);
+                }
+                continue;
+            }
+            let woke = sleep(&self.block, COUNT_AT, 0, deadline);
+            if !woke.map_err(|e| os("waiting on a semaphore", e))? {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Gives a permit back.
+    ///
+    /// # Errors
+    ///
+    /// For a [`BoundedSemaphore`](crate::BoundedSemaphore), `InvalidArgument` when that would exceed its initial
+    /// value.
+    ///
+    /// ```
+    /// let s = mproc::Semaphore::new(0)?;
+    /// s.release()?;
+    /// assert_eq!(s.value(), 1);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn release(&self) -> Result<(), Error> {
+        let count = self.block.u32_at(COUNT_AT);
+        let max = self.block.u32_at(MAX_AT).load(Ordering::Acquire);
+        let limit = if max == 0 { u32::MAX - 1 } else { max };
+        let mut c = count.load(Ordering::Relaxed);
+        loop {
+            if c >= limit {
+                return Err(Error::invalid(if max == 0 {
+                    "the semaphore cannot count higher"
+                } else {
+                    "a BoundedSemaphore was released more times than it was acquired"
+                }));
+            }
+            match count.compare_exchange_weak(c, c + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(now) => c = now,
+            }
+        }
+        wake(&self.block, COUNT_AT, 1);
+        Ok(())
+    }
+
+    /// The permits available now (Python's `get_value`).
+    ///
+    /// ```
+    /// assert_eq!(mproc::Semaphore::new(3)?.value(), 3);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn value(&self) -> usize {
+        self.block.u32_at(COUNT_AT).load(Ordering::Relaxed) as usize
+    }
+}
+
+block_handle!(Semaphore, KIND_SEMAPHORE);
+
+impl fmt::Debug for Semaphore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Semaphore")
+            .field("value", &self.value())
+            .finish()
+    }
+}
