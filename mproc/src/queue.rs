@@ -32,21 +32,6 @@ pub use joinable::JoinableQueue;
 pub use queue::Queue;
 pub use simple::SimpleQueue;
 
-use std::time::{Duration, Instant};
-
-use crate::error::Error;
-
 const KIND_QUEUE: u32 = 20;
 const KIND_SIMPLE: u32 = 21;
 const KIND_JOINABLE: u32 = 22;
-
-fn os(what: &str, e: std::io::Error) -> Error {
-    if e.kind() == std::io::ErrorKind::InvalidData {
-        return Error::protocol(e.to_string());
-    }
-    Error::os(what.to_string(), e)
-}
-
-fn deadline_in(timeout: Duration) -> Option<Instant> {
-    crate::sys::fd::deadline_after(timeout)
-}

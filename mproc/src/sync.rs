@@ -18,15 +18,15 @@ mod semaphore;
 
 pub use barrier::Barrier;
 pub use bounded_semaphore::BoundedSemaphore;
-pub use condition::Condition;
+pub use condition::{Condition, WaitTimeoutResult};
 pub use event::Event;
 pub use lock::{Lock, LockGuard};
-pub use rlock::RLock;
+pub use rlock::{RLock, RLockGuard};
 pub use semaphore::Semaphore;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Deserializer, Serializer};
 
@@ -50,19 +50,11 @@ const ID_AT: usize = 16;
 /// How many processes sleep on a block's words (see [`sleep`]).
 const WAITERS_AT: usize = WORDS_AT + 4;
 
-pub(crate) fn os(what: &str, e: std::io::Error) -> Error {
-    Error::os(what.to_string(), e)
-}
-
-fn deadline(timeout: Duration) -> Option<Instant> {
-    crate::sys::fd::deadline_after(timeout)
-}
-
 /// A block of `kind` with room for its words (no mutex).
 fn new_block(kind: u32, what: &str) -> Result<Arc<Block>, Error> {
     Block::create(kind, WORDS_AT + 64, mutexes_of(kind))
         .map(Arc::new)
-        .map_err(|e| os(&format!("creating shared memory for {what}"), e))
+        .map_err(|e| Error::os(format!("creating shared memory for {what}"), e))
 }
 
 /// Sleeps while the word at `at` holds `expected`, counted in the block's waiters so that
@@ -138,11 +130,11 @@ pub(crate) fn new_mutex_block(
     recursive: bool,
 ) -> Result<Arc<Block>, Error> {
     let block = Block::create(kind, WORDS_AT + 64 + extra, &[MUTEX_AT])
-        .map_err(|e| os("creating shared memory for a lock", e))?;
+        .map_err(|e| Error::os("creating shared memory for a lock", e))?;
     block
         .mutex_at(MUTEX_AT)
         .init(recursive)
-        .map_err(|e| os("setting up a shared lock", e))?;
+        .map_err(|e| Error::os("setting up a shared lock", e))?;
     block.u64_at(ID_AT).store(random_id(), Ordering::Relaxed);
     Ok(Arc::new(block))
 }

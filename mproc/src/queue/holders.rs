@@ -4,7 +4,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use super::os;
 use crate::error::Error;
 use crate::sys::proc;
 use crate::sys::ring::{Holder, Ring};
@@ -121,8 +120,8 @@ impl Shared {
     }
 
     pub(super) fn create(kind: u32, maxsize: u64) -> Result<Arc<Shared>, Error> {
-        let ring =
-            Ring::create(kind, maxsize).map_err(|e| os("creating shared memory for a queue", e))?;
+        let ring = Ring::create(kind, maxsize)
+            .map_err(|e| Error::os("creating shared memory for a queue", e))?;
         Shared::new(ring, kind)
     }
 
@@ -144,7 +143,7 @@ impl Shared {
             let inherited = was != 0;
             self.ring
                 .attach(me(), alive, inherited)
-                .map_err(|e| os("registering with a queue", e))?;
+                .map_err(|e| Error::os("registering with a queue", e))?;
         }
         Ok(())
     }
@@ -165,7 +164,7 @@ impl Shared {
         let beyond = self
             .ring
             .shared_beyond(me(), alive)
-            .map_err(|e| os("reading a queue's holders", e))?;
+            .map_err(|e| Error::os("reading a queue's holders", e))?;
         // Pairs with the release of the handle dropped last (in this process, or through the
         // registry lock in another), so the try that follows sees what it did.
         std::sync::atomic::fence(Ordering::Acquire);

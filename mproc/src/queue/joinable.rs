@@ -7,8 +7,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::typed::{Core, Patience};
-use super::{KIND_JOINABLE, Queue, deadline_in, os};
+use super::{KIND_JOINABLE, Queue};
 use crate::error::{Error, ErrorKind};
+use crate::sys::fd::deadline_after;
 use crate::sys::ring::Wait;
 
 /// A [`Queue`] that counts unfinished items: Python's `multiprocessing.JoinableQueue`.
@@ -175,7 +176,7 @@ impl<T> JoinableQueue<T> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn join_timeout(&self, timeout: Duration) -> Result<(), Error> {
-        self.join_until(deadline_in(timeout))
+        self.join_until(deadline_after(timeout))
     }
 
     fn join_until(&self, deadline: Option<Instant>) -> Result<(), Error> {
@@ -198,7 +199,7 @@ impl<T> JoinableQueue<T> {
             }
             let slept = ring
                 .sleep(Wait::Done, ticket, Some(patience.until(deadline)))
-                .map_err(|e| os("waiting for a queue's items to be done", e))?;
+                .map_err(|e| Error::os("waiting for a queue's items to be done", e))?;
             last = !slept && patience.due() && ring.unfinished() > 0 && shared.alone()?;
         }
     }

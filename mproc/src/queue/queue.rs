@@ -7,9 +7,10 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::KIND_QUEUE;
 use super::typed::Core;
-use super::{KIND_QUEUE, deadline_in};
 use crate::error::{Error, ErrorKind};
+use crate::sys::fd::deadline_after;
 
 /// A queue of `T` shared between processes: Python's `multiprocessing.Queue`.
 ///
@@ -182,8 +183,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         self.core.put(value.borrow(), None, false)
     }
 
-    /// Like [`put`](Queue::put), giving up with `Err(Full)` after `timeout`: early with
-    /// `Closed` only when nobody else can ever get (see [`Queue`]).
+    /// Like [`put`](Queue::put), giving up with `Err(Timeout)` after `timeout` (Python raises
+    /// `Full` there; mproc keeps `Full` for [`try_put`](Queue::try_put)): early with `Closed`
+    /// only when nobody else can ever get (see [`Queue`]).
     ///
     /// ```
     /// use std::time::Duration;
@@ -191,11 +193,14 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// let q = mproc::Queue::<u32>::bounded(1)?;
     /// q.put(1)?;
     /// let e = q.put_timeout(2, Duration::from_millis(10)).unwrap_err();
-    /// assert_eq!(e.kind(), &mproc::ErrorKind::Full);
+    /// assert_eq!(e.kind(), &mproc::ErrorKind::Timeout);
+    /// assert_eq!(q.get()?, 1);
+    /// q.put_timeout(2, Duration::from_millis(10))?;
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn put_timeout(&self, value: impl Borrow<T>, timeout: Duration) -> Result<(), Error> {
-        self.core.put(value.borrow(), deadline_in(timeout), false)
+        self.core
+            .put(value.borrow(), deadline_after(timeout), false)
     }
 
     /// Puts `value` if there is room now; `Err(Full)` otherwise.
@@ -245,7 +250,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// ```
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, Error> {
         self.core
-            .get(deadline_in(timeout))?
+            .get(deadline_after(timeout))?
             .ok_or_else(|| ErrorKind::Timeout.into())
     }
 

@@ -11,7 +11,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::KIND_JOINABLE;
 use super::holders::Shared;
-use super::os;
 use crate::error::{Error, ErrorKind};
 use crate::sys::ring::{Push, Ring, Wait};
 use crate::wire::codec;
@@ -86,8 +85,9 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
         &self.shared.ring
     }
 
-    /// Puts `value`, waiting for room until `deadline`; with `at_once`, not at all (the
-    /// locks, only ever held briefly, are still waited for: a busy lock is not a full queue).
+    /// Puts `value`, waiting for room until `deadline` (then `Timeout`); with `at_once`, not
+    /// at all (then `Full`: the locks, only ever held briefly, are still waited for, since a
+    /// busy lock is not a full queue).
     pub(super) fn put(
         &self,
         value: &T,
@@ -95,6 +95,13 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
         at_once: bool,
     ) -> Result<(), Error> {
         let lock_deadline = if at_once { None } else { deadline };
+        let gave_up = || {
+            Error::from(if at_once {
+                ErrorKind::Full
+            } else {
+                ErrorKind::Timeout
+            })
+        };
         self.shared.attach()?;
         let len = codec::encoded_len(value)
             .map_err(|e| Error::codec(std::any::type_name::<T>(), "encode", e))?;
@@ -113,9 +120,9 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
                 let Some(mut producer) = self
                     .ring()
                     .producer(lock_deadline)
-                    .map_err(|e| os("locking a queue", e))?
+                    .map_err(|e| Error::os("locking a queue", e))?
                 else {
-                    return Err(ErrorKind::Full.into());
+                    return Err(gave_up());
                 };
                 producer.push(len, joinable, lock_deadline, |buf| {
                     codec::encode_to_slice(buf, value)
@@ -124,14 +131,14 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
             };
             match pushed {
                 Push::Done => return Ok(()),
-                Push::Busy => return Err(ErrorKind::Full.into()),
+                Push::Busy => return Err(gave_up()),
                 Push::Full | Push::NoRoom => {}
             }
             if last {
                 return Err(ErrorKind::Closed.into());
             }
             if at_once || deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(ErrorKind::Full.into());
+                return Err(gave_up());
             }
             let Some(taken) = ticket else {
                 ticket = Some(self.ring().ticket(Wait::Get));
@@ -140,7 +147,7 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
             let slept = self
                 .ring()
                 .sleep(Wait::Get, taken, Some(patience.until(deadline)))
-                .map_err(|e| os("waiting for room in a queue", e))?;
+                .map_err(|e| Error::os("waiting for room in a queue", e))?;
             last = !slept && patience.due() && self.shared.alone()?;
             ticket = Some(self.ring().ticket(Wait::Get));
         }
@@ -182,7 +189,7 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
             let slept = self
                 .ring()
                 .sleep(Wait::Put, taken, Some(patience.until(deadline)))
-                .map_err(|e| os("waiting for a queue", e))?;
+                .map_err(|e| Error::os("waiting for a queue", e))?;
             last = !slept && patience.due() && !self.ring().has_frames() && self.shared.alone()?;
             ticket = Some(self.ring().ticket(Wait::Put));
         }
@@ -194,7 +201,7 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
         let Some(mut consumer) = self
             .ring()
             .consumer(deadline)
-            .map_err(|e| os("locking a queue", e))?
+            .map_err(|e| Error::os("locking a queue", e))?
         else {
             return Ok(None);
         };
@@ -203,7 +210,7 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
                 codec::decode::<T>(bytes)
                     .map_err(|e| Error::codec(std::any::type_name::<T>(), "decode", e))
             })
-            .map_err(|e| os("reading a queue", e))
+            .map_err(|e| Error::os("reading a queue", e))
     }
 
     pub(super) fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{KIND_BARRIER, WORDS_AT, block_handle, deadline, new_block, os};
+use super::{KIND_BARRIER, WORDS_AT, block_handle, new_block};
 use crate::error::{Error, ErrorKind};
+use crate::sys::fd::deadline_after;
 use crate::sys::futex;
 use crate::sys::shared::Block;
 
@@ -67,7 +68,7 @@ impl Barrier {
     ///
     /// # Errors
     ///
-    /// `BrokenBarrier` once it is broken (aborted, or a wait timed out).
+    /// `BrokenBarrier` once it is broken (aborted, or another party's wait timed out).
     ///
     /// ```
     /// let b = mproc::Barrier::new(1)?;
@@ -79,17 +80,21 @@ impl Barrier {
         self.wait_until(None)
     }
 
-    /// Like [`wait`](Self::wait), but when `timeout` passes first the barrier breaks (for
-    /// every party) and this returns `Err(BrokenBarrier)`.
+    /// Like [`wait`](Self::wait), giving up after `timeout` with `Err(Timeout)`. As in
+    /// Python, a party that gives up breaks the barrier: the others, waiting or still to come,
+    /// get `Err(BrokenBarrier)`.
     ///
     /// ```
+    /// use mproc::ErrorKind;
+    ///
     /// let b = mproc::Barrier::new(2)?;
-    /// assert!(b.wait_timeout(std::time::Duration::from_millis(5)).is_err());
-    /// assert!(b.wait().is_err(), "broken for everyone");
+    /// let e = b.wait_timeout(std::time::Duration::from_millis(5)).unwrap_err();
+    /// assert_eq!(e.kind(), &ErrorKind::Timeout);
+    /// assert_eq!(b.wait().unwrap_err().kind(), &ErrorKind::BrokenBarrier, "broken for everyone");
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> Result<usize, Error> {
-        self.wait_until(deadline(timeout))
+        self.wait_until(deadline_after(timeout))
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<usize, Error> {
@@ -122,9 +127,9 @@ impl Barrier {
                         return Ok(index as usize);
                     }
                     self.abort();
-                    return Err(ErrorKind::BrokenBarrier.into());
+                    return Err(ErrorKind::Timeout.into());
                 }
-                Err(e) => return Err(os("waiting on a barrier", e)),
+                Err(e) => return Err(Error::os("waiting on a barrier", e)),
             }
         }
     }

@@ -58,10 +58,12 @@ impl BoundedSemaphore {
     ///
     /// ```
     /// let s = mproc::BoundedSemaphore::new(1)?;
-    /// assert!(s.acquire_timeout(std::time::Duration::ZERO)?);
+    /// s.acquire_timeout(std::time::Duration::ZERO)?;
+    /// let e = s.acquire_timeout(std::time::Duration::ZERO).unwrap_err();
+    /// assert_eq!(e.kind(), &mproc::ErrorKind::Timeout);
     /// # Ok::<(), mproc::Error>(())
     /// ```
-    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool, Error> {
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<(), Error> {
         self.0.acquire_timeout(timeout)
     }
 

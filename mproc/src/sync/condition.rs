@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{
-    KIND_CONDITION, Lock, LockGuard, WORDS_AT, deadline, deserialize_block, new_block, os,
-    serialize_block, sleep, wake,
+    KIND_CONDITION, Lock, LockGuard, WORDS_AT, deserialize_block, new_block, serialize_block,
+    sleep, wake,
 };
 use crate::error::Error;
+use crate::sys::fd::deadline_after;
 use crate::sys::shared::Block;
 
 const SEQ_AT: usize = WORDS_AT;
@@ -26,8 +27,8 @@ const SEQ_AT: usize = WORDS_AT;
 /// let lock = Lock::new()?;
 /// let cond = Condition::new(&lock)?;
 /// let guard = lock.acquire()?;
-/// let (guard, woken) = cond.wait_timeout(guard, Duration::from_millis(5))?;
-/// assert!(!woken, "nobody notified");
+/// let (guard, result) = cond.wait_timeout(guard, Duration::from_millis(5))?;
+/// assert!(result.timed_out(), "nobody notified");
 /// drop(guard);
 /// # Ok::<(), mproc::Error>(())
 /// ```
@@ -94,29 +95,34 @@ impl Condition {
         self.wait_until(guard, None).map(|(g, _)| g)
     }
 
-    /// Like [`wait`](Self::wait), but waits at most `timeout`; the `bool` is `true` when it
-    /// was woken before the timeout (Python's meaning).
+    /// Like [`wait`](Self::wait), but waits at most `timeout`. The lock is taken again
+    /// either way, so the guard comes back with whether the time ran out, as
+    /// `std::sync::Condvar::wait_timeout` gives it (running out of time is not an error
+    /// here: the one exception to the crate's timeout rule, since the guard must come back).
     ///
     /// ```
+    /// use std::time::Duration;
+    ///
     /// let lock = mproc::Lock::new()?;
     /// let cond = mproc::Condition::new(&lock)?;
-    /// let (_g, woken) = cond.wait_timeout(lock.acquire()?, std::time::Duration::ZERO)?;
-    /// assert!(!woken);
+    /// let (guard, result) = cond.wait_timeout(lock.acquire()?, Duration::ZERO)?;
+    /// assert!(result.timed_out());
+    /// drop(guard);
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn wait_timeout<'a>(
         &self,
         guard: LockGuard<'a>,
         timeout: Duration,
-    ) -> Result<(LockGuard<'a>, bool), Error> {
-        self.wait_until(guard, deadline(timeout))
+    ) -> Result<(LockGuard<'a>, WaitTimeoutResult), Error> {
+        self.wait_until(guard, deadline_after(timeout))
     }
 
     fn wait_until<'a>(
         &self,
         guard: LockGuard<'a>,
         deadline: Option<Instant>,
-    ) -> Result<(LockGuard<'a>, bool), Error> {
+    ) -> Result<(LockGuard<'a>, WaitTimeoutResult), Error> {
         if guard.lock.id() != self.lock.id() {
             return Err(Error::invalid(
                 "the guard holds another lock than this condition's",
@@ -132,9 +138,9 @@ impl Condition {
         let woken = match woke {
             Ok(true) => true,
             Ok(false) => seq.load(Ordering::SeqCst) != seen,
-            Err(e) => return Err(os("waiting on a condition", e)),
+            Err(e) => return Err(Error::os("waiting on a condition", e)),
         };
-        Ok((again, woken))
+        Ok((again, WaitTimeoutResult(!woken)))
     }
 
     /// Wakes up to `n` waiters.
@@ -158,6 +164,35 @@ impl Condition {
     /// ```
     pub fn notify_all(&self) {
         self.notify(usize::MAX);
+    }
+}
+
+/// Whether a [`Condition::wait_timeout`] ran out of time, as `std::sync::WaitTimeoutResult`
+/// says it for a `Condvar` (a type rather than a `bool`, so that it cannot be read the wrong
+/// way round: Python's `wait` returns `True` when notified, the opposite).
+///
+/// ```
+/// let lock = mproc::Lock::new()?;
+/// let cond = mproc::Condition::new(&lock)?;
+/// let (_guard, result) = cond.wait_timeout(lock.acquire()?, std::time::Duration::ZERO)?;
+/// assert!(result.timed_out());
+/// # Ok::<(), mproc::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitTimeoutResult(bool);
+
+impl WaitTimeoutResult {
+    /// Whether the time ran out before a notify came.
+    ///
+    /// ```
+    /// let lock = mproc::Lock::new()?;
+    /// let cond = mproc::Condition::new(&lock)?;
+    /// let (_guard, result) = cond.wait_timeout(lock.acquire()?, std::time::Duration::ZERO)?;
+    /// assert!(result.timed_out(), "nobody notified");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn timed_out(&self) -> bool {
+        self.0
     }
 }
 

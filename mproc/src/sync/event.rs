@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{KIND_EVENT, WORDS_AT, block_handle, deadline, new_block, sleep, wake};
-use crate::error::Error;
+use super::{KIND_EVENT, WORDS_AT, block_handle, new_block, sleep, wake};
+use crate::error::{Error, ErrorKind};
+use crate::sys::fd::deadline_after;
 use crate::sys::shared::Block;
 
 const FLAG_AT: usize = WORDS_AT;
@@ -22,7 +23,7 @@ const FLAG_AT: usize = WORDS_AT;
 /// let e = Event::new()?;
 /// let mut p = Process::new(signal, (e.clone(),));
 /// p.start()?;
-/// assert!(e.wait_timeout(std::time::Duration::from_secs(30)));
+/// e.wait_timeout(std::time::Duration::from_secs(30))?;
 /// p.join()?;
 /// # Ok::<(), mproc::Error>(())
 /// ```
@@ -84,35 +85,47 @@ impl Event {
 
     /// Waits until the flag is set.
     ///
-    /// ```
-    /// let e = mproc::Event::new()?;
-    /// e.set();
-    /// e.wait();
-    /// # Ok::<(), mproc::Error>(())
-    /// ```
-    pub fn wait(&self) {
-        self.wait_until(None);
-    }
-
-    /// Waits until the flag is set or `timeout` passes; `true` if it is set.
+    /// # Errors
+    ///
+    /// `Os` if the system refuses the wait (it never does on a sound block; the error is
+    /// reported rather than taken for a wake-up).
     ///
     /// ```
     /// let e = mproc::Event::new()?;
-    /// assert!(!e.wait_timeout(std::time::Duration::from_millis(5)));
+    /// e.set();
+    /// e.wait()?;
     /// # Ok::<(), mproc::Error>(())
     /// ```
-    pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.wait_until(deadline(timeout))
+    pub fn wait(&self) -> Result<(), Error> {
+        self.wait_until(None)
     }
 
-    fn wait_until(&self, deadline: Option<Instant>) -> bool {
+    /// Like [`wait`](Self::wait), giving up after `timeout` with `Err(Timeout)`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let e = mproc::Event::new()?;
+    /// let err = e.wait_timeout(Duration::from_millis(5)).unwrap_err();
+    /// assert_eq!(err.kind(), &mproc::ErrorKind::Timeout);
+    /// e.set();
+    /// e.wait_timeout(Duration::from_millis(5))?;
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<(), Error> {
+        self.wait_until(deadline_after(timeout))
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> Result<(), Error> {
         let flag = self.block.u32_at(FLAG_AT);
         while flag.load(Ordering::Acquire) == 0 {
-            if !matches!(sleep(&self.block, FLAG_AT, 0, deadline), Ok(true)) {
-                return flag.load(Ordering::Acquire) != 0;
+            let woke = sleep(&self.block, FLAG_AT, 0, deadline)
+                .map_err(|e| Error::os("waiting on an event", e))?;
+            if !woke && flag.load(Ordering::Acquire) == 0 {
+                return Err(ErrorKind::Timeout.into());
             }
         }
-        true
+        Ok(())
     }
 }
 

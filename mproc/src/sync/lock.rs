@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{ID_AT, KIND_LOCK, MUTEX_AT, block_handle, deadline, new_mutex_block, os};
+use super::{ID_AT, KIND_LOCK, MUTEX_AT, block_handle, new_mutex_block};
 use crate::error::{Error, ErrorKind};
+use crate::sys::fd::deadline_after;
 use crate::sys::shared::{Block, Held, Taken};
 
 /// A mutual-exclusion lock shared between processes: Python's `multiprocessing.Lock`.
@@ -87,7 +88,7 @@ impl Lock {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<LockGuard<'_>, Error> {
-        self.take(deadline(timeout))?
+        self.take(deadline_after(timeout))?
             .ok_or_else(|| ErrorKind::Timeout.into())
     }
 
@@ -121,7 +122,7 @@ fn lock_error(e: std::io::Error, what: &str) -> Error {
     if e.raw_os_error() == Some(libc::EDEADLK) {
         Error::invalid("this thread already holds the lock (a Lock is not re-entrant; use RLock)")
     } else {
-        os(what, e)
+        Error::os(what, e)
     }
 }
 

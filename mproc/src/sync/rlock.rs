@@ -1,34 +1,33 @@
-//! [`RLock`], the re-entrant lock.
+//! [`RLock`], the re-entrant lock, and its guard, [`RLockGuard`].
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{KIND_RLOCK, MUTEX_AT, block_handle, deadline, new_mutex_block, os};
-use crate::error::Error;
-use crate::sys::shared::{Block, Taken};
+use super::{KIND_RLOCK, MUTEX_AT, block_handle, new_mutex_block};
+use crate::error::{Error, ErrorKind};
+use crate::sys::fd::deadline_after;
+use crate::sys::shared::{Block, Held, Taken};
 
 /// A re-entrant lock shared between processes: Python's `multiprocessing.RLock`. The thread
-/// that holds it may acquire it again; it is free once released as many times.
+/// that holds it may acquire it again; each [`acquire`](RLock::acquire) gives a guard, as
+/// [`Lock`](crate::Lock)'s does, and dropping the guard releases that one level: the lock is
+/// free once every guard is gone.
 ///
-/// Dropping the last handle in this process while one of its threads still holds the lock
-/// leaves its shared memory mapped until the process exits (the thread's robust list still
-/// points into it); the lock is freed for other processes when that thread exits.
+/// If a process dies holding the lock, the next acquirer gets it and its guard's
+/// [`owner_died`](RLockGuard::owner_died) says so.
 ///
 /// ```
 /// let lock = mproc::RLock::new()?;
-/// lock.acquire()?;
-/// lock.acquire()?;
-/// lock.release()?;
-/// lock.release()?;
-/// assert!(lock.release().is_err(), "not held any more");
+/// let outer = lock.acquire()?;
+/// let inner = lock.acquire()?; // the same thread: taken again at once
+/// drop(inner);
+/// drop(outer); // free for others now
 /// # Ok::<(), mproc::Error>(())
 /// ```
 #[derive(Clone)]
 pub struct RLock {
     block: Arc<Block>,
-    owner_died: Arc<AtomicBool>,
 }
 
 impl RLock {
@@ -36,6 +35,7 @@ impl RLock {
     ///
     /// ```
     /// let lock = mproc::RLock::new()?;
+    /// drop(lock.acquire()?);
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn new() -> Result<RLock, Error> {
@@ -43,89 +43,52 @@ impl RLock {
     }
 
     fn from_block(block: Arc<Block>) -> RLock {
-        RLock {
-            block,
-            owner_died: Arc::new(AtomicBool::new(false)),
-        }
+        RLock { block }
     }
 
-    /// Waits for the lock and takes it (again, if this thread holds it).
+    /// Waits for the lock and takes it (one more level, if this thread holds it already).
     ///
     /// ```
     /// let lock = mproc::RLock::new()?;
-    /// lock.acquire()?;
-    /// lock.release()?;
+    /// let guard = lock.acquire()?;
+    /// assert!(!guard.owner_died());
     /// # Ok::<(), mproc::Error>(())
     /// ```
-    pub fn acquire(&self) -> Result<(), Error> {
-        self.take(None).map(|_| ())
+    pub fn acquire(&self) -> Result<RLockGuard<'_>, Error> {
+        self.take(None)
     }
 
-    /// Like [`acquire`](Self::acquire), giving up after `timeout`: `Ok(false)` then.
+    /// Like [`acquire`](Self::acquire), giving up after `timeout` with `Err(Timeout)`.
     ///
     /// ```
     /// use std::time::Duration;
     ///
     /// let lock = mproc::RLock::new()?;
-    /// assert!(lock.acquire_timeout(Duration::from_millis(10))?);
-    /// lock.release()?;
+    /// let _held = lock.acquire()?;
+    /// let other = lock.clone();
+    /// let e = std::thread::spawn(move || other.acquire_timeout(Duration::from_millis(10)).map(drop))
+    ///     .join()
+    ///     .unwrap()
+    ///     .unwrap_err();
+    /// assert_eq!(e.kind(), &mproc::ErrorKind::Timeout);
     /// # Ok::<(), mproc::Error>(())
     /// ```
-    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool, Error> {
-        self.take(deadline(timeout))
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<RLockGuard<'_>, Error> {
+        self.take(deadline_after(timeout))
     }
 
-    fn take(&self, deadline: Option<Instant>) -> Result<bool, Error> {
-        let taken = self
+    fn take(&self, deadline: Option<Instant>) -> Result<RLockGuard<'_>, Error> {
+        let (held, taken) = self
             .block
             .mutex_at(MUTEX_AT)
             .lock(deadline)
-            .map_err(|e| os("taking an RLock", e))?;
-        Ok(match taken {
-            Some((held, taken)) => {
-                self.owner_died
-                    .store(taken == Taken::OwnerDied, Ordering::Relaxed);
-                // Released by `release`, not by a guard.
-                std::mem::forget(held);
-                true
-            }
-            None => false,
+            .map_err(|e| Error::os("taking an RLock", e))?
+            .ok_or(ErrorKind::Timeout)?;
+        Ok(RLockGuard {
+            lock: self,
+            held,
+            owner_died: taken == Taken::OwnerDied,
         })
-    }
-
-    /// Releases one level of this thread's hold.
-    ///
-    /// # Errors
-    ///
-    /// `InvalidArgument` if this thread does not hold it.
-    ///
-    /// ```
-    /// let lock = mproc::RLock::new()?;
-    /// assert!(lock.release().is_err());
-    /// # Ok::<(), mproc::Error>(())
-    /// ```
-    pub fn release(&self) -> Result<(), Error> {
-        self.block.mutex_at(MUTEX_AT).unlock().map_err(|e| {
-            if e.raw_os_error() == Some(libc::EPERM) {
-                Error::invalid("release of an RLock this thread does not hold")
-            } else {
-                os("releasing an RLock", e)
-            }
-        })
-    }
-
-    /// Whether the last acquisition through this handle found that the previous owner died
-    /// holding the lock.
-    ///
-    /// ```
-    /// let lock = mproc::RLock::new()?;
-    /// lock.acquire()?;
-    /// assert!(!lock.owner_died());
-    /// lock.release()?;
-    /// # Ok::<(), mproc::Error>(())
-    /// ```
-    pub fn owner_died(&self) -> bool {
-        self.owner_died.load(Ordering::Relaxed)
     }
 }
 
@@ -134,5 +97,69 @@ block_handle!(RLock, KIND_RLOCK);
 impl fmt::Debug for RLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RLock").finish_non_exhaustive()
+    }
+}
+
+/// One level of a held [`RLock`]; dropping it releases that level. Not `Send`: the thread
+/// that took a lock releases it.
+///
+/// A guard passed to `mem::forget` keeps its level held until its thread exits (other
+/// processes are then told that its owner died). If the lock's last handle in this process is
+/// dropped before that, its shared memory stays mapped until the process exits: the holding
+/// thread's robust list still points into it.
+///
+/// ```
+/// let lock = mproc::RLock::new()?;
+/// {
+///     let _guard = lock.acquire()?;
+/// } // released here
+/// let other = lock.clone();
+/// assert!(std::thread::spawn(move || other.acquire().is_ok()).join().unwrap());
+/// # Ok::<(), mproc::Error>(())
+/// ```
+pub struct RLockGuard<'a> {
+    lock: &'a RLock,
+    held: Held<'a>,
+    owner_died: bool,
+}
+
+impl RLockGuard<'_> {
+    /// Whether the previous owner died holding the lock (like a poisoned
+    /// `std::sync::Mutex`): what it protected may be half-updated.
+    ///
+    /// ```
+    /// let lock = mproc::RLock::new()?;
+    /// assert!(!lock.acquire()?.owner_died());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn owner_died(&self) -> bool {
+        self.owner_died
+    }
+
+    /// Releases this level now, as dropping the guard does, but says if the system refused
+    /// (a drop cannot): Python's `release()`.
+    ///
+    /// ```
+    /// let lock = mproc::RLock::new()?;
+    /// let guard = lock.acquire()?;
+    /// guard.release()?;
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn release(self) -> Result<(), Error> {
+        let RLockGuard { lock, held, .. } = self;
+        // Released by `unlock` below, which reports an error where `Held`'s drop cannot.
+        std::mem::forget(held);
+        lock.block
+            .mutex_at(MUTEX_AT)
+            .unlock()
+            .map_err(|e| Error::os("releasing an RLock", e))
+    }
+}
+
+impl fmt::Debug for RLockGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RLockGuard")
+            .field("owner_died", &self.owner_died)
+            .finish()
     }
 }

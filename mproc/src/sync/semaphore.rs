@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{KIND_SEMAPHORE, WORDS_AT, block_handle, deadline, new_block, os, sleep, wake};
-use crate::error::Error;
+use super::{KIND_SEMAPHORE, WORDS_AT, block_handle, new_block, sleep, wake};
+use crate::error::{Error, ErrorKind};
+use crate::sys::fd::deadline_after;
 use crate::sys::shared::Block;
 
 const COUNT_AT: usize = WORDS_AT;
@@ -18,7 +19,8 @@ const MAX_AT: usize = WORDS_AT + 8;
 /// let s = mproc::Semaphore::new(2)?;
 /// s.acquire()?;
 /// s.acquire()?;
-/// assert!(!s.acquire_timeout(std::time::Duration::from_millis(5))?);
+/// let e = s.acquire_timeout(std::time::Duration::from_millis(5)).unwrap_err();
+/// assert_eq!(e.kind(), &mproc::ErrorKind::Timeout);
 /// s.release()?;
 /// assert_eq!(s.value(), 1);
 /// # Ok::<(), mproc::Error>(())
@@ -67,21 +69,24 @@ impl Semaphore {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn acquire(&self) -> Result<(), Error> {
-        self.take(None).map(|_| ())
+        self.take(None)
     }
 
-    /// Takes a permit, waiting at most `timeout`: `Ok(false)` if none came.
+    /// Like [`acquire`](Self::acquire), giving up after `timeout` with `Err(Timeout)`.
     ///
     /// ```
     /// let s = mproc::Semaphore::new(0)?;
-    /// assert!(!s.acquire_timeout(std::time::Duration::from_millis(5))?);
+    /// let e = s.acquire_timeout(std::time::Duration::from_millis(5)).unwrap_err();
+    /// assert_eq!(e.kind(), &mproc::ErrorKind::Timeout);
+    /// s.release()?;
+    /// s.acquire_timeout(std::time::Duration::from_millis(5))?;
     /// # Ok::<(), mproc::Error>(())
     /// ```
-    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool, Error> {
-        self.take(deadline(timeout))
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<(), Error> {
+        self.take(deadline_after(timeout))
     }
 
-    fn take(&self, deadline: Option<Instant>) -> Result<bool, Error> {
+    fn take(&self, deadline: Option<Instant>) -> Result<(), Error> {
         let count = self.block.u32_at(COUNT_AT);
         loop {
             let c = count.load(Ordering::Acquire);
@@ -90,13 +95,13 @@ impl Semaphore {
                     .compare_exchange_weak(c, c - 1, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
                 {
-                    return Ok(true);
+                    return Ok(());
                 }
                 continue;
             }
             let woke = sleep(&self.block, COUNT_AT, 0, deadline);
-            if !woke.map_err(|e| os("waiting on a semaphore", e))? {
-                return Ok(false);
+            if !woke.map_err(|e| Error::os("waiting on a semaphore", e))? {
+                return Err(ErrorKind::Timeout.into());
             }
         }
     }
