@@ -67,6 +67,18 @@ impl BoundedSemaphore {
         self.0.acquire_timeout(timeout)
     }
 
+    /// See [`Semaphore::try_acquire`].
+    ///
+    /// ```
+    /// let s = mproc::BoundedSemaphore::new(1)?;
+    /// assert!(s.try_acquire()?);
+    /// assert!(!s.try_acquire()?);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn try_acquire(&self) -> Result<bool, Error> {
+        self.0.try_acquire()
+    }
+
     /// See [`Semaphore::release`]; over-release is an error.
     ///
     /// ```

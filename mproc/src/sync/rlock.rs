@@ -77,6 +77,36 @@ impl RLock {
         self.take(deadline_after(timeout))
     }
 
+    /// Takes the lock if it is free now, or held by this thread (one more level).
+    ///
+    /// ```
+    /// let lock = mproc::RLock::new()?;
+    /// let outer = lock.try_acquire()?.expect("free");
+    /// assert!(lock.try_acquire()?.is_some(), "this thread holds it: one more level");
+    /// let other = lock.clone();
+    /// assert!(std::thread::spawn(move || other.try_acquire().map(|g| g.is_none()))
+    ///     .join()
+    ///     .unwrap()?);
+    /// drop(outer);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn try_acquire(&self) -> Result<Option<RLockGuard<'_>>, Error> {
+        let taken = self
+            .block
+            .mutex_at(MUTEX_AT)
+            .try_lock()
+            .map_err(|e| Error::os("taking an RLock", e))?;
+        Ok(taken.map(|(held, taken)| self.guard(held, taken)))
+    }
+
+    fn guard<'a>(&'a self, held: Held<'a>, taken: Taken) -> RLockGuard<'a> {
+        RLockGuard {
+            lock: self,
+            held,
+            owner_died: taken == Taken::OwnerDied,
+        }
+    }
+
     fn take(&self, deadline: Option<Instant>) -> Result<RLockGuard<'_>, Error> {
         let (held, taken) = self
             .block
@@ -84,11 +114,7 @@ impl RLock {
             .lock(deadline)
             .map_err(|e| Error::os("taking an RLock", e))?
             .ok_or(ErrorKind::Timeout)?;
-        Ok(RLockGuard {
-            lock: self,
-            held,
-            owner_died: taken == Taken::OwnerDied,
-        })
+        Ok(self.guard(held, taken))
     }
 }
 

@@ -86,18 +86,35 @@ impl Semaphore {
         self.take(deadline_after(timeout))
     }
 
-    fn take(&self, deadline: Option<Instant>) -> Result<(), Error> {
+    /// Takes a permit if there is one now (Python's `acquire(False)`): `Ok(false)` if none.
+    ///
+    /// ```
+    /// let s = mproc::Semaphore::new(1)?;
+    /// assert!(s.try_acquire()?);
+    /// assert!(!s.try_acquire()?);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn try_acquire(&self) -> Result<bool, Error> {
+        Ok(self.take_now())
+    }
+
+    /// Takes a permit if the count is above 0.
+    fn take_now(&self) -> bool {
         let count = self.block.u32_at(COUNT_AT);
+        let mut c = count.load(Ordering::Acquire);
+        while c > 0 {
+            match count.compare_exchange_weak(c, c - 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now) => c = now,
+            }
+        }
+        false
+    }
+
+    fn take(&self, deadline: Option<Instant>) -> Result<(), Error> {
         loop {
-            let c = count.load(Ordering::Acquire);
-            if c > 0 {
-                if count
-                    .compare_exchange_weak(c, c - 1, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    return Ok(());
-                }
-                continue;
+            if self.take_now() {
+                return Ok(());
             }
             let woke = sleep(&self.block, COUNT_AT, 0, deadline);
             if !woke.map_err(|e| Error::os("waiting on a semaphore", e))? {
