@@ -230,6 +230,19 @@ impl Error {
         &self.0
     }
 
+    /// Whether a wait ran out of time: what every `_timeout` call answers when it does.
+    ///
+    /// ```
+    /// # fn main() -> mproc::Result<()> {
+    /// let event = mproc::Event::new()?;
+    /// let e = event.wait_timeout(std::time::Duration::from_millis(1)).unwrap_err();
+    /// assert!(e.is_timeout());
+    /// # Ok(()) }
+    /// ```
+    pub fn is_timeout(&self) -> bool {
+        matches!(*self.0, ErrorKind::Timeout)
+    }
+
     /// An OS error, with what mproc was doing when it happened: the one way an `io::Error`
     /// becomes an `Error`. A broken connection (`EPIPE`, `ECONNRESET`, `ENOTCONN`: the peer
     /// is gone) is `Closed`; an `InvalidData` without an errno, which the OS layer raises for
