@@ -50,8 +50,10 @@ mod channel;
 #[cfg(doctest)]
 mod compile_fail;
 mod connection;
+mod current;
 mod error;
 mod handle;
+mod panics;
 mod pool;
 mod process;
 mod queue;

@@ -9,7 +9,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, PanicReport};
-use crate::start::worker;
 use crate::sys::image;
 use crate::wire::codec;
 use crate::wire::target::Target;
@@ -40,7 +39,7 @@ where
     // are the same as unboxed.
     let outputs: Vec<Result<F::Output, Box<PanicReport>>> = items
         .into_iter()
-        .map(|args| worker::catch(|| f.call(args)).map_err(Box::new))
+        .map(|args| crate::panics::catch(|| f.call(args)).map_err(Box::new))
         .collect();
     codec::encode(&outputs)
         .map_err(|e| Error::codec(format!("the return values of `{}`", name()), "encode", e))

@@ -14,12 +14,11 @@ use super::child::{Child, Reaper};
 use super::{alive, forkserver, keeper, worker};
 use crate::Error;
 use crate::channel::Channel;
-use crate::process;
 use crate::sys::fd::{self, InternalFd};
 use crate::sys::proc::{self, Forked};
 
 pub(crate) fn launch(start: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Child, Error> {
-    worker::ensure_panic_hook();
+    crate::panics::ensure_hook();
     // Every lock the child will take is held across the fork, so the child inherits it held
     // by its own thread instead of by a thread that does not exist there. The order is the
     // crate's lock order: fork server, shared-memory keeper, liveness pipe, standard streams,
@@ -33,7 +32,7 @@ pub(crate) fn launch(start: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Child, Erro
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.flush();
     let stderr = std::io::stderr().lock();
-    let current = process::lock_current();
+    let current = crate::current::lock();
     let [parent_end, child_end] = super::socket_pair()?;
     let parent = proc::getpid();
     let from_main_thread = proc::is_main_thread();
