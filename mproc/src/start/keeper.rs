@@ -74,7 +74,7 @@ use std::rc::Rc;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::bootstrap::Role;
+use super::role::{self, RoleFn};
 use super::{PATIENCE, alive, spawn};
 use crate::error::{Error, ErrorKind};
 use crate::sys::fd::{self, InternalFd};
@@ -399,7 +399,12 @@ fn start() -> Result<Keeper, Error> {
         Ok([a, b])
     })
     .map_err(|e| os("creating a socket pair", e))?;
-    let pid = spawn::spawn_executable(Role::Keeper, keeper_end.as_fd(), alive_read.as_fd())?;
+    let pid = spawn::spawn_role(
+        role::offset_of(keeper_role),
+        "shared-memory keeper",
+        keeper_end.as_fd(),
+        alive_read.as_fd(),
+    )?;
     // It forks at once and its first process exits: reap that one (the keeper itself is
     // then nobody's child).
     let [pidfd] = fd::create_internal(|| Ok([proc::pidfd_open(pid)?]))
@@ -925,6 +930,11 @@ fn remove_stale_staging(d: BorrowedFd<'_>, entry: &str) {
     if stale {
         let _ = dir::remove(d, entry);
     }
+}
+
+/// The keeper's role entry (see `start::role`): names [`serve`] to the spawned process.
+fn keeper_role(_: &[u8]) -> Result<Vec<u8>, Error> {
+    role::claim(RoleFn::Spawned(serve))
 }
 
 /// The keeper's life: never returns.

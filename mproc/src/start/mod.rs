@@ -20,6 +20,8 @@ pub(crate) mod child;
 pub(crate) mod fork;
 pub(crate) mod forkserver;
 pub(crate) mod keeper;
+pub(crate) mod marker;
+pub(crate) mod role;
 pub(crate) mod spawn;
 pub(crate) mod worker;
 

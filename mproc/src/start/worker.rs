@@ -11,12 +11,14 @@ use std::io::Write;
 use std::panic::{self, AssertUnwindSafe};
 
 use crate::channel::Channel;
-use crate::error::ErrorKind;
+use crate::error::{Error, ErrorKind};
 use crate::panics::{self, catch};
 use crate::sys::fd::InternalFd;
 use crate::sys::image::{self, Entry};
 use crate::sys::proc;
 use crate::wire::message::{FromWorker, Outcome, Role, Start};
+
+use super::role::{self, RoleFn};
 
 /// Exit code of a child that could not read its start message (its parent is gone).
 const EXIT_NO_START: i32 = 3;
@@ -67,7 +69,17 @@ fn serve(ctrl: InternalFd) -> i32 {
     };
     crate::current::set(start.name, start.lineage);
     if let Role::PoolWorker(spec) = start.role {
-        let code = crate::pool::worker::serve(&mut ctrl, start.identity, spec, handles);
+        // The entry names the role's record (see `super::role`), not a target.
+        let code = match role::claimed_by(entry) {
+            Ok(RoleFn::Worker(serve)) => serve(&mut ctrl, start.identity, spec, handles),
+            claimed => {
+                let e = claimed.err().unwrap_or_else(|| {
+                    Error::protocol("a pool worker's role reference names another kind of role")
+                });
+                let _ = ctrl.send(&FromWorker::InitFailed(e), &[]);
+                1
+            }
+        };
         let _ = std::io::stdout().flush();
         return code;
     }
