@@ -74,6 +74,7 @@ use std::rc::Rc;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::at_fork;
 use super::role::{self, RoleFn};
 use super::{PATIENCE, alive, spawn};
 use crate::error::{Error, ErrorKind};
@@ -273,9 +274,21 @@ pub(crate) struct Keeper {
 static KEEPER: Mutex<Option<Keeper>> = Mutex::new(None);
 
 /// The keeper's slot; held only to start or replace a keeper (never across a request), and by
-/// the `Fork` launch across `fork`.
-pub(crate) fn lock() -> MutexGuard<'static, Option<Keeper>> {
+/// the `Fork` launch across `fork` ([`hold_across_fork`]).
+fn lock() -> MutexGuard<'static, Option<Keeper>> {
+    at_fork::ensure(at_fork::Rank::Keeper, hold_across_fork);
     KEEPER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The keeper's hook around a `Fork` start (see `start::at_fork`): the child forgets its
+/// parent's keeper, whose socket the fork launch has closed in it.
+fn hold_across_fork(fork: at_fork::Fork<'_>) -> Result<proc::Forked, Error> {
+    let mut slot = lock();
+    let forked = fork();
+    if let Ok(proc::Forked::Child) = forked {
+        std::mem::forget(slot.take());
+    }
+    forked
 }
 
 /// Asks this process's keeper (started if there is none) to create the segment `name` of

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use crate::Error;
 
 pub(crate) mod alive;
+pub(crate) mod at_fork;
 pub(crate) mod bootstrap;
 pub(crate) mod child;
 pub(crate) mod fork;
