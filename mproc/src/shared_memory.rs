@@ -7,9 +7,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::Error;
-use crate::start::keeper;
 use crate::sys::shm::Mapping;
 use crate::sys::{proc, shm};
+
+pub(crate) mod keeper;
 
 /// A block of memory with a name in `/dev/shm`, shared by every process that maps it: Python's
 /// `multiprocessing.shared_memory.SharedMemory`.

@@ -74,10 +74,9 @@ use std::rc::Rc;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::at_fork;
-use super::role::{self, RoleFn};
-use super::{PATIENCE, alive, spawn};
 use crate::error::{Error, ErrorKind};
+use crate::start::role::{self, RoleFn};
+use crate::start::{PATIENCE, alive, at_fork, spawn};
 use crate::sys::fd::{self, InternalFd};
 use crate::sys::watch::{Event, Watcher};
 use crate::sys::{dir, proc, shm, socket};
