@@ -104,6 +104,6 @@ pub mod __fuzz {
     /// a process, a record left by another keeper (its bytes and its file name), and inotify
     /// events. Must never panic, and whatever parses must encode back to `data`.
     pub fn keeper(data: &[u8]) {
-        crate::shared_memory::keeper::fuzz(data)
+        crate::shared_memory::server::fuzz(data)
     }
 }
