@@ -281,7 +281,7 @@ impl Error {
         ErrorKind::Codec(CodecReport {
             value: value.into(),
             direction: direction.into(),
-            process: crate::process::current_process().name().to_owned(),
+            process: crate::current::identity().name().to_owned(),
             message: message.to_string(),
         })
         .into()

@@ -50,8 +50,10 @@ mod channel;
 #[cfg(doctest)]
 mod compile_fail;
 mod connection;
+mod current;
 mod error;
 mod handle;
+mod panics;
 mod pool;
 mod process;
 mod queue;
@@ -105,6 +107,6 @@ pub mod __fuzz {
     /// a process, a record left by another keeper (its bytes and its file name), and inotify
     /// events. Must never panic, and whatever parses must encode back to `data`.
     pub fn keeper(data: &[u8]) {
-        crate::start::keeper::fuzz(data)
+        crate::shared_memory::server::fuzz(data)
     }
 }

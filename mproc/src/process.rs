@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -10,6 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::channel;
+use crate::current::{self, Identity};
 use crate::error::{Error, ErrorKind};
 use crate::start::{self, Child, StartMethod};
 use crate::sys::exe;
@@ -61,9 +61,6 @@ enum State {
         outcome: Result<Vec<u8>, Error>,
     },
 }
-
-/// Counts the processes this process has made, for their names ("Process-N").
-static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl<R> Process<R> {
     /// A process that will call `target` with `args` (a tuple: `()`, `(a,)`, `(a, b)`, ...)
@@ -437,6 +434,10 @@ impl<R> fmt::Debug for Process<R> {
     }
 }
 
+/// The number and lineage of this process's next child, for children that are not `Process`
+/// objects (pool workers).
+pub(crate) use crate::current::next_child;
+
 /// Who this process is: its name and pid, as Python's `current_process()`.
 ///
 /// ```
@@ -450,13 +451,6 @@ pub struct CurrentProcess {
     pid: u32,
 }
 
-/// A process's name and lineage (Python's `_identity`).
-#[derive(Debug)]
-pub(crate) struct Identity {
-    name: String,
-    lineage: Vec<u32>,
-}
-
 impl CurrentProcess {
     /// `"MainProcess"` in the program's own process; in a child, the child's name
     /// (`"Process-N"` unless it was given another).
@@ -465,7 +459,7 @@ impl CurrentProcess {
     /// println!("I am {}", mproc::current_process().name());
     /// ```
     pub fn name(&self) -> &str {
-        &self.identity.name
+        self.identity.name()
     }
 
     /// This process's id.
@@ -476,38 +470,6 @@ impl CurrentProcess {
     pub fn pid(&self) -> u32 {
         self.pid
     }
-}
-
-static CURRENT: Mutex<Option<Arc<Identity>>> = Mutex::new(None);
-
-pub(crate) fn lock_current() -> MutexGuard<'static, Option<Arc<Identity>>> {
-    CURRENT.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn current() -> Arc<Identity> {
-    lock_current()
-        .get_or_insert_with(|| {
-            Arc::new(Identity {
-                name: "MainProcess".into(),
-                lineage: Vec::new(),
-            })
-        })
-        .clone()
-}
-
-/// The number and lineage of this process's next child (Python's `_identity`), for children
-/// that are not `Process` objects (pool workers).
-pub(crate) fn next_child() -> (u32, Vec<u32>) {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed) + 1;
-    let mut lineage = current().lineage.clone();
-    lineage.push(n);
-    (n, lineage)
-}
-
-/// In a new child: sets its identity and restarts the name counter, as Python does.
-pub(crate) fn set_current(name: String, lineage: Vec<u32>) {
-    *lock_current() = Some(Arc::new(Identity { name, lineage }));
-    COUNTER.store(0, Ordering::Relaxed);
 }
 
 /// The process this code runs in.
@@ -524,7 +486,7 @@ pub(crate) fn set_current(name: String, lineage: Vec<u32>) {
 /// ```
 pub fn current_process() -> CurrentProcess {
     CurrentProcess {
-        identity: current(),
+        identity: current::identity(),
         pid: std::process::id(),
     }
 }

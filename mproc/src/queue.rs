@@ -27,7 +27,6 @@ mod queue;
 mod simple;
 mod typed;
 
-pub(crate) use holders::live_queues;
 pub use joinable::JoinableQueue;
 pub use queue::Queue;
 pub use simple::SimpleQueue;

@@ -7,9 +7,16 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::Error;
-use crate::start::keeper;
 use crate::sys::shm::Mapping;
 use crate::sys::{proc, shm};
+
+mod client;
+pub(crate) mod keeper;
+#[cfg(test)]
+mod keeper_tests;
+mod lease;
+mod records;
+pub(crate) mod server;
 
 /// A block of memory with a name in `/dev/shm`, shared by every process that maps it: Python's
 /// `multiprocessing.shared_memory.SharedMemory`.
@@ -99,7 +106,7 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         // If its keeper was killed, the name has nobody to remove it: see that someone will.
-        keeper::look_after(self.identity);
+        client::look_after(self.identity);
     }
 }
 
@@ -125,7 +132,7 @@ impl SharedMemory {
             let id = proc::random_u64().map_err(|e| Error::os("choosing a name", e))?;
             match SharedMemory::create_named(&format!("mproc_{id:016x}"), size) {
                 // Someone holds that name already (chance): draw another.
-                Err(e) if keeper::is_errno(&e, libc::EEXIST) => continue,
+                Err(e) if client::is_errno(&e, libc::EEXIST) => continue,
                 other => return other,
             }
         }
@@ -161,7 +168,7 @@ impl SharedMemory {
                 keeper::MAX_NAME
             )));
         }
-        let file = keeper::create(name, size)?;
+        let file = client::create(name, size)?;
         SharedMemory::from_parts(name.to_owned(), file)
     }
 
@@ -204,7 +211,7 @@ impl SharedMemory {
                 std::io::Error::from_raw_os_error(libc::ENOENT),
             ));
         }
-        keeper::look_after(identity);
+        client::look_after(identity);
         SharedMemory::from_file(name.to_owned(), file, identity)
     }
 
@@ -354,7 +361,7 @@ impl SharedMemory {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn unlink(&self) -> Result<(), Error> {
-        keeper::unlink(&self.inner.name, self.inner.file.as_fd())
+        client::unlink(&self.inner.name, self.inner.file.as_fd())
     }
 }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, PanicReport};
-use crate::start::worker;
+use crate::start::role::{self, RoleFn};
 use crate::sys::image;
 use crate::wire::codec;
 use crate::wire::target::Target;
@@ -40,7 +40,7 @@ where
     // are the same as unboxed.
     let outputs: Vec<Result<F::Output, Box<PanicReport>>> = items
         .into_iter()
-        .map(|args| worker::catch(|| f.call(args)).map_err(Box::new))
+        .map(|args| crate::panics::catch(|| f.call(args)).map_err(Box::new))
         .collect();
     codec::encode(&outputs)
         .map_err(|e| Error::codec(format!("the return values of `{}`", name()), "encode", e))
@@ -75,10 +75,11 @@ where
     crate::wire::target::target_ref::<F, A>().entry
 }
 
-/// The entry a pool worker's start message names: never called, it only proves the build.
+/// The entry a pool worker's start message names: the record of the pool worker's role (see
+/// `start::role`), which the start layer of the child enters.
 pub(crate) fn worker_entry() -> i64 {
     fn serve_pool(_: &[u8]) -> Result<Vec<u8>, Error> {
-        Ok(Vec::new())
+        role::claim(RoleFn::Worker(super::worker::serve))
     }
-    image::offset_of(serve_pool)
+    role::offset_of(serve_pool)
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::channel::Channel;
 use crate::error::{Error, ErrorKind};
-use crate::start::worker::catch;
+use crate::panics::catch;
 use crate::sys::fd;
 use crate::sys::image;
 use crate::sys::lane::Lane;

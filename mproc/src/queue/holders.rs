@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use crate::error::Error;
+use crate::start::at_fork;
 use crate::sys::proc;
 use crate::sys::ring::{Holder, Ring};
 
@@ -56,8 +57,8 @@ fn alive(h: Holder) -> bool {
 /// static, and put before it ever says so itself.
 static LIVE: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
 
-/// The list of this process's queues, locked and held across a fork by `start::fork`, with a
-/// strong reference to each: from before the fork until the child is counted as a holder
+/// The list of this process's queues, locked and held across a fork ([`hold_across_fork`]),
+/// with a strong reference to each: from before the fork until the child is counted as a holder
 /// ([`LiveQueues::count_fork_child`]), each queue has one more handle in this process than
 /// its users hold, so no get here concludes in that gap that nobody else can put (the child
 /// exists, and may put, before it is counted).
@@ -66,11 +67,22 @@ pub(crate) struct LiveQueues {
     held: Vec<Arc<Shared>>,
 }
 
-pub(crate) fn live_queues() -> LiveQueues {
+pub(super) fn live_queues() -> LiveQueues {
     let mut list = LIVE.lock().unwrap_or_else(|e| e.into_inner());
     list.retain(|w| w.strong_count() > 0);
     let held = list.iter().filter_map(Weak::upgrade).collect();
     LiveQueues { _list: list, held }
+}
+
+/// The queues' hook around a `Fork` start (see `start::at_fork`): the child is counted as a
+/// holder of every queue before the list is let go.
+fn hold_across_fork(fork: at_fork::Fork<'_>) -> Result<proc::Forked, Error> {
+    let mut queues = live_queues();
+    let forked = fork();
+    if let Ok(proc::Forked::Parent(pid)) = forked {
+        queues.count_fork_child(pid);
+    }
+    forked
 }
 
 impl LiveQueues {
@@ -113,6 +125,7 @@ impl Shared {
         };
         shared.attach()?;
         let shared = Arc::new(shared);
+        at_fork::ensure(at_fork::Rank::Queues, hold_across_fork);
         let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
         live.retain(|w| w.strong_count() > 0);
         live.push(Arc::downgrade(&shared));

@@ -17,90 +17,22 @@
 //! in it. A marker that cannot be parsed ends the process with a message and
 //! [`EXIT_BAD_MARKER`] instead of running `main` with a half-set-up environment.
 //!
-//! The marker's format is `mproc1:<role>:<control fd>:<liveness fd>`, with role `worker`,
-//! `forkserver` or `shmkeeper`.
+//! The marker's format is [`super::marker`]'s. A role of a module above `start` (the
+//! shared-memory keeper) is entered through the entry record its marker names (see
+//! [`super::role`]), so this file knows none of them.
 //!
 //! Constructors of other crates may run before or after this one (their order is unspecified);
 //! they run in workers too, as they would in any process of the executable.
 
-use std::ffi::OsStr;
 use std::os::fd::{OwnedFd, RawFd};
 
+use super::marker::{MARKER, Marker, Role, parse};
+use super::role::{self, RoleFn};
 use crate::sys::fd::{self, InternalFd};
 use crate::sys::proc;
 
-/// The environment variable that marks a worker.
-pub(crate) const MARKER: &str = "MPROC_WORKER";
-
-/// The marker's version prefix.
-const VERSION: &str = "mproc1";
-
 /// Exit code of a process whose worker marker is malformed.
 pub(crate) const EXIT_BAD_MARKER: i32 = 121;
-
-/// What a marked process is to become.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Role {
-    Worker,
-    ForkServer,
-    /// The keeper of this process's named shared memory (see [`super::keeper`]).
-    Keeper,
-}
-
-impl Role {
-    fn name(self) -> &'static str {
-        match self {
-            Role::Worker => "worker",
-            Role::ForkServer => "forkserver",
-            Role::Keeper => "shmkeeper",
-        }
-    }
-}
-
-/// The marker value for `role` with the control and liveness descriptors at these numbers.
-pub(crate) fn marker(role: Role, ctrl: RawFd, alive: RawFd) -> String {
-    format!("{VERSION}:{}:{ctrl}:{alive}", role.name())
-}
-
-/// A parsed marker.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Marker {
-    pub(crate) role: Role,
-    pub(crate) ctrl: RawFd,
-    pub(crate) alive: RawFd,
-}
-
-/// Parses a marker, saying what is wrong with it if it cannot.
-pub(crate) fn parse(value: &OsStr) -> Result<Marker, String> {
-    let s = value.to_str().ok_or("it is not UTF-8")?;
-    let parts: Vec<&str> = s.split(':').collect();
-    let [version, role, ctrl, alive] = parts[..] else {
-        return Err(format!(
-            "expected 4 fields separated by ':', found {}",
-            parts.len()
-        ));
-    };
-    if version != VERSION {
-        return Err(format!("unknown version {version:?}, expected {VERSION:?}"));
-    }
-    let role = match role {
-        "worker" => Role::Worker,
-        "forkserver" => Role::ForkServer,
-        "shmkeeper" => Role::Keeper,
-        other => return Err(format!("unknown role {other:?}")),
-    };
-    let fd = |f: &str| -> Result<RawFd, String> {
-        match f.parse::<RawFd>() {
-            Ok(n) if n > 2 => Ok(n),
-            _ => Err(format!("{f:?} is not a descriptor number above 2")),
-        }
-    };
-    let (ctrl, alive) = (fd(ctrl)?, fd(alive)?);
-    if ctrl == alive {
-        return Err("the control and liveness descriptors are the same".into());
-    }
-    Ok(Marker { role, ctrl, alive })
-}
 
 // The one unsafe attribute outside `sys/`: placing a function pointer in `.init_array` is
 // sound because `bootstrap` has the signature the loader calls (no arguments are read).
@@ -143,40 +75,18 @@ fn become_role(role: Role, ctrl: OwnedFd, alive: OwnedFd) -> ! {
             super::worker::run(InternalFd::new(ctrl))
         }
         Role::ForkServer => super::forkserver::serve(InternalFd::new(ctrl), alive),
-        Role::Keeper => super::keeper::serve(ctrl, alive),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn markers_round_trip() {
-        let m = marker(Role::ForkServer, 3, 4);
-        assert_eq!(
-            parse(OsStr::new(&m)).unwrap(),
-            Marker {
-                role: Role::ForkServer,
-                ctrl: 3,
-                alive: 4
+        Role::Enter(offset) => match role::named_by(offset) {
+            Ok(RoleFn::Spawned(serve)) => serve(ctrl, alive),
+            claimed => {
+                let why = claimed
+                    .err()
+                    .map_or("it is not a spawned role".into(), |e| e.to_string());
+                proc::write_stderr(&format!(
+                    "mproc: this process was started for a role that its {MARKER} value does not \
+                     name ({why}); exiting without running main\n"
+                ));
+                proc::exit_now(EXIT_BAD_MARKER)
             }
-        );
-    }
-
-    #[test]
-    fn malformed_markers_say_why() {
-        for (bad, why) in [
-            ("", "expected 4 fields"),
-            ("mproc1:worker:3", "expected 4 fields"),
-            ("mproc0:worker:3:4", "unknown version"),
-            ("mproc1:boss:3:4", "unknown role"),
-            ("mproc1:worker:x:4", "not a descriptor"),
-            ("mproc1:worker:1:4", "not a descriptor"),
-            ("mproc1:worker:5:5", "the same"),
-        ] {
-            let e = parse(OsStr::new(bad)).unwrap_err();
-            assert!(e.contains(why), "{bad:?}: {e}");
-        }
+        },
     }
 }

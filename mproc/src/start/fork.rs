@@ -11,35 +11,74 @@ use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use super::child::{Child, Reaper};
-use super::{alive, forkserver, keeper, worker};
+use super::{alive, at_fork, forkserver, worker};
 use crate::Error;
 use crate::channel::Channel;
-use crate::process;
 use crate::sys::fd::{self, InternalFd};
 use crate::sys::proc::{self, Forked};
 
 pub(crate) fn launch(start: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Child, Error> {
-    worker::ensure_panic_hook();
+    crate::panics::ensure_hook();
     // Every lock the child will take is held across the fork, so the child inherits it held
-    // by its own thread instead of by a thread that does not exist there. The order is the
-    // crate's lock order: fork server, shared-memory keeper, liveness pipe, standard streams,
-    // process identity, live queues, descriptor list (the slow ones first, so nothing else
-    // waits behind a fork server or keeper start).
+    // by its own thread instead of by a thread that does not exist there, in the crate's lock
+    // order (see `at_fork`): the fork server's slot, the hooks of the modules above `start`,
+    // then this module's own.
     let mut server = forkserver::lock();
-    let mut keeper = keeper::lock();
+    let mut sides = None;
+    let forked = at_fork::around(&mut || fork_holding_the_rest(&mut server, &mut sides));
+    drop(server);
+    match (forked?, sides.expect("set by every fork that did not fail")) {
+        (Forked::Child, Sides::Child(child)) => child.run(),
+        (Forked::Parent(pid), Sides::Parent(parent_end)) => {
+            let pidfd = super::pidfd_for_our_child(pid)?;
+            Child::new(pid, pidfd, Channel::new(parent_end), Reaper::Us).send_start(start, fds)
+        }
+        _ => unreachable!("each side sets its own"),
+    }
+}
+
+/// What each side keeps of a fork.
+enum Sides {
+    Child(ForkChild),
+    Parent(InternalFd),
+}
+
+/// What the child needs once the locks are released: its end of the control socket, and what
+/// it watches its parent with.
+struct ForkChild {
+    ctrl: InternalFd,
+    parent: u32,
+    from_main_thread: bool,
+    alive_read: OwnedFd,
+}
+
+impl ForkChild {
+    fn run(self) -> ! {
+        watch_parent(self.parent, self.from_main_thread, self.alive_read);
+        worker::run(self.ctrl)
+    }
+}
+
+/// Forks, holding this module's locks (the fork server's slot is `server`, taken by the
+/// caller); the child closes mproc's descriptors that are not its own and forgets the parent's
+/// bookkeeping before it lets go of them.
+fn fork_holding_the_rest(
+    server: &mut Option<forkserver::Server>,
+    sides: &mut Option<Sides>,
+) -> Result<Forked, Error> {
     let mut alive_slot = alive::lock();
     let alive_read = alive::reader_locked(&mut alive_slot)?;
     // Reentrant, so the child can use them; flushed, so buffered output is not written twice.
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.flush();
     let stderr = std::io::stderr().lock();
-    let current = process::lock_current();
+    let current = crate::current::lock();
     let [parent_end, child_end] = super::socket_pair()?;
     let parent = proc::getpid();
     let from_main_thread = proc::is_main_thread();
-    let mut queues = crate::queue::live_queues();
     let internal = fd::lock_internal();
-    match proc::fork().map_err(|e| Error::os("fork", e))? {
+    let forked = proc::fork().map_err(|e| Error::os("fork", e))?;
+    match forked {
         Forked::Child => {
             internal.close_all_except(&[child_end.as_fd().as_raw_fd()]);
             // These were the parent's; their descriptors are closed now, so forget them
@@ -47,22 +86,21 @@ pub(crate) fn launch(start: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Child, Erro
             std::mem::forget(parent_end);
             std::mem::forget(alive_slot.take());
             std::mem::forget(server.take());
-            std::mem::forget(keeper.take());
-            drop((queues, current, server, keeper, alive_slot, stdout, stderr));
-            let ctrl = InternalFd::new(child_end.into_owned());
-            watch_parent(parent, from_main_thread, alive_read);
-            worker::run(ctrl)
+            *sides = Some(Sides::Child(ForkChild {
+                ctrl: InternalFd::new(child_end.into_owned()),
+                parent,
+                from_main_thread,
+                alive_read,
+            }));
         }
-        Forked::Parent(pid) => {
+        Forked::Parent(_) => {
             drop(internal);
-            // The child inherited every queue this process holds.
-            queues.count_fork_child(pid);
-            drop((queues, current, server, keeper, alive_slot, stdout, stderr));
             drop(child_end);
-            let pidfd = super::pidfd_for_our_child(pid)?;
-            Child::new(pid, pidfd, Channel::new(parent_end), Reaper::Us).send_start(start, fds)
+            *sides = Some(Sides::Parent(parent_end));
         }
     }
+    drop((current, alive_slot, stdout, stderr));
+    Ok(forked)
 }
 
 /// Makes the child die with its parent. When the parent forked from its main thread, whose end

@@ -26,8 +26,8 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
 
-use super::bootstrap::Role;
 use super::child::{Child, Reaper};
+use super::marker::Role;
 use super::{PATIENCE, alive, socket_pair, spawn, worker};
 use crate::channel::{self, Channel};
 use crate::error::{Error, ErrorKind};

@@ -1,13 +1,17 @@
 //! How a child process comes to exist: the three start methods, the worker's entry before
 //! `main`, and the handle the parent keeps on each child.
 //!
-//! - [`bootstrap`]: the constructor that intercepts a worker before `main`;
+//! - [`bootstrap`]: the constructor that intercepts a worker before `main`, told what to become
+//!   by its [`marker`];
 //! - [`worker`]: what a child does: read its [`Start`](crate::wire::message::Start), run the
 //!   target, send the outcome, exit;
 //! - [`fork`], [`spawn`], [`forkserver`]: the start methods;
 //! - [`child`]: the parent's handle on a started child (waiting, reaping, signalling);
 //! - [`alive`]: the pipe whose hang-up tells children their parent has died;
-//! - [`keeper`]: the helper process that removes named shared memory once nobody holds it.
+//! - [`role`]: how a role of a module above this one (a pool worker, the shared-memory keeper)
+//!   is entered, through an entry pointer, so this layer never names those modules;
+//! - [`at_fork`]: the hooks those modules register to hold their locks across a `Fork` start,
+//!   and the crate's lock order.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -15,11 +19,13 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use crate::Error;
 
 pub(crate) mod alive;
+pub(crate) mod at_fork;
 pub(crate) mod bootstrap;
 pub(crate) mod child;
 pub(crate) mod fork;
 pub(crate) mod forkserver;
-pub(crate) mod keeper;
+pub(crate) mod marker;
+pub(crate) mod role;
 pub(crate) mod spawn;
 pub(crate) mod worker;
 

@@ -11,8 +11,8 @@ use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 
 use super::alive;
-use super::bootstrap::{self, Role};
 use super::child::{Child, Reaper};
+use super::marker::{self, Role};
 use crate::Error;
 use crate::channel::Channel;
 use crate::sys::fd;
@@ -37,6 +37,32 @@ pub(crate) fn spawn_executable(
     ctrl: BorrowedFd<'_>,
     alive: BorrowedFd<'_>,
 ) -> Result<u32, Error> {
+    let noun = match role {
+        Role::Worker => "worker process",
+        Role::ForkServer => "fork server",
+        Role::Enter(_) => "helper process",
+    };
+    spawn_as(role, noun, ctrl, alive)
+}
+
+/// Starts this executable for the role whose entry record `entry` names (see [`super::role`]:
+/// it claims a [`RoleFn::Spawned`](super::role::RoleFn::Spawned)), handing it `ctrl` and
+/// `alive`; `noun` says what it is in errors. Returns its pid.
+pub(crate) fn spawn_role(
+    entry: i64,
+    noun: &str,
+    ctrl: BorrowedFd<'_>,
+    alive: BorrowedFd<'_>,
+) -> Result<u32, Error> {
+    spawn_as(Role::Enter(entry), noun, ctrl, alive)
+}
+
+fn spawn_as(
+    role: Role,
+    noun: &str,
+    ctrl: BorrowedFd<'_>,
+    alive: BorrowedFd<'_>,
+) -> Result<u32, Error> {
     // Move both above the target numbers first, so neither dup2 can clobber the other.
     let [ctrl_high, alive_high] =
         fd::create_internal(|| Ok([fd::dup_above(ctrl, 10)?, fd::dup_above(alive, 10)?]))
@@ -45,33 +71,20 @@ pub(crate) fn spawn_executable(
         .next()
         .and_then(|a| CString::new(a.into_vec()).ok())
         .unwrap_or_else(|| c"mproc-worker".to_owned());
-    let env = child_environment(&bootstrap::marker(role, CTRL_FD, ALIVE_FD));
+    let env = child_environment(&marker::marker(role, CTRL_FD, ALIVE_FD));
     proc::spawn(
         c"/proc/self/exe",
         &[argv0],
         &env,
         &[(ctrl_high.as_fd(), CTRL_FD), (alive_high.as_fd(), ALIVE_FD)],
     )
-    .map_err(|e| {
-        Error::os(
-            format!("starting a {} with posix_spawn", role_noun(role)),
-            e,
-        )
-    })
-}
-
-fn role_noun(role: Role) -> &'static str {
-    match role {
-        Role::Worker => "worker process",
-        Role::ForkServer => "fork server",
-        Role::Keeper => "shared-memory keeper",
-    }
+    .map_err(|e| Error::os(format!("starting a {noun} with posix_spawn"), e))
 }
 
 /// This process's environment with the worker marker set to `marker`.
 fn child_environment(marker: &str) -> Vec<CString> {
     let mut env: Vec<CString> = std::env::vars_os()
-        .filter(|(k, _)| k != bootstrap::MARKER)
+        .filter(|(k, _)| k != marker::MARKER)
         .filter_map(|(k, v)| {
             let mut kv = k.into_vec();
             kv.push(b'=');
@@ -79,6 +92,6 @@ fn child_environment(marker: &str) -> Vec<CString> {
             CString::new(kv).ok()
         })
         .collect();
-    env.extend(CString::new(format!("{}={marker}", bootstrap::MARKER)));
+    env.extend(CString::new(format!("{}={marker}", marker::MARKER)));
     env
 }

@@ -4,21 +4,21 @@
 //! The child never returns into the code that started it: after a fork that code's stack and
 //! the parent's statics are still there, and unwinding into them or running their destructors
 //! would act on the parent's behalf. So everything here runs under `catch_unwind`, and panic
-//! payloads are forgotten rather than dropped (a payload's own `Drop` could panic).
+//! payloads are forgotten rather than dropped (a payload's own `Drop` could panic; see
+//! [`crate::panics`]).
 
 use std::io::Write;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, Once};
-use std::thread::{self, ThreadId};
 
 use crate::channel::Channel;
-use crate::error::{ErrorKind, PanicReport};
-use crate::process;
+use crate::error::{Error, ErrorKind};
+use crate::panics::{self, catch};
 use crate::sys::fd::InternalFd;
 use crate::sys::image::{self, Entry};
 use crate::sys::proc;
 use crate::wire::message::{FromWorker, Outcome, Role, Start};
+
+use super::role::{self, RoleFn};
 
 /// Exit code of a child that could not read its start message (its parent is gone).
 const EXIT_NO_START: i32 = 3;
@@ -40,8 +40,7 @@ fn serve(ctrl: InternalFd) -> i32 {
     // SIGCHLD to reap children of its own.
     proc::unblock_all_signals();
     proc::default_sigchld();
-    IN_WORKER.store(true, Ordering::Relaxed);
-    ensure_panic_hook();
+    panics::record_in_this_worker();
     let mut ctrl = Channel::new(ctrl);
     let start: Start = match ctrl.recv(None) {
         Ok(s) => s,
@@ -68,9 +67,19 @@ fn serve(ctrl: InternalFd) -> i32 {
             return 1;
         }
     };
-    process::set_current(start.name, start.lineage);
+    crate::current::set(start.name, start.lineage);
     if let Role::PoolWorker(spec) = start.role {
-        let code = crate::pool::worker::serve(&mut ctrl, start.identity, spec, handles);
+        // The entry names the role's record (see `super::role`), not a target.
+        let code = match role::claimed_by(entry) {
+            Ok(RoleFn::Worker(serve)) => serve(&mut ctrl, start.identity, spec, handles),
+            claimed => {
+                let e = claimed.err().unwrap_or_else(|| {
+                    Error::protocol("a pool worker's role reference names another kind of role")
+                });
+                let _ = ctrl.send(&FromWorker::InitFailed(e), &[]);
+                1
+            }
+        };
         let _ = std::io::stdout().flush();
         return code;
     }
@@ -109,92 +118,5 @@ fn call(entry: Entry, args: &[u8]) -> Outcome {
         Ok(Ok(bytes)) => Outcome::Returned(bytes),
         Ok(Err(e)) => Outcome::Failed(e),
         Err(report) => Outcome::Panicked(report),
-    }
-}
-
-/// Runs `f` in a worker, turning a panic into its report (message, location, process name,
-/// backtrace when asked). The payload is forgotten, never dropped: its `Drop` could panic.
-pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, PanicReport> {
-    // A plain load first: this runs once per item of a chunk, and a swap is a locked
-    // instruction.
-    if RECORDED.load(Ordering::Relaxed) && RECORDED.swap(false, Ordering::Relaxed) {
-        *last_panic() = None;
-    }
-    match panic::catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => Ok(r),
-        Err(payload) => {
-            let report = take_panic(&*payload);
-            std::mem::forget(payload);
-            Err(report)
-        }
-    }
-}
-
-/// Whether this process is a worker, whose panics the hook records.
-static IN_WORKER: AtomicBool = AtomicBool::new(false);
-
-/// Whether `LAST_PANIC` may hold a record (so `catch` clears it only then: it runs per item).
-static RECORDED: AtomicBool = AtomicBool::new(false);
-
-/// The last panic the hook saw in this worker, with the thread it happened on.
-static LAST_PANIC: Mutex<Option<(ThreadId, PanicReport)>> = Mutex::new(None);
-
-fn last_panic() -> std::sync::MutexGuard<'static, Option<(ThreadId, PanicReport)>> {
-    LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Installs, once per process, a panic hook that records where a worker's target panicked and
-/// then calls the hook that was there before. Called before forking, so a forked child never
-/// has to take the hook lock, which another thread of the parent may have held at the fork.
-pub(crate) fn ensure_panic_hook() {
-    static INSTALLED: Once = Once::new();
-    INSTALLED.call_once(|| {
-        let previous = panic::take_hook();
-        panic::set_hook(Box::new(move |info| {
-            if IN_WORKER.load(Ordering::Relaxed) {
-                record(info);
-            }
-            previous(info);
-        }));
-    });
-}
-
-fn record(info: &panic::PanicHookInfo<'_>) {
-    let backtrace = std::backtrace::Backtrace::capture();
-    let report = PanicReport {
-        message: payload_message(info.payload()),
-        location: info.location().map(|l| l.to_string()),
-        process: process::current_process().name().to_owned(),
-        backtrace: (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
-            .then(|| backtrace.to_string()),
-    };
-    *last_panic() = Some((thread::current().id(), report));
-    RECORDED.store(true, Ordering::Relaxed);
-}
-
-/// The report for the panic whose payload reached `catch_unwind`: the hook's record if it is
-/// this very panic (same thread, same message), else what the payload alone tells.
-fn take_panic(payload: &(dyn std::any::Any + Send)) -> PanicReport {
-    let message = payload_message(payload);
-    match last_panic().take() {
-        Some((thread, report)) if thread == thread::current().id() && report.message == message => {
-            report
-        }
-        _ => PanicReport {
-            message,
-            location: None,
-            process: process::current_process().name().to_owned(),
-            backtrace: None,
-        },
-    }
-}
-
-fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "Box<dyn Any>".to_owned()
     }
 }

@@ -44,7 +44,8 @@ pub(crate) struct Start {
 pub(crate) enum Role {
     /// Call the target once with the arguments, send the [`Outcome`], exit (a `Process`).
     Call,
-    /// Serve pool tasks until told to stop (`entry` and `args` are unused).
+    /// Serve pool tasks until told to stop: `entry` names the role that does (see
+    /// `start::role`) and `args` is unused.
     PoolWorker(PoolWorkerSpec),
 }
 

@@ -1,0 +1,131 @@
+//! Capturing a worker's panics: a panic hook records where a target panicked (message,
+//! location, backtrace when asked), and [`catch`] turns the unwinding into that report.
+//!
+//! Payloads are forgotten rather than dropped: a payload's own `Drop` could panic. Below
+//! everything that runs targets (a `Process`'s child, a pool worker's tasks): it imports only
+//! the error types and the process's identity.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, Once};
+use std::thread::{self, ThreadId};
+
+use crate::error::PanicReport;
+
+/// Runs `f` in a worker, turning a panic into its report (message, location, process name,
+/// backtrace when asked). The payload is forgotten, never dropped: its `Drop` could panic.
+pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, PanicReport> {
+    // A plain load first: this runs once per item of a chunk, and a swap is a locked
+    // instruction.
+    if RECORDED.load(Ordering::Relaxed) && RECORDED.swap(false, Ordering::Relaxed) {
+        *last_panic() = None;
+    }
+    match panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => Ok(r),
+        Err(payload) => {
+            let report = take_panic(&*payload);
+            std::mem::forget(payload);
+            Err(report)
+        }
+    }
+}
+
+/// Whether this process is a worker, whose panics the hook records.
+static IN_WORKER: AtomicBool = AtomicBool::new(false);
+
+/// Whether `LAST_PANIC` may hold a record (so `catch` clears it only then: it runs per item).
+static RECORDED: AtomicBool = AtomicBool::new(false);
+
+/// The last panic the hook saw in this worker, with the thread it happened on.
+static LAST_PANIC: Mutex<Option<(ThreadId, PanicReport)>> = Mutex::new(None);
+
+fn last_panic() -> std::sync::MutexGuard<'static, Option<(ThreadId, PanicReport)>> {
+    LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// From now on this process is a worker: the hook (installed if it was not) records where its
+/// panics happen, for [`catch`].
+pub(crate) fn record_in_this_worker() {
+    IN_WORKER.store(true, Ordering::Relaxed);
+    ensure_hook();
+}
+
+/// Installs, once per process, a panic hook that records where a worker's target panicked and
+/// then calls the hook that was there before. Called before forking, so a forked child never
+/// has to take the hook lock, which another thread of the parent may have held at the fork.
+pub(crate) fn ensure_hook() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if IN_WORKER.load(Ordering::Relaxed) {
+                record(info);
+            }
+            previous(info);
+        }));
+    });
+}
+
+fn record(info: &panic::PanicHookInfo<'_>) {
+    let backtrace = std::backtrace::Backtrace::capture();
+    let report = PanicReport {
+        message: payload_message(info.payload()),
+        location: info.location().map(|l| l.to_string()),
+        process: crate::current::identity().name().to_owned(),
+        backtrace: (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
+            .then(|| backtrace.to_string()),
+    };
+    *last_panic() = Some((thread::current().id(), report));
+    RECORDED.store(true, Ordering::Relaxed);
+}
+
+/// The report for the panic whose payload reached `catch_unwind`: the hook's record if it is
+/// this very panic (same thread, same message), else what the payload alone tells.
+fn take_panic(payload: &(dyn std::any::Any + Send)) -> PanicReport {
+    let message = payload_message(payload);
+    match last_panic().take() {
+        Some((thread, report)) if thread == thread::current().id() && report.message == message => {
+            report
+        }
+        _ => PanicReport {
+            message,
+            location: None,
+            process: crate::current::identity().name().to_owned(),
+            backtrace: None,
+        },
+    }
+}
+
+fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_its_report_and_a_value_passes_through() {
+        record_in_this_worker();
+        assert_eq!(catch(|| 7), Ok(7));
+        let line = line!() + 1;
+        let report = catch(|| panic!("out of {}", "cheese")).unwrap_err();
+        assert_eq!(report.message, "out of cheese");
+        assert_eq!(report.process, "MainProcess");
+        let location = report.location.expect("the hook saw where");
+        assert!(
+            location.contains(&format!("panics.rs:{line}:")),
+            "{location}"
+        );
+        // A payload that is no string, thrown past the hook's record.
+        let report = catch(|| std::panic::resume_unwind(Box::new(3u8))).unwrap_err();
+        assert_eq!(report.message, "Box<dyn Any>");
+        assert_eq!(report.location, None);
+    }
+}
