@@ -1,6 +1,9 @@
 //! Descriptor helpers: close-on-exec flags, poll, pipes, and the list of mproc's internal
 //! descriptors that a forked child must close.
 
+// PENDING
+#![allow(unsafe_code)]
+
 use std::collections::BTreeSet;
 use std::io;
 use std::mem::ManuallyDrop;

@@ -16,8 +16,6 @@
 //! [`BorrowedFd`]: std::os::fd::BorrowedFd
 //! [`io::Error`]: std::io::Error
 
-#![allow(unsafe_code)]
-
 /// Calls a libc function and turns a `-1` return into `io::Error::last_os_error()`.
 macro_rules! syscall {
     ($fn:ident ( $($arg:expr),* $(,)? )) => {{

@@ -1,5 +1,8 @@
 //! Creating, watching, signalling and reaping processes.
 
+// PENDING
+#![allow(unsafe_code)]
+
 use std::ffi::{CStr, CString};
 use std::io;
 use std::mem;

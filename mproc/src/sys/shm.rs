@@ -10,6 +10,9 @@
 //! seen to be sealed: a sender cannot pull pages from under its receiver. (Named shared memory,
 //! which other programs make too, cannot be sealed: see [`Mapping::open_named`].)
 
+// PENDING
+#![allow(unsafe_code)]
+
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;

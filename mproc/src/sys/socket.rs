@@ -1,5 +1,8 @@
 //! Unix-domain stream sockets with descriptor passing (`SCM_RIGHTS`).
 
+// PENDING
+#![allow(unsafe_code)]
+
 use std::io;
 use std::mem;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

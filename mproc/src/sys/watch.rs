@@ -2,6 +2,9 @@
 //! description of a watched file is released — by the last `close` of its descriptors, the
 //! last `munmap` of its mappings, or the end of a message that carried it — in any process.
 
+// PENDING
+#![allow(unsafe_code)]
+
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
