@@ -46,37 +46,69 @@
 // each of those files opts in by itself.
 #![deny(unsafe_code)]
 
+// One clear error on other systems, and none after it: every module and re-export below that
+// names the OS layer is left out there.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "mproc supports Linux only: it is built on pidfds, memfd seals, futexes, signalfd and \
+     close_range"
+);
+
+#[cfg(target_os = "linux")]
 mod channel;
 #[cfg(doctest)]
 mod compile_fail;
+#[cfg(target_os = "linux")]
 mod connection;
+#[cfg(target_os = "linux")]
 mod error;
+#[cfg(target_os = "linux")]
 mod handle;
+#[cfg(target_os = "linux")]
 mod pool;
+#[cfg(target_os = "linux")]
 mod process;
+#[cfg(target_os = "linux")]
 mod queue;
+#[cfg(target_os = "linux")]
 mod shared;
+#[cfg(target_os = "linux")]
 mod shared_memory;
+#[cfg(target_os = "linux")]
 mod start;
+#[cfg(target_os = "linux")]
 mod sync;
+#[cfg(target_os = "linux")]
 mod sys;
+#[cfg(target_os = "linux")]
 mod wire;
 
 /// Plain old data (bytemuck's): what [`Value`] and [`Array`] may hold.
 pub use bytemuck::Pod;
+#[cfg(target_os = "linux")]
 pub use connection::{Connection, pipe};
+#[cfg(target_os = "linux")]
 pub use error::{CodecReport, Error, ErrorKind, LostReport, OsReport, PanicReport, Result};
+#[cfg(target_os = "linux")]
 pub use pool::{AsyncResult, Chunked, Imap, Pool, PoolBuilder};
+#[cfg(target_os = "linux")]
 pub use process::{CurrentProcess, Process, cpu_count, current_process};
+#[cfg(target_os = "linux")]
 pub use queue::{JoinableQueue, Queue, SimpleQueue};
+#[cfg(target_os = "linux")]
 pub use shared::{Array, ArrayGuard, Value, ValueGuard};
+#[cfg(target_os = "linux")]
 pub use shared_memory::SharedMemory;
+#[cfg(target_os = "linux")]
 pub use start::{StartMethod, get_start_method, set_start_method};
+#[cfg(target_os = "linux")]
 pub use sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, Semaphore};
+#[cfg(target_os = "linux")]
 pub use wire::target::Target;
 
 /// Entry points for the fuzz targets in `fuzz/`; not part of the API.
 #[doc(hidden)]
+#[cfg(target_os = "linux")]
 pub mod __fuzz {
     /// Drives both sides of a pool lane (shared-memory rings) with `data`, with a peer's
     /// arbitrary writes into the shared header and rings between calls. Must never panic,

@@ -92,7 +92,12 @@ pub(crate) fn open_file(dir: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> 
 
 fn open_at(dir: BorrowedFd<'_>, name: &str, flags: OFlags) -> io::Result<OwnedFd> {
     let mode = Mode::RUSR | Mode::WUSR;
-    Ok(rustix::fs::openat(dir, name, flags | OFlags::CLOEXEC, mode)?)
+    Ok(rustix::fs::openat(
+        dir,
+        name,
+        flags | OFlags::CLOEXEC,
+        mode,
+    )?)
 }
 
 /// Gives the file `from` in `dir` the second name `to` (which must not exist: `AlreadyExists`).

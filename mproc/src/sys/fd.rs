@@ -222,7 +222,10 @@ pub(crate) fn poll_read(
 /// Waits until `fd` can be written to (or is hung up), or until `deadline`. Returns whether it
 /// is ready.
 pub(crate) fn poll_write(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io::Result<bool> {
-    Ok(poll(&mut [PollFd::from_borrowed_fd(fd, PollFlags::OUT)], deadline)? > 0)
+    Ok(poll(
+        &mut [PollFd::from_borrowed_fd(fd, PollFlags::OUT)],
+        deadline,
+    )? > 0)
 }
 
 /// poll(2) until `deadline`, retrying on `EINTR`; how many descriptors are ready.

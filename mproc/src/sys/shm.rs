@@ -94,10 +94,7 @@ impl Mapping {
         let file = memfd(name, len)?;
         // Its size is fixed from now on: a process that maps it can trust the size it saw, and
         // no holder of the descriptor can shrink it under another's mapping (SIGBUS).
-        rustix::fs::fcntl_add_seals(
-            &file,
-            SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
-        )?;
+        rustix::fs::fcntl_add_seals(&file, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
         let map = Mapping::map(file.as_fd(), len, inherit)?;
         Ok((map, file))
     }
@@ -475,7 +472,11 @@ pub(crate) fn is_regular_file(file: BorrowedFd<'_>) -> bool {
 /// never through a symbolic link, close-on-exec. (rustix's `shm::open` follows links.)
 fn open_named(name: &str, flags: OFlags) -> io::Result<OwnedFd> {
     let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    Ok(rustix::fs::open(shm_file_path(name)?, flags, Mode::empty())?)
+    Ok(rustix::fs::open(
+        shm_file_path(name)?,
+        flags,
+        Mode::empty(),
+    )?)
 }
 
 /// The file behind the name, as glibc's shm_open(3) finds it; `EINVAL` for a name glibc
@@ -679,7 +680,11 @@ mod tests {
     fn a_memory_file_cannot_be_resized() {
         let (_a, file) = Mapping::create("mproc-test", 4096).unwrap();
         let shrunk = rustix::fs::ftruncate(&file, 1);
-        assert_eq!(shrunk, Err(Errno::PERM), "shrinking a sealed memory file must fail");
+        assert_eq!(
+            shrunk,
+            Err(Errno::PERM),
+            "shrinking a sealed memory file must fail"
+        );
     }
 
     #[test]
