@@ -46,67 +46,82 @@
 // each of those files opts in by itself.
 #![deny(unsafe_code)]
 
-mod channel;
-#[cfg(doctest)]
-mod compile_fail;
-mod connection;
-mod current;
-mod error;
-mod handle;
-mod panics;
-mod pool;
-mod process;
-mod queue;
-mod shared;
-mod shared_memory;
-mod start;
-mod sync;
-mod sys;
-mod wire;
+// One clear error on other systems, and none after it: everything below names the OS layer
+// and is left out there.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "mproc supports Linux only: it is built on pidfds, memfd seals, futexes, signalfd and \
+     close_range"
+);
 
-/// Plain old data (bytemuck's): what [`Value`] and [`Array`] may hold.
-pub use bytemuck::Pod;
-pub use connection::{Connection, pipe};
-pub use error::{CodecReport, Error, ErrorKind, LostReport, OsReport, PanicReport, Result};
-pub use pool::{AsyncResult, Chunked, Imap, Pool, PoolBuilder};
-pub use process::{CurrentProcess, Process, cpu_count, current_process};
-pub use queue::{JoinableQueue, Queue, SimpleQueue};
-pub use shared::{Array, ArrayGuard, Value, ValueGuard};
-pub use shared_memory::SharedMemory;
-pub use start::{StartMethod, get_start_method, set_start_method};
-pub use sync::{
-    Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore,
-    WaitTimeoutResult,
-};
-pub use wire::target::Target;
+/// Each item it wraps exists on Linux only (see the `compile_error!` above).
+macro_rules! linux_only {
+    ($($item:item)*) => { $( #[cfg(target_os = "linux")] $item )* };
+}
 
-/// Entry points for the fuzz targets in `fuzz/`; not part of the API.
-#[doc(hidden)]
-pub mod __fuzz {
-    /// Drives both sides of a pool lane (shared-memory rings) with `data`, with a peer's
-    /// arbitrary writes into the shared header and rings between calls. Must never panic,
-    /// fault or hang, whatever the bytes.
-    pub fn lane(data: &[u8]) {
-        crate::sys::lane::fuzz(data)
-    }
+linux_only! {
+    mod channel;
+    #[cfg(doctest)]
+    mod compile_fail;
+    mod connection;
+    mod current;
+    mod error;
+    mod handle;
+    mod panics;
+    mod pool;
+    mod process;
+    mod queue;
+    mod shared;
+    mod shared_memory;
+    mod start;
+    mod sync;
+    mod sys;
+    mod wire;
 
-    /// Drives a queue's shared-memory ring with `data`: puts, gets, growth and the other calls,
-    /// with a peer's arbitrary writes into the header and ring between them. Must never panic,
-    /// fault or hang, whatever the bytes.
-    pub fn ring(data: &[u8]) {
-        crate::sys::ring::fuzz(data)
-    }
+    /// Plain old data (bytemuck's): what [`Value`] and [`Array`] may hold.
+    pub use bytemuck::Pod;
+    pub use connection::{Connection, pipe};
+    pub use error::{CodecReport, Error, ErrorKind, LostReport, OsReport, PanicReport, Result};
+    pub use pool::{AsyncResult, Chunked, Imap, Pool, PoolBuilder};
+    pub use process::{CurrentProcess, Process, cpu_count, current_process};
+    pub use queue::{JoinableQueue, Queue, SimpleQueue};
+    pub use shared::{Array, ArrayGuard, Value, ValueGuard};
+    pub use shared_memory::SharedMemory;
+    pub use start::{StartMethod, get_start_method, set_start_method};
+    pub use sync::{
+        Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore,
+        WaitTimeoutResult,
+    };
+    pub use wire::target::Target;
 
-    /// Feeds `data` to the frame decoder in pieces and decodes every frame as each message
-    /// type a peer may send. Must never panic, whatever the bytes.
-    pub fn wire(data: &[u8]) {
-        crate::wire::fuzz(data)
-    }
+    /// Entry points for the fuzz targets in `fuzz/`; not part of the API.
+    #[doc(hidden)]
+    pub mod __fuzz {
+        /// Drives both sides of a pool lane (shared-memory rings) with `data`, with a peer's
+        /// arbitrary writes into the shared header and rings between calls. Must never panic,
+        /// fault or hang, whatever the bytes.
+        pub fn lane(data: &[u8]) {
+            crate::sys::lane::fuzz(data)
+        }
 
-    /// Parses `data` as everything the shared-memory keeper reads from others: a request from
-    /// a process, a record left by another keeper (its bytes and its file name), and inotify
-    /// events. Must never panic, and whatever parses must encode back to `data`.
-    pub fn keeper(data: &[u8]) {
-        crate::shared_memory::server::fuzz(data)
+        /// Drives a queue's shared-memory ring with `data`: puts, gets, growth and the other calls,
+        /// with a peer's arbitrary writes into the header and ring between them. Must never panic,
+        /// fault or hang, whatever the bytes.
+        pub fn ring(data: &[u8]) {
+            crate::sys::ring::fuzz(data)
+        }
+
+        /// Feeds `data` to the frame decoder in pieces and decodes every frame as each message
+        /// type a peer may send. Must never panic, whatever the bytes.
+        pub fn wire(data: &[u8]) {
+            crate::wire::fuzz(data)
+        }
+
+        /// Parses `data` as everything the shared-memory keeper reads from others: a request from
+        /// a process, a record left by another keeper (its bytes and its file name), and inotify
+        /// events. Must never panic, and whatever parses must encode back to `data`.
+        pub fn keeper(data: &[u8]) {
+            crate::shared_memory::server::fuzz(data)
+        }
     }
 }

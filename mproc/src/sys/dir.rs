@@ -2,22 +2,24 @@
 //! open directory (so a path swapped after the check changes nothing), and open-file-description
 //! locks that say whether the process that wrote a file still lives.
 
-use std::ffi::{CString, OsStr};
+// Open-file-description locks (F_OFD_SETLK, F_OFD_GETLK), which rustix does not wrap (its
+// `fcntl_lock` takes process-associated locks).
+#![allow(unsafe_code)]
+
+use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-fn c_string(bytes: &[u8]) -> io::Result<CString> {
-    CString::new(bytes).map_err(|_| io::ErrorKind::InvalidInput.into())
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::io::Errno;
+
+fn stat_of(fd: BorrowedFd<'_>) -> io::Result<Stat> {
+    Ok(rustix::fs::fstat(fd)?)
 }
 
-fn stat_of(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
-    // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid, writable stat buffer.
-    syscall!(fstat(fd.as_raw_fd(), &mut st))?;
-    Ok(st)
+fn is(st: &Stat, kind: FileType) -> bool {
+    FileType::from_raw_mode(st.st_mode) == kind
 }
 
 /// Opens the directory `path`, first making it (mode 0700) when `create` is set and it does not
@@ -28,22 +30,16 @@ fn stat_of(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
 ///
 /// See mkdir(2), open(2), fstat(2).
 pub(crate) fn open_private(path: &Path, create: bool) -> io::Result<OwnedFd> {
-    let c_path = c_string(path.as_os_str().as_bytes())?;
     if create {
-        match syscall!(mkdir(c_path.as_ptr(), 0o700)) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
+        match rustix::fs::mkdir(path, Mode::RWXU) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
         }
     }
-    let raw = syscall!(open(
-        c_path.as_ptr(),
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC
-    ))?;
-    // SAFETY: open returned a fresh descriptor owned by nobody else.
-    let dir = unsafe { OwnedFd::from_raw_fd(raw) };
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let dir = rustix::fs::open(path, flags, Mode::empty())?;
     let st = stat_of(dir.as_fd())?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFDIR
+    if !is(&st, FileType::Directory)
         || st.st_uid != super::proc::geteuid()
         || st.st_mode & 0o077 != 0
     {
@@ -74,7 +70,7 @@ pub(crate) fn create_file(dir: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd
     open_at(
         dir,
         name,
-        libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+        OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW,
     )
 }
 
@@ -85,64 +81,44 @@ pub(crate) fn open_file(dir: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> 
     let file = open_at(
         dir,
         name,
-        libc::O_RDWR | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+        OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK,
     )?;
     let st = stat_of(file.as_fd())?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_uid != super::proc::geteuid() {
+    if !is(&st, FileType::RegularFile) || st.st_uid != super::proc::geteuid() {
         return Err(io::ErrorKind::InvalidData.into());
     }
     Ok(file)
 }
 
-fn open_at(dir: BorrowedFd<'_>, name: &str, flags: libc::c_int) -> io::Result<OwnedFd> {
-    let c_name = c_string(name.as_bytes())?;
-    let raw = syscall!(openat(
-        dir.as_raw_fd(),
-        c_name.as_ptr(),
-        flags | libc::O_CLOEXEC,
-        0o600 as libc::c_uint
-    ))?;
-    // SAFETY: openat returned a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+fn open_at(dir: BorrowedFd<'_>, name: &str, flags: OFlags) -> io::Result<OwnedFd> {
+    let mode = Mode::RUSR | Mode::WUSR;
+    Ok(rustix::fs::openat(
+        dir,
+        name,
+        flags | OFlags::CLOEXEC,
+        mode,
+    )?)
 }
 
 /// Gives the file `from` in `dir` the second name `to` (which must not exist: `AlreadyExists`).
 ///
 /// See linkat(2).
 pub(crate) fn link(dir: BorrowedFd<'_>, from: &str, to: &str) -> io::Result<()> {
-    let (from, to) = (c_string(from.as_bytes())?, c_string(to.as_bytes())?);
-    syscall!(linkat(
-        dir.as_raw_fd(),
-        from.as_ptr(),
-        dir.as_raw_fd(),
-        to.as_ptr(),
-        0
-    ))
-    .map(drop)
+    Ok(rustix::fs::linkat(dir, from, dir, to, AtFlags::empty())?)
 }
 
 /// Removes the name `name` from `dir`.
 ///
 /// See unlinkat(2).
 pub(crate) fn remove(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
-    let c_name = c_string(name.as_bytes())?;
-    syscall!(unlinkat(dir.as_raw_fd(), c_name.as_ptr(), 0)).map(drop)
+    Ok(rustix::fs::unlinkat(dir, name, AtFlags::empty())?)
 }
 
 /// Which file `name` in `dir` is now (device and inode), without following a symbolic link.
 ///
 /// See fstatat(2).
 pub(crate) fn identity_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<(u64, u64)> {
-    let c_name = c_string(name.as_bytes())?;
-    // SAFETY: an all-zero `stat` is a valid value for fstatat to overwrite.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `c_name` is NUL-terminated and `st` is a valid, writable stat buffer.
-    syscall!(fstatat(
-        dir.as_raw_fd(),
-        c_name.as_ptr(),
-        &mut st,
-        libc::AT_SYMLINK_NOFOLLOW
-    ))?;
+    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
     Ok((st.st_dev, st.st_ino))
 }
 
@@ -175,18 +151,11 @@ pub(crate) fn read_start(file: BorrowedFd<'_>, max: usize) -> io::Result<Vec<u8>
     let mut buf = vec![0u8; max];
     let mut filled = 0;
     while filled < max {
-        // SAFETY: the pointer and length describe the unfilled tail of `buf`.
-        let n = syscall!(pread(
-            file.as_raw_fd(),
-            buf[filled..].as_mut_ptr().cast(),
-            max - filled,
-            filled as libc::off_t
-        ));
-        match n {
+        match rustix::io::pread(file, &mut buf[filled..], filled as u64) {
             Ok(0) => break,
-            Ok(n) => filled += n as usize,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Ok(n) => filled += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     buf.truncate(filled);
@@ -197,18 +166,11 @@ pub(crate) fn read_start(file: BorrowedFd<'_>, max: usize) -> io::Result<Vec<u8>
 pub(crate) fn write_start(file: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
     let mut done = 0;
     while done < data.len() {
-        // SAFETY: the pointer and length describe the unwritten tail of `data`.
-        let n = syscall!(pwrite(
-            file.as_raw_fd(),
-            data[done..].as_ptr().cast(),
-            data.len() - done,
-            done as libc::off_t
-        ));
-        match n {
+        match rustix::io::pwrite(file, &data[done..], done as u64) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => done += n as usize,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Ok(n) => done += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
@@ -232,10 +194,13 @@ fn whole_file(kind: libc::c_int) -> libc::flock {
 /// See fcntl(2), "Open file description locks".
 pub(crate) fn try_lock(file: BorrowedFd<'_>) -> io::Result<bool> {
     let fl = whole_file(libc::F_WRLCK);
-    match syscall!(fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl)) {
-        Ok(_) => Ok(true),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => Ok(false),
-        Err(e) => Err(e),
+    // SAFETY: fcntl on a borrowed, open descriptor, with a valid `flock` that it only reads.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) } != -1 {
+        return Ok(true);
+    }
+    match io::Error::last_os_error() {
+        e if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => Ok(false),
+        e => Err(e),
     }
 }
 
@@ -244,7 +209,10 @@ pub(crate) fn try_lock(file: BorrowedFd<'_>) -> io::Result<bool> {
 /// See fcntl(2), `F_OFD_GETLK`.
 pub(crate) fn is_locked(file: BorrowedFd<'_>) -> io::Result<bool> {
     let mut fl = whole_file(libc::F_WRLCK);
-    syscall!(fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl))?;
+    // SAFETY: fcntl on a borrowed, open descriptor, with a valid, writable `flock`.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
 }
 

@@ -9,6 +9,9 @@
 //! of its symbols is mixed in (see [`layout_distance`]), so two builds that share a note by
 //! accident still differ when their layouts do.
 
+// dl_iterate_phdr (no rustix wrapper) and the program headers it hands back.
+#![allow(unsafe_code)]
+
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
 use std::slice;

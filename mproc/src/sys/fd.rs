@@ -1,12 +1,19 @@
 //! Descriptor helpers: close-on-exec flags, poll, pipes, and the list of mproc's internal
 //! descriptors that a forked child must close.
 
+// Descriptors taken by number (an inherited one, a parent's in a fork child, the pool's
+// poll set), which no owned or borrowed descriptor can stand for; and `ManuallyDrop`.
+#![allow(unsafe_code)]
+
 use std::collections::BTreeSet;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
+use rustix::io::{Errno, FdFlags};
 
 /// Descriptors that belong to mproc's bookkeeping in this process (sockets to children, the
 /// fork server, the liveness pipe). A child made with `fork` closes all of them except the
@@ -103,8 +110,8 @@ impl InternalSnapshot {
             if !keep.contains(&fd) {
                 // SAFETY: `fd` was an internal descriptor of the parent; in the child its
                 // owning `InternalFd` closes nothing when dropped (it belongs to another pid),
-                // so closing it here is the only close in this process.
-                unsafe { libc::close(fd) };
+                // so adopting it here to close it is the only close in this process.
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
             }
         }
         self.0.clear();
@@ -119,23 +126,18 @@ impl InternalSnapshot {
 
 /// Sets or clears `FD_CLOEXEC`.
 pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
-    let flags = syscall!(fcntl(fd.as_raw_fd(), libc::F_GETFD))?;
-    let new = if on {
-        flags | libc::FD_CLOEXEC
-    } else {
-        flags & !libc::FD_CLOEXEC
-    };
+    let flags = rustix::io::fcntl_getfd(fd)?;
+    let mut new = flags;
+    new.set(FdFlags::CLOEXEC, on);
     if new != flags {
-        syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFD, new))?;
+        rustix::io::fcntl_setfd(fd, new)?;
     }
     Ok(())
 }
 
 /// Duplicates `fd` to a number at or above `min`, close-on-exec.
 pub(crate) fn dup_above(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
-    let new = syscall!(fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min))?;
-    // SAFETY: fcntl(F_DUPFD_CLOEXEC) returned a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+    Ok(rustix::io::fcntl_dupfd_cloexec(fd, min)?)
 }
 
 /// Takes ownership of a descriptor number inherited from the parent, after checking that it
@@ -147,7 +149,11 @@ pub(crate) fn adopt_inherited(fd: RawFd) -> io::Result<OwnedFd> {
             format!("descriptor {fd} is a standard stream"),
         ));
     }
-    syscall!(fcntl(fd, libc::F_GETFD))?;
+    // SAFETY: F_GETFD only reads the flags of whatever the number is; one that is not open is
+    // EBADF. (By number, not through a `BorrowedFd`: it is not known to be open yet.)
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
     // SAFETY: the descriptor is open (F_GETFD succeeded) and the worker marker hands its
     // ownership to this process's bootstrap, which adopts each number once.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -157,10 +163,7 @@ pub(crate) fn adopt_inherited(fd: RawFd) -> io::Result<OwnedFd> {
 
 /// A pipe, both ends close-on-exec: `(read, write)`.
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    syscall!(pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC))?;
-    // SAFETY: pipe2 succeeded, so both numbers are fresh descriptors owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }
 
 /// What `poll` said about one descriptor.
@@ -184,33 +187,22 @@ pub(crate) fn poll_numbers(
     fds: &[(RawFd, bool)],
     deadline: Option<Instant>,
 ) -> io::Result<Vec<Ready>> {
-    let mut pfds: Vec<libc::pollfd> = fds
+    let mut pfds: Vec<PollFd<'_>> = fds
         .iter()
-        .map(|&(fd, write)| libc::pollfd {
-            fd,
-            events: libc::POLLIN | if write { libc::POLLOUT } else { 0 },
-            revents: 0,
+        .map(|&(fd, write)| {
+            // SAFETY: the caller keeps `fd` open for this call (see above), which is as long
+            // as the borrow lives: it ends with `pfds`, before this function returns.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let write = if write {
+                PollFlags::OUT
+            } else {
+                PollFlags::empty()
+            };
+            PollFd::from_borrowed_fd(fd, PollFlags::IN | write)
         })
         .collect();
-    loop {
-        match syscall!(poll(
-            pfds.as_mut_ptr(),
-            pfds.len() as libc::nfds_t,
-            poll_timeout_ms(deadline)
-        )) {
-            Ok(_) => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(pfds
-        .iter()
-        .map(|p| Ready {
-            readable: p.revents & libc::POLLIN != 0,
-            hangup: p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0,
-            writable: p.revents & libc::POLLOUT != 0,
-        })
-        .collect())
+    poll(&mut pfds, deadline)?;
+    Ok(pfds.iter().map(ready).collect())
 }
 
 /// Waits until one of `fds` is readable or hung up, or until `deadline`. Retries on `EINTR`.
@@ -219,36 +211,46 @@ pub(crate) fn poll_read(
     fds: &[BorrowedFd<'_>],
     deadline: Option<Instant>,
 ) -> io::Result<Vec<Ready>> {
-    let numbers: Vec<(RawFd, bool)> = fds.iter().map(|fd| (fd.as_raw_fd(), false)).collect();
-    poll_numbers(&numbers, deadline)
+    let mut pfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|&fd| PollFd::from_borrowed_fd(fd, PollFlags::IN))
+        .collect();
+    poll(&mut pfds, deadline)?;
+    Ok(pfds.iter().map(ready).collect())
 }
 
 /// Waits until `fd` can be written to (or is hung up), or until `deadline`. Returns whether it
 /// is ready.
 pub(crate) fn poll_write(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io::Result<bool> {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLOUT,
-        revents: 0,
-    };
+    Ok(poll(
+        &mut [PollFd::from_borrowed_fd(fd, PollFlags::OUT)],
+        deadline,
+    )? > 0)
+}
+
+/// poll(2) until `deadline`, retrying on `EINTR`; how many descriptors are ready.
+fn poll(fds: &mut [PollFd<'_>], deadline: Option<Instant>) -> io::Result<usize> {
     loop {
-        match syscall!(poll(&mut p, 1, poll_timeout_ms(deadline))) {
-            Ok(n) => return Ok(n > 0),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+        let timeout = deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            Timespec {
+                tv_sec: left.as_secs().min(i64::MAX as u64) as _,
+                tv_nsec: left.subsec_nanos() as _,
+            }
+        });
+        match rustix::event::poll(fds, timeout.as_ref()) {
+            Err(Errno::INTR) => continue,
+            n => return Ok(n?),
         }
     }
 }
 
-fn poll_timeout_ms(deadline: Option<Instant>) -> libc::c_int {
-    match deadline {
-        None => -1,
-        Some(d) => {
-            let left = d.saturating_duration_since(Instant::now());
-            // Round up so a wait never returns before its deadline.
-            let ms = left.as_nanos().div_ceil(1_000_000);
-            ms.min(i32::MAX as u128) as libc::c_int
-        }
+fn ready(p: &PollFd<'_>) -> Ready {
+    let got = p.revents();
+    Ready {
+        readable: got.contains(PollFlags::IN),
+        hangup: got.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL),
+        writable: got.contains(PollFlags::OUT),
     }
 }
 
@@ -263,24 +265,20 @@ pub(crate) struct EventFd(OwnedFd);
 
 impl EventFd {
     pub(crate) fn new() -> io::Result<Self> {
-        let fd = syscall!(eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
-        // SAFETY: eventfd returned a fresh descriptor owned by nobody else.
-        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+        let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
+        Ok(EventFd(rustix::event::eventfd(0, flags)?))
     }
 
     /// Makes the descriptor readable until the next [`EventFd::drain`].
     pub(crate) fn notify(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a valid u64; a full counter (EAGAIN) already means
-        // "readable", so the result needs no handling.
-        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        // A full counter (EAGAIN) already means "readable": the result needs no handling.
+        let _ = rustix::io::write(&self.0, &1u64.to_ne_bytes());
     }
 
     /// Resets the counter.
     pub(crate) fn drain(&self) {
-        let mut n: u64 = 0;
-        // SAFETY: reads at most 8 bytes into a valid u64; EAGAIN (nothing pending) is fine.
-        unsafe { libc::read(self.0.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
+        // EAGAIN (nothing pending) is fine.
+        let _ = rustix::io::read(&self.0, &mut [0u8; 8]);
     }
 }
 

@@ -4,6 +4,9 @@ use std::io;
 use std::sync::atomic::AtomicU32;
 use std::time::Instant;
 
+use rustix::io::Errno;
+use rustix::thread::futex::{self, Flags, Timespec};
+
 /// Sleeps while `*word == expected`, until woken or `deadline`. Returns `false` only when the
 /// deadline passed; a wake-up, a changed value or a signal all return `true` (callers re-check
 /// their condition in a loop, as with any futex).
@@ -15,55 +18,23 @@ pub(crate) fn wait(word: &AtomicU32, expected: u32, deadline: Option<Instant>) -
             if left.is_zero() {
                 return Ok(false);
             }
-            Some(libc::timespec {
-                tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
-                tv_nsec: left.subsec_nanos() as libc::c_long,
+            Some(Timespec {
+                tv_sec: left.as_secs().min(i64::MAX as u64) as i64,
+                tv_nsec: left.subsec_nanos() as _,
             })
         }
     };
-    let ts = timeout
-        .as_ref()
-        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: `word` is a valid, aligned u32 for the duration of the call; the timeout, if
-    // any, is a valid timespec on this stack frame; FUTEX_WAIT reads nothing else.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            ts,
-            std::ptr::null::<u32>(),
-            0u32,
-        )
-    };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(true),
-        Some(libc::ETIMEDOUT) => Ok(deadline.is_none_or(|d| Instant::now() < d)),
-        _ => Err(e),
+    // No `Flags::PRIVATE`: the word may be shared with other processes.
+    match futex::wait(word, Flags::empty(), expected, timeout.as_ref()) {
+        Ok(()) | Err(Errno::AGAIN | Errno::INTR) => Ok(true),
+        Err(Errno::TIMEDOUT) => Ok(deadline.is_none_or(|d| Instant::now() < d)),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// Wakes up to `n` sleepers on `word`; returns how many were woken.
 pub(crate) fn wake(word: &AtomicU32, n: u32) -> usize {
-    let n = n.min(i32::MAX as u32) as i32;
-    // SAFETY: `word` is a valid, aligned u32; FUTEX_WAKE only uses its address as a key.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE,
-            n,
-            std::ptr::null::<libc::timespec>(),
-            std::ptr::null::<u32>(),
-            0u32,
-        )
-    };
-    usize::try_from(rc).unwrap_or(0)
+    futex::wake(word, Flags::empty(), n.min(i32::MAX as u32)).unwrap_or(0)
 }
 
 #[cfg(test)]

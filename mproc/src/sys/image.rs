@@ -15,6 +15,9 @@
 //! against a value computed at run time from its complement. So a bogus offset is refused
 //! with an error; it is never turned into a jump.
 
+// dl_iterate_phdr (no rustix wrapper), and entry points read back from addresses.
+#![allow(unsafe_code)]
+
 use std::mem;
 use std::sync::OnceLock;
 

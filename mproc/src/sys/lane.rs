@@ -22,6 +22,9 @@
 //! nothing it reads from the peer: a position or length out of bounds is reported as
 //! [`Corrupt`], never followed.
 
+// The lane lives in shared memory, reached through pointers into its mapping.
+#![allow(unsafe_code)]
+
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering, fence};

@@ -1,10 +1,20 @@
 //! Creating, watching, signalling and reaping processes.
 
+// What rustix does not wrap: fork, pthread_atfork, posix_spawn, signal dispositions and masks,
+// signalfd, F_SETOWN/F_SETSIG, the PIDFD_GET_INFO ioctl, close_range, _exit; and the
+// environment before `main`.
+#![allow(unsafe_code)]
+
 use std::ffi::{CStr, CString};
 use std::io;
 use std::mem;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+use rustix::process::{Pid, Signal, WaitId, WaitIdOptions, WaitOptions};
 
 use serde::{Deserialize, Serialize};
 
@@ -75,13 +85,13 @@ pub(crate) enum Forked {
 /// fork(2). The child must confine itself to what the caller documents as fork-safe.
 pub(crate) fn fork() -> io::Result<Forked> {
     // SAFETY: fork has no memory-safety preconditions of its own; what the child may do after
-    // it in a multithreaded parent is the caller's documented contract (start::fork).
-    let pid = syscall!(fork())?;
-    Ok(if pid == 0 {
-        Forked::Child
-    } else {
-        Forked::Parent(pid as u32)
-    })
+    // it in a multithreaded parent is the caller's documented contract (start::fork). (rustix
+    // has no fork that runs the pthread_atfork handlers.)
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid as u32)),
+    }
 }
 
 /// Forks seen by this process's image: bumped in the child of every fork(3) (ours, the user's,
@@ -249,68 +259,50 @@ impl Drop for FileActions {
 /// A descriptor that refers to a process (pidfd_open(2)): readable once the process has ended,
 /// and a race-free target for signals.
 pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a fresh descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a fresh descriptor (close-on-exec by default) owned by nobody.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    let pid = as_pid(pid, Errno::INVAL)?;
+    Ok(rustix::process::pidfd_open(
+        pid,
+        rustix::process::PidfdFlags::empty(),
+    )?)
+}
+
+/// `pid` as one process's id; `or` for 0 and for what would be negative (which kill(2) would
+/// take for a process group).
+fn as_pid(pid: u32, or: Errno) -> io::Result<Pid> {
+    let raw = i32::try_from(pid).map_err(|_| or)?;
+    Ok(Pid::from_raw(raw).ok_or(or)?)
+}
+
+/// `sig` as a signal; `EINVAL` for a number that names none.
+fn as_signal(sig: i32) -> io::Result<Signal> {
+    Ok(Signal::from_named_raw(sig).ok_or(Errno::INVAL)?)
 }
 
 /// Sends `sig` through a pidfd (pidfd_send_signal(2)). A process that has already ended is
 /// not an error.
 pub(crate) fn pidfd_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
-    // SAFETY: the arguments are a valid pidfd, a signal number, a null siginfo and no flags.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            sig,
-            ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ESRCH) {
-            return Ok(());
-        }
-        return Err(e);
+    match rustix::process::pidfd_send_signal(pidfd, as_signal(sig)?) {
+        Ok(()) | Err(Errno::SRCH) => Ok(()),
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }
 
 /// Reaps the child behind `pidfd` if it has ended (waitid(2) with `P_PIDFD` and `WNOHANG`).
 pub(crate) fn try_reap(pidfd: BorrowedFd<'_>) -> io::Result<Option<Exit>> {
-    // SAFETY: an all-zero siginfo_t is valid storage for waitid to fill.
-    let mut info: libc::siginfo_t = unsafe { mem::zeroed() };
-    loop {
-        match syscall!(waitid(
-            libc::P_PIDFD,
-            pidfd.as_raw_fd() as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG
-        )) {
-            Ok(_) => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
+    let status = loop {
+        match rustix::process::waitid(WaitId::PidFd(pidfd), options) {
+            Ok(status) => break status,
+            Err(Errno::INTR) => continue,
             // Reaped by someone else; if the pidfd says it has ended, its status is lost.
-            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
-                return Ok(has_ended(pidfd)?.then_some(Exit::Unknown));
-            }
-            Err(e) => return Err(e),
+            Err(Errno::CHILD) => return Ok(has_ended(pidfd)?.then_some(Exit::Unknown)),
+            Err(e) => return Err(e.into()),
         }
-    }
-    // SAFETY: waitid succeeded, so the SIGCHLD fields of `info` are initialised (si_pid is 0
-    // when no child had changed state).
-    let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
-    if pid == 0 {
-        return Ok(None);
-    }
-    Ok(Some(if code == libc::CLD_EXITED {
-        Exit::Code(status)
-    } else {
-        Exit::Signal(status)
+    };
+    // None: it has not ended yet. Only ends are asked for: not exited is killed (or dumped).
+    Ok(status.map(|s| match s.exit_status() {
+        Some(code) => Exit::Code(code),
+        None => Exit::Signal(s.terminating_signal().unwrap_or(0)),
     }))
 }
 
@@ -347,7 +339,8 @@ pub(crate) fn exit_record(pidfd: BorrowedFd<'_>) -> Option<Exit> {
         ..PidfdInfo::default()
     };
     // SAFETY: `info` is writable storage of exactly the size the request number encodes; an
-    // older kernel fails the call (ENOTTY, EINVAL) without touching it.
+    // older kernel fails the call (ENOTTY, EINVAL) without touching it. (rustix has no typed
+    // wrapper for this request; its generic ioctl is as unsafe.)
     let rc = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO as _, &mut info) };
     (rc == 0 && info.mask & PIDFD_INFO_EXIT != 0).then(|| Exit::from_wait_status(info.exit_code))
 }
@@ -355,20 +348,28 @@ pub(crate) fn exit_record(pidfd: BorrowedFd<'_>) -> Option<Exit> {
 /// Blocks until the child `pid` ends and reaps it (waitpid(2)). For a child that could not be
 /// given a pidfd.
 pub(crate) fn reap_blocking(pid: u32) -> io::Result<Exit> {
-    let mut status = 0;
+    let pid = as_pid(pid, Errno::CHILD)?;
     loop {
-        match syscall!(waitpid(pid as libc::pid_t, &mut status, 0)) {
-            Ok(_) => return Ok(Exit::from_wait_status(status)),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+        match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
+            Ok(Some((_, status))) => return Ok(Exit::from_wait_status(status.as_raw())),
+            // Only with WNOHANG; never here.
+            Ok(None) => return Err(Errno::CHILD.into()),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
 
 /// Sends `sig` to `pid` (kill(2)). Only for a process that cannot have been reaped yet (our own
 /// child, or the fork server's before it has looked at `SIGCHLD`).
+/// Signal 0 only asks whether the process exists. A `pid` that names no single process (0, or
+/// one that would be a process group) is `ESRCH`.
 pub(crate) fn kill(pid: u32, sig: i32) -> io::Result<()> {
-    syscall!(kill(pid as libc::pid_t, sig)).map(drop)
+    let pid = as_pid(pid, Errno::SRCH)?;
+    Ok(match sig {
+        0 => rustix::process::test_kill_process(pid),
+        sig => rustix::process::kill_process(pid, as_signal(sig)?),
+    }?)
 }
 
 /// Restores the default action for `SIGCHLD` (a parent may have ignored it, which would make
@@ -380,21 +381,25 @@ pub(crate) fn default_sigchld() {
 
 /// Reaps any one ended child without blocking (waitpid(2) with -1 and `WNOHANG`).
 pub(crate) fn reap_any() -> io::Result<Option<(u32, Exit)>> {
-    let mut status = 0;
     loop {
-        match syscall!(waitpid(-1, &mut status, libc::WNOHANG)) {
-            Ok(0) => return Ok(None),
-            Ok(pid) => return Ok(Some((pid as u32, Exit::from_wait_status(status)))),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(None),
-            Err(e) => return Err(e),
+        match rustix::process::waitpid(None, WaitOptions::NOHANG) {
+            Ok(reaped) => {
+                return Ok(reaped.map(|(pid, status)| {
+                    let pid = pid.as_raw_nonzero().get() as u32;
+                    (pid, Exit::from_wait_status(status.as_raw()))
+                }));
+            }
+            Err(Errno::INTR) => continue,
+            Err(Errno::CHILD) => return Ok(None),
+            Err(e) => return Err(e.into()),
         }
     }
 }
 
 /// Ends this process at once, without running exit handlers or destructors (_exit(2)).
 pub(crate) fn exit_now(code: i32) -> ! {
-    // SAFETY: _exit has no preconditions and does not return.
+    // SAFETY: _exit has no preconditions and does not return. (rustix's exit_group is for
+    // programs without libc, and skips what libc's _exit does.)
     unsafe { libc::_exit(code) }
 }
 
@@ -405,50 +410,46 @@ pub(crate) fn getpid() -> u32 {
 
 /// Whether the calling thread is the process's main thread (gettid(2) equals getpid(2)).
 pub(crate) fn is_main_thread() -> bool {
-    // SAFETY: gettid has no preconditions and cannot fail.
-    let tid = unsafe { libc::gettid() };
-    tid as u32 == getpid()
+    rustix::thread::gettid().as_raw_nonzero().get() as u32 == getpid()
 }
 
 /// The parent's process id (getppid(2)).
 pub(crate) fn getppid() -> u32 {
-    // SAFETY: getppid has no preconditions and cannot fail.
-    unsafe { libc::getppid() as u32 }
+    // None: no parent in this pid namespace (getppid(2) says 0).
+    rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32)
 }
 
 /// Asks the kernel to SIGKILL this process when the thread that created it ends
 /// (PR_SET_PDEATHSIG in prctl(2)). Used in children forked from a main thread.
 pub(crate) fn kill_me_with_parent() -> io::Result<()> {
-    syscall!(prctl(
-        libc::PR_SET_PDEATHSIG,
-        libc::SIGKILL as libc::c_ulong,
-        0,
-        0,
-        0
-    ))
-    .map(drop)
+    Ok(rustix::process::set_parent_process_death_signal(Some(
+        Signal::KILL,
+    ))?)
 }
 
 /// A new open file description of the pipe whose read end is `read` (open(2) of
 /// `/proc/self/fd/N`, which for a pipe opens the pipe itself, not a copy of the descriptor), for
 /// [`hangup_killer`]: the owner of a description's signals is shared by every duplicate.
 pub(crate) fn reopen_pipe_reader(read: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    let path = CString::new(format!("/proc/self/fd/{}", read.as_raw_fd()))
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let path = format!("/proc/self/fd/{}", read.as_raw_fd());
     // O_NONBLOCK: opening a pipe for reading may otherwise wait for a writer.
-    let fd = syscall!(open(
-        path.as_ptr(),
-        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC
-    ))?;
-    // SAFETY: open returned a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    Ok(rustix::fs::open(path, flags, Mode::empty())?)
 }
 
 /// Clears the owner of `killer` ([`hangup_killer`]), which then signals nobody at the hang-up
 /// until a process claims it again with [`kill_me_on_hangup`].
 pub(crate) fn disown(killer: BorrowedFd<'_>) -> io::Result<()> {
+    set_owner(killer, 0)
+}
+
+/// fcntl(2) `F_SETOWN`, which rustix does not wrap.
+fn set_owner(fd: BorrowedFd<'_>, pid: libc::c_int) -> io::Result<()> {
     // SAFETY: fcntl on a borrowed, open descriptor, with an integer argument.
-    syscall!(fcntl(killer.as_raw_fd(), libc::F_SETOWN, 0)).map(drop)
+    match unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETOWN, pid) } {
+        -1 => Err(io::Error::last_os_error()),
+        _ => Ok(()),
+    }
 }
 
 /// `F_SETSIG` of `<asm-generic/fcntl.h>`, which no architecture redefines (the libc crate
@@ -463,11 +464,13 @@ const F_SETSIG: libc::c_int = 10;
 /// it, so the child's own start is two system calls, not five.
 pub(crate) fn hangup_killer(read: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let own = reopen_pipe_reader(read)?;
-    let fd = own.as_raw_fd();
-    // SAFETY (these three): fcntl on a descriptor this function owns, with integer arguments.
-    syscall!(fcntl(fd, F_SETSIG, libc::SIGKILL))?;
-    let flags = syscall!(fcntl(fd, libc::F_GETFL))?;
-    syscall!(fcntl(fd, libc::F_SETFL, flags | libc::O_ASYNC))?;
+    // SAFETY: fcntl on a descriptor this function owns, with an integer argument. (rustix does
+    // not wrap F_SETSIG.)
+    if unsafe { libc::fcntl(own.as_raw_fd(), F_SETSIG, libc::SIGKILL) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    let flags = rustix::fs::fcntl_getfl(&own)?;
+    rustix::fs::fcntl_setfl(&own, flags | OFlags::ASYNC)?;
     Ok(own)
 }
 
@@ -476,23 +479,23 @@ pub(crate) fn hangup_killer(read: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 /// description nobody else claims and stay open for this process's whole life. Returns whether
 /// the pipe had already hung up (then no signal will come: the caller must act on its own).
 pub(crate) fn kill_me_on_hangup(killer: BorrowedFd<'_>, me: u32) -> io::Result<bool> {
-    let fd = killer.as_raw_fd();
-    // SAFETY: fcntl on a borrowed, open descriptor, with an integer argument.
-    syscall!(fcntl(fd, libc::F_SETOWN, me as libc::c_int))?;
+    set_owner(killer, me as libc::c_int)?;
     // A writer that left before the line above signalled nobody: look once. (A plain poll with
     // no deadline: this runs in every new fork server child, where each code page touched
     // costs a page fault.)
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
+    let mut p = [PollFd::from_borrowed_fd(killer, PollFlags::IN)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
     loop {
-        // SAFETY: `p` is one valid pollfd, and the count says one.
-        match syscall!(poll(&mut p, 1, 0)) {
-            Ok(_) => return Ok(p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+        match rustix::event::poll(&mut p, Some(&now)) {
+            Ok(_) => {
+                let hung_up = PollFlags::IN | PollFlags::HUP | PollFlags::ERR;
+                return Ok(p[0].revents().intersects(hung_up));
+            }
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -517,8 +520,15 @@ pub(crate) fn ignore_lease_breaks() {
 pub(crate) fn sigchld_fd() -> io::Result<OwnedFd> {
     default_sigchld();
     let mask = sigchld_set();
-    syscall!(sigprocmask(libc::SIG_BLOCK, &mask, ptr::null_mut()))?;
-    let fd = syscall!(signalfd(-1, &mask, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK))?;
+    // SAFETY: blocks one signal for this thread, with an initialised set; no old set asked.
+    if unsafe { libc::sigprocmask(libc::SIG_BLOCK, &mask, ptr::null_mut()) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: -1 asks for a new descriptor; `mask` is an initialised set.
+    let fd = unsafe { libc::signalfd(-1, &mask, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+    if fd == -1 {
+        return Err(io::Error::last_os_error());
+    }
     // SAFETY: signalfd returned a fresh descriptor owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -526,13 +536,7 @@ pub(crate) fn sigchld_fd() -> io::Result<OwnedFd> {
 /// Empties a signalfd of pending `SIGCHLD` records.
 pub(crate) fn drain_signalfd(fd: BorrowedFd<'_>) {
     let mut buf = [0u8; mem::size_of::<libc::signalfd_siginfo>() * 8];
-    loop {
-        // SAFETY: buf is writable for its whole length.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n <= 0 {
-            break;
-        }
-    }
+    while let Ok(1..) = rustix::io::read(fd, &mut buf) {}
 }
 
 /// Unblocks every signal for this thread: every worker starts with a clean mask, whatever
@@ -553,8 +557,7 @@ fn sigchld_set() -> libc::sigset_t {
 /// Flushes nothing and writes `msg` to standard error with one write(2): safe to call in a
 /// freshly forked child or before `main`.
 pub(crate) fn write_stderr(msg: &str) {
-    // SAFETY: msg is a valid buffer of msg.len() bytes.
-    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+    let _ = rustix::io::write(rustix::stdio::stderr(), msg.as_bytes());
 }
 
 /// Removes an environment variable while the process is still single-threaded (before `main`).
@@ -601,8 +604,7 @@ pub(crate) fn process_start(pid: u32) -> Option<(bool, u64)> {
 
 /// This process's effective user id (geteuid(2)): what `SO_PEERCRED` reports of it.
 pub(crate) fn geteuid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 /// Ignores the signals that ask a process to stop (`SIGINT`, `SIGTERM`, `SIGHUP`), for a
@@ -621,28 +623,21 @@ pub(crate) fn ignore_stop_signals() {
 ///
 /// See setsid(2), dup2(2), setrlimit(2).
 pub(crate) fn detach() {
-    // SAFETY: setsid has no memory-safety preconditions; it fails harmlessly for a process
-    // that already leads a group.
-    unsafe { libc::setsid() };
+    // It fails harmlessly for a process that already leads a group.
+    let _ = rustix::process::setsid();
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/null")
     {
-        for target in 0..3 {
-            // SAFETY: dup2 onto the standard stream numbers, which this process owns; no
-            // Rust object holds them as an OwnedFd.
-            unsafe { libc::dup2(null.as_raw_fd(), target) };
-        }
+        let _ = rustix::stdio::dup2_stdin(&null);
+        let _ = rustix::stdio::dup2_stdout(&null);
+        let _ = rustix::stdio::dup2_stderr(&null);
     }
-    // SAFETY: an all-zero rlimit is a valid value for getrlimit to overwrite.
-    let mut lim: libc::rlimit = unsafe { mem::zeroed() };
-    // SAFETY: `lim` is a valid rlimit for both calls.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        lim.rlim_cur = lim.rlim_max;
-        // SAFETY: as above.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
-    }
+    let nofile = rustix::process::Resource::Nofile;
+    let mut lim = rustix::process::getrlimit(nofile);
+    lim.current = lim.maximum;
+    let _ = rustix::process::setrlimit(nofile, lim);
 }
 
 /// 64 random bits from the kernel (getrandom(2)), for names nobody can guess.
@@ -650,16 +645,11 @@ pub(crate) fn random_u64() -> io::Result<u64> {
     let mut bytes = [0u8; 8];
     let mut filled = 0;
     while filled < bytes.len() {
-        // SAFETY: the pointer and length describe the unfilled tail of `bytes`.
-        let n = syscall!(getrandom(
-            bytes[filled..].as_mut_ptr().cast(),
-            bytes.len() - filled,
-            0
-        ));
-        match n {
-            Ok(n) => filled += n as usize,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        let flags = rustix::rand::GetRandomFlags::empty();
+        match rustix::rand::getrandom(&mut bytes[filled..], flags) {
+            Ok(n) => filled += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(u64::from_ne_bytes(bytes))

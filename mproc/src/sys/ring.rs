@@ -20,6 +20,9 @@
 //! across the ring's end (a `u32::MAX` length says "continue at the start"). Positions are
 //! byte counts that only grow; the ring offset of position `p` is `(p - base) % cap`.
 
+// The ring lives in shared memory, reached through pointers into its mapping.
+#![allow(unsafe_code)]
+
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};

@@ -17,6 +17,9 @@
 //! block is left mapped for the rest of the process's life (see [`RobustMutex::held_here`]),
 //! never unmapped under the list.
 
+// Robust pthread mutexes (no rustix wrapper), fork, tgkill, and pointers into shared memory.
+#![allow(unsafe_code)]
+
 use std::cell::UnsafeCell;
 use std::io;
 use std::marker::PhantomData;

@@ -10,10 +10,18 @@
 //! seen to be sealed: a sender cannot pull pages from under its receiver. (Named shared memory,
 //! which other programs make too, cannot be sealed: see [`Mapping::open_named`].)
 
+// Mapping and unmapping memory, and reaching into it through pointers; name_to_handle_at
+// (no rustix wrapper); leases (F_SETLEASE, F_GETLEASE: no rustix wrapper).
+#![allow(unsafe_code)]
+
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
+
+use rustix::fs::{FileType, Mode, OFlags, SealFlags, Stat};
+use rustix::io::Errno;
+use rustix::mm::{Advice, MapFlags, ProtFlags};
 
 use super::fd::{self, InternalFd};
 
@@ -64,11 +72,7 @@ impl Mapping {
         reserve: usize,
     ) -> io::Result<(Mapping, OwnedFd)> {
         let file = memfd(name, len)?.into_owned();
-        syscall!(fcntl(
-            file.as_raw_fd(),
-            libc::F_ADD_SEALS,
-            libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL
-        ))?;
+        rustix::fs::fcntl_add_seals(&file, SealFlags::SHRINK | SealFlags::SEAL)?;
         let map = Mapping::map(file.as_fd(), reserve.max(len), true)?;
         Ok((map, file))
     }
@@ -90,11 +94,7 @@ impl Mapping {
         let file = memfd(name, len)?;
         // Its size is fixed from now on: a process that maps it can trust the size it saw, and
         // no holder of the descriptor can shrink it under another's mapping (SIGBUS).
-        syscall!(fcntl(
-            file.as_fd().as_raw_fd(),
-            libc::F_ADD_SEALS,
-            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL
-        ))?;
+        rustix::fs::fcntl_add_seals(&file, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
         let map = Mapping::map(file.as_fd(), len, inherit)?;
         Ok((map, file))
     }
@@ -131,7 +131,7 @@ impl Mapping {
                 "a memory file shorter than its message",
             ));
         }
-        Mapping::map_with(file, len, false, libc::MAP_POPULATE)
+        Mapping::map_with(file, len, false, MapFlags::POPULATE)
     }
 
     fn open_as(file: BorrowedFd<'_>, inherit: bool) -> io::Result<Mapping> {
@@ -140,32 +140,30 @@ impl Mapping {
     }
 
     fn map(file: BorrowedFd<'_>, len: usize, inherit: bool) -> io::Result<Mapping> {
-        Mapping::map_with(file, len, inherit, 0)
+        Mapping::map_with(file, len, inherit, MapFlags::empty())
     }
 
     fn map_with(
         file: BorrowedFd<'_>,
         len: usize,
         inherit: bool,
-        flags: libc::c_int,
+        flags: MapFlags,
     ) -> io::Result<Mapping> {
         if len == 0 {
             return Err(io::ErrorKind::InvalidInput.into());
         }
-        // SAFETY: a fresh shared mapping of a descriptor we hold; the kernel picks the address.
+        // SAFETY: a fresh shared mapping of a descriptor we hold; the kernel picks the address,
+        // so no existing memory is replaced.
         let ptr = unsafe {
-            libc::mmap(
+            rustix::mm::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | flags,
-                file.as_raw_fd(),
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED | flags,
+                file,
                 0,
-            )
+            )?
         };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
         let map = Mapping {
             ptr: NonNull::new(ptr.cast()).ok_or(io::ErrorKind::InvalidData)?,
             len,
@@ -173,8 +171,8 @@ impl Mapping {
             kept: false,
         };
         if !inherit {
-            // SAFETY: advice on exactly the range just mapped.
-            syscall!(madvise(ptr, len, libc::MADV_DONTFORK))?;
+            // SAFETY: advice on exactly the range just mapped, which changes no byte in it.
+            unsafe { rustix::mm::madvise(ptr, len, Advice::LinuxDontFork)? };
         }
         Ok(map)
     }
@@ -303,21 +301,14 @@ const SHM_DIR: &str = "/dev/shm";
 ///
 /// See open(2) (`O_TMPFILE`), posix_fallocate(3).
 pub(crate) fn shm_create_unnamed(len: usize) -> io::Result<OwnedFd> {
-    let dir = std::ffi::CString::new(SHM_DIR).expect("no NUL");
-    let raw = syscall!(open(
-        dir.as_ptr(),
-        libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
-        0o600 as libc::c_uint
-    ))?;
-    // SAFETY: open returned a fresh descriptor owned by nobody else.
-    let file = unsafe { OwnedFd::from_raw_fd(raw) };
-    let size = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
-    syscall!(ftruncate(file.as_raw_fd(), size))?;
-    // SAFETY: posix_fallocate on a descriptor we hold; it returns the error number.
-    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size) } {
-        0 => Ok(file),
-        errno => Err(io::Error::from_raw_os_error(errno)),
-    }
+    let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
+    let file = rustix::fs::open(SHM_DIR, flags, Mode::RUSR | Mode::WUSR)?;
+    let size = file_size(len).map_err(|_| io::Error::from(Errno::FBIG))?;
+    rustix::fs::ftruncate(&file, size)?;
+    // fallocate(2) itself, which tmpfs supports (posix_fallocate(3) would only add a slow
+    // fallback for file systems that do not).
+    rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size)?;
+    Ok(file)
 }
 
 /// Gives the unnamed file `file` (from [`shm_create_unnamed`]) the name `name`;
@@ -326,41 +317,31 @@ pub(crate) fn shm_create_unnamed(len: usize) -> io::Result<OwnedFd> {
 /// See linkat(2) (`AT_SYMLINK_FOLLOW` through `/proc/self/fd`, as open(2) describes for
 /// `O_TMPFILE`).
 pub(crate) fn shm_link(file: BorrowedFd<'_>, name: &str) -> io::Result<()> {
-    let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .map_err(|_| io::ErrorKind::InvalidInput)?;
+    let from = format!("/proc/self/fd/{}", file.as_raw_fd());
     let to = shm_file_path(name)?;
-    syscall!(linkat(
-        libc::AT_FDCWD,
-        from.as_ptr(),
-        libc::AT_FDCWD,
-        to.as_ptr(),
-        libc::AT_SYMLINK_FOLLOW
-    ))
-    .map(drop)
+    let (cwd, follow) = (rustix::fs::CWD, rustix::fs::AtFlags::SYMLINK_FOLLOW);
+    Ok(rustix::fs::linkat(cwd, from, cwd, to, follow)?)
 }
 
 /// A new, read-only open file description of `file` (not a duplicate descriptor of the same
 /// description): for a process that must tell its own opening of the file from everyone
 /// else's (see [`try_write_lease`]).
 pub(crate) fn reopen_read_only(file: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .map_err(|_| io::ErrorKind::InvalidInput)?;
-    let raw = syscall!(open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC))?;
-    // SAFETY: open returned a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    Ok(rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// Opens the named shared memory `name` read-only, without following a symbolic link or
 /// blocking (on a FIFO put in its place), and returns it with its owner's user id.
 /// `InvalidData` if it is not a regular file.
 pub(crate) fn shm_open_read_only(name: &str) -> io::Result<(OwnedFd, u32)> {
-    let file = open_named(
-        name,
-        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
-        0,
-    )?;
+    let file = open_named(name, OFlags::RDONLY | OFlags::NONBLOCK)?;
     let st = stat(file.as_fd())?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
         return Err(io::ErrorKind::InvalidData.into());
     }
     Ok((file, st.st_uid))
@@ -374,10 +355,13 @@ pub(crate) fn shm_open_read_only(name: &str) -> io::Result<(OwnedFd, u32)> {
 ///
 /// See fcntl(2), "Leases".
 pub(crate) fn try_write_lease(file: BorrowedFd<'_>) -> io::Result<bool> {
-    match syscall!(fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_WRLCK)) {
-        Ok(_) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(false),
-        Err(e) => Err(e),
+    // SAFETY: fcntl on a borrowed, open descriptor, with an integer argument.
+    match unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_WRLCK) } {
+        -1 => match io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::EAGAIN) => Ok(false),
+            e => Err(e),
+        },
+        _ => Ok(true),
     }
 }
 
@@ -387,19 +371,21 @@ pub(crate) fn try_write_lease(file: BorrowedFd<'_>) -> io::Result<bool> {
 ///
 /// See fcntl(2), `F_GETLEASE`.
 pub(crate) fn holds_write_lease(file: BorrowedFd<'_>) -> bool {
-    syscall!(fcntl(file.as_raw_fd(), libc::F_GETLEASE)).ok() == Some(libc::F_WRLCK)
+    // SAFETY: fcntl on a borrowed, open descriptor, with no argument.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLEASE) == libc::F_WRLCK }
 }
 
 /// Gives up the lease [`try_write_lease`] took.
 pub(crate) fn release_lease(file: BorrowedFd<'_>) {
-    let _ = syscall!(fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK));
+    // SAFETY: fcntl on a borrowed, open descriptor, with an integer argument.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
 }
 
 /// Opens the existing named shared memory `name` for reading and writing.
 ///
 /// See shm_open(3).
 pub(crate) fn shm_open(name: &str) -> io::Result<OwnedFd> {
-    open_named(name, libc::O_RDWR, 0)
+    open_named(name, OFlags::RDWR)
 }
 
 /// Removes the name `name`; memory stays mapped wherever it is, until its last mapping and
@@ -407,8 +393,11 @@ pub(crate) fn shm_open(name: &str) -> io::Result<OwnedFd> {
 ///
 /// See shm_unlink(3).
 pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
-    let path = shm_path(name)?;
-    syscall!(shm_unlink(path.as_ptr())).map(drop)
+    match rustix::fs::unlink(shm_file_path(name)?) {
+        // As glibc's shm_unlink(3) reports it.
+        Err(Errno::PERM) => Err(Errno::ACCESS.into()),
+        done => Ok(done?),
+    }
 }
 
 /// Which file `name` now names (device and inode). It does not open the file (an opening
@@ -416,18 +405,16 @@ pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
 ///
 /// See stat(2).
 pub(crate) fn shm_identity(name: &str) -> io::Result<(u64, u64)> {
-    let path = shm_file_path(name)?;
-    // SAFETY: an all-zero `stat` is a valid value for lstat to overwrite.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is NUL-terminated and `st` is a valid, writable stat buffer.
-    syscall!(lstat(path.as_ptr(), &mut st))?;
-    Ok((st.st_dev, st.st_ino))
+    Ok(identity_of(&rustix::fs::lstat(shm_file_path(name)?)?))
 }
 
 /// Which file `file` is (device and inode).
 pub(crate) fn file_identity(file: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
-    let st = stat(file)?;
-    Ok((st.st_dev, st.st_ino))
+    Ok(identity_of(&stat(file)?))
+}
+
+fn identity_of(st: &Stat) -> (u64, u64) {
+    (st.st_dev, st.st_ino)
 }
 
 /// The longest file handle [`file_handle`] returns: its type (4 bytes) and `MAX_HANDLE_SZ`
@@ -457,14 +444,19 @@ pub(crate) fn file_handle(file: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
     let mut mount_id: libc::c_int = 0;
     // SAFETY: the path is an empty NUL-terminated string (AT_EMPTY_PATH: the descriptor's own
     // file); `handle` is a file_handle with room for the `handle_bytes` it announces, and
-    // `mount_id` is writable.
-    syscall!(name_to_handle_at(
-        file.as_raw_fd(),
-        c"".as_ptr(),
-        (&raw mut handle).cast(),
-        &mut mount_id,
-        libc::AT_EMPTY_PATH
-    ))?;
+    // `mount_id` is writable. (rustix has no name_to_handle_at.)
+    let rc = unsafe {
+        libc::name_to_handle_at(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            (&raw mut handle).cast(),
+            &mut mount_id,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
     let len = (handle.handle_bytes as usize).min(MAX_HANDLE_SZ);
     let mut out = handle.handle_type.to_le_bytes().to_vec();
     out.extend(&handle.f_handle[..len]);
@@ -473,33 +465,39 @@ pub(crate) fn file_handle(file: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
 
 /// Whether `file` is a regular file (what shared memory is).
 pub(crate) fn is_regular_file(file: BorrowedFd<'_>) -> bool {
-    stat(file).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
+    stat(file).is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
 }
 
-/// shm_open(3) of `name` with `flags` (close-on-exec added) and, when creating, `mode`.
-fn open_named(name: &str, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
-    let path = shm_path(name)?;
-    let raw = syscall!(shm_open(path.as_ptr(), flags | libc::O_CLOEXEC, mode))?;
-    // SAFETY: shm_open returned a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+/// shm_open(3) of `name` with `flags`, as glibc does it: the file of that name in `/dev/shm`,
+/// never through a symbolic link, close-on-exec. (rustix's `shm::open` follows links.)
+fn open_named(name: &str, flags: OFlags) -> io::Result<OwnedFd> {
+    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(rustix::fs::open(
+        shm_file_path(name)?,
+        flags,
+        Mode::empty(),
+    )?)
 }
 
-fn shm_path(name: &str) -> io::Result<std::ffi::CString> {
-    std::ffi::CString::new(format!("/{name}")).map_err(|_| io::ErrorKind::InvalidInput.into())
+/// The file behind the name, as glibc's shm_open(3) finds it; `EINVAL` for a name glibc
+/// refuses (empty, `.`, `..`, or with a `/`).
+fn shm_file_path(name: &str) -> io::Result<String> {
+    if matches!(name, "" | "." | "..") || name.contains('/') {
+        return Err(Errno::INVAL.into());
+    }
+    Ok(format!("{SHM_DIR}/{name}"))
 }
 
-/// The file behind the name, as glibc's shm_open(3) finds it.
-fn shm_file_path(name: &str) -> io::Result<std::ffi::CString> {
-    std::ffi::CString::new(format!("{SHM_DIR}/{name}"))
-        .map_err(|_| io::ErrorKind::InvalidInput.into())
+fn stat(file: BorrowedFd<'_>) -> io::Result<Stat> {
+    Ok(rustix::fs::fstat(file)?)
 }
 
-fn stat(file: BorrowedFd<'_>) -> io::Result<libc::stat> {
-    // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid, writable stat buffer.
-    syscall!(fstat(file.as_raw_fd(), &mut st))?;
-    Ok(st)
+/// `len` as a file size (which the kernel takes as signed).
+fn file_size(len: usize) -> io::Result<u64> {
+    match i64::try_from(len) {
+        Ok(size) => Ok(size as u64),
+        Err(_) => Err(io::ErrorKind::InvalidInput.into()),
+    }
 }
 
 /// How to copy `len` bytes starting at address `base` in atomic pieces: `(offset, width)`,
@@ -517,15 +515,10 @@ fn pieces(base: usize, len: usize) -> impl Iterator<Item = (usize, usize)> {
 fn memfd(name: &str, len: usize) -> io::Result<InternalFd> {
     let name = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
     let [file] = fd::create_internal(|| {
-        let raw = syscall!(memfd_create(
-            name.as_ptr(),
-            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING
-        ))?;
-        // SAFETY: memfd_create returned a fresh descriptor owned by nobody else.
-        Ok([unsafe { OwnedFd::from_raw_fd(raw) }])
+        let flags = rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING;
+        Ok([rustix::fs::memfd_create(&name, flags)?])
     })?;
-    let size = libc::off_t::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
-    syscall!(ftruncate(file.as_fd().as_raw_fd(), size))?;
+    rustix::fs::ftruncate(&file, file_size(len)?)?;
     Ok(file)
 }
 
@@ -533,9 +526,9 @@ fn memfd(name: &str, len: usize) -> io::Result<InternalFd> {
 /// take pages from under a mapping of it. Checked before the size is read, so the size stays
 /// true.
 fn require_unshrinkable(file: BorrowedFd<'_>) -> io::Result<()> {
-    match syscall!(fcntl(file.as_raw_fd(), libc::F_GET_SEALS)) {
-        Ok(seals) if seals & libc::F_SEAL_SHRINK != 0 => Ok(()),
-        Err(e) if e.raw_os_error() != Some(libc::EINVAL) => Err(e),
+    match rustix::fs::fcntl_get_seals(file) {
+        Ok(seals) if seals.contains(SealFlags::SHRINK) => Ok(()),
+        Err(e) if e != Errno::INVAL => Err(e.into()),
         // EINVAL: a file that supports no seals at all (not a memory file).
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -552,8 +545,7 @@ pub(crate) fn file_len(file: BorrowedFd<'_>) -> io::Result<usize> {
 /// Grows a memory file to `len` bytes if it is smaller (never shrinks it).
 pub(crate) fn grow_file(file: BorrowedFd<'_>, len: usize) -> io::Result<()> {
     if file_len(file)? < len {
-        let size = libc::off_t::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
-        syscall!(ftruncate(file.as_raw_fd(), size))?;
+        rustix::fs::ftruncate(file, file_size(len)?)?;
     }
     Ok(())
 }
@@ -571,7 +563,7 @@ impl Drop for Mapping {
         }
         // SAFETY: unmaps exactly what `map` mapped, once; no reference into it outlives `self`
         // (the types built on it borrow it).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
 
@@ -687,9 +679,12 @@ mod tests {
     #[test]
     fn a_memory_file_cannot_be_resized() {
         let (_a, file) = Mapping::create("mproc-test", 4096).unwrap();
-        // SAFETY: ftruncate on a descriptor we hold.
-        let rc = unsafe { libc::ftruncate(file.as_fd().as_raw_fd(), 1) };
-        assert_eq!(rc, -1, "shrinking a sealed memory file must fail");
+        let shrunk = rustix::fs::ftruncate(&file, 1);
+        assert_eq!(
+            shrunk,
+            Err(Errno::PERM),
+            "shrinking a sealed memory file must fail"
+        );
     }
 
     #[test]

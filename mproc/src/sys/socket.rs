@@ -1,26 +1,30 @@
 //! Unix-domain stream sockets with descriptor passing (`SCM_RIGHTS`).
 
-use std::io;
-use std::mem;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::ptr;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use rustix::io::Errno;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, Shutdown, SocketFlags, SocketType,
+};
 
 /// The most descriptors one `sendmsg` carries; more are an error, not a truncation.
 pub(crate) const MAX_FDS: usize = 32;
+
+/// The most buffers one [`send`] gathers; the rest wait for the next call (a send may stop
+/// short anyway). As many as the callers ever pass, so none of them sees a difference.
+const MAX_BUFS: usize = 64;
+
+/// Room for one `SCM_RIGHTS` message of [`MAX_FDS`] descriptors.
+const CONTROL: usize = rustix::cmsg_space!(ScmRights(MAX_FDS));
 
 /// A connected pair of Unix stream sockets, both close-on-exec.
 ///
 /// See socketpair(2).
 pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    syscall!(socketpair(
-        libc::AF_UNIX,
-        libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-        0,
-        fds.as_mut_ptr()
-    ))?;
-    // SAFETY: socketpair succeeded, so both numbers are fresh descriptors owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    pair(SocketType::STREAM)
 }
 
 /// A connected pair of Unix sequenced-packet sockets (each send arrives whole, as one message,
@@ -28,43 +32,27 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
 ///
 /// See socketpair(2), unix(7).
 pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    syscall!(socketpair(
-        libc::AF_UNIX,
-        libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-        0,
-        fds.as_mut_ptr()
-    ))?;
-    // SAFETY: socketpair succeeded, so both numbers are fresh descriptors owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    pair(SocketType::SEQPACKET)
+}
+
+fn pair(kind: SocketType) -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        kind,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
 }
 
 /// Whether `sock` is a Unix sequenced-packet socket (checked when one arrives from elsewhere).
 pub(crate) fn is_seqpacket(sock: BorrowedFd<'_>) -> bool {
-    let mut kind: libc::c_int = 0;
-    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `kind` and `len` are valid for writing one int and its size.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut kind as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    rc == 0 && kind == libc::SOCK_SEQPACKET
+    rustix::net::sockopt::socket_type(sock) == Ok(SocketType::SEQPACKET)
 }
 
 /// Shuts both directions of `sock` down, for every process that holds it: the peer reads end
 /// of file (after what was already sent), and sends fail.
 pub(crate) fn shutdown(sock: BorrowedFd<'_>) -> io::Result<()> {
-    syscall!(shutdown(sock.as_raw_fd(), libc::SHUT_RDWR)).map(drop)
-}
-
-fn cmsg_space(n: usize) -> usize {
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    unsafe { libc::CMSG_SPACE((n * mem::size_of::<RawFd>()) as u32) as usize }
+    Ok(rustix::net::shutdown(sock, Shutdown::Both)?)
 }
 
 /// Sends as much of `bufs` (gathered in order) as one `sendmsg` takes without blocking, with
@@ -86,44 +74,23 @@ pub(crate) fn send(
             ),
         ));
     }
-    let mut iov: Vec<libc::iovec> = bufs
-        .iter()
-        .map(|b| libc::iovec {
-            iov_base: b.as_ptr() as *mut libc::c_void,
-            iov_len: b.len(),
-        })
-        .collect();
-    // u64 storage keeps the control buffer aligned for cmsghdr.
-    let mut control = [0u64; 40];
-    // SAFETY: an all-zero msghdr is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = iov.len() as _;
-    if !fds.is_empty() {
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = cmsg_space(fds.len()) as _;
-        // SAFETY: msg_control points at `control`, which is larger than CMSG_SPACE(MAX_FDS),
-        // so CMSG_FIRSTHDR is non-null and CMSG_DATA has room for `fds.len()` descriptors.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN((fds.len() * mem::size_of::<RawFd>()) as u32) as _;
-            let out = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-            for (i, fd) in fds.iter().enumerate() {
-                ptr::write_unaligned(out.add(i), fd.as_raw_fd());
-            }
-        }
+    // On the stack: this is every pipe's and queue feeder's send path.
+    let mut iov = [IoSlice::new(&[]); MAX_BUFS];
+    let n = bufs.len().min(MAX_BUFS);
+    for (slot, buf) in iov.iter_mut().zip(bufs) {
+        *slot = IoSlice::new(buf);
     }
+    let mut space = [MaybeUninit::uninit(); CONTROL];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        let fit = control.push(SendAncillaryMessage::ScmRights(fds));
+        debug_assert!(fit, "room for MAX_FDS descriptors");
+    }
+    let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
     loop {
-        match syscall!(sendmsg(
-            sock.as_raw_fd(),
-            &msg,
-            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT
-        )) {
-            Ok(n) => return Ok(n as usize),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+        match rustix::net::sendmsg(sock, &iov[..n], &mut control, flags) {
+            Err(Errno::INTR) => continue,
+            sent => return Ok(sent?),
         }
     }
 }
@@ -141,48 +108,24 @@ pub(crate) fn recv(
     fds: &mut Vec<OwnedFd>,
     nonblocking: bool,
 ) -> io::Result<usize> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut control = [0u64; 40];
-    // SAFETY: an all-zero msghdr is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = cmsg_space(MAX_FDS) as _;
-    let mut flags = libc::MSG_CMSG_CLOEXEC;
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut space = [MaybeUninit::uninit(); CONTROL];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut flags = RecvFlags::CMSG_CLOEXEC;
     if nonblocking {
-        flags |= libc::MSG_DONTWAIT;
+        flags |= RecvFlags::DONTWAIT;
     }
     let n = loop {
-        match syscall!(recvmsg(sock.as_raw_fd(), &mut msg, flags)) {
-            Ok(n) => break n as usize,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+        match rustix::net::recvmsg(sock, &mut iov, &mut control, flags) {
+            Ok(msg) => break msg.bytes,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     };
-    take_fds(&msg, fds);
-    Ok(n)
-}
-
-fn take_fds(msg: &libc::msghdr, fds: &mut Vec<OwnedFd>) {
-    // SAFETY: `msg` was filled by a successful recvmsg; the CMSG_* macros walk the control
-    // buffer within msg_controllen, and each SCM_RIGHTS payload holds fresh descriptors that
-    // the kernel installed for us, so adopting each exactly once is sound.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                let header = libc::CMSG_LEN(0) as usize;
-                let count = ((*cmsg).cmsg_len as usize - header) / mem::size_of::<RawFd>();
-                for i in 0..count {
-                    fds.push(OwnedFd::from_raw_fd(ptr::read_unaligned(data.add(i))));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(arrived) = message {
+            fds.extend(arrived);
         }
     }
+    Ok(n)
 }

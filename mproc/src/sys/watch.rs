@@ -2,9 +2,11 @@
 //! description of a watched file is released — by the last `close` of its descriptors, the
 //! last `munmap` of its mappings, or the end of a message that carried it — in any process.
 
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+use rustix::io::Errno;
 
 /// An inotify instance, non-blocking.
 pub(crate) struct Watcher(OwnedFd);
@@ -23,9 +25,8 @@ pub(crate) enum Event {
 impl Watcher {
     /// See inotify_init1(2).
     pub(crate) fn new() -> io::Result<Watcher> {
-        let raw = syscall!(inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK))?;
-        // SAFETY: inotify_init1 returned a fresh descriptor owned by nobody else.
-        Ok(Watcher(unsafe { OwnedFd::from_raw_fd(raw) }))
+        let flags = CreateFlags::CLOEXEC | CreateFlags::NONBLOCK;
+        Ok(Watcher(inotify::init(flags)?))
     }
 
     /// Watches the file open as `file` for releases of its open file descriptions; returns the
@@ -34,20 +35,15 @@ impl Watcher {
     /// See inotify_add_watch(2).
     pub(crate) fn watch_closes(&self, file: BorrowedFd<'_>) -> io::Result<i32> {
         // The descriptor's own entry reaches the file even when it has no name.
-        let path = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
-            .map_err(|_| io::ErrorKind::InvalidInput)?;
-        syscall!(inotify_add_watch(
-            self.0.as_raw_fd(),
-            path.as_ptr(),
-            libc::IN_CLOSE
-        ))
+        let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        Ok(inotify::add_watch(&self.0, path, WatchFlags::CLOSE)?)
     }
 
     /// Stops watching `wd` (nothing if it has ended already).
     ///
     /// See inotify_rm_watch(2).
     pub(crate) fn unwatch(&self, wd: i32) {
-        let _ = syscall!(inotify_rm_watch(self.0.as_raw_fd(), wd));
+        let _ = inotify::remove_watch(&self.0, wd);
     }
 
     /// Every event waiting now (none when nothing waits).
@@ -58,13 +54,13 @@ impl Watcher {
         // Room for many events at once; each is 16 bytes (no names for a watched file).
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            // SAFETY: the pointer and length describe `buf`, which is writable.
-            let n = syscall!(read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()));
-            match n {
-                Ok(n) => out.extend(parse_events(&buf[..n as usize])),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(out),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+            // Read whole, not through rustix's `inotify::Reader`: `parse_events` is also what
+            // the keeper's fuzz target feeds.
+            match rustix::io::read(&self.0, &mut buf) {
+                Ok(n) => out.extend(parse_events(&buf[..n])),
+                Err(Errno::AGAIN) => return Ok(out),
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
             }
         }
     }
