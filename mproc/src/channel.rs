@@ -86,7 +86,7 @@ impl Channel {
                         return Err(ErrorKind::Timeout.into());
                     }
                 }
-                Err(e) => return Err(send_error(e)),
+                Err(e) => return Err(Error::os("writing to a process's socket", e)),
             }
         }
         Ok(())
@@ -236,7 +236,7 @@ impl Outbox {
             match socket::send(ch.fd(), &bufs, &carried) {
                 Ok(n) => self.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(send_error(e)),
+                Err(e) => return Err(Error::os("writing to a process's socket", e)),
             }
         }
         Ok(true)
@@ -281,13 +281,6 @@ pub(crate) fn decode_message<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Err
             std::any::type_name::<T>()
         ))
     })
-}
-
-fn send_error(e: io::Error) -> Error {
-    match e.raw_os_error() {
-        Some(libc::EPIPE) | Some(libc::ECONNRESET) => ErrorKind::Closed.into(),
-        _ => Error::os("writing to a process's socket", e),
-    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use super::keeper::{Identity, Request, os};
+use super::keeper::{Identity, Request};
 use super::records::{record_dirs, record_entry};
 use crate::error::{Error, ErrorKind};
 use crate::start::{PATIENCE, alive, at_fork, spawn};
@@ -52,7 +52,7 @@ pub(crate) fn create(name: &str, len: usize) -> Result<OwnedFd, Error> {
     for attempt in 0.. {
         let request = request_socket()?;
         let deadline = fd::deadline_after(PATIENCE);
-        match ask(request.as_fd(), &msg, deadline).map_err(|e| os(asking(), e))? {
+        match ask(request.as_fd(), &msg, deadline).map_err(|e| Error::os(asking(), e))? {
             Some((0, fds)) => {
                 let [file] = <[OwnedFd; 1]>::try_from(fds).map_err(|_| {
                     Error::protocol("the shared-memory keeper's answer lacked its file")
@@ -60,7 +60,7 @@ pub(crate) fn create(name: &str, len: usize) -> Result<OwnedFd, Error> {
                 return Ok(file);
             }
             Some((libc::ENOLCK, _)) => {
-                return Err(os(
+                return Err(Error::os(
                     format!(
                         "creating shared memory {name:?}: file leases are unavailable here \
                          (is /proc/sys/fs/leases-enable 0?), and the keeper needs them to tell \
@@ -70,7 +70,7 @@ pub(crate) fn create(name: &str, len: usize) -> Result<OwnedFd, Error> {
                 ));
             }
             Some((errno, _)) => {
-                return Err(os(
+                return Err(Error::os(
                     format!("creating shared memory {name:?}"),
                     io::Error::from_raw_os_error(errno),
                 ));
@@ -79,7 +79,7 @@ pub(crate) fn create(name: &str, len: usize) -> Result<OwnedFd, Error> {
             None if attempt == 0 => retire(&request),
             None => {
                 retire(&request);
-                return Err(os(asking(), io::Error::other("the keeper ended")));
+                return Err(Error::os(asking(), io::Error::other("the keeper ended")));
             }
         }
     }
@@ -114,7 +114,7 @@ fn adopt_orphans() -> Result<(), Error> {
         match socket::send(request.as_fd(), &[&Request::Adopt.encode()], &[]) {
             Ok(_) => return Ok(()),
             Err(e) if hung_up(&e) && attempt == 0 => retire(&request),
-            Err(e) => return Err(os(context, e)),
+            Err(e) => return Err(Error::os(context, e)),
         }
     }
     Ok(())
@@ -135,7 +135,7 @@ fn request_socket() -> Result<OwnedFd, Error> {
     }
     let keeper = slot.as_ref().expect("just started");
     fd::dup_above(keeper.request.as_fd(), 0)
-        .map_err(|e| os("duplicating the shared-memory keeper's socket", e))
+        .map_err(|e| Error::os("duplicating the shared-memory keeper's socket", e))
 }
 
 /// Forgets the keeper whose request socket is `request` (a copy of it), if it is still this
@@ -160,7 +160,7 @@ fn start() -> Result<Keeper, Error> {
         let (a, b) = socket::seqpacket_pair()?;
         Ok([a, b])
     })
-    .map_err(|e| os("creating a socket pair", e))?;
+    .map_err(|e| Error::os("creating a socket pair", e))?;
     let pid = spawn::spawn_role(
         crate::start::role::offset_of(super::server::keeper_role),
         "shared-memory keeper",
@@ -170,7 +170,7 @@ fn start() -> Result<Keeper, Error> {
     // It forks at once and its first process exits: reap that one (the keeper itself is
     // then nobody's child).
     let [pidfd] = fd::create_internal(|| Ok([proc::pidfd_open(pid)?]))
-        .map_err(|e| os("opening a pidfd for the shared-memory keeper", e))?;
+        .map_err(|e| Error::os("opening a pidfd for the shared-memory keeper", e))?;
     let _ = fd::poll_read(&[pidfd.as_fd()], fd::deadline_after(PATIENCE));
     let _ = proc::try_reap(pidfd.as_fd());
     Ok(Keeper {
@@ -185,11 +185,11 @@ fn start() -> Result<Keeper, Error> {
 pub(crate) fn unlink(name: &str, file: BorrowedFd<'_>) -> Result<(), Error> {
     let context = || format!("unlinking shared memory {name:?}");
     let same = shm::shm_identity(name).ok()
-        == Some(shm::file_identity(file).map_err(|e| os(context(), e))?);
+        == Some(shm::file_identity(file).map_err(|e| Error::os(context(), e))?);
     if !same {
-        return Err(os(context(), io::Error::from_raw_os_error(libc::ENOENT)));
+        return Err(Error::os(context(), io::Error::from_raw_os_error(libc::ENOENT)));
     }
-    shm::shm_unlink(name).map_err(|e| os(context(), e))
+    shm::shm_unlink(name).map_err(|e| Error::os(context(), e))
 }
 
 /// Sends `msg` on `sock` with a fresh reply socket and waits for the answer on it: its error

@@ -75,9 +75,7 @@
 //! [`server`](super::server) (the keeper process's loop) and [`client`](super::client) (a
 //! process's side: its keeper, and its requests).
 
-use std::io;
 
-use crate::error::Error;
 
 /// The longest name a segment may have (`NAME_MAX`).
 pub(crate) const MAX_NAME: usize = 255;
@@ -90,11 +88,6 @@ pub(crate) fn valid_name(name: &str) -> bool {
         && !name.contains(['/', '\0'])
         && name != "."
         && name != ".."
-}
-
-/// An OS error, in a sentence saying what the keeper or its client was doing.
-pub(super) fn os(context: impl Into<String>, e: io::Error) -> Error {
-    Error::os(context, e)
 }
 
 /// Which file a segment is: device and inode numbers.
