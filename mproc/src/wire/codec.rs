@@ -13,7 +13,9 @@
 //! postcard drops the message of a serde `custom` error (it is made for small devices). When an
 //! encode fails that way, the value is walked once more by [`Reason`], which keeps it, so a
 //! user still reads "this value refuses to be encoded". A decode error says what postcard
-//! found wrong, without the `Deserialize` impl's own words.
+//! found wrong, or that the type's `Deserialize` refused the bytes, without that impl's words
+//! (both ends are the same build: only damaged data, or a `Deserialize` that validates, gets
+//! there).
 
 use std::fmt;
 
@@ -35,7 +37,15 @@ impl std::error::Error for Error {}
 
 impl From<postcard::Error> for Error {
     fn from(e: postcard::Error) -> Self {
-        Error(e.to_string())
+        match e {
+            // postcard's own words for it ("Serde Deserialization Error") say less than this.
+            postcard::Error::SerdeDeCustom => Error(
+                "the type's Deserialize refused these bytes (an enum variant out of range, \
+                 a wrong length, or a check of its own)"
+                    .into(),
+            ),
+            e => Error(e.to_string()),
+        }
     }
 }
 
@@ -430,6 +440,14 @@ mod tests {
         assert_eq!(e.to_string(), expect);
         // A codec error of its own is reported as postcard's.
         let e = encode_to_slice(&mut [0; 2], &"too long").unwrap_err();
-        assert!(!e.to_string().is_empty());
+        assert!(e.to_string().contains("buffer is full"), "{e}");
+    }
+
+    #[test]
+    fn decode_errors_say_what_was_wrong() {
+        let e = decode::<Option<bool>>(&[1, 7]).unwrap_err();
+        assert!(e.to_string().contains("bool"), "postcard's own words: {e}");
+        let e = decode::<std::num::NonZeroU8>(&[0]).unwrap_err();
+        assert!(e.to_string().contains("Deserialize refused"), "{e}");
     }
 }
