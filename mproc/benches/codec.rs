@@ -1,32 +1,41 @@
 //! Codec benchmark: which serde wire format should `mproc` use?
 //!
-//! Measures, on the payloads the `mproc` wire actually carries, each candidate codec's
-//! encoded size, encode time, decode time and encode+decode round-trip time, next to a raw
-//! `memcpy` floor (copying as many bytes as bincode's fixint encoding into a preallocated
-//! buffer). It then feeds every codec malformed input and records the peak heap the decoder
-//! holds, to show which codecs bound allocation by input length.
+//! Measures, on the payloads the `mproc` wire carries and on the values users send, each
+//! candidate codec's encoded size, encode time, decode time and encode+decode round-trip
+//! time, next to a raw `memcpy` floor (copying as many bytes as bincode's encoding into a
+//! preallocated buffer). Each time is also given as a ratio to bincode 1 (mproc's codec until
+//! issue 11) measured in the same run, which is what decisions rest on: on a busy machine
+//! absolute times move by ±30% from run to run, ratios within one run much less. It then
+//! feeds every codec malformed input and records the peak heap the decoder holds and any
+//! panic, and shows what each codec keeps of a `Serialize` error's message.
 //!
-//! Payloads: a small start message struct, `(u64,)`, a 64-byte `(String,)`, a `Vec<u64>` of
-//! 1,000,000 elements, a 1 MiB `Vec<u8>` (plain serde, no `serde_bytes`), and a
-//! `Result<Vec<u8>, String>` with a 64-byte payload.
+//! Payloads: mproc's own messages (a child's start message, a pool task with its encoded
+//! arguments as `serde_bytes`), `(u64,)`, a 64-byte and a 1 MiB `String`, a small task
+//! result `(u64, String, Vec<f64>)`, an enum with a struct variant, `Result<Vec<u8>, String>`
+//! with 64 bytes, a `Vec<u64>` of 1,000,000, a `Vec<f64>` of 1 Mi, a 1 MiB `Vec<u8>` through
+//! plain serde and a 10 MiB `Vec<u8>` through `serde_bytes`.
 //!
-//! Codecs: bincode 1.3 through `bincode::Options` (fixint, and varint for reference), plain
-//! `bincode::serialize`, postcard (`to_allocvec` / `from_bytes`) and bitcode's serde API.
+//! Codecs: bincode 1.3 with the options mproc used (fixint, a limit, no trailing bytes);
+//! postcard the way `mproc::wire::codec` drives it (a sizing pass, then one exact
+//! allocation; `take_from_bytes` that must use every byte); rmp-serde (MessagePack, compact
+//! structs as arrays); bitcode's serde API.
 //!
 //! Method: plain `std::time::Instant`, no harness. Each job (codec x encode/decode/round
-//! trip, plus the memcpy floor) warms up while calibrating a batch of about 5 ms; then 15
+//! trip, plus the memcpy floor) warms up while calibrating a batch of about 1 ms; then 41
 //! samples are taken round-robin across all jobs of a payload, so machine noise hits every
-//! candidate alike, and the median time per operation is reported. Encoding uses each
-//! codec's allocating API (a fresh `Vec<u8>` per call), decoding yields an owned value from
-//! a slice; inputs and outputs go through `std::hint::black_box`. The global allocator is a
-//! pass-through that counts heap bytes only during the malformed-input probe (one relaxed
-//! atomic load per allocation otherwise, the same for every codec).
+//! candidate alike, and the fastest sample's time per operation is reported (noise only adds
+//! time; see `measure_all`). Across runs, take medians. Encoding yields a fresh
+//! `Vec<u8>` per call, decoding an owned value from a slice; inputs and outputs go through
+//! `std::hint::black_box`. The global allocator is a pass-through that counts heap bytes only
+//! during the malformed-input probe (one relaxed atomic load per allocation otherwise, the
+//! same for every codec).
 //!
-//! Run it with:
+//! Run it with (pinned to one core, as BENCHMARKS.md's figures were):
 //!
 //! ```text
-//! cargo bench -p mproc --bench codec             # everything, about 10-15 s
-//! cargo bench -p mproc --bench codec -- vec_u64  # only payloads whose name contains "vec_u64"
+//! taskset -c 1 cargo bench -p mproc --bench codec             # everything, about 40 s
+//! taskset -c 1 cargo bench -p mproc --bench codec -- vec_f64  # payloads whose name has "vec_f64"
+//! cargo bench -p mproc --bench codec -- --csv                 # also one CSV line per row
 //! ```
 //!
 //! Without `--bench` on its command line (as under `cargo test --benches`) it runs a quick
@@ -122,6 +131,7 @@ struct Start {
     entry: i64,
     name: String,
     lineage: Vec<u32>,
+    #[serde(with = "serde_bytes")]
     args: Vec<u8>,
 }
 
@@ -135,6 +145,28 @@ fn start_message() -> Start {
     }
 }
 
+/// A pool task as the dispatcher sends it (shape of mproc's `ToWorker`): the chunk's encoded
+/// argument tuples ride as one byte string.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+enum ToWorker {
+    Task {
+        id: u64,
+        entry: i64,
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+        handles: u32,
+    },
+    Stop,
+}
+
+/// A user's enum argument or result, with a struct variant.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+enum Shape {
+    Point,
+    Circle { r: f64 },
+    Rect { w: f64, h: f64, label: String },
+}
+
 type TaskResult = Result<Vec<u8>, String>;
 
 // ---------------------------------------------------------------------------------------
@@ -144,49 +176,47 @@ type TaskResult = Result<Vec<u8>, String>;
 trait Codec {
     const NAME: &'static str;
     fn encode<T: Serialize>(v: &T) -> Vec<u8>;
+    fn try_encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String>;
     fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String>;
 }
 
-struct BincodeFixint;
-impl Codec for BincodeFixint {
-    const NAME: &'static str = "bincode fixint opts";
+fn bincode_options() -> impl bincode::Options {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .reject_trailing_bytes()
+}
+
+struct Bincode;
+impl Codec for Bincode {
+    const NAME: &'static str = "bincode 1 (before)";
     fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-        bincode::DefaultOptions::new()
-            .with_fixint_encoding()
-            .serialize(v)
-            .expect("bincode encode")
+        bincode_options().serialize(v).expect("bincode encode")
+    }
+    fn try_encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
+        bincode_options().serialize(v).map_err(|e| e.to_string())
     }
     fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
-        bincode::DefaultOptions::new()
-            .with_fixint_encoding()
+        bincode_options()
+            .with_limit(b.len() as u64)
             .deserialize(b)
             .map_err(|e| e.to_string())
     }
 }
 
-struct BincodePlain;
-impl Codec for BincodePlain {
-    const NAME: &'static str = "bincode::serialize";
-    fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-        bincode::serialize(v).expect("bincode encode")
+/// Appends to a `Vec` a slice at a time (postcard's own `Extend` flavor goes byte by byte).
+struct Append<'a>(&'a mut Vec<u8>);
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
     }
-    fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
-        bincode::deserialize(b).map_err(|e| e.to_string())
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
     }
-}
-
-struct BincodeVarint;
-impl Codec for BincodeVarint {
-    const NAME: &'static str = "bincode varint opts";
-    fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-        bincode::DefaultOptions::new()
-            .serialize(v)
-            .expect("bincode encode")
-    }
-    fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
-        bincode::DefaultOptions::new()
-            .deserialize(b)
-            .map_err(|e| e.to_string())
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 
@@ -194,10 +224,34 @@ struct Postcard;
 impl Codec for Postcard {
     const NAME: &'static str = "postcard";
     fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-        postcard::to_allocvec(v).expect("postcard encode")
+        Self::try_encode(v).expect("postcard encode")
+    }
+    fn try_encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
+        let len = postcard::experimental::serialized_size(v).map_err(|e| e.to_string())?;
+        let mut out = Vec::with_capacity(len);
+        postcard::serialize_with_flavor(v, Append(&mut out)).map_err(|e| e.to_string())?;
+        Ok(out)
     }
     fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
-        postcard::from_bytes(b).map_err(|e| e.to_string())
+        match postcard::take_from_bytes(b) {
+            Ok((v, [])) => Ok(v),
+            Ok(_) => Err("trailing bytes".to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+struct Rmp;
+impl Codec for Rmp {
+    const NAME: &'static str = "rmp-serde";
+    fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+        rmp_serde::to_vec(v).expect("rmp encode")
+    }
+    fn try_encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
+        rmp_serde::to_vec(v).map_err(|e| e.to_string())
+    }
+    fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+        rmp_serde::from_slice(b).map_err(|e| e.to_string())
     }
 }
 
@@ -207,9 +261,24 @@ impl Codec for Bitcode {
     fn encode<T: Serialize>(v: &T) -> Vec<u8> {
         bitcode::serialize(v).expect("bitcode encode")
     }
+    fn try_encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
+        bitcode::serialize(v).map_err(|e| e.to_string())
+    }
     fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
         bitcode::deserialize(b).map_err(|e| e.to_string())
     }
+}
+
+/// Every codec, in the order of the tables; bincode first (the ratios' base).
+macro_rules! for_codecs {
+    ($m:ident ! ($($arg:tt)*)) => {
+        [
+            $m!(Bincode, $($arg)*),
+            $m!(Postcard, $($arg)*),
+            $m!(Rmp, $($arg)*),
+            $m!(Bitcode, $($arg)*),
+        ]
+    };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -225,8 +294,8 @@ struct Plan {
 
 const FULL: Plan = Plan {
     warmup: Duration::from_millis(10),
-    sample: Duration::from_millis(5),
-    samples: 15,
+    sample: Duration::from_millis(1),
+    samples: 41,
 };
 
 const SMOKE: Plan = Plan {
@@ -249,9 +318,11 @@ fn job<'a, R>(mut f: impl FnMut() -> R + 'a) -> Job<'a> {
     })
 }
 
-/// Median nanoseconds per operation of each job. Every job is warmed up and calibrated
-/// first; then samples are taken round-robin across the jobs, so a burst of machine noise
-/// hits all candidates alike instead of skewing one of them.
+/// Nanoseconds per operation of each job: its fastest sample. The work is deterministic and
+/// single-threaded, so noise (other processes preempting this one) only ever adds time; on a
+/// loaded machine the fastest of many short samples is the one that ran undisturbed, where a
+/// median would still hold a preemption. Every job is warmed up and calibrated first; then
+/// samples are taken round-robin across the jobs, so a burst of noise hits all alike.
 fn measure_all(plan: Plan, jobs: &mut [Job<'_>]) -> Vec<f64> {
     let batch: Vec<u64> = jobs
         .iter_mut()
@@ -276,10 +347,7 @@ fn measure_all(plan: Plan, jobs: &mut [Job<'_>]) -> Vec<f64> {
     }
     samples
         .into_iter()
-        .map(|mut s| {
-            s.sort_by(f64::total_cmp);
-            s[s.len() / 2]
-        })
+        .map(|s| s.into_iter().fold(f64::INFINITY, f64::min))
         .collect()
 }
 
@@ -327,45 +395,57 @@ fn fmt_ns(ns: f64) -> String {
     }
 }
 
-fn bench_payload<T>(plan: Plan, filter: Option<&str>, name: &str, what: &str, value: &T)
+struct Options<'a> {
+    plan: Plan,
+    filter: Option<&'a str>,
+    csv: bool,
+}
+
+fn bench_payload<T>(opts: &Options<'_>, name: &str, what: &str, value: &T)
 where
-    T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
+    T: Serialize + DeserializeOwned + PartialEq,
 {
-    if filter.is_some_and(|f| !name.contains(f)) {
+    if opts.filter.is_some_and(|f| !name.contains(f)) {
         return;
     }
-    let names = [
-        BincodeFixint::NAME,
-        BincodePlain::NAME,
-        BincodeVarint::NAME,
-        Postcard::NAME,
-        Bitcode::NAME,
-    ];
-    let encoded = [
-        encoding::<BincodeFixint, T>(value),
-        encoding::<BincodePlain, T>(value),
-        encoding::<BincodeVarint, T>(value),
-        encoding::<Postcard, T>(value),
-        encoding::<Bitcode, T>(value),
-    ];
+    macro_rules! name_of {
+        ($c:ident,) => {
+            $c::NAME
+        };
+    }
+    macro_rules! encoding_of {
+        ($c:ident, $v:expr) => {
+            encoding::<$c, T>($v)
+        };
+    }
+    let names = for_codecs!(name_of!());
+    let encoded = for_codecs!(encoding_of!(value));
     let floor_len = encoded[0].len();
     let src: Vec<u8> = (0..floor_len).map(|i| i as u8).collect();
     let mut dst = vec![0u8; floor_len];
 
     let mut jobs: Vec<Job<'_>> = Vec::new();
-    jobs.extend(codec_jobs::<BincodeFixint, T>(value, &encoded[0]));
-    jobs.extend(codec_jobs::<BincodePlain, T>(value, &encoded[1]));
-    jobs.extend(codec_jobs::<BincodeVarint, T>(value, &encoded[2]));
-    jobs.extend(codec_jobs::<Postcard, T>(value, &encoded[3]));
-    jobs.extend(codec_jobs::<Bitcode, T>(value, &encoded[4]));
+    macro_rules! jobs_of {
+        ($c:ident, $i:expr) => {
+            jobs.extend(codec_jobs::<$c, T>(value, &encoded[$i]))
+        };
+    }
+    let mut i = 0;
+    macro_rules! next_jobs {
+        ($c:ident,) => {{
+            jobs_of!($c, i);
+            i += 1;
+        }};
+    }
+    let _ = for_codecs!(next_jobs!());
     jobs.push(job(|| {
         dst.copy_from_slice(black_box(&src));
         black_box(&mut dst);
     }));
-    let t = measure_all(plan, &mut jobs);
+    let t = measure_all(opts.plan, &mut jobs);
     drop(jobs);
-    let floor = t[15];
-    let rows: Vec<Row> = (0..5)
+    let floor = t[3 * i];
+    let rows: Vec<Row> = (0..i)
         .map(|i| Row {
             codec: names[i],
             size: encoded[i].len(),
@@ -375,37 +455,48 @@ where
         })
         .collect();
 
+    let base = &rows[0];
     let mut out = String::new();
     let _ = writeln!(out, "\n== {name}: {what}");
     let _ = writeln!(
         out,
-        "   memcpy floor: {} for {floor_len} B (bincode fixint size)",
+        "   memcpy floor: {} for {floor_len} B (bincode's size)",
         fmt_ns(floor)
     );
     let _ = writeln!(
         out,
-        "   {:<20} {:>9} {:>11} {:>11} {:>11} {:>8} {:>8} {:>8}",
-        "codec", "bytes", "encode", "decode", "round trip", "enc/cpy", "dec/cpy", "rt/cpy"
+        "   {:<20} {:>9} {:>11} {:>11} {:>11} {:>7} {:>7} {:>7}",
+        "codec", "bytes", "encode", "decode", "round trip", "enc/bin", "dec/bin", "rt/bin"
     );
     for r in &rows {
         let _ = writeln!(
             out,
-            "   {:<20} {:>9} {:>11} {:>11} {:>11} {:>8.1} {:>8.1} {:>8.1}",
+            "   {:<20} {:>9} {:>11} {:>11} {:>11} {:>7.2} {:>7.2} {:>7.2}",
             r.codec,
             r.size,
             fmt_ns(r.encode),
             fmt_ns(r.decode),
             fmt_ns(r.round_trip),
-            r.encode / floor,
-            r.decode / floor,
-            r.round_trip / floor,
+            r.encode / base.encode,
+            r.decode / base.decode,
+            r.round_trip / base.round_trip,
         );
+    }
+    if opts.csv {
+        for r in &rows {
+            let _ = writeln!(
+                out,
+                "csv,{name},{},{},{:.1},{:.1},{:.1},{:.1}",
+                r.codec, r.size, r.encode, r.decode, r.round_trip, floor
+            );
+        }
     }
     print!("{out}");
 }
 
 // ---------------------------------------------------------------------------------------
-// Malformed input: how much heap can a short hostile input make each decoder hold?
+// Malformed input: how much heap can a short hostile input make each decoder hold, and
+// does any input make it panic?
 // ---------------------------------------------------------------------------------------
 
 struct XorShift(u64);
@@ -455,6 +546,7 @@ fn hostile_inputs(seeds: &[Vec<u8>], random: usize) -> Vec<Vec<u8>> {
 
 struct ProbeResult {
     tried: usize,
+    panics: usize,
     worst_peak: usize,
     worst_input_len: usize,
 }
@@ -463,15 +555,17 @@ fn probe<C: Codec, T: DeserializeOwned>(seeds: &[Vec<u8>], random: usize) -> Pro
     let inputs = hostile_inputs(seeds, random);
     let mut res = ProbeResult {
         tried: inputs.len(),
+        panics: 0,
         worst_peak: 0,
         worst_input_len: 0,
     };
     for input in &inputs {
-        let (_, peak) = peak_heap(|| {
+        let (ok, peak) = peak_heap(|| {
             // Dropped inside the tracked region, so a successful decode's value is counted
             // while it is alive and released before tracking stops.
-            drop(black_box(C::decode::<T>(black_box(input))));
+            std::panic::catch_unwind(|| drop(black_box(C::decode::<T>(black_box(input))))).is_ok()
         });
+        res.panics += usize::from(!ok);
         if peak > res.worst_peak {
             res.worst_peak = peak;
             res.worst_input_len = input.len();
@@ -482,27 +576,39 @@ fn probe<C: Codec, T: DeserializeOwned>(seeds: &[Vec<u8>], random: usize) -> Pro
 
 fn probe_codec<C: Codec>(random: usize) -> Vec<(&'static str, ProbeResult)> {
     let big_u64: Vec<u64> = (0..1_000_000).collect();
-    let big_u8: Vec<u8> = vec![0xab; 1 << 20];
+    let big_u8 = serde_bytes::ByteBuf::from(vec![0xab; 1 << 20]);
     let trunc = |v: Vec<u8>| v[..v.len().min(64)].to_vec();
     let vec_u64_seeds = [
         C::encode(&vec![1u64, 300, 70_000, u64::MAX]),
         trunc(C::encode(&big_u64)),
     ];
-    let vec_u8_seeds = [
-        C::encode(&(0u8..16).collect::<Vec<u8>>()),
+    let bytes_seeds = [
+        C::encode(&serde_bytes::ByteBuf::from((0u8..16).collect::<Vec<u8>>())),
         trunc(C::encode(&big_u8)),
     ];
-    let string_seeds = [C::encode(&("Process-12".to_owned(),))];
+    let string_seeds = [
+        C::encode(&"Process-12".to_owned()),
+        trunc(C::encode(&"y".repeat(1 << 20))),
+    ];
     let start_seeds = [C::encode(&start_message())];
+    let shape_seeds = [C::encode(&Shape::Rect {
+        w: 1.0,
+        h: 2.0,
+        label: "door".to_owned(),
+    })];
     let result_seeds = [
         C::encode(&TaskResult::Ok(vec![7; 5])),
         C::encode(&TaskResult::Err("boom".to_owned())),
     ];
     vec![
         ("Vec<u64>", probe::<C, Vec<u64>>(&vec_u64_seeds, random)),
-        ("Vec<u8>", probe::<C, Vec<u8>>(&vec_u8_seeds, random)),
-        ("(String,)", probe::<C, (String,)>(&string_seeds, random)),
+        (
+            "ByteBuf",
+            probe::<C, serde_bytes::ByteBuf>(&bytes_seeds, random),
+        ),
+        ("String", probe::<C, String>(&string_seeds, random)),
         ("Start", probe::<C, Start>(&start_seeds, random)),
+        ("Shape", probe::<C, Shape>(&shape_seeds, random)),
         ("Result", probe::<C, TaskResult>(&result_seeds, random)),
     ]
 }
@@ -513,24 +619,59 @@ fn print_probe(random: usize) {
          (flips, 0xff length runs, truncations, {random} random strings per type)"
     );
     println!(
-        "   {:<20} {:<10} {:>7} {:>13} {:>10}",
-        "codec", "type", "inputs", "worst peak B", "from len B"
+        "   {:<20} {:<10} {:>7} {:>7} {:>13} {:>10}",
+        "codec", "type", "inputs", "panics", "worst peak B", "from len B"
     );
-    let all = [
-        (BincodeFixint::NAME, probe_codec::<BincodeFixint>(random)),
-        (BincodePlain::NAME, probe_codec::<BincodePlain>(random)),
-        (BincodeVarint::NAME, probe_codec::<BincodeVarint>(random)),
-        (Postcard::NAME, probe_codec::<Postcard>(random)),
-        (Bitcode::NAME, probe_codec::<Bitcode>(random)),
-    ];
+    // A panic would print its message once per input; the count is what matters here.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    macro_rules! probe_of {
+        ($c:ident, $random:expr) => {
+            ($c::NAME, probe_codec::<$c>($random))
+        };
+    }
+    let all = for_codecs!(probe_of!(random));
+    std::panic::set_hook(hook);
     for (codec, rows) in &all {
         for (ty, r) in rows {
             println!(
-                "   {:<20} {:<10} {:>7} {:>13} {:>10}",
-                codec, ty, r.tried, r.worst_peak, r.worst_input_len
+                "   {:<20} {:<10} {:>7} {:>7} {:>13} {:>10}",
+                codec, ty, r.tried, r.panics, r.worst_peak, r.worst_input_len
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Error messages: mproc shows serde's message to the user (`CodecReport::message`).
+// ---------------------------------------------------------------------------------------
+
+/// A value whose `Serialize` fails with a message, as mproc's handles do outside a transfer.
+struct Refuses;
+impl Serialize for Refuses {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(
+            "handles travel only as arguments",
+        ))
+    }
+}
+
+fn print_messages() {
+    println!("\n== error messages: a failing Serialize, and a u32 decoded as `Shape` (3 variants)");
+    macro_rules! messages_of {
+        ($c:ident,) => {{
+            let enc = $c::try_encode(&Refuses).err().unwrap_or_default();
+            let dec = $c::decode::<Shape>(&$c::encode(&7u32))
+                .err()
+                .unwrap_or_else(|| "(decoded!)".to_owned());
+            println!(
+                "   {:<20} encode: {enc}\n   {:<20} decode: {dec}",
+                $c::NAME,
+                ""
+            );
+        }};
+    }
+    let _ = for_codecs!(messages_of!());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -538,73 +679,99 @@ fn print_probe(random: usize) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let full = args.iter().any(|a| a == "--bench");
-    let filter = args
-        .iter()
-        .find(|a| !a.starts_with('-'))
-        .map(String::as_str);
-    let plan = if full { FULL } else { SMOKE };
+    let opts = Options {
+        plan: if full { FULL } else { SMOKE },
+        filter: args
+            .iter()
+            .find(|a| !a.starts_with('-'))
+            .map(String::as_str),
+        csv: args.iter().any(|a| a == "--csv"),
+    };
     let started = Instant::now();
 
     println!(
-        "mproc codec bench ({}): median of {} samples, times per operation; \
-         x/cpy = time / memcpy of bincode-fixint's byte count",
+        "mproc codec bench ({}): fastest of {} samples, times per operation; \
+         x/bin = time / bincode's time in this run",
         if full {
             "full"
         } else {
             "smoke: single-shot timings, not meaningful"
         },
-        plan.samples
+        opts.plan.samples
     );
 
     bench_payload(
-        plan,
-        filter,
+        &opts,
         "start",
-        "Start { u64, i64, \"Process-12\", [u32; 3], 16 B args }",
+        "Start { u64, i64, \"Process-12\", [u32; 3], 16 B serde_bytes args }",
         &start_message(),
     );
+    let task = ToWorker::Task {
+        id: 1234,
+        entry: 4_211_712,
+        payload: (0..64).collect(),
+        handles: 0,
+    };
     bench_payload(
-        plan,
-        filter,
-        "u64",
-        "(u64,) = (123_456_789,)",
-        &(123_456_789u64,),
+        &opts,
+        "task",
+        "ToWorker::Task { u64, i64, 64 B serde_bytes, u32 }",
+        &task,
     );
+    bench_payload(&opts, "u64", "(u64,) = (123_456_789,)", &(123_456_789u64,));
     bench_payload(
-        plan,
-        filter,
+        &opts,
         "string64",
         "(String,) of 64 bytes",
         &("x".repeat(64),),
     );
-    // The smoke pass shrinks the large payloads so `cargo test --benches` stays quick.
-    let (n_u64, n_u8) = if full {
-        (1_000_000, 1 << 20)
-    } else {
-        (10_000, 1 << 14)
+    let small = (42u64, "item-42".to_owned(), vec![0.25f64; 8]);
+    bench_payload(&opts, "small", "(u64, String of 7, Vec<f64> of 8)", &small);
+    let shape = Shape::Rect {
+        w: 3.5,
+        h: 2.0,
+        label: "door".to_owned(),
     };
-    let big: Vec<u64> = (0..n_u64).collect();
-    let what = format!(
-        "Vec<u64> of {n_u64} (0..{n_u64}), {} B in memory",
-        8 * n_u64
-    );
-    bench_payload(plan, filter, "vec_u64", &what, &big);
-    drop(big);
-    let bytes: Vec<u8> = (0..n_u8).map(|i| (i * 31 + 7) as u8).collect();
-    let what = format!("Vec<u8> of {n_u8} B via plain serde (no serde_bytes)");
-    bench_payload(plan, filter, "vec_u8", &what, &bytes);
-    drop(bytes);
-    let ok: TaskResult = Ok((0..64).collect());
     bench_payload(
-        plan,
-        filter,
-        "result",
-        "Result<Vec<u8>, String>::Ok(64 B)",
-        &ok,
+        &opts,
+        "enum",
+        "Shape::Rect { f64, f64, String of 4 }",
+        &shape,
     );
+    let ok: TaskResult = Ok((0..64).collect());
+    bench_payload(&opts, "result", "Result<Vec<u8>, String>::Ok(64 B)", &ok);
 
-    if filter.is_none_or(|f| "malformed".contains(f)) {
+    // The smoke pass shrinks the large payloads so `cargo test --benches` stays quick.
+    let scale = if full { 1 } else { 64 };
+    let n = (1 << 20) / scale;
+    let text: String = (0..n).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let what = format!("String of {n} B");
+    bench_payload(&opts, "string_1m", &what, &text);
+    drop(text);
+    let n = 1_000_000 / scale;
+    let big: Vec<u64> = (0..n as u64).collect();
+    let what = format!("Vec<u64> of {n} (0..{n})");
+    bench_payload(&opts, "vec_u64", &what, &big);
+    drop(big);
+    let n = (1 << 20) / scale;
+    let floats: Vec<f64> = (0..n).map(|i| i as f64 * 0.5 + 0.1).collect();
+    let what = format!("Vec<f64> of {n}");
+    bench_payload(&opts, "vec_f64", &what, &floats);
+    drop(floats);
+    let n = (1 << 20) / scale;
+    let bytes: Vec<u8> = (0..n).map(|i| (i * 31 + 7) as u8).collect();
+    let what = format!("Vec<u8> of {n} B via plain serde (no serde_bytes)");
+    bench_payload(&opts, "vec_u8", &what, &bytes);
+    drop(bytes);
+    let n = (10 << 20) / scale;
+    let blob = serde_bytes::ByteBuf::from((0..n).map(|i| (i * 31 + 7) as u8).collect::<Vec<u8>>());
+    let what = format!("Vec<u8> of {n} B via serde_bytes (ByteBuf)");
+    bench_payload(&opts, "bytes_10m", &what, &blob);
+    drop(blob);
+
+    if opts.filter.is_none_or(|f| "malformed".contains(f)) {
         print_probe(if full { 3000 } else { 300 });
+        print_messages();
     }
     println!(
         "\ntotal bench time: {:.1} s",

@@ -87,7 +87,7 @@ pub(crate) fn export_then(
             return Err(NOT_HERE.to_string());
         };
         let raw = fd.as_raw_fd();
-        // bincode sizes a value before writing it: the same handle is met twice.
+        // The codec sizes a value before writing it: the same handle is met twice.
         let at = match list.iter().position(|(f, _, _)| *f == raw) {
             Some(at) => at,
             None => {
