@@ -15,9 +15,10 @@
 //! with 64 bytes, a `Vec<u64>` of 1,000,000, a `Vec<f64>` of 1 Mi, a 1 MiB `Vec<u8>` through
 //! plain serde and a 10 MiB `Vec<u8>` through `serde_bytes`.
 //!
-//! Codecs: bincode 1.3 with the options mproc used (fixint, a limit, no trailing bytes);
-//! postcard the way `mproc::wire::codec` drives it (a sizing pass, then one exact
-//! allocation; `take_from_bytes` that must use every byte); rmp-serde (MessagePack, compact
+//! Codecs: bincode 1.3 with the options mproc used until issue 11 (fixint, a limit, no
+//! trailing bytes); mproc's own wire format (`src/wire/{codec,format,ser,de}.rs`, compiled
+//! into this bench from those files: a sizing pass, then one exact allocation; a decode that
+//! must use every byte); postcard driven the same way; rmp-serde (MessagePack, compact
 //! structs as arrays); bitcode's serde API.
 //!
 //! Method: plain `std::time::Instant`, no harness. Each job (codec x encode/decode/round
@@ -241,6 +242,31 @@ impl Codec for Postcard {
     }
 }
 
+/// mproc's own wire format, compiled from the library's source files (it is crate-private), so
+/// this row measures exactly what mproc runs.
+#[allow(dead_code, unreachable_pub)]
+#[path = "../src/wire"]
+mod wire {
+    pub(crate) mod codec;
+    mod de;
+    pub(crate) mod format;
+    mod ser;
+}
+
+struct Wire;
+impl Codec for Wire {
+    const NAME: &'static str = "mproc wire";
+    fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+        wire::codec::encode(v).expect("mproc wire encode")
+    }
+    fn try_encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
+        wire::codec::encode(v).map_err(|e| e.to_string())
+    }
+    fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+        wire::codec::decode(b).map_err(|e| e.to_string())
+    }
+}
+
 struct Rmp;
 impl Codec for Rmp {
     const NAME: &'static str = "rmp-serde";
@@ -274,6 +300,7 @@ macro_rules! for_codecs {
     ($m:ident ! ($($arg:tt)*)) => {
         [
             $m!(Bincode, $($arg)*),
+            $m!(Wire, $($arg)*),
             $m!(Postcard, $($arg)*),
             $m!(Rmp, $($arg)*),
             $m!(Bitcode, $($arg)*),

@@ -1,73 +1,34 @@
-//! The serde codec for every message and value: postcard.
+//! The serde codec for every message and value: mproc's own wire format ([`super::format`]).
 //!
 //! Chosen by measurement on mproc's own payloads and on the values users send (benches/codec.rs,
-//! figures and the reasons in BENCHMARKS.md): as fast as bincode 1 (which it replaced when
-//! bincode became unmaintained) on messages, strings, floats and byte strings, smaller on the
-//! wire. Both ends are the same build, so the format needs no self-description.
+//! figures and the reasons in BENCHMARKS.md): bincode 1's fixed-width layout, which it replaced
+//! when bincode became unmaintained, kept by us in a few hundred lines. Both ends are the same
+//! build, so the format needs no self-description.
 //!
-//! Decoding is bounded by the input: a length prefix larger than the bytes that remain is an
-//! error before anything is allocated (postcard takes byte and string lengths from the slice,
-//! and hands serde no capacity hint larger than the input), so malformed input cannot
-//! exhaust memory; a value must use every byte it is decoded from.
-//!
-//! postcard drops the message of a serde `custom` error (it is made for small devices). When an
-//! encode fails that way, the value is walked once more by [`Reason`], which keeps it, so a
-//! user still reads "this value refuses to be encoded". A decode error says what postcard
-//! found wrong, or that the type's `Deserialize` refused the bytes, without that impl's words
-//! (both ends are the same build: only damaged data, or a `Deserialize` that validates, gets
-//! there).
+//! A value is encoded in two passes: one that only counts its bytes, so a frame is allocated
+//! once at its final size, and one that writes them (at the end of a frame header, or into a
+//! slice sized for them). Decoding is bounded by the input (see [`super::format`]), and a
+//! value must use every byte it is decoded from. A `Serialize` or `Deserialize` impl's own
+//! error message (serde's `Error::custom`) reaches the user word for word.
 
-use std::fmt;
-
-use postcard::ser_flavors::Flavor;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// Why a value did not encode or decode.
-#[derive(Debug)]
-pub(crate) struct Error(String);
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Error {}
-
-impl From<postcard::Error> for Error {
-    fn from(e: postcard::Error) -> Self {
-        match e {
-            // postcard's own words for it ("Serde Deserialization Error") say less than this.
-            postcard::Error::SerdeDeCustom => Error(
-                "the type's Deserialize refused these bytes (an enum variant out of range, \
-                 a wrong length, or a check of its own)"
-                    .into(),
-            ),
-            e => Error(e.to_string()),
-        }
-    }
-}
-
-/// The error of a failed encode of `value`, with its own message when postcard dropped it.
-#[cold]
-fn encode_error<T: Serialize + ?Sized>(value: &T, e: postcard::Error) -> Error {
-    match (e, value.serialize(Reason)) {
-        (postcard::Error::SerdeSerCustom, Err(reason)) => reason,
-        (e, _) => e.into(),
-    }
-}
+pub(crate) use super::format::Error;
+use super::{de, ser};
 
 /// Encodes `value`.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
     let mut out = Vec::with_capacity(encoded_len(value)?);
-    encode_into(&mut out, value)?;
+    ser::serialize(&mut out, value)?;
     Ok(out)
 }
 
 /// How many bytes [`encode`] would make of `value`.
 pub(crate) fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, Error> {
-    postcard::serialize_with_flavor(value, Count(0)).map_err(|e| encode_error(value, e))
+    let mut count = ser::Count(0);
+    ser::serialize(&mut count, value)?;
+    Ok(count.0)
 }
 
 /// Encodes `value` at the end of `out` (after a frame header, say), without a buffer of its own.
@@ -77,10 +38,7 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     value: &T,
 ) -> Result<(), Error> {
     let before = out.len();
-    postcard::serialize_with_flavor(value, Append(out)).map_err(|e| {
-        out.truncate(before);
-        encode_error(value, e)
-    })
+    ser::serialize(out, value).inspect_err(|_| out.truncate(before))
 }
 
 /// Encodes `value` into exactly `out` (sized with [`encoded_len`]); an error if the value
@@ -89,11 +47,11 @@ pub(crate) fn encode_to_slice<T: Serialize + ?Sized>(
     out: &mut [u8],
     value: &T,
 ) -> Result<(), Error> {
-    let len = out.len();
-    let used = postcard::to_slice(value, out).map_err(|e| encode_error(value, e))?;
-    if used.len() != len {
-        return Err(Error(
-            "the value encoded to fewer bytes than it was sized at".into(),
+    let mut fill = ser::Fill(out);
+    ser::serialize(&mut fill, value)?;
+    if !fill.0.is_empty() {
+        return Err(Error::new(
+            "the value encoded to fewer bytes than it was sized at",
         ));
     }
     Ok(())
@@ -106,229 +64,10 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
 
 /// Decodes a `T` that must use all of `bytes` and may borrow from them (`&[u8]` fields).
 pub(crate) fn decode_borrowed<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Error> {
-    match postcard::take_from_bytes(bytes)? {
-        (value, []) => Ok(value),
-        (_, rest) => Err(Error(format!(
-            "{} bytes left over after the value",
-            rest.len()
-        ))),
-    }
-}
-
-/// Counts the bytes of an encoding instead of writing them.
-struct Count(usize);
-
-impl Flavor for Count {
-    type Output = usize;
-
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0 += data.len();
-        Ok(())
-    }
-
-    fn try_push(&mut self, _: u8) -> postcard::Result<()> {
-        self.0 += 1;
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<usize> {
-        Ok(self.0)
-    }
-}
-
-/// Appends an encoding to a `Vec`, a slice at a time (postcard's `Extend` flavor goes byte by
-/// byte, and its `alloc` one cannot append to a frame header).
-struct Append<'a>(&'a mut Vec<u8>);
-
-impl Flavor for Append<'_> {
-    type Output = ();
-
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
-        Ok(())
-    }
-
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.push(data);
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
-    }
-}
-
-/// A serializer that writes nothing and keeps the message of the first `custom` error: the
-/// second walk over a value whose encode failed, to tell the user why.
-struct Reason;
-
-impl serde::ser::Error for Error {
-    fn custom<T: fmt::Display>(msg: T) -> Self {
-        Error(msg.to_string())
-    }
-}
-
-/// The `serialize_*` methods of a primitive, all accepting and writing nothing.
-macro_rules! accept {
-    ($($method:ident($ty:ty)),* $(,)?) => {
-        $(fn $method(self, _: $ty) -> Result<(), Error> {
-            Ok(())
-        })*
-    };
-}
-
-impl serde::Serializer for Reason {
-    type Ok = ();
-    type Error = Error;
-    type SerializeSeq = Self;
-    type SerializeTuple = Self;
-    type SerializeTupleStruct = Self;
-    type SerializeTupleVariant = Self;
-    type SerializeMap = Self;
-    type SerializeStruct = Self;
-    type SerializeStructVariant = Self;
-
-    accept!(
-        serialize_bool(bool),
-        serialize_i8(i8),
-        serialize_i16(i16),
-        serialize_i32(i32),
-        serialize_i64(i64),
-        serialize_i128(i128),
-        serialize_u8(u8),
-        serialize_u16(u16),
-        serialize_u32(u32),
-        serialize_u64(u64),
-        serialize_u128(u128),
-        serialize_f32(f32),
-        serialize_f64(f64),
-        serialize_char(char),
-        serialize_str(&str),
-        serialize_bytes(&[u8]),
-        serialize_unit_struct(&'static str),
-    );
-
-    fn serialize_none(self) -> Result<(), Error> {
-        Ok(())
-    }
-
-    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Error> {
-        value.serialize(self)
-    }
-
-    fn serialize_unit(self) -> Result<(), Error> {
-        Ok(())
-    }
-
-    fn serialize_unit_variant(self, _: &'static str, _: u32, _: &'static str) -> Result<(), Error> {
-        Ok(())
-    }
-
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(
-        self,
-        _: &'static str,
-        value: &T,
-    ) -> Result<(), Error> {
-        value.serialize(self)
-    }
-
-    fn serialize_newtype_variant<T: Serialize + ?Sized>(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        value: &T,
-    ) -> Result<(), Error> {
-        value.serialize(self)
-    }
-
-    fn serialize_seq(self, _: Option<usize>) -> Result<Self, Error> {
-        Ok(self)
-    }
-
-    fn serialize_tuple(self, _: usize) -> Result<Self, Error> {
-        Ok(self)
-    }
-
-    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self, Error> {
-        Ok(self)
-    }
-
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self, Error> {
-        Ok(self)
-    }
-
-    fn serialize_map(self, _: Option<usize>) -> Result<Self, Error> {
-        Ok(self)
-    }
-
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self, Error> {
-        Ok(self)
-    }
-
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self, Error> {
-        Ok(self)
-    }
-}
-
-/// The compound halves of [`Reason`]: each element is walked the same way; `end` is a no-op.
-macro_rules! walk {
-    ($($trait:ident :: $method:ident($($name:ty)?)),* $(,)?) => {
-        $(impl serde::ser::$trait for Reason {
-            type Ok = ();
-            type Error = Error;
-
-            fn $method<T: Serialize + ?Sized>(
-                &mut self,
-                $(_: $name,)?
-                value: &T,
-            ) -> Result<(), Error> {
-                value.serialize(Reason)
-            }
-
-            fn end(self) -> Result<(), Error> {
-                Ok(())
-            }
-        })*
-    };
-}
-
-walk!(
-    SerializeSeq::serialize_element(),
-    SerializeTuple::serialize_element(),
-    SerializeTupleStruct::serialize_field(),
-    SerializeTupleVariant::serialize_field(),
-    SerializeStruct::serialize_field(&'static str),
-    SerializeStructVariant::serialize_field(&'static str),
-);
-
-impl serde::ser::SerializeMap for Reason {
-    type Ok = ();
-    type Error = Error;
-
-    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Error> {
-        key.serialize(Reason)
-    }
-
-    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        value.serialize(Reason)
-    }
-
-    fn end(self) -> Result<(), Error> {
-        Ok(())
-    }
+    let mut de = de::Deserializer::new(bytes);
+    let value = T::deserialize(&mut de)?;
+    de.finish()?;
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -349,7 +88,7 @@ mod tests {
         assert!(decode::<u32>(&trailing).is_err());
     }
 
-    /// A length prefix of 2^60 (as a varint) followed by a few bytes.
+    /// A length prefix of 2^60 followed by a few bytes.
     fn huge_length() -> Vec<u8> {
         let mut out = Vec::new();
         encode_into(&mut out, &(1u64 << 60)).unwrap();
@@ -365,20 +104,23 @@ mod tests {
         assert!(decode::<serde_bytes::ByteBuf>(&bytes).is_err());
         assert!(decode_borrowed::<&[u8]>(&bytes).is_err());
         assert!(decode::<Vec<serde_bytes::ByteBuf>>(&bytes).is_err());
-        // An over-long varint is an error too, not a wrap-around.
-        assert!(decode::<u64>(&[0xff; 11]).is_err());
+        // A length that does not fit a usize, or that is one more than the bytes left.
+        assert!(decode::<String>(&u64::MAX.to_le_bytes()).is_err());
+        let mut one_short = encode("four").unwrap();
+        one_short.pop();
+        assert!(decode::<String>(&one_short).is_err());
     }
 
     #[test]
     fn byte_strings_borrow_and_round_trip() {
         let payload: Vec<u8> = (0..=255).collect();
         let b = encode(&serde_bytes::Bytes::new(&payload)).unwrap();
-        // A varint length of 2 bytes, then the bytes themselves.
-        assert_eq!(b.len(), payload.len() + 2);
+        // A u64 length, then the bytes themselves.
+        assert_eq!(b.len(), payload.len() + 8);
         let back: &[u8] = decode_borrowed::<&serde_bytes::Bytes>(&b).unwrap();
         assert_eq!(back, &payload[..]);
         assert!(
-            std::ptr::eq(back.as_ptr(), b[2..].as_ptr()),
+            std::ptr::eq(back.as_ptr(), b[8..].as_ptr()),
             "decoded without a copy"
         );
         assert_eq!(
@@ -438,16 +180,187 @@ mod tests {
         let mut slice = [0; 64];
         let e = encode_to_slice(&mut slice, &value).unwrap_err();
         assert_eq!(e.to_string(), expect);
-        // A codec error of its own is reported as postcard's.
+        // A codec error of its own says what went wrong.
         let e = encode_to_slice(&mut [0; 2], &"too long").unwrap_err();
-        assert!(e.to_string().contains("buffer is full"), "{e}");
+        assert!(
+            e.to_string().contains("more bytes than it was sized"),
+            "{e}"
+        );
+        let e = encode(&Unsized).unwrap_err();
+        assert!(e.to_string().contains("unknown length"), "{e}");
     }
 
     #[test]
     fn decode_errors_say_what_was_wrong() {
         let e = decode::<Option<bool>>(&[1, 7]).unwrap_err();
-        assert!(e.to_string().contains("bool"), "postcard's own words: {e}");
+        assert_eq!(e.to_string(), "a bool is 0 or 1, not 7");
+        // A Deserialize impl's own message is kept.
         let e = decode::<std::num::NonZeroU8>(&[0]).unwrap_err();
-        assert!(e.to_string().contains("Deserialize refused"), "{e}");
+        assert!(e.to_string().contains("nonzero"), "{e}");
+        let e = decode::<Shape>(&7u32.to_le_bytes()).unwrap_err();
+        assert!(e.to_string().contains("variant index 0 <= i < 4"), "{e}");
+    }
+
+    /// A sequence that cannot say its length.
+    struct Unsized;
+    impl Serialize for Unsized {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq((0u8..3).filter(|_| true))
+        }
+    }
+
+    use std::collections::{BTreeMap, HashMap};
+
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
+    struct Unit;
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
+    struct Newtype(u16);
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
+    struct Pair(i8, String);
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
+    enum Shape {
+        Point,
+        Circle(f64),
+        Line(Box<Shape>, Box<Shape>),
+        Rect {
+            w: f32,
+            h: f32,
+            label: Option<String>,
+        },
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
+    struct Everything {
+        b: (bool, bool),
+        ints: (i8, i16, i32, i64, i128),
+        uints: (u8, u16, u32, u64, u128),
+        floats: (f32, f64),
+        c: (char, char),
+        s: String,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+        none: Option<u8>,
+        some: Option<Option<()>>,
+        unit: (),
+        unit_struct: Unit,
+        newtype: Newtype,
+        pair: Pair,
+        shapes: Vec<Shape>,
+        map: BTreeMap<String, Vec<u32>>,
+        hashed: HashMap<u8, Result<(), String>>,
+        empty: Vec<Vec<()>>,
+        units: Vec<()>,
+    }
+
+    fn everything() -> Everything {
+        let line = Shape::Line(Box::new(Shape::Point), Box::new(Shape::Circle(-0.5)));
+        Everything {
+            b: (true, false),
+            ints: (i8::MIN, -2, i32::MAX, i64::MIN, i128::MIN + 7),
+            uints: (u8::MAX, 2, 3, u64::MAX, u128::MAX - 7),
+            floats: (f32::MIN_POSITIVE, -f64::INFINITY),
+            c: ('a', '\u{10ffff}'),
+            s: "grüße, 世界".into(),
+            bytes: vec![0, 255, 7],
+            none: None,
+            some: Some(None),
+            unit: (),
+            unit_struct: Unit,
+            newtype: Newtype(0xbeef),
+            pair: Pair(-1, String::new()),
+            shapes: vec![
+                Shape::Point,
+                line.clone(),
+                Shape::Line(Box::new(line), Box::new(Shape::Point)),
+                Shape::Rect {
+                    w: 1.5,
+                    h: 2.0,
+                    label: Some("door".into()),
+                },
+                Shape::Rect {
+                    w: 0.0,
+                    h: -0.0,
+                    label: None,
+                },
+            ],
+            map: [("a".into(), vec![1, 2]), ("".into(), vec![])].into(),
+            hashed: [(1, Ok(())), (2, Err("no".into()))].into(),
+            empty: vec![vec![], vec![(); 3]],
+            units: vec![(); 1000],
+        }
+    }
+
+    #[test]
+    fn every_serde_type_round_trips() {
+        let v = everything();
+        let b = encode(&v).unwrap();
+        assert_eq!(encoded_len(&v).unwrap(), b.len());
+        assert_eq!(decode::<Everything>(&b).unwrap(), v);
+        // Floats keep their bits, a NaN's payload and a negative zero included.
+        let floats = (
+            f32::from_bits(0x7fc0_1234),
+            f64::from_bits(0xfff8_0000_dead_beef),
+            -0.0f64,
+        );
+        let back: (f32, f64, f64) = decode(&encode(&floats).unwrap()).unwrap();
+        assert_eq!(back.0.to_bits(), floats.0.to_bits());
+        assert_eq!(back.1.to_bits(), floats.1.to_bits());
+        assert_eq!(back.2.to_bits(), floats.2.to_bits());
+        // Borrowed strings and bytes come back pointing into the input.
+        let b = encode(&("borrowed", serde_bytes::Bytes::new(b"raw"))).unwrap();
+        let (s, raw): (&str, &serde_bytes::Bytes) = decode_borrowed(&b).unwrap();
+        assert_eq!((s, &raw[..]), ("borrowed", &b"raw"[..]));
+        assert!(std::ptr::eq(s.as_ptr(), b[8..].as_ptr()));
+        assert!(std::ptr::eq(raw.as_ptr(), b[24..].as_ptr()));
+    }
+
+    #[test]
+    fn exact_byte_layouts() {
+        assert_eq!(encode(&true).unwrap(), [1]);
+        assert_eq!(encode(&0x0102_0304u32).unwrap(), [4, 3, 2, 1]);
+        assert_eq!(encode(&-2i16).unwrap(), [0xfe, 0xff]);
+        assert_eq!(encode(&1.0f64).unwrap(), 1.0f64.to_le_bytes());
+        assert_eq!(encode(&'é').unwrap(), [0xe9, 0, 0, 0]);
+        assert_eq!(encode("hi").unwrap(), [2, 0, 0, 0, 0, 0, 0, 0, b'h', b'i']);
+        assert_eq!(encode(&Some(3u8)).unwrap(), [1, 3]);
+        assert_eq!(encode(&None::<u64>).unwrap(), [0]);
+        assert_eq!(encode(&((), Unit, Newtype(5))).unwrap(), [5, 0]);
+        assert_eq!(
+            encode(&vec![1u16, 2]).unwrap(),
+            [2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2, 0]
+        );
+        assert_eq!(encode(&Shape::Point).unwrap(), [0, 0, 0, 0]);
+        assert_eq!(
+            encode(&Shape::Circle(0.0)).unwrap(),
+            [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        let rect = Shape::Rect {
+            w: 0.0,
+            h: 0.0,
+            label: None,
+        };
+        assert_eq!(
+            encode(&rect).unwrap(),
+            [3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        let map: BTreeMap<u8, bool> = [(9, true)].into();
+        assert_eq!(encode(&map).unwrap(), [1, 0, 0, 0, 0, 0, 0, 0, 9, 1]);
+    }
+
+    #[test]
+    fn every_truncation_and_every_extra_byte_is_an_error() {
+        let b = encode(&everything()).unwrap();
+        for cut in 0..b.len() {
+            assert!(decode::<Everything>(&b[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = b.clone();
+        longer.push(0);
+        let e = decode::<Everything>(&longer).unwrap_err();
+        assert_eq!(e.to_string(), "1 bytes left over after the value");
     }
 }

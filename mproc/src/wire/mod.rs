@@ -1,11 +1,15 @@
 //! What travels between processes, as pure code: no system calls here.
 //!
 //! - [`frame`]: length-prefixed frames and their incremental decoder;
-//! - [`codec`]: the serde codec every message and value goes through;
+//! - [`codec`]: the serde codec every message and value goes through, in mproc's own
+//!   [`format`] (its two halves: `ser` and `de`);
 //! - [`target`]: functions as references valid in any process running the same build;
 //! - [`message`]: the messages of the start-up and result protocol.
 
 pub(crate) mod codec;
+mod de;
+pub(crate) mod format;
+mod ser;
 pub(crate) mod frame;
 pub(crate) mod message;
 pub(crate) mod target;

@@ -1,0 +1,536 @@
+//! The decoding half of the wire format (layout and the checks on hostile input in
+//! [`super::format`]).
+
+use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
+
+use super::format::{Error, MAX_DEPTH, ZERO_SIZE_ELEMENTS};
+
+/// Decodes one value from the front of its input; [`Deserializer::finish`] then checks that the
+/// value used every byte.
+pub(crate) struct Deserializer<'de> {
+    input: &'de [u8],
+    depth: u32,
+    /// Sequence elements and map entries this input may still declare.
+    elements: usize,
+}
+
+impl<'de> Deserializer<'de> {
+    pub(crate) fn new(input: &'de [u8]) -> Self {
+        Deserializer {
+            input,
+            depth: 0,
+            elements: input.len().saturating_add(ZERO_SIZE_ELEMENTS),
+        }
+    }
+
+    /// An error unless the value used every byte of the input.
+    pub(crate) fn finish(self) -> Result<(), Error> {
+        match self.input.len() {
+            0 => Ok(()),
+            n => Err(Error::new(format!("{n} bytes left over after the value"))),
+        }
+    }
+
+    #[inline]
+    fn take(&mut self, len: usize) -> Result<&'de [u8], Error> {
+        let (head, rest) = self.input.split_at_checked(len).ok_or_else(truncated)?;
+        self.input = rest;
+        Ok(head)
+    }
+
+    #[inline]
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Error> {
+        let (head, rest) = self.input.split_first_chunk::<N>().ok_or_else(truncated)?;
+        self.input = rest;
+        Ok(*head)
+    }
+
+    #[inline]
+    fn byte(&mut self) -> Result<u8, Error> {
+        let (&head, rest) = self.input.split_first().ok_or_else(truncated)?;
+        self.input = rest;
+        Ok(head)
+    }
+
+    /// A byte or string length (checked against the input by [`Self::take`]).
+    #[inline]
+    fn len(&mut self) -> Result<usize, Error> {
+        let len = u64::from_le_bytes(self.array()?);
+        usize::try_from(len).map_err(|_| too_many(len))
+    }
+
+    /// A sequence's element count or a map's entry count, charged to this input's allowance.
+    #[inline]
+    fn count(&mut self) -> Result<usize, Error> {
+        let count = u64::from_le_bytes(self.array()?);
+        match usize::try_from(count) {
+            Ok(n) if n <= self.elements => {
+                self.elements -= n;
+                Ok(n)
+            }
+            _ => Err(too_many(count)),
+        }
+    }
+
+    #[inline]
+    fn bytes(&mut self) -> Result<&'de [u8], Error> {
+        let len = self.len()?;
+        self.take(len)
+    }
+
+    #[inline]
+    fn str(&mut self) -> Result<&'de str, Error> {
+        std::str::from_utf8(self.bytes()?)
+            .map_err(|e| Error::new(format!("a string is not UTF-8: {e}")))
+    }
+
+    /// Runs `f` one level deeper, or fails when that is deeper than [`MAX_DEPTH`].
+    #[inline]
+    fn nested<R>(&mut self, f: impl FnOnce(&mut Self) -> Result<R, Error>) -> Result<R, Error> {
+        if self.depth >= MAX_DEPTH {
+            return Err(too_deep());
+        }
+        self.depth += 1;
+        let r = f(self);
+        self.depth -= 1;
+        r
+    }
+
+    /// Visits `len` elements (or entries) that follow, one level deeper.
+    #[inline]
+    fn elements<V: Visitor<'de>>(&mut self, len: usize, visitor: V) -> Result<V::Value, Error> {
+        self.nested(|de| visitor.visit_seq(Elements { de, left: len }))
+    }
+}
+
+#[cold]
+fn truncated() -> Error {
+    Error::new("the input ends inside a value (truncated or corrupt)")
+}
+
+#[cold]
+fn too_many(len: u64) -> Error {
+    Error::new(format!("a length of {len} is more than the input holds"))
+}
+
+#[cold]
+fn too_deep() -> Error {
+    Error::new(format!("values nest deeper than {MAX_DEPTH} levels"))
+}
+
+#[cold]
+fn not_self_describing() -> Error {
+    Error::new(
+        "mproc's wire format does not describe itself: a type that decodes by what it finds \
+         (serde's deserialize_any: untagged or internally tagged enums, flatten) cannot use it",
+    )
+}
+
+/// `deserialize_*` of the fixed-width primitives: their little-endian bytes.
+macro_rules! fixed {
+    ($($method:ident $visit:ident $ty:ty),* $(,)?) => {
+        $(#[inline]
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+            visitor.$visit(<$ty>::from_le_bytes(self.array()?))
+        })*
+    };
+}
+
+impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
+    type Error = Error;
+
+    fixed!(
+        deserialize_i8 visit_i8 i8,
+        deserialize_i16 visit_i16 i16,
+        deserialize_i32 visit_i32 i32,
+        deserialize_i64 visit_i64 i64,
+        deserialize_i128 visit_i128 i128,
+        deserialize_u16 visit_u16 u16,
+        deserialize_u32 visit_u32 u32,
+        deserialize_u64 visit_u64 u64,
+        deserialize_u128 visit_u128 u128,
+        deserialize_f32 visit_f32 f32,
+        deserialize_f64 visit_f64 f64,
+    );
+
+    #[inline]
+    fn deserialize_u8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_u8(self.byte()?)
+    }
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Error> {
+        Err(not_self_describing())
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Error> {
+        Err(not_self_describing())
+    }
+
+    fn deserialize_identifier<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Error> {
+        Err(not_self_describing())
+    }
+
+    #[inline]
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.byte()? {
+            0 => visitor.visit_bool(false),
+            1 => visitor.visit_bool(true),
+            b => Err(Error::new(format!("a bool is 0 or 1, not {b}"))),
+        }
+    }
+
+    #[inline]
+    fn deserialize_char<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        let c = u32::from_le_bytes(self.array()?);
+        match char::from_u32(c) {
+            Some(c) => visitor.visit_char(c),
+            None => Err(Error::new(format!("{c:#x} is not a char"))),
+        }
+    }
+
+    #[inline]
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_borrowed_str(self.str()?)
+    }
+
+    #[inline]
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_borrowed_str(self.str()?)
+    }
+
+    #[inline]
+    fn deserialize_bytes<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_borrowed_bytes(self.bytes()?)
+    }
+
+    #[inline]
+    fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_borrowed_bytes(self.bytes()?)
+    }
+
+    #[inline]
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.byte()? {
+            0 => visitor.visit_none(),
+            1 => self.nested(|de| visitor.visit_some(de)),
+            t => Err(Error::new(format!("an Option's tag is 0 or 1, not {t}"))),
+        }
+    }
+
+    #[inline]
+    fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_unit()
+    }
+
+    #[inline]
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        visitor.visit_unit()
+    }
+
+    #[inline]
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.nested(|de| visitor.visit_newtype_struct(de))
+    }
+
+    #[inline]
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        let len = self.count()?;
+        self.elements(len, visitor)
+    }
+
+    #[inline]
+    fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, Error> {
+        self.elements(len, visitor)
+    }
+
+    #[inline]
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.elements(len, visitor)
+    }
+
+    #[inline]
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        let left = self.count()?;
+        self.nested(|de| visitor.visit_map(Elements { de, left }))
+    }
+
+    #[inline]
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.elements(fields.len(), visitor)
+    }
+
+    #[inline]
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        _: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.nested(|de| visitor.visit_enum(de))
+    }
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+}
+
+/// The elements of a sequence, tuple or struct, or the entries of a map.
+struct Elements<'a, 'de> {
+    de: &'a mut Deserializer<'de>,
+    left: usize,
+}
+
+impl<'de> de::SeqAccess<'de> for Elements<'_, 'de> {
+    type Error = Error;
+
+    #[inline]
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Error> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        seed.deserialize(&mut *self.de).map(Some)
+    }
+
+    /// Never more than the bytes left: serde reserves by this hint, and the count is untrusted.
+    #[inline]
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.left.min(self.de.input.len()))
+    }
+}
+
+impl<'de> de::MapAccess<'de> for Elements<'_, 'de> {
+    type Error = Error;
+
+    #[inline]
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Error> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        seed.deserialize(&mut *self.de).map(Some)
+    }
+
+    #[inline]
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
+        seed.deserialize(&mut *self.de)
+    }
+
+    #[inline]
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.left.min(self.de.input.len()))
+    }
+}
+
+impl<'de> de::EnumAccess<'de> for &mut Deserializer<'de> {
+    type Error = Error;
+    type Variant = Self;
+
+    #[inline]
+    fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, Self), Error> {
+        let index = u32::from_le_bytes(self.array()?);
+        let variant = seed.deserialize(index.into_deserializer())?;
+        Ok((variant, self))
+    }
+}
+
+impl<'de> de::VariantAccess<'de> for &mut Deserializer<'de> {
+    type Error = Error;
+
+    #[inline]
+    fn unit_variant(self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    #[inline]
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, Error> {
+        seed.deserialize(self)
+    }
+
+    #[inline]
+    fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_seq(Elements {
+            de: self,
+            left: len,
+        })
+    }
+
+    #[inline]
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        visitor.visit_seq(Elements {
+            de: self,
+            left: fields.len(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::de::DeserializeOwned;
+    use serde::{Deserialize, Serialize};
+
+    use super::super::format::{MAX_DEPTH, ZERO_SIZE_ELEMENTS};
+    use super::*;
+
+    fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+        let mut de = Deserializer::new(bytes);
+        let v = T::deserialize(&mut de)?;
+        de.finish()?;
+        Ok(v)
+    }
+
+    fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        super::super::ser::serialize(&mut out, v).unwrap();
+        out
+    }
+
+    fn err<T: DeserializeOwned + std::fmt::Debug>(bytes: &[u8]) -> String {
+        decode::<T>(bytes).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_tags_and_scalars_are_errors() {
+        assert_eq!(err::<bool>(&[2]), "a bool is 0 or 1, not 2");
+        assert_eq!(
+            err::<Option<u8>>(&[2, 0]),
+            "an Option's tag is 0 or 1, not 2"
+        );
+        assert!(err::<char>(&0xd800u32.to_le_bytes()).contains("not a char"));
+        assert!(err::<char>(&0x11_0000u32.to_le_bytes()).contains("not a char"));
+        let mut bad_utf8 = encode(&"ab");
+        bad_utf8[9] = 0xff;
+        assert!(err::<String>(&bad_utf8).contains("not UTF-8"));
+        assert!(<&str>::deserialize(&mut Deserializer::new(&bad_utf8)).is_err());
+        #[derive(Deserialize, Debug)]
+        enum Two {
+            A,
+            B(u8),
+        }
+        assert!(err::<Two>(&2u32.to_le_bytes()).contains("variant index"));
+        assert!(err::<Two>(&u32::MAX.to_le_bytes()).contains("variant index"));
+        assert!(matches!(decode::<Two>(&[1, 0, 0, 0, 9]), Ok(Two::B(9))));
+        assert!(matches!(decode::<Two>(&[0, 0, 0, 0]), Ok(Two::A)));
+    }
+
+    #[test]
+    fn huge_lengths_fail_before_reserving() {
+        for len in [9u64, 1 << 32, 1 << 60, u64::MAX] {
+            let mut b = len.to_le_bytes().to_vec();
+            b.extend([1; 8]);
+            assert!(decode::<String>(&b).is_err(), "{len}");
+            assert!(decode::<serde_bytes::ByteBuf>(&b).is_err(), "{len}");
+            assert!(decode::<Vec<u64>>(&b).is_err(), "{len}");
+            assert!(decode::<Vec<u8>>(&b).is_err(), "{len}");
+            assert!(
+                decode::<std::collections::HashMap<u8, u8>>(&b).is_err(),
+                "{len}"
+            );
+        }
+        // A count the input could hold, of elements it cannot: serde reserves by our hint,
+        // which never exceeds the bytes left, and the elements then run out.
+        let mut b = 1_000u64.to_le_bytes().to_vec();
+        b.extend([0; 16]);
+        let mut de = Deserializer::new(&b);
+        de.array::<8>().unwrap();
+        let seq = Elements {
+            left: 1000,
+            de: &mut de,
+        };
+        assert_eq!(de::SeqAccess::size_hint(&seq), Some(16));
+        assert!(decode::<Vec<u64>>(&b).is_err());
+    }
+
+    #[test]
+    fn zero_sized_elements_are_bounded() {
+        // The allowance is the input's length plus ZERO_SIZE_ELEMENTS.
+        let fine = (ZERO_SIZE_ELEMENTS as u64 + 8).to_le_bytes();
+        assert_eq!(
+            decode::<Vec<()>>(&fine).unwrap().len(),
+            ZERO_SIZE_ELEMENTS + 8
+        );
+        let one_more = (ZERO_SIZE_ELEMENTS as u64 + 9).to_le_bytes();
+        assert!(decode::<Vec<()>>(&one_more).is_err());
+        let spin = u64::MAX.to_le_bytes();
+        assert!(err::<Vec<()>>(&spin).contains("more than the input holds"));
+        // Nested counts draw on one allowance, so they cannot multiply.
+        let mut nested = 2u64.to_le_bytes().to_vec();
+        nested.extend((ZERO_SIZE_ELEMENTS as u64).to_le_bytes());
+        nested.extend((ZERO_SIZE_ELEMENTS as u64).to_le_bytes());
+        assert!(decode::<Vec<Vec<()>>>(&nested).is_err());
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    enum Nest {
+        Leaf,
+        In(Box<Nest>),
+    }
+
+    fn nest(depth: usize) -> Nest {
+        (0..depth).fold(Nest::Leaf, |n, _| Nest::In(Box::new(n)))
+    }
+
+    #[test]
+    fn nesting_is_limited() {
+        let deepest = nest(MAX_DEPTH as usize - 1);
+        assert_eq!(decode::<Nest>(&encode(&deepest)).unwrap(), deepest);
+        let too_deep = encode(&nest(MAX_DEPTH as usize));
+        assert_eq!(err::<Nest>(&too_deep), "values nest deeper than 128 levels");
+        // A hostile input nests without end in a few bytes per level.
+        let hostile: Vec<u8> = [1u8, 0, 0, 0].repeat(1_000_000);
+        assert!(err::<Nest>(&hostile).contains("deeper"));
+        #[derive(Deserialize, Debug)]
+        struct Chain(#[allow(dead_code)] Option<Box<Chain>>);
+        assert!(err::<Chain>(&vec![1u8; 1_000_000]).contains("deeper"));
+    }
+
+    #[test]
+    fn not_self_describing() {
+        #[derive(Deserialize, Debug)]
+        #[serde(untagged)]
+        #[allow(dead_code)]
+        enum Untagged {
+            A(u8),
+        }
+        assert!(err::<Untagged>(&[1]).contains("does not describe itself"));
+        assert!(err::<serde::de::IgnoredAny>(&[1]).contains("does not describe itself"));
+    }
+
+    #[test]
+    fn borrows_from_the_input() {
+        let b = encode(&(serde_bytes::Bytes::new(&[1, 2, 3]), "text"));
+        let mut de = Deserializer::new(&b);
+        let (bytes, text): (&serde_bytes::Bytes, &str) = Deserialize::deserialize(&mut de).unwrap();
+        de.finish().unwrap();
+        assert!(std::ptr::eq(bytes.as_ptr(), b[8..].as_ptr()));
+        assert!(std::ptr::eq(text.as_ptr(), b[19..].as_ptr()));
+    }
+}
