@@ -397,7 +397,6 @@ mod tests {
     use serde::de::DeserializeOwned;
     use serde::{Deserialize, Serialize};
 
-    use super::super::format::{MAX_DEPTH, ZERO_SIZE_ELEMENTS};
     use super::*;
 
     fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {

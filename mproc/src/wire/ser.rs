@@ -35,23 +35,19 @@ impl Output for Count {
 impl Output for Vec<u8> {
     #[inline]
     fn put(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        // Growing apart from the copy keeps a fixed-width value in its register on the way in
-        // (through `extend_from_slice` alone it went through the stack: 1.5 times slower on
-        // a `Vec<f64>`); then `extend_from_slice` finds the room and does not grow again.
-        if self.capacity() - self.len() < bytes.len() {
-            grow(self, bytes.len());
-        }
         self.extend_from_slice(bytes);
         Ok(())
     }
 
     #[inline]
     fn put_fixed<const N: usize>(&mut self, bytes: [u8; N]) -> Result<(), Error> {
+        // Growing apart from the copy keeps the value in its register on the way in, and
+        // extending from an array keeps the length in one while writing: through
+        // `extend_from_slice` alone the value went through the stack and the length was read
+        // back after the copy (which may alias it), 1.3-1.5 times slower on a `Vec<f64>`.
         if self.capacity() - self.len() < N {
             grow(self, N);
         }
-        // Extending from an array keeps the length in a register while writing (`extend_from_slice`
-        // reads it back after the copy, which may alias it).
         self.extend(bytes);
         Ok(())
     }
