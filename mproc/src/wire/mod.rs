@@ -2,7 +2,7 @@
 //!
 //! - [`frame`]: length-prefixed frames and their incremental decoder;
 //! - [`codec`]: the serde codec every message and value goes through, in mproc's own
-//!   [`format`] (its two halves: `ser` and `de`);
+//!   [`format`](mod@format) (its two halves: `ser` and `de`);
 //! - [`target`]: functions as references valid in any process running the same build;
 //! - [`message`]: the messages of the start-up and result protocol.
 
