@@ -9,7 +9,8 @@
 //!   rebalancing, timeouts, retirement);
 //! - `link.rs`: the one interface through which it talks to a worker, whatever its kind;
 //!   `local.rs`: today's kind, a child process with its lane;
-//! - `config.rs`: how workers are made.
+//! - `config.rs`: how workers are made;
+//! - `tests.rs`: the loop driven through a fake kind of worker, without processes.
 //!
 //! This file is the loop. It knows, for each worker, the chunks it was sent, in order. Workers
 //! take chunks strictly in that order, count each before running it, and publish each answer
@@ -30,6 +31,8 @@ mod local;
 mod policy;
 mod state;
 mod submit;
+#[cfg(test)]
+mod tests;
 mod worker;
 
 use std::collections::{HashSet, VecDeque};

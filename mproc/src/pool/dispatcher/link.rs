@@ -6,8 +6,9 @@
 //! wake-ups, and the worker's end. Today's one kind is [`LocalLink`]: a child process with
 //! its lane. A remote kind implements the same trait, and the loop does not change.
 //!
-//! Every method is called on the dispatcher's thread or by a thread holding its state; none
-//! allocates per chunk in the local kind.
+//! Every method is called on the dispatcher's thread or by a thread holding its state. The
+//! loop is generic over the kind (static dispatch), so the local kind costs what its code did
+//! before it was behind this trait. `dispatcher/tests.rs` drives the loop through a fake kind.
 //!
 //! [`WorkerState`]: super::state::WorkerState
 //! [`LocalLink`]: super::local::LocalLink
