@@ -5,7 +5,8 @@
 //! - [`task`]: chunks of arguments and the trampoline that runs them;
 //! - [`job`]: the per-job state the dispatcher fills and the handles wait on;
 //! - [`result`]: [`AsyncResult`], the handle on one job;
-//! - [`imap`]: the streaming iterators.
+//! - [`imap`]: the streaming iterators;
+//! - [`chunked`]: the map family with a chosen chunk size.
 
 use std::any::{Any, type_name};
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,7 @@ use crate::error::Error;
 use crate::start::{self, StartMethod};
 use crate::wire::target::{self, Target};
 
+mod chunked;
 mod dispatcher;
 mod imap;
 mod job;
@@ -26,31 +28,11 @@ mod result;
 mod task;
 pub(crate) mod worker;
 
-use dispatcher::{Chunk, Config, Dispatcher, Shared};
+pub use chunked::Chunked;
+use dispatcher::{Config, Shared};
 pub use imap::Imap;
 use job::JobState;
 pub use result::AsyncResult;
-
-/// A `map` submits its chunks in batches of about this many bytes (or chunks), so workers
-/// start on the first while the rest are encoded.
-const SUBMIT_BYTES: usize = 256 * 1024;
-const SUBMIT_CHUNKS: usize = 16384;
-
-/// Marks a job that is still submitting chunks, like an `imap`, for as long as it lives.
-struct Stream<'a>(&'a Shared);
-
-impl<'a> Stream<'a> {
-    fn open(shared: &'a Shared) -> Stream<'a> {
-        shared.stream_opened();
-        Stream(shared)
-    }
-}
-
-impl Drop for Stream<'_> {
-    fn drop(&mut self) {
-        self.0.stream_closed();
-    }
-}
 
 /// A pool of worker processes, as Python's `multiprocessing.Pool`.
 ///
@@ -258,7 +240,7 @@ impl PoolBuilder {
             max_tasks_per_child: self.max_tasks_per_child,
             task_timeout: self.task_timeout,
         };
-        Dispatcher::new(Arc::clone(&shared), config)?.install();
+        dispatcher::start(Arc::clone(&shared), config)?;
         let for_thread = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("mproc-pool".into())
@@ -322,17 +304,11 @@ impl Pool {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn chunksize(&self, n: usize) -> Chunked<'_> {
-        Chunked {
-            pool: self,
-            size: Some(n),
-        }
+        Chunked::new(&self.shared, self.processes, Some(n))
     }
 
     fn default_chunks(&self) -> Chunked<'_> {
-        Chunked {
-            pool: self,
-            size: None,
-        }
+        Chunked::new(&self.shared, self.processes, None)
     }
 
     /// Runs `f(args)` in a worker and waits for its value.
@@ -384,7 +360,13 @@ impl Pool {
         self.shared.check_open()?;
         let target = type_name::<F>();
         let job = JobState::new();
-        let chunk = self.chunk(&job, task::chunk_entry::<F, A>(), &[args], target)?;
+        let chunk = chunked::chunk(
+            &self.shared,
+            &job,
+            task::chunk_entry::<F, A>(),
+            &[args],
+            target,
+        )?;
         job.seal();
         self.shared.submit(vec![chunk], true)?;
         Ok(AsyncResult::new(
@@ -606,20 +588,6 @@ impl Pool {
         }
         self.shared.wait_finished();
     }
-
-    /// One chunk of `items` for the job.
-    fn chunk<A: Serialize>(
-        &self,
-        job: &Arc<JobState>,
-        entry: i64,
-        items: &[A],
-        target: &str,
-    ) -> Result<Chunk, Error> {
-        let (payload, fds) = task::encode_chunk(items, target)?;
-        let id = self.shared.chunk_id();
-        let index = job.add_chunk(id, items.len());
-        Ok(Chunk::new(id, entry, payload, Arc::clone(job), index, items.len()).with_handles(fds))
-    }
 }
 
 impl Drop for Pool {
@@ -634,246 +602,5 @@ impl std::fmt::Debug for Pool {
             .field("processes", &self.processes)
             .field("closed", &self.shared.is_closed())
             .finish()
-    }
-}
-
-/// The map family with a chosen chunk size; made by [`Pool::chunksize`].
-///
-/// ```
-/// fn inc(n: u32) -> u32 {
-///     n + 1
-/// }
-/// let pool = mproc::Pool::new(2)?;
-/// let by_ten = pool.chunksize(10);
-/// assert_eq!(by_ten.map(inc, 0..3)?, [1, 2, 3]);
-/// assert_eq!(by_ten.imap(inc, 0..3)?.count(), 3);
-/// # Ok::<(), mproc::Error>(())
-/// ```
-#[derive(Debug, Clone, Copy)]
-pub struct Chunked<'p> {
-    pool: &'p Pool,
-    size: Option<usize>,
-}
-
-impl Chunked<'_> {
-    /// Python's rule for `map` when no size was chosen: `ceil(len / (4 * processes))`.
-    fn size_for(&self, len: usize) -> Result<usize, Error> {
-        match self.size {
-            Some(0) => Err(Error::invalid("chunksize must be at least 1")),
-            Some(n) => Ok(n),
-            None => Ok(len.div_ceil(4 * self.pool.processes).max(1)),
-        }
-    }
-
-    /// [`Pool::map`] with this chunk size.
-    ///
-    /// ```
-    /// fn inc(n: u32) -> u32 {
-    ///     n + 1
-    /// }
-    /// let pool = mproc::Pool::new(2)?;
-    /// assert_eq!(pool.chunksize(1).map(inc, [1, 2])?, [2, 3]);
-    /// # Ok::<(), mproc::Error>(())
-    /// ```
-    pub fn map<F, T, I>(&self, f: F, items: I) -> Result<Vec<F::Output>, Error>
-    where
-        F: Target<(T,)>,
-        T: Serialize + DeserializeOwned + Send + 'static,
-        F::Output: Serialize + DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = T>,
-    {
-        self.map_async(f, items)?.get()
-    }
-
-    /// [`Pool::map_async`] with this chunk size.
-    ///
-    /// ```
-    /// fn inc(n: u32) -> u32 {
-    ///     n + 1
-    /// }
-    /// let pool = mproc::Pool::new(2)?;
-    /// assert_eq!(pool.chunksize(1).map_async(inc, [1, 2])?.get()?, [2, 3]);
-    /// # Ok::<(), mproc::Error>(())
-    /// ```
-    pub fn map_async<F, T, I>(&self, f: F, items: I) -> Result<AsyncResult<Vec<F::Output>>, Error>
-    where
-        F: Target<(T,)>,
-        T: Serialize + DeserializeOwned + Send + 'static,
-        F::Output: Serialize + DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = T>,
-    {
-        self.starmap_async(f, items.into_iter().map(|t| (t,)))
-    }
-
-    /// [`Pool::starmap`] with this chunk size.
-    ///
-    /// ```
-    /// fn add(a: i32, b: i32) -> i32 {
-    ///     a + b
-    /// }
-    /// let pool = mproc::Pool::new(2)?;
-    /// assert_eq!(pool.chunksize(1).starmap(add, [(1, 1)])?, [2]);
-    /// # Ok::<(), mproc::Error>(())
-    /// ```
-    pub fn starmap<F, A, I>(&self, f: F, items: I) -> Result<Vec<F::Output>, Error>
-    where
-        F: Target<A>,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        F::Output: Serialize + DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A>,
-    {
-        self.starmap_async(f, items)?.get()
-    }
-
-    /// [`Pool::starmap_async`] with this chunk size.
-    ///
-    /// ```
-    /// fn add(a: i32, b: i32) -> i32 {
-    ///     a + b
-    /// }
-    /// let pool = mproc::Pool::new(2)?;
-    /// assert_eq!(pool.chunksize(1).starmap_async(add, [(1, 1)])?.get()?, [2]);
-    /// # Ok::<(), mproc::Error>(())
-    /// ```
-    pub fn starmap_async<F, A, I>(
-        &self,
-        f: F,
-        items: I,
-    ) -> Result<AsyncResult<Vec<F::Output>>, Error>
-    where
-        F: Target<A>,
-        A: Serialize + DeserializeOwned + Send + 'static,
-        F::Output: Serialize + DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = A>,
-    {
-        let _ = f;
-        let pool = self.pool;
-        pool.shared.check_open()?;
-        let items: Vec<A> = items.into_iter().collect();
-        let size = self.size_for(items.len())?;
-        let target = type_name::<F>();
-        let entry = task::chunk_entry::<F, A>();
-        let job = JobState::new();
-        // Chunks go to the workers in batches as they are encoded, so the workers start while
-        // the rest is still being encoded.
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        let mut first = true;
-        let mut pieces = items.chunks(size).peekable();
-        // Until the last batch is in, a concurrent `close` must not end the pool under it.
-        let _stream = Stream::open(&pool.shared);
-        while let Some(piece) = pieces.next() {
-            let chunk = match pool.chunk(&job, entry, piece, target) {
-                Ok(chunk) => chunk,
-                Err(e) => {
-                    drop(batch); // answers its chunks Terminated; nobody will read them
-                    // Chunks already handed out are withdrawn; running ones finish.
-                    pool.shared.withdraw(job.fail_waiting(&e));
-                    return Err(e);
-                }
-            };
-            bytes += chunk.payload.len();
-            batch.push(chunk);
-            if pieces.peek().is_none() {
-                job.seal();
-            }
-            if pieces.peek().is_none() || bytes >= SUBMIT_BYTES || batch.len() >= SUBMIT_CHUNKS {
-                pool.shared
-                    .submit(std::mem::take(&mut batch), std::mem::take(&mut first))?;
-                bytes = 0;
-            }
-        }
-        if first {
-            job.seal(); // no items: complete at once
-        }
-        Ok(AsyncResult::new(
-            job,
-            job::decode_all::<F::Output>,
-            target,
-            Arc::clone(&pool.shared),
-        ))
-    }
-
-    /// [`Pool::imap`] with this chunk size.
-    ///
-    /// ```
-    /// fn inc(n: u32) -> u32 {
-    ///     n + 1
-    /// }
-    /// let pool = mproc::Pool::new(2)?;
-    /// let v: Vec<u32> = pool.chunksize(4).imap(inc, 0..10)?.collect::<Result<_, _>>()?;
-    /// assert_eq!(v, (1..11).collect::<Vec<_>>());
-    /// # Ok::<(), mproc::Error>(())
-    /// ```
-    pub fn imap<'a, F, T, I>(&self, f: F, items: I) -> Result<Imap<'a, F::Output>, Error>
-    where
-        F: Target<(T,)>,
-        T: Serialize + DeserializeOwned + Send + 'static,
-        F::Output: Serialize + DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = T>,
-        I::IntoIter: 'a,
-    {
-        self.stream(f, items, true)
-    }
-
-    /// [`Pool::imap_unordered`] with this chunk size.
-    ///
-    /// ```
-    /// fn inc(n: u32) -> u32 {
-    ///     n + 1
-    /// }
-    /// let pool = mproc::Pool::new(2)?;
-    /// assert_eq!(pool.chunksize(4).imap_unordered(inc, 0..10)?.count(), 10);
-    /// # Ok::<(), mproc::Error>(())
-    /// ```
-    pub fn imap_unordered<'a, F, T, I>(&self, f: F, items: I) -> Result<Imap<'a, F::Output>, Error>
-    where
-        F: Target<(T,)>,
-        T: Serialize + DeserializeOwned + Send + 'static,
-        F::Output: Serialize + DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = T>,
-        I::IntoIter: 'a,
-    {
-        self.stream(f, items, false)
-    }
-
-    fn stream<'a, F, T, I>(
-        &self,
-        f: F,
-        items: I,
-        ordered: bool,
-    ) -> Result<Imap<'a, F::Output>, Error>
-    where
-        F: Target<(T,)>,
-        T: Serialize + DeserializeOwned + Send + 'static,
-        F::Output: Serialize + DeserializeOwned + Send + 'static,
-        I: IntoIterator<Item = T>,
-        I::IntoIter: 'a,
-    {
-        let _ = f;
-        let pool = self.pool;
-        pool.shared.check_open()?;
-        let size = match self.size {
-            Some(0) => return Err(Error::invalid("chunksize must be at least 1")),
-            Some(n) => n,
-            None => 1,
-        };
-        let target = type_name::<F>();
-        let mut input = items.into_iter().map(|t| (t,));
-        let feed: imap::Feed<'a> = Box::new(std::iter::from_fn(move || {
-            let piece: Vec<(T,)> = input.by_ref().take(size).collect();
-            (!piece.is_empty())
-                .then(|| task::encode_chunk(&piece, target).map(|enc| (enc, piece.len())))
-        }));
-        // Enough in flight to keep every worker's window full twice over.
-        let ahead = pool.processes * 4;
-        Ok(Imap::new(
-            Arc::clone(&pool.shared),
-            feed,
-            task::chunk_entry::<F, (T,)>(),
-            target,
-            ordered,
-            ahead,
-        ))
     }
 }

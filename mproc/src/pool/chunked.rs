@@ -1,0 +1,310 @@
+//! [`Chunked`]: the map family (`map`, `starmap`, `imap` and their `_async` forms) with a
+//! chunk size, chosen or Python's default: splits the input into chunks and submits them.
+
+use std::any::type_name;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::dispatcher::{Chunk, Shared};
+use super::imap::{self, Imap};
+use super::job::{self, JobState};
+use super::result::AsyncResult;
+use super::task;
+use crate::error::Error;
+use crate::wire::target::Target;
+
+/// A `map` submits its chunks in batches of about this many bytes (or chunks), so workers
+/// start on the first while the rest are encoded.
+const SUBMIT_BYTES: usize = 256 * 1024;
+const SUBMIT_CHUNKS: usize = 16384;
+
+/// Marks a job that is still submitting chunks, like an `imap`, for as long as it lives.
+struct Stream<'a>(&'a Shared);
+
+impl<'a> Stream<'a> {
+    fn open(shared: &'a Shared) -> Stream<'a> {
+        shared.stream_opened();
+        Stream(shared)
+    }
+}
+
+impl Drop for Stream<'_> {
+    fn drop(&mut self) {
+        self.0.stream_closed();
+    }
+}
+
+/// The map family with a chosen chunk size; made by [`Pool::chunksize`](crate::Pool::chunksize).
+///
+/// ```
+/// fn inc(n: u32) -> u32 {
+///     n + 1
+/// }
+/// let pool = mproc::Pool::new(2)?;
+/// let by_ten = pool.chunksize(10);
+/// assert_eq!(by_ten.map(inc, 0..3)?, [1, 2, 3]);
+/// assert_eq!(by_ten.imap(inc, 0..3)?.count(), 3);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+#[derive(Clone, Copy)]
+pub struct Chunked<'p> {
+    shared: &'p Arc<Shared>,
+    processes: usize,
+    size: Option<usize>,
+}
+
+impl std::fmt::Debug for Chunked<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chunked")
+            .field("processes", &self.processes)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+/// One chunk of `items` for the job.
+pub(super) fn chunk<A: Serialize>(
+    shared: &Shared,
+    job: &Arc<JobState>,
+    entry: i64,
+    items: &[A],
+    target: &str,
+) -> Result<Chunk, Error> {
+    let (payload, fds) = task::encode_chunk(items, target)?;
+    let id = shared.chunk_id();
+    let index = job.add_chunk(id, items.len());
+    Ok(Chunk::new(id, entry, payload, Arc::clone(job), index, items.len()).with_handles(fds))
+}
+
+impl<'p> Chunked<'p> {
+    /// The map family of a pool (`shared`, with `processes` workers) by chunks of `size`
+    /// (`None`: Python's default).
+    pub(super) fn new(shared: &'p Arc<Shared>, processes: usize, size: Option<usize>) -> Self {
+        Chunked {
+            shared,
+            processes,
+            size,
+        }
+    }
+
+    /// Python's rule for `map` when no size was chosen: `ceil(len / (4 * processes))`.
+    fn size_for(&self, len: usize) -> Result<usize, Error> {
+        match self.size {
+            Some(0) => Err(Error::invalid("chunksize must be at least 1")),
+            Some(n) => Ok(n),
+            None => Ok(len.div_ceil(4 * self.processes).max(1)),
+        }
+    }
+
+    /// [`Pool::map`](crate::Pool::map) with this chunk size.
+    ///
+    /// ```
+    /// fn inc(n: u32) -> u32 {
+    ///     n + 1
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert_eq!(pool.chunksize(1).map(inc, [1, 2])?, [2, 3]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn map<F, T, I>(&self, f: F, items: I) -> Result<Vec<F::Output>, Error>
+    where
+        F: Target<(T,)>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = T>,
+    {
+        self.map_async(f, items)?.get()
+    }
+
+    /// [`Pool::map_async`](crate::Pool::map_async) with this chunk size.
+    ///
+    /// ```
+    /// fn inc(n: u32) -> u32 {
+    ///     n + 1
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert_eq!(pool.chunksize(1).map_async(inc, [1, 2])?.get()?, [2, 3]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn map_async<F, T, I>(&self, f: F, items: I) -> Result<AsyncResult<Vec<F::Output>>, Error>
+    where
+        F: Target<(T,)>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = T>,
+    {
+        self.starmap_async(f, items.into_iter().map(|t| (t,)))
+    }
+
+    /// [`Pool::starmap`](crate::Pool::starmap) with this chunk size.
+    ///
+    /// ```
+    /// fn add(a: i32, b: i32) -> i32 {
+    ///     a + b
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert_eq!(pool.chunksize(1).starmap(add, [(1, 1)])?, [2]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn starmap<F, A, I>(&self, f: F, items: I) -> Result<Vec<F::Output>, Error>
+    where
+        F: Target<A>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.starmap_async(f, items)?.get()
+    }
+
+    /// [`Pool::starmap_async`](crate::Pool::starmap_async) with this chunk size.
+    ///
+    /// ```
+    /// fn add(a: i32, b: i32) -> i32 {
+    ///     a + b
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert_eq!(pool.chunksize(1).starmap_async(add, [(1, 1)])?.get()?, [2]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn starmap_async<F, A, I>(
+        &self,
+        f: F,
+        items: I,
+    ) -> Result<AsyncResult<Vec<F::Output>>, Error>
+    where
+        F: Target<A>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let _ = f;
+        self.shared.check_open()?;
+        let items: Vec<A> = items.into_iter().collect();
+        let size = self.size_for(items.len())?;
+        let target = type_name::<F>();
+        let entry = task::chunk_entry::<F, A>();
+        let job = JobState::new();
+        // Chunks go to the workers in batches as they are encoded, so the workers start while
+        // the rest is still being encoded.
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut first = true;
+        let mut pieces = items.chunks(size).peekable();
+        // Until the last batch is in, a concurrent `close` must not end the pool under it.
+        let _stream = Stream::open(self.shared);
+        while let Some(piece) = pieces.next() {
+            let chunk = match chunk(self.shared, &job, entry, piece, target) {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    drop(batch); // answers its chunks Terminated; nobody will read them
+                    // Chunks already handed out are withdrawn; running ones finish.
+                    self.shared.withdraw(job.fail_waiting(&e));
+                    return Err(e);
+                }
+            };
+            bytes += chunk.payload.len();
+            batch.push(chunk);
+            if pieces.peek().is_none() {
+                job.seal();
+            }
+            if pieces.peek().is_none() || bytes >= SUBMIT_BYTES || batch.len() >= SUBMIT_CHUNKS {
+                self.shared
+                    .submit(std::mem::take(&mut batch), std::mem::take(&mut first))?;
+                bytes = 0;
+            }
+        }
+        if first {
+            job.seal(); // no items: complete at once
+        }
+        Ok(AsyncResult::new(
+            job,
+            job::decode_all::<F::Output>,
+            target,
+            Arc::clone(self.shared),
+        ))
+    }
+
+    /// [`Pool::imap`](crate::Pool::imap) with this chunk size.
+    ///
+    /// ```
+    /// fn inc(n: u32) -> u32 {
+    ///     n + 1
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// let v: Vec<u32> = pool.chunksize(4).imap(inc, 0..10)?.collect::<Result<_, _>>()?;
+    /// assert_eq!(v, (1..11).collect::<Vec<_>>());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn imap<'a, F, T, I>(&self, f: F, items: I) -> Result<Imap<'a, F::Output>, Error>
+    where
+        F: Target<(T,)>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = T>,
+        I::IntoIter: 'a,
+    {
+        self.stream(f, items, true)
+    }
+
+    /// [`Pool::imap_unordered`](crate::Pool::imap_unordered) with this chunk size.
+    ///
+    /// ```
+    /// fn inc(n: u32) -> u32 {
+    ///     n + 1
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert_eq!(pool.chunksize(4).imap_unordered(inc, 0..10)?.count(), 10);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn imap_unordered<'a, F, T, I>(&self, f: F, items: I) -> Result<Imap<'a, F::Output>, Error>
+    where
+        F: Target<(T,)>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = T>,
+        I::IntoIter: 'a,
+    {
+        self.stream(f, items, false)
+    }
+
+    fn stream<'a, F, T, I>(
+        &self,
+        f: F,
+        items: I,
+        ordered: bool,
+    ) -> Result<Imap<'a, F::Output>, Error>
+    where
+        F: Target<(T,)>,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = T>,
+        I::IntoIter: 'a,
+    {
+        let _ = f;
+        self.shared.check_open()?;
+        let size = match self.size {
+            Some(0) => return Err(Error::invalid("chunksize must be at least 1")),
+            Some(n) => n,
+            None => 1,
+        };
+        let target = type_name::<F>();
+        let mut input = items.into_iter().map(|t| (t,));
+        let feed: imap::Feed<'a> = Box::new(std::iter::from_fn(move || {
+            let piece: Vec<(T,)> = input.by_ref().take(size).collect();
+            (!piece.is_empty())
+                .then(|| task::encode_chunk(&piece, target).map(|enc| (enc, piece.len())))
+        }));
+        // Enough in flight to keep every worker's window full twice over.
+        let ahead = self.processes * 4;
+        Ok(Imap::new(
+            Arc::clone(self.shared),
+            feed,
+            task::chunk_entry::<F, (T,)>(),
+            target,
+            ordered,
+            ahead,
+        ))
+    }
+}

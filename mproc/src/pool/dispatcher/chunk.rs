@@ -1,0 +1,96 @@
+//! A chunk of one job as the dispatcher moves it: queued, in a worker's order, taken back,
+//! answered. Dropped unanswered (the pool is going away), it answers `Terminated`, so no
+//! waiter is ever left without an answer.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use crate::error::{Error, ErrorKind};
+use crate::pool::job::{ChunkOutcome, JobState};
+
+/// One chunk: its arguments (encoded) and where its answer goes.
+pub(crate) struct Chunk {
+    pub(crate) id: u64,
+    pub(crate) entry: i64,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) job: Arc<JobState>,
+    pub(crate) index: usize,
+    pub(crate) items: usize,
+    answered: bool,
+    /// Taken back from a worker that holds it but had not taken it (it will skip it): this is
+    /// the inert entry left in that worker's order; a copy went back to the queue.
+    pub(super) revoked: bool,
+    /// Descriptors of the handles among its arguments: such a chunk goes on the socket.
+    pub(super) handles: Vec<OwnedFd>,
+}
+
+impl Chunk {
+    pub(crate) fn new(
+        id: u64,
+        entry: i64,
+        payload: Vec<u8>,
+        job: Arc<JobState>,
+        index: usize,
+        items: usize,
+    ) -> Chunk {
+        Chunk {
+            id,
+            entry,
+            payload,
+            job,
+            index,
+            items,
+            answered: false,
+            revoked: false,
+            handles: Vec::new(),
+        }
+    }
+
+    /// The descriptors of the handles among its arguments.
+    pub(crate) fn with_handles(mut self, handles: Vec<OwnedFd>) -> Chunk {
+        self.handles = handles;
+        self
+    }
+
+    /// Gives the job this chunk's answer (an inert revoked entry has none to give: its copy
+    /// answers).
+    pub(super) fn finish(mut self, outcome: ChunkOutcome) {
+        if !self.revoked {
+            self.job.deliver(self.index, outcome);
+        }
+        self.answered = true;
+    }
+
+    /// Leaves an inert entry here and returns the live copy (same id, same slot).
+    pub(super) fn revoke(&mut self) -> Chunk {
+        self.revoked = true;
+        self.answered = true;
+        Chunk::new(
+            self.id,
+            self.entry,
+            std::mem::take(&mut self.payload),
+            Arc::clone(&self.job),
+            self.index,
+            self.items,
+        )
+        .with_handles(std::mem::take(&mut self.handles))
+    }
+
+    pub(super) fn fail(self, err: Error) {
+        self.finish(Err(err));
+    }
+
+    /// Whether the job already has an answer for it (it was cancelled).
+    pub(super) fn answered(&self) -> bool {
+        self.job.is_answered(self.index)
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.job
+                .deliver(self.index, Err(ErrorKind::Terminated.into()));
+        }
+    }
+}

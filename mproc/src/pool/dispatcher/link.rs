@@ -1,0 +1,114 @@
+//! [`Link`]: one worker as the dispatcher's loop reaches it, whatever kind of worker it is.
+//!
+//! The loop keeps the books (which chunks a worker holds, in order; its [`WorkerState`];
+//! its pace) and makes every decision; a link only carries: chunks out, answers and notes
+//! in, the worker's count of tasks taken and the claim on each, the sleep words that spare
+//! wake-ups, and the worker's end. Today's one kind is [`LocalLink`]: a child process with
+//! its lane. A remote kind implements the same trait, and the loop does not change.
+//!
+//! Every method is called on the dispatcher's thread or by a thread holding its state. The
+//! loop is generic over the kind (static dispatch), so the local kind costs what its code did
+//! before it was behind this trait. `dispatcher/tests.rs` drives the loop through a fake kind.
+//!
+//! [`WorkerState`]: super::state::WorkerState
+//! [`LocalLink`]: super::local::LocalLink
+
+use std::os::fd::RawFd;
+use std::time::Instant;
+
+use super::chunk::Chunk;
+use super::config::Config;
+use crate::error::Error;
+use crate::sys::fd;
+
+/// One answer: the chunk's id and its outcome (the encoded values, or why it failed).
+pub(crate) type Answer = (u64, Result<serde_bytes::ByteBuf, Error>);
+
+/// What became of a chunk offered to a worker.
+pub(crate) enum Sent {
+    /// It is in the worker's order, behind those it holds.
+    Placed,
+    /// The worker has no room now: offer it later.
+    Full,
+    /// The chunk cannot be sent (its handles could not be passed): it fails with this.
+    Refused(Error),
+    /// The worker broke the protocol (its lane is corrupt): condemn it, offer the chunk
+    /// elsewhere.
+    Broken(Error),
+}
+
+/// What a worker said besides answers.
+pub(crate) enum Note {
+    /// Its initializer ran: it takes chunks.
+    Ready,
+    /// Its initializer failed: the pool is broken.
+    InitFailed(Error),
+    /// It can say nothing more: it is exiting.
+    Closed,
+    /// It broke the protocol: it cannot be trusted with more work.
+    Garbage(Error),
+}
+
+/// What `poll` said of a worker's descriptors.
+pub(crate) struct Polled {
+    /// It has something to read (notes, answers).
+    pub(crate) read: bool,
+    /// It may have ended.
+    pub(crate) exited: bool,
+}
+
+/// One worker, as the dispatcher's loop talks to it.
+pub(crate) trait Link: Sized {
+    /// Starts a worker as `config` says.
+    fn launch(config: &Config) -> Result<Self, Error>;
+
+    /// Offers `chunk`, behind the ones the worker holds (`scratch`: a buffer to encode in).
+    fn send(&mut self, chunk: &Chunk, scratch: &mut Vec<u8>) -> Sent;
+
+    /// Tells it to exit once it has answered what it holds.
+    fn stop(&mut self);
+
+    /// Writes what it can of what waits to be sent, without blocking.
+    fn flush(&mut self);
+
+    /// Whether something still waits to be sent (the loop then waits for room to write).
+    fn queued(&self) -> bool;
+
+    /// Its next answer, in the order its chunks were sent; `Ok(None)` when none is there yet;
+    /// `Err` when it broke the protocol.
+    fn next_answer(&mut self, scratch: &mut Vec<u8>) -> Result<Option<Answer>, Error>;
+
+    /// Its next note, if it said one.
+    fn next_note(&mut self) -> Option<Note>;
+
+    /// How many chunks it has taken (each counted before it runs).
+    fn started(&self) -> u64;
+
+    /// Takes back its `task`-th chunk (counting from 1), unless it has claimed it: exactly
+    /// one of the two wins. Returns whether the dispatcher won (the worker skips it).
+    fn revoke(&self, task: u64) -> bool;
+
+    /// Before the reader sleeps: marks it asleep, so the worker wakes it after its next
+    /// answer. `false` if an answer came meanwhile (read it first).
+    fn prepare_sleep(&self) -> bool;
+
+    /// The reader is awake: the worker publishes answers without waking anyone.
+    fn awake(&self);
+
+    /// Adds the descriptors to wait on for it to `fds` (`write`: wait for room to write what
+    /// is queued, too); returns how many.
+    fn watch(&self, fds: &mut Vec<(RawFd, bool)>, write: bool) -> usize;
+
+    /// Takes what `poll` reported for the descriptors `watch` added (writing what it can).
+    fn polled(&mut self, ready: &[fd::Ready]) -> Polled;
+
+    /// Once it has ended: the error for chunks lost with it. After this, answers it sent
+    /// before the end are still read, then nothing.
+    fn exited(&mut self) -> Option<Error>;
+
+    /// Kills it; its end is seen through [`exited`](Link::exited).
+    fn kill(&mut self);
+
+    /// Waits until it has ended, or `deadline`; whether it has.
+    fn wait(&mut self, deadline: Option<Instant>) -> bool;
+}

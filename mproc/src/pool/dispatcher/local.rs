@@ -1,0 +1,274 @@
+//! [`LocalLink`]: a worker that is a child process of this one. Chunks and answers travel in
+//! its lane (shared memory, see `sys/lane.rs`); what goes on its socket (large frames with a
+//! placeholder in the lane that keeps their place in the order, wake-ups, `Stop`) goes
+//! through its outbox, so one slow worker never blocks the others.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::time::Instant;
+
+use super::chunk::Chunk;
+use super::config::Config;
+use super::link::{Answer, Link, Note, Polled, Sent};
+use crate::channel::{self, Outbox};
+use crate::error::{Error, ErrorKind};
+use crate::pool::task;
+use crate::process;
+use crate::start::{self, Child, StartMethod};
+use crate::sys::exe;
+use crate::sys::fd;
+use crate::sys::lane::{Corrupt, Lane};
+use crate::sys::proc::Exit;
+use crate::wire::codec;
+use crate::wire::message::{FromWorker, PoolWorkerSpec, Role, Start, ToWorker};
+
+/// A child process serving the pool, and the ways to it.
+pub(crate) struct LocalLink {
+    child: Child,
+    name: String,
+    /// Whether its control socket can still be read.
+    ctrl_open: bool,
+    outbox: Outbox,
+    /// The shared-memory rings its tasks and answers travel in.
+    lane: Lane,
+    /// Answers that came on the socket (too large for the lane), in order, each waiting for
+    /// its placeholder in the lane.
+    socket_answers: VecDeque<Answer>,
+    /// Placeholders met in the lane whose answers have not come on the socket yet; the lane is
+    /// not read past them.
+    placeholders: usize,
+    /// Its exit was seen: an answer that came on the socket just before, without its
+    /// placeholder, is taken in its turn.
+    gone: bool,
+}
+
+impl Link for LocalLink {
+    fn launch(config: &Config) -> Result<LocalLink, Error> {
+        let (number, lineage) = process::next_child();
+        let prefix = match config.method {
+            StartMethod::Fork => "ForkPoolWorker",
+            StartMethod::Spawn => "SpawnPoolWorker",
+            StartMethod::Forkserver => "ForkServerPoolWorker",
+        };
+        let name = format!("{prefix}-{number}");
+        let start = Start {
+            handles: config.init_fds.len() as u32,
+            identity: exe::identity(),
+            entry: task::worker_entry(),
+            target: "mproc::Pool worker".into(),
+            name: name.clone(),
+            lineage,
+            args: Vec::new(),
+            role: Role::PoolWorker(PoolWorkerSpec {
+                init: config
+                    .init
+                    .as_ref()
+                    .map(|(entry, args)| (*entry, serde_bytes::ByteBuf::from(args.clone()))),
+            }),
+        };
+        let init_fds: Vec<_> = config.init_fds.iter().map(AsFd::as_fd).collect();
+        let mut child = start::launch(config.method, &channel::encode_message(&start)?, &init_fds)?;
+        let (lane, file) =
+            Lane::create().map_err(|e| Error::os("creating a pool worker's lane", e))?;
+        // Small, but the start message before it may still fill the socket: bounded, like it.
+        let lane_message = channel::encode_message(&ToWorker::<&[u8]>::Lane)?;
+        let sent = child.channel().send_frame_until(
+            &lane_message,
+            &[file.as_fd()],
+            fd::deadline_after(start::PATIENCE),
+        );
+        drop(file);
+        if let Err(e) = sent {
+            let _ = child.signal(libc::SIGKILL);
+            return Err(e);
+        }
+        Ok(LocalLink {
+            child,
+            name,
+            ctrl_open: true,
+            outbox: Outbox::default(),
+            lane,
+            socket_answers: VecDeque::new(),
+            placeholders: 0,
+            gone: false,
+        })
+    }
+
+    fn send(&mut self, chunk: &Chunk, scratch: &mut Vec<u8>) -> Sent {
+        let task = ToWorker::Task {
+            id: chunk.id,
+            entry: chunk.entry,
+            payload: chunk.payload.as_slice(),
+            handles: chunk.handles.len() as u32,
+        };
+        // Small tasks go in the lane; a large one (or one carrying handles' descriptors) on
+        // the socket, with a placeholder in the lane that keeps its place in the order.
+        let small = chunk.handles.is_empty() && codec::encoded_len(&task).is_ok_and(Lane::fits);
+        scratch.clear();
+        let placed = if small {
+            let _ = codec::encode_into(scratch, &task);
+            self.lane.push(scratch)
+        } else {
+            let _ = codec::encode_into(scratch, &ToWorker::<&[u8]>::OnSocket);
+            match self.lane.has_room(scratch.len()) {
+                Ok(true) => {
+                    let copies = chunk
+                        .handles
+                        .iter()
+                        .map(|fd| fd::dup_above(fd.as_fd(), 0))
+                        .collect::<Result<Vec<_>, _>>();
+                    let pushed = match copies {
+                        Ok(fds) => self.outbox.push_with_fds(&task, fds),
+                        Err(e) => Err(Error::os("passing a handle to a pool worker", e)),
+                    };
+                    if let Err(e) = pushed {
+                        return Sent::Refused(e);
+                    }
+                    // It had room a moment ago and only this thread writes: a refusal now
+                    // means the worker tampered with the lane (it is killed, so the task
+                    // already queued on its socket never runs).
+                    match self.lane.push(scratch) {
+                        Ok(true) => Ok(true),
+                        _ => Err(Corrupt),
+                    }
+                }
+                other => other,
+            }
+        };
+        match placed {
+            Ok(true) => {
+                if self.lane.peer_needs_wake() {
+                    let _ = self.outbox.push(&ToWorker::<&[u8]>::Wake);
+                }
+                Sent::Placed
+            }
+            Ok(false) => Sent::Full,
+            Err(Corrupt) => Sent::Broken(Error::protocol("a pool worker corrupted its lane")),
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.outbox.push(&ToWorker::<&[u8]>::Stop);
+    }
+
+    /// A worker whose socket is broken is dying; its exit is handled when it is seen.
+    fn flush(&mut self) {
+        let _ = self.outbox.flush(self.child.channel());
+    }
+
+    fn queued(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
+    /// Reads the lane, in order, taking large answers from the socket at their placeholders.
+    fn next_answer(&mut self, scratch: &mut Vec<u8>) -> Result<Option<Answer>, Error> {
+        loop {
+            if self.placeholders > 0 {
+                let Some(answer) = self.socket_answers.pop_front() else {
+                    return Ok(None); // the lane waits for the socket
+                };
+                self.placeholders -= 1;
+                return Ok(Some(answer));
+            }
+            match self.lane.pop_into(scratch) {
+                Ok(true) => {}
+                Ok(false) if self.gone => return Ok(self.socket_answers.pop_front()),
+                Ok(false) => return Ok(None),
+                Err(Corrupt) => return Err(Error::protocol("a pool worker corrupted its lane")),
+            }
+            match channel::decode_message::<FromWorker>(scratch) {
+                Ok(FromWorker::Done { id, result }) => return Ok(Some((id, result))),
+                Ok(FromWorker::OnSocket) => self.placeholders += 1,
+                Ok(_) | Err(_) => {
+                    return Err(Error::protocol("a pool worker wrote garbage in its lane"));
+                }
+            }
+        }
+    }
+
+    /// Reads its socket: answers there wait for their place in the lane's order.
+    fn next_note(&mut self) -> Option<Note> {
+        while self.ctrl_open {
+            let frame = match self.child.channel().try_recv_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return None,
+                Err(e) => {
+                    // Closed, or garbage that cannot be framed: either way it can say nothing
+                    // more. Closed mid-frame is a death while sending (its exit tells how),
+                    // not garbage.
+                    self.ctrl_open = false;
+                    if *e.kind() != ErrorKind::Closed && !self.child.channel().at_eof() {
+                        return Some(Note::Garbage(e));
+                    }
+                    return Some(Note::Closed);
+                }
+            };
+            match channel::decode_message::<FromWorker>(&frame) {
+                Ok(FromWorker::Ready) => return Some(Note::Ready),
+                Ok(FromWorker::InitFailed(e)) => return Some(Note::InitFailed(e)),
+                Ok(FromWorker::Done { id, result }) => self.socket_answers.push_back((id, result)),
+                Ok(FromWorker::Wake) => {}
+                Ok(FromWorker::OnSocket) => {
+                    return Some(Note::Garbage(Error::protocol(
+                        "a pool worker sent a lane message",
+                    )));
+                }
+                Err(e) => return Some(Note::Garbage(e)),
+            }
+        }
+        None
+    }
+
+    fn started(&self) -> u64 {
+        self.lane.started()
+    }
+
+    fn revoke(&self, task: u64) -> bool {
+        self.lane.revoke(task)
+    }
+
+    fn prepare_sleep(&self) -> bool {
+        self.lane.prepare_sleep()
+    }
+
+    fn awake(&self) {
+        self.lane.awake();
+    }
+
+    /// Its exit descriptor and, while open, its control socket.
+    fn watch(&self, fds: &mut Vec<(RawFd, bool)>, write: bool) -> usize {
+        fds.push((self.child.exit_fd().as_raw_fd(), false));
+        if !self.ctrl_open {
+            return 1;
+        }
+        let write = write && !self.outbox.is_empty();
+        fds.push((self.child.channel_fd().as_raw_fd(), write));
+        2
+    }
+
+    fn polled(&mut self, ready: &[fd::Ready]) -> Polled {
+        let exit = ready.first().copied().unwrap_or_default();
+        let ctrl = ready.get(1).copied().unwrap_or_default();
+        if ctrl.writable {
+            let _ = self.outbox.flush(self.child.channel());
+        }
+        Polled {
+            read: ctrl.readable || ctrl.hangup,
+            exited: exit.readable || exit.hangup,
+        }
+    }
+
+    fn exited(&mut self) -> Option<Error> {
+        let exit = self.child.poll_exit().unwrap_or(Some(Exit::Unknown))?;
+        self.gone = true;
+        Some(Error::lost(&self.name, self.child.pid(), exit))
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.signal(libc::SIGKILL);
+    }
+
+    fn wait(&mut self, deadline: Option<Instant>) -> bool {
+        matches!(self.child.wait(deadline), Ok(Some(_)))
+    }
+}

@@ -1,0 +1,246 @@
+//! The API side of the dispatcher: [`Shared`]'s methods that `Pool`, `AsyncResult` and `Imap`
+//! call to submit chunks, cancel them, close or terminate the pool, and, while waiting, help
+//! the dispatcher read the workers' lanes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::Instant;
+
+use super::chunk::Chunk;
+use super::{Command, Inbox, Shared};
+use crate::error::{Error, ErrorKind};
+use crate::pool::job;
+use crate::sys::fd::EventFd;
+
+impl Shared {
+    pub(crate) fn new() -> Result<Arc<Shared>, Error> {
+        Ok(Arc::new(Shared {
+            inbox: Mutex::new(Inbox::default()),
+            state: Mutex::new(None),
+            finished: Condvar::new(),
+            wake: EventFd::new()
+                .map_err(|e| Error::os("creating the pool's wake-up eventfd", e))?,
+            next_chunk: AtomicU64::new(1),
+            posted: AtomicU64::new(0),
+            wanted: AtomicBool::new(false),
+            generation: crate::sys::proc::fork_generation(),
+        }))
+    }
+
+    /// Whether this process is a fork child of the one that made the pool.
+    pub(crate) fn foreign(&self) -> bool {
+        crate::sys::proc::fork_generation() != self.generation
+    }
+
+    /// The error for using a pool in a fork child of its process.
+    pub(crate) fn foreign_error() -> Error {
+        Error::invalid(
+            "this Pool belongs to the process that created it; a forked child cannot use it \
+             (create a pool in the child instead)",
+        )
+    }
+
+    fn send(&self, inbox: &mut Inbox, command: Command) {
+        inbox.commands.push_back(command);
+        self.posted.fetch_add(1, Ordering::Relaxed);
+        self.wake.notify();
+    }
+
+    /// Called by a thread waiting for `done()`: if the dispatcher sleeps in `poll`, this thread
+    /// reads the workers' lanes itself until `done()`, `until`, or a command for the
+    /// dispatcher arrives. Meanwhile the workers are told the dispatcher is awake, so they
+    /// publish answers without waking anyone: a quick answer costs no system call on either
+    /// side. Before letting go it sets the sleep words back as the dispatcher left them (and
+    /// wakes the dispatcher if anything arrived meanwhile), so nothing published goes unseen.
+    /// Callbacks of jobs it completes run after it has let go.
+    pub(crate) fn help(&self, done: &dyn Fn() -> bool, until: Instant) -> bool {
+        if self.wanted.load(Ordering::Relaxed) || self.foreign() {
+            return false;
+        }
+        let Ok(mut state) = self.state.try_lock() else {
+            return false;
+        };
+        let Some(d) = state.as_mut().filter(|d| d.broken.is_none()) else {
+            return false;
+        };
+        let posted = self.posted.load(Ordering::Relaxed);
+        // If this unwinds (a bug), the sleep words may be left clear: wake the dispatcher,
+        // whose next turn reads every lane and sets them again.
+        struct WakeOnUnwind<'a>(&'a EventFd);
+        impl Drop for WakeOnUnwind<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.notify();
+                }
+            }
+        }
+        let _unwind = WakeOnUnwind(&self.wake);
+        let callbacks = job::deferring_callbacks(|| {
+            for round in 1u32.. {
+                d.drain_lanes();
+                if done()
+                    || Instant::now() >= until
+                    || self.posted.load(Ordering::Relaxed) != posted
+                    || self.wanted.load(Ordering::Relaxed)
+                {
+                    break;
+                }
+                // Let a worker or the dispatcher that waits for this CPU have it.
+                if round % 64 == 0 {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            d.assign();
+            d.flush();
+            let rested = (0..4).any(|_| {
+                let rested = d.prepare_sleep();
+                if !rested {
+                    d.drain_lanes();
+                }
+                rested
+            });
+            if !rested || d.needs_attention() {
+                self.wake.notify();
+            }
+        });
+        drop(state);
+        job::run_callbacks(callbacks);
+        true
+    }
+
+    /// A fresh chunk id.
+    pub(crate) fn chunk_id(&self) -> u64 {
+        self.next_chunk.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether new jobs are accepted; the error to give if not.
+    pub(crate) fn check_open(&self) -> Result<(), Error> {
+        if self.foreign() {
+            return Err(Shared::foreign_error());
+        }
+        refusal(&self.inbox(), true).map_or(Ok(()), Err)
+    }
+
+    /// Queues chunks. A new job is refused once the pool is closed; more chunks of a job
+    /// submitted before (an `imap` pulling its input) are taken until the dispatcher stops.
+    pub(crate) fn submit(&self, chunks: Vec<Chunk>, new_job: bool) -> Result<(), Error> {
+        if self.foreign() {
+            let e = Shared::foreign_error();
+            for c in chunks {
+                c.fail(e.clone());
+            }
+            return Err(e);
+        }
+        let mut inbox = self.inbox();
+        if let Some(e) = refusal(&inbox, new_job) {
+            drop(inbox);
+            for c in chunks {
+                c.fail(e.clone());
+            }
+            return Err(e);
+        }
+        // The fast path: the dispatcher is waiting, so assign and write here. Never blocks:
+        // the inbox is held, and the dispatcher takes the inbox while holding the state.
+        let chunks = match self.state.try_lock() {
+            Ok(mut state) => match state.as_mut() {
+                Some(d) if inbox.commands.is_empty() && d.broken.is_none() => {
+                    d.queue.extend(chunks);
+                    d.assign();
+                    d.flush();
+                    if d.needs_attention() {
+                        self.wake.notify();
+                    }
+                    return Ok(());
+                }
+                _ => chunks,
+            },
+            Err(_) => chunks,
+        };
+        self.send(&mut inbox, Command::Submit(chunks));
+        Ok(())
+    }
+
+    pub(crate) fn cancel(&self, ids: Vec<u64>) {
+        if self.foreign() {
+            return;
+        }
+        let mut inbox = self.inbox();
+        self.send(&mut inbox, Command::Cancel(ids));
+    }
+
+    /// Like [`Shared::cancel`], but chunks already running finish (their answers are dropped):
+    /// for work the caller abandons, not work that must stop.
+    pub(crate) fn withdraw(&self, ids: Vec<u64>) {
+        if self.foreign() {
+            return;
+        }
+        let mut inbox = self.inbox();
+        self.send(&mut inbox, Command::Withdraw(ids));
+    }
+
+    pub(crate) fn close(&self) {
+        if self.foreign() {
+            return;
+        }
+        let mut inbox = self.inbox();
+        if !inbox.closed {
+            inbox.closed = true;
+            self.send(&mut inbox, Command::Close);
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.inbox().closed
+    }
+
+    pub(crate) fn terminate(&self) {
+        if self.foreign() {
+            return;
+        }
+        let mut inbox = self.inbox();
+        inbox.closed = true;
+        inbox
+            .stopped
+            .get_or_insert_with(|| ErrorKind::Terminated.into());
+        self.send(&mut inbox, Command::Terminate);
+    }
+
+    /// An `imap` iterator starts: a closed pool keeps serving it.
+    pub(crate) fn stream_opened(&self) {
+        self.inbox().streams += 1;
+    }
+
+    /// An `imap` iterator has submitted its last chunk (or was dropped).
+    pub(crate) fn stream_closed(&self) {
+        if self.foreign() {
+            return;
+        }
+        let mut inbox = self.inbox();
+        inbox.streams = inbox.streams.saturating_sub(1);
+        self.send(&mut inbox, Command::Wake);
+    }
+
+    /// Waits until the dispatcher has finished.
+    pub(crate) fn wait_finished(&self) {
+        if self.foreign() {
+            return; // nothing runs here to finish
+        }
+        let mut inbox = self.inbox();
+        while !inbox.finished {
+            inbox = self.finished.wait(inbox).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Why a submission must be refused, if it must.
+fn refusal(inbox: &Inbox, new_job: bool) -> Option<Error> {
+    match (&inbox.broken, &inbox.stopped) {
+        (Some(e), _) => Some(e.clone()),
+        (None, Some(_)) => Some(ErrorKind::PoolClosed.into()),
+        _ if new_job && inbox.closed => Some(ErrorKind::PoolClosed.into()),
+        _ => None,
+    }
+}

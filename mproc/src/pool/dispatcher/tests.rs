@@ -1,0 +1,263 @@
+//! The loop driven through a fake [`Link`]: every rule of the books (who gets a chunk, what a
+//! death, a timeout or a retirement does to what a worker held) without a child process. The
+//! fake is also the proof that a second kind of worker plugs in without touching the loop.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::link::{Answer, Link, Note, Polled, Sent};
+use super::{Chunk, Config, Dispatcher, Shared};
+use crate::error::{Error, ErrorKind};
+use crate::pool::job::JobState;
+use crate::start::StartMethod;
+use crate::sys::fd;
+use crate::sys::proc::Exit;
+
+/// What a fake worker was sent and will say; the test plays the worker.
+#[derive(Default)]
+struct Fake {
+    sent: Vec<u64>,
+    answers: VecDeque<Answer>,
+    notes: VecDeque<Note>,
+    started: u64,
+    stopped: bool,
+    dead: bool,
+}
+
+type Handle = Rc<RefCell<Fake>>;
+
+thread_local! {
+    /// Every fake launched on this thread, in order.
+    static LAUNCHED: RefCell<Vec<Handle>> = const { RefCell::new(Vec::new()) };
+}
+
+fn launched() -> Vec<Handle> {
+    LAUNCHED.with(|l| l.borrow().clone())
+}
+
+struct FakeLink(Handle);
+
+impl Link for FakeLink {
+    fn launch(_: &Config) -> Result<Self, Error> {
+        let fake = Handle::default();
+        LAUNCHED.with(|l| l.borrow_mut().push(Rc::clone(&fake)));
+        Ok(FakeLink(fake))
+    }
+    fn send(&mut self, chunk: &Chunk, _: &mut Vec<u8>) -> Sent {
+        self.0.borrow_mut().sent.push(chunk.id);
+        Sent::Placed
+    }
+    fn stop(&mut self) {
+        self.0.borrow_mut().stopped = true;
+    }
+    fn flush(&mut self) {}
+    fn queued(&self) -> bool {
+        false
+    }
+    fn next_answer(&mut self, _: &mut Vec<u8>) -> Result<Option<Answer>, Error> {
+        Ok(self.0.borrow_mut().answers.pop_front())
+    }
+    fn next_note(&mut self) -> Option<Note> {
+        self.0.borrow_mut().notes.pop_front()
+    }
+    fn started(&self) -> u64 {
+        self.0.borrow().started
+    }
+    fn revoke(&self, task: u64) -> bool {
+        task > self.0.borrow().started
+    }
+    fn prepare_sleep(&self) -> bool {
+        true
+    }
+    fn awake(&self) {}
+    fn watch(&self, _: &mut Vec<(RawFd, bool)>, _: bool) -> usize {
+        0
+    }
+    fn polled(&mut self, _: &[fd::Ready]) -> Polled {
+        Polled {
+            read: true,
+            exited: self.0.borrow().dead,
+        }
+    }
+    fn exited(&mut self) -> Option<Error> {
+        let dead = self.0.borrow().dead;
+        dead.then(|| Error::lost("fake", 1, Exit::Unknown))
+    }
+    fn kill(&mut self) {
+        self.0.borrow_mut().dead = true;
+    }
+    fn wait(&mut self, _: Option<Instant>) -> bool {
+        true
+    }
+}
+
+fn dispatcher(processes: usize, tweak: impl FnOnce(&mut Config)) -> Dispatcher<FakeLink> {
+    let mut config = Config {
+        processes,
+        method: StartMethod::Fork,
+        init: None,
+        init_fds: Vec::new(),
+        init_args: None,
+        max_tasks_per_child: None,
+        task_timeout: None,
+    };
+    tweak(&mut config);
+    Dispatcher::new(Shared::new().unwrap(), config).unwrap()
+}
+
+/// Submits one single-item chunk per id, as `Pool` does.
+fn submit(d: &Dispatcher<FakeLink>, ids: &[u64]) -> Arc<JobState> {
+    let job = JobState::new();
+    let chunks = ids
+        .iter()
+        .map(|&id| {
+            let index = job.add_chunk(id, 1);
+            Chunk::new(id, 0, Vec::new(), Arc::clone(&job), index, 1)
+        })
+        .collect();
+    job.seal();
+    d.shared.submit(chunks, true).unwrap();
+    job
+}
+
+/// One turn of the loop and what `poll` would have reported.
+fn round(d: &mut Dispatcher<FakeLink>) {
+    let plan = d.turn().unwrap();
+    let ready = vec![fd::Ready::default(); plan.fds.len()];
+    d.handle(&plan, &ready);
+}
+
+fn ready(fake: &Handle) {
+    fake.borrow_mut().notes.push_back(Note::Ready);
+}
+
+fn answer(fake: &Handle, id: u64) {
+    let mut fake = fake.borrow_mut();
+    fake.started += 1;
+    let bytes = serde_bytes::ByteBuf::from(id.to_le_bytes().to_vec());
+    fake.answers.push_back((id, Ok(bytes)));
+}
+
+/// Chunk `index`'s outcome: `None` while unanswered, else its error kind (`None` inside for
+/// success).
+fn outcome(job: &JobState, index: usize) -> Option<Option<ErrorKind>> {
+    let mut inner = job.lock();
+    let slot = inner.slot_mut(index)?;
+    let outcome = slot.outcome.as_ref()?;
+    Some(outcome.as_ref().err().map(|e| e.kind().clone()))
+}
+
+#[test]
+fn only_ready_workers_get_chunks_least_loaded_first() {
+    let mut d = dispatcher(2, |_| {});
+    let job = submit(&d, &[1, 2, 3, 4]);
+    round(&mut d);
+    let fakes = launched();
+    assert!(fakes.iter().all(|f| f.borrow().sent.is_empty()));
+    ready(&fakes[0]);
+    ready(&fakes[1]);
+    round(&mut d); // reads `Ready`
+    round(&mut d); // assigns
+    assert_eq!(fakes[0].borrow().sent, [1, 3]);
+    assert_eq!(fakes[1].borrow().sent, [2, 4]);
+    answer(&fakes[1], 2);
+    round(&mut d);
+    assert_eq!(outcome(&job, 1), Some(None));
+    assert_eq!(outcome(&job, 0), None);
+}
+
+#[test]
+fn a_worker_lost_mid_chunk_fails_it_and_requeues_the_rest() {
+    let mut d = dispatcher(2, |_| {});
+    let fakes = launched();
+    fakes.iter().for_each(ready);
+    round(&mut d);
+    let job = submit(&d, &[1, 2, 3, 4]);
+    round(&mut d);
+    assert_eq!(fakes[0].borrow().sent, [1, 3]);
+    // It took chunk 1 and died running it; chunk 3 never started.
+    fakes[0].borrow_mut().started = 1;
+    fakes[0].borrow_mut().dead = true;
+    round(&mut d);
+    assert!(matches!(
+        outcome(&job, 0),
+        Some(Some(ErrorKind::WorkerLost(_)))
+    ));
+    assert_eq!(outcome(&job, 2), None);
+    round(&mut d); // starts a replacement
+    let fakes = launched();
+    assert_eq!(fakes.len(), 3);
+    ready(&fakes[2]);
+    round(&mut d);
+    round(&mut d);
+    assert_eq!(fakes[2].borrow().sent, [3]);
+}
+
+#[test]
+fn a_timed_out_chunk_fails_once_its_worker_is_gone() {
+    let mut d = dispatcher(1, |c| c.task_timeout = Some(Duration::ZERO));
+    let fakes = launched();
+    ready(&fakes[0]);
+    round(&mut d);
+    let job = submit(&d, &[1, 2]);
+    fakes[0].borrow_mut().started = 1;
+    round(&mut d); // assigns; the deadline has passed: condemned (killed)
+    assert!(fakes[0].borrow().dead);
+    assert_eq!(outcome(&job, 0), None, "accounted for only at its exit");
+    round(&mut d);
+    assert_eq!(outcome(&job, 0), Some(Some(ErrorKind::TaskTimedOut)));
+    assert_eq!(outcome(&job, 1), None, "requeued");
+}
+
+#[test]
+fn a_retired_worker_finishes_its_chunk_before_it_is_replaced() {
+    let mut d = dispatcher(1, |c| c.max_tasks_per_child = Some(1));
+    let fakes = launched();
+    ready(&fakes[0]);
+    round(&mut d);
+    let job = submit(&d, &[1, 2]);
+    round(&mut d);
+    assert_eq!(fakes[0].borrow().sent, [1]);
+    assert!(fakes[0].borrow().stopped);
+    round(&mut d);
+    assert_eq!(launched().len(), 1, "it still holds its slot");
+    answer(&fakes[0], 1);
+    round(&mut d);
+    round(&mut d);
+    assert_eq!(outcome(&job, 0), Some(None));
+    assert_eq!(launched().len(), 2);
+}
+
+#[test]
+fn a_death_before_ready_breaks_a_pool_with_an_initializer() {
+    let mut d = dispatcher(1, |c| c.init = Some((0, Vec::new())));
+    let job = submit(&d, &[1]);
+    round(&mut d);
+    launched()[0].borrow_mut().dead = true;
+    round(&mut d);
+    round(&mut d);
+    assert!(matches!(
+        outcome(&job, 0),
+        Some(Some(ErrorKind::InitializerFailed(_)))
+    ));
+    assert_eq!(launched().len(), 1, "never respawned into the same failure");
+    assert!(matches!(
+        d.shared.check_open().unwrap_err().kind(),
+        ErrorKind::InitializerFailed(_)
+    ));
+}
+
+#[test]
+fn without_an_initializer_a_death_before_ready_is_replaced() {
+    let mut d = dispatcher(1, |_| {});
+    round(&mut d);
+    launched()[0].borrow_mut().dead = true;
+    round(&mut d);
+    round(&mut d);
+    assert_eq!(launched().len(), 2);
+    assert!(d.shared.check_open().is_ok());
+}

@@ -1,0 +1,176 @@
+//! The dispatcher's books on one worker: the chunks it holds, in the order it takes them; its
+//! [`WorkerState`]; its pace. (The worker's own loop, in the child, is `pool/worker.rs`.)
+//!
+//! Workers take their chunks strictly in order, count each before running it, and publish each
+//! answer before taking the next; so the books say at any time which chunk a worker runs (its
+//! oldest unanswered one, if it has taken it) and which ones wait behind it.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::chunk::Chunk;
+use super::link::{Answer, Link};
+use super::policy;
+use super::state::WorkerState;
+use crate::error::Error;
+
+/// One worker and what the dispatcher knows of it.
+pub(crate) struct Worker<L> {
+    pub(super) link: L,
+    pub(super) state: WorkerState,
+    /// The chunks it was sent, oldest first.
+    pub(super) in_flight: VecDeque<Chunk>,
+    /// When the oldest chunk in flight became the running one.
+    pub(super) front_since: Instant,
+    /// Chunks it has been given, for `max_tasks_per_child`.
+    pub(super) given: usize,
+    /// A running average of how long its chunks take, to size its window.
+    pub(super) average: Duration,
+    /// Answers accepted; compared with the count of chunks it took when it dies.
+    pub(super) answered: u64,
+    /// How many chunks it may hold in this round of assignments (0 once it is full).
+    pub(super) limit: usize,
+    /// The front chunk whose slowness already made the dispatcher take back the chunks
+    /// waiting behind it.
+    pub(super) rebalanced: Option<u64>,
+}
+
+impl<L: Link> Worker<L> {
+    pub(super) fn new(link: L) -> Worker<L> {
+        Worker {
+            link,
+            state: WorkerState::Starting,
+            in_flight: VecDeque::new(),
+            front_since: Instant::now(),
+            given: 0,
+            average: policy::FIRST_AVERAGE,
+            answered: 0,
+            limit: 0,
+            rebalanced: None,
+        }
+    }
+
+    /// The id of the chunk it runs or runs next.
+    pub(super) fn front(&self) -> Option<u64> {
+        self.in_flight.front().map(|c| c.id)
+    }
+
+    /// Whether it counts toward the pool's size.
+    pub(super) fn occupies_slot(&self) -> bool {
+        self.state.occupies_slot(!self.in_flight.is_empty())
+    }
+
+    /// How many chunks it may hold, as of `now`.
+    pub(super) fn window(&self, now: Instant) -> usize {
+        let running_for =
+            (!self.in_flight.is_empty()).then(|| now.saturating_duration_since(self.front_since));
+        policy::window(running_for, self.average)
+    }
+
+    /// Puts `chunk` (just sent) in its books; retires it (`Stop`) once it has been given
+    /// `max_tasks_per_child`.
+    pub(super) fn hold(&mut self, chunk: Chunk, now: Instant, max_tasks_per_child: Option<usize>) {
+        if self.in_flight.is_empty() {
+            self.front_since = now;
+        }
+        self.in_flight.push_back(chunk);
+        self.given += 1;
+        if policy::retire(self.given, max_tasks_per_child) {
+            self.link.stop();
+            self.state.retire();
+            self.limit = 0;
+        }
+    }
+
+    /// Accepts the answer to the chunk it was running (its oldest).
+    fn accept(&mut self, (id, result): Answer, now: Instant) {
+        if self
+            .in_flight
+            .front()
+            .is_some_and(|c| c.id == id && c.revoked)
+        {
+            // It skipped a chunk taken back from it; the copy runs elsewhere.
+            self.in_flight.pop_front();
+            self.answered += 1;
+            self.front_since = now;
+            return;
+        }
+        if self.front() == Some(id) {
+            let chunk = self.in_flight.pop_front().expect("just looked");
+            self.answered += 1;
+            let took = now.saturating_duration_since(self.front_since);
+            self.average = policy::next_average(self.average, took);
+            self.front_since = now;
+            chunk.finish(result.map(serde_bytes::ByteBuf::into_vec));
+        } else {
+            // Out of order: it is not running what we think. Trust nothing more.
+            self.condemn(None, Error::protocol("a pool worker answered out of order"));
+        }
+    }
+
+    /// Accepts every answer it has published, in order.
+    pub(super) fn drain(&mut self, scratch: &mut Vec<u8>) {
+        let now = Instant::now();
+        loop {
+            match self.link.next_answer(scratch) {
+                Ok(Some(answer)) => self.accept(answer, now),
+                Ok(None) => return,
+                Err(e) => return self.condemn_front(e),
+            }
+        }
+    }
+
+    /// When its running chunk passes `timeout` (per task: scaled by the chunk's items).
+    pub(super) fn deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
+        let front = self.in_flight.front()?;
+        if self.state.is_condemned() || front.revoked {
+            return None;
+        }
+        policy::deadline(self.front_since, timeout, front.items)
+    }
+
+    /// When the chunks waiting behind a slow running chunk should be taken back, if ever.
+    pub(super) fn rebalance_at(&self) -> Option<Instant> {
+        let front = self.front()?;
+        if self.state.is_condemned() {
+            return None;
+        }
+        policy::rebalance_at(
+            self.in_flight.len(),
+            self.front_since,
+            self.rebalanced == Some(front),
+        )
+    }
+
+    /// Takes back the chunks it holds but has not claimed (revoking them, so it skips them),
+    /// leaving inert entries in their place; returns the live copies, in order.
+    pub(super) fn revoke_untaken(&mut self) -> Vec<Chunk> {
+        let taken = self.link.started().saturating_sub(self.answered) as usize;
+        let mut copies = Vec::new();
+        for at in policy::untaken(taken, self.in_flight.len()) {
+            let task = self.answered + at as u64 + 1;
+            let c = &mut self.in_flight[at];
+            if c.revoked || c.answered() {
+                continue;
+            }
+            if !self.link.revoke(task) {
+                break; // it has just claimed this one: it runs here
+            }
+            copies.push(c.revoke());
+        }
+        copies
+    }
+
+    /// Kills it for `why`, charged to chunk `target`; the accounting happens when its exit
+    /// is seen.
+    pub(super) fn condemn(&mut self, target: Option<u64>, why: Error) {
+        if self.state.condemn(target, why) {
+            self.link.kill();
+        }
+    }
+
+    /// Kills it for `why`, charged to the chunk it runs.
+    pub(super) fn condemn_front(&mut self, why: Error) {
+        self.condemn(self.front(), why);
+    }
+}
