@@ -31,8 +31,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, ErrorKind};
 use crate::sys::proc;
-use crate::sys::ring::{Holder, Push, Ring, Wait};
 use crate::wire::codec;
+
+pub(crate) mod ring;
+use ring::{Holder, Push, Ring, Wait};
 
 const KIND_QUEUE: u32 = 20;
 const KIND_SIMPLE: u32 = 21;
@@ -396,7 +398,7 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
         };
         consumer
             .pop(|bytes| {
-                codec::decode::<T>(bytes)
+                codec::decode_shared::<T>(bytes)
                     .map_err(|e| Error::codec(std::any::type_name::<T>(), "decode", e))
             })
             .map_err(|e| os("reading a queue", e))

@@ -29,7 +29,7 @@ use crate::process;
 use crate::start::{self, Child, StartMethod};
 use crate::sys::exe;
 use crate::sys::fd::{self, EventFd};
-use crate::sys::lane::Lane;
+use super::lane::Lane;
 use crate::sys::proc::Exit;
 use crate::wire::codec;
 use crate::wire::message::{FromWorker, PoolWorkerSpec, Role, Start, ToWorker};
@@ -42,7 +42,7 @@ const WINDOW: usize = 2;
 /// tasks keeps it busy while the dispatcher sleeps between wake-ups.
 const MAX_WINDOW: usize = 256;
 // A claim slot must outlive every task a worker may hold.
-const _: () = assert!(MAX_WINDOW <= crate::sys::lane::MARKS);
+const _: () = assert!(MAX_WINDOW <= super::lane::MARKS);
 
 /// How much work (by the worker's running average) its window may hold: little enough that
 /// few tasks wait behind one that turns out slow.
@@ -925,7 +925,7 @@ impl Dispatcher {
                         // the task already queued on its socket never runs).
                         match w.lane.push(scratch) {
                             Ok(true) => Ok(true),
-                            _ => Err(crate::sys::lane::Corrupt),
+                            _ => Err(super::lane::Corrupt),
                         }
                     }
                     other => other,

@@ -22,6 +22,7 @@ use crate::wire::target::{self, Target};
 mod dispatcher;
 mod imap;
 mod job;
+pub(crate) mod lane;
 mod result;
 mod task;
 pub(crate) mod worker;

@@ -15,7 +15,7 @@ use crate::error::{Error, ErrorKind};
 use crate::start::worker::catch;
 use crate::sys::fd;
 use crate::sys::image;
-use crate::sys::lane::Lane;
+use super::lane::Lane;
 use crate::wire::codec;
 use crate::wire::message::{FromWorker, PoolWorkerSpec, ToWorker};
 

@@ -2,7 +2,8 @@
 //! every process holding the object maps, with a small typed header, robust process-shared
 //! mutexes, and futex words.
 //!
-//! Layout of a block: `[magic u32][kind u32][len u64]` then what the kind puts there. A mutex
+//! Layout of a block: a [`BlockHeader`] (magic, kind, length), then what the kind puts there,
+//! described by the kind's own [`shared_layout!`](super::layout::shared_layout) struct. A mutex
 //! is a glibc `pthread_mutex_t` made process-shared and robust: when its owner dies holding it,
 //! the kernel hands it to the next locker with `EOWNERDEAD`, which mproc reports as "the owner
 //! died" instead of deadlocking.
@@ -24,12 +25,28 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
+use super::layout::{SharedLayout, shared_layout};
 use super::shm::Mapping;
 
 const MAGIC: u32 = 0x6d70_7362; // "mpsb"
 
 /// Where the header ends; the first offset a kind may use.
 pub(crate) const HEADER: usize = 64;
+
+shared_layout! {
+    /// What every block starts with. The rest of its first 64 bytes ([`HEADER`]) is the kind's.
+    pub(crate) struct BlockHeader {
+        /// `MAGIC`, stored last when the block is made.
+        magic: AtomicU32,
+        kind: AtomicU32,
+        /// The block's length in bytes, as its maker mapped it.
+        len: AtomicU64,
+    }
+}
+const _: () = assert!(std::mem::offset_of!(BlockHeader, magic) == 0);
+const _: () = assert!(std::mem::offset_of!(BlockHeader, kind) == 4);
+const _: () = assert!(std::mem::offset_of!(BlockHeader, len) == 8);
+const _: () = assert!(std::mem::size_of::<BlockHeader>() <= HEADER);
 
 /// A shared block: one mapping of one memory file, and the file (to pass it on).
 #[derive(Debug)]
@@ -54,9 +71,10 @@ impl Block {
         };
         assert!(block.fits(mutexes), "a mutex outside the block");
         block.mutexes = mutexes;
-        block.u32_at(4).store(kind, Ordering::Relaxed);
-        block.u64_at(8).store(len as u64, Ordering::Relaxed);
-        block.u32_at(0).store(MAGIC, Ordering::Release);
+        let header = block.header();
+        header.kind.store(kind, Ordering::Relaxed);
+        header.len.store(len as u64, Ordering::Relaxed);
+        header.magic.store(MAGIC, Ordering::Release);
         Ok(block)
     }
 
@@ -78,9 +96,10 @@ impl Block {
             file,
             mutexes: &[],
         };
-        if block.u32_at(0).load(Ordering::Acquire) != MAGIC
-            || block.u32_at(4).load(Ordering::Relaxed) != kind
-            || block.u64_at(8).load(Ordering::Relaxed) != block.map.len() as u64
+        let header = block.header();
+        if header.magic.load(Ordering::Acquire) != MAGIC
+            || header.kind.load(Ordering::Relaxed) != kind
+            || header.len.load(Ordering::Relaxed) != block.map.len() as u64
             || !block.fits(mutexes)
         {
             return Err(bad());
@@ -115,19 +134,27 @@ impl Block {
         );
     }
 
+    fn header(&self) -> &BlockHeader {
+        self.view(0)
+    }
+
+    /// The layout `T` at `at`, which the block's kind puts there (inside the block and
+    /// aligned: a block's offsets are its kind's constants, so a miss is a bug, not input).
+    pub(crate) fn view<T: SharedLayout>(&self, at: usize) -> &T {
+        match self.map.view(at) {
+            Ok(view) => view,
+            Err(e) => panic!("a block's layout: {e}"),
+        }
+    }
+
     /// A 32-bit word at `at` (4-aligned, inside the block).
     pub(crate) fn u32_at(&self, at: usize) -> &AtomicU32 {
-        self.check(at, 4, 4);
-        // SAFETY: checked to lie inside the mapping and be aligned; the mapping lives as long
-        // as `self`; every process touches these words only through atomics.
-        unsafe { &*self.map.as_ptr().add(at).cast::<AtomicU32>() }
+        self.view(at)
     }
 
     /// A 64-bit word at `at` (8-aligned, inside the block).
     pub(crate) fn u64_at(&self, at: usize) -> &AtomicU64 {
-        self.check(at, 8, 8);
-        // SAFETY: as for `u32_at`.
-        unsafe { &*self.map.as_ptr().add(at).cast::<AtomicU64>() }
+        self.view(at)
     }
 
     /// The robust mutex at `at` (one of the block's `mutexes`), set up once by
@@ -135,10 +162,7 @@ impl Block {
     pub(crate) fn mutex_at(&self, at: usize) -> &RobustMutex {
         // Only a declared mutex is checked before the block is unmapped.
         assert!(self.mutexes.contains(&at), "no mutex at offset {at}");
-        // SAFETY: a declared mutex, which `create` or `open` checked to lie inside the mapping,
-        // 64-aligned; `RobustMutex` is a transparent `UnsafeCell` over the C type, which glibc
-        // accesses with atomics across processes.
-        unsafe { &*self.map.as_ptr().add(at).cast::<RobustMutex>() }
+        self.view(at)
     }
 
     /// The bytes at `at..at+len`, for the holder of a mutex that guards them.
@@ -191,6 +215,17 @@ pub(crate) struct RobustMutex(UnsafeCell<libc::pthread_mutex_t>);
 
 // SAFETY: glibc's mutex is made for concurrent use from threads and processes.
 unsafe impl Sync for RobustMutex {}
+
+impl std::fmt::Debug for RobustMutex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RobustMutex")
+    }
+}
+
+// SAFETY: a `pthread_mutex_t` is plain C integers (any bit pattern is a value; a scribbled one
+// makes glibc return an error or wait, not misbehave in Rust's sense), in an `UnsafeCell` that
+// only glibc touches, with atomic instructions; no pointer, no `Drop`.
+unsafe impl SharedLayout for RobustMutex {}
 
 /// How a lock was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,6 +8,8 @@ use bincode::Options;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::sys::layout::SharedReader;
+
 fn options() -> impl Options {
     bincode::DefaultOptions::new()
         .with_fixint_encoding()
@@ -58,6 +60,127 @@ pub(crate) fn decode_borrowed<'a, T: serde::Deserialize<'a>>(
     bytes: &'a [u8],
 ) -> Result<T, bincode::Error> {
     options().with_limit(bytes.len() as u64).deserialize(bytes)
+}
+
+/// Decodes a `T` that must use all of `from`: bytes in shared memory that a peer may write
+/// meanwhile. Each byte is copied out once and decoded from the private copy, never read
+/// twice from shared memory. A small message is copied whole into a reused buffer and decoded
+/// as [`decode`] does; a large one is decoded as it is copied, so that a byte string or a
+/// string in it (a 10 MiB `ByteBuf`) is copied once, straight into the value it becomes.
+pub(crate) fn decode_shared<T: DeserializeOwned>(
+    mut from: SharedReader<'_>,
+) -> Result<T, bincode::Error> {
+    /// Up to this size, a copy then a decode (a second copy of a small message costs less
+    /// than reading it through the streaming path).
+    const SMALL: usize = 64 * 1024;
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let len = from.remaining();
+    if len <= SMALL {
+        return SCRATCH.with(|scratch| {
+            // A decode that decodes another message (none does today) gets its own buffer.
+            let mut fresh = Vec::new();
+            let mut borrowed = scratch.try_borrow_mut();
+            let buf = match borrowed.as_deref_mut() {
+                Ok(buf) => buf,
+                Err(_) => &mut fresh,
+            };
+            buf.clear();
+            from.append_to(len, buf)?;
+            decode(buf)
+        });
+    }
+    let mut state = Streaming {
+        from,
+        buf: vec![0; 8 * 1024],
+        pos: 0,
+        filled: 0,
+    };
+    let value = options()
+        .with_limit(len as u64)
+        .deserialize_from_custom(StreamingRead(&mut state))?;
+    if state.remaining() != 0 {
+        return Err(Box::new(bincode::ErrorKind::Custom(
+            "Slice had bytes remaining after deserialization".into(),
+        )));
+    }
+    Ok(value)
+}
+
+/// A large message being decoded out of shared memory: small reads (integers, lengths) are
+/// served from a private buffer filled a few KiB at a time; a byte string is copied straight
+/// from shared memory into its own `Vec`.
+struct Streaming<'m> {
+    from: SharedReader<'m>,
+    buf: Vec<u8>,
+    pos: usize,
+    filled: usize,
+}
+
+impl Streaming<'_> {
+    fn remaining(&self) -> usize {
+        self.filled - self.pos + self.from.remaining()
+    }
+
+    /// The next `len` bytes, in a `Vec` of their own (copied once from shared memory).
+    fn take(&mut self, len: usize) -> Result<Vec<u8>, bincode::Error> {
+        if len > self.remaining() {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        let buffered = (self.filled - self.pos).min(len);
+        let mut out = Vec::with_capacity(len);
+        out.extend_from_slice(&self.buf[self.pos..self.pos + buffered]);
+        self.pos += buffered;
+        self.from.append_to(len - buffered, &mut out)?;
+        Ok(out)
+    }
+}
+
+/// [`Streaming`] as bincode reads it (by value, so the state stays with the caller).
+struct StreamingRead<'s, 'm>(&'s mut Streaming<'m>);
+
+impl std::io::Read for StreamingRead<'_, '_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let s = &mut *self.0;
+        if s.pos == s.filled {
+            if out.len() >= s.buf.len() {
+                return std::io::Read::read(&mut s.from, out);
+            }
+            s.filled = std::io::Read::read(&mut s.from, &mut s.buf)?;
+            s.pos = 0;
+        }
+        let n = out.len().min(s.filled - s.pos);
+        out[..n].copy_from_slice(&s.buf[s.pos..s.pos + n]);
+        s.pos += n;
+        Ok(n)
+    }
+}
+
+impl<'de> bincode::BincodeRead<'de> for StreamingRead<'_, '_> {
+    fn forward_read_str<V: serde::de::Visitor<'de>>(
+        &mut self,
+        length: usize,
+        visitor: V,
+    ) -> Result<V::Value, bincode::Error> {
+        let bytes = self.0.take(length)?;
+        match std::str::from_utf8(&bytes) {
+            Ok(s) => visitor.visit_str(s),
+            Err(e) => Err(Box::new(bincode::ErrorKind::InvalidUtf8Encoding(e))),
+        }
+    }
+
+    fn get_byte_buffer(&mut self, length: usize) -> Result<Vec<u8>, bincode::Error> {
+        self.0.take(length)
+    }
+
+    fn forward_read_bytes<V: serde::de::Visitor<'de>>(
+        &mut self,
+        length: usize,
+        visitor: V,
+    ) -> Result<V::Value, bincode::Error> {
+        visitor.visit_bytes(&self.0.take(length)?)
+    }
 }
 
 #[cfg(test)]
