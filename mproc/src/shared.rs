@@ -431,3 +431,30 @@ impl<T: Pod> DerefMut for ArrayGuard<'_, T> {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type DeError = serde::de::value::Error;
+
+    /// What a process receiving a handle checks before it lends the elements out: a header a
+    /// peer wrote (or a handle of another type) is an error, never a slice past the block.
+    #[test]
+    fn a_header_that_does_not_fit_its_block_is_refused() {
+        let block = block_for::<u32>(KIND_ARRAY, 10).unwrap();
+        assert_eq!(check_block::<u32, DeError>(&block).unwrap(), 10);
+        assert!(check_block::<u64, DeError>(&block).is_err(), "another type");
+        let header = block.view::<Header>(0);
+        for len in [200, 1 << 40, u64::MAX] {
+            header.len.store(len, Ordering::Relaxed);
+            assert!(
+                check_block::<u32, DeError>(&block).is_err(),
+                "{len} elements"
+            );
+        }
+        header.len.store(10, Ordering::Relaxed);
+        header.size.store(0, Ordering::Relaxed);
+        assert!(check_block::<u32, DeError>(&block).is_err(), "a size of 0");
+    }
+}

@@ -22,6 +22,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::job::{self, JobState};
+use super::lane::Lane;
 use super::task;
 use crate::channel::{self, Outbox};
 use crate::error::{Error, ErrorKind};
@@ -29,7 +30,6 @@ use crate::process;
 use crate::start::{self, Child, StartMethod};
 use crate::sys::exe;
 use crate::sys::fd::{self, EventFd};
-use super::lane::Lane;
 use crate::sys::proc::Exit;
 use crate::wire::codec;
 use crate::wire::message::{FromWorker, PoolWorkerSpec, Role, Start, ToWorker};

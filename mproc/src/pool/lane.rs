@@ -257,8 +257,7 @@ impl Lane {
         let data = self.out.data();
         if skip > 0 {
             // In the part of the ring the consumer has released, at least 8 bytes before its end.
-            self.length_word(data + off)?
-                .store(WRAP, Ordering::Relaxed);
+            self.length_word(data + off)?.store(WRAP, Ordering::Relaxed);
             self.out_tail += skip as u64;
             off = 0;
         }
@@ -594,7 +593,9 @@ mod tests {
         let (mut p, mut w) = pair();
         assert!(p.push(b"hello").unwrap());
         // The first frame's length word, inside the down ring.
-        p.length_word(HEADER).unwrap().store(4000, Ordering::Relaxed);
+        p.length_word(HEADER)
+            .unwrap()
+            .store(4000, Ordering::Relaxed);
         assert_eq!(w.pop_into(&mut buf), Err(Corrupt));
         // A consumer that writes an impossible head: the producer refuses to write.
         let (mut p, _w) = pair();
@@ -732,10 +733,36 @@ mod tests {
     }
 
     #[test]
+    fn frames_past_the_rings_end_or_a_tail_behind_the_head_are_corrupt() {
+        // A length that fits the bytes published but runs past the ring's end.
+        let (mut p, mut w) = pair();
+        let last = HEADER + CAPACITY - 16;
+        p.length_word(last).unwrap().store(64, Ordering::Relaxed);
+        p.header()
+            .down_tail
+            .store(CAPACITY as u64, Ordering::Release);
+        w.in_head = (CAPACITY - 16) as u64;
+        assert_eq!(w.pop_into(&mut Vec::new()), Err(Corrupt));
+        // A tail moved back behind what the worker has read.
+        assert!(p.push(b"x").unwrap());
+        let (mut p, mut w) = pair();
+        assert!(p.push(b"abc").unwrap());
+        assert!(w.pop_into(&mut Vec::new()).unwrap());
+        p.header().down_tail.store(0, Ordering::Release);
+        assert_eq!(w.pop_into(&mut Vec::new()), Err(Corrupt));
+        // The id of another kind of file.
+        let (p, file) = Lane::create().unwrap();
+        p.header().id.magic.store(1, Ordering::Relaxed);
+        assert!(Lane::open(file.as_fd()).is_err());
+    }
+
+    #[test]
     fn a_wrap_at_the_rings_start_is_corrupt() {
         let (p, mut w) = pair();
         // A peer that says "continue at the start" at the start, and a whole ring published.
-        p.length_word(HEADER).unwrap().store(WRAP, Ordering::Relaxed);
+        p.length_word(HEADER)
+            .unwrap()
+            .store(WRAP, Ordering::Relaxed);
         p.header()
             .down_tail
             .store(CAPACITY as u64, Ordering::Release);

@@ -10,12 +10,12 @@
 
 use std::time::{Duration, Instant};
 
+use super::lane::Lane;
 use crate::channel::Channel;
 use crate::error::{Error, ErrorKind};
 use crate::start::worker::catch;
 use crate::sys::fd;
 use crate::sys::image;
-use super::lane::Lane;
 use crate::wire::codec;
 use crate::wire::message::{FromWorker, PoolWorkerSpec, ToWorker};
 

@@ -127,7 +127,10 @@ impl Ring {
         }
         ring.h().fixed.kind.store(kind, Ordering::Relaxed);
         ring.h().fixed.maxsize.store(maxsize, Ordering::Relaxed);
-        ring.h().shape.cap.store(FIRST_CAP as u64, Ordering::Relaxed);
+        ring.h()
+            .shape
+            .cap
+            .store(FIRST_CAP as u64, Ordering::Relaxed);
         ring.h()
             .rare
             .limit
@@ -255,10 +258,7 @@ impl Ring {
             self.recover_put();
         }
         self.check_layout()?;
-        Ok(Some(Producer {
-            ring: self,
-            held,
-        }))
+        Ok(Some(Producer { ring: self, held }))
     }
 
     /// Takes the consumers' lock (waiting until `deadline`), finishing the bookkeeping of a
@@ -324,7 +324,9 @@ impl Ring {
             && self.h().get.gets.load(Ordering::Relaxed) == gets_before
         {
             // Consumed, not yet counted.
-            self.h().get.gets
+            self.h()
+                .get
+                .gets
                 .store(gets_before.wrapping_add(1), Ordering::Release);
         }
         self.h().get.active.store(0, Ordering::Release);
@@ -388,7 +390,9 @@ impl Ring {
     /// Items put and not yet marked done.
     pub(crate) fn unfinished(&self) -> u64 {
         let done = self.h().rare.done.load(Ordering::Acquire);
-        self.h().put.added
+        self.h()
+            .put
+            .added
             .load(Ordering::Acquire)
             .saturating_sub(done)
     }
@@ -568,8 +572,7 @@ impl Drop for Ring {
         // Every hold is a scoped `Held` today, so none is left here; one ever forgotten must
         // not leave a thread's robust list pointing into unmapped memory (see
         // `RobustMutex::held_here`).
-        if self.mutexes().iter().any(|m| m.held_here())
-        {
+        if self.mutexes().iter().any(|m| m.held_here()) {
             self.map.keep_mapped();
         }
     }

@@ -18,7 +18,6 @@ use std::io;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64};
 
-use super::shared::Held;
 use super::shm::Mapping;
 
 /// A type that may be laid over shared memory and read through `&Self` while other processes
@@ -213,23 +212,6 @@ impl Mapping {
         Ok(())
     }
 
-    /// The bytes `offset..offset + len`, writable, for the holder of the lock (`held`) under
-    /// which every process writes them, and that keeps every honest reader off them until
-    /// they are published (a queue frame being written). `InvalidInput` outside the mapping.
-    pub(crate) fn locked_bytes<'a>(
-        &'a self,
-        held: &'a mut Held<'_>,
-        offset: usize,
-        len: usize,
-    ) -> io::Result<&'a mut [u8]> {
-        let _ = held;
-        self.check_bytes(offset, len)?;
-        // SAFETY: inside the mapping (checked). Exclusive for the borrow: the caller holds the
-        // lock that guards these bytes (a `Held`, borrowed mutably here, so one slice at a
-        // time), and no process reads or writes them by protocol until they are published.
-        Ok(unsafe { std::slice::from_raw_parts_mut(self.as_ptr().add(offset), len) })
-    }
-
     /// A reader of the bytes `offset..offset + len`, which it copies out as it goes.
     /// `InvalidInput` if they are not all inside the mapping.
     pub(crate) fn reader(&self, offset: usize, len: usize) -> io::Result<SharedReader<'_>> {
@@ -241,12 +223,15 @@ impl Mapping {
         })
     }
 
-    fn check_bytes(&self, offset: usize, len: usize) -> io::Result<()> {
+    pub(crate) fn check_bytes(&self, offset: usize, len: usize) -> io::Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= self.len() => Ok(()),
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{len} bytes at {offset} outside a mapping of {}", self.len()),
+                format!(
+                    "{len} bytes at {offset} outside a mapping of {}",
+                    self.len()
+                ),
             )),
         }
     }
@@ -287,7 +272,7 @@ impl SharedReader<'_> {
     }
 
     /// All that remains, copied into a new `Vec`.
-    pub(crate) fn to_vec(mut self) -> io::Result<Vec<u8>> {
+    pub(crate) fn into_vec(mut self) -> io::Result<Vec<u8>> {
         self.take_vec(self.remaining())
     }
 }
@@ -327,10 +312,16 @@ mod tests {
         probe.second.store(7, Ordering::Relaxed);
         probe.line.store(9, Ordering::Relaxed);
         assert_eq!(map.view::<AtomicU64>(8).unwrap().load(Ordering::Relaxed), 7);
-        assert_eq!(map.view::<AtomicU32>(64).unwrap().load(Ordering::Relaxed), 9);
+        assert_eq!(
+            map.view::<AtomicU32>(64).unwrap().load(Ordering::Relaxed),
+            9
+        );
         assert!(map.view::<Probe>(4096 - 64).is_err(), "past the end");
         assert!(map.view::<AtomicU64>(4).is_err(), "misaligned");
-        assert!(map.view::<AtomicU64>(usize::MAX - 3).is_err(), "overflowing");
+        assert!(
+            map.view::<AtomicU64>(usize::MAX - 3).is_err(),
+            "overflowing"
+        );
         assert!(map.view::<AtomicU32>(4092).is_ok());
     }
 
@@ -351,7 +342,7 @@ mod tests {
         assert_eq!(&two, b"he");
         assert_eq!(r.remaining(), 3);
         assert!(r.take_vec(4).is_err(), "past the range");
-        assert_eq!(r.to_vec().unwrap(), b"llo");
+        assert_eq!(r.into_vec().unwrap(), b"llo");
         assert!(map.reader(4000, 97).is_err());
     }
 }

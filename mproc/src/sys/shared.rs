@@ -195,6 +195,25 @@ impl Block {
     }
 }
 
+impl Mapping {
+    /// The bytes `offset..offset + len`, writable, for the holder of the lock (`held`) under
+    /// which every process writes them, and that keeps every honest reader off them until
+    /// they are published (a queue frame being written). `InvalidInput` outside the mapping.
+    pub(crate) fn locked_bytes<'a>(
+        &'a self,
+        held: &'a mut Held<'_>,
+        offset: usize,
+        len: usize,
+    ) -> io::Result<&'a mut [u8]> {
+        let _ = held;
+        self.check_bytes(offset, len)?;
+        // SAFETY: inside the mapping (checked). Exclusive for the borrow: the caller holds the
+        // lock that guards these bytes (a `Held`, borrowed mutably here, so one slice at a
+        // time), and no process reads or writes them by protocol until they are published.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.as_ptr().add(offset), len) })
+    }
+}
+
 impl Drop for Block {
     fn drop(&mut self) {
         if self.mutexes.iter().any(|&at| self.mutex_at(at).held_here()) {
@@ -484,6 +503,58 @@ pub(crate) mod tests {
             out.contains("1 passed"),
             "{name} did not run in its own process:\n{out}"
         );
+    }
+
+    /// A copy of the block's descriptor, as another process would receive it.
+    fn file_of(block: &Block) -> OwnedFd {
+        block.as_fd().try_clone_to_owned().unwrap()
+    }
+
+    fn refused(opened: io::Result<Block>) {
+        let e = opened.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    }
+
+    #[test]
+    fn a_block_opens_only_as_its_kind_with_its_header_intact() {
+        let block = Block::create(5, 256, &[MUTEX]).unwrap();
+        assert_eq!(block.len(), 256);
+        let again = Block::open(file_of(&block), 5, &[MUTEX]).unwrap();
+        again.u64_at(HEADER).store(9, Ordering::Relaxed);
+        assert_eq!(
+            block.u64_at(HEADER).load(Ordering::Relaxed),
+            9,
+            "the same memory"
+        );
+        refused(Block::open(file_of(&block), 6, &[MUTEX]));
+        // Mutexes where the block has no room for them, or off their alignment.
+        refused(Block::open(file_of(&block), 5, &[256]));
+        refused(Block::open(file_of(&block), 5, &[72]));
+        refused(Block::open(file_of(&block), 5, &[0]));
+        // A peer's writes to the header.
+        let header = block.header();
+        header.len.store(4096, Ordering::Relaxed);
+        refused(Block::open(file_of(&block), 5, &[MUTEX]));
+        header.len.store(256, Ordering::Relaxed);
+        header.magic.store(0x6d70_7371, Ordering::Relaxed);
+        refused(Block::open(file_of(&block), 5, &[MUTEX]));
+        header.magic.store(MAGIC, Ordering::Relaxed);
+        assert!(Block::open(file_of(&block), 5, &[MUTEX]).is_ok());
+    }
+
+    #[test]
+    fn a_file_too_small_or_of_another_shape_is_not_a_block() {
+        let (_map, small) = Mapping::create_inherited("mproc-test", 32).unwrap();
+        refused(Block::open(small.into_owned(), 1, &[]));
+        // Large enough, all zero: no magic.
+        let (_map, zeros) = Mapping::create_inherited("mproc-test", 4096).unwrap();
+        refused(Block::open(zeros.into_owned(), 1, &[]));
+    }
+
+    #[test]
+    #[should_panic(expected = "outside")]
+    fn a_view_outside_the_block_is_a_bug_caught_at_once() {
+        lock_block().u64_at(256);
     }
 
     #[test]

@@ -203,4 +203,53 @@ mod tests {
         trailing.push(0);
         assert!(decode::<u32>(&trailing).is_err());
     }
+
+    /// `bytes` decoded out of shared memory, as a queue's get and a pipe's large message are.
+    fn decode_from_shared<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
+        let (map, _file) = crate::sys::shm::Mapping::create("mproc-test", bytes.len() + 64)
+            .expect("a memory file");
+        map.copy_in(64, bytes).unwrap();
+        decode_shared(map.reader(64, bytes.len()).unwrap())
+    }
+
+    #[test]
+    fn shared_bytes_decode_as_private_ones_do_small_or_large() {
+        type Mixed = (u64, String, serde_bytes::ByteBuf, Vec<u8>, Vec<String>);
+        for size in [10, 40_000, 300_000] {
+            let v: Mixed = (
+                7,
+                "é".repeat(size / 7),
+                serde_bytes::ByteBuf::from(vec![3u8; size]),
+                (0..size / 3).map(|i| i as u8).collect(),
+                vec!["x".repeat(size / 100); 3],
+            );
+            let b = encode(&v).unwrap();
+            assert_eq!(decode_from_shared::<Mixed>(&b).unwrap(), v, "{size}");
+            // Cut anywhere (a few places, it is slow), or with a byte too many: an error.
+            for cut in [0, 1, 8, 9, b.len() / 2, b.len() - 1] {
+                assert!(
+                    decode_from_shared::<Mixed>(&b[..cut]).is_err(),
+                    "{size} cut {cut}"
+                );
+            }
+            let mut longer = b.clone();
+            longer.push(0);
+            assert!(
+                decode_from_shared::<Mixed>(&longer).is_err(),
+                "{size} trailing"
+            );
+            // A string that is not UTF-8.
+            let mut bad = b.clone();
+            bad[16] = 0xff;
+            assert!(
+                decode_from_shared::<Mixed>(&bad).is_err(),
+                "{size} bad UTF-8"
+            );
+        }
+        // A length prefix past the end fails without allocating it.
+        let mut huge = (1u64 << 60).to_le_bytes().to_vec();
+        huge.extend([0; 70_000]);
+        assert!(decode_from_shared::<serde_bytes::ByteBuf>(&huge).is_err());
+        assert!(decode_from_shared::<String>(&huge).is_err());
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::io;
 use std::os::fd::AsFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use super::layout::DATA_AT;
@@ -77,10 +77,14 @@ impl Producer<'_> {
         r.h().put.added_before.store(added, Ordering::Relaxed);
         r.h().put.stage.store(1, Ordering::Release);
         if joinable {
-            r.h().put.added
+            r.h()
+                .put
+                .added
                 .store(added.wrapping_add(1), Ordering::Release);
         }
-        r.h().put.puts
+        r.h()
+            .put
+            .puts
             .store(puts.wrapping_add(1), Ordering::Release);
         let filled = frame_body(r, &mut self.held, at, skip, len);
         /// Puts the counts back unless forgotten: when `fill` fails or unwinds (the lock is
@@ -165,7 +169,9 @@ impl Producer<'_> {
         let new_read = written.wrapping_sub(moved as u64);
         r.h().shape.relocating.store(1, Ordering::SeqCst);
         r.h().shape.cap.store(new_cap as u64, Ordering::Relaxed);
-        r.h().shape.base
+        r.h()
+            .shape
+            .base
             .store(new_read.wrapping_sub(cap as u64), Ordering::Relaxed);
         r.h().get.read.store(new_read, Ordering::Release);
         r.h().shape.relocating.store(0, Ordering::SeqCst);
@@ -194,9 +200,12 @@ fn frame_body<'a>(
     // `8 + round8(len)` bytes between `written` and `read + cap`, which no consumer reads
     // until `written` moves past them; no other producer writes them (we hold the lock).
     let frame = r.frame_at(at, 8 + round8(len))?;
-    r.length_word(at)?.store(len as u32, Ordering::Relaxed);
-    r.length_word(at + 4)?.store(0, Ordering::Relaxed);
-    r.map.map().locked_bytes(held, frame + 8, len)
+    let map = r.map.map();
+    map.view::<AtomicU32>(frame)?
+        .store(len as u32, Ordering::Relaxed);
+    map.view::<AtomicU32>(frame + 4)?
+        .store(0, Ordering::Relaxed);
+    map.locked_bytes(held, frame + 8, len)
 }
 
 /// The consumers' lock, held.
@@ -254,9 +263,13 @@ impl Consumer<'_> {
         r.h().get.read_before.store(start, Ordering::Relaxed);
         r.h().get.gets_before.store(gets, Ordering::Relaxed);
         r.h().get.active.store(1, Ordering::Release);
-        r.h().get.read
+        r.h()
+            .get
+            .read
             .store(pos.wrapping_add(size as u64), Ordering::Release);
-        r.h().get.gets
+        r.h()
+            .get
+            .gets
             .store(gets.wrapping_add(1), Ordering::Release);
         r.h().get.active.store(0, Ordering::Release);
         r.notify(Wait::Get, 1);

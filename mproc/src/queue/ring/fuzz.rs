@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::layout::{DATA_AT, Header};
-use crate::sys::shared::RobustMutex;
 use super::{FIRST_CAP, Holder, Push, Ring, Wait};
+use crate::sys::shared::RobustMutex;
 use crate::sys::shm;
 
 /// The queue fuzz target's body (`mproc::__fuzz::ring`): one queue, mapped once or twice in
@@ -76,7 +76,7 @@ pub(crate) fn fuzz(data: &[u8]) {
                     assert!(tampered, "an honest queue's lock failed");
                     continue;
                 };
-                match consumer.pop(|b| b.to_vec()) {
+                match consumer.pop(|b| b.into_vec()) {
                     Ok(Some(Err(e))) => panic!("a copy out of the ring failed: {e}"),
                     Ok(Some(Ok(got))) => {
                         let want = sent.pop_front();

@@ -178,7 +178,9 @@ const _: () = {
     assert!(rare + offset_of!(Rare, limit) == 496);
     assert!(offset_of!(Header, overflow) == 512);
     assert!(offset_of!(Header, slots) == 576);
-    assert!(size_of::<Slot>() == 16 && offset_of!(Slot, count) == 4 && offset_of!(Slot, start) == 8);
+    assert!(
+        size_of::<Slot>() == 16 && offset_of!(Slot, count) == 4 && offset_of!(Slot, start) == 8
+    );
     assert!(offset_of!(Header, lent) == 576 + SLOTS * 16);
     assert!(size_of::<Header>() <= DATA_AT);
 };

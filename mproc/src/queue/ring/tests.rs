@@ -18,7 +18,7 @@ fn put(ring: &Ring, body: &[u8]) -> io::Result<Push> {
 /// Takes one frame.
 fn get(ring: &Ring) -> io::Result<Option<Vec<u8>>> {
     let mut consumer = ring.consumer(None)?.expect("no deadline");
-    consumer.pop(|b| b.to_vec())?.transpose()
+    consumer.pop(|b| b.into_vec())?.transpose()
 }
 
 /// A body that says which frame it is.
@@ -53,7 +53,10 @@ fn frames_wrap_around_the_ring_in_order_without_growing() {
     assert_eq!(got, sent);
     assert_eq!(cap(&ring), FIRST_CAP as u64, "it never needed to grow");
     let read = ring.h().get.read.load(Ordering::Relaxed);
-    assert!(read > 100 * FIRST_CAP as u64, "it went round the ring: {read}");
+    assert!(
+        read > 100 * FIRST_CAP as u64,
+        "it went round the ring: {read}"
+    );
 }
 
 #[test]
@@ -88,7 +91,11 @@ fn a_bounded_ring_is_full_at_maxsize_and_empty_after() {
     assert!(!ring.has_frames());
     assert_eq!(get(&ring).unwrap(), None, "empty");
     assert_eq!(put(&ring, b"a").unwrap(), Push::Done);
-    assert_eq!(put(&ring, b"").unwrap(), Push::Done, "an empty frame is a frame");
+    assert_eq!(
+        put(&ring, b"").unwrap(),
+        Push::Done,
+        "an empty frame is a frame"
+    );
     assert_eq!(put(&ring, b"c").unwrap(), Push::Full);
     assert_eq!(ring.len(), 2);
     assert!(ring.has_frames());
@@ -128,11 +135,19 @@ fn corrupt_positions_and_lengths_are_errors() {
     let frame = DATA_AT;
     // A length running past what was published.
     let ring = queued();
-    ring.map.map().view::<AtomicU32>(frame).unwrap().store(4000, Ordering::Relaxed);
+    ring.map
+        .map()
+        .view::<AtomicU32>(frame)
+        .unwrap()
+        .store(4000, Ordering::Relaxed);
     corrupt(get(&ring).unwrap_err());
     // A length that is the skip mark, at the ring's start.
     let ring = queued();
-    ring.map.map().view::<AtomicU32>(frame).unwrap().store(SKIP, Ordering::Relaxed);
+    ring.map
+        .map()
+        .view::<AtomicU32>(frame)
+        .unwrap()
+        .store(SKIP, Ordering::Relaxed);
     corrupt(get(&ring).unwrap_err());
     // A read position off the frames' grid.
     let ring = queued();
@@ -140,7 +155,10 @@ fn corrupt_positions_and_lengths_are_errors() {
     corrupt(get(&ring).unwrap_err());
     // More bytes queued than the ring holds: a put must not overwrite unread frames.
     let ring = queued();
-    ring.h().put.written.store(3 * FIRST_CAP as u64, Ordering::Relaxed);
+    ring.h()
+        .put
+        .written
+        .store(3 * FIRST_CAP as u64, Ordering::Relaxed);
     ring.h().put.read_seen.store(0, Ordering::Relaxed);
     corrupt(put(&ring, &[1; 100]).unwrap_err());
     // A read position ahead of the written one.
@@ -192,7 +210,10 @@ fn holders_and_lent_handles_are_counted() {
     assert!(!ring.shared_beyond(me, alive).unwrap(), "only this handle");
     ring.attach(other, alive, false).unwrap();
     assert!(ring.shared_beyond(me, alive).unwrap(), "another process");
-    assert!(!ring.shared_beyond(me, |h| h != other).unwrap(), "the other one died");
+    assert!(
+        !ring.shared_beyond(me, |h| h != other).unwrap(),
+        "the other one died"
+    );
     ring.detach(other).unwrap();
     let token = ring.lend();
     assert!(ring.shared_beyond(me, alive).unwrap(), "a handle in flight");
@@ -235,7 +256,7 @@ fn use_a_queue_with_a_corrupt_layout() -> Result<(), String> {
         ring.h().put.read_seen.store(read, Ordering::Relaxed);
         let what = format!("capacity {cap}, base {base}, read {read}");
         let mut consumer = ring.consumer(None).map_err(text)?.ok_or("the lock")?;
-        match consumer.pop(|b| b.to_vec()) {
+        match consumer.pop(|b| b.into_vec()) {
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {}
             other => return Err(format!("{what}: a get gave {other:?}")),
         }
@@ -277,7 +298,7 @@ fn the_ring_grows_past_the_size_it_first_saw() {
     drop(p);
     // `b` still has the first size on record: it must look again, not call it corrupt.
     let mut c = b.consumer(None).unwrap().unwrap();
-    assert_eq!(c.pop(|b| b.to_vec()).unwrap().unwrap(), body);
+    assert_eq!(c.pop(|b| b.into_vec()).unwrap().unwrap().unwrap(), body);
 }
 
 /// The fuzz target's body on cheap random inputs, on every `cargo test`: the long run is
