@@ -11,7 +11,7 @@
 //!
 //! The API side talks to it through [`Shared`]: a command queue behind a mutex and an eventfd
 //! that wakes its `poll`. Chunks and answers travel in each worker's lane (shared memory, see
-//! `sys/lane.rs`); what goes on a worker's socket (large frames, wake-ups, `Stop`) goes through
+//! `pool/lane.rs`); what goes on a worker's socket (large frames, wake-ups, `Stop`) goes through
 //! its outbox, so one slow worker never blocks the others.
 
 use std::collections::{HashSet, VecDeque};

@@ -265,18 +265,9 @@ impl Mapping {
 
     /// The 32-bit word at `at` (4-aligned, inside the mapping), shared through atomics.
     pub(crate) fn word(&self, at: usize) -> &std::sync::atomic::AtomicU32 {
-        assert!(
-            at % 4 == 0 && at + 4 <= self.len,
-            "a word outside a mapping"
-        );
-        // SAFETY: inside the mapping and aligned (checked), valid while `self` lives; every
-        // process touches this word only through atomics.
-        unsafe {
-            &*self
-                .ptr
-                .as_ptr()
-                .add(at)
-                .cast::<std::sync::atomic::AtomicU32>()
+        match self.view(at) {
+            Ok(word) => word,
+            Err(e) => panic!("a word outside a mapping: {e}"),
         }
     }
 }
