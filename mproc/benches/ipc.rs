@@ -78,7 +78,7 @@ fn put_small(q: Queue<[u64; 8]>, go: Event, n: u64) {
     for i in 0..WARM_SMALL {
         q.put([i; 8]).unwrap();
     }
-    go.wait();
+    go.wait().unwrap();
     for i in 0..n {
         q.put([i; 8]).unwrap();
     }
@@ -90,7 +90,7 @@ fn put_big(q: Queue<ByteBuf>, go: Event, n: usize) {
     for _ in 0..WARM_BIG {
         q.put(&v).unwrap();
     }
-    go.wait();
+    go.wait().unwrap();
     for _ in 0..n {
         q.put(&v).unwrap();
     }
@@ -102,7 +102,7 @@ fn send_big(c: Connection<ByteBuf>, go: Event, n: usize) {
     for _ in 0..WARM_BIG {
         c.send(&v).unwrap();
     }
-    go.wait();
+    go.wait().unwrap();
     for _ in 0..n {
         c.send(&v).unwrap();
     }
@@ -111,7 +111,7 @@ fn send_big(c: Connection<ByteBuf>, go: Event, n: usize) {
 /// The other side of the event ping-pong: `n` times, wait for ping, answer pong.
 fn pong(ping: Event, pong: Event, n: u64) {
     for _ in 0..n {
-        ping.wait();
+        ping.wait().unwrap();
         ping.clear();
         pong.set();
     }
@@ -375,13 +375,13 @@ fn event(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
         p.start()?;
         for _ in 0..10 {
             ping.set();
-            pong_e.wait();
+            pong_e.wait()?;
             pong_e.clear();
         }
         let t = Instant::now();
         for _ in 0..plan.pings {
             ping.set();
-            pong_e.wait();
+            pong_e.wait()?;
             pong_e.clear();
         }
         ours.push(t.elapsed().as_nanos() as f64 / plan.pings as f64 / 2.0 / 1000.0);

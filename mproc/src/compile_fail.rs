@@ -14,6 +14,17 @@
 /// ```
 pub(crate) struct LockGuardIsNotSend;
 
+/// The same for an `RLock`'s guard (one level of a re-entrant hold).
+///
+/// ```compile_fail,E0277
+/// let lock = mproc::RLock::new().unwrap();
+/// let guard = lock.acquire().unwrap();
+/// std::thread::scope(|s| {
+///     s.spawn(move || drop(guard));
+/// });
+/// ```
+pub(crate) struct RLockGuardIsNotSend;
+
 /// The same for a `Value`'s guard (and an `Array`'s: one is the other's).
 ///
 /// ```compile_fail,E0277

@@ -134,15 +134,6 @@ impl<T> fmt::Debug for Connection<T> {
     }
 }
 
-fn os(what: &str, e: std::io::Error) -> Error {
-    match e.raw_os_error() {
-        Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN) => {
-            ErrorKind::Closed.into()
-        }
-        _ => Error::os(what.to_string(), e),
-    }
-}
-
 impl End {
     /// A memory file holding a message of `len` bytes that `fill` writes (a spare the
     /// receiver is done with, or a new one), marked in flight; returns a descriptor to send.
@@ -226,7 +217,7 @@ impl<T> Connection<T> {
     /// ```
     pub fn poll(&self, timeout: Duration) -> Result<bool, Error> {
         let ready = fd::poll_read(&[self.end.sock()?], fd::deadline_after(timeout))
-            .map_err(|e| os("waiting on a pipe", e))?;
+            .map_err(|e| Error::os("waiting on a pipe", e))?;
         Ok(ready[0].readable || ready[0].hangup)
     }
 
@@ -290,9 +281,10 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
             match socket::send(sock, &[&bytes], &fds) {
                 Ok(_) => return Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    fd::poll_write(sock, None).map_err(|e| os("waiting to send on a pipe", e))?;
+                    fd::poll_write(sock, None)
+                        .map_err(|e| Error::os("waiting to send on a pipe", e))?;
                 }
-                Err(e) => return Err(os("sending on a pipe", e)),
+                Err(e) => return Err(Error::os("sending on a pipe", e)),
             }
         }
     }
@@ -342,13 +334,13 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                 Ok(n) => break (buf, n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     drop(buf);
-                    let ready =
-                        fd::poll_read(&[sock], deadline).map_err(|e| os("waiting on a pipe", e))?;
+                    let ready = fd::poll_read(&[sock], deadline)
+                        .map_err(|e| Error::os("waiting on a pipe", e))?;
                     if !ready[0].readable && !ready[0].hangup {
                         return Err(ErrorKind::Timeout.into());
                     }
                 }
-                Err(e) => return Err(os("receiving on a pipe", e)),
+                Err(e) => return Err(Error::os("receiving on a pipe", e)),
             }
         };
         let buf = &mut *buf;

@@ -230,8 +230,20 @@ impl Error {
         &self.0
     }
 
-    /// An OS error, with what mproc was doing when it happened.
+    /// An OS error, with what mproc was doing when it happened: the one way an `io::Error`
+    /// becomes an `Error`. A broken connection (`EPIPE`, `ECONNRESET`, `ENOTCONN`: the peer
+    /// is gone) is `Closed`; an `InvalidData` without an errno, which the OS layer raises for
+    /// shared memory or bytes a peer left malformed, is `Protocol`.
     pub(crate) fn os(context: impl Into<String>, e: io::Error) -> Error {
+        match e.raw_os_error() {
+            Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN) => {
+                return ErrorKind::Closed.into();
+            }
+            None if e.kind() == io::ErrorKind::InvalidData => {
+                return Error::protocol(e.to_string());
+            }
+            _ => {}
+        }
         ErrorKind::Os(OsReport {
             context: context.into(),
             errno: e.raw_os_error(),

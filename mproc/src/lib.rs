@@ -72,7 +72,10 @@ pub use queue::{JoinableQueue, Queue, SimpleQueue};
 pub use shared::{Array, ArrayGuard, Value, ValueGuard};
 pub use shared_memory::SharedMemory;
 pub use start::{StartMethod, get_start_method, set_start_method};
-pub use sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, Semaphore};
+pub use sync::{
+    Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore,
+    WaitTimeoutResult,
+};
 pub use wire::target::Target;
 
 /// Entry points for the fuzz targets in `fuzz/`; not part of the API.

@@ -14,7 +14,7 @@ use bytemuck::Pod;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::Error;
-use crate::sync::{MUTEX_AT, deserialize_block, new_mutex_block, os, serialize_block};
+use crate::sync::{MUTEX_AT, deserialize_block, new_mutex_block, serialize_block};
 use crate::sys::layout::shared_layout;
 use crate::sys::shared::{Block, BlockHeader, Held, Taken};
 
@@ -84,7 +84,7 @@ fn take(block: &Block) -> Result<(Held<'_>, bool), Error> {
         Err(e) if e.raw_os_error() == Some(libc::EDEADLK) => Err(Error::invalid(
             "this thread already holds this shared value's lock",
         )),
-        Err(e) => Err(os("taking a shared value's lock", e)),
+        Err(e) => Err(Error::os("taking a shared value's lock", e)),
     }
 }
 

@@ -297,7 +297,7 @@ fn my_parent() -> u32 {
 }
 
 fn wait_then_set(go: Event, done: Event) -> u32 {
-    assert!(go.wait_timeout(PATIENCE), "never told to go");
+    go.wait_timeout(PATIENCE).expect("never told to go");
     std::thread::sleep(Duration::from_millis(500));
     done.set();
     7
@@ -319,10 +319,8 @@ fn a_child_outlives_its_killed_fork_server_and_the_next_one_starts() {
     assert_ne!(server, std::process::id(), "the child is the server's");
     kill_and_await(server);
     go.set();
-    assert!(
-        done.wait_timeout(PATIENCE),
-        "the child died with its fork server"
-    );
+    done.wait_timeout(PATIENCE)
+        .expect("the child died with its fork server");
     assert_eq!(p.join_timeout(PATIENCE).unwrap(), 7);
     assert_eq!(p.exitcode(), Some(0));
     assert!(!p.is_alive());

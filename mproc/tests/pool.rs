@@ -130,14 +130,26 @@ fn async_result_waits_and_timeouts(m: StartMethod) {
     let r = p.apply_async(nap_then, (300, 7)).unwrap();
     assert_eq!(r.successful().unwrap_err().kind(), &ErrorKind::NotReady);
     assert!(!r.ready());
-    assert!(!r.wait_timeout(Duration::from_millis(20)));
+    let t = Instant::now();
+    assert_eq!(
+        r.wait_timeout(Duration::from_millis(20))
+            .unwrap_err()
+            .kind(),
+        &ErrorKind::Timeout
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(20),
+        "{:?}",
+        t.elapsed()
+    );
     assert_eq!(
         r.get_timeout(Duration::from_millis(20)).unwrap_err().kind(),
         &ErrorKind::Timeout
     );
     // The task went on: the next wait gets it.
     assert_eq!(r.get_timeout(PATIENCE).unwrap(), 7);
-    r.wait();
+    r.wait().unwrap();
+    r.wait_timeout(Duration::ZERO).unwrap();
     assert!(r.ready());
 }
 
@@ -164,7 +176,7 @@ fn panics_fail_only_their_item(m: StartMethod) {
         assert_eq!(item.is_err(), n % 7 == 3, "item {n}: {item:?}");
     }
     let r = p.apply_async(boom, (3,)).unwrap();
-    r.wait_timeout(PATIENCE);
+    r.wait_timeout(PATIENCE).unwrap();
     assert!(!r.successful().unwrap());
     // The pool keeps working: a panic does not cost the worker.
     assert_eq!(p.apply(square, (3,)).unwrap(), 9);

@@ -227,7 +227,7 @@ fn a_queue_that_never_left_this_process_waits_its_full_time(m: StartMethod) {
     q.put(1).unwrap();
     let t = Instant::now();
     let e = q.put_timeout(2, want).unwrap_err();
-    assert_eq!(e.kind(), &ErrorKind::Full, "{e}");
+    assert_eq!(e.kind(), &ErrorKind::Timeout, "{e}");
     assert!(t.elapsed() >= want, "{:?}", t.elapsed());
     assert_eq!(q.get_timeout(PATIENCE).unwrap(), 1);
     q.put(3).unwrap();
@@ -488,7 +488,10 @@ fn timeouts_are_accurate(_m: StartMethod) {
     check("Queue::get_timeout", t.elapsed());
     q.put(1).unwrap();
     let t = Instant::now();
-    assert_eq!(q.put_timeout(2, want).unwrap_err().kind(), &ErrorKind::Full);
+    assert_eq!(
+        q.put_timeout(2, want).unwrap_err().kind(),
+        &ErrorKind::Timeout
+    );
     check("Queue::put_timeout", t.elapsed());
     let j = JoinableQueue::<u8>::new().unwrap();
     j.put(1).unwrap();
@@ -498,6 +501,33 @@ fn timeouts_are_accurate(_m: StartMethod) {
         &ErrorKind::Timeout
     );
     check("JoinableQueue::join_timeout", t.elapsed());
+}
+
+/// A timed call that succeeds gives what the untimed call gives, after waiting if it must;
+/// `Full` is a try's answer, a timed put's is `Timeout`.
+#[test]
+fn timed_queue_calls_answer_what_untimed_ones_do() {
+    let q = Queue::<u8>::bounded(1).unwrap();
+    let () = q.put_timeout(1, PATIENCE).unwrap();
+    assert_eq!(q.try_put(2).unwrap_err().kind(), &ErrorKind::Full);
+    assert_eq!(
+        q.put_timeout(2, Duration::ZERO).unwrap_err().kind(),
+        &ErrorKind::Timeout
+    );
+    let getter = q.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        getter.get_timeout(PATIENCE)
+    });
+    let () = q.put_timeout(2, PATIENCE).unwrap();
+    assert_eq!(t.join().unwrap().unwrap(), 1);
+    assert_eq!(q.get_timeout(PATIENCE).unwrap(), 2);
+
+    let j = JoinableQueue::<u8>::new().unwrap();
+    j.put(1).unwrap();
+    assert_eq!(j.get_timeout(PATIENCE).unwrap(), 1);
+    j.task_done().unwrap();
+    let () = j.join_timeout(PATIENCE).unwrap();
 }
 
 fn put_square(q: Queue<u64>, x: u64) -> u64 {

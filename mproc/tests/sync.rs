@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use mproc::{
-    Array, Barrier, BoundedSemaphore, Condition, ErrorKind, Event, Lock, Pool, Process, Queue,
-    RLock, Semaphore, StartMethod, Value,
+    Array, Barrier, BoundedSemaphore, Condition, ErrorKind, Event, Lock, LockGuard, Pool, Process,
+    Queue, RLock, RLockGuard, Semaphore, StartMethod, Value,
 };
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -62,7 +62,7 @@ fn locks_exclude_across_processes(m: StartMethod) {
 /// Takes the lock (of each kind) and dies holding it.
 fn die_holding(lock: Lock, rlock: RLock, value: Value<u32>) {
     let _g = lock.acquire().unwrap();
-    rlock.acquire().unwrap();
+    let _rg = rlock.acquire().unwrap();
     let mut v = value.lock().unwrap();
     *v = 7;
     // SAFETY: kill(2) has no memory-safety preconditions.
@@ -85,9 +85,13 @@ fn a_lock_whose_owner_died_is_handed_on_and_says_so(m: StartMethod) {
     let g = lock.acquire_timeout(PATIENCE).unwrap();
     assert!(!g.owner_died(), "only the first acquirer is told");
     drop(g);
-    assert!(rlock.acquire_timeout(PATIENCE).unwrap());
-    assert!(rlock.owner_died());
-    rlock.release().unwrap();
+    let g = rlock.acquire_timeout(PATIENCE).unwrap();
+    assert!(g.owner_died(), "the RLock's guard says its owner died");
+    g.release().unwrap();
+    assert!(
+        !rlock.acquire().unwrap().owner_died(),
+        "only the first acquirer is told"
+    );
     let v = value.lock().unwrap();
     assert!(v.owner_died());
     assert_eq!(*v, 7, "the value is what the dead owner left");
@@ -131,7 +135,7 @@ fn semaphores_count_across_processes(m: StartMethod) {
 }
 
 fn wait_then_set(go: Event, done: Event) {
-    assert!(go.wait_timeout(Duration::from_secs(20)));
+    go.wait_timeout(Duration::from_secs(20)).unwrap();
     done.set();
 }
 
@@ -139,9 +143,15 @@ fn events_wake_other_processes(m: StartMethod) {
     let go = Event::new().unwrap();
     let done = Event::new().unwrap();
     let mut p = start(m, wait_then_set, (go.clone(), done.clone()));
-    assert!(!done.wait_timeout(Duration::from_millis(30)));
+    assert_eq!(
+        done.wait_timeout(Duration::from_millis(30))
+            .unwrap_err()
+            .kind(),
+        &ErrorKind::Timeout
+    );
     go.set();
-    assert!(done.wait_timeout(PATIENCE));
+    done.wait_timeout(PATIENCE).unwrap();
+    done.wait().unwrap();
     p.join_timeout(PATIENCE).unwrap();
     done.clear();
     assert!(!done.is_set());
@@ -216,8 +226,10 @@ fn barriers_release_every_party_together(m: StartMethod) {
     assert_eq!(lonely.wait().unwrap_err().kind(), &ErrorKind::BrokenBarrier);
 }
 
-fn hold_for(lock: Lock, ms: u64, held: Event) {
+fn hold_for(lock: Lock, rlock: RLock, ms: u64, held: Event) {
     let _g = lock.acquire().unwrap();
+    let _outer = rlock.acquire().unwrap();
+    let _inner = rlock.acquire().unwrap();
     held.set();
     std::thread::sleep(Duration::from_millis(ms));
 }
@@ -225,9 +237,10 @@ fn hold_for(lock: Lock, ms: u64, held: Event) {
 /// Every `_timeout` call waits about as long as asked: not less, and not much more.
 fn timeouts_are_accurate(m: StartMethod) {
     let lock = Lock::new().unwrap();
+    let r = RLock::new().unwrap();
     let held = Event::new().unwrap();
-    let mut p = start(m, hold_for, (lock.clone(), 2_000, held.clone()));
-    assert!(held.wait_timeout(PATIENCE));
+    let mut p = start(m, hold_for, (lock.clone(), r.clone(), 2_000, held.clone()));
+    held.wait_timeout(PATIENCE).unwrap();
     let want = Duration::from_millis(100);
     let check = |what: &str, took: Duration| {
         assert!(took >= want, "{what} returned early: {took:?}");
@@ -244,30 +257,120 @@ fn timeouts_are_accurate(m: StartMethod) {
     check("Lock::acquire_timeout", t.elapsed());
     let s = Semaphore::new(0).unwrap();
     let t = Instant::now();
-    assert!(!s.acquire_timeout(want).unwrap());
+    let timed_out = |e: mproc::Error| assert_eq!(e.kind(), &ErrorKind::Timeout);
+    timed_out(s.acquire_timeout(want).unwrap_err());
     check("Semaphore::acquire_timeout", t.elapsed());
+    let bs = BoundedSemaphore::new(1).unwrap();
+    bs.acquire().unwrap();
+    let t = Instant::now();
+    timed_out(bs.acquire_timeout(want).unwrap_err());
+    check("BoundedSemaphore::acquire_timeout", t.elapsed());
     let e = Event::new().unwrap();
     let t = Instant::now();
-    assert!(!e.wait_timeout(want));
+    timed_out(e.wait_timeout(want).unwrap_err());
     check("Event::wait_timeout", t.elapsed());
-    let r = RLock::new().unwrap();
+    let t = Instant::now();
+    timed_out(r.acquire_timeout(want).map(drop).unwrap_err());
+    check("RLock::acquire_timeout", t.elapsed());
     let c_lock = Lock::new().unwrap();
     let cond = Condition::new(&c_lock).unwrap();
     let t = Instant::now();
-    let (_g, woken) = cond.wait_timeout(c_lock.acquire().unwrap(), want).unwrap();
-    assert!(!woken);
+    let (_g, result) = cond.wait_timeout(c_lock.acquire().unwrap(), want).unwrap();
+    assert!(result.timed_out());
     check("Condition::wait_timeout", t.elapsed());
     let b = Barrier::new(2).unwrap();
     let t = Instant::now();
-    assert!(b.wait_timeout(want).is_err());
+    timed_out(b.wait_timeout(want).unwrap_err());
     check("Barrier::wait_timeout", t.elapsed());
-    assert!(
-        r.acquire_timeout(want).unwrap(),
-        "a free RLock is taken at once"
+    assert_eq!(
+        b.wait().unwrap_err().kind(),
+        &ErrorKind::BrokenBarrier,
+        "the party that gave up broke the barrier"
     );
-    r.release().unwrap();
     p.kill().unwrap();
     let _ = p.join_timeout(PATIENCE);
+}
+
+fn give_up_at(b: Barrier, ms: u64) -> Option<ErrorKind> {
+    b.wait_timeout(Duration::from_millis(ms))
+        .err()
+        .map(|e| e.kind().clone())
+}
+
+/// A party whose wait runs out of time answers `Timeout` and breaks the barrier: the other
+/// parties, in other processes, answer `BrokenBarrier` at once instead of waiting on.
+fn a_party_that_gives_up_breaks_the_barrier_for_the_others(m: StartMethod) {
+    let b = Barrier::new(3).unwrap();
+    let mut p = start(m, give_up_at, (b.clone(), 50));
+    let t = Instant::now();
+    let e = b.wait_timeout(PATIENCE).unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::BrokenBarrier, "{e}");
+    assert!(
+        t.elapsed() < PATIENCE / 2,
+        "woken by the break: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(p.join_timeout(PATIENCE).unwrap(), Some(ErrorKind::Timeout));
+}
+
+/// A timed call that succeeds gives what the untimed call gives: a guard, a permit, the
+/// barrier's index; and `Condition::wait_timeout` says it was notified.
+#[test]
+fn timed_calls_answer_what_untimed_ones_do() {
+    let lock = Lock::new().unwrap();
+    let g: LockGuard<'_> = lock.acquire_timeout(PATIENCE).unwrap();
+    drop(g);
+
+    let r = RLock::new().unwrap();
+    let outer: RLockGuard<'_> = r.acquire_timeout(PATIENCE).unwrap();
+    let inner = r.acquire_timeout(Duration::ZERO).unwrap();
+    assert!(!inner.owner_died());
+    drop(inner);
+    let other = r.clone();
+    let e = std::thread::spawn(move || {
+        other
+            .acquire_timeout(Duration::from_millis(10))
+            .map(drop)
+            .unwrap_err()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        e.kind(),
+        &ErrorKind::Timeout,
+        "one level of two is still held"
+    );
+    outer.release().unwrap();
+    let other = r.clone();
+    std::thread::spawn(move || other.acquire_timeout(PATIENCE).map(drop))
+        .join()
+        .unwrap()
+        .expect("free once every guard is gone");
+
+    let s = Semaphore::new(1).unwrap();
+    let () = s.acquire_timeout(PATIENCE).unwrap();
+    assert_eq!(s.value(), 0);
+    let e = Event::new().unwrap();
+    e.set();
+    let () = e.wait_timeout(PATIENCE).unwrap();
+    let b = Barrier::new(1).unwrap();
+    assert_eq!(b.wait_timeout(PATIENCE).unwrap(), 0);
+
+    let c_lock = Lock::new().unwrap();
+    let cond = Condition::new(&c_lock).unwrap();
+    let g = c_lock.acquire().unwrap();
+    let notifier = {
+        let (cond, c_lock) = (cond.clone(), c_lock.clone());
+        // Takes the lock only once the wait below has let it go: the notify comes after.
+        std::thread::spawn(move || {
+            let _g = c_lock.acquire().unwrap();
+            cond.notify_all();
+        })
+    };
+    let (g, result) = cond.wait_timeout(g, PATIENCE).unwrap();
+    assert!(!result.timed_out(), "notified");
+    drop(g);
+    notifier.join().unwrap();
 }
 
 /// Records in the shared value that the initializer ran, under the shared lock.
@@ -330,8 +433,8 @@ fn handles_reach_pool_tasks(m: StartMethod) {
 /// The ways safe code can let go of a lock's last handle while this process may still hold the
 /// lock (its pthread mutex then sits on the holding thread's robust list).
 const UNMAP_SEQUENCES: [&str; 10] = [
-    "an RLock dropped while held",
-    "an RLock held by one thread, dropped by another",
+    "an RLock dropped while held (its guards forgotten)",
+    "an RLock held by one thread (its guard forgotten), dropped by another",
     "a forgotten LockGuard, its Lock dropped",
     "a forgotten LockGuard, its Lock dropped by another thread",
     "a forgotten ValueGuard, its Value dropped",
@@ -347,13 +450,13 @@ fn let_go_while_held(sequence: usize) {
     match sequence {
         0 => {
             let r = RLock::new().unwrap();
-            r.acquire().unwrap();
-            r.acquire().unwrap();
+            std::mem::forget(r.acquire().unwrap());
+            std::mem::forget(r.acquire().unwrap());
             drop(r);
         }
         1 => {
             let r = RLock::new().unwrap();
-            r.acquire().unwrap();
+            std::mem::forget(r.acquire().unwrap());
             std::thread::spawn(move || drop(r)).join().unwrap();
         }
         2 => {
@@ -396,13 +499,15 @@ fn let_go_while_held(sequence: usize) {
             tx.send(&first).unwrap();
             let second = rx.recv_timeout(PATIENCE).unwrap();
             let other = Lock::new().unwrap();
-            second.acquire().unwrap();
-            first.acquire().unwrap();
-            second.release().unwrap();
+            let through_second = second.acquire().unwrap();
+            let through_first = first.acquire().unwrap();
+            through_second.release().unwrap();
             drop(second);
             drop(other.acquire().unwrap());
-            first.release().unwrap();
-            assert!(first.release().is_err(), "free again");
+            through_first.release().unwrap();
+            let again = first.clone();
+            let free = std::thread::spawn(move || again.acquire_timeout(Duration::ZERO).is_ok());
+            assert!(free.join().unwrap(), "free again");
         }
         _ => {
             for _ in 0..20 {
@@ -478,8 +583,7 @@ fn drop_while_held(sequence: usize) -> bool {
                 let v = Value::new(0u32).unwrap();
                 *v.lock().unwrap() += 1;
                 let r = RLock::new().unwrap();
-                r.acquire().unwrap();
-                r.release().unwrap();
+                drop(r.acquire().unwrap());
             }
             drop(made_before.acquire().unwrap());
         });
@@ -523,6 +627,7 @@ per_start_method!(
     events_wake_other_processes,
     conditions_notify_across_processes,
     barriers_release_every_party_together,
+    a_party_that_gives_up_breaks_the_barrier_for_the_others,
     timeouts_are_accurate,
     handles_reach_pool_initializers,
 );

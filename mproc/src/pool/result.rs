@@ -109,7 +109,7 @@ impl<R> AsyncResult<R> {
     /// }
     /// let pool = mproc::Pool::new(1)?;
     /// let r = pool.apply_async(one, ())?;
-    /// r.wait();
+    /// r.wait()?;
     /// assert!(r.ready());
     /// # Ok::<(), mproc::Error>(())
     /// ```
@@ -117,7 +117,12 @@ impl<R> AsyncResult<R> {
         self.job.is_complete()
     }
 
-    /// Waits until the task has finished.
+    /// Waits until the task has finished (successfully or not: [`get`](Self::get) says which).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` in a fork child of the pool's process, where nothing will ever
+    /// finish the task.
     ///
     /// ```
     /// fn one() -> u8 {
@@ -125,15 +130,16 @@ impl<R> AsyncResult<R> {
     /// }
     /// let pool = mproc::Pool::new(1)?;
     /// let r = pool.apply_async(one, ())?;
-    /// r.wait();
+    /// r.wait()?;
     /// assert!(r.ready());
     /// # Ok::<(), mproc::Error>(())
     /// ```
-    pub fn wait(&self) {
-        let _ = wait_complete(&self.job, &self.pool, None);
+    pub fn wait(&self) -> Result<(), Error> {
+        self.wait_until(None)
     }
 
-    /// Waits until the task has finished or `timeout` passes; `true` if it finished.
+    /// Like [`wait`](Self::wait), giving up after `timeout` with `Err(Timeout)`; the task
+    /// goes on and the call may be repeated.
     ///
     /// ```
     /// use std::time::Duration;
@@ -143,12 +149,21 @@ impl<R> AsyncResult<R> {
     /// }
     /// let pool = mproc::Pool::new(1)?;
     /// let r = pool.apply_async(nap, ())?;
-    /// assert!(!r.wait_timeout(Duration::from_millis(10)));
-    /// assert!(r.wait_timeout(Duration::from_secs(30)));
+    /// let e = r.wait_timeout(Duration::from_millis(10)).unwrap_err();
+    /// assert_eq!(e.kind(), &mproc::ErrorKind::Timeout);
+    /// r.wait_timeout(Duration::from_secs(30))?;
     /// # Ok::<(), mproc::Error>(())
     /// ```
-    pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        wait_complete(&self.job, &self.pool, fd::deadline_after(timeout)).is_some()
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<(), Error> {
+        self.wait_until(fd::deadline_after(timeout))
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> Result<(), Error> {
+        match wait_complete(&self.job, &self.pool, deadline) {
+            Some(_) => Ok(()),
+            None if self.pool.foreign() => Err(Shared::foreign_error()),
+            None => Err(ErrorKind::Timeout.into()),
+        }
     }
 
     /// Whether the task finished without an error.
@@ -163,7 +178,7 @@ impl<R> AsyncResult<R> {
     /// }
     /// let pool = mproc::Pool::new(1)?;
     /// let r = pool.apply_async(boom, ())?;
-    /// r.wait();
+    /// r.wait()?;
     /// assert_eq!(r.successful()?, false);
     /// # Ok::<(), mproc::Error>(())
     /// ```

@@ -1,0 +1,170 @@
+//! [`Barrier`], a meeting point for a fixed number of parties.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::{KIND_BARRIER, WORDS_AT, block_handle, new_block};
+use crate::error::{Error, ErrorKind};
+use crate::sys::fd::deadline_after;
+use crate::sys::futex;
+use crate::sys::shared::Block;
+
+const PARTIES_AT: usize = WORDS_AT + 8;
+const ARRIVED_AT: usize = WORDS_AT + 12;
+const GENERATION_AT: usize = WORDS_AT + 16;
+const BROKEN_AT: usize = WORDS_AT + 20;
+
+/// A barrier for a fixed number of parties: Python's `multiprocessing.Barrier`.
+///
+/// ```
+/// let b = mproc::Barrier::new(1)?;
+/// assert_eq!(b.wait()?, 0);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Barrier {
+    block: Arc<Block>,
+}
+
+impl Barrier {
+    /// A barrier that opens once `parties` processes (or threads) wait on it.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for 0.
+    ///
+    /// ```
+    /// assert!(mproc::Barrier::new(0).is_err());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn new(parties: usize) -> Result<Barrier, Error> {
+        let parties = u32::try_from(parties)
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| Error::invalid("a barrier needs between 1 and u32::MAX parties"))?;
+        let block = new_block(KIND_BARRIER, "a barrier")?;
+        block.u32_at(PARTIES_AT).store(parties, Ordering::Release);
+        Ok(Barrier::from_block(block))
+    }
+
+    fn from_block(block: Arc<Block>) -> Barrier {
+        Barrier { block }
+    }
+
+    /// How many parties it waits for.
+    ///
+    /// ```
+    /// assert_eq!(mproc::Barrier::new(3)?.parties(), 3);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn parties(&self) -> usize {
+        self.block.u32_at(PARTIES_AT).load(Ordering::Acquire) as usize
+    }
+
+    /// Waits until every party has arrived; returns a distinct index (0 to parties − 1) per
+    /// party and pass.
+    ///
+    /// # Errors
+    ///
+    /// `BrokenBarrier` once it is broken (aborted, or another party's wait timed out).
+    ///
+    /// ```
+    /// let b = mproc::Barrier::new(1)?;
+    /// b.abort();
+    /// assert_eq!(b.wait().unwrap_err().kind(), &mproc::ErrorKind::BrokenBarrier);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn wait(&self) -> Result<usize, Error> {
+        self.wait_until(None)
+    }
+
+    /// Like [`wait`](Self::wait), giving up after `timeout` with `Err(Timeout)`. As in
+    /// Python, a party that gives up breaks the barrier: the others, waiting or still to come,
+    /// get `Err(BrokenBarrier)`.
+    ///
+    /// ```
+    /// use mproc::ErrorKind;
+    ///
+    /// let b = mproc::Barrier::new(2)?;
+    /// let e = b.wait_timeout(std::time::Duration::from_millis(5)).unwrap_err();
+    /// assert_eq!(e.kind(), &ErrorKind::Timeout);
+    /// assert_eq!(b.wait().unwrap_err().kind(), &ErrorKind::BrokenBarrier, "broken for everyone");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<usize, Error> {
+        self.wait_until(deadline_after(timeout))
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> Result<usize, Error> {
+        let broken = self.block.u32_at(BROKEN_AT);
+        let generation = self.block.u32_at(GENERATION_AT);
+        let arrived = self.block.u32_at(ARRIVED_AT);
+        let parties = self.block.u32_at(PARTIES_AT).load(Ordering::Acquire);
+        let pass = generation.load(Ordering::SeqCst);
+        if broken.load(Ordering::SeqCst) != 0 {
+            return Err(ErrorKind::BrokenBarrier.into());
+        }
+        let index = arrived.fetch_add(1, Ordering::SeqCst);
+        if index + 1 >= parties {
+            arrived.store(0, Ordering::SeqCst);
+            generation.fetch_add(1, Ordering::SeqCst);
+            futex::wake(generation, u32::MAX);
+            return Ok(index as usize);
+        }
+        loop {
+            if generation.load(Ordering::SeqCst) != pass {
+                return Ok(index as usize);
+            }
+            if broken.load(Ordering::SeqCst) != 0 {
+                return Err(ErrorKind::BrokenBarrier.into());
+            }
+            match futex::wait(generation, pass, deadline) {
+                Ok(true) => {}
+                Ok(false) => {
+                    if generation.load(Ordering::SeqCst) != pass {
+                        return Ok(index as usize);
+                    }
+                    self.abort();
+                    return Err(ErrorKind::Timeout.into());
+                }
+                Err(e) => return Err(Error::os("waiting on a barrier", e)),
+            }
+        }
+    }
+
+    /// Breaks the barrier: every waiter, now and later, gets `Err(BrokenBarrier)`.
+    ///
+    /// ```
+    /// let b = mproc::Barrier::new(2)?;
+    /// b.abort();
+    /// assert!(b.is_broken());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn abort(&self) {
+        self.block.u32_at(BROKEN_AT).store(1, Ordering::SeqCst);
+        futex::wake(self.block.u32_at(GENERATION_AT), u32::MAX);
+    }
+
+    /// Whether it is broken.
+    ///
+    /// ```
+    /// assert!(!mproc::Barrier::new(2)?.is_broken());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn is_broken(&self) -> bool {
+        self.block.u32_at(BROKEN_AT).load(Ordering::SeqCst) != 0
+    }
+}
+
+block_handle!(Barrier, KIND_BARRIER);
+
+impl fmt::Debug for Barrier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Barrier")
+            .field("parties", &self.parties())
+            .field("broken", &self.is_broken())
+            .finish()
+    }
+}

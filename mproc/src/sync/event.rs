@@ -1,0 +1,140 @@
+//! [`Event`], a flag processes wait for.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::{KIND_EVENT, WORDS_AT, block_handle, new_block, sleep, wake};
+use crate::error::{Error, ErrorKind};
+use crate::sys::fd::deadline_after;
+use crate::sys::shared::Block;
+
+const FLAG_AT: usize = WORDS_AT;
+
+/// A flag processes can wait for: Python's `multiprocessing.Event`.
+///
+/// ```
+/// use mproc::{Event, Process};
+///
+/// fn signal(e: Event) {
+///     e.set();
+/// }
+/// let e = Event::new()?;
+/// let mut p = Process::new(signal, (e.clone(),));
+/// p.start()?;
+/// e.wait_timeout(std::time::Duration::from_secs(30))?;
+/// p.join()?;
+/// # Ok::<(), mproc::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Event {
+    block: Arc<Block>,
+}
+
+impl Event {
+    /// A new, clear event.
+    ///
+    /// ```
+    /// assert!(!mproc::Event::new()?.is_set());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn new() -> Result<Event, Error> {
+        Ok(Event::from_block(new_block(KIND_EVENT, "an event")?))
+    }
+
+    fn from_block(block: Arc<Block>) -> Event {
+        Event { block }
+    }
+
+    /// Sets the flag and wakes every waiter.
+    ///
+    /// ```
+    /// let e = mproc::Event::new()?;
+    /// e.set();
+    /// assert!(e.is_set());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn set(&self) {
+        self.block.u32_at(FLAG_AT).store(1, Ordering::SeqCst);
+        wake(&self.block, FLAG_AT, u32::MAX);
+    }
+
+    /// Clears the flag.
+    ///
+    /// ```
+    /// let e = mproc::Event::new()?;
+    /// e.set();
+    /// e.clear();
+    /// assert!(!e.is_set());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn clear(&self) {
+        self.block.u32_at(FLAG_AT).store(0, Ordering::SeqCst);
+    }
+
+    /// Whether the flag is set.
+    ///
+    /// ```
+    /// assert!(!mproc::Event::new()?.is_set());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn is_set(&self) -> bool {
+        self.block.u32_at(FLAG_AT).load(Ordering::Acquire) != 0
+    }
+
+    /// Waits until the flag is set.
+    ///
+    /// # Errors
+    ///
+    /// `Os` if the system refuses the wait (it never does on a sound block; the error is
+    /// reported rather than taken for a wake-up).
+    ///
+    /// ```
+    /// let e = mproc::Event::new()?;
+    /// e.set();
+    /// e.wait()?;
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn wait(&self) -> Result<(), Error> {
+        self.wait_until(None)
+    }
+
+    /// Like [`wait`](Self::wait), giving up after `timeout` with `Err(Timeout)`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let e = mproc::Event::new()?;
+    /// let err = e.wait_timeout(Duration::from_millis(5)).unwrap_err();
+    /// assert_eq!(err.kind(), &mproc::ErrorKind::Timeout);
+    /// e.set();
+    /// e.wait_timeout(Duration::from_millis(5))?;
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<(), Error> {
+        self.wait_until(deadline_after(timeout))
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> Result<(), Error> {
+        let flag = self.block.u32_at(FLAG_AT);
+        while flag.load(Ordering::Acquire) == 0 {
+            let woke = sleep(&self.block, FLAG_AT, 0, deadline)
+                .map_err(|e| Error::os("waiting on an event", e))?;
+            if !woke && flag.load(Ordering::Acquire) == 0 {
+                return Err(ErrorKind::Timeout.into());
+            }
+        }
+        Ok(())
+    }
+}
+
+block_handle!(Event, KIND_EVENT);
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("set", &self.is_set())
+            .finish()
+    }
+}

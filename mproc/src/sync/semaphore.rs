@@ -1,0 +1,180 @@
+//! [`Semaphore`], a counter of permits.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::{KIND_SEMAPHORE, WORDS_AT, block_handle, new_block, sleep, wake};
+use crate::error::{Error, ErrorKind};
+use crate::sys::fd::deadline_after;
+use crate::sys::shared::Block;
+
+const COUNT_AT: usize = WORDS_AT;
+const MAX_AT: usize = WORDS_AT + 8;
+
+/// A counting semaphore shared between processes: Python's `multiprocessing.Semaphore`.
+///
+/// ```
+/// let s = mproc::Semaphore::new(2)?;
+/// s.acquire()?;
+/// s.acquire()?;
+/// let e = s.acquire_timeout(std::time::Duration::from_millis(5)).unwrap_err();
+/// assert_eq!(e.kind(), &mproc::ErrorKind::Timeout);
+/// s.release()?;
+/// assert_eq!(s.value(), 1);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Semaphore {
+    block: Arc<Block>,
+}
+
+impl Semaphore {
+    /// A semaphore with `value` permits.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` above `u32::MAX - 1` permits.
+    ///
+    /// ```
+    /// let s = mproc::Semaphore::new(0)?;
+    /// assert_eq!(s.value(), 0);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn new(value: usize) -> Result<Semaphore, Error> {
+        Semaphore::with_max(value, 0)
+    }
+
+    pub(super) fn with_max(value: usize, max: u32) -> Result<Semaphore, Error> {
+        let value = u32::try_from(value)
+            .ok()
+            .filter(|&v| v < u32::MAX)
+            .ok_or_else(|| Error::invalid("a semaphore holds at most u32::MAX - 1 permits"))?;
+        let block = new_block(KIND_SEMAPHORE, "a semaphore")?;
+        block.u32_at(COUNT_AT).store(value, Ordering::Relaxed);
+        block.u32_at(MAX_AT).store(max, Ordering::Release);
+        Ok(Semaphore::from_block(block))
+    }
+
+    fn from_block(block: Arc<Block>) -> Semaphore {
+        Semaphore { block }
+    }
+
+    /// Takes a permit, waiting for one.
+    ///
+    /// ```
+    /// let s = mproc::Semaphore::new(1)?;
+    /// s.acquire()?;
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn acquire(&self) -> Result<(), Error> {
+        self.take(None)
+    }
+
+    /// Like [`acquire`](Self::acquire), giving up after `timeout` with `Err(Timeout)`.
+    ///
+    /// ```
+    /// let s = mproc::Semaphore::new(0)?;
+    /// let e = s.acquire_timeout(std::time::Duration::from_millis(5)).unwrap_err();
+    /// assert_eq!(e.kind(), &mproc::ErrorKind::Timeout);
+    /// s.release()?;
+    /// s.acquire_timeout(std::time::Duration::from_millis(5))?;
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<(), Error> {
+        self.take(deadline_after(timeout))
+    }
+
+    /// Takes a permit if there is one now (Python's `acquire(False)`): `Ok(false)` if none.
+    ///
+    /// ```
+    /// let s = mproc::Semaphore::new(1)?;
+    /// assert!(s.try_acquire()?);
+    /// assert!(!s.try_acquire()?);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn try_acquire(&self) -> Result<bool, Error> {
+        Ok(self.take_now())
+    }
+
+    /// Takes a permit if the count is above 0.
+    fn take_now(&self) -> bool {
+        let count = self.block.u32_at(COUNT_AT);
+        let mut c = count.load(Ordering::Acquire);
+        while c > 0 {
+            match count.compare_exchange_weak(c, c - 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now) => c = now,
+            }
+        }
+        false
+    }
+
+    fn take(&self, deadline: Option<Instant>) -> Result<(), Error> {
+        loop {
+            if self.take_now() {
+                return Ok(());
+            }
+            let woke = sleep(&self.block, COUNT_AT, 0, deadline);
+            if !woke.map_err(|e| Error::os("waiting on a semaphore", e))? {
+                return Err(ErrorKind::Timeout.into());
+            }
+        }
+    }
+
+    /// Gives a permit back.
+    ///
+    /// # Errors
+    ///
+    /// For a [`BoundedSemaphore`](crate::BoundedSemaphore), `InvalidArgument` when that would exceed its initial
+    /// value.
+    ///
+    /// ```
+    /// let s = mproc::Semaphore::new(0)?;
+    /// s.release()?;
+    /// assert_eq!(s.value(), 1);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn release(&self) -> Result<(), Error> {
+        let count = self.block.u32_at(COUNT_AT);
+        let max = self.block.u32_at(MAX_AT).load(Ordering::Acquire);
+        let limit = if max == 0 { u32::MAX - 1 } else { max };
+        let mut c = count.load(Ordering::Relaxed);
+        loop {
+            if c >= limit {
+                return Err(Error::invalid(if max == 0 {
+                    "the semaphore cannot count higher"
+                } else {
+                    "a BoundedSemaphore was released more times than it was acquired"
+                }));
+            }
+            match count.compare_exchange_weak(c, c + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(now) => c = now,
+            }
+        }
+        wake(&self.block, COUNT_AT, 1);
+        Ok(())
+    }
+
+    /// The permits available now (Python's `get_value`).
+    ///
+    /// ```
+    /// assert_eq!(mproc::Semaphore::new(3)?.value(), 3);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn value(&self) -> usize {
+        self.block.u32_at(COUNT_AT).load(Ordering::Relaxed) as usize
+    }
+}
+
+block_handle!(Semaphore, KIND_SEMAPHORE);
+
+impl fmt::Debug for Semaphore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Semaphore")
+            .field("value", &self.value())
+            .finish()
+    }
+}
