@@ -19,12 +19,12 @@
 
 mod holders;
 mod joinable;
-pub(crate) mod ring;
 #[allow(
     clippy::module_inception,
     reason = "one file per queue type, named after its type, as in sync/"
 )]
 mod queue;
+pub(crate) mod ring;
 mod simple;
 mod typed;
 

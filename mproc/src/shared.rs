@@ -14,9 +14,9 @@ use bytemuck::Pod;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::Error;
-use crate::sync::{MUTEX_AT, deserialize_block, new_mutex_block, serialize_block};
+use crate::sync::{Head, MUTEX_AT, deserialize_block, new_mutex_block, serialize_block};
 use crate::sys::layout::shared_layout;
-use crate::sys::shared::{Block, BlockHeader, Held, Taken};
+use crate::sys::shared::{Block, Held, Taken};
 
 const KIND_VALUE: u32 = 7;
 const KIND_ARRAY: u32 = 8;
@@ -27,9 +27,8 @@ shared_layout! {
     /// A value's or an array's header, in the block's first 64 bytes; its lock follows at
     /// `sync::MUTEX_AT`.
     struct Header {
-        _block: BlockHeader,
-        /// The lock's identity, written by `sync` (its `ID_AT`).
-        _lock_id: AtomicU64,
+        /// The block's header and its lock's identity, as every lock's block has them.
+        _head: Head,
         /// How many elements.
         len: AtomicU64,
         /// The size of one element: a handle received for another type is refused.
@@ -37,7 +36,6 @@ shared_layout! {
     }
 }
 // The layout every process of every build agrees on: checked, not just described.
-const _: () = assert!(std::mem::offset_of!(Header, _lock_id) == 16);
 const _: () = assert!(std::mem::offset_of!(Header, len) == 24);
 const _: () = assert!(std::mem::offset_of!(Header, size) == 32);
 const _: () = assert!(std::mem::size_of::<Header>() <= MUTEX_AT);

@@ -11,8 +11,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::KIND_JOINABLE;
 use super::holders::Shared;
-use crate::error::{Error, ErrorKind};
 use super::ring::{Push, Ring, Wait};
+use crate::error::{Error, ErrorKind};
 use crate::wire::codec;
 
 /// How long a get spins, watching the ring, before it sleeps.

@@ -147,16 +147,6 @@ impl Block {
         }
     }
 
-    /// A 32-bit word at `at` (4-aligned, inside the block).
-    pub(crate) fn u32_at(&self, at: usize) -> &AtomicU32 {
-        self.view(at)
-    }
-
-    /// A 64-bit word at `at` (8-aligned, inside the block).
-    pub(crate) fn u64_at(&self, at: usize) -> &AtomicU64 {
-        self.view(at)
-    }
-
     /// The robust mutex at `at` (one of the block's `mutexes`), set up once by
     /// [`RobustMutex::init`] when the block is created.
     pub(crate) fn mutex_at(&self, at: usize) -> &RobustMutex {
@@ -520,9 +510,9 @@ pub(crate) mod tests {
         let block = Block::create(5, 256, &[MUTEX]).unwrap();
         assert_eq!(block.len(), 256);
         let again = Block::open(file_of(&block), 5, &[MUTEX]).unwrap();
-        again.u64_at(HEADER).store(9, Ordering::Relaxed);
+        again.view::<AtomicU64>(HEADER).store(9, Ordering::Relaxed);
         assert_eq!(
-            block.u64_at(HEADER).load(Ordering::Relaxed),
+            block.view::<AtomicU64>(HEADER).load(Ordering::Relaxed),
             9,
             "the same memory"
         );
@@ -554,7 +544,7 @@ pub(crate) mod tests {
     #[test]
     #[should_panic(expected = "outside")]
     fn a_view_outside_the_block_is_a_bug_caught_at_once() {
-        lock_block().u64_at(256);
+        lock_block().view::<AtomicU64>(256);
     }
 
     #[test]
