@@ -223,6 +223,7 @@ impl Mapping {
         })
     }
 
+    /// `InvalidInput` unless the bytes `offset..offset + len` all lie inside the mapping.
     pub(crate) fn check_bytes(&self, offset: usize, len: usize) -> io::Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= self.len() => Ok(()),
