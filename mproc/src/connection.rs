@@ -366,8 +366,12 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                         Error::os("mapping a received message", e)
                     }
                 })?;
+                // Copied out as it is decoded: the sender can still write the file.
+                let body = map
+                    .reader(FILE_HEADER, map.len() - FILE_HEADER)
+                    .map_err(|e| Error::protocol(format!("a message in a bad memory file: {e}")))?;
                 let value = crate::handle::providing(fds, || {
-                    codec::decode(map.bytes_from(FILE_HEADER)).map_err(decode_err)
+                    crate::wire::shared::decode_shared(body).map_err(decode_err)
                 });
                 // Done with it: the sender may write its next message there.
                 map.word(0).store(0, Ordering::Release);

@@ -101,14 +101,14 @@ linux_only! {
         /// arbitrary writes into the shared header and rings between calls. Must never panic,
         /// fault or hang, whatever the bytes.
         pub fn lane(data: &[u8]) {
-            crate::sys::lane::fuzz(data)
+            crate::pool::lane::fuzz(data)
         }
 
         /// Drives a queue's shared-memory ring with `data`: puts, gets, growth and the other calls,
         /// with a peer's arbitrary writes into the header and ring between them. Must never panic,
         /// fault or hang, whatever the bytes.
         pub fn ring(data: &[u8]) {
-            crate::sys::ring::fuzz(data)
+            crate::queue::ring::fuzz(data)
         }
 
         /// Feeds `data` to the frame decoder in pieces and decodes every frame as each message

@@ -1,6 +1,6 @@
 //! Queues between processes: [`Queue`], [`SimpleQueue`], [`JoinableQueue`].
 //!
-//! A queue lives in shared memory that every process holding it maps (see `sys/ring.rs`): a
+//! A queue lives in shared memory that every process holding it maps (see `queue/ring.rs`): a
 //! put encodes the value straight into the ring and a get decodes straight out of it, with no
 //! system call unless someone has to sleep, and no feeder thread: what `put` returned from is
 //! in the queue, so a process's exit is never held up by data nobody read (Python's is,
@@ -24,6 +24,7 @@ mod joinable;
     reason = "one file per queue type, named after its type, as in sync/"
 )]
 mod queue;
+pub(crate) mod ring;
 mod simple;
 mod typed;
 

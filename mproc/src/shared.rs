@@ -8,22 +8,37 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytemuck::Pod;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::Error;
-use crate::sync::{MUTEX_AT, deserialize_block, new_mutex_block, serialize_block};
+use crate::sync::{Head, MUTEX_AT, deserialize_block, new_mutex_block, serialize_block};
+use crate::sys::layout::shared_layout;
 use crate::sys::shared::{Block, Held, Taken};
 
 const KIND_VALUE: u32 = 7;
 const KIND_ARRAY: u32 = 8;
-/// Where the element count and the element size sit, in the header.
-const LEN_AT: usize = 24;
-const SIZE_AT: usize = 32;
 /// Where the data starts (after the mutex and its words).
 const DATA_AT: usize = 192;
+
+shared_layout! {
+    /// A value's or an array's header, in the block's first 64 bytes; its lock follows at
+    /// `sync::MUTEX_AT`.
+    struct Header {
+        /// The block's header and its lock's identity, as every lock's block has them.
+        _head: Head,
+        /// How many elements.
+        len: AtomicU64,
+        /// The size of one element: a handle received for another type is refused.
+        size: AtomicU64,
+    }
+}
+// The layout every process of every build agrees on: checked, not just described.
+const _: () = assert!(std::mem::offset_of!(Header, len) == 24);
+const _: () = assert!(std::mem::offset_of!(Header, size) == 32);
+const _: () = assert!(std::mem::size_of::<Header>() <= MUTEX_AT);
 
 fn data_at<T>() -> usize {
     DATA_AT.next_multiple_of(std::mem::align_of::<T>())
@@ -35,17 +50,19 @@ fn block_for<T>(kind: u32, len: usize) -> Result<Arc<Block>, Error> {
         .and_then(|b| b.checked_add(data_at::<T>()))
         .ok_or_else(|| Error::invalid("the shared array is too large"))?;
     let block = new_mutex_block(kind, bytes, false)?;
-    block.u64_at(LEN_AT).store(len as u64, Ordering::Relaxed);
-    block
-        .u64_at(SIZE_AT)
+    let header = block.view::<Header>(0);
+    header.len.store(len as u64, Ordering::Relaxed);
+    header
+        .size
         .store(std::mem::size_of::<T>() as u64, Ordering::Release);
     Ok(block)
 }
 
 /// Checks that a block received from another process holds `T`s.
 fn check_block<T, E: serde::de::Error>(block: &Block) -> Result<usize, E> {
-    let len = block.u64_at(LEN_AT).load(Ordering::Relaxed) as usize;
-    let size = block.u64_at(SIZE_AT).load(Ordering::Acquire) as usize;
+    let header = block.view::<Header>(0);
+    let len = header.len.load(Ordering::Relaxed) as usize;
+    let size = header.size.load(Ordering::Acquire) as usize;
     let fits = len
         .checked_mul(size)
         .and_then(|b| b.checked_add(data_at::<T>()))
@@ -410,5 +427,32 @@ impl<T: Pod> DerefMut for ArrayGuard<'_, T> {
             self.block
                 .guarded_bytes(&mut self.held, data_at::<T>(), len),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type DeError = serde::de::value::Error;
+
+    /// What a process receiving a handle checks before it lends the elements out: a header a
+    /// peer wrote (or a handle of another type) is an error, never a slice past the block.
+    #[test]
+    fn a_header_that_does_not_fit_its_block_is_refused() {
+        let block = block_for::<u32>(KIND_ARRAY, 10).unwrap();
+        assert_eq!(check_block::<u32, DeError>(&block).unwrap(), 10);
+        assert!(check_block::<u64, DeError>(&block).is_err(), "another type");
+        let header = block.view::<Header>(0);
+        for len in [200, 1 << 40, u64::MAX] {
+            header.len.store(len, Ordering::Relaxed);
+            assert!(
+                check_block::<u32, DeError>(&block).is_err(),
+                "{len} elements"
+            );
+        }
+        header.len.store(10, Ordering::Relaxed);
+        header.size.store(0, Ordering::Relaxed);
+        assert!(check_block::<u32, DeError>(&block).is_err(), "a size of 0");
     }
 }

@@ -25,14 +25,15 @@ pub use rlock::{RLock, RLockGuard};
 pub use semaphore::Semaphore;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Deserializer, Serializer};
 
 use crate::error::Error;
 use crate::sys::futex;
-use crate::sys::shared::Block;
+use crate::sys::layout::shared_layout;
+use crate::sys::shared::{Block, BlockHeader};
 
 pub(crate) const KIND_LOCK: u32 = 1;
 pub(crate) const KIND_RLOCK: u32 = 2;
@@ -43,12 +44,20 @@ const KIND_BARRIER: u32 = 6;
 
 /// Where a block's mutex sits.
 pub(crate) const MUTEX_AT: usize = 64;
-/// Where a block's counters sit (after the mutex, which is 40 bytes).
+/// Where a block's words sit (after the mutex, which is 40 bytes): each kind's `Words`
+/// layout, whose second word counts the sleepers (see [`sleep`]).
 const WORDS_AT: usize = 128;
-/// A lock's identity (to match a `Condition`'s lock with a guard's), in the header.
-const ID_AT: usize = 16;
-/// How many processes sleep on a block's words (see [`sleep`]).
-const WAITERS_AT: usize = WORDS_AT + 4;
+
+shared_layout! {
+    /// The first line of every sync object's block.
+    pub(crate) struct Head {
+        _block: BlockHeader,
+        /// A lock's identity (to match a `Condition`'s lock with a guard's).
+        pub(crate) id: AtomicU64,
+    }
+}
+const _: () = assert!(std::mem::offset_of!(Head, id) == 16);
+const _: () = assert!(std::mem::size_of::<Head>() <= MUTEX_AT);
 
 /// A block of `kind` with room for its words (no mutex).
 fn new_block(kind: u32, what: &str) -> Result<Arc<Block>, Error> {
@@ -57,25 +66,24 @@ fn new_block(kind: u32, what: &str) -> Result<Arc<Block>, Error> {
         .map_err(|e| Error::os(format!("creating shared memory for {what}"), e))
 }
 
-/// Sleeps while the word at `at` holds `expected`, counted in the block's waiters so that
-/// [`wake`] skips the system call when nobody sleeps. `Ok(false)`: the deadline passed.
+/// Sleeps while `word` holds `expected`, counted in the block's `waiters` so that [`wake`]
+/// skips the system call when nobody sleeps. `Ok(false)`: the deadline passed.
 fn sleep(
-    block: &Block,
-    at: usize,
+    waiters: &AtomicU32,
+    word: &AtomicU32,
     expected: u32,
     deadline: Option<Instant>,
 ) -> std::io::Result<bool> {
-    let waiters = block.u32_at(WAITERS_AT);
     waiters.fetch_add(1, Ordering::SeqCst);
-    let woke = futex::wait(block.u32_at(at), expected, deadline);
+    let woke = futex::wait(word, expected, deadline);
     waiters.fetch_sub(1, Ordering::SeqCst);
     woke
 }
 
-/// Wakes up to `n` sleepers on the word at `at` (after the caller changed it), if any sleep.
-fn wake(block: &Block, at: usize, n: u32) {
-    if block.u32_at(WAITERS_AT).load(Ordering::SeqCst) > 0 {
-        futex::wake(block.u32_at(at), n);
+/// Wakes up to `n` sleepers on `word` (after the caller changed it), if any sleep.
+fn wake(waiters: &AtomicU32, word: &AtomicU32, n: u32) {
+    if waiters.load(Ordering::SeqCst) > 0 {
+        futex::wake(word, n);
     }
 }
 
@@ -135,7 +143,10 @@ pub(crate) fn new_mutex_block(
         .mutex_at(MUTEX_AT)
         .init(recursive)
         .map_err(|e| Error::os("setting up a shared lock", e))?;
-    block.u64_at(ID_AT).store(random_id(), Ordering::Relaxed);
+    block
+        .view::<Head>(0)
+        .id
+        .store(random_id(), Ordering::Relaxed);
     Ok(Arc::new(block))
 }
 

@@ -24,6 +24,7 @@ mod chunked;
 mod dispatcher;
 mod imap;
 mod job;
+pub(crate) mod lane;
 mod result;
 mod task;
 pub(crate) mod worker;

@@ -10,12 +10,12 @@
 
 use std::time::{Duration, Instant};
 
+use super::lane::Lane;
 use crate::channel::Channel;
 use crate::error::{Error, ErrorKind};
 use crate::panics::catch;
 use crate::sys::fd;
 use crate::sys::image;
-use crate::sys::lane::Lane;
 use crate::wire::codec;
 use crate::wire::message::{FromWorker, PoolWorkerSpec, ToWorker};
 

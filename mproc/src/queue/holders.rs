@@ -4,10 +4,10 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+use super::ring::{Holder, Ring};
 use crate::error::Error;
 use crate::start::at_fork;
 use crate::sys::proc;
-use crate::sys::ring::{Holder, Ring};
 
 /// A process start time is kept to its low 42 bits (clock ticks: centuries), so that it packs
 /// with a pid into one word.

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::ring::Wait;
 use super::typed::{Core, Patience};
 use super::{KIND_JOINABLE, Queue};
 use crate::error::{Error, ErrorKind};
 use crate::sys::fd::deadline_after;
-use crate::sys::ring::Wait;
 
 /// A [`Queue`] that counts unfinished items: Python's `multiprocessing.JoinableQueue`.
 ///

@@ -11,8 +11,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::KIND_JOINABLE;
 use super::holders::Shared;
+use super::ring::{Push, Ring, Wait};
 use crate::error::{Error, ErrorKind};
-use crate::sys::ring::{Push, Ring, Wait};
 use crate::wire::codec;
 
 /// How long a get spins, watching the ring, before it sleeps.
@@ -207,7 +207,7 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
         };
         consumer
             .pop(|bytes| {
-                codec::decode::<T>(bytes)
+                crate::wire::shared::decode_shared::<T>(bytes)
                     .map_err(|e| Error::codec(std::any::type_name::<T>(), "decode", e))
             })
             .map_err(|e| Error::os("reading a queue", e))

@@ -2,19 +2,36 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{KIND_BARRIER, WORDS_AT, block_handle, new_block};
 use crate::error::{Error, ErrorKind};
 use crate::sys::fd::deadline_after;
 use crate::sys::futex;
+use crate::sys::layout::shared_layout;
 use crate::sys::shared::Block;
 
-const PARTIES_AT: usize = WORDS_AT + 8;
-const ARRIVED_AT: usize = WORDS_AT + 12;
-const GENERATION_AT: usize = WORDS_AT + 16;
-const BROKEN_AT: usize = WORDS_AT + 20;
+shared_layout! {
+    /// A barrier's words, at `WORDS_AT` (it has no use for the first two, which other kinds
+    /// use, and sleeps on `generation` without counting its sleepers).
+    struct Words {
+        _unused: [AtomicU32; 2],
+        parties: AtomicU32,
+        /// Parties waiting for this generation.
+        arrived: AtomicU32,
+        /// Bumped when the last party arrives: the others sleep on it.
+        generation: AtomicU32,
+        broken: AtomicU32,
+    }
+}
+const _: () = {
+    use std::mem::offset_of;
+    assert!(offset_of!(Words, parties) == 8);
+    assert!(offset_of!(Words, arrived) == 12);
+    assert!(offset_of!(Words, generation) == 16);
+    assert!(offset_of!(Words, broken) == 20);
+};
 
 /// A barrier for a fixed number of parties: Python's `multiprocessing.Barrier`.
 ///
@@ -45,8 +62,16 @@ impl Barrier {
             .filter(|&p| p > 0)
             .ok_or_else(|| Error::invalid("a barrier needs between 1 and u32::MAX parties"))?;
         let block = new_block(KIND_BARRIER, "a barrier")?;
-        block.u32_at(PARTIES_AT).store(parties, Ordering::Release);
+        block
+            .view::<Words>(WORDS_AT)
+            .parties
+            .store(parties, Ordering::Release);
         Ok(Barrier::from_block(block))
+    }
+
+    /// Its words in the block (a block of this kind is always large enough: `new_block`).
+    fn words(&self) -> &Words {
+        self.block.view(WORDS_AT)
     }
 
     fn from_block(block: Arc<Block>) -> Barrier {
@@ -60,7 +85,7 @@ impl Barrier {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn parties(&self) -> usize {
-        self.block.u32_at(PARTIES_AT).load(Ordering::Acquire) as usize
+        self.words().parties.load(Ordering::Acquire) as usize
     }
 
     /// Waits until every party has arrived; returns a distinct index (0 to parties − 1) per
@@ -98,10 +123,10 @@ impl Barrier {
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<usize, Error> {
-        let broken = self.block.u32_at(BROKEN_AT);
-        let generation = self.block.u32_at(GENERATION_AT);
-        let arrived = self.block.u32_at(ARRIVED_AT);
-        let parties = self.block.u32_at(PARTIES_AT).load(Ordering::Acquire);
+        let broken = &self.words().broken;
+        let generation = &self.words().generation;
+        let arrived = &self.words().arrived;
+        let parties = self.words().parties.load(Ordering::Acquire);
         let pass = generation.load(Ordering::SeqCst);
         if broken.load(Ordering::SeqCst) != 0 {
             return Err(ErrorKind::BrokenBarrier.into());
@@ -143,8 +168,8 @@ impl Barrier {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn abort(&self) {
-        self.block.u32_at(BROKEN_AT).store(1, Ordering::SeqCst);
-        futex::wake(self.block.u32_at(GENERATION_AT), u32::MAX);
+        self.words().broken.store(1, Ordering::SeqCst);
+        futex::wake(&self.words().generation, u32::MAX);
     }
 
     /// Whether it is broken.
@@ -154,7 +179,7 @@ impl Barrier {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn is_broken(&self) -> bool {
-        self.block.u32_at(BROKEN_AT).load(Ordering::SeqCst) != 0
+        self.words().broken.load(Ordering::SeqCst) != 0
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -13,9 +13,18 @@ use super::{
 };
 use crate::error::Error;
 use crate::sys::fd::deadline_after;
+use crate::sys::layout::shared_layout;
 use crate::sys::shared::Block;
 
-const SEQ_AT: usize = WORDS_AT;
+shared_layout! {
+    /// A condition's words, at `WORDS_AT`.
+    struct Words {
+        /// Bumped by every notify: waiters sleep on it.
+        seq: AtomicU32,
+        waiters: AtomicU32,
+    }
+}
+const _: () = assert!(std::mem::offset_of!(Words, waiters) == 4);
 
 /// A condition variable shared between processes, over a [`Lock`]: Python's
 /// `multiprocessing.Condition`.
@@ -51,6 +60,11 @@ fn deserialize_condition_block<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Bl
 }
 
 impl Condition {
+    /// Its words in the block (a block of this kind is always large enough: `new_block`).
+    fn words(&self) -> &Words {
+        self.block.view(WORDS_AT)
+    }
+
     /// A condition over `lock` (it keeps its own handle to it).
     ///
     /// ```
@@ -129,11 +143,11 @@ impl Condition {
             ));
         }
         let lock = guard.lock;
-        let seq = self.block.u32_at(SEQ_AT);
+        let seq = &self.words().seq;
         let seen = seq.load(Ordering::SeqCst);
         drop(guard);
         // A notify from here on changes `seq`, so the sleep below returns at once.
-        let woke = sleep(&self.block, SEQ_AT, seen, deadline);
+        let woke = sleep(&self.words().waiters, &self.words().seq, seen, deadline);
         let again = lock.acquire()?;
         let woken = match woke {
             Ok(true) => true,
@@ -151,8 +165,12 @@ impl Condition {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn notify(&self, n: usize) {
-        self.block.u32_at(SEQ_AT).fetch_add(1, Ordering::SeqCst);
-        wake(&self.block, SEQ_AT, u32::try_from(n).unwrap_or(u32::MAX));
+        self.words().seq.fetch_add(1, Ordering::SeqCst);
+        wake(
+            &self.words().waiters,
+            &self.words().seq,
+            u32::try_from(n).unwrap_or(u32::MAX),
+        );
     }
 
     /// Wakes every waiter.

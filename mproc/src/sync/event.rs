@@ -5,12 +5,23 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::AtomicU32;
+
 use super::{KIND_EVENT, WORDS_AT, block_handle, new_block, sleep, wake};
 use crate::error::{Error, ErrorKind};
 use crate::sys::fd::deadline_after;
+use crate::sys::layout::shared_layout;
 use crate::sys::shared::Block;
 
-const FLAG_AT: usize = WORDS_AT;
+shared_layout! {
+    /// An event's words, at `WORDS_AT`.
+    struct Words {
+        /// 1 once set.
+        flag: AtomicU32,
+        waiters: AtomicU32,
+    }
+}
+const _: () = assert!(std::mem::offset_of!(Words, waiters) == 4);
 
 /// A flag processes can wait for: Python's `multiprocessing.Event`.
 ///
@@ -43,6 +54,11 @@ impl Event {
         Ok(Event::from_block(new_block(KIND_EVENT, "an event")?))
     }
 
+    /// Its words in the block (a block of this kind is always large enough: `new_block`).
+    fn words(&self) -> &Words {
+        self.block.view(WORDS_AT)
+    }
+
     fn from_block(block: Arc<Block>) -> Event {
         Event { block }
     }
@@ -56,8 +72,8 @@ impl Event {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn set(&self) {
-        self.block.u32_at(FLAG_AT).store(1, Ordering::SeqCst);
-        wake(&self.block, FLAG_AT, u32::MAX);
+        self.words().flag.store(1, Ordering::SeqCst);
+        wake(&self.words().waiters, &self.words().flag, u32::MAX);
     }
 
     /// Clears the flag.
@@ -70,7 +86,7 @@ impl Event {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn clear(&self) {
-        self.block.u32_at(FLAG_AT).store(0, Ordering::SeqCst);
+        self.words().flag.store(0, Ordering::SeqCst);
     }
 
     /// Whether the flag is set.
@@ -80,7 +96,7 @@ impl Event {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn is_set(&self) -> bool {
-        self.block.u32_at(FLAG_AT).load(Ordering::Acquire) != 0
+        self.words().flag.load(Ordering::Acquire) != 0
     }
 
     /// Waits until the flag is set.
@@ -117,9 +133,9 @@ impl Event {
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<(), Error> {
-        let flag = self.block.u32_at(FLAG_AT);
+        let flag = &self.words().flag;
         while flag.load(Ordering::Acquire) == 0 {
-            let woke = sleep(&self.block, FLAG_AT, 0, deadline)
+            let woke = sleep(&self.words().waiters, &self.words().flag, 0, deadline)
                 .map_err(|e| Error::os("waiting on an event", e))?;
             if !woke && flag.load(Ordering::Acquire) == 0 {
                 return Err(ErrorKind::Timeout.into());

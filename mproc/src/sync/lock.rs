@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{ID_AT, KIND_LOCK, MUTEX_AT, block_handle, new_mutex_block};
+use super::{Head, KIND_LOCK, MUTEX_AT, block_handle, new_mutex_block};
 use crate::error::{Error, ErrorKind};
 use crate::sys::fd::deadline_after;
 use crate::sys::shared::{Block, Held, Taken};
@@ -51,7 +51,7 @@ impl Lock {
     }
 
     pub(super) fn id(&self) -> u64 {
-        self.block.u64_at(ID_AT).load(Ordering::Relaxed)
+        self.block.view::<Head>(0).id.load(Ordering::Relaxed)
     }
 
     /// Waits for the lock and takes it.

@@ -5,13 +5,25 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::AtomicU32;
+
 use super::{KIND_SEMAPHORE, WORDS_AT, block_handle, new_block, sleep, wake};
 use crate::error::{Error, ErrorKind};
 use crate::sys::fd::deadline_after;
+use crate::sys::layout::shared_layout;
 use crate::sys::shared::Block;
 
-const COUNT_AT: usize = WORDS_AT;
-const MAX_AT: usize = WORDS_AT + 8;
+shared_layout! {
+    /// A semaphore's words, at `WORDS_AT`.
+    struct Words {
+        count: AtomicU32,
+        waiters: AtomicU32,
+        /// A bounded semaphore's bound (else `u32::MAX`).
+        max: AtomicU32,
+    }
+}
+const _: () = assert!(std::mem::offset_of!(Words, waiters) == 4);
+const _: () = assert!(std::mem::offset_of!(Words, max) == 8);
 
 /// A counting semaphore shared between processes: Python's `multiprocessing.Semaphore`.
 ///
@@ -52,9 +64,20 @@ impl Semaphore {
             .filter(|&v| v < u32::MAX)
             .ok_or_else(|| Error::invalid("a semaphore holds at most u32::MAX - 1 permits"))?;
         let block = new_block(KIND_SEMAPHORE, "a semaphore")?;
-        block.u32_at(COUNT_AT).store(value, Ordering::Relaxed);
-        block.u32_at(MAX_AT).store(max, Ordering::Release);
+        block
+            .view::<Words>(WORDS_AT)
+            .count
+            .store(value, Ordering::Relaxed);
+        block
+            .view::<Words>(WORDS_AT)
+            .max
+            .store(max, Ordering::Release);
         Ok(Semaphore::from_block(block))
+    }
+
+    /// Its words in the block (a block of this kind is always large enough: `new_block`).
+    fn words(&self) -> &Words {
+        self.block.view(WORDS_AT)
     }
 
     fn from_block(block: Arc<Block>) -> Semaphore {
@@ -100,7 +123,7 @@ impl Semaphore {
 
     /// Takes a permit if the count is above 0.
     fn take_now(&self) -> bool {
-        let count = self.block.u32_at(COUNT_AT);
+        let count = &self.words().count;
         let mut c = count.load(Ordering::Acquire);
         while c > 0 {
             match count.compare_exchange_weak(c, c - 1, Ordering::AcqRel, Ordering::Relaxed) {
@@ -116,7 +139,7 @@ impl Semaphore {
             if self.take_now() {
                 return Ok(());
             }
-            let woke = sleep(&self.block, COUNT_AT, 0, deadline);
+            let woke = sleep(&self.words().waiters, &self.words().count, 0, deadline);
             if !woke.map_err(|e| Error::os("waiting on a semaphore", e))? {
                 return Err(ErrorKind::Timeout.into());
             }
@@ -137,8 +160,8 @@ impl Semaphore {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn release(&self) -> Result<(), Error> {
-        let count = self.block.u32_at(COUNT_AT);
-        let max = self.block.u32_at(MAX_AT).load(Ordering::Acquire);
+        let count = &self.words().count;
+        let max = self.words().max.load(Ordering::Acquire);
         let limit = if max == 0 { u32::MAX - 1 } else { max };
         let mut c = count.load(Ordering::Relaxed);
         loop {
@@ -154,7 +177,7 @@ impl Semaphore {
                 Err(now) => c = now,
             }
         }
-        wake(&self.block, COUNT_AT, 1);
+        wake(&self.words().waiters, &self.words().count, 1);
         Ok(())
     }
 
@@ -165,7 +188,7 @@ impl Semaphore {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn value(&self) -> usize {
-        self.block.u32_at(COUNT_AT).load(Ordering::Relaxed) as usize
+        self.words().count.load(Ordering::Relaxed) as usize
     }
 }
 

@@ -2,7 +2,8 @@
 //! every process holding the object maps, with a small typed header, robust process-shared
 //! mutexes, and futex words.
 //!
-//! Layout of a block: `[magic u32][kind u32][len u64]` then what the kind puts there. A mutex
+//! Layout of a block: a [`BlockHeader`] (magic, kind, length), then what the kind puts there,
+//! described by the kind's own [`shared_layout!`](super::layout::shared_layout) struct. A mutex
 //! is a glibc `pthread_mutex_t` made process-shared and robust: when its owner dies holding it,
 //! the kernel hands it to the next locker with `EOWNERDEAD`, which mproc reports as "the owner
 //! died" instead of deadlocking.
@@ -27,12 +28,28 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
+use super::layout::{SharedLayout, shared_layout};
 use super::shm::Mapping;
 
 const MAGIC: u32 = 0x6d70_7362; // "mpsb"
 
 /// Where the header ends; the first offset a kind may use.
 pub(crate) const HEADER: usize = 64;
+
+shared_layout! {
+    /// What every block starts with. The rest of its first 64 bytes ([`HEADER`]) is the kind's.
+    pub(crate) struct BlockHeader {
+        /// `MAGIC`, stored last when the block is made.
+        magic: AtomicU32,
+        kind: AtomicU32,
+        /// The block's length in bytes, as its maker mapped it.
+        len: AtomicU64,
+    }
+}
+const _: () = assert!(std::mem::offset_of!(BlockHeader, magic) == 0);
+const _: () = assert!(std::mem::offset_of!(BlockHeader, kind) == 4);
+const _: () = assert!(std::mem::offset_of!(BlockHeader, len) == 8);
+const _: () = assert!(std::mem::size_of::<BlockHeader>() <= HEADER);
 
 /// A shared block: one mapping of one memory file, and the file (to pass it on).
 #[derive(Debug)]
@@ -57,9 +74,10 @@ impl Block {
         };
         assert!(block.fits(mutexes), "a mutex outside the block");
         block.mutexes = mutexes;
-        block.u32_at(4).store(kind, Ordering::Relaxed);
-        block.u64_at(8).store(len as u64, Ordering::Relaxed);
-        block.u32_at(0).store(MAGIC, Ordering::Release);
+        let header = block.header();
+        header.kind.store(kind, Ordering::Relaxed);
+        header.len.store(len as u64, Ordering::Relaxed);
+        header.magic.store(MAGIC, Ordering::Release);
         Ok(block)
     }
 
@@ -81,9 +99,10 @@ impl Block {
             file,
             mutexes: &[],
         };
-        if block.u32_at(0).load(Ordering::Acquire) != MAGIC
-            || block.u32_at(4).load(Ordering::Relaxed) != kind
-            || block.u64_at(8).load(Ordering::Relaxed) != block.map.len() as u64
+        let header = block.header();
+        if header.magic.load(Ordering::Acquire) != MAGIC
+            || header.kind.load(Ordering::Relaxed) != kind
+            || header.len.load(Ordering::Relaxed) != block.map.len() as u64
             || !block.fits(mutexes)
         {
             return Err(bad());
@@ -118,19 +137,17 @@ impl Block {
         );
     }
 
-    /// A 32-bit word at `at` (4-aligned, inside the block).
-    pub(crate) fn u32_at(&self, at: usize) -> &AtomicU32 {
-        self.check(at, 4, 4);
-        // SAFETY: checked to lie inside the mapping and be aligned; the mapping lives as long
-        // as `self`; every process touches these words only through atomics.
-        unsafe { &*self.map.as_ptr().add(at).cast::<AtomicU32>() }
+    fn header(&self) -> &BlockHeader {
+        self.view(0)
     }
 
-    /// A 64-bit word at `at` (8-aligned, inside the block).
-    pub(crate) fn u64_at(&self, at: usize) -> &AtomicU64 {
-        self.check(at, 8, 8);
-        // SAFETY: as for `u32_at`.
-        unsafe { &*self.map.as_ptr().add(at).cast::<AtomicU64>() }
+    /// The layout `T` at `at`, which the block's kind puts there (inside the block and
+    /// aligned: a block's offsets are its kind's constants, so a miss is a bug, not input).
+    pub(crate) fn view<T: SharedLayout>(&self, at: usize) -> &T {
+        match self.map.view(at) {
+            Ok(view) => view,
+            Err(e) => panic!("a block's layout: {e}"),
+        }
     }
 
     /// The robust mutex at `at` (one of the block's `mutexes`), set up once by
@@ -138,10 +155,7 @@ impl Block {
     pub(crate) fn mutex_at(&self, at: usize) -> &RobustMutex {
         // Only a declared mutex is checked before the block is unmapped.
         assert!(self.mutexes.contains(&at), "no mutex at offset {at}");
-        // SAFETY: a declared mutex, which `create` or `open` checked to lie inside the mapping,
-        // 64-aligned; `RobustMutex` is a transparent `UnsafeCell` over the C type, which glibc
-        // accesses with atomics across processes.
-        unsafe { &*self.map.as_ptr().add(at).cast::<RobustMutex>() }
+        self.view(at)
     }
 
     /// The bytes at `at..at+len`, for the holder of a mutex that guards them.
@@ -174,6 +188,25 @@ impl Block {
     }
 }
 
+impl Mapping {
+    /// The bytes `offset..offset + len`, writable, for the holder of the lock (`held`) under
+    /// which every process writes them, and that keeps every honest reader off them until
+    /// they are published (a queue frame being written). `InvalidInput` outside the mapping.
+    pub(crate) fn locked_bytes<'a>(
+        &'a self,
+        held: &'a mut Held<'_>,
+        offset: usize,
+        len: usize,
+    ) -> io::Result<&'a mut [u8]> {
+        let _ = held;
+        self.check_bytes(offset, len)?;
+        // SAFETY: inside the mapping (checked). Exclusive for the borrow: the caller holds the
+        // lock that guards these bytes (a `Held`, borrowed mutably here, so one slice at a
+        // time), and no process reads or writes them by protocol until they are published.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.as_ptr().add(offset), len) })
+    }
+}
+
 impl Drop for Block {
     fn drop(&mut self) {
         if self.mutexes.iter().any(|&at| self.mutex_at(at).held_here()) {
@@ -194,6 +227,17 @@ pub(crate) struct RobustMutex(UnsafeCell<libc::pthread_mutex_t>);
 
 // SAFETY: glibc's mutex is made for concurrent use from threads and processes.
 unsafe impl Sync for RobustMutex {}
+
+impl std::fmt::Debug for RobustMutex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RobustMutex")
+    }
+}
+
+// SAFETY: a `pthread_mutex_t` is plain C integers (any bit pattern is a value; a scribbled one
+// makes glibc return an error or wait, not misbehave in Rust's sense), in an `UnsafeCell` that
+// only glibc touches, with atomic instructions; no pointer, no `Drop`.
+unsafe impl SharedLayout for RobustMutex {}
 
 /// How a lock was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -452,6 +496,58 @@ pub(crate) mod tests {
             out.contains("1 passed"),
             "{name} did not run in its own process:\n{out}"
         );
+    }
+
+    /// A copy of the block's descriptor, as another process would receive it.
+    fn file_of(block: &Block) -> OwnedFd {
+        block.as_fd().try_clone_to_owned().unwrap()
+    }
+
+    fn refused(opened: io::Result<Block>) {
+        let e = opened.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    }
+
+    #[test]
+    fn a_block_opens_only_as_its_kind_with_its_header_intact() {
+        let block = Block::create(5, 256, &[MUTEX]).unwrap();
+        assert_eq!(block.len(), 256);
+        let again = Block::open(file_of(&block), 5, &[MUTEX]).unwrap();
+        again.view::<AtomicU64>(HEADER).store(9, Ordering::Relaxed);
+        assert_eq!(
+            block.view::<AtomicU64>(HEADER).load(Ordering::Relaxed),
+            9,
+            "the same memory"
+        );
+        refused(Block::open(file_of(&block), 6, &[MUTEX]));
+        // Mutexes where the block has no room for them, or off their alignment.
+        refused(Block::open(file_of(&block), 5, &[256]));
+        refused(Block::open(file_of(&block), 5, &[72]));
+        refused(Block::open(file_of(&block), 5, &[0]));
+        // A peer's writes to the header.
+        let header = block.header();
+        header.len.store(4096, Ordering::Relaxed);
+        refused(Block::open(file_of(&block), 5, &[MUTEX]));
+        header.len.store(256, Ordering::Relaxed);
+        header.magic.store(0x6d70_7371, Ordering::Relaxed);
+        refused(Block::open(file_of(&block), 5, &[MUTEX]));
+        header.magic.store(MAGIC, Ordering::Relaxed);
+        assert!(Block::open(file_of(&block), 5, &[MUTEX]).is_ok());
+    }
+
+    #[test]
+    fn a_file_too_small_or_of_another_shape_is_not_a_block() {
+        let (_map, small) = Mapping::create_inherited("mproc-test", 32).unwrap();
+        refused(Block::open(small.into_owned(), 1, &[]));
+        // Large enough, all zero: no magic.
+        let (_map, zeros) = Mapping::create_inherited("mproc-test", 4096).unwrap();
+        refused(Block::open(zeros.into_owned(), 1, &[]));
+    }
+
+    #[test]
+    #[should_panic(expected = "outside")]
+    fn a_view_outside_the_block_is_a_bug_caught_at_once() {
+        lock_block().view::<AtomicU64>(256);
     }
 
     #[test]

@@ -46,8 +46,9 @@ pub(crate) struct Mapping {
 // types built on it decide how the bytes are shared (atomics, or one writer at a time).
 unsafe impl Send for Mapping {}
 // SAFETY: as above. Through `&Mapping`, shared bytes are read and written only with atomics
-// (`word`, `read_at`, `write_at`); `bytes_from` lends bytes that the message protocol keeps
-// unwritten for the borrow; raw pointers are the caller's business.
+// (`word`, `read_at`, `write_at`, typed views of atomics) or raw copies into private memory
+// (sys/layout.rs); `&mut [u8]` is lent only under a lock (`locked_bytes`); raw pointers are
+// the caller's business.
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
@@ -260,31 +261,11 @@ impl Mapping {
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(from), self.len - from) }
     }
 
-    /// The bytes from `from` on, of a mapping nobody writes for the borrow (a message
-    /// received: its sender wrote it before sending it and waits for the done word).
-    pub(crate) fn bytes_from(&self, from: usize) -> &[u8] {
-        assert!(from <= self.len, "past the end of a mapping");
-        // SAFETY: valid for `len - from` bytes past `from` while `self` lives. A message's
-        // sender finishes writing before it sends the file and writes again only after the
-        // done word; a misbehaving sender could only change what the bytes decode to, which
-        // the decoder checks.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(from), self.len - from) }
-    }
-
     /// The 32-bit word at `at` (4-aligned, inside the mapping), shared through atomics.
     pub(crate) fn word(&self, at: usize) -> &std::sync::atomic::AtomicU32 {
-        assert!(
-            at % 4 == 0 && at + 4 <= self.len,
-            "a word outside a mapping"
-        );
-        // SAFETY: inside the mapping and aligned (checked), valid while `self` lives; every
-        // process touches this word only through atomics.
-        unsafe {
-            &*self
-                .ptr
-                .as_ptr()
-                .add(at)
-                .cast::<std::sync::atomic::AtomicU32>()
+        match self.view(at) {
+            Ok(word) => word,
+            Err(e) => panic!("a word outside a mapping: {e}"),
         }
     }
 }

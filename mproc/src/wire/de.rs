@@ -5,58 +5,103 @@ use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
 
 use super::format::{Error, MAX_DEPTH, ZERO_SIZE_ELEMENTS};
 
+/// Where a [`Deserializer`] reads from: a slice (whose strings and byte strings may be
+/// borrowed), or a stream that hands each string out in a `Vec` of its own (bytes in shared
+/// memory, copied once, see `codec::decode_shared`).
+pub(crate) trait Input<'de> {
+    /// Bytes not read yet.
+    fn remaining(&self) -> usize;
+    /// The next `N` bytes.
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Error>;
+    /// The next byte.
+    fn byte(&mut self) -> Result<u8, Error>;
+    /// Visits the next `len` bytes as a byte string.
+    fn bytes<V: Visitor<'de>>(&mut self, len: usize, visitor: V) -> Result<V::Value, Error>;
+    /// Visits the next `len` bytes as a string (UTF-8 checked).
+    fn str<V: Visitor<'de>>(&mut self, len: usize, visitor: V) -> Result<V::Value, Error>;
+}
+
+impl<'de> Input<'de> for &'de [u8] {
+    #[inline]
+    fn remaining(&self) -> usize {
+        self.len()
+    }
+
+    #[inline]
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Error> {
+        let (head, rest) = self.split_first_chunk::<N>().ok_or_else(truncated)?;
+        *self = rest;
+        Ok(*head)
+    }
+
+    #[inline]
+    fn byte(&mut self) -> Result<u8, Error> {
+        let (&head, rest) = self.split_first().ok_or_else(truncated)?;
+        *self = rest;
+        Ok(head)
+    }
+
+    #[inline]
+    fn bytes<V: Visitor<'de>>(&mut self, len: usize, visitor: V) -> Result<V::Value, Error> {
+        let (head, rest) = self.split_at_checked(len).ok_or_else(truncated)?;
+        *self = rest;
+        visitor.visit_borrowed_bytes(head)
+    }
+
+    #[inline]
+    fn str<V: Visitor<'de>>(&mut self, len: usize, visitor: V) -> Result<V::Value, Error> {
+        let (head, rest) = self.split_at_checked(len).ok_or_else(truncated)?;
+        *self = rest;
+        visitor.visit_borrowed_str(std::str::from_utf8(head).map_err(not_utf8)?)
+    }
+}
+
 /// Decodes one value from the front of its input; [`Deserializer::finish`] then checks that the
 /// value used every byte.
-pub(crate) struct Deserializer<'de> {
-    input: &'de [u8],
+pub(crate) struct Deserializer<'de, I: Input<'de> = &'de [u8]> {
+    input: I,
     depth: u32,
     /// Sequence elements and map entries this input may still declare.
     elements: usize,
+    _input: std::marker::PhantomData<&'de ()>,
 }
 
-impl<'de> Deserializer<'de> {
-    pub(crate) fn new(input: &'de [u8]) -> Self {
+impl<'de, I: Input<'de>> Deserializer<'de, I> {
+    pub(crate) fn new(input: I) -> Self {
         Deserializer {
+            elements: input.remaining().saturating_add(ZERO_SIZE_ELEMENTS),
             input,
             depth: 0,
-            elements: input.len().saturating_add(ZERO_SIZE_ELEMENTS),
+            _input: std::marker::PhantomData,
         }
     }
 
     /// An error unless the value used every byte of the input.
     pub(crate) fn finish(self) -> Result<(), Error> {
-        match self.input.len() {
+        match self.input.remaining() {
             0 => Ok(()),
             n => Err(Error::new(format!("{n} bytes left over after the value"))),
         }
     }
 
     #[inline]
-    fn take(&mut self, len: usize) -> Result<&'de [u8], Error> {
-        let (head, rest) = self.input.split_at_checked(len).ok_or_else(truncated)?;
-        self.input = rest;
-        Ok(head)
-    }
-
-    #[inline]
     fn array<const N: usize>(&mut self) -> Result<[u8; N], Error> {
-        let (head, rest) = self.input.split_first_chunk::<N>().ok_or_else(truncated)?;
-        self.input = rest;
-        Ok(*head)
+        self.input.array()
     }
 
     #[inline]
     fn byte(&mut self) -> Result<u8, Error> {
-        let (&head, rest) = self.input.split_first().ok_or_else(truncated)?;
-        self.input = rest;
-        Ok(head)
+        self.input.byte()
     }
 
-    /// A byte or string length (checked against the input by [`Self::take`]).
+    /// A byte or string length (checked against the input before anything is taken).
     #[inline]
     fn len(&mut self) -> Result<usize, Error> {
         let len = u64::from_le_bytes(self.array()?);
-        usize::try_from(len).map_err(|_| too_many(len))
+        match usize::try_from(len) {
+            Ok(n) if n <= self.input.remaining() => Ok(n),
+            _ => Err(too_many(len)),
+        }
     }
 
     /// A sequence's element count or a map's entry count, charged to this input's allowance.
@@ -70,18 +115,6 @@ impl<'de> Deserializer<'de> {
             }
             _ => Err(too_many(count)),
         }
-    }
-
-    #[inline]
-    fn bytes(&mut self) -> Result<&'de [u8], Error> {
-        let len = self.len()?;
-        self.take(len)
-    }
-
-    #[inline]
-    fn str(&mut self) -> Result<&'de str, Error> {
-        std::str::from_utf8(self.bytes()?)
-            .map_err(|e| Error::new(format!("a string is not UTF-8: {e}")))
     }
 
     /// Runs `f` one level deeper, or fails when that is deeper than [`MAX_DEPTH`].
@@ -104,7 +137,12 @@ impl<'de> Deserializer<'de> {
 }
 
 #[cold]
-fn truncated() -> Error {
+pub(crate) fn not_utf8(e: std::str::Utf8Error) -> Error {
+    Error::new(format!("a string is not UTF-8: {e}"))
+}
+
+#[cold]
+pub(crate) fn truncated() -> Error {
     Error::new("the input ends inside a value (truncated or corrupt)")
 }
 
@@ -136,7 +174,7 @@ macro_rules! fixed {
     };
 }
 
-impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
+impl<'de, I: Input<'de>> de::Deserializer<'de> for &mut Deserializer<'de, I> {
     type Error = Error;
 
     fixed!(
@@ -190,22 +228,26 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
 
     #[inline]
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        visitor.visit_borrowed_str(self.str()?)
+        let len = self.len()?;
+        self.input.str(len, visitor)
     }
 
     #[inline]
     fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        visitor.visit_borrowed_str(self.str()?)
+        let len = self.len()?;
+        self.input.str(len, visitor)
     }
 
     #[inline]
     fn deserialize_bytes<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        visitor.visit_borrowed_bytes(self.bytes()?)
+        let len = self.len()?;
+        self.input.bytes(len, visitor)
     }
 
     #[inline]
     fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        visitor.visit_borrowed_bytes(self.bytes()?)
+        let len = self.len()?;
+        self.input.bytes(len, visitor)
     }
 
     #[inline]
@@ -293,12 +335,12 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
 }
 
 /// The elements of a sequence, tuple or struct, or the entries of a map.
-struct Elements<'a, 'de> {
-    de: &'a mut Deserializer<'de>,
+struct Elements<'a, 'de, I: Input<'de>> {
+    de: &'a mut Deserializer<'de, I>,
     left: usize,
 }
 
-impl<'de> de::SeqAccess<'de> for Elements<'_, 'de> {
+impl<'de, I: Input<'de>> de::SeqAccess<'de> for Elements<'_, 'de, I> {
     type Error = Error;
 
     #[inline]
@@ -316,11 +358,11 @@ impl<'de> de::SeqAccess<'de> for Elements<'_, 'de> {
     /// Never more than the bytes left: serde reserves by this hint, and the count is untrusted.
     #[inline]
     fn size_hint(&self) -> Option<usize> {
-        Some(self.left.min(self.de.input.len()))
+        Some(self.left.min(self.de.input.remaining()))
     }
 }
 
-impl<'de> de::MapAccess<'de> for Elements<'_, 'de> {
+impl<'de, I: Input<'de>> de::MapAccess<'de> for Elements<'_, 'de, I> {
     type Error = Error;
 
     #[inline]
@@ -342,11 +384,11 @@ impl<'de> de::MapAccess<'de> for Elements<'_, 'de> {
 
     #[inline]
     fn size_hint(&self) -> Option<usize> {
-        Some(self.left.min(self.de.input.len()))
+        Some(self.left.min(self.de.input.remaining()))
     }
 }
 
-impl<'de> de::EnumAccess<'de> for &mut Deserializer<'de> {
+impl<'de, I: Input<'de>> de::EnumAccess<'de> for &mut Deserializer<'de, I> {
     type Error = Error;
     type Variant = Self;
 
@@ -358,7 +400,7 @@ impl<'de> de::EnumAccess<'de> for &mut Deserializer<'de> {
     }
 }
 
-impl<'de> de::VariantAccess<'de> for &mut Deserializer<'de> {
+impl<'de, I: Input<'de>> de::VariantAccess<'de> for &mut Deserializer<'de, I> {
     type Error = Error;
 
     #[inline]
@@ -428,7 +470,7 @@ mod tests {
         let mut bad_utf8 = encode(&"ab");
         bad_utf8[9] = 0xff;
         assert!(err::<String>(&bad_utf8).contains("not UTF-8"));
-        assert!(<&str>::deserialize(&mut Deserializer::new(&bad_utf8)).is_err());
+        assert!(<&str>::deserialize(&mut Deserializer::new(&bad_utf8[..])).is_err());
         #[derive(Deserialize, Debug)]
         enum Two {
             A,
@@ -458,7 +500,7 @@ mod tests {
         // which never exceeds the bytes left, and the elements then run out.
         let mut b = 1_000u64.to_le_bytes().to_vec();
         b.extend([0; 16]);
-        let mut de = Deserializer::new(&b);
+        let mut de = Deserializer::new(&b[..]);
         de.array::<8>().unwrap();
         let seq = Elements {
             left: 1000,
@@ -526,7 +568,7 @@ mod tests {
     #[test]
     fn borrows_from_the_input() {
         let b = encode(&(serde_bytes::Bytes::new(&[1, 2, 3]), "text"));
-        let mut de = Deserializer::new(&b);
+        let mut de = Deserializer::new(&b[..]);
         let (bytes, text): (&serde_bytes::Bytes, &str) = Deserialize::deserialize(&mut de).unwrap();
         de.finish().unwrap();
         assert!(std::ptr::eq(bytes.as_ptr(), b[8..].as_ptr()));

@@ -10,6 +10,7 @@ pub(crate) mod codec;
 mod de;
 pub(crate) mod format;
 mod ser;
+pub(crate) mod shared;
 pub(crate) mod frame;
 pub(crate) mod message;
 pub(crate) mod target;

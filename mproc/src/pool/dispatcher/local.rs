@@ -1,5 +1,5 @@
 //! [`LocalLink`]: a worker that is a child process of this one. Chunks and answers travel in
-//! its lane (shared memory, see `sys/lane.rs`); what goes on its socket (large frames with a
+//! its lane (shared memory, see `pool/lane.rs`); what goes on its socket (large frames with a
 //! placeholder in the lane that keeps their place in the order, wake-ups, `Stop`) goes
 //! through its outbox, so one slow worker never blocks the others.
 
@@ -17,7 +17,7 @@ use crate::process;
 use crate::start::{self, Child, StartMethod};
 use crate::sys::exe;
 use crate::sys::fd;
-use crate::sys::lane::{Corrupt, Lane};
+use crate::pool::lane::{Corrupt, Lane};
 use crate::sys::proc::Exit;
 use crate::wire::codec;
 use crate::wire::message::{FromWorker, PoolWorkerSpec, Role, Start, ToWorker};

@@ -16,7 +16,7 @@ pub(crate) const WINDOW: usize = 2;
 /// tasks keeps it busy while the dispatcher sleeps between wake-ups.
 pub(crate) const MAX_WINDOW: usize = 256;
 // A claim slot must outlive every task a worker may hold.
-const _: () = assert!(MAX_WINDOW <= crate::sys::lane::MARKS);
+const _: () = assert!(MAX_WINDOW <= crate::pool::lane::MARKS);
 
 /// How much work (by the worker's running average) its window may hold: little enough that
 /// few tasks wait behind one that turns out slow.

@@ -8,31 +8,24 @@
 //! small message on the worker's socket). Both looks are ordered by a sequentially consistent
 //! fence, so one of the two always sees the other: a frame is never left unseen by a sleeper.
 //!
-//! Layout (`HEADER` bytes of words, each on its own cache line, then the two rings):
-//!
-//! ```text
-//! down.tail  down.head  up.tail  up.head  worker_asleep  parent_asleep  started  magic,capacity
-//! claim slots (MARKS words)
-//! [ down ring: parent -> worker, CAPACITY bytes ][ up ring: worker -> parent, CAPACITY bytes ]
-//! ```
+//! Layout: a [`Header`] (each word on a cache line of its own, then the claim slots) in the
+//! first `HEADER` bytes, then the two rings, each `CAPACITY` bytes:
+//! `[ header ][ down ring: parent -> worker ][ up ring: worker -> parent ]`.
 //!
 //! Positions are byte counts that only grow; a frame is a `u32` length, four bytes of padding
 //! and the body, padded to 8 bytes, never split across the ring's end (a `u32::MAX` length
 //! says "continue at the start"). Each side keeps its own position privately and trusts
 //! nothing it reads from the peer: a position or length out of bounds is reported as
-//! [`Corrupt`], never followed.
-
-// The lane lives in shared memory, reached through pointers into its mapping.
-#![allow(unsafe_code)]
+//! [`Corrupt`], never followed, and a frame's body is copied out before anyone looks at it.
 
 use std::io;
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
-use super::fd::InternalFd;
-use super::shm::Mapping;
+use crate::sys::fd::InternalFd;
+use crate::sys::layout::{Line, Mapped, shared_layout};
+use crate::sys::shm::Mapping;
 
-const LINE: usize = 64;
 const HEADER: usize = 4096;
 /// Bytes in each ring.
 const CAPACITY: usize = 256 * 1024;
@@ -43,20 +36,51 @@ const MAGIC: u64 = 0x6d70_726f_635f_6c31; // "mproc_l1"
 /// The largest frame body a ring carries; larger ones must travel some other way.
 pub(crate) const MAX_FRAME: usize = CAPACITY / 8;
 
-const DOWN_TAIL: usize = 0;
-const DOWN_HEAD: usize = LINE;
-const UP_TAIL: usize = 2 * LINE;
-const UP_HEAD: usize = 3 * LINE;
-const WORKER_ASLEEP: usize = 4 * LINE;
-const PARENT_ASLEEP: usize = 5 * LINE;
-const STARTED: usize = 6 * LINE;
-const MAGIC_AT: usize = 7 * LINE;
-/// Claim slots: slot `n % MARKS` decides who has task number `n` (see [`Lane::claim`]).
-const MARKS_AT: usize = 8 * LINE;
-
 /// How many claim slots a lane keeps: at least as many tasks as a worker may hold at once,
 /// so a slot is never reused while its task may still be taken back.
 pub(crate) const MARKS: usize = 256;
+
+shared_layout! {
+    /// The shared words of a lane.
+    struct Header {
+        down_tail: Line<AtomicU64>,
+        down_head: Line<AtomicU64>,
+        up_tail: Line<AtomicU64>,
+        up_head: Line<AtomicU64>,
+        worker_asleep: Line<AtomicU64>,
+        parent_asleep: Line<AtomicU64>,
+        /// Tasks the worker has taken.
+        started: Line<AtomicU64>,
+        id: Line<Id>,
+        /// Claim slots: slot `n % MARKS` decides who has task number `n` (see [`Lane::claim`]).
+        marks: [AtomicU64; MARKS],
+    }
+}
+
+shared_layout! {
+    /// What makes a file a lane: `MAGIC`, then `CAPACITY` (stored last, released).
+    struct Id {
+        magic: AtomicU64,
+        capacity: AtomicU64,
+    }
+}
+
+// The offsets of the lanes every build has used (a worker and its pool may be different
+// builds only in theory, but a moved word would be caught here, not in a hang).
+const _: () = {
+    use std::mem::offset_of;
+    assert!(offset_of!(Header, down_tail) == 0);
+    assert!(offset_of!(Header, down_head) == 64);
+    assert!(offset_of!(Header, up_tail) == 2 * 64);
+    assert!(offset_of!(Header, up_head) == 3 * 64);
+    assert!(offset_of!(Header, worker_asleep) == 4 * 64);
+    assert!(offset_of!(Header, parent_asleep) == 5 * 64);
+    assert!(offset_of!(Header, started) == 6 * 64);
+    assert!(offset_of!(Header, id) == 7 * 64);
+    assert!(offset_of!(Id, capacity) == 8);
+    assert!(offset_of!(Header, marks) == 8 * 64);
+    assert!(std::mem::size_of::<Header>() <= HEADER);
+};
 
 /// A slot's value once the worker has claimed task `n` to run it.
 const fn claimed(task: u64) -> u64 {
@@ -72,32 +96,46 @@ const fn revoked(task: u64) -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Corrupt;
 
-#[derive(Debug, Clone, Copy)]
-struct Ring {
-    tail: usize,
-    head: usize,
-    data: usize,
+/// One of the two rings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// Parent to worker.
+    Down,
+    /// Worker to parent.
+    Up,
 }
 
-const DOWN: Ring = Ring {
-    tail: DOWN_TAIL,
-    head: DOWN_HEAD,
-    data: HEADER,
-};
-const UP: Ring = Ring {
-    tail: UP_TAIL,
-    head: UP_HEAD,
-    data: HEADER + CAPACITY,
-};
+impl Way {
+    fn tail(self, h: &Header) -> &AtomicU64 {
+        match self {
+            Way::Down => &h.down_tail,
+            Way::Up => &h.up_tail,
+        }
+    }
+
+    fn head(self, h: &Header) -> &AtomicU64 {
+        match self {
+            Way::Down => &h.down_head,
+            Way::Up => &h.up_head,
+        }
+    }
+
+    /// Where its bytes start in the file.
+    fn data(self) -> usize {
+        match self {
+            Way::Down => HEADER,
+            Way::Up => HEADER + CAPACITY,
+        }
+    }
+}
 
 /// One side's view of a lane.
 #[derive(Debug)]
 pub(crate) struct Lane {
-    map: Mapping,
-    out: Ring,
-    inc: Ring,
-    mine_asleep: usize,
-    peer_asleep: usize,
+    map: Mapped<Header>,
+    out: Way,
+    /// The dispatcher's side (else the worker's).
+    parent: bool,
     /// Where this side writes next in its outgoing ring (never read back from shared memory).
     out_tail: u64,
     /// Where this side reads next in its incoming ring.
@@ -110,14 +148,18 @@ fn padded(len: usize) -> usize {
     FRAME_HEADER + len.next_multiple_of(8)
 }
 
+fn corrupt(_: io::Error) -> Corrupt {
+    Corrupt
+}
+
 impl Lane {
     /// The dispatcher's side of a new lane, and the descriptor to send to the worker.
     pub(crate) fn create() -> io::Result<(Lane, InternalFd)> {
         let (map, file) = Mapping::create("mproc-lane", HEADER + 2 * CAPACITY)?;
-        let lane = Lane::new(map, true);
-        lane.word(MAGIC_AT).store(MAGIC, Ordering::Relaxed);
-        lane.word(MAGIC_AT + 8)
-            .store(CAPACITY as u64, Ordering::Release);
+        let lane = Lane::new(map, true)?;
+        let id = &lane.header().id;
+        id.magic.store(MAGIC, Ordering::Relaxed);
+        id.capacity.store(CAPACITY as u64, Ordering::Release);
         Ok((lane, file))
     }
 
@@ -127,40 +169,51 @@ impl Lane {
         if map.len() != HEADER + 2 * CAPACITY {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "not a lane"));
         }
-        let lane = Lane::new(map, false);
-        if lane.word(MAGIC_AT).load(Ordering::Relaxed) != MAGIC
-            || lane.word(MAGIC_AT + 8).load(Ordering::Acquire) != CAPACITY as u64
+        let lane = Lane::new(map, false)?;
+        let id = &lane.header().id;
+        if id.magic.load(Ordering::Relaxed) != MAGIC
+            || id.capacity.load(Ordering::Acquire) != CAPACITY as u64
         {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "not a lane"));
         }
         Ok(lane)
     }
 
-    fn new(map: Mapping, parent: bool) -> Lane {
-        let (out, inc, mine_asleep, peer_asleep) = if parent {
-            (DOWN, UP, PARENT_ASLEEP, WORKER_ASLEEP)
-        } else {
-            (UP, DOWN, WORKER_ASLEEP, PARENT_ASLEEP)
-        };
-        Lane {
-            map,
-            out,
-            inc,
-            mine_asleep,
-            peer_asleep,
+    fn new(map: Mapping, parent: bool) -> io::Result<Lane> {
+        Ok(Lane {
+            map: Mapped::new(map)?,
+            out: if parent { Way::Down } else { Way::Up },
+            parent,
             out_tail: 0,
             in_head: 0,
             started: 0,
+        })
+    }
+
+    fn header(&self) -> &Header {
+        self.map.header()
+    }
+
+    fn inc(&self) -> Way {
+        match self.out {
+            Way::Down => Way::Up,
+            Way::Up => Way::Down,
         }
     }
 
-    fn word(&self, at: usize) -> &AtomicU64 {
-        const { assert!(MARKS_AT + 8 * MARKS <= HEADER) };
-        debug_assert!(at + 8 <= HEADER && at % 8 == 0);
-        // SAFETY: `at` is one of the header's 8-aligned offsets inside the mapping (which is
-        // page-aligned and outlives the borrow); both processes touch these words only through
-        // atomics, and `AtomicU64` has the layout of `u64`.
-        unsafe { &*self.map.as_ptr().add(at).cast::<AtomicU64>() }
+    fn asleep(&self, mine: bool) -> &AtomicU64 {
+        let h = self.header();
+        if mine == self.parent {
+            &h.parent_asleep
+        } else {
+            &h.worker_asleep
+        }
+    }
+
+    /// The frame length word at byte `at` of the file (8-aligned, inside a ring), as one
+    /// atomic word: the peer's, read once, then checked.
+    fn length_word(&self, at: usize) -> Result<&AtomicU32, Corrupt> {
+        self.map.map().view::<AtomicU32>(at).map_err(corrupt)
     }
 
     /// Whether a body of `len` bytes may go in a ring at all.
@@ -174,7 +227,7 @@ impl Lane {
         if !Lane::fits(len) {
             return Ok(None);
         }
-        let head = self.word(self.out.head).load(Ordering::Acquire);
+        let head = self.out.head(self.header()).load(Ordering::Acquire);
         let used = self.out_tail.wrapping_sub(head);
         if used > CAPACITY as u64 {
             return Err(Corrupt); // the peer's position is impossible
@@ -201,38 +254,40 @@ impl Lane {
         let Some((mut off, skip)) = self.room(body.len())? else {
             return Ok(false);
         };
-        let data = self.out.data;
+        let data = self.out.data();
         if skip > 0 {
-            // SAFETY: `off` is 8-aligned and at least 8 bytes before the ring's end, in the
-            // part of the ring the consumer has released.
-            unsafe { self.map.as_ptr().add(data + off).cast::<u32>().write(WRAP) };
+            // In the part of the ring the consumer has released, at least 8 bytes before its end.
+            self.length_word(data + off)?.store(WRAP, Ordering::Relaxed);
             self.out_tail += skip as u64;
             off = 0;
         }
-        // SAFETY: `room` checked that the padded frame fits between `off` and the ring's end
-        // and in the space the consumer has released; nobody reads it before the tail moves.
-        unsafe {
-            let at = self.map.as_ptr().add(data + off);
-            at.cast::<u32>().write(body.len() as u32);
-            at.add(4).cast::<u32>().write(0);
-            std::ptr::copy_nonoverlapping(body.as_ptr(), at.add(FRAME_HEADER), body.len());
-        }
+        // `room` checked that the padded frame fits between `off` and the ring's end and in
+        // the space the consumer has released; nobody reads it before the tail moves.
+        let map = self.map.map();
+        self.length_word(data + off)?
+            .store(body.len() as u32, Ordering::Relaxed);
+        self.length_word(data + off + 4)?
+            .store(0, Ordering::Relaxed);
+        map.copy_in(data + off + FRAME_HEADER, body)
+            .map_err(corrupt)?;
         self.out_tail += padded(body.len()) as u64;
-        self.word(self.out.tail)
+        self.out
+            .tail(self.header())
             .store(self.out_tail, Ordering::Release);
         Ok(true)
     }
 
     /// Whether the incoming ring holds nothing.
     pub(crate) fn is_empty(&self) -> bool {
-        self.word(self.inc.tail).load(Ordering::Acquire) == self.in_head
+        self.inc().tail(self.header()).load(Ordering::Acquire) == self.in_head
     }
 
     /// Copies the next incoming frame into `buf` (replacing its contents); `Ok(false)` when
     /// there is none.
     pub(crate) fn pop_into(&mut self, buf: &mut Vec<u8>) -> Result<bool, Corrupt> {
+        let inc = self.inc();
         loop {
-            let tail = self.word(self.inc.tail).load(Ordering::Acquire);
+            let tail = inc.tail(self.header()).load(Ordering::Acquire);
             if tail == self.in_head {
                 return Ok(false);
             }
@@ -242,11 +297,10 @@ impl Lane {
             }
             let avail = avail as usize;
             let off = (self.in_head % CAPACITY as u64) as usize;
-            let at = self.inc.data + off;
-            // SAFETY: `off` is 8-aligned and at most CAPACITY - 8, so the length word is
-            // inside the ring; the producer published it before moving the tail (Acquire).
-            // Read once (volatile): the peer's memory, checked below, must not be re-read after.
-            let len = unsafe { self.map.as_ptr().add(at).cast::<u32>().read_volatile() };
+            let at = inc.data() + off;
+            // Inside the ring (`off` is 8-aligned and at most CAPACITY - 8); published before
+            // the tail moved (acquired above). Read once: checked below, never read again.
+            let len = self.length_word(at)?.load(Ordering::Relaxed);
             if len == WRAP {
                 let skip = CAPACITY - off;
                 // A wrap at the ring's start is never written (every frame fits after it), so
@@ -262,19 +316,12 @@ impl Lane {
                 return Err(Corrupt);
             }
             buf.clear();
-            buf.reserve(len);
-            // SAFETY: the body lies inside the ring (checked above) and inside `buf`'s spare
-            // capacity (reserved above); the producer does not touch published frames.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    self.map.as_ptr().add(at + FRAME_HEADER),
-                    buf.as_mut_ptr(),
-                    len,
-                );
-                buf.set_len(len);
-            }
+            self.map
+                .map()
+                .append_to(at + FRAME_HEADER, len, buf)
+                .map_err(corrupt)?;
             self.in_head += padded(len) as u64;
-            self.word(self.inc.head)
+            inc.head(self.header())
                 .store(self.in_head, Ordering::Release);
             return Ok(true);
         }
@@ -283,7 +330,7 @@ impl Lane {
     /// Says this side is about to block; `true` when it may (nothing arrived meanwhile). On
     /// `false` it has already taken the word back.
     pub(crate) fn prepare_sleep(&self) -> bool {
-        self.word(self.mine_asleep).store(1, Ordering::Relaxed);
+        self.asleep(true).store(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         if self.is_empty() {
             true
@@ -295,13 +342,13 @@ impl Lane {
 
     /// Says this side is awake (no wake-up needed).
     pub(crate) fn awake(&self) {
-        self.word(self.mine_asleep).store(0, Ordering::Relaxed);
+        self.asleep(true).store(0, Ordering::Relaxed);
     }
 
     /// After publishing: whether the peer sleeps and must be woken (at most once per sleep).
     pub(crate) fn peer_needs_wake(&self) -> bool {
         fence(Ordering::SeqCst);
-        let peer = self.word(self.peer_asleep);
+        let peer = self.asleep(false);
         peer.load(Ordering::Relaxed) != 0 && peer.swap(0, Ordering::SeqCst) != 0
     }
 
@@ -316,13 +363,13 @@ impl Lane {
     pub(crate) fn claim(&mut self) -> bool {
         self.started += 1;
         let task = self.started;
-        self.word(STARTED).store(task, Ordering::Release);
+        self.header().started.store(task, Ordering::Release);
         self.slot(task).swap(claimed(task), Ordering::AcqRel) != revoked(task)
     }
 
     /// How many tasks the worker has taken (claimed or skipped).
     pub(crate) fn started(&self) -> u64 {
-        self.word(STARTED).load(Ordering::Acquire)
+        self.header().started.load(Ordering::Acquire)
     }
 
     /// The dispatcher takes back the worker's task number `task` (counting from 1): `true`
@@ -351,7 +398,7 @@ impl Lane {
     }
 
     fn slot(&self, task: u64) -> &AtomicU64 {
-        self.word(MARKS_AT + 8 * (task % MARKS as u64) as usize)
+        &self.header().marks[(task % MARKS as u64) as usize]
     }
 }
 
@@ -423,20 +470,22 @@ pub(crate) fn fuzz(data: &[u8]) {
             4 => {
                 let at = word(&mut byte, 3) as usize % file_len;
                 let bytes: Vec<u8> = (0..byte() % 9).map(|_| byte()).collect();
-                let _ = sides[0].map.write_at(at, &bytes);
+                let _ = sides[0].map.map().write_at(at, &bytes);
                 tampered = true;
             }
             // A peer's write of a position (or length word) of its choice, near the truth.
             5 => {
-                let at = [DOWN_TAIL, DOWN_HEAD, UP_TAIL, UP_HEAD][usize::from(byte() % 4)];
-                let now = sides[0].word(at).load(Ordering::Relaxed);
+                let h = sides[0].header();
+                let at = [&h.down_tail, &h.down_head, &h.up_tail, &h.up_head];
+                let at = at[usize::from(byte() % 4)];
+                let now = at.load(Ordering::Relaxed);
                 let value = match byte() % 4 {
                     0 => now.wrapping_add(word(&mut byte, 2)),
                     1 => now.wrapping_sub(word(&mut byte, 2)),
                     2 => now.wrapping_add(CAPACITY as u64 * word(&mut byte, 1)),
                     _ => word(&mut byte, 8),
                 };
-                sides[0].word(at).store(value, Ordering::Release);
+                at.store(value, Ordering::Release);
                 tampered = true;
             }
             // The rest of a side's calls.
@@ -537,18 +586,20 @@ mod tests {
         let (mut p, mut w) = pair();
         assert!(p.push(b"hello").unwrap());
         // A peer that writes an impossible tail.
-        p.word(DOWN_TAIL).store(u64::MAX / 2, Ordering::Release);
+        p.header().down_tail.store(u64::MAX / 2, Ordering::Release);
         let mut buf = Vec::new();
         assert_eq!(w.pop_into(&mut buf), Err(Corrupt));
         // A frame whose length runs past what was published.
         let (mut p, mut w) = pair();
         assert!(p.push(b"hello").unwrap());
-        // SAFETY: the first frame's length word, inside the down ring.
-        unsafe { p.map.as_ptr().add(HEADER).cast::<u32>().write(4000) };
+        // The first frame's length word, inside the down ring.
+        p.length_word(HEADER)
+            .unwrap()
+            .store(4000, Ordering::Relaxed);
         assert_eq!(w.pop_into(&mut buf), Err(Corrupt));
         // A consumer that writes an impossible head: the producer refuses to write.
         let (mut p, _w) = pair();
-        p.word(DOWN_HEAD).store(1 << 40, Ordering::Release);
+        p.header().down_head.store(1 << 40, Ordering::Release);
         assert_eq!(p.push(b"x"), Err(Corrupt));
         assert_eq!(p.has_room(1), Err(Corrupt));
         // A file of the wrong size is not a lane.
@@ -648,12 +699,13 @@ mod tests {
     /// fault on its first read once the sender cut it: it must refuse the file instead.
     fn open_a_lane_its_sender_can_shrink() -> Result<(), String> {
         use std::os::unix::fs::FileExt;
-        let file = std::fs::File::from(super::super::shm::testing::unsealed_memfd(
+        let file = std::fs::File::from(crate::sys::shm::testing::unsealed_memfd(
             HEADER + 2 * CAPACITY,
         ));
-        file.write_all_at(&MAGIC.to_ne_bytes(), MAGIC_AT as u64)
-            .and_then(|()| file.write_all_at(&(CAPACITY as u64).to_ne_bytes(), MAGIC_AT as u64 + 8))
-            .and_then(|()| file.write_all_at(&8u64.to_ne_bytes(), DOWN_TAIL as u64))
+        let id = std::mem::offset_of!(Header, id) as u64;
+        file.write_all_at(&MAGIC.to_ne_bytes(), id)
+            .and_then(|()| file.write_all_at(&(CAPACITY as u64).to_ne_bytes(), id + 8))
+            .and_then(|()| file.write_all_at(&8u64.to_ne_bytes(), 0))
             .map_err(|e| e.to_string())?;
         match Lane::open(file.as_fd()) {
             Ok(mut lane) => {
@@ -668,25 +720,52 @@ mod tests {
 
     #[test]
     fn a_lane_file_that_could_shrink_is_refused_not_a_crash() {
-        super::super::shm::testing::in_children(open_a_lane_its_sender_can_shrink);
+        crate::sys::shm::testing::in_children(open_a_lane_its_sender_can_shrink);
     }
 
     /// The fuzz target's body on cheap random inputs, on every `cargo test`: the long run is
     /// `cargo fuzz` (fuzz/README.md); this keeps the checks honest between runs.
     #[test]
     fn the_fuzz_body_survives_random_inputs() {
-        for data in super::super::shm::testing::fuzz_inputs(60) {
+        for data in crate::sys::shm::testing::fuzz_inputs(60) {
             super::fuzz(&data);
         }
+    }
+
+    #[test]
+    fn frames_past_the_rings_end_or_a_tail_behind_the_head_are_corrupt() {
+        // A length that fits the bytes published but runs past the ring's end.
+        let (mut p, mut w) = pair();
+        let last = HEADER + CAPACITY - 16;
+        p.length_word(last).unwrap().store(64, Ordering::Relaxed);
+        p.header()
+            .down_tail
+            .store(CAPACITY as u64, Ordering::Release);
+        w.in_head = (CAPACITY - 16) as u64;
+        assert_eq!(w.pop_into(&mut Vec::new()), Err(Corrupt));
+        // A tail moved back behind what the worker has read.
+        assert!(p.push(b"x").unwrap());
+        let (mut p, mut w) = pair();
+        assert!(p.push(b"abc").unwrap());
+        assert!(w.pop_into(&mut Vec::new()).unwrap());
+        p.header().down_tail.store(0, Ordering::Release);
+        assert_eq!(w.pop_into(&mut Vec::new()), Err(Corrupt));
+        // The id of another kind of file.
+        let (p, file) = Lane::create().unwrap();
+        p.header().id.magic.store(1, Ordering::Relaxed);
+        assert!(Lane::open(file.as_fd()).is_err());
     }
 
     #[test]
     fn a_wrap_at_the_rings_start_is_corrupt() {
         let (p, mut w) = pair();
         // A peer that says "continue at the start" at the start, and a whole ring published.
-        // SAFETY: the first length word of the down ring, inside the mapping.
-        unsafe { p.map.as_ptr().add(HEADER).cast::<u32>().write(WRAP) };
-        p.word(DOWN_TAIL).store(CAPACITY as u64, Ordering::Release);
+        p.length_word(HEADER)
+            .unwrap()
+            .store(WRAP, Ordering::Relaxed);
+        p.header()
+            .down_tail
+            .store(CAPACITY as u64, Ordering::Release);
         assert_eq!(w.pop_into(&mut Vec::new()), Err(Corrupt));
     }
 }
