@@ -148,10 +148,7 @@ impl Mapping {
             .is_some_and(|end| end <= self.len());
         let at = (self.as_ptr() as usize).wrapping_add(offset);
         if !fits || at % std::mem::align_of::<T>() != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("a shared layout outside its mapping or misaligned (offset {offset})"),
-            ));
+            return Err(misplaced(offset));
         }
         // SAFETY: in bounds and aligned (checked above); the mapping lives as long as the
         // borrow of `self`; `T: SharedLayout` is valid for any bytes and only touched through
@@ -239,6 +236,17 @@ impl Mapping {
             )),
         }
     }
+}
+
+/// A view that does not fit its mapping: out of line, so that [`Mapping::view`] stays a few
+/// compares on the lock and queue paths.
+#[cold]
+#[inline(never)]
+fn misplaced(offset: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("a shared layout outside its mapping or misaligned (offset {offset})"),
+    )
 }
 
 /// A range of shared memory a peer may write, read front to back by copying into private
