@@ -151,6 +151,20 @@ mod tests {
     }
 
     #[test]
+    fn fixed_width_values_straddling_the_stream_buffer_decode_whole() {
+        // One byte first, so every u64 after it straddles the 8 KiB buffer's refills.
+        type Odd = (u8, Vec<u64>, Vec<(u16, char, f64)>);
+        let v: Odd = (
+            9,
+            (0..20_000u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect(),
+            (0..5_000u16).map(|i| (i, 'é', f64::from(i) / 3.0)).collect(),
+        );
+        let b = encode(&v).unwrap();
+        assert!(b.len() > 64 * 1024, "takes the streaming path");
+        assert_eq!(decode_from_shared::<Odd>(&b).unwrap(), v);
+    }
+
+    #[test]
     fn shared_bytes_decode_as_private_ones_do_small_or_large() {
         type Mixed = (u64, String, serde_bytes::ByteBuf, Vec<u8>, Vec<String>);
         for size in [10, 40_000, 300_000] {
