@@ -61,7 +61,11 @@ static REGISTERED: [AtomicBool; RANKS] = [const { AtomicBool::new(false) }; RANK
 pub(crate) fn ensure(rank: Rank, hook: Hook) {
     let registered = &REGISTERED[rank as usize];
     if !registered.load(Ordering::Acquire) {
-        lock()[rank as usize] = Some(hook);
+        // The flag is set while the list is still locked: a fork that takes the list next
+        // runs this hook, which calls `ensure` again on the forking thread, and must find the
+        // flag set rather than lock the list a second time.
+        let mut hooks = lock();
+        hooks[rank as usize] = Some(hook);
         registered.store(true, Ordering::Release);
     }
 }

@@ -7,7 +7,7 @@ use super::format::{Error, MAX_DEPTH, ZERO_SIZE_ELEMENTS};
 
 /// Where a [`Deserializer`] reads from: a slice (whose strings and byte strings may be
 /// borrowed), or a stream that hands each string out in a `Vec` of its own (bytes in shared
-/// memory, copied once, see `codec::decode_shared`).
+/// memory, copied once, see `wire::shared::decode_shared`).
 pub(crate) trait Input<'de> {
     /// Bytes not read yet.
     fn remaining(&self) -> usize;
