@@ -81,6 +81,10 @@ pub enum ErrorKind {
     Protocol(String),
     /// The operating system refused an operation.
     Os(OsReport),
+    /// A remote pool's broker (the Redis server) failed, went away, or lost the pool's state
+    /// (restarted without persistence); or a frame failed its authentication. Pending tasks
+    /// fail with it rather than wait forever.
+    Broker(String),
 }
 
 /// Where and how a target panicked.
@@ -142,6 +146,10 @@ pub struct LostReport {
     pub signal: Option<i32>,
     /// Its exit code, if it exited.
     pub exit_code: Option<i32>,
+    /// How many times the task ran and was lost with its process: 1 for a local pool; for
+    /// a remote pool, the runs lost with dead hosts (each re-run counts, up to
+    /// `max_retries + 1`).
+    pub attempts: u32,
 }
 
 /// Which value failed to encode or decode, on which side, and serde's message.
@@ -216,6 +224,20 @@ impl Error {
                 Exit::Code(c) => Some(c),
                 _ => None,
             },
+            attempts: 1,
+        })
+        .into()
+    }
+
+    /// `WorkerLost` for a task whose remote host (`agent`) died running it, `attempts` times.
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
+    pub(crate) fn lost_remotely(agent: &str, attempts: u32) -> Error {
+        ErrorKind::WorkerLost(LostReport {
+            process: format!("remote agent {agent}"),
+            pid: 0,
+            signal: None,
+            exit_code: None,
+            attempts,
         })
         .into()
     }
@@ -359,6 +381,7 @@ impl fmt::Display for Error {
                  reference; rebuild, then restart the program so parent and children match",
             ),
             ErrorKind::Protocol(m) => write!(f, "malformed message between processes: {m}"),
+            ErrorKind::Broker(m) => write!(f, "remote pool broker: {m}"),
             ErrorKind::Os(o) => write!(f, "{} failed: {}", o.context, o.message),
         }
     }
@@ -380,6 +403,15 @@ impl fmt::Display for PanicReport {
 
 impl fmt::Display for LostReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.pid == 0 {
+            // A remote host: no pid means anything here.
+            return write!(
+                f,
+                "{} stopped answering (its heartbeat expired) while running the task; the task \
+                 was lost {} time(s)",
+                self.process, self.attempts
+            );
+        }
         write!(f, "process {} (pid {}) ", self.process, self.pid)?;
         match (self.signal, self.exit_code) {
             (Some(s), _) => write!(

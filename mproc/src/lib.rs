@@ -71,6 +71,8 @@ linux_only! {
     mod pool;
     mod process;
     mod queue;
+    #[cfg(feature = "remote")]
+    mod remote;
     mod shared;
     mod shared_memory;
     mod start;
@@ -85,6 +87,8 @@ linux_only! {
     pub use pool::{AsyncResult, Chunked, Imap, Pool, PoolBuilder};
     pub use process::{CurrentProcess, Process, cpu_count, current_process};
     pub use queue::{JoinableQueue, Queue, SimpleQueue};
+    #[cfg(feature = "remote")]
+    pub use remote::Remote;
     pub use shared::{Array, ArrayGuard, Value, ValueGuard};
     pub use shared_memory::SharedMemory;
     pub use start::{StartMethod, get_start_method, set_start_method};

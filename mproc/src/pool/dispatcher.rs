@@ -26,6 +26,8 @@
 
 mod chunk;
 mod config;
+#[cfg(feature = "remote")]
+mod external;
 mod link;
 mod local;
 mod policy;
@@ -53,6 +55,7 @@ use crate::error::{Error, ErrorKind};
 use crate::start;
 use crate::sys::fd::{self, EventFd};
 
+/// What the API side asks of the dispatcher (or of another backend, `pool/backend.rs`).
 pub(crate) enum Command {
     Submit(Vec<Chunk>),
     /// Cancel these chunks; kill the workers running any of them.

@@ -9,6 +9,7 @@
 //! - [`chunked`]: the map family with a chosen chunk size.
 
 use std::any::{Any, type_name};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
@@ -20,11 +21,14 @@ use crate::error::Error;
 use crate::start::{self, StartMethod};
 use crate::wire::target::{self, Target};
 
+pub(crate) mod backend;
 mod chunked;
-mod dispatcher;
+pub(crate) mod dispatcher;
 mod imap;
-mod job;
+pub(crate) mod job;
 pub(crate) mod lane;
+#[cfg(feature = "remote")]
+mod raw;
 mod result;
 mod task;
 pub(crate) mod worker;
@@ -33,6 +37,8 @@ pub use chunked::Chunked;
 use dispatcher::{Config, Shared};
 pub use imap::Imap;
 use job::JobState;
+#[cfg(feature = "remote")]
+pub(crate) use raw::RawTask;
 pub use result::AsyncResult;
 
 /// A pool of worker processes, as Python's `multiprocessing.Pool`.
@@ -62,7 +68,9 @@ pub struct Pool {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
     dispatcher: ThreadId,
-    processes: usize,
+    /// Its size: fixed for local workers; a remote pool without `processes(n)` follows the
+    /// workers its agents announce.
+    processes: Arc<AtomicUsize>,
 }
 
 /// Configures a [`Pool`]; made by [`Pool::builder`].
@@ -93,6 +101,9 @@ pub struct PoolBuilder {
     init: Option<Init>,
     max_tasks_per_child: Option<usize>,
     task_timeout: Option<Duration>,
+    /// Where the tasks run when not in local workers (`remote`).
+    pub(crate) backend: Option<Box<dyn backend::Backend>>,
+    pub(crate) max_retries: Option<u32>,
 }
 
 /// The initializer: its entry, its encoded arguments with their handles' descriptors, and
@@ -202,6 +213,17 @@ impl PoolBuilder {
         self
     }
 
+    /// An initializer given as its entry and encoded arguments (a remote agent's local pool).
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
+    pub(crate) fn raw_initializer(mut self, entry: i64, encoded: Vec<u8>) -> Self {
+        self.init = Some(Init {
+            entry,
+            encoded: Ok((encoded, Vec::new())),
+            args: Box::new(()),
+        });
+        self
+    }
+
     /// Starts the workers.
     ///
     /// # Errors
@@ -213,8 +235,7 @@ impl PoolBuilder {
     /// assert!(mproc::Pool::builder().processes(0).build().is_err());
     /// ```
     pub fn build(self) -> Result<Pool, Error> {
-        let processes = self.processes.unwrap_or_else(crate::cpu_count);
-        if processes == 0 {
+        if self.processes == Some(0) {
             return Err(Error::invalid("a pool needs at least one process"));
         }
         if self.max_tasks_per_child == Some(0) {
@@ -232,6 +253,31 @@ impl PoolBuilder {
             None => (None, Vec::new(), None),
         };
         let shared = Shared::new()?;
+        if let Some(backend) = self.backend {
+            let settings = backend::Settings {
+                processes: self.processes,
+                init,
+                init_has_handles: !init_fds.is_empty(),
+                max_tasks_per_child: self.max_tasks_per_child,
+                task_timeout: self.task_timeout,
+                max_retries: self.max_retries.unwrap_or(0),
+            };
+            let processes = Arc::new(AtomicUsize::new(self.processes.unwrap_or(1)));
+            let thread = backend.start(Arc::clone(&shared), settings, Arc::clone(&processes))?;
+            return Ok(Pool {
+                shared,
+                dispatcher: thread.thread().id(),
+                thread: Mutex::new(Some(thread)),
+                processes,
+            });
+        }
+        if self.max_retries.is_some() {
+            return Err(Error::invalid(
+                "max_retries applies to remote pools (a local worker that dies was most often \
+                 killed by its own task, which a re-run would kill again)",
+            ));
+        }
+        let processes = self.processes.unwrap_or_else(crate::cpu_count);
         let config = Config {
             processes,
             method: self.method.unwrap_or_else(start::get_start_method),
@@ -251,7 +297,7 @@ impl PoolBuilder {
             shared,
             dispatcher: thread.thread().id(),
             thread: Mutex::new(Some(thread)),
-            processes,
+            processes: Arc::new(AtomicUsize::new(processes)),
         })
     }
 }
@@ -289,7 +335,7 @@ impl Pool {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn processes(&self) -> usize {
-        self.processes
+        self.processes.load(Ordering::Relaxed).max(1)
     }
 
     /// The map family with an explicit chunk size: `pool.chunksize(10).map(f, items)`.
@@ -305,11 +351,11 @@ impl Pool {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn chunksize(&self, n: usize) -> Chunked<'_> {
-        Chunked::new(&self.shared, self.processes, Some(n))
+        Chunked::new(&self.shared, self.processes(), Some(n))
     }
 
     fn default_chunks(&self) -> Chunked<'_> {
-        Chunked::new(&self.shared, self.processes, None)
+        Chunked::new(&self.shared, self.processes(), None)
     }
 
     /// Runs `f(args)` in a worker and waits for its value.
@@ -600,7 +646,7 @@ impl Drop for Pool {
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
-            .field("processes", &self.processes)
+            .field("processes", &self.processes())
             .field("closed", &self.shared.is_closed())
             .finish()
     }

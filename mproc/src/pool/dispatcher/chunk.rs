@@ -52,9 +52,15 @@ impl Chunk {
         self
     }
 
+    /// Whether handles ride among its arguments (descriptors that cannot leave this host).
+    #[cfg(feature = "remote")]
+    pub(crate) fn has_handles(&self) -> bool {
+        !self.handles.is_empty()
+    }
+
     /// Gives the job this chunk's answer (an inert revoked entry has none to give: its copy
     /// answers).
-    pub(super) fn finish(mut self, outcome: ChunkOutcome) {
+    pub(crate) fn finish(mut self, outcome: ChunkOutcome) {
         if !self.revoked {
             self.job.deliver(self.index, outcome);
         }
@@ -76,12 +82,12 @@ impl Chunk {
         .with_handles(std::mem::take(&mut self.handles))
     }
 
-    pub(super) fn fail(self, err: Error) {
+    pub(crate) fn fail(self, err: Error) {
         self.finish(Err(err));
     }
 
     /// Whether the job already has an answer for it (it was cancelled).
-    pub(super) fn answered(&self) -> bool {
+    pub(crate) fn answered(&self) -> bool {
         self.job.is_answered(self.index)
     }
 }

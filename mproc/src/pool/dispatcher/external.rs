@@ -1,0 +1,41 @@
+//! [`Shared`] as a backend other than this dispatcher sees it (`pool/backend.rs`): it takes
+//! the same commands and reports the same end.
+
+use std::os::fd::{AsFd, BorrowedFd};
+
+use super::{Command, Shared};
+use crate::error::Error;
+
+impl Shared {
+    /// The commands posted since the last call (the wake-up descriptor is drained first, so
+    /// a command posted after this call wakes it again).
+    pub(crate) fn take_commands(&self) -> Vec<Command> {
+        self.wake.drain();
+        std::mem::take(&mut self.inbox().commands).into()
+    }
+
+    /// Readable when a command was posted.
+    pub(crate) fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    /// Wakes whoever waits on [`wake_fd`](Self::wake_fd).
+    pub(crate) fn nudge(&self) {
+        self.wake.notify();
+    }
+
+    /// Whether a closed pool can get no more work (no `imap` still submitting).
+    pub(crate) fn drained(&self) -> bool {
+        self.nothing_more_to_come()
+    }
+
+    /// The pool can run nothing more: every later submission fails with `why`.
+    pub(crate) fn set_broken(&self, why: &Error) {
+        self.inbox().broken.get_or_insert_with(|| why.clone());
+    }
+
+    /// The backend has answered everything and stopped.
+    pub(crate) fn finish(&self, why: &Error) {
+        self.mark_finished(why);
+    }
+}

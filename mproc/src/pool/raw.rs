@@ -1,0 +1,60 @@
+//! Chunks submitted as bytes: an entry and its encoded arguments in, the encoded answer out,
+//! as a remote agent hands the chunks it reads to its local pool without knowing their types.
+
+use std::sync::Arc;
+
+use super::Pool;
+use super::dispatcher::{Chunk, Shared};
+use super::job::{ChunkOutcome, JobState};
+use crate::error::{Error, ErrorKind};
+
+/// One chunk submitted with [`Pool::submit_raw`]: cancel it while it waits or runs.
+pub(crate) struct RawTask {
+    job: Arc<JobState>,
+    shared: Arc<Shared>,
+}
+
+impl RawTask {
+    /// Cancels it: skipped if not started, its worker killed if running. Its callback gets
+    /// `Cancelled` (once, as always).
+    pub(crate) fn cancel(&self) {
+        let ids = self.job.fail_waiting(&ErrorKind::Cancelled.into());
+        if !ids.is_empty() {
+            self.shared.cancel(ids);
+        }
+    }
+}
+
+impl Pool {
+    /// Submits one chunk of `items` items already encoded for the trampoline at `entry`
+    /// (a chunk entry of this build, or an offset a worker refuses with an error);
+    /// `done` gets its answer, once, on whichever thread sees it first.
+    pub(crate) fn submit_raw(
+        &self,
+        entry: i64,
+        payload: Vec<u8>,
+        items: usize,
+        done: impl FnOnce(ChunkOutcome) + Send + 'static,
+    ) -> Result<RawTask, Error> {
+        self.shared.check_open()?;
+        let job = JobState::new();
+        let id = self.shared.chunk_id();
+        let index = job.add_chunk(id, items);
+        let chunk = Chunk::new(id, entry, payload, Arc::clone(&job), index, items);
+        job.seal();
+        let answered = Arc::clone(&job);
+        job.on_complete(Box::new(move || {
+            let outcome = answered
+                .lock()
+                .slot_mut(index)
+                .and_then(|s| s.outcome.take())
+                .unwrap_or_else(|| Err(ErrorKind::Terminated.into()));
+            done(outcome);
+        }));
+        self.shared.submit(vec![chunk], true)?;
+        Ok(RawTask {
+            job,
+            shared: Arc::clone(&self.shared),
+        })
+    }
+}

@@ -1,0 +1,47 @@
+//! Scale-out: the same [`Pool`](crate::Pool) with its workers on many hosts, through Redis
+//! Streams (the `remote` feature). Design and measured figures: `SCALEOUT.md` in the design
+//! notes, and the README's "Many machines".
+//!
+//! - [`config`]: [`Remote`], and the builder options `remote` and `max_retries`;
+//! - `submitter`: the pool's side: writes chunks within its window, reads results, reaps;
+//! - `agent`: a worker host's side: reads entries, runs them in a local pool, records;
+//! - `bootstrap`: an agent started by `MPROC_REMOTE`, before `main`;
+//! - `auth`: the key and the MAC on every frame; `frame`: frames and key names;
+//! - `scripts`: the atomic steps, as server-side scripts; `conn`: connections and replies.
+//!
+//! Delivery is at least once with exactly one recorded result: a task runs again only when
+//! the host running it was declared dead (its heartbeat expired) and `max_retries` allows,
+//! and a second run's answer is never recorded after the first.
+
+mod agent;
+mod auth;
+mod bootstrap;
+pub(crate) mod config;
+mod conn;
+mod frame;
+mod scripts;
+mod submitter;
+
+pub use config::Remote;
+
+impl Remote {
+    /// Serves remote pools on this host until Redis goes away (or the process is killed):
+    /// what an executable started with `MPROC_REMOTE` does before `main`, for a program that
+    /// prefers to decide in code. Blocks.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` without a key (or a bad one); `Broker` if Redis cannot be reached,
+    /// or fails later.
+    ///
+    /// ```no_run
+    /// mproc::Remote::redis("redis://10.0.0.5:6379/0")?
+    ///     .key_file("/etc/myapp/mproc.key")
+    ///     .processes(8)
+    ///     .serve()?;
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn serve(self) -> Result<(), crate::Error> {
+        agent::serve(self)
+    }
+}

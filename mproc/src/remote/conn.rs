@@ -1,0 +1,169 @@
+//! Connections to Redis and the shapes of its replies.
+//!
+//! Every blocking read has a connection of its own (a command queued behind a blocked
+//! `XREADGROUP` would wait for it), and every connection has read and write timeouts, so a
+//! server that stops answering is an error, never a hang.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use redis::{Connection, Value};
+
+use crate::error::{Error, ErrorKind};
+
+/// Where Redis is and how to reach it.
+#[derive(Clone, Debug)]
+pub(crate) struct Endpoint {
+    pub(crate) url: String,
+    /// A PEM file of the certificate authority to trust for `rediss://` (else the system's).
+    pub(crate) ca: Option<PathBuf>,
+}
+
+/// How long a command may take before the server counts as gone (a blocking read adds its
+/// own block time).
+pub(crate) const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Endpoint {
+    /// The URL without its password, for messages.
+    pub(crate) fn shown(&self) -> String {
+        match (self.url.find("://"), self.url.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}://…@{}", &self.url[..s], &self.url[at + 1..]),
+            _ => self.url.clone(),
+        }
+    }
+
+    fn client(&self) -> Result<redis::Client, Error> {
+        if self.url.starts_with("rediss://") {
+            // redis enables rustls without a crypto provider; ours is ring (the only one
+            // built in). Installing it twice is harmless. (Deprecated for lacking post-quantum
+            // key exchange, which aws-lc-rs has; it needs cmake to build.)
+            #[allow(deprecated)]
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let made = match &self.ca {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    Error::os(format!("reading the CA certificate {}", path.display()), e)
+                })?;
+                redis::Client::build_with_tls(
+                    self.url.as_str(),
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+            }
+            None => redis::Client::open(self.url.as_str()),
+        };
+        made.map_err(|e| broker(format!("the Redis URL {}", self.shown()), &e))
+    }
+
+    /// A new connection, with timeouts.
+    pub(crate) fn connect(&self) -> Result<Connection, Error> {
+        let client = self.client()?;
+        let con = client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .map_err(|e| broker(format!("connecting to Redis at {}", self.shown()), &e))?;
+        con.set_read_timeout(Some(REPLY_TIMEOUT))
+            .and_then(|()| con.set_write_timeout(Some(REPLY_TIMEOUT)))
+            .map_err(|e| broker("setting the Redis connection's timeouts", &e))?;
+        Ok(con)
+    }
+}
+
+/// A Redis failure as mproc's error, saying what was being done.
+pub(crate) fn broker(what: impl std::fmt::Display, e: &redis::RedisError) -> Error {
+    let hint = if e.code() == Some("NOGROUP") {
+        " (the task stream's consumer group is gone: was Redis restarted without persistence?)"
+    } else if e.is_connection_dropped() || e.is_io_error() || e.is_timeout() {
+        " (the Redis server went away or stopped answering)"
+    } else {
+        ""
+    };
+    ErrorKind::Broker(format!("{what}: {e}{hint}")).into()
+}
+
+/// One stream entry: its id and its fields.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) id: String,
+    pub(crate) fields: Vec<(String, Vec<u8>)>,
+}
+
+impl Entry {
+    pub(crate) fn field(&self, name: &str) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    pub(crate) fn text(&self, name: &str) -> Option<&str> {
+        self.field(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+}
+
+fn bytes(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        Value::Int(n) => Some(n.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+fn items(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) | Value::Set(a) => a,
+        Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The entries of an `XREAD`/`XREADGROUP` reply (of one stream); none on a timeout (nil).
+pub(crate) fn stream_entries(reply: Value) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let streams = match reply {
+        Value::Map(m) => m.into_iter().map(|(_, v)| v).collect(),
+        other => items(other)
+            .into_iter()
+            .filter_map(|s| items(s).into_iter().nth(1))
+            .collect::<Vec<_>>(),
+    };
+    for entries in streams {
+        for e in items(entries) {
+            let mut parts = items(e).into_iter();
+            let (Some(id), Some(fields)) = (parts.next().and_then(bytes), parts.next()) else {
+                continue;
+            };
+            let mut kv = items(fields).into_iter();
+            let mut fields = Vec::new();
+            while let (Some(k), Some(v)) = (kv.next(), kv.next()) {
+                if let (Some(k), Some(v)) = (bytes(k), bytes(v)) {
+                    fields.push((String::from_utf8_lossy(&k).into_owned(), v));
+                }
+            }
+            out.push(Entry {
+                id: String::from_utf8_lossy(&id).into_owned(),
+                fields,
+            });
+        }
+    }
+    out
+}
+
+/// Creates the task stream's consumer group if it is not there.
+pub(crate) fn ensure_group(con: &mut Connection, tasks: &str) -> Result<(), Error> {
+    let made: redis::RedisResult<Value> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(tasks)
+        .arg(super::frame::GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(con);
+    match made {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        Err(e) => Err(broker("creating the task stream's consumer group", &e)),
+    }
+}

@@ -1,0 +1,111 @@
+//! The server-side scripts: each step that must be atomic is one script, so no crash between
+//! two commands can leave a task both recorded and pending, or re-run twice.
+//!
+//! Every script takes the build's key prefix as `ARGV[1]` and derives the per-pool and
+//! per-agent keys from it (all in one hash slot, `frame.rs`).
+
+/// Before an agent's workers take entries: refuses them all (returns -1) if the agent's
+/// heartbeat is gone (it was declared dead and its entries re-queued); else, per entry, skips
+/// it (acknowledged and deleted; 0) if its pool is gone, it was cancelled or it already has a
+/// result, and otherwise records it as running (1).
+///
+/// KEYS: tasks, hb:<agent>, running:<agent>. ARGV: prefix, then (entry id, pool, task)...
+pub(crate) const START: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+local p = ARGV[1]
+local out = {}
+for i = 2, #ARGV, 3 do
+  local id, pool, task = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if redis.call('EXISTS', p .. 'pool:' .. pool) == 0
+      or redis.call('SISMEMBER', p .. 'cancel:' .. pool, task) == 1
+      or redis.call('HEXISTS', p .. 'done:' .. pool, task) == 1 then
+    redis.call('XACK', KEYS[1], 'agents', id)
+    redis.call('XDEL', KEYS[1], id)
+    out[#out + 1] = 0
+  else
+    redis.call('HSET', KEYS[3], id, pool .. ':' .. task)
+    out[#out + 1] = 1
+  end
+end
+return out
+"#;
+
+/// An agent's answers: each is recorded only if its pool still exists and the task has no
+/// result yet (`HSETNX done`): a task run twice (its first agent thought dead) is recorded
+/// once. Then its entry is acknowledged, deleted, and no longer running. An empty entry id
+/// records a result for a frame that was never started (refused).
+///
+/// KEYS: tasks, running:<agent>. ARGV: prefix, then (entry id, pool, task, sealed result)...
+pub(crate) const RECORD: &str = r#"
+local p = ARGV[1]
+local recorded = 0
+for i = 2, #ARGV, 4 do
+  local id, pool, task, blob = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  if redis.call('EXISTS', p .. 'pool:' .. pool) == 1
+      and redis.call('HSETNX', p .. 'done:' .. pool, task, 1) == 1 then
+    redis.call('XADD', p .. 'results:' .. pool, '*', 'r', blob)
+    recorded = recorded + 1
+  end
+  if id ~= '' then
+    redis.call('XACK', KEYS[1], 'agents', id)
+    redis.call('XDEL', KEYS[1], id)
+    redis.call('HDEL', KEYS[2], id)
+  end
+end
+return recorded
+"#;
+
+/// The reaper: for every registered agent whose heartbeat has expired, in one step: the
+/// entries it was running count an attempt each (past the task's `max_retries`: a `lost`
+/// result, recorded only if none is, and a copy on the dead-letter stream; else re-queued),
+/// the entries it held but had not started are re-queued at no charge, then the agent is
+/// forgotten (its running record, its registration, its consumer). Returns how many agents it
+/// reaped.
+///
+/// KEYS: tasks, agents, dead. ARGV: prefix.
+pub(crate) const REAP: &str = r#"
+local p = ARGV[1]
+local reaped = 0
+for _, a in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if redis.call('EXISTS', p .. 'hb:' .. a) == 0 then
+    local running = p .. 'running:' .. a
+    while true do
+      local pending = redis.call('XPENDING', KEYS[1], 'agents', '-', '+', 1000, a)
+      if #pending == 0 then break end
+      for _, e in ipairs(pending) do
+        local id = e[1]
+        local got = redis.call('XRANGE', KEYS[1], id, id)
+        if #got == 1 then
+          local raw, f = got[1][2], {}
+          for j = 1, #raw, 2 do f[raw[j]] = raw[j + 1] end
+          local pool, task, m = f['p'], f['k'], f['m'] or '0'
+          local requeue = true
+          if redis.call('HEXISTS', running, id) == 1 then
+            local n = redis.call('HINCRBY', p .. 'attempts:' .. pool, task, 1)
+            if n > tonumber(m) then
+              requeue = false
+              if redis.call('EXISTS', p .. 'pool:' .. pool) == 1
+                  and redis.call('HSETNX', p .. 'done:' .. pool, task, 1) == 1 then
+                redis.call('XADD', p .. 'results:' .. pool, '*',
+                  'lost', task, 'attempts', n, 'agent', a)
+              end
+              redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*',
+                'p', pool, 'k', task, 'agent', a, 'attempts', n, 'f', f['f'])
+            end
+          end
+          if requeue and redis.call('EXISTS', p .. 'pool:' .. pool) == 1 then
+            redis.call('XADD', KEYS[1], '*', 'f', f['f'], 'p', pool, 'k', task, 'm', m)
+          end
+        end
+        redis.call('XACK', KEYS[1], 'agents', id)
+        redis.call('XDEL', KEYS[1], id)
+      end
+    end
+    redis.call('DEL', running)
+    redis.call('HDEL', KEYS[2], a)
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], 'agents', a)
+    reaped = reaped + 1
+  end
+end
+return reaped
+"#;

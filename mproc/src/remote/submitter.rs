@@ -1,0 +1,481 @@
+//! The submitting side of a remote pool: a thread that takes the pool's commands (the same
+//! inbox the local dispatcher serves), writes chunks to the task stream within the pool's
+//! window, and runs the reaper; and a thread blocked on the pool's result stream that answers
+//! each chunk. Every chunk is answered: with its result, an error an agent recorded, a lost
+//! host's `WorkerLost`, `Cancelled`, `Terminated`, or a broker error when Redis goes away or
+//! loses the pool.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use redis::{Connection, Value};
+use serde_bytes::ByteBuf;
+
+use super::auth::{Key, Kind};
+use super::config::Remote;
+use super::conn::{self, Endpoint, broker};
+use super::frame::{self, Keys, PoolFrame, ResultFrame, TaskFrame};
+use super::scripts;
+use crate::error::{Error, ErrorKind};
+use crate::pool::backend::Settings;
+use crate::pool::dispatcher::{Chunk, Command, Shared};
+use crate::sys::fd;
+
+/// How often the reaper runs and the agents' total is read again.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Bytes of task frames in flight at most (at least one frame always goes).
+const WINDOW_BYTES: usize = 64 << 20;
+
+/// How long a blocking read of results waits before it looks at its stop flag.
+const BLOCK_MS: u64 = 100;
+
+/// What both threads see.
+struct Flight {
+    /// Chunks sent and not answered, by task id, with their frame's size.
+    chunks: Mutex<HashMap<u64, (Chunk, usize)>>,
+    /// The reader's failure (Redis gone): the pool fails with it.
+    failed: Mutex<Option<Error>>,
+    stop: AtomicBool,
+}
+
+impl Flight {
+    fn chunks(&self) -> MutexGuard<'_, HashMap<u64, (Chunk, usize)>> {
+        self.chunks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The error for a handle among a remote task's arguments.
+pub(crate) fn handles_refused(what: &str) -> Error {
+    Error::invalid(format!(
+        "{what} hold a handle (a Queue, Pipe, lock, Value, SharedMemory, ...): handles work \
+         between processes of one host and cannot cross to a remote pool's agents; send plain \
+         data instead"
+    ))
+}
+
+struct Submitter {
+    shared: Arc<Shared>,
+    flight: Arc<Flight>,
+    con: Connection,
+    endpoint: Endpoint,
+    key: Key,
+    keys: Keys,
+    pool: u64,
+    build: u64,
+    max_retries: u32,
+    max_frame: usize,
+    fixed: Option<usize>,
+    processes: Arc<AtomicUsize>,
+    queue: VecDeque<Chunk>,
+    closed: bool,
+}
+
+pub(crate) fn start(
+    remote: Remote,
+    shared: Arc<Shared>,
+    settings: Settings,
+    processes: Arc<AtomicUsize>,
+) -> Result<JoinHandle<()>, Error> {
+    let key = remote.load_key()?;
+    if settings.init_has_handles {
+        return Err(handles_refused("the initializer's arguments"));
+    }
+    let build = crate::sys::exe::identity();
+    let keys = Keys::new(build, &key);
+    let pool = crate::sys::proc::random_u64()
+        .map_err(|e| Error::os("choosing the remote pool's id", e))?;
+    let endpoint = remote.endpoint.clone();
+    let mut con = endpoint.connect()?;
+    conn::ensure_group(&mut con, &keys.tasks())?;
+    let frame = PoolFrame {
+        pool,
+        build,
+        init: settings.init.map(|(e, b)| (e, ByteBuf::from(b))),
+        task_timeout_ms: settings
+            .task_timeout
+            .map(|t| t.as_millis().try_into().unwrap_or(u64::MAX)),
+        max_tasks_per_child: settings.max_tasks_per_child.map(|n| n as u64),
+        max_frame: remote.max_frame as u64,
+    };
+    let sealed = frame::seal(&key, Kind::Pool, &frame)?;
+    if sealed.len() > remote.max_frame {
+        return Err(Error::invalid(format!(
+            "the initializer's arguments encode to {} bytes, over the remote pool's frame limit \
+             of {} (Remote::max_frame)",
+            sealed.len(),
+            remote.max_frame
+        )));
+    }
+    redis::cmd("SET")
+        .arg(keys.pool(pool))
+        .arg(sealed)
+        .query::<()>(&mut con)
+        .map_err(|e| broker("registering the remote pool", &e))?;
+    let mut s = Submitter {
+        shared,
+        flight: Arc::new(Flight {
+            chunks: Mutex::new(HashMap::new()),
+            failed: Mutex::new(None),
+            stop: AtomicBool::new(false),
+        }),
+        con,
+        endpoint,
+        key,
+        keys,
+        pool,
+        build,
+        max_retries: settings.max_retries,
+        max_frame: remote.max_frame,
+        fixed: settings.processes,
+        processes,
+        queue: VecDeque::new(),
+        closed: false,
+    };
+    s.refresh_size();
+    let reader = {
+        let con = s.endpoint.connect()?;
+        let read_timeout = conn::REPLY_TIMEOUT + Duration::from_millis(BLOCK_MS);
+        con.set_read_timeout(Some(read_timeout))
+            .map_err(|e| broker("setting the Redis connection's timeouts", &e))?;
+        let (flight, shared, key) = (Arc::clone(&s.flight), Arc::clone(&s.shared), s.key.clone());
+        let (stream, pool) = (s.keys.results(pool), pool);
+        std::thread::Builder::new()
+            .name("mproc-remote-results".into())
+            .spawn(move || read_results(con, &flight, &shared, &key, &stream, pool))
+            .map_err(|e| Error::os("starting the remote pool's result reader", e))?
+    };
+    std::thread::Builder::new()
+        .name("mproc-remote".into())
+        .spawn(move || {
+            let why = s.serve();
+            s.flight.stop.store(true, Ordering::Relaxed);
+            let _ = reader.join();
+            s.end(&why);
+        })
+        .map_err(|e| Error::os("starting the remote pool's thread", e))
+}
+
+impl Submitter {
+    /// The loop; returns why it stopped (`Terminated` for a normal end too: nothing is left
+    /// for it to answer then).
+    fn serve(&mut self) -> Error {
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let ready = fd::poll_read(&[self.shared.wake_fd()], Some(next_tick));
+            if let Err(e) = ready {
+                return Error::os("waiting for the remote pool's commands", e);
+            }
+            for command in self.shared.take_commands() {
+                match command {
+                    Command::Submit(chunks) => {
+                        for c in chunks {
+                            self.accept(c);
+                        }
+                    }
+                    Command::Cancel(ids) | Command::Withdraw(ids) => {
+                        if let Err(e) = self.cancel(ids) {
+                            return e;
+                        }
+                    }
+                    Command::Close => self.closed = true,
+                    Command::Terminate => {
+                        self.abandon();
+                        return ErrorKind::Terminated.into();
+                    }
+                    Command::Wake => {}
+                }
+            }
+            if let Some(e) = self.flight.failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                return e;
+            }
+            if let Err(e) = self.send() {
+                return e;
+            }
+            if Instant::now() >= next_tick {
+                if let Err(e) = self.tick() {
+                    return e;
+                }
+                next_tick = Instant::now() + TICK;
+            }
+            if self.closed
+                && self.queue.is_empty()
+                && self.flight.chunks().is_empty()
+                && self.shared.drained()
+            {
+                return ErrorKind::PoolClosed.into();
+            }
+        }
+    }
+
+    /// A submitted chunk: refused at once if it cannot go, else queued.
+    fn accept(&mut self, chunk: Chunk) {
+        if chunk.has_handles() {
+            chunk.fail(handles_refused("the task's arguments"));
+        } else if chunk.payload.len() + 256 > self.max_frame {
+            let n = chunk.payload.len();
+            chunk.fail(Error::invalid(format!(
+                "the task's arguments encode to {n} bytes, over the remote pool's frame limit \
+                 of {} bytes (Remote::max_frame)",
+                self.max_frame
+            )));
+        } else {
+            self.queue.push_back(chunk);
+        }
+    }
+
+    /// Writes queued chunks while the window has room, in one pipeline.
+    fn send(&mut self) -> Result<(), Error> {
+        let window = self.processes.load(Ordering::Relaxed).max(1);
+        let mut pipe = redis::pipe();
+        let mut sent = 0;
+        {
+            let mut chunks = self.flight.chunks();
+            let mut bytes: usize = chunks.values().map(|(_, n)| n).sum();
+            while chunks.len() < window && (chunks.is_empty() || bytes < WINDOW_BYTES) {
+                let Some(mut chunk) = self.queue.pop_front() else {
+                    break;
+                };
+                if chunk.answered() {
+                    chunk.fail(ErrorKind::Cancelled.into()); // cancelled while queued
+                    continue;
+                }
+                let frame = TaskFrame {
+                    pool: self.pool,
+                    task: chunk.id,
+                    build: self.build,
+                    entry: chunk.entry,
+                    items: chunk.items as u64,
+                    payload: ByteBuf::from(std::mem::take(&mut chunk.payload)),
+                };
+                let sealed = match frame::seal(&self.key, Kind::Task, &frame) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        chunk.fail(e);
+                        continue;
+                    }
+                };
+                pipe.cmd("XADD")
+                    .arg(self.keys.tasks())
+                    .arg("*")
+                    .arg("f")
+                    .arg(&sealed)
+                    .arg("p")
+                    .arg(self.pool)
+                    .arg("k")
+                    .arg(chunk.id)
+                    .arg("m")
+                    .arg(self.max_retries)
+                    .ignore();
+                bytes += sealed.len();
+                // In the books before it is written: its answer may come at once.
+                chunks.insert(chunk.id, (chunk, sealed.len()));
+                sent += 1;
+            }
+        }
+        if sent > 0 {
+            pipe.query::<()>(&mut self.con)
+                .map_err(|e| broker("writing tasks to the task stream", &e))?;
+        }
+        Ok(())
+    }
+
+    /// Cancels chunks: dropped if queued; if sent, agents skip them, or kill the worker
+    /// running them. Their handles already say `Cancelled`.
+    fn cancel(&mut self, ids: Vec<u64>) -> Result<(), Error> {
+        let mut gone = Vec::new();
+        {
+            let mut chunks = self.flight.chunks();
+            for id in &ids {
+                if let Some((chunk, _)) = chunks.remove(id) {
+                    chunk.fail(ErrorKind::Cancelled.into());
+                    gone.push(*id);
+                }
+            }
+        }
+        self.queue.retain(|c| !ids.contains(&c.id) || !c.answered());
+        if !gone.is_empty() {
+            redis::cmd("SADD")
+                .arg(self.keys.cancel(self.pool))
+                .arg(&gone)
+                .query::<()>(&mut self.con)
+                .map_err(|e| broker("cancelling remote tasks", &e))?;
+        }
+        Ok(())
+    }
+
+    /// Every period: reap dead agents, follow the agents' total, and check that Redis still
+    /// knows the pool.
+    fn tick(&mut self) -> Result<(), Error> {
+        reap(&mut self.con, &self.keys)?;
+        self.refresh_size();
+        let known: bool = redis::cmd("EXISTS")
+            .arg(self.keys.pool(self.pool))
+            .query(&mut self.con)
+            .map_err(|e| broker("checking the remote pool", &e))?;
+        if !known {
+            return Err(ErrorKind::Broker(
+                "Redis no longer knows this pool (it was restarted without persistence, or its \
+                 keys were deleted): its tasks cannot be answered"
+                    .into(),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The pool's size: `processes(n)`, or the workers the live agents announce.
+    fn refresh_size(&mut self) {
+        let n = match self.fixed {
+            Some(n) => n,
+            None => announced_workers(&mut self.con, &self.keys).unwrap_or(0),
+        };
+        self.processes.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// Terminate: agents skip or kill what they hold of this pool (its key goes first).
+    fn abandon(&mut self) {
+        let _ = redis::cmd("DEL")
+            .arg(self.keys.pool(self.pool))
+            .query::<()>(&mut self.con);
+    }
+
+    /// Answers what is left with `why` and deletes the pool's keys.
+    fn end(mut self, why: &Error) {
+        let why = match why.kind() {
+            ErrorKind::PoolClosed => ErrorKind::Terminated.into(),
+            _ => why.clone(),
+        };
+        if !matches!(why.kind(), ErrorKind::Terminated) {
+            self.shared.set_broken(&why);
+        }
+        let mut pipe = redis::pipe();
+        for k in self.keys.of_pool(self.pool) {
+            pipe.cmd("DEL").arg(k).ignore();
+        }
+        let _ = pipe.query::<()>(&mut self.con);
+        for chunk in self.queue.drain(..) {
+            chunk.fail(why.clone());
+        }
+        let left: Vec<_> = self.flight.chunks().drain().collect();
+        for (_, (chunk, _)) in left {
+            chunk.fail(why.clone());
+        }
+        for c in self.shared.take_commands() {
+            if let Command::Submit(chunks) = c {
+                chunks.into_iter().for_each(|c| c.fail(why.clone()));
+            }
+        }
+        self.shared.finish(&why);
+    }
+}
+
+/// Runs the reaper's script once.
+pub(crate) fn reap(con: &mut Connection, keys: &Keys) -> Result<i64, Error> {
+    redis::Script::new(scripts::REAP)
+        .key(keys.tasks())
+        .key(keys.agents())
+        .key(keys.dead())
+        .arg(&keys.prefix)
+        .invoke(con)
+        .map_err(|e| broker("reaping dead agents", &e))
+}
+
+/// The total of the workers the registered agents announce.
+pub(crate) fn announced_workers(con: &mut Connection, keys: &Keys) -> Result<usize, Error> {
+    let counts: Vec<usize> = redis::cmd("HVALS")
+        .arg(keys.agents())
+        .query(con)
+        .map_err(|e| broker("reading the agents", &e))?;
+    Ok(counts.iter().sum())
+}
+
+/// The result reader's loop: answers chunks as their results arrive, until told to stop or
+/// Redis fails (then the pool fails with that error).
+fn read_results(
+    mut con: Connection,
+    flight: &Flight,
+    shared: &Shared,
+    key: &Key,
+    stream: &str,
+    pool: u64,
+) {
+    let mut last = "0-0".to_owned();
+    let mut read: Vec<String> = Vec::new();
+    while !flight.stop.load(Ordering::Relaxed) {
+        let mut pipe = redis::pipe();
+        if !read.is_empty() {
+            pipe.cmd("XDEL").arg(stream).arg(&read).ignore();
+        }
+        pipe.cmd("XREAD")
+            .arg("COUNT")
+            .arg(1024)
+            .arg("BLOCK")
+            .arg(BLOCK_MS)
+            .arg("STREAMS")
+            .arg(stream)
+            .arg(&last);
+        let reply: Result<Vec<Value>, _> = pipe.query(&mut con);
+        read.clear();
+        let entries = match reply {
+            Ok(mut r) => conn::stream_entries(r.pop().unwrap_or(Value::Nil)),
+            Err(e) => {
+                *flight.failed.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(broker("reading the remote pool's results", &e));
+                shared.nudge();
+                return;
+            }
+        };
+        if entries.is_empty() {
+            continue;
+        }
+        for entry in entries {
+            last.clone_from(&entry.id);
+            read.push(entry.id.clone());
+            let answer = answer_of(&entry, key, pool);
+            let Some((task, outcome)) = answer else {
+                continue;
+            };
+            let chunk = flight.chunks().remove(&task);
+            if let Some((chunk, _)) = chunk {
+                chunk.finish(outcome);
+            }
+        }
+        shared.nudge();
+    }
+}
+
+/// What a result entry says: a task and its outcome; `None` for one refused (logged).
+fn answer_of(
+    entry: &conn::Entry,
+    key: &Key,
+    pool: u64,
+) -> Option<(u64, Result<Vec<u8>, Error>)> {
+    if let Some(sealed) = entry.field("r") {
+        return match frame::open::<ResultFrame>(key, Kind::Result, sealed) {
+            Ok(r) if r.pool == pool => Some((r.task, r.outcome.map(ByteBuf::into_vec))),
+            Ok(r) => {
+                log(&format!("a result for another pool ({:x}) was ignored", r.pool));
+                None
+            }
+            Err(e) => {
+                log(&format!("a result entry {} was refused: {e}", entry.id));
+                None
+            }
+        };
+    }
+    // The reaper's verdict on a task whose host died: it carries no MAC (the script has no
+    // key) and so can only fail a task, never give it a value.
+    let task = entry.text("lost")?.parse().ok()?;
+    let attempts = entry.text("attempts").and_then(|a| a.parse().ok()).unwrap_or(1);
+    let agent = entry.text("agent").unwrap_or("?");
+    Some((task, Err(Error::lost_remotely(agent, attempts))))
+}
+
+/// A line on stderr about a refused frame: it is not run, and someone should know.
+pub(crate) fn log(msg: &str) {
+    crate::sys::proc::write_stderr(&format!("mproc remote: {msg}\n"));
+}
