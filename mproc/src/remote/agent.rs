@@ -19,12 +19,12 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::{Connection, Value};
+use redis::Value;
 use serde_bytes::ByteBuf;
 
 use super::auth::{Key, Kind};
 use super::config::Remote;
-use super::conn::{self, Endpoint, broker};
+use super::conn::{self, Conn, Endpoint};
 use super::frame::{self, GROUP, Keys, PoolFrame, ResultFrame, TaskFrame};
 use super::scripts;
 use super::submitter::{log, reap};
@@ -92,6 +92,8 @@ struct Held {
 struct Local {
     pool: Result<Pool, Error>,
     used: Instant,
+    /// The pool's frame limit (its submitter's `Remote::max_frame`).
+    max_frame: usize,
 }
 
 /// Serves remote pools until Redis fails (or the process is killed).
@@ -115,7 +117,7 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
         running: Mutex::new(HashMap::new()),
         stop: AtomicBool::new(false),
     });
-    let mut con = common.endpoint.connect()?;
+    let mut con = Conn::open(&common.endpoint, Duration::ZERO)?;
     conn::ensure_group(&mut con, &common.keys.tasks())?;
     let (tx, rx) = mpsc::channel();
     let mut engine = Engine {
@@ -126,6 +128,7 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
         host,
         workers,
         max_frame: remote.max_frame,
+        method: remote.method,
         tx: tx.clone(),
         held: VecDeque::new(),
         tasks: HashMap::new(),
@@ -142,12 +145,12 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
     };
     let beat = {
         let (c, tx) = (Arc::clone(&common), tx.clone());
-        let con = common.endpoint.connect()?;
+        let con = Conn::open(&common.endpoint, Duration::ZERO)?;
         spawn("mproc-agent-heartbeat", Box::new(move || heartbeat(con, &c, &tx)))?
     };
     let reader = {
         let (c, tx) = (Arc::clone(&common), tx);
-        let con = common.endpoint.connect()?;
+        let con = Conn::open(&common.endpoint, Duration::from_millis(BLOCK_MS))?;
         spawn("mproc-agent-reader", Box::new(move || read_tasks(con, &c, &tx)))?
     };
     let outcome = engine.run(&rx);
@@ -159,12 +162,13 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
 
 struct Engine {
     common: Arc<Common>,
-    con: Connection,
+    con: Conn,
     key: Key,
     build: u64,
     host: String,
     workers: usize,
     max_frame: usize,
+    method: Option<crate::StartMethod>,
     tx: Sender<Event>,
     held: VecDeque<Held>,
     /// Entries handed to a local pool: id -> (pool, task, its handle, when it started).
@@ -181,8 +185,8 @@ impl Engine {
         let id = format!("{}-{:016x}", self.host, crate::sys::proc::random_u64().unwrap_or(0));
         let keys = &self.common.keys;
         let ttl_ms = self.common.ttl.as_millis() as u64;
-        redis::pipe()
-            .cmd("SET")
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
             .arg(keys.heartbeat(&id))
             .arg(1)
             .arg("PX")
@@ -192,9 +196,9 @@ impl Engine {
             .arg(keys.agents())
             .arg(&id)
             .arg(self.workers)
-            .ignore()
-            .query::<()>(&mut self.con)
-            .map_err(|e| broker("registering the agent", &e))?;
+            .ignore();
+        self.con
+            .run("registering the agent", |c| pipe.query::<()>(c))?;
         *self.common.id.lock().unwrap_or_else(|e| e.into_inner()) = id;
         Ok(())
     }
@@ -230,6 +234,14 @@ impl Engine {
     /// answered with an error so its submitter does not wait, and never run).
     fn take(&mut self, entries: Vec<conn::Entry>) -> Result<(), Error> {
         for entry in entries {
+            // Read again after a reconnection: already held or running here.
+            let known = self.tasks.contains_key(&entry.id)
+                || self.held.iter().any(|h| h.id == entry.id)
+                || self.records.iter().any(|r| r.0 == entry.id);
+            if known {
+                self.common.release(1);
+                continue;
+            }
             let opened = entry
                 .field("f")
                 .ok_or_else(|| Error::protocol("a task entry without its frame"))
@@ -269,18 +281,27 @@ impl Engine {
             l.used = Instant::now();
             return l.pool.as_ref().map(|_| ()).map_err(Clone::clone);
         }
-        let sealed: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(self.common.keys.pool(pool))
-            .query(&mut self.con)
-            .map_err(|e| broker("reading a remote pool's settings", &e))?;
+        let key = self.common.keys.pool(pool);
+        let sealed: Option<Vec<u8>> = self
+            .con
+            .run("reading a remote pool's settings", |c| {
+                redis::cmd("GET").arg(&key).query(c)
+            })?;
         let Some(sealed) = sealed else {
             return Err(ErrorKind::PoolClosed.into()); // gone: its tasks are skipped
         };
-        let made = frame::open::<PoolFrame>(&self.key, Kind::Pool, &sealed).and_then(|f| {
+        let opened = frame::open::<PoolFrame>(&self.key, Kind::Pool, &sealed);
+        let max_frame = opened
+            .as_ref()
+            .map_or(self.max_frame, |f| usize::try_from(f.max_frame).unwrap_or(usize::MAX));
+        let made = opened.and_then(|f| {
             if f.build != self.build || f.pool != pool {
                 return Err(ErrorKind::ExecutableMismatch.into());
             }
             let mut b = Pool::builder().processes(self.workers);
+            if let Some(m) = self.method {
+                b = b.start_method(m);
+            }
             if let Some((entry, args)) = f.init {
                 b = b.raw_initializer(entry, args.into_vec());
             }
@@ -301,6 +322,7 @@ impl Engine {
             Local {
                 pool: made,
                 used: Instant::now(),
+                max_frame,
             },
         );
         ok
@@ -322,12 +344,12 @@ impl Engine {
 
     /// Queues an answer to record.
     fn record(&mut self, id: String, pool: u64, task: u64, outcome: Result<Vec<u8>, Error>) {
+        let limit = self.locals.get(&pool).map_or(self.max_frame, |l| l.max_frame);
         let outcome = match outcome {
-            Ok(b) if b.len() + 512 > self.max_frame => Err(Error::invalid(format!(
+            Ok(b) if b.len() + 512 > limit => Err(Error::invalid(format!(
                 "the task's results encode to {} bytes, over the remote pool's frame limit of \
-                 {} bytes (Remote::max_frame)",
+                 {limit} bytes (Remote::max_frame)",
                 b.len(),
-                self.max_frame
             ))),
             other => other,
         };
@@ -378,9 +400,9 @@ impl Engine {
                 pipe.arg(&h.id).arg(h.frame.pool).arg(h.frame.task);
             }
         }
-        let reply: Vec<Value> = pipe
-            .query(&mut self.con)
-            .map_err(|e| broker("recording results and starting tasks", &e))?;
+        let reply: Vec<Value> = self
+            .con
+            .run("recording results and starting tasks", |c| pipe.query(c))?;
         let recorded = records.iter().filter(|r| !r.0.is_empty()).count();
         self.common.release(recorded);
         if starting.is_empty() {
@@ -483,30 +505,36 @@ impl Pace {
     }
 }
 
-/// The reader's loop: takes at most the free part of the window.
-fn read_tasks(mut con: Connection, c: &Common, tx: &Sender<Event>) {
-    let block = conn::REPLY_TIMEOUT + Duration::from_millis(BLOCK_MS);
-    let _ = con.set_read_timeout(Some(block));
+/// The reader's loop: takes at most the free part of the window. After its connection was
+/// replaced (a stop and continue interrupted a read whose entries may be lost in flight), it
+/// reads this consumer's pending entries again; the engine drops those it already has.
+fn read_tasks(mut con: Conn, c: &Common, tx: &Sender<Event>) {
+    let mut again = false;
     while !c.stop.load(Ordering::Relaxed) {
         let window = c.window.load(Ordering::Relaxed);
         let out = c.outstanding.load(Ordering::Acquire);
-        if out >= window {
+        if out >= window && !again {
             let g = c.room_lock.lock().unwrap_or_else(|e| e.into_inner());
             let _ = c.room.wait_timeout(g, Duration::from_millis(BLOCK_MS));
             continue;
         }
-        let reply: Result<Value, _> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(GROUP)
-            .arg(c.id())
-            .arg("COUNT")
-            .arg(window - out)
-            .arg("BLOCK")
-            .arg(BLOCK_MS)
-            .arg("STREAMS")
-            .arg(c.keys.tasks())
-            .arg(">")
-            .query(&mut con);
+        let (id, tasks) = (c.id(), c.keys.tasks());
+        let (count, from) = if again { (100_000, "0") } else { (window - out, ">") };
+        let reply = con.run("reading the task stream", |k| {
+            redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(&id)
+                .arg("COUNT")
+                .arg(count)
+                .arg("BLOCK")
+                .arg(BLOCK_MS)
+                .arg("STREAMS")
+                .arg(&tasks)
+                .arg(from)
+                .query::<Value>(k)
+        });
+        again = con.take_reconnected();
         match reply {
             Ok(v) => {
                 let entries = conn::stream_entries(v);
@@ -518,7 +546,7 @@ fn read_tasks(mut con: Connection, c: &Common, tx: &Sender<Event>) {
                 }
             }
             Err(e) => {
-                let _ = tx.send(Event::Failed(broker("reading the task stream", &e)));
+                let _ = tx.send(Event::Failed(e));
                 return;
             }
         }
@@ -527,19 +555,22 @@ fn read_tasks(mut con: Connection, c: &Common, tx: &Sender<Event>) {
 
 /// The heartbeat's loop: keeps the agent alive, reaps dead ones, and watches running tasks
 /// for cancels and gone pools.
-fn heartbeat(mut con: Connection, c: &Common, tx: &Sender<Event>) {
+fn heartbeat(mut con: Conn, c: &Common, tx: &Sender<Event>) {
     let period = c.ttl / 4;
     let ttl_ms = c.ttl.as_millis() as u64;
     let mut last_reap = Instant::now();
     while !c.stop.load(Ordering::Relaxed) {
         let id = c.id();
-        let alive: Result<Option<String>, _> = redis::cmd("SET")
-            .arg(c.keys.heartbeat(&id))
-            .arg(1)
-            .arg("PX")
-            .arg(ttl_ms)
-            .arg("XX")
-            .query(&mut con);
+        let key = c.keys.heartbeat(&id);
+        let alive = con.run("refreshing the agent's heartbeat", |k| {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("PX")
+                .arg(ttl_ms)
+                .arg("XX")
+                .query::<Option<String>>(k)
+        });
         match alive {
             Ok(Some(_)) => {}
             Ok(None) => {
@@ -555,7 +586,7 @@ fn heartbeat(mut con: Connection, c: &Common, tx: &Sender<Event>) {
                 continue;
             }
             Err(e) => {
-                let _ = tx.send(Event::Failed(broker("refreshing the agent's heartbeat", &e)));
+                let _ = tx.send(Event::Failed(e));
                 return;
             }
         }
@@ -581,7 +612,7 @@ fn heartbeat(mut con: Connection, c: &Common, tx: &Sender<Event>) {
 }
 
 /// Running entries whose task was cancelled or whose pool is gone.
-fn cancelled(con: &mut Connection, c: &Common) -> Result<Vec<String>, Error> {
+fn cancelled(con: &mut Conn, c: &Common) -> Result<Vec<String>, Error> {
     let running: Vec<(String, (u64, u64))> = c
         .running
         .lock()
@@ -597,9 +628,7 @@ fn cancelled(con: &mut Connection, c: &Common) -> Result<Vec<String>, Error> {
         pipe.cmd("SISMEMBER").arg(c.keys.cancel(*pool)).arg(task);
         pipe.cmd("EXISTS").arg(c.keys.pool(*pool));
     }
-    let flags: Vec<bool> = pipe
-        .query(con)
-        .map_err(|e| broker("checking for cancelled tasks", &e))?;
+    let flags: Vec<bool> = con.run("checking for cancelled tasks", |k| pipe.query(k))?;
     Ok(running
         .into_iter()
         .zip(flags.chunks(2))

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use super::config::Remote;
+use crate::start::StartMethod;
 use crate::sys::proc;
 
 /// The variables that make this process an agent.
@@ -19,6 +20,7 @@ pub(crate) const KEY_FILE: &str = "MPROC_KEY_FILE";
 pub(crate) const PROCESSES: &str = "MPROC_PROCESSES";
 pub(crate) const CA_FILE: &str = "MPROC_CA_FILE";
 pub(crate) const TTL_MS: &str = "MPROC_HEARTBEAT_MS";
+pub(crate) const METHOD: &str = "MPROC_START_METHOD";
 
 // SAFETY: placing a function pointer in `.init_array` is sound because `agent_before_main`
 // has the signature the loader calls (it reads no arguments).
@@ -42,6 +44,15 @@ extern "C" fn agent_before_main() {
         }
         if let Some(n) = env(PROCESSES).and_then(|n| n.parse().ok()) {
             r = r.processes(n);
+        }
+        let method = match env(METHOD).as_deref() {
+            Some("fork") => Some(StartMethod::Fork),
+            Some("spawn") => Some(StartMethod::Spawn),
+            Some("forkserver") => Some(StartMethod::Forkserver),
+            _ => None,
+        };
+        if let Some(m) = method {
+            r = r.start_method(m);
         }
         if let Some(ms) = env(TTL_MS).and_then(|n| n.parse().ok()) {
             r = r.heartbeat_ttl(Duration::from_millis(ms));

@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::pool::PoolBuilder;
 use crate::pool::backend::{Backend, Settings};
 use crate::pool::dispatcher::Shared;
+use crate::start::StartMethod;
 
 /// The largest task or result frame by default (SCALEOUT.md).
 pub(crate) const DEFAULT_MAX_FRAME: usize = 8 << 20;
@@ -46,6 +47,7 @@ pub struct Remote {
     pub(crate) endpoint: Endpoint,
     key: Option<PathBuf>,
     pub(crate) processes: Option<usize>,
+    pub(crate) method: Option<StartMethod>,
     pub(crate) ttl: Duration,
     pub(crate) max_frame: usize,
 }
@@ -77,6 +79,7 @@ impl Remote {
             },
             key: None,
             processes: None,
+            method: None,
             ttl: DEFAULT_TTL,
             max_frame: DEFAULT_MAX_FRAME,
         })
@@ -117,6 +120,19 @@ impl Remote {
     /// ```
     pub fn processes(mut self, n: usize) -> Remote {
         self.processes = Some(n);
+        self
+    }
+
+    /// For [`serve`](Self::serve): how this agent's local workers start (default:
+    /// [`get_start_method`](crate::get_start_method); `MPROC_START_METHOD=fork|spawn|forkserver`
+    /// for an agent started by the environment).
+    ///
+    /// ```
+    /// let remote = mproc::Remote::redis("redis://127.0.0.1/")?.start_method(mproc::StartMethod::Spawn);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn start_method(mut self, method: StartMethod) -> Remote {
+        self.method = Some(method);
         self
     }
 

@@ -71,6 +71,69 @@ impl Endpoint {
     }
 }
 
+/// A connection that survives a stop and continue of this process: blocked socket reads
+/// with timeouts fail with `EINTR` when the process is resumed (signal(7)), in the middle of
+/// a reply, so the connection cannot be trusted after one. A command so interrupted is run
+/// again on a new connection; [`Conn::take_reconnected`] tells the caller, who may have to
+/// look again at what the lost reply would have said (a consumer's pending entries).
+pub(crate) struct Conn {
+    endpoint: Endpoint,
+    con: Connection,
+    read_timeout: Duration,
+    reconnected: bool,
+}
+
+impl Conn {
+    /// A connection whose reads may block `block` longer than a plain command's.
+    pub(crate) fn open(endpoint: &Endpoint, block: Duration) -> Result<Conn, Error> {
+        let read_timeout = REPLY_TIMEOUT + block;
+        let con = endpoint.connect()?;
+        con.set_read_timeout(Some(read_timeout))
+            .map_err(|e| broker("setting the Redis connection's timeouts", &e))?;
+        Ok(Conn {
+            endpoint: endpoint.clone(),
+            con,
+            read_timeout,
+            reconnected: false,
+        })
+    }
+
+    /// Runs `f` on the connection (again on a new one if a signal interrupted it).
+    pub(crate) fn run<T>(
+        &mut self,
+        what: &str,
+        mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, Error> {
+        let mut tries = 0;
+        loop {
+            match f(&mut self.con) {
+                Ok(v) => return Ok(v),
+                Err(e) if interrupted(&e) && tries < 5 => {
+                    tries += 1;
+                    self.con = self.endpoint.connect()?;
+                    self.con
+                        .set_read_timeout(Some(self.read_timeout))
+                        .map_err(|e| broker("setting the Redis connection's timeouts", &e))?;
+                    self.reconnected = true;
+                }
+                Err(e) => return Err(broker(what, &e)),
+            }
+        }
+    }
+
+    /// Whether the connection was replaced since the last call.
+    pub(crate) fn take_reconnected(&mut self) -> bool {
+        std::mem::take(&mut self.reconnected)
+    }
+}
+
+/// An I/O failure that is not the server's going away: `EINTR` (the crate does not say
+/// which kind an I/O error was, so this takes any such; a server really gone then fails the
+/// reconnection, or the next try, with a plain error).
+fn interrupted(e: &redis::RedisError) -> bool {
+    e.is_io_error() && !e.is_connection_dropped() && !e.is_timeout() && !e.is_connection_refusal()
+}
+
 /// A Redis failure as mproc's error, saying what was being done.
 pub(crate) fn broker(what: impl std::fmt::Display, e: &redis::RedisError) -> Error {
     let hint = if e.code() == Some("NOGROUP") {
@@ -153,17 +216,19 @@ pub(crate) fn stream_entries(reply: Value) -> Vec<Entry> {
 }
 
 /// Creates the task stream's consumer group if it is not there.
-pub(crate) fn ensure_group(con: &mut Connection, tasks: &str) -> Result<(), Error> {
-    let made: redis::RedisResult<Value> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(tasks)
-        .arg(super::frame::GROUP)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query(con);
-    match made {
-        Ok(_) => Ok(()),
-        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-        Err(e) => Err(broker("creating the task stream's consumer group", &e)),
-    }
+pub(crate) fn ensure_group(con: &mut Conn, tasks: &str) -> Result<(), Error> {
+    con.run("creating the task stream's consumer group", |c| {
+        let made: redis::RedisResult<Value> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(tasks)
+            .arg(super::frame::GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query(c);
+        match made {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(Value::Okay),
+            other => other,
+        }
+    })
+    .map(drop)
 }

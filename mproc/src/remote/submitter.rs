@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use redis::{Connection, Value};
+use redis::Value;
 use serde_bytes::ByteBuf;
 
 use super::auth::{Key, Kind};
 use super::config::Remote;
-use super::conn::{self, Endpoint, broker};
+use super::conn::{self, Conn, Endpoint};
 use super::frame::{self, Keys, PoolFrame, ResultFrame, TaskFrame};
 use super::scripts;
 use crate::error::{Error, ErrorKind};
@@ -60,7 +60,7 @@ pub(crate) fn handles_refused(what: &str) -> Error {
 struct Submitter {
     shared: Arc<Shared>,
     flight: Arc<Flight>,
-    con: Connection,
+    con: Conn,
     endpoint: Endpoint,
     key: Key,
     keys: Keys,
@@ -89,7 +89,7 @@ pub(crate) fn start(
     let pool = crate::sys::proc::random_u64()
         .map_err(|e| Error::os("choosing the remote pool's id", e))?;
     let endpoint = remote.endpoint.clone();
-    let mut con = endpoint.connect()?;
+    let mut con = Conn::open(&endpoint, Duration::ZERO)?;
     conn::ensure_group(&mut con, &keys.tasks())?;
     let frame = PoolFrame {
         pool,
@@ -110,11 +110,9 @@ pub(crate) fn start(
             remote.max_frame
         )));
     }
-    redis::cmd("SET")
-        .arg(keys.pool(pool))
-        .arg(sealed)
-        .query::<()>(&mut con)
-        .map_err(|e| broker("registering the remote pool", &e))?;
+    con.run("registering the remote pool", |c| {
+        redis::cmd("SET").arg(keys.pool(pool)).arg(&sealed).query::<()>(c)
+    })?;
     let mut s = Submitter {
         shared,
         flight: Arc::new(Flight {
@@ -137,10 +135,7 @@ pub(crate) fn start(
     };
     s.refresh_size();
     let reader = {
-        let con = s.endpoint.connect()?;
-        let read_timeout = conn::REPLY_TIMEOUT + Duration::from_millis(BLOCK_MS);
-        con.set_read_timeout(Some(read_timeout))
-            .map_err(|e| broker("setting the Redis connection's timeouts", &e))?;
+        let con = Conn::open(&s.endpoint, Duration::from_millis(BLOCK_MS))?;
         let (flight, shared, key) = (Arc::clone(&s.flight), Arc::clone(&s.shared), s.key.clone());
         let (stream, pool) = (s.keys.results(pool), pool);
         std::thread::Builder::new()
@@ -277,8 +272,8 @@ impl Submitter {
             }
         }
         if sent > 0 {
-            pipe.query::<()>(&mut self.con)
-                .map_err(|e| broker("writing tasks to the task stream", &e))?;
+            self.con
+                .run("writing tasks to the task stream", |c| pipe.query::<()>(c))?;
         }
         Ok(())
     }
@@ -298,11 +293,10 @@ impl Submitter {
         }
         self.queue.retain(|c| !ids.contains(&c.id) || !c.answered());
         if !gone.is_empty() {
-            redis::cmd("SADD")
-                .arg(self.keys.cancel(self.pool))
-                .arg(&gone)
-                .query::<()>(&mut self.con)
-                .map_err(|e| broker("cancelling remote tasks", &e))?;
+            let key = self.keys.cancel(self.pool);
+            self.con.run("cancelling remote tasks", |c| {
+                redis::cmd("SADD").arg(&key).arg(&gone).query::<()>(c)
+            })?;
         }
         Ok(())
     }
@@ -312,10 +306,10 @@ impl Submitter {
     fn tick(&mut self) -> Result<(), Error> {
         reap(&mut self.con, &self.keys)?;
         self.refresh_size();
-        let known: bool = redis::cmd("EXISTS")
-            .arg(self.keys.pool(self.pool))
-            .query(&mut self.con)
-            .map_err(|e| broker("checking the remote pool", &e))?;
+        let key = self.keys.pool(self.pool);
+        let known: bool = self.con.run("checking the remote pool", |c| {
+            redis::cmd("EXISTS").arg(&key).query(c)
+        })?;
         if !known {
             return Err(ErrorKind::Broker(
                 "Redis no longer knows this pool (it was restarted without persistence, or its \
@@ -338,9 +332,10 @@ impl Submitter {
 
     /// Terminate: agents skip or kill what they hold of this pool (its key goes first).
     fn abandon(&mut self) {
-        let _ = redis::cmd("DEL")
-            .arg(self.keys.pool(self.pool))
-            .query::<()>(&mut self.con);
+        let key = self.keys.pool(self.pool);
+        let _ = self
+            .con
+            .run("ending the remote pool", |c| redis::cmd("DEL").arg(&key).query::<()>(c));
     }
 
     /// Answers what is left with `why` and deletes the pool's keys.
@@ -356,7 +351,7 @@ impl Submitter {
         for k in self.keys.of_pool(self.pool) {
             pipe.cmd("DEL").arg(k).ignore();
         }
-        let _ = pipe.query::<()>(&mut self.con);
+        let _ = self.con.run("deleting the pool's keys", |c| pipe.query::<()>(c));
         for chunk in self.queue.drain(..) {
             chunk.fail(why.clone());
         }
@@ -374,29 +369,30 @@ impl Submitter {
 }
 
 /// Runs the reaper's script once.
-pub(crate) fn reap(con: &mut Connection, keys: &Keys) -> Result<i64, Error> {
-    redis::Script::new(scripts::REAP)
-        .key(keys.tasks())
-        .key(keys.agents())
-        .key(keys.dead())
-        .arg(&keys.prefix)
-        .invoke(con)
-        .map_err(|e| broker("reaping dead agents", &e))
+pub(crate) fn reap(con: &mut Conn, keys: &Keys) -> Result<i64, Error> {
+    let script = redis::Script::new(scripts::REAP);
+    con.run("reaping dead agents", |c| {
+        script
+            .key(keys.tasks())
+            .key(keys.agents())
+            .key(keys.dead())
+            .arg(&keys.prefix)
+            .invoke(c)
+    })
 }
 
 /// The total of the workers the registered agents announce.
-pub(crate) fn announced_workers(con: &mut Connection, keys: &Keys) -> Result<usize, Error> {
-    let counts: Vec<usize> = redis::cmd("HVALS")
-        .arg(keys.agents())
-        .query(con)
-        .map_err(|e| broker("reading the agents", &e))?;
+pub(crate) fn announced_workers(con: &mut Conn, keys: &Keys) -> Result<usize, Error> {
+    let counts: Vec<usize> = con.run("reading the agents", |c| {
+        redis::cmd("HVALS").arg(keys.agents()).query(c)
+    })?;
     Ok(counts.iter().sum())
 }
 
 /// The result reader's loop: answers chunks as their results arrive, until told to stop or
 /// Redis fails (then the pool fails with that error).
 fn read_results(
-    mut con: Connection,
+    mut con: Conn,
     flight: &Flight,
     shared: &Shared,
     key: &Key,
@@ -418,13 +414,15 @@ fn read_results(
             .arg("STREAMS")
             .arg(stream)
             .arg(&last);
-        let reply: Result<Vec<Value>, _> = pipe.query(&mut con);
+        // Interrupted, it reads again from `last`: XREAD takes nothing away.
+        let reply = con.run("reading the remote pool's results", |c| {
+            pipe.query::<Vec<Value>>(c)
+        });
         read.clear();
         let entries = match reply {
             Ok(mut r) => conn::stream_entries(r.pop().unwrap_or(Value::Nil)),
             Err(e) => {
-                *flight.failed.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(broker("reading the remote pool's results", &e));
+                *flight.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
                 shared.nudge();
                 return;
             }

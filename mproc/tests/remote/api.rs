@@ -1,0 +1,295 @@
+//! Every method of the local pool, on a remote pool, with the same meaning.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use mproc::{ErrorKind, StartMethod};
+
+use crate::cluster::Cluster;
+
+fn square(n: u64) -> u64 {
+    n * n
+}
+
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn boom(n: u32) -> u32 {
+    if n == 3 {
+        panic!("three is right out");
+    }
+    n
+}
+
+fn whole_api(m: StartMethod) {
+    let c = Cluster::new(m, 1, 2);
+    let pool = c.pool();
+    assert_eq!(
+        pool.processes(),
+        2,
+        "the default size is the agents' workers"
+    );
+    assert_eq!(pool.apply(square, (12,)).unwrap(), 144);
+    let r = pool.apply_async(add, (2, 3)).unwrap();
+    r.wait().unwrap();
+    assert!(r.ready());
+    assert!(r.successful().unwrap());
+    assert_eq!(r.get().unwrap(), 5);
+    assert_eq!(r.get_timeout(Duration::from_secs(5)).unwrap(), 5);
+    assert_eq!(
+        pool.map(square, 0..100).unwrap(),
+        (0..100).map(|n| n * n).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        pool.map_async(square, [3, 4]).unwrap().get().unwrap(),
+        [9, 16]
+    );
+    assert_eq!(pool.starmap(add, [(1, 2), (3, 4)]).unwrap(), [3, 7]);
+    assert_eq!(
+        pool.starmap_async(add, [(5, 5)]).unwrap().get().unwrap(),
+        [10]
+    );
+    assert_eq!(pool.chunksize(7).map(square, 0..50).unwrap().len(), 50);
+    let streamed: Vec<u64> = pool
+        .imap(square, 0..30)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(streamed, (0..30).map(|n| n * n).collect::<Vec<_>>());
+    let mut unordered: Vec<u64> = pool
+        .imap_unordered(square, 0..30)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    unordered.sort();
+    assert_eq!(unordered, streamed);
+    // An endless input: imap pulls it lazily.
+    let first: Vec<u64> = pool
+        .imap(square, 0..)
+        .unwrap()
+        .take(5)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(first, [0, 1, 4, 9, 16]);
+
+    let (tx, rx) = mpsc::channel();
+    pool.apply_async(square, (9,))
+        .unwrap()
+        .on_complete(move |r| tx.send(r).unwrap());
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(20)).unwrap().unwrap(),
+        81
+    );
+    let fut = pool.apply_async(square, (7,)).unwrap();
+    assert_eq!(futures::executor::block_on(fut).unwrap(), 49);
+
+    let slow = pool.apply_async(nap, (3000,)).unwrap();
+    let e = slow.get_timeout(Duration::from_millis(50)).unwrap_err();
+    assert!(e.is_timeout());
+    assert_eq!(slow.successful().unwrap_err().kind(), &ErrorKind::NotReady);
+
+    // A panic fails its own item only.
+    let e = pool.map(boom, 0..6).unwrap_err();
+    let ErrorKind::Panicked(report) = e.kind() else {
+        panic!("{e}")
+    };
+    assert_eq!(report.message, "three is right out");
+    let each: Vec<_> = pool.imap(boom, 0..6).unwrap().collect();
+    assert!(each[3].is_err() && each.iter().filter(|r| r.is_ok()).count() == 5);
+
+    pool.close();
+    assert_eq!(
+        pool.apply(square, (1,)).unwrap_err().kind(),
+        &ErrorKind::PoolClosed
+    );
+    pool.join().unwrap();
+    assert_eq!(slow.get().unwrap(), 3000, "join waits for every task");
+    // The pool's keys are gone with it.
+    assert!(c.keys("mproc:*:pool:*").is_empty());
+    assert!(c.keys("mproc:*:results:*").is_empty());
+}
+
+fn order_across_agents(m: StartMethod) {
+    let c = Cluster::new(m, 2, 1);
+    let pool = c.pool();
+    assert_eq!(pool.processes(), 2);
+    let want: Vec<u64> = (0..2000).map(|n| n * n).collect();
+    assert_eq!(pool.map(square, 0..2000).unwrap(), want);
+    assert_eq!(pool.chunksize(1).map(square, 0..300).unwrap(), want[..300]);
+    let got: Vec<u64> = pool
+        .chunksize(3)
+        .imap(square, 0..500)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, want[..500]);
+}
+
+fn pid() -> u32 {
+    std::process::id()
+}
+
+static INITS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn init(greeting: String) {
+    assert_eq!(greeting, "hello");
+    INITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn inits() -> u32 {
+    INITS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+fn fail_init() {
+    panic!("no database here");
+}
+
+fn worker_settings(m: StartMethod) {
+    let c = Cluster::new(m, 1, 1);
+    // The initializer runs once per agent worker, before its tasks.
+    let pool = c
+        .builder()
+        .initializer(init, ("hello".to_string(),))
+        .build()
+        .unwrap();
+    let seen = pool.chunksize(1).starmap(inits, vec![(); 20]).unwrap();
+    assert!(seen.iter().all(|&n| n == 1), "{seen:?}");
+    drop(pool);
+
+    // max_tasks_per_child: a fresh worker per task (both pids from the one agent's host).
+    let pool = c.builder().max_tasks_per_child(1).build().unwrap();
+    let (a, b) = (pool.apply(pid, ()).unwrap(), pool.apply(pid, ()).unwrap());
+    assert_ne!(a, b);
+    drop(pool);
+
+    // task_timeout kills the task on its host; the next one runs.
+    let pool = c
+        .builder()
+        .task_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert_eq!(
+        pool.apply(nap, (10_000,)).unwrap_err().kind(),
+        &ErrorKind::TaskTimedOut
+    );
+    assert_eq!(pool.apply(nap, (1,)).unwrap(), 1);
+    drop(pool);
+
+    // An initializer that fails breaks the pool, with its cause.
+    let pool = c.builder().initializer(fail_init, ()).build().unwrap();
+    let e = pool.apply(square, (2,)).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::InitializerFailed(_)), "{e}");
+    assert!(e.to_string().contains("no database here"), "{e}");
+    drop(pool);
+
+    // Two pools at once on one agent, each with its own settings.
+    let slow = c
+        .builder()
+        .task_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let plain = c.pool();
+    let r = slow.apply_async(nap, (5000,)).unwrap();
+    assert_eq!(plain.apply(nap, (300,)).unwrap(), 300);
+    assert_eq!(r.get().unwrap_err().kind(), &ErrorKind::TaskTimedOut);
+}
+
+fn touch(path: String, ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::fs::write(path, b"ran").unwrap();
+    ms
+}
+
+fn cancel_and_terminate(m: StartMethod) {
+    let c = Cluster::new(m, 1, 1);
+    let pool = c.pool();
+    let dir = c.dir.path().to_owned();
+    let file = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    // One running, one queued behind it.
+    let running = pool.apply_async(touch, (file("running"), 1500)).unwrap();
+    let queued = pool.apply_async(touch, (file("queued"), 0)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(queued.cancel());
+    assert!(running.cancel());
+    assert_eq!(queued.get().unwrap_err().kind(), &ErrorKind::Cancelled);
+    assert_eq!(running.get().unwrap_err().kind(), &ErrorKind::Cancelled);
+    // The agent carries on.
+    assert_eq!(pool.apply(square, (3,)).unwrap(), 9);
+    std::thread::sleep(Duration::from_millis(1800));
+    assert!(!dir.join("queued").exists(), "a cancelled queued task ran");
+    assert!(
+        !dir.join("running").exists(),
+        "a cancelled running task was not stopped"
+    );
+
+    let r = pool.apply_async(nap, (10_000,)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    pool.terminate();
+    assert_eq!(r.get().unwrap_err().kind(), &ErrorKind::Terminated);
+    assert!(c.keys("mproc:*:pool:*").is_empty());
+    // The agent serves the next pool.
+    assert_eq!(c.pool().apply(square, (4,)).unwrap(), 16);
+}
+
+per_start_method!(
+    whole_api,
+    order_across_agents,
+    worker_settings,
+    cancel_and_terminate
+);
+
+fn identity(v: Vec<u8>) -> Vec<u8> {
+    v
+}
+
+#[test]
+fn payloads_up_to_the_frame_limit() {
+    let c = Cluster::new(StartMethod::Forkserver, 1, 1);
+    let pool = c.pool();
+    let big = vec![7u8; (8 << 20) - 4096];
+    assert_eq!(pool.apply(identity, (big.clone(),)).unwrap(), big);
+    let e = pool.apply(identity, (vec![1u8; 9 << 20],)).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::InvalidArgument(_)), "{e}");
+    assert!(e.to_string().contains("frame limit"), "{e}");
+    // A larger limit, configured.
+    let pool = mproc::Pool::builder()
+        .remote(c.remote().max_frame(12 << 20))
+        .build()
+        .unwrap();
+    assert_eq!(
+        pool.apply(identity, (vec![1u8; 9 << 20],)).unwrap().len(),
+        9 << 20
+    );
+}
+
+fn with_queue(q: mproc::Queue<u8>) -> u8 {
+    let _ = q;
+    1
+}
+
+#[test]
+fn handles_refuse_to_cross() {
+    let c = Cluster::new(StartMethod::Forkserver, 1, 1);
+    let pool = c.pool();
+    let q = mproc::Queue::new().unwrap();
+    let e = pool.apply(with_queue, (q,)).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::InvalidArgument(_)), "{e}");
+    assert!(e.to_string().contains("cannot cross"), "{e}");
+    assert_eq!(pool.apply(square, (2,)).unwrap(), 4);
+}
+
+#[test]
+fn local_pools_refuse_max_retries() {
+    let e = mproc::Pool::builder()
+        .processes(1)
+        .max_retries(1)
+        .build()
+        .unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::InvalidArgument(_)), "{e}");
+}

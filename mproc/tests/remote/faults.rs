@@ -1,0 +1,202 @@
+//! Hosts that crash, stop or vanish, tasks that crash their process, and Redis going away:
+//! every task is accounted for, exactly once, and nothing hangs.
+
+use std::time::{Duration, Instant};
+
+use mproc::{ErrorKind, StartMethod};
+
+use crate::cluster::Cluster;
+
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn crash(how: u8) -> u8 {
+    match how {
+        1 => std::process::abort(),
+        2 => {
+            // A real segfault: SIGSEGV raised as a fault would.
+            unsafe { libc::raise(libc::SIGSEGV) };
+            2
+        }
+        _ => how,
+    }
+}
+
+fn crashes_fail_alone(m: StartMethod) {
+    let c = Cluster::new(m, 1, 2);
+    let pool = c.pool();
+    let out: Vec<_> = pool
+        .chunksize(1)
+        .imap(crash, [0, 1, 3, 2, 4])
+        .unwrap()
+        .collect();
+    assert_eq!(out[0].as_ref().unwrap(), &0);
+    assert!(
+        matches!(
+            out[1].as_ref().unwrap_err().kind(),
+            ErrorKind::WorkerLost(_)
+        ),
+        "{out:?}"
+    );
+    assert_eq!(out[2].as_ref().unwrap(), &3);
+    assert!(
+        matches!(
+            out[3].as_ref().unwrap_err().kind(),
+            ErrorKind::WorkerLost(_)
+        ),
+        "{out:?}"
+    );
+    assert_eq!(out[4].as_ref().unwrap(), &4);
+    // The agent is still up.
+    assert_eq!(pool.apply(nap, (1,)).unwrap(), 1);
+}
+
+fn agent_killed_mid_map(m: StartMethod) {
+    // No retries: exactly the tasks the dead host was running fail, the rest complete.
+    let mut c = Cluster::new(m, 2, 1);
+    let pool = c.pool();
+    let it = pool.chunksize(1).imap(nap, vec![100u64; 40]).unwrap();
+    let killer = std::thread::spawn({
+        let mut a = c.agents.remove(0);
+        move || {
+            std::thread::sleep(Duration::from_millis(450));
+            a.kill();
+        }
+    });
+    let each: Vec<_> = it.collect();
+    killer.join().unwrap();
+    // Its one worker was running one task: that one fails, counted once; the ones it held
+    // ahead were re-queued free and ran on the other host.
+    let lost: Vec<_> = each.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(lost.len(), 1, "{each:?}");
+    let ErrorKind::WorkerLost(report) = lost[0].kind() else {
+        panic!("{}", lost[0])
+    };
+    assert_eq!(report.attempts, 1);
+    assert_eq!(each.iter().filter(|r| r.as_ref() == Ok(&100)).count(), 39);
+    drop(pool);
+
+    // With a retry, every task completes, exactly once.
+    c.add_agent(1, &[]);
+    c.wait_agents(2);
+    let pool = c.builder().max_retries(1).build().unwrap();
+    let r: Vec<_> = {
+        let it = pool.chunksize(1).imap(nap, vec![100u64; 40]).unwrap();
+        let killer = std::thread::spawn({
+            let mut a = c.agents.remove(1);
+            move || {
+                std::thread::sleep(Duration::from_millis(450));
+                a.kill();
+            }
+        });
+        let all = it.collect();
+        killer.join().unwrap();
+        all
+    };
+    assert_eq!(r.len(), 40);
+    assert!(r.iter().all(|x| x.as_ref() == Ok(&100)), "{r:?}");
+}
+
+fn host_name() -> String {
+    std::env::var("MPROC_TEST_AGENT").unwrap_or_default()
+}
+
+fn slow_host_name(ms: u64) -> String {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::env::var("MPROC_TEST_AGENT").unwrap_or_default()
+}
+
+#[test]
+fn agent_stopped_past_its_ttl_is_not_recorded_twice() {
+    let mut c = Cluster::new(StartMethod::Forkserver, 0, 1);
+    let ttl = [("MPROC_HEARTBEAT_MS", "500"), ("MPROC_TEST_AGENT", "a")];
+    c.add_agent(1, &ttl);
+    c.wait_agents(1);
+    let pool = c.builder().max_retries(1).build().unwrap();
+    assert_eq!(pool.apply(host_name, ()).unwrap(), "a");
+    let r = pool.apply_async(slow_host_name, (1500,)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    c.agents[0].stop();
+    // Past its TTL, its running task is re-run on another host.
+    c.add_agent(1, &[("MPROC_TEST_AGENT", "b")]);
+    let got = r.get_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(got, "b");
+    c.agents[0].cont();
+    // It finishes its run, and its late answer is not recorded.
+    std::thread::sleep(Duration::from_millis(2000));
+    let results = c.keys("mproc:*:results:*");
+    assert_eq!(results.len(), 1);
+    assert_eq!(
+        c.entries_added(&results[0]),
+        2,
+        "one result per task, the late one dropped"
+    );
+    // Both agents serve on.
+    c.wait_agents(2);
+    assert_eq!(pool.chunksize(1).map(nap, [1u64; 10]).unwrap().len(), 10);
+}
+
+#[test]
+fn redis_killed_mid_map_is_a_clear_error() {
+    let mut c = Cluster::new(StartMethod::Forkserver, 1, 1);
+    let pool = c.pool();
+    let r = pool.chunksize(1).map_async(nap, vec![50u64; 100]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let at = Instant::now();
+    c.redis.kill();
+    let e = r.get_timeout(Duration::from_secs(20)).unwrap_err();
+    assert!(at.elapsed() < Duration::from_secs(15));
+    assert!(matches!(e.kind(), ErrorKind::Broker(_)), "{e}");
+    let e = pool.apply(nap, (1,)).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::Broker(_)), "{e}");
+}
+
+#[test]
+fn redis_restarted_empty_is_a_clear_error() {
+    let mut c = Cluster::new(StartMethod::Forkserver, 1, 1);
+    let pool = c.pool();
+    let r = pool.apply_async(nap, (5000,)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    c.redis.restart().unwrap();
+    let e = r.get_timeout(Duration::from_secs(20)).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::Broker(_)), "{e}");
+}
+
+fn tiny(n: u64) -> u64 {
+    n.wrapping_mul(2654435761)
+}
+
+#[test]
+fn many_tasks_with_agents_killed_at_random() {
+    let mut c = Cluster::new(StartMethod::Forkserver, 3, 1);
+    let pool = c.builder().max_retries(10).build().unwrap();
+    let n = 100_000u64;
+    let r = pool.chunksize(10).map_async(tiny, 0..n).unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut kills = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !r.ready() && Instant::now() < deadline {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(20 + seed % 100));
+        if kills < 4 && !r.ready() {
+            let i = (seed % c.agents.len() as u64) as usize;
+            c.agents[i].kill();
+            c.agents.remove(i);
+            c.add_agent(1, &[]);
+            kills += 1;
+        }
+    }
+    let got = r.get_timeout(Duration::from_secs(120)).unwrap();
+    assert!(
+        kills >= 2,
+        "the map ended before the agents were killed ({kills} kills)"
+    );
+    assert_eq!(got.len(), n as usize);
+    assert!(got.iter().enumerate().all(|(i, &v)| v == tiny(i as u64)));
+}
+
+per_start_method!(crashes_fail_alone, agent_killed_mid_map);

@@ -1,0 +1,143 @@
+//! The key: required, private, checked on every frame before decoding; and Redis reached as
+//! the README's ACL user over TCP, and over TLS.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use mproc::{ErrorKind, Pool, Remote, StartMethod};
+
+use crate::cluster::Cluster;
+use crate::harness::{Agent, RedisServer, Reply, TempDir, key_file};
+
+fn square(n: u64) -> u64 {
+    n * n
+}
+
+#[test]
+fn remote_mode_refuses_to_start_without_a_good_key() {
+    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let url = redis.url();
+    let e = Pool::builder()
+        .remote(Remote::redis(&url).unwrap())
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("needs a key"), "{e}");
+    let dir = TempDir::new("keys").unwrap();
+    let open = key_file(dir.path());
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = Pool::builder()
+        .remote(Remote::redis(&url).unwrap().key_file(&open))
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("chmod 600"), "{e}");
+    let short = dir.path().join("short.key");
+    std::fs::write(&short, b"tiny").unwrap();
+    std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let e = Remote::redis(&url)
+        .unwrap()
+        .key_file(&short)
+        .serve()
+        .unwrap_err();
+    assert!(e.to_string().contains("at least 16 bytes"), "{e}");
+    // An agent without a key exits with the reason.
+    let mut a = Agent::start(&url, std::path::Path::new(""), 1, &[]);
+    let status = a
+        .wait_timeout(Duration::from_secs(20))
+        .expect("the agent exits");
+    assert!(!status.success());
+    assert!(a.output().contains("needs a key"), "{}", a.output());
+}
+
+#[test]
+fn an_agent_with_another_key_takes_nothing() {
+    let mut c = Cluster::new(StartMethod::Forkserver, 0, 1);
+    let other = key_file(c.dir.path());
+    c.agents.push(Agent::start(&c.redis.url(), &other, 1, &[]));
+    c.wait_agents(0); // registered under its own key's names, not ours
+    let pool = c.pool();
+    let r = pool.apply_async(square, (5,)).unwrap();
+    assert!(
+        r.get_timeout(Duration::from_millis(800))
+            .unwrap_err()
+            .is_timeout()
+    );
+    c.add_agent(1, &[]);
+    assert_eq!(r.get_timeout(Duration::from_secs(20)).unwrap(), 25);
+}
+
+#[test]
+fn a_tampered_task_frame_is_refused_and_never_run() {
+    let mut c = Cluster::new(StartMethod::Forkserver, 0, 1);
+    let pool = c.pool();
+    let r = pool.apply_async(square, (6,)).unwrap();
+    // No agent yet: the entry waits in the stream. Flip one byte of its frame.
+    let tasks = c.keys("mproc:*:tasks").pop().expect("the task stream");
+    let Ok(Reply::Array(entries)) = c.redis.cmd(&[b"XRANGE".as_slice(), &tasks, b"-", b"+"]) else {
+        panic!("XRANGE")
+    };
+    assert_eq!(entries.len(), 1);
+    let Reply::Array(entry) = &entries[0] else {
+        panic!()
+    };
+    let (Reply::Bulk(id), Reply::Array(fields)) = (&entry[0], &entry[1]) else {
+        panic!()
+    };
+    let mut args: Vec<Vec<u8>> = vec![b"XADD".to_vec(), tasks.clone(), b"*".to_vec()];
+    for pair in fields.chunks(2) {
+        let (Reply::Bulk(k), Reply::Bulk(v)) = (&pair[0], &pair[1]) else {
+            panic!()
+        };
+        let mut v = v.clone();
+        if k == b"f" {
+            let at = v.len() / 2;
+            v[at] ^= 0x40;
+        }
+        args.push(k.clone());
+        args.push(v);
+    }
+    c.redis.cmd(&args).unwrap();
+    c.redis.cmd(&[b"XDEL".as_slice(), &tasks, id]).unwrap();
+    c.add_agent(1, &[]);
+    let e = r.get_timeout(Duration::from_secs(20)).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::Broker(_)), "{e}");
+    assert!(e.to_string().contains("MAC"), "{e}");
+    assert!(
+        c.agents[0].output().contains("refused"),
+        "{}",
+        c.agents[0].output()
+    );
+    // Garbage that is not even a frame is refused too, and the agent serves on.
+    c.redis
+        .cmd(&[b"XADD".as_slice(), &tasks, b"*", b"f", b"junk"])
+        .unwrap();
+    assert_eq!(pool.apply(square, (7,)).unwrap(), 49);
+}
+
+#[test]
+fn over_tcp_as_the_acl_user() {
+    let redis = RedisServer::start_tcp_acl().unwrap_or_else(|e| panic!("{e}"));
+    let dir = TempDir::new("acl").unwrap();
+    let key = key_file(dir.path());
+    let url = redis.tcp_url_for_agent();
+    let _agent = Agent::start(&url, &key, 1, &[]);
+    let pool = Pool::builder()
+        .remote(Remote::redis(&url).unwrap().key_file(&key))
+        .build()
+        .unwrap();
+    assert_eq!(pool.map(square, 0..20).unwrap()[19], 361);
+}
+
+#[test]
+fn over_tls() {
+    let redis = RedisServer::start_tls().unwrap_or_else(|e| panic!("{e}"));
+    let dir = TempDir::new("tls").unwrap();
+    let key = key_file(dir.path());
+    let url = redis.tls_url();
+    let ca = redis.ca_pem_path();
+    let _agent = Agent::start(&url, &key, 1, &[("MPROC_CA_FILE", ca.to_str().unwrap())]);
+    let pool = Pool::builder()
+        .remote(Remote::redis(&url).unwrap().key_file(&key).ca_file(&ca))
+        .build()
+        .unwrap();
+    assert_eq!(pool.map(square, 0..20).unwrap()[19], 361);
+}
