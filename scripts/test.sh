@@ -13,5 +13,16 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
 
-cargo nextest run --workspace --no-fail-fast
-cargo test --doc --workspace
+# The remote pool's tests (feature `remote`) run against a real redis-server, which they start
+# themselves; install Debian's package when it is missing (CI runs as root).
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "scripts/test.sh: installing redis-server (once)" >&2
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    else
+        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    fi
+fi
+
+cargo nextest run --workspace --all-features --no-fail-fast
+cargo test --doc --workspace --all-features

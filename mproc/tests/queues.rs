@@ -90,11 +90,10 @@ fn exactly_once(q: Queue<Option<Item>>, m: StartMethod) {
             body: body_for(id),
         }))
         .unwrap();
-        if id % 4 == 0 {
-            if let Some(item) = q.try_get().unwrap() {
+        if id % 4 == 0
+            && let Some(item) = q.try_get().unwrap() {
                 mine.push(item.expect("no sentinel yet").id);
             }
-        }
     }
     for p in &mut producers {
         p.join_timeout(PATIENCE).unwrap();

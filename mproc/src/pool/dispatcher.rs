@@ -386,11 +386,10 @@ impl<L: Link> Dispatcher<L> {
             if polled.read {
                 self.read_worker(i);
             }
-            if polled.exited && i < self.workers.len() {
-                if let Some(lost) = self.check_worker_exit(i) {
+            if polled.exited && i < self.workers.len()
+                && let Some(lost) = self.check_worker_exit(i) {
                     exits.push((i, lost));
                 }
-            }
         }
         self.reap_departed(exits);
         self.expire_timeouts();
@@ -467,11 +466,10 @@ impl<L: Link> Dispatcher<L> {
             }
             Departure::BeforeReady(why) | Departure::Lost(why) => why,
         };
-        if running {
-            if let Some(chunk) = w.in_flight.pop_front() {
+        if running
+            && let Some(chunk) = w.in_flight.pop_front() {
                 chunk.fail(failure);
             }
-        }
         self.requeue(w.in_flight.drain(..));
     }
 

@@ -35,12 +35,11 @@ pub(crate) fn serve(
         Ok(lane) => lane,
         Err(code) => return code,
     };
-    if let Some((entry, args)) = spec.init {
-        if let Err(e) = crate::handle::providing(init_handles, || run(identity, entry, &args)) {
+    if let Some((entry, args)) = spec.init
+        && let Err(e) = crate::handle::providing(init_handles, || run(identity, entry, &args)) {
             let _ = ctrl.send(&FromWorker::InitFailed(e), &[]);
             return 1;
         }
-    }
     if ctrl.send(&FromWorker::Ready, &[]).is_err() {
         return 0;
     }

@@ -197,7 +197,7 @@ impl Ring {
             .and_then(|cap| DATA_AT.checked_add(cap))
             .filter(|&end| end <= self.map.map().len());
         match end {
-            Some(end) if base % 8 == 0 && self.file_reaches(end)? => Ok((end - DATA_AT, base)),
+            Some(end) if base.is_multiple_of(8) && self.file_reaches(end)? => Ok((end - DATA_AT, base)),
             _ => Err(corrupt(
                 "a ring capacity or base that does not fit its file",
             )),
@@ -220,7 +220,7 @@ impl Ring {
     /// gives them those bytes under the protocol (see the module docs).
     fn frame_at(&self, at: usize, len: usize) -> io::Result<usize> {
         let (cap, _) = self.layout()?;
-        if at % 8 != 0 || at.checked_add(len).is_none_or(|end| end > cap) {
+        if !at.is_multiple_of(8) || at.checked_add(len).is_none_or(|end| end > cap) {
             return Err(corrupt("a frame outside the ring"));
         }
         Ok(DATA_AT + at)

@@ -69,11 +69,10 @@ pub(super) fn parse_record_entry(entry: &str) -> Option<Identity> {
 fn record_dir_paths() -> Vec<PathBuf> {
     let uid = proc::geteuid();
     let mut paths = Vec::new();
-    if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
-        if runtime.is_absolute() {
+    if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from)
+        && runtime.is_absolute() {
             paths.push(runtime.join("mproc"));
         }
-    }
     paths.push(PathBuf::from(format!("/run/user/{uid}/mproc")));
     paths.push(PathBuf::from(format!("/tmp/mproc-{uid}")));
     paths
@@ -90,12 +89,11 @@ pub(super) fn record_dirs(create: bool) -> Vec<OwnedFd> {
         let Ok(d) = dir::open_private(&path, create && dirs.is_empty()) else {
             continue;
         };
-        if let Ok(id) = dir::identity(d.as_fd()) {
-            if !seen.contains(&id) {
+        if let Ok(id) = dir::identity(d.as_fd())
+            && !seen.contains(&id) {
                 seen.push(id);
                 dirs.push(d);
             }
-        }
     }
     dirs
 }
@@ -152,12 +150,11 @@ fn claim_entry(dir: BorrowedFd<'_>, staging: &str, entry: &str) -> io::Result<()
     for _ in 0..100 {
         match dir::link(dir, staging, entry) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                if let Ok(old) = dir::open_file(dir, entry) {
-                    if dir::try_lock(old.as_fd())? {
+                if let Ok(old) = dir::open_file(dir, entry)
+                    && dir::try_lock(old.as_fd())? {
                         let _ = dir::remove(dir, entry);
                         continue;
                     }
-                }
                 std::thread::sleep(Duration::from_millis(1));
             }
             other => return other,

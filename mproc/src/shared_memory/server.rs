@@ -171,14 +171,13 @@ impl Server {
         if !self.segments.get(&id).is_some_and(Segment::release) {
             return;
         }
-        if let Some(segment) = self.segments.remove(&id) {
-            if let Some(wd) = segment.watch {
+        if let Some(segment) = self.segments.remove(&id)
+            && let Some(wd) = segment.watch {
                 self.by_watch.remove(&wd);
                 if let Some(w) = &self.watcher {
                     w.unwatch(wd);
                 }
             }
-        }
     }
 
     pub(super) fn on_events(&mut self) {
@@ -219,11 +218,10 @@ impl Server {
             for entry in entries {
                 if entry.starts_with("t-") {
                     remove_stale_staging(d.as_fd(), &entry);
-                } else if let Some(identity) = parse_record_entry(&entry) {
-                    if let Some(id) = self.adopt_one(&d, &entry, identity) {
+                } else if let Some(identity) = parse_record_entry(&entry)
+                    && let Some(id) = self.adopt_one(&d, &entry, identity) {
                         self.check(id);
                     }
-                }
             }
         }
     }

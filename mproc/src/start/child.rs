@@ -87,11 +87,10 @@ impl Child {
             if let Some(exit) = self.exit {
                 // Everything it wrote before ending is in the socket buffer now.
                 self.pump_ctrl();
-                if exit == Exit::Unknown && matches!(self.reaper, Reaper::Adopted) {
-                    if let Some(Ok(outcome)) = &self.outcome {
+                if exit == Exit::Unknown && matches!(self.reaper, Reaper::Adopted)
+                    && let Some(Ok(outcome)) = &self.outcome {
                         self.exit = Some(Exit::Code(super::worker::exit_code_after(outcome)));
                     }
-                }
                 return Ok(self.exit);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {

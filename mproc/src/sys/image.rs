@@ -200,7 +200,7 @@ unsafe extern "C" fn visit(
 /// The entry function of the record at `address`, if one is there (see the module docs).
 fn record_at(address: usize) -> Option<Entry> {
     let image = image();
-    if address % mem::align_of::<RawRecord>() != 0
+    if !address.is_multiple_of(mem::align_of::<RawRecord>())
         || !image.is_constant(address, mem::size_of::<RawRecord>())
     {
         return None;

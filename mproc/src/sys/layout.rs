@@ -147,7 +147,7 @@ impl Mapping {
             .checked_add(std::mem::size_of::<T>())
             .is_some_and(|end| end <= self.len());
         let at = (self.as_ptr() as usize).wrapping_add(offset);
-        if !fits || at % std::mem::align_of::<T>() != 0 {
+        if !fits || !at.is_multiple_of(std::mem::align_of::<T>()) {
             return Err(misplaced(offset));
         }
         // SAFETY: in bounds and aligned (checked above); the mapping lives as long as the

@@ -129,7 +129,7 @@ impl Block {
 
     fn check(&self, at: usize, size: usize, align: usize) {
         assert!(
-            at % align == 0
+            at.is_multiple_of(align)
                 && at
                     .checked_add(size)
                     .is_some_and(|end| end <= self.map.len()),

@@ -125,11 +125,10 @@ impl Cluster {
         };
         let mut it = info.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            if matches!(&k, Reply::Bulk(b) if b == b"entries-added") {
-                if let Reply::Int(n) = v {
+            if matches!(&k, Reply::Bulk(b) if b == b"entries-added")
+                && let Reply::Int(n) = v {
                     return n;
                 }
-            }
         }
         0
     }
