@@ -384,10 +384,7 @@ impl RedisServer {
             .stdout(log)
             .stderr(log2)
             .spawn()
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound => format!("redis-server is not on PATH: {INSTALL_HINT}"),
-                _ => format!("cannot start redis-server ({e}): {INSTALL_HINT}"),
-            })?;
+            .map_err(spawn_error)?;
         let child = self.child.insert(child);
         let deadline = Instant::now() + READY_WITHIN;
         let socket = self.dir.path().join("redis.sock");
@@ -529,6 +526,14 @@ impl Drop for RedisServer {
             );
         }
         self.stop_child();
+    }
+}
+
+/// Why redis-server did not start, with what to install.
+fn spawn_error(e: io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::NotFound => format!("redis-server is not on PATH: {INSTALL_HINT}"),
+        _ => format!("cannot start redis-server ({e}): {INSTALL_HINT}"),
     }
 }
 
@@ -790,6 +795,12 @@ mod selftest {
                 Reply::Array(vec![bulk(name), bulk(value)])
             );
         }
+        // The client the remote pool uses takes this URL as it is.
+        let pong: String = redis::Client::open(server.url())
+            .and_then(|cl| cl.get_connection())
+            .and_then(|mut con| redis::cmd("PING").query(&mut con))
+            .unwrap();
+        assert_eq!(pong, "PONG");
         let dir = server.dir.path().to_owned();
         let t = Instant::now();
         drop(server);
@@ -1076,6 +1087,20 @@ mod selftest {
         assert!(
             plain.is_err(),
             "plain text answered on the TLS port: {plain:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_redis_server_names_the_install_command() {
+        let e = Command::new("redis-server-that-is-not-installed")
+            .spawn()
+            .unwrap_err();
+        let msg = spawn_error(e);
+        assert!(
+            msg.contains("not on PATH")
+                && msg.contains("apt-get install redis-server")
+                && msg.contains("scripts/test.sh"),
+            "{msg}"
         );
     }
 
