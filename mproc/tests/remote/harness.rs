@@ -384,10 +384,7 @@ impl RedisServer {
             .stdout(log)
             .stderr(log2)
             .spawn()
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound => format!("redis-server is not on PATH: {INSTALL_HINT}"),
-                _ => format!("cannot start redis-server ({e}): {INSTALL_HINT}"),
-            })?;
+            .map_err(spawn_error)?;
         let child = self.child.insert(child);
         let deadline = Instant::now() + READY_WITHIN;
         let socket = self.dir.path().join("redis.sock");
@@ -400,10 +397,11 @@ impl RedisServer {
                 ));
             }
             let pong = RespConn::unix(&socket).and_then(|mut c| c.call(&["PING"]));
-            if let Ok(Reply::Status(s)) = &pong
-                && s == "PONG" {
+            if let Ok(Reply::Status(s)) = &pong {
+                if s == "PONG" {
                     return Ok(());
                 }
+            }
             if Instant::now() >= deadline {
                 self.stop_child();
                 return Err(format!(
@@ -528,6 +526,14 @@ impl Drop for RedisServer {
             );
         }
         self.stop_child();
+    }
+}
+
+/// Why redis-server did not start, with what to install.
+fn spawn_error(e: io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::NotFound => format!("redis-server is not on PATH: {INSTALL_HINT}"),
+        _ => format!("cannot start redis-server ({e}): {INSTALL_HINT}"),
     }
 }
 
@@ -789,6 +795,12 @@ mod selftest {
                 Reply::Array(vec![bulk(name), bulk(value)])
             );
         }
+        // The client the remote pool uses takes this URL as it is.
+        let pong: String = redis::Client::open(server.url())
+            .and_then(|cl| cl.get_connection())
+            .and_then(|mut con| redis::cmd("PING").query(&mut con))
+            .unwrap();
+        assert_eq!(pong, "PONG");
         let dir = server.dir.path().to_owned();
         let t = Instant::now();
         drop(server);
@@ -838,11 +850,7 @@ mod selftest {
     /// Runs `args` on `c`, failing the test unless the ACL refused it.
     fn refused<S: Read + Write>(c: &mut RespConn<S>, args: &[&str]) {
         let r = c.call(args).unwrap();
-        let noperm = match &r {
-            Reply::Error(e) => e.starts_with("NOPERM") || e.contains("no permissions"),
-            _ => false,
-        };
-        assert!(noperm, "{args:?} not refused by the ACL: {r:?}");
+        assert!(r.is_noperm(), "{args:?} not refused by the ACL: {r:?}");
     }
 
     #[test]
@@ -968,20 +976,16 @@ mod selftest {
         refused(&mut c, &["EVALSHA", &sha, "1", other, "t1", "a"]);
         refused(&mut c, &["EVAL", script, "1", other, "t1", "a"]);
         // A script that reaches past what it declares, or calls a command the user lacks.
-        let sneaky = c
-            .call(&["EVAL", "return redis.call('GET', 'other:x')", "0"])
-            .unwrap();
-        assert!(
-            matches!(&sneaky, Reply::Error(e) if e.contains("NOPERM") || e.contains("permission")),
-            "{sneaky:?}"
-        );
-        let flush = c
-            .call(&["EVAL", "return redis.call('FLUSHALL')", "0"])
-            .unwrap();
-        assert!(
-            matches!(&flush, Reply::Error(e) if e.contains("NOPERM") || e.contains("permission")),
-            "{flush:?}"
-        );
+        for script in [
+            "return redis.call('GET', 'other:x')",
+            "return redis.call('FLUSHALL')",
+        ] {
+            let r = c.call(&["EVAL", script, "0"]).unwrap();
+            assert!(
+                matches!(&r, Reply::Error(e) if e.contains("user executing the script can't")),
+                "{script}: {r:?}"
+            );
+        }
         // Commands no agent needs.
         refused(&mut c, &["FLUSHALL"]);
         refused(&mut c, &["FLUSHDB"]);
@@ -990,7 +994,18 @@ mod selftest {
         refused(&mut c, &["KEYS", "*"]);
         refused(&mut c, &["SCAN", "0"]);
         refused(&mut c, &["SHUTDOWN", "NOSAVE"]);
-        refused(&mut c, &["DEBUG", "SLEEP", "0"]);
+        // DEBUG is off by default anyway (enable-debug-command): ask the ACL itself.
+        let dry = server
+            .cmd(&["ACL", "DRYRUN", AGENT_USER, "DEBUG", "SLEEP", "0"])
+            .unwrap();
+        assert!(
+            matches!(&dry, Reply::Bulk(e) if e.starts_with(b"This user has no permissions")),
+            "{dry:?}"
+        );
+        assert!(matches!(
+            c.call(&["DEBUG", "SLEEP", "0"]).unwrap(),
+            Reply::Error(_)
+        ));
         refused(&mut c, &["ACL", "LIST"]);
         refused(&mut c, &["SCRIPT", "FLUSH"]);
         refused(&mut c, &["CLIENT", "KILL", "TYPE", "normal"]);
@@ -1001,6 +1016,21 @@ mod selftest {
             Reply::Status("PONG".into()),
             "still up"
         );
+
+        // The client the remote pool uses gets through its own handshake as this user (it
+        // pipelines CLIENT SETINFO, whose refusal it ignores) and meets the same rules.
+        let mut con = redis::Client::open(server.tcp_url_for_agent())
+            .and_then(|cl| cl.get_connection())
+            .unwrap();
+        let pong: String = redis::cmd("PING").query(&mut con).unwrap();
+        assert_eq!(pong, "PONG");
+        let len: i64 = redis::cmd("XLEN").arg(tasks).query(&mut con).unwrap();
+        assert_eq!(len, 0);
+        let err = redis::cmd("XLEN")
+            .arg(other)
+            .query::<i64>(&mut con)
+            .unwrap_err();
+        assert_eq!(err.code(), Some("NOPERM"), "{err}");
 
         // The user survives a restart (the configuration keeps it), and the data does not.
         must(server.restart());
@@ -1061,6 +1091,20 @@ mod selftest {
     }
 
     #[test]
+    fn a_missing_redis_server_names_the_install_command() {
+        let e = Command::new("redis-server-that-is-not-installed")
+            .spawn()
+            .unwrap_err();
+        let msg = spawn_error(e);
+        assert!(
+            msg.contains("not on PATH")
+                && msg.contains("apt-get install redis-server")
+                && msg.contains("scripts/test.sh"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn key_files_are_32_private_random_bytes() {
         let dir = TempDir::new("keys").unwrap();
         let (a, b) = (key_file(dir.path()), key_file(dir.path()));
@@ -1101,24 +1145,36 @@ mod selftest {
 
     /// Two roles. In a run made by [`stub`] (with [`STUB`] set): a stand-in agent process with a
     /// child of its own, to test the harness's signals, that says when it is up and lives at
-    /// most 30 s. Otherwise: checks that the arguments `Agent::start` gives make this binary run
-    /// no test when `MPROC_REMOTE` does not take over.
+    /// most 30 s. Otherwise: checks that a binary `Agent::start` re-runs either becomes an agent
+    /// (`MPROC_REMOTE` took over before `main`: it serves until SIGTERM, then drains and exits
+    /// cleanly) or runs no test and exits at once (a build without the remote pool).
     #[test]
     fn agent_stub() {
         if std::env::var_os(STUB).is_some() {
-            let child = Command::new("sleep").arg("30").spawn().expect("sleep");
+            let mut child = Command::new("sleep").arg("30").spawn().expect("sleep");
             println!("stub up: pid {} child {}", std::process::id(), child.id());
             std::thread::sleep(Duration::from_secs(30));
+            let _ = child.kill();
+            let _ = child.wait();
             return;
         }
-        let mut run = Agent::spawn(&NO_TEST, vec![]);
-        let status = run.wait_timeout(Duration::from_secs(20));
-        let out = fs::read_to_string(run.stdout_path()).unwrap();
-        assert!(
-            status.is_some_and(|s| s.success()) && out.contains("running 0 tests"),
-            "{status:?}; {}",
-            run.output()
-        );
+        let server = must(RedisServer::start());
+        let dir = TempDir::new("key").unwrap();
+        let mut agent = Agent::start(&server.url(), &key_file(dir.path()), 1, &[]);
+        match agent.wait_timeout(Duration::from_secs(2)) {
+            Some(status) => {
+                let out = fs::read_to_string(agent.stdout_path()).unwrap();
+                assert!(
+                    status.success() && out.contains("running 0 tests"),
+                    "{status}; {}",
+                    agent.output()
+                );
+            }
+            None => {
+                let status = must(agent.terminate());
+                assert!(status.success(), "{status}; {}", agent.output());
+            }
+        }
     }
 
     /// Starts a stand-in agent and waits (bounded) until it is up; its pid and its child's.
@@ -1131,9 +1187,10 @@ mod selftest {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let out = fs::read_to_string(agent.stdout_path()).unwrap();
-            if let Some(line) = out.lines().find(|l| l.starts_with("stub up: ")) {
+            // libtest's "test name ... " is on the same line, before it.
+            if let Some((_, line)) = out.split_once("stub up: ") {
                 let w: Vec<&str> = line.split_whitespace().collect();
-                let (pid, child) = (w[3].parse().unwrap(), w[5].parse().unwrap());
+                let (pid, child) = (w[1].parse().unwrap(), w[3].parse().unwrap());
                 assert_eq!(pid, agent.pid());
                 return (agent, pid, child);
             }
