@@ -13,3 +13,4 @@ mod process;
 mod queues;
 mod shared_memory;
 mod sync;
+mod wire_limits;
