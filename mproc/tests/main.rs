@@ -6,6 +6,7 @@ mod common;
 
 mod bootstrap;
 mod crashes;
+mod fork_locks;
 mod lifecycle;
 mod pipes;
 mod pool;
