@@ -6,6 +6,7 @@ mod common;
 
 mod bootstrap;
 mod crashes;
+mod fork_locks;
 mod lifecycle;
 mod pipes;
 mod pool;
@@ -13,3 +14,4 @@ mod process;
 mod queues;
 mod shared_memory;
 mod sync;
+mod wire_limits;

@@ -7,14 +7,22 @@
 //!
 //! From first taken to last; code that holds one of these locks takes only later ones:
 //!
-//! 1. the fork server's slot (`forkserver::lock`; slow: its holder may be starting a server);
-//! 2. this list of hooks;
-//! 3. the hooks, by [`Rank`]: the shared-memory keeper's slot (slow: its holder may be
+//! 1. the standard output's lock, then the standard error's (`fork.rs`);
+//! 2. the fork server's slot (`forkserver::lock`; slow: its holder may be starting a server);
+//! 3. this list of hooks;
+//! 4. the hooks, by [`Rank`]: the shared-memory keeper's slot (slow: its holder may be
 //!    starting a keeper), then the list of this process's queues;
-//! 4. the liveness pipe's slot (`alive::lock`), the standard output and error streams, the
-//!    process's identity (`current::lock`), and the list of internal descriptors.
+//! 5. the liveness pipe's slot (`alive::lock`), the process's identity (`current::lock`), and
+//!    the list of internal descriptors.
 //!
-//! The slow ones come first, so nothing else waits behind a fork server or keeper start.
+//! The standard streams come first because they are the user's locks: a thread may hold
+//! `stdout().lock()` (or stderr's) while it makes a queue, which takes the list of queues, or
+//! starts a process, which takes the fork server's slot; a fork that held those and waited for
+//! the streams would deadlock with it. (Both are reentrant, so a thread holding stdout's lock
+//! may itself start a `Fork` process; one holding only stderr's must not while another thread
+//! may too: that fork waits for stdout, held by a fork waiting for stderr. No order avoids it,
+//! as the fork needs both.) Then the slow ones, so nothing else of mproc's waits behind a fork
+//! server or keeper start; output of other threads may, for as long as that start lasts.
 //!
 //! A hook is a plain function in a fixed array: running them costs the fork no allocation, and
 //! one lock (this list's, uncontended: `Fork` starts already queue on the fork server's slot).

@@ -21,12 +21,19 @@ pub(crate) fn launch(start: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Child, Erro
     crate::panics::ensure_hook();
     // Every lock the child will take is held across the fork, so the child inherits it held
     // by its own thread instead of by a thread that does not exist there, in the crate's lock
-    // order (see `at_fork`): the fork server's slot, the hooks of the modules above `start`,
-    // then this module's own.
+    // order (see `at_fork`): the standard streams, the fork server's slot, the hooks of the
+    // modules above `start`, then this module's own.
+    // The streams first: user code holds them around anything (making a queue, starting a
+    // process), so a fork that waited for them holding another lock could deadlock with it.
+    // Reentrant, so the child can use them; flushed, so buffered output is not written twice.
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.flush();
+    let stderr = std::io::stderr().lock();
     let mut server = forkserver::lock();
     let mut sides = None;
     let forked = at_fork::around(&mut || fork_holding_the_rest(&mut server, &mut sides));
     drop(server);
+    drop((stdout, stderr));
     match (forked?, sides.expect("set by every fork that did not fail")) {
         (Forked::Child, Sides::Child(child)) => child.run(),
         (Forked::Parent(pid), Sides::Parent(parent_end)) => {
@@ -59,8 +66,8 @@ impl ForkChild {
     }
 }
 
-/// Forks, holding this module's locks (the fork server's slot is `server`, taken by the
-/// caller); the child closes mproc's descriptors that are not its own and forgets the parent's
+/// Forks, holding this module's locks (the standard streams and the fork server's slot,
+/// `server`, are taken by the caller); the child closes mproc's descriptors that are not its own and forgets the parent's
 /// bookkeeping before it lets go of them.
 fn fork_holding_the_rest(
     server: &mut Option<forkserver::Server>,
@@ -68,10 +75,6 @@ fn fork_holding_the_rest(
 ) -> Result<Forked, Error> {
     let mut alive_slot = alive::lock();
     let alive_read = alive::reader_locked(&mut alive_slot)?;
-    // Reentrant, so the child can use them; flushed, so buffered output is not written twice.
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.flush();
-    let stderr = std::io::stderr().lock();
     let current = crate::current::lock();
     let [parent_end, child_end] = super::socket_pair()?;
     let parent = proc::getpid();
@@ -99,7 +102,7 @@ fn fork_holding_the_rest(
             *sides = Some(Sides::Parent(parent_end));
         }
     }
-    drop((current, alive_slot, stdout, stderr));
+    drop((current, alive_slot));
     Ok(forked)
 }
 

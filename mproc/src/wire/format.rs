@@ -24,6 +24,11 @@
 //! counts of one input together to its length plus [`ZERO_SIZE_ELEMENTS`] (so a corrupt count
 //! of zero-sized elements cannot spin for 2^64 rounds), and a value must use every byte it is
 //! decoded from. `str` and byte fields may borrow from the input without a copy.
+//!
+//! Encoding applies the same two limits (depth and element allowance, counted as the decoder
+//! counts them), in the pass that sizes a value before it is written: a value a receiver would
+//! refuse is refused by its sender, with nothing sent, rather than lost after its frame was
+//! taken off a queue or a pipe.
 
 use std::fmt;
 

@@ -1,0 +1,79 @@
+//! A `Fork` start takes the standard streams' locks before its other locks, so a thread that
+//! holds one of them (`stdout().lock()`) while it makes a queue or starts a process cannot
+//! deadlock against a concurrent `Fork` start (which held the list of queues or the fork
+//! server's slot, and waited for the streams).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use mproc::{ErrorKind, Process, Queue, StartMethod};
+
+use crate::common::PATIENCE;
+
+fn nothing() {}
+
+/// Starts `Fork` children one after another while another thread, `rounds` times each, holds
+/// the standard output's lock and makes a queue, holds the standard error's and makes a queue,
+/// and holds the standard output's and starts a `Fork` child itself. Returns how many
+/// children were started.
+fn streams_held_while_forking(rounds: u32) -> u32 {
+    let started = AtomicU32::new(0);
+    let fork_once = || {
+        let mut p = Process::new(nothing, ()).start_method(StartMethod::Fork);
+        p.start().unwrap();
+        p.join_timeout(PATIENCE).unwrap();
+        started.fetch_add(1, Ordering::Relaxed);
+    };
+    let make_queue = || drop(Queue::<u8>::new().unwrap());
+    for phase in 0..3 {
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for _ in 0..rounds {
+                    match phase {
+                        0 => {
+                            let _out = std::io::stdout().lock();
+                            make_queue();
+                        }
+                        1 => {
+                            let _err = std::io::stderr().lock();
+                            make_queue();
+                        }
+                        _ => {
+                            let _out = std::io::stdout().lock();
+                            fork_once();
+                        }
+                    }
+                }
+                done.store(true, Ordering::Release);
+            });
+            while !done.load(Ordering::Acquire) {
+                fork_once();
+            }
+        });
+    }
+    started.into_inner()
+}
+
+#[test]
+fn a_fork_start_does_not_deadlock_with_a_thread_holding_a_standard_stream() {
+    // The race runs in a process of its own, so that a deadlock is a process to kill, not a
+    // hung test.
+    let mut p = Process::new(streams_held_while_forking, (300,)).start_method(StartMethod::Spawn);
+    p.start().unwrap();
+    let begun = Instant::now();
+    // A few tenths of a second when it works; before the fix it deadlocked in every run.
+    match p.join_timeout(Duration::from_secs(10)) {
+        // The holding thread's own starts, and at least one more per phase.
+        Ok(started) => assert!(started >= 303, "only {started} forks"),
+        Err(e) if matches!(e.kind(), ErrorKind::Timeout) => {
+            let _ = p.kill();
+            let _ = p.join_timeout(PATIENCE);
+            panic!(
+                "deadlocked: a Fork start and a thread holding a standard stream, after {:?}",
+                begun.elapsed()
+            );
+        }
+        Err(e) => panic!("the race failed: {e}"),
+    }
+}
