@@ -27,7 +27,7 @@
 //! of a few samples each, and no Python.
 
 #[path = "../tests/remote/harness.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 mod harness;
 #[allow(dead_code)]
 mod remote_common;
@@ -76,7 +76,11 @@ fn main() {
     // 1. The floor.
     let mut floor = floor_round_trip(&url, scale(5000));
     let (f50, f99) = (quantile(&mut floor, 0.5), quantile(&mut floor, 0.99));
-    println!("floor   XADD→XREADGROUP→XADD→XREAD    p50 {:7.1} µs  p99 {:7.1} µs", us(f50), us(f99));
+    println!(
+        "floor   XADD→XREADGROUP→XADD→XREAD    p50 {:7.1} µs  p99 {:7.1} µs",
+        us(f50),
+        us(f99)
+    );
 
     // 2. apply, one agent with one worker.
     let agent = Agent::start(&url, &key, 1, &[]);
@@ -106,7 +110,10 @@ fn main() {
     drop(agent);
 
     // 3 and 4: two agents with one worker each (this machine has two cores).
-    let agents = [Agent::start(&url, &key, 1, &[]), Agent::start(&url, &key, 1, &[])];
+    let agents = [
+        Agent::start(&url, &key, 1, &[]),
+        Agent::start(&url, &key, 1, &[]),
+    ];
     let pool = Pool::builder().remote(remote()).build().expect("pool");
     wait_for_workers(&pool, 2);
     let n = scale(30_000) as u64;
@@ -115,7 +122,11 @@ fn main() {
     let got = pool.chunksize(1).map(trivial, 0..n).expect("map1");
     let default_rate = n as f64 / t.elapsed().as_secs_f64();
     assert_eq!(got.len(), n as usize);
-    let wide = Pool::builder().remote(remote()).processes(64).build().expect("pool");
+    let wide = Pool::builder()
+        .remote(remote())
+        .processes(64)
+        .build()
+        .expect("pool");
     wide.chunksize(1).map(trivial, 0..1000).expect("warm-up");
     let t = Instant::now();
     let got = wide.chunksize(1).map(trivial, 0..n).expect("map1");
@@ -139,7 +150,11 @@ fn main() {
     }
     rates.sort_by(f64::total_cmp);
     let map_rate = rates[rates.len() / 2];
-    println!("map     1M u64, default chunks, 2 agents {:8.2} M items/s (median of {})", map_rate / 1e6, rates.len());
+    println!(
+        "map     1M u64, default chunks, 2 agents {:8.2} M items/s (median of {})",
+        map_rate / 1e6,
+        rates.len()
+    );
     v.check("map >= 3M items/s", map_rate >= 3e6);
     drop(pool);
     drop(agents);
@@ -161,14 +176,25 @@ fn main() {
         deaths.push(took);
     }
     let d50 = quantile(&mut deaths, 0.5);
-    println!("death   SIGKILL -> WorkerLost, TTL 1 s   median {:7.0} ms", d50.as_secs_f64() * 1e3);
+    println!(
+        "death   SIGKILL -> WorkerLost, TTL 1 s   median {:7.0} ms",
+        d50.as_secs_f64() * 1e3
+    );
     v.check("death <= 1.5x TTL", d50 <= Duration::from_millis(1500));
 
     // 6. Celery and RQ on the same server.
     if python {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/python_remote.py");
         let out = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
-            .args([script, "--redis", &url, "--count", "2000", "--tools", "celery,rq"])
+            .args([
+                script,
+                "--redis",
+                &url,
+                "--count",
+                "2000",
+                "--tools",
+                "celery,rq",
+            ])
             .output()
             .expect("run python_remote.py");
         let text = String::from_utf8_lossy(&out.stdout);

@@ -145,9 +145,10 @@ fn children_forked_from_a_main_thread_die_with_it_within_a_second() {
         let deadline = Instant::now() + PATIENCE;
         let pids: Vec<u32> = loop {
             if let Ok(s) = std::fs::read_to_string(&path)
-                && !s.is_empty() {
-                    break s.split(' ').map(|p| p.parse().unwrap()).collect();
-                }
+                && !s.is_empty()
+            {
+                break s.split(' ').map(|p| p.parse().unwrap()).collect();
+            }
             assert!(
                 Instant::now() < deadline,
                 "{method}: the middle process never wrote its children"

@@ -91,9 +91,10 @@ fn exactly_once(q: Queue<Option<Item>>, m: StartMethod) {
         }))
         .unwrap();
         if id % 4 == 0
-            && let Some(item) = q.try_get().unwrap() {
-                mine.push(item.expect("no sentinel yet").id);
-            }
+            && let Some(item) = q.try_get().unwrap()
+        {
+            mine.push(item.expect("no sentinel yet").id);
+        }
     }
     for p in &mut producers {
         p.join_timeout(PATIENCE).unwrap();

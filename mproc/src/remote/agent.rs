@@ -49,6 +49,8 @@ enum Event {
     Reaped,
     /// The reader or heartbeat failed: Redis is gone.
     Failed(Error),
+    /// SIGTERM: finish what runs, hand back what is held, leave.
+    Drain,
 }
 
 /// What the threads share.
@@ -119,6 +121,10 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
     });
     let mut con = Conn::open(&common.endpoint, Duration::ZERO)?;
     conn::ensure_group(&mut con, &common.keys.tasks())?;
+    // Before any thread starts, so that all inherit the blocked SIGTERM (local workers start
+    // with a clean mask).
+    let term = crate::sys::proc::sigterm_fd()
+        .map_err(|e| Error::os("watching for SIGTERM", e))?;
     let (tx, rx) = mpsc::channel();
     let mut engine = Engine {
         common: Arc::clone(&common),
@@ -135,6 +141,7 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
         locals: HashMap::new(),
         records: Vec::new(),
         pace: Pace::default(),
+        draining: false,
     };
     engine.register()?;
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -148,6 +155,18 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
         let con = Conn::open(&common.endpoint, Duration::ZERO)?;
         spawn("mproc-agent-heartbeat", Box::new(move || heartbeat(con, &c, &tx)))?
     };
+    {
+        let tx = tx.clone();
+        spawn(
+            "mproc-agent-sigterm",
+            Box::new(move || {
+                let mut buf = [0u8; 128];
+                if rustix::io::read(&term, &mut buf).is_ok() {
+                    let _ = tx.send(Event::Drain);
+                }
+            }),
+        )?;
+    }
     let reader = {
         let (c, tx) = (Arc::clone(&common), tx);
         let con = Conn::open(&common.endpoint, Duration::from_millis(BLOCK_MS))?;
@@ -157,7 +176,8 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
     common.stop.store(true, Ordering::Relaxed);
     common.room.notify_all();
     let _ = (beat.join(), reader.join());
-    outcome
+    outcome?;
+    engine.leave()
 }
 
 struct Engine {
@@ -177,6 +197,8 @@ struct Engine {
     /// Answers to record: (entry id, pool, task, sealed result).
     records: Vec<(String, u64, u64, Vec<u8>)>,
     pace: Pace,
+    /// SIGTERM came: nothing new starts; the run ends once what runs is recorded.
+    draining: bool,
 }
 
 impl Engine {
@@ -223,10 +245,23 @@ impl Engine {
                     }
                     Event::Reaped => self.reaped()?,
                     Event::Failed(e) => return Err(e),
+                    Event::Drain => {
+                        log("SIGTERM: finishing the running tasks, then leaving");
+                        self.draining = true;
+                        self.common.stop.store(true, Ordering::Relaxed);
+                    }
                 }
+            }
+            if self.draining {
+                let n = self.held.len();
+                self.held.clear(); // still pending for this agent: re-queued when it leaves
+                self.common.release(n);
             }
             self.step()?;
             self.retire();
+            if self.draining && self.tasks.is_empty() && self.records.is_empty() {
+                return Ok(());
+            }
         }
     }
 
@@ -474,6 +509,17 @@ impl Engine {
         self.held.clear();
         self.common.release(n);
         self.register()
+    }
+
+    /// After a drain, once the reader has stopped: gives up the heartbeat and reaps itself,
+    /// so what it held but never started is re-queued at no charge, and it is forgotten.
+    fn leave(&mut self) -> Result<(), Error> {
+        let key = self.common.keys.heartbeat(&self.common.id());
+        self.con
+            .run("leaving", |c| redis::cmd("DEL").arg(&key).query::<()>(c))?;
+        reap(&mut self.con, &self.common.keys)?;
+        self.locals.clear();
+        Ok(())
     }
 
     /// Retires local pools idle for a while.

@@ -133,7 +133,7 @@ pub(crate) fn start(
         queue: VecDeque::new(),
         closed: false,
     };
-    s.refresh_size();
+    s.refresh_size()?;
     let reader = {
         let con = Conn::open(&s.endpoint, Duration::from_millis(BLOCK_MS))?;
         let (flight, shared, key) = (Arc::clone(&s.flight), Arc::clone(&s.shared), s.key.clone());
@@ -305,7 +305,7 @@ impl Submitter {
     /// knows the pool.
     fn tick(&mut self) -> Result<(), Error> {
         reap(&mut self.con, &self.keys)?;
-        self.refresh_size();
+        self.refresh_size()?;
         let key = self.keys.pool(self.pool);
         let known: bool = self.con.run("checking the remote pool", |c| {
             redis::cmd("EXISTS").arg(&key).query(c)
@@ -322,12 +322,13 @@ impl Submitter {
     }
 
     /// The pool's size: `processes(n)`, or the workers the live agents announce.
-    fn refresh_size(&mut self) {
+    fn refresh_size(&mut self) -> Result<(), Error> {
         let n = match self.fixed {
             Some(n) => n,
-            None => announced_workers(&mut self.con, &self.keys).unwrap_or(0),
+            None => announced_workers(&mut self.con, &self.keys)?,
         };
         self.processes.store(n.max(1), Ordering::Relaxed);
+        Ok(())
     }
 
     /// Terminate: agents skip or kill what they hold of this pool (its key goes first).

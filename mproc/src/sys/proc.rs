@@ -533,6 +533,25 @@ pub(crate) fn sigchld_fd() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Blocks `SIGTERM` for this thread (and the threads it starts later) and returns a blocking
+/// signalfd(2) that becomes readable when one arrives: a remote agent drains on it.
+pub(crate) fn sigterm_fd() -> io::Result<OwnedFd> {
+    let mut mask = empty_sigset();
+    // SAFETY: `mask` is an initialised sigset and SIGTERM is a valid signal.
+    unsafe { libc::sigaddset(&mut mask, libc::SIGTERM) };
+    // SAFETY: blocks one signal for this thread, with an initialised set; no old set asked.
+    if unsafe { libc::sigprocmask(libc::SIG_BLOCK, &mask, ptr::null_mut()) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: -1 asks for a new descriptor; `mask` is an initialised set.
+    let fd = unsafe { libc::signalfd(-1, &mask, libc::SFD_CLOEXEC) };
+    if fd == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: signalfd returned a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Empties a signalfd of pending `SIGCHLD` records.
 pub(crate) fn drain_signalfd(fd: BorrowedFd<'_>) {
     let mut buf = [0u8; mem::size_of::<libc::signalfd_siginfo>() * 8];

@@ -126,9 +126,10 @@ impl Cluster {
         let mut it = info.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
             if matches!(&k, Reply::Bulk(b) if b == b"entries-added")
-                && let Reply::Int(n) = v {
-                    return n;
-                }
+                && let Reply::Int(n) = v
+            {
+                return n;
+            }
         }
         0
     }

@@ -200,3 +200,18 @@ fn many_tasks_with_agents_killed_at_random() {
 }
 
 per_start_method!(crashes_fail_alone, agent_killed_mid_map);
+
+#[test]
+fn sigterm_drains_an_agent() {
+    let mut c = Cluster::new(StartMethod::Forkserver, 1, 1);
+    let pool = c.pool();
+    let r = pool.chunksize(1).map_async(nap, vec![300u64; 6]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // It finishes the task it runs, hands back the rest, and exits 0.
+    let status = c.agents[0].terminate().unwrap();
+    assert!(status.success(), "{status:?}: {}", c.agents[0].output());
+    assert!(!r.ready());
+    c.add_agent(1, &[]);
+    let got = r.get_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(got, [300; 6], "no task lost or failed by the drain");
+}

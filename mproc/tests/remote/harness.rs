@@ -45,7 +45,7 @@ pub(crate) const AGENT_ACL: &str = "on ~mproc:* resetchannels -@all \
     +xadd +xreadgroup +xread +xack +xdel +xgroup|create +xgroup|createconsumer \
     +xgroup|delconsumer +xpending +xrange +xlen +xinfo \
     +eval +evalsha +script|load +script|exists \
-    +hset +hsetnx +hget +hgetall +hdel +hincrby +hexists \
+    +hset +hsetnx +hget +hgetall +hdel +hincrby +hexists +hkeys +hvals \
     +sadd +sismember +smismember +srem \
     +set +get +del +exists +pexpire";
 

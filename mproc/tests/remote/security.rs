@@ -119,12 +119,24 @@ fn over_tcp_as_the_acl_user() {
     let dir = TempDir::new("acl").unwrap();
     let key = key_file(dir.path());
     let url = redis.tcp_url_for_agent();
-    let _agent = Agent::start(&url, &key, 1, &[]);
+    let mut agent = Agent::start(&url, &key, 2, &[]);
     let pool = Pool::builder()
         .remote(Remote::redis(&url).unwrap().key_file(&key))
         .build()
         .unwrap();
     assert_eq!(pool.map(square, 0..20).unwrap()[19], 361);
+    // Long enough for every periodic step (heartbeat, reaper, cancel checks, the pool's size)
+    // to have run as that user, several times.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        pool.processes(),
+        2,
+        "the agents' workers, read as the ACL user"
+    );
+    let r = pool.apply_async(square, (3,)).unwrap();
+    assert!(r.cancel());
+    assert_eq!(pool.chunksize(1).map(square, 0..20).unwrap()[19], 361);
+    assert!(agent.is_running(), "{}", agent.output());
 }
 
 #[test]
