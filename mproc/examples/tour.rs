@@ -1,13 +1,19 @@
 //! A tour of mproc: runs each example scenario in turn under a short heading.
 //!
 //! ```text
-//! cargo run --release --example tour
+//! cargo run --release --features remote --example tour
 //! ```
+//!
+//! With the `remote` feature and `redis-server` on PATH, the last stop runs the seed's pool
+//! across two agents through Redis (`cluster.rs`).
 
 #[path = "add_many.rs"]
 mod add_many;
 #[path = "apply_timeout.rs"]
 mod apply_timeout;
+#[cfg(feature = "remote")]
+#[path = "cluster.rs"]
+mod cluster;
 #[path = "counter.rs"]
 mod counter;
 #[path = "crash_report.rs"]
@@ -29,7 +35,7 @@ struct Stop {
 }
 
 fn main() -> mproc::Result<()> {
-    let stops = [
+    let mut stops = vec![
         Stop {
             name: "squarer",
             shows: "one Process per number, each printing its name; then all joined",
@@ -71,6 +77,14 @@ fn main() -> mproc::Result<()> {
             run: speedup::main,
         },
     ];
+    #[cfg(feature = "remote")]
+    if redis_server_on_path() {
+        stops.push(Stop {
+            name: "cluster",
+            shows: "the do_math pool on two agents through a private redis-server",
+            run: cluster::main,
+        });
+    }
     println!(
         "mproc tour: {} CPUs available, default start method {}\n",
         mproc::cpu_count(),
@@ -82,4 +96,12 @@ fn main() -> mproc::Result<()> {
         println!();
     }
     Ok(())
+}
+
+/// Whether `redis-server` can be run (the cluster stop starts one of its own).
+#[cfg(feature = "remote")]
+fn redis_server_on_path() -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| dir.join("redis-server").is_file())
+    })
 }

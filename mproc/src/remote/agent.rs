@@ -411,6 +411,7 @@ impl Engine {
         let me = self.common.id();
         let mut pipe = redis::pipe();
         let records = std::mem::take(&mut self.records);
+        // (Replies are read raw below; none is ignored.)
         if !records.is_empty() {
             pipe.cmd("EVAL")
                 .arg(scripts::RECORD)
@@ -421,7 +422,6 @@ impl Engine {
             for (id, pool, task, sealed) in &records {
                 pipe.arg(id).arg(pool).arg(task).arg(sealed);
             }
-            pipe.ignore();
         }
         if !starting.is_empty() {
             pipe.cmd("EVAL")
@@ -435,31 +435,50 @@ impl Engine {
                 pipe.arg(&h.id).arg(h.frame.pool).arg(h.frame.task);
             }
         }
-        let reply: Vec<Value> = self
-            .con
-            .run("recording results and starting tasks", |c| pipe.query(c))?;
+        // The entries start while the script that marks them running is on its way: its
+        // round trip overlaps their run instead of coming before it. An entry the script
+        // refuses (cancelled, already answered, its pool gone, or this agent declared dead) is
+        // taken back from the local pool at once, and its answer is not recorded.
+        let packed = pipe.get_packed_pipeline();
+        let replies = usize::from(!records.is_empty()) + usize::from(!starting.is_empty());
+        let what = "recording results and starting tasks";
+        self.con.send(what, &packed)?;
+        let ids: Vec<String> = starting.iter().map(|h| h.id.clone()).collect();
+        for h in starting {
+            self.start(h);
+        }
+        let reply = self.con.recv(what, &packed, replies)?;
         let recorded = records.iter().filter(|r| !r.0.is_empty()).count();
         self.common.release(recorded);
-        if starting.is_empty() {
+        if ids.is_empty() {
             return Ok(());
         }
         let verdicts = match reply.into_iter().last() {
             Some(Value::Array(v)) => v,
-            _ => {
-                // Declared dead meanwhile: these were re-queued for others.
-                self.common.release(starting.len());
-                return self.reaped();
-            }
+            _ => Vec::new(), // declared dead meanwhile: these were re-queued for others
         };
-        let mut skipped = 0;
-        for (h, v) in starting.into_iter().zip(verdicts) {
-            if !matches!(v, Value::Int(1)) {
-                skipped += 1;
+        let mut refused = 0;
+        for (i, id) in ids.iter().enumerate() {
+            if matches!(verdicts.get(i), Some(Value::Int(1))) {
                 continue;
             }
-            self.start(h);
+            refused += 1;
+            self.common
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(id);
+            if let Some((_, _, task, _)) = self.tasks.remove(id) {
+                task.cancel();
+            }
+            if let Some(at) = self.records.iter().position(|r| &r.0 == id) {
+                self.records.remove(at); // refused before it could start: nothing to record
+            }
         }
-        self.common.release(skipped);
+        self.common.release(refused);
+        if verdicts.is_empty() {
+            return self.reaped();
+        }
         Ok(())
     }
 

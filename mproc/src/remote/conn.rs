@@ -121,6 +121,42 @@ impl Conn {
         }
     }
 
+    /// Sends packed commands without waiting for their replies (read them with
+    /// [`recv`](Self::recv), giving the same bytes).
+    pub(crate) fn send(&mut self, what: &str, packed: &[u8]) -> Result<(), Error> {
+        self.run(what, |c| c.send_packed_command(packed))
+    }
+
+    /// Reads the `n` replies to `packed`, sent by [`send`](Self::send). If a signal
+    /// interrupts the read, the replies are lost with the connection: `packed` is sent again
+    /// on a new one (callers send only commands that may run twice) and read there.
+    pub(crate) fn recv(&mut self, what: &str, packed: &[u8], n: usize) -> Result<Vec<Value>, Error> {
+        let mut tries = 0;
+        loop {
+            let got: Vec<redis::RedisResult<Value>> =
+                (0..n).map(|_| self.con.recv_response()).collect();
+            if let Some(e) = got.iter().find_map(|r| r.as_ref().err()) {
+                if interrupted(e) && tries < 5 {
+                    tries += 1;
+                    self.con = self.endpoint.connect()?;
+                    self.con
+                        .set_read_timeout(Some(self.read_timeout))
+                        .map_err(|e| broker("setting the Redis connection's timeouts", &e))?;
+                    self.reconnected = true;
+                    self.con
+                        .send_packed_command(packed)
+                        .map_err(|e| broker(what, &e))?;
+                    continue;
+                }
+                return Err(broker(what, e));
+            }
+            return got
+                .into_iter()
+                .map(|r| r.and_then(Value::extract_error).map_err(|e| broker(what, &e)))
+                .collect();
+        }
+    }
+
     /// Whether the connection was replaced since the last call.
     pub(crate) fn take_reconnected(&mut self) -> bool {
         std::mem::take(&mut self.reconnected)
