@@ -35,6 +35,7 @@ struct Stop {
 }
 
 fn main() -> mproc::Result<()> {
+    #[cfg_attr(not(feature = "remote"), allow(unused_mut))]
     let mut stops = vec![
         Stop {
             name: "squarer",

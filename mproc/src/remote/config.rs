@@ -2,17 +2,12 @@
 //! make a pool remote.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::auth::Key;
 use super::conn::Endpoint;
 use crate::error::Error;
 use crate::pool::PoolBuilder;
-use crate::pool::backend::{Backend, Settings};
-use crate::pool::dispatcher::Shared;
 use crate::start::StartMethod;
 
 /// The largest task or result frame by default (SCALEOUT.md).
@@ -211,16 +206,5 @@ impl PoolBuilder {
     pub fn max_retries(mut self, n: u32) -> PoolBuilder {
         self.max_retries = Some(n);
         self
-    }
-}
-
-impl Backend for Remote {
-    fn start(
-        self: Box<Self>,
-        shared: Arc<Shared>,
-        settings: Settings,
-        processes: Arc<AtomicUsize>,
-    ) -> Result<JoinHandle<()>, Error> {
-        super::submitter::start(*self, shared, settings, processes)
     }
 }

@@ -11,12 +11,21 @@ use redis::{Connection, Value};
 
 use crate::error::{Error, ErrorKind};
 
-/// Where Redis is and how to reach it.
-#[derive(Clone, Debug)]
+/// Where Redis is and how to reach it. Its `Debug` leaves the password out.
+#[derive(Clone)]
 pub(crate) struct Endpoint {
     pub(crate) url: String,
     /// A PEM file of the certificate authority to trust for `rediss://` (else the system's).
     pub(crate) ca: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &self.shown())
+            .field("ca", &self.ca)
+            .finish()
+    }
 }
 
 /// How long a command may take before the server counts as gone (a blocking read adds its
@@ -267,4 +276,19 @@ pub(crate) fn ensure_group(con: &mut Conn, tasks: &str) -> Result<(), Error> {
         }
     })
     .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_stays_out_of_messages() {
+        let e = Endpoint {
+            url: "redis://mproc-agent:s3cret@10.0.0.5:6379/0".into(),
+            ca: None,
+        };
+        assert_eq!(e.shown(), "redis://…@10.0.0.5:6379/0");
+        assert!(!format!("{e:?}").contains("s3cret"));
+    }
 }

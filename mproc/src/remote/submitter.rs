@@ -20,7 +20,7 @@ use super::conn::{self, Conn, Endpoint};
 use super::frame::{self, Keys, PoolFrame, ResultFrame, TaskFrame};
 use super::scripts;
 use crate::error::{Error, ErrorKind};
-use crate::pool::backend::Settings;
+use crate::pool::backend::{Backend, Settings};
 use crate::pool::dispatcher::{Chunk, Command, Shared};
 use crate::sys::fd;
 
@@ -74,7 +74,18 @@ struct Submitter {
     closed: bool,
 }
 
-pub(crate) fn start(
+impl Backend for Remote {
+    fn start(
+        self: Box<Self>,
+        shared: Arc<Shared>,
+        settings: Settings,
+        processes: Arc<AtomicUsize>,
+    ) -> Result<JoinHandle<()>, Error> {
+        start(*self, shared, settings, processes)
+    }
+}
+
+fn start(
     remote: Remote,
     shared: Arc<Shared>,
     settings: Settings,

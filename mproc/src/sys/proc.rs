@@ -535,6 +535,7 @@ pub(crate) fn sigchld_fd() -> io::Result<OwnedFd> {
 
 /// Blocks `SIGTERM` for this thread (and the threads it starts later) and returns a blocking
 /// signalfd(2) that becomes readable when one arrives: a remote agent drains on it.
+#[cfg(feature = "remote")]
 pub(crate) fn sigterm_fd() -> io::Result<OwnedFd> {
     let mut mask = empty_sigset();
     // SAFETY: `mask` is an initialised sigset and SIGTERM is a valid signal.

@@ -76,6 +76,10 @@ fn agent_killed_mid_map(m: StartMethod) {
     };
     assert_eq!(report.attempts, 1);
     assert_eq!(each.iter().filter(|r| r.as_ref() == Ok(&100)).count(), 39);
+    // A copy of the lost task went to the dead-letter stream.
+    let dead = c.keys("mproc:*:dead");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(c.entries_added(&dead[0]), 1);
     drop(pool);
 
     // With a retry, every task completes, exactly once.

@@ -397,10 +397,10 @@ impl RedisServer {
                 ));
             }
             let pong = RespConn::unix(&socket).and_then(|mut c| c.call(&["PING"]));
-            if let Ok(Reply::Status(s)) = &pong {
-                if s == "PONG" {
-                    return Ok(());
-                }
+            if let Ok(Reply::Status(s)) = &pong
+                && s == "PONG"
+            {
+                return Ok(());
             }
             if Instant::now() >= deadline {
                 self.stop_child();
