@@ -142,6 +142,7 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
         records: Vec::new(),
         pace: Pace::default(),
         draining: false,
+        unsettled: VecDeque::new(),
     };
     engine.register()?;
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -199,11 +200,18 @@ struct Engine {
     pace: Pace,
     /// SIGTERM came: nothing new starts; the run ends once what runs is recorded.
     draining: bool,
+    /// Pipelines sent and not read yet, oldest first: their bytes, how many replies, and the
+    /// entries they started (whose verdicts they carry).
+    unsettled: VecDeque<(Vec<u8>, usize, Vec<String>)>,
 }
+
+/// Pipelines an agent may have in flight before it reads the oldest one's replies.
+const UNSETTLED: usize = 16;
 
 impl Engine {
     /// Announces this agent under a fresh id: its heartbeat, then its workers.
     fn register(&mut self) -> Result<(), Error> {
+        self.settle(0)?; // the connection's replies in order: nothing else may be unread
         let id = format!("{}-{:016x}", self.host, crate::sys::proc::random_u64().unwrap_or(0));
         let keys = &self.common.keys;
         let ttl_ms = self.common.ttl.as_millis() as u64;
@@ -227,9 +235,18 @@ impl Engine {
 
     fn run(&mut self, rx: &Receiver<Event>) -> Result<(), Error> {
         loop {
-            let first = match rx.recv_timeout(Duration::from_secs(1)) {
+            // Replies are read when nothing else is to be done (or too many wait).
+            let idle = if self.unsettled.is_empty() {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_millis(1)
+            };
+            let first = match rx.recv_timeout(idle) {
                 Ok(e) => Some(e),
-                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.settle(0)?;
+                    None
+                }
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             };
             for event in first.into_iter().chain(rx.try_iter()) {
@@ -260,7 +277,7 @@ impl Engine {
             self.step()?;
             self.retire();
             if self.draining && self.tasks.is_empty() && self.records.is_empty() {
-                return Ok(());
+                return self.settle(0);
             }
         }
     }
@@ -316,6 +333,7 @@ impl Engine {
             l.used = Instant::now();
             return l.pool.as_ref().map(|_| ()).map_err(Clone::clone);
         }
+        self.settle(0)?; // the connection's replies in order: nothing else may be unread
         let key = self.common.keys.pool(pool);
         let sealed: Option<Vec<u8>> = self
             .con
@@ -441,43 +459,65 @@ impl Engine {
         // taken back from the local pool at once, and its answer is not recorded.
         let packed = pipe.get_packed_pipeline();
         let replies = usize::from(!records.is_empty()) + usize::from(!starting.is_empty());
-        let what = "recording results and starting tasks";
-        self.con.send(what, &packed)?;
+        self.con.send("recording results and starting tasks", &packed)?;
         let ids: Vec<String> = starting.iter().map(|h| h.id.clone()).collect();
         for h in starting {
             self.start(h);
         }
-        let reply = self.con.recv(what, &packed, replies)?;
+        // Recorded entries are acknowledged by the script just sent: their room is free.
         let recorded = records.iter().filter(|r| !r.0.is_empty()).count();
         self.common.release(recorded);
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let verdicts = match reply.into_iter().last() {
-            Some(Value::Array(v)) => v,
-            _ => Vec::new(), // declared dead meanwhile: these were re-queued for others
-        };
-        let mut refused = 0;
-        for (i, id) in ids.iter().enumerate() {
-            if matches!(verdicts.get(i), Some(Value::Int(1))) {
+        self.unsettled.push_back((packed, replies, ids));
+        self.settle(UNSETTLED)
+    }
+
+    /// Reads the replies of sent pipelines until at most `keep` are unread. An entry the
+    /// START script refused (cancelled, already answered, its pool gone, or this agent
+    /// declared dead) is taken back from the local pool; its answer is not recorded (one
+    /// already recorded was harmless: the script records nothing twice).
+    fn settle(&mut self, keep: usize) -> Result<(), Error> {
+        while self.unsettled.len() > keep {
+            let reply = {
+                let unread: Vec<&[u8]> = self.unsettled.iter().map(|u| u.0.as_slice()).collect();
+                let n = self.unsettled[0].1;
+                self.con.recv("recording results and starting tasks", &unread, n)?
+            };
+            let Some((_, _, ids)) = self.unsettled.pop_front() else {
+                break;
+            };
+            if ids.is_empty() {
                 continue;
             }
-            refused += 1;
-            self.common
-                .running
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(id);
-            if let Some((_, _, task, _)) = self.tasks.remove(id) {
-                task.cancel();
+            let verdicts = match reply.into_iter().last() {
+                Some(Value::Array(v)) => v,
+                _ => Vec::new(), // declared dead meanwhile: these were re-queued for others
+            };
+            let mut refused = 0;
+            for (i, id) in ids.iter().enumerate() {
+                if matches!(verdicts.get(i), Some(Value::Int(1))) {
+                    continue;
+                }
+                self.common
+                    .running
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(id);
+                let mut pending = false;
+                if let Some((_, _, task, _)) = self.tasks.remove(id) {
+                    task.cancel();
+                    pending = true;
+                }
+                if let Some(at) = self.records.iter().position(|r| &r.0 == id) {
+                    self.records.remove(at);
+                    pending = true;
+                }
+                // Not yet released unless its answer was already sent for recording.
+                refused += usize::from(pending);
             }
-            if let Some(at) = self.records.iter().position(|r| &r.0 == id) {
-                self.records.remove(at); // refused before it could start: nothing to record
+            self.common.release(refused);
+            if verdicts.is_empty() {
+                self.reaped()?;
             }
-        }
-        self.common.release(refused);
-        if verdicts.is_empty() {
-            return self.reaped();
         }
         Ok(())
     }
@@ -533,6 +573,7 @@ impl Engine {
     /// After a drain, once the reader has stopped: gives up the heartbeat and reaps itself,
     /// so what it held but never started is re-queued at no charge, and it is forgotten.
     fn leave(&mut self) -> Result<(), Error> {
+        self.settle(0)?;
         let key = self.common.keys.heartbeat(&self.common.id());
         self.con
             .run("leaving", |c| redis::cmd("DEL").arg(&key).query::<()>(c))?;

@@ -136,10 +136,16 @@ impl Conn {
         self.run(what, |c| c.send_packed_command(packed))
     }
 
-    /// Reads the `n` replies to `packed`, sent by [`send`](Self::send). If a signal
-    /// interrupts the read, the replies are lost with the connection: `packed` is sent again
-    /// on a new one (callers send only commands that may run twice) and read there.
-    pub(crate) fn recv(&mut self, what: &str, packed: &[u8], n: usize) -> Result<Vec<Value>, Error> {
+    /// Reads the `n` replies to `unread[0]`, sent by [`send`](Self::send), with `unread[1..]`
+    /// sent after it and not read yet. If a signal interrupts the read, the replies are lost
+    /// with the connection: all of `unread` is sent again, in order, on a new one (callers
+    /// send only commands that may run twice), and the first one's replies read there.
+    pub(crate) fn recv(
+        &mut self,
+        what: &str,
+        unread: &[&[u8]],
+        n: usize,
+    ) -> Result<Vec<Value>, Error> {
         let mut tries = 0;
         loop {
             let got: Vec<redis::RedisResult<Value>> =
@@ -152,9 +158,11 @@ impl Conn {
                         .set_read_timeout(Some(self.read_timeout))
                         .map_err(|e| broker("setting the Redis connection's timeouts", &e))?;
                     self.reconnected = true;
-                    self.con
-                        .send_packed_command(packed)
-                        .map_err(|e| broker(what, &e))?;
+                    for packed in unread {
+                        self.con
+                            .send_packed_command(packed)
+                            .map_err(|e| broker(what, &e))?;
+                    }
                     continue;
                 }
                 return Err(broker(what, e));

@@ -118,6 +118,17 @@ impl Cluster {
         }
     }
 
+    /// How many entries the agents have marked running now (all agents together).
+    pub(crate) fn running(&self) -> usize {
+        self.keys("mproc:*:running:*")
+            .iter()
+            .map(|k| match self.redis.cmd(&[b"HLEN".as_slice(), k]) {
+                Ok(Reply::Int(n)) => n as usize,
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// How many entries were ever added to the stream `key` (XINFO's `entries-added`).
     pub(crate) fn entries_added(&self, key: &[u8]) -> i64 {
         let Ok(Reply::Array(info)) = self.redis.cmd(&[b"XINFO".as_slice(), b"STREAM", key]) else {

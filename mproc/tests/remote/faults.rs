@@ -55,17 +55,22 @@ fn crashes_fail_alone(m: StartMethod) {
 
 fn agent_killed_mid_map(m: StartMethod) {
     // No retries: exactly the tasks the dead host was running fail, the rest complete.
-    let mut c = Cluster::new(m, 2, 1);
-    let pool = c.pool();
-    let it = pool.chunksize(1).imap(nap, vec![100u64; 40]).unwrap();
+    let mut c = Cluster::new(m, 1, 1);
+    // A window wider than the one worker, so the agent also holds entries it has not started.
+    let pool = c.builder().processes(8).build().unwrap();
+    let tasks: Vec<_> = (0..40).map(|_| pool.apply_async(nap, (100,)).unwrap()).collect();
+    // Once it runs a task, a second host comes, and the first dies.
+    crate::common::wait_until("the first agent runs a task", || c.running() == 1);
+    c.add_agent(1, &[]);
+    c.wait_agents(2);
     let killer = std::thread::spawn({
         let mut a = c.agents.remove(0);
-        move || {
-            std::thread::sleep(Duration::from_millis(450));
-            a.kill();
-        }
+        move || a.kill()
     });
-    let each: Vec<_> = it.collect();
+    let each: Vec<_> = tasks
+        .iter()
+        .map(|t| t.get_timeout(Duration::from_secs(30)))
+        .collect();
     killer.join().unwrap();
     // Its one worker was running one task: that one fails, counted once; the ones it held
     // ahead were re-queued free and ran on the other host.
