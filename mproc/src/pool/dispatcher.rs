@@ -87,7 +87,13 @@ pub(crate) struct Shared {
     /// The fork generation that made the pool: in a fork child that inherited it, the
     /// dispatcher thread, the workers and the lanes are not there, and nothing may touch them.
     generation: u64,
+    /// Another backend's fast path (`pool/backend.rs`): takes submitted chunks on the
+    /// submitting thread when it can, handing back what it cannot take.
+    pub(crate) direct: std::sync::OnceLock<Direct>,
 }
+
+/// See [`Shared::direct`].
+pub(crate) type Direct = Box<dyn Fn(Vec<Chunk>) -> Option<Vec<Chunk>> + Send + Sync>;
 
 #[derive(Default)]
 struct Inbox {

@@ -72,6 +72,9 @@ struct Submitter {
     processes: Arc<AtomicUsize>,
     queue: VecDeque<Chunk>,
     closed: bool,
+    next_tick: Instant,
+    /// Set once it has answered everything: the fast path hands chunks back then.
+    ended: bool,
 }
 
 impl Backend for Remote {
@@ -143,6 +146,8 @@ fn start(
         processes,
         queue: VecDeque::new(),
         closed: false,
+        next_tick: Instant::now() + TICK,
+        ended: false,
     };
     s.refresh_size()?;
     let reader = {
@@ -154,10 +159,34 @@ fn start(
             .spawn(move || read_results(con, &flight, &shared, &key, &stream, pool))
             .map_err(|e| Error::os("starting the remote pool's result reader", e))?
     };
+    let shared = Arc::clone(&s.shared);
+    let s = Arc::new(Mutex::new(s));
+    // A submitting thread that finds the submitter idle writes its chunks itself: one
+    // wake-up less on the way to an agent. (Weak: the pool's state must not keep it alive.)
+    let weak = Arc::downgrade(&s);
+    let _ = shared.direct.set(Box::new(move |chunks| {
+        let Some(s) = weak.upgrade() else {
+            return Some(chunks);
+        };
+        let Ok(mut s) = s.try_lock() else {
+            return Some(chunks);
+        };
+        if s.ended {
+            return Some(chunks);
+        }
+        for c in chunks {
+            s.accept(c);
+        }
+        if let Err(e) = s.send() {
+            s.fail(e);
+        }
+        None
+    }));
     std::thread::Builder::new()
         .name("mproc-remote".into())
         .spawn(move || {
-            let why = s.serve();
+            let why = serve(&shared, &s);
+            let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
             s.flight.stop.store(true, Ordering::Relaxed);
             let _ = reader.join();
             s.end(&why);
@@ -165,16 +194,31 @@ fn start(
         .map_err(|e| Error::os("starting the remote pool's thread", e))
 }
 
+/// The loop; returns why it stopped (`Terminated` for a normal end too: nothing is left for
+/// it to answer then). The submitter is locked for each turn, not while it waits.
+fn serve(shared: &Shared, s: &Mutex<Submitter>) -> Error {
+    loop {
+        let deadline = s.lock().unwrap_or_else(|e| e.into_inner()).next_tick;
+        if let Err(e) = fd::poll_read(&[shared.wake_fd()], Some(deadline)) {
+            return Error::os("waiting for the remote pool's commands", e);
+        }
+        if let Some(why) = s.lock().unwrap_or_else(|e| e.into_inner()).turn() {
+            return why;
+        }
+    }
+}
+
 impl Submitter {
-    /// The loop; returns why it stopped (`Terminated` for a normal end too: nothing is left
-    /// for it to answer then).
-    fn serve(&mut self) -> Error {
-        let mut next_tick = Instant::now() + TICK;
-        loop {
-            let ready = fd::poll_read(&[self.shared.wake_fd()], Some(next_tick));
-            if let Err(e) = ready {
-                return Error::os("waiting for the remote pool's commands", e);
-            }
+    /// A failure on a submitting thread: the pool's thread ends the pool with it.
+    fn fail(&self, e: Error) {
+        *self.flight.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+        self.shared.nudge();
+    }
+
+    /// One turn of the loop: commands, failures, sending, the periodic tick; `Some(why)`
+    /// when the pool must end.
+    fn turn(&mut self) -> Option<Error> {
+        {
             for command in self.shared.take_commands() {
                 match command {
                     Command::Submit(chunks) => {
@@ -184,37 +228,38 @@ impl Submitter {
                     }
                     Command::Cancel(ids) | Command::Withdraw(ids) => {
                         if let Err(e) = self.cancel(ids) {
-                            return e;
+                            return Some(e);
                         }
                     }
                     Command::Close => self.closed = true,
                     Command::Terminate => {
                         self.abandon();
-                        return ErrorKind::Terminated.into();
+                        return Some(ErrorKind::Terminated.into());
                     }
                     Command::Wake => {}
                 }
             }
             if let Some(e) = self.flight.failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                return e;
+                return Some(e);
             }
             if let Err(e) = self.send() {
-                return e;
+                return Some(e);
             }
-            if Instant::now() >= next_tick {
+            if Instant::now() >= self.next_tick {
                 if let Err(e) = self.tick() {
-                    return e;
+                    return Some(e);
                 }
-                next_tick = Instant::now() + TICK;
+                self.next_tick = Instant::now() + TICK;
             }
             if self.closed
                 && self.queue.is_empty()
                 && self.flight.chunks().is_empty()
                 && self.shared.drained()
             {
-                return ErrorKind::PoolClosed.into();
+                return Some(ErrorKind::PoolClosed.into());
             }
         }
+        None
     }
 
     /// A submitted chunk: refused at once if it cannot go, else queued.
@@ -351,7 +396,8 @@ impl Submitter {
     }
 
     /// Answers what is left with `why` and deletes the pool's keys.
-    fn end(mut self, why: &Error) {
+    fn end(&mut self, why: &Error) {
+        self.ended = true;
         let why = match why.kind() {
             ErrorKind::PoolClosed => ErrorKind::Terminated.into(),
             _ => why.clone(),

@@ -58,7 +58,9 @@ fn agent_killed_mid_map(m: StartMethod) {
     let mut c = Cluster::new(m, 1, 1);
     // A window wider than the one worker, so the agent also holds entries it has not started.
     let pool = c.builder().processes(8).build().unwrap();
-    let tasks: Vec<_> = (0..40).map(|_| pool.apply_async(nap, (100,)).unwrap()).collect();
+    let tasks: Vec<_> = (0..40)
+        .map(|_| pool.apply_async(nap, (100,)).unwrap())
+        .collect();
     // Once it runs a task, a second host comes, and the first dies.
     crate::common::wait_until("the first agent runs a task", || c.running() == 1);
     c.add_agent(1, &[]);

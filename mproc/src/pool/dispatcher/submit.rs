@@ -25,6 +25,7 @@ impl Shared {
             posted: AtomicU64::new(0),
             wanted: AtomicBool::new(false),
             generation: crate::sys::proc::fork_generation(),
+            direct: std::sync::OnceLock::new(),
         }))
     }
 
@@ -142,6 +143,14 @@ impl Shared {
             }
             return Err(e);
         }
+        // Another backend's fast path, when no command waits before these chunks.
+        let chunks = match self.direct.get() {
+            Some(direct) if inbox.commands.is_empty() => match direct(chunks) {
+                None => return Ok(()),
+                Some(back) => back,
+            },
+            _ => chunks,
+        };
         // The fast path: the dispatcher is waiting, so assign and write here. Never blocks:
         // the inbox is held, and the dispatcher takes the inbox while holding the state.
         let chunks = match self.state.try_lock() {
