@@ -104,6 +104,8 @@ pub struct PoolBuilder {
     /// Where the tasks run when not in local workers (`remote`).
     pub(crate) backend: Option<Box<dyn backend::Backend>>,
     pub(crate) max_retries: Option<u32>,
+    /// Put before each worker's name (`host:ForkServerPoolWorker-3` on a remote agent).
+    pub(crate) name_prefix: Option<String>,
 }
 
 /// The initializer: its entry, its encoded arguments with their handles' descriptors, and
@@ -286,6 +288,7 @@ impl PoolBuilder {
             init_args,
             max_tasks_per_child: self.max_tasks_per_child,
             task_timeout: self.task_timeout,
+            name_prefix: self.name_prefix,
         };
         dispatcher::start(Arc::clone(&shared), config)?;
         let for_thread = Arc::clone(&shared);

@@ -352,6 +352,8 @@ impl Engine {
                 return Err(ErrorKind::ExecutableMismatch.into());
             }
             let mut b = Pool::builder().processes(self.workers);
+            // Panic reports and `current_process().name()` then say which host ran a task.
+            b.name_prefix = Some(self.host.clone());
             if let Some(m) = self.method {
                 b = b.start_method(m);
             }

@@ -100,6 +100,12 @@ fn whole_api(m: StartMethod) {
         panic!("{e}")
     };
     assert_eq!(report.message, "three is right out");
+    // The report names the host that ran it: `host:...PoolWorker-n`.
+    assert!(
+        report.process.contains(":") && report.process.contains("PoolWorker-"),
+        "{}",
+        report.process
+    );
     let each: Vec<_> = pool.imap(boom, 0..6).unwrap().collect();
     assert!(each[3].is_err() && each.iter().filter(|r| r.is_ok()).count() == 5);
 

@@ -20,4 +20,6 @@ pub(crate) struct Config {
     pub(crate) init_args: Option<Box<dyn std::any::Any + Send>>,
     pub(crate) max_tasks_per_child: Option<usize>,
     pub(crate) task_timeout: Option<Duration>,
+    /// Put before each worker's name (a remote agent's host), so reports name the host.
+    pub(crate) name_prefix: Option<String>,
 }

@@ -50,7 +50,10 @@ impl Link for LocalLink {
             StartMethod::Spawn => "SpawnPoolWorker",
             StartMethod::Forkserver => "ForkServerPoolWorker",
         };
-        let name = format!("{prefix}-{number}");
+        let name = match &config.name_prefix {
+            Some(host) => format!("{host}:{prefix}-{number}"),
+            None => format!("{prefix}-{number}"),
+        };
         let start = Start {
             handles: config.init_fds.len() as u32,
             identity: exe::identity(),

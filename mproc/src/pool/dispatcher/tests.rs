@@ -104,6 +104,7 @@ fn dispatcher(processes: usize, tweak: impl FnOnce(&mut Config)) -> Dispatcher<F
         init_args: None,
         max_tasks_per_child: None,
         task_timeout: None,
+        name_prefix: None,
     };
     tweak(&mut config);
     Dispatcher::new(Shared::new().unwrap(), config).unwrap()
