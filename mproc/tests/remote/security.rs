@@ -153,3 +153,49 @@ fn over_tls() {
         .unwrap();
     assert_eq!(pool.map(square, 0..20).unwrap()[19], 361);
 }
+
+/// A frame sealed with the right key but naming another build is refused with
+/// `ExecutableMismatch` and never run (an entry offset means nothing in another build). The
+/// test re-seals a real frame itself: the task frame is five 8-byte fields (pool, task, build,
+/// entry, items), the payload, then HMAC-SHA256 over `b'T'` and those bytes.
+#[test]
+fn a_frame_of_another_build_is_refused() {
+    use hmac::{Hmac, Mac};
+    let mut c = Cluster::new(StartMethod::Forkserver, 0, 1);
+    let pool = c.pool();
+    let r = pool.apply_async(square, (6,)).unwrap();
+    let tasks = c.keys("mproc:*:tasks").pop().expect("the task stream");
+    let Ok(Reply::Array(entries)) = c.redis.cmd(&[b"XRANGE".as_slice(), &tasks, b"-", b"+"]) else {
+        panic!("XRANGE")
+    };
+    let Reply::Array(entry) = &entries[0] else {
+        panic!()
+    };
+    let (Reply::Bulk(id), Reply::Array(fields)) = (&entry[0], &entry[1]) else {
+        panic!()
+    };
+    let key = std::fs::read(&c.key).unwrap();
+    let mut args: Vec<Vec<u8>> = vec![b"XADD".to_vec(), tasks.clone(), b"*".to_vec()];
+    for pair in fields.chunks(2) {
+        let (Reply::Bulk(k), Reply::Bulk(v)) = (&pair[0], &pair[1]) else {
+            panic!()
+        };
+        let mut v = v.clone();
+        if k == b"f" {
+            v.truncate(v.len() - 32);
+            v[16] ^= 1; // the build
+            let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&key).unwrap();
+            mac.update(b"T");
+            mac.update(&v);
+            v.extend_from_slice(&mac.finalize().into_bytes());
+        }
+        args.push(k.clone());
+        args.push(v);
+    }
+    c.redis.cmd(&args).unwrap();
+    c.redis.cmd(&[b"XDEL".as_slice(), &tasks, id]).unwrap();
+    c.add_agent(1, &[]);
+    let e = r.get_timeout(Duration::from_secs(20)).unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::ExecutableMismatch, "{e}");
+    assert_eq!(pool.apply(square, (7,)).unwrap(), 49);
+}
