@@ -218,46 +218,44 @@ impl Submitter {
     /// One turn of the loop: commands, failures, sending, the periodic tick; `Some(why)`
     /// when the pool must end.
     fn turn(&mut self) -> Option<Error> {
+        for command in self.shared.take_commands() {
+            match command {
+                Command::Submit(chunks) => {
+                    for c in chunks {
+                        self.accept(c);
+                    }
+                }
+                Command::Cancel(ids) | Command::Withdraw(ids) => {
+                    if let Err(e) = self.cancel(ids) {
+                        return Some(e);
+                    }
+                }
+                Command::Close => self.closed = true,
+                Command::Terminate => {
+                    self.abandon();
+                    return Some(ErrorKind::Terminated.into());
+                }
+                Command::Wake => {}
+            }
+        }
+        if let Some(e) = self.flight.failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Some(e);
+        }
+        if let Err(e) = self.send() {
+            return Some(e);
+        }
+        if Instant::now() >= self.next_tick {
+            if let Err(e) = self.tick() {
+                return Some(e);
+            }
+            self.next_tick = Instant::now() + TICK;
+        }
+        if self.closed
+            && self.queue.is_empty()
+            && self.flight.chunks().is_empty()
+            && self.shared.drained()
         {
-            for command in self.shared.take_commands() {
-                match command {
-                    Command::Submit(chunks) => {
-                        for c in chunks {
-                            self.accept(c);
-                        }
-                    }
-                    Command::Cancel(ids) | Command::Withdraw(ids) => {
-                        if let Err(e) = self.cancel(ids) {
-                            return Some(e);
-                        }
-                    }
-                    Command::Close => self.closed = true,
-                    Command::Terminate => {
-                        self.abandon();
-                        return Some(ErrorKind::Terminated.into());
-                    }
-                    Command::Wake => {}
-                }
-            }
-            if let Some(e) = self.flight.failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                return Some(e);
-            }
-            if let Err(e) = self.send() {
-                return Some(e);
-            }
-            if Instant::now() >= self.next_tick {
-                if let Err(e) = self.tick() {
-                    return Some(e);
-                }
-                self.next_tick = Instant::now() + TICK;
-            }
-            if self.closed
-                && self.queue.is_empty()
-                && self.flight.chunks().is_empty()
-                && self.shared.drained()
-            {
-                return Some(ErrorKind::PoolClosed.into());
-            }
+            return Some(ErrorKind::PoolClosed.into());
         }
         None
     }
