@@ -120,13 +120,13 @@ impl Shared {
     /// Whether a closed pool can get no more work: no `imap` stream open, and no command
     /// waiting (an `imap`'s last chunks may have come just after the dispatcher took its
     /// commands, and its stream closed just before it looks here).
-    fn nothing_more_to_come(&self) -> bool {
+    pub(crate) fn nothing_more_to_come(&self) -> bool {
         let inbox = self.inbox();
         inbox.streams == 0 && inbox.commands.is_empty()
     }
 
     /// The dispatcher is gone: refuse everything from now on and wake every `join`.
-    fn mark_finished(&self, why: &Error) {
+    pub(crate) fn mark_finished(&self, why: &Error) {
         let mut inbox = self.inbox();
         inbox.stopped.get_or_insert_with(|| why.clone());
         inbox.finished = true;

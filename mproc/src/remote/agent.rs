@@ -200,9 +200,9 @@ struct Engine {
     pace: Pace,
     /// SIGTERM came: nothing new starts; the run ends once what runs is recorded.
     draining: bool,
-    /// Pipelines sent and not read yet, oldest first: their bytes, how many replies, and the
-    /// entries they started (whose verdicts they carry).
-    unsettled: VecDeque<(Vec<u8>, usize, Vec<String>)>,
+    /// Per pipeline sent and not read yet (the connection keeps their bytes), oldest first:
+    /// the entries it started, whose verdicts it carries.
+    unsettled: VecDeque<Vec<String>>,
 }
 
 /// Pipelines an agent may have in flight before it reads the oldest one's replies.
@@ -461,7 +461,8 @@ impl Engine {
         // taken back from the local pool at once, and its answer is not recorded.
         let packed = pipe.get_packed_pipeline();
         let replies = usize::from(!records.is_empty()) + usize::from(!starting.is_empty());
-        self.con.send("recording results and starting tasks", &packed)?;
+        self.con
+            .send("recording results and starting tasks", packed, replies)?;
         let ids: Vec<String> = starting.iter().map(|h| h.id.clone()).collect();
         for h in starting {
             self.start(h);
@@ -469,7 +470,7 @@ impl Engine {
         // Recorded entries are acknowledged by the script just sent: their room is free.
         let recorded = records.iter().filter(|r| !r.0.is_empty()).count();
         self.common.release(recorded);
-        self.unsettled.push_back((packed, replies, ids));
+        self.unsettled.push_back(ids);
         self.settle(UNSETTLED)
     }
 
@@ -479,12 +480,8 @@ impl Engine {
     /// already recorded was harmless: the script records nothing twice).
     fn settle(&mut self, keep: usize) -> Result<(), Error> {
         while self.unsettled.len() > keep {
-            let reply = {
-                let unread: Vec<&[u8]> = self.unsettled.iter().map(|u| u.0.as_slice()).collect();
-                let n = self.unsettled[0].1;
-                self.con.recv("recording results and starting tasks", &unread, n)?
-            };
-            let Some((_, _, ids)) = self.unsettled.pop_front() else {
+            let reply = self.con.recv("recording results and starting tasks")?;
+            let Some(ids) = self.unsettled.pop_front() else {
                 break;
             };
             if ids.is_empty() {

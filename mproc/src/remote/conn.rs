@@ -82,70 +82,93 @@ impl Endpoint {
 
 /// A connection that survives a stop and continue of this process: blocked socket reads
 /// with timeouts fail with `EINTR` when the process is resumed (signal(7)), in the middle of
-/// a reply, so the connection cannot be trusted after one. A command so interrupted is run
-/// again on a new connection; [`Conn::take_reconnected`] tells the caller, who may have to
-/// look again at what the lost reply would have said (a consumer's pending entries).
+/// a reply, so the connection cannot be trusted after one. It is replaced, and what was lost
+/// with it is sent again: the command that was interrupted, and every pipeline sent with
+/// [`send`](Conn::send) whose replies were not read yet (callers send only commands that may
+/// run twice). [`Conn::take_reconnected`] tells the caller, who may have to look again at
+/// what a lost reply would have said (a consumer's pending entries).
 pub(crate) struct Conn {
     endpoint: Endpoint,
     con: Connection,
     read_timeout: Duration,
     reconnected: bool,
+    /// Pipelines sent and not read yet, oldest first, with how many replies each has.
+    unread: std::collections::VecDeque<(Vec<u8>, usize)>,
 }
 
 impl Conn {
     /// A connection whose reads may block `block` longer than a plain command's.
     pub(crate) fn open(endpoint: &Endpoint, block: Duration) -> Result<Conn, Error> {
-        let read_timeout = REPLY_TIMEOUT + block;
-        let con = endpoint.connect()?;
-        con.set_read_timeout(Some(read_timeout))
-            .map_err(|e| broker("setting the Redis connection's timeouts", &e))?;
-        Ok(Conn {
+        let mut conn = Conn {
             endpoint: endpoint.clone(),
-            con,
-            read_timeout,
+            con: endpoint.connect()?,
+            read_timeout: REPLY_TIMEOUT + block,
             reconnected: false,
-        })
+            unread: std::collections::VecDeque::new(),
+        };
+        conn.set_timeout()?;
+        Ok(conn)
     }
 
-    /// Runs `f` on the connection (again on a new one if a signal interrupted it).
+    fn set_timeout(&mut self) -> Result<(), Error> {
+        self.con
+            .set_read_timeout(Some(self.read_timeout))
+            .map_err(|e| broker("setting the Redis connection's timeouts", &e))
+    }
+
+    /// Replaces the connection and sends the unread pipelines again on the new one.
+    fn reconnect(&mut self, what: &str) -> Result<(), Error> {
+        self.con = self.endpoint.connect()?;
+        self.set_timeout()?;
+        self.reconnected = true;
+        for (packed, _) in &self.unread {
+            self.con
+                .send_packed_command(packed)
+                .map_err(|e| broker(what, &e))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the connection (again on a new one if a signal interrupted it). Every
+    /// reply of [`send`](Self::send) must have been read first.
     pub(crate) fn run<T>(
         &mut self,
         what: &str,
         mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, Error> {
+        debug_assert!(self.unread.is_empty(), "replies of a pipeline are unread");
         let mut tries = 0;
         loop {
             match f(&mut self.con) {
                 Ok(v) => return Ok(v),
                 Err(e) if interrupted(&e) && tries < 5 => {
                     tries += 1;
-                    self.con = self.endpoint.connect()?;
-                    self.con
-                        .set_read_timeout(Some(self.read_timeout))
-                        .map_err(|e| broker("setting the Redis connection's timeouts", &e))?;
-                    self.reconnected = true;
+                    self.reconnect(what)?;
                 }
                 Err(e) => return Err(broker(what, &e)),
             }
         }
     }
 
-    /// Sends packed commands without waiting for their replies (read them with
-    /// [`recv`](Self::recv), giving the same bytes).
-    pub(crate) fn send(&mut self, what: &str, packed: &[u8]) -> Result<(), Error> {
-        self.run(what, |c| c.send_packed_command(packed))
+    /// Sends a pipeline of `replies` commands without waiting for them; [`recv`](Self::recv)
+    /// reads them, oldest pipeline first.
+    pub(crate) fn send(&mut self, what: &str, packed: Vec<u8>, replies: usize) -> Result<(), Error> {
+        self.unread.push_back((packed, replies));
+        let last = &self.unread.back().expect("just pushed").0;
+        match self.con.send_packed_command(last) {
+            Ok(()) => Ok(()),
+            // Reconnecting sends every unread pipeline, this one included.
+            Err(e) if interrupted(&e) => self.reconnect(what),
+            Err(e) => Err(broker(what, &e)),
+        }
     }
 
-    /// Reads the `n` replies to `unread[0]`, sent by [`send`](Self::send), with `unread[1..]`
-    /// sent after it and not read yet. If a signal interrupts the read, the replies are lost
-    /// with the connection: all of `unread` is sent again, in order, on a new one (callers
-    /// send only commands that may run twice), and the first one's replies read there.
-    pub(crate) fn recv(
-        &mut self,
-        what: &str,
-        unread: &[&[u8]],
-        n: usize,
-    ) -> Result<Vec<Value>, Error> {
+    /// Reads the replies of the oldest pipeline sent with [`send`](Self::send) (none: an
+    /// empty list).
+    pub(crate) fn recv(&mut self, what: &str) -> Result<Vec<Value>, Error> {
+        let Some(&(_, n)) = self.unread.front() else {
+            return Ok(Vec::new());
+        };
         let mut tries = 0;
         loop {
             let got: Vec<redis::RedisResult<Value>> =
@@ -153,20 +176,12 @@ impl Conn {
             if let Some(e) = got.iter().find_map(|r| r.as_ref().err()) {
                 if interrupted(e) && tries < 5 {
                     tries += 1;
-                    self.con = self.endpoint.connect()?;
-                    self.con
-                        .set_read_timeout(Some(self.read_timeout))
-                        .map_err(|e| broker("setting the Redis connection's timeouts", &e))?;
-                    self.reconnected = true;
-                    for packed in unread {
-                        self.con
-                            .send_packed_command(packed)
-                            .map_err(|e| broker(what, &e))?;
-                    }
+                    self.reconnect(what)?;
                     continue;
                 }
                 return Err(broker(what, e));
             }
+            self.unread.pop_front();
             return got
                 .into_iter()
                 .map(|r| r.and_then(Value::extract_error).map_err(|e| broker(what, &e)))

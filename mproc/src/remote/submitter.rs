@@ -253,7 +253,7 @@ impl Submitter {
         if self.closed
             && self.queue.is_empty()
             && self.flight.chunks().is_empty()
-            && self.shared.drained()
+            && self.shared.nothing_more_to_come()
         {
             return Some(ErrorKind::PoolClosed.into());
         }
@@ -420,7 +420,7 @@ impl Submitter {
                 chunks.into_iter().for_each(|c| c.fail(why.clone()));
             }
         }
-        self.shared.finish(&why);
+        self.shared.mark_finished(&why);
     }
 }
 
@@ -438,7 +438,7 @@ pub(crate) fn reap(con: &mut Conn, keys: &Keys) -> Result<i64, Error> {
 }
 
 /// The total of the workers the registered agents announce.
-pub(crate) fn announced_workers(con: &mut Conn, keys: &Keys) -> Result<usize, Error> {
+fn announced_workers(con: &mut Conn, keys: &Keys) -> Result<usize, Error> {
     let counts: Vec<usize> = con.run("reading the agents", |c| {
         redis::cmd("HVALS").arg(keys.agents()).query(c)
     })?;

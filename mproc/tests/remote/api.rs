@@ -15,10 +15,7 @@ fn add(a: i64, b: i64) -> i64 {
     a + b
 }
 
-fn nap(ms: u64) -> u64 {
-    std::thread::sleep(Duration::from_millis(ms));
-    ms
-}
+use crate::common::sleep_ms;
 
 fn boom(n: u32) -> u32 {
     if n == 3 {
@@ -89,7 +86,7 @@ fn whole_api(m: StartMethod) {
     let fut = pool.apply_async(square, (7,)).unwrap();
     assert_eq!(futures::executor::block_on(fut).unwrap(), 49);
 
-    let slow = pool.apply_async(nap, (3000,)).unwrap();
+    let slow = pool.apply_async(sleep_ms, (3000,)).unwrap();
     let e = slow.get_timeout(Duration::from_millis(50)).unwrap_err();
     assert!(e.is_timeout());
     assert_eq!(slow.successful().unwrap_err().kind(), &ErrorKind::NotReady);
@@ -181,10 +178,10 @@ fn worker_settings(m: StartMethod) {
         .build()
         .unwrap();
     assert_eq!(
-        pool.apply(nap, (10_000,)).unwrap_err().kind(),
+        pool.apply(sleep_ms, (10_000,)).unwrap_err().kind(),
         &ErrorKind::TaskTimedOut
     );
-    assert_eq!(pool.apply(nap, (1,)).unwrap(), 1);
+    assert_eq!(pool.apply(sleep_ms, (1,)).unwrap(), 1);
     drop(pool);
 
     // An initializer that fails breaks the pool, with its cause.
@@ -201,8 +198,8 @@ fn worker_settings(m: StartMethod) {
         .build()
         .unwrap();
     let plain = c.pool();
-    let r = slow.apply_async(nap, (5000,)).unwrap();
-    assert_eq!(plain.apply(nap, (300,)).unwrap(), 300);
+    let r = slow.apply_async(sleep_ms, (5000,)).unwrap();
+    assert_eq!(plain.apply(sleep_ms, (300,)).unwrap(), 300);
     assert_eq!(r.get().unwrap_err().kind(), &ErrorKind::TaskTimedOut);
 }
 
@@ -234,7 +231,7 @@ fn cancel_and_terminate(m: StartMethod) {
         "a cancelled running task was not stopped"
     );
 
-    let r = pool.apply_async(nap, (10_000,)).unwrap();
+    let r = pool.apply_async(sleep_ms, (10_000,)).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     pool.terminate();
     assert_eq!(r.get().unwrap_err().kind(), &ErrorKind::Terminated);

@@ -118,6 +118,38 @@ impl Cluster {
         }
     }
 
+    /// Replaces the one task entry waiting in the stream (no agent has read it) by a copy
+    /// whose sealed frame `change` has rewritten.
+    pub(crate) fn rewrite_waiting_frame(&self, change: impl FnOnce(&mut Vec<u8>)) {
+        let tasks = self.keys("mproc:*:tasks").pop().expect("the task stream");
+        let Ok(Reply::Array(entries)) = self.redis.cmd(&[b"XRANGE".as_slice(), &tasks, b"-", b"+"])
+        else {
+            panic!("XRANGE")
+        };
+        assert_eq!(entries.len(), 1);
+        let Reply::Array(entry) = &entries[0] else {
+            panic!("an entry: {entries:?}")
+        };
+        let (Reply::Bulk(id), Reply::Array(fields)) = (&entry[0], &entry[1]) else {
+            panic!("an entry: {entry:?}")
+        };
+        let mut args: Vec<Vec<u8>> = vec![b"XADD".to_vec(), tasks.clone(), b"*".to_vec()];
+        let mut change = Some(change);
+        for pair in fields.chunks(2) {
+            let (Reply::Bulk(k), Reply::Bulk(v)) = (&pair[0], &pair[1]) else {
+                panic!("a field: {pair:?}")
+            };
+            let mut v = v.clone();
+            if k == b"f" {
+                (change.take().expect("one frame"))(&mut v);
+            }
+            args.push(k.clone());
+            args.push(v);
+        }
+        self.redis.cmd(&args).unwrap();
+        self.redis.cmd(&[b"XDEL".as_slice(), &tasks, id]).unwrap();
+    }
+
     /// How many entries the agents have marked running now (all agents together).
     pub(crate) fn running(&self) -> usize {
         self.keys("mproc:*:running:*")

@@ -6,11 +6,7 @@ use std::time::{Duration, Instant};
 use mproc::{ErrorKind, StartMethod};
 
 use crate::cluster::Cluster;
-
-fn nap(ms: u64) -> u64 {
-    std::thread::sleep(Duration::from_millis(ms));
-    ms
-}
+use crate::common::sleep_ms;
 
 fn crash(how: u8) -> u8 {
     match how {
@@ -50,7 +46,7 @@ fn crashes_fail_alone(m: StartMethod) {
     );
     assert_eq!(out[4].as_ref().unwrap(), &4);
     // The agent is still up.
-    assert_eq!(pool.apply(nap, (1,)).unwrap(), 1);
+    assert_eq!(pool.apply(sleep_ms, (1,)).unwrap(), 1);
 }
 
 fn agent_killed_mid_map(m: StartMethod) {
@@ -59,7 +55,7 @@ fn agent_killed_mid_map(m: StartMethod) {
     // A window wider than the one worker, so the agent also holds entries it has not started.
     let pool = c.builder().processes(8).build().unwrap();
     let tasks: Vec<_> = (0..40)
-        .map(|_| pool.apply_async(nap, (100,)).unwrap())
+        .map(|_| pool.apply_async(sleep_ms, (100,)).unwrap())
         .collect();
     // Once it runs a task, a second host comes, and the first dies.
     crate::common::wait_until("the first agent runs a task", || c.running() == 1);
@@ -94,7 +90,7 @@ fn agent_killed_mid_map(m: StartMethod) {
     c.wait_agents(2);
     let pool = c.builder().max_retries(1).build().unwrap();
     let r: Vec<_> = {
-        let it = pool.chunksize(1).imap(nap, vec![100u64; 40]).unwrap();
+        let it = pool.chunksize(1).imap(sleep_ms, vec![100u64; 40]).unwrap();
         let killer = std::thread::spawn({
             let mut a = c.agents.remove(1);
             move || {
@@ -146,21 +142,27 @@ fn agent_stopped_past_its_ttl_is_not_recorded_twice() {
     );
     // Both agents serve on.
     c.wait_agents(2);
-    assert_eq!(pool.chunksize(1).map(nap, [1u64; 10]).unwrap().len(), 10);
+    assert_eq!(
+        pool.chunksize(1).map(sleep_ms, [1u64; 10]).unwrap().len(),
+        10
+    );
 }
 
 #[test]
 fn redis_killed_mid_map_is_a_clear_error() {
     let mut c = Cluster::new(StartMethod::Forkserver, 1, 1);
     let pool = c.pool();
-    let r = pool.chunksize(1).map_async(nap, vec![50u64; 100]).unwrap();
+    let r = pool
+        .chunksize(1)
+        .map_async(sleep_ms, vec![50u64; 100])
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let at = Instant::now();
     c.redis.kill();
     let e = r.get_timeout(Duration::from_secs(20)).unwrap_err();
     assert!(at.elapsed() < Duration::from_secs(15));
     assert!(matches!(e.kind(), ErrorKind::Broker(_)), "{e}");
-    let e = pool.apply(nap, (1,)).unwrap_err();
+    let e = pool.apply(sleep_ms, (1,)).unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::Broker(_)), "{e}");
 }
 
@@ -168,7 +170,7 @@ fn redis_killed_mid_map_is_a_clear_error() {
 fn redis_restarted_empty_is_a_clear_error() {
     let mut c = Cluster::new(StartMethod::Forkserver, 1, 1);
     let pool = c.pool();
-    let r = pool.apply_async(nap, (5000,)).unwrap();
+    let r = pool.apply_async(sleep_ms, (5000,)).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     c.redis.restart().unwrap();
     let e = r.get_timeout(Duration::from_secs(20)).unwrap_err();
@@ -216,7 +218,10 @@ per_start_method!(crashes_fail_alone, agent_killed_mid_map);
 fn sigterm_drains_an_agent() {
     let mut c = Cluster::new(StartMethod::Forkserver, 1, 1);
     let pool = c.pool();
-    let r = pool.chunksize(1).map_async(nap, vec![300u64; 6]).unwrap();
+    let r = pool
+        .chunksize(1)
+        .map_async(sleep_ms, vec![300u64; 6])
+        .unwrap();
     std::thread::sleep(Duration::from_millis(100));
     // It finishes the task it runs, hands back the rest, and exits 0.
     let status = c.agents[0].terminate().unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use mproc::{ErrorKind, Pool, Remote, StartMethod};
 
 use crate::cluster::Cluster;
-use crate::harness::{Agent, RedisServer, Reply, TempDir, key_file};
+use crate::harness::{Agent, RedisServer, TempDir, key_file};
 
 fn square(n: u64) -> u64 {
     n * n
@@ -71,32 +71,10 @@ fn a_tampered_task_frame_is_refused_and_never_run() {
     let pool = c.pool();
     let r = pool.apply_async(square, (6,)).unwrap();
     // No agent yet: the entry waits in the stream. Flip one byte of its frame.
-    let tasks = c.keys("mproc:*:tasks").pop().expect("the task stream");
-    let Ok(Reply::Array(entries)) = c.redis.cmd(&[b"XRANGE".as_slice(), &tasks, b"-", b"+"]) else {
-        panic!("XRANGE")
-    };
-    assert_eq!(entries.len(), 1);
-    let Reply::Array(entry) = &entries[0] else {
-        panic!()
-    };
-    let (Reply::Bulk(id), Reply::Array(fields)) = (&entry[0], &entry[1]) else {
-        panic!()
-    };
-    let mut args: Vec<Vec<u8>> = vec![b"XADD".to_vec(), tasks.clone(), b"*".to_vec()];
-    for pair in fields.chunks(2) {
-        let (Reply::Bulk(k), Reply::Bulk(v)) = (&pair[0], &pair[1]) else {
-            panic!()
-        };
-        let mut v = v.clone();
-        if k == b"f" {
-            let at = v.len() / 2;
-            v[at] ^= 0x40;
-        }
-        args.push(k.clone());
-        args.push(v);
-    }
-    c.redis.cmd(&args).unwrap();
-    c.redis.cmd(&[b"XDEL".as_slice(), &tasks, id]).unwrap();
+    c.rewrite_waiting_frame(|f| {
+        let at = f.len() / 2;
+        f[at] ^= 0x40;
+    });
     c.add_agent(1, &[]);
     let e = r.get_timeout(Duration::from_secs(20)).unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::Broker(_)), "{e}");
@@ -107,6 +85,7 @@ fn a_tampered_task_frame_is_refused_and_never_run() {
         c.agents[0].output()
     );
     // Garbage that is not even a frame is refused too, and the agent serves on.
+    let tasks = c.keys("mproc:*:tasks").pop().expect("the task stream");
     c.redis
         .cmd(&[b"XADD".as_slice(), &tasks, b"*", b"f", b"junk"])
         .unwrap();
@@ -164,36 +143,15 @@ fn a_frame_of_another_build_is_refused() {
     let mut c = Cluster::new(StartMethod::Forkserver, 0, 1);
     let pool = c.pool();
     let r = pool.apply_async(square, (6,)).unwrap();
-    let tasks = c.keys("mproc:*:tasks").pop().expect("the task stream");
-    let Ok(Reply::Array(entries)) = c.redis.cmd(&[b"XRANGE".as_slice(), &tasks, b"-", b"+"]) else {
-        panic!("XRANGE")
-    };
-    let Reply::Array(entry) = &entries[0] else {
-        panic!()
-    };
-    let (Reply::Bulk(id), Reply::Array(fields)) = (&entry[0], &entry[1]) else {
-        panic!()
-    };
     let key = std::fs::read(&c.key).unwrap();
-    let mut args: Vec<Vec<u8>> = vec![b"XADD".to_vec(), tasks.clone(), b"*".to_vec()];
-    for pair in fields.chunks(2) {
-        let (Reply::Bulk(k), Reply::Bulk(v)) = (&pair[0], &pair[1]) else {
-            panic!()
-        };
-        let mut v = v.clone();
-        if k == b"f" {
-            v.truncate(v.len() - 32);
-            v[16] ^= 1; // the build
-            let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&key).unwrap();
-            mac.update(b"T");
-            mac.update(&v);
-            v.extend_from_slice(&mac.finalize().into_bytes());
-        }
-        args.push(k.clone());
-        args.push(v);
-    }
-    c.redis.cmd(&args).unwrap();
-    c.redis.cmd(&[b"XDEL".as_slice(), &tasks, id]).unwrap();
+    c.rewrite_waiting_frame(|f| {
+        f.truncate(f.len() - 32);
+        f[16] ^= 1; // the build
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&key).unwrap();
+        mac.update(b"T");
+        mac.update(f);
+        f.extend_from_slice(&mac.finalize().into_bytes());
+    });
     c.add_agent(1, &[]);
     let e = r.get_timeout(Duration::from_secs(20)).unwrap_err();
     assert_eq!(e.kind(), &ErrorKind::ExecutableMismatch, "{e}");

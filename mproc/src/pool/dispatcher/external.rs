@@ -24,18 +24,8 @@ impl Shared {
         self.wake.notify();
     }
 
-    /// Whether a closed pool can get no more work (no `imap` still submitting).
-    pub(crate) fn drained(&self) -> bool {
-        self.nothing_more_to_come()
-    }
-
     /// The pool can run nothing more: every later submission fails with `why`.
     pub(crate) fn set_broken(&self, why: &Error) {
         self.inbox().broken.get_or_insert_with(|| why.clone());
-    }
-
-    /// The backend has answered everything and stopped.
-    pub(crate) fn finish(&self, why: &Error) {
-        self.mark_finished(why);
     }
 }
