@@ -45,7 +45,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub(crate) use chunk::Chunk;
-pub(crate) use config::Config;
+pub(crate) use config::{Config, Gated};
 use link::{Link, Note, Sent};
 use local::LocalLink;
 use state::Departure;
@@ -262,10 +262,18 @@ impl<L: Link> Dispatcher<L> {
                 return Err(ErrorKind::PoolClosed.into());
             }
             if self.prepare_sleep() {
+                self.turn_done();
                 return Ok(self.plan(None));
             }
         }
+        self.turn_done();
         Ok(self.plan(Some(Instant::now())))
+    }
+
+    fn turn_done(&self) {
+        if let Some(g) = &self.config.gated {
+            (g.flush)();
+        }
     }
 
     /// Marks every worker's reader asleep; `false` if an answer came meanwhile.
@@ -309,12 +317,16 @@ impl<L: Link> Dispatcher<L> {
     /// Gives queued chunks to workers with room, least loaded first.
     fn assign(&mut self) {
         let now = Instant::now();
+        let one_each = self.config.gated.is_some();
         for w in &mut self.workers {
-            w.limit = if w.state.accepting() {
-                w.window(now)
-            } else {
-                0
+            w.limit = match w.state.accepting() {
+                true if one_each => 1,
+                true => w.window(now),
+                false => 0,
             };
+        }
+        if one_each {
+            return self.assign_gated(now);
         }
         while let Some(chunk) = self.queue.pop_front() {
             if chunk.answered() {
@@ -326,21 +338,67 @@ impl<L: Link> Dispatcher<L> {
                 self.queue.push_front(chunk);
                 return;
             };
-            let w = &mut self.workers[at];
-            match w.link.send(&chunk, &mut self.scratch) {
-                Sent::Placed => w.hold(chunk, now, self.config.max_tasks_per_child),
-                Sent::Refused(e) => chunk.fail(e),
-                Sent::Full => {
-                    w.limit = 0;
-                    self.queue.push_front(chunk);
-                }
-                Sent::Broken(e) => {
-                    w.condemn_front(e);
-                    w.limit = 0;
-                    self.queue.push_front(chunk);
-                }
+            if let Some(back) = self.place(at, chunk, now) {
+                self.queue.push_front(back);
             }
         }
+    }
+
+    /// A remote agent's pool: picks a chunk for each free worker, asks each chunk's
+    /// `on_start`, lets the gate send what it gathered (the agent marks them all running in
+    /// one script), and only then puts them in the lanes, where they may start at once.
+    fn assign_gated(&mut self, now: Instant) {
+        let mut picked = Vec::new();
+        while let Some(mut chunk) = self.queue.pop_front() {
+            if chunk.answered() {
+                chunk.finish(Err(ErrorKind::Cancelled.into())); // cancelled while queued: a no-op
+                continue;
+            }
+            let loads = self.workers.iter().map(|w| (w.in_flight.len(), w.limit));
+            let Some(at) = policy::least_loaded(loads) else {
+                self.queue.push_front(chunk);
+                break;
+            };
+            self.workers[at].limit = 0; // one chunk each: this one is taken
+            match chunk.may_start() {
+                true => picked.push((at, chunk)),
+                false => chunk.fail(ErrorKind::Cancelled.into()),
+            }
+        }
+        if picked.is_empty() {
+            return;
+        }
+        let go = self.config.gated.as_ref().is_none_or(|g| (g.flush)());
+        let mut back = Vec::new();
+        for (at, chunk) in picked {
+            if !go {
+                chunk.fail(ErrorKind::Cancelled.into());
+                continue;
+            }
+            back.extend(self.place(at, chunk, now));
+        }
+        for chunk in back.into_iter().rev() {
+            self.queue.push_front(chunk);
+        }
+    }
+
+    /// Puts `chunk` in worker `at`'s lane; gives it back when it must wait in the queue.
+    fn place(&mut self, at: usize, chunk: Chunk, now: Instant) -> Option<Chunk> {
+        let w = &mut self.workers[at];
+        match w.link.send(&chunk, &mut self.scratch) {
+            Sent::Placed => w.hold(chunk, now, self.config.max_tasks_per_child),
+            Sent::Refused(e) => chunk.fail(e),
+            Sent::Full => {
+                w.limit = 0;
+                return Some(chunk);
+            }
+            Sent::Broken(e) => {
+                w.condemn_front(e);
+                w.limit = 0;
+                return Some(chunk);
+            }
+        }
+        None
     }
 
     /// Writes what each worker can take now. A condemned worker is dying; its exit is

@@ -38,6 +38,8 @@ use dispatcher::{Config, Shared};
 pub use imap::Imap;
 use job::JobState;
 #[cfg(feature = "remote")]
+pub(crate) use dispatcher::Gated;
+#[cfg(feature = "remote")]
 pub(crate) use raw::RawTask;
 pub use result::AsyncResult;
 
@@ -106,6 +108,8 @@ pub struct PoolBuilder {
     pub(crate) max_retries: Option<u32>,
     /// Put before each worker's name (`host:ForkServerPoolWorker-3` on a remote agent).
     pub(crate) name_prefix: Option<String>,
+    /// A remote agent's local pool (one chunk per worker, each started through its gate).
+    pub(crate) gated: Option<dispatcher::Gated>,
 }
 
 /// The initializer: its entry, its encoded arguments with their handles' descriptors, and
@@ -289,6 +293,7 @@ impl PoolBuilder {
             max_tasks_per_child: self.max_tasks_per_child,
             task_timeout: self.task_timeout,
             name_prefix: self.name_prefix,
+            gated: self.gated,
         };
         dispatcher::start(Arc::clone(&shared), config)?;
         let for_thread = Arc::clone(&shared);

@@ -9,6 +9,7 @@ use super::job::{ChunkOutcome, JobState};
 use crate::error::{Error, ErrorKind};
 
 /// One chunk submitted with [`Pool::submit_raw`]: cancel it while it waits or runs.
+#[derive(Clone)]
 pub(crate) struct RawTask {
     job: Arc<JobState>,
     shared: Arc<Shared>,
@@ -28,19 +29,22 @@ impl RawTask {
 impl Pool {
     /// Submits one chunk of `items` items already encoded for the trampoline at `entry`
     /// (a chunk entry of this build, or an offset a worker refuses with an error);
-    /// `done` gets its answer, once, on whichever thread sees it first.
+    /// `on_start` is asked just before a worker gets it (`false`: it is dropped unrun, and
+    /// answered `Cancelled`); `done` gets its answer, once, on whichever thread sees it first.
     pub(crate) fn submit_raw(
         &self,
         entry: i64,
         payload: Vec<u8>,
         items: usize,
+        on_start: impl FnOnce() -> bool + Send + 'static,
         done: impl FnOnce(ChunkOutcome) + Send + 'static,
     ) -> Result<RawTask, Error> {
         self.shared.check_open()?;
         let job = JobState::new();
         let id = self.shared.chunk_id();
         let index = job.add_chunk(id, items);
-        let chunk = Chunk::new(id, entry, payload, Arc::clone(&job), index, items);
+        let chunk = Chunk::new(id, entry, payload, Arc::clone(&job), index, items)
+            .with_on_start(Box::new(on_start));
         job.seal();
         let answered = Arc::clone(&job);
         job.on_complete(Box::new(move || {

@@ -4,19 +4,23 @@
 //! answer with one atomic script. A task that crashes its process fails alone: the local pool
 //! replaces the worker, and the agent stays up.
 //!
-//! Three threads, each with its own connection:
+//! Threads, each blocking read with its own connection:
 //! - the heartbeat: refreshes `hb:<agent>` every quarter of its TTL (a CPU-bound task never
 //!   starves it), runs the reaper, and checks running tasks for cancels and gone pools;
 //! - the reader: `XREADGROUP` of at most the free part of the agent's window (its workers
 //!   plus a read-ahead of about 1 ms of work), so a dead agent strands little;
-//! - the engine (the calling thread): checks each frame's MAC before decoding it, records
-//!   entries as running when a local worker is free for them (the `START` script), hands them
-//!   to the local pool, and records answers (`RECORD`).
-
+//! - the engine (the calling thread): checks each frame's MAC before decoding it and hands the
+//!   entry to its local pool, where it waits for a worker (held: not marked running);
+//! - each local pool's dispatcher, through the hub: just before a worker gets an entry, it
+//!   marks it running (the `START` script, written before the worker can see the entry, its
+//!   reply read later), and it records answers (`RECORD`), both on the hub's connection. A
+//!   local pool gives each worker one entry at a time, so what is marked running is exactly
+//!   what runs, and a worker's next entry starts one hand-over after its answer, with no trip
+//!   through the engine.
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use redis::Value;
@@ -29,7 +33,7 @@ use super::frame::{self, GROUP, Keys, PoolFrame, ResultFrame, TaskFrame};
 use super::scripts;
 use super::submitter::{log, reap};
 use crate::error::{Error, ErrorKind};
-use crate::pool::{Pool, RawTask};
+use crate::pool::{Gated, Pool, RawTask};
 
 /// A local pool unused this long is retired (its workers exit).
 const RETIRE_AFTER: Duration = Duration::from_secs(10);
@@ -37,17 +41,21 @@ const RETIRE_AFTER: Duration = Duration::from_secs(10);
 /// How long a blocking read waits before it looks at its flags.
 const BLOCK_MS: u64 = 100;
 
+/// Pipelines the hub may have in flight before it reads the oldest one's replies.
+const UNSETTLED: usize = 16;
+
+/// How long after its last pipeline the hub counts as quiet (its replies are read then).
+const QUIET: Duration = Duration::from_millis(1);
+
 /// What the engine hears.
 enum Event {
-    /// Entries the reader took.
-    Read(Vec<conn::Entry>),
-    /// A local pool answered the entry `id`.
-    Done(String, Result<Vec<u8>, Error>),
     /// Running entries to cancel (their task was cancelled, or their pool is gone).
     Cancel(Vec<String>),
-    /// The heartbeat found the agent declared dead.
+    /// Entries the `START` script refused: take them back from their local pools.
+    Refused(Vec<RawTask>),
+    /// The heartbeat (or a `START` reply) found the agent declared dead.
     Reaped,
-    /// The reader or heartbeat failed: Redis is gone.
+    /// A thread failed to reach Redis: it is gone.
     Failed(Error),
     /// SIGTERM: finish what runs, hand back what is held, leave.
     Drain,
@@ -57,7 +65,9 @@ enum Event {
 struct Common {
     endpoint: Endpoint,
     keys: Keys,
+    key: Key,
     ttl: Duration,
+    workers: usize,
     /// The consumer name and heartbeat key in use (a new one after being declared dead).
     id: Mutex<String>,
     /// Entries read and not yet recorded or dropped: the reader reads only what fits.
@@ -65,14 +75,51 @@ struct Common {
     room: Condvar,
     room_lock: Mutex<()>,
     window: AtomicUsize,
-    /// Running entries: id -> (pool, task), for the heartbeat's cancel checks.
-    running: Mutex<HashMap<String, (u64, u64)>>,
     stop: AtomicBool,
+    tx: Sender<Event>,
+    /// Lock order: a local pool's locks, then the hub (a dispatcher asks the hub while it
+    /// holds its pool). So nothing calls into a local pool while it holds the hub.
+    hub: Mutex<Hub>,
+}
+
+/// The entries in local pools, the answers to record, and the connection both go out on.
+struct Hub {
+    con: Conn,
+    /// Entries handed to a local pool and not answered yet.
+    tasks: HashMap<String, Task>,
+    /// Answers to record: (entry id, pool, task, sealed result).
+    records: Vec<(String, u64, u64, Vec<u8>)>,
+    /// Entries a local worker is about to get, to mark running: (entry id, pool, task).
+    starting: Vec<(String, u64, u64)>,
+    /// The `STEP` script's digest (loaded when the agent registers).
+    step: String,
+    /// Per pipeline sent and not read yet (the connection keeps their bytes), oldest first:
+    /// the entries it started, whose verdicts it carries.
+    unsettled: VecDeque<Vec<String>>,
+    /// When the last pipeline went out (its replies may still be on their way).
+    sent: Instant,
+    pace: Pace,
+}
+
+/// An entry in a local pool.
+struct Task {
+    pool: u64,
+    task: u64,
+    /// Its pool's frame limit (its submitter's `Remote::max_frame`).
+    max_frame: usize,
+    /// Set once submitted (a gate may ask before).
+    raw: Option<RawTask>,
+    /// When a worker got it (marked running); `None` while it waits (held).
+    started: Option<Instant>,
 }
 
 impl Common {
     fn id(&self) -> String {
         self.id.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn hub(&self) -> MutexGuard<'_, Hub> {
+        self.hub.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn release(&self, n: usize) {
@@ -82,12 +129,226 @@ impl Common {
             self.room.notify_all();
         }
     }
+
+    /// A local worker is picked for entry `id`: it is to be marked running with the next
+    /// [`flush`](Self::flush), unless it was dropped (declared dead, or draining). On a local
+    /// pool's thread.
+    fn gate(&self, id: &str) -> bool {
+        let mut hub = self.hub();
+        let Some(t) = hub.tasks.get_mut(id) else {
+            return false;
+        };
+        t.started = Some(Instant::now());
+        let start = (id.to_owned(), t.pool, t.task);
+        hub.starting.push(start);
+        true
+    }
+
+    /// Sends the answers gathered and marks the entries about to start running, in one
+    /// script; `false` if Redis is gone (told to the engine; the entries are not run). From
+    /// a local pool's dispatcher (before its workers get the entries, and at the end of each
+    /// turn) and from the engine.
+    fn flush(&self) -> bool {
+        let mut hub = self.hub();
+        if hub.records.is_empty() && hub.starting.is_empty() {
+            return true;
+        }
+        let sent = hub.send(self);
+        if sent.is_err() {
+            // Not run, not recorded: Redis is gone.
+            for (id, ..) in std::mem::take(&mut hub.starting) {
+                hub.tasks.remove(&id);
+            }
+        }
+        drop(hub);
+        self.failed(sent)
+    }
+
+    /// Passes on what reading replies found; `false` on a failure (told to the engine).
+    fn failed(&self, sent: Result<Settled, Error>) -> bool {
+        match sent {
+            Ok(settled) => {
+                settled.tell(self);
+                true
+            }
+            Err(e) => {
+                let _ = self.tx.send(Event::Failed(e));
+                false
+            }
+        }
+    }
+
+    /// A local pool answered entry `id` (on whichever thread saw it).
+    fn answered(&self, id: String, outcome: Result<Vec<u8>, Error>) {
+        let mut hub = self.hub();
+        let Some(t) = hub.tasks.remove(&id) else {
+            return; // dropped or refused: not recorded
+        };
+        if let Some(started) = t.started {
+            hub.pace.note(started.elapsed(), self.workers, &self.window);
+        }
+        let record = self.seal(id, t.pool, t.task, t.max_frame, outcome);
+        hub.records.extend(record);
+    }
+
+    /// An answer as its result frame, ready to record.
+    fn seal(
+        &self,
+        id: String,
+        pool: u64,
+        task: u64,
+        limit: usize,
+        outcome: Result<Vec<u8>, Error>,
+    ) -> Option<(String, u64, u64, Vec<u8>)> {
+        let outcome = match outcome {
+            Ok(b) if b.len() + 512 > limit => Err(Error::invalid(format!(
+                "the task's results encode to {} bytes, over the remote pool's frame limit of \
+                 {limit} bytes (Remote::max_frame)",
+                b.len(),
+            ))),
+            other => other,
+        };
+        let frame = ResultFrame {
+            pool,
+            task,
+            agent: self.id(),
+            outcome: outcome.map(ByteBuf::from),
+        };
+        match frame::seal(&self.key, Kind::Result, &frame) {
+            Ok(sealed) => Some((id, pool, task, sealed)),
+            Err(e) => {
+                log(&format!("a result could not be encoded: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Takes back every entry still waiting in a local pool (declared dead, or draining:
+    /// the reaper re-queues them at no charge); returns their handles, to cancel without the
+    /// hub.
+    fn drop_held(&self) -> Vec<RawTask> {
+        let mut hub = self.hub();
+        let held: Vec<String> = hub
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.started.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let raws = held
+            .iter()
+            .filter_map(|id| hub.tasks.remove(id).and_then(|t| t.raw))
+            .collect();
+        drop(hub);
+        self.release(held.len());
+        raws
+    }
 }
 
-/// An entry read, checked, and waiting for a local worker.
-struct Held {
-    id: String,
-    frame: TaskFrame,
+/// What reading replies found, to pass on once the hub is let go.
+#[derive(Default)]
+struct Settled {
+    refused: Vec<RawTask>,
+    reaped: bool,
+}
+
+impl Settled {
+    fn tell(self, c: &Common) {
+        if !self.refused.is_empty() {
+            let _ = c.tx.send(Event::Refused(self.refused));
+        }
+        if self.reaped {
+            let _ = c.tx.send(Event::Reaped);
+        }
+    }
+}
+
+impl Hub {
+    /// One `STEP`: the answers gathered so far, and the entries about to start. Written
+    /// now, its reply read later; the entries may start as soon as this returns (the script
+    /// is on its way before a worker can take them).
+    fn send(&mut self, c: &Common) -> Result<Settled, Error> {
+        let keys = &c.keys;
+        let me = c.id();
+        let records = std::mem::take(&mut self.records);
+        let starting = std::mem::take(&mut self.starting);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.step)
+            .arg(3)
+            .arg(keys.tasks())
+            .arg(keys.heartbeat(&me))
+            .arg(keys.running(&me))
+            .arg(&keys.prefix)
+            .arg(records.len());
+        for (id, pool, task, sealed) in &records {
+            cmd.arg(id).arg(pool).arg(task).arg(sealed);
+        }
+        for (id, pool, task) in &starting {
+            cmd.arg(id).arg(pool).arg(task);
+        }
+        self.con.send(
+            "recording results and starting tasks",
+            cmd.get_packed_command(),
+            1,
+        )?;
+        // Recorded entries are acknowledged by the script just sent: their room is free.
+        let recorded = records.iter().filter(|r| !r.0.is_empty()).count();
+        c.release(recorded);
+        self.sent = Instant::now();
+        self.unsettled
+            .push_back(starting.into_iter().map(|s| s.0).collect());
+        self.settle(c, UNSETTLED)
+    }
+
+    /// Reads the replies of sent pipelines until at most `keep` are unread. An entry the
+    /// START script refused (cancelled, already answered, its pool gone, or this agent
+    /// declared dead) is to be taken back from its local pool; its answer is not recorded
+    /// (one already recorded was harmless: the script records nothing twice).
+    fn settle(&mut self, c: &Common, keep: usize) -> Result<Settled, Error> {
+        let mut out = Settled::default();
+        while self.unsettled.len() > keep {
+            let reply = self.con.recv("recording results and starting tasks")?;
+            let Some(ids) = self.unsettled.pop_front() else {
+                break;
+            };
+            if ids.is_empty() {
+                continue;
+            }
+            // {recorded, verdicts}, or {recorded, -1}: declared dead meanwhile, these were
+            // re-queued for others.
+            let verdicts = match reply.into_iter().next() {
+                Some(Value::Array(v)) => match v.into_iter().nth(1) {
+                    Some(Value::Array(v)) => v,
+                    _ => Vec::new(),
+                },
+                _ => Vec::new(),
+            };
+            let mut refused = 0;
+            for (i, id) in ids.iter().enumerate() {
+                if matches!(verdicts.get(i), Some(Value::Int(1))) {
+                    continue;
+                }
+                let mut pending = false;
+                if let Some(t) = self.tasks.remove(id) {
+                    out.refused.extend(t.raw);
+                    pending = true;
+                }
+                if let Some(at) = self.records.iter().position(|r| &r.0 == id) {
+                    self.records.remove(at);
+                    pending = true;
+                }
+                // Not yet released unless its answer was already sent for recording.
+                refused += usize::from(pending);
+            }
+            c.release(refused);
+            out.reaped |= verdicts.is_empty();
+        }
+        Ok(out)
+    }
+
+    /// Whether `id` is here already (read again after a reconnection).
+    fn knows(&self, id: &str) -> bool {
+        self.tasks.contains_key(id) || self.records.iter().any(|r| r.0 == id)
+    }
 }
 
 /// One remote pool's local pool.
@@ -107,44 +368,51 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "host".into());
-    let common = Arc::new(Common {
-        endpoint: remote.endpoint.clone(),
-        keys,
-        ttl: remote.ttl,
-        id: Mutex::new(String::new()),
-        outstanding: AtomicUsize::new(0),
-        room: Condvar::new(),
-        room_lock: Mutex::new(()),
-        window: AtomicUsize::new(workers * 2),
-        running: Mutex::new(HashMap::new()),
-        stop: AtomicBool::new(false),
-    });
-    let mut con = Conn::open(&common.endpoint, Duration::ZERO)?;
-    conn::ensure_group(&mut con, &common.keys.tasks())?;
+    let mut con = Conn::open(&remote.endpoint, Duration::ZERO)?;
+    conn::ensure_group(&mut con, &keys.tasks())?;
     // Before any thread starts, so that all inherit the blocked SIGTERM (local workers start
     // with a clean mask).
     let term = crate::sys::proc::sigterm_fd()
         .map_err(|e| Error::os("watching for SIGTERM", e))?;
     let (tx, rx) = mpsc::channel();
+    let common = Arc::new(Common {
+        endpoint: remote.endpoint.clone(),
+        keys,
+        key,
+        ttl: remote.ttl,
+        workers,
+        id: Mutex::new(String::new()),
+        outstanding: AtomicUsize::new(0),
+        room: Condvar::new(),
+        room_lock: Mutex::new(()),
+        window: AtomicUsize::new(workers * 2),
+        stop: AtomicBool::new(false),
+        tx: tx.clone(),
+        hub: Mutex::new(Hub {
+            con,
+            tasks: HashMap::new(),
+            records: Vec::new(),
+            starting: Vec::new(),
+            step: String::new(),
+            unsettled: VecDeque::new(),
+            sent: Instant::now(),
+            pace: Pace::default(),
+        }),
+    });
     let mut engine = Engine {
         common: Arc::clone(&common),
-        con,
-        key,
-        build,
-        host,
-        workers,
-        max_frame: remote.max_frame,
-        method: remote.method,
-        tx: tx.clone(),
-        held: VecDeque::new(),
-        tasks: HashMap::new(),
-        locals: HashMap::new(),
-        records: Vec::new(),
-        pace: Pace::default(),
+        host: host.clone(),
         draining: false,
-        unsettled: VecDeque::new(),
     };
     engine.register()?;
+    let intake = Intake {
+        common: Arc::clone(&common),
+        build,
+        host,
+        max_frame: remote.max_frame,
+        method: remote.method,
+        locals: HashMap::new(),
+    };
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
             .name(name.into())
@@ -152,9 +420,9 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
             .map_err(|e| Error::os("starting an agent thread", e))
     };
     let beat = {
-        let (c, tx) = (Arc::clone(&common), tx.clone());
+        let c = Arc::clone(&common);
         let con = Conn::open(&common.endpoint, Duration::ZERO)?;
-        spawn("mproc-agent-heartbeat", Box::new(move || heartbeat(con, &c, &tx)))?
+        spawn("mproc-agent-heartbeat", Box::new(move || heartbeat(con, &c)))?
     };
     {
         let tx = tx.clone();
@@ -168,53 +436,42 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
             }),
         )?;
     }
+    drop(tx);
     let reader = {
-        let (c, tx) = (Arc::clone(&common), tx);
         let con = Conn::open(&common.endpoint, Duration::from_millis(BLOCK_MS))?;
-        spawn("mproc-agent-reader", Box::new(move || read_tasks(con, &c, &tx)))?
+        std::thread::Builder::new()
+            .name("mproc-agent-reader".into())
+            .spawn(move || intake.run(con))
+            .map_err(|e| Error::os("starting an agent thread", e))?
     };
     let outcome = engine.run(&rx);
     common.stop.store(true, Ordering::Relaxed);
     common.room.notify_all();
-    let _ = (beat.join(), reader.join());
-    outcome?;
-    engine.leave()
+    let _ = beat.join();
+    let locals = reader.join();
+    let left = outcome.and_then(|()| engine.leave());
+    // The local pools close once the agent has left (what they still hold is re-queued).
+    drop(locals);
+    left
 }
 
 struct Engine {
     common: Arc<Common>,
-    con: Conn,
-    key: Key,
-    build: u64,
     host: String,
-    workers: usize,
-    max_frame: usize,
-    method: Option<crate::StartMethod>,
-    tx: Sender<Event>,
-    held: VecDeque<Held>,
-    /// Entries handed to a local pool: id -> (pool, task, its handle, when it started).
-    tasks: HashMap<String, (u64, u64, RawTask, Instant)>,
-    locals: HashMap<u64, Local>,
-    /// Answers to record: (entry id, pool, task, sealed result).
-    records: Vec<(String, u64, u64, Vec<u8>)>,
-    pace: Pace,
     /// SIGTERM came: nothing new starts; the run ends once what runs is recorded.
     draining: bool,
-    /// Per pipeline sent and not read yet (the connection keeps their bytes), oldest first:
-    /// the entries it started, whose verdicts it carries.
-    unsettled: VecDeque<Vec<String>>,
 }
-
-/// Pipelines an agent may have in flight before it reads the oldest one's replies.
-const UNSETTLED: usize = 16;
 
 impl Engine {
     /// Announces this agent under a fresh id: its heartbeat, then its workers.
     fn register(&mut self) -> Result<(), Error> {
-        self.settle(0)?; // the connection's replies in order: nothing else may be unread
+        let c = &self.common;
+        let mut hub = c.hub();
+        // The connection's replies in order: nothing else may be unread.
+        let settled = hub.settle(c, 0)?;
         let id = format!("{}-{:016x}", self.host, crate::sys::proc::random_u64().unwrap_or(0));
-        let keys = &self.common.keys;
-        let ttl_ms = self.common.ttl.as_millis() as u64;
+        let keys = &c.keys;
+        let ttl_ms = c.ttl.as_millis() as u64;
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(keys.heartbeat(&id))
@@ -225,42 +482,59 @@ impl Engine {
             .cmd("HSET")
             .arg(keys.agents())
             .arg(&id)
-            .arg(self.workers)
-            .ignore();
-        self.con
-            .run("registering the agent", |c| pipe.query::<()>(c))?;
-        *self.common.id.lock().unwrap_or_else(|e| e.into_inner()) = id;
+            .arg(c.workers)
+            .ignore()
+            .cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(scripts::STEP);
+        let (step,): (String,) = hub
+            .con
+            .run("registering the agent", |k| pipe.query(k))?;
+        hub.step = step;
+        *c.id.lock().unwrap_or_else(|e| e.into_inner()) = id;
+        drop(hub);
+        // A refusal seen here belongs to the old id: its entries were re-queued.
+        self.cancel_all(settled.refused);
         Ok(())
     }
 
     fn run(&mut self, rx: &Receiver<Event>) -> Result<(), Error> {
         loop {
-            // Replies are read when nothing else is to be done (or too many wait).
-            let idle = if self.unsettled.is_empty() {
+            // Replies left unread are read once the hub has been quiet for a while (then they
+            // are here: reading them does not hold the hub waiting).
+            let idle = if self.common.hub().unsettled.is_empty() {
                 Duration::from_secs(1)
             } else {
-                Duration::from_millis(1)
+                QUIET
             };
             let first = match rx.recv_timeout(idle) {
                 Ok(e) => Some(e),
                 Err(RecvTimeoutError::Timeout) => {
-                    self.settle(0)?;
+                    let c = &self.common;
+                    let mut hub = c.hub();
+                    if hub.sent.elapsed() >= QUIET {
+                        let settled = hub.settle(c, 0)?;
+                        drop(hub);
+                        settled.tell(c);
+                    }
                     None
                 }
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             };
+            let mut reaped = false;
             for event in first.into_iter().chain(rx.try_iter()) {
                 match event {
-                    Event::Read(entries) => self.take(entries)?,
-                    Event::Done(id, outcome) => self.answered(&id, outcome),
                     Event::Cancel(ids) => {
-                        for id in ids {
-                            if let Some((_, _, task, _)) = self.tasks.get(&id) {
-                                task.cancel();
-                            }
-                        }
+                        let hub = self.common.hub();
+                        let raws: Vec<RawTask> = ids
+                            .iter()
+                            .filter_map(|id| hub.tasks.get(id).and_then(|t| t.raw.clone()))
+                            .collect();
+                        drop(hub);
+                        self.cancel_all(raws);
                     }
-                    Event::Reaped => self.reaped()?,
+                    Event::Refused(raws) => self.cancel_all(raws),
+                    Event::Reaped => reaped = true,
                     Event::Failed(e) => return Err(e),
                     Event::Drain => {
                         log("SIGTERM: finishing the running tasks, then leaving");
@@ -269,44 +543,146 @@ impl Engine {
                     }
                 }
             }
-            if self.draining {
-                let n = self.held.len();
-                self.held.clear(); // still pending for this agent: re-queued when it leaves
-                self.common.release(n);
+            if reaped {
+                self.reaped()?;
             }
-            self.step()?;
-            self.retire();
-            if self.draining && self.tasks.is_empty() && self.records.is_empty() {
-                return self.settle(0);
+            if self.draining {
+                // Still pending for this agent: re-queued when it leaves.
+                let held = self.common.drop_held();
+                self.cancel_all(held);
+            }
+            self.common.flush();
+            if self.draining {
+                let hub = self.common.hub();
+                if hub.tasks.is_empty() && hub.records.is_empty() {
+                    return Ok(());
+                }
             }
         }
     }
 
-    /// Checks entries the reader took and holds the good ones; a bad one is refused (logged,
-    /// answered with an error so its submitter does not wait, and never run).
-    fn take(&mut self, entries: Vec<conn::Entry>) -> Result<(), Error> {
+    fn cancel_all(&self, raws: Vec<RawTask>) {
+        for raw in raws {
+            raw.cancel();
+        }
+    }
+
+    /// Declared dead (silent past the TTL): the held entries were re-queued for others, so
+    /// drop them; running ones finish and are recorded only if nobody else recorded them
+    /// first. Then join again under a new id.
+    fn reaped(&mut self) -> Result<(), Error> {
+        log("this agent was declared dead (silent past its heartbeat TTL); rejoining");
+        let held = self.common.drop_held();
+        self.cancel_all(held);
+        self.register()
+    }
+
+    /// After a drain, once the reader has stopped: gives up the heartbeat and reaps itself,
+    /// so what it held but never started is re-queued at no charge, and it is forgotten.
+    fn leave(&mut self) -> Result<(), Error> {
+        let c = &self.common;
+        let mut hub = c.hub();
+        hub.settle(c, 0)?;
+        let key = c.keys.heartbeat(&c.id());
+        hub.con
+            .run("leaving", |k| redis::cmd("DEL").arg(&key).query::<()>(k))?;
+        reap(&mut hub.con, &c.keys)?;
+        Ok(())
+    }
+}
+
+/// The reader's side: reads entries, checks them, and hands them to the local pools it
+/// keeps (one per remote pool, retired when idle).
+struct Intake {
+    common: Arc<Common>,
+    build: u64,
+    host: String,
+    max_frame: usize,
+    method: Option<crate::StartMethod>,
+    locals: HashMap<u64, Local>,
+}
+
+impl Intake {
+    /// The reader's loop: takes at most the free part of the window. After its connection
+    /// was replaced (a stop and continue interrupted a read whose entries may be lost in
+    /// flight), it reads this consumer's pending entries again, and drops those it has.
+    /// Returns the local pools, to close once the agent has left.
+    fn run(mut self, mut con: Conn) -> HashMap<u64, Local> {
+        let c = Arc::clone(&self.common);
+        let mut again = false;
+        while !c.stop.load(Ordering::Relaxed) {
+            self.retire();
+            let window = c.window.load(Ordering::Relaxed);
+            let out = c.outstanding.load(Ordering::Acquire);
+            if out >= window && !again {
+                let g = c.room_lock.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = c.room.wait_timeout(g, Duration::from_millis(BLOCK_MS));
+                continue;
+            }
+            let (id, tasks) = (c.id(), c.keys.tasks());
+            let (count, from) = if again { (100_000, "0") } else { (window - out, ">") };
+            let reply = con.run("reading the task stream", |k| {
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(GROUP)
+                    .arg(&id)
+                    .arg("COUNT")
+                    .arg(count)
+                    .arg("BLOCK")
+                    .arg(BLOCK_MS)
+                    .arg("STREAMS")
+                    .arg(&tasks)
+                    .arg(from)
+                    .query::<Value>(k)
+            });
+            again = con.take_reconnected();
+            let entries = match reply {
+                Ok(v) => conn::stream_entries(v),
+                Err(e) => {
+                    let _ = c.tx.send(Event::Failed(e));
+                    break;
+                }
+            };
+            c.outstanding.fetch_add(entries.len(), Ordering::AcqRel);
+            if c.stop.load(Ordering::Relaxed) {
+                // Draining: still pending for this agent, re-queued when it leaves.
+                c.release(entries.len());
+                break;
+            }
+            if let Err(e) = self.take(&mut con, entries) {
+                let _ = c.tx.send(Event::Failed(e));
+                break;
+            }
+            // Refused entries' answers (the local pools flush their own).
+            c.flush();
+        }
+        self.locals
+    }
+
+    /// Checks entries the reader took and hands the good ones to their local pools; a bad
+    /// one is refused (logged, answered with an error so its submitter does not wait, and
+    /// never run).
+    fn take(&mut self, con: &mut Conn, entries: Vec<conn::Entry>) -> Result<(), Error> {
+        let c = Arc::clone(&self.common);
         for entry in entries {
-            // Read again after a reconnection: already held or running here.
-            let known = self.tasks.contains_key(&entry.id)
-                || self.held.iter().any(|h| h.id == entry.id)
-                || self.records.iter().any(|r| r.0 == entry.id);
-            if known {
-                self.common.release(1);
+            if c.hub().knows(&entry.id) {
+                // Read again after a reconnection: already here.
+                c.release(1);
                 continue;
             }
             let opened = entry
                 .field("f")
                 .ok_or_else(|| Error::protocol("a task entry without its frame"))
-                .and_then(|sealed| frame::open::<TaskFrame>(&self.key, Kind::Task, sealed));
+                .and_then(|sealed| frame::open::<TaskFrame>(&c.key, Kind::Task, sealed));
             let refused: Result<(), (u64, u64, Error)> = match opened {
                 Ok(frame) if frame.build != self.build => Err((
                     frame.pool,
                     frame.task,
                     Error::from(ErrorKind::ExecutableMismatch),
                 )),
-                Ok(frame) => match self.local(frame.pool) {
+                Ok(frame) => match self.local(con, frame.pool) {
                     Ok(()) => {
-                        self.held.push_back(Held { id: entry.id, frame });
+                        self.start(entry.id, frame);
                         continue;
                     }
                     Err(e) => Err((frame.pool, frame.task, e)),
@@ -321,29 +697,27 @@ impl Engine {
                 }
             };
             if let Err((pool, task, e)) = refused {
-                self.record(entry.id, pool, task, Err(e));
+                let record = c.seal(entry.id, pool, task, self.max_frame, Err(e));
+                c.hub().records.extend(record);
             }
         }
         Ok(())
     }
 
     /// Makes sure the local pool of remote pool `pool` exists (reading its frame).
-    fn local(&mut self, pool: u64) -> Result<(), Error> {
+    fn local(&mut self, con: &mut Conn, pool: u64) -> Result<(), Error> {
         if let Some(l) = self.locals.get_mut(&pool) {
             l.used = Instant::now();
             return l.pool.as_ref().map(|_| ()).map_err(Clone::clone);
         }
-        self.settle(0)?; // the connection's replies in order: nothing else may be unread
-        let key = self.common.keys.pool(pool);
-        let sealed: Option<Vec<u8>> = self
-            .con
-            .run("reading a remote pool's settings", |c| {
-                redis::cmd("GET").arg(&key).query(c)
-            })?;
+        let c = Arc::clone(&self.common);
+        let key = c.keys.pool(pool);
+        let sealed: Option<Vec<u8>> =
+            con.run("reading a pool's frame", |k| redis::cmd("GET").arg(&key).query(k))?;
         let Some(sealed) = sealed else {
-            return Err(ErrorKind::PoolClosed.into()); // gone: its tasks are skipped
+            return Err(ErrorKind::PoolClosed.into());
         };
-        let opened = frame::open::<PoolFrame>(&self.key, Kind::Pool, &sealed);
+        let opened = frame::open::<PoolFrame>(&c.key, Kind::Pool, &sealed);
         let max_frame = opened
             .as_ref()
             .map_or(self.max_frame, |f| usize::try_from(f.max_frame).unwrap_or(usize::MAX));
@@ -351,9 +725,13 @@ impl Engine {
             if f.build != self.build || f.pool != pool {
                 return Err(ErrorKind::ExecutableMismatch.into());
             }
-            let mut b = Pool::builder().processes(self.workers);
+            let mut b = Pool::builder().processes(c.workers);
             // Panic reports and `current_process().name()` then say which host ran a task.
             b.name_prefix = Some(self.host.clone());
+            let flush = Arc::clone(&c);
+            b.gated = Some(Gated {
+                flush: Arc::new(move || flush.flush()),
+            });
             if let Some(m) = self.method {
                 b = b.start_method(m);
             }
@@ -383,211 +761,65 @@ impl Engine {
         ok
     }
 
-    /// A local pool answered entry `id`.
-    fn answered(&mut self, id: &str, outcome: Result<Vec<u8>, Error>) {
-        let Some((pool, task, _, started)) = self.tasks.remove(id) else {
+    /// Hands an entry to its local pool, where it waits for a worker (its gate marks it
+    /// running then).
+    fn start(&mut self, id: String, frame: TaskFrame) {
+        let c = Arc::clone(&self.common);
+        let (pool, task) = (frame.pool, frame.task);
+        let Some(local) = self.locals.get_mut(&pool) else {
+            let record = c.seal(id, pool, task, self.max_frame, Err(ErrorKind::PoolClosed.into()));
+            c.hub().records.extend(record);
             return;
         };
-        self.pace.note(started.elapsed(), self.workers, &self.common.window);
-        self.common
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
-        self.record(id.to_owned(), pool, task, outcome);
-    }
-
-    /// Queues an answer to record.
-    fn record(&mut self, id: String, pool: u64, task: u64, outcome: Result<Vec<u8>, Error>) {
-        let limit = self.locals.get(&pool).map_or(self.max_frame, |l| l.max_frame);
-        let outcome = match outcome {
-            Ok(b) if b.len() + 512 > limit => Err(Error::invalid(format!(
-                "the task's results encode to {} bytes, over the remote pool's frame limit of \
-                 {limit} bytes (Remote::max_frame)",
-                b.len(),
-            ))),
-            other => other,
-        };
-        let frame = ResultFrame {
-            pool,
-            task,
-            agent: self.common.id(),
-            outcome: outcome.map(ByteBuf::from),
-        };
-        match frame::seal(&self.key, Kind::Result, &frame) {
-            Ok(sealed) => self.records.push((id, pool, task, sealed)),
-            Err(e) => log(&format!("a result could not be encoded: {e}")),
-        }
-    }
-
-    /// One round trip: records answers, then starts held entries on free workers.
-    fn step(&mut self) -> Result<(), Error> {
-        let free = self.workers.saturating_sub(self.tasks.len());
-        let starting: Vec<Held> = (0..free).map_while(|_| self.held.pop_front()).collect();
-        if self.records.is_empty() && starting.is_empty() {
-            return Ok(());
-        }
-        let keys = &self.common.keys;
-        let me = self.common.id();
-        let mut pipe = redis::pipe();
-        let records = std::mem::take(&mut self.records);
-        // (Replies are read raw below; none is ignored.)
-        if !records.is_empty() {
-            pipe.cmd("EVAL")
-                .arg(scripts::RECORD)
-                .arg(2)
-                .arg(keys.tasks())
-                .arg(keys.running(&me))
-                .arg(&keys.prefix);
-            for (id, pool, task, sealed) in &records {
-                pipe.arg(id).arg(pool).arg(task).arg(sealed);
-            }
-        }
-        if !starting.is_empty() {
-            pipe.cmd("EVAL")
-                .arg(scripts::START)
-                .arg(3)
-                .arg(keys.tasks())
-                .arg(keys.heartbeat(&me))
-                .arg(keys.running(&me))
-                .arg(&keys.prefix);
-            for h in &starting {
-                pipe.arg(&h.id).arg(h.frame.pool).arg(h.frame.task);
-            }
-        }
-        // The entries start while the script that marks them running is on its way: its
-        // round trip overlaps their run instead of coming before it. An entry the script
-        // refuses (cancelled, already answered, its pool gone, or this agent declared dead) is
-        // taken back from the local pool at once, and its answer is not recorded.
-        let packed = pipe.get_packed_pipeline();
-        let replies = usize::from(!records.is_empty()) + usize::from(!starting.is_empty());
-        self.con
-            .send("recording results and starting tasks", packed, replies)?;
-        let ids: Vec<String> = starting.iter().map(|h| h.id.clone()).collect();
-        for h in starting {
-            self.start(h);
-        }
-        // Recorded entries are acknowledged by the script just sent: their room is free.
-        let recorded = records.iter().filter(|r| !r.0.is_empty()).count();
-        self.common.release(recorded);
-        self.unsettled.push_back(ids);
-        self.settle(UNSETTLED)
-    }
-
-    /// Reads the replies of sent pipelines until at most `keep` are unread. An entry the
-    /// START script refused (cancelled, already answered, its pool gone, or this agent
-    /// declared dead) is taken back from the local pool; its answer is not recorded (one
-    /// already recorded was harmless: the script records nothing twice).
-    fn settle(&mut self, keep: usize) -> Result<(), Error> {
-        while self.unsettled.len() > keep {
-            let reply = self.con.recv("recording results and starting tasks")?;
-            let Some(ids) = self.unsettled.pop_front() else {
-                break;
-            };
-            if ids.is_empty() {
-                continue;
-            }
-            let verdicts = match reply.into_iter().last() {
-                Some(Value::Array(v)) => v,
-                _ => Vec::new(), // declared dead meanwhile: these were re-queued for others
-            };
-            let mut refused = 0;
-            for (i, id) in ids.iter().enumerate() {
-                if matches!(verdicts.get(i), Some(Value::Int(1))) {
-                    continue;
-                }
-                self.common
-                    .running
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(id);
-                let mut pending = false;
-                if let Some((_, _, task, _)) = self.tasks.remove(id) {
-                    task.cancel();
-                    pending = true;
-                }
-                if let Some(at) = self.records.iter().position(|r| &r.0 == id) {
-                    self.records.remove(at);
-                    pending = true;
-                }
-                // Not yet released unless its answer was already sent for recording.
-                refused += usize::from(pending);
-            }
-            self.common.release(refused);
-            if verdicts.is_empty() {
-                self.reaped()?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Hands a held entry to its local pool.
-    fn start(&mut self, h: Held) {
-        let Held { id, frame } = h;
-        let (pool, task) = (frame.pool, frame.task);
-        let local = self.locals.get_mut(&pool).map(|l| {
-            l.used = Instant::now();
-            l.pool.as_ref().map_err(Clone::clone)
-        });
-        let submitted = match local {
-            Some(Ok(p)) => {
-                let tx = self.tx.clone();
-                let done_id = id.clone();
+        local.used = Instant::now();
+        let max_frame = local.max_frame;
+        // In the hub before the pool can ask about it.
+        c.hub().tasks.insert(
+            id.clone(),
+            Task {
+                pool,
+                task,
+                max_frame,
+                raw: None,
+                started: None,
+            },
+        );
+        let submitted = match &local.pool {
+            Ok(p) => {
+                let (gate, done) = (Arc::clone(&c), Arc::clone(&c));
+                let (gate_id, done_id) = (id.clone(), id.clone());
                 p.submit_raw(
                     frame.entry,
                     frame.payload.into_vec(),
                     frame.items as usize,
-                    move |outcome| {
-                        let _ = tx.send(Event::Done(done_id, outcome));
-                    },
+                    move || gate.gate(&gate_id),
+                    move |outcome| done.answered(done_id, outcome),
                 )
             }
-            Some(Err(e)) => Err(e),
-            None => Err(ErrorKind::PoolClosed.into()),
+            Err(e) => Err(e.clone()),
         };
+        let mut hub = c.hub();
         match submitted {
             Ok(raw) => {
-                self.common
-                    .running
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id.clone(), (pool, task));
-                self.tasks.insert(id, (pool, task, raw, Instant::now()));
+                if let Some(t) = hub.tasks.get_mut(&id) {
+                    t.raw = Some(raw);
+                }
             }
-            Err(e) => self.record(id, pool, task, Err(e)),
+            // Unless its answer came already (a pool that broke answers at once).
+            Err(e) => {
+                if hub.tasks.remove(&id).is_some() {
+                    let record = c.seal(id, pool, task, max_frame, Err(e));
+                    hub.records.extend(record);
+                }
+            }
         }
-    }
-
-    /// Declared dead (silent past the TTL): the held entries were re-queued for others, so
-    /// drop them; running ones finish and are recorded only if nobody else recorded them
-    /// first. Then join again under a new id.
-    fn reaped(&mut self) -> Result<(), Error> {
-        log("this agent was declared dead (silent past its heartbeat TTL); rejoining");
-        let n = self.held.len();
-        self.held.clear();
-        self.common.release(n);
-        self.register()
-    }
-
-    /// After a drain, once the reader has stopped: gives up the heartbeat and reaps itself,
-    /// so what it held but never started is re-queued at no charge, and it is forgotten.
-    fn leave(&mut self) -> Result<(), Error> {
-        self.settle(0)?;
-        let key = self.common.keys.heartbeat(&self.common.id());
-        self.con
-            .run("leaving", |c| redis::cmd("DEL").arg(&key).query::<()>(c))?;
-        reap(&mut self.con, &self.common.keys)?;
-        self.locals.clear();
-        Ok(())
     }
 
     /// Retires local pools idle for a while.
     fn retire(&mut self) {
-        let busy: Vec<u64> = self.tasks.values().map(|t| t.0).collect();
-        let held: Vec<u64> = self.held.iter().map(|h| h.frame.pool).collect();
-        self.locals.retain(|p, l| {
-            busy.contains(p) || held.contains(p) || l.used.elapsed() < RETIRE_AFTER
-        });
+        let busy: Vec<u64> = self.common.hub().tasks.values().map(|t| t.pool).collect();
+        self.locals
+            .retain(|p, l| busy.contains(p) || l.used.elapsed() < RETIRE_AFTER);
     }
 }
 
@@ -610,57 +842,10 @@ impl Pace {
     }
 }
 
-/// The reader's loop: takes at most the free part of the window. After its connection was
-/// replaced (a stop and continue interrupted a read whose entries may be lost in flight), it
-/// reads this consumer's pending entries again; the engine drops those it already has.
-fn read_tasks(mut con: Conn, c: &Common, tx: &Sender<Event>) {
-    let mut again = false;
-    while !c.stop.load(Ordering::Relaxed) {
-        let window = c.window.load(Ordering::Relaxed);
-        let out = c.outstanding.load(Ordering::Acquire);
-        if out >= window && !again {
-            let g = c.room_lock.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = c.room.wait_timeout(g, Duration::from_millis(BLOCK_MS));
-            continue;
-        }
-        let (id, tasks) = (c.id(), c.keys.tasks());
-        let (count, from) = if again { (100_000, "0") } else { (window - out, ">") };
-        let reply = con.run("reading the task stream", |k| {
-            redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(GROUP)
-                .arg(&id)
-                .arg("COUNT")
-                .arg(count)
-                .arg("BLOCK")
-                .arg(BLOCK_MS)
-                .arg("STREAMS")
-                .arg(&tasks)
-                .arg(from)
-                .query::<Value>(k)
-        });
-        again = con.take_reconnected();
-        match reply {
-            Ok(v) => {
-                let entries = conn::stream_entries(v);
-                if !entries.is_empty() {
-                    c.outstanding.fetch_add(entries.len(), Ordering::AcqRel);
-                    if tx.send(Event::Read(entries)).is_err() {
-                        return;
-                    }
-                }
-            }
-            Err(e) => {
-                let _ = tx.send(Event::Failed(e));
-                return;
-            }
-        }
-    }
-}
-
 /// The heartbeat's loop: keeps the agent alive, reaps dead ones, and watches running tasks
 /// for cancels and gone pools.
-fn heartbeat(mut con: Conn, c: &Common, tx: &Sender<Event>) {
+fn heartbeat(mut con: Conn, c: &Common) {
+    let tx = &c.tx;
     let period = c.ttl / 4;
     let ttl_ms = c.ttl.as_millis() as u64;
     let mut last_reap = Instant::now();
@@ -719,11 +904,11 @@ fn heartbeat(mut con: Conn, c: &Common, tx: &Sender<Event>) {
 /// Running entries whose task was cancelled or whose pool is gone.
 fn cancelled(con: &mut Conn, c: &Common) -> Result<Vec<String>, Error> {
     let running: Vec<(String, (u64, u64))> = c
-        .running
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .hub()
+        .tasks
         .iter()
-        .map(|(k, v)| (k.clone(), *v))
+        .filter(|(_, t)| t.started.is_some())
+        .map(|(id, t)| (id.clone(), (t.pool, t.task)))
         .collect();
     if running.is_empty() {
         return Ok(Vec::new());

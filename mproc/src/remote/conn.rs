@@ -206,6 +206,9 @@ fn interrupted(e: &redis::RedisError) -> bool {
 pub(crate) fn broker(what: impl std::fmt::Display, e: &redis::RedisError) -> Error {
     let hint = if e.code() == Some("NOGROUP") {
         " (the task stream's consumer group is gone: was Redis restarted without persistence?)"
+    } else if e.code() == Some("NOSCRIPT") {
+        " (the server forgot the agent's script: was Redis restarted, or SCRIPT FLUSH run? \
+         Restart the agent)"
     } else if e.is_connection_dropped() || e.is_io_error() || e.is_timeout() {
         " (the Redis server went away or stopped answering)"
     } else {

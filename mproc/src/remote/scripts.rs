@@ -4,18 +4,46 @@
 //! Every script takes the build's key prefix as `ARGV[1]` and derives the per-pool and
 //! per-agent keys from it (all in one hash slot, `frame.rs`).
 
-/// Before an agent's workers take entries: refuses them all (returns -1) if the agent's
-/// heartbeat is gone (it was declared dead and its entries re-queued); else, per entry, skips
-/// it (acknowledged and deleted; 0) if its pool is gone, it was cancelled or it already has a
-/// result, and otherwise records it as running (1).
+/// An agent's step, sent whenever it has answers to record or entries about to start (one
+/// call for both, so one round trip of the server's per task):
 ///
-/// KEYS: tasks, hb:<agent>, running:<agent>. ARGV: prefix, then (entry id, pool, task)...
-pub(crate) const START: &str = r#"
-if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+/// - Answers: each is recorded only if its pool still exists and the task has no result yet
+///   (`HSETNX done`): a task run twice (its first agent thought dead) is recorded once. Then
+///   its entry is acknowledged, deleted, and no longer running. An empty entry id records a
+///   result for a frame that was never started (refused).
+/// - Entries about to start on the agent's workers: all refused (`-1`) if the agent's
+///   heartbeat is gone (it was declared dead and its entries re-queued); else, per entry,
+///   skipped (acknowledged and deleted; 0) if its pool is gone, it was cancelled or it already
+///   has a result, and otherwise recorded as running (1).
+///
+/// Returns `{recorded, verdicts or -1}`.
+///
+/// KEYS: tasks, hb:<agent>, running:<agent>. ARGV: prefix, the number of answers, then
+/// (entry id, pool, task, sealed result) per answer, then (entry id, pool, task) per start.
+pub(crate) const STEP: &str = r#"
 local p = ARGV[1]
+local i = 3
+local recorded = 0
+for _ = 1, tonumber(ARGV[2]) do
+  local id, pool, task, blob = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  i = i + 4
+  if redis.call('EXISTS', p .. 'pool:' .. pool) == 1
+      and redis.call('HSETNX', p .. 'done:' .. pool, task, 1) == 1 then
+    redis.call('XADD', p .. 'results:' .. pool, '*', 'r', blob)
+    recorded = recorded + 1
+  end
+  if id ~= '' then
+    redis.call('XACK', KEYS[1], 'agents', id)
+    redis.call('XDEL', KEYS[1], id)
+    redis.call('HDEL', KEYS[3], id)
+  end
+end
+if i > #ARGV then return {recorded, {}} end
+if redis.call('EXISTS', KEYS[2]) == 0 then return {recorded, -1} end
 local out = {}
-for i = 2, #ARGV, 3 do
+while i <= #ARGV do
   local id, pool, task = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  i = i + 3
   if redis.call('EXISTS', p .. 'pool:' .. pool) == 0
       or redis.call('SISMEMBER', p .. 'cancel:' .. pool, task) == 1
       or redis.call('HEXISTS', p .. 'done:' .. pool, task) == 1 then
@@ -27,32 +55,7 @@ for i = 2, #ARGV, 3 do
     out[#out + 1] = 1
   end
 end
-return out
-"#;
-
-/// An agent's answers: each is recorded only if its pool still exists and the task has no
-/// result yet (`HSETNX done`): a task run twice (its first agent thought dead) is recorded
-/// once. Then its entry is acknowledged, deleted, and no longer running. An empty entry id
-/// records a result for a frame that was never started (refused).
-///
-/// KEYS: tasks, running:<agent>. ARGV: prefix, then (entry id, pool, task, sealed result)...
-pub(crate) const RECORD: &str = r#"
-local p = ARGV[1]
-local recorded = 0
-for i = 2, #ARGV, 4 do
-  local id, pool, task, blob = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  if redis.call('EXISTS', p .. 'pool:' .. pool) == 1
-      and redis.call('HSETNX', p .. 'done:' .. pool, task, 1) == 1 then
-    redis.call('XADD', p .. 'results:' .. pool, '*', 'r', blob)
-    recorded = recorded + 1
-  end
-  if id ~= '' then
-    redis.call('XACK', KEYS[1], 'agents', id)
-    redis.call('XDEL', KEYS[1], id)
-    redis.call('HDEL', KEYS[2], id)
-  end
-end
-return recorded
+return {recorded, out}
 "#;
 
 /// The reaper: for every registered agent whose heartbeat has expired, in one step: the

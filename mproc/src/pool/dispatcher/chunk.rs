@@ -22,7 +22,12 @@ pub(crate) struct Chunk {
     pub(super) revoked: bool,
     /// Descriptors of the handles among its arguments: such a chunk goes on the socket.
     pub(super) handles: Vec<OwnedFd>,
+    /// Asked once, when a worker is first picked for it: `false` drops it unrun (`Cancelled`).
+    pub(super) on_start: Option<OnStart>,
 }
+
+/// See [`Chunk::on_start`].
+pub(crate) type OnStart = Box<dyn FnOnce() -> bool + Send>;
 
 impl Chunk {
     pub(crate) fn new(
@@ -43,7 +48,20 @@ impl Chunk {
             answered: false,
             revoked: false,
             handles: Vec::new(),
+            on_start: None,
         }
+    }
+
+    /// Asks `on_start` before a worker first gets it (a remote agent's entry, to mark running).
+    #[cfg(feature = "remote")]
+    pub(crate) fn with_on_start(mut self, on_start: OnStart) -> Chunk {
+        self.on_start = Some(on_start);
+        self
+    }
+
+    /// Asks its `on_start`, the first time only: whether it may go to a worker.
+    pub(super) fn may_start(&mut self) -> bool {
+        self.on_start.take().is_none_or(|f| f())
     }
 
     /// The descriptors of the handles among its arguments.
@@ -80,6 +98,12 @@ impl Chunk {
             self.items,
         )
         .with_handles(std::mem::take(&mut self.handles))
+        .with_gate(self.on_start.take())
+    }
+
+    fn with_gate(mut self, on_start: Option<OnStart>) -> Chunk {
+        self.on_start = on_start;
+        self
     }
 
     pub(crate) fn fail(self, err: Error) {

@@ -22,4 +22,24 @@ pub(crate) struct Config {
     pub(crate) task_timeout: Option<Duration>,
     /// Put before each worker's name (a remote agent's host), so reports name the host.
     pub(crate) name_prefix: Option<String>,
+    /// A remote agent's pool: see [`Gated`].
+    pub(crate) gated: Option<Gated>,
+}
+
+/// What a remote agent's local pool does differently: each worker holds one chunk at a time
+/// (nothing waits behind the running one, so the agent can tell exactly which of its entries
+/// run); each chunk's `on_start` is asked when a worker is picked for it, then `flush` once
+/// for all those picked together, before any of them reaches a lane (the agent marks them
+/// running in Redis); `flush` runs again at the end of each of the dispatcher's turns (the
+/// agent sends the answers it gathered). `flush` returning `false` (Redis is gone) drops the
+/// chunks picked, unrun.
+#[derive(Clone)]
+pub(crate) struct Gated {
+    pub(crate) flush: std::sync::Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for Gated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gated")
+    }
 }

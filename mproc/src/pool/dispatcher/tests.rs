@@ -105,6 +105,7 @@ fn dispatcher(processes: usize, tweak: impl FnOnce(&mut Config)) -> Dispatcher<F
         max_tasks_per_child: None,
         task_timeout: None,
         name_prefix: None,
+        gated: None,
     };
     tweak(&mut config);
     Dispatcher::new(Shared::new().unwrap(), config).unwrap()
