@@ -40,6 +40,11 @@ struct Flight {
     /// The reader's failure (Redis gone): the pool fails with it.
     failed: Mutex<Option<Error>>,
     stop: AtomicBool,
+    /// Whether answers matter to the submitter's thread: chunks wait for room in the window,
+    /// or the pool is closed (it ends once all are answered). Else the reader does not wake
+    /// it. Set before the submitter looks at the window (under `chunks`), so an answer that
+    /// frees room it did not see is followed by a wake-up.
+    wants: AtomicBool,
 }
 
 impl Flight {
@@ -133,6 +138,7 @@ fn start(
             chunks: Mutex::new(HashMap::new()),
             failed: Mutex::new(None),
             stop: AtomicBool::new(false),
+            wants: AtomicBool::new(true),
         }),
         con,
         endpoint,
@@ -278,6 +284,14 @@ impl Submitter {
 
     /// Writes queued chunks while the window has room, in one pipeline.
     fn send(&mut self) -> Result<(), Error> {
+        self.flight.wants.store(true, Ordering::SeqCst);
+        let sent = self.send_window();
+        let wants = !self.queue.is_empty() || self.closed;
+        self.flight.wants.store(wants, Ordering::SeqCst);
+        sent
+    }
+
+    fn send_window(&mut self) -> Result<(), Error> {
         let window = self.processes.load(Ordering::Relaxed).max(1);
         let mut pipe = redis::pipe();
         let mut sent = 0;
@@ -498,7 +512,9 @@ fn read_results(
                 chunk.finish(outcome);
             }
         }
-        shared.nudge();
+        if flight.wants.load(Ordering::SeqCst) {
+            shared.nudge();
+        }
     }
 }
 
