@@ -8,15 +8,18 @@
 //! - the heartbeat: refreshes `hb:<agent>` every quarter of its TTL (a CPU-bound task never
 //!   starves it), runs the reaper, and checks running tasks for cancels and gone pools;
 //! - the reader: `XREADGROUP` of at most the free part of the agent's window (its workers
-//!   plus a read-ahead of about 1 ms of work), so a dead agent strands little;
-//! - the engine (the calling thread): checks each frame's MAC before decoding it and hands the
-//!   entry to its local pool, where it waits for a worker (held: not marked running);
-//! - each local pool's dispatcher, through the hub: just before a worker gets an entry, it
-//!   marks it running (the `START` script, written before the worker can see the entry, its
-//!   reply read later), and it records answers (`RECORD`), both on the hub's connection. A
-//!   local pool gives each worker one entry at a time, so what is marked running is exactly
-//!   what runs, and a worker's next entry starts one hand-over after its answer, with no trip
-//!   through the engine.
+//!   plus a read-ahead of about 1 ms of work), so a dead agent strands little; it checks each
+//!   frame's MAC before decoding it and hands the entry to its local pool, where it waits for
+//!   a worker (held: not marked running);
+//! - each local pool's dispatcher, through the hub: just before workers get entries, it marks
+//!   them running and records the answers it gathered, in one `STEP` script on the hub's
+//!   connection (written before a worker can see the entries; its reply read later). A local
+//!   pool gives each worker one entry at a time, so what is marked running is exactly what
+//!   runs, and a worker's next entry starts one hand-over after its answer, with no trip
+//!   through another thread.
+//! - the engine (the calling thread): acts on what the others report (cancels, refusals,
+//!   being declared dead, SIGTERM, Redis gone) and reads replies left unread.
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -51,9 +54,9 @@ const QUIET: Duration = Duration::from_millis(1);
 enum Event {
     /// Running entries to cancel (their task was cancelled, or their pool is gone).
     Cancel(Vec<String>),
-    /// Entries the `START` script refused: take them back from their local pools.
+    /// Entries the `STEP` script refused to start: take them back from their local pools.
     Refused(Vec<RawTask>),
-    /// The heartbeat (or a `START` reply) found the agent declared dead.
+    /// The heartbeat (or a `STEP` reply) found the agent declared dead.
     Reaped,
     /// A thread failed to reach Redis: it is gone.
     Failed(Error),
@@ -300,7 +303,7 @@ impl Hub {
     }
 
     /// Reads the replies of sent pipelines until at most `keep` are unread. An entry the
-    /// START script refused (cancelled, already answered, its pool gone, or this agent
+    /// STEP script refused to start (cancelled, already answered, its pool gone, or this agent
     /// declared dead) is to be taken back from its local pool; its answer is not recorded
     /// (one already recorded was harmless: the script records nothing twice).
     fn settle(&mut self, c: &Common, keep: usize) -> Result<Settled, Error> {
