@@ -149,6 +149,42 @@ fn agent_stopped_past_its_ttl_is_not_recorded_twice() {
 }
 
 #[test]
+fn agent_stopped_with_entries_waiting_in_its_local_pool() {
+    // The agent holds more than it runs: one entry runs on its one worker, the next waits in
+    // its local pool. Stopped past its TTL, both go to another host (the running one as a
+    // retry, the waiting one free). Resumed, it must not start the one that waited (it is no
+    // longer its own), nor record anything.
+    let mut c = Cluster::new(StartMethod::Forkserver, 0, 1);
+    let ttl = [("MPROC_HEARTBEAT_MS", "500"), ("MPROC_TEST_AGENT", "a")];
+    c.add_agent(1, &ttl);
+    c.wait_agents(1);
+    let pool = c.builder().processes(4).max_retries(1).build().unwrap();
+    let tasks: Vec<_> = (0..4)
+        .map(|_| pool.apply_async(slow_host_name, (300,)).unwrap())
+        .collect();
+    crate::common::wait_until("the agent runs a task", || c.running() == 1);
+    c.agents[0].stop();
+    c.add_agent(1, &[("MPROC_TEST_AGENT", "b")]);
+    let hosts: Vec<String> = tasks
+        .iter()
+        .map(|t| t.get_timeout(Duration::from_secs(30)).unwrap())
+        .collect();
+    // The first may have finished on "a" before the stop took; none after it did.
+    let on_a = hosts.iter().filter(|h| *h == "a").count();
+    assert!(on_a <= 1, "{hosts:?}");
+    c.agents[0].cont();
+    // It finishes the run it was in (its answer not recorded), starts nothing it held, and
+    // rejoins under a new id.
+    std::thread::sleep(Duration::from_millis(1500));
+    let results = c.keys("mproc:*:results:*");
+    assert_eq!(results.len(), 1);
+    assert_eq!(c.entries_added(&results[0]), 4, "one result per task");
+    c.wait_agents(2);
+    let again: Vec<String> = pool.chunksize(1).map(slow_host_name, [20u64; 8]).unwrap();
+    assert_eq!(again.len(), 8);
+}
+
+#[test]
 fn redis_killed_mid_map_is_a_clear_error() {
     let mut c = Cluster::new(StartMethod::Forkserver, 1, 1);
     let pool = c.pool();
