@@ -359,6 +359,43 @@ fn a_map_whose_later_items_cannot_be_encoded_fails_cleanly(m: StartMethod) {
     p.join().unwrap();
 }
 
+/// `imap` yields one `Result` per input item, and says how many are left when the input's
+/// length is known: through a whole stream, in order or not, with chunks of any size, and when
+/// a chunk's items cannot be encoded (each of them gets the error). Of an input of unknown
+/// length it promises nothing beyond what it holds.
+fn imap_knows_how_many_results_are_left(m: StartMethod) {
+    let p = pool(m, 2);
+    for size in [1, 3, 10] {
+        for ordered in [true, false] {
+            let input: Vec<u64> = (0..10).collect();
+            let mut it = match ordered {
+                true => p.chunksize(size).imap(square, input).unwrap(),
+                false => p.chunksize(size).imap_unordered(square, input).unwrap(),
+            };
+            for left in (1..=10).rev() {
+                assert_eq!(it.size_hint(), (left, Some(left)), "size {size}");
+                it.next().unwrap().unwrap();
+            }
+            assert_eq!(it.size_hint(), (0, Some(0)));
+            assert!(it.next().is_none());
+        }
+    }
+    // Items 998..1001 in chunks of 3: 999's chunk (999, 1000, 1001) fails as a whole.
+    let it = p
+        .chunksize(3)
+        .imap(picky, (996..1005).map(Picky::new))
+        .unwrap();
+    assert_eq!(it.size_hint(), (9, Some(9)));
+    let all: Vec<Result<u32, _>> = it.collect();
+    assert_eq!(all.len(), 9);
+    let failed: Vec<usize> = (0..9).filter(|&i| all[i].is_err()).collect();
+    assert_eq!(failed, [3, 4, 5], "{all:?}");
+    // Unknown length: no promise of an end.
+    let it = p.imap(square, (0u64..).take_while(|&n| n < 5)).unwrap();
+    assert_eq!(it.size_hint().1, None);
+    assert_eq!(it.count(), 5);
+}
+
 /// Quick tasks submitted right behind a slow one are not held up by it: the worker that got
 /// them behind the slow one gives back those it has not started, and another worker runs them.
 fn quick_tasks_never_wait_behind_a_slow_one(m: StartMethod) {
@@ -906,6 +943,7 @@ fn a_worker_that_corrupts_its_lane_is_replaced(m: StartMethod) {
 }
 
 per_start_method!(
+    imap_knows_how_many_results_are_left,
     a_worker_killed_mid_answer_is_lost_not_garbled,
     quick_tasks_never_wait_behind_a_slow_one,
     a_map_whose_later_items_cannot_be_encoded_fails_cleanly,

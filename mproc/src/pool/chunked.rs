@@ -291,10 +291,18 @@ impl<'p> Chunked<'p> {
         };
         let target = type_name::<F>();
         let mut input = items.into_iter().map(|t| (t,));
+        let len = match input.size_hint() {
+            (low, Some(high)) if low == high => Some(low),
+            _ => None,
+        };
         let feed: imap::Feed<'a> = Box::new(std::iter::from_fn(move || {
             let piece: Vec<(T,)> = input.by_ref().take(size).collect();
-            (!piece.is_empty())
-                .then(|| task::encode_chunk(&piece, target).map(|enc| (enc, piece.len())))
+            (!piece.is_empty()).then(|| {
+                let n = piece.len();
+                task::encode_chunk(&piece, target)
+                    .map(|enc| (enc, n))
+                    .map_err(|e| (e, n))
+            })
         }));
         // Enough in flight to keep every worker's window full twice over.
         let ahead = self.processes * 4;
@@ -305,6 +313,7 @@ impl<'p> Chunked<'p> {
             target,
             ordered,
             ahead,
+            len,
         ))
     }
 }

@@ -15,12 +15,18 @@ use super::dispatcher::{Chunk, Shared};
 use super::job::{JobState, decode_slot};
 use crate::error::{Error, ErrorKind};
 
-/// One encoded chunk of input and its item count, or why it could not be encoded.
+/// One encoded chunk of input and its item count, or why it could not be encoded (and how
+/// many items that chunk had: each gets the error).
 pub(crate) type Feed<'a> =
-    Box<dyn Iterator<Item = Result<(super::task::Encoded, usize), Error>> + 'a>;
+    Box<dyn Iterator<Item = Result<(super::task::Encoded, usize), (Error, usize)>> + 'a>;
 
 /// The results of [`Pool::imap`](crate::Pool::imap) or
 /// [`Pool::imap_unordered`](crate::Pool::imap_unordered): one `Result` per input item.
+///
+/// When the input says how long it is (a `Vec`, a range: its `size_hint` is exact), so does
+/// this iterator's `size_hint`: the results not yet yielded, so a progress bar can be sized
+/// from it (`indicatif`'s `progress_count(it.size_hint().0 as u64)`). Should the pool be
+/// closed or terminated under it, the stream ends early and the hint says so.
 ///
 /// ```
 /// fn square(n: u64) -> u64 {
@@ -42,6 +48,8 @@ pub struct Imap<'a, R> {
     ahead: usize,
     exhausted: bool,
     consumed: usize,
+    /// Results not yet yielded, when the input's length is known.
+    left: Option<usize>,
     next_ordered: usize,
     ready: VecDeque<Result<R, Error>>,
     _value: PhantomData<fn() -> R>,
@@ -55,6 +63,7 @@ impl<'a, R> Imap<'a, R> {
         target: &'static str,
         ordered: bool,
         ahead: usize,
+        len: Option<usize>,
     ) -> Self {
         shared.stream_opened();
         Imap {
@@ -71,6 +80,7 @@ impl<'a, R> Imap<'a, R> {
             ahead: ahead.max(1),
             exhausted: false,
             consumed: 0,
+            left: len,
             next_ordered: 0,
             ready: VecDeque::new(),
             _value: PhantomData,
@@ -82,8 +92,8 @@ impl<'a, R> Imap<'a, R> {
         while !self.exhausted && self.job.lock().added() - self.consumed < self.ahead {
             match self.feed.next() {
                 None => self.finish_input(),
-                Some(Err(e)) => {
-                    let index = self.job.add_chunk(0, 1);
+                Some(Err((e, items))) => {
+                    let index = self.job.add_chunk(0, items);
                     self.job.deliver(index, Err(e));
                 }
                 Some(Ok(((payload, fds), items))) => {
@@ -96,6 +106,7 @@ impl<'a, R> Imap<'a, R> {
                     // the stream ends there: an endless input must not yield errors forever.
                     if self.shared.submit(vec![chunk], false).is_err() {
                         self.finish_input();
+                        self.left = None;
                     }
                 }
             }
@@ -118,6 +129,9 @@ impl<R: DeserializeOwned> Iterator for Imap<'_, R> {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             if let Some(item) = self.ready.pop_front() {
+                if let Some(left) = &mut self.left {
+                    *left = left.saturating_sub(1);
+                }
                 return Some(item);
             }
             self.top_up();
@@ -128,6 +142,7 @@ impl<R: DeserializeOwned> Iterator for Imap<'_, R> {
                 // A fork child: nothing here will ever answer; say so once, then end.
                 self.exhausted = true;
                 self.consumed = self.job.lock().added();
+                self.left = Some(0);
                 return Some(Err(Shared::foreign_error()));
             }
             let ordered = self.ordered.then_some(self.next_ordered);
@@ -147,6 +162,13 @@ impl<R: DeserializeOwned> Iterator for Imap<'_, R> {
             drop(inner);
             self.consumed += 1;
             self.next_ordered += usize::from(self.ordered);
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self.left {
+            Some(n) => (n, Some(n)),
+            None => (self.ready.len(), None),
         }
     }
 }
