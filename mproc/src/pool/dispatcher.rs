@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-pub(crate) use chunk::Chunk;
+pub(crate) use chunk::{Chunk, Verdict};
 pub(crate) use config::{Config, Gated};
 use link::{Link, Note, Sent};
 use local::LocalLink;
@@ -359,10 +359,16 @@ impl<L: Link> Dispatcher<L> {
                 self.queue.push_front(chunk);
                 break;
             };
-            self.workers[at].limit = 0; // one chunk each: this one is taken
             match chunk.may_start() {
-                true => picked.push((at, chunk)),
-                false => chunk.fail(ErrorKind::Cancelled.into()),
+                Verdict::Go => {
+                    self.workers[at].limit = 0; // one chunk each: this one is taken
+                    picked.push((at, chunk));
+                }
+                Verdict::Drop => chunk.fail(ErrorKind::Cancelled.into()),
+                Verdict::Later => {
+                    self.queue.push_front(chunk);
+                    break;
+                }
             }
         }
         if picked.is_empty() {

@@ -38,9 +38,9 @@ use dispatcher::{Config, Shared};
 pub use imap::Imap;
 use job::JobState;
 #[cfg(feature = "remote")]
-pub(crate) use dispatcher::Gated;
+pub(crate) use dispatcher::{Gated, Verdict};
 #[cfg(feature = "remote")]
-pub(crate) use raw::RawTask;
+pub(crate) use raw::{RawTask, Waker};
 pub use result::AsyncResult;
 
 /// A pool of worker processes, as Python's `multiprocessing.Pool`.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::Pool;
-use super::dispatcher::{Chunk, Shared};
+use super::dispatcher::{Chunk, Shared, Verdict};
 use super::job::{ChunkOutcome, JobState};
 use crate::error::{Error, ErrorKind};
 
@@ -26,17 +26,32 @@ impl RawTask {
     }
 }
 
+/// Wakes a pool's dispatcher: a chunk's `on_start` said [`Verdict::Later`], and now it may go.
+#[derive(Clone)]
+pub(crate) struct Waker(Arc<Shared>);
+
+impl Waker {
+    pub(crate) fn wake(&self) {
+        self.0.nudge();
+    }
+}
+
 impl Pool {
+    /// What wakes this pool's dispatcher (see [`Waker`]).
+    pub(crate) fn waker(&self) -> Waker {
+        Waker(Arc::clone(&self.shared))
+    }
+
     /// Submits one chunk of `items` items already encoded for the trampoline at `entry`
     /// (a chunk entry of this build, or an offset a worker refuses with an error);
-    /// `on_start` is asked just before a worker gets it (`false`: it is dropped unrun, and
+    /// `on_start` is asked just before a worker gets it (see [`Verdict`]: dropped unrun, it is
     /// answered `Cancelled`); `done` gets its answer, once, on whichever thread sees it first.
     pub(crate) fn submit_raw(
         &self,
         entry: i64,
         payload: Vec<u8>,
         items: usize,
-        on_start: impl FnOnce() -> bool + Send + 'static,
+        on_start: impl FnMut() -> Verdict + Send + 'static,
         done: impl FnOnce(ChunkOutcome) + Send + 'static,
     ) -> Result<RawTask, Error> {
         self.shared.check_open()?;

@@ -20,7 +20,7 @@
 //! - the engine (the calling thread): acts on what the others report (cancels, refusals,
 //!   being declared dead, SIGTERM, Redis gone) and reads replies left unread.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -36,7 +36,7 @@ use super::frame::{self, GROUP, Keys, PoolFrame, ResultFrame, TaskFrame};
 use super::scripts;
 use super::submitter::{log, reap};
 use crate::error::{Error, ErrorKind};
-use crate::pool::{Gated, Pool, RawTask};
+use crate::pool::{Gated, Pool, RawTask, Verdict, Waker};
 
 /// A local pool unused this long is retired (its workers exit).
 const RETIRE_AFTER: Duration = Duration::from_secs(10);
@@ -101,6 +101,10 @@ struct Hub {
     unsettled: VecDeque<Vec<String>>,
     /// When the last pipeline went out (its replies may still be on their way).
     sent: Instant,
+    /// What wakes each local pool's dispatcher, by remote pool.
+    wakers: HashMap<u64, Waker>,
+    /// Local pools told to wait (`Verdict::Later`): the agent's workers were all busy.
+    waiting: HashSet<u64>,
     pace: Pace,
 }
 
@@ -134,17 +138,24 @@ impl Common {
     }
 
     /// A local worker is picked for entry `id`: it is to be marked running with the next
-    /// [`flush`](Self::flush), unless it was dropped (declared dead, or draining). On a local
-    /// pool's thread.
-    fn gate(&self, id: &str) -> bool {
+    /// [`flush`](Self::flush), unless it was dropped (declared dead, or draining), or the
+    /// agent's workers are all busy (its local pools together run no more than the workers it
+    /// announced: this one waits, and is woken when one is free). On a local pool's thread.
+    fn gate(&self, id: &str) -> Verdict {
         let mut hub = self.hub();
+        let running = hub.tasks.values().filter(|t| t.started.is_some()).count();
         let Some(t) = hub.tasks.get_mut(id) else {
-            return false;
+            return Verdict::Drop;
         };
+        if running >= self.workers {
+            let pool = t.pool;
+            hub.waiting.insert(pool);
+            return Verdict::Later;
+        }
         t.started = Some(Instant::now());
         let start = (id.to_owned(), t.pool, t.task);
         hub.starting.push(start);
-        true
+        Verdict::Go
     }
 
     /// Sends the answers gathered and marks the entries about to start running, in one
@@ -189,6 +200,7 @@ impl Common {
         };
         if let Some(started) = t.started {
             hub.pace.note(started.elapsed(), self.workers, &self.window);
+            hub.wake_waiting();
         }
         let record = self.seal(id, t.pool, t.task, t.max_frame, outcome);
         hub.records.extend(record);
@@ -334,6 +346,7 @@ impl Hub {
                 if let Some(t) = self.tasks.remove(id) {
                     out.refused.extend(t.raw);
                     pending = true;
+                    self.wake_waiting();
                 }
                 if let Some(at) = self.records.iter().position(|r| &r.0 == id) {
                     self.records.remove(at);
@@ -346,6 +359,15 @@ impl Hub {
             out.reaped |= verdicts.is_empty();
         }
         Ok(out)
+    }
+
+    /// A worker is free: wakes the local pools that were told to wait for one.
+    fn wake_waiting(&mut self) {
+        for pool in std::mem::take(&mut self.waiting) {
+            if let Some(w) = self.wakers.get(&pool) {
+                w.wake(); // a write to its eventfd: no lock taken
+            }
+        }
     }
 
     /// Whether `id` is here already (read again after a reconnection).
@@ -399,6 +421,8 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
             step: String::new(),
             unsettled: VecDeque::new(),
             sent: Instant::now(),
+            wakers: HashMap::new(),
+            waiting: HashSet::new(),
             pace: Pace::default(),
         }),
     });
@@ -749,8 +773,11 @@ impl Intake {
             }
             b.build()
         });
-        if let Err(e) = &made {
-            log(&format!("remote pool {pool:x} cannot be served here: {e}"));
+        match &made {
+            Ok(p) => {
+                c.hub().wakers.insert(pool, p.waker());
+            }
+            Err(e) => log(&format!("remote pool {pool:x} cannot be served here: {e}")),
         }
         let ok = made.as_ref().map(|_| ()).map_err(Clone::clone);
         self.locals.insert(
@@ -821,8 +848,23 @@ impl Intake {
     /// Retires local pools idle for a while.
     fn retire(&mut self) {
         let busy: Vec<u64> = self.common.hub().tasks.values().map(|t| t.pool).collect();
-        self.locals
-            .retain(|p, l| busy.contains(p) || l.used.elapsed() < RETIRE_AFTER);
+        let idle: Vec<u64> = self
+            .locals
+            .iter()
+            .filter(|(p, l)| !busy.contains(p) && l.used.elapsed() >= RETIRE_AFTER)
+            .map(|(p, _)| *p)
+            .collect();
+        if idle.is_empty() {
+            return;
+        }
+        let mut hub = self.common.hub();
+        for p in &idle {
+            hub.wakers.remove(p);
+            hub.waiting.remove(p);
+        }
+        drop(hub);
+        // Closed without the hub: their dispatchers may still ask it.
+        self.locals.retain(|p, _| !idle.contains(p));
     }
 }
 

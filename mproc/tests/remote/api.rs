@@ -240,11 +240,41 @@ fn cancel_and_terminate(m: StartMethod) {
     assert_eq!(c.pool().apply(square, (4,)).unwrap(), 16);
 }
 
+/// An agent serving several pools at once runs no more tasks than the workers it announced:
+/// each pool has a local pool of that many workers, and they share the agent's count.
+fn an_agent_runs_no_more_than_its_workers_across_pools(m: StartMethod) {
+    let c = Cluster::new(m, 1, 1);
+    let (a, b) = (c.builder().processes(4).build().unwrap(), c.pool());
+    let began = std::time::Instant::now();
+    let tasks: Vec<_> = (0..3)
+        .flat_map(|_| [&a, &b])
+        .map(|p| p.apply_async(sleep_ms, (150,)).unwrap())
+        .collect();
+    let mut most = 0;
+    while !tasks.iter().all(|t| t.ready()) {
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "the tasks did not finish"
+        );
+        most = most.max(c.running());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = began.elapsed();
+    assert!(tasks.iter().all(|t| t.get().unwrap() == 150));
+    assert!(
+        most <= 1,
+        "{most} tasks marked running at once on a one-worker agent"
+    );
+    // One at a time: six tasks of 150 ms take 900 ms at least.
+    assert!(took >= Duration::from_millis(880), "{took:?}");
+}
+
 per_start_method!(
     whole_api,
     order_across_agents,
     worker_settings,
-    cancel_and_terminate
+    cancel_and_terminate,
+    an_agent_runs_no_more_than_its_workers_across_pools
 );
 
 fn identity(v: Vec<u8>) -> Vec<u8> {

@@ -22,12 +22,28 @@ pub(crate) struct Chunk {
     pub(super) revoked: bool,
     /// Descriptors of the handles among its arguments: such a chunk goes on the socket.
     pub(super) handles: Vec<OwnedFd>,
-    /// Asked once, when a worker is first picked for it: `false` drops it unrun (`Cancelled`).
+    /// Asked when a worker is picked for it, until it says `Go` or `Drop`.
     pub(super) on_start: Option<OnStart>,
 }
 
 /// See [`Chunk::on_start`].
-pub(crate) type OnStart = Box<dyn FnOnce() -> bool + Send>;
+pub(crate) type OnStart = Box<dyn FnMut() -> Verdict + Send>;
+
+/// What a chunk's `on_start` says when a worker is picked for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    not(feature = "remote"),
+    expect(dead_code, reason = "only a remote agent's chunks have an on_start")
+)]
+pub(crate) enum Verdict {
+    /// It goes to the worker.
+    Go,
+    /// It is dropped unrun (answered `Cancelled`).
+    Drop,
+    /// Not now: it stays first in the queue, and the pool hands out nothing more until it is
+    /// woken (whoever said `Later` wakes it).
+    Later,
+}
 
 impl Chunk {
     pub(crate) fn new(
@@ -59,9 +75,16 @@ impl Chunk {
         self
     }
 
-    /// Asks its `on_start`, the first time only: whether it may go to a worker.
-    pub(super) fn may_start(&mut self) -> bool {
-        self.on_start.take().is_none_or(|f| f())
+    /// Asks its `on_start` (until it has said `Go` or `Drop`) whether it may go to a worker.
+    pub(super) fn may_start(&mut self) -> Verdict {
+        let Some(ask) = &mut self.on_start else {
+            return Verdict::Go;
+        };
+        let verdict = ask();
+        if verdict != Verdict::Later {
+            self.on_start = None;
+        }
+        verdict
     }
 
     /// The descriptors of the handles among its arguments.
