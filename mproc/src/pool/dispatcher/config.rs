@@ -28,7 +28,8 @@ pub(crate) struct Config {
 
 /// What a remote agent's local pool does differently: each worker holds one chunk at a time
 /// (nothing waits behind the running one, so the agent can tell exactly which of its entries
-/// run); each chunk's `on_start` is asked when a worker is picked for it, then `flush` once
+/// run); each chunk's `on_start` is asked when a worker is picked for it (it may also say
+/// `Later`: the agent's workers are all busy in its other pools), then `flush` once
 /// for all those picked together, before any of them reaches a lane (the agent marks them
 /// running in Redis); `flush` runs again at the end of each of the dispatcher's turns (the
 /// agent sends the answers it gathered). `flush` returning `false` (Redis is gone) drops the
