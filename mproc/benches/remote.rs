@@ -22,7 +22,11 @@
 //! ```text
 //! cargo bench -p mproc --features remote --bench remote
 //! cargo bench -p mproc --features remote --bench remote -- --no-python
+//! cargo bench -p mproc --features remote --bench remote -- --map1 100000
 //! ```
+//!
+//! `-- --map1 [N]` runs only `map1` (`processes(64)`, three rounds of N tasks, 30 000 by
+//! default) and prints where the server's time went (`INFO commandstats`): for profiling.
 //!
 //! Without `--bench` on its command line (as under `cargo test --benches`) it does a smoke run
 //! of a few samples each, and no Python.
@@ -74,6 +78,10 @@ fn main() {
     let mut v = Verdicts(Vec::new());
     println!("remote bench: redis-server on a Unix socket, agents of this binary");
 
+    if args.iter().any(|a| a == "--map1") {
+        map1_alone(&redis, &key, remote, &args);
+        return;
+    }
     // 1 and 2: the floor and `apply` (one agent with one worker), in alternating rounds, so
     // that both see the same load on this shared VM.
     let agent = Agent::start(&url, &key, 1, &[]);
@@ -246,4 +254,53 @@ fn field(line: &str, name: &str) -> Option<String> {
         rest[..rest.find([',', '}'])?].trim().to_owned()
     };
     Some(value)
+}
+
+/// `--map1 [N]`: `map1` alone, three rounds, then the server's time per command.
+fn map1_alone(
+    redis: &RedisServer,
+    key: &std::path::Path,
+    remote: impl Fn() -> Remote,
+    args: &[String],
+) {
+    let url = redis.url();
+    let n: u64 = args
+        .iter()
+        .skip_while(|a| *a != "--map1")
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30_000);
+    let agents = [
+        Agent::start(&url, key, 1, &[]),
+        Agent::start(&url, key, 1, &[]),
+    ];
+    let pool = Pool::builder()
+        .remote(remote())
+        .processes(64)
+        .build()
+        .expect("pool");
+    wait_for_workers(&pool, 2);
+    pool.chunksize(1).map(trivial, 0..1000).expect("warm-up");
+    let mut c = harness::RespConn::unix(&redis.socket_path()).expect("a connection");
+    c.call(&["CONFIG", "RESETSTAT"]).expect("CONFIG RESETSTAT");
+    for _ in 0..3 {
+        let t = Instant::now();
+        let got = pool.chunksize(1).map(trivial, 0..n).expect("map1");
+        assert_eq!(got.len(), n as usize);
+        println!(
+            "map1    chunksize(1), 2 agents, processes(64)  {:9.0} tasks/s",
+            n as f64 / t.elapsed().as_secs_f64()
+        );
+    }
+    if let Ok(harness::Reply::Bulk(b)) = c.call(&["INFO", "commandstats"]) {
+        println!("server time per command over the {} tasks:", 3 * n);
+        for line in String::from_utf8_lossy(&b)
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_"))
+        {
+            println!("  {line}");
+        }
+    }
+    drop(pool);
+    drop(agents);
 }

@@ -47,6 +47,7 @@ pub(crate) fn serve(
         ctrl,
         lane,
         identity,
+        linger: spec.linger,
         out: Vec::new(),
         socket_task: None,
     };
@@ -71,6 +72,8 @@ struct Worker<'a> {
     ctrl: &'a mut Channel,
     lane: Lane,
     identity: u64,
+    /// Whether it watches its lane a little while before it sleeps.
+    linger: bool,
     /// Where answers are encoded.
     out: Vec<u8>,
     /// A large task that came on the socket while the worker slept, before it met the
@@ -113,7 +116,7 @@ impl Worker<'_> {
             if stopping {
                 return Ok(());
             }
-            if self.linger() || !self.lane.prepare_sleep() {
+            if (self.linger && self.linger()) || !self.lane.prepare_sleep() {
                 continue;
             }
             let message = self.ctrl.recv::<ToWorker<Vec<u8>>>(None);

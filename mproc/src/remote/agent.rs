@@ -77,6 +77,9 @@ struct Common {
     outstanding: AtomicUsize,
     room: Condvar,
     room_lock: Mutex<()>,
+    /// Set while the reader waits for room (under `room_lock`): only then does a release
+    /// take the lock and wake it.
+    reader_waits: AtomicBool,
     window: AtomicUsize,
     stop: AtomicBool,
     tx: Sender<Event>,
@@ -131,10 +134,30 @@ impl Common {
 
     fn release(&self, n: usize) {
         if n > 0 {
-            self.outstanding.fetch_sub(n, Ordering::AcqRel);
-            let _g = self.room_lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.room.notify_all();
+            let left = self.outstanding.fetch_sub(n, Ordering::SeqCst) - n;
+            if self.reader_waits.load(Ordering::SeqCst) && self.may_read(left) {
+                let _g = self.room_lock.lock().unwrap_or_else(|e| e.into_inner());
+                self.room.notify_all();
+            }
         }
+    }
+
+    /// Whether the reader reads more with `out` entries outstanding: once a quarter of the
+    /// window is free (at least one entry), so that it reads entries in batches rather than
+    /// one per answer.
+    fn may_read(&self, out: usize) -> bool {
+        let window = self.window.load(Ordering::Relaxed);
+        out + (window / 4).max(1) <= window
+    }
+
+    /// The reader waits (bounded) until it [may read](Self::may_read) again.
+    fn wait_for_room(&self) {
+        let g = self.room_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.reader_waits.store(true, Ordering::SeqCst);
+        if !self.may_read(self.outstanding.load(Ordering::SeqCst)) {
+            let _ = self.room.wait_timeout(g, Duration::from_millis(BLOCK_MS));
+        }
+        self.reader_waits.store(false, Ordering::SeqCst);
     }
 
     /// A local worker is picked for entry `id`: it is to be marked running with the next
@@ -410,6 +433,7 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
         outstanding: AtomicUsize::new(0),
         room: Condvar::new(),
         room_lock: Mutex::new(()),
+        reader_waits: AtomicBool::new(false),
         window: AtomicUsize::new(workers * 2),
         stop: AtomicBool::new(false),
         tx: tx.clone(),
@@ -640,14 +664,17 @@ impl Intake {
         while !c.stop.load(Ordering::Relaxed) {
             self.retire();
             let window = c.window.load(Ordering::Relaxed);
-            let out = c.outstanding.load(Ordering::Acquire);
-            if out >= window && !again {
-                let g = c.room_lock.lock().unwrap_or_else(|e| e.into_inner());
-                let _ = c.room.wait_timeout(g, Duration::from_millis(BLOCK_MS));
+            let out = c.outstanding.load(Ordering::SeqCst);
+            if !again && !c.may_read(out) {
+                c.wait_for_room();
                 continue;
             }
             let (id, tasks) = (c.id(), c.keys.tasks());
-            let (count, from) = if again { (100_000, "0") } else { (window - out, ">") };
+            let (count, from) = if again {
+                (100_000, "0")
+            } else {
+                (window.saturating_sub(out).max(1), ">")
+            };
             let reply = con.run("reading the task stream", |k| {
                 redis::cmd("XREADGROUP")
                     .arg("GROUP")
@@ -946,7 +973,8 @@ fn heartbeat(mut con: Conn, c: &Common) {
     }
 }
 
-/// Running entries whose task was cancelled or whose pool is gone.
+/// Running entries whose task is done (cancelled, or answered by another agent after this
+/// one was declared dead) or whose pool is gone.
 fn cancelled(con: &mut Conn, c: &Common) -> Result<Vec<String>, Error> {
     let running: Vec<(String, (u64, u64))> = c
         .hub()
@@ -960,7 +988,7 @@ fn cancelled(con: &mut Conn, c: &Common) -> Result<Vec<String>, Error> {
     }
     let mut pipe = redis::pipe();
     for (_, (pool, task)) in &running {
-        pipe.cmd("SISMEMBER").arg(c.keys.cancel(*pool)).arg(task);
+        pipe.cmd("HEXISTS").arg(c.keys.done(*pool)).arg(task);
         pipe.cmd("EXISTS").arg(c.keys.pool(*pool));
     }
     let flags: Vec<bool> = con.run("checking for cancelled tasks", |k| pipe.query(k))?;

@@ -6,13 +6,12 @@
 //!
 //! | key | type | what |
 //! | --- | --- | --- |
-//! | `tasks` | stream, group `agents` | task entries: `f` sealed frame; `p`, `k`, `m` pool, task and max retries in clear, for the reaper's script |
+//! | `tasks` | stream, group `agents` | task entries: `f` sealed frame; `p`, `k`, `m` pool, task and max retries in clear, for the reaper's script; acknowledged entries are trimmed by the reaper |
 //! | `results:<pool>` | stream | `r` sealed result frame; or `lost`, `attempts`, `agent` from the reaper |
 //! | `dead` | stream | tasks that exhausted their retries (capped at ~10 000) |
 //! | `pool:<pool>` | string | the sealed pool frame; its absence means the pool is gone |
-//! | `done:<pool>` | hash | task → 1 once a result is recorded (exactly one result) |
+//! | `done:<pool>` | hash | task → 1 once a result is recorded (exactly one result), `c` once cancelled (none is) |
 //! | `attempts:<pool>` | hash | task → runs lost with a dead agent |
-//! | `cancel:<pool>` | set | cancelled tasks |
 //! | `agents` | hash | agent → workers it announces |
 //! | `hb:<agent>` | string, TTL | the agent's heartbeat |
 //! | `running:<agent>` | hash | entry id → `pool:task` the agent's workers are running |
@@ -52,9 +51,6 @@ impl Keys {
     pub(crate) fn results(&self, pool: u64) -> String {
         format!("{}results:{pool}", self.prefix)
     }
-    pub(crate) fn cancel(&self, pool: u64) -> String {
-        format!("{}cancel:{pool}", self.prefix)
-    }
     pub(crate) fn done(&self, pool: u64) -> String {
         format!("{}done:{pool}", self.prefix)
     }
@@ -68,11 +64,10 @@ impl Keys {
         format!("{}running:{agent}", self.prefix)
     }
     /// Every key of one pool, deleted when it finishes.
-    pub(crate) fn of_pool(&self, pool: u64) -> [String; 5] {
+    pub(crate) fn of_pool(&self, pool: u64) -> [String; 4] {
         [
             self.pool(pool),
             self.results(pool),
-            self.cancel(pool),
             self.done(pool),
             self.attempts(pool),
         ]

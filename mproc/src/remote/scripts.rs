@@ -7,34 +7,43 @@
 /// An agent's step, sent whenever it has answers to record or entries about to start (one
 /// call for both, so one round trip of the server's per task):
 ///
-/// - Answers: each is recorded only if its pool still exists and the task has no result yet
-///   (`HSETNX done`): a task run twice (its first agent thought dead) is recorded once. Then
-///   its entry is acknowledged, deleted, and no longer running. An empty entry id records a
-///   result for a frame that was never started (refused).
+/// - Answers: each is recorded only if its pool still exists and the task is not done yet
+///   (`HSETNX done`): a task run twice (its first agent thought dead) is recorded once, a
+///   cancelled one not at all. Then its entry is acknowledged and no longer running. An
+///   empty entry id records a result for a frame that was never started (refused).
 /// - Entries about to start on the agent's workers: all refused (`-1`) if the agent's
 ///   heartbeat is gone (it was declared dead and its entries re-queued); else, per entry,
-///   skipped (acknowledged and deleted; 0) if its pool is gone, it was cancelled or it already
-///   has a result, and otherwise recorded as running (1).
+///   skipped (acknowledged; 0) if its pool is gone or the task is done (cancelled, or
+///   already answered), and otherwise recorded as running (1).
 ///
-/// Returns `{recorded, verdicts or -1}`.
+/// Acknowledged entries stay in the stream until the reaper trims them (a trim of the
+/// stream's head costs the server less than an `XDEL` of each). Whether a pool exists is
+/// asked once per pool and call. Returns `{recorded, verdicts or -1}`.
 ///
 /// KEYS: tasks, hb:<agent>, running:<agent>. ARGV: prefix, the number of answers, then
 /// (entry id, pool, task, sealed result) per answer, then (entry id, pool, task) per start.
 pub(crate) const STEP: &str = r#"
 local p = ARGV[1]
+local alive = {}
+local function live(pool)
+  local a = alive[pool]
+  if a == nil then
+    a = redis.call('EXISTS', p .. 'pool:' .. pool) == 1
+    alive[pool] = a
+  end
+  return a
+end
 local i = 3
 local recorded = 0
 for _ = 1, tonumber(ARGV[2]) do
   local id, pool, task, blob = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   i = i + 4
-  if redis.call('EXISTS', p .. 'pool:' .. pool) == 1
-      and redis.call('HSETNX', p .. 'done:' .. pool, task, 1) == 1 then
+  if live(pool) and redis.call('HSETNX', p .. 'done:' .. pool, task, 1) == 1 then
     redis.call('XADD', p .. 'results:' .. pool, '*', 'r', blob)
     recorded = recorded + 1
   end
   if id ~= '' then
     redis.call('XACK', KEYS[1], 'agents', id)
-    redis.call('XDEL', KEYS[1], id)
     redis.call('HDEL', KEYS[3], id)
   end
 end
@@ -44,11 +53,8 @@ local out = {}
 while i <= #ARGV do
   local id, pool, task = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   i = i + 3
-  if redis.call('EXISTS', p .. 'pool:' .. pool) == 0
-      or redis.call('SISMEMBER', p .. 'cancel:' .. pool, task) == 1
-      or redis.call('HEXISTS', p .. 'done:' .. pool, task) == 1 then
+  if not live(pool) or redis.call('HEXISTS', p .. 'done:' .. pool, task) == 1 then
     redis.call('XACK', KEYS[1], 'agents', id)
-    redis.call('XDEL', KEYS[1], id)
     out[#out + 1] = 0
   else
     redis.call('HSET', KEYS[3], id, pool .. ':' .. task)
@@ -62,8 +68,9 @@ return {recorded, out}
 /// entries it was running count an attempt each (past the task's `max_retries`: a `lost`
 /// result, recorded only if none is, and a copy on the dead-letter stream; else re-queued),
 /// the entries it held but had not started are re-queued at no charge, then the agent is
-/// forgotten (its running record, its registration, its consumer). Returns how many agents it
-/// reaped.
+/// forgotten (its running record, its registration, its consumer). Then the task stream's
+/// head is trimmed up to its oldest entry still pending or not yet delivered (`MINID ~`:
+/// whole nodes only, so it costs little). Returns how many agents it reaped.
 ///
 /// KEYS: tasks, agents, dead. ARGV: prefix.
 pub(crate) const REAP: &str = r#"
@@ -101,7 +108,6 @@ for _, a in ipairs(redis.call('HKEYS', KEYS[2])) do
           end
         end
         redis.call('XACK', KEYS[1], 'agents', id)
-        redis.call('XDEL', KEYS[1], id)
       end
     end
     redis.call('DEL', running)
@@ -109,6 +115,19 @@ for _, a in ipairs(redis.call('HKEYS', KEYS[2])) do
     redis.call('XGROUP', 'DELCONSUMER', KEYS[1], 'agents', a)
     reaped = reaped + 1
   end
+end
+local s = redis.pcall('XPENDING', KEYS[1], 'agents')
+if type(s) == 'table' and s.err == nil then
+  local min = s[2]
+  if s[1] == 0 then
+    min = nil
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+      local f = {}
+      for j = 1, #g, 2 do f[g[j]] = g[j + 1] end
+      if f['name'] == 'agents' then min = f['last-delivered-id'] end
+    end
+  end
+  if min then redis.call('XTRIM', KEYS[1], 'MINID', '~', min) end
 end
 return reaped
 "#;

@@ -40,11 +40,14 @@ struct Flight {
     /// The reader's failure (Redis gone): the pool fails with it.
     failed: Mutex<Option<Error>>,
     stop: AtomicBool,
-    /// Whether answers matter to the submitter's thread: chunks wait for room in the window,
-    /// or the pool is closed (it ends once all are answered). Else the reader does not wake
-    /// it. Set before the submitter looks at the window (under `chunks`), so an answer that
-    /// frees room it did not see is followed by a wake-up.
-    wants: AtomicBool,
+    /// When answers matter to the submitter's thread: the reader wakes it once fewer than
+    /// this many chunks are in flight (0: never; `usize::MAX`: at every answer). Chunks
+    /// waiting for room in a wide window wake it only when a quarter of the window is free,
+    /// so that it writes them in batches (and agents read them in batches) rather than one
+    /// per answer; a closed pool wakes it at every answer (it ends once all are answered).
+    /// Set to `usize::MAX` before the submitter looks at the window (under `chunks`), so an
+    /// answer that frees room it did not see is followed by a wake-up.
+    wake_below: AtomicUsize,
 }
 
 impl Flight {
@@ -138,7 +141,7 @@ fn start(
             chunks: Mutex::new(HashMap::new()),
             failed: Mutex::new(None),
             stop: AtomicBool::new(false),
-            wants: AtomicBool::new(true),
+            wake_below: AtomicUsize::new(usize::MAX),
         }),
         con,
         endpoint,
@@ -284,10 +287,17 @@ impl Submitter {
 
     /// Writes queued chunks while the window has room, in one pipeline.
     fn send(&mut self) -> Result<(), Error> {
-        self.flight.wants.store(true, Ordering::SeqCst);
+        self.flight.wake_below.store(usize::MAX, Ordering::SeqCst);
         let sent = self.send_window();
-        let wants = !self.queue.is_empty() || self.closed;
-        self.flight.wants.store(wants, Ordering::SeqCst);
+        let wake_below = if self.closed {
+            usize::MAX
+        } else if self.queue.is_empty() {
+            0
+        } else {
+            let window = self.processes.load(Ordering::Relaxed).max(1);
+            window - window / 4
+        };
+        self.flight.wake_below.store(wake_below, Ordering::SeqCst);
         sent
     }
 
@@ -361,10 +371,15 @@ impl Submitter {
         }
         self.queue.retain(|c| !ids.contains(&c.id) || !c.answered());
         if !gone.is_empty() {
-            let key = self.keys.cancel(self.pool);
-            self.con.run("cancelling remote tasks", |c| {
-                redis::cmd("SADD").arg(&key).arg(&gone).query::<()>(c)
-            })?;
+            // Marked done, as cancelled: agents skip them, or kill the worker running them,
+            // and no result is recorded for them any more.
+            let key = self.keys.done(self.pool);
+            let mut pipe = redis::pipe();
+            for id in &gone {
+                pipe.cmd("HSETNX").arg(&key).arg(id).arg("c").ignore();
+            }
+            self.con
+                .run("cancelling remote tasks", |c| pipe.query::<()>(c))?;
         }
         Ok(())
     }
@@ -470,11 +485,13 @@ fn read_results(
     pool: u64,
 ) {
     let mut last = "0-0".to_owned();
-    let mut read: Vec<String> = Vec::new();
+    let mut trim = false;
     while !flight.stop.load(Ordering::Relaxed) {
         let mut pipe = redis::pipe();
-        if !read.is_empty() {
-            pipe.cmd("XDEL").arg(stream).arg(&read).ignore();
+        if trim {
+            // What was read goes (the last entry stays until the next read: MINID keeps it).
+            // One trim of the stream's head costs less than deleting each entry.
+            pipe.cmd("XTRIM").arg(stream).arg("MINID").arg(&last).ignore();
         }
         pipe.cmd("XREAD")
             .arg("COUNT")
@@ -488,7 +505,7 @@ fn read_results(
         let reply = con.run("reading the remote pool's results", |c| {
             pipe.query::<Vec<Value>>(c)
         });
-        read.clear();
+        trim = false;
         let entries = match reply {
             Ok(mut r) => conn::stream_entries(r.pop().unwrap_or(Value::Nil)),
             Err(e) => {
@@ -500,19 +517,25 @@ fn read_results(
         if entries.is_empty() {
             continue;
         }
+        let mut left = None;
         for entry in entries {
             last.clone_from(&entry.id);
-            read.push(entry.id.clone());
+            trim = true;
             let answer = answer_of(&entry, key, pool);
             let Some((task, outcome)) = answer else {
                 continue;
             };
-            let chunk = flight.chunks().remove(&task);
+            let chunk = {
+                let mut chunks = flight.chunks();
+                let chunk = chunks.remove(&task);
+                left = Some(chunks.len());
+                chunk
+            };
             if let Some((chunk, _)) = chunk {
                 chunk.finish(outcome);
             }
         }
-        if flight.wants.load(Ordering::SeqCst) {
+        if left.is_some_and(|n| n < flight.wake_below.load(Ordering::SeqCst)) {
             shared.nudge();
         }
     }

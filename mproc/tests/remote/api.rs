@@ -1,7 +1,7 @@
 //! Every method of the local pool, on a remote pool, with the same meaning.
 
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mproc::{ErrorKind, StartMethod};
 
@@ -276,6 +276,37 @@ per_start_method!(
     cancel_and_terminate,
     an_agent_runs_no_more_than_its_workers_across_pools
 );
+
+/// What was read does not stay in Redis: the submitter trims its results stream as it
+/// reads it, and the reaper (every 250 ms, on each agent) trims the task stream up to its
+/// oldest entry still pending or not yet delivered.
+#[test]
+fn streams_are_trimmed_as_they_go() {
+    let c = Cluster::new(StartMethod::Fork, 1, 2);
+    let pool = c.pool();
+    let n = 2000;
+    let got = pool.chunksize(1).map(square, 0..n).unwrap();
+    assert_eq!(got.len(), n as usize);
+    let tasks = c.keys("mproc:*:tasks").pop().expect("the task stream");
+    let results = c
+        .keys("mproc:*:results:*")
+        .pop()
+        .expect("the results stream");
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (t, r) = (c.len(&tasks), c.len(&results));
+        // The task stream is trimmed by whole nodes (`MINID ~`, at most 100 entries each).
+        if t <= 100 && r <= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "not trimmed: {t} task entries and {r} results of {n} left"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(pool.apply(square, (5,)).unwrap(), 25, "still serving");
+}
 
 fn identity(v: Vec<u8>) -> Vec<u8> {
     v

@@ -118,13 +118,23 @@ impl Cluster {
         }
     }
 
-    /// Replaces the one task entry waiting in the stream (no agent has read it) by a copy
-    /// whose sealed frame `change` has rewritten.
+    /// The length of stream `key`.
+    pub(crate) fn len(&self, key: &[u8]) -> usize {
+        match self.redis.cmd(&[b"XLEN".as_slice(), key]) {
+            Ok(Reply::Int(n)) => n as usize,
+            other => panic!("XLEN: {other:?}"),
+        }
+    }
+
+    /// Replaces the task entry waiting in the stream (the newest: no agent has read it) by a
+    /// copy whose sealed frame `change` has rewritten.
     pub(crate) fn rewrite_waiting_frame(&self, change: impl FnOnce(&mut Vec<u8>)) {
         let tasks = self.keys("mproc:*:tasks").pop().expect("the task stream");
-        let Ok(Reply::Array(entries)) = self.redis.cmd(&[b"XRANGE".as_slice(), &tasks, b"-", b"+"])
+        let Ok(Reply::Array(entries)) =
+            self.redis
+                .cmd(&[b"XREVRANGE".as_slice(), &tasks, b"+", b"-", b"COUNT", b"1"])
         else {
-            panic!("XRANGE")
+            panic!("XREVRANGE")
         };
         assert_eq!(entries.len(), 1);
         let Reply::Array(entry) = &entries[0] else {

@@ -42,11 +42,10 @@ pub(crate) const AGENT_USER: &str = "mproc-agent";
 /// command they call must be allowed here too.
 pub(crate) const AGENT_ACL: &str = "on ~mproc:* resetchannels -@all \
     +ping +hello +auth +client|setname \
-    +xadd +xreadgroup +xread +xack +xdel +xgroup|create +xgroup|createconsumer \
+    +xadd +xreadgroup +xread +xack +xtrim +xgroup|create +xgroup|createconsumer \
     +xgroup|delconsumer +xpending +xrange +xlen +xinfo \
     +eval +evalsha +script|load +script|exists \
     +hset +hsetnx +hget +hgetall +hdel +hincrby +hexists +hkeys +hvals \
-    +sadd +sismember +smismember +srem \
     +set +get +del +exists +pexpire";
 
 /// A private directory under the system's temporary directory, removed on drop.
@@ -903,7 +902,8 @@ mod selftest {
         allowed(&mut c, &["XACK", tasks, "agents", &id]);
         allowed(&mut c, &["XRANGE", tasks, "-", "+"]);
         allowed(&mut c, &["XLEN", tasks]);
-        allowed(&mut c, &["XDEL", tasks, &id]);
+        allowed(&mut c, &["XTRIM", tasks, "MINID", "~", &id]);
+        allowed(&mut c, &["XTRIM", tasks, "MAXLEN", "0"]);
         allowed(&mut c, &["XGROUP", "DELCONSUMER", tasks, "agents", "a1"]);
         allowed(&mut c, &["XADD", results, "*", "r", "1"]);
         allowed(
@@ -944,11 +944,6 @@ mod selftest {
         allowed(&mut c, &["HINCRBY", "mproc:{ab12}:attempts:p1", "t1", "1"]);
         allowed(&mut c, &["HSET", "mproc:{ab12}:agents", "a1", "host"]);
         allowed(&mut c, &["HSET", "mproc:{ab12}:running:a1", "t1", "1"]);
-        let cancel = "mproc:{ab12}:cancel:p1";
-        allowed(&mut c, &["SADD", cancel, "t1"]);
-        allowed(&mut c, &["SISMEMBER", cancel, "t1"]);
-        allowed(&mut c, &["SMISMEMBER", cancel, "t1", "t2"]);
-        allowed(&mut c, &["SREM", cancel, "t1"]);
         let hb = "mproc:{ab12}:hb:a1";
         assert_eq!(allowed(&mut c, &["SET", hb, "1", "PX", "1000"]), ok());
         allowed(&mut c, &["GET", hb]);
