@@ -84,7 +84,10 @@ linux_only! {
     pub use bytemuck::Pod;
     pub use connection::{Connection, pipe};
     pub use error::{CodecReport, Error, ErrorKind, LostReport, OsReport, PanicReport, Result};
-    pub use pool::{AsyncResult, Chunked, Imap, Pool, PoolBuilder};
+    pub use pool::{
+        AsCompleted, AsCompletedTimeout, AsyncResult, Chunked, Imap, Pool, PoolBuilder, Return,
+        as_completed, as_completed_timeout, wait,
+    };
     pub use process::{CurrentProcess, Process, cpu_count, current_process};
     pub use queue::{JoinableQueue, Queue, SimpleQueue};
     #[cfg(feature = "remote")]

@@ -5,6 +5,7 @@
 mod common;
 
 mod bootstrap;
+mod completion;
 mod crashes;
 mod fork_locks;
 mod lifecycle;

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::Waker;
 use std::time::Instant;
 
@@ -49,6 +49,10 @@ pub(crate) struct JobInner {
     sealed: bool,
     pub(crate) waker: Option<Waker>,
     callbacks: Vec<Callback>,
+    /// Waiters on many jobs (`as_completed`, `wait`), with this job's index among theirs:
+    /// told once it completes. A waiter gone is dropped from here at the next registration,
+    /// so repeated waits on a long-running job do not pile up.
+    watchers: Vec<(Weak<Watch>, usize)>,
     /// Threads blocked in `wait_for` on something short of the whole job (an `imap` waiting
     /// for one chunk): a delivery that completes nothing wakes only them. Threads waiting for
     /// the whole job are woken once, when it completes.
@@ -197,11 +201,20 @@ impl JobState {
 
     fn finished(&self) {
         self.done.store(true, Ordering::Release);
-        let (waker, callbacks) = {
+        let (waker, callbacks, watchers) = {
             let mut inner = self.lock();
-            (inner.waker.take(), std::mem::take(&mut inner.callbacks))
+            (
+                inner.waker.take(),
+                std::mem::take(&mut inner.callbacks),
+                std::mem::take(&mut inner.watchers),
+            )
         };
         self.changed.notify_all();
+        for (watch, index) in watchers {
+            if let Some(watch) = watch.upgrade() {
+                watch.push(index);
+            }
+        }
         if let Some(w) = waker {
             // A waker's panic is the executor's: it must not take down whoever completed the
             // job (the dispatcher, or a waiter holding the pool's state).
@@ -260,6 +273,66 @@ impl JobState {
             callback();
         } else {
             inner.callbacks.push(callback);
+        }
+    }
+
+    /// Tells `watch` (with `index`) once the job is complete: now if it already is.
+    pub(crate) fn watch(&self, watch: &Arc<Watch>, index: usize) {
+        let mut inner = self.lock();
+        if inner.complete() {
+            drop(inner);
+            watch.push(index);
+        } else {
+            inner.watchers.retain(|(w, _)| w.strong_count() > 0);
+            inner.watchers.push((Arc::downgrade(watch), index));
+        }
+    }
+}
+
+/// One thread waiting on many jobs at once (`as_completed`, `wait`): each job, once
+/// complete, queues its index here and wakes the waiter. No polling: the waiter sleeps until
+/// one lands.
+#[derive(Default)]
+pub(crate) struct Watch {
+    ready: Mutex<VecDeque<usize>>,
+    landed: Condvar,
+}
+
+impl Watch {
+    pub(crate) fn push(&self, index: usize) {
+        self.ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(index);
+        self.landed.notify_one();
+    }
+
+    /// An index that has landed, without waiting.
+    pub(crate) fn try_next(&self) -> Option<usize> {
+        self.ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
+
+    /// The next index to land, waiting for one until `deadline` (forever if `None`);
+    /// `None` once the deadline has passed.
+    pub(crate) fn next(&self, deadline: Option<Instant>) -> Option<usize> {
+        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(i) = ready.pop_front() {
+                return Some(i);
+            }
+            ready = match deadline {
+                None => self.landed.wait(ready).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let left = d.checked_duration_since(Instant::now())?;
+                    self.landed
+                        .wait_timeout(ready, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
         }
     }
 }
@@ -346,5 +419,34 @@ pub(crate) fn decode_slot<R: DeserializeOwned>(slot: &Slot, target: &str) -> Vec
                 .map(|r| r.map_err(|p| ErrorKind::Panicked(*p).into()))
                 .collect(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watches_of_waiters_gone_do_not_pile_up_on_a_job() {
+        let job = JobState::new();
+        job.add_chunk(1, 1);
+        job.seal();
+        for i in 0..1000 {
+            let gone = Arc::new(Watch::default());
+            job.watch(&gone, i);
+        }
+        assert!(job.lock().watchers.len() <= 1);
+        let w = Arc::new(Watch::default());
+        job.watch(&w, 7);
+        assert_eq!(w.try_next(), None);
+        job.deliver(0, Ok(Vec::new()));
+        assert_eq!(w.try_next(), Some(7));
+        assert_eq!(w.try_next(), None, "told once");
+        // Complete already: told at once.
+        let late = Arc::new(Watch::default());
+        job.watch(&late, 3);
+        assert_eq!(late.next(None), Some(3));
+        // Nothing lands: `next` gives up at its deadline.
+        assert_eq!(late.next(Some(Instant::now())), None);
     }
 }

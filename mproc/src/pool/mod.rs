@@ -23,6 +23,7 @@ use crate::wire::target::{self, Target};
 
 pub(crate) mod backend;
 mod chunked;
+mod completion;
 pub(crate) mod dispatcher;
 mod imap;
 pub(crate) mod job;
@@ -34,6 +35,9 @@ mod task;
 pub(crate) mod worker;
 
 pub use chunked::Chunked;
+pub use completion::{
+    AsCompleted, AsCompletedTimeout, Return, as_completed, as_completed_timeout, wait,
+};
 use dispatcher::{Config, Shared};
 pub use imap::Imap;
 use job::JobState;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::dispatcher::Shared;
-use super::job::{Decoder, JobInner, JobState};
+use super::job::{Decoder, JobInner, JobState, Watch};
 use crate::error::{Error, ErrorKind};
 use crate::sys::fd;
 
@@ -98,6 +98,17 @@ impl<R> AsyncResult<R> {
             target,
             pool,
             _value: PhantomData,
+        }
+    }
+
+    /// Tells `watch` (with `index`) once the task has finished (`as_completed`, `wait`): at
+    /// once in a fork child of the pool's process, where nothing will ever finish it (its
+    /// `get` says so without waiting).
+    pub(crate) fn watch(&self, watch: &Arc<Watch>, index: usize) {
+        if self.pool.foreign() {
+            watch.push(index);
+        } else {
+            self.job.watch(watch, index);
         }
     }
 

@@ -15,7 +15,7 @@ fn add(a: i64, b: i64) -> i64 {
     a + b
 }
 
-use crate::common::sleep_ms;
+use crate::common::{PATIENCE, sleep_ms};
 
 fn boom(n: u32) -> u32 {
     if n == 3 {
@@ -47,6 +47,17 @@ fn whole_api(m: StartMethod) {
         pool.map_async(square, [3, 4]).unwrap().get().unwrap(),
         [9, 16]
     );
+    // `as_completed` and `wait` watch remote results as they do local ones.
+    let naps = [
+        pool.apply_async(sleep_ms, (600,)).unwrap(),
+        pool.apply_async(sleep_ms, (10,)).unwrap(),
+    ];
+    let (done, pending) = mproc::wait(&naps, mproc::Return::FirstCompleted, Some(PATIENCE));
+    assert_eq!((done, pending), (vec![1], vec![0]));
+    let order: Vec<usize> = mproc::as_completed_timeout(&naps, PATIENCE)
+        .map(|r| r.unwrap().0)
+        .collect();
+    assert_eq!(order, [1, 0]);
     assert_eq!(pool.starmap(add, [(1, 2), (3, 4)]).unwrap(), [3, 7]);
     assert_eq!(
         pool.starmap_async(add, [(5, 5)]).unwrap().get().unwrap(),
