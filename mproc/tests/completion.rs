@@ -170,7 +170,29 @@ fn results_of_two_pools_mix(m: StartMethod) {
     assert_eq!(maps[0].get().unwrap(), [10, 300]);
 }
 
+fn results_of_a_terminated_pool_land(m: StartMethod) {
+    let pool = pool(m, 1);
+    let results = naps(&pool, &[60_000, 60_000]);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let order: Vec<usize> = mproc::as_completed(&results).map(|(i, _)| i).collect();
+        let kinds: Vec<ErrorKind> = results
+            .iter()
+            .map(|r| r.get().unwrap_err().kind().clone())
+            .collect();
+        let _ = tx.send((order.len(), kinds));
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    pool.terminate();
+    let (n, kinds) = rx.recv_timeout(PATIENCE).expect("the watcher woke");
+    assert_eq!(n, 2);
+    assert!(kinds.iter().all(|k| k == &ErrorKind::Terminated), "{kinds:?}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
 per_start_method!(
+    results_of_a_terminated_pool_land,
     as_completed_yields_in_finishing_order,
     as_completed_timeout_ends_with_one_timeout,
     wait_returns_as_each_condition_says,
