@@ -24,5 +24,14 @@ if ! command -v redis-server >/dev/null 2>&1; then
     fi
 fi
 
+if ! command -v tmux >/dev/null 2>&1; then
+    # The progress bar is tested in a real terminal: a tmux session.
+    echo "scripts/test.sh: installing tmux (once)" >&2
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux >/dev/null
+    else
+        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux >/dev/null
+    fi
+fi
 cargo nextest run --workspace --all-features --no-fail-fast
 cargo test --doc --workspace --all-features

@@ -1,6 +1,7 @@
 //! `as_completed` and `wait` over a pool's results, under every start method: finishing
 //! order, what is done already, timeouts, the `Return` conditions, and results of two pools
-//! mixed. Plain `as_completed` (no timeout) runs on a helper thread, bounded from here.
+//! mixed. Plain `as_completed` (no timeout) runs on a helper thread, bounded from here. And
+//! a result's progress (items done of all), with and without the `progress` feature's bar.
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -187,11 +188,179 @@ fn results_of_a_terminated_pool_land(m: StartMethod) {
     pool.terminate();
     let (n, kinds) = rx.recv_timeout(PATIENCE).expect("the watcher woke");
     assert_eq!(n, 2);
-    assert!(kinds.iter().all(|k| k == &ErrorKind::Terminated), "{kinds:?}");
+    assert!(
+        kinds.iter().all(|k| k == &ErrorKind::Terminated),
+        "{kinds:?}"
+    );
     assert!(t.elapsed() < Duration::from_secs(5));
 }
 
+fn gated(go: String, n: u64) -> u64 {
+    // Each task waits for its file, so the test says when it may finish.
+    let path = std::path::Path::new(&go).join(n.to_string());
+    let deadline = Instant::now() + PATIENCE;
+    while !path.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    n
+}
+
+fn a_map_counts_its_items_as_chunks_finish(m: StartMethod) {
+    let pool = pool(m, 2);
+    let dir = std::env::temp_dir().join(format!("mproc-progress-{}-{m}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let go = dir.to_string_lossy().into_owned();
+    let open = |n: u64| std::fs::write(dir.join(n.to_string()), b"").unwrap();
+    // Chunks of 5: items 0..5, 5..10, 10..15, 15..20; a chunk ends with its last item.
+    let r = pool
+        .chunksize(5)
+        .starmap_async(gated, (0..20).map(|n| (go.clone(), n)))
+        .unwrap();
+    assert_eq!(r.progress(), mproc::Progress { done: 0, total: 20 });
+    for n in 0..10 {
+        open(n);
+    }
+    let until = Instant::now() + PATIENCE;
+    while r.progress().done < 10 {
+        assert!(Instant::now() < until, "{}", r.progress());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(r.progress().to_string(), "10/20", "two chunks of five");
+    assert!(!r.progress().is_finished());
+    for n in 10..20 {
+        open(n);
+    }
+    r.wait().unwrap();
+    assert!(r.progress().is_finished());
+    // A cancelled map: what did not run counts as done too (it has its outcome).
+    let r = pool
+        .chunksize(5)
+        .starmap_async(gated, (100..120).map(|n| (go.clone(), n)))
+        .unwrap();
+    assert!(r.cancel());
+    assert_eq!(
+        r.progress(),
+        mproc::Progress {
+            done: 20,
+            total: 20
+        }
+    );
+    let one = pool.apply_async(nap, (1,)).unwrap();
+    one.wait().unwrap();
+    assert_eq!(one.progress().to_string(), "1/1");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[cfg(feature = "progress")]
+fn square(n: u64) -> u64 {
+    n * n
+}
+
+#[cfg(feature = "progress")]
+mod bar {
+    use super::*;
+
+    /// With the `progress` feature, every form of the map family works the same with a bar
+    /// (drawn only on a terminal: here stderr is not one, so this checks the values and that
+    /// nothing waits on a bar).
+    fn the_map_family_with_a_bar(m: StartMethod) {
+        let pool = pool(m, 2);
+        let squares: Vec<u64> = (0..200).map(|n| n * n).collect();
+        let bar = pool.progress();
+        assert_eq!(bar.map(square, 0..200).unwrap(), squares);
+        assert_eq!(
+            bar.map_async(square, 0..200).unwrap().get().unwrap(),
+            squares
+        );
+        assert_eq!(
+            bar.starmap(nap, (0..4).map(|_| (1,))).unwrap(),
+            [1, 1, 1, 1]
+        );
+        let each: Vec<u64> = bar
+            .imap(square, 0..200)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(each, squares);
+        let mut any: Vec<u64> = pool
+            .chunksize(7)
+            .progress()
+            .imap_unordered(square, 0..200)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        any.sort_unstable();
+        assert_eq!(any, squares);
+        // An endless input: a spinner, and only what is taken is computed.
+        let first: Vec<u64> = bar
+            .imap(square, 0..)
+            .unwrap()
+            .take(3)
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(first, [0, 1, 4]);
+    }
+
+    per_start_method!(the_map_family_with_a_bar);
+
+    /// The bar in a real terminal: `examples/progress.rs` (built with the tests) in a tmux
+    /// session, its screen read with `capture-pane`: the bar ends full, with its count and
+    /// rate. README's test command installs tmux when it is missing.
+    #[test]
+    fn a_bar_is_drawn_in_a_real_terminal() {
+        use std::process::Command;
+        let exe = std::env::current_exe().unwrap();
+        let example = exe
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("examples/progress");
+        assert!(
+            example.exists(),
+            "{} is built with the tests (`cargo test` builds the examples)",
+            example.display()
+        );
+        let session = format!("mproc-bar-{}", std::process::id());
+        let tmux = |args: &[&str]| {
+            Command::new("tmux")
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("tmux (apt-get install tmux): {e}"))
+        };
+        let run = format!("{}; sleep 60", example.display());
+        let started = tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            "120",
+            "-y",
+            "30",
+            &run,
+        ]);
+        assert!(started.status.success(), "{started:?}");
+        let deadline = Instant::now() + PATIENCE;
+        let screen = loop {
+            let shot = tmux(&["capture-pane", "-p", "-t", &session]);
+            let screen = String::from_utf8_lossy(&shot.stdout).into_owned();
+            if screen.contains("sum of squares") || Instant::now() > deadline {
+                break screen;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        tmux(&["kill-session", "-t", &session]);
+        let bar = screen
+            .lines()
+            .find(|l| l.contains("400/400"))
+            .unwrap_or_else(|| panic!("no full bar on the screen:\n{screen}"));
+        assert!(bar.contains("####") && bar.contains("/s]"), "{bar}");
+    }
+}
+
 per_start_method!(
+    a_map_counts_its_items_as_chunks_finish,
     results_of_a_terminated_pool_land,
     as_completed_yields_in_finishing_order,
     as_completed_timeout_ends_with_one_timeout,

@@ -53,6 +53,9 @@ pub struct Chunked<'p> {
     shared: &'p Arc<Shared>,
     processes: usize,
     size: Option<usize>,
+    /// Whether it draws a progress bar on stderr.
+    #[cfg(feature = "progress")]
+    bar: bool,
 }
 
 impl std::fmt::Debug for Chunked<'_> {
@@ -86,7 +89,29 @@ impl<'p> Chunked<'p> {
             shared,
             processes,
             size,
+            #[cfg(feature = "progress")]
+            bar: false,
         }
+    }
+
+    /// The same map family, drawing a progress bar on stderr (feature `progress`): items
+    /// done of all, rate and ETA, only when stderr is a terminal. `map` and `starmap` draw it
+    /// while they wait, their `_async` forms from a thread of their own until the job is
+    /// done, `imap` and `imap_unordered` as their items are taken (a count with a spinner
+    /// when the input's length is unknown). [`Pool::progress`](crate::Pool::progress) is
+    /// the same with the default chunk size.
+    ///
+    /// ```
+    /// fn inc(n: u32) -> u32 {
+    ///     n + 1
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// assert_eq!(pool.chunksize(10).progress().map(inc, 0..100)?.len(), 100);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    #[cfg(feature = "progress")]
+    pub fn progress(self) -> Chunked<'p> {
+        Chunked { bar: true, ..self }
     }
 
     /// Python's rule for `map` when no size was chosen: `ceil(len / (4 * processes))`.
@@ -115,7 +140,7 @@ impl<'p> Chunked<'p> {
         F::Output: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = T>,
     {
-        self.map_async(f, items)?.get()
+        self.starmap(f, items.into_iter().map(|t| (t,)))
     }
 
     /// [`Pool::map_async`](crate::Pool::map_async) with this chunk size.
@@ -155,7 +180,15 @@ impl<'p> Chunked<'p> {
         F::Output: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        self.starmap_async(f, items)?.get()
+        let r = self.submit_all(f, items)?;
+        #[cfg(feature = "progress")]
+        if self.bar {
+            let bar = super::progress::Bar::new(Some(r.progress().total));
+            if !bar.is_hidden() {
+                bar.follow(r.job());
+            }
+        }
+        r.get()
     }
 
     /// [`Pool::starmap_async`](crate::Pool::starmap_async) with this chunk size.
@@ -173,6 +206,22 @@ impl<'p> Chunked<'p> {
         f: F,
         items: I,
     ) -> Result<AsyncResult<Vec<F::Output>>, Error>
+    where
+        F: Target<A>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let r = self.submit_all(f, items)?;
+        #[cfg(feature = "progress")]
+        if self.bar {
+            super::progress::follow_in_background(r.job());
+        }
+        Ok(r)
+    }
+
+    /// Splits `items` into chunks and submits them all.
+    fn submit_all<F, A, I>(&self, f: F, items: I) -> Result<AsyncResult<Vec<F::Output>>, Error>
     where
         F: Target<A>,
         A: Serialize + DeserializeOwned + Send + 'static,
@@ -306,7 +355,7 @@ impl<'p> Chunked<'p> {
         }));
         // Enough in flight to keep every worker's window full twice over.
         let ahead = self.processes * 4;
-        Ok(Imap::new(
+        let stream = Imap::new(
             Arc::clone(self.shared),
             feed,
             task::chunk_entry::<F, (T,)>(),
@@ -314,6 +363,13 @@ impl<'p> Chunked<'p> {
             ordered,
             ahead,
             len,
-        ))
+        );
+        #[cfg(feature = "progress")]
+        let stream = if self.bar {
+            stream.with_bar(super::progress::Bar::new(len))
+        } else {
+            stream
+        };
+        Ok(stream)
     }
 }

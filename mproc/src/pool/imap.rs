@@ -52,6 +52,9 @@ pub struct Imap<'a, R> {
     left: Option<usize>,
     next_ordered: usize,
     ready: VecDeque<Result<R, Error>>,
+    /// The progress bar it advances, if one was asked for.
+    #[cfg(feature = "progress")]
+    bar: Option<super::progress::Bar>,
     _value: PhantomData<fn() -> R>,
 }
 
@@ -83,7 +86,27 @@ impl<'a, R> Imap<'a, R> {
             left: len,
             next_ordered: 0,
             ready: VecDeque::new(),
+            #[cfg(feature = "progress")]
+            bar: None,
             _value: PhantomData,
+        }
+    }
+
+    /// Advances `bar` with each item it yields.
+    #[cfg(feature = "progress")]
+    pub(crate) fn with_bar(mut self, bar: super::progress::Bar) -> Self {
+        self.bar = Some(bar);
+        self
+    }
+
+    /// One item yielded (`true`), or the end (`false`): the bar follows.
+    #[cfg_attr(not(feature = "progress"), expect(unused_variables))]
+    fn tick(&mut self, item: bool) {
+        #[cfg(feature = "progress")]
+        match (item, &self.bar) {
+            (true, Some(bar)) => bar.inc(),
+            (false, Some(_)) => self.bar.take().into_iter().for_each(|b| b.finish()),
+            _ => {}
         }
     }
 
@@ -132,10 +155,12 @@ impl<R: DeserializeOwned> Iterator for Imap<'_, R> {
                 if let Some(left) = &mut self.left {
                     *left = left.saturating_sub(1);
                 }
+                self.tick(true);
                 return Some(item);
             }
             self.top_up();
             if self.exhausted && self.consumed == self.job.lock().added() {
+                self.tick(false);
                 return None;
             }
             if self.shared.foreign() {
@@ -187,6 +212,7 @@ fn pick(inner: &super::job::JobInner, ordered: Option<usize>) -> Option<usize> {
 
 impl<R> Drop for Imap<'_, R> {
     fn drop(&mut self) {
+        self.tick(false);
         self.finish_input();
         let ids = self.job.fail_waiting(&ErrorKind::Cancelled.into());
         let ids: Vec<u64> = ids.into_iter().filter(|&id| id != 0).collect();

@@ -45,6 +45,9 @@ pub(crate) struct JobInner {
     pub(crate) base: usize,
     added: usize,
     filled: usize,
+    /// Items in the chunks added, and in those answered (for progress).
+    items_added: usize,
+    items_filled: usize,
     /// Whether every chunk has been added (an `imap` adds them as it goes).
     sealed: bool,
     pub(crate) waker: Option<Waker>,
@@ -129,6 +132,7 @@ impl JobState {
             consumed: false,
         });
         inner.added += 1;
+        inner.items_added += items;
         inner.added - 1
     }
 
@@ -158,7 +162,9 @@ impl JobState {
                 return;
             }
             slot.outcome = Some(outcome);
+            let items = slot.items;
             inner.filled += 1;
+            inner.items_filled += items;
             if let Some(answered) = &mut inner.answered {
                 answered.push_back(index);
             }
@@ -178,14 +184,17 @@ impl JobState {
             let mut ids = Vec::new();
             let base = inner.base;
             let mut failed = Vec::new();
+            let mut items = 0;
             for (at, slot) in inner.slots.iter_mut().enumerate() {
                 if slot.outcome.is_none() && !slot.consumed {
                     slot.outcome = Some(Err(err.clone()));
                     ids.push(slot.id);
                     failed.push(base + at);
+                    items += slot.items;
                 }
             }
             inner.filled += ids.len();
+            inner.items_filled += items;
             if let Some(answered) = &mut inner.answered {
                 answered.extend(failed);
             }
@@ -227,6 +236,12 @@ impl JobState {
         if let Some(callbacks) = defer_callbacks(callbacks) {
             run_callbacks(callbacks);
         }
+    }
+
+    /// Items answered (successfully or not) and items added so far.
+    pub(crate) fn progress(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.items_filled, inner.items_added)
     }
 
     pub(crate) fn is_complete(&self) -> bool {

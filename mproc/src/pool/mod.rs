@@ -26,6 +26,8 @@ mod chunked;
 mod completion;
 pub(crate) mod dispatcher;
 mod imap;
+#[cfg(feature = "progress")]
+mod progress;
 pub(crate) mod job;
 pub(crate) mod lane;
 #[cfg(feature = "remote")]
@@ -45,7 +47,7 @@ use job::JobState;
 pub(crate) use dispatcher::{Gated, Verdict};
 #[cfg(feature = "remote")]
 pub(crate) use raw::{RawTask, Waker};
-pub use result::AsyncResult;
+pub use result::{AsyncResult, Progress};
 
 /// A pool of worker processes, as Python's `multiprocessing.Pool`.
 ///
@@ -364,6 +366,26 @@ impl Pool {
     /// ```
     pub fn chunksize(&self, n: usize) -> Chunked<'_> {
         Chunked::new(&self.shared, self.processes(), Some(n))
+    }
+
+    /// The map family with a progress bar on stderr (feature `progress`): items done of all,
+    /// rate and ETA, drawn only when stderr is a terminal. The chunk size is Python's default;
+    /// `pool.chunksize(n).progress()` chooses it. See [`Chunked::progress`].
+    ///
+    /// ```
+    /// fn inc(n: u32) -> u32 {
+    ///     n + 1
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// let v = pool.progress().map(inc, 0..1000)?;
+    /// assert_eq!(v.len(), 1000);
+    /// let each: Vec<u32> = pool.progress().imap(inc, 0..10)?.collect::<Result<_, _>>()?;
+    /// assert_eq!(each.len(), 10);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    #[cfg(feature = "progress")]
+    pub fn progress(&self) -> Chunked<'_> {
+        self.default_chunks().progress()
     }
 
     fn default_chunks(&self) -> Chunked<'_> {

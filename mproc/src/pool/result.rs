@@ -46,6 +46,39 @@ fn wait_complete<'a>(
     job.wait_for(deadline, false, JobInner::complete)
 }
 
+/// How far an [`AsyncResult`] has got ([`AsyncResult::progress`]): `done` of `total` items
+/// have finished. Displays as `done/total`.
+///
+/// ```
+/// let p = mproc::Progress { done: 3, total: 10 };
+/// assert_eq!(p.to_string(), "3/10");
+/// assert!(!p.is_finished());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Progress {
+    /// Items finished, successfully or not.
+    pub done: usize,
+    /// All items of the task.
+    pub total: usize,
+}
+
+impl Progress {
+    /// Whether every item has finished.
+    ///
+    /// ```
+    /// assert!(mproc::Progress { done: 2, total: 2 }.is_finished());
+    /// ```
+    pub fn is_finished(&self) -> bool {
+        self.done == self.total
+    }
+}
+
+impl fmt::Display for Progress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.done, self.total)
+    }
+}
+
 /// The result of a task submitted to a [`Pool`](crate::Pool), as Python's `AsyncResult`.
 ///
 /// ```
@@ -101,6 +134,12 @@ impl<R> AsyncResult<R> {
         }
     }
 
+    /// The job it waits on.
+    #[cfg(feature = "progress")]
+    pub(crate) fn job(&self) -> &Arc<JobState> {
+        &self.job
+    }
+
     /// Tells `watch` (with `index`) once the task has finished (`as_completed`, `wait`): at
     /// once in a fork child of the pool's process, where nothing will ever finish it (its
     /// `get` says so without waiting).
@@ -110,6 +149,29 @@ impl<R> AsyncResult<R> {
         } else {
             self.job.watch(watch, index);
         }
+    }
+
+    /// How far it has got: items finished (successfully or not) out of all its items. A
+    /// `map_async` counts its items as each chunk's answer comes (so by chunks of its
+    /// chunk size); an `apply_async` is `0/1`, then `1/1`. Never blocks. For a bar on
+    /// stderr, see `Pool::progress` (feature `progress`).
+    ///
+    /// ```
+    /// fn inc(n: u32) -> u32 {
+    ///     n + 1
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// let r = pool.chunksize(10).map_async(inc, 0..100)?;
+    /// let p = r.progress();
+    /// assert_eq!(p.total, 100);
+    /// assert!(p.done <= 100 && p.done % 10 == 0);
+    /// r.wait()?;
+    /// assert_eq!(r.progress().to_string(), "100/100");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn progress(&self) -> Progress {
+        let (done, total) = self.job.progress();
+        Progress { done, total }
     }
 
     /// Whether the task has finished (successfully or not). Never blocks.

@@ -58,6 +58,13 @@ fn whole_api(m: StartMethod) {
         .map(|r| r.unwrap().0)
         .collect();
     assert_eq!(order, [1, 0]);
+    // Progress counts items as chunks come back, from remote agents too.
+    let r = pool.chunksize(10).map_async(square, 0..100).unwrap();
+    assert_eq!(r.progress().total, 100);
+    r.wait().unwrap();
+    assert_eq!(r.progress().to_string(), "100/100");
+    #[cfg(feature = "progress")]
+    assert_eq!(pool.progress().map(square, 0..100).unwrap().len(), 100);
     assert_eq!(pool.starmap(add, [(1, 2), (3, 4)]).unwrap(), [3, 7]);
     assert_eq!(
         pool.starmap_async(add, [(5, 5)]).unwrap().get().unwrap(),
