@@ -318,7 +318,8 @@ mod bar {
             .join("examples/progress");
         assert!(
             example.exists(),
-            "{} is built with the tests (`cargo test` builds the examples)",
+            "{} is missing: a run of the whole suite builds the examples (scripts/test.sh); \
+             alone, `cargo build -p mproc --example progress --features progress` first",
             example.display()
         );
         let session = format!("mproc-bar-{}", std::process::id());
