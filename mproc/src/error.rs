@@ -87,6 +87,33 @@ pub enum ErrorKind {
     Broker(String),
 }
 
+impl ErrorKind {
+    /// The variant's name (`"Panicked"`, `"WorkerLost"`, ...): the key of
+    /// [`PoolStats::errors`](crate::PoolStats::errors).
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            ErrorKind::Timeout => "Timeout",
+            ErrorKind::TaskTimedOut => "TaskTimedOut",
+            ErrorKind::Panicked(_) => "Panicked",
+            ErrorKind::WorkerLost(_) => "WorkerLost",
+            ErrorKind::PoolClosed => "PoolClosed",
+            ErrorKind::InitializerFailed(_) => "InitializerFailed",
+            ErrorKind::Terminated => "Terminated",
+            ErrorKind::Cancelled => "Cancelled",
+            ErrorKind::NotReady => "NotReady",
+            ErrorKind::Full => "Full",
+            ErrorKind::Closed => "Closed",
+            ErrorKind::BrokenBarrier => "BrokenBarrier",
+            ErrorKind::InvalidArgument(_) => "InvalidArgument",
+            ErrorKind::Codec(_) => "Codec",
+            ErrorKind::ExecutableMismatch => "ExecutableMismatch",
+            ErrorKind::Protocol(_) => "Protocol",
+            ErrorKind::Os(_) => "Os",
+            ErrorKind::Broker(_) => "Broker",
+        }
+    }
+}
+
 /// Where and how a target panicked.
 ///
 /// ```

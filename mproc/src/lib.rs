@@ -85,8 +85,8 @@ linux_only! {
     pub use connection::{Connection, pipe};
     pub use error::{CodecReport, Error, ErrorKind, LostReport, OsReport, PanicReport, Result};
     pub use pool::{
-        AsCompleted, AsCompletedTimeout, AsyncResult, Chunked, Imap, Pool, PoolBuilder, Progress,
-        Return,
+        AsCompleted, AsCompletedTimeout, AsyncResult, Chunked, Imap, Pool, PoolBuilder, PoolStats,
+        Progress, Restarts, Return, WorkerStats,
         as_completed, as_completed_timeout, wait,
     };
     pub use process::{CurrentProcess, Process, cpu_count, current_process};

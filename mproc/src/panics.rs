@@ -23,11 +23,21 @@ pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, PanicReport> {
     match panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => Ok(r),
         Err(payload) => {
+            CAUGHT.fetch_add(1, Ordering::Relaxed);
             let report = take_panic(&*payload);
             std::mem::forget(payload);
             Err(report)
         }
     }
+}
+
+/// Panics [`catch`] has caught in this process (a pool worker publishes it for the pool's
+/// statistics).
+static CAUGHT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many panics [`catch`] has caught in this process.
+pub(crate) fn caught() -> u64 {
+    CAUGHT.load(Ordering::Relaxed)
 }
 
 /// Whether this process is a worker, whose panics the hook records.

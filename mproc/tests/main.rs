@@ -14,5 +14,6 @@ mod pool;
 mod process;
 mod queues;
 mod shared_memory;
+mod stats;
 mod sync;
 mod wire_limits;

@@ -37,7 +37,7 @@ mod submit;
 mod tests;
 mod worker;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,11 +48,13 @@ pub(crate) use chunk::{Chunk, Verdict};
 pub(crate) use config::{Config, Gated};
 use link::{Link, Note, Sent};
 use local::LocalLink;
-use state::Departure;
+use state::{Departure, WorkerState};
 use worker::Worker;
 
+use super::stats::{PoolStats, Restarts, WorkerStats};
 use crate::error::{Error, ErrorKind};
 use crate::start;
+use crate::sys::time::monotonic_ns;
 use crate::sys::fd::{self, EventFd};
 
 /// What the API side asks of the dispatcher (or of another backend, `pool/backend.rs`).
@@ -123,6 +125,12 @@ impl Shared {
     pub(crate) fn nothing_more_to_come(&self) -> bool {
         let inbox = self.inbox();
         inbox.streams == 0 && inbox.commands.is_empty()
+    }
+
+    /// The pool's statistics (`Pool::stats`); empty for a pool without this dispatcher (a
+    /// remote pool) or once it has ended.
+    pub(crate) fn stats(&self) -> PoolStats {
+        self.state().as_ref().map(Dispatcher::stats).unwrap_or_default()
     }
 
     /// The dispatcher is gone: refuse everything from now on and wake every `join`.
@@ -200,6 +208,18 @@ struct Dispatcher<L: Link = LocalLink> {
     broken: Option<Error>,
     /// Where lane frames are encoded and read.
     scratch: Vec<u8>,
+    /// The books of workers that have ended, for the statistics.
+    ended: Ended,
+}
+
+/// What the statistics keep of workers that have ended.
+#[derive(Default)]
+struct Ended {
+    tasks: u64,
+    panics: u64,
+    /// Per slot.
+    restarts: Vec<Restarts>,
+    errors: BTreeMap<&'static str, u64>,
 }
 
 /// Starts the pool's workers (so start-up errors reach `Pool::build`) and hands them to
@@ -221,12 +241,99 @@ impl<L: Link> Dispatcher<L> {
             closed: false,
             broken: None,
             scratch: Vec::new(),
+            ended: Ended::default(),
         };
-        for _ in 0..d.config.processes {
-            let w = Worker::new(L::launch(&d.config)?);
+        for slot in 0..d.config.processes {
+            let launched = Instant::now();
+            let w = Worker::new(L::launch(&d.config)?, slot, launched);
             d.workers.push(w);
         }
         Ok(d)
+    }
+
+    /// The statistics as of now (`Pool::stats`).
+    fn stats(&self) -> PoolStats {
+        let (now, now_ns) = (Instant::now(), monotonic_ns());
+        let mut errors = self.ended.errors.clone();
+        let mut panics = self.ended.panics;
+        let mut workers: Vec<WorkerStats> = self
+            .workers
+            .iter()
+            .map(|w| {
+                let (busy_ns, caught) = w.link.work(now_ns);
+                panics += caught;
+                for (kind, n) in &w.failed {
+                    *errors.entry(kind).or_default() += n;
+                }
+                let age = now.saturating_duration_since(w.launched);
+                let busy = Duration::from_nanos(busy_ns).min(age);
+                let startup = w
+                    .ready_at
+                    .map_or(age, |r| r.saturating_duration_since(w.launched));
+                let waiting = age.saturating_sub(startup).saturating_sub(busy);
+                WorkerStats {
+                    slot: w.slot,
+                    name: w.link.name().to_owned(),
+                    pid: w.link.pid(),
+                    tasks: w.items,
+                    chunks: w.chunks,
+                    busy,
+                    waiting,
+                    startup,
+                    idle: age.saturating_sub(busy),
+                    age,
+                    restarts: self.ended.restarts.get(w.slot).copied().unwrap_or_default(),
+                }
+            })
+            .collect();
+        workers.sort_by_key(|w| (w.slot, std::cmp::Reverse(w.age)));
+        if panics > 0 {
+            *errors.entry("Panicked").or_default() += panics;
+        }
+        let mut restarts = Restarts::default();
+        for r in &self.ended.restarts {
+            restarts.add(r);
+        }
+        PoolStats {
+            workers,
+            tasks_of_ended: self.ended.tasks,
+            restarts,
+            errors,
+        }
+    }
+
+    /// Keeps what the statistics need of worker `w`, which has ended (killed for
+    /// `condemned`, if it was).
+    fn note_departure(&mut self, w: &Worker<L>, condemned: Option<&ErrorKind>) {
+        let ended = &mut self.ended;
+        let (_, caught) = w.link.work(monotonic_ns());
+        ended.tasks += w.items;
+        ended.panics += caught;
+        for (kind, n) in &w.failed {
+            *ended.errors.entry(kind).or_default() += n;
+        }
+        if ended.restarts.len() <= w.slot {
+            ended.restarts.resize(w.slot + 1, Restarts::default());
+        }
+        let r = &mut ended.restarts[w.slot];
+        match condemned {
+            Some(ErrorKind::TaskTimedOut) => r.timed_out += 1,
+            Some(ErrorKind::Cancelled) => r.cancelled += 1,
+            Some(_) => r.misbehaved += 1,
+            None if w.retired => r.retired += 1,
+            None => r.died += 1,
+        }
+    }
+
+    /// The slot for a new worker: the first that no worker occupies.
+    fn free_slot(&self) -> usize {
+        let used: HashSet<usize> = self
+            .workers
+            .iter()
+            .filter(|w| w.occupies_slot())
+            .map(|w| w.slot)
+            .collect();
+        (0..).find(|s| !used.contains(s)).unwrap_or(0)
     }
 
     /// Whether the dispatcher thread must look (a deadline to set, or bytes still to write)
@@ -479,7 +586,10 @@ impl<L: Link> Dispatcher<L> {
         while let Some(note) = self.workers[i].link.next_note() {
             let w = &mut self.workers[i];
             match note {
-                Note::Ready => w.state.ready(),
+                Note::Ready => {
+                    w.state.ready();
+                    w.ready_at.get_or_insert_with(Instant::now);
+                }
                 Note::InitFailed(e) => {
                     self.break_pool(ErrorKind::InitializerFailed(Box::new(e)).into());
                     return;
@@ -528,6 +638,11 @@ impl<L: Link> Dispatcher<L> {
         // was running; the ones after it never started.
         let running = policy::was_running(w.link.started(), w.answered);
         let front = w.front();
+        let condemned = match &w.state {
+            WorkerState::Condemned { why, .. } => Some(why.kind().clone()),
+            _ => None,
+        };
+        self.note_departure(&w, condemned.as_ref());
         let failure = match w.state.depart(front, lost) {
             Departure::BeforeReady(why) if self.config.init.is_some() => {
                 // Died during its initializer: never respawn into the same failure.
@@ -538,6 +653,7 @@ impl<L: Link> Dispatcher<L> {
         };
         if running
             && let Some(chunk) = w.in_flight.pop_front() {
+                *self.ended.errors.entry(failure.kind().name()).or_default() += chunk.items as u64;
                 chunk.fail(failure);
             }
         self.requeue(w.in_flight.drain(..));
@@ -635,8 +751,9 @@ impl<L: Link> Dispatcher<L> {
         }
         let occupied = self.workers.iter().filter(|w| w.occupies_slot()).count();
         for _ in 0..policy::to_start(occupied, self.config.processes) {
+            let (slot, launched) = (self.free_slot(), Instant::now());
             match L::launch(&self.config) {
-                Ok(link) => self.workers.push(Worker::new(link)),
+                Ok(link) => self.workers.push(Worker::new(link, slot, launched)),
                 Err(e) if self.workers.is_empty() => {
                     self.break_pool(e);
                     return;

@@ -54,6 +54,21 @@ shared_layout! {
         id: Line<Id>,
         /// Claim slots: slot `n % MARKS` decides who has task number `n` (see [`Lane::claim`]).
         marks: [AtomicU64; MARKS],
+        /// What the worker says of its work, for the pool's statistics (never trusted for
+        /// anything else).
+        work: Line<Work>,
+    }
+}
+
+shared_layout! {
+    /// The worker's own account of its work (`Pool::stats`).
+    struct Work {
+        /// Nanoseconds spent in runs of tasks that have ended.
+        busy_ns: AtomicU64,
+        /// When its current run of tasks began (`CLOCK_MONOTONIC` ns), or 0 between runs.
+        run_since_ns: AtomicU64,
+        /// Panics caught in its tasks.
+        panics: AtomicU64,
     }
 }
 
@@ -79,6 +94,7 @@ const _: () = {
     assert!(offset_of!(Header, id) == 7 * 64);
     assert!(offset_of!(Id, capacity) == 8);
     assert!(offset_of!(Header, marks) == 8 * 64);
+    assert!(offset_of!(Header, work) == 8 * 64 + MARKS * 8);
     assert!(std::mem::size_of::<Header>() <= HEADER);
 };
 
@@ -365,6 +381,36 @@ impl Lane {
         let task = self.started;
         self.header().started.store(task, Ordering::Release);
         self.slot(task).swap(claimed(task), Ordering::AcqRel) != revoked(task)
+    }
+
+    /// The worker begins a run of tasks (its lane had one after being empty) at `now_ns`.
+    pub(crate) fn begin_run(&self, now_ns: u64) {
+        self.header().work.run_since_ns.store(now_ns, Ordering::Relaxed);
+    }
+
+    /// The worker's run of tasks begun at `since_ns` ends at `now_ns` (its lane is empty).
+    pub(crate) fn end_run(&self, since_ns: u64, now_ns: u64) {
+        let w = &self.header().work;
+        // Between runs first: a reader may miss this run's time for an instant, never count
+        // it twice.
+        w.run_since_ns.store(0, Ordering::Relaxed);
+        w.busy_ns
+            .fetch_add(now_ns.saturating_sub(since_ns), Ordering::Relaxed);
+    }
+
+    /// The worker has caught `n` panics in its tasks so far.
+    pub(crate) fn set_panics(&self, n: u64) {
+        self.header().work.panics.store(n, Ordering::Relaxed);
+    }
+
+    /// What the worker says of its work at `now_ns`: nanoseconds busy (its current run
+    /// included) and panics caught. Whatever a worker wrote there, only numbers come out.
+    pub(crate) fn work(&self, now_ns: u64) -> (u64, u64) {
+        let w = &self.header().work;
+        let since = w.run_since_ns.load(Ordering::Relaxed);
+        let running = if since == 0 { 0 } else { now_ns.saturating_sub(since) };
+        let busy = w.busy_ns.load(Ordering::Relaxed).saturating_add(running);
+        (busy, w.panics.load(Ordering::Relaxed))
     }
 
     /// How many tasks the worker has taken (claimed or skipped).

@@ -33,6 +33,7 @@ pub(crate) mod lane;
 #[cfg(feature = "remote")]
 mod raw;
 mod result;
+mod stats;
 mod task;
 pub(crate) mod worker;
 
@@ -48,6 +49,7 @@ pub(crate) use dispatcher::{Gated, Verdict};
 #[cfg(feature = "remote")]
 pub(crate) use raw::{RawTask, Waker};
 pub use result::{AsyncResult, Progress};
+pub use stats::{PoolStats, Restarts, WorkerStats};
 
 /// A pool of worker processes, as Python's `multiprocessing.Pool`.
 ///
@@ -386,6 +388,32 @@ impl Pool {
     #[cfg(feature = "progress")]
     pub fn progress(&self) -> Chunked<'_> {
         self.default_chunks().progress()
+    }
+
+    /// What its workers have done so far (mpire's "worker insights"): per worker, its slot,
+    /// pid, tasks finished, time busy, waiting for work and starting, and how often its slot
+    /// was restarted and why (death, task timeout, `max_tasks_per_child`, cancel); the
+    /// tasks that failed, by error kind. Its `Display` is a table. Keeping these books costs
+    /// nothing per task (see [`PoolStats`]). A remote pool's agents keep their own: for it
+    /// this is empty.
+    ///
+    /// ```
+    /// fn boom(n: u32) -> u32 {
+    ///     if n == 3 {
+    ///         panic!("three");
+    ///     }
+    ///     n
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// let _ = pool.chunksize(1).map(boom, 0..10);
+    /// let stats = pool.stats();
+    /// assert_eq!(stats.tasks(), 10);
+    /// assert_eq!(stats.errors.get("Panicked"), Some(&1));
+    /// eprintln!("{stats}");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn stats(&self) -> PoolStats {
+        self.shared.stats()
     }
 
     fn default_chunks(&self) -> Chunked<'_> {

@@ -16,6 +16,7 @@ use crate::error::{Error, ErrorKind};
 use crate::panics::catch;
 use crate::sys::fd;
 use crate::sys::image;
+use crate::sys::time::monotonic_ns;
 use crate::wire::codec;
 use crate::wire::message::{FromWorker, PoolWorkerSpec, ToWorker};
 
@@ -89,8 +90,17 @@ impl Worker<'_> {
     fn serve(&mut self) -> Result<(), i32> {
         let mut frame = Vec::new();
         let mut stopping = false;
+        // When the current run of tasks began (the lane had one after being empty): two
+        // clock readings per run, not per task, for the pool's statistics.
+        let mut run: Option<u64> = None;
+        let mut panics = 0;
         loop {
             if self.lane.pop_into(&mut frame).map_err(|_| 1)? {
+                if run.is_none() {
+                    let now = monotonic_ns();
+                    self.lane.begin_run(now);
+                    run = Some(now);
+                }
                 match codec::decode_borrowed::<ToWorker<&[u8]>>(&frame) {
                     Ok(ToWorker::Task {
                         id,
@@ -100,6 +110,7 @@ impl Worker<'_> {
                     }) => {
                         let mine = self.lane.claim();
                         let result = self.run_if(mine, entry, payload, Vec::new());
+                        self.publish_panics(&mut panics);
                         self.answer(id, result)?;
                     }
                     Ok(ToWorker::OnSocket) => {
@@ -107,11 +118,15 @@ impl Worker<'_> {
                         let (id, entry, payload, fds) = self.task_from_socket()?;
                         let result = self.run_if(mine, entry, &payload, fds);
                         drop(payload);
+                        self.publish_panics(&mut panics);
                         self.answer(id, result)?;
                     }
                     _ => return Err(1), // nothing else belongs in the lane
                 }
                 continue;
+            }
+            if let Some(since) = run.take() {
+                self.lane.end_run(since, monotonic_ns());
             }
             if stopping {
                 return Ok(());
@@ -154,6 +169,16 @@ impl Worker<'_> {
             return Err(ErrorKind::Cancelled.into());
         }
         crate::handle::providing(handles, || run(self.identity, entry, payload))
+    }
+
+    /// Publishes the count of panics its tasks raised, if it changed (before the answer, so
+    /// the pool's statistics count a panic once its task is answered).
+    fn publish_panics(&self, published: &mut u64) {
+        let caught = crate::panics::caught();
+        if caught != *published {
+            *published = caught;
+            self.lane.set_panics(caught);
+        }
     }
 
     /// Watches the lane for a little while; `true` if a frame came.

@@ -29,4 +29,5 @@ pub(crate) mod proc;
 pub(crate) mod shared;
 pub(crate) mod shm;
 pub(crate) mod socket;
+pub(crate) mod time;
 pub(crate) mod watch;

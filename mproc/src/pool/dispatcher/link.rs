@@ -111,4 +111,21 @@ pub(crate) trait Link: Sized {
 
     /// Waits until it has ended, or `deadline`; whether it has.
     fn wait(&mut self, deadline: Option<Instant>) -> bool;
+
+    /// Its process id, if it has one.
+    fn pid(&self) -> Option<u32> {
+        None
+    }
+
+    /// Its process name.
+    fn name(&self) -> &str {
+        ""
+    }
+
+    /// What it says of its work at `now_ns` (`CLOCK_MONOTONIC`): nanoseconds busy, and
+    /// panics caught in its tasks. For the statistics only.
+    fn work(&self, now_ns: u64) -> (u64, u64) {
+        let _ = now_ns;
+        (0, 0)
+    }
 }

@@ -227,6 +227,18 @@ impl Link for LocalLink {
         self.lane.started()
     }
 
+    fn pid(&self) -> Option<u32> {
+        Some(self.child.pid())
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn work(&self, now_ns: u64) -> (u64, u64) {
+        self.lane.work(now_ns)
+    }
+
     fn revoke(&self, task: u64) -> bool {
         self.lane.revoke(task)
     }

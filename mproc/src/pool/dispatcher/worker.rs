@@ -5,7 +5,7 @@
 //! answer before taking the next; so the books say at any time which chunk a worker runs (its
 //! oldest unanswered one, if it has taken it) and which ones wait behind it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::chunk::Chunk;
@@ -33,11 +33,29 @@ pub(crate) struct Worker<L> {
     /// The front chunk whose slowness already made the dispatcher take back the chunks
     /// waiting behind it.
     pub(super) rebalanced: Option<u64>,
+    /// Its place in the pool (for the statistics): a replacement takes the slot it frees.
+    pub(super) slot: usize,
+    /// When it was launched, and when it said `Ready`.
+    pub(super) launched: Instant,
+    pub(super) ready_at: Option<Instant>,
+    /// Whether it was retired after `max_tasks_per_child`.
+    pub(super) retired: bool,
+    /// Items and chunks it has answered, and its chunks that failed, by error kind (items).
+    pub(super) items: u64,
+    pub(super) chunks: u64,
+    pub(super) failed: BTreeMap<&'static str, u64>,
 }
 
 impl<L: Link> Worker<L> {
-    pub(super) fn new(link: L) -> Worker<L> {
+    pub(super) fn new(link: L, slot: usize, launched: Instant) -> Worker<L> {
         Worker {
+            slot,
+            launched,
+            ready_at: None,
+            retired: false,
+            items: 0,
+            chunks: 0,
+            failed: BTreeMap::new(),
             link,
             state: WorkerState::Starting,
             in_flight: VecDeque::new(),
@@ -76,6 +94,7 @@ impl<L: Link> Worker<L> {
         self.in_flight.push_back(chunk);
         self.given += 1;
         if policy::retire(self.given, max_tasks_per_child) {
+            self.retired = true;
             self.link.stop();
             self.state.retire();
             self.limit = 0;
@@ -101,6 +120,11 @@ impl<L: Link> Worker<L> {
             let took = now.saturating_duration_since(self.front_since);
             self.average = policy::next_average(self.average, took);
             self.front_since = now;
+            self.items += chunk.items as u64;
+            self.chunks += 1;
+            if let Err(e) = &result {
+                *self.failed.entry(e.kind().name()).or_default() += chunk.items as u64;
+            }
             chunk.finish(result.map(serde_bytes::ByteBuf::into_vec));
         } else {
             // Out of order: it is not running what we think. Trust nothing more.
