@@ -993,6 +993,16 @@ fn use_the_parents_pool() -> Vec<String> {
         kind(p.apply_async(square, (3,)).map(|_| 0)),
         kind(pending.get()),
         kind(p.imap(square, 0..3).map(|_| 0)),
+        // Nothing here will finish it: it is done at once for `wait`, and `get` says why.
+        format!(
+            "{:?}",
+            mproc::wait(
+                std::slice::from_ref(pending),
+                mproc::Return::AllCompleted,
+                None
+            )
+        ),
+        format!("stats of {} workers", p.stats().workers.len()),
     ];
     p.close();
     p.terminate();
@@ -1012,11 +1022,13 @@ fn a_pool_used_in_a_fork_child_is_refused() {
             mproc::Process::new(use_the_parents_pool, ()).start_method(StartMethod::Fork);
         child.start().unwrap();
         let seen = child.join_timeout(PATIENCE).unwrap();
-        assert_eq!(seen.len(), 5, "{seen:?}");
+        assert_eq!(seen.len(), 7, "{seen:?}");
         for s in &seen[..4] {
             assert!(s.starts_with("InvalidArgument"), "{seen:?}");
         }
-        assert_eq!(seen[4], "true", "{seen:?}");
+        assert_eq!(seen[4], "([0], [])", "{seen:?}");
+        assert_eq!(seen[5], "stats of 0 workers", "{seen:?}");
+        assert_eq!(seen[6], "true", "{seen:?}");
     }
     assert_eq!(
         FORKED_PENDING.get().unwrap().get_timeout(PATIENCE).unwrap(),

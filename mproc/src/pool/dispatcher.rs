@@ -128,8 +128,12 @@ impl Shared {
     }
 
     /// The pool's statistics (`Pool::stats`); empty for a pool without this dispatcher (a
-    /// remote pool) or once it has ended.
+    /// remote pool), once it has ended, and in a fork child of its process.
     pub(crate) fn stats(&self) -> PoolStats {
+        if self.foreign() {
+            // A fork child: the state's lock may have been held when it forked.
+            return PoolStats::default();
+        }
         self.state().as_ref().map(Dispatcher::stats).unwrap_or_default()
     }
 
