@@ -27,36 +27,45 @@ fn quitter() -> u32 {
     std::process::exit(3)
 }
 
-/// Shows the three reports.
+/// An exit code as Python's `Process.exitcode` gives it (`-N` for signal N).
+fn code<R>(p: &Process<R>) -> String {
+    p.exitcode()
+        .map_or_else(|| "none".to_owned(), |c| c.to_string())
+}
+
+/// Shows the three reports, and a child that returns.
 pub(crate) fn main() -> mproc::Result<()> {
+    println!("a child that panics (the line its stderr got names it):");
     let mut p = Process::new(divide, (10, 0)).with_name("divider");
     p.start()?;
     let e = p.join().unwrap_err();
-    println!("panic:   {e}  [exitcode {:?}]", p.exitcode());
+    println!("  join() -> Err: {e}");
     if let ErrorKind::Panicked(report) = e.kind() {
         println!(
-            "         message {:?} at {:?}",
-            report.message, report.location
+            "  its report: message \"{}\", location {}; exit code {}",
+            report.message,
+            report.location.as_deref().unwrap_or("unknown"),
+            code(&p)
         );
     }
 
+    println!("a child killed with SIGKILL:");
     let mut p = Process::new(sleepy, ());
     p.start()?;
     p.kill()?;
     let e = p.join().unwrap_err();
-    println!("killed:  {e}  [exitcode {:?}]", p.exitcode());
+    println!("  join() -> Err: {e}; exit code {}", code(&p));
 
-    let mut p = Process::new(quitter, ());
-    p.start()?;
-    let e = p.join().unwrap_err();
-    println!("exited:  {e}  [exitcode {:?}]", p.exitcode());
+    println!("a child that calls exit(3) before returning:");
+    let mut q = Process::new(quitter, ());
+    q.start()?;
+    let e = q.join().unwrap_err();
+    println!("  join() -> Err: {e}; exit code {}", code(&q));
 
+    println!("a child that returns:");
     let mut p = Process::new(divide, (10, 2));
     p.start()?;
-    println!(
-        "fine:    10 / 2 = {}  [exitcode {:?}]",
-        p.join()?,
-        p.exitcode()
-    );
+    let v = p.join()?;
+    println!("  join() -> Ok({v}): 10 / 2 = {v}; exit code {}", code(&p));
     Ok(())
 }

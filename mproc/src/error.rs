@@ -367,9 +367,21 @@ impl From<Error> for io::Error {
 
 impl std::error::Error for Error {}
 
+/// The kind's name, then the `Display` sentence: what `fn main() -> Result<(), mproc::Error>`
+/// prints on failure (`Error: WorkerLost: ...`), as anyhow does. `{:#?}` gives the whole
+/// structure instead.
+///
+/// ```
+/// let e = mproc::Error::from(mproc::ErrorKind::Cancelled);
+/// assert_eq!(format!("{e:?}"), "Cancelled: the task was cancelled");
+/// assert!(format!("{e:#?}").starts_with("Error("));
+/// ```
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}: {}", self.0, self)
+        if f.alternate() {
+            return f.debug_tuple("Error").field(&self.0).finish();
+        }
+        write!(f, "{}: {}", self.0.name(), self)
     }
 }
 

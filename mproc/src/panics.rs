@@ -20,7 +20,10 @@ pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, PanicReport> {
     if RECORDED.load(Ordering::Relaxed) && RECORDED.swap(false, Ordering::Relaxed) {
         *last_panic() = None;
     }
-    match panic::catch_unwind(AssertUnwindSafe(f)) {
+    let was = CATCHING.replace(true);
+    let outcome = panic::catch_unwind(AssertUnwindSafe(f));
+    CATCHING.set(was);
+    match outcome {
         Ok(r) => Ok(r),
         Err(payload) => {
             CAUGHT.fetch_add(1, Ordering::Relaxed);
@@ -38,6 +41,21 @@ static CAUGHT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(
 /// How many panics [`catch`] has caught in this process.
 pub(crate) fn caught() -> u64 {
     CAUGHT.load(Ordering::Relaxed)
+}
+
+thread_local! {
+    /// Set while this thread runs a target under [`catch`]: a panic here reaches the parent.
+    static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a target's panic goes to the parent without a line on stderr: in a pool worker,
+/// as in Python's pool (a task's panic is its result's error; a `map` of many failing items
+/// would otherwise print a line for each).
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// This process is a pool worker: its tasks' panics print nothing here.
+pub(crate) fn quiet_in_this_process() {
+    QUIET.store(true, Ordering::Relaxed);
 }
 
 /// Whether this process is a worker, whose panics the hook records.
@@ -68,25 +86,56 @@ pub(crate) fn ensure_hook() {
     INSTALLED.call_once(|| {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
-            if IN_WORKER.load(Ordering::Relaxed) {
-                record(info);
+            if IN_WORKER.load(Ordering::Relaxed) && CATCHING.get() {
+                // A target's panic: the parent gets it as the task's error. Say so in one
+                // line naming the process, as Python's traceback names it, instead of the
+                // default `thread '<unnamed>' panicked` and a backtrace of mproc's machinery.
+                let report = record(info);
+                if !QUIET.load(Ordering::Relaxed) {
+                    let pid = std::process::id();
+                    crate::sys::proc::write_stderr(&format!(
+                        "{report} (pid {pid}; sent to the parent as its error)\n"
+                    ));
+                }
+                return;
             }
             previous(info);
         }));
     });
 }
 
-fn record(info: &panic::PanicHookInfo<'_>) {
+/// Records a target's panic for [`catch`]; returns the report.
+fn record(info: &panic::PanicHookInfo<'_>) -> PanicReport {
     let backtrace = std::backtrace::Backtrace::capture();
     let report = PanicReport {
         message: payload_message(info.payload()),
         location: info.location().map(|l| l.to_string()),
         process: crate::current::identity().name().to_owned(),
         backtrace: (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
-            .then(|| backtrace.to_string()),
+            .then(|| users_frames(&backtrace.to_string())),
     };
-    *last_panic() = Some((thread::current().id(), report));
+    *last_panic() = Some((thread::current().id(), report.clone()));
     RECORDED.store(true, Ordering::Relaxed);
+    report
+}
+
+/// A backtrace down to the user's target: the frames from where mproc called it on
+/// (`mproc::wire::target`, the trampoline, the worker's loop) are dropped, and said to be.
+fn users_frames(backtrace: &str) -> String {
+    let mut kept = String::new();
+    for line in backtrace.lines() {
+        let frame = line.trim_start();
+        let is_header = frame.split_once(':').is_some_and(|(n, _)| {
+            !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+        });
+        if is_header && frame.contains("mproc::wire::target") {
+            kept.push_str("      ... (mproc's frames that called the target)\n");
+            return kept;
+        }
+        kept.push_str(line);
+        kept.push('\n');
+    }
+    kept
 }
 
 /// The report for the panic whose payload reached `catch_unwind`: the hook's record if it is

@@ -63,6 +63,65 @@ fn panic_carries_a_backtrace_when_asked(m: StartMethod) {
     };
     let bt = report.backtrace.as_deref().expect("a backtrace");
     assert!(bt.contains("boom_with_backtrace"), "{bt}");
+    // The user's frames only: mproc's machinery below the target is cut and said to be.
+    assert!(
+        bt.contains("(mproc's frames that called the target)"),
+        "{bt}"
+    );
+    assert!(!bt.contains("mproc::start::worker"), "{bt}");
+}
+
+const PANIC_LINE_DRIVER: &str = "MPROC_TEST_PANIC_LINE_DRIVER";
+
+/// A child's panic leaves one line on stderr that names its process and says the parent got
+/// it: no `thread '<unnamed>' panicked`, no backtrace of mproc's machinery, even with
+/// RUST_BACKTRACE set; a pool task's panic, none. Run in a copy of this binary whose stderr is
+/// read here.
+#[test]
+fn a_childs_panic_line_names_it_and_says_where_it_went() {
+    if std::env::var_os(PANIC_LINE_DRIVER).is_some() {
+        for m in StartMethod::ALL {
+            let mut p = Process::new(boom, (m.to_string(),))
+                .start_method(m)
+                .with_name("crasher");
+            p.start().unwrap();
+            assert!(p.join_timeout(PATIENCE).is_err());
+            // A pool task's panic is its result's error, and says nothing on stderr (as in
+            // Python's pool: a map of many failing items would print a line each).
+            let pool = mproc::Pool::builder()
+                .processes(1)
+                .start_method(m)
+                .build()
+                .unwrap();
+            assert!(pool.map(boom, [format!("pool {m}")]).is_err());
+        }
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "crashes::a_childs_panic_line_names_it_and_says_where_it_went",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(PANIC_LINE_DRIVER, "1")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for m in StartMethod::ALL {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(&format!("boom: {m}")))
+            .unwrap_or_else(|| panic!("no line for {m}:\n{stderr}"));
+        assert!(line.starts_with("process crasher panicked at "), "{line}");
+        assert!(line.contains("sent to the parent"), "{line}");
+    }
+    assert!(!stderr.contains("boom: pool"), "{stderr}");
+    assert!(!stderr.contains("thread '<unnamed>' panicked"), "{stderr}");
+    assert!(!stderr.contains("stack backtrace"), "{stderr}");
+    assert!(!stderr.contains("mproc::"), "{stderr}");
 }
 
 fn abort() {

@@ -32,6 +32,7 @@ pub(crate) fn serve(
     spec: PoolWorkerSpec,
     init_handles: Vec<std::os::fd::OwnedFd>,
 ) -> i32 {
+    crate::panics::quiet_in_this_process();
     let lane = match open_lane(ctrl) {
         Ok(lane) => lane,
         Err(code) => return code,
