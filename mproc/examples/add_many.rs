@@ -49,7 +49,12 @@ pub(crate) fn main() -> mproc::Result<()> {
 
     let answer_a = q.get()?;
     let answer_b = q.get()?;
-    println!("Sum: {}", answer_a + answer_b);
+    println!(
+        "Sum: {} = {answer_a} + {answer_b}, one sum from each child (expected about {}: \
+         {TOTAL_NUMBERS} numbers from 1 to 100 average 50.5)",
+        answer_a + answer_b,
+        TOTAL_NUMBERS * 101 / 2
+    );
     p1.join()?;
     p2.join()?;
 

@@ -35,7 +35,7 @@ fn code<R>(p: &Process<R>) -> String {
 
 /// Shows the three reports, and a child that returns.
 pub(crate) fn main() -> mproc::Result<()> {
-    println!("a child that panics (the line its stderr got names it):");
+    println!("a child that panics (the line after this one is its own, on its stderr):");
     let mut p = Process::new(divide, (10, 0)).with_name("divider");
     p.start()?;
     let e = p.join().unwrap_err();

@@ -27,9 +27,10 @@ pub(crate) fn main() -> mproc::Result<()> {
         .collect::<Result<_, _>>()?;
     pool.close();
     pool.join()?;
+    println!("each task returns the average of n² over its block of n (integer arithmetic):");
     for ((start, end), task) in blocks.iter().zip(&tasks) {
         println!(
-            "block {start:>6}..{end:<6} ready: {}  successful: {}  average: {}",
+            "block {start:>6}..{end:<6} ready: {}  successful: {}  average of n²: {}",
             task.ready(),
             task.successful()?,
             task.get()?

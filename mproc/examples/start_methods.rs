@@ -31,9 +31,10 @@ pub(crate) fn main() -> mproc::Result<()> {
         }
         let each = began.elapsed() / N;
         println!(
-            "{:<10} {:>8.0?} per start+join   (last: {last})",
+            "{:<10} {:>8.0?} per start+join of {N} children; the last, hello({}), returned \"{last}\"",
             method.name(),
-            each
+            each,
+            N - 1
         );
     }
     Ok(())
