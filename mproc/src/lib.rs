@@ -18,6 +18,33 @@
 //! # Ok::<(), mproc::Error>(())
 //! ```
 //!
+//! **Linux only.** Arguments and return values cross between processes through serde: your own
+//! types need `#[derive(Serialize, Deserialize)]` (`cargo add serde --features derive`). Coming
+//! from Python, read the porting guide (`docs/from-python.md` in the repository) and the
+//! README's Python → mproc table.
+//!
+//! # The map
+//!
+//! | you want | use |
+//! | --- | --- |
+//! | run one function in a child process, get its value back | [`Process`]: `new(f, args)`, `start`, `join` (a panic or a death is an `Err`), `terminate`, `kill` |
+//! | a pool of worker processes | [`Pool`] (`new(n)`, or [`Pool::builder`] for initializer, `task_timeout`, `max_tasks_per_child`, start method) |
+//! | one call on the pool, now or later | [`Pool::apply`], [`Pool::apply_async`] → [`AsyncResult`] (`get`, `get_timeout`, `ready`, `wait`, `successful`, `cancel`, `on_complete`, a `Future`, `progress`) |
+//! | many calls | [`Pool::map`], `starmap`, `imap` ([`Imap`], lazy and bounded), `imap_unordered`, their `_async` forms; [`Pool::chunksize`] → [`Chunked`] |
+//! | results as they finish | [`as_completed`], [`as_completed_timeout`], [`wait`] with [`Return`] |
+//! | what the workers did | [`Pool::stats`] → [`PoolStats`] |
+//! | a progress bar | `Pool::progress` (feature `progress`) |
+//! | workers on other machines | `Pool::builder().remote(Remote::redis(url)?...)` (feature `remote`) |
+//! | messages between processes | [`Queue`], [`JoinableQueue`], [`SimpleQueue`], [`pipe`] → [`Connection`] |
+//! | shared state | [`Value`], [`Array`] (any [`Pod`] type, with a lock), [`SharedMemory`] |
+//! | synchronisation | [`Lock`], [`RLock`], [`Semaphore`], [`BoundedSemaphore`], [`Event`], [`Condition`], [`Barrier`] |
+//! | how children start | [`StartMethod`], [`set_start_method`], [`get_start_method`]; [`current_process`], [`cpu_count`] |
+//! | what went wrong | [`Error`] and its [`ErrorKind`] ([`PanicReport`], [`LostReport`], ...) |
+//!
+//! Handles ([`Queue`], [`Lock`], [`Value`], [`SharedMemory`], ...) travel as arguments of a
+//! [`Process`] or a pool task, as in Python, under every start method; each is released when its
+//! last holder, in any process, lets it go.
+//!
 //! # How workers start
 //!
 //! No call is needed in `main`. A constructor in the ELF `.init_array` section runs before
@@ -35,6 +62,17 @@
 //! A target is a `fn` item or a closure that captures nothing, with 0 to 6 serde-serializable
 //! arguments passed as a tuple, exactly as Python's `args`: `(n,)`, `()`, `(a, b)`. It crosses
 //! into the child as an offset inside the executable, checked against the build's identity.
+//!
+//! A closure that captures a variable is refused, but only when the program is *built*
+//! (`cargo build`, `run` or `test`): `cargo check` and rust-analyzer accept it. Rust has no trait
+//! bound for "captures nothing", so the check is a constant evaluated when code is generated;
+//! its error reads "an mproc target must be a plain `fn` item or a closure that captures
+//! nothing" and names the closure's file and line. Pass what it would capture as an argument.
+//!
+//! # Errors
+//!
+//! Every fallible call returns [`Result`]. `fn main() -> mproc::Result<()>` prints a failure
+//! as `Error: Kind: sentence` (`Error: WorkerLost: process ... was killed by signal 9 ...`).
 //!
 //! # Platform-specific behavior
 //!

@@ -68,7 +68,9 @@ impl<R> Process<R> {
     ///
     /// `target` is a `fn` item or a closure that captures nothing, taking 0 to 6 arguments;
     /// arguments and the return value must be serde-serializable. The arguments are encoded
-    /// now; an encoding error is reported by [`start`](Process::start).
+    /// now; an encoding error is reported by [`start`](Process::start). A closure that
+    /// captures is refused when the program is built, not by `cargo check` (see
+    /// [`Target`](crate::Target)).
     ///
     /// ```
     /// fn add(a: i32, b: i32) -> i32 {

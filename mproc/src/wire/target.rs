@@ -32,8 +32,12 @@ use crate::sys::image;
 /// takes_target(|a: u32, b: u32| a * b);
 /// ```
 ///
-/// A closure that captures a variable is refused when the program is compiled, because its
-/// state could not cross into the child:
+/// A closure that captures a variable is refused when the program is built, because its
+/// state could not cross into the child. Only when it is *built* (`cargo build`, `run`,
+/// `test`): `cargo check` and rust-analyzer accept it, since Rust has no trait bound for
+/// "captures nothing" and the check is a constant evaluated when code is generated. The error
+/// reads "an mproc target must be a plain `fn` item or a closure that captures nothing" and
+/// names the closure's file and line; pass what it would capture as an argument instead:
 ///
 /// ```compile_fail
 /// let base = 10u32;
