@@ -34,6 +34,7 @@
 //! | results as they finish | [`as_completed`], [`as_completed_timeout`], [`wait`] with [`Return`] |
 //! | what the workers did | [`Pool::stats`] → [`PoolStats`] |
 //! | a progress bar | `Pool::progress` (feature `progress`) |
+//! | logs of processes, tasks and workers | feature `tracing`: events on targets `mproc::process` and `mproc::pool` |
 //! | workers on other machines | `Pool::builder().remote(Remote::redis(url)?...)` (feature `remote`) |
 //! | messages between processes | [`Queue`], [`JoinableQueue`], [`SimpleQueue`], [`pipe`] → [`Connection`] |
 //! | shared state | [`Value`], [`Array`] (any [`Pod`] type, with a lock), [`SharedMemory`] |
@@ -91,6 +92,17 @@ compile_error!(
     "mproc supports Linux only: it is built on pidfds, memfd seals, futexes, signalfd and \
      close_range"
 );
+
+/// A `tracing` event (`tracing::event!`'s arguments) under the `tracing` feature; nothing
+/// without it.
+macro_rules! event {
+    ($($arg:tt)*) => {{
+        #[cfg(feature = "tracing")]
+        {
+            ::tracing::event!($($arg)*);
+        }
+    }};
+}
 
 /// Each item it wraps exists on Linux only (see the `compile_error!` above).
 macro_rules! linux_only {

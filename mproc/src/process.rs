@@ -196,6 +196,15 @@ impl<R> Process<R> {
         };
         self.args = Ok((Vec::new(), Vec::new()));
         self.pid = Some(child.pid());
+        event!(
+            target: "mproc::process",
+            tracing::Level::INFO,
+            process = %self.name,
+            pid = child.pid(),
+            method = method.name(),
+            function = self.target.name,
+            "process started"
+        );
         *self.lock() = State::Running(Box::new(child));
         Ok(())
     }
@@ -340,8 +349,28 @@ impl<R> Process<R> {
                 Some(exit) => (exit, self.settle(child, exit)),
             },
         };
+        #[cfg(feature = "tracing")]
+        self.trace_end(exit, &outcome);
         *state = State::Done { exit, outcome };
         Ok(Some(exit))
+    }
+
+    /// Says how the child ended: `info` when it returned, `warn` for a panic (with its
+    /// report), `error` when it was lost.
+    #[cfg(feature = "tracing")]
+    fn trace_end(&self, exit: Exit, outcome: &Result<Vec<u8>, Error>) {
+        let pid = self.pid.unwrap_or(0);
+        let code = exit.python_code();
+        match outcome.as_ref().map_err(Error::kind) {
+            Ok(_) => event!(target: "mproc::process", tracing::Level::INFO,
+                process = %self.name, pid, exitcode = code, "process returned"),
+            Err(ErrorKind::Panicked(report)) => event!(target: "mproc::process",
+                tracing::Level::WARN, process = %self.name, pid, exitcode = code,
+                report = %report, "process panicked"),
+            Err(kind) => event!(target: "mproc::process", tracing::Level::ERROR,
+                process = %self.name, pid, exitcode = code, error = %Error::from(kind.clone()),
+                "process ended without returning"),
+        }
     }
 
     /// What a finished child's outcome means for `join`.

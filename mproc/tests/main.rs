@@ -16,4 +16,6 @@ mod queues;
 mod shared_memory;
 mod stats;
 mod sync;
+#[cfg(feature = "tracing")]
+mod tracing;
 mod wire_limits;

@@ -249,8 +249,10 @@ impl<L: Link> Dispatcher<L> {
         };
         for slot in 0..d.config.processes {
             let launched = Instant::now();
-            let w = Worker::new(L::launch(&d.config)?, slot, launched);
-            d.workers.push(w);
+            let link = L::launch(&d.config)?;
+            event!(target: "mproc::pool", tracing::Level::INFO, worker = link.name(),
+                pid = link.pid(), slot, "worker started");
+            d.workers.push(Worker::new(link, slot, launched));
         }
         Ok(d)
     }
@@ -320,12 +322,35 @@ impl<L: Link> Dispatcher<L> {
             ended.restarts.resize(w.slot + 1, Restarts::default());
         }
         let r = &mut ended.restarts[w.slot];
+        #[cfg(feature = "tracing")]
+        let (pid, worker, slot) = (w.link.pid(), w.link.name(), w.slot);
         match condemned {
-            Some(ErrorKind::TaskTimedOut) => r.timed_out += 1,
-            Some(ErrorKind::Cancelled) => r.cancelled += 1,
-            Some(_) => r.misbehaved += 1,
-            None if w.retired => r.retired += 1,
-            None => r.died += 1,
+            Some(ErrorKind::TaskTimedOut) => {
+                r.timed_out += 1;
+                event!(target: "mproc::pool", tracing::Level::WARN, worker, pid, slot,
+                    "worker killed for a task past its task_timeout has ended");
+            }
+            Some(ErrorKind::Cancelled) => {
+                r.cancelled += 1;
+                event!(target: "mproc::pool", tracing::Level::INFO, worker, pid, slot,
+                    "worker killed to stop a cancelled task has ended");
+            }
+            #[cfg_attr(not(feature = "tracing"), expect(unused_variables))]
+            Some(why) => {
+                r.misbehaved += 1;
+                event!(target: "mproc::pool", tracing::Level::ERROR, worker, pid, slot,
+                    error = %Error::from(why.clone()), "misbehaving worker killed");
+            }
+            None if w.retired => {
+                r.retired += 1;
+                event!(target: "mproc::pool", tracing::Level::DEBUG, worker, pid, slot,
+                    "worker retired after max_tasks_per_child");
+            }
+            None => {
+                r.died += 1;
+                event!(target: "mproc::pool", tracing::Level::ERROR, worker, pid, slot,
+                    "worker died");
+            }
         }
     }
 
@@ -658,6 +683,9 @@ impl<L: Link> Dispatcher<L> {
         if running
             && let Some(chunk) = w.in_flight.pop_front() {
                 *self.ended.errors.entry(failure.kind().name()).or_default() += chunk.items as u64;
+                event!(target: "mproc::pool", tracing::Level::ERROR, task = chunk.id,
+                    worker = w.link.name(), pid = w.link.pid(), error = %failure,
+                    "task lost with its worker");
                 chunk.fail(failure);
             }
         self.requeue(w.in_flight.drain(..));
@@ -717,6 +745,9 @@ impl<L: Link> Dispatcher<L> {
                 w.drain(&mut self.scratch);
             }
             if w.deadline(timeout).is_some_and(|d| d <= now) {
+                event!(target: "mproc::pool", tracing::Level::WARN, task = w.front(),
+                    worker = w.link.name(), pid = w.link.pid(),
+                    "task past its task_timeout: killing its worker");
                 w.condemn_front(ErrorKind::TaskTimedOut.into());
             }
         }
@@ -726,6 +757,8 @@ impl<L: Link> Dispatcher<L> {
     /// yet is revoked, and the worker skips it; one it has taken (running, or about to)
     /// costs the worker if `kill_running`, else it runs to its end (its answer is dropped).
     fn cancel(&mut self, ids: HashSet<u64>, kill_running: bool) {
+        event!(target: "mproc::pool", tracing::Level::DEBUG, tasks = ids.len(), kill_running,
+            "tasks cancelled");
         self.queue.retain(|c| !ids.contains(&c.id));
         for w in &mut self.workers {
             // Answers already published are not "running".
@@ -743,6 +776,9 @@ impl<L: Link> Dispatcher<L> {
                 }
             }
             if let Some(id) = running.filter(|_| kill_running) {
+                event!(target: "mproc::pool", tracing::Level::INFO, task = id,
+                    worker = w.link.name(), pid = w.link.pid(),
+                    "running task cancelled: killing its worker");
                 w.condemn(Some(id), ErrorKind::Cancelled.into());
             }
         }
@@ -757,7 +793,11 @@ impl<L: Link> Dispatcher<L> {
         for _ in 0..policy::to_start(occupied, self.config.processes) {
             let (slot, launched) = (self.free_slot(), Instant::now());
             match L::launch(&self.config) {
-                Ok(link) => self.workers.push(Worker::new(link, slot, launched)),
+                Ok(link) => {
+                    event!(target: "mproc::pool", tracing::Level::INFO, worker = link.name(),
+                        pid = link.pid(), slot, "replacement worker started");
+                    self.workers.push(Worker::new(link, slot, launched));
+                }
                 Err(e) if self.workers.is_empty() => {
                     self.break_pool(e);
                     return;

@@ -135,6 +135,14 @@ impl Shared {
             }
             return Err(e);
         }
+        event!(
+            target: "mproc::pool",
+            tracing::Level::DEBUG,
+            chunks = chunks.len(),
+            items = chunks.iter().map(|c| c.items).sum::<usize>(),
+            first_task = chunks.first().map(|c| c.id),
+            "tasks submitted"
+        );
         let mut inbox = self.inbox();
         if let Some(e) = refusal(&inbox, new_job) {
             drop(inbox);

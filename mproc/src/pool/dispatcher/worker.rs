@@ -44,6 +44,9 @@ pub(crate) struct Worker<L> {
     pub(super) items: u64,
     pub(super) chunks: u64,
     pub(super) failed: BTreeMap<&'static str, u64>,
+    /// Panics already told to `tracing`.
+    #[cfg(feature = "tracing")]
+    panics_seen: u64,
 }
 
 impl<L: Link> Worker<L> {
@@ -56,6 +59,8 @@ impl<L: Link> Worker<L> {
             items: 0,
             chunks: 0,
             failed: BTreeMap::new(),
+            #[cfg(feature = "tracing")]
+            panics_seen: 0,
             link,
             state: WorkerState::Starting,
             in_flight: VecDeque::new(),
@@ -91,6 +96,9 @@ impl<L: Link> Worker<L> {
         if self.in_flight.is_empty() {
             self.front_since = now;
         }
+        event!(target: "mproc::pool", tracing::Level::TRACE, task = chunk.id,
+            items = chunk.items, worker = self.link.name(), pid = self.link.pid(),
+            "task handed to a worker");
         self.in_flight.push_back(chunk);
         self.given += 1;
         if policy::retire(self.given, max_tasks_per_child) {
@@ -124,11 +132,32 @@ impl<L: Link> Worker<L> {
             self.chunks += 1;
             if let Err(e) = &result {
                 *self.failed.entry(e.kind().name()).or_default() += chunk.items as u64;
+                event!(target: "mproc::pool", tracing::Level::WARN, task = id,
+                    worker = self.link.name(), pid = self.link.pid(), error = %e, "task failed");
+            } else {
+                event!(target: "mproc::pool", tracing::Level::DEBUG, task = id,
+                    items = chunk.items, worker = self.link.name(), pid = self.link.pid(),
+                    "task finished");
             }
+            #[cfg(feature = "tracing")]
+            self.trace_panics(id);
             chunk.finish(result.map(serde_bytes::ByteBuf::into_vec));
         } else {
             // Out of order: it is not running what we think. Trust nothing more.
             self.condemn(None, Error::protocol("a pool worker answered out of order"));
+        }
+    }
+
+    /// Warns when the worker's count of panics grew with task `task`'s answer (its report
+    /// is in the task's result).
+    #[cfg(feature = "tracing")]
+    fn trace_panics(&mut self, task: u64) {
+        let (_, panics) = self.link.work(0);
+        if panics > self.panics_seen {
+            tracing::warn!(target: "mproc::pool", task, worker = self.link.name(),
+                pid = self.link.pid(), items = panics - self.panics_seen,
+                "task panicked (the report is in its result)");
+            self.panics_seen = panics;
         }
     }
 

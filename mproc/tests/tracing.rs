@@ -1,0 +1,177 @@
+//! The `tracing` feature: what a process's life and a pool's tasks and workers tell a
+//! subscriber, under every start method. The subscriber here records every event (a global
+//! one: the dispatcher's thread emits too), so the test has its process to itself.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use mproc::{ErrorKind, Pool, Process, StartMethod};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Metadata, Subscriber, span};
+
+use crate::common::{PATIENCE, alone};
+
+/// One event: its target, level, and its fields as `name=value` text.
+#[derive(Clone, Debug)]
+struct Seen {
+    target: String,
+    level: Level,
+    text: String,
+}
+
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<Seen>>>);
+
+struct Fields(String);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let _ = write!(self.0, "{}={:?} ", field.name(), value);
+    }
+}
+
+impl Subscriber for Recorder {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+        span::Id::from_u64(1)
+    }
+    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+    fn event(&self, event: &Event<'_>) {
+        let mut fields = Fields(String::new());
+        event.record(&mut fields);
+        self.0.lock().unwrap().push(Seen {
+            target: event.metadata().target().to_owned(),
+            level: *event.metadata().level(),
+            text: fields.0,
+        });
+    }
+    fn enter(&self, _: &span::Id) {}
+    fn exit(&self, _: &span::Id) {}
+}
+
+fn recorder() -> &'static Recorder {
+    static R: OnceLock<Recorder> = OnceLock::new();
+    R.get_or_init(|| {
+        let r = Recorder::default();
+        tracing::subscriber::set_global_default(r.clone()).expect("the only subscriber");
+        r
+    })
+}
+
+/// The events seen since the last call.
+fn take() -> Vec<Seen> {
+    std::mem::take(&mut *recorder().0.lock().unwrap())
+}
+
+/// The one event of `level` on `target` whose text has every piece of `has`.
+fn find<'a>(seen: &'a [Seen], level: Level, target: &str, has: &[&str]) -> &'a Seen {
+    seen.iter()
+        .find(|s| s.level == level && s.target == target && has.iter().all(|h| s.text.contains(h)))
+        .unwrap_or_else(|| panic!("no {level} event on {target} with {has:?} among:\n{seen:#?}"))
+}
+
+fn double(n: u32) -> u32 {
+    n * 2
+}
+
+fn boom(n: u32) -> u32 {
+    panic!("boom {n}")
+}
+
+fn exit_now(code: i32) {
+    std::process::exit(code)
+}
+
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn processes_tasks_and_workers_tell_the_subscriber() {
+    if !alone() {
+        return;
+    }
+    recorder();
+    for m in StartMethod::ALL {
+        take();
+        // A process that returns, and one that panics.
+        let mut p = Process::new(double, (21,))
+            .start_method(m)
+            .with_name("doubler");
+        p.start().unwrap();
+        assert_eq!(p.join_timeout(PATIENCE).unwrap(), 42);
+        let pid = format!("pid={}", p.pid().unwrap());
+        let mut q = Process::new(boom, (7,)).start_method(m).with_name("boomer");
+        q.start().unwrap();
+        assert!(q.join_timeout(PATIENCE).is_err());
+        let seen = take();
+        let process = "mproc::process";
+        find(
+            &seen,
+            Level::INFO,
+            process,
+            &["process started", "doubler", &pid],
+        );
+        find(
+            &seen,
+            Level::INFO,
+            process,
+            &["process returned", "doubler", &pid],
+        );
+        find(
+            &seen,
+            Level::WARN,
+            process,
+            &["process panicked", "boomer", "boom 7"],
+        );
+
+        // A pool: a task that finishes, one that panics, one that kills its worker, one past
+        // its timeout, one cancelled while it runs.
+        let pool = Pool::builder()
+            .processes(1)
+            .start_method(m)
+            .task_timeout(Duration::from_millis(400))
+            .build()
+            .unwrap();
+        assert_eq!(pool.apply(double, (1,)).unwrap(), 2);
+        assert!(pool.apply(boom, (3,)).is_err());
+        let e = pool.apply(exit_now, (3,)).unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::WorkerLost(_)), "{e}");
+        assert_eq!(
+            pool.apply(nap, (60_000,)).unwrap_err().kind(),
+            &ErrorKind::TaskTimedOut
+        );
+        let r = pool.apply_async(nap, (300,)).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(r.cancel());
+        assert_eq!(pool.apply(double, (2,)).unwrap(), 4, "still serving");
+        drop(pool);
+        let seen = take();
+        let pool = "mproc::pool";
+        find(
+            &seen,
+            Level::INFO,
+            pool,
+            &["worker started", "PoolWorker-", "pid="],
+        );
+        find(&seen, Level::DEBUG, pool, &["tasks submitted", "items=1"]);
+        find(&seen, Level::TRACE, pool, &["task handed to a worker"]);
+        find(&seen, Level::DEBUG, pool, &["task finished", "pid="]);
+        find(&seen, Level::WARN, pool, &["task panicked"]);
+        find(&seen, Level::ERROR, pool, &["worker died"]);
+        find(
+            &seen,
+            Level::ERROR,
+            pool,
+            &["task lost with its worker", "exited with code 3"],
+        );
+        find(&seen, Level::INFO, pool, &["replacement worker started"]);
+        find(&seen, Level::WARN, pool, &["task past its task_timeout"]);
+        find(&seen, Level::INFO, pool, &["running task cancelled"]);
+    }
+}
