@@ -34,7 +34,7 @@
 //! | results as they finish | [`as_completed`], [`as_completed_timeout`], [`wait`] with [`Return`] |
 //! | what the workers did | [`Pool::stats`] → [`PoolStats`] |
 //! | a progress bar | `Pool::progress` (feature `progress`) |
-//! | logs of processes, tasks and workers | feature `tracing`: events on targets `mproc::process` and `mproc::pool` |
+//! | logs of processes, tasks and workers | feature `tracing`: events on targets `mproc::process` and `mproc::pool`; a child's own events come back on `mproc::child` |
 //! | workers on other machines | `Pool::builder().remote(Remote::redis(url)?...)` (feature `remote`) |
 //! | messages between processes | [`Queue`], [`JoinableQueue`], [`SimpleQueue`], [`pipe`] → [`Connection`] |
 //! | shared state | [`Value`], [`Array`] (any [`Pod`] type, with a lock), [`SharedMemory`] |
@@ -121,6 +121,8 @@ linux_only! {
     mod pool;
     mod process;
     mod queue;
+    #[cfg(feature = "tracing")]
+    mod relay;
     #[cfg(feature = "remote")]
     mod remote;
     mod shared;

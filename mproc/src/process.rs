@@ -170,6 +170,13 @@ impl<R> Process<R> {
             Ok((args, fds)) => (std::mem::take(args), std::mem::take(fds)),
             Err(e) => return Err(e.clone()),
         };
+        // The child's own `tracing` events come back through a pipe when they are wanted.
+        #[cfg(feature = "tracing")]
+        let log_pipe = crate::relay::log_pipe();
+        #[cfg(feature = "tracing")]
+        let log = log_pipe.as_ref().map(|p| p.level);
+        #[cfg(not(feature = "tracing"))]
+        let log = None;
         let start = Start {
             identity,
             entry: self.target.entry,
@@ -179,6 +186,7 @@ impl<R> Process<R> {
             args,
             role: Role::Call,
             handles: fds.len() as u32,
+            log,
         };
         // Encoded (and its size checked) before any process exists; the arguments stay here
         // for a retry if the start fails.
@@ -191,9 +199,16 @@ impl<R> Process<R> {
             let Ok((_, fds)) = &self.args else {
                 unreachable!("set just above")
             };
-            let fds: Vec<_> = fds.iter().map(std::os::fd::AsFd::as_fd).collect();
+            #[cfg_attr(not(feature = "tracing"), expect(unused_mut))]
+            let mut fds: Vec<_> = fds.iter().map(std::os::fd::AsFd::as_fd).collect();
+            #[cfg(feature = "tracing")]
+            fds.extend(log_pipe.as_ref().map(|p| std::os::fd::AsFd::as_fd(&p.write)));
             start::launch(method, &message, &fds)?
         };
+        #[cfg(feature = "tracing")]
+        if let Some(pipe) = log_pipe {
+            pipe.relay(&self.name, child.pid());
+        }
         self.args = Ok((Vec::new(), Vec::new()));
         self.pid = Some(child.pid());
         event!(

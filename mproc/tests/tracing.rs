@@ -1,5 +1,5 @@
 //! The `tracing` feature: what a process's life and a pool's tasks and workers tell a
-//! subscriber, under every start method. The subscriber here records every event (a global
+//! subscriber, and the events children emit themselves, under every start method. The subscriber here records every event (a global
 //! one: the dispatcher's thread emits too), so the test has its process to itself.
 
 use std::fmt::Write as _;
@@ -67,6 +67,23 @@ fn take() -> Vec<Seen> {
     std::mem::take(&mut *recorder().0.lock().unwrap())
 }
 
+/// Takes events (bounded wait) until `enough` holds of all taken so far; returns them.
+fn until_seen(what: &str, enough: impl Fn(&[Seen]) -> bool) -> Vec<Seen> {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut seen = Vec::new();
+    loop {
+        seen.extend(take());
+        if enough(&seen) {
+            return seen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never saw {what}:\n{seen:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The one event of `level` on `target` whose text has every piece of `has`.
 fn find<'a>(seen: &'a [Seen], level: Level, target: &str, has: &[&str]) -> &'a Seen {
     seen.iter()
@@ -84,6 +101,12 @@ fn boom(n: u32) -> u32 {
 
 fn exit_now(code: i32) {
     std::process::exit(code)
+}
+
+fn chatty(n: u32) -> u32 {
+    tracing::info!(target: "user_code", answer = n, "hello from {}", mproc::current_process().name());
+    tracing::debug!(target: "user_code", "a detail");
+    n
 }
 
 fn nap(ms: u64) -> u64 {
@@ -130,6 +153,36 @@ fn processes_tasks_and_workers_tell_the_subscriber() {
             &["process panicked", "boomer", "boom 7"],
         );
 
+        // Events a child emits itself reach this subscriber, with its name and pid.
+        let mut c = Process::new(chatty, (42,))
+            .start_method(m)
+            .with_name("chatter");
+        c.start().unwrap();
+        assert_eq!(c.join_timeout(PATIENCE).unwrap(), 42);
+        let pid = format!("pid={}", c.pid().unwrap());
+        let seen = until_seen("the child's events", |seen| {
+            seen.iter().filter(|s| s.target == "mproc::child").count() >= 2
+        });
+        let child = "mproc::child";
+        find(
+            &seen,
+            Level::INFO,
+            child,
+            &[
+                "hello from chatter",
+                "answer=42",
+                "child=\"chatter\"",
+                &pid,
+                "from=\"user_code\"",
+            ],
+        );
+        find(
+            &seen,
+            Level::DEBUG,
+            child,
+            &["a detail", "child=\"chatter\""],
+        );
+
         // A pool: a task that finishes, one that panics, one that kills its worker, one past
         // its timeout, one cancelled while it runs.
         let pool = Pool::builder()
@@ -150,8 +203,20 @@ fn processes_tasks_and_workers_tell_the_subscriber() {
         std::thread::sleep(Duration::from_millis(100));
         assert!(r.cancel());
         assert_eq!(pool.apply(double, (2,)).unwrap(), 4, "still serving");
+        assert_eq!(pool.apply(chatty, (5,)).unwrap(), 5);
+        let from_worker = until_seen("a pool worker's event", |seen| {
+            seen.iter()
+                .any(|s| s.target == "mproc::child" && s.text.contains("answer=5"))
+        });
         drop(pool);
-        let seen = take();
+        let mut seen = take();
+        seen.extend(from_worker);
+        find(
+            &seen,
+            Level::INFO,
+            "mproc::child",
+            &["hello from", "PoolWorker-", "answer=5"],
+        );
         let pool = "mproc::pool";
         find(
             &seen,

@@ -46,8 +46,19 @@ fn serve(ctrl: InternalFd) -> i32 {
         Ok(s) => s,
         Err(_) => return EXIT_NO_START,
     };
-    // The descriptors of the handles among the arguments came with the start message.
+    // The descriptors of the handles among the arguments came with the start message; then
+    // the pipe for this child's `tracing` events, if the parent wants them.
     let handles = ctrl.take_fds_n(start.handles as usize);
+    #[cfg(feature = "tracing")]
+    let _forwarding = start.log.and_then(|level| {
+        let pipe = ctrl.take_fds_n(1).into_iter().next()?;
+        crate::relay::forward(pipe, level)
+    });
+    #[cfg(not(feature = "tracing"))]
+    if start.log.is_some() {
+        // A build without the feature would not have asked; drop the pipe all the same.
+        drop(ctrl.take_fds_n(1));
+    }
     let entry = match image::entry_for(start.identity, start.entry) {
         Ok(entry) => entry,
         Err(e) => {

@@ -37,6 +37,10 @@ pub(crate) struct Start {
     /// How many descriptors (of handles among the arguments) ride with this message; more
     /// may follow with later messages.
     pub(crate) handles: u32,
+    /// With the `tracing` feature, when the parent wants events: the most verbose level it
+    /// wants (0 error .. 4 trace); one more descriptor rides after the handles', the pipe the
+    /// child's events go to (`relay.rs`).
+    pub(crate) log: Option<u8>,
 }
 
 /// What a child is for.

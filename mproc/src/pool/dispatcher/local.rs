@@ -54,7 +54,15 @@ impl Link for LocalLink {
             Some(host) => format!("{host}:{prefix}-{number}"),
             None => format!("{prefix}-{number}"),
         };
+        // The worker's own `tracing` events come back through a pipe when they are wanted.
+        #[cfg(feature = "tracing")]
+        let log_pipe = crate::relay::log_pipe();
+        #[cfg(feature = "tracing")]
+        let log = log_pipe.as_ref().map(|p| p.level);
+        #[cfg(not(feature = "tracing"))]
+        let log = None;
         let start = Start {
+            log,
             handles: config.init_fds.len() as u32,
             identity: exe::identity(),
             entry: task::worker_entry(),
@@ -70,8 +78,15 @@ impl Link for LocalLink {
                 linger: config.gated.is_none(),
             }),
         };
-        let init_fds: Vec<_> = config.init_fds.iter().map(AsFd::as_fd).collect();
+        #[cfg_attr(not(feature = "tracing"), expect(unused_mut))]
+        let mut init_fds: Vec<_> = config.init_fds.iter().map(AsFd::as_fd).collect();
+        #[cfg(feature = "tracing")]
+        init_fds.extend(log_pipe.as_ref().map(|p| p.write.as_fd()));
         let mut child = start::launch(config.method, &channel::encode_message(&start)?, &init_fds)?;
+        #[cfg(feature = "tracing")]
+        if let Some(pipe) = log_pipe {
+            pipe.relay(&name, child.pid());
+        }
         let (lane, file) =
             Lane::create().map_err(|e| Error::os("creating a pool worker's lane", e))?;
         // Small, but the start message before it may still fill the socket: bounded, like it.

@@ -1,0 +1,294 @@
+//! Forwarding a child's `tracing` events to its parent (the `tracing` feature), as Python's
+//! `log_to_stderr` and loky's worker logging do: a child's own `tracing::info!` inside a target
+//! reaches the parent's subscriber, with the child's name and pid.
+//!
+//! When the parent's subscribers want events at all, each child (a `Process`, a pool worker)
+//! gets the write end of a pipe with its start message and the most verbose level wanted. In
+//! the child, a subscriber encodes each event (level, target, message with its fields as
+//! text) into a frame on the pipe. In the parent, one thread (`mproc-log-relay`, started with
+//! the first such child) reads every child's pipe and emits each event again on target
+//! `mproc::child`, with fields `child`, `pid` and `from` (the event's own target). A pipe's end
+//! of file (its child has exited) retires it.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tracing::field::{Field, Visit};
+use tracing::level_filters::LevelFilter;
+use tracing::{Event, Level, Metadata, Subscriber, span};
+
+use crate::sys::fd::{self, EventFd};
+use crate::wire::codec;
+
+/// Frames larger than this are cut (a log line, not a payload).
+const MAX_FRAME: usize = 64 * 1024;
+
+/// One event as it crosses the pipe.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    /// 0 error, 1 warn, 2 info, 3 debug, 4 trace.
+    level: u8,
+    target: String,
+    message: String,
+}
+
+fn level_number(level: &Level) -> u8 {
+    match *level {
+        Level::ERROR => 0,
+        Level::WARN => 1,
+        Level::INFO => 2,
+        Level::DEBUG => 3,
+        _ => 4,
+    }
+}
+
+/// The parent's side of a new child's pipe, and what the child is told.
+pub(crate) struct LogPipe {
+    read: OwnedFd,
+    /// Goes to the child with its start message.
+    pub(crate) write: OwnedFd,
+    /// The most verbose level the parent wants (see [`level_number`]).
+    pub(crate) level: u8,
+}
+
+/// A pipe for a child's events, if any subscriber of this process wants events at all (and
+/// the relay runs: a child never gets a pipe nobody reads).
+pub(crate) fn log_pipe() -> Option<LogPipe> {
+    let level = match LevelFilter::current().into_level() {
+        None => return None,
+        Some(l) => level_number(&l),
+    };
+    relay()?;
+    let (read, write) = fd::pipe().ok()?;
+    Some(LogPipe { read, write, level })
+}
+
+impl LogPipe {
+    /// The child `name` (pid `pid`) has started: its events are read from now on.
+    pub(crate) fn relay(self, name: &str, pid: u32) {
+        drop(self.write);
+        let Some(relay) = relay() else {
+            return; // gone since `log_pipe` (it never stops): the child's writes fail, no more
+        };
+        relay
+            .new
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Pipe {
+                fd: self.read,
+                name: name.to_owned(),
+                pid,
+                buf: Vec::new(),
+            });
+        relay.wake.notify();
+    }
+}
+
+/// One child's pipe in the relay.
+struct Pipe {
+    fd: OwnedFd,
+    name: String,
+    pid: u32,
+    buf: Vec<u8>,
+}
+
+struct Relay {
+    /// Pipes handed over and not yet watched.
+    new: Mutex<Vec<Pipe>>,
+    wake: EventFd,
+}
+
+/// This process's relay, started on first use (a fork child starts its own: the thread it
+/// inherited the record of is not there); `None` if it cannot start.
+fn relay() -> Option<Arc<Relay>> {
+    static RELAY: Mutex<Option<(u32, Arc<Relay>)>> = Mutex::new(None);
+    let mut slot = RELAY.lock().unwrap_or_else(|e| e.into_inner());
+    let me = std::process::id();
+    if let Some((pid, relay)) = slot.as_ref()
+        && *pid == me
+    {
+        return Some(Arc::clone(relay));
+    }
+    let relay = Arc::new(Relay {
+        new: Mutex::new(Vec::new()),
+        wake: EventFd::new().ok()?,
+    });
+    let serving = Arc::clone(&relay);
+    std::thread::Builder::new()
+        .name("mproc-log-relay".into())
+        .spawn(move || serve(&serving))
+        .ok()?;
+    *slot = Some((me, Arc::clone(&relay)));
+    Some(relay)
+}
+
+/// The relay's loop: waits on every pipe, emits what comes, retires pipes at end of file.
+fn serve(relay: &Relay) {
+    let mut live: Vec<Pipe> = Vec::new();
+    loop {
+        live.append(&mut relay.new.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut watched: Vec<(RawFd, bool)> = vec![(relay.wake.as_fd().as_raw_fd(), false)];
+        watched.extend(live.iter().map(|p| (p.fd.as_raw_fd(), false)));
+        let Ok(ready) = fd::poll_numbers(&watched, None) else {
+            continue;
+        };
+        if ready[0].readable {
+            relay.wake.drain();
+        }
+        let mut ended = Vec::new();
+        for (i, pipe) in live.iter_mut().enumerate() {
+            let r = &ready[i + 1];
+            if !(r.readable || r.hangup) {
+                continue;
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match rustix::io::read(&pipe.fd, &mut chunk) {
+                Ok(0) | Err(_) => ended.push(i),
+                Ok(n) => {
+                    pipe.buf.extend_from_slice(&chunk[..n]);
+                    emit_frames(pipe);
+                }
+            }
+        }
+        for i in ended.into_iter().rev() {
+            live.swap_remove(i);
+        }
+    }
+}
+
+/// Emits every whole frame in `pipe`'s buffer.
+fn emit_frames(pipe: &mut Pipe) {
+    let mut at = 0;
+    while let Some(len) = pipe.buf.get(at..at + 4) {
+        let len = u32::from_le_bytes(len.try_into().expect("four bytes")) as usize;
+        let Some(body) = pipe.buf.get(at + 4..at + 4 + len) else {
+            break;
+        };
+        if let Ok(r) = codec::decode::<Record>(body) {
+            emit(&pipe.name, pipe.pid, &r);
+        }
+        at += 4 + len;
+    }
+    pipe.buf.drain(..at);
+}
+
+fn emit(child: &str, pid: u32, r: &Record) {
+    let (from, message) = (r.target.as_str(), r.message.as_str());
+    match r.level {
+        0 => tracing::error!(target: "mproc::child", child, pid, from, "{message}"),
+        1 => tracing::warn!(target: "mproc::child", child, pid, from, "{message}"),
+        2 => tracing::info!(target: "mproc::child", child, pid, from, "{message}"),
+        3 => tracing::debug!(target: "mproc::child", child, pid, from, "{message}"),
+        _ => tracing::trace!(target: "mproc::child", child, pid, from, "{message}"),
+    }
+}
+
+/// In a child: sends its `tracing` events to the parent through `pipe`, up to `level`. The
+/// returned guard keeps this thread's default (where a global one was already set: a fork
+/// child inherits its parent's) for as long as it lives.
+pub(crate) fn forward(pipe: OwnedFd, level: u8) -> Option<tracing::dispatcher::DefaultGuard> {
+    let forwarder = Forwarder {
+        pipe: Mutex::new(std::fs::File::from(pipe)),
+        level,
+    };
+    let dispatch = tracing::Dispatch::new(forwarder);
+    match tracing::dispatcher::set_global_default(dispatch.clone()) {
+        Ok(()) => None,
+        Err(_) => Some(tracing::dispatcher::set_default(&dispatch)),
+    }
+}
+
+/// The child's subscriber: each event as a frame on the pipe.
+struct Forwarder {
+    pipe: Mutex<std::fs::File>,
+    level: u8,
+}
+
+/// An event's message, then its other fields as `name=value`.
+struct Text(String);
+
+impl Visit for Text {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if !self.0.is_empty() {
+            self.0.push(' ');
+        }
+        if field.name() == "message" {
+            let _ = write!(self.0, "{value:?}");
+        } else {
+            let _ = write!(self.0, "{}={value:?}", field.name());
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            if !self.0.is_empty() {
+                self.0.push(' ');
+            }
+            self.0.push_str(value);
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+}
+
+impl Subscriber for Forwarder {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        level_number(metadata.level()) <= self.level
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(match self.level {
+            0 => LevelFilter::ERROR,
+            1 => LevelFilter::WARN,
+            2 => LevelFilter::INFO,
+            3 => LevelFilter::DEBUG,
+            _ => LevelFilter::TRACE,
+        })
+    }
+
+    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+        span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        let mut text = Text(String::new());
+        event.record(&mut text);
+        let mut message = text.0;
+        if message.len() > MAX_FRAME {
+            let mut cut = MAX_FRAME;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let record = Record {
+            level: level_number(event.metadata().level()),
+            target: event.metadata().target().to_owned(),
+            message,
+        };
+        let Ok(body) = codec::encode(&record) else {
+            return;
+        };
+        let mut frame = Vec::with_capacity(4 + body.len());
+        frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&body);
+        // One write per frame, under the lock: frames of two threads never interleave. A
+        // parent gone (broken pipe) loses the event, nothing more.
+        let _ = self
+            .pipe
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_all(&frame);
+    }
+
+    fn enter(&self, _: &span::Id) {}
+
+    fn exit(&self, _: &span::Id) {}
+}
