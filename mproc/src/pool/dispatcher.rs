@@ -92,7 +92,12 @@ pub(crate) struct Shared {
     /// Another backend's fast path (`pool/backend.rs`): takes submitted chunks on the
     /// submitting thread when it can, handing back what it cannot take.
     pub(crate) direct: std::sync::OnceLock<Direct>,
+    /// Another backend's statistics (a remote pool's agents'), for `Pool::stats`.
+    pub(crate) stats_source: std::sync::OnceLock<StatsSource>,
 }
+
+/// See [`Shared::stats_source`].
+pub(crate) type StatsSource = Box<dyn Fn() -> PoolStats + Send + Sync>;
 
 /// See [`Shared::direct`].
 pub(crate) type Direct = Box<dyn Fn(Vec<Chunk>) -> Option<Vec<Chunk>> + Send + Sync>;
@@ -133,6 +138,9 @@ impl Shared {
         if self.foreign() {
             // A fork child: the state's lock may have been held when it forked.
             return PoolStats::default();
+        }
+        if let Some(source) = self.stats_source.get() {
+            return source();
         }
         self.state().as_ref().map(Dispatcher::stats).unwrap_or_default()
     }
@@ -223,7 +231,7 @@ struct Ended {
     panics: u64,
     /// Per slot.
     restarts: Vec<Restarts>,
-    errors: BTreeMap<&'static str, u64>,
+    errors: BTreeMap<String, u64>,
 }
 
 /// Starts the pool's workers (so start-up errors reach `Pool::build`) and hands them to
@@ -269,7 +277,7 @@ impl<L: Link> Dispatcher<L> {
                 let (busy_ns, caught) = w.link.work(now_ns);
                 panics += caught;
                 for (kind, n) in &w.failed {
-                    *errors.entry(kind).or_default() += n;
+                    *errors.entry((*kind).to_owned()).or_default() += n;
                 }
                 let age = now.saturating_duration_since(w.launched);
                 let busy = Duration::from_nanos(busy_ns).min(age);
@@ -278,6 +286,7 @@ impl<L: Link> Dispatcher<L> {
                     .map_or(age, |r| r.saturating_duration_since(w.launched));
                 let waiting = age.saturating_sub(startup).saturating_sub(busy);
                 WorkerStats {
+                    agent: None,
                     slot: w.slot,
                     name: w.link.name().to_owned(),
                     pid: w.link.pid(),
@@ -294,7 +303,7 @@ impl<L: Link> Dispatcher<L> {
             .collect();
         workers.sort_by_key(|w| (w.slot, std::cmp::Reverse(w.age)));
         if panics > 0 {
-            *errors.entry("Panicked").or_default() += panics;
+            *errors.entry("Panicked".to_owned()).or_default() += panics;
         }
         let mut restarts = Restarts::default();
         for r in &self.ended.restarts {
@@ -316,7 +325,7 @@ impl<L: Link> Dispatcher<L> {
         ended.tasks += w.items;
         ended.panics += caught;
         for (kind, n) in &w.failed {
-            *ended.errors.entry(kind).or_default() += n;
+            *ended.errors.entry((*kind).to_owned()).or_default() += n;
         }
         if ended.restarts.len() <= w.slot {
             ended.restarts.resize(w.slot + 1, Restarts::default());
@@ -682,7 +691,8 @@ impl<L: Link> Dispatcher<L> {
         };
         if running
             && let Some(chunk) = w.in_flight.pop_front() {
-                *self.ended.errors.entry(failure.kind().name()).or_default() += chunk.items as u64;
+                *self.ended.errors.entry(failure.kind().name().to_owned()).or_default() +=
+                    chunk.items as u64;
                 event!(target: "mproc::pool", tracing::Level::ERROR, task = chunk.id,
                     worker = w.link.name(), pid = w.link.pid(), error = %failure,
                     "task lost with its worker");

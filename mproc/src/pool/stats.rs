@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// A pool's statistics at one moment ([`Pool::stats`](crate::Pool::stats)). Its `Display` is a
 /// readable table.
 ///
@@ -26,10 +28,11 @@ use std::time::Duration;
 /// println!("{stats}");
 /// # Ok::<(), mproc::Error>(())
 /// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct PoolStats {
-    /// The workers alive now, by slot (a replacement takes its predecessor's slot).
+    /// The workers alive now, by slot (a replacement takes its predecessor's slot); in a
+    /// remote pool, every live agent's workers, by agent.
     pub workers: Vec<WorkerStats>,
     /// Tasks (items) finished by workers that have since ended.
     pub tasks_of_ended: u64,
@@ -38,10 +41,21 @@ pub struct PoolStats {
     /// Tasks that failed, by the name of their [`ErrorKind`](crate::ErrorKind) variant
     /// (`"Panicked"`, `"WorkerLost"`, `"TaskTimedOut"`, `"Cancelled"`, ...): what the workers
     /// ran, not what was refused or dropped before it reached one.
-    pub errors: BTreeMap<&'static str, u64>,
+    pub errors: BTreeMap<String, u64>,
 }
 
 impl PoolStats {
+    /// Adds `other`'s books to these (a remote pool's agents, each with its own).
+    #[cfg_attr(not(feature = "remote"), expect(dead_code))]
+    pub(crate) fn merge(&mut self, other: PoolStats) {
+        self.workers.extend(other.workers);
+        self.tasks_of_ended += other.tasks_of_ended;
+        self.restarts.add(&other.restarts);
+        for (kind, n) in other.errors {
+            *self.errors.entry(kind).or_default() += n;
+        }
+    }
+
     /// Tasks (items: each `apply`, each item of a `map`) finished so far, by every worker the
     /// pool has had.
     ///
@@ -67,10 +81,13 @@ impl PoolStats {
 /// assert!(w.busy + w.idle <= w.age);
 /// # Ok::<(), mproc::Error>(())
 /// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct WorkerStats {
-    /// Its place in the pool, from 0; a replacement takes the slot of the worker it replaces.
+    /// The remote agent it serves under (`None` in a local pool).
+    pub agent: Option<String>,
+    /// Its place in the pool (in a remote pool, in its agent's), from 0; a replacement takes
+    /// the slot of the worker it replaces.
     pub slot: usize,
     /// Its process name (`ForkServerPoolWorker-3`, ...).
     pub name: String,
@@ -102,7 +119,7 @@ pub struct WorkerStats {
 /// assert_eq!(r.total(), 1);
 /// assert_eq!(r.to_string(), "1 died");
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Restarts {
     /// It died on its own (a crash, a signal, an exit).
@@ -173,6 +190,9 @@ impl fmt::Display for PoolStats {
             "slot", "pid", "tasks", "busy", "waiting", "startup", "age"
         )?;
         for w in &self.workers {
+            if let Some(agent) = &w.agent {
+                writeln!(f, "agent {agent}:")?;
+            }
             let pid = w.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
             writeln!(
                 f,

@@ -661,8 +661,16 @@ impl Intake {
     fn run(mut self, mut con: Conn) -> HashMap<u64, Local> {
         let c = Arc::clone(&self.common);
         let mut again = false;
+        let mut told = Instant::now();
         while !c.stop.load(Ordering::Relaxed) {
             self.retire();
+            if told.elapsed() >= STATS_EVERY {
+                told = Instant::now();
+                if let Err(e) = self.tell_stats(&mut con) {
+                    let _ = c.tx.send(Event::Failed(e));
+                    break;
+                }
+            }
             let window = c.window.load(Ordering::Relaxed);
             let out = c.outstanding.load(Ordering::SeqCst);
             if !again && !c.may_read(out) {
@@ -754,6 +762,33 @@ impl Intake {
                 let record = c.seal(entry.id, pool, task, self.max_frame, Err(e));
                 c.hub().records.extend(record);
             }
+        }
+        Ok(())
+    }
+
+    /// Writes each local pool's statistics where its submitter reads them (`Pool::stats`),
+    /// sealed, with this agent's id.
+    fn tell_stats(&self, con: &mut Conn) -> Result<(), Error> {
+        let c = &self.common;
+        let me = c.id();
+        let script = redis::Script::new(scripts::STATS);
+        for (pool, local) in &self.locals {
+            let Ok(p) = &local.pool else {
+                continue;
+            };
+            let mut stats = p.stats();
+            for w in &mut stats.workers {
+                w.agent = Some(me.clone());
+            }
+            let sealed = frame::seal(&c.key, Kind::Stats, &stats)?;
+            con.run("writing the agent's statistics", |k| {
+                script
+                    .key(c.keys.pool(*pool))
+                    .key(c.keys.stats(*pool))
+                    .arg(&me)
+                    .arg(&sealed)
+                    .invoke::<i64>(k)
+            })?;
         }
         Ok(())
     }
@@ -894,6 +929,9 @@ impl Intake {
         self.locals.retain(|p, _| !idle.contains(p));
     }
 }
+
+/// How often an agent writes its statistics for each pool it serves.
+const STATS_EVERY: Duration = Duration::from_millis(250);
 
 /// The read-ahead: about 1 ms of work beyond the workers, from the mean task time.
 #[derive(Default)]

@@ -28,6 +28,8 @@ pub(crate) enum Kind {
     Task = b'T' as isize,
     Pool = b'P' as isize,
     Result = b'R' as isize,
+    /// An agent's statistics for one pool (`Pool::stats`).
+    Stats = b'S' as isize,
 }
 
 /// The secret the submitter and the agents share.
@@ -112,6 +114,7 @@ fn bad_mac(kind: Kind) -> Error {
         Kind::Task => "task",
         Kind::Pool => "pool",
         Kind::Result => "result",
+        Kind::Stats => "statistics",
     };
     ErrorKind::Broker(format!(
         "a {what} frame failed its MAC check (tampered with, or sealed with another key): \

@@ -12,6 +12,7 @@
 //! | `pool:<pool>` | string | the sealed pool frame; its absence means the pool is gone |
 //! | `done:<pool>` | hash | task → 1 once a result is recorded (exactly one result), `c` once cancelled (none is) |
 //! | `attempts:<pool>` | hash | task → runs lost with a dead agent |
+//! | `stats:<pool>` | hash | agent → its sealed statistics for the pool (`Pool::stats`), refreshed every 250 ms |
 //! | `agents` | hash | agent → workers it announces |
 //! | `hb:<agent>` | string, TTL | the agent's heartbeat |
 //! | `running:<agent>` | hash | entry id → `pool:task` the agent's workers are running |
@@ -54,6 +55,9 @@ impl Keys {
     pub(crate) fn done(&self, pool: u64) -> String {
         format!("{}done:{pool}", self.prefix)
     }
+    pub(crate) fn stats(&self, pool: u64) -> String {
+        format!("{}stats:{pool}", self.prefix)
+    }
     pub(crate) fn attempts(&self, pool: u64) -> String {
         format!("{}attempts:{pool}", self.prefix)
     }
@@ -64,11 +68,12 @@ impl Keys {
         format!("{}running:{agent}", self.prefix)
     }
     /// Every key of one pool, deleted when it finishes.
-    pub(crate) fn of_pool(&self, pool: u64) -> [String; 4] {
+    pub(crate) fn of_pool(&self, pool: u64) -> [String; 5] {
         [
             self.pool(pool),
             self.results(pool),
             self.done(pool),
+            self.stats(pool),
             self.attempts(pool),
         ]
     }

@@ -131,3 +131,14 @@ if type(s) == 'table' and s.err == nil then
 end
 return reaped
 "#;
+
+/// An agent's statistics for one pool, written only while the pool exists (so a pool that
+/// has ended is not brought back by a late write).
+///
+/// KEYS: pool:<pool>, stats:<pool>. ARGV: the agent's id, its sealed statistics.
+pub(crate) const STATS: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+end
+return 0
+"#;

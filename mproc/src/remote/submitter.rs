@@ -15,6 +15,7 @@ use redis::Value;
 use serde_bytes::ByteBuf;
 
 use super::auth::{Key, Kind};
+use crate::pool::PoolStats;
 use super::config::Remote;
 use super::conn::{self, Conn, Endpoint};
 use super::frame::{self, Keys, PoolFrame, ResultFrame, TaskFrame};
@@ -135,6 +136,10 @@ fn start(
     con.run("registering the remote pool", |c| {
         redis::cmd("SET").arg(keys.pool(pool)).arg(&sealed).query::<()>(c)
     })?;
+    let (src_endpoint, src_keys, src_key) = (endpoint.clone(), keys.clone(), key.clone());
+    let _ = shared.stats_source.set(Box::new(move || {
+        agents_stats(&src_endpoint, &src_keys, &src_key, pool).unwrap_or_default()
+    }));
     let mut s = Submitter {
         shared,
         flight: Arc::new(Flight {
@@ -451,6 +456,43 @@ impl Submitter {
         }
         self.shared.mark_finished(&why);
     }
+}
+
+/// The pool's statistics as its live agents last wrote them (every 250 ms), merged: each
+/// worker names its agent. An agent whose heartbeat is gone counts no more workers; what its
+/// workers finished stays counted. A record that fails its MAC is left out.
+fn agents_stats(
+    endpoint: &Endpoint,
+    keys: &Keys,
+    key: &Key,
+    pool: u64,
+) -> Result<PoolStats, Error> {
+    let mut con = Conn::open(endpoint, Duration::ZERO)?;
+    let records: Vec<(String, Vec<u8>)> = con.run("reading the agents' statistics", |c| {
+        redis::cmd("HGETALL").arg(keys.stats(pool)).query(c)
+    })?;
+    let mut pipe = redis::pipe();
+    for (agent, _) in &records {
+        pipe.cmd("EXISTS").arg(keys.heartbeat(agent));
+    }
+    let alive: Vec<bool> = if records.is_empty() {
+        Vec::new()
+    } else {
+        con.run("reading the agents' heartbeats", |c| pipe.query(c))?
+    };
+    let mut all = PoolStats::default();
+    for ((agent, sealed), alive) in records.into_iter().zip(alive) {
+        let Ok(mut stats) = frame::open::<PoolStats>(key, Kind::Stats, &sealed) else {
+            log(&format!("the statistics of agent {agent} were refused"));
+            continue;
+        };
+        if !alive {
+            stats.tasks_of_ended += stats.workers.iter().map(|w| w.tasks).sum::<u64>();
+            stats.workers.clear();
+        }
+        all.merge(stats);
+    }
+    Ok(all)
 }
 
 /// Runs the reaper's script once.

@@ -287,7 +287,43 @@ fn an_agent_runs_no_more_than_its_workers_across_pools(m: StartMethod) {
     assert!(took >= Duration::from_millis(880), "{took:?}");
 }
 
+fn boom_on_three(n: u64) -> u64 {
+    assert_ne!(n, 3, "three");
+    n
+}
+
+/// `Pool::stats` of a remote pool: every agent's workers, each naming its agent, and the
+/// tasks and failures they counted.
+fn stats_per_agent_and_worker(m: StartMethod) {
+    let c = Cluster::new(m, 2, 1);
+    let pool = c.pool();
+    let _ = pool.chunksize(1).map(boom_on_three, 0..20);
+    let deadline = Instant::now() + PATIENCE;
+    let stats = loop {
+        let s = pool.stats();
+        if s.tasks() == 20 && s.workers.len() == 2 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "never all counted:\n{s}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let agents: std::collections::HashSet<_> =
+        stats.workers.iter().map(|w| w.agent.clone()).collect();
+    assert_eq!(agents.len(), 2, "{stats}");
+    assert!(agents.iter().all(Option::is_some), "{stats}");
+    assert!(
+        stats
+            .workers
+            .iter()
+            .all(|w| w.name.contains(":") && w.pid.is_some()),
+        "{stats}"
+    );
+    assert_eq!(stats.errors.get("Panicked"), Some(&1), "{stats}");
+    assert!(stats.to_string().contains("agent "), "{stats}");
+}
+
 per_start_method!(
+    stats_per_agent_and_worker,
     whole_api,
     order_across_agents,
     worker_settings,

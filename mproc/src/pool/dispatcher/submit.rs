@@ -26,6 +26,7 @@ impl Shared {
             wanted: AtomicBool::new(false),
             generation: crate::sys::proc::fork_generation(),
             direct: std::sync::OnceLock::new(),
+            stats_source: std::sync::OnceLock::new(),
         }))
     }
 
