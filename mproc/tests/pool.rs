@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use mproc::{ErrorKind, Pool, StartMethod};
 
-use crate::common::{PATIENCE, has_ended, wait_until};
+use crate::common::{PATIENCE, has_ended, sleep_ms, wait_until};
 
 fn pool(m: StartMethod, n: usize) -> Pool {
     Pool::builder()
@@ -942,7 +942,73 @@ fn a_worker_that_corrupts_its_lane_is_replaced(m: StartMethod) {
     assert_eq!(all.len(), 100);
 }
 
+/// `pool.timeout(d)`: a limit per task for one call or one map, in place of the pool's
+/// `task_timeout`, with the same kill-and-replace and `TaskTimedOut`; other calls keep theirs.
+fn per_call_timeouts(m: StartMethod) {
+    let pool = pool(m, 2);
+    let limit = Duration::from_millis(300);
+    let t = Instant::now();
+    let e = pool.timeout(limit).apply(sleep_ms, (60_000,)).unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::TaskTimedOut);
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    // A call without the limit, beside one with it, runs to its end.
+    let long = pool.apply_async(sleep_ms, (700,)).unwrap();
+    let timed = pool
+        .timeout(limit)
+        .apply_async(sleep_ms, (60_000,))
+        .unwrap();
+    assert_eq!(
+        timed.get_timeout(PATIENCE).unwrap_err().kind(),
+        &ErrorKind::TaskTimedOut
+    );
+    assert_eq!(long.get_timeout(PATIENCE).unwrap(), 700);
+    // Per item, as task_timeout: a chunk of two quick items has twice the time.
+    assert_eq!(
+        pool.chunksize(2)
+            .timeout(limit)
+            .map(sleep_ms, [200, 200])
+            .unwrap(),
+        [200, 200]
+    );
+    let e = pool
+        .timeout(limit)
+        .chunksize(2)
+        .map(sleep_ms, [100, 100, 100, 60_000])
+        .unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::TaskTimedOut);
+    let each: Vec<_> = pool
+        .timeout(limit)
+        .imap(sleep_ms, [10, 60_000, 10])
+        .unwrap()
+        .collect();
+    assert_eq!(each[0], Ok(10));
+    assert_eq!(
+        each[1].as_ref().unwrap_err().kind(),
+        &ErrorKind::TaskTimedOut
+    );
+    assert_eq!(each[2], Ok(10));
+    // A longer limit than the pool's own lets a task the pool would stop finish.
+    let strict = Pool::builder()
+        .processes(1)
+        .start_method(m)
+        .task_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    assert_eq!(
+        strict.apply(sleep_ms, (500,)).unwrap_err().kind(),
+        &ErrorKind::TaskTimedOut
+    );
+    assert_eq!(
+        strict
+            .timeout(Duration::from_secs(5))
+            .apply(sleep_ms, (500,))
+            .unwrap(),
+        500
+    );
+}
+
 per_start_method!(
+    per_call_timeouts,
     imap_knows_how_many_results_are_left,
     a_worker_killed_mid_answer_is_lost_not_garbled,
     quick_tasks_never_wait_behind_a_slow_one,

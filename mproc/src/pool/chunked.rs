@@ -3,6 +3,7 @@
 
 use std::any::type_name;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -53,6 +54,8 @@ pub struct Chunked<'p> {
     shared: &'p Arc<Shared>,
     processes: usize,
     size: Option<usize>,
+    /// Its own time limit per task (`pool.timeout(d)`), instead of the pool's `task_timeout`.
+    timeout: Option<Duration>,
     /// Whether it draws a progress bar on stderr.
     #[cfg(feature = "progress")]
     bar: bool,
@@ -63,6 +66,7 @@ impl std::fmt::Debug for Chunked<'_> {
         f.debug_struct("Chunked")
             .field("processes", &self.processes)
             .field("size", &self.size)
+            .field("timeout", &self.timeout)
             .finish()
     }
 }
@@ -89,9 +93,115 @@ impl<'p> Chunked<'p> {
             shared,
             processes,
             size,
+            timeout: None,
             #[cfg(feature = "progress")]
             bar: false,
         }
+    }
+
+    /// The same calls by chunks of `n` items (`map`'s `chunksize`; `0` is refused when a map
+    /// is called).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn inc(n: u32) -> u32 {
+    ///     n + 1
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// let quick = pool.timeout(Duration::from_secs(5)).chunksize(10);
+    /// assert_eq!(quick.map(inc, 0..3)?, [1, 2, 3]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn chunksize(self, n: usize) -> Chunked<'p> {
+        Chunked {
+            size: Some(n),
+            ..self
+        }
+    }
+
+    /// The same calls with their own time limit per task (per item of a map, as the pool's
+    /// `task_timeout`), in place of the pool's: a task still running after `timeout` has its
+    /// worker killed and replaced, and fails with `TaskTimedOut`; the pool's other calls are
+    /// not affected. [`Pool::timeout`](crate::Pool::timeout) is the same with the default
+    /// chunk size.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    /// let pool = mproc::Pool::new(1)?;
+    /// let hasty = pool.chunksize(1).timeout(Duration::from_millis(200));
+    /// let e = hasty.apply(nap, (60_000,)).unwrap_err();
+    /// assert_eq!(e.kind(), &mproc::ErrorKind::TaskTimedOut);
+    /// assert_eq!(pool.apply(nap, (300,))?, 300); // no limit here
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn timeout(self, timeout: Duration) -> Chunked<'p> {
+        Chunked {
+            timeout: Some(timeout),
+            ..self
+        }
+    }
+
+    /// [`Pool::apply`](crate::Pool::apply) under this view's time limit (the chunk size does
+    /// not apply: one call is one task).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn one() -> u8 {
+    ///     1
+    /// }
+    /// let pool = mproc::Pool::new(1)?;
+    /// assert_eq!(pool.timeout(Duration::from_secs(5)).apply(one, ())?, 1);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn apply<F, A>(&self, f: F, args: A) -> Result<F::Output, Error>
+    where
+        F: Target<A>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.apply_async(f, args)?.get()
+    }
+
+    /// [`Pool::apply_async`](crate::Pool::apply_async) under this view's time limit.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn one() -> u8 {
+    ///     1
+    /// }
+    /// let pool = mproc::Pool::new(1)?;
+    /// let r = pool.timeout(Duration::from_secs(5)).apply_async(one, ())?;
+    /// assert_eq!(r.get()?, 1);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn apply_async<F, A>(&self, f: F, args: A) -> Result<AsyncResult<F::Output>, Error>
+    where
+        F: Target<A>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let _ = f;
+        self.shared.check_open()?;
+        let target = type_name::<F>();
+        let job = JobState::new();
+        let c = chunk(self.shared, &job, task::chunk_entry::<F, A>(), &[args], target)?
+            .with_timeout(self.timeout);
+        job.seal();
+        self.shared.submit(vec![c], true)?;
+        Ok(AsyncResult::new(
+            job,
+            job::decode_one::<F::Output>,
+            target,
+            Arc::clone(self.shared),
+        ))
     }
 
     /// The same map family, drawing a progress bar on stderr (feature `progress`): items
@@ -245,7 +355,7 @@ impl<'p> Chunked<'p> {
         let _stream = Stream::open(self.shared);
         while let Some(piece) = pieces.next() {
             let chunk = match chunk(self.shared, &job, entry, piece, target) {
-                Ok(chunk) => chunk,
+                Ok(chunk) => chunk.with_timeout(self.timeout),
                 Err(e) => {
                     drop(batch); // answers its chunks Terminated; nobody will read them
                     // Chunks already handed out are withdrawn; running ones finish.
@@ -363,7 +473,8 @@ impl<'p> Chunked<'p> {
             ordered,
             ahead,
             len,
-        );
+        )
+        .with_timeout(self.timeout);
         #[cfg(feature = "progress")]
         let stream = if self.bar {
             stream.with_bar(super::progress::Bar::new(len))

@@ -222,6 +222,9 @@ struct Dispatcher<L: Link = LocalLink> {
     scratch: Vec<u8>,
     /// The books of workers that have ended, for the statistics.
     ended: Ended,
+    /// Whether a chunk with its own time limit (`pool.timeout(d)`) ever came: from then on
+    /// the dispatcher thread looks after every hand-over, as with a pool-wide `task_timeout`.
+    timed: bool,
 }
 
 /// What the statistics keep of workers that have ended.
@@ -254,6 +257,7 @@ impl<L: Link> Dispatcher<L> {
             broken: None,
             scratch: Vec::new(),
             ended: Ended::default(),
+            timed: false,
         };
         for slot in 0..d.config.processes {
             let launched = Instant::now();
@@ -378,6 +382,7 @@ impl<L: Link> Dispatcher<L> {
     /// after a submitting thread assigned chunks itself.
     fn needs_attention(&self) -> bool {
         self.config.task_timeout.is_some()
+            || self.timed
             || !self.queue.is_empty()
             || self.workers.iter().any(|w| w.link.queued())
             || self.rebalance_deadline().is_some()
@@ -442,7 +447,7 @@ impl<L: Link> Dispatcher<L> {
             match command {
                 Command::Submit(chunks) => match &self.broken {
                     Some(e) => chunks.into_iter().for_each(|c| c.fail(e.clone())),
-                    None => self.queue.extend(chunks),
+                    None => self.enqueue(chunks),
                 },
                 Command::Cancel(ids) => self.cancel(ids.into_iter().collect(), true),
                 Command::Withdraw(ids) => self.cancel(ids.into_iter().collect(), false),
@@ -453,6 +458,12 @@ impl<L: Link> Dispatcher<L> {
             }
         }
         None
+    }
+
+    /// Queues submitted chunks.
+    fn enqueue(&mut self, chunks: Vec<Chunk>) {
+        self.timed = self.timed || chunks.iter().any(|c| c.timeout.is_some());
+        self.queue.extend(chunks);
     }
 
     fn idle(&self) -> bool {

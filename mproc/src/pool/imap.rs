@@ -52,6 +52,8 @@ pub struct Imap<'a, R> {
     left: Option<usize>,
     next_ordered: usize,
     ready: VecDeque<Result<R, Error>>,
+    /// Its chunks' own time limit per task, if any.
+    timeout: Option<std::time::Duration>,
     /// The progress bar it advances, if one was asked for.
     #[cfg(feature = "progress")]
     bar: Option<super::progress::Bar>,
@@ -86,10 +88,17 @@ impl<'a, R> Imap<'a, R> {
             left: len,
             next_ordered: 0,
             ready: VecDeque::new(),
+            timeout: None,
             #[cfg(feature = "progress")]
             bar: None,
             _value: PhantomData,
         }
+    }
+
+    /// Gives its chunks their own time limit per task.
+    pub(crate) fn with_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// Advances `bar` with each item it yields.
@@ -124,7 +133,8 @@ impl<'a, R> Imap<'a, R> {
                     let index = self.job.add_chunk(id, items);
                     let chunk =
                         Chunk::new(id, self.entry, payload, Arc::clone(&self.job), index, items)
-                            .with_handles(fds);
+                            .with_handles(fds)
+                            .with_timeout(self.timeout);
                     // On refusal the chunk has been failed with the reason (it is yielded), and
                     // the stream ends there: an endless input must not yield errors forever.
                     if self.shared.submit(vec![chunk], false).is_err() {

@@ -416,6 +416,30 @@ impl Pool {
         self.shared.stats()
     }
 
+    /// The pool's calls with their own time limit per task, in place of the pool's
+    /// `task_timeout` (pebble's `schedule(timeout=)`): `pool.timeout(d).apply(f, args)`,
+    /// `pool.timeout(d).map(f, items)` (per item, as `task_timeout`), and every map form. A task
+    /// still running after `timeout` has its worker killed and replaced and fails with
+    /// `TaskTimedOut`; the pool's other calls keep their own limit. Chain
+    /// [`Chunked::chunksize`] for a chunk size.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// let each = pool.timeout(Duration::from_millis(300)).map(nap, [10, 60_000]);
+    /// assert_eq!(each.unwrap_err().kind(), &mproc::ErrorKind::TaskTimedOut);
+    /// assert_eq!(pool.apply(nap, (400,))?, 400); // the pool itself has no limit
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn timeout(&self, timeout: Duration) -> Chunked<'_> {
+        self.default_chunks().timeout(timeout)
+    }
+
     fn default_chunks(&self) -> Chunked<'_> {
         Chunked::new(&self.shared, self.processes(), None)
     }

@@ -51,6 +51,7 @@ impl Pool {
         entry: i64,
         payload: Vec<u8>,
         items: usize,
+        timeout: Option<std::time::Duration>,
         on_start: impl FnMut() -> Verdict + Send + 'static,
         done: impl FnOnce(ChunkOutcome) + Send + 'static,
     ) -> Result<RawTask, Error> {
@@ -59,7 +60,8 @@ impl Pool {
         let id = self.shared.chunk_id();
         let index = job.add_chunk(id, items);
         let chunk = Chunk::new(id, entry, payload, Arc::clone(&job), index, items)
-            .with_on_start(Box::new(on_start));
+            .with_on_start(Box::new(on_start))
+            .with_timeout(timeout);
         job.seal();
         let answered = Arc::clone(&job);
         job.on_complete(Box::new(move || {

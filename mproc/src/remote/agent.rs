@@ -884,6 +884,7 @@ impl Intake {
                     frame.entry,
                     frame.payload.into_vec(),
                     frame.items as usize,
+                    frame.timeout_ms.map(Duration::from_millis),
                     move || gate.gate(&gate_id),
                     move |outcome| done.answered(done_id, outcome),
                 )

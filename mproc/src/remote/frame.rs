@@ -92,6 +92,8 @@ pub(crate) struct TaskFrame {
     pub(crate) entry: i64,
     pub(crate) items: u64,
     pub(crate) payload: ByteBuf,
+    /// Its own time limit per task, in ms (`pool.timeout(d)`), else the pool's.
+    pub(crate) timeout_ms: Option<u64>,
 }
 
 /// How a pool's workers are set up, read by each agent that meets the pool.
@@ -147,10 +149,12 @@ mod tests {
             entry: -4,
             items: 5,
             payload: ByteBuf::from(vec![1, 2, 3]),
+            timeout_ms: Some(6),
         };
         let sealed = seal(&key, Kind::Task, &t).unwrap();
         let back: TaskFrame = open(&key, Kind::Task, &sealed).unwrap();
         assert_eq!((back.pool, back.task, back.entry, &back.payload[..]), (1, 2, -4, &[1, 2, 3][..]));
+        assert_eq!(back.timeout_ms, Some(6));
         assert!(open::<TaskFrame>(&key, Kind::Result, &sealed).is_err());
         let keys = Keys::new(0xabc, &key);
         let tag = &keys.prefix[keys.prefix.find('{').unwrap()..=keys.prefix.find('}').unwrap()];

@@ -328,6 +328,9 @@ impl Submitter {
                     entry: chunk.entry,
                     items: chunk.items as u64,
                     payload: ByteBuf::from(std::mem::take(&mut chunk.payload)),
+                    timeout_ms: chunk
+                        .timeout
+                        .map(|t| t.as_millis().try_into().unwrap_or(u64::MAX)),
                 };
                 let sealed = match frame::seal(&self.key, Kind::Task, &frame) {
                     Ok(s) => s,

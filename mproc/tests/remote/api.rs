@@ -58,6 +58,12 @@ fn whole_api(m: StartMethod) {
         .map(|r| r.unwrap().0)
         .collect();
     assert_eq!(order, [1, 0]);
+    // A limit per task for one call (the pool has none): the agent kills and replaces.
+    let e = pool
+        .timeout(Duration::from_millis(300))
+        .apply(sleep_ms, (60_000,))
+        .unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::TaskTimedOut);
     // Progress counts items as chunks come back, from remote agents too.
     let r = pool.chunksize(10).map_async(square, 0..100).unwrap();
     assert_eq!(r.progress().total, 100);

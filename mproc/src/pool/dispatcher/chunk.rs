@@ -4,6 +4,7 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::error::{Error, ErrorKind};
 use crate::pool::job::{ChunkOutcome, JobState};
@@ -24,6 +25,8 @@ pub(crate) struct Chunk {
     pub(super) handles: Vec<OwnedFd>,
     /// Asked when a worker is picked for it, until it says `Go` or `Drop`.
     pub(super) on_start: Option<OnStart>,
+    /// Its own time limit per task (`pool.timeout(d)`), instead of the pool's `task_timeout`.
+    pub(crate) timeout: Option<Duration>,
 }
 
 /// See [`Chunk::on_start`].
@@ -65,7 +68,14 @@ impl Chunk {
             revoked: false,
             handles: Vec::new(),
             on_start: None,
+            timeout: None,
         }
+    }
+
+    /// Its own time limit per task, if any (else the pool's `task_timeout` holds).
+    pub(crate) fn with_timeout(mut self, timeout: Option<Duration>) -> Chunk {
+        self.timeout = timeout;
+        self
     }
 
     /// Asks `on_start` before a worker first gets it (a remote agent's entry, to mark running).
@@ -122,6 +132,7 @@ impl Chunk {
         )
         .with_handles(std::mem::take(&mut self.handles))
         .with_gate(self.on_start.take())
+        .with_timeout(self.timeout)
     }
 
     fn with_gate(mut self, on_start: Option<OnStart>) -> Chunk {
@@ -145,5 +156,22 @@ impl Drop for Chunk {
             self.job
                 .deliver(self.index, Err(ErrorKind::Terminated.into()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_taken_back_keeps_its_time_limit_in_its_copy() {
+        let job = JobState::new();
+        let index = job.add_chunk(1, 2);
+        let limit = Some(Duration::from_millis(300));
+        let mut held = Chunk::new(1, 0, vec![1, 2], job, index, 2).with_timeout(limit);
+        let copy = held.revoke();
+        assert_eq!(copy.timeout, limit);
+        assert_eq!((copy.id, copy.items, &copy.payload[..]), (1, 2, &[1, 2][..]));
+        assert!(held.revoked && !copy.revoked);
     }
 }

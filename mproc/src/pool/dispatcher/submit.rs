@@ -165,7 +165,7 @@ impl Shared {
         let chunks = match self.state.try_lock() {
             Ok(mut state) => match state.as_mut() {
                 Some(d) if inbox.commands.is_empty() && d.broken.is_none() => {
-                    d.queue.extend(chunks);
+                    d.enqueue(chunks);
                     d.assign();
                     d.flush();
                     if d.needs_attention() {

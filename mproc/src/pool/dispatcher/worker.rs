@@ -179,7 +179,7 @@ impl<L: Link> Worker<L> {
         if self.state.is_condemned() || front.revoked {
             return None;
         }
-        policy::deadline(self.front_since, timeout, front.items)
+        policy::deadline(self.front_since, front.timeout.or(timeout), front.items)
     }
 
     /// When the chunks waiting behind a slow running chunk should be taken back, if ever.
