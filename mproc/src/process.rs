@@ -48,6 +48,8 @@ pub struct Process<R> {
     name: String,
     lineage: Vec<u32>,
     method: Option<StartMethod>,
+    /// Python's `daemon`: terminated, not waited for, when this program exits.
+    daemon: bool,
     pid: Option<u32>,
     state: Mutex<State>,
     _result: PhantomData<fn() -> R>,
@@ -102,6 +104,7 @@ impl<R> Process<R> {
             name,
             lineage,
             method: None,
+            daemon: false,
             pid: None,
             state: Mutex::new(State::New),
             _result: PhantomData,
@@ -118,6 +121,34 @@ impl<R> Process<R> {
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
+    }
+
+    /// Python's `daemon` flag (default `false`), set before [`start`](Process::start). When
+    /// this program ends normally (its `main` returns, or `std::process::exit` is called), it
+    /// first waits for every non-daemonic child it started that is still running, joined or
+    /// not, its handle dropped or not, and terminates (`SIGTERM`) its daemonic ones, as
+    /// Python does at exit. A child process does the same for its own children before it
+    /// leaves. Should the program die instead (a signal, `abort`), its children all end
+    /// within a second, daemonic or not.
+    ///
+    /// ```
+    /// fn work() {}
+    /// let p = mproc::Process::new(work, ()).daemon(true);
+    /// assert!(p.is_daemon());
+    /// ```
+    pub fn daemon(mut self, daemon: bool) -> Self {
+        self.daemon = daemon;
+        self
+    }
+
+    /// Whether it is daemonic (see [`daemon`](Process::daemon)).
+    ///
+    /// ```
+    /// fn work() {}
+    /// assert!(!mproc::Process::new(work, ()).is_daemon());
+    /// ```
+    pub fn is_daemon(&self) -> bool {
+        self.daemon
     }
 
     /// Chooses how this process starts, instead of [`get_start_method`](crate::get_start_method).
@@ -211,6 +242,7 @@ impl<R> Process<R> {
         }
         self.args = Ok((Vec::new(), Vec::new()));
         self.pid = Some(child.pid());
+        start::children::started(child.pid(), self.daemon);
         event!(
             target: "mproc::process",
             tracing::Level::INFO,
@@ -366,6 +398,9 @@ impl<R> Process<R> {
         };
         #[cfg(feature = "tracing")]
         self.trace_end(exit, &outcome);
+        if let Some(pid) = self.pid {
+            start::children::ended(pid);
+        }
         *state = State::Done { exit, outcome };
         Ok(Some(exit))
     }

@@ -548,3 +548,77 @@ fn a_request_the_killed_server_never_served_goes_to_a_fresh_one() {
     assert_ne!(new_server, server);
     assert_eq!(parent_pid_of(new_server), std::process::id());
 }
+
+const EXIT_DRIVER: &str = "MPROC_TEST_EXIT_DRIVER";
+
+fn write_after(path: String, ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::fs::write(path, b"done").unwrap();
+}
+
+/// Python's exit behaviour. A program that ends normally (its `main` returns, or it calls
+/// `std::process::exit`) first waits for its non-daemonic children, joined or not, handle
+/// dropped or not, and terminates its daemonic ones. The program is a copy of this test binary
+/// whose test starts the two children and leaves.
+#[test]
+fn at_exit_non_daemonic_children_are_waited_for_and_daemonic_ones_terminated() {
+    const NAME: &str =
+        "lifecycle::at_exit_non_daemonic_children_are_waited_for_and_daemonic_ones_terminated";
+    if let Ok(how) = std::env::var(EXIT_DRIVER) {
+        let parts: Vec<&str> = how.split('|').collect();
+        let m = match parts[0] {
+            "fork" => StartMethod::Fork,
+            "spawn" => StartMethod::Spawn,
+            _ => StartMethod::Forkserver,
+        };
+        let dir = parts[1];
+        let mut kept = Process::new(write_after, (format!("{dir}/kept"), 400)).start_method(m);
+        kept.start().unwrap();
+        drop(kept); // never joined
+        let mut daemon = Process::new(write_after, (format!("{dir}/daemon"), 400))
+            .start_method(m)
+            .daemon(true);
+        daemon.start().unwrap();
+        if parts[2] == "exit" {
+            std::process::exit(0);
+        }
+        return;
+    }
+    for m in StartMethod::ALL {
+        for ending in ["return", "exit"] {
+            let dir = std::env::temp_dir()
+                .join(format!("mproc-at-exit-{}-{m}-{ending}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let began = Instant::now();
+            let mut driver = Command::new(std::env::current_exe().unwrap())
+                .args([NAME, "--exact", "--test-threads=1"])
+                .env(EXIT_DRIVER, format!("{m}|{}|{ending}", dir.display()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let status = loop {
+                if let Some(status) = driver.try_wait().unwrap() {
+                    break status;
+                }
+                assert!(
+                    began.elapsed() < PATIENCE,
+                    "{m} {ending}: the program never ended"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            let took = began.elapsed();
+            assert!(status.success(), "{m} {ending}: {status:?}");
+            assert!(
+                dir.join("kept").exists(),
+                "{m} {ending}: the program ended ({took:?}) before its non-daemonic child"
+            );
+            std::thread::sleep(Duration::from_millis(700));
+            assert!(
+                !dir.join("daemon").exists(),
+                "{m} {ending}: the daemonic child was not terminated"
+            );
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+}

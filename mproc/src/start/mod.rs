@@ -22,6 +22,7 @@ pub(crate) mod alive;
 pub(crate) mod at_fork;
 pub(crate) mod bootstrap;
 pub(crate) mod child;
+pub(crate) mod children;
 pub(crate) mod fork;
 pub(crate) mod forkserver;
 pub(crate) mod marker;

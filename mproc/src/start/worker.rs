@@ -98,6 +98,9 @@ fn serve(ctrl: InternalFd) -> i32 {
     let code = report(&ctrl, outcome);
     // Rust's stdout is line-buffered: a last line without a newline would be lost by _exit.
     let _ = std::io::stdout().flush();
+    // As Python's child does before it leaves: its own non-daemonic children are waited for,
+    // its daemonic ones terminated (it leaves with `_exit`, which runs no exit handler).
+    super::children::settle();
     code
 }
 

@@ -307,7 +307,7 @@ pub(crate) fn try_reap(pidfd: BorrowedFd<'_>) -> io::Result<Option<Exit>> {
 }
 
 /// Whether the process behind `pidfd` has ended (its pidfd is readable).
-fn has_ended(pidfd: BorrowedFd<'_>) -> io::Result<bool> {
+pub(crate) fn has_ended(pidfd: BorrowedFd<'_>) -> io::Result<bool> {
     let ready = super::fd::poll_read(&[pidfd], Some(std::time::Instant::now()))?;
     Ok(ready[0].readable || ready[0].hangup)
 }
@@ -675,6 +675,16 @@ pub(crate) fn random_u64() -> io::Result<u64> {
     Ok(u64::from_ne_bytes(bytes))
 }
 
+/// Runs `f` when this process exits normally (its `main` returns, or `exit(3)` /
+/// `std::process::exit` is called); not on `_exit`, `abort` or a signal. `f` must not unwind.
+pub(crate) fn at_exit(f: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: `f` is a plain function with no arguments, valid for the life of the process.
+    match unsafe { libc::atexit(f) } {
+        0 => Ok(()),
+        _ => Err(io::Error::other("atexit: no room for another handler")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;
@@ -743,3 +753,4 @@ mod tests {
         disown(handed_on.as_fd()).unwrap();
     }
 }
+
