@@ -147,6 +147,7 @@ linux_only! {
     pub use remote::Remote;
     pub use shared::{Array, ArrayGuard, Value, ValueGuard};
     pub use shared_memory::SharedMemory;
+    pub use start::setup::Stdio;
     pub use start::{StartMethod, get_start_method, set_start_method};
     pub use sync::{
         Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore,

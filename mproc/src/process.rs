@@ -1,7 +1,9 @@
 //! `Process`, `current_process` and `cpu_count`.
 
+use std::ffi::OsStr;
 use std::fmt;
 use std::marker::PhantomData;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -11,6 +13,7 @@ use serde::de::DeserializeOwned;
 use crate::channel;
 use crate::current::{self, Identity};
 use crate::error::{Error, ErrorKind};
+use crate::start::setup::{Setup, Stdio};
 use crate::start::{self, Child, StartMethod};
 use crate::sys::exe;
 use crate::sys::fd;
@@ -50,6 +53,8 @@ pub struct Process<R> {
     method: Option<StartMethod>,
     /// Python's `daemon`: terminated, not waited for, when this program exits.
     daemon: bool,
+    /// Its environment, working directory and standard streams.
+    setup: Setup,
     pid: Option<u32>,
     state: Mutex<State>,
     _result: PhantomData<fn() -> R>,
@@ -105,6 +110,7 @@ impl<R> Process<R> {
             lineage,
             method: None,
             daemon: false,
+            setup: Setup::default(),
             pid: None,
             state: Mutex::new(State::New),
             _result: PhantomData,
@@ -138,6 +144,124 @@ impl<R> Process<R> {
     /// ```
     pub fn daemon(mut self, daemon: bool) -> Self {
         self.daemon = daemon;
+        self
+    }
+
+    /// Sets environment variable `key` to `value` in the child (after the changes asked
+    /// before this one), as `std::process::Command::env`. Under every start method.
+    ///
+    /// ```
+    /// fn read() -> Option<String> {
+    ///     std::env::var("GREETING").ok()
+    /// }
+    /// let mut p = mproc::Process::new(read, ()).env("GREETING", "hello");
+    /// p.start()?;
+    /// assert_eq!(p.join()?.as_deref(), Some("hello"));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.setup.env(key.as_ref(), value.as_ref());
+        self
+    }
+
+    /// Removes environment variable `key` in the child.
+    ///
+    /// ```
+    /// fn home() -> bool {
+    ///     std::env::var_os("HOME").is_some()
+    /// }
+    /// let mut p = mproc::Process::new(home, ()).env_remove("HOME");
+    /// p.start()?;
+    /// assert!(!p.join()?);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
+        self.setup.env_remove(key.as_ref());
+        self
+    }
+
+    /// Clears the child's environment (the variables set after this call are its only ones).
+    ///
+    /// ```
+    /// fn count() -> usize {
+    ///     std::env::vars_os().count()
+    /// }
+    /// let mut p = mproc::Process::new(count, ()).env_clear().env("ONLY", "1");
+    /// p.start()?;
+    /// assert_eq!(p.join()?, 1);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn env_clear(mut self) -> Self {
+        self.setup.env_clear();
+        self
+    }
+
+    /// The child's working directory. A directory it cannot enter makes its `join` an `Err`
+    /// that names it; the target does not run.
+    ///
+    /// ```
+    /// fn here() -> std::path::PathBuf {
+    ///     std::env::current_dir().unwrap()
+    /// }
+    /// let mut p = mproc::Process::new(here, ()).current_dir("/");
+    /// p.start()?;
+    /// assert_eq!(p.join()?, std::path::Path::new("/"));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.setup.current_dir(dir.as_ref());
+        self
+    }
+
+    /// Where the child's stdin comes from (default: the parent's).
+    ///
+    /// ```
+    /// fn read_all() -> String {
+    ///     std::io::read_to_string(std::io::stdin()).unwrap()
+    /// }
+    /// let mut p = mproc::Process::new(read_all, ()).stdin(mproc::Stdio::null());
+    /// p.start()?;
+    /// assert_eq!(p.join()?, "");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn stdin(mut self, from: impl Into<Stdio>) -> Self {
+        self.setup.stdio(0, from.into());
+        self
+    }
+
+    /// Where the child's stdout goes (default: the parent's): `Stdio::null()`, or a file.
+    ///
+    /// ```
+    /// fn chatty() {
+    ///     println!("to the file");
+    /// }
+    /// let path = std::env::temp_dir().join(format!("mproc-doc-{}.out", std::process::id()));
+    /// let file = std::fs::File::create(&path).unwrap();
+    /// let mut p = mproc::Process::new(chatty, ()).stdout(file);
+    /// p.start()?;
+    /// p.join()?;
+    /// assert_eq!(std::fs::read_to_string(&path).unwrap(), "to the file\n");
+    /// # std::fs::remove_file(&path).unwrap();
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn stdout(mut self, to: impl Into<Stdio>) -> Self {
+        self.setup.stdio(1, to.into());
+        self
+    }
+
+    /// Where the child's stderr goes (default: the parent's): `Stdio::null()`, or a file.
+    ///
+    /// ```
+    /// fn noisy() {
+    ///     eprintln!("nobody hears this");
+    /// }
+    /// let mut p = mproc::Process::new(noisy, ()).stderr(mproc::Stdio::null());
+    /// p.start()?;
+    /// p.join()?;
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn stderr(mut self, to: impl Into<Stdio>) -> Self {
+        self.setup.stdio(2, to.into());
         self
     }
 
@@ -208,7 +332,11 @@ impl<R> Process<R> {
         let log = log_pipe.as_ref().map(|p| p.level);
         #[cfg(not(feature = "tracing"))]
         let log = None;
+        let (env, cwd, stdio, files) = self.setup.message();
         let start = Start {
+            env,
+            cwd: cwd.map(serde_bytes::ByteBuf::from),
+            stdio,
             identity,
             entry: self.target.entry,
             target: self.target.name.to_owned(),
@@ -230,8 +358,8 @@ impl<R> Process<R> {
             let Ok((_, fds)) = &self.args else {
                 unreachable!("set just above")
             };
-            #[cfg_attr(not(feature = "tracing"), expect(unused_mut))]
             let mut fds: Vec<_> = fds.iter().map(std::os::fd::AsFd::as_fd).collect();
+            fds.extend(files);
             #[cfg(feature = "tracing")]
             fds.extend(log_pipe.as_ref().map(|p| std::os::fd::AsFd::as_fd(&p.write)));
             start::launch(method, &message, &fds)?

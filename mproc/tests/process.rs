@@ -191,7 +191,116 @@ fn codec_errors_say_which_value_and_side(m: StartMethod) {
     assert_eq!(p.exitcode(), Some(1));
 }
 
+/// What a child sees of its surroundings: some variables, its directory; and it writes a line
+/// to each stream and reads stdin to its end.
+fn surroundings(vars: Vec<String>) -> (Vec<Option<String>>, String, String) {
+    println!("out line");
+    eprintln!("err line");
+    let input = std::io::read_to_string(std::io::stdin()).unwrap_or_default();
+    let seen = vars.iter().map(|v| std::env::var(v).ok()).collect();
+    let dir = std::env::current_dir().unwrap().display().to_string();
+    (seen, dir, input)
+}
+
+fn the_childs_environment_directory_and_streams(m: StartMethod) {
+    let dir = std::env::temp_dir().join(format!("mproc-setup-{}-{m}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dir.canonicalize().unwrap();
+    let (out, err) = (dir.join("out"), dir.join("err"));
+    let vars = vec![
+        "MPROC_T_SET".to_string(),
+        "HOME".to_string(),
+        "PATH".to_string(),
+    ];
+    let mut p = Process::new(surroundings, (vars.clone(),))
+        .start_method(m)
+        .env("MPROC_T_SET", "one")
+        .env_remove("HOME")
+        .current_dir(&dir)
+        .stdin(mproc::Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap());
+    p.start().unwrap();
+    let (seen, cwd, input) = p.join_timeout(PATIENCE).unwrap();
+    assert_eq!(seen[0].as_deref(), Some("one"));
+    assert_eq!(seen[1], None, "HOME removed");
+    assert_eq!(seen[2], std::env::var("PATH").ok(), "the rest inherited");
+    assert_eq!(cwd, dir.display().to_string());
+    assert_eq!(input, "", "stdin is /dev/null");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "out line\n");
+    assert_eq!(std::fs::read_to_string(&err).unwrap(), "err line\n");
+
+    // A cleared environment holds only what is set after the clear.
+    let mut p = Process::new(surroundings, (vars,))
+        .start_method(m)
+        .env_clear()
+        .env("MPROC_T_SET", "two")
+        .stdout(mproc::Stdio::null())
+        .stderr(mproc::Stdio::null());
+    p.start().unwrap();
+    let (seen, _, _) = p.join_timeout(PATIENCE).unwrap();
+    assert_eq!(seen, [Some("two".to_string()), None, None]);
+
+    // A directory the child cannot enter: a clear error, and the target never runs.
+    let missing = dir.join("missing");
+    let mut p = Process::new(surroundings, (Vec::new(),))
+        .start_method(m)
+        .current_dir(&missing)
+        .stdout(std::fs::File::create(&out).unwrap());
+    p.start().unwrap();
+    let e = p.join_timeout(PATIENCE).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::Os(_)), "{e}");
+    assert!(e.to_string().contains("missing"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "",
+        "the target never ran"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn pool_surroundings(var: String) -> (Option<String>, String) {
+    (
+        std::env::var(var).ok(),
+        std::env::current_dir().unwrap().display().to_string(),
+    )
+}
+
+fn a_pools_workers_environment_and_directory(m: StartMethod) {
+    let dir = std::env::temp_dir().canonicalize().unwrap();
+    let pool = mproc::Pool::builder()
+        .processes(2)
+        .start_method(m)
+        .env("MPROC_T_POOL", "on")
+        .current_dir(&dir)
+        .build()
+        .unwrap();
+    let all = pool
+        .chunksize(1)
+        .map(pool_surroundings, vec!["MPROC_T_POOL".to_string(); 6])
+        .unwrap();
+    for (var, cwd) in all {
+        assert_eq!(var.as_deref(), Some("on"));
+        assert_eq!(cwd, dir.display().to_string());
+    }
+    // A directory workers cannot enter: the pool's calls fail with a clear error.
+    let broken = mproc::Pool::builder()
+        .processes(1)
+        .start_method(m)
+        .current_dir(dir.join("mproc-no-such-dir"))
+        .build();
+    let e = match broken {
+        Err(e) => e,
+        Ok(pool) => pool
+            .apply(pool_surroundings, ("X".to_string(),))
+            .unwrap_err(),
+    };
+    assert!(e.to_string().contains("mproc-no-such-dir"), "{e}");
+}
+
 per_start_method!(
+    the_childs_environment_directory_and_streams,
+    a_pools_workers_environment_and_directory,
     join_returns_the_value,
     every_arity_and_closures,
     names_and_pids,

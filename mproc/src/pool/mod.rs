@@ -118,6 +118,8 @@ pub struct PoolBuilder {
     pub(crate) name_prefix: Option<String>,
     /// A remote agent's local pool (one chunk per worker, each started through its gate).
     pub(crate) gated: Option<dispatcher::Gated>,
+    /// Its workers' environment, working directory and standard streams.
+    setup: crate::start::setup::Setup,
 }
 
 /// The initializer: its entry, its encoded arguments with their handles' descriptors, and
@@ -130,6 +132,100 @@ struct Init {
 }
 
 impl PoolBuilder {
+    /// Sets environment variable `key` in every worker, as
+    /// [`Process::env`](crate::Process::env) does for one child.
+    ///
+    /// ```
+    /// fn read(_: u8) -> Option<String> {
+    ///     std::env::var("MODE").ok()
+    /// }
+    /// let pool = mproc::Pool::builder().processes(1).env("MODE", "fast").build()?;
+    /// assert_eq!(pool.apply(read, (0,))?.as_deref(), Some("fast"));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn env(mut self, key: impl AsRef<std::ffi::OsStr>, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.setup.env(key.as_ref(), value.as_ref());
+        self
+    }
+
+    /// Removes environment variable `key` in every worker.
+    ///
+    /// ```
+    /// fn home(_: u8) -> bool {
+    ///     std::env::var_os("HOME").is_some()
+    /// }
+    /// let pool = mproc::Pool::builder().processes(1).env_remove("HOME").build()?;
+    /// assert!(!pool.apply(home, (0,))?);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn env_remove(mut self, key: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.setup.env_remove(key.as_ref());
+        self
+    }
+
+    /// Clears every worker's environment (the variables set after this call are its only ones).
+    ///
+    /// ```
+    /// fn count(_: u8) -> usize {
+    ///     std::env::vars_os().count()
+    /// }
+    /// let pool = mproc::Pool::builder().processes(1).env_clear().build()?;
+    /// assert_eq!(pool.apply(count, (0,))?, 0);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn env_clear(mut self) -> Self {
+        self.setup.env_clear();
+        self
+    }
+
+    /// Every worker's working directory. One that a worker cannot enter breaks the pool as a
+    /// failing initializer does: its calls fail with `InitializerFailed`, naming the
+    /// directory.
+    ///
+    /// ```
+    /// fn here(_: u8) -> std::path::PathBuf {
+    ///     std::env::current_dir().unwrap()
+    /// }
+    /// let pool = mproc::Pool::builder().processes(1).current_dir("/").build()?;
+    /// assert_eq!(pool.apply(here, (0,))?, std::path::Path::new("/"));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn current_dir(mut self, dir: impl AsRef<std::path::Path>) -> Self {
+        self.setup.current_dir(dir.as_ref());
+        self
+    }
+
+    /// Where every worker's stdout goes (default: the parent's): `Stdio::null()`, or a file
+    /// (all workers write to it).
+    ///
+    /// ```
+    /// fn chatty(_: u8) {
+    ///     println!("unheard");
+    /// }
+    /// let pool = mproc::Pool::builder().processes(1).stdout(mproc::Stdio::null()).build()?;
+    /// pool.apply(chatty, (0,))?;
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn stdout(mut self, to: impl Into<crate::Stdio>) -> Self {
+        self.setup.stdio(1, to.into());
+        self
+    }
+
+    /// Where every worker's stderr goes (default: the parent's).
+    ///
+    /// ```
+    /// fn noisy(_: u8) {
+    ///     eprintln!("unheard");
+    /// }
+    /// let pool = mproc::Pool::builder().processes(1).stderr(mproc::Stdio::null()).build()?;
+    /// pool.apply(noisy, (0,))?;
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn stderr(mut self, to: impl Into<crate::Stdio>) -> Self {
+        self.setup.stdio(2, to.into());
+        self
+    }
+
     /// How many worker processes (default: [`cpu_count`](crate::cpu_count)).
     ///
     /// ```
@@ -285,6 +381,12 @@ impl PoolBuilder {
                 processes,
             });
         }
+        if !self.setup.is_default() && self.backend.is_some() {
+            return Err(Error::invalid(
+                "env, current_dir and the standard streams apply to local workers; a remote \
+                 pool's workers are its agents', set up where the agents start",
+            ));
+        }
         if self.max_retries.is_some() {
             return Err(Error::invalid(
                 "max_retries applies to remote pools (a local worker that dies was most often \
@@ -302,6 +404,7 @@ impl PoolBuilder {
             task_timeout: self.task_timeout,
             name_prefix: self.name_prefix,
             gated: self.gated,
+            setup: self.setup,
         };
         dispatcher::start(Arc::clone(&shared), config)?;
         let for_thread = Arc::clone(&shared);

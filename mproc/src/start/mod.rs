@@ -27,6 +27,7 @@ pub(crate) mod fork;
 pub(crate) mod forkserver;
 pub(crate) mod marker;
 pub(crate) mod role;
+pub(crate) mod setup;
 pub(crate) mod spawn;
 pub(crate) mod worker;
 

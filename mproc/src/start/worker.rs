@@ -16,7 +16,7 @@ use crate::panics::{self, catch};
 use crate::sys::fd::InternalFd;
 use crate::sys::image::{self, Entry};
 use crate::sys::proc;
-use crate::wire::message::{FromWorker, Outcome, Role, Start};
+use crate::wire::message::{FromWorker, Outcome, Redirect, Role, Start, ToWorker};
 
 use super::role::{self, RoleFn};
 
@@ -49,6 +49,13 @@ fn serve(ctrl: InternalFd) -> i32 {
     // The descriptors of the handles among the arguments came with the start message; then
     // the pipe for this child's `tracing` events, if the parent wants them.
     let handles = ctrl.take_fds_n(start.handles as usize);
+    let files = ctrl.take_fds_n(
+        start
+            .stdio
+            .iter()
+            .filter(|r| matches!(r, Redirect::File))
+            .count(),
+    );
     #[cfg(feature = "tracing")]
     let _forwarding = start.log.and_then(|level| {
         let pipe = ctrl.take_fds_n(1).into_iter().next()?;
@@ -78,6 +85,20 @@ fn serve(ctrl: InternalFd) -> i32 {
             return 1;
         }
     };
+    // Its environment, working directory and streams, as its parent asked.
+    let cwd = start.cwd.as_ref().map(|b| b.as_slice());
+    if let Err(e) = super::setup::apply(&start.env, cwd, &start.stdio, files) {
+        let _ = match start.role {
+            Role::Call => ctrl.send(&Outcome::Failed(e), &[]),
+            Role::PoolWorker(_) => {
+                // Its pool sends the lane next and reads notes only after: take the lane
+                // first, so that the pool hears why, not that the worker was gone.
+                let _ = ctrl.recv::<ToWorker<Vec<u8>>>(crate::sys::fd::deadline_after(super::PATIENCE));
+                ctrl.send(&FromWorker::InitFailed(e), &[])
+            }
+        };
+        return 1;
+    }
     crate::current::set(start.name, start.lineage);
     if let Role::PoolWorker(spec) = start.role {
         // The entry names the role's record (see `super::role`), not a target.

@@ -685,6 +685,43 @@ pub(crate) fn at_exit(f: extern "C" fn()) -> io::Result<()> {
     }
 }
 
+/// Sets an environment variable in a child that is about to run its target.
+pub(crate) fn set_env(key: &std::ffi::OsStr, value: &std::ffi::OsStr) {
+    // SAFETY: called by a new child before its target or pool work starts, from its one thread
+    // that touches the environment (its parent watcher never reads it).
+    unsafe { std::env::set_var(key, value) };
+}
+
+/// Removes an environment variable in a child that is about to run its target.
+pub(crate) fn remove_env(key: &std::ffi::OsStr) {
+    // SAFETY: as for `set_env`.
+    unsafe { std::env::remove_var(key) };
+}
+
+/// Removes every environment variable in a child that is about to run its target.
+pub(crate) fn clear_env() {
+    for (key, _) in std::env::vars_os() {
+        remove_env(&key);
+    }
+}
+
+/// `/dev/null`, for reading (`input`) or writing.
+pub(crate) fn open_dev_null(input: bool) -> io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let mode = if input { OFlags::RDONLY } else { OFlags::WRONLY };
+    Ok(rustix::fs::open("/dev/null", mode | OFlags::CLOEXEC, Mode::empty())?)
+}
+
+/// Makes `fd` this process's standard stream `n` (0 stdin, 1 stdout, 2 stderr).
+pub(crate) fn replace_stdio(n: usize, fd: BorrowedFd<'_>) -> io::Result<()> {
+    match n {
+        0 => rustix::stdio::dup2_stdin(fd)?,
+        1 => rustix::stdio::dup2_stdout(fd)?,
+        _ => rustix::stdio::dup2_stderr(fd)?,
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;

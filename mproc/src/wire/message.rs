@@ -41,6 +41,30 @@ pub(crate) struct Start {
     /// wants (0 error .. 4 trace); one more descriptor rides after the handles', the pipe the
     /// child's events go to (`relay.rs`).
     pub(crate) log: Option<u8>,
+    /// Changes to the child's environment, applied in order before it runs anything.
+    pub(crate) env: Vec<EnvChange>,
+    /// The child's working directory, if not its parent's.
+    pub(crate) cwd: Option<serde_bytes::ByteBuf>,
+    /// Where its stdin, stdout and stderr go; each `File` is a descriptor riding with this
+    /// message after the handles' (and before the log pipe).
+    pub(crate) stdio: [Redirect; 3],
+}
+
+/// One change to a child's environment (`start/setup.rs`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum EnvChange {
+    Set(serde_bytes::ByteBuf, serde_bytes::ByteBuf),
+    Remove(serde_bytes::ByteBuf),
+    Clear,
+}
+
+/// Where one of a child's standard streams goes.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub(crate) enum Redirect {
+    #[default]
+    Inherit,
+    Null,
+    File,
 }
 
 /// What a child is for.

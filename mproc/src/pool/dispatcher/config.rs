@@ -24,6 +24,8 @@ pub(crate) struct Config {
     pub(crate) name_prefix: Option<String>,
     /// A remote agent's pool: see [`Gated`].
     pub(crate) gated: Option<Gated>,
+    /// The workers' environment, working directory and standard streams.
+    pub(crate) setup: crate::start::setup::Setup,
 }
 
 /// What a remote agent's local pool does differently: each worker holds one chunk at a time

@@ -61,7 +61,11 @@ impl Link for LocalLink {
         let log = log_pipe.as_ref().map(|p| p.level);
         #[cfg(not(feature = "tracing"))]
         let log = None;
+        let (env, cwd, stdio, files) = config.setup.message();
         let start = Start {
+            env,
+            cwd: cwd.map(serde_bytes::ByteBuf::from),
+            stdio,
             log,
             handles: config.init_fds.len() as u32,
             identity: exe::identity(),
@@ -78,8 +82,8 @@ impl Link for LocalLink {
                 linger: config.gated.is_none(),
             }),
         };
-        #[cfg_attr(not(feature = "tracing"), expect(unused_mut))]
         let mut init_fds: Vec<_> = config.init_fds.iter().map(AsFd::as_fd).collect();
+        init_fds.extend(files);
         #[cfg(feature = "tracing")]
         init_fds.extend(log_pipe.as_ref().map(|p| p.write.as_fd()));
         let mut child = start::launch(config.method, &channel::encode_message(&start)?, &init_fds)?;

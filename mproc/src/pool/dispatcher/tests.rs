@@ -106,6 +106,7 @@ fn dispatcher(processes: usize, tweak: impl FnOnce(&mut Config)) -> Dispatcher<F
         task_timeout: None,
         name_prefix: None,
         gated: None,
+        setup: Default::default(),
     };
     tweak(&mut config);
     Dispatcher::new(Shared::new().unwrap(), config).unwrap()
