@@ -8,7 +8,7 @@
 //! - [`imap`]: the streaming iterators;
 //! - [`chunked`]: the map family with a chosen chunk size.
 
-use std::any::{Any, type_name};
+use std::any::Any;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, ThreadId};
@@ -43,7 +43,6 @@ pub use completion::{
 };
 use dispatcher::{Config, Shared};
 pub use imap::Imap;
-use job::JobState;
 #[cfg(feature = "remote")]
 pub(crate) use dispatcher::{Gated, Verdict};
 #[cfg(feature = "remote")]
@@ -592,25 +591,7 @@ impl Pool {
         A: Serialize + DeserializeOwned + Send + 'static,
         F::Output: Serialize + DeserializeOwned + Send + 'static,
     {
-        let _ = f;
-        self.shared.check_open()?;
-        let target = type_name::<F>();
-        let job = JobState::new();
-        let chunk = chunked::chunk(
-            &self.shared,
-            &job,
-            task::chunk_entry::<F, A>(),
-            &[args],
-            target,
-        )?;
-        job.seal();
-        self.shared.submit(vec![chunk], true)?;
-        Ok(AsyncResult::new(
-            job,
-            job::decode_one::<F::Output>,
-            target,
-            Arc::clone(&self.shared),
-        ))
+        self.default_chunks().apply_async(f, args)
     }
 
     /// Applies `f` to every item, in parallel, and returns the values in order.
