@@ -7,17 +7,23 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// A process's name and lineage (Python's `_identity`).
+/// A process's name and lineage (Python's `_identity`), and whether it is daemonic.
 #[derive(Debug)]
 pub(crate) struct Identity {
     name: String,
     lineage: Vec<u32>,
+    daemon: bool,
 }
 
 impl Identity {
     /// `"MainProcess"`, or the name the parent gave this child.
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether its parent started it as daemonic (the main process is not).
+    pub(crate) fn daemon(&self) -> bool {
+        self.daemon
     }
 }
 
@@ -39,6 +45,7 @@ pub(crate) fn identity() -> Arc<Identity> {
             Arc::new(Identity {
                 name: "MainProcess".into(),
                 lineage: Vec::new(),
+                daemon: false,
             })
         })
         .clone()
@@ -53,8 +60,12 @@ pub(crate) fn next_child() -> (u32, Vec<u32>) {
 }
 
 /// In a new child: sets its identity and restarts the name counter, as Python does.
-pub(crate) fn set(name: String, lineage: Vec<u32>) {
-    *lock() = Some(Arc::new(Identity { name, lineage }));
+pub(crate) fn set(name: String, lineage: Vec<u32>, daemon: bool) {
+    *lock() = Some(Arc::new(Identity {
+        name,
+        lineage,
+        daemon,
+    }));
     COUNTER.store(0, Ordering::Relaxed);
 }
 

@@ -123,6 +123,9 @@ linux_only! {
     mod queue;
     #[cfg(feature = "tracing")]
     mod relay;
+    #[cfg(not(feature = "tracing"))]
+    #[path = "relay_off.rs"]
+    mod relay;
     #[cfg(feature = "remote")]
     mod remote;
     mod shared;

@@ -6,29 +6,45 @@
 //! the error types and the process's identity.
 
 use std::panic::{self, AssertUnwindSafe};
+use std::cell::Cell;
+use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, Once};
-use std::thread::{self, ThreadId};
 
 use crate::error::PanicReport;
 
 /// Runs `f` in a worker, turning a panic into its report (message, location, process name,
 /// backtrace when asked). The payload is forgotten, never dropped: its `Drop` could panic.
 pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, PanicReport> {
-    // A plain load first: this runs once per item of a chunk, and a swap is a locked
-    // instruction.
-    if RECORDED.load(Ordering::Relaxed) && RECORDED.swap(false, Ordering::Relaxed) {
-        *last_panic() = None;
+    let caught = catch_uncounted(f);
+    if caught.is_err() {
+        CAUGHT.fetch_add(1, Ordering::Relaxed);
     }
+    caught
+}
+
+/// [`catch`], for a panic that is not a task's own (a pool worker's chunk that could not be
+/// decoded): its chunk's result says it failed, and the statistics count it from there.
+pub(crate) fn catch_uncounted<R>(f: impl FnOnce() -> R) -> Result<R, PanicReport> {
+    // A record left by a panic the target caught itself is not this one's.
+    let _ = LAST_PANIC.try_with(|l| l.take());
     let was = CATCHING.replace(true);
     let outcome = panic::catch_unwind(AssertUnwindSafe(f));
     CATCHING.set(was);
     match outcome {
         Ok(r) => Ok(r),
         Err(payload) => {
-            CAUGHT.fetch_add(1, Ordering::Relaxed);
             let report = take_panic(&*payload);
             std::mem::forget(payload);
+            if !QUIET.load(Ordering::Relaxed) {
+                // The parent gets it as the target's error. Say so in one line naming the
+                // process, as Python's traceback names it, instead of the default `thread
+                // '<unnamed>' panicked` and a backtrace of mproc's machinery. Said here, not
+                // in the hook: a panic the target catches itself goes nowhere.
+                let pid = std::process::id();
+                crate::sys::proc::write_stderr(&format!(
+                    "{report} (pid {pid}; sent to the parent as its error)\n"
+                ));
+            }
             Err(report)
         }
     }
@@ -45,7 +61,7 @@ pub(crate) fn caught() -> u64 {
 
 thread_local! {
     /// Set while this thread runs a target under [`catch`]: a panic here reaches the parent.
-    static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static CATCHING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Whether a target's panic goes to the parent without a line on stderr: in a pool worker,
@@ -61,19 +77,21 @@ pub(crate) fn quiet_in_this_process() {
 /// Whether this process is a worker, whose panics the hook records.
 static IN_WORKER: AtomicBool = AtomicBool::new(false);
 
-/// Whether `LAST_PANIC` may hold a record (so `catch` clears it only then: it runs per item).
-static RECORDED: AtomicBool = AtomicBool::new(false);
-
-/// The last panic the hook saw in this worker, with the thread it happened on.
-static LAST_PANIC: Mutex<Option<(ThreadId, PanicReport)>> = Mutex::new(None);
-
-fn last_panic() -> std::sync::MutexGuard<'static, Option<(ThreadId, PanicReport)>> {
-    LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner())
+thread_local! {
+    /// The last panic the hook saw on this thread under [`catch`]. Per thread, so a fork child
+    /// never finds it locked by a thread it does not have.
+    static LAST_PANIC: Cell<Option<PanicReport>> = const { Cell::new(None) };
 }
 
 /// From now on this process is a worker: the hook (installed if it was not) records where its
 /// panics happen, for [`catch`].
+/// What the process it was forked from had set is forgotten: a pool worker's task that forks
+/// a `Process` makes a child whose target's panics are told of, counted from zero, and a
+/// thread that forked from inside a target is not running one in the child.
 pub(crate) fn record_in_this_worker() {
+    QUIET.store(false, Ordering::Relaxed);
+    CAUGHT.store(0, Ordering::Relaxed);
+    CATCHING.set(false);
     IN_WORKER.store(true, Ordering::Relaxed);
     ensure_hook();
 }
@@ -87,16 +105,10 @@ pub(crate) fn ensure_hook() {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
             if IN_WORKER.load(Ordering::Relaxed) && CATCHING.get() {
-                // A target's panic: the parent gets it as the task's error. Say so in one
-                // line naming the process, as Python's traceback names it, instead of the
-                // default `thread '<unnamed>' panicked` and a backtrace of mproc's machinery.
-                let report = record(info);
-                if !QUIET.load(Ordering::Relaxed) {
-                    let pid = std::process::id();
-                    crate::sys::proc::write_stderr(&format!(
-                        "{report} (pid {pid}; sent to the parent as its error)\n"
-                    ));
-                }
+                // A target's panic: recorded for `catch`, which tells of it if it reaches
+                // it. (One the target catches itself prints nothing, as a Python exception
+                // caught in the target.)
+                record(info);
                 return;
             }
             previous(info);
@@ -104,8 +116,8 @@ pub(crate) fn ensure_hook() {
     });
 }
 
-/// Records a target's panic for [`catch`]; returns the report.
-fn record(info: &panic::PanicHookInfo<'_>) -> PanicReport {
+/// Records a target's panic for [`catch`].
+fn record(info: &panic::PanicHookInfo<'_>) {
     let backtrace = std::backtrace::Backtrace::capture();
     let report = PanicReport {
         message: payload_message(info.payload()),
@@ -114,9 +126,7 @@ fn record(info: &panic::PanicHookInfo<'_>) -> PanicReport {
         backtrace: (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
             .then(|| users_frames(&backtrace.to_string())),
     };
-    *last_panic() = Some((thread::current().id(), report.clone()));
-    RECORDED.store(true, Ordering::Relaxed);
-    report
+    let _ = LAST_PANIC.try_with(|l| l.set(Some(report)));
 }
 
 /// A backtrace down to the user's target: the frames from where mproc called it on
@@ -139,13 +149,11 @@ fn users_frames(backtrace: &str) -> String {
 }
 
 /// The report for the panic whose payload reached `catch_unwind`: the hook's record if it is
-/// this very panic (same thread, same message), else what the payload alone tells.
+/// this very panic (this thread's, same message), else what the payload alone tells.
 fn take_panic(payload: &(dyn std::any::Any + Send)) -> PanicReport {
     let message = payload_message(payload);
-    match last_panic().take() {
-        Some((thread, report)) if thread == thread::current().id() && report.message == message => {
-            report
-        }
+    match LAST_PANIC.try_with(|l| l.take()).ok().flatten() {
+        Some(report) if report.message == message => report,
         _ => PanicReport {
             message,
             location: None,

@@ -109,7 +109,7 @@ impl<R> Process<R> {
             name,
             lineage,
             method: None,
-            daemon: false,
+            daemon: current::identity().daemon(),
             setup: Setup::default(),
             pid: None,
             state: Mutex::new(State::New),
@@ -129,7 +129,8 @@ impl<R> Process<R> {
         self
     }
 
-    /// Python's `daemon` flag (default `false`), set before [`start`](Process::start). When
+    /// Python's `daemon` flag, set before [`start`](Process::start); by default the creating
+    /// process's own (`false` in the main process), as in Python. When
     /// this program ends normally (its `main` returns, or `std::process::exit` is called), it
     /// first waits for every non-daemonic child it started that is still running, joined or
     /// not, its handle dropped or not, and terminates (`SIGTERM`) its daemonic ones, as
@@ -150,6 +151,9 @@ impl<R> Process<R> {
     /// Sets environment variable `key` to `value` in the child (after the changes asked
     /// before this one), as `std::process::Command::env`. Under every start method.
     ///
+    /// A name that is empty or holds `=` or NUL, or a value that holds NUL, cannot be set:
+    /// `start` is then an `InvalidArgument` error and no child is made.
+    ///
     /// ```
     /// fn read() -> Option<String> {
     ///     std::env::var("GREETING").ok()
@@ -157,6 +161,10 @@ impl<R> Process<R> {
     /// let mut p = mproc::Process::new(read, ()).env("GREETING", "hello");
     /// p.start()?;
     /// assert_eq!(p.join()?.as_deref(), Some("hello"));
+    ///
+    /// let mut bad = mproc::Process::new(read, ()).env("A=B", "x");
+    /// let e = bad.start().unwrap_err();
+    /// assert!(matches!(e.kind(), mproc::ErrorKind::InvalidArgument(_)));
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
@@ -164,7 +172,7 @@ impl<R> Process<R> {
         self
     }
 
-    /// Removes environment variable `key` in the child.
+    /// Removes environment variable `key` in the child (a name as [`Process::env`] takes).
     ///
     /// ```
     /// fn home() -> bool {
@@ -321,17 +329,14 @@ impl<R> Process<R> {
                 self.name
             )));
         }
+        self.setup.check()?;
         let (args, fds) = match &mut self.args {
             Ok((args, fds)) => (std::mem::take(args), std::mem::take(fds)),
             Err(e) => return Err(e.clone()),
         };
         // The child's own `tracing` events come back through a pipe when they are wanted.
-        #[cfg(feature = "tracing")]
         let log_pipe = crate::relay::log_pipe();
-        #[cfg(feature = "tracing")]
-        let log = log_pipe.as_ref().map(|p| p.level);
-        #[cfg(not(feature = "tracing"))]
-        let log = None;
+        let log = log_pipe.as_ref().map(|p| p.level());
         let (env, cwd, stdio, files) = self.setup.message();
         let start = Start {
             env,
@@ -341,6 +346,7 @@ impl<R> Process<R> {
             entry: self.target.entry,
             target: self.target.name.to_owned(),
             name: self.name.clone(),
+            daemon: self.daemon,
             lineage: self.lineage.clone(),
             args,
             role: Role::Call,
@@ -360,17 +366,15 @@ impl<R> Process<R> {
             };
             let mut fds: Vec<_> = fds.iter().map(std::os::fd::AsFd::as_fd).collect();
             fds.extend(files);
-            #[cfg(feature = "tracing")]
-            fds.extend(log_pipe.as_ref().map(|p| std::os::fd::AsFd::as_fd(&p.write)));
+            fds.extend(log_pipe.as_ref().map(|p| p.write()));
             start::launch(method, &message, &fds)?
         };
-        #[cfg(feature = "tracing")]
         if let Some(pipe) = log_pipe {
             pipe.relay(&self.name, child.pid());
         }
         self.args = Ok((Vec::new(), Vec::new()));
         self.pid = Some(child.pid());
-        start::children::started(child.pid(), self.daemon);
+        start::children::started(child.pid(), child.pidfd(), self.daemon);
         event!(
             target: "mproc::process",
             tracing::Level::INFO,
@@ -678,6 +682,24 @@ impl CurrentProcess {
     /// ```
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Whether this process was started as daemonic ([`Process::daemon`]); the default of
+    /// the processes it starts. (Unlike Python, a daemonic process may start children: they
+    /// are daemonic too unless told otherwise, and end with it.)
+    ///
+    /// ```
+    /// fn am_i() -> bool {
+    ///     mproc::current_process().daemon()
+    /// }
+    /// let mut p = mproc::Process::new(am_i, ()).daemon(true);
+    /// p.start()?;
+    /// assert!(p.join()?);
+    /// assert!(!am_i(), "the main process is not");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn daemon(&self) -> bool {
+        self.identity.daemon()
     }
 }
 

@@ -12,15 +12,19 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use tracing::field::{Field, Visit};
 use tracing::level_filters::LevelFilter;
 use tracing::{Event, Level, Metadata, Subscriber, span};
 
-use crate::sys::fd::{self, EventFd};
+use crate::error::Error;
+use crate::start::at_fork;
+use crate::sys::fd::{self, InternalFd};
+use crate::sys::proc::Forked;
 use crate::wire::codec;
 
 /// Frames larger than this are cut (a log line, not a payload).
@@ -45,13 +49,13 @@ fn level_number(level: &Level) -> u8 {
     }
 }
 
-/// The parent's side of a new child's pipe, and what the child is told.
+/// The parent's side of a new child's pipe, and what the child is told. Both ends are
+/// internal descriptors: a child another thread forks meanwhile does not keep the write end
+/// open (the relay would never see this child's pipe end).
 pub(crate) struct LogPipe {
-    read: OwnedFd,
-    /// Goes to the child with its start message.
-    pub(crate) write: OwnedFd,
-    /// The most verbose level the parent wants (see [`level_number`]).
-    pub(crate) level: u8,
+    read: InternalFd,
+    write: InternalFd,
+    level: u8,
 }
 
 /// A pipe for a child's events, if any subscriber of this process wants events at all (and
@@ -62,16 +66,30 @@ pub(crate) fn log_pipe() -> Option<LogPipe> {
         Some(l) => level_number(&l),
     };
     relay()?;
-    let (read, write) = fd::pipe().ok()?;
+    let [read, write] = fd::create_internal(|| {
+        let (read, write) = fd::pipe()?;
+        Ok([read, write])
+    })
+    .ok()?;
     Some(LogPipe { read, write, level })
 }
 
 impl LogPipe {
+    /// The most verbose level the parent wants (see [`level_number`]), for the start message.
+    pub(crate) fn level(&self) -> u8 {
+        self.level
+    }
+
+    /// The write end, sent to the child after its other descriptors.
+    pub(crate) fn write(&self) -> BorrowedFd<'_> {
+        self.write.as_fd()
+    }
+
     /// The child `name` (pid `pid`) has started: its events are read from now on.
     pub(crate) fn relay(self, name: &str, pid: u32) {
         drop(self.write);
         let Some(relay) = relay() else {
-            return; // gone since `log_pipe` (it never stops): the child's writes fail, no more
+            return; // it cannot start: the child's writes fail, no more
         };
         relay
             .new
@@ -83,13 +101,13 @@ impl LogPipe {
                 pid,
                 buf: Vec::new(),
             });
-        relay.wake.notify();
+        fd::notify(relay.wake.as_fd());
     }
 }
 
 /// One child's pipe in the relay.
 struct Pipe {
-    fd: OwnedFd,
+    fd: InternalFd,
     name: String,
     pid: u32,
     buf: Vec<u8>,
@@ -98,31 +116,68 @@ struct Pipe {
 struct Relay {
     /// Pipes handed over and not yet watched.
     new: Mutex<Vec<Pipe>>,
-    wake: EventFd,
+    /// An eventfd that wakes the relay's thread.
+    wake: InternalFd,
 }
 
-/// This process's relay, started on first use (a fork child starts its own: the thread it
-/// inherited the record of is not there); `None` if it cannot start.
-fn relay() -> Option<Arc<Relay>> {
-    static RELAY: Mutex<Option<(u32, Arc<Relay>)>> = Mutex::new(None);
+/// This process's relay, with the pid it belongs to. A `Fork` start holds it across the fork
+/// (see `start/at_fork.rs`) and empties it in the child, which starts a relay of its own if
+/// it needs one: it does not have the thread. A relay whose thread has ended takes itself out.
+static RELAY: Mutex<Option<(u32, Arc<Relay>)>> = Mutex::new(None);
+
+fn slot() -> MutexGuard<'static, Option<(u32, Arc<Relay>)>> {
+    at_fork::ensure(at_fork::Rank::Relay, hold_across_fork);
+    RELAY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn hold_across_fork(fork: at_fork::Fork<'_>) -> Result<Forked, Error> {
     let mut slot = RELAY.lock().unwrap_or_else(|e| e.into_inner());
+    let forked = fork();
+    if let Ok(Forked::Child) = forked {
+        // The parent's relay, whose descriptors the fork closed here (dropping an inherited
+        // `InternalFd` closes nothing) and whose thread is not here.
+        *slot = None;
+    }
+    forked
+}
+
+/// This process's relay, started on first use; `None` if it cannot start.
+fn relay() -> Option<Arc<Relay>> {
+    let mut slot = slot();
     let me = std::process::id();
     if let Some((pid, relay)) = slot.as_ref()
         && *pid == me
     {
         return Some(Arc::clone(relay));
     }
+    let [wake] = fd::create_internal(|| Ok([fd::eventfd()?])).ok()?;
     let relay = Arc::new(Relay {
         new: Mutex::new(Vec::new()),
-        wake: EventFd::new().ok()?,
+        wake,
     });
     let serving = Arc::clone(&relay);
     std::thread::Builder::new()
         .name("mproc-log-relay".into())
-        .spawn(move || serve(&serving))
+        .spawn(move || {
+            let _retire = Retire(Arc::clone(&serving));
+            serve(&serving)
+        })
         .ok()?;
     *slot = Some((me, Arc::clone(&relay)));
     Some(relay)
+}
+
+/// Takes its relay out of the slot when the relay's thread ends (it does not, unless it
+/// panics): the next child gets a new relay rather than a pipe nobody reads.
+struct Retire(Arc<Relay>);
+
+impl Drop for Retire {
+    fn drop(&mut self) {
+        let mut slot = slot();
+        if slot.as_ref().is_some_and(|(_, r)| Arc::ptr_eq(r, &self.0)) {
+            *slot = None;
+        }
+    }
 }
 
 /// The relay's loop: waits on every pipe, emits what comes, retires pipes at end of file.
@@ -131,12 +186,12 @@ fn serve(relay: &Relay) {
     loop {
         live.append(&mut relay.new.lock().unwrap_or_else(|e| e.into_inner()));
         let mut watched: Vec<(RawFd, bool)> = vec![(relay.wake.as_fd().as_raw_fd(), false)];
-        watched.extend(live.iter().map(|p| (p.fd.as_raw_fd(), false)));
+        watched.extend(live.iter().map(|p| (p.fd.as_fd().as_raw_fd(), false)));
         let Ok(ready) = fd::poll_numbers(&watched, None) else {
             continue;
         };
         if ready[0].readable {
-            relay.wake.drain();
+            fd::drain(relay.wake.as_fd());
         }
         let mut ended = Vec::new();
         for (i, pipe) in live.iter_mut().enumerate() {
@@ -168,7 +223,8 @@ fn emit_frames(pipe: &mut Pipe) {
             break;
         };
         if let Ok(r) = codec::decode::<Record>(body) {
-            emit(&pipe.name, pipe.pid, &r);
+            // A subscriber of the user's that panics loses this event, not the relay.
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| emit(&pipe.name, pipe.pid, &r)));
         }
         at += 4 + len;
     }

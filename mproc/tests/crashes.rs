@@ -73,6 +73,18 @@ fn panic_carries_a_backtrace_when_asked(m: StartMethod) {
 
 const PANIC_LINE_DRIVER: &str = "MPROC_TEST_PANIC_LINE_DRIVER";
 
+fn catches_its_own(tag: String) -> bool {
+    std::panic::catch_unwind(|| panic!("self-caught: {tag}")).is_err()
+}
+
+fn starts_a_crasher(tag: String) -> bool {
+    let mut p = Process::new(boom, (format!("nested {tag}"),))
+        .start_method(StartMethod::Fork)
+        .with_name("grandchild");
+    p.start().unwrap();
+    p.join_timeout(PATIENCE).is_err()
+}
+
 /// A child's panic leaves one line on stderr that names its process and says the parent got
 /// it: no `thread '<unnamed>' panicked`, no backtrace of mproc's machinery, even with
 /// RUST_BACKTRACE set; a pool task's panic, none. Run in a copy of this binary whose stderr is
@@ -94,6 +106,13 @@ fn a_childs_panic_line_names_it_and_says_where_it_went() {
                 .build()
                 .unwrap();
             assert!(pool.map(boom, [format!("pool {m}")]).is_err());
+            // A panic the target catches itself went nowhere: no line says it did.
+            let mut p = Process::new(catches_its_own, (m.to_string(),)).start_method(m);
+            p.start().unwrap();
+            assert!(p.join_timeout(PATIENCE).unwrap());
+            // A pool task's own child is no pool worker: its panic is told (a fork child must
+            // not inherit the worker's silence).
+            assert!(pool.apply(starts_a_crasher, (m.to_string(),)).unwrap());
         }
         return;
     }
@@ -118,6 +137,18 @@ fn a_childs_panic_line_names_it_and_says_where_it_went() {
         assert!(line.starts_with("process crasher panicked at "), "{line}");
         assert!(line.contains("sent to the parent"), "{line}");
     }
+    for m in StartMethod::ALL {
+        let nested = format!("boom: nested {m}");
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(&nested))
+            .unwrap_or_else(|| panic!("no line for {nested}:\n{stderr}"));
+        assert!(
+            line.starts_with("process grandchild panicked at "),
+            "{line}"
+        );
+    }
+    assert!(!stderr.contains("self-caught"), "{stderr}");
     assert!(!stderr.contains("boom: pool"), "{stderr}");
     assert!(!stderr.contains("thread '<unnamed>' panicked"), "{stderr}");
     assert!(!stderr.contains("stack backtrace"), "{stderr}");

@@ -264,7 +264,52 @@ fn a_forked_grandchild_keeps_its_parents_files(m: StartMethod) {
     assert_eq!(p.join_timeout(PATIENCE).unwrap(), (true, false));
 }
 
+/// A pool task starts two children of its own, a non-daemonic one and a daemonic one (the
+/// default there, as in Python: pool workers are daemonic), and returns at once.
+fn leaves_two_children(dir: String) {
+    Process::new(write_after, (format!("{dir}/kept"), 300))
+        .daemon(false)
+        .start()
+        .unwrap();
+    Process::new(write_after, (format!("{dir}/daemonic"), 300))
+        .start()
+        .unwrap();
+}
+
+/// A pool worker that leaves (the pool closed and joined) settles its own children as a
+/// process does: it waits for the non-daemonic ones and terminates the daemonic ones.
+fn a_pool_worker_settles_its_children_before_leaving(m: StartMethod) {
+    let dir = tempdir_for("settle", m);
+    let pool = mproc::Pool::builder()
+        .processes(1)
+        .start_method(m)
+        .build()
+        .unwrap();
+    pool.apply(leaves_two_children, (dir.display().to_string(),))
+        .unwrap();
+    pool.close();
+    pool.join().unwrap();
+    assert!(
+        dir.join("kept").exists(),
+        "join returned before the worker's child ended"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !dir.join("daemonic").exists(),
+        "the daemonic child outlived its worker"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn tempdir_for(what: &str, m: StartMethod) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("mproc-{what}-{}-{m}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 per_start_method!(
+    a_pool_worker_settles_its_children_before_leaving,
     no_descriptor_leaks_over_1000_cycles,
     children_hold_only_the_descriptors_meant_for_them,
     a_forked_grandchild_keeps_its_parents_files,

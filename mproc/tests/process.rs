@@ -298,9 +298,88 @@ fn a_pools_workers_environment_and_directory(m: StartMethod) {
     assert!(e.to_string().contains("mproc-no-such-dir"), "{e}");
 }
 
+/// Names and values the environment cannot hold (`std::env::set_var` would panic on them in
+/// the child): refused before any child is made, never a crash loop.
+fn an_environment_that_cannot_be_is_refused(m: StartMethod) {
+    let bad: [(&str, &str); 4] = [("", "x"), ("A=B", "x"), ("A\0B", "x"), ("OK", "x\0y")];
+    for (k, v) in bad {
+        let mut p = Process::new(pool_surroundings, ("OK".to_string(),))
+            .start_method(m)
+            .env(k, v);
+        let e = p.start().unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::InvalidArgument(_)),
+            "{k:?}={v:?}: {e}"
+        );
+        assert_eq!(p.pid(), None, "no child made");
+        let e = mproc::Pool::builder()
+            .processes(1)
+            .start_method(m)
+            .env(k, v)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::InvalidArgument(_)),
+            "{k:?}={v:?}: {e}"
+        );
+    }
+    for k in ["", "A=B"] {
+        let mut p = Process::new(pool_surroundings, ("OK".to_string(),))
+            .start_method(m)
+            .env_remove(k);
+        assert!(p.start().is_err(), "env_remove({k:?})");
+    }
+    // A pool's workers read the one stdin they are given.
+    let pool = mproc::Pool::builder()
+        .processes(1)
+        .start_method(m)
+        .stdin(mproc::Stdio::null())
+        .build()
+        .unwrap();
+    assert_eq!(pool.apply(read_stdin, (0,)).unwrap(), "");
+}
+
+fn read_stdin(_: u8) -> String {
+    std::io::read_to_string(std::io::stdin()).unwrap()
+}
+
+fn am_i_daemonic(_: u8) -> bool {
+    mproc::current_process().daemon()
+}
+
+/// Starts a child with the default flag under `method`; what it says of itself.
+fn my_child_is_daemonic(method: StartMethod) -> (bool, bool) {
+    let mut p = Process::new(am_i_daemonic, (0,)).start_method(method);
+    let default = p.is_daemon();
+    p.start().unwrap();
+    (default, p.join_timeout(PATIENCE).unwrap())
+}
+
+/// Python's default: a process is daemonic if the process that created it is; pool workers
+/// are.
+fn daemon_is_inherited_by_default(m: StartMethod) {
+    assert!(!mproc::current_process().daemon());
+    assert!(!Process::new(am_i_daemonic, (0,)).is_daemon());
+    for daemon in [false, true] {
+        let mut p = Process::new(my_child_is_daemonic, (m,))
+            .start_method(m)
+            .daemon(daemon);
+        p.start().unwrap();
+        assert_eq!(p.join_timeout(PATIENCE).unwrap(), (daemon, daemon));
+    }
+    let pool = mproc::Pool::builder()
+        .processes(1)
+        .start_method(m)
+        .build()
+        .unwrap();
+    assert!(pool.apply(am_i_daemonic, (0,)).unwrap());
+}
+
 per_start_method!(
+    daemon_is_inherited_by_default,
     the_childs_environment_directory_and_streams,
     a_pools_workers_environment_and_directory,
+    an_environment_that_cannot_be_is_refused,
     join_returns_the_value,
     every_arity_and_closures,
     names_and_pids,

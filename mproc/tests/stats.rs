@@ -158,7 +158,32 @@ fn retirements_after_max_tasks_per_child(m: StartMethod) {
     assert!(s.errors.is_empty(), "{s}");
 }
 
+/// An argument whose decoding panics in the worker (a user's `Deserialize`).
+#[derive(serde::Serialize)]
+struct Decoy(u8);
+
+impl<'de> serde::Deserialize<'de> for Decoy {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Decoy, D::Error> {
+        panic!("no Decoy decodes")
+    }
+}
+
+fn take_decoy(d: Decoy) -> u8 {
+    d.0
+}
+
+/// A panic while a task's arguments are decoded fails its task once, and is counted once.
+fn a_decoding_panic_counts_once(m: StartMethod) {
+    let pool = builder(m, 1).build().unwrap();
+    let e = pool.apply(take_decoy, (Decoy(1),)).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::Panicked(_)), "{e}");
+    let s = pool.stats();
+    assert_eq!(s.errors.get("Panicked"), Some(&1), "{s}");
+    assert_eq!(s.restarts.total(), 0, "{s}");
+}
+
 per_start_method!(
+    a_decoding_panic_counts_once,
     tasks_per_worker_add_up,
     busy_and_waiting_time,
     restarts_and_failures_by_reason,

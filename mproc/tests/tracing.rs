@@ -240,3 +240,46 @@ fn processes_tasks_and_workers_tell_the_subscriber() {
         find(&seen, Level::INFO, pool, &["running task cancelled"]);
     }
 }
+
+fn quiet() {}
+
+/// Starts a child of its own: with a subscriber wanting events, that takes the record of the
+/// log relay (in a `Fork` child, the one it inherited).
+fn starts_one() -> bool {
+    let mut p = Process::new(quiet, ()).start_method(StartMethod::Fork);
+    p.start().unwrap();
+    p.join_timeout(PATIENCE).is_ok()
+}
+
+/// Two threads start `Fork` children side by side while a subscriber wants events, and each
+/// child starts one of its own: a fork that copied the log relay's record locked by the other
+/// thread would leave a child that never gets its own child started. Returns how many ended.
+fn relayed_while_forking(rounds: u32) -> u32 {
+    recorder();
+    let ended = std::sync::atomic::AtomicU32::new(0);
+    let fork_once = || {
+        let mut p = Process::new(starts_one, ()).start_method(StartMethod::Fork);
+        p.start().unwrap();
+        assert!(p.join_timeout(PATIENCE).unwrap());
+        ended.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| (0..rounds).for_each(|_| fork_once()));
+        (0..rounds).for_each(|_| fork_once());
+    });
+    ended.into_inner()
+}
+
+#[test]
+fn a_fork_child_never_inherits_the_log_relay_locked() {
+    let mut p = Process::new(relayed_while_forking, (200,)).start_method(StartMethod::Spawn);
+    p.start().unwrap();
+    match p.join_timeout(Duration::from_secs(30)) {
+        Ok(ended) => assert_eq!(ended, 400),
+        Err(e) => {
+            let _ = p.kill();
+            let _ = p.join_timeout(PATIENCE);
+            panic!("a fork child hung (or the race failed): {e}");
+        }
+    }
+}

@@ -237,6 +237,18 @@ struct Ended {
     errors: BTreeMap<String, u64>,
 }
 
+impl Ended {
+    /// Keeps the work of `w`, which has ended: its tasks, panics and failures.
+    fn keep_books<L: Link>(&mut self, w: &Worker<L>) {
+        let (_, caught) = w.link.work(monotonic_ns());
+        self.tasks += w.items;
+        self.panics += caught;
+        for (kind, n) in &w.failed {
+            *self.errors.entry((*kind).to_owned()).or_default() += n;
+        }
+    }
+}
+
 /// Starts the pool's workers (so start-up errors reach `Pool::build`) and hands them to
 /// `shared`, where the dispatcher thread ([`run`]) and submitting threads find them.
 pub(crate) fn start(shared: Arc<Shared>, config: Config) -> Result<(), Error> {
@@ -325,12 +337,7 @@ impl<L: Link> Dispatcher<L> {
     /// `condemned`, if it was).
     fn note_departure(&mut self, w: &Worker<L>, condemned: Option<&ErrorKind>) {
         let ended = &mut self.ended;
-        let (_, caught) = w.link.work(monotonic_ns());
-        ended.tasks += w.items;
-        ended.panics += caught;
-        for (kind, n) in &w.failed {
-            *ended.errors.entry((*kind).to_owned()).or_default() += n;
-        }
+        ended.keep_books(w);
         if ended.restarts.len() <= w.slot {
             ended.restarts.resize(w.slot + 1, Restarts::default());
         }
@@ -676,22 +683,25 @@ impl<L: Link> Dispatcher<L> {
 
     /// Accounts for one worker that has ended.
     fn depart(&mut self, mut w: Worker<L>, lost: Error) {
+        let condemned = match &w.state {
+            WorkerState::Condemned { why, .. } => Some(why.kind().clone()),
+            _ => None,
+        };
         if let Some(e) = &self.broken {
             // An earlier one broke the pool: what this one held fails as everything else did.
+            // Its work still counts; it is not replaced.
+            self.ended.keep_books(&w);
+            let e = e.clone();
             for c in w.in_flight.drain(..) {
                 c.fail(e.clone());
             }
             return;
         }
+        self.note_departure(&w, condemned.as_ref());
         // Every answer it published has been accepted: if it took one more chunk, that one
         // was running; the ones after it never started.
         let running = policy::was_running(w.link.started(), w.answered);
         let front = w.front();
-        let condemned = match &w.state {
-            WorkerState::Condemned { why, .. } => Some(why.kind().clone()),
-            _ => None,
-        };
-        self.note_departure(&w, condemned.as_ref());
         let failure = match w.state.depart(front, lost) {
             Departure::BeforeReady(why) if self.config.init.is_some() => {
                 // Died during its initializer: never respawn into the same failure.
@@ -845,6 +855,7 @@ impl<L: Link> Dispatcher<L> {
                 c.fail(err.clone());
             }
             w.link.wait(fd::deadline_after(start::PATIENCE));
+            self.ended.keep_books(&w);
         }
     }
 

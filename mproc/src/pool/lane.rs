@@ -392,10 +392,10 @@ impl Lane {
     pub(crate) fn end_run(&self, since_ns: u64, now_ns: u64) {
         let w = &self.header().work;
         // Between runs first: a reader may miss this run's time for an instant, never count
-        // it twice.
+        // it twice (it reads `busy_ns` first, acquiring what came before the add).
         w.run_since_ns.store(0, Ordering::Relaxed);
         w.busy_ns
-            .fetch_add(now_ns.saturating_sub(since_ns), Ordering::Relaxed);
+            .fetch_add(now_ns.saturating_sub(since_ns), Ordering::Release);
     }
 
     /// The worker has caught `n` panics in its tasks so far.
@@ -407,10 +407,12 @@ impl Lane {
     /// included) and panics caught. Whatever a worker wrote there, only numbers come out.
     pub(crate) fn work(&self, now_ns: u64) -> (u64, u64) {
         let w = &self.header().work;
+        // `busy_ns` first: a run it includes has its `run_since_ns` cleared by then (see
+        // `end_run`), so no run is counted both as ended and as running.
+        let ended = w.busy_ns.load(Ordering::Acquire);
         let since = w.run_since_ns.load(Ordering::Relaxed);
         let running = if since == 0 { 0 } else { now_ns.saturating_sub(since) };
-        let busy = w.busy_ns.load(Ordering::Relaxed).saturating_add(running);
-        (busy, w.panics.load(Ordering::Relaxed))
+        (ended.saturating_add(running), w.panics.load(Ordering::Relaxed))
     }
 
     /// How many tasks the worker has taken (claimed or skipped).

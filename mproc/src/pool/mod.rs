@@ -132,7 +132,8 @@ struct Init {
 
 impl PoolBuilder {
     /// Sets environment variable `key` in every worker, as
-    /// [`Process::env`](crate::Process::env) does for one child.
+    /// [`Process::env`](crate::Process::env) does for one child. A name or value the
+    /// environment cannot hold makes `build` an `InvalidArgument` error.
     ///
     /// ```
     /// fn read(_: u8) -> Option<String> {
@@ -191,6 +192,22 @@ impl PoolBuilder {
     /// ```
     pub fn current_dir(mut self, dir: impl AsRef<std::path::Path>) -> Self {
         self.setup.current_dir(dir.as_ref());
+        self
+    }
+
+    /// Where every worker's stdin comes from (default: the parent's): `Stdio::null()`, or a
+    /// file (all workers read from the one file position).
+    ///
+    /// ```
+    /// fn read_all(_: u8) -> String {
+    ///     std::io::read_to_string(std::io::stdin()).unwrap()
+    /// }
+    /// let pool = mproc::Pool::builder().processes(1).stdin(mproc::Stdio::null()).build()?;
+    /// assert_eq!(pool.apply(read_all, (0,))?, "");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn stdin(mut self, from: impl Into<crate::Stdio>) -> Self {
+        self.setup.stdio(0, from.into());
         self
     }
 
@@ -337,7 +354,9 @@ impl PoolBuilder {
     ///
     /// # Errors
     ///
-    /// `InvalidArgument` for zero processes or zero tasks per child; a `Codec` error if the
+    /// `InvalidArgument` for zero processes or zero tasks per child, for an environment
+    /// variable the environment cannot hold, and for `env`, `current_dir` or a standard
+    /// stream on a remote pool; a `Codec` error if the
     /// initializer's arguments could not be encoded; an `Os` error if a worker could not start.
     ///
     /// ```
@@ -349,6 +368,13 @@ impl PoolBuilder {
         }
         if self.max_tasks_per_child == Some(0) {
             return Err(Error::invalid("max_tasks_per_child must be at least 1"));
+        }
+        self.setup.check()?;
+        if !self.setup.is_default() && self.backend.is_some() {
+            return Err(Error::invalid(
+                "env, current_dir and the standard streams apply to local workers; a remote \
+                 pool's workers are its agents', set up where the agents start",
+            ));
         }
         let (init, init_fds, init_args) = match self.init {
             Some(Init {
@@ -379,12 +405,6 @@ impl PoolBuilder {
                 thread: Mutex::new(Some(thread)),
                 processes,
             });
-        }
-        if !self.setup.is_default() && self.backend.is_some() {
-            return Err(Error::invalid(
-                "env, current_dir and the standard streams apply to local workers; a remote \
-                 pool's workers are its agents', set up where the agents start",
-            ));
         }
         if self.max_retries.is_some() {
             return Err(Error::invalid(

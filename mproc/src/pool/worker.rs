@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::lane::Lane;
 use crate::channel::Channel;
 use crate::error::{Error, ErrorKind};
-use crate::panics::catch;
+use crate::panics::catch_uncounted;
 use crate::sys::fd;
 use crate::sys::image;
 use crate::sys::time::monotonic_ns;
@@ -285,5 +285,5 @@ impl Worker<'_> {
 /// or in an initializer) becomes `Panicked`.
 fn run(identity: u64, entry: i64, payload: &[u8]) -> Result<Vec<u8>, Error> {
     let f = image::entry_for(identity, entry)?;
-    catch(|| f(payload)).map_err(|report| Error::from(ErrorKind::Panicked(report)))?
+    catch_uncounted(|| f(payload)).map_err(|report| Error::from(ErrorKind::Panicked(report)))?
 }

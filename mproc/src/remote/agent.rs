@@ -662,13 +662,20 @@ impl Intake {
         let c = Arc::clone(&self.common);
         let mut again = false;
         let mut told = Instant::now();
+        let mut stats_failing = false;
         while !c.stop.load(Ordering::Relaxed) {
             self.retire();
             if told.elapsed() >= STATS_EVERY {
                 told = Instant::now();
-                if let Err(e) = self.tell_stats(&mut con) {
-                    let _ = c.tx.send(Event::Failed(e));
-                    break;
+                // Statistics are for people: one that cannot be written is said, not fatal
+                // (a lost server fails the read below, and is handled there).
+                match self.tell_stats(&mut con) {
+                    Err(e) if !stats_failing => {
+                        log(&format!("the statistics could not be written (said once): {e}"));
+                        stats_failing = true;
+                    }
+                    Err(_) => {}
+                    Ok(()) => stats_failing = false,
                 }
             }
             let window = c.window.load(Ordering::Relaxed);

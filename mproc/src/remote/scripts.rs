@@ -16,9 +16,9 @@
 ///   skipped (acknowledged; 0) if its pool is gone or the task is done (cancelled, or
 ///   already answered), and otherwise recorded as running (1).
 ///
-/// Acknowledged entries stay in the stream until the reaper trims them (a trim of the
-/// stream's head costs the server less than an `XDEL` of each). Whether a pool exists is
-/// asked once per pool and call. Returns `{recorded, verdicts or -1}`.
+/// An acknowledged entry is deleted at once (`XDEL`): a trim of the stream's head alone
+/// would let one long-running task keep every entry after it in memory. Whether a pool
+/// exists is asked once per pool and call. Returns `{recorded, verdicts or -1}`.
 ///
 /// KEYS: tasks, hb:<agent>, running:<agent>. ARGV: prefix, the number of answers, then
 /// (entry id, pool, task, sealed result) per answer, then (entry id, pool, task) per start.
@@ -44,6 +44,7 @@ for _ = 1, tonumber(ARGV[2]) do
   end
   if id ~= '' then
     redis.call('XACK', KEYS[1], 'agents', id)
+    redis.call('XDEL', KEYS[1], id)
     redis.call('HDEL', KEYS[3], id)
   end
 end
@@ -55,6 +56,7 @@ while i <= #ARGV do
   i = i + 3
   if not live(pool) or redis.call('HEXISTS', p .. 'done:' .. pool, task) == 1 then
     redis.call('XACK', KEYS[1], 'agents', id)
+    redis.call('XDEL', KEYS[1], id)
     out[#out + 1] = 0
   else
     redis.call('HSET', KEYS[3], id, pool .. ':' .. task)
@@ -66,11 +68,12 @@ return {recorded, out}
 
 /// The reaper: for every registered agent whose heartbeat has expired, in one step: the
 /// entries it was running count an attempt each (past the task's `max_retries`: a `lost`
-/// result, recorded only if none is, and a copy on the dead-letter stream; else re-queued),
-/// the entries it held but had not started are re-queued at no charge, then the agent is
-/// forgotten (its running record, its registration, its consumer). Then the task stream's
-/// head is trimmed up to its oldest entry still pending or not yet delivered (`MINID ~`:
-/// whole nodes only, so it costs little). Returns how many agents it reaped.
+/// result and a copy on the dead-letter stream; else re-queued), the entries it held but had
+/// not started are re-queued at no charge, then the agent is forgotten (its running record,
+/// its registration, its consumer). A task that is done already (answered, or cancelled) is
+/// neither re-queued nor dead-lettered: its entry just goes. Then, as a safety net, the task
+/// stream's head is trimmed up to its oldest entry still pending or not yet delivered
+/// (`MINID ~`: whole nodes only, so it costs little). Returns how many agents it reaped.
 ///
 /// KEYS: tasks, agents, dead. ARGV: prefix.
 pub(crate) const REAP: &str = r#"
@@ -89,13 +92,15 @@ for _, a in ipairs(redis.call('HKEYS', KEYS[2])) do
           local raw, f = got[1][2], {}
           for j = 1, #raw, 2 do f[raw[j]] = raw[j + 1] end
           local pool, task, m = f['p'], f['k'], f['m'] or '0'
-          local requeue = true
-          if redis.call('HEXISTS', running, id) == 1 then
+          local live = redis.call('EXISTS', p .. 'pool:' .. pool) == 1
+          local done = redis.call('HEXISTS', p .. 'done:' .. pool, task) == 1
+          local requeue = live and not done
+          if not done and redis.call('HEXISTS', running, id) == 1 then
             local n = redis.call('HINCRBY', p .. 'attempts:' .. pool, task, 1)
             if n > tonumber(m) then
               requeue = false
-              if redis.call('EXISTS', p .. 'pool:' .. pool) == 1
-                  and redis.call('HSETNX', p .. 'done:' .. pool, task, 1) == 1 then
+              if live then
+                redis.call('HSET', p .. 'done:' .. pool, task, 1)
                 redis.call('XADD', p .. 'results:' .. pool, '*',
                   'lost', task, 'attempts', n, 'agent', a)
               end
@@ -103,11 +108,12 @@ for _, a in ipairs(redis.call('HKEYS', KEYS[2])) do
                 'p', pool, 'k', task, 'agent', a, 'attempts', n, 'f', f['f'])
             end
           end
-          if requeue and redis.call('EXISTS', p .. 'pool:' .. pool) == 1 then
+          if requeue then
             redis.call('XADD', KEYS[1], '*', 'f', f['f'], 'p', pool, 'k', task, 'm', m)
           end
         end
         redis.call('XACK', KEYS[1], 'agents', id)
+        redis.call('XDEL', KEYS[1], id)
       end
     end
     redis.call('DEL', running)

@@ -48,9 +48,14 @@ pub(crate) enum Rank {
     Keeper,
     /// The list of this process's queues.
     Queues,
+    /// The list of this process's children (`children.rs`).
+    Children,
+    /// The record of this process's log relay (`relay.rs`).
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    Relay,
 }
 
-const RANKS: usize = 2;
+const RANKS: usize = 4;
 
 static HOOKS: Mutex<[Option<Hook>; RANKS]> = Mutex::new([None; RANKS]);
 

@@ -154,6 +154,11 @@ impl Child {
         &mut self.ctrl
     }
 
+    /// The child's own pidfd (whoever reaps it).
+    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
     /// The control channel's descriptor, for polling.
     pub(crate) fn channel_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.ctrl.fd()

@@ -8,12 +8,13 @@
 //! reaps it), whether or not its `Process` handle still exists: a dropped, un-joined
 //! `Process` is waited for too, as in Python.
 
-use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard, Once};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::{Mutex, MutexGuard};
 
+use super::at_fork;
+use crate::error::Error;
 use crate::sys::fd::{self, InternalFd};
-use crate::sys::proc;
+use crate::sys::proc::{self, Forked};
 
 struct Entry {
     pid: u32,
@@ -21,57 +22,79 @@ struct Entry {
     daemon: bool,
 }
 
-/// The children started by this process (see [`OWNER`]).
-static CHILDREN: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+struct Children {
+    /// The process the list belongs to: a process forked by other means than a `Fork`
+    /// start (which clears it) inherits its parent's list, and must not wait for its
+    /// parent's children.
+    owner: u32,
+    /// Whether the exit handler is registered (a fork child inherits it with the flag).
+    hooked: bool,
+    list: Vec<Entry>,
+}
 
-/// The process the list belongs to: a fork child inherits its parent's list, and must not
-/// wait for its parent's children.
-static OWNER: AtomicU32 = AtomicU32::new(0);
+/// The children started by this process.
+static CHILDREN: Mutex<Children> = Mutex::new(Children {
+    owner: 0,
+    hooked: false,
+    list: Vec::new(),
+});
 
 /// Kept children ended are dropped once the list is this long.
 const PRUNE_AT: usize = 64;
 
-fn children() -> MutexGuard<'static, Vec<Entry>> {
-    CHILDREN.lock().unwrap_or_else(|e| e.into_inner())
+/// The list, locked. A `Fork` start holds it across the fork (see `at_fork.rs`), so a fork
+/// child never inherits it locked by a thread it does not have.
+fn children() -> MutexGuard<'static, Children> {
+    at_fork::ensure(at_fork::Rank::Children, hold_across_fork);
+    let mut children = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+    let me = std::process::id();
+    if children.owner != me {
+        // A copy of another process's list: not this one's children. (Their descriptors
+        // were closed here already; dropping an inherited `InternalFd` closes nothing.)
+        children.list.clear();
+        children.owner = me;
+    }
+    children
 }
 
-/// Child `pid` has started; `daemon`: terminated rather than waited for at exit.
-pub(crate) fn started(pid: u32, daemon: bool) {
-    static HOOKED: Once = Once::new();
-    HOOKED.call_once(|| {
-        // Without the hook, children still end with this process (within a second).
-        let _ = proc::at_exit(at_exit);
-    });
-    let Ok([pidfd]) = fd::create_internal(|| Ok([proc::pidfd_open(pid)?])) else {
-        return; // it has ended already
+fn hold_across_fork(fork: at_fork::Fork<'_>) -> Result<Forked, Error> {
+    let mut children = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+    let forked = fork();
+    if let Ok(Forked::Child) = forked {
+        children.list.clear();
+        children.owner = std::process::id();
+    }
+    forked
+}
+
+/// Child `pid`, whose pidfd is `pidfd`, has started; `daemon`: terminated rather than waited
+/// for at exit. (The child's own pidfd, duplicated: one opened by pid now could name another
+/// process, were the child gone and its pid reused.)
+pub(crate) fn started(pid: u32, pidfd: BorrowedFd<'_>, daemon: bool) {
+    let Ok([pidfd]) = fd::create_internal(|| Ok([pidfd.try_clone_to_owned()?])) else {
+        return; // out of descriptors: it is not waited for, and still ends with this process
     };
-    let me = std::process::id();
-    let mut list = children();
-    if OWNER.swap(me, Ordering::Relaxed) != me {
-        // A fork child's copy of its parent's list: not its children. (Their descriptors
-        // were closed in it already; dropping an inherited `InternalFd` closes nothing.)
-        list.clear();
+    let mut children = children();
+    if !children.hooked {
+        // Without the hook, children still end with this process (within a second).
+        children.hooked = proc::at_exit(at_exit).is_ok();
     }
-    if list.len() >= PRUNE_AT {
-        list.retain(|e| !proc::has_ended(e.pidfd.as_fd()).unwrap_or(true));
+    if children.list.len() >= PRUNE_AT {
+        children
+            .list
+            .retain(|e| !proc::has_ended(e.pidfd.as_fd()).unwrap_or(true));
     }
-    list.push(Entry { pid, pidfd, daemon });
+    children.list.push(Entry { pid, pidfd, daemon });
 }
 
 /// Child `pid` has been seen to end (joined): nothing to wait for at exit.
 pub(crate) fn ended(pid: u32) {
-    if OWNER.load(Ordering::Relaxed) != std::process::id() {
-        return;
-    }
-    children().retain(|e| e.pid != pid);
+    children().list.retain(|e| e.pid != pid);
 }
 
 /// Terminates this process's daemonic children and waits for the others to end.
 pub(crate) fn settle() {
-    if OWNER.load(Ordering::Relaxed) != std::process::id() {
-        return;
-    }
-    let list = std::mem::take(&mut *children());
+    let list = std::mem::take(&mut children().list);
     for e in list.iter().filter(|e| e.daemon) {
         let _ = proc::pidfd_signal(e.pidfd.as_fd(), libc::SIGTERM);
     }

@@ -102,6 +102,12 @@ impl Setup {
         self.stdio[n] = to;
     }
 
+    /// Whether every change can be made: `std::env::set_var` refuses (panics on) an empty
+    /// name, a name with `=` or NUL, and a value with NUL, and no child could start with them.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        self.env.iter().try_for_each(check_change)
+    }
+
     /// What the start message says: the changes, the directory, the streams; and the files to
     /// send after the handles' descriptors, in stream order.
     pub(crate) fn message(
@@ -131,14 +137,48 @@ impl Setup {
     }
 }
 
+/// Refuses what the environment cannot hold (see [`Setup::check`]).
+fn check_change(change: &EnvChange) -> Result<(), Error> {
+    let shown = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let name = |k: &[u8]| {
+        if k.is_empty() {
+            Err(Error::invalid("an environment variable's name cannot be empty"))
+        } else if k.contains(&b'=') || k.contains(&0) {
+            Err(Error::invalid(format!(
+                "an environment variable's name cannot contain '=' or NUL: {:?}",
+                shown(k)
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    match change {
+        EnvChange::Set(k, v) => {
+            name(k)?;
+            if v.contains(&0) {
+                return Err(Error::invalid(format!(
+                    "the value of environment variable {:?} cannot contain NUL",
+                    shown(k)
+                )));
+            }
+            Ok(())
+        }
+        EnvChange::Remove(k) => name(k),
+        EnvChange::Clear => Ok(()),
+    }
+}
+
 /// In the child, before anything else runs: applies what the start message asks. `files` are
-/// the descriptors of the streams sent as files, in stream order.
+/// the descriptors of the streams sent as files, in stream order. A change the environment
+/// cannot hold is an error here too (a parent of another build may have sent it), never a
+/// panic.
 pub(crate) fn apply(
     env: &[EnvChange],
     cwd: Option<&[u8]>,
     stdio: &[Redirect; 3],
     files: Vec<OwnedFd>,
 ) -> Result<(), Error> {
+    env.iter().try_for_each(check_change)?;
     for change in env {
         match change {
             EnvChange::Set(k, v) => proc::set_env(OsStr::from_bytes(k), OsStr::from_bytes(v)),

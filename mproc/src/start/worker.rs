@@ -56,16 +56,10 @@ fn serve(ctrl: InternalFd) -> i32 {
             .filter(|r| matches!(r, Redirect::File))
             .count(),
     );
-    #[cfg(feature = "tracing")]
     let _forwarding = start.log.and_then(|level| {
         let pipe = ctrl.take_fds_n(1).into_iter().next()?;
         crate::relay::forward(pipe, level)
     });
-    #[cfg(not(feature = "tracing"))]
-    if start.log.is_some() {
-        // A build without the feature would not have asked; drop the pipe all the same.
-        drop(ctrl.take_fds_n(1));
-    }
     let entry = match image::entry_for(start.identity, start.entry) {
         Ok(entry) => entry,
         Err(e) => {
@@ -99,7 +93,7 @@ fn serve(ctrl: InternalFd) -> i32 {
         };
         return 1;
     }
-    crate::current::set(start.name, start.lineage);
+    crate::current::set(start.name, start.lineage, start.daemon);
     if let Role::PoolWorker(spec) = start.role {
         // The entry names the role's record (see `super::role`), not a target.
         let code = match role::claimed_by(entry) {
@@ -113,6 +107,8 @@ fn serve(ctrl: InternalFd) -> i32 {
             }
         };
         let _ = std::io::stdout().flush();
+        // As a target's process does (below), and Python's pool worker at its exit.
+        super::children::settle();
         return code;
     }
     let outcome = crate::handle::providing(handles, || call(entry, &start.args));

@@ -265,21 +265,37 @@ pub(crate) struct EventFd(OwnedFd);
 
 impl EventFd {
     pub(crate) fn new() -> io::Result<Self> {
-        let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
-        Ok(EventFd(rustix::event::eventfd(0, flags)?))
+        Ok(EventFd(eventfd()?))
     }
 
     /// Makes the descriptor readable until the next [`EventFd::drain`].
     pub(crate) fn notify(&self) {
-        // A full counter (EAGAIN) already means "readable": the result needs no handling.
-        let _ = rustix::io::write(&self.0, &1u64.to_ne_bytes());
+        notify(self.0.as_fd());
     }
 
     /// Resets the counter.
     pub(crate) fn drain(&self) {
-        // EAGAIN (nothing pending) is fine.
-        let _ = rustix::io::read(&self.0, &mut [0u8; 8]);
+        drain(self.0.as_fd());
     }
+}
+
+/// A new eventfd, close-on-exec and non-blocking, for [`notify`] and [`drain`] (an
+/// [`EventFd`] where it must be an internal descriptor).
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
+    Ok(rustix::event::eventfd(0, flags)?)
+}
+
+/// Makes the eventfd `fd` readable until the next [`drain`].
+pub(crate) fn notify(fd: BorrowedFd<'_>) {
+    // A full counter (EAGAIN) already means "readable": the result needs no handling.
+    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+}
+
+/// Resets the eventfd `fd`'s counter.
+pub(crate) fn drain(fd: BorrowedFd<'_>) {
+    // EAGAIN (nothing pending) is fine.
+    let _ = rustix::io::read(fd, &mut [0u8; 8]);
 }
 
 impl AsFd for EventFd {

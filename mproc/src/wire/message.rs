@@ -27,6 +27,8 @@ pub(crate) struct Start {
     pub(crate) target: String,
     /// The child's process name.
     pub(crate) name: String,
+    /// Whether it is daemonic (Python's `daemon`; the default of its own children's).
+    pub(crate) daemon: bool,
     /// Python's `_identity`: the counters from the main process down to this child.
     pub(crate) lineage: Vec<u32>,
     /// The encoded argument tuple.

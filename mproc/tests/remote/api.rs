@@ -368,6 +368,40 @@ fn streams_are_trimmed_as_they_go() {
     assert_eq!(pool.apply(square, (5,)).unwrap(), 25, "still serving");
 }
 
+/// One task that runs long must not keep in Redis the entries of every task answered after
+/// it (found in review: a trim of the stream's head alone stops at the oldest pending entry).
+#[test]
+fn a_long_task_pins_no_entries_behind_it() {
+    let c = Cluster::new(StartMethod::Fork, 1, 2);
+    let pool = c.pool();
+    let long = pool.apply_async(sleep_ms, (4000,)).unwrap();
+    let n = 1000;
+    let got = pool.chunksize(1).map(square, 0..n).unwrap();
+    assert_eq!(got.len(), n as usize);
+    assert!(!long.ready(), "set-up: the long task still runs");
+    let tasks = c.keys("mproc:*:tasks").pop().expect("the task stream");
+    let left = c.len(&tasks);
+    assert!(
+        left <= 2,
+        "{left} task entries left in Redis while one task runs (of {n} answered)"
+    );
+    assert_eq!(long.get_timeout(Duration::from_secs(20)).unwrap(), 4000);
+}
+
+#[test]
+fn remote_pools_refuse_a_childs_environment() {
+    let c = Cluster::new(StartMethod::Forkserver, 1, 1);
+    for b in [
+        c.builder().env("A", "1"),
+        c.builder().current_dir("/"),
+        c.builder().stdout(mproc::Stdio::null()),
+    ] {
+        let e = b.build().unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::InvalidArgument(_)), "{e}");
+        assert!(e.to_string().contains("agents"), "{e}");
+    }
+}
+
 fn identity(v: Vec<u8>) -> Vec<u8> {
     v
 }

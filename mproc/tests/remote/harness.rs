@@ -42,7 +42,7 @@ pub(crate) const AGENT_USER: &str = "mproc-agent";
 /// command they call must be allowed here too.
 pub(crate) const AGENT_ACL: &str = "on ~mproc:* resetchannels -@all \
     +ping +hello +auth +client|setname \
-    +xadd +xreadgroup +xread +xack +xtrim +xgroup|create +xgroup|createconsumer \
+    +xadd +xreadgroup +xread +xack +xdel +xtrim +xgroup|create +xgroup|createconsumer \
     +xgroup|delconsumer +xpending +xrange +xlen +xinfo \
     +eval +evalsha +script|load +script|exists \
     +hset +hsetnx +hget +hgetall +hdel +hincrby +hexists +hkeys +hvals \
@@ -900,6 +900,7 @@ mod selftest {
         allowed(&mut c, &["XINFO", "GROUPS", tasks]);
         allowed(&mut c, &["XINFO", "CONSUMERS", tasks, "agents"]);
         allowed(&mut c, &["XACK", tasks, "agents", &id]);
+        allowed(&mut c, &["XDEL", tasks, &id]);
         allowed(&mut c, &["XRANGE", tasks, "-", "+"]);
         allowed(&mut c, &["XLEN", tasks]);
         allowed(&mut c, &["XTRIM", tasks, "MINID", "~", &id]);

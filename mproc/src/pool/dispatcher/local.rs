@@ -55,12 +55,8 @@ impl Link for LocalLink {
             None => format!("{prefix}-{number}"),
         };
         // The worker's own `tracing` events come back through a pipe when they are wanted.
-        #[cfg(feature = "tracing")]
         let log_pipe = crate::relay::log_pipe();
-        #[cfg(feature = "tracing")]
-        let log = log_pipe.as_ref().map(|p| p.level);
-        #[cfg(not(feature = "tracing"))]
-        let log = None;
+        let log = log_pipe.as_ref().map(|p| p.level());
         let (env, cwd, stdio, files) = config.setup.message();
         let start = Start {
             env,
@@ -72,6 +68,9 @@ impl Link for LocalLink {
             entry: task::worker_entry(),
             target: "mproc::Pool worker".into(),
             name: name.clone(),
+            // As Python's pool workers: the processes a task starts are daemonic by default,
+            // terminated when their worker leaves.
+            daemon: true,
             lineage,
             args: Vec::new(),
             role: Role::PoolWorker(PoolWorkerSpec {
@@ -84,10 +83,8 @@ impl Link for LocalLink {
         };
         let mut init_fds: Vec<_> = config.init_fds.iter().map(AsFd::as_fd).collect();
         init_fds.extend(files);
-        #[cfg(feature = "tracing")]
-        init_fds.extend(log_pipe.as_ref().map(|p| p.write.as_fd()));
+        init_fds.extend(log_pipe.as_ref().map(|p| p.write()));
         let mut child = start::launch(config.method, &channel::encode_message(&start)?, &init_fds)?;
-        #[cfg(feature = "tracing")]
         if let Some(pipe) = log_pipe {
             pipe.relay(&name, child.pid());
         }
