@@ -141,8 +141,8 @@ linux_only! {
     pub use error::{CodecReport, Error, ErrorKind, LostReport, OsReport, PanicReport, Result};
     pub use pool::{
         AsCompleted, AsCompletedTimeout, AsyncResult, Chunked, Imap, Pool, PoolBuilder, PoolStats,
-        Progress, Restarts, Return, WorkerStats,
-        as_completed, as_completed_timeout, wait,
+        Progress, Restarts, Return, WithState, WorkerStats,
+        as_completed, as_completed_timeout, wait, with_state,
     };
     pub use process::{CurrentProcess, Process, cpu_count, current_process};
     pub use queue::{JoinableQueue, Queue, SimpleQueue};

@@ -14,6 +14,7 @@ mod pool;
 mod process;
 mod queues;
 mod shared_memory;
+mod state;
 mod stats;
 mod sync;
 #[cfg(feature = "tracing")]

@@ -33,6 +33,7 @@ pub(crate) mod lane;
 #[cfg(feature = "remote")]
 mod raw;
 mod result;
+mod state;
 mod stats;
 mod task;
 pub(crate) mod worker;
@@ -49,6 +50,7 @@ pub(crate) use dispatcher::{Gated, Verdict};
 pub(crate) use raw::{RawTask, Waker};
 pub use result::{AsyncResult, Progress};
 pub use stats::{PoolStats, Restarts, WorkerStats};
+pub use state::{WithState, with_state};
 
 /// A pool of worker processes, as Python's `multiprocessing.Pool`.
 ///
@@ -119,6 +121,10 @@ pub struct PoolBuilder {
     pub(crate) gated: Option<dispatcher::Gated>,
     /// Its workers' environment, working directory and standard streams.
     setup: crate::start::setup::Setup,
+    /// Which of `initializer` and `worker_state` set `init` (one or the other), and whether
+    /// both were asked for.
+    init_from: Option<&'static str>,
+    init_conflict: bool,
 }
 
 /// The initializer: its entry, its encoded arguments with their handles' descriptors, and
@@ -288,12 +294,60 @@ impl PoolBuilder {
     /// assert!(e.to_string().contains("no database"));
     /// # Ok::<(), mproc::Error>(())
     /// ```
-    pub fn initializer<F, A>(mut self, init: F, args: A) -> Self
+    pub fn initializer<F, A>(self, init: F, args: A) -> Self
     where
         F: Target<A, Output = ()>,
         A: Serialize + DeserializeOwned + Send + 'static,
     {
         let _ = init;
+        self.set_init::<F, A>("initializer", args)
+    }
+
+    /// A state each worker builds once, by calling `build` with `args` before its first task,
+    /// and keeps across its tasks: mpire's `worker_state`, the Rust form of Python's
+    /// `initializer` that fills globals. Targets receive it as their first parameter,
+    /// `&mut S`, through [`with_state`](crate::with_state), with every pool method. A worker
+    /// that replaces another (after a crash, a timeout, `max_tasks_per_child`) builds its own.
+    ///
+    /// `build` runs as an [`initializer`](Self::initializer) does, with the same failure
+    /// rules (a panic breaks the pool with `InitializerFailed`); a pool takes one or the
+    /// other (both is an `InvalidArgument` error at `build`). A task whose `S` is not the
+    /// state's type, or on a pool without one, fails with `Panicked`, saying so.
+    ///
+    /// ```
+    /// use mproc::with_state;
+    ///
+    /// struct Cache {
+    ///     hits: u32,
+    /// }
+    /// fn empty() -> Cache {
+    ///     Cache { hits: 0 }
+    /// }
+    /// fn hit(cache: &mut Cache, _key: u8) -> u32 {
+    ///     cache.hits += 1;
+    ///     cache.hits
+    /// }
+    /// let pool = mproc::Pool::builder().processes(1).worker_state(empty, ()).build()?;
+    /// assert_eq!(pool.chunksize(1).map(with_state(hit), [7, 8, 9])?, [1, 2, 3]);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn worker_state<F, A>(self, build: F, args: A) -> Self
+    where
+        F: Target<A>,
+        F::Output: std::any::Any + Send,
+        A: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let _ = build;
+        self.set_init::<state::BuildState<F>, A>("worker_state", args)
+    }
+
+    fn set_init<F, A>(mut self, from: &'static str, args: A) -> Self
+    where
+        F: Target<A, Output = ()>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.init_conflict |= self.init_from.is_some_and(|was| was != from);
+        self.init_from = Some(from);
         let encoded = target::encode_args::<F, A>(&args);
         self.init = Some(Init {
             entry: task::init_entry::<F, A>(),
@@ -368,6 +422,12 @@ impl PoolBuilder {
         }
         if self.max_tasks_per_child == Some(0) {
             return Err(Error::invalid("max_tasks_per_child must be at least 1"));
+        }
+        if self.init_conflict {
+            return Err(Error::invalid(
+                "a pool takes an initializer or a worker_state, not both (a worker_state's \
+                 build function can do what the initializer did)",
+            ));
         }
         self.setup.check()?;
         if !self.setup.is_default() && self.backend.is_some() {

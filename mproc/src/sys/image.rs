@@ -228,9 +228,10 @@ pub(crate) fn conjure<F: Copy>() -> F {
         )
     };
     // SAFETY: F is zero-sized (checked above at compile time), so it has no bytes that could
-    // be invalid; the only zero-sized types that implement the Fn traits are fn items and
-    // closures with no (or only zero-sized) captures, all of which are inhabited and carry no
-    // invariant, so a value made from nothing is as good as the one the parent had.
+    // be invalid. It is a target (`Target` is sealed) or a function a target wraps: a fn item,
+    // a closure with no (or only zero-sized) captures, or one of mproc's adapters (a struct of
+    // `PhantomData`), all of which are inhabited and carry no invariant, so a value made from
+    // nothing is as good as the one the parent had.
     unsafe { mem::zeroed() }
 }
 

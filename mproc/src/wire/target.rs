@@ -43,7 +43,7 @@ use crate::sys::image;
 /// let base = 10u32;
 /// let mut p = mproc::Process::new(move |x: u32| x + base, (1,));
 /// ```
-pub trait Target<Args>: Copy + Send + Sync + 'static {
+pub trait Target<Args>: sealed::Sealed<Args> + Copy + Send + Sync + 'static {
     /// What the function returns.
     type Output;
 
@@ -51,8 +51,21 @@ pub trait Target<Args>: Copy + Send + Sync + 'static {
     fn call(self, args: Args) -> Self::Output;
 }
 
+/// Only mproc implements [`Target`]: the child makes a target's value out of no bytes, which
+/// is sound for `fn` items, closures that capture nothing and mproc's own zero-sized adapters
+/// (`WithState`), and for no type a user could define (one that is uninhabited, say).
+pub(crate) mod sealed {
+    /// Implemented for the types [`Target`](super::Target) may be.
+    pub trait Sealed<Args> {}
+}
+
 macro_rules! impl_target {
     ($($arg:ident),*) => {
+        impl<Func, Ret, $($arg,)*> sealed::Sealed<($($arg,)*)> for Func
+        where
+            Func: Fn($($arg),*) -> Ret + Copy + Send + Sync + 'static,
+        {}
+
         impl<Func, Ret, $($arg,)*> Target<($($arg,)*)> for Func
         where
             Func: Fn($($arg),*) -> Ret + Copy + Send + Sync + 'static,

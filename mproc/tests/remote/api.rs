@@ -451,3 +451,42 @@ fn local_pools_refuse_max_retries() {
         .unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::InvalidArgument(_)), "{e}");
 }
+
+/// A worker's state, named by a random token (no pid: agents may be on other hosts).
+struct Seen {
+    token: u64,
+    count: u32,
+}
+
+fn fresh() -> Seen {
+    use std::hash::{BuildHasher, RandomState};
+    Seen {
+        token: RandomState::new().hash_one(0u8),
+        count: 0,
+    }
+}
+
+fn see(s: &mut Seen, _: u32) -> (u64, u32) {
+    s.count += 1;
+    (s.token, s.count)
+}
+
+/// `worker_state` on a remote pool: each agent worker builds its own and keeps it.
+#[test]
+fn worker_state_on_agents() {
+    let c = Cluster::new(StartMethod::Forkserver, 2, 1);
+    let pool = c.builder().worker_state(fresh, ()).build().unwrap();
+    let runs = pool
+        .chunksize(1)
+        .map(mproc::with_state(see), 0..30)
+        .unwrap();
+    let mut by_state: std::collections::BTreeMap<u64, Vec<u32>> = Default::default();
+    for (token, n) in runs {
+        by_state.entry(token).or_default().push(n);
+    }
+    for counts in by_state.values_mut() {
+        counts.sort_unstable();
+        assert_eq!(*counts, (1..=counts.len() as u32).collect::<Vec<_>>());
+    }
+    assert_eq!(by_state.values().map(Vec::len).sum::<usize>(), 30);
+}
