@@ -51,6 +51,14 @@ pub enum ErrorKind {
     Timeout,
     /// A pool task ran longer than its `task_timeout` and its worker was killed.
     TaskTimedOut,
+    /// A pool task's worker grew past the pool's `memory_limit_per_child` while it ran and
+    /// was killed: `limit` and the `resident` bytes seen.
+    MemoryExceeded {
+        /// The pool's limit, in bytes.
+        limit: u64,
+        /// The worker's resident memory when it was seen past the limit, in bytes.
+        resident: u64,
+    },
     /// The target panicked in the child.
     Panicked(PanicReport),
     /// The process ended without returning a value: killed by a signal, or exited early.
@@ -94,6 +102,7 @@ impl ErrorKind {
         match self {
             ErrorKind::Timeout => "Timeout",
             ErrorKind::TaskTimedOut => "TaskTimedOut",
+            ErrorKind::MemoryExceeded { .. } => "MemoryExceeded",
             ErrorKind::Panicked(_) => "Panicked",
             ErrorKind::WorkerLost(_) => "WorkerLost",
             ErrorKind::PoolClosed => "PoolClosed",
@@ -354,6 +363,7 @@ impl From<Error> for io::Error {
         let kind = match e.kind() {
             ErrorKind::Timeout | ErrorKind::TaskTimedOut => io::ErrorKind::TimedOut,
             ErrorKind::Closed => io::ErrorKind::BrokenPipe,
+            ErrorKind::MemoryExceeded { .. } => io::ErrorKind::OutOfMemory,
             ErrorKind::InvalidArgument(_) => io::ErrorKind::InvalidInput,
             ErrorKind::Codec(_) | ErrorKind::Protocol(_) => io::ErrorKind::InvalidData,
             ErrorKind::Os(OsReport { errno: Some(n), .. }) => {
@@ -394,6 +404,13 @@ impl fmt::Display for Error {
             ErrorKind::TaskTimedOut => {
                 f.write_str("the task ran past its task_timeout; its worker was killed")
             }
+            ErrorKind::MemoryExceeded { limit, resident } => write!(
+                f,
+                "the task's worker grew to {} MiB resident, past the pool's \
+                 memory_limit_per_child of {} MiB; the worker was killed",
+                resident >> 20,
+                limit >> 20
+            ),
             ErrorKind::Panicked(p) => fmt::Display::fmt(p, f),
             ErrorKind::WorkerLost(l) => fmt::Display::fmt(l, f),
             ErrorKind::PoolClosed => f.write_str("the pool is closed to new work"),

@@ -227,6 +227,9 @@ struct Dispatcher<L: Link = LocalLink> {
     timed: bool,
 }
 
+/// How often a pool with `memory_limit_per_child` looks at its busy workers' memory.
+const MEMORY_LOOK: Duration = Duration::from_millis(10);
+
 /// What the statistics keep of workers that have ended.
 #[derive(Default)]
 struct Ended {
@@ -350,6 +353,11 @@ impl<L: Link> Dispatcher<L> {
                 event!(target: "mproc::pool", tracing::Level::WARN, worker, pid, slot,
                     "worker killed for a task past its task_timeout has ended");
             }
+            Some(ErrorKind::MemoryExceeded { .. }) => {
+                r.over_memory += 1;
+                event!(target: "mproc::pool", tracing::Level::WARN, worker, pid, slot,
+                    "worker killed past memory_limit_per_child has ended");
+            }
             Some(ErrorKind::Cancelled) => {
                 r.cancelled += 1;
                 event!(target: "mproc::pool", tracing::Level::INFO, worker, pid, slot,
@@ -360,6 +368,11 @@ impl<L: Link> Dispatcher<L> {
                 r.misbehaved += 1;
                 event!(target: "mproc::pool", tracing::Level::ERROR, worker, pid, slot,
                     error = %Error::from(why.clone()), "misbehaving worker killed");
+            }
+            None if w.over_memory => {
+                r.over_memory += 1;
+                event!(target: "mproc::pool", tracing::Level::DEBUG, worker, pid, slot,
+                    "worker retired after max_memory_per_child");
             }
             None if w.retired => {
                 r.retired += 1;
@@ -389,6 +402,7 @@ impl<L: Link> Dispatcher<L> {
     /// after a submitting thread assigned chunks itself.
     fn needs_attention(&self) -> bool {
         self.config.task_timeout.is_some()
+            || self.config.memory_limit_per_child.is_some()
             || self.timed
             || !self.queue.is_empty()
             || self.workers.iter().any(|w| w.link.queued())
@@ -582,11 +596,17 @@ impl<L: Link> Dispatcher<L> {
     /// and the next deadline.
     fn plan(&self, now: Option<Instant>) -> Plan {
         let timeout = self.config.task_timeout;
+        // With a memory limit, a look every `MEMORY_LOOK` while any task runs.
+        let memory_look = self.config.memory_limit_per_child.and_then(|_| {
+            let busy = self.workers.iter().any(|w| !w.in_flight.is_empty());
+            busy.then(|| Instant::now() + MEMORY_LOOK)
+        });
         let deadline = self
             .workers
             .iter()
             .filter_map(|w| w.deadline(timeout))
             .chain(self.rebalance_deadline())
+            .chain(memory_look)
             .chain(now)
             .min();
         let mut fds = vec![(self.shared.wake.as_fd().as_raw_fd(), false)];
@@ -626,6 +646,11 @@ impl<L: Link> Dispatcher<L> {
         }
         self.reap_departed(exits);
         self.expire_timeouts();
+        if let Some(limit) = self.config.memory_limit_per_child {
+            for w in &mut self.workers {
+                w.check_memory_limit(limit);
+            }
+        }
         self.rebalance();
     }
 
@@ -633,7 +658,13 @@ impl<L: Link> Dispatcher<L> {
     fn read_worker(&mut self, i: usize) {
         self.read_notes(i);
         if let Some(w) = self.workers.get_mut(i) {
+            let answered = w.answered;
             w.drain(&mut self.scratch);
+            if let Some(max) = self.config.max_memory_per_child
+                && w.answered != answered
+            {
+                w.check_memory_after_task(max);
+            }
         }
     }
 

@@ -111,6 +111,8 @@ pub struct PoolBuilder {
     method: Option<StartMethod>,
     init: Option<Init>,
     max_tasks_per_child: Option<usize>,
+    max_memory_per_child: Option<u64>,
+    memory_limit_per_child: Option<u64>,
     task_timeout: Option<Duration>,
     /// Where the tasks run when not in local workers (`remote`).
     pub(crate) backend: Option<Box<dyn backend::Backend>>,
@@ -373,6 +375,58 @@ impl PoolBuilder {
         self
     }
 
+    /// Replaces a worker whose resident memory exceeds `bytes` after a task, as Celery's
+    /// `worker_max_memory_per_child`: for tasks that leak. The task's result is kept; the
+    /// worker finishes what it was given and leaves, and a new one takes its place (counted
+    /// in [`Restarts::over_memory`](crate::Restarts::over_memory)). Zero is an error at
+    /// [`build`](Self::build). Resident memory is as `ps` shows it (`/proc/<pid>/statm`),
+    /// shared pages included, so leave room above what a fresh worker uses.
+    ///
+    /// ```
+    /// fn pid() -> u32 {
+    ///     std::process::id()
+    /// }
+    /// // 1 MiB: less than any worker uses, so each is replaced after its task.
+    /// let pool = mproc::Pool::builder().processes(1).max_memory_per_child(1 << 20).build()?;
+    /// assert_ne!(pool.apply(pid, ())?, pool.apply(pid, ())?);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn max_memory_per_child(mut self, bytes: u64) -> Self {
+        self.max_memory_per_child = Some(bytes);
+        self
+    }
+
+    /// A hard limit: a worker whose resident memory exceeds `bytes` while it runs a task is
+    /// killed, and the task fails with
+    /// [`ErrorKind::MemoryExceeded`](crate::ErrorKind::MemoryExceeded) (not a generic
+    /// `WorkerLost`); a new worker takes its place. The pool looks every 10 ms while a task
+    /// runs, so a task that allocates faster than that may overshoot for as long; one that
+    /// ends within those 10 ms is not caught (use `max_memory_per_child` as well to replace
+    /// its worker afterwards). Zero is an error at [`build`](Self::build).
+    ///
+    /// ```
+    /// fn hog(mib: usize) -> usize {
+    ///     let mut kept = Vec::new();
+    ///     for _ in 0..mib {
+    ///         kept.push(vec![1u8; 1 << 20]);
+    ///         std::thread::sleep(std::time::Duration::from_millis(1));
+    ///     }
+    ///     kept.len()
+    /// }
+    /// let pool = mproc::Pool::builder()
+    ///     .processes(1)
+    ///     .memory_limit_per_child(200 << 20)
+    ///     .build()?;
+    /// let e = pool.apply(hog, (1024,)).unwrap_err();
+    /// assert!(matches!(e.kind(), mproc::ErrorKind::MemoryExceeded { .. }));
+    /// assert_eq!(pool.apply(hog, (1,))?, 1, "a new worker serves");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn memory_limit_per_child(mut self, bytes: u64) -> Self {
+        self.memory_limit_per_child = Some(bytes);
+        self
+    }
+
     /// Kills a worker whose task runs longer than `timeout`; the task fails with
     /// `TaskTimedOut` and a new worker takes the worker's place. A chunk of `n` tasks may run
     /// for `n × timeout` (the worker reports per chunk); on failure the whole chunk fails.
@@ -422,6 +476,17 @@ impl PoolBuilder {
         }
         if self.max_tasks_per_child == Some(0) {
             return Err(Error::invalid("max_tasks_per_child must be at least 1"));
+        }
+        if self.max_memory_per_child == Some(0) || self.memory_limit_per_child == Some(0) {
+            return Err(Error::invalid("a worker's memory limit must be more than 0 bytes"));
+        }
+        if (self.max_memory_per_child.is_some() || self.memory_limit_per_child.is_some())
+            && self.backend.is_some()
+        {
+            return Err(Error::invalid(
+                "max_memory_per_child and memory_limit_per_child apply to local workers; a \
+                 remote pool's agents do not take them yet",
+            ));
         }
         if self.init_conflict {
             return Err(Error::invalid(
@@ -480,6 +545,8 @@ impl PoolBuilder {
             init_fds,
             init_args,
             max_tasks_per_child: self.max_tasks_per_child,
+            max_memory_per_child: self.max_memory_per_child,
+            memory_limit_per_child: self.memory_limit_per_child,
             task_timeout: self.task_timeout,
             name_prefix: self.name_prefix,
             gated: self.gated,

@@ -132,6 +132,10 @@ pub struct Restarts {
     pub cancelled: u64,
     /// It was killed for breaking the pool's protocol (writing garbage in its lane, ...).
     pub misbehaved: u64,
+    /// It grew past the pool's memory: retired after a task for `max_memory_per_child`, or
+    /// killed during one for `memory_limit_per_child`.
+    #[serde(default)]
+    pub over_memory: u64,
 }
 
 impl Restarts {
@@ -141,7 +145,7 @@ impl Restarts {
     /// assert_eq!(mproc::Restarts::default().total(), 0);
     /// ```
     pub fn total(&self) -> u64 {
-        self.died + self.timed_out + self.retired + self.cancelled + self.misbehaved
+        self.died + self.timed_out + self.retired + self.cancelled + self.misbehaved + self.over_memory
     }
 
     pub(crate) fn add(&mut self, other: &Restarts) {
@@ -150,6 +154,7 @@ impl Restarts {
         self.retired += other.retired;
         self.cancelled += other.cancelled;
         self.misbehaved += other.misbehaved;
+        self.over_memory += other.over_memory;
     }
 }
 
@@ -161,6 +166,7 @@ impl fmt::Display for Restarts {
             (self.retired, "retired"),
             (self.cancelled, "cancelled"),
             (self.misbehaved, "misbehaved"),
+            (self.over_memory, "over memory"),
         ];
         let mut any = false;
         for (n, what) in parts.into_iter().filter(|(n, _)| *n > 0) {

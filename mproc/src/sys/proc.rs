@@ -622,6 +622,15 @@ pub(crate) fn process_start(pid: u32) -> Option<(bool, u64)> {
     Some((!matches!(state, "Z" | "X" | "x"), start))
 }
 
+/// Process `pid`'s resident memory in bytes (`/proc/<pid>/statm`, its second field: pages
+/// in RAM, shared ones included, as `ps` and `top` show it). `None` when there is no such
+/// process.
+pub(crate) fn resident_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_ascii_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * rustix::param::page_size() as u64)
+}
+
 /// This process's effective user id (geteuid(2)): what `SO_PEERCRED` reports of it.
 pub(crate) fn geteuid() -> u32 {
     rustix::process::geteuid().as_raw()

@@ -19,6 +19,10 @@ pub(crate) struct Config {
     #[expect(dead_code, reason = "held, never read")]
     pub(crate) init_args: Option<Box<dyn std::any::Any + Send>>,
     pub(crate) max_tasks_per_child: Option<usize>,
+    /// Resident bytes past which a worker is retired after a task.
+    pub(crate) max_memory_per_child: Option<u64>,
+    /// Resident bytes past which a worker is killed while it runs a task.
+    pub(crate) memory_limit_per_child: Option<u64>,
     pub(crate) task_timeout: Option<Duration>,
     /// Put before each worker's name (a remote agent's host), so reports name the host.
     pub(crate) name_prefix: Option<String>,

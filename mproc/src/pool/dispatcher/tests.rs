@@ -103,6 +103,8 @@ fn dispatcher(processes: usize, tweak: impl FnOnce(&mut Config)) -> Dispatcher<F
         init_fds: Vec::new(),
         init_args: None,
         max_tasks_per_child: None,
+        max_memory_per_child: None,
+        memory_limit_per_child: None,
         task_timeout: None,
         name_prefix: None,
         gated: None,

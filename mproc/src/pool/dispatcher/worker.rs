@@ -12,7 +12,8 @@ use super::chunk::Chunk;
 use super::link::{Answer, Link};
 use super::policy;
 use super::state::WorkerState;
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
+use crate::sys::proc;
 
 /// One worker and what the dispatcher knows of it.
 pub(crate) struct Worker<L> {
@@ -40,6 +41,8 @@ pub(crate) struct Worker<L> {
     pub(super) ready_at: Option<Instant>,
     /// Whether it was retired after `max_tasks_per_child`.
     pub(super) retired: bool,
+    /// Whether it was retired after `max_memory_per_child`.
+    pub(super) over_memory: bool,
     /// Items and chunks it has answered, and its chunks that failed, by error kind (items).
     pub(super) items: u64,
     pub(super) chunks: u64,
@@ -56,6 +59,7 @@ impl<L: Link> Worker<L> {
             launched,
             ready_at: None,
             retired: false,
+            over_memory: false,
             items: 0,
             chunks: 0,
             failed: BTreeMap::new(),
@@ -103,9 +107,44 @@ impl<L: Link> Worker<L> {
         self.given += 1;
         if policy::retire(self.given, max_tasks_per_child) {
             self.retired = true;
-            self.link.stop();
-            self.state.retire();
-            self.limit = 0;
+            self.stop();
+        }
+    }
+
+    /// Gives it nothing more and tells it to leave once it has done what it holds.
+    fn stop(&mut self) {
+        self.link.stop();
+        self.state.retire();
+        self.limit = 0;
+    }
+
+    /// After an answer: retires it if its resident memory is past `max` bytes
+    /// (`max_memory_per_child`).
+    pub(super) fn check_memory_after_task(&mut self, max: u64) {
+        if self.over_memory || self.retired || !self.state.accepting() {
+            return;
+        }
+        let resident = self.link.pid().and_then(proc::resident_bytes);
+        if resident.is_some_and(|r| r > max) {
+            event!(target: "mproc::pool", tracing::Level::INFO, worker = self.link.name(),
+                pid = self.link.pid(), max, "worker past max_memory_per_child: retiring it");
+            self.over_memory = true;
+            self.stop();
+        }
+    }
+
+    /// While it runs a task: kills it if its resident memory is past `limit` bytes
+    /// (`memory_limit_per_child`); the task fails with `MemoryExceeded`.
+    pub(super) fn check_memory_limit(&mut self, limit: u64) {
+        if self.in_flight.is_empty() || self.state.is_condemned() {
+            return;
+        }
+        let resident = self.link.pid().and_then(proc::resident_bytes);
+        if let Some(resident) = resident.filter(|&r| r > limit) {
+            event!(target: "mproc::pool", tracing::Level::WARN, task = self.front(),
+                worker = self.link.name(), pid = self.link.pid(), limit, resident,
+                "worker past memory_limit_per_child: killing it");
+            self.condemn_front(ErrorKind::MemoryExceeded { limit, resident }.into());
         }
     }
 

@@ -1,0 +1,108 @@
+//! Memory caps on pool workers, under every start method: `max_memory_per_child` replaces a
+//! worker that leaks after the task that took it past the cap (the task's result kept), and
+//! `memory_limit_per_child` kills one that grows past the limit while its task runs (the task
+//! fails with `MemoryExceeded`, not a generic `WorkerLost`).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use mproc::{ErrorKind, Pool, StartMethod};
+
+const MIB: u64 = 1 << 20;
+
+/// This process's resident memory, in bytes.
+fn resident(_: u8) -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// What a fresh worker of method `m` uses, measured in a pool of its own.
+fn fresh_worker(m: StartMethod) -> u64 {
+    let pool = Pool::builder()
+        .processes(1)
+        .start_method(m)
+        .build()
+        .unwrap();
+    pool.apply(resident, (0,)).unwrap()
+}
+
+/// Keeps `mib` more MiB, written (so resident), for the life of the worker; returns its pid
+/// and how many MiB it keeps now.
+fn leak(mib: u64) -> (u32, u64) {
+    static KEPT: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+    let mut kept = KEPT.lock().unwrap();
+    kept.push(vec![1u8; (mib * MIB) as usize]);
+    (std::process::id(), kept.len() as u64 * mib)
+}
+
+fn a_leaking_worker_is_replaced_after_its_task(m: StartMethod) {
+    let cap = fresh_worker(m) + 64 * MIB;
+    let pool = Pool::builder()
+        .processes(1)
+        .start_method(m)
+        .max_memory_per_child(cap)
+        .build()
+        .unwrap();
+    let runs: Vec<(u32, u64)> = (0..4).map(|_| pool.apply(leak, (40,)).unwrap()).collect();
+    // 40 MiB kept: under the cap; 80: over, so its worker leaves after that task.
+    assert_eq!(runs[0].0, runs[1].0, "{runs:?}");
+    assert_eq!((runs[0].1, runs[1].1), (40, 80), "{runs:?}");
+    assert_ne!(
+        runs[2].0, runs[1].0,
+        "replaced after the task past the cap: {runs:?}"
+    );
+    assert_eq!(runs[2].1, 40, "a fresh worker: {runs:?}");
+    let s = pool.stats();
+    assert_eq!(s.restarts.over_memory, 1, "{s}");
+    assert_eq!(s.restarts.retired, 0, "{s}");
+    assert!(s.errors.is_empty(), "every result kept: {s}");
+}
+
+/// Allocates 1 MiB a millisecond, written, up to `mib`.
+fn hog(mib: usize) -> usize {
+    let mut kept = Vec::new();
+    for _ in 0..mib {
+        kept.push(vec![1u8; MIB as usize]);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    kept.len()
+}
+
+fn a_task_past_the_hard_limit_fails_with_its_own_error(m: StartMethod) {
+    let limit = fresh_worker(m) + 100 * MIB;
+    let pool = Pool::builder()
+        .processes(1)
+        .start_method(m)
+        .memory_limit_per_child(limit)
+        .build()
+        .unwrap();
+    assert_eq!(pool.apply(hog, (20,)).unwrap(), 20, "under the limit: runs");
+    let e = pool.apply(hog, (4096,)).unwrap_err();
+    let ErrorKind::MemoryExceeded { limit: l, resident } = *e.kind() else {
+        panic!("{e:?}")
+    };
+    assert_eq!(l, limit);
+    assert!(resident > limit && resident < limit + 1024 * MIB, "{e}");
+    assert!(e.to_string().contains("memory_limit_per_child"), "{e}");
+    assert_eq!(pool.apply(hog, (1,)).unwrap(), 1, "a new worker serves");
+    let s = pool.stats();
+    assert_eq!(s.restarts.over_memory, 1, "{s}");
+    assert_eq!(s.errors.get("MemoryExceeded"), Some(&1), "{s}");
+}
+
+fn limits_of_zero_are_refused(m: StartMethod) {
+    for b in [
+        Pool::builder().start_method(m).max_memory_per_child(0),
+        Pool::builder().start_method(m).memory_limit_per_child(0),
+    ] {
+        let e = b.build().unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::InvalidArgument(_)), "{e}");
+    }
+}
+
+per_start_method!(
+    a_leaking_worker_is_replaced_after_its_task,
+    a_task_past_the_hard_limit_fails_with_its_own_error,
+    limits_of_zero_are_refused,
+);
