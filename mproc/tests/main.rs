@@ -15,6 +15,7 @@ mod pool;
 mod process;
 mod queues;
 mod shared_memory;
+mod signals;
 mod state;
 mod stats;
 mod sync;

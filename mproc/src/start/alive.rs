@@ -64,6 +64,7 @@ pub(crate) fn watch(read: OwnedFd) {
         .name("mproc-parent-watch".into())
         .stack_size(64 * 1024)
         .spawn(move || {
+            proc::block_all_signals_in_this_thread();
             loop {
                 match fd::poll_read(&[read.as_fd()], None) {
                     Ok(r) if r[0].readable || r[0].hangup => proc::exit_now(1),

@@ -217,6 +217,9 @@ pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
     if !accepted {
         proc::exit_now(1);
     }
+    // Like a pool worker, the server is stopped by the user's process (its end, or a kill),
+    // not by a Ctrl-C meant for the program; its children start with an empty mask.
+    proc::block_stop_signals();
     let Ok(sigchld) = proc::sigchld_fd() else {
         proc::write_stderr("mproc: the fork server could not watch its children; exiting\n");
         proc::exit_now(1)

@@ -46,6 +46,12 @@ fn serve(ctrl: InternalFd) -> i32 {
         Ok(s) => s,
         Err(_) => return EXIT_NO_START,
     };
+    if matches!(start.role, Role::PoolWorker(_)) {
+        // Only its pool stops a pool worker: a terminal's Ctrl-C or a service manager's
+        // SIGTERM reaches the whole process group, and the program decides what to do about
+        // it (with no handler it dies, and its workers with it; with one, the pool works on).
+        proc::block_stop_signals();
+    }
     // The descriptors of the handles among the arguments came with the start message; then
     // the pipe for this child's `tracing` events, if the parent wants them.
     let handles = ctrl.take_fds_n(start.handles as usize);

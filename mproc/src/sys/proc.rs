@@ -533,6 +533,33 @@ pub(crate) fn sigchld_fd() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Blocks `SIGINT` and `SIGTERM` for this thread and the threads it starts later: in a pool
+/// worker, and in the fork server, which only their pool (or the user's process) stops. A
+/// terminal's Ctrl-C and a service manager's SIGTERM to the whole group then stay pending
+/// there, never delivered. (A mask, not `SIG_IGN`: `std::process::Command` and mproc's own
+/// children start with an empty mask, whereas an ignored disposition survives `exec`.)
+pub(crate) fn block_stop_signals() {
+    let mut mask = empty_sigset();
+    // SAFETY: `mask` is an initialised set; SIGINT and SIGTERM are valid signals.
+    unsafe {
+        libc::sigaddset(&mut mask, libc::SIGINT);
+        libc::sigaddset(&mut mask, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &mask, ptr::null_mut());
+    }
+}
+
+/// Blocks every signal for this thread: a helper thread (the parent watcher) never takes a
+/// signal meant for the process, so the process's other threads decide what it does.
+pub(crate) fn block_all_signals_in_this_thread() {
+    // SAFETY: an all-zero sigset is valid storage; sigfillset initialises it.
+    let mut all: libc::sigset_t = unsafe { mem::zeroed() };
+    // SAFETY: `all` is valid storage; the mask call takes an initialised set and no old one.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, ptr::null_mut());
+    }
+}
+
 /// Blocks `SIGTERM` for this thread (and the threads it starts later) and returns a blocking
 /// signalfd(2) that becomes readable when one arrives: a remote agent drains on it.
 #[cfg(feature = "remote")]
