@@ -117,6 +117,7 @@ linux_only! {
     mod current;
     mod error;
     mod handle;
+    mod manager;
     mod panics;
     mod pool;
     mod process;
@@ -144,6 +145,7 @@ linux_only! {
         Progress, Restarts, Return, WithState, WorkerStats,
         as_completed, as_completed_timeout, wait, with_state,
     };
+    pub use manager::{Dict, List, Manager};
     pub use process::{CurrentProcess, Process, cpu_count, current_process};
     pub use queue::{JoinableQueue, Queue, SimpleQueue};
     #[cfg(feature = "remote")]

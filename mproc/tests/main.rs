@@ -9,6 +9,7 @@ mod completion;
 mod crashes;
 mod fork_locks;
 mod lifecycle;
+mod manager;
 mod memory;
 mod pipes;
 mod pool;

@@ -112,7 +112,9 @@ fn over_tcp_as_the_acl_user() {
         2,
         "the agents' workers, read as the ACL user"
     );
-    let r = pool.apply_async(square, (3,)).unwrap();
+    // A task that is still running when cancelled (a trivial one may have finished, and then
+    // `cancel` rightly says no): its cancel's commands run as that user too.
+    let r = pool.apply_async(crate::common::sleep_ms, (2000,)).unwrap();
     assert!(r.cancel());
     assert_eq!(pool.chunksize(1).map(square, 0..20).unwrap()[19], 361);
     assert!(agent.is_running(), "{}", agent.output());
