@@ -37,7 +37,7 @@
 //! | logs of processes, tasks and workers | feature `tracing`: events on targets `mproc::process` and `mproc::pool`; a child's own events come back on `mproc::child` |
 //! | workers on other machines | `Pool::builder().remote(Remote::redis(url)?...)` (feature `remote`) |
 //! | messages between processes | [`Queue`], [`JoinableQueue`], [`SimpleQueue`], [`pipe`] → [`Connection`] |
-//! | shared state | [`Value`], [`Array`] (any [`Pod`] type, with a lock), [`SharedMemory`] |
+//! | shared state | [`Value`], [`Array`] (any [`Pod`] type, with a lock), [`SharedMemory`], [`Manager`]'s [`Dict`] and [`List`] (any serde type) |
 //! | synchronisation | [`Lock`], [`RLock`], [`Semaphore`], [`BoundedSemaphore`], [`Event`], [`Condition`], [`Barrier`] |
 //! | how children start | [`StartMethod`], [`set_start_method`], [`get_start_method`]; [`current_process`], [`cpu_count`] |
 //! | what went wrong | [`Error`] and its [`ErrorKind`] ([`PanicReport`], [`LostReport`], ...) |
