@@ -41,6 +41,28 @@
 //! | synchronisation | [`Lock`], [`RLock`], [`Semaphore`], [`BoundedSemaphore`], [`Event`], [`Condition`], [`Barrier`] |
 //! | how children start | [`StartMethod`], [`set_start_method`], [`get_start_method`]; [`current_process`], [`cpu_count`] |
 //! | what went wrong | [`Error`] and its [`ErrorKind`] ([`PanicReport`], [`LostReport`], ...) |
+//! | a state per worker (a model, a connection) | [`PoolBuilder::worker_state`] and [`with_state`] |
+//! | workers that leak or balloon | [`PoolBuilder::max_memory_per_child`], [`PoolBuilder::memory_limit_per_child`] |
+//! | Ctrl-C and SIGTERM | workers are the pool's: with no handler the program ends at once, with one (`ctrlc`) the pool works on (`examples/ctrl_c.rs`) |
+//!
+//! # Python → mproc
+//!
+//! | Python | mproc |
+//! | --- | --- |
+//! | `p = Process(target=f, args=(x,)); p.start(); p.join()` | `let mut p = Process::new(f, (x,)); p.start()?; let value = p.join()?;` (the return value comes back) |
+//! | `p.daemon = True`, `p.terminate()`, `p.exitcode` | `.daemon(true)`, `p.terminate()?`, `p.exitcode()` |
+//! | `with Pool(4) as pool:` | `let pool = Pool::new(4)?;` (dropped: terminated) |
+//! | `pool.map(f, xs)`, `pool.starmap(f, pairs)`, `pool.imap(f, xs, chunksize=8)` | `pool.map(f, xs)?`, `pool.starmap(f, pairs)?`, `pool.chunksize(8).imap(f, xs)?` |
+//! | `r = pool.apply_async(f, (x,)); r.get(timeout=1)` | `let r = pool.apply_async(f, (x,))?; r.get_timeout(Duration::from_secs(1))?` |
+//! | `Pool(initializer=f, initargs=(a,), maxtasksperchild=100)` | `Pool::builder().initializer(f, (a,)).max_tasks_per_child(100).build()?` |
+//! | `concurrent.futures.as_completed(fs)`, `wait(fs, return_when=FIRST_COMPLETED)` | [`as_completed`]`(&results)`, [`wait`]`(&results, Return::FirstCompleted, None)` |
+//! | `Queue()`, `q.put(x)`, `q.get(timeout=1)` | `Queue::new()?`, `q.put(x)?`, `q.get_timeout(Duration::from_secs(1))?` |
+//! | `a, b = Pipe()` | `let (a, b) = mproc::pipe::<T>()?;` |
+//! | `Lock()`, `with lock:` | `Lock::new()?`, `let _guard = lock.acquire()?;` |
+//! | `Value('i', 0)`, `Array('d', 10)` | `Value::new(0i32)?`, `Array::<f64>::new(10)?` |
+//! | `Manager().dict()`, `.list()` | `Manager::new()?.dict::<K, V>()?`, `.list::<T>()?` |
+//! | `set_start_method('spawn')` | `mproc::set_start_method(StartMethod::Spawn)` |
+//! | `if __name__ == "__main__":` | not needed: workers never run `main` |
 //!
 //! Handles ([`Queue`], [`Lock`], [`Value`], [`SharedMemory`], ...) travel as arguments of a
 //! [`Process`] or a pool task, as in Python, under every start method; each is released when its
