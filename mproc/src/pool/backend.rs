@@ -25,6 +25,8 @@ pub(crate) struct Settings {
     /// Whether the initializer's arguments hold handles (which cannot leave this host).
     pub(crate) init_has_handles: bool,
     pub(crate) max_tasks_per_child: Option<usize>,
+    pub(crate) max_memory_per_child: Option<u64>,
+    pub(crate) memory_limit_per_child: Option<u64>,
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) max_retries: u32,
 }

@@ -480,14 +480,6 @@ impl PoolBuilder {
         if self.max_memory_per_child == Some(0) || self.memory_limit_per_child == Some(0) {
             return Err(Error::invalid("a worker's memory limit must be more than 0 bytes"));
         }
-        if (self.max_memory_per_child.is_some() || self.memory_limit_per_child.is_some())
-            && self.backend.is_some()
-        {
-            return Err(Error::invalid(
-                "max_memory_per_child and memory_limit_per_child apply to local workers; a \
-                 remote pool's agents do not take them yet",
-            ));
-        }
         if self.init_conflict {
             return Err(Error::invalid(
                 "a pool takes an initializer or a worker_state, not both (a worker_state's \
@@ -519,6 +511,8 @@ impl PoolBuilder {
                 init,
                 init_has_handles: !init_fds.is_empty(),
                 max_tasks_per_child: self.max_tasks_per_child,
+                max_memory_per_child: self.max_memory_per_child,
+                memory_limit_per_child: self.memory_limit_per_child,
                 task_timeout: self.task_timeout,
                 max_retries: self.max_retries.unwrap_or(0),
             };

@@ -840,6 +840,12 @@ impl Intake {
             if let Some(n) = f.max_tasks_per_child {
                 b = b.max_tasks_per_child(n as usize);
             }
+            if let Some(bytes) = f.max_memory_per_child {
+                b = b.max_memory_per_child(bytes);
+            }
+            if let Some(bytes) = f.memory_limit_per_child {
+                b = b.memory_limit_per_child(bytes);
+            }
             b.build()
         });
         match &made {

@@ -104,6 +104,9 @@ pub(crate) struct PoolFrame {
     pub(crate) init: Option<(i64, ByteBuf)>,
     pub(crate) task_timeout_ms: Option<u64>,
     pub(crate) max_tasks_per_child: Option<u64>,
+    /// Each agent worker's memory caps, in bytes.
+    pub(crate) max_memory_per_child: Option<u64>,
+    pub(crate) memory_limit_per_child: Option<u64>,
     /// The largest frame either side may write.
     pub(crate) max_frame: u64,
 }

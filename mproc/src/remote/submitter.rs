@@ -122,6 +122,8 @@ fn start(
             .task_timeout
             .map(|t| t.as_millis().try_into().unwrap_or(u64::MAX)),
         max_tasks_per_child: settings.max_tasks_per_child.map(|n| n as u64),
+        max_memory_per_child: settings.max_memory_per_child,
+        memory_limit_per_child: settings.memory_limit_per_child,
         max_frame: remote.max_frame as u64,
     };
     let sealed = frame::seal(&key, Kind::Pool, &frame)?;

@@ -490,3 +490,29 @@ fn worker_state_on_agents() {
     }
     assert_eq!(by_state.values().map(Vec::len).sum::<usize>(), 30);
 }
+
+/// Allocates 1 MiB a millisecond, written, up to `mib`.
+fn hog(mib: usize) -> usize {
+    let mut kept = Vec::new();
+    for _ in 0..mib {
+        kept.push(vec![1u8; 1 << 20]);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    kept.len()
+}
+
+/// The memory caps reach the agents' workers: a task past the hard limit fails with
+/// `MemoryExceeded`, its worker is replaced, and the agent serves on.
+#[test]
+fn memory_limit_on_agents() {
+    let c = Cluster::new(StartMethod::Forkserver, 1, 1);
+    let pool = c
+        .builder()
+        .memory_limit_per_child(300 << 20)
+        .build()
+        .unwrap();
+    assert_eq!(pool.apply(hog, (10,)).unwrap(), 10);
+    let e = pool.apply(hog, (4096,)).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::MemoryExceeded { .. }), "{e}");
+    assert_eq!(pool.apply(square, (4,)).unwrap(), 16, "served on");
+}
