@@ -225,7 +225,8 @@ type Types<K, V> = fn(K, V) -> (K, V);
 /// let words = ["a", "b", "a", "a"].map(|w| (d.clone(), w.to_string()));
 /// pool.starmap(count, words)?;
 /// assert_eq!(d.get(&"a".to_string())?, Some(3));
-/// assert_eq!(d.items()?, [("a".to_string(), 3), ("b".to_string(), 1)]);
+/// assert_eq!(d.get(&"b".to_string())?, Some(1));
+/// assert_eq!(d.len()?, 2);
 /// # Ok::<(), mproc::Error>(())
 /// ```
 pub struct Dict<K, V> {
