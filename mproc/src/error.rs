@@ -73,7 +73,7 @@ pub enum ErrorKind {
     Cancelled,
     /// The result is not ready yet (for `successful`).
     NotReady,
-    /// A bounded queue is full.
+    /// A bounded queue is full, or a managed `Dict` or `List` is at its capacity.
     Full,
     /// A queue or connection is closed, or its peer is gone.
     Closed,
@@ -423,7 +423,9 @@ impl fmt::Display for Error {
             }
             ErrorKind::Cancelled => f.write_str("the task was cancelled"),
             ErrorKind::NotReady => f.write_str("the result is not ready yet"),
-            ErrorKind::Full => f.write_str("the queue is full"),
+            ErrorKind::Full => f.write_str(
+                "full: a bounded queue, or a managed container at its capacity",
+            ),
             ErrorKind::Closed => f.write_str("the channel is closed or its peer is gone"),
             ErrorKind::BrokenBarrier => f.write_str("the barrier is broken or was aborted"),
             ErrorKind::InvalidArgument(m) => write!(f, "invalid argument: {m}"),

@@ -13,7 +13,9 @@
 //!
 //! Capacity is fixed when a container is made: entries (a hash table's slots) and bytes (its
 //! arena; the memory file is sparse, so only what is used is resident). A container at its
-//! capacity refuses more with `ErrorKind::Full`; `with_capacity` sets both.
+//! capacity refuses more with `ErrorKind::Full`; `with_capacity` sets both. An update writes
+//! the new bytes beside the old until a compaction drops them, so one entry may take at most
+//! half of `bytes` if it is ever to be replaced.
 
 mod table;
 
@@ -394,7 +396,9 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     /// Replaces the value under `key` by what `f` makes of it (`None` if there is none), in
     /// one atomic step: no other process's change comes between the read and the write.
     /// Returns the new value. `f` runs under the dict's lock: it must not use this dict
-    /// (that is an `InvalidArgument` error); if it panics, nothing changes.
+    /// (that is an `InvalidArgument` error), and should not use another container either
+    /// (two processes each inside one and calling the other's would wait for each other
+    /// forever, as two locks taken in opposite orders do); if it panics, nothing changes.
     ///
     /// ```
     /// let d = mproc::Manager::new()?.dict::<String, u32>()?;

@@ -464,11 +464,12 @@ impl<'a> Table<'a> {
                 continue;
             }
             let n = s.key_len() + s.val_len();
-            let from = self.arena_at(active) + s.off as usize;
-            let to = self.arena_at(other) + top;
-            if s.off as usize + n > self.cap || top + n > self.cap {
+            let off = usize::try_from(s.off).map_err(|_| corrupt())?;
+            if off.checked_add(n).is_none_or(|end| end > self.cap) || top + n > self.cap {
                 return Err(corrupt());
             }
+            let from = self.arena_at(active) + off;
+            let to = self.arena_at(other) + top;
             store_point()?;
             self.m.copy_within(from..from + n, to);
             // Live entries beyond three quarters of the slots: scribbled (and the probe below

@@ -660,7 +660,13 @@ impl<L: Link> Dispatcher<L> {
         if let Some(w) = self.workers.get_mut(i) {
             let answered = w.answered;
             w.drain(&mut self.scratch);
-            if let Some(max) = self.config.max_memory_per_child
+            // After a task, past either cap: retired, its answer kept (past the hard limit,
+            // the next task would otherwise pay for what this one left behind).
+            let cap = match (self.config.max_memory_per_child, self.config.memory_limit_per_child) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(max) = cap
                 && w.answered != answered
             {
                 w.check_memory_after_task(max);

@@ -9,6 +9,7 @@
 //! `Process` is waited for too, as in Python.
 
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::at_fork;
@@ -38,6 +39,16 @@ static CHILDREN: Mutex<Children> = Mutex::new(Children {
     hooked: false,
     list: Vec::new(),
 });
+
+/// The process that has started children, checked before any lock: a process forked by
+/// other means than a `Fork` start (a plain `fork`) inherits the exit handler, and maybe the
+/// list's lock held by a thread it does not have; having started no child, it takes nothing.
+static OWNER: AtomicU32 = AtomicU32::new(0);
+
+/// Whether this process has started children of its own (else nothing to wait for).
+fn mine() -> bool {
+    OWNER.load(Ordering::Acquire) == std::process::id()
+}
 
 /// Kept children ended are dropped once the list is this long.
 const PRUNE_AT: usize = 64;
@@ -85,15 +96,21 @@ pub(crate) fn started(pid: u32, pidfd: BorrowedFd<'_>, daemon: bool) {
             .retain(|e| !proc::has_ended(e.pidfd.as_fd()).unwrap_or(true));
     }
     children.list.push(Entry { pid, pidfd, daemon });
+    OWNER.store(std::process::id(), Ordering::Release);
 }
 
 /// Child `pid` has been seen to end (joined): nothing to wait for at exit.
 pub(crate) fn ended(pid: u32) {
-    children().list.retain(|e| e.pid != pid);
+    if mine() {
+        children().list.retain(|e| e.pid != pid);
+    }
 }
 
 /// Terminates this process's daemonic children and waits for the others to end.
 pub(crate) fn settle() {
+    if !mine() {
+        return;
+    }
     let list = std::mem::take(&mut children().list);
     for e in list.iter().filter(|e| e.daemon) {
         let _ = proc::pidfd_signal(e.pidfd.as_fd(), libc::SIGTERM);
