@@ -11,7 +11,8 @@
 //! 2. the fork server's slot (`forkserver::lock`; slow: its holder may be starting a server);
 //! 3. this list of hooks;
 //! 4. the hooks, by [`Rank`]: the shared-memory keeper's slot (slow: its holder may be
-//!    starting a keeper), then the list of this process's queues;
+//!    starting a keeper), then the list of this process's queues, the list of its children
+//!    (`children.rs`), and the record of its log relay (`relay.rs`);
 //! 5. the liveness pipe's slot (`alive::lock`), the process's identity (`current::lock`), and
 //!    the list of internal descriptors.
 //!
