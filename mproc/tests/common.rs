@@ -157,3 +157,29 @@ pub(crate) fn pattern(seed: u8, len: usize) -> Vec<u8> {
         .map(|i| (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes()[7] ^ seed)
         .collect()
 }
+
+/// Runs `once` from two threads side by side, `rounds` times each (a fork race: each start
+/// takes locks that the other thread's `Fork` child must not inherit held). Returns `2 × rounds`.
+pub(crate) fn from_two_threads(rounds: u32, once: impl Fn() + Sync) -> u32 {
+    std::thread::scope(|s| {
+        s.spawn(|| (0..rounds).for_each(|_| once()));
+        (0..rounds).for_each(|_| once());
+    });
+    2 * rounds
+}
+
+/// Joins `p` (a race run in a process of its own, so a deadlock is a process to kill, not a
+/// hung test) within `within`; kills it and fails the test if it hangs or fails.
+pub(crate) fn join_race<R>(p: &mut mproc::Process<R>, within: Duration) -> R
+where
+    R: serde::de::DeserializeOwned,
+{
+    match p.join_timeout(within) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = p.kill();
+            let _ = p.join_timeout(PATIENCE);
+            panic!("a fork child hung (or the race failed): {e}");
+        }
+    }
+}

@@ -83,18 +83,11 @@ fn a_fork_start_does_not_deadlock_with_a_thread_holding_a_standard_stream() {
 /// again before it leaves, so a fork that copied it locked by the other thread would leave a
 /// child that never ends. Returns how many children ended.
 fn children_listed_while_forking(rounds: u32) -> u32 {
-    let ended = AtomicU32::new(0);
-    let fork_once = || {
+    crate::common::from_two_threads(rounds, || {
         let mut p = Process::new(nothing, ()).start_method(StartMethod::Fork);
         p.start().unwrap();
         p.join_timeout(PATIENCE).unwrap();
-        ended.fetch_add(1, Ordering::Relaxed);
-    };
-    std::thread::scope(|s| {
-        s.spawn(|| (0..rounds).for_each(|_| fork_once()));
-        (0..rounds).for_each(|_| fork_once());
-    });
-    ended.into_inner()
+    })
 }
 
 #[test]
@@ -102,12 +95,6 @@ fn a_fork_child_never_inherits_the_list_of_children_locked() {
     let mut p =
         Process::new(children_listed_while_forking, (400,)).start_method(StartMethod::Spawn);
     p.start().unwrap();
-    match p.join_timeout(Duration::from_secs(20)) {
-        Ok(ended) => assert_eq!(ended, 800),
-        Err(e) => {
-            let _ = p.kill();
-            let _ = p.join_timeout(PATIENCE);
-            panic!("a fork child hung (or the race failed): {e}");
-        }
-    }
+    let ended = crate::common::join_race(&mut p, Duration::from_secs(20));
+    assert_eq!(ended, 800);
 }

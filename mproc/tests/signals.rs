@@ -122,6 +122,18 @@ fn start_driver(driver: &str, m: StartMethod) -> (Child, mpsc::Receiver<String>)
     }
 }
 
+/// What the driver wrote on stderr (once it has ended).
+fn stderr_of(child: &mut Child) -> String {
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    stderr
+}
+
 fn signal_group(child: &Child, sig: i32) {
     // SAFETY: kill(2) with a negative pid signals the process group the child leads.
     assert_eq!(unsafe { libc::kill(-(child.id() as i32), sig) }, 0);
@@ -176,13 +188,7 @@ fn ctrl_c_without_a_handler_ends_everything_quietly(m: StartMethod) {
         "{:?}",
         sent.elapsed()
     );
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stderr_of(&mut child);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!stderr.contains("mproc"), "{stderr}");
     // Nothing of the program is left: no worker, no replacement, no fork server.
@@ -204,13 +210,7 @@ fn with_a_handler_the_pool_works_on(m: StartMethod) {
     signal_group(&child, libc::SIGTERM);
     let status = wait_for(&mut child, Duration::from_secs(20));
     let said: Vec<String> = lines.try_iter().collect();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stderr_of(&mut child);
     assert!(status.success(), "{status:?}: {said:?}\n{stderr}");
     assert!(
         said.contains(&"stopped at the signal".to_string()),

@@ -256,30 +256,17 @@ fn starts_one() -> bool {
 /// thread would leave a child that never gets its own child started. Returns how many ended.
 fn relayed_while_forking(rounds: u32) -> u32 {
     recorder();
-    let ended = std::sync::atomic::AtomicU32::new(0);
-    let fork_once = || {
+    crate::common::from_two_threads(rounds, || {
         let mut p = Process::new(starts_one, ()).start_method(StartMethod::Fork);
         p.start().unwrap();
         assert!(p.join_timeout(PATIENCE).unwrap());
-        ended.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    };
-    std::thread::scope(|s| {
-        s.spawn(|| (0..rounds).for_each(|_| fork_once()));
-        (0..rounds).for_each(|_| fork_once());
-    });
-    ended.into_inner()
+    })
 }
 
 #[test]
 fn a_fork_child_never_inherits_the_log_relay_locked() {
     let mut p = Process::new(relayed_while_forking, (200,)).start_method(StartMethod::Spawn);
     p.start().unwrap();
-    match p.join_timeout(Duration::from_secs(30)) {
-        Ok(ended) => assert_eq!(ended, 400),
-        Err(e) => {
-            let _ = p.kill();
-            let _ = p.join_timeout(PATIENCE);
-            panic!("a fork child hung (or the race failed): {e}");
-        }
-    }
+    let ended = crate::common::join_race(&mut p, Duration::from_secs(30));
+    assert_eq!(ended, 400);
 }
