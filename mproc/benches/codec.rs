@@ -253,6 +253,12 @@ mod wire {
     mod ser;
 }
 
+/// The casts the wire format copies sequences of numbers with (`crate::sys::cast` there).
+#[path = "../src/sys"]
+mod sys {
+    pub(crate) mod cast;
+}
+
 struct Wire;
 impl Codec for Wire {
     const NAME: &'static str = "mproc wire";

@@ -8,9 +8,11 @@
 //!    queue's first growth) that are not timed. Floor: a forked child that
 //!    `write`s each 64-byte message to a Unix socketpair, the parent reading in bulk (one
 //!    system call per message, the least a socket-based queue pays). Target: >= 2,000,000/s.
-//! 2. `big`: a child puts 10 MiB messages (`ByteBuf`) on a `Queue::bounded(2)`, and sends them
-//!    on a pipe; GB/s at the parent, after 4 warm-up messages. Floor: `memcpy` of 10 MiB between two warm buffers.
-//!    Target (queue): >= 0.5x memcpy.
+//! 2. `big`: 10 MiB messages of the types users send (`Vec<u8>`, `Vec<f64>`, `String`) and of
+//!    `ByteBuf`: a child puts them on a `Queue::bounded(2)`, a child sends them on a pipe, and a
+//!    one-worker `Pool` echoes them (`apply`, in as the argument and out as the result); GB/s at
+//!    the parent, after 4 warm-up messages. Floor: `memcpy` of 10 MiB between two warm buffers.
+//!    Targets, each way: `Vec<u8>` >= 1.5 GB/s; `Vec<f64>` and `ByteBuf` >= 0.5x memcpy.
 //! 3. `lock`: uncontended `Lock::acquire` + drop, ns per pair; `std::sync::Mutex` beside it.
 //!    Target: <= 50 ns.
 //! 4. `event`: a ping-pong between two processes over two `Event`s (set, wait, clear), half a
@@ -39,9 +41,11 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
-use mproc::{Connection, Event, Lock, Process, Queue, pipe};
+use mproc::{Connection, Event, Lock, Pool, Process, Queue, pipe};
 
 const SECTIONS: [&str; 4] = ["q64", "big", "lock", "event"];
 const BIG: usize = 10 << 20;
@@ -84,9 +88,59 @@ fn put_small(q: Queue<[u64; 8]>, go: Event, n: u64) {
     }
 }
 
+/// A 10 MiB message of one of the types users send.
+trait Payload: Serialize + DeserializeOwned + Send + 'static {
+    /// Its name in the report.
+    const NAME: &'static str;
+    /// A message of [`BIG`] bytes.
+    fn make() -> Self;
+    /// Its size in bytes.
+    fn size(&self) -> usize;
+}
+
+impl Payload for ByteBuf {
+    const NAME: &'static str = "ByteBuf";
+    fn make() -> Self {
+        ByteBuf::from(vec![7u8; BIG])
+    }
+    fn size(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Payload for Vec<u8> {
+    const NAME: &'static str = "Vec<u8>";
+    fn make() -> Self {
+        vec![7u8; BIG]
+    }
+    fn size(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Payload for Vec<f64> {
+    const NAME: &'static str = "Vec<f64>";
+    fn make() -> Self {
+        (0..BIG / 8).map(|i| i as f64 * 0.5).collect()
+    }
+    fn size(&self) -> usize {
+        self.len() * 8
+    }
+}
+
+impl Payload for String {
+    const NAME: &'static str = "String";
+    fn make() -> Self {
+        "mproc ".repeat(BIG / 6) + "....."
+    }
+    fn size(&self) -> usize {
+        self.len()
+    }
+}
+
 /// Puts [`WARM_BIG`] messages, waits for `go`, then puts `n` messages of 10 MiB.
-fn put_big(q: Queue<ByteBuf>, go: Event, n: usize) {
-    let v = ByteBuf::from(vec![7u8; BIG]);
+fn put_big<P: Payload>(q: Queue<P>, go: Event, n: usize) {
+    let v = P::make();
     for _ in 0..WARM_BIG {
         q.put(&v).unwrap();
     }
@@ -97,8 +151,8 @@ fn put_big(q: Queue<ByteBuf>, go: Event, n: usize) {
 }
 
 /// Sends [`WARM_BIG`] messages, waits for `go`, then sends `n` messages of 10 MiB.
-fn send_big(c: Connection<ByteBuf>, go: Event, n: usize) {
-    let v = ByteBuf::from(vec![7u8; BIG]);
+fn send_big<P: Payload>(c: Connection<P>, go: Event, n: usize) {
+    let v = P::make();
     for _ in 0..WARM_BIG {
         c.send(&v).unwrap();
     }
@@ -106,6 +160,11 @@ fn send_big(c: Connection<ByteBuf>, go: Event, n: usize) {
     for _ in 0..n {
         c.send(&v).unwrap();
     }
+}
+
+/// A pool task that hands its argument back.
+fn echo<P: Payload>(v: P) -> P {
+    v
 }
 
 /// The other side of the event ping-pong: `n` times, wait for ping, answer pong.
@@ -273,10 +332,11 @@ fn socket_stream(n: u64) -> f64 {
 }
 
 fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
-    let gb = |n: usize, t: Instant| (n * BIG) as f64 / t.elapsed().as_secs_f64() / 1e9;
-    let (mut copy, mut queue, mut piped) = (Vec::new(), Vec::new(), Vec::new());
+    let mut copy = Vec::new();
     let src = vec![3u8; BIG];
     let mut dst = vec![0u8; BIG];
+    // Per payload, per way (queue, pipe, pool): a rate per round.
+    let mut rates: [[Vec<f64>; 3]; 4] = Default::default();
     for _ in 0..plan.rounds {
         dst.copy_from_slice(&src);
         let t = Instant::now();
@@ -284,56 +344,106 @@ fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
             dst.copy_from_slice(std::hint::black_box(&src));
             std::hint::black_box(&mut dst);
         }
-        copy.push(gb(plan.big, t));
-
-        let q = Queue::<ByteBuf>::bounded(2)?;
-        let go = Event::new()?;
-        let mut p = Process::new(put_big, (q.clone(), go.clone(), plan.big));
-        p.start()?;
-        for _ in 0..WARM_BIG {
-            q.get()?;
-        }
-        go.set();
-        let t = Instant::now();
-        for _ in 0..plan.big {
-            let v = q.get()?;
-            assert_eq!(v.len(), BIG);
-        }
-        queue.push(gb(plan.big, t));
-        p.join()?;
-
-        let (here, there) = pipe::<ByteBuf>()?;
-        let go = Event::new()?;
-        let mut p = Process::new(send_big, (there, go.clone(), plan.big));
-        p.start()?;
-        for _ in 0..WARM_BIG {
-            here.recv()?;
-        }
-        go.set();
-        let t = Instant::now();
-        for _ in 0..plan.big {
-            let v = here.recv()?;
-            assert_eq!(v.len(), BIG);
-        }
-        piped.push(gb(plan.big, t));
-        p.join()?;
+        copy.push(gb(plan.big * BIG, t));
+        big_of::<ByteBuf>(plan, &mut rates[0])?;
+        big_of::<Vec<u8>>(plan, &mut rates[1])?;
+        big_of::<Vec<f64>>(plan, &mut rates[2])?;
+        big_of::<String>(plan, &mut rates[3])?;
     }
-    let (copy, queue, piped) = (median(&mut copy), median(&mut queue), median(&mut piped));
+    let copy = median(&mut copy);
     r.row("memcpy of 10 MiB (floor)", format!("{copy:>8.2} GB/s"));
-    r.row(
-        "Queue<ByteBuf> 10 MiB messages child -> parent",
-        format!("{queue:>8.2} GB/s  ({:.2}x memcpy)", queue / copy),
-    );
-    r.row(
-        "pipe Connection<ByteBuf> 10 MiB messages child -> parent",
-        format!("{piped:>8.2} GB/s  ({:.2}x memcpy)", piped / copy),
-    );
-    r.check(
-        format!("big: queue {queue:.2} GB/s >= 0.5 x memcpy {copy:.2} GB/s"),
-        queue >= 0.5 * copy,
-    );
-    r.ours.push(("Queue 10 MiB child -> parent (GB/s)", queue));
-    r.ours.push(("Pipe 10 MiB child -> parent (GB/s)", piped));
+    let names = [
+        ByteBuf::NAME,
+        <Vec<u8>>::NAME,
+        <Vec<f64>>::NAME,
+        String::NAME,
+    ];
+    let ways = ["Queue", "pipe Connection", "Pool::apply echo (in + out)"];
+    for (name, per_way) in names.into_iter().zip(&mut rates) {
+        for (way, rates) in ways.into_iter().zip(per_way.iter_mut()) {
+            let rate = median(rates);
+            r.row(
+                &format!("{way} of {name}, 10 MiB messages"),
+                format!("{rate:>8.2} GB/s  ({:.2}x memcpy)", rate / copy),
+            );
+            let (target, ok) = match name {
+                "Vec<u8>" => ("1.5 GB/s".to_owned(), rate >= 1.5),
+                "String" => continue,
+                _ => (format!("0.5 x memcpy {copy:.2} GB/s"), rate >= 0.5 * copy),
+            };
+            r.check(
+                format!("big: {way} of {name} {rate:.2} GB/s >= {target}"),
+                ok,
+            );
+        }
+        if name == "Vec<u8>" {
+            r.ours.push((
+                "Queue 10 MiB child -> parent (GB/s)",
+                median(&mut per_way[0]),
+            ));
+            r.ours.push((
+                "Pipe 10 MiB child -> parent (GB/s)",
+                median(&mut per_way[1]),
+            ));
+            r.ours
+                .push(("Pool apply 10 MiB echo (GB/s)", median(&mut per_way[2])));
+        }
+    }
+    Ok(())
+}
+
+/// GB/s for `bytes` moved since `t`.
+fn gb(bytes: usize, t: Instant) -> f64 {
+    bytes as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+/// One round of 10 MiB messages of `P`: a child puts them on a `Queue::bounded(2)`, a child
+/// sends them on a pipe, and a one-worker pool echoes them; GB/s of each, at the parent.
+fn big_of<P: Payload>(plan: &Plan, rates: &mut [Vec<f64>; 3]) -> Result<(), mproc::Error> {
+    let q = Queue::<P>::bounded(2)?;
+    let go = Event::new()?;
+    let mut p = Process::new(put_big::<P>, (q.clone(), go.clone(), plan.big));
+    p.start()?;
+    for _ in 0..WARM_BIG {
+        q.get()?;
+    }
+    go.set();
+    let (t, mut bytes) = (Instant::now(), 0);
+    for _ in 0..plan.big {
+        bytes += q.get()?.size();
+    }
+    rates[0].push(gb(bytes, t));
+    p.join()?;
+
+    let (here, there) = pipe::<P>()?;
+    let go = Event::new()?;
+    let mut p = Process::new(send_big::<P>, (there, go.clone(), plan.big));
+    p.start()?;
+    for _ in 0..WARM_BIG {
+        here.recv()?;
+    }
+    go.set();
+    let (t, mut bytes) = (Instant::now(), 0);
+    for _ in 0..plan.big {
+        bytes += here.recv()?.size();
+    }
+    rates[1].push(gb(bytes, t));
+    p.join()?;
+
+    // The message goes in as the argument and comes back as the result, moved each time (no
+    // clone in the loop): 20 MiB a call.
+    let pool = Pool::new(1)?;
+    let mut v = P::make();
+    for _ in 0..WARM_BIG {
+        v = pool.apply(echo::<P>, (v,))?;
+    }
+    let calls = plan.big.div_ceil(2);
+    let (t, mut bytes) = (Instant::now(), 0);
+    for _ in 0..calls {
+        v = pool.apply(echo::<P>, (v,))?;
+        bytes += 2 * v.size();
+    }
+    rates[2].push(gb(bytes, t));
     Ok(())
 }
 

@@ -26,6 +26,10 @@ def feed(out, size, warm, go, n):
         send(msg)
 
 
+def echo(v):
+    return v
+
+
 def pong(ping, pong_e, n):
     for _ in range(n):
         ping.wait()
@@ -73,6 +77,15 @@ def main():
             here.recv_bytes()
         print(f"Pipe 10 MiB child -> parent (GB/s)={n * BIG / (time.perf_counter() - t) / 1e9:.2f}")
         p.join()
+        with mp.Pool(1) as pool:
+            msg = bytes(BIG)
+            for _ in range(WARM_BIG):
+                msg = pool.apply(echo, (msg,))
+            calls = (n + 1) // 2
+            t = time.perf_counter()
+            for _ in range(calls):
+                msg = pool.apply(echo, (msg,))
+            print(f"Pool apply 10 MiB echo (GB/s)={calls * 2 * BIG / (time.perf_counter() - t) / 1e9:.2f}")
     if "lock" in args:
         n = int(args["lock"])
         lock = mp.Lock()

@@ -10,6 +10,9 @@
 //! with `/proc/self/fd`. Every descriptor this module creates has `FD_CLOEXEC` set: a
 //! descriptor reaches a child only when the start method hands it over explicitly.
 //!
+//! One file is not about the system: [`cast`] holds the two type casts that let the codec copy a
+//! sequence of numbers whole, kept here with the rest of the crate's `unsafe`.
+//!
 //! A file here that needs `unsafe` says so itself (`#![allow(unsafe_code)]`, with the reason
 //! beside it); the crate denies it everywhere else. Every `unsafe` block carries a
 //! `// SAFETY:` line saying why it is sound.
@@ -19,6 +22,7 @@
 //! [`BorrowedFd`]: std::os::fd::BorrowedFd
 //! [`io::Error`]: std::io::Error
 
+pub(crate) mod cast;
 pub(crate) mod dir;
 pub(crate) mod exe;
 pub(crate) mod fd;

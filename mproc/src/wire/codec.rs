@@ -363,4 +363,109 @@ mod tests {
         let e = decode::<Everything>(&longer).unwrap_err();
         assert_eq!(e.to_string(), "1 bytes left over after the value");
     }
+
+    /// Serializes its slice one element at a time (through `serialize_seq`), as serde's default
+    /// `collect_seq` does: the bytes the whole-copy path must reproduce.
+    struct OneByOne<'a, T>(&'a [T]);
+    impl<T: Serialize> Serialize for OneByOne<'_, T> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeSeq;
+            let mut seq = s.serialize_seq(Some(self.0.len()))?;
+            for x in self.0 {
+                seq.serialize_element(x)?;
+            }
+            seq.end()
+        }
+    }
+
+    fn copied_whole<T>(v: Vec<T>)
+    where
+        T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        let b = encode(&v).unwrap();
+        assert_eq!(b, encode(&OneByOne(&v)).unwrap(), "the same bytes");
+        assert_eq!(encoded_len(&v).unwrap(), b.len());
+        assert_eq!(encode(&v[..]).unwrap(), b, "a slice too");
+        assert_eq!(decode::<Vec<T>>(&b).unwrap(), v);
+        assert_eq!(decode::<Box<[T]>>(&b).unwrap()[..], v[..]);
+        // Every truncation fails, whole element or not; so does a count one too high.
+        for cut in [0, 7, 8, b.len() - 1].into_iter().filter(|&c| c < b.len()) {
+            assert!(decode::<Vec<T>>(&b[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut more = b.clone();
+        more[..8].copy_from_slice(&(v.len() as u64 + 1).to_le_bytes());
+        assert!(decode::<Vec<T>>(&more).is_err());
+    }
+
+    #[test]
+    fn sequences_of_numbers_are_copied_whole_as_the_same_bytes() {
+        copied_whole((0..=255u8).cycle().take(100_003).collect());
+        copied_whole(vec![-1i8, 0, 1]);
+        copied_whole((0..1000u16).collect());
+        copied_whole((0..1000).map(|i| i * -7i32).collect());
+        copied_whole((0..1000).map(|i: u64| i << 40).collect());
+        copied_whole(vec![u128::MAX, 1]);
+        copied_whole(vec![f64::NAN.to_bits(), 0]);
+        copied_whole(vec![1.5f32, -0.0, f32::INFINITY]);
+        copied_whole(vec![0.1f64, -2e300, f64::MIN_POSITIVE]);
+        copied_whole(Vec::<f64>::new());
+        // NaN's bits survive.
+        let b = encode(&vec![f64::from_bits(0x7ff8_dead_beef_0001)]).unwrap();
+        assert_eq!(
+            decode::<Vec<f64>>(&b).unwrap()[0].to_bits(),
+            0x7ff8_dead_beef_0001
+        );
+        // Inside other values, and after a partial iteration.
+        let nested = (7u8, vec![vec![1u8, 2], vec![]], Some(vec![3.0f64]));
+        assert_eq!(
+            decode::<(u8, Vec<Vec<u8>>, Option<Vec<f64>>)>(&encode(&nested).unwrap()).unwrap(),
+            nested
+        );
+        let v = [1u32, 2, 3];
+        let mut it = v.iter();
+        it.next();
+        let mut via = Vec::new();
+        super::ser::serialize(&mut via, &ViaIter(it)).unwrap();
+        assert_eq!(decode::<Vec<u32>>(&via).unwrap(), [2, 3]);
+    }
+
+    /// A `Serialize` handing the serializer a partly walked `slice::Iter` of its own.
+    struct ViaIter<'a>(std::slice::Iter<'a, u32>);
+    impl Serialize for ViaIter<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.clone())
+        }
+    }
+
+    /// Decodes a sequence of `u16`s into a `Vec<u8>` (keeping the low bytes): a visitor whose
+    /// value is a `Vec<u8>` but is not serde's, so it must still see every element.
+    fn low_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct Low;
+        impl<'de> serde::de::Visitor<'de> for Low {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("u16s")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(x) = a.next_element::<u16>()? {
+                    out.push(x as u8);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(Low)
+    }
+
+    #[derive(Deserialize)]
+    struct Low(#[serde(deserialize_with = "low_bytes")] Vec<u8>);
+
+    #[test]
+    fn another_visitor_of_a_vec_of_numbers_still_sees_each_element() {
+        let b = encode(&vec![0x0102u16, 0x0304, 0x05ff]).unwrap();
+        assert_eq!(decode::<Low>(&b).unwrap().0, [2, 4, 0xff]);
+    }
 }

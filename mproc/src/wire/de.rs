@@ -1,9 +1,13 @@
 //! The decoding half of the wire format (layout and the checks on hostile input in
 //! [`super::format`]).
 
+use std::any::TypeId;
+
+use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
 
 use super::format::{Error, MAX_DEPTH, ZERO_SIZE_ELEMENTS};
+use crate::sys::cast::{self, Number};
 
 /// Where a [`Deserializer`] reads from: a slice (whose strings and byte strings may be
 /// borrowed), or a stream that hands each string out in a `Vec` of its own (bytes in shared
@@ -19,6 +23,17 @@ pub(crate) trait Input<'de> {
     fn bytes<V: Visitor<'de>>(&mut self, len: usize, visitor: V) -> Result<V::Value, Error>;
     /// Visits the next `len` bytes as a string (UTF-8 checked).
     fn str<V: Visitor<'de>>(&mut self, len: usize, visitor: V) -> Result<V::Value, Error>;
+    /// The next `n` numbers, copied whole (the machine is little-endian, as the format is).
+    fn numbers<T: Number>(&mut self, n: usize) -> Result<Vec<T>, Error>;
+}
+
+/// The bytes that `n` numbers of type `T` take, when no more than `remaining`.
+#[inline]
+pub(crate) fn numbers_len<T: Number>(n: usize, remaining: usize) -> Result<usize, Error> {
+    match n.checked_mul(size_of::<T>()) {
+        Some(len) if len <= remaining => Ok(len),
+        _ => Err(truncated()),
+    }
 }
 
 impl<'de> Input<'de> for &'de [u8] {
@@ -53,6 +68,13 @@ impl<'de> Input<'de> for &'de [u8] {
         let (head, rest) = self.split_at_checked(len).ok_or_else(truncated)?;
         *self = rest;
         visitor.visit_borrowed_str(std::str::from_utf8(head).map_err(not_utf8)?)
+    }
+
+    #[inline]
+    fn numbers<T: Number>(&mut self, n: usize) -> Result<Vec<T>, Error> {
+        let (head, rest) = self.split_at(numbers_len::<T>(n, self.len())?);
+        *self = rest;
+        Ok(bytemuck::pod_collect_to_vec(head))
     }
 }
 
@@ -282,9 +304,23 @@ impl<'de, I: Input<'de>> de::Deserializer<'de> for &mut Deserializer<'de, I> {
         self.nested(|de| visitor.visit_newtype_struct(de))
     }
 
+    /// A `Vec` of numbers (serde's own visitor for `Vec<u8>`, `Vec<f64>`, ...; also behind
+    /// `Box<[T]>`) is copied whole; anything else is visited element by element.
     #[inline]
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         let len = self.count()?;
+        if cfg!(target_endian = "little") {
+            macro_rules! vec_of {
+                ($($t:ty),*) => {$(
+                    if is_vec_visitor::<V, $t>() {
+                        let numbers = self.nested(|de| de.input.numbers::<$t>(len))?;
+                        // Never `Err`: `is_vec_visitor` checked that `V::Value` is `Vec<$t>`.
+                        return cast::vec_as(numbers).map_err(|_| Error::new("a Vec of numbers"));
+                    }
+                )*};
+            }
+            vec_of!(u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, f32, f64);
+        }
         self.elements(len, visitor)
     }
 
@@ -331,6 +367,60 @@ impl<'de, I: Input<'de>> de::Deserializer<'de> for &mut Deserializer<'de, I> {
 
     fn is_human_readable(&self) -> bool {
         false
+    }
+}
+
+/// Whether `V` is the visitor serde's `Vec<T>: Deserialize` hands a deserializer, so that copying
+/// the numbers whole makes exactly the `Vec` it would have built. Another visitor whose value is a
+/// `Vec<T>` (a `deserialize_with` that reads other elements, say) must still see every element.
+#[inline]
+fn is_vec_visitor<'de, V: Visitor<'de>, T: Number + Deserialize<'de>>() -> bool {
+    // Cheap and false for nearly every sequence: a value that is not a `Vec<T>` at all.
+    if typeid::of::<V::Value>() != TypeId::of::<Vec<T>>() {
+        return false;
+    }
+    let mut probe = Probe(None);
+    let _ = Vec::<T>::deserialize(&mut probe);
+    probe.0 == Some(typeid::of::<V>())
+}
+
+/// A deserializer that only notes the type of the visitor `deserialize_seq` is given.
+struct Probe(Option<TypeId>);
+
+/// [`Probe`]'s refusal of everything (it has no data).
+#[derive(Debug)]
+struct Probed;
+
+impl std::fmt::Display for Probed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("probed")
+    }
+}
+
+impl std::error::Error for Probed {}
+
+impl de::Error for Probed {
+    fn custom<T: std::fmt::Display>(_: T) -> Self {
+        Probed
+    }
+}
+
+impl<'de> de::Deserializer<'de> for &mut Probe {
+    type Error = Probed;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Probed> {
+        Err(Probed)
+    }
+
+    fn deserialize_seq<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Probed> {
+        self.0 = Some(typeid::of::<V>());
+        Err(Probed)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct tuple tuple_struct map struct enum identifier
+        ignored_any
     }
 }
 

@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde::ser;
 
 use super::format::{Error, MAX_DEPTH, ZERO_SIZE_ELEMENTS};
+use crate::sys::cast;
 
 /// Where an encoding goes: a byte count (the sizing pass), the end of a `Vec` (after a frame
 /// header), or a slice sized for it.
@@ -425,9 +426,56 @@ impl<'a, O: Output> ser::Serializer for &mut Serializer<'a, O> {
         Ok(self)
     }
 
+    /// A slice of numbers (`Vec<u8>`, `Vec<f64>`, `&[i32]`: serde hands all of them over as
+    /// a `slice::Iter`) is its own encoding on a little-endian machine, so it is written with
+    /// one copy; anything else element by element, as serde's default does. The bytes are the
+    /// same either way.
+    #[inline]
+    fn collect_seq<I>(self, iter: I) -> Result<(), Error>
+    where
+        I: IntoIterator,
+        I::Item: Serialize,
+    {
+        let iter = iter.into_iter();
+        if let Some((len, bytes)) = numbers(&iter) {
+            self.count(Some(len))?;
+            self.enter()?;
+            self.out.put(bytes)?;
+            self.leave();
+            return Ok(());
+        }
+        let len = match iter.size_hint() {
+            (lo, Some(hi)) if lo == hi => Some(lo),
+            _ => None,
+        };
+        let mut seq = ser::Serializer::serialize_seq(self, len)?;
+        for item in iter {
+            ser::SerializeSeq::serialize_element(&mut seq, &item)?;
+        }
+        ser::SerializeSeq::end(seq)
+    }
+
     fn is_human_readable(&self) -> bool {
         false
     }
+}
+
+/// The element count and the bytes of the numbers `it` walks, when it walks a slice of them and
+/// this machine's byte order is the wire format's.
+#[inline]
+fn numbers<It>(it: &It) -> Option<(usize, &[u8])> {
+    if cfg!(target_endian = "big") {
+        return None;
+    }
+    macro_rules! slice_of {
+        ($($t:ty),*) => {$(
+            if let Some(s) = cast::slice_iter::<It, $t>(it) {
+                return Some((s.len(), bytemuck::cast_slice(s)));
+            }
+        )*};
+    }
+    slice_of!(u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, f32, f64);
+    None
 }
 
 /// The count comes first on the wire, and the sizing pass must see the same bytes as the

@@ -6,6 +6,7 @@ use serde::de::{DeserializeOwned, Visitor};
 
 use super::codec::{Error, decode};
 use super::de;
+use crate::sys::cast::Number;
 use crate::sys::layout::SharedReader;
 
 /// Decodes a `T` that must use all of `from`: bytes in shared memory that a peer may write
@@ -127,6 +128,17 @@ impl<'de> de::Input<'de> for Streaming<'_> {
 
     fn bytes<V: Visitor<'de>>(&mut self, len: usize, visitor: V) -> Result<V::Value, Error> {
         visitor.visit_byte_buf(self.take(len)?)
+    }
+
+    fn numbers<T: Number>(&mut self, n: usize) -> Result<Vec<T>, Error> {
+        let len = de::numbers_len::<T>(n, de::Input::remaining(self))?;
+        let mut out = bytemuck::zeroed_vec::<T>(n);
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
+        let buffered = (self.filled - self.pos).min(len);
+        bytes[..buffered].copy_from_slice(&self.buf[self.pos..self.pos + buffered]);
+        self.pos += buffered;
+        std::io::Read::read_exact(&mut self.from, &mut bytes[buffered..]).map_err(shared_err)?;
+        Ok(out)
     }
 
     fn str<V: Visitor<'de>>(&mut self, len: usize, visitor: V) -> Result<V::Value, Error> {
