@@ -53,6 +53,51 @@ impl Spare {
     }
 }
 
+/// A receiving end's buffer, and its mappings of the memory files large messages came in.
+///
+/// A sender writes its large messages into the same few files again (see [`SPARES`]), so the
+/// receiver keeps its mappings of the last few files it was sent, by identity: mapping 10 MiB
+/// afresh (and unmapping it) cost more than copying the message out. A kept mapping is
+/// safe to read again: a file is mapped only once it is sealed against shrinking, so its
+/// pages stay. At most [`SPARES`] are kept; each keeps its file's memory alive until it is
+/// replaced or the connection is dropped.
+#[derive(Default)]
+struct Receiving {
+    buf: Vec<u8>,
+    /// The most recently used last.
+    maps: Vec<((u64, u64), Mapping)>,
+}
+
+impl Receiving {
+    /// A mapping of at least `need` bytes of the memory file `file` (sealed against shrinking,
+    /// and that long, or an error).
+    fn map(&mut self, file: BorrowedFd<'_>, need: usize) -> Result<&Mapping, Error> {
+        let bad = |e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                Error::protocol(format!("a message in a bad memory file: {e}"))
+            } else {
+                Error::os("mapping a received message", e)
+            }
+        };
+        let id = crate::sys::shm::file_identity(file).map_err(bad)?;
+        match self.maps.iter().position(|(kept, map)| *kept == id && map.len() >= need) {
+            Some(at) => {
+                let kept = self.maps.remove(at);
+                self.maps.push(kept);
+            }
+            None => {
+                let map = Mapping::open_prefix(file, need).map_err(bad)?;
+                self.maps.retain(|(kept, _)| *kept != id);
+                if self.maps.len() >= SPARES {
+                    self.maps.remove(0);
+                }
+                self.maps.push((id, map));
+            }
+        }
+        Ok(&self.maps.last().expect("just pushed").1)
+    }
+}
+
 struct End {
     /// Listed as internal: a child made with fork closes it (unless it is passed to the child),
     /// so end of file never depends on who forked when.
@@ -64,8 +109,8 @@ struct End {
     /// waits for room).
     sending: Mutex<()>,
     /// One receiver at a time in this process, so a message and its descriptors stay
-    /// together; and its buffer.
-    receiving: Mutex<Vec<u8>>,
+    /// together; and its state.
+    receiving: Mutex<Receiving>,
     /// Memory files sent for large messages, kept for reuse (see [`SPARES`]).
     spares: Mutex<Vec<Spare>>,
 }
@@ -197,7 +242,7 @@ impl<T> Connection<T> {
                 sock: InternalFd::new(sock),
                 generation: proc::fork_generation(),
                 sending: Mutex::new(()),
-                receiving: Mutex::new(Vec::new()),
+                receiving: Mutex::new(Receiving::default()),
                 spares: Mutex::new(Vec::new()),
             }),
             _values: PhantomData,
@@ -327,13 +372,13 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
         let mut fds = Vec::new();
         // Waits happen without the buffer's lock, so each receiver keeps its own deadline; a
         // message (and its descriptors) is taken whole by one nonblocking receive under it.
-        let (mut buf, n) = loop {
-            let mut buf = self.end.receiving.lock().unwrap_or_else(|e| e.into_inner());
-            buf.resize(1 + INLINE, 0);
-            match socket::recv(sock, &mut buf, &mut fds, true) {
-                Ok(n) => break (buf, n),
+        let (mut state, n) = loop {
+            let mut state = self.end.receiving.lock().unwrap_or_else(|e| e.into_inner());
+            state.buf.resize(1 + INLINE, 0);
+            match socket::recv(sock, &mut state.buf, &mut fds, true) {
+                Ok(n) => break (state, n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    drop(buf);
+                    drop(state);
                     let ready = fd::poll_read(&[sock], deadline)
                         .map_err(|e| Error::os("waiting on a pipe", e))?;
                     if !ready[0].readable && !ready[0].hangup {
@@ -343,7 +388,22 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                 Err(e) => return Err(Error::os("receiving on a pipe", e)),
             }
         };
-        let buf = &mut *buf;
+        let state = &mut *state;
+        let buf = std::mem::take(&mut state.buf);
+        let value = self.decode_received(state, &buf, n, fds);
+        state.buf = buf;
+        value
+    }
+
+    /// Decodes the message of `n` bytes at the front of `buf`, with `fds`, received under the
+    /// receiving lock (`state`).
+    fn decode_received(
+        &self,
+        state: &mut Receiving,
+        buf: &[u8],
+        n: usize,
+        mut fds: Vec<OwnedFd>,
+    ) -> Result<T, Error> {
         if n == 0 {
             return Err(ErrorKind::Closed.into());
         }
@@ -359,16 +419,10 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                     .ok()
                     .and_then(|len| len.checked_add(FILE_HEADER))
                     .ok_or_else(|| Error::protocol("a message longer than memory"))?;
-                let map = Mapping::open_prefix(file.as_fd(), need).map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::InvalidData {
-                        Error::protocol(format!("a message in a bad memory file: {e}"))
-                    } else {
-                        Error::os("mapping a received message", e)
-                    }
-                })?;
+                let map = state.map(file.as_fd(), need)?;
                 // Copied out as it is decoded: the sender can still write the file.
                 let body = map
-                    .reader(FILE_HEADER, map.len() - FILE_HEADER)
+                    .reader(FILE_HEADER, need - FILE_HEADER)
                     .map_err(|e| Error::protocol(format!("a message in a bad memory file: {e}")))?;
                 let value = crate::handle::providing(fds, || {
                     crate::wire::shared::decode_shared(body).map_err(decode_err)

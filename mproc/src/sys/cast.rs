@@ -55,11 +55,31 @@ pub(crate) fn vec_as<A, T: Number>(value: Vec<T>) -> Result<A, Vec<T>> {
     Ok(unsafe { std::ptr::from_ref::<Vec<T>>(&value).cast::<A>().read() })
 }
 
+/// Appends the numbers whose little-endian bytes are `bytes` (whole numbers only: a trailing
+/// part of one is left out) to `out`, copied straight into its spare capacity.
+#[inline]
+pub(crate) fn extend_from_le<T: Number>(out: &mut Vec<T>, bytes: &[u8]) {
+    let n = bytes.len() / size_of::<T>();
+    out.reserve(n);
+    let old = out.len();
+    // SAFETY: `n` numbers' bytes are read from `bytes` and written into the spare capacity
+    // reserved above (raw pointers; the two cannot overlap, `out` is borrowed mutably), which
+    // they then initialise: any bytes are a valid `T` (`Pod`), so `set_len` is sound.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            out.as_mut_ptr().add(old).cast::<u8>(),
+            n * size_of::<T>(),
+        );
+        out.set_len(old + n);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn only_the_exact_types_pass() {
-        use super::{slice_iter, vec_as};
+        use super::{extend_from_le, slice_iter, vec_as};
 
         let v = vec![1u32, 2, 3];
         assert_eq!(slice_iter::<_, u32>(&v.iter()), Some(&v[..]));
@@ -74,5 +94,9 @@ mod tests {
         assert_eq!(back, v);
         assert!(vec_as::<Vec<i32>, u32>(v.clone()).is_err());
         assert!(vec_as::<Box<[u32]>, u32>(v).is_err());
+
+        let mut out = vec![1u16];
+        extend_from_le(&mut out, &[2, 0, 3, 1, 9]);
+        assert_eq!(out, [1, 2, 0x103], "the odd byte left out");
     }
 }

@@ -21,6 +21,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64};
 
+use super::cast::Number;
 use super::shm::Mapping;
 
 /// A type that may be laid over shared memory and read through `&Self` while other processes
@@ -191,6 +192,34 @@ impl Mapping {
         Ok(())
     }
 
+    /// Appends the `n` numbers whose little-endian bytes are at `offset` to `out`, copied
+    /// straight into its spare capacity. As [`Mapping::append_to`].
+    pub(crate) fn append_numbers<T: Number>(
+        &self,
+        offset: usize,
+        n: usize,
+        out: &mut Vec<T>,
+    ) -> io::Result<()> {
+        let len = n
+            .checked_mul(size_of::<T>())
+            .ok_or(io::ErrorKind::InvalidInput)?;
+        self.check_bytes(offset, len)?;
+        out.reserve(n);
+        let old = out.len();
+        // SAFETY: `len` bytes inside the mapping (checked) copied through raw pointers into
+        // the spare capacity reserved above for `n` numbers, which they then initialise (any
+        // bytes are a valid `T`: `Pod`), so `set_len` is sound.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.as_ptr().add(offset),
+                out.as_mut_ptr().add(old).cast::<u8>(),
+                len,
+            );
+            out.set_len(old + n);
+        }
+        Ok(())
+    }
+
     /// Copies `data` into the mapping at `offset`. `InvalidInput` if it does not fit.
     pub(crate) fn copy_in(&self, offset: usize, data: &[u8]) -> io::Result<()> {
         self.check_bytes(offset, data.len())?;
@@ -281,6 +310,18 @@ impl SharedReader<'_> {
         self.map.append_to(self.at, len, out)?;
         self.at += len;
         Ok(())
+    }
+
+    /// Appends the next `n` numbers (little-endian) to `out`. `UnexpectedEof` if fewer remain.
+    pub(crate) fn append_numbers<T: Number>(&mut self, n: usize, out: &mut Vec<T>) -> io::Result<()> {
+        match n.checked_mul(size_of::<T>()) {
+            Some(len) if len <= self.remaining() => {
+                self.map.append_numbers(self.at, n, out)?;
+                self.at += len;
+                Ok(())
+            }
+            _ => Err(io::ErrorKind::UnexpectedEof.into()),
+        }
     }
 
     /// All that remains, copied into a new `Vec`.

@@ -74,7 +74,9 @@ impl<'de> Input<'de> for &'de [u8] {
     fn numbers<T: Number>(&mut self, n: usize) -> Result<Vec<T>, Error> {
         let (head, rest) = self.split_at(numbers_len::<T>(n, self.len())?);
         *self = rest;
-        Ok(bytemuck::pod_collect_to_vec(head))
+        let mut out = Vec::new();
+        cast::extend_from_le(&mut out, head);
+        Ok(out)
     }
 }
 

@@ -6,7 +6,7 @@ use serde::de::{DeserializeOwned, Visitor};
 
 use super::codec::{Error, decode};
 use super::de;
-use crate::sys::cast::Number;
+use crate::sys::cast::{self, Number};
 use crate::sys::layout::SharedReader;
 
 /// Decodes a `T` that must use all of `from`: bytes in shared memory that a peer may write
@@ -130,14 +130,29 @@ impl<'de> de::Input<'de> for Streaming<'_> {
         visitor.visit_byte_buf(self.take(len)?)
     }
 
+    /// The whole numbers in the buffer first, then one straddling its end (if any), then the
+    /// rest straight out of shared memory: one copy of each byte, none through the buffer.
     fn numbers<T: Number>(&mut self, n: usize) -> Result<Vec<T>, Error> {
-        let len = de::numbers_len::<T>(n, de::Input::remaining(self))?;
-        let mut out = bytemuck::zeroed_vec::<T>(n);
-        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
-        let buffered = (self.filled - self.pos).min(len);
-        bytes[..buffered].copy_from_slice(&self.buf[self.pos..self.pos + buffered]);
-        self.pos += buffered;
-        std::io::Read::read_exact(&mut self.from, &mut bytes[buffered..]).map_err(shared_err)?;
+        de::numbers_len::<T>(n, de::Input::remaining(self))?;
+        let size = size_of::<T>();
+        let mut out = Vec::with_capacity(n);
+        let whole = ((self.filled - self.pos) / size).min(n);
+        cast::extend_from_le(&mut out, &self.buf[self.pos..self.pos + whole * size]);
+        self.pos += whole * size;
+        if out.len() < n {
+            let part = self.filled - self.pos;
+            if part > 0 {
+                let mut one = [0; 16];
+                one[..part].copy_from_slice(&self.buf[self.pos..self.filled]);
+                self.pos = self.filled;
+                std::io::Read::read_exact(&mut self.from, &mut one[part..size])
+                    .map_err(shared_err)?;
+                cast::extend_from_le(&mut out, &one[..size]);
+            }
+            self.from
+                .append_numbers(n - out.len(), &mut out)
+                .map_err(shared_err)?;
+        }
         Ok(out)
     }
 
@@ -174,6 +189,22 @@ mod tests {
         let b = encode(&v).unwrap();
         assert!(b.len() > 64 * 1024, "takes the streaming path");
         assert_eq!(decode_from_shared::<Odd>(&b).unwrap(), v);
+    }
+
+    #[test]
+    fn numbers_straddling_the_stream_buffer_at_every_offset_decode_whole() {
+        type Odd = (Vec<u8>, Vec<u128>, Vec<f64>, Vec<u8>);
+        for skew in 0..17 {
+            let v: Odd = (
+                vec![7; skew],
+                (0..5_000u128).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)).collect(),
+                (0..3_000).map(|i| f64::from(i) / 7.0).collect(),
+                (0..70_001u32).map(|i| i as u8).collect(),
+            );
+            let b = encode(&v).unwrap();
+            assert_eq!(decode_from_shared::<Odd>(&b).unwrap(), v, "skew {skew}");
+            assert!(decode_from_shared::<Odd>(&b[..b.len() - 1]).is_err());
+        }
     }
 
     #[test]
