@@ -92,6 +92,27 @@
 //! its error reads "an mproc target must be a plain `fn` item or a closure that captures
 //! nothing" and names the closure's file and line. Pass what it would capture as an argument.
 //!
+//! # Sending data
+//!
+//! Arguments, results, queue items and pipe messages are serde values, in mproc's own binary
+//! format. A `Vec`, slice or `Box<[T]>` of primitive numbers (`u8` to `u128`, `i8` to `i128`,
+//! `f32`, `f64`) is copied whole, as a `String` is: plain `Vec<u8>` needs no `serde_bytes`, in a
+//! struct field or alone. A value over 64 KiB encoded crosses a [`Queue`] in its shared ring and
+//! a [`Connection`] in a memory file, each byte copied twice (in and out); on the bench machine a
+//! 10 MiB `Vec<u8>` or `Vec<f64>` moves at 12–14 GB/s either way (BENCHMARKS.md). Sequences
+//! of anything else (`Vec<bool>`, `Vec<char>`, structs, maps, `VecDeque`) go element by
+//! element. A pool task's arguments and result travel on the worker's socket: fine for
+//! kilobytes, about 1 GB/s for megabytes; hand bulk data to tasks through a `Queue`, a pipe,
+//! or, when many tasks read the same data, [`SharedMemory`] or [`Array`], which no task copies.
+//!
+//! ```
+//! let (a, b) = mproc::pipe::<Vec<f64>>()?;
+//! let big: Vec<f64> = (0..1_000_000).map(f64::from).collect();
+//! a.send(&big)?; // one copy into a memory file, one out
+//! assert_eq!(b.recv()?, big);
+//! # Ok::<(), mproc::Error>(())
+//! ```
+//!
 //! # Errors
 //!
 //! Every fallible call returns [`Result`]. `fn main() -> mproc::Result<()>` prints a failure

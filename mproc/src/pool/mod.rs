@@ -380,7 +380,9 @@ impl PoolBuilder {
     /// worker finishes what it was given and leaves, and a new one takes its place (counted
     /// in [`Restarts::over_memory`](crate::Restarts::over_memory)). Zero is an error at
     /// [`build`](Self::build). Resident memory is as `ps` shows it (`/proc/<pid>/statm`),
-    /// shared pages included, so leave room above what a fresh worker uses.
+    /// shared pages included, so leave room above what a fresh worker uses. A worker keeps up
+    /// to 64 MiB of the heap its tasks freed for the next ones (so megabyte arguments and
+    /// results are not faulted in afresh at every task); that counts too.
     ///
     /// ```
     /// fn pid() -> u32 {

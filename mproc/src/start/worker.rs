@@ -24,6 +24,9 @@ use super::role::{self, RoleFn};
 const EXIT_NO_START: i32 = 3;
 
 /// Runs the target described by the first message on `ctrl`, reports, and exits.
+/// How much freed heap a pool worker keeps for its next tasks (see `proc::keep_freed_memory`).
+const POOL_WORKER_KEEPS: usize = 64 << 20;
+
 pub(crate) fn run(ctrl: InternalFd) -> ! {
     let code = match panic::catch_unwind(AssertUnwindSafe(|| serve(ctrl))) {
         Ok(code) => code,
@@ -51,6 +54,10 @@ fn serve(ctrl: InternalFd) -> i32 {
         // SIGTERM reaches the whole process group, and the program decides what to do about
         // it (with no handler it dies, and its workers with it; with one, the pool works on).
         proc::block_stop_signals();
+        // A task that moves megabytes (its arguments, its result, the frames around them)
+        // frees and allocates them again at every task: kept, not returned to the system each
+        // time, they are not faulted in and zeroed again (a 10 MiB echo ran 2.3x faster).
+        proc::keep_freed_memory(POOL_WORKER_KEEPS);
     }
     // The descriptors of the handles among the arguments came with the start message; then
     // the pipe for this child's `tracing` events, if the parent wants them.

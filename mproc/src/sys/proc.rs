@@ -548,6 +548,21 @@ pub(crate) fn block_stop_signals() {
     }
 }
 
+/// Lets this process's allocator (glibc's) keep up to `bytes` of freed heap for reuse instead of
+/// returning it to the system at once, and serve allocations up to half that from its heap, so
+/// large buffers freed and allocated again are not faulted in and zeroed each time. glibc's
+/// own defaults adapt to the same end but give memory back once 2x the largest block is free.
+pub(crate) fn keep_freed_memory(bytes: usize) {
+    let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
+    // SAFETY: mallopt takes any values for these parameters (it refuses bad ones itself) and
+    // is called with no allocation in progress on another thread of this process (a pool
+    // worker's start, before any task runs).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, bytes / 2);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, bytes);
+    }
+}
+
 /// Blocks every signal for this thread: a helper thread (the parent watcher) never takes a
 /// signal meant for the process, so the process's other threads decide what it does.
 pub(crate) fn block_all_signals_in_this_thread() {
