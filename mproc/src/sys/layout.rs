@@ -176,24 +176,11 @@ impl Mapping {
     /// Appends `len` bytes at `offset` to `out`, copied straight into its spare capacity
     /// (not zeroed first). As [`Mapping::copy_out`].
     pub(crate) fn append_to(&self, offset: usize, len: usize, out: &mut Vec<u8>) -> io::Result<()> {
-        self.check_bytes(offset, len)?;
-        out.reserve(len);
-        let old = out.len();
-        // SAFETY: `len` bytes inside the mapping (checked) copied through raw pointers into
-        // the spare capacity reserved above, which is then initialized: `set_len` is sound.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.as_ptr().add(offset),
-                out.as_mut_ptr().add(old),
-                len,
-            );
-            out.set_len(old + len);
-        }
-        Ok(())
+        self.append_numbers(offset, len, out)
     }
 
     /// Appends the `n` numbers whose little-endian bytes are at `offset` to `out`, copied
-    /// straight into its spare capacity. As [`Mapping::append_to`].
+    /// straight into its spare capacity (not zeroed first). As [`Mapping::copy_out`].
     pub(crate) fn append_numbers<T: Number>(
         &self,
         offset: usize,
