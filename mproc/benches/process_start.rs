@@ -4,20 +4,26 @@
 //! Rows, each the time of one start+join, as median and p90 in microseconds:
 //!
 //! - `raw/fork`: libc `fork()`, `_exit(0)` in the child, `waitpid` in the parent;
+//! - `raw/fork-small`: the same in a small process (this binary executed afresh with
+//!   `--fork-small N`, which times its own forks), half before the other rows, half after;
 //! - `raw/reexec`: `std::process::Command::new(current_exe()).arg("--noop").status()`, a fresh
 //!   copy of this very binary whose `main` returns at once on `--noop`;
 //! - `raw/posix_spawn`: libc `posix_spawn` of `/proc/self/exe --noop` (what mproc's `Spawn`
 //!   uses), then `waitpid`; argv and envp are built once, outside the timing;
 //! - `mproc/{fork,forkserver,spawn}`: `Process::new(nothing, ()).start_method(m)`, `start()`,
 //!   `join()`, with `fn nothing() {}` (the fork server is started during the warm-up);
+//! - `mproc/forkserver-running`: from `start()` to the target running (it sets an `Event` the
+//!   caller waits on), the join untimed: with the server's spare child ready, one message;
+//! - `mproc/forkserver-x20`: twenty start+join back to back, per start;
 //! - `python/{fork,forkserver,spawn}`: `multiprocessing.get_context(m).Process(target=f)`,
 //!   `start()`, `join()`, timed by `python3` itself (`benches/python_process_start.py`; the
 //!   interpreter is `$PYTHON` if set) and parsed here.
 //!
 //! Each row is compared with its floor (`raw/fork` for fork and forkserver, the faster of
 //! `raw/reexec` and `raw/posix_spawn` for spawn) and with Python's spawn, and the targets are
-//! checked on medians: forkserver <= 2x raw fork, spawn <= 1.5x raw re-exec, and every mproc
-//! method at least 10x faster than Python's spawn.
+//! checked on medians: forkserver <= 2x raw fork, spawn <= 1.5x raw re-exec, every mproc
+//! method at least 10x faster than Python's spawn, and against `raw/fork-small` (issue 15):
+//! start to running <= 0.5x, twenty back to back <= 1.3x.
 //!
 //! Method: plain `std::time::Instant` around each start+join, no harness. After a warm-up, the
 //! Rust rows are sampled round-robin, each row's samples spread evenly over the rounds, so
@@ -49,18 +55,25 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use mproc::{Process, StartMethod};
+use mproc::{Event, Process, StartMethod};
 
 /// The argument that makes this binary's `main` return at once (the re-exec floors).
 const NOOP: &str = "--noop";
 
+/// The argument that makes this binary time `n` fork+waitpid of itself, freshly executed (a
+/// small process), and print each time in microseconds: `--fork-small n`.
+const FORK_SMALL: &str = "--fork-small";
+
 /// Every row's name, in table order.
-const ROWS: [&str; 9] = [
+const ROWS: [&str; 12] = [
     "raw/fork",
+    "raw/fork-small",
     "raw/reexec",
     "raw/posix_spawn",
     "mproc/fork",
     "mproc/forkserver",
+    "mproc/forkserver-running",
+    "mproc/forkserver-x20",
     "mproc/spawn",
     "python/fork",
     "python/forkserver",
@@ -69,6 +82,11 @@ const ROWS: [&str; 9] = [
 
 /// The trivial target.
 fn nothing() {}
+
+/// Says it runs.
+fn ping(running: Event) {
+    running.set();
+}
 
 /// Sample counts at the default scale, and warm-up counts.
 struct Plan {
@@ -100,12 +118,26 @@ const SMOKE: Plan = Plan {
     warmup: 1,
 };
 
-/// One timed row of Rust code.
+/// One timed row of Rust code: `run` times itself when it returns a time (µs), else the call
+/// is timed.
 struct Job {
     name: &'static str,
     samples: usize,
-    run: Box<dyn FnMut()>,
+    run: Box<dyn FnMut() -> Option<f64>>,
     times: Vec<f64>,
+}
+
+/// `n` fork+waitpid of a small process: this binary executed afresh, timed by itself.
+fn fork_small(n: usize) -> Vec<f64> {
+    let exe = std::env::current_exe().expect("current_exe");
+    let out = Command::new(exe)
+        .args([FORK_SMALL, &n.to_string()])
+        .output()
+        .expect("the small process");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect()
 }
 
 /// Median and p90 of a row, in microseconds.
@@ -135,6 +167,18 @@ fn stats(times: &[f64]) -> Option<Stats> {
 
 fn main() {
     if std::env::args_os().nth(1).is_some_and(|a| a == NOOP) {
+        return;
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == FORK_SMALL) {
+        let n: usize = std::env::args()
+            .nth(2)
+            .and_then(|n| n.parse().ok())
+            .expect("--fork-small N");
+        for _ in 0..n {
+            let t = Instant::now();
+            raw_fork();
+            println!("{}", t.elapsed().as_secs_f64() * 1e6);
+        }
         return;
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -189,11 +233,18 @@ fn main() {
 
     let mut jobs = rust_jobs(&plan, &count);
     jobs.retain(|j| wanted(j.name));
+    // The small process's forks, half before the other rows and half after.
+    let small = wanted("raw/fork-small").then(|| count(plan.rust_fork).div_ceil(2));
+    let mut small_times = small.map(fork_small).unwrap_or_default();
     run_round_robin(&mut jobs, plan.warmup);
+    small_times.extend(small.map(fork_small).unwrap_or_default());
     let mut rows: Vec<(String, Stats)> = jobs
         .iter()
         .filter_map(|j| stats(&j.times).map(|s| (j.name.to_owned(), s)))
         .collect();
+    if let Some(s) = stats(&small_times) {
+        rows.insert(rows.len().min(1), ("raw/fork-small".to_owned(), s));
+    }
 
     let py_plan: Vec<(&str, usize)> = [
         ("fork", count(plan.py_fork)),
@@ -239,28 +290,63 @@ fn rust_jobs(plan: &Plan, count: &dyn Fn(usize) -> usize) -> Vec<Job> {
         .collect();
     let fork_n = count(plan.rust_fork);
     let exec_n = count(plan.rust_exec);
-    let mproc = |method: StartMethod| -> Box<dyn FnMut()> {
+    let start_join = |method: StartMethod| {
+        let mut p = Process::new(nothing, ()).start_method(method);
+        p.start().expect("Process::start");
+        p.join().expect("Process::join");
+    };
+    let mproc = move |method: StartMethod| -> Box<dyn FnMut() -> Option<f64>> {
         Box::new(move || {
-            let mut p = Process::new(nothing, ()).start_method(method);
-            p.start().expect("Process::start");
-            p.join().expect("Process::join");
+            start_join(method);
+            None
         })
     };
+    let untimed = |mut f: Box<dyn FnMut()>| -> Box<dyn FnMut() -> Option<f64>> {
+        Box::new(move || {
+            f();
+            None
+        })
+    };
+    // From `start` to the target running (it sets an event), then joined untimed.
+    let running = Box::new(|| {
+        let up = Event::new().expect("Event::new");
+        let t = Instant::now();
+        let mut p = Process::new(ping, (up.clone(),)).start_method(StartMethod::Forkserver);
+        p.start().expect("Process::start");
+        up.wait().expect("Event::wait");
+        let took = t.elapsed().as_secs_f64() * 1e6;
+        p.join().expect("Process::join");
+        Some(took)
+    });
+    // Twenty start+join in a row, per start.
+    let burst = Box::new(move || {
+        let t = Instant::now();
+        for _ in 0..20 {
+            start_join(StartMethod::Forkserver);
+        }
+        Some(t.elapsed().as_secs_f64() * 1e6 / 20.0)
+    });
     vec![
-        job("raw/fork", fork_n, Box::new(raw_fork)),
-        job("raw/reexec", exec_n, Box::new(move || raw_reexec(&exe))),
+        job("raw/fork", fork_n, untimed(Box::new(raw_fork))),
+        job(
+            "raw/reexec",
+            exec_n,
+            untimed(Box::new(move || raw_reexec(&exe))),
+        ),
         job(
             "raw/posix_spawn",
             exec_n,
-            Box::new(move || raw_posix_spawn(&argv, &envp)),
+            untimed(Box::new(move || raw_posix_spawn(&argv, &envp))),
         ),
         job("mproc/fork", fork_n, mproc(StartMethod::Fork)),
         job("mproc/forkserver", fork_n, mproc(StartMethod::Forkserver)),
+        job("mproc/forkserver-running", fork_n, running),
+        job("mproc/forkserver-x20", (fork_n / 20).max(3), burst),
         job("mproc/spawn", exec_n, mproc(StartMethod::Spawn)),
     ]
 }
 
-fn job(name: &'static str, samples: usize, run: Box<dyn FnMut()>) -> Job {
+fn job(name: &'static str, samples: usize, run: Box<dyn FnMut() -> Option<f64>>) -> Job {
     Job {
         name,
         samples,
@@ -285,8 +371,9 @@ fn run_round_robin(jobs: &mut [Job], warmup: usize) {
         for j in jobs.iter_mut() {
             if (r + 1) * j.samples / rounds != r * j.samples / rounds {
                 let t = Instant::now();
-                (j.run)();
-                j.times.push(t.elapsed().as_secs_f64() * 1e6);
+                let took = (j.run)();
+                j.times
+                    .push(took.unwrap_or_else(|| t.elapsed().as_secs_f64() * 1e6));
             }
         }
     }
@@ -421,6 +508,9 @@ fn report(rows: &[(String, Stats)], py_version: Option<&str>, full: bool) {
             "mproc/fork" | "mproc/forkserver" | "python/fork" | "python/forkserver" => {
                 raw_fork.map(|s| ("raw/fork", s))
             }
+            "mproc/forkserver-running" | "mproc/forkserver-x20" => {
+                get("raw/fork-small").map(|s| ("raw/fork-small", s))
+            }
             "mproc/spawn" | "python/spawn" => exec_floor,
             _ => None,
         }
@@ -431,7 +521,7 @@ fn report(rows: &[(String, Stats)], py_version: Option<&str>, full: bool) {
         println!("python rows: CPython {v}, multiprocessing.Process(target=f).start(); join()");
     }
     println!(
-        "{:<18} {:>6} {:>11} {:>11}  {:>24}  {:>13}",
+        "{:<24} {:>6} {:>11} {:>11}  {:>26}  {:>13}",
         "method", "n", "median µs", "p90 µs", "median vs floor", "vs py spawn"
     );
     for (name, s) in rows {
@@ -444,7 +534,7 @@ fn report(rows: &[(String, Stats)], py_version: Option<&str>, full: bool) {
             |p| format!("{:.1}x faster", p.median / s.median),
         );
         println!(
-            "{name:<18} {:>6} {:>11.1} {:>11.1}  {vs_floor:>24}  {vs_py:>13}",
+            "{name:<24} {:>6} {:>11.1} {:>11.1}  {vs_floor:>26}  {vs_py:>13}",
             s.n, s.median, s.p90
         );
     }
@@ -480,6 +570,19 @@ fn report(rows: &[(String, Stats)], py_version: Option<&str>, full: bool) {
         "mproc/forkserver / raw/fork <= 2.00".to_owned(),
         ratio(get("mproc/forkserver"), raw_fork),
         2.0,
+        true,
+    );
+    let small = get("raw/fork-small");
+    check(
+        "mproc/forkserver-running / raw/fork-small <= 0.50".to_owned(),
+        ratio(get("mproc/forkserver-running"), small),
+        0.5,
+        true,
+    );
+    check(
+        "mproc/forkserver-x20 / raw/fork-small <= 1.30".to_owned(),
+        ratio(get("mproc/forkserver-x20"), small),
+        1.3,
         true,
     );
     check(

@@ -382,7 +382,8 @@ fn a_child_outlives_its_killed_fork_server_and_the_next_one_starts() {
 
 /// Run as a separate copy of this test binary: starts two `Forkserver` sleepers and a
 /// `Forkserver` pool of two, kills their fork server, starts one more sleeper (through a fresh
-/// server), prints every pid that must die with it, and waits to be killed.
+/// server), prints every pid that must die with it, and waits to be killed. The killed server's
+/// spare child leaves with the server.
 fn drive_orphans_of_a_killed_server() {
     let m = StartMethod::Forkserver;
     let mut kids: Vec<_> = (0..2)
@@ -399,11 +400,16 @@ fn drive_orphans_of_a_killed_server() {
     assert_eq!(pool.apply(sleep_ms, (0,)).unwrap(), 0);
     let server = parent_pid_of(kids[0].pid().unwrap());
     wait_until(
-        "the pool's workers and the sleepers are the server's",
-        || children_of(server).len() == 4,
+        "the pool's workers, the sleepers and the spare are the server's",
+        || children_of(server).len() == 5,
     );
-    let mut pids = children_of(server);
+    let before = children_of(server);
     kill_and_await(server);
+    // Its spare child leaves with it (nothing ran there); its other children run on.
+    wait_until("the killed server's spare has left", || {
+        before.iter().filter(|&&p| has_ended(p)).count() == 1
+    });
+    let mut pids: Vec<u32> = before.into_iter().filter(|&p| !has_ended(p)).collect();
     let mut late = Process::new(sleep_ms, (60_000,)).start_method(m);
     late.start().unwrap();
     pids.push(late.pid().unwrap());
@@ -546,6 +552,50 @@ fn an_adopting_parent_reaps_the_orphans_and_knows_how_they_ended() {
 
 fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+fn my_pid() -> u32 {
+    std::process::id()
+}
+
+/// The fork server keeps one child forked ahead of the next start, and only one: the next
+/// start runs in it, and the server forks another; one killed while it waits is replaced, and
+/// the start after that still works.
+#[test]
+fn the_fork_server_keeps_one_spare_child_and_replaces_a_killed_one() {
+    if !alone() {
+        return;
+    }
+    let m = StartMethod::Forkserver;
+    let mut sleeper = Process::new(sleep_ms, (60_000,)).start_method(m);
+    sleeper.start().unwrap();
+    let busy = sleeper.pid().unwrap();
+    let server = parent_pid_of(busy);
+    let spares = || -> Vec<u32> {
+        children_of(server)
+            .into_iter()
+            .filter(|&c| c != busy)
+            .collect()
+    };
+    wait_until("one spare beside the sleeper", || spares().len() == 1);
+    let spare = spares()[0];
+    let mut next = Process::new(my_pid, ()).start_method(m);
+    next.start().unwrap();
+    assert_eq!(next.join_timeout(PATIENCE).unwrap(), spare, "the start ran in the spare");
+    wait_until("a new spare", || matches!(spares()[..], [s] if s != spare));
+    let second = spares()[0];
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(second as i32, libc::SIGKILL) }, 0);
+    wait_until("a spare again", || matches!(spares()[..], [s] if s != second));
+    for _ in 0..20 {
+        let mut p = Process::new(my_pid, ()).start_method(m);
+        p.start().unwrap();
+        p.join_timeout(PATIENCE).unwrap();
+    }
+    // (Once the last child is reaped: it may still be a zombie when its join returns.)
+    wait_until("one spare after twenty starts", || spares().len() == 1);
+    sleeper.terminate().unwrap();
+    let _ = sleeper.join_timeout(PATIENCE);
 }
 
 /// A fork server child is tied to its parent by the kernel (a signal on the liveness pipe's

@@ -9,10 +9,12 @@
 //! the server later sends the child's exit status there.
 //!
 //! Server side: a single-threaded loop over the request socket, a signalfd for `SIGCHLD` and
-//! the liveness pipe. A request is served by `fork`; the child closes every descriptor but its
-//! control and status sockets and its own description of the liveness pipe, on which the
-//! kernel will kill it when the pipe hangs up ([`alive::tie`]), announces itself, and runs the
-//! worker. A reaped child's status goes
+//! the liveness pipe. The server keeps one child forked ahead of demand ([`Spare`]): a request
+//! hands it the control and status sockets in one message, and the next spare is forked after
+//! that, while the client goes on (with no spare, because its fork failed or it was killed, the
+//! request is served by `fork`). A child closes every descriptor but its control and status
+//! sockets and its own description of the liveness pipe, on which the kernel will kill it when
+//! the pipe hangs up ([`alive::tie`]), announces itself, and runs the worker. A reaped child's status goes
 //! back on its status socket. When the parent dies the liveness pipe hangs up (and the request
 //! socket closes): the server and every child exit.
 //!
@@ -227,6 +229,8 @@ pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
     // Each child's tie to the liveness pipe, made ahead and handed on (see `alive::Ties`).
     let mut ties = alive::Ties::new(alive.as_fd());
     let mut children = HashMap::new();
+    // A child forked ahead of the next request (see `Spare`).
+    let mut spare = Spare::fork(alive.as_fd(), &mut ties);
     loop {
         let fds = [request.fd(), sigchld.as_fd(), alive.as_fd()];
         let Ok(ready) = fd::poll_read(&fds, None) else {
@@ -237,76 +241,155 @@ pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
         }
         if ready[1].readable {
             proc::drain_signalfd(sigchld.as_fd());
-            report_ended(&mut children, &mut ties);
+            report_ended(&mut children, &mut ties, &mut spare);
         }
         if ready[0].readable || ready[0].hangup {
-            serve_requests(&mut request, alive.as_fd(), &mut ties, &mut children);
+            let mut server = Serving {
+                alive: alive.as_fd(),
+                ties: &mut ties,
+                children: &mut children,
+                spare: &mut spare,
+            };
+            server.serve_requests(&mut request);
+        }
+        // The next child is forked after the answer, while its client runs.
+        if spare.is_none() {
+            spare = Spare::fork(alive.as_fd(), &mut ties);
         }
     }
+}
+
+/// A child forked ahead of demand, waiting on its socket for a request's control and status
+/// sockets: a request then costs one message instead of a `fork` (the next spare is forked
+/// after the answer, off the client's path). At most one exists, idle, with its stop signals
+/// still blocked as the server's are; tied to the user's process like every child, it ends
+/// with it, and ends by itself when the server does.
+struct Spare {
+    pid: u32,
+    sock: Channel,
+    tie: alive::Tie,
+}
+
+impl Spare {
+    /// Forks a spare; `None` if it cannot (the next request forks its own child).
+    fn fork(alive: BorrowedFd<'_>, ties: &mut alive::Ties) -> Option<Spare> {
+        let [sock, sock_child] = super::socket_pair().ok()?;
+        let tie = ties.take(alive)?;
+        match proc::fork() {
+            Ok(ForkSide::Child) => {
+                let keep = [sock_child.as_fd().as_raw_fd(), tie.as_raw_fd()];
+                proc::close_all_fds_except(&keep);
+                fd::lock_internal().forget_all();
+                std::mem::forget(sock);
+                let me = proc::getpid();
+                alive::tie(tie, me);
+                let mut sock = Channel::new(InternalFd::new(sock_child.into_owned()));
+                // The server gone, or a malformed hand-over: nothing ran, nobody waits.
+                if sock.recv_frame(None).is_err() {
+                    proc::exit_now(0);
+                }
+                let Ok([ctrl, status]) = <[OwnedFd; 2]>::try_from(sock.take_fds()) else {
+                    proc::exit_now(0)
+                };
+                drop(sock);
+                proc::unblock_all_signals();
+                run_child(ctrl, status, me)
+            }
+            Ok(ForkSide::Parent(pid)) => Some(Spare {
+                pid,
+                sock: Channel::new(sock),
+                tie,
+            }),
+            Err(_) => {
+                ties.give_back(tie);
+                None
+            }
+        }
+    }
+}
+
+/// What the server serves requests with.
+struct Serving<'a, 'b> {
+    alive: BorrowedFd<'a>,
+    ties: &'b mut alive::Ties,
+    children: &'b mut Children,
+    spare: &'b mut Option<Spare>,
 }
 
 /// The server's running children: where each one's exit is reported, and its tie.
 type Children = HashMap<u32, (Channel, alive::Tie)>;
 
-fn serve_requests(
-    request: &mut Channel,
-    alive: BorrowedFd<'_>,
-    ties: &mut alive::Ties,
-    children: &mut Children,
-) {
-    loop {
-        match request.try_recv_frame() {
-            Ok(Some(_frame)) => {
-                let fds = request.take_fds();
-                if let Ok([ctrl, status]) = <[OwnedFd; 2]>::try_from(fds) {
-                    fork_child(ctrl, status, alive, ties, children);
+impl Serving<'_, '_> {
+    fn serve_requests(&mut self, request: &mut Channel) {
+        loop {
+            match request.try_recv_frame() {
+                Ok(Some(_frame)) => {
+                    let fds = request.take_fds();
+                    if let Ok([ctrl, status]) = <[OwnedFd; 2]>::try_from(fds) {
+                        self.start_child(ctrl, status);
+                    }
                 }
+                Ok(None) => return,
+                // The parent closed the request socket (it is gone), or the stream lost its
+                // framing (cannot happen with our own client): nothing more can be served.
+                Err(e) if matches!(e.kind(), ErrorKind::Closed | ErrorKind::Protocol(_)) => {
+                    proc::exit_now(0)
+                }
+                // A transient failure (such as the descriptor limit): serve on.
+                Err(_) => return,
             }
-            Ok(None) => return,
-            // The parent closed the request socket (it is gone), or the stream lost its
-            // framing (cannot happen with our own client): nothing more can be served.
-            Err(e) if matches!(e.kind(), ErrorKind::Closed | ErrorKind::Protocol(_)) => {
-                proc::exit_now(0)
+        }
+    }
+
+    /// Hands a request's sockets to the spare, or forks a child for them if there is none (or
+    /// it died).
+    fn start_child(&mut self, ctrl: OwnedFd, status: OwnedFd) {
+        if let Some(spare) = self.spare.take() {
+            if spare.sock.send_frame(&[], &[ctrl.as_fd(), status.as_fd()]).is_ok() {
+                let status = Channel::new(InternalFd::new(status));
+                self.children.insert(spare.pid, (status, spare.tie));
+                return;
             }
-            // A transient failure (such as the descriptor limit): serve on.
-            Err(_) => return,
+            // It died unasked (killed): reaped with the others; its tie is given back then.
+            self.children.insert(spare.pid, (spare.sock, spare.tie));
+        }
+        self.fork_child(ctrl, status);
+    }
+
+    fn fork_child(&mut self, ctrl: OwnedFd, status: OwnedFd) {
+        let Some(tie) = self.ties.take(self.alive) else {
+            return; // dropping `status` tells the client the fork failed
+        };
+        match proc::fork() {
+            Ok(ForkSide::Child) => {
+                let keep = [ctrl.as_raw_fd(), status.as_raw_fd(), tie.as_raw_fd()];
+                proc::close_all_fds_except(&keep);
+                fd::lock_internal().forget_all();
+                proc::unblock_all_signals();
+                let me = proc::getpid();
+                // Tied to the user's process through its liveness pipe, not to the server
+                // through PR_SET_PDEATHSIG: the server may die (killed, out of memory) while
+                // the user's process still wants this child's work.
+                alive::tie(tie, me);
+                run_child(ctrl, status, me)
+            }
+            Ok(ForkSide::Parent(pid)) => {
+                // The server keeps its copy of the tie until the child is reaped, to hand it on.
+                self.children
+                    .insert(pid, (Channel::new(InternalFd::new(status)), tie));
+            }
+            // Dropping `status` tells the client the fork failed.
+            Err(_) => self.ties.give_back(tie),
         }
     }
 }
 
-fn fork_child(
-    ctrl: OwnedFd,
-    status: OwnedFd,
-    alive: BorrowedFd<'_>,
-    ties: &mut alive::Ties,
-    children: &mut Children,
-) {
-    let Some(tie) = ties.take(alive) else {
-        return; // dropping `status` tells the client the fork failed
-    };
-    match proc::fork() {
-        Ok(ForkSide::Child) => {
-            let keep = [ctrl.as_raw_fd(), status.as_raw_fd(), tie.as_raw_fd()];
-            proc::close_all_fds_except(&keep);
-            fd::lock_internal().forget_all();
-            proc::unblock_all_signals();
-            let me = proc::getpid();
-            // Tied to the user's process through its liveness pipe, not to the server through
-            // PR_SET_PDEATHSIG: the server may die (killed, out of memory) while the user's
-            // process still wants this child's work.
-            alive::tie(tie, me);
-            if announce(status, me).is_err() {
-                proc::exit_now(1); // nobody will ever know of it, so it must not run
-            }
-            worker::run(InternalFd::new(ctrl))
-        }
-        Ok(ForkSide::Parent(pid)) => {
-            // The server keeps its copy of the tie until the child is reaped, to hand it on.
-            children.insert(pid, (Channel::new(InternalFd::new(status)), tie));
-        }
-        // Dropping `status` tells the client the fork failed.
-        Err(_) => ties.give_back(tie),
+/// In a new child, tied already: announces itself, then runs the worker.
+fn run_child(ctrl: OwnedFd, status: OwnedFd, me: u32) -> ! {
+    if announce(status, me).is_err() {
+        proc::exit_now(1); // nobody will ever know of it, so it must not run
     }
+    worker::run(InternalFd::new(ctrl))
 }
 
 /// In a new child, whose id is `pid`: tells the client its pid, with a pidfd, then closes its
@@ -319,11 +402,16 @@ fn announce(status: OwnedFd, pid: u32) -> Result<(), Error> {
     status.send(&Forked { pid }, &[pidfd.as_fd()])
 }
 
-fn report_ended(children: &mut Children, ties: &mut alive::Ties) {
+fn report_ended(children: &mut Children, ties: &mut alive::Ties, spare: &mut Option<Spare>) {
     while let Ok(Some((pid, exit))) = proc::reap_any() {
         if let Some((status, tie)) = children.remove(&pid) {
             let _ = status.send(&exit, &[]);
             ties.give_back(tie);
+        } else if spare.as_ref().is_some_and(|s| s.pid == pid) {
+            // Killed while it waited: another is forked.
+            if let Some(dead) = spare.take() {
+                ties.give_back(dead.tie);
+            }
         }
     }
 }
