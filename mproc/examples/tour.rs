@@ -20,6 +20,8 @@ mod counter;
 mod crash_report;
 #[path = "do_math.rs"]
 mod do_math;
+#[path = "shared_table.rs"]
+mod shared_table;
 #[path = "speedup.rs"]
 mod speedup;
 #[path = "squarer.rs"]
@@ -71,6 +73,11 @@ fn main() -> mproc::Result<()> {
             name: "add_many",
             shows: "two children add half a million random numbers each and put their sums on one Queue",
             run: add_many::main,
+        },
+        Stop {
+            name: "shared_table",
+            shows: "a 200 MB table built once in a Buffer; 64 pool tasks read it, nothing copied",
+            run: shared_table::main,
         },
         Stop {
             name: "speedup",

@@ -37,7 +37,7 @@
 //! | logs of processes, tasks and workers | feature `tracing`: events on targets `mproc::process` and `mproc::pool`; a child's own events come back on `mproc::child` |
 //! | workers on other machines | `Pool::builder().remote(Remote::redis(url)?...)` (feature `remote`) |
 //! | messages between processes | [`Queue`], [`JoinableQueue`], [`SimpleQueue`], [`pipe`] → [`Connection`] |
-//! | shared state | [`Value`], [`Array`] (any [`Pod`] type, with a lock), [`SharedMemory`], [`Manager`]'s [`Dict`] and [`List`] (any serde type) |
+//! | shared state | [`Value`], [`Array`] (any [`Pod`] type, with a lock), [`Buffer`] (read-only, passed without a copy), [`SharedMemory`], [`Manager`]'s [`Dict`] and [`List`] (any serde type) |
 //! | synchronisation | [`Lock`], [`RLock`], [`Semaphore`], [`BoundedSemaphore`], [`Event`], [`Condition`], [`Barrier`] |
 //! | how children start | [`StartMethod`], [`set_start_method`], [`get_start_method`]; [`current_process`], [`cpu_count`] |
 //! | what went wrong | [`Error`] and its [`ErrorKind`] ([`PanicReport`], [`LostReport`], ...) |
@@ -102,8 +102,9 @@
 //! 10 MiB `Vec<u8>` or `Vec<f64>` moves at 12–14 GB/s either way (BENCHMARKS.md). Sequences
 //! of anything else (`Vec<bool>`, `Vec<char>`, structs, maps, `VecDeque`) go element by
 //! element. A pool task's arguments and result travel on the worker's socket: fine for
-//! kilobytes, about 1 GB/s for megabytes; hand bulk data to tasks through a `Queue`, a pipe,
-//! or, when many tasks read the same data, [`SharedMemory`] or [`Array`], which no task copies.
+//! kilobytes, about 2 GB/s for megabytes; hand bulk data to tasks through a `Queue`, a pipe,
+//! or, when many tasks read the same data, a [`Buffer`]: it travels by handle, so no task
+//! copies it, whatever its size.
 //!
 //! ```
 //! let (a, b) = mproc::pipe::<Vec<f64>>()?;
@@ -153,6 +154,7 @@ macro_rules! linux_only {
 }
 
 linux_only! {
+    mod buffer;
     mod channel;
     #[cfg(doctest)]
     mod compile_fail;
@@ -181,6 +183,7 @@ linux_only! {
 
     /// Plain old data (bytemuck's): what [`Value`] and [`Array`] may hold.
     pub use bytemuck::Pod;
+    pub use buffer::Buffer;
     pub use connection::{Connection, pipe};
     pub use error::{CodecReport, Error, ErrorKind, LostReport, OsReport, PanicReport, Result};
     pub use pool::{

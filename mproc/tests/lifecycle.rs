@@ -581,12 +581,19 @@ fn the_fork_server_keeps_one_spare_child_and_replaces_a_killed_one() {
     let spare = spares()[0];
     let mut next = Process::new(my_pid, ()).start_method(m);
     next.start().unwrap();
-    assert_eq!(next.join_timeout(PATIENCE).unwrap(), spare, "the start ran in the spare");
+    assert_eq!(
+        next.join_timeout(PATIENCE).unwrap(),
+        spare,
+        "the start ran in the spare"
+    );
     wait_until("a new spare", || matches!(spares()[..], [s] if s != spare));
     let second = spares()[0];
     // SAFETY: kill(2) has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(second as i32, libc::SIGKILL) }, 0);
-    wait_until("a spare again", || matches!(spares()[..], [s] if s != second));
+    wait_until(
+        "a spare again",
+        || matches!(spares()[..], [s] if s != second),
+    );
     for _ in 0..20 {
         let mut p = Process::new(my_pid, ()).start_method(m);
         p.start().unwrap();

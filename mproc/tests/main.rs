@@ -5,6 +5,7 @@
 mod common;
 
 mod bootstrap;
+mod buffer;
 mod completion;
 mod crashes;
 mod fork_locks;

@@ -492,6 +492,95 @@ fn pieces(base: usize, len: usize) -> impl Iterator<Item = (usize, usize)> {
         .chain(bytes(body_end..len))
 }
 
+/// A memory file whose bytes nobody can change, mapped read-only: written once by its creator,
+/// then sealed against writing, shrinking and growing before anyone else can have it. With
+/// `F_SEAL_WRITE` the kernel refuses every write to the file, through any descriptor or shared
+/// mapping, in every process; so its bytes may be lent as `&[u8]`, which no other memory file
+/// here can be. Fork children inherit the mapping (the bytes are the same there).
+pub(crate) struct Frozen {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: immutable memory, valid until drop in whichever thread drops it.
+unsafe impl Send for Frozen {}
+// SAFETY: as above: no process can write the bytes, so any thread may read them.
+unsafe impl Sync for Frozen {}
+
+impl Frozen {
+    /// Creates a memory file of `len` bytes (more than zero), lets `fill` write them, then
+    /// seals it and maps it read-only. `fill` is the only writer: the file is new and no
+    /// descriptor of it has left this function.
+    pub(crate) fn create(
+        name: &str,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> io::Result<(Frozen, InternalFd)> {
+        let file = memfd(name, len)?;
+        {
+            let mut writable = Mapping::map(file.as_fd(), len, false)?;
+            fill(writable.bytes_mut_from(0));
+        } // Unmapped: the write seal is refused while a writable shared mapping exists.
+        rustix::fs::fcntl_add_seals(
+            &file,
+            SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
+        )?;
+        Ok((Frozen::map(file.as_fd(), len)?, file))
+    }
+
+    /// Maps a memory file made by [`Frozen::create`] elsewhere: `InvalidData` unless it is
+    /// sealed against writing and shrinking.
+    pub(crate) fn open(file: BorrowedFd<'_>) -> io::Result<Frozen> {
+        match rustix::fs::fcntl_get_seals(file) {
+            Ok(seals) if seals.contains(SealFlags::WRITE | SealFlags::SHRINK) => {}
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "not a memory file sealed against writing and shrinking",
+                ));
+            }
+        }
+        Frozen::map(file, file_len(file)?)
+    }
+
+    fn map(file: BorrowedFd<'_>, len: usize) -> io::Result<Frozen> {
+        if len == 0 {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        // SAFETY: a fresh read-only shared mapping of a descriptor we hold; the kernel picks
+        // the address, so no existing memory is replaced.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ,
+                MapFlags::SHARED,
+                file,
+                0,
+            )?
+        };
+        Ok(Frozen {
+            ptr: NonNull::new(ptr.cast()).ok_or(io::ErrorKind::InvalidData)?,
+            len,
+        })
+    }
+
+    /// The file's bytes, page-aligned.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` mapped bytes, valid while `self` lives; the file is sealed against
+        // writing and shrinking, so no process can change them or take the pages away, and
+        // the mapping itself is read-only.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `map` mapped, once; no borrow of `bytes` outlives `self`.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
 /// A zero-filled memory file of `len` bytes (close-on-exec, sealable), listed as internal.
 fn memfd(name: &str, len: usize) -> io::Result<InternalFd> {
     let name = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;

@@ -1,0 +1,139 @@
+//! `Buffer`: read-only shared data passed by handle, under every start method.
+
+use std::sync::OnceLock;
+
+use mproc::{Buffer, ErrorKind, Pool, Process, Queue, StartMethod, pipe};
+
+use crate::common::PATIENCE;
+
+fn table(len: usize) -> Buffer<u64> {
+    Buffer::new_with(len, |t: &mut [u64]| {
+        for (i, x) in t.iter_mut().enumerate() {
+            *x = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    })
+    .unwrap()
+}
+
+fn expected_sum(from: usize, to: usize) -> u64 {
+    (from..to).fold(0u64, |s, i| {
+        s.wrapping_add((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    })
+}
+
+fn sum_range(t: Buffer<u64>, from: usize, to: usize) -> u64 {
+    t[from..to].iter().fold(0u64, |s, &x| s.wrapping_add(x))
+}
+
+/// A child and every pool task read the one table they were handed (4 MiB), including
+/// after the parent dropped its own handles before the child ran.
+fn a_buffer_reaches_children_and_pool_tasks(m: StartMethod) {
+    let len = 1 << 19;
+    let t = table(len);
+    let mut p = Process::new(sum_range, (t.clone(), 0, len)).start_method(m);
+    p.start().unwrap();
+    assert_eq!(p.join_timeout(PATIENCE).unwrap(), expected_sum(0, len));
+
+    let mut late = Process::new(sum_range, (table(len), 100, 200)).start_method(m);
+    late.start().unwrap();
+    assert_eq!(late.join_timeout(PATIENCE).unwrap(), expected_sum(100, 200));
+
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(m)
+        .build()
+        .unwrap();
+    let step = len / 8;
+    let parts = (0..8).map(|k| (t.clone(), k * step, (k + 1) * step));
+    let sums = pool.starmap(sum_range, parts).unwrap();
+    assert_eq!(
+        sums.iter().fold(0u64, |s, &x| s.wrapping_add(x)),
+        expected_sum(0, len)
+    );
+    // An empty one, and one of another type.
+    assert_eq!(pool.apply(sum_range, (table(0), 0, 0)).unwrap(), 0);
+    let bytes = Buffer::from_slice(b"shared").unwrap();
+    assert_eq!(pool.apply(text_of, (bytes,)).unwrap(), "shared");
+}
+
+fn text_of(b: Buffer<u8>) -> String {
+    String::from_utf8(b.to_vec()).unwrap()
+}
+
+/// Sums every buffer it receives on `rx` and answers on `tx`, until the pipe closes.
+fn summer(rx: mproc::Connection<Buffer<u64>>, tx: mproc::Connection<u64>) {
+    while let Ok(t) = rx.recv() {
+        let len = t.len();
+        tx.send(sum_range(t, 0, len)).unwrap();
+    }
+}
+
+/// Buffers sent on a pipe to a running child, one after another, each dropped by the sender
+/// as soon as it is sent.
+fn a_buffer_crosses_a_pipe(m: StartMethod) {
+    let (to_child, from_parent) = pipe::<Buffer<u64>>().unwrap();
+    let (to_parent, from_child) = pipe::<u64>().unwrap();
+    let mut p = Process::new(summer, (from_parent, to_parent)).start_method(m);
+    p.start().unwrap();
+    for len in [0, 1, 4096, 100_000] {
+        to_child.send(table(len)).unwrap();
+        assert_eq!(
+            from_child.recv_timeout(PATIENCE).unwrap(),
+            expected_sum(0, len)
+        );
+    }
+    drop(to_child);
+    p.join_timeout(PATIENCE).unwrap();
+}
+
+fn give_back(t: Buffer<u64>) -> Buffer<u64> {
+    t
+}
+
+/// Where a buffer cannot go, a clear error: a queue item, a task's result. (One received as
+/// another element type: `buffer::tests` in the crate.)
+fn where_a_buffer_cannot_go(m: StartMethod) {
+    let q = Queue::<Buffer<u64>>::new().unwrap();
+    let e = q.put(table(3)).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::Codec(_)), "{e}");
+    let pool = Pool::builder()
+        .processes(1)
+        .start_method(m)
+        .build()
+        .unwrap();
+    let e = pool.apply(give_back, (table(3),)).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::Codec(_)), "{e}");
+    // The pool goes on.
+    assert_eq!(
+        pool.apply(sum_range, (table(3), 0, 3)).unwrap(),
+        expected_sum(0, 3)
+    );
+}
+
+static INHERITED: OnceLock<Buffer<u64>> = OnceLock::new();
+
+/// Reads the buffer it inherited through fork, then tries to pass it on.
+fn read_inherited(c: mproc::Connection<Buffer<u64>>) -> (u64, String) {
+    let t = INHERITED.get().unwrap();
+    let sum = sum_range(t.clone(), 0, t.len());
+    let e = c.send(t.clone()).unwrap_err();
+    (sum, e.to_string())
+}
+
+/// A fork child can read a buffer it inherited without being passed it, but not pass it on.
+#[test]
+fn an_inherited_buffer_is_read_but_not_passed_on() {
+    let t = INHERITED.get_or_init(|| table(1000));
+    let (a, _b) = pipe::<Buffer<u64>>().unwrap();
+    let mut p = Process::new(read_inherited, (a,)).start_method(StartMethod::Fork);
+    p.start().unwrap();
+    let (sum, e) = p.join_timeout(PATIENCE).unwrap();
+    assert_eq!(sum, expected_sum(0, t.len()));
+    assert!(e.contains("inherited through fork"), "{e}");
+}
+
+per_start_method!(
+    a_buffer_reaches_children_and_pool_tasks,
+    a_buffer_crosses_a_pipe,
+    where_a_buffer_cannot_go,
+);
