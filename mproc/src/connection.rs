@@ -16,7 +16,6 @@ use std::borrow::Borrow;
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,7 +25,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::error::{Error, ErrorKind};
 use crate::sys::fd::{self, InternalFd};
 use crate::sys::proc;
-use crate::sys::shm::Mapping;
+use crate::memfile::{self, FILE_HEADER, Mapped, Spares};
 use crate::sys::socket;
 use crate::wire::codec;
 
@@ -34,68 +33,11 @@ use crate::wire::codec;
 pub(crate) const INLINE: usize = 64 * 1024;
 const TAG_INLINE: u8 = 0;
 const TAG_FILE: u8 = 1;
-/// Where a message starts in its memory file: after the *done word*, which the sender sets to
-/// 1 when it sends the file and the receiver sets back to 0 once it has decoded the message.
-const FILE_HEADER: usize = 64;
-/// How many memory files a sending end keeps for reuse: a file the receiver is done with is
-/// written again instead of a new one being made (and its pages allocated and zeroed).
-const SPARES: usize = 4;
-
-/// A memory file this end sent, kept for reuse.
-struct Spare {
-    map: Mapping,
-    file: OwnedFd,
-}
-
-impl Spare {
-    fn is_free(&self) -> bool {
-        self.map.word(0).load(Ordering::Acquire) == 0
-    }
-}
-
 /// A receiving end's buffer, and its mappings of the memory files large messages came in.
-///
-/// A sender writes its large messages into the same few files again (see [`SPARES`]), so the
-/// receiver keeps its mappings of the last few files it was sent, by identity: mapping 10 MiB
-/// afresh (and unmapping it) cost more than copying the message out. A kept mapping is
-/// safe to read again: a file is mapped only once it is sealed against shrinking, so its
-/// pages stay. At most [`SPARES`] are kept; each keeps its file's memory alive until it is
-/// replaced or the connection is dropped.
 #[derive(Default)]
 struct Receiving {
     buf: Vec<u8>,
-    /// The most recently used last.
-    maps: Vec<((u64, u64), Mapping)>,
-}
-
-impl Receiving {
-    /// A mapping of at least `need` bytes of the memory file `file` (sealed against shrinking,
-    /// and that long, or an error).
-    fn map(&mut self, file: BorrowedFd<'_>, need: usize) -> Result<&Mapping, Error> {
-        let bad = |e: std::io::Error| {
-            if e.kind() == std::io::ErrorKind::InvalidData {
-                Error::protocol(format!("a message in a bad memory file: {e}"))
-            } else {
-                Error::os("mapping a received message", e)
-            }
-        };
-        let id = crate::sys::shm::file_identity(file).map_err(bad)?;
-        match self.maps.iter().position(|(kept, map)| *kept == id && map.len() >= need) {
-            Some(at) => {
-                let kept = self.maps.remove(at);
-                self.maps.push(kept);
-            }
-            None => {
-                let map = Mapping::open_prefix(file, need).map_err(bad)?;
-                self.maps.retain(|(kept, _)| *kept != id);
-                if self.maps.len() >= SPARES {
-                    self.maps.remove(0);
-                }
-                self.maps.push((id, map));
-            }
-        }
-        Ok(&self.maps.last().expect("just pushed").1)
-    }
+    files: Mapped,
 }
 
 struct End {
@@ -111,8 +53,8 @@ struct End {
     /// One receiver at a time in this process, so a message and its descriptors stay
     /// together; and its state.
     receiving: Mutex<Receiving>,
-    /// Memory files sent for large messages, kept for reuse (see [`SPARES`]).
-    spares: Mutex<Vec<Spare>>,
+    /// Memory files sent for large messages, kept for reuse.
+    spares: Mutex<Spares>,
 }
 
 /// One end of a [`pipe`]: Python's `multiprocessing.connection.Connection`, for values of `T`.
@@ -180,48 +122,6 @@ impl<T> fmt::Debug for Connection<T> {
 }
 
 impl End {
-    /// A memory file holding a message of `len` bytes that `fill` writes (a spare the
-    /// receiver is done with, or a new one), marked in flight; returns a descriptor to send.
-    fn write_file(
-        &self,
-        len: usize,
-        fill: impl FnOnce(&mut [u8]) -> Result<(), Error>,
-    ) -> Result<OwnedFd, Error> {
-        let need = FILE_HEADER
-            .checked_add(len)
-            .ok_or_else(|| Error::invalid("a message longer than memory"))?;
-        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
-        let at = match spares
-            .iter()
-            .position(|s| s.map.len() >= need && s.is_free())
-        {
-            Some(at) => at,
-            None => {
-                // Rounded up, so messages that vary a little in size share files.
-                let size = need.next_multiple_of(64 * 1024);
-                let (map, file) = Mapping::create("mproc-message", size)
-                    .map_err(|e| Error::os("creating shared memory for a message", e))?;
-                if spares.len() >= SPARES {
-                    // A free one goes first; else the oldest (its receiver may never finish:
-                    // dropping our copy only frees the memory once the receiver's is gone).
-                    let victim = spares.iter().position(Spare::is_free).unwrap_or(0);
-                    spares.remove(victim);
-                }
-                spares.push(Spare {
-                    map,
-                    file: file.into_owned(),
-                });
-                spares.len() - 1
-            }
-        };
-        let spare = &mut spares[at];
-        fill(&mut spare.map.bytes_mut_from(FILE_HEADER)[..len])?;
-        let copy = fd::dup_above(spare.file.as_fd(), 0)
-            .map_err(|e| Error::os("duplicating a message's memory file", e))?;
-        spare.map.word(0).store(1, Ordering::Relaxed);
-        Ok(copy)
-    }
-
     /// The socket, unless this process is a fork child that inherited the handle without
     /// being passed it.
     fn sock(&self) -> Result<BorrowedFd<'_>, Error> {
@@ -243,7 +143,7 @@ impl<T> Connection<T> {
                 generation: proc::fork_generation(),
                 sending: Mutex::new(()),
                 receiving: Mutex::new(Receiving::default()),
-                spares: Mutex::new(Vec::new()),
+                spares: Mutex::new(Spares::default()),
             }),
             _values: PhantomData,
         }
@@ -311,9 +211,12 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                 codec::encode_into(&mut bytes, value).map_err(encode_err)?;
                 return Ok((bytes, None));
             }
-            let file = self.end.write_file(len, |body| {
-                codec::encode_to_slice(body, value).map_err(encode_err)
-            })?;
+            let file = self
+                .end
+                .spares
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write(len, |body| codec::encode_to_slice(body, value).map_err(encode_err))?;
             let mut bytes = vec![TAG_FILE];
             bytes.extend((len as u64).to_le_bytes());
             Ok((bytes, Some(file)))
@@ -415,20 +318,16 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
             TAG_FILE if n == 9 && !fds.is_empty() => {
                 let len = u64::from_le_bytes(buf[1..9].try_into().expect("8 bytes"));
                 let file = fds.remove(0);
-                let need = usize::try_from(len)
-                    .ok()
-                    .and_then(|len| len.checked_add(FILE_HEADER))
-                    .ok_or_else(|| Error::protocol("a message longer than memory"))?;
-                let map = state.map(file.as_fd(), need)?;
+                let map = state.files.map(file.as_fd(), len)?;
                 // Copied out as it is decoded: the sender can still write the file.
                 let body = map
-                    .reader(FILE_HEADER, need - FILE_HEADER)
+                    .reader(FILE_HEADER, len as usize)
                     .map_err(|e| Error::protocol(format!("a message in a bad memory file: {e}")))?;
                 let value = crate::handle::providing(fds, || {
                     crate::wire::shared::decode_shared(body).map_err(decode_err)
                 });
                 // Done with it: the sender may write its next message there.
-                map.word(0).store(0, Ordering::Release);
+                memfile::done(map);
                 value
             }
             _ => Err(Error::protocol("a malformed message on a pipe")),

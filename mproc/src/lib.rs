@@ -163,6 +163,7 @@ linux_only! {
     mod error;
     mod handle;
     mod manager;
+    mod memfile;
     mod panics;
     mod pool;
     mod process;

@@ -420,21 +420,20 @@ fn quick_tasks_never_wait_behind_a_slow_one(m: StartMethod) {
     assert_eq!(slow.get_timeout(PATIENCE).unwrap(), 1);
 }
 
-/// Returns `n` bytes, but kills its own process once its main thread (the one that sends the
-/// answer) waits in poll(2) for room in the socket: in the middle of the answer's frame.
+/// Returns `n` bytes, but kills its own process once the memory file its answer goes in exists
+/// (a large answer travels in one): in the middle of writing the answer.
 fn die_while_answering(n: usize) -> serde_bytes::ByteBuf {
     let bytes = serde_bytes::ByteBuf::from(vec![7u8; n]);
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::gettid() };
     std::thread::spawn(move || {
-        let path = format!("/proc/self/task/{tid}/syscall");
-        loop {
-            let now = std::fs::read_to_string(&path).unwrap_or_default();
-            // poll (7) or ppoll (271) on x86_64, ppoll (73) on aarch64.
-            let nr = now.split(' ').next().unwrap_or("");
-            if matches!(nr, "7" | "271" | "73") {
-                break;
-            }
+        let answering = || {
+            std::fs::read_dir("/proc/self/fd")
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .any(|target| target.to_string_lossy().starts_with("/memfd:mproc-message"))
+        };
+        while !answering() {
             std::thread::yield_now();
         }
         // SAFETY: kill(2) has no memory-safety preconditions.
@@ -837,6 +836,29 @@ fn echo_bytes(data: Vec<u8>) -> (Vec<u8>, u32) {
     (data, std::process::id())
 }
 
+/// The length of `data`, after setting `e` and reading `b`: a large payload and handles in one
+/// task.
+fn large_with_handles(data: Vec<u8>, e: mproc::Event, b: mproc::Buffer<u64>) -> (usize, u64) {
+    e.set();
+    (data.len(), b.iter().sum())
+}
+
+/// A task whose payload travels in a memory file also carries its handles' descriptors (the
+/// file's comes after them): each reaches its place, task after task.
+fn a_large_task_keeps_its_handles(m: StartMethod) {
+    let p = pool(m, 1);
+    for round in 0..4u64 {
+        let e = mproc::Event::new().unwrap();
+        let b = mproc::Buffer::from_slice(&[round, 1, 2]).unwrap();
+        let n = 300_000 + round as usize * 1_000_000;
+        let got = p
+            .apply(large_with_handles, (vec![3u8; n], e.clone(), b))
+            .unwrap();
+        assert_eq!(got, (n, round + 3));
+        assert!(e.is_set());
+    }
+}
+
 /// `n` bytes, for an answer much larger than its task.
 fn grow(n: usize) -> Vec<u8> {
     (0..n).map(|i| i as u8).collect()
@@ -847,7 +869,7 @@ fn grow(n: usize) -> Vec<u8> {
 fn large_and_small_frames_keep_their_order(m: StartMethod) {
     let p = pool(m, 1);
     let sizes = [
-        10, 200_000, 5, 1_000_000, 0, 40_000, 32_700, 32_800, 8, 3_000_000, 1,
+        10, 200_000, 5, 1_000_000, 0, 40_000, 32_700, 32_800, 8, 3_000_000, 1, 262_136, 262_144,
     ];
     let echoes: Vec<_> = sizes
         .iter()
@@ -1016,6 +1038,7 @@ per_start_method!(
     cancelling_a_task_a_worker_holds_skips_it,
     a_callback_may_stop_the_pool_whoever_completes_its_job,
     large_and_small_frames_keep_their_order,
+    a_large_task_keeps_its_handles,
     a_worker_that_corrupts_its_lane_is_replaced,
     a_panicking_callback_does_not_take_the_pool_down,
     terminate_from_a_callback_does_not_deadlock,

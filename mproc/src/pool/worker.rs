@@ -8,10 +8,12 @@
 //! knows exactly which task was running (if any): answers published are finished, the one
 //! counted but unanswered was running, the rest never started.
 
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use super::lane::Lane;
 use crate::channel::Channel;
+use crate::memfile::{Mapped, Spares, WORTH_A_FILE};
 use crate::error::{Error, ErrorKind};
 use crate::panics::catch_uncounted;
 use crate::sys::fd;
@@ -52,6 +54,8 @@ pub(crate) fn serve(
         linger: spec.linger,
         out: Vec::new(),
         socket_task: None,
+        spares: Spares::default(),
+        files: Mapped::default(),
     };
     match worker.serve() {
         Ok(()) => 0,
@@ -81,10 +85,15 @@ struct Worker<'a> {
     /// A large task that came on the socket while the worker slept, before it met the
     /// task's placeholder in the lane.
     socket_task: Option<SocketTask>,
+    /// Memory files its large answers go in, kept for reuse.
+    spares: Spares,
+    /// Its mappings of the memory files large tasks came in.
+    files: Mapped,
 }
 
-/// A task that came on the socket: id, entry, payload, and its handles' descriptors.
-type SocketTask = (u64, i64, Vec<u8>, Vec<std::os::fd::OwnedFd>);
+/// A task that came on the socket: id, entry, payload (or why it could not be read), and its
+/// handles' descriptors.
+type SocketTask = (u64, i64, Result<Vec<u8>, Error>, Vec<std::os::fd::OwnedFd>);
 
 impl Worker<'_> {
     /// Runs tasks until told to stop (`Ok`) or until it cannot go on (`Err(exit code)`).
@@ -117,7 +126,10 @@ impl Worker<'_> {
                     Ok(ToWorker::OnSocket) => {
                         let mine = self.lane.claim();
                         let (id, entry, payload, fds) = self.task_from_socket()?;
-                        let result = self.run_if(mine, entry, &payload, fds);
+                        let result = match &payload {
+                            Ok(payload) => self.run_if(mine, entry, payload, fds),
+                            Err(e) => Err(e.clone()),
+                        };
                         drop(payload);
                         self.publish_panics(&mut panics);
                         self.answer(id, result)?;
@@ -149,7 +161,15 @@ impl Worker<'_> {
                     handles,
                 }) if self.socket_task.is_none() => {
                     let fds = self.ctrl.take_fds_n(handles as usize);
-                    self.socket_task = Some((id, entry, payload, fds));
+                    self.socket_task = Some((id, entry, Ok(payload), fds));
+                }
+                Ok(ToWorker::TaskInFile {
+                    id,
+                    entry,
+                    len,
+                    handles,
+                }) if self.socket_task.is_none() => {
+                    self.socket_task = Some(self.task_in_file(id, entry, len, handles)?);
                 }
                 Ok(_) => return Err(1),
                 Err(_) => return Ok(()), // the dispatcher is gone
@@ -214,13 +234,38 @@ impl Worker<'_> {
                     handles,
                 }) => {
                     let fds = self.ctrl.take_fds_n(handles as usize);
-                    return Ok((id, entry, payload, fds));
+                    return Ok((id, entry, Ok(payload), fds));
                 }
+                Ok(ToWorker::TaskInFile {
+                    id,
+                    entry,
+                    len,
+                    handles,
+                }) => return self.task_in_file(id, entry, len, handles),
                 Ok(ToWorker::Wake) => {}
                 Ok(_) => return Err(1),
                 Err(_) => return Err(0),
             }
         }
+    }
+
+    /// A task whose payload came in a memory file, the last of the descriptors that came with
+    /// its message: copied out (a file that cannot be read fails the task alone).
+    fn task_in_file(
+        &mut self,
+        id: u64,
+        entry: i64,
+        len: u64,
+        handles: u32,
+    ) -> Result<SocketTask, i32> {
+        let want = handles as usize + 1;
+        let mut fds = self.ctrl.take_fds_n(want);
+        if fds.len() != want {
+            return Err(1);
+        }
+        let file = fds.pop().ok_or(1)?;
+        let payload = self.files.take(file.as_fd(), len);
+        Ok((id, entry, payload, fds))
     }
 
     /// Publishes a task's answer (in the lane, or on the socket with a placeholder in the
@@ -234,7 +279,27 @@ impl Worker<'_> {
         if small && codec::encode_into(self.out_cleared(), &done).is_ok() {
             self.publish()?;
         } else {
-            match self.ctrl.send(&done, &[]) {
+            let in_file = match &done {
+                FromWorker::Done {
+                    id,
+                    result: Ok(bytes),
+                } if bytes.len() >= WORTH_A_FILE => self
+                    .spares
+                    .write(bytes.len(), |b| {
+                        b.copy_from_slice(bytes);
+                        Ok(())
+                    })
+                    .ok()
+                    .map(|file| (*id, bytes.len() as u64, file)),
+                _ => None,
+            };
+            let sent = match in_file {
+                Some((id, len, file)) => self
+                    .ctrl
+                    .send(&FromWorker::DoneInFile { id, len }, &[file.as_fd()]),
+                None => self.ctrl.send(&done, &[]),
+            };
+            match sent {
                 Ok(()) => {
                     codec::encode_into(self.out_cleared(), &FromWorker::OnSocket).map_err(|_| 1)?;
                 }

@@ -115,6 +115,14 @@ pub(crate) enum ToWorker<P> {
     Wake,
     /// In the lane, in place of a task too large for it: the task follows on the socket.
     OnSocket,
+    /// On the socket, a large task: as `Task`, its payload of `len` bytes in a memory file
+    /// (`memfile`) whose descriptor follows those of the handles.
+    TaskInFile {
+        id: u64,
+        entry: i64,
+        len: u64,
+        handles: u32,
+    },
 }
 
 /// Pool worker to dispatcher.
@@ -134,6 +142,9 @@ pub(crate) enum FromWorker {
     Wake,
     /// In the lane, in place of an answer too large for it: the answer went on the socket.
     OnSocket,
+    /// On the socket, a large answer: as `Done` with `Ok`, its `len` bytes in a memory file
+    /// (`memfile`) whose descriptor rides with this message.
+    DoneInFile { id: u64, len: u64 },
 }
 
 /// How a target ended, sent by the child just before it exits.

@@ -4,7 +4,7 @@
 //! through its outbox, so one slow worker never blocks the others.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use super::chunk::Chunk;
@@ -12,6 +12,7 @@ use super::config::Config;
 use super::link::{Answer, Link, Note, Polled, Sent};
 use crate::channel::{self, Outbox};
 use crate::error::{Error, ErrorKind};
+use crate::memfile::{Mapped, Spares, WORTH_A_FILE};
 use crate::pool::task;
 use crate::process;
 use crate::start::{self, Child, StartMethod};
@@ -40,6 +41,29 @@ pub(crate) struct LocalLink {
     /// Its exit was seen: an answer that came on the socket just before, without its
     /// placeholder, is taken in its turn.
     gone: bool,
+    /// Memory files its large tasks go in, kept for reuse.
+    spares: Spares,
+    /// Mappings of the memory files its large answers came in.
+    files: Mapped,
+}
+
+impl LocalLink {
+    /// Queues a large task on the socket with its payload in a memory file, whose descriptor
+    /// follows those of its handles (`fds`).
+    fn push_in_file(&mut self, chunk: &Chunk, mut fds: Vec<OwnedFd>) -> Result<(), Error> {
+        let file = self.spares.write(chunk.payload.len(), |b| {
+            b.copy_from_slice(&chunk.payload);
+            Ok(())
+        })?;
+        fds.push(file);
+        let task = ToWorker::<&[u8]>::TaskInFile {
+            id: chunk.id,
+            entry: chunk.entry,
+            len: chunk.payload.len() as u64,
+            handles: chunk.handles.len() as u32,
+        };
+        self.outbox.push_with_fds(&task, fds)
+    }
 }
 
 impl Link for LocalLink {
@@ -111,6 +135,8 @@ impl Link for LocalLink {
             socket_answers: VecDeque::new(),
             placeholders: 0,
             gone: false,
+            spares: Spares::default(),
+            files: Mapped::default(),
         })
     }
 
@@ -138,6 +164,9 @@ impl Link for LocalLink {
                         .map(|fd| fd::dup_above(fd.as_fd(), 0))
                         .collect::<Result<Vec<_>, _>>();
                     let pushed = match copies {
+                        Ok(fds) if chunk.payload.len() >= WORTH_A_FILE => {
+                            self.push_in_file(chunk, fds)
+                        }
                         Ok(fds) => self.outbox.push_with_fds(&task, fds),
                         Err(e) => Err(Error::os("passing a handle to a pool worker", e)),
                     };
@@ -227,6 +256,17 @@ impl Link for LocalLink {
                 Ok(FromWorker::Ready) => return Some(Note::Ready),
                 Ok(FromWorker::InitFailed(e)) => return Some(Note::InitFailed(e)),
                 Ok(FromWorker::Done { id, result }) => self.socket_answers.push_back((id, result)),
+                Ok(FromWorker::DoneInFile { id, len }) => {
+                    let Some(file) = self.child.channel().take_fds_n(1).pop() else {
+                        self.ctrl_open = false;
+                        return Some(Note::Garbage(Error::protocol(
+                            "a pool worker's answer in a memory file came without the file",
+                        )));
+                    };
+                    let answer = self.files.take(file.as_fd(), len);
+                    self.socket_answers
+                        .push_back((id, answer.map(serde_bytes::ByteBuf::from)));
+                }
                 Ok(FromWorker::Wake) => {}
                 Ok(FromWorker::OnSocket) => {
                     return Some(Note::Garbage(Error::protocol(

@@ -1,0 +1,147 @@
+//! Memory files for large messages, shared by pipes and the pool's worker sockets.
+//!
+//! A sender encodes a large message straight into a memory file and sends the descriptor
+//! (`SCM_RIGHTS`) instead of the bytes, so they are never copied through a socket; it keeps the
+//! file ([`Spares`]) and writes its next large message into it again once the receiver has set
+//! the file's *done word* back to 0. The receiver keeps its mappings of the last few files it
+//! was sent ([`Mapped`]): mapping 10 MiB afresh (and unmapping it) cost more than copying the
+//! message out.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering;
+
+use crate::error::Error;
+use crate::sys::fd;
+use crate::sys::shm::Mapping;
+
+/// Where a message starts in its memory file: after the *done word*, which the sender sets to
+/// 1 when it sends the file and the receiver sets back to 0 once it has read the message.
+pub(crate) const FILE_HEADER: usize = 64;
+
+/// From how many bytes a pool task's payload or answer travels in a memory file rather than on
+/// the worker's socket: past a socket's buffer, the bytes would go through it in pieces, each
+/// a wake-up on both sides.
+pub(crate) const WORTH_A_FILE: usize = 256 * 1024;
+
+/// How many memory files a sender keeps for reuse, and a receiver keeps mapped: a file the
+/// receiver is done with is written again instead of a new one being made (and its pages
+/// allocated and zeroed).
+const SPARES: usize = 4;
+
+/// A memory file sent, kept for reuse.
+struct Spare {
+    map: Mapping,
+    file: OwnedFd,
+}
+
+impl Spare {
+    fn is_free(&self) -> bool {
+        self.map.word(0).load(Ordering::Acquire) == 0
+    }
+}
+
+/// A sender's memory files.
+#[derive(Default)]
+pub(crate) struct Spares(Vec<Spare>);
+
+impl Spares {
+    /// A memory file holding a message of `len` bytes that `fill` writes (a spare the
+    /// receiver is done with, or a new one), marked in flight; returns a descriptor to send.
+    pub(crate) fn write(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), Error>,
+    ) -> Result<OwnedFd, Error> {
+        let need = FILE_HEADER
+            .checked_add(len)
+            .ok_or_else(|| Error::invalid("a message longer than memory"))?;
+        let spares = &mut self.0;
+        let at = match spares
+            .iter()
+            .position(|s| s.map.len() >= need && s.is_free())
+        {
+            Some(at) => at,
+            None => {
+                // Rounded up, so messages that vary a little in size share files.
+                let size = need.next_multiple_of(64 * 1024);
+                let (map, file) = Mapping::create("mproc-message", size)
+                    .map_err(|e| Error::os("creating shared memory for a message", e))?;
+                if spares.len() >= SPARES {
+                    // A free one goes first; else the oldest (its receiver may never finish:
+                    // dropping our copy only frees the memory once the receiver's is gone).
+                    let victim = spares.iter().position(Spare::is_free).unwrap_or(0);
+                    spares.remove(victim);
+                }
+                spares.push(Spare {
+                    map,
+                    file: file.into_owned(),
+                });
+                spares.len() - 1
+            }
+        };
+        let spare = &mut spares[at];
+        fill(&mut spare.map.bytes_mut_from(FILE_HEADER)[..len])?;
+        let copy = fd::dup_above(spare.file.as_fd(), 0)
+            .map_err(|e| Error::os("duplicating a message's memory file", e))?;
+        spare.map.word(0).store(1, Ordering::Relaxed);
+        Ok(copy)
+    }
+}
+
+/// A receiver's mappings of the memory files it was sent, by identity, the most recently used
+/// last. A kept mapping is safe to read again: a file is mapped only once it is sealed against
+/// shrinking, so its pages stay. At most [`SPARES`] are kept; each keeps its file's memory
+/// alive until it is replaced or the receiver is dropped.
+#[derive(Default)]
+pub(crate) struct Mapped(Vec<((u64, u64), Mapping)>);
+
+impl Mapped {
+    /// A mapping of the memory file `file` that holds a message of `len` bytes after its
+    /// header (sealed against shrinking, and that long, or an error).
+    pub(crate) fn map(&mut self, file: BorrowedFd<'_>, len: u64) -> Result<&Mapping, Error> {
+        let need = usize::try_from(len)
+            .ok()
+            .and_then(|len| len.checked_add(FILE_HEADER))
+            .ok_or_else(|| Error::protocol("a message longer than memory"))?;
+        let bad = |e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                Error::protocol(format!("a message in a bad memory file: {e}"))
+            } else {
+                Error::os("mapping a received message", e)
+            }
+        };
+        let id = crate::sys::shm::file_identity(file).map_err(bad)?;
+        let maps = &mut self.0;
+        match maps.iter().position(|(kept, map)| *kept == id && map.len() >= need) {
+            Some(at) => {
+                let kept = maps.remove(at);
+                maps.push(kept);
+            }
+            None => {
+                let map = Mapping::open_prefix(file, need).map_err(bad)?;
+                maps.retain(|(kept, _)| *kept != id);
+                if maps.len() >= SPARES {
+                    maps.remove(0);
+                }
+                maps.push((id, map));
+            }
+        }
+        Ok(&maps.last().expect("just pushed").1)
+    }
+
+    /// The `len`-byte message in `file`, copied out; the file is then marked done.
+    pub(crate) fn take(&mut self, file: BorrowedFd<'_>, len: u64) -> Result<Vec<u8>, Error> {
+        let map = self.map(file, len)?;
+        let bytes = map
+            .reader(FILE_HEADER, len as usize)
+            .and_then(|r| r.into_vec())
+            .map_err(|e| Error::protocol(format!("a message in a bad memory file: {e}")));
+        done(map);
+        bytes
+    }
+}
+
+/// Marks a received file's message read: its sender may write the next one there.
+pub(crate) fn done(map: &Mapping) {
+    map.word(0).store(0, Ordering::Release);
+}
