@@ -101,8 +101,8 @@
 //! a [`Connection`] in a memory file, each byte copied twice (in and out); on the bench machine a
 //! 10 MiB `Vec<u8>` or `Vec<f64>` moves at 12–14 GB/s either way (BENCHMARKS.md). Sequences
 //! of anything else (`Vec<bool>`, `Vec<char>`, structs, maps, `VecDeque`) go element by
-//! element. A pool task's arguments and result travel on the worker's socket: fine for
-//! kilobytes, about 2 GB/s for megabytes; hand bulk data to tasks through a `Queue`, a pipe,
+//! element. A pool task's arguments and result travel on the worker's socket, or past 256 KiB
+//! in a memory file: about 3 GB/s for megabytes; hand bulk data to tasks through a `Queue`, a pipe,
 //! or, when many tasks read the same data, a [`Buffer`]: it travels by handle, so no task
 //! copies it, whatever its size.
 //!
