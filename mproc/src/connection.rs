@@ -328,6 +328,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                 });
                 // Done with it: the sender may write its next message there.
                 memfile::done(map);
+                state.files.release();
                 value
             }
             _ => Err(Error::protocol("a malformed message on a pipe")),

@@ -90,10 +90,22 @@ impl Spares {
 
 /// A receiver's mappings of the memory files it was sent, by identity, the most recently used
 /// last. A kept mapping is safe to read again: a file is mapped only once it is sealed against
-/// shrinking, so its pages stay. At most [`SPARES`] are kept; each keeps its file's memory
-/// alive until it is replaced or the receiver is dropped.
+/// shrinking, so its pages stay. At most [`SPARES`] mappings and [`KEEP_BYTES`] are kept (a
+/// larger message's mapping goes once it is read); each keeps its file's memory alive until it
+/// is replaced or the receiver is dropped.
 #[derive(Default)]
-pub(crate) struct Mapped(Vec<((u64, u64), Mapping)>);
+pub(crate) struct Mapped {
+    kept: Vec<(Identity, Mapping)>,
+    /// The mapping of the last message, when it is not kept.
+    passing: Option<Mapping>,
+}
+
+/// Which file a mapping is of: its device and inode numbers, and its file handle (which adds
+/// tmpfs's random generation number, so a number reused after a wrap is not the same file).
+type Identity = ((u64, u64), Vec<u8>);
+
+/// How many bytes of mappings a receiver keeps.
+const KEEP_BYTES: usize = 64 << 20;
 
 impl Mapped {
     /// A mapping of the memory file `file` that holds a message of `len` bytes after its
@@ -110,23 +122,39 @@ impl Mapped {
                 Error::os("mapping a received message", e)
             }
         };
-        let id = crate::sys::shm::file_identity(file).map_err(bad)?;
-        let maps = &mut self.0;
-        match maps.iter().position(|(kept, map)| *kept == id && map.len() >= need) {
-            Some(at) => {
-                let kept = maps.remove(at);
-                maps.push(kept);
-            }
-            None => {
-                let map = Mapping::open_prefix(file, need).map_err(bad)?;
-                maps.retain(|(kept, _)| *kept != id);
-                if maps.len() >= SPARES {
-                    maps.remove(0);
-                }
-                maps.push((id, map));
-            }
+        self.passing = None;
+        // Without a file handle (a kernel or file system without them) nothing is kept.
+        let id = crate::sys::shm::file_identity(file)
+            .and_then(|numbers| Ok((numbers, crate::sys::shm::file_handle(file)?)))
+            .ok();
+        let kept = &mut self.kept;
+        if let Some(at) = id
+            .as_ref()
+            .and_then(|id| kept.iter().position(|(k, map)| k == id && map.len() >= need))
+        {
+            let found = kept.remove(at);
+            kept.push(found);
+            return Ok(&kept.last().expect("just pushed").1);
         }
-        Ok(&maps.last().expect("just pushed").1)
+        let map = Mapping::open_prefix(file, need).map_err(bad)?;
+        match id {
+            Some(id) if need <= KEEP_BYTES => {
+                kept.retain(|(k, _)| *k != id);
+                kept.push((id, map));
+                while kept.len() > 1
+                    && (kept.len() > SPARES || kept.iter().map(|(_, m)| m.len()).sum::<usize>() > KEEP_BYTES)
+                {
+                    kept.remove(0);
+                }
+                Ok(&kept.last().expect("just pushed").1)
+            }
+            _ => Ok(self.passing.insert(map)),
+        }
+    }
+
+    /// Unmaps the last message's file unless it is kept.
+    pub(crate) fn release(&mut self) {
+        self.passing = None;
     }
 
     /// The `len`-byte message in `file`, copied out; the file is then marked done.
@@ -137,6 +165,7 @@ impl Mapped {
             .and_then(|r| r.into_vec())
             .map_err(|e| Error::protocol(format!("a message in a bad memory file: {e}")));
         done(map);
+        self.release();
         bytes
     }
 }
@@ -144,4 +173,46 @@ impl Mapped {
 /// Marks a received file's message read: its sender may write the next one there.
 pub(crate) fn done(map: &Mapping) {
     map.word(0).store(0, Ordering::Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mappings_are_kept_by_file_up_to_a_budget() {
+        let mut spares = Spares::default();
+        let mut mapped = Mapped::default();
+        let msg = |n: usize| -> Vec<u8> { (0..n).map(|i| (i * 7) as u8).collect() };
+        // The same file again and again (read each time): one mapping kept.
+        for round in 0..5 {
+            let m = msg(1000 + round);
+            let file = spares.write(m.len(), |b| { b.copy_from_slice(&m); Ok(()) }).unwrap();
+            assert_eq!(mapped.take(file.as_fd(), m.len() as u64).unwrap(), m);
+        }
+        assert_eq!(spares.0.len(), 1, "the file was written again");
+        assert_eq!(mapped.kept.len(), 1, "and mapped once");
+        // A message larger than the budget is not kept once read.
+        let big = msg(KEEP_BYTES + 1);
+        let file = spares.write(big.len(), |b| { b.copy_from_slice(&big); Ok(()) }).unwrap();
+        assert_eq!(mapped.take(file.as_fd(), big.len() as u64).unwrap(), big);
+        assert!(mapped.passing.is_none());
+        assert!(mapped.kept.iter().map(|(_, m)| m.len()).sum::<usize>() <= KEEP_BYTES);
+        // Files in flight at once: at most SPARES mappings.
+        let held: Vec<_> = (0..6)
+            .map(|i| {
+                let m = msg(100 + i);
+                let f = spares.write(m.len(), |b| { b.copy_from_slice(&m); Ok(()) }).unwrap();
+                (f, m)
+            })
+            .collect();
+        for (f, m) in &held {
+            assert_eq!(&mapped.take(f.as_fd(), m.len() as u64).unwrap(), m);
+        }
+        assert!(mapped.kept.len() <= SPARES);
+        // A bad length, and a file that is not one of ours.
+        assert!(mapped.take(held[0].0.as_fd(), u64::MAX).is_err());
+        let unsealed = crate::sys::shm::testing::unsealed_memfd(4096);
+        assert!(mapped.take(unsealed.as_fd(), 10).is_err());
+    }
 }

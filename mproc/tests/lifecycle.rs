@@ -58,6 +58,12 @@ fn parent_death_by_sigkill_takes_children_and_fork_server_within_a_second() {
         if method == "forkserver" {
             let server = parent_pid_of(pids[0]);
             assert_ne!(server, driver.id(), "forkserver children are the server's");
+            // Its spare child too, when it has forked one already.
+            let others: Vec<u32> = children_of(server)
+                .into_iter()
+                .filter(|p| !pids.contains(p))
+                .collect();
+            pids.extend(others);
             pids.push(server);
         }
         driver.kill().unwrap();
@@ -567,7 +573,14 @@ fn the_fork_server_keeps_one_spare_child_and_replaces_a_killed_one() {
         return;
     }
     let m = StartMethod::Forkserver;
-    let mut sleeper = Process::new(sleep_ms, (60_000,)).start_method(m);
+    // The test runner may ignore SIGINT, and the server would inherit that: the default
+    // action, so that a signal pending in the spare would end it.
+    // SAFETY: setting a signal's disposition to its default has no preconditions.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+    // Daemonic: a failing assertion below ends the test at once, not after the sleep.
+    let mut sleeper = Process::new(sleep_ms, (60_000,))
+        .start_method(m)
+        .daemon(true);
     sleeper.start().unwrap();
     let busy = sleeper.pid().unwrap();
     let server = parent_pid_of(busy);
@@ -594,6 +607,39 @@ fn the_fork_server_keeps_one_spare_child_and_replaces_a_killed_one() {
         "a spare again",
         || matches!(spares()[..], [s] if s != second),
     );
+    // Signals that reach the waiting spare (as a Ctrl-C to the process group would) stay
+    // pending there, blocked; they were not meant for what it runs next, which runs in it.
+    let third = spares()[0];
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        assert_eq!(unsafe { libc::kill(third as i32, sig) }, 0);
+    }
+    let mut next = Process::new(my_pid, ()).start_method(m);
+    next.start().unwrap();
+    assert_eq!(
+        next.join_timeout(PATIENCE).unwrap(),
+        third,
+        "it ran in the signalled spare"
+    );
+    // A spare that dies after it was handed a start's sockets, before it announced itself
+    // (stopped, then killed): nothing ran, so the start goes to another child.
+    wait_until("a spare", || spares().len() == 1);
+    let doomed = spares()[0];
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(doomed as i32, libc::SIGSTOP) }, 0);
+    let starting = std::thread::spawn(move || {
+        let mut p = Process::new(my_pid, ()).start_method(m);
+        p.start().unwrap();
+        p.join_timeout(PATIENCE).unwrap()
+    });
+    wait_until(
+        "the next spare, once the stopped one was handed the start",
+        || spares().len() == 2,
+    );
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(doomed as i32, libc::SIGKILL) }, 0);
+    let ran_in = starting.join().unwrap();
+    assert_ne!(ran_in, doomed);
     for _ in 0..20 {
         let mut p = Process::new(my_pid, ()).start_method(m);
         p.start().unwrap();

@@ -86,6 +86,19 @@ fn driver_with_a_handler() {
     println!("restarts {}", pool.stats().restarts.total());
     pool.close();
     pool.join().unwrap();
+    // Children started after the signals never get them: a fork server's spare child,
+    // forked ahead, was waiting (its signals blocked) while they came.
+    for _ in 0..3 {
+        let mut p = mproc::Process::new(square, (3,)).start_method(m);
+        p.start().unwrap();
+        assert_eq!(p.join_timeout(Duration::from_secs(20)).unwrap(), 9);
+    }
+    let late = Pool::builder()
+        .processes(2)
+        .start_method(m)
+        .build()
+        .unwrap();
+    println!("late square {}", late.apply(square, (5,)).unwrap());
 }
 
 /// Runs `driver` under method `m` in a process group of its own; returns the child once it
@@ -224,6 +237,10 @@ fn with_a_handler_the_pool_works_on(m: StartMethod) {
     assert!(
         said.contains(&"restarts 0".to_string()),
         "no worker died: {said:?}"
+    );
+    assert!(
+        said.contains(&"late square 25".to_string()),
+        "children started after the signals: {said:?}\n{stderr}"
     );
 }
 

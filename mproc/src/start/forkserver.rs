@@ -65,7 +65,7 @@ pub(crate) fn launch(start: &[u8], start_fds: &[BorrowedFd<'_>]) -> Result<Child
 }
 
 /// One try at a child; `None` if the server died, and no child of this request exists or
-/// ever will.
+/// ever will, or if the child died before it could run anything.
 fn launch_once(
     start: &[u8],
     start_fds: &[BorrowedFd<'_>],
@@ -96,17 +96,20 @@ fn launch_once(
     // anything, and keeps that socket open until then: so the socket closing unanswered means
     // that no child of this request will ever run.
     let mut status = Channel::new(status);
-    let forked: Forked = match status.recv(deadline) {
-        Ok(forked) => forked,
+    let announced = match status.recv_frame(deadline) {
+        Ok(frame) => frame,
         Err(e) if *e.kind() == ErrorKind::Closed && has_died(serial) => {
             return Ok(None);
         }
         Err(e) => return Err(server_failed("fork a child", e)),
     };
-    let pidfd = status
-        .take_fds()
-        .pop()
-        .ok_or_else(|| Error::protocol("the new child's announcement carried no pidfd"))?;
+    // An announcement carries the child's pidfd; the server's report of its exit carries
+    // nothing, and comes first only when the child died before it announced itself (killed
+    // as it started): it ran nothing, so another may be asked for.
+    let Some(pidfd) = status.take_fds().pop() else {
+        return Ok(None);
+    };
+    let forked: Forked = channel::decode_message(&announced)?;
     let child = Child::new(
         forked.pid,
         InternalFd::new(pidfd),
@@ -292,6 +295,9 @@ impl Spare {
                     proc::exit_now(0)
                 };
                 drop(sock);
+                // A Ctrl-C to the group while it waited, blocked, was for the processes that
+                // existed then: a freshly forked child would not have it pending.
+                proc::discard_pending_stop_signals();
                 proc::unblock_all_signals();
                 run_child(ctrl, status, me)
             }
@@ -350,7 +356,10 @@ impl Serving<'_, '_> {
                 self.children.insert(spare.pid, (status, spare.tie));
                 return;
             }
-            // It died unasked (killed): reaped with the others; its tie is given back then.
+            // It died unasked (killed), or the hand-over failed: it goes (our own unreaped
+            // child, so the pid is still its), and is reaped with the others, its tie given
+            // back then.
+            let _ = proc::kill(spare.pid, libc::SIGKILL);
             self.children.insert(spare.pid, (spare.sock, spare.tie));
         }
         self.fork_child(ctrl, status);

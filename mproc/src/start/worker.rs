@@ -23,10 +23,10 @@ use super::role::{self, RoleFn};
 /// Exit code of a child that could not read its start message (its parent is gone).
 const EXIT_NO_START: i32 = 3;
 
-/// Runs the target described by the first message on `ctrl`, reports, and exits.
 /// How much freed heap a pool worker keeps for its next tasks (see `proc::keep_freed_memory`).
 const POOL_WORKER_KEEPS: usize = 64 << 20;
 
+/// Runs the target described by the first message on `ctrl`, reports, and exits.
 pub(crate) fn run(ctrl: InternalFd) -> ! {
     let code = match panic::catch_unwind(AssertUnwindSafe(|| serve(ctrl))) {
         Ok(code) => code,

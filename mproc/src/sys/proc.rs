@@ -554,13 +554,32 @@ pub(crate) fn block_stop_signals() {
 /// own defaults adapt to the same end but give memory back once 2x the largest block is free.
 pub(crate) fn keep_freed_memory(bytes: usize) {
     let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
-    // SAFETY: mallopt takes any values for these parameters (it refuses bad ones itself) and
-    // is called with no allocation in progress on another thread of this process (a pool
-    // worker's start, before any task runs).
+    // SAFETY: mallopt takes any values for these parameters (it refuses bad ones itself), and
+    // takes the allocator's own lock, so another thread allocating meanwhile (a parent
+    // watcher) is no hazard.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, bytes / 2);
         libc::mallopt(libc::M_TRIM_THRESHOLD, bytes);
     }
+}
+
+/// Discards a SIGINT or SIGTERM pending for this process while they were blocked (see
+/// [`block_stop_signals`]): one sent to the process group before this process was asked to
+/// run anything (a fork server's spare child, waiting) was not meant for what it runs now.
+pub(crate) fn discard_pending_stop_signals() {
+    let mut stops = empty_sigset();
+    // SAFETY: `stops` is an initialised set; SIGINT and SIGTERM are valid signals.
+    unsafe {
+        libc::sigaddset(&mut stops, libc::SIGINT);
+        libc::sigaddset(&mut stops, libc::SIGTERM);
+    }
+    let now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `stops` and `now` are initialised and outlive the call; no siginfo is asked for.
+    // Each call takes one pending signal of the set, or fails (EAGAIN) once none is left.
+    while unsafe { libc::sigtimedwait(&stops, ptr::null_mut(), &now) } > 0 {}
 }
 
 /// Blocks every signal for this thread: a helper thread (the parent watcher) never takes a

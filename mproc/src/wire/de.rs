@@ -540,6 +540,62 @@ mod tests {
         Ok(v)
     }
 
+    /// A slice input that counts the reads of single fixed-width values.
+    struct Counting<'de> {
+        input: &'de [u8],
+        small_reads: usize,
+    }
+
+    impl<'de> Input<'de> for Counting<'de> {
+        fn remaining(&self) -> usize {
+            self.input.len()
+        }
+        fn array<const N: usize>(&mut self) -> Result<[u8; N], Error> {
+            self.small_reads += 1;
+            self.input.array()
+        }
+        fn byte(&mut self) -> Result<u8, Error> {
+            self.small_reads += 1;
+            self.input.byte()
+        }
+        fn bytes<V: Visitor<'de>>(&mut self, len: usize, visitor: V) -> Result<V::Value, Error> {
+            self.input.bytes(len, visitor)
+        }
+        fn str<V: Visitor<'de>>(&mut self, len: usize, visitor: V) -> Result<V::Value, Error> {
+            self.input.str(len, visitor)
+        }
+        fn numbers<T: Number>(&mut self, n: usize) -> Result<Vec<T>, Error> {
+            self.input.numbers(n)
+        }
+    }
+
+    /// How many single values decoding a `T` from `bytes` read.
+    fn small_reads<T: DeserializeOwned + PartialEq + std::fmt::Debug>(
+        bytes: &[u8],
+        want: &T,
+    ) -> usize {
+        let mut de = Deserializer::new(Counting {
+            input: bytes,
+            small_reads: 0,
+        });
+        assert_eq!(&T::deserialize(&mut de).unwrap(), want);
+        de.input.small_reads
+    }
+
+    /// serde's own `Vec<T>` visitor is recognised: the count is the only single value read.
+    #[test]
+    fn a_vec_of_numbers_takes_the_whole_copy_path() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(small_reads(&encode(&bytes), &bytes), 1);
+        let floats: Vec<f64> = (0..100).map(f64::from).collect();
+        assert_eq!(small_reads(&encode(&floats), &floats), 1);
+        let boxed: Box<[i16]> = (0..100).collect();
+        assert_eq!(small_reads(&encode(&boxed), &boxed), 1);
+        // Not a Vec of numbers: element by element.
+        let flags = vec![true; 100];
+        assert_eq!(small_reads(&encode(&flags), &flags), 101);
+    }
+
     fn encode<T: Serialize>(v: &T) -> Vec<u8> {
         let mut out = Vec::new();
         super::super::ser::serialize(&mut out, v).unwrap();
