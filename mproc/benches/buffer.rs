@@ -7,6 +7,8 @@
 //! - `floor/100 B`: a 100-byte `Vec<u8>` argument;
 //! - `Buffer 100 MiB`: a `Buffer<u8>` of 100 MiB (its handle travels; the task reads its
 //!   length and its last byte);
+//! - `Buffer 100 MiB, in and back`: the task returns the buffer it was given (its handle
+//!   travels both ways);
 //! - `Vec<u8> 100 MiB`: the same data as a plain `Vec<u8>`, copied into the task;
 //! - `python/...`: `multiprocessing.Pool(2).apply` with 100 bytes, with a 100 MiB numpy array
 //!   (pickled into the task), and with the array in `multiprocessing.shared_memory`, attached
@@ -40,6 +42,10 @@ fn length_of(v: Vec<u8>) -> usize {
 
 fn length_of_buffer(b: Buffer<u8>) -> usize {
     b.len() + usize::from(b.last().copied().unwrap_or(0) == 0xff)
+}
+
+fn give_back(b: Buffer<u8>) -> Buffer<u8> {
+    b
 }
 
 fn sum_part(t: Buffer<u64>, part: usize, parts: usize) -> u64 {
@@ -81,6 +87,12 @@ fn main() -> Result<(), mproc::Error> {
             MIB << 20
         );
     });
+    let returned = median_us(calls * 5, || {
+        assert_eq!(
+            pool.apply(give_back, (big.clone(),)).unwrap().len(),
+            MIB << 20
+        );
+    });
     let plain = vec![7u8; MIB << 20];
     let copied = median_us(calls / 10 + 1, || {
         assert_eq!(pool.apply(length_of, (plain.clone(),)).unwrap(), MIB << 20);
@@ -91,6 +103,11 @@ fn main() -> Result<(), mproc::Error> {
         "{:<44} {shared:>10.1} µs  ({:+.1} µs over the floor)",
         format!("Buffer {MIB} MiB"),
         shared - floor
+    );
+    println!(
+        "{:<44} {returned:>10.1} µs  ({:+.1} µs over the floor)",
+        format!("Buffer {MIB} MiB, in and back as the result"),
+        returned - floor
     );
     println!(
         "{:<44} {copied:>10.1} µs  ({:.0}x the Buffer)",

@@ -51,6 +51,22 @@ pub(crate) fn scoped<T: 'static, R>(
     (result, last)
 }
 
+thread_local! {
+    /// The descriptors of the handles among the values a pool task just returned, left by its
+    /// chunk trampoline for the worker to send with the answer.
+    static RETURNED: RefCell<Vec<OwnedFd>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Leaves `fds` for [`take_returned`] (see `RETURNED`).
+pub(crate) fn stash_returned(fds: Vec<OwnedFd>) {
+    RETURNED.with(|r| *r.borrow_mut() = fds);
+}
+
+/// The descriptors the last task's values left (none, usually).
+pub(crate) fn take_returned() -> Vec<OwnedFd> {
+    RETURNED.with(|r| std::mem::take(&mut *r.borrow_mut()))
+}
+
 /// Runs `encode` (which serializes handles) and returns its result with owned copies of the
 /// descriptors the handles stand for, in index order.
 pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {

@@ -13,8 +13,26 @@ use serde::de::DeserializeOwned;
 use super::task;
 use crate::error::{Error, ErrorKind};
 
-/// A chunk's answer: the encoded per-item results, or an error for the whole chunk.
-pub(crate) type ChunkOutcome = Result<Vec<u8>, Error>;
+/// A chunk's answer: the encoded per-item results (with the descriptors of the handles among
+/// them), or an error for the whole chunk.
+pub(crate) type ChunkOutcome = Result<Answered, Error>;
+
+/// A chunk's encoded results, and the descriptors of the handles among its values (a
+/// [`Buffer`](crate::Buffer) a task returned), in index order.
+#[derive(Debug, Default)]
+pub(crate) struct Answered {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) handles: Vec<std::os::fd::OwnedFd>,
+}
+
+impl From<Vec<u8>> for Answered {
+    fn from(bytes: Vec<u8>) -> Answered {
+        Answered {
+            bytes,
+            handles: Vec::new(),
+        }
+    }
+}
 
 /// One chunk of a job.
 #[derive(Debug)]
@@ -422,7 +440,7 @@ pub(crate) fn decode_slot<R: DeserializeOwned>(slot: &Slot, target: &str) -> Vec
     match &slot.outcome {
         None => failed(Error::from(ErrorKind::NotReady)),
         Some(Err(e)) => failed(e.clone()),
-        Some(Ok(bytes)) => match task::decode_chunk::<R>(bytes, target) {
+        Some(Ok(answered)) => match task::decode_chunk::<R>(answered, target) {
             Err(e) => failed(e),
             Ok(items) if items.len() != slot.items => failed(Error::protocol(format!(
                 "a chunk of {} items came back with {} results",
@@ -454,7 +472,7 @@ mod tests {
         let w = Arc::new(Watch::default());
         job.watch(&w, 7);
         assert_eq!(w.try_next(), None);
-        job.deliver(0, Ok(Vec::new()));
+        job.deliver(0, Ok(Vec::new().into()));
         assert_eq!(w.try_next(), Some(7));
         assert_eq!(w.try_next(), None, "told once");
         // Complete already: told at once.

@@ -116,7 +116,7 @@ mod tests {
                 (bar.0.position(), bar.0.length())
             })
         };
-        job.deliver(0, Ok(Vec::new()));
+        job.deliver(0, Ok(Vec::new().into()));
         assert_eq!(job.progress(), (3, 5));
         job.deliver(1, Err(crate::ErrorKind::Cancelled.into()));
         assert_eq!(follower.join().unwrap(), (5, Some(5)));

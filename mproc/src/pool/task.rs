@@ -42,8 +42,12 @@ where
         .into_iter()
         .map(|args| crate::panics::catch(|| f.call(args)).map_err(Box::new))
         .collect();
-    codec::encode(&outputs)
-        .map_err(|e| Error::codec(format!("the return values of `{}`", name()), "encode", e))
+    // A handle among the values (a `Buffer`) sends its descriptor with the answer.
+    let (bytes, handles) = crate::handle::collecting(|| codec::encode(&outputs));
+    let bytes = bytes
+        .map_err(|e| Error::codec(format!("the return values of `{}`", name()), "encode", e))?;
+    crate::handle::stash_returned(handles);
+    Ok(bytes)
 }
 
 /// A chunk's encoded arguments and the descriptors of the handles among them.
@@ -57,12 +61,19 @@ pub(crate) fn encode_chunk<A: Serialize>(items: &[A], target: &str) -> Result<En
     Ok((bytes, fds))
 }
 
-/// Decodes a chunk's answer in the parent: one result per item.
+/// Decodes a chunk's answer in the parent: one result per item. Its handles' descriptors are
+/// lent, not taken (it may be decoded again).
 pub(crate) fn decode_chunk<R: DeserializeOwned>(
-    bytes: &[u8],
+    answered: &super::job::Answered,
     target: &str,
 ) -> Result<Vec<Result<R, Box<PanicReport>>>, Error> {
-    codec::decode(bytes)
+    let copies = answered
+        .handles
+        .iter()
+        .map(|fd| crate::sys::fd::dup_above(std::os::fd::AsFd::as_fd(fd), 0))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::os("taking a returned handle", e))?;
+    crate::handle::providing(copies, || codec::decode(&answered.bytes))
         .map_err(|e| Error::codec(format!("the return values of `{target}`"), "decode", e))
 }
 

@@ -271,6 +271,31 @@ impl Worker<'_> {
     /// Publishes a task's answer (in the lane, or on the socket with a placeholder in the
     /// lane), and wakes the dispatcher if it sleeps.
     fn answer(&mut self, id: u64, result: Result<Vec<u8>, Error>) -> Result<(), i32> {
+        // Handles among the values (a `Buffer`) go with the answer, on the socket.
+        let handles = crate::handle::take_returned();
+        if let (Ok(bytes), false) = (&result, handles.is_empty()) {
+            let done = FromWorker::DoneWithHandles {
+                id,
+                result: serde_bytes::ByteBuf::from(bytes.as_slice()),
+                handles: handles.len() as u32,
+            };
+            let fds: Vec<_> = handles.iter().map(AsFd::as_fd).collect();
+            match self.ctrl.send(&done, &fds) {
+                Ok(()) => {
+                    codec::encode_into(self.out_cleared(), &FromWorker::OnSocket).map_err(|_| 1)?;
+                }
+                Err(e) if *e.kind() == ErrorKind::Closed => return Err(0),
+                Err(e) => {
+                    let failed = FromWorker::Done { id, result: Err(e) };
+                    codec::encode_into(self.out_cleared(), &failed).map_err(|_| 1)?;
+                }
+            }
+            self.publish()?;
+            if self.lane.peer_needs_wake() {
+                self.ctrl.send(&FromWorker::Wake, &[]).map_err(|_| 0)?;
+            }
+            return Ok(());
+        }
         let done = FromWorker::Done {
             id,
             result: result.map(serde_bytes::ByteBuf::from),

@@ -899,7 +899,7 @@ impl Intake {
                     frame.items as usize,
                     frame.timeout_ms.map(Duration::from_millis),
                     move || gate.gate(&gate_id),
-                    move |outcome| done.answered(done_id, outcome),
+                    move |outcome| done.answered(done_id, outcome.and_then(only_bytes)),
                 )
             }
             Err(e) => Err(e.clone()),
@@ -1050,4 +1050,17 @@ fn cancelled(con: &mut Conn, c: &Common) -> Result<Vec<String>, Error> {
         .filter(|(_, f)| f[0] || !f[1])
         .map(|((id, _), _)| id)
         .collect())
+}
+
+/// An answer's bytes, or an error if its values hold handles: a descriptor cannot travel to
+/// another host.
+fn only_bytes(answered: crate::pool::job::Answered) -> Result<Vec<u8>, Error> {
+    if answered.handles.is_empty() {
+        Ok(answered.bytes)
+    } else {
+        Err(Error::invalid(
+            "the task returned a handle (a Buffer, a Lock, ...): handles cannot travel to \
+             another host",
+        ))
+    }
 }

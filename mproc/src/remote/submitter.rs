@@ -579,7 +579,7 @@ fn read_results(
                 chunk
             };
             if let Some((chunk, _)) = chunk {
-                chunk.finish(outcome);
+                chunk.finish(outcome.map(Into::into));
             }
         }
         if left.is_some_and(|n| n < flight.wake_below.load(Ordering::SeqCst)) {

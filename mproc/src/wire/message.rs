@@ -145,6 +145,13 @@ pub(crate) enum FromWorker {
     /// On the socket, a large answer: as `Done` with `Ok`, its `len` bytes in a memory file
     /// (`memfile`) whose descriptor rides with this message.
     DoneInFile { id: u64, len: u64 },
+    /// On the socket, an answer whose values hold handles (a `Buffer`): as `Done` with `Ok`,
+    /// with the handles' descriptors riding with this message.
+    DoneWithHandles {
+        id: u64,
+        result: serde_bytes::ByteBuf,
+        handles: u32,
+    },
 }
 
 /// How a target ended, sent by the child just before it exits.

@@ -440,6 +440,15 @@ fn handles_refuse_to_cross() {
     assert!(matches!(e.kind(), ErrorKind::InvalidArgument(_)), "{e}");
     assert!(e.to_string().contains("cannot cross"), "{e}");
     assert_eq!(pool.apply(square, (2,)).unwrap(), 4);
+    // Nor can one a task returns: the task fails alone, with a sentence that says why.
+    let e = pool.apply(make_buffer, (3,)).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::InvalidArgument(_)), "{e}");
+    assert!(e.to_string().contains("another host"), "{e}");
+    assert_eq!(pool.apply(square, (3,)).unwrap(), 9);
+}
+
+fn make_buffer(n: u8) -> mproc::Buffer<u8> {
+    mproc::Buffer::from_slice(&vec![n; usize::from(n)]).unwrap()
 }
 
 #[test]

@@ -13,6 +13,7 @@ use super::link::{Answer, Link, Note, Polled, Sent};
 use crate::channel::{self, Outbox};
 use crate::error::{Error, ErrorKind};
 use crate::memfile::{Mapped, Spares, WORTH_A_FILE};
+use crate::pool::job::Answered;
 use crate::pool::task;
 use crate::process;
 use crate::start::{self, Child, StartMethod};
@@ -226,7 +227,7 @@ impl Link for LocalLink {
                 Err(Corrupt) => return Err(Error::protocol("a pool worker corrupted its lane")),
             }
             match channel::decode_message::<FromWorker>(scratch) {
-                Ok(FromWorker::Done { id, result }) => return Ok(Some((id, result))),
+                Ok(FromWorker::Done { id, result }) => return Ok(Some((id, answered(result)))),
                 Ok(FromWorker::OnSocket) => self.placeholders += 1,
                 Ok(_) | Err(_) => {
                     return Err(Error::protocol("a pool worker wrote garbage in its lane"));
@@ -255,7 +256,21 @@ impl Link for LocalLink {
             match channel::decode_message::<FromWorker>(&frame) {
                 Ok(FromWorker::Ready) => return Some(Note::Ready),
                 Ok(FromWorker::InitFailed(e)) => return Some(Note::InitFailed(e)),
-                Ok(FromWorker::Done { id, result }) => self.socket_answers.push_back((id, result)),
+                Ok(FromWorker::Done { id, result }) => {
+                    self.socket_answers.push_back((id, answered(result)));
+                }
+                Ok(FromWorker::DoneWithHandles {
+                    id,
+                    result,
+                    handles,
+                }) => {
+                    let handles = self.child.channel().take_fds_n(handles as usize);
+                    let answer = Answered {
+                        bytes: result.into_vec(),
+                        handles,
+                    };
+                    self.socket_answers.push_back((id, Ok(answer)));
+                }
                 Ok(FromWorker::DoneInFile { id, len }) => {
                     let Some(file) = self.child.channel().take_fds_n(1).pop() else {
                         self.ctrl_open = false;
@@ -264,8 +279,7 @@ impl Link for LocalLink {
                         )));
                     };
                     let answer = self.files.take(file.as_fd(), len);
-                    self.socket_answers
-                        .push_back((id, answer.map(serde_bytes::ByteBuf::from)));
+                    self.socket_answers.push_back((id, answer.map(Answered::from)));
                 }
                 Ok(FromWorker::Wake) => {}
                 Ok(FromWorker::OnSocket) => {
@@ -343,4 +357,9 @@ impl Link for LocalLink {
     fn wait(&mut self, deadline: Option<Instant>) -> bool {
         matches!(self.child.wait(deadline), Ok(Some(_)))
     }
+}
+
+/// A worker's answer as the dispatcher keeps it.
+fn answered(result: Result<serde_bytes::ByteBuf, Error>) -> Result<Answered, Error> {
+    result.map(|b| Answered::from(b.into_vec()))
 }

@@ -144,7 +144,7 @@ fn answer(fake: &Handle, id: u64) {
     let mut fake = fake.borrow_mut();
     fake.started += 1;
     let bytes = serde_bytes::ByteBuf::from(id.to_le_bytes().to_vec());
-    fake.answers.push_back((id, Ok(bytes)));
+    fake.answers.push_back((id, Ok(bytes.into_vec().into())));
 }
 
 /// Chunk `index`'s outcome: `None` while unanswered, else its error kind (`None` inside for

@@ -180,7 +180,7 @@ impl<L: Link> Worker<L> {
             }
             #[cfg(feature = "tracing")]
             self.trace_panics(id);
-            chunk.finish(result.map(serde_bytes::ByteBuf::into_vec));
+            chunk.finish(result);
         } else {
             // Out of order: it is not running what we think. Trust nothing more.
             self.condemn(None, Error::protocol("a pool worker answered out of order"));
