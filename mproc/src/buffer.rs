@@ -34,12 +34,11 @@ fn data_at<T>() -> usize {
 /// a small value does, and every process reads the same pages.
 ///
 /// It travels wherever handles do: in the arguments of [`Process::new`](crate::Process::new)
-/// and of pool tasks, in what a pool task returns (a worker can build a large result in a
-/// buffer and hand it back without a copy), and in values sent on a
-/// [`Connection`](crate::Connection). A queue item or a `Process` target's return value cannot
-/// carry one (the error says so), nor can a remote pool's tasks; send it on a pipe instead. A
-/// fork child that inherited a buffer without being passed it can read it, but not pass it
-/// on.
+/// and of pool tasks, in what a target or a pool task returns (a worker can build a large
+/// result in a buffer and hand it back without a copy), and in values sent on a
+/// [`Connection`](crate::Connection). A queue item cannot carry one (the error says so; send
+/// it on a pipe instead), nor can a remote pool's tasks. A fork child that inherited a buffer
+/// without being passed it can read it, but not pass it on.
 /// Clones share the memory, which is freed when the last holder in any process drops it.
 ///
 /// `T` is [`Pod`](crate::Pod) and not zero-sized. A buffer received as a `Buffer<U>` whose

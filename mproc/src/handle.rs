@@ -4,7 +4,10 @@
 //! the descriptors those indices stand for ([`collecting`]); they travel beside the bytes,
 //! attached to the same socket message with `SCM_RIGHTS`, whatever the start method. The
 //! receiving side decodes the arguments with the descriptors it received in hand
-//! ([`providing`]), and each handle takes its own back by index.
+//! ([`providing`]), and each handle takes its own back by index. A target's (or a pool
+//! task's) returned value goes back the same way: its trampoline collects, leaves the
+//! descriptors for the worker to send with the answer ([`stash_returned`]), and the parent
+//! decodes the value with them in hand.
 //!
 //! Outside those two contexts (a handle put in a `Queue`, say), serializing a handle is an
 //! error with a sentence that says where handles may go.
@@ -135,7 +138,8 @@ pub(crate) fn import(at: u32) -> Result<OwnedFd, String> {
 }
 
 const NOT_HERE: &str = "mproc handles (locks, shared values, queues) can only travel as \
-                        arguments of Process::new or of Pool tasks, or through a Connection";
+                        arguments of Process::new or of Pool tasks, as what their targets \
+                        return, or through a Connection";
 
 #[cfg(test)]
 mod tests {

@@ -65,7 +65,8 @@ enum State {
     Running(Box<Child>),
     Done {
         exit: Exit,
-        outcome: Result<Vec<u8>, Error>,
+        /// The encoded value and the descriptors of the handles in it, or why there is none.
+        outcome: Result<(Vec<u8>, Vec<std::os::fd::OwnedFd>), Error>,
     },
 }
 
@@ -540,7 +541,7 @@ impl<R> Process<R> {
     /// Says how the child ended: `info` when it returned, `warn` for a panic (with its
     /// report), `error` when it was lost.
     #[cfg(feature = "tracing")]
-    fn trace_end(&self, exit: Exit, outcome: &Result<Vec<u8>, Error>) {
+    fn trace_end(&self, exit: Exit, outcome: &Result<(Vec<u8>, Vec<std::os::fd::OwnedFd>), Error>) {
         let pid = self.pid.unwrap_or(0);
         let code = exit.python_code();
         match outcome.as_ref().map_err(Error::kind) {
@@ -556,9 +557,13 @@ impl<R> Process<R> {
     }
 
     /// What a finished child's outcome means for `join`.
-    fn settle(&self, child: &mut Child, exit: Exit) -> Result<Vec<u8>, Error> {
+    fn settle(
+        &self,
+        child: &mut Child,
+        exit: Exit,
+    ) -> Result<(Vec<u8>, Vec<std::os::fd::OwnedFd>), Error> {
         match child.take_outcome() {
-            Some(Ok(Outcome::Returned(bytes))) => Ok(bytes),
+            Some(Ok(Outcome::Returned(bytes))) => Ok((bytes, child.take_returned())),
             Some(Ok(Outcome::Panicked(report))) => Err(ErrorKind::Panicked(report).into()),
             Some(Ok(Outcome::Failed(e))) => Err(e),
             Some(Ok(Outcome::Refused)) => Err(ErrorKind::ExecutableMismatch.into()),
@@ -628,8 +633,8 @@ impl<R: DeserializeOwned> Process<R> {
         }
         match &*self.lock() {
             State::Done { outcome, .. } => {
-                let bytes = outcome.as_ref().map_err(Clone::clone)?;
-                target::decode_output(bytes, self.target.name)
+                let (bytes, handles) = outcome.as_ref().map_err(Clone::clone)?;
+                target::decode_output(bytes, handles, self.target.name)
             }
             _ => unreachable!("wait returned an exit, so the state is Done"),
         }

@@ -129,6 +129,16 @@ fn a_buffer_comes_back_from_a_task(m: StartMethod) {
     assert_eq!(sum_range(b, 0, 10), expected_sum(0, 10));
 }
 
+/// A process's target may return buffers too; joined twice, each join gets its own.
+fn a_process_returns_a_buffer(m: StartMethod) {
+    let mut p = Process::new(make_table, (50_000,)).start_method(m);
+    p.start().unwrap();
+    let (t, _) = p.join_timeout(PATIENCE).unwrap();
+    let (again, _) = p.join_timeout(PATIENCE).unwrap();
+    drop(t);
+    assert_eq!(sum_range(again, 0, 50_000), expected_sum(0, 50_000));
+}
+
 /// Where a buffer cannot go, a clear error: a queue item. (One received as another element
 /// type: `buffer::tests` in the crate.)
 fn where_a_buffer_cannot_go(m: StartMethod) {
@@ -172,6 +182,7 @@ fn an_inherited_buffer_is_read_but_not_passed_on() {
 per_start_method!(
     a_buffer_reaches_children_and_pool_tasks,
     a_buffer_comes_back_from_a_task,
+    a_process_returns_a_buffer,
     a_buffer_crosses_a_pipe,
     where_a_buffer_cannot_go,
 );

@@ -45,6 +45,8 @@ pub(crate) struct Child {
     ctrl: Channel,
     reaper: Reaper,
     outcome: Option<Result<Outcome, Error>>,
+    /// The descriptors that came with the outcome (of handles in the returned value).
+    returned: Vec<std::os::fd::OwnedFd>,
     exit: Option<Exit>,
 }
 
@@ -56,6 +58,7 @@ impl Child {
             ctrl,
             reaper,
             outcome: None,
+            returned: Vec::new(),
             exit: None,
         }
     }
@@ -110,7 +113,10 @@ impl Child {
             return;
         }
         match self.ctrl.try_recv_frame() {
-            Ok(Some(frame)) => self.outcome = Some(channel::decode_message(&frame)),
+            Ok(Some(frame)) => {
+                self.outcome = Some(channel::decode_message(&frame));
+                self.returned = self.ctrl.take_fds();
+            }
             Ok(None) => {}
             // The peer closed without a frame: no outcome; the exit status tells why.
             Err(e) if *e.kind() == ErrorKind::Closed => {}
@@ -184,6 +190,11 @@ impl Child {
     /// Takes the outcome the child sent, once it has ended (`None` if it sent none).
     pub(crate) fn take_outcome(&mut self) -> Option<Result<Outcome, Error>> {
         self.outcome.take()
+    }
+
+    /// Takes the descriptors that came with the outcome.
+    pub(crate) fn take_returned(&mut self) -> Vec<std::os::fd::OwnedFd> {
+        std::mem::take(&mut self.returned)
     }
 
     /// Sends a signal, through the pidfd so it can never reach a recycled pid.

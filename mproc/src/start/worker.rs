@@ -125,7 +125,8 @@ fn serve(ctrl: InternalFd) -> i32 {
         return code;
     }
     let outcome = crate::handle::providing(handles, || call(entry, &start.args));
-    let code = report(&ctrl, outcome);
+    let returned = crate::handle::take_returned();
+    let code = report(&ctrl, outcome, &returned);
     // Rust's stdout is line-buffered: a last line without a newline would be lost by _exit.
     let _ = std::io::stdout().flush();
     // As Python's child does before it leaves: its own non-daemonic children are waited for,
@@ -134,9 +135,11 @@ fn serve(ctrl: InternalFd) -> i32 {
     code
 }
 
-/// Sends the outcome; the exit code says what the parent will have received.
-fn report(ctrl: &Channel, outcome: Outcome) -> i32 {
-    match ctrl.send(&outcome, &[]) {
+/// Sends the outcome, with the descriptors of the handles in its value; the exit code says
+/// what the parent will have received.
+fn report(ctrl: &Channel, outcome: Outcome, handles: &[std::os::fd::OwnedFd]) -> i32 {
+    let fds: Vec<_> = handles.iter().map(std::os::fd::AsFd::as_fd).collect();
+    match ctrl.send(&outcome, &fds) {
         Ok(()) => exit_code_after(&outcome),
         Err(e) if *e.kind() == ErrorKind::Closed => 1, // nobody is listening any more
         Err(e) => {

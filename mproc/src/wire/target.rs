@@ -122,13 +122,17 @@ where
     let args: A = codec::decode(args).map_err(|e| Error::codec(what(), "decode", e))?;
     let f: F = image::conjure::<F>();
     let out = f.call(args);
-    codec::encode(&out).map_err(|e| {
+    // A handle in the value (a `Buffer`) sends its descriptor with it.
+    let (bytes, handles) = crate::handle::collecting(|| codec::encode(&out));
+    let bytes = bytes.map_err(|e| {
         Error::codec(
             format!("the return value of `{}`", type_name::<F>()),
             "encode",
             e,
         )
-    })
+    })?;
+    crate::handle::stash_returned(handles);
+    Ok(bytes)
 }
 
 /// Encodes an argument tuple for `F` in the parent.
@@ -148,8 +152,18 @@ pub(crate) fn encode_args<F, A: Serialize>(args: &A) -> Result<EncodedArgs, Erro
     Ok((bytes, fds))
 }
 
-/// Decodes a target's returned value in the parent.
-pub(crate) fn decode_output<R: DeserializeOwned>(bytes: &[u8], target: &str) -> Result<R, Error> {
-    codec::decode(bytes)
+/// Decodes a target's returned value in the parent, with copies of the descriptors of the
+/// handles among it (`handles` is lent: it may be decoded again).
+pub(crate) fn decode_output<R: DeserializeOwned>(
+    bytes: &[u8],
+    handles: &[std::os::fd::OwnedFd],
+    target: &str,
+) -> Result<R, Error> {
+    let copies = handles
+        .iter()
+        .map(|fd| crate::sys::fd::dup_above(std::os::fd::AsFd::as_fd(fd), 0))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::os("taking a returned handle", e))?;
+    crate::handle::providing(copies, || codec::decode(bytes))
         .map_err(|e| Error::codec(format!("the return value of `{target}`"), "decode", e))
 }
