@@ -14,32 +14,11 @@ import subprocess
 import sys
 import time
 
+from bench_venv import ensure_venv
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Pinned: the figures name this version. Change it here, and the venv is rebuilt.
 REQUIREMENTS = ["numpy==2.3.5"]
-
-
-def ensure_venv(venv):
-    """Makes the venv with the pinned requirements unless it already has exactly them."""
-    python = os.path.join(venv, "bin", "python")
-    marker = os.path.join(venv, "mproc-requirements.txt")
-    want = "\n".join(REQUIREMENTS) + "\n"
-    try:
-        with open(marker) as f:
-            if f.read() == want and os.path.exists(python):
-                return python
-    except OSError:
-        pass
-    print(f"python_buffer.py: installing {' '.join(REQUIREMENTS)} into {venv}", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", venv], check=True, timeout=300)
-    subprocess.run(
-        [python, "-m", "pip", "install", "--disable-pip-version-check", "-q", *REQUIREMENTS],
-        check=True,
-        timeout=900,
-    )
-    with open(marker, "w") as f:
-        f.write(want)
-    return python
 
 
 def length(a):
@@ -108,7 +87,7 @@ def main():
     if args and args[0] == "--in-venv":
         measure(int(args[1]), int(args[2]))
         return
-    python = ensure_venv(venv)
+    python = ensure_venv(venv, REQUIREMENTS, "python_buffer.py")
     out = subprocess.run([python, os.path.abspath(__file__), "--in-venv", *args], timeout=1800)
     sys.exit(out.returncode)
 

@@ -37,6 +37,8 @@ import tempfile
 import time
 import urllib.parse
 
+from bench_venv import ensure_venv
+
 # Pinned: the figures name these versions. Change them here, and the venv is rebuilt.
 REQUIREMENTS = ["celery[redis]==5.7.0", "rq==3.0.0"]
 WORKERS = 2
@@ -86,29 +88,6 @@ def parse_args(argv):
         if t not in ("celery", "rq", "rq-simple"):
             die(f"unknown tool {t!r}")
     return opts
-
-
-def ensure_venv(venv):
-    """Makes the venv with the pinned requirements unless it already has exactly them."""
-    python = os.path.join(venv, "bin", "python")
-    marker = os.path.join(venv, "mproc-requirements.txt")
-    want = "\n".join(REQUIREMENTS) + "\n"
-    try:
-        with open(marker) as f:
-            if f.read() == want and os.path.exists(python):
-                return python
-    except OSError:
-        pass
-    print(f"python_remote.py: installing {' '.join(REQUIREMENTS)} into {venv}", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", venv], check=True, timeout=300)
-    subprocess.run(
-        [python, "-m", "pip", "install", "--disable-pip-version-check", "-q", *REQUIREMENTS],
-        check=True,
-        timeout=900,
-    )
-    with open(marker, "w") as f:
-        f.write(want)
-    return python
 
 
 # --- where Redis is, in each tool's spelling -------------------------------------------------
@@ -356,7 +335,7 @@ def run(opts):
 def main():
     opts = parse_args(sys.argv[1:])
     if not opts["in_venv"]:
-        python = ensure_venv(opts["venv"])
+        python = ensure_venv(opts["venv"], REQUIREMENTS, "python_remote.py")
         os.execv(python, [python, os.path.abspath(__file__), *sys.argv[1:], "--in-venv"])
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -273,74 +273,72 @@ impl Worker<'_> {
     fn answer(&mut self, id: u64, result: Result<Vec<u8>, Error>) -> Result<(), i32> {
         // Handles among the values (a `Buffer`) go with the answer, on the socket.
         let handles = crate::handle::take_returned();
-        if let (Ok(bytes), false) = (&result, handles.is_empty()) {
-            let done = FromWorker::DoneWithHandles {
-                id,
-                result: serde_bytes::ByteBuf::from(bytes.as_slice()),
-                handles: handles.len() as u32,
-            };
-            let fds: Vec<_> = handles.iter().map(AsFd::as_fd).collect();
-            match self.ctrl.send(&done, &fds) {
-                Ok(()) => {
-                    codec::encode_into(self.out_cleared(), &FromWorker::OnSocket).map_err(|_| 1)?;
-                }
-                Err(e) if *e.kind() == ErrorKind::Closed => return Err(0),
-                Err(e) => {
-                    let failed = FromWorker::Done { id, result: Err(e) };
-                    codec::encode_into(self.out_cleared(), &failed).map_err(|_| 1)?;
-                }
-            }
-            self.publish()?;
-            if self.lane.peer_needs_wake() {
-                self.ctrl.send(&FromWorker::Wake, &[]).map_err(|_| 0)?;
-            }
-            return Ok(());
-        }
-        let done = FromWorker::Done {
-            id,
-            result: result.map(serde_bytes::ByteBuf::from),
-        };
-        let small = codec::encoded_len(&done).is_ok_and(Lane::fits);
-        if small && codec::encode_into(self.out_cleared(), &done).is_ok() {
-            self.publish()?;
-        } else {
-            let in_file = match &done {
-                FromWorker::Done {
+        match result.map(serde_bytes::ByteBuf::from) {
+            Ok(result) if !handles.is_empty() => {
+                let fds: Vec<_> = handles.iter().map(AsFd::as_fd).collect();
+                let handles = fds.len() as u32;
+                let done = FromWorker::DoneWithHandles {
                     id,
-                    result: Ok(bytes),
-                } if bytes.len() >= WORTH_A_FILE => self
-                    .spares
-                    .write(bytes.len(), |b| {
-                        b.copy_from_slice(bytes);
-                        Ok(())
-                    })
-                    .ok()
-                    .map(|file| (*id, bytes.len() as u64, file)),
-                _ => None,
-            };
-            let sent = match in_file {
-                Some((id, len, file)) => self
-                    .ctrl
-                    .send(&FromWorker::DoneInFile { id, len }, &[file.as_fd()]),
-                None => self.ctrl.send(&done, &[]),
-            };
-            match sent {
-                Ok(()) => {
-                    codec::encode_into(self.out_cleared(), &FromWorker::OnSocket).map_err(|_| 1)?;
-                }
-                Err(e) if *e.kind() == ErrorKind::Closed => return Err(0),
-                // The answer could not be sent (over the frame limit, say): say that instead.
-                Err(e) => {
-                    let failed = FromWorker::Done { id, result: Err(e) };
-                    codec::encode_into(self.out_cleared(), &failed).map_err(|_| 1)?;
+                    result,
+                    handles,
+                };
+                self.on_socket(id, &done, &fds)?;
+            }
+            result => {
+                let done = FromWorker::Done { id, result };
+                let small = codec::encoded_len(&done).is_ok_and(Lane::fits);
+                if small && codec::encode_into(self.out_cleared(), &done).is_ok() {
+                    self.publish()?;
+                } else {
+                    let in_file = match &done {
+                        FromWorker::Done {
+                            result: Ok(bytes), ..
+                        } if bytes.len() >= WORTH_A_FILE => self
+                            .spares
+                            .write(bytes.len(), |b| {
+                                b.copy_from_slice(bytes);
+                                Ok(())
+                            })
+                            .ok()
+                            .map(|file| (bytes.len() as u64, file)),
+                        _ => None,
+                    };
+                    match in_file {
+                        Some((len, file)) => {
+                            let done = FromWorker::DoneInFile { id, len };
+                            self.on_socket(id, &done, &[file.as_fd()])?;
+                        }
+                        None => self.on_socket(id, &done, &[])?,
+                    }
                 }
             }
-            self.publish()?;
         }
         if self.lane.peer_needs_wake() {
             self.ctrl.send(&FromWorker::Wake, &[]).map_err(|_| 0)?;
         }
         Ok(())
+    }
+
+    /// Sends an answer too large for the lane (or carrying descriptors) on the socket, and its
+    /// placeholder in the lane; if it could not be sent (over the frame limit, say), the
+    /// error goes in the lane instead.
+    fn on_socket(
+        &mut self,
+        id: u64,
+        message: &FromWorker,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<(), i32> {
+        match self.ctrl.send(message, fds) {
+            Ok(()) => {
+                codec::encode_into(self.out_cleared(), &FromWorker::OnSocket).map_err(|_| 1)?;
+            }
+            Err(e) if *e.kind() == ErrorKind::Closed => return Err(0),
+            Err(e) => {
+                let failed = FromWorker::Done { id, result: Err(e) };
+                codec::encode_into(self.out_cleared(), &failed).map_err(|_| 1)?;
+            }
+        }
+        self.publish()
     }
 
     fn out_cleared(&mut self) -> &mut Vec<u8> {

@@ -153,18 +153,7 @@ impl Mapping {
         if len == 0 {
             return Err(io::ErrorKind::InvalidInput.into());
         }
-        // SAFETY: a fresh shared mapping of a descriptor we hold; the kernel picks the address,
-        // so no existing memory is replaced.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED | flags,
-                file,
-                0,
-            )?
-        };
+        let ptr = map_shared(file, len, ProtFlags::READ | ProtFlags::WRITE, flags)?;
         let map = Mapping {
             ptr: NonNull::new(ptr.cast()).ok_or(io::ErrorKind::InvalidData)?,
             len,
@@ -547,18 +536,7 @@ impl Frozen {
         if len == 0 {
             return Err(io::ErrorKind::InvalidInput.into());
         }
-        // SAFETY: a fresh read-only shared mapping of a descriptor we hold; the kernel picks
-        // the address, so no existing memory is replaced.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ,
-                MapFlags::SHARED,
-                file,
-                0,
-            )?
-        };
+        let ptr = map_shared(file, len, ProtFlags::READ, MapFlags::empty())?;
         Ok(Frozen {
             ptr: NonNull::new(ptr.cast()).ok_or(io::ErrorKind::InvalidData)?,
             len,
@@ -579,6 +557,19 @@ impl Drop for Frozen {
         // SAFETY: unmaps exactly what `map` mapped, once; no borrow of `bytes` outlives `self`.
         let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
+}
+
+/// A fresh shared mapping of `len` bytes of `file` (`MAP_SHARED` and `flags`), where the
+/// kernel chooses.
+fn map_shared(
+    file: BorrowedFd<'_>,
+    len: usize,
+    prot: ProtFlags,
+    flags: MapFlags,
+) -> io::Result<*mut std::ffi::c_void> {
+    // SAFETY: a fresh shared mapping of a descriptor we hold; the kernel picks the address,
+    // so no existing memory is replaced.
+    Ok(unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED | flags, file, 0)? })
 }
 
 /// A zero-filled memory file of `len` bytes (close-on-exec, sealable), listed as internal.
