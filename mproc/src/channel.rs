@@ -165,6 +165,11 @@ impl Channel {
         self.fds.drain(..n).collect()
     }
 
+    /// How many received descriptors no message has taken yet.
+    pub(crate) fn pending_fds(&self) -> usize {
+        self.fds.len()
+    }
+
     /// Descriptors received so far, in arrival order.
     pub(crate) fn take_fds(&mut self) -> Vec<OwnedFd> {
         std::mem::take(&mut self.fds)
@@ -200,6 +205,15 @@ impl Outbox {
                 e,
             )
         };
+        // Refused now, not when it is written: a frame the socket refuses would stay at the
+        // front of the queue for good.
+        if fds.len() > socket::MAX_FDS {
+            return Err(Error::invalid(format!(
+                "{} handles in one message; at most {} can travel together",
+                fds.len(),
+                socket::MAX_FDS
+            )));
+        }
         // Header and body in one buffer, encoded in place: no copy of the body.
         let len = codec::encoded_len(msg).map_err(failed)?;
         let mut framed = Vec::with_capacity(frame::HEADER_LEN + len);

@@ -129,6 +129,48 @@ fn a_buffer_comes_back_from_a_task(m: StartMethod) {
     assert_eq!(sum_range(b, 0, 10), expected_sum(0, 10));
 }
 
+fn small_buffer(n: u64) -> Buffer<u64> {
+    Buffer::from_slice(&[n, n + 1]).unwrap()
+}
+
+fn first(b: Buffer<u64>) -> u64 {
+    b[0]
+}
+
+/// Many handles in one chunk: up to the 253 descriptors one message can carry, each way, they
+/// travel; past that, the chunk fails with a sentence (it neither hangs nor takes the pool
+/// down).
+fn many_buffers_in_one_chunk(m: StartMethod) {
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(m)
+        .build()
+        .unwrap();
+    let back = pool.chunksize(200).map(small_buffer, 0..400).unwrap();
+    for (i, b) in back.iter().enumerate() {
+        assert_eq!(&b[..], [i as u64, i as u64 + 1]);
+    }
+    assert_eq!(
+        pool.chunksize(200).map(first, back.clone()).unwrap(),
+        (0..400).collect::<Vec<u64>>()
+    );
+    let e = pool
+        .chunksize(300)
+        .map_async(small_buffer, 0..300)
+        .unwrap()
+        .get_timeout(PATIENCE)
+        .unwrap_err();
+    assert!(e.to_string().contains("at most 253"), "{e}");
+    let e = pool
+        .chunksize(300)
+        .map_async(first, back[..300].to_vec())
+        .unwrap()
+        .get_timeout(PATIENCE)
+        .unwrap_err();
+    assert!(e.to_string().contains("at most 253"), "{e}");
+    assert_eq!(pool.apply(first, (back[7].clone(),)).unwrap(), 7);
+}
+
 /// A process's target may return buffers too; joined twice, each join gets its own.
 fn a_process_returns_a_buffer(m: StartMethod) {
     let mut p = Process::new(make_table, (50_000,)).start_method(m);
@@ -183,6 +225,7 @@ per_start_method!(
     a_buffer_reaches_children_and_pool_tasks,
     a_buffer_comes_back_from_a_task,
     a_process_returns_a_buffer,
+    many_buffers_in_one_chunk,
     a_buffer_crosses_a_pipe,
     where_a_buffer_cannot_go,
 );

@@ -103,13 +103,20 @@ fn launch_once(
         }
         Err(e) => return Err(server_failed("fork a child", e)),
     };
-    // An announcement carries the child's pidfd; the server's report of its exit carries
-    // nothing, and comes first only when the child died before it announced itself (killed
-    // as it started): it ran nothing, so another may be asked for.
-    let Some(pidfd) = status.take_fds().pop() else {
-        return Ok(None);
+    // The server's report of the child's exit comes first only when the child died before it
+    // announced itself (killed as it started): it ran nothing, so another may be asked for.
+    let forked = match channel::decode_message::<Forked>(&announced) {
+        Ok(forked) if forked.tag == Forked::TAG => forked,
+        _ if channel::decode_message::<crate::sys::proc::Exit>(&announced).is_ok() => {
+            return Ok(None);
+        }
+        Ok(_) | Err(_) => {
+            return Err(Error::protocol("a malformed announcement from a new child"));
+        }
     };
-    let forked: Forked = channel::decode_message(&announced)?;
+    let pidfd = status.take_fds().pop().ok_or_else(|| {
+        Error::protocol("the new child's announcement carried no pidfd (at the descriptor limit?)")
+    })?;
     let child = Child::new(
         forked.pid,
         InternalFd::new(pidfd),
@@ -408,7 +415,7 @@ fn run_child(ctrl: OwnedFd, status: OwnedFd, me: u32) -> ! {
 fn announce(status: OwnedFd, pid: u32) -> Result<(), Error> {
     let status = Channel::new(InternalFd::new(status));
     let pidfd = proc::pidfd_open(pid)?;
-    status.send(&Forked { pid }, &[pidfd.as_fd()])
+    status.send(&Forked::of(pid), &[pidfd.as_fd()])
 }
 
 fn report_ended(children: &mut Children, ties: &mut alive::Ties, spare: &mut Option<Spare>) {
@@ -435,5 +442,21 @@ mod tests {
         assert_eq!(e.kind(), &ErrorKind::ExecutableMismatch);
         let server = start_server(exe::identity()).expect("the same build is accepted");
         retire(&mut Some(server));
+    }
+
+    /// The client tells a child's announcement from the server's exit report by its bytes.
+    #[test]
+    fn an_exit_report_is_never_an_announcement() {
+        use crate::sys::proc::Exit;
+        use crate::wire::codec;
+        for exit in [Exit::Code(0), Exit::Code(-1), Exit::Signal(9), Exit::Unknown] {
+            let bytes = codec::encode(&exit).unwrap();
+            let announced = channel::decode_message::<Forked>(&bytes);
+            assert!(!announced.is_ok_and(|f| f.tag == Forked::TAG), "{exit:?}");
+            assert!(channel::decode_message::<Exit>(&bytes).is_ok());
+        }
+        let bytes = codec::encode(&Forked::of(2)).unwrap();
+        assert!(channel::decode_message::<Forked>(&bytes).is_ok_and(|f| f.tag == Forked::TAG));
+        assert!(channel::decode_message::<Exit>(&bytes).is_err());
     }
 }

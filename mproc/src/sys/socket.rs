@@ -10,8 +10,9 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags, Shutdown, SocketFlags, SocketType,
 };
 
-/// The most descriptors one `sendmsg` carries; more are an error, not a truncation.
-pub(crate) const MAX_FDS: usize = 32;
+/// The most descriptors one `sendmsg` carries (the kernel's `SCM_MAX_FD`); more are an error,
+/// not a truncation.
+pub(crate) const MAX_FDS: usize = 253;
 
 /// The most buffers one [`send`] gathers; the rest wait for the next call (a send may stop
 /// short anyway). As many as the callers ever pass, so none of them sees a difference.

@@ -185,7 +185,24 @@ pub(crate) struct Welcome {
 pub(crate) struct ForkRequest;
 
 /// The fork server's first answer on a status socket: the child's pid (a pidfd is attached).
+/// Its `tag` ([`Forked::TAG`]) tells it from the server's report of the child's exit, which
+/// comes first when the child died before it could announce itself: by the bytes, not by the
+/// pidfd, which a receiver at its descriptor limit does not get.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Forked {
     pub(crate) pid: u32,
+    pub(crate) tag: u64,
+}
+
+impl Forked {
+    /// "mprocFrk". No `Exit` encodes to as many bytes as a `Forked`, let alone with these.
+    pub(crate) const TAG: u64 = u64::from_le_bytes(*b"mprocFrk");
+
+    /// The announcement of child `pid`.
+    pub(crate) fn of(pid: u32) -> Forked {
+        Forked {
+            pid,
+            tag: Forked::TAG,
+        }
+    }
 }

@@ -46,9 +46,39 @@ pub(crate) struct LocalLink {
     spares: Spares,
     /// Mappings of the memory files its large answers came in.
     files: Mapped,
+    /// Tasks placed in its lane, and answers taken from it: a worker cannot answer more than
+    /// it was given (one that does is not one of ours any more).
+    given: u64,
+    answered: u64,
 }
 
 impl LocalLink {
+    /// The next answer in the lane's order (see [`Link::next_answer`]).
+    fn next_answer_uncounted(&mut self, scratch: &mut Vec<u8>) -> Result<Option<Answer>, Error> {
+        loop {
+            if self.placeholders > 0 {
+                let Some(answer) = self.socket_answers.pop_front() else {
+                    return Ok(None); // the lane waits for the socket
+                };
+                self.placeholders -= 1;
+                return Ok(Some(answer));
+            }
+            match self.lane.pop_into(scratch) {
+                Ok(true) => {}
+                Ok(false) if self.gone => return Ok(self.socket_answers.pop_front()),
+                Ok(false) => return Ok(None),
+                Err(Corrupt) => return Err(Error::protocol("a pool worker corrupted its lane")),
+            }
+            match channel::decode_message::<FromWorker>(scratch) {
+                Ok(FromWorker::Done { id, result }) => return Ok(Some((id, answered(result)))),
+                Ok(FromWorker::OnSocket) => self.placeholders += 1,
+                Ok(_) | Err(_) => {
+                    return Err(Error::protocol("a pool worker wrote garbage in its lane"));
+                }
+            }
+        }
+    }
+
     /// Queues a large task on the socket with its payload in a memory file, whose descriptor
     /// follows those of its handles (`fds`).
     fn push_in_file(&mut self, chunk: &Chunk, mut fds: Vec<OwnedFd>) -> Result<(), Error> {
@@ -138,6 +168,8 @@ impl Link for LocalLink {
             gone: false,
             spares: Spares::default(),
             files: Mapped::default(),
+            given: 0,
+            answered: 0,
         })
     }
 
@@ -187,6 +219,7 @@ impl Link for LocalLink {
         };
         match placed {
             Ok(true) => {
+                self.given += 1;
                 if self.lane.peer_needs_wake() {
                     let _ = self.outbox.push(&ToWorker::<&[u8]>::Wake);
                 }
@@ -212,28 +245,9 @@ impl Link for LocalLink {
 
     /// Reads the lane, in order, taking large answers from the socket at their placeholders.
     fn next_answer(&mut self, scratch: &mut Vec<u8>) -> Result<Option<Answer>, Error> {
-        loop {
-            if self.placeholders > 0 {
-                let Some(answer) = self.socket_answers.pop_front() else {
-                    return Ok(None); // the lane waits for the socket
-                };
-                self.placeholders -= 1;
-                return Ok(Some(answer));
-            }
-            match self.lane.pop_into(scratch) {
-                Ok(true) => {}
-                Ok(false) if self.gone => return Ok(self.socket_answers.pop_front()),
-                Ok(false) => return Ok(None),
-                Err(Corrupt) => return Err(Error::protocol("a pool worker corrupted its lane")),
-            }
-            match channel::decode_message::<FromWorker>(scratch) {
-                Ok(FromWorker::Done { id, result }) => return Ok(Some((id, answered(result)))),
-                Ok(FromWorker::OnSocket) => self.placeholders += 1,
-                Ok(_) | Err(_) => {
-                    return Err(Error::protocol("a pool worker wrote garbage in its lane"));
-                }
-            }
-        }
+        let answer = self.next_answer_uncounted(scratch)?;
+        self.answered += u64::from(answer.is_some());
+        Ok(answer)
     }
 
     /// Reads its socket: answers there wait for their place in the lane's order.
@@ -264,7 +278,14 @@ impl Link for LocalLink {
                     result,
                     handles,
                 }) => {
-                    let handles = self.child.channel().take_fds_n(handles as usize);
+                    let want = handles as usize;
+                    let handles = self.child.channel().take_fds_n(want);
+                    if handles.len() != want {
+                        self.ctrl_open = false;
+                        return Some(Note::Garbage(Error::protocol(
+                            "a pool worker's answer came without the descriptors it announced",
+                        )));
+                    }
                     let answer = Answered {
                         bytes: result.into_vec(),
                         handles,
@@ -288,6 +309,18 @@ impl Link for LocalLink {
                     )));
                 }
                 Err(e) => return Some(Note::Garbage(e)),
+            }
+            // Descriptors no message accounts for, or answers to tasks it was never given:
+            // not our worker's doing. It goes before it can fill this process's table.
+            let unclaimed = self.child.channel().pending_fds() > crate::sys::socket::MAX_FDS;
+            let unasked = self.answered + self.socket_answers.len() as u64 > self.given;
+            if unclaimed || unasked {
+                self.ctrl_open = false;
+                return Some(Note::Garbage(Error::protocol(if unclaimed {
+                    "a pool worker sent descriptors no message accounts for"
+                } else {
+                    "a pool worker answered tasks it was never given"
+                })));
             }
         }
         None
