@@ -1039,6 +1039,7 @@ per_start_method!(
     a_callback_may_stop_the_pool_whoever_completes_its_job,
     large_and_small_frames_keep_their_order,
     a_large_task_keeps_its_handles,
+    a_worker_flooding_descriptors_is_dropped,
     a_worker_that_corrupts_its_lane_is_replaced,
     a_panicking_callback_does_not_take_the_pool_down,
     terminate_from_a_callback_does_not_deadlock,
@@ -1124,4 +1125,78 @@ fn a_pool_used_in_a_fork_child_is_refused() {
         7
     );
     assert_eq!(p.apply(square, (5,)).unwrap(), 25);
+}
+
+/// A task that turns on its own worker: it finds the worker's sockets and sends, on each, `n`
+/// well-formed `Wake` frames, each with 30 descriptors attached that no message accounts for.
+fn flood_with_descriptors(n: usize) -> u32 {
+    let sockets: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let fd = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            target
+                .to_string_lossy()
+                .starts_with("socket:")
+                .then_some(fd)
+        })
+        .collect();
+    let spare = std::fs::File::open("/proc/self/exe").unwrap();
+    let fds = [std::os::fd::AsRawFd::as_raw_fd(&spare); 30];
+    // A frame: its length, then `FromWorker::Wake` (variant 3, no data).
+    let frame: [u8; 8] = [4, 0, 0, 0, 3, 0, 0, 0];
+    for &sock in &sockets {
+        for _ in 0..n {
+            let mut iov = libc::iovec {
+                iov_base: frame.as_ptr() as *mut libc::c_void,
+                iov_len: frame.len(),
+            };
+            // SAFETY: CMSG_SPACE only computes a size.
+            let space = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(&fds) as u32) } as usize;
+            let mut control = vec![0u8; space];
+            // SAFETY: an all-zero msghdr is valid; its pointers are set below to live buffers.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = space as _;
+            // SAFETY: `msg` has room for one SCM_RIGHTS header with the 30 descriptors, which
+            // are copied in; the socket is this process's own.
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                (*cmsg).cmsg_level = libc::SOL_SOCKET;
+                (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(&fds) as u32) as _;
+                std::ptr::copy_nonoverlapping(
+                    fds.as_ptr(),
+                    libc::CMSG_DATA(cmsg).cast::<i32>(),
+                    fds.len(),
+                );
+                libc::sendmsg(sock, &msg, libc::MSG_DONTWAIT);
+            }
+        }
+    }
+    sockets.len() as u32
+}
+
+/// A worker that floods its socket with descriptors no message accounts for is dropped
+/// before this process's descriptor table fills; the pool goes on with a new worker.
+fn a_worker_flooding_descriptors_is_dropped(m: StartMethod) {
+    let p = pool(m, 1);
+    assert_eq!(p.apply(square, (3,)).unwrap(), 9);
+    let before = crate::common::open_fds().len();
+    let r = p
+        .apply_async(flood_with_descriptors, (200,))
+        .unwrap()
+        .get_timeout(PATIENCE);
+    // Its answer may have come before its worker was dropped; either way, the next task runs,
+    // and the descriptors it sent did not stay.
+    let _ = r;
+    assert_eq!(p.apply(square, (4,)).unwrap(), 16);
+    let after = crate::common::open_fds().len();
+    assert!(
+        after < before + 64,
+        "{before} descriptors before, {after} after"
+    );
 }

@@ -316,6 +316,7 @@ impl Link for LocalLink {
             let unasked = self.answered + self.socket_answers.len() as u64 > self.given;
             if unclaimed || unasked {
                 self.ctrl_open = false;
+                drop(self.child.channel().take_fds());
                 return Some(Note::Garbage(Error::protocol(if unclaimed {
                     "a pool worker sent descriptors no message accounts for"
                 } else {
