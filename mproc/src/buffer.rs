@@ -38,7 +38,10 @@ fn data_at<T>() -> usize {
 /// result in a buffer and hand it back without a copy), and in values sent on a
 /// [`Connection`](crate::Connection). A queue item cannot carry one (the error says so; send
 /// it on a pipe instead), nor can a remote pool's tasks. A fork child that inherited a buffer
-/// without being passed it can read it, but not pass it on.
+/// without being passed it can read it, but not pass it on. One message carries at most 253
+/// descriptors (the kernel's limit): a pool chunk whose arguments, or whose results, hold more
+/// distinct handles fails with a sentence that says so (a smaller `chunksize` fits). Each
+/// buffer a task returns holds a descriptor in this process while its result is kept.
 /// Clones share the memory, which is freed when the last holder in any process drops it.
 ///
 /// `T` is [`Pod`](crate::Pod) and not zero-sized. A buffer received as a `Buffer<U>` whose

@@ -17,22 +17,7 @@ use crate::error::{Error, ErrorKind};
 /// them), or an error for the whole chunk.
 pub(crate) type ChunkOutcome = Result<Answered, Error>;
 
-/// A chunk's encoded results, and the descriptors of the handles among its values (a
-/// [`Buffer`](crate::Buffer) a task returned), in index order.
-#[derive(Debug, Default)]
-pub(crate) struct Answered {
-    pub(crate) bytes: Vec<u8>,
-    pub(crate) handles: Vec<std::os::fd::OwnedFd>,
-}
-
-impl From<Vec<u8>> for Answered {
-    fn from(bytes: Vec<u8>) -> Answered {
-        Answered {
-            bytes,
-            handles: Vec::new(),
-        }
-    }
-}
+pub(crate) use super::task::Answered;
 
 /// One chunk of a job.
 #[derive(Debug)]

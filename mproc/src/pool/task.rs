@@ -61,10 +61,27 @@ pub(crate) fn encode_chunk<A: Serialize>(items: &[A], target: &str) -> Result<En
     Ok((bytes, fds))
 }
 
+/// A chunk's encoded results, and the descriptors of the handles among its values (a
+/// [`Buffer`](crate::Buffer) a task returned), in index order.
+#[derive(Debug, Default)]
+pub(crate) struct Answered {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) handles: Vec<std::os::fd::OwnedFd>,
+}
+
+impl From<Vec<u8>> for Answered {
+    fn from(bytes: Vec<u8>) -> Answered {
+        Answered {
+            bytes,
+            handles: Vec::new(),
+        }
+    }
+}
+
 /// Decodes a chunk's answer in the parent: one result per item. Its handles' descriptors are
 /// lent, not taken (it may be decoded again).
 pub(crate) fn decode_chunk<R: DeserializeOwned>(
-    answered: &super::job::Answered,
+    answered: &Answered,
     target: &str,
 ) -> Result<Vec<Result<R, Box<PanicReport>>>, Error> {
     let copies = answered

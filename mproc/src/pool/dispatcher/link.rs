@@ -22,7 +22,7 @@ use crate::error::Error;
 use crate::sys::fd;
 
 /// One answer: the chunk's id and its outcome (the encoded values, or why it failed).
-pub(crate) type Answer = (u64, Result<crate::pool::job::Answered, Error>);
+pub(crate) type Answer = (u64, Result<crate::pool::task::Answered, Error>);
 
 /// What became of a chunk offered to a worker.
 pub(crate) enum Sent {

@@ -13,7 +13,7 @@ use super::link::{Answer, Link, Note, Polled, Sent};
 use crate::channel::{self, Outbox};
 use crate::error::{Error, ErrorKind};
 use crate::memfile::{Mapped, Spares, WORTH_A_FILE};
-use crate::pool::job::Answered;
+use crate::pool::task::Answered;
 use crate::pool::task;
 use crate::process;
 use crate::start::{self, Child, StartMethod};
