@@ -95,6 +95,12 @@ fn make_table(len: usize) -> (Buffer<u64>, u32) {
     (table(len), std::process::id())
 }
 
+/// A large result that also holds a buffer (the bytes travel in a memory file, the buffer's
+/// descriptor beside the file's).
+fn bytes_and_table(n: usize) -> (Vec<u8>, Buffer<u64>) {
+    (vec![5; n], table(n / 8))
+}
+
 /// A task's result may hold buffers: one it was given, or one it made (which outlives the
 /// worker that made it). Chunks of them through `map`, too.
 fn a_buffer_comes_back_from_a_task(m: StartMethod) {
@@ -120,6 +126,11 @@ fn a_buffer_comes_back_from_a_task(m: StartMethod) {
     for ((t, _), n) in tables.iter().zip([1, 10, 100, 1000, 0, 5, 7]) {
         assert_eq!(t.len(), n);
         assert_eq!(sum_range(t.clone(), 0, n), expected_sum(0, n));
+    }
+    for n in [1 << 20, 300_000, 100] {
+        let (bytes, t) = pool.apply(bytes_and_table, (n,)).unwrap();
+        assert_eq!(bytes, vec![5; n]);
+        assert_eq!(sum_range(t, 0, n / 8), expected_sum(0, n / 8));
     }
     // Got twice from one result: each get has its own handle.
     let r = pool.apply_async(make_table, (10,)).unwrap();

@@ -273,44 +273,47 @@ impl Worker<'_> {
     fn answer(&mut self, id: u64, result: Result<Vec<u8>, Error>) -> Result<(), i32> {
         // Handles among the values (a `Buffer`) go with the answer, on the socket.
         let handles = crate::handle::take_returned();
-        match result.map(serde_bytes::ByteBuf::from) {
-            Ok(result) if !handles.is_empty() => {
-                let fds: Vec<_> = handles.iter().map(AsFd::as_fd).collect();
-                let handles = fds.len() as u32;
-                let done = FromWorker::DoneWithHandles {
-                    id,
-                    result,
-                    handles,
-                };
-                self.on_socket(id, &done, &fds)?;
-            }
-            result => {
-                let done = FromWorker::Done { id, result };
-                let small = codec::encoded_len(&done).is_ok_and(Lane::fits);
-                if small && codec::encode_into(self.out_cleared(), &done).is_ok() {
-                    self.publish()?;
-                } else {
-                    let in_file = match &done {
-                        FromWorker::Done {
-                            result: Ok(bytes), ..
-                        } if bytes.len() >= WORTH_A_FILE => self
-                            .spares
-                            .write(bytes.len(), |b| {
-                                b.copy_from_slice(bytes);
-                                Ok(())
-                            })
-                            .ok()
-                            .map(|file| (bytes.len() as u64, file)),
-                        _ => None,
-                    };
-                    match in_file {
-                        Some((len, file)) => {
-                            let done = FromWorker::DoneInFile { id, len };
-                            self.on_socket(id, &done, &[file.as_fd()])?;
-                        }
-                        None => self.on_socket(id, &done, &[])?,
-                    }
+        let done = FromWorker::Done {
+            id,
+            result: result.map(serde_bytes::ByteBuf::from),
+        };
+        let small = handles.is_empty() && codec::encoded_len(&done).is_ok_and(Lane::fits);
+        if small && codec::encode_into(self.out_cleared(), &done).is_ok() {
+            self.publish()?;
+        } else {
+            let mut fds: Vec<_> = handles.iter().map(AsFd::as_fd).collect();
+            let n = fds.len() as u32;
+            // A large answer goes in a memory file (its descriptor after the handles').
+            let in_file = match &done {
+                FromWorker::Done {
+                    result: Ok(bytes), ..
+                } if bytes.len() >= WORTH_A_FILE => self
+                    .spares
+                    .write(bytes.len(), |b| {
+                        b.copy_from_slice(bytes);
+                        Ok(())
+                    })
+                    .ok()
+                    .map(|file| (bytes.len() as u64, file)),
+                _ => None,
+            };
+            match (in_file, done) {
+                (Some((len, file)), _) => {
+                    fds.push(file.as_fd());
+                    let done = FromWorker::DoneInFile { id, len, handles: n };
+                    self.on_socket(id, &done, &fds)?;
                 }
+                (None, FromWorker::Done {
+                    result: Ok(result), ..
+                }) if n > 0 => {
+                    let done = FromWorker::DoneWithHandles {
+                        id,
+                        result,
+                        handles: n,
+                    };
+                    self.on_socket(id, &done, &fds)?;
+                }
+                (None, done) => self.on_socket(id, &done, &[])?,
             }
         }
         if self.lane.peer_needs_wake() {

@@ -143,8 +143,9 @@ pub(crate) enum FromWorker {
     /// In the lane, in place of an answer too large for it: the answer went on the socket.
     OnSocket,
     /// On the socket, a large answer: as `Done` with `Ok`, its `len` bytes in a memory file
-    /// (`memfile`) whose descriptor rides with this message.
-    DoneInFile { id: u64, len: u64 },
+    /// (`memfile`) whose descriptor rides with this message, after those of the `handles`
+    /// among its values (as `DoneWithHandles`).
+    DoneInFile { id: u64, len: u64, handles: u32 },
     /// On the socket, an answer whose values hold handles (a `Buffer`): as `Done` with `Ok`,
     /// with the handles' descriptors riding with this message.
     DoneWithHandles {

@@ -292,15 +292,21 @@ impl Link for LocalLink {
                     };
                     self.socket_answers.push_back((id, Ok(answer)));
                 }
-                Ok(FromWorker::DoneInFile { id, len }) => {
-                    let Some(file) = self.child.channel().take_fds_n(1).pop() else {
+                Ok(FromWorker::DoneInFile { id, len, handles }) => {
+                    let want = handles as usize + 1;
+                    let mut fds = self.child.channel().take_fds_n(want);
+                    let (Some(file), true) = (fds.pop(), fds.len() + 1 == want) else {
                         self.ctrl_open = false;
                         return Some(Note::Garbage(Error::protocol(
-                            "a pool worker's answer in a memory file came without the file",
+                            "a pool worker's answer in a memory file came without its \
+                             descriptors",
                         )));
                     };
-                    let answer = self.files.take(file.as_fd(), len);
-                    self.socket_answers.push_back((id, answer.map(Answered::from)));
+                    let answer = self.files.take(file.as_fd(), len).map(|bytes| Answered {
+                        bytes,
+                        handles: fds,
+                    });
+                    self.socket_answers.push_back((id, answer));
                 }
                 Ok(FromWorker::Wake) => {}
                 Ok(FromWorker::OnSocket) => {
