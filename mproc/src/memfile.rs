@@ -23,9 +23,9 @@ pub(crate) const FILE_HEADER: usize = 64;
 /// a wake-up on both sides.
 pub(crate) const WORTH_A_FILE: usize = 256 * 1024;
 
-/// How many memory files a sender keeps for reuse, and a receiver keeps mapped: a file the
-/// receiver is done with is written again instead of a new one being made (and its pages
-/// allocated and zeroed).
+/// How many memory files a sender keeps for reuse, and a receiver keeps mapped (within
+/// [`KEEP_BYTES`] each): a file the receiver is done with is written again instead of a new
+/// one being made (and its pages allocated and zeroed).
 const SPARES: usize = 4;
 
 /// A memory file sent, kept for reuse.
@@ -84,7 +84,32 @@ impl Spares {
         let copy = fd::dup_above(spare.file.as_fd(), 0)
             .map_err(|e| Error::os("duplicating a message's memory file", e))?;
         spare.map.word(0).store(1, Ordering::Relaxed);
+        self.keep_within(at);
         Ok(copy)
+    }
+
+    /// Keeps at most [`KEEP_BYTES`] of files: one larger goes as soon as it is sent (the copy
+    /// in flight keeps it until its receiver is done), and free ones beyond the budget go,
+    /// oldest first; `just` (the one just written) stays otherwise.
+    fn keep_within(&mut self, just: usize) {
+        let spares = &mut self.0;
+        if spares[just].map.len() > KEEP_BYTES {
+            spares.remove(just);
+            return;
+        }
+        let mut total: usize = spares.iter().map(|s| s.map.len()).sum();
+        let (mut i, mut just) = (0, just);
+        while total > KEEP_BYTES && i < spares.len() {
+            if i != just && spares[i].is_free() {
+                total -= spares[i].map.len();
+                spares.remove(i);
+                if i < just {
+                    just -= 1;
+                }
+            } else {
+                i += 1;
+            }
+        }
     }
 }
 
@@ -192,9 +217,11 @@ mod tests {
         }
         assert_eq!(spares.0.len(), 1, "the file was written again");
         assert_eq!(mapped.kept.len(), 1, "and mapped once");
-        // A message larger than the budget is not kept once read.
+        // A message larger than the budget is not kept once read, on either side.
         let big = msg(KEEP_BYTES + 1);
         let file = spares.write(big.len(), |b| { b.copy_from_slice(&big); Ok(()) }).unwrap();
+        let kept: usize = spares.0.iter().map(|s| s.map.len()).sum();
+        assert!(kept <= KEEP_BYTES, "{kept} bytes of files kept");
         assert_eq!(mapped.take(file.as_fd(), big.len() as u64).unwrap(), big);
         assert!(mapped.passing.is_none());
         assert!(mapped.kept.iter().map(|(_, m)| m.len()).sum::<usize>() <= KEEP_BYTES);
