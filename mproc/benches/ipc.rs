@@ -518,18 +518,8 @@ fn event(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
 /// A ping-pong over two futex words in a shared anonymous mapping with a forked child, each
 /// side sleeping in FUTEX_WAIT until the other wakes it. Microseconds per one-way wake-up.
 fn futex_ping_pong(n: u64) -> f64 {
-    // SAFETY: a fresh shared anonymous mapping of one page; unmapped below.
-    let mem = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(mem, libc::MAP_FAILED);
+    // Unmapped below.
+    let mem = common::shared_page();
     // SAFETY: the page is zeroed, aligned and lives until munmap; both words only accessed
     // atomically.
     let (ping, pong) = unsafe {

@@ -766,24 +766,7 @@ const SPIN_STOP: u64 = u64::MAX;
 impl SpinEcho {
     fn start() -> SpinEcho {
         use std::sync::atomic::{AtomicU64, Ordering};
-        // SAFETY: a fresh anonymous shared mapping of one page, checked below; nothing else
-        // maps it.
-        let page = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(
-            page,
-            libc::MAP_FAILED,
-            "mmap: {}",
-            std::io::Error::last_os_error()
-        );
+        let page = common::shared_page();
         let word = page.cast::<AtomicU64>();
         // SAFETY: the child only spins on the shared word and calls `_exit`, touching no
         // state another thread might have held at the fork.

@@ -82,6 +82,20 @@ pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
     (result, fds)
 }
 
+/// Like [`providing`], with copies of `fds`, which stay the caller's: a returned value kept
+/// by its parent may be decoded again (each decoded handle owns its own descriptor).
+pub(crate) fn providing_copies<R>(
+    fds: &[OwnedFd],
+    decode: impl FnOnce() -> R,
+) -> Result<R, crate::Error> {
+    let copies = fds
+        .iter()
+        .map(|fd| crate::sys::fd::dup_above(fd.as_fd(), 0))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| crate::Error::os("taking a returned handle", e))?;
+    Ok(providing(copies, decode))
+}
+
 /// Runs `decode` with `fds` (received with the bytes) available to the handles it decodes.
 /// They are closed afterwards (each decoded handle holds its own copy).
 pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {

@@ -34,3 +34,31 @@ pub(crate) fn machine() -> String {
     );
     format!("{cpus} CPUs, {model}, Linux {kernel}, load average {load}")
 }
+
+/// A fresh page (4096 bytes, zeroed, page-aligned) of anonymous memory shared with the
+/// children this process forks, for the benches' raw floors; the caller unmaps it.
+#[allow(
+    dead_code,
+    reason = "only the pool and ipc benches measure such a floor"
+)]
+pub(crate) fn shared_page() -> *mut libc::c_void {
+    // SAFETY: a fresh anonymous shared mapping; the kernel picks the address, so no existing
+    // memory is replaced.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(
+        page,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    page
+}

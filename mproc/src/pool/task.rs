@@ -84,13 +84,7 @@ pub(crate) fn decode_chunk<R: DeserializeOwned>(
     answered: &Answered,
     target: &str,
 ) -> Result<Vec<Result<R, Box<PanicReport>>>, Error> {
-    let copies = answered
-        .handles
-        .iter()
-        .map(|fd| crate::sys::fd::dup_above(std::os::fd::AsFd::as_fd(fd), 0))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::os("taking a returned handle", e))?;
-    crate::handle::providing(copies, || codec::decode(&answered.bytes))
+    crate::handle::providing_copies(&answered.handles, || codec::decode(&answered.bytes))?
         .map_err(|e| Error::codec(format!("the return values of `{target}`"), "decode", e))
 }
 

@@ -149,30 +149,16 @@ impl Worker<'_> {
             }
             let message = self.ctrl.recv::<ToWorker<Vec<u8>>>(None);
             self.lane.awake();
-            match message {
-                Ok(ToWorker::Wake) => {}
-                // Runs what the lane still holds first: it was sent before the Stop.
-                Ok(ToWorker::Stop) => stopping = true,
+            let Ok(message) = message else {
+                return Ok(()); // the dispatcher is gone
+            };
+            match self.socket_task_of(message) {
                 // Its placeholder is in the lane by now: kept until the worker gets there.
-                Ok(ToWorker::Task {
-                    id,
-                    entry,
-                    payload,
-                    handles,
-                }) if self.socket_task.is_none() => {
-                    let fds = self.ctrl.take_fds_n(handles as usize);
-                    self.socket_task = Some((id, entry, Ok(payload), fds));
-                }
-                Ok(ToWorker::TaskInFile {
-                    id,
-                    entry,
-                    len,
-                    handles,
-                }) if self.socket_task.is_none() => {
-                    self.socket_task = Some(self.task_in_file(id, entry, len, handles)?);
-                }
-                Ok(_) => return Err(1),
-                Err(_) => return Ok(()), // the dispatcher is gone
+                Ok(task) if self.socket_task.is_none() => self.socket_task = Some(task?),
+                Err(ToWorker::Wake) => {}
+                // Runs what the lane still holds first: it was sent before the Stop.
+                Err(ToWorker::Stop) => stopping = true,
+                Ok(_) | Err(_) => return Err(1),
             }
         }
     }
@@ -226,26 +212,40 @@ impl Worker<'_> {
             return Ok(task);
         }
         loop {
-            match self.ctrl.recv::<ToWorker<Vec<u8>>>(None) {
-                Ok(ToWorker::Task {
-                    id,
-                    entry,
-                    payload,
-                    handles,
-                }) => {
-                    let fds = self.ctrl.take_fds_n(handles as usize);
-                    return Ok((id, entry, Ok(payload), fds));
-                }
-                Ok(ToWorker::TaskInFile {
-                    id,
-                    entry,
-                    len,
-                    handles,
-                }) => return self.task_in_file(id, entry, len, handles),
-                Ok(ToWorker::Wake) => {}
-                Ok(_) => return Err(1),
-                Err(_) => return Err(0),
+            let Ok(message) = self.ctrl.recv::<ToWorker<Vec<u8>>>(None) else {
+                return Err(0);
+            };
+            match self.socket_task_of(message) {
+                Ok(task) => return task,
+                Err(ToWorker::Wake) => {}
+                Err(_) => return Err(1),
             }
+        }
+    }
+
+    /// A task that came on the socket, with its descriptors taken (`Err(exit code)` if they
+    /// did not come); any other message is given back.
+    fn socket_task_of(
+        &mut self,
+        message: ToWorker<Vec<u8>>,
+    ) -> Result<Result<SocketTask, i32>, ToWorker<Vec<u8>>> {
+        match message {
+            ToWorker::Task {
+                id,
+                entry,
+                payload,
+                handles,
+            } => {
+                let fds = self.ctrl.take_fds_n(handles as usize);
+                Ok(Ok((id, entry, Ok(payload), fds)))
+            }
+            ToWorker::TaskInFile {
+                id,
+                entry,
+                len,
+                handles,
+            } => Ok(self.task_in_file(id, entry, len, handles)),
+            other => Err(other),
         }
     }
 

@@ -287,12 +287,9 @@ impl Spare {
         let tie = ties.take(alive)?;
         match proc::fork() {
             Ok(ForkSide::Child) => {
-                let keep = [sock_child.as_fd().as_raw_fd(), tie.as_raw_fd()];
-                proc::close_all_fds_except(&keep);
-                fd::lock_internal().forget_all();
+                let keep = [sock_child.as_fd().as_raw_fd()];
+                let me = settle_child(&keep, tie);
                 std::mem::forget(sock);
-                let me = proc::getpid();
-                alive::tie(tie, me);
                 let mut sock = Channel::new(InternalFd::new(sock_child.into_owned()));
                 // The server gone, or a malformed hand-over: nothing ran, nobody waits.
                 if sock.recv_frame(None).is_err() {
@@ -378,15 +375,8 @@ impl Serving<'_, '_> {
         };
         match proc::fork() {
             Ok(ForkSide::Child) => {
-                let keep = [ctrl.as_raw_fd(), status.as_raw_fd(), tie.as_raw_fd()];
-                proc::close_all_fds_except(&keep);
-                fd::lock_internal().forget_all();
+                let me = settle_child(&[ctrl.as_raw_fd(), status.as_raw_fd()], tie);
                 proc::unblock_all_signals();
-                let me = proc::getpid();
-                // Tied to the user's process through its liveness pipe, not to the server
-                // through PR_SET_PDEATHSIG: the server may die (killed, out of memory) while
-                // the user's process still wants this child's work.
-                alive::tie(tie, me);
                 run_child(ctrl, status, me)
             }
             Ok(ForkSide::Parent(pid)) => {
@@ -398,6 +388,23 @@ impl Serving<'_, '_> {
             Err(_) => self.ties.give_back(tie),
         }
     }
+}
+
+/// In a new child of the server (a spare or not): closes every descriptor but `keep` and its
+/// tie, forgets the server's internal ones, and ties itself to the user's process; its pid.
+/// Tied through the liveness pipe, not to the server through PR_SET_PDEATHSIG: the server may
+/// die (killed, out of memory) while the user's process still wants this child's work.
+fn settle_child(keep: &[std::os::fd::RawFd], tie: alive::Tie) -> u32 {
+    // On the stack: nothing here needs the allocator.
+    let mut all = [tie.as_raw_fd(); 3];
+    debug_assert!(keep.len() <= 2, "room for two descriptors and the tie");
+    let n = keep.len().min(2);
+    all[..n].copy_from_slice(&keep[..n]);
+    proc::close_all_fds_except(&all[..=n]);
+    fd::lock_internal().forget_all();
+    let me = proc::getpid();
+    alive::tie(tie, me);
+    me
 }
 
 /// In a new child, tied already: announces itself, then runs the worker.

@@ -28,7 +28,16 @@ macro_rules! numbers {
     )*};
 }
 
-numbers!(u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, f32, f64);
+/// Invokes the macro `$m` with every [`Number`] type: the one list the codec's fast paths
+/// and the impls above share.
+macro_rules! each_number {
+    ($m:ident) => {
+        $m! { u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, f32, f64 }
+    };
+}
+pub(crate) use each_number;
+
+each_number!(numbers);
 
 /// The slice an iterator walks, when the iterator is a `std::slice::Iter` over `T`s.
 #[inline]

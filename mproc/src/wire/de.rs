@@ -321,7 +321,7 @@ impl<'de, I: Input<'de>> de::Deserializer<'de> for &mut Deserializer<'de, I> {
                     }
                 )*};
             }
-            vec_of!(u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, f32, f64);
+            cast::each_number!(vec_of);
         }
         self.elements(len, visitor)
     }

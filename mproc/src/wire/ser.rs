@@ -474,7 +474,7 @@ fn numbers<It>(it: &It) -> Option<(usize, &[u8])> {
             }
         )*};
     }
-    slice_of!(u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, f32, f64);
+    cast::each_number!(slice_of);
     None
 }
 

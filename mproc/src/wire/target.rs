@@ -159,11 +159,6 @@ pub(crate) fn decode_output<R: DeserializeOwned>(
     handles: &[std::os::fd::OwnedFd],
     target: &str,
 ) -> Result<R, Error> {
-    let copies = handles
-        .iter()
-        .map(|fd| crate::sys::fd::dup_above(std::os::fd::AsFd::as_fd(fd), 0))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::os("taking a returned handle", e))?;
-    crate::handle::providing(copies, || codec::decode(bytes))
+    crate::handle::providing_copies(handles, || codec::decode(bytes))?
         .map_err(|e| Error::codec(format!("the return value of `{target}`"), "decode", e))
 }
