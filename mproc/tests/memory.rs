@@ -59,6 +59,32 @@ fn a_leaking_worker_is_replaced_after_its_task(m: StartMethod) {
     assert!(s.errors.is_empty(), "every result kept: {s}");
 }
 
+fn pid(_: u8) -> u32 {
+    std::process::id()
+}
+
+/// Quick tasks, waited for one at a time: the waiting thread, not the dispatcher, often reads
+/// the answer (`Shared::help`), and the cap is checked on that path too.
+fn a_worker_past_the_cap_is_replaced_whoever_reads_its_answer(m: StartMethod) {
+    // 1 MiB: less than any worker uses.
+    let pool = Pool::builder()
+        .processes(1)
+        .start_method(m)
+        .max_memory_per_child(MIB)
+        .build()
+        .unwrap();
+    let pids: Vec<u32> = (0..12).map(|_| pool.apply(pid, (0,)).unwrap()).collect();
+    let mut distinct = pids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), pids.len(), "one worker per task: {pids:?}");
+    crate::common::wait_until("every worker retired over memory", || {
+        pool.stats().restarts.over_memory == 12
+    });
+    let s = pool.stats();
+    assert_eq!(s.restarts.retired + s.restarts.died, 0, "{s}");
+}
+
 /// Allocates 1 MiB a millisecond, written, up to `mib`.
 fn hog(mib: usize) -> usize {
     let mut kept = Vec::new();
@@ -104,5 +130,6 @@ fn limits_of_zero_are_refused(m: StartMethod) {
 per_start_method!(
     a_leaking_worker_is_replaced_after_its_task,
     a_task_past_the_hard_limit_fails_with_its_own_error,
+    a_worker_past_the_cap_is_replaced_whoever_reads_its_answer,
     limits_of_zero_are_refused,
 );

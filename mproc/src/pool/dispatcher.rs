@@ -279,7 +279,7 @@ impl<L: Link> Dispatcher<L> {
             let link = L::launch(&d.config)?;
             event!(target: "mproc::pool", tracing::Level::INFO, worker = link.name(),
                 pid = link.pid(), slot, "worker started");
-            d.workers.push(Worker::new(link, slot, launched));
+            d.workers.push(Worker::new(link, slot, launched, d.config.memory_cap()));
         }
         Ok(d)
     }
@@ -658,19 +658,7 @@ impl<L: Link> Dispatcher<L> {
     fn read_worker(&mut self, i: usize) {
         self.read_notes(i);
         if let Some(w) = self.workers.get_mut(i) {
-            let answered = w.answered;
             w.drain(&mut self.scratch);
-            // After a task, past either cap: retired, its answer kept (past the hard limit,
-            // the next task would otherwise pay for what this one left behind).
-            let cap = match (self.config.max_memory_per_child, self.config.memory_limit_per_child) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            if let Some(max) = cap
-                && w.answered != answered
-            {
-                w.check_memory_after_task(max);
-            }
         }
     }
 
@@ -864,7 +852,7 @@ impl<L: Link> Dispatcher<L> {
                 Ok(link) => {
                     event!(target: "mproc::pool", tracing::Level::INFO, worker = link.name(),
                         pid = link.pid(), slot, "replacement worker started");
-                    self.workers.push(Worker::new(link, slot, launched));
+                    self.workers.push(Worker::new(link, slot, launched, self.config.memory_cap()));
                 }
                 Err(e) if self.workers.is_empty() => {
                     self.break_pool(e);

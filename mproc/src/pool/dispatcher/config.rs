@@ -32,6 +32,18 @@ pub(crate) struct Config {
     pub(crate) setup: crate::start::setup::Setup,
 }
 
+impl Config {
+    /// The resident memory past which a worker is retired after a task: the lower of
+    /// `max_memory_per_child` and `memory_limit_per_child` (past the hard limit, the next task
+    /// would otherwise pay for what this one left behind).
+    pub(crate) fn memory_cap(&self) -> Option<u64> {
+        match (self.max_memory_per_child, self.memory_limit_per_child) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 /// What a remote agent's local pool does differently: each worker holds one chunk at a time
 /// (nothing waits behind the running one, so the agent can tell exactly which of its entries
 /// run); each chunk's `on_start` is asked when a worker is picked for it (it may also say

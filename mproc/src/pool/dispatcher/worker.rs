@@ -43,6 +43,9 @@ pub(crate) struct Worker<L> {
     pub(super) retired: bool,
     /// Whether it was retired after `max_memory_per_child`.
     pub(super) over_memory: bool,
+    /// The resident memory past which it is retired after a task (the lower of
+    /// `max_memory_per_child` and `memory_limit_per_child`), checked whoever reads its answers.
+    memory_cap: Option<u64>,
     /// Items and chunks it has answered, and its chunks that failed, by error kind (items).
     pub(super) items: u64,
     pub(super) chunks: u64,
@@ -53,13 +56,19 @@ pub(crate) struct Worker<L> {
 }
 
 impl<L: Link> Worker<L> {
-    pub(super) fn new(link: L, slot: usize, launched: Instant) -> Worker<L> {
+    pub(super) fn new(
+        link: L,
+        slot: usize,
+        launched: Instant,
+        memory_cap: Option<u64>,
+    ) -> Worker<L> {
         Worker {
             slot,
             launched,
             ready_at: None,
             retired: false,
             over_memory: false,
+            memory_cap,
             items: 0,
             chunks: 0,
             failed: BTreeMap::new(),
@@ -120,7 +129,7 @@ impl<L: Link> Worker<L> {
 
     /// After an answer: retires it if its resident memory is past `max` bytes
     /// (`max_memory_per_child`).
-    pub(super) fn check_memory_after_task(&mut self, max: u64) {
+    fn check_memory_after_task(&mut self, max: u64) {
         if self.over_memory || self.retired || !self.state.accepting() {
             return;
         }
@@ -202,13 +211,21 @@ impl<L: Link> Worker<L> {
 
     /// Accepts every answer it has published, in order.
     pub(super) fn drain(&mut self, scratch: &mut Vec<u8>) {
-        let now = Instant::now();
+        let (now, answered) = (Instant::now(), self.answered);
         loop {
             match self.link.next_answer(scratch) {
                 Ok(Some(answer)) => self.accept(answer, now),
-                Ok(None) => return,
+                Ok(None) => break,
                 Err(e) => return self.condemn_front(e),
             }
+        }
+        // After a task, past the cap: retired, its answer kept. Here, where every reader of
+        // answers passes, not in the dispatcher's turn: a waiting thread may read the answer
+        // (`Shared::help`).
+        if let Some(max) = self.memory_cap
+            && self.answered != answered
+        {
+            self.check_memory_after_task(max);
         }
     }
 
