@@ -24,7 +24,10 @@ use crate::wire::message::{FromWorker, PoolWorkerSpec, ToWorker};
 
 /// How long an idle worker keeps looking at its lane before it sleeps on its socket: long
 /// enough to catch the next task of a busy caller without a wake-up, short enough to give the
-/// CPU back soon.
+/// CPU back soon. A remote agent's workers linger too: their dispatcher hands a worker its next
+/// entry in the turn that reads its answer (the `STEP` marking it running is written then, its
+/// reply not waited for), so a worker that sleeps pays a wake-up per task (measured: `map1`
+/// 22.5 → 25.4 k tasks/s, medians of nine rounds).
 const LINGER: Duration = Duration::from_micros(50);
 
 /// Serves tasks on `ctrl`; returns the exit code.
@@ -51,7 +54,6 @@ pub(crate) fn serve(
         ctrl,
         lane,
         identity,
-        linger: spec.linger,
         out: Vec::new(),
         socket_task: None,
         spares: Spares::default(),
@@ -78,8 +80,6 @@ struct Worker<'a> {
     ctrl: &'a mut Channel,
     lane: Lane,
     identity: u64,
-    /// Whether it watches its lane a little while before it sleeps.
-    linger: bool,
     /// Where answers are encoded.
     out: Vec<u8>,
     /// A large task that came on the socket while the worker slept, before it met the
@@ -144,7 +144,7 @@ impl Worker<'_> {
             if stopping {
                 return Ok(());
             }
-            if (self.linger && self.linger()) || !self.lane.prepare_sleep() {
+            if self.linger() || !self.lane.prepare_sleep() {
                 continue;
             }
             let message = self.ctrl.recv::<ToWorker<Vec<u8>>>(None);

@@ -84,9 +84,6 @@ pub(crate) enum Role {
 pub(crate) struct PoolWorkerSpec {
     /// The initializer's trampoline offset and encoded arguments, run before the first task.
     pub(crate) init: Option<(i64, serde_bytes::ByteBuf)>,
-    /// Whether an idle worker watches its lane a little while before it sleeps: not in a
-    /// remote agent's pool, whose next task always waits for a round trip to Redis first.
-    pub(crate) linger: bool,
 }
 
 /// Dispatcher to pool worker. `P` is the payload's type: borrowed when sent, owned when

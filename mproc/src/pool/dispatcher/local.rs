@@ -133,7 +133,6 @@ impl Link for LocalLink {
                     .init
                     .as_ref()
                     .map(|(entry, args)| (*entry, serde_bytes::ByteBuf::from(args.clone()))),
-                linger: config.gated.is_none(),
             }),
         };
         let mut init_fds: Vec<_> = config.init_fds.iter().map(AsFd::as_fd).collect();
