@@ -8,11 +8,16 @@
 //! message out.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
+
+use serde::de::DeserializeOwned;
 
 use crate::error::Error;
 use crate::sys::fd;
+use crate::sys::layout::SharedReader;
 use crate::sys::shm::Mapping;
+use crate::wire::codec;
 
 /// Where a message starts in its memory file: after the *done word*, which the sender sets to
 /// 1 when it sends the file and the receiver sets back to 0 once it has read the message.
@@ -120,9 +125,9 @@ impl Spares {
 /// is replaced or the receiver is dropped.
 #[derive(Default)]
 pub(crate) struct Mapped {
-    kept: Vec<(Identity, Mapping)>,
+    kept: Vec<(Identity, Arc<Mapping>)>,
     /// The mapping of the last message, when it is not kept.
-    passing: Option<Mapping>,
+    passing: Option<Arc<Mapping>>,
 }
 
 /// Which file a mapping is of: its device and inode numbers, and its file handle (which adds
@@ -135,7 +140,7 @@ const KEEP_BYTES: usize = 64 << 20;
 impl Mapped {
     /// A mapping of the memory file `file` that holds a message of `len` bytes after its
     /// header (sealed against shrinking, and that long, or an error).
-    pub(crate) fn map(&mut self, file: BorrowedFd<'_>, len: u64) -> Result<&Mapping, Error> {
+    pub(crate) fn map(&mut self, file: BorrowedFd<'_>, len: u64) -> Result<&Arc<Mapping>, Error> {
         let need = usize::try_from(len)
             .ok()
             .and_then(|len| len.checked_add(FILE_HEADER))
@@ -161,7 +166,7 @@ impl Mapped {
             kept.push(found);
             return Ok(&kept.last().expect("just pushed").1);
         }
-        let map = Mapping::open_prefix(file, need).map_err(bad)?;
+        let map = Arc::new(Mapping::open_prefix(file, need).map_err(bad)?);
         match id {
             Some(id) if need <= KEEP_BYTES => {
                 kept.retain(|(k, _)| *k != id);
@@ -182,6 +187,17 @@ impl Mapped {
         self.passing = None;
     }
 
+    /// The `len`-byte message in `file`, left there to be read in place: the file is marked
+    /// done when the [`InFile`] is dropped.
+    pub(crate) fn keep(&mut self, file: BorrowedFd<'_>, len: u64) -> Result<InFile, Error> {
+        let map = Arc::clone(self.map(file, len)?);
+        self.release();
+        Ok(InFile {
+            map,
+            len: len as usize, // `map` checked that it fits in memory
+        })
+    }
+
     /// The `len`-byte message in `file`, copied out; the file is then marked done.
     pub(crate) fn take(&mut self, file: BorrowedFd<'_>, len: u64) -> Result<Vec<u8>, Error> {
         let map = self.map(file, len)?;
@@ -198,6 +214,121 @@ impl Mapped {
 /// Marks a received file's message read: its sender may write the next one there.
 pub(crate) fn done(map: &Mapping) {
     map.word(0).store(0, Ordering::Release);
+}
+
+/// Buffers of large encoded pool tasks, given back when their task is answered, so that the
+/// next large task is encoded into memory already faulted in: a caller sending 10 MiB
+/// arguments one call after another otherwise pays for 2560 fresh pages a call (the
+/// allocator hands such blocks back to the system when they are freed). At most
+/// [`KEEP_BUFFERS`] and [`KEEP_BYTES`], process-wide.
+static BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// How many buffers [`BUFFERS`] keeps.
+const KEEP_BUFFERS: usize = 2;
+
+/// An empty buffer with room for `len` bytes: a kept one when the message is worth a file.
+/// Never waits: the lock may have been held by a thread that a fork left behind.
+pub(crate) fn buffer(len: usize) -> Vec<u8> {
+    if len >= WORTH_A_FILE
+        && let Ok(mut kept) = BUFFERS.try_lock()
+        && let Some(at) = kept.iter().position(|b| b.capacity() >= len)
+    {
+        let mut b = kept.swap_remove(at);
+        b.clear();
+        return b;
+    }
+    Vec::with_capacity(len)
+}
+
+/// Gives back a [`buffer`] no longer needed, to be kept if it is large (within the budget;
+/// the oldest goes first).
+pub(crate) fn recycle(b: Vec<u8>) {
+    if !(WORTH_A_FILE..=KEEP_BYTES).contains(&b.capacity()) {
+        return;
+    }
+    if let Ok(mut kept) = BUFFERS.try_lock() {
+        kept.push(b);
+        while kept.len() > KEEP_BUFFERS
+            || kept.iter().map(Vec::capacity).sum::<usize>() > KEEP_BYTES
+        {
+            kept.remove(0);
+        }
+    }
+}
+
+/// A received message left in the memory file it came in, read in place: decoding it copies
+/// each part once, straight into the value it becomes (a 10 MiB answer is not first copied
+/// into a buffer of its own). Its sender writes the file again only once this is dropped.
+///
+/// The mapping is not inherited by fork children: in one, the message cannot be read (an
+/// error), and dropping it touches nothing.
+#[derive(Debug)]
+pub(crate) struct InFile {
+    map: Arc<Mapping>,
+    len: usize,
+}
+
+impl InFile {
+    /// A reader of the message; an error in a fork child of the process that received it.
+    fn reader(&self) -> Result<SharedReader<'_>, Error> {
+        if !self.map.is_in_this_process() {
+            return Err(Error::invalid(
+                "this message was received by the parent process, and a fork child does not \
+                 have its memory: read it in the parent",
+            ));
+        }
+        self.map
+            .reader(FILE_HEADER, self.len)
+            .map_err(|e| Error::protocol(format!("a message in a bad memory file: {e}")))
+    }
+}
+
+impl Drop for InFile {
+    fn drop(&mut self) {
+        if self.map.is_in_this_process() {
+            done(&self.map);
+        }
+    }
+}
+
+/// A received message: its bytes, or left in the memory file it came in.
+#[derive(Debug)]
+pub(crate) enum Received {
+    Bytes(Vec<u8>),
+    InFile(InFile),
+}
+
+impl Received {
+    /// Decodes it (any number of times): the value, or the codec's error; `Err` if its file
+    /// cannot be read here. One in a file is decoded as it is copied out, as the sender could
+    /// still write the file.
+    pub(crate) fn decode<T: DeserializeOwned>(&self) -> Result<Result<T, codec::Error>, Error> {
+        Ok(match self {
+            Received::Bytes(b) => codec::decode(b),
+            Received::InFile(f) => crate::wire::shared::decode_shared(f.reader()?),
+        })
+    }
+
+    /// Its bytes, copied out of its file if it is in one.
+    #[cfg_attr(
+        not(feature = "remote"),
+        expect(dead_code, reason = "a remote agent sends its answers' bytes on")
+    )]
+    pub(crate) fn into_vec(self) -> Result<Vec<u8>, Error> {
+        match self {
+            Received::Bytes(b) => Ok(b),
+            Received::InFile(f) => f
+                .reader()?
+                .into_vec()
+                .map_err(|e| Error::protocol(format!("a message in a bad memory file: {e}"))),
+        }
+    }
+}
+
+impl Default for Received {
+    fn default() -> Received {
+        Received::Bytes(Vec::new())
+    }
 }
 
 #[cfg(test)]

@@ -871,6 +871,36 @@ fn grow(n: usize) -> Vec<u8> {
     (0..n).map(|i| i as u8).collect()
 }
 
+/// `n` numbers from `from` on: a large answer whose every element says which call made it.
+fn numbers(n: usize, from: f64) -> Vec<f64> {
+    (0..n).map(|i| from + i as f64).collect()
+}
+
+/// A large answer is read where it arrived (the worker's memory file) whenever `get` is
+/// called, however often: the worker writes its next large answers elsewhere until this one
+/// is dropped, and then reuses the file.
+fn a_large_answer_kept_unread_is_not_overwritten(m: StartMethod) {
+    let p = pool(m, 1);
+    let n = 1 << 17; // 1 MiB of f64
+    let kept = p.apply_async(numbers, (n, 0.5)).unwrap();
+    kept.wait_timeout(PATIENCE).unwrap();
+    for round in 1..6 {
+        let from = round as f64 * 1e6;
+        let got = p.apply(numbers, (n, from)).unwrap();
+        assert!(got == numbers(n, from), "answer {round}");
+        assert!(
+            kept.get().unwrap() == numbers(n, 0.5),
+            "kept, after answer {round}"
+        );
+    }
+    drop(kept);
+    // Its file is free again: answers keep coming back whole.
+    for round in 6..10 {
+        let from = round as f64 * 1e6;
+        assert!(p.apply(numbers, (n, from)).unwrap() == numbers(n, from));
+    }
+}
+
 /// Tasks and answers on both sides of the lane's frame limit, interleaved: they come back in
 /// order, intact, from the same worker (nothing is mistaken for a protocol error).
 fn large_and_small_frames_keep_their_order(m: StartMethod) {
@@ -1046,6 +1076,7 @@ per_start_method!(
     a_callback_may_stop_the_pool_whoever_completes_its_job,
     large_and_small_frames_keep_their_order,
     a_large_task_keeps_its_handles,
+    a_large_answer_kept_unread_is_not_overwritten,
     a_worker_flooding_descriptors_is_dropped,
     a_worker_that_corrupts_its_lane_is_replaced,
     a_panicking_callback_does_not_take_the_pool_down,
@@ -1075,6 +1106,8 @@ per_start_method!(
 /// A pool and a pending result the parent keeps in globals, which a fork child inherits.
 static FORKED_POOL: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
 static FORKED_PENDING: std::sync::OnceLock<mproc::AsyncResult<u64>> = std::sync::OnceLock::new();
+/// A large answer, arrived in the parent (in a memory file's mapping a fork child lacks).
+static FORKED_LARGE: std::sync::OnceLock<mproc::AsyncResult<Vec<f64>>> = std::sync::OnceLock::new();
 
 /// What a fork child sees when it uses its parent's pool: clear errors, at once.
 fn use_the_parents_pool() -> Vec<String> {
@@ -1100,6 +1133,13 @@ fn use_the_parents_pool() -> Vec<String> {
             )
         ),
         format!("stats of {} workers", p.stats().workers.len()),
+        kind(
+            FORKED_LARGE
+                .get()
+                .expect("inherited")
+                .get()
+                .map(|v| v.len() as u64),
+        ),
     ];
     p.close();
     p.terminate();
@@ -1113,20 +1153,25 @@ fn use_the_parents_pool() -> Vec<String> {
 fn a_pool_used_in_a_fork_child_is_refused() {
     let p = FORKED_POOL.get_or_init(|| pool(StartMethod::Forkserver, 1));
     assert_eq!(p.apply(square, (2,)).unwrap(), 4);
+    let large = FORKED_LARGE.get_or_init(|| p.apply_async(numbers, (1 << 17, 2.0)).unwrap());
+    large.wait_timeout(PATIENCE).unwrap();
     let _ = FORKED_PENDING.set(p.apply_async(nap_then, (2_000, 7)).unwrap());
     for _ in 0..3 {
         let mut child =
             mproc::Process::new(use_the_parents_pool, ()).start_method(StartMethod::Fork);
         child.start().unwrap();
         let seen = child.join_timeout(PATIENCE).unwrap();
-        assert_eq!(seen.len(), 7, "{seen:?}");
+        assert_eq!(seen.len(), 8, "{seen:?}");
         for s in &seen[..4] {
             assert!(s.starts_with("InvalidArgument"), "{seen:?}");
         }
         assert_eq!(seen[4], "([0], [])", "{seen:?}");
         assert_eq!(seen[5], "stats of 0 workers", "{seen:?}");
-        assert_eq!(seen[6], "true", "{seen:?}");
+        // The large answer is not in the child's memory: a clear error, not a crash.
+        assert!(seen[6].starts_with("InvalidArgument"), "{seen:?}");
+        assert_eq!(seen[7], "true", "{seen:?}");
     }
+    assert!(FORKED_LARGE.get().unwrap().get().unwrap() == numbers(1 << 17, 2.0));
     assert_eq!(
         FORKED_PENDING.get().unwrap().get_timeout(PATIENCE).unwrap(),
         7

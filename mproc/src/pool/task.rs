@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, PanicReport};
+use crate::memfile::Received;
 use crate::start::role::{self, RoleFn};
 use crate::sys::image;
 use crate::wire::codec;
@@ -55,24 +56,29 @@ pub(crate) type Encoded = (Vec<u8>, Vec<std::os::fd::OwnedFd>);
 
 /// Encodes a chunk of argument tuples in the parent.
 pub(crate) fn encode_chunk<A: Serialize>(items: &[A], target: &str) -> Result<Encoded, Error> {
-    let (bytes, fds) = crate::handle::collecting(|| codec::encode(items));
+    // Into a kept buffer when large (given back when the chunk is answered: `Chunk`'s drop).
+    let (bytes, fds) = crate::handle::collecting(|| {
+        let mut out = crate::memfile::buffer(codec::encoded_len(items)?);
+        codec::encode_into(&mut out, items).map(|()| out)
+    });
     let bytes =
         bytes.map_err(|e| Error::codec(format!("the arguments of `{target}`"), "encode", e))?;
     Ok((bytes, fds))
 }
 
-/// A chunk's encoded results, and the descriptors of the handles among its values (a
+/// A chunk's encoded results (a large answer left in the memory file it came in, decoded
+/// from there), and the descriptors of the handles among its values (a
 /// [`Buffer`](crate::Buffer) a task returned), in index order.
 #[derive(Debug, Default)]
 pub(crate) struct Answered {
-    pub(crate) bytes: Vec<u8>,
+    pub(crate) bytes: Received,
     pub(crate) handles: Vec<std::os::fd::OwnedFd>,
 }
 
 impl From<Vec<u8>> for Answered {
     fn from(bytes: Vec<u8>) -> Answered {
         Answered {
-            bytes,
+            bytes: Received::Bytes(bytes),
             handles: Vec::new(),
         }
     }
@@ -84,7 +90,7 @@ pub(crate) fn decode_chunk<R: DeserializeOwned>(
     answered: &Answered,
     target: &str,
 ) -> Result<Vec<Result<R, Box<PanicReport>>>, Error> {
-    crate::handle::providing_copies(&answered.handles, || codec::decode(&answered.bytes))?
+    crate::handle::providing_copies(&answered.handles, || answered.bytes.decode())??
         .map_err(|e| Error::codec(format!("the return values of `{target}`"), "decode", e))
 }
 

@@ -1056,7 +1056,7 @@ fn cancelled(con: &mut Conn, c: &Common) -> Result<Vec<String>, Error> {
 /// another host.
 fn only_bytes(answered: crate::pool::job::Answered) -> Result<Vec<u8>, Error> {
     if answered.handles.is_empty() {
-        Ok(answered.bytes)
+        answered.bytes.into_vec()
     } else {
         Err(Error::invalid(
             "the task returned a handle (a Buffer, a Lock, ...): handles cannot travel to \

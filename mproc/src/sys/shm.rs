@@ -250,6 +250,13 @@ impl Mapping {
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(from), self.len - from) }
     }
 
+    /// Whether this process has the mapping: `false` in a fork child of the process that made
+    /// one fork children do not inherit (`MADV_DONTFORK`), where nothing may touch it.
+    pub(crate) fn is_in_this_process(&self) -> bool {
+        self.private_to
+            .is_none_or(|g| g == super::proc::fork_generation())
+    }
+
     /// The 32-bit word at `at` (4-aligned, inside the mapping), shared through atomics.
     pub(crate) fn word(&self, at: usize) -> &std::sync::atomic::AtomicU32 {
         match self.view(at) {

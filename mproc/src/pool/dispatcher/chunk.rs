@@ -119,6 +119,7 @@ impl Chunk {
     }
 
     /// Leaves an inert entry here and returns the live copy (same id, same slot).
+    /// The payload goes with the copy.
     pub(super) fn revoke(&mut self) -> Chunk {
         self.revoked = true;
         self.answered = true;
@@ -151,11 +152,14 @@ impl Chunk {
 }
 
 impl Drop for Chunk {
+    /// A chunk never answered fails `Terminated`. A large payload's buffer is kept for the
+    /// next large chunk (`memfile::buffer`).
     fn drop(&mut self) {
         if !self.answered {
             self.job
                 .deliver(self.index, Err(ErrorKind::Terminated.into()));
         }
+        crate::memfile::recycle(std::mem::take(&mut self.payload));
     }
 }
 

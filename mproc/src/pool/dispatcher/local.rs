@@ -12,7 +12,7 @@ use super::config::Config;
 use super::link::{Answer, Link, Note, Polled, Sent};
 use crate::channel::{self, Outbox};
 use crate::error::{Error, ErrorKind};
-use crate::memfile::{Mapped, Spares, WORTH_A_FILE};
+use crate::memfile::{Mapped, Received, Spares, WORTH_A_FILE};
 use crate::pool::task::Answered;
 use crate::pool::task;
 use crate::process;
@@ -286,7 +286,7 @@ impl Link for LocalLink {
                         )));
                     }
                     let answer = Answered {
-                        bytes: result.into_vec(),
+                        bytes: Received::Bytes(result.into_vec()),
                         handles,
                     };
                     self.socket_answers.push_back((id, Ok(answer)));
@@ -301,8 +301,8 @@ impl Link for LocalLink {
                              descriptors",
                         )));
                     };
-                    let answer = self.files.take(file.as_fd(), len).map(|bytes| Answered {
-                        bytes,
+                    let answer = self.files.keep(file.as_fd(), len).map(|m| Answered {
+                        bytes: Received::InFile(m),
                         handles: fds,
                     });
                     self.socket_answers.push_back((id, answer));
