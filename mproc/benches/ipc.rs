@@ -12,7 +12,10 @@
 //!    `ByteBuf`: a child puts them on a `Queue::bounded(2)`, a child sends them on a pipe, and a
 //!    one-worker `Pool` echoes them (`apply`, in as the argument and out as the result); GB/s at
 //!    the parent, after 4 warm-up messages. Floor: `memcpy` of 10 MiB between two warm buffers.
-//!    Targets, each way: `Vec<u8>` >= 1.5 GB/s; `Vec<f64>` and `ByteBuf` >= 0.5x memcpy.
+//!    Targets, each way: `Vec<u8>` >= 1.5 GB/s; `Vec<f64>` and `ByteBuf` >= 0.5x memcpy. One
+//!    more row runs the `Vec<f64>` pool echo alone in a fresh copy of this binary
+//!    (`--echo-alone CALLS`): as a program that does nothing else sees it, without the memory
+//!    the allocator kept from the rows before.
 //! 3. `lock`: uncontended `Lock::acquire` + drop, ns per pair; `std::sync::Mutex` beside it.
 //!    Target: <= 50 ns.
 //! 4. `event`: a ping-pong between two processes over two `Event`s (set, wait, clear), half a
@@ -198,6 +201,14 @@ impl Report {
 
 fn main() -> Result<(), mproc::Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(at) = args.iter().position(|a| a == "--echo-alone") {
+        let calls = args
+            .get(at + 1)
+            .and_then(|n| n.parse().ok())
+            .expect("--echo-alone CALLS");
+        println!("{}", echo_alone(calls)?);
+        return Ok(());
+    }
     let full = args.iter().any(|a| a == "--bench");
     let python = !args.iter().any(|a| a == "--no-python");
     let wanted: Vec<&str> = args
@@ -337,7 +348,9 @@ fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
     let mut dst = vec![0u8; BIG];
     // Per payload, per way (queue, pipe, pool): a rate per round.
     let mut rates: [[Vec<f64>; 3]; 4] = Default::default();
+    let mut alone = Vec::new();
     for _ in 0..plan.rounds {
+        alone.push(echo_in_a_fresh_process(plan.big.div_ceil(2)));
         dst.copy_from_slice(&src);
         let t = Instant::now();
         for _ in 0..plan.big {
@@ -358,6 +371,11 @@ fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
         <Vec<f64>>::NAME,
         String::NAME,
     ];
+    let alone = median(&mut alone);
+    r.row(
+        "Pool::apply echo of Vec<f64>, 10 MiB, alone in a fresh process",
+        format!("{alone:>8.2} GB/s  ({:.2}x memcpy)", alone / copy),
+    );
     let ways = ["Queue", "pipe Connection", "Pool::apply echo (in + out)"];
     for (name, per_way) in names.into_iter().zip(&mut rates) {
         for (way, rates) in ways.into_iter().zip(per_way.iter_mut()) {
@@ -390,6 +408,38 @@ fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
         }
     }
     Ok(())
+}
+
+/// The pool echo of `Vec<f64>` as a program that does nothing else sees it: this binary run
+/// again with `--echo-alone` (in this process, the rows before have left the allocator holding
+/// memory that a fresh program would fault in afresh at each call).
+fn echo_in_a_fresh_process(calls: usize) -> f64 {
+    let exe = std::env::current_exe().expect("this binary's path");
+    let out = std::process::Command::new(exe)
+        .args(["--echo-alone", &calls.to_string()])
+        .output()
+        .expect("running this binary again");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("--echo-alone printed {text:?}"))
+}
+
+/// `--echo-alone CALLS`: a one-worker pool echoes a 10 MiB `Vec<f64>` CALLS times, after
+/// warm-up calls; GB/s (in + out).
+fn echo_alone(calls: usize) -> Result<f64, mproc::Error> {
+    let pool = Pool::new(1)?;
+    let mut v = <Vec<f64>>::make();
+    for _ in 0..WARM_BIG {
+        v = pool.apply(echo::<Vec<f64>>, (v,))?;
+    }
+    let (t, mut bytes) = (Instant::now(), 0);
+    for _ in 0..calls {
+        v = pool.apply(echo::<Vec<f64>>, (v,))?;
+        bytes += 2 * v.size();
+    }
+    Ok(gb(bytes, t))
 }
 
 /// GB/s for `bytes` moved since `t`.
