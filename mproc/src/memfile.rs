@@ -3,9 +3,10 @@
 //! A sender encodes a large message straight into a memory file and sends the descriptor
 //! (`SCM_RIGHTS`) instead of the bytes, so they are never copied through a socket; it keeps the
 //! file ([`Spares`]) and writes its next large message into it again once the receiver has set
-//! the file's *done word* back to 0. The receiver keeps its mappings of the last few files it
-//! was sent ([`Mapped`]): mapping 10 MiB afresh (and unmapping it) cost more than copying the
-//! message out.
+//! the file's *done word* back to 0: when it has read the message, or, for a pool's answer
+//! read in place ([`InFile`]), when the answer is dropped. The receiver keeps its mappings of
+//! the last few files it was sent ([`Mapped`]): mapping 10 MiB afresh (and unmapping it) cost
+//! more than copying the message out.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -20,7 +21,8 @@ use crate::sys::shm::Mapping;
 use crate::wire::codec;
 
 /// Where a message starts in its memory file: after the *done word*, which the sender sets to
-/// 1 when it sends the file and the receiver sets back to 0 once it has read the message.
+/// 1 when it sends the file and the receiver sets back to 0 once it is done with the message
+/// (read, or an [`InFile`] dropped).
 pub(crate) const FILE_HEADER: usize = 64;
 
 /// From how many bytes a pool task's payload or answer travels in a memory file rather than on
@@ -122,7 +124,8 @@ impl Spares {
 /// last. A kept mapping is safe to read again: a file is mapped only once it is sealed against
 /// shrinking, so its pages stay. At most [`SPARES`] mappings and [`KEEP_BYTES`] are kept (a
 /// larger message's mapping goes once it is read); each keeps its file's memory alive until it
-/// is replaced or the receiver is dropped.
+/// is replaced or the receiver is dropped. An [`InFile`] shares its mapping and keeps it past
+/// both.
 #[derive(Default)]
 pub(crate) struct Mapped {
     kept: Vec<(Identity, Arc<Mapping>)>,
@@ -216,22 +219,31 @@ pub(crate) fn done(map: &Mapping) {
     map.word(0).store(0, Ordering::Release);
 }
 
-/// Buffers of large encoded pool tasks, given back when their task is answered, so that the
-/// next large task is encoded into memory already faulted in: a caller sending 10 MiB
-/// arguments one call after another otherwise pays for 2560 fresh pages a call (the
+/// Buffers of large encoded pool tasks, given back when their chunk is dropped (answered),
+/// so that the next large task is encoded into memory already faulted in: a caller sending
+/// 10 MiB arguments one call after another otherwise pays for 2560 fresh pages a call (the
 /// allocator hands such blocks back to the system when they are freed). At most
-/// [`KEEP_BUFFERS`] and [`KEEP_BYTES`], process-wide.
+/// [`KEEP_BUFFERS`] buffers and [`KEEP_BUFFER_BYTES`], process-wide, while a pool runs: a
+/// pool's end lets them go ([`forget_buffers`]), and so does every child at its start.
 static BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
 
 /// How many buffers [`BUFFERS`] keeps.
 const KEEP_BUFFERS: usize = 2;
 
-/// An empty buffer with room for `len` bytes: a kept one when the message is worth a file.
-/// Never waits: the lock may have been held by a thread that a fork left behind.
+/// How many bytes [`BUFFERS`] keeps.
+const KEEP_BUFFER_BYTES: usize = 64 << 20;
+
+/// An empty buffer with room for `len` bytes: the smallest kept one that fits, when the
+/// message is worth a file. Never waits: in a fork child, the lock may have been held by a
+/// thread the fork left behind.
 pub(crate) fn buffer(len: usize) -> Vec<u8> {
     if len >= WORTH_A_FILE
         && let Ok(mut kept) = BUFFERS.try_lock()
-        && let Some(at) = kept.iter().position(|b| b.capacity() >= len)
+        && let Some((at, _)) = kept
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len)
+            .min_by_key(|(_, b)| b.capacity())
     {
         let mut b = kept.swap_remove(at);
         b.clear();
@@ -243,16 +255,24 @@ pub(crate) fn buffer(len: usize) -> Vec<u8> {
 /// Gives back a [`buffer`] no longer needed, to be kept if it is large (within the budget;
 /// the oldest goes first).
 pub(crate) fn recycle(b: Vec<u8>) {
-    if !(WORTH_A_FILE..=KEEP_BYTES).contains(&b.capacity()) {
+    if !(WORTH_A_FILE..=KEEP_BUFFER_BYTES).contains(&b.capacity()) {
         return;
     }
     if let Ok(mut kept) = BUFFERS.try_lock() {
         kept.push(b);
         while kept.len() > KEEP_BUFFERS
-            || kept.iter().map(Vec::capacity).sum::<usize>() > KEEP_BYTES
+            || kept.iter().map(Vec::capacity).sum::<usize>() > KEEP_BUFFER_BYTES
         {
             kept.remove(0);
         }
+    }
+}
+
+/// Lets the kept buffers go: when a pool ends, and in a new child (a fork child inherits its
+/// parent's, which it would only carry).
+pub(crate) fn forget_buffers() {
+    if let Ok(mut kept) = BUFFERS.try_lock() {
+        *kept = Vec::new();
     }
 }
 
@@ -300,8 +320,8 @@ pub(crate) enum Received {
 
 impl Received {
     /// Decodes it (any number of times): the value, or the codec's error; `Err` if its file
-    /// cannot be read here. One in a file is decoded as it is copied out, as the sender could
-    /// still write the file.
+    /// cannot be read here. One in a file is decoded as it is copied out: a misbehaving sender
+    /// could still write the file.
     pub(crate) fn decode<T: DeserializeOwned>(&self) -> Result<Result<T, codec::Error>, Error> {
         Ok(match self {
             Received::Bytes(b) => codec::decode(b),
@@ -309,9 +329,18 @@ impl Received {
         })
     }
 
+    /// `Ok` if it can be read in this process (one in a file cannot in a fork child of the
+    /// process that received it).
+    pub(crate) fn readable(&self) -> Result<(), Error> {
+        match self {
+            Received::Bytes(_) => Ok(()),
+            Received::InFile(f) => f.reader().map(drop),
+        }
+    }
+
     /// Its bytes, copied out of its file if it is in one.
     #[cfg_attr(
-        not(feature = "remote"),
+        not(any(feature = "remote", test)),
         expect(dead_code, reason = "a remote agent sends its answers' bytes on")
     )]
     pub(crate) fn into_vec(self) -> Result<Vec<u8>, Error> {
@@ -372,5 +401,36 @@ mod tests {
         assert!(mapped.take(held[0].0.as_fd(), u64::MAX).is_err());
         let unsealed = crate::sys::shm::testing::unsealed_memfd(4096);
         assert!(mapped.take(unsealed.as_fd(), 10).is_err());
+    }
+
+    #[test]
+    fn a_message_read_in_place_frees_its_file_when_dropped() {
+        let mut spares = Spares::default();
+        let mut mapped = Mapped::default();
+        let m: Vec<u8> = (0..300_000).map(|i| (i % 251) as u8).collect();
+        let len = m.len() as u64;
+        let mut write = || {
+            spares
+                .write(m.len(), |b| {
+                    b.copy_from_slice(&m);
+                    Ok(())
+                })
+                .unwrap()
+        };
+        let id = |f: &OwnedFd| crate::sys::shm::file_identity(f.as_fd()).unwrap();
+        let f1 = write();
+        let held = mapped.keep(f1.as_fd(), len).unwrap();
+        // Held unread: the next message goes in another file.
+        let f2 = write();
+        assert_ne!(id(&f1), id(&f2));
+        let read = Received::InFile(mapped.keep(f2.as_fd(), len).unwrap());
+        assert_eq!(read.into_vec().unwrap(), m);
+        // Read and dropped: its file is written again, not the held one.
+        let f3 = write();
+        assert_eq!(id(&f3), id(&f2));
+        // The held message is intact; dropped, its file is free again.
+        assert_eq!(Received::InFile(held).into_vec().unwrap(), m);
+        let f4 = write();
+        assert_eq!(id(&f4), id(&f1));
     }
 }

@@ -10,11 +10,20 @@ use mproc::{ErrorKind, Pool, StartMethod};
 
 const MIB: u64 = 1 << 20;
 
-/// This process's resident memory, in bytes.
+/// This process's resident memory, in bytes, shared memory left out (as the pool measures
+/// it: `VmRSS` less `RssShmem`).
 fn resident(_: u8) -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib = |name: &str| -> u64 {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        line[name.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (kib("VmRSS:") - kib("RssShmem:")) * 1024
 }
 
 /// What a fresh worker of method `m` uses, measured in a pool of its own.
@@ -85,6 +94,54 @@ fn a_worker_past_the_cap_is_replaced_whoever_reads_its_answer(m: StartMethod) {
     assert_eq!(s.restarts.retired + s.restarts.died, 0, "{s}");
 }
 
+/// Reads every byte of `table` (so all its pages are mapped in this worker); returns the pid
+/// and the sum.
+fn read_table(table: mproc::Buffer<u8>) -> (u32, u64) {
+    (
+        std::process::id(),
+        table.iter().map(|&b| u64::from(b)).sum(),
+    )
+}
+
+/// `mib` MiB of ones, an answer large enough to travel in a memory file.
+fn ones(mib: usize) -> Vec<u8> {
+    vec![1; mib << 20]
+}
+
+/// The caps count what a worker holds itself, not the shared memory it maps: a 64 MiB
+/// `Buffer` every task reads, and large answers its caller keeps unread (their memory files
+/// stay mapped in the worker), retire no worker under a cap 48 MiB above a fresh one.
+fn shared_memory_a_worker_maps_is_not_counted(m: StartMethod) {
+    let cap = fresh_worker(m) + 48 * MIB;
+    let pool = Pool::builder()
+        .processes(1)
+        .start_method(m)
+        .max_memory_per_child(cap)
+        .memory_limit_per_child(cap)
+        .build()
+        .unwrap();
+    let table = mproc::Buffer::from_slice(&vec![1u8; 64 << 20]).unwrap();
+    let kept: Vec<_> = (0..4)
+        .map(|_| pool.apply_async(ones, (4,)).unwrap())
+        .collect();
+    let mut pids = Vec::new();
+    for _ in 0..3 {
+        let (pid, sum) = pool.apply(read_table, (table.clone(),)).unwrap();
+        assert_eq!(sum, 64 << 20);
+        pids.push(pid);
+    }
+    for r in &kept {
+        assert_eq!(r.get().unwrap().len(), 4 << 20);
+    }
+    pids.push(pool.apply(read_table, (table.clone(),)).unwrap().0);
+    assert!(
+        pids.iter().all(|&p| p == pids[0]),
+        "one worker throughout: {pids:?}"
+    );
+    let s = pool.stats();
+    assert_eq!(s.restarts.over_memory, 0, "{s}");
+}
+
 /// Allocates 1 MiB a millisecond, written, up to `mib`.
 fn hog(mib: usize) -> usize {
     let mut kept = Vec::new();
@@ -131,5 +188,6 @@ per_start_method!(
     a_leaking_worker_is_replaced_after_its_task,
     a_task_past_the_hard_limit_fails_with_its_own_error,
     a_worker_past_the_cap_is_replaced_whoever_reads_its_answer,
+    shared_memory_a_worker_maps_is_not_counted,
     limits_of_zero_are_refused,
 );

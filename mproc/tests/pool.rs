@@ -1179,6 +1179,43 @@ fn a_pool_used_in_a_fork_child_is_refused() {
     assert_eq!(p.apply(square, (5,)).unwrap(), 25);
 }
 
+/// A large answer the parent got, which a fork child takes from a global.
+static FORKED_TAKEN: Mutex<Option<mproc::AsyncResult<Vec<f64>>>> = Mutex::new(None);
+
+/// What a fork child sees of its parent's large answer; it then drops it.
+fn drop_the_parents_answer() -> String {
+    let r = FORKED_TAKEN
+        .lock()
+        .unwrap()
+        .take()
+        .expect("inherited through fork");
+    let said = match r.successful() {
+        Ok(ok) => format!("successful: {ok}"),
+        Err(e) => format!("{:?}", e.kind()),
+    };
+    drop(r);
+    said
+}
+
+/// A fork child that inherited its parent's large answer (in shared memory it does not
+/// have) gets a clear error for it, not a false `successful() == false`; dropping it touches
+/// nothing, and the parent still reads it.
+#[test]
+fn a_fork_child_may_drop_its_parents_large_answer() {
+    let p = pool(StartMethod::Forkserver, 1);
+    let r = p.apply_async(numbers, (1 << 17, 3.0)).unwrap();
+    r.wait_timeout(PATIENCE).unwrap();
+    *FORKED_TAKEN.lock().unwrap() = Some(r);
+    let mut child =
+        mproc::Process::new(drop_the_parents_answer, ()).start_method(StartMethod::Fork);
+    child.start().unwrap();
+    let said = child.join_timeout(PATIENCE).unwrap();
+    assert!(said.starts_with("InvalidArgument"), "{said}");
+    let r = FORKED_TAKEN.lock().unwrap().take().unwrap();
+    assert!(r.successful().unwrap());
+    assert!(r.get().unwrap() == numbers(1 << 17, 3.0));
+}
+
 /// A task that turns on its own worker: it finds the worker's sockets and sends, on each, `n`
 /// well-formed `Wake` frames, each with 30 descriptors attached that no message accounts for.
 fn flood_with_descriptors(n: usize) -> u32 {

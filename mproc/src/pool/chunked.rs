@@ -82,7 +82,9 @@ pub(super) fn chunk<A: Serialize>(
     let (payload, fds) = task::encode_chunk(items, target)?;
     let id = shared.chunk_id();
     let index = job.add_chunk(id, items.len());
-    Ok(Chunk::new(id, entry, payload, Arc::clone(job), index, items.len()).with_handles(fds))
+    Ok(Chunk::new(id, entry, payload, Arc::clone(job), index, items.len())
+        .with_recycled_payload()
+        .with_handles(fds))
 }
 
 impl<'p> Chunked<'p> {

@@ -379,10 +379,12 @@ impl PoolBuilder {
     /// `worker_max_memory_per_child`: for tasks that leak. The task's result is kept; the
     /// worker finishes what it was given and leaves, and a new one takes its place (counted
     /// in [`Restarts::over_memory`](crate::Restarts::over_memory)). Zero is an error at
-    /// [`build`](Self::build). Resident memory is as `ps` shows it (`/proc/<pid>/statm`),
-    /// shared pages included, so leave room above what a fresh worker uses. A worker keeps up
-    /// to 64 MiB of the heap its tasks freed for the next ones (so megabyte arguments and
-    /// results are not faulted in afresh at every task); that counts too.
+    /// [`build`](Self::build). Resident memory is what the worker holds itself: `VmRSS` less
+    /// `RssShmem` in `/proc/<pid>/status`, so its heap, stacks and the executable's pages in
+    /// RAM, but not the shared memory it maps (a [`Buffer`](crate::Buffer) every worker reads,
+    /// a large result its caller has not read yet). Leave room above what a fresh worker uses;
+    /// a worker keeps up to 64 MiB of the heap its tasks freed for the next ones (so megabyte
+    /// arguments and results are not faulted in afresh at every task), and that counts too.
     ///
     /// ```
     /// fn pid() -> u32 {
@@ -398,8 +400,9 @@ impl PoolBuilder {
         self
     }
 
-    /// A hard limit: a worker whose resident memory exceeds `bytes` while it runs a task is
-    /// killed, and the task fails with
+    /// A hard limit: a worker whose resident memory (measured as for
+    /// [`max_memory_per_child`](Self::max_memory_per_child)) exceeds `bytes` while it runs a
+    /// task is killed, and the task fails with
     /// [`ErrorKind::MemoryExceeded`](crate::ErrorKind::MemoryExceeded) (not a generic
     /// `WorkerLost`); a new worker takes its place. The pool looks every 10 ms while a task
     /// runs, so a task that allocates faster than that may overshoot for as long; one that

@@ -243,7 +243,10 @@ impl<R> AsyncResult<R> {
     ///
     /// # Errors
     ///
-    /// `NotReady` while it has not finished.
+    /// `NotReady` while it has not finished; `InvalidArgument` in a fork child of the process
+    /// that got the result, if the result is large (256 KiB or more encoded): it stays in
+    /// shared memory the child does not inherit, so it can be read in the parent only (a
+    /// smaller one is read in either).
     ///
     /// ```
     /// fn boom() {
@@ -262,6 +265,12 @@ impl<R> AsyncResult<R> {
         let inner = self.job.lock();
         if !inner.complete() {
             return Err(ErrorKind::NotReady.into());
+        }
+        // A value that cannot be read here is not a failure of the task.
+        for slot in &inner.slots {
+            if let Some(Ok(answered)) = &slot.outcome {
+                answered.bytes.readable()?;
+            }
         }
         Ok((self.decode)(&inner.slots, self.target).is_ok())
     }
@@ -326,13 +335,17 @@ impl<R> AsyncResult<R> {
 
 impl<R: DeserializeOwned> AsyncResult<R> {
     /// Waits for the task and returns its value. May be called again: each call decodes the
-    /// stored answer anew. A wait spins for up to 50 µs before it sleeps, so a quick answer
+    /// stored answer anew. A wait spins for up to 200 µs before it sleeps, so a quick answer
     /// is picked up without a wake-up.
     ///
     /// # Errors
     ///
     /// `Panicked` if the target panicked; `WorkerLost` if its worker died; `TaskTimedOut`;
-    /// `Cancelled`; `Terminated` if the pool was terminated first.
+    /// `Cancelled`; `Terminated` if the pool was terminated first. In a fork child of the
+    /// pool's process, `InvalidArgument`: for a task not finished at the fork (nothing will
+    /// finish it there), and for a large value (256 KiB or more encoded), which stays in
+    /// shared memory the child does not inherit (the parent reads it; a smaller value is read
+    /// in either).
     ///
     /// ```
     /// fn add(a: i32, b: i32) -> i32 {

@@ -56,7 +56,7 @@ pub(crate) type Encoded = (Vec<u8>, Vec<std::os::fd::OwnedFd>);
 
 /// Encodes a chunk of argument tuples in the parent.
 pub(crate) fn encode_chunk<A: Serialize>(items: &[A], target: &str) -> Result<Encoded, Error> {
-    // Into a kept buffer when large (given back when the chunk is answered: `Chunk`'s drop).
+    // Into a kept buffer when large (given back when its chunk is dropped).
     let (bytes, fds) = crate::handle::collecting(|| {
         let mut out = crate::memfile::buffer(codec::encoded_len(items)?);
         codec::encode_into(&mut out, items).map(|()| out)

@@ -683,13 +683,18 @@ pub(crate) fn process_start(pid: u32) -> Option<(bool, u64)> {
     Some((!matches!(state, "Z" | "X" | "x"), start))
 }
 
-/// Process `pid`'s resident memory in bytes (`/proc/<pid>/statm`, its second field: pages
-/// in RAM, shared ones included, as `ps` and `top` show it). `None` when there is no such
-/// process.
+/// Process `pid`'s resident memory in bytes, shared memory left out: `VmRSS` less `RssShmem`
+/// in `/proc/<pid>/status` (its heap, stacks and the pages of its executable and libraries in
+/// RAM; not the memory files it shares with others, such as a pool's lanes, a large message
+/// or a [`Buffer`](crate::Buffer)). `None` when there is no such process.
 pub(crate) fn resident_bytes(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_ascii_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * rustix::param::page_size() as u64)
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..].split_ascii_whitespace().next()?.parse().ok()
+    };
+    let rss = kib("VmRSS:")?;
+    Some(rss.saturating_sub(kib("RssShmem:").unwrap_or(0)) * 1024)
 }
 
 /// This process's effective user id (geteuid(2)): what `SO_PEERCRED` reports of it.

@@ -23,6 +23,8 @@ pub(crate) struct Chunk {
     pub(super) revoked: bool,
     /// Descriptors of the handles among its arguments: such a chunk goes on the socket.
     pub(super) handles: Vec<OwnedFd>,
+    /// Whether its payload came from `memfile::buffer`, to be given back when it is dropped.
+    recycle: bool,
     /// Asked when a worker is picked for it, until it says `Go` or `Drop`.
     pub(super) on_start: Option<OnStart>,
     /// Its own time limit per task (`pool.timeout(d)`), instead of the pool's `task_timeout`.
@@ -67,9 +69,17 @@ impl Chunk {
             answered: false,
             revoked: false,
             handles: Vec::new(),
+            recycle: false,
             on_start: None,
             timeout: None,
         }
+    }
+
+    /// Its payload came from `memfile::buffer` (`pool::task::encode_chunk`): given back when
+    /// it is dropped, for the next large chunk.
+    pub(crate) fn with_recycled_payload(mut self) -> Chunk {
+        self.recycle = true;
+        self
     }
 
     /// Its own time limit per task, if any (else the pool's `task_timeout` holds).
@@ -134,6 +144,12 @@ impl Chunk {
         .with_handles(std::mem::take(&mut self.handles))
         .with_gate(self.on_start.take())
         .with_timeout(self.timeout)
+        .recycling(std::mem::take(&mut self.recycle))
+    }
+
+    fn recycling(mut self, recycle: bool) -> Chunk {
+        self.recycle = recycle;
+        self
     }
 
     fn with_gate(mut self, on_start: Option<OnStart>) -> Chunk {
@@ -152,14 +168,16 @@ impl Chunk {
 }
 
 impl Drop for Chunk {
-    /// A chunk never answered fails `Terminated`. A large payload's buffer is kept for the
-    /// next large chunk (`memfile::buffer`).
+    /// A chunk never answered fails `Terminated`. A payload from `memfile::buffer` is given
+    /// back, for the next large chunk.
     fn drop(&mut self) {
         if !self.answered {
             self.job
                 .deliver(self.index, Err(ErrorKind::Terminated.into()));
         }
-        crate::memfile::recycle(std::mem::take(&mut self.payload));
+        if self.recycle {
+            crate::memfile::recycle(std::mem::take(&mut self.payload));
+        }
     }
 }
 

@@ -127,8 +127,8 @@ impl<L: Link> Worker<L> {
         self.limit = 0;
     }
 
-    /// After an answer: retires it if its resident memory is past `max` bytes
-    /// (`max_memory_per_child`).
+    /// After an answer: retires it if its resident memory is past `max` bytes (the lower of
+    /// `max_memory_per_child` and `memory_limit_per_child`).
     fn check_memory_after_task(&mut self, max: u64) {
         if self.over_memory || self.retired || !self.state.accepting() {
             return;
