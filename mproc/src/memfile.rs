@@ -12,6 +12,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
@@ -201,17 +202,6 @@ impl Mapped {
         })
     }
 
-    /// The `len`-byte message in `file`, copied out; the file is then marked done.
-    pub(crate) fn take(&mut self, file: BorrowedFd<'_>, len: u64) -> Result<Vec<u8>, Error> {
-        let map = self.map(file, len)?;
-        let bytes = map
-            .reader(FILE_HEADER, len as usize)
-            .and_then(|r| r.into_vec())
-            .map_err(|e| Error::protocol(format!("a message in a bad memory file: {e}")));
-        done(map);
-        self.release();
-        bytes
-    }
 }
 
 /// Marks a received file's message read: its sender may write the next one there.
@@ -360,9 +350,79 @@ impl Default for Received {
     }
 }
 
+thread_local! {
+    /// In a pool worker, while it runs a chunk whose arguments came in a memory file: the
+    /// file, which the chunk's trampoline (`pool::task`) reads in place (not a copy of its
+    /// bytes).
+    static LENT_PAYLOAD: std::cell::RefCell<Option<InFile>> =
+        const { std::cell::RefCell::new(None) };
+    /// In a pool worker, while it runs a chunk: its memory files for large answers, which the
+    /// trampoline encodes a large answer into (not into a buffer then copied).
+    static ANSWER_FILES: std::cell::RefCell<Option<Spares>> =
+        const { std::cell::RefCell::new(None) };
+    /// The file a large answer was encoded into, and the answer's length.
+    static ANSWER_IN_FILE: std::cell::RefCell<Option<(OwnedFd, usize)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `run` (a chunk's trampoline, in a pool worker) with the chunk's arguments `payload`
+/// in a memory file if they came in one, and `spares` to put a large answer in. Returns what
+/// `run` returned and, if the answer went into one of `spares`, that file and its length
+/// (the answer's bytes are then empty).
+pub(crate) fn with_files<R>(
+    payload: Option<InFile>,
+    spares: &mut Spares,
+    run: impl FnOnce() -> R,
+) -> (R, Option<(OwnedFd, usize)>) {
+    LENT_PAYLOAD.set(payload);
+    ANSWER_FILES.set(Some(std::mem::take(spares)));
+    let out = run();
+    // Unread if the entry was not a chunk's: dropped now, the file is free again.
+    LENT_PAYLOAD.set(None);
+    if let Some(kept) = ANSWER_FILES.take() {
+        *spares = kept;
+    }
+    (out, ANSWER_IN_FILE.take())
+}
+
+/// The arguments of the chunk the worker runs, when they came in a memory file (lent by
+/// [`with_files`]): taken once, by the chunk's trampoline.
+pub(crate) fn lent_payload() -> Option<InFile> {
+    LENT_PAYLOAD.take()
+}
+
+/// Encodes a chunk's answer: into a memory file of the worker's when it is large and the
+/// worker lent its files ([`with_files`]; the bytes returned are then empty), else into a
+/// buffer.
+pub(crate) fn encode_answer<T: Serialize>(value: &T) -> Result<Vec<u8>, codec::Error> {
+    let len = codec::encoded_len(value)?;
+    if len >= WORTH_A_FILE
+        && let Some(mut spares) = ANSWER_FILES.take()
+    {
+        let written = spares.write(len, |b| {
+            codec::encode_to_slice(b, value)
+                .map_err(|e| Error::codec("a task's answer", "encode", e))
+        });
+        ANSWER_FILES.set(Some(spares));
+        if let Ok(file) = written {
+            ANSWER_IN_FILE.set(Some((file, len)));
+            return Ok(Vec::new());
+        }
+        // No file (out of memory files?): a buffer, as for a small answer.
+    }
+    let mut out = Vec::with_capacity(len);
+    codec::encode_into(&mut out, value)?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `len`-byte message in `file`, copied out; the file is then marked done.
+    fn take(mapped: &mut Mapped, file: BorrowedFd<'_>, len: u64) -> Result<Vec<u8>, Error> {
+        Received::InFile(mapped.keep(file, len)?).into_vec()
+    }
 
     #[test]
     fn mappings_are_kept_by_file_up_to_a_budget() {
@@ -373,7 +433,7 @@ mod tests {
         for round in 0..5 {
             let m = msg(1000 + round);
             let file = spares.write(m.len(), |b| { b.copy_from_slice(&m); Ok(()) }).unwrap();
-            assert_eq!(mapped.take(file.as_fd(), m.len() as u64).unwrap(), m);
+            assert_eq!(take(&mut mapped, file.as_fd(), m.len() as u64).unwrap(), m);
         }
         assert_eq!(spares.0.len(), 1, "the file was written again");
         assert_eq!(mapped.kept.len(), 1, "and mapped once");
@@ -382,7 +442,7 @@ mod tests {
         let file = spares.write(big.len(), |b| { b.copy_from_slice(&big); Ok(()) }).unwrap();
         let kept: usize = spares.0.iter().map(|s| s.map.len()).sum();
         assert!(kept <= KEEP_BYTES, "{kept} bytes of files kept");
-        assert_eq!(mapped.take(file.as_fd(), big.len() as u64).unwrap(), big);
+        assert_eq!(take(&mut mapped, file.as_fd(), big.len() as u64).unwrap(), big);
         assert!(mapped.passing.is_none());
         assert!(mapped.kept.iter().map(|(_, m)| m.len()).sum::<usize>() <= KEEP_BYTES);
         // Files in flight at once: at most SPARES mappings.
@@ -394,13 +454,13 @@ mod tests {
             })
             .collect();
         for (f, m) in &held {
-            assert_eq!(&mapped.take(f.as_fd(), m.len() as u64).unwrap(), m);
+            assert_eq!(&take(&mut mapped, f.as_fd(), m.len() as u64).unwrap(), m);
         }
         assert!(mapped.kept.len() <= SPARES);
         // A bad length, and a file that is not one of ours.
-        assert!(mapped.take(held[0].0.as_fd(), u64::MAX).is_err());
+        assert!(take(&mut mapped, held[0].0.as_fd(), u64::MAX).is_err());
         let unsealed = crate::sys::shm::testing::unsealed_memfd(4096);
-        assert!(mapped.take(unsealed.as_fd(), 10).is_err());
+        assert!(take(&mut mapped, unsealed.as_fd(), 10).is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, PanicReport};
-use crate::memfile::Received;
+use crate::memfile::{self, Received};
 use crate::start::role::{self, RoleFn};
 use crate::sys::image;
 use crate::wire::codec;
@@ -26,7 +26,9 @@ where
     image::offset_of(run_chunk::<F, A>)
 }
 
-/// Decodes a `Vec<A>`, calls `F` on each item, encodes the `Vec<Result<F::Output, _>>`.
+/// Decodes a `Vec<A>`, calls `F` on each item, encodes the `Vec<Result<F::Output, _>>`. In
+/// a pool worker running a chunk that came in a memory file (`memfile::with_files`), the arguments
+/// are read where they are and a large answer is encoded straight into a file of the worker's.
 fn run_chunk<F, A>(payload: &[u8]) -> Result<Vec<u8>, Error>
 where
     F: Target<A>,
@@ -34,7 +36,12 @@ where
     F::Output: Serialize,
 {
     let name = std::any::type_name::<F>;
-    let items: Vec<A> = codec::decode(payload)
+    let decoded = match memfile::lent_payload() {
+        // Dropped once decoded: the parent may write the file again.
+        Some(file) => Received::InFile(file).decode()?,
+        None => codec::decode(payload),
+    };
+    let items: Vec<A> = decoded
         .map_err(|e| Error::codec(format!("the arguments of `{}`", name()), "decode", e))?;
     let f: F = image::conjure::<F>();
     // Boxed, so a chunk of small values stays small (a report is large and rare); the bytes
@@ -44,7 +51,7 @@ where
         .map(|args| crate::panics::catch(|| f.call(args)).map_err(Box::new))
         .collect();
     // A handle among the values (a `Buffer`) sends its descriptor with the answer.
-    let (bytes, handles) = crate::handle::collecting(|| codec::encode(&outputs));
+    let (bytes, handles) = crate::handle::collecting(|| memfile::encode_answer(&outputs));
     let bytes = bytes
         .map_err(|e| Error::codec(format!("the return values of `{}`", name()), "encode", e))?;
     crate::handle::stash_returned(handles);
@@ -110,4 +117,63 @@ pub(crate) fn worker_entry() -> i64 {
         role::claim(RoleFn::Worker(super::worker::serve))
     }
     role::offset_of(serve_pool)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsFd, OwnedFd};
+
+    use super::*;
+    use crate::memfile::{Mapped, Spares};
+
+    fn double(v: Vec<f64>) -> Vec<f64> {
+        v.iter().map(|x| x * 2.0).collect()
+    }
+
+    /// `run_chunk` for the target `F` (a `fn` item, named by a value of its type).
+    fn run_with<F, A>(_: F, payload: &[u8]) -> Result<Vec<u8>, Error>
+    where
+        F: Target<A>,
+        A: DeserializeOwned,
+        F::Output: Serialize,
+    {
+        run_chunk::<F, A>(payload)
+    }
+
+    #[test]
+    fn a_chunk_in_a_file_is_read_in_place_and_its_large_answer_written_into_a_file() {
+        let numbers: Vec<f64> = (0..100_000).map(f64::from).collect();
+        let (payload, _) = encode_chunk(&[(numbers.clone(),)], "double").unwrap();
+        // The parent's file, as a worker receives it.
+        let mut theirs = Spares::default();
+        let write = |spares: &mut Spares| {
+            spares
+                .write(payload.len(), |b| {
+                    b.copy_from_slice(&payload);
+                    Ok(())
+                })
+                .unwrap()
+        };
+        let file = write(&mut theirs);
+        let mut mapped = Mapped::default();
+        let task = mapped.keep(file.as_fd(), payload.len() as u64).unwrap();
+        let mut ours = Spares::default();
+        let (bytes, answer) =
+            memfile::with_files(Some(task), &mut ours, || run_with(double, &[]));
+        assert!(bytes.unwrap().is_empty(), "the answer went into a file");
+        let (answer, len) = answer.expect("a file");
+        // Read, the task's file is free again: the parent writes its next task there.
+        let id = |f: &OwnedFd| crate::sys::shm::file_identity(f.as_fd()).unwrap();
+        assert_eq!(id(&write(&mut theirs)), id(&file));
+        let answered = Received::InFile(mapped.keep(answer.as_fd(), len as u64).unwrap());
+        let got: Vec<Result<Vec<f64>, Box<PanicReport>>> = answered.decode().unwrap().unwrap();
+        assert!(matches!(&got[..], [Ok(v)] if *v == double(numbers.clone())));
+        // A small answer, and a chunk whose arguments came inline: bytes, no file.
+        let (small, _) = encode_chunk(&[(vec![1.5],)], "double").unwrap();
+        let (bytes, answer) = memfile::with_files(None, &mut ours, || run_with(double, &small));
+        assert!(answer.is_none());
+        let got: Vec<Result<Vec<f64>, Box<PanicReport>>> =
+            Received::Bytes(bytes.unwrap()).decode().unwrap().unwrap();
+        assert!(matches!(&got[..], [Ok(v)] if *v == vec![3.0]));
+    }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::lane::Lane;
 use crate::channel::Channel;
-use crate::memfile::{Mapped, Spares, WORTH_A_FILE};
+use crate::memfile::{self, Mapped, Received, Spares, WORTH_A_FILE};
 use crate::error::{Error, ErrorKind};
 use crate::panics::catch_uncounted;
 use crate::sys::fd;
@@ -93,7 +93,10 @@ struct Worker<'a> {
 
 /// A task that came on the socket: id, entry, payload (or why it could not be read), and its
 /// handles' descriptors.
-type SocketTask = (u64, i64, Result<Vec<u8>, Error>, Vec<std::os::fd::OwnedFd>);
+type SocketTask = (u64, i64, Result<Received, Error>, Vec<std::os::fd::OwnedFd>);
+
+/// A large answer already in one of the worker's memory files, and its length.
+type AnswerInFile = Option<(std::os::fd::OwnedFd, usize)>;
 
 impl Worker<'_> {
     /// Runs tasks until told to stop (`Ok`) or until it cannot go on (`Err(exit code)`).
@@ -119,20 +122,20 @@ impl Worker<'_> {
                         handles: 0,
                     }) => {
                         let mine = self.lane.claim();
-                        let result = self.run_if(mine, entry, payload, Vec::new());
+                        let (result, in_file) =
+                            self.run_if(mine, entry, Received::Bytes(Vec::new()), payload, vec![]);
                         self.publish_panics(&mut panics);
-                        self.answer(id, result)?;
+                        self.answer(id, result, in_file)?;
                     }
                     Ok(ToWorker::OnSocket) => {
                         let mine = self.lane.claim();
                         let (id, entry, payload, fds) = self.task_from_socket()?;
-                        let result = match &payload {
-                            Ok(payload) => self.run_if(mine, entry, payload, fds),
-                            Err(e) => Err(e.clone()),
+                        let (result, in_file) = match payload {
+                            Ok(payload) => self.run_if(mine, entry, payload, &[], fds),
+                            Err(e) => (Err(e), None),
                         };
-                        drop(payload);
                         self.publish_panics(&mut panics);
-                        self.answer(id, result)?;
+                        self.answer(id, result, in_file)?;
                     }
                     _ => return Err(1), // nothing else belongs in the lane
                 }
@@ -164,18 +167,30 @@ impl Worker<'_> {
     }
 
     /// Runs the task just taken if its claim was won (`mine`); one the dispatcher took back
-    /// first is answered `Cancelled` without running.
+    /// first is answered `Cancelled` without running. Its arguments are `received`, or
+    /// `inline` (from the lane) when that is empty bytes; a large answer may go straight into
+    /// one of the worker's memory files (returned with it).
     fn run_if(
-        &self,
+        &mut self,
         mine: bool,
         entry: i64,
-        payload: &[u8],
+        received: Received,
+        inline: &[u8],
         handles: Vec<std::os::fd::OwnedFd>,
-    ) -> Result<Vec<u8>, Error> {
+    ) -> (Result<Vec<u8>, Error>, AnswerInFile) {
         if !mine {
-            return Err(ErrorKind::Cancelled.into());
+            return (Err(ErrorKind::Cancelled.into()), None);
         }
-        crate::handle::providing(handles, || run(self.identity, entry, payload))
+        let identity = self.identity;
+        let (bytes, in_file) = match received {
+            Received::Bytes(b) if b.is_empty() => (None, None),
+            Received::Bytes(b) => (Some(b), None),
+            Received::InFile(f) => (None, Some(f)),
+        };
+        let payload = bytes.as_deref().unwrap_or(inline);
+        memfile::with_files(in_file, &mut self.spares, || {
+            crate::handle::providing(handles, || run(identity, entry, payload))
+        })
     }
 
     /// Publishes the count of panics its tasks raised, if it changed (before the answer, so
@@ -237,7 +252,7 @@ impl Worker<'_> {
                 handles,
             } => {
                 let fds = self.ctrl.take_fds_n(handles as usize);
-                Ok(Ok((id, entry, Ok(payload), fds)))
+                Ok(Ok((id, entry, Ok(Received::Bytes(payload)), fds)))
             }
             ToWorker::TaskInFile {
                 id,
@@ -250,7 +265,8 @@ impl Worker<'_> {
     }
 
     /// A task whose payload came in a memory file, the last of the descriptors that came with
-    /// its message: copied out (a file that cannot be read fails the task alone).
+    /// its message: read in place by the task (a file that cannot be mapped fails the task
+    /// alone).
     fn task_in_file(
         &mut self,
         id: u64,
@@ -264,15 +280,33 @@ impl Worker<'_> {
             return Err(1);
         }
         let file = fds.pop().ok_or(1)?;
-        let payload = self.files.take(file.as_fd(), len);
+        let payload = self.files.keep(file.as_fd(), len).map(Received::InFile);
         Ok((id, entry, payload, fds))
     }
 
     /// Publishes a task's answer (in the lane, or on the socket with a placeholder in the
     /// lane), and wakes the dispatcher if it sleeps.
-    fn answer(&mut self, id: u64, result: Result<Vec<u8>, Error>) -> Result<(), i32> {
+    fn answer(
+        &mut self,
+        id: u64,
+        result: Result<Vec<u8>, Error>,
+        in_file: AnswerInFile,
+    ) -> Result<(), i32> {
         // Handles among the values (a `Buffer`) go with the answer, on the socket.
         let handles = crate::handle::take_returned();
+        if let (Some((file, len)), Ok(_)) = (&in_file, &result) {
+            // Encoded straight into a memory file by the task's trampoline.
+            let mut fds: Vec<_> = handles.iter().map(AsFd::as_fd).collect();
+            let n = fds.len() as u32;
+            fds.push(file.as_fd());
+            let done = FromWorker::DoneInFile {
+                id,
+                len: *len as u64,
+                handles: n,
+            };
+            self.on_socket(id, &done, &fds)?;
+            return self.wake_if_asleep();
+        }
         let done = FromWorker::Done {
             id,
             result: result.map(serde_bytes::ByteBuf::from),
@@ -316,6 +350,11 @@ impl Worker<'_> {
                 (None, done) => self.on_socket(id, &done, &[])?,
             }
         }
+        self.wake_if_asleep()
+    }
+
+    /// Wakes the dispatcher if it sleeps (after an answer).
+    fn wake_if_asleep(&mut self) -> Result<(), i32> {
         if self.lane.peer_needs_wake() {
             self.ctrl.send(&FromWorker::Wake, &[]).map_err(|_| 0)?;
         }
