@@ -3,8 +3,9 @@
 //! A sender encodes a large message straight into a memory file and sends the descriptor
 //! (`SCM_RIGHTS`) instead of the bytes, so they are never copied through a socket; it keeps the
 //! file ([`Spares`]) and writes its next large message into it again once the receiver has set
-//! the file's *done word* back to 0: when it has read the message, or, for a pool's answer
-//! read in place ([`InFile`]), when the answer is dropped. The receiver keeps its mappings of
+//! the file's *done word* back to 0: when it has read the message, or, for a pool's task or
+//! answer read in place ([`InFile`]), when that is dropped (a task's once it is decoded, an
+//! answer's with its result). The receiver keeps its mappings of
 //! the last few files it was sent ([`Mapped`]): mapping 10 MiB afresh (and unmapping it) cost
 //! more than copying the message out.
 
@@ -53,6 +54,12 @@ impl Spare {
 pub(crate) struct Spares(Vec<Spare>);
 
 impl Spares {
+    /// Whether the receiver is done with every file (none in flight).
+    #[cfg(test)]
+    pub(crate) fn all_free(&self) -> bool {
+        self.0.iter().all(Spare::is_free)
+    }
+
     /// A memory file holding a message of `len` bytes that `fill` writes (a spare the
     /// receiver is done with, or a new one), marked in flight; returns a descriptor to send.
     pub(crate) fn write(
@@ -356,33 +363,55 @@ thread_local! {
     /// bytes).
     static LENT_PAYLOAD: std::cell::RefCell<Option<InFile>> =
         const { std::cell::RefCell::new(None) };
-    /// In a pool worker, while it runs a chunk: its memory files for large answers, which the
-    /// trampoline encodes a large answer into (not into a buffer then copied).
+    /// In a pool worker, while it runs a task (any entry): its memory files for large
+    /// answers, which a chunk's trampoline encodes a large answer into (not into a buffer
+    /// then copied).
     static ANSWER_FILES: std::cell::RefCell<Option<Spares>> =
         const { std::cell::RefCell::new(None) };
-    /// The file a large answer was encoded into, and the answer's length.
-    static ANSWER_IN_FILE: std::cell::RefCell<Option<(OwnedFd, usize)>> =
-        const { std::cell::RefCell::new(None) };
+    /// Where the trampoline put a large answer: one of those files, or none it could make.
+    static ANSWER_PLACE: std::cell::RefCell<AnswerPlace> =
+        const { std::cell::RefCell::new(AnswerPlace::Bytes) };
 }
 
-/// Runs `run` (a chunk's trampoline, in a pool worker) with the chunk's arguments `payload`
-/// in a memory file if they came in one, and `spares` to put a large answer in. Returns what
-/// `run` returned and, if the answer went into one of `spares`, that file and its length
-/// (the answer's bytes are then empty).
+/// Where a pool task's answer went (see [`with_files`]).
+#[derive(Debug)]
+pub(crate) enum AnswerPlace {
+    /// In the bytes the task returned.
+    Bytes,
+    /// Into this memory file of the worker's, `len` bytes long (the bytes returned are empty).
+    File(OwnedFd, usize),
+    /// In the bytes returned, large, because no memory file could be written (so the worker
+    /// does not try again).
+    NoFile,
+}
+
+/// Runs `run` (a task's trampoline, in a pool worker) with the chunk's arguments `payload` in
+/// a memory file if they came in one, and `spares` lent to put a large answer in; both are
+/// taken back afterwards, even if `run` unwinds. Returns what `run` returned and where its
+/// answer went.
 pub(crate) fn with_files<R>(
     payload: Option<InFile>,
     spares: &mut Spares,
     run: impl FnOnce() -> R,
-) -> (R, Option<(OwnedFd, usize)>) {
+) -> (R, AnswerPlace) {
+    /// Takes back what was lent, however `run` ends.
+    struct Lent<'a>(&'a mut Spares);
+    impl Drop for Lent<'_> {
+        fn drop(&mut self) {
+            // Unread if the entry was not a chunk's: dropped now, the file is free again.
+            LENT_PAYLOAD.set(None);
+            if let Some(kept) = ANSWER_FILES.take() {
+                *self.0 = kept;
+            }
+        }
+    }
+    ANSWER_PLACE.set(AnswerPlace::Bytes);
     LENT_PAYLOAD.set(payload);
     ANSWER_FILES.set(Some(std::mem::take(spares)));
+    let lent = Lent(spares);
     let out = run();
-    // Unread if the entry was not a chunk's: dropped now, the file is free again.
-    LENT_PAYLOAD.set(None);
-    if let Some(kept) = ANSWER_FILES.take() {
-        *spares = kept;
-    }
-    (out, ANSWER_IN_FILE.take())
+    drop(lent);
+    (out, ANSWER_PLACE.replace(AnswerPlace::Bytes))
 }
 
 /// The arguments of the chunk the worker runs, when they came in a memory file (lent by
@@ -395,20 +424,34 @@ pub(crate) fn lent_payload() -> Option<InFile> {
 /// worker lent its files ([`with_files`]; the bytes returned are then empty), else into a
 /// buffer.
 pub(crate) fn encode_answer<T: Serialize>(value: &T) -> Result<Vec<u8>, codec::Error> {
+    /// Gives the lent files back, even if the value's `Serialize` panics.
+    struct PutBack(Option<Spares>);
+    impl Drop for PutBack {
+        fn drop(&mut self) {
+            if let Some(spares) = self.0.take() {
+                ANSWER_FILES.set(Some(spares));
+            }
+        }
+    }
     let len = codec::encoded_len(value)?;
     if len >= WORTH_A_FILE
-        && let Some(mut spares) = ANSWER_FILES.take()
+        && let Some(spares) = ANSWER_FILES.take()
     {
-        let written = spares.write(len, |b| {
-            codec::encode_to_slice(b, value)
-                .map_err(|e| Error::codec("a task's answer", "encode", e))
+        let mut lent = PutBack(Some(spares));
+        let written = lent.0.as_mut().map(|spares| {
+            spares.write(len, |b| {
+                codec::encode_to_slice(b, value)
+                    .map_err(|e| Error::codec("a task's answer", "encode", e))
+            })
         });
-        ANSWER_FILES.set(Some(spares));
-        if let Ok(file) = written {
-            ANSWER_IN_FILE.set(Some((file, len)));
+        drop(lent);
+        if let Some(Ok(file)) = written {
+            ANSWER_PLACE.set(AnswerPlace::File(file, len));
             return Ok(Vec::new());
         }
-        // No file (out of memory files?): a buffer, as for a small answer.
+        // No file (none could be made, or the value encoded differently the second time): a
+        // buffer, as for a small answer, which the worker sends without trying a file again.
+        ANSWER_PLACE.set(AnswerPlace::NoFile);
     }
     let mut out = Vec::with_capacity(len);
     codec::encode_into(&mut out, value)?;

@@ -26,9 +26,10 @@ where
     image::offset_of(run_chunk::<F, A>)
 }
 
-/// Decodes a `Vec<A>`, calls `F` on each item, encodes the `Vec<Result<F::Output, _>>`. In
-/// a pool worker running a chunk that came in a memory file (`memfile::with_files`), the arguments
-/// are read where they are and a large answer is encoded straight into a file of the worker's.
+/// Decodes a `Vec<A>`, calls `F` on each item, encodes the `Vec<Result<F::Output, _>>`. In a
+/// pool worker (`memfile::with_files`), arguments that came in a memory file are read where
+/// they are (the file is freed once they are decoded), and a large answer is encoded straight
+/// into one of the worker's memory files.
 fn run_chunk<F, A>(payload: &[u8]) -> Result<Vec<u8>, Error>
 where
     F: Target<A>,
@@ -121,13 +122,39 @@ pub(crate) fn worker_entry() -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::{Cell, RefCell};
     use std::os::fd::{AsFd, OwnedFd};
 
     use super::*;
-    use crate::memfile::{Mapped, Spares};
+    use crate::memfile::{AnswerPlace, Mapped, Spares};
+
+    thread_local! {
+        /// The parent's memory files, as a worker's task sees them from inside.
+        static THEIRS: RefCell<Spares> = RefCell::new(Spares::default());
+        /// Whether they were all free when the target ran.
+        static FREE_WHEN_RUN: Cell<Option<bool>> = const { Cell::new(None) };
+        /// Serializations of a `Flaky` so far.
+        static PASSES: Cell<u32> = const { Cell::new(0) };
+    }
 
     fn double(v: Vec<f64>) -> Vec<f64> {
+        FREE_WHEN_RUN.set(Some(THEIRS.with_borrow(Spares::all_free)));
         v.iter().map(|x| x * 2.0).collect()
+    }
+
+    /// A large value whose `Serialize` panics on its second pass (the one that writes).
+    struct Flaky;
+
+    impl Serialize for Flaky {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            PASSES.set(PASSES.get() + 1);
+            assert!(PASSES.get() % 2 == 1, "the writing pass");
+            serde_bytes::Bytes::new(&[7; 400_000]).serialize(s)
+        }
+    }
+
+    fn flaky() -> Flaky {
+        Flaky
     }
 
     /// `run_chunk` for the target `F` (a `fn` item, named by a value of its type).
@@ -140,40 +167,71 @@ mod tests {
         run_chunk::<F, A>(payload)
     }
 
+    fn id(f: &OwnedFd) -> (u64, u64) {
+        crate::sys::shm::file_identity(f.as_fd()).unwrap()
+    }
+
     #[test]
-    fn a_chunk_in_a_file_is_read_in_place_and_its_large_answer_written_into_a_file() {
+    fn a_chunk_in_a_file_frees_it_before_running_and_a_large_answer_goes_into_a_file() {
         let numbers: Vec<f64> = (0..100_000).map(f64::from).collect();
         let (payload, _) = encode_chunk(&[(numbers.clone(),)], "double").unwrap();
-        // The parent's file, as a worker receives it.
-        let mut theirs = Spares::default();
-        let write = |spares: &mut Spares| {
-            spares
+        let mut mapped = Mapped::default();
+        let mut ours = Spares::default();
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            // The parent's file, as a worker receives it.
+            let file = THEIRS.with_borrow_mut(|theirs| {
+                theirs
+                    .write(payload.len(), |b| {
+                        b.copy_from_slice(&payload);
+                        Ok(())
+                    })
+                    .unwrap()
+            });
+            let task = mapped.keep(file.as_fd(), payload.len() as u64).unwrap();
+            FREE_WHEN_RUN.set(None);
+            let (bytes, place) =
+                memfile::with_files(Some(task), &mut ours, || run_with(double, &[]));
+            assert_eq!(FREE_WHEN_RUN.get(), Some(true), "decoded, then freed, then run");
+            assert!(bytes.unwrap().is_empty(), "the answer went into a file");
+            let AnswerPlace::File(answer, len) = place else {
+                panic!("{place:?}")
+            };
+            let answered = Received::InFile(mapped.keep(answer.as_fd(), len as u64).unwrap());
+            let got: Vec<Result<Vec<f64>, Box<PanicReport>>> =
+                answered.decode().unwrap().unwrap();
+            assert!(matches!(&got[..], [Ok(v)] if *v == double(numbers.clone())));
+            // Dropped, read: the worker's next large answer goes in the same file.
+            drop(answered);
+            answers.push(id(&answer));
+        }
+        assert_eq!(answers[0], answers[1], "the worker's file was reused");
+        // A small answer, from a chunk whose arguments came inline: bytes, no file.
+        let (small, _) = encode_chunk(&[(vec![1.5],)], "double").unwrap();
+        let (bytes, place) = memfile::with_files(None, &mut ours, || run_with(double, &small));
+        assert!(matches!(place, AnswerPlace::Bytes));
+        let got: Vec<Result<Vec<f64>, Box<PanicReport>>> =
+            Received::Bytes(bytes.unwrap()).decode().unwrap().unwrap();
+        assert!(matches!(&got[..], [Ok(v)] if *v == vec![3.0]));
+        // An answer whose encoding panics: the worker keeps its files.
+        let (unit, _) = encode_chunk(&[()], "flaky").unwrap();
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            memfile::with_files(None, &mut ours, || run_with(flaky, &unit))
+        }));
+        assert!(unwound.is_err());
+        let file = THEIRS.with_borrow_mut(|theirs| {
+            theirs
                 .write(payload.len(), |b| {
                     b.copy_from_slice(&payload);
                     Ok(())
                 })
                 .unwrap()
-        };
-        let file = write(&mut theirs);
-        let mut mapped = Mapped::default();
+        });
         let task = mapped.keep(file.as_fd(), payload.len() as u64).unwrap();
-        let mut ours = Spares::default();
-        let (bytes, answer) =
-            memfile::with_files(Some(task), &mut ours, || run_with(double, &[]));
-        assert!(bytes.unwrap().is_empty(), "the answer went into a file");
-        let (answer, len) = answer.expect("a file");
-        // Read, the task's file is free again: the parent writes its next task there.
-        let id = |f: &OwnedFd| crate::sys::shm::file_identity(f.as_fd()).unwrap();
-        assert_eq!(id(&write(&mut theirs)), id(&file));
-        let answered = Received::InFile(mapped.keep(answer.as_fd(), len as u64).unwrap());
-        let got: Vec<Result<Vec<f64>, Box<PanicReport>>> = answered.decode().unwrap().unwrap();
-        assert!(matches!(&got[..], [Ok(v)] if *v == double(numbers.clone())));
-        // A small answer, and a chunk whose arguments came inline: bytes, no file.
-        let (small, _) = encode_chunk(&[(vec![1.5],)], "double").unwrap();
-        let (bytes, answer) = memfile::with_files(None, &mut ours, || run_with(double, &small));
-        assert!(answer.is_none());
-        let got: Vec<Result<Vec<f64>, Box<PanicReport>>> =
-            Received::Bytes(bytes.unwrap()).decode().unwrap().unwrap();
-        assert!(matches!(&got[..], [Ok(v)] if *v == vec![3.0]));
+        let (_, place) = memfile::with_files(Some(task), &mut ours, || run_with(double, &[]));
+        let AnswerPlace::File(answer, _) = place else {
+            panic!("{place:?}")
+        };
+        assert_eq!(id(&answer), answers[0], "the files survived the panic");
     }
 }

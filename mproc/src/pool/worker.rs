@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::lane::Lane;
 use crate::channel::Channel;
-use crate::memfile::{self, Mapped, Received, Spares, WORTH_A_FILE};
+use crate::memfile::{self, AnswerPlace, Mapped, Received, Spares, WORTH_A_FILE};
 use crate::error::{Error, ErrorKind};
 use crate::panics::catch_uncounted;
 use crate::sys::fd;
@@ -80,12 +80,13 @@ struct Worker<'a> {
     ctrl: &'a mut Channel,
     lane: Lane,
     identity: u64,
-    /// Where answers are encoded.
+    /// Where lane frames (small answers) are encoded.
     out: Vec<u8>,
     /// A large task that came on the socket while the worker slept, before it met the
     /// task's placeholder in the lane.
     socket_task: Option<SocketTask>,
-    /// Memory files its large answers go in, kept for reuse.
+    /// Memory files its large answers go in, kept for reuse (lent to the running task, and
+    /// empty here meanwhile: `memfile::with_files`).
     spares: Spares,
     /// Its mappings of the memory files large tasks came in.
     files: Mapped,
@@ -95,8 +96,6 @@ struct Worker<'a> {
 /// handles' descriptors.
 type SocketTask = (u64, i64, Result<Received, Error>, Vec<std::os::fd::OwnedFd>);
 
-/// A large answer already in one of the worker's memory files, and its length.
-type AnswerInFile = Option<(std::os::fd::OwnedFd, usize)>;
 
 impl Worker<'_> {
     /// Runs tasks until told to stop (`Ok`) or until it cannot go on (`Err(exit code)`).
@@ -122,20 +121,20 @@ impl Worker<'_> {
                         handles: 0,
                     }) => {
                         let mine = self.lane.claim();
-                        let (result, in_file) =
+                        let (result, place) =
                             self.run_if(mine, entry, Received::Bytes(Vec::new()), payload, vec![]);
                         self.publish_panics(&mut panics);
-                        self.answer(id, result, in_file)?;
+                        self.answer(id, result, place)?;
                     }
                     Ok(ToWorker::OnSocket) => {
                         let mine = self.lane.claim();
                         let (id, entry, payload, fds) = self.task_from_socket()?;
-                        let (result, in_file) = match payload {
+                        let (result, place) = match payload {
                             Ok(payload) => self.run_if(mine, entry, payload, &[], fds),
-                            Err(e) => (Err(e), None),
+                            Err(e) => (Err(e), AnswerPlace::Bytes),
                         };
                         self.publish_panics(&mut panics);
-                        self.answer(id, result, in_file)?;
+                        self.answer(id, result, place)?;
                     }
                     _ => return Err(1), // nothing else belongs in the lane
                 }
@@ -177,9 +176,9 @@ impl Worker<'_> {
         received: Received,
         inline: &[u8],
         handles: Vec<std::os::fd::OwnedFd>,
-    ) -> (Result<Vec<u8>, Error>, AnswerInFile) {
+    ) -> (Result<Vec<u8>, Error>, AnswerPlace) {
         if !mine {
-            return (Err(ErrorKind::Cancelled.into()), None);
+            return (Err(ErrorKind::Cancelled.into()), AnswerPlace::Bytes);
         }
         let identity = self.identity;
         let (bytes, in_file) = match received {
@@ -290,11 +289,15 @@ impl Worker<'_> {
         &mut self,
         id: u64,
         result: Result<Vec<u8>, Error>,
-        in_file: AnswerInFile,
+        place: AnswerPlace,
     ) -> Result<(), i32> {
         // Handles among the values (a `Buffer`) go with the answer, on the socket.
         let handles = crate::handle::take_returned();
-        if let (Some((file, len)), Ok(_)) = (&in_file, &result) {
+        debug_assert!(
+            result.is_ok() || matches!(place, AnswerPlace::Bytes),
+            "an answer in a file comes with Ok"
+        );
+        if let (AnswerPlace::File(file, len), Ok(_)) = (&place, &result) {
             // Encoded straight into a memory file by the task's trampoline.
             let mut fds: Vec<_> = handles.iter().map(AsFd::as_fd).collect();
             let n = fds.len() as u32;
@@ -321,7 +324,7 @@ impl Worker<'_> {
             let in_file = match &done {
                 FromWorker::Done {
                     result: Ok(bytes), ..
-                } if bytes.len() >= WORTH_A_FILE => self
+                } if bytes.len() >= WORTH_A_FILE && !matches!(place, AnswerPlace::NoFile) => self
                     .spares
                     .write(bytes.len(), |b| {
                         b.copy_from_slice(bytes);
@@ -411,8 +414,8 @@ impl Worker<'_> {
     }
 }
 
-/// Calls the entry at `entry` on `payload`; a panic outside the per-item catch (in decoding,
-/// or in an initializer) becomes `Panicked`.
+/// Calls the entry at `entry` on `payload`; a panic outside the per-item catch (in decoding
+/// or encoding, or in an initializer) becomes `Panicked`.
 fn run(identity: u64, entry: i64, payload: &[u8]) -> Result<Vec<u8>, Error> {
     let f = image::entry_for(identity, entry)?;
     catch_uncounted(|| f(payload)).map_err(|report| Error::from(ErrorKind::Panicked(report)))?
