@@ -167,6 +167,19 @@ mod tests {
         run_chunk::<F, A>(payload)
     }
 
+    /// `payload` in one of the parent's files (`THEIRS`), as a worker receives it.
+    fn sent(payload: &[u8], mapped: &mut Mapped) -> memfile::InFile {
+        let file = THEIRS.with_borrow_mut(|theirs| {
+            theirs
+                .write(payload.len(), |b| {
+                    b.copy_from_slice(payload);
+                    Ok(())
+                })
+                .unwrap()
+        });
+        mapped.keep(file.as_fd(), payload.len() as u64).unwrap()
+    }
+
     fn id(f: &OwnedFd) -> (u64, u64) {
         crate::sys::shm::file_identity(f.as_fd()).unwrap()
     }
@@ -179,16 +192,7 @@ mod tests {
         let mut ours = Spares::default();
         let mut answers = Vec::new();
         for _ in 0..2 {
-            // The parent's file, as a worker receives it.
-            let file = THEIRS.with_borrow_mut(|theirs| {
-                theirs
-                    .write(payload.len(), |b| {
-                        b.copy_from_slice(&payload);
-                        Ok(())
-                    })
-                    .unwrap()
-            });
-            let task = mapped.keep(file.as_fd(), payload.len() as u64).unwrap();
+            let task = sent(&payload, &mut mapped);
             FREE_WHEN_RUN.set(None);
             let (bytes, place) =
                 memfile::with_files(Some(task), &mut ours, || run_with(double, &[]));
@@ -219,15 +223,7 @@ mod tests {
             memfile::with_files(None, &mut ours, || run_with(flaky, &unit))
         }));
         assert!(unwound.is_err());
-        let file = THEIRS.with_borrow_mut(|theirs| {
-            theirs
-                .write(payload.len(), |b| {
-                    b.copy_from_slice(&payload);
-                    Ok(())
-                })
-                .unwrap()
-        });
-        let task = mapped.keep(file.as_fd(), payload.len() as u64).unwrap();
+        let task = sent(&payload, &mut mapped);
         let (_, place) = memfile::with_files(Some(task), &mut ours, || run_with(double, &[]));
         let AnswerPlace::File(answer, _) = place else {
             panic!("{place:?}")
