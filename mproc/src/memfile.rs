@@ -5,9 +5,9 @@
 //! file ([`Spares`]) and writes its next large message into it again once the receiver has set
 //! the file's *done word* back to 0: when it has read the message, or, for a pool's task or
 //! answer read in place ([`InFile`]), when that is dropped (a task's once it is decoded, an
-//! answer's with its result). The receiver keeps its mappings of
-//! the last few files it was sent ([`Mapped`]): mapping 10 MiB afresh (and unmapping it) cost
-//! more than copying the message out.
+//! answer's with its result). The receiver keeps its mappings of the last few files it was
+//! sent ([`Mapped`]): mapping 10 MiB afresh (and unmapping it) cost more than copying the
+//! message out.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -208,7 +208,6 @@ impl Mapped {
             len: len as usize, // `map` checked that it fits in memory
         })
     }
-
 }
 
 /// Marks a received file's message read: its sender may write the next one there.

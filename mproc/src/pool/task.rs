@@ -66,7 +66,7 @@ pub(crate) type Encoded = (Vec<u8>, Vec<std::os::fd::OwnedFd>);
 pub(crate) fn encode_chunk<A: Serialize>(items: &[A], target: &str) -> Result<Encoded, Error> {
     // Into a kept buffer when large (given back when its chunk is dropped).
     let (bytes, fds) = crate::handle::collecting(|| {
-        let mut out = crate::memfile::buffer(codec::encoded_len(items)?);
+        let mut out = memfile::buffer(codec::encoded_len(items)?);
         codec::encode_into(&mut out, items).map(|()| out)
     });
     let bytes =

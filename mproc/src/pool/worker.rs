@@ -96,7 +96,6 @@ struct Worker<'a> {
 /// handles' descriptors.
 type SocketTask = (u64, i64, Result<Received, Error>, Vec<std::os::fd::OwnedFd>);
 
-
 impl Worker<'_> {
     /// Runs tasks until told to stop (`Ok`) or until it cannot go on (`Err(exit code)`).
     fn serve(&mut self) -> Result<(), i32> {
@@ -294,7 +293,7 @@ impl Worker<'_> {
         // Handles among the values (a `Buffer`) go with the answer, on the socket.
         let handles = crate::handle::take_returned();
         debug_assert!(
-            result.is_ok() || matches!(place, AnswerPlace::Bytes),
+            result.is_ok() || !matches!(place, AnswerPlace::File(..)),
             "an answer in a file comes with Ok"
         );
         if let (AnswerPlace::File(file, len), Ok(_)) = (&place, &result) {
