@@ -206,7 +206,7 @@ fn main() -> Result<(), mproc::Error> {
             .get(at + 1)
             .and_then(|n| n.parse().ok())
             .expect("--echo-alone CALLS");
-        println!("{}", echo_alone(calls)?);
+        println!("{}", pool_echo::<Vec<f64>>(calls)?);
         return Ok(());
     }
     let full = args.iter().any(|a| a == "--bench");
@@ -426,17 +426,18 @@ fn echo_in_a_fresh_process(calls: usize) -> f64 {
         .unwrap_or_else(|| panic!("--echo-alone printed {text:?}"))
 }
 
-/// `--echo-alone CALLS`: a one-worker pool echoes a 10 MiB `Vec<f64>` CALLS times, after
-/// warm-up calls; GB/s (in + out).
-fn echo_alone(calls: usize) -> Result<f64, mproc::Error> {
+/// A one-worker pool echoes a 10 MiB `P` `calls` times after warm-up calls, the message in as
+/// the argument and back as the result, moved each time (no clone in the loop): 20 MiB a
+/// call; GB/s (in + out).
+fn pool_echo<P: Payload>(calls: usize) -> Result<f64, mproc::Error> {
     let pool = Pool::new(1)?;
-    let mut v = <Vec<f64>>::make();
+    let mut v = P::make();
     for _ in 0..WARM_BIG {
-        v = pool.apply(echo::<Vec<f64>>, (v,))?;
+        v = pool.apply(echo::<P>, (v,))?;
     }
     let (t, mut bytes) = (Instant::now(), 0);
     for _ in 0..calls {
-        v = pool.apply(echo::<Vec<f64>>, (v,))?;
+        v = pool.apply(echo::<P>, (v,))?;
         bytes += 2 * v.size();
     }
     Ok(gb(bytes, t))
@@ -480,20 +481,7 @@ fn big_of<P: Payload>(plan: &Plan, rates: &mut [Vec<f64>; 3]) -> Result<(), mpro
     rates[1].push(gb(bytes, t));
     p.join()?;
 
-    // The message goes in as the argument and comes back as the result, moved each time (no
-    // clone in the loop): 20 MiB a call.
-    let pool = Pool::new(1)?;
-    let mut v = P::make();
-    for _ in 0..WARM_BIG {
-        v = pool.apply(echo::<P>, (v,))?;
-    }
-    let calls = plan.big.div_ceil(2);
-    let (t, mut bytes) = (Instant::now(), 0);
-    for _ in 0..calls {
-        v = pool.apply(echo::<P>, (v,))?;
-        bytes += 2 * v.size();
-    }
-    rates[2].push(gb(bytes, t));
+    rates[2].push(pool_echo::<P>(plan.big.div_ceil(2))?);
     Ok(())
 }
 

@@ -367,7 +367,7 @@ thread_local! {
     /// then copied).
     static ANSWER_FILES: std::cell::RefCell<Option<Spares>> =
         const { std::cell::RefCell::new(None) };
-    /// Where the trampoline put a large answer: one of those files, or none it could make.
+    /// Where the trampoline put its answer: in its bytes, or in one of those files.
     static ANSWER_PLACE: std::cell::RefCell<AnswerPlace> =
         const { std::cell::RefCell::new(AnswerPlace::Bytes) };
 }
@@ -379,9 +379,6 @@ pub(crate) enum AnswerPlace {
     Bytes,
     /// Into this memory file of the worker's, `len` bytes long (the bytes returned are empty).
     File(OwnedFd, usize),
-    /// In the bytes returned, large, because no memory file could be written (so the worker
-    /// does not try again).
-    NoFile,
 }
 
 /// Runs `run` (a task's trampoline, in a pool worker) with the chunk's arguments `payload` in
@@ -449,8 +446,7 @@ pub(crate) fn encode_answer<T: Serialize>(value: &T) -> Result<Vec<u8>, codec::E
             return Ok(Vec::new());
         }
         // No file (none could be made, or the value encoded differently the second time): a
-        // buffer, as for a small answer, which the worker sends without trying a file again.
-        ANSWER_PLACE.set(AnswerPlace::NoFile);
+        // buffer, as for a small answer, which the worker sends on its socket.
     }
     let mut out = Vec::with_capacity(len);
     codec::encode_into(&mut out, value)?;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::lane::Lane;
 use crate::channel::Channel;
-use crate::memfile::{self, AnswerPlace, Mapped, Received, Spares, WORTH_A_FILE};
+use crate::memfile::{self, AnswerPlace, Mapped, Received, Spares};
 use crate::error::{Error, ErrorKind};
 use crate::panics::catch_uncounted;
 use crate::sys::fd;
@@ -120,8 +120,7 @@ impl Worker<'_> {
                         handles: 0,
                     }) => {
                         let mine = self.lane.claim();
-                        let (result, place) =
-                            self.run_if(mine, entry, Received::Bytes(Vec::new()), payload, vec![]);
+                        let (result, place) = self.run_if(mine, entry, payload, None, vec![]);
                         self.publish_panics(&mut panics);
                         self.answer(id, result, place)?;
                     }
@@ -129,7 +128,8 @@ impl Worker<'_> {
                         let mine = self.lane.claim();
                         let (id, entry, payload, fds) = self.task_from_socket()?;
                         let (result, place) = match payload {
-                            Ok(payload) => self.run_if(mine, entry, payload, &[], fds),
+                            Ok(Received::Bytes(b)) => self.run_if(mine, entry, &b, None, fds),
+                            Ok(Received::InFile(f)) => self.run_if(mine, entry, &[], Some(f), fds),
                             Err(e) => (Err(e), AnswerPlace::Bytes),
                         };
                         self.publish_panics(&mut panics);
@@ -165,27 +165,21 @@ impl Worker<'_> {
     }
 
     /// Runs the task just taken if its claim was won (`mine`); one the dispatcher took back
-    /// first is answered `Cancelled` without running. Its arguments are `received`, or
-    /// `inline` (from the lane) when that is empty bytes; a large answer may go straight into
-    /// one of the worker's memory files (returned with it).
+    /// first is answered `Cancelled` without running. Its arguments are `payload`, or in
+    /// `in_file` when they came in a memory file; a large answer may go straight into one of
+    /// the worker's memory files (returned with it).
     fn run_if(
         &mut self,
         mine: bool,
         entry: i64,
-        received: Received,
-        inline: &[u8],
+        payload: &[u8],
+        in_file: Option<memfile::InFile>,
         handles: Vec<std::os::fd::OwnedFd>,
     ) -> (Result<Vec<u8>, Error>, AnswerPlace) {
         if !mine {
             return (Err(ErrorKind::Cancelled.into()), AnswerPlace::Bytes);
         }
         let identity = self.identity;
-        let (bytes, in_file) = match received {
-            Received::Bytes(b) if b.is_empty() => (None, None),
-            Received::Bytes(b) => (Some(b), None),
-            Received::InFile(f) => (None, Some(f)),
-        };
-        let payload = bytes.as_deref().unwrap_or(inline);
         memfile::with_files(in_file, &mut self.spares, || {
             crate::handle::providing(handles, || run(identity, entry, payload))
         })
@@ -292,64 +286,40 @@ impl Worker<'_> {
     ) -> Result<(), i32> {
         // Handles among the values (a `Buffer`) go with the answer, on the socket.
         let handles = crate::handle::take_returned();
-        debug_assert!(
-            result.is_ok() || !matches!(place, AnswerPlace::File(..)),
-            "an answer in a file comes with Ok"
-        );
-        if let (AnswerPlace::File(file, len), Ok(_)) = (&place, &result) {
-            // Encoded straight into a memory file by the task's trampoline.
-            let mut fds: Vec<_> = handles.iter().map(AsFd::as_fd).collect();
-            let n = fds.len() as u32;
-            fds.push(file.as_fd());
-            let done = FromWorker::DoneInFile {
-                id,
-                len: *len as u64,
-                handles: n,
-            };
-            self.on_socket(id, &done, &fds)?;
-            return self.wake_if_asleep();
-        }
-        let done = FromWorker::Done {
-            id,
-            result: result.map(serde_bytes::ByteBuf::from),
-        };
-        let small = handles.is_empty() && codec::encoded_len(&done).is_ok_and(Lane::fits);
-        if small && codec::encode_into(self.out_cleared(), &done).is_ok() {
-            self.publish()?;
-        } else {
-            let mut fds: Vec<_> = handles.iter().map(AsFd::as_fd).collect();
-            let n = fds.len() as u32;
-            // A large answer goes in a memory file (its descriptor after the handles').
-            let in_file = match &done {
-                FromWorker::Done {
-                    result: Ok(bytes), ..
-                } if bytes.len() >= WORTH_A_FILE && !matches!(place, AnswerPlace::NoFile) => self
-                    .spares
-                    .write(bytes.len(), |b| {
-                        b.copy_from_slice(bytes);
-                        Ok(())
-                    })
-                    .ok()
-                    .map(|file| (bytes.len() as u64, file)),
-                _ => None,
-            };
-            match (in_file, done) {
-                (Some((len, file)), _) => {
-                    fds.push(file.as_fd());
-                    let done = FromWorker::DoneInFile { id, len, handles: n };
-                    self.on_socket(id, &done, &fds)?;
+        let mut fds: Vec<_> = handles.iter().map(AsFd::as_fd).collect();
+        let n = fds.len() as u32;
+        match (place, result) {
+            // A large answer: encoded straight into a memory file by the task's trampoline (its
+            // descriptor after the handles').
+            (AnswerPlace::File(file, len), Ok(_)) => {
+                fds.push(file.as_fd());
+                let done = FromWorker::DoneInFile {
+                    id,
+                    len: len as u64,
+                    handles: n,
+                };
+                self.on_socket(id, &done, &fds)?;
+            }
+            (_, Ok(result)) if n > 0 => {
+                let done = FromWorker::DoneWithHandles {
+                    id,
+                    result: serde_bytes::ByteBuf::from(result),
+                    handles: n,
+                };
+                self.on_socket(id, &done, &fds)?;
+            }
+            (_, result) => {
+                let done = FromWorker::Done {
+                    id,
+                    result: result.map(serde_bytes::ByteBuf::from),
+                };
+                if codec::encoded_len(&done).is_ok_and(Lane::fits)
+                    && codec::encode_into(self.out_cleared(), &done).is_ok()
+                {
+                    self.publish()?;
+                } else {
+                    self.on_socket(id, &done, &[])?;
                 }
-                (None, FromWorker::Done {
-                    result: Ok(result), ..
-                }) if n > 0 => {
-                    let done = FromWorker::DoneWithHandles {
-                        id,
-                        result,
-                        handles: n,
-                    };
-                    self.on_socket(id, &done, &fds)?;
-                }
-                (None, done) => self.on_socket(id, &done, &[])?,
             }
         }
         self.wake_if_asleep()
