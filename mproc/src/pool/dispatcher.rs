@@ -276,12 +276,13 @@ impl<L: Link> Dispatcher<L> {
             ended: Ended::default(),
             timed: false,
         };
-        for slot in 0..d.config.processes {
-            let launched = Instant::now();
-            let link = L::launch(&d.config)?;
+        let launched = Instant::now();
+        let links = L::launch_many(&d.config, d.config.processes);
+        for (slot, link) in links.into_iter().enumerate() {
+            let link = link?;
             event!(target: "mproc::pool", tracing::Level::INFO, worker = link.name(),
                 pid = link.pid(), slot, "worker started");
-            d.workers.push(Worker::new(link, slot, launched, d.config.memory_cap()));
+            d.hire(link, slot, launched);
         }
         Ok(d)
     }
@@ -669,10 +670,7 @@ impl<L: Link> Dispatcher<L> {
         while let Some(note) = self.workers[i].link.next_note() {
             let w = &mut self.workers[i];
             match note {
-                Note::Ready => {
-                    w.state.ready();
-                    w.ready_at.get_or_insert_with(Instant::now);
-                }
+                Note::Ready => w.said_ready(),
                 Note::InitFailed(e) => {
                     self.break_pool(ErrorKind::InitializerFailed(Box::new(e)).into());
                     return;
@@ -848,21 +846,33 @@ impl<L: Link> Dispatcher<L> {
             return;
         }
         let occupied = self.workers.iter().filter(|w| w.occupies_slot()).count();
-        for _ in 0..policy::to_start(occupied, self.config.processes) {
-            let (slot, launched) = (self.free_slot(), Instant::now());
-            match L::launch(&self.config) {
+        let n = policy::to_start(occupied, self.config.processes);
+        if n == 0 {
+            return;
+        }
+        let launched = Instant::now();
+        let mut failed = None;
+        for link in L::launch_many(&self.config, n) {
+            match link {
                 Ok(link) => {
+                    let slot = self.free_slot();
                     event!(target: "mproc::pool", tracing::Level::INFO, worker = link.name(),
                         pid = link.pid(), slot, "replacement worker started");
-                    self.workers.push(Worker::new(link, slot, launched, self.config.memory_cap()));
+                    self.hire(link, slot, launched);
                 }
-                Err(e) if self.workers.is_empty() => {
-                    self.break_pool(e);
-                    return;
-                }
-                Err(_) => return, // try again at the next event
+                // Tried again at the next event, unless no worker is left to serve meanwhile.
+                Err(e) => failed = Some(e),
             }
         }
+        if let Some(e) = failed.filter(|_| self.workers.is_empty()) {
+            self.break_pool(e);
+        }
+    }
+
+    /// Adds a worker just launched into `slot`.
+    fn hire(&mut self, link: L, slot: usize, launched: Instant) {
+        let (cap, at_once) = (self.config.memory_cap(), self.config.at_once());
+        self.workers.push(Worker::new(link, slot, launched, cap, at_once));
     }
 
     /// The pool can no longer run anything: everything waiting fails with `err`, new work is

@@ -54,23 +54,104 @@ pub(crate) fn lock() -> MutexGuard<'static, Option<Server>> {
     SERVER.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Starts a child through the server and hands it `start` (see [`request`] and
+/// [`Requested::finish`]).
 pub(crate) fn launch(start: &[u8], start_fds: &[BorrowedFd<'_>]) -> Result<Child, Error> {
-    let deadline = fd::deadline_after(PATIENCE);
-    // A server killed before it forked our child ran nothing: a fresh one may try, once.
-    match launch_once(start, start_fds, deadline)? {
-        Some(child) => Ok(child),
-        None => launch_once(start, start_fds, deadline)?
-            .ok_or_else(|| server_failed("fork a child", ErrorKind::Closed.into())),
+    request(start, start_fds)?.finish(start, start_fds)
+}
+
+/// Asks the server for a child and hands it `start`, without waiting for the child to announce
+/// itself: a caller starting several children asks for all of them first, so the server forks
+/// one while the others start (see [`Requested::finish`]).
+pub(crate) fn request(start: &[u8], start_fds: &[BorrowedFd<'_>]) -> Result<Requested, Error> {
+    request_once(start, start_fds, fd::deadline_after(PATIENCE))
+}
+
+/// A child asked of the server, its start message sent, not yet announced.
+pub(crate) struct Requested {
+    ctrl: Channel,
+    status: Channel,
+    /// The server asked.
+    serial: u64,
+    /// Whether the start message could be sent (a child that will not get it is killed once
+    /// it is known).
+    sent: Result<(), Error>,
+    deadline: Option<std::time::Instant>,
+}
+
+impl Requested {
+    /// Waits for the child's announcement. A server killed before it forked the child ran
+    /// nothing: a fresh one is asked, once, with the same `start` and `start_fds`.
+    pub(crate) fn finish(self, start: &[u8], start_fds: &[BorrowedFd<'_>]) -> Result<Child, Error> {
+        let deadline = self.deadline;
+        match self.announced()? {
+            Some(child) => Ok(child),
+            None => request_once(start, start_fds, deadline)?
+                .announced()?
+                .ok_or_else(|| server_failed("fork a child", ErrorKind::Closed.into())),
+        }
+    }
+
+    /// The child, once it has announced itself; `None` if the server died, and no child of
+    /// this request exists or ever will, or if the child died before it could run anything.
+    fn announced(self) -> Result<Option<Child>, Error> {
+        let Requested {
+            ctrl,
+            mut status,
+            serial,
+            sent,
+            deadline,
+        } = self;
+        // The child itself announces its pid and pidfd on the status socket before it runs
+        // anything, and keeps that socket open until then: so the socket closing unanswered
+        // means that no child of this request will ever run.
+        let announced = match status.recv_frame(deadline) {
+            Ok(frame) => frame,
+            Err(e) if *e.kind() == ErrorKind::Closed && has_died(serial) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(server_failed("fork a child", e)),
+        };
+        // The server's report of the child's exit comes first only when the child died before
+        // it announced itself (killed as it started): it ran nothing, so another may be asked
+        // for.
+        let forked = match channel::decode_message::<Forked>(&announced) {
+            Ok(forked) if forked.tag == Forked::TAG => forked,
+            _ if channel::decode_message::<crate::sys::proc::Exit>(&announced).is_ok() => {
+                return Ok(None);
+            }
+            Ok(_) | Err(_) => {
+                return Err(Error::protocol("a malformed announcement from a new child"));
+            }
+        };
+        let pidfd = status.take_fds().pop().ok_or_else(|| {
+            Error::protocol(
+                "the new child's announcement carried no pidfd (at the descriptor limit?)",
+            )
+        })?;
+        let child = Child::new(
+            forked.pid,
+            InternalFd::new(pidfd),
+            ctrl,
+            Reaper::Server(status),
+        );
+        match sent {
+            Ok(()) => Ok(Some(child)),
+            Err(e) => {
+                let _ = child.signal(libc::SIGKILL);
+                Err(e)
+            }
+        }
     }
 }
 
-/// One try at a child; `None` if the server died, and no child of this request exists or
-/// ever will, or if the child died before it could run anything.
-fn launch_once(
+/// One request to the server (replacing it once if it is found dead), and the start message
+/// sent to the child it will fork.
+fn request_once(
     start: &[u8],
     start_fds: &[BorrowedFd<'_>],
     deadline: Option<std::time::Instant>,
-) -> Result<Option<Child>, Error> {
+) -> Result<Requested, Error> {
     let [ctrl, ctrl_child] = socket_pair()?;
     let [status, status_child] = socket_pair()?;
     let request = channel::encode_message(&ForkRequest)?;
@@ -92,44 +173,13 @@ fn launch_once(
     // The child will find its start message waiting: no round trip spent on it.
     let ctrl = Channel::new(ctrl);
     let sent = ctrl.send_frame_until(start, start_fds, deadline);
-    // The child itself announces its pid and pidfd on the status socket before it runs
-    // anything, and keeps that socket open until then: so the socket closing unanswered means
-    // that no child of this request will ever run.
-    let mut status = Channel::new(status);
-    let announced = match status.recv_frame(deadline) {
-        Ok(frame) => frame,
-        Err(e) if *e.kind() == ErrorKind::Closed && has_died(serial) => {
-            return Ok(None);
-        }
-        Err(e) => return Err(server_failed("fork a child", e)),
-    };
-    // The server's report of the child's exit comes first only when the child died before it
-    // announced itself (killed as it started): it ran nothing, so another may be asked for.
-    let forked = match channel::decode_message::<Forked>(&announced) {
-        Ok(forked) if forked.tag == Forked::TAG => forked,
-        _ if channel::decode_message::<crate::sys::proc::Exit>(&announced).is_ok() => {
-            return Ok(None);
-        }
-        Ok(_) | Err(_) => {
-            return Err(Error::protocol("a malformed announcement from a new child"));
-        }
-    };
-    let pidfd = status.take_fds().pop().ok_or_else(|| {
-        Error::protocol("the new child's announcement carried no pidfd (at the descriptor limit?)")
-    })?;
-    let child = Child::new(
-        forked.pid,
-        InternalFd::new(pidfd),
+    Ok(Requested {
         ctrl,
-        Reaper::Server(status),
-    );
-    match sent {
-        Ok(()) => Ok(Some(child)),
-        Err(e) => {
-            let _ = child.signal(libc::SIGKILL);
-            Err(e)
-        }
-    }
+        status: Channel::new(status),
+        serial,
+        sent,
+        deadline,
+    })
 }
 
 /// Whether the server numbered `serial` has died; if it is still this process's server, it is

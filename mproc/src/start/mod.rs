@@ -161,6 +161,44 @@ pub(crate) fn launch(
     }
 }
 
+/// A child being started: [`begin`] it, then [`finish`](Launching::finish) it, to start
+/// several at once.
+pub(crate) enum Launching {
+    /// Started already (`fork` and `spawn` have nothing to wait for).
+    Started(Child),
+    /// Asked of the fork server, not yet announced.
+    Asked(forkserver::Requested),
+}
+
+/// As [`launch`], without waiting for the fork server's child to announce itself: starting
+/// several children, a caller begins them all before it finishes the first, so the server
+/// forks one while the others start.
+pub(crate) fn begin(
+    method: StartMethod,
+    start: &[u8],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> Result<Launching, Error> {
+    match method {
+        StartMethod::Forkserver => forkserver::request(start, fds).map(Launching::Asked),
+        _ => launch(method, start, fds).map(Launching::Started),
+    }
+}
+
+impl Launching {
+    /// The child, once started; `start` and `fds` are what [`begin`] was given (a fork server
+    /// found dead is replaced and asked again, once).
+    pub(crate) fn finish(
+        self,
+        start: &[u8],
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<Child, Error> {
+        match self {
+            Launching::Started(child) => Ok(child),
+            Launching::Asked(requested) => requested.finish(start, fds),
+        }
+    }
+}
+
 /// A pidfd for our new child `pid`, listed as internal. If none can be had, the child is
 /// killed and reaped at once (it cannot be watched, so it must not run unwatched or linger as
 /// a zombie).

@@ -33,6 +33,15 @@ pub(crate) struct Config {
 }
 
 impl Config {
+    /// Whether a new worker takes chunks at once, before it says `Ready`: when it has no
+    /// initializer that could fail (and so break the pool with the chunks it held), and it
+    /// is not a remote agent's (whose chunks are marked running in Redis when handed over).
+    /// A pool's first task then waits in the lane of a worker still starting, instead of for
+    /// its `Ready` to be read and a wake-up.
+    pub(crate) fn at_once(&self) -> bool {
+        self.init.is_none() && self.gated.is_none()
+    }
+
     /// The resident memory past which a worker is retired after a task: the lower of
     /// `max_memory_per_child` and `memory_limit_per_child` (past the hard limit, the next task
     /// would otherwise pay for what this one left behind).

@@ -62,6 +62,12 @@ pub(crate) trait Link: Sized {
     /// Starts a worker as `config` says.
     fn launch(config: &Config) -> Result<Self, Error>;
 
+    /// Starts `n` workers as `config` says. A link that can asks for all of them before it
+    /// waits for the first (a fork server then forks one while the others start).
+    fn launch_many(config: &Config, n: usize) -> Vec<Result<Self, Error>> {
+        (0..n).map(|_| Self::launch(config)).collect()
+    }
+
     /// Offers `chunk`, behind the ones the worker holds (`scratch`: a buffer to encode in).
     fn send(&mut self, chunk: &Chunk, scratch: &mut Vec<u8>) -> Sent;
 

@@ -24,6 +24,28 @@ use crate::sys::proc::Exit;
 use crate::wire::codec;
 use crate::wire::message::{FromWorker, PoolWorkerSpec, Role, Start, ToWorker};
 
+/// A worker being started: [`LocalLink::begin`] made it, [`LocalLink::finish`] waits for it.
+struct Launch {
+    launching: start::Launching,
+    /// Its encoded start message, and the pipe its `tracing` events come back through: kept
+    /// to ask again if its fork server is found dead.
+    start: Vec<u8>,
+    name: String,
+    log_pipe: Option<crate::relay::LogPipe>,
+}
+
+/// The descriptors that go with a worker's start message: the initializer's handles, its
+/// standard streams' files, and its log pipe.
+fn start_fds<'a>(
+    config: &'a Config,
+    log_pipe: Option<&'a crate::relay::LogPipe>,
+) -> Vec<std::os::fd::BorrowedFd<'a>> {
+    let mut fds: Vec<_> = config.init_fds.iter().map(AsFd::as_fd).collect();
+    fds.extend(config.setup.message().3);
+    fds.extend(log_pipe.map(|p| p.write()));
+    fds
+}
+
 /// A child process serving the pool, and the ways to it.
 pub(crate) struct LocalLink {
     child: Child,
@@ -53,6 +75,97 @@ pub(crate) struct LocalLink {
 }
 
 impl LocalLink {
+    /// Starts a worker as `config` says, without waiting for it where its start method lets
+    /// it go on (see [`start::begin`]).
+    fn begin(config: &Config) -> Result<Launch, Error> {
+        let (number, lineage) = process::next_child();
+        let prefix = match config.method {
+            StartMethod::Fork => "ForkPoolWorker",
+            StartMethod::Spawn => "SpawnPoolWorker",
+            StartMethod::Forkserver => "ForkServerPoolWorker",
+        };
+        let name = match &config.name_prefix {
+            Some(host) => format!("{host}:{prefix}-{number}"),
+            None => format!("{prefix}-{number}"),
+        };
+        // The worker's own `tracing` events come back through a pipe when they are wanted.
+        let log_pipe = crate::relay::log_pipe();
+        let log = log_pipe.as_ref().map(|p| p.level());
+        let (env, cwd, stdio, _) = config.setup.message();
+        let start = Start {
+            env,
+            cwd: cwd.map(serde_bytes::ByteBuf::from),
+            stdio,
+            log,
+            handles: config.init_fds.len() as u32,
+            identity: exe::identity(),
+            entry: task::worker_entry(),
+            target: "mproc::Pool worker".into(),
+            name: name.clone(),
+            // As Python's pool workers: the processes a task starts are daemonic by default,
+            // terminated when their worker leaves.
+            daemon: true,
+            lineage,
+            args: Vec::new(),
+            role: Role::PoolWorker(PoolWorkerSpec {
+                init: config
+                    .init
+                    .as_ref()
+                    .map(|(entry, args)| (*entry, serde_bytes::ByteBuf::from(args.clone()))),
+            }),
+        };
+        let start = channel::encode_message(&start)?;
+        let launching = start::begin(config.method, &start, &start_fds(config, log_pipe.as_ref()))?;
+        Ok(Launch {
+            launching,
+            start,
+            name,
+            log_pipe,
+        })
+    }
+
+    /// The worker [`begin`](LocalLink::begin) started, once it has: its lane made and sent.
+    fn finish(launch: Launch, config: &Config) -> Result<LocalLink, Error> {
+        let Launch {
+            launching,
+            start,
+            name,
+            log_pipe,
+        } = launch;
+        let mut child = launching.finish(&start, &start_fds(config, log_pipe.as_ref()))?;
+        if let Some(pipe) = log_pipe {
+            pipe.relay(&name, child.pid());
+        }
+        let (lane, file) =
+            Lane::create().map_err(|e| Error::os("creating a pool worker's lane", e))?;
+        // Small, but the start message before it may still fill the socket: bounded, like it.
+        let lane_message = channel::encode_message(&ToWorker::<&[u8]>::Lane)?;
+        let sent = child.channel().send_frame_until(
+            &lane_message,
+            &[file.as_fd()],
+            fd::deadline_after(start::PATIENCE),
+        );
+        drop(file);
+        if let Err(e) = sent {
+            let _ = child.signal(libc::SIGKILL);
+            return Err(e);
+        }
+        Ok(LocalLink {
+            child,
+            name,
+            ctrl_open: true,
+            outbox: Outbox::default(),
+            lane,
+            socket_answers: VecDeque::new(),
+            placeholders: 0,
+            gone: false,
+            spares: Spares::default(),
+            files: Mapped::default(),
+            given: 0,
+            answered: 0,
+        })
+    }
+
     /// The next answer in the lane's order (see [`Link::next_answer`]).
     fn next_answer_uncounted(&mut self, scratch: &mut Vec<u8>) -> Result<Option<Answer>, Error> {
         loop {
@@ -99,77 +212,15 @@ impl LocalLink {
 
 impl Link for LocalLink {
     fn launch(config: &Config) -> Result<LocalLink, Error> {
-        let (number, lineage) = process::next_child();
-        let prefix = match config.method {
-            StartMethod::Fork => "ForkPoolWorker",
-            StartMethod::Spawn => "SpawnPoolWorker",
-            StartMethod::Forkserver => "ForkServerPoolWorker",
-        };
-        let name = match &config.name_prefix {
-            Some(host) => format!("{host}:{prefix}-{number}"),
-            None => format!("{prefix}-{number}"),
-        };
-        // The worker's own `tracing` events come back through a pipe when they are wanted.
-        let log_pipe = crate::relay::log_pipe();
-        let log = log_pipe.as_ref().map(|p| p.level());
-        let (env, cwd, stdio, files) = config.setup.message();
-        let start = Start {
-            env,
-            cwd: cwd.map(serde_bytes::ByteBuf::from),
-            stdio,
-            log,
-            handles: config.init_fds.len() as u32,
-            identity: exe::identity(),
-            entry: task::worker_entry(),
-            target: "mproc::Pool worker".into(),
-            name: name.clone(),
-            // As Python's pool workers: the processes a task starts are daemonic by default,
-            // terminated when their worker leaves.
-            daemon: true,
-            lineage,
-            args: Vec::new(),
-            role: Role::PoolWorker(PoolWorkerSpec {
-                init: config
-                    .init
-                    .as_ref()
-                    .map(|(entry, args)| (*entry, serde_bytes::ByteBuf::from(args.clone()))),
-            }),
-        };
-        let mut init_fds: Vec<_> = config.init_fds.iter().map(AsFd::as_fd).collect();
-        init_fds.extend(files);
-        init_fds.extend(log_pipe.as_ref().map(|p| p.write()));
-        let mut child = start::launch(config.method, &channel::encode_message(&start)?, &init_fds)?;
-        if let Some(pipe) = log_pipe {
-            pipe.relay(&name, child.pid());
-        }
-        let (lane, file) =
-            Lane::create().map_err(|e| Error::os("creating a pool worker's lane", e))?;
-        // Small, but the start message before it may still fill the socket: bounded, like it.
-        let lane_message = channel::encode_message(&ToWorker::<&[u8]>::Lane)?;
-        let sent = child.channel().send_frame_until(
-            &lane_message,
-            &[file.as_fd()],
-            fd::deadline_after(start::PATIENCE),
-        );
-        drop(file);
-        if let Err(e) = sent {
-            let _ = child.signal(libc::SIGKILL);
-            return Err(e);
-        }
-        Ok(LocalLink {
-            child,
-            name,
-            ctrl_open: true,
-            outbox: Outbox::default(),
-            lane,
-            socket_answers: VecDeque::new(),
-            placeholders: 0,
-            gone: false,
-            spares: Spares::default(),
-            files: Mapped::default(),
-            given: 0,
-            answered: 0,
-        })
+        LocalLink::finish(LocalLink::begin(config)?, config)
+    }
+
+    fn launch_many(config: &Config, n: usize) -> Vec<Result<LocalLink, Error>> {
+        let begun: Vec<_> = (0..n).map(|_| LocalLink::begin(config)).collect();
+        begun
+            .into_iter()
+            .map(|launch| launch.and_then(|launch| LocalLink::finish(launch, config)))
+            .collect()
     }
 
     fn send(&mut self, chunk: &Chunk, scratch: &mut Vec<u8>) -> Sent {

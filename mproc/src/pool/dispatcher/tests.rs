@@ -157,8 +157,8 @@ fn outcome(job: &JobState, index: usize) -> Option<Option<ErrorKind>> {
 }
 
 #[test]
-fn only_ready_workers_get_chunks_least_loaded_first() {
-    let mut d = dispatcher(2, |_| {});
+fn with_an_initializer_only_ready_workers_get_chunks_least_loaded_first() {
+    let mut d = dispatcher(2, |c| c.init = Some((0, Vec::new())));
     let job = submit(&d, &[1, 2, 3, 4]);
     round(&mut d);
     let fakes = launched();
@@ -259,10 +259,40 @@ fn a_death_before_ready_breaks_a_pool_with_an_initializer() {
 #[test]
 fn without_an_initializer_a_death_before_ready_is_replaced() {
     let mut d = dispatcher(1, |_| {});
+    let job = submit(&d, &[1]);
     round(&mut d);
+    assert_eq!(launched()[0].borrow().sent, [1], "handed over while it starts");
     launched()[0].borrow_mut().dead = true;
     round(&mut d);
     round(&mut d);
     assert_eq!(launched().len(), 2);
     assert!(d.shared.check_open().is_ok());
+    // Never started there: requeued for the replacement, not failed.
+    assert_eq!(outcome(&job, 0), None);
+    round(&mut d);
+    assert_eq!(launched()[1].borrow().sent, [1]);
+}
+
+#[test]
+fn without_an_initializer_a_new_worker_takes_chunks_before_ready_and_its_time_starts_at_ready() {
+    let mut d = dispatcher(1, |c| c.task_timeout = Some(Duration::from_millis(50)));
+    let job = submit(&d, &[1, 2]);
+    round(&mut d);
+    let fakes = launched();
+    assert_eq!(fakes[0].borrow().sent, [1, 2], "handed over while it starts");
+    // Longer than the timeout passes before it says `Ready`: its start is not the task's time.
+    std::thread::sleep(Duration::from_millis(60));
+    round(&mut d);
+    assert!(!fakes[0].borrow().dead, "not timed out while starting");
+    ready(&fakes[0]);
+    round(&mut d);
+    assert!(!fakes[0].borrow().dead, "its time started at `Ready`");
+    answer(&fakes[0], 1);
+    round(&mut d);
+    assert_eq!(outcome(&job, 0), Some(None));
+    // Past its timeout after `Ready`, it is condemned as any other.
+    fakes[0].borrow_mut().started = 2;
+    std::thread::sleep(Duration::from_millis(60));
+    round(&mut d);
+    assert!(fakes[0].borrow().dead);
 }

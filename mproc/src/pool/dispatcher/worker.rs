@@ -56,12 +56,19 @@ pub(crate) struct Worker<L> {
 }
 
 impl<L: Link> Worker<L> {
+    /// A worker just launched. With `at_once`, it takes chunks before it says `Ready` (they
+    /// wait in its lane while it starts); otherwise (it runs an initializer) only after.
     pub(super) fn new(
         link: L,
         slot: usize,
         launched: Instant,
         memory_cap: Option<u64>,
+        at_once: bool,
     ) -> Worker<L> {
+        let mut state = WorkerState::Starting;
+        if at_once {
+            state.ready();
+        }
         Worker {
             slot,
             launched,
@@ -75,7 +82,7 @@ impl<L: Link> Worker<L> {
             #[cfg(feature = "tracing")]
             panics_seen: 0,
             link,
-            state: WorkerState::Starting,
+            state,
             in_flight: VecDeque::new(),
             front_since: Instant::now(),
             given: 0,
@@ -84,6 +91,18 @@ impl<L: Link> Worker<L> {
             limit: 0,
             rebalanced: None,
         }
+    }
+
+    /// It said `Ready`: it takes chunks, and the one it holds first starts its time now.
+    pub(super) fn said_ready(&mut self) {
+        if self.ready_at.is_none() {
+            let now = Instant::now();
+            self.ready_at = Some(now);
+            if !self.in_flight.is_empty() {
+                self.front_since = now;
+            }
+        }
+        self.state.ready();
     }
 
     /// The id of the chunk it runs or runs next.
@@ -232,7 +251,8 @@ impl<L: Link> Worker<L> {
     /// When its running chunk passes `timeout` (per task: scaled by the chunk's items).
     pub(super) fn deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
         let front = self.in_flight.front()?;
-        if self.state.is_condemned() || front.revoked {
+        // Its time starts when it has started (chunks may wait in its lane before).
+        if self.state.is_condemned() || front.revoked || self.ready_at.is_none() {
             return None;
         }
         policy::deadline(self.front_since, front.timeout.or(timeout), front.items)
