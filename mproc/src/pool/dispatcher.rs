@@ -303,9 +303,11 @@ impl<L: Link> Dispatcher<L> {
                 }
                 let age = now.saturating_duration_since(w.launched);
                 let busy = Duration::from_nanos(busy_ns).min(age);
-                let startup = w
-                    .ready_at
-                    .map_or(age, |r| r.saturating_duration_since(w.launched));
+                // A worker may run chunks before its `Ready` is read: its start is at most
+                // what it has not spent busy.
+                let startup = w.ready_at.map_or(age.saturating_sub(busy), |r| {
+                    r.saturating_duration_since(w.launched)
+                });
                 let waiting = age.saturating_sub(startup).saturating_sub(busy);
                 WorkerStats {
                     agent: None,
@@ -513,7 +515,11 @@ impl<L: Link> Dispatcher<L> {
                 chunk.finish(Err(ErrorKind::Cancelled.into())); // cancelled while queued: a no-op
                 continue;
             }
-            let loads = self.workers.iter().map(|w| (w.in_flight.len(), w.limit));
+            // A worker still starting counts one more chunk: of equals, one that runs now wins.
+            let loads = self.workers.iter().map(|w| {
+                let starting = usize::from(w.starting());
+                (w.in_flight.len() + starting, w.limit + starting)
+            });
             let Some(at) = policy::least_loaded(loads) else {
                 self.queue.push_front(chunk);
                 return;
@@ -784,11 +790,14 @@ impl<L: Link> Dispatcher<L> {
         }
     }
 
-    /// Whether some worker could take a chunk taken back from another now.
+    /// Whether some worker could take a chunk taken back from another now (one that has said
+    /// `Ready`: a chunk is not moved from one worker still starting to another).
     fn has_room(&self, now: Instant) -> bool {
-        self.workers
-            .iter()
-            .any(|w| w.state.accepting() && policy::has_room(w.in_flight.len(), w.window(now)))
+        self.workers.iter().any(|w| {
+            w.state.accepting()
+                && !w.starting()
+                && policy::has_room(w.in_flight.len(), w.window(now))
+        })
     }
 
     /// Kills workers whose running chunk has passed its deadline.

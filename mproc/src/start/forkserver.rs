@@ -46,6 +46,9 @@ pub(crate) struct Server {
     serial: u64,
     pidfd: InternalFd,
     request: Channel,
+    /// When it was last found alive after dropping a request (its fork failed): requests
+    /// dropped soon after are not each given [`DYING`] to show it (a pool asks for several).
+    alive_seen: Option<std::time::Instant>,
 }
 
 static SERVER: Mutex<Option<Server>> = Mutex::new(None);
@@ -190,10 +193,18 @@ fn has_died(serial: u64) -> bool {
     let mut slot = lock();
     match slot.as_ref() {
         Some(server) if server.serial == serial && server.owner == proc::getpid() => {
-            let ended = fd::poll_read(&[server.pidfd.as_fd()], fd::deadline_after(DYING))
+            let lately = server.alive_seen.is_some_and(|t| t.elapsed() < DYING);
+            let wait = if lately {
+                Some(std::time::Instant::now())
+            } else {
+                fd::deadline_after(DYING)
+            };
+            let ended = fd::poll_read(&[server.pidfd.as_fd()], wait)
                 .is_ok_and(|r| r[0].readable || r[0].hangup);
             if ended {
                 retire(&mut slot);
+            } else if let Some(server) = slot.as_mut() {
+                server.alive_seen = Some(std::time::Instant::now());
             }
             ended
         }
@@ -240,6 +251,7 @@ fn start_server(identity: u64) -> Result<Server, Error> {
         serial: SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         pidfd,
         request: Channel::new(client),
+        alive_seen: None,
     };
     let handshake = server.request.send(&Hello { identity }, &[]);
     let welcome = handshake.and_then(|()| {

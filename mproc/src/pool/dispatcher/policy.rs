@@ -69,20 +69,28 @@ pub(crate) fn has_room(held: usize, window: usize) -> bool {
 
 /// When the chunks waiting behind a running chunk (running since `since`) should be taken
 /// back: once it is slow, if any wait behind it (`held > 1`) and they were not already taken
-/// back for this one.
+/// back for this one. A worker still `starting` (it has not said `Ready`) may give back even
+/// its first, once it has held it that long.
 pub(crate) fn rebalance_at(
     held: usize,
     since: Instant,
     done_for_this_one: bool,
+    starting: bool,
 ) -> Option<Instant> {
-    (held > 1 && !done_for_this_one).then(|| since + SLOW)
+    let waiting = if starting { held > 0 } else { held > 1 };
+    (waiting && !done_for_this_one).then(|| since + SLOW)
 }
 
 /// The places in a worker's order (of `held` chunks) that may be taken back, given how many
 /// of them it has taken (`taken`): those after the one it runs, or after its first if it has
-/// taken none yet (that one is about to run; taking it back would gain nothing).
-pub(crate) fn untaken(taken: usize, held: usize) -> Range<usize> {
-    taken.max(1)..held
+/// taken none yet (that one is about to run; taking it back would gain nothing), unless it is
+/// still `starting` (then its first may wait long).
+pub(crate) fn untaken(taken: usize, held: usize, starting: bool) -> Range<usize> {
+    if starting {
+        taken..held
+    } else {
+        taken.max(1)..held
+    }
 }
 
 /// When a chunk of `items` tasks, running since `since`, passes the per-task `timeout`.
@@ -184,25 +192,32 @@ mod tests {
     #[test]
     fn followers_of_a_slow_chunk_are_taken_back_once() {
         let t0 = Instant::now();
-        assert_eq!(rebalance_at(2, t0, false), Some(t0 + SLOW));
+        assert_eq!(rebalance_at(2, t0, false, false), Some(t0 + SLOW));
         // Nothing waits behind it.
-        assert_eq!(rebalance_at(1, t0, false), None);
-        assert_eq!(rebalance_at(0, t0, false), None);
+        assert_eq!(rebalance_at(1, t0, false, false), None);
+        assert_eq!(rebalance_at(0, t0, false, false), None);
         // Already done for this running chunk.
-        assert_eq!(rebalance_at(5, t0, true), None);
+        assert_eq!(rebalance_at(5, t0, true, false), None);
+        // A worker still starting: its first waits too.
+        assert_eq!(rebalance_at(1, t0, false, true), Some(t0 + SLOW));
+        assert_eq!(rebalance_at(0, t0, false, true), None);
+        assert_eq!(rebalance_at(1, t0, true, true), None);
     }
 
     #[test]
     fn only_chunks_not_taken_may_be_taken_back() {
         // Nothing taken: the first is about to run, the rest may go.
-        assert_eq!(untaken(0, 4), 1..4);
+        assert_eq!(untaken(0, 4, false), 1..4);
         // It runs the first; the rest were not taken.
-        assert_eq!(untaken(1, 4), 1..4);
+        assert_eq!(untaken(1, 4, false), 1..4);
         // It has taken three of four (a race with its claims): only the last.
-        assert_eq!(untaken(3, 4), 3..4);
-        assert!(untaken(4, 4).is_empty());
-        assert!(untaken(0, 1).is_empty());
-        assert!(untaken(0, 0).is_empty());
+        assert_eq!(untaken(3, 4, false), 3..4);
+        assert!(untaken(4, 4, false).is_empty());
+        assert!(untaken(0, 1, false).is_empty());
+        assert!(untaken(0, 0, false).is_empty());
+        // Still starting: nothing is about to run, all may go.
+        assert_eq!(untaken(0, 1, true), 0..1);
+        assert_eq!(untaken(1, 3, true), 1..3);
     }
 
     #[test]

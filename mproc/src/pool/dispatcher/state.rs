@@ -8,7 +8,8 @@ use crate::error::Error;
 pub(crate) enum WorkerState {
     /// Launched; its initializer runs. It takes no chunks until it says `Ready`.
     Starting,
-    /// It said `Ready`: it takes chunks, up to its window.
+    /// It said `Ready` (or, in a pool without an initializer, it was launched: see
+    /// `Config::at_once`): it takes chunks, up to its window.
     Serving,
     /// It takes no more chunks and finishes those it holds: it was given
     /// `max_tasks_per_child` and told to `Stop`, or its socket closed (it is exiting).
@@ -22,7 +23,8 @@ pub(crate) enum WorkerState {
 /// Who answers for a condemned worker's `why`.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Charge {
-    /// Its start: it broke the protocol before `Ready`, as if its initializer had failed.
+    /// Its start: it broke the protocol before `Ready` (while `Starting`), as if its
+    /// initializer had failed.
     Start,
     /// This chunk, if it is still the one the worker runs when its exit is seen.
     Chunk(u64),
@@ -34,8 +36,8 @@ pub(crate) enum Charge {
 /// What a worker's exit means for what it held.
 #[derive(Debug)]
 pub(crate) enum Departure {
-    /// It never said `Ready`: its start failed with this (with an initializer, the pool is
-    /// broken).
+    /// It left while `Starting` (never said `Ready`): its start failed with this (with an
+    /// initializer, the pool is broken).
     BeforeReady(Error),
     /// The chunk it was running, if it had taken one, fails with this.
     Lost(Error),

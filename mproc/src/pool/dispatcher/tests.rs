@@ -296,3 +296,40 @@ fn without_an_initializer_a_new_worker_takes_chunks_before_ready_and_its_time_st
     round(&mut d);
     assert!(fakes[0].borrow().dead);
 }
+
+#[test]
+fn a_worker_still_starting_is_passed_over_for_one_that_said_ready() {
+    let mut d = dispatcher(2, |_| {});
+    round(&mut d);
+    let fakes = launched();
+    ready(&fakes[1]);
+    round(&mut d);
+    submit(&d, &[1]);
+    round(&mut d);
+    assert!(fakes[0].borrow().sent.is_empty());
+    assert_eq!(fakes[1].borrow().sent, [1]);
+}
+
+#[test]
+fn a_chunk_held_by_a_worker_that_does_not_start_moves_to_one_that_has() {
+    let mut d = dispatcher(2, |c| c.task_timeout = Some(Duration::from_millis(20)));
+    let job = submit(&d, &[1]);
+    round(&mut d);
+    let fakes = launched();
+    assert_eq!(fakes[0].borrow().sent, [1], "neither has said Ready: the first takes it");
+    ready(&fakes[1]);
+    round(&mut d);
+    // Held past `SLOW` by a worker that has not started: taken back, and placed again.
+    std::thread::sleep(Duration::from_millis(5));
+    round(&mut d);
+    round(&mut d);
+    assert_eq!(fakes[1].borrow().sent, [1], "moved to the worker that runs");
+    answer(&fakes[1], 1);
+    round(&mut d);
+    assert_eq!(outcome(&job, 0), Some(None));
+    // The one that never started is neither timed out nor given anything else.
+    std::thread::sleep(Duration::from_millis(30));
+    round(&mut d);
+    assert!(!fakes[0].borrow().dead);
+    assert_eq!(fakes[0].borrow().sent, [1]);
+}

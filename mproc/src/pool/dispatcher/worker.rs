@@ -21,7 +21,8 @@ pub(crate) struct Worker<L> {
     pub(super) state: WorkerState,
     /// The chunks it was sent, oldest first.
     pub(super) in_flight: VecDeque<Chunk>,
-    /// When the oldest chunk in flight became the running one.
+    /// When the oldest chunk in flight became the running one (or was handed over, while the
+    /// worker has not said `Ready`; reset then).
     pub(super) front_since: Instant,
     /// Chunks it has been given, for `max_tasks_per_child`.
     pub(super) given: usize,
@@ -103,6 +104,11 @@ impl<L: Link> Worker<L> {
             }
         }
         self.state.ready();
+    }
+
+    /// Whether it has not said `Ready` yet (chunks handed to it wait in its lane).
+    pub(super) fn starting(&self) -> bool {
+        self.ready_at.is_none()
     }
 
     /// The id of the chunk it runs or runs next.
@@ -268,6 +274,7 @@ impl<L: Link> Worker<L> {
             self.in_flight.len(),
             self.front_since,
             self.rebalanced == Some(front),
+            self.starting(),
         )
     }
 
@@ -276,7 +283,7 @@ impl<L: Link> Worker<L> {
     pub(super) fn revoke_untaken(&mut self) -> Vec<Chunk> {
         let taken = self.link.started().saturating_sub(self.answered) as usize;
         let mut copies = Vec::new();
-        for at in policy::untaken(taken, self.in_flight.len()) {
+        for at in policy::untaken(taken, self.in_flight.len(), self.starting()) {
             let task = self.answered + at as u64 + 1;
             let c = &mut self.in_flight[at];
             if c.revoked || c.answered() {
