@@ -14,6 +14,9 @@
 //!   `join()`, with `fn nothing() {}` (the fork server is started during the warm-up);
 //! - `mproc/forkserver-running`: from `start()` to the target running (it sets an `Event` the
 //!   caller waits on), the join untimed: with the server's spare child ready, one message;
+//! - `mproc/forkserver-running-idle`: the same, after 3 ms of rest (untimed), so the spare
+//!   has been idle long enough to map the code in (the fork server's `SPARE_IDLE`): a single
+//!   start in a program that is not starting processes back to back;
 //! - `mproc/forkserver-x20`: twenty start+join back to back, per start;
 //! - `python/{fork,forkserver,spawn}`: `multiprocessing.get_context(m).Process(target=f)`,
 //!   `start()`, `join()`, timed by `python3` itself (`benches/python_process_start.py`; the
@@ -53,7 +56,7 @@ use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mproc::{Event, Process, StartMethod};
 
@@ -65,7 +68,7 @@ const NOOP: &str = "--noop";
 const FORK_SMALL: &str = "--fork-small";
 
 /// Every row's name, in table order.
-const ROWS: [&str; 12] = [
+const ROWS: [&str; 13] = [
     "raw/fork",
     "raw/fork-small",
     "raw/reexec",
@@ -73,6 +76,7 @@ const ROWS: [&str; 12] = [
     "mproc/fork",
     "mproc/forkserver",
     "mproc/forkserver-running",
+    "mproc/forkserver-running-idle",
     "mproc/forkserver-x20",
     "mproc/spawn",
     "python/fork",
@@ -307,17 +311,21 @@ fn rust_jobs(plan: &Plan, count: &dyn Fn(usize) -> usize) -> Vec<Job> {
             None
         })
     };
-    // From `start` to the target running (it sets an event), then joined untimed.
-    let running = Box::new(|| {
-        let up = Event::new().expect("Event::new");
-        let t = Instant::now();
-        let mut p = Process::new(ping, (up.clone(),)).start_method(StartMethod::Forkserver);
-        p.start().expect("Process::start");
-        up.wait().expect("Event::wait");
-        let took = t.elapsed().as_secs_f64() * 1e6;
-        p.join().expect("Process::join");
-        Some(took)
-    });
+    // From `start` to the target running (it sets an event), then joined untimed; after a
+    // rest of `rest`, untimed.
+    let running = |rest: Duration| -> Box<dyn FnMut() -> Option<f64>> {
+        Box::new(move || {
+            std::thread::sleep(rest);
+            let up = Event::new().expect("Event::new");
+            let t = Instant::now();
+            let mut p = Process::new(ping, (up.clone(),)).start_method(StartMethod::Forkserver);
+            p.start().expect("Process::start");
+            up.wait().expect("Event::wait");
+            let took = t.elapsed().as_secs_f64() * 1e6;
+            p.join().expect("Process::join");
+            Some(took)
+        })
+    };
     // Twenty start+join in a row, per start.
     let burst = Box::new(move || {
         let t = Instant::now();
@@ -340,7 +348,12 @@ fn rust_jobs(plan: &Plan, count: &dyn Fn(usize) -> usize) -> Vec<Job> {
         ),
         job("mproc/fork", fork_n, mproc(StartMethod::Fork)),
         job("mproc/forkserver", fork_n, mproc(StartMethod::Forkserver)),
-        job("mproc/forkserver-running", fork_n, running),
+        job("mproc/forkserver-running", fork_n, running(Duration::ZERO)),
+        job(
+            "mproc/forkserver-running-idle",
+            fork_n,
+            running(Duration::from_millis(3)),
+        ),
         job("mproc/forkserver-x20", (fork_n / 20).max(3), burst),
         job("mproc/spawn", exec_n, mproc(StartMethod::Spawn)),
     ]
@@ -508,9 +521,9 @@ fn report(rows: &[(String, Stats)], py_version: Option<&str>, full: bool) {
             "mproc/fork" | "mproc/forkserver" | "python/fork" | "python/forkserver" => {
                 raw_fork.map(|s| ("raw/fork", s))
             }
-            "mproc/forkserver-running" | "mproc/forkserver-x20" => {
-                get("raw/fork-small").map(|s| ("raw/fork-small", s))
-            }
+            "mproc/forkserver-running"
+            | "mproc/forkserver-running-idle"
+            | "mproc/forkserver-x20" => get("raw/fork-small").map(|s| ("raw/fork-small", s)),
             "mproc/spawn" | "python/spawn" => exec_floor,
             _ => None,
         }
