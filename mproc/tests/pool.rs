@@ -1001,6 +1001,46 @@ fn a_worker_that_corrupts_its_lane_is_replaced(m: StartMethod) {
     assert_eq!(all.len(), 100);
 }
 
+/// A pool without an initializer hands its first tasks to workers still starting (they wait
+/// in their lanes). A worker killed at that moment loses at most the one task it had taken;
+/// the others it held never started and run elsewhere: each task gives its value or, for at
+/// most one, `WorkerLost`, and nothing hangs.
+fn a_worker_killed_as_it_starts_loses_at_most_its_running_task(m: StartMethod) {
+    for round in 0..10 {
+        let p = pool(m, 2);
+        let results: Vec<_> = (0..6u64)
+            .map(|i| p.apply_async(square, (i,)).unwrap())
+            .collect();
+        let doomed = p
+            .stats()
+            .workers
+            .iter()
+            .find(|w| w.slot == 0)
+            .and_then(|w| w.pid)
+            .unwrap();
+        // SAFETY: kill(2) of a worker of this test's own pool.
+        assert_eq!(unsafe { libc::kill(doomed as i32, libc::SIGKILL) }, 0);
+        let mut lost = 0;
+        for (i, r) in (0u64..).zip(results) {
+            match r.get_timeout(PATIENCE) {
+                Ok(v) => assert_eq!(v, i * i),
+                Err(e) => {
+                    assert!(
+                        matches!(e.kind(), ErrorKind::WorkerLost(_)),
+                        "round {round}: {e}"
+                    );
+                    lost += 1;
+                }
+            }
+        }
+        assert!(
+            lost <= 1,
+            "round {round}: {lost} tasks lost with one worker"
+        );
+        assert_eq!(p.apply(square, (7,)).unwrap(), 49);
+    }
+}
+
 /// `pool.timeout(d)`: a limit per task for one call or one map, in place of the pool's
 /// `task_timeout`, with the same kill-and-replace and `TaskTimedOut`; other calls keep theirs.
 fn per_call_timeouts(m: StartMethod) {
@@ -1067,6 +1107,7 @@ fn per_call_timeouts(m: StartMethod) {
 }
 
 per_start_method!(
+    a_worker_killed_as_it_starts_loses_at_most_its_running_task,
     per_call_timeouts,
     imap_knows_how_many_results_are_left,
     a_worker_killed_mid_answer_is_lost_not_garbled,
