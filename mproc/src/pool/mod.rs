@@ -435,6 +435,8 @@ impl PoolBuilder {
     /// Kills a worker whose task runs longer than `timeout`; the task fails with
     /// `TaskTimedOut` and a new worker takes the worker's place. A chunk of `n` tasks may run
     /// for `n × timeout` (the worker reports per chunk); on failure the whole chunk fails.
+    /// The time counts from when the task's worker is ready for it: a new worker's own start
+    /// (a new pool's, or a replacement's) does not count.
     ///
     /// ```
     /// use std::time::Duration;
