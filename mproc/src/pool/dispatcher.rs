@@ -53,7 +53,7 @@ use worker::Worker;
 
 use super::stats::{PoolStats, Restarts, WorkerStats};
 use crate::error::{Error, ErrorKind};
-use crate::start;
+use crate::start::{self, StartMethod};
 use crate::sys::time::monotonic_ns;
 use crate::sys::fd::{self, EventFd};
 
@@ -188,6 +188,16 @@ pub(crate) fn run(shared: Arc<Shared>) {
 
 fn serve(shared: &Shared) -> Error {
     loop {
+        // The workers after the first (see `Dispatcher::new`): started here, without the
+        // state, so the first tasks already run on the first worker meanwhile.
+        let later = shared.state().as_mut().and_then(Dispatcher::take_unlaunched);
+        if let Some((config, n)) = later {
+            let at = Instant::now();
+            let links = LocalLink::launch_many(&config, n);
+            if let Some(d) = shared.state().as_mut() {
+                d.hire_launched(links, at);
+            }
+        }
         let plan = {
             let mut state = shared.state();
             let d = state.as_mut().expect("installed before the thread starts");
@@ -215,7 +225,8 @@ fn serve(shared: &Shared) -> Error {
 /// The dispatcher's state: its workers (of one kind, `L`) and the chunks no worker holds.
 struct Dispatcher<L: Link = LocalLink> {
     shared: Arc<Shared>,
-    config: Config,
+    /// Shared with the dispatcher thread while it starts workers without the state.
+    config: Arc<Config>,
     workers: Vec<Worker<L>>,
     queue: VecDeque<Chunk>,
     closed: bool,
@@ -227,6 +238,8 @@ struct Dispatcher<L: Link = LocalLink> {
     /// Whether a chunk with its own time limit (`pool.timeout(d)`) ever came: from then on
     /// the dispatcher thread looks after every hand-over, as with a pool-wide `task_timeout`.
     timed: bool,
+    /// Workers `new` left to the dispatcher thread to start (see `serve`).
+    unlaunched: usize,
 }
 
 /// How often a pool with `memory_limit_per_child` looks at its busy workers' memory.
@@ -267,7 +280,7 @@ impl<L: Link> Dispatcher<L> {
     fn new(shared: Arc<Shared>, config: Config) -> Result<Dispatcher<L>, Error> {
         let mut d = Dispatcher {
             shared,
-            config,
+            config: Arc::new(config),
             workers: Vec::new(),
             queue: VecDeque::new(),
             closed: false,
@@ -275,15 +288,27 @@ impl<L: Link> Dispatcher<L> {
             scratch: Vec::new(),
             ended: Ended::default(),
             timed: false,
+            unlaunched: 0,
+        };
+        // With the fork server, the first worker is started here (its start error reaches
+        // `Pool::build`) and the others by the dispatcher thread, while the first already
+        // serves: asked of the server together with the first, they would delay it (the
+        // server's fork of the second takes the CPU the first needs to start). The server's
+        // children are the same whenever they start; a `fork` or `spawn` child is not (it
+        // takes this process's memory, or its environment and directory, as they are then),
+        // so those are all started here, as Python does.
+        let now = match d.config.method {
+            StartMethod::Forkserver => 1,
+            StartMethod::Fork | StartMethod::Spawn => d.config.processes,
         };
         let launched = Instant::now();
-        let links = L::launch_many(&d.config, d.config.processes);
-        for (slot, link) in links.into_iter().enumerate() {
+        for (slot, link) in L::launch_many(&d.config, now).into_iter().enumerate() {
             let link = link?;
             event!(target: "mproc::pool", tracing::Level::INFO, worker = link.name(),
                 pid = link.pid(), slot, "worker started");
             d.hire(link, slot, launched);
         }
+        d.unlaunched = d.config.processes - now;
         Ok(d)
     }
 
@@ -426,6 +451,7 @@ impl<L: Link> Dispatcher<L> {
         // Answers keep arriving in the lanes while this runs: go round until every lane is
         // empty with its sleep word set, or, after a few rounds, poll without waiting (so
         // exits and deadlines are still looked at).
+        self.launch_the_rest();
         for _ in 0..4 {
             if let Some(stop) = self.take_commands() {
                 return Err(stop);
@@ -874,6 +900,43 @@ impl<L: Link> Dispatcher<L> {
             }
         }
         if let Some(e) = failed.filter(|_| self.workers.is_empty()) {
+            self.break_pool(e);
+        }
+    }
+
+    /// The workers left to start after the first, with the configuration to start them by,
+    /// for the dispatcher thread to start without the state.
+    fn take_unlaunched(&mut self) -> Option<(Arc<Config>, usize)> {
+        let n = std::mem::take(&mut self.unlaunched);
+        (n > 0 && self.broken.is_none()).then(|| (Arc::clone(&self.config), n))
+    }
+
+    /// Starts, here, the workers left to start after the first that no dispatcher thread
+    /// took (tests).
+    fn launch_the_rest(&mut self) {
+        if let Some((config, n)) = self.take_unlaunched() {
+            let at = Instant::now();
+            let links = L::launch_many(&config, n);
+            self.hire_launched(links, at);
+        }
+    }
+
+    /// Hires the workers started after the first (begun at `at`). One that failed to start
+    /// is replaced at the next turn, unless no worker is left.
+    fn hire_launched(&mut self, links: Vec<Result<L, Error>>, at: Instant) {
+        let mut failed = None;
+        for link in links {
+            match link {
+                Ok(link) => {
+                    let slot = self.free_slot();
+                    event!(target: "mproc::pool", tracing::Level::INFO, worker = link.name(),
+                        pid = link.pid(), slot, "worker started");
+                    self.hire(link, slot, at);
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed.filter(|_| self.workers.is_empty() && self.broken.is_none()) {
             self.break_pool(e);
         }
     }

@@ -465,14 +465,20 @@ impl PoolBuilder {
         self
     }
 
-    /// Starts the workers.
+    /// Starts the workers. With the `Forkserver` start method (the default), `build` starts
+    /// the first worker and returns, and the pool's own thread starts the others while the
+    /// first already runs tasks (a fork server's child is the same whenever it starts); one of
+    /// those that cannot start is tried again as the pool goes on, as a replacement would be.
+    /// `Fork` and `Spawn` workers take this process's memory, or its environment and
+    /// directory, as they are when they start, so `build` starts them all, as Python does.
     ///
     /// # Errors
     ///
     /// `InvalidArgument` for zero processes or zero tasks per child, for an environment
     /// variable the environment cannot hold, and for `env`, `current_dir` or a standard
     /// stream on a remote pool; a `Codec` error if the
-    /// initializer's arguments could not be encoded; an `Os` error if a worker could not start.
+    /// initializer's arguments could not be encoded; an `Os` error if a worker that `build`
+    /// starts could not start.
     ///
     /// ```
     /// assert!(mproc::Pool::builder().processes(0).build().is_err());
@@ -544,7 +550,7 @@ impl PoolBuilder {
             method: self.method.unwrap_or_else(start::get_start_method),
             init,
             init_fds,
-            init_args,
+            init_args: init_args.map(std::sync::Mutex::new),
             max_tasks_per_child: self.max_tasks_per_child,
             max_memory_per_child: self.max_memory_per_child,
             memory_limit_per_child: self.memory_limit_per_child,
@@ -573,7 +579,8 @@ impl Pool {
     ///
     /// # Errors
     ///
-    /// `InvalidArgument` for zero; an `Os` error if a worker could not start.
+    /// `InvalidArgument` for zero; an `Os` error if a worker could not start (see
+    /// [`PoolBuilder::build`]).
     ///
     /// ```
     /// let pool = mproc::Pool::new(2)?;

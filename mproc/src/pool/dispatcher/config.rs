@@ -16,8 +16,9 @@ pub(crate) struct Config {
     /// worker decodes them again, so the handles among them are still held by this process
     /// (a queue waited on here must not conclude that nobody can put while one worker
     /// replaces another: the next one will hold it).
+    /// In a mutex only so the configuration can be shared with the thread that starts workers.
     #[expect(dead_code, reason = "held, never read")]
-    pub(crate) init_args: Option<Box<dyn std::any::Any + Send>>,
+    pub(crate) init_args: Option<std::sync::Mutex<Box<dyn std::any::Any + Send>>>,
     pub(crate) max_tasks_per_child: Option<usize>,
     /// Resident bytes past which a worker is retired after a task.
     pub(crate) max_memory_per_child: Option<u64>,

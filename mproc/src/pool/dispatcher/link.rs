@@ -59,13 +59,25 @@ pub(crate) struct Polled {
 
 /// One worker, as the dispatcher's loop talks to it.
 pub(crate) trait Link: Sized {
-    /// Starts a worker as `config` says.
-    fn launch(config: &Config) -> Result<Self, Error>;
+    /// A worker [`begin`](Link::begin) started, not waited for yet.
+    type Launch;
 
-    /// Starts `n` workers as `config` says. A link that can asks for all of them before it
-    /// waits for the first (a fork server then forks one while the others start).
+    /// Starts a worker as `config` says, without waiting for it where its start method lets
+    /// the caller go on.
+    fn begin(config: &Config) -> Result<Self::Launch, Error>;
+
+    /// The worker `launch` became, once started (`config`: what `begin` was given, to try
+    /// again a start that failed before anything ran).
+    fn finish(launch: Self::Launch, config: &Config) -> Result<Self, Error>;
+
+    /// Starts `n` workers as `config` says, all begun before the first is waited for (a fork
+    /// server then forks one while the others start).
     fn launch_many(config: &Config, n: usize) -> Vec<Result<Self, Error>> {
-        (0..n).map(|_| Self::launch(config)).collect()
+        let begun: Vec<_> = (0..n).map(|_| Self::begin(config)).collect();
+        begun
+            .into_iter()
+            .map(|launch| launch.and_then(|launch| Self::finish(launch, config)))
+            .collect()
     }
 
     /// Offers `chunk`, behind the ones the worker holds (`scratch`: a buffer to encode in).

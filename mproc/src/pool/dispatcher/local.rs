@@ -25,7 +25,7 @@ use crate::wire::codec;
 use crate::wire::message::{FromWorker, PoolWorkerSpec, Role, Start, ToWorker};
 
 /// A worker being started: [`LocalLink::begin`] made it, [`LocalLink::finish`] waits for it.
-struct Launch {
+pub(crate) struct Launch {
     launching: start::Launching,
     /// Its encoded start message, and the pipe its `tracing` events come back through: kept
     /// to ask again if its fork server is found dead.
@@ -211,16 +211,14 @@ impl LocalLink {
 }
 
 impl Link for LocalLink {
-    fn launch(config: &Config) -> Result<LocalLink, Error> {
-        LocalLink::finish(LocalLink::begin(config)?, config)
+    type Launch = Launch;
+
+    fn begin(config: &Config) -> Result<Launch, Error> {
+        LocalLink::begin(config)
     }
 
-    fn launch_many(config: &Config, n: usize) -> Vec<Result<LocalLink, Error>> {
-        let begun: Vec<_> = (0..n).map(|_| LocalLink::begin(config)).collect();
-        begun
-            .into_iter()
-            .map(|launch| launch.and_then(|launch| LocalLink::finish(launch, config)))
-            .collect()
+    fn finish(launch: Launch, config: &Config) -> Result<LocalLink, Error> {
+        LocalLink::finish(launch, config)
     }
 
     fn send(&mut self, chunk: &Chunk, scratch: &mut Vec<u8>) -> Sent {

@@ -42,7 +42,11 @@ fn launched() -> Vec<Handle> {
 struct FakeLink(Handle);
 
 impl Link for FakeLink {
-    fn launch(_: &Config) -> Result<Self, Error> {
+    type Launch = ();
+    fn begin(_: &Config) -> Result<(), Error> {
+        Ok(())
+    }
+    fn finish((): (), _: &Config) -> Result<Self, Error> {
         let fake = Handle::default();
         LAUNCHED.with(|l| l.borrow_mut().push(Rc::clone(&fake)));
         Ok(FakeLink(fake))
@@ -95,10 +99,18 @@ impl Link for FakeLink {
     }
 }
 
+/// A dispatcher of `processes` fake workers, all started.
 fn dispatcher(processes: usize, tweak: impl FnOnce(&mut Config)) -> Dispatcher<FakeLink> {
+    let mut d = new_dispatcher(processes, tweak);
+    d.launch_the_rest();
+    d
+}
+
+/// A dispatcher as `Pool::build` leaves it (a fork server's pool by default).
+fn new_dispatcher(processes: usize, tweak: impl FnOnce(&mut Config)) -> Dispatcher<FakeLink> {
     let mut config = Config {
         processes,
-        method: StartMethod::Fork,
+        method: StartMethod::Forkserver,
         init: None,
         init_fds: Vec::new(),
         init_args: None,
@@ -112,6 +124,36 @@ fn dispatcher(processes: usize, tweak: impl FnOnce(&mut Config)) -> Dispatcher<F
     };
     tweak(&mut config);
     Dispatcher::new(Shared::new().unwrap(), config).unwrap()
+}
+
+#[test]
+fn a_fork_server_pool_starts_its_first_worker_at_once_and_the_others_at_its_first_turn() {
+    let mut d = new_dispatcher(3, |_| {});
+    assert_eq!(launched().len(), 1);
+    assert_eq!(d.workers.len(), 1);
+    let job = submit(&d, &[1]);
+    round(&mut d);
+    assert_eq!(launched().len(), 3, "the turn started the other two");
+    assert_eq!(launched()[0].borrow().sent, [1]);
+    assert_eq!(d.workers.len(), 3);
+    let slots: Vec<_> = d.workers.iter().map(|w| w.slot).collect();
+    assert_eq!(slots, [0, 1, 2]);
+    // No more than the pool's size: the next turns start nothing.
+    round(&mut d);
+    assert_eq!(launched().len(), 3);
+    answer(&launched()[0], 1);
+    round(&mut d);
+    assert_eq!(outcome(&job, 0), Some(None));
+}
+
+#[test]
+fn fork_and_spawn_pools_start_every_worker_at_once() {
+    for method in [StartMethod::Fork, StartMethod::Spawn] {
+        LAUNCHED.with(|l| l.borrow_mut().clear());
+        let d = new_dispatcher(3, |c| c.method = method);
+        assert_eq!(launched().len(), 3, "{method}");
+        assert_eq!(d.workers.len(), 3, "{method}");
+    }
 }
 
 /// Submits one single-item chunk per id, as `Pool` does.
