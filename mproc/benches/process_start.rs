@@ -14,9 +14,9 @@
 //!   `join()`, with `fn nothing() {}` (the fork server is started during the warm-up);
 //! - `mproc/forkserver-running`: from `start()` to the target running (it sets an `Event` the
 //!   caller waits on), the join untimed: with the server's spare child ready, one message;
-//! - `mproc/forkserver-running-idle`: the same, after 3 ms of rest (untimed), so the spare
-//!   has been idle long enough to map the code in (the fork server's `SPARE_IDLE`): a single
-//!   start in a program that is not starting processes back to back;
+//! - `mproc/forkserver-running-idle`: the same, after 3 ms of rest (untimed): a single start
+//!   in a program that is not starting processes back to back (the CPUs have gone idle, so
+//!   each wake-up costs more on a VM);
 //! - `mproc/forkserver-x20`: twenty start+join back to back, per start;
 //! - `python/{fork,forkserver,spawn}`: `multiprocessing.get_context(m).Process(target=f)`,
 //!   `start()`, `join()`, timed by `python3` itself (`benches/python_process_start.py`; the

@@ -187,15 +187,27 @@ pub(crate) fn run(shared: Arc<Shared>) {
 }
 
 fn serve(shared: &Shared) -> Error {
+    let mut unlaunched = true;
     loop {
-        // The workers after the first (see `Dispatcher::new`): started here, without the
-        // state, so the first tasks already run on the first worker meanwhile.
-        let later = shared.state().as_mut().and_then(Dispatcher::take_unlaunched);
-        if let Some((config, n)) = later {
-            let at = Instant::now();
-            let links = LocalLink::launch_many(&config, n);
-            if let Some(d) = shared.state().as_mut() {
-                d.hire_launched(links, at);
+        // The workers after the first (see `Dispatcher::new`): started here, a few at a time
+        // with a turn between, without the state, so the first tasks already run on the
+        // first worker meanwhile and their answers are read.
+        if unlaunched {
+            let later = shared
+                .state()
+                .as_mut()
+                .and_then(|d| d.take_unlaunched(LAUNCH_BATCH));
+            match later {
+                Some((config, n)) => {
+                    let at = Instant::now();
+                    let links = LocalLink::launch_many(&config, n);
+                    // Not `wanted`: a thread reading lanes meanwhile is waiting for an answer
+                    // of the first worker, which the hire need not delay.
+                    if let Some(d) = shared.state().as_mut() {
+                        d.hire_launched(links, at);
+                    }
+                }
+                None => unlaunched = false,
             }
         }
         let plan = {
@@ -222,6 +234,10 @@ fn serve(shared: &Shared) -> Error {
     }
 }
 
+/// How many of the workers after the first the dispatcher thread starts between two turns: a
+/// few asked of the fork server together, not so many that answers wait long unread.
+const LAUNCH_BATCH: usize = 4;
+
 /// The dispatcher's state: its workers (of one kind, `L`) and the chunks no worker holds.
 struct Dispatcher<L: Link = LocalLink> {
     shared: Arc<Shared>,
@@ -238,7 +254,8 @@ struct Dispatcher<L: Link = LocalLink> {
     /// Whether a chunk with its own time limit (`pool.timeout(d)`) ever came: from then on
     /// the dispatcher thread looks after every hand-over, as with a pool-wide `task_timeout`.
     timed: bool,
-    /// Workers `new` left to the dispatcher thread to start (see `serve`).
+    /// Workers `new` left to the dispatcher thread to start (see `serve`); they hold their
+    /// slots meanwhile.
     unlaunched: usize,
 }
 
@@ -451,7 +468,6 @@ impl<L: Link> Dispatcher<L> {
         // Answers keep arriving in the lanes while this runs: go round until every lane is
         // empty with its sleep word set, or, after a few rounds, poll without waiting (so
         // exits and deadlines are still looked at).
-        self.launch_the_rest();
         for _ in 0..4 {
             if let Some(stop) = self.take_commands() {
                 return Err(stop);
@@ -880,7 +896,9 @@ impl<L: Link> Dispatcher<L> {
         if self.broken.is_some() || (self.closed && self.idle()) {
             return;
         }
-        let occupied = self.workers.iter().filter(|w| w.occupies_slot()).count();
+        // The workers still to start after the first hold their slots too.
+        let occupied =
+            self.workers.iter().filter(|w| w.occupies_slot()).count() + self.unlaunched;
         let n = policy::to_start(occupied, self.config.processes);
         if n == 0 {
             return;
@@ -896,7 +914,11 @@ impl<L: Link> Dispatcher<L> {
                     self.hire(link, slot, launched);
                 }
                 // Tried again at the next event, unless no worker is left to serve meanwhile.
-                Err(e) => failed = Some(e),
+                Err(e) => {
+                    event!(target: "mproc::pool", tracing::Level::WARN, error = %e,
+                        "a replacement worker could not start; it is tried again");
+                    failed = Some(e);
+                }
             }
         }
         if let Some(e) = failed.filter(|_| self.workers.is_empty()) {
@@ -904,17 +926,22 @@ impl<L: Link> Dispatcher<L> {
         }
     }
 
-    /// The workers left to start after the first, with the configuration to start them by,
-    /// for the dispatcher thread to start without the state.
-    fn take_unlaunched(&mut self) -> Option<(Arc<Config>, usize)> {
-        let n = std::mem::take(&mut self.unlaunched);
-        (n > 0 && self.broken.is_none()).then(|| (Arc::clone(&self.config), n))
+    /// Up to `most` of the workers left to start after the first, with the configuration to
+    /// start them by, for the dispatcher thread to start without the state; `None` when none
+    /// are left, or none will be (the pool is broken or stopping).
+    fn take_unlaunched(&mut self, most: usize) -> Option<(Arc<Config>, usize)> {
+        if self.broken.is_some() || self.shared.inbox().stopped.is_some() {
+            self.unlaunched = 0;
+        }
+        let n = self.unlaunched.min(most);
+        self.unlaunched -= n;
+        (n > 0).then(|| (Arc::clone(&self.config), n))
     }
 
-    /// Starts, here, the workers left to start after the first that no dispatcher thread
-    /// took (tests).
+    /// Starts, here, the workers left to start after the first (tests: no dispatcher thread).
+    #[cfg(test)]
     fn launch_the_rest(&mut self) {
-        if let Some((config, n)) = self.take_unlaunched() {
+        if let Some((config, n)) = self.take_unlaunched(usize::MAX) {
             let at = Instant::now();
             let links = L::launch_many(&config, n);
             self.hire_launched(links, at);
@@ -933,7 +960,11 @@ impl<L: Link> Dispatcher<L> {
                         pid = link.pid(), slot, "worker started");
                     self.hire(link, slot, at);
                 }
-                Err(e) => failed = Some(e),
+                Err(e) => {
+                    event!(target: "mproc::pool", tracing::Level::WARN, error = %e,
+                        "a worker could not start; it is tried again");
+                    failed = Some(e);
+                }
             }
         }
         if let Some(e) = failed.filter(|_| self.workers.is_empty() && self.broken.is_none()) {

@@ -466,10 +466,11 @@ impl PoolBuilder {
     }
 
     /// Starts the workers. With the `Forkserver` start method (the default), `build` starts
-    /// the first worker and returns, and the pool's own thread starts the others while the
-    /// first already runs tasks (a fork server's child is the same whenever it starts); one of
-    /// those that cannot start is tried again as the pool goes on, as a replacement would be.
-    /// `Fork` and `Spawn` workers take this process's memory, or its environment and
+    /// the first worker and returns, and the pool's own thread starts the others, a few at a
+    /// time, while the first already runs tasks (a fork server's child is the same whenever
+    /// it starts): [`Pool::stats`] may list fewer workers than `processes` for a moment. One
+    /// of those that cannot start is tried again as the pool goes on, as a replacement would
+    /// be. `Fork` and `Spawn` workers take this process's memory, or its environment and
     /// directory, as they are when they start, so `build` starts them all, as Python does.
     ///
     /// # Errors

@@ -563,63 +563,6 @@ pub(crate) fn keep_freed_memory(bytes: usize) {
     }
 }
 
-/// Maps into this process's page tables the pages of its executable and shared libraries
-/// (their code and constants: private, read-only file mappings) that are not mapped yet, a
-/// slice at a time, stopping as soon as `stop()` says so (`MADV_POPULATE_READ`; before Linux
-/// 5.14, nothing is done). A freshly forked process shares its parent's page cache but not
-/// these page-table entries, and faults them in, a few at a time, as it first runs each piece
-/// of code; mapped ahead while it waits, they cost it nothing later. No memory is used but
-/// page tables: the pages are the page cache's. At most 64 MiB are looked at, so a huge
-/// executable costs a bounded time.
-pub(crate) fn map_in_code(mut stop: impl FnMut() -> bool) {
-    /// Bytes mapped between two looks at `stop` (tens of microseconds).
-    const SLICE: usize = 256 * 1024;
-    let mut budget: usize = 64 << 20;
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
-        return;
-    };
-    let exe = std::env::current_exe().ok();
-    for line in maps.lines() {
-        // "start-end perms offset dev inode path"
-        let mut fields = line.split_ascii_whitespace();
-        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
-            continue;
-        };
-        let path = fields.nth(3).unwrap_or("");
-        let library = path.starts_with('/') && (path.ends_with(".so") || path.contains(".so."));
-        let code = library || exe.as_deref().is_some_and(|e| e.as_os_str() == path);
-        if !code || !matches!(perms, "r--p" | "r-xp") {
-            continue;
-        }
-        let Some((start, end)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end)) = (
-            usize::from_str_radix(start, 16),
-            usize::from_str_radix(end, 16),
-        ) else {
-            continue;
-        };
-        let mut at = start;
-        while at < end {
-            if stop() || budget == 0 {
-                return;
-            }
-            let len = (end - at).min(SLICE).min(budget);
-            budget -= len;
-            // SAFETY: MADV_POPULATE_READ faults pages in as reading them would, changing no
-            // contents and no mapping; a range no longer mapped, or past the end of its file,
-            // is an error (EFAULT, ENOMEM), never a signal.
-            let populated =
-                unsafe { rustix::mm::madvise(at as *mut libc::c_void, len, rustix::mm::Advice::LinuxPopulateRead) };
-            if populated.is_err() {
-                return; // an older kernel, or something moved: the child faults them in
-            }
-            at += len;
-        }
-    }
-}
-
 /// Discards a SIGINT or SIGTERM pending for this process while they were blocked (see
 /// [`block_stop_signals`]): one sent to the process group before this process was asked to
 /// run anything (a fork server's spare child, waiting) was not meant for what it runs now.
@@ -860,42 +803,6 @@ mod tests {
     use std::process::Command;
 
     use super::*;
-
-    #[test]
-    fn code_is_mapped_in_a_slice_at_a_time_until_asked_to_stop() {
-        // Asked to stop at its third look: two slices, then it returns.
-        let mut looks = 0;
-        map_in_code(|| {
-            looks += 1;
-            looks == 3
-        });
-        assert_eq!(looks, 3);
-        // Left to finish: every page of this executable's code is mapped in (smaps: its
-        // resident size is its size).
-        map_in_code(|| false);
-        let exe = std::env::current_exe().unwrap();
-        let exe = exe.to_str().unwrap();
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let mut lines = smaps.lines();
-        let mut checked = 0;
-        while let Some(line) = lines.next() {
-            if !(line.ends_with(exe) && line.split_ascii_whitespace().nth(1) == Some("r-xp")) {
-                continue;
-            }
-            let kib = |name: &str, line: Option<&str>| -> u64 {
-                let line = line.unwrap();
-                assert!(line.starts_with(name), "{line}");
-                line[name.len()..].split_ascii_whitespace().next().unwrap().parse().unwrap()
-            };
-            let size = kib("Size:", lines.next());
-            let _ = lines.next(); // KernelPageSize
-            let _ = lines.next(); // MMUPageSize
-            let rss = kib("Rss:", lines.next());
-            assert_eq!(rss, size, "every page of {line} is mapped in");
-            checked += 1;
-        }
-        assert_eq!(checked, 1, "this executable has one code mapping");
-    }
 
     /// This kernel's (major, minor) version.
     fn kernel() -> (u32, u32) {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::link::{Answer, Link, Note, Polled, Sent};
-use super::{Chunk, Config, Dispatcher, Shared};
+use super::{Chunk, Config, Dispatcher, LAUNCH_BATCH, Shared};
 use crate::error::{Error, ErrorKind};
 use crate::pool::job::JobState;
 use crate::start::StartMethod;
@@ -127,23 +127,40 @@ fn new_dispatcher(processes: usize, tweak: impl FnOnce(&mut Config)) -> Dispatch
 }
 
 #[test]
-fn a_fork_server_pool_starts_its_first_worker_at_once_and_the_others_at_its_first_turn() {
-    let mut d = new_dispatcher(3, |_| {});
-    assert_eq!(launched().len(), 1);
-    assert_eq!(d.workers.len(), 1);
+fn a_fork_server_pool_starts_its_first_worker_at_once_and_the_others_a_few_at_a_time() {
+    let mut d = new_dispatcher(6, |_| {});
+    assert_eq!((launched().len(), d.workers.len(), d.unlaunched), (1, 1, 5));
     let job = submit(&d, &[1]);
+    // A turn of its own starts nothing: the slots of those still to start are held.
     round(&mut d);
-    assert_eq!(launched().len(), 3, "the turn started the other two");
-    assert_eq!(launched()[0].borrow().sent, [1]);
-    assert_eq!(d.workers.len(), 3);
+    assert_eq!(launched().len(), 1);
+    assert_eq!(launched()[0].borrow().sent, [1], "the first serves meanwhile");
+    // The dispatcher thread takes them a batch at a time (as `serve` does).
+    let mut batches = Vec::new();
+    while let Some((config, n)) = d.take_unlaunched(LAUNCH_BATCH) {
+        batches.push(n);
+        let links = FakeLink::launch_many(&config, n);
+        d.hire_launched(links, Instant::now());
+        round(&mut d);
+    }
+    assert_eq!(batches, [4, 1]);
+    assert_eq!(launched().len(), 6);
     let slots: Vec<_> = d.workers.iter().map(|w| w.slot).collect();
-    assert_eq!(slots, [0, 1, 2]);
-    // No more than the pool's size: the next turns start nothing.
+    assert_eq!(slots, [0, 1, 2, 3, 4, 5]);
     round(&mut d);
-    assert_eq!(launched().len(), 3);
+    assert_eq!(launched().len(), 6, "never more than the pool's size");
     answer(&launched()[0], 1);
     round(&mut d);
     assert_eq!(outcome(&job, 0), Some(None));
+}
+
+#[test]
+fn a_pool_terminated_before_its_workers_are_all_started_starts_no_more() {
+    let mut d = new_dispatcher(3, |_| {});
+    d.shared.terminate();
+    assert!(d.take_unlaunched(LAUNCH_BATCH).is_none());
+    assert_eq!(d.unlaunched, 0);
+    assert_eq!(launched().len(), 1);
 }
 
 #[test]
