@@ -204,7 +204,7 @@ fn serve(shared: &Shared) -> Error {
                     // Not `wanted`: a thread reading lanes meanwhile is waiting for an answer
                     // of the first worker, which the hire need not delay.
                     if let Some(d) = shared.state().as_mut() {
-                        d.hire_launched(links, at);
+                        d.hire_launched(links, at, false);
                     }
                 }
                 None => unlaunched = false,
@@ -904,26 +904,8 @@ impl<L: Link> Dispatcher<L> {
             return;
         }
         let launched = Instant::now();
-        let mut failed = None;
-        for link in L::launch_many(&self.config, n) {
-            match link {
-                Ok(link) => {
-                    let slot = self.free_slot();
-                    event!(target: "mproc::pool", tracing::Level::INFO, worker = link.name(),
-                        pid = link.pid(), slot, "replacement worker started");
-                    self.hire(link, slot, launched);
-                }
-                // Tried again at the next event, unless no worker is left to serve meanwhile.
-                Err(e) => {
-                    event!(target: "mproc::pool", tracing::Level::WARN, error = %e,
-                        "a replacement worker could not start; it is tried again");
-                    failed = Some(e);
-                }
-            }
-        }
-        if let Some(e) = failed.filter(|_| self.workers.is_empty()) {
-            self.break_pool(e);
-        }
+        let links = L::launch_many(&self.config, n);
+        self.hire_launched(links, launched, true);
     }
 
     /// Up to `most` of the workers left to start after the first, with the configuration to
@@ -944,20 +926,29 @@ impl<L: Link> Dispatcher<L> {
         if let Some((config, n)) = self.take_unlaunched(usize::MAX) {
             let at = Instant::now();
             let links = L::launch_many(&config, n);
-            self.hire_launched(links, at);
+            self.hire_launched(links, at, false);
         }
     }
 
-    /// Hires the workers started after the first (begun at `at`). One that failed to start
-    /// is replaced at the next turn, unless no worker is left.
-    fn hire_launched(&mut self, links: Vec<Result<L, Error>>, at: Instant) {
+    /// Hires workers just started (begun at `at`): the ones after the first, or replacements.
+    /// One that failed to start is tried again at the next turn, unless no worker is left to
+    /// serve meanwhile (then the pool is broken).
+    fn hire_launched(&mut self, links: Vec<Result<L, Error>>, at: Instant, replacing: bool) {
+        #[cfg(feature = "tracing")]
+        let started = if replacing {
+            "replacement worker started"
+        } else {
+            "worker started"
+        };
+        #[cfg(not(feature = "tracing"))]
+        let _ = replacing;
         let mut failed = None;
         for link in links {
             match link {
                 Ok(link) => {
                     let slot = self.free_slot();
                     event!(target: "mproc::pool", tracing::Level::INFO, worker = link.name(),
-                        pid = link.pid(), slot, "worker started");
+                        pid = link.pid(), slot, "{started}");
                     self.hire(link, slot, at);
                 }
                 Err(e) => {

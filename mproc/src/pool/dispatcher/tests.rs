@@ -140,7 +140,7 @@ fn a_fork_server_pool_starts_its_first_worker_at_once_and_the_others_a_few_at_a_
     while let Some((config, n)) = d.take_unlaunched(LAUNCH_BATCH) {
         batches.push(n);
         let links = FakeLink::launch_many(&config, n);
-        d.hire_launched(links, Instant::now());
+        d.hire_launched(links, Instant::now(), false);
         round(&mut d);
     }
     assert_eq!(batches, [4, 1]);
