@@ -386,6 +386,37 @@ fn a_child_outlives_its_killed_fork_server_and_the_next_one_starts() {
     assert_eq!(next.exitcode(), Some(0));
 }
 
+/// A fork server killed with a pool's request for a worker still unread in its socket: the
+/// request goes to a fresh server, and the worker it starts is sent again what the first
+/// request's child would have found behind its start message (its lane), so the pool serves.
+#[test]
+fn a_pool_worker_asked_of_a_server_killed_before_it_read_the_request_starts_anyway() {
+    if !alone() {
+        return;
+    }
+    let m = StartMethod::Forkserver;
+    let mut first = Process::new(my_parent, ()).start_method(m);
+    first.start().unwrap();
+    let server = first.join_timeout(PATIENCE).unwrap();
+    assert_ne!(server, std::process::id());
+    // Stopped, it reads no request; killed, it never will.
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(server as i32, libc::SIGSTOP) }, 0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let pool = Pool::builder().processes(1).start_method(m).build();
+        let _ = tx.send(pool.and_then(|p| p.apply(square, (7,))));
+    });
+    // Long enough for the request to be written (nothing can answer it).
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(rx.try_recv().is_err(), "answered by a stopped server?");
+    kill_and_await(server);
+    let got = rx
+        .recv_timeout(PATIENCE)
+        .expect("the pool never started after its server was killed");
+    assert_eq!(got.unwrap(), 49);
+}
+
 /// Run as a separate copy of this test binary: starts two `Forkserver` sleepers and a
 /// `Forkserver` pool of two, kills their fork server, starts one more sleeper (through a fresh
 /// server), prints every pid that must die with it, and waits to be killed. The killed server's

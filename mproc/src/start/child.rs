@@ -156,6 +156,11 @@ impl Child {
     }
 
     /// The control channel, for a child that speaks more than one message (a pool worker).
+    /// Its control socket, to send on.
+    pub(crate) fn channel_ref(&self) -> &Channel {
+        &self.ctrl
+    }
+
     pub(crate) fn channel(&mut self) -> &mut Channel {
         &mut self.ctrl
     }

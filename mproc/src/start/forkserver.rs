@@ -60,7 +60,8 @@ pub(crate) fn lock() -> MutexGuard<'static, Option<Server>> {
 /// Starts a child through the server and hands it `start` (see [`request`] and
 /// [`Requested::finish`]).
 pub(crate) fn launch(start: &[u8], start_fds: &[BorrowedFd<'_>]) -> Result<Child, Error> {
-    request(start, start_fds)?.finish(start, start_fds)
+    let (child, _) = request(start, start_fds)?.finish(start, start_fds)?;
+    Ok(child)
 }
 
 /// Asks the server for a child and hands it `start`, without waiting for the child to announce
@@ -83,14 +84,27 @@ pub(crate) struct Requested {
 }
 
 impl Requested {
+    /// The child's control socket, on which more may be sent after its start message before
+    /// it is announced (see [`finish`](Requested::finish) for when it is another child's).
+    pub(crate) fn channel(&self) -> &Channel {
+        &self.ctrl
+    }
+
     /// Waits for the child's announcement. A server killed before it forked the child ran
-    /// nothing: a fresh one is asked, once, with the same `start` and `start_fds`.
-    pub(crate) fn finish(self, start: &[u8], start_fds: &[BorrowedFd<'_>]) -> Result<Child, Error> {
+    /// nothing: a fresh one is asked, once, with the same `start` and `start_fds`; `true`
+    /// with the child then (what was sent on [`channel`](Requested::channel) after the start
+    /// message went nowhere).
+    pub(crate) fn finish(
+        self,
+        start: &[u8],
+        start_fds: &[BorrowedFd<'_>],
+    ) -> Result<(Child, bool), Error> {
         let deadline = self.deadline;
         match self.announced()? {
-            Some(child) => Ok(child),
+            Some(child) => Ok((child, false)),
             None => request_once(start, start_fds, deadline)?
                 .announced()?
+                .map(|child| (child, true))
                 .ok_or_else(|| server_failed("fork a child", ErrorKind::Closed.into())),
         }
     }

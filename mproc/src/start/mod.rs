@@ -185,15 +185,24 @@ pub(crate) fn begin(
 }
 
 impl Launching {
+    /// The child's control socket: what is sent on it now comes after its start message.
+    pub(crate) fn channel(&self) -> &crate::channel::Channel {
+        match self {
+            Launching::Started(child) => child.channel_ref(),
+            Launching::Asked(requested) => requested.channel(),
+        }
+    }
+
     /// The child, once started; `start` and `fds` are what [`begin`] was given (a fork server
-    /// found dead is replaced and asked again, once).
+    /// found dead is replaced and asked again, once: `true` with the child then, as what was
+    /// sent on [`channel`](Launching::channel) went to no child).
     pub(crate) fn finish(
         self,
         start: &[u8],
         fds: &[std::os::fd::BorrowedFd<'_>],
-    ) -> Result<Child, Error> {
+    ) -> Result<(Child, bool), Error> {
         match self {
-            Launching::Started(child) => Ok(child),
+            Launching::Started(child) => Ok((child, false)),
             Launching::Asked(requested) => requested.finish(start, fds),
         }
     }

@@ -32,6 +32,26 @@ pub(crate) struct Launch {
     start: Vec<u8>,
     name: String,
     log_pipe: Option<crate::relay::LogPipe>,
+    /// Its lane, already sent after the start message (so the child finds it waiting), and
+    /// the lane's file, kept to send it again to the child of a second request.
+    lane: Lane,
+    lane_file: fd::InternalFd,
+    lane_sent: Result<(), Error>,
+}
+
+/// The message that hands a worker its lane's file.
+fn lane_message() -> Result<Vec<u8>, Error> {
+    channel::encode_message(&ToWorker::<&[u8]>::Lane)
+}
+
+/// Sends a worker its lane's `file` on `ctrl`: small, but the start message before it may
+/// still fill the socket, so bounded like it.
+fn send_lane(ctrl: &channel::Channel, file: &fd::InternalFd) -> Result<(), Error> {
+    ctrl.send_frame_until(
+        &lane_message()?,
+        &[file.as_fd()],
+        fd::deadline_after(start::PATIENCE),
+    )
 }
 
 /// The descriptors that go with a worker's start message: the initializer's handles, its
@@ -115,12 +135,20 @@ impl LocalLink {
             }),
         };
         let start = channel::encode_message(&start)?;
+        let (lane, lane_file) =
+            Lane::create().map_err(|e| Error::os("creating a pool worker's lane", e))?;
         let launching = start::begin(config.method, &start, &start_fds(config, log_pipe.as_ref()))?;
+        // Before the child is heard from: it finds its lane behind its start message and goes
+        // on, instead of waiting for this process to hear of it and answer.
+        let lane_sent = send_lane(launching.channel(), &lane_file);
         Ok(Launch {
             launching,
             start,
             name,
             log_pipe,
+            lane,
+            lane_file,
+            lane_sent,
         })
     }
 
@@ -131,21 +159,21 @@ impl LocalLink {
             start,
             name,
             log_pipe,
+            lane,
+            lane_file,
+            lane_sent,
         } = launch;
-        let mut child = launching.finish(&start, &start_fds(config, log_pipe.as_ref()))?;
+        let (child, asked_again) =
+            launching.finish(&start, &start_fds(config, log_pipe.as_ref()))?;
         if let Some(pipe) = log_pipe {
             pipe.relay(&name, child.pid());
         }
-        let (lane, file) =
-            Lane::create().map_err(|e| Error::os("creating a pool worker's lane", e))?;
-        // Small, but the start message before it may still fill the socket: bounded, like it.
-        let lane_message = channel::encode_message(&ToWorker::<&[u8]>::Lane)?;
-        let sent = child.channel().send_frame_until(
-            &lane_message,
-            &[file.as_fd()],
-            fd::deadline_after(start::PATIENCE),
-        );
-        drop(file);
+        // The lane went to the first request's socket; a second request's child needs it too.
+        let sent = match asked_again {
+            false => lane_sent,
+            true => send_lane(child.channel_ref(), &lane_file),
+        };
+        drop(lane_file);
         if let Err(e) = sent {
             let _ = child.signal(libc::SIGKILL);
             return Err(e);
