@@ -935,10 +935,16 @@ impl<L: Link> Dispatcher<L> {
     /// serve meanwhile (then the pool is broken).
     fn hire_launched(&mut self, links: Vec<Result<L, Error>>, at: Instant, replacing: bool) {
         #[cfg(feature = "tracing")]
-        let started = if replacing {
-            "replacement worker started"
+        let (started, failed_to) = if replacing {
+            (
+                "replacement worker started",
+                "a replacement worker could not start; it is tried again",
+            )
         } else {
-            "worker started"
+            (
+                "worker started",
+                "a worker could not start; it is tried again",
+            )
         };
         #[cfg(not(feature = "tracing"))]
         let _ = replacing;
@@ -953,7 +959,7 @@ impl<L: Link> Dispatcher<L> {
                 }
                 Err(e) => {
                     event!(target: "mproc::pool", tracing::Level::WARN, error = %e,
-                        "a worker could not start; it is tried again");
+                        "{failed_to}");
                     failed = Some(e);
                 }
             }

@@ -155,12 +155,12 @@ impl Child {
         }))
     }
 
-    /// The control channel, for a child that speaks more than one message (a pool worker).
     /// Its control socket, to send on.
     pub(crate) fn channel_ref(&self) -> &Channel {
         &self.ctrl
     }
 
+    /// The control channel, for a child that speaks more than one message (a pool worker).
     pub(crate) fn channel(&mut self) -> &mut Channel {
         &mut self.ctrl
     }

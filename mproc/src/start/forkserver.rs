@@ -85,9 +85,11 @@ pub(crate) struct Requested {
 
 impl Requested {
     /// The child's control socket, on which more may be sent after its start message before
-    /// it is announced (see [`finish`](Requested::finish) for when it is another child's).
-    pub(crate) fn channel(&self) -> &Channel {
-        &self.ctrl
+    /// it is announced (see [`finish`](Requested::finish) for when it is another child's);
+    /// `None` if the start message itself could not be sent (the connection is given up, and
+    /// `finish` says why).
+    pub(crate) fn channel(&self) -> Option<&Channel> {
+        self.sent.is_ok().then_some(&self.ctrl)
     }
 
     /// Waits for the child's announcement. A server killed before it forked the child ran

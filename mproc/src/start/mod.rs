@@ -185,10 +185,11 @@ pub(crate) fn begin(
 }
 
 impl Launching {
-    /// The child's control socket: what is sent on it now comes after its start message.
-    pub(crate) fn channel(&self) -> &crate::channel::Channel {
+    /// The child's control socket: what is sent on it now comes after its start message;
+    /// `None` if that could not be sent (`finish` then says why).
+    pub(crate) fn channel(&self) -> Option<&crate::channel::Channel> {
         match self {
-            Launching::Started(child) => child.channel_ref(),
+            Launching::Started(child) => Some(child.channel_ref()),
             Launching::Asked(requested) => requested.channel(),
         }
     }

@@ -140,7 +140,9 @@ impl LocalLink {
         let launching = start::begin(config.method, &start, &start_fds(config, log_pipe.as_ref()))?;
         // Before the child is heard from: it finds its lane behind its start message and goes
         // on, instead of waiting for this process to hear of it and answer.
-        let lane_sent = send_lane(launching.channel(), &lane_file);
+        let lane_sent = launching
+            .channel()
+            .map_or(Ok(()), |ctrl| send_lane(ctrl, &lane_file));
         Ok(Launch {
             launching,
             start,
