@@ -395,20 +395,19 @@ fn a_pool_worker_asked_of_a_server_killed_before_it_read_the_request_starts_anyw
         return;
     }
     let m = StartMethod::Forkserver;
-    let mut first = Process::new(my_parent, ()).start_method(m);
-    first.start().unwrap();
-    let server = first.join_timeout(PATIENCE).unwrap();
-    assert_ne!(server, std::process::id());
-    // Stopped, it reads no request; killed, it never will.
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    assert_eq!(unsafe { libc::kill(server as i32, libc::SIGSTOP) }, 0);
+    let server = stopped_fork_server();
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        tid_tx.send(unsafe { libc::gettid() }).unwrap();
         let pool = Pool::builder().processes(1).start_method(m).build();
         let _ = tx.send(pool.and_then(|p| p.apply(square, (7,))));
     });
-    // Long enough for the request to be written (nothing can answer it).
-    std::thread::sleep(Duration::from_millis(300));
+    let tid = tid_rx.recv_timeout(PATIENCE).unwrap();
+    wait_until("the pool's start waits for the stopped server", || {
+        waits_in_poll(tid)
+    });
     assert!(rx.try_recv().is_err(), "answered by a stopped server?");
     kill_and_await(server);
     let got = rx
@@ -692,6 +691,18 @@ fn a_fork_server_child_needs_no_watcher_thread() {
 }
 
 /// Whether thread `tid` of this process waits in poll(2).
+/// This process's fork server (found as a first child's parent), stopped: it reads no request
+/// until it is killed, and then never will.
+fn stopped_fork_server() -> u32 {
+    let mut first = Process::new(my_parent, ()).start_method(StartMethod::Forkserver);
+    first.start().unwrap();
+    let server = first.join_timeout(PATIENCE).unwrap();
+    assert_ne!(server, std::process::id());
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(server as i32, libc::SIGSTOP) }, 0);
+    server
+}
+
 fn waits_in_poll(tid: i32) -> bool {
     let now = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap_or_default();
     // poll (7) or ppoll (271) on x86_64, ppoll (73) on aarch64.
@@ -706,11 +717,7 @@ fn a_request_the_killed_server_never_served_goes_to_a_fresh_one() {
         return;
     }
     let m = StartMethod::Forkserver;
-    let mut first = Process::new(my_parent, ()).start_method(m);
-    first.start().unwrap();
-    let server = first.join_timeout(PATIENCE).unwrap();
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    assert_eq!(unsafe { libc::kill(server as i32, libc::SIGSTOP) }, 0);
+    let server = stopped_fork_server();
     let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let starter = std::thread::spawn(move || {
         // SAFETY: gettid has no preconditions.

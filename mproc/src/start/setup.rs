@@ -108,22 +108,28 @@ impl Setup {
         self.env.iter().try_for_each(check_change)
     }
 
+    /// The files to send after the handles' descriptors, in stream order.
+    pub(crate) fn files(&self) -> Vec<BorrowedFd<'_>> {
+        self.stdio
+            .iter()
+            .filter_map(|s| match &s.0 {
+                Kind::File(f) => Some(f.as_fd()),
+                Kind::Inherit | Kind::Null => None,
+            })
+            .collect()
+    }
+
     /// What the start message says: the changes, the directory, the streams; and the files to
-    /// send after the handles' descriptors, in stream order.
+    /// send after the handles' descriptors ([`files`](Setup::files)).
     pub(crate) fn message(
         &self,
     ) -> (Vec<EnvChange>, Option<Vec<u8>>, [Redirect; 3], Vec<BorrowedFd<'_>>) {
-        let mut fds = Vec::new();
         let redirect = |s: &Stdio| match &s.0 {
             Kind::Inherit => Redirect::Inherit,
             Kind::Null => Redirect::Null,
             Kind::File(_) => Redirect::File,
         };
-        for s in &self.stdio {
-            if let Kind::File(f) = &s.0 {
-                fds.push(f.as_fd());
-            }
-        }
+        let fds = self.files();
         (
             self.env.clone(),
             self.cwd.clone(),

@@ -24,7 +24,7 @@ use crate::sys::proc::Exit;
 use crate::wire::codec;
 use crate::wire::message::{FromWorker, PoolWorkerSpec, Role, Start, ToWorker};
 
-/// A worker being started: [`LocalLink::begin`] made it, [`LocalLink::finish`] waits for it.
+/// A worker being started: [`Link::begin`] made it, [`Link::finish`] waits for it.
 pub(crate) struct Launch {
     launching: start::Launching,
     /// Its encoded start message, and the pipe its `tracing` events come back through: kept
@@ -61,7 +61,7 @@ fn start_fds<'a>(
     log_pipe: Option<&'a crate::relay::LogPipe>,
 ) -> Vec<std::os::fd::BorrowedFd<'a>> {
     let mut fds: Vec<_> = config.init_fds.iter().map(AsFd::as_fd).collect();
-    fds.extend(config.setup.message().3);
+    fds.extend(config.setup.files());
     fds.extend(log_pipe.map(|p| p.write()));
     fds
 }
@@ -95,6 +95,53 @@ pub(crate) struct LocalLink {
 }
 
 impl LocalLink {
+    /// The next answer in the lane's order (see [`Link::next_answer`]).
+    fn next_answer_uncounted(&mut self, scratch: &mut Vec<u8>) -> Result<Option<Answer>, Error> {
+        loop {
+            if self.placeholders > 0 {
+                let Some(answer) = self.socket_answers.pop_front() else {
+                    return Ok(None); // the lane waits for the socket
+                };
+                self.placeholders -= 1;
+                return Ok(Some(answer));
+            }
+            match self.lane.pop_into(scratch) {
+                Ok(true) => {}
+                Ok(false) if self.gone => return Ok(self.socket_answers.pop_front()),
+                Ok(false) => return Ok(None),
+                Err(Corrupt) => return Err(Error::protocol("a pool worker corrupted its lane")),
+            }
+            match channel::decode_message::<FromWorker>(scratch) {
+                Ok(FromWorker::Done { id, result }) => return Ok(Some((id, answered(result)))),
+                Ok(FromWorker::OnSocket) => self.placeholders += 1,
+                Ok(_) | Err(_) => {
+                    return Err(Error::protocol("a pool worker wrote garbage in its lane"));
+                }
+            }
+        }
+    }
+
+    /// Queues a large task on the socket with its payload in a memory file, whose descriptor
+    /// follows those of its handles (`fds`).
+    fn push_in_file(&mut self, chunk: &Chunk, mut fds: Vec<OwnedFd>) -> Result<(), Error> {
+        let file = self.spares.write(chunk.payload.len(), |b| {
+            b.copy_from_slice(&chunk.payload);
+            Ok(())
+        })?;
+        fds.push(file);
+        let task = ToWorker::<&[u8]>::TaskInFile {
+            id: chunk.id,
+            entry: chunk.entry,
+            len: chunk.payload.len() as u64,
+            handles: chunk.handles.len() as u32,
+        };
+        self.outbox.push_with_fds(&task, fds)
+    }
+}
+
+impl Link for LocalLink {
+    type Launch = Launch;
+
     /// Starts a worker as `config` says, without waiting for it where its start method lets
     /// it go on (see [`start::begin`]).
     fn begin(config: &Config) -> Result<Launch, Error> {
@@ -154,7 +201,7 @@ impl LocalLink {
         })
     }
 
-    /// The worker [`begin`](LocalLink::begin) started, once it has: its lane made and sent.
+    /// The worker [`begin`](Link::begin) started, once it has: its lane made and sent.
     fn finish(launch: Launch, config: &Config) -> Result<LocalLink, Error> {
         let Launch {
             launching,
@@ -194,61 +241,6 @@ impl LocalLink {
             given: 0,
             answered: 0,
         })
-    }
-
-    /// The next answer in the lane's order (see [`Link::next_answer`]).
-    fn next_answer_uncounted(&mut self, scratch: &mut Vec<u8>) -> Result<Option<Answer>, Error> {
-        loop {
-            if self.placeholders > 0 {
-                let Some(answer) = self.socket_answers.pop_front() else {
-                    return Ok(None); // the lane waits for the socket
-                };
-                self.placeholders -= 1;
-                return Ok(Some(answer));
-            }
-            match self.lane.pop_into(scratch) {
-                Ok(true) => {}
-                Ok(false) if self.gone => return Ok(self.socket_answers.pop_front()),
-                Ok(false) => return Ok(None),
-                Err(Corrupt) => return Err(Error::protocol("a pool worker corrupted its lane")),
-            }
-            match channel::decode_message::<FromWorker>(scratch) {
-                Ok(FromWorker::Done { id, result }) => return Ok(Some((id, answered(result)))),
-                Ok(FromWorker::OnSocket) => self.placeholders += 1,
-                Ok(_) | Err(_) => {
-                    return Err(Error::protocol("a pool worker wrote garbage in its lane"));
-                }
-            }
-        }
-    }
-
-    /// Queues a large task on the socket with its payload in a memory file, whose descriptor
-    /// follows those of its handles (`fds`).
-    fn push_in_file(&mut self, chunk: &Chunk, mut fds: Vec<OwnedFd>) -> Result<(), Error> {
-        let file = self.spares.write(chunk.payload.len(), |b| {
-            b.copy_from_slice(&chunk.payload);
-            Ok(())
-        })?;
-        fds.push(file);
-        let task = ToWorker::<&[u8]>::TaskInFile {
-            id: chunk.id,
-            entry: chunk.entry,
-            len: chunk.payload.len() as u64,
-            handles: chunk.handles.len() as u32,
-        };
-        self.outbox.push_with_fds(&task, fds)
-    }
-}
-
-impl Link for LocalLink {
-    type Launch = Launch;
-
-    fn begin(config: &Config) -> Result<Launch, Error> {
-        LocalLink::begin(config)
-    }
-
-    fn finish(launch: Launch, config: &Config) -> Result<LocalLink, Error> {
-        LocalLink::finish(launch, config)
     }
 
     fn send(&mut self, chunk: &Chunk, scratch: &mut Vec<u8>) -> Sent {

@@ -258,7 +258,7 @@ impl<L: Link> Worker<L> {
     pub(super) fn deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
         let front = self.in_flight.front()?;
         // Its time starts when it has started (chunks may wait in its lane before).
-        if self.state.is_condemned() || front.revoked || self.ready_at.is_none() {
+        if self.state.is_condemned() || front.revoked || self.starting() {
             return None;
         }
         policy::deadline(self.front_since, front.timeout.or(timeout), front.items)
