@@ -4,12 +4,14 @@
 //! `XREADGROUP` would wait for it), and every connection has read and write timeouts, so a
 //! server that stops answering is an error, never a hang.
 
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use redis::{Connection, Value};
 
 use crate::error::{Error, ErrorKind};
+use crate::sys::fd;
 
 /// Where Redis is and how to reach it. Its `Debug` leaves the password out.
 #[derive(Clone)]
@@ -78,6 +80,41 @@ impl Endpoint {
             .map_err(|e| broker("setting the Redis connection's timeouts", &e))?;
         Ok(con)
     }
+
+    /// Whether connections go through a Unix socket.
+    fn is_unix(&self) -> bool {
+        self.url.starts_with("unix:") || self.url.starts_with("redis+unix:")
+    }
+
+    /// A new connection and, on a Unix socket, the descriptor under it (for
+    /// [`Conn::ask`]), found by echoing a random token and peeking for its answer; `None`
+    /// where it cannot be found (reads then block as the crate's do).
+    fn connect_located(&self) -> Result<(Connection, Option<RawFd>), Error> {
+        if !self.is_unix() {
+            return Ok((self.connect()?, None));
+        }
+        let before = fd::socket_numbers();
+        let mut con = self.connect()?;
+        let new: Vec<RawFd> = fd::socket_numbers()
+            .into_iter()
+            .filter(|n| !before.contains(n))
+            .collect();
+        if new.is_empty() {
+            return Ok((con, None));
+        }
+        let random = || crate::sys::proc::random_u64().map_err(|e| Error::os("getrandom", e));
+        let token = format!("{:016x}{:016x}", random()?, random()?);
+        let what = "finding the Redis connection's socket";
+        con.send_packed_command(&redis::cmd("ECHO").arg(&token).get_packed_command())
+            .map_err(|e| broker(what, &e))?;
+        let answer = format!("${}\r\n{token}\r\n", token.len());
+        let found = fd::peek_for(&new, answer.as_bytes(), fd::deadline_after(REPLY_TIMEOUT));
+        let echoed = con.recv_response().map_err(|e| broker(what, &e))?;
+        if echoed != Value::BulkString(token.into_bytes()) {
+            return Err(ErrorKind::Broker(format!("{what}: ECHO answered {echoed:?}")).into());
+        }
+        Ok((con, found))
+    }
 }
 
 /// A connection that survives a stop and continue of this process: blocked socket reads
@@ -90,6 +127,8 @@ impl Endpoint {
 pub(crate) struct Conn {
     endpoint: Endpoint,
     con: Connection,
+    /// The socket under `con`, where found (Unix sockets only): [`Conn::ask`] waits on it.
+    fd: Option<RawFd>,
     read_timeout: Duration,
     reconnected: bool,
     /// Pipelines sent and not read yet, oldest first, with how many replies each has.
@@ -99,9 +138,11 @@ pub(crate) struct Conn {
 impl Conn {
     /// A connection whose reads may block `block` longer than a plain command's.
     pub(crate) fn open(endpoint: &Endpoint, block: Duration) -> Result<Conn, Error> {
+        let (con, fd) = endpoint.connect_located()?;
         let mut conn = Conn {
             endpoint: endpoint.clone(),
-            con: endpoint.connect()?,
+            con,
+            fd,
             read_timeout: REPLY_TIMEOUT + block,
             reconnected: false,
             unread: std::collections::VecDeque::new(),
@@ -118,7 +159,7 @@ impl Conn {
 
     /// Replaces the connection and sends the unread pipelines again on the new one.
     fn reconnect(&mut self, what: &str) -> Result<(), Error> {
-        self.con = self.endpoint.connect()?;
+        (self.con, self.fd) = self.endpoint.connect_located()?;
         self.set_timeout()?;
         self.reconnected = true;
         for (packed, _) in &self.unread {
@@ -161,6 +202,37 @@ impl Conn {
             Err(e) if interrupted(&e) => self.reconnect(what),
             Err(e) => Err(broker(what, &e)),
         }
+    }
+
+    /// Sends a pipeline of `replies` commands and reads their replies, like [`run`](Self::run)
+    /// (every reply of [`send`](Self::send) must have been read first). Where the socket is
+    /// known, the wait for the first reply is a poll(2), not a blocking read: a thread asleep
+    /// in read(2) on a Unix socket is woken each time the server reads what it sent (the
+    /// kernel's write-space wake-up reaches every sleeper on the socket) as well as by the
+    /// answer; one asleep in poll is woken by the answer alone. For the commands that wait
+    /// (`XREAD … BLOCK`) and those sent at every task.
+    pub(crate) fn ask(
+        &mut self,
+        what: &str,
+        packed: Vec<u8>,
+        replies: usize,
+    ) -> Result<Vec<Value>, Error> {
+        debug_assert!(self.unread.is_empty(), "replies of a pipeline are unread");
+        self.send(what, packed, replies)?;
+        if let Some(sock) = self.fd {
+            // Every earlier reply was read, so the crate holds no bytes of this one: the
+            // socket is where it will appear. `sock` is `self.con`'s, open for this call.
+            let ready = fd::poll_numbers(&[(sock, false)], fd::deadline_after(self.read_timeout))
+                .map_err(|e| Error::os(what.to_owned(), e))?;
+            if !ready.iter().any(|r| r.readable || r.hangup) {
+                return Err(ErrorKind::Broker(format!(
+                    "{what}: no reply in {:?} (the Redis server went away or stopped answering)",
+                    self.read_timeout
+                ))
+                .into());
+            }
+        }
+        self.recv(what)
     }
 
     /// Reads the replies of the oldest pipeline sent with [`send`](Self::send) (none: an

@@ -360,8 +360,9 @@ impl Submitter {
             }
         }
         if sent > 0 {
+            let packed = pipe.get_packed_pipeline();
             self.con
-                .run("writing tasks to the task stream", |c| pipe.query::<()>(c))?;
+                .ask("writing tasks to the task stream", packed, pipe.len())?;
         }
         Ok(())
     }
@@ -535,11 +536,6 @@ fn read_results(
     let mut trim = false;
     while !flight.stop.load(Ordering::Relaxed) {
         let mut pipe = redis::pipe();
-        if trim {
-            // What was read goes (the last entry stays until the next read: MINID keeps it).
-            // One trim of the stream's head costs less than deleting each entry.
-            pipe.cmd("XTRIM").arg(stream).arg("MINID").arg(&last).ignore();
-        }
         pipe.cmd("XREAD")
             .arg("COUNT")
             .arg(1024)
@@ -548,13 +544,20 @@ fn read_results(
             .arg("STREAMS")
             .arg(stream)
             .arg(&last);
+        if trim {
+            // What was read goes (the last entry stays until the next read: MINID keeps it).
+            // One trim of the stream's head costs less than deleting each entry. After the
+            // read, so that both replies come at once (Redis runs a command queued behind a
+            // blocked one when that one is answered): before it, the trim's reply woke this
+            // thread, and the read's woke it again.
+            pipe.cmd("XTRIM").arg(stream).arg("MINID").arg(&last);
+        }
         // Interrupted, it reads again from `last`: XREAD takes nothing away.
-        let reply = con.run("reading the remote pool's results", |c| {
-            pipe.query::<Vec<Value>>(c)
-        });
+        let packed = pipe.get_packed_pipeline();
+        let reply = con.ask("reading the remote pool's results", packed, pipe.len());
         trim = false;
         let entries = match reply {
-            Ok(mut r) => conn::stream_entries(r.pop().unwrap_or(Value::Nil)),
+            Ok(r) => conn::stream_entries(r.into_iter().next().unwrap_or(Value::Nil)),
             Err(e) => {
                 *flight.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
                 shared.nudge();

@@ -2,7 +2,8 @@
 //! descriptors that a forked child must close.
 
 // Descriptors taken by number (an inherited one, a parent's in a fork child, the pool's
-// poll set), which no owned or borrowed descriptor can stand for; and `ManuallyDrop`.
+// poll set, a library's socket found by peeking), which no owned or borrowed descriptor
+// can stand for; and `ManuallyDrop`.
 #![allow(unsafe_code)]
 
 use std::collections::BTreeSet;
@@ -177,6 +178,60 @@ pub(crate) struct Ready {
     pub(crate) writable: bool,
 }
 
+/// The numbers of this process's open descriptors that are sockets (from `/proc/self/fd`).
+/// A snapshot: other threads may open and close descriptors meanwhile.
+#[cfg(feature = "remote")]
+pub(crate) fn socket_numbers() -> Vec<RawFd> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let n: RawFd = e.file_name().to_str()?.parse().ok()?;
+        let target = std::fs::read_link(e.path()).ok()?;
+        target.to_str()?.starts_with("socket:").then_some(n)
+    })
+    .collect()
+}
+
+/// Which of the sockets `among` has exactly `expect` waiting to be read, looked at without
+/// taking anything from any of them (`MSG_PEEK`) and without blocking; waits for one until
+/// `deadline`. `None` if none has it by then.
+///
+/// It finds the descriptor under a connection that a library keeps to itself: send on that
+/// connection something whose answer no other socket can hold (an echo of a random token),
+/// then look for the answer (before it is read through the library).
+#[cfg(feature = "remote")]
+pub(crate) fn peek_for(among: &[RawFd], expect: &[u8], deadline: Option<Instant>) -> Option<RawFd> {
+    let mut buf = vec![0u8; expect.len()];
+    let wanted: Vec<(RawFd, bool)> = among.iter().map(|&n| (n, false)).collect();
+    loop {
+        let ready = poll_numbers(&wanted, deadline).ok()?;
+        // A hung-up socket is always ready: the clock, not poll, ends the wait.
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return None;
+        }
+        for (&n, r) in among.iter().zip(&ready) {
+            if !r.readable {
+                continue;
+            }
+            // SAFETY: a number another thread closed (or reused) meanwhile is only peeked
+            // at: MSG_PEEK takes nothing from whatever socket it names, MSG_DONTWAIT never
+            // waits, and a closed number is an error; the borrow ends with this call.
+            let fd = unsafe { BorrowedFd::borrow_raw(n) };
+            let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+            if let Ok((got, _)) = rustix::net::recv(fd, &mut buf[..], flags)
+                && got == expect.len()
+                && buf == expect
+            {
+                return Some(n);
+            }
+        }
+        // Readable but not (yet) the whole answer: look again shortly.
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
 /// Waits until one descriptor is readable (or hung up), or writable where asked, or until
 /// `deadline`; retries on `EINTR`; one [`Ready`] per descriptor, all false on timeout.
 ///
@@ -301,5 +356,61 @@ pub(crate) fn drain(fd: BorrowedFd<'_>) {
 impl AsFd for EventFd {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.0.as_fd()
+    }
+}
+
+#[cfg(all(test, feature = "remote"))]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
+
+    use super::{peek_for, socket_numbers};
+
+    fn soon(ms: u64) -> Option<Instant> {
+        Some(Instant::now() + Duration::from_millis(ms))
+    }
+
+    #[test]
+    fn the_socket_holding_the_answer_is_found_and_keeps_it() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let (mut c, d) = UnixStream::pair().unwrap();
+        let among = [d.as_raw_fd(), b.as_raw_fd()];
+        assert!(socket_numbers().contains(&b.as_raw_fd()));
+        // Another socket holding other bytes is passed over.
+        c.write_all(b"$5\r\nother\r\n").unwrap();
+        // The answer comes in two parts: the first is not taken for it.
+        let writer = std::thread::spawn(move || {
+            a.write_all(b"$5\r\nto").unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            a.write_all(b"ken\r\n").unwrap();
+            a
+        });
+        assert_eq!(
+            peek_for(&among, b"$5\r\ntoken\r\n", soon(5000)),
+            Some(b.as_raw_fd())
+        );
+        let _a = writer.join().unwrap();
+        // Nothing was taken from either socket.
+        let mut got = [0u8; 11];
+        b.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"$5\r\ntoken\r\n");
+        let mut d = d;
+        d.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"$5\r\nother\r\n");
+    }
+
+    #[test]
+    fn no_socket_with_the_answer_is_none_by_the_deadline() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(b"$5\r\nother\r\n").unwrap();
+        let (_c, d) = UnixStream::pair().unwrap();
+        drop(_c); // hung up: always ready, never the answer
+        let t = Instant::now();
+        let among = [b.as_raw_fd(), d.as_raw_fd()];
+        assert_eq!(peek_for(&among, b"$5\r\ntoken\r\n", soon(100)), None);
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(100) && took < Duration::from_secs(5), "{took:?}");
     }
 }
