@@ -93,7 +93,7 @@ impl Endpoint {
         if !self.is_unix() {
             return Ok((self.connect()?, None));
         }
-        let before = fd::socket_numbers();
+        let before: std::collections::HashSet<RawFd> = fd::socket_numbers().into_iter().collect();
         let mut con = self.connect()?;
         let new: Vec<RawFd> = fd::socket_numbers()
             .into_iter()
