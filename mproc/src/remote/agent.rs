@@ -142,13 +142,16 @@ impl Common {
         }
     }
 
-    /// Whether the reader reads more with `out` entries outstanding: once half the window
-    /// is free (at least one entry), so that it reads entries in batches rather than one
-    /// per answer (each read costs the reader and the local pool a wake-up; the half left
-    /// is about 0.5 ms of work, several times a read's round trip).
+    /// Whether the reader reads more with `out` entries outstanding: once half the
+    /// read-ahead is free (at least one entry), so that it reads entries in batches rather
+    /// than one per answer (each read costs the reader and the local pool a wake-up); the
+    /// half left is about 0.5 ms of work, several times a read's round trip. Counted on the
+    /// read-ahead, not the window: with tasks longer than a millisecond the read-ahead is one
+    /// entry, and a free worker is then reason enough to read.
     fn may_read(&self, out: usize) -> bool {
         let window = self.window.load(Ordering::Relaxed);
-        out + (window / 2).max(1) <= window
+        let ahead = window.saturating_sub(self.workers);
+        out + (ahead / 2).max(1) <= window
     }
 
     /// The reader waits (bounded) until it [may read](Self::may_read) again.
@@ -490,7 +493,7 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
     }
     drop(tx);
     let reader = {
-        let con = Conn::open(&common.endpoint, Duration::from_millis(BLOCK_MS))?;
+        let con = Conn::open_polled(&common.endpoint, Duration::from_millis(BLOCK_MS))?;
         std::thread::Builder::new()
             .name("mproc-agent-reader".into())
             .spawn(move || intake.run(con))

@@ -87,8 +87,10 @@ impl Endpoint {
     }
 
     /// A new connection and, on a Unix socket, the descriptor under it (for
-    /// [`Conn::ask`]), found by echoing a random token and peeking for its answer; `None`
-    /// where it cannot be found (reads then block as the crate's do).
+    /// [`Conn::ask`]), found by a `PING` of a random token and a peek for its answer among
+    /// the sockets that appeared while connecting; `None` where it cannot be found (another
+    /// thread reused a number meanwhile, or the server refused the `PING`): reads then block
+    /// as the crate's do.
     fn connect_located(&self) -> Result<(Connection, Option<RawFd>), Error> {
         if !self.is_unix() {
             return Ok((self.connect()?, None));
@@ -105,15 +107,21 @@ impl Endpoint {
         let random = || crate::sys::proc::random_u64().map_err(|e| Error::os("getrandom", e));
         let token = format!("{:016x}{:016x}", random()?, random()?);
         let what = "finding the Redis connection's socket";
-        con.send_packed_command(&redis::cmd("ECHO").arg(&token).get_packed_command())
+        // `PING <token>` answers the token as a bulk string (RESP2 and RESP3 alike), and the
+        // README's ACL user may send it (`ECHO` it may not).
+        con.send_packed_command(&redis::cmd("PING").arg(&token).get_packed_command())
             .map_err(|e| broker(what, &e))?;
         let answer = format!("${}\r\n{token}\r\n", token.len());
         let found = fd::peek_for(&new, answer.as_bytes(), fd::deadline_after(REPLY_TIMEOUT));
-        let echoed = con.recv_response().map_err(|e| broker(what, &e))?;
-        if echoed != Value::BulkString(token.into_bytes()) {
-            return Err(ErrorKind::Broker(format!("{what}: ECHO answered {echoed:?}")).into());
+        match con.recv_response() {
+            Ok(v) if v == Value::BulkString(token.into_bytes()) => Ok((con, found)),
+            // Refused (an ACL without `+ping`, a renamed command): reads will block.
+            Ok(_) => Ok((con, None)),
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                Err(broker(what, &e))
+            }
+            Err(_) => Ok((con, None)),
         }
-        Ok((con, found))
     }
 }
 
@@ -127,10 +135,16 @@ impl Endpoint {
 pub(crate) struct Conn {
     endpoint: Endpoint,
     con: Connection,
+    /// Whether to look for the socket under each connection (for [`Conn::ask`]).
+    polled: bool,
     /// The socket under `con`, where found (Unix sockets only): [`Conn::ask`] waits on it.
     fd: Option<RawFd>,
     read_timeout: Duration,
     reconnected: bool,
+    /// A reply may still come that nothing will read (a read failed or gave up): the
+    /// connection is replaced before it is used again, so that no command reads another's
+    /// reply.
+    stale: bool,
     /// Pipelines sent and not read yet, oldest first, with how many replies each has.
     unread: std::collections::VecDeque<(Vec<u8>, usize)>,
 }
@@ -138,17 +152,47 @@ pub(crate) struct Conn {
 impl Conn {
     /// A connection whose reads may block `block` longer than a plain command's.
     pub(crate) fn open(endpoint: &Endpoint, block: Duration) -> Result<Conn, Error> {
-        let (con, fd) = endpoint.connect_located()?;
+        Conn::open_with(endpoint, block, false)
+    }
+
+    /// The same, for a thread that waits on it with [`ask`](Self::ask): on a Unix socket,
+    /// each connection's descriptor is looked for (a `PING` and a look at this process's
+    /// descriptors), so that `ask` can wait in poll(2).
+    pub(crate) fn open_polled(endpoint: &Endpoint, block: Duration) -> Result<Conn, Error> {
+        Conn::open_with(endpoint, block, true)
+    }
+
+    fn open_with(endpoint: &Endpoint, block: Duration, polled: bool) -> Result<Conn, Error> {
+        let (con, fd) = Conn::connect(endpoint, polled)?;
         let mut conn = Conn {
             endpoint: endpoint.clone(),
             con,
+            polled,
             fd,
+            stale: false,
             read_timeout: REPLY_TIMEOUT + block,
             reconnected: false,
             unread: std::collections::VecDeque::new(),
         };
         conn.set_timeout()?;
         Ok(conn)
+    }
+
+    fn connect(endpoint: &Endpoint, polled: bool) -> Result<(Connection, Option<RawFd>), Error> {
+        match polled {
+            true => endpoint.connect_located(),
+            false => Ok((endpoint.connect()?, None)),
+        }
+    }
+
+    /// Replaces a `stale` connection; what it had not answered is dropped.
+    fn fresh(&mut self, what: &str) -> Result<(), Error> {
+        if self.stale {
+            self.unread.clear();
+            self.reconnect(what)?;
+            self.stale = false;
+        }
+        Ok(())
     }
 
     fn set_timeout(&mut self) -> Result<(), Error> {
@@ -159,7 +203,7 @@ impl Conn {
 
     /// Replaces the connection and sends the unread pipelines again on the new one.
     fn reconnect(&mut self, what: &str) -> Result<(), Error> {
-        (self.con, self.fd) = self.endpoint.connect_located()?;
+        (self.con, self.fd) = Conn::connect(&self.endpoint, self.polled)?;
         self.set_timeout()?;
         self.reconnected = true;
         for (packed, _) in &self.unread {
@@ -177,6 +221,7 @@ impl Conn {
         what: &str,
         mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, Error> {
+        self.fresh(what)?;
         debug_assert!(self.unread.is_empty(), "replies of a pipeline are unread");
         let mut tries = 0;
         loop {
@@ -194,18 +239,23 @@ impl Conn {
     /// Sends a pipeline of `replies` commands without waiting for them; [`recv`](Self::recv)
     /// reads them, oldest pipeline first.
     pub(crate) fn send(&mut self, what: &str, packed: Vec<u8>, replies: usize) -> Result<(), Error> {
+        self.fresh(what)?;
         self.unread.push_back((packed, replies));
         let last = &self.unread.back().expect("just pushed").0;
         match self.con.send_packed_command(last) {
             Ok(()) => Ok(()),
             // Reconnecting sends every unread pipeline, this one included.
             Err(e) if interrupted(&e) => self.reconnect(what),
-            Err(e) => Err(broker(what, &e)),
+            Err(e) => {
+                self.stale = true;
+                Err(broker(what, &e))
+            }
         }
     }
 
     /// Sends a pipeline of `replies` commands and reads their replies, like [`run`](Self::run)
-    /// (every reply of [`send`](Self::send) must have been read first). Where the socket is
+    /// (every reply of [`send`](Self::send) must have been read first; one that fails leaves
+    /// the connection `stale`, replaced at its next use). Where the socket is
     /// known, the wait for the first reply is a poll(2), not a blocking read: a thread asleep
     /// in read(2) on a Unix socket is woken each time the server reads what it sent (the
     /// kernel's write-space wake-up reaches every sleeper on the socket) as well as by the
@@ -217,19 +267,25 @@ impl Conn {
         packed: Vec<u8>,
         replies: usize,
     ) -> Result<Vec<Value>, Error> {
+        self.fresh(what)?;
         debug_assert!(self.unread.is_empty(), "replies of a pipeline are unread");
         self.send(what, packed, replies)?;
         if let Some(sock) = self.fd {
             // Every earlier reply was read, so the crate holds no bytes of this one: the
             // socket is where it will appear. `sock` is `self.con`'s, open for this call.
-            let ready = fd::poll_numbers(&[(sock, false)], fd::deadline_after(self.read_timeout))
-                .map_err(|e| Error::os(what.to_owned(), e))?;
-            if !ready.iter().any(|r| r.readable || r.hangup) {
-                return Err(ErrorKind::Broker(format!(
+            let ready = fd::poll_numbers(&[(sock, false)], fd::deadline_after(self.read_timeout));
+            let error = match ready {
+                Ok(r) if r.iter().any(|r| r.readable || r.hangup) => None,
+                Ok(_) => Some(ErrorKind::Broker(format!(
                     "{what}: no reply in {:?} (the Redis server went away or stopped answering)",
                     self.read_timeout
                 ))
-                .into());
+                .into()),
+                Err(e) => Some(Error::os(what.to_owned(), e)),
+            };
+            if let Some(e) = error {
+                self.stale = true; // the reply may still come
+                return Err(e);
             }
         }
         self.recv(what)
@@ -251,6 +307,7 @@ impl Conn {
                     self.reconnect(what)?;
                     continue;
                 }
+                self.stale = true; // some of this pipeline's replies may still come
                 return Err(broker(what, e));
             }
             self.unread.pop_front();
@@ -379,6 +436,107 @@ pub(crate) fn ensure_group(con: &mut Conn, tasks: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A redis-server of its own on a Unix socket, killed when dropped.
+    struct Server(std::process::Child, PathBuf);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+
+    fn server() -> (Server, PathBuf) {
+        let n = crate::sys::proc::random_u64().unwrap();
+        let dir = std::env::temp_dir().join(format!("mproc-conn-{n:x}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("redis.sock");
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
+            .arg(&sock)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect(
+                "redis-server is not on PATH: install it with `apt-get install redis-server` \
+                 (scripts/test.sh and .ci/run install it when it is missing)",
+            );
+        let server = Server(child, dir);
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            assert!(std::time::Instant::now() < until, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (server, sock)
+    }
+
+    fn at(sock: &std::path::Path, user: &str) -> Endpoint {
+        Endpoint {
+            url: format!("redis+unix://{}{user}", sock.display()),
+            ca: None,
+        }
+    }
+
+    #[test]
+    fn a_unix_connection_finds_its_socket_and_waits_on_it() {
+        let (_server, sock) = server();
+        let mut polled = Conn::open_polled(&at(&sock, ""), Duration::ZERO).unwrap();
+        let found = polled.fd.expect("the socket under the connection");
+        assert!(fd::socket_numbers().contains(&found));
+        let set = redis::cmd("SET").arg("k").arg("v").get_packed_command();
+        let get = redis::cmd("GET").arg("k").get_packed_command();
+        let mut both = set.clone();
+        both.extend_from_slice(&get);
+        let got = polled.ask("set and get", both, 2).unwrap();
+        assert_eq!(got[1], Value::BulkString(b"v".to_vec()));
+        // Connections that do not ask do not look.
+        let mut plain = Conn::open(&at(&sock, ""), Duration::ZERO).unwrap();
+        assert_eq!(plain.fd, None);
+        // A user that may not PING: no socket found, and a connection that works.
+        plain
+            .run("adding a user", |c| {
+                redis::cmd("ACL")
+                    .arg("SETUSER")
+                    .arg("noping")
+                    .arg("on")
+                    .arg(">pw")
+                    .arg("~*")
+                    .arg("+@all")
+                    .arg("-ping")
+                    .query::<()>(c)
+            })
+            .unwrap();
+        let mut refused =
+            Conn::open_polled(&at(&sock, "?user=noping&pass=pw"), Duration::ZERO).unwrap();
+        assert_eq!(refused.fd, None);
+        let got = refused.ask("get", get.clone(), 1).unwrap();
+        assert_eq!(got, [Value::BulkString(b"v".to_vec())]);
+    }
+
+    #[test]
+    fn a_connection_given_up_on_is_replaced_before_its_next_command() {
+        let (_server, sock) = server();
+        let mut con = Conn::open_polled(&at(&sock, ""), Duration::ZERO).unwrap();
+        assert!(con.fd.is_some());
+        con.run("set", |c| redis::cmd("SET").arg("k").arg("v").query::<()>(c))
+            .unwrap();
+        // A reply later than the wait for it: the `BLPOP`'s nil comes after `ask` gave up.
+        con.read_timeout = Duration::from_millis(200);
+        let slow = redis::cmd("BLPOP").arg("nothing").arg(1).get_packed_command();
+        let e = con.ask("waiting", slow, 1).unwrap_err();
+        assert!(e.to_string().contains("no reply in"), "{e}");
+        // On the same connection, `GET` would read that nil as its own reply.
+        let got: Option<String> = con
+            .run("get", |c| redis::cmd("GET").arg("k").query(c))
+            .unwrap();
+        assert_eq!(got.as_deref(), Some("v"));
+        std::thread::sleep(Duration::from_millis(1000));
+        let got = con
+            .ask("get", redis::cmd("GET").arg("k").get_packed_command(), 1)
+            .unwrap();
+        assert_eq!(got, [Value::BulkString(b"v".to_vec())]);
+    }
 
     #[test]
     fn the_password_stays_out_of_messages() {

@@ -112,7 +112,7 @@ fn start(
     let pool = crate::sys::proc::random_u64()
         .map_err(|e| Error::os("choosing the remote pool's id", e))?;
     let endpoint = remote.endpoint.clone();
-    let mut con = Conn::open(&endpoint, Duration::ZERO)?;
+    let mut con = Conn::open_polled(&endpoint, Duration::ZERO)?;
     conn::ensure_group(&mut con, &keys.tasks())?;
     let frame = PoolFrame {
         pool,
@@ -167,7 +167,7 @@ fn start(
     };
     s.refresh_size()?;
     let reader = {
-        let con = Conn::open(&s.endpoint, Duration::from_millis(BLOCK_MS))?;
+        let con = Conn::open_polled(&s.endpoint, Duration::from_millis(BLOCK_MS))?;
         let (flight, shared, key) = (Arc::clone(&s.flight), Arc::clone(&s.shared), s.key.clone());
         let (stream, pool) = (s.keys.results(pool), pool);
         std::thread::Builder::new()

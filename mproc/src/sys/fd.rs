@@ -196,39 +196,58 @@ pub(crate) fn socket_numbers() -> Vec<RawFd> {
 
 /// Which of the sockets `among` has exactly `expect` waiting to be read, looked at without
 /// taking anything from any of them (`MSG_PEEK`) and without blocking; waits for one until
-/// `deadline`. `None` if none has it by then.
+/// `deadline`. `None` once every socket holds something else (bytes that differ from
+/// `expect`, or its end), or at the deadline.
 ///
 /// It finds the descriptor under a connection that a library keeps to itself: send on that
-/// connection something whose answer no other socket can hold (an echo of a random token),
-/// then look for the answer (before it is read through the library).
+/// connection something whose answer no other socket can hold (a random token to be
+/// echoed), then look for the answer (before it is read through the library). Pass only
+/// sockets that appeared while that connection was made: a peek takes nothing, but on a
+/// socket whose owner set `SO_PEEK_OFF` it would move that offset.
 #[cfg(feature = "remote")]
 pub(crate) fn peek_for(among: &[RawFd], expect: &[u8], deadline: Option<Instant>) -> Option<RawFd> {
     let mut buf = vec![0u8; expect.len()];
-    let wanted: Vec<(RawFd, bool)> = among.iter().map(|&n| (n, false)).collect();
+    // Numbers whose socket holds something else for good: a reply is never taken back.
+    let mut other = vec![false; among.len()];
     loop {
+        let wanted: Vec<(RawFd, bool)> = among
+            .iter()
+            .zip(&other)
+            .filter(|&(_, &o)| !o)
+            .map(|(&n, _)| (n, false))
+            .collect();
+        if wanted.is_empty() {
+            return None;
+        }
+        // A number closed meanwhile is reported hung up (POLLNVAL), never misread.
         let ready = poll_numbers(&wanted, deadline).ok()?;
+        for (&(n, _), r) in wanted.iter().zip(&ready) {
+            if !(r.readable || r.hangup) {
+                continue;
+            }
+            // SAFETY: the borrow ends with this call, and whatever socket the number names
+            // by then (another thread may have closed or reused it) is only peeked at:
+            // MSG_PEEK takes nothing, MSG_DONTWAIT never waits, a closed number is an error.
+            let fd = unsafe { BorrowedFd::borrow_raw(n) };
+            let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+            let at = among.iter().position(|&m| m == n).expect("one of among");
+            match rustix::net::recv(fd, &mut buf[..], flags) {
+                Ok((got, _)) if got == expect.len() && buf == expect => return Some(n),
+                // The start of the answer: the rest is on its way.
+                Ok((got, _)) if got > 0 && buf[..got] == expect[..got] => {}
+                Err(Errno::AGAIN | Errno::INTR) => {}
+                // Something else, the socket's end, or no socket at all.
+                Ok(_) | Err(_) => other[at] = true,
+            }
+        }
         // A hung-up socket is always ready: the clock, not poll, ends the wait.
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return None;
         }
-        for (&n, r) in among.iter().zip(&ready) {
-            if !r.readable {
-                continue;
-            }
-            // SAFETY: a number another thread closed (or reused) meanwhile is only peeked
-            // at: MSG_PEEK takes nothing from whatever socket it names, MSG_DONTWAIT never
-            // waits, and a closed number is an error; the borrow ends with this call.
-            let fd = unsafe { BorrowedFd::borrow_raw(n) };
-            let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
-            if let Ok((got, _)) = rustix::net::recv(fd, &mut buf[..], flags)
-                && got == expect.len()
-                && buf == expect
-            {
-                return Some(n);
-            }
+        // Part of the answer came; look again shortly.
+        if ready.iter().any(|r| r.readable) {
+            std::thread::sleep(Duration::from_micros(50));
         }
-        // Readable but not (yet) the whole answer: look again shortly.
-        std::thread::sleep(Duration::from_micros(50));
     }
 }
 
@@ -402,14 +421,22 @@ mod tests {
     }
 
     #[test]
-    fn no_socket_with_the_answer_is_none_by_the_deadline() {
+    fn sockets_holding_something_else_are_given_up_at_once() {
         let (mut a, b) = UnixStream::pair().unwrap();
-        a.write_all(b"$5\r\nother\r\n").unwrap();
-        let (_c, d) = UnixStream::pair().unwrap();
-        drop(_c); // hung up: always ready, never the answer
+        a.write_all(b"-NOPERM no\r\n").unwrap(); // the server refused the command
+        let (c, d) = UnixStream::pair().unwrap();
+        drop(c); // hung up: always ready, never the answer
         let t = Instant::now();
         let among = [b.as_raw_fd(), d.as_raw_fd()];
-        assert_eq!(peek_for(&among, b"$5\r\ntoken\r\n", soon(100)), None);
+        assert_eq!(peek_for(&among, b"$5\r\ntoken\r\n", soon(5000)), None);
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn a_silent_socket_is_waited_for_until_the_deadline() {
+        let (_a, b) = UnixStream::pair().unwrap();
+        let t = Instant::now();
+        assert_eq!(peek_for(&[b.as_raw_fd()], b"$5\r\ntoken\r\n", soon(100)), None);
         let took = t.elapsed();
         assert!(took >= Duration::from_millis(100) && took < Duration::from_secs(5), "{took:?}");
     }

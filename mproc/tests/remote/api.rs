@@ -397,6 +397,10 @@ fn sleeps_of(name: &str) -> Vec<(String, u64)> {
 /// read, to say there is room to write), and once by the reply.
 #[test]
 fn the_result_reader_sleeps_once_per_answer() {
+    // It counts this process's threads: no other test's pool may run beside it.
+    if !crate::common::alone() {
+        return;
+    }
     let c = Cluster::new(StartMethod::Fork, 1, 1);
     let name = "mproc-remote-re"; // "mproc-remote-results", as the kernel keeps it
     let before: Vec<String> = sleeps_of(name).into_iter().map(|(id, _)| id).collect();
@@ -418,10 +422,11 @@ fn the_result_reader_sleeps_once_per_answer() {
     }
     let slept = reader(sleeps_of(name)) - first;
     // One sleep per answer, and a few more for a lock taken while another thread held it
-    // or a 100 ms `BLOCK` that ran out. Measured: 1.00 per answer; 1.46 to 1.73 with a
-    // blocking read, and 1.8 with the trim's reply coming before the read's.
+    // or a 100 ms `BLOCK` that ran out. Measured: 0.99 to 1.00 per answer, with two CPU
+    // hogs beside it too; with a blocking read 1.03 to 1.87 (about 2 under load), and 1.8
+    // with the trim's reply coming before the read's.
     assert!(
-        slept < n * 5 / 4,
+        slept < n * 21 / 20,
         "the result reader slept {slept} times for {n} answers"
     );
 }

@@ -95,15 +95,39 @@ fn a_tampered_task_frame_is_refused_and_never_run() {
 #[test]
 fn over_tcp_as_the_acl_user() {
     let redis = RedisServer::start_tcp_acl().unwrap_or_else(|e| panic!("{e}"));
+    as_the_acl_user(&redis.tcp_url_for_agent());
+}
+
+/// On the Unix socket, where connections also look for their socket (a `PING` of a token:
+/// with `ECHO`, which the user may not send, no pool could start).
+#[test]
+fn over_a_unix_socket_as_the_acl_user() {
+    let redis = RedisServer::start_tcp_acl().unwrap_or_else(|e| panic!("{e}"));
+    let url = format!(
+        "redis+unix://{}?user={}&pass={}",
+        redis.socket_path().display(),
+        crate::harness::AGENT_USER,
+        redis.agent_password()
+    );
+    as_the_acl_user(&url);
+}
+
+fn as_the_acl_user(url: &str) {
     let dir = TempDir::new("acl").unwrap();
     let key = key_file(dir.path());
-    let url = redis.tcp_url_for_agent();
+    let url = url.to_owned();
+    let started = std::time::Instant::now();
     let mut agent = Agent::start(&url, &key, 2, &[]);
     let pool = Pool::builder()
         .remote(Remote::redis(&url).unwrap().key_file(&key))
         .build()
         .unwrap();
     assert_eq!(pool.map(square, 0..20).unwrap()[19], 361);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "slow to start as the ACL user: {:?}",
+        started.elapsed()
+    );
     // Long enough for every periodic step (heartbeat, reaper, cancel checks, the pool's size)
     // to have run as that user, several times.
     std::thread::sleep(Duration::from_millis(1200));
