@@ -486,7 +486,7 @@ mod tests {
         assert!(fd::socket_numbers().contains(&found));
         let set = redis::cmd("SET").arg("k").arg("v").get_packed_command();
         let get = redis::cmd("GET").arg("k").get_packed_command();
-        let mut both = set.clone();
+        let mut both = set;
         both.extend_from_slice(&get);
         let got = polled.ask("set and get", both, 2).unwrap();
         assert_eq!(got[1], Value::BulkString(b"v".to_vec()));
