@@ -451,9 +451,22 @@ impl<L: Link> Dispatcher<L> {
         self.config.task_timeout.is_some()
             || self.config.memory_limit_per_child.is_some()
             || self.timed
-            || !self.queue.is_empty()
+            || (!self.queue.is_empty() && !self.queue_waits_for_an_answer())
             || self.workers.iter().any(|w| w.link.queued())
             || self.rebalance_deadline().is_some()
+    }
+
+    /// Whether chunks left queued wait for an event that wakes the dispatcher anyway: in a
+    /// remote agent's pool (one chunk per worker) whose serving workers all hold theirs, the
+    /// answer that frees one wakes it (and a gate that said `Later` wakes it when the agent
+    /// has a worker free). Waking it for them would be a turn with nothing to do, once per
+    /// batch of entries the agent's reader hands over.
+    fn queue_waits_for_an_answer(&self) -> bool {
+        self.config.gated.is_some()
+            && self
+                .workers
+                .iter()
+                .all(|w| !w.state.accepting() || !w.in_flight.is_empty())
     }
 
     /// When the dispatcher should look at taking chunks back from a slow worker: only while

@@ -392,3 +392,40 @@ fn a_chunk_held_by_a_worker_that_does_not_start_moves_to_one_that_has() {
     assert!(!fakes[0].borrow().dead);
     assert_eq!(fakes[0].borrow().sent, [1]);
 }
+
+/// A remote agent's pool whose workers all hold their one chunk is not woken for more: the
+/// answer that frees a worker wakes it. One with a worker free, or a plain pool, is.
+#[test]
+fn a_gated_pool_with_every_worker_busy_needs_no_wake_for_chunks_left_queued() {
+    let gate = super::Gated {
+        flush: Arc::new(|| true),
+    };
+    let mut d = dispatcher(2, |c| c.gated = Some(gate));
+    let fakes = launched();
+    ready(&fakes[0]);
+    round(&mut d);
+    round(&mut d);
+    let job = submit(&d, &[1, 2, 3]);
+    round(&mut d);
+    assert_eq!(fakes[0].borrow().sent, [1], "one chunk per worker");
+    assert!(fakes[1].borrow().sent.is_empty(), "not started yet");
+    assert_eq!(d.queue.len(), 2);
+    assert!(!d.needs_attention(), "the one serving holds its chunk");
+    ready(&fakes[1]);
+    round(&mut d);
+    round(&mut d);
+    assert_eq!(fakes[1].borrow().sent, [2]);
+    assert!(!d.needs_attention());
+    answer(&fakes[0], 1);
+    round(&mut d);
+    assert_eq!(fakes[0].borrow().sent, [1, 3]);
+    assert_eq!(outcome(&job, 0), Some(None));
+    assert!(d.queue.is_empty());
+    // A serving worker without a chunk while chunks wait: a look is needed.
+    answer(&fakes[1], 2);
+    d.drain_lanes();
+    let _more = submit(&d, &[4]);
+    d.take_commands();
+    assert_eq!(d.queue.len(), 1);
+    assert!(d.needs_attention(), "worker 1 is free");
+}
