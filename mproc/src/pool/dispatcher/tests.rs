@@ -394,7 +394,9 @@ fn a_chunk_held_by_a_worker_that_does_not_start_moves_to_one_that_has() {
 }
 
 /// A remote agent's pool whose workers all hold their one chunk is not woken for more: the
-/// answer that frees a worker wakes it. One with a worker free, or a plain pool, is.
+/// answer that frees a worker wakes it. One with a serving worker free is. (The predicate
+/// only: the fake link has no sleep words, so a lost wake-up could not show here; the remote
+/// suite exercises the fast path.)
 #[test]
 fn a_gated_pool_with_every_worker_busy_needs_no_wake_for_chunks_left_queued() {
     let gate = super::Gated {
@@ -408,7 +410,7 @@ fn a_gated_pool_with_every_worker_busy_needs_no_wake_for_chunks_left_queued() {
     let job = submit(&d, &[1, 2, 3]);
     round(&mut d);
     assert_eq!(fakes[0].borrow().sent, [1], "one chunk per worker");
-    assert!(fakes[1].borrow().sent.is_empty(), "not started yet");
+    assert!(fakes[1].borrow().sent.is_empty(), "launched, not Ready yet");
     assert_eq!(d.queue.len(), 2);
     assert!(!d.needs_attention(), "the one serving holds its chunk");
     ready(&fakes[1]);
