@@ -210,18 +210,15 @@ pub(crate) fn peek_for(among: &[RawFd], expect: &[u8], deadline: Option<Instant>
     // Numbers whose socket holds something else for good: a reply is never taken back.
     let mut other = vec![false; among.len()];
     loop {
-        let wanted: Vec<(RawFd, bool)> = among
-            .iter()
-            .zip(&other)
-            .filter(|&(_, &o)| !o)
-            .map(|(&n, _)| (n, false))
-            .collect();
-        if wanted.is_empty() {
+        let open: Vec<usize> = (0..among.len()).filter(|&i| !other[i]).collect();
+        if open.is_empty() {
             return None;
         }
+        let wanted: Vec<(RawFd, bool)> = open.iter().map(|&i| (among[i], false)).collect();
         // A number closed meanwhile is reported hung up (POLLNVAL), never misread.
         let ready = poll_numbers(&wanted, deadline).ok()?;
-        for (&(n, _), r) in wanted.iter().zip(&ready) {
+        for (&at, r) in open.iter().zip(&ready) {
+            let n = among[at];
             if !(r.readable || r.hangup) {
                 continue;
             }
@@ -230,7 +227,6 @@ pub(crate) fn peek_for(among: &[RawFd], expect: &[u8], deadline: Option<Instant>
             // MSG_PEEK takes nothing, MSG_DONTWAIT never waits, a closed number is an error.
             let fd = unsafe { BorrowedFd::borrow_raw(n) };
             let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
-            let at = among.iter().position(|&m| m == n).expect("one of among");
             match rustix::net::recv(fd, &mut buf[..], flags) {
                 Ok((got, _)) if got == expect.len() && buf == expect => return Some(n),
                 // The start of the answer: the rest is on its way.
