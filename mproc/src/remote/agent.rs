@@ -47,8 +47,13 @@ const BLOCK_MS: u64 = 100;
 /// Pipelines the hub may have in flight before it reads the oldest one's replies.
 const UNSETTLED: usize = 16;
 
-/// How long after its last pipeline the hub counts as quiet (its replies are read then).
+/// How long after its last pipeline the hub counts as quiet (its replies are read then, and
+/// the answered entries not yet acknowledged are).
 const QUIET: Duration = Duration::from_millis(1);
+
+/// Answered entries acknowledged together, in one `XACK` and one `XDEL` of a `STEP` (each
+/// call a script makes costs the server about a microsecond beyond its command).
+const ACK_BATCH: usize = 32;
 
 /// What the engine hears.
 enum Event {
@@ -97,6 +102,9 @@ struct Hub {
     records: Vec<(String, u64, u64, Vec<u8>)>,
     /// Entries a local worker is about to get, to mark running: (entry id, pool, task).
     starting: Vec<(String, u64, u64)>,
+    /// Entries whose answers were sent for recording, to acknowledge and delete with a later
+    /// `STEP` ([`ACK_BATCH`] at a time, or once the hub is quiet).
+    acked: Vec<String>,
     /// The `STEP` script's digest (loaded when the agent registers).
     step: String,
     /// Per pipeline sent and not read yet (the connection keeps their bytes), oldest first:
@@ -190,11 +198,18 @@ impl Common {
     /// a local pool's dispatcher (before its workers get the entries, and at the end of each
     /// turn) and from the engine.
     fn flush(&self) -> bool {
+        self.flush_with(false)
+    }
+
+    /// [`flush`](Self::flush); with `acks`, also when only acknowledgements wait, and all of
+    /// them go.
+    fn flush_with(&self, acks: bool) -> bool {
         let mut hub = self.hub();
-        if hub.records.is_empty() && hub.starting.is_empty() {
+        let acks_wait = acks && !hub.acked.is_empty();
+        if hub.records.is_empty() && hub.starting.is_empty() && !acks_wait {
             return true;
         }
-        let sent = hub.send(self);
+        let sent = hub.send(self, acks);
         if sent.is_err() {
             // Not run, not recorded: Redis is gone.
             for (id, ..) in std::mem::take(&mut hub.starting) {
@@ -308,11 +323,17 @@ impl Hub {
     /// One `STEP`: the answers gathered so far, and the entries about to start. Written
     /// now, its reply read later; the entries may start as soon as this returns (the script
     /// is on its way before a worker can take them).
-    fn send(&mut self, c: &Common) -> Result<Settled, Error> {
+    /// With `all_acks`, or [`ACK_BATCH`] of them waiting, the answered entries not yet
+    /// acknowledged are.
+    fn send(&mut self, c: &Common, all_acks: bool) -> Result<Settled, Error> {
         let keys = &c.keys;
         let me = c.id();
         let records = std::mem::take(&mut self.records);
         let starting = std::mem::take(&mut self.starting);
+        let acks = match all_acks || self.acked.len() >= ACK_BATCH {
+            true => std::mem::take(&mut self.acked),
+            false => Vec::new(),
+        };
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&self.step)
             .arg(3)
@@ -320,7 +341,11 @@ impl Hub {
             .arg(keys.heartbeat(&me))
             .arg(keys.running(&me))
             .arg(&keys.prefix)
-            .arg(records.len());
+            .arg(records.len())
+            .arg(acks.len());
+        for id in &acks {
+            cmd.arg(id);
+        }
         for (id, pool, task, sealed) in &records {
             cmd.arg(id).arg(pool).arg(task).arg(sealed);
         }
@@ -332,9 +357,12 @@ impl Hub {
             cmd.get_packed_command(),
             1,
         )?;
-        // Recorded entries are acknowledged by the script just sent: their room is free.
-        let recorded = records.iter().filter(|r| !r.0.is_empty()).count();
-        c.release(recorded);
+        // Recorded entries are done with here (acknowledged by a later script): their room
+        // is free.
+        let before = self.acked.len();
+        self.acked
+            .extend(records.into_iter().map(|r| r.0).filter(|id| !id.is_empty()));
+        c.release(self.acked.len() - before);
         self.sent = Instant::now();
         self.unsettled
             .push_back(starting.into_iter().map(|s| s.0).collect());
@@ -446,6 +474,7 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
             tasks: HashMap::new(),
             records: Vec::new(),
             starting: Vec::new(),
+            acked: Vec::new(),
             step: String::new(),
             unsettled: VecDeque::new(),
             sent: Instant::now(),
@@ -556,11 +585,14 @@ impl Engine {
     fn run(&mut self, rx: &Receiver<Event>) -> Result<(), Error> {
         loop {
             // Replies left unread are read once the hub has been quiet for a while (then they
-            // are here: reading them does not hold the hub waiting).
-            let idle = if self.common.hub().unsettled.is_empty() {
-                Duration::from_secs(1)
-            } else {
-                QUIET
+            // are here: reading them does not hold the hub waiting), and answered entries
+            // still pending are acknowledged.
+            let idle = {
+                let hub = self.common.hub();
+                match hub.unsettled.is_empty() && hub.acked.is_empty() {
+                    true => Duration::from_secs(1),
+                    false => QUIET,
+                }
             };
             let first = match rx.recv_timeout(idle) {
                 Ok(e) => Some(e),
@@ -569,8 +601,12 @@ impl Engine {
                     let mut hub = c.hub();
                     if hub.sent.elapsed() >= QUIET {
                         let settled = hub.settle(c, 0)?;
+                        let acks = !hub.acked.is_empty();
                         drop(hub);
                         settled.tell(c);
+                        if acks {
+                            c.flush_with(true);
+                        }
                     }
                     None
                 }
@@ -636,6 +672,8 @@ impl Engine {
     /// so what it held but never started is re-queued at no charge, and it is forgotten.
     fn leave(&mut self) -> Result<(), Error> {
         let c = &self.common;
+        // A failure to reach Redis shows in the next command.
+        c.flush_with(true);
         let mut hub = c.hub();
         hub.settle(c, 0)?;
         let key = c.keys.heartbeat(&c.id());

@@ -7,24 +7,52 @@
 /// An agent's step, sent whenever it has answers to record or entries about to start (one
 /// call for both, so one round trip of the server's per task):
 ///
+/// - Entries answered in earlier steps, acknowledged and deleted in one `XACK` and one `XDEL`
+///   (a script's call costs the server about a microsecond beyond its command, so these
+///   come in batches). Until then an answered entry stays pending: the reaper finds its task
+///   done and only deletes it, and an entry read again after a reconnection is found done
+///   when it is about to start.
 /// - Answers: each is recorded only if its pool still exists and the task is not done yet
 ///   (`HSETNX done`): a task run twice (its first agent thought dead) is recorded once, a
-///   cancelled one not at all. Then its entry is acknowledged and no longer running. An
-///   empty entry id records a result for a frame that was never started (refused).
+///   cancelled one not at all. Then its entry is no longer running. An empty entry id
+///   records a result for a frame that was never started (refused).
 /// - Entries about to start on the agent's workers: all refused (`-1`) if the agent's
 ///   heartbeat is gone (it was declared dead and its entries re-queued); else, per entry,
 ///   skipped (acknowledged; 0) if its pool is gone or the task is done (cancelled, or
 ///   already answered), and otherwise recorded as running (1).
 ///
-/// An acknowledged entry is deleted at once (`XDEL`): a trim of the stream's head alone
-/// would let one long-running task keep every entry after it in memory. Whether a pool
-/// exists is asked once per pool and call. Returns `{recorded, verdicts or -1}`.
+/// An acknowledged entry is deleted (`XDEL`): a trim of the stream's head alone would let
+/// one long-running task keep every entry after it in memory. Whether a pool exists is
+/// asked once per pool and call; with entries to start and a single pool, one `EXISTS`
+/// asks it with the heartbeat. Returns `{recorded, verdicts or -1}`.
 ///
-/// KEYS: tasks, hb:<agent>, running:<agent>. ARGV: prefix, the number of answers, then
-/// (entry id, pool, task, sealed result) per answer, then (entry id, pool, task) per start.
+/// KEYS: tasks, hb:<agent>, running:<agent>. ARGV: prefix, the number of answers, the
+/// number of entries to acknowledge, then those entry ids, then (entry id, pool, task,
+/// sealed result) per answer, then (entry id, pool, task) per start.
 pub(crate) const STEP: &str = r#"
 local p = ARGV[1]
+local answers, acks = tonumber(ARGV[2]), tonumber(ARGV[3])
+local i = 4
+if acks > 0 then
+  redis.call('XACK', KEYS[1], 'agents', unpack(ARGV, i, i + acks - 1))
+  redis.call('XDEL', KEYS[1], unpack(ARGV, i, i + acks - 1))
+  i = i + acks
+end
 local alive = {}
+local hb = nil
+local first = i + 4 * answers
+if first <= #ARGV then
+  -- Entries to start: when every answer and start is of one pool, one call asks whether
+  -- both the heartbeat and the pool exist.
+  local pool = ARGV[first + 1]
+  local one = true
+  for j = i + 1, first - 1, 4 do one = one and ARGV[j] == pool end
+  for j = first + 1, #ARGV, 3 do one = one and ARGV[j] == pool end
+  if one and redis.call('EXISTS', KEYS[2], p .. 'pool:' .. pool) == 2 then
+    hb = true
+    alive[pool] = true
+  end
+end
 local function live(pool)
   local a = alive[pool]
   if a == nil then
@@ -33,9 +61,8 @@ local function live(pool)
   end
   return a
 end
-local i = 3
 local recorded = 0
-for _ = 1, tonumber(ARGV[2]) do
+for _ = 1, answers do
   local id, pool, task, blob = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   i = i + 4
   if live(pool) and redis.call('HSETNX', p .. 'done:' .. pool, task, 1) == 1 then
@@ -43,13 +70,11 @@ for _ = 1, tonumber(ARGV[2]) do
     recorded = recorded + 1
   end
   if id ~= '' then
-    redis.call('XACK', KEYS[1], 'agents', id)
-    redis.call('XDEL', KEYS[1], id)
     redis.call('HDEL', KEYS[3], id)
   end
 end
 if i > #ARGV then return {recorded, {}} end
-if redis.call('EXISTS', KEYS[2]) == 0 then return {recorded, -1} end
+if not hb and redis.call('EXISTS', KEYS[2]) == 0 then return {recorded, -1} end
 local out = {}
 while i <= #ARGV do
   local id, pool, task = ARGV[i], ARGV[i + 1], ARGV[i + 2]
