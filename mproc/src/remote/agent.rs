@@ -51,8 +51,9 @@ const UNSETTLED: usize = 16;
 /// the answered entries not yet acknowledged are).
 const QUIET: Duration = Duration::from_millis(1);
 
-/// Answered entries acknowledged together, in one `XACK` and one `XDEL` of a `STEP` (each
-/// call a script makes costs the server about a microsecond beyond its command).
+/// Answered entries acknowledged together, in one `XACK`, one `XDEL` and one `HDEL` of a
+/// `STEP` (each call a script makes costs the server about a microsecond beyond its
+/// command).
 const ACK_BATCH: usize = 32;
 
 /// What the engine hears.
@@ -102,8 +103,8 @@ struct Hub {
     records: Vec<(String, u64, u64, Vec<u8>)>,
     /// Entries a local worker is about to get, to mark running: (entry id, pool, task).
     starting: Vec<(String, u64, u64)>,
-    /// Entries whose answers were sent for recording, to acknowledge and delete with a later
-    /// `STEP` ([`ACK_BATCH`] at a time, or once the hub is quiet).
+    /// Entries whose answers were sent for recording, to acknowledge, delete and unmark with
+    /// a later `STEP` ([`ACK_BATCH`] at a time, or once the hub is quiet).
     acked: Vec<String>,
     /// The `STEP` script's digest (loaded when the agent registers).
     step: String,

@@ -433,12 +433,13 @@ pub(crate) fn ensure_group(con: &mut Conn, tasks: &str) -> Result<(), Error> {
     .map(drop)
 }
 
+/// A redis-server of a test's own, for the unit tests that need the real engine.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
 
     /// A redis-server of its own on a Unix socket, killed when dropped.
-    struct Server(std::process::Child, PathBuf);
+    pub(crate) struct Server(std::process::Child, PathBuf);
 
     impl Drop for Server {
         fn drop(&mut self) {
@@ -448,7 +449,7 @@ mod tests {
         }
     }
 
-    fn server() -> (Server, PathBuf) {
+    pub(crate) fn server() -> (Server, PathBuf) {
         let n = crate::sys::proc::random_u64().unwrap();
         let dir = std::env::temp_dir().join(format!("mproc-conn-{n:x}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -471,12 +472,18 @@ mod tests {
         (server, sock)
     }
 
-    fn at(sock: &std::path::Path, user: &str) -> Endpoint {
+    pub(crate) fn at(sock: &std::path::Path, user: &str) -> Endpoint {
         Endpoint {
             url: format!("redis+unix://{}{user}", sock.display()),
             ca: None,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{at, server};
+    use super::*;
 
     #[test]
     fn a_unix_connection_finds_its_socket_and_waits_on_it() {

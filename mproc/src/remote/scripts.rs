@@ -7,15 +7,17 @@
 /// An agent's step, sent whenever it has answers to record or entries about to start (one
 /// call for both, so one round trip of the server's per task):
 ///
-/// - Entries answered in earlier steps, acknowledged and deleted in one `XACK` and one `XDEL`
-///   (a script's call costs the server about a microsecond beyond its command, so these
-///   come in batches). Until then an answered entry stays pending: the reaper finds its task
-///   done and only deletes it, and an entry read again after a reconnection is found done
-///   when it is about to start.
+/// - Entries answered in earlier steps: acknowledged, deleted, and no longer marked running,
+///   in one `XACK`, one `XDEL` and one `HDEL` (a script's call costs the server about a
+///   microsecond beyond its command, so these come in batches). Until then such an entry
+///   stays pending and marked running, which is harmless as its task is done: the reaper
+///   charges nothing for a done task and only deletes its entry, and an entry read again
+///   after a reconnection is found done when it is about to start.
 /// - Answers: each is recorded only if its pool still exists and the task is not done yet
 ///   (`HSETNX done`): a task run twice (its first agent thought dead) is recorded once, a
-///   cancelled one not at all. Then its entry is no longer running. An empty entry id
-///   records a result for a frame that was never started (refused).
+///   cancelled one not at all. An answer not recorded (its pool gone, or its task done
+///   already) has its running mark taken away at once. An empty entry id records a result
+///   for a frame that was never started (refused).
 /// - Entries about to start on the agent's workers: all refused (`-1`) if the agent's
 ///   heartbeat is gone (it was declared dead and its entries re-queued); else, per entry,
 ///   skipped (acknowledged; 0) if its pool is gone or the task is done (cancelled, or
@@ -36,6 +38,7 @@ local i = 4
 if acks > 0 then
   redis.call('XACK', KEYS[1], 'agents', unpack(ARGV, i, i + acks - 1))
   redis.call('XDEL', KEYS[1], unpack(ARGV, i, i + acks - 1))
+  redis.call('HDEL', KEYS[3], unpack(ARGV, i, i + acks - 1))
   i = i + acks
 end
 local alive = {}
@@ -68,8 +71,7 @@ for _ = 1, answers do
   if live(pool) and redis.call('HSETNX', p .. 'done:' .. pool, task, 1) == 1 then
     redis.call('XADD', p .. 'results:' .. pool, '*', 'r', blob)
     recorded = recorded + 1
-  end
-  if id ~= '' then
+  elseif id ~= '' then
     redis.call('HDEL', KEYS[3], id)
   end
 end
@@ -173,3 +175,158 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 return 0
 "#;
+
+/// The scripts against a real redis-server: what an agent's steps leave for the reaper.
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use redis::Value;
+
+    use super::{REAP, STEP};
+    use crate::remote::conn::Conn;
+    use crate::remote::conn::testing::{at, server};
+
+    /// Runs one command given as words.
+    fn run(con: &mut Conn, words: &[&str]) -> Value {
+        let mut cmd = redis::cmd(words[0]);
+        for w in &words[1..] {
+            cmd.arg(*w);
+        }
+        con.run("a test command", |k| cmd.query(k)).unwrap()
+    }
+
+    fn int(v: Value) -> i64 {
+        match v {
+            Value::Int(n) => n,
+            other => panic!("an integer: {other:?}"),
+        }
+    }
+
+    /// `STEP` for agent `a1` with build prefix `t:`: `acks`, then `answers` (entry id, pool,
+    /// task; the sealed result is a stand-in: the script does not open it), then `starts`.
+    fn step(con: &mut Conn, acks: &[&str], answers: &[(&str, &str)], starts: &[(&str, &str)]) -> Value {
+        let (na, nk) = (answers.len().to_string(), acks.len().to_string());
+        let mut words = vec!["EVAL", STEP, "3", "t:tasks", "t:hb:a1", "t:running:a1", "t:"];
+        words.extend([na.as_str(), nk.as_str()]);
+        words.extend(acks);
+        for (id, task) in answers {
+            words.extend([*id, "7", *task, "sealed"]);
+        }
+        for (id, pool) in starts {
+            words.extend([*id, *pool, id.rsplit('-').next().unwrap()]);
+        }
+        run(con, &words)
+    }
+
+    /// Three entries of pool 7 read by agent `a1` (tasks 1, 2, 3): their ids.
+    fn three_entries(con: &mut Conn) -> Vec<String> {
+        run(con, &["XGROUP", "CREATE", "t:tasks", "agents", "0", "MKSTREAM"]);
+        run(con, &["SET", "t:pool:7", "frame"]);
+        run(con, &["SET", "t:hb:a1", "1"]);
+        run(con, &["HSET", "t:agents", "a1", "1"]);
+        let ids: Vec<String> = (1..=3)
+            .map(|k| {
+                let id = format!("{k}-{k}");
+                let k = k.to_string();
+                run(con, &["XADD", "t:tasks", &id, "f", "F", "p", "7", "k", &k, "m", "0"]);
+                id
+            })
+            .collect();
+        run(con, &["XREADGROUP", "GROUP", "agents", "a1", "STREAMS", "t:tasks", ">"]);
+        ids
+    }
+
+    fn pending(con: &mut Conn) -> i64 {
+        match run(con, &["XPENDING", "t:tasks", "agents"]) {
+            Value::Array(v) => int(v.into_iter().next().unwrap()),
+            other => panic!("XPENDING: {other:?}"),
+        }
+    }
+
+    /// An answered entry whose acknowledgement waits for a batch is left pending and marked
+    /// running; if the agent dies then, the reaper runs it again for nobody and charges it
+    /// no attempt: it only deletes it. The one really running is charged, the one held is
+    /// re-queued free.
+    #[test]
+    fn an_answered_entry_not_yet_acknowledged_is_only_deleted_by_the_reaper() {
+        let (_server, sock) = server();
+        let mut con = Conn::open(&at(&sock, ""), Duration::ZERO).unwrap();
+        let ids = three_entries(&mut con);
+        let (id1, id2) = (ids[0].as_str(), ids[1].as_str());
+        let started = step(&mut con, &[], &[], &[(id1, "7"), (id2, "7")]);
+        assert_eq!(
+            started,
+            Value::Array(vec![Value::Int(0), Value::Array(vec![Value::Int(1), Value::Int(1)])])
+        );
+        let answered = step(&mut con, &[], &[(id1, "1")], &[]);
+        assert_eq!(answered, Value::Array(vec![Value::Int(1), Value::Array(vec![])]));
+        // Recorded, and left for the batch: still pending, still marked.
+        assert_eq!(int(run(&mut con, &["XLEN", "t:results:7"])), 1);
+        assert_eq!(int(run(&mut con, &["HEXISTS", "t:running:a1", id1])), 1);
+        assert_eq!(pending(&mut con), 3);
+        // The agent dies.
+        run(&mut con, &["DEL", "t:hb:a1"]);
+        let reaped = run(&mut con, &["EVAL", REAP, "3", "t:tasks", "t:agents", "t:dead", "t:"]);
+        assert_eq!(int(reaped), 1);
+        assert_eq!(pending(&mut con), 0);
+        // Task 1's one result, and task 2 lost (no retries): two results; task 2 dead-lettered.
+        assert_eq!(int(run(&mut con, &["XLEN", "t:results:7"])), 2);
+        assert_eq!(int(run(&mut con, &["XLEN", "t:dead"])), 1);
+        // Attempts: task 2's one, none for task 1.
+        let attempts = run(&mut con, &["HGET", "t:attempts:7", "2"]);
+        assert_eq!(attempts, Value::BulkString(b"1".to_vec()));
+        assert_eq!(run(&mut con, &["HGET", "t:attempts:7", "1"]), Value::Nil);
+        // What is left in the stream: task 3 re-queued, nothing else.
+        let Value::Array(left) = run(&mut con, &["XRANGE", "t:tasks", "-", "+"]) else {
+            panic!("XRANGE")
+        };
+        assert_eq!(left.len(), 1, "{left:?}");
+        let entries = crate::remote::conn::stream_entries(Value::Array(vec![Value::Array(vec![
+            Value::BulkString(b"t:tasks".to_vec()),
+            Value::Array(left),
+        ])]));
+        assert_eq!(entries[0].text("k"), Some("3"), "task 3 re-queued");
+        assert_eq!(int(run(&mut con, &["EXISTS", "t:running:a1"])), 0);
+    }
+
+    /// A batch of acknowledgements acknowledges, deletes and unmarks its entries; an answer
+    /// not recorded (its pool gone) loses its mark at once; one `EXISTS` for the heartbeat
+    /// and a single pool decides as the separate checks would.
+    #[test]
+    fn a_step_acknowledges_in_batches_and_checks_pools_and_heartbeat() {
+        let (_server, sock) = server();
+        let mut con = Conn::open(&at(&sock, ""), Duration::ZERO).unwrap();
+        let ids = three_entries(&mut con);
+        let (id1, id2, id3) = (ids[0].as_str(), ids[1].as_str(), ids[2].as_str());
+        step(&mut con, &[], &[], &[(id1, "7"), (id2, "7")]);
+        step(&mut con, &[], &[(id1, "1"), (id2, "2")], &[]);
+        assert_eq!(pending(&mut con), 3);
+        let acked = step(&mut con, &[id1, id2], &[], &[]);
+        assert_eq!(acked, Value::Array(vec![Value::Int(0), Value::Array(vec![])]));
+        assert_eq!(pending(&mut con), 1);
+        assert_eq!(int(run(&mut con, &["XLEN", "t:tasks"])), 1);
+        assert_eq!(int(run(&mut con, &["HLEN", "t:running:a1"])), 0);
+        // Two pools, one gone: the entry of the gone one is skipped (acknowledged), the
+        // other starts.
+        run(&mut con, &["XADD", "t:tasks", "4-4", "f", "F", "p", "8", "k", "4", "m", "0"]);
+        run(&mut con, &["XREADGROUP", "GROUP", "agents", "a1", "STREAMS", "t:tasks", ">"]);
+        let mixed = step(&mut con, &[], &[], &[(id3, "7"), ("4-4", "8")]);
+        assert_eq!(
+            mixed,
+            Value::Array(vec![Value::Int(0), Value::Array(vec![Value::Int(1), Value::Int(0)])])
+        );
+        assert_eq!(pending(&mut con), 1);
+        // Its pool gone, task 3's answer is not recorded, and its mark goes at once.
+        run(&mut con, &["DEL", "t:pool:7"]);
+        let lost = step(&mut con, &[], &[(id3, "3")], &[]);
+        assert_eq!(lost, Value::Array(vec![Value::Int(0), Value::Array(vec![])]));
+        assert_eq!(int(run(&mut con, &["HLEN", "t:running:a1"])), 0);
+        // The heartbeat gone: nothing starts (one pool: the combined check).
+        run(&mut con, &["SET", "t:pool:7", "frame"]);
+        run(&mut con, &["DEL", "t:hb:a1"]);
+        let dead = step(&mut con, &[], &[], &[(id3, "7")]);
+        assert_eq!(dead, Value::Array(vec![Value::Int(0), Value::Int(-1)]));
+    }
+
+}

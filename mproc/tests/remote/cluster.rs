@@ -160,15 +160,32 @@ impl Cluster {
         self.redis.cmd(&[b"XDEL".as_slice(), &tasks, id]).unwrap();
     }
 
-    /// How many entries the agents have marked running now (all agents together).
+    /// How many entries the agents have marked running now and not answered (all agents
+    /// together). An answered entry keeps its mark a little longer (its acknowledgement
+    /// comes in a batch): a mark counts only while its task (`pool:task`) is not done.
     pub(crate) fn running(&self) -> usize {
-        self.keys("mproc:*:running:*")
-            .iter()
-            .map(|k| match self.redis.cmd(&[b"HLEN".as_slice(), k]) {
-                Ok(Reply::Int(n)) => n as usize,
-                _ => 0,
-            })
-            .sum()
+        let mut n = 0;
+        for key in self.keys("mproc:*:running:*") {
+            let at = key
+                .windows(8)
+                .position(|w| w == b"running:")
+                .expect("a running key");
+            let prefix = &key[..at];
+            let Ok(Reply::Array(marks)) = self.redis.cmd(&[b"HVALS".as_slice(), &key]) else {
+                continue;
+            };
+            for mark in marks {
+                let Reply::Bulk(mark) = mark else { continue };
+                let text = String::from_utf8(mark).expect("a running mark is text");
+                let (pool, task) = text.split_once(':').expect("pool:task");
+                let done = [prefix, b"done:", pool.as_bytes()].concat();
+                let answered = self
+                    .redis
+                    .cmd(&[b"HEXISTS".as_slice(), &done, task.as_bytes()]);
+                n += usize::from(matches!(answered, Ok(Reply::Int(0))));
+            }
+        }
+        n
     }
 
     /// How many entries were ever added to the stream `key` (XINFO's `entries-added`).
