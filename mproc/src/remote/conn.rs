@@ -318,6 +318,14 @@ impl Conn {
         }
     }
 
+    /// Reads the replies of every pipeline sent with [`send`](Self::send) and not read yet.
+    pub(crate) fn settle(&mut self, what: &str) -> Result<(), Error> {
+        while !self.unread.is_empty() {
+            self.recv(what)?;
+        }
+        Ok(())
+    }
+
     /// Whether the connection was replaced since the last call.
     pub(crate) fn take_reconnected(&mut self) -> bool {
         std::mem::take(&mut self.reconnected)

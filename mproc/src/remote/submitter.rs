@@ -210,6 +210,9 @@ fn start(
         .map_err(|e| Error::os("starting the remote pool's thread", e))
 }
 
+/// What the task pipelines do, for errors.
+const WRITING: &str = "writing tasks to the task stream";
+
 /// The loop; returns why it stopped (`Terminated` for a normal end too: nothing is left for
 /// it to answer then). The submitter is locked for each turn, not while it waits.
 fn serve(shared: &Shared, s: &Mutex<Submitter>) -> Error {
@@ -360,11 +363,20 @@ impl Submitter {
             }
         }
         if sent > 0 {
+            // The replies (the entries' ids) are read before the next pipeline or command
+            // (`settle`), by when they are there: no wait for them here, so neither this
+            // thread nor a caller writing its own task (`apply`) sleeps until Redis answers.
+            self.settle()?;
             let packed = pipe.get_packed_pipeline();
-            self.con
-                .ask("writing tasks to the task stream", packed, pipe.len())?;
+            self.con.send(WRITING, packed, pipe.len())?;
         }
         Ok(())
+    }
+
+    /// Reads the replies of the task pipelines written and not read yet: an error there (the
+    /// server refused an entry) ends the pool.
+    fn settle(&mut self) -> Result<(), Error> {
+        self.con.settle(WRITING)
     }
 
     /// Cancels chunks: dropped if queued; if sent, agents skip them, or kill the worker
@@ -389,6 +401,7 @@ impl Submitter {
             for id in &gone {
                 pipe.cmd("HSETNX").arg(&key).arg(id).arg("c").ignore();
             }
+            self.settle()?;
             self.con
                 .run("cancelling remote tasks", |c| pipe.query::<()>(c))?;
         }
@@ -398,6 +411,7 @@ impl Submitter {
     /// Every period: reap dead agents, follow the agents' total, and check that Redis still
     /// knows the pool.
     fn tick(&mut self) -> Result<(), Error> {
+        self.settle()?;
         reap(&mut self.con, &self.keys)?;
         self.refresh_size()?;
         let key = self.keys.pool(self.pool);
@@ -419,7 +433,10 @@ impl Submitter {
     fn refresh_size(&mut self) -> Result<(), Error> {
         let n = match self.fixed {
             Some(n) => n,
-            None => announced_workers(&mut self.con, &self.keys)?,
+            None => {
+                self.settle()?;
+                announced_workers(&mut self.con, &self.keys)?
+            }
         };
         self.processes.store(n.max(1), Ordering::Relaxed);
         Ok(())
@@ -427,6 +444,7 @@ impl Submitter {
 
     /// Terminate: agents skip or kill what they hold of this pool (its key goes first).
     fn abandon(&mut self) {
+        let _ = self.settle();
         let key = self.keys.pool(self.pool);
         let _ = self
             .con
@@ -447,6 +465,7 @@ impl Submitter {
         for k in self.keys.of_pool(self.pool) {
             pipe.cmd("DEL").arg(k).ignore();
         }
+        let _ = self.settle();
         let _ = self.con.run("deleting the pool's keys", |c| pipe.query::<()>(c));
         for chunk in self.queue.drain(..) {
             chunk.fail(why.clone());

@@ -7,6 +7,7 @@ use mproc::{ErrorKind, StartMethod};
 
 use crate::cluster::Cluster;
 use crate::common::sleep_ms;
+use crate::harness::Reply;
 
 fn crash(how: u8) -> u8 {
     match how {
@@ -211,6 +212,27 @@ fn redis_restarted_empty_is_a_clear_error() {
     c.redis.restart().unwrap();
     let e = r.get_timeout(Duration::from_secs(20)).unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::Broker(_)), "{e}");
+}
+
+/// A server that refuses to store the task (out of memory, here): the pool ends with the
+/// server's error, soon, rather than waiting for an answer that cannot come. (The pipeline's
+/// replies are read before the next one or at the pool's next tick, not waited for.)
+#[test]
+fn a_task_the_server_refuses_to_store_is_a_clear_error() {
+    let c = Cluster::new(StartMethod::Forkserver, 1, 1);
+    let pool = c.pool();
+    let served = pool.apply(tiny, (2,)).unwrap();
+    assert_eq!(served, tiny(2), "set-up: the pool serves");
+    let full = c.redis.cmd(&["CONFIG", "SET", "maxmemory", "1"]);
+    assert!(matches!(full, Ok(Reply::Status(_))), "{full:?}");
+    let at = Instant::now();
+    let e = pool
+        .apply_async(tiny, (3,))
+        .and_then(|r| r.get_timeout(Duration::from_secs(20)))
+        .unwrap_err();
+    assert!(at.elapsed() < Duration::from_secs(5), "{:?}", at.elapsed());
+    assert!(matches!(e.kind(), ErrorKind::Broker(_)), "{e}");
+    assert!(e.to_string().contains("OOM"), "{e}");
 }
 
 fn tiny(n: u64) -> u64 {
