@@ -19,6 +19,7 @@ mod bootstrap;
 pub(crate) mod config;
 mod conn;
 mod frame;
+mod resp;
 mod scripts;
 mod submitter;
 

@@ -449,7 +449,8 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "host".into());
-    let mut con = Conn::open(&remote.endpoint, Duration::ZERO)?;
+    // The hub's: polled, so that its `STEP` replies are parsed by mproc, not the crate.
+    let mut con = Conn::open_polled(&remote.endpoint, Duration::ZERO)?;
     conn::ensure_group(&mut con, &keys.tasks())?;
     // Before any thread starts, so that all inherit the blocked SIGTERM (local workers start
     // with a clean mask).

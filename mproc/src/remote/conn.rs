@@ -147,6 +147,44 @@ pub(crate) struct Conn {
     stale: bool,
     /// Pipelines sent and not read yet, oldest first, with how many replies each has.
     unread: std::collections::VecDeque<(Vec<u8>, usize)>,
+    /// Where `fd` is known, replies are read off it here, not through the crate (whose
+    /// parser costs several microseconds a reply): bytes read and not parsed yet.
+    inbox: Inbox,
+}
+
+/// Bytes read off a connection's socket, `buf[lo..hi]` not parsed yet.
+#[derive(Default)]
+struct Inbox {
+    buf: Vec<u8>,
+    lo: usize,
+    hi: usize,
+}
+
+/// The most a reply may take in memory before the connection counts as broken.
+const MAX_REPLY: usize = 1 << 30;
+
+impl Inbox {
+    fn clear(&mut self) {
+        (self.lo, self.hi) = (0, 0);
+    }
+
+    /// Room at the end for the next read: moves what is unparsed to the front, or grows.
+    fn room(&mut self) -> Result<&mut [u8], ()> {
+        if self.lo == self.hi {
+            self.clear();
+        }
+        if self.hi == self.buf.len() {
+            if self.lo > 0 {
+                self.buf.copy_within(self.lo..self.hi, 0);
+                (self.lo, self.hi) = (0, self.hi - self.lo);
+            } else if self.buf.len() >= MAX_REPLY {
+                return Err(());
+            } else {
+                self.buf.resize((self.buf.len() * 2).max(64 << 10), 0);
+            }
+        }
+        Ok(&mut self.buf[self.hi..])
+    }
 }
 
 impl Conn {
@@ -173,6 +211,7 @@ impl Conn {
             read_timeout: REPLY_TIMEOUT + block,
             reconnected: false,
             unread: std::collections::VecDeque::new(),
+            inbox: Inbox::default(),
         };
         conn.set_timeout()?;
         Ok(conn)
@@ -203,6 +242,7 @@ impl Conn {
 
     /// Replaces the connection and sends the unread pipelines again on the new one.
     fn reconnect(&mut self, what: &str) -> Result<(), Error> {
+        self.inbox.clear();
         (self.con, self.fd) = Conn::connect(&self.endpoint, self.polled)?;
         self.set_timeout()?;
         self.reconnected = true;
@@ -270,24 +310,6 @@ impl Conn {
         self.fresh(what)?;
         debug_assert!(self.unread.is_empty(), "replies of a pipeline are unread");
         self.send(what, packed, replies)?;
-        if let Some(sock) = self.fd {
-            // Every earlier reply was read, so the crate holds no bytes of this one: the
-            // socket is where it will appear. `sock` is `self.con`'s, open for this call.
-            let ready = fd::poll_numbers(&[(sock, false)], fd::deadline_after(self.read_timeout));
-            let error = match ready {
-                Ok(r) if r.iter().any(|r| r.readable || r.hangup) => None,
-                Ok(_) => Some(ErrorKind::Broker(format!(
-                    "{what}: no reply in {:?} (the Redis server went away or stopped answering)",
-                    self.read_timeout
-                ))
-                .into()),
-                Err(e) => Some(Error::os(what.to_owned(), e)),
-            };
-            if let Some(e) = error {
-                self.stale = true; // the reply may still come
-                return Err(e);
-            }
-        }
         self.recv(what)
     }
 
@@ -297,6 +319,17 @@ impl Conn {
         let Some(&(_, n)) = self.unread.front() else {
             return Ok(Vec::new());
         };
+        if let Some(sock) = self.fd {
+            let got = self.recv_direct(sock, n, what);
+            if got.is_err() {
+                self.stale = true; // some of this pipeline's replies may still come
+            }
+            self.unread.pop_front();
+            return got?
+                .into_iter()
+                .map(|v| v.extract_error().map_err(|e| broker(what, &e)))
+                .collect();
+        }
         let mut tries = 0;
         loop {
             let got: Vec<redis::RedisResult<Value>> =
@@ -316,6 +349,56 @@ impl Conn {
                 .map(|r| r.and_then(Value::extract_error).map_err(|e| broker(what, &e)))
                 .collect();
         }
+    }
+
+    /// `n` replies read off socket `sock` (`self.con`'s, open for this call) and parsed
+    /// here. The crate holds no bytes of them: every reply before them was read (by the
+    /// crate only for [`run`](Self::run), which leaves none unread). Waiting is a poll(2),
+    /// not a blocking read: a thread asleep in read(2) on a Unix socket is woken each time
+    /// the server reads what it sent (the kernel's write-space wake-up reaches every sleeper
+    /// on the socket) as well as by the answer; one asleep in poll is woken by the answer
+    /// alone.
+    fn recv_direct(&mut self, sock: RawFd, n: usize, what: &str) -> Result<Vec<Value>, Error> {
+        let gone = |why: &str| -> Error {
+            ErrorKind::Broker(format!(
+                "{what}: {why} (the Redis server went away or stopped answering)"
+            ))
+            .into()
+        };
+        let deadline = fd::deadline_after(self.read_timeout);
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let b = &self.inbox.buf[self.inbox.lo..self.inbox.hi];
+            match super::resp::parse(b) {
+                Ok(Some((v, used))) => {
+                    self.inbox.lo += used;
+                    out.push(v);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(Error::protocol(format!("{what}: a garbled reply: {e}")));
+                }
+            }
+            let Ok(room) = self.inbox.room() else {
+                return Err(Error::protocol(format!(
+                    "{what}: a reply over {MAX_REPLY} bytes"
+                )));
+            };
+            match fd::recv_number(sock, room) {
+                Ok(0) => return Err(gone("the connection closed")),
+                Ok(got) => self.inbox.hi += got,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    match fd::poll_numbers(&[(sock, false)], deadline) {
+                        Ok(r) if r.iter().any(|r| r.readable || r.hangup) => {}
+                        Ok(_) => return Err(gone(&format!("no reply in {:?}", self.read_timeout))),
+                        Err(e) => return Err(Error::os(what.to_owned(), e)),
+                    }
+                }
+                Err(e) => return Err(gone(&e.to_string())),
+            }
+        }
+        Ok(out)
     }
 
     /// Reads the replies of every pipeline sent with [`send`](Self::send) and not read yet.

@@ -247,6 +247,23 @@ pub(crate) fn peek_for(among: &[RawFd], expect: &[u8], deadline: Option<Instant>
     }
 }
 
+/// Reads what socket `fd` holds into `buf`, without waiting (`WouldBlock` when nothing is
+/// there; `Ok(0)` at its end; `EINTR` retried). For the socket under a connection object
+/// that a library keeps (found with [`peek_for`]): the caller owns that object, so the
+/// number stays open, naming that socket, for the call.
+#[cfg(feature = "remote")]
+pub(crate) fn recv_number(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the caller keeps `fd` open for this call (see above); the borrow ends with it.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    loop {
+        match rustix::net::recv(fd, &mut *buf, rustix::net::RecvFlags::DONTWAIT) {
+            Ok((got, _)) => return Ok(got),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Waits until one descriptor is readable (or hung up), or writable where asked, or until
 /// `deadline`; retries on `EINTR`; one [`Ready`] per descriptor, all false on timeout.
 ///
