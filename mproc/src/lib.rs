@@ -237,5 +237,13 @@ linux_only! {
         pub fn keeper(data: &[u8]) {
             crate::shared_memory::server::fuzz(data)
         }
+
+        /// Parses `data` as a Redis reply the way a remote pool's connections read them: never
+        /// a panic; a value parses the same from its own bytes, none of their parts reads as
+        /// a whole reply, and it is the value the `redis` crate's parser makes of them.
+        #[cfg(feature = "remote")]
+        pub fn resp(data: &[u8]) {
+            crate::remote::resp::fuzz(data)
+        }
     }
 }

@@ -19,7 +19,7 @@ mod bootstrap;
 pub(crate) mod config;
 mod conn;
 mod frame;
-mod resp;
+pub(crate) mod resp;
 mod scripts;
 mod submitter;
 

@@ -324,6 +324,7 @@ impl Hub {
     /// One `STEP`: the answers gathered so far, and the entries about to start. Written
     /// now, its reply read later; the entries may start as soon as this returns (the script
     /// is on its way before a worker can take them).
+    ///
     /// With `all_acks`, or [`ACK_BATCH`] of them waiting, the answered entries not yet
     /// acknowledged are.
     fn send(&mut self, c: &Common, all_acks: bool) -> Result<Settled, Error> {

@@ -261,6 +261,11 @@ impl Conn {
         what: &str,
         mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, Error> {
+        // Bytes this side read and did not parse would be another command's reply: the
+        // connection is out of step (never seen; a server's push message could do it).
+        if self.inbox.lo != self.inbox.hi {
+            self.stale = true;
+        }
         self.fresh(what)?;
         debug_assert!(self.unread.is_empty(), "replies of a pipeline are unread");
         let mut tries = 0;
@@ -321,10 +326,13 @@ impl Conn {
         };
         if let Some(sock) = self.fd {
             let got = self.recv_direct(sock, n, what);
-            if got.is_err() {
-                self.stale = true; // some of this pipeline's replies may still come
-            }
             self.unread.pop_front();
+            // On an error, some of this pipeline's replies may still come; with every reply
+            // read, bytes left over answer nothing sent (never seen): either way the
+            // connection is replaced before its next use.
+            if got.is_err() || (self.unread.is_empty() && self.inbox.lo != self.inbox.hi) {
+                self.stale = true;
+            }
             return got?
                 .into_iter()
                 .map(|v| v.extract_error().map_err(|e| broker(what, &e)))
@@ -610,6 +618,37 @@ mod tests {
         assert_eq!(refused.fd, None);
         let got = refused.ask("get", get.clone(), 1).unwrap();
         assert_eq!(got, [Value::BulkString(b"v".to_vec())]);
+    }
+
+    /// Replies read off the socket by mproc's parser: large ones (past the first buffer),
+    /// several pipelines in flight read in order, errors as errors, and the crate's own
+    /// commands in between.
+    #[test]
+    fn replies_read_off_the_socket_come_whole_and_in_order() {
+        let (_server, sock) = server();
+        let mut con = Conn::open_polled(&at(&sock, ""), Duration::ZERO).unwrap();
+        assert!(con.fd.is_some());
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let set = redis::cmd("SET").arg("big").arg(&big).get_packed_command();
+        assert_eq!(con.ask("set", set, 1).unwrap(), [Value::Okay]);
+        let get = |k: &str| redis::cmd("GET").arg(k).get_packed_command();
+        con.send("get", get("big"), 1).unwrap();
+        let mut two = redis::cmd("INCR").arg("n").get_packed_command();
+        two.extend(redis::cmd("HGET").arg("big").arg("f").get_packed_command());
+        con.send("incr and a wrong type", two.clone(), 2).unwrap();
+        con.send("get", get("nothing"), 1).unwrap();
+        assert_eq!(con.recv("get").unwrap(), [Value::BulkString(big.clone())]);
+        let e = con.recv("incr and a wrong type").unwrap_err();
+        assert!(e.to_string().contains("WRONGTYPE"), "{e}");
+        assert_eq!(con.recv("get").unwrap(), [Value::Nil]);
+        // The crate's turn, then this side's again.
+        let n: i64 = con
+            .run("get", |c| redis::cmd("GET").arg("n").query(c))
+            .unwrap();
+        assert_eq!(n, 1);
+        let xs = redis::cmd("XADD").arg("s").arg("*").arg("f").arg("v").get_packed_command();
+        let got = con.ask("xadd", xs, 1).unwrap();
+        assert!(matches!(&got[0], Value::BulkString(id) if id.contains(&b'-')), "{got:?}");
     }
 
     #[test]

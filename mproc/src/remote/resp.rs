@@ -125,6 +125,29 @@ fn line_end(b: &[u8]) -> Option<usize> {
     }
 }
 
+/// The fuzz target's body (`fuzz/fuzz_targets/resp.rs`): `data` parsed as a reply must give
+/// an error, a part, or a value, never a panic; a value parses the same from its own bytes,
+/// each part of those bytes is only a part, and where the crate's parser reads all of
+/// `data` as one value, it is the same value.
+pub(crate) fn fuzz(data: &[u8]) {
+    let Ok(Some((v, used))) = parse(data) else {
+        return;
+    };
+    assert!(used <= data.len());
+    assert_eq!(parse(&data[..used]), Ok(Some((v.clone(), used))));
+    for cut in 0..used {
+        assert!(
+            !matches!(parse(&data[..cut]), Ok(Some(_))),
+            "a part of a reply read as a whole one"
+        );
+    }
+    if used == data.len()
+        && let Ok(theirs) = redis::parse_redis_value(data)
+    {
+        assert_eq!(v, theirs);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +193,8 @@ mod tests {
             let mut two = s.clone();
             two.extend_from_slice(b":7\r\n");
             assert_eq!(parse(&two), Ok(Some((want, s.len()))));
+            fuzz(&s);
+            fuzz(&two);
         }
     }
 
