@@ -210,6 +210,9 @@ fn start(
         .map_err(|e| Error::os("starting the remote pool's thread", e))
 }
 
+/// How many results the result reader reads between two trims of its stream.
+const TRIM_EVERY: usize = 32;
+
 /// What the task pipelines do, for errors.
 const WRITING: &str = "writing tasks to the task stream";
 
@@ -552,7 +555,9 @@ fn read_results(
     pool: u64,
 ) {
     let mut last = "0-0".to_owned();
-    let mut trim = false;
+    // Results read since the last trim.
+    let mut untrimmed = 0usize;
+    let mut idle = false;
     while !flight.stop.load(Ordering::Relaxed) {
         let mut pipe = redis::pipe();
         pipe.cmd("XREAD")
@@ -563,18 +568,20 @@ fn read_results(
             .arg("STREAMS")
             .arg(stream)
             .arg(&last);
+        let trim = untrimmed >= TRIM_EVERY || (idle && untrimmed > 0);
         if trim {
             // What was read goes (the last entry stays until the next read: MINID keeps it).
-            // One trim of the stream's head costs less than deleting each entry. After the
-            // read, so that both replies come at once (Redis runs a command queued behind a
-            // blocked one when that one is answered): before it, the trim's reply woke this
-            // thread, and the read's woke it again.
+            // One trim of the stream's head costs less than deleting each entry, and one per
+            // `TRIM_EVERY` results less than one per read; once reads come back empty, what
+            // is left goes too. After the read, so that both replies come at once (Redis runs
+            // a command queued behind a blocked one when that one is answered): before it,
+            // the trim's reply woke this thread, and the read's woke it again.
             pipe.cmd("XTRIM").arg(stream).arg("MINID").arg(&last);
+            untrimmed = 0;
         }
         // Interrupted, it reads again from `last`: XREAD takes nothing away.
         let packed = pipe.get_packed_pipeline();
         let reply = con.ask("reading the remote pool's results", packed, pipe.len());
-        trim = false;
         let entries = match reply {
             Ok(r) => conn::stream_entries(r.into_iter().next().unwrap_or(Value::Nil)),
             Err(e) => {
@@ -583,13 +590,14 @@ fn read_results(
                 return;
             }
         };
-        if entries.is_empty() {
+        idle = entries.is_empty();
+        if idle {
             continue;
         }
         let mut left = None;
         for entry in entries {
             last.clone_from(&entry.id);
-            trim = true;
+            untrimmed += 1;
             let answer = answer_of(&entry, key, pool);
             let Some((task, outcome)) = answer else {
                 continue;
