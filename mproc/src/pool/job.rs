@@ -63,6 +63,9 @@ pub(crate) struct JobInner {
     /// for one chunk): a delivery that completes nothing wakes only them. Threads waiting for
     /// the whole job are woken once, when it completes.
     waiters: usize,
+    /// Threads asleep on `changed` for any reason (completion too): with none, completing
+    /// the job makes no system call (a condvar's notify always does one).
+    sleepers: usize,
     /// For an unordered stream: answered chunks not yet handed out, in answer order.
     pub(crate) answered: Option<VecDeque<usize>>,
 }
@@ -213,15 +216,20 @@ impl JobState {
 
     fn finished(&self) {
         self.done.store(true, Ordering::Release);
-        let (waker, callbacks, watchers) = {
+        let (waker, callbacks, watchers, sleepers) = {
             let mut inner = self.lock();
             (
                 inner.waker.take(),
                 std::mem::take(&mut inner.callbacks),
                 std::mem::take(&mut inner.watchers),
+                inner.sleepers,
             )
         };
-        self.changed.notify_all();
+        // A thread that looked before this lock saw the job incomplete and is counted; one
+        // that looks after it sees the job complete.
+        if sleepers > 0 {
+            self.changed.notify_all();
+        }
         for (watch, index) in watchers {
             if let Some(watch) = watch.upgrade() {
                 watch.push(index);
@@ -269,6 +277,7 @@ impl JobState {
                 Some(d) => Some(d.checked_duration_since(Instant::now())?),
             };
             inner.waiters += usize::from(partial);
+            inner.sleepers += 1;
             inner = match left {
                 None => self.changed.wait(inner).unwrap_or_else(|e| e.into_inner()),
                 Some(left) => {
@@ -279,6 +288,7 @@ impl JobState {
                 }
             };
             inner.waiters -= usize::from(partial);
+            inner.sleepers -= 1;
         }
     }
 

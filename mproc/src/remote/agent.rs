@@ -145,7 +145,10 @@ impl Common {
         if n > 0 {
             let left = self.outstanding.fetch_sub(n, Ordering::SeqCst) - n;
             if self.reader_waits.load(Ordering::SeqCst) && self.may_read(left) {
-                let _g = self.room_lock.lock().unwrap_or_else(|e| e.into_inner());
+                // Taken and let go before the notify: a reader that checked before this
+                // waits by now; one that checks after sees the room. (Notified under the
+                // lock, the reader woke only to wait for it.)
+                drop(self.room_lock.lock().unwrap_or_else(|e| e.into_inner()));
                 self.room.notify_all();
             }
         }
