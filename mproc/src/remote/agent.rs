@@ -56,6 +56,9 @@ const QUIET: Duration = Duration::from_millis(1);
 /// command).
 const ACK_BATCH: usize = 32;
 
+/// The most entries one `STEP` acknowledges (Lua's `unpack` takes a few thousand at most).
+const ACK_MAX: usize = 1024;
+
 /// What the engine hears.
 enum Event {
     /// Running entries to cancel (their task was cancelled, or their pool is gone).
@@ -103,14 +106,16 @@ struct Hub {
     records: Vec<(String, u64, u64, Vec<u8>)>,
     /// Entries a local worker is about to get, to mark running: (entry id, pool, task).
     starting: Vec<(String, u64, u64)>,
-    /// Entries whose answers were sent for recording, to acknowledge, delete and unmark with
-    /// a later `STEP` ([`ACK_BATCH`] at a time, or once the hub is quiet).
+    /// Entries whose answers are recorded (their `STEP`'s reply came, and was no error), to
+    /// acknowledge, delete and unmark with a later `STEP` ([`ACK_BATCH`] at a time, or once
+    /// the hub is quiet). Only then: a `STEP` that failed (the server out of memory, say)
+    /// recorded nothing, and its entries must stay for the reaper to re-queue.
     acked: Vec<String>,
     /// The `STEP` script's digest (loaded when the agent registers).
     step: String,
     /// Per pipeline sent and not read yet (the connection keeps their bytes), oldest first:
-    /// the entries it started, whose verdicts it carries.
-    unsettled: VecDeque<Vec<String>>,
+    /// the entries it started, whose verdicts it carries, and those whose answers it records.
+    unsettled: VecDeque<(Vec<String>, Vec<String>)>,
     /// When the last pipeline went out (its replies may still be on their way).
     sent: Instant,
     /// What wakes each local pool's dispatcher, by remote pool.
@@ -335,8 +340,11 @@ impl Hub {
         let me = c.id();
         let records = std::mem::take(&mut self.records);
         let starting = std::mem::take(&mut self.starting);
-        let acks = match all_acks || self.acked.len() >= ACK_BATCH {
-            true => std::mem::take(&mut self.acked),
+        let acks: Vec<String> = match all_acks || self.acked.len() >= ACK_BATCH {
+            true => {
+                let n = self.acked.len().min(ACK_MAX);
+                self.acked.drain(..n).collect()
+            }
             false => Vec::new(),
         };
         let mut cmd = redis::cmd("EVALSHA");
@@ -362,29 +370,34 @@ impl Hub {
             cmd.get_packed_command(),
             1,
         )?;
-        // Recorded entries are done with here (acknowledged by a later script): their room
-        // is free.
-        let before = self.acked.len();
-        self.acked
-            .extend(records.into_iter().map(|r| r.0).filter(|id| !id.is_empty()));
-        c.release(self.acked.len() - before);
+        // Answered entries are done with here (acknowledged by a later script, once this
+        // one's reply says they are recorded): their room is free.
+        let recorded: Vec<String> = records
+            .into_iter()
+            .map(|r| r.0)
+            .filter(|id| !id.is_empty())
+            .collect();
+        c.release(recorded.len());
         self.sent = Instant::now();
         self.unsettled
-            .push_back(starting.into_iter().map(|s| s.0).collect());
+            .push_back((starting.into_iter().map(|s| s.0).collect(), recorded));
         self.settle(c, UNSETTLED)
     }
 
     /// Reads the replies of sent pipelines until at most `keep` are unread. An entry the
     /// STEP script refused to start (cancelled, already answered, its pool gone, or this agent
     /// declared dead) is to be taken back from its local pool; its answer is not recorded
-    /// (one already recorded was harmless: the script records nothing twice).
+    /// (one already recorded was harmless: the script records nothing twice). The answers a
+    /// reply confirms are to be acknowledged; a reply that is an error fails the agent, and
+    /// leaves its entries pending for the reaper.
     fn settle(&mut self, c: &Common, keep: usize) -> Result<Settled, Error> {
         let mut out = Settled::default();
         while self.unsettled.len() > keep {
             let reply = self.con.recv("recording results and starting tasks")?;
-            let Some(ids) = self.unsettled.pop_front() else {
+            let Some((ids, recorded)) = self.unsettled.pop_front() else {
                 break;
             };
+            self.acked.extend(recorded);
             if ids.is_empty() {
                 continue;
             }
@@ -430,9 +443,13 @@ impl Hub {
         }
     }
 
-    /// Whether `id` is here already (read again after a reconnection).
+    /// Whether `id` is here already (read again after a reconnection): waiting or running,
+    /// answered, or answered and not acknowledged yet.
     fn knows(&self, id: &str) -> bool {
-        self.tasks.contains_key(id) || self.records.iter().any(|r| r.0 == id)
+        self.tasks.contains_key(id)
+            || self.records.iter().any(|r| r.0 == id)
+            || self.acked.iter().any(|a| a == id)
+            || self.unsettled.iter().any(|(_, r)| r.iter().any(|a| a == id))
     }
 }
 
@@ -678,8 +695,15 @@ impl Engine {
     /// so what it held but never started is re-queued at no charge, and it is forgotten.
     fn leave(&mut self) -> Result<(), Error> {
         let c = &self.common;
-        // A failure to reach Redis shows in the next command.
-        c.flush_with(true);
+        // Every reply read first, so that only recorded answers are acknowledged. (The
+        // reaper below deletes what is left anyway; this only spares it the work.)
+        let settled = c.hub().settle(c, 0)?;
+        drop(settled);
+        while !c.hub().acked.is_empty() {
+            if !c.flush_with(true) {
+                break; // Redis is gone: the next command says so
+            }
+        }
         let mut hub = c.hub();
         hub.settle(c, 0)?;
         let key = c.keys.heartbeat(&c.id());
@@ -1109,5 +1133,160 @@ fn only_bytes(answered: crate::pool::job::Answered) -> Result<Vec<u8>, Error> {
             "the task returned a handle (a Buffer, a Lock, ...): handles cannot travel to \
              another host",
         ))
+    }
+}
+
+/// The hub's books against a real redis-server: which answered entries it acknowledges, and
+/// when.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::conn::testing::{at, server};
+
+    /// A hub with no local pools, registered as agent `a1` of pool 7, on `sock`.
+    fn common(sock: &std::path::Path) -> (Arc<Common>, Receiver<Event>) {
+        let endpoint = at(sock, "");
+        let key = Key::new(vec![7; 32]).unwrap();
+        let keys = Keys::new(1, &key);
+        let mut con = Conn::open_polled(&endpoint, Duration::ZERO).unwrap();
+        conn::ensure_group(&mut con, &keys.tasks()).unwrap();
+        let step: String = con
+            .run("loading STEP", |k| {
+                redis::cmd("SCRIPT").arg("LOAD").arg(scripts::STEP).query(k)
+            })
+            .unwrap();
+        let (pool, hb) = (keys.pool(7), keys.heartbeat("a1"));
+        con.run("set-up", |k| {
+            redis::pipe()
+                .cmd("SET")
+                .arg(&pool)
+                .arg("frame")
+                .cmd("SET")
+                .arg(&hb)
+                .arg(1)
+                .query::<()>(k)
+        })
+        .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let c = Common {
+            endpoint,
+            keys,
+            key,
+            ttl: Duration::from_secs(1),
+            workers: 1,
+            id: Mutex::new("a1".into()),
+            outstanding: AtomicUsize::new(0),
+            room: Condvar::new(),
+            room_lock: Mutex::new(()),
+            reader_waits: AtomicBool::new(false),
+            window: AtomicUsize::new(2),
+            stop: AtomicBool::new(false),
+            tx,
+            hub: Mutex::new(Hub {
+                con,
+                tasks: HashMap::new(),
+                records: Vec::new(),
+                starting: Vec::new(),
+                acked: Vec::new(),
+                step,
+                unsettled: VecDeque::new(),
+                sent: Instant::now(),
+                wakers: HashMap::new(),
+                waiting: HashSet::new(),
+                pace: Pace::default(),
+            }),
+        };
+        (Arc::new(c), rx)
+    }
+
+    /// An entry of pool 7's task `task`, read by `a1`: its id.
+    fn entry(c: &Common, task: u64) -> String {
+        let tasks = c.keys.tasks();
+        let mut hub = c.hub();
+        let id: String = hub
+            .con
+            .run("xadd", |k| {
+                redis::cmd("XADD")
+                    .arg(&tasks)
+                    .arg("*")
+                    .arg("f")
+                    .arg("F")
+                    .arg("p")
+                    .arg(7)
+                    .arg("k")
+                    .arg(task)
+                    .query(k)
+            })
+            .unwrap();
+        hub.con
+            .run("xreadgroup", |k| {
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(GROUP)
+                    .arg("a1")
+                    .arg("STREAMS")
+                    .arg(&tasks)
+                    .arg(">")
+                    .query::<Value>(k)
+            })
+            .unwrap();
+        // Counted as the reader counts what it read.
+        c.outstanding.fetch_add(1, Ordering::SeqCst);
+        id
+    }
+
+    /// An answered entry is acknowledged only once the reply of the `STEP` recording it came
+    /// and was no error: a `STEP` the server refused (out of memory here) recorded nothing,
+    /// and its entry must stay pending for the reaper to re-queue, not be acknowledged by a
+    /// later `STEP`'s batch. Meanwhile the reader knows the entry (it is not run again if
+    /// read again).
+    #[test]
+    fn only_recorded_answers_are_acknowledged() {
+        let (_server, sock) = server();
+        let (c, _rx) = common(&sock);
+        let first = entry(&c, 1);
+        let sealed = |t| c.seal(String::new(), 7, t, 1 << 20, Ok(vec![1])).unwrap().3;
+        c.hub().records.push((first.clone(), 7, 1, sealed(1)));
+        assert!(c.flush());
+        {
+            let hub = c.hub();
+            assert!(hub.acked.is_empty(), "acknowledged before its reply came");
+            assert!(hub.knows(&first));
+        }
+        c.hub().settle(&c, 0).unwrap();
+        assert_eq!(c.hub().acked, std::slice::from_ref(&first));
+        assert!(c.hub().knows(&first));
+        // The server out of memory: the next answer's `STEP` fails.
+        let second = entry(&c, 2);
+        let oom = |limit: &str| {
+            c.hub()
+                .con
+                .run("config", |k| {
+                    redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(limit).query::<()>(k)
+                })
+                .unwrap()
+        };
+        oom("1");
+        c.hub().records.push((second.clone(), 7, 2, sealed(2)));
+        assert!(c.flush());
+        let Err(e) = c.hub().settle(&c, 0) else {
+            panic!("the STEP succeeded with the server out of memory")
+        };
+        assert!(e.to_string().contains("OOM"), "{e}");
+        assert!(!c.hub().acked.contains(&second), "a refused answer acknowledged");
+        oom("0");
+        // The first goes with the next batch; the second stays pending, unrecorded.
+        assert!(c.flush_with(true));
+        c.hub().settle(&c, 0).unwrap();
+        let tasks = c.keys.tasks();
+        let pending: Value = c
+            .hub()
+            .con
+            .run("xpending", |k| {
+                redis::cmd("XPENDING").arg(&tasks).arg(GROUP).arg("-").arg("+").arg(10).query(k)
+            })
+            .unwrap();
+        let pending = format!("{pending:?}");
+        assert!(!pending.contains(&first) && pending.contains(&second), "{pending}");
     }
 }

@@ -158,32 +158,38 @@ struct Inbox {
     buf: Vec<u8>,
     lo: usize,
     hi: usize,
+    /// How many bytes from `lo` the reply there needs before it can be whole (what
+    /// [`resp::measure`](super::resp::measure) said): it is not looked at again before.
+    need: usize,
 }
 
-/// The most a reply may take in memory before the connection counts as broken.
-const MAX_REPLY: usize = 1 << 30;
+/// The most room made at once for a reply that says it needs more (a larger one grows as
+/// its bytes come, as far as memory allows, as with the crate).
+const PREPARE_AT_MOST: usize = 64 << 20;
 
 impl Inbox {
     fn clear(&mut self) {
-        (self.lo, self.hi) = (0, 0);
+        (self.lo, self.hi, self.need) = (0, 0, 0);
     }
 
-    /// Room at the end for the next read: moves what is unparsed to the front, or grows.
-    fn room(&mut self) -> Result<&mut [u8], ()> {
+    /// Room at the end for the next read, at least enough for what the reply at `lo` needs
+    /// (up to [`PREPARE_AT_MOST`]): moves what is unparsed to the front, or grows.
+    fn room(&mut self) -> &mut [u8] {
         if self.lo == self.hi {
-            self.clear();
+            (self.lo, self.hi) = (0, 0);
         }
-        if self.hi == self.buf.len() {
+        let want = self.need.min(PREPARE_AT_MOST).max(self.hi - self.lo + 1);
+        if self.buf.len() - self.lo < want || self.hi == self.buf.len() {
             if self.lo > 0 {
                 self.buf.copy_within(self.lo..self.hi, 0);
                 (self.lo, self.hi) = (0, self.hi - self.lo);
-            } else if self.buf.len() >= MAX_REPLY {
-                return Err(());
-            } else {
-                self.buf.resize((self.buf.len() * 2).max(64 << 10), 0);
+            }
+            if self.hi == self.buf.len() || self.buf.len() < want {
+                let grown = (self.buf.len() * 2).max(want).max(64 << 10);
+                self.buf.resize(grown, 0);
             }
         }
-        Ok(&mut self.buf[self.hi..])
+        &mut self.buf[self.hi..]
     }
 }
 
@@ -276,7 +282,21 @@ impl Conn {
                     tries += 1;
                     self.reconnect(what)?;
                 }
-                Err(e) => return Err(broker(what, &e)),
+                Err(e) => {
+                    // A reply given up on (a timeout) may still come, and a garbled one
+                    // leaves the stream anywhere: the crate would skip the late reply at its
+                    // next read, but this side reads some replies itself and would not. The
+                    // connection is replaced before its next use. (A server's error reply,
+                    // or one of the wrong type, was read whole: the connection is fine.)
+                    if e.is_io_error()
+                        || e.is_timeout()
+                        || e.is_connection_dropped()
+                        || e.kind() == redis::ErrorKind::Parse
+                    {
+                        self.stale = true;
+                    }
+                    return Err(broker(what, &e));
+                }
             }
         }
     }
@@ -373,29 +393,32 @@ impl Conn {
             ))
             .into()
         };
-        let deadline = fd::deadline_after(self.read_timeout);
+        // As the crate's reads (a timeout per read), the wait runs from the last bytes.
+        let mut deadline = fd::deadline_after(self.read_timeout);
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
             let b = &self.inbox.buf[self.inbox.lo..self.inbox.hi];
-            match super::resp::parse(b) {
-                Ok(Some((v, used))) => {
-                    self.inbox.lo += used;
-                    out.push(v);
-                    continue;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    return Err(Error::protocol(format!("{what}: a garbled reply: {e}")));
+            if b.len() >= self.inbox.need {
+                let garbled = |e| Error::protocol(format!("{what}: a garbled reply: {e}"));
+                match super::resp::measure(b).map_err(garbled)? {
+                    Ok(_) => {
+                        let Some((v, used)) = super::resp::build(b).map_err(garbled)? else {
+                            return Err(garbled("a reply measured whole and parsed part".into()));
+                        };
+                        self.inbox.lo += used;
+                        self.inbox.need = 0;
+                        out.push(v);
+                        continue;
+                    }
+                    Err(need) => self.inbox.need = need,
                 }
             }
-            let Ok(room) = self.inbox.room() else {
-                return Err(Error::protocol(format!(
-                    "{what}: a reply over {MAX_REPLY} bytes"
-                )));
-            };
-            match fd::recv_number(sock, room) {
+            match fd::recv_number(sock, self.inbox.room()) {
                 Ok(0) => return Err(gone("the connection closed")),
-                Ok(got) => self.inbox.hi += got,
+                Ok(got) => {
+                    self.inbox.hi += got;
+                    deadline = fd::deadline_after(self.read_timeout);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     match fd::poll_numbers(&[(sock, false)], deadline) {
                         Ok(r) if r.iter().any(|r| r.readable || r.hangup) => {}
@@ -649,6 +672,47 @@ mod tests {
         let xs = redis::cmd("XADD").arg("s").arg("*").arg("f").arg("v").get_packed_command();
         let got = con.ask("xadd", xs, 1).unwrap();
         assert!(matches!(&got[0], Value::BulkString(id) if id.contains(&b'-')), "{got:?}");
+    }
+
+    /// A command of the crate's given up on (its reply late): the crate would skip that
+    /// reply at its own next read, but the next reply read here is read by mproc, which
+    /// must not take the late one for its own. The connection is replaced instead.
+    #[test]
+    fn a_late_reply_to_the_crates_command_is_not_read_as_the_next() {
+        let (_server, sock) = server();
+        let mut con = Conn::open_polled(&at(&sock, ""), Duration::ZERO).unwrap();
+        con.run("set", |c| redis::cmd("SET").arg("k").arg("v").query::<()>(c))
+            .unwrap();
+        con.read_timeout = Duration::from_millis(200);
+        con.set_timeout().unwrap();
+        let late = con.run("waiting", |c| {
+            redis::cmd("BLPOP").arg("nothing").arg(1).query::<Value>(c)
+        });
+        assert!(late.is_err(), "{late:?}");
+        std::thread::sleep(Duration::from_millis(1000));
+        let got = con
+            .ask("get", redis::cmd("GET").arg("k").get_packed_command(), 1)
+            .unwrap();
+        assert_eq!(got, [Value::BulkString(b"v".to_vec())]);
+    }
+
+    /// Several large strings in one reply, read off the socket as they come.
+    #[test]
+    fn a_reply_of_many_large_strings_comes_whole() {
+        let (_server, sock) = server();
+        let mut con = Conn::open_polled(&at(&sock, ""), Duration::ZERO).unwrap();
+        let value = |i: u8| vec![i; 4 << 20];
+        for i in 0..6u8 {
+            let set = redis::cmd("SET").arg(format!("k{i}")).arg(value(i)).get_packed_command();
+            assert_eq!(con.ask("set", set, 1).unwrap(), [Value::Okay]);
+        }
+        let mut mget = redis::cmd("MGET");
+        for i in 0..6u8 {
+            mget.arg(format!("k{i}"));
+        }
+        let got = con.ask("mget", mget.get_packed_command(), 1).unwrap();
+        let want: Vec<Value> = (0..6u8).map(|i| Value::BulkString(value(i))).collect();
+        assert!(got == [Value::Array(want)], "not the six strings");
     }
 
     #[test]

@@ -16,7 +16,70 @@ const MAX_DEPTH: usize = 64;
 /// The first complete reply at the start of `b` and how many bytes it took; `Ok(None)` if
 /// `b` holds only part of one; `Err` if `b` is not a reply.
 pub(crate) fn parse(b: &[u8]) -> Result<Option<(Value, usize)>, String> {
+    match measure(b)? {
+        Ok(_) => value(b, 0),
+        Err(_) => Ok(None),
+    }
+}
+
+/// How long the first reply at the start of `b` is, looked at without building it:
+/// `Ok(len)` if `b` holds it whole; `Err(need)` if not, where `need` (more than `b.len()`)
+/// is how many bytes `b` must hold before it can be whole. A reader feeding a large reply in
+/// pieces looks again only once `need` bytes are there, and builds the values once: parsed
+/// from the start at each piece, a reply of many large strings costs time quadratic in its
+/// size.
+pub(crate) fn measure(b: &[u8]) -> Result<Result<usize, usize>, String> {
+    span(b, 0)
+}
+
+/// The reply at the start of `b`, which [`measure`] found whole; `Err` if it is no reply.
+pub(crate) fn build(b: &[u8]) -> Result<Option<(Value, usize)>, String> {
     value(b, 0)
+}
+
+fn span(b: &[u8], depth: usize) -> Result<Result<usize, usize>, String> {
+    if depth > MAX_DEPTH {
+        return Err(format!("a reply nested more than {MAX_DEPTH} deep"));
+    }
+    let Some(end) = line_end(b) else {
+        return Ok(Err(b.len() + 1));
+    };
+    let (kind, line, after) = (b[0], &b[1..end], end + 2);
+    let int = || {
+        std::str::from_utf8(line)
+            .ok()
+            .and_then(|t| t.trim().parse::<i64>().ok())
+            .ok_or_else(|| "a reply length or integer that is not a number".to_owned())
+    };
+    match kind {
+        b'+' | b'-' | b':' | b'_' | b'#' => Ok(Ok(after)),
+        b'$' => match usize::try_from(int()?) {
+            Err(_) => Ok(Ok(after)),
+            Ok(n) => {
+                let whole = after.saturating_add(n).saturating_add(2);
+                Ok(if b.len() >= whole { Ok(whole) } else { Err(whole) })
+            }
+        },
+        b'*' | b'~' | b'%' => {
+            let Ok(n) = usize::try_from(int()?) else {
+                return Ok(Ok(after));
+            };
+            let count = match kind {
+                b'%' => n.checked_mul(2).ok_or("a map too large")?,
+                _ => n,
+            };
+            let mut at = after;
+            for _ in 0..count {
+                match span(&b[at..], depth + 1)? {
+                    Ok(used) => at += used,
+                    Err(need) => return Ok(Err(at + need)),
+                }
+            }
+            Ok(Ok(at))
+        }
+        // Left for `value` to refuse.
+        _ => Ok(Ok(after)),
+    }
 }
 
 fn value(b: &[u8], depth: usize) -> Result<Option<(Value, usize)>, String> {
@@ -130,9 +193,13 @@ fn line_end(b: &[u8]) -> Option<usize> {
 /// each part of those bytes is only a part, and where the crate's parser reads all of
 /// `data` as one value, it is the same value.
 pub(crate) fn fuzz(data: &[u8]) {
+    if let Ok(Err(need)) = measure(data) {
+        assert!(need > data.len(), "a part of a reply that needs no more bytes");
+    }
     let Ok(Some((v, used))) = parse(data) else {
         return;
     };
+    assert_eq!(measure(data), Ok(Ok(used)));
     assert!(used <= data.len());
     assert_eq!(parse(&data[..used]), Ok(Some((v.clone(), used))));
     for cut in 0..used {
@@ -195,6 +262,25 @@ mod tests {
             assert_eq!(parse(&two), Ok(Some((want, s.len()))));
             fuzz(&s);
             fuzz(&two);
+        }
+    }
+
+    /// A part of a reply says how many bytes it needs at least, and exactly that many when
+    /// what is missing is a string's bytes.
+    #[test]
+    fn a_part_says_how_much_more_it_needs() {
+        let big = format!("*2\r\n$5\r\nhello\r\n${}\r\n{}\r\n", 1 << 20, "x".repeat(1 << 20));
+        let b = big.as_bytes();
+        let whole = b.len();
+        assert_eq!(measure(b), Ok(Ok(whole)));
+        for cut in [30, 1000, whole - 3, whole - 1] {
+            assert_eq!(measure(&b[..cut]), Ok(Err(whole)), "cut at {cut}");
+        }
+        for cut in 0..24 {
+            let Ok(Err(need)) = measure(&b[..cut]) else {
+                panic!("cut at {cut}: {:?}", measure(&b[..cut]))
+            };
+            assert!(need > cut && need <= whole, "cut at {cut}: {need}");
         }
     }
 

@@ -97,8 +97,10 @@ return {recorded, out}
 /// entries it was running count an attempt each (past the task's `max_retries`: a `lost`
 /// result and a copy on the dead-letter stream; else re-queued), the entries it held but had
 /// not started are re-queued at no charge, then the agent is forgotten (its running record,
-/// its registration, its consumer). A task that is done already (answered, or cancelled) is
-/// neither re-queued nor dead-lettered: its entry just goes. Then, as a safety net, the task
+/// its registration, its consumer). A task that is done already (answered, or cancelled), or
+/// whose pool has ended, is neither charged, re-queued nor dead-lettered: its entry just goes
+/// (an answered entry keeps its running mark until its acknowledgement, and a pool's keys
+/// are deleted when it ends: charging it would bring back its `attempts` key for good). Then, as a safety net, the task
 /// stream's head is trimmed up to its oldest entry still pending or not yet delivered
 /// (`MINID ~`: whole nodes only, so it costs little). Returns how many agents it reaped.
 ///
@@ -122,7 +124,7 @@ for _, a in ipairs(redis.call('HKEYS', KEYS[2])) do
           local live = redis.call('EXISTS', p .. 'pool:' .. pool) == 1
           local done = redis.call('HEXISTS', p .. 'done:' .. pool, task) == 1
           local requeue = live and not done
-          if not done and redis.call('HEXISTS', running, id) == 1 then
+          if live and not done and redis.call('HEXISTS', running, id) == 1 then
             local n = redis.call('HINCRBY', p .. 'attempts:' .. pool, task, 1)
             if n > tonumber(m) then
               requeue = false
@@ -288,6 +290,31 @@ mod tests {
         ])]));
         assert_eq!(entries[0].text("k"), Some("3"), "task 3 re-queued");
         assert_eq!(int(run(&mut con, &["EXISTS", "t:running:a1"])), 0);
+    }
+
+    /// An agent that dies with an answered entry not acknowledged yet, after the entry's pool
+    /// has ended (its keys deleted, `done` among them): the reaper charges nothing, writes no
+    /// dead letter, and brings back no key of the pool.
+    #[test]
+    fn the_reaper_charges_nothing_for_a_pool_that_has_ended() {
+        let (_server, sock) = server();
+        let mut con = Conn::open(&at(&sock, ""), Duration::ZERO).unwrap();
+        let ids = three_entries(&mut con);
+        step(&mut con, &[], &[], &[(ids[0].as_str(), "7")]);
+        step(&mut con, &[], &[(ids[0].as_str(), "1")], &[]);
+        assert_eq!(int(run(&mut con, &["HLEN", "t:running:a1"])), 1);
+        // The pool ends (its submitter deletes its keys), then the agent dies.
+        for k in ["t:pool:7", "t:results:7", "t:done:7", "t:stats:7", "t:attempts:7"] {
+            run(&mut con, &["DEL", k]);
+        }
+        run(&mut con, &["DEL", "t:hb:a1"]);
+        let reaped = run(&mut con, &["EVAL", REAP, "3", "t:tasks", "t:agents", "t:dead", "t:"]);
+        assert_eq!(int(reaped), 1);
+        assert_eq!(int(run(&mut con, &["EXISTS", "t:attempts:7"])), 0);
+        assert_eq!(int(run(&mut con, &["EXISTS", "t:dead"])), 0);
+        assert_eq!(int(run(&mut con, &["EXISTS", "t:results:7"])), 0);
+        assert_eq!(int(run(&mut con, &["XLEN", "t:tasks"])), 0, "nothing re-queued");
+        assert_eq!(pending(&mut con), 0);
     }
 
     /// A batch of acknowledgements acknowledges, deletes and unmarks its entries; an answer

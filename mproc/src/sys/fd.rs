@@ -249,8 +249,11 @@ pub(crate) fn peek_for(among: &[RawFd], expect: &[u8], deadline: Option<Instant>
 
 /// Reads what socket `fd` holds into `buf`, without waiting (`WouldBlock` when nothing is
 /// there; `Ok(0)` at its end; `EINTR` retried). For the socket under a connection object
-/// that a library keeps (found with [`peek_for`]): the caller owns that object, so the
-/// number stays open, naming that socket, for the call.
+/// that a library keeps (its number found with [`peek_for`]): the caller owns that object
+/// for the call and the library closes the socket only when it is dropped, so the number
+/// stays open, naming that socket, for the call. Were that promise broken, the bytes would
+/// come from whatever the number names then (or the call fail): wrong I/O, never memory
+/// unsafety, as `buf` is this side's own.
 #[cfg(feature = "remote")]
 pub(crate) fn recv_number(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: the caller keeps `fd` open for this call (see above); the borrow ends with it.

@@ -160,6 +160,17 @@ impl Cluster {
         self.redis.cmd(&[b"XDEL".as_slice(), &tasks, id]).unwrap();
     }
 
+    /// How many running marks the agents have in Redis now, answered or not.
+    pub(crate) fn running_marks(&self) -> usize {
+        self.keys("mproc:*:running:*")
+            .iter()
+            .map(|k| match self.redis.cmd(&[b"HLEN".as_slice(), k]) {
+                Ok(Reply::Int(n)) => n as usize,
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// How many entries the agents have marked running now and not answered (all agents
     /// together). An answered entry keeps its mark a little longer (its acknowledgement
     /// comes in a batch): a mark counts only while its task (`pool:task`) is not done.
