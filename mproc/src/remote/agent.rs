@@ -774,6 +774,7 @@ impl Intake {
                 .arg(&tasks)
                 .arg(from)
                 .get_packed_command();
+            let reread = again;
             let reply = con.ask("reading the task stream", read, 1);
             again = con.take_reconnected();
             let entries = match reply {
@@ -789,7 +790,7 @@ impl Intake {
                 c.release(entries.len());
                 break;
             }
-            if let Err(e) = self.take(&mut con, entries) {
+            if let Err(e) = self.take(&mut con, entries, reread) {
                 let _ = c.tx.send(Event::Failed(e));
                 break;
             }
@@ -802,10 +803,13 @@ impl Intake {
     /// Checks entries the reader took and hands the good ones to their local pools; a bad
     /// one is refused (logged, answered with an error so its submitter does not wait, and
     /// never run).
-    fn take(&mut self, con: &mut Conn, entries: Vec<conn::Entry>) -> Result<(), Error> {
+    ///
+    /// `reread`: this consumer's pending entries read again (after a reconnection), some of
+    /// which it has; new entries (`>`) are never among them, and are not looked for.
+    fn take(&mut self, con: &mut Conn, entries: Vec<conn::Entry>, reread: bool) -> Result<(), Error> {
         let c = Arc::clone(&self.common);
         for entry in entries {
-            if c.hub().knows(&entry.id) {
+            if reread && c.hub().knows(&entry.id) {
                 // Read again after a reconnection: already here.
                 c.release(1);
                 continue;
