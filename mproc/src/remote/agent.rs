@@ -138,6 +138,45 @@ struct Task {
 }
 
 impl Common {
+    /// An agent's shared state before it registers (no id, no script loaded yet).
+    fn new(
+        endpoint: Endpoint,
+        (keys, key): (Keys, Key),
+        ttl: Duration,
+        workers: usize,
+        tx: Sender<Event>,
+        con: Conn,
+    ) -> Common {
+        Common {
+            endpoint,
+            keys,
+            key,
+            ttl,
+            workers,
+            id: Mutex::new(String::new()),
+            outstanding: AtomicUsize::new(0),
+            room: Condvar::new(),
+            room_lock: Mutex::new(()),
+            reader_waits: AtomicBool::new(false),
+            window: AtomicUsize::new(workers * 2),
+            stop: AtomicBool::new(false),
+            tx,
+            hub: Mutex::new(Hub {
+                con,
+                tasks: HashMap::new(),
+                records: Vec::new(),
+                starting: Vec::new(),
+                acked: Vec::new(),
+                step: String::new(),
+                unsettled: VecDeque::new(),
+                sent: Instant::now(),
+                wakers: HashMap::new(),
+                waiting: HashSet::new(),
+                pace: Pace::default(),
+            }),
+        }
+    }
+
     fn id(&self) -> String {
         self.id.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -478,34 +517,14 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
     let term = crate::sys::proc::sigterm_fd()
         .map_err(|e| Error::os("watching for SIGTERM", e))?;
     let (tx, rx) = mpsc::channel();
-    let common = Arc::new(Common {
-        endpoint: remote.endpoint.clone(),
-        keys,
-        key,
-        ttl: remote.ttl,
+    let common = Arc::new(Common::new(
+        remote.endpoint.clone(),
+        (keys, key),
+        remote.ttl,
         workers,
-        id: Mutex::new(String::new()),
-        outstanding: AtomicUsize::new(0),
-        room: Condvar::new(),
-        room_lock: Mutex::new(()),
-        reader_waits: AtomicBool::new(false),
-        window: AtomicUsize::new(workers * 2),
-        stop: AtomicBool::new(false),
-        tx: tx.clone(),
-        hub: Mutex::new(Hub {
-            con,
-            tasks: HashMap::new(),
-            records: Vec::new(),
-            starting: Vec::new(),
-            acked: Vec::new(),
-            step: String::new(),
-            unsettled: VecDeque::new(),
-            sent: Instant::now(),
-            wakers: HashMap::new(),
-            waiting: HashSet::new(),
-            pace: Pace::default(),
-        }),
-    });
+        tx.clone(),
+        con,
+    ));
     let mut engine = Engine {
         common: Arc::clone(&common),
         host: host.clone(),
@@ -1172,34 +1191,9 @@ mod tests {
         })
         .unwrap();
         let (tx, rx) = mpsc::channel();
-        let c = Common {
-            endpoint,
-            keys,
-            key,
-            ttl: Duration::from_secs(1),
-            workers: 1,
-            id: Mutex::new("a1".into()),
-            outstanding: AtomicUsize::new(0),
-            room: Condvar::new(),
-            room_lock: Mutex::new(()),
-            reader_waits: AtomicBool::new(false),
-            window: AtomicUsize::new(2),
-            stop: AtomicBool::new(false),
-            tx,
-            hub: Mutex::new(Hub {
-                con,
-                tasks: HashMap::new(),
-                records: Vec::new(),
-                starting: Vec::new(),
-                acked: Vec::new(),
-                step,
-                unsettled: VecDeque::new(),
-                sent: Instant::now(),
-                wakers: HashMap::new(),
-                waiting: HashSet::new(),
-                pace: Pace::default(),
-            }),
-        };
+        let c = Common::new(endpoint, (keys, key), Duration::from_secs(1), 1, tx, con);
+        *c.id.lock().unwrap() = "a1".into();
+        c.hub().step = step;
         (Arc::new(c), rx)
     }
 
