@@ -113,9 +113,12 @@ struct Hub {
     acked: Vec<String>,
     /// The `STEP` script's digest (loaded when the agent registers).
     step: String,
-    /// Per pipeline sent and not read yet (the connection keeps their bytes), oldest first:
-    /// the entries it started, whose verdicts it carries, and those whose answers it records.
-    unsettled: VecDeque<(Vec<String>, Vec<String>)>,
+    /// Per pipeline sent and not read yet (the connection keeps their bytes), oldest first.
+    unsettled: VecDeque<Unsettled>,
+    /// The failure of a `STEP` or of reading its reply: from then on nothing more is sent
+    /// (the agent is ending; what is pending is the reaper's), and nothing more is taken for
+    /// recorded.
+    broken: Option<Error>,
     /// When the last pipeline went out (its replies may still be on their way).
     sent: Instant,
     /// What wakes each local pool's dispatcher, by remote pool.
@@ -169,6 +172,7 @@ impl Common {
                 acked: Vec::new(),
                 step: String::new(),
                 unsettled: VecDeque::new(),
+                broken: None,
                 sent: Instant::now(),
                 wakers: HashMap::new(),
                 waiting: HashSet::new(),
@@ -349,6 +353,16 @@ impl Common {
     }
 }
 
+/// One `STEP` sent, its reply not read yet.
+struct Unsettled {
+    /// The entries it started, whose verdicts it carries.
+    starts: Vec<String>,
+    /// The entries whose answers it records: acknowledged once its reply says so.
+    recorded: Vec<String>,
+    /// The entries it acknowledges (still pending in Redis until it runs).
+    acks: Vec<String>,
+}
+
 /// What reading replies found, to pass on once the hub is let go.
 #[derive(Default)]
 struct Settled {
@@ -404,11 +418,19 @@ impl Hub {
         for (id, pool, task) in &starting {
             cmd.arg(id).arg(pool).arg(task);
         }
-        self.con.send(
+        if let Some(e) = &self.broken {
+            return Err(e.clone());
+        }
+        let sent = self.con.send(
             "recording results and starting tasks",
             cmd.get_packed_command(),
             1,
-        )?;
+        );
+        if let Err(e) = sent {
+            self.broken = Some(e.clone());
+            self.unsettled.clear();
+            return Err(e);
+        }
         // Answered entries are done with here (acknowledged by a later script, once this
         // one's reply says they are recorded): their room is free.
         let recorded: Vec<String> = records
@@ -418,8 +440,11 @@ impl Hub {
             .collect();
         c.release(recorded.len());
         self.sent = Instant::now();
-        self.unsettled
-            .push_back((starting.into_iter().map(|s| s.0).collect(), recorded));
+        self.unsettled.push_back(Unsettled {
+            starts: starting.into_iter().map(|s| s.0).collect(),
+            recorded,
+            acks,
+        });
         self.settle(c, UNSETTLED)
     }
 
@@ -431,11 +456,29 @@ impl Hub {
     /// leaves its entries pending for the reaper.
     fn settle(&mut self, c: &Common, keep: usize) -> Result<Settled, Error> {
         let mut out = Settled::default();
+        if let Some(e) = &self.broken {
+            return Err(e.clone());
+        }
         while self.unsettled.len() > keep {
-            let reply = self.con.recv("recording results and starting tasks")?;
-            let Some((ids, recorded)) = self.unsettled.pop_front() else {
+            let Some(step) = self.unsettled.pop_front() else {
                 break;
             };
+            let reply = match self.con.recv("recording results and starting tasks") {
+                Ok(reply) => reply,
+                Err(e) => {
+                    // This `STEP` and the ones after it may have recorded nothing: none of
+                    // their answers is taken for recorded, and none is read again (the
+                    // connection's own list of them may be gone with it).
+                    self.broken = Some(e.clone());
+                    self.unsettled.clear();
+                    return Err(e);
+                }
+            };
+            let Unsettled {
+                starts: ids,
+                recorded,
+                ..
+            } = step;
             self.acked.extend(recorded);
             if ids.is_empty() {
                 continue;
@@ -488,7 +531,9 @@ impl Hub {
         self.tasks.contains_key(id)
             || self.records.iter().any(|r| r.0 == id)
             || self.acked.iter().any(|a| a == id)
-            || self.unsettled.iter().any(|(_, r)| r.iter().any(|a| a == id))
+            || self.unsettled.iter().any(|u| {
+                u.recorded.iter().chain(&u.acks).any(|a| a == id)
+            })
     }
 }
 
@@ -1254,11 +1299,13 @@ mod tests {
         c.hub().settle(&c, 0).unwrap();
         assert_eq!(c.hub().acked, std::slice::from_ref(&first));
         assert!(c.hub().knows(&first));
-        // The server out of memory: the next answer's `STEP` fails.
-        let second = entry(&c, 2);
-        let oom = |limit: &str| {
-            c.hub()
-                .con
+        // The server out of memory: the next answer's `STEP` fails; the one after it, sent
+        // before that failure is read, succeeds.
+        let (second, third) = (entry(&c, 2), entry(&c, 3));
+        // On a connection of its own: the hub's has replies unread.
+        let mut admin = Conn::open(&c.endpoint, Duration::ZERO).unwrap();
+        let mut oom = |limit: &str| {
+            admin
                 .run("config", |k| {
                     redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(limit).query::<()>(k)
                 })
@@ -1267,24 +1314,37 @@ mod tests {
         oom("1");
         c.hub().records.push((second.clone(), 7, 2, sealed(2)));
         assert!(c.flush());
+        oom("0");
+        c.hub().records.push((third.clone(), 7, 3, sealed(3)));
+        assert!(c.flush());
         let Err(e) = c.hub().settle(&c, 0) else {
             panic!("the STEP succeeded with the server out of memory")
         };
         assert!(e.to_string().contains("OOM"), "{e}");
-        assert!(!c.hub().acked.contains(&second), "a refused answer acknowledged");
-        oom("0");
-        // The first goes with the next batch; the second stays pending, unrecorded.
-        assert!(c.flush_with(true));
-        c.hub().settle(&c, 0).unwrap();
+        // Nothing after the failure is taken for recorded, and nothing more goes out: what
+        // is pending stays for the reaper (which re-queues the second, and deletes the
+        // first and the third, whose tasks are done).
+        {
+            let hub = c.hub();
+            assert!(!hub.acked.contains(&second) && !hub.acked.contains(&third));
+        }
+        assert!(!c.flush_with(true), "a STEP sent after a failure");
+        assert!(c.hub().settle(&c, 0).is_err());
         let tasks = c.keys.tasks();
-        let pending: Value = c
-            .hub()
-            .con
+        let mut con = Conn::open(&c.endpoint, Duration::ZERO).unwrap();
+        let pending: Value = con
             .run("xpending", |k| {
                 redis::cmd("XPENDING").arg(&tasks).arg(GROUP).arg("-").arg("+").arg(10).query(k)
             })
             .unwrap();
         let pending = format!("{pending:?}");
-        assert!(!pending.contains(&first) && pending.contains(&second), "{pending}");
+        for id in [&first, &second, &third] {
+            assert!(pending.contains(id.as_str()), "{id} not pending: {pending}");
+        }
+        let done = c.keys.done(7);
+        let recorded: Vec<String> = con
+            .run("hkeys", |k| redis::cmd("HKEYS").arg(&done).query(k))
+            .unwrap();
+        assert_eq!(recorded, ["1", "3"], "the second recorded");
     }
 }

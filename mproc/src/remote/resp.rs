@@ -193,8 +193,11 @@ fn line_end(b: &[u8]) -> Option<usize> {
 /// each part of those bytes is only a part, and where the crate's parser reads all of
 /// `data` as one value, it is the same value.
 pub(crate) fn fuzz(data: &[u8]) {
-    if let Ok(Err(need)) = measure(data) {
-        assert!(need > data.len(), "a part of a reply that needs no more bytes");
+    match measure(data) {
+        Ok(Err(need)) => assert!(need > data.len(), "a part of a reply that needs no more bytes"),
+        // Measured whole: built whole (or refused), never found a part.
+        Ok(Ok(_)) => assert!(!matches!(build(data), Ok(None)), "measured whole, built a part"),
+        Err(_) => {}
     }
     let Ok(Some((v, used))) = parse(data) else {
         return;

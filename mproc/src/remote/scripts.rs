@@ -128,11 +128,9 @@ for _, a in ipairs(redis.call('HKEYS', KEYS[2])) do
             local n = redis.call('HINCRBY', p .. 'attempts:' .. pool, task, 1)
             if n > tonumber(m) then
               requeue = false
-              if live then
-                redis.call('HSET', p .. 'done:' .. pool, task, 1)
-                redis.call('XADD', p .. 'results:' .. pool, '*',
-                  'lost', task, 'attempts', n, 'agent', a)
-              end
+              redis.call('HSET', p .. 'done:' .. pool, task, 1)
+              redis.call('XADD', p .. 'results:' .. pool, '*',
+                'lost', task, 'attempts', n, 'agent', a)
               redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*',
                 'p', pool, 'k', task, 'agent', a, 'attempts', n, 'f', f['f'])
             end
