@@ -389,6 +389,9 @@ impl Hub {
     /// With `all_acks`, or [`ACK_BATCH`] of them waiting, the answered entries not yet
     /// acknowledged are.
     fn send(&mut self, c: &Common, all_acks: bool) -> Result<Settled, Error> {
+        if let Some(e) = &self.broken {
+            return Err(e.clone());
+        }
         let keys = &c.keys;
         let me = c.id();
         let records = std::mem::take(&mut self.records);
@@ -417,9 +420,6 @@ impl Hub {
         }
         for (id, pool, task) in &starting {
             cmd.arg(id).arg(pool).arg(task);
-        }
-        if let Some(e) = &self.broken {
-            return Err(e.clone());
         }
         let sent = self.con.send(
             "recording results and starting tasks",
