@@ -761,8 +761,8 @@ impl Engine {
         let c = &self.common;
         // Every reply read first, so that only recorded answers are acknowledged. (The
         // reaper below deletes what is left anyway; this only spares it the work.)
-        let settled = c.hub().settle(c, 0)?;
-        drop(settled);
+        // (What it found refused needs nothing more: the local pools close after this.)
+        c.hub().settle(c, 0)?;
         while !c.hub().acked.is_empty() {
             if !c.flush_with(true) {
                 break; // Redis is gone: the next command says so
@@ -1311,9 +1311,29 @@ mod tests {
                 })
                 .unwrap()
         };
+        // The server's count of error replies: the failing `STEP` has run once it grows (the
+        // next `CONFIG SET`, on another connection, could otherwise run first).
+        let mut errors = {
+            let mut admin = Conn::open(&c.endpoint, Duration::ZERO).unwrap();
+            move || -> u64 {
+                let info: String = admin
+                    .run("info", |k| redis::cmd("INFO").arg("stats").query(k))
+                    .unwrap();
+                info.lines()
+                    .find_map(|l| l.strip_prefix("total_error_replies:"))
+                    .and_then(|n| n.trim().parse().ok())
+                    .expect("total_error_replies in INFO stats")
+            }
+        };
+        let before = errors();
         oom("1");
         c.hub().records.push((second.clone(), 7, 2, sealed(2)));
         assert!(c.flush());
+        let until = Instant::now() + Duration::from_secs(5);
+        while errors() == before {
+            assert!(Instant::now() < until, "the STEP did not run");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         oom("0");
         c.hub().records.push((third.clone(), 7, 3, sealed(3)));
         assert!(c.flush());

@@ -45,12 +45,7 @@ fn span(b: &[u8], depth: usize) -> Result<Result<usize, usize>, String> {
         return Ok(Err(b.len() + 1));
     };
     let (kind, line, after) = (b[0], &b[1..end], end + 2);
-    let int = || {
-        std::str::from_utf8(line)
-            .ok()
-            .and_then(|t| t.trim().parse::<i64>().ok())
-            .ok_or_else(|| "a reply length or integer that is not a number".to_owned())
-    };
+    let int = || number(line);
     match kind {
         b'+' | b'-' | b':' | b'_' | b'#' => Ok(Ok(after)),
         b'$' => match usize::try_from(int()?) {
@@ -91,12 +86,7 @@ fn value(b: &[u8], depth: usize) -> Result<Option<(Value, usize)>, String> {
     };
     let (kind, line, after) = (b[0], &b[1..end], end + 2);
     let text = || std::str::from_utf8(line).map_err(|_| "a reply line that is not UTF-8".to_owned());
-    let int = || {
-        text()?
-            .trim()
-            .parse::<i64>()
-            .map_err(|_| "a reply length or integer that is not a number".to_owned())
-    };
+    let int = || number(line);
     let v = match kind {
         b'+' => match text()? {
             "OK" => Value::Okay,
@@ -172,6 +162,14 @@ fn value(b: &[u8], depth: usize) -> Result<Option<(Value, usize)>, String> {
         }
     };
     Ok(Some((v, after)))
+}
+
+/// A reply line's number (a length, a count, or an integer reply).
+fn number(line: &[u8]) -> Result<i64, String> {
+    std::str::from_utf8(line)
+        .ok()
+        .and_then(|t| t.trim().parse::<i64>().ok())
+        .ok_or_else(|| "a reply length or integer that is not a number".to_owned())
 }
 
 /// Where the first line of `b` ends (its `\r\n`), if it has ended. A line is never empty:
