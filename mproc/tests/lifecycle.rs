@@ -681,6 +681,60 @@ fn the_fork_server_keeps_one_spare_child_and_replaces_a_killed_one() {
     let _ = sleeper.join_timeout(PATIENCE);
 }
 
+/// The `Size:` and `Rss:` in KiB of this executable's code mapping, in this process.
+fn code_mapped() -> (u64, u64) {
+    let exe = std::env::current_exe().unwrap();
+    let exe = exe.to_str().unwrap();
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut lines = smaps.lines();
+    let header = lines
+        .find(|l| l.ends_with(exe) && l.split_ascii_whitespace().nth(1) == Some("r-xp"))
+        .unwrap();
+    let mut kib = |name: &str| -> u64 {
+        let line = lines.find(|l| l.starts_with(name)).expect(header);
+        line[name.len()..]
+            .split_ascii_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (kib("Size:"), kib("Rss:"))
+}
+
+/// A fork server's spare left unasked for a while maps the code in, so the child it becomes
+/// runs its target without faulting the executable's code in a page at a time.
+#[test]
+fn a_rested_spare_runs_its_target_with_the_code_mapped_in() {
+    if !alone() {
+        return;
+    }
+    let m = StartMethod::Forkserver;
+    // All of the executable in the page cache: only cached pages are mapped in.
+    std::fs::read(std::env::current_exe().unwrap()).unwrap();
+    let run = || {
+        let mut p = Process::new(code_mapped, ()).start_method(m);
+        p.start().unwrap();
+        p.join_timeout(PATIENCE).unwrap()
+    };
+    run(); // the server started; its next spare is forked after this start
+    // Left to rest (a millisecond, then the time to map some megabytes in). (A child of a
+    // spare that did not rest maps only the code it ran, a page at a time.)
+    // On a loaded machine its rest may take longer: a fresh spare is given another.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let (size, rss) = run();
+        if rss == size {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{rss} of {size} KiB of code mapped"
+        );
+    }
+}
+
 /// A fork server child is tied to its parent by the kernel (a signal on the liveness pipe's
 /// hang-up), not by a watcher thread, which would cost a large share of its start.
 #[test]

@@ -10,8 +10,7 @@ use mproc::{ErrorKind, Pool, StartMethod};
 
 const MIB: u64 = 1 << 20;
 
-/// This process's resident memory, in bytes, shared memory left out (as the pool measures
-/// it: `VmRSS` less `RssShmem`).
+/// This process's own resident memory, in bytes (as the pool measures it: `RssAnon`).
 fn resident(_: u8) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let kib = |name: &str| -> u64 {
@@ -23,7 +22,7 @@ fn resident(_: u8) -> u64 {
             .parse()
             .unwrap()
     };
-    (kib("VmRSS:") - kib("RssShmem:")) * 1024
+    kib("RssAnon:") * 1024
 }
 
 /// What a fresh worker of method `m` uses, measured in a pool of its own.
@@ -75,11 +74,11 @@ fn pid(_: u8) -> u32 {
 /// Quick tasks, waited for one at a time: the waiting thread, not the dispatcher, often reads
 /// the answer (`Shared::help`), and the cap is checked on that path too.
 fn a_worker_past_the_cap_is_replaced_whoever_reads_its_answer(m: StartMethod) {
-    // 1 MiB: less than any worker uses.
+    // 32 KiB: less than any worker uses (a fresh one, about 150 KiB of its own).
     let pool = Pool::builder()
         .processes(1)
         .start_method(m)
-        .max_memory_per_child(MIB)
+        .max_memory_per_child(32 << 10)
         .build()
         .unwrap();
     let pids: Vec<u32> = (0..12).map(|_| pool.apply(pid, (0,)).unwrap()).collect();

@@ -379,10 +379,11 @@ impl PoolBuilder {
     /// `worker_max_memory_per_child`: for tasks that leak. The task's result is kept; the
     /// worker finishes what it was given and leaves, and a new one takes its place (counted
     /// in [`Restarts::over_memory`](crate::Restarts::over_memory)). Zero is an error at
-    /// [`build`](Self::build). Resident memory is what the worker holds itself: `VmRSS` less
-    /// `RssShmem` in `/proc/<pid>/status`, so its heap, stacks and the executable's pages in
-    /// RAM, but not the shared memory it maps (a [`Buffer`](crate::Buffer) every worker reads,
-    /// a large result its caller has not read yet). Leave room above what a fresh worker uses;
+    /// [`build`](Self::build). Resident memory is what the worker holds itself: `RssAnon` in
+    /// `/proc/<pid>/status`, so its heap, stacks and other private memory in RAM, but not the
+    /// shared memory it maps (a [`Buffer`](crate::Buffer) every worker reads, a large result
+    /// its caller has not read yet), nor the file pages it maps (its code, which the page cache
+    /// holds once for every process). Leave room above what a fresh worker uses;
     /// a worker keeps up to 64 MiB of the heap its tasks freed for the next ones (so megabyte
     /// arguments and results are not faulted in afresh at every task), and that counts too.
     ///
@@ -390,8 +391,9 @@ impl PoolBuilder {
     /// fn pid() -> u32 {
     ///     std::process::id()
     /// }
-    /// // 1 MiB: less than any worker uses, so each is replaced after its task.
-    /// let pool = mproc::Pool::builder().processes(1).max_memory_per_child(1 << 20).build()?;
+    /// // 32 KiB: less than any worker uses (a fresh one, about 150 KiB), so each is replaced
+    /// // after its task.
+    /// let pool = mproc::Pool::builder().processes(1).max_memory_per_child(32 << 10).build()?;
     /// assert_ne!(pool.apply(pid, ())?, pool.apply(pid, ())?);
     /// # Ok::<(), mproc::Error>(())
     /// ```

@@ -563,6 +563,119 @@ pub(crate) fn keep_freed_memory(bytes: usize) {
     }
 }
 
+/// Maps into this process's page tables the pages of its executable and shared libraries
+/// (their code and constants: private, read-only file mappings) that are in the page cache
+/// but not mapped here yet, a slice at a time, stopping as soon as `stop()` says so
+/// (`MADV_POPULATE_READ`; before Linux 5.14, nothing is done). A freshly forked process shares
+/// its parent's page cache but not these page-table entries, and faults them in, a few at a
+/// time, as it first runs each piece of code; mapped ahead while it waits, they cost it
+/// nothing later. No memory is used but page tables: the pages are the page cache's, and
+/// count in `RssFile`, not in the `RssAnon` the memory caps read ([`resident_bytes`]).
+///
+/// Pages not in the page cache are left alone (`mincore`), so a cold cache costs no disk
+/// reads. (The kernel says every page is cached for a file this process could not open for
+/// writing, such as a library of the system's; those are the ones every process maps, so
+/// in the cache.) At most 64 MiB are looked at, so a huge executable costs a bounded time.
+pub(crate) fn map_in_code(mut stop: impl FnMut() -> bool) {
+    /// Bytes looked at between two looks at `stop` (tens of microseconds).
+    const SLICE: usize = 256 * 1024;
+    let page = rustix::param::page_size();
+    let mut budget: usize = 64 << 20;
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    let exe = std::env::current_exe().ok();
+    let mut cached = vec![0u8; SLICE / page];
+    for line in maps.lines() {
+        // "start-end perms offset dev inode path"
+        let mut fields = line.split_ascii_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let path = fields.nth(3).unwrap_or("");
+        let library = path.starts_with('/') && (path.ends_with(".so") || path.contains(".so."));
+        let code = library || exe.as_deref().is_some_and(|e| e.as_os_str() == path);
+        if !code || !matches!(perms, "r--p" | "r-xp") {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        // Faulting a page in may start a read-ahead of the pages after it, which are not
+        // cached (the kernel marks the page a read-ahead window starts at): for the time of
+        // this walk the mapping reads nothing ahead (MADV_RANDOM), then it is as before.
+        let (from, len) = (start as *mut libc::c_void, end - start);
+        // SAFETY: MADV_RANDOM and MADV_NORMAL change only how much the kernel reads ahead on
+        // a fault in the range, never its contents or whether it is mapped.
+        let _ = unsafe { rustix::mm::madvise(from, len, rustix::mm::Advice::Random) };
+        let go_on = map_in_cached(start, end, &mut cached, &mut budget, &mut stop);
+        // SAFETY: as above (and code is mapped with the default, MADV_NORMAL).
+        let _ = unsafe { rustix::mm::madvise(from, len, rustix::mm::Advice::Normal) };
+        if !go_on {
+            return;
+        }
+    }
+}
+
+/// [`map_in_code`]'s walk of one mapping, `start..end`; `false` when it is to stop.
+fn map_in_cached(
+    start: usize,
+    end: usize,
+    cached: &mut [u8],
+    budget: &mut usize,
+    stop: &mut impl FnMut() -> bool,
+) -> bool {
+    let page = rustix::param::page_size();
+    let mut at = start;
+    while at < end {
+        if stop() || *budget == 0 {
+            return false;
+        }
+        let len = (end - at).min(cached.len() * page).min(*budget);
+        *budget -= len;
+        let pages = len.div_ceil(page);
+        // SAFETY: `cached` holds a byte for each page of a slice of at most `cached.len()`
+        // pages; mincore writes only those and reads no memory of the range.
+        let looked = unsafe { libc::mincore(at as *mut libc::c_void, len, cached.as_mut_ptr()) };
+        if looked != 0 {
+            return false; // something moved (ENOMEM): the child faults the rest in
+        }
+        // Each run of cached pages, one call each.
+        let mut i = 0;
+        while i < pages {
+            if cached[i] & 1 == 0 {
+                i += 1;
+                continue;
+            }
+            let run = cached[i..pages].iter().take_while(|&&c| c & 1 != 0).count();
+            let from = at + i * page;
+            let run_len = (run * page).min(at + len - from);
+            // SAFETY: MADV_POPULATE_READ faults pages in as reading them would, changing no
+            // contents and no mapping; a range no longer mapped, or past the end of its file,
+            // is an error (EFAULT, ENOMEM), never a signal.
+            let populated = unsafe {
+                rustix::mm::madvise(
+                    from as *mut libc::c_void,
+                    run_len,
+                    rustix::mm::Advice::LinuxPopulateRead,
+                )
+            };
+            if populated.is_err() {
+                return false; // an older kernel, or something moved: the child faults them in
+            }
+            i += run;
+        }
+        at += len;
+    }
+    true
+}
+
 /// Discards a SIGINT or SIGTERM pending for this process while they were blocked (see
 /// [`block_stop_signals`]): one sent to the process group before this process was asked to
 /// run anything (a fork server's spare child, waiting) was not meant for what it runs now.
@@ -683,18 +796,25 @@ pub(crate) fn process_start(pid: u32) -> Option<(bool, u64)> {
     Some((!matches!(state, "Z" | "X" | "x"), start))
 }
 
-/// Process `pid`'s resident memory in bytes, shared memory left out: `VmRSS` less `RssShmem`
-/// in `/proc/<pid>/status` (its heap, stacks and the pages of its executable and libraries in
-/// RAM; not the memory files it shares with others, such as a pool's lanes, a large message
-/// or a [`Buffer`](crate::Buffer)). `None` when there is no such process.
+/// Process `pid`'s own resident memory in bytes: `RssAnon` in `/proc/<pid>/status`, its heap,
+/// stacks and other private memory in RAM. Not the memory files it shares with others (such
+/// as a pool's lanes, a large message or a [`Buffer`](crate::Buffer)), nor the pages of files
+/// it maps (its executable's and libraries' code, which the page cache holds for every process,
+/// and which a fork server's spare maps ahead: [`map_in_code`]). Before Linux 4.5, which has no
+/// `RssAnon`, `VmRSS` less `RssFile` and `RssShmem`, or `VmRSS`. `None` when there is no such
+/// process.
 pub(crate) fn resident_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib = |name: &str| -> Option<u64> {
         let line = status.lines().find(|l| l.starts_with(name))?;
         line[name.len()..].split_ascii_whitespace().next()?.parse().ok()
     };
-    let rss = kib("VmRSS:")?;
-    Some(rss.saturating_sub(kib("RssShmem:").unwrap_or(0)) * 1024)
+    let anon = kib("RssAnon:").or_else(|| {
+        let rss = kib("VmRSS:")?;
+        let file = kib("RssFile:").unwrap_or(0) + kib("RssShmem:").unwrap_or(0);
+        Some(rss.saturating_sub(file))
+    })?;
+    Some(anon * 1024)
 }
 
 /// This process's effective user id (geteuid(2)): what `SO_PEERCRED` reports of it.
@@ -803,6 +923,119 @@ mod tests {
     use std::process::Command;
 
     use super::*;
+
+    /// The `Size:` and `Rss:` of the mappings of `path` with permissions `perms`, in KiB, from
+    /// `/proc/self/smaps`.
+    fn mapped_kib(path: &str, perms: &str) -> Vec<(u64, u64)> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut lines = smaps.lines();
+        let mut found = Vec::new();
+        while let Some(line) = lines.next() {
+            if !(line.ends_with(path) && line.split_ascii_whitespace().nth(1) == Some(perms)) {
+                continue;
+            }
+            let mut kib = |name: &str| -> u64 {
+                let line = lines.find(|l| l.starts_with(name)).unwrap();
+                line[name.len()..].split_ascii_whitespace().next().unwrap().parse().unwrap()
+            };
+            let size = kib("Size:");
+            let rss = kib("Rss:");
+            found.push((size, rss));
+        }
+        found
+    }
+
+    #[test]
+    fn code_is_mapped_in_a_slice_at_a_time_until_asked_to_stop() {
+        if kernel() < (5, 14) {
+            return; // no MADV_POPULATE_READ: map_in_code does nothing
+        }
+        // Asked to stop at its third look: two slices, then it returns.
+        let mut looks = 0;
+        map_in_code(|| {
+            looks += 1;
+            looks == 3
+        });
+        assert_eq!(looks, 3);
+        // Left to finish: every page of this executable's code is mapped in (smaps: its
+        // resident size is its size), once the file is all in the page cache.
+        let exe = std::env::current_exe().unwrap();
+        std::fs::read(&exe).unwrap();
+        let resident = resident_bytes(std::process::id()).unwrap();
+        map_in_code(|| false);
+        let code = mapped_kib(exe.to_str().unwrap(), "r-xp");
+        assert_eq!(code.len(), 1, "this executable has one code mapping");
+        assert_eq!(code[0].0, code[0].1, "every page of its code is mapped in");
+        // None of it counts as the process's own memory, which the caps read.
+        let after = resident_bytes(std::process::id()).unwrap();
+        assert!(
+            after < resident + (code[0].1 * 1024) / 4 + (1 << 20),
+            "{resident} -> {after} bytes with {} KiB of code mapped",
+            code[0].1
+        );
+    }
+
+    #[test]
+    fn pages_not_in_the_page_cache_are_not_read_in() {
+        if kernel() < (5, 14) {
+            return;
+        }
+        // A 4 MiB "library" of this user's (so mincore tells the truth of it), on disk beside
+        // the test binary, dropped from the page cache, then mapped as code is.
+        let dir = std::env::current_exe().unwrap().parent().unwrap().to_owned();
+        let path = dir.join(format!("mproc-cold-{}.so", std::process::id()));
+        let len = 4 << 20;
+        std::fs::write(&path, vec![7u8; len]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        file.sync_all().unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        // SAFETY: POSIX_FADV_DONTNEED only drops clean cached pages of this file.
+        let dropped = unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(dropped, 0);
+        // SAFETY: a fresh private read-only mapping of a file nobody changes while it is
+        // mapped; unmapped below before the file is removed.
+        let at = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ,
+                rustix::mm::MapFlags::PRIVATE,
+                &file,
+                0,
+            )
+        }
+        .unwrap();
+        let name = path.to_str().unwrap().to_owned();
+        let page = rustix::param::page_size();
+        let page_kib = page as u64 / 1024;
+        let cached = |from: usize, to: usize| -> usize {
+            let mut vec = vec![0u8; (to - from) / page];
+            // SAFETY: `vec` has a byte per page of the range, which is mapped.
+            let r = unsafe { libc::mincore(at.cast::<u8>().add(from).cast(), to - from, vec.as_mut_ptr()) };
+            assert_eq!(r, 0);
+            vec.iter().filter(|&&c| c & 1 != 0).count()
+        };
+        // Whatever the drop left cached (nothing, usually) is mapped in; nothing else is read.
+        let before = cached(0, len);
+        map_in_code(|| false);
+        assert_eq!(cached(0, len), before, "no page was read in");
+        assert_eq!(mapped_kib(&name, "r--p"), vec![((len / 1024) as u64, before as u64 * page_kib)]);
+        // Once the first half is cached (read by another, with no read-ahead), what is cached
+        // is mapped in.
+        // SAFETY: POSIX_FADV_RANDOM only turns off read-ahead on this description.
+        let random = unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_RANDOM) };
+        assert_eq!(random, 0);
+        let mut half = vec![0u8; len / 2];
+        std::io::Read::read_exact(&mut &file, &mut half).unwrap();
+        let now = cached(0, len);
+        assert!(now >= len / 2 / page && now <= len / 2 / page + before, "{now} pages cached");
+        map_in_code(|| false);
+        assert_eq!(cached(0, len), now, "no page was read in");
+        assert_eq!(mapped_kib(&name, "r--p"), vec![((len / 1024) as u64, now as u64 * page_kib)]);
+        // SAFETY: the mapping made above, no longer used.
+        unsafe { rustix::mm::munmap(at, len) }.unwrap();
+        std::fs::remove_file(&path).unwrap();
+    }
 
     /// This kernel's (major, minor) version.
     fn kernel() -> (u32, u32) {
