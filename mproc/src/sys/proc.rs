@@ -572,30 +572,40 @@ pub(crate) fn keep_freed_memory(bytes: usize) {
 /// nothing later. No memory is used but page tables: the pages are the page cache's, and
 /// count in `RssFile`, not in the `RssAnon` the memory caps read ([`resident_bytes`]).
 ///
-/// Pages not in the page cache are left alone (`mincore`), so a cold cache costs no disk
-/// reads. (The kernel says every page is cached for a file this process could not open for
-/// writing, such as a library of the system's; those are the ones every process maps, so
-/// in the cache.) At most 64 MiB are looked at, so a huge executable costs a bounded time.
-pub(crate) fn map_in_code(mut stop: impl FnMut() -> bool) {
-    /// Bytes looked at between two looks at `stop` (tens of microseconds).
-    const SLICE: usize = 256 * 1024;
+/// - Pages not in the page cache are left alone (`mincore`), so a cold cache costs no disk
+///   reads. The kernel tells which pages are cached only of a file this process owns or could
+///   open for writing (or as root); of any other file it says every page is, so those files
+///   (a system's libraries, an executable installed by another user) are left alone.
+/// - It runs only if nobody would wait for its CPU when it begins (the runnable tasks in
+///   `/proc/loadavg`, this one among them, are no more than the CPUs), so a busy machine pays
+///   nothing for it.
+/// - At most 64 MiB are looked at, so a huge executable costs a bounded time (about a
+///   millisecond of CPU for 15 MiB of code and libraries).
+pub(crate) fn map_in_code(stop: impl FnMut() -> bool) {
+    if cpu_free(std::thread::available_parallelism().map_or(1, |n| n.get())) {
+        map_in(stop);
+    }
+}
+
+/// [`map_in_code`], whatever the machine's load.
+fn map_in(mut stop: impl FnMut() -> bool) {
     let page = rustix::param::page_size();
     let mut budget: usize = 64 << 20;
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
         return;
     };
     let exe = std::env::current_exe().ok();
-    let mut cached = vec![0u8; SLICE / page];
+    let mut cached = vec![0u8; MAP_IN_SLICE / page];
     for line in maps.lines() {
-        // "start-end perms offset dev inode path"
-        let mut fields = line.split_ascii_whitespace();
+        // "start-end perms offset dev inode   path": the path may hold spaces.
+        let mut fields = line.splitn(6, ' ');
         let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
             continue;
         };
-        let path = fields.nth(3).unwrap_or("");
+        let path = fields.nth(3).map_or("", str::trim_start);
         let library = path.starts_with('/') && (path.ends_with(".so") || path.contains(".so."));
         let code = library || exe.as_deref().is_some_and(|e| e.as_os_str() == path);
-        if !code || !matches!(perms, "r--p" | "r-xp") {
+        if !code || !matches!(perms, "r--p" | "r-xp") || !mincore_tells(path) {
             continue;
         }
         let Some((start, end)) = range.split_once('-') else {
@@ -621,6 +631,44 @@ pub(crate) fn map_in_code(mut stop: impl FnMut() -> bool) {
             return;
         }
     }
+}
+
+/// Bytes [`map_in_code`] looks at between two looks at its `stop` (a few microseconds).
+const MAP_IN_SLICE: usize = 64 * 1024;
+
+/// Whether `mincore` tells the truth of the pages of file `path`: only of a file this process
+/// owns or could open for writing, or to root (see `can_do_mincore` in the kernel's
+/// mm/mincore.c); of any other it says every page is cached.
+fn mincore_tells(path: &str) -> bool {
+    let euid = rustix::process::geteuid();
+    if euid.is_root() {
+        return true;
+    }
+    let Ok(stat) = rustix::fs::stat(path) else {
+        return false; // gone or replaced (" (deleted)"): nothing to tell
+    };
+    stat.st_uid == euid.as_raw()
+        || rustix::fs::accessat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::Access::WRITE_OK,
+            rustix::fs::AtFlags::EACCESS,
+        )
+        .is_ok()
+}
+
+/// Whether the runnable tasks, this one among them, are no more than `cpus`: nobody waits for
+/// a CPU (`/proc/loadavg`'s fourth field, "runnable/total"). Unreadable: no.
+fn cpu_free(cpus: usize) -> bool {
+    let Ok(load) = std::fs::read_to_string("/proc/loadavg") else {
+        return false;
+    };
+    let runnable = load
+        .split_ascii_whitespace()
+        .nth(3)
+        .and_then(|f| f.split_once('/'))
+        .and_then(|(r, _)| r.parse::<usize>().ok());
+    runnable.is_some_and(|r| r <= cpus)
 }
 
 /// [`map_in_code`]'s walk of one mapping, `start..end`; `false` when it is to stop.
@@ -800,21 +848,15 @@ pub(crate) fn process_start(pid: u32) -> Option<(bool, u64)> {
 /// stacks and other private memory in RAM. Not the memory files it shares with others (such
 /// as a pool's lanes, a large message or a [`Buffer`](crate::Buffer)), nor the pages of files
 /// it maps (its executable's and libraries' code, which the page cache holds for every process,
-/// and which a fork server's spare maps ahead: [`map_in_code`]). Before Linux 4.5, which has no
-/// `RssAnon`, `VmRSS` less `RssFile` and `RssShmem`, or `VmRSS`. `None` when there is no such
-/// process.
+/// and which a fork server's spare maps ahead: [`map_in_code`]). `VmRSS` before Linux 4.5,
+/// which has no `RssAnon`. `None` when there is no such process.
 pub(crate) fn resident_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib = |name: &str| -> Option<u64> {
         let line = status.lines().find(|l| l.starts_with(name))?;
         line[name.len()..].split_ascii_whitespace().next()?.parse().ok()
     };
-    let anon = kib("RssAnon:").or_else(|| {
-        let rss = kib("VmRSS:")?;
-        let file = kib("RssFile:").unwrap_or(0) + kib("RssShmem:").unwrap_or(0);
-        Some(rss.saturating_sub(file))
-    })?;
-    Some(anon * 1024)
+    Some(kib("RssAnon:").or_else(|| kib("VmRSS:"))? * 1024)
 }
 
 /// This process's effective user id (geteuid(2)): what `SO_PEERCRED` reports of it.
@@ -952,7 +994,7 @@ mod tests {
         }
         // Asked to stop at its third look: two slices, then it returns.
         let mut looks = 0;
-        map_in_code(|| {
+        map_in(|| {
             looks += 1;
             looks == 3
         });
@@ -962,7 +1004,7 @@ mod tests {
         let exe = std::env::current_exe().unwrap();
         std::fs::read(&exe).unwrap();
         let resident = resident_bytes(std::process::id()).unwrap();
-        map_in_code(|| false);
+        map_in(|| false);
         let code = mapped_kib(exe.to_str().unwrap(), "r-xp");
         assert_eq!(code.len(), 1, "this executable has one code mapping");
         assert_eq!(code[0].0, code[0].1, "every page of its code is mapped in");
@@ -975,17 +1017,37 @@ mod tests {
         );
     }
 
+    /// A file made for a test, mapped as code is, unmapped and removed however the test ends.
+    struct Mapped {
+        path: std::path::PathBuf,
+        at: *mut libc::c_void,
+        len: usize,
+    }
+
+    impl Drop for Mapped {
+        fn drop(&mut self) {
+            // SAFETY: the mapping made in the test, used no more.
+            let _ = unsafe { rustix::mm::munmap(self.at, self.len) };
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
     #[test]
     fn pages_not_in_the_page_cache_are_not_read_in() {
         if kernel() < (5, 14) {
             return;
         }
-        // A 4 MiB "library" of this user's (so mincore tells the truth of it), on disk beside
-        // the test binary, dropped from the page cache, then mapped as code is.
-        let dir = std::env::current_exe().unwrap().parent().unwrap().to_owned();
-        let path = dir.join(format!("mproc-cold-{}.so", std::process::id()));
+        // A 4 MiB "library" of this user's (so mincore tells the truth of it), its name with a
+        // space (as /proc/self/maps shows it), on disk beside the test binary (or in the
+        // temporary directory), dropped from the page cache, then mapped as code is.
+        let name = format!("mproc cold {}.so", std::process::id());
         let len = 4 << 20;
-        std::fs::write(&path, vec![7u8; len]).unwrap();
+        let exe_dir = std::env::current_exe().unwrap().parent().unwrap().to_owned();
+        let path = [exe_dir, std::env::temp_dir()]
+            .into_iter()
+            .map(|d| d.join(&name))
+            .find(|p| std::fs::write(p, vec![7u8; len]).is_ok())
+            .expect("a directory to write in");
         let file = std::fs::File::open(&path).unwrap();
         file.sync_all().unwrap();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
@@ -993,7 +1055,7 @@ mod tests {
         let dropped = unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
         assert_eq!(dropped, 0);
         // SAFETY: a fresh private read-only mapping of a file nobody changes while it is
-        // mapped; unmapped below before the file is removed.
+        // mapped; unmapped (by `Mapped`) before the file is removed.
         let at = unsafe {
             rustix::mm::mmap(
                 std::ptr::null_mut(),
@@ -1005,21 +1067,36 @@ mod tests {
             )
         }
         .unwrap();
-        let name = path.to_str().unwrap().to_owned();
+        let mapped = Mapped { path, at, len };
+        let shown = mapped.path.to_str().unwrap().to_owned();
         let page = rustix::param::page_size();
         let page_kib = page as u64 / 1024;
         let cached = |from: usize, to: usize| -> usize {
             let mut vec = vec![0u8; (to - from) / page];
             // SAFETY: `vec` has a byte per page of the range, which is mapped.
-            let r = unsafe { libc::mincore(at.cast::<u8>().add(from).cast(), to - from, vec.as_mut_ptr()) };
+            let r = unsafe {
+                libc::mincore(
+                    at.cast::<u8>().add(from).cast(),
+                    to - from,
+                    vec.as_mut_ptr(),
+                )
+            };
             assert_eq!(r, 0);
             vec.iter().filter(|&&c| c & 1 != 0).count()
         };
-        // Whatever the drop left cached (nothing, usually) is mapped in; nothing else is read.
         let before = cached(0, len);
-        map_in_code(|| false);
+        if before > len / page / 4 {
+            // tmpfs and the like keep their pages: nothing here to test.
+            eprintln!("{shown}: the page cache kept {before} pages; skipped");
+            return;
+        }
+        // What the drop left cached (nothing, usually) is mapped in; nothing else is read.
+        map_in(|| false);
         assert_eq!(cached(0, len), before, "no page was read in");
-        assert_eq!(mapped_kib(&name, "r--p"), vec![((len / 1024) as u64, before as u64 * page_kib)]);
+        assert_eq!(
+            mapped_kib(&shown, "r--p"),
+            vec![((len / 1024) as u64, before as u64 * page_kib)]
+        );
         // Once the first half is cached (read by another, with no read-ahead), what is cached
         // is mapped in.
         // SAFETY: POSIX_FADV_RANDOM only turns off read-ahead on this description.
@@ -1028,13 +1105,17 @@ mod tests {
         let mut half = vec![0u8; len / 2];
         std::io::Read::read_exact(&mut &file, &mut half).unwrap();
         let now = cached(0, len);
-        assert!(now >= len / 2 / page && now <= len / 2 / page + before, "{now} pages cached");
-        map_in_code(|| false);
+        assert!(
+            now >= len / 2 / page && now <= len / 2 / page + before,
+            "{now} pages cached"
+        );
+        map_in(|| false);
         assert_eq!(cached(0, len), now, "no page was read in");
-        assert_eq!(mapped_kib(&name, "r--p"), vec![((len / 1024) as u64, now as u64 * page_kib)]);
-        // SAFETY: the mapping made above, no longer used.
-        unsafe { rustix::mm::munmap(at, len) }.unwrap();
-        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            mapped_kib(&shown, "r--p"),
+            vec![((len / 1024) as u64, now as u64 * page_kib)]
+        );
+        drop(mapped);
     }
 
     /// This kernel's (major, minor) version.
