@@ -307,11 +307,30 @@ impl Drop for InFile {
     }
 }
 
-/// A received message: its bytes, or left in the memory file it came in.
+/// A received message: its bytes, held inline when they are few (a pool's answer of a number
+/// or two: no allocation where it arrives, no free where it is read), or left in the memory
+/// file it came in.
 #[derive(Debug)]
 pub(crate) enum Received {
     Bytes(Vec<u8>),
+    Small(u8, [u8; SMALL]),
     InFile(InFile),
+}
+
+/// The most bytes a [`Received`] holds inline.
+const SMALL: usize = 30;
+
+impl Received {
+    /// A copy of `bytes`, inline if they are few.
+    pub(crate) fn copy_of(bytes: &[u8]) -> Received {
+        if bytes.len() <= SMALL {
+            let mut inline = [0; SMALL];
+            inline[..bytes.len()].copy_from_slice(bytes);
+            Received::Small(bytes.len() as u8, inline)
+        } else {
+            Received::Bytes(bytes.to_vec())
+        }
+    }
 }
 
 impl Received {
@@ -321,6 +340,7 @@ impl Received {
     pub(crate) fn decode<T: DeserializeOwned>(&self) -> Result<Result<T, codec::Error>, Error> {
         Ok(match self {
             Received::Bytes(b) => codec::decode(b),
+            Received::Small(len, b) => codec::decode(&b[..usize::from(*len)]),
             Received::InFile(f) => crate::wire::shared::decode_shared(f.reader()?),
         })
     }
@@ -329,7 +349,7 @@ impl Received {
     /// process that received it).
     pub(crate) fn readable(&self) -> Result<(), Error> {
         match self {
-            Received::Bytes(_) => Ok(()),
+            Received::Bytes(_) | Received::Small(..) => Ok(()),
             Received::InFile(f) => f.reader().map(drop),
         }
     }
@@ -342,6 +362,7 @@ impl Received {
     pub(crate) fn into_vec(self) -> Result<Vec<u8>, Error> {
         match self {
             Received::Bytes(b) => Ok(b),
+            Received::Small(len, b) => Ok(b[..usize::from(len)].to_vec()),
             Received::InFile(f) => f
                 .reader()?
                 .into_vec()
@@ -460,6 +481,20 @@ mod tests {
     /// The `len`-byte message in `file`, copied out; the file is then marked done.
     fn take(mapped: &mut Mapped, file: BorrowedFd<'_>, len: u64) -> Result<Vec<u8>, Error> {
         Received::InFile(mapped.keep(file, len)?).into_vec()
+    }
+
+    #[test]
+    fn a_copy_is_inline_up_to_its_size_and_decodes_the_same_either_way() {
+        for n in [0, 1, 7, SMALL - 1, SMALL, SMALL + 1, 100] {
+            let value: Vec<u16> = (0..n as u16).collect();
+            let bytes = codec::encode(&value).unwrap();
+            let copy = Received::copy_of(&bytes);
+            let inline = bytes.len() <= SMALL;
+            assert_eq!(matches!(copy, Received::Small(..)), inline, "{} bytes", bytes.len());
+            assert_eq!(copy.decode::<Vec<u16>>().unwrap().unwrap(), value);
+            assert!(copy.readable().is_ok());
+            assert_eq!(copy.into_vec().unwrap(), bytes);
+        }
     }
 
     #[test]

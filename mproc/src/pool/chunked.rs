@@ -348,31 +348,41 @@ impl<'p> Chunked<'p> {
         let entry = task::chunk_entry::<F, A>();
         let job = JobState::new();
         // Chunks go to the workers in batches as they are encoded, so the workers start while
-        // the rest is still being encoded.
-        let mut batch = Vec::new();
+        // the rest is still being encoded; each batch joins the job under one lock.
+        let mut pending = Vec::new();
         let mut bytes = 0;
         let mut first = true;
         let mut pieces = items.chunks(size).peekable();
         // Until the last batch is in, a concurrent `close` must not end the pool under it.
         let _stream = Stream::open(self.shared);
         while let Some(piece) = pieces.next() {
-            let chunk = match chunk(self.shared, &job, entry, piece, target) {
-                Ok(chunk) => chunk.with_timeout(self.timeout),
+            let (payload, fds) = match task::encode_chunk(piece, target) {
+                Ok(encoded) => encoded,
                 Err(e) => {
-                    drop(batch); // answers its chunks Terminated; nobody will read them
                     // Chunks already handed out are withdrawn; running ones finish.
                     self.shared.withdraw(job.fail_waiting(&e));
                     return Err(e);
                 }
             };
-            bytes += chunk.payload.len();
-            batch.push(chunk);
-            if pieces.peek().is_none() {
-                job.seal();
-            }
-            if pieces.peek().is_none() || bytes >= SUBMIT_BYTES || batch.len() >= SUBMIT_CHUNKS {
-                self.shared
-                    .submit(std::mem::take(&mut batch), std::mem::take(&mut first))?;
+            bytes += payload.len();
+            pending.push((self.shared.chunk_id(), piece.len(), payload, fds));
+            let last = pieces.peek().is_none();
+            if last || bytes >= SUBMIT_BYTES || pending.len() >= SUBMIT_CHUNKS {
+                let at = job.add_chunks(pending.iter().map(|&(id, items, ..)| (id, items)));
+                let batch = pending
+                    .drain(..)
+                    .enumerate()
+                    .map(|(i, (id, items, payload, fds))| {
+                        Chunk::new(id, entry, payload, Arc::clone(&job), at + i, items)
+                            .with_recycled_payload()
+                            .with_handles(fds)
+                            .with_timeout(self.timeout)
+                    })
+                    .collect();
+                if last {
+                    job.seal();
+                }
+                self.shared.submit(batch, std::mem::take(&mut first))?;
                 bytes = 0;
             }
         }

@@ -142,6 +142,24 @@ impl JobState {
         inner.added - 1
     }
 
+    /// Adds chunks of `(dispatcher id, items)` under one lock; the index of the first (the
+    /// others follow it in order).
+    pub(crate) fn add_chunks(&self, chunks: impl Iterator<Item = (u64, usize)>) -> usize {
+        let mut inner = self.lock();
+        let first = inner.added;
+        for (id, items) in chunks {
+            inner.slots.push_back(Slot {
+                items,
+                outcome: None,
+                id,
+                consumed: false,
+            });
+            inner.added += 1;
+            inner.items_added += items;
+        }
+        first
+    }
+
     /// No more chunks will be added.
     pub(crate) fn seal(&self) {
         let (done, waiters) = {
@@ -421,12 +439,36 @@ pub(crate) fn decode_all<R: DeserializeOwned>(
     target: &str,
 ) -> Result<Vec<R>, Error> {
     let mut out = Vec::with_capacity(slots.iter().map(|s| s.items).sum());
-    for slot in slots {
-        for item in decode_slot::<R>(slot, target) {
-            out.push(item?);
+    // The chunks that brought no handles (nearly all) are decoded in one scope of none, not
+    // each in its own (see `task::decode_chunk`), and straight into `out`.
+    crate::handle::providing(Vec::new(), || {
+        for slot in slots {
+            match &slot.outcome {
+                Some(Ok(answered)) if answered.handles.is_empty() => {
+                    let items = task::decode_chunk_bare::<R>(answered, target)?;
+                    if items.len() != slot.items {
+                        return Err(chunk_miscounted(slot.items, items.len()));
+                    }
+                    for item in items {
+                        out.push(item.map_err(|p| Error::from(ErrorKind::Panicked(*p)))?);
+                    }
+                }
+                _ => {
+                    for item in decode_slot::<R>(slot, target) {
+                        out.push(item?);
+                    }
+                }
+            }
         }
-    }
-    Ok(out)
+        Ok(out)
+    })
+}
+
+/// The error of a chunk of `items` items that came back with `results` results.
+fn chunk_miscounted(items: usize, results: usize) -> Error {
+    Error::protocol(format!(
+        "a chunk of {items} items came back with {results} results"
+    ))
 }
 
 /// A chunk's items: each value or its panic; a whole-chunk failure repeats for every item.
@@ -437,11 +479,9 @@ pub(crate) fn decode_slot<R: DeserializeOwned>(slot: &Slot, target: &str) -> Vec
         Some(Err(e)) => failed(e.clone()),
         Some(Ok(answered)) => match task::decode_chunk::<R>(answered, target) {
             Err(e) => failed(e),
-            Ok(items) if items.len() != slot.items => failed(Error::protocol(format!(
-                "a chunk of {} items came back with {} results",
-                slot.items,
-                items.len()
-            ))),
+            Ok(items) if items.len() != slot.items => {
+                failed(chunk_miscounted(slot.items, items.len()))
+            }
             Ok(items) => items
                 .into_iter()
                 .map(|r| r.map_err(|p| ErrorKind::Panicked(*p).into()))

@@ -98,7 +98,18 @@ pub(crate) fn decode_chunk<R: DeserializeOwned>(
     answered: &Answered,
     target: &str,
 ) -> Result<Vec<Result<R, Box<PanicReport>>>, Error> {
-    crate::handle::providing_copies(&answered.handles, || answered.bytes.decode())??
+    crate::handle::providing_copies(&answered.handles, || decode_chunk_bare(answered, target))?
+}
+
+/// [`decode_chunk`] within the handle scope its caller set up (for an answer that brought no
+/// handles: one of none).
+pub(crate) fn decode_chunk_bare<R: DeserializeOwned>(
+    answered: &Answered,
+    target: &str,
+) -> Result<Vec<Result<R, Box<PanicReport>>>, Error> {
+    answered
+        .bytes
+        .decode()?
         .map_err(|e| Error::codec(format!("the return values of `{target}`"), "decode", e))
 }
 

@@ -129,6 +129,9 @@ impl Worker<'_> {
                         let (id, entry, payload, fds) = self.task_from_socket()?;
                         let (result, place) = match payload {
                             Ok(Received::Bytes(b)) => self.run_if(mine, entry, &b, None, fds),
+                            Ok(Received::Small(len, b)) => {
+                                self.run_if(mine, entry, &b[..usize::from(len)], None, fds)
+                            }
                             Ok(Received::InFile(f)) => self.run_if(mine, entry, &[], Some(f), fds),
                             Err(e) => (Err(e), AnswerPlace::Bytes),
                         };

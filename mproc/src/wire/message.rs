@@ -122,19 +122,21 @@ pub(crate) enum ToWorker<P> {
     },
 }
 
-/// Pool worker to dispatcher.
+/// Pool worker to dispatcher ([`FromWorkerOf`] with owned bytes).
+pub(crate) type FromWorker = FromWorkerOf<serde_bytes::ByteBuf>;
+
+/// Pool worker to dispatcher. `B` is how an answer's bytes are held: owned ([`FromWorker`]), or
+/// borrowed from the frame (`&serde_bytes::Bytes`) by a reader that copies what it keeps (the
+/// same bytes on the wire).
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum FromWorker {
+pub(crate) enum FromWorkerOf<B> {
     /// The initializer (if any) succeeded; tasks may come.
     Ready,
     /// The initializer failed; the worker exits.
     InitFailed(Error),
     /// A task finished: the encoded `Vec<Result<R, PanicReport>>`, one per item, or an error
     /// for the whole chunk (its arguments or results could not be converted).
-    Done {
-        id: u64,
-        result: Result<serde_bytes::ByteBuf, Error>,
-    },
+    Done { id: u64, result: Result<B, Error> },
     /// Sent on the socket to a dispatcher asleep on it: the lane has answers.
     Wake,
     /// In the lane, in place of an answer too large for it: the answer went on the socket.
@@ -145,11 +147,7 @@ pub(crate) enum FromWorker {
     DoneInFile { id: u64, len: u64, handles: u32 },
     /// On the socket, an answer whose values hold handles (a `Buffer`): as `Done` with `Ok`,
     /// with the handles' descriptors riding with this message.
-    DoneWithHandles {
-        id: u64,
-        result: serde_bytes::ByteBuf,
-        handles: u32,
-    },
+    DoneWithHandles { id: u64, result: B, handles: u32 },
 }
 
 /// How a target ended, sent by the child just before it exits.
@@ -201,6 +199,84 @@ impl Forked {
         Forked {
             pid,
             tag: Forked::TAG,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::codec;
+
+    /// A dispatcher reads answers borrowed from their frame (`FromWorkerOf<&Bytes>`): the
+    /// bytes a worker sends (`FromWorker`, owned) read the same that way, every variant.
+    #[test]
+    fn answers_read_borrowed_are_the_answers_sent() {
+        let answer = vec![1u8, 2, 3, 250];
+        let sent = [
+            FromWorker::Ready,
+            FromWorker::Done {
+                id: 7,
+                result: Ok(serde_bytes::ByteBuf::from(answer.clone())),
+            },
+            FromWorker::Done {
+                id: 8,
+                result: Err(Error::protocol("no")),
+            },
+            FromWorker::Wake,
+            FromWorker::OnSocket,
+            FromWorker::DoneInFile {
+                id: 9,
+                len: 10,
+                handles: 1,
+            },
+            FromWorker::DoneWithHandles {
+                id: 11,
+                result: serde_bytes::ByteBuf::from(answer.clone()),
+                handles: 2,
+            },
+        ];
+        for msg in sent {
+            let bytes = codec::encode(&msg).unwrap();
+            let read: FromWorkerOf<&serde_bytes::Bytes> = codec::decode_borrowed(&bytes).unwrap();
+            let same = match (&msg, &read) {
+                (FromWorker::Ready, FromWorkerOf::Ready)
+                | (FromWorker::Wake, FromWorkerOf::Wake)
+                | (FromWorker::OnSocket, FromWorkerOf::OnSocket) => true,
+                (
+                    FromWorker::Done { id: a, result: ra },
+                    FromWorkerOf::Done { id: b, result: rb },
+                ) => {
+                    a == b
+                        && match (ra, rb) {
+                            (Ok(x), Ok(y)) => x.as_slice() == &y[..],
+                            (Err(x), Err(y)) => x.to_string() == y.to_string(),
+                            _ => false,
+                        }
+                }
+                (
+                    FromWorker::DoneInFile { id, len, handles },
+                    FromWorkerOf::DoneInFile {
+                        id: i,
+                        len: l,
+                        handles: h,
+                    },
+                ) => (id, len, handles) == (i, l, h),
+                (
+                    FromWorker::DoneWithHandles {
+                        id,
+                        result,
+                        handles,
+                    },
+                    FromWorkerOf::DoneWithHandles {
+                        id: i,
+                        result: r,
+                        handles: h,
+                    },
+                ) => (id, handles) == (i, h) && result.as_slice() == &r[..],
+                _ => false,
+            };
+            assert!(same, "{msg:?} read as {read:?}");
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::sys::fd;
 use crate::pool::lane::{Corrupt, Lane};
 use crate::sys::proc::Exit;
 use crate::wire::codec;
-use crate::wire::message::{FromWorker, PoolWorkerSpec, Role, Start, ToWorker};
+use crate::wire::message::{FromWorker, FromWorkerOf, PoolWorkerSpec, Role, Start, ToWorker};
 
 /// A worker being started: [`Link::begin`] made it, [`Link::finish`] waits for it.
 pub(crate) struct Launch {
@@ -111,9 +111,16 @@ impl LocalLink {
                 Ok(false) => return Ok(None),
                 Err(Corrupt) => return Err(Error::protocol("a pool worker corrupted its lane")),
             }
-            match channel::decode_message::<FromWorker>(scratch) {
-                Ok(FromWorker::Done { id, result }) => return Ok(Some((id, answered(result)))),
-                Ok(FromWorker::OnSocket) => self.placeholders += 1,
+            // Borrowed from the frame, and copied inline if it is small (see `Received`).
+            match codec::decode_borrowed::<FromWorkerOf<&serde_bytes::Bytes>>(scratch) {
+                Ok(FromWorkerOf::Done { id, result }) => {
+                    let answer = result.map(|b| Answered {
+                        bytes: Received::copy_of(b),
+                        handles: Vec::new(),
+                    });
+                    return Ok(Some((id, answer)));
+                }
+                Ok(FromWorkerOf::OnSocket) => self.placeholders += 1,
                 Ok(_) | Err(_) => {
                     return Err(Error::protocol("a pool worker wrote garbage in its lane"));
                 }
