@@ -15,7 +15,10 @@
 //!    Targets, each way: `Vec<u8>` >= 1.5 GB/s; `Vec<f64>` and `ByteBuf` >= 0.5x memcpy. One
 //!    more row runs the `Vec<f64>` pool echo alone in a fresh copy of this binary
 //!    (`--echo-alone CALLS`): as a program that does nothing else sees it, without the memory
-//!    the allocator kept from the rows before.
+//!    the allocator kept from the rows before. Beside them, the floors of the ways themselves: the two
+//!    copies any message of an owned 10 MiB value makes (into shared memory and out), and the
+//!    four of an echo (the same each way), timed in one process between different buffers; at
+//!    the warm `memcpy`'s speed they would make 1x and 0.5x `memcpy`.
 //! 3. `lock`: uncontended `Lock::acquire` + drop, ns per pair; `std::sync::Mutex` beside it.
 //!    Target: <= 50 ns.
 //! 4. `event`: a ping-pong between two processes over two `Event`s (set, wait, clear), half a
@@ -344,6 +347,8 @@ fn socket_stream(n: u64) -> f64 {
 
 fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
     let mut copy = Vec::new();
+    let mut echo_floor = Vec::new();
+    let mut pass_floor = Vec::new();
     let src = vec![3u8; BIG];
     let mut dst = vec![0u8; BIG];
     // Per payload, per way (queue, pipe, pool): a rate per round.
@@ -358,6 +363,8 @@ fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
             std::hint::black_box(&mut dst);
         }
         copy.push(gb(plan.big * BIG, t));
+        pass_floor.push(copies(2, plan.big));
+        echo_floor.push(copies(4, plan.big.div_ceil(2)));
         big_of::<ByteBuf>(plan, &mut rates[0])?;
         big_of::<Vec<u8>>(plan, &mut rates[1])?;
         big_of::<Vec<f64>>(plan, &mut rates[2])?;
@@ -371,6 +378,16 @@ fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
         <Vec<f64>>::NAME,
         String::NAME,
     ];
+    let pass_floor = median(&mut pass_floor);
+    r.row(
+        "two copies of 10 MiB through three buffers (a queue's floor)",
+        format!("{pass_floor:>8.2} GB/s  ({:.2}x memcpy)", pass_floor / copy),
+    );
+    let echo_floor = median(&mut echo_floor);
+    r.row(
+        "four copies of 10 MiB through five buffers (an echo's floor)",
+        format!("{echo_floor:>8.2} GB/s  ({:.2}x memcpy)", echo_floor / copy),
+    );
     let alone = median(&mut alone);
     r.row(
         "Pool::apply echo of Vec<f64>, 10 MiB, alone in a fresh process",
@@ -408,6 +425,24 @@ fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
         }
     }
     Ok(())
+}
+
+/// The least a message of an owned 10 MiB value costs, timed in one process: `n` copies in a
+/// row, each between two different 10 MiB buffers (so not cache-hot, unlike the `memcpy` row).
+/// Two for a queue or a pipe (the sender's value into shared memory, out of it into the
+/// receiver's value); four for an echo (the same each way). GB/s as the rows count them: per
+/// message for two, in + out for four, over `calls` messages or echoes.
+fn copies(n: usize, calls: usize) -> f64 {
+    let mut bufs: Vec<Vec<u8>> = (0..=n as u8).map(|i| vec![i; BIG]).collect();
+    let t = Instant::now();
+    for _ in 0..calls {
+        for i in 0..n {
+            let (from, to) = bufs.split_at_mut(i + 1);
+            to[0].copy_from_slice(std::hint::black_box(&from[i]));
+            std::hint::black_box(&mut to[0]);
+        }
+    }
+    gb(calls * BIG * n / 2, t)
 }
 
 /// The pool echo of `Vec<f64>` as a program that does nothing else sees it: this binary run

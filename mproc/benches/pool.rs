@@ -7,8 +7,11 @@
 //!    a warm `Pool::new(2)`, p50 and p99. Floor: an 8-byte ping-pong over a Unix socketpair
 //!    with a forked child that echoes with raw `read`/`write`. Shown beside them, not a
 //!    target: the same echo through a relay thread (caller, thread, child, thread, caller),
-//!    the shape of any pool with a dispatcher thread. Samples of the three alternate.
-//!    Targets: p50 <= 2x the floor's p50; p99 <= 50 µs.
+//!    the shape of any pool with a dispatcher thread; and a ping-pong through a word of a
+//!    shared page where both sides sleep in `FUTEX_WAIT` (the floor for processes that do not
+//!    spin while idle). Samples of the four alternate. Targets: p50 <= 2x the floor's p50;
+//!    p99 <= 50 µs. Measured first, alone: a ping-pong of a child spinning on a word of a
+//!    shared page (issue 15's floor: p50 <= 3x it).
 //! 2. `map1`: throughput of `pool.chunksize(1).map(f, 0..N)`, one task per item, in tasks/s.
 //!    Target: >= 1,000,000 tasks/s.
 //! 3. `map`: `pool.map(f, 0..1_000_000u64)` with the default chunk size, in items/s. Target:
@@ -330,19 +333,25 @@ fn apply_section(plan: &Plan, res: &mut Results) -> Result<(), mproc::Error> {
     // The echo children are forked before any pool or thread exists.
     let mut echo = Echo::start();
     let mut relay = Relay::start(Echo::start());
+    let mut futex = FutexEcho::start();
     let pool = Pool::new(2)?;
     for i in 0..plan.apply_warmup as u64 {
         echo.round_trip(i);
+        futex.round_trip(i);
         relay.round_trip(i);
         assert_eq!(pool.apply_async(ident, (i,))?.get()?, i);
     }
     let mut raw = Vec::with_capacity(plan.apply);
     let mut via = Vec::with_capacity(plan.apply);
     let mut mp = Vec::with_capacity(plan.apply);
+    let mut slept = Vec::with_capacity(plan.apply);
     for i in 0..plan.apply as u64 {
         let t = Instant::now();
         echo.round_trip(i);
         raw.push(us(t));
+        let t = Instant::now();
+        futex.round_trip(i);
+        slept.push(us(t));
         let t = Instant::now();
         relay.round_trip(i);
         via.push(us(t));
@@ -352,9 +361,11 @@ fn apply_section(plan: &Plan, res: &mut Results) -> Result<(), mproc::Error> {
         assert_eq!(r, i);
     }
     drop(pool);
+    drop(futex);
     drop(relay);
     drop(echo);
     let raw = Pct::of(&raw);
+    let slept = Pct::of(&slept);
     let via = Pct::of(&via);
     let mp = Pct::of(&mp);
     res.apply = Some((mp.p50, mp.p99));
@@ -406,6 +417,16 @@ fn apply_section(plan: &Plan, res: &mut Results) -> Result<(), mproc::Error> {
         format!(
             "apply p50 is {:.1}x it (issue 15 asks <= 3x)",
             mp.p50 / spin.p50
+        ),
+    );
+    res.row(
+        1,
+        "raw futex ping-pong, shared page, both sides sleep",
+        slept.n.to_string(),
+        format!("p50 {:.1} µs  p99 {:.1} µs", slept.p50, slept.p99),
+        format!(
+            "apply p50 is {:.2}x it (the floor with no core spinning)",
+            mp.p50 / slept.p50
         ),
     );
     res.check(
@@ -811,6 +832,101 @@ impl Drop for SpinEcho {
         // it, and it is unmapped once; `status` is a writable int.
         unsafe {
             (*self.word).store(SPIN_STOP, Ordering::Release);
+            let mut status = 0;
+            libc::waitpid(self.pid, &mut status, 0);
+            libc::munmap(self.word as *mut libc::c_void, 4096);
+        }
+    }
+}
+
+/// A forked child that answers through a word of a shared page like [`SpinEcho`], but both
+/// sides sleep in the kernel while they wait (`FUTEX_WAIT` on the word, `FUTEX_WAKE` after
+/// each store): the floor of a round trip between two processes that do not burn a core
+/// while idle, as a pool's workers and its caller do not.
+struct FutexEcho {
+    word: *const std::sync::atomic::AtomicU32,
+    pid: libc::pid_t,
+}
+
+/// Tells the sleeping child to leave.
+const FUTEX_STOP: u32 = u32::MAX;
+
+/// Sleeps while `*word == seen` (or returns at once if it is not).
+fn futex_wait(word: &std::sync::atomic::AtomicU32, seen: u32) {
+    // SAFETY: `word` is a live, aligned u32 in a shared mapping; FUTEX_WAIT only reads it.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            seen,
+            std::ptr::null::<libc::timespec>(),
+        )
+    };
+}
+
+/// Wakes a process sleeping on `word`.
+fn futex_wake(word: &std::sync::atomic::AtomicU32) {
+    // SAFETY: as in `futex_wait`; FUTEX_WAKE touches no memory.
+    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, 1) };
+}
+
+impl FutexEcho {
+    fn start() -> FutexEcho {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let page = common::shared_page();
+        let word = page.cast::<AtomicU32>();
+        // SAFETY: the child only waits on and stores to the shared word, makes futex calls
+        // and calls `_exit`, touching no state another thread might have held at the fork.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: `word` points into the page mapped above (zeroed, aligned), shared with
+            // the parent and never unmapped in this child.
+            let w = unsafe { &*word };
+            loop {
+                let v = w.load(Ordering::Acquire);
+                if v == FUTEX_STOP {
+                    // SAFETY: ends the child without running the parent's destructors.
+                    unsafe { libc::_exit(0) };
+                }
+                if v % 2 == 1 {
+                    w.store(v + 1, Ordering::Release);
+                    futex_wake(w);
+                } else {
+                    futex_wait(w, v);
+                }
+            }
+        }
+        FutexEcho { word, pid }
+    }
+
+    /// Sends request `x` and waits, asleep, for its answer.
+    fn round_trip(&mut self, x: u64) {
+        use std::sync::atomic::Ordering;
+        // SAFETY: the page stays mapped until this FutexEcho drops.
+        let w = unsafe { &*self.word };
+        let ask = 2 * (x % (1 << 30)) as u32 + 1;
+        w.store(ask, Ordering::Release);
+        futex_wake(w);
+        loop {
+            let v = w.load(Ordering::Acquire);
+            if v == ask + 1 {
+                return;
+            }
+            futex_wait(w, v);
+        }
+    }
+}
+
+impl Drop for FutexEcho {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        // SAFETY: the page is still mapped; after the child has exited (waitpid) nothing uses
+        // it, and it is unmapped once; `status` is a writable int.
+        unsafe {
+            (*self.word).store(FUTEX_STOP, Ordering::Release);
+            futex_wake(&*self.word);
             let mut status = 0;
             libc::waitpid(self.pid, &mut status, 0);
             libc::munmap(self.word as *mut libc::c_void, 4096);
