@@ -317,8 +317,9 @@ pub(crate) enum Received {
     InFile(InFile),
 }
 
-/// The most bytes a [`Received`] holds inline.
+/// The most bytes a [`Received`] holds inline (its length in a byte).
 const SMALL: usize = 30;
+const _: () = assert!(SMALL <= u8::MAX as usize);
 
 impl Received {
     /// A copy of `bytes`, inline if they are few.
@@ -485,16 +486,22 @@ mod tests {
 
     #[test]
     fn a_copy_is_inline_up_to_its_size_and_decodes_the_same_either_way() {
-        for n in [0, 1, 7, SMALL - 1, SMALL, SMALL + 1, 100] {
-            let value: Vec<u16> = (0..n as u16).collect();
+        // A `Vec<u8>` of n bytes encodes to 8 + n: every length from empty to past the
+        // inline size, both sides of it.
+        let mut sizes = Vec::new();
+        for n in 0..SMALL + 10 {
+            let value: Vec<u8> = (0..n as u8).collect();
             let bytes = codec::encode(&value).unwrap();
+            sizes.push(bytes.len());
             let copy = Received::copy_of(&bytes);
             let inline = bytes.len() <= SMALL;
             assert_eq!(matches!(copy, Received::Small(..)), inline, "{} bytes", bytes.len());
-            assert_eq!(copy.decode::<Vec<u16>>().unwrap().unwrap(), value);
+            assert_eq!(copy.decode::<Vec<u8>>().unwrap().unwrap(), value);
             assert!(copy.readable().is_ok());
             assert_eq!(copy.into_vec().unwrap(), bytes);
         }
+        assert!(sizes.contains(&SMALL) && sizes.contains(&(SMALL + 1)), "{sizes:?}");
+        assert!(matches!(Received::copy_of(&[]), Received::Small(0, _)));
     }
 
     #[test]

@@ -95,6 +95,39 @@ fn make_table(len: usize) -> (Buffer<u64>, u32) {
     (table(len), std::process::id())
 }
 
+/// Every third number comes back with a table of that length.
+fn maybe_table(n: usize) -> (usize, Option<Buffer<u64>>) {
+    (n, n.is_multiple_of(3).then(|| table(n)))
+}
+
+/// A map whose chunks come back some with handles and some without (the two are decoded
+/// differently) gives every value and every table, in order, whatever the chunk size, and
+/// each time its result is read.
+fn a_map_mixing_chunks_with_and_without_handles(m: StartMethod) {
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(m)
+        .build()
+        .unwrap();
+    for size in [1, 2, 5] {
+        let r = pool.chunksize(size).map_async(maybe_table, 0..200).unwrap();
+        for _ in 0..2 {
+            let got = r.get().unwrap();
+            assert_eq!(got.len(), 200);
+            for (n, (v, t)) in got.into_iter().enumerate() {
+                assert_eq!(v, n);
+                match t {
+                    Some(t) => {
+                        assert!(n.is_multiple_of(3));
+                        assert_eq!(sum_range(t, 0, n), expected_sum(0, n));
+                    }
+                    None => assert!(!n.is_multiple_of(3)),
+                }
+            }
+        }
+    }
+}
+
 /// A large result that also holds a buffer (the bytes travel in a memory file, the buffer's
 /// descriptor beside the file's).
 fn bytes_and_table(n: usize) -> (Vec<u8>, Buffer<u64>) {
@@ -235,6 +268,7 @@ fn an_inherited_buffer_is_read_but_not_passed_on() {
 per_start_method!(
     a_buffer_reaches_children_and_pool_tasks,
     a_buffer_comes_back_from_a_task,
+    a_map_mixing_chunks_with_and_without_handles,
     a_process_returns_a_buffer,
     many_buffers_in_one_chunk,
     a_buffer_crosses_a_pipe,

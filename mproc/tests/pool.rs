@@ -359,6 +359,50 @@ fn a_map_whose_later_items_cannot_be_encoded_fails_cleanly(m: StartMethod) {
     p.join().unwrap();
 }
 
+/// A number that refuses to be encoded when it is 17 000: a failure after a whole batch of
+/// one-item chunks (16 384) has been handed out, with none of its bytes flushing one sooner.
+struct Fussy(u32);
+
+impl serde::Serialize for Fussy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 17_000 {
+            return Err(serde::ser::Error::custom("17000 refuses to be encoded"));
+        }
+        s.serialize_u32(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Fussy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Fussy, D::Error> {
+        u32::deserialize(d).map(Fussy)
+    }
+}
+
+fn fussy(f: Fussy) -> u32 {
+    f.0
+}
+
+/// A map of one-item chunks, more than a submission batch holds (16 384) twice over, comes
+/// back whole and in order; one whose item fails to encode after a whole batch went out
+/// returns the codec error, and the pool goes on.
+fn a_map_of_more_chunks_than_a_batch_keeps_its_order(m: StartMethod) {
+    let p = pool(m, 2);
+    let squares = p.chunksize(1).map(square, 0..40_000u64).unwrap();
+    assert_eq!(squares, (0..40_000u64).map(|n| n * n).collect::<Vec<_>>());
+    let e = p
+        .chunksize(1)
+        .map(fussy, (0..20_000).map(Fussy))
+        .unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::Codec(_)), "{e}");
+    assert!(e.to_string().contains("17000 refuses"), "{e}");
+    assert_eq!(
+        p.chunksize(1).map(square, 0..5u64).unwrap(),
+        [0, 1, 4, 9, 16]
+    );
+    p.close();
+    p.join().unwrap();
+}
+
 /// `imap` yields one `Result` per input item, and says how many are left when the input's
 /// length is known: through a whole stream, in order or not, with chunks of any size, and when
 /// a chunk's items cannot be encoded (each of them gets the error). Of an input of unknown
@@ -1113,6 +1157,7 @@ per_start_method!(
     a_worker_killed_mid_answer_is_lost_not_garbled,
     quick_tasks_never_wait_behind_a_slow_one,
     a_map_whose_later_items_cannot_be_encoded_fails_cleanly,
+    a_map_of_more_chunks_than_a_batch_keeps_its_order,
     cancelling_a_task_a_worker_holds_skips_it,
     a_callback_may_stop_the_pool_whoever_completes_its_job,
     large_and_small_frames_keep_their_order,

@@ -18,7 +18,7 @@ pub(crate) mod target;
 /// The fuzz target's body: split `data` at its first byte, feed the frame decoder in pieces of
 /// that size, and decode every frame as each message a peer may send.
 pub(crate) fn fuzz(data: &[u8]) {
-    use message::{Forked, FromWorker, Hello, Outcome, Start, ToWorker, Welcome};
+    use message::{Forked, FromWorker, FromWorkerOf, Hello, Outcome, Start, ToWorker, Welcome};
     let Some((&split, rest)) = data.split_first() else {
         return;
     };
@@ -37,6 +37,7 @@ pub(crate) fn fuzz(data: &[u8]) {
                     let _ = codec::decode::<ToWorker<Vec<u8>>>(&f);
                     let _ = codec::decode_borrowed::<ToWorker<&[u8]>>(&f);
                     let _ = codec::decode::<FromWorker>(&f);
+                    let _ = codec::decode_borrowed::<FromWorkerOf<&serde_bytes::Bytes>>(&f);
                 }
                 Ok(None) => break,
                 Err(_) => return,
