@@ -332,9 +332,7 @@ impl Received {
             Received::Bytes(bytes.to_vec())
         }
     }
-}
 
-impl Received {
     /// Decodes it (any number of times): the value, or the codec's error; `Err` if its file
     /// cannot be read here. One in a file is decoded as it is copied out: a misbehaving sender
     /// could still write the file.

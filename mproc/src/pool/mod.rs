@@ -385,9 +385,9 @@ impl PoolBuilder {
     /// its caller has not read yet), nor the file pages it maps (its code, which the page cache
     /// holds once for every process). So memory a task keeps in shared memory it made itself
     /// (a memfd, `/dev/shm`, a file on a tmpfs), and leaked pages the kernel swapped out, do not
-    /// count. Leave room above what a fresh worker uses;
-    /// a worker keeps up to 64 MiB of the heap its tasks freed for the next ones (so megabyte
-    /// arguments and results are not faulted in afresh at every task), and that counts too.
+    /// count. Leave room above what a fresh worker uses; a worker keeps up to 64 MiB of the
+    /// heap its tasks freed for the next ones (so megabyte arguments and results are not
+    /// faulted in afresh at every task), and that counts too.
     ///
     /// ```
     /// fn pid() -> u32 {

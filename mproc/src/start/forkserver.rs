@@ -12,9 +12,10 @@
 //! the liveness pipe. The server keeps one child forked ahead of demand ([`Spare`]): a request
 //! hands it the control and status sockets in one message, and the next spare is forked after
 //! that, while the client goes on (with no spare, because its fork failed or it was killed, the
-//! request is served by `fork`). A spare left unasked for a millisecond maps the code in
-//! ([`proc::map_in_code`]), so the child it becomes does not fault it in on its way to its
-//! target. A child closes every descriptor but its control and status
+//! request is served by `fork`). A spare left unasked for a millisecond, when a CPU is free,
+//! maps in the code the page cache holds ([`proc::map_in_code`]), so the child it becomes
+//! does not fault it in on its way to its target. A child closes every descriptor but its
+//! control and status
 //! sockets and its own description of the liveness pipe, on which the kernel will kill it when
 //! the pipe hangs up ([`alive::tie`]), announces itself, and runs the worker. A reaped child's status goes
 //! back on its status socket. When the parent dies the liveness pipe hangs up (and the request
