@@ -312,43 +312,32 @@ fn main() -> Result<(), mproc::Error> {
     Ok(())
 }
 
+/// `echo`'s round trips, timed back to back after a warm-up.
+fn alone(mut echo: WordEcho, plan: &Plan) -> Pct {
+    for i in 0..plan.apply_warmup as u64 {
+        echo.round_trip(i);
+    }
+    let samples: Vec<f64> = (0..plan.apply as u64)
+        .map(|i| {
+            let t = Instant::now();
+            echo.round_trip(i);
+            us(t)
+        })
+        .collect();
+    Pct::of(&samples)
+}
+
 /// Section 1: apply round trip against a raw socketpair ping-pong.
 fn apply_section(plan: &Plan, res: &mut Results) -> Result<(), mproc::Error> {
     println!("1. apply round trip ({} samples each)...", plan.apply);
     // The shared-memory floor first, on its own: its child spins on a core for as long as it
     // lives, which would slow every other row.
-    let spin = {
-        let mut spin = SpinEcho::start();
-        for i in 0..plan.apply_warmup as u64 {
-            spin.round_trip(i);
-        }
-        let samples: Vec<f64> = (0..plan.apply as u64)
-            .map(|i| {
-                let t = Instant::now();
-                spin.round_trip(i);
-                us(t)
-            })
-            .collect();
-        Pct::of(&samples)
-    };
-    // The echo children are forked before any pool or thread exists.
+    let spin = alone(WordEcho::spinning(), plan);
     // The sleeping floor next, on its own too: between two `apply` calls the other rows'
     // round trips are the pool's idle time, which decides whether its worker still watches
     // its lane (50 µs) or sleeps, so the rows sampled among them stay as they were.
-    let slept = {
-        let mut futex = FutexEcho::start();
-        for i in 0..plan.apply_warmup as u64 {
-            futex.round_trip(i);
-        }
-        let samples: Vec<f64> = (0..plan.apply as u64)
-            .map(|i| {
-                let t = Instant::now();
-                futex.round_trip(i);
-                us(t)
-            })
-            .collect();
-        Pct::of(&samples)
-    };
+    let slept = alone(WordEcho::sleeping(), plan);
+    // The echo children are forked before any pool or thread exists.
     let mut echo = Echo::start();
     let mut relay = Relay::start(Echo::start());
     let pool = Pool::new(2)?;
@@ -783,83 +772,20 @@ impl Drop for Echo {
     }
 }
 
-/// The floor of any round trip between two processes: a forked child spinning on a word of a
-/// shared page, which it answers by adding one (odd: a request; even: its answer). No system
-/// call, no sleep: two cache-line transfers a round trip.
-struct SpinEcho {
-    word: *const std::sync::atomic::AtomicU64,
-    pid: libc::pid_t,
-}
-
-/// Tells the spinning child to leave.
-const SPIN_STOP: u64 = u64::MAX;
-
-impl SpinEcho {
-    fn start() -> SpinEcho {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        let page = common::shared_page();
-        let word = page.cast::<AtomicU64>();
-        // SAFETY: the child only spins on the shared word and calls `_exit`, touching no
-        // state another thread might have held at the fork.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-        if pid == 0 {
-            // SAFETY: `word` points into the page mapped above (zeroed, aligned), shared with
-            // the parent and never unmapped in this child.
-            let w = unsafe { &*word };
-            loop {
-                let v = w.load(Ordering::Acquire);
-                if v == SPIN_STOP {
-                    // SAFETY: ends the child without running the parent's destructors.
-                    unsafe { libc::_exit(0) };
-                }
-                if v % 2 == 1 {
-                    w.store(v + 1, Ordering::Release);
-                }
-                std::hint::spin_loop();
-            }
-        }
-        SpinEcho { word, pid }
-    }
-
-    /// Sends request `x` and waits for its answer.
-    fn round_trip(&mut self, x: u64) {
-        use std::sync::atomic::Ordering;
-        // SAFETY: the page stays mapped until this SpinEcho drops.
-        let w = unsafe { &*self.word };
-        let ask = 2 * (x % (1 << 40)) + 1;
-        w.store(ask, Ordering::Release);
-        while w.load(Ordering::Acquire) != ask + 1 {
-            std::hint::spin_loop();
-        }
-    }
-}
-
-impl Drop for SpinEcho {
-    fn drop(&mut self) {
-        use std::sync::atomic::Ordering;
-        // SAFETY: the page is still mapped; after the child has exited (waitpid) nothing uses
-        // it, and it is unmapped once; `status` is a writable int.
-        unsafe {
-            (*self.word).store(SPIN_STOP, Ordering::Release);
-            let mut status = 0;
-            libc::waitpid(self.pid, &mut status, 0);
-            libc::munmap(self.word as *mut libc::c_void, 4096);
-        }
-    }
-}
-
-/// A forked child that answers through a word of a shared page like [`SpinEcho`], but both
-/// sides sleep in the kernel while they wait (`FUTEX_WAIT` on the word, `FUTEX_WAKE` after
-/// each store): the floor of a round trip between two processes that do not burn a core
-/// while idle, as a pool's workers and its caller do not.
-struct FutexEcho {
+/// A forked child that answers through a word of a shared page: the parent writes an odd
+/// number, the child adds one. Spinning ([`WordEcho::spinning`]), both sides watch the word
+/// in a loop (issue 15's floor: one cache line between two busy cores); sleeping
+/// ([`WordEcho::sleeping`]), both sleep in the kernel while they wait (`FUTEX_WAIT` on the
+/// word, `FUTEX_WAKE` after each store): the floor of a round trip between two processes that
+/// do not burn a core while idle, as a pool's workers and its caller do not.
+struct WordEcho {
     word: *const std::sync::atomic::AtomicU32,
     pid: libc::pid_t,
+    sleeps: bool,
 }
 
-/// Tells the sleeping child to leave.
-const FUTEX_STOP: u32 = u32::MAX;
+/// Tells the child to leave.
+const ECHO_STOP: u32 = u32::MAX;
 
 /// Sleeps while `*word == seen` (or returns at once if it is not).
 fn futex_wait(word: &std::sync::atomic::AtomicU32, seen: u32) {
@@ -881,13 +807,21 @@ fn futex_wake(word: &std::sync::atomic::AtomicU32) {
     unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, 1) };
 }
 
-impl FutexEcho {
-    fn start() -> FutexEcho {
+impl WordEcho {
+    fn spinning() -> WordEcho {
+        WordEcho::start(false)
+    }
+
+    fn sleeping() -> WordEcho {
+        WordEcho::start(true)
+    }
+
+    fn start(sleeps: bool) -> WordEcho {
         use std::sync::atomic::{AtomicU32, Ordering};
         let page = common::shared_page();
         let word = page.cast::<AtomicU32>();
-        // SAFETY: the child only waits on and stores to the shared word, makes futex calls
-        // and calls `_exit`, touching no state another thread might have held at the fork.
+        // SAFETY: the child only watches and stores to the shared word, makes futex calls and
+        // calls `_exit`, touching no state another thread might have held at the fork.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
         if pid == 0 {
@@ -896,46 +830,56 @@ impl FutexEcho {
             let w = unsafe { &*word };
             loop {
                 let v = w.load(Ordering::Acquire);
-                if v == FUTEX_STOP {
+                if v == ECHO_STOP {
                     // SAFETY: ends the child without running the parent's destructors.
                     unsafe { libc::_exit(0) };
                 }
                 if v % 2 == 1 {
                     w.store(v + 1, Ordering::Release);
-                    futex_wake(w);
-                } else {
+                    if sleeps {
+                        futex_wake(w);
+                    }
+                } else if sleeps {
                     futex_wait(w, v);
+                } else {
+                    std::hint::spin_loop();
                 }
             }
         }
-        FutexEcho { word, pid }
+        WordEcho { word, pid, sleeps }
     }
 
-    /// Sends request `x` and waits, asleep, for its answer.
+    /// Sends request `x` and waits for its answer.
     fn round_trip(&mut self, x: u64) {
         use std::sync::atomic::Ordering;
-        // SAFETY: the page stays mapped until this FutexEcho drops.
+        // SAFETY: the page stays mapped until this WordEcho drops.
         let w = unsafe { &*self.word };
         let ask = 2 * (x % (1 << 30)) as u32 + 1;
         w.store(ask, Ordering::Release);
-        futex_wake(w);
+        if self.sleeps {
+            futex_wake(w);
+        }
         loop {
             let v = w.load(Ordering::Acquire);
             if v == ask + 1 {
                 return;
             }
-            futex_wait(w, v);
+            if self.sleeps {
+                futex_wait(w, v);
+            } else {
+                std::hint::spin_loop();
+            }
         }
     }
 }
 
-impl Drop for FutexEcho {
+impl Drop for WordEcho {
     fn drop(&mut self) {
         use std::sync::atomic::Ordering;
         // SAFETY: the page is still mapped; after the child has exited (waitpid) nothing uses
         // it, and it is unmapped once; `status` is a writable int.
         unsafe {
-            (*self.word).store(FUTEX_STOP, Ordering::Release);
+            (*self.word).store(ECHO_STOP, Ordering::Release);
             futex_wake(&*self.word);
             let mut status = 0;
             libc::waitpid(self.pid, &mut status, 0);

@@ -130,16 +130,7 @@ impl JobState {
 
     /// Adds a chunk of `items` items with dispatcher id `id`; returns its index.
     pub(crate) fn add_chunk(&self, id: u64, items: usize) -> usize {
-        let mut inner = self.lock();
-        inner.slots.push_back(Slot {
-            items,
-            outcome: None,
-            id,
-            consumed: false,
-        });
-        inner.added += 1;
-        inner.items_added += items;
-        inner.added - 1
+        self.add_chunks(std::iter::once((id, items)))
     }
 
     /// Adds chunks of `(dispatcher id, items)` under one lock; the index of the first (the
