@@ -182,6 +182,41 @@ fn panics_fail_only_their_item(m: StartMethod) {
     assert_eq!(p.apply(square, (3,)).unwrap(), 9);
 }
 
+/// Panics at 30 000 and at every 10 000 after it, each with its own message; a short nap at
+/// 45 000, so the map is still running long after its first failure.
+fn boom_late(n: u64) -> u64 {
+    if n >= 30_000 && n.is_multiple_of(10_000) {
+        panic!("item {n} refuses");
+    }
+    if n == 45_000 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    n * 2
+}
+
+/// A long map gives every value in order, and of several failures the first by position,
+/// once the map has finished: every task ran, even those after a failure, as with a short map.
+fn a_long_map_fails_first_by_position_once_every_item_ran(m: StartMethod) {
+    let p = pool(m, 2);
+    let squares = p.chunksize(1).map(square, 0..60_000u64).unwrap();
+    assert_eq!(squares, (0..60_000u64).map(|n| n * n).collect::<Vec<_>>());
+    for size in [1, 7] {
+        let before = p.stats().tasks();
+        let e = p.chunksize(size).map(boom_late, 0..60_000u64).unwrap_err();
+        let ErrorKind::Panicked(report) = e.kind() else {
+            panic!("{e:?}")
+        };
+        assert_eq!(
+            report.message, "item 30000 refuses",
+            "the first failure by position"
+        );
+        // Every item had run when the map returned, those after the failure too.
+        assert_eq!(p.stats().tasks() - before, 60_000);
+    }
+    p.close();
+    p.join().unwrap();
+}
+
 fn die(how: String) -> u64 {
     match how.as_str() {
         "abort" => std::process::abort(),
@@ -1158,6 +1193,7 @@ per_start_method!(
     quick_tasks_never_wait_behind_a_slow_one,
     a_map_whose_later_items_cannot_be_encoded_fails_cleanly,
     a_map_of_more_chunks_than_a_batch_keeps_its_order,
+    a_long_map_fails_first_by_position_once_every_item_ran,
     cancelling_a_task_a_worker_holds_skips_it,
     a_callback_may_stop_the_pool_whoever_completes_its_job,
     large_and_small_frames_keep_their_order,
