@@ -74,6 +74,12 @@ pub enum StartMethod {
     /// Children live as long as the process that started them wants, whatever happens to the
     /// server: if it is killed (by hand, or by the out-of-memory killer), running children
     /// carry on and are joined as usual, and the next start replaces the server.
+    ///
+    /// The server keeps one child forked ahead of the next start (a start then costs a
+    /// message, not a fork): one extra idle process while the server runs. Left unasked for a
+    /// millisecond while a CPU is free, it maps in the code of the program and its libraries
+    /// that the page cache holds, so the child it becomes does not fault it in; those pages
+    /// count in its `VmRSS`, not in the `RssAnon` that a pool's memory caps read.
     Forkserver,
 }
 
