@@ -101,8 +101,8 @@ fn maybe_table(n: usize) -> (usize, Option<Buffer<u64>>) {
 }
 
 /// A map whose chunks come back some with handles and some without (the two are decoded
-/// differently) gives every value and every table, in order, whatever the chunk size, and
-/// each time its result is read.
+/// differently) gives every value and every table, in order, and each time its result is
+/// read: chunks of 1 and 2 mix the two kinds; of 5, every chunk holds a table.
 fn a_map_mixing_chunks_with_and_without_handles(m: StartMethod) {
     let pool = Pool::builder()
         .processes(2)
@@ -112,7 +112,7 @@ fn a_map_mixing_chunks_with_and_without_handles(m: StartMethod) {
     for size in [1, 2, 5] {
         let r = pool.chunksize(size).map_async(maybe_table, 0..200).unwrap();
         for _ in 0..2 {
-            let got = r.get().unwrap();
+            let got = r.get_timeout(PATIENCE).unwrap();
             assert_eq!(got.len(), 200);
             for (n, (v, t)) in got.into_iter().enumerate() {
                 assert_eq!(v, n);

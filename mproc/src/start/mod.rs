@@ -77,9 +77,10 @@ pub enum StartMethod {
     ///
     /// The server keeps one child forked ahead of the next start (a start then costs a
     /// message, not a fork): one extra idle process while the server runs. Left unasked for a
-    /// millisecond while a CPU is free, it maps in the code of the program and its libraries
-    /// that the page cache holds, so the child it becomes does not fault it in; those pages
-    /// count in its `VmRSS`, not in the `RssAnon` that a pool's memory caps read.
+    /// millisecond, if a CPU is free then (or at one of a few later looks), it maps in the code
+    /// that the page cache holds of the program and its libraries, of the files it owns or
+    /// could write (all of them, as root), so the child it becomes does not fault it in; those
+    /// pages count in its `VmRSS`, not in the `RssAnon` that a pool's memory caps read.
     Forkserver,
 }
 

@@ -581,10 +581,14 @@ pub(crate) fn keep_freed_memory(bytes: usize) {
 ///   nothing for it.
 /// - At most 64 MiB are looked at, so a huge executable costs a bounded time (about a
 ///   millisecond of CPU for 15 MiB of code and libraries).
-pub(crate) fn map_in_code(stop: impl FnMut() -> bool) {
-    if cpu_free(std::thread::available_parallelism().map_or(1, |n| n.get())) {
-        map_in(stop);
+///
+/// `false` if it did nothing because the CPUs were busy (it may be asked again later).
+pub(crate) fn map_in_code(stop: impl FnMut() -> bool) -> bool {
+    if !cpu_free(std::thread::available_parallelism().map_or(1, |n| n.get())) {
+        return false;
     }
+    map_in(stop);
+    true
 }
 
 /// [`map_in_code`], whatever the machine's load.
@@ -647,6 +651,8 @@ fn mincore_tells(path: &str) -> bool {
     let Ok(stat) = rustix::fs::stat(path) else {
         return false; // gone or replaced (" (deleted)"): nothing to tell
     };
+    // An executable being run answers "busy" to a write, whatever its permissions: it could
+    // be written as far as the kernel's check here goes.
     stat.st_uid == euid.as_raw()
         || rustix::fs::accessat(
             rustix::fs::CWD,
@@ -654,7 +660,7 @@ fn mincore_tells(path: &str) -> bool {
             rustix::fs::Access::WRITE_OK,
             rustix::fs::AtFlags::EACCESS,
         )
-        .is_ok()
+        .map_or_else(|e| e == rustix::io::Errno::TXTBSY, |()| true)
 }
 
 /// Whether the runnable tasks, this one among them, are no more than `cpus`: nobody waits for
