@@ -11,7 +11,7 @@ use std::time::Instant;
 use serde::de::DeserializeOwned;
 
 use super::task;
-use crate::error::{Error, ErrorKind};
+use crate::error::{Error, ErrorKind, PanicReport};
 
 /// A chunk's answer: the encoded per-item results (with the descriptors of the handles among
 /// them), or an error for the whole chunk.
@@ -436,12 +436,8 @@ pub(crate) fn decode_all<R: DeserializeOwned>(
         for slot in slots {
             match &slot.outcome {
                 Some(Ok(answered)) if answered.handles.is_empty() => {
-                    let items = task::decode_chunk_bare::<R>(answered, target)?;
-                    if items.len() != slot.items {
-                        return Err(chunk_miscounted(slot.items, items.len()));
-                    }
-                    for item in items {
-                        out.push(item.map_err(|p| Error::from(ErrorKind::Panicked(*p)))?);
+                    for item in counted(slot, task::decode_chunk_bare::<R>(answered, target))? {
+                        out.push(item.map_err(|p| panicked(*p))?);
                     }
                 }
                 _ => {
@@ -455,11 +451,22 @@ pub(crate) fn decode_all<R: DeserializeOwned>(
     })
 }
 
-/// The error of a chunk of `items` items that came back with `results` results.
-fn chunk_miscounted(items: usize, results: usize) -> Error {
-    Error::protocol(format!(
-        "a chunk of {items} items came back with {results} results"
-    ))
+/// A chunk's decoded items, if there are as many as it was given.
+fn counted<T>(slot: &Slot, decoded: Result<Vec<T>, Error>) -> Result<Vec<T>, Error> {
+    let items = decoded?;
+    if items.len() != slot.items {
+        return Err(Error::protocol(format!(
+            "a chunk of {} items came back with {} results",
+            slot.items,
+            items.len()
+        )));
+    }
+    Ok(items)
+}
+
+/// The error of an item whose task panicked.
+fn panicked(report: PanicReport) -> Error {
+    ErrorKind::Panicked(report).into()
 }
 
 /// A chunk's items: each value or its panic; a whole-chunk failure repeats for every item.
@@ -468,15 +475,9 @@ pub(crate) fn decode_slot<R: DeserializeOwned>(slot: &Slot, target: &str) -> Vec
     match &slot.outcome {
         None => failed(Error::from(ErrorKind::NotReady)),
         Some(Err(e)) => failed(e.clone()),
-        Some(Ok(answered)) => match task::decode_chunk::<R>(answered, target) {
+        Some(Ok(answered)) => match counted(slot, task::decode_chunk::<R>(answered, target)) {
             Err(e) => failed(e),
-            Ok(items) if items.len() != slot.items => {
-                failed(chunk_miscounted(slot.items, items.len()))
-            }
-            Ok(items) => items
-                .into_iter()
-                .map(|r| r.map_err(|p| ErrorKind::Panicked(*p).into()))
-                .collect(),
+            Ok(items) => items.into_iter().map(|r| r.map_err(|p| panicked(*p))).collect(),
         },
     }
 }

@@ -600,6 +600,8 @@ fn map_in(mut stop: impl FnMut() -> bool) {
     };
     let exe = std::env::current_exe().ok();
     let mut cached = vec![0u8; MAP_IN_SLICE / page];
+    // A file's mappings come one after another: it is asked about once.
+    let mut told: Option<(&str, bool)> = None;
     for line in maps.lines() {
         // "start-end perms offset dev inode   path": the path may hold spaces.
         let mut fields = line.splitn(6, ' ');
@@ -609,7 +611,15 @@ fn map_in(mut stop: impl FnMut() -> bool) {
         let path = fields.nth(3).map_or("", str::trim_start);
         let library = path.starts_with('/') && (path.ends_with(".so") || path.contains(".so."));
         let code = library || exe.as_deref().is_some_and(|e| e.as_os_str() == path);
-        if !code || !matches!(perms, "r--p" | "r-xp") || !mincore_tells(path) {
+        if !code || !matches!(perms, "r--p" | "r-xp") {
+            continue;
+        }
+        let tells = match told {
+            Some((file, tells)) if file == path => tells,
+            _ => mincore_tells(path),
+        };
+        told = Some((path, tells));
+        if !tells {
             continue;
         }
         let Some((start, end)) = range.split_once('-') else {
