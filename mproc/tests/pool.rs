@@ -438,6 +438,34 @@ fn a_map_of_more_chunks_than_a_batch_keeps_its_order(m: StartMethod) {
     p.join().unwrap();
 }
 
+/// Item 3000 of this map takes three seconds; every other is instant.
+fn slow_at_3000(n: u64) -> u64 {
+    if n == 3000 {
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    n
+}
+
+/// A worker holding many quick chunks wakes the dispatcher only once half of them are left
+/// to start; the answers it published before starting a slow one are still read at once (the
+/// dispatcher sleeps only briefly while a wake-up is put off), not when the slow one ends.
+fn answers_before_a_slow_task_are_read_while_it_runs(m: StartMethod) {
+    let p = pool(m, 1);
+    let r = p.chunksize(1).map_async(slow_at_3000, 0..3500u64).unwrap();
+    let began = Instant::now();
+    while r.progress().done < 3000 {
+        assert!(
+            began.elapsed() < Duration::from_millis(1500),
+            "{} of the 3000 answers before the slow task read after {:?}",
+            r.progress().done,
+            began.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(!r.ready(), "the slow task is still running");
+    p.terminate();
+}
+
 /// `imap` yields one `Result` per input item, and says how many are left when the input's
 /// length is known: through a whole stream, in order or not, with chunks of any size, and when
 /// a chunk's items cannot be encoded (each of them gets the error). Of an input of unknown
@@ -1193,6 +1221,7 @@ per_start_method!(
     quick_tasks_never_wait_behind_a_slow_one,
     a_map_whose_later_items_cannot_be_encoded_fails_cleanly,
     a_map_of_more_chunks_than_a_batch_keeps_its_order,
+    answers_before_a_slow_task_are_read_while_it_runs,
     a_long_map_fails_first_by_position_once_every_item_ran,
     cancelling_a_task_a_worker_holds_skips_it,
     a_callback_may_stop_the_pool_whoever_completes_its_job,

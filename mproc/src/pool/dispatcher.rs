@@ -492,9 +492,10 @@ impl<L: Link> Dispatcher<L> {
             if self.closed && self.idle() && self.shared.nothing_more_to_come() {
                 return Err(ErrorKind::PoolClosed.into());
             }
-            if self.prepare_sleep() {
+            if self.prepare_sleep(true) {
                 self.turn_done();
-                return Ok(self.plan(None));
+                let deferred = self.workers.iter().any(|w| policy::defer(w.in_flight.len()) > 0);
+                return Ok(self.plan(deferred.then(|| Instant::now() + policy::DEFERRED)));
             }
         }
         self.turn_done();
@@ -507,9 +508,14 @@ impl<L: Link> Dispatcher<L> {
         }
     }
 
-    /// Marks every worker's reader asleep; `false` if an answer came meanwhile.
-    fn prepare_sleep(&self) -> bool {
-        self.workers.iter().all(|w| w.link.prepare_sleep())
+    /// Marks every worker's reader asleep; `false` if an answer came meanwhile. With `defer`,
+    /// a worker holding many chunks wakes it only once half of them are left to start (see
+    /// `policy::defer`); the dispatcher thread then sleeps at most `policy::DEFERRED`.
+    fn prepare_sleep(&self, defer: bool) -> bool {
+        self.workers.iter().all(|w| {
+            let ahead = if defer { policy::defer(w.in_flight.len()) } else { 0 };
+            w.link.prepare_sleep(ahead as u64)
+        })
     }
 
     /// Accepts every answer waiting in a lane; workers are told the reader is awake (no
@@ -658,7 +664,7 @@ impl<L: Link> Dispatcher<L> {
 
     /// What the dispatcher waits on: the wake-up eventfd, then each worker's descriptors;
     /// and the next deadline.
-    fn plan(&self, now: Option<Instant>) -> Plan {
+    fn plan(&self, until: Option<Instant>) -> Plan {
         let timeout = self.config.task_timeout;
         // With a memory limit, a look every `MEMORY_LOOK` while any task runs.
         let memory_look = self.config.memory_limit_per_child.and_then(|_| {
@@ -671,7 +677,7 @@ impl<L: Link> Dispatcher<L> {
             .filter_map(|w| w.deadline(timeout))
             .chain(self.rebalance_deadline())
             .chain(memory_look)
-            .chain(now)
+            .chain(until)
             .min();
         let mut fds = vec![(self.shared.wake.as_fd().as_raw_fd(), false)];
         let mut layout = Vec::with_capacity(self.workers.len());

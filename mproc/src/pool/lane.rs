@@ -26,7 +26,7 @@ use crate::sys::fd::InternalFd;
 use crate::sys::layout::{Line, Mapped, shared_layout};
 use crate::sys::shm::Mapping;
 
-const HEADER: usize = 4096;
+const HEADER: usize = 16384;
 /// Bytes in each ring.
 const CAPACITY: usize = 256 * 1024;
 const FRAME_HEADER: usize = 8;
@@ -38,7 +38,7 @@ pub(crate) const MAX_FRAME: usize = CAPACITY / 8;
 
 /// How many claim slots a lane keeps: at least as many tasks as a worker may hold at once,
 /// so a slot is never reused while its task may still be taken back.
-pub(crate) const MARKS: usize = 256;
+pub(crate) const MARKS: usize = 1024;
 
 shared_layout! {
     /// The shared words of a lane.
@@ -346,7 +346,19 @@ impl Lane {
     /// Says this side is about to block; `true` when it may (nothing arrived meanwhile). On
     /// `false` it has already taken the word back.
     pub(crate) fn prepare_sleep(&self) -> bool {
-        self.asleep(true).store(1, Ordering::Relaxed);
+        self.prepare_sleep_until(0)
+    }
+
+    /// Like [`Lane::prepare_sleep`], but the dispatcher asks to be woken only once the worker
+    /// has started task number `started` (counting from 1), or has nothing more to take, or
+    /// its ring toward the dispatcher is full: the answers before then wait unread, and one
+    /// wake-up reads many. `0`: after the next answer, as `prepare_sleep`.
+    ///
+    /// The word holds `started + 1` (`1` is "after the next answer", `0` "awake").
+    pub(crate) fn prepare_sleep_until(&self, started: u64) -> bool {
+        debug_assert!(self.parent || started == 0, "only the dispatcher defers its wake-up");
+        self.asleep(true)
+            .store(started.saturating_add(1), Ordering::Relaxed);
         fence(Ordering::SeqCst);
         if self.is_empty() {
             true
@@ -362,7 +374,26 @@ impl Lane {
     }
 
     /// After publishing: whether the peer sleeps and must be woken (at most once per sleep).
+    /// A worker leaves a dispatcher that asked to be woken later
+    /// ([`Lane::prepare_sleep_until`]) asleep until it has started the task named, or has
+    /// nothing more to take (so no answer is left unread once it stops).
     pub(crate) fn peer_needs_wake(&self) -> bool {
+        fence(Ordering::SeqCst);
+        let peer = self.asleep(false);
+        let word = peer.load(Ordering::Relaxed);
+        if word == 0 {
+            return false;
+        }
+        // Only a worker reads a deferred word; the dispatcher trusts no word a worker wrote.
+        if !self.parent && word > 1 && self.started < word - 1 && !self.is_empty() {
+            return false;
+        }
+        peer.swap(0, Ordering::SeqCst) != 0
+    }
+
+    /// Whether the peer sleeps, however late it asked to be woken (its ring toward it is
+    /// full, say); at most once per sleep.
+    pub(crate) fn peer_needs_wake_now(&self) -> bool {
         fence(Ordering::SeqCst);
         let peer = self.asleep(false);
         peer.load(Ordering::Relaxed) != 0 && peer.swap(0, Ordering::SeqCst) != 0
@@ -541,8 +572,11 @@ pub(crate) fn fuzz(data: &[u8]) {
                 let len = word(&mut byte, 3) as usize;
                 let _ = sides[me].has_room(len);
                 let _ = sides[me].is_empty();
-                if sides[me].prepare_sleep() {
+                // The dispatcher may put its wake-up off until a task of its choice.
+                let until = if me == 0 { word(&mut byte, 2) } else { 0 };
+                if sides[me].prepare_sleep_until(until) {
                     let _ = sides[peer].peer_needs_wake();
+                    let _ = sides[peer].peer_needs_wake_now();
                     sides[me].awake();
                 }
                 let _ = sides[me].started();
@@ -627,6 +661,57 @@ mod tests {
         assert!(!p.peer_needs_wake(), "one wake per sleep");
         assert!(!w.prepare_sleep(), "a frame is waiting: do not sleep");
         assert!(!p.peer_needs_wake());
+    }
+
+    #[test]
+    fn a_deferred_sleep_is_woken_at_the_task_named_or_when_the_worker_runs_dry() {
+        let (mut p, mut w) = pair();
+        let mut buf = Vec::new();
+        for _ in 0..4 {
+            assert!(p.push(b"task").unwrap());
+        }
+        // Wake me once task 3 has started (or nothing is left to take).
+        assert!(p.prepare_sleep_until(3));
+        for task in 1..=2 {
+            assert!(w.pop_into(&mut buf).unwrap() && w.claim());
+            assert!(w.push(b"answer").unwrap());
+            assert!(!w.peer_needs_wake(), "task {task}: not yet");
+        }
+        assert!(w.pop_into(&mut buf).unwrap() && w.claim());
+        assert!(w.push(b"answer").unwrap());
+        assert!(w.peer_needs_wake(), "task 3 started");
+        assert!(!w.peer_needs_wake(), "one wake per sleep");
+        // Its ring toward the worker empty, the worker wakes it whatever the task named.
+        let mut answers = 0;
+        while p.pop_into(&mut buf).unwrap() {
+            answers += 1;
+        }
+        assert_eq!(answers, 3);
+        assert!(p.prepare_sleep_until(100));
+        assert!(w.pop_into(&mut buf).unwrap() && w.claim());
+        assert!(w.push(b"answer").unwrap());
+        assert!(w.peer_needs_wake(), "nothing left to take: no answer may stay unread");
+        // A worker whose ring toward the dispatcher is full wakes it at once.
+        assert!(p.pop_into(&mut buf).unwrap());
+        assert!(p.push(b"task").unwrap());
+        assert!(p.prepare_sleep_until(100));
+        assert!(!w.peer_needs_wake());
+        assert!(w.peer_needs_wake_now());
+        assert!(!w.peer_needs_wake_now(), "one wake per sleep");
+        // Not deferred: woken after the next answer.
+        assert!(p.prepare_sleep_until(0));
+        assert!(w.push(b"answer").unwrap());
+        assert!(w.peer_needs_wake());
+    }
+
+    #[test]
+    fn a_worker_cannot_defer_its_own_wake_up() {
+        // Whatever a worker writes in its word, the dispatcher reads it as "asleep".
+        let (mut p, w) = pair();
+        w.header().worker_asleep.store(1_000, Ordering::Relaxed);
+        assert!(p.push(b"task").unwrap());
+        assert!(p.peer_needs_wake());
+        drop(w);
     }
 
     #[test]

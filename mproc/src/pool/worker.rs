@@ -369,7 +369,7 @@ impl Worker<'_> {
             return Err(1);
         }
         while !self.lane.push(&self.out).map_err(|_| 1)? {
-            if self.lane.peer_needs_wake() {
+            if self.lane.peer_needs_wake_now() {
                 self.ctrl.send(&FromWorker::Wake, &[]).map_err(|_| 0)?;
             }
             // The dispatcher empties every lane before it sleeps; wait for it, unless it is

@@ -297,8 +297,11 @@ impl Link for LocalLink {
         match placed {
             Ok(true) => {
                 self.given += 1;
+                // A sleeping worker is woken now, not when this turn ends: it starts on this
+                // chunk while the dispatcher places the rest (and reads the other lanes).
                 if self.lane.peer_needs_wake() {
                     let _ = self.outbox.push(&ToWorker::<&[u8]>::Wake);
+                    let _ = self.outbox.flush(self.child.channel());
                 }
                 Sent::Placed
             }
@@ -430,8 +433,10 @@ impl Link for LocalLink {
         self.lane.revoke(task)
     }
 
-    fn prepare_sleep(&self) -> bool {
-        self.lane.prepare_sleep()
+    fn prepare_sleep(&self, ahead: u64) -> bool {
+        // Woken once it has started the chunk `ahead` places before the last one given.
+        let started = if ahead == 0 { 0 } else { self.given.saturating_sub(ahead) };
+        self.lane.prepare_sleep_until(started)
     }
 
     fn awake(&self) {

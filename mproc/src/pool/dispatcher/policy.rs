@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 pub(crate) const WINDOW: usize = 2;
 
 /// The most chunks a worker whose chunks are quick may hold: enough that a stream of tiny
-/// tasks keeps it busy while the dispatcher sleeps between wake-ups.
-pub(crate) const MAX_WINDOW: usize = 256;
+/// tasks (a microsecond each) keeps it busy for all of `DEPTH` while the dispatcher sleeps or
+/// waits for a CPU (on a machine with fewer cores than threads it often does).
+pub(crate) const MAX_WINDOW: usize = 1024;
 // A claim slot must outlive every task a worker may hold.
 const _: () = assert!(MAX_WINDOW <= crate::pool::lane::MARKS);
 
@@ -39,11 +40,27 @@ pub(crate) fn window(running_for: Option<Duration>, average: Duration) -> usize 
     if running_for.is_some_and(|age| age >= SLOW) {
         return WINDOW;
     }
-    let each = (average.as_nanos() as u64).max(1000);
+    let each = (average.as_nanos() as u64).max(1);
     usize::try_from(DEPTH.as_nanos() as u64 / each)
         .unwrap_or(MAX_WINDOW)
         .clamp(WINDOW, MAX_WINDOW)
 }
+
+/// How many of the `held` chunks of a worker may be left to start when it wakes the sleeping
+/// dispatcher: none (it wakes it after its next answer) when it holds few; half of them when
+/// it holds many, so one wake-up reads half a window of answers and tops the lane up while the
+/// other half runs, instead of a wake-up (and on a busy machine a CPU taken from a worker) for
+/// every answer.
+pub(crate) fn defer(held: usize) -> usize {
+    if held >= DEFER_FROM { held / 2 } else { 0 }
+}
+
+/// Below this many chunks held, a worker wakes the dispatcher after each answer.
+const DEFER_FROM: usize = 8;
+
+/// How long the dispatcher thread sleeps at most while a worker defers waking it: the longest
+/// an answer waits unread (a worker that finished a chunk and started a slow one wakes no one).
+pub(crate) const DEFERRED: Duration = Duration::from_micros(500);
 
 /// The running average of a worker's chunk times after one took `took`.
 pub(crate) fn next_average(average: Duration, took: Duration) -> Duration {
@@ -131,11 +148,21 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_holding_many_chunks_wakes_the_dispatcher_at_half_of_them() {
+        assert_eq!(defer(0), 0);
+        assert_eq!(defer(WINDOW), 0, "slow chunks: every answer is read at once");
+        assert_eq!(defer(DEFER_FROM - 1), 0);
+        assert_eq!(defer(DEFER_FROM), DEFER_FROM / 2);
+        assert_eq!(defer(MAX_WINDOW), MAX_WINDOW / 2);
+    }
+
+    #[test]
     fn the_window_stays_within_its_limits() {
         // Growth stops at MAX_WINDOW, however quick (and at zero, where pace is unknown).
         assert_eq!(window(None, Duration::ZERO), MAX_WINDOW);
         assert_eq!(window(None, Duration::from_nanos(1)), MAX_WINDOW);
-        assert_eq!(window(None, Duration::from_micros(1)), MAX_WINDOW);
+        assert_eq!(window(None, Duration::from_nanos(900)), MAX_WINDOW);
+        assert_eq!(window(None, Duration::from_micros(1)), 1000);
         // Shrinking stops at WINDOW, however slow.
         assert_eq!(window(None, Duration::from_secs(3600)), WINDOW);
         assert_eq!(window(None, DEPTH), WINDOW);

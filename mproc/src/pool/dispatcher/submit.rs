@@ -98,7 +98,8 @@ impl Shared {
             d.assign();
             d.flush();
             let rested = (0..4).any(|_| {
-                let rested = d.prepare_sleep();
+                // Not deferred: the dispatcher thread sleeps without a deadline for it.
+                let rested = d.prepare_sleep(false);
                 if !rested {
                     d.drain_lanes();
                 }

@@ -74,7 +74,7 @@ impl Link for FakeLink {
     fn revoke(&self, task: u64) -> bool {
         task > self.0.borrow().started
     }
-    fn prepare_sleep(&self) -> bool {
+    fn prepare_sleep(&self, _: u64) -> bool {
         true
     }
     fn awake(&self) {}
