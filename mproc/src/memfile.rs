@@ -376,20 +376,27 @@ impl Default for Received {
     }
 }
 
-thread_local! {
-    /// In a pool worker, while it runs a chunk whose arguments came in a memory file: the
-    /// file, which the chunk's trampoline (`pool::task`) reads in place (not a copy of its
-    /// bytes).
-    static LENT_PAYLOAD: std::cell::RefCell<Option<InFile>> =
-        const { std::cell::RefCell::new(None) };
-    /// In a pool worker, while it runs a task (any entry): its memory files for large
-    /// answers, which a chunk's trampoline encodes a large answer into (not into a buffer
-    /// then copied).
-    static ANSWER_FILES: std::cell::RefCell<Option<Spares>> =
-        const { std::cell::RefCell::new(None) };
+/// What a pool worker lends the task it runs (see [`with_files`]), in one thread-local: set
+/// up and taken back once per task.
+struct Lending {
+    /// While it runs a chunk whose arguments came in a memory file: the file, which the
+    /// chunk's trampoline (`pool::task`) reads in place (not a copy of its bytes).
+    payload: Option<InFile>,
+    /// While it runs a task (any entry): its memory files for large answers, which a chunk's
+    /// trampoline encodes a large answer into (not into a buffer then copied).
+    files: Option<Spares>,
     /// Where the trampoline put its answer: in its bytes, or in one of those files.
-    static ANSWER_PLACE: std::cell::RefCell<AnswerPlace> =
-        const { std::cell::RefCell::new(AnswerPlace::Bytes) };
+    place: AnswerPlace,
+}
+
+thread_local! {
+    static LENDING: std::cell::RefCell<Lending> = const {
+        std::cell::RefCell::new(Lending {
+            payload: None,
+            files: None,
+            place: AnswerPlace::Bytes,
+        })
+    };
 }
 
 /// Where a pool task's answer went (see [`with_files`]).
@@ -414,26 +421,34 @@ pub(crate) fn with_files<R>(
     struct Lent<'a>(&'a mut Spares);
     impl Drop for Lent<'_> {
         fn drop(&mut self) {
-            // Unread if the entry was not a chunk's: dropped now, the file is free again.
-            LENT_PAYLOAD.set(None);
-            if let Some(kept) = ANSWER_FILES.take() {
+            // Unread if the entry was not a chunk's: dropped now (after the borrow), the file
+            // is free again.
+            let (_unread, kept) =
+                LENDING.with_borrow_mut(|l| (l.payload.take(), l.files.take()));
+            if let Some(kept) = kept {
                 *self.0 = kept;
             }
         }
     }
-    ANSWER_PLACE.set(AnswerPlace::Bytes);
-    LENT_PAYLOAD.set(payload);
-    ANSWER_FILES.set(Some(std::mem::take(spares)));
+    let files = Some(std::mem::take(spares));
+    let (_, _, _before) = LENDING.with_borrow_mut(|l| {
+        (
+            std::mem::replace(&mut l.payload, payload),
+            std::mem::replace(&mut l.files, files),
+            std::mem::replace(&mut l.place, AnswerPlace::Bytes),
+        )
+    });
     let lent = Lent(spares);
     let out = run();
     drop(lent);
-    (out, ANSWER_PLACE.replace(AnswerPlace::Bytes))
+    let place = LENDING.with_borrow_mut(|l| std::mem::replace(&mut l.place, AnswerPlace::Bytes));
+    (out, place)
 }
 
 /// The arguments of the chunk the worker runs, when they came in a memory file (lent by
 /// [`with_files`]): taken once, by the chunk's trampoline.
 pub(crate) fn lent_payload() -> Option<InFile> {
-    LENT_PAYLOAD.take()
+    LENDING.with_borrow_mut(|l| l.payload.take())
 }
 
 /// Encodes a chunk's answer: into a memory file of the worker's when it is large and the
@@ -445,13 +460,13 @@ pub(crate) fn encode_answer<T: Serialize>(value: &T) -> Result<Vec<u8>, codec::E
     impl Drop for PutBack {
         fn drop(&mut self) {
             if let Some(spares) = self.0.take() {
-                ANSWER_FILES.set(Some(spares));
+                LENDING.with_borrow_mut(|l| l.files = Some(spares));
             }
         }
     }
     let len = codec::encoded_len(value)?;
     if len >= WORTH_A_FILE
-        && let Some(spares) = ANSWER_FILES.take()
+        && let Some(spares) = LENDING.with_borrow_mut(|l| l.files.take())
     {
         let mut lent = PutBack(Some(spares));
         let written = lent.0.as_mut().map(|spares| {
@@ -462,7 +477,9 @@ pub(crate) fn encode_answer<T: Serialize>(value: &T) -> Result<Vec<u8>, codec::E
         });
         drop(lent);
         if let Some(Ok(file)) = written {
-            ANSWER_PLACE.set(AnswerPlace::File(file, len));
+            let _before = LENDING.with_borrow_mut(|l| {
+                std::mem::replace(&mut l.place, AnswerPlace::File(file, len))
+            });
             return Ok(Vec::new());
         }
         // No file (none could be made, or the value encoded differently the second time): a

@@ -438,9 +438,9 @@ fn a_map_of_more_chunks_than_a_batch_keeps_its_order(m: StartMethod) {
     p.join().unwrap();
 }
 
-/// Item 3000 of this map takes three seconds; every other is instant.
-fn slow_at_3000(n: u64) -> u64 {
-    if n == 3000 {
+/// Three seconds for `u64::MAX`, at once for any other number.
+fn slow_if_max(n: u64) -> u64 {
+    if n == u64::MAX {
         std::thread::sleep(Duration::from_secs(3));
     }
     n
@@ -449,20 +449,71 @@ fn slow_at_3000(n: u64) -> u64 {
 /// A worker holding many quick chunks wakes the dispatcher only once half of them are left
 /// to start; the answers it published before starting a slow one are still read at once (the
 /// dispatcher sleeps only briefly while a wake-up is put off), not when the slow one ends.
+/// Where the slow one falls among what the worker holds varies, so four places are tried.
 fn answers_before_a_slow_task_are_read_while_it_runs(m: StartMethod) {
+    for at in [3000, 3111, 3222, 3333] {
+        let p = pool(m, 1);
+        let input = (0..3500u64).map(|i| if i == at { u64::MAX } else { i });
+        let r = p.chunksize(1).map_async(slow_if_max, input).unwrap();
+        let began = Instant::now();
+        while r.progress().done < at as usize {
+            assert!(
+                began.elapsed() < Duration::from_millis(1500),
+                "{} of the {at} answers before the slow task read after {:?}",
+                r.progress().done,
+                began.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(!r.ready(), "the slow task is still running");
+        p.terminate();
+    }
+}
+
+/// The voluntary context switches of this process's pool threads so far (one pool: one
+/// `mproc-pool` thread).
+fn pool_thread_sleeps() -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim() != "mproc-pool" {
+            continue;
+        }
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
+/// While a slow task runs behind quick ones, the dispatcher sleeps until its answer: it does
+/// not keep waking every 500 µs for answers a worker might be holding back (once the running
+/// task has turned slow, none is).
+fn the_dispatcher_rests_while_a_slow_task_runs(m: StartMethod) {
     let p = pool(m, 1);
-    let r = p.chunksize(1).map_async(slow_at_3000, 0..3500u64).unwrap();
+    let at = 3000;
+    let input = (0..3500u64).map(|i| if i == at { u64::MAX } else { i });
+    let r = p.chunksize(1).map_async(slow_if_max, input).unwrap();
     let began = Instant::now();
-    while r.progress().done < 3000 {
+    while r.progress().done < at as usize {
         assert!(
-            began.elapsed() < Duration::from_millis(1500),
-            "{} of the 3000 answers before the slow task read after {:?}",
-            r.progress().done,
-            began.elapsed()
+            began.elapsed() < PATIENCE,
+            "answers before the slow task unread"
         );
         std::thread::sleep(Duration::from_millis(1));
     }
+    // Past the 1 ms that makes a running task slow, 300 ms of the slow one.
+    std::thread::sleep(Duration::from_millis(20));
+    let before = pool_thread_sleeps();
+    std::thread::sleep(Duration::from_millis(300));
+    let woke = pool_thread_sleeps() - before;
     assert!(!r.ready(), "the slow task is still running");
+    // Every 500 µs would be some 600.
+    assert!(woke < 60, "the dispatcher woke {woke} times in 300 ms");
     p.terminate();
 }
 
@@ -1222,6 +1273,7 @@ per_start_method!(
     a_map_whose_later_items_cannot_be_encoded_fails_cleanly,
     a_map_of_more_chunks_than_a_batch_keeps_its_order,
     answers_before_a_slow_task_are_read_while_it_runs,
+    the_dispatcher_rests_while_a_slow_task_runs,
     a_long_map_fails_first_by_position_once_every_item_ran,
     cancelling_a_task_a_worker_holds_skips_it,
     a_callback_may_stop_the_pool_whoever_completes_its_job,

@@ -492,9 +492,8 @@ impl<L: Link> Dispatcher<L> {
             if self.closed && self.idle() && self.shared.nothing_more_to_come() {
                 return Err(ErrorKind::PoolClosed.into());
             }
-            if self.prepare_sleep(true) {
+            if let Some(deferred) = self.prepare_sleep(true) {
                 self.turn_done();
-                let deferred = self.workers.iter().any(|w| policy::defer(w.in_flight.len()) > 0);
                 return Ok(self.plan(deferred.then(|| Instant::now() + policy::DEFERRED)));
             }
         }
@@ -508,14 +507,25 @@ impl<L: Link> Dispatcher<L> {
         }
     }
 
-    /// Marks every worker's reader asleep; `false` if an answer came meanwhile. With `defer`,
-    /// a worker holding many chunks wakes it only once half of them are left to start (see
-    /// `policy::defer`); the dispatcher thread then sleeps at most `policy::DEFERRED`.
-    fn prepare_sleep(&self, defer: bool) -> bool {
-        self.workers.iter().all(|w| {
-            let ahead = if defer { policy::defer(w.in_flight.len()) } else { 0 };
-            w.link.prepare_sleep(ahead as u64)
-        })
+    /// Marks every worker's reader asleep; `None` if an answer came meanwhile. With `defer`,
+    /// a worker holding many quick chunks wakes it only once it has answered all but half of
+    /// them (see `policy::defer`); then `Some(true)`, and the dispatcher thread must sleep at
+    /// most `policy::DEFERRED`. A worker whose running chunk has turned slow (its window back
+    /// to `WINDOW`) wakes it at its next answer: nothing is put off while a slow chunk runs.
+    fn prepare_sleep(&self, defer: bool) -> Option<bool> {
+        let now = Instant::now();
+        let mut deferred = false;
+        for w in &self.workers {
+            let ahead = match defer {
+                true => policy::defer(w.in_flight.len().min(w.window(now))),
+                false => 0,
+            };
+            if !w.link.prepare_sleep(ahead as u64) {
+                return None;
+            }
+            deferred |= ahead > 0;
+        }
+        Some(deferred)
     }
 
     /// Accepts every answer waiting in a lane; workers are told the reader is awake (no

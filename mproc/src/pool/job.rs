@@ -38,6 +38,10 @@ pub(crate) struct JobState {
     changed: Condvar,
     /// Set once complete, for waiters that spin briefly before sleeping.
     done: AtomicBool,
+    /// Set (under the lock) once `fail_waiting` has answered chunks that may still be queued:
+    /// until then a chunk's slot is answered only through the chunk itself, and
+    /// `is_answered` needs no lock.
+    failed_early: AtomicBool,
 }
 
 #[derive(Default)]
@@ -106,6 +110,7 @@ impl JobState {
             inner: Mutex::new(JobInner::default()),
             changed: Condvar::new(),
             done: AtomicBool::new(false),
+            failed_early: AtomicBool::new(false),
         })
     }
 
@@ -116,8 +121,14 @@ impl JobState {
         job
     }
 
-    /// Whether chunk `index` has its answer (or was consumed).
+    /// Whether chunk `index` has its answer (or was consumed). Asked of a chunk about to go to
+    /// a worker (the chunk itself has not answered it); only `fail_waiting` answers such a
+    /// chunk, so until it has run this takes no lock (a chunk it fails a moment later is
+    /// withdrawn from its worker as before).
     pub(crate) fn is_answered(&self, index: usize) -> bool {
+        if !self.failed_early.load(Ordering::Acquire) {
+            return false;
+        }
         let mut inner = self.lock();
         inner
             .slot_mut(index)
@@ -196,6 +207,7 @@ impl JobState {
     pub(crate) fn fail_waiting(&self, err: &Error) -> Vec<u64> {
         let (ids, done) = {
             let mut inner = self.lock();
+            self.failed_early.store(true, Ordering::Release);
             let mut ids = Vec::new();
             let base = inner.base;
             let mut failed = Vec::new();

@@ -349,10 +349,11 @@ impl Lane {
         self.prepare_sleep_until(0)
     }
 
-    /// Like [`Lane::prepare_sleep`], but the dispatcher asks to be woken only once the worker
-    /// has started task number `started` (counting from 1), or has nothing more to take, or
-    /// its ring toward the dispatcher is full: the answers before then wait unread, and one
-    /// wake-up reads many. `0`: after the next answer, as `prepare_sleep`.
+    /// Like [`Lane::prepare_sleep`], but the dispatcher asks to be woken only by an answer the
+    /// worker publishes once it has taken task number `started` (counting from 1): the answer
+    /// to that task or a later one, or an answer after which it has nothing more to take, or
+    /// when its ring toward the dispatcher is full. The answers before then wait unread, and
+    /// one wake-up reads many. `0`: after the next answer, as `prepare_sleep`.
     ///
     /// The word holds `started + 1` (`1` is "after the next answer", `0` "awake").
     pub(crate) fn prepare_sleep_until(&self, started: u64) -> bool {
@@ -375,8 +376,9 @@ impl Lane {
 
     /// After publishing: whether the peer sleeps and must be woken (at most once per sleep).
     /// A worker leaves a dispatcher that asked to be woken later
-    /// ([`Lane::prepare_sleep_until`]) asleep until it has started the task named, or has
-    /// nothing more to take (so no answer is left unread once it stops).
+    /// ([`Lane::prepare_sleep_until`]) asleep until it publishes an answer having taken the
+    /// task named, or having nothing more to take (so no answer is left unread once it stops).
+    /// A worker calls this after each answer.
     pub(crate) fn peer_needs_wake(&self) -> bool {
         fence(Ordering::SeqCst);
         let peer = self.asleep(false);
@@ -679,7 +681,7 @@ mod tests {
         }
         assert!(w.pop_into(&mut buf).unwrap() && w.claim());
         assert!(w.push(b"answer").unwrap());
-        assert!(w.peer_needs_wake(), "task 3 started");
+        assert!(w.peer_needs_wake(), "task 3 answered");
         assert!(!w.peer_needs_wake(), "one wake per sleep");
         // Its ring toward the worker empty, the worker wakes it whatever the task named.
         let mut answers = 0;
@@ -691,13 +693,18 @@ mod tests {
         assert!(w.pop_into(&mut buf).unwrap() && w.claim());
         assert!(w.push(b"answer").unwrap());
         assert!(w.peer_needs_wake(), "nothing left to take: no answer may stay unread");
-        // A worker whose ring toward the dispatcher is full wakes it at once.
+        // A worker whose ring toward the dispatcher is full wakes it at once (`publish`).
         assert!(p.pop_into(&mut buf).unwrap());
         assert!(p.push(b"task").unwrap());
         assert!(p.prepare_sleep_until(100));
-        assert!(!w.peer_needs_wake());
+        let answer = vec![1; MAX_FRAME];
+        while w.push(&answer).unwrap() {
+            assert!(!w.peer_needs_wake(), "deferred while there is room");
+        }
+        assert!(!w.peer_needs_wake(), "a full ring alone does not end the deferral");
         assert!(w.peer_needs_wake_now());
         assert!(!w.peer_needs_wake_now(), "one wake per sleep");
+        while p.pop_into(&mut buf).unwrap() {}
         // Not deferred: woken after the next answer.
         assert!(p.prepare_sleep_until(0));
         assert!(w.push(b"answer").unwrap());

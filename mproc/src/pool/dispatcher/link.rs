@@ -107,8 +107,9 @@ pub(crate) trait Link: Sized {
     fn revoke(&self, task: u64) -> bool;
 
     /// Before the reader sleeps: marks it asleep, so the worker wakes it after its next
-    /// answer, or, with `ahead` > 0, only once at most `ahead` of the chunks it holds are left
-    /// to start (or it has none left). `false` if an answer came meanwhile (read it first).
+    /// answer, or, with `ahead` > 0, only at an answer after which at most `ahead` of the
+    /// chunks it holds are left to start (or none is). `false` if an answer came meanwhile
+    /// (read it first).
     fn prepare_sleep(&self, ahead: u64) -> bool;
 
     /// The reader is awake: the worker publishes answers without waking anyone.

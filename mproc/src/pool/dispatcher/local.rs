@@ -434,7 +434,8 @@ impl Link for LocalLink {
     }
 
     fn prepare_sleep(&self, ahead: u64) -> bool {
-        // Woken once it has started the chunk `ahead` places before the last one given.
+        // Woken by an answer once it has taken the chunk `ahead` places before the last one
+        // given (or it runs dry).
         let started = if ahead == 0 { 0 } else { self.given.saturating_sub(ahead) };
         self.lane.prepare_sleep_until(started)
     }

@@ -46,11 +46,12 @@ pub(crate) fn window(running_for: Option<Duration>, average: Duration) -> usize 
         .clamp(WINDOW, MAX_WINDOW)
 }
 
-/// How many of the `held` chunks of a worker may be left to start when it wakes the sleeping
-/// dispatcher: none (it wakes it after its next answer) when it holds few; half of them when
-/// it holds many, so one wake-up reads half a window of answers and tops the lane up while the
-/// other half runs, instead of a wake-up (and on a busy machine a CPU taken from a worker) for
-/// every answer.
+/// How many of the `held` chunks of a worker (no more than its window) may be left to start
+/// when it wakes the sleeping dispatcher: none (it wakes it after its next answer) when it
+/// holds few, or its running chunk has turned slow (its window is then `WINDOW`); half of them
+/// when it holds many quick ones, so one wake-up reads half a window of answers and tops the
+/// lane up while the other half runs, instead of a wake-up (and on a busy machine a CPU taken
+/// from a worker) for every answer.
 pub(crate) fn defer(held: usize) -> usize {
     if held >= DEFER_FROM { held / 2 } else { 0 }
 }
@@ -58,13 +59,26 @@ pub(crate) fn defer(held: usize) -> usize {
 /// Below this many chunks held, a worker wakes the dispatcher after each answer.
 const DEFER_FROM: usize = 8;
 
-/// How long the dispatcher thread sleeps at most while a worker defers waking it: the longest
-/// an answer waits unread (a worker that finished a chunk and started a slow one wakes no one).
+/// How long the dispatcher thread sleeps at most while a worker defers waking it: an answer
+/// published before the worker started a slow chunk (whose answer would wake it) is read
+/// within about this long, later only if the dispatcher has to wait for a CPU.
 pub(crate) const DEFERRED: Duration = Duration::from_micros(500);
 
 /// The running average of a worker's chunk times after one took `took`.
 pub(crate) fn next_average(average: Duration, took: Duration) -> Duration {
     (average * 7 + took) / 8
+}
+
+/// The running average after `chunks` chunks took `took` together (their answers read in one
+/// go): each counts as an equal share. (Counting the first as all of it and the rest as
+/// nothing would drive the average, and with it the window, towards zero whenever answers
+/// are read in batches.)
+pub(crate) fn average_after(average: Duration, took: Duration, chunks: u64) -> Duration {
+    let Some(each) = took.checked_div(u32::try_from(chunks).unwrap_or(u32::MAX)) else {
+        return average;
+    };
+    // Past 128 shares the old average weighs less than (7/8)^128, 4e-8.
+    (0..chunks.min(128)).fold(average, |a, _| next_average(a, each))
 }
 
 /// Which worker takes the next chunk, given each one's `(held, limit)`: the least loaded of
@@ -145,6 +159,19 @@ mod tests {
         assert_eq!(window(Some(Duration::ZERO), Duration::from_micros(10)), 100);
         // The first chunks of a new worker: cautious.
         assert_eq!(window(None, FIRST_AVERAGE), 2);
+    }
+
+    #[test]
+    fn answers_read_together_share_the_time_they_took() {
+        let ms = Duration::from_millis(1);
+        // 500 chunks answered in 1 ms, read at once: 2 µs each, as if read one by one.
+        let after = average_after(FIRST_AVERAGE, ms, 500);
+        assert!(after.abs_diff(Duration::from_micros(2)) < Duration::from_nanos(5), "{after:?}");
+        assert_eq!(window(None, after), 500);
+        // One chunk: the same as `next_average`.
+        assert_eq!(average_after(8 * ms, 16 * ms, 1), next_average(8 * ms, 16 * ms));
+        // None read: unchanged.
+        assert_eq!(average_after(ms, ms, 0), ms);
     }
 
     #[test]

@@ -99,7 +99,7 @@ impl Shared {
             d.flush();
             let rested = (0..4).any(|_| {
                 // Not deferred: the dispatcher thread sleeps without a deadline for it.
-                let rested = d.prepare_sleep(false);
+                let rested = d.prepare_sleep(false).is_some();
                 if !rested {
                     d.drain_lanes();
                 }

@@ -198,8 +198,6 @@ impl<L: Link> Worker<L> {
         if self.front() == Some(id) {
             let chunk = self.in_flight.pop_front().expect("just looked");
             self.answered += 1;
-            let took = now.saturating_duration_since(self.front_since);
-            self.average = policy::next_average(self.average, took);
             self.front_since = now;
             self.items += chunk.items as u64;
             self.chunks += 1;
@@ -237,12 +235,20 @@ impl<L: Link> Worker<L> {
     /// Accepts every answer it has published, in order.
     pub(super) fn drain(&mut self, scratch: &mut Vec<u8>) {
         let (now, answered) = (Instant::now(), self.answered);
+        let (since, chunks) = (self.front_since, self.chunks);
         loop {
             match self.link.next_answer(scratch) {
                 Ok(Some(answer)) => self.accept(answer, now),
                 Ok(None) => break,
                 Err(e) => return self.condemn_front(e),
             }
+        }
+        // The chunks answered since the front one began shared the time between (read in one
+        // go, they all look read at `now`).
+        let read = self.chunks - chunks;
+        if read > 0 {
+            let took = now.saturating_duration_since(since);
+            self.average = policy::average_after(self.average, took, read);
         }
         // After a task, past the cap: retired, its answer kept. Here, where every reader of
         // answers passes, not in the dispatcher's turn: a waiting thread may read the answer
