@@ -554,7 +554,7 @@ fn start_section(plan: &Plan, res: &mut Results) -> Result<(), mproc::Error> {
             4,
             &format!("mproc Pool(2)+apply, {m}"),
             p.n.to_string(),
-            format!("median {:.2} ms  p90 {:.2} ms", p.p50 / 1e3, p.p90 / 1e3),
+            format!("median {:.3} ms  p90 {:.3} ms", p.p50 / 1e3, p.p90 / 1e3),
             String::new(),
         );
         if *m == StartMethod::Forkserver {
