@@ -460,7 +460,8 @@ pub(crate) fn encode_answer<T: Serialize>(value: &T) -> Result<Vec<u8>, codec::E
     impl Drop for PutBack {
         fn drop(&mut self) {
             if let Some(spares) = self.0.take() {
-                LENDING.with_borrow_mut(|l| l.files = Some(spares));
+                // What it replaces (nothing: taken by `encode_answer`) drops outside the borrow.
+                let _none = LENDING.with_borrow_mut(|l| l.files.replace(spares));
             }
         }
     }

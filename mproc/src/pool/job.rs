@@ -121,10 +121,10 @@ impl JobState {
         job
     }
 
-    /// Whether chunk `index` has its answer (or was consumed). Asked of a chunk about to go to
-    /// a worker (the chunk itself has not answered it); only `fail_waiting` answers such a
-    /// chunk, so until it has run this takes no lock (a chunk it fails a moment later is
-    /// withdrawn from its worker as before).
+    /// Whether chunk `index` has its answer (or was consumed). Asked of a chunk not yet answered
+    /// by itself (queued, about to go to a worker, or held by one): only `fail_waiting` answers
+    /// such a chunk, so until it has run this takes no lock (a chunk it fails a moment later
+    /// is withdrawn from its worker as before).
     pub(crate) fn is_answered(&self, index: usize) -> bool {
         if !self.failed_early.load(Ordering::Acquire) {
             return false;

@@ -31,7 +31,7 @@ const HEADER: usize = 16384;
 const CAPACITY: usize = 256 * 1024;
 const FRAME_HEADER: usize = 8;
 const WRAP: u32 = u32::MAX;
-const MAGIC: u64 = 0x6d70_726f_635f_6c31; // "mproc_l1"
+const MAGIC: u64 = 0x6d70_726f_635f_6c32; // "mproc_l2"
 
 /// The largest frame body a ring carries; larger ones must travel some other way.
 pub(crate) const MAX_FRAME: usize = CAPACITY / 8;

@@ -190,8 +190,8 @@ impl Link for LocalLink {
         };
         let start = channel::encode_message(&start)?;
         let launching = start::begin(config.method, &start, &start_fds(config, log_pipe.as_ref()))?;
-        // The lane is made while the fork server (or the new child) gets going: 13-21 µs off
-        // the start of a pool's first worker.
+        // The lane is made (13-21 µs) while the fork server (or the new child) gets going,
+        // not before the request.
         let (lane, lane_file) = match Lane::create() {
             Ok(made) => made,
             Err(e) => {

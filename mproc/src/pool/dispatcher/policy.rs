@@ -71,7 +71,7 @@ pub(crate) fn next_average(average: Duration, took: Duration) -> Duration {
 
 /// The running average after `chunks` chunks took `took` together (their answers read in one
 /// go): each counts as an equal share. (Counting the first as all of it and the rest as
-/// nothing would drive the average, and with it the window, towards zero whenever answers
+/// nothing would drive the average towards zero, and the window to its cap, whenever answers
 /// are read in batches.)
 pub(crate) fn average_after(average: Duration, took: Duration, chunks: u64) -> Duration {
     let Some(each) = took.checked_div(u32::try_from(chunks).unwrap_or(u32::MAX)) else {

@@ -53,8 +53,9 @@ impl Shared {
     /// reads the workers' lanes itself until `done()`, `until`, or a command for the
     /// dispatcher arrives. Meanwhile the workers are told the dispatcher is awake, so they
     /// publish answers without waking anyone: a quick answer costs no system call on either
-    /// side. Before letting go it sets the sleep words back as the dispatcher left them (and
-    /// wakes the dispatcher if anything arrived meanwhile), so nothing published goes unseen.
+    /// side. Before letting go it sets the sleep words again (the plain word, woken at the next
+    /// answer, never a deferred one: the dispatcher's sleep may have no deadline) and wakes the
+    /// dispatcher if anything arrived meanwhile, so nothing published goes unseen.
     /// Callbacks of jobs it completes run after it has let go.
     pub(crate) fn help(&self, done: &dyn Fn() -> bool, until: Instant) -> bool {
         if self.wanted.load(Ordering::Relaxed) || self.foreign() {
