@@ -60,9 +60,12 @@ thread_local! {
     static RETURNED: RefCell<Vec<OwnedFd>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Leaves `fds` for [`take_returned`] (see `RETURNED`).
+/// Leaves `fds` for [`take_returned`] (see `RETURNED`), which always takes what is there: none
+/// is left from an earlier task.
 pub(crate) fn stash_returned(fds: Vec<OwnedFd>) {
-    RETURNED.with(|r| *r.borrow_mut() = fds);
+    if !fds.is_empty() {
+        RETURNED.with(|r| *r.borrow_mut() = fds);
+    }
 }
 
 /// The descriptors the last task's values left (none, usually).

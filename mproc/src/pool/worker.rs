@@ -184,7 +184,13 @@ impl Worker<'_> {
         }
         let identity = self.identity;
         memfile::with_files(in_file, &mut self.spares, || {
-            crate::handle::providing(handles, || run(identity, entry, payload))
+            // A task whose arguments brought no descriptor (nearly all) needs no scope for
+            // them: a handle among its arguments could only fail to decode either way.
+            if handles.is_empty() {
+                run(identity, entry, payload)
+            } else {
+                crate::handle::providing(handles, || run(identity, entry, payload))
+            }
         })
     }
 
