@@ -672,7 +672,7 @@ mod tests {
         for _ in 0..4 {
             assert!(p.push(b"task").unwrap());
         }
-        // Wake me once task 3 has started (or nothing is left to take).
+        // Wake me at an answer once task 3 has been taken (or nothing is left to take).
         assert!(p.prepare_sleep_until(3));
         for task in 1..=2 {
             assert!(w.pop_into(&mut buf).unwrap() && w.claim());
