@@ -78,7 +78,7 @@ impl<R> Process<R> {
     /// arguments and the return value must be serde-serializable. The arguments are encoded
     /// now; an encoding error is reported by [`start`](Process::start). A closure that
     /// captures is refused when the program is built, not by `cargo check` (see
-    /// [`Target`](crate::Target)).
+    /// [`Target`]).
     ///
     /// ```
     /// fn add(a: i32, b: i32) -> i32 {

@@ -1,7 +1,7 @@
 //! Plain data in shared memory: [`Value<T>`] and [`Array<T>`], each with its own robust lock
 //! (Python's `multiprocessing.Value` and `Array`).
 //!
-//! `T` is [`Pod`](crate::Pod) (bytemuck's "plain old data"): any bit pattern is a valid `T`
+//! `T` is [`Pod`] (bytemuck's "plain old data"): any bit pattern is a valid `T`
 //! and it holds no pointers, so its bytes mean the same in every process.
 
 use std::fmt;

@@ -308,7 +308,7 @@ impl PoolBuilder {
     /// A state each worker builds once, by calling `build` with `args` before its first task,
     /// and keeps across its tasks: mpire's `worker_state`, the Rust form of Python's
     /// `initializer` that fills globals. Targets receive it as their first parameter,
-    /// `&mut S`, through [`with_state`](crate::with_state), with every pool method. A worker
+    /// `&mut S`, through [`with_state`], with every pool method. A worker
     /// that replaces another (after a crash, a timeout, `max_tasks_per_child`) builds its own.
     ///
     /// `build` runs as an [`initializer`](Self::initializer) does, with the same failure

@@ -15,7 +15,7 @@
 //! bookkeeping. A frame half written by a dead producer is simply never published; a frame a
 //! dead consumer was decoding stays in the queue for the next one.
 //!
-//! Layout: a 4 KiB [`Header`](layout::Header) (words on separate cache lines by who writes
+//! Layout: a 4 KiB [`Header`] (words on separate cache lines by who writes
 //! them), then the ring. A frame is a `u32` length, four bytes of padding, the body, padded to 8 bytes, never split
 //! across the ring's end (a `u32::MAX` length says "continue at the start"). Positions are
 //! byte counts that only grow; the ring offset of position `p` is `(p - base) % cap`.

@@ -28,7 +28,7 @@
 /// asked once per pool and call; with entries to start and a single pool, one `EXISTS`
 /// asks it with the heartbeat. Returns `{recorded, verdicts or -1}`.
 ///
-/// KEYS: tasks, hb:<agent>, running:<agent>. ARGV: prefix, the number of answers, the
+/// KEYS: tasks, `hb:<agent>`, `running:<agent>`. ARGV: prefix, the number of answers, the
 /// number of entries to acknowledge, then those entry ids, then (entry id, pool, task,
 /// sealed result) per answer, then (entry id, pool, task) per start.
 pub(crate) const STEP: &str = r#"
@@ -168,7 +168,7 @@ return reaped
 /// An agent's statistics for one pool, written only while the pool exists (so a pool that
 /// has ended is not brought back by a late write).
 ///
-/// KEYS: pool:<pool>, stats:<pool>. ARGV: the agent's id, its sealed statistics.
+/// KEYS: `pool:<pool>`, `stats:<pool>`. ARGV: the agent's id, its sealed statistics.
 pub(crate) const STATS: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
