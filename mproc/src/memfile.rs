@@ -430,14 +430,13 @@ pub(crate) fn with_files<R>(
             }
         }
     }
-    let files = Some(std::mem::take(spares));
-    let (_, _, _before) = LENDING.with_borrow_mut(|l| {
-        (
-            std::mem::replace(&mut l.payload, payload),
-            std::mem::replace(&mut l.files, files),
-            std::mem::replace(&mut l.place, AnswerPlace::Bytes),
-        )
-    });
+    let lending = Lending {
+        payload,
+        files: Some(std::mem::take(spares)),
+        place: AnswerPlace::Bytes,
+    };
+    // What was there (nothing, once the last task's were taken back) drops after the borrow.
+    let _before = LENDING.with_borrow_mut(|l| std::mem::replace(l, lending));
     let lent = Lent(spares);
     let out = run();
     drop(lent);

@@ -447,6 +447,12 @@ fn slow_if_max(n: u64) -> u64 {
     n
 }
 
+/// A `chunksize(1)` map of 3500 instant tasks but the one at `at`, which takes a minute.
+fn slow_map(p: &Pool, at: u64) -> mproc::AsyncResult<Vec<u64>> {
+    let input = (0..3500u64).map(|i| if i == at { u64::MAX } else { i });
+    p.chunksize(1).map_async(slow_if_max, input).unwrap()
+}
+
 /// A worker holding many quick chunks wakes the dispatcher only once half of them are left
 /// to start; the answers it published before starting a slow one are still read at once (the
 /// dispatcher sleeps only briefly while a wake-up is put off), not when the slow one ends.
@@ -454,8 +460,7 @@ fn slow_if_max(n: u64) -> u64 {
 fn answers_before_a_slow_task_are_read_while_it_runs(m: StartMethod) {
     for at in [3000, 3111, 3222, 3333] {
         let p = pool(m, 1);
-        let input = (0..3500u64).map(|i| if i == at { u64::MAX } else { i });
-        let r = p.chunksize(1).map_async(slow_if_max, input).unwrap();
+        let r = slow_map(&p, at);
         let began = Instant::now();
         while r.progress().done < at as usize {
             // Without the dispatcher's short sleep they would come with the slow one's answer.
@@ -502,8 +507,7 @@ fn the_dispatcher_rests_while_a_slow_task_runs(m: StartMethod) {
     }
     let p = pool(m, 1);
     let at = 3000;
-    let input = (0..3500u64).map(|i| if i == at { u64::MAX } else { i });
-    let r = p.chunksize(1).map_async(slow_if_max, input).unwrap();
+    let r = slow_map(&p, at);
     let began = Instant::now();
     while r.progress().done < at as usize {
         assert!(

@@ -380,6 +380,18 @@ impl Lane {
     /// task named, or having nothing more to take (so no answer is left unread once it stops).
     /// A worker calls this after each answer.
     pub(crate) fn peer_needs_wake(&self) -> bool {
+        self.wake_peer(true)
+    }
+
+    /// Whether the peer sleeps, however late it asked to be woken (its ring toward it is
+    /// full, say); at most once per sleep.
+    pub(crate) fn peer_needs_wake_now(&self) -> bool {
+        self.wake_peer(false)
+    }
+
+    /// Whether the peer sleeps and is due its wake-up (taken: at most once per sleep); with
+    /// `as_asked`, a deferred word is honoured.
+    fn wake_peer(&self, as_asked: bool) -> bool {
         fence(Ordering::SeqCst);
         let peer = self.asleep(false);
         let word = peer.load(Ordering::Relaxed);
@@ -387,18 +399,10 @@ impl Lane {
             return false;
         }
         // Only a worker reads a deferred word; the dispatcher trusts no word a worker wrote.
-        if !self.parent && word > 1 && self.started < word - 1 && !self.is_empty() {
+        if as_asked && !self.parent && word > 1 && self.started < word - 1 && !self.is_empty() {
             return false;
         }
         peer.swap(0, Ordering::SeqCst) != 0
-    }
-
-    /// Whether the peer sleeps, however late it asked to be woken (its ring toward it is
-    /// full, say); at most once per sleep.
-    pub(crate) fn peer_needs_wake_now(&self) -> bool {
-        fence(Ordering::SeqCst);
-        let peer = self.asleep(false);
-        peer.load(Ordering::Relaxed) != 0 && peer.swap(0, Ordering::SeqCst) != 0
     }
 
     /// The worker has just taken its next task: counts it and claims it. `true` if it is
