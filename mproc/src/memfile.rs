@@ -8,6 +8,10 @@
 //! answer's with its result). The receiver keeps its mappings of the last few files it was
 //! sent ([`Mapped`]): mapping 10 MiB afresh (and unmapping it) cost more than copying the
 //! message out.
+//!
+//! A pool's caller encodes a large task's arguments straight into a memory file of its own
+//! ([`TaskFile`], in a [`Payload`]), which the dispatcher sends as it is: no thread copies
+//! them on the way to the worker.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -215,60 +219,232 @@ pub(crate) fn done(map: &Mapping) {
     map.word(0).store(0, Ordering::Release);
 }
 
-/// Buffers of large encoded pool tasks, given back when their chunk is dropped (answered),
-/// so that the next large task is encoded into memory already faulted in: a caller sending
-/// 10 MiB arguments one call after another otherwise pays for 2560 fresh pages a call (the
-/// allocator hands such blocks back to the system when they are freed). At most
-/// [`KEEP_BUFFERS`] buffers and [`KEEP_BUFFER_BYTES`], process-wide, while a pool runs: a
-/// pool's end lets them go ([`forget_buffers`]), and so does every child at its start.
-static BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
-
-/// How many buffers [`BUFFERS`] keeps.
-const KEEP_BUFFERS: usize = 2;
-
-/// How many bytes [`BUFFERS`] keeps.
-const KEEP_BUFFER_BYTES: usize = 64 << 20;
-
-/// An empty buffer with room for `len` bytes: the smallest kept one that fits, when the
-/// message is worth a file. Never waits: in a fork child, the lock may have been held by a
-/// thread the fork left behind.
-pub(crate) fn buffer(len: usize) -> Vec<u8> {
-    if len >= WORTH_A_FILE
-        && let Ok(mut kept) = BUFFERS.try_lock()
-        && let Some((at, _)) = kept
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.capacity() >= len)
-            .min_by_key(|(_, b)| b.capacity())
-    {
-        let mut b = kept.swap_remove(at);
-        b.clear();
-        return b;
-    }
-    Vec::with_capacity(len)
+/// A large pool task's encoded arguments, written by its caller straight into a memory file
+/// of the caller's own: the dispatcher sends the worker the descriptor, not a copy of the
+/// bytes (the worker reads them in place: [`InFile`]). The chunk owns the file until it is
+/// dropped (answered, or failed), as a chunk taken back from a worker may be sent again; the
+/// file then goes back to [`FILES`] for the next large task, whose pages are then already
+/// faulted in (a 10 MiB argument otherwise costs 2560 fresh pages a call).
+///
+/// Fork children do not inherit it (neither the mapping nor the descriptor): dropped in one, it
+/// touches nothing.
+#[derive(Debug)]
+pub(crate) struct TaskFile {
+    /// `None` only while it is dropped.
+    kept: Option<KeptFile>,
+    len: usize,
 }
 
-/// Gives back a [`buffer`] no longer needed, to be kept if it is large (within the budget;
-/// the oldest goes first).
-pub(crate) fn recycle(b: Vec<u8>) {
-    if !(WORTH_A_FILE..=KEEP_BUFFER_BYTES).contains(&b.capacity()) {
-        return;
+/// A memory file for large task arguments: its mapping, and its descriptor to send.
+#[derive(Debug)]
+struct KeptFile {
+    map: Mapping,
+    file: fd::InternalFd,
+}
+
+/// Memory files of large tasks' arguments given back when their chunk was dropped: at most
+/// [`KEEP_FILES`] and [`KEEP_FILE_BYTES`], process-wide, while a pool runs (a pool's end lets
+/// them go: [`forget_files`]); and how many [`TaskFile`]s exist. Of the fork generation that
+/// made them: a fork child starts with none.
+static FILES: std::sync::Mutex<Files> = std::sync::Mutex::new(Files {
+    generation: 0,
+    kept: Vec::new(),
+    out: 0,
+});
+
+struct Files {
+    generation: u64,
+    kept: Vec<KeptFile>,
+    out: usize,
+}
+
+/// Held by the unit tests that make [`TaskFile`]s, which would see each other's in one
+/// process (plain `cargo test`).
+#[cfg(test)]
+pub(crate) static TASK_FILE_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// How many files [`FILES`] keeps.
+const KEEP_FILES: usize = 2;
+
+/// How many bytes of files [`FILES`] keeps.
+const KEEP_FILE_BYTES: usize = 64 << 20;
+
+/// How many [`TaskFile`]s may exist at once in a process. Each holds a descriptor: a `map`
+/// of thousands of large items, all encoded at once, must not take a descriptor each. Past
+/// this, a large task's arguments are encoded into a buffer, which the dispatcher copies into
+/// a file of its own when it sends them.
+const MAX_TASK_FILES: usize = 16;
+
+/// [`FILES`], as this process has it (a fork child's starts empty). Waits for the lock only
+/// if `wait`, which a caller may ask once it has made a [`TaskFile`] in this process (so the
+/// lock was free after the fork): in a fork child, it may have been held by a thread the fork
+/// left behind. `None` if it is not free (the files are only a speed-up).
+fn files(wait: bool) -> Option<std::sync::MutexGuard<'static, Files>> {
+    let mut files = if wait {
+        FILES.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    } else {
+        FILES.try_lock().ok()?
+    };
+    let now = crate::sys::proc::fork_generation();
+    if files.generation != now {
+        // Another process's: neither the mappings nor the descriptors are ours (dropping
+        // them touches nothing), nor are the files it counted.
+        files.generation = now;
+        files.kept = Vec::new();
+        files.out = 0;
     }
-    if let Ok(mut kept) = BUFFERS.try_lock() {
-        kept.push(b);
-        while kept.len() > KEEP_BUFFERS
-            || kept.iter().map(Vec::capacity).sum::<usize>() > KEEP_BUFFER_BYTES
-        {
-            kept.remove(0);
+    Some(files)
+}
+
+impl TaskFile {
+    /// A file with room for `len` bytes of arguments: the smallest kept one that fits, or a
+    /// new one; `None` if [`MAX_TASK_FILES`] exist or none can be made.
+    fn take(len: usize) -> Option<TaskFile> {
+        let need = FILE_HEADER.checked_add(len)?;
+        let mut files = files(false)?;
+        if files.out >= MAX_TASK_FILES {
+            return None;
+        }
+        let found = files
+            .kept
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| k.map.len() >= need)
+            .min_by_key(|(_, k)| k.map.len())
+            .map(|(at, _)| at);
+        let kept = match found {
+            Some(at) => files.kept.swap_remove(at),
+            None => {
+                // Rounded up, so arguments that vary a little in size share files.
+                let size = need.next_multiple_of(64 * 1024);
+                let (map, file) = Mapping::create("mproc-task", size).ok()?;
+                KeptFile { map, file }
+            }
+        };
+        files.out += 1;
+        Some(TaskFile {
+            kept: Some(kept),
+            len,
+        })
+    }
+
+    /// The bytes its arguments are written into, before its chunk is sent.
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        let kept = self.kept.as_mut().expect("only `None` while dropped");
+        &mut kept.map.bytes_mut_from(FILE_HEADER)[..self.len]
+    }
+
+    fn kept(&self) -> &KeptFile {
+        self.kept.as_ref().expect("only `None` while dropped")
+    }
+
+    /// The descriptor of the file (the arguments start [`FILE_HEADER`] bytes in).
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.kept().file.as_fd()
+    }
+
+    /// How many bytes the arguments are.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for TaskFile {
+    /// Given back for the next large task, if it is within the budget (the oldest kept goes
+    /// first). In a fork child, it touches nothing.
+    fn drop(&mut self) {
+        let Some(file) = self.kept.take() else {
+            return;
+        };
+        if !file.map.is_in_this_process() {
+            return;
+        }
+        // Made in this process, so the lock was free since the fork: waiting is safe.
+        let Some(mut files) = files(true) else {
+            return;
+        };
+        files.out = files.out.saturating_sub(1);
+        if file.map.len() <= KEEP_FILE_BYTES {
+            files.kept.push(file);
+            while files.kept.len() > KEEP_FILES
+                || files.kept.iter().map(|k| k.map.len()).sum::<usize>() > KEEP_FILE_BYTES
+            {
+                files.kept.remove(0);
+            }
         }
     }
 }
 
-/// Lets the kept buffers go: when a pool ends, and in a new child (a fork child inherits its
-/// parent's, which it would only carry).
-pub(crate) fn forget_buffers() {
-    if let Ok(mut kept) = BUFFERS.try_lock() {
-        *kept = Vec::new();
+/// Lets the kept files go when a pool ends.
+pub(crate) fn forget_files() {
+    let gone = files(false).map(|mut files| std::mem::take(&mut files.kept));
+    drop(gone); // unmapped outside the lock
+}
+
+/// A pool task's encoded arguments: bytes, or, when large, in a memory file of this process's
+/// ([`TaskFile`]).
+#[derive(Debug)]
+pub(crate) enum Payload {
+    Bytes(Vec<u8>),
+    File(TaskFile),
+}
+
+impl Payload {
+    /// Encodes a chunk's arguments: into a memory file when they are large (within
+    /// [`MAX_TASK_FILES`]), else into a buffer.
+    pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Payload, codec::Error> {
+        let len = codec::encoded_len(value)?;
+        if len >= WORTH_A_FILE
+            && let Some(mut file) = TaskFile::take(len)
+        {
+            codec::encode_to_slice(file.bytes_mut(), value)?;
+            return Ok(Payload::File(file));
+        }
+        let mut out = Vec::with_capacity(len);
+        codec::encode_into(&mut out, value)?;
+        Ok(Payload::Bytes(out))
+    }
+
+    /// How many bytes the arguments are.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Payload::Bytes(b) => b.len(),
+            Payload::File(f) => f.len(),
+        }
+    }
+
+    /// The bytes, copied out of the file if they are in one (for a remote pool, which sends
+    /// bytes).
+    #[cfg_attr(
+        not(any(feature = "remote", test)),
+        expect(dead_code, reason = "a remote pool sends its tasks' bytes")
+    )]
+    pub(crate) fn into_vec(self) -> Result<Vec<u8>, Error> {
+        let file = match self {
+            Payload::Bytes(b) => return Ok(b),
+            Payload::File(file) => file,
+        };
+        let map = &file.kept().map;
+        if !map.is_in_this_process() {
+            return Err(Error::invalid(
+                "a task's arguments encoded by the parent process cannot be read in a fork child",
+            ));
+        }
+        map.reader(FILE_HEADER, file.len)
+            .and_then(SharedReader::into_vec)
+            .map_err(|e| Error::os("reading a task's arguments from its memory file", e))
+    }
+}
+
+impl Default for Payload {
+    fn default() -> Payload {
+        Payload::Bytes(Vec::new())
+    }
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(bytes: Vec<u8>) -> Payload {
+        Payload::Bytes(bytes)
     }
 }
 
@@ -556,6 +732,57 @@ mod tests {
         assert!(take(&mut mapped, held[0].0.as_fd(), u64::MAX).is_err());
         let unsealed = crate::sys::shm::testing::unsealed_memfd(4096);
         assert!(take(&mut mapped, unsealed.as_fd(), 10).is_err());
+    }
+
+    #[test]
+    fn large_task_arguments_are_encoded_into_files_reused_and_capped() {
+        let _alone = TASK_FILE_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        let value = |b: u8| vec![b; WORTH_A_FILE + 1000];
+        let file_of = |p: &Payload| match p {
+            Payload::File(f) => crate::sys::shm::file_identity(f.fd()).unwrap(),
+            Payload::Bytes(_) => panic!("not in a file"),
+        };
+        // Large: in a file, which holds exactly what the codec makes of it, and which a
+        // worker reads in place.
+        let first = Payload::encode(&value(1)).unwrap();
+        let encoded = codec::encode(&value(1)).unwrap();
+        assert_eq!(first.len(), encoded.len());
+        let id = file_of(&first);
+        let Payload::File(file) = &first else { unreachable!() };
+        let mut mapped = Mapped::default();
+        let read = Received::InFile(mapped.keep(file.fd(), file.len() as u64).unwrap());
+        assert_eq!(read.decode::<Vec<u8>>().unwrap().unwrap(), value(1));
+        // Small: bytes.
+        assert!(matches!(Payload::encode(&[1u8; 100][..]).unwrap(), Payload::Bytes(_)));
+        // Held, the next large value goes in another file; dropped (its chunk answered, even
+        // with the worker's reading still held), its file takes the next one.
+        let second = Payload::encode(&value(2)).unwrap();
+        assert_ne!(file_of(&second), id);
+        drop(first);
+        let third = Payload::encode(&value(3)).unwrap();
+        assert_eq!(file_of(&third), id, "the file was reused");
+        assert_eq!(third.into_vec().unwrap(), codec::encode(&value(3)).unwrap());
+        drop(read);
+        // At most MAX_TASK_FILES at once; past them, bytes (the dispatcher copies those into
+        // a file of its own).
+        let mut held = vec![second];
+        while held.len() <= MAX_TASK_FILES {
+            let p = Payload::encode(&value(4)).unwrap();
+            let in_file = matches!(p, Payload::File(_));
+            held.push(p);
+            if !in_file {
+                break;
+            }
+        }
+        let in_files = held.iter().filter(|p| matches!(p, Payload::File(_))).count();
+        assert_eq!(in_files, MAX_TASK_FILES);
+        assert_eq!(held.pop().unwrap().into_vec().unwrap(), codec::encode(&value(4)).unwrap());
+        held.pop();
+        assert!(matches!(Payload::encode(&value(5)).unwrap(), Payload::File(_)));
+        drop(held);
+        forget_files();
+        let kept = files(false).unwrap();
+        assert!(kept.kept.is_empty() && kept.out == 0, "{} out", kept.out);
     }
 
     #[test]

@@ -1069,6 +1069,64 @@ fn a_large_answer_kept_unread_is_not_overwritten(m: StartMethod) {
     }
 }
 
+/// The sum of `data`'s bytes, after a nap of `ms`; `die` aborts the worker instead.
+fn sum_or_die(data: Vec<u8>, ms: u64, die: bool) -> u64 {
+    if die {
+        std::process::abort();
+    }
+    std::thread::sleep(Duration::from_millis(ms));
+    data.iter().map(|&b| u64::from(b)).sum()
+}
+
+/// A large task in a fork child whose parent holds large tasks' memory files: the child's
+/// pool makes files of its own.
+fn large_task_in_a_child(m: StartMethod) -> u64 {
+    pool(m, 1)
+        .apply(sum_or_die, (vec![9; 300_000], 0, false))
+        .unwrap()
+}
+
+/// Large tasks' arguments are encoded straight into memory files of the caller's (at most
+/// sixteen at once; past that, into buffers the dispatcher copies into files of its own). Forty
+/// in flight, one of which kills its worker: the tasks behind it in that worker's order go out
+/// again from the same files, and every answer is the sum of its own arguments. Files are
+/// reused call after call, a fork child taken while some are held makes its own, and once the
+/// pool is gone the caller holds no more descriptors than before.
+fn large_tasks_in_files_survive_a_lost_worker(m: StartMethod) {
+    if !alone() {
+        return;
+    }
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    drop(pool(m, 1)); // the fork server, if any, started
+    let before = fds();
+    let n = 300_000;
+    {
+        let p = pool(m, 2);
+        let results: Vec<_> = (0..40u8)
+            .map(|i| p.apply_async(sum_or_die, (vec![i; n], 1, i == 5)).unwrap())
+            .collect();
+        for (i, r) in results.iter().enumerate() {
+            let got = r.get_timeout(PATIENCE);
+            if i == 5 {
+                let e = got.unwrap_err();
+                assert!(matches!(e.kind(), ErrorKind::WorkerLost(_)), "{e}");
+            } else {
+                assert_eq!(got.unwrap(), (i * n) as u64, "task {i}");
+            }
+        }
+        for round in 0..5u8 {
+            let got = p.apply(sum_or_die, (vec![round; n], 0, false)).unwrap();
+            assert_eq!(got, u64::from(round) * n as u64, "round {round}");
+        }
+        let held = p.apply_async(sum_or_die, (vec![7; n], 300, false)).unwrap();
+        let mut child = mproc::Process::new(large_task_in_a_child, (m,)).start_method(m);
+        child.start().unwrap();
+        assert_eq!(child.join_timeout(PATIENCE).unwrap(), 9 * n as u64);
+        assert_eq!(held.get_timeout(PATIENCE).unwrap(), 7 * n as u64);
+    }
+    wait_until("the pool's descriptors are closed", || fds() <= before);
+}
+
 /// Tasks and answers on both sides of the lane's frame limit, interleaved: they come back in
 /// order, intact, from the same worker (nothing is mistaken for a protocol error).
 fn large_and_small_frames_keep_their_order(m: StartMethod) {
@@ -1294,6 +1352,7 @@ per_start_method!(
     large_and_small_frames_keep_their_order,
     a_large_task_keeps_its_handles,
     a_large_answer_kept_unread_is_not_overwritten,
+    large_tasks_in_files_survive_a_lost_worker,
     a_worker_flooding_descriptors_is_dropped,
     a_worker_that_corrupts_its_lane_is_replaced,
     a_panicking_callback_does_not_take_the_pool_down,

@@ -83,7 +83,6 @@ pub(super) fn chunk<A: Serialize>(
     let id = shared.chunk_id();
     let index = job.add_chunk(id, items.len());
     Ok(Chunk::new(id, entry, payload, Arc::clone(job), index, items.len())
-        .with_recycled_payload()
         .with_handles(fds))
 }
 
@@ -374,7 +373,6 @@ impl<'p> Chunked<'p> {
                     .enumerate()
                     .map(|(i, (id, items, payload, fds))| {
                         Chunk::new(id, entry, payload, Arc::clone(&job), at + i, items)
-                            .with_recycled_payload()
                             .with_handles(fds)
                             .with_timeout(self.timeout)
                     })

@@ -181,8 +181,8 @@ pub(crate) fn run(shared: Arc<Shared>) {
     // Dropping the state answers whatever it still held and breaks the Arc cycle.
     let state = shared.state().take();
     drop(state);
-    // The large buffers its chunks gave back (`memfile::buffer`) go with it.
-    crate::memfile::forget_buffers();
+    // The memory files its large chunks gave back (`memfile::TaskFile`) go with it.
+    crate::memfile::forget_files();
     shared.mark_finished(&why);
 }
 

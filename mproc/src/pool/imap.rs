@@ -133,7 +133,6 @@ impl<'a, R> Imap<'a, R> {
                     let index = self.job.add_chunk(id, items);
                     let chunk =
                         Chunk::new(id, self.entry, payload, Arc::clone(&self.job), index, items)
-                            .with_recycled_payload()
                             .with_handles(fds)
                             .with_timeout(self.timeout);
                     // On refusal the chunk has been failed with the reason (it is yielded), and

@@ -59,7 +59,7 @@ impl Pool {
         let job = JobState::new();
         let id = self.shared.chunk_id();
         let index = job.add_chunk(id, items);
-        let chunk = Chunk::new(id, entry, payload, Arc::clone(&job), index, items)
+        let chunk = Chunk::new(id, entry, payload.into(), Arc::clone(&job), index, items)
             .with_on_start(Box::new(on_start))
             .with_timeout(timeout);
         job.seal();

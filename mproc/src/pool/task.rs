@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, PanicReport};
-use crate::memfile::{self, Received};
+use crate::memfile::{self, Payload, Received};
 use crate::start::role::{self, RoleFn};
 use crate::sys::image;
 use crate::wire::codec;
@@ -60,15 +60,11 @@ where
 }
 
 /// A chunk's encoded arguments and the descriptors of the handles among them.
-pub(crate) type Encoded = (Vec<u8>, Vec<std::os::fd::OwnedFd>);
+pub(crate) type Encoded = (Payload, Vec<std::os::fd::OwnedFd>);
 
-/// Encodes a chunk of argument tuples in the parent.
+/// Encodes a chunk of argument tuples in the parent (into a memory file when large).
 pub(crate) fn encode_chunk<A: Serialize>(items: &[A], target: &str) -> Result<Encoded, Error> {
-    // Into a kept buffer when large (given back when its chunk is dropped).
-    let (bytes, fds) = crate::handle::collecting(|| {
-        let mut out = memfile::buffer(codec::encoded_len(items)?);
-        codec::encode_into(&mut out, items).map(|()| out)
-    });
+    let (bytes, fds) = crate::handle::collecting(|| Payload::encode(items));
     let bytes =
         bytes.map_err(|e| Error::codec(format!("the arguments of `{target}`"), "encode", e))?;
     Ok((bytes, fds))
@@ -197,8 +193,10 @@ mod tests {
 
     #[test]
     fn a_chunk_in_a_file_frees_it_before_running_and_a_large_answer_goes_into_a_file() {
+        let _alone = memfile::TASK_FILE_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         let numbers: Vec<f64> = (0..100_000).map(f64::from).collect();
-        let (payload, _) = encode_chunk(&[(numbers.clone(),)], "double").unwrap();
+        // As the dispatcher sends it when the caller could not encode it into a file.
+        let payload = encode_chunk(&[(numbers.clone(),)], "double").unwrap().0.into_vec().unwrap();
         let mut mapped = Mapped::default();
         let mut ours = Spares::default();
         let mut answers = Vec::new();
@@ -222,14 +220,14 @@ mod tests {
         }
         assert_eq!(answers[0], answers[1], "the worker's file was reused");
         // A small answer, from a chunk whose arguments came inline: bytes, no file.
-        let (small, _) = encode_chunk(&[(vec![1.5],)], "double").unwrap();
+        let small = encode_chunk(&[(vec![1.5],)], "double").unwrap().0.into_vec().unwrap();
         let (bytes, place) = memfile::with_files(None, &mut ours, || run_with(double, &small));
         assert!(matches!(place, AnswerPlace::Bytes));
         let got: Vec<Result<Vec<f64>, Box<PanicReport>>> =
             Received::Bytes(bytes.unwrap()).decode().unwrap().unwrap();
         assert!(matches!(&got[..], [Ok(v)] if *v == vec![3.0]));
         // An answer whose encoding panics: the worker keeps its files.
-        let (unit, _) = encode_chunk(&[()], "flaky").unwrap();
+        let unit = encode_chunk(&[()], "flaky").unwrap().0.into_vec().unwrap();
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             memfile::with_files(None, &mut ours, || run_with(flaky, &unit))
         }));

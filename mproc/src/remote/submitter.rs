@@ -329,13 +329,22 @@ impl Submitter {
                     chunk.fail(ErrorKind::Cancelled.into()); // cancelled while queued
                     continue;
                 }
+                // A large one's arguments are copied out of the memory file they were
+                // encoded into.
+                let payload = match std::mem::take(&mut chunk.payload).into_vec() {
+                    Ok(payload) => payload,
+                    Err(e) => {
+                        chunk.fail(e);
+                        continue;
+                    }
+                };
                 let frame = TaskFrame {
                     pool: self.pool,
                     task: chunk.id,
                     build: self.build,
                     entry: chunk.entry,
                     items: chunk.items as u64,
-                    payload: ByteBuf::from(std::mem::take(&mut chunk.payload)),
+                    payload: ByteBuf::from(payload),
                     timeout_ms: chunk
                         .timeout
                         .map(|t| t.as_millis().try_into().unwrap_or(u64::MAX)),

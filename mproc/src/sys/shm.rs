@@ -246,7 +246,9 @@ impl Mapping {
         // SAFETY: valid for `len - from` bytes past `from` while `self` lives; exclusive for
         // the borrow of `&mut self`. Callers write a message before they send its file, or
         // again only after the receiver stored its done word (outside this range) and so reads
-        // no more.
+        // no more, or (a pool task's arguments) after the task was answered or its worker
+        // killed. Another process writing anyway changes bytes, never this process's memory
+        // safety: nothing here reads them back as anything but bytes.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(from), self.len - from) }
     }
 

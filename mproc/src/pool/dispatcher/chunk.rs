@@ -7,13 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind};
+use crate::memfile::Payload;
 use crate::pool::job::{ChunkOutcome, JobState};
 
 /// One chunk: its arguments (encoded) and where its answer goes.
 pub(crate) struct Chunk {
     pub(crate) id: u64,
     pub(crate) entry: i64,
-    pub(crate) payload: Vec<u8>,
+    /// Its arguments, encoded (dropped as soon as it is answered: a large one's memory file
+    /// is then free for the caller's next large task).
+    pub(crate) payload: Payload,
     pub(crate) job: Arc<JobState>,
     pub(crate) index: usize,
     pub(crate) items: usize,
@@ -23,8 +26,6 @@ pub(crate) struct Chunk {
     pub(super) revoked: bool,
     /// Descriptors of the handles among its arguments: such a chunk goes on the socket.
     pub(super) handles: Vec<OwnedFd>,
-    /// Whether its payload came from `memfile::buffer`, to be given back when it is dropped.
-    recycle: bool,
     /// Asked when a worker is picked for it, until it says `Go` or `Drop`.
     pub(super) on_start: Option<OnStart>,
     /// Its own time limit per task (`pool.timeout(d)`), instead of the pool's `task_timeout`.
@@ -54,7 +55,7 @@ impl Chunk {
     pub(crate) fn new(
         id: u64,
         entry: i64,
-        payload: Vec<u8>,
+        payload: Payload,
         job: Arc<JobState>,
         index: usize,
         items: usize,
@@ -69,17 +70,9 @@ impl Chunk {
             answered: false,
             revoked: false,
             handles: Vec::new(),
-            recycle: false,
             on_start: None,
             timeout: None,
         }
-    }
-
-    /// Its payload came from `memfile::buffer` (`pool::task::encode_chunk`): given back when
-    /// it is dropped, for the next large chunk.
-    pub(crate) fn with_recycled_payload(mut self) -> Chunk {
-        self.recycle = true;
-        self
     }
 
     /// Its own time limit per task, if any (else the pool's `task_timeout` holds).
@@ -122,6 +115,9 @@ impl Chunk {
     /// Gives the job this chunk's answer (an inert revoked entry has none to give: its copy
     /// answers).
     pub(crate) fn finish(mut self, outcome: ChunkOutcome) {
+        // Its payload goes first: a large one's file is free before the caller, woken by the
+        // answer, encodes its next task.
+        self.payload = Payload::default();
         if !self.revoked {
             self.job.deliver(self.index, outcome);
         }
@@ -144,12 +140,6 @@ impl Chunk {
         .with_handles(std::mem::take(&mut self.handles))
         .with_gate(self.on_start.take())
         .with_timeout(self.timeout)
-        .recycling(std::mem::take(&mut self.recycle))
-    }
-
-    fn recycling(mut self, recycle: bool) -> Chunk {
-        self.recycle = recycle;
-        self
     }
 
     fn with_gate(mut self, on_start: Option<OnStart>) -> Chunk {
@@ -168,15 +158,13 @@ impl Chunk {
 }
 
 impl Drop for Chunk {
-    /// A chunk never answered fails `Terminated`. A payload from `memfile::buffer` is given
-    /// back, for the next large chunk.
+    /// A chunk never answered fails `Terminated` (its payload dropped first, as in
+    /// [`Chunk::finish`]).
     fn drop(&mut self) {
         if !self.answered {
+            self.payload = Payload::default();
             self.job
                 .deliver(self.index, Err(ErrorKind::Terminated.into()));
-        }
-        if self.recycle {
-            crate::memfile::recycle(std::mem::take(&mut self.payload));
         }
     }
 }
@@ -190,10 +178,11 @@ mod tests {
         let job = JobState::new();
         let index = job.add_chunk(1, 2);
         let limit = Some(Duration::from_millis(300));
-        let mut held = Chunk::new(1, 0, vec![1, 2], job, index, 2).with_timeout(limit);
+        let mut held = Chunk::new(1, 0, vec![1, 2].into(), job, index, 2).with_timeout(limit);
         let copy = held.revoke();
         assert_eq!(copy.timeout, limit);
-        assert_eq!((copy.id, copy.items, &copy.payload[..]), (1, 2, &[1, 2][..]));
+        assert!(matches!(&copy.payload, Payload::Bytes(b) if b[..] == [1, 2]));
+        assert_eq!((copy.id, copy.items), (1, 2));
         assert!(held.revoked && !copy.revoked);
     }
 }

@@ -12,7 +12,7 @@ use super::config::Config;
 use super::link::{Answer, Link, Note, Polled, Sent};
 use crate::channel::{self, Outbox};
 use crate::error::{Error, ErrorKind};
-use crate::memfile::{Mapped, Received, Spares, WORTH_A_FILE};
+use crate::memfile::{Mapped, Payload, Received, Spares, WORTH_A_FILE};
 use crate::pool::task::Answered;
 use crate::pool::task;
 use crate::process;
@@ -128,13 +128,29 @@ impl LocalLink {
         }
     }
 
-    /// Queues a large task on the socket with its payload in a memory file, whose descriptor
-    /// follows those of its handles (`fds`).
-    fn push_in_file(&mut self, chunk: &Chunk, mut fds: Vec<OwnedFd>) -> Result<(), Error> {
-        let file = self.spares.write(chunk.payload.len(), |b| {
-            b.copy_from_slice(&chunk.payload);
-            Ok(())
-        })?;
+    /// Queues a task on the socket with the descriptors of its handles (`fds`); a large one
+    /// with its payload in a memory file, whose descriptor follows them: the caller's own file
+    /// if it encoded the payload into one, else one of this link's, the payload copied in.
+    fn push_on_socket(&mut self, chunk: &Chunk, mut fds: Vec<OwnedFd>) -> Result<(), Error> {
+        let file = match &chunk.payload {
+            Payload::File(file) => fd::dup_above(file.fd(), 0)
+                .map_err(|e| Error::os("passing a task's memory file to a pool worker", e))?,
+            Payload::Bytes(bytes) if bytes.len() >= WORTH_A_FILE => {
+                self.spares.write(bytes.len(), |b| {
+                    b.copy_from_slice(bytes);
+                    Ok(())
+                })?
+            }
+            Payload::Bytes(bytes) => {
+                let task = ToWorker::Task {
+                    id: chunk.id,
+                    entry: chunk.entry,
+                    payload: bytes.as_slice(),
+                    handles: chunk.handles.len() as u32,
+                };
+                return self.outbox.push_with_fds(&task, fds);
+            }
+        };
         fds.push(file);
         let task = ToWorker::<&[u8]>::TaskInFile {
             id: chunk.id,
@@ -262,18 +278,23 @@ impl Link for LocalLink {
     }
 
     fn send(&mut self, chunk: &Chunk, scratch: &mut Vec<u8>) -> Sent {
-        let task = ToWorker::Task {
-            id: chunk.id,
-            entry: chunk.entry,
-            payload: chunk.payload.as_slice(),
-            handles: chunk.handles.len() as u32,
-        };
         // Small tasks go in the lane; a large one (or one carrying handles' descriptors) on
         // the socket, with a placeholder in the lane that keeps its place in the order.
-        let small = chunk.handles.is_empty() && codec::encoded_len(&task).is_ok_and(Lane::fits);
         scratch.clear();
+        let small = match &chunk.payload {
+            Payload::Bytes(payload) if chunk.handles.is_empty() => {
+                let task = ToWorker::Task {
+                    id: chunk.id,
+                    entry: chunk.entry,
+                    payload: payload.as_slice(),
+                    handles: 0,
+                };
+                codec::encoded_len(&task).is_ok_and(Lane::fits)
+                    && codec::encode_into(scratch, &task).is_ok()
+            }
+            _ => false,
+        };
         let placed = if small {
-            let _ = codec::encode_into(scratch, &task);
             self.lane.push(scratch)
         } else {
             let _ = codec::encode_into(scratch, &ToWorker::<&[u8]>::OnSocket);
@@ -285,10 +306,7 @@ impl Link for LocalLink {
                         .map(|fd| fd::dup_above(fd.as_fd(), 0))
                         .collect::<Result<Vec<_>, _>>();
                     let pushed = match copies {
-                        Ok(fds) if chunk.payload.len() >= WORTH_A_FILE => {
-                            self.push_in_file(chunk, fds)
-                        }
-                        Ok(fds) => self.outbox.push_with_fds(&task, fds),
+                        Ok(fds) => self.push_on_socket(chunk, fds),
                         Err(e) => Err(Error::os("passing a handle to a pool worker", e)),
                     };
                     if let Err(e) = pushed {

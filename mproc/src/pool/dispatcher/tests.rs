@@ -180,7 +180,7 @@ fn submit(d: &Dispatcher<FakeLink>, ids: &[u64]) -> Arc<JobState> {
         .iter()
         .map(|&id| {
             let index = job.add_chunk(id, 1);
-            Chunk::new(id, 0, Vec::new(), Arc::clone(&job), index, 1)
+            Chunk::new(id, 0, Vec::new().into(), Arc::clone(&job), index, 1)
         })
         .collect();
     job.seal();
