@@ -5,7 +5,8 @@
 //! file ([`Spares`]) and writes its next large message into it again once the receiver has set
 //! the file's *done word* back to 0: when it has read the message, or, for a pool's task or
 //! answer read in place ([`InFile`]), when that is dropped (a task's once it is decoded, an
-//! answer's with its result). The receiver keeps its mappings of the last few files it was
+//! answer's with its result). (A pool caller's task files go by their tasks' answers
+//! instead: [`TaskFile`].) The receiver keeps its mappings of the last few files it was
 //! sent ([`Mapped`]): mapping 10 MiB afresh (and unmapping it) cost more than copying the
 //! message out.
 //!
@@ -222,9 +223,12 @@ pub(crate) fn done(map: &Mapping) {
 /// A large pool task's encoded arguments, written by its caller straight into a memory file
 /// of the caller's own: the dispatcher sends the worker the descriptor, not a copy of the
 /// bytes (the worker reads them in place: [`InFile`]). The chunk owns the file until it is
-/// dropped (answered, or failed), as a chunk taken back from a worker may be sent again; the
-/// file then goes back to [`FILES`] for the next large task, whose pages are then already
-/// faulted in (a 10 MiB argument otherwise costs 2560 fresh pages a call).
+/// dropped, as a chunk taken back from a worker may be sent again. Answered by a worker (which
+/// decodes its arguments before it answers), or never sent, it goes back to [`FILES`] for the
+/// next large task, whose pages are then already faulted in (a 10 MiB argument otherwise
+/// costs 2560 fresh pages a call); failed otherwise (its worker lost, killed or never heard
+/// from again) it is let go, never written again, as that worker may not have finished
+/// reading it ([`TaskFile::discard`]).
 ///
 /// Fork children do not inherit it (neither the mapping nor the descriptor): dropped in one, it
 /// touches nothing.
@@ -233,6 +237,8 @@ pub(crate) struct TaskFile {
     /// `None` only while it is dropped.
     kept: Option<KeptFile>,
     len: usize,
+    /// Let go when dropped, not kept for reuse.
+    discard: bool,
 }
 
 /// A memory file for large task arguments: its mapping, and its descriptor to send.
@@ -244,13 +250,19 @@ struct KeptFile {
 
 /// Memory files of large tasks' arguments given back when their chunk was dropped: at most
 /// [`KEEP_FILES`] and [`KEEP_FILE_BYTES`], process-wide, while a pool runs (a pool's end lets
-/// them go: [`forget_files`]); and how many [`TaskFile`]s exist. Of the fork generation that
-/// made them: a fork child starts with none.
+/// them go: [`forget_files`]; one given back after that waits for the next pool's end); and how
+/// many [`TaskFile`]s exist. Of the fork generation that made them: a fork child starts with
+/// none.
 static FILES: std::sync::Mutex<Files> = std::sync::Mutex::new(Files {
     generation: 0,
     kept: Vec::new(),
     out: 0,
 });
+
+/// The fork generation in which [`FILES`] was last locked: when it is this process's, the lock
+/// was free after the fork, so waiting for it is safe (in a fork child, it may have been held
+/// by a thread the fork left behind, for ever).
+static FILES_LOCKED_IN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 struct Files {
     generation: u64,
@@ -259,7 +271,8 @@ struct Files {
 }
 
 /// Held by the unit tests that make [`TaskFile`]s, which would see each other's in one
-/// process (plain `cargo test`).
+/// process (plain `cargo test`). A lib test that ran a pool would end it, and so let the kept
+/// files go under them: none does.
 #[cfg(test)]
 pub(crate) static TASK_FILE_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -275,23 +288,27 @@ const KEEP_FILE_BYTES: usize = 64 << 20;
 /// a file of its own when it sends them.
 const MAX_TASK_FILES: usize = 16;
 
-/// [`FILES`], as this process has it (a fork child's starts empty). Waits for the lock only
-/// if `wait`, which a caller may ask once it has made a [`TaskFile`] in this process (so the
-/// lock was free after the fork): in a fork child, it may have been held by a thread the fork
-/// left behind. `None` if it is not free (the files are only a speed-up).
-fn files(wait: bool) -> Option<std::sync::MutexGuard<'static, Files>> {
-    let mut files = if wait {
+/// [`FILES`], as this process has it (a fork child's starts empty). Waits for the lock when
+/// that is safe ([`FILES_LOCKED_IN`]); `None` when it is not free and may never be (the files
+/// are only a speed-up). A panic under it left nothing half-done that matters.
+fn files() -> Option<std::sync::MutexGuard<'static, Files>> {
+    let now = crate::sys::proc::fork_generation();
+    let mut files = if FILES_LOCKED_IN.load(Ordering::Acquire) == now {
         FILES.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     } else {
-        FILES.try_lock().ok()?
+        match FILES.try_lock() {
+            Ok(files) => files,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        }
     };
-    let now = crate::sys::proc::fork_generation();
     if files.generation != now {
         // Another process's: neither the mappings nor the descriptors are ours (dropping
         // them touches nothing), nor are the files it counted.
         files.generation = now;
         files.kept = Vec::new();
         files.out = 0;
+        FILES_LOCKED_IN.store(now, Ordering::Release);
     }
     Some(files)
 }
@@ -301,31 +318,39 @@ impl TaskFile {
     /// new one; `None` if [`MAX_TASK_FILES`] exist or none can be made.
     fn take(len: usize) -> Option<TaskFile> {
         let need = FILE_HEADER.checked_add(len)?;
-        let mut files = files(false)?;
-        if files.out >= MAX_TASK_FILES {
-            return None;
-        }
-        let found = files
-            .kept
-            .iter()
-            .enumerate()
-            .filter(|(_, k)| k.map.len() >= need)
-            .min_by_key(|(_, k)| k.map.len())
-            .map(|(at, _)| at);
-        let kept = match found {
-            Some(at) => files.kept.swap_remove(at),
-            None => {
-                // Rounded up, so arguments that vary a little in size share files.
-                let size = need.next_multiple_of(64 * 1024);
-                let (map, file) = Mapping::create("mproc-task", size).ok()?;
-                KeptFile { map, file }
+        let found = {
+            let mut files = files()?;
+            if files.out >= MAX_TASK_FILES {
+                return None;
             }
+            files.out += 1;
+            let at = files
+                .kept
+                .iter()
+                .enumerate()
+                .filter(|(_, k)| k.map.len() >= need)
+                .min_by_key(|(_, k)| k.map.len())
+                .map(|(at, _)| at);
+            at.map(|at| files.kept.swap_remove(at))
         };
-        files.out += 1;
-        Some(TaskFile {
-            kept: Some(kept),
+        // Counted from here: dropped, even with no file, it is uncounted again.
+        let mut file = TaskFile {
+            kept: found,
             len,
-        })
+            discard: false,
+        };
+        if file.kept.is_none() {
+            // Rounded up, so arguments that vary a little in size share files.
+            let size = need.next_multiple_of(64 * 1024);
+            let (map, fd) = Mapping::create("mproc-task", size).ok()?;
+            file.kept = Some(KeptFile { map, file: fd });
+        }
+        Some(file)
+    }
+
+    /// Marks it to be let go when dropped, not written again: a worker may still read it.
+    pub(crate) fn discard(&mut self) {
+        self.discard = true;
     }
 
     /// The bytes its arguments are written into, before its chunk is sent.
@@ -350,34 +375,39 @@ impl TaskFile {
 }
 
 impl Drop for TaskFile {
-    /// Given back for the next large task, if it is within the budget (the oldest kept goes
-    /// first). In a fork child, it touches nothing.
+    /// Given back for the next large task, unless discarded or past the budget (the oldest
+    /// kept goes first); let go outside the lock. In a fork child, it touches nothing.
     fn drop(&mut self) {
-        let Some(file) = self.kept.take() else {
-            return;
-        };
-        if !file.map.is_in_this_process() {
+        let file = self.kept.take();
+        if file.as_ref().is_some_and(|f| !f.map.is_in_this_process()) {
             return;
         }
-        // Made in this process, so the lock was free since the fork: waiting is safe.
-        let Some(mut files) = files(true) else {
+        // Counted in this process, so `files` waits for the lock (it was free after the fork).
+        let Some(mut files) = files() else {
             return;
         };
         files.out = files.out.saturating_sub(1);
-        if file.map.len() <= KEEP_FILE_BYTES {
-            files.kept.push(file);
-            while files.kept.len() > KEEP_FILES
-                || files.kept.iter().map(|k| k.map.len()).sum::<usize>() > KEEP_FILE_BYTES
-            {
-                files.kept.remove(0);
+        let mut gone = Vec::new();
+        if let Some(file) = file {
+            if self.discard || file.map.len() > KEEP_FILE_BYTES {
+                gone.push(file);
+            } else {
+                files.kept.push(file);
+                while files.kept.len() > KEEP_FILES
+                    || files.kept.iter().map(|k| k.map.len()).sum::<usize>() > KEEP_FILE_BYTES
+                {
+                    gone.push(files.kept.remove(0));
+                }
             }
         }
+        drop(files);
+        drop(gone);
     }
 }
 
-/// Lets the kept files go when a pool ends.
+/// Lets the kept files go, when a pool ends.
 pub(crate) fn forget_files() {
-    let gone = files(false).map(|mut files| std::mem::take(&mut files.kept));
+    let gone = files().map(|mut files| std::mem::take(&mut files.kept));
     drop(gone); // unmapped outside the lock
 }
 
@@ -394,15 +424,24 @@ impl Payload {
     /// [`MAX_TASK_FILES`]), else into a buffer.
     pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Payload, codec::Error> {
         let len = codec::encoded_len(value)?;
+        // A value that encodes to another length the second time (a `Serialize` that changed
+        // its mind) goes into a buffer, as a small one would.
         if len >= WORTH_A_FILE
             && let Some(mut file) = TaskFile::take(len)
+            && codec::encode_to_slice(file.bytes_mut(), value).is_ok()
         {
-            codec::encode_to_slice(file.bytes_mut(), value)?;
             return Ok(Payload::File(file));
         }
         let mut out = Vec::with_capacity(len);
         codec::encode_into(&mut out, value)?;
         Ok(Payload::Bytes(out))
+    }
+
+    /// Marks a file it is in to be let go, not written again (see [`TaskFile`]).
+    pub(crate) fn discard(&mut self) {
+        if let Payload::File(file) = self {
+            file.discard();
+        }
     }
 
     /// How many bytes the arguments are.
@@ -450,7 +489,10 @@ impl From<Vec<u8>> for Payload {
 
 /// A received message left in the memory file it came in, read in place: decoding it copies
 /// each part once, straight into the value it becomes (a 10 MiB answer is not first copied
-/// into a buffer of its own). Its sender writes the file again only once this is dropped.
+/// into a buffer of its own). A sender with [`Spares`] writes the file again only once this is
+/// dropped; a pool's caller writes a task's file ([`TaskFile`]) again once the task is
+/// answered, which its worker does after decoding the arguments (an `InFile` of them that it
+/// still holds, of a task it skipped, is never read).
 ///
 /// The mapping is not inherited by fork children: in one, the message cannot be read (an
 /// error), and dropping it touches nothing.
@@ -781,7 +823,7 @@ mod tests {
         assert!(matches!(Payload::encode(&value(5)).unwrap(), Payload::File(_)));
         drop(held);
         forget_files();
-        let kept = files(false).unwrap();
+        let kept = files().unwrap();
         assert!(kept.kept.is_empty() && kept.out == 0, "{} out", kept.out);
     }
 

@@ -1078,12 +1078,31 @@ fn sum_or_die(data: Vec<u8>, ms: u64, die: bool) -> u64 {
     data.iter().map(|&b| u64::from(b)).sum()
 }
 
-/// A large task in a fork child whose parent holds large tasks' memory files: the child's
-/// pool makes files of its own.
-fn large_task_in_a_child(m: StartMethod) -> u64 {
-    pool(m, 1)
-        .apply(sum_or_die, (vec![9; 300_000], 0, false))
+/// The inode numbers of this process's memory files for large tasks' arguments (named
+/// `mproc-task`), sorted.
+fn task_files() -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found: Vec<u64> = std::fs::read_dir("/proc/self/fd")
         .unwrap()
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let target = std::fs::read_link(&path).ok()?;
+            target
+                .to_string_lossy()
+                .contains("memfd:mproc-task")
+                .then(|| std::fs::metadata(&path).ok().map(|m| m.ino()))?
+        })
+        .collect();
+    found.sort_unstable();
+    found
+}
+
+/// A large task from a child (a fork child's parent holds large tasks' memory files): its
+/// sum, and how many such files the child's pool keeps afterwards, of its own.
+fn large_task_in_a_child(m: StartMethod) -> (u64, usize) {
+    let p = pool(m, 1);
+    let sum = p.apply(sum_or_die, (vec![9; 300_000], 0, false)).unwrap();
+    (sum, task_files().len())
 }
 
 /// Large tasks' arguments are encoded straight into memory files of the caller's (at most
@@ -1114,17 +1133,62 @@ fn large_tasks_in_files_survive_a_lost_worker(m: StartMethod) {
                 assert_eq!(got.unwrap(), (i * n) as u64, "task {i}");
             }
         }
+        let mut kept = Vec::new();
         for round in 0..5u8 {
             let got = p.apply(sum_or_die, (vec![round; n], 0, false)).unwrap();
             assert_eq!(got, u64::from(round) * n as u64, "round {round}");
+            let now = task_files();
+            assert!(!now.is_empty() && now.len() <= 2, "{now:?}");
+            if round > 0 {
+                assert_eq!(now, kept, "the same files, reused, after call {round}");
+            }
+            kept = now;
         }
         let held = p.apply_async(sum_or_die, (vec![7; n], 300, false)).unwrap();
         let mut child = mproc::Process::new(large_task_in_a_child, (m,)).start_method(m);
         child.start().unwrap();
-        assert_eq!(child.join_timeout(PATIENCE).unwrap(), 9 * n as u64);
+        let (sum, files) = child.join_timeout(PATIENCE).unwrap();
+        assert_eq!(sum, 9 * n as u64);
+        assert!(files >= 1, "the child's pool kept no file of its own");
         assert_eq!(held.get_timeout(PATIENCE).unwrap(), 7 * n as u64);
     }
     wait_until("the pool's descriptors are closed", || fds() <= before);
+}
+
+/// Large tasks (arguments in the caller's memory files) taken back from a worker busy with a
+/// slow one, and some cancelled, while more large tasks reuse the files freed: every answer
+/// is the sum of its own arguments.
+fn large_tasks_taken_back_or_cancelled_keep_their_arguments(m: StartMethod) {
+    let n = 300_000;
+    let p = pool(m, 2);
+    for round in 0..4u8 {
+        let slow = p.apply_async(sum_or_die, (vec![1; n], 300, false)).unwrap();
+        let value = |i: u8| i.wrapping_add(round * 20);
+        let quick: Vec<_> = (0..12u8)
+            .map(|i| {
+                p.apply_async(sum_or_die, (vec![value(i); n], 5, false))
+                    .unwrap()
+            })
+            .collect();
+        for r in quick.iter().skip(3).step_by(4) {
+            r.cancel();
+        }
+        for k in 0..10u8 {
+            let v = 100 + k + round;
+            let got = p.apply(sum_or_die, (vec![v; n], 0, false)).unwrap();
+            assert_eq!(got, u64::from(v) * n as u64, "round {round} call {k}");
+        }
+        for (i, r) in quick.iter().enumerate() {
+            match r.get_timeout(PATIENCE) {
+                Ok(got) => assert_eq!(got, u64::from(value(i as u8)) * n as u64, "{round}/{i}"),
+                Err(e) => assert!(
+                    i % 4 == 3 && matches!(e.kind(), ErrorKind::Cancelled),
+                    "{round}/{i}: {e}"
+                ),
+            }
+        }
+        assert_eq!(slow.get_timeout(PATIENCE).unwrap(), n as u64);
+    }
 }
 
 /// Tasks and answers on both sides of the lane's frame limit, interleaved: they come back in
@@ -1353,6 +1417,7 @@ per_start_method!(
     a_large_task_keeps_its_handles,
     a_large_answer_kept_unread_is_not_overwritten,
     large_tasks_in_files_survive_a_lost_worker,
+    large_tasks_taken_back_or_cancelled_keep_their_arguments,
     a_worker_flooding_descriptors_is_dropped,
     a_worker_that_corrupts_its_lane_is_replaced,
     a_panicking_callback_does_not_take_the_pool_down,

@@ -181,9 +181,9 @@ pub(crate) fn run(shared: Arc<Shared>) {
     // Dropping the state answers whatever it still held and breaks the Arc cycle.
     let state = shared.state().take();
     drop(state);
+    shared.mark_finished(&why);
     // The memory files its large chunks gave back (`memfile::TaskFile`) go with it.
     crate::memfile::forget_files();
-    shared.mark_finished(&why);
 }
 
 fn serve(shared: &Shared) -> Error {

@@ -240,15 +240,16 @@ impl Mapping {
     }
 
     /// The bytes from `from` on, of a mapping this process alone uses now (a message being
-    /// written before it is sent, or after its receiver said it is done with it).
+    /// written before it is sent, or after its receiver said it is done with it, or answered).
     pub(crate) fn bytes_mut_from(&mut self, from: usize) -> &mut [u8] {
         assert!(from <= self.len, "past the end of a mapping");
         // SAFETY: valid for `len - from` bytes past `from` while `self` lives; exclusive for
         // the borrow of `&mut self`. Callers write a message before they send its file, or
         // again only after the receiver stored its done word (outside this range) and so reads
-        // no more, or (a pool task's arguments) after the task was answered or its worker
-        // killed. Another process writing anyway changes bytes, never this process's memory
-        // safety: nothing here reads them back as anything but bytes.
+        // no more, or (a pool task's arguments, `memfile::TaskFile`) once the worker sent them
+        // has answered (it decodes them first), a file sent and not answered being never
+        // written again. Another process writing anyway changes bytes, never this process's
+        // memory safety: the codec only writes through this slice.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(from), self.len - from) }
     }
 

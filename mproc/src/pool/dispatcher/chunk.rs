@@ -116,7 +116,7 @@ impl Chunk {
     /// answers).
     pub(crate) fn finish(mut self, outcome: ChunkOutcome) {
         // Its payload goes first: a large one's file is free before the caller, woken by the
-        // answer, encodes its next task.
+        // answer, encodes its next task. (Answered by its worker, which decoded it first.)
         self.payload = Payload::default();
         if !self.revoked {
             self.job.deliver(self.index, outcome);
@@ -147,7 +147,10 @@ impl Chunk {
         self
     }
 
-    pub(crate) fn fail(self, err: Error) {
+    /// Answers it with `err`, not from a worker: a memory file its arguments are in is let go,
+    /// not written again, as a worker given it may not have finished reading it.
+    pub(crate) fn fail(mut self, err: Error) {
+        self.payload.discard();
         self.finish(Err(err));
     }
 
@@ -158,10 +161,11 @@ impl Chunk {
 }
 
 impl Drop for Chunk {
-    /// A chunk never answered fails `Terminated` (its payload dropped first, as in
-    /// [`Chunk::finish`]).
+    /// A chunk never answered fails `Terminated` (its payload let go first, as in
+    /// [`Chunk::fail`]).
     fn drop(&mut self) {
         if !self.answered {
+            self.payload.discard();
             self.payload = Payload::default();
             self.job
                 .deliver(self.index, Err(ErrorKind::Terminated.into()));

@@ -84,7 +84,9 @@ pub(crate) struct LocalLink {
     /// Its exit was seen: an answer that came on the socket just before, without its
     /// placeholder, is taken in its turn.
     gone: bool,
-    /// Memory files its large tasks go in, kept for reuse.
+    /// Memory files its large tasks go in when their caller did not encode them into one of
+    /// its own (past `memfile`'s limit of such files, or a remote agent's tasks), kept for
+    /// reuse.
     spares: Spares,
     /// Mappings of the memory files its large answers came in.
     files: Mapped,
