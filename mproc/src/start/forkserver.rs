@@ -10,9 +10,10 @@
 //!
 //! Server side: a single-threaded loop over the request socket, a signalfd for `SIGCHLD` and
 //! the liveness pipe. The server keeps one child forked ahead of demand ([`Spare`]): a request
-//! hands it the control and status sockets in one message, and the next spare is forked after
-//! that, while the client goes on (with no spare, because its fork failed or it was killed, the
-//! request is served by `fork`). A spare left unasked for a millisecond, when a CPU is free
+//! hands it the control and status sockets in one message, and the next spare is forked a
+//! little later ([`SPARE_DELAY`]), once the new child has had the CPU to start on (with no
+//! spare, because its fork failed, it was killed, or the request came sooner, the request is
+//! served by `fork`). A spare left unasked for a millisecond, when a CPU is free
 //! then (or at one of a few later looks), maps in the code the page cache holds of the files
 //! it may ask about ([`proc::map_in_code`]), so the child it becomes does not fault it in on
 //! its way to its target. A child closes every descriptor but its control and status
@@ -322,9 +323,13 @@ pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
     let mut children = HashMap::new();
     // A child forked ahead of the next request (see `Spare`).
     let mut spare = Spare::fork(alive.as_fd(), &mut ties);
+    // When the next one is forked, when there is none (see `SPARE_DELAY`), and when the last
+    // request came.
+    let mut spare_due: Option<std::time::Instant> = None;
+    let mut last_request: Option<std::time::Instant> = None;
     loop {
         let fds = [request.fd(), sigchld.as_fd(), alive.as_fd()];
-        let Ok(ready) = fd::poll_read(&fds, None) else {
+        let Ok(ready) = fd::poll_read(&fds, spare_due) else {
             proc::exit_now(1)
         };
         if ready[2].readable || ready[2].hangup {
@@ -343,18 +348,38 @@ pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
             };
             server.serve_requests(&mut request);
         }
-        // The next child is forked after the answer, while its client runs.
+        // The next spare is forked a little after the answer (or after a spare died), not at
+        // once (see `SPARE_DELAY`), unless starts come in a burst (`BURST`). One that cannot
+        // be forked is tried again only after the next request or child's end, not in a loop.
+        let now = std::time::Instant::now();
+        let mut delay = SPARE_DELAY;
+        if ready[0].readable {
+            if last_request.is_some_and(|t| now.duration_since(t) < BURST) {
+                delay = std::time::Duration::ZERO;
+            }
+            last_request = Some(now);
+        }
         if spare.is_none() {
-            spare = Spare::fork(alive.as_fd(), &mut ties);
+            if ready[0].readable || ready[1].readable {
+                // The sooner of this one's time and one already set.
+                spare_due = match (spare_due, now.checked_add(delay)) {
+                    (Some(set), Some(due)) => Some(set.min(due)),
+                    (set, due) => set.or(due),
+                };
+            }
+            if spare_due.is_some_and(|due| due <= now) {
+                spare_due = None;
+                spare = Spare::fork(alive.as_fd(), &mut ties);
+            }
         }
     }
 }
 
 /// A child forked ahead of demand, waiting on its socket for a request's control and status
 /// sockets: a request then costs one message instead of a `fork` (the next spare is forked
-/// after the answer, off the client's path). At most one exists, idle, with its stop signals
-/// still blocked as the server's are; tied to the user's process like every child, it ends
-/// with it, and ends by itself when the server does.
+/// [`SPARE_DELAY`] after the answer, off the client's path). At most one exists, idle, with
+/// its stop signals still blocked as the server's are; tied to the user's process like every
+/// child, it ends with it, and ends by itself when the server does.
 struct Spare {
     pid: u32,
     sock: Channel,
@@ -415,6 +440,20 @@ impl Spare {
         }
     }
 }
+
+/// How long after a request the server forks the next spare, when the request was not part of
+/// a burst ([`BURST`]). Not at once: the kernel runs a task woken through a socket on its
+/// waker's CPU, so the spare just handed the request waits for the server's CPU, and a fork
+/// there (a hundred microseconds and more) held it off that long (seen in scheduler traces on
+/// two CPUs, with the other idle). Asleep, the server leaves the CPU to the child starting (on
+/// this VM a child takes 100-150 µs to reach its target, so the fork comes well after). A
+/// start sooner than this finds no spare and is forked for, as before spares existed, and
+/// makes a burst.
+const SPARE_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Requests closer together than this make a burst, after which the next spare is forked at
+/// once: the next request is likely near, and wants one.
+const BURST: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// How long a spare waits unasked before it maps the code in ([`proc::map_in_code`]): longer
 /// than the gap between the starts of a burst (a few hundred microseconds each), where the
