@@ -828,6 +828,82 @@ fn busy_echo(n: u64) -> (u64, u32) {
     (n, std::process::id())
 }
 
+/// The bytes of large task `i`: a pattern of its own, so that a task run with another's bytes
+/// (or a mix of two) is caught.
+fn pattern(i: u64, n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|j| (i.wrapping_mul(31) as usize + j * 7) as u8)
+        .collect()
+}
+
+/// Whether `data` is large task `i`'s own pattern, after a nap of up to a millisecond; and the
+/// worker's pid.
+fn is_own_pattern((i, data): (u64, Vec<u8>)) -> (bool, u32) {
+    std::thread::sleep(Duration::from_micros(i % 1000));
+    (data == pattern(i, data.len()), std::process::id())
+}
+
+/// Large tasks (arguments in the caller's memory files, sent again after a worker's death, let
+/// go when failed) with workers SIGKILLed at random every few milliseconds: every task either
+/// ran on its own bytes or failed `WorkerLost`; none ran on another's.
+fn large_tasks_with_workers_killed_at_random(m: StartMethod) {
+    let p = pool(m, 2);
+    let n = 300_000;
+    let tasks = 600u64;
+    let pids = Arc::new(Mutex::new(HashSet::<u32>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let killer = {
+        let (pids, stop) = (Arc::clone(&pids), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut kills = 0;
+            let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(7));
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let candidates: Vec<u32> = pids.lock().unwrap().iter().copied().collect();
+                if let Some(&victim) = candidates.get(seed as usize % candidates.len().max(1)) {
+                    // SAFETY: kill(2) has no memory-safety preconditions.
+                    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+                    pids.lock().unwrap().remove(&victim);
+                    kills += 1;
+                }
+            }
+            kills
+        })
+    };
+    let began = Instant::now();
+    let (mut ran, mut lost) = (0u64, 0u64);
+    let items = (0..tasks).map(|i| (i, pattern(i, n)));
+    for r in p
+        .chunksize(1)
+        .imap_unordered(is_own_pattern, items)
+        .unwrap()
+    {
+        match r {
+            Ok((own, worker)) => {
+                assert!(own, "a task ran on bytes not its own");
+                ran += 1;
+                pids.lock().unwrap().insert(worker);
+            }
+            Err(e) => {
+                assert!(matches!(e.kind(), ErrorKind::WorkerLost(_)), "{e}");
+                lost += 1;
+            }
+        }
+        assert!(began.elapsed() < Duration::from_secs(120), "ran too long");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let kills = killer.join().unwrap();
+    assert_eq!(ran + lost, tasks, "every task is accounted for");
+    assert!(
+        kills > 0 && lost > 0,
+        "the test must kill workers ({kills} kills)"
+    );
+    assert!(lost <= kills, "{lost} lost for {kills} kills");
+}
+
 fn stress_100k_tasks_with_workers_killed_at_random(m: StartMethod) {
     let p = pool(m, 2);
     let pids = Arc::new(Mutex::new(HashSet::<u32>::new()));
@@ -1442,6 +1518,7 @@ per_start_method!(
     max_tasks_per_child_replaces_workers,
     imap_pulls_lazily_with_bounded_work_in_flight,
     stress_100k_tasks_with_workers_killed_at_random,
+    large_tasks_with_workers_killed_at_random,
 );
 
 /// A pool and a pending result the parent keeps in globals, which a fork child inherits.
