@@ -323,13 +323,11 @@ pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
     let mut children = HashMap::new();
     // A child forked ahead of the next request (see `Spare`).
     let mut spare = Spare::fork(alive.as_fd(), &mut ties);
-    // When the next one is forked, when there is none (see `SPARE_DELAY`), and when the last
-    // request came.
-    let mut spare_due: Option<std::time::Instant> = None;
-    let mut last_request: Option<std::time::Instant> = None;
+    // When the next one is forked, when there is none.
+    let mut next_spare = NextSpare::default();
     loop {
         let fds = [request.fd(), sigchld.as_fd(), alive.as_fd()];
-        let Ok(ready) = fd::poll_read(&fds, spare_due) else {
+        let Ok(ready) = fd::poll_read(&fds, next_spare.due) else {
             proc::exit_now(1)
         };
         if ready[2].readable || ready[2].hangup {
@@ -348,30 +346,54 @@ pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
             };
             server.serve_requests(&mut request);
         }
-        // The next spare is forked a little after the answer (or after a spare died), not at
-        // once (see `SPARE_DELAY`), unless starts come in a burst (`BURST`). One that cannot
-        // be forked is tried again only after the next request or child's end, not in a loop.
         let now = std::time::Instant::now();
+        if next_spare.fork_now(now, ready[0].readable, ready[1].readable, spare.is_some()) {
+            spare = Spare::fork(alive.as_fd(), &mut ties);
+        }
+    }
+}
+
+/// When the server forks its next spare: a little after a request (or a child's end), not at
+/// once ([`SPARE_DELAY`]), unless requests come in a burst ([`BURST`]). One that cannot be
+/// forked is tried again only after the next request or child's end, not in a loop.
+#[derive(Debug, Default)]
+struct NextSpare {
+    /// When it is due, while there is no spare: the server's poll waits until then at most.
+    due: Option<std::time::Instant>,
+    /// When the last request came.
+    last_request: Option<std::time::Instant>,
+}
+
+impl NextSpare {
+    /// After the server's wake-up at `now` (with a request served, a child's end seen, and a
+    /// spare or not since), whether to fork the next spare now.
+    fn fork_now(&mut self, now: std::time::Instant, request: bool, ended: bool, spare: bool) -> bool {
         let mut delay = SPARE_DELAY;
-        if ready[0].readable {
-            if last_request.is_some_and(|t| now.duration_since(t) < BURST) {
+        if request {
+            if self
+                .last_request
+                .is_some_and(|t| now.duration_since(t) < BURST)
+            {
                 delay = std::time::Duration::ZERO;
             }
-            last_request = Some(now);
+            self.last_request = Some(now);
         }
-        if spare.is_none() {
-            if ready[0].readable || ready[1].readable {
-                // The sooner of this one's time and one already set.
-                spare_due = match (spare_due, now.checked_add(delay)) {
-                    (Some(set), Some(due)) => Some(set.min(due)),
-                    (set, due) => set.or(due),
-                };
-            }
-            if spare_due.is_some_and(|due| due <= now) {
-                spare_due = None;
-                spare = Spare::fork(alive.as_fd(), &mut ties);
-            }
+        if spare {
+            self.due = None;
+            return false;
         }
+        if request || ended {
+            // The sooner of this one's time and one already set.
+            self.due = match (self.due, now.checked_add(delay)) {
+                (Some(set), Some(due)) => Some(set.min(due)),
+                (set, due) => set.or(due),
+            };
+        }
+        if self.due.is_some_and(|due| due <= now) {
+            self.due = None;
+            return true;
+        }
+        false
     }
 }
 
@@ -446,14 +468,16 @@ impl Spare {
 /// waker's CPU, so the spare just handed the request waits for the server's CPU, and a fork
 /// there (a hundred microseconds and more) held it off that long (seen in scheduler traces on
 /// two CPUs, with the other idle). Asleep, the server leaves the CPU to the child starting (on
-/// this VM a child takes 100-150 µs to reach its target, so the fork comes well after). A
-/// start sooner than this finds no spare and is forked for, as before spares existed, and
-/// makes a burst.
-const SPARE_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
+/// this VM a child takes 100-150 µs to reach its target, so the fork comes after). A start
+/// sooner than this finds no spare and is forked for, as before spares existed, and makes a
+/// burst.
+const SPARE_DELAY: std::time::Duration = std::time::Duration::from_micros(300);
 
 /// Requests closer together than this make a burst, after which the next spare is forked at
-/// once: the next request is likely near, and wants one.
-const BURST: std::time::Duration = std::time::Duration::from_millis(1);
+/// once: the next request is likely near, and wants one. Longer than [`SPARE_DELAY`] and a
+/// fork: starts a little over [`SPARE_DELAY`] apart would otherwise each come while the
+/// delayed fork runs, and wait for it.
+const BURST: std::time::Duration = std::time::Duration::from_micros(600);
 
 /// How long a spare waits unasked before it maps the code in ([`proc::map_in_code`]): longer
 /// than the gap between the starts of a burst (a few hundred microseconds each), where the
@@ -588,6 +612,42 @@ fn report_ended(children: &mut Children, ties: &mut alive::Ties, spare: &mut Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_next_spare_is_due_later_alone_at_once_in_a_burst_and_never_unasked() {
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let at = |us: u64| t0 + Duration::from_micros(us);
+        let mut next = NextSpare::default();
+        // Nothing happened: nothing is due, ever (no retry loop after a failed fork).
+        assert!(!next.fork_now(at(0), false, false, false));
+        assert_eq!(next.due, None);
+        // A request alone (its spare taken): the next spare SPARE_DELAY later.
+        assert!(!next.fork_now(at(0), true, false, false));
+        assert_eq!(next.due, Some(at(0) + SPARE_DELAY));
+        // A child's end meanwhile does not put it off.
+        assert!(!next.fork_now(at(100), false, true, false));
+        assert_eq!(next.due, Some(at(0) + SPARE_DELAY));
+        // Its time comes (the poll's timeout: nothing ready).
+        assert!(next.fork_now(at(0) + SPARE_DELAY, false, false, false));
+        assert_eq!(next.due, None);
+        // Forked; the next request, within BURST of the last, finds it and takes it: the one
+        // after is forked at once.
+        let soon = at(0) + BURST / 2;
+        assert!(next.fork_now(soon, true, false, false));
+        // A request long after the last: later again.
+        let later = soon + BURST * 2;
+        assert!(!next.fork_now(later, true, false, false));
+        assert_eq!(next.due, Some(later + SPARE_DELAY));
+        // A spare there (forked for another reason): nothing is due.
+        assert!(!next.fork_now(later, false, false, true));
+        assert_eq!(next.due, None);
+        // A fork that failed: tried again only after the next request or child's end.
+        assert!(!next.fork_now(later + BURST * 3, false, false, false));
+        assert!(!next.fork_now(later + BURST * 3, false, true, false));
+        assert_eq!(next.due, Some(later + BURST * 3 + SPARE_DELAY));
+        assert!(BURST > SPARE_DELAY);
+    }
 
     #[test]
     fn a_fork_server_of_another_build_is_refused() {
