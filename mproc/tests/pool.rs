@@ -828,6 +828,41 @@ fn busy_echo(n: u64) -> (u64, u32) {
     (n, std::process::id())
 }
 
+/// Worker pids to kill (the test adds each one it learns of), a switch to stop, and a thread
+/// that SIGKILLs one of them, picked at random, every `every`; it returns how many it killed.
+type Killer = (
+    Arc<Mutex<HashSet<u32>>>,
+    Arc<AtomicBool>,
+    std::thread::JoinHandle<usize>,
+);
+
+fn random_killer(every: Duration) -> Killer {
+    let pids = Arc::new(Mutex::new(HashSet::<u32>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let killer = {
+        let (pids, stop) = (Arc::clone(&pids), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut kills = 0;
+            let mut seed = 0x2545_f491_4f6c_dd1du64;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(every);
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let candidates: Vec<u32> = pids.lock().unwrap().iter().copied().collect();
+                if let Some(&victim) = candidates.get(seed as usize % candidates.len().max(1)) {
+                    // SAFETY: kill(2) has no memory-safety preconditions.
+                    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+                    pids.lock().unwrap().remove(&victim);
+                    kills += 1;
+                }
+            }
+            kills
+        })
+    };
+    (pids, stop, killer)
+}
+
 /// The bytes of large task `i`: a pattern of its own, so that a task run with another's bytes
 /// (or a mix of two) is caught.
 fn pattern(i: u64, n: usize) -> Vec<u8> {
@@ -850,29 +885,7 @@ fn large_tasks_with_workers_killed_at_random(m: StartMethod) {
     let p = pool(m, 2);
     let n = 300_000;
     let tasks = 600u64;
-    let pids = Arc::new(Mutex::new(HashSet::<u32>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let killer = {
-        let (pids, stop) = (Arc::clone(&pids), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            let mut kills = 0;
-            let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(7));
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                let candidates: Vec<u32> = pids.lock().unwrap().iter().copied().collect();
-                if let Some(&victim) = candidates.get(seed as usize % candidates.len().max(1)) {
-                    // SAFETY: kill(2) has no memory-safety preconditions.
-                    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
-                    pids.lock().unwrap().remove(&victim);
-                    kills += 1;
-                }
-            }
-            kills
-        })
-    };
+    let (pids, stop, killer) = random_killer(Duration::from_millis(7));
     let began = Instant::now();
     let (mut ran, mut lost) = (0u64, 0u64);
     let items = (0..tasks).map(|i| (i, pattern(i, n)));
@@ -901,34 +914,12 @@ fn large_tasks_with_workers_killed_at_random(m: StartMethod) {
         kills > 0 && lost > 0,
         "the test must kill workers ({kills} kills)"
     );
-    assert!(lost <= kills, "{lost} lost for {kills} kills");
+    assert!(lost <= kills as u64, "{lost} lost for {kills} kills");
 }
 
 fn stress_100k_tasks_with_workers_killed_at_random(m: StartMethod) {
     let p = pool(m, 2);
-    let pids = Arc::new(Mutex::new(HashSet::<u32>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let killer = {
-        let (pids, stop) = (Arc::clone(&pids), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            let mut kills = 0;
-            let mut seed = 0x2545_f491_4f6c_dd1du64;
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(25));
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                let candidates: Vec<u32> = pids.lock().unwrap().iter().copied().collect();
-                if let Some(&victim) = candidates.get(seed as usize % candidates.len().max(1)) {
-                    // SAFETY: kill(2) has no memory-safety preconditions.
-                    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
-                    pids.lock().unwrap().remove(&victim);
-                    kills += 1;
-                }
-            }
-            kills
-        })
-    };
+    let (pids, stop, killer) = random_killer(Duration::from_millis(25));
     let began = Instant::now();
     let (mut values, mut lost) = (0usize, 0usize);
     for r in p
