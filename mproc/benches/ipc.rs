@@ -348,6 +348,7 @@ fn socket_stream(n: u64) -> f64 {
 fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
     let mut copy = Vec::new();
     let mut cold = Vec::new();
+    let mut cold_pairs = Vec::new();
     let src = vec![3u8; BIG];
     let mut dst = vec![0u8; BIG];
     // Per payload, per way (queue, pipe, pool): a rate per round.
@@ -363,6 +364,7 @@ fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
         }
         copy.push(gb(plan.big * BIG, t));
         cold.push(cold_copies(plan.big.div_ceil(2)));
+        cold_pairs.push(cold_copies_two_at_once(plan.big.div_ceil(2)));
         big_of::<ByteBuf>(plan, &mut rates[0])?;
         big_of::<Vec<u8>>(plan, &mut rates[1])?;
         big_of::<Vec<f64>>(plan, &mut rates[2])?;
@@ -380,6 +382,11 @@ fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
     r.row(
         "copy of 10 MiB along a chain of five buffers (cold)",
         format!("{cold:>8.2} GB/s  ({:.2}x memcpy)", cold / copy),
+    );
+    let pairs = median(&mut cold_pairs);
+    r.row(
+        "two such copies at once on two CPUs, each (a Queue's and pipe's)",
+        format!("{pairs:>8.2} GB/s  ({:.2}x memcpy)", pairs / copy),
     );
     r.row(
         "four such copies in a row (an echo's floor, in + out)",
@@ -426,6 +433,15 @@ fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
         }
     }
     Ok(())
+}
+
+/// [`cold_copies`] on two threads at once (each with its own buffers), the slower one's speed:
+/// what each of a queue's two copies (the sender's in, the receiver's out) runs at when they
+/// overlap on two CPUs, sharing the memory bus.
+fn cold_copies_two_at_once(calls: usize) -> f64 {
+    let other = std::thread::spawn(move || cold_copies(calls));
+    let here = cold_copies(calls);
+    here.min(other.join().expect("the other copying thread"))
 }
 
 /// The speed of a copy of 10 MiB into a buffer the cache no longer holds, as a message's are

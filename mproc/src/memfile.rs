@@ -224,11 +224,11 @@ pub(crate) fn done(map: &Mapping) {
 /// of the caller's own: the dispatcher sends the worker the descriptor, not a copy of the
 /// bytes (the worker reads them in place: [`InFile`]). The chunk owns the file until it is
 /// dropped, as a chunk taken back from a worker may be sent again. Answered by a worker (which
-/// decodes its arguments before it answers), or never sent, it goes back to [`FILES`] for the
-/// next large task, whose pages are then already faulted in (a 10 MiB argument otherwise
-/// costs 2560 fresh pages a call); failed otherwise (its worker lost, killed or never heard
-/// from again) it is let go, never written again, as that worker may not have finished
-/// reading it ([`TaskFile::discard`]).
+/// decodes its arguments before it answers), it goes back to [`FILES`] for the next large
+/// task, whose pages are then already faulted in (a 10 MiB argument otherwise costs 2560 fresh
+/// pages a call); failed otherwise (its worker lost or killed, the pool ended, or cancelled
+/// before it was sent: not told apart) it is let go, never written again, as a worker may not
+/// have finished reading it ([`TaskFile::discard`]).
 ///
 /// Fork children do not inherit it (neither the mapping nor the descriptor): dropped in one, it
 /// touches nothing.
@@ -420,13 +420,18 @@ pub(crate) enum Payload {
 }
 
 impl Payload {
-    /// Encodes a chunk's arguments: into a memory file when they are large (within
-    /// [`MAX_TASK_FILES`]), else into a buffer.
-    pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Payload, codec::Error> {
+    /// Encodes a chunk's arguments: into a memory file when they are large and `in_file` (a
+    /// local pool's, whose dispatcher sends the file; within [`MAX_TASK_FILES`]), else into a
+    /// buffer.
+    pub(crate) fn encode<T: Serialize + ?Sized>(
+        value: &T,
+        in_file: bool,
+    ) -> Result<Payload, codec::Error> {
         let len = codec::encoded_len(value)?;
         // A value that encodes to another length the second time (a `Serialize` that changed
         // its mind) goes into a buffer, as a small one would.
-        if len >= WORTH_A_FILE
+        if in_file
+            && len >= WORTH_A_FILE
             && let Some(mut file) = TaskFile::take(len)
             && codec::encode_to_slice(file.bytes_mut(), value).is_ok()
         {
@@ -786,7 +791,7 @@ mod tests {
         };
         // Large: in a file, which holds exactly what the codec makes of it, and which a
         // worker reads in place.
-        let first = Payload::encode(&value(1)).unwrap();
+        let first = Payload::encode(&value(1), true).unwrap();
         let encoded = codec::encode(&value(1)).unwrap();
         assert_eq!(first.len(), encoded.len());
         let id = file_of(&first);
@@ -795,13 +800,13 @@ mod tests {
         let read = Received::InFile(mapped.keep(file.fd(), file.len() as u64).unwrap());
         assert_eq!(read.decode::<Vec<u8>>().unwrap().unwrap(), value(1));
         // Small: bytes.
-        assert!(matches!(Payload::encode(&[1u8; 100][..]).unwrap(), Payload::Bytes(_)));
+        assert!(matches!(Payload::encode(&[1u8; 100][..], true).unwrap(), Payload::Bytes(_)));
         // Held, the next large value goes in another file; dropped (its chunk answered, even
         // with the worker's reading still held), its file takes the next one.
-        let second = Payload::encode(&value(2)).unwrap();
+        let second = Payload::encode(&value(2), true).unwrap();
         assert_ne!(file_of(&second), id);
         drop(first);
-        let third = Payload::encode(&value(3)).unwrap();
+        let third = Payload::encode(&value(3), true).unwrap();
         assert_eq!(file_of(&third), id, "the file was reused");
         assert_eq!(third.into_vec().unwrap(), codec::encode(&value(3)).unwrap());
         drop(read);
@@ -809,7 +814,7 @@ mod tests {
         // a file of its own).
         let mut held = vec![second];
         while held.len() <= MAX_TASK_FILES {
-            let p = Payload::encode(&value(4)).unwrap();
+            let p = Payload::encode(&value(4), true).unwrap();
             let in_file = matches!(p, Payload::File(_));
             held.push(p);
             if !in_file {
@@ -820,7 +825,7 @@ mod tests {
         assert_eq!(in_files, MAX_TASK_FILES);
         assert_eq!(held.pop().unwrap().into_vec().unwrap(), codec::encode(&value(4)).unwrap());
         held.pop();
-        assert!(matches!(Payload::encode(&value(5)).unwrap(), Payload::File(_)));
+        assert!(matches!(Payload::encode(&value(5), true).unwrap(), Payload::File(_)));
         drop(held);
         forget_files();
         let kept = files().unwrap();

@@ -830,6 +830,8 @@ fn busy_echo(n: u64) -> (u64, u32) {
 
 /// Worker pids to kill (the test adds each one it learns of), a switch to stop, and a thread
 /// that SIGKILLs one of them, picked at random, every `every`; it returns how many it killed.
+/// A pid it killed is never killed again (a late answer may name it after its death, and
+/// the number may since belong to another process).
 type Killer = (
     Arc<Mutex<HashSet<u32>>>,
     Arc<AtomicBool>,
@@ -842,22 +844,28 @@ fn random_killer(every: Duration) -> Killer {
     let killer = {
         let (pids, stop) = (Arc::clone(&pids), Arc::clone(&stop));
         std::thread::spawn(move || {
-            let mut kills = 0;
+            let mut killed = HashSet::new();
             let mut seed = 0x2545_f491_4f6c_dd1du64;
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(every);
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
-                let candidates: Vec<u32> = pids.lock().unwrap().iter().copied().collect();
+                let candidates: Vec<u32> = pids
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .copied()
+                    .filter(|pid| !killed.contains(pid))
+                    .collect();
                 if let Some(&victim) = candidates.get(seed as usize % candidates.len().max(1)) {
                     // SAFETY: kill(2) has no memory-safety preconditions.
                     unsafe { libc::kill(victim as i32, libc::SIGKILL) };
                     pids.lock().unwrap().remove(&victim);
-                    kills += 1;
+                    killed.insert(victim);
                 }
             }
-            kills
+            killed.len()
         })
     };
     (pids, stop, killer)

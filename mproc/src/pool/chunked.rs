@@ -79,7 +79,7 @@ pub(super) fn chunk<A: Serialize>(
     items: &[A],
     target: &str,
 ) -> Result<Chunk, Error> {
-    let (payload, fds) = task::encode_chunk(items, target)?;
+    let (payload, fds) = task::encode_chunk(items, target, shared.large_in_files())?;
     let id = shared.chunk_id();
     let index = job.add_chunk(id, items.len());
     Ok(Chunk::new(id, entry, payload, Arc::clone(job), index, items.len())
@@ -355,7 +355,8 @@ impl<'p> Chunked<'p> {
         // Until the last batch is in, a concurrent `close` must not end the pool under it.
         let _stream = Stream::open(self.shared);
         while let Some(piece) = pieces.next() {
-            let (payload, fds) = match task::encode_chunk(piece, target) {
+            let in_file = self.shared.large_in_files();
+            let (payload, fds) = match task::encode_chunk(piece, target, in_file) {
                 Ok(encoded) => encoded,
                 Err(e) => {
                     // Chunks already handed out are withdrawn; running ones finish.
@@ -464,11 +465,12 @@ impl<'p> Chunked<'p> {
             (low, Some(high)) if low == high => Some(low),
             _ => None,
         };
+        let in_file = self.shared.large_in_files();
         let feed: imap::Feed<'a> = Box::new(std::iter::from_fn(move || {
             let piece: Vec<(T,)> = input.by_ref().take(size).collect();
             (!piece.is_empty()).then(|| {
                 let n = piece.len();
-                task::encode_chunk(&piece, target)
+                task::encode_chunk(&piece, target, in_file)
                     .map(|enc| (enc, n))
                     .map_err(|e| (e, n))
             })

@@ -124,6 +124,13 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether a large chunk's arguments are encoded into a memory file of this process
+    /// (`memfile::TaskFile`), which this dispatcher sends as it is; another backend (a remote
+    /// pool, `direct`) sends bytes, so they go into a buffer.
+    pub(crate) fn large_in_files(&self) -> bool {
+        self.direct.get().is_none()
+    }
+
     /// Whether a closed pool can get no more work: no `imap` stream open, and no command
     /// waiting (an `imap`'s last chunks may have come just after the dispatcher took its
     /// commands, and its stream closed just before it looks here).

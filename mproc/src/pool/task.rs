@@ -62,9 +62,14 @@ where
 /// A chunk's encoded arguments and the descriptors of the handles among them.
 pub(crate) type Encoded = (Payload, Vec<std::os::fd::OwnedFd>);
 
-/// Encodes a chunk of argument tuples in the parent (into a memory file when large).
-pub(crate) fn encode_chunk<A: Serialize>(items: &[A], target: &str) -> Result<Encoded, Error> {
-    let (bytes, fds) = crate::handle::collecting(|| Payload::encode(items));
+/// Encodes a chunk of argument tuples in the parent (into a memory file when large and
+/// `in_file`: see [`Payload::encode`]).
+pub(crate) fn encode_chunk<A: Serialize>(
+    items: &[A],
+    target: &str,
+    in_file: bool,
+) -> Result<Encoded, Error> {
+    let (bytes, fds) = crate::handle::collecting(|| Payload::encode(items, in_file));
     let bytes =
         bytes.map_err(|e| Error::codec(format!("the arguments of `{target}`"), "encode", e))?;
     Ok((bytes, fds))
@@ -196,7 +201,7 @@ mod tests {
         let _alone = memfile::TASK_FILE_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         let numbers: Vec<f64> = (0..100_000).map(f64::from).collect();
         // As the dispatcher sends it when the caller could not encode it into a file.
-        let payload = encode_chunk(&[(numbers.clone(),)], "double").unwrap().0.into_vec().unwrap();
+        let payload = encode_chunk(&[(numbers.clone(),)], "double", true).unwrap().0.into_vec().unwrap();
         let mut mapped = Mapped::default();
         let mut ours = Spares::default();
         let mut answers = Vec::new();
@@ -220,14 +225,14 @@ mod tests {
         }
         assert_eq!(answers[0], answers[1], "the worker's file was reused");
         // A small answer, from a chunk whose arguments came inline: bytes, no file.
-        let small = encode_chunk(&[(vec![1.5],)], "double").unwrap().0.into_vec().unwrap();
+        let small = encode_chunk(&[(vec![1.5],)], "double", true).unwrap().0.into_vec().unwrap();
         let (bytes, place) = memfile::with_files(None, &mut ours, || run_with(double, &small));
         assert!(matches!(place, AnswerPlace::Bytes));
         let got: Vec<Result<Vec<f64>, Box<PanicReport>>> =
             Received::Bytes(bytes.unwrap()).decode().unwrap().unwrap();
         assert!(matches!(&got[..], [Ok(v)] if *v == vec![3.0]));
         // An answer whose encoding panics: the worker keeps its files.
-        let unit = encode_chunk(&[()], "flaky").unwrap().0.into_vec().unwrap();
+        let unit = encode_chunk(&[()], "flaky", true).unwrap().0.into_vec().unwrap();
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             memfile::with_files(None, &mut ours, || run_with(flaky, &unit))
         }));

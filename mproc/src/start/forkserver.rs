@@ -337,6 +337,7 @@ pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
             proc::drain_signalfd(sigchld.as_fd());
             report_ended(&mut children, &mut ties, &mut spare);
         }
+        let mut served = 0;
         if ready[0].readable || ready[0].hangup {
             let mut server = Serving {
                 alive: alive.as_fd(),
@@ -344,10 +345,10 @@ pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
                 children: &mut children,
                 spare: &mut spare,
             };
-            server.serve_requests(&mut request);
+            served = server.serve_requests(&mut request);
         }
         let now = std::time::Instant::now();
-        if next_spare.fork_now(now, ready[0].readable, ready[1].readable, spare.is_some()) {
+        if next_spare.fork_now(now, served, ready[1].readable, spare.is_some()) {
             spare = Spare::fork(alive.as_fd(), &mut ties);
         }
     }
@@ -365,14 +366,23 @@ struct NextSpare {
 }
 
 impl NextSpare {
-    /// After the server's wake-up at `now` (with a request served, a child's end seen, and a
-    /// spare or not since), whether to fork the next spare now.
-    fn fork_now(&mut self, now: std::time::Instant, request: bool, ended: bool, spare: bool) -> bool {
+    /// After the server's wake-up at `now` (with `requests` served, a child's end seen or not,
+    /// and a spare or not since), whether to fork the next spare now. Several requests served
+    /// at once are a burst too.
+    fn fork_now(
+        &mut self,
+        now: std::time::Instant,
+        requests: usize,
+        ended: bool,
+        spare: bool,
+    ) -> bool {
+        let request = requests > 0;
         let mut delay = SPARE_DELAY;
         if request {
-            if self
-                .last_request
-                .is_some_and(|t| now.duration_since(t) < BURST)
+            if requests > 1
+                || self
+                    .last_request
+                    .is_some_and(|t| now.duration_since(t) < BURST)
             {
                 delay = std::time::Duration::ZERO;
             }
@@ -500,23 +510,26 @@ struct Serving<'a, 'b> {
 type Children = HashMap<u32, (Channel, alive::Tie)>;
 
 impl Serving<'_, '_> {
-    fn serve_requests(&mut self, request: &mut Channel) {
+    /// Serves the requests waiting; returns how many there were.
+    fn serve_requests(&mut self, request: &mut Channel) -> usize {
+        let mut served = 0;
         loop {
             match request.try_recv_frame() {
                 Ok(Some(_frame)) => {
+                    served += 1;
                     let fds = request.take_fds();
                     if let Ok([ctrl, status]) = <[OwnedFd; 2]>::try_from(fds) {
                         self.start_child(ctrl, status);
                     }
                 }
-                Ok(None) => return,
+                Ok(None) => return served,
                 // The parent closed the request socket (it is gone), or the stream lost its
                 // framing (cannot happen with our own client): nothing more can be served.
                 Err(e) if matches!(e.kind(), ErrorKind::Closed | ErrorKind::Protocol(_)) => {
                     proc::exit_now(0)
                 }
                 // A transient failure (such as the descriptor limit): serve on.
-                Err(_) => return,
+                Err(_) => return served,
             }
         }
     }
@@ -620,32 +633,35 @@ mod tests {
         let at = |us: u64| t0 + Duration::from_micros(us);
         let mut next = NextSpare::default();
         // Nothing happened: nothing is due, ever (no retry loop after a failed fork).
-        assert!(!next.fork_now(at(0), false, false, false));
+        assert!(!next.fork_now(at(0), 0, false, false));
         assert_eq!(next.due, None);
         // A request alone (its spare taken): the next spare SPARE_DELAY later.
-        assert!(!next.fork_now(at(0), true, false, false));
+        assert!(!next.fork_now(at(0), 1, false, false));
         assert_eq!(next.due, Some(at(0) + SPARE_DELAY));
         // A child's end meanwhile does not put it off.
-        assert!(!next.fork_now(at(100), false, true, false));
+        assert!(!next.fork_now(at(100), 0, true, false));
         assert_eq!(next.due, Some(at(0) + SPARE_DELAY));
         // Its time comes (the poll's timeout: nothing ready).
-        assert!(next.fork_now(at(0) + SPARE_DELAY, false, false, false));
+        assert!(next.fork_now(at(0) + SPARE_DELAY, 0, false, false));
         assert_eq!(next.due, None);
         // Forked; the next request, within BURST of the last, finds it and takes it: the one
         // after is forked at once.
         let soon = at(0) + BURST / 2;
-        assert!(next.fork_now(soon, true, false, false));
+        assert!(next.fork_now(soon, 1, false, false));
         // A request long after the last: later again.
         let later = soon + BURST * 2;
-        assert!(!next.fork_now(later, true, false, false));
+        assert!(!next.fork_now(later, 1, false, false));
         assert_eq!(next.due, Some(later + SPARE_DELAY));
         // A spare there (forked for another reason): nothing is due.
-        assert!(!next.fork_now(later, false, false, true));
+        assert!(!next.fork_now(later, 0, false, true));
         assert_eq!(next.due, None);
         // A fork that failed: tried again only after the next request or child's end.
-        assert!(!next.fork_now(later + BURST * 3, false, false, false));
-        assert!(!next.fork_now(later + BURST * 3, false, true, false));
+        assert!(!next.fork_now(later + BURST * 3, 0, false, false));
+        assert!(!next.fork_now(later + BURST * 3, 0, true, false));
         assert_eq!(next.due, Some(later + BURST * 3 + SPARE_DELAY));
+        // Two requests served in one wake-up are a burst, one is not.
+        assert!(NextSpare::default().fork_now(at(0), 2, false, false));
+        assert!(!NextSpare::default().fork_now(at(0), 1, false, false));
         assert!(BURST > SPARE_DELAY);
     }
 

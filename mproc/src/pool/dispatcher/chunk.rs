@@ -189,4 +189,34 @@ mod tests {
         assert_eq!((copy.id, copy.items), (1, 2));
         assert!(held.revoked && !copy.revoked);
     }
+
+    #[test]
+    fn a_failed_chunks_file_is_let_go_an_answered_ones_reused() {
+        use crate::memfile::{self, Payload, WORTH_A_FILE};
+        let _alone = memfile::TASK_FILE_TESTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let file_of = |p: &Payload| match p {
+            Payload::File(f) => crate::sys::shm::file_identity(f.fd()).unwrap(),
+            Payload::Bytes(_) => panic!("not in a file"),
+        };
+        let large = || Payload::encode(&vec![5u8; WORTH_A_FILE + 1], true).unwrap();
+        let chunk = |payload: Payload| {
+            let job = JobState::new();
+            let index = job.add_chunk(1, 1);
+            Chunk::new(1, 0, payload, job, index, 1)
+        };
+        // Nothing kept: the next file is a new one unless this one is given back.
+        memfile::forget_files();
+        let (answered, failed, dropped) = (large(), large(), large());
+        let ids = [file_of(&answered), file_of(&failed), file_of(&dropped)];
+        chunk(failed).fail(ErrorKind::Terminated.into());
+        drop(chunk(dropped));
+        chunk(answered).finish(Ok(Vec::<u8>::new().into()));
+        let next = large();
+        assert_eq!(file_of(&next), ids[0], "the answered chunk's file is reused");
+        let after = large();
+        assert!(!ids[1..].contains(&file_of(&after)), "a failed chunk's file was reused");
+        memfile::forget_files();
+    }
 }
