@@ -412,12 +412,15 @@ pub(crate) fn forget_files() {
 }
 
 /// A pool task's encoded arguments: bytes, or, when large, in a memory file of this process's
-/// ([`TaskFile`]).
+/// ([`TaskFile`], boxed: every chunk carries a `Payload`, and a small one should stay as small
+/// as its `Vec`).
 #[derive(Debug)]
 pub(crate) enum Payload {
     Bytes(Vec<u8>),
-    File(TaskFile),
+    File(Box<TaskFile>),
 }
+
+const _: () = assert!(std::mem::size_of::<Payload>() == std::mem::size_of::<Vec<u8>>());
 
 impl Payload {
     /// Encodes a chunk's arguments: into a memory file when they are large and `in_file` (a
@@ -435,7 +438,7 @@ impl Payload {
             && let Some(mut file) = TaskFile::take(len)
             && codec::encode_to_slice(file.bytes_mut(), value).is_ok()
         {
-            return Ok(Payload::File(file));
+            return Ok(Payload::File(Box::new(file)));
         }
         let mut out = Vec::with_capacity(len);
         codec::encode_into(&mut out, value)?;
