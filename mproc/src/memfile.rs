@@ -445,6 +445,16 @@ impl Payload {
         Ok(Payload::Bytes(out))
     }
 
+    /// Which memory file it is in (device and inode numbers); for tests that follow a file's
+    /// reuse. Panics if it is in none.
+    #[cfg(test)]
+    pub(crate) fn file_identity(&self) -> (u64, u64) {
+        match self {
+            Payload::File(f) => crate::sys::shm::file_identity(f.fd()).expect("a memory file"),
+            Payload::Bytes(_) => panic!("not in a file"),
+        }
+    }
+
     /// Marks a file it is in to be let go, not written again (see [`TaskFile`]).
     pub(crate) fn discard(&mut self) {
         if let Payload::File(file) = self {
@@ -788,16 +798,12 @@ mod tests {
     fn large_task_arguments_are_encoded_into_files_reused_and_capped() {
         let _alone = TASK_FILE_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         let value = |b: u8| vec![b; WORTH_A_FILE + 1000];
-        let file_of = |p: &Payload| match p {
-            Payload::File(f) => crate::sys::shm::file_identity(f.fd()).unwrap(),
-            Payload::Bytes(_) => panic!("not in a file"),
-        };
         // Large: in a file, which holds exactly what the codec makes of it, and which a
         // worker reads in place.
         let first = Payload::encode(&value(1), true).unwrap();
         let encoded = codec::encode(&value(1)).unwrap();
         assert_eq!(first.len(), encoded.len());
-        let id = file_of(&first);
+        let id = Payload::file_identity(&first);
         let Payload::File(file) = &first else { unreachable!() };
         let mut mapped = Mapped::default();
         let read = Received::InFile(mapped.keep(file.fd(), file.len() as u64).unwrap());
@@ -807,10 +813,10 @@ mod tests {
         // Held, the next large value goes in another file; dropped (its chunk answered, even
         // with the worker's reading still held), its file takes the next one.
         let second = Payload::encode(&value(2), true).unwrap();
-        assert_ne!(file_of(&second), id);
+        assert_ne!(Payload::file_identity(&second), id);
         drop(first);
         let third = Payload::encode(&value(3), true).unwrap();
-        assert_eq!(file_of(&third), id, "the file was reused");
+        assert_eq!(Payload::file_identity(&third), id, "the file was reused");
         assert_eq!(third.into_vec().unwrap(), codec::encode(&value(3)).unwrap());
         drop(read);
         // At most MAX_TASK_FILES at once; past them, bytes (the dispatcher copies those into

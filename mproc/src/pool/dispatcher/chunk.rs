@@ -196,10 +196,6 @@ mod tests {
         let _alone = memfile::TASK_FILE_TESTS
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let file_of = |p: &Payload| match p {
-            Payload::File(f) => crate::sys::shm::file_identity(f.fd()).unwrap(),
-            Payload::Bytes(_) => panic!("not in a file"),
-        };
         let large = || Payload::encode(&vec![5u8; WORTH_A_FILE + 1], true).unwrap();
         let chunk = |payload: Payload| {
             let job = JobState::new();
@@ -209,14 +205,14 @@ mod tests {
         // Nothing kept: the next file is a new one unless this one is given back.
         memfile::forget_files();
         let (answered, failed, dropped) = (large(), large(), large());
-        let ids = [file_of(&answered), file_of(&failed), file_of(&dropped)];
+        let ids = [Payload::file_identity(&answered), Payload::file_identity(&failed), Payload::file_identity(&dropped)];
         chunk(failed).fail(ErrorKind::Terminated.into());
         drop(chunk(dropped));
         chunk(answered).finish(Ok(Vec::<u8>::new().into()));
         let next = large();
-        assert_eq!(file_of(&next), ids[0], "the answered chunk's file is reused");
+        assert_eq!(Payload::file_identity(&next), ids[0], "the answered chunk's file is reused");
         let after = large();
-        assert!(!ids[1..].contains(&file_of(&after)), "a failed chunk's file was reused");
+        assert!(!ids[1..].contains(&Payload::file_identity(&after)), "a failed chunk's file was reused");
         memfile::forget_files();
     }
 }
