@@ -18,7 +18,11 @@
 //!    the allocator kept from the rows before. Beside them, the floors of the ways themselves:
 //!    the speed of a copy of 10 MiB along a chain of buffers larger than the cache (a queue or
 //!    a pipe makes two per message, on two CPUs at once), and half of it, the floor of an echo
-//!    through shared memory, which makes four such copies one after the other.
+//!    through shared memory, which makes four such copies one after the other; a queue's and a
+//!    pipe's design with nothing else (a forked child copies whole messages into message-sized
+//!    slots of shared memory, three or two of them, and the parent copies each out into a new
+//!    `Vec`, both spinning), each row's ratio to it; and, for comparison, a streaming design
+//!    mproc does not use (1 MiB pieces through a 3 MiB ring the cache holds).
 //! 3. `lock`: uncontended `Lock::acquire` + drop, ns per pair; `std::sync::Mutex` beside it.
 //!    Target: <= 50 ns.
 //! 4. `event`: a ping-pong between two processes over two `Event`s (set, wait, clear), half a
@@ -44,7 +48,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -349,6 +353,9 @@ fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
     let mut copy = Vec::new();
     let mut cold = Vec::new();
     let mut cold_pairs = Vec::new();
+    let mut whole = Vec::new();
+    let mut whole_two = Vec::new();
+    let mut streamed = Vec::new();
     let src = vec![3u8; BIG];
     let mut dst = vec![0u8; BIG];
     // Per payload, per way (queue, pipe, pool): a rate per round.
@@ -365,6 +372,9 @@ fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
         copy.push(gb(plan.big * BIG, t));
         cold.push(cold_copies(plan.big.div_ceil(2)));
         cold_pairs.push(cold_copies_two_at_once(plan.big.div_ceil(2)));
+        whole.push(handed_over(plan.big, 3 * BIG, BIG));
+        whole_two.push(handed_over(plan.big, 2 * BIG, BIG));
+        streamed.push(handed_over(plan.big, 3 << 20, 1 << 20));
         big_of::<ByteBuf>(plan, &mut rates[0])?;
         big_of::<Vec<u8>>(plan, &mut rates[1])?;
         big_of::<Vec<f64>>(plan, &mut rates[2])?;
@@ -396,6 +406,21 @@ fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
             cold / 2.0 / copy
         ),
     );
+    let whole = median(&mut whole);
+    r.row(
+        "whole messages through shared memory, three held (a Queue's floor)",
+        format!("{whole:>8.2} GB/s  ({:.2}x memcpy)", whole / copy),
+    );
+    let whole_two = median(&mut whole_two);
+    r.row(
+        "the same, two held (a pipe's floor, its reader keeping up)",
+        format!("{whole_two:>8.2} GB/s  ({:.2}x memcpy)", whole_two / copy),
+    );
+    let streamed = median(&mut streamed);
+    r.row(
+        "1 MiB pieces through a 3 MiB ring instead (a streaming design, not mproc's)",
+        format!("{streamed:>8.2} GB/s  ({:.2}x memcpy)", streamed / copy),
+    );
     let alone = median(&mut alone);
     r.row(
         "Pool::apply echo of Vec<f64>, 10 MiB, alone in a fresh process",
@@ -405,9 +430,14 @@ fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
     for (name, per_way) in names.into_iter().zip(&mut rates) {
         for (way, rates) in ways.into_iter().zip(per_way.iter_mut()) {
             let rate = median(rates);
+            let floor = match way {
+                "Queue" => format!(", {:.2}x its floor", rate / whole),
+                "pipe Connection" => format!(", {:.2}x its floor", rate / whole_two),
+                _ => String::new(),
+            };
             r.row(
                 &format!("{way} of {name}, 10 MiB messages"),
-                format!("{rate:>8.2} GB/s  ({:.2}x memcpy)", rate / copy),
+                format!("{rate:>8.2} GB/s  ({:.2}x memcpy{floor})", rate / copy),
             );
             let (target, ok) = match name {
                 "Vec<u8>" => ("1.5 GB/s".to_owned(), rate >= 1.5),
@@ -433,6 +463,98 @@ fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
         }
     }
     Ok(())
+}
+
+/// A `Queue`'s and a pipe's way of moving a message, with nothing else: a forked child copies
+/// each 10 MiB message into a ring of `cap` bytes of shared memory in pieces of `piece` bytes
+/// (publishing each piece with a counter), and this process copies the pieces out into a new
+/// `Vec` per message, both sides spinning on the other's counter. With whole messages
+/// (`piece` = [`BIG`]) and a ring of three, it is mproc's design (a message is written whole
+/// before it is read, and up to three are held) at its floor; with small pieces through a ring
+/// the cache holds, it is a streaming design mproc does not use (a message then never lies
+/// whole in shared memory, so a reader that dies in it loses it). `calls` messages, after
+/// [`WARM_BIG`]; GB/s at this side.
+fn handed_over(calls: usize, cap: usize, piece: usize) -> f64 {
+    assert!(
+        cap.is_multiple_of(piece) && BIG.is_multiple_of(piece),
+        "pieces that never wrap"
+    );
+    let len = 4096 + cap;
+    // Unmapped below.
+    let mem = common::shared_mapping(len).cast::<u8>();
+    // SAFETY: the mapping is zeroed, page-aligned and lives until munmap; the two counters,
+    // on their own cache lines, are only accessed atomically, and the ring past the first page
+    // is only touched in the ranges the counters hand from one side to the other.
+    let (written, read, ring) = unsafe {
+        (
+            &*(mem as *const AtomicU64),
+            &*(mem.add(64) as *const AtomicU64),
+            mem.add(4096),
+        )
+    };
+    let messages = WARM_BIG + calls;
+    // SAFETY: the child only copies into the shared ring, stores counters and exits with _exit.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let src = vec![7u8; BIG];
+        let mut at = 0u64;
+        for _ in 0..messages {
+            for off in (0..BIG).step_by(piece) {
+                let k = piece.min(BIG - off);
+                while at + k as u64 - read.load(Ordering::Acquire) > cap as u64 {
+                    std::hint::spin_loop();
+                }
+                // SAFETY: the reader has released these `k` bytes of the ring (the loop
+                // above), and `cap` is a multiple of `piece`, so they do not wrap.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        src.as_ptr().add(off),
+                        ring.add(at as usize % cap),
+                        k,
+                    );
+                }
+                at += k as u64;
+                written.store(at, Ordering::Release);
+            }
+        }
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    let mut at = 0u64;
+    let mut t = Instant::now();
+    for m in 0..messages {
+        if m == WARM_BIG {
+            t = Instant::now();
+        }
+        let mut v = Vec::<u8>::with_capacity(BIG);
+        for off in (0..BIG).step_by(piece) {
+            let k = piece.min(BIG - off);
+            while written.load(Ordering::Acquire) < at + k as u64 {
+                std::hint::spin_loop();
+            }
+            // SAFETY: the writer has published these `k` bytes of the ring (the loop above),
+            // and `v` has room for the message.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    ring.add(at as usize % cap),
+                    v.as_mut_ptr().add(off),
+                    k,
+                );
+            }
+            at += k as u64;
+            read.store(at, Ordering::Release);
+        }
+        // SAFETY: every byte of the message was copied in above.
+        unsafe { v.set_len(BIG) };
+        std::hint::black_box(v);
+    }
+    let rate = gb(calls * BIG, t);
+    // SAFETY: reaps the child; unmaps the mapping made above.
+    unsafe {
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+        libc::munmap(mem.cast(), len);
+    }
+    rate
 }
 
 /// [`cold_copies`] on two threads at once (each with its own buffers), the slower one's speed:

@@ -42,12 +42,22 @@ pub(crate) fn machine() -> String {
     reason = "only the pool and ipc benches measure such a floor"
 )]
 pub(crate) fn shared_page() -> *mut libc::c_void {
+    shared_mapping(4096)
+}
+
+/// `len` fresh bytes (zeroed, page-aligned) of anonymous memory shared with the children this
+/// process forks; the caller unmaps them.
+#[allow(
+    dead_code,
+    reason = "only the pool and ipc benches measure such a floor"
+)]
+pub(crate) fn shared_mapping(len: usize) -> *mut libc::c_void {
     // SAFETY: a fresh anonymous shared mapping; the kernel picks the address, so no existing
     // memory is replaced.
     let page = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            4096,
+            len,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED | libc::MAP_ANONYMOUS,
             -1,
