@@ -585,6 +585,8 @@ fn quick_tasks_never_wait_behind_a_slow_one(m: StartMethod) {
         "the quick tasks took {took:?}: they waited for the slow one"
     );
     assert!(!slow.ready(), "the slow task is still running");
+    // Deep windows put some quick ones behind the slow one: they were taken back.
+    assert!(p.stats().taken_back > 0, "{}", p.stats());
     assert_eq!(slow.get_timeout(PATIENCE).unwrap(), 1);
 }
 
@@ -1264,6 +1266,11 @@ fn large_tasks_taken_back_or_cancelled_keep_their_arguments(m: StartMethod) {
         }
         assert_eq!(slow.get_timeout(PATIENCE).unwrap(), n as u64);
     }
+    assert!(
+        p.stats().taken_back > 0,
+        "nothing was taken back: {}",
+        p.stats()
+    );
 }
 
 /// Tasks and answers on both sides of the lane's frame limit, interleaved: they come back in

@@ -258,6 +258,8 @@ struct Dispatcher<L: Link = LocalLink> {
     scratch: Vec<u8>,
     /// The books of workers that have ended, for the statistics.
     ended: Ended,
+    /// Chunks taken back from workers busy with a slow one, for the statistics.
+    taken_back: u64,
     /// Whether a chunk with its own time limit (`pool.timeout(d)`) ever came: from then on
     /// the dispatcher thread looks after every hand-over, as with a pool-wide `task_timeout`.
     timed: bool,
@@ -311,6 +313,7 @@ impl<L: Link> Dispatcher<L> {
             broken: None,
             scratch: Vec::new(),
             ended: Ended::default(),
+            taken_back: 0,
             timed: false,
             unlaunched: 0,
         };
@@ -387,6 +390,7 @@ impl<L: Link> Dispatcher<L> {
             tasks_of_ended: self.ended.tasks,
             restarts,
             errors,
+            taken_back: self.taken_back,
         }
     }
 
@@ -863,6 +867,7 @@ impl<L: Link> Dispatcher<L> {
                 }
             }
         }
+        self.taken_back += taken_back.len() as u64;
         for c in taken_back.into_iter().rev() {
             self.queue.push_front(c);
         }

@@ -42,6 +42,28 @@ pub struct PoolStats {
     /// (`"Panicked"`, `"WorkerLost"`, `"TaskTimedOut"`, `"Cancelled"`, ...): what the workers
     /// ran, not what was refused or dropped before it reached one.
     pub errors: BTreeMap<String, u64>,
+    /// Chunks taken back from a worker busy with a slow task and given to one that could run
+    /// them at once: chunks are sent to a worker ahead of time, so that it never waits for its
+    /// next one, and those it has not started when its current one runs long go elsewhere.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    /// let pool = mproc::Pool::new(2)?;
+    /// // Quick tasks sent behind a slow one do not wait for it.
+    /// let slow = pool.apply_async(nap, (200,))?;
+    /// let quick = pool.chunksize(1).map_async(nap, vec![1; 40])?;
+    /// assert_eq!(quick.get()?.len(), 40);
+    /// slow.get()?;
+    /// println!("{} chunks taken back", pool.stats().taken_back);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    #[serde(default)]
+    pub taken_back: u64,
 }
 
 impl PoolStats {
@@ -54,6 +76,7 @@ impl PoolStats {
         for (kind, n) in other.errors {
             *self.errors.entry(kind).or_default() += n;
         }
+        self.taken_back += other.taken_back;
     }
 
     /// Tasks (items: each `apply`, each item of a `map`) finished so far, by every worker the
@@ -220,6 +243,9 @@ impl fmt::Display for PoolStats {
             self.tasks_of_ended,
             self.restarts
         )?;
+        if self.taken_back > 0 {
+            write!(f, "; taken back: {}", self.taken_back)?;
+        }
         if !self.errors.is_empty() {
             f.write_str("; failed: ")?;
             for (i, (kind, n)) in self.errors.iter().enumerate() {
