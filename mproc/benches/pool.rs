@@ -15,7 +15,7 @@
 //!    `FUTEX_WAIT` (back to back, so each wake-up finds its CPU idle: what that costs here,
 //!    shown for reference, not as `apply`'s floor, which runs beside the other rows).
 //! 2. `map1`: throughput of `pool.chunksize(1).map(f, 0..N)`, one task per item, in tasks/s.
-//!    Target: >= 1,000,000 tasks/s.
+//!    Target: >= 2,500,000 tasks/s (issue 15; the first round asked 1,000,000).
 //! 3. `map`: `pool.map(f, 0..1_000_000u64)` with the default chunk size, in items/s. Target:
 //!    >= 3x Python's `Pool(2).map(f, range(1_000_000))`.
 //! 4. `start`: `Pool::new(2)` (by builder, per start method) plus its first `apply(f, (1,))`,
@@ -481,9 +481,9 @@ fn map1_section(plan: &Plan, res: &mut Results) -> Result<(), mproc::Error> {
     );
     res.check(
         2,
-        "chunksize(1) map >= 1,000,000 tasks/s".into(),
+        "chunksize(1) map >= 2,500,000 tasks/s (issue 15)".into(),
         format!("{} tasks/s", thousands(rate)),
-        Some(rate >= 1e6),
+        Some(rate >= 2.5e6),
     );
     Ok(())
 }
