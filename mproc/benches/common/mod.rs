@@ -1,6 +1,7 @@
 //! Helpers shared by the bench binaries (included with `mod common;`).
 
 /// Restricts this process, and so every process it starts, to one CPU.
+#[allow(dead_code, reason = "the scaling bench runs on every CPU")]
 pub(crate) fn pin_to(cpu: usize) {
     // SAFETY: an all-zero cpu_set_t is a valid, empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
