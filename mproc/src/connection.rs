@@ -6,7 +6,8 @@
 //! memory file that travels with the message (`SCM_RIGHTS`) and is decoded straight out of it,
 //! so big payloads are never copied through the socket. The receiver marks the file done when
 //! it has decoded it, and the sender writes its next large message into it again (a few files
-//! kept per end), so its pages are allocated once. Handles (locks, queues, other
+//! kept per end), so its pages are allocated once. A sender with 64 MiB of such messages not
+//! yet received waits, as a full pipe makes it, so its memory stays bounded. Handles (locks, queues, other
 //! connections) may ride inside a sent value: their descriptors go with the message.
 //!
 //! End of file is the kernel's: once every process holding the other end has closed it (by
@@ -143,7 +144,7 @@ impl<T> Connection<T> {
                 generation: proc::fork_generation(),
                 sending: Mutex::new(()),
                 receiving: Mutex::new(Receiving::default()),
-                spares: Mutex::new(Spares::default()),
+                spares: Mutex::new(Spares::paced()),
             }),
             _values: PhantomData,
         }
@@ -185,7 +186,12 @@ impl<T> Connection<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> Connection<T> {
-    /// Sends `value` (a `T` or a `&T`) to the other end, waiting while the socket is full.
+    /// Sends `value` (a `T` or a `&T`) to the other end, waiting while the pipe is full: while
+    /// the socket's buffer is, or, for values over 64 KiB encoded (which travel in memory
+    /// files), while this end has 64 MiB of them sent and not yet received (as a writer waits
+    /// on a full pipe in Python, after 64 KiB there; a larger value waits until every earlier
+    /// one is read). A value taken by a receiver that then died, or left unread when every
+    /// process holding the other end is gone, no longer counts.
     ///
     /// # Errors
     ///
@@ -211,12 +217,11 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                 codec::encode_into(&mut bytes, value).map_err(encode_err)?;
                 return Ok((bytes, None));
             }
-            let file = self
-                .end
-                .spares
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .write(len, |body| codec::encode_to_slice(body, value).map_err(encode_err))?;
+            let mut spares = self.end.spares.lock().unwrap_or_else(|e| e.into_inner());
+            spares.wait_for_room(FILE_HEADER + len, sock)?;
+            let file = spares.write(len, |body| {
+                codec::encode_to_slice(body, value).map_err(encode_err)
+            })?;
             let mut bytes = vec![TAG_FILE];
             bytes.extend((len as u64).to_le_bytes());
             Ok((bytes, Some(file)))
@@ -319,6 +324,8 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                 let len = u64::from_le_bytes(buf[1..9].try_into().expect("8 bytes"));
                 let file = fds.remove(0);
                 let map = state.files.map(file.as_fd(), len)?;
+                // Said before it is read: its sender then waits for it only while we run.
+                memfile::taken(map);
                 // Copied out as it is decoded: the sender can still write the file.
                 let body = map
                     .reader(FILE_HEADER, len as usize)

@@ -17,20 +17,37 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
-use crate::sys::fd;
 use crate::sys::layout::SharedReader;
+use crate::sys::{fd, futex, proc};
 use crate::sys::shm::Mapping;
 use crate::wire::codec;
 
 /// Where a message starts in its memory file: after the *done word*, which the sender sets to
 /// 1 when it sends the file and the receiver sets back to 0 once it is done with the message
-/// (read, or an [`InFile`] dropped).
+/// (read, or an [`InFile`] dropped), and, for a pipe's, the words that pace its sender
+/// ([`Spares::wait_for_room`]).
 pub(crate) const FILE_HEADER: usize = 64;
+
+/// Where a pipe's receiver names itself in a file's header once it has taken the message
+/// ([`taken`]): its pid (0 until one has), and the low 32 bits of its start time.
+const TAKER_PID: usize = 4;
+const TAKER_START: usize = 8;
+/// Set by a pipe's sender that waits for the file to be done: the receiver then wakes it.
+const SENDER_WAITS: usize = 12;
+
+/// How many bytes of memory files a pipe's sender may have in flight (sent, not yet read)
+/// before its next large message waits ([`Spares::wait_for_room`]), and how many files.
+const IN_FLIGHT_BYTES: usize = 64 << 20;
+const IN_FLIGHT_FILES: usize = 64;
+
+/// How long a waiting sender sleeps at most before it looks again at who holds its files.
+const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// From how many bytes a pool task's payload or answer travels in a memory file rather than on
 /// the worker's socket: past a socket's buffer, the bytes would go through it in pieces, each
@@ -52,17 +69,80 @@ impl Spare {
     fn is_free(&self) -> bool {
         self.map.word(0).load(Ordering::Acquire) == 0
     }
+
+    /// Whether its message may still be read (see [`Spares::wait_for_room`]): not done, and
+    /// either taken by a process that still runs, or not taken yet while `sock` still holds
+    /// messages no receiver has taken (`queued`). With none there, a message nobody says it
+    /// took was taken by a receiver that died before it could say so, or is being taken just
+    /// now: either way the file is let go, and never written again.
+    fn is_held(&self, queued: bool) -> bool {
+        let map = &self.map;
+        if map.word(0).load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        match map.word(TAKER_PID).load(Ordering::Acquire) {
+            0 => queued,
+            pid => {
+                let start = map.word(TAKER_START).load(Ordering::Relaxed);
+                proc::still_runs(pid, u64::from(start), 32)
+            }
+        }
+    }
 }
 
 /// A sender's memory files.
 #[derive(Default)]
-pub(crate) struct Spares(Vec<Spare>);
+pub(crate) struct Spares {
+    files: Vec<Spare>,
+    /// A pipe's (see [`Spares::wait_for_room`]): files in flight are kept, however many, to be
+    /// counted; others let the oldest in flight go when they need room.
+    paced: bool,
+}
 
 impl Spares {
+    /// A pipe's sender's files, which [`wait_for_room`](Spares::wait_for_room) paces.
+    pub(crate) fn paced() -> Spares {
+        Spares {
+            files: Vec::new(),
+            paced: true,
+        }
+    }
+
     /// Whether the receiver is done with every file (none in flight).
     #[cfg(test)]
     pub(crate) fn all_free(&self) -> bool {
-        self.0.iter().all(Spare::is_free)
+        self.files.iter().all(Spare::is_free)
+    }
+
+    /// Waits until a message of `len` bytes may be written into a file and sent on `sock`:
+    /// while the files sent and not yet read hold [`IN_FLIGHT_BYTES`] with it, or number
+    /// [`IN_FLIGHT_FILES`], and one at least is in flight, the sender waits for its receivers
+    /// to read, as a writer waits on a full pipe (or its memory would grow with every message
+    /// sent ahead: 10 MiB ones reached 2.8 GB before the socket's buffer filled). A file counts
+    /// while its message may still be read ([`Spare::is_held`]): a receiver that died with a
+    /// message, or every receiver gone with the messages unread, holds up nothing.
+    pub(crate) fn wait_for_room(&mut self, len: usize, sock: BorrowedFd<'_>) -> Result<(), Error> {
+        loop {
+            let queued = crate::sys::socket::unreceived(sock)
+                .map_err(|e| Error::os("looking at what a pipe holds", e))?
+                > 0;
+            // Files nobody will read again: never written again either.
+            self.files.retain(|s| s.is_free() || s.is_held(queued));
+            let mut in_flight = self.files.iter().filter(|s| !s.is_free());
+            let Some(oldest) = in_flight.next() else {
+                return Ok(());
+            };
+            let (count, bytes) = in_flight.fold((1, oldest.map.len()), |(n, b), s| {
+                (n + 1, b + s.map.len())
+            });
+            if count < IN_FLIGHT_FILES && bytes.saturating_add(len) <= IN_FLIGHT_BYTES {
+                return Ok(());
+            }
+            let done = oldest.map.word(0);
+            oldest.map.word(SENDER_WAITS).store(1, Ordering::SeqCst);
+            futex::wait(done, 1, Some(Instant::now() + LOOK_AGAIN))
+                .map_err(|e| Error::os("waiting for a pipe's reader", e))?;
+        }
     }
 
     /// A memory file holding a message of `len` bytes that `fill` writes (a spare the
@@ -75,22 +155,32 @@ impl Spares {
         let need = FILE_HEADER
             .checked_add(len)
             .ok_or_else(|| Error::invalid("a message longer than memory"))?;
-        let spares = &mut self.0;
+        let spares = &mut self.files;
         let at = match spares
             .iter()
             .position(|s| s.map.len() >= need && s.is_free())
         {
-            Some(at) => at,
+            Some(at) => {
+                // Read by its last receiver (done): the words it wrote are cleared.
+                let map = &spares[at].map;
+                map.word(TAKER_PID).store(0, Ordering::Relaxed);
+                map.word(SENDER_WAITS).store(0, Ordering::Relaxed);
+                at
+            }
             None => {
                 // Rounded up, so messages that vary a little in size share files.
                 let size = need.next_multiple_of(64 * 1024);
                 let (map, file) = Mapping::create("mproc-message", size)
                     .map_err(|e| Error::os("creating shared memory for a message", e))?;
                 if spares.len() >= SPARES {
-                    // A free one goes first; else the oldest (its receiver may never finish:
-                    // dropping our copy only frees the memory once the receiver's is gone).
-                    let victim = spares.iter().position(Spare::is_free).unwrap_or(0);
-                    spares.remove(victim);
+                    // A free one goes first; else, but for a pipe's (which counts them), the
+                    // oldest (its receiver may never finish: dropping our copy only frees the
+                    // memory once the receiver's is gone).
+                    match spares.iter().position(Spare::is_free) {
+                        Some(free) => drop(spares.remove(free)),
+                        None if !self.paced => drop(spares.remove(0)),
+                        None => {}
+                    }
                 }
                 spares.push(Spare {
                     map,
@@ -112,8 +202,8 @@ impl Spares {
     /// in flight keeps it until its receiver is done), and free ones beyond the budget go,
     /// oldest first; `just` (the one just written) stays otherwise.
     fn keep_within(&mut self, just: usize) {
-        let spares = &mut self.0;
-        if spares[just].map.len() > KEEP_BYTES {
+        let spares = &mut self.files;
+        if spares[just].map.len() > KEEP_BYTES && !self.paced {
             spares.remove(just);
             return;
         }
@@ -215,9 +305,24 @@ impl Mapped {
     }
 }
 
-/// Marks a received file's message read: its sender may write the next one there.
+/// Names this process, in a received pipe message's file, as the one that took the message
+/// (see [`Spares::wait_for_room`]): its sender then counts the file as in flight only while
+/// this process runs.
+pub(crate) fn taken(map: &Mapping) {
+    let (pid, start) = proc::me();
+    // The low 32 bits: with the pid, one process still.
+    map.word(TAKER_START)
+        .store(start.unwrap_or(0) as u32, Ordering::Relaxed);
+    map.word(TAKER_PID).store(pid, Ordering::Release);
+}
+
+/// Marks a received file's message read: its sender may write the next one there (and is
+/// woken if it waits for that).
 pub(crate) fn done(map: &Mapping) {
-    map.word(0).store(0, Ordering::Release);
+    map.word(0).store(0, Ordering::SeqCst);
+    if map.word(SENDER_WAITS).load(Ordering::SeqCst) != 0 {
+        futex::wake(map.word(0), 1);
+    }
 }
 
 /// A large pool task's encoded arguments, written by its caller straight into a memory file
@@ -755,6 +860,68 @@ mod tests {
         assert!(matches!(Received::copy_of(&[]), Received::Small(0, _)));
     }
 
+    /// A pipe's sender counts a file in flight while its message may still be read: queued
+    /// (nobody took it yet), or taken by a process that runs; not once it is done, nor when
+    /// its taker died, nor when nobody says they took it and the socket holds nothing. It
+    /// waits while 64 MiB are in flight and is woken when one is done; a file let go as
+    /// unheld is never written again.
+    #[test]
+    fn a_pipes_sender_waits_for_files_that_may_still_be_read() {
+        let (tx, rx) = crate::sys::socket::seqpacket_pair().unwrap();
+        let mut spares = Spares::paced();
+        let big = 40 << 20;
+        let sent = |spares: &mut Spares| {
+            let file = spares.write(big, |_| Ok(())).unwrap();
+            crate::sys::socket::send(tx.as_fd(), &[&[1]], &[file.as_fd()]).unwrap();
+        };
+        fn last(spares: &Spares) -> &Mapping {
+            &spares.files.last().unwrap().map
+        }
+        let mut got = Vec::new();
+        let received = |got: &mut Vec<OwnedFd>| {
+            let mut buf = [0u8; 8];
+            crate::sys::socket::recv(rx.as_fd(), &mut buf, got, true).unwrap();
+        };
+        // Nothing in flight: no wait, whatever the size.
+        spares.wait_for_room(1 << 30, tx.as_fd()).unwrap();
+        sent(&mut spares);
+        let identity = |s: &Spares| crate::sys::shm::file_identity(s.files[0].file.as_fd()).unwrap();
+        let first = identity(&spares);
+        assert!(spares.files[0].is_held(true), "queued, nobody took it");
+        // Received (the socket is empty) but nobody said they took it: let go.
+        received(&mut got);
+        assert!(!spares.files[0].is_held(false));
+        spares.wait_for_room(big, tx.as_fd()).unwrap();
+        assert!(spares.files.is_empty(), "let go, never to be written again");
+        // Taken by a process that runs (this one): held, queued or not.
+        sent(&mut spares);
+        assert_ne!(identity(&spares), first, "a new file (the first is still open here)");
+        received(&mut got);
+        taken(last(&spares));
+        assert!(spares.files[0].is_held(false));
+        // Taken by one that has ended: not held.
+        let map = last(&spares);
+        let dead = std::process::Command::new("true").spawn().unwrap();
+        let pid = dead.id();
+        dead.wait_with_output().unwrap();
+        map.word(TAKER_PID).store(pid, Ordering::Release);
+        assert!(!spares.files[0].is_held(true), "its taker {pid} has ended");
+        taken(last(&spares));
+        // 40 MiB in flight: another 40 waits until the first is done.
+        let waiting = std::thread::spawn(move || {
+            let t = Instant::now();
+            spares.wait_for_room(big, tx.as_fd()).unwrap();
+            (t.elapsed(), spares)
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!waiting.is_finished(), "it waits while 80 MiB would be in flight");
+        let file = Mapping::open(got[1].as_fd()).unwrap();
+        done(&file);
+        let (waited, spares) = waiting.join().unwrap();
+        assert!(waited >= std::time::Duration::from_millis(100), "{waited:?}");
+        assert!(spares.files[0].is_free(), "kept for the next message");
+    }
+
     #[test]
     fn mappings_are_kept_by_file_up_to_a_budget() {
         let mut spares = Spares::default();
@@ -766,12 +933,12 @@ mod tests {
             let file = spares.write(m.len(), |b| { b.copy_from_slice(&m); Ok(()) }).unwrap();
             assert_eq!(take(&mut mapped, file.as_fd(), m.len() as u64).unwrap(), m);
         }
-        assert_eq!(spares.0.len(), 1, "the file was written again");
+        assert_eq!(spares.files.len(), 1, "the file was written again");
         assert_eq!(mapped.kept.len(), 1, "and mapped once");
         // A message larger than the budget is not kept once read, on either side.
         let big = msg(KEEP_BYTES + 1);
         let file = spares.write(big.len(), |b| { b.copy_from_slice(&big); Ok(()) }).unwrap();
-        let kept: usize = spares.0.iter().map(|s| s.map.len()).sum();
+        let kept: usize = spares.files.iter().map(|s| s.map.len()).sum();
         assert!(kept <= KEEP_BYTES, "{kept} bytes of files kept");
         assert_eq!(take(&mut mapped, file.as_fd(), big.len() as u64).unwrap(), big);
         assert!(mapped.passing.is_none());

@@ -212,6 +212,129 @@ fn large_messages_reuse_memory_without_mixing_them(m: StartMethod) {
     assert_eq!(p.join_timeout(PATIENCE).unwrap(), 21);
 }
 
+/// Sends `n` large values (each its own pattern), telling `progress` after each send returns.
+fn flood(conn: Connection<ByteBuf>, progress: Connection<u32>, n: u32, size: usize) -> u32 {
+    for i in 0..n {
+        conn.send(ByteBuf::from(vec![i as u8; size])).unwrap();
+        progress.send(i).unwrap();
+    }
+    n
+}
+
+/// A sender far ahead of its reader waits once 64 MiB of large values are unread, as on a full
+/// pipe (its memory once grew by every value sent ahead: 2.8 GB of 10 MiB ones), and every
+/// value arrives intact and in order once they are read.
+fn a_sender_ahead_of_its_reader_waits_for_it(m: StartMethod) {
+    let (n, size) = (20, 10 << 20);
+    let (here, there) = pipe().unwrap();
+    let (progress, progress_there) = pipe().unwrap();
+    let mut p = start(m, flood, (there, progress_there, n, size));
+    // Nothing read here yet: the sender sends what fits, then waits (a second without news).
+    let mut sent = 0;
+    while let Ok(i) = progress.recv_timeout(Duration::from_secs(1)) {
+        sent = i + 1;
+        assert!(sent <= n, "{sent}");
+    }
+    // Six files of 10 MiB (and their headers) fit in 64 MiB.
+    assert_eq!(sent, 6, "values of 10 MiB sent before any was read");
+    for i in 0..n {
+        let v = here.recv_timeout(PATIENCE).unwrap();
+        assert!(
+            v.len() == size && v.iter().all(|&b| b == i as u8),
+            "value {i}"
+        );
+    }
+    assert_eq!(p.join_timeout(PATIENCE).unwrap(), n);
+}
+
+/// A large value whose decoding kills its receiver when `die` is set: a receiver killed while
+/// it reads a message.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Fatal {
+    #[serde(deserialize_with = "die_if_set")]
+    die: bool,
+    data: ByteBuf,
+}
+
+fn die_if_set<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    let die = <bool as serde::Deserialize>::deserialize(d)?;
+    if die {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+    Ok(die)
+}
+
+/// Receives until a value kills it.
+fn read_until_killed(conn: Connection<Fatal>) {
+    while conn.recv().is_ok() {}
+}
+
+/// A receiver killed inside a large value (taken from the pipe, never read to its end) holds
+/// up nothing: its sender counts a value as unread only while its taker runs, and sends the
+/// rest, which another holder of the same end gets intact.
+fn a_reader_killed_inside_a_value_does_not_stall_its_sender(m: StartMethod) {
+    let size = 40 << 20;
+    let (here, there) = pipe().unwrap();
+    let mut p = start(m, read_until_killed, (there.clone(),));
+    let fatal = Fatal {
+        die: true,
+        data: ByteBuf::from(vec![0; size]),
+    };
+    here.send(&fatal).unwrap();
+    assert!(p.join_timeout(PATIENCE).is_err(), "the reader was killed");
+    // 40 MiB more on top of the lost 40 would wait for ever if the lost one still counted.
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for i in 1..=3u8 {
+            let value = Fatal {
+                die: false,
+                data: ByteBuf::from(pattern(i, size)),
+            };
+            here.send(value).unwrap();
+        }
+        done.send(()).unwrap();
+    });
+    for i in 1..=3u8 {
+        let v = there.recv_timeout(PATIENCE).unwrap();
+        assert!(
+            !v.die && v.data == ByteBuf::from(pattern(i, size)),
+            "value {i}"
+        );
+    }
+    finished.recv_timeout(PATIENCE).unwrap();
+}
+
+/// Reads nothing; leaves after `ms` (its end closes with it).
+fn leave_unread(conn: Connection<ByteBuf>, ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+    drop(conn);
+}
+
+/// A sender waiting for a reader that leaves without reading gets `Closed`, not a wait for
+/// ever: the values left unread in the pipe no longer count.
+fn a_sender_waiting_on_a_reader_that_leaves_is_told_closed(m: StartMethod) {
+    let (here, there) = pipe().unwrap();
+    let mut p = start(m, leave_unread, (there, 300));
+    let (tell, told) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = 0u32;
+        let e = loop {
+            match here.send(ByteBuf::from(vec![1; 10 << 20])) {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            if sent > 100 {
+                break mproc::Error::from(ErrorKind::Timeout);
+            }
+        };
+        tell.send((sent, e.kind().clone())).unwrap();
+    });
+    let (sent, kind) = told.recv_timeout(PATIENCE).unwrap();
+    assert_eq!((sent, kind), (6, ErrorKind::Closed));
+    p.join_timeout(PATIENCE).unwrap();
+}
+
 per_start_method!(
     messages_cross_in_order_both_ways,
     large_values_cross_through_shared_memory,
@@ -220,6 +343,9 @@ per_start_method!(
     concurrent_senders_never_interleave,
     close_ends_the_other_side_after_what_was_sent,
     large_messages_reuse_memory_without_mixing_them,
+    a_sender_ahead_of_its_reader_waits_for_it,
+    a_reader_killed_inside_a_value_does_not_stall_its_sender,
+    a_sender_waiting_on_a_reader_that_leaves_is_told_closed,
 );
 
 static INHERITED: std::sync::Mutex<Option<Connection<u8>>> = std::sync::Mutex::new(None);

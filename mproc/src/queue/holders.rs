@@ -9,33 +9,16 @@ use crate::error::Error;
 use crate::start::at_fork;
 use crate::sys::proc;
 
-/// A process start time is kept to its low 42 bits (clock ticks: centuries), so that it packs
-/// with a pid into one word.
-const START_BITS: u32 = 42;
-
-fn start_key(start: u64) -> u64 {
-    start & ((1 << START_BITS) - 1)
-}
-
-/// This process, as the holders' table names it. Cached per pid (a fork child recomputes).
+/// This process, as the holders' table names it.
 fn me() -> Holder {
-    static ME: AtomicU64 = AtomicU64::new(0);
-    let pid = proc::getpid();
-    let packed = ME.load(Ordering::Relaxed);
-    if packed != 0 && (packed >> START_BITS) as u32 == pid {
-        return Holder {
-            pid,
-            start: start_key(packed),
-        };
+    match proc::me() {
+        (pid, Some(start)) => Holder { pid, start },
+        (pid, None) => {
+            // No /proc to tell processes apart: never conclude that nobody else holds a queue.
+            NO_PROC.store(true, Ordering::Relaxed);
+            Holder { pid, start: 0 }
+        }
     }
-    let Some((_, start)) = proc::process_start(pid) else {
-        // No /proc to tell processes apart: never conclude that nobody else holds a queue.
-        NO_PROC.store(true, Ordering::Relaxed);
-        return Holder { pid, start: 0 };
-    };
-    let start = start_key(start);
-    ME.store((u64::from(pid) << START_BITS) | start, Ordering::Relaxed);
-    Holder { pid, start }
 }
 
 /// Set when `/proc` cannot say who is who.
@@ -43,13 +26,7 @@ static NO_PROC: AtomicBool = AtomicBool::new(false);
 
 /// Whether the holder `h` still runs (not a zombie, and not another process with its pid).
 fn alive(h: Holder) -> bool {
-    match proc::process_start(h.pid) {
-        Some((running, start)) => running && start_key(start) == h.start,
-        // Unreadable: gone, unless kill(2) says it exists.
-        None => {
-            proc::kill(h.pid, 0).map_or_else(|e| e.raw_os_error() != Some(libc::ESRCH), |()| true)
-        }
-    }
+    proc::still_runs(h.pid, h.start, proc::START_BITS)
 }
 
 /// Every queue this process holds, so that a child made with fork(2) (which inherits them all,
@@ -99,7 +76,7 @@ impl LiveQueues {
         };
         let child = Holder {
             pid,
-            start: start_key(start),
+            start: start & ((1 << proc::START_BITS) - 1),
         };
         for shared in &self.held {
             let _ = shared.ring.attach(child, alive, false);

@@ -860,6 +860,39 @@ pub(crate) fn process_start(pid: u32) -> Option<(bool, u64)> {
     Some((!matches!(state, "Z" | "X" | "x"), start))
 }
 
+/// How many low bits of a start time [`me`] gives and [`still_runs`] compares at most:
+/// clock ticks, centuries' worth (so that a pid and a start time pack into one word).
+pub(crate) const START_BITS: u32 = 42;
+
+/// This process: its pid and its start time ([`process_start`], its low [`START_BITS`]),
+/// looked up once per process (a fork child looks again); `None` for the start time when
+/// `/proc` cannot say.
+pub(crate) fn me() -> (u32, Option<u64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static ME: AtomicU64 = AtomicU64::new(0);
+    let pid = getpid();
+    let packed = ME.load(Ordering::Relaxed);
+    if packed != 0 && (packed >> START_BITS) as u32 == pid {
+        return (pid, Some(packed & ((1 << START_BITS) - 1)));
+    }
+    let Some((_, start)) = process_start(pid) else {
+        return (pid, None);
+    };
+    let start = start & ((1 << START_BITS) - 1);
+    ME.store((u64::from(pid) << START_BITS) | start, Ordering::Relaxed);
+    (pid, Some(start))
+}
+
+/// Whether process `pid`, whose start time's low `bits` bits are `start` ([`me`]), still
+/// runs: not a zombie, and not another process with its pid. Without `/proc` to tell,
+/// whether kill(2) finds a process `pid`.
+pub(crate) fn still_runs(pid: u32, start: u64, bits: u32) -> bool {
+    match process_start(pid) {
+        Some((running, now)) => running && now & ((1 << bits) - 1) == start,
+        None => kill(pid, 0).map_or_else(|e| e.raw_os_error() != Some(libc::ESRCH), |()| true),
+    }
+}
+
 /// Process `pid`'s own resident memory in bytes: `RssAnon` in `/proc/<pid>/status`, its heap,
 /// stacks and other private memory in RAM. Not the memory files it shares with others (such
 /// as a pool's lanes, a large message or a [`Buffer`](crate::Buffer)), nor the pages of files

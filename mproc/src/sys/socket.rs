@@ -1,8 +1,11 @@
 //! Unix-domain stream sockets with descriptor passing (`SCM_RIGHTS`).
 
+// One ioctl(2), `SIOCOUTQ`, which rustix has no safe call for.
+#![allow(unsafe_code)]
+
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use rustix::io::Errno;
 use rustix::net::{
@@ -48,6 +51,21 @@ fn pair(kind: SocketType) -> io::Result<(OwnedFd, OwnedFd)> {
 /// Whether `sock` is a Unix sequenced-packet socket (checked when one arrives from elsewhere).
 pub(crate) fn is_seqpacket(sock: BorrowedFd<'_>) -> bool {
     rustix::net::sockopt::socket_type(sock) == Ok(SocketType::SEQPACKET)
+}
+
+/// How many bytes `sock` has sent that no receiver has taken yet (what the kernel still
+/// holds for it: messages in the peer's queue, with their overhead); 0 once every message
+/// sent was received, or dropped with a peer that closed.
+///
+/// See unix(7) (`SIOCOUTQ`).
+pub(crate) fn unreceived(sock: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int through the pointer, to a live local.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
 }
 
 /// Shuts both directions of `sock` down, for every process that holds it: the peer reads end
