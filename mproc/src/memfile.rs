@@ -42,9 +42,11 @@ const TAKER_START: usize = 8;
 const SENDER_WAITS: usize = 12;
 
 /// How many bytes of memory files a pipe's sender may have in flight (sent, not yet read)
-/// before its next large message waits ([`Spares::wait_for_room`]), and how many files.
-const IN_FLIGHT_BYTES: usize = 64 << 20;
-const IN_FLIGHT_FILES: usize = 64;
+/// before its next large message waits ([`Spares::wait_for_room`]), and how many files: no
+/// more than its receiver keeps mapped ([`KEEP_BYTES`], [`KEEP_MAPPINGS`]), so that a sender
+/// ahead of its reader cycles through files the reader has mapped already.
+const IN_FLIGHT_BYTES: usize = KEEP_BYTES;
+const IN_FLIGHT_FILES: usize = KEEP_MAPPINGS;
 
 /// How long a waiting sender sleeps at most before it looks again at who holds its files.
 const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(10);
@@ -54,10 +56,13 @@ const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(10);
 /// a wake-up on both sides.
 pub(crate) const WORTH_A_FILE: usize = 256 * 1024;
 
-/// How many memory files a sender keeps for reuse, and a receiver keeps mapped (within
-/// [`KEEP_BYTES`] each): a file the receiver is done with is written again instead of a new
-/// one being made (and its pages allocated and zeroed).
+/// How many memory files a sender keeps for reuse beyond those in flight (within
+/// [`KEEP_BYTES`]): a file the receiver is done with is written again instead of a new one
+/// being made (and its pages allocated and zeroed).
 const SPARES: usize = 4;
+
+/// How many mappings of the files it was sent a receiver keeps (within [`KEEP_BYTES`]).
+const KEEP_MAPPINGS: usize = 16;
 
 /// A memory file sent, kept for reuse.
 struct Spare {
@@ -225,7 +230,7 @@ impl Spares {
 
 /// A receiver's mappings of the memory files it was sent, by identity, the most recently used
 /// last. A kept mapping is safe to read again: a file is mapped only once it is sealed against
-/// shrinking, so its pages stay. At most [`SPARES`] mappings and [`KEEP_BYTES`] are kept (a
+/// shrinking, so its pages stay. At most [`KEEP_MAPPINGS`] mappings and [`KEEP_BYTES`] are kept (a
 /// larger message's mapping goes once it is read); each keeps its file's memory alive until it
 /// is replaced or the receiver is dropped. An [`InFile`] shares its mapping and keeps it past
 /// both.
@@ -277,9 +282,11 @@ impl Mapped {
             Some(id) if need <= KEEP_BYTES => {
                 kept.retain(|(k, _)| *k != id);
                 kept.push((id, map));
-                while kept.len() > 1
-                    && (kept.len() > SPARES || kept.iter().map(|(_, m)| m.len()).sum::<usize>() > KEEP_BYTES)
-                {
+                let over = |kept: &Vec<(Identity, Arc<Mapping>)>| {
+                    kept.len() > KEEP_MAPPINGS
+                        || kept.iter().map(|(_, m)| m.len()).sum::<usize>() > KEEP_BYTES
+                };
+                while kept.len() > 1 && over(kept) {
                     kept.remove(0);
                 }
                 Ok(&kept.last().expect("just pushed").1)
@@ -943,8 +950,8 @@ mod tests {
         assert_eq!(take(&mut mapped, file.as_fd(), big.len() as u64).unwrap(), big);
         assert!(mapped.passing.is_none());
         assert!(mapped.kept.iter().map(|(_, m)| m.len()).sum::<usize>() <= KEEP_BYTES);
-        // Files in flight at once: at most SPARES mappings.
-        let held: Vec<_> = (0..6)
+        // Files in flight at once: at most KEEP_MAPPINGS mappings.
+        let held: Vec<_> = (0..KEEP_MAPPINGS + 2)
             .map(|i| {
                 let m = msg(100 + i);
                 let f = spares.write(m.len(), |b| { b.copy_from_slice(&m); Ok(()) }).unwrap();
@@ -954,7 +961,7 @@ mod tests {
         for (f, m) in &held {
             assert_eq!(&take(&mut mapped, f.as_fd(), m.len() as u64).unwrap(), m);
         }
-        assert!(mapped.kept.len() <= SPARES);
+        assert!(mapped.kept.len() <= KEEP_MAPPINGS);
         // A bad length, and a file that is not one of ours.
         assert!(take(&mut mapped, held[0].0.as_fd(), u64::MAX).is_err());
         let unsealed = crate::sys::shm::testing::unsealed_memfd(4096);
