@@ -23,9 +23,12 @@
 //!    slots of shared memory, three or two of them, and the parent copies each out into a new
 //!    `Vec`, both spinning), each row's ratio to it; and, for comparison, a streaming design
 //!    mproc does not use (1 MiB pieces through a 3 MiB ring the cache holds).
-//! 3. `lock`: uncontended `Lock::acquire` + drop, ns per pair; `std::sync::Mutex` beside it.
+//! 3. `mid`: 1 MiB messages of `Vec<u8>` (larger than a pipe keeps in its message, smaller
+//!    than the pool's threshold for files) through the same `Queue` and pipe; GB/s at the
+//!    parent. Floor: `memcpy` of 1 MiB. No target: it shows the sizes between.
+//! 4. `lock`: uncontended `Lock::acquire` + drop, ns per pair; `std::sync::Mutex` beside it.
 //!    Target: <= 50 ns.
-//! 4. `event`: a ping-pong between two processes over two `Event`s (set, wait, clear), half a
+//! 5. `event`: a ping-pong between two processes over two `Event`s (set, wait, clear), half a
 //!    round trip per wake-up. Floor: the same ping-pong over two raw futex words in shared
 //!    memory with a forked child. Target: <= 2x the floor.
 //!
@@ -34,7 +37,7 @@
 //!
 //! ```text
 //! cargo bench -p mproc --bench ipc                 # everything, about a minute
-//! cargo bench -p mproc --bench ipc -- q64 lock     # only the sections named
+//! cargo bench -p mproc --bench ipc -- q64 lock     # only the sections named (q64 big mid lock event)
 //! cargo bench -p mproc --bench ipc -- --no-python  # skip Python
 //! cargo bench -p mproc --bench ipc -- --pin 0      # everything on CPU 0 only
 //! ```
@@ -57,12 +60,14 @@ use serde_bytes::ByteBuf;
 
 use mproc::{Connection, Event, Lock, Pool, Process, Queue, pipe};
 
-const SECTIONS: [&str; 4] = ["q64", "big", "lock", "event"];
+const SECTIONS: [&str; 5] = ["q64", "big", "mid", "lock", "event"];
 const BIG: usize = 10 << 20;
+const MID: usize = 1 << 20;
 
 struct Plan {
     q64: u64,
     big: usize,
+    mid: usize,
     locks: u64,
     pings: u64,
     rounds: usize,
@@ -71,6 +76,7 @@ struct Plan {
 const FULL: Plan = Plan {
     q64: 2_000_000,
     big: 40,
+    mid: 400,
     locks: 10_000_000,
     pings: 20_000,
     rounds: 5,
@@ -78,6 +84,7 @@ const FULL: Plan = Plan {
 const SMOKE: Plan = Plan {
     q64: 10_000,
     big: 2,
+    mid: 4,
     locks: 10_000,
     pings: 100,
     rounds: 1,
@@ -102,16 +109,16 @@ fn put_small(q: Queue<[u64; 8]>, go: Event, n: u64) {
 trait Payload: Serialize + DeserializeOwned + Send + 'static {
     /// Its name in the report.
     const NAME: &'static str;
-    /// A message of [`BIG`] bytes.
-    fn make() -> Self;
+    /// A message of `size` bytes.
+    fn make(size: usize) -> Self;
     /// Its size in bytes.
     fn size(&self) -> usize;
 }
 
 impl Payload for ByteBuf {
     const NAME: &'static str = "ByteBuf";
-    fn make() -> Self {
-        ByteBuf::from(vec![7u8; BIG])
+    fn make(size: usize) -> Self {
+        ByteBuf::from(vec![7u8; size])
     }
     fn size(&self) -> usize {
         self.len()
@@ -120,8 +127,8 @@ impl Payload for ByteBuf {
 
 impl Payload for Vec<u8> {
     const NAME: &'static str = "Vec<u8>";
-    fn make() -> Self {
-        vec![7u8; BIG]
+    fn make(size: usize) -> Self {
+        vec![7u8; size]
     }
     fn size(&self) -> usize {
         self.len()
@@ -130,8 +137,8 @@ impl Payload for Vec<u8> {
 
 impl Payload for Vec<f64> {
     const NAME: &'static str = "Vec<f64>";
-    fn make() -> Self {
-        (0..BIG / 8).map(|i| i as f64 * 0.5).collect()
+    fn make(size: usize) -> Self {
+        (0..size / 8).map(|i| i as f64 * 0.5).collect()
     }
     fn size(&self) -> usize {
         self.len() * 8
@@ -140,17 +147,17 @@ impl Payload for Vec<f64> {
 
 impl Payload for String {
     const NAME: &'static str = "String";
-    fn make() -> Self {
-        "mproc ".repeat(BIG / 6) + "....."
+    fn make(size: usize) -> Self {
+        "mproc ".repeat(size / 6) + &".".repeat(size % 6)
     }
     fn size(&self) -> usize {
         self.len()
     }
 }
 
-/// Puts [`WARM_BIG`] messages, waits for `go`, then puts `n` messages of 10 MiB.
-fn put_big<P: Payload>(q: Queue<P>, go: Event, n: usize) {
-    let v = P::make();
+/// Puts [`WARM_BIG`] messages, waits for `go`, then puts `n` messages of `size` bytes.
+fn put_big<P: Payload>(q: Queue<P>, go: Event, n: usize, size: usize) {
+    let v = P::make(size);
     for _ in 0..WARM_BIG {
         q.put(&v).unwrap();
     }
@@ -160,9 +167,9 @@ fn put_big<P: Payload>(q: Queue<P>, go: Event, n: usize) {
     }
 }
 
-/// Sends [`WARM_BIG`] messages, waits for `go`, then sends `n` messages of 10 MiB.
-fn send_big<P: Payload>(c: Connection<P>, go: Event, n: usize) {
-    let v = P::make();
+/// Sends [`WARM_BIG`] messages, waits for `go`, then sends `n` messages of `size` bytes.
+fn send_big<P: Payload>(c: Connection<P>, go: Event, n: usize, size: usize) {
+    let v = P::make(size);
     for _ in 0..WARM_BIG {
         c.send(&v).unwrap();
     }
@@ -245,6 +252,10 @@ fn main() -> Result<(), mproc::Error> {
     if on("big") {
         big(&plan, &mut r)?;
         py_args.push(format!("big={}", plan.big.min(20)));
+    }
+    if on("mid") {
+        mid(&plan, &mut r)?;
+        py_args.push(format!("mid={}", plan.mid.min(200)));
     }
     if on("lock") {
         lock(&plan, &mut r)?;
@@ -608,7 +619,7 @@ fn echo_in_a_fresh_process(calls: usize) -> f64 {
 /// call; GB/s (in + out).
 fn pool_echo<P: Payload>(calls: usize) -> Result<f64, mproc::Error> {
     let pool = Pool::new(1)?;
-    let mut v = P::make();
+    let mut v = P::make(BIG);
     for _ in 0..WARM_BIG {
         v = pool.apply(echo::<P>, (v,))?;
     }
@@ -625,40 +636,84 @@ fn gb(bytes: usize, t: Instant) -> f64 {
     bytes as f64 / t.elapsed().as_secs_f64() / 1e9
 }
 
-/// One round of 10 MiB messages of `P`: a child puts them on a `Queue::bounded(2)`, a child
-/// sends them on a pipe, and a one-worker pool echoes them; GB/s of each, at the parent.
+/// One round of 10 MiB messages of `P`: through a `Queue` and a pipe ([`queue_and_pipe`]),
+/// and echoed by a one-worker pool; GB/s of each, at the parent.
 fn big_of<P: Payload>(plan: &Plan, rates: &mut [Vec<f64>; 3]) -> Result<(), mproc::Error> {
+    let (queue, pipe) = queue_and_pipe::<P>(plan.big, BIG)?;
+    rates[0].push(queue);
+    rates[1].push(pipe);
+    rates[2].push(pool_echo::<P>(plan.big.div_ceil(2))?);
+    Ok(())
+}
+
+/// A child puts `n` messages of `P` of `size` bytes on a `Queue::bounded(2)`, then a child
+/// sends as many on a pipe; GB/s of each, at the parent, after [`WARM_BIG`] messages.
+fn queue_and_pipe<P: Payload>(n: usize, size: usize) -> Result<(f64, f64), mproc::Error> {
     let q = Queue::<P>::bounded(2)?;
     let go = Event::new()?;
-    let mut p = Process::new(put_big::<P>, (q.clone(), go.clone(), plan.big));
+    let mut p = Process::new(put_big::<P>, (q.clone(), go.clone(), n, size));
     p.start()?;
     for _ in 0..WARM_BIG {
         q.get()?;
     }
     go.set();
     let (t, mut bytes) = (Instant::now(), 0);
-    for _ in 0..plan.big {
+    for _ in 0..n {
         bytes += q.get()?.size();
     }
-    rates[0].push(gb(bytes, t));
+    let queue = gb(bytes, t);
     p.join()?;
 
     let (here, there) = pipe::<P>()?;
     let go = Event::new()?;
-    let mut p = Process::new(send_big::<P>, (there, go.clone(), plan.big));
+    let mut p = Process::new(send_big::<P>, (there, go.clone(), n, size));
     p.start()?;
     for _ in 0..WARM_BIG {
         here.recv()?;
     }
     go.set();
     let (t, mut bytes) = (Instant::now(), 0);
-    for _ in 0..plan.big {
+    for _ in 0..n {
         bytes += here.recv()?.size();
     }
-    rates[1].push(gb(bytes, t));
+    let pipe = gb(bytes, t);
     p.join()?;
+    Ok((queue, pipe))
+}
 
-    rates[2].push(pool_echo::<P>(plan.big.div_ceil(2))?);
+/// 1 MiB messages of `Vec<u8>` through a `Queue` and a pipe, beside a `memcpy` of 1 MiB.
+fn mid(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
+    let (mut copy, mut queue, mut pipe) = (Vec::new(), Vec::new(), Vec::new());
+    let src = vec![3u8; MID];
+    let mut dst = vec![0u8; MID];
+    for _ in 0..plan.rounds {
+        let t = Instant::now();
+        for _ in 0..plan.mid {
+            dst.copy_from_slice(std::hint::black_box(&src));
+            std::hint::black_box(&mut dst);
+        }
+        copy.push(gb(plan.mid * MID, t));
+        let (q, p) = queue_and_pipe::<Vec<u8>>(plan.mid, MID)?;
+        queue.push(q);
+        pipe.push(p);
+    }
+    let copy = median(&mut copy);
+    r.row("memcpy of 1 MiB (floor)", format!("{copy:>8.2} GB/s"));
+    for (way, rates, name) in [
+        ("Queue", &mut queue, "Queue 1 MiB child -> parent (GB/s)"),
+        (
+            "pipe Connection",
+            &mut pipe,
+            "Pipe 1 MiB child -> parent (GB/s)",
+        ),
+    ] {
+        let rate = median(rates);
+        r.row(
+            &format!("{way} of Vec<u8>, 1 MiB messages"),
+            format!("{rate:>8.2} GB/s  ({:.2}x memcpy)", rate / copy),
+        );
+        r.ours.push((name, rate));
+    }
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 """Python's side of benches/ipc.rs: multiprocessing Queue, Pipe, Lock and Event, timed here.
 
-Arguments: q64=N big=N lock=N event=N (each optional). Prints one line per measurement,
+Arguments: q64=N big=N mid=N lock=N event=N (each optional). Prints one line per measurement,
 "name=value" with the unit in the name.
 """
 import multiprocessing as mp
@@ -8,6 +8,7 @@ import sys
 import time
 
 BIG = 10 << 20
+MID = 1 << 20
 
 
 WARM_SMALL = 10_000
@@ -86,6 +87,31 @@ def main():
             for _ in range(calls):
                 msg = pool.apply(echo, (msg,))
             print(f"Pool apply 10 MiB echo (GB/s)={calls * 2 * BIG / (time.perf_counter() - t) / 1e9:.2f}")
+    if "mid" in args:
+        n = int(args["mid"])
+        q, go = mp.Queue(2), mp.Event()
+        p = mp.Process(target=feed, args=(q, MID, WARM_BIG, go, n))
+        p.start()
+        for _ in range(WARM_BIG):
+            q.get()
+        go.set()
+        t = time.perf_counter()
+        for _ in range(n):
+            q.get()
+        print(f"Queue 1 MiB child -> parent (GB/s)={n * MID / (time.perf_counter() - t) / 1e9:.2f}")
+        p.join()
+        here, there = mp.Pipe()
+        go = mp.Event()
+        p = mp.Process(target=feed, args=(there, MID, WARM_BIG, go, n))
+        p.start()
+        for _ in range(WARM_BIG):
+            here.recv_bytes()
+        go.set()
+        t = time.perf_counter()
+        for _ in range(n):
+            here.recv_bytes()
+        print(f"Pipe 1 MiB child -> parent (GB/s)={n * MID / (time.perf_counter() - t) / 1e9:.2f}")
+        p.join()
     if "lock" in args:
         n = int(args["lock"])
         lock = mp.Lock()
