@@ -6,8 +6,8 @@
 //! memory file that travels with the message (`SCM_RIGHTS`) and is decoded straight out of it,
 //! so big payloads are never copied through the socket. The receiver marks the file done when
 //! it has decoded it, and the sender writes its next large message into it again (a few files
-//! kept per end), so its pages are allocated once. A sender with 64 MiB of such messages not
-//! yet received waits, as a full pipe makes it, so its memory stays bounded. Handles (locks, queues, other
+//! kept per end), so its pages are allocated once. A sender with 16 such messages, or 64 MiB
+//! of files, not yet read waits, as a full pipe makes it: its memory stays bounded. Handles (locks, queues, other
 //! connections) may ride inside a sent value: their descriptors go with the message.
 //!
 //! End of file is the kernel's: once every process holding the other end has closed it (by
@@ -187,11 +187,13 @@ impl<T> Connection<T> {
 
 impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// Sends `value` (a `T` or a `&T`) to the other end, waiting while the pipe is full: while
-    /// the socket's buffer is, or, for values over 64 KiB encoded (which travel in memory
-    /// files), while this end has 64 MiB of them sent and not yet received (as a writer waits
-    /// on a full pipe in Python, after 64 KiB there; a larger value waits until every earlier
-    /// one is read). A value taken by a receiver that then died, or left unread when every
-    /// process holding the other end is gone, no longer counts.
+    /// the socket's buffer is (a couple of hundred KiB, as in Python), or, for values over 64
+    /// KiB encoded (which travel in memory files), while this end (in this process) has 16 of
+    /// them, or 64 MiB of files, sent and not yet read; a larger value waits until every
+    /// earlier one is read. So a thread that reads its own pipe must read before that much is
+    /// outstanding, and two processes that each send a lot before reading can wait for each
+    /// other, as with any pipe. A value taken by a receiver that then died no longer counts,
+    /// nor do values left unread when every process holding the other end is gone.
     ///
     /// # Errors
     ///
@@ -209,6 +211,9 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
         let value = value.borrow();
         let sock = self.end.sock()?;
         let encode_err = |e| Error::codec(std::any::type_name::<T>(), "encode", e);
+        // A large value's spares, held until its file is sent: another thread of this process
+        // never sees it in flight before it is in the socket.
+        let mut paced = None;
         let (message, handles) = crate::handle::collecting(|| -> Result<_, Error> {
             let len = codec::encoded_len(value).map_err(encode_err)?;
             if len <= INLINE {
@@ -218,10 +223,10 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                 return Ok((bytes, None));
             }
             let mut spares = self.end.spares.lock().unwrap_or_else(|e| e.into_inner());
-            spares.wait_for_room(FILE_HEADER + len, sock)?;
-            let file = spares.write(len, |body| {
+            let file = spares.write_paced(len, sock, |body| {
                 codec::encode_to_slice(body, value).map_err(encode_err)
             })?;
+            paced = Some(spares);
             let mut bytes = vec![TAG_FILE];
             bytes.extend((len as u64).to_le_bytes());
             Ok((bytes, Some(file)))
@@ -324,8 +329,9 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                 let len = u64::from_le_bytes(buf[1..9].try_into().expect("8 bytes"));
                 let file = fds.remove(0);
                 let map = state.files.map(file.as_fd(), len)?;
-                // Said before it is read: its sender then waits for it only while we run.
-                memfile::taken(map);
+                // Said before it is read (its sender then waits for it only while we run), and
+                // done with however reading ends: the sender may write its next message there.
+                let reading = memfile::taken(map);
                 // Copied out as it is decoded: the sender can still write the file.
                 let body = map
                     .reader(FILE_HEADER, len as usize)
@@ -333,8 +339,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                 let value = crate::handle::providing(fds, || {
                     crate::wire::shared::decode_shared(body).map_err(decode_err)
                 });
-                // Done with it: the sender may write its next message there.
-                memfile::done(map);
+                drop(reading);
                 state.files.release();
                 value
             }

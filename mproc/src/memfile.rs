@@ -31,7 +31,7 @@ use crate::wire::codec;
 /// Where a message starts in its memory file: after the *done word*, which the sender sets to
 /// 1 when it sends the file and the receiver sets back to 0 once it is done with the message
 /// (read, or an [`InFile`] dropped), and, for a pipe's, the words that pace its sender
-/// ([`Spares::wait_for_room`]).
+/// ([`Spares::write_paced`]).
 pub(crate) const FILE_HEADER: usize = 64;
 
 /// Where a pipe's receiver names itself in a file's header once it has taken the message
@@ -42,7 +42,7 @@ const TAKER_START: usize = 8;
 const SENDER_WAITS: usize = 12;
 
 /// How many bytes of memory files a pipe's sender may have in flight (sent, not yet read)
-/// before its next large message waits ([`Spares::wait_for_room`]), and how many files: no
+/// before its next large message waits ([`Spares::write_paced`]), and how many files: no
 /// more than its receiver keeps mapped ([`KEEP_BYTES`], [`KEEP_MAPPINGS`]), so that a sender
 /// ahead of its reader cycles through files the reader has mapped already.
 const IN_FLIGHT_BYTES: usize = KEEP_BYTES;
@@ -68,6 +68,9 @@ const KEEP_MAPPINGS: usize = 16;
 struct Spare {
     map: Mapping,
     file: OwnedFd,
+    /// A pipe's, in flight: since when it has looked taken by a receiver that has not named
+    /// itself yet (see [`Spare::worth_keeping`]).
+    unclaimed_since: Option<Instant>,
 }
 
 impl Spare {
@@ -75,18 +78,24 @@ impl Spare {
         self.map.word(0).load(Ordering::Acquire) == 0
     }
 
-    /// Whether its message may still be read (see [`Spares::wait_for_room`]): not done, and
-    /// either taken by a process that still runs, or not taken yet while `sock` still holds
-    /// messages no receiver has taken (`queued`). With none there, a message nobody says it
-    /// took was taken by a receiver that died before it could say so, or is being taken just
-    /// now: either way the file is let go, and never written again.
-    fn is_held(&self, queued: bool) -> bool {
+    /// Whether a pipe's sender keeps it (see [`Spares::write_paced`]): free and no larger than
+    /// [`KEEP_BYTES`], or in flight while its message may still be read. A message a
+    /// receiver has named itself in may be while that process runs. One nobody has named
+    /// themselves in may be while `sock` still holds messages nobody took (`queued`), and for
+    /// [`GRACE`] after that: a receiver may be between taking it and naming itself, or may
+    /// have died there. A file not kept is let go: never written again, as a receiver may
+    /// still read it.
+    fn worth_keeping(&mut self, queued: bool, now: Instant) -> bool {
         let map = &self.map;
         if map.word(0).load(Ordering::Acquire) == 0 {
-            return false;
+            return map.len() <= KEEP_BYTES;
         }
         match map.word(TAKER_PID).load(Ordering::Acquire) {
-            0 => queued,
+            0 if queued => {
+                self.unclaimed_since = None;
+                true
+            }
+            0 => now.duration_since(*self.unclaimed_since.get_or_insert(now)) < GRACE,
             pid => {
                 let start = map.word(TAKER_START).load(Ordering::Relaxed);
                 proc::still_runs(pid, u64::from(start), 32)
@@ -95,17 +104,21 @@ impl Spare {
     }
 }
 
+/// How long a pipe's file that has left its socket may go without its receiver naming itself
+/// before its sender stops counting it (see [`Spare::worth_keeping`]).
+const GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A sender's memory files.
 #[derive(Default)]
 pub(crate) struct Spares {
     files: Vec<Spare>,
-    /// A pipe's (see [`Spares::wait_for_room`]): files in flight are kept, however many, to be
+    /// A pipe's (see [`Spares::write_paced`]): files in flight are kept, however many, to be
     /// counted; others let the oldest in flight go when they need room.
     paced: bool,
 }
 
 impl Spares {
-    /// A pipe's sender's files, which [`wait_for_room`](Spares::wait_for_room) paces.
+    /// A pipe's sender's files, which [`write_paced`](Spares::write_paced) paces.
     pub(crate) fn paced() -> Spares {
         Spares {
             files: Vec::new(),
@@ -119,35 +132,47 @@ impl Spares {
         self.files.iter().all(Spare::is_free)
     }
 
-    /// Waits until a message of `len` bytes may be written into a file and sent on `sock`:
-    /// while the files sent and not yet read hold [`IN_FLIGHT_BYTES`] with it, or number
-    /// [`IN_FLIGHT_FILES`], and one at least is in flight, the sender waits for its receivers
-    /// to read, as a writer waits on a full pipe (or its memory would grow with every message
+    /// [`write`](Spares::write) for a pipe's sender, which sends the file on `sock` before
+    /// these spares are used again: first waits while the files sent and not yet read hold
+    /// [`IN_FLIGHT_BYTES`] with this one, or number [`IN_FLIGHT_FILES`], and one at least is in
+    /// flight, as a writer waits on a full pipe (or its memory would grow with every message
     /// sent ahead: 10 MiB ones reached 2.8 GB before the socket's buffer filled). A file counts
-    /// while its message may still be read ([`Spare::is_held`]): a receiver that died with a
-    /// message, or every receiver gone with the messages unread, holds up nothing.
-    pub(crate) fn wait_for_room(&mut self, len: usize, sock: BorrowedFd<'_>) -> Result<(), Error> {
+    /// while its message may still be read ([`Spare::worth_keeping`]): a receiver that died
+    /// with a message, or every receiver gone with the messages unread, holds up nothing. A
+    /// socket shut down (by either end) is `Closed`, as its send would be.
+    pub(crate) fn write_paced(
+        &mut self,
+        len: usize,
+        sock: BorrowedFd<'_>,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), Error>,
+    ) -> Result<OwnedFd, Error> {
+        debug_assert!(self.paced);
+        let need = FILE_HEADER.saturating_add(len);
         loop {
+            if fd::hung_up(sock).map_err(|e| Error::os("looking at a pipe", e))? {
+                return Err(crate::error::ErrorKind::Closed.into());
+            }
             let queued = crate::sys::socket::unreceived(sock)
                 .map_err(|e| Error::os("looking at what a pipe holds", e))?
                 > 0;
-            // Files nobody will read again: never written again either.
-            self.files.retain(|s| s.is_free() || s.is_held(queued));
+            let now = Instant::now();
+            self.files.retain_mut(|s| s.worth_keeping(queued, now));
             let mut in_flight = self.files.iter().filter(|s| !s.is_free());
             let Some(oldest) = in_flight.next() else {
-                return Ok(());
+                break;
             };
             let (count, bytes) = in_flight.fold((1, oldest.map.len()), |(n, b), s| {
                 (n + 1, b + s.map.len())
             });
-            if count < IN_FLIGHT_FILES && bytes.saturating_add(len) <= IN_FLIGHT_BYTES {
-                return Ok(());
+            if count < IN_FLIGHT_FILES && bytes.saturating_add(need) <= IN_FLIGHT_BYTES {
+                break;
             }
             let done = oldest.map.word(0);
             oldest.map.word(SENDER_WAITS).store(1, Ordering::SeqCst);
-            futex::wait(done, 1, Some(Instant::now() + LOOK_AGAIN))
+            futex::wait(done, 1, Some(now + LOOK_AGAIN))
                 .map_err(|e| Error::os("waiting for a pipe's reader", e))?;
         }
+        self.write(len, fill)
     }
 
     /// A memory file holding a message of `len` bytes that `fill` writes (a spare the
@@ -167,9 +192,10 @@ impl Spares {
         {
             Some(at) => {
                 // Read by its last receiver (done): the words it wrote are cleared.
-                let map = &spares[at].map;
-                map.word(TAKER_PID).store(0, Ordering::Relaxed);
-                map.word(SENDER_WAITS).store(0, Ordering::Relaxed);
+                let spare = &mut spares[at];
+                spare.map.word(TAKER_PID).store(0, Ordering::Relaxed);
+                spare.map.word(SENDER_WAITS).store(0, Ordering::Relaxed);
+                spare.unclaimed_since = None;
                 at
             }
             None => {
@@ -190,6 +216,7 @@ impl Spares {
                 spares.push(Spare {
                     map,
                     file: file.into_owned(),
+                    unclaimed_since: None,
                 });
                 spares.len() - 1
             }
@@ -204,8 +231,9 @@ impl Spares {
     }
 
     /// Keeps at most [`KEEP_BYTES`] of files: one larger goes as soon as it is sent (the copy
-    /// in flight keeps it until its receiver is done), and free ones beyond the budget go,
-    /// oldest first; `just` (the one just written) stays otherwise.
+    /// in flight keeps it until its receiver is done; a pipe's, which counts it, once it is
+    /// read: [`Spare::worth_keeping`]), and free ones beyond the budget go, oldest first;
+    /// `just` (the one just written) stays otherwise.
     fn keep_within(&mut self, just: usize) {
         let spares = &mut self.files;
         if spares[just].map.len() > KEEP_BYTES && !self.paced {
@@ -313,14 +341,25 @@ impl Mapped {
 }
 
 /// Names this process, in a received pipe message's file, as the one that took the message
-/// (see [`Spares::wait_for_room`]): its sender then counts the file as in flight only while
-/// this process runs.
-pub(crate) fn taken(map: &Mapping) {
+/// (see [`Spares::write_paced`]): its sender then counts the file as in flight only while this
+/// process runs, and until the returned guard is dropped, which marks it [`done`] (the
+/// message read, or its decoding failed or unwound).
+pub(crate) fn taken(map: &Mapping) -> Taken<'_> {
     let (pid, start) = proc::me();
     // The low 32 bits: with the pid, one process still.
     map.word(TAKER_START)
         .store(start.unwrap_or(0) as u32, Ordering::Relaxed);
     map.word(TAKER_PID).store(pid, Ordering::Release);
+    Taken(map)
+}
+
+/// A received pipe message's file while it is read ([`taken`]): marked done when dropped.
+pub(crate) struct Taken<'a>(&'a Mapping);
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        done(self.0);
+    }
 }
 
 /// Marks a received file's message read: its sender may write the next one there (and is
@@ -868,65 +907,75 @@ mod tests {
     }
 
     /// A pipe's sender counts a file in flight while its message may still be read: queued
-    /// (nobody took it yet), or taken by a process that runs; not once it is done, nor when
-    /// its taker died, nor when nobody says they took it and the socket holds nothing. It
-    /// waits while 64 MiB are in flight and is woken when one is done; a file let go as
-    /// unheld is never written again.
+    /// (nobody took it yet), for a grace after it left the socket unnamed, or while the
+    /// process named in it runs; not once it is done, nor once its taker ended. It waits while
+    /// 64 MiB would be in flight and is woken when one is done; a file let go is never written
+    /// again, and a free one over the budget is not kept. A shut-down socket is `Closed`.
     #[test]
     fn a_pipes_sender_waits_for_files_that_may_still_be_read() {
-        let (tx, rx) = crate::sys::socket::seqpacket_pair().unwrap();
+        use crate::sys::socket;
+        let (tx, rx) = socket::seqpacket_pair().unwrap();
         let mut spares = Spares::paced();
         let big = 40 << 20;
-        let sent = |spares: &mut Spares| {
-            let file = spares.write(big, |_| Ok(())).unwrap();
-            crate::sys::socket::send(tx.as_fd(), &[&[1]], &[file.as_fd()]).unwrap();
+        let send = |spares: &mut Spares, len: usize| {
+            let file = spares.write_paced(len, tx.as_fd(), |_| Ok(())).unwrap();
+            socket::send(tx.as_fd(), &[&[1]], &[file.as_fd()]).unwrap();
         };
-        fn last(spares: &Spares) -> &Mapping {
-            &spares.files.last().unwrap().map
-        }
         let mut got = Vec::new();
-        let received = |got: &mut Vec<OwnedFd>| {
-            let mut buf = [0u8; 8];
-            crate::sys::socket::recv(rx.as_fd(), &mut buf, got, true).unwrap();
+        let mut receive = || {
+            socket::recv(rx.as_fd(), &mut [0u8; 8], &mut got, true).unwrap();
+            Mapping::open(got.last().unwrap().as_fd()).unwrap()
         };
-        // Nothing in flight: no wait, whatever the size.
-        spares.wait_for_room(1 << 30, tx.as_fd()).unwrap();
-        sent(&mut spares);
-        let identity = |s: &Spares| crate::sys::shm::file_identity(s.files[0].file.as_fd()).unwrap();
+        let identity =
+            |s: &Spares| crate::sys::shm::file_identity(s.files[0].file.as_fd()).unwrap();
+        send(&mut spares, big);
         let first = identity(&spares);
-        assert!(spares.files[0].is_held(true), "queued, nobody took it");
-        // Received (the socket is empty) but nobody said they took it: let go.
-        received(&mut got);
-        assert!(!spares.files[0].is_held(false));
-        spares.wait_for_room(big, tx.as_fd()).unwrap();
-        assert!(spares.files.is_empty(), "let go, never to be written again");
-        // Taken by a process that runs (this one): held, queued or not.
-        sent(&mut spares);
+        let now = Instant::now();
+        assert!(spares.files[0].worth_keeping(true, now), "queued, nobody took it");
+        // Out of the socket, nobody named: counted for a grace, then let go.
+        let _unnamed = receive();
+        assert!(spares.files[0].worth_keeping(false, now));
+        assert!(spares.files[0].worth_keeping(false, now + GRACE / 2));
+        assert!(!spares.files[0].worth_keeping(false, now + GRACE));
+        std::thread::sleep(GRACE);
+        send(&mut spares, big);
+        assert_eq!(spares.files.len(), 1, "the first let go");
         assert_ne!(identity(&spares), first, "a new file (the first is still open here)");
-        received(&mut got);
-        taken(last(&spares));
-        assert!(spares.files[0].is_held(false));
-        // Taken by one that has ended: not held.
-        let map = last(&spares);
-        let dead = std::process::Command::new("true").spawn().unwrap();
-        let pid = dead.id();
-        dead.wait_with_output().unwrap();
-        map.word(TAKER_PID).store(pid, Ordering::Release);
-        assert!(!spares.files[0].is_held(true), "its taker {pid} has ended");
-        taken(last(&spares));
-        // 40 MiB in flight: another 40 waits until the first is done.
+        // Named by a process that runs (this one): counted, queued or not.
+        let reader = receive();
+        let reading = taken(&reader);
+        assert!(spares.files[0].worth_keeping(false, Instant::now() + GRACE));
+        // Named by one that has ended: not counted.
+        let ended = std::process::Command::new("true").spawn().unwrap();
+        let pid = ended.id();
+        ended.wait_with_output().unwrap();
+        reader.word(TAKER_PID).store(pid, Ordering::Release);
+        assert!(!spares.files[0].worth_keeping(true, Instant::now()), "{pid} ended");
+        // Named again (the first guard forgotten: dropped, it would mark the file read).
+        std::mem::forget(reading);
+        let reading = taken(&reader);
+        // 40 MiB in flight: another 40 waits until the first is read, then reuses its file.
+        let kept = identity(&spares);
+        let tx_fd = tx.try_clone().unwrap();
         let waiting = std::thread::spawn(move || {
-            let t = Instant::now();
-            spares.wait_for_room(big, tx.as_fd()).unwrap();
-            (t.elapsed(), spares)
+            let file = spares.write_paced(big, tx_fd.as_fd(), |_| Ok(())).unwrap();
+            (file, spares)
         });
         std::thread::sleep(std::time::Duration::from_millis(100));
         assert!(!waiting.is_finished(), "it waits while 80 MiB would be in flight");
-        let file = Mapping::open(got[1].as_fd()).unwrap();
-        done(&file);
-        let (waited, spares) = waiting.join().unwrap();
-        assert!(waited >= std::time::Duration::from_millis(100), "{waited:?}");
-        assert!(spares.files[0].is_free(), "kept for the next message");
+        drop(reading);
+        let (_file, mut spares) = waiting.join().unwrap();
+        assert_eq!((spares.files.len(), identity(&spares)), (1, kept), "written again");
+        // A free file over the budget is not kept.
+        spares.files[0].map.word(0).store(0, Ordering::Release);
+        send(&mut spares, KEEP_BYTES + 1);
+        let huge = receive();
+        done(&huge);
+        assert!(!spares.files.last_mut().unwrap().worth_keeping(true, Instant::now()));
+        // A socket shut down: `Closed`, not a wait.
+        socket::shutdown(tx.as_fd()).unwrap();
+        let e = spares.write_paced(10, tx.as_fd(), |_| Ok(())).unwrap_err();
+        assert_eq!(e.kind(), &crate::error::ErrorKind::Closed);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use serde_bytes::ByteBuf;
 
 use mproc::{Connection, ErrorKind, Lock, Queue, StartMethod, pipe};
 
-use crate::common::{PATIENCE, pattern, start};
+use crate::common::{PATIENCE, pattern, start, wait_until};
 
 /// Sends back each number plus one until the other end closes; returns how many.
 fn plus_one(conn: Connection<u64>) -> u64 {
@@ -212,7 +212,8 @@ fn large_messages_reuse_memory_without_mixing_them(m: StartMethod) {
     assert_eq!(p.join_timeout(PATIENCE).unwrap(), 21);
 }
 
-/// Sends `n` large values (each its own pattern), telling `progress` after each send returns.
+/// Sends `n` values of `size` bytes (value `i` all `i`), telling `progress` after each send
+/// returns.
 fn flood(conn: Connection<ByteBuf>, progress: Connection<u32>, n: u32, size: usize) -> u32 {
     for i in 0..n {
         conn.send(ByteBuf::from(vec![i as u8; size])).unwrap();
@@ -221,39 +222,61 @@ fn flood(conn: Connection<ByteBuf>, progress: Connection<u32>, n: u32, size: usi
     n
 }
 
-/// A sender far ahead of its reader waits once 64 MiB of large values are unread, as on a full
-/// pipe (its memory once grew by every value sent ahead: 2.8 GB of 10 MiB ones), and every
-/// value arrives intact and in order once they are read.
-fn a_sender_ahead_of_its_reader_waits_for_it(m: StartMethod) {
-    let (n, size) = (20, 10 << 20);
-    let (here, there) = pipe().unwrap();
-    let (progress, progress_there) = pipe().unwrap();
-    let mut p = start(m, flood, (there, progress_there, n, size));
-    // Nothing read here yet: the sender sends what fits, then waits (a second without news).
-    let mut sent = 0;
+/// How many sends `progress` reports before it goes quiet (for a second), the first awaited
+/// for as long as a child may take to start.
+fn sent_before_quiet(progress: &Connection<u32>) -> u32 {
+    let mut sent = progress.recv_timeout(PATIENCE).unwrap() + 1;
     while let Ok(i) = progress.recv_timeout(Duration::from_secs(1)) {
         sent = i + 1;
-        assert!(sent <= n, "{sent}");
     }
-    // Six files of 10 MiB (and their headers) fit in 64 MiB.
-    assert_eq!(sent, 6, "values of 10 MiB sent before any was read");
-    for i in 0..n {
-        let v = here.recv_timeout(PATIENCE).unwrap();
-        assert!(
-            v.len() == size && v.iter().all(|&b| b == i as u8),
-            "value {i}"
-        );
-    }
-    assert_eq!(p.join_timeout(PATIENCE).unwrap(), n);
+    sent
 }
 
-/// A large value whose decoding kills its receiver when `die` is set: a receiver killed while
-/// it reads a message.
+/// A sender far ahead of its reader waits once 64 MiB of large values, or 16 of them, are
+/// unread, as on a full pipe (its memory once grew by every value sent ahead: 2.8 GB of
+/// 10 MiB ones), and every value arrives intact and in order once they are read.
+fn a_sender_ahead_of_its_reader_waits_for_it(m: StartMethod) {
+    // Six files of 10 MiB (and their headers) fit in 64 MiB; sixteen of 70 KB.
+    for (n, size, fit) in [(20, 10 << 20, 6), (30, 70_000, 16)] {
+        let (here, there) = pipe().unwrap();
+        let (progress, progress_there) = pipe().unwrap();
+        let mut p = start(m, flood, (there, progress_there, n, size));
+        // Nothing read here yet: the sender sends what fits, then waits.
+        assert_eq!(
+            sent_before_quiet(&progress),
+            fit,
+            "values of {size} B sent unread"
+        );
+        for i in 0..n {
+            let v = here.recv_timeout(PATIENCE).unwrap();
+            assert!(
+                v.len() == size && v.iter().all(|&b| b == i as u8),
+                "value {i}"
+            );
+        }
+        assert_eq!(p.join_timeout(PATIENCE).unwrap(), n);
+    }
+}
+
+/// A large value whose decoding kills its receiver when `die` is set (a receiver killed while
+/// it reads a message), or sleeps `nap_ms` first.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Fatal {
     #[serde(deserialize_with = "die_if_set")]
     die: bool,
+    #[serde(deserialize_with = "nap")]
+    nap_ms: u64,
     data: ByteBuf,
+}
+
+impl Fatal {
+    fn new(die: bool, nap_ms: u64, data: Vec<u8>) -> Fatal {
+        Fatal {
+            die,
+            nap_ms,
+            data: ByteBuf::from(data),
+        }
+    }
 }
 
 fn die_if_set<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
@@ -265,33 +288,42 @@ fn die_if_set<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> 
     Ok(die)
 }
 
-/// Receives until a value kills it.
-fn read_until_killed(conn: Connection<Fatal>) {
-    while conn.recv().is_ok() {}
+fn nap<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let ms = <u64 as serde::Deserialize>::deserialize(d)?;
+    std::thread::sleep(Duration::from_millis(ms));
+    Ok(ms)
+}
+
+/// Receives until a value kills it or the other end closes; returns how many it read.
+fn read_until_killed(conn: Connection<Fatal>) -> u32 {
+    let mut n = 0;
+    while conn.recv().is_ok() {
+        n += 1;
+    }
+    n
 }
 
 /// A receiver killed inside a large value (taken from the pipe, never read to its end) holds
-/// up nothing: its sender counts a value as unread only while its taker runs, and sends the
-/// rest, which another holder of the same end gets intact.
+/// up nothing, even before its parent has reaped it: its sender counts a value as unread only
+/// while its taker runs, and sends the rest, which another holder of the same end gets intact.
 fn a_reader_killed_inside_a_value_does_not_stall_its_sender(m: StartMethod) {
     let size = 40 << 20;
     let (here, there) = pipe().unwrap();
     let mut p = start(m, read_until_killed, (there.clone(),));
-    let fatal = Fatal {
-        die: true,
-        data: ByteBuf::from(vec![0; size]),
-    };
-    here.send(&fatal).unwrap();
-    assert!(p.join_timeout(PATIENCE).is_err(), "the reader was killed");
+    here.send(Fatal::new(true, 0, vec![0; size])).unwrap();
+    // The child takes it (not this process, which reads from the same end only once the child
+    // is dead), and dies inside it; it is not reaped yet (a zombie under fork and spawn).
+    let pid = p.pid().unwrap();
+    wait_until("the reader is dead", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit(") ").next().is_some_and(|s| s.starts_with('Z'))
+        })
+    });
     // 40 MiB more on top of the lost 40 would wait for ever if the lost one still counted.
     let (done, finished) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for i in 1..=3u8 {
-            let value = Fatal {
-                die: false,
-                data: ByteBuf::from(pattern(i, size)),
-            };
-            here.send(value).unwrap();
+            here.send(Fatal::new(false, 0, pattern(i, size))).unwrap();
         }
         done.send(()).unwrap();
     });
@@ -303,36 +335,80 @@ fn a_reader_killed_inside_a_value_does_not_stall_its_sender(m: StartMethod) {
         );
     }
     finished.recv_timeout(PATIENCE).unwrap();
+    let e = p.join_timeout(PATIENCE).unwrap_err();
+    assert_eq!(p.exitcode(), Some(-libc::SIGKILL), "{e}");
 }
 
-/// Reads nothing; leaves after `ms` (its end closes with it).
-fn leave_unread(conn: Connection<ByteBuf>, ms: u64) {
-    std::thread::sleep(Duration::from_millis(ms));
+/// A reader that takes a large value and reads it slowly holds its sender back while it runs:
+/// it names itself in the value's file as it takes it, so the sender counts the file even
+/// once the pipe is empty.
+fn a_slow_reader_holds_its_sender_back(m: StartMethod) {
+    let size = 40 << 20;
+    let (here, there) = pipe().unwrap();
+    let mut p = start(m, read_until_killed, (there,));
+    here.send(Fatal::new(false, 1500, vec![1; size])).unwrap();
+    // The reader takes it (the pipe empties) and naps 1.5 s inside it: 40 MiB more must wait.
+    let began = Instant::now();
+    here.send(Fatal::new(false, 0, vec![2; size])).unwrap();
+    let waited = began.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "sent after {waited:?}"
+    );
+    drop(here);
+    assert_eq!(p.join_timeout(PATIENCE).unwrap(), 2);
+}
+
+/// Reads nothing; leaves when `go` says so (its end closes with it).
+fn leave_unread(conn: Connection<ByteBuf>, go: Connection<u8>) {
+    let _ = go.recv();
     drop(conn);
 }
 
 /// A sender waiting for a reader that leaves without reading gets `Closed`, not a wait for
-/// ever: the values left unread in the pipe no longer count.
+/// ever: the values left unread in the pipe no longer count. So does one waiting on an end
+/// closed under it.
 fn a_sender_waiting_on_a_reader_that_leaves_is_told_closed(m: StartMethod) {
     let (here, there) = pipe().unwrap();
-    let mut p = start(m, leave_unread, (there, 300));
+    let (go, go_there) = pipe().unwrap();
+    let mut p = start(m, leave_unread, (there, go_there));
     let (tell, told) = std::sync::mpsc::channel();
+    let sender = here.clone();
     std::thread::spawn(move || {
         let mut sent = 0u32;
         let e = loop {
-            match here.send(ByteBuf::from(vec![1; 10 << 20])) {
+            match sender.send(ByteBuf::from(vec![1; 10 << 20])) {
                 Ok(()) => sent += 1,
                 Err(e) => break e,
             }
-            if sent > 100 {
-                break mproc::Error::from(ErrorKind::Timeout);
-            }
+            tell.send(Ok(sent)).unwrap();
         };
-        tell.send((sent, e.kind().clone())).unwrap();
+        tell.send(Err((sent, e.kind().clone()))).unwrap();
     });
-    let (sent, kind) = told.recv_timeout(PATIENCE).unwrap();
-    assert_eq!((sent, kind), (6, ErrorKind::Closed));
+    let mut sent = 0;
+    while let Ok(Ok(n)) = told.recv_timeout(Duration::from_secs(1)) {
+        sent = n;
+    }
+    assert_eq!(sent, 6, "values sent before the sender waits");
+    go.send(1).unwrap();
+    let last = told.recv_timeout(PATIENCE).unwrap();
+    assert_eq!(last, Err((6, ErrorKind::Closed)));
     p.join_timeout(PATIENCE).unwrap();
+
+    // Waiting on its own end closed: `Closed` too.
+    let (here, _there) = pipe::<ByteBuf>().unwrap();
+    for _ in 0..6 {
+        here.send(ByteBuf::from(vec![1; 10 << 20])).unwrap();
+    }
+    let sender = here.clone();
+    let (tell, told) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let e = sender.send(ByteBuf::from(vec![1; 10 << 20])).unwrap_err();
+        tell.send(e.kind().clone()).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    here.close();
+    assert_eq!(told.recv_timeout(PATIENCE).unwrap(), ErrorKind::Closed);
 }
 
 per_start_method!(
@@ -346,6 +422,7 @@ per_start_method!(
     a_sender_ahead_of_its_reader_waits_for_it,
     a_reader_killed_inside_a_value_does_not_stall_its_sender,
     a_sender_waiting_on_a_reader_that_leaves_is_told_closed,
+    a_slow_reader_holds_its_sender_back,
 );
 
 static INHERITED: std::sync::Mutex<Option<Connection<u8>>> = std::sync::Mutex::new(None);

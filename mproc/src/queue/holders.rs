@@ -76,7 +76,7 @@ impl LiveQueues {
         };
         let child = Holder {
             pid,
-            start: start & ((1 << proc::START_BITS) - 1),
+            start: proc::start_key(start, proc::START_BITS),
         };
         for shared in &self.held {
             let _ = shared.ring.attach(child, alive, false);

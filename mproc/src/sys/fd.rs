@@ -318,6 +318,14 @@ pub(crate) fn poll_write(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io::R
     )? > 0)
 }
 
+/// Whether `fd` is hung up now (a socket shut down both ways, by this end or by its peer's
+/// close or shutdown), without waiting.
+pub(crate) fn hung_up(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut pfd = [PollFd::from_borrowed_fd(fd, PollFlags::empty())];
+    poll(&mut pfd, Some(Instant::now()))?;
+    Ok(ready(&pfd[0]).hangup)
+}
+
 /// poll(2) until `deadline`, retrying on `EINTR`; how many descriptors are ready.
 fn poll(fds: &mut [PollFd<'_>], deadline: Option<Instant>) -> io::Result<usize> {
     loop {

@@ -864,6 +864,11 @@ pub(crate) fn process_start(pid: u32) -> Option<(bool, u64)> {
 /// clock ticks, centuries' worth (so that a pid and a start time pack into one word).
 pub(crate) const START_BITS: u32 = 42;
 
+/// The low `bits` bits of a start time, as [`me`] keeps them.
+pub(crate) fn start_key(start: u64, bits: u32) -> u64 {
+    start & ((1 << bits) - 1)
+}
+
 /// This process: its pid and its start time ([`process_start`], its low [`START_BITS`]),
 /// looked up once per process (a fork child looks again); `None` for the start time when
 /// `/proc` cannot say.
@@ -873,12 +878,12 @@ pub(crate) fn me() -> (u32, Option<u64>) {
     let pid = getpid();
     let packed = ME.load(Ordering::Relaxed);
     if packed != 0 && (packed >> START_BITS) as u32 == pid {
-        return (pid, Some(packed & ((1 << START_BITS) - 1)));
+        return (pid, Some(start_key(packed, START_BITS)));
     }
     let Some((_, start)) = process_start(pid) else {
         return (pid, None);
     };
-    let start = start & ((1 << START_BITS) - 1);
+    let start = start_key(start, START_BITS);
     ME.store((u64::from(pid) << START_BITS) | start, Ordering::Relaxed);
     (pid, Some(start))
 }
@@ -888,7 +893,7 @@ pub(crate) fn me() -> (u32, Option<u64>) {
 /// whether kill(2) finds a process `pid`.
 pub(crate) fn still_runs(pid: u32, start: u64, bits: u32) -> bool {
     match process_start(pid) {
-        Some((running, now)) => running && now & ((1 << bits) - 1) == start,
+        Some((running, now)) => running && start_key(now, bits) == start,
         None => kill(pid, 0).map_or_else(|e| e.raw_os_error() != Some(libc::ESRCH), |()| true),
     }
 }

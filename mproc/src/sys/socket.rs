@@ -1,8 +1,5 @@
 //! Unix-domain stream sockets with descriptor passing (`SCM_RIGHTS`).
 
-// One ioctl(2), `SIOCOUTQ`, which rustix has no safe call for.
-#![allow(unsafe_code)]
-
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
@@ -58,6 +55,7 @@ pub(crate) fn is_seqpacket(sock: BorrowedFd<'_>) -> bool {
 /// sent was received, or dropped with a peer that closed.
 ///
 /// See unix(7) (`SIOCOUTQ`).
+#[allow(unsafe_code, reason = "one ioctl(2), SIOCOUTQ, which rustix has no safe call for")]
 pub(crate) fn unreceived(sock: BorrowedFd<'_>) -> io::Result<usize> {
     let mut n: libc::c_int = 0;
     // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int through the pointer, to a live local.
