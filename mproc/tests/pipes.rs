@@ -476,3 +476,33 @@ fn recv_timeout_keeps_its_deadline_beside_another_receiver() {
         assert_eq!(other.join().unwrap().unwrap(), 1);
     });
 }
+
+/// A large value whose decoding panics.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PanicsReading(#[serde(deserialize_with = "panic_reading")] ByteBuf);
+
+fn panic_reading<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ByteBuf, D::Error> {
+    let _ = <ByteBuf as serde::Deserialize>::deserialize(d)?;
+    panic!("decoding panics");
+}
+
+/// A receive that unwinds (its value's decoding panics, the panic caught) still marks the
+/// value read: its sender, which would count it as unread while this process runs, is not
+/// held back by it (past 16 such values it would wait for ever).
+#[test]
+fn a_read_that_unwinds_holds_up_nothing() {
+    let (a, b) = pipe::<PanicsReading>().unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for _ in 0..40 {
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                a.send(PanicsReading(ByteBuf::from(vec![1; 100_000])))
+                    .unwrap();
+                b.recv()
+            }));
+            assert!(caught.is_err(), "the read panicked");
+        }
+        done.send(()).unwrap();
+    });
+    finished.recv_timeout(PATIENCE).unwrap();
+}
