@@ -50,9 +50,8 @@ use common::{machine, pin_to};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -266,23 +265,19 @@ fn main() -> Result<(), mproc::Error> {
         py_args.push(format!("event={}", plan.pings / 4));
     }
     if python && !py_args.is_empty() {
-        match run_python(&py_args) {
+        match common::python_stdout(Path::new("python_ipc.py"), &py_args) {
             Ok(out) => {
-                for line in out.lines() {
-                    let (name, value) = line.split_once('=').unwrap_or((line, ""));
-                    let ratio = value.parse::<f64>().ok().and_then(|py| {
-                        let ours = r.ours.iter().find(|(n, _)| *n == name)?.1;
-                        // Rates: higher is better; times (ns, us): lower is better.
-                        let x = if name.contains("/s") {
-                            ours / py
-                        } else {
-                            py / ours
-                        };
-                        Some(format!("  (mproc {x:.1}x faster)"))
-                    });
-                    let value = format!("{value}{}", ratio.unwrap_or_default());
-                    r.row(&format!("python {name}"), value);
-                }
+                let ours = r.ours.clone();
+                // Rates: higher is better; times (ns, us): lower is better.
+                let compare = |name: &str, ours: f64, py: f64| {
+                    let x = if name.contains("/s") {
+                        ours / py
+                    } else {
+                        py / ours
+                    };
+                    format!("  (mproc {x:.1}x faster)")
+                };
+                common::python_rows(&out, &ours, compare, |name, value| r.row(name, value));
             }
             Err(e) => println!("python skipped: {e}"),
         }
@@ -839,20 +834,4 @@ fn futex_ping_pong(n: u64) -> f64 {
         libc::munmap(mem, 4096);
     }
     us
-}
-
-fn run_python(args: &[String]) -> Result<String, String> {
-    let python = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/python_ipc.py");
-    println!("running python...");
-    let out = Command::new(&python)
-        .arg(&script)
-        .args(args)
-        .output()
-        .map_err(|e| format!("could not run {}: {e}", python.to_string_lossy()))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let _ = Duration::ZERO;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

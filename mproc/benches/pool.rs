@@ -51,7 +51,7 @@
 //! command line (as under `cargo test --benches`) it does a smoke run of a few samples each.
 
 mod common;
-use common::{machine, pin_to};
+use common::{machine, pin_to, spin};
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -79,18 +79,6 @@ fn sleeper(marker: String, ms: u64) -> u64 {
     std::fs::write(&marker, b"").expect("writing the marker file");
     std::thread::sleep(Duration::from_millis(ms));
     ms
-}
-
-/// A deterministic integer loop of `iters` rounds (xorshift plus a counter).
-fn spin(iters: u64) -> u64 {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for i in 0..std::hint::black_box(iters) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x = x.wrapping_add(i);
-    }
-    x
 }
 
 /// Sample counts; `FULL` under `--bench`, `SMOKE` otherwise.

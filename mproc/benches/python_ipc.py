@@ -27,6 +27,33 @@ def feed(out, size, warm, go, n):
         send(msg)
 
 
+def received(source, take, size, warm, n):
+    """Starts a child that feeds `source` messages of `size` bytes; takes `warm` of them with
+    `take`, then times `n` more. Seconds for the `n`."""
+    go = mp.Event()
+    p = mp.Process(target=feed, args=(source, size, warm, go, n))
+    p.start()
+    for _ in range(warm):
+        take()
+    go.set()
+    t = time.perf_counter()
+    for _ in range(n):
+        take()
+    took = time.perf_counter() - t
+    p.join()
+    return took
+
+
+def queue_and_pipe(size, label, n):
+    """10 MiB or 1 MiB messages through a Queue(2) and a Pipe: GB/s of each, printed."""
+    q = mp.Queue(2)
+    took = received(q, q.get, size, WARM_BIG, n)
+    print(f"Queue {label} child -> parent (GB/s)={n * size / took / 1e9:.2f}")
+    here, there = mp.Pipe()
+    took = received(there, here.recv_bytes, size, WARM_BIG, n)
+    print(f"Pipe {label} child -> parent (GB/s)={n * size / took / 1e9:.2f}")
+
+
 def echo(v):
     return v
 
@@ -42,42 +69,12 @@ def main():
     args = dict(a.split("=") for a in sys.argv[1:])
     if "q64" in args:
         n = int(args["q64"])
-        q, go = mp.Queue(), mp.Event()
-        p = mp.Process(target=feed, args=(q, 64, WARM_SMALL, go, n))
-        p.start()
-        for _ in range(WARM_SMALL):
-            q.get()
-        go.set()
-        t = time.perf_counter()
-        for _ in range(n):
-            q.get()
-        print(f"Queue 64 B child -> parent (msgs/s)={n / (time.perf_counter() - t):.0f}")
-        p.join()
+        q = mp.Queue()
+        took = received(q, q.get, 64, WARM_SMALL, n)
+        print(f"Queue 64 B child -> parent (msgs/s)={n / took:.0f}")
     if "big" in args:
         n = int(args["big"])
-        q, go = mp.Queue(2), mp.Event()
-        p = mp.Process(target=feed, args=(q, BIG, WARM_BIG, go, n))
-        p.start()
-        for _ in range(WARM_BIG):
-            q.get()
-        go.set()
-        t = time.perf_counter()
-        for _ in range(n):
-            q.get()
-        print(f"Queue 10 MiB child -> parent (GB/s)={n * BIG / (time.perf_counter() - t) / 1e9:.2f}")
-        p.join()
-        here, there = mp.Pipe()
-        go = mp.Event()
-        p = mp.Process(target=feed, args=(there, BIG, WARM_BIG, go, n))
-        p.start()
-        for _ in range(WARM_BIG):
-            here.recv_bytes()
-        go.set()
-        t = time.perf_counter()
-        for _ in range(n):
-            here.recv_bytes()
-        print(f"Pipe 10 MiB child -> parent (GB/s)={n * BIG / (time.perf_counter() - t) / 1e9:.2f}")
-        p.join()
+        queue_and_pipe(BIG, "10 MiB", n)
         with mp.Pool(1) as pool:
             msg = bytes(BIG)
             for _ in range(WARM_BIG):
@@ -88,30 +85,7 @@ def main():
                 msg = pool.apply(echo, (msg,))
             print(f"Pool apply 10 MiB echo (GB/s)={calls * 2 * BIG / (time.perf_counter() - t) / 1e9:.2f}")
     if "mid" in args:
-        n = int(args["mid"])
-        q, go = mp.Queue(2), mp.Event()
-        p = mp.Process(target=feed, args=(q, MID, WARM_BIG, go, n))
-        p.start()
-        for _ in range(WARM_BIG):
-            q.get()
-        go.set()
-        t = time.perf_counter()
-        for _ in range(n):
-            q.get()
-        print(f"Queue 1 MiB child -> parent (GB/s)={n * MID / (time.perf_counter() - t) / 1e9:.2f}")
-        p.join()
-        here, there = mp.Pipe()
-        go = mp.Event()
-        p = mp.Process(target=feed, args=(there, MID, WARM_BIG, go, n))
-        p.start()
-        for _ in range(WARM_BIG):
-            here.recv_bytes()
-        go.set()
-        t = time.perf_counter()
-        for _ in range(n):
-            here.recv_bytes()
-        print(f"Pipe 1 MiB child -> parent (GB/s)={n * MID / (time.perf_counter() - t) / 1e9:.2f}")
-        p.join()
+        queue_and_pipe(MID, "1 MiB", int(args["mid"]))
     if "lock" in args:
         n = int(args["lock"])
         lock = mp.Lock()

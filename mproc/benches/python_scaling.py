@@ -65,7 +65,7 @@ def main():
         iters = calibrate()
         one = statistics.median(
             timed(lambda: [spin(iters) for _ in range(TASKS_PER_WORKER)]) / TASKS_PER_WORKER
-            for _ in range(3)
+            for _ in range(5)
         )
         for n in map(int, args["cpu"].split(",")):
             tasks = [iters] * (TASKS_PER_WORKER * n)

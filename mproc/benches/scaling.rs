@@ -37,11 +37,9 @@
 //! line (as under `cargo test --benches`) it does a smoke run.
 
 mod common;
-use common::machine;
+use common::{machine, spin};
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
@@ -77,18 +75,6 @@ const SMOKE: Plan = Plan {
 
 /// Messages each producer puts and each consumer takes before the clock starts.
 const WARM: u64 = 1_000;
-
-/// A deterministic integer loop of `iters` rounds (xorshift plus a counter).
-fn spin(iters: u64) -> u64 {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for i in 0..std::hint::black_box(iters) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x = x.wrapping_add(i);
-    }
-    x
-}
 
 /// The trivial task of `map1`.
 fn inc(x: u64) -> u64 {
@@ -165,17 +151,13 @@ fn main() -> Result<(), mproc::Error> {
         py_args.push(format!("per_producer={}", plan.per_producer / 10));
     }
     if python && !py_args.is_empty() {
-        match run_python(&py_args) {
+        let script = std::env::var_os("SCALING_PY")
+            .map_or_else(|| std::path::PathBuf::from("python_scaling.py"), Into::into);
+        match common::python_stdout(&script, &py_args) {
             Ok(out) => {
-                for line in out.lines() {
-                    let (name, value) = line.split_once('=').unwrap_or((line, ""));
-                    let ratio = value.parse::<f64>().ok().and_then(|py| {
-                        let ours = r.ours.iter().find(|(n, _)| n == name)?.1;
-                        Some(format!("  (mproc {:.1}x)", ours / py))
-                    });
-                    let value = format!("{value}{}", ratio.unwrap_or_default());
-                    r.row(&format!("python {name}"), value);
-                }
+                let ours = r.ours.clone();
+                let compare = |_: &str, ours: f64, py: f64| format!("  (mproc {:.1}x)", ours / py);
+                common::python_rows(&out, &ours, compare, |name, value| r.row(name, value));
             }
             Err(e) => println!("python skipped: {e}"),
         }
@@ -461,22 +443,4 @@ fn seqpacket(k: usize, n: u64) -> f64 {
     // SAFETY: unmaps the page mapped above, which nothing uses any more.
     unsafe { libc::munmap(mem, 4096) };
     rate
-}
-
-fn run_python(args: &[String]) -> Result<String, String> {
-    let python = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
-    let script = std::env::var_os("SCALING_PY").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/python_scaling.py"),
-        Into::into,
-    );
-    println!("running python...");
-    let out = Command::new(&python)
-        .arg(&script)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{}: {e}", python.to_string_lossy()))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -73,3 +73,59 @@ pub(crate) fn shared_mapping(len: usize) -> *mut libc::c_void {
     );
     page
 }
+
+/// Runs Python (`$PYTHON`, or `python3`) on `script` (in `benches/` unless an absolute path)
+/// with `args`; what it printed.
+#[allow(dead_code, reason = "only some benches run Python through it")]
+pub(crate) fn python_stdout(script: &std::path::Path, args: &[String]) -> Result<String, String> {
+    let python = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("benches")
+        .join(script);
+    println!("running python...");
+    let out = std::process::Command::new(&python)
+        .arg(&script)
+        .args(args)
+        .output()
+        .map_err(|e| format!("could not run {}: {e}", python.to_string_lossy()))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Python's `name=value` lines (`out`) as rows named `python NAME`, passed to `row`; each
+/// followed by `compare(name, ours, python)` where `ours` holds mproc's figure of that name.
+#[allow(dead_code, reason = "only some benches run Python through it")]
+pub(crate) fn python_rows<S: AsRef<str>>(
+    out: &str,
+    ours: &[(S, f64)],
+    compare: impl Fn(&str, f64, f64) -> String,
+    mut row: impl FnMut(&str, String),
+) {
+    for line in out.lines() {
+        let (name, value) = line.split_once('=').unwrap_or((line, ""));
+        let ratio = value.parse::<f64>().ok().and_then(|py| {
+            let ours = ours.iter().find(|(n, _)| n.as_ref() == name)?.1;
+            Some(compare(name, ours, py))
+        });
+        row(
+            &format!("python {name}"),
+            format!("{value}{}", ratio.unwrap_or_default()),
+        );
+    }
+}
+
+/// A deterministic integer loop of `iters` rounds (xorshift plus a counter): the benches'
+/// CPU-bound task.
+#[allow(dead_code, reason = "only the pool and scaling benches run it")]
+pub(crate) fn spin(iters: u64) -> u64 {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in 0..std::hint::black_box(iters) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x = x.wrapping_add(i);
+    }
+    x
+}
