@@ -282,10 +282,7 @@ fn main() -> Result<(), mproc::Error> {
             Err(e) => println!("python skipped: {e}"),
         }
     }
-    println!();
-    for (what, ok) in &r.checks {
-        println!("{} {what}", if *ok { "PASS" } else { "MISS" });
-    }
+    common::print_checks(&r.checks);
     Ok(())
 }
 

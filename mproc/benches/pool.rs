@@ -560,15 +560,7 @@ fn start_section(plan: &Plan, res: &mut Results) -> Result<(), mproc::Error> {
 
 /// Section 5: CPU-bound speed-up over running in this process.
 fn speedup_section(plan: &Plan, cores: usize, res: &mut Results) -> Result<(), mproc::Error> {
-    // Calibrate: the fastest of a few runs of a fixed count, scaled to `spin_ms`.
-    let probe = 2_000_000;
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        let t = Instant::now();
-        std::hint::black_box(spin(probe));
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    let iters = (probe as f64 * plan.spin_ms / 1e3 / best) as u64;
+    let iters = common::spin_rounds_for(plan.spin_ms);
     println!(
         "5. speed-up: {} tasks of {iters} rounds (~{} ms), {} runs each way...",
         plan.spin_tasks, plan.spin_ms, plan.spin_runs

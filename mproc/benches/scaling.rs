@@ -162,27 +162,12 @@ fn main() -> Result<(), mproc::Error> {
             Err(e) => println!("python skipped: {e}"),
         }
     }
-    println!();
-    for (what, ok) in &r.checks {
-        println!("{} {what}", if *ok { "PASS" } else { "MISS" });
-    }
+    common::print_checks(&r.checks);
     Ok(())
 }
 
-/// Rounds of [`spin`] that take about [`TASK_MS`] here: the fastest of a few probes, scaled.
-fn calibrate() -> u64 {
-    let probe = 2_000_000;
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        let t = Instant::now();
-        std::hint::black_box(spin(probe));
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    (probe as f64 * TASK_MS / 1e3 / best) as u64
-}
-
 fn cpu(plan: &Plan, counts: &[usize], r: &mut Report) -> Result<(), mproc::Error> {
-    let iters = calibrate();
+    let iters = common::spin_rounds_for(TASK_MS);
     let expected = spin(iters);
     println!(
         "1. cpu: {TASKS_PER_WORKER} tasks of {iters} rounds (~{TASK_MS} ms) per worker, \

@@ -129,3 +129,26 @@ pub(crate) fn spin(iters: u64) -> u64 {
     }
     x
 }
+
+/// Rounds of [`spin`] that take about `ms` milliseconds here: the fastest of a few probes of a
+/// fixed count, scaled.
+#[allow(dead_code, reason = "only the pool and scaling benches run it")]
+pub(crate) fn spin_rounds_for(ms: f64) -> u64 {
+    let probe = 2_000_000;
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        std::hint::black_box(spin(probe));
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (probe as f64 * ms / 1e3 / best) as u64
+}
+
+/// The verdicts, `PASS` or `MISS` each, after a blank line.
+#[allow(dead_code, reason = "only some benches keep their checks so")]
+pub(crate) fn print_checks(checks: &[(String, bool)]) {
+    println!();
+    for (what, ok) in checks {
+        println!("{} {what}", if *ok { "PASS" } else { "MISS" });
+    }
+}
