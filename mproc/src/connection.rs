@@ -339,7 +339,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                 let value = crate::handle::providing(fds, || {
                     crate::wire::shared::decode_shared(body).map_err(decode_err)
                 });
-                drop(reading);
+                reading.read(file.as_fd());
                 state.files.release();
                 value
             }
@@ -374,6 +374,23 @@ mod tests {
 
     use super::*;
     use crate::sys::shm::testing;
+
+    /// A value larger than a sender keeps files for (64 MiB) holds memory until it is read,
+    /// and none after, though its sender keeps the file (to count it) until its next large
+    /// value.
+    #[test]
+    fn a_value_larger_than_a_sender_keeps_holds_no_memory_once_read() {
+        let (a, b) = pipe::<serde_bytes::ByteBuf>().unwrap();
+        let big = serde_bytes::ByteBuf::from(vec![7u8; 65 << 20]);
+        a.send(&big).unwrap();
+        let spares = |c: &Connection<serde_bytes::ByteBuf>| {
+            c.end.spares.lock().unwrap().allocated_bytes()
+        };
+        assert!(spares(&a) >= 65 << 20, "{} bytes while unread", spares(&a));
+        assert!(b.recv().unwrap() == big);
+        a.send(serde_bytes::ByteBuf::from(vec![1u8; 10])).unwrap();
+        assert!(spares(&a) < 1 << 20, "{} bytes once read", spares(&a));
+    }
 
     /// The memory file a [`Shrinking`] value cuts short as it is decoded.
     static VICTIM: Mutex<Option<File>> = Mutex::new(None);

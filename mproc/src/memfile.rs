@@ -132,6 +132,13 @@ impl Spares {
         self.files.iter().all(Spare::is_free)
     }
 
+    /// How many bytes of memory its files hold.
+    #[cfg(test)]
+    pub(crate) fn allocated_bytes(&self) -> u64 {
+        let held = |s: &Spare| crate::sys::shm::allocated_bytes(s.file.as_fd());
+        self.files.iter().map(held).sum()
+    }
+
     /// [`write`](Spares::write) for a pipe's sender, which sends the file on `sock` before
     /// these spares are used again: first waits while the files sent and not yet read hold
     /// [`IN_FLIGHT_BYTES`] with this one, or number [`IN_FLIGHT_FILES`], and one at least is in
@@ -355,6 +362,18 @@ pub(crate) fn taken(map: &Mapping) -> Taken<'_> {
 
 /// A received pipe message's file while it is read ([`taken`]): marked done when dropped.
 pub(crate) struct Taken<'a>(&'a Mapping);
+
+impl Taken<'_> {
+    /// Marks the message read; a file larger than a sender keeps ([`KEEP_BYTES`]) is emptied
+    /// first, its memory given back at once: its sender, which keeps it until its next large
+    /// message (to count it until it is read), then holds no memory with it.
+    pub(crate) fn read(self, file: BorrowedFd<'_>) {
+        if self.0.len() > KEEP_BYTES {
+            let body = (self.0.len() - FILE_HEADER) as u64;
+            let _ = crate::sys::shm::release_pages(file, FILE_HEADER as u64, body);
+        }
+    }
+}
 
 impl Drop for Taken<'_> {
     fn drop(&mut self) {
@@ -957,14 +976,19 @@ mod tests {
         // 40 MiB in flight: another 40 waits until the first is read, then reuses its file.
         let kept = identity(&spares);
         let tx_fd = tx.try_clone().unwrap();
-        let waiting = std::thread::spawn(move || {
+        let (started, waiting) = std::sync::mpsc::channel();
+        let (wrote, written) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            started.send(()).unwrap();
             let file = spares.write_paced(big, tx_fd.as_fd(), |_| Ok(())).unwrap();
-            (file, spares)
+            wrote.send((file, spares)).unwrap();
         });
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        assert!(!waiting.is_finished(), "it waits while 80 MiB would be in flight");
+        let patience = std::time::Duration::from_secs(20);
+        waiting.recv_timeout(patience).unwrap();
+        let early = written.recv_timeout(std::time::Duration::from_millis(100));
+        assert!(early.is_err(), "it waits while 80 MiB would be in flight");
         drop(reading);
-        let (_file, mut spares) = waiting.join().unwrap();
+        let (_file, mut spares) = written.recv_timeout(patience).unwrap();
         assert_eq!((spares.files.len(), identity(&spares)), (1, kept), "written again");
         // A free file over the budget is not kept.
         spares.files[0].map.word(0).store(0, Ordering::Release);

@@ -222,14 +222,14 @@ fn flood(conn: Connection<ByteBuf>, progress: Connection<u32>, n: u32, size: usi
     n
 }
 
-/// How many sends `progress` reports before it goes quiet (for a second), the first awaited
-/// for as long as a child may take to start.
-fn sent_before_quiet(progress: &Connection<u32>) -> u32 {
-    let mut sent = progress.recv_timeout(PATIENCE).unwrap() + 1;
-    while let Ok(i) = progress.recv_timeout(Duration::from_secs(1)) {
-        sent = i + 1;
+/// Waits (bounded) for `progress` to report `fit` sends, then checks that no more come for a
+/// second: the sender waits.
+fn sends_then_waits(progress: &Connection<u32>, fit: u32) {
+    for i in 0..fit {
+        assert_eq!(progress.recv_timeout(PATIENCE).unwrap(), i);
     }
-    sent
+    let more = progress.recv_timeout(Duration::from_secs(1));
+    assert!(more.is_err(), "a send past the {fit} that fit: {more:?}");
 }
 
 /// A sender far ahead of its reader waits once 64 MiB of large values, or 16 of them, are
@@ -242,11 +242,7 @@ fn a_sender_ahead_of_its_reader_waits_for_it(m: StartMethod) {
         let (progress, progress_there) = pipe().unwrap();
         let mut p = start(m, flood, (there, progress_there, n, size));
         // Nothing read here yet: the sender sends what fits, then waits.
-        assert_eq!(
-            sent_before_quiet(&progress),
-            fit,
-            "values of {size} B sent unread"
-        );
+        sends_then_waits(&progress, fit);
         for i in 0..n {
             let v = here.recv_timeout(PATIENCE).unwrap();
             assert!(
@@ -348,14 +344,17 @@ fn a_slow_reader_holds_its_sender_back(m: StartMethod) {
     let mut p = start(m, read_until_killed, (there,));
     here.send(Fatal::new(false, 1500, vec![1; size])).unwrap();
     // The reader takes it (the pipe empties) and naps 1.5 s inside it: 40 MiB more must wait.
-    let began = Instant::now();
-    here.send(Fatal::new(false, 0, vec![2; size])).unwrap();
-    let waited = began.elapsed();
+    let (tell, told) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let began = Instant::now();
+        here.send(Fatal::new(false, 0, vec![2; size])).unwrap();
+        tell.send(began.elapsed()).unwrap();
+    });
+    let waited = told.recv_timeout(PATIENCE).unwrap();
     assert!(
         waited >= Duration::from_millis(1000),
         "sent after {waited:?}"
     );
-    drop(here);
     assert_eq!(p.join_timeout(PATIENCE).unwrap(), 2);
 }
 
@@ -385,11 +384,11 @@ fn a_sender_waiting_on_a_reader_that_leaves_is_told_closed(m: StartMethod) {
         };
         tell.send(Err((sent, e.kind().clone()))).unwrap();
     });
-    let mut sent = 0;
-    while let Ok(Ok(n)) = told.recv_timeout(Duration::from_secs(1)) {
-        sent = n;
+    for n in 1..=6 {
+        assert_eq!(told.recv_timeout(PATIENCE).unwrap(), Ok(n));
     }
-    assert_eq!(sent, 6, "values sent before the sender waits");
+    let more = told.recv_timeout(Duration::from_secs(1));
+    assert!(more.is_err(), "six fit, and no more: {more:?}");
     go.send(1).unwrap();
     let last = told.recv_timeout(PATIENCE).unwrap();
     assert_eq!(last, Err((6, ErrorKind::Closed)));
@@ -397,18 +396,23 @@ fn a_sender_waiting_on_a_reader_that_leaves_is_told_closed(m: StartMethod) {
 
     // Waiting on its own end closed: `Closed` too.
     let (here, _there) = pipe::<ByteBuf>().unwrap();
-    for _ in 0..6 {
-        here.send(ByteBuf::from(vec![1; 10 << 20])).unwrap();
-    }
     let sender = here.clone();
     let (tell, told) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        for _ in 0..6 {
+            sender.send(ByteBuf::from(vec![1; 10 << 20])).unwrap();
+        }
+        tell.send(None).unwrap();
         let e = sender.send(ByteBuf::from(vec![1; 10 << 20])).unwrap_err();
-        tell.send(e.kind().clone()).unwrap();
+        tell.send(Some(e.kind().clone())).unwrap();
     });
+    assert_eq!(told.recv_timeout(PATIENCE).unwrap(), None, "six sent");
     std::thread::sleep(Duration::from_millis(100));
     here.close();
-    assert_eq!(told.recv_timeout(PATIENCE).unwrap(), ErrorKind::Closed);
+    assert_eq!(
+        told.recv_timeout(PATIENCE).unwrap(),
+        Some(ErrorKind::Closed)
+    );
 }
 
 per_start_method!(

@@ -388,6 +388,21 @@ pub(crate) fn shm_identity(name: &str) -> io::Result<(u64, u64)> {
     Ok(identity_of(&rustix::fs::lstat(shm_file_path(name)?)?))
 }
 
+/// Gives the memory of `len` bytes of `file` from `offset` back to the system (they read as
+/// zeros again; the file keeps its size, so no mapping of it faults).
+///
+/// See fallocate(2) (`FALLOC_FL_PUNCH_HOLE`).
+pub(crate) fn release_pages(file: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    let punch = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+    Ok(rustix::fs::fallocate(file, punch, offset, len)?)
+}
+
+/// How many bytes of memory `file` holds (its allocated blocks).
+#[cfg(test)]
+pub(crate) fn allocated_bytes(file: BorrowedFd<'_>) -> u64 {
+    rustix::fs::fstat(file).map_or(0, |st| st.st_blocks as u64 * 512)
+}
+
 /// Which file `file` is (device and inode).
 pub(crate) fn file_identity(file: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
     Ok(identity_of(&stat(file)?))
