@@ -1,14 +1,15 @@
 //! Scaling benchmark (issue 15, item 5): how a `Pool` and a `Queue` scale with the number of
 //! processes, 1, 2, 4, 8 and 16 of them (those up to this machine's CPU count, and the count
-//! itself), next to raw floors and to Python's `multiprocessing` in the same run.
+//! itself), next to raw floors or baselines and to Python's `multiprocessing` in the same run.
 //!
 //! Sections, each per process count:
 //!
 //! 1. `cpu`: CPU-bound tasks (an integer loop calibrated here to [`TASK_MS`] each), eight per
 //!    worker, on a warm `Pool::new(n)` with `chunksize(1)`. Speed-up: the same tasks run one
 //!    after another in this process, over the pool's time. Floor: `n` forked processes that
-//!    each run their share of the tasks (`fork`, loop, `_exit`, `waitpid`), the speed-up this
-//!    machine allows (shared caches, clock boost). Target: speed-up >= 0.9 x n (issue 15).
+//!    each run their share of the tasks (all forked first, then released together; timed from
+//!    the release to the last one reaped), the speed-up this machine allows (shared caches,
+//!    clock boost). Target: speed-up >= 0.9 x n (issue 15).
 //!    Python: `Pool(n).map(f, tasks, chunksize=1)` of a Python loop calibrated the same way,
 //!    over the same loop run one after another in Python.
 //! 2. `map1`: trivial tasks per second through `Pool::new(n).chunksize(1).map(f, 0..N)`: one
@@ -16,9 +17,11 @@
 //!    `Pool(n).map(f, range(N), chunksize=1)` beside.
 //! 3. `queue`: `k` producer and `k` consumer processes on one `Queue<[u64; 8]>` (`k` = 1, 2, 4,
 //!    8 while `2k` fits the CPUs, and 1 always), messages per second taken by all consumers,
-//!    timed from a `Barrier` after warm-up messages to the last consumer's end. Floor: the same
-//!    through one `SOCK_SEQPACKET` socketpair, one `send` and one `recv` of 64 bytes per message
-//!    (the kernel's many-to-many queue, each message taken whole by one reader). Python's
+//!    timed from a `Barrier` after warm-up messages to the last consumer's end. Beside it, a
+//!    kernel baseline (not a floor: a `Queue` in shared memory makes no system call per
+//!    message): the same through one `SOCK_SEQPACKET` socketpair, one `send` and one `recv` of
+//!    64 bytes per message, each message taken whole by one reader (its writers wait once it
+//!    holds a couple of hundred KiB; the `Queue`, like Python's, is unbounded). Python's
 //!    `multiprocessing.Queue` with `k` and `k` beside. No target (issue 15 asks for the table).
 //!
 //! Python's side (`benches/python_scaling.py`, `$PYTHON` or `python3`) runs after the Rust
@@ -31,10 +34,11 @@
 //! cargo bench -p mproc --bench scaling -- --max 4       # at most 4 processes a side
 //! ```
 //!
-//! On a machine with many cores, build here and run the binary there
-//! (`target/release/deps/scaling-*`, with `benches/python_scaling.py` beside it as the
-//! `SCALING_PY` environment variable names, or `--no-python`). Without `--bench` on its command
-//! line (as under `cargo test --benches`) it does a smoke run.
+//! To run it on another machine (one with more cores) without building there, copy the binary
+//! that `cargo bench -p mproc --bench scaling --no-run` names, and run it there with `--bench`;
+//! `SCALING_PY` names its Python side (`benches/python_scaling.py`, copied along; a relative
+//! path is taken from the current directory), or `--no-python` skips it. Without `--bench` on
+//! its command line (as under `cargo test --benches`) it does a smoke run.
 
 mod common;
 use common::{machine, spin};
@@ -151,8 +155,11 @@ fn main() -> Result<(), mproc::Error> {
         py_args.push(format!("per_producer={}", plan.per_producer / 10));
     }
     if python && !py_args.is_empty() {
-        let script = std::env::var_os("SCALING_PY")
-            .map_or_else(|| std::path::PathBuf::from("python_scaling.py"), Into::into);
+        // In `benches/`, or where `SCALING_PY` says (from the current directory).
+        let script = std::env::var_os("SCALING_PY").map_or_else(
+            || std::path::PathBuf::from("python_scaling.py"),
+            |p| std::env::current_dir().unwrap_or_default().join(p),
+        );
         match common::python_stdout(&script, &py_args) {
             Ok(out) => {
                 let ours = r.ours.clone();
@@ -225,16 +232,27 @@ fn cpu(plan: &Plan, counts: &[usize], r: &mut Report) -> Result<(), mproc::Error
     Ok(())
 }
 
-/// `n` forked children that split `tasks` tasks of [`spin`] between them; seconds from the
-/// first fork to the last child reaped.
+/// `n` forked children that split `tasks` tasks of [`spin`] between them; seconds from their
+/// release (all forked first, each waiting on a shared word) to the last child reaped.
 fn forked_share(n: usize, tasks: usize, iters: u64, expected: u64) -> f64 {
-    let t = Instant::now();
+    // Unmapped below.
+    let mem = common::shared_page();
+    // SAFETY: the page is zeroed, aligned and lives until munmap; the word is only accessed
+    // atomically.
+    let start = unsafe { &*(mem as *const AtomicU32) };
     let pids: Vec<libc::pid_t> = (0..n)
         .map(|i| {
-            // SAFETY: the child only runs the loop and leaves with _exit.
+            // SAFETY: the child only waits on the shared word, runs the loop and leaves with
+            // _exit.
             let pid = unsafe { libc::fork() };
             assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
             if pid == 0 {
+                while start.load(Ordering::Acquire) == 0 {
+                    // SAFETY: FUTEX_WAIT on a valid shared word, no timeout.
+                    unsafe {
+                        libc::syscall(libc::SYS_futex, start.as_ptr(), libc::FUTEX_WAIT, 0, 0);
+                    }
+                }
                 let mut ok = true;
                 for _ in (i..tasks).step_by(n) {
                     ok &= spin(iters) == expected;
@@ -245,13 +263,20 @@ fn forked_share(n: usize, tasks: usize, iters: u64, expected: u64) -> f64 {
             pid
         })
         .collect();
+    let t = Instant::now();
+    start.store(1, Ordering::Release);
+    // SAFETY: FUTEX_WAKE on a valid shared word.
+    unsafe { libc::syscall(libc::SYS_futex, start.as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
     for pid in pids {
         let mut status = 0;
         // SAFETY: reaps a child forked above.
         unsafe { libc::waitpid(pid, &mut status, 0) };
         assert_eq!(status, 0, "a forked share failed");
     }
-    t.elapsed().as_secs_f64()
+    let took = t.elapsed().as_secs_f64();
+    // SAFETY: unmaps the page mapped above, which nothing uses any more.
+    unsafe { libc::munmap(mem, 4096) };
+    took
 }
 
 fn map1(plan: &Plan, counts: &[usize], r: &mut Report) -> Result<(), mproc::Error> {
@@ -340,12 +365,12 @@ fn queue(plan: &Plan, pairs: &[usize], r: &mut Report) -> Result<(), mproc::Erro
         }
         let (ours, floor) = (median(&mut ours), median(&mut floor));
         r.row(
-            &format!("k = {k:<2}  one SOCK_SEQPACKET socketpair (floor)"),
+            &format!("k = {k:<2}  one SOCK_SEQPACKET socketpair (kernel baseline)"),
             format!("{floor:>12.0} msgs/s"),
         );
         r.row(
             &format!("k = {k:<2}  one Queue<[u64; 8]>"),
-            format!("{ours:>12.0} msgs/s  ({:.2}x the floor)", ours / floor),
+            format!("{ours:>12.0} msgs/s  ({:.2}x the baseline)", ours / floor),
         );
         r.ours.push((format!("queue {k} msgs/s"), ours));
     }

@@ -38,20 +38,14 @@ pub(crate) fn machine() -> String {
 
 /// A fresh page (4096 bytes, zeroed, page-aligned) of anonymous memory shared with the
 /// children this process forks, for the benches' raw floors; the caller unmaps it.
-#[allow(
-    dead_code,
-    reason = "only the pool and ipc benches measure such a floor"
-)]
+#[allow(dead_code, reason = "only some benches measure such a floor")]
 pub(crate) fn shared_page() -> *mut libc::c_void {
     shared_mapping(4096)
 }
 
 /// `len` fresh bytes (zeroed, page-aligned) of anonymous memory shared with the children this
 /// process forks; the caller unmaps them.
-#[allow(
-    dead_code,
-    reason = "only the pool and ipc benches measure such a floor"
-)]
+#[allow(dead_code, reason = "only the ipc bench measures such a floor")]
 pub(crate) fn shared_mapping(len: usize) -> *mut libc::c_void {
     // SAFETY: a fresh anonymous shared mapping; the kernel picks the address, so no existing
     // memory is replaced.
