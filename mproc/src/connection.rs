@@ -7,8 +7,9 @@
 //! so big payloads are never copied through the socket. The receiver marks the file done when
 //! it has decoded it, and the sender writes its next large message into it again (a few files
 //! kept per end), so its pages are allocated once. A sender with 16 such messages, or 64 MiB
-//! of files, not yet read waits, as a full pipe makes it: its memory stays bounded. Handles (locks, queues, other
-//! connections) may ride inside a sent value: their descriptors go with the message.
+//! of files, not yet read waits, as a full pipe makes it: its memory stays bounded. Handles
+//! (locks, queues, other connections) may ride inside a sent value: their descriptors go with
+//! the message.
 //!
 //! End of file is the kernel's: once every process holding the other end has closed it (by
 //! dropping it, exiting or dying), `recv` fails with `Closed` at once.
@@ -189,7 +190,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// Sends `value` (a `T` or a `&T`) to the other end, waiting while the pipe is full: while
     /// the socket's buffer is (a couple of hundred KiB, as in Python), or, for values over 64
     /// KiB encoded (which travel in memory files), while this end (in this process) has 16 of
-    /// them, or 64 MiB of files, sent and not yet read; a larger value waits until every
+    /// them, or 64 MiB of files, sent and not yet read; a value over 64 MiB waits until every
     /// earlier one is read. So a thread that reads its own pipe must read before that much is
     /// outstanding, and two processes that each send a lot before reading can wait for each
     /// other, as with any pipe. A value taken by a receiver that then died no longer counts,

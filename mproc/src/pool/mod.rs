@@ -656,8 +656,8 @@ impl Pool {
     /// pid, tasks finished, time busy, waiting for work and starting, and how often its slot
     /// was restarted and why (death, task timeout, `max_tasks_per_child`, cancel); the
     /// tasks that failed, by error kind; the chunks taken back from a worker busy with a slow
-    /// task to run elsewhere ([`PoolStats::taken_back`]). Its `Display` is a table. Keeping these books costs
-    /// nothing per task (see [`PoolStats`]). A remote pool's are its live agents' (each
+    /// task to run elsewhere ([`PoolStats::taken_back`]). Its `Display` is a table. Keeping
+    /// these books costs nothing per task (see [`PoolStats`]). A remote pool's are its live agents' (each
     /// worker names its agent), as they wrote them at most 250 ms ago.
     ///
     /// ```

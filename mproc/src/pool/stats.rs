@@ -42,9 +42,11 @@ pub struct PoolStats {
     /// (`"Panicked"`, `"WorkerLost"`, `"TaskTimedOut"`, `"Cancelled"`, ...): what the workers
     /// ran, not what was refused or dropped before it reached one.
     pub errors: BTreeMap<String, u64>,
-    /// Chunks taken back from a worker busy with a slow task and given to one that could run
-    /// them at once: chunks are sent to a worker ahead of time, so that it never waits for its
-    /// next one, and those it has not started when its current one runs long go elsewhere.
+    /// Chunks taken back from a worker busy with a slow task: chunks are sent to a worker ahead
+    /// of time, so that it never waits for its next one, and those it has not started when its
+    /// current one runs long (while another worker could take them) go back to the front of
+    /// the pool's queue, for the next worker free. The `Display` table names it when it is
+    /// not 0.
     ///
     /// ```
     /// use std::time::Duration;
