@@ -22,8 +22,9 @@
 //!    pipe's design with nothing else (a forked child copies whole messages into message-sized
 //!    slots of shared memory, three, two or six of them, and the parent copies each out into a
 //!    new `Vec`, both spinning), each `Queue` and pipe row's ratio to it (three held for a
-//!    `Queue::bounded(2)`, six, the most a pipe sends ahead, for a pipe); and, for comparison, a
-//!    streaming design mproc does not use (1 MiB pieces through a 3 MiB ring the cache holds).
+//!    `Queue::bounded(2)`; two for a pipe, which holds from two, its reader keeping up, to six,
+//!    the most it sends ahead); and, for comparison, a streaming design mproc does not use
+//!    (1 MiB pieces through a 3 MiB ring the cache holds).
 //! 3. `mid`: 1 MiB messages of `Vec<u8>` (past the 64 KiB a pipe keeps in its message, well
 //!    under the 64 MiB a receiver keeps mapped) through the same `Queue` and pipe; GB/s at the
 //!    parent. Floor: `memcpy` of 1 MiB (warm). No target: it shows the sizes between.
@@ -443,7 +444,7 @@ fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
             let rate = median(rates);
             let alone = match way {
                 "Queue" => format!(", {:.2}x its design alone", rate / whole),
-                "pipe Connection" => format!(", {:.2}x its design alone", rate / whole_six),
+                "pipe Connection" => format!(", {:.2}x its design alone", rate / whole_two),
                 _ => String::new(),
             };
             r.row(
