@@ -890,7 +890,7 @@ pub(crate) fn me() -> (u32, Option<u64>) {
 
 /// Whether process `pid`, whose start time's low `bits` bits are `start` ([`me`]), still
 /// runs: not a zombie, and not another process with its pid. Without `/proc` to tell,
-/// whether kill(2) finds a process `pid`.
+/// whether kill(2) finds a process `pid` (a zombie included).
 pub(crate) fn still_runs(pid: u32, start: u64, bits: u32) -> bool {
     match process_start(pid) {
         Some((running, now)) => running && start_key(now, bits) == start,
