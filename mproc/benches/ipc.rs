@@ -215,29 +215,15 @@ impl Report {
 }
 
 fn main() -> Result<(), mproc::Error> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(at) = args.iter().position(|a| a == "--echo-alone") {
-        let calls = args
-            .get(at + 1)
-            .and_then(|n| n.parse().ok())
-            .expect("--echo-alone CALLS");
+    let cli = common::Cli::new();
+    if let Some(calls) = cli.value("--echo-alone", "--echo-alone CALLS") {
         println!("{}", pool_echo::<Vec<f64>>(calls)?);
         return Ok(());
     }
-    let full = args.iter().any(|a| a == "--bench");
-    let python = !args.iter().any(|a| a == "--no-python");
-    let wanted: Vec<&str> = args
-        .iter()
-        .map(String::as_str)
-        .filter(|a| SECTIONS.contains(a))
-        .collect();
-    let on = |s: &str| wanted.is_empty() || wanted.contains(&s);
-    let plan = if full { FULL } else { SMOKE };
-    if let Some(at) = args.iter().position(|a| a == "--pin") {
-        let cpu = args
-            .get(at + 1)
-            .and_then(|c| c.parse().ok())
-            .expect("--pin CPU");
+    let python = cli.python();
+    let on = |s: &str| cli.on(&SECTIONS, s);
+    let plan = if cli.full() { FULL } else { SMOKE };
+    if let Some(cpu) = cli.value("--pin", "--pin CPU") {
         pin_to(cpu);
     }
     println!("{}", machine());
@@ -395,48 +381,53 @@ fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
         <Vec<f64>>::NAME,
         String::NAME,
     ];
-    let cold = median(&mut cold);
-    r.row(
+    let cold = beside_memcpy(
+        r,
+        copy,
         "copy of 10 MiB along a chain of five buffers (cold)",
-        format!("{cold:>8.2} GB/s  ({:.2}x memcpy)", cold / copy),
+        &mut cold,
     );
-    let pairs = median(&mut cold_pairs);
-    r.row(
+    beside_memcpy(
+        r,
+        copy,
         "two such copies at once on two CPUs, each (a Queue's and pipe's)",
-        format!("{pairs:>8.2} GB/s  ({:.2}x memcpy)", pairs / copy),
+        &mut cold_pairs,
     );
-    r.row(
+    beside_memcpy(
+        r,
+        copy,
         "four such copies in a row (an echo's floor, in + out)",
-        format!(
-            "{:>8.2} GB/s  ({:.2}x memcpy)",
-            cold / 2.0,
-            cold / 2.0 / copy
-        ),
+        &mut [cold / 2.0],
     );
-    let whole = median(&mut whole);
-    r.row(
+    let whole = beside_memcpy(
+        r,
+        copy,
         "their design alone: whole messages through shared memory, three held (a Queue's)",
-        format!("{whole:>8.2} GB/s  ({:.2}x memcpy)", whole / copy),
+        &mut whole,
     );
-    let whole_two = median(&mut whole_two);
-    r.row(
+    let whole_two = beside_memcpy(
+        r,
+        copy,
         "the same, two held (a pipe whose reader keeps up)",
-        format!("{whole_two:>8.2} GB/s  ({:.2}x memcpy)", whole_two / copy),
+        &mut whole_two,
     );
-    let whole_six = median(&mut whole_six);
-    r.row(
+    beside_memcpy(
+        r,
+        copy,
         "the same, six held (a pipe whose reader falls behind: the most it sends ahead)",
-        format!("{whole_six:>8.2} GB/s  ({:.2}x memcpy)", whole_six / copy),
+        &mut whole_six,
     );
-    let streamed = median(&mut streamed);
-    r.row(
+    beside_memcpy(
+        r,
+        copy,
         "1 MiB pieces through a 3 MiB ring instead (a streaming design, not mproc's)",
-        format!("{streamed:>8.2} GB/s  ({:.2}x memcpy)", streamed / copy),
+        &mut streamed,
     );
-    let alone = median(&mut alone);
-    r.row(
+    beside_memcpy(
+        r,
+        copy,
         "Pool::apply echo of Vec<f64>, 10 MiB, alone in a fresh process",
-        format!("{alone:>8.2} GB/s  ({:.2}x memcpy)", alone / copy),
+        &mut alone,
     );
     let ways = ["Queue", "pipe Connection", "Pool::apply echo (in + out)"];
     for (name, per_way) in names.into_iter().zip(&mut rates) {
@@ -475,6 +466,16 @@ fn big(plan: &Plan, r: &mut Report) -> Result<(), mproc::Error> {
         }
     }
     Ok(())
+}
+
+/// A row of the median of `samples` (GB/s) and its ratio to `copy` (`memcpy`'s); the median.
+fn beside_memcpy(r: &mut Report, copy: f64, name: &str, samples: &mut [f64]) -> f64 {
+    let rate = median(samples);
+    r.row(
+        name,
+        format!("{rate:>8.2} GB/s  ({:.2}x memcpy)", rate / copy),
+    );
+    rate
 }
 
 /// A `Queue`'s and a pipe's way of moving a message, with nothing else: a forked child copies

@@ -103,27 +103,12 @@ impl Report {
 }
 
 fn main() -> Result<(), mproc::Error> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let full = args.iter().any(|a| a == "--bench");
-    let python = !args.iter().any(|a| a == "--no-python");
-    let wanted: Vec<&str> = args
-        .iter()
-        .map(String::as_str)
-        .filter(|a| SECTIONS.contains(a))
-        .collect();
-    let on = |s: &str| wanted.is_empty() || wanted.contains(&s);
-    let plan = if full { FULL } else { SMOKE };
+    let cli = common::Cli::new();
+    let python = cli.python();
+    let on = |s: &str| cli.on(&SECTIONS, s);
+    let plan = if cli.full() { FULL } else { SMOKE };
     let cpus = mproc::cpu_count();
-    let max = args
-        .iter()
-        .position(|a| a == "--max")
-        .map(|at| {
-            args.get(at + 1)
-                .and_then(|n| n.parse().ok())
-                .expect("--max N")
-        })
-        .unwrap_or(cpus)
-        .min(cpus);
+    let max = cli.value("--max", "--max N").unwrap_or(cpus).min(cpus);
     let mut counts: Vec<usize> = COUNTS.into_iter().filter(|&n| n <= max).collect();
     if !counts.contains(&max) {
         counts.push(max);

@@ -146,3 +146,49 @@ pub(crate) fn print_checks(checks: &[(String, bool)]) {
         println!("{} {what}", if *ok { "PASS" } else { "MISS" });
     }
 }
+
+/// A bench's command line: `--bench` (a full run), `--no-python`, section names, and flags
+/// with a value.
+#[allow(
+    dead_code,
+    reason = "only some benches read their command line through it"
+)]
+pub(crate) struct Cli(Vec<String>);
+
+#[allow(
+    dead_code,
+    reason = "only some benches read their command line through it"
+)]
+impl Cli {
+    /// This process's arguments.
+    pub(crate) fn new() -> Cli {
+        Cli(std::env::args().skip(1).collect())
+    }
+
+    /// Whether it is a full run (`--bench`, as `cargo bench` passes), not a smoke run.
+    pub(crate) fn full(&self) -> bool {
+        self.0.iter().any(|a| a == "--bench")
+    }
+
+    /// Whether Python runs too (no `--no-python`).
+    pub(crate) fn python(&self) -> bool {
+        !self.0.iter().any(|a| a == "--no-python")
+    }
+
+    /// Whether section `s` of `sections` runs: it is named, or none of them is.
+    pub(crate) fn on(&self, sections: &[&str], s: &str) -> bool {
+        let named = |s: &str| self.0.iter().any(|a| a == s);
+        named(s) || !sections.iter().any(|&s| named(s))
+    }
+
+    /// The value after `flag`, if the flag is given; a missing or bad one panics with `usage`.
+    pub(crate) fn value<T: std::str::FromStr>(&self, flag: &str, usage: &str) -> Option<T> {
+        let at = self.0.iter().position(|a| a == flag)?;
+        Some(
+            self.0
+                .get(at + 1)
+                .and_then(|v| v.parse().ok())
+                .expect(usage),
+        )
+    }
+}
