@@ -9,11 +9,13 @@
 //!    target: the same echo through a relay thread (caller, thread, child, thread, caller),
 //!    the shape of any pool with a dispatcher thread. Samples of the three alternate (so the
 //!    pool idles for the other two's round trips between calls, and its worker may have gone
-//!    to sleep). Targets: p50 <= 2x the floor's p50; p99 <= 50 µs. Measured first, each alone:
-//!    a ping-pong of a child spinning on a word of a shared page (issue 15's floor: p50 <= 3x
-//!    it), and a ping-pong through a word of a shared page where both sides sleep in
-//!    `FUTEX_WAIT` (back to back, so each wake-up finds its CPU idle: what that costs here,
-//!    shown for reference, not as `apply`'s floor, which runs beside the other rows).
+//!    to sleep). Targets: p50 <= 2x the floor's p50; p99 <= 50 µs. Measured first, each alone
+//!    and back to back: a ping-pong of a child spinning on a word of a shared page (issue 15's
+//!    floor); the same with the call encoded by mproc's codec, decoded and made in the child
+//!    and its `Result` sent back the same way (`pool_call_floor.rs`: the least a call to
+//!    another process can be); `apply` itself, back to back (issue 15's target: p50 <= 3x the
+//!    spin ping-pong); and a ping-pong through a word of a shared page where both sides sleep
+//!    in `FUTEX_WAIT` (each wake-up finds its CPU idle: what that costs here, for reference).
 //! 2. `map1`: throughput of `pool.chunksize(1).map(f, 0..N)`, one task per item, in tasks/s.
 //!    Target: >= 2,500,000 tasks/s (issue 15; the first round asked 1,000,000).
 //! 3. `map`: `pool.map(f, 0..1_000_000u64)` with the default chunk size, in items/s. Target:
@@ -51,7 +53,27 @@
 //! command line (as under `cargo test --benches`) it does a smoke run of a few samples each.
 
 mod common;
-use common::{machine, pin_to, spin};
+mod pool_call_floor;
+
+/// mproc's wire format, compiled from the library's source files (it is crate-private), so
+/// the call floor (`pool_call_floor`) encodes exactly as mproc does.
+#[allow(dead_code, unused_macros, unreachable_pub)]
+#[path = "../src/wire"]
+mod wire {
+    pub(crate) mod codec;
+    mod de;
+    pub(crate) mod format;
+    mod ser;
+}
+
+/// The casts the wire format copies sequences of numbers with (`crate::sys::cast` there).
+#[allow(dead_code, unreachable_pub)]
+#[path = "../src/sys"]
+mod sys {
+    pub(crate) mod cast;
+}
+use common::{futex_wait, futex_wake, machine, pin_to, spin};
+use pool_call_floor::CallEcho;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -301,15 +323,15 @@ fn main() -> Result<(), mproc::Error> {
     Ok(())
 }
 
-/// `echo`'s round trips, timed back to back after a warm-up.
-fn alone(mut echo: WordEcho, plan: &Plan) -> Pct {
+/// `round_trip`'s round trips, timed back to back after a warm-up.
+fn alone(mut round_trip: impl FnMut(u64), plan: &Plan) -> Pct {
     for i in 0..plan.apply_warmup as u64 {
-        echo.round_trip(i);
+        round_trip(i);
     }
     let samples: Vec<f64> = (0..plan.apply as u64)
         .map(|i| {
             let t = Instant::now();
-            echo.round_trip(i);
+            round_trip(i);
             us(t)
         })
         .collect();
@@ -321,11 +343,19 @@ fn apply_section(plan: &Plan, res: &mut Results) -> Result<(), mproc::Error> {
     println!("1. apply round trip ({} samples each)...", plan.apply);
     // The shared-memory floor first, on its own: its child spins on a core for as long as it
     // lives, which would slow every other row.
-    let spin = alone(WordEcho::spinning(), plan);
+    let mut echo = WordEcho::spinning();
+    let spin = alone(|i| echo.round_trip(i), plan);
+    drop(echo);
+    // The same with the call encoded, decoded and made: the least an `apply` can be.
+    let mut echo = CallEcho::start();
+    let call = alone(|i| assert_eq!(echo.call(i), i), plan);
+    drop(echo);
     // The sleeping floor next, on its own too: between two `apply` calls the other rows'
     // round trips are the pool's idle time, which decides whether its worker still watches
     // its lane (50 µs) or sleeps, so the rows sampled among them stay as they were.
-    let slept = alone(WordEcho::sleeping(), plan);
+    let mut echo = WordEcho::sleeping();
+    let slept = alone(|i| echo.round_trip(i), plan);
+    drop(echo);
     // The echo children are forked before any pool or thread exists.
     let mut echo = Echo::start();
     let mut relay = Relay::start(Echo::start());
@@ -335,6 +365,18 @@ fn apply_section(plan: &Plan, res: &mut Results) -> Result<(), mproc::Error> {
         relay.round_trip(i);
         assert_eq!(pool.apply_async(ident, (i,))?.get()?, i);
     }
+    // Back to back first, as the floors are timed: the worker still watches its lane and the
+    // caller still reads it when the next call comes, as the spinning floors' sides do.
+    let pool_ref = &pool;
+    let alone_mp = alone(
+        |i| {
+            assert_eq!(
+                pool_ref.apply_async(ident, (i,)).and_then(|r| r.get()).ok(),
+                Some(i)
+            )
+        },
+        plan,
+    );
     let mut raw = Vec::with_capacity(plan.apply);
     let mut via = Vec::with_capacity(plan.apply);
     let mut mp = Vec::with_capacity(plan.apply);
@@ -399,12 +441,30 @@ fn apply_section(plan: &Plan, res: &mut Results) -> Result<(), mproc::Error> {
     );
     res.row(
         1,
+        "mproc apply_async(f,(x,)).get(), back to back",
+        alone_mp.n.to_string(),
+        format!("p50 {:.2} µs  p99 {:.1} µs", alone_mp.p50, alone_mp.p99),
+        "(timed alone, as the two rows below)".into(),
+    );
+    res.row(
+        1,
         "raw spin ping-pong, shared page + forked child",
         spin.n.to_string(),
         format!("p50 {:.2} µs  p99 {:.2} µs", spin.p50, spin.p99),
         format!(
-            "apply p50 is {:.1}x it (issue 15 asks <= 3x)",
-            mp.p50 / spin.p50
+            "apply back to back is {:.1}x it (issue 15 asks <= 3x)",
+            alone_mp.p50 / spin.p50
+        ),
+    );
+    res.row(
+        1,
+        "raw encoded call, shared page, both spinning",
+        call.n.to_string(),
+        format!("p50 {:.2} µs  p99 {:.2} µs", call.p50, call.p99),
+        format!(
+            "{:.1}x spin; apply back to back is {:.1}x it (the least a call can be)",
+            call.p50 / spin.p50,
+            alone_mp.p50 / call.p50
         ),
     );
     res.row(
@@ -416,14 +476,14 @@ fn apply_section(plan: &Plan, res: &mut Results) -> Result<(), mproc::Error> {
     );
     res.check(
         1,
-        "apply p50 / spin ping-pong p50 <= 3.00 (issue 15)".into(),
+        "apply p50, back to back / spin ping-pong p50 <= 3.00 (issue 15)".into(),
         format!(
             "{:.2} ({:.2} / {:.2} µs)",
-            mp.p50 / spin.p50,
-            mp.p50,
+            alone_mp.p50 / spin.p50,
+            alone_mp.p50,
             spin.p50
         ),
-        Some(mp.p50 <= 3.0 * spin.p50),
+        Some(alone_mp.p50 <= 3.0 * spin.p50),
     );
     res.check(
         1,
@@ -764,26 +824,6 @@ struct WordEcho {
 
 /// Tells the child to leave.
 const ECHO_STOP: u32 = u32::MAX;
-
-/// Sleeps while `*word == seen` (or returns at once if it is not).
-fn futex_wait(word: &std::sync::atomic::AtomicU32, seen: u32) {
-    // SAFETY: `word` is a live, aligned u32 in a shared mapping; FUTEX_WAIT only reads it.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            seen,
-            std::ptr::null::<libc::timespec>(),
-        )
-    };
-}
-
-/// Wakes a process sleeping on `word`.
-fn futex_wake(word: &std::sync::atomic::AtomicU32) {
-    // SAFETY: as in `futex_wait`; FUTEX_WAKE touches no memory.
-    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, 1) };
-}
 
 impl WordEcho {
     fn spinning() -> WordEcho {

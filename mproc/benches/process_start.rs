@@ -50,12 +50,13 @@
 //! `cargo test --benches`) it does a smoke run of a few samples per row.
 
 mod common;
-use common::{machine, pin_to};
+use common::{futex_wait, futex_wake, machine, pin_to};
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use mproc::{Event, Process, StartMethod};
@@ -67,10 +68,16 @@ const NOOP: &str = "--noop";
 /// small process), and print each time in microseconds: `--fork-small n`.
 const FORK_SMALL: &str = "--fork-small";
 
+/// The argument that makes this binary, freshly executed, time the floors of a start served by
+/// a child forked ahead (`spare_floors`) and print them: `--spare-small n`.
+const SPARE_SMALL: &str = "--spare-small";
+
 /// Every row's name, in table order.
-const ROWS: [&str; 13] = [
+const ROWS: [&str; 15] = [
     "raw/fork",
     "raw/fork-small",
+    "raw/spare-running-idle",
+    "raw/spare-x20",
     "raw/reexec",
     "raw/posix_spawn",
     "mproc/fork",
@@ -131,17 +138,111 @@ struct Job {
     times: Vec<f64>,
 }
 
-/// `n` fork+waitpid of a small process: this binary executed afresh, timed by itself.
-fn fork_small(n: usize) -> Vec<f64> {
+/// What this binary, executed afresh (a small process) with `flag n`, prints.
+fn small_process(flag: &str, n: usize) -> String {
     let exe = std::env::current_exe().expect("current_exe");
     let out = Command::new(exe)
-        .args([FORK_SMALL, &n.to_string()])
+        .args([flag, &n.to_string()])
         .output()
         .expect("the small process");
-    String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `n` fork+waitpid of a small process: this binary executed afresh, timed by itself.
+fn fork_small(n: usize) -> Vec<f64> {
+    small_process(FORK_SMALL, n)
         .lines()
         .filter_map(|l| l.parse().ok())
         .collect()
+}
+
+/// The floors of a start served by a child forked ahead, timed by a small process (this binary
+/// executed afresh, with `--spare-small n`): each row's times, in microseconds.
+fn spare_small(n: usize) -> Vec<(&'static str, f64)> {
+    small_process(SPARE_SMALL, n)
+        .lines()
+        .filter_map(|l| {
+            let (row, t) = l.split_once(' ')?;
+            let row = ROWS.iter().find(|r| **r == row)?;
+            Some((*row, t.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Forks a child that sleeps until `go` is set, then sets `running` (waking this process) and
+/// exits: a spare, made ahead of the start it will serve.
+fn fork_spare(go: &AtomicU32, running: &AtomicU32) -> libc::pid_t {
+    // SAFETY: the child only watches and stores to words of a shared page, makes futex calls
+    // and calls `_exit`, touching no state another thread might have held at the fork (this
+    // small process has no other thread).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        while go.load(Ordering::Acquire) == 0 {
+            futex_wait(go, 0);
+        }
+        running.store(1, Ordering::Release);
+        futex_wake(running);
+        // SAFETY: ends the child at once, running no destructors or atexit handlers.
+        unsafe { libc::_exit(0) };
+    }
+    pid
+}
+
+/// The floors of a start served by a spare (issue 15, item 3), in this process (run small, as
+/// `raw/fork-small`), printed as `row µs` lines: nothing but the mechanism, no fork server,
+/// no messages, no target lookup.
+/// - `raw/spare-running-idle`: a child forked ahead and asleep on a futex (3 ms of rest, as
+///   `mproc/forkserver-running-idle`, untimed); from waking it to being woken by it, running:
+///   the two wake-ups any start by a process made ahead pays (`n` samples);
+/// - `raw/spare-x20`: twenty starts and joins back to back, each woken from a spare while the
+///   next spare is forked (the fork overlapping the child's run and exit), then reaped; per
+///   start (`n / 20` samples of twenty, at least 3).
+fn spare_floors(n: usize) {
+    let page = common::shared_page().cast::<AtomicU32>();
+    // SAFETY: the page is mapped, zeroed and page-aligned (1024 aligned words), shared with
+    // the children forked here, and never unmapped while this runs.
+    let word = |i: usize| unsafe { &*page.add(i) };
+    for _ in 0..n {
+        word(0).store(0, Ordering::Relaxed);
+        word(1).store(0, Ordering::Relaxed);
+        let pid = fork_spare(word(0), word(1));
+        std::thread::sleep(Duration::from_millis(3));
+        let t = Instant::now();
+        word(0).store(1, Ordering::Release);
+        futex_wake(word(0));
+        while word(1).load(Ordering::Acquire) == 0 {
+            futex_wait(word(1), 0);
+        }
+        println!("raw/spare-running-idle {}", t.elapsed().as_secs_f64() * 1e6);
+        reap(pid);
+    }
+    const BURST: usize = 20;
+    for _ in 0..(n / BURST).max(3) {
+        for i in 0..2 * (BURST + 1) {
+            word(i).store(0, Ordering::Relaxed);
+        }
+        // Spare `k` waits on word `2k` and says it runs on word `2k + 1`.
+        let mut spare = fork_spare(word(0), word(1));
+        std::thread::sleep(Duration::from_millis(1));
+        let t = Instant::now();
+        for k in 0..BURST {
+            word(2 * k).store(1, Ordering::Release);
+            futex_wake(word(2 * k));
+            let next = fork_spare(word(2 * k + 2), word(2 * k + 3));
+            reap(spare);
+            spare = next;
+        }
+        println!(
+            "raw/spare-x20 {}",
+            t.elapsed().as_secs_f64() * 1e6 / BURST as f64
+        );
+        word(2 * BURST).store(1, Ordering::Release);
+        futex_wake(word(2 * BURST));
+        reap(spare);
+    }
+    // SAFETY: every child that used the page has been reaped; unmapped once.
+    unsafe { libc::munmap(page.cast(), 4096) };
 }
 
 /// Median and p90 of a row, in microseconds.
@@ -171,6 +272,14 @@ fn stats(times: &[f64]) -> Option<Stats> {
 
 fn main() {
     if std::env::args_os().nth(1).is_some_and(|a| a == NOOP) {
+        return;
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == SPARE_SMALL) {
+        let n: usize = std::env::args()
+            .nth(2)
+            .and_then(|n| n.parse().ok())
+            .expect("--spare-small N");
+        spare_floors(n);
         return;
     }
     if std::env::args_os().nth(1).is_some_and(|a| a == FORK_SMALL) {
@@ -248,6 +357,25 @@ fn main() {
         .collect();
     if let Some(s) = stats(&small_times) {
         rows.insert(rows.len().min(1), ("raw/fork-small".to_owned(), s));
+    }
+    // The spare floors, in a small process too, after the other rows.
+    let spare_rows = ["raw/spare-running-idle", "raw/spare-x20"];
+    if spare_rows.iter().any(|r| wanted(r)) {
+        let times = spare_small(count(plan.rust_fork).div_ceil(4));
+        let at = rows
+            .iter()
+            .position(|(n, _)| n == "raw/fork-small")
+            .map_or(rows.len().min(1), |i| i + 1);
+        for (k, row) in spare_rows.iter().enumerate().filter(|(_, r)| wanted(r)) {
+            let mine: Vec<f64> = times
+                .iter()
+                .filter(|(r, _)| r == row)
+                .map(|(_, t)| *t)
+                .collect();
+            if let Some(s) = stats(&mine) {
+                rows.insert((at + k).min(rows.len()), ((*row).to_owned(), s));
+            }
+        }
     }
 
     let py_plan: Vec<(&str, usize)> = [
@@ -523,7 +651,9 @@ fn report(rows: &[(String, Stats)], py_version: Option<&str>, full: bool) {
             }
             "mproc/forkserver-running"
             | "mproc/forkserver-running-idle"
-            | "mproc/forkserver-x20" => get("raw/fork-small").map(|s| ("raw/fork-small", s)),
+            | "mproc/forkserver-x20"
+            | "raw/spare-running-idle"
+            | "raw/spare-x20" => get("raw/fork-small").map(|s| ("raw/fork-small", s)),
             "mproc/spawn" | "python/spawn" => exec_floor,
             _ => None,
         }

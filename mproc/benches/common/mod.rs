@@ -45,6 +45,34 @@ pub(crate) fn shared_page() -> *mut libc::c_void {
 
 /// `len` fresh bytes (zeroed, page-aligned) of anonymous memory shared with the children this
 /// process forks; the caller unmaps them.
+/// Sleeps while `*word == seen` (or returns at once if it is not).
+#[allow(
+    dead_code,
+    reason = "only the pool and process_start benches sleep on a word"
+)]
+pub(crate) fn futex_wait(word: &std::sync::atomic::AtomicU32, seen: u32) {
+    // SAFETY: `word` is a live, aligned u32 in a shared mapping; FUTEX_WAIT only reads it.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            seen,
+            std::ptr::null::<libc::timespec>(),
+        )
+    };
+}
+
+/// Wakes a process sleeping on `word`.
+#[allow(
+    dead_code,
+    reason = "only the pool and process_start benches sleep on a word"
+)]
+pub(crate) fn futex_wake(word: &std::sync::atomic::AtomicU32) {
+    // SAFETY: as in `futex_wait`; FUTEX_WAKE touches no memory.
+    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, 1) };
+}
+
 #[allow(dead_code, reason = "only the ipc bench measures such a floor")]
 pub(crate) fn shared_mapping(len: usize) -> *mut libc::c_void {
     // SAFETY: a fresh anonymous shared mapping; the kernel picks the address, so no existing
