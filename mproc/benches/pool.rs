@@ -444,7 +444,7 @@ fn apply_section(plan: &Plan, res: &mut Results) -> Result<(), mproc::Error> {
         "mproc apply_async(f,(x,)).get(), back to back",
         alone_mp.n.to_string(),
         format!("p50 {:.2} µs  p99 {:.1} µs", alone_mp.p50, alone_mp.p99),
-        "(timed alone, as the two rows below)".into(),
+        "(timed alone and back to back, as the floors below)".into(),
     );
     res.row(
         1,

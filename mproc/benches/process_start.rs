@@ -6,6 +6,11 @@
 //! - `raw/fork`: libc `fork()`, `_exit(0)` in the child, `waitpid` in the parent;
 //! - `raw/fork-small`: the same in a small process (this binary executed afresh with
 //!   `--fork-small N`, which times its own forks), half before the other rows, half after;
+//! - `raw/spare-running-idle` and `raw/spare-x20`: the floors of a start served by a child
+//!   forked ahead (issue 15, item 3), timed in a small process too (`--spare-small N`), after
+//!   the other rows: a sleeping child woken after 3 ms of rest until it has woken the caller,
+//!   and twenty starts and joins back to back, each served by a spare while the next is forked
+//!   (see `spare_floors`);
 //! - `raw/reexec`: `std::process::Command::new(current_exe()).arg("--noop").status()`, a fresh
 //!   copy of this very binary whose `main` returns at once on `--noop`;
 //! - `raw/posix_spawn`: libc `posix_spawn` of `/proc/self/exe --noop` (what mproc's `Spawn`
