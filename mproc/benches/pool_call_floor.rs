@@ -1,13 +1,16 @@
-//! A module of the pool bench, not a bench of its own: the least a call to another process
-//! can be when both sides spin and the call is encoded as mproc encodes it (issue 15, item 4).
+//! A module of the pool bench, not a bench of its own: a call to another process reduced to
+//! its encoding, its hand-over and the call itself, both sides spinning (issue 15, item 4).
 //!
 //! The parent encodes the call (an entry number and the argument tuple) with mproc's own wire
-//! codec straight into one cache line of a shared page and bumps its sequence word; a forked
-//! child spinning on that line decodes it, calls the function, encodes `Result<R, String>` into
-//! a second line and bumps that one's word; the parent, spinning, decodes the answer. Nothing
-//! else: no job to wait on, no claim (a call a dead child took is simply lost), no sleep words
-//! (both sides burn a core while idle), no statistics, no timeouts, no cancel. It is the
-//! spin ping-pong (`WordEcho::spinning`) with the encoding and the call an `apply` needs.
+//! codec into one cache line of a shared page and bumps its sequence word; a forked child
+//! spinning on that line decodes it, calls the function, encodes `Result<R, String>` into a
+//! second line and bumps that one's word; the parent, spinning, decodes the answer. Nothing
+//! else, so this is a lower bound and not a design: no result handle to wait on from any
+//! thread in any order, one caller and one worker, no function table to look the entry up in
+//! (a `match`), no claim (a call a dead child took is simply lost), no sleep words (both sides
+//! burn a core while idle), no statistics, timeouts or cancel, and a payload of at most 56
+//! bytes carried in the sequence word's own line. It is the spin ping-pong
+//! (`WordEcho::spinning`) with the encoding and the call an `apply` needs.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -74,20 +77,30 @@ unsafe fn put<T: Serialize>(slot: *mut Slot, seq: u32, value: &T) {
 }
 
 /// Waits (spinning) until the line at `slot` holds a sequence number other than `last`, then
-/// decodes its bytes; returns the number and the value.
+/// decodes its bytes; returns the number and the value (`None` once told to stop). With
+/// `writer`, panics if that child has died instead of spinning forever.
 ///
 /// # Safety
 /// `slot` points into the live shared page, whose writer leaves the bytes alone once it has
 /// published them until this side answers.
-unsafe fn take<T: DeserializeOwned>(slot: *const Slot, last: u32) -> (u32, Option<T>) {
+unsafe fn take<T: DeserializeOwned>(
+    slot: *const Slot,
+    last: u32,
+    writer: Option<libc::pid_t>,
+) -> (u32, Option<T>) {
     // SAFETY: the line is live (the caller's contract); its words are atomics.
     let (seq, len) = unsafe {
+        let mut spins = 0u64;
         let seq = loop {
             let v = (*slot).seq.load(Ordering::Acquire);
             if v != last {
                 break v;
             }
             std::hint::spin_loop();
+            spins += 1;
+            if spins.is_multiple_of(1 << 24) && writer.is_some_and(common::has_ended) {
+                panic!("the call floor's child died");
+            }
         };
         (seq, (*slot).len.load(Ordering::Relaxed) as usize)
     };
@@ -110,31 +123,28 @@ unsafe fn take<T: DeserializeOwned>(slot: *const Slot, last: u32) -> (u32, Optio
 }
 
 impl CallEcho {
-    /// Forks the child; it spins on a core until this is dropped.
+    /// Forks the child; it spins on a core until this is dropped (or this process dies).
     pub(crate) fn start() -> CallEcho {
         let page = common::shared_page().cast::<Page>();
-        // SAFETY: the child only reads and writes the shared page, encodes, decodes and calls
-        // `_exit`; it allocates only in `call`'s error path (never taken), touching no lock
-        // another thread might have held at the fork.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-        if pid == 0 {
+        // The child only reads and writes the shared page, encodes, decodes and calls; it is
+        // forked before this bench starts any thread (`apply` is its first section).
+        let pid = common::fork_child(|| {
             let mut seen = 0;
             loop {
                 // SAFETY: the page is mapped (zeroed, page-aligned, so each line is aligned),
                 // shared with the parent and never unmapped in this child; the parent writes
                 // the ask line only before bumping its word and reads the answer line only
                 // after this child bumps its own.
-                let (seq, ask) = unsafe { take::<(i64, (u64,))>(&raw const (*page).ask, seen) };
+                let (seq, ask) =
+                    unsafe { take::<(i64, (u64,))>(&raw const (*page).ask, seen, None) };
                 let Some((entry, args)) = ask else {
-                    // SAFETY: ends the child without running the parent's destructors.
-                    unsafe { libc::_exit(0) }
+                    return;
                 };
                 seen = seq;
                 // SAFETY: as above; the parent waits for `seq` on this line.
                 unsafe { put(&raw mut (*page).answer, seq, &call(entry, args)) };
             }
-        }
+        });
         CallEcho { page, pid, seq: 0 }
     }
 
@@ -146,7 +156,7 @@ impl CallEcho {
         // after its word moves, and writes the answer line only before bumping its word.
         let (_, answer) = unsafe {
             put(&raw mut (*self.page).ask, self.seq, &(1i64, (x,)));
-            take::<Result<u64, String>>(&raw const (*self.page).answer, last)
+            take::<Result<u64, String>>(&raw const (*self.page).answer, last, Some(self.pid))
         };
         answer.expect("the child answers").expect("entry 1 answers")
     }
@@ -154,13 +164,10 @@ impl CallEcho {
 
 impl Drop for CallEcho {
     fn drop(&mut self) {
-        // SAFETY: the page is still mapped; after the child has exited (waitpid) nothing uses
-        // it, and it is unmapped once; `status` is a writable int.
+        // SAFETY: the page is still mapped, and this process does not use it afterwards.
         unsafe {
             (*self.page).ask.seq.store(STOP, Ordering::Release);
-            let mut status = 0;
-            libc::waitpid(self.pid, &mut status, 0);
-            libc::munmap(self.page.cast::<libc::c_void>(), 4096);
+            common::reap_and_unmap(self.pid, self.page.cast());
         }
     }
 }

@@ -150,6 +150,12 @@ fn small_process(flag: &str, n: usize) -> String {
         .args([flag, &n.to_string()])
         .output()
         .expect("the small process");
+    assert!(
+        out.status.success(),
+        "the small process ({flag} {n}) failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -177,21 +183,15 @@ fn spare_small(n: usize) -> Vec<(&'static str, f64)> {
 /// Forks a child that sleeps until `go` is set, then sets `running` (waking this process) and
 /// exits: a spare, made ahead of the start it will serve.
 fn fork_spare(go: &AtomicU32, running: &AtomicU32) -> libc::pid_t {
-    // SAFETY: the child only watches and stores to words of a shared page, makes futex calls
-    // and calls `_exit`, touching no state another thread might have held at the fork (this
+    // The child only watches and stores to words of a shared page and makes futex calls (this
     // small process has no other thread).
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-    if pid == 0 {
+    common::fork_child(|| {
         while go.load(Ordering::Acquire) == 0 {
             futex_wait(go, 0);
         }
         running.store(1, Ordering::Release);
         futex_wake(running);
-        // SAFETY: ends the child at once, running no destructors or atexit handlers.
-        unsafe { libc::_exit(0) };
-    }
-    pid
+    })
 }
 
 /// The floors of a start served by a spare (issue 15, item 3), in this process (run small, as
@@ -202,7 +202,7 @@ fn fork_spare(go: &AtomicU32, running: &AtomicU32) -> libc::pid_t {
 ///   the two wake-ups any start by a process made ahead pays (`n` samples);
 /// - `raw/spare-x20`: twenty starts and joins back to back, each woken from a spare while the
 ///   next spare is forked (the fork overlapping the child's run and exit), then reaped; per
-///   start (`n / 20` samples of twenty, at least 3).
+///   start (`n / 4` samples of twenty, at least 3).
 fn spare_floors(n: usize) {
     let page = common::shared_page().cast::<AtomicU32>();
     // SAFETY: the page is mapped, zeroed and page-aligned (1024 aligned words), shared with
@@ -223,7 +223,7 @@ fn spare_floors(n: usize) {
         reap(pid);
     }
     const BURST: usize = 20;
-    for _ in 0..(n / BURST).max(3) {
+    for _ in 0..(n / 4).max(3) {
         for i in 0..2 * (BURST + 1) {
             word(i).store(0, Ordering::Relaxed);
         }

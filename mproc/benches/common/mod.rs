@@ -45,6 +45,29 @@ pub(crate) fn shared_page() -> *mut libc::c_void {
 
 /// `len` fresh bytes (zeroed, page-aligned) of anonymous memory shared with the children this
 /// process forks; the caller unmaps them.
+#[allow(dead_code, reason = "only the ipc bench measures such a floor")]
+pub(crate) fn shared_mapping(len: usize) -> *mut libc::c_void {
+    // SAFETY: a fresh anonymous shared mapping; the kernel picks the address, so no existing
+    // memory is replaced.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(
+        page,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    page
+}
+
 /// Sleeps while `*word == seen` (or returns at once if it is not).
 #[allow(
     dead_code,
@@ -73,27 +96,62 @@ pub(crate) fn futex_wake(word: &std::sync::atomic::AtomicU32) {
     unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, 1) };
 }
 
-#[allow(dead_code, reason = "only the ipc bench measures such a floor")]
-pub(crate) fn shared_mapping(len: usize) -> *mut libc::c_void {
-    // SAFETY: a fresh anonymous shared mapping; the kernel picks the address, so no existing
-    // memory is replaced.
-    let page = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(
-        page,
-        libc::MAP_FAILED,
-        "mmap: {}",
-        std::io::Error::last_os_error()
-    );
-    page
+/// Forks a child that runs `body` and exits (`_exit(0)`, or `_exit(1)` if `body` panics),
+/// killed with this process if this process dies first (`PR_SET_PDEATHSIG`): a raw floor's
+/// helper, which may spin on a core, never outlives the bench. Returns the child's pid.
+///
+/// The bench must have no other thread yet, or `body` must touch nothing another thread might
+/// have held at the fork (no allocation, no lock).
+#[allow(
+    dead_code,
+    reason = "only the pool and process_start benches fork such children"
+)]
+pub(crate) fn fork_child(body: impl FnOnce()) -> libc::pid_t {
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the child runs only `body` (under the caller's contract above) and `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: prctl and getppid have no memory arguments; `_exit` ends the child without
+        // running the parent's destructors.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+        }
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_ok();
+        // SAFETY: as above.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    pid
+}
+
+/// Waits for child `pid` to end, then unmaps the shared page it used.
+///
+/// # Safety
+/// `page` is a page from [`shared_page`], not used by this process after this call.
+#[allow(dead_code, reason = "only the pool bench keeps such children")]
+pub(crate) unsafe fn reap_and_unmap(pid: libc::pid_t, page: *mut libc::c_void) {
+    let mut status = 0;
+    // SAFETY: `status` is a writable int; after the child has ended, nothing uses the page,
+    // which the caller gives up and is unmapped once.
+    unsafe {
+        libc::waitpid(pid, &mut status, 0);
+        libc::munmap(page, 4096);
+    }
+}
+
+/// Whether child `pid` has ended (reaped here if so).
+#[allow(
+    dead_code,
+    reason = "only the pool bench watches its spinning children"
+)]
+pub(crate) fn has_ended(pid: libc::pid_t) -> bool {
+    let mut status = 0;
+    // SAFETY: `status` is a writable int for waitpid.
+    unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) == pid }
 }
 
 /// Runs Python (`$PYTHON`, or `python3`) on `script` (in `benches/` unless an absolute path)
