@@ -102,7 +102,8 @@ unsafe fn take<T: DeserializeOwned>(
                 panic!("the call floor's child died");
             }
         };
-        (seq, (*slot).len.load(Ordering::Relaxed) as usize)
+        let len = (*slot).len.load(Ordering::Relaxed) as usize;
+        (seq, len.min(BYTES))
     };
     if seq == STOP {
         return (seq, None);
@@ -113,13 +114,10 @@ unsafe fn take<T: DeserializeOwned>(
         std::ptr::copy_nonoverlapping(
             (&raw const (*slot).bytes).cast::<u8>(),
             buf.as_mut_ptr(),
-            len.min(BYTES),
+            len,
         );
     }
-    (
-        seq,
-        Some(wire::codec::decode(&buf[..len.min(BYTES)]).expect("decode")),
-    )
+    (seq, Some(wire::codec::decode(&buf[..len]).expect("decode")))
 }
 
 impl CallEcho {
