@@ -340,6 +340,29 @@ fn alone(mut round_trip: impl FnMut(u64), plan: &Plan) -> Pct {
     Pct::of(&samples)
 }
 
+/// How many times this process's pool threads (`mproc-pool`) have been switched to, from
+/// `/proc` (their voluntary and involuntary context switches together).
+fn dispatcher_switches() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    let mut n = 0;
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        if !status.starts_with("Name:\tmproc-pool") {
+            continue;
+        }
+        n += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    n
+}
+
 /// Section 1: apply round trip against a raw socketpair ping-pong. `pinned`: everything runs
 /// on one CPU, where two spinning processes would measure the scheduler's time slices, so the
 /// spinning floors are skipped.
@@ -372,7 +395,10 @@ fn apply_section(plan: &Plan, pinned: bool, res: &mut Results) -> Result<(), mpr
         assert_eq!(pool.apply_async(ident, (i,))?.get()?, i);
     }
     // Back to back first, as the floors are timed: the worker still watches its lane and the
-    // caller still reads it when the next call comes, as the spinning floors' sides do.
+    // caller still reads it when the next call comes, as the spinning floors' sides do. How
+    // often the pool's own thread had to run meanwhile is counted: each time costs the
+    // calls around it tens of microseconds on two CPUs.
+    let switches = dispatcher_switches();
     let alone_mp = alone(
         |i| {
             let r = pool.apply_async(ident, (i,)).and_then(|r| r.get());
@@ -380,6 +406,7 @@ fn apply_section(plan: &Plan, pinned: bool, res: &mut Results) -> Result<(), mpr
         },
         plan,
     );
+    let switches = dispatcher_switches() - switches;
     let mut raw = Vec::with_capacity(plan.apply);
     let mut via = Vec::with_capacity(plan.apply);
     let mut mp = Vec::with_capacity(plan.apply);
@@ -446,8 +473,16 @@ fn apply_section(plan: &Plan, pinned: bool, res: &mut Results) -> Result<(), mpr
         1,
         "mproc apply_async(f,(x,)).get(), back to back",
         alone_mp.n.to_string(),
-        format!("p50 {:.2} µs  p99 {:.1} µs", alone_mp.p50, alone_mp.p99),
-        "(timed alone and back to back, as the floors below)".into(),
+        format!(
+            "p50 {:.2} µs  p99 {:.1} µs  mean {:.2} µs",
+            alone_mp.p50, alone_mp.p99, alone_mp.mean
+        ),
+        format!(
+            "(timed alone and back to back, as the floors below; the pool's thread ran {} \
+             times in {} calls)",
+            switches,
+            plan.apply + plan.apply_warmup
+        ),
     );
     const SKIPPED: &str = "skipped: pinned to one CPU, two spinning processes measure time slices";
     match spin {
@@ -986,6 +1021,7 @@ fn us(t: Instant) -> f64 {
 #[derive(Clone, Copy)]
 struct Pct {
     n: usize,
+    mean: f64,
     p50: f64,
     p90: f64,
     p99: f64,
@@ -1000,6 +1036,7 @@ impl Pct {
         let rank = |p: usize| v[(n * p).div_ceil(100).max(1) - 1];
         Pct {
             n,
+            mean: v.iter().sum::<f64>() / n as f64,
             p50: median(&v),
             p90: rank(90),
             p99: rank(99),

@@ -83,8 +83,8 @@ pub(crate) struct Shared {
     next_chunk: AtomicU64,
     /// Commands sent so far: a helping waiter stops when this moves.
     posted: AtomicU64,
-    /// Set while the dispatcher thread, woken from `poll`, waits for the state: a helping
-    /// waiter lets go at once.
+    /// Set while the dispatcher thread waits for the state: a helping waiter lets go at once,
+    /// and a submitting thread does not take it.
     wanted: AtomicBool,
     /// The fork generation that made the pool: in a fork child that inherited it, the
     /// dispatcher thread, the workers and the lanes are not there, and nothing may touch them.
@@ -122,6 +122,17 @@ impl Shared {
 
     fn state(&self) -> MutexGuard<'_, Option<Dispatcher>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The state, for the dispatcher thread: a thread helping meanwhile lets go at once, and
+    /// a submitting thread leaves its chunks in the inbox rather than take the state first.
+    /// Without this the two could pass the state back and forth, the dispatcher thread
+    /// sleeping and being woken on the lock each time a caller takes it again.
+    fn state_for_dispatcher(&self) -> MutexGuard<'_, Option<Dispatcher>> {
+        self.wanted.store(true, Ordering::Relaxed);
+        let state = self.state();
+        self.wanted.store(false, Ordering::Relaxed);
+        state
     }
 
     /// Whether a large chunk's arguments are encoded into a memory file of this process
@@ -218,7 +229,7 @@ fn serve(shared: &Shared) -> Error {
             }
         }
         let plan = {
-            let mut state = shared.state();
+            let mut state = shared.state_for_dispatcher();
             let d = state.as_mut().expect("installed before the thread starts");
             match d.turn() {
                 Ok(plan) => plan,
@@ -230,9 +241,7 @@ fn serve(shared: &Shared) -> Error {
         };
         // Waiting without the state, so submitting threads can reach the workers directly.
         let ready = fd::poll_numbers(&plan.fds, plan.deadline);
-        shared.wanted.store(true, Ordering::Relaxed);
-        let mut state = shared.state();
-        shared.wanted.store(false, Ordering::Relaxed);
+        let mut state = shared.state_for_dispatcher();
         let d = state.as_mut().expect("only this thread removes it");
         match ready {
             Ok(ready) => d.handle(&plan, &ready),

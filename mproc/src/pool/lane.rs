@@ -383,6 +383,37 @@ impl Lane {
         self.wake_peer(true)
     }
 
+    /// Like [`Lane::peer_needs_wake`] (a worker's, after an answer), but a dispatcher found
+    /// asleep is watched for up to `grace` first: a reader that says it is awake meanwhile
+    /// (a thread that has just submitted a task and is on its way to wait for the answer,
+    /// say) reads the ring before it can sleep again, so the answer needs no wake-up.
+    ///
+    /// Why a reader seen awake again will see the answer: every waking of the reader's word
+    /// is followed by reads of the ring until its next `prepare_sleep_until`, which looks at
+    /// the ring after a sequentially consistent fence. This side published before its own
+    /// fence (in `wake_peer`) and saw the word asleep after that fence, then awake: had the
+    /// reader's fence come first, this side could not have seen the older "awake" after the
+    /// newer "asleep" (reads of one word never go back). So the reader's fence comes second
+    /// and its look at the ring finds the answer.
+    pub(crate) fn peer_needs_wake_unless_back(&self, grace: std::time::Duration) -> bool {
+        if !self.due_wake(true) {
+            return false;
+        }
+        let peer = self.asleep(false);
+        let until = std::time::Instant::now() + grace;
+        loop {
+            for _ in 0..32 {
+                if peer.load(Ordering::Relaxed) == 0 {
+                    return false;
+                }
+                std::hint::spin_loop();
+            }
+            if std::time::Instant::now() >= until {
+                return peer.swap(0, Ordering::SeqCst) != 0;
+            }
+        }
+    }
+
     /// Whether the peer sleeps, however late it asked to be woken (its ring toward it is
     /// full, say); at most once per sleep.
     pub(crate) fn peer_needs_wake_now(&self) -> bool {
@@ -392,17 +423,19 @@ impl Lane {
     /// Whether the peer sleeps and is due its wake-up (taken: at most once per sleep); with
     /// `as_asked`, a deferred word is honoured.
     fn wake_peer(&self, as_asked: bool) -> bool {
+        self.due_wake(as_asked) && self.asleep(false).swap(0, Ordering::SeqCst) != 0
+    }
+
+    /// Whether the peer sleeps and is due a wake-up (not yet taken); with `as_asked`, a
+    /// deferred word is honoured.
+    fn due_wake(&self, as_asked: bool) -> bool {
         fence(Ordering::SeqCst);
-        let peer = self.asleep(false);
-        let word = peer.load(Ordering::Relaxed);
+        let word = self.asleep(false).load(Ordering::Relaxed);
         if word == 0 {
             return false;
         }
         // Only a worker reads a deferred word; the dispatcher trusts no word a worker wrote.
-        if as_asked && !self.parent && word > 1 && self.started < word - 1 && !self.is_empty() {
-            return false;
-        }
-        peer.swap(0, Ordering::SeqCst) != 0
+        !(as_asked && !self.parent && word > 1 && self.started < word - 1 && !self.is_empty())
     }
 
     /// The worker has just taken its next task: counts it and claims it. `true` if it is
@@ -656,6 +689,36 @@ mod tests {
         let mut buf = Vec::new();
         assert!(w.pop_into(&mut buf).unwrap());
         assert!(p.has_room(MAX_FRAME).unwrap());
+    }
+
+    #[test]
+    fn a_worker_wakes_a_dispatcher_that_stays_asleep_but_not_one_that_comes_back() {
+        use std::time::{Duration, Instant};
+        let (mut p, mut w) = pair();
+        // Nobody comes back: woken once the grace has run out, and only once.
+        assert!(p.prepare_sleep());
+        assert!(w.push(b"a").unwrap());
+        let t = Instant::now();
+        assert!(w.peer_needs_wake_unless_back(Duration::from_millis(20)));
+        assert!(t.elapsed() >= Duration::from_millis(20));
+        assert!(!w.peer_needs_wake_unless_back(Duration::from_millis(20)));
+        // A reader comes back meanwhile (on another thread, as a caller on its way to wait
+        // for the answer): no wake-up, and the answer is there for it.
+        let mut buf = Vec::new();
+        assert!(p.pop_into(&mut buf).unwrap(), "the first answer");
+        assert!(p.prepare_sleep());
+        assert!(w.push(b"b").unwrap());
+        let back = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            p.awake();
+            let mut buf = Vec::new();
+            let found = p.pop_into(&mut buf).unwrap();
+            (found, buf)
+        });
+        let t = Instant::now();
+        assert!(!w.peer_needs_wake_unless_back(Duration::from_secs(30)));
+        assert!(t.elapsed() < Duration::from_secs(20), "it saw the reader back");
+        assert_eq!(back.join().unwrap(), (true, b"b".to_vec()));
     }
 
     #[test]

@@ -163,9 +163,14 @@ impl Shared {
             _ => chunks,
         };
         // The fast path: the dispatcher is waiting, so assign and write here. Never blocks:
-        // the inbox is held, and the dispatcher takes the inbox while holding the state.
-        let chunks = match self.state.try_lock() {
-            Ok(mut state) => match state.as_mut() {
+        // the inbox is held, and the dispatcher takes the inbox while holding the state. Not
+        // taken while the dispatcher thread wants the state: it will read the inbox.
+        let state = match self.wanted.load(Ordering::Relaxed) {
+            true => None,
+            false => self.state.try_lock().ok(),
+        };
+        let chunks = match state {
+            Some(mut state) => match state.as_mut() {
                 Some(d) if inbox.commands.is_empty() && d.broken.is_none() => {
                     d.enqueue(chunks);
                     d.assign();
@@ -177,7 +182,7 @@ impl Shared {
                 }
                 _ => chunks,
             },
-            Err(_) => chunks,
+            None => chunks,
         };
         self.send(&mut inbox, Command::Submit(chunks));
         Ok(())
