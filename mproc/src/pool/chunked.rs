@@ -71,21 +71,6 @@ impl std::fmt::Debug for Chunked<'_> {
     }
 }
 
-/// One chunk of `items` for the job.
-pub(super) fn chunk<A: Serialize>(
-    shared: &Shared,
-    job: &Arc<JobState>,
-    entry: i64,
-    items: &[A],
-    target: &str,
-) -> Result<Chunk, Error> {
-    let (payload, fds) = task::encode_chunk(items, target, shared.large_in_files())?;
-    let id = shared.chunk_id();
-    let index = job.add_chunk(id, items.len());
-    Ok(Chunk::new(id, entry, payload, Arc::clone(job), index, items.len())
-        .with_handles(fds))
-}
-
 impl<'p> Chunked<'p> {
     /// The map family of a pool (`shared`, with `processes` workers) by chunks of `size`
     /// (`None`: Python's default).
@@ -190,12 +175,18 @@ impl<'p> Chunked<'p> {
         F::Output: Serialize + DeserializeOwned + Send + 'static,
     {
         let _ = f;
-        self.shared.check_open()?;
         let target = type_name::<F>();
-        let job = JobState::new();
-        let c = chunk(self.shared, &job, task::chunk_entry::<F, A>(), &[args], target)?
+        // A closed pool refuses it in `submit`, as it would any job.
+        let (payload, fds) = task::encode_chunk(
+            std::slice::from_ref(&args),
+            target,
+            self.shared.large_in_files(),
+        )?;
+        let id = self.shared.chunk_id();
+        let job = JobState::single(id, 1);
+        let c = Chunk::new(id, task::chunk_entry::<F, A>(), payload, Arc::clone(&job), 0, 1)
+            .with_handles(fds)
             .with_timeout(self.timeout);
-        job.seal();
         self.shared.submit(vec![c], true)?;
         Ok(AsyncResult::new(
             job,

@@ -533,12 +533,12 @@ impl<L: Link> Dispatcher<L> {
     /// most `policy::DEFERRED`. A worker whose running chunk has turned slow (its window back
     /// to `WINDOW`) wakes it at its next answer: nothing is put off while a slow chunk runs.
     fn prepare_sleep(&self, defer: bool) -> Option<bool> {
-        let now = Instant::now();
+        let now = defer.then(Instant::now);
         let mut deferred = false;
         for w in &self.workers {
-            let ahead = match defer {
-                true => policy::defer(w.in_flight.len().min(w.window(now))),
-                false => 0,
+            let ahead = match now {
+                Some(now) => policy::defer(w.in_flight.len().min(w.window(now))),
+                None => 0,
             };
             if !w.link.prepare_sleep(ahead as u64) {
                 return None;
@@ -589,6 +589,9 @@ impl<L: Link> Dispatcher<L> {
 
     /// Gives queued chunks to workers with room, least loaded first.
     fn assign(&mut self) {
+        if self.queue.is_empty() {
+            return; // nothing to place (a waiter letting go, nearly always): no clock read
+        }
         let now = Instant::now();
         let one_each = self.config.gated.is_some();
         for w in &mut self.workers {

@@ -114,6 +114,30 @@ impl JobState {
         })
     }
 
+    /// A job of one chunk of `items` items with dispatcher id `id` (its index is 0), sealed:
+    /// what `add_chunk` and `seal` make of a new job, without taking its lock.
+    pub(crate) fn single(id: u64, items: usize) -> Arc<JobState> {
+        let mut slots = VecDeque::with_capacity(1);
+        slots.push_back(Slot {
+            items,
+            outcome: None,
+            id,
+            consumed: false,
+        });
+        Arc::new(JobState {
+            inner: Mutex::new(JobInner {
+                slots,
+                added: 1,
+                items_added: items,
+                sealed: true,
+                ..JobInner::default()
+            }),
+            changed: Condvar::new(),
+            done: AtomicBool::new(false),
+            failed_early: AtomicBool::new(false),
+        })
+    }
+
     /// A job whose answered chunks are queued in answer order (for `imap_unordered`).
     pub(crate) fn unordered() -> Arc<JobState> {
         let job = JobState::new();
@@ -164,14 +188,20 @@ impl JobState {
 
     /// No more chunks will be added.
     pub(crate) fn seal(&self) {
-        let (done, waiters) = {
-            let mut inner = self.lock();
-            inner.sealed = true;
-            (inner.complete(), inner.waiters)
-        };
-        if done {
-            self.finished();
-        } else if waiters > 0 {
+        let mut inner = self.lock();
+        inner.sealed = true;
+        self.changed_locked(inner);
+    }
+
+    /// After a change under the lock (`inner`): if the job is now complete, tells everyone
+    /// waiting for it ([`Finished`]), else wakes the threads waiting for part of it.
+    fn changed_locked(&self, mut inner: MutexGuard<'_, JobInner>) {
+        if inner.complete() {
+            let finished = self.finish(&mut inner);
+            drop(inner);
+            finished.tell(self);
+        } else if inner.waiters > 0 {
+            drop(inner);
             self.changed.notify_all();
         }
     }
@@ -179,33 +209,26 @@ impl JobState {
     /// Fills chunk `index` unless it already has an answer (a cancelled chunk's late result is
     /// dropped here).
     pub(crate) fn deliver(&self, index: usize, outcome: ChunkOutcome) {
-        let (done, waiters) = {
-            let mut inner = self.lock();
-            let Some(slot) = inner.slot_mut(index) else {
-                return;
-            };
-            if slot.outcome.is_some() || slot.consumed {
-                return;
-            }
-            slot.outcome = Some(outcome);
-            let items = slot.items;
-            inner.filled += 1;
-            inner.items_filled += items;
-            if let Some(answered) = &mut inner.answered {
-                answered.push_back(index);
-            }
-            (inner.complete(), inner.waiters)
+        let mut inner = self.lock();
+        let Some(slot) = inner.slot_mut(index) else {
+            return;
         };
-        if done {
-            self.finished();
-        } else if waiters > 0 {
-            self.changed.notify_all();
+        if slot.outcome.is_some() || slot.consumed {
+            return;
         }
+        slot.outcome = Some(outcome);
+        let items = slot.items;
+        inner.filled += 1;
+        inner.items_filled += items;
+        if let Some(answered) = &mut inner.answered {
+            answered.push_back(index);
+        }
+        self.changed_locked(inner);
     }
 
     /// Fills every chunk still waiting with `err`; returns their dispatcher ids.
     pub(crate) fn fail_waiting(&self, err: &Error) -> Vec<u64> {
-        let (ids, done) = {
+        let (ids, finished) = {
             let mut inner = self.lock();
             self.failed_early.store(true, Ordering::Release);
             let mut ids = Vec::new();
@@ -225,48 +248,26 @@ impl JobState {
             if let Some(answered) = &mut inner.answered {
                 answered.extend(failed);
             }
-            (ids, inner.complete())
+            let finished = inner.complete().then(|| self.finish(&mut inner));
+            (ids, finished)
         };
-        if done {
-            self.finished();
-        } else {
-            self.changed.notify_all();
+        match finished {
+            Some(finished) => finished.tell(self),
+            None => self.changed.notify_all(),
         }
         ids
     }
 
-    fn finished(&self) {
+    /// The job has just completed, under its lock: marks it done and takes what must be told.
+    fn finish(&self, inner: &mut JobInner) -> Finished {
         self.done.store(true, Ordering::Release);
-        let (waker, callbacks, watchers, sleepers) = {
-            let mut inner = self.lock();
-            (
-                inner.waker.take(),
-                std::mem::take(&mut inner.callbacks),
-                std::mem::take(&mut inner.watchers),
-                inner.sleepers,
-            )
-        };
         // A thread that looked before this lock saw the job incomplete and is counted; one
         // that looks after it sees the job complete.
-        if sleepers > 0 {
-            self.changed.notify_all();
-        }
-        for (watch, index) in watchers {
-            if let Some(watch) = watch.upgrade() {
-                watch.push(index);
-            }
-        }
-        if let Some(w) = waker {
-            // A waker's panic is the executor's: it must not take down whoever completed the
-            // job (the dispatcher, or a waiter holding the pool's state).
-            if let Err(payload) =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()))
-            {
-                std::mem::forget(payload);
-            }
-        }
-        if let Some(callbacks) = defer_callbacks(callbacks) {
-            run_callbacks(callbacks);
+        Finished {
+            waker: inner.waker.take(),
+            callbacks: std::mem::take(&mut inner.callbacks),
+            watchers: std::mem::take(&mut inner.watchers),
+            sleepers: inner.sleepers,
         }
     }
 
@@ -334,6 +335,46 @@ impl JobState {
         } else {
             inner.watchers.retain(|(w, _)| w.strong_count() > 0);
             inner.watchers.push((Arc::downgrade(watch), index));
+        }
+    }
+}
+
+/// What a job that has just completed must tell, once its lock is let go: the threads asleep
+/// on it, the waiters on many jobs, a future's waker, and its callbacks.
+struct Finished {
+    waker: Option<Waker>,
+    callbacks: Vec<Callback>,
+    watchers: Vec<(Weak<Watch>, usize)>,
+    sleepers: usize,
+}
+
+impl Finished {
+    fn tell(self, job: &JobState) {
+        let Finished {
+            waker,
+            callbacks,
+            watchers,
+            sleepers,
+        } = self;
+        if sleepers > 0 {
+            job.changed.notify_all();
+        }
+        for (watch, index) in watchers {
+            if let Some(watch) = watch.upgrade() {
+                watch.push(index);
+            }
+        }
+        if let Some(w) = waker {
+            // A waker's panic is the executor's: it must not take down whoever completed the
+            // job (the dispatcher, or a waiter holding the pool's state).
+            if let Err(payload) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()))
+            {
+                std::mem::forget(payload);
+            }
+        }
+        if let Some(callbacks) = defer_callbacks(callbacks) {
+            run_callbacks(callbacks);
         }
     }
 }
@@ -431,6 +472,18 @@ pub(crate) fn decode_one<R: DeserializeOwned>(
     slots: &VecDeque<Slot>,
     target: &str,
 ) -> Result<R, Error> {
+    // Nearly always one item that brought no handles: decoded without a `Vec` (anything else,
+    // or an answer that does not decode so, goes the general way, which says what is wrong).
+    if let (1, Some(slot)) = (slots.len(), slots.front())
+        && slot.items == 1
+        && let Some(Ok(answered)) = &slot.outcome
+        && answered.handles.is_empty()
+        && let Some(one) = crate::handle::providing(Vec::new(), || {
+            task::decode_one_bare::<R>(answered).ok()
+        })
+    {
+        return one.map_err(|p| panicked(*p));
+    }
     let mut all = decode_all::<R>(slots, target)?;
     all.pop()
         .ok_or_else(|| Error::protocol("a task's answer held no value"))
@@ -497,6 +550,47 @@ pub(crate) fn decode_slot<R: DeserializeOwned>(slot: &Slot, target: &str) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A job of one chunk answered with `results` (an encoded `Vec` of them).
+    fn answered_single<T: serde::Serialize>(results: &[Result<T, Box<PanicReport>>]) -> Arc<JobState> {
+        let job = JobState::single(9, 1);
+        assert!(!job.is_done());
+        let bytes = crate::wire::codec::encode(&results).unwrap();
+        job.deliver(0, Ok(bytes.into()));
+        assert!(job.is_done(), "one delivery completes a job of one chunk");
+        job
+    }
+
+    #[test]
+    fn one_value_is_decoded_or_its_panic_or_what_is_wrong_with_the_answer() {
+        let job = answered_single::<u64>(&[Ok(7)]);
+        assert_eq!(decode_one::<u64>(&job.lock().slots, "t").unwrap(), 7);
+        let report = PanicReport {
+            message: "boom".into(),
+            location: None,
+            process: "w".into(),
+            backtrace: None,
+        };
+        let job = answered_single::<u64>(&[Err(Box::new(report))]);
+        let e = decode_one::<u64>(&job.lock().slots, "t").unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::Panicked(r) if r.message == "boom"), "{e}");
+        // Two results for one item, or none: what the general way says, not a value.
+        for wrong in [vec![Ok(1u64), Ok(2)], vec![]] {
+            let job = answered_single::<u64>(&wrong);
+            let e = decode_one::<u64>(&job.lock().slots, "t").unwrap_err();
+            assert!(matches!(e.kind(), ErrorKind::Protocol(_)), "{e}");
+            assert!(e.to_string().contains("came back with"), "{e}");
+        }
+        // A value of another type: a codec error.
+        let job = answered_single::<String>(&[Ok("seven".into())]);
+        let e = decode_one::<u64>(&job.lock().slots, "t").unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::Codec { .. }), "{e}");
+        // An error for the whole chunk (its worker died, say).
+        let job = JobState::single(9, 1);
+        job.deliver(0, Err(ErrorKind::Cancelled.into()));
+        let e = decode_one::<u64>(&job.lock().slots, "t").unwrap_err();
+        assert_eq!(e.kind(), &ErrorKind::Cancelled);
+    }
 
     #[test]
     fn watches_of_waiters_gone_do_not_pile_up_on_a_job() {

@@ -56,13 +56,12 @@ impl Pool {
         done: impl FnOnce(ChunkOutcome) + Send + 'static,
     ) -> Result<RawTask, Error> {
         self.shared.check_open()?;
-        let job = JobState::new();
         let id = self.shared.chunk_id();
-        let index = job.add_chunk(id, items);
+        let job = JobState::single(id, items);
+        let index = 0;
         let chunk = Chunk::new(id, entry, payload.into(), Arc::clone(&job), index, items)
             .with_on_start(Box::new(on_start))
             .with_timeout(timeout);
-        job.seal();
         let answered = Arc::clone(&job);
         job.on_complete(Box::new(move || {
             let outcome = answered

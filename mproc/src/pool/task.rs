@@ -114,6 +114,45 @@ pub(crate) fn decode_chunk_bare<R: DeserializeOwned>(
         .map_err(|e| Error::codec(format!("the return values of `{target}`"), "decode", e))
 }
 
+/// The only item of a chunk's answer, decoded without a `Vec` (in the handle scope its
+/// caller set up); `Err` if the answer is not exactly one item (or does not decode).
+pub(crate) fn decode_one_bare<R: DeserializeOwned>(
+    answered: &Answered,
+    ) -> Result<Result<R, Box<PanicReport>>, Error> {
+    let One(item) = answered
+        .bytes
+        .decode::<One<Result<R, Box<PanicReport>>>>()?
+        .map_err(|e| Error::codec("a return value", "decode", e))?;
+    Ok(item)
+}
+
+/// A sequence of exactly one value, decoded as the value (the answer of a chunk of one
+/// item, an encoded `Vec` of one result).
+struct One<T>(T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for One<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+            type Value = One<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a sequence of one value")
+            }
+            fn visit_seq<S: serde::de::SeqAccess<'de>>(self, mut seq: S) -> Result<One<T>, S::Error> {
+                use serde::de::Error as _;
+                let Some(first) = seq.next_element()? else {
+                    return Err(S::Error::invalid_length(0, &self));
+                };
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(S::Error::invalid_length(2, &self));
+                }
+                Ok(One(first))
+            }
+        }
+        d.deserialize_seq(Visit(std::marker::PhantomData))
+    }
+}
+
 /// The initializer's trampoline: an ordinary target entry (its value, `()`, is ignored).
 pub(crate) fn init_entry<F, A>() -> i64
 where

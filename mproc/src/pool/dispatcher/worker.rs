@@ -234,11 +234,16 @@ impl<L: Link> Worker<L> {
 
     /// Accepts every answer it has published, in order.
     pub(super) fn drain(&mut self, scratch: &mut Vec<u8>) {
-        let (now, answered) = (Instant::now(), self.answered);
+        let answered = self.answered;
         let (since, chunks) = (self.front_since, self.chunks);
+        // The clock is read at the first answer: a waiter looks many times for each one.
+        let mut now = None;
         loop {
             match self.link.next_answer(scratch) {
-                Ok(Some(answer)) => self.accept(answer, now),
+                Ok(Some(answer)) => {
+                    let at = *now.get_or_insert_with(Instant::now);
+                    self.accept(answer, at);
+                }
                 Ok(None) => break,
                 Err(e) => return self.condemn_front(e),
             }
@@ -246,7 +251,9 @@ impl<L: Link> Worker<L> {
         // The chunks answered since the front one began shared the time between (read in one
         // go, they all look read at `now`).
         let read = self.chunks - chunks;
-        if read > 0 {
+        if read > 0
+            && let Some(now) = now
+        {
             let took = now.saturating_duration_since(since);
             self.average = policy::average_after(self.average, took, read);
         }
