@@ -1274,12 +1274,15 @@ fn large_tasks_taken_back_or_cancelled_keep_their_arguments(m: StartMethod) {
 }
 
 /// Tasks and answers on both sides of the lane's frame limit, interleaved: they come back in
-/// order, intact, from the same worker (nothing is mistaken for a protocol error).
+/// order, intact, from the same worker (nothing is mistaken for a protocol error). Among them,
+/// every few bytes across the band where a frame is sized before it is encoded (its bytes
+/// within `FRAME_WORDS` of the 32 KiB limit) and where it stops fitting.
 fn large_and_small_frames_keep_their_order(m: StartMethod) {
     let p = pool(m, 1);
-    let sizes = [
+    let mut sizes = vec![
         10, 200_000, 5, 1_000_000, 0, 40_000, 32_700, 32_800, 8, 3_000_000, 1, 262_136, 262_144,
     ];
+    sizes.extend((32_640..32_776).step_by(4));
     let echoes: Vec<_> = sizes
         .iter()
         .enumerate()

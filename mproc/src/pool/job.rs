@@ -373,7 +373,9 @@ impl Finished {
                 std::mem::forget(payload);
             }
         }
-        if let Some(callbacks) = defer_callbacks(callbacks) {
+        if !callbacks.is_empty()
+            && let Some(callbacks) = defer_callbacks(callbacks)
+        {
             run_callbacks(callbacks);
         }
     }

@@ -36,6 +36,10 @@ const MAGIC: u64 = 0x6d70_726f_635f_6c32; // "mproc_l2"
 /// The largest frame body a ring carries; larger ones must travel some other way.
 pub(crate) const MAX_FRAME: usize = CAPACITY / 8;
 
+/// More than the words a lane message puts around the bytes it carries take (a tag, an id, a
+/// length): bytes this much under [`MAX_FRAME`] fit in a frame without being sized first.
+pub(crate) const FRAME_WORDS: usize = 64;
+
 /// How many claim slots a lane keeps: at least as many tasks as a worker may hold at once,
 /// so a slot is never reused while its task may still be taken back.
 pub(crate) const MARKS: usize = 1024;

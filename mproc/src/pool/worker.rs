@@ -11,7 +11,7 @@
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use super::lane::Lane;
+use super::lane::{FRAME_WORDS, Lane};
 use crate::channel::Channel;
 use crate::memfile::{self, AnswerPlace, Mapped, Received, Spares};
 use crate::error::{Error, ErrorKind};
@@ -331,8 +331,13 @@ impl Worker<'_> {
                     id,
                     result: result.map(serde_bytes::ByteBuf::from),
                 };
-                if codec::encoded_len(&done).is_ok_and(Lane::fits)
+                // A value's frame is its bytes and a few words: sized first only when it may
+                // not fit (an error's message, or bytes near the limit).
+                let surely_fits = matches!(&done, FromWorker::Done { result: Ok(b), .. }
+                    if Lane::fits(b.len() + FRAME_WORDS));
+                if (surely_fits || codec::encoded_len(&done).is_ok_and(Lane::fits))
                     && codec::encode_into(self.out_cleared(), &done).is_ok()
+                    && Lane::fits(self.out.len())
                 {
                     self.publish()?;
                 } else {

@@ -19,7 +19,7 @@ use crate::process;
 use crate::start::{self, Child, StartMethod};
 use crate::sys::exe;
 use crate::sys::fd;
-use crate::pool::lane::{Corrupt, Lane};
+use crate::pool::lane::{Corrupt, FRAME_WORDS, Lane};
 use crate::sys::proc::Exit;
 use crate::wire::codec;
 use crate::wire::message::{FromWorker, FromWorkerOf, PoolWorkerSpec, Role, Start, ToWorker};
@@ -291,14 +291,18 @@ impl Link for LocalLink {
                     payload: payload.as_slice(),
                     handles: 0,
                 };
-                codec::encoded_len(&task).is_ok_and(Lane::fits)
+                // Sized first only when it may not fit (see `FRAME_WORDS`).
+                (Lane::fits(payload.len() + FRAME_WORDS)
+                    || codec::encoded_len(&task).is_ok_and(Lane::fits))
                     && codec::encode_into(scratch, &task).is_ok()
+                    && Lane::fits(scratch.len())
             }
             _ => false,
         };
         let placed = if small {
             self.lane.push(scratch)
         } else {
+            scratch.clear(); // it may hold the task, encoded and found too large
             let _ = codec::encode_into(scratch, &ToWorker::<&[u8]>::OnSocket);
             match self.lane.has_room(scratch.len()) {
                 Ok(true) => {
