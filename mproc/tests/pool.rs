@@ -830,6 +830,97 @@ fn busy_echo(n: u64) -> (u64, u32) {
     (n, std::process::id())
 }
 
+/// Its argument and the worker's pid, at once.
+fn quick_echo(n: u64) -> (u64, u32) {
+    (n, std::process::id())
+}
+
+/// `apply` back to back from four threads at once, workers killed at random meanwhile: the
+/// waiting threads take turns reading the lanes, and the pool's thread takes the state from
+/// them when a worker dies or wakes it. Each call gives its own value or `WorkerLost`, none
+/// hangs, and a kill loses at most the one call its worker was running.
+fn back_to_back_calls_from_threads_with_workers_killed_at_random(m: StartMethod) {
+    let p = pool(m, 2);
+    let (pids, stop, killer) = random_killer(Duration::from_millis(20));
+    let began = Instant::now();
+    let (values, lost) = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (p, pids) = (&p, &pids);
+                s.spawn(move || {
+                    let (mut values, mut lost) = (0u64, 0u64);
+                    let mut i = 0;
+                    while i < 500 || began.elapsed() < Duration::from_millis(400) {
+                        let x = (t << 32) | i;
+                        i += 1;
+                        match p
+                            .apply_async(quick_echo, (x,))
+                            .unwrap()
+                            .get_timeout(PATIENCE)
+                        {
+                            Ok((v, worker)) => {
+                                assert_eq!(v, x, "another call's value");
+                                values += 1;
+                                pids.lock().unwrap().insert(worker);
+                            }
+                            Err(e) => {
+                                assert!(matches!(e.kind(), ErrorKind::WorkerLost(_)), "{e}");
+                                lost += 1;
+                            }
+                        }
+                    }
+                    (values, lost)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    });
+    stop.store(true, Ordering::Relaxed);
+    let kills = killer.join().unwrap() as u64;
+    eprintln!("BACK TO BACK values={values} lost={lost} kills={kills}");
+    assert!(kills > 0 && values > 0, "{kills} kills, {values} values");
+    assert!(lost <= kills, "{lost} calls lost for {kills} kills");
+}
+
+/// Calls nobody waits for: their answers are read by the pool's thread, which a worker wakes
+/// (after its grace for a reader coming back) as no caller reads the lanes; and again while
+/// another thread calls `apply` back to back, saying now and then that it reads them.
+fn answers_nobody_waits_for_are_read(m: StartMethod) {
+    let p = pool(m, 1);
+    let ready_soon = |r: &mproc::AsyncResult<u64>| {
+        let deadline = Instant::now() + PATIENCE;
+        while !r.ready() {
+            assert!(
+                Instant::now() < deadline,
+                "an answer nobody waited for was left unread"
+            );
+            std::thread::yield_now();
+        }
+    };
+    for x in 0..100u64 {
+        let r = p.apply_async(square, (x,)).unwrap();
+        ready_soon(&r);
+        assert_eq!(r.get().unwrap(), x * x);
+    }
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                assert_eq!(p.apply(square, (3,)).unwrap(), 9);
+            }
+        });
+        for x in 0..300u64 {
+            let r = p.apply_async(square, (x,)).unwrap();
+            ready_soon(&r);
+            assert_eq!(r.get().unwrap(), x * x);
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+}
+
 /// Worker pids to kill (the test adds each one it learns of), a switch to stop, and a thread
 /// that SIGKILLs one of them, picked at random, every `every`; it returns how many it killed.
 /// A pid it killed is never killed again (a late answer may name it after its death, and
@@ -1528,6 +1619,8 @@ per_start_method!(
     imap_pulls_lazily_with_bounded_work_in_flight,
     stress_100k_tasks_with_workers_killed_at_random,
     large_tasks_with_workers_killed_at_random,
+    back_to_back_calls_from_threads_with_workers_killed_at_random,
+    answers_nobody_waits_for_are_read,
 );
 
 /// A pool and a pending result the parent keeps in globals, which a fork child inherits.
