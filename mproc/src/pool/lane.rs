@@ -388,9 +388,10 @@ impl Lane {
     }
 
     /// Like [`Lane::peer_needs_wake`] (a worker's, after an answer), but a dispatcher found
-    /// asleep is watched for up to `grace` first: a reader that says it is awake meanwhile
-    /// (a thread that has just submitted a task and is on its way to wait for the answer,
-    /// say) reads the ring before it can sleep again, so the answer needs no wake-up.
+    /// asleep is watched for up to `grace` first, while this side has nothing more to take: a
+    /// reader that says it is awake meanwhile (a thread that has just submitted a task and is
+    /// on its way to wait for the answer, say) reads the ring before it can sleep again, so
+    /// the answer needs no wake-up.
     ///
     /// Why a reader seen awake again will see the answer: every waking of the reader's word
     /// is followed by reads of the ring until its next `prepare_sleep_until`, which looks at
@@ -404,6 +405,10 @@ impl Lane {
             return false;
         }
         let peer = self.asleep(false);
+        // With more to take, the wait would hold up the next task: woken at once, as before.
+        if !self.is_empty() {
+            return peer.swap(0, Ordering::SeqCst) != 0;
+        }
         let until = std::time::Instant::now() + grace;
         loop {
             for _ in 0..32 {
@@ -706,10 +711,19 @@ mod tests {
         assert!(w.peer_needs_wake_unless_back(Duration::from_millis(20)));
         assert!(t.elapsed() >= Duration::from_millis(20));
         assert!(!w.peer_needs_wake_unless_back(Duration::from_millis(20)));
-        // A reader comes back meanwhile (on another thread, as a caller on its way to wait
-        // for the answer): no wake-up, and the answer is there for it.
         let mut buf = Vec::new();
         assert!(p.pop_into(&mut buf).unwrap(), "the first answer");
+        // With a task waiting to be taken, no wait: woken at once.
+        assert!(p.push(b"task").unwrap());
+        assert!(p.prepare_sleep());
+        assert!(w.push(b"a2").unwrap());
+        let t = Instant::now();
+        assert!(w.peer_needs_wake_unless_back(Duration::from_secs(30)));
+        assert!(t.elapsed() < Duration::from_secs(20), "it waited with work to do");
+        assert!(w.pop_into(&mut buf).unwrap(), "the task");
+        assert!(p.pop_into(&mut buf).unwrap(), "the second answer");
+        // A reader comes back meanwhile (on another thread, as a caller on its way to wait
+        // for the answer): no wake-up, and the answer is there for it.
         assert!(p.prepare_sleep());
         assert!(w.push(b"b").unwrap());
         let back = std::thread::spawn(move || {

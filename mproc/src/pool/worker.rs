@@ -36,7 +36,8 @@ const LINGER: Duration = Duration::from_micros(50);
 /// way into the next one; a quick task's answer can come in between. Woken then, the
 /// dispatcher thread would wake for nothing and take the pool's state from the caller
 /// (measured in back-to-back `apply` calls: a few in ten thousand calls, each costing tens of
-/// microseconds), where a wake-up costs more than this wait.
+/// microseconds), where a wake-up costs more than this wait. Only a worker with nothing more
+/// to take waits: one with tasks queued wakes the dispatcher at once and goes on.
 const WAKE_GRACE: Duration = Duration::from_micros(2);
 
 /// Serves tasks on `ctrl`; returns the exit code.
