@@ -175,8 +175,8 @@ impl<'p> Chunked<'p> {
         F::Output: Serialize + DeserializeOwned + Send + 'static,
     {
         let _ = f;
+        self.shared.check_open()?;
         let target = type_name::<F>();
-        // A closed pool refuses it in `submit`, as it would any job.
         let (payload, fds) = task::encode_chunk(
             std::slice::from_ref(&args),
             target,

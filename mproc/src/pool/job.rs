@@ -349,6 +349,8 @@ struct Finished {
 }
 
 impl Finished {
+    /// Tells them, in this order: sleepers, waiters on many jobs, the waker, the callbacks
+    /// (deferred if this thread is helping the dispatcher). Called without `job`'s lock.
     fn tell(self, job: &JobState) {
         let Finished {
             waker,
@@ -554,7 +556,9 @@ mod tests {
     use super::*;
 
     /// A job of one chunk answered with `results` (an encoded `Vec` of them).
-    fn answered_single<T: serde::Serialize>(results: &[Result<T, Box<PanicReport>>]) -> Arc<JobState> {
+    fn answered_single<T: serde::Serialize>(
+        results: &[Result<T, Box<PanicReport>>],
+    ) -> Arc<JobState> {
         let job = JobState::single(9, 1);
         assert!(!job.is_done());
         let bytes = crate::wire::codec::encode(&results).unwrap();

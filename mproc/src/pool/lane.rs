@@ -36,9 +36,9 @@ const MAGIC: u64 = 0x6d70_726f_635f_6c32; // "mproc_l2"
 /// The largest frame body a ring carries; larger ones must travel some other way.
 pub(crate) const MAX_FRAME: usize = CAPACITY / 8;
 
-/// More than the words a lane message puts around the bytes it carries take (a tag, an id, a
-/// length): bytes this much under [`MAX_FRAME`] fit in a frame without being sized first.
-pub(crate) const FRAME_WORDS: usize = 64;
+/// More bytes than a lane message puts around the bytes it carries (a tag, an id, a length:
+/// 24–32 bytes): bytes this much under [`MAX_FRAME`] fit in a frame without being sized first.
+pub(crate) const FRAME_OVERHEAD: usize = 64;
 
 /// How many claim slots a lane keeps: at least as many tasks as a worker may hold at once,
 /// so a slot is never reused while its task may still be taken back.
@@ -395,7 +395,8 @@ impl Lane {
     ///
     /// Why a reader seen awake again will see the answer: every waking of the reader's word
     /// is followed by reads of the ring until its next `prepare_sleep_until`, which looks at
-    /// the ring after a sequentially consistent fence. This side published before its own
+    /// the ring after a sequentially consistent fence (or until it hands the reading to the
+    /// dispatcher thread, whose turn does the same). This side published before its own
     /// fence (in `wake_peer`) and saw the word asleep after that fence, then awake: had the
     /// reader's fence come first, this side could not have seen the older "awake" after the
     /// newer "asleep" (reads of one word never go back). So the reader's fence comes second

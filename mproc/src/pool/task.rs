@@ -118,7 +118,7 @@ pub(crate) fn decode_chunk_bare<R: DeserializeOwned>(
 /// caller set up); `Err` if the answer is not exactly one item (or does not decode).
 pub(crate) fn decode_one_bare<R: DeserializeOwned>(
     answered: &Answered,
-    ) -> Result<Result<R, Box<PanicReport>>, Error> {
+) -> Result<Result<R, Box<PanicReport>>, Error> {
     let One(item) = answered
         .bytes
         .decode::<One<Result<R, Box<PanicReport>>>>()?
@@ -138,7 +138,10 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for One<T> {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a sequence of one value")
             }
-            fn visit_seq<S: serde::de::SeqAccess<'de>>(self, mut seq: S) -> Result<One<T>, S::Error> {
+            fn visit_seq<S: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: S,
+            ) -> Result<One<T>, S::Error> {
                 use serde::de::Error as _;
                 let Some(first) = seq.next_element()? else {
                     return Err(S::Error::invalid_length(0, &self));

@@ -11,7 +11,7 @@
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use super::lane::{FRAME_WORDS, Lane};
+use super::lane::{FRAME_OVERHEAD, Lane};
 use crate::channel::Channel;
 use crate::memfile::{self, AnswerPlace, Mapped, Received, Spares};
 use crate::error::{Error, ErrorKind};
@@ -335,7 +335,7 @@ impl Worker<'_> {
                 // A value's frame is its bytes and a few words: sized first only when it may
                 // not fit (an error's message, or bytes near the limit).
                 let surely_fits = matches!(&done, FromWorker::Done { result: Ok(b), .. }
-                    if Lane::fits(b.len() + FRAME_WORDS));
+                    if Lane::fits(b.len() + FRAME_OVERHEAD));
                 if (surely_fits || codec::encoded_len(&done).is_ok_and(Lane::fits))
                     && codec::encode_into(self.out_cleared(), &done).is_ok()
                     && Lane::fits(self.out.len())
@@ -414,4 +414,3 @@ fn run(identity: u64, entry: i64, payload: &[u8]) -> Result<Vec<u8>, Error> {
     let f = image::entry_for(identity, entry)?;
     catch_uncounted(|| f(payload)).map_err(|report| Error::from(ErrorKind::Panicked(report)))?
 }
-

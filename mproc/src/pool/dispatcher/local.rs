@@ -19,7 +19,7 @@ use crate::process;
 use crate::start::{self, Child, StartMethod};
 use crate::sys::exe;
 use crate::sys::fd;
-use crate::pool::lane::{Corrupt, FRAME_WORDS, Lane};
+use crate::pool::lane::{Corrupt, FRAME_OVERHEAD, Lane};
 use crate::sys::proc::Exit;
 use crate::wire::codec;
 use crate::wire::message::{FromWorker, FromWorkerOf, PoolWorkerSpec, Role, Start, ToWorker};
@@ -291,8 +291,8 @@ impl Link for LocalLink {
                     payload: payload.as_slice(),
                     handles: 0,
                 };
-                // Sized first only when it may not fit (see `FRAME_WORDS`).
-                (Lane::fits(payload.len() + FRAME_WORDS)
+                // Sized first only when it may not fit (see `FRAME_OVERHEAD`).
+                (Lane::fits(payload.len() + FRAME_OVERHEAD)
                     || codec::encoded_len(&task).is_ok_and(Lane::fits))
                     && codec::encode_into(scratch, &task).is_ok()
                     && Lane::fits(scratch.len())

@@ -173,12 +173,20 @@ impl Shared {
         let chunks = match state {
             Some(mut state) => match state.as_mut() {
                 Some(d) if inbox.commands.is_empty() && d.broken.is_none() => {
-                    d.enqueue(chunks);
-                    d.assign();
-                    d.flush();
-                    if d.needs_attention() {
-                        self.wake.notify();
-                    }
+                    // A chunk failed here (a descriptor it could not pass, say) completes its
+                    // job on this thread: its callbacks, which may use the pool, run once
+                    // both locks are let go.
+                    let callbacks = job::deferring_callbacks(|| {
+                        d.enqueue(chunks);
+                        d.assign();
+                        d.flush();
+                        if d.needs_attention() {
+                            self.wake.notify();
+                        }
+                    });
+                    drop(state);
+                    drop(inbox);
+                    job::run_callbacks(callbacks);
                     return Ok(());
                 }
                 _ => chunks,
