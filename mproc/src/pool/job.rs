@@ -32,6 +32,18 @@ pub(crate) struct Slot {
     pub(crate) consumed: bool,
 }
 
+impl Slot {
+    /// A chunk of `items` items with dispatcher id `id`, not answered yet.
+    fn new(id: u64, items: usize) -> Slot {
+        Slot {
+            items,
+            outcome: None,
+            id,
+            consumed: false,
+        }
+    }
+}
+
 /// The shared state of one job.
 pub(crate) struct JobState {
     inner: Mutex<JobInner>,
@@ -106,8 +118,12 @@ impl JobState {
     }
 
     pub(crate) fn new() -> Arc<JobState> {
+        JobState::of(JobInner::default())
+    }
+
+    fn of(inner: JobInner) -> Arc<JobState> {
         Arc::new(JobState {
-            inner: Mutex::new(JobInner::default()),
+            inner: Mutex::new(inner),
             changed: Condvar::new(),
             done: AtomicBool::new(false),
             failed_early: AtomicBool::new(false),
@@ -117,24 +133,12 @@ impl JobState {
     /// A job of one chunk of `items` items with dispatcher id `id` (its index is 0), sealed:
     /// what `add_chunk` and `seal` make of a new job, without taking its lock.
     pub(crate) fn single(id: u64, items: usize) -> Arc<JobState> {
-        let mut slots = VecDeque::with_capacity(1);
-        slots.push_back(Slot {
-            items,
-            outcome: None,
-            id,
-            consumed: false,
-        });
-        Arc::new(JobState {
-            inner: Mutex::new(JobInner {
-                slots,
-                added: 1,
-                items_added: items,
-                sealed: true,
-                ..JobInner::default()
-            }),
-            changed: Condvar::new(),
-            done: AtomicBool::new(false),
-            failed_early: AtomicBool::new(false),
+        JobState::of(JobInner {
+            slots: VecDeque::from([Slot::new(id, items)]),
+            added: 1,
+            items_added: items,
+            sealed: true,
+            ..JobInner::default()
         })
     }
 
@@ -174,12 +178,7 @@ impl JobState {
         let mut inner = self.lock();
         let first = inner.added;
         for (id, items) in chunks {
-            inner.slots.push_back(Slot {
-                items,
-                outcome: None,
-                id,
-                consumed: false,
-            });
+            inner.slots.push_back(Slot::new(id, items));
             inner.added += 1;
             inner.items_added += items;
         }
@@ -482,9 +481,8 @@ pub(crate) fn decode_one<R: DeserializeOwned>(
         && slot.items == 1
         && let Some(Ok(answered)) = &slot.outcome
         && answered.handles.is_empty()
-        && let Some(one) = crate::handle::providing(Vec::new(), || {
-            task::decode_one_bare::<R>(answered).ok()
-        })
+        && let Some(one) =
+            crate::handle::providing(Vec::new(), || task::decode_one_bare::<R>(answered))
     {
         return one.map_err(|p| panicked(*p));
     }

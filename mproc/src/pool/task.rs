@@ -115,15 +115,13 @@ pub(crate) fn decode_chunk_bare<R: DeserializeOwned>(
 }
 
 /// The only item of a chunk's answer, decoded without a `Vec` (in the handle scope its
-/// caller set up); `Err` if the answer is not exactly one item (or does not decode).
+/// caller set up); `None` if the answer is not exactly one item or does not decode (the
+/// general way, [`decode_chunk_bare`], then says what is wrong).
 pub(crate) fn decode_one_bare<R: DeserializeOwned>(
     answered: &Answered,
-) -> Result<Result<R, Box<PanicReport>>, Error> {
-    let One(item) = answered
-        .bytes
-        .decode::<One<Result<R, Box<PanicReport>>>>()?
-        .map_err(|e| Error::codec("a return value", "decode", e))?;
-    Ok(item)
+) -> Option<Result<R, Box<PanicReport>>> {
+    let decoded = answered.bytes.decode::<One<Result<R, Box<PanicReport>>>>();
+    decoded.ok()?.ok().map(|One(item)| item)
 }
 
 /// A sequence of exactly one value, decoded as the value (the answer of a chunk of one
