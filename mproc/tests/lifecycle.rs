@@ -395,7 +395,7 @@ fn a_pool_worker_asked_of_a_server_killed_before_it_read_the_request_starts_anyw
         return;
     }
     let m = StartMethod::Forkserver;
-    let server = stopped_fork_server();
+    let (server, mut lent) = stopped_fork_server();
     let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -406,7 +406,7 @@ fn a_pool_worker_asked_of_a_server_killed_before_it_read_the_request_starts_anyw
     });
     let tid = tid_rx.recv_timeout(PATIENCE).unwrap();
     wait_until("the pool's start waits for the stopped server", || {
-        waits_in_poll(tid)
+        thread_waits_in_poll(tid)
     });
     assert!(rx.try_recv().is_err(), "answered by a stopped server?");
     kill_and_await(server);
@@ -414,6 +414,7 @@ fn a_pool_worker_asked_of_a_server_killed_before_it_read_the_request_starts_anyw
         .recv_timeout(PATIENCE)
         .expect("the pool never started after its server was killed");
     assert_eq!(got.unwrap(), 49);
+    assert_eq!(lent.join_timeout(PATIENCE).unwrap(), server, "ran in the lent spare");
 }
 
 /// Run as a separate copy of this test binary: starts two `Forkserver` sleepers and a
@@ -651,25 +652,33 @@ fn the_fork_server_keeps_one_spare_child_and_replaces_a_killed_one() {
         third,
         "it ran in the signalled spare"
     );
-    // A spare that dies after it was handed a start's sockets, before it announced itself
-    // (stopped, then killed): nothing ran, so the start goes to another child.
-    wait_until("a spare", || spares().len() == 1);
+    // A lent spare is started by this process itself: its pid is known at once, even when it
+    // cannot run (stopped); killed then, it is a child killed as it starts, as with `fork`.
+    wait_until("a spare, lent", || {
+        spares().len() == 1 && lent_a_spare(server)
+    });
     let doomed = spares()[0];
     // SAFETY: kill(2) has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(doomed as i32, libc::SIGSTOP) }, 0);
-    let starting = std::thread::spawn(move || {
-        let mut p = Process::new(my_pid, ()).start_method(m);
-        p.start().unwrap();
-        p.join_timeout(PATIENCE).unwrap()
-    });
-    wait_until(
-        "the next spare, once the stopped one was handed the start",
-        || spares().len() == 2,
-    );
+    let mut stuck = Process::new(my_pid, ()).start_method(m);
+    stuck.start().unwrap();
+    assert_eq!(stuck.pid(), Some(doomed));
     // SAFETY: kill(2) has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(doomed as i32, libc::SIGKILL) }, 0);
-    let ran_in = starting.join().unwrap();
-    assert_ne!(ran_in, doomed);
+    let e = stuck.join_timeout(PATIENCE).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::WorkerLost(_)), "{e:?}");
+    assert_eq!(stuck.exitcode(), Some(-libc::SIGKILL));
+    // Killed before it was started, it is passed over: the start runs in another child.
+    wait_until("a spare, lent", || {
+        spares().len() == 1 && lent_a_spare(server)
+    });
+    let killed = spares()[0];
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(killed as i32, libc::SIGKILL) }, 0);
+    wait_until("the killed spare has ended", || has_ended(killed));
+    let mut next = Process::new(my_pid, ()).start_method(m);
+    next.start().unwrap();
+    assert_ne!(next.join_timeout(PATIENCE).unwrap(), killed);
     for _ in 0..20 {
         let mut p = Process::new(my_pid, ()).start_method(m);
         p.start().unwrap();
@@ -783,23 +792,42 @@ fn a_fork_server_child_needs_no_watcher_thread() {
     assert_eq!(p.join_timeout(PATIENCE).unwrap(), 1);
 }
 
-/// Whether thread `tid` of this process waits in poll(2).
-/// This process's fork server (found as a first child's parent), stopped: it reads no request
-/// until it is killed, and then never will.
-fn stopped_fork_server() -> u32 {
-    let mut first = Process::new(my_parent, ()).start_method(StartMethod::Forkserver);
+/// This process's fork server (found as a first child's parent), stopped once it has lent this
+/// process its next spare: it reads no request until it is killed, and then never will. The
+/// lent spare starts without it: the second value is that start, returning its parent (the
+/// server), to be joined once the server is killed (a stopped server reports no exit).
+fn stopped_fork_server() -> (u32, Process<u32>) {
+    let m = StartMethod::Forkserver;
+    let mut first = Process::new(my_parent, ()).start_method(m);
     first.start().unwrap();
     let server = first.join_timeout(PATIENCE).unwrap();
     assert_ne!(server, std::process::id());
+    wait_until("the server has lent its next spare", || {
+        lent_a_spare(server)
+    });
     // SAFETY: kill(2) has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(server as i32, libc::SIGSTOP) }, 0);
-    server
+    let mut lent = Process::new(my_parent, ()).start_method(m);
+    lent.start().unwrap();
+    (server, lent)
 }
 
-fn waits_in_poll(tid: i32) -> bool {
-    let now = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap_or_default();
+/// Whether fork server `server` has a spare and has lent it to us: it forks a spare, sends it
+/// to its client, and only then waits in poll(2) again.
+fn lent_a_spare(server: u32) -> bool {
+    !children_of(server).is_empty() && waits_in_poll(&format!("/proc/{server}/syscall"))
+}
+
+/// Whether the thread whose `/proc/.../syscall` file is `syscall` waits in poll(2).
+fn waits_in_poll(syscall: &str) -> bool {
+    let now = std::fs::read_to_string(syscall).unwrap_or_default();
     // poll (7) or ppoll (271) on x86_64, ppoll (73) on aarch64.
     matches!(now.split(' ').next().unwrap_or(""), "7" | "271" | "73")
+}
+
+/// Whether thread `tid` of this process waits in poll(2).
+fn thread_waits_in_poll(tid: i32) -> bool {
+    waits_in_poll(&format!("/proc/self/task/{tid}/syscall"))
 }
 
 /// A server killed with a request of ours queued, before it could fork: nothing ran, so the
@@ -810,7 +838,7 @@ fn a_request_the_killed_server_never_served_goes_to_a_fresh_one() {
         return;
     }
     let m = StartMethod::Forkserver;
-    let server = stopped_fork_server();
+    let (server, mut lent) = stopped_fork_server();
     let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let starter = std::thread::spawn(move || {
         // SAFETY: gettid has no preconditions.
@@ -820,12 +848,13 @@ fn a_request_the_killed_server_never_served_goes_to_a_fresh_one() {
     });
     let tid = tid_rx.recv_timeout(PATIENCE).unwrap();
     wait_until("the start waits for the stopped server", || {
-        waits_in_poll(tid)
+        thread_waits_in_poll(tid)
     });
     kill_and_await(server);
     let new_server = starter.join().unwrap().unwrap().unwrap();
     assert_ne!(new_server, server);
     assert_eq!(parent_pid_of(new_server), std::process::id());
+    assert_eq!(lent.join_timeout(PATIENCE).unwrap(), server, "ran in the lent spare");
 }
 
 const EXIT_DRIVER: &str = "MPROC_TEST_EXIT_DRIVER";

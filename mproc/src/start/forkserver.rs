@@ -37,10 +37,11 @@ use super::marker::Role;
 use super::{PATIENCE, alive, socket_pair, spawn, worker};
 use crate::channel::{self, Channel};
 use crate::error::{Error, ErrorKind};
-use crate::sys::exe;
 use crate::sys::fd::{self, InternalFd};
 use crate::sys::proc::{self, Forked as ForkSide};
-use crate::wire::message::{ForkRequest, Forked, Hello, Welcome};
+use crate::sys::shm::Mapping;
+use crate::sys::{exe, futex};
+use crate::wire::message::{Forked, Hello, Lent, ToServer, Welcome};
 
 /// This process's fork server. `owner` tells a forked child that the server it inherited is
 /// its parent's (its socket already closed by the fork launch).
@@ -53,6 +54,62 @@ pub(crate) struct Server {
     /// When it was last found alive after dropping a request (its fork failed): requests
     /// dropped soon after are not each given [`DYING`] to show it (a pool asks for several).
     alive_seen: Option<std::time::Instant>,
+    /// The spare it lent this process last, not started yet ([`Lent`]).
+    lent: Option<LentSpare>,
+}
+
+/// A spare child the server lent this process: started here, with no round trip through the
+/// server ([`start_lent`]).
+struct LentSpare {
+    pid: u32,
+    pidfd: InternalFd,
+    ctrl: InternalFd,
+    status: InternalFd,
+    /// The page of the word it sleeps on ([`word`]).
+    page: Mapping,
+}
+
+impl Server {
+    /// Reads what the server sent since the last look: each spare it lent replaces the one
+    /// before, which it has taken back for a request or found dead since.
+    fn collect_lent(&mut self) {
+        while let Ok(Some(frame)) = self.request.try_recv_frame() {
+            let fds = self.request.take_fds_n(4);
+            let Ok(Lent { pid }) = channel::decode_message::<Lent>(&frame) else {
+                continue;
+            };
+            let Ok([ctrl, status, page, pidfd]) = <[OwnedFd; 4]>::try_from(fds) else {
+                continue;
+            };
+            let Ok(page) = Mapping::open(page.as_fd()) else {
+                continue;
+            };
+            if page.len() < 4 {
+                continue;
+            }
+            self.lent = Some(LentSpare {
+                pid,
+                pidfd: InternalFd::new(pidfd),
+                ctrl: InternalFd::new(ctrl),
+                status: InternalFd::new(status),
+                page,
+            });
+        }
+    }
+}
+
+/// The states of the word a spare sleeps on, the first of a page the server shares with it
+/// and lends the client. Whoever moves it from [`IDLE`](word::IDLE) owns the spare.
+mod word {
+    /// Waiting; nobody has taken it.
+    pub(super) const IDLE: u32 = 0;
+    /// Started by the client it was lent to: it runs on its own control socket.
+    pub(super) const TAKEN: u32 = 1;
+    /// Taken back by the server for a request: the request's sockets wait on its socket to the
+    /// server.
+    pub(super) const HANDED: u32 = 2;
+    /// Found dead by the server, unasked.
+    pub(super) const DEAD: u32 = 3;
 }
 
 static SERVER: Mutex<Option<Server>> = Mutex::new(None);
@@ -72,11 +129,125 @@ pub(crate) fn launch(start: &[u8], start_fds: &[BorrowedFd<'_>]) -> Result<Child
 /// itself: a caller starting several children asks for all of them first, so the server forks
 /// one while the others start (see [`Requested::finish`]).
 pub(crate) fn request(start: &[u8], start_fds: &[BorrowedFd<'_>]) -> Result<Requested, Error> {
-    request_once(start, start_fds, fd::deadline_after(PATIENCE))
+    let deadline = fd::deadline_after(PATIENCE);
+    if let Some(started) = start_lent(start, start_fds, deadline) {
+        return started.map(Requested::Lent);
+    }
+    request_once(start, start_fds, deadline).map(Requested::Asked)
+}
+
+/// A child started through the server: started already in the spare it lent, or asked of it.
+pub(crate) enum Requested {
+    /// Started in the spare the server lent this process: its pid was known before.
+    Lent(Child),
+    /// Asked of the server, not yet announced.
+    Asked(Asked),
+}
+
+impl Requested {
+    /// The child's control socket, on which more may be sent after its start message (see
+    /// [`finish`](Requested::finish) for when it is another child's); `None` if the start
+    /// message itself could not be sent (`finish` says why).
+    pub(crate) fn channel(&self) -> Option<&Channel> {
+        match self {
+            Requested::Lent(child) => Some(child.channel_ref()),
+            Requested::Asked(asked) => asked.channel(),
+        }
+    }
+
+    /// The child, once it has announced itself (at once for a lent spare). A server killed
+    /// before it forked the child ran nothing: a fresh one is asked, once, with the same
+    /// `start` and `start_fds`; `true` with the child then (what was sent on
+    /// [`channel`](Requested::channel) after the start message went nowhere).
+    pub(crate) fn finish(
+        self,
+        start: &[u8],
+        start_fds: &[BorrowedFd<'_>],
+    ) -> Result<(Child, bool), Error> {
+        match self {
+            Requested::Lent(child) => Ok((child, false)),
+            Requested::Asked(asked) => asked.finish(start, start_fds),
+        }
+    }
+}
+
+/// Starts the spare the server lent this process, if there is one and it still waits: its
+/// start message goes straight to it, and one futex wake-up starts it (a wake-up through a
+/// socket would put it on this process's CPU, behind this thread). The server, told after,
+/// reports its exit as for any child. `None` without one (none lent yet, or it died, or the
+/// server took it back for a request): the caller asks the server.
+///
+/// A lent spare killed unstarted is seen here and passed over. One killed between that look
+/// and the wake-up is a child killed as it starts, as with `fork`.
+fn start_lent(
+    start: &[u8],
+    start_fds: &[BorrowedFd<'_>],
+    deadline: Option<std::time::Instant>,
+) -> Option<Result<Child, Error>> {
+    let (lent, serial) = {
+        let mut slot = lock();
+        let server = slot.as_mut().filter(|s| s.owner == proc::getpid())?;
+        server.collect_lent();
+        (server.lent.take()?, server.serial)
+    };
+    if proc::has_ended(lent.pidfd.as_fd()).unwrap_or(true) {
+        return None;
+    }
+    let ctrl = Channel::new(lent.ctrl);
+    // A start message that surely fits the socket's buffer goes first, so that the spare
+    // finds it waiting; a larger one after the wake-up, as the spare reads it.
+    let early = (start.len() <= EARLY_START).then(|| ctrl.send_frame_until(start, start_fds, deadline));
+    if early.as_ref().is_some_and(|sent| sent.is_err()) {
+        return None; // it is gone (its socket closed): nothing was started
+    }
+    let word = lent.page.word(0);
+    let taken = word.compare_exchange(
+        word::IDLE,
+        word::TAKEN,
+        std::sync::atomic::Ordering::AcqRel,
+        std::sync::atomic::Ordering::Acquire,
+    );
+    if taken.is_err() {
+        return None;
+    }
+    futex::wake(word, 1);
+    let sent = early.unwrap_or_else(|| ctrl.send_frame_until(start, start_fds, deadline));
+    tell_taken(serial, lent.pid);
+    let child = Child::new(
+        lent.pid,
+        lent.pidfd,
+        ctrl,
+        Reaper::Server(Channel::new(lent.status)),
+    );
+    Some(match sent {
+        Ok(()) => Ok(child),
+        Err(e) => {
+            let _ = child.signal(libc::SIGKILL);
+            Err(e)
+        }
+    })
+}
+
+/// A start message this long or shorter is sent to a lent spare before it is woken: it fits
+/// a fresh socket's buffer (at least 200 KiB on Linux) with room to spare.
+const EARLY_START: usize = 64 * 1024;
+
+/// Tells server `serial`, if it is still this process's, that its lent spare `pid` was
+/// started, so that it forks the next one. Never waits: a server that does not read (stopped,
+/// say) learns it when the child ends, or at the next request.
+fn tell_taken(serial: u64, pid: u32) {
+    let slot = lock();
+    let server = slot
+        .as_ref()
+        .filter(|s| s.serial == serial && s.owner == proc::getpid());
+    if let (Some(server), Ok(msg)) = (server, channel::encode_message(&ToServer::Took { pid })) {
+        let now = Some(std::time::Instant::now());
+        let _ = server.request.send_frame_until(&msg, &[], now);
+    }
 }
 
 /// A child asked of the server, its start message sent, not yet announced.
-pub(crate) struct Requested {
+pub(crate) struct Asked {
     ctrl: Channel,
     status: Channel,
     /// The server asked.
@@ -87,20 +258,14 @@ pub(crate) struct Requested {
     deadline: Option<std::time::Instant>,
 }
 
-impl Requested {
-    /// The child's control socket, on which more may be sent after its start message before
-    /// it is announced (see [`finish`](Requested::finish) for when it is another child's);
-    /// `None` if the start message itself could not be sent (the connection is given up, and
-    /// `finish` says why).
-    pub(crate) fn channel(&self) -> Option<&Channel> {
+impl Asked {
+    /// See [`Requested::channel`].
+    fn channel(&self) -> Option<&Channel> {
         self.sent.is_ok().then_some(&self.ctrl)
     }
 
-    /// Waits for the child's announcement. A server killed before it forked the child ran
-    /// nothing: a fresh one is asked, once, with the same `start` and `start_fds`; `true`
-    /// with the child then (what was sent on [`channel`](Requested::channel) after the start
-    /// message went nowhere).
-    pub(crate) fn finish(
+    /// Waits for the child's announcement (see [`Requested::finish`]).
+    fn finish(
         self,
         start: &[u8],
         start_fds: &[BorrowedFd<'_>],
@@ -118,7 +283,7 @@ impl Requested {
     /// The child, once it has announced itself; `None` if the server died, and no child of
     /// this request exists or ever will, or if the child died before it could run anything.
     fn announced(self) -> Result<Option<Child>, Error> {
-        let Requested {
+        let Asked {
             ctrl,
             mut status,
             serial,
@@ -174,10 +339,10 @@ fn request_once(
     start: &[u8],
     start_fds: &[BorrowedFd<'_>],
     deadline: Option<std::time::Instant>,
-) -> Result<Requested, Error> {
+) -> Result<Asked, Error> {
     let [ctrl, ctrl_child] = socket_pair()?;
     let [status, status_child] = socket_pair()?;
-    let request = channel::encode_message(&ForkRequest)?;
+    let request = channel::encode_message(&ToServer::Fork)?;
     let mut slot = lock();
     let mut serial = 0;
     for attempt in 0.. {
@@ -196,7 +361,7 @@ fn request_once(
     // The child will find its start message waiting: no round trip spent on it.
     let ctrl = Channel::new(ctrl);
     let sent = ctrl.send_frame_until(start, start_fds, deadline);
-    Ok(Requested {
+    Ok(Asked {
         ctrl,
         status: Channel::new(status),
         serial,
@@ -272,6 +437,7 @@ fn start_server(identity: u64) -> Result<Server, Error> {
         pidfd,
         request: Channel::new(client),
         alive_seen: None,
+        lent: None,
     };
     let handshake = server.request.send(&Hello { identity }, &[]);
     let welcome = handshake.and_then(|()| {
@@ -321,8 +487,8 @@ pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
     // Each child's tie to the liveness pipe, made ahead and handed on (see `alive::Ties`).
     let mut ties = alive::Ties::new(alive.as_fd());
     let mut children = HashMap::new();
-    // A child forked ahead of the next request (see `Spare`).
-    let mut spare = Spare::fork(alive.as_fd(), &mut ties);
+    // A child forked ahead of the next start, lent to the client (see `Spare`).
+    let mut spare = Spare::fork(alive.as_fd(), &mut ties, &request);
     // When the next one is forked, when there is none.
     let mut next_spare = NextSpare::default();
     loop {
@@ -349,7 +515,7 @@ pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
         }
         let now = std::time::Instant::now();
         if next_spare.fork_now(now, served, ready[1].readable, spare.is_some()) {
-            spare = Spare::fork(alive.as_fd(), &mut ties);
+            spare = Spare::fork(alive.as_fd(), &mut ties, &request);
         }
     }
 }
@@ -407,69 +573,149 @@ impl NextSpare {
     }
 }
 
-/// A child forked ahead of demand, waiting on its socket for a request's control and status
-/// sockets: a request then costs one message instead of a `fork` (the next spare is forked
-/// [`SPARE_DELAY`] after the answer, off the client's path). At most one exists, idle, with
-/// its stop signals still blocked as the server's are; tied to the user's process like every
-/// child, it ends with it, and ends by itself when the server does.
+/// A child forked ahead of demand, asleep on a word of a page it shares with the server
+/// ([`word`]). The server lends it to the client at once ([`Lent`]: its control and status
+/// sockets, the page, a pidfd), and the client starts it itself: one futex wake-up, with the
+/// pid known before. A request that comes to the server instead (the client had not read of
+/// the spare yet, or another thread took it) takes it back and hands it the request's sockets,
+/// which costs the request one message instead of a `fork`. The next spare is forked
+/// [`SPARE_DELAY`] after either, off the client's path. At most one exists, idle, with its stop
+/// signals still blocked as the server's are. Tied to the user's process like every child, it
+/// ends with it; while it waits, it also ends with the server, which alone can hand it on.
 struct Spare {
     pid: u32,
+    /// Where a request's sockets are handed to it when the server takes it back.
     sock: Channel,
     tie: alive::Tie,
+    /// The page of the word it sleeps on.
+    page: Mapping,
+    /// The server's end of the status socket it was lent with.
+    status: Channel,
 }
 
 impl Spare {
-    /// Forks a spare; `None` if it cannot (the next request forks its own child).
-    fn fork(alive: BorrowedFd<'_>, ties: &mut alive::Ties) -> Option<Spare> {
+    /// Forks a spare and lends it to the client on `request`; `None` if it cannot be forked
+    /// (the next request forks its own child). One that could not be lent is still there for
+    /// the next request.
+    fn fork(alive: BorrowedFd<'_>, ties: &mut alive::Ties, request: &Channel) -> Option<Spare> {
         let [sock, sock_child] = super::socket_pair().ok()?;
+        let [ctrl, ctrl_child] = super::socket_pair().ok()?;
+        let [status, status_client] = super::socket_pair().ok()?;
+        let (page, page_file) = Mapping::create_inherited("mproc-spare", SPARE_PAGE).ok()?;
         let tie = ties.take(alive)?;
+        let server = proc::getpid();
         match proc::fork() {
             Ok(ForkSide::Child) => {
-                let keep = [sock_child.as_fd().as_raw_fd()];
+                let keep = [sock_child.as_fd().as_raw_fd(), ctrl_child.as_fd().as_raw_fd()];
                 let me = settle_child(&keep, tie);
-                std::mem::forget(sock);
-                let mut sock = Channel::new(InternalFd::new(sock_child.into_owned()));
-                // Unasked for a while: it maps the code in now, so that the child it becomes
-                // does not fault it in on its way to its target (measured: start -> target
-                // running after a rest 150-166 -> 112-117 µs); asked meanwhile, it stops at
-                // once. With every CPU busy it looks again later, a few times, then no more.
-                let asked = |deadline| {
-                    fd::poll_read(&[sock.fd()], deadline)
-                        .map_or(true, |r| r[0].readable || r[0].hangup)
-                };
-                let mut rest = SPARE_IDLE;
-                for _ in 0..SPARE_LOOKS {
-                    if asked(fd::deadline_after(rest))
-                        || proc::map_in_code(|| asked(Some(std::time::Instant::now())))
-                    {
-                        break;
-                    }
-                    rest *= 5;
-                }
-                // The server gone, or a malformed hand-over: nothing ran, nobody waits.
-                if sock.recv_frame(None).is_err() {
-                    proc::exit_now(0);
-                }
-                let Ok([ctrl, status]) = <[OwnedFd; 2]>::try_from(sock.take_fds()) else {
-                    proc::exit_now(0)
-                };
-                drop(sock);
-                // A Ctrl-C to the group while it waited, blocked, was for the processes that
-                // existed then: a freshly forked child would not have it pending.
-                proc::discard_pending_stop_signals();
-                proc::unblock_all_signals();
-                run_child(ctrl, status, me)
+                // The server's: their descriptors are closed, their numbers not ours.
+                std::mem::forget((sock, ctrl, status, status_client, page_file));
+                let sock = InternalFd::new(sock_child.into_owned());
+                let ctrl = InternalFd::new(ctrl_child.into_owned());
+                wait_as_spare(server, me, sock, ctrl, page)
             }
-            Ok(ForkSide::Parent(pid)) => Some(Spare {
-                pid,
-                sock: Channel::new(sock),
-                tie,
-            }),
+            Ok(ForkSide::Parent(pid)) => {
+                if let Ok(pidfd) = proc::pidfd_open(pid) {
+                    let fds = [ctrl.as_fd(), status_client.as_fd(), page_file.as_fd(), pidfd.as_fd()];
+                    if let Ok(lent) = channel::encode_message(&Lent { pid }) {
+                        // Never waits: a client that reads nothing (stopped, say) is lent
+                        // nothing more, and its requests take the spare back.
+                        let now = Some(std::time::Instant::now());
+                        let _ = request.send_frame_until(&lent, &fds, now);
+                    }
+                }
+                Some(Spare {
+                    pid,
+                    sock: Channel::new(sock),
+                    tie,
+                    page,
+                    status: Channel::new(status),
+                })
+            }
             Err(_) => {
                 ties.give_back(tie);
                 None
             }
         }
+    }
+
+    fn word(&self) -> &std::sync::atomic::AtomicU32 {
+        self.page.word(0)
+    }
+
+    /// Moves its word from idle to `to`; `false` if the client started it already (or it
+    /// was found dead).
+    fn claim(&self, to: u32) -> bool {
+        self.word()
+            .compare_exchange(
+                word::IDLE,
+                to,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+            )
+            .is_ok()
+    }
+}
+
+/// The size of a spare's page (the memory file lent with it).
+const SPARE_PAGE: usize = 4096;
+
+/// A spare's life, in the spare (its pid `me`, forked by `server`): it sleeps on its word until
+/// the client starts it (it runs its start message from `ctrl`) or the server takes it back (it
+/// reads a request's sockets from `sock`), mapping the code in meanwhile if left unasked.
+fn wait_as_spare(server: u32, me: u32, sock: InternalFd, ctrl: InternalFd, page: Mapping) -> ! {
+    // While it waits it dies with the server, which alone may hand it on; once started it is
+    // tied to the user's process alone, like every child.
+    if proc::kill_me_with_parent().is_err() || proc::getppid() != server {
+        proc::exit_now(0);
+    }
+    let word = page.word(0);
+    let asked = || word.load(std::sync::atomic::Ordering::Acquire) != word::IDLE;
+    // Unasked for a while: it maps the code in now, so that the child it becomes does not
+    // fault it in on its way to its target (measured: start -> target running after a rest
+    // 150-166 -> 112-117 µs); asked meanwhile, it stops at once. With every CPU busy it looks
+    // again later, a few times, then no more.
+    let mut rest = SPARE_IDLE;
+    for _ in 0..SPARE_LOOKS {
+        let until = fd::deadline_after(rest);
+        while !asked() && futex::wait(word, word::IDLE, until).unwrap_or(false) {}
+        if asked() || proc::map_in_code(asked) {
+            break;
+        }
+        rest *= 5;
+    }
+    while !asked() {
+        if futex::wait(word, word::IDLE, None).is_err() {
+            proc::exit_now(0);
+        }
+    }
+    let how = word.load(std::sync::atomic::Ordering::Acquire);
+    drop(page);
+    let _ = proc::outlive_parent();
+    // A Ctrl-C to the group while it waited, blocked, was for the processes that existed
+    // then: a freshly forked child would not have it pending.
+    proc::discard_pending_stop_signals();
+    match how {
+        word::TAKEN => {
+            drop(sock);
+            proc::unblock_all_signals();
+            worker::run(ctrl)
+        }
+        word::HANDED => {
+            drop(ctrl);
+            let mut sock = Channel::new(sock);
+            // The server gone, or a malformed hand-over: nothing ran, nobody waits.
+            if sock.recv_frame(None).is_err() {
+                proc::exit_now(0);
+            }
+            let Ok([ctrl, status]) = <[OwnedFd; 2]>::try_from(sock.take_fds()) else {
+                proc::exit_now(0)
+            };
+            drop(sock);
+            proc::unblock_all_signals();
+            run_child(ctrl, status, me)
+        }
+        _ => proc::exit_now(0),
     }
 }
 
@@ -515,11 +761,17 @@ impl Serving<'_, '_> {
         let mut served = 0;
         loop {
             match request.try_recv_frame() {
-                Ok(Some(_frame)) => {
+                Ok(Some(frame)) => {
                     served += 1;
-                    let fds = request.take_fds();
-                    if let Ok([ctrl, status]) = <[OwnedFd; 2]>::try_from(fds) {
-                        self.start_child(ctrl, status);
+                    match channel::decode_message::<ToServer>(&frame) {
+                        Ok(ToServer::Fork) => {
+                            let fds = request.take_fds_n(2);
+                            if let Ok([ctrl, status]) = <[OwnedFd; 2]>::try_from(fds) {
+                                self.start_child(ctrl, status);
+                            }
+                        }
+                        Ok(ToServer::Took { pid }) => self.taken(pid),
+                        Err(_) => drop(request.take_fds()),
                     }
                 }
                 Ok(None) => return served,
@@ -534,22 +786,38 @@ impl Serving<'_, '_> {
         }
     }
 
-    /// Hands a request's sockets to the spare, or forks a child for them if there is none (or
-    /// it died).
+    /// Takes the spare back from the client and hands it a request's sockets, or forks a
+    /// child for them if there is none (or it died, or the client started it meanwhile).
     fn start_child(&mut self, ctrl: OwnedFd, status: OwnedFd) {
         if let Some(spare) = self.spare.take() {
-            if spare.sock.send_frame(&[], &[ctrl.as_fd(), status.as_fd()]).is_ok() {
+            if !spare.claim(word::HANDED) {
+                // The client started it; its word to say so is on the way.
+                self.children.insert(spare.pid, (spare.status, spare.tie));
+            } else if spare.sock.send_frame(&[], &[ctrl.as_fd(), status.as_fd()]).is_ok() {
+                futex::wake(spare.word(), 1);
                 let status = Channel::new(InternalFd::new(status));
                 self.children.insert(spare.pid, (status, spare.tie));
                 return;
+            } else {
+                // It died unasked (killed), or the hand-over failed: it goes (our own
+                // unreaped child, so the pid is still its), and is reaped with the others, its
+                // tie given back then.
+                let _ = proc::kill(spare.pid, libc::SIGKILL);
+                self.children.insert(spare.pid, (spare.sock, spare.tie));
             }
-            // It died unasked (killed), or the hand-over failed: it goes (our own unreaped
-            // child, so the pid is still its), and is reaped with the others, its tie given
-            // back then.
-            let _ = proc::kill(spare.pid, libc::SIGKILL);
-            self.children.insert(spare.pid, (spare.sock, spare.tie));
         }
         self.fork_child(ctrl, status);
+    }
+
+    /// The client says it started the spare `pid` it was lent: its exit is reported on the
+    /// status socket lent with it.
+    fn taken(&mut self, pid: u32) {
+        let started = |s: &mut Spare| {
+            s.pid == pid && s.word().load(std::sync::atomic::Ordering::Acquire) == word::TAKEN
+        };
+        if let Some(spare) = self.spare.take_if(started) {
+            self.children.insert(pid, (spare.status, spare.tie));
+        }
     }
 
     fn fork_child(&mut self, ctrl: OwnedFd, status: OwnedFd) {
@@ -613,11 +881,13 @@ fn report_ended(children: &mut Children, ties: &mut alive::Ties, spare: &mut Opt
         if let Some((status, tie)) = children.remove(&pid) {
             let _ = status.send(&exit, &[]);
             ties.give_back(tie);
-        } else if spare.as_ref().is_some_and(|s| s.pid == pid) {
-            // Killed while it waited: another is forked.
-            if let Some(dead) = spare.take() {
-                ties.give_back(dead.tie);
+        } else if let Some(dead) = spare.take_if(|s| s.pid == pid) {
+            // Killed while it waited (another is forked), unless the client started it and has
+            // not said so yet: then it was the client's child.
+            if !dead.claim(word::DEAD) {
+                let _ = dead.status.send(&exit, &[]);
             }
+            ties.give_back(dead.tie);
         }
     }
 }

@@ -427,6 +427,11 @@ pub(crate) fn kill_me_with_parent() -> io::Result<()> {
     ))?)
 }
 
+/// Undoes [`kill_me_with_parent`]: the process outlives its parent again.
+pub(crate) fn outlive_parent() -> io::Result<()> {
+    Ok(rustix::process::set_parent_process_death_signal(None)?)
+}
+
 /// A new open file description of the pipe whose read end is `read` (open(2) of
 /// `/proc/self/fd/N`, which for a pipe opens the pipe itself, not a copy of the descriptor), for
 /// [`hangup_killer`]: the owner of a description's signals is shared by every duplicate.

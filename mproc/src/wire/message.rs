@@ -2,9 +2,11 @@
 //!
 //! Parent to child, on the child's control socket: one [`Start`]. Child to parent: one
 //! [`Outcome`], then the child exits. Parent to fork server: one [`Hello`], answered by one
-//! [`Welcome`]; then one [`ForkRequest`] per child, carrying the child's control socket and a
-//! status socket; on the status socket the server answers [`Forked`] (with a pidfd attached)
-//! and later the child's [`crate::sys::proc::Exit`].
+//! [`Welcome`]; then one [`ToServer::Fork`] per child, carrying the child's control socket and
+//! a status socket; on the status socket the server answers [`Forked`] (with a pidfd attached)
+//! and later the child's [`crate::sys::proc::Exit`]. The server lends each spare child it
+//! forks to the client ([`Lent`]); a client that starts one says so ([`ToServer::Took`]), and
+//! the server reports that child's exit on the status socket it lent.
 //!
 //! A pool worker gets [`ToWorker::Lane`] (its lane's memory file attached) after its `Start`;
 //! then [`ToWorker`] and [`FromWorker`] messages travel in the lane, or on the socket when they
@@ -175,10 +177,25 @@ pub(crate) struct Welcome {
     pub(crate) accepted: bool,
 }
 
-/// Asks the fork server for a child; the child's control socket and the status socket ride
-/// along as descriptors.
+/// What a client tells its fork server, after the handshake.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct ForkRequest;
+pub(crate) enum ToServer {
+    /// Asks for a child; the child's control socket and the status socket ride along as
+    /// descriptors.
+    Fork,
+    /// The spare lent to the client ([`Lent`]), `pid`, was taken for a start: it is the
+    /// client's child now, and the server forks the next spare.
+    Took { pid: u32 },
+}
+
+/// The fork server lends the client its spare child `pid`: the client may start it itself,
+/// without a round trip through the server. Four descriptors ride along: the spare's control
+/// socket, its status socket (on which the server reports its exit), the memory file of the
+/// word the spare sleeps on, and a pidfd.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Lent {
+    pub(crate) pid: u32,
+}
 
 /// The fork server's first answer on a status socket: the child's pid (a pidfd is attached).
 /// Its `tag` ([`Forked::TAG`]) tells it from the server's report of the child's exit, which
