@@ -414,7 +414,11 @@ fn a_pool_worker_asked_of_a_server_killed_before_it_read_the_request_starts_anyw
         .recv_timeout(PATIENCE)
         .expect("the pool never started after its server was killed");
     assert_eq!(got.unwrap(), 49);
-    assert_eq!(lent.join_timeout(PATIENCE).unwrap(), server, "ran in the lent spare");
+    assert_eq!(
+        lent.join_timeout(PATIENCE).unwrap(),
+        server,
+        "ran in the lent spare"
+    );
 }
 
 /// Run as a separate copy of this test binary: starts two `Forkserver` sleepers and a
@@ -854,7 +858,11 @@ fn a_request_the_killed_server_never_served_goes_to_a_fresh_one() {
     let new_server = starter.join().unwrap().unwrap().unwrap();
     assert_ne!(new_server, server);
     assert_eq!(parent_pid_of(new_server), std::process::id());
-    assert_eq!(lent.join_timeout(PATIENCE).unwrap(), server, "ran in the lent spare");
+    assert_eq!(
+        lent.join_timeout(PATIENCE).unwrap(),
+        server,
+        "ran in the lent spare"
+    );
 }
 
 const EXIT_DRIVER: &str = "MPROC_TEST_EXIT_DRIVER";

@@ -30,7 +30,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::child::{Child, Reaper};
 use super::marker::Role;
@@ -54,6 +54,9 @@ pub(crate) struct Server {
     /// When it was last found alive after dropping a request (its fork failed): requests
     /// dropped soon after are not each given [`DYING`] to show it (a pool asks for several).
     alive_seen: Option<std::time::Instant>,
+    /// The page of the words its spares sleep on ([`Words`]), sent with its [`Welcome`];
+    /// `None` if it has none (it lends no spares then).
+    words: Option<Arc<Mapping>>,
     /// The spare it lent this process last, not started yet ([`Lent`]).
     lent: Option<LentSpare>,
 }
@@ -65,41 +68,46 @@ struct LentSpare {
     pidfd: InternalFd,
     ctrl: InternalFd,
     status: InternalFd,
-    /// The page of the word it sleeps on ([`word`]).
-    page: Mapping,
+    /// Its word's place in the server's page, and the word's value while it waits.
+    slot: u32,
+    idle: u32,
 }
 
 impl Server {
     /// Reads what the server sent since the last look: each spare it lent replaces the one
-    /// before, which it has taken back for a request or found dead since.
+    /// before, which it has taken back for a request or found dead since. (Each message is a
+    /// read of its own: a read stops where descriptors ride along.)
     fn collect_lent(&mut self) {
         while let Ok(Some(frame)) = self.request.try_recv_frame() {
-            let fds = self.request.take_fds_n(4);
-            let Ok(Lent { pid }) = channel::decode_message::<Lent>(&frame) else {
-                continue;
-            };
-            let Ok([ctrl, status, page, pidfd]) = <[OwnedFd; 4]>::try_from(fds) else {
-                continue;
-            };
-            let Ok(page) = Mapping::open(page.as_fd()) else {
-                continue;
-            };
-            if page.len() < 4 {
-                continue;
+            let fds = self.request.take_fds_n(3);
+            let lent = channel::decode_message::<Lent>(&frame);
+            if let (Ok(Lent { pid, slot, idle }), Ok([ctrl, status, pidfd])) =
+                (lent, <[OwnedFd; 3]>::try_from(fds))
+            {
+                self.lent = Some(LentSpare {
+                    pid,
+                    pidfd: InternalFd::new(pidfd),
+                    ctrl: InternalFd::new(ctrl),
+                    status: InternalFd::new(status),
+                    slot,
+                    idle,
+                });
             }
-            self.lent = Some(LentSpare {
-                pid,
-                pidfd: InternalFd::new(pidfd),
-                ctrl: InternalFd::new(ctrl),
-                status: InternalFd::new(status),
-                page,
-            });
         }
+    }
+
+    /// The server's page of words, and where in it the word of spare `slot` lies, if there.
+    fn word(&self, slot: u32) -> Option<(Arc<Mapping>, usize)> {
+        let at = (slot as usize).checked_mul(4)?;
+        let page = self.words.as_ref()?;
+        (at + 4 <= page.len()).then(|| (Arc::clone(page), at))
     }
 }
 
-/// The states of the word a spare sleeps on, the first of a page the server shares with it
-/// and lends the client. Whoever moves it from [`IDLE`](word::IDLE) owns the spare.
+/// The states of the word a spare sleeps on, in a page the server shares with its spares and
+/// its client ([`Words`]): its low two bits. The rest is the spare's number, so that a word
+/// reused by a later spare is never taken for an earlier one's. Whoever moves it from
+/// [`IDLE`](word::IDLE) owns the spare.
 mod word {
     /// Waiting; nobody has taken it.
     pub(super) const IDLE: u32 = 0;
@@ -110,6 +118,8 @@ mod word {
     pub(super) const HANDED: u32 = 2;
     /// Found dead by the server, unasked.
     pub(super) const DEAD: u32 = 3;
+    /// The bits of the state.
+    pub(super) const STATE: u32 = 3;
 }
 
 static SERVER: Mutex<Option<Server>> = Mutex::new(None);
@@ -184,26 +194,32 @@ fn start_lent(
     start_fds: &[BorrowedFd<'_>],
     deadline: Option<std::time::Instant>,
 ) -> Option<Result<Child, Error>> {
-    let (lent, serial) = {
-        let mut slot = lock();
-        let server = slot.as_mut().filter(|s| s.owner == proc::getpid())?;
-        server.collect_lent();
-        (server.lent.take()?, server.serial)
-    };
-    if proc::has_ended(lent.pidfd.as_fd()).unwrap_or(true) {
-        return None;
-    }
+    let mut slot = lock();
+    let server = slot.as_mut().filter(|s| s.owner == proc::getpid())?;
+    server.collect_lent();
+    let lent = server.lent.take()?;
+    let serial = server.serial;
+    let (words, at) = server.word(lent.slot)?;
+    drop(slot);
     let ctrl = Channel::new(lent.ctrl);
     // A start message that surely fits the socket's buffer goes first, so that the spare
-    // finds it waiting; a larger one after the wake-up, as the spare reads it.
-    let early = (start.len() <= EARLY_START).then(|| ctrl.send_frame_until(start, start_fds, deadline));
-    if early.as_ref().is_some_and(|sent| sent.is_err()) {
-        return None; // it is gone (its socket closed): nothing was started
-    }
-    let word = lent.page.word(0);
+    // finds it waiting; its socket closed says that it died. A larger one goes after the
+    // wake-up, as the spare reads it.
+    let early = if start.len() <= EARLY_START {
+        match ctrl.send_frame_until(start, start_fds, deadline) {
+            Ok(()) => None,
+            Err(_) => return None, // it is gone: nothing was started
+        }
+    } else {
+        if proc::has_ended(lent.pidfd.as_fd()).unwrap_or(true) {
+            return None;
+        }
+        Some(())
+    };
+    let word = words.word(at);
     let taken = word.compare_exchange(
-        word::IDLE,
-        word::TAKEN,
+        lent.idle,
+        lent.idle | word::TAKEN,
         std::sync::atomic::Ordering::AcqRel,
         std::sync::atomic::Ordering::Acquire,
     );
@@ -211,7 +227,10 @@ fn start_lent(
         return None;
     }
     futex::wake(word, 1);
-    let sent = early.unwrap_or_else(|| ctrl.send_frame_until(start, start_fds, deadline));
+    let sent = match early {
+        None => Ok(()),
+        Some(()) => ctrl.send_frame_until(start, start_fds, deadline),
+    };
     tell_taken(serial, lent.pid);
     let child = Child::new(
         lent.pid,
@@ -437,6 +456,7 @@ fn start_server(identity: u64) -> Result<Server, Error> {
         pidfd,
         request: Channel::new(client),
         alive_seen: None,
+        words: None,
         lent: None,
     };
     let handshake = server.request.send(&Hello { identity }, &[]);
@@ -445,7 +465,12 @@ fn start_server(identity: u64) -> Result<Server, Error> {
         server.request.recv::<Welcome>(deadline)
     });
     match welcome {
-        Ok(Welcome { accepted: true }) => Ok(server),
+        Ok(Welcome { accepted: true }) => {
+            // The page of its spares' words, if it made one: mapped here once.
+            let page = server.request.take_fds_n(1).pop();
+            server.words = page.and_then(|page| Mapping::open(page.as_fd()).ok().map(Arc::new));
+            Ok(server)
+        }
         Ok(Welcome { accepted: false }) => {
             retire(&mut Some(server));
             Err(ErrorKind::ExecutableMismatch.into())
@@ -473,7 +498,11 @@ pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
         proc::exit_now(0)
     };
     let accepted = hello.identity == exe::identity();
-    let _ = request.send(&Welcome { accepted }, &[]);
+    // The page of the words its spares sleep on, shared with the client: without one, it
+    // keeps no spares.
+    let mut words = accepted.then(Words::new).flatten();
+    let page: Vec<_> = words.iter().map(|w| w.file.as_fd()).collect();
+    let _ = request.send(&Welcome { accepted }, &page);
     if !accepted {
         proc::exit_now(1);
     }
@@ -488,7 +517,7 @@ pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
     let mut ties = alive::Ties::new(alive.as_fd());
     let mut children = HashMap::new();
     // A child forked ahead of the next start, lent to the client (see `Spare`).
-    let mut spare = Spare::fork(alive.as_fd(), &mut ties, &request);
+    let mut spare = Spare::fork(alive.as_fd(), &mut ties, &request, words.as_mut());
     // When the next one is forked, when there is none.
     let mut next_spare = NextSpare::default();
     loop {
@@ -501,7 +530,7 @@ pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
         }
         if ready[1].readable {
             proc::drain_signalfd(sigchld.as_fd());
-            report_ended(&mut children, &mut ties, &mut spare);
+            report_ended(&mut children, &mut ties, &mut spare, words.as_mut());
         }
         let mut served = 0;
         if ready[0].readable || ready[0].hangup {
@@ -510,13 +539,64 @@ pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
                 ties: &mut ties,
                 children: &mut children,
                 spare: &mut spare,
+                words: words.as_ref(),
             };
             served = server.serve_requests(&mut request);
         }
         let now = std::time::Instant::now();
         if next_spare.fork_now(now, served, ready[1].readable, spare.is_some()) {
-            spare = Spare::fork(alive.as_fd(), &mut ties, &request);
+            spare = Spare::fork(alive.as_fd(), &mut ties, &request, words.as_mut());
         }
+    }
+}
+
+/// The page of the words the server's spares sleep on ([`word`]), shared with the client (sent
+/// with [`Welcome`]) and inherited by each spare: a word per spare, reused once the process
+/// that spare became is gone.
+struct Words {
+    page: Mapping,
+    file: InternalFd,
+    /// Which words a spare, or the child it became, still holds.
+    used: Vec<bool>,
+    /// The last spare's number, in the bits above the state.
+    last: u32,
+}
+
+/// The size of the page of words: a word for each of this many spares, or children they
+/// became, at once (beyond that, requests are served by `fork`).
+const WORDS_PAGE: usize = 4096;
+
+impl Words {
+    fn new() -> Option<Words> {
+        let (page, file) = Mapping::create_inherited("mproc-spares", WORDS_PAGE).ok()?;
+        Some(Words {
+            page,
+            file,
+            used: vec![false; WORDS_PAGE / 4],
+            last: 0,
+        })
+    }
+
+    /// A free word for a new spare, set idle; its place, and its value while idle.
+    fn take(&mut self) -> Option<(u32, u32)> {
+        let slot = self.used.iter().position(|used| !used)?;
+        self.used[slot] = true;
+        self.last = self.last.wrapping_add(word::STATE + 1);
+        let slot = slot as u32;
+        self.word(slot)
+            .store(self.last | word::IDLE, std::sync::atomic::Ordering::Release);
+        Some((slot, self.last))
+    }
+
+    /// Frees the word of a spare whose process is gone.
+    fn give_back(&mut self, slot: u32) {
+        if let Some(used) = self.used.get_mut(slot as usize) {
+            *used = false;
+        }
+    }
+
+    fn word(&self, slot: u32) -> &std::sync::atomic::AtomicU32 {
+        self.page.word(slot as usize * 4)
     }
 }
 
@@ -587,37 +667,47 @@ struct Spare {
     /// Where a request's sockets are handed to it when the server takes it back.
     sock: Channel,
     tie: alive::Tie,
-    /// The page of the word it sleeps on.
-    page: Mapping,
+    /// Its word's place in the page of [`Words`], and the word's value while it waits.
+    slot: u32,
+    idle: u32,
     /// The server's end of the status socket it was lent with.
     status: Channel,
 }
 
 impl Spare {
     /// Forks a spare and lends it to the client on `request`; `None` if it cannot be forked
-    /// (the next request forks its own child). One that could not be lent is still there for
-    /// the next request.
-    fn fork(alive: BorrowedFd<'_>, ties: &mut alive::Ties, request: &Channel) -> Option<Spare> {
+    /// (the next request forks its own child), or has no word to sleep on. One that could not
+    /// be lent is still there for the next request.
+    fn fork(
+        alive: BorrowedFd<'_>,
+        ties: &mut alive::Ties,
+        request: &Channel,
+        words: Option<&mut Words>,
+    ) -> Option<Spare> {
+        let words = words?;
         let [sock, sock_child] = super::socket_pair().ok()?;
         let [ctrl, ctrl_child] = super::socket_pair().ok()?;
         let [status, status_client] = super::socket_pair().ok()?;
-        let (page, page_file) = Mapping::create_inherited("mproc-spare", SPARE_PAGE).ok()?;
-        let tie = ties.take(alive)?;
+        let (slot, idle) = words.take()?;
+        let Some(tie) = ties.take(alive) else {
+            words.give_back(slot);
+            return None;
+        };
         let server = proc::getpid();
         match proc::fork() {
             Ok(ForkSide::Child) => {
                 let keep = [sock_child.as_fd().as_raw_fd(), ctrl_child.as_fd().as_raw_fd()];
                 let me = settle_child(&keep, tie);
                 // The server's: their descriptors are closed, their numbers not ours.
-                std::mem::forget((sock, ctrl, status, status_client, page_file));
+                std::mem::forget((sock, ctrl, status, status_client));
                 let sock = InternalFd::new(sock_child.into_owned());
                 let ctrl = InternalFd::new(ctrl_child.into_owned());
-                wait_as_spare(server, me, sock, ctrl, page)
+                wait_as_spare(server, me, sock, ctrl, words.word(slot), idle)
             }
             Ok(ForkSide::Parent(pid)) => {
                 if let Ok(pidfd) = proc::pidfd_open(pid) {
-                    let fds = [ctrl.as_fd(), status_client.as_fd(), page_file.as_fd(), pidfd.as_fd()];
-                    if let Ok(lent) = channel::encode_message(&Lent { pid }) {
+                    let fds = [ctrl.as_fd(), status_client.as_fd(), pidfd.as_fd()];
+                    if let Ok(lent) = channel::encode_message(&Lent { pid, slot, idle }) {
                         // Never waits: a client that reads nothing (stopped, say) is lent
                         // nothing more, and its requests take the spare back.
                         let now = Some(std::time::Instant::now());
@@ -628,49 +718,56 @@ impl Spare {
                     pid,
                     sock: Channel::new(sock),
                     tie,
-                    page,
+                    slot,
+                    idle,
                     status: Channel::new(status),
                 })
             }
             Err(_) => {
                 ties.give_back(tie);
+                words.give_back(slot);
                 None
             }
         }
     }
 
-    fn word(&self) -> &std::sync::atomic::AtomicU32 {
-        self.page.word(0)
-    }
-
-    /// Moves its word from idle to `to`; `false` if the client started it already (or it
-    /// was found dead).
-    fn claim(&self, to: u32) -> bool {
-        self.word()
+    /// Moves its word from idle to `to`; `false` if the client started it already.
+    fn claim(&self, words: &Words, to: u32) -> bool {
+        words
+            .word(self.slot)
             .compare_exchange(
-                word::IDLE,
-                to,
+                self.idle,
+                self.idle | to,
                 std::sync::atomic::Ordering::AcqRel,
                 std::sync::atomic::Ordering::Acquire,
             )
             .is_ok()
     }
-}
 
-/// The size of a spare's page (the memory file lent with it).
-const SPARE_PAGE: usize = 4096;
+    /// Whether the client started it.
+    fn taken(&self, words: &Words) -> bool {
+        let now = words.word(self.slot).load(std::sync::atomic::Ordering::Acquire);
+        now == self.idle | word::TAKEN
+    }
+}
 
 /// A spare's life, in the spare (its pid `me`, forked by `server`): it sleeps on its word until
 /// the client starts it (it runs its start message from `ctrl`) or the server takes it back (it
 /// reads a request's sockets from `sock`), mapping the code in meanwhile if left unasked.
-fn wait_as_spare(server: u32, me: u32, sock: InternalFd, ctrl: InternalFd, page: Mapping) -> ! {
+fn wait_as_spare(
+    server: u32,
+    me: u32,
+    sock: InternalFd,
+    ctrl: InternalFd,
+    word: &std::sync::atomic::AtomicU32,
+    idle: u32,
+) -> ! {
     // While it waits it dies with the server, which alone may hand it on; once started it is
     // tied to the user's process alone, like every child.
     if proc::kill_me_with_parent().is_err() || proc::getppid() != server {
         proc::exit_now(0);
     }
-    let word = page.word(0);
-    let asked = || word.load(std::sync::atomic::Ordering::Acquire) != word::IDLE;
+    let asked = || word.load(std::sync::atomic::Ordering::Acquire) != idle;
     // Unasked for a while: it maps the code in now, so that the child it becomes does not
     // fault it in on its way to its target (measured: start -> target running after a rest
     // 150-166 -> 112-117 µs); asked meanwhile, it stops at once. With every CPU busy it looks
@@ -678,19 +775,20 @@ fn wait_as_spare(server: u32, me: u32, sock: InternalFd, ctrl: InternalFd, page:
     let mut rest = SPARE_IDLE;
     for _ in 0..SPARE_LOOKS {
         let until = fd::deadline_after(rest);
-        while !asked() && futex::wait(word, word::IDLE, until).unwrap_or(false) {}
+        while !asked() && futex::wait(word, idle, until).unwrap_or(false) {}
         if asked() || proc::map_in_code(asked) {
             break;
         }
         rest *= 5;
     }
     while !asked() {
-        if futex::wait(word, word::IDLE, None).is_err() {
+        if futex::wait(word, idle, None).is_err() {
             proc::exit_now(0);
         }
     }
-    let how = word.load(std::sync::atomic::Ordering::Acquire);
-    drop(page);
+    // Its own number still (the word is reused only once this process is gone), and how it
+    // was asked.
+    let how = word.load(std::sync::atomic::Ordering::Acquire) ^ idle;
     let _ = proc::outlive_parent();
     // A Ctrl-C to the group while it waited, blocked, was for the processes that existed
     // then: a freshly forked child would not have it pending.
@@ -750,10 +848,12 @@ struct Serving<'a, 'b> {
     ties: &'b mut alive::Ties,
     children: &'b mut Children,
     spare: &'b mut Option<Spare>,
+    words: Option<&'b Words>,
 }
 
-/// The server's running children: where each one's exit is reported, and its tie.
-type Children = HashMap<u32, (Channel, alive::Tie)>;
+/// The server's running children: where each one's exit is reported, its tie, and the word it
+/// slept on if it was a spare (see [`Words`]).
+type Children = HashMap<u32, (Channel, alive::Tie, Option<u32>)>;
 
 impl Serving<'_, '_> {
     /// Serves the requests waiting; returns how many there were.
@@ -789,21 +889,23 @@ impl Serving<'_, '_> {
     /// Takes the spare back from the client and hands it a request's sockets, or forks a
     /// child for them if there is none (or it died, or the client started it meanwhile).
     fn start_child(&mut self, ctrl: OwnedFd, status: OwnedFd) {
-        if let Some(spare) = self.spare.take() {
-            if !spare.claim(word::HANDED) {
+        if let (Some(spare), Some(words)) = (self.spare.take(), self.words) {
+            let slot = Some(spare.slot);
+            if !spare.claim(words, word::HANDED) {
                 // The client started it; its word to say so is on the way.
-                self.children.insert(spare.pid, (spare.status, spare.tie));
+                self.children
+                    .insert(spare.pid, (spare.status, spare.tie, slot));
             } else if spare.sock.send_frame(&[], &[ctrl.as_fd(), status.as_fd()]).is_ok() {
-                futex::wake(spare.word(), 1);
+                futex::wake(words.word(spare.slot), 1);
                 let status = Channel::new(InternalFd::new(status));
-                self.children.insert(spare.pid, (status, spare.tie));
+                self.children.insert(spare.pid, (status, spare.tie, slot));
                 return;
             } else {
                 // It died unasked (killed), or the hand-over failed: it goes (our own
                 // unreaped child, so the pid is still its), and is reaped with the others, its
-                // tie given back then.
+                // tie and word given back then.
                 let _ = proc::kill(spare.pid, libc::SIGKILL);
-                self.children.insert(spare.pid, (spare.sock, spare.tie));
+                self.children.insert(spare.pid, (spare.sock, spare.tie, slot));
             }
         }
         self.fork_child(ctrl, status);
@@ -812,11 +914,10 @@ impl Serving<'_, '_> {
     /// The client says it started the spare `pid` it was lent: its exit is reported on the
     /// status socket lent with it.
     fn taken(&mut self, pid: u32) {
-        let started = |s: &mut Spare| {
-            s.pid == pid && s.word().load(std::sync::atomic::Ordering::Acquire) == word::TAKEN
-        };
-        if let Some(spare) = self.spare.take_if(started) {
-            self.children.insert(pid, (spare.status, spare.tie));
+        let Some(words) = self.words else { return };
+        if let Some(spare) = self.spare.take_if(|s| s.pid == pid && s.taken(words)) {
+            let slot = Some(spare.slot);
+            self.children.insert(pid, (spare.status, spare.tie, slot));
         }
     }
 
@@ -832,8 +933,8 @@ impl Serving<'_, '_> {
             }
             Ok(ForkSide::Parent(pid)) => {
                 // The server keeps its copy of the tie until the child is reaped, to hand it on.
-                self.children
-                    .insert(pid, (Channel::new(InternalFd::new(status)), tie));
+                let status = Channel::new(InternalFd::new(status));
+                self.children.insert(pid, (status, tie, None));
             }
             // Dropping `status` tells the client the fork failed.
             Err(_) => self.ties.give_back(tie),
@@ -876,18 +977,30 @@ fn announce(status: OwnedFd, pid: u32) -> Result<(), Error> {
     status.send(&Forked::of(pid), &[pidfd.as_fd()])
 }
 
-fn report_ended(children: &mut Children, ties: &mut alive::Ties, spare: &mut Option<Spare>) {
+fn report_ended(
+    children: &mut Children,
+    ties: &mut alive::Ties,
+    spare: &mut Option<Spare>,
+    mut words: Option<&mut Words>,
+) {
     while let Ok(Some((pid, exit))) = proc::reap_any() {
-        if let Some((status, tie)) = children.remove(&pid) {
+        let slot = if let Some((status, tie, slot)) = children.remove(&pid) {
             let _ = status.send(&exit, &[]);
             ties.give_back(tie);
+            slot
         } else if let Some(dead) = spare.take_if(|s| s.pid == pid) {
             // Killed while it waited (another is forked), unless the client started it and has
             // not said so yet: then it was the client's child.
-            if !dead.claim(word::DEAD) {
+            if words.as_deref().is_some_and(|w| !dead.claim(w, word::DEAD)) {
                 let _ = dead.status.send(&exit, &[]);
             }
             ties.give_back(dead.tie);
+            Some(dead.slot)
+        } else {
+            None
+        };
+        if let (Some(slot), Some(words)) = (slot, words.as_deref_mut()) {
+            words.give_back(slot);
         }
     }
 }

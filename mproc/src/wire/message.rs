@@ -171,7 +171,8 @@ pub(crate) struct Hello {
     pub(crate) identity: u64,
 }
 
-/// The fork server's answer to [`Hello`]: whether the builds match.
+/// The fork server's answer to [`Hello`]: whether the builds match. When they do, the memory
+/// file of the words its spares sleep on rides along, if it could make one.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Welcome {
     pub(crate) accepted: bool,
@@ -189,12 +190,14 @@ pub(crate) enum ToServer {
 }
 
 /// The fork server lends the client its spare child `pid`: the client may start it itself,
-/// without a round trip through the server. Four descriptors ride along: the spare's control
-/// socket, its status socket (on which the server reports its exit), the memory file of the
-/// word the spare sleeps on, and a pidfd.
+/// without a round trip through the server, by moving the word it sleeps on (number `slot` in
+/// the page sent with [`Welcome`]) from `idle`. Three descriptors ride along: the spare's
+/// control socket, its status socket (on which the server reports its exit), and a pidfd.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Lent {
     pub(crate) pid: u32,
+    pub(crate) slot: u32,
+    pub(crate) idle: u32,
 }
 
 /// The fork server's first answer on a status socket: the child's pid (a pidfd is attached).
