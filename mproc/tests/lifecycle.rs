@@ -694,6 +694,48 @@ fn the_fork_server_keeps_one_spare_child_and_replaces_a_killed_one() {
     let _ = sleeper.join_timeout(PATIENCE);
 }
 
+/// A stop signal sent the moment a start returns is the child's, even when the child is a spare
+/// the start woke that has not run yet (its pid is known before it runs): it is never lost.
+/// Sent by the handle and by `kill(2)`, after a rest (a spare waiting long) and back to back.
+#[test]
+fn a_stop_signal_sent_as_a_start_returns_reaches_the_child() {
+    if !alone() {
+        return;
+    }
+    // The test runner may ignore SIGINT, and the server would inherit that.
+    // SAFETY: setting a signal's disposition to its default has no preconditions.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+    let m = StartMethod::Forkserver;
+    for round in 0..24 {
+        if round % 3 == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut p = Process::new(sleep_ms, (60_000,))
+            .start_method(m)
+            .daemon(true);
+        p.start().unwrap();
+        let pid = p.pid().unwrap() as i32;
+        let sig = match round % 4 {
+            0 | 1 => {
+                p.terminate().unwrap();
+                libc::SIGTERM
+            }
+            2 => libc::SIGTERM,
+            _ => libc::SIGINT,
+        };
+        if round % 4 >= 2 {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+        }
+        let e = p.join_timeout(PATIENCE).unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::WorkerLost(_)),
+            "round {round}: {e:?}"
+        );
+        assert_eq!(p.exitcode(), Some(-sig), "round {round}");
+    }
+}
+
 /// The `Size:` and `Rss:` in KiB of this executable's code mapping, in this process.
 fn code_mapped() -> (u64, u64) {
     let exe = std::env::current_exe().unwrap();

@@ -57,8 +57,6 @@ pub(crate) struct Server {
     /// The page of the words its spares sleep on ([`Words`]), sent with its [`Welcome`];
     /// `None` if it has none (it lends no spares then).
     words: Option<Arc<Mapping>>,
-    /// The spare it lent this process last, not started yet ([`Lent`]).
-    lent: Option<LentSpare>,
 }
 
 /// A spare child the server lent this process: started here, with no round trip through the
@@ -74,17 +72,18 @@ struct LentSpare {
 }
 
 impl Server {
-    /// Reads what the server sent since the last look: each spare it lent replaces the one
-    /// before, which it has taken back for a request or found dead since. (Each message is a
-    /// read of its own: a read stops where descriptors ride along.)
-    fn collect_lent(&mut self) {
-        while let Ok(Some(frame)) = self.request.try_recv_frame() {
+    /// The next spare the server lent, not started yet: read from its socket, one message
+    /// (a read stops where descriptors ride along). Any before the last may be gone (taken
+    /// back for a request, or found dead): the caller tries it, and reads on if so.
+    fn next_lent(&mut self) -> Option<LentSpare> {
+        loop {
+            let frame = self.request.try_recv_frame().ok()??;
             let fds = self.request.take_fds_n(3);
             let lent = channel::decode_message::<Lent>(&frame);
             if let (Ok(Lent { pid, slot, idle }), Ok([ctrl, status, pidfd])) =
                 (lent, <[OwnedFd; 3]>::try_from(fds))
             {
-                self.lent = Some(LentSpare {
+                return Some(LentSpare {
                     pid,
                     pidfd: InternalFd::new(pidfd),
                     ctrl: InternalFd::new(ctrl),
@@ -194,13 +193,31 @@ fn start_lent(
     start_fds: &[BorrowedFd<'_>],
     deadline: Option<std::time::Instant>,
 ) -> Option<Result<Child, Error>> {
-    let mut slot = lock();
-    let server = slot.as_mut().filter(|s| s.owner == proc::getpid())?;
-    server.collect_lent();
-    let lent = server.lent.take()?;
-    let serial = server.serial;
-    let (words, at) = server.word(lent.slot)?;
-    drop(slot);
+    loop {
+        let (lent, serial, (words, at)) = {
+            let mut slot = lock();
+            let server = slot.as_mut().filter(|s| s.owner == proc::getpid())?;
+            let lent = server.next_lent()?;
+            let word = server.word(lent.slot)?;
+            (lent, server.serial, word)
+        };
+        if let Some(started) = start_in(lent, serial, words.word(at), start, start_fds, deadline)
+        {
+            return Some(started);
+        }
+    }
+}
+
+/// Starts `lent`, a spare of server `serial` sleeping on `word` (see [`start_lent`]); `None`
+/// if it is gone.
+fn start_in(
+    lent: LentSpare,
+    serial: u64,
+    word: &std::sync::atomic::AtomicU32,
+    start: &[u8],
+    start_fds: &[BorrowedFd<'_>],
+    deadline: Option<std::time::Instant>,
+) -> Option<Result<Child, Error>> {
     let ctrl = Channel::new(lent.ctrl);
     // A start message that surely fits the socket's buffer goes first, so that the spare
     // finds it waiting; its socket closed says that it died. A larger one goes after the
@@ -216,7 +233,6 @@ fn start_lent(
         }
         Some(())
     };
-    let word = words.word(at);
     let taken = word.compare_exchange(
         lent.idle,
         lent.idle | word::TAKEN,
@@ -457,7 +473,6 @@ fn start_server(identity: u64) -> Result<Server, Error> {
         request: Channel::new(client),
         alive_seen: None,
         words: None,
-        lent: None,
     };
     let handshake = server.request.send(&Hello { identity }, &[]);
     let welcome = handshake.and_then(|()| {
@@ -532,7 +547,7 @@ pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
             proc::drain_signalfd(sigchld.as_fd());
             report_ended(&mut children, &mut ties, &mut spare, words.as_mut());
         }
-        let mut served = 0;
+        let mut served = Served::default();
         if ready[0].readable || ready[0].hangup {
             let mut server = Serving {
                 alive: alive.as_fd(),
@@ -611,21 +626,27 @@ struct NextSpare {
     last_request: Option<std::time::Instant>,
 }
 
+/// What one wake-up of the server served.
+#[derive(Debug, Default, Clone, Copy)]
+struct Served {
+    /// Messages read: requests for a child, and word of a lent spare taken.
+    requests: usize,
+    /// Whether the client took the spare it was lent.
+    taken: bool,
+}
+
 impl NextSpare {
-    /// After the server's wake-up at `now` (with `requests` served, a child's end seen or not,
-    /// and a spare or not since), whether to fork the next spare now. Several requests served
-    /// at once are a burst too.
-    fn fork_now(
-        &mut self,
-        now: std::time::Instant,
-        requests: usize,
-        ended: bool,
-        spare: bool,
-    ) -> bool {
-        let request = requests > 0;
+    /// After the server's wake-up at `now` (with `served`, a child's end seen or not, and a
+    /// spare or not since), whether to fork the next spare now. Several requests served at
+    /// once are a burst too. A spare the client took itself is replaced at once: that child
+    /// starts on the client's CPU, not on the server's (as one handed a request does, which
+    /// the server's fork would hold off), and the next start, often near, wants a spare.
+    fn fork_now(&mut self, now: std::time::Instant, served: Served, ended: bool, spare: bool) -> bool {
+        let request = served.requests > 0;
         let mut delay = SPARE_DELAY;
         if request {
-            if requests > 1
+            if served.requests > 1
+                || served.taken
                 || self
                     .last_request
                     .is_some_and(|t| now.duration_since(t) < BURST)
@@ -767,6 +788,7 @@ fn wait_as_spare(
     if proc::kill_me_with_parent().is_err() || proc::getppid() != server {
         proc::exit_now(0);
     }
+    proc::catch_stop_signals_while_spare(word, idle);
     let asked = || word.load(std::sync::atomic::Ordering::Acquire) != idle;
     // Unasked for a while: it maps the code in now, so that the child it becomes does not
     // fault it in on its way to its target (measured: start -> target running after a rest
@@ -790,13 +812,14 @@ fn wait_as_spare(
     // was asked.
     let how = word.load(std::sync::atomic::Ordering::Acquire) ^ idle;
     let _ = proc::outlive_parent();
-    // A Ctrl-C to the group while it waited, blocked, was for the processes that existed
-    // then: a freshly forked child would not have it pending.
-    proc::discard_pending_stop_signals();
+    // A Ctrl-C to the group while it waited was for the processes that existed then: a
+    // freshly forked child would not have it pending. One that came once it was taken is the
+    // child's: its pid may be known already.
+    proc::stop_catching_stop_signals();
     match how {
+        // (The worker unblocks every signal as it begins.)
         word::TAKEN => {
             drop(sock);
-            proc::unblock_all_signals();
             worker::run(ctrl)
         }
         word::HANDED => {
@@ -810,7 +833,6 @@ fn wait_as_spare(
                 proc::exit_now(0)
             };
             drop(sock);
-            proc::unblock_all_signals();
             run_child(ctrl, status, me)
         }
         _ => proc::exit_now(0),
@@ -856,13 +878,13 @@ struct Serving<'a, 'b> {
 type Children = HashMap<u32, (Channel, alive::Tie, Option<u32>)>;
 
 impl Serving<'_, '_> {
-    /// Serves the requests waiting; returns how many there were.
-    fn serve_requests(&mut self, request: &mut Channel) -> usize {
-        let mut served = 0;
+    /// Serves the requests waiting; says what they were.
+    fn serve_requests(&mut self, request: &mut Channel) -> Served {
+        let mut served = Served::default();
         loop {
             match request.try_recv_frame() {
                 Ok(Some(frame)) => {
-                    served += 1;
+                    served.requests += 1;
                     match channel::decode_message::<ToServer>(&frame) {
                         Ok(ToServer::Fork) => {
                             let fds = request.take_fds_n(2);
@@ -870,7 +892,10 @@ impl Serving<'_, '_> {
                                 self.start_child(ctrl, status);
                             }
                         }
-                        Ok(ToServer::Took { pid }) => self.taken(pid),
+                        Ok(ToServer::Took { pid }) => {
+                            served.taken = true;
+                            self.taken(pid);
+                        }
                         Err(_) => drop(request.take_fds()),
                     }
                 }
@@ -1010,41 +1035,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_next_spare_is_due_later_alone_at_once_in_a_burst_and_never_unasked() {
+    fn the_next_spare_is_due_later_alone_at_once_in_a_burst_or_taken_and_never_unasked() {
         use std::time::{Duration, Instant};
         let t0 = Instant::now();
         let at = |us: u64| t0 + Duration::from_micros(us);
+        let asked = |requests| Served {
+            requests,
+            taken: false,
+        };
         let mut next = NextSpare::default();
         // Nothing happened: nothing is due, ever (no retry loop after a failed fork).
-        assert!(!next.fork_now(at(0), 0, false, false));
+        assert!(!next.fork_now(at(0), asked(0), false, false));
         assert_eq!(next.due, None);
         // A request alone (its spare taken): the next spare SPARE_DELAY later.
-        assert!(!next.fork_now(at(0), 1, false, false));
+        assert!(!next.fork_now(at(0), asked(1), false, false));
         assert_eq!(next.due, Some(at(0) + SPARE_DELAY));
         // A child's end meanwhile does not put it off.
-        assert!(!next.fork_now(at(100), 0, true, false));
+        assert!(!next.fork_now(at(100), asked(0), true, false));
         assert_eq!(next.due, Some(at(0) + SPARE_DELAY));
         // Its time comes (the poll's timeout: nothing ready).
-        assert!(next.fork_now(at(0) + SPARE_DELAY, 0, false, false));
+        assert!(next.fork_now(at(0) + SPARE_DELAY, asked(0), false, false));
         assert_eq!(next.due, None);
         // Forked; the next request, within BURST of the last, finds it and takes it: the one
         // after is forked at once.
         let soon = at(0) + BURST / 2;
-        assert!(next.fork_now(soon, 1, false, false));
+        assert!(next.fork_now(soon, asked(1), false, false));
         // A request long after the last: later again.
         let later = soon + BURST * 2;
-        assert!(!next.fork_now(later, 1, false, false));
+        assert!(!next.fork_now(later, asked(1), false, false));
         assert_eq!(next.due, Some(later + SPARE_DELAY));
         // A spare there (forked for another reason): nothing is due.
-        assert!(!next.fork_now(later, 0, false, true));
+        assert!(!next.fork_now(later, asked(0), false, true));
         assert_eq!(next.due, None);
         // A fork that failed: tried again only after the next request or child's end.
-        assert!(!next.fork_now(later + BURST * 3, 0, false, false));
-        assert!(!next.fork_now(later + BURST * 3, 0, true, false));
+        assert!(!next.fork_now(later + BURST * 3, asked(0), false, false));
+        assert!(!next.fork_now(later + BURST * 3, asked(0), true, false));
         assert_eq!(next.due, Some(later + BURST * 3 + SPARE_DELAY));
         // Two requests served in one wake-up are a burst, one is not.
-        assert!(NextSpare::default().fork_now(at(0), 2, false, false));
-        assert!(!NextSpare::default().fork_now(at(0), 1, false, false));
+        assert!(NextSpare::default().fork_now(at(0), asked(2), false, false));
+        assert!(!NextSpare::default().fork_now(at(0), asked(1), false, false));
+        // A spare the client took itself: the next one at once, even alone.
+        let took = Served {
+            requests: 1,
+            taken: true,
+        };
+        assert!(NextSpare::default().fork_now(at(0), took, false, false));
         assert!(BURST > SPARE_DELAY);
     }
 
