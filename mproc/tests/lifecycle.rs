@@ -642,20 +642,19 @@ fn the_fork_server_keeps_one_spare_child_and_replaces_a_killed_one() {
         "a spare again",
         || matches!(spares()[..], [s] if s != second),
     );
-    // Signals that reach the waiting spare (as a Ctrl-C to the process group would) stay
-    // pending there, blocked; they were not meant for what it runs next, which runs in it.
-    let third = spares()[0];
+    // A stop signal that reaches a waiting spare (as a Ctrl-C to the process group would)
+    // ends it, as it ends the processes that existed then; the server forks another, and
+    // the next start runs there, not in the signalled one.
     for sig in [libc::SIGINT, libc::SIGTERM] {
+        wait_until("a spare", || spares().len() == 1);
+        let signalled = spares()[0];
         // SAFETY: kill(2) has no memory-safety preconditions.
-        assert_eq!(unsafe { libc::kill(third as i32, sig) }, 0);
+        assert_eq!(unsafe { libc::kill(signalled as i32, sig) }, 0);
+        wait_until("the signalled spare has ended", || has_ended(signalled));
+        let mut next = Process::new(my_pid, ()).start_method(m);
+        next.start().unwrap();
+        assert_ne!(next.join_timeout(PATIENCE).unwrap(), signalled);
     }
-    let mut next = Process::new(my_pid, ()).start_method(m);
-    next.start().unwrap();
-    assert_eq!(
-        next.join_timeout(PATIENCE).unwrap(),
-        third,
-        "it ran in the signalled spare"
-    );
     // A lent spare is started by this process itself: its pid is known at once, even when it
     // cannot run (stopped); killed then, it is a child killed as it starts, as with `fork`.
     wait_until("a spare, lent", || {
@@ -733,6 +732,112 @@ fn a_stop_signal_sent_as_a_start_returns_reaches_the_child() {
             "round {round}: {e:?}"
         );
         assert_eq!(p.exitcode(), Some(-sig), "round {round}");
+    }
+}
+
+/// Threads start processes back to back while the fork server's children (its spare, lent or
+/// not, and the children started) and now and then the server itself are SIGKILLed at random:
+/// every start gives its own value, or a child killed, or (only while servers are being
+/// killed) an error; nothing hangs, and once the killed are gone every start works. (A child
+/// whose server was killed too is reaped by another process: its end is known, how it ended
+/// only from the kernel's record, which may not be made yet.)
+#[test]
+fn starts_from_threads_with_spares_and_servers_killed_at_random() {
+    if !alone() {
+        return;
+    }
+    let m = StartMethod::Forkserver;
+    let mut first = Process::new(my_parent, ()).start_method(m);
+    first.start().unwrap();
+    assert_eq!(
+        first.join_timeout(PATIENCE).unwrap(),
+        children_of(my_pid())[0]
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let (mut killed, mut server_kills) = (Vec::new(), 0);
+            let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                std::thread::sleep(Duration::from_micros(500 + rng % 3000));
+                // The fork server is this process's only child (a killed one is reaped when
+                // the next start finds it dead); its children, the spare and those started.
+                let Some(server) = children_of(my_pid()).into_iter().find(|&p| !has_ended(p))
+                else {
+                    continue;
+                };
+                let victims = children_of(server);
+                let victim = if rng.is_multiple_of(25) {
+                    server_kills += 1;
+                    server
+                } else if victims.is_empty() {
+                    continue;
+                } else {
+                    victims[(rng >> 8) as usize % victims.len()]
+                };
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+                killed.push(victim);
+            }
+            (killed, server_kills)
+        })
+    };
+    let starters: Vec<_> = (0..3u64)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let (mut values, mut killed, mut failed) = (0, 0, 0);
+                for i in 0..100u64 {
+                    let x = t * 1000 + i;
+                    let mut p = Process::new(square, (x,)).start_method(m);
+                    if p.start().is_err() {
+                        failed += 1;
+                        continue;
+                    }
+                    match p.join_timeout(PATIENCE) {
+                        Ok(v) => {
+                            assert_eq!(v, x * x);
+                            values += 1;
+                        }
+                        Err(e) => {
+                            assert!(matches!(e.kind(), ErrorKind::WorkerLost(_)), "{e:?}");
+                            let how = p.exitcode();
+                            assert!(matches!(how, None | Some(-9)), "{e:?} {how:?}");
+                            killed += 1;
+                        }
+                    }
+                }
+                (values, killed, failed)
+            })
+        })
+        .collect();
+    let results: Vec<_> = starters.into_iter().map(|s| s.join().unwrap()).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (killed, server_kills) = killer.join().unwrap();
+    // A spare killed just now may not have closed its sockets yet: a start would take it.
+    wait_until("every process killed has ended", || {
+        killed.iter().all(|&p| has_ended(p))
+    });
+    let failed: usize = results.iter().map(|r| r.2).sum();
+    assert!(
+        failed <= 2 * server_kills,
+        "{failed} starts failed with {server_kills} servers killed ({results:?})"
+    );
+    assert!(
+        results.iter().map(|r| r.0).sum::<usize>() > 0,
+        "{results:?}"
+    );
+    eprintln!(
+        "{} kills ({server_kills} servers): {results:?}",
+        killed.len()
+    );
+    for x in 0..10u64 {
+        let mut p = Process::new(square, (x,)).start_method(m);
+        p.start().unwrap();
+        assert_eq!(p.join_timeout(PATIENCE).unwrap(), x * x);
     }
 }
 

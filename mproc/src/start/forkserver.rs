@@ -197,6 +197,11 @@ fn start_lent(
         let (lent, serial, (words, at)) = {
             let mut slot = lock();
             let server = slot.as_mut().filter(|s| s.owner == proc::getpid())?;
+            // A server that died killed its waiting spares as it went (or will: their
+            // sockets may not be closed yet); the request finds it dead and replaces it.
+            if proc::has_ended(server.pidfd.as_fd()).unwrap_or(true) {
+                return None;
+            }
             let lent = server.next_lent()?;
             let word = server.word(lent.slot)?;
             (lent, server.serial, word)
@@ -674,15 +679,17 @@ impl NextSpare {
     }
 }
 
-/// A child forked ahead of demand, asleep on a word of a page it shares with the server
-/// ([`word`]). The server lends it to the client at once ([`Lent`]: its control and status
-/// sockets, the page, a pidfd), and the client starts it itself: one futex wake-up, with the
-/// pid known before. A request that comes to the server instead (the client had not read of
-/// the spare yet, or another thread took it) takes it back and hands it the request's sockets,
-/// which costs the request one message instead of a `fork`. The next spare is forked
-/// [`SPARE_DELAY`] after either, off the client's path. At most one exists, idle, with its stop
-/// signals still blocked as the server's are. Tied to the user's process like every child, it
-/// ends with it; while it waits, it also ends with the server, which alone can hand it on.
+/// A child forked ahead of demand, asleep on a word of a page the server shares with its
+/// spares and its client ([`Words`]). The server lends it to the client at once ([`Lent`]: its
+/// control and status sockets, where its word is, a pidfd), and the client starts it itself:
+/// one futex wake-up, with the pid known before. A request that comes to the server instead
+/// (the client had not read of the spare yet, or another thread took it) takes it back and
+/// hands it the request's sockets, which costs the request one message instead of a `fork`.
+/// The next spare is forked at once after a spare is taken, [`SPARE_DELAY`] after one is
+/// handed a request (see [`NextSpare`]). At most one exists, idle. A stop signal ends it, as
+/// it ends the processes that existed when it came (see [`wait_as_spare`]). Tied to the user's
+/// process like every child, it ends with it; while it waits, it also ends with the server,
+/// which alone can hand it on.
 struct Spare {
     pid: u32,
     /// Where a request's sockets are handed to it when the server takes it back.
@@ -788,7 +795,11 @@ fn wait_as_spare(
     if proc::kill_me_with_parent().is_err() || proc::getppid() != server {
         proc::exit_now(0);
     }
-    proc::catch_stop_signals_while_spare(word, idle);
+    // A stop signal while it waits (a Ctrl-C to the process group, say) ends it, as it ends
+    // the processes that existed then; the server forks another. Not blocked, as the
+    // server's are: a blocked one could not be told, once it runs, from one sent to the
+    // child it became, whose pid its client knows as soon as it is taken.
+    proc::unblock_stop_signals();
     let asked = || word.load(std::sync::atomic::Ordering::Acquire) != idle;
     // Unasked for a while: it maps the code in now, so that the child it becomes does not
     // fault it in on its way to its target (measured: start -> target running after a rest
@@ -812,10 +823,6 @@ fn wait_as_spare(
     // was asked.
     let how = word.load(std::sync::atomic::Ordering::Acquire) ^ idle;
     let _ = proc::outlive_parent();
-    // A Ctrl-C to the group while it waited was for the processes that existed then: a
-    // freshly forked child would not have it pending. One that came once it was taken is the
-    // child's: its pid may be known already.
-    proc::stop_catching_stop_signals();
     match how {
         // (The worker unblocks every signal as it begins.)
         word::TAKEN => {

@@ -745,90 +745,14 @@ fn map_in_cached(
     true
 }
 
-/// The word a fork server's spare sleeps on, and its value while the spare waits, for
-/// [`keep_stop_signal_if_taken`]; null in any other process.
-static SPARE_WORD: std::sync::atomic::AtomicPtr<std::sync::atomic::AtomicU32> =
-    std::sync::atomic::AtomicPtr::new(ptr::null_mut());
-static SPARE_IDLE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-/// The stop signals a spare catches (a bit per signal number): those not ignored.
-static SPARE_CATCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-/// The stop signals that came once the spare was taken: the child's, to be delivered to it.
-static SPARE_KEPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// SIGINT and SIGTERM in a fork server's spare: one that comes while it waits (a Ctrl-C to the
-/// process group, say) was for the processes that existed then, and is dropped; one that
-/// comes once it was taken (its word no longer `idle`) is for the child it became, which may
-/// already be known by its pid, and is kept for it. Async-signal-safe: atomics only.
-extern "C" fn keep_stop_signal_if_taken(sig: libc::c_int) {
-    let word = SPARE_WORD.load(std::sync::atomic::Ordering::Acquire);
-    if word.is_null() || !(0..64).contains(&sig) {
-        return;
-    }
-    // SAFETY: `word` was set by `catch_stop_signals_while_spare` to a word of a mapping that
-    // this process keeps for its whole life.
-    let now = unsafe { &*word }.load(std::sync::atomic::Ordering::Acquire);
-    if now != SPARE_IDLE.load(std::sync::atomic::Ordering::Relaxed) {
-        SPARE_KEPT.fetch_or(1 << sig, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// In a fork server's spare, which starts with SIGINT and SIGTERM blocked (the server's mask):
-/// catches them instead, where they are not ignored, and lets them in, so that one sent before
-/// the spare is taken is dropped and one sent after is kept (see
-/// [`keep_stop_signal_if_taken`]; a blocked signal cannot be told from a later one once the
-/// spare runs). `word`, on which the spare sleeps, must stay mapped for the process's life.
-pub(crate) fn catch_stop_signals_while_spare(word: &std::sync::atomic::AtomicU32, idle: u32) {
-    SPARE_IDLE.store(idle, std::sync::atomic::Ordering::Relaxed);
-    SPARE_WORD.store(ptr::from_ref(word).cast_mut(), std::sync::atomic::Ordering::Release);
-    let mut catches = 0u64;
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: a zeroed sigaction is a valid value to fill; the handler only touches
-        // atomics; the old action is read into a local.
-        unsafe {
-            let mut old: libc::sigaction = mem::zeroed();
-            if libc::sigaction(sig, ptr::null(), &mut old) != 0 || old.sa_sigaction == libc::SIG_IGN
-            {
-                continue;
-            }
-            let mut catch: libc::sigaction = mem::zeroed();
-            catch.sa_sigaction = keep_stop_signal_if_taken as extern "C" fn(libc::c_int) as usize;
-            catch.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut catch.sa_mask);
-            if libc::sigaction(sig, &catch, ptr::null_mut()) == 0 {
-                catches |= 1 << sig;
-            }
-        }
-    }
-    SPARE_CATCHES.store(catches, std::sync::atomic::Ordering::Relaxed);
+/// Lets SIGINT and SIGTERM in again after [`block_stop_signals`].
+pub(crate) fn unblock_stop_signals() {
     let mut mask = empty_sigset();
     // SAFETY: `mask` is an initialised set; SIGINT and SIGTERM are valid signals.
     unsafe {
         libc::sigaddset(&mut mask, libc::SIGINT);
         libc::sigaddset(&mut mask, libc::SIGTERM);
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &mask, ptr::null_mut());
-    }
-}
-
-/// In a spare just taken: blocks SIGINT and SIGTERM again, gives them back their default
-/// action, and makes those kept for the child pending, delivered once the child unblocks its
-/// signals (as any child does as it begins).
-pub(crate) fn stop_catching_stop_signals() {
-    block_stop_signals();
-    let catches = SPARE_CATCHES.swap(0, std::sync::atomic::Ordering::Relaxed);
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        if catches & (1 << sig) != 0 {
-            // SAFETY: installing SIG_DFL has no memory-safety preconditions.
-            unsafe { libc::signal(sig, libc::SIG_DFL) };
-        }
-    }
-    SPARE_WORD.store(ptr::null_mut(), std::sync::atomic::Ordering::Release);
-    let kept = SPARE_KEPT.swap(0, std::sync::atomic::Ordering::Relaxed);
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        if kept & (1 << sig) != 0 {
-            // SAFETY: raise(3) has no memory-safety preconditions; the signal is blocked, so
-            // it stays pending here.
-            unsafe { libc::raise(sig) };
-        }
     }
 }
 
