@@ -2,25 +2,34 @@
 //!
 //! Client side (any process that starts children): the first `Forkserver` start spawns a
 //! server, a fresh copy of the executable that becomes the server before `main`, checks that
-//! it runs the same build ([`Hello`]/[`Welcome`]), and keeps one request socket to it. Each
-//! child is one [`ForkRequest`] carrying two descriptors: the child's control socket and a
-//! status socket. The new child answers on the status socket with [`Forked`] and a pidfd before
-//! it runs anything (so an unanswered request ran nothing, even if the server died on it), and
-//! the server later sends the child's exit status there.
+//! it runs the same build ([`Hello`]/[`Welcome`], which brings the page of its spares' words,
+//! [`Words`]), and keeps one request socket to it. The server lends each spare it forks to the
+//! client ([`Lent`]: the spare's control and status sockets, a pidfd, where its word is). A
+//! start takes the lent spare itself ([`start_lent`]): it sends the start message on the
+//! spare's control socket, moves the spare's word from idle to taken, wakes it (one futex
+//! wake-up, no round trip: the pid is known already), and tells the server
+//! ([`ToServer::Took`]), which reports the child's exit on the status socket it lent. With no
+//! spare lent (none yet, or gone), a start is one [`ToServer::Fork`] carrying two descriptors:
+//! the child's control socket and a status socket. That child answers on the status socket
+//! with [`Forked`] and a pidfd before it runs anything (so an unanswered request ran nothing,
+//! even if the server died on it), and the server later sends the child's exit status there.
 //!
 //! Server side: a single-threaded loop over the request socket, a signalfd for `SIGCHLD` and
-//! the liveness pipe. The server keeps one child forked ahead of demand ([`Spare`]): a request
-//! hands it the control and status sockets in one message, and the next spare is forked a
-//! little later ([`SPARE_DELAY`]), once the new child has had the CPU to start on (with no
-//! spare, because its fork failed, it was killed, or the request came sooner, the request is
-//! served by `fork`). A spare left unasked for a millisecond, when a CPU is free
-//! then (or at one of a few later looks), maps in the code the page cache holds of the files
-//! it may ask about ([`proc::map_in_code`]), so the child it becomes does not fault it in on
-//! its way to its target. A child closes every descriptor but its control and status
-//! sockets and its own description of the liveness pipe, on which the kernel will kill it when
-//! the pipe hangs up ([`alive::tie`]), announces itself, and runs the worker. A reaped child's status goes
-//! back on its status socket. When the parent dies the liveness pipe hangs up (and the request
-//! socket closes): the server and every child exit.
+//! the liveness pipe. The server keeps one child forked ahead of demand ([`Spare`]), asleep on
+//! its word. A request that comes while the spare is lent takes it back (the word moved from
+//! idle to handed: whoever moves it first owns the spare) and hands it the request's sockets in
+//! one message; if the client took it first, the request is served by `fork`, as it is with no
+//! spare (its fork failed, it was killed). The next spare is forked at once when the client
+//! took the last, a little later ([`SPARE_DELAY`]) when it was handed a request, once the new
+//! child has had the CPU to start on (see [`NextSpare`]). A spare left unasked for a
+//! millisecond, when a CPU is free then (or at one of a few later looks), maps in the code the
+//! page cache holds of the files it may ask about ([`proc::map_in_code`]), so the child it
+//! becomes does not fault it in on its way to its target. A child closes every descriptor but
+//! its control and status sockets and its own description of the liveness pipe, on which the
+//! kernel will kill it when the pipe hangs up ([`alive::tie`]), and runs the worker (announcing
+//! itself first if it was asked through the server). A reaped child's status goes back on its
+//! status socket. When the parent dies the liveness pipe hangs up (and the request socket
+//! closes): the server and every child exit.
 //!
 //! A child's life is tied to the user's process, never to the server's: a server killed by
 //! the out-of-memory killer or a stray `kill` leaves its running children running (another
@@ -643,15 +652,17 @@ struct Served {
 impl NextSpare {
     /// After the server's wake-up at `now` (with `served`, a child's end seen or not, and a
     /// spare or not since), whether to fork the next spare now. Several requests served at
-    /// once are a burst too. A spare the client took itself is replaced at once: that child
-    /// starts on the client's CPU, not on the server's (as one handed a request does, which
-    /// the server's fork would hold off), and the next start, often near, wants a spare.
+    /// once are a burst too. A spare the client took itself is replaced sooner
+    /// ([`TAKEN_DELAY`]) than one handed a request ([`SPARE_DELAY`]).
     fn fork_now(&mut self, now: std::time::Instant, served: Served, ended: bool, spare: bool) -> bool {
         let request = served.requests > 0;
-        let mut delay = SPARE_DELAY;
+        let mut delay = if served.taken {
+            TAKEN_DELAY
+        } else {
+            SPARE_DELAY
+        };
         if request {
             if served.requests > 1
-                || served.taken
                 || self
                     .last_request
                     .is_some_and(|t| now.duration_since(t) < BURST)
@@ -855,6 +866,16 @@ fn wait_as_spare(
 /// sooner than this finds no spare and is forked for, as before spares existed, and makes a
 /// burst.
 const SPARE_DELAY: std::time::Duration = std::time::Duration::from_micros(300);
+
+/// How long after the client took its lent spare the server forks the next, when that was not
+/// part of a burst ([`BURST`]). Sooner than [`SPARE_DELAY`]: that child was woken by the
+/// client, so it starts on the client's CPU, not the server's; and a program that starts one
+/// process and then another wants the next spare lent by then (the process-start bench's
+/// back-to-back row, a start ~0.2 ms after a start and its join: 0.21-0.55 ms with 0.15 ms
+/// or more, 0.14-0.31 ms with 0.1). Not at once: a pool's thread asks for its other workers
+/// right after the first took the spare, and a fork begun at once held them and the first
+/// one's start up (`Pool(2)` to its first result: 0.26-0.32 ms at once, 0.14-0.16 with 0.1).
+const TAKEN_DELAY: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// Requests closer together than this make a burst, after which the next spare is forked at
 /// once: the next request is likely near, and wants one. Longer than [`SPARE_DELAY`] and a
@@ -1081,12 +1102,18 @@ mod tests {
         // Two requests served in one wake-up are a burst, one is not.
         assert!(NextSpare::default().fork_now(at(0), asked(2), false, false));
         assert!(!NextSpare::default().fork_now(at(0), asked(1), false, false));
-        // A spare the client took itself: the next one at once, even alone.
+        // A spare the client took itself: the next one TAKEN_DELAY later, alone; at once in a
+        // burst.
         let took = Served {
             requests: 1,
             taken: true,
         };
-        assert!(NextSpare::default().fork_now(at(0), took, false, false));
+        let mut next = NextSpare::default();
+        assert!(!next.fork_now(at(0), took, false, false));
+        assert_eq!(next.due, Some(at(0) + TAKEN_DELAY));
+        assert!(next.fork_now(at(0) + TAKEN_DELAY, asked(0), false, false));
+        assert!(next.fork_now(at(0) + BURST / 2, took, false, false));
+        assert!(TAKEN_DELAY < SPARE_DELAY);
         assert!(BURST > SPARE_DELAY);
     }
 
