@@ -644,13 +644,16 @@ fn the_fork_server_keeps_one_spare_child_and_replaces_a_killed_one() {
     );
     // A stop signal that reaches a waiting spare (as a Ctrl-C to the process group would)
     // ends it, as it ends the processes that existed then; the server forks another, and
-    // the next start runs there, not in the signalled one.
+    // the next start runs there, not in the signalled one, even while the signalled one is
+    // still going (its sockets open: a dying process frees its memory first).
     for sig in [libc::SIGINT, libc::SIGTERM] {
-        wait_until("a spare", || spares().len() == 1);
+        wait_until("a spare, lent", || {
+            spares().len() == 1 && lent_a_spare(server)
+        });
         let signalled = spares()[0];
         // SAFETY: kill(2) has no memory-safety preconditions.
         assert_eq!(unsafe { libc::kill(signalled as i32, sig) }, 0);
-        wait_until("the signalled spare has ended", || has_ended(signalled));
+        wait_until("the signalled spare is ending", || is_exiting(signalled));
         let mut next = Process::new(my_pid, ()).start_method(m);
         next.start().unwrap();
         assert_ne!(next.join_timeout(PATIENCE).unwrap(), signalled);
@@ -691,6 +694,38 @@ fn the_fork_server_keeps_one_spare_child_and_replaces_a_killed_one() {
     wait_until("one spare after twenty starts", || spares().len() == 1);
     sleeper.terminate().unwrap();
     let _ = sleeper.join_timeout(PATIENCE);
+}
+
+/// The fork server killed the moment it has lent its spare, and a start at once: the spare
+/// either dies with the server, saying so in its word first, and the start goes to a fresh
+/// server, or was taken first and runs as the start's child. Either way the start's target
+/// runs and its value comes back.
+#[test]
+fn a_start_right_after_the_server_is_killed_runs_its_target() {
+    if !alone() {
+        return;
+    }
+    let m = StartMethod::Forkserver;
+    for round in 0..12u64 {
+        let mut first = Process::new(my_parent, ()).start_method(m);
+        first.start().unwrap();
+        let server = first.join_timeout(PATIENCE).unwrap();
+        wait_until("the server has lent its next spare", || {
+            lent_a_spare(server)
+        });
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        assert_eq!(unsafe { libc::kill(server as i32, libc::SIGKILL) }, 0);
+        if round % 3 == 1 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let mut p = Process::new(square, (round,)).start_method(m);
+        p.start().unwrap();
+        assert_eq!(
+            p.join_timeout(PATIENCE).unwrap(),
+            round * round,
+            "round {round}"
+        );
+    }
 }
 
 /// A stop signal sent the moment a start returns is the child's, even when the child is a spare
@@ -961,6 +996,22 @@ fn stopped_fork_server() -> (u32, Process<u32>) {
     let mut lent = Process::new(my_parent, ()).start_method(m);
     lent.start().unwrap();
     (server, lent)
+}
+
+/// Whether `pid` is on its way out (`PF_EXITING` in its flags) or gone.
+fn is_exiting(pid: u32) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let after = stat.rsplit(')').next().unwrap_or("");
+    // After the name: state, ppid, pgrp, session, tty_nr, tpgid, flags.
+    let flags: u64 = after
+        .split_whitespace()
+        .nth(6)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0);
+    flags & PF_EXITING != 0 || has_ended(pid)
 }
 
 /// Whether fork server `server` has a spare and has lent it to us: it forks a spare, sends it

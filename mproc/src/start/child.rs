@@ -6,9 +6,9 @@
 //! end of the process is seen through its pidfd (or, for a fork server child, through the
 //! server's status report), never through end-of-file, which a leaked descriptor could delay.
 //!
-//! A fork server child outlives a server that is killed: the server's status channel then
-//! closes without a report, and the child's end is watched on its pidfd instead (see
-//! [`Reaper::Adopted`]).
+//! A fork server child outlives a server that is killed (a spare the server's death finds
+//! taken lives on; see `forkserver`): the server's status channel then closes without a
+//! report, and the child's end is watched on its pidfd instead (see [`Reaper::Adopted`]).
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Instant;

@@ -19,9 +19,11 @@
 //! its word. A request that comes while the spare is lent takes it back (the word moved from
 //! idle to handed: whoever moves it first owns the spare) and hands it the request's sockets in
 //! one message; if the client took it first, the request is served by `fork`, as it is with no
-//! spare (its fork failed, it was killed). The next spare is forked at once when the client
-//! took the last, a little later ([`SPARE_DELAY`]) when it was handed a request, once the new
-//! child has had the CPU to start on (see [`NextSpare`]). A spare left unasked for a
+//! spare (its fork failed, it was killed). The next spare is forked soon after the client took
+//! the last ([`TAKEN_DELAY`]), a little later ([`SPARE_DELAY`]) when it was handed a request,
+//! once the new child has had the CPU to start on (see [`NextSpare`]). A waiting spare dies of
+//! the server's death or a stop signal only if it moves its own word from idle to dead first
+//! (see [`proc::SpareSignals`]): a spare someone took lives on as theirs. A spare left unasked for a
 //! millisecond, when a CPU is free then (or at one of a few later looks), maps in the code the
 //! page cache holds of the files it may ask about ([`proc::map_in_code`]), so the child it
 //! becomes does not fault it in on its way to its target. A child closes every descriptor but
@@ -64,7 +66,7 @@ pub(crate) struct Server {
     /// dropped soon after are not each given [`DYING`] to show it (a pool asks for several).
     alive_seen: Option<std::time::Instant>,
     /// The page of the words its spares sleep on ([`Words`]), sent with its [`Welcome`];
-    /// `None` if it has none (it lends no spares then).
+    /// `None` if it has none (its spares are then never started here: each start asks).
     words: Option<Arc<Mapping>>,
 }
 
@@ -195,8 +197,10 @@ impl Requested {
 /// reports its exit as for any child. `None` without one (none lent yet, or it died, or the
 /// server took it back for a request): the caller asks the server.
 ///
-/// A lent spare killed unstarted is seen here and passed over. One killed between that look
-/// and the wake-up is a child killed as it starts, as with `fork`.
+/// A lent spare that died unasked, of the server's death or a stop signal, said so in its word
+/// first (see [`proc::SpareSignals`]): it is passed over. Only a SIGKILL of the spare itself
+/// can end it unsaid; one between the look at its socket and the wake-up is a child killed as
+/// it starts, as with `fork`.
 fn start_lent(
     start: &[u8],
     start_fds: &[BorrowedFd<'_>],
@@ -206,8 +210,8 @@ fn start_lent(
         let (lent, serial, (words, at)) = {
             let mut slot = lock();
             let server = slot.as_mut().filter(|s| s.owner == proc::getpid())?;
-            // A server that died killed its waiting spares as it went (or will: their
-            // sockets may not be closed yet); the request finds it dead and replaces it.
+            // A server found dead is replaced by the request (its waiting spares die with it,
+            // each saying so in its word first).
             if proc::has_ended(server.pidfd.as_fd()).unwrap_or(true) {
                 return None;
             }
@@ -236,17 +240,14 @@ fn start_in(
     // A start message that surely fits the socket's buffer goes first, so that the spare
     // finds it waiting; its socket closed says that it died. A larger one goes after the
     // wake-up, as the spare reads it.
-    let early = if start.len() <= EARLY_START {
-        match ctrl.send_frame_until(start, start_fds, deadline) {
-            Ok(()) => None,
-            Err(_) => return None, // it is gone: nothing was started
+    let early = fits_early(&ctrl, start.len());
+    if early {
+        if ctrl.send_frame_until(start, start_fds, deadline).is_err() {
+            return None; // it is gone: nothing was started
         }
-    } else {
-        if proc::has_ended(lent.pidfd.as_fd()).unwrap_or(true) {
-            return None;
-        }
-        Some(())
-    };
+    } else if proc::has_ended(lent.pidfd.as_fd()).unwrap_or(true) {
+        return None;
+    }
     let taken = word.compare_exchange(
         lent.idle,
         lent.idle | word::TAKEN,
@@ -257,9 +258,10 @@ fn start_in(
         return None;
     }
     futex::wake(word, 1);
-    let sent = match early {
-        None => Ok(()),
-        Some(()) => ctrl.send_frame_until(start, start_fds, deadline),
+    let sent = if early {
+        Ok(())
+    } else {
+        ctrl.send_frame_until(start, start_fds, deadline)
     };
     tell_taken(serial, lent.pid);
     let child = Child::new(
@@ -277,8 +279,18 @@ fn start_in(
     })
 }
 
-/// A start message this long or shorter is sent to a lent spare before it is woken: it fits
-/// a fresh socket's buffer (at least 200 KiB on Linux) with room to spare.
+/// Whether a start message of `len` bytes goes to a lent spare before it is woken (see
+/// [`start_in`]): at most [`EARLY_START`] and a quarter of a socket's send buffer (read once),
+/// so that it surely fits the fresh socket, which nobody reads until the spare is woken.
+fn fits_early(ctrl: &Channel, len: usize) -> bool {
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let limit = *LIMIT.get_or_init(|| {
+        crate::sys::socket::send_buffer(ctrl.fd()).map_or(0, |b| (b / 4).min(EARLY_START))
+    });
+    len <= limit
+}
+
+/// The most a start message may be to go to a lent spare before it is woken.
 const EARLY_START: usize = 64 * 1024;
 
 /// Tells server `serial`, if it is still this process's, that its lent spare `pid` was
@@ -290,6 +302,8 @@ fn tell_taken(serial: u64, pid: u32) {
         .as_ref()
         .filter(|s| s.serial == serial && s.owner == proc::getpid());
     if let (Some(server), Ok(msg)) = (server, channel::encode_message(&ToServer::Took { pid })) {
+        // Never waits, and a frame this small goes whole or not at all: a Unix stream socket
+        // refuses a send that does not fit its buffer before it takes any of it.
         let now = Some(std::time::Instant::now());
         let _ = server.request.send_frame_until(&msg, &[], now);
     }
@@ -643,7 +657,7 @@ struct NextSpare {
 /// What one wake-up of the server served.
 #[derive(Debug, Default, Clone, Copy)]
 struct Served {
-    /// Messages read: requests for a child, and word of a lent spare taken.
+    /// Requests for a child.
     requests: usize,
     /// Whether the client took the spare it was lent.
     taken: bool,
@@ -655,7 +669,7 @@ impl NextSpare {
     /// once are a burst too. A spare the client took itself is replaced sooner
     /// ([`TAKEN_DELAY`]) than one handed a request ([`SPARE_DELAY`]).
     fn fork_now(&mut self, now: std::time::Instant, served: Served, ended: bool, spare: bool) -> bool {
-        let request = served.requests > 0;
+        let request = served.requests > 0 || served.taken;
         let mut delay = if served.taken {
             TAKEN_DELAY
         } else {
@@ -696,9 +710,10 @@ impl NextSpare {
 /// one futex wake-up, with the pid known before. A request that comes to the server instead
 /// (the client had not read of the spare yet, or another thread took it) takes it back and
 /// hands it the request's sockets, which costs the request one message instead of a `fork`.
-/// The next spare is forked at once after a spare is taken, [`SPARE_DELAY`] after one is
-/// handed a request (see [`NextSpare`]). At most one exists, idle. A stop signal ends it, as
-/// it ends the processes that existed when it came (see [`wait_as_spare`]). Tied to the user's
+/// The next spare is forked [`TAKEN_DELAY`] after a spare is taken, [`SPARE_DELAY`] after one
+/// is handed a request (see [`NextSpare`]). At most one exists, idle. A stop signal ends it,
+/// as it ends the processes that existed when it came, unless it was taken first (see
+/// [`wait_as_spare`]). Tied to the user's
 /// process like every child, it ends with it; while it waits, it also ends with the server,
 /// which alone can hand it on.
 struct Spare {
@@ -748,7 +763,8 @@ impl Spare {
                     let fds = [ctrl.as_fd(), status_client.as_fd(), pidfd.as_fd()];
                     if let Ok(lent) = channel::encode_message(&Lent { pid, slot, idle }) {
                         // Never waits: a client that reads nothing (stopped, say) is lent
-                        // nothing more, and its requests take the spare back.
+                        // nothing more, and its requests take the spare back. (A frame this
+                        // small goes whole or not at all, as in `tell_taken`.)
                         let now = Some(std::time::Instant::now());
                         let _ = request.send_frame_until(&lent, &fds, now);
                     }
@@ -801,16 +817,26 @@ fn wait_as_spare(
     word: &std::sync::atomic::AtomicU32,
     idle: u32,
 ) -> ! {
-    // While it waits it dies with the server, which alone may hand it on; once started it is
-    // tied to the user's process alone, like every child.
-    if proc::kill_me_with_parent().is_err() || proc::getppid() != server {
-        proc::exit_now(0);
-    }
-    // A stop signal while it waits (a Ctrl-C to the process group, say) ends it, as it ends
-    // the processes that existed then; the server forks another. Not blocked, as the
-    // server's are: a blocked one could not be told, once it runs, from one sent to the
-    // child it became, whose pid its client knows as soon as it is taken.
-    proc::unblock_stop_signals();
+    // Dies unasked, unless someone took it first (then it is theirs, and lives on).
+    let die_unasked = || {
+        let dead = word.compare_exchange(
+            idle,
+            idle | word::DEAD,
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+        );
+        if dead.is_ok() {
+            proc::exit_now(0);
+        }
+    };
+    // While it waits it dies with the server, which alone may hand it on, and of a stop
+    // signal (a Ctrl-C to the process group, say), as the processes that existed then do;
+    // the server forks another. Either only if nobody took it first: once taken it is tied to
+    // the user's process alone, like every child, and a stop signal is the child's.
+    let Ok(signals) = proc::SpareSignals::catch(word, idle, idle | word::DEAD, server) else {
+        die_unasked();
+        proc::exit_now(1) // taken meanwhile, yet it cannot start safely: a child lost
+    };
     let asked = || word.load(std::sync::atomic::Ordering::Acquire) != idle;
     // Unasked for a while: it maps the code in now, so that the child it becomes does not
     // fault it in on its way to its target (measured: start -> target running after a rest
@@ -827,13 +853,13 @@ fn wait_as_spare(
     }
     while !asked() {
         if futex::wait(word, idle, None).is_err() {
-            proc::exit_now(0);
+            die_unasked();
         }
     }
     // Its own number still (the word is reused only once this process is gone), and how it
     // was asked.
     let how = word.load(std::sync::atomic::Ordering::Acquire) ^ idle;
-    let _ = proc::outlive_parent();
+    signals.taken();
     match how {
         // (The worker unblocks every signal as it begins.)
         word::TAKEN => {
@@ -912,9 +938,9 @@ impl Serving<'_, '_> {
         loop {
             match request.try_recv_frame() {
                 Ok(Some(frame)) => {
-                    served.requests += 1;
                     match channel::decode_message::<ToServer>(&frame) {
                         Ok(ToServer::Fork) => {
+                            served.requests += 1;
                             let fds = request.take_fds_n(2);
                             if let Ok([ctrl, status]) = <[OwnedFd; 2]>::try_from(fds) {
                                 self.start_child(ctrl, status);
@@ -942,7 +968,9 @@ impl Serving<'_, '_> {
     /// Takes the spare back from the client and hands it a request's sockets, or forks a
     /// child for them if there is none (or it died, or the client started it meanwhile).
     fn start_child(&mut self, ctrl: OwnedFd, status: OwnedFd) {
-        if let (Some(spare), Some(words)) = (self.spare.take(), self.words) {
+        if let Some(words) = self.words
+            && let Some(spare) = self.spare.take()
+        {
             let slot = Some(spare.slot);
             if !spare.claim(words, word::HANDED) {
                 // The client started it; its word to say so is on the way.
@@ -1042,9 +1070,13 @@ fn report_ended(
             ties.give_back(tie);
             slot
         } else if let Some(dead) = spare.take_if(|s| s.pid == pid) {
-            // Killed while it waited (another is forked), unless the client started it and has
-            // not said so yet: then it was the client's child.
-            if words.as_deref().is_some_and(|w| !dead.claim(w, word::DEAD)) {
+            // Dead while it waited (another is forked; it said so itself, or is said dead
+            // now), unless the client started it and has not said so yet: then it was the
+            // client's child.
+            let started = words
+                .as_deref()
+                .is_some_and(|w| !dead.claim(w, word::DEAD) && dead.taken(w));
+            if started {
                 let _ = dead.status.send(&exit, &[]);
             }
             ties.give_back(dead.tie);
@@ -1105,12 +1137,21 @@ mod tests {
         // A spare the client took itself: the next one TAKEN_DELAY later, alone; at once in a
         // burst.
         let took = Served {
-            requests: 1,
+            requests: 0,
             taken: true,
         };
         let mut next = NextSpare::default();
         assert!(!next.fork_now(at(0), took, false, false));
         assert_eq!(next.due, Some(at(0) + TAKEN_DELAY));
+        // Taken, and one request for a child (a pool's next worker) in the same wake-up: not
+        // a burst.
+        let with_request = Served {
+            requests: 1,
+            taken: true,
+        };
+        let mut pool = NextSpare::default();
+        assert!(!pool.fork_now(at(0), with_request, false, false));
+        assert_eq!(pool.due, Some(at(0) + TAKEN_DELAY));
         assert!(next.fork_now(at(0) + TAKEN_DELAY, asked(0), false, false));
         assert!(next.fork_now(at(0) + BURST / 2, took, false, false));
         assert!(TAKEN_DELAY < SPARE_DELAY);

@@ -173,7 +173,7 @@ pub(crate) fn launch(
 pub(crate) enum Launching {
     /// Started already (`fork` and `spawn` have nothing to wait for).
     Started(Child),
-    /// Asked of the fork server, not yet announced.
+    /// Asked of the fork server (not yet announced), or started in the spare it lent.
     Asked(forkserver::Requested),
 }
 

@@ -427,11 +427,6 @@ pub(crate) fn kill_me_with_parent() -> io::Result<()> {
     ))?)
 }
 
-/// Undoes [`kill_me_with_parent`]: the process outlives its parent again.
-pub(crate) fn outlive_parent() -> io::Result<()> {
-    Ok(rustix::process::set_parent_process_death_signal(None)?)
-}
-
 /// A new open file description of the pipe whose read end is `read` (open(2) of
 /// `/proc/self/fd/N`, which for a pipe opens the pipe itself, not a copy of the descriptor), for
 /// [`hangup_killer`]: the owner of a description's signals is shared by every duplicate.
@@ -745,14 +740,144 @@ fn map_in_cached(
     true
 }
 
-/// Lets SIGINT and SIGTERM in again after [`block_stop_signals`].
-pub(crate) fn unblock_stop_signals() {
-    let mut mask = empty_sigset();
-    // SAFETY: `mask` is an initialised set; SIGINT and SIGTERM are valid signals.
-    unsafe {
-        libc::sigaddset(&mut mask, libc::SIGINT);
-        libc::sigaddset(&mut mask, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &mask, ptr::null_mut());
+/// The signal a fork server's spare gets when the server dies (PR_SET_PDEATHSIG): caught,
+/// unlike SIGKILL, so that the spare dies only if nobody has taken it (see
+/// [`SpareSignals`]).
+const SPARE_PARENT_DEATH: libc::c_int = libc::SIGUSR2;
+
+/// The word a fork server's spare sleeps on, for its signal handler; null in any other
+/// process.
+static SPARE_WORD: std::sync::atomic::AtomicPtr<std::sync::atomic::AtomicU32> =
+    std::sync::atomic::AtomicPtr::new(ptr::null_mut());
+/// The word's value while the spare waits, and the state that says it died unasked.
+static SPARE_IDLE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+static SPARE_DEAD: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// Stop signals that came once the spare was taken (a bit per signal): the child's.
+static SPARE_KEPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The signals a fork server's spare may die of while it waits, caught: the server's death
+/// (the parent-death signal) and SIGINT and SIGTERM (a Ctrl-C to the process group, a service
+/// manager's SIGTERM), unless ignored. The handler decides by the spare's word, atomically:
+/// if it moves the word from idle to dead first, the spare was nobody's, and it exits (its
+/// client, moving the word later, fails and passes it over); if the client or the server took
+/// it first, the signal is the child's: the server's death is then no reason to die (the
+/// child is tied to the user's process), and a stop signal is kept and raised again once the
+/// child's actions are back ([`SpareSignals::taken`]). Without this, a spare killed outright
+/// could still be taken while it died (its sockets close only after its memory is freed), and
+/// the start would return a child that never runs.
+pub(crate) struct SpareSignals {
+    /// The actions the handler replaced, to be put back.
+    replaced: [(libc::c_int, Option<libc::sigaction>); 3],
+}
+
+extern "C" fn spare_signal(sig: libc::c_int) {
+    let word = SPARE_WORD.load(std::sync::atomic::Ordering::Acquire);
+    if word.is_null() {
+        return;
+    }
+    let idle = SPARE_IDLE.load(std::sync::atomic::Ordering::Relaxed);
+    let dead = SPARE_DEAD.load(std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: `word` was set by `SpareSignals::catch` to a word of a mapping this process keeps
+    // for its whole life (the spare never unmaps it).
+    let word = unsafe { &*word };
+    let claimed = word.compare_exchange(
+        idle,
+        dead,
+        std::sync::atomic::Ordering::AcqRel,
+        std::sync::atomic::Ordering::Acquire,
+    );
+    if claimed.is_ok() {
+        // SAFETY: _exit(2) is async-signal-safe and ends the process at once.
+        unsafe { libc::_exit(0) };
+    }
+    if sig != SPARE_PARENT_DEATH && (0..64).contains(&sig) {
+        SPARE_KEPT.fetch_or(1 << sig, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl SpareSignals {
+    /// In a spare forked by `server`, asleep on `word` whose value is `idle` while it waits
+    /// and `dead` once it died unasked: catches the signals above, asks for the parent-death
+    /// signal, and lets the stop signals in (the server keeps them blocked). `word` must stay
+    /// mapped for the process's life. A server already gone counts as one that died now.
+    pub(crate) fn catch(
+        word: &std::sync::atomic::AtomicU32,
+        idle: u32,
+        dead: u32,
+        server: u32,
+    ) -> io::Result<SpareSignals> {
+        SPARE_IDLE.store(idle, std::sync::atomic::Ordering::Relaxed);
+        SPARE_DEAD.store(dead, std::sync::atomic::Ordering::Relaxed);
+        SPARE_WORD.store(
+            ptr::from_ref(word).cast_mut(),
+            std::sync::atomic::Ordering::Release,
+        );
+        let mut replaced = [
+            (SPARE_PARENT_DEATH, None),
+            (libc::SIGINT, None),
+            (libc::SIGTERM, None),
+        ];
+        for (sig, old) in &mut replaced {
+            // SAFETY: zeroed sigactions are valid values to fill; the handler only touches
+            // atomics and calls _exit; both pointers are to locals that outlive the calls.
+            unsafe {
+                let mut was: libc::sigaction = mem::zeroed();
+                if libc::sigaction(*sig, ptr::null(), &mut was) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // An ignored stop signal stays ignored: the child would ignore it too.
+                if *sig != SPARE_PARENT_DEATH && was.sa_sigaction == libc::SIG_IGN {
+                    continue;
+                }
+                let mut catch: libc::sigaction = mem::zeroed();
+                catch.sa_sigaction = spare_signal as extern "C" fn(libc::c_int) as usize;
+                catch.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut catch.sa_mask);
+                if libc::sigaction(*sig, &catch, ptr::null_mut()) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                *old = Some(was);
+            }
+        }
+        rustix::process::set_parent_process_death_signal(Signal::from_named_raw(
+            SPARE_PARENT_DEATH,
+        ))?;
+        if getppid() != server {
+            // Gone before it asked: as if its death came now.
+            // SAFETY: raise(3) has no memory-safety preconditions.
+            unsafe { libc::raise(SPARE_PARENT_DEATH) };
+        }
+        let mut mask = empty_sigset();
+        // SAFETY: `mask` is an initialised set of valid signals; the old mask is not asked for
+        // (a null pointer, which pthread_sigmask accepts).
+        unsafe {
+            libc::sigaddset(&mut mask, libc::SIGINT);
+            libc::sigaddset(&mut mask, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &mask, ptr::null_mut());
+        }
+        Ok(SpareSignals { replaced })
+    }
+
+    /// In the spare just taken (its word no longer idle): no parent-death signal any more (the
+    /// child is tied to the user's process alone); the replaced actions back; the stop
+    /// signals that came once it was taken raised again, for the child. (A signal already
+    /// pending when the parent-death signal is cleared is handled before the actions change.)
+    pub(crate) fn taken(self) {
+        let _ = rustix::process::set_parent_process_death_signal(None);
+        for (sig, old) in &self.replaced {
+            if let Some(old) = old {
+                // SAFETY: `old` is the action read from the kernel in `catch`.
+                unsafe { libc::sigaction(*sig, old, ptr::null_mut()) };
+            }
+        }
+        SPARE_WORD.store(ptr::null_mut(), std::sync::atomic::Ordering::Release);
+        let kept = SPARE_KEPT.swap(0, std::sync::atomic::Ordering::Relaxed);
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            if kept & (1 << sig) != 0 {
+                // SAFETY: raise(3) has no memory-safety preconditions.
+                unsafe { libc::raise(sig) };
+            }
+        }
     }
 }
 

@@ -66,6 +66,11 @@ pub(crate) fn unreceived(sock: BorrowedFd<'_>) -> io::Result<usize> {
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
+/// The size of `sock`'s send buffer, as the kernel reports it (SO_SNDBUF).
+pub(crate) fn send_buffer(sock: BorrowedFd<'_>) -> io::Result<usize> {
+    Ok(rustix::net::sockopt::socket_send_buffer_size(sock)?)
+}
+
 /// Shuts both directions of `sock` down, for every process that holds it: the peer reads end
 /// of file (after what was already sent), and sends fail.
 pub(crate) fn shutdown(sock: BorrowedFd<'_>) -> io::Result<()> {
