@@ -23,10 +23,10 @@
 //! the last ([`TAKEN_DELAY`]), a little later ([`SPARE_DELAY`]) when it was handed a request,
 //! once the new child has had the CPU to start on (see [`NextSpare`]). A waiting spare dies of
 //! the server's death or a stop signal only if it moves its own word from idle to dead first
-//! (see [`proc::SpareSignals`]): a spare someone took lives on as theirs. A spare left unasked for a
-//! millisecond, when a CPU is free then (or at one of a few later looks), maps in the code the
-//! page cache holds of the files it may ask about ([`proc::map_in_code`]), so the child it
-//! becomes does not fault it in on its way to its target. A child closes every descriptor but
+//! (see [`proc::SpareSignals`]): a spare someone took lives on as theirs. A spare left unasked
+//! for a millisecond, when a CPU is free then (or at one of a few later looks), maps in the
+//! code the page cache holds of the files it may ask about ([`proc::map_in_code`]), so the
+//! child it becomes does not fault it in on its way to its target. A child closes every descriptor but
 //! its control and status sockets and its own description of the liveness pipe, on which the
 //! kernel will kill it when the pipe hangs up ([`alive::tie`]), and runs the worker (announcing
 //! itself first if it was asked through the server). A reaped child's status goes back on its
@@ -126,7 +126,8 @@ mod word {
     /// Taken back by the server for a request: the request's sockets wait on its socket to the
     /// server.
     pub(super) const HANDED: u32 = 2;
-    /// Found dead by the server, unasked.
+    /// Dead unasked: said by the spare itself as it dies (of its server's death or a stop
+    /// signal; see [`proc::SpareSignals`]), or by the server that reaped it.
     pub(super) const DEAD: u32 = 3;
     /// The bits of the state.
     pub(super) const STATE: u32 = 3;
@@ -192,9 +193,9 @@ impl Requested {
 }
 
 /// Starts the spare the server lent this process, if there is one and it still waits: its
-/// start message goes straight to it, and one futex wake-up starts it (a wake-up through a
-/// socket would put it on this process's CPU, behind this thread). The server, told after,
-/// reports its exit as for any child. `None` without one (none lent yet, or it died, or the
+/// start message goes straight to it, and one futex wake-up starts it, with no round trip
+/// through the server (the pid was known before). The server, told after, reports its exit as
+/// for any child. `None` without one (none lent yet, or it died, or the
 /// server took it back for a request): the caller asks the server.
 ///
 /// A lent spare that died unasked, of the server's death or a stop signal, said so in its word
@@ -597,7 +598,8 @@ pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
 /// with [`Welcome`]) and inherited by each spare: a word per spare, reused once the process
 /// that spare became is gone.
 struct Words {
-    page: Mapping,
+    /// Shared, so that a spare can keep it mapped for its whole life (see [`Spare::fork`]).
+    page: Arc<Mapping>,
     file: InternalFd,
     /// Which words a spare, or the child it became, still holds.
     used: Vec<bool>,
@@ -613,7 +615,7 @@ impl Words {
     fn new() -> Option<Words> {
         let (page, file) = Mapping::create_inherited("mproc-spares", WORDS_PAGE).ok()?;
         Some(Words {
-            page,
+            page: Arc::new(page),
             file,
             used: vec![false; WORDS_PAGE / 4],
             last: 0,
@@ -713,9 +715,8 @@ impl NextSpare {
 /// The next spare is forked [`TAKEN_DELAY`] after a spare is taken, [`SPARE_DELAY`] after one
 /// is handed a request (see [`NextSpare`]). At most one exists, idle. A stop signal ends it,
 /// as it ends the processes that existed when it came, unless it was taken first (see
-/// [`wait_as_spare`]). Tied to the user's
-/// process like every child, it ends with it; while it waits, it also ends with the server,
-/// which alone can hand it on.
+/// [`wait_as_spare`]). Tied to the user's process like every child, it ends with it; while it
+/// waits, it also ends with the server, which alone can hand it on.
 struct Spare {
     pid: u32,
     /// Where a request's sockets are handed to it when the server takes it back.
@@ -756,7 +757,9 @@ impl Spare {
                 std::mem::forget((sock, ctrl, status, status_client));
                 let sock = InternalFd::new(sock_child.into_owned());
                 let ctrl = InternalFd::new(ctrl_child.into_owned());
-                wait_as_spare(server, me, sock, ctrl, words.word(slot), idle)
+                // Mapped for its whole life: its signal handler reads the word.
+                let page: &'static Arc<Mapping> = Box::leak(Box::new(Arc::clone(&words.page)));
+                wait_as_spare(server, me, sock, ctrl, page.word(slot as usize * 4), idle)
             }
             Ok(ForkSide::Parent(pid)) => {
                 if let Ok(pidfd) = proc::pidfd_open(pid) {
@@ -786,7 +789,8 @@ impl Spare {
         }
     }
 
-    /// Moves its word from idle to `to`; `false` if the client started it already.
+    /// Moves its word from idle to `to`; `false` if someone moved it first (the client started
+    /// it, or it said it died).
     fn claim(&self, words: &Words, to: u32) -> bool {
         words
             .word(self.slot)
@@ -814,7 +818,7 @@ fn wait_as_spare(
     me: u32,
     sock: InternalFd,
     ctrl: InternalFd,
-    word: &std::sync::atomic::AtomicU32,
+    word: &'static std::sync::atomic::AtomicU32,
     idle: u32,
 ) -> ! {
     // Dies unasked, unless someone took it first (then it is theirs, and lives on).

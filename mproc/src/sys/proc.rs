@@ -777,8 +777,7 @@ extern "C" fn spare_signal(sig: libc::c_int) {
     }
     let idle = SPARE_IDLE.load(std::sync::atomic::Ordering::Relaxed);
     let dead = SPARE_DEAD.load(std::sync::atomic::Ordering::Relaxed);
-    // SAFETY: `word` was set by `SpareSignals::catch` to a word of a mapping this process keeps
-    // for its whole life (the spare never unmaps it).
+    // SAFETY: `word` was set by `SpareSignals::catch` from a `&'static AtomicU32`.
     let word = unsafe { &*word };
     let claimed = word.compare_exchange(
         idle,
@@ -798,10 +797,10 @@ extern "C" fn spare_signal(sig: libc::c_int) {
 impl SpareSignals {
     /// In a spare forked by `server`, asleep on `word` whose value is `idle` while it waits
     /// and `dead` once it died unasked: catches the signals above, asks for the parent-death
-    /// signal, and lets the stop signals in (the server keeps them blocked). `word` must stay
-    /// mapped for the process's life. A server already gone counts as one that died now.
+    /// signal, and lets the stop signals in (the server keeps them blocked). A server already
+    /// gone counts as one that died now.
     pub(crate) fn catch(
-        word: &std::sync::atomic::AtomicU32,
+        word: &'static std::sync::atomic::AtomicU32,
         idle: u32,
         dead: u32,
         server: u32,
