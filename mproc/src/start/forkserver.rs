@@ -127,7 +127,7 @@ mod word {
     /// server.
     pub(super) const HANDED: u32 = 2;
     /// Dead unasked: said by the spare itself as it dies (of its server's death or a stop
-    /// signal; see [`proc::SpareSignals`]), or by the server that reaped it.
+    /// signal; see [`crate::sys::proc::SpareSignals`]), or by the server that reaped it.
     pub(super) const DEAD: u32 = 3;
     /// The bits of the state.
     pub(super) const STATE: u32 = 3;
