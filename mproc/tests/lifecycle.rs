@@ -625,6 +625,8 @@ fn the_fork_server_keeps_one_spare_child_and_replaces_a_killed_one() {
             .filter(|&c| c != busy)
             .collect()
     };
+    // One spare, and lent to this process (see `lent_a_spare`).
+    let one_lent = || spares().len() == 1 && lent_a_spare(server);
     wait_until("one spare beside the sleeper", || spares().len() == 1);
     let spare = spares()[0];
     let mut next = Process::new(my_pid, ()).start_method(m);
@@ -647,9 +649,7 @@ fn the_fork_server_keeps_one_spare_child_and_replaces_a_killed_one() {
     // the next start runs there, not in the signalled one, even while the signalled one is
     // still going (its sockets open: a dying process frees its memory first).
     for sig in [libc::SIGINT, libc::SIGTERM] {
-        wait_until("a spare, lent", || {
-            spares().len() == 1 && lent_a_spare(server)
-        });
+        wait_until("a spare, lent", one_lent);
         let signalled = spares()[0];
         // SAFETY: kill(2) has no memory-safety preconditions.
         assert_eq!(unsafe { libc::kill(signalled as i32, sig) }, 0);
@@ -660,9 +660,7 @@ fn the_fork_server_keeps_one_spare_child_and_replaces_a_killed_one() {
     }
     // A lent spare is started by this process itself: its pid is known at once, even when it
     // cannot run (stopped); killed then, it is a child killed as it starts, as with `fork`.
-    wait_until("a spare, lent", || {
-        spares().len() == 1 && lent_a_spare(server)
-    });
+    wait_until("a spare, lent", one_lent);
     let doomed = spares()[0];
     // SAFETY: kill(2) has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(doomed as i32, libc::SIGSTOP) }, 0);
@@ -675,9 +673,7 @@ fn the_fork_server_keeps_one_spare_child_and_replaces_a_killed_one() {
     assert!(matches!(e.kind(), ErrorKind::WorkerLost(_)), "{e:?}");
     assert_eq!(stuck.exitcode(), Some(-libc::SIGKILL));
     // Killed before it was started, it is passed over: the start runs in another child.
-    wait_until("a spare, lent", || {
-        spares().len() == 1 && lent_a_spare(server)
-    });
+    wait_until("a spare, lent", one_lent);
     let killed = spares()[0];
     // SAFETY: kill(2) has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(killed as i32, libc::SIGKILL) }, 0);

@@ -1103,10 +1103,8 @@ mod tests {
         use std::time::{Duration, Instant};
         let t0 = Instant::now();
         let at = |us: u64| t0 + Duration::from_micros(us);
-        let asked = |requests| Served {
-            requests,
-            taken: false,
-        };
+        let served = |requests, taken| Served { requests, taken };
+        let asked = |requests| served(requests, false);
         let mut next = NextSpare::default();
         // Nothing happened: nothing is due, ever (no retry loop after a failed fork).
         assert!(!next.fork_now(at(0), asked(0), false, false));
@@ -1140,24 +1138,17 @@ mod tests {
         assert!(!NextSpare::default().fork_now(at(0), asked(1), false, false));
         // A spare the client took itself: the next one TAKEN_DELAY later, alone; at once in a
         // burst.
-        let took = Served {
-            requests: 0,
-            taken: true,
-        };
+        let took = served(0, true);
         let mut next = NextSpare::default();
         assert!(!next.fork_now(at(0), took, false, false));
         assert_eq!(next.due, Some(at(0) + TAKEN_DELAY));
-        // Taken, and one request for a child (a pool's next worker) in the same wake-up: not
-        // a burst.
-        let with_request = Served {
-            requests: 1,
-            taken: true,
-        };
-        let mut pool = NextSpare::default();
-        assert!(!pool.fork_now(at(0), with_request, false, false));
-        assert_eq!(pool.due, Some(at(0) + TAKEN_DELAY));
         assert!(next.fork_now(at(0) + TAKEN_DELAY, asked(0), false, false));
         assert!(next.fork_now(at(0) + BURST / 2, took, false, false));
+        // Taken, and one request for a child (a pool's next worker) in the same wake-up: not
+        // a burst.
+        let mut pool = NextSpare::default();
+        assert!(!pool.fork_now(at(0), served(1, true), false, false));
+        assert_eq!(pool.due, Some(at(0) + TAKEN_DELAY));
         assert!(TAKEN_DELAY < SPARE_DELAY);
         assert!(BURST > SPARE_DELAY);
     }
