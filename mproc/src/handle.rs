@@ -60,6 +60,16 @@ thread_local! {
     static RETURNED: RefCell<Vec<OwnedFd>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Sets up this thread's slots for descriptors (`OUTGOING`, `INCOMING`, `RETURNED`) now: the
+/// first use of each registers its destructor with the C library, which goes through the
+/// dynamic loader. A process forked from this thread inherits them set up (see
+/// `start::worker::prepare_inherited`).
+pub(crate) fn prepare() {
+    OUTGOING.with(|_| ());
+    INCOMING.with(|_| ());
+    RETURNED.with(|_| ());
+}
+
 /// Leaves `fds` for [`take_returned`] (see `RETURNED`), which always takes what is there: none
 /// is left from an earlier task.
 pub(crate) fn stash_returned(fds: Vec<OwnedFd>) {

@@ -19,6 +19,8 @@ use crate::sys::proc::{self, Forked};
 
 pub(crate) fn launch(start: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Child, Error> {
     crate::panics::ensure_hook();
+    // Done once here (for this thread) rather than in every child.
+    worker::prepare_inherited();
     // Every lock the child will take is held across the fork, so the child inherits it held
     // by its own thread instead of by a thread that does not exist there, in the crate's lock
     // order (see `at_fork`): the standard streams, the fork server's slot, the hooks of the

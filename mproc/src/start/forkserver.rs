@@ -560,6 +560,8 @@ pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
     // Each child's tie to the liveness pipe, made ahead and handed on (see `alive::Ties`).
     let mut ties = alive::Ties::new(alive.as_fd());
     let mut children = HashMap::new();
+    // Every child would otherwise do it for itself after its start.
+    worker::prepare_inherited();
     // A child forked ahead of the next start, lent to the client (see `Spare`).
     let mut spare = Spare::fork(alive.as_fd(), &mut ties, &request, words.as_mut());
     // When the next one is forked, when there is none.

@@ -26,6 +26,19 @@ const EXIT_NO_START: i32 = 3;
 /// How much freed heap a pool worker keeps for its next tasks (see `proc::keep_freed_memory`).
 const POOL_WORKER_KEEPS: usize = 64 << 20;
 
+/// Does now, in this process, what every child forked from it would otherwise do for itself,
+/// the same way each time, on its way to its target: it finds where the executable lies in
+/// memory ([`image::prepare`]), sets up the calling thread's slots for the descriptors of
+/// handles ([`crate::handle::prepare`]) and makes `stdout` (flushed as a child leaves). A child
+/// forked afterwards inherits all of it, and is spared the page faults of doing it (the fork
+/// server's children took 23 faults between their start and their exit, 11 with this done in
+/// the server: BENCHMARKS.md, "What every child did for itself").
+pub(crate) fn prepare_inherited() {
+    image::prepare();
+    crate::handle::prepare();
+    let _ = std::io::stdout();
+}
+
 /// Runs the target described by the first message on `ctrl`, reports, and exits.
 pub(crate) fn run(ctrl: InternalFd) -> ! {
     let code = match panic::catch_unwind(AssertUnwindSafe(|| serve(ctrl))) {

@@ -106,6 +106,14 @@ pub(crate) fn entry_for(identity: u64, offset: i64) -> Result<Entry, Error> {
     })
 }
 
+/// Reads where this image lies in memory now (see [`image`]), so that the processes forked from
+/// this one inherit it rather than each walking the loaded objects' program headers again
+/// (`dl_iterate_phdr`: the dynamic loader's code and every object's headers, faulted in by
+/// each of them).
+pub(crate) fn prepare() {
+    let _ = image();
+}
+
 /// Where this image lies in memory, from its program headers.
 struct Image {
     /// Loaded segments: start and end addresses, and `PF_*` flags.
