@@ -47,7 +47,7 @@ static OWNER: AtomicU32 = AtomicU32::new(0);
 
 /// Whether this process has started children of its own (else nothing to wait for).
 fn mine() -> bool {
-    OWNER.load(Ordering::Acquire) == std::process::id()
+    OWNER.load(Ordering::Acquire) == proc::getpid()
 }
 
 /// Kept children ended are dropped once the list is this long.
@@ -58,7 +58,7 @@ const PRUNE_AT: usize = 64;
 fn children() -> MutexGuard<'static, Children> {
     at_fork::ensure(at_fork::Rank::Children, hold_across_fork);
     let mut children = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
-    let me = std::process::id();
+    let me = proc::getpid();
     if children.owner != me {
         // A copy of another process's list: not this one's children. (Their descriptors
         // were closed here already; dropping an inherited `InternalFd` closes nothing.)
@@ -73,7 +73,7 @@ fn hold_across_fork(fork: at_fork::Fork<'_>) -> Result<Forked, Error> {
     let forked = fork();
     if let Ok(Forked::Child) = forked {
         children.list.clear();
-        children.owner = std::process::id();
+        children.owner = proc::getpid();
     }
     forked
 }
@@ -96,7 +96,7 @@ pub(crate) fn started(pid: u32, pidfd: BorrowedFd<'_>, daemon: bool) {
             .retain(|e| !proc::has_ended(e.pidfd.as_fd()).unwrap_or(true));
     }
     children.list.push(Entry { pid, pidfd, daemon });
-    OWNER.store(std::process::id(), Ordering::Release);
+    OWNER.store(proc::getpid(), Ordering::Release);
 }
 
 /// Child `pid` has been seen to end (joined): nothing to wait for at exit.

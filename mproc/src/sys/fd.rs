@@ -43,7 +43,7 @@ impl InternalFd {
         drop(list);
         InternalFd {
             fd: ManuallyDrop::new(fd),
-            owner: std::process::id(),
+            owner: super::pid::getpid(),
         }
     }
 
@@ -58,7 +58,7 @@ impl InternalFd {
 
 impl Drop for InternalFd {
     fn drop(&mut self) {
-        if self.owner != std::process::id() {
+        if self.owner != super::pid::getpid() {
             return; // the parent's, inherited through fork: already closed here
         }
         // Unlist and close under the list's lock, so a concurrent fork sees either both or
@@ -88,7 +88,7 @@ pub(crate) fn create_internal<const N: usize>(
         list.insert(f.as_raw_fd());
     }
     drop(list);
-    let owner = std::process::id();
+    let owner = super::pid::getpid();
     Ok(fds.map(|fd| InternalFd {
         fd: ManuallyDrop::new(fd),
         owner,

@@ -29,6 +29,7 @@ pub(crate) mod fd;
 pub(crate) mod futex;
 pub(crate) mod image;
 pub(crate) mod layout;
+pub(crate) mod pid;
 pub(crate) mod proc;
 pub(crate) mod shared;
 pub(crate) mod shm;

@@ -403,9 +403,9 @@ pub(crate) fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// This process's id.
+/// This process's id (see [`super::pid`]: no system call once known).
 pub(crate) fn getpid() -> u32 {
-    std::process::id()
+    super::pid::getpid()
 }
 
 /// Whether the calling thread is the process's main thread (gettid(2) equals getpid(2)).
