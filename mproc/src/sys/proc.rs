@@ -751,6 +751,8 @@ static SPARE_WORD: std::sync::atomic::AtomicPtr<std::sync::atomic::AtomicU32> =
     std::sync::atomic::AtomicPtr::new(ptr::null_mut());
 /// The word's value while the spare waits, and the state that says it died unasked.
 static SPARE_IDLE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// The spare's server: a parent-death signal comes from it (`si_pid`), a user's SIGUSR2 does not.
+static SPARE_SERVER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 static SPARE_DEAD: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 /// Stop signals that came once the spare was taken (a bit per signal): the child's.
 static SPARE_KEPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -761,7 +763,8 @@ static SPARE_KEPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::
 /// if it moves the word from idle to dead first, the spare was nobody's, and it exits (its
 /// client, moving the word later, fails and passes it over); if the client or the server took
 /// it first, the signal is the child's: the server's death is then no reason to die (the
-/// child is tied to the user's process), and a stop signal is kept and raised again once the
+/// child is tied to the user's process), and a stop signal, or a SIGUSR2 that another process
+/// sent (not the server's death: `si_pid` tells them apart), is kept and raised again once the
 /// child's actions are back ([`SpareSignals::taken`]). Without this, a spare killed outright
 /// could still be taken while it died (its sockets close only after its memory is freed), and
 /// the start would return a child that never runs.
@@ -770,11 +773,14 @@ pub(crate) struct SpareSignals {
     replaced: [(libc::c_int, Option<libc::sigaction>); 3],
 }
 
-extern "C" fn spare_signal(sig: libc::c_int) {
+extern "C" fn spare_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     let word = SPARE_WORD.load(std::sync::atomic::Ordering::Acquire);
     if word.is_null() {
         return;
     }
+    // SAFETY: the kernel passes a valid siginfo to a handler installed with SA_SIGINFO; the
+    // sender's pid is set for every signal sent by a process (kill, tgkill, a parent's death).
+    let sender = unsafe { info.as_ref().map_or(0, |info| info.si_pid()) };
     let idle = SPARE_IDLE.load(std::sync::atomic::Ordering::Relaxed);
     let dead = SPARE_DEAD.load(std::sync::atomic::Ordering::Relaxed);
     // SAFETY: `word` was set by `SpareSignals::catch` from a `&'static AtomicU32`.
@@ -789,7 +795,9 @@ extern "C" fn spare_signal(sig: libc::c_int) {
         // SAFETY: _exit(2) is async-signal-safe and ends the process at once.
         unsafe { libc::_exit(0) };
     }
-    if sig != SPARE_PARENT_DEATH && (0..64).contains(&sig) {
+    let server = SPARE_SERVER.load(std::sync::atomic::Ordering::Relaxed);
+    let parent_died = sig == SPARE_PARENT_DEATH && sender as u32 == server;
+    if !parent_died && (0..64).contains(&sig) {
         SPARE_KEPT.fetch_or(1 << sig, std::sync::atomic::Ordering::Relaxed);
     }
 }
@@ -807,6 +815,7 @@ impl SpareSignals {
     ) -> io::Result<SpareSignals> {
         SPARE_IDLE.store(idle, std::sync::atomic::Ordering::Relaxed);
         SPARE_DEAD.store(dead, std::sync::atomic::Ordering::Relaxed);
+        SPARE_SERVER.store(server, std::sync::atomic::Ordering::Relaxed);
         SPARE_WORD.store(
             ptr::from_ref(word).cast_mut(),
             std::sync::atomic::Ordering::Release,
@@ -829,8 +838,10 @@ impl SpareSignals {
                     continue;
                 }
                 let mut catch: libc::sigaction = mem::zeroed();
-                catch.sa_sigaction = spare_signal as extern "C" fn(libc::c_int) as usize;
-                catch.sa_flags = libc::SA_RESTART;
+                catch.sa_sigaction = spare_signal
+                    as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+                    as usize;
+                catch.sa_flags = libc::SA_RESTART | libc::SA_SIGINFO;
                 libc::sigemptyset(&mut catch.sa_mask);
                 if libc::sigaction(*sig, &catch, ptr::null_mut()) != 0 {
                     return Err(io::Error::last_os_error());
@@ -842,9 +853,16 @@ impl SpareSignals {
             SPARE_PARENT_DEATH,
         ))?;
         if getppid() != server {
-            // Gone before it asked: as if its death came now.
-            // SAFETY: raise(3) has no memory-safety preconditions.
-            unsafe { libc::raise(SPARE_PARENT_DEATH) };
+            // Gone before it asked: as if its death came now (dead unless taken meanwhile).
+            let claimed = word.compare_exchange(
+                idle,
+                dead,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+            );
+            if claimed.is_ok() {
+                exit_now(0);
+            }
         }
         let mut mask = empty_sigset();
         // SAFETY: `mask` is an initialised set of valid signals; the old mask is not asked for
@@ -859,7 +877,8 @@ impl SpareSignals {
 
     /// In the spare just taken (its word no longer idle): no parent-death signal any more (the
     /// child is tied to the user's process alone); the replaced actions back; the stop
-    /// signals that came once it was taken raised again, for the child. (A signal already
+    /// signals, and a SIGUSR2 another process sent, that came once it was taken raised again,
+    /// for the child. (A signal already
     /// pending when the parent-death signal is cleared is handled before the actions change.)
     pub(crate) fn taken(self) {
         let _ = rustix::process::set_parent_process_death_signal(None);
@@ -871,7 +890,7 @@ impl SpareSignals {
         }
         SPARE_WORD.store(ptr::null_mut(), std::sync::atomic::Ordering::Release);
         let kept = SPARE_KEPT.swap(0, std::sync::atomic::Ordering::Relaxed);
-        for sig in [libc::SIGINT, libc::SIGTERM] {
+        for sig in [libc::SIGINT, libc::SIGTERM, SPARE_PARENT_DEATH] {
             if kept & (1 << sig) != 0 {
                 // SAFETY: raise(3) has no memory-safety preconditions.
                 unsafe { libc::raise(sig) };
