@@ -933,9 +933,18 @@ struct Serving<'a, 'b> {
     words: Option<&'b Words>,
 }
 
-/// The server's running children: where each one's exit is reported, its tie, and the word it
-/// slept on if it was a spare (see [`Words`]).
-type Children = HashMap<u32, (Channel, alive::Tie, Option<u32>)>;
+/// The server's running children, by pid.
+type Children = HashMap<u32, Running>;
+
+/// A running child of the server.
+struct Running {
+    /// Where its exit is reported (or, for a spare that died unasked, nothing is).
+    status: Channel,
+    /// Its tie to the user's process, taken back for a later child once it is reaped.
+    tie: alive::Tie,
+    /// The word it slept on, if it was a spare (see [`Words`]): freed once it is reaped.
+    slot: Option<u32>,
+}
 
 impl Serving<'_, '_> {
     /// Serves the requests waiting; says what they were.
@@ -980,19 +989,34 @@ impl Serving<'_, '_> {
             let slot = Some(spare.slot);
             if !spare.claim(words, word::HANDED) {
                 // The client started it; its word to say so is on the way.
-                self.children
-                    .insert(spare.pid, (spare.status, spare.tie, slot));
+                self.children.insert(
+                    spare.pid,
+                    Running {
+                        status: spare.status,
+                        tie: spare.tie,
+                        slot,
+                    },
+                );
             } else if spare.sock.send_frame(&[], &[ctrl.as_fd(), status.as_fd()]).is_ok() {
                 futex::wake(words.word(spare.slot), 1);
                 let status = Channel::new(InternalFd::new(status));
-                self.children.insert(spare.pid, (status, spare.tie, slot));
+                let tie = spare.tie;
+                self.children
+                    .insert(spare.pid, Running { status, tie, slot });
                 return;
             } else {
                 // It died unasked (killed), or the hand-over failed: it goes (our own
                 // unreaped child, so the pid is still its), and is reaped with the others, its
                 // tie and word given back then.
                 let _ = proc::kill(spare.pid, libc::SIGKILL);
-                self.children.insert(spare.pid, (spare.sock, spare.tie, slot));
+                self.children.insert(
+                    spare.pid,
+                    Running {
+                        status: spare.sock,
+                        tie: spare.tie,
+                        slot,
+                    },
+                );
             }
         }
         self.fork_child(ctrl, status);
@@ -1004,7 +1028,14 @@ impl Serving<'_, '_> {
         let Some(words) = self.words else { return };
         if let Some(spare) = self.spare.take_if(|s| s.pid == pid && s.taken(words)) {
             let slot = Some(spare.slot);
-            self.children.insert(pid, (spare.status, spare.tie, slot));
+            self.children.insert(
+                pid,
+                Running {
+                    status: spare.status,
+                    tie: spare.tie,
+                    slot,
+                },
+            );
         }
     }
 
@@ -1021,7 +1052,14 @@ impl Serving<'_, '_> {
             Ok(ForkSide::Parent(pid)) => {
                 // The server keeps its copy of the tie until the child is reaped, to hand it on.
                 let status = Channel::new(InternalFd::new(status));
-                self.children.insert(pid, (status, tie, None));
+                self.children.insert(
+                    pid,
+                    Running {
+                        status,
+                        tie,
+                        slot: None,
+                    },
+                );
             }
             // Dropping `status` tells the client the fork failed.
             Err(_) => self.ties.give_back(tie),
@@ -1071,7 +1109,7 @@ fn report_ended(
     mut words: Option<&mut Words>,
 ) {
     while let Ok(Some((pid, exit))) = proc::reap_any() {
-        let slot = if let Some((status, tie, slot)) = children.remove(&pid) {
+        let slot = if let Some(Running { status, tie, slot }) = children.remove(&pid) {
             let _ = status.send(&exit, &[]);
             ties.give_back(tie);
             slot
