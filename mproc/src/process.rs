@@ -535,6 +535,9 @@ impl<R> Process<R> {
             start::children::ended(pid);
         }
         *state = State::Done { exit, outcome };
+        drop(state);
+        // The fork server's kits for its spares made now, not in a start.
+        start::forkserver::top_up();
         Ok(Some(exit))
     }
 

@@ -3,16 +3,28 @@
 //! Client side (any process that starts children): the first `Forkserver` start spawns a
 //! server, a fresh copy of the executable that becomes the server before `main`, checks that
 //! it runs the same build ([`Hello`]/[`Welcome`], which brings the page of its spares' words,
-//! [`Words`]), and keeps one request socket to it. The server lends each spare it forks to the
-//! client ([`Lent`]: the spare's control and status sockets, a pidfd, where its word is). A
-//! start takes the lent spare itself ([`start_lent`]): it sends the start message on the
-//! spare's control socket, moves the spare's word from idle to taken, wakes it (one futex
-//! wake-up, no round trip: the pid is known already), and tells the server
-//! ([`ToServer::Took`]), which reports the child's exit on the status socket it lent. With no
-//! spare lent (none yet, or gone), a start is one [`ToServer::Fork`] carrying two descriptors:
-//! the child's control socket and a status socket. That child answers on the status socket
+//! [`Words`]), and keeps one request socket to it. The client gives the server the sockets of
+//! its next two spares ahead ([`Kit`]: the spare's end of a control socket, the server's end
+//! of a status socket; the client keeps the other ends): sent after the handshake, then made
+//! once a child has ended and been waited for ([`top_up`]) and sent with the next message that
+//! tells the server a spare was used. The server lends each spare it forks with a kit to the
+//! client ([`Lent`]:
+//! its pid, which kit, where its word is; no descriptor, see below). A start takes the lent
+//! spare itself ([`start_lent`]): it opens a pidfd by the pid, sends the start message on the
+//! kit's control socket, moves the spare's word from idle to taken, wakes it (one futex
+//! wake-up, no round trip), and tells the server ([`ToServer::Took`]), which reports the
+//! child's exit on the kit's status socket. With no spare lent (none yet, or gone), a start is
+//! one [`ToServer::Fork`] carrying two descriptors (the child's control socket and a status
+//! socket; and a kit's two if the server lacks one). That child answers on the status socket
 //! with [`Forked`] and a pidfd before it runs anything (so an unanswered request ran nothing,
 //! even if the server died on it), and the server later sends the child's exit status there.
+//!
+//! Why kits: a descriptor sent on a Unix socket and not yet received makes the kernel schedule
+//! its garbage collector (a kernel worker) at every Unix socket closed on the machine, by any
+//! process, for as long as it waits, and a lent spare may wait unread for hours. A lent spare
+//! whose sockets rode in its [`Lent`] made an unrelated program's socket pairs 35% slower to
+//! make and close (BENCHMARKS.md, "No descriptor left in flight"). A kit is in flight only until
+//! the server reads it, at once.
 //!
 //! Server side: a single-threaded loop over the request socket, a signalfd for `SIGCHLD` and
 //! the liveness pipe. The server keeps one child forked ahead of demand ([`Spare`]), asleep on
@@ -30,7 +42,10 @@
 //! its control and status sockets and its own description of the liveness pipe, on which the
 //! kernel will kill it when the pipe hangs up ([`alive::tie`]), and runs the worker (announcing
 //! itself first if it was asked through the server). A reaped child's status goes back on its
-//! status socket. When the parent dies the liveness pipe hangs up (and the request socket
+//! status socket; a waiting spare that died is said dead in its word before it is reaped, so
+//! that a pidfd the client opened by its pid before taking it is always the spare's. A spare
+//! forked with no kit at hand (the first, before the kits come; or once a program started
+//! without joining has used them up) is not lent: it waits for a request. When the parent dies the liveness pipe hangs up (and the request socket
 //! closes): the server and every child exit.
 //!
 //! A child's life is tied to the user's process, never to the server's: a server killed by
@@ -39,7 +54,7 @@
 //! sees the end through its pidfd and learns how it ended from the kernel's record or from the
 //! child's own report (see [`Reaper::Adopted`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -68,13 +83,35 @@ pub(crate) struct Server {
     /// The page of the words its spares sleep on ([`Words`]), sent with its [`Welcome`];
     /// `None` if it has none (its spares are then never started here: each start asks).
     words: Option<Arc<Mapping>>,
+    /// The kits given to the server and not lent back yet, oldest first (see [`Kit`]).
+    kits: std::collections::VecDeque<Kit>,
+    /// The spare the server lent last, read and not tried yet (see [`Server::read_lents`]).
+    lent: Option<LentSpare>,
+    /// Kits made ahead (their other ends in `kits`), the server's ends not sent yet: each goes
+    /// with the next message that tells the server a spare was used ([`top_up`]).
+    prepared: std::collections::VecDeque<(u64, [InternalFd; 2])>,
+    /// The number of the next kit.
+    next_kit: u64,
 }
+
+/// This process's ends of the sockets of a spare the server will lend ([`ToServer::Kit`]):
+/// the spare's control socket, and the status socket its exit will be reported on. The client
+/// makes them, so that a lent spare needs no descriptor sent back ([`Lent`]).
+struct Kit {
+    id: u64,
+    ctrl: InternalFd,
+    status: InternalFd,
+}
+
+/// How many kits the client keeps at its server: one for the spare it forks next, and one
+/// more, so that a spare taken for a start is replaced without waiting for the kit that comes
+/// with the news.
+const KITS: usize = 2;
 
 /// A spare child the server lent this process: started here, with no round trip through the
 /// server ([`start_lent`]).
 struct LentSpare {
     pid: u32,
-    pidfd: InternalFd,
     ctrl: InternalFd,
     status: InternalFd,
     /// Its word's place in the server's page, and the word's value while it waits.
@@ -83,25 +120,108 @@ struct LentSpare {
 }
 
 impl Server {
-    /// The next spare the server lent, not started yet: read from its socket, one message
-    /// (a read stops where descriptors ride along). Any before the last may be gone (taken
-    /// back for a request, or found dead): the caller tries it, and reads on if so.
+    /// The spare the server lent last, not started yet, with the kit it was made with; `None`
+    /// if none is (it may be gone all the same: taken back for a request, or dead).
     fn next_lent(&mut self) -> Option<LentSpare> {
-        loop {
-            let frame = self.request.try_recv_frame().ok()??;
-            let fds = self.request.take_fds_n(3);
-            let lent = channel::decode_message::<Lent>(&frame);
-            if let (Ok(Lent { pid, slot, idle }), Ok([ctrl, status, pidfd])) =
-                (lent, <[OwnedFd; 3]>::try_from(fds))
+        self.read_lents();
+        self.lent.take()
+    }
+
+    /// Reads what the server lent since the last look, and matches each with its kit: the
+    /// newest is kept ([`Server::lent`]). An older one is gone (the server forks a spare only
+    /// once the last is taken, handed to a request or dead), and so is its kit: what is left
+    /// in [`Server::kits`] is what the server still holds, or has not read yet.
+    fn read_lents(&mut self) {
+        while let Ok(Some(frame)) = self.request.try_recv_frame() {
+            // None ride along; any that did are not kept.
+            drop(self.request.take_fds());
+            let Ok(Lent {
+                pid,
+                slot,
+                idle,
+                kit,
+            }) = channel::decode_message::<Lent>(&frame)
+            else {
+                continue;
+            };
+            // The server uses the kits in the order it got them: an older one is gone with
+            // a spare it could not fork.
+            while self.kits.front().is_some_and(|k| k.id < kit) {
+                self.kits.pop_front();
+            }
+            if self.kits.front().is_some_and(|k| k.id == kit)
+                && let Some(Kit { ctrl, status, .. }) = self.kits.pop_front()
             {
-                return Some(LentSpare {
+                self.lent = Some(LentSpare {
                     pid,
-                    pidfd: InternalFd::new(pidfd),
-                    ctrl: InternalFd::new(ctrl),
-                    status: InternalFd::new(status),
+                    ctrl,
+                    status,
                     slot,
                     idle,
                 });
+            }
+        }
+    }
+
+    /// A new kit for the server if it holds fewer than [`KITS`] (and keeps spares at all): its
+    /// number, and the descriptors that go to the server (the spare's end of its control
+    /// socket, the server's end of the status socket); this process keeps the other ends.
+    fn kit_to_give(&mut self) -> Option<(u64, [InternalFd; 2])> {
+        if self.prepared.is_empty() && self.short() {
+            self.make_kit();
+        }
+        self.prepared.pop_front()
+    }
+
+    /// Whether the server holds fewer than [`KITS`] kits, made or on their way (and keeps
+    /// spares at all).
+    fn short(&mut self) -> bool {
+        // A kit used for a spare that went to a request (or died) counts once its lending is
+        // read.
+        self.read_lents();
+        self.words.is_some() && self.kits.len() < KITS
+    }
+
+    /// Makes a kit: this process's ends kept in [`Server::kits`], the server's waiting in
+    /// [`Server::prepared`].
+    fn make_kit(&mut self) {
+        let (Ok([ctrl, ctrl_child]), Ok([status, status_server])) = (socket_pair(), socket_pair())
+        else {
+            return; // out of descriptors, say: the server forks spares it does not lend
+        };
+        let id = self.next_kit;
+        self.next_kit += 1;
+        self.kits.push_back(Kit { id, ctrl, status });
+        self.prepared.push_back((id, [ctrl_child, status_server]));
+    }
+
+    /// Makes the kits the server lacks, to go with the next messages to it.
+    fn prepare_kits(&mut self) {
+        while self.short() && self.prepared.len() < KITS {
+            let before = self.kits.len();
+            self.make_kit();
+            if self.kits.len() == before {
+                return;
+            }
+        }
+    }
+
+    /// Forgets kit `id`, whose message could not be sent.
+    fn lost_kit(&mut self, id: u64) {
+        self.kits.retain(|k| k.id != id);
+    }
+
+    /// Gives the server the kits it lacks, each in a message of its own (after the handshake).
+    fn give_kits(&mut self) {
+        self.prepare_kits();
+        while let Some((id, fds)) = self.prepared.pop_front() {
+            let Ok(msg) = channel::encode_message(&ToServer::Kit { id }) else {
+                return self.lost_kit(id);
+            };
+            let fds = [fds[0].as_fd(), fds[1].as_fd()];
+            let now = Some(std::time::Instant::now());
+            if self.request.send_frame_until(&msg, &fds, now).is_err() {
+                return self.lost_kit(id);
             }
         }
     }
@@ -237,6 +357,10 @@ fn start_in(
     start_fds: &[BorrowedFd<'_>],
     deadline: Option<std::time::Instant>,
 ) -> Option<Result<Child, Error>> {
+    // Opened by its pid before its word is moved: if the move succeeds, the spare had not been
+    // reaped by then (the server says a spare dead before it reaps it), so the pid was still
+    // the spare's when the pidfd was opened, never a later process's.
+    let [pidfd] = fd::create_internal(|| Ok([proc::pidfd_open(lent.pid)?])).ok()?;
     let ctrl = Channel::new(lent.ctrl);
     // A start message that surely fits the socket's buffer goes first, so that the spare
     // finds it waiting; its socket closed says that it died. A larger one goes after the
@@ -246,7 +370,7 @@ fn start_in(
         if ctrl.send_frame_until(start, start_fds, deadline).is_err() {
             return None; // it is gone: nothing was started
         }
-    } else if proc::has_ended(lent.pidfd.as_fd()).unwrap_or(true) {
+    } else if proc::has_ended(pidfd.as_fd()).unwrap_or(true) {
         return None;
     }
     let taken = word.compare_exchange(
@@ -267,7 +391,7 @@ fn start_in(
     tell_taken(serial, lent.pid);
     let child = Child::new(
         lent.pid,
-        lent.pidfd,
+        pidfd,
         ctrl,
         Reaper::Server(Channel::new(lent.status)),
     );
@@ -295,18 +419,53 @@ fn fits_early(ctrl: &Channel, len: usize) -> bool {
 const EARLY_START: usize = 64 * 1024;
 
 /// Tells server `serial`, if it is still this process's, that its lent spare `pid` was
-/// started, so that it forks the next one. Never waits: a server that does not read (stopped,
-/// say) learns it when the child ends, or at the next request.
+/// started, so that it forks the next one (with the kit it holds: the one that replaces it
+/// comes later, see [`top_up`]). Never waits: a server that does not read (stopped, say)
+/// learns it when the child ends, or at the next request.
 fn tell_taken(serial: u64, pid: u32) {
-    let slot = lock();
-    let server = slot
-        .as_ref()
-        .filter(|s| s.serial == serial && s.owner == proc::getpid());
-    if let (Some(server), Ok(msg)) = (server, channel::encode_message(&ToServer::Took { pid })) {
-        // Never waits, and a frame this small goes whole or not at all: a Unix stream socket
-        // refuses a send that does not fit its buffer before it takes any of it.
-        let now = Some(std::time::Instant::now());
-        let _ = server.request.send_frame_until(&msg, &[], now);
+    let mut slot = lock();
+    let Some(server) = slot
+        .as_mut()
+        .filter(|s| s.serial == serial && s.owner == proc::getpid())
+    else {
+        return;
+    };
+    // A kit made ahead goes with it, if there is one (none is made here: see `top_up`).
+    let kit = server.prepared.pop_front();
+    let took = ToServer::Took {
+        pid,
+        kit: kit.as_ref().map(|(id, _)| *id),
+    };
+    let Ok(msg) = channel::encode_message(&took) else {
+        return;
+    };
+    let fds: Vec<_> = kit.iter().flat_map(|(_, fds)| fds.iter().map(AsFd::as_fd)).collect();
+    // Never waits, and a frame this small goes whole or not at all: a Unix stream socket
+    // refuses a send that does not fit its buffer before it takes any of it.
+    let now = Some(std::time::Instant::now());
+    if server.request.send_frame_until(&msg, &fds, now).is_err()
+        && let Some((id, _)) = kit
+    {
+        server.lost_kit(id);
+    }
+}
+
+/// Makes the kits this process's fork server lacks ([`KITS`]), if it has one, to go with the
+/// next [`ToServer::Took`] (or request): called once a child has ended and been waited for
+/// (joined, or a pool's worker), off the way of a start (making a kit's two socket pairs in a
+/// start took it ~25 µs longer here), and sending nothing (a message would wake the server
+/// just as the next start may need the CPU). Never waits: with the server's slot busy
+/// (another thread starting a server, say), it does nothing. A program that starts without
+/// joining runs the server short: a spare it forks then is not lent, and the next start asks
+/// for it, with a kit.
+pub(crate) fn top_up() {
+    let mut slot = match SERVER.try_lock() {
+        Ok(slot) => slot,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    if let Some(server) = slot.as_mut().filter(|s| s.owner == proc::getpid()) {
+        server.prepare_kits();
     }
 }
 
@@ -406,18 +565,28 @@ fn request_once(
 ) -> Result<Asked, Error> {
     let [ctrl, ctrl_child] = socket_pair()?;
     let [status, status_child] = socket_pair()?;
-    let request = channel::encode_message(&ToServer::Fork)?;
     let mut slot = lock();
     let mut serial = 0;
     for attempt in 0.. {
         let server = running(&mut slot)?;
         serial = server.serial;
-        let fds = [ctrl_child.as_fd(), status_child.as_fd()];
+        // With a kit if the server lacks one (a spare handed to a request used its own).
+        let kit = server.kit_to_give();
+        let request = channel::encode_message(&ToServer::Fork {
+            kit: kit.as_ref().map(|(id, _)| *id),
+        })?;
+        let mut fds = vec![ctrl_child.as_fd(), status_child.as_fd()];
+        fds.extend(kit.iter().flat_map(|(_, fds)| fds.iter().map(AsFd::as_fd)));
         match server.request.send_frame_until(&request, &fds, deadline) {
             Ok(()) => break,
             // The server died (someone killed it): replace it once.
             Err(e) if *e.kind() == ErrorKind::Closed && attempt == 0 => retire(&mut slot),
-            Err(e) => return Err(e),
+            Err(e) => {
+                if let Some((id, _)) = kit {
+                    server.lost_kit(id);
+                }
+                return Err(e);
+            }
         }
     }
     drop(slot);
@@ -502,6 +671,10 @@ fn start_server(identity: u64) -> Result<Server, Error> {
         request: Channel::new(client),
         alive_seen: None,
         words: None,
+        kits: std::collections::VecDeque::new(),
+        lent: None,
+        prepared: std::collections::VecDeque::new(),
+        next_kit: 0,
     };
     let handshake = server.request.send(&Hello { identity }, &[]);
     let welcome = handshake.and_then(|()| {
@@ -513,6 +686,7 @@ fn start_server(identity: u64) -> Result<Server, Error> {
             // The page of its spares' words, if it made one: mapped here once.
             let page = server.request.take_fds_n(1).pop();
             server.words = page.and_then(|page| Mapping::open(page.as_fd()).ok().map(Arc::new));
+            server.give_kits();
             Ok(server)
         }
         Ok(Welcome { accepted: false }) => {
@@ -562,8 +736,17 @@ pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
     let mut children = HashMap::new();
     // Every child would otherwise do it for itself after its start.
     worker::prepare_inherited();
-    // A child forked ahead of the next start, lent to the client (see `Spare`).
-    let mut spare = Spare::fork(alive.as_fd(), &mut ties, &request, words.as_mut());
+    // The kits the client gave for its spares (see `ToServer::Kit`), oldest first.
+    let mut kits = VecDeque::new();
+    // A child forked ahead of the next start, lent to the client (see `Spare`): the first
+    // waits unlent, for the request that started this server (the client's kits come after).
+    let mut spare = Spare::fork(
+        alive.as_fd(),
+        &mut ties,
+        &request,
+        words.as_mut(),
+        &mut kits,
+    );
     // When the next one is forked, when there is none.
     let mut next_spare = NextSpare::default();
     loop {
@@ -586,12 +769,19 @@ pub(crate) fn serve(request: InternalFd, alive: OwnedFd) -> ! {
                 children: &mut children,
                 spare: &mut spare,
                 words: words.as_ref(),
+                kits: &mut kits,
             };
             served = server.serve_requests(&mut request);
         }
         let now = std::time::Instant::now();
         if next_spare.fork_now(now, served, ready[1].readable, spare.is_some()) {
-            spare = Spare::fork(alive.as_fd(), &mut ties, &request, words.as_mut());
+            spare = Spare::fork(
+                alive.as_fd(),
+                &mut ties,
+                &request,
+                words.as_mut(),
+                &mut kits,
+            );
         }
     }
 }
@@ -709,9 +899,10 @@ impl NextSpare {
 }
 
 /// A child forked ahead of demand, asleep on a word of a page the server shares with its
-/// spares and its client ([`Words`]). The server lends it to the client at once ([`Lent`]: its
-/// control and status sockets, where its word is, a pidfd), and the client starts it itself:
-/// one futex wake-up, with the pid known before. A request that comes to the server instead
+/// spares and its client ([`Words`]). Made with a kit the client gave ([`ToServer::Kit`]), the
+/// server lends it to the client at once ([`Lent`]: its pid, which kit, where its word is),
+/// and the client starts it itself: one futex wake-up, with the pid known before. (Made with
+/// no kit at hand, it is not lent, and waits for a request.) A request that comes to the server instead
 /// (the client had not read of the spare yet, or another thread took it) takes it back and
 /// hands it the request's sockets, which costs the request one message instead of a `fork`.
 /// The next spare is forked [`TAKEN_DELAY`] after a spare is taken, [`SPARE_DELAY`] after one
@@ -727,8 +918,17 @@ struct Spare {
     /// Its word's place in the page of [`Words`], and the word's value while it waits.
     slot: u32,
     idle: u32,
-    /// The server's end of the status socket it was lent with.
-    status: Channel,
+    /// The server's end of the status socket of the kit it was lent with; `None` if it was
+    /// not lent (no kit was there): it waits for a request then.
+    status: Option<Channel>,
+}
+
+/// A kit the client gave for a spare ([`ToServer::Kit`]): the spare's end of its control
+/// socket and the server's end of its status socket.
+struct ServerKit {
+    id: u64,
+    ctrl_child: InternalFd,
+    status: InternalFd,
 }
 
 impl Spare {
@@ -740,14 +940,39 @@ impl Spare {
         ties: &mut alive::Ties,
         request: &Channel,
         words: Option<&mut Words>,
+        kits: &mut VecDeque<ServerKit>,
     ) -> Option<Spare> {
         let words = words?;
         let [sock, sock_child] = super::socket_pair().ok()?;
-        let [ctrl, ctrl_child] = super::socket_pair().ok()?;
-        let [status, status_client] = super::socket_pair().ok()?;
-        let (slot, idle) = words.take()?;
+        // Made with the client's kit, if it gave one, and lent; else with a control socket of
+        // its own (nobody's at the other end), unlent: it waits for a request.
+        let (ctrl_child, kit) = match kits.pop_front() {
+            Some(ServerKit {
+                id,
+                ctrl_child,
+                status,
+            }) => (ctrl_child, Some((id, status))),
+            None => {
+                let [_, ctrl_child] = super::socket_pair().ok()?;
+                (ctrl_child, None)
+            }
+        };
+        let give_back = |kits: &mut VecDeque<ServerKit>, ctrl_child, kit: Option<(u64, _)>| {
+            if let Some((id, status)) = kit {
+                kits.push_front(ServerKit {
+                    id,
+                    ctrl_child,
+                    status,
+                });
+            }
+        };
+        let Some((slot, idle)) = words.take() else {
+            give_back(kits, ctrl_child, kit);
+            return None;
+        };
         let Some(tie) = ties.take(alive) else {
             words.give_back(slot);
+            give_back(kits, ctrl_child, kit);
             return None;
         };
         let server = proc::getpid();
@@ -755,8 +980,9 @@ impl Spare {
             Ok(ForkSide::Child) => {
                 let keep = [sock_child.as_fd().as_raw_fd(), ctrl_child.as_fd().as_raw_fd()];
                 let me = settle_child(&keep, tie);
-                // The server's: their descriptors are closed, their numbers not ours.
-                std::mem::forget((sock, ctrl, status, status_client));
+                // The server's (the other kits with them): their descriptors are closed,
+                // their numbers not ours.
+                std::mem::forget((sock, kit, std::mem::take(kits)));
                 let sock = InternalFd::new(sock_child.into_owned());
                 let ctrl = InternalFd::new(ctrl_child.into_owned());
                 // Mapped for its whole life: its signal handler reads the word.
@@ -764,28 +990,35 @@ impl Spare {
                 wait_as_spare(server, me, sock, ctrl, page.word(slot as usize * 4), idle)
             }
             Ok(ForkSide::Parent(pid)) => {
-                if let Ok(pidfd) = proc::pidfd_open(pid) {
-                    let fds = [ctrl.as_fd(), status_client.as_fd(), pidfd.as_fd()];
-                    if let Ok(lent) = channel::encode_message(&Lent { pid, slot, idle }) {
+                let status = kit.map(|(kit, status)| {
+                    if let Ok(lent) = channel::encode_message(&Lent {
+                        pid,
+                        slot,
+                        idle,
+                        kit,
+                    }) {
                         // Never waits: a client that reads nothing (stopped, say) is lent
                         // nothing more, and its requests take the spare back. (A frame this
-                        // small goes whole or not at all, as in `tell_taken`.)
+                        // small goes whole or not at all: a Unix stream socket refuses a send
+                        // that does not fit its buffer before it takes any of it.)
                         let now = Some(std::time::Instant::now());
-                        let _ = request.send_frame_until(&lent, &fds, now);
+                        let _ = request.send_frame_until(&lent, &[], now);
                     }
-                }
+                    Channel::new(status)
+                });
                 Some(Spare {
                     pid,
                     sock: Channel::new(sock),
                     tie,
                     slot,
                     idle,
-                    status: Channel::new(status),
+                    status,
                 })
             }
             Err(_) => {
                 ties.give_back(tie);
                 words.give_back(slot);
+                give_back(kits, ctrl_child, kit);
                 None
             }
         }
@@ -931,6 +1164,7 @@ struct Serving<'a, 'b> {
     children: &'b mut Children,
     spare: &'b mut Option<Spare>,
     words: Option<&'b Words>,
+    kits: &'b mut VecDeque<ServerKit>,
 }
 
 /// The server's running children, by pid.
@@ -954,17 +1188,20 @@ impl Serving<'_, '_> {
             match request.try_recv_frame() {
                 Ok(Some(frame)) => {
                     match channel::decode_message::<ToServer>(&frame) {
-                        Ok(ToServer::Fork) => {
+                        Ok(ToServer::Fork { kit }) => {
                             served.requests += 1;
                             let fds = request.take_fds_n(2);
+                            self.take_kit(request, kit);
                             if let Ok([ctrl, status]) = <[OwnedFd; 2]>::try_from(fds) {
                                 self.start_child(ctrl, status);
                             }
                         }
-                        Ok(ToServer::Took { pid }) => {
+                        Ok(ToServer::Took { pid, kit }) => {
                             served.taken = true;
+                            self.take_kit(request, kit);
                             self.taken(pid);
                         }
+                        Ok(ToServer::Kit { id }) => self.take_kit(request, Some(id)),
                         Err(_) => drop(request.take_fds()),
                     }
                 }
@@ -980,6 +1217,18 @@ impl Serving<'_, '_> {
         }
     }
 
+    /// Keeps kit `id`, if a message named one, whose two descriptors come next on `request`.
+    fn take_kit(&mut self, request: &mut Channel, id: Option<u64>) {
+        let Some(id) = id else { return };
+        if let Ok([ctrl_child, status]) = <[OwnedFd; 2]>::try_from(request.take_fds_n(2)) {
+            self.kits.push_back(ServerKit {
+                id,
+                ctrl_child: InternalFd::new(ctrl_child),
+                status: InternalFd::new(status),
+            });
+        }
+    }
+
     /// Takes the spare back from the client and hands it a request's sockets, or forks a
     /// child for them if there is none (or it died, or the client started it meanwhile).
     fn start_child(&mut self, ctrl: OwnedFd, status: OwnedFd) {
@@ -992,7 +1241,7 @@ impl Serving<'_, '_> {
                 self.children.insert(
                     spare.pid,
                     Running {
-                        status: spare.status,
+                        status: spare.status.unwrap_or(spare.sock),
                         tie: spare.tie,
                         slot,
                     },
@@ -1023,7 +1272,7 @@ impl Serving<'_, '_> {
     }
 
     /// The client says it started the spare `pid` it was lent: its exit is reported on the
-    /// status socket lent with it.
+    /// status socket of the kit it was made with.
     fn taken(&mut self, pid: u32) {
         let Some(words) = self.words else { return };
         if let Some(spare) = self.spare.take_if(|s| s.pid == pid && s.taken(words)) {
@@ -1031,7 +1280,7 @@ impl Serving<'_, '_> {
             self.children.insert(
                 pid,
                 Running {
-                    status: spare.status,
+                    status: spare.status.unwrap_or(spare.sock),
                     tie: spare.tie,
                     slot,
                 },
@@ -1102,26 +1351,37 @@ fn announce(status: OwnedFd, pid: u32) -> Result<(), Error> {
     status.send(&Forked::of(pid), &[pidfd.as_fd()])
 }
 
+/// Reaps the children that ended and reports each one's exit where it is due. A waiting spare
+/// that died is said dead in its word before it is reaped: its pid stays its own until then,
+/// so a client that opened a pidfd by that pid before it moved the word holds the spare's
+/// (see `start_in`).
 fn report_ended(
     children: &mut Children,
     ties: &mut alive::Ties,
     spare: &mut Option<Spare>,
     mut words: Option<&mut Words>,
 ) {
-    while let Ok(Some((pid, exit))) = proc::reap_any() {
+    while let Ok(Some(pid)) = proc::ended_child() {
+        // Dead while it waited (another is forked; it said so itself, or is said dead now),
+        // unless the client started it and has not said so yet: then it was the client's
+        // child.
+        let started = spare.as_ref().filter(|s| s.pid == pid).map(|dead| {
+            words
+                .as_deref()
+                .is_some_and(|w| !dead.claim(w, word::DEAD) && dead.taken(w))
+        });
+        let Ok(Some(exit)) = proc::reap_child(pid) else {
+            return; // cannot happen to an ended child of ours; looked at again at the next
+        };
         let slot = if let Some(Running { status, tie, slot }) = children.remove(&pid) {
             let _ = status.send(&exit, &[]);
             ties.give_back(tie);
             slot
         } else if let Some(dead) = spare.take_if(|s| s.pid == pid) {
-            // Dead while it waited (another is forked; it said so itself, or is said dead
-            // now), unless the client started it and has not said so yet: then it was the
-            // client's child.
-            let started = words
-                .as_deref()
-                .is_some_and(|w| !dead.claim(w, word::DEAD) && dead.taken(w));
-            if started {
-                let _ = dead.status.send(&exit, &[]);
+            if started == Some(true)
+                && let Some(status) = &dead.status
+            {
+                let _ = status.send(&exit, &[]);
             }
             ties.give_back(dead.tie);
             Some(dead.slot)
@@ -1191,6 +1451,41 @@ mod tests {
         assert_eq!(pool.due, Some(at(0) + TAKEN_DELAY));
         assert!(TAKEN_DELAY < SPARE_DELAY);
         assert!(BURST > SPARE_DELAY);
+    }
+
+    #[test]
+    fn a_spare_is_lent_with_no_descriptor_in_flight() {
+        // A server of the test's own, given its kits at the handshake.
+        let mut server = start_server(exe::identity()).expect("a server");
+        assert_eq!(server.kits.len(), KITS, "the kits given ahead");
+        // Its first spare was forked before any kit came, so it waits unlent: killed, it is
+        // replaced by one made with the first kit, and lent.
+        let fdinfo = format!("/proc/self/fdinfo/{}", server.pidfd.as_fd().as_raw_fd());
+        let info = std::fs::read_to_string(fdinfo).unwrap();
+        let pid = info
+            .lines()
+            .find_map(|l| l.strip_prefix("Pid:"))
+            .map(|p| p.trim().to_owned())
+            .expect("a pidfd's fdinfo names its process");
+        let children = format!("/proc/{pid}/task/{pid}/children");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let first = loop {
+            let listed = std::fs::read_to_string(&children).unwrap_or_default();
+            if let Some(pid) = listed.split_whitespace().next() {
+                break pid.parse::<u32>().unwrap();
+            }
+            assert!(std::time::Instant::now() < deadline, "no spare forked");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        proc::kill(first, libc::SIGKILL).expect("the first spare killed");
+        let frame = server
+            .request
+            .recv_frame(Some(deadline))
+            .expect("a spare lent");
+        assert_eq!(server.request.pending_fds(), 0, "a descriptor rode along");
+        let lent = channel::decode_message::<Lent>(&frame).expect("a Lent");
+        assert_eq!(lent.kit, server.kits[0].id, "made with the first kit");
+        retire(&mut Some(server));
     }
 
     #[test]

@@ -379,18 +379,37 @@ pub(crate) fn default_sigchld() {
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
 }
 
-/// Reaps any one ended child without blocking (waitpid(2) with -1 and `WNOHANG`).
-pub(crate) fn reap_any() -> io::Result<Option<(u32, Exit)>> {
+/// An ended child, not reaped yet (its pid stays its own until it is): waitid(2) with `P_ALL`,
+/// `WNOHANG` and `WNOWAIT`. `None` if no child has ended.
+pub(crate) fn ended_child() -> io::Result<Option<u32>> {
     loop {
-        match rustix::process::waitpid(None, WaitOptions::NOHANG) {
-            Ok(reaped) => {
-                return Ok(reaped.map(|(pid, status)| {
-                    let pid = pid.as_raw_nonzero().get() as u32;
-                    (pid, Exit::from_wait_status(status.as_raw()))
-                }));
+        // SAFETY: an all-zero siginfo_t is valid storage for waitid to fill.
+        let mut info: libc::siginfo_t = unsafe { mem::zeroed() };
+        let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+        // SAFETY: `info` is writable storage of the type waitid fills; P_ALL ignores the id.
+        // (rustix's waitid gives no pid back.)
+        let rc = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, flags) };
+        if rc != 0 {
+            match Errno::from_raw_os_error(io::Error::last_os_error().raw_os_error().unwrap_or(0))
+            {
+                Errno::INTR => continue,
+                Errno::CHILD => return Ok(None),
+                e => return Err(e.into()),
             }
+        }
+        // SAFETY: waitid filled `info` (a zero pid when no child has ended: WNOHANG).
+        let pid = unsafe { info.si_pid() };
+        return Ok((pid > 0).then_some(pid as u32));
+    }
+}
+
+/// Reaps child `pid` if it has ended, without blocking (waitpid(2) with `WNOHANG`).
+pub(crate) fn reap_child(pid: u32) -> io::Result<Option<Exit>> {
+    let pid = as_pid(pid, Errno::CHILD)?;
+    loop {
+        match rustix::process::waitpid(Some(pid), WaitOptions::NOHANG) {
+            Ok(reaped) => return Ok(reaped.map(|(_, s)| Exit::from_wait_status(s.as_raw()))),
             Err(Errno::INTR) => continue,
-            Err(Errno::CHILD) => return Ok(None),
             Err(e) => return Err(e.into()),
         }
     }

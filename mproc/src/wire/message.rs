@@ -5,8 +5,9 @@
 //! [`Welcome`]; then one [`ToServer::Fork`] per child, carrying the child's control socket and
 //! a status socket; on the status socket the server answers [`Forked`] (with a pidfd attached)
 //! and later the child's [`crate::sys::proc::Exit`]. The server lends each spare child it
-//! forks to the client ([`Lent`]); a client that starts one says so ([`ToServer::Took`]), and
-//! the server reports that child's exit on the status socket it lent.
+//! forks to the client ([`Lent`]), made with sockets the client gave it ahead
+//! ([`ToServer::Kit`]); a client that starts one says so ([`ToServer::Took`]), and the server
+//! reports that child's exit on the status socket of its kit.
 //!
 //! A pool worker gets [`ToWorker::Lane`] (its lane's memory file attached) after its `Start`;
 //! then [`ToWorker`] and [`FromWorker`] messages travel in the lane, or on the socket when they
@@ -182,22 +183,32 @@ pub(crate) struct Welcome {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToServer {
     /// Asks for a child; the child's control socket and the status socket ride along as
-    /// descriptors.
-    Fork,
+    /// descriptors, then a kit's two if `kit` names one (see [`ToServer::Kit`]).
+    Fork { kit: Option<u64> },
     /// The spare lent to the client ([`Lent`]), `pid`, was taken for a start: it is the
-    /// client's child now, and the server forks the next spare.
-    Took { pid: u32 },
+    /// client's child now, and the server forks the next spare. A kit's two descriptors ride
+    /// along if `kit` names one.
+    Took { pid: u32, kit: Option<u64> },
+    /// Kit number `id` for a spare to lend: the client's own socket pairs, of which the spare's
+    /// control socket and the server's end of a status socket ride along (the client keeps the
+    /// other ends). A spare made with one is lent without a descriptor in flight (see
+    /// [`Lent`]).
+    Kit { id: u64 },
 }
 
-/// The fork server lends the client its spare child `pid`: the client may start it itself,
-/// without a round trip through the server, by moving the word it sleeps on (number `slot` in
-/// the page sent with [`Welcome`]) from `idle`. Three descriptors ride along: the spare's
-/// control socket, its status socket (on which the server reports its exit), and a pidfd.
+/// The fork server lends the client its spare child `pid`, made with the client's kit number
+/// `kit` ([`ToServer::Kit`]): the client may start it itself, without a round trip through the
+/// server, on the control socket it kept of that kit, by moving the word it sleeps on (number
+/// `slot` in the page sent with [`Welcome`]) from `idle`; the server reports its exit on the
+/// kit's status socket. No descriptor rides along: one left unread in a Unix socket makes the
+/// kernel schedule its garbage collector at every Unix socket closed on the machine, and a lent
+/// spare may wait long.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Lent {
     pub(crate) pid: u32,
     pub(crate) slot: u32,
     pub(crate) idle: u32,
+    pub(crate) kit: u64,
 }
 
 /// The fork server's first answer on a status socket: the child's pid (a pidfd is attached).

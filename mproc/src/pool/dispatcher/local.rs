@@ -505,6 +505,8 @@ impl Link for LocalLink {
     fn exited(&mut self) -> Option<Error> {
         let exit = self.child.poll_exit().unwrap_or(Some(Exit::Unknown))?;
         self.gone = true;
+        // A child ended here, off any start's way: the fork server's kits made now.
+        crate::start::forkserver::top_up();
         Some(Error::lost(&self.name, self.child.pid(), exit))
     }
 
@@ -513,7 +515,12 @@ impl Link for LocalLink {
     }
 
     fn wait(&mut self, deadline: Option<Instant>) -> bool {
-        matches!(self.child.wait(deadline), Ok(Some(_)))
+        let ended = matches!(self.child.wait(deadline), Ok(Some(_)));
+        if ended {
+            // As in `exited`.
+            crate::start::forkserver::top_up();
+        }
+        ended
     }
 }
 
