@@ -43,7 +43,9 @@
 //! kernel will kill it when the pipe hangs up ([`alive::tie`]), and runs the worker (announcing
 //! itself first if it was asked through the server). A reaped child's status goes back on its
 //! status socket; a waiting spare that died is said dead in its word before it is reaped, so
-//! that a pidfd the client opened by its pid before taking it is always the spare's. A spare
+//! that a pidfd the client opened by its pid before taking it is the spare's. (Only around the
+//! server's own death could another process reap a spare the client is taking, and its pid
+//! would then have to be reused within those microseconds.) A spare
 //! forked with no kit at hand (the first, before the kits come; or once a program started
 //! without joining has used them up) is not lent: it waits for a request. When the parent dies the liveness pipe hangs up (and the request socket
 //! closes): the server and every child exit.
@@ -87,6 +89,8 @@ pub(crate) struct Server {
     kits: std::collections::VecDeque<Kit>,
     /// The spare the server lent last, read and not tried yet (see [`Server::read_lents`]).
     lent: Option<LentSpare>,
+    /// Starts that asked the server since it last lent a spare (see [`Server::short`]).
+    asked_since_lent: u32,
     /// Kits made ahead (their other ends in `kits`), the server's ends not sent yet: each goes
     /// with the next message that tells the server a spare was used ([`top_up`]).
     prepared: std::collections::VecDeque<(u64, [InternalFd; 2])>,
@@ -107,6 +111,10 @@ struct Kit {
 /// more, so that a spare taken for a start is replaced without waiting for the kit that comes
 /// with the news.
 const KITS: usize = 2;
+
+/// After this many starts asked of the server with nothing lent meanwhile, the kits it was sent
+/// are taken for lost (see [`Server::short`]).
+const ASKED_UNLENT: u32 = 16;
 
 /// A spare child the server lent this process: started here, with no round trip through the
 /// server ([`start_lent`]).
@@ -149,6 +157,7 @@ impl Server {
             while self.kits.front().is_some_and(|k| k.id < kit) {
                 self.kits.pop_front();
             }
+            self.asked_since_lent = 0;
             if self.kits.front().is_some_and(|k| k.id == kit)
                 && let Some(Kit { ctrl, status, .. }) = self.kits.pop_front()
             {
@@ -179,6 +188,14 @@ impl Server {
         // A kit used for a spare that went to a request (or died) counts once its lending is
         // read.
         self.read_lents();
+        if self.asked_since_lent >= ASKED_UNLENT {
+            // Several starts asked and nothing was lent meanwhile: the server has none of the
+            // kits sent (one it could not keep, at its descriptor limit, say). They are
+            // forgotten, so that new ones go.
+            let prepared: Vec<u64> = self.prepared.iter().map(|(id, _)| *id).collect();
+            self.kits.retain(|k| prepared.contains(&k.id));
+            self.asked_since_lent = 0;
+        }
         self.words.is_some() && self.kits.len() < KITS
     }
 
@@ -358,8 +375,10 @@ fn start_in(
     deadline: Option<std::time::Instant>,
 ) -> Option<Result<Child, Error>> {
     // Opened by its pid before its word is moved: if the move succeeds, the spare had not been
-    // reaped by then (the server says a spare dead before it reaps it), so the pid was still
-    // the spare's when the pidfd was opened, never a later process's.
+    // reaped by then (the server says a spare dead before it reaps it, and it was alive just
+    // before: see `start_lent`), so the pid was still the spare's when the pidfd was opened.
+    // (A server that died since could have left a killed spare to another process to reap,
+    // and its pid to be reused, within the microseconds between: not excluded.)
     let [pidfd] = fd::create_internal(|| Ok([proc::pidfd_open(lent.pid)?])).ok()?;
     let ctrl = Channel::new(lent.ctrl);
     // A start message that surely fits the socket's buffer goes first, so that the spare
@@ -453,7 +472,8 @@ fn tell_taken(serial: u64, pid: u32) {
 /// Makes the kits this process's fork server lacks ([`KITS`]), if it has one, to go with the
 /// next [`ToServer::Took`] (or request): called once a child has ended and been waited for
 /// (joined, or a pool's worker), off the way of a start (making a kit's two socket pairs in a
-/// start took it ~25 µs longer here), and sending nothing (a message would wake the server
+/// start took it ~25 µs longer here; a start that asks the server makes one only if none was
+/// made ahead), and sending nothing (a message would wake the server
 /// just as the next start may need the CPU). Never waits: with the server's slot busy
 /// (another thread starting a server, say), it does nothing. A program that starts without
 /// joining runs the server short: a spare it forks then is not lent, and the next start asks
@@ -570,6 +590,7 @@ fn request_once(
     for attempt in 0.. {
         let server = running(&mut slot)?;
         serial = server.serial;
+        server.asked_since_lent = server.asked_since_lent.saturating_add(1);
         // With a kit if the server lacks one (a spare handed to a request used its own).
         let kit = server.kit_to_give();
         let request = channel::encode_message(&ToServer::Fork {
@@ -673,6 +694,7 @@ fn start_server(identity: u64) -> Result<Server, Error> {
         words: None,
         kits: std::collections::VecDeque::new(),
         lent: None,
+        asked_since_lent: 0,
         prepared: std::collections::VecDeque::new(),
         next_kit: 0,
     };

@@ -31,7 +31,7 @@ const POOL_WORKER_KEEPS: usize = 64 << 20;
 /// memory ([`image::prepare`]), sets up the calling thread's slots for the descriptors of
 /// handles ([`crate::handle::prepare`]) and makes `stdout` (flushed as a child leaves). A child
 /// forked afterwards inherits all of it, and is spared the page faults of doing it (the fork
-/// server's children took 23 faults between their start and their exit, 11 with this done in
+/// server's children took 23 faults between their start and their exit, 10 with this done in
 /// the server: BENCHMARKS.md, "What every child did for itself").
 pub(crate) fn prepare_inherited() {
     image::prepare();

@@ -783,8 +783,9 @@ static SPARE_KEPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::
 /// client, moving the word later, fails and passes it over); if the client or the server took
 /// it first, the signal is the child's: the server's death is then no reason to die (the
 /// child is tied to the user's process), and a stop signal, or a SIGUSR2 that another process
-/// sent (not the server's death: `si_pid` tells them apart), is kept and raised again once the
-/// child's actions are back ([`SpareSignals::taken`]). Without this, a spare killed outright
+/// sent (not the server's death: `si_pid` tells them apart; one whose sender is not named is
+/// taken for the server's death), is kept and raised again once the child's actions are back
+/// ([`SpareSignals::taken`]). Without this, a spare killed outright
 /// could still be taken while it died (its sockets close only after its memory is freed), and
 /// the start would return a child that never runs.
 pub(crate) struct SpareSignals {
@@ -815,7 +816,10 @@ extern "C" fn spare_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut
         unsafe { libc::_exit(0) };
     }
     let server = SPARE_SERVER.load(std::sync::atomic::Ordering::Relaxed);
-    let parent_died = sig == SPARE_PARENT_DEATH && sender as u32 == server;
+    // A sender the kernel does not name (0: in another pid namespace, or the signal queued
+    // without its details when memory ran short, as when the out-of-memory killer takes the
+    // server) counts as the server's death: the child lives on.
+    let parent_died = sig == SPARE_PARENT_DEATH && (sender as u32 == server || sender == 0);
     if !parent_died && (0..64).contains(&sig) {
         SPARE_KEPT.fetch_or(1 << sig, std::sync::atomic::Ordering::Relaxed);
     }

@@ -3,8 +3,8 @@
 //! Parent to child, on the child's control socket: one [`Start`]. Child to parent: one
 //! [`Outcome`], then the child exits. Parent to fork server: one [`Hello`], answered by one
 //! [`Welcome`]; then one [`ToServer::Fork`] per child, carrying the child's control socket and
-//! a status socket; on the status socket the server answers [`Forked`] (with a pidfd attached)
-//! and later the child's [`crate::sys::proc::Exit`]. The server lends each spare child it
+//! a status socket; on the status socket the child announces itself ([`Forked`], with a pidfd
+//! attached), and the server later sends the child's [`crate::sys::proc::Exit`]. The server lends each spare child it
 //! forks to the client ([`Lent`]), made with sockets the client gave it ahead
 //! ([`ToServer::Kit`]); a client that starts one says so ([`ToServer::Took`]), and the server
 //! reports that child's exit on the status socket of its kit.
