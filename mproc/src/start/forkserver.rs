@@ -8,16 +8,16 @@
 //! of a status socket; the client keeps the other ends): sent after the handshake, then made
 //! once a child has ended and been waited for ([`top_up`]) and sent with the next message that
 //! tells the server a spare was used. The server lends each spare it forks with a kit to the
-//! client ([`Lent`]:
-//! its pid, which kit, where its word is; no descriptor, see below). A start takes the lent
-//! spare itself ([`start_lent`]): it opens a pidfd by the pid, sends the start message on the
-//! kit's control socket, moves the spare's word from idle to taken, wakes it (one futex
-//! wake-up, no round trip), and tells the server ([`ToServer::Took`]), which reports the
-//! child's exit on the kit's status socket. With no spare lent (none yet, or gone), a start is
-//! one [`ToServer::Fork`] carrying two descriptors (the child's control socket and a status
-//! socket; and a kit's two if the server lacks one). That child answers on the status socket
-//! with [`Forked`] and a pidfd before it runs anything (so an unanswered request ran nothing,
-//! even if the server died on it), and the server later sends the child's exit status there.
+//! client ([`Lent`]: its pid, which kit, where its word is; no descriptor, see below). A start
+//! takes the lent spare itself ([`start_lent`]): it opens a pidfd by the pid, sends the start
+//! message on the kit's control socket, moves the spare's word from idle to taken, wakes it
+//! (one futex wake-up, no round trip), and tells the server ([`ToServer::Took`]), which
+//! reports the child's exit on the kit's status socket. With no spare lent (none yet, or
+//! gone), a start is one [`ToServer::Fork`] carrying two descriptors (the child's control
+//! socket and a status socket; and a kit's two if the server lacks one). That child answers on
+//! the status socket with [`Forked`] and a pidfd before it runs anything (so an unanswered
+//! request ran nothing, even if the server died on it), and the server later sends the child's
+//! exit status there.
 //!
 //! Why kits: a descriptor sent on a Unix socket and not yet received makes the kernel schedule
 //! its garbage collector (a kernel worker) at every Unix socket closed on the machine, by any
@@ -45,10 +45,10 @@
 //! status socket; a waiting spare that died is said dead in its word before it is reaped, so
 //! that a pidfd the client opened by its pid before taking it is the spare's. (Only around the
 //! server's own death could another process reap a spare the client is taking, and its pid
-//! would then have to be reused within those microseconds.) A spare
-//! forked with no kit at hand (the first, before the kits come; or once a program started
-//! without joining has used them up) is not lent: it waits for a request. When the parent dies the liveness pipe hangs up (and the request socket
-//! closes): the server and every child exit.
+//! would then have to be reused within those microseconds.) A spare forked with no kit at hand
+//! (the first, before the kits come; or once a program started without joining has used them
+//! up) is not lent: it waits for a request. When the parent dies the liveness pipe hangs up
+//! (and the request socket closes): the server and every child exit.
 //!
 //! A child's life is tied to the user's process, never to the server's: a server killed by
 //! the out-of-memory killer or a stray `kill` leaves its running children running (another
