@@ -798,8 +798,8 @@ extern "C" fn spare_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut
     if word.is_null() {
         return;
     }
-    // SAFETY: the kernel passes a valid siginfo to a handler installed with SA_SIGINFO; the
-    // sender's pid is set for every signal sent by a process (kill, tgkill, a parent's death).
+    // SAFETY: the kernel passes a valid siginfo to a handler installed with SA_SIGINFO (its
+    // sender's pid is 0 when the kernel does not name one: see below).
     let sender = unsafe { info.as_ref().map_or(0, |info| info.si_pid()) };
     let idle = SPARE_IDLE.load(std::sync::atomic::Ordering::Relaxed);
     let dead = SPARE_DEAD.load(std::sync::atomic::Ordering::Relaxed);
