@@ -86,14 +86,14 @@ pub(crate) struct Server {
     /// `None` if it has none (its spares are then never started here: each start asks).
     words: Option<Arc<Mapping>>,
     /// The kits given to the server and not lent back yet, oldest first (see [`Kit`]).
-    kits: std::collections::VecDeque<Kit>,
+    kits: VecDeque<Kit>,
     /// The spare the server lent last, read and not tried yet (see [`Server::read_lents`]).
     lent: Option<LentSpare>,
     /// Starts that asked the server since it last lent a spare (see [`Server::short`]).
     asked_since_lent: u32,
     /// Kits made ahead (their other ends in `kits`), the server's ends not sent yet: each goes
     /// with the next message that tells the server a spare was used ([`top_up`]).
-    prepared: std::collections::VecDeque<(u64, [InternalFd; 2])>,
+    prepared: VecDeque<(u64, [InternalFd; 2])>,
     /// The number of the next kit.
     next_kit: u64,
 }
@@ -172,9 +172,10 @@ impl Server {
         }
     }
 
-    /// A new kit for the server if it holds fewer than [`KITS`] (and keeps spares at all): its
-    /// number, and the descriptors that go to the server (the spare's end of its control
-    /// socket, the server's end of the status socket); this process keeps the other ends.
+    /// A kit for the server: one made ahead, else a new one if it holds fewer than [`KITS`]
+    /// (and keeps spares at all). Its number, and the descriptors that go to the server (the
+    /// spare's end of its control socket, the server's end of the status socket); this process
+    /// keeps the other ends.
     fn kit_to_give(&mut self) -> Option<(u64, [InternalFd; 2])> {
         if self.prepared.is_empty() && self.short() {
             self.make_kit();
@@ -692,10 +693,10 @@ fn start_server(identity: u64) -> Result<Server, Error> {
         request: Channel::new(client),
         alive_seen: None,
         words: None,
-        kits: std::collections::VecDeque::new(),
+        kits: VecDeque::new(),
         lent: None,
         asked_since_lent: 0,
-        prepared: std::collections::VecDeque::new(),
+        prepared: VecDeque::new(),
         next_kit: 0,
     };
     let handshake = server.request.send(&Hello { identity }, &[]);
@@ -1079,17 +1080,7 @@ fn wait_as_spare(
     idle: u32,
 ) -> ! {
     // Dies unasked, unless someone took it first (then it is theirs, and lives on).
-    let die_unasked = || {
-        let dead = word.compare_exchange(
-            idle,
-            idle | word::DEAD,
-            std::sync::atomic::Ordering::AcqRel,
-            std::sync::atomic::Ordering::Acquire,
-        );
-        if dead.is_ok() {
-            proc::exit_now(0);
-        }
-    };
+    let die_unasked = || proc::die_if_untaken(word, idle, idle | word::DEAD);
     // While it waits it dies with the server, which alone may hand it on, and of a stop
     // signal (a Ctrl-C to the process group, say), as the processes that existed then do;
     // the server forks another. Either only if nobody took it first: once taken it is tied to

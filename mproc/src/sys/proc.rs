@@ -793,6 +793,21 @@ pub(crate) struct SpareSignals {
     replaced: [(libc::c_int, Option<libc::sigaction>); 3],
 }
 
+/// In a fork server's spare asleep on `word`: ends it at once if nobody has taken it, by moving
+/// the word from `idle` to `dead` first (whoever moves it from idle owns the spare).
+/// Async-signal-safe: one atomic operation and _exit(2).
+pub(crate) fn die_if_untaken(word: &std::sync::atomic::AtomicU32, idle: u32, dead: u32) {
+    let claimed = word.compare_exchange(
+        idle,
+        dead,
+        std::sync::atomic::Ordering::AcqRel,
+        std::sync::atomic::Ordering::Acquire,
+    );
+    if claimed.is_ok() {
+        exit_now(0);
+    }
+}
+
 extern "C" fn spare_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     let word = SPARE_WORD.load(std::sync::atomic::Ordering::Acquire);
     if word.is_null() {
@@ -804,17 +819,7 @@ extern "C" fn spare_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut
     let idle = SPARE_IDLE.load(std::sync::atomic::Ordering::Relaxed);
     let dead = SPARE_DEAD.load(std::sync::atomic::Ordering::Relaxed);
     // SAFETY: `word` was set by `SpareSignals::catch` from a `&'static AtomicU32`.
-    let word = unsafe { &*word };
-    let claimed = word.compare_exchange(
-        idle,
-        dead,
-        std::sync::atomic::Ordering::AcqRel,
-        std::sync::atomic::Ordering::Acquire,
-    );
-    if claimed.is_ok() {
-        // SAFETY: _exit(2) is async-signal-safe and ends the process at once.
-        unsafe { libc::_exit(0) };
-    }
+    die_if_untaken(unsafe { &*word }, idle, dead);
     let server = SPARE_SERVER.load(std::sync::atomic::Ordering::Relaxed);
     // A sender the kernel does not name (0: in another pid namespace, or the signal queued
     // without its details when memory ran short, as when the out-of-memory killer takes the
@@ -877,15 +882,7 @@ impl SpareSignals {
         ))?;
         if getppid() != server {
             // Gone before it asked: as if its death came now (dead unless taken meanwhile).
-            let claimed = word.compare_exchange(
-                idle,
-                dead,
-                std::sync::atomic::Ordering::AcqRel,
-                std::sync::atomic::Ordering::Acquire,
-            );
-            if claimed.is_ok() {
-                exit_now(0);
-            }
+            die_if_untaken(word, idle, dead);
         }
         let mut mask = empty_sigset();
         // SAFETY: `mask` is an initialised set of valid signals; the old mask is not asked for
