@@ -1426,17 +1426,43 @@ fn large_and_small_frames_keep_their_order(m: StartMethod) {
     assert_eq!(pids.len(), 1, "one worker served everything: {pids:?}");
 }
 
-/// Finds this process's mapping of its pool lane and overwrites `offset` (a header word);
-/// then writes `marker` (if any) and naps.
-fn scribble_on_lane(offset: usize, marker: String, nap_ms: u64) -> u32 {
+/// Where this process (a pool worker) maps its lane.
+fn lane_start() -> usize {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
     let line = maps
         .lines()
         .find(|l| l.contains("mproc-lane"))
         .expect("a pool worker maps its lane");
-    let start = usize::from_str_radix(line.split('-').next().unwrap(), 16).unwrap();
+    usize::from_str_radix(line.split('-').next().unwrap(), 16).unwrap()
+}
+
+/// Overwrites `offset` (a header word) of this worker's lane; then writes `marker` (if any)
+/// and naps.
+fn scribble_on_lane(offset: usize, marker: String, nap_ms: u64) -> u32 {
+    let start = lane_start();
     // SAFETY: the lane's header is mapped read-write at `start`; this deliberately corrupts it.
     unsafe { std::ptr::write_volatile((start + offset) as *mut u64, 1 << 40) };
+    nap_after(marker, nap_ms)
+}
+
+/// Writes a frame word longer than any frame at the start of each of the first 1024 lines of
+/// this worker's ring of answers, as the lane writes a frame's word (the stamp of its position,
+/// `(position / 8) | 1`, then the length), where its next answer goes; then writes `marker`
+/// and naps.
+fn scribble_on_answers(marker: String, nap_ms: u64) -> u32 {
+    // The lane's header and its ring toward the worker come first.
+    let ring = lane_start() + 16384 + 256 * 1024;
+    for pos in (0..64 * 1024u64).step_by(64) {
+        let word = (((pos >> 3) | 1) << 32) | 0xffff_0000;
+        // SAFETY: the lane's ring of answers is mapped read-write past its header and the
+        // ring toward the worker; this deliberately corrupts it.
+        unsafe { std::ptr::write_volatile((ring + pos as usize) as *mut u64, word) };
+    }
+    nap_after(marker, nap_ms)
+}
+
+/// Writes `marker` (if any), naps, and says which process did.
+fn nap_after(marker: String, nap_ms: u64) -> u32 {
     if !marker.is_empty() {
         std::fs::write(marker, b"done").unwrap();
     }
@@ -1451,7 +1477,7 @@ fn a_worker_that_corrupts_its_lane_is_replaced(m: StartMethod) {
     // The position the worker reads from (the dispatcher's view of free space).
     let p = pool(m, 1);
     let first = p
-        .apply_async(scribble_on_lane, (64, String::new(), 0))
+        .apply_async(scribble_on_lane, (0, String::new(), 0))
         .unwrap()
         .get_timeout(PATIENCE)
         .unwrap();
@@ -1462,8 +1488,8 @@ fn a_worker_that_corrupts_its_lane_is_replaced(m: StartMethod) {
         .unwrap();
     assert_ne!(first, next, "the corrupt worker was replaced");
     assert_eq!(p.apply(square, (9,)).unwrap(), 81);
-    // The position the worker writes answers at, damaged while it naps: the dispatcher sees
-    // it when another worker's answer wakes it.
+    // Where the worker writes its next answer, damaged while it naps: the dispatcher sees it
+    // when another worker's answer wakes it.
     let p = pool(m, 2);
     let marker = std::env::temp_dir().join(format!(
         "mproc-scribble-{}-{m}-{:?}",
@@ -1473,8 +1499,8 @@ fn a_worker_that_corrupts_its_lane_is_replaced(m: StartMethod) {
     let _ = std::fs::remove_file(&marker);
     let bad = p
         .apply_async(
-            scribble_on_lane,
-            (128, marker.to_string_lossy().into_owned(), 60_000),
+            scribble_on_answers,
+            (marker.to_string_lossy().into_owned(), 60_000),
         )
         .unwrap();
     // The dispatcher may see the damage before the marker is written (reading the lanes as
