@@ -42,17 +42,21 @@ where
         Some(file) => Received::InFile(file).decode()?,
         None => codec::decode(payload),
     };
-    let items: Vec<A> = decoded
+    let items: Items<A> = decoded
         .map_err(|e| Error::codec(format!("the arguments of `{}`", name()), "decode", e))?;
     let f: F = image::conjure::<F>();
     // Boxed, so a chunk of small values stays small (a report is large and rare); the bytes
     // are the same as unboxed.
-    let outputs: Vec<Result<F::Output, Box<PanicReport>>> = items
-        .into_iter()
-        .map(|args| crate::panics::catch(|| f.call(args)).map_err(Box::new))
-        .collect();
-    // A handle among the values (a `Buffer`) sends its descriptor with the answer.
-    let (bytes, handles) = crate::handle::collecting(|| memfile::encode_answer(&outputs));
+    let call = |args| crate::panics::catch(|| f.call(args)).map_err(Box::new);
+    let encode = |outputs: &[Result<F::Output, Box<PanicReport>>]| {
+        // A handle among the values (a `Buffer`) sends its descriptor with the answer.
+        crate::handle::collecting(|| memfile::encode_answer(&outputs))
+    };
+    // A chunk of one item (every `apply`) makes no `Vec` of it: the same bytes either way.
+    let (bytes, handles) = match items {
+        Items::One(args) => encode(std::slice::from_ref(&call(args))),
+        Items::Many(items) => encode(&items.into_iter().map(call).collect::<Vec<_>>()),
+    };
     let bytes = bytes
         .map_err(|e| Error::codec(format!("the return values of `{}`", name()), "encode", e))?;
     crate::handle::stash_returned(handles);
@@ -124,33 +128,57 @@ pub(crate) fn decode_one_bare<R: DeserializeOwned>(
     decoded.ok()?.ok().map(|One(item)| item)
 }
 
+/// A chunk's argument tuples, decoded from an encoded `Vec<A>`: a chunk of one item without a
+/// `Vec`.
+enum Items<A> {
+    One(A),
+    Many(Vec<A>),
+}
+
+impl<'de, A: serde::Deserialize<'de>> serde::Deserialize<'de> for Items<A> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<A>(std::marker::PhantomData<A>);
+        impl<'de, A: serde::Deserialize<'de>> serde::de::Visitor<'de> for Visit<A> {
+            type Value = Items<A>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a sequence of argument tuples")
+            }
+            fn visit_seq<S: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: S,
+            ) -> Result<Items<A>, S::Error> {
+                let Some(first) = seq.next_element()? else {
+                    return Ok(Items::Many(Vec::new()));
+                };
+                let Some(second) = seq.next_element()? else {
+                    return Ok(Items::One(first));
+                };
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096) + 2);
+                items.extend([first, second]);
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Items::Many(items))
+            }
+        }
+        d.deserialize_seq(Visit(std::marker::PhantomData))
+    }
+}
+
 /// A sequence of exactly one value, decoded as the value (the answer of a chunk of one
 /// item, an encoded `Vec` of one result).
 struct One<T>(T);
 
 impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for One<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit<T>(std::marker::PhantomData<T>);
-        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
-            type Value = One<T>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a sequence of one value")
-            }
-            fn visit_seq<S: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: S,
-            ) -> Result<One<T>, S::Error> {
-                use serde::de::Error as _;
-                let Some(first) = seq.next_element()? else {
-                    return Err(S::Error::invalid_length(0, &self));
-                };
-                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
-                    return Err(S::Error::invalid_length(2, &self));
-                }
-                Ok(One(first))
-            }
+        use serde::de::Error as _;
+        match Items::deserialize(d)? {
+            Items::One(item) => Ok(One(item)),
+            Items::Many(items) => Err(D::Error::invalid_length(
+                items.len(),
+                &"a sequence of one value",
+            )),
         }
-        d.deserialize_seq(Visit(std::marker::PhantomData))
     }
 }
 
@@ -234,6 +262,27 @@ mod tests {
 
     fn id(f: &OwnedFd) -> (u64, u64) {
         crate::sys::shm::file_identity(f.as_fd()).unwrap()
+    }
+
+    /// A chunk of one item decodes without a `Vec`, others as before; the answer of one item,
+    /// encoded from a slice, is the bytes of a `Vec` of it.
+    #[test]
+    fn chunks_of_one_item_and_of_many_decode_alike() {
+        for n in [0u64, 1, 2, 3, 1000] {
+            let args: Vec<(u64, String)> = (0..n).map(|i| (i, i.to_string())).collect();
+            let bytes = codec::encode(&args).unwrap();
+            match codec::decode::<Items<(u64, String)>>(&bytes).unwrap() {
+                Items::One(item) => assert_eq!((n, vec![item]), (1, args)),
+                Items::Many(items) => assert!(n != 1 && items == args),
+            }
+        }
+        let one: Result<u64, Box<PanicReport>> = Ok(7);
+        assert_eq!(
+            codec::encode(std::slice::from_ref(&one)).unwrap(),
+            codec::encode(&vec![one]).unwrap()
+        );
+        // Garbage is an error either way, never a panic.
+        assert!(codec::decode::<Items<(u64, String)>>(&[0xff; 9]).is_err());
     }
 
     #[test]
