@@ -1066,6 +1066,29 @@ mod tests {
         assert_eq!(w.pop_into(&mut Vec::new()), Err(Corrupt));
     }
 
+    /// A ring filled to its last byte: the word where the next frame goes is then the first
+    /// frame's, still unread, so the producer leaves it alone; once read, it is not read again
+    /// a ring later (its stamp is a ring old).
+    #[test]
+    fn an_exactly_full_ring_loses_nothing_and_reads_nothing_twice() {
+        let (mut p, mut w) = pair();
+        let len = 32 * 1024 - FRAME_HEADER;
+        assert_eq!(padded(len), 32 * 1024);
+        for round in 0..3u8 {
+            for i in 0..CAPACITY / padded(len) {
+                assert!(p.push(&vec![round ^ i as u8; len]).unwrap(), "frame {i}");
+            }
+            assert!(!p.has_room(0).unwrap(), "exactly full");
+            let mut buf = Vec::new();
+            for i in 0..CAPACITY / padded(len) {
+                assert!(w.pop_into(&mut buf).unwrap(), "frame {i} of round {round}");
+                assert_eq!(buf, vec![round ^ i as u8; len]);
+            }
+            assert!(!w.pop_into(&mut buf).unwrap(), "a frame read twice");
+            assert!(w.is_empty());
+        }
+    }
+
     /// Bodies full of words that would be frame words where later frames go (of the lap
     /// after theirs, at every position) never pass for frames: each side reads exactly what
     /// the other published, lap after lap, whatever sizes the frames have.
