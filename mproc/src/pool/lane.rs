@@ -19,17 +19,19 @@
 //! frame says itself that it is there, so a reader waiting for one reads one cache line,
 //! not a tail word and then the frame (the producer publishes no tail at all). So that a
 //! reader never takes stale bytes for a frame, the producer zeroes the word where the next
-//! frame will go before it publishes one (a few KiB ahead at a time, off the way of the
-//! frame it publishes); the one case where it cannot, a ring exactly full, leaves there the
-//! word of the unread frame a ring back, whose stamp differs.
+//! frame will go before it publishes one (the first word of each line, a few KiB ahead at a
+//! time, off the way of the frame it publishes); the one case where it cannot, a ring
+//! exactly full, leaves there the word of the frame at the consumer's last published
+//! position, a ring back, whose stamp differs.
 //!
 //! The consumer publishes its position (the `head` word, which tells the producer how much
 //! room is free) at least every quarter ring ([`PUBLISH_EVERY`]), not at every frame, so
 //! that the producer's look at it usually finds the line unchanged in its cache. A producer
 //! may so see up to a quarter ring less room than there is: never too little for a frame
-//! once the consumer has read everything (the largest frame is an eighth of the ring), and a
-//! producer that finds its ring full wakes a sleeping consumer, which then reads (and
-//! publishes) at least a quarter ring.
+//! once the consumer has read everything (the largest frame is an eighth of the ring). So a
+//! ring that looks full holds unread frames: a worker whose ring of answers is full wakes a
+//! sleeping dispatcher and tries again every 50 µs; a dispatcher that finds a worker's ring
+//! full waits for its answers, which come since a worker sleeps only with nothing to read.
 //!
 //! Each side keeps its own positions privately and trusts nothing it reads from the peer: a
 //! position or length out of bounds is reported as [`Corrupt`], never followed, and a frame's
@@ -175,8 +177,9 @@ pub(crate) struct Lane {
     parent: bool,
     /// Where this side writes next in its outgoing ring (never read back from shared memory).
     out_tail: u64,
-    /// How far its outgoing ring is zeroed: every frame word from `out_tail` up to here is
-    /// zero (see the module's docs).
+    /// How far its outgoing ring is zeroed: every frame word past `out_tail` up to here is
+    /// zero, and the one at `out_tail` too unless the ring was exactly full (see the module's
+    /// docs).
     zeroed: u64,
     /// Where this side reads next in its incoming ring.
     in_head: u64,
@@ -356,16 +359,13 @@ impl Lane {
         if self.zeroed >= self.out_tail + ZERO_AHEAD / 2 {
             return Ok(());
         }
-        let mut from = self.zeroed.max(self.out_tail);
+        // Frame words lie only at the start of a line: the rest of each line is left alone
+        // (the consumer may be reading the first).
+        let mut line = self.zeroed.max(self.out_tail).next_multiple_of(FRAME_ALIGN as u64);
         let to = (self.out_tail + ZERO_AHEAD).min(released);
-        while from < to {
-            let off = (from % CAPACITY as u64) as usize;
-            let n = ((to - from) as usize).min(CAPACITY - off);
-            self.map
-                .map()
-                .zero(self.out.data() + off, n)
-                .map_err(corrupt)?;
-            from += n as u64;
+        while line < to {
+            self.frame_word_at(self.out, line)?.store(0, Ordering::Relaxed);
+            line += FRAME_ALIGN as u64;
         }
         self.zeroed = self.zeroed.max(to);
         Ok(())
@@ -1087,6 +1087,80 @@ mod tests {
             assert!(!w.pop_into(&mut buf).unwrap(), "a frame read twice");
             assert!(w.is_empty());
         }
+    }
+
+    /// A producer and a consumer on two threads, neither waiting for the other, frames of
+    /// every size (from none to the largest, eight of them filling the ring exactly) whose
+    /// bodies are full of words that would be frame words a ring or two later: each arrives
+    /// whole and in order, also where the stamps' `u32` wraps (a position of 2^35 bytes).
+    #[test]
+    fn two_threads_stream_every_frame_whole_and_in_order() {
+        for start in [0, (1u64 << 35) - 3 * CAPACITY as u64 + 640] {
+            stream_between_threads(10_000, start);
+        }
+    }
+
+    /// The body of frame `seq` of `len` bytes, to go at `pos`: its number, then every third
+    /// word a frame word of a line a ring or two later, the rest a pattern.
+    fn stream_body(seq: u64, len: usize, pos: u64) -> Vec<u8> {
+        let mut b: Vec<u8> = (0..len).map(|i| (seq as usize * 31 + i) as u8).collect();
+        b[..8].copy_from_slice(&seq.to_le_bytes());
+        for i in (8..len.saturating_sub(7)).step_by(24) {
+            let line = (pos + 8 + i as u64) & !63;
+            let word = frame_word_of(line + CAPACITY as u64 * (1 + seq % 2), 8);
+            b[i..i + 8].copy_from_slice(&word.to_le_bytes());
+        }
+        b
+    }
+
+    fn stream_between_threads(frames: u64, start: u64) {
+        use std::time::{Duration, Instant};
+        let (mut p, mut w) = pair();
+        p.out_tail = start;
+        p.zeroed = start;
+        w.in_head = start;
+        w.published = start;
+        p.header().down_head.store(start, Ordering::Release);
+        let len_of = |r: u64| match r % 8 {
+            0 => MAX_FRAME,
+            1 => 32 * 1024 - FRAME_HEADER,
+            2 => 4096 - FRAME_HEADER,
+            3 => 56,
+            4 => 8 + (r >> 8) as usize % 4096,
+            _ => 8 + (r >> 8) as usize % 200,
+        };
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let mut r = crate::sys::shm::testing::xorshift(0x1234_5678_9abc_def1);
+                for seq in 0..frames {
+                    let body = stream_body(seq, len_of(r()), p.out_tail);
+                    let t = Instant::now();
+                    while !p.push(&body).unwrap() {
+                        std::thread::yield_now();
+                        assert!(t.elapsed() < Duration::from_secs(20), "producer stuck");
+                    }
+                }
+            });
+            let mut buf = Vec::new();
+            let mut t = Instant::now();
+            let mut seq = 0;
+            while seq < frames {
+                if !w.pop_into(&mut buf).unwrap() {
+                    std::thread::yield_now();
+                    assert!(t.elapsed() < Duration::from_secs(20), "consumer stuck");
+                    continue;
+                }
+                assert_eq!(buf[..8], seq.to_le_bytes(), "frame {seq}");
+                let want = stream_body(seq, buf.len(), 0);
+                for (i, (got, want)) in buf.iter().zip(&want).enumerate().skip(8) {
+                    // The poison words depend on where the frame went: not compared.
+                    assert!(got == want || (i - 8) % 24 < 8, "frame {seq}, byte {i}");
+                }
+                seq += 1;
+                t = Instant::now();
+            }
+            assert!(!w.pop_into(&mut buf).unwrap());
+        });
     }
 
     /// Bodies full of words that would be frame words where later frames go (of the lap

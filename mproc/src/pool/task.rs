@@ -153,7 +153,9 @@ impl<'de, A: serde::Deserialize<'de>> serde::Deserialize<'de> for Items<A> {
                 let Some(second) = seq.next_element()? else {
                     return Ok(Items::One(first));
                 };
-                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096) + 2);
+                // As serde's own `Vec`: no more than 1 MiB reserved on a peer's word.
+                let most = (1 << 20) / std::mem::size_of::<A>().max(1);
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(most) + 2);
                 items.extend([first, second]);
                 while let Some(item) = seq.next_element()? {
                     items.push(item);

@@ -217,16 +217,6 @@ impl Mapping {
         Ok(())
     }
 
-    /// Writes `len` zero bytes at `offset` (`InvalidInput` if they are not all inside the
-    /// mapping).
-    pub(crate) fn zero(&self, offset: usize, len: usize) -> io::Result<()> {
-        self.check_bytes(offset, len)?;
-        // SAFETY: the destination lies inside the (writable) mapping (checked) and is written
-        // through a raw pointer only.
-        unsafe { std::ptr::write_bytes(self.as_ptr().add(offset), 0, len) };
-        Ok(())
-    }
-
     /// Copies `len` bytes from `from` to `to` inside the mapping (`InvalidInput` if either
     /// range is not all inside it).
     pub(crate) fn copy_within(&self, from: usize, to: usize, len: usize) -> io::Result<()> {
