@@ -1170,7 +1170,7 @@ mod tests {
     fn stale_bytes_are_never_read_as_frames() {
         let (mut p, mut w) = pair();
         let mut buf = Vec::new();
-        let (mut sent, mut read) = (0u64, 0u64);
+        let (mut sent, mut read, mut refused) = (0u64, 0u64, 0u64);
         let mut pos = 0u64;
         for round in 0..30_000u64 {
             let len = [8, 56, 57, 200, 1000, 4096, MAX_FRAME][(round * 7 % 11 % 7) as usize];
@@ -1185,9 +1185,11 @@ mod tests {
             if p.push(&body).unwrap() {
                 sent += 1;
                 pos = p.out_tail;
+            } else {
+                refused += 1;
             }
-            // Read some of the time, so the ring runs full, and exactly full, at times.
-            if round % 5 < 2 {
+            // Read every hundredth round, so that the ring runs full at times.
+            if round % 100 == 0 {
                 while w.pop_into(&mut buf).unwrap() {
                     assert!(matches!(buf.len(), 8 | 56 | 1000 | 4096) || buf.len() >= 200);
                     read += 1;
@@ -1200,6 +1202,7 @@ mod tests {
         }
         assert_eq!(read, sent);
         assert!(sent > 10_000, "{sent}");
+        assert!(refused > 100, "the ring was full {refused} times");
     }
 
 }
