@@ -289,9 +289,9 @@ impl Lane {
         len <= MAX_FRAME
     }
 
-    /// Where a frame of `len` would go now (offset, bytes skipped to wrap) and the position
-    /// up to which the consumer has released the ring, or `None` when it does not fit now.
-    fn room(&self, len: usize) -> Result<Option<(usize, usize, u64)>, Corrupt> {
+    /// The bytes a frame of `len` would skip to wrap now and the position up to which the
+    /// consumer has released the ring, or `None` when it does not fit now.
+    fn room(&self, len: usize) -> Result<Option<(usize, u64)>, Corrupt> {
         if !Lane::fits(len) {
             return Ok(None);
         }
@@ -308,7 +308,7 @@ impl Lane {
         } else {
             0
         };
-        Ok((skip + need <= free).then_some((off, skip, self.out_tail + free as u64)))
+        Ok((skip + need <= free).then_some((skip, self.out_tail + free as u64)))
     }
 
     /// Whether a frame of `len` bytes can be pushed now.
@@ -319,7 +319,7 @@ impl Lane {
     /// Publishes `body` as one frame; `Ok(false)` (nothing written) when the ring is full or
     /// the body too large.
     pub(crate) fn push(&mut self, body: &[u8]) -> Result<bool, Corrupt> {
-        let Some((off, skip, released)) = self.room(body.len())? else {
+        let Some((skip, released)) = self.room(body.len())? else {
             return Ok(false);
         };
         let wrap = self.out_tail;
@@ -327,7 +327,7 @@ impl Lane {
         let end = at + padded(body.len()) as u64;
         // `room` checked that the padded frame fits between its offset and the ring's end and
         // in the space the consumer has released; nobody reads it before its word is stored.
-        let data = self.out.data() + if skip > 0 { 0 } else { off };
+        let data = self.out.data() + (at % CAPACITY as u64) as usize;
         self.map
             .map()
             .copy_in(data + FRAME_HEADER, body)
