@@ -49,7 +49,7 @@ pub(crate) use config::{Config, Gated};
 use link::{Link, Note, Sent};
 use local::LocalLink;
 use state::{Departure, WorkerState};
-use worker::Worker;
+use worker::{Now, Worker};
 
 use super::stats::{PoolStats, Restarts, WorkerStats};
 use crate::error::{Error, ErrorKind};
@@ -505,7 +505,7 @@ impl<L: Link> Dispatcher<L> {
             if let Some(stop) = self.take_commands() {
                 return Err(stop);
             }
-            self.drain_lanes();
+            self.drain_lanes(None);
             self.replace_workers();
             self.assign();
             self.flush();
@@ -537,7 +537,7 @@ impl<L: Link> Dispatcher<L> {
         let mut deferred = false;
         for w in &self.workers {
             let ahead = match now {
-                Some(now) => policy::defer(w.in_flight.len().min(w.window(now))),
+                Some(now) => policy::defer(w.in_flight.len().min(w.window(&mut Now::at(now)))),
                 None => 0,
             };
             if !w.link.prepare_sleep(ahead as u64) {
@@ -550,10 +550,10 @@ impl<L: Link> Dispatcher<L> {
 
     /// Accepts every answer waiting in a lane; workers are told the reader is awake (no
     /// wake-up needed).
-    fn drain_lanes(&mut self) {
+    fn drain_lanes(&mut self, seen: Option<Instant>) {
         for w in &mut self.workers {
             w.link.awake();
-            w.drain(&mut self.scratch);
+            w.drain(&mut self.scratch, seen);
         }
     }
 
@@ -590,19 +590,22 @@ impl<L: Link> Dispatcher<L> {
     /// Gives queued chunks to workers with room, least loaded first.
     fn assign(&mut self) {
         if self.queue.is_empty() {
-            return; // nothing to place (a waiter letting go, nearly always): no clock read
+            return; // nothing to place (a waiter letting go, nearly always)
         }
-        let now = Instant::now();
+        // Read when a worker holding chunks is sized, or when the first chunk a worker holds
+        // starts its time: after it is in the lane, so that an idle worker's call does not
+        // wait for the clock.
+        let mut now = Now::later();
         let one_each = self.config.gated.is_some();
         for w in &mut self.workers {
             w.limit = match w.state.accepting() {
                 true if one_each => 1,
-                true => w.window(now),
+                true => w.window(&mut now),
                 false => 0,
             };
         }
         if one_each {
-            return self.assign_gated(now);
+            return self.assign_gated(&mut now);
         }
         while let Some(chunk) = self.queue.pop_front() {
             if chunk.answered() {
@@ -618,7 +621,7 @@ impl<L: Link> Dispatcher<L> {
                 self.queue.push_front(chunk);
                 return;
             };
-            if let Some(back) = self.place(at, chunk, now) {
+            if let Some(back) = self.place(at, chunk, &mut now) {
                 self.queue.push_front(back);
             }
         }
@@ -627,7 +630,7 @@ impl<L: Link> Dispatcher<L> {
     /// A remote agent's pool: picks a chunk for each free worker, asks each chunk's
     /// `on_start`, lets the gate send what it gathered (the agent marks them all running in
     /// one script), and only then puts them in the lanes, where they may start at once.
-    fn assign_gated(&mut self, now: Instant) {
+    fn assign_gated(&mut self, now: &mut Now) {
         let mut picked = Vec::new();
         while let Some(mut chunk) = self.queue.pop_front() {
             if chunk.answered() {
@@ -669,7 +672,7 @@ impl<L: Link> Dispatcher<L> {
     }
 
     /// Puts `chunk` in worker `at`'s lane; gives it back when it must wait in the queue.
-    fn place(&mut self, at: usize, chunk: Chunk, now: Instant) -> Option<Chunk> {
+    fn place(&mut self, at: usize, chunk: Chunk, now: &mut Now) -> Option<Chunk> {
         let w = &mut self.workers[at];
         match w.link.send(&chunk, &mut self.scratch) {
             Sent::Placed => w.hold(chunk, now, self.config.max_tasks_per_child),
@@ -761,7 +764,7 @@ impl<L: Link> Dispatcher<L> {
     fn read_worker(&mut self, i: usize) {
         self.read_notes(i);
         if let Some(w) = self.workers.get_mut(i) {
-            w.drain(&mut self.scratch);
+            w.drain(&mut self.scratch, None);
         }
     }
 
@@ -872,7 +875,7 @@ impl<L: Link> Dispatcher<L> {
         let mut taken_back = Vec::new();
         for w in &mut self.workers {
             if w.rebalance_at().is_some_and(|at| at <= now) {
-                w.drain(&mut self.scratch);
+                w.drain(&mut self.scratch, None);
                 if w.rebalance_at().is_some_and(|at| at <= now) {
                     w.rebalanced = w.front();
                     taken_back.extend(w.revoke_untaken());
@@ -891,7 +894,7 @@ impl<L: Link> Dispatcher<L> {
         self.workers.iter().any(|w| {
             w.state.accepting()
                 && !w.starting()
-                && policy::has_room(w.in_flight.len(), w.window(now))
+                && policy::has_room(w.in_flight.len(), w.window(&mut Now::at(now)))
         })
     }
 
@@ -902,7 +905,7 @@ impl<L: Link> Dispatcher<L> {
         for w in &mut self.workers {
             if w.deadline(timeout).is_some_and(|d| d <= now) {
                 // An answer already in the lane means it finished in time.
-                w.drain(&mut self.scratch);
+                w.drain(&mut self.scratch, None);
             }
             if w.deadline(timeout).is_some_and(|d| d <= now) {
                 event!(target: "mproc::pool", tracing::Level::WARN, task = w.front(),
@@ -922,7 +925,7 @@ impl<L: Link> Dispatcher<L> {
         self.queue.retain(|c| !ids.contains(&c.id));
         for w in &mut self.workers {
             // Answers already published are not "running".
-            w.drain(&mut self.scratch);
+            w.drain(&mut self.scratch, None);
             let mut running = None;
             for (at, c) in w.in_flight.iter().enumerate() {
                 if c.revoked || !ids.contains(&c.id) {

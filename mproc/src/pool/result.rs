@@ -34,14 +34,18 @@ fn wait_complete<'a>(
         let inner = job.lock();
         return inner.complete().then_some(inner);
     }
-    let spin_until = Instant::now() + SPIN;
-    let spin_until = deadline.map_or(spin_until, |d| d.min(spin_until));
+    let mut now = Instant::now();
+    let spin_until = deadline.map_or(now + SPIN, |d| d.min(now + SPIN));
     let done = || job.is_done();
-    while !done() && Instant::now() < spin_until {
+    while !done() && now < spin_until {
         // Someone else has the dispatcher's state: leave this CPU to whoever needs it.
-        if !pool.help(&done, spin_until) {
+        if !pool.help(&done, now, spin_until) {
             std::thread::yield_now();
         }
+        if done() {
+            break; // without a look at the clock
+        }
+        now = Instant::now();
     }
     job.wait_for(deadline, false, JobInner::complete)
 }

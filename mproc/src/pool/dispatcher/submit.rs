@@ -56,8 +56,9 @@ impl Shared {
     /// side. Before letting go it sets the sleep words again (the plain word, woken at the next
     /// answer, never a deferred one: the dispatcher's sleep may have no deadline) and wakes the
     /// dispatcher if anything arrived meanwhile, so nothing published goes unseen.
-    /// Callbacks of jobs it completes run after it has let go.
-    pub(crate) fn help(&self, done: &dyn Fn() -> bool, until: Instant) -> bool {
+    /// Callbacks of jobs it completes run after it has let go. `now`: the caller's reading of
+    /// the clock, taken a moment before.
+    pub(crate) fn help(&self, done: &dyn Fn() -> bool, now: Instant, until: Instant) -> bool {
         if self.wanted.load(Ordering::Relaxed) || self.foreign() {
             return false;
         }
@@ -80,11 +81,19 @@ impl Shared {
         }
         let _unwind = WakeOnUnwind(&self.wake);
         let callbacks = job::deferring_callbacks(|| {
+            // The clock every eighth round: a round is a few tens of nanoseconds. An answer is
+            // timed by the last reading, so that none waits for the clock (see
+            // `Worker::drain`).
+            let mut now = now;
             for round in 1u32.. {
-                d.drain_lanes();
-                // The clock every eighth round: a round is a few tens of nanoseconds.
-                if done()
-                    || (round % 8 == 0 && Instant::now() >= until)
+                d.drain_lanes(Some(now));
+                if done() {
+                    break;
+                }
+                if round % 8 == 0 {
+                    now = Instant::now();
+                }
+                if (round % 8 == 0 && now >= until)
                     || self.posted.load(Ordering::Relaxed) != posted
                     || self.wanted.load(Ordering::Relaxed)
                 {
@@ -103,7 +112,7 @@ impl Shared {
                 // Not deferred: the dispatcher thread sleeps without a deadline for it.
                 let rested = d.prepare_sleep(false).is_some();
                 if !rested {
-                    d.drain_lanes();
+                    d.drain_lanes(None);
                 }
                 rested
             });

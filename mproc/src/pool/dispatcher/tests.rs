@@ -425,9 +425,49 @@ fn a_gated_pool_with_every_worker_busy_needs_no_wake_for_chunks_left_queued() {
     assert!(d.queue.is_empty());
     // A serving worker without a chunk while chunks wait: a look is needed.
     answer(&fakes[1], 2);
-    d.drain_lanes();
+    d.drain_lanes(None);
     let _more = submit(&d, &[4]);
     d.take_commands();
     assert_eq!(d.queue.len(), 1);
     assert!(d.needs_attention(), "worker 1 is free");
+}
+
+/// A waiting thread's reading of the clock times an answer for the average, but never starts
+/// the time of a chunk the worker runs next: an old reading would make its timeout early.
+#[test]
+fn a_waiters_old_reading_times_answers_but_never_starts_a_chunks_time() {
+    let mut d = dispatcher(1, |c| c.task_timeout = Some(Duration::from_millis(50)));
+    let fakes = launched();
+    ready(&fakes[0]);
+    round(&mut d);
+    let job = submit(&d, &[1, 2]);
+    round(&mut d);
+    assert_eq!(fakes[0].borrow().sent, [1, 2]);
+    let placed = d.workers[0].front_since;
+    // Chunk 1 answered, chunk 2 runs: its time starts now, not at the old reading.
+    let old = placed;
+    std::thread::sleep(Duration::from_millis(30));
+    answer(&fakes[0], 1);
+    let before = Instant::now();
+    d.drain_lanes(Some(old));
+    assert_eq!(outcome(&job, 0), Some(None));
+    assert!(d.workers[0].front_since >= before, "chunk 2's time starts when it is seen");
+    // 30 ms more: chunk 2 has run 30 ms of its 50, not 60.
+    std::thread::sleep(Duration::from_millis(30));
+    round(&mut d);
+    assert!(!fakes[0].borrow().dead, "timed from its start, chunk 2 is within its limit");
+    // Chunk 2 answered with nothing behind it: the reading, later than its start, times it.
+    answer(&fakes[0], 2);
+    let seen = Instant::now();
+    d.drain_lanes(Some(seen));
+    assert_eq!(outcome(&job, 1), Some(None));
+    assert_eq!(d.workers[0].front_since, seen, "the waiter's reading, no clock read");
+    // A reading older than the front chunk's start is not used: the clock is read instead.
+    let job = submit(&d, &[3]);
+    round(&mut d);
+    let placed = d.workers[0].front_since;
+    answer(&fakes[0], 3);
+    d.drain_lanes(Some(seen));
+    assert_eq!(outcome(&job, 0), Some(None));
+    assert!(placed > seen && d.workers[0].front_since >= placed);
 }

@@ -15,6 +15,26 @@ use super::state::WorkerState;
 use crate::error::{Error, ErrorKind};
 use crate::sys::proc;
 
+/// The time for one pass over the workers, read from the clock at most once, and only if the
+/// pass needs it: a reading is ~25 ns, and a call to an idle worker should not wait for one.
+pub(super) struct Now(Option<Instant>);
+
+impl Now {
+    /// Read when first asked.
+    pub(super) fn later() -> Now {
+        Now(None)
+    }
+
+    /// Already read.
+    pub(super) fn at(now: Instant) -> Now {
+        Now(Some(now))
+    }
+
+    pub(super) fn get(&mut self) -> Instant {
+        *self.0.get_or_insert_with(Instant::now)
+    }
+}
+
 /// One worker and what the dispatcher knows of it.
 pub(crate) struct Worker<L> {
     pub(super) link: L,
@@ -121,18 +141,18 @@ impl<L: Link> Worker<L> {
         self.state.occupies_slot(!self.in_flight.is_empty())
     }
 
-    /// How many chunks it may hold, as of `now`.
-    pub(super) fn window(&self, now: Instant) -> usize {
-        let running_for =
-            (!self.in_flight.is_empty()).then(|| now.saturating_duration_since(self.front_since));
+    /// How many chunks it may hold, as of `now` (read only if it holds some).
+    pub(super) fn window(&self, now: &mut Now) -> usize {
+        let running_for = (!self.in_flight.is_empty())
+            .then(|| now.get().saturating_duration_since(self.front_since));
         policy::window(running_for, self.average)
     }
 
     /// Puts `chunk` (just sent) in its books; retires it (`Stop`) once it has been given
     /// `max_tasks_per_child`.
-    pub(super) fn hold(&mut self, chunk: Chunk, now: Instant, max_tasks_per_child: Option<usize>) {
+    pub(super) fn hold(&mut self, chunk: Chunk, now: &mut Now, max_tasks_per_child: Option<usize>) {
         if self.in_flight.is_empty() {
-            self.front_since = now;
+            self.front_since = now.get();
         }
         event!(target: "mproc::pool", tracing::Level::TRACE, task = chunk.id,
             items = chunk.items, worker = self.link.name(), pid = self.link.pid(),
@@ -182,8 +202,9 @@ impl<L: Link> Worker<L> {
         }
     }
 
-    /// Accepts the answer to the chunk it was running (its oldest).
-    fn accept(&mut self, (id, result): Answer, now: Instant) {
+    /// Accepts the answer to the chunk it was running (its oldest). Its next chunk's time is
+    /// started by the caller, [`Worker::drain`].
+    fn accept(&mut self, (id, result): Answer) {
         if self
             .in_flight
             .front()
@@ -192,13 +213,11 @@ impl<L: Link> Worker<L> {
             // It skipped a chunk taken back from it; the copy runs elsewhere.
             self.in_flight.pop_front();
             self.answered += 1;
-            self.front_since = now;
             return;
         }
         if self.front() == Some(id) {
             let chunk = self.in_flight.pop_front().expect("just looked");
             self.answered += 1;
-            self.front_since = now;
             self.items += chunk.items as u64;
             self.chunks += 1;
             if let Err(e) = &result {
@@ -232,30 +251,36 @@ impl<L: Link> Worker<L> {
         }
     }
 
-    /// Accepts every answer it has published, in order.
-    pub(super) fn drain(&mut self, scratch: &mut Vec<u8>) {
+    /// Accepts every answer it has published, in order. `seen`: a clock reading its reader
+    /// took a moment before it looked (a waiting thread's, see `Shared::help`), good enough
+    /// for the running average of its chunks' times, so that a quick call's answer does not
+    /// wait for the clock; the chunk it runs next starts its time at a fresh reading.
+    pub(super) fn drain(&mut self, scratch: &mut Vec<u8>, seen: Option<Instant>) {
         let answered = self.answered;
         let (since, chunks) = (self.front_since, self.chunks);
-        // The clock is read at the first answer: a waiter looks many times for each one.
-        let mut now = None;
         loop {
             match self.link.next_answer(scratch) {
-                Ok(Some(answer)) => {
-                    let at = *now.get_or_insert_with(Instant::now);
-                    self.accept(answer, at);
-                }
+                Ok(Some(answer)) => self.accept(answer),
                 Ok(None) => break,
                 Err(e) => return self.condemn_front(e),
             }
         }
-        // The chunks answered since the front one began shared the time between (read in one
-        // go, they all look read at `now`).
-        let read = self.chunks - chunks;
-        if read > 0
-            && let Some(now) = now
-        {
-            let took = now.saturating_duration_since(since);
-            self.average = policy::average_after(self.average, took, read);
+        if self.answered != answered {
+            // A reading older than the chunk's start (or than its worker's answer, had the
+            // reader been kept from its CPU a while) must not start the next chunk's time
+            // early: its timeout would come early.
+            let now = match seen {
+                Some(seen) if self.in_flight.is_empty() && seen >= since => seen,
+                _ => Instant::now(),
+            };
+            self.front_since = now;
+            // The chunks answered since the front one began shared the time between (read in
+            // one go, they all look read at `now`).
+            let read = self.chunks - chunks;
+            if read > 0 {
+                let took = now.saturating_duration_since(since);
+                self.average = policy::average_after(self.average, took, read);
+            }
         }
         // After a task, past the cap: retired, its answer kept. Here, where every reader of
         // answers passes, not in the dispatcher's turn: a waiting thread may read the answer
