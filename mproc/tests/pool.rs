@@ -19,6 +19,34 @@ fn pool(m: StartMethod, n: usize) -> Pool {
         .unwrap()
 }
 
+/// An argument that cannot be encoded: a pool that refuses new jobs says so before it tries.
+#[derive(Debug)]
+struct Unencodable;
+
+impl serde::Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("this argument cannot be encoded"))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Unencodable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <()>::deserialize(d).map(|()| Unencodable)
+    }
+}
+
+fn take_unencodable(_: Unencodable) -> u8 {
+    0
+}
+
+/// The error `apply_async(take_unencodable, ..)` gives.
+fn refusal_of_unencodable(p: &Pool) -> ErrorKind {
+    p.apply_async(take_unencodable, (Unencodable,))
+        .unwrap_err()
+        .kind()
+        .clone()
+}
+
 fn square(n: u64) -> u64 {
     n * n
 }
@@ -87,6 +115,10 @@ fn the_whole_api(m: StartMethod) {
     assert_eq!(p.map(square, Vec::new()).unwrap(), Vec::<u64>::new());
     assert_eq!(p.imap(square, Vec::new()).unwrap().count(), 0);
     assert!(p.join().is_err(), "join before close is an error");
+    assert!(
+        matches!(refusal_of_unencodable(&p), ErrorKind::Codec(_)),
+        "an open pool tries to encode"
+    );
     p.close();
     assert_eq!(
         p.apply(square, (1,)).unwrap_err().kind(),
@@ -96,7 +128,9 @@ fn the_whole_api(m: StartMethod) {
         p.map(square, 0..2).unwrap_err().kind(),
         &ErrorKind::PoolClosed
     );
+    assert_eq!(refusal_of_unencodable(&p), ErrorKind::PoolClosed);
     p.join().unwrap();
+    assert_eq!(refusal_of_unencodable(&p), ErrorKind::PoolClosed);
 }
 
 fn zero_processes_is_invalid(_m: StartMethod) {
@@ -788,6 +822,10 @@ fn initializer_runs_first_and_failures_surface(m: StartMethod) {
         p.map(square, 0..3).unwrap_err().kind(),
         ErrorKind::InitializerFailed(_)
     ));
+    assert!(matches!(
+        refusal_of_unencodable(&p),
+        ErrorKind::InitializerFailed(_)
+    ));
 }
 
 fn max_tasks_per_child_replaces_workers(m: StartMethod) {
@@ -1088,6 +1126,7 @@ fn terminate_from_a_callback_does_not_deadlock(m: StartMethod) {
         p.apply(square, (1,)).unwrap_err().kind(),
         &ErrorKind::PoolClosed
     );
+    assert_eq!(refusal_of_unencodable(&p), ErrorKind::PoolClosed);
 }
 
 /// A thread waiting in `get` may pick the answer up itself (the dispatcher asleep): callbacks

@@ -86,6 +86,10 @@ pub(crate) struct Shared {
     /// Set while the dispatcher thread waits for the state: a helping waiter lets go at once,
     /// and a submitting thread does not take it.
     wanted: AtomicBool,
+    /// Set (under the inbox's lock) once the inbox refuses new jobs: closed, stopped or
+    /// broken. Until then a new job needs no lock to learn that it may be encoded; `submit`
+    /// decides, under the lock.
+    refusing: AtomicBool,
     /// The fork generation that made the pool: in a fork child that inherited it, the
     /// dispatcher thread, the workers and the lanes are not there, and nothing may touch them.
     generation: u64,
@@ -167,6 +171,7 @@ impl Shared {
     pub(crate) fn mark_finished(&self, why: &Error) {
         let mut inbox = self.inbox();
         inbox.stopped.get_or_insert_with(|| why.clone());
+        self.refusing.store(true, Ordering::Release);
         inbox.finished = true;
         // Chunks still queued are dropped here, which answers them.
         inbox.commands.clear();
@@ -1037,7 +1042,7 @@ impl<L: Link> Dispatcher<L> {
         if self.broken.is_some() {
             return;
         }
-        self.shared.inbox().broken = Some(err.clone());
+        self.shared.set_broken(&err);
         self.broken = Some(err.clone());
         for c in self.queue.drain(..) {
             c.fail(err.clone());
@@ -1056,10 +1061,10 @@ impl<L: Link> Dispatcher<L> {
     /// on terminate they are killed and what is left fails with `Terminated`.
     fn shut_down(&mut self, why: &Error) {
         let terminate = *why.kind() == ErrorKind::Terminated;
-        self.shared
-            .inbox()
-            .stopped
-            .get_or_insert_with(|| why.clone());
+        let mut inbox = self.shared.inbox();
+        inbox.stopped.get_or_insert_with(|| why.clone());
+        self.shared.refusing.store(true, Ordering::Release);
+        drop(inbox);
         for c in self.queue.drain(..) {
             c.fail(why.clone());
         }

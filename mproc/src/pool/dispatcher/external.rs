@@ -4,7 +4,6 @@
 use std::os::fd::{AsFd, BorrowedFd};
 
 use super::{Command, Shared};
-use crate::error::Error;
 
 impl Shared {
     /// The commands posted since the last call (the wake-up descriptor is drained first, so
@@ -24,8 +23,4 @@ impl Shared {
         self.wake.notify();
     }
 
-    /// The pool can run nothing more: every later submission fails with `why`.
-    pub(crate) fn set_broken(&self, why: &Error) {
-        self.inbox().broken.get_or_insert_with(|| why.clone());
-    }
 }

@@ -24,6 +24,7 @@ impl Shared {
             next_chunk: AtomicU64::new(1),
             posted: AtomicU64::new(0),
             wanted: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
             generation: crate::sys::proc::fork_generation(),
             direct: std::sync::OnceLock::new(),
             stats_source: std::sync::OnceLock::new(),
@@ -125,6 +126,14 @@ impl Shared {
         true
     }
 
+    /// The pool can run nothing more: every later submission fails with `why` (the first
+    /// reason given stays).
+    pub(crate) fn set_broken(&self, why: &Error) {
+        let mut inbox = self.inbox();
+        inbox.broken.get_or_insert_with(|| why.clone());
+        self.refusing.store(true, Ordering::Release);
+    }
+
     /// A fresh chunk id.
     pub(crate) fn chunk_id(&self) -> u64 {
         self.next_chunk.fetch_add(1, Ordering::Relaxed)
@@ -134,6 +143,9 @@ impl Shared {
     pub(crate) fn check_open(&self) -> Result<(), Error> {
         if self.foreign() {
             return Err(Shared::foreign_error());
+        }
+        if !self.refusing.load(Ordering::Acquire) {
+            return Ok(());
         }
         refusal(&self.inbox(), true).map_or(Ok(()), Err)
     }
@@ -231,6 +243,7 @@ impl Shared {
         let mut inbox = self.inbox();
         if !inbox.closed {
             inbox.closed = true;
+            self.refusing.store(true, Ordering::Release);
             self.send(&mut inbox, Command::Close);
         }
     }
@@ -248,6 +261,7 @@ impl Shared {
         inbox
             .stopped
             .get_or_insert_with(|| ErrorKind::Terminated.into());
+        self.refusing.store(true, Ordering::Release);
         self.send(&mut inbox, Command::Terminate);
     }
 
