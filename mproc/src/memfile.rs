@@ -891,9 +891,28 @@ pub(crate) fn encode_answer<T: Serialize>(value: &T) -> Result<Vec<u8>, codec::E
         // No file (none could be made, or the value encoded differently the second time): a
         // buffer, as for a small answer, which the worker sends on its socket.
     }
-    let mut out = Vec::with_capacity(len);
+    let mut out = ANSWER_BUFFER.take();
+    out.clear();
+    out.reserve(len);
     codec::encode_into(&mut out, value)?;
     Ok(out)
+}
+
+thread_local! {
+    /// The buffer the last small answer was encoded into, given back by the pool worker once
+    /// it has sent it ([`give_back_answer_buffer`]): a quick task's answer allocates nothing.
+    static ANSWER_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The most a buffer kept for the next answer may hold: a lane's frames are smaller.
+const KEPT_ANSWER_BUFFER: usize = 64 * 1024;
+
+/// Gives back the buffer a task's answer was encoded into ([`encode_answer`]), once sent, for
+/// the next answer on this thread; a large one is dropped.
+pub(crate) fn give_back_answer_buffer(buffer: Vec<u8>) {
+    if buffer.capacity() <= KEPT_ANSWER_BUFFER {
+        ANSWER_BUFFER.set(buffer);
+    }
 }
 
 #[cfg(test)]

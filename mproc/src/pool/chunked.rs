@@ -187,7 +187,7 @@ impl<'p> Chunked<'p> {
         let c = Chunk::new(id, task::chunk_entry::<F, A>(), payload, Arc::clone(&job), 0, 1)
             .with_handles(fds)
             .with_timeout(self.timeout);
-        self.shared.submit(vec![c], true)?;
+        self.shared.submit(c, true)?;
         Ok(AsyncResult::new(
             job,
             job::decode_one::<F::Output>,
@@ -368,7 +368,7 @@ impl<'p> Chunked<'p> {
                             .with_handles(fds)
                             .with_timeout(self.timeout)
                     })
-                    .collect();
+                    .collect::<Vec<_>>();
                 if last {
                     job.seal();
                 }

@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-pub(crate) use chunk::{Chunk, Verdict};
+pub(crate) use chunk::{Chunk, Chunks, Verdict};
 pub(crate) use config::{Config, Gated};
 use link::{Link, Note, Sent};
 use local::LocalLink;
@@ -583,9 +583,13 @@ impl<L: Link> Dispatcher<L> {
     }
 
     /// Queues submitted chunks.
-    fn enqueue(&mut self, chunks: Vec<Chunk>) {
-        self.timed = self.timed || chunks.iter().any(|c| c.timeout.is_some());
-        self.queue.extend(chunks);
+    fn enqueue(&mut self, chunks: impl Into<Chunks>) {
+        let chunks = chunks.into();
+        self.timed = self.timed || chunks.as_slice().iter().any(|c| c.timeout.is_some());
+        match chunks {
+            Chunks::One(c) => self.queue.push_back(c),
+            Chunks::Many(v) => self.queue.extend(v),
+        }
     }
 
     fn idle(&self) -> bool {

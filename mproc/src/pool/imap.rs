@@ -137,7 +137,7 @@ impl<'a, R> Imap<'a, R> {
                             .with_timeout(self.timeout);
                     // On refusal the chunk has been failed with the reason (it is yielded), and
                     // the stream ends there: an endless input must not yield errors forever.
-                    if self.shared.submit(vec![chunk], false).is_err() {
+                    if self.shared.submit(chunk, false).is_err() {
                         self.finish_input();
                         self.left = None;
                     }

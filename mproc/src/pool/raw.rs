@@ -71,7 +71,7 @@ impl Pool {
                 .unwrap_or_else(|| Err(ErrorKind::Terminated.into()));
             done(outcome);
         }));
-        self.shared.submit(vec![chunk], true)?;
+        self.shared.submit(chunk, true)?;
         Ok(RawTask {
             job,
             shared: Arc::clone(&self.shared),

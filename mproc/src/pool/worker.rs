@@ -344,6 +344,9 @@ impl Worker<'_> {
                 } else {
                     self.on_socket(id, &done, &[])?;
                 }
+                if let FromWorker::Done { result: Ok(b), .. } = done {
+                    memfile::give_back_answer_buffer(b.into_vec());
+                }
             }
         }
         self.wake_if_asleep()

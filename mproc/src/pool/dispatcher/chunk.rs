@@ -32,6 +32,48 @@ pub(crate) struct Chunk {
     pub(crate) timeout: Option<Duration>,
 }
 
+/// Chunks submitted together: one (every `apply`) without a `Vec` to hold it, or many.
+pub(crate) enum Chunks {
+    One(Chunk),
+    Many(Vec<Chunk>),
+}
+
+impl Chunks {
+    pub(crate) fn as_slice(&self) -> &[Chunk] {
+        match self {
+            Chunks::One(c) => std::slice::from_ref(c),
+            Chunks::Many(v) => v,
+        }
+    }
+
+    pub(crate) fn into_vec(self) -> Vec<Chunk> {
+        match self {
+            Chunks::One(c) => vec![c],
+            Chunks::Many(v) => v,
+        }
+    }
+
+    /// Answers every one of them with `e`.
+    pub(crate) fn fail(self, e: &Error) {
+        match self {
+            Chunks::One(c) => c.fail(e.clone()),
+            Chunks::Many(v) => v.into_iter().for_each(|c| c.fail(e.clone())),
+        }
+    }
+}
+
+impl From<Chunk> for Chunks {
+    fn from(c: Chunk) -> Chunks {
+        Chunks::One(c)
+    }
+}
+
+impl From<Vec<Chunk>> for Chunks {
+    fn from(v: Vec<Chunk>) -> Chunks {
+        Chunks::Many(v)
+    }
+}
+
 /// See [`Chunk::on_start`].
 pub(crate) type OnStart = Box<dyn FnMut() -> Verdict + Send>;
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
-use super::chunk::Chunk;
+use super::chunk::Chunks;
 use super::{Command, Inbox, Shared};
 use crate::error::{Error, ErrorKind};
 use crate::pool::job;
@@ -152,35 +152,32 @@ impl Shared {
 
     /// Queues chunks. A new job is refused once the pool is closed; more chunks of a job
     /// submitted before (an `imap` pulling its input) are taken until the dispatcher stops.
-    pub(crate) fn submit(&self, chunks: Vec<Chunk>, new_job: bool) -> Result<(), Error> {
+    pub(crate) fn submit(&self, chunks: impl Into<Chunks>, new_job: bool) -> Result<(), Error> {
+        let chunks = chunks.into();
         if self.foreign() {
             let e = Shared::foreign_error();
-            for c in chunks {
-                c.fail(e.clone());
-            }
+            chunks.fail(&e);
             return Err(e);
         }
         event!(
             target: "mproc::pool",
             tracing::Level::DEBUG,
-            chunks = chunks.len(),
-            items = chunks.iter().map(|c| c.items).sum::<usize>(),
-            first_task = chunks.first().map(|c| c.id),
+            chunks = chunks.as_slice().len(),
+            items = chunks.as_slice().iter().map(|c| c.items).sum::<usize>(),
+            first_task = chunks.as_slice().first().map(|c| c.id),
             "tasks submitted"
         );
         let mut inbox = self.inbox();
         if let Some(e) = refusal(&inbox, new_job) {
             drop(inbox);
-            for c in chunks {
-                c.fail(e.clone());
-            }
+            chunks.fail(&e);
             return Err(e);
         }
         // Another backend's fast path, when no command waits before these chunks.
         let chunks = match self.direct.get() {
-            Some(direct) if inbox.commands.is_empty() => match direct(chunks) {
+            Some(direct) if inbox.commands.is_empty() => match direct(chunks.into_vec()) {
                 None => return Ok(()),
-                Some(back) => back,
+                Some(back) => Chunks::Many(back),
             },
             _ => chunks,
         };
@@ -214,7 +211,7 @@ impl Shared {
             },
             None => chunks,
         };
-        self.send(&mut inbox, Command::Submit(chunks));
+        self.send(&mut inbox, Command::Submit(chunks.into_vec()));
         Ok(())
     }
 

@@ -182,7 +182,7 @@ fn submit(d: &Dispatcher<FakeLink>, ids: &[u64]) -> Arc<JobState> {
             let index = job.add_chunk(id, 1);
             Chunk::new(id, 0, Vec::new().into(), Arc::clone(&job), index, 1)
         })
-        .collect();
+        .collect::<Vec<_>>();
     job.seal();
     d.shared.submit(chunks, true).unwrap();
     job
