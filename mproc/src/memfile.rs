@@ -610,7 +610,7 @@ impl Payload {
         {
             return Ok(Payload::File(Box::new(file)));
         }
-        let mut out = Vec::with_capacity(len);
+        let mut out = buffer_for(len);
         codec::encode_into(&mut out, value)?;
         Ok(Payload::Bytes(out))
     }
@@ -891,33 +891,60 @@ pub(crate) fn encode_answer<T: Serialize>(value: &T) -> Result<Vec<u8>, codec::E
         // No file (none could be made, or the value encoded differently the second time): a
         // buffer, as for a small answer, which the worker sends on its socket.
     }
-    let mut out = ANSWER_BUFFER.take();
-    out.clear();
-    out.reserve(len);
+    let mut out = buffer_for(len);
     codec::encode_into(&mut out, value)?;
     Ok(out)
 }
 
 thread_local! {
-    /// The buffer the last small answer was encoded into, given back by the pool worker once
-    /// it has sent it ([`give_back_answer_buffer`]): a quick task's answer allocates nothing.
-    static ANSWER_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// A small buffer given back on this thread ([`give_back_buffer`]) for the next small
+    /// payload or answer encoded here: a pool worker's last answer, once sent; a caller's last
+    /// task, once answered. Back-to-back quick calls then allocate none.
+    static SPARE_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// The most a buffer kept for the next answer may hold: a lane's frames are smaller.
-const KEPT_ANSWER_BUFFER: usize = 64 * 1024;
+/// The most a buffer kept for reuse may hold: a lane's frames are smaller.
+const KEPT_BUFFER: usize = 64 * 1024;
 
-/// Gives back the buffer a task's answer was encoded into ([`encode_answer`]), once sent, for
-/// the next answer on this thread; a large one is dropped.
-pub(crate) fn give_back_answer_buffer(buffer: Vec<u8>) {
-    if buffer.capacity() <= KEPT_ANSWER_BUFFER {
-        ANSWER_BUFFER.set(buffer);
+/// An empty buffer with room for `len` bytes: this thread's spare, if it has one.
+fn buffer_for(len: usize) -> Vec<u8> {
+    let mut buffer = SPARE_BUFFER.take();
+    buffer.clear();
+    buffer.reserve(len);
+    buffer
+}
+
+/// Gives back a buffer a payload or an answer was encoded into, once it is done with, for
+/// the next one encoded on this thread; a large one is dropped.
+pub(crate) fn give_back_buffer(buffer: Vec<u8>) {
+    if buffer.capacity() <= KEPT_BUFFER {
+        SPARE_BUFFER.set(buffer);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A small buffer given back is the one the next payload or answer on the thread is
+    /// encoded into; a large one is not kept.
+    #[test]
+    fn a_buffer_given_back_is_the_next_ones_unless_it_is_large() {
+        let spare = Vec::with_capacity(100);
+        let at = spare.as_ptr();
+        give_back_buffer(spare);
+        let Payload::Bytes(bytes) = Payload::encode(&7u64, false).unwrap() else {
+            panic!("a small payload is bytes");
+        };
+        assert_eq!(bytes.as_ptr(), at, "the spare");
+        assert_eq!(bytes, codec::encode(&7u64).unwrap(), "holding 7 alone");
+        give_back_buffer(bytes);
+        let answer = encode_answer(&(1u8, 2u8)).unwrap();
+        assert_eq!(answer.as_ptr(), at);
+        assert_eq!(answer, codec::encode(&(1u8, 2u8)).unwrap());
+        give_back_buffer(Vec::with_capacity(KEPT_BUFFER + 1));
+        assert_ne!(encode_answer(&1u8).unwrap().capacity(), KEPT_BUFFER + 1);
+    }
 
     /// The `len`-byte message in `file`, copied out; the file is then marked done.
     fn take(mapped: &mut Mapped, file: BorrowedFd<'_>, len: u64) -> Result<Vec<u8>, Error> {

@@ -44,6 +44,67 @@ impl Slot {
     }
 }
 
+/// A job's chunks not yet consumed, in order: the first kept inline, so that a job of one
+/// chunk (every `apply`) allocates nothing for it.
+#[derive(Debug, Default)]
+pub(crate) struct Slots {
+    /// The front chunk; `None` only while `rest` is empty too.
+    first: Option<Slot>,
+    rest: VecDeque<Slot>,
+}
+
+impl Slots {
+    fn one(slot: Slot) -> Slots {
+        Slots {
+            first: Some(slot),
+            rest: VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    pub(crate) fn get(&self, at: usize) -> Option<&Slot> {
+        match at {
+            0 => self.first.as_ref(),
+            _ => self.rest.get(at - 1),
+        }
+    }
+
+    pub(crate) fn get_mut(&mut self, at: usize) -> Option<&mut Slot> {
+        match at {
+            0 => self.first.as_mut(),
+            _ => self.rest.get_mut(at - 1),
+        }
+    }
+
+    pub(crate) fn front(&self) -> Option<&Slot> {
+        self.first.as_ref()
+    }
+
+    fn push_back(&mut self, slot: Slot) {
+        match self.first {
+            None => self.first = Some(slot),
+            Some(_) => self.rest.push_back(slot),
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Slot> {
+        let front = self.first.take();
+        self.first = self.rest.pop_front();
+        front
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Slot> {
+        self.first.iter().chain(&self.rest)
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Slot> {
+        self.first.iter_mut().chain(&mut self.rest)
+    }
+}
+
 /// The shared state of one job.
 pub(crate) struct JobState {
     inner: Mutex<JobInner>,
@@ -60,7 +121,7 @@ pub(crate) struct JobState {
 pub(crate) struct JobInner {
     /// The chunks not yet consumed from the front; chunk `i` is at `i - base`. A stream drops
     /// consumed chunks from the front, so an endless `imap` holds only its window.
-    pub(crate) slots: VecDeque<Slot>,
+    pub(crate) slots: Slots,
     pub(crate) base: usize,
     added: usize,
     filled: usize,
@@ -134,7 +195,7 @@ impl JobState {
     /// what `add_chunk` and `seal` make of a new job, without taking its lock.
     pub(crate) fn single(id: u64, items: usize) -> Arc<JobState> {
         JobState::of(JobInner {
-            slots: VecDeque::from([Slot::new(id, items)]),
+            slots: Slots::one(Slot::new(id, items)),
             added: 1,
             items_added: items,
             sealed: true,
@@ -468,11 +529,11 @@ pub(crate) fn run_callbacks(callbacks: Vec<Callback>) {
 }
 
 /// Turns a complete job's chunks into the caller's value.
-pub(crate) type Decoder<R> = fn(&VecDeque<Slot>, &str) -> Result<R, Error>;
+pub(crate) type Decoder<R> = fn(&Slots, &str) -> Result<R, Error>;
 
 /// One value: the first item of the only chunk.
 pub(crate) fn decode_one<R: DeserializeOwned>(
-    slots: &VecDeque<Slot>,
+    slots: &Slots,
     target: &str,
 ) -> Result<R, Error> {
     // Nearly always one item that brought no handles: decoded without a `Vec` (anything else,
@@ -493,14 +554,14 @@ pub(crate) fn decode_one<R: DeserializeOwned>(
 
 /// Every item of every chunk, in order; the first failure (by position) is the error.
 pub(crate) fn decode_all<R: DeserializeOwned>(
-    slots: &VecDeque<Slot>,
+    slots: &Slots,
     target: &str,
 ) -> Result<Vec<R>, Error> {
     let mut out = Vec::with_capacity(slots.iter().map(|s| s.items).sum());
     // The chunks that brought no handles (nearly all) are decoded in one scope of none, not
     // each in its own (see `task::decode_chunk`), and straight into `out`.
     crate::handle::providing(Vec::new(), || {
-        for slot in slots {
+        for slot in slots.iter() {
             match &slot.outcome {
                 Some(Ok(answered)) if answered.handles.is_empty() => {
                     for item in counted(slot, task::decode_chunk_bare::<R>(answered, target))? {
@@ -552,6 +613,43 @@ pub(crate) fn decode_slot<R: DeserializeOwned>(slot: &Slot, target: &str) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Slots` is a deque whose front lies inline: in every order of pushes and pops, it
+    /// holds what a `VecDeque` would, in the same places.
+    #[test]
+    fn slots_keep_a_deques_order_whatever_is_pushed_and_popped() {
+        let mut slots = Slots::default();
+        let mut model = VecDeque::new();
+        let mut next = 0u64;
+        // Pushes and pops in runs of different lengths, down to empty more than once.
+        for step in 0..400u64 {
+            if (step / 7) % 3 != 2 || model.is_empty() {
+                slots.push_back(Slot::new(next, 1));
+                model.push_back(next);
+                next += 1;
+            } else {
+                assert_eq!(slots.pop_front().map(|s| s.id), model.pop_front());
+            }
+            assert_eq!(slots.len(), model.len());
+            assert_eq!(slots.front().map(|s| s.id), model.front().copied());
+            let ids: Vec<u64> = slots.iter().map(|s| s.id).collect();
+            assert_eq!(ids, Vec::from(model.clone()));
+            for at in 0..=model.len() {
+                assert_eq!(slots.get(at).map(|s| s.id), model.get(at).copied());
+            }
+        }
+        while let Some(id) = model.pop_front() {
+            assert_eq!(slots.pop_front().map(|s| s.id), Some(id));
+        }
+        assert!(slots.pop_front().is_none() && slots.len() == 0);
+        for slot in slots.iter_mut() {
+            slot.consumed = true; // none left to visit
+        }
+        let mut one = Slots::one(Slot::new(5, 3));
+        one.get_mut(0).unwrap().consumed = true;
+        assert!(one.iter().all(|s| s.consumed && s.items == 3));
+        assert!(one.get_mut(1).is_none());
+    }
 
     /// A job of one chunk answered with `results` (an encoded `Vec` of them).
     fn answered_single<T: serde::Serialize>(

@@ -271,7 +271,7 @@ impl<R> AsyncResult<R> {
             return Err(ErrorKind::NotReady.into());
         }
         // A value that cannot be read here is not a failure of the task.
-        for slot in &inner.slots {
+        for slot in inner.slots.iter() {
             if let Some(Ok(answered)) = &slot.outcome {
                 answered.bytes.readable()?;
             }

@@ -345,7 +345,7 @@ impl Worker<'_> {
                     self.on_socket(id, &done, &[])?;
                 }
                 if let FromWorker::Done { result: Ok(b), .. } = done {
-                    memfile::give_back_answer_buffer(b.into_vec());
+                    memfile::give_back_buffer(b.into_vec());
                 }
             }
         }

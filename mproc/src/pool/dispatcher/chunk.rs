@@ -158,8 +158,12 @@ impl Chunk {
     /// answers).
     pub(crate) fn finish(mut self, outcome: ChunkOutcome) {
         // Its payload goes first: a large one's file is free before the caller, woken by the
-        // answer, encodes its next task. (Answered by its worker, which decoded it first.)
-        self.payload = Payload::default();
+        // answer, encodes its next task, and a small one's buffer is this thread's for the
+        // next (a caller that reads its answer itself). (Answered by its worker, which
+        // decoded it first.)
+        if let Payload::Bytes(bytes) = std::mem::take(&mut self.payload) {
+            crate::memfile::give_back_buffer(bytes);
+        }
         if !self.revoked {
             self.job.deliver(self.index, outcome);
         }
