@@ -903,8 +903,10 @@ thread_local! {
     static SPARE_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// The most a buffer kept for reuse may hold: a lane's frames are smaller.
-const KEPT_BUFFER: usize = 64 * 1024;
+/// The most a buffer kept for reuse may hold: what a quick call sends. Every thread that
+/// encodes or answers tasks keeps one (a pool worker, the pool's thread, each caller), so
+/// little; a larger payload costs more to encode than to allocate for.
+const KEPT_BUFFER: usize = 4 * 1024;
 
 /// An empty buffer with room for `len` bytes: this thread's spare, if it has one.
 fn buffer_for(len: usize) -> Vec<u8> {
@@ -917,7 +919,8 @@ fn buffer_for(len: usize) -> Vec<u8> {
 /// Gives back a buffer a payload or an answer was encoded into, once it is done with, for
 /// the next one encoded on this thread; a large one is dropped.
 pub(crate) fn give_back_buffer(buffer: Vec<u8>) {
-    if buffer.capacity() <= KEPT_BUFFER {
+    // An empty one (a revoked chunk's, say) would only replace a spare with nothing.
+    if (1..=KEPT_BUFFER).contains(&buffer.capacity()) {
         SPARE_BUFFER.set(buffer);
     }
 }
@@ -944,6 +947,13 @@ mod tests {
         assert_eq!(answer, codec::encode(&(1u8, 2u8)).unwrap());
         give_back_buffer(Vec::with_capacity(KEPT_BUFFER + 1));
         assert_ne!(encode_answer(&1u8).unwrap().capacity(), KEPT_BUFFER + 1);
+        // An empty one does not replace the spare.
+        let spare = Vec::with_capacity(100);
+        let at = spare.as_ptr();
+        give_back_buffer(spare);
+        give_back_buffer(Vec::new());
+        let answer = encode_answer(&1u8).unwrap();
+        assert_eq!(answer.as_ptr(), at);
     }
 
     /// The `len`-byte message in `file`, copied out; the file is then marked done.

@@ -642,9 +642,16 @@ mod tests {
             assert_eq!(slots.pop_front().map(|s| s.id), Some(id));
         }
         assert!(slots.pop_front().is_none() && slots.len() == 0);
-        for slot in slots.iter_mut() {
-            slot.consumed = true; // none left to visit
+        // `iter_mut` visits every one, the inline front included.
+        for id in 0..3 {
+            slots.push_back(Slot::new(id, 1));
         }
+        slots.pop_front();
+        slots.push_back(Slot::new(3, 1));
+        for slot in slots.iter_mut() {
+            slot.consumed = true;
+        }
+        assert_eq!(slots.iter().filter(|s| s.consumed).count(), 3);
         let mut one = Slots::one(Slot::new(5, 3));
         one.get_mut(0).unwrap().consumed = true;
         assert!(one.iter().all(|s| s.consumed && s.items == 3));

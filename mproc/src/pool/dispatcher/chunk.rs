@@ -223,6 +223,25 @@ impl Drop for Chunk {
 mod tests {
     use super::*;
 
+    /// A small payload's buffer, once its chunk is answered on this thread, is the one the
+    /// next payload encoded here goes into (a caller that reads its own answers allocates
+    /// none for its next call).
+    #[test]
+    fn an_answered_chunks_small_payload_buffer_is_the_next_ones() {
+        let payload = Payload::encode(&[7u64; 4][..], true).unwrap();
+        let Payload::Bytes(bytes) = &payload else {
+            panic!("a small payload is bytes");
+        };
+        let at = bytes.as_ptr();
+        let job = JobState::new();
+        let index = job.add_chunk(1, 1);
+        Chunk::new(1, 0, payload, job, index, 1).finish(Ok(Vec::new().into()));
+        let Payload::Bytes(next) = Payload::encode(&1u8, true).unwrap() else {
+            panic!("a small payload is bytes");
+        };
+        assert_eq!(next.as_ptr(), at, "the answered chunk's buffer");
+    }
+
     #[test]
     fn a_chunk_taken_back_keeps_its_time_limit_in_its_copy() {
         let job = JobState::new();

@@ -22,5 +22,4 @@ impl Shared {
     pub(crate) fn nudge(&self) {
         self.wake.notify();
     }
-
 }

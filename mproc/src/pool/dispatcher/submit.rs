@@ -103,6 +103,8 @@ impl Shared {
                 // Let a worker or the dispatcher that waits for this CPU have it.
                 if round % 64 == 0 {
                     std::thread::yield_now();
+                    // An answer that came meanwhile is not timed by the reading before.
+                    now = Instant::now();
                 } else {
                     std::hint::spin_loop();
                 }

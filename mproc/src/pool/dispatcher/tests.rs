@@ -446,16 +446,15 @@ fn a_waiters_old_reading_times_answers_but_never_starts_a_chunks_time() {
     let placed = d.workers[0].front_since;
     // Chunk 1 answered, chunk 2 runs: its time starts now, not at the old reading.
     let old = placed;
-    std::thread::sleep(Duration::from_millis(30));
+    std::thread::sleep(Duration::from_millis(5));
     answer(&fakes[0], 1);
     let before = Instant::now();
     d.drain_lanes(Some(old));
     assert_eq!(outcome(&job, 0), Some(None));
     assert!(d.workers[0].front_since >= before, "chunk 2's time starts when it is seen");
-    // 30 ms more: chunk 2 has run 30 ms of its 50, not 60.
-    std::thread::sleep(Duration::from_millis(30));
-    round(&mut d);
-    assert!(!fakes[0].borrow().dead, "timed from its start, chunk 2 is within its limit");
+    // So its timeout comes 50 ms after that, not 50 ms after the old reading.
+    let deadline = d.workers[0].deadline(Some(Duration::from_millis(50)));
+    assert!(deadline.is_some_and(|at| at >= before + Duration::from_millis(50)));
     // Chunk 2 answered with nothing behind it: the reading, later than its start, times it.
     answer(&fakes[0], 2);
     let seen = Instant::now();
@@ -463,6 +462,7 @@ fn a_waiters_old_reading_times_answers_but_never_starts_a_chunks_time() {
     assert_eq!(outcome(&job, 1), Some(None));
     assert_eq!(d.workers[0].front_since, seen, "the waiter's reading, no clock read");
     // A reading older than the front chunk's start is not used: the clock is read instead.
+    std::thread::sleep(Duration::from_millis(1));
     let job = submit(&d, &[3]);
     round(&mut d);
     let placed = d.workers[0].front_since;
@@ -470,4 +470,23 @@ fn a_waiters_old_reading_times_answers_but_never_starts_a_chunks_time() {
     d.drain_lanes(Some(seen));
     assert_eq!(outcome(&job, 0), Some(None));
     assert!(placed > seen && d.workers[0].front_since >= placed);
+}
+
+/// Every way the inbox starts refusing is seen by `check_open` at once, before the
+/// dispatcher's next turn.
+#[test]
+fn check_open_refuses_at_once_after_close_terminate_or_the_dispatchers_end() {
+    let d = dispatcher(1, |_| {});
+    assert!(d.shared.check_open().is_ok());
+    d.shared.terminate();
+    assert_eq!(d.shared.check_open().unwrap_err().kind(), &ErrorKind::PoolClosed);
+    let d = dispatcher(1, |_| {});
+    d.shared.close();
+    assert_eq!(d.shared.check_open().unwrap_err().kind(), &ErrorKind::PoolClosed);
+    let d = dispatcher(1, |_| {});
+    d.shared.mark_finished(&ErrorKind::Terminated.into());
+    assert_eq!(d.shared.check_open().unwrap_err().kind(), &ErrorKind::PoolClosed);
+    let d = dispatcher(1, |_| {});
+    d.shared.set_broken(&ErrorKind::Terminated.into());
+    assert_eq!(d.shared.check_open().unwrap_err().kind(), &ErrorKind::Terminated);
 }
