@@ -16,8 +16,12 @@
 //!    call to another process, not a design); a ping-pong through a word of a shared page
 //!    where both sides sleep in `FUTEX_WAIT` (each wake-up finds its CPU idle: what that costs
 //!    here, for reference); and, once the pool is warm, `apply` itself (issue 15's target:
-//!    p50 <= 3x the spin ping-pong). Under `--pin` the two spinning rows are skipped (two
-//!    spinning processes on one CPU measure time slices) and that target is not checked.
+//!    p50 <= 3x the spin ping-pong). The target is checked on the spin floor and back-to-back
+//!    `apply` timed again in six alternating pairs of blocks, each block's ratio of p50s taken
+//!    and the median checked: a floor timed alone once can meet a slow moment of the machine
+//!    (its p50 read 0.37-0.41 µs instead of 0.12-0.13 in two runs of four, which made the
+//!    ratio look like 2.2-2.6x). Under `--pin` the spinning rows are skipped (two spinning
+//!    processes on one CPU measure time slices) and that target is not checked.
 //! 2. `map1`: throughput of `pool.chunksize(1).map(f, 0..N)`, one task per item, in tasks/s.
 //!    Target: >= 2,500,000 tasks/s (issue 15; the first round asked 1,000,000).
 //! 3. `map`: `pool.map(f, 0..1_000_000u64)` with the default chunk size, in items/s. Target:
@@ -326,11 +330,16 @@ fn main() -> Result<(), mproc::Error> {
 }
 
 /// `round_trip`'s round trips, timed back to back after a warm-up.
-fn alone(mut round_trip: impl FnMut(u64), plan: &Plan) -> Pct {
-    for i in 0..plan.apply_warmup as u64 {
+fn alone(round_trip: impl FnMut(u64), plan: &Plan) -> Pct {
+    timed(round_trip, plan.apply_warmup, plan.apply)
+}
+
+/// `n` of `round_trip`'s round trips, timed back to back after `warmup` untimed ones.
+fn timed(mut round_trip: impl FnMut(u64), warmup: usize, n: usize) -> Pct {
+    for i in 0..warmup as u64 {
         round_trip(i);
     }
-    let samples: Vec<f64> = (0..plan.apply as u64)
+    let samples: Vec<f64> = (0..n as u64)
         .map(|i| {
             let t = Instant::now();
             round_trip(i);
@@ -338,6 +347,40 @@ fn alone(mut round_trip: impl FnMut(u64), plan: &Plan) -> Pct {
         })
         .collect();
     Pct::of(&samples)
+}
+
+/// Blocks in which [`interleaved`] alternates the spin floor and back-to-back calls.
+const BLOCKS: usize = 6;
+
+/// The spin ping-pong's p50 and back-to-back `apply`'s p50 in each of [`BLOCKS`] pairs of
+/// blocks timed one after the other, so that both sides of a ratio see the same moment of the
+/// machine (a virtual machine's speed drifts by a third between seconds). Each spin block has
+/// a spinning child of its own, gone before the calls; the child touches only its shared page,
+/// so it may be forked now that the pool's threads run (see `common::fork_child`).
+fn interleaved(pool: &Pool, plan: &Plan) -> Result<Vec<(f64, f64)>, mproc::Error> {
+    let n = (plan.apply / BLOCKS).max(1);
+    let warmup = (plan.apply_warmup / BLOCKS).max(1);
+    let mut blocks = Vec::with_capacity(BLOCKS);
+    for _ in 0..BLOCKS {
+        let spin = {
+            let mut echo = WordEcho::spinning();
+            timed(|i| echo.round_trip(i), warmup, n)
+        };
+        let mut failed = None;
+        let calls = timed(
+            |i| match pool.apply_async(ident, (i,)).and_then(|r| r.get()) {
+                Ok(r) => assert_eq!(r, i),
+                Err(e) => failed = Some(e),
+            },
+            warmup,
+            n,
+        );
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        blocks.push((spin.p50, calls.p50));
+    }
+    Ok(blocks)
 }
 
 /// How many times this process's pool threads (`mproc-pool`) have been switched to, from
@@ -407,6 +450,10 @@ fn apply_section(plan: &Plan, pinned: bool, res: &mut Results) -> Result<(), mpr
         plan,
     );
     let switches = dispatcher_switches() - switches;
+    let blocks = match pinned {
+        true => None,
+        false => Some(interleaved(&pool, plan)?),
+    };
     let mut raw = Vec::with_capacity(plan.apply);
     let mut via = Vec::with_capacity(plan.apply);
     let mut mp = Vec::with_capacity(plan.apply);
@@ -524,6 +571,33 @@ fn apply_section(plan: &Plan, pinned: bool, res: &mut Results) -> Result<(), mpr
             SKIPPED.into(),
         ),
     }
+    // The ratio the check reads: each block's calls over the same block's spin.
+    let ratio = blocks.as_ref().map(|blocks| {
+        let mut ratios: Vec<f64> = blocks.iter().map(|&(spin, call)| call / spin).collect();
+        ratios.sort_by(f64::total_cmp);
+        let range = |xs: Vec<f64>| {
+            let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = xs.iter().copied().fold(0.0, f64::max);
+            format!("{lo:.2}-{hi:.2} µs")
+        };
+        res.row(
+            1,
+            "apply back to back / spin, in alternating blocks",
+            format!("{BLOCKS}x2x{}", (plan.apply / BLOCKS).max(1)),
+            format!(
+                "spin p50 {}, apply p50 {}",
+                range(blocks.iter().map(|b| b.0).collect()),
+                range(blocks.iter().map(|b| b.1).collect())
+            ),
+            format!(
+                "ratio per block {:.1}-{:.1}x, median {:.1}x (issue 15 asks <= 3x)",
+                ratios[0],
+                ratios[ratios.len() - 1],
+                median(&ratios)
+            ),
+        );
+        median(&ratios)
+    });
     res.row(
         1,
         "raw futex ping-pong, both asleep, CPUs idle between",
@@ -533,19 +607,19 @@ fn apply_section(plan: &Plan, pinned: bool, res: &mut Results) -> Result<(), mpr
     );
     res.check(
         1,
-        "apply p50, back to back / spin ping-pong p50 <= 3.00 (issue 15)".into(),
-        spin.map_or_else(
-            || SKIPPED.into(),
-            |spin| {
-                format!(
-                    "{:.2} ({:.2} / {:.2} µs)",
-                    alone_mp.p50 / spin.p50,
-                    alone_mp.p50,
-                    spin.p50
-                )
-            },
-        ),
-        spin.map(|spin| alone_mp.p50 <= 3.0 * spin.p50),
+        "apply p50, back to back / spin ping-pong p50 <= 3.00 (issue 15; median of the \
+         alternating blocks)"
+            .into(),
+        match (ratio, spin) {
+            (Some(ratio), Some(spin)) => format!(
+                "{ratio:.2} (timed apart: {:.2} / {:.2} µs, {:.2})",
+                alone_mp.p50,
+                spin.p50,
+                alone_mp.p50 / spin.p50
+            ),
+            _ => SKIPPED.into(),
+        },
+        ratio.map(|ratio| ratio <= 3.0),
     );
     res.check(
         1,
