@@ -68,6 +68,7 @@ pub(crate) fn serve(
         socket_task: None,
         spares: Spares::default(),
         files: Mapped::default(),
+        last_entry: None,
     };
     match worker.serve() {
         Ok(()) => 0,
@@ -100,6 +101,8 @@ struct Worker<'a> {
     spares: Spares,
     /// Its mappings of the memory files large tasks came in.
     files: Mapped,
+    /// The entry the last task named (its offset) and the function found there.
+    last_entry: Option<(i64, image::Entry)>,
 }
 
 /// A task that came on the socket: id, entry, payload (or why it could not be read), and its
@@ -192,14 +195,25 @@ impl Worker<'_> {
         if !mine {
             return (Err(ErrorKind::Cancelled.into()), AnswerPlace::Bytes);
         }
-        let identity = self.identity;
+        // The entry the last task named is not looked up again (a pool's tasks mostly call
+        // one function).
+        let f = match self.last_entry {
+            Some((at, f)) if at == entry => f,
+            _ => match image::entry_for(self.identity, entry) {
+                Ok(f) => {
+                    self.last_entry = Some((entry, f));
+                    f
+                }
+                Err(e) => return (Err(e), AnswerPlace::Bytes),
+            },
+        };
         memfile::with_files(in_file, &mut self.spares, || {
             // A task whose arguments brought no descriptor (nearly all) needs no scope for
             // them: a handle among its arguments could only fail to decode either way.
             if handles.is_empty() {
-                run(identity, entry, payload)
+                call(f, payload)
             } else {
-                crate::handle::providing(handles, || run(identity, entry, payload))
+                crate::handle::providing(handles, || call(f, payload))
             }
         })
     }
@@ -411,9 +425,13 @@ impl Worker<'_> {
     }
 }
 
-/// Calls the entry at `entry` on `payload`; a panic outside the per-item catch (in decoding
-/// or encoding, or in an initializer) becomes `Panicked`.
+/// Calls the entry at `entry` on `payload` (see [`call`]).
 fn run(identity: u64, entry: i64, payload: &[u8]) -> Result<Vec<u8>, Error> {
-    let f = image::entry_for(identity, entry)?;
+    call(image::entry_for(identity, entry)?, payload)
+}
+
+/// Calls `f` on `payload`; a panic outside the per-item catch (in decoding or encoding, or in
+/// an initializer) becomes `Panicked`.
+fn call(f: image::Entry, payload: &[u8]) -> Result<Vec<u8>, Error> {
     catch_uncounted(|| f(payload)).map_err(|report| Error::from(ErrorKind::Panicked(report)))?
 }
