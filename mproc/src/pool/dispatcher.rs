@@ -538,12 +538,12 @@ impl<L: Link> Dispatcher<L> {
     /// most `policy::DEFERRED`. A worker whose running chunk has turned slow (its window back
     /// to `WINDOW`) wakes it at its next answer: nothing is put off while a slow chunk runs.
     fn prepare_sleep(&self, defer: bool) -> Option<bool> {
-        let now = defer.then(Instant::now);
+        let mut now = Now::later();
         let mut deferred = false;
         for w in &self.workers {
-            let ahead = match now {
-                Some(now) => policy::defer(w.in_flight.len().min(w.window(&mut Now::at(now)))),
-                None => 0,
+            let ahead = match defer {
+                true => policy::defer(w.in_flight.len().min(w.window(&mut now))),
+                false => 0,
             };
             if !w.link.prepare_sleep(ahead as u64) {
                 return None;
@@ -900,10 +900,11 @@ impl<L: Link> Dispatcher<L> {
     /// Whether some worker could take a chunk taken back from another now (one that has said
     /// `Ready`: a chunk is not moved from one worker still starting to another).
     fn has_room(&self, now: Instant) -> bool {
+        let mut now = Now::at(now);
         self.workers.iter().any(|w| {
             w.state.accepting()
                 && !w.starting()
-                && policy::has_room(w.in_flight.len(), w.window(&mut Now::at(now)))
+                && policy::has_room(w.in_flight.len(), w.window(&mut now))
         })
     }
 

@@ -93,9 +93,11 @@ impl Shared {
                 }
                 if round % 8 == 0 {
                     now = Instant::now();
+                    if now >= until {
+                        break;
+                    }
                 }
-                if (round % 8 == 0 && now >= until)
-                    || self.posted.load(Ordering::Relaxed) != posted
+                if self.posted.load(Ordering::Relaxed) != posted
                     || self.wanted.load(Ordering::Relaxed)
                 {
                     break;
