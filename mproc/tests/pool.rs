@@ -1597,6 +1597,28 @@ fn a_worker_killed_as_it_starts_loses_at_most_its_running_task(m: StartMethod) {
 
 /// `pool.timeout(d)`: a limit per task for one call or one map, in place of the pool's
 /// `task_timeout`, with the same kill-and-replace and `TaskTimedOut`; other calls keep theirs.
+/// A call to a worker that holds nothing goes straight into its lane, before its job is made
+/// (`Dispatcher::place_call`): it keeps what a queued chunk has. The first call with a time
+/// limit a pool sees is timed (the pool's thread is told to watch it), and calls back to back,
+/// each answered before the next, come back in their order.
+fn a_call_to_an_idle_worker_keeps_its_time_limit(m: StartMethod) {
+    let pool = pool(m, 1);
+    // The worker has started and holds nothing: the calls below take the quick way.
+    assert_eq!(pool.apply(square, (3,)).unwrap(), 9);
+    let t = Instant::now();
+    let e = pool
+        .timeout(Duration::from_millis(200))
+        .apply_async(sleep_ms, (60_000,))
+        .unwrap()
+        .get_timeout(PATIENCE)
+        .unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::TaskTimedOut);
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    for i in 0..2_000 {
+        assert_eq!(pool.apply(square, (i,)).unwrap(), i * i);
+    }
+}
+
 fn per_call_timeouts(m: StartMethod) {
     let pool = pool(m, 2);
     let limit = Duration::from_millis(300);
@@ -1663,6 +1685,7 @@ fn per_call_timeouts(m: StartMethod) {
 per_start_method!(
     a_worker_killed_as_it_starts_loses_at_most_its_running_task,
     per_call_timeouts,
+    a_call_to_an_idle_worker_keeps_its_time_limit,
     imap_knows_how_many_results_are_left,
     a_worker_killed_mid_answer_is_lost_not_garbled,
     quick_tasks_never_wait_behind_a_slow_one,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::dispatcher::{Chunk, Shared};
+use super::dispatcher::{Call, Chunk, Shared};
 use super::imap::{self, Imap};
 use super::job::{self, JobState};
 use super::result::AsyncResult;
@@ -182,12 +182,13 @@ impl<'p> Chunked<'p> {
             target,
             self.shared.large_in_files(),
         )?;
-        let id = self.shared.chunk_id();
-        let job = JobState::single(id, 1);
-        let c = Chunk::new(id, task::chunk_entry::<F, A>(), payload, Arc::clone(&job), 0, 1)
-            .with_handles(fds)
-            .with_timeout(self.timeout);
-        self.shared.submit(c, true)?;
+        let job = self.shared.submit_call(Call {
+            id: self.shared.chunk_id(),
+            entry: task::chunk_entry::<F, A>(),
+            payload,
+            handles: fds,
+            timeout: self.timeout,
+        })?;
         Ok(AsyncResult::new(
             job,
             job::decode_one::<F::Output>,

@@ -44,13 +44,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-pub(crate) use chunk::{Chunk, Chunks, Verdict};
+pub(crate) use chunk::{Call, Chunk, Chunks, Verdict};
 pub(crate) use config::{Config, Gated};
 use link::{Link, Note, Sent};
 use local::LocalLink;
 use state::{Departure, WorkerState};
 use worker::{Now, Worker};
 
+use super::job::JobState;
 use super::stats::{PoolStats, Restarts, WorkerStats};
 use crate::error::{Error, ErrorKind};
 use crate::start::{self, StartMethod};
@@ -678,6 +679,41 @@ impl<L: Link> Dispatcher<L> {
         for chunk in back.into_iter().rev() {
             self.queue.push_front(chunk);
         }
+    }
+
+    /// A call's quick way, for a submitting thread that holds the state with nothing queued:
+    /// its task goes straight into the lane of a worker that holds nothing, and only then are
+    /// its job and chunk made and put in that worker's books, while the worker runs it. No
+    /// one reads the lanes before this thread lets go of the state, so the books are written
+    /// before the answer is read, as when a chunk is placed whole. The call comes back when it
+    /// cannot go so (it is then queued as any chunk).
+    fn place_call(&mut self, call: Call) -> Result<Arc<JobState>, Call> {
+        if !self.queue.is_empty() || self.config.gated.is_some() || !call.handles.is_empty() {
+            return Err(call);
+        }
+        let crate::memfile::Payload::Bytes(payload) = &call.payload else {
+            return Err(call);
+        };
+        // The first worker that holds nothing: the least loaded, as `assign` would pick.
+        let idle = self
+            .workers
+            .iter_mut()
+            .find(|w| w.state.accepting() && w.in_flight.is_empty() && !w.starting());
+        let Some(w) = idle else {
+            return Err(call);
+        };
+        match w.link.send_small(call.id, call.entry, payload, &mut self.scratch) {
+            Some(Sent::Placed) => {}
+            Some(Sent::Broken(e)) => {
+                w.condemn_front(e);
+                return Err(call);
+            }
+            Some(Sent::Full | Sent::Refused(_)) | None => return Err(call),
+        }
+        self.timed = self.timed || call.timeout.is_some();
+        let (chunk, job) = call.into_chunk();
+        w.hold(chunk, &mut Now::later(), self.config.max_tasks_per_child);
+        Ok(job)
     }
 
     /// Puts `chunk` in worker `at`'s lane; gives it back when it must wait in the queue.

@@ -491,7 +491,7 @@ impl Watch {
     }
 }
 
-type Callback = Box<dyn FnOnce() + Send>;
+pub(crate) type Callback = Box<dyn FnOnce() + Send>;
 
 thread_local! {
     /// Set while a waiting thread helps the dispatcher: callbacks of jobs it completes wait

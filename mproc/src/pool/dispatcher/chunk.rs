@@ -32,6 +32,30 @@ pub(crate) struct Chunk {
     pub(crate) timeout: Option<Duration>,
 }
 
+/// A call (`apply_async`) on its way in: one chunk of one item, in parts, so that its task
+/// can go to a worker before its job and chunk are made (`Dispatcher::place_call`).
+pub(crate) struct Call {
+    pub(crate) id: u64,
+    pub(crate) entry: i64,
+    /// Its arguments, encoded.
+    pub(crate) payload: Payload,
+    /// Descriptors of the handles among its arguments.
+    pub(crate) handles: Vec<OwnedFd>,
+    /// Its own time limit (`pool.timeout(d)`).
+    pub(crate) timeout: Option<Duration>,
+}
+
+impl Call {
+    /// Its chunk, and the job that chunk answers.
+    pub(crate) fn into_chunk(self) -> (Chunk, Arc<JobState>) {
+        let job = JobState::single(self.id, 1);
+        let chunk = Chunk::new(self.id, self.entry, self.payload, Arc::clone(&job), 0, 1)
+            .with_handles(self.handles)
+            .with_timeout(self.timeout);
+        (chunk, job)
+    }
+}
+
 /// Chunks submitted together: one (every `apply`) without a `Vec` to hold it, or many.
 pub(crate) enum Chunks {
     One(Chunk),

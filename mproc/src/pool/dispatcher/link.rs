@@ -83,6 +83,21 @@ pub(crate) trait Link: Sized {
     /// Offers `chunk`, behind the ones the worker holds (`scratch`: a buffer to encode in).
     fn send(&mut self, chunk: &Chunk, scratch: &mut Vec<u8>) -> Sent;
 
+    /// Offers a task given as its parts, before its chunk is made: chunk `id`, calling `entry`
+    /// on `payload`, with no handles (a call's quick way, `Dispatcher::place_call`). `None`
+    /// when it must go as a whole chunk ([`send`](Link::send)): too large for this way, or a
+    /// kind of worker that takes only chunks.
+    fn send_small(
+        &mut self,
+        id: u64,
+        entry: i64,
+        payload: &[u8],
+        scratch: &mut Vec<u8>,
+    ) -> Option<Sent> {
+        let _ = (id, entry, payload, scratch);
+        None
+    }
+
     /// Tells it to exit once it has answered what it holds.
     fn stop(&mut self);
 

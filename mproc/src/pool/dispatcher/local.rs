@@ -97,6 +97,24 @@ pub(crate) struct LocalLink {
 }
 
 impl LocalLink {
+    /// What a push of a task's frame (or of its placeholder) into the lane came to. A sleeping
+    /// worker is woken now, not when this turn ends: it starts on this chunk while the
+    /// dispatcher places the rest (and reads the other lanes).
+    fn pushed(&mut self, pushed: Result<bool, Corrupt>) -> Sent {
+        match pushed {
+            Ok(true) => {
+                self.given += 1;
+                if self.lane.peer_needs_wake() {
+                    let _ = self.outbox.push(&ToWorker::<&[u8]>::Wake);
+                    let _ = self.outbox.flush(self.child.channel());
+                }
+                Sent::Placed
+            }
+            Ok(false) => Sent::Full,
+            Err(Corrupt) => Sent::Broken(Error::protocol("a pool worker corrupted its lane")),
+        }
+    }
+
     /// The next answer in the lane's order (see [`Link::next_answer`]).
     fn next_answer_uncounted(&mut self, scratch: &mut Vec<u8>) -> Result<Option<Answer>, Error> {
         loop {
@@ -282,67 +300,62 @@ impl Link for LocalLink {
     fn send(&mut self, chunk: &Chunk, scratch: &mut Vec<u8>) -> Sent {
         // Small tasks go in the lane; a large one (or one carrying handles' descriptors) on
         // the socket, with a placeholder in the lane that keeps its place in the order.
-        scratch.clear();
-        let small = match &chunk.payload {
-            Payload::Bytes(payload) if chunk.handles.is_empty() => {
-                let task = ToWorker::Task {
-                    id: chunk.id,
-                    entry: chunk.entry,
-                    payload: payload.as_slice(),
-                    handles: 0,
-                };
-                // Sized first only when it may not fit (see `FRAME_OVERHEAD`).
-                (Lane::fits(payload.len() + FRAME_OVERHEAD)
-                    || codec::encoded_len(&task).is_ok_and(Lane::fits))
-                    && codec::encode_into(scratch, &task).is_ok()
-                    && Lane::fits(scratch.len())
-            }
-            _ => false,
-        };
-        let placed = if small {
-            self.lane.push(scratch)
-        } else {
-            scratch.clear(); // it may hold the task, encoded and found too large
-            let _ = codec::encode_into(scratch, &ToWorker::<&[u8]>::OnSocket);
-            match self.lane.has_room(scratch.len()) {
-                Ok(true) => {
-                    let copies = chunk
-                        .handles
-                        .iter()
-                        .map(|fd| fd::dup_above(fd.as_fd(), 0))
-                        .collect::<Result<Vec<_>, _>>();
-                    let pushed = match copies {
-                        Ok(fds) => self.push_on_socket(chunk, fds),
-                        Err(e) => Err(Error::os("passing a handle to a pool worker", e)),
-                    };
-                    if let Err(e) = pushed {
-                        return Sent::Refused(e);
-                    }
-                    // It had room a moment ago and only this thread writes: a refusal now
-                    // means the worker tampered with the lane (it is killed, so the task
-                    // already queued on its socket never runs).
-                    match self.lane.push(scratch) {
-                        Ok(true) => Ok(true),
-                        _ => Err(Corrupt),
-                    }
-                }
-                other => other,
-            }
-        };
-        match placed {
-            Ok(true) => {
-                self.given += 1;
-                // A sleeping worker is woken now, not when this turn ends: it starts on this
-                // chunk while the dispatcher places the rest (and reads the other lanes).
-                if self.lane.peer_needs_wake() {
-                    let _ = self.outbox.push(&ToWorker::<&[u8]>::Wake);
-                    let _ = self.outbox.flush(self.child.channel());
-                }
-                Sent::Placed
-            }
-            Ok(false) => Sent::Full,
-            Err(Corrupt) => Sent::Broken(Error::protocol("a pool worker corrupted its lane")),
+        if let Payload::Bytes(payload) = &chunk.payload
+            && chunk.handles.is_empty()
+            && let Some(sent) = self.send_small(chunk.id, chunk.entry, payload, scratch)
+        {
+            return sent;
         }
+        scratch.clear(); // it may hold the task, encoded and found too large
+        let _ = codec::encode_into(scratch, &ToWorker::<&[u8]>::OnSocket);
+        let placed = match self.lane.has_room(scratch.len()) {
+            Ok(true) => {
+                let copies = chunk
+                    .handles
+                    .iter()
+                    .map(|fd| fd::dup_above(fd.as_fd(), 0))
+                    .collect::<Result<Vec<_>, _>>();
+                let pushed = match copies {
+                    Ok(fds) => self.push_on_socket(chunk, fds),
+                    Err(e) => Err(Error::os("passing a handle to a pool worker", e)),
+                };
+                if let Err(e) = pushed {
+                    return Sent::Refused(e);
+                }
+                // It had room a moment ago and only this thread writes: a refusal now
+                // means the worker tampered with the lane (it is killed, so the task
+                // already queued on its socket never runs).
+                match self.lane.push(scratch) {
+                    Ok(true) => Ok(true),
+                    _ => Err(Corrupt),
+                }
+            }
+            other => other,
+        };
+        self.pushed(placed)
+    }
+
+    fn send_small(
+        &mut self,
+        id: u64,
+        entry: i64,
+        payload: &[u8],
+        scratch: &mut Vec<u8>,
+    ) -> Option<Sent> {
+        scratch.clear();
+        let task = ToWorker::Task {
+            id,
+            entry,
+            payload,
+            handles: 0,
+        };
+        // Sized first only when it may not fit (see `FRAME_OVERHEAD`).
+        let small = (Lane::fits(payload.len() + FRAME_OVERHEAD)
+            || codec::encoded_len(&task).is_ok_and(Lane::fits))
+            && codec::encode_into(scratch, &task).is_ok()
+            && Lane::fits(scratch.len());
+        let pushed = small.then(|| self.lane.push(scratch))?;
+        Some(self.pushed(pushed))
     }
 
     fn stop(&mut self) {

@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-use super::chunk::Chunks;
-use super::{Command, Inbox, Shared};
+use super::chunk::{Call, Chunks};
+use super::{Command, Dispatcher, Inbox, Shared};
 use crate::error::{Error, ErrorKind};
 use crate::pool::job;
 use crate::sys::fd::EventFd;
@@ -171,16 +171,66 @@ impl Shared {
             first_task = chunks.as_slice().first().map(|c| c.id),
             "tasks submitted"
         );
-        let mut inbox = self.inbox();
+        let inbox = self.inbox();
         if let Some(e) = refusal(&inbox, new_job) {
             drop(inbox);
             chunks.fail(&e);
             return Err(e);
         }
+        self.submit_open(inbox, chunks);
+        Ok(())
+    }
+
+    /// Submits a call (`apply_async`), a new job of one chunk of one item, and returns its
+    /// job. As [`submit`](Shared::submit) of its chunk, but when this thread finds the state
+    /// free and a worker holding nothing, the call's task goes into that worker's lane first,
+    /// and its job and chunk are made while the worker runs it (`Dispatcher::place_call`).
+    pub(crate) fn submit_call(&self, call: Call) -> Result<Arc<job::JobState>, Error> {
+        if self.foreign() {
+            return Err(Shared::foreign_error());
+        }
+        event!(target: "mproc::pool", tracing::Level::DEBUG, chunks = 1, items = 1,
+            first_task = call.id, "tasks submitted");
+        let inbox = self.inbox();
+        if let Some(e) = refusal(&inbox, true) {
+            return Err(e);
+        }
+        // As `submit_open`'s fast path, with the same conditions.
+        if self.direct.get().is_none()
+            && inbox.commands.is_empty()
+            && !self.wanted.load(Ordering::Relaxed)
+            && let Ok(mut state) = self.state.try_lock()
+            && let Some(d) = state.as_mut().filter(|d| d.broken.is_none())
+        {
+            match d.place_call(call) {
+                Ok(job) => {
+                    d.flush();
+                    if d.needs_attention() {
+                        self.wake.notify();
+                    }
+                    return Ok(job);
+                }
+                Err(back) => {
+                    let (chunk, job) = back.into_chunk();
+                    let callbacks = self.assign_here(d, chunk.into());
+                    drop(state);
+                    drop(inbox);
+                    job::run_callbacks(callbacks);
+                    return Ok(job);
+                }
+            }
+        }
+        let (chunk, job) = call.into_chunk();
+        self.submit_open(inbox, chunk.into());
+        Ok(job)
+    }
+
+    /// Submits chunks the inbox (held) accepts.
+    fn submit_open(&self, mut inbox: MutexGuard<'_, Inbox>, chunks: Chunks) {
         // Another backend's fast path, when no command waits before these chunks.
         let chunks = match self.direct.get() {
             Some(direct) if inbox.commands.is_empty() => match direct(chunks.into_vec()) {
-                None => return Ok(()),
+                None => return,
                 Some(back) => Chunks::Many(back),
             },
             _ => chunks,
@@ -195,28 +245,32 @@ impl Shared {
         let chunks = match state {
             Some(mut state) => match state.as_mut() {
                 Some(d) if inbox.commands.is_empty() && d.broken.is_none() => {
-                    // A chunk failed here (a descriptor it could not pass, say) completes its
-                    // job on this thread: its callbacks, which may use the pool, run once
-                    // both locks are let go.
-                    let callbacks = job::deferring_callbacks(|| {
-                        d.enqueue(chunks);
-                        d.assign();
-                        d.flush();
-                        if d.needs_attention() {
-                            self.wake.notify();
-                        }
-                    });
+                    let callbacks = self.assign_here(d, chunks);
                     drop(state);
                     drop(inbox);
                     job::run_callbacks(callbacks);
-                    return Ok(());
+                    return;
                 }
                 _ => chunks,
             },
             None => chunks,
         };
         self.send(&mut inbox, Command::Submit(chunks.into_vec()));
-        Ok(())
+    }
+
+    /// Queues `chunks` and assigns them on this thread, which holds the inbox and the state.
+    /// A chunk failed here (a descriptor it could not pass, say) completes its job on this
+    /// thread: its callbacks, which may use the pool, are returned, to run once both locks
+    /// are let go.
+    fn assign_here(&self, d: &mut Dispatcher, chunks: Chunks) -> Vec<job::Callback> {
+        job::deferring_callbacks(|| {
+            d.enqueue(chunks);
+            d.assign();
+            d.flush();
+            if d.needs_attention() {
+                self.wake.notify();
+            }
+        })
     }
 
     pub(crate) fn cancel(&self, ids: Vec<u64>) {
