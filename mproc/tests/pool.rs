@@ -1619,6 +1619,27 @@ fn a_call_to_an_idle_worker_keeps_its_time_limit(m: StartMethod) {
     }
 }
 
+/// A waiter that lets go leaves the sleep words of workers that hold nothing as they are; the
+/// word of such a worker is set when it is next handed a chunk. So a call no one waits for,
+/// made right after a `get` that read the lanes itself, still has its answer read: the worker
+/// wakes the pool's thread, which runs the callback.
+fn an_answer_no_one_waits_for_after_a_get_still_arrives(m: StartMethod) {
+    let pool = pool(m, 2);
+    for i in 0..200 {
+        assert_eq!(pool.apply(square, (i,)).unwrap(), i * i);
+        let (tx, rx) = std::sync::mpsc::channel();
+        pool.apply_async(square, (i + 1,))
+            .unwrap()
+            .on_complete(move |r| {
+                let _ = tx.send(r);
+            });
+        let got = rx
+            .recv_timeout(PATIENCE)
+            .expect("the answer was never read");
+        assert_eq!(got.unwrap(), (i + 1) * (i + 1));
+    }
+}
+
 fn per_call_timeouts(m: StartMethod) {
     let pool = pool(m, 2);
     let limit = Duration::from_millis(300);
@@ -1686,6 +1707,7 @@ per_start_method!(
     a_worker_killed_as_it_starts_loses_at_most_its_running_task,
     per_call_timeouts,
     a_call_to_an_idle_worker_keeps_its_time_limit,
+    an_answer_no_one_waits_for_after_a_get_still_arrives,
     imap_knows_how_many_results_are_left,
     a_worker_killed_mid_answer_is_lost_not_garbled,
     quick_tasks_never_wait_behind_a_slow_one,

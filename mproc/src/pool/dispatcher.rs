@@ -278,6 +278,10 @@ struct Dispatcher<L: Link = LocalLink> {
     /// Whether a chunk with its own time limit (`pool.timeout(d)`) ever came: from then on
     /// the dispatcher thread looks after every hand-over, as with a pool-wide `task_timeout`.
     timed: bool,
+    /// Whether the answer to a chunk just handed to a worker that held nothing may already be
+    /// in its lane, with its reader's word saying awake (see [`Worker::hold`]): someone must
+    /// read the lanes. Cleared when they are read.
+    unread: bool,
     /// Workers `new` left to the dispatcher thread to start (see `serve`); they hold their
     /// slots meanwhile.
     unlaunched: usize,
@@ -330,6 +334,7 @@ impl<L: Link> Dispatcher<L> {
             ended: Ended::default(),
             taken_back: 0,
             timed: false,
+            unread: false,
             unlaunched: 0,
         };
         // With the fork server, the first worker is started here (its start error reaches
@@ -477,6 +482,7 @@ impl<L: Link> Dispatcher<L> {
         self.config.task_timeout.is_some()
             || self.config.memory_limit_per_child.is_some()
             || self.timed
+            || self.unread
             || (!self.queue.is_empty() && !self.queue_waits_for_an_answer())
             || self.workers.iter().any(|w| w.link.queued())
             || self.rebalance_deadline().is_some()
@@ -533,7 +539,9 @@ impl<L: Link> Dispatcher<L> {
         }
     }
 
-    /// Marks every worker's reader asleep; `None` if an answer came meanwhile. With `defer`,
+    /// Marks the reader asleep for every worker that holds chunks; `None` if an answer came
+    /// meanwhile. A worker that holds nothing has nothing to answer: its word is set when it is
+    /// next handed a chunk ([`Worker::hold`]), not at every letting go of a waiter. With `defer`,
     /// a worker holding many quick chunks wakes it only once it has answered all but half of
     /// them (see `policy::defer`); then `Some(true)`, and the dispatcher thread must sleep at
     /// most `policy::DEFERRED`. A worker whose running chunk has turned slow (its window back
@@ -541,7 +549,7 @@ impl<L: Link> Dispatcher<L> {
     fn prepare_sleep(&self, defer: bool) -> Option<bool> {
         let mut now = Now::later();
         let mut deferred = false;
-        for w in &self.workers {
+        for w in self.workers.iter().filter(|w| !w.in_flight.is_empty()) {
             let ahead = match defer {
                 true => policy::defer(w.in_flight.len().min(w.window(&mut now))),
                 false => 0,
@@ -557,6 +565,7 @@ impl<L: Link> Dispatcher<L> {
     /// Accepts every answer waiting in a lane; workers are told the reader is awake (no
     /// wake-up needed).
     fn drain_lanes(&mut self, seen: Option<Instant>) {
+        self.unread = false;
         for w in &mut self.workers {
             w.link.awake();
             w.drain(&mut self.scratch, seen);
@@ -712,7 +721,7 @@ impl<L: Link> Dispatcher<L> {
         }
         self.timed = self.timed || call.timeout.is_some();
         let (chunk, job) = call.into_chunk();
-        w.hold(chunk, &mut Now::later(), self.config.max_tasks_per_child);
+        self.unread |= w.hold(chunk, &mut Now::later(), self.config.max_tasks_per_child);
         Ok(job)
     }
 
@@ -720,7 +729,9 @@ impl<L: Link> Dispatcher<L> {
     fn place(&mut self, at: usize, chunk: Chunk, now: &mut Now) -> Option<Chunk> {
         let w = &mut self.workers[at];
         match w.link.send(&chunk, &mut self.scratch) {
-            Sent::Placed => w.hold(chunk, now, self.config.max_tasks_per_child),
+            Sent::Placed => {
+                self.unread |= w.hold(chunk, now, self.config.max_tasks_per_child);
+            }
             Sent::Refused(e) => chunk.fail(e),
             Sent::Full => {
                 w.limit = 0;

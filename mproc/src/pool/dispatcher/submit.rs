@@ -54,9 +54,12 @@ impl Shared {
     /// reads the workers' lanes itself until `done()`, `until`, or a command for the
     /// dispatcher arrives. Meanwhile the workers are told the dispatcher is awake, so they
     /// publish answers without waking anyone: a quick answer costs no system call on either
-    /// side. Before letting go it sets the sleep words again (the plain word, woken at the next
-    /// answer, never a deferred one: the dispatcher's sleep may have no deadline) and wakes the
-    /// dispatcher if anything arrived meanwhile, so nothing published goes unseen.
+    /// side. Before letting go it sets the sleep words of the workers that hold chunks again
+    /// (the plain word, woken at the next answer, never a deferred one: the dispatcher's sleep
+    /// may have no deadline) and wakes the dispatcher if anything arrived meanwhile, so nothing
+    /// published goes unseen. A worker that holds nothing has nothing to publish: its word is
+    /// set when it is next handed a chunk (`Worker::hold`), off the way of a quick call's
+    /// answer.
     /// Callbacks of jobs it completes run after it has let go. `now`: the caller's reading of
     /// the clock, taken a moment before.
     pub(crate) fn help(&self, done: &dyn Fn() -> bool, now: Instant, until: Instant) -> bool {

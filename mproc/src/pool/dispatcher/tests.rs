@@ -26,6 +26,8 @@ struct Fake {
     started: u64,
     stopped: bool,
     dead: bool,
+    /// Times its reader's word was set asleep.
+    sleeps: usize,
 }
 
 type Handle = Rc<RefCell<Fake>>;
@@ -75,7 +77,9 @@ impl Link for FakeLink {
         task > self.0.borrow().started
     }
     fn prepare_sleep(&self, _: u64) -> bool {
-        true
+        let mut fake = self.0.borrow_mut();
+        fake.sleeps += 1;
+        fake.answers.is_empty()
     }
     fn awake(&self) {}
     fn watch(&self, _: &mut Vec<(RawFd, bool)>, _: bool) -> usize {
@@ -470,6 +474,44 @@ fn a_waiters_old_reading_times_answers_but_never_starts_a_chunks_time() {
     d.drain_lanes(Some(seen));
     assert_eq!(outcome(&job, 0), Some(None));
     assert!(placed > seen && d.workers[0].front_since >= placed);
+}
+
+/// A reader letting go sets the sleep words of the workers that hold chunks only. A worker
+/// handed a chunk after holding nothing has its word set then, once the chunk is in its lane;
+/// an answer already there by then (a quick worker) makes the lanes need reading.
+#[test]
+fn a_readers_word_is_set_for_workers_holding_chunks_and_when_an_idle_one_is_handed_one() {
+    let mut d = dispatcher(2, |_| {});
+    let fakes = launched();
+    fakes.iter().for_each(ready);
+    round(&mut d);
+    let sleeps = || (fakes[0].borrow().sleeps, fakes[1].borrow().sleeps);
+    let (a, b) = sleeps();
+    assert_eq!(d.prepare_sleep(false), Some(false));
+    assert_eq!(sleeps(), (a, b), "both hold nothing: neither word is set");
+    // Handed a chunk in a turn: set as it is held, and again as the turn ends.
+    let job = submit(&d, &[1]);
+    round(&mut d);
+    assert_eq!(fakes[0].borrow().sent, [1]);
+    assert_eq!(sleeps(), (a + 2, b));
+    assert!(!d.needs_attention());
+    answer(&fakes[0], 1);
+    d.drain_lanes(None);
+    assert_eq!(outcome(&job, 0), Some(None));
+    assert_eq!(d.prepare_sleep(false), Some(false));
+    assert_eq!(sleeps(), (a + 2, b), "it holds nothing again");
+    // Handed one by a submitting thread whose worker answers before its word is set.
+    let job = JobState::new();
+    let index = job.add_chunk(2, 1);
+    job.seal();
+    answer(&fakes[0], 2);
+    d.enqueue(Chunk::new(2, 0, Vec::new().into(), Arc::clone(&job), index, 1));
+    d.assign();
+    assert_eq!(sleeps(), (a + 3, b));
+    assert!(d.needs_attention(), "an answer may wait unread");
+    d.drain_lanes(None);
+    assert_eq!(outcome(&job, 0), Some(None));
+    assert!(!d.needs_attention());
 }
 
 /// Every way the inbox starts refusing is seen by `check_open` at once, before the

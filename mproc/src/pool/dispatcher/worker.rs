@@ -149,9 +149,19 @@ impl<L: Link> Worker<L> {
     }
 
     /// Puts `chunk` (just sent) in its books; retires it (`Stop`) once it has been given
-    /// `max_tasks_per_child`.
-    pub(super) fn hold(&mut self, chunk: Chunk, now: &mut Now, max_tasks_per_child: Option<usize>) {
-        if self.in_flight.is_empty() {
+    /// `max_tasks_per_child`. A worker that held nothing may have been left with its reader's
+    /// word saying awake (a waiter letting go sets only the words of workers that hold chunks):
+    /// the word is set now, after the chunk is in its lane, so that its answer wakes a
+    /// sleeping reader. `true` if that answer is already there (someone must read the lanes).
+    #[must_use]
+    pub(super) fn hold(
+        &mut self,
+        chunk: Chunk,
+        now: &mut Now,
+        max_tasks_per_child: Option<usize>,
+    ) -> bool {
+        let first = self.in_flight.is_empty();
+        if first {
             self.front_since = now.get();
         }
         event!(target: "mproc::pool", tracing::Level::TRACE, task = chunk.id,
@@ -163,6 +173,7 @@ impl<L: Link> Worker<L> {
             self.retired = true;
             self.stop();
         }
+        first && !self.link.prepare_sleep(0)
     }
 
     /// Gives it nothing more and tells it to leave once it has done what it holds.
