@@ -1595,16 +1595,16 @@ fn a_worker_killed_as_it_starts_loses_at_most_its_running_task(m: StartMethod) {
     }
 }
 
-/// `pool.timeout(d)`: a limit per task for one call or one map, in place of the pool's
-/// `task_timeout`, with the same kill-and-replace and `TaskTimedOut`; other calls keep theirs.
 /// A call to a worker that holds nothing goes straight into its lane, before its job is made
 /// (`Dispatcher::place_call`): it keeps what a queued chunk has. The first call with a time
 /// limit a pool sees is timed (the pool's thread is told to watch it), and calls back to back,
 /// each answered before the next, come back in their order.
 fn a_call_to_an_idle_worker_keeps_its_time_limit(m: StartMethod) {
     let pool = pool(m, 1);
-    // The worker has started and holds nothing: the calls below take the quick way.
+    // The worker has started, its `Ready` has been read, and it holds nothing: the calls
+    // below take the quick way.
     assert_eq!(pool.apply(square, (3,)).unwrap(), 9);
+    std::thread::sleep(Duration::from_millis(100));
     let t = Instant::now();
     let e = pool
         .timeout(Duration::from_millis(200))
@@ -1640,6 +1640,33 @@ fn an_answer_no_one_waits_for_after_a_get_still_arrives(m: StartMethod) {
     }
 }
 
+/// A call its caller put straight into an idle worker's lane (`Dispatcher::place_call`) is
+/// timed even while no one waits for it: the caller itself wakes the pool's thread to watch
+/// its limit. `ready` only looks (it reads no lane and wakes no one), so a call whose limit
+/// no one watched would stay unfinished until someone waited for it.
+fn a_placed_call_is_timed_with_no_one_waiting(m: StartMethod) {
+    let pool = pool(m, 1);
+    assert_eq!(pool.apply(square, (3,)).unwrap(), 9);
+    // Time for the pool's thread to read the worker's `Ready`: the call below takes the quick
+    // way.
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    let r = pool
+        .timeout(Duration::from_millis(200))
+        .apply_async(sleep_ms, (60_000,))
+        .unwrap();
+    while !r.ready() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the call's limit went unwatched"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(r.get().unwrap_err().kind(), &ErrorKind::TaskTimedOut);
+}
+
+/// `pool.timeout(d)`: a limit per task for one call or one map, in place of the pool's
+/// `task_timeout`, with the same kill-and-replace and `TaskTimedOut`; other calls keep theirs.
 fn per_call_timeouts(m: StartMethod) {
     let pool = pool(m, 2);
     let limit = Duration::from_millis(300);
@@ -1708,6 +1735,7 @@ per_start_method!(
     per_call_timeouts,
     a_call_to_an_idle_worker_keeps_its_time_limit,
     an_answer_no_one_waits_for_after_a_get_still_arrives,
+    a_placed_call_is_timed_with_no_one_waiting,
     imap_knows_how_many_results_are_left,
     a_worker_killed_mid_answer_is_lost_not_garbled,
     quick_tasks_never_wait_behind_a_slow_one,

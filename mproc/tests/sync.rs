@@ -427,6 +427,26 @@ fn handles_reach_pool_tasks(m: StartMethod) {
     assert_eq!(seen, vec![100; 30]);
 }
 
+/// A call carrying a handle to a worker that holds nothing takes the queue's way, on the
+/// socket with its descriptors, not the quick way into the lane (`Dispatcher::place_call`),
+/// which carries none.
+fn a_call_with_a_handle_to_an_idle_worker_keeps_it(m: StartMethod) {
+    let pool = Pool::builder()
+        .processes(1)
+        .start_method(m)
+        .build()
+        .unwrap();
+    let counter = Value::new(0u64).unwrap();
+    pool.apply(bump, (counter.clone(), 1)).unwrap();
+    for round in 2..=5 {
+        // The worker has said `Ready` and holds nothing.
+        std::thread::sleep(Duration::from_millis(50));
+        let r = pool.apply_async(bump, (counter.clone(), 1)).unwrap();
+        r.get_timeout(PATIENCE).unwrap();
+        assert_eq!(counter.get().unwrap(), round);
+    }
+}
+
 // ----------------------------------------------------------------------------------------
 // A lock's memory outlives every hold this process may still have on it
 
@@ -621,6 +641,7 @@ fn handles_dropped_while_held_leave_later_locks_working(m: StartMethod) {
 per_start_method!(
     handles_dropped_while_held_leave_later_locks_working,
     handles_reach_pool_tasks,
+    a_call_with_a_handle_to_an_idle_worker_keeps_it,
     locks_exclude_across_processes,
     a_lock_whose_owner_died_is_handed_on_and_says_so,
     semaphores_count_across_processes,
