@@ -1620,9 +1620,10 @@ fn a_call_to_an_idle_worker_keeps_its_time_limit(m: StartMethod) {
 }
 
 /// A waiter that lets go leaves the sleep words of workers that hold nothing as they are; the
-/// word of such a worker is set when it is next handed a chunk. So a call no one waits for,
-/// made right after a `get` that read the lanes itself, still has its answer read: the worker
-/// wakes the pool's thread, which runs the callback.
+/// word of such a worker is set when it is next handed a chunk by a thread that does not read
+/// the lanes. So a call or a map no one waits for, made right after a `get` that read the
+/// lanes itself, still has its answers read: the worker wakes the pool's thread, which runs
+/// the callback.
 fn an_answer_no_one_waits_for_after_a_get_still_arrives(m: StartMethod) {
     let pool = pool(m, 2);
     for i in 0..200 {
@@ -1637,6 +1638,19 @@ fn an_answer_no_one_waits_for_after_a_get_still_arrives(m: StartMethod) {
             .recv_timeout(PATIENCE)
             .expect("the answer was never read");
         assert_eq!(got.unwrap(), (i + 1) * (i + 1));
+        // A map, whose chunks go through the queue, the same way.
+        assert_eq!(pool.apply(square, (i,)).unwrap(), i * i);
+        let (tx, rx) = std::sync::mpsc::channel();
+        pool.chunksize(1)
+            .map_async(square, [i, i + 1])
+            .unwrap()
+            .on_complete(move |r| {
+                let _ = tx.send(r);
+            });
+        let got = rx
+            .recv_timeout(PATIENCE)
+            .expect("the map's answers were never read");
+        assert_eq!(got.unwrap(), [i * i, (i + 1) * (i + 1)]);
     }
 }
 
@@ -1663,6 +1677,126 @@ fn a_placed_call_is_timed_with_no_one_waiting(m: StartMethod) {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(r.get().unwrap_err().kind(), &ErrorKind::TaskTimedOut);
+}
+
+/// Calls nobody waits for in `get` (a callback's, or polled with `ready()`, some cancelled)
+/// mixed with `apply` back to back and small maps from other threads, workers killed at
+/// random meanwhile: the waiting threads read the lanes and let go of them all the time,
+/// leaving idle workers' sleep words as they were, yet every call nobody waits for is
+/// answered (its value, `WorkerLost`, or `Cancelled`), none left unread.
+fn calls_nobody_waits_for_among_waiters_kills_and_cancels_are_all_answered(m: StartMethod) {
+    let p = pool(m, 3);
+    let (pids, stop, killer) = random_killer(Duration::from_millis(30));
+    let began = Instant::now();
+    let run_for = Duration::from_millis(1200);
+    let lost_or_cancelled =
+        |e: &mproc::Error| matches!(e.kind(), ErrorKind::WorkerLost(_) | ErrorKind::Cancelled);
+    let unwaited = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        // Waiters: `apply` back to back, a small map now and then.
+        for t in 0..2u64 {
+            let (p, pids) = (&p, &pids);
+            s.spawn(move || {
+                let mut i = 0u64;
+                while began.elapsed() < run_for {
+                    let x = (t << 32) | i;
+                    i += 1;
+                    match p.apply(quick_echo, (x,)) {
+                        Ok((v, worker)) => {
+                            assert_eq!(v, x, "another call's value");
+                            pids.lock().unwrap().insert(worker);
+                        }
+                        Err(e) => assert!(matches!(e.kind(), ErrorKind::WorkerLost(_)), "{e}"),
+                    }
+                    if i.is_multiple_of(16) {
+                        match p.map(square, 0..4u64) {
+                            Ok(v) => assert_eq!(v, [0, 1, 4, 9]),
+                            Err(e) => {
+                                assert!(matches!(e.kind(), ErrorKind::WorkerLost(_)), "{e}");
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        // Calls answered through a callback only, one at a time: the answer must come
+        // while this thread waits on its channel, not on the result.
+        let (p, pids, unwaited) = (&p, &pids, &unwaited);
+        s.spawn(move || {
+            let mut i = 0u64;
+            while began.elapsed() < run_for {
+                let x = (2 << 32) | i;
+                i += 1;
+                let (tx, rx) = std::sync::mpsc::channel();
+                let r = p.apply_async(quick_echo, (x,)).unwrap();
+                r.on_complete(move |o| {
+                    let _ = tx.send(o);
+                });
+                let cancelled = i.is_multiple_of(11) && r.cancel();
+                let got = rx
+                    .recv_timeout(PATIENCE)
+                    .expect("a call nobody waited for was left unread");
+                match got {
+                    Ok((v, worker)) => {
+                        assert!(!cancelled, "a cancelled call's callback saw a value");
+                        assert_eq!(v, x, "another call's value");
+                        pids.lock().unwrap().insert(worker);
+                    }
+                    Err(e) => assert!(lost_or_cancelled(&e), "{e}"),
+                }
+                unwaited.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        // Calls polled with `ready()`, a few at a time, some cancelled.
+        s.spawn(move || {
+            let mut i = 0u64;
+            while began.elapsed() < run_for {
+                let calls: Vec<_> = (0..3)
+                    .map(|k| {
+                        let x = (3 << 32) | (i + k);
+                        (x, p.apply_async(quick_echo, (x,)).unwrap())
+                    })
+                    .collect();
+                i += 3;
+                if i.is_multiple_of(7) {
+                    calls[1].1.cancel();
+                }
+                let deadline = Instant::now() + PATIENCE;
+                for (x, r) in &calls {
+                    while !r.ready() {
+                        assert!(
+                            Instant::now() < deadline,
+                            "a call nobody waited for was left unread"
+                        );
+                        std::thread::yield_now();
+                    }
+                    match r.get() {
+                        Ok((v, worker)) => {
+                            assert_eq!(v, *x, "another call's value");
+                            pids.lock().unwrap().insert(worker);
+                        }
+                        Err(e) => assert!(lost_or_cancelled(&e), "{e}"),
+                    }
+                    unwaited.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    });
+    stop.store(true, Ordering::Relaxed);
+    let kills = killer.join().unwrap();
+    assert!(kills > 0, "the test must kill workers");
+    assert!(unwaited.load(Ordering::Relaxed) > 0);
+    // Quiet at last: a call to a worker left idle by the waiters is still answered.
+    for x in 0..50u64 {
+        let (tx, rx) = std::sync::mpsc::channel();
+        p.apply_async(square, (x,)).unwrap().on_complete(move |o| {
+            let _ = tx.send(o);
+        });
+        let got = rx
+            .recv_timeout(PATIENCE)
+            .expect("the answer was never read");
+        assert_eq!(got.unwrap(), x * x);
+    }
 }
 
 /// `pool.timeout(d)`: a limit per task for one call or one map, in place of the pool's
@@ -1735,6 +1869,7 @@ per_start_method!(
     per_call_timeouts,
     a_call_to_an_idle_worker_keeps_its_time_limit,
     an_answer_no_one_waits_for_after_a_get_still_arrives,
+    calls_nobody_waits_for_among_waiters_kills_and_cancels_are_all_answered,
     a_placed_call_is_timed_with_no_one_waiting,
     imap_knows_how_many_results_are_left,
     a_worker_killed_mid_answer_is_lost_not_garbled,

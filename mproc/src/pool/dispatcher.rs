@@ -279,8 +279,8 @@ struct Dispatcher<L: Link = LocalLink> {
     /// the dispatcher thread looks after every hand-over, as with a pool-wide `task_timeout`.
     timed: bool,
     /// Whether the answer to a chunk just handed to a worker that held nothing may already be
-    /// in its lane, with its reader's word saying awake (see [`Worker::hold`]): someone must
-    /// read the lanes. Cleared when they are read.
+    /// in its lane, with its reader's word saying awake (see [`Dispatcher::set_owed_words`]):
+    /// someone must read the lanes. Cleared when they are read.
     unread: bool,
     /// Workers `new` left to the dispatcher thread to start (see `serve`); they hold their
     /// slots meanwhile.
@@ -546,10 +546,11 @@ impl<L: Link> Dispatcher<L> {
     /// them (see `policy::defer`); then `Some(true)`, and the dispatcher thread must sleep at
     /// most `policy::DEFERRED`. A worker whose running chunk has turned slow (its window back
     /// to `WINDOW`) wakes it at its next answer: nothing is put off while a slow chunk runs.
-    fn prepare_sleep(&self, defer: bool) -> Option<bool> {
+    fn prepare_sleep(&mut self, defer: bool) -> Option<bool> {
         let mut now = Now::later();
         let mut deferred = false;
-        for w in self.workers.iter().filter(|w| !w.in_flight.is_empty()) {
+        for w in self.workers.iter_mut().filter(|w| !w.in_flight.is_empty()) {
+            w.word_owed = false;
             let ahead = match defer {
                 true => policy::defer(w.in_flight.len().min(w.window(&mut now))),
                 false => 0,
@@ -560,6 +561,18 @@ impl<L: Link> Dispatcher<L> {
             deferred |= ahead > 0;
         }
         Some(deferred)
+    }
+
+    /// For a submitting thread that has handed out chunks and lets go of the state without
+    /// reading the lanes: sets the reader's word of each worker that was handed its first
+    /// chunk meanwhile ([`Worker::hold`]), after its chunk is in its lane. Not done as a
+    /// chunk is placed: a reader (the pool's thread, a waiter letting go) sets the words of
+    /// every worker holding chunks as it ends, and a word set earlier would have a quick
+    /// worker wake it for nothing. An answer already there makes the lanes need reading.
+    fn set_owed_words(&mut self) {
+        for w in &mut self.workers {
+            self.unread |= !w.set_owed_word();
+        }
     }
 
     /// Accepts every answer waiting in a lane; workers are told the reader is awake (no
@@ -721,7 +734,10 @@ impl<L: Link> Dispatcher<L> {
         }
         self.timed = self.timed || call.timeout.is_some();
         let (chunk, job) = call.into_chunk();
-        self.unread |= w.hold(chunk, &mut Now::later(), self.config.max_tasks_per_child);
+        w.hold(chunk, &mut Now::later(), self.config.max_tasks_per_child);
+        // The caller lets go without reading the lanes (it may never wait): the word is set
+        // now, off the way of the answer.
+        self.unread |= !w.set_owed_word();
         Ok(job)
     }
 
@@ -729,9 +745,7 @@ impl<L: Link> Dispatcher<L> {
     fn place(&mut self, at: usize, chunk: Chunk, now: &mut Now) -> Option<Chunk> {
         let w = &mut self.workers[at];
         match w.link.send(&chunk, &mut self.scratch) {
-            Sent::Placed => {
-                self.unread |= w.hold(chunk, now, self.config.max_tasks_per_child);
-            }
+            Sent::Placed => w.hold(chunk, now, self.config.max_tasks_per_child),
             Sent::Refused(e) => chunk.fail(e),
             Sent::Full => {
                 w.limit = 0;

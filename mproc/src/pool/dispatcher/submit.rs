@@ -269,6 +269,7 @@ impl Shared {
         job::deferring_callbacks(|| {
             d.enqueue(chunks);
             d.assign();
+            d.set_owed_words();
             d.flush();
             if d.needs_attention() {
                 self.wake.notify();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::link::{Answer, Link, Note, Polled, Sent};
-use super::{Chunk, Config, Dispatcher, LAUNCH_BATCH, Shared};
+use super::{Call, Chunk, Config, Dispatcher, LAUNCH_BATCH, Shared};
 use crate::error::{Error, ErrorKind};
 use crate::pool::job::JobState;
 use crate::start::StartMethod;
@@ -56,6 +56,10 @@ impl Link for FakeLink {
     fn send(&mut self, chunk: &Chunk, _: &mut Vec<u8>) -> Sent {
         self.0.borrow_mut().sent.push(chunk.id);
         Sent::Placed
+    }
+    fn send_small(&mut self, id: u64, _: i64, _: &[u8], _: &mut Vec<u8>) -> Option<Sent> {
+        self.0.borrow_mut().sent.push(id);
+        Some(Sent::Placed)
     }
     fn stop(&mut self) {
         self.0.borrow_mut().stopped = true;
@@ -477,8 +481,9 @@ fn a_waiters_old_reading_times_answers_but_never_starts_a_chunks_time() {
 }
 
 /// A reader letting go sets the sleep words of the workers that hold chunks only. A worker
-/// handed a chunk after holding nothing has its word set then, once the chunk is in its lane;
-/// an answer already there by then (a quick worker) makes the lanes need reading.
+/// handed a chunk after holding nothing by a thread that does not read the lanes has its word
+/// set by that thread, once the chunk is in its lane; an answer already there by then (a quick
+/// worker) makes the lanes need reading. A reader's turn sets it once, as it ends.
 #[test]
 fn a_readers_word_is_set_for_workers_holding_chunks_and_when_an_idle_one_is_handed_one() {
     let mut d = dispatcher(2, |_| {});
@@ -489,17 +494,17 @@ fn a_readers_word_is_set_for_workers_holding_chunks_and_when_an_idle_one_is_hand
     let (a, b) = sleeps();
     assert_eq!(d.prepare_sleep(false), Some(false));
     assert_eq!(sleeps(), (a, b), "both hold nothing: neither word is set");
-    // Handed a chunk in a turn: set as it is held, and again as the turn ends.
+    // Handed a chunk in a turn: set once, as the turn ends.
     let job = submit(&d, &[1]);
     round(&mut d);
     assert_eq!(fakes[0].borrow().sent, [1]);
-    assert_eq!(sleeps(), (a + 2, b));
+    assert_eq!(sleeps(), (a + 1, b));
     assert!(!d.needs_attention());
     answer(&fakes[0], 1);
     d.drain_lanes(None);
     assert_eq!(outcome(&job, 0), Some(None));
     assert_eq!(d.prepare_sleep(false), Some(false));
-    assert_eq!(sleeps(), (a + 2, b), "it holds nothing again");
+    assert_eq!(sleeps(), (a + 1, b), "it holds nothing again");
     // Handed one by a submitting thread whose worker answers before its word is set.
     let job = JobState::new();
     let index = job.add_chunk(2, 1);
@@ -507,7 +512,38 @@ fn a_readers_word_is_set_for_workers_holding_chunks_and_when_an_idle_one_is_hand
     answer(&fakes[0], 2);
     d.enqueue(Chunk::new(2, 0, Vec::new().into(), Arc::clone(&job), index, 1));
     d.assign();
-    assert_eq!(sleeps(), (a + 3, b));
+    assert_eq!(sleeps(), (a + 1, b), "not as it is placed");
+    d.set_owed_words();
+    assert_eq!(sleeps(), (a + 2, b));
+    assert!(d.needs_attention(), "an answer may wait unread");
+    d.drain_lanes(None);
+    assert_eq!(outcome(&job, 0), Some(None));
+    assert!(!d.needs_attention());
+}
+
+/// A call put straight into the lane of a worker that holds nothing (`place_call`) has the
+/// worker's word set once it is in the books; an answer already there by then (a quick
+/// worker) makes the lanes need reading.
+#[test]
+fn a_call_placed_whose_answer_is_already_back_needs_the_lanes_read() {
+    let mut d = dispatcher(1, |_| {});
+    let fakes = launched();
+    fakes.iter().for_each(ready);
+    round(&mut d);
+    let sleeps = fakes[0].borrow().sleeps;
+    answer(&fakes[0], 7);
+    let call = Call {
+        id: 7,
+        entry: 0,
+        payload: Vec::new().into(),
+        handles: Vec::new(),
+        timeout: None,
+    };
+    let Ok(job) = d.place_call(call) else {
+        panic!("a call to an idle worker is placed at once");
+    };
+    assert_eq!(fakes[0].borrow().sent, [7]);
+    assert_eq!(fakes[0].borrow().sleeps, sleeps + 1);
     assert!(d.needs_attention(), "an answer may wait unread");
     d.drain_lanes(None);
     assert_eq!(outcome(&job, 0), Some(None));

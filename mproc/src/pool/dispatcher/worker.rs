@@ -52,6 +52,9 @@ pub(crate) struct Worker<L> {
     pub(super) answered: u64,
     /// How many chunks it may hold in this round of assignments (0 once it is full).
     pub(super) limit: usize,
+    /// Whether it was handed a chunk while holding nothing and its reader's word has not been
+    /// set since (see [`Worker::hold`]).
+    pub(super) word_owed: bool,
     /// The front chunk whose slowness already made the dispatcher take back the chunks
     /// waiting behind it.
     pub(super) rebalanced: Option<u64>,
@@ -110,6 +113,7 @@ impl<L: Link> Worker<L> {
             average: policy::FIRST_AVERAGE,
             answered: 0,
             limit: 0,
+            word_owed: false,
             rebalanced: None,
         }
     }
@@ -150,16 +154,16 @@ impl<L: Link> Worker<L> {
 
     /// Puts `chunk` (just sent) in its books; retires it (`Stop`) once it has been given
     /// `max_tasks_per_child`. A worker that held nothing may have been left with its reader's
-    /// word saying awake (a waiter letting go sets only the words of workers that hold chunks):
-    /// the word is set now, after the chunk is in its lane, so that its answer wakes a
-    /// sleeping reader. `true` if that answer is already there (someone must read the lanes).
-    #[must_use]
+    /// word saying awake (a reader letting go sets only the words of workers that hold
+    /// chunks): it then owes its reader's word ([`Worker::word_owed`]), which whoever lets go
+    /// of the state next without reading the lanes sets (a submitting thread,
+    /// `Dispatcher::set_owed_words`); a reader sets it as it lets go.
     pub(super) fn hold(
         &mut self,
         chunk: Chunk,
         now: &mut Now,
         max_tasks_per_child: Option<usize>,
-    ) -> bool {
+    ) {
         let first = self.in_flight.is_empty();
         if first {
             self.front_since = now.get();
@@ -173,7 +177,13 @@ impl<L: Link> Worker<L> {
             self.retired = true;
             self.stop();
         }
-        first && !self.link.prepare_sleep(0)
+        self.word_owed |= first;
+    }
+
+    /// Sets its reader's word if it owes it (see [`Worker::hold`]); `false` if an answer is
+    /// already there (someone must read the lanes).
+    pub(super) fn set_owed_word(&mut self) -> bool {
+        !std::mem::take(&mut self.word_owed) || self.link.prepare_sleep(0)
     }
 
     /// Gives it nothing more and tells it to leave once it has done what it holds.
