@@ -58,8 +58,8 @@ impl Shared {
     /// (the plain word, woken at the next answer, never a deferred one: the dispatcher's sleep
     /// may have no deadline) and wakes the dispatcher if anything arrived meanwhile, so nothing
     /// published goes unseen. A worker that holds nothing has nothing to publish: its word is
-    /// set when it is next handed a chunk (`Worker::hold`), off the way of a quick call's
-    /// answer.
+    /// set when it is next handed a chunk by a thread that does not read the lanes
+    /// (`Dispatcher::set_owed_words`), off the way of a quick call's answer.
     /// Callbacks of jobs it completes run after it has let go. `now`: the caller's reading of
     /// the clock, taken a moment before.
     pub(crate) fn help(&self, done: &dyn Fn() -> bool, now: Instant, until: Instant) -> bool {
