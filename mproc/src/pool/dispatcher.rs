@@ -541,7 +541,8 @@ impl<L: Link> Dispatcher<L> {
 
     /// Marks the reader asleep for every worker that holds chunks; `None` if an answer came
     /// meanwhile. A worker that holds nothing has nothing to answer: its word is set when it is
-    /// next handed a chunk ([`Worker::hold`]), not at every letting go of a waiter. With `defer`,
+    /// next handed a chunk (see [`Dispatcher::set_owed_words`]), not at every letting go of a
+    /// waiter. With `defer`,
     /// a worker holding many quick chunks wakes it only once it has answered all but half of
     /// them (see `policy::defer`); then `Some(true)`, and the dispatcher thread must sleep at
     /// most `policy::DEFERRED`. A worker whose running chunk has turned slow (its window back
