@@ -198,12 +198,9 @@ impl Shared {
         if let Some(e) = refusal(&inbox, true) {
             return Err(e);
         }
-        // As `submit_open`'s fast path, with the same conditions.
         if self.direct.get().is_none()
-            && inbox.commands.is_empty()
-            && !self.wanted.load(Ordering::Relaxed)
-            && let Ok(mut state) = self.state.try_lock()
-            && let Some(d) = state.as_mut().filter(|d| d.broken.is_none())
+            && let Some(mut state) = self.state_to_assign(&inbox)
+            && let Some(d) = state.as_mut()
         {
             match d.place_call(call) {
                 Ok(job) => {
@@ -238,27 +235,32 @@ impl Shared {
             },
             _ => chunks,
         };
-        // The fast path: the dispatcher is waiting, so assign and write here. Never blocks:
-        // the inbox is held, and the dispatcher takes the inbox while holding the state. Not
-        // taken while the dispatcher thread wants the state: it will read the inbox.
-        let state = match self.wanted.load(Ordering::Relaxed) {
-            true => None,
-            false => self.state.try_lock().ok(),
-        };
-        let chunks = match state {
-            Some(mut state) => match state.as_mut() {
-                Some(d) if inbox.commands.is_empty() && d.broken.is_none() => {
-                    let callbacks = self.assign_here(d, chunks);
-                    drop(state);
-                    drop(inbox);
-                    job::run_callbacks(callbacks);
-                    return;
-                }
-                _ => chunks,
-            },
-            None => chunks,
-        };
+        if let Some(mut state) = self.state_to_assign(&inbox)
+            && let Some(d) = state.as_mut()
+        {
+            let callbacks = self.assign_here(d, chunks);
+            drop(state);
+            drop(inbox);
+            job::run_callbacks(callbacks);
+            return;
+        }
         self.send(&mut inbox, Command::Submit(chunks.into_vec()));
+    }
+
+    /// The fast path's way in: the dispatcher's state, when a submitting thread (holding the
+    /// inbox) may assign and write its chunks itself because the dispatcher is waiting. Never
+    /// blocks: the inbox is held, and the dispatcher takes the inbox while holding the state.
+    /// Not taken while the dispatcher thread wants the state, or while a command waits before
+    /// these chunks: the dispatcher will read the inbox. Nor for a broken pool.
+    fn state_to_assign(&self, inbox: &Inbox) -> Option<MutexGuard<'_, Option<Dispatcher>>> {
+        if !inbox.commands.is_empty() || self.wanted.load(Ordering::Relaxed) {
+            return None;
+        }
+        let state = self.state.try_lock().ok()?;
+        state
+            .as_ref()
+            .is_some_and(|d| d.broken.is_none())
+            .then_some(state)
     }
 
     /// Queues `chunks` and assigns them on this thread, which holds the inbox and the state.
