@@ -101,6 +101,39 @@ fn busy_and_waiting_time(m: StartMethod) {
     );
 }
 
+/// Quick calls count their busy time, and no idleness: back to back (the worker lingers
+/// between them, and a run starts at the clock it read while lingering, just before it saw the
+/// task) and spaced out (it sleeps between them), the worker's busy time grows by more than
+/// nothing and by no more than the time the calls took, and spaced out by much less.
+fn quick_calls_count_no_idleness(m: StartMethod) {
+    let pool = builder(m, 1).build().unwrap();
+    pool.apply(nap, (0,)).unwrap(); // ready
+    let busy_over = |gap: Duration, calls: usize| {
+        let t = Instant::now();
+        let before = pool.stats().workers[0].busy;
+        for _ in 0..calls {
+            pool.apply(nap, (0,)).unwrap();
+            if !gap.is_zero() {
+                std::thread::sleep(gap);
+            }
+        }
+        let busy = pool.stats().workers[0].busy - before;
+        (busy, t.elapsed())
+    };
+    let (busy, took) = busy_over(Duration::ZERO, 2000);
+    assert!(
+        busy > Duration::ZERO && busy <= took,
+        "{busy:?} of {took:?}"
+    );
+    // Past the worker's linger (50 µs) between calls: it sleeps, and its idleness must not
+    // count.
+    let (busy, took) = busy_over(Duration::from_micros(300), 200);
+    assert!(
+        busy > Duration::ZERO && busy < took / 4,
+        "{busy:?} of {took:?}"
+    );
+}
+
 fn restarts_and_failures_by_reason(m: StartMethod) {
     let pool = builder(m, 1)
         .task_timeout(Duration::from_millis(300))
@@ -186,6 +219,7 @@ per_start_method!(
     a_decoding_panic_counts_once,
     tasks_per_worker_add_up,
     busy_and_waiting_time,
+    quick_calls_count_no_idleness,
     restarts_and_failures_by_reason,
     retirements_after_max_tasks_per_child,
 );
