@@ -272,4 +272,51 @@ mod tests {
         assert!(export(a.as_fd()).is_err(), "outside a message");
         assert!(import(0).is_err());
     }
+
+    /// Scopes nest: an inner one counts from 0 and hides the outer one's descriptors, which
+    /// are there again once it closes, even by unwinding.
+    #[test]
+    fn scopes_nest_and_unwinding_closes_them() {
+        let (a, _a2) = crate::sys::fd::pipe().unwrap();
+        let (b, _b2) = crate::sys::fd::pipe().unwrap();
+        let ((outer, inner_fds, unwound, last), fds) = collecting(|| {
+            let outer = export(a.as_fd()).unwrap();
+            let (inner, inner_fds) = collecting(|| {
+                // `a` is not in this message yet: a new index, from 0.
+                [export(b.as_fd()).unwrap(), export(a.as_fd()).unwrap()]
+            });
+            assert_eq!(inner, [0, 1]);
+            let (again, _) = collecting(|| export(b.as_fd()).unwrap());
+            assert_eq!(again, 0, "a scope after a closed one counts from 0 too");
+            let unwound = std::panic::catch_unwind(|| {
+                collecting(|| {
+                    export(b.as_fd()).unwrap();
+                    panic!("in an inner scope");
+                })
+            });
+            // The outer scope again: `a` at 0, `b` new at 1.
+            let last = [export(a.as_fd()).unwrap(), export(b.as_fd()).unwrap()];
+            (outer, inner_fds.len(), unwound.is_err(), last)
+        });
+        assert_eq!((outer, inner_fds, unwound, last), (0, 2, true, [0, 1]));
+        assert_eq!(fds.len(), 2);
+        assert!(export(a.as_fd()).is_err(), "every scope closed");
+        let marks = |fds: &[OwnedFd]| {
+            fds.iter()
+                .map(|f| crate::sys::fd::dup_above(f.as_fd(), 0).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let (outer_fds, inner_fds) = (marks(&fds), marks(&fds[1..]));
+        providing(outer_fds, || {
+            assert!(import(1).is_ok());
+            providing(inner_fds, || {
+                assert!(import(0).is_ok());
+                assert!(import(1).is_err(), "the outer scope's second is hidden");
+                let _ = std::panic::catch_unwind(|| providing(Vec::new(), || panic!("inner")));
+                assert!(import(0).is_ok(), "back after an inner scope unwound");
+            });
+            assert!(import(1).is_ok(), "the outer scope's, once the inner one closed");
+        });
+        assert!(import(0).is_err(), "every scope closed");
+    }
 }
