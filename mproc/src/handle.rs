@@ -22,20 +22,19 @@ thread_local! {
     /// number, and a duplicate that travels. With each, the tag its first export made (see
     /// [`export_then`]).
     static OUTGOING: RefCell<Vec<(RawFd, OwnedFd, u64)>> = const { RefCell::new(Vec::new()) };
-    /// Where the innermost open scope's descriptors start in `OUTGOING`; `None` outside any.
-    /// With the length of `OUTGOING`, kept beside it (see [`Scope`]).
-    static OUTGOING_FROM: Cell<(Option<usize>, usize)> = const { Cell::new((None, 0)) };
+    /// Where the innermost open scope's descriptors start in `OUTGOING`, and its length.
+    static OUTGOING_FROM: Marks = const { Cell::new((None, 0)) };
     /// Descriptors received with the message being decoded, by index within each open scope
     /// ([`providing`]), as `OUTGOING` (a handle that appears several times in the message
     /// shares one; each decoded handle gets its own copy).
     static INCOMING: RefCell<Vec<OwnedFd>> = const { RefCell::new(Vec::new()) };
-    /// Where the innermost open scope's descriptors start in `INCOMING`; `None` outside any.
-    /// With the length of `INCOMING`, kept beside it.
-    static INCOMING_FROM: Cell<(Option<usize>, usize)> = const { Cell::new((None, 0)) };
+    /// Where the innermost open scope's descriptors start in `INCOMING`, and its length.
+    static INCOMING_FROM: Marks = const { Cell::new((None, 0)) };
 }
 
-/// An open scope of one of the stacks of descriptors (`OUTGOING`, `INCOMING`): it holds what
-/// lies past `start`, and hides what lies before (an outer scope's). Closed in the reverse
+/// An open scope of a thread-local stack (of descriptors here, `OUTGOING` and `INCOMING`; of a
+/// pool's deferred callbacks in `pool::job`): it holds what lies past `start`, and hides what
+/// lies before (an outer scope's). Closed in the reverse
 /// order of opening, even when the code inside unwinds (scopes nest as calls do): it drops
 /// what it holds, or gives it back ([`Scope::close`]), and reopens the scope that was open.
 ///
@@ -43,19 +42,22 @@ thread_local! {
 /// the index, in a plain `Cell`: a scope of nothing (every quick call's arguments and answer,
 /// encoded and decoded) then reads and writes that `Cell` alone, where a slot swapped in and
 /// out took 20-40 ns (issue 15, item 4).
-struct Scope<T: 'static> {
+pub(crate) struct Scope<T: 'static> {
     stack: &'static LocalKey<RefCell<Vec<T>>>,
-    /// The innermost open scope's start, and the stack's length.
-    from: &'static LocalKey<Cell<(Option<usize>, usize)>>,
+    from: &'static LocalKey<Marks>,
     start: usize,
     outer: Option<usize>,
 }
 
+/// Where the innermost open scope of a stack starts (`None` outside any), and the stack's
+/// length, kept beside it (see [`Scope`]).
+pub(crate) type Marks = Cell<(Option<usize>, usize)>;
+
 impl<T: 'static> Scope<T> {
-    /// Opens a scope holding `items`.
-    fn open(
+    /// Opens a scope of `stack` (whose marks are `from`) holding `items`.
+    pub(crate) fn open(
         stack: &'static LocalKey<RefCell<Vec<T>>>,
-        from: &'static LocalKey<Cell<(Option<usize>, usize)>>,
+        from: &'static LocalKey<Marks>,
         items: Vec<T>,
     ) -> Scope<T> {
         let (outer, start) = from.get();
@@ -75,8 +77,24 @@ impl<T: 'static> Scope<T> {
         }
     }
 
+    /// Adds `items` to the innermost open scope of `stack`; gives them back when none is open.
+    pub(crate) fn extend(
+        stack: &'static LocalKey<RefCell<Vec<T>>>,
+        from: &'static LocalKey<Marks>,
+        items: Vec<T>,
+    ) -> Option<Vec<T>> {
+        let (Some(start), _) = from.get() else {
+            return Some(items);
+        };
+        stack.with_borrow_mut(|s| {
+            s.extend(items);
+            from.set((Some(start), s.len()));
+        });
+        None
+    }
+
     /// Closes the scope and returns what it held.
-    fn close(self) -> Vec<T> {
+    pub(crate) fn close(self) -> Vec<T> {
         let this = std::mem::ManuallyDrop::new(self);
         this.take()
     }
@@ -97,34 +115,6 @@ impl<T: 'static> Drop for Scope<T> {
         // Dropped after the borrow.
         let _held = self.take();
     }
-}
-
-/// Runs `f` with the thread-local `slot` holding `Some(value)`, and puts back what it held
-/// before (even if `f` unwinds). Returns `f`'s result and what the slot held at the end.
-pub(crate) fn scoped<T: 'static, R>(
-    slot: &'static LocalKey<RefCell<Option<T>>>,
-    value: T,
-    f: impl FnOnce() -> R,
-) -> (R, Option<T>) {
-    struct Restore<T: 'static> {
-        slot: &'static LocalKey<RefCell<Option<T>>>,
-        outer: Option<Option<T>>,
-    }
-    impl<T: 'static> Drop for Restore<T> {
-        fn drop(&mut self) {
-            if let Some(outer) = self.outer.take() {
-                self.slot.with(|s| *s.borrow_mut() = outer);
-            }
-        }
-    }
-    let mut restore = Restore {
-        slot,
-        outer: Some(slot.with(|s| s.borrow_mut().replace(value))),
-    };
-    let result = f();
-    let outer = restore.outer.take().expect("set above");
-    let last = slot.with(|s| std::mem::replace(&mut *s.borrow_mut(), outer));
-    (result, last)
 }
 
 thread_local! {

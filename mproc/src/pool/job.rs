@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 
 use super::task;
 use crate::error::{Error, ErrorKind, PanicReport};
+use crate::handle::{Marks, Scope};
 
 /// A chunk's answer: the encoded per-item results (with the descriptors of the handles among
 /// them), or an error for the whole chunk.
@@ -494,28 +495,25 @@ impl Watch {
 pub(crate) type Callback = Box<dyn FnOnce() + Send>;
 
 thread_local! {
-    /// Set while a waiting thread helps the dispatcher: callbacks of jobs it completes wait
-    /// here until it has let go of the dispatcher's state (a callback may use the pool).
-    static DEFERRED: std::cell::RefCell<Option<Vec<Callback>>> =
-        const { std::cell::RefCell::new(None) };
+    /// While a thread helps the dispatcher (a waiter, a submitter), in a scope of its own
+    /// ([`deferring_callbacks`]): callbacks of jobs it completes wait here until it has let go
+    /// of the dispatcher's state (a callback may use the pool).
+    static DEFERRED: std::cell::RefCell<Vec<Callback>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+    static DEFERRED_FROM: Marks = const { std::cell::Cell::new((None, 0)) };
 }
 
 /// Keeps `callbacks` for later if this thread defers them; else gives them back to run now.
 fn defer_callbacks(callbacks: Vec<Callback>) -> Option<Vec<Callback>> {
-    DEFERRED.with(|d| match d.borrow_mut().as_mut() {
-        Some(kept) => {
-            kept.extend(callbacks);
-            None
-        }
-        None => Some(callbacks),
-    })
+    Scope::extend(&DEFERRED, &DEFERRED_FROM, callbacks)
 }
 
-/// Runs `f` with this thread's callbacks deferred; returns them.
+/// Runs `f` with this thread's callbacks deferred; returns them (those of a scope left by
+/// unwinding are dropped unrun, with the scope).
 pub(crate) fn deferring_callbacks(f: impl FnOnce()) -> Vec<Callback> {
-    crate::handle::scoped(&DEFERRED, Vec::new(), f)
-        .1
-        .unwrap_or_default()
+    let scope = Scope::open(&DEFERRED, &DEFERRED_FROM, Vec::new());
+    f();
+    scope.close()
 }
 
 /// Runs callbacks, each under its own `catch_unwind`.
