@@ -782,14 +782,15 @@ impl Default for Received {
     }
 }
 
-/// What a pool worker lends the task it runs (see [`with_files`]), in one thread-local: set
-/// up and taken back once per task.
+/// What a pool worker lends the tasks it runs, in one thread-local: its memory files for
+/// large answers, for its whole life ([`lend_files`]), and to each task in turn the memory
+/// file its arguments came in, if they did ([`with_payload`]).
 struct Lending {
     /// While it runs a chunk whose arguments came in a memory file: the file, which the
     /// chunk's trampoline (`pool::task`) reads in place (not a copy of its bytes).
     payload: Option<InFile>,
-    /// While it runs a task (any entry): its memory files for large answers, which a chunk's
-    /// trampoline encodes a large answer into (not into a buffer then copied).
+    /// Its memory files for large answers, which a chunk's trampoline encodes a large answer
+    /// into (not into a buffer then copied).
     files: Option<Spares>,
     /// Where the trampoline put its answer: in its bytes, or in one of those files.
     place: AnswerPlace,
@@ -805,7 +806,7 @@ thread_local! {
     };
 }
 
-/// Where a pool task's answer went (see [`with_files`]).
+/// Where a pool task's answer went (see [`with_payload`]).
 #[derive(Debug)]
 pub(crate) enum AnswerPlace {
     /// In the bytes the task returned.
@@ -814,50 +815,52 @@ pub(crate) enum AnswerPlace {
     File(OwnedFd, usize),
 }
 
+/// Lends `spares`, a pool worker's memory files, to every task this thread runs from now on,
+/// to put a large answer in ([`encode_answer`]): once for the worker's life, not per task.
+pub(crate) fn lend_files(spares: Spares) {
+    // What was there (nothing: a worker lends its files once) drops after the borrow.
+    let _before = LENDING.with_borrow_mut(|l| l.files.replace(spares));
+}
+
 /// Runs `run` (a task's trampoline, in a pool worker) with the chunk's arguments `payload` in
-/// a memory file if they came in one, and `spares` lent to put a large answer in; both are
-/// taken back afterwards, even if `run` unwinds. Returns what `run` returned and where its
-/// answer went.
-pub(crate) fn with_files<R>(
-    payload: Option<InFile>,
-    spares: &mut Spares,
-    run: impl FnOnce() -> R,
-) -> (R, AnswerPlace) {
-    /// Takes back what was lent, however `run` ends.
-    struct Lent<'a>(&'a mut Spares);
-    impl Drop for Lent<'_> {
+/// a memory file if they came in one. Returns what `run` returned and where its answer went
+/// (into one of the files [`lend_files`] lent, or its bytes). The file of arguments the task
+/// did not read, and where its answer went, are let go afterwards, even if `run` unwinds.
+pub(crate) fn with_payload<R>(payload: Option<InFile>, run: impl FnOnce() -> R) -> (R, AnswerPlace) {
+    /// Clears what this task was lent and left, if `run` unwinds (forgotten otherwise: the
+    /// task's end clears it in one go).
+    struct Clear;
+    impl Drop for Clear {
         fn drop(&mut self) {
-            // Unread if the entry was not a chunk's: dropped now (after the borrow), the file
-            // is free again.
-            let (_unread, kept) =
-                LENDING.with_borrow_mut(|l| (l.payload.take(), l.files.take()));
-            if let Some(kept) = kept {
-                *self.0 = kept;
-            }
+            let _left = take_left();
         }
     }
-    let lending = Lending {
-        payload,
-        files: Some(std::mem::take(spares)),
-        place: AnswerPlace::Bytes,
-    };
-    // What was there (nothing, once the last task's were taken back) drops after the borrow.
-    let _before = LENDING.with_borrow_mut(|l| std::mem::replace(l, lending));
-    let lent = Lent(spares);
+    /// The unread payload and where the answer went, taken; both dropped after the borrow.
+    fn take_left() -> (Option<InFile>, AnswerPlace) {
+        LENDING.with_borrow_mut(|l| {
+            (l.payload.take(), std::mem::replace(&mut l.place, AnswerPlace::Bytes))
+        })
+    }
+    let clear = Clear;
+    if let Some(payload) = payload {
+        let _none = LENDING.with_borrow_mut(|l| l.payload.replace(payload));
+    }
     let out = run();
-    drop(lent);
-    let place = LENDING.with_borrow_mut(|l| std::mem::replace(&mut l.place, AnswerPlace::Bytes));
+    std::mem::forget(clear);
+    // Unread if the entry was not a chunk's: dropped now (after the borrow), the file is free
+    // again.
+    let (_unread, place) = take_left();
     (out, place)
 }
 
 /// The arguments of the chunk the worker runs, when they came in a memory file (lent by
-/// [`with_files`]): taken once, by the chunk's trampoline.
+/// [`with_payload`]): taken once, by the chunk's trampoline.
 pub(crate) fn lent_payload() -> Option<InFile> {
     LENDING.with_borrow_mut(|l| l.payload.take())
 }
 
 /// Encodes a chunk's answer: into a memory file of the worker's when it is large and the
-/// worker lent its files ([`with_files`]; the bytes returned are then empty), else into a
+/// worker lent its files ([`lend_files`]; the bytes returned are then empty), else into a
 /// buffer.
 pub(crate) fn encode_answer<T: Serialize>(value: &T) -> Result<Vec<u8>, codec::Error> {
     /// Gives the lent files back, even if the value's `Serialize` panics.
@@ -931,6 +934,21 @@ mod tests {
 
     /// A small buffer given back is the one the next payload or answer on the thread is
     /// encoded into; a large one is not kept.
+    #[test]
+    fn a_task_that_unwinds_leaves_nothing_to_the_next() {
+        let unwound = std::panic::catch_unwind(|| {
+            with_payload(None, || {
+                // As a trampoline that put its answer into a file, then panicked.
+                let file = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+                LENDING.with_borrow_mut(|l| l.place = AnswerPlace::File(file, 1));
+                panic!("after its answer");
+            })
+        });
+        assert!(unwound.is_err());
+        let ((), place) = with_payload(None, || ());
+        assert!(matches!(place, AnswerPlace::Bytes), "{place:?}");
+    }
+
     #[test]
     fn a_buffer_given_back_is_the_next_ones_unless_it_is_large() {
         let spare = Vec::with_capacity(100);

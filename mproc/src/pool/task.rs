@@ -27,7 +27,7 @@ where
 }
 
 /// Decodes a `Vec<A>`, calls `F` on each item, encodes the `Vec<Result<F::Output, _>>`. In a
-/// pool worker (`memfile::with_files`), arguments that came in a memory file are read where
+/// pool worker (`memfile::with_payload`), arguments that came in a memory file are read where
 /// they are (the file is freed once they are decoded), and a large answer is encoded straight
 /// into one of the worker's memory files.
 fn run_chunk<F, A>(payload: &[u8]) -> Result<Vec<u8>, Error>
@@ -294,13 +294,13 @@ mod tests {
         // As the dispatcher sends it when the caller could not encode it into a file.
         let payload = encode_chunk(&[(numbers.clone(),)], "double", true).unwrap().0.into_vec().unwrap();
         let mut mapped = Mapped::default();
-        let mut ours = Spares::default();
+        memfile::lend_files(Spares::default());
         let mut answers = Vec::new();
         for _ in 0..2 {
             let task = sent(&payload, &mut mapped);
             FREE_WHEN_RUN.set(None);
             let (bytes, place) =
-                memfile::with_files(Some(task), &mut ours, || run_with(double, &[]));
+                memfile::with_payload(Some(task), || run_with(double, &[]));
             assert_eq!(FREE_WHEN_RUN.get(), Some(true), "decoded, then freed, then run");
             assert!(bytes.unwrap().is_empty(), "the answer went into a file");
             let AnswerPlace::File(answer, len) = place else {
@@ -317,7 +317,7 @@ mod tests {
         assert_eq!(answers[0], answers[1], "the worker's file was reused");
         // A small answer, from a chunk whose arguments came inline: bytes, no file.
         let small = encode_chunk(&[(vec![1.5],)], "double", true).unwrap().0.into_vec().unwrap();
-        let (bytes, place) = memfile::with_files(None, &mut ours, || run_with(double, &small));
+        let (bytes, place) = memfile::with_payload(None, || run_with(double, &small));
         assert!(matches!(place, AnswerPlace::Bytes));
         let got: Vec<Result<Vec<f64>, Box<PanicReport>>> =
             Received::Bytes(bytes.unwrap()).decode().unwrap().unwrap();
@@ -325,11 +325,11 @@ mod tests {
         // An answer whose encoding panics: the worker keeps its files.
         let unit = encode_chunk(&[()], "flaky", true).unwrap().0.into_vec().unwrap();
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            memfile::with_files(None, &mut ours, || run_with(flaky, &unit))
+            memfile::with_payload(None, || run_with(flaky, &unit))
         }));
         assert!(unwound.is_err());
         let task = sent(&payload, &mut mapped);
-        let (_, place) = memfile::with_files(Some(task), &mut ours, || run_with(double, &[]));
+        let (_, place) = memfile::with_payload(Some(task), || run_with(double, &[]));
         let AnswerPlace::File(answer, _) = place else {
             panic!("{place:?}")
         };

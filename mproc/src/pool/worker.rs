@@ -60,13 +60,14 @@ pub(crate) fn serve(
     if ctrl.send(&FromWorker::Ready, &[]).is_err() {
         return 0;
     }
+    // Memory files its large answers go in, kept for reuse, lent to its tasks for good.
+    memfile::lend_files(Spares::default());
     let mut worker = Worker {
         ctrl,
         lane,
         identity,
         out: Vec::new(),
         socket_task: None,
-        spares: Spares::default(),
         files: Mapped::default(),
         last_entry: None,
     };
@@ -96,9 +97,6 @@ struct Worker<'a> {
     /// A large task that came on the socket while the worker slept, before it met the
     /// task's placeholder in the lane.
     socket_task: Option<SocketTask>,
-    /// Memory files its large answers go in, kept for reuse (lent to the running task, and
-    /// empty here meanwhile: `memfile::with_files`).
-    spares: Spares,
     /// Its mappings of the memory files large tasks came in.
     files: Mapped,
     /// The entry the last task named (its offset) and the function found there.
@@ -212,7 +210,7 @@ impl Worker<'_> {
                 Err(e) => return (Err(e), AnswerPlace::Bytes),
             },
         };
-        memfile::with_files(in_file, &mut self.spares, || {
+        memfile::with_payload(in_file, || {
             // A task whose arguments brought no descriptor (nearly all) needs no scope for
             // them: a handle among its arguments could only fail to decode either way.
             if handles.is_empty() {
