@@ -25,15 +25,18 @@ pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, PanicReport> {
 /// [`catch`], for a panic that is not a task's own (a pool worker's chunk that could not be
 /// decoded): its chunk's result says it failed, and the statistics count it from there.
 pub(crate) fn catch_uncounted<R>(f: impl FnOnce() -> R) -> Result<R, PanicReport> {
-    // A record left by a panic the target caught itself is not this one's.
-    let _ = LAST_PANIC.try_with(|l| l.take());
-    let was = CATCHING.replace(true);
+    // Numbered, so that a record the hook left of another catch's panic (one the target
+    // caught itself, say) is never taken for this one's; cheaper than clearing the record
+    // before each catch (two of them run per pool task).
+    let me = LAST_CATCH.get() + 1;
+    LAST_CATCH.set(me);
+    let outer = CATCHING.replace(me);
     let outcome = panic::catch_unwind(AssertUnwindSafe(f));
-    CATCHING.set(was);
+    CATCHING.set(outer);
     match outcome {
         Ok(r) => Ok(r),
         Err(payload) => {
-            let report = take_panic(&*payload);
+            let report = take_panic(&*payload, me);
             std::mem::forget(payload);
             if !QUIET.load(Ordering::Relaxed) {
                 // The parent gets it as the target's error. Say so in one line naming the
@@ -60,8 +63,11 @@ pub(crate) fn caught() -> u64 {
 }
 
 thread_local! {
-    /// Set while this thread runs a target under [`catch`]: a panic here reaches the parent.
-    static CATCHING: Cell<bool> = const { Cell::new(false) };
+    /// The number of the innermost [`catch`] this thread is in, 0 outside any: a panic here
+    /// reaches the parent.
+    static CATCHING: Cell<u64> = const { Cell::new(0) };
+    /// The number the last [`catch`] on this thread took.
+    static LAST_CATCH: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Whether a target's panic goes to the parent without a line on stderr: in a pool worker,
@@ -78,9 +84,10 @@ pub(crate) fn quiet_in_this_process() {
 static IN_WORKER: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
-    /// The last panic the hook saw on this thread under [`catch`]. Per thread, so a fork child
-    /// never finds it locked by a thread it does not have.
-    static LAST_PANIC: Cell<Option<PanicReport>> = const { Cell::new(None) };
+    /// The last panic the hook saw on this thread under [`catch`], with the number of the
+    /// catch it was in. Per thread, so a fork child never finds it locked by a thread it does
+    /// not have.
+    static LAST_PANIC: Cell<Option<(u64, PanicReport)>> = const { Cell::new(None) };
 }
 
 /// From now on this process is a worker: the hook (installed if it was not) records where its
@@ -91,7 +98,7 @@ thread_local! {
 pub(crate) fn record_in_this_worker() {
     QUIET.store(false, Ordering::Relaxed);
     CAUGHT.store(0, Ordering::Relaxed);
-    CATCHING.set(false);
+    CATCHING.set(0);
     IN_WORKER.store(true, Ordering::Relaxed);
     ensure_hook();
 }
@@ -104,11 +111,12 @@ pub(crate) fn ensure_hook() {
     INSTALLED.call_once(|| {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
-            if IN_WORKER.load(Ordering::Relaxed) && CATCHING.get() {
+            let catching = CATCHING.get();
+            if IN_WORKER.load(Ordering::Relaxed) && catching != 0 {
                 // A target's panic: recorded for `catch`, which tells of it if it reaches
                 // it. (One the target catches itself prints nothing, as a Python exception
                 // caught in the target.)
-                record(info);
+                record(info, catching);
                 return;
             }
             previous(info);
@@ -116,8 +124,8 @@ pub(crate) fn ensure_hook() {
     });
 }
 
-/// Records a target's panic for [`catch`].
-fn record(info: &panic::PanicHookInfo<'_>) {
+/// Records a target's panic for catch number `catch`.
+fn record(info: &panic::PanicHookInfo<'_>, catch: u64) {
     let backtrace = std::backtrace::Backtrace::capture();
     let report = PanicReport {
         message: payload_message(info.payload()),
@@ -126,7 +134,7 @@ fn record(info: &panic::PanicHookInfo<'_>) {
         backtrace: (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
             .then(|| users_frames(&backtrace.to_string())),
     };
-    let _ = LAST_PANIC.try_with(|l| l.set(Some(report)));
+    let _ = LAST_PANIC.try_with(|l| l.set(Some((catch, report))));
 }
 
 /// A backtrace down to the user's target: the frames from where mproc called it on
@@ -148,12 +156,13 @@ fn users_frames(backtrace: &str) -> String {
     kept
 }
 
-/// The report for the panic whose payload reached `catch_unwind`: the hook's record if it is
-/// this very panic (this thread's, same message), else what the payload alone tells.
-fn take_panic(payload: &(dyn std::any::Any + Send)) -> PanicReport {
+/// The report for the panic whose payload reached the `catch_unwind` of catch number `catch`:
+/// the hook's record if it is this very panic (this thread's, in that catch, same message),
+/// else what the payload alone tells.
+fn take_panic(payload: &(dyn std::any::Any + Send), catch: u64) -> PanicReport {
     let message = payload_message(payload);
     match LAST_PANIC.try_with(|l| l.take()).ok().flatten() {
-        Some(report) if report.message == message => report,
+        Some((n, report)) if n == catch && report.message == message => report,
         _ => PanicReport {
             message,
             location: None,
@@ -194,5 +203,34 @@ mod tests {
         let report = catch(|| std::panic::resume_unwind(Box::new(3u8))).unwrap_err();
         assert_eq!(report.message, "Box<dyn Any>");
         assert_eq!(report.location, None);
+    }
+
+    /// The record of a panic a target caught itself is not taken for a later one's, nor is an
+    /// inner catch's for its outer one's, even with the same words.
+    #[test]
+    fn a_record_is_only_its_own_catchs() {
+        record_in_this_worker();
+        let caught_inside = catch(|| std::panic::catch_unwind(|| panic!("same words")).is_err());
+        assert_eq!(caught_inside, Ok(true));
+        // Thrown past the hook: no record of its own.
+        let report = catch(|| std::panic::resume_unwind(Box::new("same words"))).unwrap_err();
+        assert_eq!(report.message, "same words");
+        assert_eq!(report.location, None, "the record of the panic caught inside");
+        let report = catch(|| {
+            let inner = catch(|| panic!("inner words"));
+            assert!(inner.is_err());
+            let _ = catch(|| std::panic::catch_unwind(|| panic!("outer words")));
+            std::panic::resume_unwind(Box::new("outer words"))
+        })
+        .unwrap_err();
+        assert_eq!(report.location, None, "an inner catch's record");
+        let line = line!() + 3;
+        let report = catch(|| -> u8 {
+            let _ = catch(|| 1);
+            panic!("outer words")
+        })
+        .unwrap_err();
+        let location = report.location.expect("its own record, after an inner catch");
+        assert!(location.contains(&format!("panics.rs:{line}:")), "{location}");
     }
 }
