@@ -4,7 +4,7 @@
 //! segments made by other programs.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mproc::{Connection, ErrorKind, Pool, SharedMemory, StartMethod, pipe};
 
@@ -614,9 +614,52 @@ fn many_segments_and_threads() {
             .collect()
     });
     assert_eq!(names.len(), 160);
-    wait_until("every name is removed", || {
-        names.iter().all(|n| !in_dev_shm(n).exists())
-    });
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let left: Vec<&String> = names.iter().filter(|n| in_dev_shm(n).exists()).collect();
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            // A name left behind with no holder would be a keeper's bug: say who holds them.
+            let who: Vec<_> = left.iter().take(4).map(|n| (n, holders_of(n))).collect();
+            panic!(
+                "{} of 160 names still in /dev/shm {PATIENCE:?} after their holders let go; \
+                 some, with the processes that have them open or mapped: {who:?}",
+                left.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The processes (pid, command) that have the file of segment `name` open or mapped.
+fn holders_of(name: &str) -> Vec<(u32, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(in_dev_shm(name)) else {
+        return Vec::new();
+    };
+    let (dev, ino) = (meta.dev(), meta.ino());
+    let mut holders = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let open = std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+            fds.flatten().any(|fd| {
+                std::fs::metadata(fd.path()).is_ok_and(|m| (m.dev(), m.ino()) == (dev, ino))
+            })
+        });
+        let mapped = std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| {
+            maps.lines()
+                .any(|l| l.split_whitespace().nth(4) == Some(&ino.to_string()))
+        });
+        if open || mapped {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            holders.push((pid, comm.trim().to_owned()));
+        }
+    }
+    holders
 }
 
 /// The keeper is not this process's child (so never its zombie), and ignores the signals that
