@@ -47,6 +47,8 @@ pub(crate) struct Scope<T: 'static> {
     from: &'static LocalKey<Marks>,
     start: usize,
     outer: Option<usize>,
+    /// A scope is its thread's: never sent to another.
+    _thread: std::marker::PhantomData<*const ()>,
 }
 
 /// Where the innermost open scope of a stack starts (`None` outside any), and the stack's
@@ -74,6 +76,7 @@ impl<T: 'static> Scope<T> {
             from,
             start,
             outer,
+            _thread: std::marker::PhantomData,
         }
     }
 
@@ -182,6 +185,16 @@ pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
     result
 }
 
+/// In a child just started by forking, which may have inherited scopes open in the thread that
+/// forked it (a pool made inside a target, say): they are closed to it, so that its own
+/// messages see only their own descriptors. What they held stays on the stacks, unreachable
+/// (a fork child never unwinds into its parent's frames).
+pub(crate) fn forget_inherited_scopes() {
+    for marks in [&OUTGOING_FROM, &INCOMING_FROM] {
+        marks.with(|m| m.set((None, m.get().1)));
+    }
+}
+
 /// Called by a handle's `Serialize`: the index that stands for `fd` in this message.
 pub(crate) fn export(fd: BorrowedFd<'_>) -> Result<u32, String> {
     export_then(fd, || 0).map(|(at, _)| at)
@@ -260,6 +273,23 @@ mod tests {
         });
         drop(got);
         assert!(export(a.as_fd()).is_err(), "outside a message");
+        assert!(import(0).is_err());
+    }
+
+    /// A fork child closes the scopes it inherited open: the parent's descriptors are not its
+    /// messages', and its own scopes work as anywhere.
+    #[test]
+    fn a_fork_childs_inherited_scopes_are_closed_to_it() {
+        let (a, _a2) = crate::sys::fd::pipe().unwrap();
+        let copy = crate::sys::fd::dup_above(a.as_fd(), 0).unwrap();
+        providing(vec![copy], || {
+            assert!(import(0).is_ok());
+            forget_inherited_scopes(); // as a child forked here does first
+            assert!(import(0).is_err(), "the parent's descriptor");
+            let (at, fds) = collecting(|| export(a.as_fd()).unwrap());
+            assert_eq!((at, fds.len()), (0, 1));
+            assert!(providing(fds, || import(0).is_ok()));
+        });
         assert!(import(0).is_err());
     }
 

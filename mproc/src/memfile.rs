@@ -932,8 +932,7 @@ pub(crate) fn give_back_buffer(buffer: Vec<u8>) {
 mod tests {
     use super::*;
 
-    /// A small buffer given back is the one the next payload or answer on the thread is
-    /// encoded into; a large one is not kept.
+    /// What a task that unwound left (where its answer went) is not the next task's.
     #[test]
     fn a_task_that_unwinds_leaves_nothing_to_the_next() {
         let unwound = std::panic::catch_unwind(|| {
@@ -949,6 +948,8 @@ mod tests {
         assert!(matches!(place, AnswerPlace::Bytes), "{place:?}");
     }
 
+    /// A small buffer given back is the one the next payload or answer on the thread is
+    /// encoded into; a large one is not kept.
     #[test]
     fn a_buffer_given_back_is_the_next_ones_unless_it_is_large() {
         let spare = Vec::with_capacity(100);

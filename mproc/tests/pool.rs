@@ -784,6 +784,54 @@ fn broken_init() {
     panic!("cannot connect");
 }
 
+/// A callback runs whoever completes its job: the dispatcher, or the caller waiting in `get`
+/// (which reads the workers' answers itself and keeps the callbacks of the jobs it completes
+/// until it has let go of the pool). Many quick rounds, so the caller completes some; a
+/// callback dropped unrun drops its sender, which fails the round at once.
+fn a_callback_runs_whoever_completes_its_job(m: StartMethod) {
+    let p = pool(m, 1);
+    assert_eq!(p.apply(square, (1,)).unwrap(), 1); // ready
+    for i in 0..300u64 {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r = p.apply_async(square, (i,)).unwrap();
+        r.on_complete(move |v| tx.send(v.map_err(|e| e.to_string())).unwrap());
+        assert_eq!(r.get().unwrap(), i * i);
+        assert_eq!(rx.recv_timeout(PATIENCE), Ok(Ok(i * i)), "round {i}");
+    }
+}
+
+/// A large value of `n` bytes (a task's answer).
+fn bytes_of(n: usize) -> serde_bytes::ByteBuf {
+    serde_bytes::ByteBuf::from(vec![7u8; n])
+}
+
+/// How many memory files for messages this process holds open.
+fn message_files() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|l| l.to_string_lossy().starts_with("/memfd:mproc-message"))
+        })
+        .count()
+}
+
+/// A worker's large answers go into a memory file of its own, which it keeps for the next
+/// one (lent to its tasks for its whole life), not into a buffer sent on its socket.
+fn a_workers_large_answers_go_into_a_file_it_keeps(m: StartMethod) {
+    let p = pool(m, 1);
+    let before = p.apply(message_files, ()).unwrap();
+    for _ in 0..3 {
+        let got = p.apply(bytes_of, (400_000,)).unwrap();
+        assert!(got.len() == 400_000 && got.iter().all(|&b| b == 7));
+    }
+    // Kept (one, or a few if an answer was still being read when the next one was made);
+    // a small answer, as this count, goes as bytes.
+    let after = p.apply(message_files, ()).unwrap();
+    assert!(after > before && after <= before + 3, "{before} -> {after}");
+}
+
 fn initializer_runs_first_and_failures_surface(m: StartMethod) {
     let p = Pool::builder()
         .processes(2)
@@ -1906,6 +1954,8 @@ per_start_method!(
     terminate_and_drop_neither_hang_nor_orphan,
     futures_under_two_executors,
     callbacks_see_values_and_errors,
+    a_callback_runs_whoever_completes_its_job,
+    a_workers_large_answers_go_into_a_file_it_keeps,
     initializer_runs_first_and_failures_surface,
     max_tasks_per_child_replaces_workers,
     imap_pulls_lazily_with_bounded_work_in_flight,

@@ -722,4 +722,37 @@ mod tests {
         // Nothing lands: `next` gives up at its deadline.
         assert_eq!(late.next(Some(Instant::now())), None);
     }
+
+    /// Callbacks of jobs completed while a thread defers them are kept, in order, by its
+    /// innermost scope, and returned when it closes; an inner scope's are its own; those of a
+    /// scope left by unwinding are dropped unrun, and the outer scope keeps its own; outside
+    /// any scope they are given back to run at once.
+    #[test]
+    fn deferred_callbacks_are_kept_by_their_own_scope() {
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let cb = |n: u32| -> Callback {
+            let ran = Arc::clone(&ran);
+            Box::new(move || ran.lock().unwrap().push(n))
+        };
+        let now = defer_callbacks(vec![cb(0)]).expect("outside any scope: to run now");
+        run_callbacks(now);
+        let mut inner = Vec::new();
+        let outer = deferring_callbacks(|| {
+            assert!(defer_callbacks(vec![cb(1), cb(2)]).is_none());
+            inner = deferring_callbacks(|| assert!(defer_callbacks(vec![cb(3)]).is_none()));
+            let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                deferring_callbacks(|| {
+                    assert!(defer_callbacks(vec![cb(9)]).is_none());
+                    panic!("in an inner scope");
+                })
+            }));
+            assert!(unwound.is_err());
+            assert!(defer_callbacks(vec![cb(4)]).is_none());
+        });
+        assert_eq!((inner.len(), outer.len()), (1, 3));
+        run_callbacks(inner);
+        run_callbacks(outer);
+        assert_eq!(*ran.lock().unwrap(), [0, 3, 1, 2, 4]);
+        assert!(defer_callbacks(vec![cb(5)]).is_some(), "every scope closed");
+    }
 }

@@ -335,4 +335,27 @@ mod tests {
         };
         assert_eq!(id(&answer), answers[0], "the files survived the panic");
     }
+
+    /// A payload its task left unread (an entry that is not a chunk's trampoline, or a task
+    /// that unwound first) is let go when the task ends: its file is free again for its
+    /// sender, and the next task is not lent it (it would decode the wrong arguments).
+    #[test]
+    fn a_payload_left_unread_is_let_go_with_its_task() {
+        let _alone = memfile::TASK_FILE_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        let numbers: Vec<f64> = (0..100_000).map(f64::from).collect();
+        let payload = encode_chunk(&[(numbers,)], "double", true).unwrap().0.into_vec().unwrap();
+        let mut mapped = Mapped::default();
+        let lent_next = || memfile::with_payload(None, || memfile::lent_payload().is_some()).0;
+        let task = sent(&payload, &mut mapped);
+        let ((), _) = memfile::with_payload(Some(task), || ());
+        assert!(THEIRS.with_borrow(Spares::all_free), "let go once its task ended");
+        assert!(!lent_next(), "the next task is lent nothing");
+        let task = sent(&payload, &mut mapped);
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            memfile::with_payload(Some(task), || panic!("before reading its arguments"))
+        }));
+        assert!(unwound.is_err());
+        assert!(THEIRS.with_borrow(Spares::all_free), "let go once its task unwound");
+        assert!(!lent_next(), "the next task is lent nothing");
+    }
 }

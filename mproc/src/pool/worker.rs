@@ -241,22 +241,7 @@ impl Worker<'_> {
     /// and one reading of idleness (about 30 ns), where a reading after the look would leave
     /// out as much of the task.
     fn linger(&self, idle_since: u64) -> Option<u64> {
-        let until = idle_since.saturating_add(LINGER.as_nanos() as u64);
-        let mut now = idle_since;
-        loop {
-            for _ in 0..64 {
-                if !self.lane.is_empty() {
-                    return Some(now);
-                }
-                now = monotonic_ns();
-            }
-            // Let a process that waits for this CPU (the caller, say) have it.
-            std::thread::yield_now();
-            now = monotonic_ns();
-            if now >= until {
-                return None;
-            }
-        }
+        linger(idle_since, || !self.lane.is_empty())
     }
 
     /// The task a placeholder in the lane stands for.
@@ -438,6 +423,26 @@ impl Worker<'_> {
     }
 }
 
+/// [`Worker::linger`], looking with `came` (whether the lane holds a frame).
+fn linger(idle_since: u64, mut came: impl FnMut() -> bool) -> Option<u64> {
+    let until = idle_since.saturating_add(LINGER.as_nanos() as u64);
+    let mut now = idle_since;
+    loop {
+        for _ in 0..64 {
+            if came() {
+                return Some(now);
+            }
+            now = monotonic_ns();
+        }
+        // Let a process that waits for this CPU (the caller, say) have it.
+        std::thread::yield_now();
+        now = monotonic_ns();
+        if now >= until {
+            return None;
+        }
+    }
+}
+
 /// Calls the entry at `entry` on `payload` (see [`call`]).
 fn run(identity: u64, entry: i64, payload: &[u8]) -> Result<Vec<u8>, Error> {
     call(image::entry_for(identity, entry)?, payload)
@@ -447,4 +452,46 @@ fn run(identity: u64, entry: i64, payload: &[u8]) -> Result<Vec<u8>, Error> {
 /// an initializer) becomes `Panicked`.
 fn call(f: image::Entry, payload: &[u8]) -> Result<Vec<u8>, Error> {
     catch_uncounted(|| f(payload)).map_err(|report| Error::from(ErrorKind::Panicked(report)))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame found while lingering is timed from the clock read just before the look that
+    /// found it: never an older reading (the idle time before it would count as busy), never
+    /// one taken after that look.
+    #[test]
+    fn a_frame_found_while_lingering_is_timed_from_the_reading_before_its_look() {
+        // Found at the first look, the second, and at later ones of the first round of 64
+        // (no deadline is looked at before the round ends: deterministic under any load).
+        for found_at in [0usize, 1, 2, 63] {
+            // A little in the past, so that a reading taken later is surely larger.
+            let idle_since = monotonic_ns() - 1_000;
+            let (mut looks, mut before, mut at) = (0, 0, 0);
+            let seen = linger(idle_since, || {
+                let clock = monotonic_ns();
+                looks += 1;
+                if looks > found_at {
+                    at = clock;
+                    return true;
+                }
+                before = clock;
+                false
+            });
+            let seen = seen.expect("found within the first round of looks");
+            if found_at == 0 {
+                assert_eq!(seen, idle_since, "found at the first look");
+            } else {
+                assert!(
+                    before <= seen && seen <= at,
+                    "found at look {found_at}: read {seen}, previous look at {before}, its look at {at}"
+                );
+            }
+        }
+        // Nothing comes: it gives up once its time is over, not before.
+        let idle_since = monotonic_ns();
+        assert_eq!(linger(idle_since, || false), None);
+        assert!(monotonic_ns() >= idle_since + LINGER.as_nanos() as u64);
+    }
 }

@@ -57,6 +57,7 @@ fn serve(ctrl: InternalFd) -> i32 {
     proc::unblock_all_signals();
     proc::default_sigchld();
     panics::record_in_this_worker();
+    crate::handle::forget_inherited_scopes();
     let mut ctrl = Channel::new(ctrl);
     let start: Start = match ctrl.recv(None) {
         Ok(s) => s,
