@@ -520,6 +520,8 @@ impl<R> Process<R> {
     }
 
     fn wait(&self, deadline: Option<Instant>) -> Result<Option<Exit>, Error> {
+        // A child started in a fork server's lent spare was not told to the server then.
+        start::forkserver::tell_takes();
         let mut state = self.lock();
         let (exit, outcome) = match &mut *state {
             State::New => return Ok(None),

@@ -245,6 +245,8 @@ fn serve(shared: &Shared) -> Error {
                 }
             }
         };
+        // A worker started in a fork server's lent spare was not told to the server then.
+        crate::start::forkserver::tell_takes();
         // Waiting without the state, so submitting threads can reach the workers directly.
         let ready = fd::poll_numbers(&plan.fds, plan.deadline);
         let mut state = shared.state_for_dispatcher();

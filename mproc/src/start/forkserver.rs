@@ -11,8 +11,10 @@
 //! client ([`Lent`]: its pid, which kit, where its word is; no descriptor, see below). A start
 //! takes the lent spare itself ([`start_lent`]): it opens a pidfd by the pid, sends the start
 //! message on the kit's control socket, moves the spare's word from idle to taken, wakes it
-//! (one futex wake-up, no round trip), and tells the server ([`ToServer::Took`]), which
-//! reports the child's exit on the kit's status socket. With no spare lent (none yet, or
+//! (one futex wake-up, no round trip), and tells the server later ([`ToServer::Took`]: at the
+//! next wait for a child, start, or pool thread's sleep, see [`tell_takes`]; told at once, the
+//! server woke just as the child started, and took its CPU), which reports the child's exit on
+//! the kit's status socket. With no spare lent (none yet, or
 //! gone), a start is one [`ToServer::Fork`] carrying two descriptors (the child's control
 //! socket and a status socket; and a kit's two if the server lacks one). That child answers on
 //! the status socket with [`Forked`] and a pidfd before it runs anything (so an unanswered
@@ -96,6 +98,11 @@ pub(crate) struct Server {
     prepared: VecDeque<(u64, [InternalFd; 2])>,
     /// The number of the next kit.
     next_kit: u64,
+    /// Lent spares started here that the server has not been told of yet (see
+    /// [`tell_takes`]).
+    untold: Vec<u32>,
+    /// When this process last started a child through the server (see [`note_taken`]).
+    last_start: Option<std::time::Instant>,
 }
 
 /// This process's ends of the sockets of a spare the server will lend ([`ToServer::Kit`]):
@@ -345,8 +352,9 @@ fn start_lent(
     start_fds: &[BorrowedFd<'_>],
     deadline: Option<std::time::Instant>,
 ) -> Option<Result<Child, Error>> {
+    let mut burst = None;
     loop {
-        let (lent, serial, (words, at)) = {
+        let (lent, serial, (words, at), burst) = {
             let mut slot = lock();
             let server = slot.as_mut().filter(|s| s.owner == proc::getpid())?;
             // A server found dead is replaced by the request (its waiting spares die with it,
@@ -354,12 +362,15 @@ fn start_lent(
             if proc::has_ended(server.pidfd.as_fd()).unwrap_or(true) {
                 return None;
             }
+            let burst = *burst.get_or_insert_with(|| server.starting());
+            // The takes before this one first: the server forks a spare once told.
+            server.tell_untold(true);
             let lent = server.next_lent()?;
             let word = server.word(lent.slot)?;
-            (lent, server.serial, word)
+            (lent, server.serial, word, burst)
         };
-        if let Some(started) = start_in(lent, serial, words.word(at), start, start_fds, deadline)
-        {
+        let word = words.word(at);
+        if let Some(started) = start_in(lent, serial, word, start, start_fds, deadline, burst) {
             return Some(started);
         }
     }
@@ -374,6 +385,7 @@ fn start_in(
     start: &[u8],
     start_fds: &[BorrowedFd<'_>],
     deadline: Option<std::time::Instant>,
+    burst: bool,
 ) -> Option<Result<Child, Error>> {
     // Opened by its pid before its word is moved: if the move succeeds, the spare had not been
     // reaped by then (the server says a spare dead before it reaps it, and it was alive just
@@ -408,7 +420,7 @@ fn start_in(
     } else {
         ctrl.send_frame_until(start, start_fds, deadline)
     };
-    tell_taken(serial, lent.pid);
+    note_taken(serial, lent.pid, burst);
     let child = Child::new(
         lent.pid,
         pidfd,
@@ -438,35 +450,86 @@ fn fits_early(ctrl: &Channel, len: usize) -> bool {
 /// The most a start message may be to go to a lent spare before it is woken.
 const EARLY_START: usize = 64 * 1024;
 
-/// Tells server `serial`, if it is still this process's, that its lent spare `pid` was
-/// started, so that it forks the next one (with the kit it holds: the one that replaces it
-/// comes later, see [`top_up`]). Never waits: a server that does not read (stopped, say)
-/// learns it when the child ends, or at the next request.
-fn tell_taken(serial: u64, pid: u32) {
+/// Notes that server `serial`'s lent spare `pid` was started here. A start in a `burst` (soon
+/// after the last, [`BURST_STARTS`]) tells the server at once, so that the next spare is ready
+/// soon. Any other tells it later ([`tell_takes`]): the message would wake the server just as
+/// the child starts, on this CPU, where the child waits for its turn (a task woken runs on its
+/// waker's CPU here), and the server, asleep a long while, often ran first (BENCHMARKS.md, "A
+/// lent spare's take told later").
+fn note_taken(serial: u64, pid: u32, burst: bool) {
     let mut slot = lock();
-    let Some(server) = slot
+    if let Some(server) = slot
         .as_mut()
         .filter(|s| s.serial == serial && s.owner == proc::getpid())
-    else {
-        return;
-    };
-    // A kit made ahead goes with it, if there is one (none is made here: see `top_up`).
-    let kit = server.prepared.pop_front();
-    let took = ToServer::Took {
-        pid,
-        kit: kit.as_ref().map(|(id, _)| *id),
-    };
-    let Ok(msg) = channel::encode_message(&took) else {
-        return;
-    };
-    let fds: Vec<_> = kit.iter().flat_map(|(_, fds)| fds.iter().map(AsFd::as_fd)).collect();
-    // Never waits, and a frame this small goes whole or not at all: a Unix stream socket
-    // refuses a send that does not fit its buffer before it takes any of it.
-    let now = Some(std::time::Instant::now());
-    if server.request.send_frame_until(&msg, &fds, now).is_err()
-        && let Some((id, _)) = kit
     {
-        server.lost_kit(id);
+        server.untold.push(pid);
+        if burst {
+            server.tell_untold(false);
+        }
+    }
+}
+
+/// Starts through the server closer together than this make a burst, whose takes of lent
+/// spares are told at once (see [`note_taken`]): a start and its `join` back to back come
+/// every 0.3-0.5 ms here, and the next start wants a spare by then; a program that starts a
+/// process now and then, further apart, wants its start alone on the CPU.
+const BURST_STARTS: std::time::Duration = std::time::Duration::from_millis(1);
+
+impl Server {
+    /// A start through the server begins now: whether it comes in a burst (see
+    /// [`BURST_STARTS`]).
+    fn starting(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let last = self.last_start.replace(now);
+        last.is_some_and(|t| now.duration_since(t) < BURST_STARTS)
+    }
+}
+
+/// Tells this process's fork server, if it has one and its slot is free, of the lent spares
+/// started here since it was last told, so that it forks the next spare: at the next wait for
+/// a child (a `join`, `is_alive`), a start, a pool thread's sleep, or once a child has ended
+/// (with [`top_up`]). Until then the server has no spare for this process (at most one more
+/// start asks it instead). Never waits.
+pub(crate) fn tell_takes() {
+    let mut slot = match SERVER.try_lock() {
+        Ok(slot) => slot,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    if let Some(server) = slot.as_mut().filter(|s| s.owner == proc::getpid()) {
+        server.tell_untold(true);
+    }
+}
+
+impl Server {
+    /// Tells the server of the lent spares started here ([`ToServer::Took`]), each with a kit
+    /// made ahead if there is one (none is made here: see [`top_up`]); `late` if after the
+    /// start that took them. Never waits: a server that does not read (stopped, say) learns it
+    /// when the child ends, or at the next request.
+    fn tell_untold(&mut self, late: bool) {
+        for pid in std::mem::take(&mut self.untold) {
+            let kit = self.prepared.pop_front();
+            let took = ToServer::Took {
+                pid,
+                kit: kit.as_ref().map(|(id, _)| *id),
+                late,
+            };
+            let Ok(msg) = channel::encode_message(&took) else {
+                continue;
+            };
+            let fds: Vec<_> = kit
+                .iter()
+                .flat_map(|(_, fds)| fds.iter().map(AsFd::as_fd))
+                .collect();
+            // Never waits, and a frame this small goes whole or not at all: a Unix stream
+            // socket refuses a send that does not fit its buffer before it takes any of it.
+            let now = Some(std::time::Instant::now());
+            if self.request.send_frame_until(&msg, &fds, now).is_err()
+                && let Some((id, _)) = kit
+            {
+                self.lost_kit(id);
+            }
+        }
     }
 }
 
@@ -487,6 +550,7 @@ pub(crate) fn top_up() {
     };
     if let Some(server) = slot.as_mut().filter(|s| s.owner == proc::getpid()) {
         server.prepare_kits();
+        server.tell_untold(true);
     }
 }
 
@@ -697,6 +761,8 @@ fn start_server(identity: u64) -> Result<Server, Error> {
         lent: None,
         asked_since_lent: 0,
         prepared: VecDeque::new(),
+        untold: Vec::new(),
+        last_start: None,
         next_kit: 0,
     };
     let handshake = server.request.send(&Hello { identity }, &[]);
@@ -878,6 +944,8 @@ struct Served {
     requests: usize,
     /// Whether the client took the spare it was lent.
     taken: bool,
+    /// Whether it said so only after the child had started (see [`note_taken`]).
+    late: bool,
 }
 
 impl NextSpare {
@@ -887,10 +955,11 @@ impl NextSpare {
     /// ([`TAKEN_DELAY`]) than one handed a request ([`SPARE_DELAY`]).
     fn fork_now(&mut self, now: std::time::Instant, served: Served, ended: bool, spare: bool) -> bool {
         let request = served.requests > 0 || served.taken;
-        let mut delay = if served.taken {
-            TAKEN_DELAY
-        } else {
-            SPARE_DELAY
+        // A take told late: the child is past its start, and the next start may be near.
+        let mut delay = match (served.taken, served.late) {
+            (true, true) => std::time::Duration::ZERO,
+            (true, false) => TAKEN_DELAY,
+            _ => SPARE_DELAY,
         };
         if request {
             if served.requests > 1
@@ -1209,8 +1278,9 @@ impl Serving<'_, '_> {
                                 self.start_child(ctrl, status);
                             }
                         }
-                        Ok(ToServer::Took { pid, kit }) => {
+                        Ok(ToServer::Took { pid, kit, late }) => {
                             served.taken = true;
+                            served.late |= late;
                             self.take_kit(request, kit);
                             self.taken(pid);
                         }
@@ -1416,7 +1486,11 @@ mod tests {
         use std::time::{Duration, Instant};
         let t0 = Instant::now();
         let at = |us: u64| t0 + Duration::from_micros(us);
-        let served = |requests, taken| Served { requests, taken };
+        let served = |requests, taken| Served {
+            requests,
+            taken,
+            late: false,
+        };
         let asked = |requests| served(requests, false);
         let mut next = NextSpare::default();
         // Nothing happened: nothing is due, ever (no retry loop after a failed fork).
@@ -1462,6 +1536,13 @@ mod tests {
         let mut pool = NextSpare::default();
         assert!(!pool.fork_now(at(0), served(1, true), false, false));
         assert_eq!(pool.due, Some(at(0) + TAKEN_DELAY));
+        // A take told after its child started: the next spare at once.
+        let late = Served {
+            requests: 0,
+            taken: true,
+            late: true,
+        };
+        assert!(NextSpare::default().fork_now(at(0), late, false, false));
         assert!(TAKEN_DELAY < SPARE_DELAY);
         assert!(BURST > SPARE_DELAY);
     }

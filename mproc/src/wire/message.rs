@@ -186,9 +186,14 @@ pub(crate) enum ToServer {
     /// descriptors, then a kit's two if `kit` names one (see [`ToServer::Kit`]).
     Fork { kit: Option<u64> },
     /// The spare lent to the client ([`Lent`]), `pid`, was taken for a start: it is the
-    /// client's child now, and the server forks the next spare. A kit's two descriptors ride
-    /// along if `kit` names one.
-    Took { pid: u32, kit: Option<u64> },
+    /// client's child now, and the server forks the next spare (at once if `late`: told after
+    /// the child had started, not as it started). A kit's two descriptors ride along if `kit`
+    /// names one.
+    Took {
+        pid: u32,
+        kit: Option<u64>,
+        late: bool,
+    },
     /// Kit number `id` for a spare to lend: the client's own socket pairs, of which the spare's
     /// control socket and the server's end of a status socket ride along (the client keeps the
     /// other ends). A spare made with one is lent without a descriptor in flight (see
