@@ -33,8 +33,9 @@
 //! its word. A request that comes while the spare is lent takes it back (the word moved from
 //! idle to handed: whoever moves it first owns the spare) and hands it the request's sockets in
 //! one message; if the client took it first, the request is served by `fork`, as it is with no
-//! spare (its fork failed, it was killed). The next spare is forked soon after the client took
-//! the last ([`TAKEN_DELAY`]), a little later ([`SPARE_DELAY`]) when it was handed a request,
+//! spare (its fork failed, it was killed). The next spare is forked soon after the client says
+//! it took the last ([`TAKEN_DELAY`]; at once when it says so late, after the child started),
+//! a little later ([`SPARE_DELAY`]) when it was handed a request,
 //! once the new child has had the CPU to start on (see [`NextSpare`]). A waiting spare dies of
 //! the server's death or a stop signal only if it moves its own word from idle to dead first
 //! (see [`proc::SpareSignals`]): a spare someone took lives on as theirs. A spare left unasked
