@@ -1186,3 +1186,182 @@ fn at_exit_non_daemonic_children_are_waited_for_and_daemonic_ones_terminated() {
         }
     }
 }
+
+/// A start that takes the lent spare alone (not within a burst of starts) tells the server only
+/// later; a wait for the child (`is_alive`) tells it, and the server forks the next spare then,
+/// while the child still runs (nothing else would tell it until the child ends). The next start
+/// runs in that spare.
+#[test]
+fn a_wait_for_a_child_started_in_the_lent_spare_tells_the_server() {
+    if !alone() {
+        return;
+    }
+    let m = StartMethod::Forkserver;
+    let mut first = Process::new(my_parent, ()).start_method(m);
+    first.start().unwrap();
+    let server = first.join_timeout(PATIENCE).unwrap();
+    wait_until("the server has lent its next spare", || {
+        lent_a_spare(server)
+    });
+    let live = || -> Vec<u32> {
+        children_of(server)
+            .into_iter()
+            .filter(|&c| !has_ended(c))
+            .collect()
+    };
+    wait_until("the first child is gone", || live().len() == 1);
+    let spare = live()[0];
+    // Not a burst: the last start through the server was long before (at least this).
+    std::thread::sleep(Duration::from_millis(5));
+    let go = Event::new().unwrap();
+    let mut held = Process::new(wait_for, (go.clone(),)).start_method(m);
+    held.start().unwrap();
+    assert_eq!(held.pid(), Some(spare), "the start took the lent spare");
+    assert!(held.is_alive());
+    wait_until("a new spare beside the running child", || {
+        live().iter().any(|&c| c != spare)
+    });
+    let next_spare = *live().iter().find(|&&c| c != spare).unwrap();
+    wait_until("the new spare is lent", || lent_a_spare(server));
+    std::thread::sleep(Duration::from_millis(5));
+    let mut next = Process::new(my_pid, ()).start_method(m);
+    next.start().unwrap();
+    assert_eq!(next.join_timeout(PATIENCE).unwrap(), next_spare);
+    go.set();
+    assert_eq!(held.join_timeout(PATIENCE).unwrap(), 1);
+}
+
+fn wait_for(go: Event) -> u32 {
+    go.wait_timeout(PATIENCE).unwrap();
+    1
+}
+
+/// A pool's worker retired (`max_tasks_per_child`) is replaced in the fork server's lent spare,
+/// from the pool's thread; the take is told (before that thread sleeps, or as it reaps the
+/// retired worker), and the server forks the next spare while the new worker waits for tasks.
+#[test]
+fn a_pool_tells_the_server_of_a_replacement_worker_started_in_the_lent_spare() {
+    if !alone() {
+        return;
+    }
+    let m = StartMethod::Forkserver;
+    let pool = Pool::builder()
+        .processes(1)
+        .max_tasks_per_child(2)
+        .start_method(m)
+        .build()
+        .unwrap();
+    let first = pool.apply(my_pid, ()).unwrap();
+    let server = parent_pid_of(first);
+    let live = || -> Vec<u32> {
+        children_of(server)
+            .into_iter()
+            .filter(|&c| !has_ended(c))
+            .collect()
+    };
+    wait_until("a spare beside the worker, lent", || {
+        live().len() == 2 && lent_a_spare(server)
+    });
+    let spare = *live().iter().find(|&&c| c != first).unwrap();
+    // Not a burst: the last start through the server was long before (at least this).
+    std::thread::sleep(Duration::from_millis(5));
+    // The worker's second task, its last: it retires, and the pool replaces it.
+    assert_eq!(pool.apply(my_pid, ()).unwrap(), first);
+    assert_eq!(
+        pool.apply(my_pid, ()).unwrap(),
+        spare,
+        "the replacement ran in the lent spare"
+    );
+    wait_until("a new spare beside the replacement worker", || {
+        live().iter().any(|&c| c != spare && c != first)
+    });
+}
+
+/// A child started in the lent spare while another thread already waits in a `join`: that
+/// join told the server what it had to tell before this start, so the take is told once the
+/// joined child has ended (with the kits made then), and the server forks the next spare while
+/// the new child still runs (nothing else would tell it until that child ends).
+#[test]
+fn a_take_made_while_another_thread_joins_is_told_when_that_child_ends() {
+    if !alone() {
+        return;
+    }
+    let m = StartMethod::Forkserver;
+    let go = Event::new().unwrap();
+    let mut joined = Process::new(wait_for, (go.clone(),)).start_method(m);
+    joined.start().unwrap();
+    let server = parent_pid_of(joined.pid().unwrap());
+    let live = || -> Vec<u32> {
+        children_of(server)
+            .into_iter()
+            .filter(|&c| !has_ended(c))
+            .collect()
+    };
+    assert!(joined.is_alive());
+    wait_until("a spare beside the first child, lent", || {
+        live().len() == 2 && lent_a_spare(server)
+    });
+    let spare = *live().iter().find(|&&c| Some(c) != joined.pid()).unwrap();
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let joiner = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        tid_tx.send(unsafe { libc::gettid() }).unwrap();
+        joined.join_timeout(PATIENCE)
+    });
+    let tid = tid_rx.recv_timeout(PATIENCE).unwrap();
+    wait_until("the other thread waits in its join", || {
+        thread_waits_in_poll(tid)
+    });
+    // Not a burst: the last start through the server was long before (at least this).
+    std::thread::sleep(Duration::from_millis(5));
+    let go2 = Event::new().unwrap();
+    let mut held = Process::new(wait_for, (go2.clone(),)).start_method(m);
+    held.start().unwrap();
+    assert_eq!(held.pid(), Some(spare), "the start took the lent spare");
+    go.set();
+    assert_eq!(joiner.join().unwrap().unwrap(), 1);
+    wait_until("a new spare beside the running child", || {
+        live().iter().any(|&c| c != spare)
+    });
+    go2.set();
+    assert_eq!(held.join_timeout(PATIENCE).unwrap(), 1);
+}
+
+/// A pool's worker started in the fork server's lent spare (nothing joined or reaped after):
+/// the pool's thread tells the server before it sleeps, and the server forks the next spare
+/// while the worker waits for tasks (nothing else would tell it).
+#[test]
+fn a_pool_tells_the_server_of_its_worker_started_in_the_lent_spare() {
+    if !alone() {
+        return;
+    }
+    let m = StartMethod::Forkserver;
+    let mut first = Process::new(my_parent, ()).start_method(m);
+    first.start().unwrap();
+    let server = first.join_timeout(PATIENCE).unwrap();
+    let live = || -> Vec<u32> {
+        children_of(server)
+            .into_iter()
+            .filter(|&c| !has_ended(c))
+            .collect()
+    };
+    wait_until("one spare, lent", || {
+        live().len() == 1 && lent_a_spare(server)
+    });
+    let spare = live()[0];
+    // Not a burst: the last start through the server was long before (at least this).
+    std::thread::sleep(Duration::from_millis(5));
+    let pool = Pool::builder()
+        .processes(1)
+        .start_method(m)
+        .build()
+        .unwrap();
+    assert_eq!(
+        pool.apply(my_pid, ()).unwrap(),
+        spare,
+        "the worker ran in the lent spare"
+    );
+    wait_until("a new spare beside the worker", || {
+        live().iter().any(|&c| c != spare)
+    });
+}
