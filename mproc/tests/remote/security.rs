@@ -53,7 +53,9 @@ fn an_agent_with_another_key_takes_nothing() {
     let mut c = Cluster::new(StartMethod::Forkserver, 0, 1);
     let other = key_file(c.dir.path());
     c.agents.push(Agent::start(&c.redis.url(), &other, 1, &[]));
-    c.wait_agents(0); // registered under its own key's names, not ours
+    // Registered, under its own key's names (`registered` counts every key's): waiting for
+    // none, as this did, passed only when the look came before the agent had registered.
+    c.wait_agents(1);
     let pool = c.pool();
     let r = pool.apply_async(square, (5,)).unwrap();
     assert!(
