@@ -344,6 +344,14 @@ per_start_method!(
 // runs in a process of its own (see `alone`).
 
 /// The pids whose parent is `pid`, from `/proc`.
+/// The children of `pid` that have not ended.
+fn live_children_of(pid: u32) -> Vec<u32> {
+    children_of(pid)
+        .into_iter()
+        .filter(|&c| !has_ended(c))
+        .collect()
+}
+
 fn children_of(pid: u32) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .unwrap()
@@ -1203,12 +1211,7 @@ fn a_wait_for_a_child_started_in_the_lent_spare_tells_the_server() {
     wait_until("the server has lent its next spare", || {
         lent_a_spare(server)
     });
-    let live = || -> Vec<u32> {
-        children_of(server)
-            .into_iter()
-            .filter(|&c| !has_ended(c))
-            .collect()
-    };
+    let live = || live_children_of(server);
     wait_until("the first child is gone", || live().len() == 1);
     let spare = live()[0];
     // Not a burst: the last start through the server was long before (at least this).
@@ -1253,12 +1256,7 @@ fn a_pool_tells_the_server_of_a_replacement_worker_started_in_the_lent_spare() {
         .unwrap();
     let first = pool.apply(my_pid, ()).unwrap();
     let server = parent_pid_of(first);
-    let live = || -> Vec<u32> {
-        children_of(server)
-            .into_iter()
-            .filter(|&c| !has_ended(c))
-            .collect()
-    };
+    let live = || live_children_of(server);
     wait_until("a spare beside the worker, lent", || {
         live().len() == 2 && lent_a_spare(server)
     });
@@ -1291,12 +1289,7 @@ fn a_take_made_while_another_thread_joins_is_told_when_that_child_ends() {
     let mut joined = Process::new(wait_for, (go.clone(),)).start_method(m);
     joined.start().unwrap();
     let server = parent_pid_of(joined.pid().unwrap());
-    let live = || -> Vec<u32> {
-        children_of(server)
-            .into_iter()
-            .filter(|&c| !has_ended(c))
-            .collect()
-    };
+    let live = || live_children_of(server);
     assert!(joined.is_alive());
     wait_until("a spare beside the first child, lent", || {
         live().len() == 2 && lent_a_spare(server)
@@ -1339,12 +1332,7 @@ fn a_pool_tells_the_server_of_its_worker_started_in_the_lent_spare() {
     let mut first = Process::new(my_parent, ()).start_method(m);
     first.start().unwrap();
     let server = first.join_timeout(PATIENCE).unwrap();
-    let live = || -> Vec<u32> {
-        children_of(server)
-            .into_iter()
-            .filter(|&c| !has_ended(c))
-            .collect()
-    };
+    let live = || live_children_of(server);
     wait_until("one spare, lent", || {
         live().len() == 1 && lent_a_spare(server)
     });

@@ -627,17 +627,9 @@ fn quick_tasks_never_wait_behind_a_slow_one(m: StartMethod) {
 /// Returns `n` bytes, but kills its own process once the memory file its answer goes in exists
 /// (a large answer travels in one): in the middle of writing the answer.
 fn die_while_answering(n: usize) -> serde_bytes::ByteBuf {
-    let bytes = serde_bytes::ByteBuf::from(vec![7u8; n]);
+    let bytes = bytes_of(n);
     std::thread::spawn(move || {
-        let answering = || {
-            std::fs::read_dir("/proc/self/fd")
-                .into_iter()
-                .flatten()
-                .filter_map(Result::ok)
-                .filter_map(|e| std::fs::read_link(e.path()).ok())
-                .any(|target| target.to_string_lossy().starts_with("/memfd:mproc-message"))
-        };
-        while !answering() {
+        while message_files() == 0 {
             std::thread::yield_now();
         }
         // SAFETY: kill(2) has no memory-safety preconditions.

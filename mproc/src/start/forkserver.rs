@@ -476,6 +476,27 @@ fn note_taken(serial: u64, pid: u32, burst: bool) {
 /// process now and then, further apart, wants its start alone on the CPU.
 const BURST_STARTS: std::time::Duration = std::time::Duration::from_millis(1);
 
+/// Tells this process's fork server, if it has one and its slot is free, of the lent spares
+/// started here since it was last told, so that it forks the next spare: at the next wait for
+/// a child (a `join`, `is_alive`), a start, a pool thread's sleep, or once a child has ended
+/// (with [`top_up`]). Until then the server has no spare for this process (at most one more
+/// start asks it instead). Never waits.
+pub(crate) fn tell_takes() {
+    with_own_server(|server| server.tell_untold(true));
+}
+
+/// Runs `f` on this process's fork server, if it has one and its slot is free (never waits).
+fn with_own_server(f: impl FnOnce(&mut Server)) {
+    let mut slot = match SERVER.try_lock() {
+        Ok(slot) => slot,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    if let Some(server) = slot.as_mut().filter(|s| s.owner == proc::getpid()) {
+        f(server);
+    }
+}
+
 impl Server {
     /// A start through the server begins now: whether it comes in a burst (see
     /// [`BURST_STARTS`]).
@@ -484,25 +505,7 @@ impl Server {
         let last = self.last_start.replace(now);
         last.is_some_and(|t| now.duration_since(t) < BURST_STARTS)
     }
-}
 
-/// Tells this process's fork server, if it has one and its slot is free, of the lent spares
-/// started here since it was last told, so that it forks the next spare: at the next wait for
-/// a child (a `join`, `is_alive`), a start, a pool thread's sleep, or once a child has ended
-/// (with [`top_up`]). Until then the server has no spare for this process (at most one more
-/// start asks it instead). Never waits.
-pub(crate) fn tell_takes() {
-    let mut slot = match SERVER.try_lock() {
-        Ok(slot) => slot,
-        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-        Err(std::sync::TryLockError::WouldBlock) => return,
-    };
-    if let Some(server) = slot.as_mut().filter(|s| s.owner == proc::getpid()) {
-        server.tell_untold(true);
-    }
-}
-
-impl Server {
     /// Tells the server of the lent spares started here ([`ToServer::Took`]), each with a kit
     /// made ahead if there is one (none is made here: see [`top_up`]); `late` when not from
     /// the start that took it: the server then forks the next spare at once. (Even a take
@@ -542,21 +545,16 @@ impl Server {
 /// next [`ToServer::Took`] (or request): called once a child has ended and been waited for
 /// (joined, or a pool's worker), off the way of a start (making a kit's two socket pairs in a
 /// start took it ~25 µs longer here; a start that asks the server makes one only if none was
-/// made ahead), and sending nothing (a message would wake the server
-/// just as the next start may need the CPU). Never waits: with the server's slot busy
-/// (another thread starting a server, say), it does nothing. A program that starts without
-/// joining runs the server short: a spare it forks then is not lent, and the next start asks
-/// for it, with a kit.
+/// made ahead). Sends them only with a take still untold (see [`tell_takes`]): a message of
+/// their own would wake the server just as the next start may need the CPU. Never waits: with
+/// the server's slot busy (another thread starting a server, say), it does nothing. A program
+/// that starts without joining runs the server short: a spare it forks then is not lent, and
+/// the next start asks for it, with a kit.
 pub(crate) fn top_up() {
-    let mut slot = match SERVER.try_lock() {
-        Ok(slot) => slot,
-        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-        Err(std::sync::TryLockError::WouldBlock) => return,
-    };
-    if let Some(server) = slot.as_mut().filter(|s| s.owner == proc::getpid()) {
+    with_own_server(|server| {
         server.prepare_kits();
         server.tell_untold(true);
-    }
+    });
 }
 
 /// A child asked of the server, its start message sent, not yet announced.
