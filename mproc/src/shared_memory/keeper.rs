@@ -22,7 +22,11 @@
 //!   if it had come just after. Refused, somebody holds the segment.
 //! - The keeper asks again whenever an opening of the file is released in any process: it
 //!   watches each file with inotify, which reports the release of an opening (its last close,
-//!   last `munmap`, or the end of the message that carried it). Without inotify (out of
+//!   last `munmap`, or the end of the message that carried it). inotify sends that report
+//!   before the kernel has counted the opening released, so a lease refused just after a
+//!   report is asked for again a moment later, and again at doubling waits for a while
+//!   ([`RECHECK_FIRST`](super::server::RECHECK_FIRST)): otherwise the last holder's own
+//!   release could refuse it, and no later report would come. Without inotify (out of
 //!   instances or watches) it asks every
 //!   [`POLL_EVERY`](super::server::POLL_EVERY).
 //! - So `open(name)` only opens the file: no socket, no address (a derived abstract socket

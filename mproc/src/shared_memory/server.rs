@@ -22,6 +22,51 @@ use crate::sys::{dir, proc, shm, socket};
 /// How often a keeper without inotify asks whether its segments are still held.
 pub(super) const POLL_EVERY: Duration = Duration::from_millis(100);
 
+/// After a release it was told of, how soon a keeper refused the lease asks again: then at
+/// twice the wait each time, up to [`RECHECK_MOST`] apart, until [`RECHECK_FOR`] after the
+/// release.
+///
+/// inotify reports the release of an opening before the kernel has counted it released
+/// (`__fput` sends the event, then drops the file's read and write counts, which a lease
+/// looks at). A keeper woken at once, on another CPU or preempting the releasing thread
+/// between the two, is refused the lease by the very opening that has just gone; and as
+/// that was the last, no later event would ever come, and the name would stay in
+/// `/dev/shm` for good. The releasing thread finishes in microseconds unless it is kept from
+/// its CPU: the first look again is a millisecond later, the last, for a machine loaded
+/// beyond reason, half a minute.
+pub(super) const RECHECK_FIRST: Duration = Duration::from_millis(1);
+/// The longest wait between two looks again (see [`RECHECK_FIRST`]).
+pub(super) const RECHECK_MOST: Duration = Duration::from_secs(1);
+/// How long after a release a keeper refused the lease still looks again (see
+/// [`RECHECK_FIRST`]).
+pub(super) const RECHECK_FOR: Duration = Duration::from_secs(30);
+
+/// When a segment refused its lease after a release is asked again (see [`RECHECK_FIRST`]).
+#[derive(Clone, Copy, Debug)]
+struct Recheck {
+    at: Instant,
+    wait: Duration,
+    until: Instant,
+}
+
+impl Recheck {
+    /// The first look again after a release reported at `now`.
+    fn after_release(now: Instant) -> Recheck {
+        Recheck {
+            at: now + RECHECK_FIRST,
+            wait: RECHECK_FIRST,
+            until: now + RECHECK_FOR,
+        }
+    }
+
+    /// The look after this one, made at `now`, if any is left.
+    fn next(self, now: Instant) -> Option<Recheck> {
+        let wait = (self.wait * 2).min(RECHECK_MOST);
+        let at = now + wait;
+        (at <= self.until).then_some(Recheck { at, wait, ..self })
+    }
+}
+
 /// A keeper's state.
 pub(super) struct Server {
     /// The creator's request socket; `None` once the creator has gone.
@@ -29,6 +74,8 @@ pub(super) struct Server {
     pub(super) watcher: Option<Watcher>,
     pub(super) segments: HashMap<u64, Segment>,
     by_watch: HashMap<i32, u64>,
+    /// Segments refused their lease just after a release was reported, to ask again.
+    rechecks: HashMap<u64, Recheck>,
     next_id: u64,
     /// Where new records go (and where orphans were looked for last).
     dirs: Vec<Rc<OwnedFd>>,
@@ -44,6 +91,7 @@ impl Server {
             watcher: Watcher::new().ok(),
             segments: HashMap::new(),
             by_watch: HashMap::new(),
+            rechecks: HashMap::new(),
             next_id: 0,
             dirs: Vec::new(),
             adopt: true,
@@ -61,7 +109,13 @@ impl Server {
                 proc::exit_now(0);
             }
             let polling = self.segments.values().any(|s| s.watch.is_none());
-            let deadline = polling.then(|| self.last_poll + POLL_EVERY);
+            let deadline = [
+                polling.then(|| self.last_poll + POLL_EVERY),
+                self.next_recheck(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let fds: Vec<BorrowedFd<'_>> = [
                 self.request.as_ref().map(|r| r.as_fd()),
                 self.watcher.as_ref().map(|w| w.as_fd()),
@@ -84,6 +138,7 @@ impl Server {
             if ready.next().is_some_and(|r| r.readable) {
                 self.on_events();
             }
+            self.recheck_due(Instant::now());
             if polling && Instant::now() >= self.last_poll + POLL_EVERY {
                 self.last_poll = Instant::now();
                 let unwatched: Vec<u64> = self
@@ -92,7 +147,9 @@ impl Server {
                     .filter(|(_, s)| s.watch.is_none())
                     .map(|(&id, _)| id)
                     .collect();
-                unwatched.into_iter().for_each(|id| self.check(id));
+                unwatched.into_iter().for_each(|id| {
+                    self.check(id);
+                });
             }
         }
     }
@@ -153,7 +210,7 @@ impl Server {
 
     /// Keeps `segment`, watched if possible (it has its name by now: a watch ends when the
     /// file loses its last name). Returns its number.
-    fn keep(&mut self, mut segment: Segment) -> u64 {
+    pub(super) fn keep(&mut self, mut segment: Segment) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         if let Some(w) = &self.watcher {
@@ -167,10 +224,12 @@ impl Server {
     }
 
     /// Asks whether segment `id` is still held, and forgets it once the keeper is done with it.
-    pub(super) fn check(&mut self, id: u64) {
+    /// Whether it is still kept.
+    pub(super) fn check(&mut self, id: u64) -> bool {
         if !self.segments.get(&id).is_some_and(Segment::release) {
-            return;
+            return self.segments.contains_key(&id);
         }
+        self.rechecks.remove(&id);
         if let Some(segment) = self.segments.remove(&id)
             && let Some(wd) = segment.watch {
                 self.by_watch.remove(&wd);
@@ -178,13 +237,21 @@ impl Server {
                     w.unwatch(wd);
                 }
             }
+        false
     }
 
+    /// Handles what inotify has to say.
     pub(super) fn on_events(&mut self) {
         let Some(watcher) = &self.watcher else {
             return;
         };
         let events = watcher.events().unwrap_or_else(|_| vec![Event::Lost]);
+        self.handle_events(events, Instant::now());
+    }
+
+    /// Asks again about each segment an opening of which was released (`events`, read at
+    /// `now`); one still held is asked again a while later (see [`RECHECK_FIRST`]).
+    pub(super) fn handle_events(&mut self, events: Vec<Event>, now: Instant) {
         let mut due = BTreeSet::new();
         for event in events {
             match event {
@@ -200,7 +267,34 @@ impl Server {
                 Event::Lost => due.extend(self.segments.keys().copied()),
             }
         }
-        due.into_iter().for_each(|id| self.check(id));
+        for id in due {
+            if self.check(id) {
+                self.rechecks.insert(id, Recheck::after_release(now));
+            }
+        }
+    }
+
+    /// When the next segment is to be asked again, if any is.
+    pub(super) fn next_recheck(&self) -> Option<Instant> {
+        self.rechecks.values().map(|r| r.at).min()
+    }
+
+    /// Asks again about the segments due by `now` (see [`RECHECK_FIRST`]).
+    pub(super) fn recheck_due(&mut self, now: Instant) {
+        let due: Vec<(u64, Recheck)> = self
+            .rechecks
+            .iter()
+            .filter(|(_, r)| r.at <= now)
+            .map(|(&id, &r)| (id, r))
+            .collect();
+        for (id, recheck) in due {
+            self.rechecks.remove(&id);
+            if self.check(id)
+                && let Some(next) = recheck.next(now)
+            {
+                self.rechecks.insert(id, next);
+            }
+        }
     }
 
     /// Adopts every orphaned record of this user's keepers (see [`super::keeper`]'s "Records").
