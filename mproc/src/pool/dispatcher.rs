@@ -99,6 +99,9 @@ pub(crate) struct Shared {
     pub(crate) direct: std::sync::OnceLock<Direct>,
     /// Another backend's statistics (a remote pool's agents'), for `Pool::stats`.
     pub(crate) stats_source: std::sync::OnceLock<StatsSource>,
+    /// The pool's own thread (the dispatcher's, or another backend's), where callbacks run
+    /// with the pool held: a wait there for one of the pool's tasks would wait for itself.
+    pub(crate) thread: std::sync::OnceLock<std::thread::ThreadId>,
 }
 
 /// See [`Shared::stats_source`].

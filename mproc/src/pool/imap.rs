@@ -173,12 +173,20 @@ impl<R: DeserializeOwned> Iterator for Imap<'_, R> {
                 self.tick(false);
                 return None;
             }
-            if self.shared.foreign() {
-                // A fork child: nothing here will ever answer; say so once, then end.
+            let stuck = if self.shared.foreign() {
+                Some(Shared::foreign_error as fn() -> Error)
+            } else if self.shared.on_own_thread() {
+                Some(Shared::own_thread_error as fn() -> Error)
+            } else {
+                None
+            };
+            if let Some(why) = stuck {
+                // A fork child, or a callback on the pool's own thread: nothing will answer
+                // while this thread waits; say so once, then end.
                 self.exhausted = true;
                 self.consumed = self.job.lock().added();
                 self.left = Some(0);
-                return Some(Err(Shared::foreign_error()));
+                return Some(Err(why()));
             }
             let ordered = self.ordered.then_some(self.next_ordered);
             let mut inner = self

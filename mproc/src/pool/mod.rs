@@ -536,6 +536,7 @@ impl PoolBuilder {
             };
             let processes = Arc::new(AtomicUsize::new(self.processes.unwrap_or(1)));
             let thread = backend.start(Arc::clone(&shared), settings, Arc::clone(&processes))?;
+            let _ = shared.thread.set(thread.thread().id());
             return Ok(Pool {
                 shared,
                 dispatcher: thread.thread().id(),
@@ -570,6 +571,7 @@ impl PoolBuilder {
             .name("mproc-pool".into())
             .spawn(move || dispatcher::run(for_thread))
             .map_err(|e| Error::os("starting the pool's dispatcher thread", e))?;
+        let _ = shared.thread.set(thread.thread().id());
         Ok(Pool {
             shared,
             dispatcher: thread.thread().id(),

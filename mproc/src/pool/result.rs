@@ -24,15 +24,28 @@ const SPIN: Duration = Duration::from_micros(200);
 /// Waits for the whole job. For a short while the waiter does the dispatcher's reading
 /// itself, if the dispatcher sleeps (see [`Shared::help`]): a quick answer then reaches it
 /// without a system call on either side.
+///
+/// # Errors
+///
+/// `Timeout` once `deadline` has passed; `InvalidArgument` where nothing could complete the
+/// job while this thread waits: in a fork child of the pool's process, and on the pool's own
+/// thread (a callback run there holds the pool).
 fn wait_complete<'a>(
     job: &'a JobState,
     pool: &Shared,
     deadline: Option<Instant>,
-) -> Option<MutexGuard<'a, JobInner>> {
-    if pool.foreign() {
-        // A fork child: nothing here will ever complete it.
+) -> Result<MutexGuard<'a, JobInner>, Error> {
+    let stuck = if pool.foreign() {
+        Some(Shared::foreign_error as fn() -> Error)
+    } else if pool.on_own_thread() {
+        Some(Shared::own_thread_error as fn() -> Error)
+    } else {
+        None
+    };
+    if let Some(why) = stuck {
+        // Nothing here will ever complete it.
         let inner = job.lock();
-        return inner.complete().then_some(inner);
+        return if inner.complete() { Ok(inner) } else { Err(why()) };
     }
     let mut now = Instant::now();
     let spin_until = deadline.map_or(now + SPIN, |d| d.min(now + SPIN));
@@ -48,6 +61,7 @@ fn wait_complete<'a>(
         now = Instant::now();
     }
     job.wait_for(deadline, false, JobInner::complete)
+        .ok_or_else(|| ErrorKind::Timeout.into())
 }
 
 /// How far an [`AsyncResult`] has got ([`AsyncResult::progress`]): `done` of `total` items
@@ -236,11 +250,7 @@ impl<R> AsyncResult<R> {
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<(), Error> {
-        match wait_complete(&self.job, &self.pool, deadline) {
-            Some(_) => Ok(()),
-            None if self.pool.foreign() => Err(Shared::foreign_error()),
-            None => Err(ErrorKind::Timeout.into()),
-        }
+        wait_complete(&self.job, &self.pool, deadline).map(drop)
     }
 
     /// Whether the task finished without an error.
@@ -310,7 +320,9 @@ impl<R> AsyncResult<R> {
     /// itself (after it has let go of the pool), or this thread right away if the task has
     /// already finished. So, unlike CPython's single result-handler thread, callbacks of
     /// different tasks may run at the same time and out of completion order; each runs once.
-    /// Keep it short: whoever runs it waits for it.
+    /// Keep it short: whoever runs it waits for it. It may submit to the pool, but not wait
+    /// for the pool's tasks: on the pool's thread, `get` (so `apply`, `map`) of a task not
+    /// finished gives `Err(InvalidArgument)` at once instead of waiting for itself.
     ///
     /// ```
     /// use std::sync::mpsc;
@@ -349,7 +361,9 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// pool's process, `InvalidArgument`: for a task not finished at the fork (nothing will
     /// finish it there), and for a large value (256 KiB or more encoded), which stays in
     /// shared memory the child does not inherit (the parent reads it; a smaller value is read
-    /// in either).
+    /// in either). `InvalidArgument` too for a task not finished, asked for in a callback
+    /// that runs on the pool's own thread (see [`on_complete`](Self::on_complete)): it would
+    /// wait for itself.
     ///
     /// ```
     /// fn add(a: i32, b: i32) -> i32 {
@@ -360,10 +374,8 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn get(&self) -> Result<R, Error> {
-        match wait_complete(&self.job, &self.pool, None) {
-            Some(inner) => (self.decode)(&inner.slots, self.target),
-            None => Err(Shared::foreign_error()), // only without a deadline in a fork child
-        }
+        let inner = wait_complete(&self.job, &self.pool, None)?;
+        (self.decode)(&inner.slots, self.target)
     }
 
     /// Like [`get`](Self::get), but gives up after `timeout` with `Err(Timeout)`; the task
@@ -383,11 +395,8 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn get_timeout(&self, timeout: Duration) -> Result<R, Error> {
-        match wait_complete(&self.job, &self.pool, fd::deadline_after(timeout)) {
-            Some(inner) => (self.decode)(&inner.slots, self.target),
-            None if self.pool.foreign() => Err(Shared::foreign_error()),
-            None => Err(ErrorKind::Timeout.into()),
-        }
+        let inner = wait_complete(&self.job, &self.pool, fd::deadline_after(timeout))?;
+        (self.decode)(&inner.slots, self.target)
     }
 }
 

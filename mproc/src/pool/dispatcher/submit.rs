@@ -28,12 +28,28 @@ impl Shared {
             generation: crate::sys::proc::fork_generation(),
             direct: std::sync::OnceLock::new(),
             stats_source: std::sync::OnceLock::new(),
+            thread: std::sync::OnceLock::new(),
         }))
     }
 
     /// Whether this process is a fork child of the one that made the pool.
     pub(crate) fn foreign(&self) -> bool {
         crate::sys::proc::fork_generation() != self.generation
+    }
+
+    /// Whether this is the pool's own thread: a callback running there holds the pool, so
+    /// nothing it waits for of the pool's could finish.
+    pub(crate) fn on_own_thread(&self) -> bool {
+        self.thread.get() == Some(&std::thread::current().id())
+    }
+
+    /// The error for waiting, on the pool's own thread (in a callback), for a task of the pool.
+    pub(crate) fn own_thread_error() -> Error {
+        Error::invalid(
+            "a callback running on the pool's own thread cannot wait for the pool's tasks (it \
+             would wait for itself, and the pool with it): submit with apply_async and take \
+             the value in an on_complete callback instead",
+        )
     }
 
     /// The error for using a pool in a fork child of its process.
