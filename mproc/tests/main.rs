@@ -6,6 +6,7 @@ mod common;
 
 mod bootstrap;
 mod buffer;
+mod chaos_pool;
 mod completion;
 mod crashes;
 mod fork_locks;

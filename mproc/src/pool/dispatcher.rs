@@ -1000,6 +1000,7 @@ impl<L: Link> Dispatcher<L> {
         event!(target: "mproc::pool", tracing::Level::DEBUG, tasks = ids.len(), kill_running,
             "tasks cancelled");
         self.queue.retain(|c| !ids.contains(&c.id));
+        let mut taken_back = Vec::new();
         for w in &mut self.workers {
             // Answers already published are not "running".
             w.drain(&mut self.scratch, None);
@@ -1011,16 +1012,25 @@ impl<L: Link> Dispatcher<L> {
                 // Its number in the worker's count of tasks taken.
                 let task = w.answered + at as u64 + 1;
                 if !w.link.revoke(task) {
-                    running = Some(c.id);
+                    running = Some((at, c.id));
                     break; // the worker runs in order: it has taken nothing after this one
                 }
             }
-            if let Some(id) = running.filter(|_| kill_running) {
-                event!(target: "mproc::pool", tracing::Level::INFO, task = id,
-                    worker = w.link.name(), pid = w.link.pid(),
-                    "running task cancelled: killing its worker");
-                w.condemn(Some(id), ErrorKind::Cancelled.into());
+            if let Some((at, id)) = running.filter(|_| kill_running) {
+                // It may finish this one and take the next before the kill lands: the ones
+                // behind are taken back first, to run elsewhere.
+                let (copies, finished) = w.revoke_behind(at);
+                taken_back.extend(copies);
+                if !finished {
+                    event!(target: "mproc::pool", tracing::Level::INFO, task = id,
+                        worker = w.link.name(), pid = w.link.pid(),
+                        "running task cancelled: killing its worker");
+                    w.condemn(Some(id), ErrorKind::Cancelled.into());
+                }
             }
+        }
+        for c in taken_back.into_iter().rev() {
+            self.queue.push_front(c);
         }
     }
 

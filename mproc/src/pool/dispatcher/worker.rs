@@ -356,6 +356,28 @@ impl<L: Link> Worker<L> {
         copies
     }
 
+    /// Before it is killed for the chunk at `at` in its books, which it has taken: takes back
+    /// the chunks behind that one that it has not taken (revoking them, so it skips them), so
+    /// that it dies running that chunk or nothing, never a chunk it took after it (which would
+    /// be lost for another's sake). Returns their live copies, in order, and whether it had
+    /// already taken one of them: then it has finished the chunk at `at` (it answers each chunk
+    /// before taking the next), and is not to be killed for it.
+    pub(super) fn revoke_behind(&mut self, at: usize) -> (Vec<Chunk>, bool) {
+        let mut copies = Vec::new();
+        for next in at + 1..self.in_flight.len() {
+            let task = self.answered + next as u64 + 1;
+            let c = &mut self.in_flight[next];
+            if c.revoked || c.answered() {
+                continue; // nothing of another's: inert, or cancelled too
+            }
+            if !self.link.revoke(task) {
+                return (copies, true);
+            }
+            copies.push(c.revoke());
+        }
+        (copies, false)
+    }
+
     /// Kills it for `why`, charged to chunk `target`; the accounting happens when its exit
     /// is seen.
     pub(super) fn condemn(&mut self, target: Option<u64>, why: Error) {
