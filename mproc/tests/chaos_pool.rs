@@ -747,6 +747,68 @@ fn init_nap(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
 }
 
+/// Tasks that end about when their `task_timeout` does, queued on one worker: each gives its
+/// value or `TaskTimedOut`; the calls behind a late one are not lost with its worker
+/// (`WorkerLost`). (The same race as a cancel's kill, not seen here in ~3 000 timeouts.)
+fn a_timeout_spares_the_calls_behind_the_late_one(m: StartMethod) {
+    let p = Pool::builder()
+        .processes(1)
+        .start_method(m)
+        .task_timeout(Duration::from_millis(4))
+        .build()
+        .unwrap();
+    let (mut lost, mut timed_out) = (Vec::new(), 0);
+    for round in 0..150u64 {
+        let x = round << 32;
+        let late = p.apply_async(spin, (x, 3_600 + round % 8 * 100)).unwrap();
+        let behind: Vec<_> = (1..4u64)
+            .map(|k| (x | k, p.apply_async(quick, (x | k,)).unwrap()))
+            .collect();
+        match late.get_timeout(PATIENCE) {
+            Ok((v, _)) => assert_eq!(v, expect(x)),
+            Err(e) => {
+                assert_eq!(e.kind(), &ErrorKind::TaskTimedOut, "{e}");
+                timed_out += 1;
+            }
+        }
+        for (y, r) in &behind {
+            match r.get_timeout(PATIENCE) {
+                Ok((v, _)) => assert_eq!(v, expect(*y)),
+                // Late itself (a busy machine can keep a quick task past 4 ms): its own limit.
+                Err(e) if e.kind() == &ErrorKind::TaskTimedOut => {}
+                Err(e) => lost.push((*y, e.to_string())),
+            }
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} calls behind a late one failed ({timed_out} timed out): {:?}",
+        lost.len(),
+        &lost[..lost.len().min(3)]
+    );
+}
+
+/// A callback that reads the pool's statistics (a progress line, say), whoever runs it: the
+/// pool's own thread (nobody waits on the call) or a waiter.
+fn a_callback_reads_its_pools_stats(m: StartMethod) {
+    let p = Arc::new(pool(m, 2));
+    let (tx, rx) = std::sync::mpsc::channel();
+    for x in 0..10u64 {
+        let inner = Arc::clone(&p);
+        let tx = tx.clone();
+        let r = p.apply_async(quick, (x,)).unwrap();
+        r.on_complete(move |_| {
+            let _ = tx.send(inner.stats().tasks());
+        });
+        if x % 2 == 1 {
+            r.get_timeout(PATIENCE).unwrap();
+        }
+        rx.recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("call {x}: a callback reading the stats hung"));
+    }
+    assert!(p.stats().tasks() >= 10);
+}
+
 per_start_method!(
     mixed_load_quiet,
     mixed_load_with_kills,
@@ -761,4 +823,6 @@ per_start_method!(
     a_cancel_of_a_running_call_spares_the_calls_behind_it,
     retiring_workers_under_threads,
     calls_while_initializing_workers_start,
+    a_timeout_spares_the_calls_behind_the_late_one,
+    a_callback_reads_its_pools_stats,
 );

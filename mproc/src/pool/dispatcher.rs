@@ -51,7 +51,7 @@ use local::LocalLink;
 use state::{Departure, WorkerState};
 use worker::{Now, Worker};
 
-use super::job::JobState;
+use super::job::{self, JobState};
 use super::stats::{PoolStats, Restarts, WorkerStats};
 use crate::error::{Error, ErrorKind};
 use crate::start::{self, StartMethod};
@@ -99,8 +99,9 @@ pub(crate) struct Shared {
     pub(crate) direct: std::sync::OnceLock<Direct>,
     /// Another backend's statistics (a remote pool's agents'), for `Pool::stats`.
     pub(crate) stats_source: std::sync::OnceLock<StatsSource>,
-    /// The pool's own thread (the dispatcher's, or another backend's), where callbacks run
-    /// with the pool held: a wait there for one of the pool's tasks would wait for itself.
+    /// The pool's own thread (the dispatcher's, or another backend's), where callbacks run:
+    /// nothing reads the workers while one runs there, so a wait there for one of the pool's
+    /// tasks would wait for itself.
     pub(crate) thread: std::sync::OnceLock<std::thread::ThreadId>,
 }
 
@@ -230,34 +231,48 @@ fn serve(shared: &Shared) -> Error {
                     let links = LocalLink::launch_many(&config, n);
                     // Not `wanted`: a thread reading lanes meanwhile is waiting for an answer
                     // of the first worker, which the hire need not delay.
-                    if let Some(d) = shared.state().as_mut() {
-                        d.hire_launched(links, at, false);
-                    }
+                    let callbacks = job::deferring_callbacks(|| {
+                        if let Some(d) = shared.state().as_mut() {
+                            d.hire_launched(links, at, false);
+                        }
+                    });
+                    job::run_callbacks(callbacks);
                 }
                 None => unlaunched = false,
             }
         }
-        let plan = {
+        // Callbacks of the jobs a turn completes run once the state is let go, as a waiter's
+        // do (`Shared::help`): one may use the pool (submit to it, read its statistics).
+        let (mut plan, mut stopped) = (None, None);
+        let callbacks = {
             let mut state = shared.state_for_dispatcher();
             let d = state.as_mut().expect("installed before the thread starts");
-            match d.turn() {
-                Ok(plan) => plan,
+            job::deferring_callbacks(|| match d.turn() {
+                Ok(turned) => plan = Some(turned),
                 Err(stop) => {
                     d.shut_down(&stop);
-                    return stop;
+                    stopped = Some(stop);
                 }
-            }
+            })
         };
+        job::run_callbacks(callbacks);
+        if let Some(stop) = stopped {
+            return stop;
+        }
+        let plan = plan.expect("a turn that did not stop made a plan");
         // A worker started in a fork server's lent spare was not told to the server then.
         crate::start::forkserver::tell_takes();
         // Waiting without the state, so submitting threads can reach the workers directly.
         let ready = fd::poll_numbers(&plan.fds, plan.deadline);
-        let mut state = shared.state_for_dispatcher();
-        let d = state.as_mut().expect("only this thread removes it");
-        match ready {
-            Ok(ready) => d.handle(&plan, &ready),
-            Err(e) => d.break_pool(Error::os("waiting on the pool's workers", e)),
-        }
+        let callbacks = {
+            let mut state = shared.state_for_dispatcher();
+            let d = state.as_mut().expect("only this thread removes it");
+            job::deferring_callbacks(|| match ready {
+                Ok(ready) => d.handle(&plan, &ready),
+                Err(e) => d.break_pool(Error::os("waiting on the pool's workers", e)),
+            })
+        };
+        job::run_callbacks(callbacks);
     }
 }
 

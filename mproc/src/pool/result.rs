@@ -29,7 +29,7 @@ const SPIN: Duration = Duration::from_micros(200);
 ///
 /// `Timeout` once `deadline` has passed; `InvalidArgument` where nothing could complete the
 /// job while this thread waits: in a fork child of the pool's process, and on the pool's own
-/// thread (a callback run there holds the pool).
+/// thread (nothing reads the workers while a callback runs there).
 fn wait_complete<'a>(
     job: &'a JobState,
     pool: &Shared,

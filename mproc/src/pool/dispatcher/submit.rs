@@ -37,8 +37,8 @@ impl Shared {
         crate::sys::proc::fork_generation() != self.generation
     }
 
-    /// Whether this is the pool's own thread: a callback running there holds the pool, so
-    /// nothing it waits for of the pool's could finish.
+    /// Whether this is the pool's own thread: while a callback runs there nothing reads the
+    /// workers, so nothing it waits for of the pool's could finish.
     pub(crate) fn on_own_thread(&self) -> bool {
         self.thread.get() == Some(&std::thread::current().id())
     }
