@@ -809,6 +809,53 @@ fn a_callback_reads_its_pools_stats(m: StartMethod) {
     assert!(p.stats().tasks() >= 10);
 }
 
+/// Chains of callbacks that each submit the next call, while workers are SIGKILLed and the
+/// pool is terminated at a random moment: every chain ends (a value, `WorkerLost`, then
+/// `Terminated` or `PoolClosed`), none hangs, none sees another call's value.
+fn callback_chains_through_kills_and_terminate(m: StartMethod) {
+    fn step(p: Arc<Pool>, x: u64, tx: std::sync::mpsc::Sender<(u64, ErrorKind)>) {
+        let r = match p.apply_async(quick, (x,)) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.send((x, e.kind().clone()));
+                return;
+            }
+        };
+        let q = Arc::clone(&p);
+        r.on_complete(move |o| match o {
+            Ok((v, pid)) => {
+                assert_eq!(v, expect(x), "a chain got another call's value");
+                if x % 16 == 5 {
+                    // SAFETY: kill(2) has no memory-safety preconditions.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+                step(q, x + 1, tx);
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WorkerLost(_)) => step(q, x + 1, tx),
+            Err(e) => {
+                let _ = tx.send((x, e.kind().clone()));
+            }
+        });
+    }
+    for round in 0..4u64 {
+        let p = Arc::new(pool(m, 2));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for chain in 0..4u64 {
+            step(Arc::clone(&p), chain << 32, tx.clone());
+        }
+        drop(tx);
+        std::thread::sleep(Duration::from_millis(30 + round * 20));
+        p.terminate();
+        for _ in 0..4 {
+            let (_, why) = rx.recv_timeout(PATIENCE).expect("a chain never ended");
+            assert!(
+                matches!(why, ErrorKind::Terminated | ErrorKind::PoolClosed),
+                "{why:?}"
+            );
+        }
+    }
+}
+
 per_start_method!(
     mixed_load_quiet,
     mixed_load_with_kills,
@@ -825,4 +872,5 @@ per_start_method!(
     calls_while_initializing_workers_start,
     a_timeout_spares_the_calls_behind_the_late_one,
     a_callback_reads_its_pools_stats,
+    callback_chains_through_kills_and_terminate,
 );
