@@ -844,9 +844,11 @@ impl<L: Link> Dispatcher<L> {
         self.reap_departed(exits);
         self.expire_timeouts();
         if let Some(limit) = self.config.memory_limit_per_child {
+            let mut taken_back = Vec::new();
             for w in &mut self.workers {
-                w.check_memory_limit(limit);
+                taken_back.extend(w.check_memory_limit(limit));
             }
+            self.requeue(taken_back.into_iter());
         }
         self.rebalance();
     }
@@ -994,6 +996,7 @@ impl<L: Link> Dispatcher<L> {
     fn expire_timeouts(&mut self) {
         let timeout = self.config.task_timeout;
         let now = Instant::now();
+        let mut taken_back = Vec::new();
         for w in &mut self.workers {
             if w.deadline(timeout).is_some_and(|d| d <= now) {
                 // An answer already in the lane means it finished in time.
@@ -1003,9 +1006,10 @@ impl<L: Link> Dispatcher<L> {
                 event!(target: "mproc::pool", tracing::Level::WARN, task = w.front(),
                     worker = w.link.name(), pid = w.link.pid(),
                     "task past its task_timeout: killing its worker");
-                w.condemn_front(ErrorKind::TaskTimedOut.into());
+                taken_back.extend(w.condemn_running(ErrorKind::TaskTimedOut.into()));
             }
         }
+        self.requeue(taken_back.into_iter());
     }
 
     /// Cancelled chunks: dropped from the queue. A chunk a worker holds but has not claimed

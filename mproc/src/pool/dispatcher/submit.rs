@@ -40,7 +40,10 @@ impl Shared {
     /// Whether this is the pool's own thread: while a callback runs there nothing reads the
     /// workers, so nothing it waits for of the pool's could finish.
     pub(crate) fn on_own_thread(&self) -> bool {
-        self.thread.get() == Some(&std::thread::current().id())
+        // Every `get` asks: this thread's id is kept in a thread-local, as
+        // `thread::current()` takes and drops a reference to the thread's record each time.
+        thread_local!(static THIS_THREAD: std::thread::ThreadId = std::thread::current().id());
+        self.thread.get() == Some(&THIS_THREAD.with(|id| *id))
     }
 
     /// The error for waiting, on the pool's own thread (in a callback), for a task of the pool.

@@ -209,18 +209,34 @@ impl<L: Link> Worker<L> {
     }
 
     /// While it runs a task: kills it if its resident memory is past `limit` bytes
-    /// (`memory_limit_per_child`); the task fails with `MemoryExceeded`.
-    pub(super) fn check_memory_limit(&mut self, limit: u64) {
+    /// (`memory_limit_per_child`); the task fails with `MemoryExceeded`. Returns the chunks
+    /// taken back from behind that task, to run elsewhere (see
+    /// [`condemn_running`](Self::condemn_running)).
+    pub(super) fn check_memory_limit(&mut self, limit: u64) -> Vec<Chunk> {
         if self.in_flight.is_empty() || self.state.is_condemned() {
-            return;
+            return Vec::new();
         }
         let resident = self.link.pid().and_then(proc::resident_bytes);
-        if let Some(resident) = resident.filter(|&r| r > limit) {
-            event!(target: "mproc::pool", tracing::Level::WARN, task = self.front(),
-                worker = self.link.name(), pid = self.link.pid(), limit, resident,
-                "worker past memory_limit_per_child: killing it");
-            self.condemn_front(ErrorKind::MemoryExceeded { limit, resident }.into());
+        let Some(resident) = resident.filter(|&r| r > limit) else {
+            return Vec::new();
+        };
+        event!(target: "mproc::pool", tracing::Level::WARN, task = self.front(),
+            worker = self.link.name(), pid = self.link.pid(), limit, resident,
+            "worker past memory_limit_per_child: killing it");
+        self.condemn_running(ErrorKind::MemoryExceeded { limit, resident }.into())
+    }
+
+    /// Kills it for `why`, charged to the chunk it runs (its oldest), once the chunks behind
+    /// that one are taken back ([`revoke_behind`](Self::revoke_behind)): it may finish that
+    /// chunk and take the next before the kill lands, and the next, another's, would be lost
+    /// with it. Returns their live copies, to run elsewhere. If it had taken one of them
+    /// already, the chunk it ran has finished (its answer is on its way): it is not killed.
+    pub(super) fn condemn_running(&mut self, why: Error) -> Vec<Chunk> {
+        let (copies, finished) = self.revoke_behind(0);
+        if !finished {
+            self.condemn_front(why);
         }
+        copies
     }
 
     /// Accepts the answer to the chunk it was running (its oldest). Its next chunk's time is
