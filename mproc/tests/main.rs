@@ -6,6 +6,7 @@ mod common;
 
 mod bootstrap;
 mod buffer;
+mod chaos_forkserver;
 mod completion;
 mod crashes;
 mod fork_locks;
