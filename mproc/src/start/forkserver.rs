@@ -640,11 +640,23 @@ impl Asked {
                 }
             },
         };
-        let pidfd = status.take_fds().pop().ok_or_else(|| {
-            Error::protocol(
-                "the new child's announcement carried no pidfd (at the descriptor limit?)",
-            )
-        })?;
+        let Some(pidfd) = status.take_fds().pop() else {
+            // Its pidfd was dropped on the way in (this process is at its descriptor limit:
+            // another thread took the descriptors this start freed), yet the child runs, its
+            // start message waiting for it: it is killed by its pid, which stays its own until
+            // the server reaps it, and reports the exit on `status` (none there yet). Without
+            // this it ran its target unwatched, and its value went nowhere.
+            if matches!(status.try_recv_frame(), Ok(None)) {
+                let _ = proc::kill(forked.pid, libc::SIGKILL);
+            }
+            return Err(Error::os(
+                "starting a child through the fork server",
+                std::io::Error::other(
+                    "the new child's pidfd could not be received (at the descriptor limit?); \
+                     the child was killed",
+                ),
+            ));
+        };
         let child = Child::new(
             forked.pid,
             InternalFd::new(pidfd),
