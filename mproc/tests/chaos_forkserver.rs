@@ -847,3 +847,44 @@ fn children_start_through_servers_of_their_own(m: StartMethod) {
     expect_marks(&dir, &want);
     nothing_left_behind(StartMethod::Forkserver);
 }
+
+/// A fork server started under a low descriptor limit (the client's limit raised again after):
+/// starts beyond what the server can hold fail, saying the server could not fork, not that it
+/// did not answer; every start that succeeded runs its target, and once the children end the
+/// same server serves again.
+#[test]
+fn a_server_at_its_descriptor_limit_says_it_could_not_fork() {
+    if !alone() {
+        return;
+    }
+    let m = StartMethod::Forkserver;
+    let dir = marks_dir("srvlimit", m);
+    let d = dir.to_str().unwrap().to_owned();
+    let old = set_fd_limit(40);
+    let server = fork_server().unwrap();
+    set_fd_limit(old);
+    let (mut started, mut failed) = (Vec::new(), Vec::new());
+    for id in 0..30u64 {
+        let mut p = Process::new(mark_after, (d.clone(), id, 300)).start_method(m);
+        match p.start() {
+            Ok(()) => started.push((id, p)),
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    assert!(!failed.is_empty(), "the server's limit was never reached");
+    for e in &failed {
+        assert!(e.contains("could not fork"), "{e}");
+    }
+    let mut want = Vec::new();
+    for (id, mut p) in started {
+        assert_eq!(p.join_timeout(PATIENCE).unwrap(), p.pid().unwrap());
+        want.push(id);
+    }
+    expect_marks(&dir, &want);
+    for _ in 0..5 {
+        let mut p = Process::new(my_parent, ()).start_method(m);
+        p.start().unwrap();
+        assert_eq!(p.join_timeout(PATIENCE).unwrap(), server);
+    }
+    nothing_left_behind(m);
+}

@@ -619,6 +619,17 @@ impl Asked {
             Err(e) if *e.kind() == ErrorKind::Closed && has_died(serial) => {
                 return Ok(Err(Unannounced::ServerDied));
             }
+            // Closed unanswered by a server that lives: it dropped the request, as it does
+            // when it cannot take the request's descriptors or fork (see `fork_child`).
+            Err(e) if *e.kind() == ErrorKind::Closed => {
+                return Err(Error::os(
+                    "asking the fork server to fork a child",
+                    std::io::Error::other(
+                        "the fork server could not fork it (out of descriptors, processes or \
+                         memory?)",
+                    ),
+                ));
+            }
             Err(e) => return Err(server_failed("fork a child", e)),
         };
         // The server's report of the child's exit comes first only when the child died before
