@@ -888,3 +888,49 @@ fn a_server_at_its_descriptor_limit_says_it_could_not_fork() {
     }
     nothing_left_behind(m);
 }
+
+fn sum_bytes(v: Vec<u8>) -> u64 {
+    v.iter().map(|&b| u64::from(b)).sum()
+}
+
+/// A lent spare (stopped by someone) taken for a start whose message is too large to go
+/// before its wake-up, and killed while the start waits to send the rest: the start fails
+/// saying that the child ended before it read its start message, not a bare "the channel is
+/// closed"; the next start works.
+#[test]
+fn a_lent_spare_killed_while_it_is_sent_a_large_start_says_so() {
+    if !alone() {
+        return;
+    }
+    let m = StartMethod::Forkserver;
+    let server = fork_server().unwrap();
+    wait_until("one spare, lent", || {
+        live_children_of(server).len() == 1 && lent_a_spare(server)
+    });
+    let spare = live_children_of(server)[0];
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(spare as i32, libc::SIGSTOP) }, 0);
+    let big = crate::common::pattern(3, 4_000_000);
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let starter = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        tid_tx.send(unsafe { libc::gettid() }).unwrap();
+        let mut p = Process::new(sum_bytes, (big,)).start_method(m);
+        p.start().map(|()| p.pid())
+    });
+    let tid = tid_rx.recv_timeout(PATIENCE).unwrap();
+    wait_until("the start waits to send the rest", || {
+        let now = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall"));
+        matches!(
+            now.unwrap_or_default().split(' ').next().unwrap_or(""),
+            "7" | "271" | "73"
+        )
+    });
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(spare as i32, libc::SIGKILL) }, 0);
+    let e = starter.join().unwrap().unwrap_err();
+    assert!(e.to_string().contains("ended before it read it"), "{e}");
+    let mut p = Process::new(sum_bytes, (vec![1u8; 300_000],)).start_method(m);
+    p.start().unwrap();
+    assert_eq!(p.join_timeout(PATIENCE).unwrap(), 300_000);
+}

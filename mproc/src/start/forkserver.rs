@@ -432,7 +432,7 @@ fn start_in(
         Ok(()) => Ok(child),
         Err(e) => {
             let _ = child.signal(libc::SIGKILL);
-            Err(e)
+            Err(super::child::start_unsent(e))
         }
     })
 }
