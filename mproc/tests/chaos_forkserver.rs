@@ -934,3 +934,64 @@ fn a_lent_spare_killed_while_it_is_sent_a_large_start_says_so() {
     p.start().unwrap();
     assert_eq!(p.join_timeout(PATIENCE).unwrap(), 300_000);
 }
+
+/// Eight threads start processes (joining most) while the fork server, its spare (lent or
+/// not) and the children started are stopped (SIGSTOP) and continued a moment later at random:
+/// every target runs once, every join gives its own pid, and nothing is left behind.
+#[test]
+fn threads_start_while_the_server_and_its_children_are_stopped_and_continued() {
+    if !alone() {
+        return;
+    }
+    let m = StartMethod::Forkserver;
+    let dir = marks_dir("stopcont", m);
+    let d = dir.to_str().unwrap().to_owned();
+    let server = fork_server().unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let kids = children_of(server);
+                let victim = if n.is_multiple_of(5) {
+                    Some(server)
+                } else {
+                    kids.get((n as usize * 31) % kids.len().max(1)).copied()
+                };
+                if let Some(v) = victim {
+                    // SAFETY: kill(2) has no memory-safety preconditions.
+                    unsafe { libc::kill(v as i32, libc::SIGSTOP) };
+                    std::thread::sleep(Duration::from_micros(100 + (n * 7919) % 2000));
+                    // SAFETY: as above.
+                    unsafe { libc::kill(v as i32, libc::SIGCONT) };
+                }
+                std::thread::sleep(Duration::from_micros(100 + (n * 104_729) % 1000));
+            }
+        });
+        let hs: Vec<_> = (0..8u64)
+            .map(|t| {
+                let d = d.clone();
+                s.spawn(move || {
+                    for i in 0..40u64 {
+                        let id = t * 100 + i;
+                        let mut p = Process::new(mark, (d.clone(), id)).start_method(m);
+                        p.start().unwrap();
+                        if i % 4 != 3 {
+                            assert_eq!(p.join_timeout(PATIENCE).unwrap(), p.pid().unwrap());
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let want: Vec<u64> = (0..8u64)
+        .flat_map(|t| (0..40).map(move |i| t * 100 + i))
+        .collect();
+    expect_marks(&dir, &want);
+    nothing_left_behind(m);
+}
