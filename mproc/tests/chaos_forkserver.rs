@@ -995,3 +995,81 @@ fn threads_start_while_the_server_and_its_children_are_stopped_and_continued() {
     expect_marks(&dir, &want);
     nothing_left_behind(m);
 }
+
+extern "C" fn on_sigint(_: libc::c_int) {}
+
+/// Ctrl-C after Ctrl-C to the process group (its own), which the parent handles, while three
+/// threads start and join: the server lives on, its spares die unasked (or, taken, as the
+/// child), every start runs its target once or ends with SIGINT (a start whose two children
+/// were both interrupted before they announced themselves fails saying so), and nothing hangs.
+#[test]
+fn ctrl_c_to_the_process_group_while_threads_start() {
+    if !alone() {
+        return;
+    }
+    let m = StartMethod::Forkserver;
+    // SAFETY: setpgid and signal have no memory-safety preconditions; the handler does nothing.
+    unsafe {
+        assert_eq!(libc::setpgid(0, 0), 0);
+        libc::signal(
+            libc::SIGINT,
+            on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+    }
+    let dir = marks_dir("ctrlc", m);
+    let d = dir.to_str().unwrap().to_owned();
+    fork_server().unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let out = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                std::thread::sleep(Duration::from_micros(500 + (n * 7919) % 3000));
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                unsafe { libc::kill(0, libc::SIGINT) };
+            }
+            n
+        });
+        let hs: Vec<_> = (0..3u64)
+            .map(|t| {
+                let d = d.clone();
+                s.spawn(move || {
+                    let (mut ok, mut lost, mut failed) = (0u32, 0u32, Vec::new());
+                    for i in 0..100u64 {
+                        let mut p = Process::new(mark, (d.clone(), t * 1000 + i)).start_method(m);
+                        if let Err(e) = p.start() {
+                            failed.push(e.to_string());
+                            continue;
+                        }
+                        match p.join_timeout(PATIENCE) {
+                            Ok(_) => ok += 1,
+                            Err(e) => {
+                                assert!(matches!(e.kind(), ErrorKind::WorkerLost(_)), "{e}");
+                                assert_eq!(p.exitcode(), Some(-libc::SIGINT), "{e}");
+                                lost += 1;
+                            }
+                        }
+                    }
+                    (ok, lost, failed)
+                })
+            })
+            .collect();
+        let r: Vec<_> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    });
+    let (_, dups) = marks(&dir);
+    assert!(dups.is_empty(), "{dups:?}");
+    for e in out.iter().flat_map(|r| r.2.iter()) {
+        assert!(e.contains("ended before it could start"), "{e}");
+    }
+    assert!(out.iter().map(|r| r.0).sum::<u32>() > 0, "{out:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+    for x in 0..5u64 {
+        let mut p = Process::new(sleep_ms, (x,)).start_method(m);
+        p.start().unwrap();
+        assert_eq!(p.join_timeout(PATIENCE).unwrap(), x);
+    }
+    nothing_left_behind(m);
+}
