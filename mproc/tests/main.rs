@@ -6,6 +6,7 @@ mod common;
 
 mod bootstrap;
 mod buffer;
+mod chaos_forkserver;
 mod chaos_pool;
 mod completion;
 mod crashes;

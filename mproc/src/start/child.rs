@@ -75,7 +75,7 @@ impl Child {
             Ok(()) => Ok(self),
             Err(e) => {
                 let _ = self.signal(libc::SIGKILL);
-                Err(e)
+                Err(start_unsent(e))
             }
         }
     }
@@ -208,6 +208,20 @@ impl Child {
             return Ok(());
         }
         proc::pidfd_signal(self.pidfd.as_fd(), sig).map_err(|e| Error::os("signalling a child", e))
+    }
+}
+
+/// What a failed send of a new child's start message says: its socket closed means that the
+/// child ended (killed as it started) before it read the whole message, so nothing ran; a
+/// bare "the channel is closed" said nothing of that.
+pub(crate) fn start_unsent(e: Error) -> Error {
+    if *e.kind() == ErrorKind::Closed {
+        Error::os(
+            "sending a new child its start message",
+            std::io::Error::other("the child ended before it read it (killed?); nothing ran"),
+        )
+    } else {
+        e
     }
 }
 

@@ -432,7 +432,7 @@ fn start_in(
         Ok(()) => Ok(child),
         Err(e) => {
             let _ = child.signal(libc::SIGKILL);
-            Err(e)
+            Err(super::child::start_unsent(e))
         }
     })
 }
@@ -583,17 +583,27 @@ impl Asked {
     ) -> Result<(Child, bool), Error> {
         let deadline = self.deadline;
         match self.announced()? {
-            Some(child) => Ok((child, false)),
-            None => request_once(start, start_fds, deadline)?
-                .announced()?
-                .map(|child| (child, true))
-                .ok_or_else(|| server_failed("fork a child", ErrorKind::Closed.into())),
+            Ok(child) => Ok((child, false)),
+            Err(_) => match request_once(start, start_fds, deadline)?.announced()? {
+                Ok(child) => Ok((child, true)),
+                Err(Unannounced::ServerDied) => {
+                    Err(server_failed("fork a child", ErrorKind::Closed.into()))
+                }
+                // The server answered: it is not the server's failure (killed twice as it
+                // started, say, by someone killing the server's children).
+                Err(Unannounced::Ended(how)) => Err(Error::os(
+                    "starting a child through the fork server",
+                    std::io::Error::other(format!(
+                        "the new child ended before it could start ({how}), twice; nothing ran"
+                    )),
+                )),
+            },
         }
     }
 
-    /// The child, once it has announced itself; `None` if the server died, and no child of
+    /// The child, once it has announced itself; why not if the server died, and no child of
     /// this request exists or ever will, or if the child died before it could run anything.
-    fn announced(self) -> Result<Option<Child>, Error> {
+    fn announced(self) -> Result<Result<Child, Unannounced>, Error> {
         let Asked {
             ctrl,
             mut status,
@@ -607,7 +617,18 @@ impl Asked {
         let announced = match status.recv_frame(deadline) {
             Ok(frame) => frame,
             Err(e) if *e.kind() == ErrorKind::Closed && has_died(serial) => {
-                return Ok(None);
+                return Ok(Err(Unannounced::ServerDied));
+            }
+            // Closed unanswered by a server that lives: it dropped the request, as it does
+            // when it cannot take the request's descriptors or fork (see `fork_child`).
+            Err(e) if *e.kind() == ErrorKind::Closed => {
+                return Err(Error::os(
+                    "asking the fork server to fork a child",
+                    std::io::Error::other(
+                        "the fork server could not fork it (out of descriptors, processes or \
+                         memory?)",
+                    ),
+                ));
             }
             Err(e) => return Err(server_failed("fork a child", e)),
         };
@@ -616,18 +637,37 @@ impl Asked {
         // for.
         let forked = match channel::decode_message::<Forked>(&announced) {
             Ok(forked) if forked.tag == Forked::TAG => forked,
-            _ if channel::decode_message::<crate::sys::proc::Exit>(&announced).is_ok() => {
-                return Ok(None);
-            }
-            Ok(_) | Err(_) => {
-                return Err(Error::protocol("a malformed announcement from a new child"));
-            }
+            _ => match channel::decode_message::<crate::sys::proc::Exit>(&announced) {
+                Ok(exit) => {
+                    let how = match exit {
+                        crate::sys::proc::Exit::Signal(s) => format!("signal {s}"),
+                        crate::sys::proc::Exit::Code(c) => format!("exit code {c}"),
+                        crate::sys::proc::Exit::Unknown => "how is unknown".to_owned(),
+                    };
+                    return Ok(Err(Unannounced::Ended(how)));
+                }
+                Err(_) => {
+                    return Err(Error::protocol("a malformed announcement from a new child"));
+                }
+            },
         };
-        let pidfd = status.take_fds().pop().ok_or_else(|| {
-            Error::protocol(
-                "the new child's announcement carried no pidfd (at the descriptor limit?)",
-            )
-        })?;
+        let Some(pidfd) = status.take_fds().pop() else {
+            // Its pidfd was dropped on the way in (this process is at its descriptor limit:
+            // another thread took the descriptors this start freed), yet the child runs, its
+            // start message waiting for it: it is killed by its pid, which stays its own until
+            // the server reaps it, and reports the exit on `status` (none there yet). Without
+            // this it ran its target unwatched, and its value went nowhere.
+            if matches!(status.try_recv_frame(), Ok(None)) {
+                let _ = proc::kill(forked.pid, libc::SIGKILL);
+            }
+            return Err(Error::os(
+                "starting a child through the fork server",
+                std::io::Error::other(
+                    "the new child's pidfd could not be received (at the descriptor limit?); \
+                     the child was killed",
+                ),
+            ));
+        };
         let child = Child::new(
             forked.pid,
             InternalFd::new(pidfd),
@@ -635,13 +675,30 @@ impl Asked {
             Reaper::Server(status),
         );
         match sent {
-            Ok(()) => Ok(Some(child)),
+            Ok(()) => Ok(Ok(child)),
+            // Its control socket closed before its start message could go: it died (killed
+            // as it started) with nothing run, so another may be asked for.
+            Err(e) if *e.kind() == ErrorKind::Closed => {
+                let _ = child.signal(libc::SIGKILL);
+                Ok(Err(Unannounced::Ended(
+                    "before its start message could be sent".to_owned(),
+                )))
+            }
             Err(e) => {
                 let _ = child.signal(libc::SIGKILL);
                 Err(e)
             }
         }
     }
+}
+
+/// Why a child asked of the server never announced itself (nothing of it ran).
+enum Unannounced {
+    /// The server died before it forked the child.
+    ServerDied,
+    /// The child ended before it announced itself (killed as it started), as the server
+    /// reported, or before its start message could be sent; how.
+    Ended(String),
 }
 
 /// One request to the server (replacing it once if it is found dead), and the start message
