@@ -1051,9 +1051,19 @@ fn stopped_fork_server() -> (u32, Process<u32>) {
     });
     // SAFETY: kill(2) has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(server as i32, libc::SIGSTOP) }, 0);
-    let mut lent = Process::new(my_parent, ()).start_method(m);
+    let ran = Event::new().unwrap();
+    let mut lent = Process::new(my_parent_then_set, (ran.clone(),)).start_method(m);
     lent.start().unwrap();
+    // Its parent read before the caller kills the server (after which it is init's child).
+    ran.wait_timeout(PATIENCE)
+        .expect("the lent spare never ran its target");
     (server, lent)
+}
+
+fn my_parent_then_set(ran: Event) -> u32 {
+    let parent = my_parent();
+    ran.set();
+    parent
 }
 
 /// Whether `pid` is on its way out (`PF_EXITING` in its flags) or gone.
