@@ -886,9 +886,15 @@ fn starts_from_threads_with_spares_and_servers_killed_at_random() {
                 for i in 0..100u64 {
                     let x = t * 1000 + i;
                     let mut p = Process::new(square, (x,)).start_method(m);
-                    if p.start().is_err() {
-                        failed += 1;
-                        continue;
+                    match p.start() {
+                        Ok(()) => {}
+                        // Its child killed as it started, twice (this test kills the server's
+                        // children too): nothing ran, and it says so.
+                        Err(e) if e.to_string().contains("nothing ran") => continue,
+                        Err(_) => {
+                            failed += 1;
+                            continue;
+                        }
                     }
                     match p.join_timeout(PATIENCE) {
                         Ok(v) => {
