@@ -322,7 +322,11 @@ impl<R> AsyncResult<R> {
     /// different tasks may run at the same time and out of completion order; each runs once.
     /// Keep it short: whoever runs it waits for it. It may submit to the pool, but not wait
     /// for the pool's tasks: on the pool's thread, `get` (so `apply`, `map`) of a task not
-    /// finished gives `Err(InvalidArgument)` at once instead of waiting for itself.
+    /// finished gives `Err(InvalidArgument)` at once instead of waiting for itself (so do
+    /// `wait` and an `imap`'s next item). [`as_completed`](crate::as_completed) and
+    /// [`wait`](crate::wait) have no error to give, and awaiting the task as a future blocks
+    /// its executor: there they would wait for ever, as CPython's result handler does; a
+    /// callback that needs several results should count them as they come instead.
     ///
     /// ```
     /// use std::sync::mpsc;
