@@ -749,7 +749,8 @@ fn init_nap(ms: u64) {
 
 /// Tasks that end about when their `task_timeout` does, queued on one worker: each gives its
 /// value or `TaskTimedOut`; the calls behind a late one are not lost with its worker
-/// (`WorkerLost`). (The same race as a cancel's kill, not seen here in ~3 000 timeouts.)
+/// (`WorkerLost`). (The same race as a cancel's kill, not seen here in ~3 000 timeouts; the
+/// fake link's `a_timeout_takes_back_the_chunks_behind_the_late_one_before_the_kill` makes it.)
 fn a_timeout_spares_the_calls_behind_the_late_one(m: StartMethod) {
     let p = Pool::builder()
         .processes(1)

@@ -285,73 +285,73 @@ fn a_timed_out_chunk_fails_once_its_worker_is_gone() {
     assert_eq!(outcome(&job, 1), None, "requeued");
 }
 
+/// A dispatcher of one fake worker that has said it is ready, and that worker.
+fn one_ready_worker(tweak: impl FnOnce(&mut Config)) -> (Dispatcher<FakeLink>, Handle) {
+    let mut d = dispatcher(1, tweak);
+    let fake = Rc::clone(&launched()[0]);
+    ready(&fake);
+    round(&mut d);
+    (d, fake)
+}
+
+/// The dead worker's replacement starts, says it is ready, and is sent `chunks`.
+fn the_replacement_is_sent(d: &mut Dispatcher<FakeLink>, chunks: &[u64]) {
+    round(d); // starts a replacement
+    let fake = Rc::clone(launched().last().unwrap());
+    ready(&fake);
+    round(d);
+    round(d);
+    assert_eq!(fake.borrow().sent, chunks);
+}
+
 /// A worker killed for a task past its timeout may finish that task and take the next before
 /// the kill lands: the chunks behind the late one are taken back first, so the next one, of
 /// another call, runs elsewhere instead of failing with the worker.
 #[test]
 fn a_timeout_takes_back_the_chunks_behind_the_late_one_before_the_kill() {
-    let mut d = dispatcher(1, |c| c.task_timeout = Some(Duration::ZERO));
-    let fakes = launched();
-    ready(&fakes[0]);
-    round(&mut d);
+    let (mut d, fake) = one_ready_worker(|c| c.task_timeout = Some(Duration::ZERO));
     let job = submit(&d, &[1, 2]);
-    fakes[0].borrow_mut().started = 1;
+    fake.borrow_mut().started = 1;
     round(&mut d); // assigns; chunk 1 past its deadline: chunk 2 taken back, then the kill
-    assert!(fakes[0].borrow().dead);
+    assert!(fake.borrow().dead);
     // Before the kill landed it finished chunk 1 and got to chunk 2 (skipped: revoked).
-    answer(&fakes[0], 1);
+    answer(&fake, 1);
     round(&mut d);
     assert_eq!(outcome(&job, 0), Some(None), "answered before the kill");
     assert_eq!(outcome(&job, 1), None, "lost with the worker killed for another");
-    round(&mut d); // starts a replacement
-    let fakes = launched();
-    ready(&fakes[1]);
-    round(&mut d);
-    round(&mut d);
-    assert_eq!(fakes[1].borrow().sent, [2]);
+    the_replacement_is_sent(&mut d, &[2]);
 }
 
 /// The same for a cancel that kills the worker running the cancelled chunk.
 #[test]
 fn a_cancel_takes_back_the_chunks_behind_the_running_one_before_the_kill() {
-    let mut d = dispatcher(1, |_| {});
-    let fakes = launched();
-    ready(&fakes[0]);
-    round(&mut d);
+    let (mut d, fake) = one_ready_worker(|_| {});
     let job = submit(&d, &[1, 2]);
     round(&mut d);
-    fakes[0].borrow_mut().started = 1;
+    fake.borrow_mut().started = 1;
     d.cancel(std::collections::HashSet::from([1]), true);
-    assert!(fakes[0].borrow().dead);
-    answer(&fakes[0], 1); // finished before the kill landed, then got to chunk 2
+    assert!(fake.borrow().dead);
+    answer(&fake, 1); // finished before the kill landed, then got to chunk 2
     round(&mut d);
     assert_eq!(outcome(&job, 1), None, "lost with the worker killed for another");
-    round(&mut d);
-    let fakes = launched();
-    ready(&fakes[1]);
-    round(&mut d);
-    round(&mut d);
-    assert_eq!(fakes[1].borrow().sent, [2]);
+    the_replacement_is_sent(&mut d, &[2]);
 }
 
 /// If the worker has already taken the chunk behind the late one, the late one has finished
 /// (its answer is on its way): it is not killed for it.
 #[test]
 fn a_timeout_spares_a_worker_that_has_moved_on() {
-    let mut d = dispatcher(1, |c| c.task_timeout = Some(Duration::ZERO));
-    let fakes = launched();
-    ready(&fakes[0]);
-    round(&mut d);
+    let (mut d, fake) = one_ready_worker(|c| c.task_timeout = Some(Duration::ZERO));
     let job = submit(&d, &[1, 2]);
     // It took both; chunk 1's answer comes just after the dispatcher looked for it.
-    fakes[0].borrow_mut().started = 2;
+    fake.borrow_mut().started = 2;
     round(&mut d);
-    assert!(!fakes[0].borrow().dead, "killed for a task that had finished");
+    assert!(!fake.borrow().dead, "killed for a task that had finished");
     let bytes = serde_bytes::ByteBuf::from(1u64.to_le_bytes().to_vec());
-    fakes[0].borrow_mut().answers.push_back((1, Ok(bytes.into_vec().into())));
+    fake.borrow_mut().answers.push_back((1, Ok(bytes.into_vec().into())));
     round(&mut d); // chunk 1 answered; chunk 2, now the late one, costs the worker
     assert_eq!(outcome(&job, 0), Some(None));
-    assert!(fakes[0].borrow().dead);
+    assert!(fake.borrow().dead);
     round(&mut d);
     assert_eq!(outcome(&job, 1), Some(Some(ErrorKind::TaskTimedOut)));
 }
