@@ -931,8 +931,12 @@ impl<L: Link> Dispatcher<L> {
             }
             Departure::BeforeReady(why) | Departure::Lost(why) => why,
         };
+        // A chunk taken back from it is no task of its (it died as it skipped it): nothing
+        // failed.
         if running
-            && let Some(chunk) = w.in_flight.pop_front() {
+            && let Some(chunk) = w.in_flight.pop_front()
+            && !chunk.revoked
+        {
                 *self.ended.errors.entry(failure.kind().name().to_owned()).or_default() +=
                     chunk.items as u64;
                 event!(target: "mproc::pool", tracing::Level::ERROR, task = chunk.id,

@@ -319,6 +319,7 @@ fn a_timeout_takes_back_the_chunks_behind_the_late_one_before_the_kill() {
     round(&mut d);
     assert_eq!(outcome(&job, 0), Some(None), "answered before the kill");
     assert_eq!(outcome(&job, 1), None, "lost with the worker killed for another");
+    assert!(d.stats().errors.is_empty(), "{:?}", d.stats().errors);
     the_replacement_is_sent(&mut d, &[2]);
 }
 
