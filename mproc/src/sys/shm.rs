@@ -153,6 +153,10 @@ impl Mapping {
         if len == 0 {
             return Err(io::ErrorKind::InvalidInput.into());
         }
+        // A fork launch holds the internal list's lock across fork(2): held from the mapping
+        // to its advice, no child of another thread's fork can inherit a mapping meant not to
+        // be inherited (which would, say, make a `Frozen`'s write seal fail with EBUSY).
+        let no_fork = (!inherit).then(fd::lock_internal);
         let ptr = map_shared(file, len, ProtFlags::READ | ProtFlags::WRITE, flags)?;
         let map = Mapping {
             ptr: NonNull::new(ptr.cast()).ok_or(io::ErrorKind::InvalidData)?,
@@ -164,6 +168,7 @@ impl Mapping {
             // SAFETY: advice on exactly the range just mapped, which changes no byte in it.
             unsafe { rustix::mm::madvise(ptr, len, Advice::LinuxDontFork)? };
         }
+        drop(no_fork);
         Ok(map)
     }
 

@@ -1,0 +1,352 @@
+//! Chaos for the shared-memory types: `Buffer`, `SharedMemory` and the managed containers,
+//! used carelessly and by a hostile peer, with processes killed at random.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use mproc::{Buffer, Process, StartMethod};
+
+use crate::common::PATIENCE;
+
+fn sleep_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// Threads that start fork children (which live a while) while another thread builds buffers:
+/// a child forked between the buffer's writable mapping and its fork-private advice would hold
+/// the writable mapping, and the write seal would then be refused.
+#[test]
+fn buffers_built_while_other_threads_fork() {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let forker = s.spawn(|| {
+            let mut started = 0;
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+                let mut batch: Vec<Process<()>> = (0..4)
+                    .map(|_| {
+                        let mut p = Process::new(sleep_ms, (30,)).start_method(StartMethod::Fork);
+                        p.start().unwrap();
+                        p
+                    })
+                    .collect();
+                started += batch.len();
+                for p in &mut batch {
+                    p.join_timeout(PATIENCE).unwrap();
+                }
+            }
+            started
+        });
+        let mut failures = Vec::new();
+        let mut built = 0;
+        while !forker.is_finished() {
+            match Buffer::new_with(1000, |b: &mut [u64]| b.fill(7)) {
+                Ok(b) => assert!(b.iter().all(|&x| x == 7)),
+                Err(e) => failures.push(e.to_string()),
+            }
+            built += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        let forks = forker.join().unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} of {built} buffers failed while {forks} fork children started: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(3)]
+        );
+    });
+}
+
+/// The names in /dev/shm that start with `prefix`.
+fn shm_names(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+/// Waits (at most 5 s) until no name in /dev/shm starts with `prefix`; panics naming those left.
+fn wait_until_no_names(prefix: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = shm_names(prefix);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} names still in /dev/shm 5 s after every holder let go: {:?}",
+            left.len(),
+            &left[..left.len().min(5)]
+        );
+        sleep_ms(5);
+    }
+}
+
+/// The processes other than this one that have a file in /dev/shm whose name starts with
+/// `prefix` open (the keepers, here: the test's children hold none).
+fn openers_of(prefix: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let wanted = format!("/dev/shm/{prefix}");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        if fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy().starts_with(&wanted))
+        }) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// The keeper SIGKILLed again and again while a thread creates, writes and drops segments:
+/// every create succeeds (a dead keeper is replaced) or fails clearly, and no name is left.
+#[test]
+fn keepers_killed_while_segments_are_made() {
+    let prefix = format!("chaos4-k-{}-", std::process::id());
+    let done = AtomicBool::new(false);
+    let errors = std::thread::scope(|s| {
+        let maker = s.spawn(|| {
+            let mut errors = Vec::new();
+            for i in 0..3000 {
+                let name = format!("{prefix}{i}");
+                match mproc::SharedMemory::create_named(&name, 4096) {
+                    Ok(shm) => {
+                        shm.write_at(0, &[1; 64]).unwrap();
+                        let again = mproc::SharedMemory::open(&name);
+                        drop(shm);
+                        drop(again);
+                    }
+                    Err(e) => errors.push(format!("{name}: {e}")),
+                }
+            }
+            done.store(true, Ordering::Relaxed);
+            errors
+        });
+        let mut kills = 0;
+        while !done.load(Ordering::Relaxed) {
+            for pid in openers_of(&prefix) {
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                    kills += 1;
+                }
+            }
+            sleep_ms(3);
+        }
+        let errors = maker.join().unwrap();
+        eprintln!("{kills} keepers killed; errors: {errors:?}");
+        errors
+    });
+    wait_until_no_names(&prefix);
+    assert!(
+        errors.iter().all(|e| e.contains("keeper ended")),
+        "{} creates failed: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+}
+
+/// Adds one to `key` `times` times from each of `threads` threads.
+fn add_from_threads(d: mproc::Dict<String, u64>, key: String, threads: u32, times: u32) {
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                for _ in 0..times {
+                    d.update_with(key.clone(), |n| n.unwrap_or(0) + 1).unwrap();
+                }
+            });
+        }
+    });
+}
+
+/// Pushes `(who, 0..)` forever, recording in `acked[who]` each push acknowledged.
+fn push_forever(l: mproc::List<(u32, u64)>, acked: mproc::Dict<u32, u64>, who: u32) {
+    for seq in 0u64.. {
+        l.push((who, seq)).unwrap();
+        acked.insert(who, seq + 1).unwrap();
+    }
+}
+
+/// Updates from processes and threads at once lose nothing (update_with is atomic), and list
+/// pushers killed at random leave every acknowledged push, in order, each once.
+fn manager_updates_from_everywhere_with_kills(m: StartMethod) {
+    let manager = mproc::Manager::new().unwrap();
+    let d = manager.dict::<String, u64>().unwrap();
+    let mut adders: Vec<Process<()>> = (0..3)
+        .map(|_| {
+            let mut p = Process::new(add_from_threads, (d.clone(), "n".to_string(), 3, 300))
+                .start_method(m);
+            p.start().unwrap();
+            p
+        })
+        .collect();
+    add_from_threads(d.clone(), "n".into(), 2, 300);
+    for p in &mut adders {
+        p.join_timeout(PATIENCE).unwrap();
+    }
+    assert_eq!(
+        d.get(&"n".to_string()).unwrap(),
+        Some(3 * 3 * 300 + 2 * 300)
+    );
+
+    let l = manager
+        .list_with_capacity::<(u32, u64)>(1 << 16, 4 << 20)
+        .unwrap();
+    let acked = manager.dict::<u32, u64>().unwrap();
+    for round in 0..4u32 {
+        let mut pushers: Vec<Process<()>> = (0..3)
+            .map(|i| {
+                let who = round * 10 + i;
+                let mut p =
+                    Process::new(push_forever, (l.clone(), acked.clone(), who)).start_method(m);
+                p.start().unwrap();
+                p
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(30 + 11 * u64::from(round)));
+        for p in &pushers {
+            p.kill().unwrap();
+        }
+        for p in &mut pushers {
+            let _ = p.join_timeout(PATIENCE);
+        }
+    }
+    let items = l.to_vec().unwrap();
+    assert_eq!(items.len(), l.len().unwrap());
+    let mut next = std::collections::HashMap::<u32, u64>::new();
+    for (who, seq) in items {
+        let n = next.entry(who).or_default();
+        assert_eq!(
+            seq, *n,
+            "pusher {who}: an item lost, doubled or out of order"
+        );
+        *n += 1;
+    }
+    for (who, n) in next {
+        let a = acked.get(&who).unwrap().unwrap_or(0);
+        assert!(
+            n == a || n == a + 1,
+            "pusher {who}: {n} items, {a} acknowledged"
+        );
+    }
+}
+
+/// A panic inside `update_with` in one thread lets go of the container: the others go on,
+/// and the value it was computing is not stored.
+#[test]
+fn a_panic_inside_update_with_blocks_nobody() {
+    let d = mproc::Manager::new().unwrap().dict::<u8, u64>().unwrap();
+    d.insert(1, 10).unwrap();
+    let d2 = d.clone();
+    let r = std::thread::spawn(move || {
+        d2.update_with(1, |_| panic!("on purpose")).ok();
+    })
+    .join();
+    assert!(r.is_err(), "the panic went through");
+    assert_eq!(d.update_with(1, |v| v.unwrap() + 1).unwrap(), 11);
+    assert_eq!(d.len().unwrap(), 1);
+}
+
+/// Entries as large as the container allows, then one too large: values come back whole,
+/// a replacement that cannot fit is a clear `Full`, and the container stays usable.
+#[test]
+fn huge_entries() {
+    let m = mproc::Manager::new().unwrap();
+    let d = m.dict_with_capacity::<u8, Vec<u8>>(4, 3 << 20).unwrap();
+    let big: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
+    d.insert(1, big.clone()).unwrap();
+    assert_eq!(d.get(&1).unwrap().as_deref(), Some(&big[..]));
+    let bigger = vec![7u8; (2 << 20) + 100];
+    let e = d.insert(2, bigger).unwrap_err();
+    assert_eq!(*e.kind(), mproc::ErrorKind::Full, "{e}");
+    assert!(d.insert(3, vec![0; 4 << 20]).is_err());
+    // Replaced many times over: compactions keep it whole.
+    for i in 0..20u8 {
+        d.insert(1, vec![i; 1 << 20]).unwrap();
+    }
+    assert_eq!(d.get(&1).unwrap(), Some(vec![19; 1 << 20]));
+    assert_eq!(d.len().unwrap(), 1);
+    let l = m.list_with_capacity::<String>(2, 100).unwrap();
+    assert!(l.push("x".repeat(200)).is_err());
+    l.push("ok".into()).unwrap();
+    assert_eq!(l.to_vec().unwrap(), ["ok"]);
+}
+
+per_start_method!(manager_updates_from_everywhere_with_kills);
+
+/// Creates `n` segments named `{prefix}{i}`, says so, then holds them for `hold_ms` (or until
+/// killed).
+fn make_and_hold(prefix: String, n: u32, hold_ms: u64, ready: mproc::Connection<u32>) {
+    let segs: Vec<mproc::SharedMemory> = (0..n)
+        .map(|i| {
+            let shm = mproc::SharedMemory::create_named(&format!("{prefix}{i}"), 8192).unwrap();
+            shm.write_at(0, &i.to_le_bytes()).unwrap();
+            shm
+        })
+        .collect();
+    ready.send(n).unwrap();
+    sleep_ms(hold_ms);
+    drop(segs);
+}
+
+/// Many processes of every start method create segments; the test opens them, SIGKILLs some
+/// creators and some keepers, and lets the rest end: every name stays while anyone holds it,
+/// and none is left once nobody does.
+#[test]
+fn many_creators_some_killed_with_their_keepers() {
+    let prefix = format!("chaos4-m-{}-", std::process::id());
+    let mut children = Vec::new();
+    for c in 0..6u32 {
+        let (mine, theirs) = mproc::pipe::<u32>().unwrap();
+        let m = StartMethod::ALL[c as usize % StartMethod::ALL.len()];
+        let hold = if c % 2 == 0 { 10_000 } else { 50 };
+        let mut p = Process::new(make_and_hold, (format!("{prefix}{c}-"), 15, hold, theirs))
+            .start_method(m);
+        p.start().unwrap();
+        children.push((c, p, mine));
+    }
+    let mut opened = Vec::new();
+    for (c, p, ready) in &mut children {
+        assert_eq!(ready.recv_timeout(PATIENCE).unwrap(), 15);
+        for i in (0..15).step_by(3) {
+            let shm = mproc::SharedMemory::open(&format!("{prefix}{c}-{i}")).unwrap();
+            opened.push((i, shm));
+        }
+        if *c % 2 == 0 {
+            p.kill().unwrap();
+        }
+        if *c == 2 {
+            for pid in openers_of(&format!("{prefix}{c}-")) {
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    for (_, p, _) in &mut children {
+        let _ = p.join_timeout(PATIENCE);
+    }
+    sleep_ms(100); // time a keeper would need to act
+    for (i, shm) in &opened {
+        assert!(
+            std::path::Path::new("/dev/shm").join(shm.name()).exists(),
+            "{} removed while this process holds it",
+            shm.name()
+        );
+        let mut b = [0u8; 4];
+        shm.read_at(0, &mut b).unwrap();
+        assert_eq!(u32::from_le_bytes(b), *i as u32);
+    }
+    drop(opened);
+    wait_until_no_names(&prefix);
+}
