@@ -350,3 +350,124 @@ fn many_creators_some_killed_with_their_keepers() {
     drop(opened);
     wait_until_no_names(&prefix);
 }
+
+fn make_buffer(n: u64) -> Buffer<u64> {
+    Buffer::new_with(n as usize, |b: &mut [u64]| {
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = i as u64;
+        }
+    })
+    .unwrap()
+}
+
+/// A received buffer's memory cannot be written by any route a process has: its descriptor
+/// reopened for writing through /proc, a new writable mapping, `mprotect` of its own mapping,
+/// `/proc/self/mem`, punching a hole. Its `&[T]` never changes.
+#[test]
+fn a_received_buffer_cannot_be_written_by_any_route() {
+    use std::os::unix::fs::FileExt;
+    let mut p = Process::new(make_buffer, (4096,)).start_method(StartMethod::Spawn);
+    p.start().unwrap();
+    let b = p.join_timeout(PATIENCE).unwrap();
+    let before: Vec<u64> = b.to_vec();
+    let fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|l| l.to_string_lossy().contains("mproc-buffer"))
+        })
+        .map(|fd| fd.path().to_string_lossy().into_owned())
+        .collect();
+    assert!(!fds.is_empty(), "the buffer's descriptor is here");
+    for path in &fds {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path);
+        if let Ok(f) = f {
+            assert!(
+                f.write_at(&[0xff; 8], 64).is_err(),
+                "written through {path}"
+            );
+            assert!(f.set_len(0).is_err(), "shrunk through {path}");
+            use std::os::fd::AsRawFd;
+            // SAFETY: a fresh mapping the kernel places; unmapped below if made.
+            let ptr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    f.as_raw_fd(),
+                    0,
+                )
+            };
+            assert_eq!(ptr, libc::MAP_FAILED, "a writable mapping of {path}");
+            // SAFETY: fallocate on an open descriptor.
+            let punched = unsafe {
+                libc::fallocate(
+                    f.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    0,
+                    4096,
+                )
+            };
+            assert_eq!(punched, -1, "a hole punched in {path}");
+        }
+    }
+    let page = (b.as_ptr() as usize) & !4095;
+    // SAFETY: asks for write access to the buffer's own mapping; refused, it changes nothing.
+    let r = unsafe { libc::mprotect(page as *mut _, 4096, libc::PROT_READ | libc::PROT_WRITE) };
+    assert_eq!(r, -1, "mprotect made the buffer writable");
+    let mem = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/self/mem")
+        .unwrap();
+    assert!(
+        mem.write_at(&[0xff; 8], b.as_ptr() as u64).is_err(),
+        "written through /proc/self/mem"
+    );
+    assert_eq!(b.to_vec(), before);
+}
+
+/// A page-sized element aligned beyond a page.
+#[derive(Clone, Copy)]
+#[repr(C, align(65536))]
+struct Huge([u8; 65536]);
+// SAFETY: plain bytes, no padding (size equals the array's), any bit pattern valid.
+unsafe impl bytemuck::Zeroable for Huge {}
+// SAFETY: as above.
+unsafe impl bytemuck::Pod for Huge {}
+
+/// Elements aligned beyond a page (which a page-aligned mapping cannot promise): a clear
+/// error, never a panic (bytemuck's, casting the bytes at whatever address the kernel chose).
+#[test]
+fn elements_aligned_beyond_a_page_are_refused() {
+    for len in [0usize, 1, 3] {
+        for _ in 0..4 {
+            let r = std::panic::catch_unwind(|| Buffer::new_with(len, |_: &mut [Huge]| {}));
+            let e = r
+                .unwrap_or_else(|_| panic!("Buffer::new_with panicked for {len} elements"))
+                .unwrap_err();
+            assert!(
+                matches!(e.kind(), mproc::ErrorKind::InvalidArgument(_)),
+                "{e}"
+            );
+            assert!(e.to_string().contains("aligned"), "{e}");
+        }
+    }
+    // Up to a page is fine, and the elements are where `&[T]` says.
+    let b = Buffer::new_with(3, |b: &mut [Page]| b[2].0[0] = 9).unwrap();
+    assert_eq!(b.as_ptr() as usize % 4096, 0);
+    assert_eq!(b[2].0[0], 9);
+}
+
+/// A page, aligned to one.
+#[derive(Clone, Copy)]
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+// SAFETY: plain bytes, no padding, any bit pattern valid.
+unsafe impl bytemuck::Zeroable for Page {}
+// SAFETY: as above.
+unsafe impl bytemuck::Pod for Page {}
