@@ -471,3 +471,26 @@ struct Page([u8; 4096]);
 unsafe impl bytemuck::Zeroable for Page {}
 // SAFETY: as above.
 unsafe impl bytemuck::Pod for Page {}
+
+/// `Array` and `Value` of elements aligned beyond a page (which a page-aligned mapping cannot
+/// promise), or zero-sized (a `Value` of one has no element to lend): a clear error, never a
+/// panic.
+#[test]
+fn arrays_of_odd_elements_are_refused() {
+    let invalid = |e: mproc::Error| matches!(e.kind(), mproc::ErrorKind::InvalidArgument(_));
+    for _ in 0..4 {
+        let r = std::panic::catch_unwind(|| {
+            let a = mproc::Array::<Huge>::new(2)?;
+            let first = a.lock()?[1].0[0];
+            Ok::<u8, mproc::Error>(first)
+        });
+        let r = r.unwrap_or_else(|_| panic!("an Array of elements aligned beyond a page panicked"));
+        assert!(r.is_err_and(invalid));
+    }
+    let r = std::panic::catch_unwind(|| mproc::Value::new(())?.get());
+    let r = r.unwrap_or_else(|_| panic!("a Value of a zero-sized type panicked"));
+    assert!(r.is_err_and(invalid));
+    assert!(mproc::Array::<()>::new(3).is_err_and(invalid));
+    let v = mproc::Value::new(Page([3; 4096])).unwrap();
+    assert_eq!(v.get().unwrap().0[4095], 3);
+}
