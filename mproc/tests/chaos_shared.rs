@@ -119,7 +119,10 @@ fn keepers_killed_while_segments_are_made() {
     let errors = std::thread::scope(|s| {
         let maker = s.spawn(|| {
             let mut errors = Vec::new();
-            for i in 0..3000 {
+            for i in 0.. {
+                if done.load(Ordering::Relaxed) {
+                    break;
+                }
                 let name = format!("{prefix}{i}");
                 match mproc::SharedMemory::create_named(&name, 4096) {
                     Ok(shm) => {
@@ -131,11 +134,12 @@ fn keepers_killed_while_segments_are_made() {
                     Err(e) => errors.push(format!("{name}: {e}")),
                 }
             }
-            done.store(true, Ordering::Relaxed);
             errors
         });
+        // Twelve kills, or as many as four seconds allow.
         let mut kills = 0;
-        while !done.load(Ordering::Relaxed) {
+        let deadline = Instant::now() + Duration::from_secs(4);
+        while kills < 12 && Instant::now() < deadline {
             for pid in openers_of(&prefix) {
                 // SAFETY: kill(2) has no memory-safety preconditions.
                 if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
@@ -144,6 +148,7 @@ fn keepers_killed_while_segments_are_made() {
             }
             sleep_ms(3);
         }
+        done.store(true, Ordering::Relaxed);
         let errors = maker.join().unwrap();
         eprintln!("{kills} keepers killed; errors: {errors:?}");
         errors
@@ -285,9 +290,9 @@ fn huge_entries() {
 
 per_start_method!(manager_updates_from_everywhere_with_kills);
 
-/// Creates `n` segments named `{prefix}{i}`, says so, then holds them for `hold_ms` (or until
-/// killed).
-fn make_and_hold(prefix: String, n: u32, hold_ms: u64, ready: mproc::Connection<u32>) {
+/// Creates `n` segments named `{prefix}{i}`, says so, then holds them until told to let go
+/// (or killed).
+fn make_and_hold(prefix: String, n: u32, talk: mproc::Connection<u32>) {
     let segs: Vec<mproc::SharedMemory> = (0..n)
         .map(|i| {
             let shm = mproc::SharedMemory::create_named(&format!("{prefix}{i}"), 8192).unwrap();
@@ -295,8 +300,8 @@ fn make_and_hold(prefix: String, n: u32, hold_ms: u64, ready: mproc::Connection<
             shm
         })
         .collect();
-    ready.send(n).unwrap();
-    sleep_ms(hold_ms);
+    talk.send(n).unwrap();
+    let _ = talk.recv_timeout(PATIENCE);
     drop(segs);
 }
 
@@ -310,9 +315,8 @@ fn many_creators_some_killed_with_their_keepers() {
     for c in 0..6u32 {
         let (mine, theirs) = mproc::pipe::<u32>().unwrap();
         let m = StartMethod::ALL[c as usize % StartMethod::ALL.len()];
-        let hold = if c % 2 == 0 { 10_000 } else { 50 };
-        let mut p = Process::new(make_and_hold, (format!("{prefix}{c}-"), 15, hold, theirs))
-            .start_method(m);
+        let mut p =
+            Process::new(make_and_hold, (format!("{prefix}{c}-"), 15, theirs)).start_method(m);
         p.start().unwrap();
         children.push((c, p, mine));
     }
@@ -325,6 +329,8 @@ fn many_creators_some_killed_with_their_keepers() {
         }
         if *c % 2 == 0 {
             p.kill().unwrap();
+        } else {
+            ready.send(0).unwrap();
         }
         if *c == 2 {
             for pid in openers_of(&format!("{prefix}{c}-")) {
@@ -493,4 +499,144 @@ fn arrays_of_odd_elements_are_refused() {
     assert!(mproc::Array::<()>::new(3).is_err_and(invalid));
     let v = mproc::Value::new(Page([3; 4096])).unwrap();
     assert_eq!(v.get().unwrap().0[4095], 3);
+}
+
+fn small_buffer(n: u64) -> Buffer<u64> {
+    Buffer::from_slice(&[n; 4]).unwrap()
+}
+
+/// Buffers coming back from pool tasks into a process out of descriptors: a clear error (the
+/// kernel drops the descriptors it cannot install), never a hang, a panic or a wrong buffer;
+/// and the pool serves on once descriptors are free again.
+#[test]
+fn buffers_returned_to_a_process_out_of_descriptors() {
+    if !crate::common::alone() {
+        return; // it lowers this process's limit for a while
+    }
+    let pool = mproc::Pool::builder()
+        .processes(2)
+        .start_method(StartMethod::Spawn)
+        .build()
+        .unwrap();
+    assert_eq!(pool.apply(small_buffer, (1,)).unwrap()[..], [1; 4]);
+    let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a valid struct; this test runs in a process of its own.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut old), 0);
+        let low = libc::rlimit {
+            rlim_cur: open + 40,
+            rlim_max: old.rlim_max,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &low), 0);
+    }
+    let began = Instant::now();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pool.map(small_buffer, 0..200u64)
+    }));
+    // SAFETY: as above.
+    unsafe { assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &old), 0) };
+    assert!(began.elapsed() < PATIENCE, "took {:?}", began.elapsed());
+    match r.unwrap_or_else(|_| panic!("panicked out of descriptors")) {
+        Ok(bufs) => {
+            for (i, b) in bufs.iter().enumerate() {
+                assert_eq!(b[..], [i as u64; 4]);
+            }
+            panic!("200 buffers held with 40 descriptors to spare");
+        }
+        Err(e) => eprintln!("out of descriptors: {e}"),
+    }
+    assert_eq!(pool.apply(small_buffer, (5,)).unwrap()[..], [5; 4]);
+    let bufs = pool.map(small_buffer, 0..50u64).unwrap();
+    assert!(bufs.iter().enumerate().all(|(i, b)| b[..] == [i as u64; 4]));
+}
+
+/// A keeper that runs out of descriptors (it inherits this process's low hard limit, and
+/// holds two for each name it keeps): every create either works or fails clearly, a name that a create
+/// reported failed does not exist, and none is left once the handles go.
+#[test]
+fn a_keeper_out_of_descriptors() {
+    if !crate::common::alone() {
+        return; // it lowers this process's limit for good
+    }
+    let prefix = format!("chaos4-fd-{}-", std::process::id());
+    let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+    // SAFETY: setrlimit on a valid struct; this test runs in a process of its own.
+    unsafe {
+        let low = libc::rlimit {
+            rlim_cur: open + 100,
+            rlim_max: open + 100,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &low), 0);
+    }
+    let mut held = Vec::new();
+    let mut errors = Vec::new();
+    for i in 0..70 {
+        let name = format!("{prefix}{i}");
+        match mproc::SharedMemory::create_named(&name, 4096) {
+            Ok(shm) => held.push(shm),
+            Err(e) => {
+                sleep_ms(20);
+                assert!(
+                    !std::path::Path::new("/dev/shm").join(&name).exists(),
+                    "{name}: create failed ({e}) but the name exists"
+                );
+                errors.push(e.to_string());
+            }
+        }
+    }
+    eprintln!(
+        "{} held, {} errors: {:?}",
+        held.len(),
+        errors.len(),
+        errors.first()
+    );
+    for shm in &held {
+        assert!(std::path::Path::new("/dev/shm").join(shm.name()).exists());
+    }
+    drop(held);
+    wait_until_no_names(&prefix);
+}
+
+/// Openers race the last holder's drop, over and over: an open that succeeds holds a name
+/// that stays while it is held; one that loses finds nothing (ENOENT); and no name is left.
+#[test]
+fn opens_racing_the_last_drop() {
+    let prefix = format!("chaos4-o-{}-", std::process::id());
+    for round in 0..150 {
+        let name = format!("{prefix}{round}");
+        let shm = mproc::SharedMemory::create_named(&name, 4096).unwrap();
+        let go = std::sync::Barrier::new(4);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    go.wait();
+                    for _ in 0..20 {
+                        match mproc::SharedMemory::open(&name) {
+                            Ok(held) => {
+                                std::thread::yield_now();
+                                let path = std::path::Path::new("/dev/shm").join(&name);
+                                assert!(path.exists(), "{name} removed while held");
+                                drop(held);
+                            }
+                            Err(e) => {
+                                let os = match e.kind() {
+                                    mproc::ErrorKind::Os(os) => os.errno,
+                                    _ => None,
+                                };
+                                assert_eq!(os, Some(libc::ENOENT), "{e}");
+                                break;
+                            }
+                        }
+                    }
+                });
+            }
+            go.wait();
+            drop(shm);
+        });
+    }
+    wait_until_no_names(&prefix);
 }
