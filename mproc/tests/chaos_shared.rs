@@ -640,3 +640,25 @@ fn opens_racing_the_last_drop() {
     }
     wait_until_no_names(&prefix);
 }
+
+fn echo_len(b: Buffer<u16>) -> (usize, Buffer<u16>) {
+    (b.len(), b)
+}
+
+/// Empty buffers and a sparse gigabyte cross processes both ways, and read as they should.
+#[test]
+fn empty_and_sparse_buffers_cross_processes() {
+    for m in StartMethod::ALL {
+        let empty = Buffer::<u16>::from_slice(&[]).unwrap();
+        let mut p = Process::new(echo_len, (empty,)).start_method(m);
+        p.start().unwrap();
+        let (n, back) = p.join_timeout(PATIENCE).unwrap();
+        assert_eq!((n, back.len(), back.is_empty()), (0, 0, true), "{m}");
+        assert_eq!(&back[..], &[] as &[u16]);
+        let sparse = Buffer::new_with(1 << 29, |b: &mut [u16]| b[(1 << 29) - 1] = 7).unwrap();
+        let mut p = Process::new(echo_len, (sparse,)).start_method(m);
+        p.start().unwrap();
+        let (n, back) = p.join_timeout(PATIENCE).unwrap();
+        assert_eq!((n, back[0], back[(1 << 29) - 1]), (1 << 29, 0, 7), "{m}");
+    }
+}
