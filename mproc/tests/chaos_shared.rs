@@ -85,11 +85,17 @@ fn wait_until_no_names(prefix: &str) {
     }
 }
 
-/// The processes other than this one that have a file in /dev/shm whose name starts with
-/// `prefix` open (the keepers, here: the test's children hold none).
+/// The processes other than this one that have open a file named in /dev/shm with a name
+/// that starts with `prefix` (found by device and inode: a keeper's own opening of a file it
+/// made shows the unnamed file's path): the keepers, and any child holding one.
 fn openers_of(prefix: &str) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let files: Vec<(u64, u64)> = shm_names(prefix)
+        .iter()
+        .filter_map(|n| std::fs::metadata(std::path::Path::new("/dev/shm").join(n)).ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect();
     let me = std::process::id() as i32;
-    let wanted = format!("/dev/shm/{prefix}");
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
@@ -102,7 +108,7 @@ fn openers_of(prefix: &str) -> Vec<i32> {
             continue;
         };
         if fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy().starts_with(&wanted))
+            std::fs::metadata(fd.path()).is_ok_and(|m| files.contains(&(m.dev(), m.ino())))
         }) {
             found.push(pid);
         }
@@ -661,4 +667,58 @@ fn empty_and_sparse_buffers_cross_processes() {
         let (n, back) = p.join_timeout(PATIENCE).unwrap();
         assert_eq!((n, back[0], back[(1 << 29) - 1]), (1 << 29, 0, 7), "{m}");
     }
+}
+
+/// Creates each of `names` and says so, then waits to be killed.
+fn create_these_and_hang(names: Vec<String>, ready: mproc::Connection<usize>) {
+    let held: Vec<mproc::SharedMemory> = names
+        .iter()
+        .map(|n| mproc::SharedMemory::create_named(n, 100).unwrap())
+        .collect();
+    ready.send(held.len()).unwrap();
+    sleep_ms(PATIENCE.as_millis() as u64);
+}
+
+/// Odd but valid names (the longest, spaces, a newline, non-ASCII) survive their keeper's and
+/// creator's SIGKILL in its records: the next keeper adopts and removes them.
+#[test]
+fn odd_names_are_adopted_after_their_keeper_dies() {
+    let tag = format!("chaos4-n-{}-", std::process::id());
+    let names = vec![
+        format!("{tag}{}", "x".repeat(255 - tag.len())),
+        format!("{tag} a\nb\tc"),
+        format!("{tag}é✓"),
+    ];
+    let (mine, theirs) = mproc::pipe::<usize>().unwrap();
+    let mut p = Process::new(create_these_and_hang, (names.clone(), theirs))
+        .start_method(StartMethod::Spawn);
+    p.start().unwrap();
+    assert_eq!(mine.recv_timeout(PATIENCE).unwrap(), 3);
+    // The keeper first, then the creator: the names outlive both, with only their records.
+    let creator = p.pid().unwrap() as i32;
+    let keepers: Vec<i32> = openers_of(&tag)
+        .into_iter()
+        .filter(|&k| k != creator)
+        .collect();
+    assert!(!keepers.is_empty(), "the keeper holds them");
+    for &pid in &keepers {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while openers_of(&tag).iter().any(|k| keepers.contains(k)) {
+        assert!(Instant::now() < deadline, "the keeper outlived SIGKILL");
+        sleep_ms(5);
+    }
+    sleep_ms(50); // time another keeper of this user would need to adopt them
+    for n in &names {
+        let path = std::path::Path::new("/dev/shm").join(n);
+        assert!(path.exists(), "{n:?} removed while its creator holds it");
+    }
+    p.kill().unwrap();
+    let _ = p.join_timeout(PATIENCE);
+    // The next keeper (this process's first, unless another process of this user started one
+    // meanwhile) adopts them, and nobody holds them.
+    drop(mproc::SharedMemory::create(10).unwrap());
+    wait_until_no_names(&tag);
 }
