@@ -23,6 +23,12 @@ fn data_at<T>() -> usize {
     HEADER.next_multiple_of(align_of::<T>())
 }
 
+/// Whether a page-aligned mapping is aligned enough for `T`: the kernel places a mapping on a
+/// page boundary, no further, so elements aligned beyond a page could not be lent as `&[T]`.
+fn aligned_enough<T>() -> bool {
+    align_of::<T>() <= rustix::param::page_size()
+}
+
 /// A read-only array of plain data in shared memory, which crosses to other processes by
 /// handing over its memory, never by copying it: what Python users do with a numpy array in
 /// `SharedMemory` to stop it being pickled into every pool task.
@@ -44,7 +50,7 @@ fn data_at<T>() -> usize {
 /// buffer a task returns holds a descriptor in this process while its result is kept.
 /// Clones share the memory, which is freed when the last holder in any process drops it.
 ///
-/// `T` is [`Pod`](crate::Pod) and not zero-sized. A buffer received as a `Buffer<U>` whose
+/// `T` is [`Pod`](crate::Pod), not zero-sized, and aligned to at most a page (4096 bytes). A buffer received as a `Buffer<U>` whose
 /// elements differ in size from the sender's is refused.
 ///
 /// ```
@@ -86,8 +92,8 @@ impl<T: bytemuck::Pod> Buffer<T> {
     ///
     /// # Errors
     ///
-    /// `InvalidArgument` for a zero-sized `T` or a size over the address space; `Os` when the
-    /// memory cannot be had.
+    /// `InvalidArgument` for a zero-sized `T`, one aligned beyond a page, or a size over the
+    /// address space; `Os` when the memory cannot be had.
     ///
     /// ```
     /// let squares = mproc::Buffer::new_with(4, |s: &mut [u32]| {
@@ -101,6 +107,13 @@ impl<T: bytemuck::Pod> Buffer<T> {
     pub fn new_with(len: usize, fill: impl FnOnce(&mut [T])) -> Result<Buffer<T>, Error> {
         if size_of::<T>() == 0 {
             return Err(Error::invalid("a Buffer cannot hold zero-sized elements"));
+        }
+        if !aligned_enough::<T>() {
+            return Err(Error::invalid(format!(
+                "a Buffer cannot hold elements aligned to {} bytes, more than a page ({})",
+                align_of::<T>(),
+                std::any::type_name::<T>()
+            )));
         }
         let data = size_of::<T>()
             .checked_mul(len)
@@ -166,6 +179,13 @@ impl<T: bytemuck::Pod> Buffer<T> {
                 .get(at..at + 8)
                 .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
         };
+        if !aligned_enough::<T>() {
+            return Err(format!(
+                "a Buffer cannot hold elements aligned to {} bytes, more than a page ({})",
+                align_of::<T>(),
+                std::any::type_name::<T>()
+            ));
+        }
         if word(0) != Some(MAGIC) {
             return Err("a received Buffer is not one".into());
         }
@@ -305,6 +325,29 @@ mod tests {
             })
             .unwrap();
             assert!(Buffer::<u64>::received(liar.into_owned()).is_err(), "{size} {len}");
+        }
+        // Elements aligned beyond a page, as the sender's same-sized bytes: refused, where
+        // casting the page-aligned bytes would panic.
+        #[derive(Clone, Copy)]
+        #[repr(C, align(65536))]
+        struct Huge([u8; 65536]);
+        // A test's own Pod type (bytemuck's derive is not a dependency).
+        #[allow(unsafe_code)]
+        // SAFETY: plain bytes, no padding, any bit pattern valid.
+        unsafe impl bytemuck::Zeroable for Huge {}
+        #[allow(unsafe_code)]
+        // SAFETY: as above.
+        unsafe impl bytemuck::Pod for Huge {}
+        let (_, roomy) = Frozen::create("t", 3 << 16, |b| {
+            b[..8].copy_from_slice(&MAGIC.to_le_bytes());
+            b[8..16].copy_from_slice(&(1u64 << 16).to_le_bytes());
+            b[16..24].copy_from_slice(&1u64.to_le_bytes());
+        })
+        .unwrap();
+        let dup = || crate::sys::fd::dup_above(roomy.as_fd(), 0).unwrap();
+        for _ in 0..4 {
+            let e = Buffer::<Huge>::received(dup()).unwrap_err();
+            assert!(e.contains("aligned to 65536 bytes"), "{e}");
         }
         assert!(Buffer::<()>::from_slice(&[(); 3]).is_err());
         assert!(Buffer::<u64>::new_with(usize::MAX / 4, |_| {}).is_err());

@@ -2,7 +2,9 @@
 //! (Python's `multiprocessing.Value` and `Array`).
 //!
 //! `T` is [`Pod`] (bytemuck's "plain old data"): any bit pattern is a valid `T`
-//! and it holds no pointers, so its bytes mean the same in every process.
+//! and it holds no pointers, so its bytes mean the same in every process. It is not
+//! zero-sized and is aligned to at most a page (4096 bytes): `new` refuses others with
+//! `InvalidArgument`.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -44,7 +46,22 @@ fn data_at<T>() -> usize {
     DATA_AT.next_multiple_of(std::mem::align_of::<T>())
 }
 
+/// Whether shared memory can lend `T`s as `&[T]`: not zero-sized (a `Value` of one would
+/// have no element to lend), and aligned to at most a page, as a mapping is (the kernel places
+/// it on a page boundary, no further).
+fn lendable<T>() -> bool {
+    std::mem::size_of::<T>() != 0 && std::mem::align_of::<T>() <= rustix::param::page_size()
+}
+
 fn block_for<T>(kind: u32, len: usize) -> Result<Arc<Block>, Error> {
+    if !lendable::<T>() {
+        return Err(Error::invalid(format!(
+            "shared memory cannot hold elements of {} (zero-sized, or aligned to {} bytes, \
+             more than a page)",
+            std::any::type_name::<T>(),
+            std::mem::align_of::<T>(),
+        )));
+    }
     let bytes = std::mem::size_of::<T>()
         .checked_mul(len)
         .and_then(|b| b.checked_add(data_at::<T>()))
@@ -67,7 +84,7 @@ fn check_block<T, E: serde::de::Error>(block: &Block) -> Result<usize, E> {
         .checked_mul(size)
         .and_then(|b| b.checked_add(data_at::<T>()))
         .is_some_and(|end| end <= block.len());
-    if size != std::mem::size_of::<T>() || !fits {
+    if size != std::mem::size_of::<T>() || !fits || !lendable::<T>() {
         return Err(E::custom(
             "the shared value holds another type than this one",
         ));

@@ -8,6 +8,7 @@ mod bootstrap;
 mod buffer;
 mod chaos_forkserver;
 mod chaos_pool;
+mod chaos_shared;
 mod completion;
 mod crashes;
 mod fork_locks;

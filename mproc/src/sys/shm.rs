@@ -153,6 +153,17 @@ impl Mapping {
         if len == 0 {
             return Err(io::ErrorKind::InvalidInput.into());
         }
+        // A fork launch holds the internal list's lock across fork(2): held from the mapping
+        // to its advice, no child of another thread's fork can inherit a mapping meant not to
+        // be inherited (which would, say, make a `Frozen`'s write seal fail with EBUSY). The
+        // pages are faulted in after, not under the lock (`MAP_POPULATE` of a large message
+        // would hold up every fork and internal descriptor meanwhile).
+        let populate = !inherit && flags.contains(MapFlags::POPULATE);
+        let flags = match populate {
+            true => flags.difference(MapFlags::POPULATE),
+            false => flags,
+        };
+        let no_fork = (!inherit).then(fd::lock_internal);
         let ptr = map_shared(file, len, ProtFlags::READ | ProtFlags::WRITE, flags)?;
         let map = Mapping {
             ptr: NonNull::new(ptr.cast()).ok_or(io::ErrorKind::InvalidData)?,
@@ -163,6 +174,13 @@ impl Mapping {
         if !inherit {
             // SAFETY: advice on exactly the range just mapped, which changes no byte in it.
             unsafe { rustix::mm::madvise(ptr, len, Advice::LinuxDontFork)? };
+        }
+        drop(no_fork);
+        if populate {
+            // SAFETY: advice on exactly the range just mapped (all inside the file, which the
+            // caller checked), which changes no byte in it. Only a hint, as `MAP_POPULATE` is:
+            // before Linux 5.14 the pages are faulted in one by one instead.
+            let _ = unsafe { rustix::mm::madvise(ptr, len, Advice::LinuxPopulateRead) };
         }
         Ok(map)
     }
