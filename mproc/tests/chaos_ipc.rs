@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -377,6 +377,77 @@ fn joinable_with_a_consumer_killed_before_task_done(m: StartMethod) {
     q.join_timeout(PATIENCE).unwrap();
     assert!(q.task_done().is_err(), "more task_done than items");
     assert_eq!(q.unfinished(), 0);
+}
+
+/// A put that fails after its item was counted (its encoding fails) gives the count back; a
+/// `task_done` that raced it must not make the next item count as finished before it is.
+#[derive(Debug)]
+struct FailsLate {
+    go: Arc<AtomicBool>,
+    started: Arc<AtomicBool>,
+}
+
+impl Serialize for FailsLate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
+        // The first pass measures; the second (into the queue) waits, then fails.
+        let mut seq = s.serialize_seq(Some(1))?;
+        seq.serialize_element(&0u8)?;
+        if self.started.swap(true, Ordering::SeqCst) {
+            let until = Instant::now() + PATIENCE;
+            while !self.go.load(Ordering::SeqCst) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            return Err(S::Error::custom("fails late"));
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for FailsLate {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        unreachable!("never put")
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Job {
+    Real(u32),
+    Bad(FailsLate),
+}
+
+#[test]
+fn a_task_done_racing_a_failed_put_does_not_finish_the_next_item() {
+    let q = JoinableQueue::<Job>::new().unwrap();
+    let go = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicBool::new(false));
+    let bad = Job::Bad(FailsLate {
+        go: go.clone(),
+        started: started.clone(),
+    });
+    let q2 = q.clone();
+    let t = std::thread::spawn(move || q2.put(&bad).is_err());
+    // The put is inside its encoding now (counted, not published).
+    let until = Instant::now() + PATIENCE;
+    while !(started.load(Ordering::SeqCst) && q.unfinished() == 1) {
+        assert!(Instant::now() < until, "the put never began");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Nothing was ever put: a task_done now is one too many.
+    let extra = q.task_done();
+    go.store(true, Ordering::SeqCst);
+    assert!(t.join().unwrap(), "the put failed");
+    q.put(Job::Real(7)).unwrap();
+    assert_eq!(
+        q.unfinished(),
+        1,
+        "one item put and not done (the extra task_done said {extra:?})"
+    );
+    let e = q.join_timeout(Duration::from_millis(50)).unwrap_err();
+    assert_eq!(e.kind(), &ErrorKind::Timeout);
+    assert!(matches!(q.get().unwrap(), Job::Real(7)));
+    q.task_done().unwrap();
+    q.join_timeout(PATIENCE).unwrap();
 }
 
 /// Increments `v` under `lock` `n` times, each increment in two halves (so a death in the

@@ -311,7 +311,29 @@ impl Ring {
         self.h().put.puts.store(puts, Ordering::Release);
         let added = self.h().put.added_before.load(Ordering::Relaxed);
         self.h().put.added.store(added, Ordering::Release);
+        // A `task_done` may have counted the item while it was in flight (one call too
+        // many): it is taken back, so the next item is not finished before it is got.
+        self.take_back_extra_done();
         self.notify_done_if_zero();
+    }
+
+    /// Takes back `task_done`s beyond the items put (counted against an item whose put then
+    /// failed, see [`Ring::undo_put`]); `true` if there were any.
+    fn take_back_extra_done(&self) -> bool {
+        let word = &self.h().rare.done;
+        loop {
+            let done = word.load(Ordering::Acquire);
+            let added = self.h().put.added.load(Ordering::Acquire);
+            if done <= added {
+                return false;
+            }
+            if word
+                .compare_exchange(done, added, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return true;
+            }
+        }
     }
 
     fn recover_get(&self) {
@@ -409,6 +431,11 @@ impl Ring {
                 Ok(_) => break,
                 Err(now) => done = now,
             }
+        }
+        // Counted against an item in flight whose put failed meanwhile: one too many after
+        // all (its undo may have taken it back already, or does so after this look).
+        if self.take_back_extra_done() {
+            return false;
         }
         self.notify_done_if_zero();
         true
