@@ -454,8 +454,13 @@ fn a_task_done_racing_a_failed_put_does_not_finish_the_next_item() {
 /// middle shows), until killed.
 fn bump_in_halves(lock: Lock, v: Value<u64>, n: u64) {
     for _ in 0..n {
-        let _g = lock.acquire_timeout(PATIENCE).unwrap();
-        let x = v.get().unwrap();
+        let g = lock.acquire_timeout(PATIENCE).unwrap();
+        let mut x = v.get().unwrap();
+        if g.owner_died() {
+            // Told, as only the next acquirer is: finish the dead one's half increment.
+            x += x % 2;
+        }
+        assert_eq!(x % 2, 0, "a half increment with no owner death reported");
         v.set(x + 1).unwrap();
         std::hint::black_box(x);
         v.set(x + 2).unwrap();
@@ -476,7 +481,8 @@ fn lock_holders_killed_at_random_hand_the_lock_on(m: StartMethod) {
         std::thread::sleep(Duration::from_millis(10 + rng.below(40)));
         for p in &mut ps {
             p.kill().unwrap();
-            let _ = p.join_timeout(PATIENCE);
+            let e = p.join_timeout(PATIENCE).unwrap_err();
+            assert!(!matches!(e.kind(), ErrorKind::Panicked(_)), "{e}");
         }
         let g = lock.acquire_timeout(PATIENCE).unwrap();
         let x = v.get().unwrap();
@@ -560,10 +566,179 @@ fn event_set_clear_pulses_end_timed_waits() {
     });
 }
 
+/// Sends values of every size (up to 10 MiB) in order, for ever (until killed).
+fn send_items(conn: mproc::Connection<Item>) {
+    for id in 0.. {
+        if conn.send(item(1, id)).is_err() {
+            return;
+        }
+    }
+}
+
+/// A sender SIGKILLed at a random moment (encoding a 10 MiB value into its file, or sending
+/// it): the reader gets whole values, in order, then `Closed`; never a torn value or a wait
+/// for ever.
+fn a_pipe_sender_killed_at_random_leaves_whole_values_then_closed(m: StartMethod) {
+    let mut rng = Rng::seeded();
+    for _ in 0..3 {
+        let (here, there) = pipe::<Item>().unwrap();
+        let mut p = start(m, send_items, (there,));
+        let kill_at = Instant::now() + Duration::from_millis(rng.below(300));
+        let mut next = 0;
+        let e = loop {
+            if Instant::now() >= kill_at && p.is_alive() {
+                p.kill().unwrap();
+            }
+            match here.recv_timeout(PATIENCE) {
+                Ok(it) => {
+                    assert!(it.id == next && intact(&it), "value {next} whole, in order");
+                    next += 1;
+                }
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(e.kind(), &ErrorKind::Closed, "{e}");
+        let _ = p.join_timeout(PATIENCE);
+    }
+}
+
+/// Gets one item every few milliseconds, for ever (until killed).
+fn get_slowly(q: Queue<Item>) {
+    while q.get_timeout(PATIENCE).is_ok() {
+        std::thread::sleep(Duration::from_millis(3));
+    }
+}
+
+/// Large puts into a bounded queue whose only consumer is SIGKILLed at a random moment: the
+/// put waiting for room ends with `Closed` (nobody else can get), not a wait for ever.
+fn a_put_waiting_on_a_consumer_that_dies_is_closed(m: StartMethod) {
+    let mut rng = Rng::seeded();
+    let q = Queue::<Item>::bounded(2).unwrap();
+    let mut p = start(m, get_slowly, (q.clone(),));
+    let kill_at = Instant::now() + Duration::from_millis(rng.below(200));
+    let began = Instant::now();
+    let mut killed = false;
+    let mut id = 0;
+    let e = loop {
+        if !killed && Instant::now() >= kill_at {
+            p.kill().unwrap();
+            killed = true;
+        }
+        // 300 KiB and 10 MiB items mostly.
+        match q.put_timeout(item(0, id * 3 + 5), PATIENCE) {
+            Ok(()) => id += 1,
+            Err(e) => break e,
+        }
+        assert!(began.elapsed() < PATIENCE, "still putting");
+    };
+    assert!(killed);
+    assert_eq!(e.kind(), &ErrorKind::Closed, "{e}");
+    let _ = p.join_timeout(PATIENCE);
+    // What was put and not got is still there, whole.
+    let mut left = 0;
+    while let Some(it) = q.try_get().unwrap() {
+        assert!(intact(&it));
+        left += 1;
+    }
+    assert!(left <= 2);
+}
+
+/// Puts `n` items (300 KiB and 10 MiB ones among them) into a joinable queue.
+fn put_joinable(q: JoinableQueue<Item>, n: u32) {
+    for id in 0..n {
+        q.put(item(2, id)).unwrap();
+    }
+}
+
+/// A producer SIGKILLed inside a put of a joinable queue: once every item it published is
+/// got and marked done, `join` returns (the item it died putting was never in the queue),
+/// and the queue says it is empty.
+fn join_after_a_producer_killed_inside_a_put(m: StartMethod) {
+    let mut rng = Rng::seeded();
+    let q = JoinableQueue::<Item>::new().unwrap();
+    let mut p = start(m, put_joinable, (q.clone(), 100_000));
+    // Inside a put, most likely: the producer does little else.
+    let until = Instant::now() + Duration::from_millis(50 + rng.below(200));
+    let mut got = 0u32;
+    while Instant::now() < until {
+        if let Some(it) = q.try_get().unwrap() {
+            assert!(it.id == got && intact(&it));
+            got += 1;
+            q.task_done().unwrap();
+        }
+    }
+    p.kill().unwrap();
+    let _ = p.join_timeout(PATIENCE);
+    while let Some(it) = q.try_get().unwrap() {
+        assert!(it.id == got && intact(&it));
+        got += 1;
+        q.task_done().unwrap();
+    }
+    assert_eq!(q.len(), 0, "all {got} published items got");
+    assert_eq!(q.unfinished(), 0, "all {got} published items done");
+    q.join_timeout(PATIENCE).unwrap();
+}
+
+/// Whether this process is a child of the test.
+fn in_child() -> bool {
+    mproc::current_process().name() != "MainProcess"
+}
+
+/// A value whose encoding into the queue (its second: the first sizes it) stalls in a child,
+/// after it says so in `/tmp`.
+#[derive(Debug, Deserialize)]
+struct StallsInPut(u32);
+
+impl Serialize for StallsInPut {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        static ENCODINGS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        if in_child() && ENCODINGS.fetch_add(1, Ordering::SeqCst) == 1 {
+            std::fs::write(stall_marker(std::process::id()), b"").unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        self.0.serialize(s)
+    }
+}
+
+fn stall_marker(pid: u32) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("mproc-chaos-ipc-{pid}-in-put"))
+}
+
+fn put_stalling(q: JoinableQueue<StallsInPut>) {
+    q.put(StallsInPut(2)).unwrap();
+}
+
+/// A producer killed inside a put, with no put after it (nobody takes the producers' lock
+/// again): the item it died putting was never in the queue, so it is neither counted in
+/// `len` nor unfinished, and `join` returns once the items that were put are done.
+fn a_put_cut_short_by_a_kill_is_not_counted_even_with_no_put_after(m: StartMethod) {
+    let q = JoinableQueue::<StallsInPut>::new().unwrap();
+    q.put(StallsInPut(1)).unwrap();
+    let mut p = start(m, put_stalling, (q.clone(),));
+    let mark = stall_marker(p.pid().unwrap());
+    crate::common::wait_until("the child is inside its put", || mark.exists());
+    p.kill().unwrap();
+    let _ = p.join_timeout(PATIENCE);
+    let _ = std::fs::remove_file(&mark);
+    assert_eq!(q.get_timeout(PATIENCE).unwrap().0, 1);
+    q.task_done().unwrap();
+    assert!(q.try_get().unwrap().is_none());
+    assert_eq!(
+        (q.len(), q.unfinished()),
+        (0, 0),
+        "the cut-short put counts for nothing"
+    );
+    q.join_timeout(PATIENCE).unwrap();
+}
+
 per_start_method!(
     producers_killed_at_random_lose_no_published_item,
     consumers_killed_at_random_get_each_item_at_most_once,
     a_pipe_reader_killed_at_random_ends_its_senders_wait,
     joinable_with_a_consumer_killed_before_task_done,
     lock_holders_killed_at_random_hand_the_lock_on,
+    a_pipe_sender_killed_at_random_leaves_whole_values_then_closed,
+    a_put_waiting_on_a_consumer_that_dies_is_closed,
+    join_after_a_producer_killed_inside_a_put,
+    a_put_cut_short_by_a_kill_is_not_counted_even_with_no_put_after,
 );

@@ -236,6 +236,25 @@ impl Ring {
         self.h().fixed.maxsize.load(Ordering::Relaxed)
     }
 
+    /// Finishes the bookkeeping of a producer or a consumer that died inside a put or a get,
+    /// if its lock is free: otherwise the next put or get would, and until then the dead
+    /// one's journaled counts would show in [`Ring::len`] and [`Ring::unfinished`] (an item
+    /// never published counted as held and unfinished, so a `join` with nobody left to put
+    /// would never see every item done). A live holder of the lock is left alone.
+    pub(crate) fn settle(&self) {
+        let h = self.h();
+        if h.put.stage.load(Ordering::Acquire) != 0
+            && let Ok(Some((_held, Taken::OwnerDied))) = h.put_mutex.try_lock()
+        {
+            self.recover_put();
+        }
+        if h.get.active.load(Ordering::Acquire) != 0
+            && let Ok(Some((_held, Taken::OwnerDied))) = h.get_mutex.try_lock()
+        {
+            self.recover_get();
+        }
+    }
+
     /// How many items it holds now (a snapshot).
     pub(crate) fn len(&self) -> u64 {
         let gets = self.h().get.gets.load(Ordering::Acquire);
