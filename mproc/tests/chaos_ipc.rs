@@ -731,6 +731,126 @@ fn a_put_cut_short_by_a_kill_is_not_counted_even_with_no_put_after(m: StartMetho
     q.join_timeout(PATIENCE).unwrap();
 }
 
+/// Fills the whole array with one value after another under its lock, for ever (until
+/// killed), so a death mid-fill leaves it mixed.
+fn fill_rows(a: Array<u64>, me: u64) {
+    for round in 0.. {
+        let mut g = a.lock().unwrap();
+        let first = g[0];
+        if !g.owner_died() {
+            assert!(
+                g.iter().all(|&x| x == first),
+                "mixed with no owner death told"
+            );
+        }
+        let v = me << 32 | round;
+        for x in g.iter_mut() {
+            *x = v;
+        }
+    }
+}
+
+/// Writers of a shared array SIGKILLed at random moments, inside their writes or not: a
+/// half-written array is only ever seen by an acquirer told that the owner died.
+fn array_writers_killed_at_random_are_told(m: StartMethod) {
+    let a = Array::<u64>::new(64 << 10).unwrap();
+    let mut rng = Rng::seeded();
+    for _ in 0..4 {
+        let mut ps: Vec<_> = (0..2)
+            .map(|i| start(m, fill_rows, (a.clone(), i + 1)))
+            .collect();
+        std::thread::sleep(Duration::from_millis(20 + rng.below(60)));
+        for p in &mut ps {
+            p.kill().unwrap();
+            let e = p.join_timeout(PATIENCE).unwrap_err();
+            assert!(!matches!(e.kind(), ErrorKind::Panicked(_)), "{e}");
+        }
+        let mut g = a.lock().unwrap();
+        let first = g[0];
+        if g.owner_died() {
+            for x in g.iter_mut() {
+                *x = first;
+            }
+        } else {
+            assert!(
+                g.iter().all(|&x| x == first),
+                "mixed with no owner death told"
+            );
+        }
+    }
+}
+
+/// Waits on the condition until `flag` is set, then sets `done`.
+fn wait_for_flag(lock: Lock, cond: Condition, flag: Value<u32>, done: Event) {
+    let mut g = lock.acquire().unwrap();
+    while flag.get().unwrap() == 0 {
+        g = cond.wait_timeout(g, PATIENCE).unwrap().0;
+    }
+    drop(g);
+    done.set();
+}
+
+/// Takes the lock, sets the flag, and dies holding it without notifying.
+fn set_and_die_holding(lock: Lock, flag: Value<u32>) {
+    let _g = lock.acquire().unwrap();
+    flag.set(1).unwrap();
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// A condition's waiters in other processes, and a process that dies holding the lock: a
+/// notify from here wakes them, they take the lock (told its owner died), see the flag and
+/// end, none hangs.
+fn condition_waiters_survive_a_lock_holder_killed(m: StartMethod) {
+    let lock = Lock::new().unwrap();
+    let cond = Condition::new(&lock).unwrap();
+    let flag = Value::new(0u32).unwrap();
+    let done: Vec<Event> = (0..2).map(|_| Event::new().unwrap()).collect();
+    let mut waiters: Vec<_> = done
+        .iter()
+        .map(|d| {
+            start(
+                m,
+                wait_for_flag,
+                (lock.clone(), cond.clone(), flag.clone(), d.clone()),
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut killer = start(m, set_and_die_holding, (lock.clone(), flag.clone()));
+    assert!(killer.join_timeout(PATIENCE).is_err());
+    cond.notify_all();
+    for d in &done {
+        d.wait_timeout(PATIENCE).unwrap();
+    }
+    for w in &mut waiters {
+        w.join_timeout(PATIENCE).unwrap();
+    }
+}
+
+/// A waiter asleep when the event is set is released, even if the event is cleared again
+/// before it runs (as Python's `Event.set` promises: every waiter is awakened).
+#[test]
+fn a_set_then_clear_releases_the_waiters_asleep_at_the_set() {
+    let e = Event::new().unwrap();
+    for _ in 0..5 {
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let e = e.clone();
+                std::thread::spawn(move || e.wait_timeout(Duration::from_secs(2)))
+            })
+            .collect();
+        // Asleep by now.
+        std::thread::sleep(Duration::from_millis(50));
+        e.set();
+        e.clear();
+        for w in waiters {
+            w.join().unwrap().expect("released by the set");
+        }
+    }
+}
+
 per_start_method!(
     producers_killed_at_random_lose_no_published_item,
     consumers_killed_at_random_get_each_item_at_most_once,
@@ -741,4 +861,6 @@ per_start_method!(
     a_put_waiting_on_a_consumer_that_dies_is_closed,
     join_after_a_producer_killed_inside_a_put,
     a_put_cut_short_by_a_kill_is_not_counted_even_with_no_put_after,
+    array_writers_killed_at_random_are_told,
+    condition_waiters_survive_a_lock_holder_killed,
 );
