@@ -146,7 +146,7 @@ fn get_and_mark(q: Queue<Item>, seen: Array<u8>) {
 /// while marking what they got): nothing is delivered twice, and no more is missing than there
 /// were kills (each may lose the one item it got before marking it).
 fn consumers_killed_at_random_get_each_item_at_most_once(m: StartMethod) {
-    const N: u32 = 600;
+    const N: u32 = 300;
     const CONSUMERS: usize = 2;
     const KILLS: usize = 6;
     let q = Queue::<Item>::new().unwrap();
@@ -326,13 +326,13 @@ fn large_values_to_itself_across_threads_and_ends_forgotten() {
     let sizes = [10 << 20, 300 << 10, 5, 10 << 20, 70 << 10];
     let tx = a.clone();
     let t = std::thread::spawn(move || {
-        for round in 0..8u8 {
+        for round in 0..3u8 {
             for &s in &sizes {
                 tx.send(ByteBuf::from(pattern(round, s))).unwrap();
             }
         }
     });
-    for round in 0..8u8 {
+    for round in 0..3u8 {
         for &s in &sizes {
             let v = b.recv_timeout(PATIENCE).unwrap();
             assert!(*v == pattern(round, s)[..]);
