@@ -7,6 +7,7 @@ mod common;
 mod bootstrap;
 mod buffer;
 mod chaos_forkserver;
+mod chaos_ipc;
 mod chaos_pool;
 mod chaos_shared;
 mod completion;

@@ -141,6 +141,7 @@ impl<T> JoinableQueue<T> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn unfinished(&self) -> usize {
+        self.queue.core.shared.ring.settle();
         self.queue.core.shared.ring.unfinished() as usize
     }
 
@@ -188,6 +189,8 @@ impl<T> JoinableQueue<T> {
         let mut last = false;
         loop {
             let ticket = ring.ticket(Wait::Done);
+            // A producer that died inside a put counted an item it never published.
+            ring.settle();
             if ring.unfinished() == 0 {
                 return Ok(());
             }

@@ -282,6 +282,7 @@ impl<T> Queue<T> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn len(&self) -> usize {
+        self.core.shared.ring.settle();
         self.core.shared.ring.len() as usize
     }
 

@@ -236,6 +236,25 @@ impl Ring {
         self.h().fixed.maxsize.load(Ordering::Relaxed)
     }
 
+    /// Finishes the bookkeeping of a producer or a consumer that died inside a put or a get,
+    /// if its lock is free: otherwise the next put or get would, and until then the dead
+    /// one's journaled counts would show in [`Ring::len`] and [`Ring::unfinished`] (an item
+    /// never published counted as held and unfinished, so a `join` with nobody left to put
+    /// would never see every item done). A live holder of the lock is left alone.
+    pub(crate) fn settle(&self) {
+        let h = self.h();
+        if h.put.stage.load(Ordering::Acquire) != 0
+            && let Ok(Some((_held, Taken::OwnerDied))) = h.put_mutex.try_lock()
+        {
+            self.recover_put();
+        }
+        if h.get.active.load(Ordering::Acquire) != 0
+            && let Ok(Some((_held, Taken::OwnerDied))) = h.get_mutex.try_lock()
+        {
+            self.recover_get();
+        }
+    }
+
     /// How many items it holds now (a snapshot).
     pub(crate) fn len(&self) -> u64 {
         let gets = self.h().get.gets.load(Ordering::Acquire);
@@ -311,7 +330,29 @@ impl Ring {
         self.h().put.puts.store(puts, Ordering::Release);
         let added = self.h().put.added_before.load(Ordering::Relaxed);
         self.h().put.added.store(added, Ordering::Release);
+        // A `task_done` may have counted the item while it was in flight (one call too
+        // many): it is taken back, so the next item is not finished before it is got.
+        self.take_back_extra_done();
         self.notify_done_if_zero();
+    }
+
+    /// Takes back `task_done`s beyond the items put (counted against an item whose put then
+    /// failed, see [`Ring::undo_put`]); `true` if there were any.
+    fn take_back_extra_done(&self) -> bool {
+        let word = &self.h().rare.done;
+        loop {
+            let done = word.load(Ordering::Acquire);
+            let added = self.h().put.added.load(Ordering::Acquire);
+            if done <= added {
+                return false;
+            }
+            if word
+                .compare_exchange(done, added, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return true;
+            }
+        }
     }
 
     fn recover_get(&self) {
@@ -409,6 +450,11 @@ impl Ring {
                 Ok(_) => break,
                 Err(now) => done = now,
             }
+        }
+        // Counted against an item in flight whose put failed meanwhile: one too many after
+        // all (its undo may have taken it back already, or does so after this look).
+        if self.take_back_extra_done() {
+            return false;
         }
         self.notify_done_if_zero();
         true

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{KIND_BARRIER, WORDS_AT, block_handle, new_block};
@@ -13,25 +13,36 @@ use crate::sys::layout::shared_layout;
 use crate::sys::shared::Block;
 
 shared_layout! {
-    /// A barrier's words, at `WORDS_AT` (it has no use for the first two, which other kinds
-    /// use, and sleeps on `generation` without counting its sleepers).
+    /// A barrier's words, at `WORDS_AT` (it sleeps on `generation` without counting its
+    /// sleepers).
     struct Words {
-        _unused: [AtomicU32; 2],
+        /// Arrivals ever: the party that takes ticket `t` passes with generation
+        /// `t / parties` as index `t % parties`. Only ever incremented, so an arrival and
+        /// the generation it joins are one atomic step, however many more processes than
+        /// parties wait at once.
+        tickets: AtomicU64,
         parties: AtomicU32,
-        /// Parties waiting for this generation.
-        arrived: AtomicU32,
-        /// Bumped when the last party arrives: the others sleep on it.
+        _unused: AtomicU32,
+        /// How many generations have passed (modulo 2^32; only ever moved forward): bumped
+        /// by the last party of each. The others sleep on it.
         generation: AtomicU32,
         broken: AtomicU32,
     }
 }
 const _: () = {
     use std::mem::offset_of;
+    assert!(offset_of!(Words, tickets) == 0);
     assert!(offset_of!(Words, parties) == 8);
-    assert!(offset_of!(Words, arrived) == 12);
     assert!(offset_of!(Words, generation) == 16);
     assert!(offset_of!(Words, broken) == 20);
+    assert!(WORDS_AT.is_multiple_of(8));
 };
+
+/// Whether generation `mine` has passed, by the count of passed generations `passed`
+/// (both modulo 2^32).
+fn has_passed(passed: u32, mine: u32) -> bool {
+    (passed.wrapping_sub(mine) as i32) > 0
+}
 
 /// A barrier for a fixed number of parties: Python's `multiprocessing.Barrier`.
 ///
@@ -125,31 +136,44 @@ impl Barrier {
     fn wait_until(&self, deadline: Option<Instant>) -> Result<usize, Error> {
         let broken = &self.words().broken;
         let generation = &self.words().generation;
-        let arrived = &self.words().arrived;
-        let parties = self.words().parties.load(Ordering::Acquire);
-        let pass = generation.load(Ordering::SeqCst);
+        let parties = u64::from(self.words().parties.load(Ordering::Acquire));
         if broken.load(Ordering::SeqCst) != 0 {
             return Err(ErrorKind::BrokenBarrier.into());
         }
-        let index = arrived.fetch_add(1, Ordering::SeqCst);
-        if index + 1 >= parties {
-            arrived.store(0, Ordering::SeqCst);
-            generation.fetch_add(1, Ordering::SeqCst);
+        let ticket = self.words().tickets.fetch_add(1, Ordering::SeqCst);
+        let mine = (ticket / parties) as u32;
+        let index = (ticket % parties) as usize;
+        if index as u64 + 1 == parties {
+            // The last of its generation: the generation passes. Never moved back (the last
+            // party of the next one may have got here first).
+            let mut seen = generation.load(Ordering::SeqCst);
+            while !has_passed(seen, mine) {
+                match generation.compare_exchange(
+                    seen,
+                    mine.wrapping_add(1),
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                ) {
+                    Ok(_) => break,
+                    Err(now) => seen = now,
+                }
+            }
             futex::wake(generation, u32::MAX);
-            return Ok(index as usize);
+            return Ok(index);
         }
         loop {
-            if generation.load(Ordering::SeqCst) != pass {
-                return Ok(index as usize);
+            let seen = generation.load(Ordering::SeqCst);
+            if has_passed(seen, mine) {
+                return Ok(index);
             }
             if broken.load(Ordering::SeqCst) != 0 {
                 return Err(ErrorKind::BrokenBarrier.into());
             }
-            match futex::wait(generation, pass, deadline) {
+            match futex::wait(generation, seen, deadline) {
                 Ok(true) => {}
                 Ok(false) => {
-                    if generation.load(Ordering::SeqCst) != pass {
-                        return Ok(index as usize);
+                    if has_passed(generation.load(Ordering::SeqCst), mine) {
+                        return Ok(index);
                     }
                     self.abort();
                     return Err(ErrorKind::Timeout.into());

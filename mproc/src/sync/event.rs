@@ -19,9 +19,13 @@ shared_layout! {
         /// 1 once set.
         flag: AtomicU32,
         waiters: AtomicU32,
+        /// Bumped by every `set`: waiters sleep on it, so one asleep at a set is released
+        /// even if a `clear` follows before it runs.
+        sets: AtomicU32,
     }
 }
 const _: () = assert!(std::mem::offset_of!(Words, waiters) == 4);
+const _: () = assert!(std::mem::offset_of!(Words, sets) == 8);
 
 /// A flag processes can wait for: Python's `multiprocessing.Event`.
 ///
@@ -73,7 +77,8 @@ impl Event {
     /// ```
     pub fn set(&self) {
         self.words().flag.store(1, Ordering::SeqCst);
-        wake(&self.words().waiters, &self.words().flag, u32::MAX);
+        self.words().sets.fetch_add(1, Ordering::SeqCst);
+        wake(&self.words().waiters, &self.words().sets, u32::MAX);
     }
 
     /// Clears the flag.
@@ -99,7 +104,9 @@ impl Event {
         self.words().flag.load(Ordering::Acquire) != 0
     }
 
-    /// Waits until the flag is set.
+    /// Waits until the flag is set. A wait under way when [`set`](Self::set) is called
+    /// returns, even if the flag is cleared again before the waiter runs (as in Python, where
+    /// a set wakes every waiter).
     ///
     /// # Errors
     ///
@@ -133,15 +140,20 @@ impl Event {
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<(), Error> {
-        let flag = &self.words().flag;
-        while flag.load(Ordering::Acquire) == 0 {
-            let woke = sleep(&self.words().waiters, &self.words().flag, 0, deadline)
+        let (flag, sets) = (&self.words().flag, &self.words().sets);
+        // Read before the flag: a set from here on moves it, and the sleep returns at once.
+        let seen = sets.load(Ordering::SeqCst);
+        loop {
+            // Set now, or set since we first looked (and maybe cleared again since).
+            if flag.load(Ordering::SeqCst) != 0 || sets.load(Ordering::SeqCst) != seen {
+                return Ok(());
+            }
+            let woke = sleep(&self.words().waiters, sets, seen, deadline)
                 .map_err(|e| Error::os("waiting on an event", e))?;
-            if !woke && flag.load(Ordering::Acquire) == 0 {
+            if !woke && flag.load(Ordering::SeqCst) == 0 && sets.load(Ordering::SeqCst) == seen {
                 return Err(ErrorKind::Timeout.into());
             }
         }
-        Ok(())
     }
 }
 
