@@ -665,6 +665,51 @@ fn names_released_in_a_hurry_all_go() {
     });
 }
 
+/// How many sockets this process has open.
+fn my_sockets() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+        })
+        .count()
+}
+
+/// `Fork` children started while another thread creates segments keep none of the sockets of
+/// those requests to the keeper (a child that kept a reply socket's far end held up its
+/// parent's request to a dead keeper until the request's deadline, and kept the keeper alive).
+#[test]
+fn fork_children_keep_no_socket_of_a_request_to_the_keeper() {
+    let quiet: usize = (0..3)
+        .map(|_| {
+            let mut p = start(StartMethod::Fork, my_sockets, ());
+            p.join_timeout(PATIENCE).unwrap()
+        })
+        .max()
+        .unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                drop(SharedMemory::create(4096).unwrap());
+            }
+        });
+        let seen: Vec<usize> = (0..150)
+            .map(|_| {
+                let mut p = start(StartMethod::Fork, my_sockets, ());
+                p.join_timeout(PATIENCE).unwrap()
+            })
+            .collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let more = seen.iter().filter(|&&n| n > quiet).count();
+        assert_eq!(
+            more, 0,
+            "{more} of 150 children had more than {quiet} sockets: {seen:?}"
+        );
+    });
+}
+
 /// The processes (pid, command) that have the file of segment `name` open or mapped.
 fn holders_of(name: &str) -> Vec<(u32, String)> {
     use std::os::unix::fs::MetadataExt;

@@ -121,8 +121,9 @@ fn adopt_orphans() -> Result<(), Error> {
 }
 
 /// A copy of the running keeper's request socket, starting a keeper if there is none (or
-/// only the parent's, inherited by fork).
-fn request_socket() -> Result<OwnedFd, Error> {
+/// only the parent's, inherited by fork). Internal, as every socket of a request is: a child
+/// another thread forks meanwhile does not keep it (nor the keeper alive with it).
+fn request_socket() -> Result<InternalFd, Error> {
     let mut slot = lock();
     if slot
         .as_ref()
@@ -134,13 +135,14 @@ fn request_socket() -> Result<OwnedFd, Error> {
         *slot = Some(start()?);
     }
     let keeper = slot.as_ref().expect("just started");
-    fd::dup_above(keeper.request.as_fd(), 0)
-        .map_err(|e| Error::os("duplicating the shared-memory keeper's socket", e))
+    let [copy] = fd::create_internal(|| Ok([fd::dup_above(keeper.request.as_fd(), 0)?]))
+        .map_err(|e| Error::os("duplicating the shared-memory keeper's socket", e))?;
+    Ok(copy)
 }
 
 /// Forgets the keeper whose request socket is `request` (a copy of it), if it is still this
 /// process's: closing its socket tells it to exit once the names it keeps are removed.
-fn retire(request: &OwnedFd) {
+fn retire(request: &InternalFd) {
     let mut slot = lock();
     let same = slot.as_ref().is_some_and(|k| {
         k.generation == proc::fork_generation()
@@ -199,7 +201,12 @@ fn ask(
     msg: &[u8],
     deadline: Option<Instant>,
 ) -> io::Result<Option<(i32, Vec<OwnedFd>)>> {
-    let (reply, theirs) = socket::seqpacket_pair()?;
+    // Internal: a fork child of another thread that kept a copy of `theirs` would keep the
+    // reply socket open after the keeper's death, and this wait would last to its deadline.
+    let [reply, theirs] = fd::create_internal(|| {
+        let (a, b) = socket::seqpacket_pair()?;
+        Ok([a, b])
+    })?;
     loop {
         match socket::send(sock, &[msg], &[theirs.as_fd()]) {
             Ok(_) => break,
