@@ -88,6 +88,9 @@ thread_local! {
     /// catch it was in. Per thread, so a fork child never finds it locked by a thread it does
     /// not have.
     static LAST_PANIC: Cell<Option<(u64, PanicReport)>> = const { Cell::new(None) };
+    /// The record [`record`] replaced last: when a panic while unwinding aborts the process,
+    /// the panic that was unwinding.
+    static EARLIER_PANIC: Cell<Option<(u64, PanicReport)>> = const { Cell::new(None) };
 }
 
 /// From now on this process is a worker: the hook (installed if it was not) records where its
@@ -113,6 +116,12 @@ pub(crate) fn ensure_hook() {
         panic::set_hook(Box::new(move |info| {
             let catching = CATCHING.get();
             if IN_WORKER.load(Ordering::Relaxed) && catching != 0 {
+                if aborts(info.payload()) {
+                    // The process aborts once this hook returns: no `catch` will tell of the
+                    // panics, and the parent learns only of a SIGABRT.
+                    tell_before_abort(catching, info);
+                    return;
+                }
                 // A target's panic: recorded for `catch`, which tells of it if it reaches
                 // it. (One the target catches itself prints nothing, as a Python exception
                 // caught in the target.)
@@ -134,7 +143,40 @@ fn record(info: &panic::PanicHookInfo<'_>, catch: u64) {
         backtrace: (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
             .then(|| users_frames(&backtrace.to_string())),
     };
-    let _ = LAST_PANIC.try_with(|l| l.set(Some((catch, report))));
+    let _ = LAST_PANIC.try_with(|l| {
+        let replaced = l.replace(Some((catch, report)));
+        let _ = EARLIER_PANIC.try_with(|e| e.set(replaced));
+    });
+}
+
+/// Whether a panic with this payload aborts the process instead of unwinding: the panic core
+/// raises when a destructor panics while unwinding from another panic, or when a panic reaches
+/// a function that cannot unwind (an `extern "C"` one).
+fn aborts(payload: &(dyn std::any::Any + Send)) -> bool {
+    let message = payload_message(payload);
+    message == "panic in a destructor during cleanup"
+        || message == "panic in a function that cannot unwind"
+}
+
+/// Writes on stderr the recorded panics of catch number `catch` (the one being unwound from,
+/// and the one it replaced) and the aborting one, `info`, just before the process aborts:
+/// otherwise they would go nowhere. Written directly, not through the previous hook: std's
+/// takes a lock that a fork child may have inherited held by a thread it does not have.
+fn tell_before_abort(catch: u64, info: &panic::PanicHookInfo<'_>) {
+    let pid = std::process::id();
+    let mut told = String::new();
+    for slot in [&EARLIER_PANIC, &LAST_PANIC] {
+        if let Ok(Some((n, report))) = slot.try_with(Cell::take)
+            && n == catch
+        {
+            told.push_str(&format!("{report} (pid {pid})\n"));
+        }
+    }
+    let process = crate::current::identity().name().to_owned();
+    let at = info.location().map(|l| format!(" at {l}")).unwrap_or_default();
+    let message = payload_message(info.payload());
+    told.push_str(&format!("process {process} panicked{at}: {message} (pid {pid}; it aborts)\n"));
+    crate::sys::proc::write_stderr(&told);
 }
 
 /// A backtrace down to the user's target: the frames from where mproc called it on

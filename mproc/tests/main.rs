@@ -9,6 +9,7 @@ mod buffer;
 mod chaos_forkserver;
 mod chaos_ipc;
 mod chaos_pool;
+mod chaos_process;
 mod chaos_shared;
 mod completion;
 mod crashes;

@@ -79,6 +79,18 @@ pub(crate) fn watch(read: OwnedFd) {
     }
 }
 
+/// In a child forked from a thread other than the main one: exits as soon as the parent's pipe
+/// hangs up, the kernel SIGKILLing it (as [`tie`] does for a fork server's child). A watcher
+/// thread only if the kernel refuses: a thread started in a fork child of a multi-threaded
+/// process can wait forever for a lock of std's (its thread bookkeeping) that another thread
+/// of the parent held at the fork, and then the child outlives its parent.
+pub(crate) fn tie_forked(read: OwnedFd) {
+    match proc::hangup_killer(read.as_fd()) {
+        Ok(fd) => tie(Tie { fd, armed: true }, proc::getpid()),
+        Err(_) => watch(read),
+    }
+}
+
 /// What ties a fork server's child to the parent's pipe: a description of the pipe of the
 /// child's own, armed to kill whoever claims it (the kernel then kills the child itself, see
 /// [`tie`]), or failing that a plain copy of the read end (for a watcher thread).

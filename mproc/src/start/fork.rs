@@ -110,7 +110,8 @@ fn fork_holding_the_rest(
 
 /// Makes the child die with its parent. When the parent forked from its main thread, whose end
 /// is the process's end, the kernel does it (`PR_SET_PDEATHSIG`) at no cost; otherwise that
-/// signal would fire when the forking thread ends, so a small thread watches the liveness pipe.
+/// signal would fire when the forking thread ends, so the kernel kills it when the liveness pipe
+/// hangs up (see [`alive::tie_forked`]).
 fn watch_parent(parent: u32, from_main_thread: bool, alive_read: OwnedFd) {
     if from_main_thread && proc::kill_me_with_parent().is_ok() {
         if proc::getppid() != parent {
@@ -118,6 +119,6 @@ fn watch_parent(parent: u32, from_main_thread: bool, alive_read: OwnedFd) {
         }
         drop(alive_read);
     } else {
-        alive::watch(alive_read);
+        alive::tie_forked(alive_read);
     }
 }
