@@ -25,6 +25,3 @@ mod faults;
 
 #[path = "remote/security.rs"]
 mod security;
-
-#[path = "remote/chaos.rs"]
-mod chaos;

@@ -77,8 +77,6 @@ struct Submitter {
     build: u64,
     max_retries: u32,
     max_frame: usize,
-    /// The heartbeat TTL (for the reaper's pause check).
-    ttl: Duration,
     fixed: Option<usize>,
     processes: Arc<AtomicUsize>,
     queue: VecDeque<Chunk>,
@@ -160,7 +158,6 @@ fn start(
         build,
         max_retries: settings.max_retries,
         max_frame: remote.max_frame,
-        ttl: remote.ttl,
         fixed: settings.processes,
         processes,
         queue: VecDeque::new(),
@@ -427,7 +424,7 @@ impl Submitter {
     /// knows the pool.
     fn tick(&mut self) -> Result<(), Error> {
         self.settle()?;
-        reap(&mut self.con, &self.keys, self.ttl)?;
+        reap(&mut self.con, &self.keys)?;
         self.refresh_size()?;
         let key = self.keys.pool(self.pool);
         let known: bool = self.con.run("checking the remote pool", |c| {
@@ -536,7 +533,7 @@ fn agents_stats(
 }
 
 /// Runs the reaper's script once.
-pub(crate) fn reap(con: &mut Conn, keys: &Keys, ttl: Duration) -> Result<i64, Error> {
+pub(crate) fn reap(con: &mut Conn, keys: &Keys) -> Result<i64, Error> {
     let script = redis::Script::new(scripts::REAP);
     con.run("reaping dead agents", |c| {
         script
@@ -544,7 +541,6 @@ pub(crate) fn reap(con: &mut Conn, keys: &Keys, ttl: Duration) -> Result<i64, Er
             .key(keys.agents())
             .key(keys.dead())
             .arg(&keys.prefix)
-            .arg(ttl.as_millis() as u64)
             .invoke(c)
     })
 }
