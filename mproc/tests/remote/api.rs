@@ -440,8 +440,11 @@ fn the_result_reader_sleeps_once_per_answer() {
 fn a_long_task_pins_no_entries_behind_it() {
     let c = Cluster::new(StartMethod::Fork, 1, 2);
     let pool = c.pool();
-    let long = pool.apply_async(sleep_ms, (4000,)).unwrap();
-    let n = 1000;
+    // The answers behind it must all come while it runs: 400 quick calls, through Redis on
+    // the one other worker, take about a second with CPU hogs beside them (1 000 of them
+    // took more than its 4 s then, and the set-up's check below failed).
+    let long = pool.apply_async(sleep_ms, (6000,)).unwrap();
+    let n = 400;
     let got = pool.chunksize(1).map(square, 0..n).unwrap();
     assert_eq!(got.len(), n as usize);
     assert!(!long.ready(), "set-up: the long task still runs");
@@ -461,7 +464,7 @@ fn a_long_task_pins_no_entries_behind_it() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(!long.ready(), "set-up: the long task ran through the check");
-    assert_eq!(long.get_timeout(Duration::from_secs(20)).unwrap(), 4000);
+    assert_eq!(long.get_timeout(Duration::from_secs(20)).unwrap(), 6000);
 }
 
 #[test]
