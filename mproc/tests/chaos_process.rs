@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use mproc::{ErrorKind, Process, StartMethod};
 
-use crate::common::{PATIENCE, has_ended, start};
+use crate::common::{PATIENCE, has_ended, start, wait_for};
 
 fn exit_with(code: i32) -> u8 {
     std::process::exit(code)
@@ -407,17 +407,7 @@ fn a_parent_that_exits_waits_for_its_children_and_leaves_no_daemon_behind() {
                 .map_while(Result::ok)
                 .find_map(|l| l.split_once("PIDS ").map(|(_, p)| p.to_owned()))
         });
-        let deadline = Instant::now() + PATIENCE;
-        let status = loop {
-            if let Some(s) = driver.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = driver.kill();
-                panic!("{method}: the driver did not exit");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let status = wait_for(&mut driver, PATIENCE);
         let ended = Instant::now();
         let line = reader.join().unwrap().expect("the driver's pids");
         let pids: Vec<u32> = line.split(' ').map(|p| p.parse().unwrap()).collect();
@@ -520,17 +510,7 @@ fn a_parent_signalled_while_starting_children_from_many_threads_leaves_nothing()
         std::thread::sleep(Duration::from_millis(300));
         // SAFETY: kill(2) of the driver this test started.
         assert_eq!(unsafe { libc::kill(driver.id() as i32, sig) }, 0);
-        let deadline = Instant::now() + PATIENCE;
-        let status = loop {
-            if let Some(s) = driver.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = driver.kill();
-                panic!("{method}: the driver did not die");
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        };
+        let status = wait_for(&mut driver, PATIENCE);
         let died = Instant::now();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(sig), "{method}: {status:?}");

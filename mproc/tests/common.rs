@@ -98,6 +98,24 @@ pub(crate) fn alone() -> bool {
     false
 }
 
+/// Waits (bounded) for a program this test started to end; kills it and fails past `within`.
+pub(crate) fn wait_for(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> std::process::ExitStatus {
+    let until = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            panic!("the driver did not end within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Polls `cond` every few milliseconds until it holds; panics after [`PATIENCE`].
 pub(crate) fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + PATIENCE;

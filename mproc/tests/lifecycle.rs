@@ -343,7 +343,6 @@ per_start_method!(
 // Each scenario kills a fork server, which every other test of this process would feel, so it
 // runs in a process of its own (see `alone`).
 
-/// The pids whose parent is `pid`, from `/proc`.
 /// The children of `pid` that have not ended.
 fn live_children_of(pid: u32) -> Vec<u32> {
     children_of(pid)
@@ -352,6 +351,7 @@ fn live_children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The pids whose parent is `pid`, from `/proc`.
 fn children_of(pid: u32) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .unwrap()
@@ -729,12 +729,7 @@ fn a_start_right_after_the_server_is_killed_runs_its_target() {
     }
     let m = StartMethod::Forkserver;
     for round in 0..12u64 {
-        let mut first = Process::new(my_parent, ()).start_method(m);
-        first.start().unwrap();
-        let server = first.join_timeout(PATIENCE).unwrap();
-        wait_until("the server has lent its next spare", || {
-            lent_a_spare(server)
-        });
+        let server = a_fork_server_with_its_spare_lent();
         // SAFETY: kill(2) has no memory-safety preconditions.
         assert_eq!(unsafe { libc::kill(server as i32, libc::SIGKILL) }, 0);
         if round % 3 == 1 {
@@ -1042,19 +1037,26 @@ fn a_fork_server_child_needs_no_watcher_thread() {
     assert_eq!(p.join_timeout(PATIENCE).unwrap(), 1);
 }
 
+/// This process's fork server, started by a first start (and its join), once it has lent
+/// its next spare.
+fn a_fork_server_with_its_spare_lent() -> u32 {
+    let mut first = Process::new(my_parent, ()).start_method(StartMethod::Forkserver);
+    first.start().unwrap();
+    let server = first.join_timeout(PATIENCE).unwrap();
+    wait_until("the server has lent its next spare", || {
+        lent_a_spare(server)
+    });
+    server
+}
+
 /// This process's fork server (found as a first child's parent), stopped once it has lent this
 /// process its next spare: it reads no request until it is killed, and then never will. The
 /// lent spare starts without it: the second value is that start, returning its parent (the
 /// server), to be joined once the server is killed (a stopped server reports no exit).
 fn stopped_fork_server() -> (u32, Process<u32>) {
     let m = StartMethod::Forkserver;
-    let mut first = Process::new(my_parent, ()).start_method(m);
-    first.start().unwrap();
-    let server = first.join_timeout(PATIENCE).unwrap();
+    let server = a_fork_server_with_its_spare_lent();
     assert_ne!(server, std::process::id());
-    wait_until("the server has lent its next spare", || {
-        lent_a_spare(server)
-    });
     // SAFETY: kill(2) has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(server as i32, libc::SIGSTOP) }, 0);
     let ran = Event::new().unwrap();
@@ -1221,12 +1223,7 @@ fn a_wait_for_a_child_started_in_the_lent_spare_tells_the_server() {
         return;
     }
     let m = StartMethod::Forkserver;
-    let mut first = Process::new(my_parent, ()).start_method(m);
-    first.start().unwrap();
-    let server = first.join_timeout(PATIENCE).unwrap();
-    wait_until("the server has lent its next spare", || {
-        lent_a_spare(server)
-    });
+    let server = a_fork_server_with_its_spare_lent();
     let live = || live_children_of(server);
     wait_until("the first child is gone", || live().len() == 1);
     let spare = live()[0];
@@ -1345,9 +1342,7 @@ fn a_pool_tells_the_server_of_its_worker_started_in_the_lent_spare() {
         return;
     }
     let m = StartMethod::Forkserver;
-    let mut first = Process::new(my_parent, ()).start_method(m);
-    first.start().unwrap();
-    let server = first.join_timeout(PATIENCE).unwrap();
+    let server = a_fork_server_with_its_spare_lent();
     let live = || live_children_of(server);
     wait_until("one spare, lent", || {
         live().len() == 1 && lent_a_spare(server)

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use mproc::{Pool, StartMethod};
 
+use crate::common::wait_for;
+
 const DRIVER: &str = "MPROC_TEST_SIGNALS_DRIVER";
 
 fn slow(n: u64) -> u64 {
@@ -150,21 +152,6 @@ fn stderr_of(child: &mut Child) -> String {
 fn signal_group(child: &Child, sig: i32) {
     // SAFETY: kill(2) with a negative pid signals the process group the child leads.
     assert_eq!(unsafe { libc::kill(-(child.id() as i32), sig) }, 0);
-}
-
-/// Waits (bounded) for the child to end.
-fn wait_for(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let until = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > until {
-            let _ = child.kill();
-            panic!("the driver did not end within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// The live processes of process group `pgid` (zombies not counted).
