@@ -25,3 +25,6 @@ mod faults;
 
 #[path = "remote/security.rs"]
 mod security;
+
+#[path = "remote/chaos.rs"]
+mod chaos;

@@ -773,7 +773,7 @@ impl Engine {
         let key = c.keys.heartbeat(&c.id());
         hub.con
             .run("leaving", |k| redis::cmd("DEL").arg(&key).query::<()>(k))?;
-        reap(&mut hub.con, &c.keys)?;
+        reap(&mut hub.con, &c.keys, c.ttl)?;
         Ok(())
     }
 }
@@ -1112,21 +1112,20 @@ fn heartbeat(mut con: Conn, c: &Common) {
     let period = c.ttl / 4;
     let ttl_ms = c.ttl.as_millis() as u64;
     let mut last_reap = Instant::now();
+    let beat = redis::Script::new(scripts::HEARTBEAT);
     while !c.stop.load(Ordering::Relaxed) {
         let id = c.id();
         let key = c.keys.heartbeat(&id);
         let alive = con.run("refreshing the agent's heartbeat", |k| {
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(1)
-                .arg("PX")
+            beat.key(&key)
+                .key(c.keys.agents())
+                .arg(&id)
                 .arg(ttl_ms)
-                .arg("XX")
-                .query::<Option<String>>(k)
+                .invoke::<i64>(k)
         });
         match alive {
-            Ok(Some(_)) => {}
-            Ok(None) => {
+            Ok(1) => {}
+            Ok(_) => {
                 // Expired: the reaper has taken (or will take) what this agent held.
                 if tx.send(Event::Reaped).is_err() {
                     return;
@@ -1145,7 +1144,7 @@ fn heartbeat(mut con: Conn, c: &Common) {
         }
         if last_reap.elapsed() >= Duration::from_millis(250) {
             last_reap = Instant::now();
-            if let Err(e) = reap(&mut con, &c.keys) {
+            if let Err(e) = reap(&mut con, &c.keys, c.ttl) {
                 let _ = tx.send(Event::Failed(e));
                 return;
             }

@@ -76,7 +76,12 @@ for _ = 1, answers do
   end
 end
 if i > #ARGV then return {recorded, {}} end
-if not hb and redis.call('EXISTS', KEYS[2]) == 0 then return {recorded, -1} end
+-- Dead only once reaped (its registration gone): a heartbeat that expired while the server
+-- was paused does not make it so.
+if not hb and redis.call('EXISTS', KEYS[2]) == 0
+    and redis.call('HEXISTS', p .. 'agents', string.sub(KEYS[2], #p + 4)) == 0 then
+  return {recorded, -1}
+end
 local out = {}
 while i <= #ARGV do
   local id, pool, task = ARGV[i], ARGV[i + 1], ARGV[i + 2]
@@ -104,10 +109,23 @@ return {recorded, out}
 /// stream's head is trimmed up to its oldest entry still pending or not yet delivered
 /// (`MINID ~`: whole nodes only, so it costs little). Returns how many agents it reaped.
 ///
-/// KEYS: tasks, agents, dead. ARGV: prefix.
+/// KEYS: tasks, agents, dead. ARGV: prefix, the caller's heartbeat TTL in ms (none: no
+/// pause check).
 pub(crate) const REAP: &str = r#"
 local p = ARGV[1]
 local reaped = 0
+local ttl = tonumber(ARGV[2])
+if ttl then
+  -- Reapers run every ~250 ms; a longer gap means the server itself was not serving (paused,
+  -- stopped, starved): every heartbeat expired with no agent dead. For one TTL, none is
+  -- reaped, so that the live ones refresh theirs first.
+  -- (A key that expires, not TIME: the agents' ACL allows no TIME.)
+  if redis.call('EXISTS', p .. 'clock') == 0 then
+    redis.call('SET', p .. 'grace', 1, 'PX', ttl)
+  end
+  redis.call('SET', p .. 'clock', 1, 'PX', math.max(math.floor(ttl / 2), 400))
+  if redis.call('EXISTS', p .. 'grace') == 1 then return 0 end
+end
 for _, a in ipairs(redis.call('HKEYS', KEYS[2])) do
   if redis.call('EXISTS', p .. 'hb:' .. a) == 0 then
     local running = p .. 'running:' .. a
@@ -163,6 +181,18 @@ if type(s) == 'table' and s.err == nil then
   if min then redis.call('XTRIM', KEYS[1], 'MINID', '~', min) end
 end
 return reaped
+"#;
+
+/// An agent's heartbeat: refreshed while the agent is registered (the reaper alone declares
+/// an agent dead; an expired heartbeat only tells it to look). Returns 0 once reaped.
+///
+/// KEYS: `hb:<agent>`, agents. ARGV: the agent's id, the TTL in ms.
+pub(crate) const HEARTBEAT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+  redis.call('SET', KEYS[1], 1, 'PX', ARGV[2])
+  return 1
+end
+return 0
 "#;
 
 /// An agent's statistics for one pool, written only while the pool exists (so a pool that
@@ -347,9 +377,13 @@ mod tests {
         let lost = step(&mut con, &[], &[(id3, "3")], &[]);
         assert_eq!(lost, Value::Array(vec![Value::Int(0), Value::Array(vec![])]));
         assert_eq!(int(run(&mut con, &["HLEN", "t:running:a1"])), 0);
-        // The heartbeat gone: nothing starts (one pool: the combined check).
+        // The heartbeat expired but the agent not reaped (Redis was paused): it is alive.
         run(&mut con, &["SET", "t:pool:7", "frame"]);
         run(&mut con, &["DEL", "t:hb:a1"]);
+        let paused = step(&mut con, &[], &[], &[(id3, "7")]);
+        assert_eq!(paused, Value::Array(vec![Value::Int(0), Value::Array(vec![Value::Int(1)])]));
+        // Reaped (its registration gone): nothing starts (one pool: the combined check).
+        run(&mut con, &["HDEL", "t:agents", "a1"]);
         let dead = step(&mut con, &[], &[], &[(id3, "7")]);
         assert_eq!(dead, Value::Array(vec![Value::Int(0), Value::Int(-1)]));
     }

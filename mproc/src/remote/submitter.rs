@@ -77,6 +77,8 @@ struct Submitter {
     build: u64,
     max_retries: u32,
     max_frame: usize,
+    /// The heartbeat TTL (for the reaper's pause check).
+    ttl: Duration,
     fixed: Option<usize>,
     processes: Arc<AtomicUsize>,
     queue: VecDeque<Chunk>,
@@ -158,6 +160,7 @@ fn start(
         build,
         max_retries: settings.max_retries,
         max_frame: remote.max_frame,
+        ttl: remote.ttl,
         fixed: settings.processes,
         processes,
         queue: VecDeque::new(),
@@ -424,7 +427,7 @@ impl Submitter {
     /// knows the pool.
     fn tick(&mut self) -> Result<(), Error> {
         self.settle()?;
-        reap(&mut self.con, &self.keys)?;
+        reap(&mut self.con, &self.keys, self.ttl)?;
         self.refresh_size()?;
         let key = self.keys.pool(self.pool);
         let known: bool = self.con.run("checking the remote pool", |c| {
@@ -533,7 +536,7 @@ fn agents_stats(
 }
 
 /// Runs the reaper's script once.
-pub(crate) fn reap(con: &mut Conn, keys: &Keys) -> Result<i64, Error> {
+pub(crate) fn reap(con: &mut Conn, keys: &Keys, ttl: Duration) -> Result<i64, Error> {
     let script = redis::Script::new(scripts::REAP);
     con.run("reaping dead agents", |c| {
         script
@@ -541,6 +544,7 @@ pub(crate) fn reap(con: &mut Conn, keys: &Keys) -> Result<i64, Error> {
             .key(keys.agents())
             .key(keys.dead())
             .arg(&keys.prefix)
+            .arg(ttl.as_millis() as u64)
             .invoke(c)
     })
 }
