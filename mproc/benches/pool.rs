@@ -82,7 +82,7 @@ mod sys {
     pub(crate) mod cast;
 }
 use common::{futex_wait, futex_wake, machine, pin_to, spin};
-use pool_call_floor::CallEcho;
+use pool_call_floor::{CallEcho, DutyEcho};
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -425,6 +425,11 @@ fn apply_section(plan: &Plan, pinned: bool, res: &mut Results) -> Result<(), mpr
         let mut echo = CallEcho::start();
         alone(|i| assert_eq!(echo.call(i), i), plan)
     });
+    // The same with a pool's duties kept: handles, books, claims, a table, sleep words.
+    let duty = (!pinned).then(|| {
+        let echo = DutyEcho::start();
+        alone(|i| assert_eq!(echo.call(i), i), plan)
+    });
     // The sleeping floor next, on its own too: between two `apply` calls the other rows'
     // round trips are the pool's idle time, which decides whether its worker still watches
     // its lane (50 µs) or sleeps, so the rows sampled among them stay as they were.
@@ -569,6 +574,26 @@ fn apply_section(plan: &Plan, pinned: bool, res: &mut Results) -> Result<(), mpr
         _ => res.row(
             1,
             "raw encoded call",
+            "-".into(),
+            "-".into(),
+            SKIPPED.into(),
+        ),
+    }
+    match (duty, spin) {
+        (Some(duty), Some(spin)) => res.row(
+            1,
+            "raw call with a pool's duties, both spinning",
+            duty.n.to_string(),
+            format!("p50 {:.2} µs  p99 {:.2} µs", duty.p50, duty.p99),
+            format!(
+                "{:.1}x spin; apply back to back is {:.1}x it (a lean design's floor)",
+                duty.p50 / spin.p50,
+                alone_mp.p50 / duty.p50
+            ),
+        ),
+        _ => res.row(
+            1,
+            "raw call with a pool's duties",
             "-".into(),
             "-".into(),
             SKIPPED.into(),
