@@ -27,8 +27,17 @@ use crate::sys::fd::{self, InternalFd};
 use crate::sys::proc::Forked;
 use crate::wire::codec;
 
-/// Frames larger than this are cut (a log line, not a payload).
+/// Messages longer than this are cut (a log line, not a payload).
 const MAX_FRAME: usize = 64 * 1024;
+
+/// Targets longer than this are cut (a module path, or a name the user gave).
+const MAX_TARGET: usize = 1024;
+
+/// The most a frame's body may announce: a cut message and target, and their lengths and
+/// level. A pipe whose frame announces more is not a child's forwarder writing (something in
+/// the child wrote to the wrong descriptor, or meant harm): the relay stops reading it rather
+/// than keep whatever comes in wait for a frame that never ends.
+const MAX_BODY: usize = MAX_FRAME + MAX_TARGET + 64;
 
 /// One event as it crosses the pipe.
 #[derive(Serialize, Deserialize)]
@@ -204,7 +213,9 @@ fn serve(relay: &Relay) {
                 Ok(0) | Err(_) => ended.push(i),
                 Ok(n) => {
                     pipe.buf.extend_from_slice(&chunk[..n]);
-                    emit_frames(pipe);
+                    if emit_frames(pipe).is_err() {
+                        ended.push(i);
+                    }
                 }
             }
         }
@@ -214,11 +225,15 @@ fn serve(relay: &Relay) {
     }
 }
 
-/// Emits every whole frame in `pipe`'s buffer.
-fn emit_frames(pipe: &mut Pipe) {
+/// Emits every whole frame in `pipe`'s buffer; `Err` (the rest left unread) at a frame that
+/// announces more than any event makes ([`MAX_BODY`]).
+fn emit_frames(pipe: &mut Pipe) -> Result<(), ()> {
     let mut at = 0;
     while let Some(len) = pipe.buf.get(at..at + 4) {
         let len = u32::from_le_bytes(len.try_into().expect("four bytes")) as usize;
+        if len > MAX_BODY {
+            return Err(());
+        }
         let Some(body) = pipe.buf.get(at + 4..at + 4 + len) else {
             break;
         };
@@ -229,6 +244,7 @@ fn emit_frames(pipe: &mut Pipe) {
         at += 4 + len;
     }
     pipe.buf.drain(..at);
+    Ok(())
 }
 
 fn emit(child: &str, pid: u32, r: &Record) {
@@ -317,16 +333,12 @@ impl Subscriber for Forwarder {
         let mut text = Text(String::new());
         event.record(&mut text);
         let mut message = text.0;
-        if message.len() > MAX_FRAME {
-            let mut cut = MAX_FRAME;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
+        cut(&mut message, MAX_FRAME);
+        let mut target = event.metadata().target().to_owned();
+        cut(&mut target, MAX_TARGET);
         let record = Record {
             level: level_number(event.metadata().level()),
-            target: event.metadata().target().to_owned(),
+            target,
             message,
         };
         let Ok(body) = codec::encode(&record) else {
@@ -347,4 +359,15 @@ impl Subscriber for Forwarder {
     fn enter(&self, _: &span::Id) {}
 
     fn exit(&self, _: &span::Id) {}
+}
+
+/// Cuts `text` to at most `most` bytes, at a character's boundary.
+fn cut(text: &mut String, most: usize) {
+    if text.len() > most {
+        let mut at = most;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+    }
 }
