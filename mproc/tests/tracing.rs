@@ -184,11 +184,12 @@ fn processes_tasks_and_workers_tell_the_subscriber() {
         );
 
         // A pool: a task that finishes, one that panics, one that kills its worker, one past
-        // its timeout, one cancelled while it runs.
+        // its timeout, one cancelled while it runs. The timeout is the late call's own: a
+        // panic's report takes a few hundred milliseconds to make under RUST_BACKTRACE=1 (the
+        // test binary's symbols read), which a pool-wide one of 400 ms would cut short.
         let pool = Pool::builder()
             .processes(1)
             .start_method(m)
-            .task_timeout(Duration::from_millis(400))
             .build()
             .unwrap();
         assert_eq!(pool.apply(double, (1,)).unwrap(), 2);
@@ -196,7 +197,10 @@ fn processes_tasks_and_workers_tell_the_subscriber() {
         let e = pool.apply(exit_now, (3,)).unwrap_err();
         assert!(matches!(e.kind(), ErrorKind::WorkerLost(_)), "{e}");
         assert_eq!(
-            pool.apply(nap, (60_000,)).unwrap_err().kind(),
+            pool.timeout(Duration::from_millis(400))
+                .apply(nap, (60_000,))
+                .unwrap_err()
+                .kind(),
             &ErrorKind::TaskTimedOut
         );
         let r = pool.apply_async(nap, (300,)).unwrap();
@@ -269,4 +273,90 @@ fn a_fork_child_never_inherits_the_log_relay_locked() {
     p.start().unwrap();
     let ended = crate::common::join_race(&mut p, Duration::from_secs(30));
     assert_eq!(ended, 400);
+}
+
+/// The pipes among this process's descriptors (their `/proc/self/fd` link targets).
+fn pipes_here() -> Vec<String> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|t| t.to_string_lossy().into_owned())
+        .filter(|t| t.starts_with("pipe:"))
+        .collect()
+}
+
+/// In a child whose events go to its parent: writes a frame header announcing far more than
+/// any event makes to every pipe it may write to that its parent had none of before the start
+/// (its log pipe's; not a standard stream, nor a jobserver's the test runner lent), then up to
+/// 256 MiB after it, 64 KiB at a time, until a write fails. Returns the pipes it found and
+/// the bytes it got written.
+fn floods_the_relay(parents: Vec<String>) -> (u32, u64) {
+    use std::io::Write as _;
+    let mut pipes = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        let write_only = rustix::fs::fcntl_getfl(borrow(fd))
+            .is_ok_and(|f| f.contains(rustix::fs::OFlags::WRONLY));
+        if fd > 2 && target.starts_with("pipe:") && write_only && !parents.contains(&target) {
+            pipes.push(fd);
+        }
+    }
+    let mut written = 0u64;
+    let chunk = vec![0x5a_u8; 64 * 1024];
+    for &fd in &pipes {
+        let mut pipe = std::fs::File::from(rustix::io::fcntl_dupfd_cloexec(borrow(fd), 3).unwrap());
+        if pipe.write_all(&0xffff_fff0_u32.to_le_bytes()).is_err() {
+            continue;
+        }
+        while written < 256 << 20 && pipe.write_all(&chunk).is_ok() {
+            written += chunk.len() as u64;
+        }
+    }
+    (pipes.len() as u32, written)
+}
+
+/// A descriptor number of this process's, borrowed for one call.
+fn borrow(fd: i32) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: `fd` was just listed open in /proc/self/fd, and nothing here closes it while
+    // the borrow is used (one `fcntl` call).
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+#[test]
+fn a_child_flooding_its_log_pipe_is_cut_off_and_others_still_relay() {
+    if !alone() {
+        return;
+    }
+    recorder();
+    for m in StartMethod::ALL {
+        let mut p = Process::new(floods_the_relay, (pipes_here(),)).start_method(m);
+        p.start().unwrap();
+        let (pipes, written) = p.join_timeout(PATIENCE).unwrap();
+        // Its log pipe alone (a frame announcing ~4 GiB): the relay stops reading it at once,
+        // instead of keeping every byte that comes after it.
+        assert_eq!(pipes, 1, "{m:?}: the child's log pipe, and no other");
+        assert!(
+            written < 16 << 20,
+            "{m:?}: the relay took {written} bytes of garbage"
+        );
+        // The relay still serves other children.
+        take();
+        let mut q = Process::new(chatty, (5,))
+            .start_method(m)
+            .with_name("after-the-flood");
+        q.start().unwrap();
+        assert_eq!(q.join_timeout(PATIENCE).unwrap(), 5);
+        until_seen("the next child's event", |s| {
+            s.iter().any(|e| {
+                e.target == "mproc::child" && e.text.contains("hello from after-the-flood")
+            })
+        });
+    }
 }
