@@ -9,6 +9,10 @@
 //! the first such child) reads every child's pipe and emits each event again on target
 //! `mproc::child`, with fields `child`, `pid` and `from` (the event's own target). A pipe's end
 //! of file (its child has exited) retires it.
+//!
+//! A `Fork` child inherits its parent's global subscriber, which `tracing` sets once per
+//! process: there the forwarder is its main thread's default only, and its other threads emit
+//! through the inherited copy of the parent's subscriber.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -262,8 +266,10 @@ fn emit(child: &str, pid: u32, r: &Record) {
 /// returned guard keeps this thread's default (where a global one was already set: a fork
 /// child inherits its parent's) for as long as it lives.
 pub(crate) fn forward(pipe: OwnedFd, level: u8) -> Option<tracing::dispatcher::DefaultGuard> {
+    // Before any event can take the lock: a `Fork` start holds it across the fork from now on.
+    at_fork::ensure(at_fork::Rank::Forwarding, hold_forwarding_across_fork);
     let forwarder = Forwarder {
-        pipe: Mutex::new(std::fs::File::from(pipe)),
+        pipe: std::fs::File::from(pipe),
         level,
     };
     let dispatch = tracing::Dispatch::new(forwarder);
@@ -273,9 +279,21 @@ pub(crate) fn forward(pipe: OwnedFd, level: u8) -> Option<tracing::dispatcher::D
     }
 }
 
+/// Taken to write an event's frame, by every forwarder of this process (there is one, or two
+/// in a `Fork` child, which inherits its parent's as the global default): frames of two
+/// threads never interleave. A `Fork` start holds it across the fork, so the child never finds
+/// it held by a thread it does not have (its own threads' events go through the inherited
+/// forwarder).
+static FORWARDING: Mutex<()> = Mutex::new(());
+
+fn hold_forwarding_across_fork(fork: at_fork::Fork<'_>) -> Result<Forked, Error> {
+    let _held = FORWARDING.lock().unwrap_or_else(|e| e.into_inner());
+    fork()
+}
+
 /// The child's subscriber: each event as a frame on the pipe.
 struct Forwarder {
-    pipe: Mutex<std::fs::File>,
+    pipe: std::fs::File,
     level: u8,
 }
 
@@ -349,11 +367,8 @@ impl Subscriber for Forwarder {
         frame.extend_from_slice(&body);
         // One write per frame, under the lock: frames of two threads never interleave. A
         // parent gone (broken pipe) loses the event, nothing more.
-        let _ = self
-            .pipe
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write_all(&frame);
+        let _held = FORWARDING.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = (&self.pipe).write_all(&frame);
     }
 
     fn enter(&self, _: &span::Id) {}

@@ -360,3 +360,61 @@ fn a_child_flooding_its_log_pipe_is_cut_off_and_others_still_relay() {
         });
     }
 }
+
+/// A `Fork` grandchild's own thread emits an event: through the subscriber the grandchild
+/// inherited, its parent's forwarder.
+fn logs_from_a_thread() -> bool {
+    std::thread::spawn(|| tracing::info!(target: "user_code", "from a grandchild's thread"))
+        .join()
+        .is_ok()
+}
+
+/// In a child whose events go to its parent: one thread emits events without pause while
+/// this one starts `rounds` `Fork` children, each emitting an event from a thread of its own.
+/// A fork that copied the forwarder's pipe locked by the other thread would leave a child
+/// that never ends. Returns how many ended.
+fn forwards_while_forking(rounds: u32) -> u32 {
+    /// Stops the chatter however this thread leaves the scope (a hung fork child panics).
+    struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tracing::info!(target: "user_code", "chatter beside the forks");
+            }
+        });
+        let _stop = Stop(&stop);
+        let mut ended = 0;
+        for _ in 0..rounds {
+            let mut p = Process::new(logs_from_a_thread, ()).start_method(StartMethod::Fork);
+            p.start().unwrap();
+            if crate::common::join_race(&mut p, PATIENCE) {
+                ended += 1;
+            }
+        }
+        ended
+    })
+}
+
+/// Under `Spawn` and `Forkserver`, whose children forward their events as their global
+/// subscriber. (A `Fork` child's other threads emit through the copy of its parent's
+/// subscriber it inherited, whose locks are the user's: here the test's recorder, which a
+/// `Fork` grandchild may inherit held as it may any lock of the user's.)
+#[test]
+fn a_fork_child_never_inherits_the_log_forwarder_locked() {
+    if !alone() {
+        return;
+    }
+    recorder();
+    for m in [StartMethod::Spawn, StartMethod::Forkserver] {
+        let mut p = Process::new(forwards_while_forking, (100,)).start_method(m);
+        p.start().unwrap();
+        let ended = crate::common::join_race(&mut p, Duration::from_secs(60));
+        assert_eq!(ended, 100, "{m:?}");
+    }
+}

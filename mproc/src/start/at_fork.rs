@@ -12,7 +12,8 @@
 //! 3. this list of hooks;
 //! 4. the hooks, by [`Rank`]: the shared-memory keeper's slot (slow: its holder may be
 //!    starting a keeper), then the list of this process's queues, the list of its children
-//!    (`children.rs`), and the record of its log relay (`relay.rs`);
+//!    (`children.rs`), the record of its log relay (`relay.rs`), and the pipe its own events
+//!    go to its parent on (`relay.rs`; taken by any event, so it is last);
 //! 5. the liveness pipe's slot (`alive::lock`), the process's identity (`current::lock`), and
 //!    the list of internal descriptors.
 //!
@@ -54,9 +55,12 @@ pub(crate) enum Rank {
     /// The record of this process's log relay (`relay.rs`).
     #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
     Relay,
+    /// The pipe this process's events go to its parent on (`relay.rs`).
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    Forwarding,
 }
 
-const RANKS: usize = 4;
+const RANKS: usize = 5;
 
 static HOOKS: Mutex<[Option<Hook>; RANKS]> = Mutex::new([None; RANKS]);
 
