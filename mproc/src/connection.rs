@@ -253,7 +253,9 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// # Errors
     ///
     /// `Closed` at once when the other end is closed, or every process holding it has dropped
-    /// it or died; `Codec` when the message does not decode as a `T` (it is consumed).
+    /// it or died; `Codec` when the message does not decode as a `T` (it is consumed);
+    /// `Protocol` for a message no `send` makes (empty, too long, malformed), `Os` for one
+    /// whose descriptors this process could not take (at its descriptor limit): consumed too.
     ///
     /// ```
     /// let (a, b) = mproc::pipe::<String>()?;
@@ -312,6 +314,14 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                      descriptor limit?); the message is dropped",
                 ),
             ));
+        }
+        // End of file, or an empty message (mproc sends none; a peer that means harm could,
+        // to make this end think the pipe closed).
+        if got.bytes == 0 {
+            let done = fd::receives_no_more(sock).map_err(|e| Error::os("receiving on a pipe", e))?;
+            if !done {
+                return Err(Error::protocol("an empty message on a pipe (mproc sends none)"));
+            }
         }
         if got.cut_short {
             return Err(Error::protocol(
@@ -473,7 +483,7 @@ mod tests {
         let value = codec::encode(&vec![5u64; (INLINE - 8) / 8]).unwrap();
         assert_eq!(value.len(), INLINE);
         let long = [&[TAG_INLINE][..], &value, &[1; 100]].concat();
-        let cases: [(&str, Vec<u8>, Vec<BorrowedFd<'_>>); 8] = [
+        let cases: [(&str, Vec<u8>, Vec<BorrowedFd<'_>>); 9] = [
             ("an unknown tag", vec![9, 1, 2], vec![]),
             ("a file message without its file", file(100), vec![]),
             ("a file message of 4 bytes", vec![TAG_FILE, 0, 0, 0, 0], vec![small.as_fd()]),
@@ -482,6 +492,7 @@ mod tests {
             ("a length past memory", file(u64::MAX), vec![small.as_fd()]),
             ("a vector of 2^64 items", [&[TAG_INLINE][..], &[0xff; 8]].concat(), vec![]),
             ("a message longer than any", long, vec![]),
+            ("an empty message", vec![], vec![]),
         ];
         for (what, bytes, fds) in cases {
             socket::send(raw.as_fd(), &[&bytes], &fds).unwrap();
@@ -492,6 +503,9 @@ mod tests {
                 matches!(e.kind(), ErrorKind::Protocol(_) | ErrorKind::Codec(_)),
                 "{what}: {e}"
             );
+            if what == "an empty message" {
+                assert!(e.to_string().contains("empty message"), "{what}: {e}");
+            }
             if what == "a message longer than any" {
                 assert!(e.to_string().contains("longer than any"), "{what}: {e}");
             }
