@@ -253,7 +253,9 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// # Errors
     ///
     /// `Closed` at once when the other end is closed, or every process holding it has dropped
-    /// it or died; `Codec` when the message does not decode as a `T` (it is consumed).
+    /// it or died; `Codec` when the message does not decode as a `T` (it is consumed);
+    /// `Protocol` for a message no `send` makes (empty, too long, malformed), `Os` for one
+    /// whose descriptors this process could not take (at its descriptor limit): consumed too.
     ///
     /// ```
     /// let (a, b) = mproc::pipe::<String>()?;
@@ -286,11 +288,11 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
         let mut fds = Vec::new();
         // Waits happen without the buffer's lock, so each receiver keeps its own deadline; a
         // message (and its descriptors) is taken whole by one nonblocking receive under it.
-        let (mut state, n) = loop {
+        let (mut state, got) = loop {
             let mut state = self.end.receiving.lock().unwrap_or_else(|e| e.into_inner());
             state.buf.resize(1 + INLINE, 0);
-            match socket::recv(sock, &mut state.buf, &mut fds, true) {
-                Ok(n) => break (state, n),
+            match socket::recv_message(sock, &mut state.buf, &mut fds, true) {
+                Ok(got) => break (state, got),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     drop(state);
                     let ready = fd::poll_read(&[sock], deadline)
@@ -302,9 +304,33 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
                 Err(e) => return Err(Error::os("receiving on a pipe", e)),
             }
         };
+        // Whole or not at all: without all its descriptors, a message's handles (or its file)
+        // would be missing, or stand for the wrong ones.
+        if got.fds_dropped {
+            return Err(Error::os(
+                "receiving on a pipe",
+                std::io::Error::other(
+                    "the descriptors that came with a message could not be received (at the \
+                     descriptor limit?); the message is dropped",
+                ),
+            ));
+        }
+        // End of file, or an empty message (mproc sends none; a peer that means harm could,
+        // to make this end think the pipe closed).
+        if got.bytes == 0 {
+            let done = fd::receives_no_more(sock).map_err(|e| Error::os("receiving on a pipe", e))?;
+            if !done {
+                return Err(Error::protocol("an empty message on a pipe (mproc sends none)"));
+            }
+        }
+        if got.cut_short {
+            return Err(Error::protocol(
+                "a message on a pipe longer than any mproc sends (dropped)",
+            ));
+        }
         let state = &mut *state;
         let buf = std::mem::take(&mut state.buf);
-        let value = self.decode_received(state, &buf, n, fds);
+        let value = self.decode_received(state, &buf, got.bytes, fds);
         state.buf = buf;
         value
     }
@@ -441,6 +467,55 @@ mod tests {
             }
             Err(e) => Err(format!("the wrong kind of error: {e}")),
         }
+    }
+
+    /// What a peer that means harm (or a broken one) sends on the socket of a pipe: each is
+    /// an error of its own, no descriptor that came with it stays open, and the pipe goes on.
+    #[test]
+    fn malformed_messages_are_errors_and_the_pipe_goes_on() {
+        let (raw, b) = socket::seqpacket_pair().unwrap();
+        let conn = Connection::<Vec<u64>>::from_sock(b);
+        let (stray, stray_peer) = socket::seqpacket_pair().unwrap();
+        let (_map, small) = crate::sys::shm::Mapping::create_inherited("mproc-test", 4096).unwrap();
+        let file = |len: u64| [&[TAG_FILE][..], &len.to_le_bytes()].concat();
+        // A whole value in the first 1 + INLINE bytes, then more: cut where the buffer ends,
+        // it decoded as that value.
+        let value = codec::encode(&vec![5u64; (INLINE - 8) / 8]).unwrap();
+        assert_eq!(value.len(), INLINE);
+        let long = [&[TAG_INLINE][..], &value, &[1; 100]].concat();
+        let cases: [(&str, Vec<u8>, Vec<BorrowedFd<'_>>); 9] = [
+            ("an unknown tag", vec![9, 1, 2], vec![]),
+            ("a file message without its file", file(100), vec![]),
+            ("a file message of 4 bytes", vec![TAG_FILE, 0, 0, 0, 0], vec![small.as_fd()]),
+            ("a socket for a file", file(1 << 30), vec![stray.as_fd()]),
+            ("a file shorter than said", file(1 << 30), vec![small.as_fd()]),
+            ("a length past memory", file(u64::MAX), vec![small.as_fd()]),
+            ("a vector of 2^64 items", [&[TAG_INLINE][..], &[0xff; 8]].concat(), vec![]),
+            ("a message longer than any", long, vec![]),
+            ("an empty message", vec![], vec![]),
+        ];
+        for (what, bytes, fds) in cases {
+            socket::send(raw.as_fd(), &[&bytes], &fds).unwrap();
+            let Err(e) = conn.recv_timeout(Duration::from_secs(5)) else {
+                panic!("{what}: taken as a value");
+            };
+            assert!(
+                matches!(e.kind(), ErrorKind::Protocol(_) | ErrorKind::Codec(_)),
+                "{what}: {e}"
+            );
+            if what == "an empty message" {
+                assert!(e.to_string().contains("empty message"), "{what}: {e}");
+            }
+            if what == "a message longer than any" {
+                assert!(e.to_string().contains("longer than any"), "{what}: {e}");
+            }
+        }
+        // The message held the stray socket's only other copy: the receiver let it go.
+        drop(stray);
+        assert!(fd::hung_up(stray_peer.as_fd()).unwrap(), "a descriptor kept");
+        let ok = [&[TAG_INLINE][..], &codec::encode(&vec![7u64]).unwrap()].concat();
+        socket::send(raw.as_fd(), &[&ok], &[]).unwrap();
+        assert_eq!(conn.recv_timeout(Duration::from_secs(5)).unwrap(), [7]);
     }
 
     #[test]

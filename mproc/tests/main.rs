@@ -8,6 +8,7 @@ mod bootstrap;
 mod buffer;
 mod chaos_forkserver;
 mod chaos_ipc;
+mod chaos_manager;
 mod chaos_pool;
 mod chaos_process;
 mod chaos_shared;

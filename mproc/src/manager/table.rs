@@ -6,11 +6,17 @@
 //!
 //! - A header of 192 bytes: the number of slots per table (a power of two), the bytes per
 //!   arena, which table and arena are live (`active`), the live arena's used bytes (`top`),
-//!   live entries (`len`), tombstones, the next insertion number, and the journal (below).
-//! - Two tables of `slots` slots of five words: state (empty, live, tombstone), the key's
-//!   hash, the entry's offset in the live arena, its key and value lengths, its insertion
-//!   number (so `keys` lists in insertion order, as Python's dict does).
+//!   live entries (`len`), tombstones, the next insertion number, the journal (below), and
+//!   the epoch.
+//! - Two tables of `slots` slots of five words: state (empty, live, tombstone, with the
+//!   epoch it was written in), the key's hash, the entry's offset in the live arena, its key
+//!   and value lengths, its insertion number (so `keys` lists in insertion order, as Python's
+//!   dict does).
 //! - Two arenas of `cap` bytes, where entries (key bytes, then value bytes) are appended.
+//!
+//! A slot written in an earlier epoch is empty: `clear` only starts a new epoch, so it costs
+//! the same whatever the capacity (zeroing the table made it cost, and made resident, the
+//! whole table: 5 MiB for the default capacity).
 //!
 //! # Crash safety
 //!
@@ -38,8 +44,8 @@ const TOP: usize = 24;
 const LEN: usize = 32;
 const TOMBS: usize = 40;
 const NEXT_SEQ: usize = 48;
-/// The journal: its kind (0 none; 1 a slot; 2 a flip to the other table and arena; 3 clear),
-/// then what it sets.
+/// The journal: its kind (0 none; 1 a slot; 2 a flip to the other table and arena; 3 clear:
+/// a new epoch), then what it sets.
 const J_KIND: usize = 56;
 const J_SLOT: usize = 64;
 const J_WORDS: usize = 72; // five words: the slot's new contents
@@ -50,6 +56,9 @@ const J_SEQ: usize = 136;
 const J_ACTIVE: usize = 144;
 /// The most live entries it takes (at most three quarters of the slots).
 const MAX_LEN: usize = 152;
+/// The epoch: slots written in another are empty.
+const EPOCH: usize = 160;
+const J_EPOCH: usize = 168;
 pub(super) const HEADER: usize = 192;
 
 const SLOT_WORDS: usize = 5;
@@ -57,6 +66,10 @@ const SLOT_BYTES: usize = SLOT_WORDS * 8;
 const EMPTY: u64 = 0;
 const LIVE: u64 = 1;
 const TOMB: u64 = 2;
+/// A slot's state word: its epoch above these bits, its state in them.
+const STATE_BITS: u32 = 2;
+/// Past the last epoch (2^62 clears: never reached).
+const EPOCH_END: u64 = 1 << (64 - STATE_BITS);
 
 /// The bytes a table of `slots` slots with arenas of `cap` bytes needs.
 pub(super) fn bytes_for(slots: usize, cap: usize) -> Option<usize> {
@@ -152,6 +165,8 @@ pub(super) struct Table<'a> {
     m: &'a mut [u8],
     slots: usize,
     cap: usize,
+    /// The header's epoch (kept here: every slot read compares with it).
+    epoch: u64,
 }
 
 /// Where a key is, or where it would go.
@@ -171,7 +186,14 @@ impl<'a> Table<'a> {
         if !fits {
             return Err(corrupt());
         }
-        let mut t = Table { m, slots, cap };
+        let epoch = word(m, EPOCH)?;
+        let mut t = Table {
+            m,
+            slots,
+            cap,
+            epoch,
+        };
+        // Before the epoch is checked: a clear's journal sets a new one.
         if owner_died || t.w(J_KIND)? != 0 {
             t.replay()?;
         }
@@ -179,7 +201,8 @@ impl<'a> Table<'a> {
         let sane = t.w(TOP)? <= cap as u64
             && t.w(LEN)? <= slots as u64
             && t.w(TOMBS)? <= slots as u64
-            && t.w(MAX_LEN)? <= slots as u64;
+            && t.w(MAX_LEN)? <= slots as u64
+            && t.epoch < EPOCH_END;
         if !sane {
             return Err(corrupt());
         }
@@ -207,8 +230,14 @@ impl<'a> Table<'a> {
 
     fn slot(&self, which: usize, i: usize) -> Result<Slot, Error> {
         let at = self.table_at(which) + i * SLOT_BYTES;
+        let word = self.w(at)?;
+        let state = if word >> STATE_BITS == self.epoch {
+            word & ((1 << STATE_BITS) - 1)
+        } else {
+            EMPTY
+        };
         Ok(Slot {
-            state: self.w(at)?,
+            state,
             hash: self.w(at + 8)?,
             off: self.w(at + 16)?,
             lens: self.w(at + 24)?,
@@ -218,7 +247,8 @@ impl<'a> Table<'a> {
 
     fn write_slot(&mut self, which: usize, i: usize, s: Slot) -> Result<(), Error> {
         let at = self.table_at(which) + i * SLOT_BYTES;
-        for (k, v) in [s.state, s.hash, s.off, s.lens, s.seq].into_iter().enumerate() {
+        let state = (self.epoch << STATE_BITS) | s.state;
+        for (k, v) in [state, s.hash, s.off, s.lens, s.seq].into_iter().enumerate() {
             set(self.m, at + 8 * k, v)?;
         }
         Ok(())
@@ -249,6 +279,9 @@ impl<'a> Table<'a> {
                     *w = self.w(J_WORDS + 8 * k)?;
                 }
                 let [state, hash, off, lens, seq] = words;
+                if state > TOMB {
+                    return Err(corrupt());
+                }
                 let active = self.active()?;
                 self.write_slot(active, i, Slot { state, hash, off, lens, seq })?;
                 for (at, from) in [(TOP, J_TOP), (LEN, J_LEN), (TOMBS, J_TOMBS), (NEXT_SEQ, J_SEQ)] {
@@ -267,12 +300,15 @@ impl<'a> Table<'a> {
                 }
             }
             3 => {
-                let at = self.table_at(self.active()?);
-                let end = at + self.slots * SLOT_BYTES;
-                self.m.get_mut(at..end).ok_or_else(corrupt)?.fill(0);
+                let epoch = self.w(J_EPOCH)?;
+                if epoch >= EPOCH_END {
+                    return Err(corrupt());
+                }
                 for at in [TOP, LEN, TOMBS] {
                     set(self.m, at, 0)?;
                 }
+                set(self.m, EPOCH, epoch)?;
+                self.epoch = epoch;
             }
             _ => return Err(corrupt()),
         }
@@ -421,8 +457,13 @@ impl<'a> Table<'a> {
         Ok(())
     }
 
-    /// Empties it.
+    /// Empties it: a new epoch, in which every slot is empty.
     pub(super) fn clear(&mut self) -> Result<(), Error> {
+        let next = self.epoch + 1;
+        if next >= EPOCH_END {
+            return Err(corrupt());
+        }
+        set(self.m, J_EPOCH, next)?;
         self.commit(3)
     }
 
@@ -552,6 +593,10 @@ mod tests {
         let mut start = area(8, 64);
         {
             let mut t = Table::open(&mut start, false).unwrap();
+            // In a later epoch than the first: a change finished by the next opener is
+            // written in the epoch it was made in.
+            t.insert(b"z", b"0").unwrap();
+            t.clear().unwrap();
             t.insert(b"a", b"1").unwrap();
             t.insert(b"b", b"2").unwrap();
             t.remove(b"b").unwrap();
@@ -587,6 +632,47 @@ mod tests {
                     break;
                 }
             }
+        }
+    }
+
+    /// A clear writes the header only, whatever the capacity (it zeroed the whole table,
+    /// making a large container's table resident at every clear); the slots it leaves behind
+    /// read as empty, through inserts, removes and compactions that follow, as a model
+    /// `HashMap` says.
+    #[test]
+    fn a_clear_touches_the_header_only_and_leaves_nothing_behind() {
+        let mut m = area(64, 4096);
+        let mut model = std::collections::HashMap::<u8, Vec<u8>>::new();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for step in 0..20_000u32 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let key = (rng % 60) as u8;
+            let mut t = Table::open(&mut m, false).unwrap();
+            match rng >> 60 {
+                0 => {
+                    let tables = HEADER..t.arena_at(0);
+                    let before = t.m[tables.clone()].to_vec();
+                    t.clear().unwrap();
+                    assert!(t.m[tables] == before[..], "step {step}: a clear wrote slots");
+                    model.clear();
+                }
+                1..=5 => assert_eq!(t.remove(&[key]).unwrap(), model.remove(&key)),
+                _ => {
+                    let v = vec![step as u8; (rng >> 40) as usize % 40];
+                    match t.insert(&[key], &v) {
+                        Ok(old) => assert_eq!(old, model.insert(key, v)),
+                        Err(e) => assert_eq!(*e.kind(), ErrorKind::Full, "step {step}"),
+                    }
+                }
+            }
+            assert_eq!(t.len().unwrap(), model.len(), "step {step}");
+            let mut seen = t.entries().unwrap();
+            seen.sort();
+            let mut want: Vec<_> = model.iter().map(|(k, v)| (vec![*k], v.clone())).collect();
+            want.sort();
+            assert_eq!(seen, want, "step {step}");
         }
     }
 

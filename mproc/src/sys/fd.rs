@@ -326,6 +326,18 @@ pub(crate) fn hung_up(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(ready(&pfd[0]).hangup)
 }
 
+/// Whether socket `fd` will receive nothing more: its peer closed it or shut it down (or
+/// died), or this end was shut down (`POLLRDHUP`, `POLLHUP`). Without waiting. A receive of
+/// 0 bytes on a sequenced-packet socket is either its end or an empty message: this tells
+/// which.
+pub(crate) fn receives_no_more(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut pfd = [PollFd::from_borrowed_fd(fd, PollFlags::RDHUP)];
+    poll(&mut pfd, Some(Instant::now()))?;
+    Ok(pfd[0]
+        .revents()
+        .intersects(PollFlags::RDHUP | PollFlags::HUP))
+}
+
 /// poll(2) until `deadline`, retrying on `EINTR`; how many descriptors are ready.
 fn poll(fds: &mut [PollFd<'_>], deadline: Option<Instant>) -> io::Result<usize> {
     loop {

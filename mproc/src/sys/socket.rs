@@ -6,8 +6,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use rustix::io::Errno;
 use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags, Shutdown, SocketFlags, SocketType,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, Shutdown, SocketFlags, SocketType,
 };
 
 /// The most descriptors one `sendmsg` carries (the kernel's `SCM_MAX_FD`); more are an error,
@@ -130,6 +130,30 @@ pub(crate) fn recv(
     fds: &mut Vec<OwnedFd>,
     nonblocking: bool,
 ) -> io::Result<usize> {
+    recv_message(sock, buf, fds, nonblocking).map(|got| got.bytes)
+}
+
+/// What one [`recv_message`] took.
+pub(crate) struct Received {
+    /// The bytes put in the buffer; 0 at end of file (or for an empty message).
+    pub(crate) bytes: usize,
+    /// Whether descriptors that came with it were dropped (`MSG_CTRUNC`).
+    pub(crate) fds_dropped: bool,
+    /// Whether it was longer than the buffer, and its end dropped (`MSG_TRUNC`: a message of
+    /// a sequenced-packet socket).
+    pub(crate) cut_short: bool,
+}
+
+/// [`recv`], saying also whether the kernel dropped descriptors or bytes of the message: a
+/// receiver that cannot tell how many descriptors to expect says why they are missing.
+///
+/// See recvmsg(2), unix(7).
+pub(crate) fn recv_message(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+    nonblocking: bool,
+) -> io::Result<Received> {
     let mut iov = [IoSliceMut::new(buf)];
     let mut space = [MaybeUninit::uninit(); CONTROL];
     let mut control = RecvAncillaryBuffer::new(&mut space);
@@ -137,9 +161,9 @@ pub(crate) fn recv(
     if nonblocking {
         flags |= RecvFlags::DONTWAIT;
     }
-    let n = loop {
+    let msg = loop {
         match rustix::net::recvmsg(sock, &mut iov, &mut control, flags) {
-            Ok(msg) => break msg.bytes,
+            Ok(msg) => break msg,
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }
@@ -149,5 +173,9 @@ pub(crate) fn recv(
             fds.extend(arrived);
         }
     }
-    Ok(n)
+    Ok(Received {
+        bytes: msg.bytes,
+        fds_dropped: msg.flags.contains(ReturnFlags::CTRUNC),
+        cut_short: msg.flags.contains(ReturnFlags::TRUNC),
+    })
 }
