@@ -10,6 +10,7 @@ mod chaos_forkserver;
 mod chaos_ipc;
 mod chaos_pool;
 mod chaos_process;
+mod chaos_queue;
 mod chaos_shared;
 mod completion;
 mod crashes;
