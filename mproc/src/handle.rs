@@ -19,9 +19,8 @@ use std::thread::LocalKey;
 thread_local! {
     /// Descriptors of the handles met while encoding, in index order (each once) within each
     /// open scope ([`collecting`]; an inner scope's follow its outer one's): the handle's
-    /// number, and a duplicate that travels. With each, the tag its first export made (see
-    /// [`export_then`]).
-    static OUTGOING: RefCell<Vec<(RawFd, OwnedFd, u64)>> = const { RefCell::new(Vec::new()) };
+    /// number, and the descriptor that travels (a duplicate, or what [`export_with`] made).
+    static OUTGOING: RefCell<Vec<(RawFd, OwnedFd)>> = const { RefCell::new(Vec::new()) };
     /// Where the innermost open scope's descriptors start in `OUTGOING`, and its length.
     static OUTGOING_FROM: Marks = const { Cell::new((None, 0)) };
     /// Descriptors received with the message being decoded, by index within each open scope
@@ -157,7 +156,7 @@ pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
     let met = scope.close();
     let fds = match met.is_empty() {
         true => Vec::new(),
-        false => met.into_iter().map(|(_, fd, _)| fd).collect(),
+        false => met.into_iter().map(|(_, fd)| fd).collect(),
     };
     (result, fds)
 }
@@ -197,35 +196,34 @@ pub(crate) fn forget_inherited_scopes() {
 
 /// Called by a handle's `Serialize`: the index that stands for `fd` in this message.
 pub(crate) fn export(fd: BorrowedFd<'_>) -> Result<u32, String> {
-    export_then(fd, || 0).map(|(at, _)| at)
+    export_with(fd, || crate::sys::fd::dup_above(fd, 0))
 }
 
-/// Like [`export`], running `first` when `fd` first joins this message (a handle met again,
-/// or sized before it is written, does not run it again) and returning the tag it made then,
-/// with the index.
-pub(crate) fn export_then(
+/// Like [`export`], with `travel` making the descriptor that travels when `fd` first joins this
+/// message (a handle met again, or sized before it is written, does not run it again): a
+/// queue's handle sends an opening of its own, which says while it exists that a handle is on
+/// its way (see `queue::ring`).
+pub(crate) fn export_with(
     fd: BorrowedFd<'_>,
-    first: impl FnOnce() -> u64,
-) -> Result<(u32, u64), String> {
+    travel: impl FnOnce() -> std::io::Result<OwnedFd>,
+) -> Result<u32, String> {
     let (Some(start), _) = OUTGOING_FROM.get() else {
         return Err(NOT_HERE.to_string());
     };
     OUTGOING.with_borrow_mut(|all| {
         let raw = fd.as_raw_fd();
         // The codec sizes a value before writing it: the same handle is met twice.
-        let at = match all[start..].iter().position(|(f, _, _)| *f == raw) {
+        let at = match all[start..].iter().position(|(f, _)| *f == raw) {
             Some(at) => at,
             None => {
-                let copy = crate::sys::fd::dup_above(fd, 0)
-                    .map_err(|e| format!("duplicating a handle's descriptor: {e}"))?;
-                all.push((raw, copy, first()));
+                let copy =
+                    travel().map_err(|e| format!("duplicating a handle's descriptor: {e}"))?;
+                all.push((raw, copy));
                 OUTGOING_FROM.set((Some(start), all.len()));
                 all.len() - 1 - start
             }
         };
-        let tag = all[start + at].2;
-        let at = u32::try_from(at).map_err(|_| "too many handles in one message".to_string())?;
-        Ok((at, tag))
+        u32::try_from(at).map_err(|_| "too many handles in one message".to_string())
     })
 }
 

@@ -11,6 +11,7 @@ mod chaos_ipc;
 mod chaos_manager;
 mod chaos_pool;
 mod chaos_process;
+mod chaos_queue;
 mod chaos_shared;
 mod completion;
 mod crashes;

@@ -187,7 +187,7 @@ mod tests {
         // Shared with another process once, and nobody else holds it now: the dead-holder
         // rule applies to it.
         let ring = &q.core.shared.ring;
-        ring.arrived(ring.lend());
+        drop(ring.lend().unwrap());
         assert!(
             q.core.shared.alone().unwrap(),
             "set-up: nobody else holds it"

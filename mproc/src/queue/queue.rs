@@ -62,6 +62,19 @@ use crate::sys::fd::deadline_after;
 /// item. Such a `Closed` says that nobody else can answer, not that the queue was closed:
 /// [`is_closed`](Queue::is_closed) stays false, and this handle may still put and get.
 ///
+/// A handle is on its way until it is decoded, for as long as a copy of the message that
+/// carries it exists: the arguments of a [`Process`](crate::Process) not started yet (or
+/// whose start failed: it may be started again), a message in a [`pipe`](crate::pipe) not
+/// read yet, a pool task not run yet, a child's arguments it has not decoded yet. It stops
+/// counting when it is decoded, or when the last copy goes undecoded: dropped unread with
+/// its pipe or its unstarted `Process`, cancelled, or lost with a process killed before it
+/// decoded it.
+///
+/// Limits: a cancelled pool task that had already gone ahead to a busy worker counts until
+/// that worker is through with the task before it (it then skips it); an undecoded copy that
+/// a `Fork` child inherited (started while the message existed here) counts until that child
+/// ends.
+///
 /// A queue that never left its process waits as Python's does, whatever its handles: a
 /// `get_timeout` runs its full time, and a `get` on an empty queue that only this thread
 /// holds waits forever. (A child made with `Fork` inherits every queue, used or not; that

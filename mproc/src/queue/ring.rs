@@ -1,7 +1,8 @@
 //! The memory behind a `Queue`: a multi-producer, multi-consumer ring of byte frames in one
 //! memory file that every process holding the queue maps, with two robust locks (one for the
 //! producers, one for the consumers, so a put and a get run at the same time), counters, futex
-//! words to sleep on, and a table of the processes that hold the queue.
+//! words to sleep on, and a table of the processes that hold the queue. Handles on their way
+//! to another process are counted by the kernel, as locks on the file (see [`Ring::lend`]).
 //!
 //! The file grows when a frame does not fit (a queue is unbounded in bytes), up to
 //! [`RESERVE`]: each process maps that much address space once, and pages past the file's
@@ -25,7 +26,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use crate::sys::futex;
+use crate::sys::{dir, futex};
 use crate::sys::layout::Mapped;
 use crate::sys::shared::{Held, RobustMutex, Taken};
 use crate::sys::shm::{self, Mapping};
@@ -38,7 +39,7 @@ mod tests;
 
 pub(crate) use frames::{Consumer, Producer};
 pub(crate) use fuzz::fuzz;
-use layout::{DATA_AT, Header, LENT_WORDS, SLOTS};
+use layout::{DATA_AT, Header, SLOTS};
 
 /// Address space each process reserves for one queue: the most its file may grow to.
 pub(crate) const RESERVE: usize = 1 << 34;
@@ -70,12 +71,6 @@ fn reserve<T>(mut map: impl FnMut(usize) -> io::Result<T>) -> io::Result<T> {
             other => return other,
         }
     }
-}
-
-/// The lent word and bit of `token`.
-fn lent_bit(token: u64) -> (usize, u64) {
-    let i = (token % (LENT_WORDS as u64 * 64)) as usize;
-    (i / 64, 1 << (i % 64))
 }
 
 /// One process's mapping of a queue's memory.
@@ -570,30 +565,45 @@ impl Ring {
         Ok(false)
     }
 
-    /// A handle is on its way to another process (in a message not yet decoded): until it
-    /// [`arrived`](Ring::arrived), the queue counts as shared. Returns the token the message
-    /// carries.
-    pub(crate) fn lend(&self) -> u64 {
+    /// A handle is on its way to another process: returns the descriptor that travels in its
+    /// message. It is an opening of the queue's file of its own (not a duplicate of this
+    /// process's), holding a shared lock (`dir::lock_shared`) while it exists: in this
+    /// process's encoded message, in a socket's queue, in a child that has yet to decode it,
+    /// in a pool's task waiting for a worker. Until the lock goes the queue counts as shared
+    /// ([`Ring::shared_beyond`]); it goes however the message ends: decoded (the receiver
+    /// attaches, then takes the lock off, [`Ring::arrived`]), or its last copy closed by the
+    /// kernel: dropped unread, or lost with a process that died holding it.
+    ///
+    /// Where the file cannot be opened again (no `/proc`) or locked, a plain duplicate
+    /// travels, and the queue is marked as having had a handle in flight that nobody can see:
+    /// from then on nobody concludes that nobody else holds it.
+    pub(crate) fn lend(&self) -> io::Result<OwnedFd> {
         self.h().rare.ever_shared.store(1, Ordering::Release);
-        let token = self.h().rare.lends.fetch_add(1, Ordering::AcqRel);
-        let (word, bit) = lent_bit(token);
-        if self.h().lent[word].fetch_or(bit, Ordering::AcqRel) & bit != 0 {
-            // As many handles in flight as there are bits: count it as shared for good.
-            self.h().rare.lent_overflow.store(1, Ordering::Release);
+        let own = shm::reopen(self.file.as_fd())
+            .and_then(|file| dir::lock_shared(file.as_fd()).map(|()| file));
+        match own {
+            Ok(file) => Ok(file),
+            Err(_) => {
+                self.h().rare.untracked.store(1, Ordering::Release);
+                crate::sys::fd::dup_above(self.file.as_fd(), 0)
+            }
         }
-        token
     }
 
-    /// The handle lent with `token` was decoded (its process attached first). A message
-    /// decoded several times (a pool initializer's, by each worker) clears it once.
-    pub(crate) fn arrived(&self, token: u64) {
-        let (word, bit) = lent_bit(token);
-        self.h().lent[word].fetch_and(!bit, Ordering::AcqRel);
+    /// The handle lent in the message this ring was opened from arrived (its process
+    /// attached first): the message's lock comes off, for every copy of that message (a
+    /// message decoded several times, a pool initializer's by each worker, counts once).
+    /// Should that fail, the lock stays only as long as this mapping or a copy of the
+    /// message, as a holder would.
+    pub(crate) fn arrived(&self) {
+        let _ = dir::unlock(self.file.as_fd());
     }
 
+    /// Whether a handle may be on its way to another process: an opening lent with one still
+    /// holds its lock (seen from any other opening). When the kernel cannot say, it may.
     fn in_flight(&self) -> bool {
-        self.h().rare.lent_overflow.load(Ordering::Acquire) != 0
-            || self.h().lent.iter().any(|w| w.load(Ordering::Acquire) != 0)
+        self.h().rare.untracked.load(Ordering::Acquire) != 0
+            || dir::is_locked(self.file.as_fd()).unwrap_or(true)
     }
 
     fn lock_registry(&self) -> io::Result<Held<'_>> {

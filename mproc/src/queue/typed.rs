@@ -215,7 +215,7 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
 
     pub(super) fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let ring = &self.shared.ring;
-        let at = crate::handle::export_then(ring.as_fd(), || ring.lend())
+        let at = crate::handle::export_with(ring.as_fd(), || ring.lend())
             .map_err(serde::ser::Error::custom)?;
         at.serialize(s)
     }
@@ -224,12 +224,12 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
         d: D,
         kind: u32,
     ) -> Result<Self, D::Error> {
-        let (at, token) = <(u32, u64)>::deserialize(d)?;
+        let at = u32::deserialize(d)?;
         let fd = crate::handle::import(at).map_err(serde::de::Error::custom)?;
         let ring = Ring::open(fd, kind).map_err(serde::de::Error::custom)?;
         let shared = Shared::new(ring, kind).map_err(serde::de::Error::custom)?;
         // Attached first, then no longer in flight: never a moment when neither counts.
-        shared.ring.arrived(token);
+        shared.ring.arrived();
         Ok(Core {
             shared,
             _values: PhantomData,

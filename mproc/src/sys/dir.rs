@@ -1,6 +1,7 @@
 //! A private directory and the small files in it: checked ownership, operations relative to an
 //! open directory (so a path swapped after the check changes nothing), and open-file-description
-//! locks that say whether the process that wrote a file still lives.
+//! locks that say whether the process that wrote a file still lives (or whether a message
+//! that carries a file still exists, see `queue::ring`).
 
 // Open-file-description locks (F_OFD_SETLK, F_OFD_GETLK), which rustix does not wrap (its
 // `fcntl_lock` takes process-associated locks).
@@ -176,9 +177,10 @@ pub(crate) fn write_start(file: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// A whole-file write lock, of the kind that belongs to an open file description: it is held
-/// until the last descriptor of that description closes (however its process ends), other
-/// descriptions conflict with it even in the same process, and a `fork` child shares it.
+/// A whole-file lock (the write lock or a shared one, as `kind` says), of the kind that belongs
+/// to an open file description: it is held until the last descriptor of that description
+/// closes (however its process ends), other descriptions conflict with it even in the same
+/// process, and a `fork` child shares it.
 fn whole_file(kind: libc::c_int) -> libc::flock {
     // SAFETY: an all-zero flock is a valid value (start 0, length 0: the whole file; pid 0, as
     // open-file-description locks require).
@@ -204,7 +206,35 @@ pub(crate) fn try_lock(file: BorrowedFd<'_>) -> io::Result<bool> {
     }
 }
 
-/// Whether another open file description holds the lock on `file`, without taking it.
+/// Takes a shared lock on the whole of `file` for its open file description (see
+/// [`whole_file`]): other descriptions may hold one too, none may take the write lock, and
+/// [`is_locked`] sees it. It lasts until the description's last descriptor closes, wherever
+/// that is (in another process, in a message queued on a socket).
+///
+/// See fcntl(2), "Open file description locks".
+pub(crate) fn lock_shared(file: BorrowedFd<'_>) -> io::Result<()> {
+    let fl = whole_file(libc::F_RDLCK);
+    // SAFETY: fcntl on a borrowed, open descriptor, with a valid `flock` that it only reads.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Takes off the lock the open file description of `file` holds, if any.
+///
+/// See fcntl(2), "Open file description locks".
+pub(crate) fn unlock(file: BorrowedFd<'_>) -> io::Result<()> {
+    let fl = whole_file(libc::F_UNLCK);
+    // SAFETY: fcntl on a borrowed, open descriptor, with a valid `flock` that it only reads.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether another open file description holds a lock on `file` (the write lock, or a
+/// shared one), without taking one.
 ///
 /// See fcntl(2), `F_OFD_GETLK`.
 pub(crate) fn is_locked(file: BorrowedFd<'_>) -> io::Result<bool> {
@@ -312,6 +342,32 @@ mod tests {
         assert_eq!(names, ["f", "g"]);
         remove(dir.as_fd(), "f").unwrap();
         remove(dir.as_fd(), "g").unwrap();
+        std::fs::remove_dir(&p).unwrap();
+    }
+
+    /// Shared locks, as a queue's handles in flight hold them: several at once, each seen by
+    /// the other descriptions (not by its own), each ended by its unlock or its last close.
+    #[test]
+    fn shared_locks_are_seen_by_other_descriptions() {
+        let p = scratch("shared");
+        let dir = open_private(&p, true).unwrap();
+        let own = create_file(dir.as_fd(), "f").unwrap();
+        let (a, b) = (open_file(dir.as_fd(), "f"), open_file(dir.as_fd(), "f"));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        lock_shared(a.as_fd()).unwrap();
+        lock_shared(b.as_fd()).unwrap();
+        assert!(is_locked(own.as_fd()).unwrap());
+        assert!(is_locked(a.as_fd()).unwrap(), "b's, seen from a");
+        assert!(!try_lock(own.as_fd()).unwrap());
+        unlock(a.as_fd()).unwrap();
+        assert!(is_locked(own.as_fd()).unwrap(), "b's still");
+        assert!(!is_locked(b.as_fd()).unwrap(), "its own is not seen");
+        let copy = b.try_clone().unwrap();
+        drop(b);
+        assert!(is_locked(own.as_fd()).unwrap(), "a descriptor of b's is left");
+        drop(copy);
+        assert!(!is_locked(own.as_fd()).unwrap());
+        remove(dir.as_fd(), "f").unwrap();
         std::fs::remove_dir(&p).unwrap();
     }
 }

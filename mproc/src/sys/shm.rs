@@ -333,6 +333,18 @@ pub(crate) fn reopen_read_only(file: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     )?)
 }
 
+/// A new open file description of `file` for reading and writing (not a duplicate descriptor
+/// of the same description): one whose lifetime, and the locks it holds, are its own (see
+/// `queue::ring`'s handles in flight).
+pub(crate) fn reopen(file: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    Ok(rustix::fs::open(
+        path,
+        OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
 /// Opens the named shared memory `name` read-only, without following a symbolic link or
 /// blocking (on a FIFO put in its place), and returns it with its owner's user id.
 /// `InvalidData` if it is not a regular file.

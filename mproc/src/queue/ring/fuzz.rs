@@ -153,8 +153,8 @@ pub(crate) fn fuzz(data: &[u8]) {
                 let _ = ring.sleep(Wait::Put, ticket.wrapping_add(1), Some(Instant::now()));
                 let _ = ring.attach(me, |_| false, op & 0x20 != 0);
                 let _ = ring.shared_beyond(me, |h| h.pid % 2 == 0);
-                let token = ring.lend();
-                ring.arrived(token);
+                drop(ring.lend());
+                ring.arrived();
                 let _ = ring.detach(me);
                 if op & 0x10 != 0 {
                     ring.close();

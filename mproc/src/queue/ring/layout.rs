@@ -13,9 +13,6 @@ use crate::sys::shared::RobustMutex;
 pub(super) const DATA_AT: usize = 4096;
 /// Holders the table has room for.
 pub(super) const SLOTS: usize = 128;
-/// Words of the lent bits: one bit per handle on its way to another process, by token
-/// (modulo the bits).
-pub(super) const LENT_WORDS: usize = 64;
 
 shared_layout! {
     /// The whole header.
@@ -34,7 +31,6 @@ shared_layout! {
         pub(super) overflow: Line<AtomicU32>,
         /// The holders' table (under the registry lock).
         pub(super) slots: [Slot; SLOTS],
-        pub(super) lent: [AtomicU64; LENT_WORDS],
     }
 }
 
@@ -105,7 +101,7 @@ shared_layout! {
 }
 
 shared_layout! {
-    /// Written rarely: sleepers, joinable counts, lending, the growth limit.
+    /// Written rarely: sleepers, joinable counts, sharing, the growth limit.
     #[repr(align(64))]
     pub(super) struct Rare {
         pub(super) getters_asleep: AtomicU32,
@@ -115,10 +111,11 @@ shared_layout! {
         pub(super) done_seq: AtomicU32,
         pub(super) joiners_asleep: AtomicU32,
         pub(super) done: AtomicU64,
-        /// Tokens handed out to handles in flight.
-        pub(super) lends: AtomicU64,
+        _spare_word: AtomicU64,
         pub(super) ever_shared: AtomicU32,
-        pub(super) lent_overflow: AtomicU32,
+        /// Set when a handle went on its way unseen (see `Ring::lend`): then nobody concludes
+        /// that nobody else holds the queue.
+        pub(super) untracked: AtomicU32,
         /// The largest file every holder could map: growth stays below it.
         pub(super) limit: AtomicU64,
     }
@@ -172,15 +169,13 @@ const _: () = {
     assert!(rare + offset_of!(Rare, done_seq) == 460);
     assert!(rare + offset_of!(Rare, joiners_asleep) == 464);
     assert!(rare + offset_of!(Rare, done) == 472);
-    assert!(rare + offset_of!(Rare, lends) == 480);
     assert!(rare + offset_of!(Rare, ever_shared) == 488);
-    assert!(rare + offset_of!(Rare, lent_overflow) == 492);
+    assert!(rare + offset_of!(Rare, untracked) == 492);
     assert!(rare + offset_of!(Rare, limit) == 496);
     assert!(offset_of!(Header, overflow) == 512);
     assert!(offset_of!(Header, slots) == 576);
     assert!(
         size_of::<Slot>() == 16 && offset_of!(Slot, count) == 4 && offset_of!(Slot, start) == 8
     );
-    assert!(offset_of!(Header, lent) == 576 + SLOTS * 16);
     assert!(size_of::<Header>() <= DATA_AT);
 };

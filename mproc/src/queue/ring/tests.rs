@@ -215,9 +215,22 @@ fn holders_and_lent_handles_are_counted() {
         "the other one died"
     );
     ring.detach(other).unwrap();
-    let token = ring.lend();
+    let lent = ring.lend().unwrap();
     assert!(ring.shared_beyond(me, alive).unwrap(), "a handle in flight");
-    ring.arrived(token);
+    drop(lent);
+    assert!(!ring.shared_beyond(me, alive).unwrap(), "its message dropped unread");
+    let lent = ring.lend().unwrap();
+    let copy = lent.try_clone().unwrap();
+    let arrived = Ring::open(lent, 1).unwrap();
+    assert!(ring.shared_beyond(me, alive).unwrap(), "not arrived yet");
+    arrived.arrived();
+    assert!(!ring.shared_beyond(me, alive).unwrap(), "arrived");
+    assert!(!arrived.shared_beyond(me, alive).unwrap(), "seen from the arrived mapping");
+    drop(copy);
+    let lent = arrived.lend().unwrap();
+    assert!(ring.shared_beyond(me, alive).unwrap(), "lent on from there");
+    assert!(arrived.shared_beyond(me, alive).unwrap(), "seen by the lender too");
+    drop(lent);
     assert!(!ring.shared_beyond(me, alive).unwrap());
 }
 
