@@ -1140,11 +1140,22 @@ fn callback_panics() {
     panic!("a careless callback");
 }
 
+/// Waits (bounded) until `gate` is set: holds the pool's only worker until the test is ready.
+fn held_until(gate: mproc::Event) -> bool {
+    gate.wait_timeout(PATIENCE).is_ok()
+}
+
 fn a_panicking_callback_does_not_take_the_pool_down(m: StartMethod) {
     let p = pool(m, 1);
+    // The task is answered after its callback is attached (one already answered would run
+    // its callback on this thread at once, whose panic would be this test's).
+    let gate = mproc::Event::new().unwrap();
+    let held = p.apply_async(held_until, (gate.clone(),)).unwrap();
     p.apply_async(square, (2,))
         .unwrap()
         .on_complete(|_| callback_panics());
+    gate.set();
+    assert!(held.get_timeout(PATIENCE).unwrap());
     let r = p.apply_async(square, (3,)).unwrap();
     assert_eq!(r.get_timeout(PATIENCE).unwrap(), 9);
     p.close();
