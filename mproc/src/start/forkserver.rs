@@ -80,7 +80,8 @@ pub(crate) struct Server {
     owner: u32,
     /// Which server of this process it is (each replacement gets the next number).
     serial: u64,
-    pidfd: InternalFd,
+    /// Shared so that a wait for its end ([`has_died`]) can be made without holding the slot.
+    pidfd: Arc<InternalFd>,
     request: Channel,
     /// When it was last found alive after dropping a request (its fork failed): requests
     /// dropped soon after are not each given [`DYING`] to show it (a pool asks for several).
@@ -752,27 +753,38 @@ fn request_once(
 /// Whether the server numbered `serial` has died; if it is still this process's server, it is
 /// reaped and forgotten. A server that dropped a request unanswered without dying (its fork
 /// failed) is given a moment to show which it is: a killed server closes its sockets just
-/// before it ends.
+/// before it ends. The slot is not held over that moment: every other thread's start takes it
+/// (a `Fork` start too), and would wait [`DYING`] behind a server that merely failed a fork.
 fn has_died(serial: u64) -> bool {
+    let (pidfd, wait) = {
+        let slot = lock();
+        match slot.as_ref() {
+            Some(server) if server.serial == serial && server.owner == proc::getpid() => {
+                let lately = server.alive_seen.is_some_and(|t| t.elapsed() < DYING);
+                let wait = if lately {
+                    Some(std::time::Instant::now())
+                } else {
+                    fd::deadline_after(DYING)
+                };
+                (Arc::clone(&server.pidfd), wait)
+            }
+            // Replaced already, by another thread that found it dead.
+            _ => return true,
+        }
+    };
+    let ended =
+        fd::poll_read(&[pidfd.as_fd()], wait).is_ok_and(|r| r[0].readable || r[0].hangup);
     let mut slot = lock();
-    match slot.as_ref() {
+    match slot.as_mut() {
         Some(server) if server.serial == serial && server.owner == proc::getpid() => {
-            let lately = server.alive_seen.is_some_and(|t| t.elapsed() < DYING);
-            let wait = if lately {
-                Some(std::time::Instant::now())
-            } else {
-                fd::deadline_after(DYING)
-            };
-            let ended = fd::poll_read(&[server.pidfd.as_fd()], wait)
-                .is_ok_and(|r| r[0].readable || r[0].hangup);
             if ended {
                 retire(&mut slot);
-            } else if let Some(server) = slot.as_mut() {
+            } else {
                 server.alive_seen = Some(std::time::Instant::now());
             }
             ended
         }
-        // Replaced already, by another thread that found it dead.
+        // Replaced meanwhile, by another thread that found it dead.
         _ => true,
     }
 }
@@ -813,7 +825,7 @@ fn start_server(identity: u64) -> Result<Server, Error> {
     let mut server = Server {
         owner: proc::getpid(),
         serial: SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        pidfd,
+        pidfd: Arc::new(pidfd),
         request: Channel::new(client),
         alive_seen: None,
         words: None,
@@ -1648,6 +1660,37 @@ mod tests {
         assert_eq!(e.kind(), &ErrorKind::ExecutableMismatch);
         let server = start_server(exe::identity()).expect("the same build is accepted");
         retire(&mut Some(server));
+    }
+
+    fn seven() -> u8 {
+        7
+    }
+
+    /// A thread that waits to learn whether the server died (it dropped a request unanswered)
+    /// holds back no other thread's start: each start takes the server's slot, under `Fork` as
+    /// under `Forkserver`. Held across the wait, the slot stalled them for up to [`DYING`].
+    #[test]
+    fn a_wait_for_the_server_to_die_holds_no_other_start_back() {
+        use std::time::{Duration, Instant};
+        let serial = running(&mut lock()).expect("a server").serial;
+        for m in crate::StartMethod::ALL {
+            let mut took = Vec::new();
+            for _ in 0..5 {
+                if let Some(server) = lock().as_mut() {
+                    server.alive_seen = None; // so that the next look waits the whole moment
+                }
+                let waiter = std::thread::spawn(move || has_died(serial));
+                std::thread::sleep(DYING / 10);
+                let t = Instant::now();
+                let mut p = crate::Process::new(seven, ()).start_method(m);
+                p.start().expect("a start");
+                took.push(t.elapsed());
+                assert_eq!(p.join_timeout(Duration::from_secs(20)).unwrap(), 7);
+                assert!(!waiter.join().unwrap(), "the server lives");
+            }
+            took.sort_unstable();
+            assert!(took[2] < DYING / 2, "{m}: starts took {took:?}");
+        }
     }
 
     /// The client tells a child's announcement from the server's exit report by its bytes.
