@@ -343,3 +343,51 @@ per_start_method!(
     a_rethrown_panic_is_not_reported_as_an_older_one,
     a_child_is_not_stuck_on_output_locks_held_by_other_threads,
 );
+
+/// Sets its flag when dropped: a thread that loops until it is set ends even when the test
+/// fails meanwhile.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// With RUST_BACKTRACE=1 and another thread of the parent capturing backtraces without a
+/// pause (so that std's backtrace lock is held at most forks), children that panic each end
+/// at once with their report: a `Fork` child, which inherits that lock held by a thread it
+/// does not have, never waits for it (its report says why it has no backtrace).
+#[test]
+fn a_fork_child_panics_while_another_thread_captures_backtraces() {
+    if !crate::common::alone() {
+        return;
+    }
+    // SAFETY: run alone (see `alone`): no other thread of this process reads the environment
+    // now.
+    unsafe { std::env::set_var("RUST_BACKTRACE", "1") };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::backtrace::Backtrace::force_capture().to_string();
+            }
+        });
+        for m in StartMethod::ALL {
+            for round in 0..10 {
+                let mut p = Process::new(boom, (format!("{m} {round}"),)).start_method(m);
+                p.start().unwrap();
+                let e = p.join_timeout(PATIENCE).unwrap_err();
+                let ErrorKind::Panicked(report) = e.kind() else {
+                    panic!("{m}, round {round}: {e}")
+                };
+                assert_eq!(report.message, format!("boom: {m} {round}"));
+                assert!(
+                    report.backtrace.is_some(),
+                    "{m}: asked for, or said why not"
+                );
+            }
+        }
+    });
+}
