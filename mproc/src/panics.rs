@@ -128,6 +128,16 @@ pub(crate) fn ensure_hook() {
                 record(info, catching);
                 return;
             }
+            // Any other panic (a thread the target started, say) is the previous hook's,
+            // std's by default, which captures a backtrace when asked: not if that would wait
+            // forever for a lock left held at the fork.
+            if BACKTRACE_LOCK.load(Ordering::Relaxed) != LOCK_FREE
+                && backtraces_asked()
+                && !backtrace_lock_free()
+            {
+                tell_without_backtrace(info);
+                return;
+            }
             previous(info);
         }));
     });
@@ -183,13 +193,30 @@ fn backtrace_lock_free() -> bool {
     free
 }
 
+/// Whether backtraces are asked for, as std reads it: `RUST_LIB_BACKTRACE`, else
+/// `RUST_BACKTRACE`, set and not `0` (std reads them once).
+fn backtraces_asked() -> bool {
+    std::env::var_os("RUST_LIB_BACKTRACE")
+        .or_else(|| std::env::var_os("RUST_BACKTRACE"))
+        .is_some_and(|v| v != "0")
+}
+
+/// Says on stderr what std's hook would of panic `info`, with why there is no backtrace (see
+/// [`backtrace_lock_free`]); written directly: std's stderr lock may be left held at the fork
+/// too.
+fn tell_without_backtrace(info: &panic::PanicHookInfo<'_>) {
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("<unnamed>");
+    let at = info.location().map(|l| format!(" at {l}")).unwrap_or_default();
+    let message = payload_message(info.payload());
+    crate::sys::proc::write_stderr(&format!(
+        "thread '{name}' panicked{at}:\n{message}\n{BACKTRACE_NOT_CAPTURED}"
+    ));
+}
+
 /// Records a target's panic for catch number `catch`.
 fn record(info: &panic::PanicHookInfo<'_>, catch: u64) {
-    // Captured only when asked for (std reads the same variables, once).
-    let asked = std::env::var_os("RUST_LIB_BACKTRACE")
-        .or_else(|| std::env::var_os("RUST_BACKTRACE"))
-        .is_some_and(|v| v != "0");
-    let backtrace = if asked && !backtrace_lock_free() {
+    let backtrace = if backtraces_asked() && !backtrace_lock_free() {
         Some(BACKTRACE_NOT_CAPTURED.to_owned())
     } else {
         let backtrace = std::backtrace::Backtrace::capture();

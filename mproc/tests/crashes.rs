@@ -354,10 +354,18 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
+/// Whether a thread it starts panics (and is joined).
+fn a_thread_panics() -> bool {
+    std::thread::spawn(|| panic!("in a thread of the target"))
+        .join()
+        .is_err()
+}
+
 /// With RUST_BACKTRACE=1 and another thread of the parent capturing backtraces without a
 /// pause (so that std's backtrace lock is held at most forks), children that panic each end
-/// at once with their report: a `Fork` child, which inherits that lock held by a thread it
-/// does not have, never waits for it (its report says why it has no backtrace).
+/// at once with their report, and a panic in a thread of a target is told of without
+/// hanging that thread: a `Fork` child, which inherits that lock held by a thread it does not
+/// have, never waits for it (its report says why it has no backtrace).
 #[test]
 fn a_fork_child_panics_while_another_thread_captures_backtraces() {
     if !crate::common::alone() {
@@ -376,7 +384,17 @@ fn a_fork_child_panics_while_another_thread_captures_backtraces() {
         });
         for m in StartMethod::ALL {
             for round in 0..10 {
-                let mut p = Process::new(boom, (format!("{m} {round}"),)).start_method(m);
+                // A panic the target's own thread has (std's hook tells of it) first.
+                // Daemons: a child that hangs is killed when a failed test ends, not waited
+                // for.
+                let mut p = Process::new(a_thread_panics, ())
+                    .start_method(m)
+                    .daemon(true);
+                p.start().unwrap();
+                assert!(p.join_timeout(PATIENCE).unwrap(), "{m}, round {round}");
+                let mut p = Process::new(boom, (format!("{m} {round}"),))
+                    .start_method(m)
+                    .daemon(true);
                 p.start().unwrap();
                 let e = p.join_timeout(PATIENCE).unwrap_err();
                 let ErrorKind::Panicked(report) = e.kind() else {
