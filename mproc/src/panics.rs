@@ -8,7 +8,7 @@
 use std::panic::{self, AssertUnwindSafe};
 use std::cell::Cell;
 use std::sync::Once;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use crate::error::PanicReport;
 
@@ -128,20 +128,106 @@ pub(crate) fn ensure_hook() {
                 record(info, catching);
                 return;
             }
+            // Any other panic (a thread the target started, say) is the previous hook's,
+            // std's by default, which captures a backtrace when asked: not if that would wait
+            // forever for a lock left held at the fork.
+            if BACKTRACE_LOCK.load(Ordering::Relaxed) != LOCK_FREE
+                && backtraces_asked()
+                && !backtrace_lock_free()
+            {
+                tell_without_backtrace(info);
+                return;
+            }
             previous(info);
         }));
     });
 }
 
+/// Whether std's backtrace lock can be taken here: [`LOCK_FREE`] in any process but a `Fork`
+/// child, whose parent's other threads may have held it at the fork (capturing a backtrace,
+/// or printing a panic's), [`LOCK_UNKNOWN`] there until [`backtrace_lock_free`] looks,
+/// [`LOCK_ORPHANED`] once it found it held by nobody it could wait for. Inherited by the
+/// children this process forks, each of which is told it is a `Fork` child itself.
+static BACKTRACE_LOCK: AtomicU8 = AtomicU8::new(LOCK_FREE);
+const LOCK_FREE: u8 = 0;
+const LOCK_UNKNOWN: u8 = 1;
+const LOCK_ORPHANED: u8 = 2;
+
+/// How long [`backtrace_lock_free`] waits for a thread to take std's backtrace lock: free, it
+/// takes microseconds; held by a thread the process does not have, forever.
+const LOCK_PROBE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What a report says in place of the backtrace it could not capture.
+const BACKTRACE_NOT_CAPTURED: &str = "(no backtrace: this process was forked while another \
+    thread of its parent held std's backtrace lock, which it would wait for forever; children \
+    started by spawn or forkserver capture theirs)\n";
+
+/// In a `Fork` child: std's backtrace lock may have been held at the fork by another thread of
+/// the parent; it is looked at before a panic's backtrace is captured.
+pub(crate) fn forked() {
+    if BACKTRACE_LOCK.load(Ordering::Relaxed) == LOCK_FREE {
+        BACKTRACE_LOCK.store(LOCK_UNKNOWN, Ordering::Relaxed);
+    }
+}
+
+/// Whether std's backtrace lock is free for a capture (see [`BACKTRACE_LOCK`]): in a `Fork`
+/// child, a thread of its own captures a backtrace first, and is waited for [`LOCK_PROBE`] at
+/// most (it never returns if the lock was held at the fork). Found free, the lock is never
+/// looked at again: no thread that could leave it held is gone from this process since.
+fn backtrace_lock_free() -> bool {
+    match BACKTRACE_LOCK.load(Ordering::Relaxed) {
+        LOCK_FREE => return true,
+        LOCK_ORPHANED => return false,
+        _ => {}
+    }
+    let (took, taken) = std::sync::mpsc::channel();
+    let probe = std::thread::Builder::new()
+        .name("mproc-backtrace-probe".into())
+        .spawn(move || {
+            drop(std::backtrace::Backtrace::force_capture());
+            let _ = took.send(());
+        });
+    let free = probe.is_ok() && taken.recv_timeout(LOCK_PROBE).is_ok();
+    let state = if free { LOCK_FREE } else { LOCK_ORPHANED };
+    BACKTRACE_LOCK.store(state, Ordering::Relaxed);
+    free
+}
+
+/// Whether backtraces are asked for, as std reads it: `RUST_LIB_BACKTRACE`, else
+/// `RUST_BACKTRACE`, set and not `0` (std reads them once).
+fn backtraces_asked() -> bool {
+    std::env::var_os("RUST_LIB_BACKTRACE")
+        .or_else(|| std::env::var_os("RUST_BACKTRACE"))
+        .is_some_and(|v| v != "0")
+}
+
+/// Says on stderr what std's hook would of panic `info`, with why there is no backtrace (see
+/// [`backtrace_lock_free`]); written directly: std's stderr lock may be left held at the fork
+/// too.
+fn tell_without_backtrace(info: &panic::PanicHookInfo<'_>) {
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("<unnamed>");
+    let at = info.location().map(|l| format!(" at {l}")).unwrap_or_default();
+    let message = payload_message(info.payload());
+    crate::sys::proc::write_stderr(&format!(
+        "thread '{name}' panicked{at}:\n{message}\n{BACKTRACE_NOT_CAPTURED}"
+    ));
+}
+
 /// Records a target's panic for catch number `catch`.
 fn record(info: &panic::PanicHookInfo<'_>, catch: u64) {
-    let backtrace = std::backtrace::Backtrace::capture();
+    let backtrace = if backtraces_asked() && !backtrace_lock_free() {
+        Some(BACKTRACE_NOT_CAPTURED.to_owned())
+    } else {
+        let backtrace = std::backtrace::Backtrace::capture();
+        (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
+            .then(|| users_frames(&backtrace.to_string()))
+    };
     let report = PanicReport {
         message: payload_message(info.payload()),
         location: info.location().map(|l| l.to_string()),
         process: crate::current::identity().name().to_owned(),
-        backtrace: (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
-            .then(|| users_frames(&backtrace.to_string())),
+        backtrace,
     };
     let _ = LAST_PANIC.try_with(|l| {
         let replaced = l.replace(Some((catch, report)));

@@ -240,6 +240,10 @@ impl<R> Process<R> {
 
     /// Where the child's stdout goes (default: the parent's): `Stdio::null()`, or a file.
     ///
+    /// Under `cargo test` without `--nocapture`, `print!` in a Fork child writes to the test
+    /// harness's in-memory capture, inherited from the forking thread, and is lost with the
+    /// child; write to `std::io::stdout()` to reach the redirected descriptor.
+    ///
     /// ```
     /// fn chatty() {
     ///     println!("to the file");

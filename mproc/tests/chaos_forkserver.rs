@@ -1073,3 +1073,111 @@ fn ctrl_c_to_the_process_group_while_threads_start() {
     }
     nothing_left_behind(m);
 }
+
+/// Holds `pid` (a process of ours, traced) at its exit, once `sig` has ended it: its memory
+/// and descriptors still there, as while a killed process tears down (longer for a core
+/// dump). `false` if it did not end of it (it was not ours to trace, say).
+fn held_at_its_exit(pid: u32, sig: i32) -> bool {
+    let pid = pid as libc::pid_t;
+    let exit_event = libc::SIGTRAP | (libc::PTRACE_EVENT_EXIT << 8);
+    // SAFETY: ptrace(2), kill(2) and waitpid(2) have no memory-safety preconditions beyond a
+    // valid pointer for the status, a local.
+    unsafe {
+        let options = libc::PTRACE_O_TRACEEXIT as usize as *mut libc::c_void;
+        if libc::ptrace(libc::PTRACE_SEIZE, pid, std::ptr::null_mut::<u8>(), options) != 0 {
+            return false;
+        }
+        assert_eq!(libc::kill(pid, sig), 0);
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            let mut status = 0;
+            match libc::waitpid(pid, &mut status, libc::__WALL | libc::WNOHANG) {
+                0 => {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                got if got != pid || !libc::WIFSTOPPED(status) => return false,
+                _ => {}
+            }
+            if status >> 8 == exit_event {
+                return true;
+            }
+            // Stopped as the signal came (a tracee's every signal stops it first): delivered.
+            let deliver = libc::WSTOPSIG(status) as usize as *mut libc::c_void;
+            libc::ptrace(libc::PTRACE_CONT, pid, std::ptr::null_mut::<u8>(), deliver);
+        }
+    }
+    false
+}
+
+/// Lets a process held by [`held_at_its_exit`] end.
+fn let_it_end(pid: u32) {
+    // SAFETY: ptrace(2) has no memory-safety preconditions.
+    unsafe {
+        libc::ptrace(
+            libc::PTRACE_DETACH,
+            pid as libc::pid_t,
+            std::ptr::null_mut::<u8>(),
+            std::ptr::null_mut::<u8>(),
+        );
+    }
+}
+
+/// The lent spare ended by any signal that ends a process by default and can be caught (SIGPIPE
+/// but: ignored, as in its parent), and held at its exit (traced): a start passes it over and starts a child that runs its target.
+/// (The spare caught only SIGINT, SIGTERM and the server's death; one ending of SIGHUP, say,
+/// left its word idle until the server reaped it, and its sockets open until its end: a start
+/// took it meanwhile, and returned a child that had died of the signal without running.)
+#[test]
+fn a_spare_ended_by_any_signal_is_never_taken_for_a_start() {
+    if !alone() {
+        return;
+    }
+    let m = StartMethod::Forkserver;
+    let server = fork_server().expect("a fork server");
+    let signals = [
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGUSR2,
+        libc::SIGABRT,
+        libc::SIGALRM,
+        libc::SIGVTALRM,
+        libc::SIGPROF,
+        libc::SIGIO,
+        libc::SIGPWR,
+        libc::SIGXCPU,
+        libc::SIGXFSZ,
+        libc::SIGSTKFLT,
+    ];
+    for sig in signals {
+        wait_until("the server has lent its next spare", || {
+            lent_a_spare(server)
+        });
+        let [spare] = children_of(server)[..] else {
+            panic!(
+                "the server has children but its spare: {:?}",
+                children_of(server)
+            )
+        };
+        assert!(
+            held_at_its_exit(spare, sig),
+            "signal {sig}: the spare not held"
+        );
+        let t = Instant::now();
+        let mut p = Process::new(my_pid, ()).start_method(m);
+        let started = p.start();
+        let took = t.elapsed();
+        let_it_end(spare);
+        started.unwrap();
+        let pid = p
+            .join_timeout(PATIENCE)
+            .unwrap_or_else(|e| panic!("signal {sig}: {e}"));
+        assert_ne!(pid, spare, "signal {sig}");
+        assert!(took < PATIENCE / 2, "signal {sig}: the start took {took:?}");
+        wait_until("the spare has ended", || has_ended(spare));
+    }
+    nothing_left_behind(m);
+}

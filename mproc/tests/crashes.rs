@@ -343,3 +343,69 @@ per_start_method!(
     a_rethrown_panic_is_not_reported_as_an_older_one,
     a_child_is_not_stuck_on_output_locks_held_by_other_threads,
 );
+
+/// Sets its flag when dropped: a thread that loops until it is set ends even when the test
+/// fails meanwhile.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Whether a thread it starts panics (and is joined).
+fn a_thread_panics() -> bool {
+    std::thread::spawn(|| panic!("in a thread of the target"))
+        .join()
+        .is_err()
+}
+
+/// With RUST_BACKTRACE=1 and another thread of the parent capturing backtraces without a
+/// pause (so that std's backtrace lock is held at most forks), children that panic each end
+/// at once with their report, and a panic in a thread of a target is told of without
+/// hanging that thread: a `Fork` child, which inherits that lock held by a thread it does not
+/// have, never waits for it (its report says why it has no backtrace).
+#[test]
+fn a_fork_child_panics_while_another_thread_captures_backtraces() {
+    if !crate::common::alone() {
+        return;
+    }
+    // SAFETY: run alone (see `alone`): no other thread of this process reads the environment
+    // now.
+    unsafe { std::env::set_var("RUST_BACKTRACE", "1") };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::backtrace::Backtrace::force_capture().to_string();
+            }
+        });
+        for m in StartMethod::ALL {
+            for round in 0..10 {
+                // A panic the target's own thread has (std's hook tells of it) first.
+                // Daemons: a child that hangs is killed when a failed test ends, not waited
+                // for.
+                let mut p = Process::new(a_thread_panics, ())
+                    .start_method(m)
+                    .daemon(true);
+                p.start().unwrap();
+                assert!(p.join_timeout(PATIENCE).unwrap(), "{m}, round {round}");
+                let mut p = Process::new(boom, (format!("{m} {round}"),))
+                    .start_method(m)
+                    .daemon(true);
+                p.start().unwrap();
+                let e = p.join_timeout(PATIENCE).unwrap_err();
+                let ErrorKind::Panicked(report) = e.kind() else {
+                    panic!("{m}, round {round}: {e}")
+                };
+                assert_eq!(report.message, format!("boom: {m} {round}"));
+                assert!(
+                    report.backtrace.is_some(),
+                    "{m}: asked for, or said why not"
+                );
+            }
+        }
+    });
+}

@@ -193,9 +193,16 @@ fn codec_errors_say_which_value_and_side(m: StartMethod) {
 
 /// What a child sees of its surroundings: some variables, its directory; and it writes a line
 /// to each stream and reads stdin to its end.
+///
+/// It writes through `std::io::stdout()` and `stderr()`, not `println!`: under libtest's
+/// in-process capture (`cargo test` without `--nocapture`) a Fork child inherits the test
+/// thread's capture buffer, so `println!` lands in the child's copy of that buffer and never
+/// reaches descriptor 1; `std::io::stdout()` always writes the descriptor.
 fn surroundings(vars: Vec<String>) -> (Vec<Option<String>>, String, String) {
-    println!("out line");
-    eprintln!("err line");
+    use std::io::Write;
+    std::io::stdout().write_all(b"out line\n").unwrap();
+    std::io::stdout().flush().unwrap();
+    std::io::stderr().write_all(b"err line\n").unwrap();
     let input = std::io::read_to_string(std::io::stdin()).unwrap_or_default();
     let seen = vars.iter().map(|v| std::env::var(v).ok()).collect();
     let dir = std::env::current_dir().unwrap().display().to_string();

@@ -91,6 +91,8 @@ fn fork_holding_the_rest(
             std::mem::forget(parent_end);
             std::mem::forget(alive_slot.take());
             std::mem::forget(server.take());
+            // Another thread of the parent may have held std's backtrace lock at the fork.
+            crate::panics::forked();
             *sides = Some(Sides::Child(ForkChild {
                 ctrl: InternalFd::new(child_end.into_owned()),
                 parent,

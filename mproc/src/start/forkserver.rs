@@ -37,7 +37,8 @@
 //! it took the last ([`TAKEN_DELAY`]; at once when it says so late, after the child started),
 //! a little later ([`SPARE_DELAY`]) when it was handed a request,
 //! once the new child has had the CPU to start on (see [`NextSpare`]). A waiting spare dies of
-//! the server's death or a stop signal only if it moves its own word from idle to dead first
+//! the server's death or a signal (any that ends a process by default, but SIGKILL and the
+//! fault and real-time signals) only if it moves its own word from idle to dead first
 //! (see [`proc::SpareSignals`]): a spare someone took lives on as theirs. A spare left unasked
 //! for a millisecond, when a CPU is free then (or at one of a few later looks), maps in the
 //! code the page cache holds of the files it may ask about ([`proc::map_in_code`]), so the
@@ -80,7 +81,8 @@ pub(crate) struct Server {
     owner: u32,
     /// Which server of this process it is (each replacement gets the next number).
     serial: u64,
-    pidfd: InternalFd,
+    /// Shared so that a wait for its end ([`has_died`]) can be made without holding the slot.
+    pidfd: Arc<InternalFd>,
     request: Channel,
     /// When it was last found alive after dropping a request (its fork failed): requests
     /// dropped soon after are not each given [`DYING`] to show it (a pool asks for several).
@@ -272,8 +274,8 @@ mod word {
     /// Taken back by the server for a request: the request's sockets wait on its socket to the
     /// server.
     pub(super) const HANDED: u32 = 2;
-    /// Dead unasked: said by the spare itself as it dies (of its server's death or a stop
-    /// signal; see [`crate::sys::proc::SpareSignals`]), or by the server that reaped it.
+    /// Dead unasked: said by the spare itself as it dies (of its server's death or a signal;
+    /// see [`crate::sys::proc::SpareSignals`]), or by the server that reaped it.
     pub(super) const DEAD: u32 = 3;
     /// The bits of the state.
     pub(super) const STATE: u32 = 3;
@@ -344,9 +346,9 @@ impl Requested {
 /// for any child. `None` without one (none lent yet, or it died, or the
 /// server took it back for a request): the caller asks the server.
 ///
-/// A lent spare that died unasked, of the server's death or a stop signal, said so in its word
+/// A lent spare that died unasked, of the server's death or a signal, said so in its word
 /// first (see [`proc::SpareSignals`]): it is passed over. Only a SIGKILL of the spare itself
-/// can end it unsaid; one between the look at its socket and the wake-up is a child killed as
+/// (or a fault or real-time signal someone sent it) can end it unsaid; one between the look at its socket and the wake-up is a child killed as
 /// it starts, as with `fork`.
 fn start_lent(
     start: &[u8],
@@ -752,27 +754,38 @@ fn request_once(
 /// Whether the server numbered `serial` has died; if it is still this process's server, it is
 /// reaped and forgotten. A server that dropped a request unanswered without dying (its fork
 /// failed) is given a moment to show which it is: a killed server closes its sockets just
-/// before it ends.
+/// before it ends. The slot is not held over that moment: every other thread's start takes it
+/// (a `Fork` start too), and would wait [`DYING`] behind a server that merely failed a fork.
 fn has_died(serial: u64) -> bool {
+    let (pidfd, wait) = {
+        let slot = lock();
+        match slot.as_ref() {
+            Some(server) if server.serial == serial && server.owner == proc::getpid() => {
+                let lately = server.alive_seen.is_some_and(|t| t.elapsed() < DYING);
+                let wait = if lately {
+                    Some(std::time::Instant::now())
+                } else {
+                    fd::deadline_after(DYING)
+                };
+                (Arc::clone(&server.pidfd), wait)
+            }
+            // Replaced already, by another thread that found it dead.
+            _ => return true,
+        }
+    };
+    let ended =
+        fd::poll_read(&[pidfd.as_fd()], wait).is_ok_and(|r| r[0].readable || r[0].hangup);
     let mut slot = lock();
-    match slot.as_ref() {
+    match slot.as_mut() {
         Some(server) if server.serial == serial && server.owner == proc::getpid() => {
-            let lately = server.alive_seen.is_some_and(|t| t.elapsed() < DYING);
-            let wait = if lately {
-                Some(std::time::Instant::now())
-            } else {
-                fd::deadline_after(DYING)
-            };
-            let ended = fd::poll_read(&[server.pidfd.as_fd()], wait)
-                .is_ok_and(|r| r[0].readable || r[0].hangup);
             if ended {
                 retire(&mut slot);
-            } else if let Some(server) = slot.as_mut() {
+            } else {
                 server.alive_seen = Some(std::time::Instant::now());
             }
             ended
         }
-        // Replaced already, by another thread that found it dead.
+        // Replaced meanwhile, by another thread that found it dead.
         _ => true,
     }
 }
@@ -813,7 +826,7 @@ fn start_server(identity: u64) -> Result<Server, Error> {
     let mut server = Server {
         owner: proc::getpid(),
         serial: SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        pidfd,
+        pidfd: Arc::new(pidfd),
         request: Channel::new(client),
         alive_seen: None,
         words: None,
@@ -1058,8 +1071,9 @@ impl NextSpare {
 /// (the client had not read of the spare yet, or another thread took it) takes it back and
 /// hands it the request's sockets, which costs the request one message instead of a `fork`.
 /// The next spare is forked [`TAKEN_DELAY`] after a spare is taken, [`SPARE_DELAY`] after one
-/// is handed a request (see [`NextSpare`]). At most one exists, idle. A stop signal ends it,
-/// as it ends the processes that existed when it came, unless it was taken first (see
+/// is handed a request (see [`NextSpare`]). At most one exists, idle. A stop signal (or any
+/// other that ends a process) ends it, as it ends the processes that existed when it came,
+/// unless it was taken first (see
 /// [`wait_as_spare`]). Tied to the user's process like every child, it ends with it; while it
 /// waits, it also ends with the server, which alone can hand it on.
 struct Spare {
@@ -1128,7 +1142,13 @@ impl Spare {
             return None;
         };
         let server = proc::getpid();
-        match proc::fork() {
+        // Blocked in the spare until it catches them: one sent before ends it only said dead.
+        let held = proc::SpareSignals::hold();
+        let forked = proc::fork();
+        if matches!(forked, Ok(ForkSide::Parent(_)) | Err(_)) {
+            drop(held);
+        }
+        match forked {
             Ok(ForkSide::Child) => {
                 let keep = [sock_child.as_fd().as_raw_fd(), ctrl_child.as_fd().as_raw_fd()];
                 let me = settle_child(&keep, tie);
@@ -1211,9 +1231,10 @@ fn wait_as_spare(
     // Dies unasked, unless someone took it first (then it is theirs, and lives on).
     let die_unasked = || proc::die_if_untaken(word, idle, idle | word::DEAD);
     // While it waits it dies with the server, which alone may hand it on, and of a stop
-    // signal (a Ctrl-C to the process group, say), as the processes that existed then do;
-    // the server forks another. Either only if nobody took it first: once taken it is tied to
-    // the user's process alone, like every child, and a stop signal is the child's.
+    // signal (a Ctrl-C to the process group, say) or any other that ends a process, as the
+    // processes that existed then do; the server forks another. Either only if nobody took it
+    // first: once taken it is tied to the user's process alone, like every child, and the
+    // signal is the child's.
     let Ok(signals) = proc::SpareSignals::catch(word, idle, idle | word::DEAD, server) else {
         die_unasked();
         proc::exit_now(1) // taken meanwhile, yet it cannot start safely: a child lost
@@ -1648,6 +1669,37 @@ mod tests {
         assert_eq!(e.kind(), &ErrorKind::ExecutableMismatch);
         let server = start_server(exe::identity()).expect("the same build is accepted");
         retire(&mut Some(server));
+    }
+
+    fn seven() -> u8 {
+        7
+    }
+
+    /// A thread that waits to learn whether the server died (it dropped a request unanswered)
+    /// holds back no other thread's start: each start takes the server's slot, under `Fork` as
+    /// under `Forkserver`. Held across the wait, the slot stalled them for up to [`DYING`].
+    #[test]
+    fn a_wait_for_the_server_to_die_holds_no_other_start_back() {
+        use std::time::{Duration, Instant};
+        let serial = running(&mut lock()).expect("a server").serial;
+        for m in crate::StartMethod::ALL {
+            let mut took = Vec::new();
+            for _ in 0..5 {
+                if let Some(server) = lock().as_mut() {
+                    server.alive_seen = None; // so that the next look waits the whole moment
+                }
+                let waiter = std::thread::spawn(move || has_died(serial));
+                std::thread::sleep(DYING / 10);
+                let t = Instant::now();
+                let mut p = crate::Process::new(seven, ()).start_method(m);
+                p.start().expect("a start");
+                took.push(t.elapsed());
+                assert_eq!(p.join_timeout(Duration::from_secs(20)).unwrap(), 7);
+                assert!(!waiter.join().unwrap(), "the server lives");
+            }
+            took.sort_unstable();
+            assert!(took[2] < DYING / 2, "{m}: starts took {took:?}");
+        }
     }
 
     /// The client tells a child's announcement from the server's exit report by its bytes.

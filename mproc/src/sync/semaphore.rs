@@ -141,6 +141,12 @@ impl Semaphore {
             }
             let woke = sleep(&self.words().waiters, &self.words().count, 0, deadline);
             if !woke.map_err(|e| Error::os("waiting on a semaphore", e))? {
+                // One last try: a permit given back as the deadline passed (its wake-up came
+                // after the sleep timed out, or the deadline had passed before the sleep
+                // began) is there all the same.
+                if self.take_now() {
+                    return Ok(());
+                }
                 return Err(ErrorKind::Timeout.into());
             }
         }
@@ -199,5 +205,32 @@ impl fmt::Debug for Semaphore {
         f.debug_struct("Semaphore")
             .field("value", &self.value())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A permit given back while a waiter sleeps, whose wake-up comes only after the waiter's
+    /// deadline (here: never; the count is set without one), is taken all the same: the
+    /// waiter looks once more when its sleep times out.
+    #[test]
+    fn a_permit_given_back_as_the_deadline_passes_is_taken() {
+        let s = Semaphore::new(0).unwrap();
+        let waiter = {
+            let s = s.clone();
+            std::thread::spawn(move || s.acquire_timeout(Duration::from_millis(300)))
+        };
+        let asleep = Instant::now() + Duration::from_secs(10);
+        while s.words().waiters.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < asleep, "the waiter never slept");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Asleep in the kernel by now (it counted itself just before).
+        std::thread::sleep(Duration::from_millis(50));
+        s.words().count.store(1, Ordering::SeqCst);
+        waiter.join().unwrap().expect("the permit there at the deadline");
+        assert_eq!(s.value(), 0);
     }
 }

@@ -777,21 +777,48 @@ static SPARE_DEAD: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::
 static SPARE_KEPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The signals a fork server's spare may die of while it waits, caught: the server's death
-/// (the parent-death signal) and SIGINT and SIGTERM (a Ctrl-C to the process group, a service
-/// manager's SIGTERM), unless ignored. The handler decides by the spare's word, atomically:
+/// (the parent-death signal), SIGINT and SIGTERM (a Ctrl-C to the process group, a service
+/// manager's SIGTERM), and every other signal that ends a process by default and is sent
+/// rather than raised by a fault ([`SPARE_CAUGHT`]), unless ignored. The handler decides by
+/// the spare's word, atomically:
 /// if it moves the word from idle to dead first, the spare was nobody's, and it exits (its
 /// client, moving the word later, fails and passes it over); if the client or the server took
 /// it first, the signal is the child's: the server's death is then no reason to die (the
-/// child is tied to the user's process), and a stop signal, or a SIGUSR2 that another process
-/// sent (not the server's death: `si_pid` tells them apart; one whose sender is not named is
-/// taken for the server's death), is kept and raised again once the child's actions are back
-/// ([`SpareSignals::taken`]). Without this, a spare killed outright
-/// could still be taken while it died (its sockets close only after its memory is freed), and
-/// the start would return a child that never runs.
+/// child is tied to the user's process), and any other signal, a SIGUSR2 that another process
+/// sent included (not the server's death: `si_pid` tells them apart; one whose sender is not
+/// named is taken for the server's death), is kept and raised again once the child's actions
+/// are back ([`SpareSignals::taken`]). Without this, a spare killed outright could still be
+/// taken while it died (its sockets close only after its memory is freed, and a signal sent
+/// ends it only once it next runs), and the start would return a child that never runs; only
+/// SIGKILL, and a fault signal (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGSYS) or a
+/// real-time signal sent by someone, can still end it so.
 pub(crate) struct SpareSignals {
     /// The actions the handler replaced, to be put back.
-    replaced: [(libc::c_int, Option<libc::sigaction>); 3],
+    replaced: [(libc::c_int, Option<libc::sigaction>); SPARE_CAUGHT.len()],
 }
+
+/// The signals a waiting spare catches (see [`SpareSignals`]): each that ends a process by
+/// default, but SIGKILL (which cannot be caught), the fault signals (a fault in the handler's
+/// way would come back at once, forever) and the real-time signals (31 more actions to put
+/// back at every start, for signals that are sent to a process by its pid only by design).
+const SPARE_CAUGHT: [libc::c_int; 16] = [
+    SPARE_PARENT_DEATH,
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGABRT,
+    libc::SIGPIPE,
+    libc::SIGALRM,
+    libc::SIGSTKFLT,
+    libc::SIGXCPU,
+    libc::SIGXFSZ,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGIO,
+    libc::SIGPWR,
+];
 
 /// In a fork server's spare asleep on `word`: ends it at once if nobody has taken it, by moving
 /// the word from `idle` to `dead` first (whoever moves it from idle owns the spare).
@@ -830,11 +857,39 @@ extern "C" fn spare_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut
     }
 }
 
+/// The signals a spare catches, held back (blocked) in the fork server around the fork of a
+/// spare, until dropped (the server's mask back): the new spare inherits them blocked, so that
+/// one sent to it before it catches them ([`SpareSignals::catch`], which lets them in) waits
+/// for its handler instead of ending it unsaid.
+pub(crate) struct SpareSignalsHeld(libc::sigset_t);
+
+impl Drop for SpareSignalsHeld {
+    fn drop(&mut self) {
+        // SAFETY: `self.0` is the mask read from the kernel in `hold`; no old mask asked for.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, ptr::null_mut()) };
+    }
+}
+
 impl SpareSignals {
+    /// In the fork server, about to fork a spare: see [`SpareSignalsHeld`].
+    pub(crate) fn hold() -> SpareSignalsHeld {
+        let mut mask = empty_sigset();
+        let mut old = empty_sigset();
+        // SAFETY: both sets are initialised storage of the type pthread_sigmask takes; the
+        // signals added are valid.
+        unsafe {
+            for sig in SPARE_CAUGHT {
+                libc::sigaddset(&mut mask, sig);
+            }
+            libc::pthread_sigmask(libc::SIG_BLOCK, &mask, &mut old);
+        }
+        SpareSignalsHeld(old)
+    }
+
     /// In a spare forked by `server`, asleep on `word` whose value is `idle` while it waits
     /// and `dead` once it died unasked: catches the signals above, asks for the parent-death
-    /// signal, and lets the stop signals in (the server keeps them blocked). A server already
-    /// gone counts as one that died now.
+    /// signal, and lets the caught signals in (the server keeps SIGINT and SIGTERM blocked). A
+    /// server already gone counts as one that died now.
     pub(crate) fn catch(
         word: &'static std::sync::atomic::AtomicU32,
         idle: u32,
@@ -848,11 +903,7 @@ impl SpareSignals {
             ptr::from_ref(word).cast_mut(),
             std::sync::atomic::Ordering::Release,
         );
-        let mut replaced = [
-            (SPARE_PARENT_DEATH, None),
-            (libc::SIGINT, None),
-            (libc::SIGTERM, None),
-        ];
+        let mut replaced = SPARE_CAUGHT.map(|sig| (sig, None));
         for (sig, old) in &mut replaced {
             // SAFETY: zeroed sigactions are valid values to fill; the handler only touches
             // atomics and calls _exit; both pointers are to locals that outlive the calls.
@@ -861,7 +912,7 @@ impl SpareSignals {
                 if libc::sigaction(*sig, ptr::null(), &mut was) != 0 {
                     return Err(io::Error::last_os_error());
                 }
-                // An ignored stop signal stays ignored: the child would ignore it too.
+                // An ignored signal stays ignored: the child would ignore it too.
                 if *sig != SPARE_PARENT_DEATH && was.sa_sigaction == libc::SIG_IGN {
                     continue;
                 }
@@ -888,17 +939,18 @@ impl SpareSignals {
         // SAFETY: `mask` is an initialised set of valid signals; the old mask is not asked for
         // (a null pointer, which pthread_sigmask accepts).
         unsafe {
-            libc::sigaddset(&mut mask, libc::SIGINT);
-            libc::sigaddset(&mut mask, libc::SIGTERM);
+            for sig in SPARE_CAUGHT {
+                libc::sigaddset(&mut mask, sig);
+            }
             libc::pthread_sigmask(libc::SIG_UNBLOCK, &mask, ptr::null_mut());
         }
         Ok(SpareSignals { replaced })
     }
 
     /// In the spare just taken (its word no longer idle): no parent-death signal any more (the
-    /// child is tied to the user's process alone); the replaced actions back; the stop
-    /// signals, and a SIGUSR2 another process sent, that came once it was taken raised again,
-    /// for the child. (A signal already
+    /// child is tied to the user's process alone); the replaced actions back; the caught
+    /// signals, a SIGUSR2 another process sent among them, that came once it was taken raised
+    /// again, for the child. (A signal already
     /// pending when the parent-death signal is cleared is handled before the actions change.)
     pub(crate) fn taken(self) {
         let _ = rustix::process::set_parent_process_death_signal(None);
@@ -910,7 +962,7 @@ impl SpareSignals {
         }
         SPARE_WORD.store(ptr::null_mut(), std::sync::atomic::Ordering::Release);
         let kept = SPARE_KEPT.swap(0, std::sync::atomic::Ordering::Relaxed);
-        for sig in [libc::SIGINT, libc::SIGTERM, SPARE_PARENT_DEATH] {
+        for sig in SPARE_CAUGHT {
             if kept & (1 << sig) != 0 {
                 // SAFETY: raise(3) has no memory-safety preconditions.
                 unsafe { libc::raise(sig) };

@@ -316,7 +316,13 @@ impl RobustMutex {
             Some(d) => {
                 let at = monotonic_deadline(d);
                 // SAFETY: as above; `at` is a valid timespec on this frame.
-                unsafe { pthread_mutex_clocklock(self.0.get(), libc::CLOCK_MONOTONIC, &at) }
+                match unsafe { pthread_mutex_clocklock(self.0.get(), libc::CLOCK_MONOTONIC, &at) }
+                {
+                    // One last try: glibc gives up when its sleep times out, even if the mutex
+                    // was released meanwhile (the wake-up came after the timeout).
+                    libc::ETIMEDOUT => return self.try_lock(),
+                    rc => rc,
+                }
             }
         };
         self.taken(rc)
@@ -500,6 +506,42 @@ pub(crate) mod tests {
         assert!(
             out.contains("1 passed"),
             "{name} did not run in its own process:\n{out}"
+        );
+    }
+
+    /// A mutex released while a thread waits for it, its wake-up coming only after the
+    /// waiter's deadline (here: never; the lock word is cleared without one, as by an owner
+    /// whose wake-up is late), is taken all the same: the waiter tries once more when its
+    /// sleep times out. Run in a process of its own: it forges glibc's lock word.
+    #[test]
+    fn a_mutex_released_as_the_deadline_passes_is_taken() {
+        in_own_process(
+            "sys::shared::tests::a_mutex_released_as_the_deadline_passes_is_taken",
+            || {
+                for recursive in [false, true] {
+                    let block = Block::create(1, 256, &[MUTEX]).unwrap();
+                    let mutex = block.mutex_at(MUTEX);
+                    mutex.init(recursive).unwrap();
+                    // Held, as far as glibc can tell, by this thread.
+                    let word = mutex.first_word();
+                    word.store(rustix::thread::gettid().as_raw_nonzero().get() as u32, Ordering::SeqCst);
+                    std::thread::scope(|s| {
+                        let waiter = s.spawn(|| {
+                            let deadline = Instant::now() + Duration::from_millis(300);
+                            mutex.lock(Some(deadline)).unwrap().map(|(held, _)| drop(held)).is_some()
+                        });
+                        // Asleep in the kernel: glibc marks the word as waited on first.
+                        let asleep = Instant::now() + Duration::from_secs(10);
+                        while word.load(Ordering::SeqCst) & libc::FUTEX_WAITERS == 0 {
+                            assert!(Instant::now() < asleep, "the waiter never slept");
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                        word.store(0, Ordering::SeqCst);
+                        assert!(waiter.join().unwrap(), "recursive {recursive}: not taken");
+                    });
+                }
+            },
         );
     }
 
