@@ -12,6 +12,7 @@
 //! | `pool:<pool>` | string | the sealed pool frame; its absence means the pool is gone |
 //! | `done:<pool>` | hash | task → 1 once a result is recorded (exactly one result), `c` once cancelled (none is) |
 //! | `attempts:<pool>` | hash | task → runs lost with a dead agent |
+//! | `sent:<pool>` | string | the number of the submitter's last batch of tasks written (`SUBMIT`) |
 //! | `stats:<pool>` | hash | agent → its sealed statistics for the pool (`Pool::stats`), refreshed every 250 ms |
 //! | `agents` | hash | agent → workers it announces |
 //! | `hb:<agent>` | string, TTL | the agent's heartbeat |
@@ -61,6 +62,9 @@ impl Keys {
     pub(crate) fn attempts(&self, pool: u64) -> String {
         format!("{}attempts:{pool}", self.prefix)
     }
+    pub(crate) fn sent(&self, pool: u64) -> String {
+        format!("{}sent:{pool}", self.prefix)
+    }
     pub(crate) fn heartbeat(&self, agent: &str) -> String {
         format!("{}hb:{agent}", self.prefix)
     }
@@ -68,13 +72,14 @@ impl Keys {
         format!("{}running:{agent}", self.prefix)
     }
     /// Every key of one pool, deleted when it finishes.
-    pub(crate) fn of_pool(&self, pool: u64) -> [String; 5] {
+    pub(crate) fn of_pool(&self, pool: u64) -> [String; 6] {
         [
             self.pool(pool),
             self.results(pool),
             self.done(pool),
             self.stats(pool),
             self.attempts(pool),
+            self.sent(pool),
         ]
     }
 }

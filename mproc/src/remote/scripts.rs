@@ -4,6 +4,26 @@
 //! Every script takes the build's key prefix as `ARGV[1]` and derives the per-pool and
 //! per-agent keys from it (all in one hash slot, `frame.rs`).
 
+/// A submitter's batch of tasks, written to the task stream once: a batch sent again (its
+/// connection was replaced before its reply was read, `conn.rs`, when Redis may have run it
+/// already) is dropped, so that no task is queued twice. Batches are numbered from 1 in the
+/// order they are sent, on one connection at a time, so Redis sees each pool's batches in
+/// order: one number per pool, the last batch written, tells a batch sent again. (One
+/// script per batch, not per task: it costs the server less than the `XADD`s it replaces
+/// sent one by one.)
+///
+/// KEYS: tasks, `sent:<pool>`. ARGV: the batch's number, the pool, its `max_retries`, then
+/// (task, sealed frame) per task. Returns 1, or 0 for a batch sent again.
+pub(crate) const SUBMIT: &str = r#"
+local n = tonumber(ARGV[1])
+if n <= (tonumber(redis.call('GET', KEYS[2])) or 0) then return 0 end
+redis.call('SET', KEYS[2], n)
+for i = 4, #ARGV, 2 do
+  redis.call('XADD', KEYS[1], '*', 'f', ARGV[i + 1], 'p', ARGV[2], 'k', ARGV[i], 'm', ARGV[3])
+end
+return 1
+"#;
+
 /// An agent's step, sent whenever it has answers to record or entries about to start (one
 /// call for both, so one round trip of the server's per task):
 ///
@@ -213,7 +233,7 @@ mod tests {
 
     use redis::Value;
 
-    use super::{REAP, STEP};
+    use super::{REAP, STEP, SUBMIT};
     use crate::remote::conn::Conn;
     use crate::remote::conn::testing::{at, server};
 
@@ -386,6 +406,41 @@ mod tests {
         run(&mut con, &["HDEL", "t:agents", "a1"]);
         let dead = step(&mut con, &[], &[], &[(id3, "7")]);
         assert_eq!(dead, Value::Array(vec![Value::Int(0), Value::Int(-1)]));
+    }
+
+    /// A batch of tasks sent again (its connection replaced before its reply was read) is
+    /// written once, as is one older than the last written; the next one is written, its
+    /// entries with the fields the agents and the reaper read.
+    #[test]
+    fn a_batch_of_tasks_sent_again_is_written_once() {
+        let (_server, sock) = server();
+        let mut con = Conn::open(&at(&sock, ""), Duration::ZERO).unwrap();
+        let mut submit = |n: &str, tasks: &[&str]| {
+            let mut words = vec!["EVAL", SUBMIT, "2", "t:tasks", "t:sent:7", n, "7", "2"];
+            for t in tasks {
+                words.extend([*t, "F"]);
+            }
+            int(run(&mut con, &words))
+        };
+        assert_eq!(submit("1", &["1", "2"]), 1);
+        assert_eq!(submit("1", &["1", "2"]), 0);
+        assert_eq!(submit("2", &["3"]), 1);
+        assert_eq!(submit("1", &["1", "2"]), 0);
+        assert_eq!(submit("2", &["3"]), 0);
+        let mut con = Conn::open(&at(&sock, ""), Duration::ZERO).unwrap();
+        assert_eq!(int(run(&mut con, &["XLEN", "t:tasks"])), 3);
+        let Value::Array(all) = run(&mut con, &["XRANGE", "t:tasks", "-", "+"]) else {
+            panic!("XRANGE")
+        };
+        let entries = crate::remote::conn::stream_entries(Value::Array(vec![Value::Array(vec![
+            Value::BulkString(b"t:tasks".to_vec()),
+            Value::Array(all),
+        ])]));
+        let tasks: Vec<_> = entries.iter().map(|e| e.text("k").unwrap()).collect();
+        assert_eq!(tasks, ["1", "2", "3"]);
+        let e = &entries[2];
+        let fields = [e.text("f"), e.text("p"), e.text("m")];
+        assert_eq!(fields, [Some("F"), Some("7"), Some("2")]);
     }
 
 }

@@ -76,6 +76,9 @@ struct Submitter {
     pool: u64,
     build: u64,
     max_retries: u32,
+    /// The `SUBMIT` script's digest, and how many batches of tasks it was sent.
+    submit: String,
+    batches: u64,
     max_frame: usize,
     /// The heartbeat TTL (for the reaper's pause check).
     ttl: Duration,
@@ -137,8 +140,16 @@ fn start(
             remote.max_frame
         )));
     }
-    con.run("registering the remote pool", |c| {
-        redis::cmd("SET").arg(keys.pool(pool)).arg(&sealed).query::<()>(c)
+    let (submit,): (String,) = con.run("registering the remote pool", |c| {
+        redis::pipe()
+            .cmd("SET")
+            .arg(keys.pool(pool))
+            .arg(&sealed)
+            .ignore()
+            .cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(scripts::SUBMIT)
+            .query(c)
     })?;
     let (src_endpoint, src_keys, src_key) = (endpoint.clone(), keys.clone(), key.clone());
     let _ = shared.stats_source.set(Box::new(move || {
@@ -159,6 +170,8 @@ fn start(
         pool,
         build,
         max_retries: settings.max_retries,
+        submit,
+        batches: 0,
         max_frame: remote.max_frame,
         ttl: remote.ttl,
         fixed: settings.processes,
@@ -319,7 +332,15 @@ impl Submitter {
 
     fn send_window(&mut self) -> Result<(), Error> {
         let window = self.processes.load(Ordering::Relaxed).max(1);
-        let mut pipe = redis::pipe();
+        let mut batch = redis::cmd("EVALSHA");
+        batch
+            .arg(&self.submit)
+            .arg(2)
+            .arg(self.keys.tasks())
+            .arg(self.keys.sent(self.pool))
+            .arg(self.batches + 1)
+            .arg(self.pool)
+            .arg(self.max_retries);
         let mut sent = 0;
         {
             let mut chunks = self.flight.chunks();
@@ -332,45 +353,14 @@ impl Submitter {
                     chunk.fail(ErrorKind::Cancelled.into()); // cancelled while queued
                     continue;
                 }
-                // A large one's arguments are copied out of the memory file they were
-                // encoded into.
-                let payload = match std::mem::take(&mut chunk.payload).into_vec() {
-                    Ok(payload) => payload,
+                let sealed = match self.seal(&mut chunk) {
+                    Ok(sealed) => sealed,
                     Err(e) => {
                         chunk.fail(e);
                         continue;
                     }
                 };
-                let frame = TaskFrame {
-                    pool: self.pool,
-                    task: chunk.id,
-                    build: self.build,
-                    entry: chunk.entry,
-                    items: chunk.items as u64,
-                    payload: ByteBuf::from(payload),
-                    timeout_ms: chunk
-                        .timeout
-                        .map(|t| t.as_millis().try_into().unwrap_or(u64::MAX)),
-                };
-                let sealed = match frame::seal(&self.key, Kind::Task, &frame) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        chunk.fail(e);
-                        continue;
-                    }
-                };
-                pipe.cmd("XADD")
-                    .arg(self.keys.tasks())
-                    .arg("*")
-                    .arg("f")
-                    .arg(&sealed)
-                    .arg("p")
-                    .arg(self.pool)
-                    .arg("k")
-                    .arg(chunk.id)
-                    .arg("m")
-                    .arg(self.max_retries)
-                    .ignore();
+                batch.arg(chunk.id).arg(&sealed);
                 bytes += sealed.len();
                 // In the books before it is written: its answer may come at once.
                 chunks.insert(chunk.id, (chunk, sealed.len()));
@@ -378,14 +368,32 @@ impl Submitter {
             }
         }
         if sent > 0 {
-            // The replies (the entries' ids) are read before the next pipeline or command
-            // (`settle`), by when they are there: no wait for them here, so neither this
-            // thread nor a caller writing its own task (`apply`) sleeps until Redis answers.
+            // The reply is read before the next batch or command (`settle`), by when it is
+            // there: no wait for it here, so neither this thread nor a caller writing its own
+            // task (`apply`) sleeps until Redis answers.
             self.settle()?;
-            let packed = pipe.get_packed_pipeline();
-            self.con.send(WRITING, packed, pipe.len())?;
+            self.batches += 1;
+            self.con.send(WRITING, batch.get_packed_command(), 1)?;
         }
         Ok(())
+    }
+
+    /// A chunk's task frame, sealed. A large one's arguments are copied out of the memory
+    /// file they were encoded into.
+    fn seal(&self, chunk: &mut Chunk) -> Result<Vec<u8>, Error> {
+        let payload = std::mem::take(&mut chunk.payload).into_vec()?;
+        let frame = TaskFrame {
+            pool: self.pool,
+            task: chunk.id,
+            build: self.build,
+            entry: chunk.entry,
+            items: chunk.items as u64,
+            payload: ByteBuf::from(payload),
+            timeout_ms: chunk
+                .timeout
+                .map(|t| t.as_millis().try_into().unwrap_or(u64::MAX)),
+        };
+        frame::seal(&self.key, Kind::Task, &frame)
     }
 
     /// Reads the replies of the task pipelines written and not read yet: an error there (the
