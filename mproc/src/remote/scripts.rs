@@ -129,8 +129,13 @@ return {recorded, out}
 /// stream's head is trimmed up to its oldest entry still pending or not yet delivered
 /// (`MINID ~`: whole nodes only, so it costs little). Returns how many agents it reaped.
 ///
-/// KEYS: tasks, agents, dead. ARGV: prefix, the caller's heartbeat TTL in ms (none: no
-/// pause check).
+/// First, every registered pool whose caller is gone (its `alive` key expired: the program
+/// holding it was killed, or silent past the pool's TTL) is dropped: its keys are deleted
+/// (those of [`Keys::of_pool`](super::frame::Keys::of_pool)), as when a pool ends, so that
+/// agents start none of its tasks and stop those they run.
+///
+/// KEYS: tasks, agents, dead, pools. ARGV: prefix, the caller's heartbeat TTL in ms (none:
+/// no pause check).
 pub(crate) const REAP: &str = r#"
 local p = ARGV[1]
 local reaped = 0
@@ -145,6 +150,16 @@ if ttl then
   end
   redis.call('SET', p .. 'clock', 1, 'PX', math.max(math.floor(ttl / 2), 400))
   if redis.call('EXISTS', p .. 'grace') == 1 then return 0 end
+end
+for _, pool in ipairs(redis.call('HKEYS', KEYS[4])) do
+  if redis.call('EXISTS', p .. 'alive:' .. pool) == 0 then
+    local of = {}
+    for _, k in ipairs({'pool:', 'results:', 'done:', 'stats:', 'attempts:', 'sent:', 'alive:'}) do
+      of[#of + 1] = p .. k .. pool
+    end
+    redis.call('DEL', unpack(of))
+    redis.call('HDEL', KEYS[4], pool)
+  end
 end
 for _, a in ipairs(redis.call('HKEYS', KEYS[2])) do
   if redis.call('EXISTS', p .. 'hb:' .. a) == 0 then
@@ -317,7 +332,7 @@ mod tests {
         assert_eq!(pending(&mut con), 3);
         // The agent dies.
         run(&mut con, &["DEL", "t:hb:a1"]);
-        let reaped = run(&mut con, &["EVAL", REAP, "3", "t:tasks", "t:agents", "t:dead", "t:"]);
+        let reaped = run(&mut con, &["EVAL", REAP, "4", "t:tasks", "t:agents", "t:dead", "t:pools", "t:"]);
         assert_eq!(int(reaped), 1);
         assert_eq!(pending(&mut con), 0);
         // Task 1's one result, and task 2 lost (no retries): two results; task 2 dead-lettered.
@@ -356,7 +371,7 @@ mod tests {
             run(&mut con, &["DEL", k]);
         }
         run(&mut con, &["DEL", "t:hb:a1"]);
-        let reaped = run(&mut con, &["EVAL", REAP, "3", "t:tasks", "t:agents", "t:dead", "t:"]);
+        let reaped = run(&mut con, &["EVAL", REAP, "4", "t:tasks", "t:agents", "t:dead", "t:pools", "t:"]);
         assert_eq!(int(reaped), 1);
         assert_eq!(int(run(&mut con, &["EXISTS", "t:attempts:7"])), 0);
         assert_eq!(int(run(&mut con, &["EXISTS", "t:dead"])), 0);
@@ -441,6 +456,33 @@ mod tests {
         let e = &entries[2];
         let fields = [e.text("f"), e.text("p"), e.text("m")];
         assert_eq!(fields, [Some("F"), Some("7"), Some("2")]);
+    }
+
+    /// A registered pool whose `alive` key has expired (its caller is gone) is dropped: every
+    /// key of it goes (the script's list is `Keys::of_pool`'s), and its registration; a pool
+    /// whose caller lives keeps everything.
+    #[test]
+    fn the_reaper_drops_a_pool_whose_caller_is_gone() {
+        let (_server, sock) = server();
+        let mut con = Conn::open(&at(&sock, ""), Duration::ZERO).unwrap();
+        let keys = crate::remote::frame::Keys { prefix: "t:".into() };
+        for pool in [7, 8] {
+            for k in keys.of_pool(pool) {
+                run(&mut con, &["SET", &k, "1"]);
+            }
+            run(&mut con, &["HSET", "t:pools", &pool.to_string(), "1"]);
+        }
+        run(&mut con, &["PEXPIRE", &keys.alive(7), "10000"]);
+        run(&mut con, &["DEL", &keys.alive(8)]);
+        run(&mut con, &["EVAL", REAP, "4", "t:tasks", "t:agents", "t:dead", "t:pools", "t:"]);
+        for k in keys.of_pool(7) {
+            assert_eq!(int(run(&mut con, &["EXISTS", &k])), 1, "{k} of the live pool");
+        }
+        for k in keys.of_pool(8) {
+            assert_eq!(int(run(&mut con, &["EXISTS", &k])), 0, "{k} of the gone pool");
+        }
+        let left = run(&mut con, &["HKEYS", "t:pools"]);
+        assert_eq!(left, Value::Array(vec![Value::BulkString(b"7".to_vec())]));
     }
 
 }

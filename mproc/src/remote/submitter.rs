@@ -82,6 +82,8 @@ struct Submitter {
     max_frame: usize,
     /// The heartbeat TTL (for the reaper's pause check).
     ttl: Duration,
+    /// How long the pool lives in Redis without a word from this thread ([`pool_ttl`]).
+    pool_ttl: Duration,
     fixed: Option<usize>,
     processes: Arc<AtomicUsize>,
     queue: VecDeque<Chunk>,
@@ -140,11 +142,23 @@ fn start(
             remote.max_frame
         )));
     }
+    let pool_ttl = pool_ttl(remote.ttl);
     let (submit,): (String,) = con.run("registering the remote pool", |c| {
         redis::pipe()
             .cmd("SET")
             .arg(keys.pool(pool))
             .arg(&sealed)
+            .ignore()
+            .cmd("SET")
+            .arg(keys.alive(pool))
+            .arg(1)
+            .arg("PX")
+            .arg(pool_ttl.as_millis() as u64)
+            .ignore()
+            .cmd("HSET")
+            .arg(keys.pools())
+            .arg(pool)
+            .arg(1)
             .ignore()
             .cmd("SCRIPT")
             .arg("LOAD")
@@ -174,6 +188,7 @@ fn start(
         batches: 0,
         max_frame: remote.max_frame,
         ttl: remote.ttl,
+        pool_ttl,
         fixed: settings.processes,
         processes,
         queue: VecDeque::new(),
@@ -224,6 +239,14 @@ fn start(
             s.end(&why);
         })
         .map_err(|e| Error::os("starting the remote pool's thread", e))
+}
+
+/// How long a pool lives in Redis after the last word from its submitter's thread (which
+/// refreshes it every [`TICK`]): past it, the program holding the pool counts as gone
+/// (killed, or stopped that long), and the reaper drops the pool. Four heartbeat TTLs (an
+/// agent's ends after one: a pool's caller taken for dead loses more), and four ticks at least.
+fn pool_ttl(ttl: Duration) -> Duration {
+    (ttl * 4).max(TICK * 4)
 }
 
 /// How many results the result reader reads between two trims of its stream.
@@ -431,25 +454,32 @@ impl Submitter {
         Ok(())
     }
 
-    /// Every period: reap dead agents, follow the agents' total, and check that Redis still
-    /// knows the pool.
+    /// Every period: keep the pool alive (and check that Redis still knows it), reap dead
+    /// agents and pools, and follow the agents' total.
     fn tick(&mut self) -> Result<(), Error> {
         self.settle()?;
-        reap(&mut self.con, &self.keys, self.ttl)?;
-        self.refresh_size()?;
-        let key = self.keys.pool(self.pool);
-        let known: bool = self.con.run("checking the remote pool", |c| {
-            redis::cmd("EXISTS").arg(&key).query(c)
+        let (alive, pool) = (self.keys.alive(self.pool), self.keys.pool(self.pool));
+        let ms = self.pool_ttl.as_millis() as u64;
+        let (refreshed, known): (bool, bool) = self.con.run("keeping the remote pool alive", |c| {
+            redis::pipe()
+                .cmd("PEXPIRE")
+                .arg(&alive)
+                .arg(ms)
+                .cmd("EXISTS")
+                .arg(&pool)
+                .query(c)
         })?;
-        if !known {
-            return Err(ErrorKind::Broker(
-                "Redis no longer knows this pool (it was restarted without persistence, or its \
-                 keys were deleted): its tasks cannot be answered"
-                    .into(),
-            )
+        if !(refreshed && known) {
+            return Err(ErrorKind::Broker(format!(
+                "Redis no longer knows this pool (it was restarted without persistence, its \
+                 keys were deleted, or this program was silent past {:?}, stopped say, and \
+                 the pool was taken for abandoned): its tasks cannot be answered",
+                self.pool_ttl
+            ))
             .into());
         }
-        Ok(())
+        reap(&mut self.con, &self.keys, self.ttl)?;
+        self.refresh_size()
     }
 
     /// The pool's size: `processes(n)`, or the workers the live agents announce.
@@ -488,6 +518,7 @@ impl Submitter {
         for k in self.keys.of_pool(self.pool) {
             pipe.cmd("DEL").arg(k).ignore();
         }
+        pipe.cmd("HDEL").arg(self.keys.pools()).arg(self.pool).ignore();
         let _ = self.settle();
         let _ = self.con.run("deleting the pool's keys", |c| pipe.query::<()>(c));
         for chunk in self.queue.drain(..) {
@@ -551,6 +582,7 @@ pub(crate) fn reap(con: &mut Conn, keys: &Keys, ttl: Duration) -> Result<i64, Er
             .key(keys.tasks())
             .key(keys.agents())
             .key(keys.dead())
+            .key(keys.pools())
             .arg(&keys.prefix)
             .arg(ttl.as_millis() as u64)
             .invoke(c)

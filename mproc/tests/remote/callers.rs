@@ -1,19 +1,19 @@
 //! The caller's side in trouble: the program holding a remote pool stopped and continued
-//! while it writes tasks. The caller is a program of its own (this test binary run again,
-//! [`Agent::rerun`]) so that the test can signal it; each task notes every run of it in a
-//! file, so a task run twice shows.
+//! while it writes tasks, or killed mid-map. The caller is a program of its own (this test
+//! binary run again, [`Agent::rerun`]) so that the test can signal it; each task notes every
+//! run of it in a file, so a task run twice, or run for a caller that is gone, shows.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mproc::{Pool, Remote, StartMethod};
 
 use crate::cluster::Cluster;
 use crate::harness::{AGENT_USER, Agent, RedisServer, Reply};
 
-/// Set in a caller's run: what it does (`submit`).
+/// Set in a caller's run: what it does (`submit` or `map`).
 const ROLE: &str = "MPROC_TEST_CALLER";
 /// The caller's Redis URL, key file, the file its tasks note their runs in, and how many
 /// tasks it submits.
@@ -67,6 +67,12 @@ fn play_caller() -> bool {
                 assert_eq!(t.get_timeout(Duration::from_secs(30)), Ok(i));
             }
             println!("caller done");
+        }
+        // Long tasks, until killed.
+        "map" => {
+            let args: Vec<_> = (0..n).map(|i| (runs.clone(), i, 60_000)).collect();
+            let _ = pool.chunksize(1).starmap(noted, args);
+            panic!("the caller was to be killed before its map ended");
         }
         other => panic!("no caller role {other:?}"),
     }
@@ -160,4 +166,76 @@ fn a_caller_stopped_while_writing_tasks_queues_each_once(m: StartMethod) {
     assert_eq!(c.entries_added(&tasks), n as i64, "tasks written twice");
 }
 
-per_start_method!(a_caller_stopped_while_writing_tasks_queues_each_once);
+/// The keys a pool leaves in Redis (other than the build's shared ones).
+fn pool_keys(c: &Cluster) -> Vec<String> {
+    let per_pool = [
+        "pool", "results", "done", "stats", "attempts", "sent", "alive",
+    ];
+    let mut left: Vec<String> = per_pool
+        .iter()
+        .flat_map(|k| c.keys(&format!("mproc:*:{k}:*")))
+        .map(|k| String::from_utf8_lossy(&k).into_owned())
+        .collect();
+    for pools in c.keys("mproc:*:pools") {
+        left.push(String::from_utf8_lossy(&pools).into_owned());
+    }
+    left
+}
+
+/// A caller SIGKILLed mid-map: once its pool's heartbeat expires (4 s by default), the
+/// reaper drops the pool, its keys go, and the agent stops the tasks of it that it runs and
+/// runs no more of them; it serves the next pool with all its workers.
+fn a_killed_caller_leaves_nothing_behind(m: StartMethod) {
+    if play_caller() {
+        return;
+    }
+    let c = Cluster::new(m, 1, 2);
+    let file = c.dir.path().join("runs");
+    let test = format!("{m}::a_killed_caller_leaves_nothing_behind");
+    let mut me = caller(&test, "map", &c.redis.url(), &c, &file, 100);
+    crate::common::wait_until("the agent runs the caller's tasks", || c.running() == 2);
+    assert!(!pool_keys(&c).is_empty());
+    me.kill();
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(15);
+    let tasks = c.keys("mproc:*:tasks").pop().expect("the task stream");
+    let left = || (pool_keys(&c), c.running_marks(), c.len(&tasks));
+    while left() != (vec![], 0, 0) {
+        let (keys, marks, entries) = left();
+        assert!(
+            Instant::now() < deadline,
+            "left in Redis: {keys:?}, {marks} running marks, {entries} task entries"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let gone_after = killed.elapsed();
+    assert!(
+        gone_after >= Duration::from_secs(3),
+        "dropped while alive: {gone_after:?}"
+    );
+    let ran = runs(&file);
+    assert_eq!(ran.values().sum::<usize>(), 2, "{ran:?}");
+    // Its two tasks stopped: both workers serve the next pool at once.
+    let next = c.pool();
+    let took = Instant::now();
+    let got = next
+        .chunksize(1)
+        .map(crate::common::sleep_ms, [500u64; 2])
+        .unwrap();
+    assert_eq!(got, [500; 2]);
+    assert!(
+        took.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        took.elapsed()
+    );
+    assert_eq!(
+        runs(&file),
+        ran,
+        "a task of the dead caller ran after its pool was dropped"
+    );
+}
+
+per_start_method!(
+    a_caller_stopped_while_writing_tasks_queues_each_once,
+    a_killed_caller_leaves_nothing_behind
+);
