@@ -218,10 +218,12 @@ end
 return reaped
 "#;
 
-/// An agent's heartbeat: refreshed while the agent is registered (the reaper alone declares
-/// an agent dead; an expired heartbeat only tells it to look). Returns 0 once reaped.
+/// An agent's heartbeat, or a pool's: refreshed while the agent (or pool) is registered (the
+/// reaper alone declares it gone; an expired heartbeat only tells it to look, and one that
+/// expired while Redis was paused is set again). Returns 0 once reaped.
 ///
-/// KEYS: `hb:<agent>`, agents. ARGV: the agent's id, the TTL in ms.
+/// KEYS: `hb:<agent>`, agents (or `alive:<pool>`, pools). ARGV: the agent's id (or the
+/// pool's), the TTL in ms.
 pub(crate) const HEARTBEAT: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
   redis.call('SET', KEYS[1], 1, 'PX', ARGV[2])

@@ -458,18 +458,22 @@ impl Submitter {
     /// agents and pools, and follow the agents' total.
     fn tick(&mut self) -> Result<(), Error> {
         self.settle()?;
-        let (alive, pool) = (self.keys.alive(self.pool), self.keys.pool(self.pool));
+        let (alive, pools, pool) = (
+            self.keys.alive(self.pool),
+            self.keys.pools(),
+            self.keys.pool(self.pool),
+        );
         let ms = self.pool_ttl.as_millis() as u64;
-        let (refreshed, known): (bool, bool) = self.con.run("keeping the remote pool alive", |c| {
-            redis::pipe()
-                .cmd("PEXPIRE")
-                .arg(&alive)
-                .arg(ms)
-                .cmd("EXISTS")
-                .arg(&pool)
-                .query(c)
+        // Refreshed while the pool is registered, as an agent's heartbeat: one that expired
+        // while Redis was paused does not make the pool gone, only the reaper does.
+        let beat = redis::Script::new(scripts::HEARTBEAT);
+        let registered: bool = self.con.run("keeping the remote pool alive", |c| {
+            beat.key(&alive).key(&pools).arg(self.pool).arg(ms).invoke(c)
         })?;
-        if !(refreshed && known) {
+        let known: bool = self.con.run("checking the remote pool", |c| {
+            redis::cmd("EXISTS").arg(&pool).query(c)
+        })?;
+        if !(registered && known) {
             return Err(ErrorKind::Broker(format!(
                 "Redis no longer knows this pool (it was restarted without persistence, its \
                  keys were deleted, or this program was silent past {:?}, stopped say, and \

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mproc::{Pool, Remote, StartMethod};
+use mproc::{ErrorKind, Pool, Remote, StartMethod};
 
 use crate::cluster::Cluster;
 use crate::harness::{AGENT_USER, Agent, RedisServer, Reply};
@@ -73,6 +73,17 @@ fn play_caller() -> bool {
             let args: Vec<_> = (0..n).map(|i| (runs.clone(), i, 60_000)).collect();
             let _ = pool.chunksize(1).starmap(noted, args);
             panic!("the caller was to be killed before its map ended");
+        }
+        // Long tasks, then stopped past the pool's TTL: a clear error, once continued.
+        "stopped" => {
+            let args: Vec<_> = (0..n).map(|i| (runs.clone(), i, 60_000)).collect();
+            let r = pool.chunksize(1).starmap_async(noted, args).unwrap();
+            let e = r.get_timeout(Duration::from_secs(60)).unwrap_err();
+            assert!(matches!(e.kind(), ErrorKind::Broker(_)), "{e}");
+            assert!(e.to_string().contains("silent"), "{e}");
+            let e = pool.apply(noted, (runs, n, 0)).unwrap_err();
+            assert!(matches!(e.kind(), ErrorKind::Broker(_)), "{e}");
+            println!("caller done");
         }
         other => panic!("no caller role {other:?}"),
     }
@@ -235,7 +246,36 @@ fn a_killed_caller_leaves_nothing_behind(m: StartMethod) {
     );
 }
 
+/// A caller stopped past its pool's TTL (as a killed one): the pool is dropped and its tasks
+/// stopped; continued, the caller gets a clear error for what it waited for, not a hang, and
+/// for what it asks next.
+fn a_caller_stopped_past_its_pool_ttl_gets_a_clear_error(m: StartMethod) {
+    if play_caller() {
+        return;
+    }
+    let c = Cluster::new(m, 1, 2);
+    let file = c.dir.path().join("runs");
+    let test = format!("{m}::a_caller_stopped_past_its_pool_ttl_gets_a_clear_error");
+    let mut me = caller(&test, "stopped", &c.redis.url(), &c, &file, 10);
+    crate::common::wait_until("the agent runs the caller's tasks", || c.running() == 2);
+    me.stop();
+    crate::common::wait_until("the pool is dropped", || {
+        pool_keys(&c).is_empty() && c.running_marks() == 0
+    });
+    me.cont();
+    let status = me.wait_timeout(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}: {}",
+        me.output()
+    );
+    assert!(me.output().contains("caller done"), "{}", me.output());
+    assert_eq!(runs(&file).values().sum::<usize>(), 2);
+    assert!(pool_keys(&c).is_empty(), "{:?}", pool_keys(&c));
+}
+
 per_start_method!(
     a_caller_stopped_while_writing_tasks_queues_each_once,
-    a_killed_caller_leaves_nothing_behind
+    a_killed_caller_leaves_nothing_behind,
+    a_caller_stopped_past_its_pool_ttl_gets_a_clear_error
 );

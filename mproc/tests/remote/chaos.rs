@@ -41,6 +41,28 @@ fn redis_paused_past_the_heartbeat_ttl_loses_no_running_task() {
     assert_eq!(pool.apply(mix, (7,)).unwrap(), mix(7));
 }
 
+/// Redis paused past the pools' TTL (four heartbeat TTLs): no caller died, so no pool may be
+/// dropped; the tasks that were running finish and are answered, and the pool serves on.
+#[test]
+fn redis_paused_past_the_pool_ttl_drops_no_pool() {
+    let c = Cluster::new(StartMethod::Forkserver, 1, 2);
+    let pool = c.pool();
+    let tasks: Vec<_> = (0..2)
+        .map(|_| pool.apply_async(sleep_ms, (2500,)).unwrap())
+        .collect();
+    crate::common::wait_until("the agent runs both tasks", || c.running() == 2);
+    let pid = c.redis.pid().unwrap();
+    signal(pid, "STOP");
+    std::thread::sleep(Duration::from_millis(5000));
+    signal(pid, "CONT");
+    for t in &tasks {
+        assert_eq!(t.get_timeout(Duration::from_secs(10)), Ok(2500));
+    }
+    assert_eq!(pool.apply(mix, (7,)).unwrap(), mix(7));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(pool.apply(mix, (8,)).unwrap(), mix(8));
+}
+
 /// Many threads call `apply_async` and `map` while agents are SIGKILLed at random: every
 /// value is the function's, none lost.
 #[test]
