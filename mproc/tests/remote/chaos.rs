@@ -1,4 +1,4 @@
-//! Chaos against the remote pool: Redis paused, agents killed under many callers, two
+//! Chaos against the remote pool: Redis paused or killed, agents killed under many callers, two
 //! callers on one Redis. Every value is compared with what the function computes.
 
 use std::time::{Duration, Instant};
@@ -139,4 +139,173 @@ fn two_callers_on_one_redis_get_their_own_answers() {
         b.chunksize(1).map(add_one, 0..100u64).unwrap(),
         (1..101).collect::<Vec<u64>>()
     );
+}
+
+/// Redis killed, or restarted empty, at a random moment while `imap`, `map_async` and
+/// `apply_async` with a callback wait: each ends (a value, or a Broker error) within a
+/// bounded time, every callback is called once, and the pool then says Broker at once.
+#[test]
+fn redis_killed_at_random_moments_ends_every_wait() {
+    let mut seed = 0x853c_49e6_748f_ea9bu64;
+    for round in 0..4u64 {
+        let mut c = Cluster::new(StartMethod::Forkserver, 1, 2);
+        let pool = c.pool();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let calls: Vec<_> = (0..20u64)
+            .map(|i| {
+                let tx = tx.clone();
+                let r = pool.apply_async(sleep_ms, (10 * i,)).unwrap();
+                r.on_complete(move |v| tx.send((i, v.is_ok())).unwrap());
+                r
+            })
+            .collect();
+        drop(tx);
+        let mapped = pool.chunksize(1).map_async(mix, 0..3000u64).unwrap();
+        let streamed = pool.chunksize(2).imap(sleep_ms, vec![5u64; 400]).unwrap();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(50 + seed % 400));
+        let at = Instant::now();
+        if round % 2 == 0 {
+            c.redis.kill();
+        } else {
+            c.redis.restart().unwrap();
+        }
+        // Each item a value or a Broker error; the stream may end early, at an error.
+        let (mut seen, mut failed) = (0, false);
+        for r in streamed {
+            match r {
+                Ok(v) => assert_eq!(v, 5),
+                Err(e) => {
+                    assert!(matches!(e.kind(), mproc::ErrorKind::Broker(_)), "{e}");
+                    failed = true;
+                }
+            }
+            seen += 1;
+            assert!(at.elapsed() < Duration::from_secs(20), "imap still going");
+        }
+        assert!(
+            seen == 400 || failed,
+            "imap ended after {seen} values, no error"
+        );
+        match mapped.get_timeout(Duration::from_secs(20)) {
+            Ok(v) => assert_eq!(v.len(), 3000),
+            Err(e) => assert!(matches!(e.kind(), mproc::ErrorKind::Broker(_)), "{e}"),
+        }
+        for (i, r) in calls.iter().enumerate() {
+            match r.get_timeout(Duration::from_secs(20)) {
+                Ok(v) => assert_eq!(v, 10 * i as u64),
+                Err(e) => assert!(matches!(e.kind(), mproc::ErrorKind::Broker(_)), "{e}"),
+            }
+        }
+        let mut called: Vec<u64> = rx.iter().map(|(i, _)| i).collect();
+        called.sort();
+        assert_eq!(
+            called,
+            (0..20).collect::<Vec<_>>(),
+            "callbacks not called once each"
+        );
+        let e = pool.apply(mix, (1,)).unwrap_err();
+        assert!(matches!(e.kind(), mproc::ErrorKind::Broker(_)), "{e}");
+        assert!(at.elapsed() < Duration::from_secs(20), "{:?}", at.elapsed());
+    }
+}
+
+/// A task that notes its run (`task agent` in `runs`), then takes 20 ms.
+fn noted_run(runs: String, i: u64) -> u64 {
+    use std::io::Write;
+    let me = std::env::var("MPROC_TEST_AGENT").unwrap_or_default();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&runs)
+        .expect("the runs file");
+    f.write_all(format!("{i} {me}\n").as_bytes())
+        .expect("a note");
+    std::thread::sleep(Duration::from_millis(20));
+    mix(i)
+}
+
+/// Agents SIGKILLed at random under `map`, `imap` and `apply_async`: every task is answered
+/// with its value, and a task runs more than once only as the documented at-least-once
+/// allows: each of its runs but the last was on an agent that was killed.
+#[test]
+fn agents_killed_at_random_rerun_only_what_they_were_running() {
+    let mut c = Cluster::new(StartMethod::Forkserver, 0, 2);
+    let name = |n: usize| format!("agent{n}");
+    for n in 0..3 {
+        c.add_agent(2, &[("MPROC_TEST_AGENT", &name(n))]);
+    }
+    c.wait_agents(3);
+    let mut names: Vec<String> = (0..3).map(name).collect();
+    let pool = c.builder().max_retries(20).build().unwrap();
+    let file = c.dir.path().join("runs");
+    let runs = file.to_string_lossy().into_owned();
+    let arg = |i: u64| (runs.clone(), i);
+    let calls: Vec<_> = (0..100u64)
+        .map(|i| pool.apply_async(noted_run, arg(i)).unwrap())
+        .collect();
+    let mapped = pool
+        .chunksize(3)
+        .starmap_async(noted_run, (100..400u64).map(arg).collect::<Vec<_>>())
+        .unwrap();
+    let (mut killed, mut busy) = (Vec::new(), 0);
+    let streamed = std::thread::scope(|s| {
+        let (pool, arg) = (&pool, &arg);
+        let streamer = s.spawn(move || {
+            let it = pool
+                .chunksize(2)
+                .imap(noted_run_pair, (400..700u64).map(arg));
+            it.unwrap().collect::<Vec<_>>()
+        });
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for n in 3..7 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            std::thread::sleep(Duration::from_millis(150 + seed % 300));
+            let i = (seed % c.agents.len() as u64) as usize;
+            busy += usize::from(!mapped.ready());
+            c.agents[i].kill();
+            c.agents.remove(i);
+            killed.push(names.remove(i));
+            c.add_agent(2, &[("MPROC_TEST_AGENT", &name(n))]);
+            names.push(name(n));
+        }
+        streamer.join().unwrap()
+    });
+    for (i, r) in (0..).zip(&calls) {
+        assert_eq!(r.get_timeout(Duration::from_secs(60)), Ok(mix(i)));
+    }
+    let want: Vec<u64> = (100..400).map(mix).collect();
+    assert_eq!(mapped.get_timeout(Duration::from_secs(60)).unwrap(), want);
+    let want: Vec<_> = (400..700).map(|i| Ok(mix(i))).collect();
+    assert_eq!(streamed, want);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut by_task: std::collections::BTreeMap<u64, Vec<&str>> = Default::default();
+    for line in text.lines() {
+        let (task, agent) = line.split_once(' ').expect("task agent");
+        by_task
+            .entry(task.parse().unwrap())
+            .or_default()
+            .push(agent);
+    }
+    assert_eq!(by_task.len(), 700, "tasks that never ran");
+    assert!(busy >= 2, "the work ended before the agents were killed");
+    eprintln!(
+        "reruns: {}",
+        by_task.values().filter(|a| a.len() > 1).count()
+    );
+    for (task, agents) in &by_task {
+        let (_, before) = agents.split_last().unwrap();
+        assert!(
+            before.iter().all(|a| killed.iter().any(|k| k == a)),
+            "task {task} ran on {agents:?}; killed: {killed:?}"
+        );
+    }
+}
+
+fn noted_run_pair(arg: (String, u64)) -> u64 {
+    noted_run(arg.0, arg.1)
 }
