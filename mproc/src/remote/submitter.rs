@@ -524,7 +524,13 @@ impl Submitter {
         }
         pipe.cmd("HDEL").arg(self.keys.pools()).arg(self.pool).ignore();
         let _ = self.settle();
-        let _ = self.con.run("deleting the pool's keys", |c| pipe.query::<()>(c));
+        // A pool that ends because its connection was dropped (the reader's, or this one)
+        // deletes its keys on a new one: the failed try left this one stale, so the second
+        // reconnects. (Redis really gone fails both at once.)
+        let what = "deleting the pool's keys";
+        if self.con.run(what, |c| pipe.query::<()>(c)).is_err() {
+            let _ = self.con.run(what, |c| pipe.query::<()>(c));
+        }
         for chunk in self.queue.drain(..) {
             chunk.fail(why.clone());
         }
