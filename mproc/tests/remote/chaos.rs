@@ -355,3 +355,38 @@ fn a_callers_connections_killed_end_its_waits() {
     let r = next.apply_async(mix, (3,)).unwrap();
     assert_eq!(r.get_timeout(Duration::from_secs(20)), Ok(mix(3)));
 }
+
+/// Redis killed, or restarted empty, under agents serving a pool: each agent ends (it serves
+/// until Redis goes away) within a bounded time, with status 1 and the reason on its stderr
+/// (for a supervisor to restart it).
+#[test]
+fn agents_end_when_redis_goes_away() {
+    for restart in [false, true] {
+        let mut c = Cluster::new(StartMethod::Forkserver, 2, 1);
+        let pool = c.pool();
+        let r = pool
+            .chunksize(1)
+            .map_async(sleep_ms, vec![30u64; 200])
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        if restart {
+            c.redis.restart().unwrap();
+        } else {
+            c.redis.kill();
+        }
+        assert!(r.get_timeout(Duration::from_secs(20)).is_err());
+        for a in &mut c.agents {
+            let status = a.wait_timeout(Duration::from_secs(20));
+            let out = a.output();
+            assert_eq!(
+                status.and_then(|s| s.code()),
+                Some(1),
+                "restart {restart}: {out}"
+            );
+            assert!(
+                out.contains("(MPROC_REMOTE is set): remote pool broker"),
+                "{out}"
+            );
+        }
+    }
+}
