@@ -390,3 +390,91 @@ fn agents_end_when_redis_goes_away() {
         }
     }
 }
+
+/// A task that notes its run and its worker (`task pid` in `runs`), then takes 100 ms.
+fn noted_pid(runs: String, i: u64) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&runs)
+        .expect("the runs file");
+    f.write_all(format!("{i} {}\n", std::process::id()).as_bytes())
+        .expect("a note");
+    std::thread::sleep(Duration::from_millis(100));
+    mix(i)
+}
+
+/// An agent's workers SIGKILLed at random under `apply_async`, `map` and `imap`: the task a
+/// killed worker ran fails alone with `WorkerLost` (a worker is not a host: it is not run
+/// again), every other task is answered with its value, each task ran once, and nothing
+/// hangs.
+fn workers_killed_at_random_fail_their_task_alone(m: StartMethod) {
+    let c = Cluster::new(m, 1, 2);
+    let pool = c.builder().max_retries(3).build().unwrap();
+    let file = c.dir.path().join("runs");
+    let runs = file.to_string_lossy().into_owned();
+    let arg = |i: u64| (runs.clone(), i);
+    let calls: Vec<_> = (0..10u64)
+        .map(|i| pool.apply_async(noted_pid, arg(i)).unwrap())
+        .collect();
+    let mapped = pool
+        .chunksize(1)
+        .starmap_async(noted_pid, (10..40u64).map(arg).collect::<Vec<_>>())
+        .unwrap();
+    let mut kills = 0;
+    let streamed = std::thread::scope(|s| {
+        let (pool, arg) = (&pool, &arg);
+        let streamer = s.spawn(move || {
+            let pairs = (40..70u64).map(arg);
+            let it = pool.chunksize(1).imap(noted_pid_pair, pairs);
+            it.unwrap().collect::<Vec<_>>()
+        });
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        while kills < 5 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            std::thread::sleep(Duration::from_millis(150 + seed % 250));
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let Some(pid) = text.lines().last().and_then(|l| l.split(' ').nth(1)) else {
+                continue;
+            };
+            signal(pid.parse().unwrap(), "KILL");
+            kills += 1;
+        }
+        streamer.join().unwrap()
+    });
+    let mut lost = 0;
+    let mut check = |i: u64, r: Result<u64, mproc::Error>| match r {
+        Ok(v) => assert_eq!(v, mix(i)),
+        Err(e) => {
+            assert!(matches!(e.kind(), mproc::ErrorKind::WorkerLost(_)), "{e}");
+            lost += 1;
+        }
+    };
+    for (i, r) in (0..).zip(&calls) {
+        check(i, r.get_timeout(Duration::from_secs(30)));
+    }
+    match mapped.get_timeout(Duration::from_secs(30)) {
+        Ok(v) => (10..40).zip(v).for_each(|(i, v)| check(i, Ok(v))),
+        Err(e) => check(10, Err(e)),
+    }
+    for (i, r) in (40..).zip(streamed) {
+        check(i, r);
+    }
+    assert!((1..=kills).contains(&lost), "{lost} lost of {kills} kills");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut n = std::collections::BTreeMap::<u64, usize>::new();
+    for line in text.lines() {
+        *n.entry(line.split(' ').next().unwrap().parse().unwrap())
+            .or_default() += 1;
+    }
+    assert!(n.values().all(|&k| k == 1), "a task ran twice: {n:?}");
+}
+
+fn noted_pid_pair(arg: (String, u64)) -> u64 {
+    noted_pid(arg.0, arg.1)
+}
+
+per_start_method!(workers_killed_at_random_fail_their_task_alone);
