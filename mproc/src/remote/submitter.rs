@@ -354,6 +354,9 @@ impl Submitter {
     }
 
     fn send_window(&mut self) -> Result<(), Error> {
+        if self.queue.is_empty() {
+            return Ok(());
+        }
         let window = self.processes.load(Ordering::Relaxed).max(1);
         let mut batch = redis::cmd("EVALSHA");
         batch
