@@ -11,7 +11,9 @@
 //!
 //! Delivery is at least once with exactly one recorded result: a task runs again only when
 //! the host running it was declared dead (its heartbeat expired) and `max_retries` allows,
-//! and a second run's answer is never recorded after the first.
+//! and a second run's answer is never recorded after the first. A pool lives in Redis while its
+//! submitter refreshes it: a program killed (or stopped) holding one leaves nothing behind once
+//! it has been silent past four heartbeat TTLs, and agents stop its tasks.
 
 mod agent;
 mod auth;

@@ -28,3 +28,6 @@ mod security;
 
 #[path = "remote/chaos.rs"]
 mod chaos;
+
+#[path = "remote/callers.rs"]
+mod callers;

@@ -3,8 +3,9 @@
 //! `MPROC_CA_FILE=<pem>`), serves remote pools and never runs `main`, as a spawned local
 //! worker never does (`start/bootstrap.rs` has the mechanism and its reasons).
 //!
-//! It exits 0 if Redis goes away after serving, and 1 with a message on stderr if it cannot
-//! start (no key, bad URL, no server).
+//! It exits 0 once drained (SIGTERM), and 1 with a message on stderr if it cannot start (no
+//! key, bad URL, no server) or when Redis goes away or fails later (for a supervisor to
+//! restart it).
 
 #![allow(unsafe_code)]
 

@@ -134,7 +134,9 @@ impl Remote {
     /// How long a silent agent lives before it counts as dead and its running tasks fail (or
     /// re-run). Default 1 s; an agent refreshes it four times per period from a thread and a
     /// connection of its own, so a busy task does not starve it. Agents and submitters of one
-    /// deployment should agree (each agent sets its own).
+    /// deployment should agree (each agent sets its own). A submitting program silent for four
+    /// of them, 1 s at least (killed, or stopped), loses its pool: Redis drops it, and agents
+    /// stop its tasks.
     ///
     /// ```
     /// use std::time::Duration;

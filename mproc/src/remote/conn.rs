@@ -130,7 +130,8 @@ impl Endpoint {
 /// a reply, so the connection cannot be trusted after one. It is replaced, and what was lost
 /// with it is sent again: the command that was interrupted, and every pipeline sent with
 /// [`send`](Conn::send) whose replies were not read yet (callers send only commands that may
-/// run twice). [`Conn::take_reconnected`] tells the caller, who may have to look again at
+/// run twice: a submitter's batch of tasks goes through the `SUBMIT` script, which writes a
+/// batch sent again only once). [`Conn::take_reconnected`] tells the caller, who may have to look again at
 /// what a lost reply would have said (a consumer's pending entries).
 pub(crate) struct Conn {
     endpoint: Endpoint,
@@ -458,8 +459,8 @@ pub(crate) fn broker(what: impl std::fmt::Display, e: &redis::RedisError) -> Err
     let hint = if e.code() == Some("NOGROUP") {
         " (the task stream's consumer group is gone: was Redis restarted without persistence?)"
     } else if e.code() == Some("NOSCRIPT") {
-        " (the server forgot the agent's script: was Redis restarted, or SCRIPT FLUSH run? \
-         Restart the agent)"
+        " (the server forgot mproc's scripts: was Redis restarted, or SCRIPT FLUSH run? \
+         Pools then end; restart the agents)"
     } else if e.is_connection_dropped() || e.is_io_error() || e.is_timeout() {
         " (the Redis server went away or stopped answering)"
     } else {

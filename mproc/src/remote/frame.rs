@@ -12,6 +12,9 @@
 //! | `pool:<pool>` | string | the sealed pool frame; its absence means the pool is gone |
 //! | `done:<pool>` | hash | task → 1 once a result is recorded (exactly one result), `c` once cancelled (none is) |
 //! | `attempts:<pool>` | hash | task → runs lost with a dead agent |
+//! | `sent:<pool>` | string | the number of the submitter's last batch of tasks written (`SUBMIT`) |
+//! | `alive:<pool>` | string, TTL | the pool's heartbeat, refreshed by its submitter: once it expires, the reaper drops the pool |
+//! | `pools` | hash | pool → 1 while it is registered (for the reaper) |
 //! | `stats:<pool>` | hash | agent → its sealed statistics for the pool (`Pool::stats`), refreshed every 250 ms |
 //! | `agents` | hash | agent → workers it announces |
 //! | `hb:<agent>` | string, TTL | the agent's heartbeat |
@@ -61,20 +64,32 @@ impl Keys {
     pub(crate) fn attempts(&self, pool: u64) -> String {
         format!("{}attempts:{pool}", self.prefix)
     }
+    pub(crate) fn sent(&self, pool: u64) -> String {
+        format!("{}sent:{pool}", self.prefix)
+    }
+    pub(crate) fn alive(&self, pool: u64) -> String {
+        format!("{}alive:{pool}", self.prefix)
+    }
+    pub(crate) fn pools(&self) -> String {
+        format!("{}pools", self.prefix)
+    }
     pub(crate) fn heartbeat(&self, agent: &str) -> String {
         format!("{}hb:{agent}", self.prefix)
     }
     pub(crate) fn running(&self, agent: &str) -> String {
         format!("{}running:{agent}", self.prefix)
     }
-    /// Every key of one pool, deleted when it finishes.
-    pub(crate) fn of_pool(&self, pool: u64) -> [String; 5] {
+    /// Every key of one pool, deleted when it finishes (and by the reaper's script, which
+    /// has its own list of them, when its caller is gone).
+    pub(crate) fn of_pool(&self, pool: u64) -> [String; 7] {
         [
             self.pool(pool),
             self.results(pool),
             self.done(pool),
             self.stats(pool),
             self.attempts(pool),
+            self.sent(pool),
+            self.alive(pool),
         ]
     }
 }

@@ -4,6 +4,26 @@
 //! Every script takes the build's key prefix as `ARGV[1]` and derives the per-pool and
 //! per-agent keys from it (all in one hash slot, `frame.rs`).
 
+/// A submitter's batch of tasks, written to the task stream once: a batch sent again (its
+/// connection was replaced before its reply was read, `conn.rs`, when Redis may have run it
+/// already) is dropped, so that no task is queued twice. Batches are numbered from 1 in the
+/// order they are sent, on one connection at a time, so Redis sees each pool's batches in
+/// order: one number per pool, the last batch written, tells a batch sent again. (One
+/// script per batch, not per task: it costs the server less than the `XADD`s it replaces
+/// sent one by one.)
+///
+/// KEYS: tasks, `sent:<pool>`. ARGV: the batch's number, the pool, its `max_retries`, then
+/// (task, sealed frame) per task. Returns 1, or 0 for a batch sent again.
+pub(crate) const SUBMIT: &str = r#"
+local n = tonumber(ARGV[1])
+if n <= (tonumber(redis.call('GET', KEYS[2])) or 0) then return 0 end
+redis.call('SET', KEYS[2], n)
+for i = 4, #ARGV, 2 do
+  redis.call('XADD', KEYS[1], '*', 'f', ARGV[i + 1], 'p', ARGV[2], 'k', ARGV[i], 'm', ARGV[3])
+end
+return 1
+"#;
+
 /// An agent's step, sent whenever it has answers to record or entries about to start (one
 /// call for both, so one round trip of the server's per task):
 ///
@@ -109,8 +129,13 @@ return {recorded, out}
 /// stream's head is trimmed up to its oldest entry still pending or not yet delivered
 /// (`MINID ~`: whole nodes only, so it costs little). Returns how many agents it reaped.
 ///
-/// KEYS: tasks, agents, dead. ARGV: prefix, the caller's heartbeat TTL in ms (none: no
-/// pause check).
+/// First, every registered pool whose caller is gone (its `alive` key expired: the program
+/// holding it was killed, or silent past the pool's TTL) is dropped: its keys are deleted
+/// (those of [`Keys::of_pool`](super::frame::Keys::of_pool)), as when a pool ends, so that
+/// agents start none of its tasks and stop those they run.
+///
+/// KEYS: tasks, agents, dead, pools. ARGV: prefix, the caller's heartbeat TTL in ms (none:
+/// no pause check).
 pub(crate) const REAP: &str = r#"
 local p = ARGV[1]
 local reaped = 0
@@ -125,6 +150,16 @@ if ttl then
   end
   redis.call('SET', p .. 'clock', 1, 'PX', math.max(math.floor(ttl / 2), 400))
   if redis.call('EXISTS', p .. 'grace') == 1 then return 0 end
+end
+for _, pool in ipairs(redis.call('HKEYS', KEYS[4])) do
+  if redis.call('EXISTS', p .. 'alive:' .. pool) == 0 then
+    local of = {}
+    for _, k in ipairs({'pool:', 'results:', 'done:', 'stats:', 'attempts:', 'sent:', 'alive:'}) do
+      of[#of + 1] = p .. k .. pool
+    end
+    redis.call('DEL', unpack(of))
+    redis.call('HDEL', KEYS[4], pool)
+  end
 end
 for _, a in ipairs(redis.call('HKEYS', KEYS[2])) do
   if redis.call('EXISTS', p .. 'hb:' .. a) == 0 then
@@ -183,10 +218,12 @@ end
 return reaped
 "#;
 
-/// An agent's heartbeat: refreshed while the agent is registered (the reaper alone declares
-/// an agent dead; an expired heartbeat only tells it to look). Returns 0 once reaped.
+/// An agent's heartbeat, or a pool's: refreshed while the agent (or pool) is registered (the
+/// reaper alone declares it gone; an expired heartbeat only tells it to look, and one that
+/// expired while Redis was paused is set again). Returns 0 once reaped.
 ///
-/// KEYS: `hb:<agent>`, agents. ARGV: the agent's id, the TTL in ms.
+/// KEYS: `hb:<agent>`, agents (or `alive:<pool>`, pools). ARGV: the agent's id (or the
+/// pool's), the TTL in ms.
 pub(crate) const HEARTBEAT: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
   redis.call('SET', KEYS[1], 1, 'PX', ARGV[2])
@@ -213,7 +250,7 @@ mod tests {
 
     use redis::Value;
 
-    use super::{REAP, STEP};
+    use super::{REAP, STEP, SUBMIT};
     use crate::remote::conn::Conn;
     use crate::remote::conn::testing::{at, server};
 
@@ -297,7 +334,7 @@ mod tests {
         assert_eq!(pending(&mut con), 3);
         // The agent dies.
         run(&mut con, &["DEL", "t:hb:a1"]);
-        let reaped = run(&mut con, &["EVAL", REAP, "3", "t:tasks", "t:agents", "t:dead", "t:"]);
+        let reaped = run(&mut con, &["EVAL", REAP, "4", "t:tasks", "t:agents", "t:dead", "t:pools", "t:"]);
         assert_eq!(int(reaped), 1);
         assert_eq!(pending(&mut con), 0);
         // Task 1's one result, and task 2 lost (no retries): two results; task 2 dead-lettered.
@@ -336,7 +373,7 @@ mod tests {
             run(&mut con, &["DEL", k]);
         }
         run(&mut con, &["DEL", "t:hb:a1"]);
-        let reaped = run(&mut con, &["EVAL", REAP, "3", "t:tasks", "t:agents", "t:dead", "t:"]);
+        let reaped = run(&mut con, &["EVAL", REAP, "4", "t:tasks", "t:agents", "t:dead", "t:pools", "t:"]);
         assert_eq!(int(reaped), 1);
         assert_eq!(int(run(&mut con, &["EXISTS", "t:attempts:7"])), 0);
         assert_eq!(int(run(&mut con, &["EXISTS", "t:dead"])), 0);
@@ -386,6 +423,68 @@ mod tests {
         run(&mut con, &["HDEL", "t:agents", "a1"]);
         let dead = step(&mut con, &[], &[], &[(id3, "7")]);
         assert_eq!(dead, Value::Array(vec![Value::Int(0), Value::Int(-1)]));
+    }
+
+    /// A batch of tasks sent again (its connection replaced before its reply was read) is
+    /// written once, as is one older than the last written; the next one is written, its
+    /// entries with the fields the agents and the reaper read.
+    #[test]
+    fn a_batch_of_tasks_sent_again_is_written_once() {
+        let (_server, sock) = server();
+        let mut con = Conn::open(&at(&sock, ""), Duration::ZERO).unwrap();
+        let mut submit = |n: &str, tasks: &[&str]| {
+            let mut words = vec!["EVAL", SUBMIT, "2", "t:tasks", "t:sent:7", n, "7", "2"];
+            for t in tasks {
+                words.extend([*t, "F"]);
+            }
+            int(run(&mut con, &words))
+        };
+        assert_eq!(submit("1", &["1", "2"]), 1);
+        assert_eq!(submit("1", &["1", "2"]), 0);
+        assert_eq!(submit("2", &["3"]), 1);
+        assert_eq!(submit("1", &["1", "2"]), 0);
+        assert_eq!(submit("2", &["3"]), 0);
+        let mut con = Conn::open(&at(&sock, ""), Duration::ZERO).unwrap();
+        assert_eq!(int(run(&mut con, &["XLEN", "t:tasks"])), 3);
+        let Value::Array(all) = run(&mut con, &["XRANGE", "t:tasks", "-", "+"]) else {
+            panic!("XRANGE")
+        };
+        let entries = crate::remote::conn::stream_entries(Value::Array(vec![Value::Array(vec![
+            Value::BulkString(b"t:tasks".to_vec()),
+            Value::Array(all),
+        ])]));
+        let tasks: Vec<_> = entries.iter().map(|e| e.text("k").unwrap()).collect();
+        assert_eq!(tasks, ["1", "2", "3"]);
+        let e = &entries[2];
+        let fields = [e.text("f"), e.text("p"), e.text("m")];
+        assert_eq!(fields, [Some("F"), Some("7"), Some("2")]);
+    }
+
+    /// A registered pool whose `alive` key has expired (its caller is gone) is dropped: every
+    /// key of it goes (the script's list is `Keys::of_pool`'s), and its registration; a pool
+    /// whose caller lives keeps everything.
+    #[test]
+    fn the_reaper_drops_a_pool_whose_caller_is_gone() {
+        let (_server, sock) = server();
+        let mut con = Conn::open(&at(&sock, ""), Duration::ZERO).unwrap();
+        let keys = crate::remote::frame::Keys { prefix: "t:".into() };
+        for pool in [7, 8] {
+            for k in keys.of_pool(pool) {
+                run(&mut con, &["SET", &k, "1"]);
+            }
+            run(&mut con, &["HSET", "t:pools", &pool.to_string(), "1"]);
+        }
+        run(&mut con, &["PEXPIRE", &keys.alive(7), "10000"]);
+        run(&mut con, &["DEL", &keys.alive(8)]);
+        run(&mut con, &["EVAL", REAP, "4", "t:tasks", "t:agents", "t:dead", "t:pools", "t:"]);
+        for k in keys.of_pool(7) {
+            assert_eq!(int(run(&mut con, &["EXISTS", &k])), 1, "{k} of the live pool");
+        }
+        for k in keys.of_pool(8) {
+            assert_eq!(int(run(&mut con, &["EXISTS", &k])), 0, "{k} of the gone pool");
+        }
+        let left = run(&mut con, &["HKEYS", "t:pools"]);
+        assert_eq!(left, Value::Array(vec![Value::BulkString(b"7".to_vec())]));
     }
 
 }

@@ -76,9 +76,14 @@ struct Submitter {
     pool: u64,
     build: u64,
     max_retries: u32,
+    /// The `SUBMIT` script's digest, and how many batches of tasks it was sent.
+    submit: String,
+    batches: u64,
     max_frame: usize,
     /// The heartbeat TTL (for the reaper's pause check).
     ttl: Duration,
+    /// How long the pool lives in Redis without a word from this thread ([`pool_ttl`]).
+    pool_ttl: Duration,
     fixed: Option<usize>,
     processes: Arc<AtomicUsize>,
     queue: VecDeque<Chunk>,
@@ -137,8 +142,28 @@ fn start(
             remote.max_frame
         )));
     }
-    con.run("registering the remote pool", |c| {
-        redis::cmd("SET").arg(keys.pool(pool)).arg(&sealed).query::<()>(c)
+    let pool_ttl = pool_ttl(remote.ttl);
+    let (submit,): (String,) = con.run("registering the remote pool", |c| {
+        redis::pipe()
+            .cmd("SET")
+            .arg(keys.pool(pool))
+            .arg(&sealed)
+            .ignore()
+            .cmd("SET")
+            .arg(keys.alive(pool))
+            .arg(1)
+            .arg("PX")
+            .arg(pool_ttl.as_millis() as u64)
+            .ignore()
+            .cmd("HSET")
+            .arg(keys.pools())
+            .arg(pool)
+            .arg(1)
+            .ignore()
+            .cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(scripts::SUBMIT)
+            .query(c)
     })?;
     let (src_endpoint, src_keys, src_key) = (endpoint.clone(), keys.clone(), key.clone());
     let _ = shared.stats_source.set(Box::new(move || {
@@ -159,8 +184,11 @@ fn start(
         pool,
         build,
         max_retries: settings.max_retries,
+        submit,
+        batches: 0,
         max_frame: remote.max_frame,
         ttl: remote.ttl,
+        pool_ttl,
         fixed: settings.processes,
         processes,
         queue: VecDeque::new(),
@@ -211,6 +239,14 @@ fn start(
             s.end(&why);
         })
         .map_err(|e| Error::os("starting the remote pool's thread", e))
+}
+
+/// How long a pool lives in Redis after the last word from its submitter's thread (which
+/// refreshes it every [`TICK`]): past it, the program holding the pool counts as gone
+/// (killed, or stopped that long), and the reaper drops the pool. Four heartbeat TTLs (an
+/// agent's ends after one: a pool's caller taken for dead loses more), and four ticks at least.
+fn pool_ttl(ttl: Duration) -> Duration {
+    (ttl * 4).max(TICK * 4)
 }
 
 /// How many results the result reader reads between two trims of its stream.
@@ -318,8 +354,19 @@ impl Submitter {
     }
 
     fn send_window(&mut self) -> Result<(), Error> {
+        if self.queue.is_empty() {
+            return Ok(());
+        }
         let window = self.processes.load(Ordering::Relaxed).max(1);
-        let mut pipe = redis::pipe();
+        let mut batch = redis::cmd("EVALSHA");
+        batch
+            .arg(&self.submit)
+            .arg(2)
+            .arg(self.keys.tasks())
+            .arg(self.keys.sent(self.pool))
+            .arg(self.batches + 1)
+            .arg(self.pool)
+            .arg(self.max_retries);
         let mut sent = 0;
         {
             let mut chunks = self.flight.chunks();
@@ -332,45 +379,14 @@ impl Submitter {
                     chunk.fail(ErrorKind::Cancelled.into()); // cancelled while queued
                     continue;
                 }
-                // A large one's arguments are copied out of the memory file they were
-                // encoded into.
-                let payload = match std::mem::take(&mut chunk.payload).into_vec() {
-                    Ok(payload) => payload,
+                let sealed = match self.seal(&mut chunk) {
+                    Ok(sealed) => sealed,
                     Err(e) => {
                         chunk.fail(e);
                         continue;
                     }
                 };
-                let frame = TaskFrame {
-                    pool: self.pool,
-                    task: chunk.id,
-                    build: self.build,
-                    entry: chunk.entry,
-                    items: chunk.items as u64,
-                    payload: ByteBuf::from(payload),
-                    timeout_ms: chunk
-                        .timeout
-                        .map(|t| t.as_millis().try_into().unwrap_or(u64::MAX)),
-                };
-                let sealed = match frame::seal(&self.key, Kind::Task, &frame) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        chunk.fail(e);
-                        continue;
-                    }
-                };
-                pipe.cmd("XADD")
-                    .arg(self.keys.tasks())
-                    .arg("*")
-                    .arg("f")
-                    .arg(&sealed)
-                    .arg("p")
-                    .arg(self.pool)
-                    .arg("k")
-                    .arg(chunk.id)
-                    .arg("m")
-                    .arg(self.max_retries)
-                    .ignore();
+                batch.arg(chunk.id).arg(&sealed);
                 bytes += sealed.len();
                 // In the books before it is written: its answer may come at once.
                 chunks.insert(chunk.id, (chunk, sealed.len()));
@@ -378,14 +394,32 @@ impl Submitter {
             }
         }
         if sent > 0 {
-            // The replies (the entries' ids) are read before the next pipeline or command
-            // (`settle`), by when they are there: no wait for them here, so neither this
-            // thread nor a caller writing its own task (`apply`) sleeps until Redis answers.
+            // The reply is read before the next batch or command (`settle`), by when it is
+            // there: no wait for it here, so neither this thread nor a caller writing its own
+            // task (`apply`) sleeps until Redis answers.
             self.settle()?;
-            let packed = pipe.get_packed_pipeline();
-            self.con.send(WRITING, packed, pipe.len())?;
+            self.batches += 1;
+            self.con.send(WRITING, batch.get_packed_command(), 1)?;
         }
         Ok(())
+    }
+
+    /// A chunk's task frame, sealed. A large one's arguments are copied out of the memory
+    /// file they were encoded into.
+    fn seal(&self, chunk: &mut Chunk) -> Result<Vec<u8>, Error> {
+        let payload = std::mem::take(&mut chunk.payload).into_vec()?;
+        let frame = TaskFrame {
+            pool: self.pool,
+            task: chunk.id,
+            build: self.build,
+            entry: chunk.entry,
+            items: chunk.items as u64,
+            payload: ByteBuf::from(payload),
+            timeout_ms: chunk
+                .timeout
+                .map(|t| t.as_millis().try_into().unwrap_or(u64::MAX)),
+        };
+        frame::seal(&self.key, Kind::Task, &frame)
     }
 
     /// Reads the replies of the task pipelines written and not read yet: an error there (the
@@ -423,25 +457,36 @@ impl Submitter {
         Ok(())
     }
 
-    /// Every period: reap dead agents, follow the agents' total, and check that Redis still
-    /// knows the pool.
+    /// Every period: keep the pool alive (and check that Redis still knows it), reap dead
+    /// agents and pools, and follow the agents' total.
     fn tick(&mut self) -> Result<(), Error> {
         self.settle()?;
-        reap(&mut self.con, &self.keys, self.ttl)?;
-        self.refresh_size()?;
-        let key = self.keys.pool(self.pool);
-        let known: bool = self.con.run("checking the remote pool", |c| {
-            redis::cmd("EXISTS").arg(&key).query(c)
+        let (alive, pools, pool) = (
+            self.keys.alive(self.pool),
+            self.keys.pools(),
+            self.keys.pool(self.pool),
+        );
+        let ms = self.pool_ttl.as_millis() as u64;
+        // Refreshed while the pool is registered, as an agent's heartbeat: one that expired
+        // while Redis was paused does not make the pool gone, only the reaper does.
+        let beat = redis::Script::new(scripts::HEARTBEAT);
+        let registered: bool = self.con.run("keeping the remote pool alive", |c| {
+            beat.key(&alive).key(&pools).arg(self.pool).arg(ms).invoke(c)
         })?;
-        if !known {
-            return Err(ErrorKind::Broker(
-                "Redis no longer knows this pool (it was restarted without persistence, or its \
-                 keys were deleted): its tasks cannot be answered"
-                    .into(),
-            )
+        let known: bool = self.con.run("checking the remote pool", |c| {
+            redis::cmd("EXISTS").arg(&pool).query(c)
+        })?;
+        if !(registered && known) {
+            return Err(ErrorKind::Broker(format!(
+                "Redis no longer knows this pool (it was restarted without persistence, its \
+                 keys were deleted, or this program was silent past {:?}, stopped say, and \
+                 the pool was taken for abandoned): its tasks cannot be answered",
+                self.pool_ttl
+            ))
             .into());
         }
-        Ok(())
+        reap(&mut self.con, &self.keys, self.ttl)?;
+        self.refresh_size()
     }
 
     /// The pool's size: `processes(n)`, or the workers the live agents announce.
@@ -480,8 +525,15 @@ impl Submitter {
         for k in self.keys.of_pool(self.pool) {
             pipe.cmd("DEL").arg(k).ignore();
         }
+        pipe.cmd("HDEL").arg(self.keys.pools()).arg(self.pool).ignore();
         let _ = self.settle();
-        let _ = self.con.run("deleting the pool's keys", |c| pipe.query::<()>(c));
+        // A pool that ends because its connection was dropped (the reader's, or this one)
+        // deletes its keys on a new one: the failed try left this one stale, so the second
+        // reconnects. (Redis really gone fails both at once.)
+        let what = "deleting the pool's keys";
+        if self.con.run(what, |c| pipe.query::<()>(c)).is_err() {
+            let _ = self.con.run(what, |c| pipe.query::<()>(c));
+        }
         for chunk in self.queue.drain(..) {
             chunk.fail(why.clone());
         }
@@ -543,6 +595,7 @@ pub(crate) fn reap(con: &mut Conn, keys: &Keys, ttl: Duration) -> Result<i64, Er
             .key(keys.tasks())
             .key(keys.agents())
             .key(keys.dead())
+            .key(keys.pools())
             .arg(&keys.prefix)
             .arg(ttl.as_millis() as u64)
             .invoke(c)

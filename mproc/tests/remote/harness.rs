@@ -614,6 +614,14 @@ impl Agent {
         Self::spawn(&NO_TEST, agent_env(url, key_file, processes, extra_env))
     }
 
+    /// Runs test `test` (its name as libtest knows it: `module::name`) of this binary again,
+    /// alone, with `env` added: a second program of the test's own, such as a caller holding
+    /// a remote pool, that the test can stop, continue and kill as it does a worker host.
+    pub(crate) fn rerun(test: &str, env: &[(&str, &str)]) -> Agent {
+        let env = env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+        Self::spawn(&[test, "--exact", "--nocapture", "--test-threads=1"], env)
+    }
+
     fn spawn(args: &[&str], env: Vec<(OsString, OsString)>) -> Agent {
         let dir = TempDir::new("agent").expect("a temp dir for the agent's output");
         let out =
