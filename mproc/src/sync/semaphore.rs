@@ -134,13 +134,20 @@ impl Semaphore {
         false
     }
 
+    /// Takes a permit, waiting until `deadline`. It sleeps in slices of
+    /// [`WAKE_LOST`](crate::sys::shared::WAKE_LOST), looking again after each: a release wakes
+    /// one sleeper, and one killed before it took the permit loses the wake-up for the others.
     fn take(&self, deadline: Option<Instant>) -> Result<(), Error> {
         loop {
             if self.take_now() {
                 return Ok(());
             }
-            let woke = sleep(&self.words().waiters, &self.words().count, 0, deadline);
-            if !woke.map_err(|e| Error::os("waiting on a semaphore", e))? {
+            let slice = Instant::now() + crate::sys::shared::WAKE_LOST;
+            let until = deadline.map_or(slice, |d| d.min(slice));
+            let woke = sleep(&self.words().waiters, &self.words().count, 0, Some(until));
+            if !woke.map_err(|e| Error::os("waiting on a semaphore", e))?
+                && deadline.is_some_and(|d| Instant::now() >= d)
+            {
                 // One last try: a permit given back as the deadline passed (its wake-up came
                 // after the sleep timed out, or the deadline had passed before the sleep
                 // began) is there all the same.
@@ -231,6 +238,30 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         s.words().count.store(1, Ordering::SeqCst);
         waiter.join().unwrap().expect("the permit there at the deadline");
+        assert_eq!(s.value(), 0);
+    }
+
+    /// A sleeper whose wake-up went to a waiter killed before it took the permit (forged
+    /// here: the count raised with no wake-up) takes the permit at its next look, without a
+    /// deadline of its own. Before the sleeps in slices, it slept for ever.
+    #[test]
+    fn a_sleeper_passed_over_by_a_lost_wake_up_takes_the_permit() {
+        let s = Semaphore::new(0).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let s = s.clone();
+            std::thread::spawn(move || tx.send(s.acquire()))
+        };
+        let asleep = Instant::now() + Duration::from_secs(10);
+        while s.words().waiters.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < asleep, "the waiter never slept");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        s.words().count.store(1, Ordering::SeqCst);
+        let got = rx.recv_timeout(Duration::from_secs(5));
+        assert!(matches!(got, Ok(Ok(()))), "the waiter still sleeps: {got:?}");
+        waiter.join().unwrap().unwrap();
         assert_eq!(s.value(), 0);
     }
 }

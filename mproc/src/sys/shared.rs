@@ -226,6 +226,10 @@ impl AsFd for Block {
     }
 }
 
+/// The longest a waiter sleeps before it looks at a lock again ([`RobustMutex::lock`]): what a
+/// wake-up lost with a killed waiter costs the others.
+pub(crate) const WAKE_LOST: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A process-shared, robust `pthread_mutex_t` living in a [`Block`].
 #[repr(transparent)]
 pub(crate) struct RobustMutex(UnsafeCell<libc::pthread_mutex_t>);
@@ -309,23 +313,37 @@ impl RobustMutex {
     }
 
     /// Takes the mutex, waiting until `deadline`: `Ok(None)` when it passed.
+    ///
+    /// It waits in slices of [`WAKE_LOST`], trying again after each: a release's wake-up goes
+    /// to one waiter, and one killed between its wake-up and its take loses it for the others
+    /// (the kernel passes it on only when it finds the lock free as it handles the death; a
+    /// locker that came meanwhile, itself killed holding it, left it marked dead with no
+    /// waiter flagged). A waiter so passed over takes the lock at its next try.
     pub(crate) fn lock(&self, deadline: Option<Instant>) -> io::Result<Option<(Held<'_>, Taken)>> {
-        let rc = match deadline {
-            // SAFETY: the mutex was set up by `init` and lives as long as `self`.
-            None => unsafe { libc::pthread_mutex_lock(self.0.get()) },
-            Some(d) => {
-                let at = monotonic_deadline(d);
-                // SAFETY: as above; `at` is a valid timespec on this frame.
-                match unsafe { pthread_mutex_clocklock(self.0.get(), libc::CLOCK_MONOTONIC, &at) }
-                {
-                    // One last try: glibc gives up when its sleep times out, even if the mutex
-                    // was released meanwhile (the wake-up came after the timeout).
-                    libc::ETIMEDOUT => return self.try_lock(),
-                    rc => rc,
+        // Free (nearly always): no clock reading.
+        if let Some(taken) = self.try_lock()? {
+            return Ok(Some(taken));
+        }
+        loop {
+            let slice = Instant::now() + WAKE_LOST;
+            let until = deadline.map_or(slice, |d| d.min(slice));
+            let at = monotonic_deadline(until);
+            // SAFETY: the mutex was set up by `init` and lives as long as `self`; `at` is a
+            // valid timespec on this frame.
+            match unsafe { pthread_mutex_clocklock(self.0.get(), libc::CLOCK_MONOTONIC, &at) } {
+                // One more try: glibc gives up when its sleep times out, even if the mutex
+                // was released meanwhile (its wake-up late, or lost).
+                libc::ETIMEDOUT => {
+                    if let Some(taken) = self.try_lock()? {
+                        return Ok(Some(taken));
+                    }
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Ok(None);
+                    }
                 }
+                rc => return self.taken(rc),
             }
-        };
-        self.taken(rc)
+        }
     }
 
     /// Takes the mutex if it is free now.
@@ -540,6 +558,50 @@ pub(crate) mod tests {
                         word.store(0, Ordering::SeqCst);
                         assert!(waiter.join().unwrap(), "recursive {recursive}: not taken");
                     });
+                }
+            },
+        );
+    }
+
+    /// A waiter whose wake-up went to a waiter killed before it took the mutex (or whose
+    /// mutex an owner killed holding it left marked dead, with no waiter flagged) takes the
+    /// mutex at its next look, without a deadline of its own. Forged here: the lock word
+    /// changed under a sleeping waiter, with no wake-up. Before the waits in slices, it slept
+    /// for ever. Run in a process of its own: it forges glibc's lock word.
+    #[test]
+    fn a_waiter_passed_over_by_a_lost_wake_up_takes_the_mutex() {
+        in_own_process(
+            "sys::shared::tests::a_waiter_passed_over_by_a_lost_wake_up_takes_the_mutex",
+            || {
+                let cases = [(0, Taken::Clean), (libc::FUTEX_OWNER_DIED, Taken::OwnerDied)];
+                for (left, want) in cases {
+                    // Leaked: a waiter that never wakes must not hold the test's scope.
+                    let block: &'static Block =
+                        Box::leak(Box::new(Block::create(1, 256, &[MUTEX]).unwrap()));
+                    let mutex = block.mutex_at(MUTEX);
+                    mutex.init(false).unwrap();
+                    let word = mutex.first_word();
+                    // Held, as far as glibc can tell, by this thread.
+                    word.store(rustix::thread::gettid().as_raw_nonzero().get() as u32, Ordering::SeqCst);
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    std::thread::spawn(move || {
+                        let got = mutex.lock(None).unwrap().map(|(held, taken)| {
+                            drop(held);
+                            taken
+                        });
+                        let _ = tx.send(got);
+                    });
+                    let asleep = Instant::now() + Duration::from_secs(10);
+                    while word.load(Ordering::SeqCst) & libc::FUTEX_WAITERS == 0 {
+                        assert!(Instant::now() < asleep, "the waiter never slept");
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                    word.store(left, Ordering::SeqCst);
+                    let got = rx
+                        .recv_timeout(Duration::from_secs(5))
+                        .unwrap_or_else(|_| panic!("left {left:#x}: the waiter still sleeps"));
+                    assert_eq!(got, Some(want), "left {left:#x}");
                 }
             },
         );
