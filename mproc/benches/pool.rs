@@ -13,7 +13,9 @@
 //!    and back to back: a ping-pong of a child spinning on a word of a shared page (issue 15's
 //!    floor); the same with the call encoded by mproc's codec, decoded and made in the child
 //!    and its `Result` sent back the same way (`pool_call_floor.rs`: a lower bound of any
-//!    call to another process, not a design); a ping-pong through a word of a shared page
+//!    call to another process, not a design); the same again with a pool's duties kept
+//!    (result handles, books under a lock, rings of frames, a claim, a function table, sleep
+//!    words read: `DutyEcho`, a lean design's floor); a ping-pong through a word of a shared page
 //!    where both sides sleep in `FUTEX_WAIT` (each wake-up finds its CPU idle: what that costs
 //!    here, for reference); and, once the pool is warm, `apply` itself (issue 15's target:
 //!    p50 <= 3x the spin ping-pong). The target is checked on the spin floor and back-to-back

@@ -10,7 +10,8 @@
 //! (a `match`), no claim (a call a dead child took is simply lost), no sleep words (both sides
 //! burn a core while idle), no statistics, timeouts or cancel, and a payload of at most 56
 //! bytes carried in the sequence word's own line. It is the spin ping-pong
-//! (`WordEcho::spinning`) with the encoding and the call an `apply` needs.
+//! (`WordEcho::spinning`) with the encoding and the call an `apply` needs. [`DutyEcho`] puts
+//! back what any pool call must do, as a lean design would.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -21,10 +21,10 @@ fn mix(n: u64) -> u64 {
     n.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17) ^ n
 }
 
-/// Redis paused (SIGSTOP) past the agents' heartbeat TTL: no agent died, so no task may
-/// fail as lost; the tasks that were running finish and are answered once.
-#[test]
-fn redis_paused_past_the_heartbeat_ttl_loses_no_running_task() {
+/// Pauses Redis (SIGSTOP) for `paused` while an agent runs two tasks of 2.5 s: no agent and
+/// no caller died, so the tasks finish and are answered once, and the pool serves on (also
+/// `after` the pause).
+fn redis_paused(paused: Duration, after: Duration) {
     let c = Cluster::new(StartMethod::Forkserver, 1, 2);
     let pool = c.pool();
     let tasks: Vec<_> = (0..2)
@@ -33,34 +33,26 @@ fn redis_paused_past_the_heartbeat_ttl_loses_no_running_task() {
     crate::common::wait_until("the agent runs both tasks", || c.running() == 2);
     let pid = c.redis.pid().unwrap();
     signal(pid, "STOP");
-    std::thread::sleep(Duration::from_millis(2000));
+    std::thread::sleep(paused);
     signal(pid, "CONT");
     for t in &tasks {
         assert_eq!(t.get_timeout(Duration::from_secs(10)), Ok(2500));
     }
     assert_eq!(pool.apply(mix, (7,)).unwrap(), mix(7));
+    std::thread::sleep(after);
+    assert_eq!(pool.apply(mix, (8,)).unwrap(), mix(8));
 }
 
-/// Redis paused past the pools' TTL (four heartbeat TTLs): no caller died, so no pool may be
-/// dropped; the tasks that were running finish and are answered, and the pool serves on.
+/// Redis paused past the agents' heartbeat TTL: no task may fail as lost.
+#[test]
+fn redis_paused_past_the_heartbeat_ttl_loses_no_running_task() {
+    redis_paused(Duration::from_millis(2000), Duration::ZERO);
+}
+
+/// Redis paused past the pools' TTL (four heartbeat TTLs): no pool may be dropped.
 #[test]
 fn redis_paused_past_the_pool_ttl_drops_no_pool() {
-    let c = Cluster::new(StartMethod::Forkserver, 1, 2);
-    let pool = c.pool();
-    let tasks: Vec<_> = (0..2)
-        .map(|_| pool.apply_async(sleep_ms, (2500,)).unwrap())
-        .collect();
-    crate::common::wait_until("the agent runs both tasks", || c.running() == 2);
-    let pid = c.redis.pid().unwrap();
-    signal(pid, "STOP");
-    std::thread::sleep(Duration::from_millis(5000));
-    signal(pid, "CONT");
-    for t in &tasks {
-        assert_eq!(t.get_timeout(Duration::from_secs(10)), Ok(2500));
-    }
-    assert_eq!(pool.apply(mix, (7,)).unwrap(), mix(7));
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(pool.apply(mix, (8,)).unwrap(), mix(8));
+    redis_paused(Duration::from_millis(5000), Duration::from_millis(1500));
 }
 
 /// Many threads call `apply_async` and `map` while agents are SIGKILLed at random: every
