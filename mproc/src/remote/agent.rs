@@ -8,7 +8,9 @@
 //! - the heartbeat: refreshes `hb:<agent>` every quarter of its TTL (a CPU-bound task never
 //!   starves it), runs the reaper, and checks running tasks for cancels and gone pools;
 //! - the reader: `XREADGROUP` of at most the free part of the agent's window (its workers
-//!   plus a read-ahead of about 1 ms of work), so a dead agent strands little; it checks each
+//!   plus a read-ahead of about 1 ms of work: none before a task's time is known, nor for
+//!   tasks of 10 ms or more, so that an agent holds no long task another agent's idle worker
+//!   could run), so a dead agent strands little; it checks each
 //!   frame's MAC before decoding it and hands the entry to its local pool, where it waits for
 //!   a worker (held: not marked running);
 //! - each local pool's dispatcher, through the hub: just before workers get entries, it marks
@@ -161,7 +163,9 @@ impl Common {
             room: Condvar::new(),
             room_lock: Mutex::new(()),
             reader_waits: AtomicBool::new(false),
-            window: AtomicUsize::new(workers * 2),
+            // No read-ahead until a task's time is known: the first agent to read would
+            // take what other agents' workers could run (long tasks wait behind each other).
+            window: AtomicUsize::new(workers),
             stop: AtomicBool::new(false),
             tx,
             hub: Mutex::new(Hub {
@@ -1086,11 +1090,18 @@ impl Intake {
 /// How often an agent writes its statistics for each pool it serves.
 const STATS_EVERY: Duration = Duration::from_millis(250);
 
-/// The read-ahead: about 1 ms of work beyond the workers, from the mean task time.
+/// The read-ahead: about 1 ms of work beyond the workers, from the mean task time; none for
+/// tasks of [`NO_READ_AHEAD`] or more (see [`read_ahead`]).
 #[derive(Default)]
 struct Pace {
     mean_us: f64,
 }
+
+/// Tasks at least this long (on average) get no read-ahead: a worker that finishes one waits
+/// for the next one's read (a round trip, well under a millisecond), at most a few percent of
+/// the task, where an entry read ahead would wait a whole task behind it while another
+/// agent's worker sat idle.
+const NO_READ_AHEAD: Duration = Duration::from_millis(10);
 
 impl Pace {
     fn note(&mut self, took: Duration, workers: usize, window: &AtomicUsize) {
@@ -1100,9 +1111,17 @@ impl Pace {
         } else {
             self.mean_us * 0.9 + us * 0.1
         };
-        let ahead = (1000.0 / self.mean_us.max(1.0) * workers as f64) as usize;
-        window.store(workers + ahead.clamp(1, 256), Ordering::Relaxed);
+        window.store(workers + read_ahead(self.mean_us, workers), Ordering::Relaxed);
     }
+}
+
+/// The entries read beyond `workers` for tasks of `mean_us` on average: about 1 ms of work,
+/// at least one, at most 256; none for tasks of [`NO_READ_AHEAD`] or more.
+fn read_ahead(mean_us: f64, workers: usize) -> usize {
+    if mean_us >= NO_READ_AHEAD.as_secs_f64() * 1e6 {
+        return 0;
+    }
+    ((1000.0 / mean_us.max(1.0) * workers as f64) as usize).clamp(1, 256)
 }
 
 /// The heartbeat's loop: keeps the agent alive, reaps dead ones, and watches running tasks
@@ -1209,6 +1228,18 @@ fn only_bytes(answered: crate::pool::job::Answered) -> Result<Vec<u8>, Error> {
 mod tests {
     use super::*;
     use crate::remote::conn::testing::{at, server};
+
+    /// About a millisecond of work read ahead, at least one entry; none for long tasks.
+    #[test]
+    fn the_read_ahead_is_a_millisecond_of_work_and_none_for_long_tasks() {
+        assert_eq!(read_ahead(10.0, 2), 200);
+        assert_eq!(read_ahead(0.1, 4), 256);
+        assert_eq!(read_ahead(900.0, 1), 1);
+        assert_eq!(read_ahead(5_000.0, 4), 1);
+        assert_eq!(read_ahead(9_999.0, 4), 1);
+        assert_eq!(read_ahead(10_000.0, 4), 0);
+        assert_eq!(read_ahead(2e6, 2), 0);
+    }
 
     /// A hub with no local pools, registered as agent `a1` of pool 7, on `sock`.
     fn common(sock: &std::path::Path) -> (Arc<Common>, Receiver<Event>) {

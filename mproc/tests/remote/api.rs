@@ -158,6 +158,27 @@ fn order_across_agents(m: StartMethod) {
     assert_eq!(got, want[..500]);
 }
 
+/// Long tasks spread over every agent's workers: no agent reads ahead what another's idle
+/// worker could run (four tasks of 1.5 s on two agents of two workers each end together, not
+/// in two rounds), neither at the start nor once the tasks are known to be long.
+fn long_tasks_spread_over_every_agent(m: StartMethod) {
+    let c = Cluster::new(m, 2, 2);
+    let pool = c.pool();
+    for round in 0..2 {
+        let began = std::time::Instant::now();
+        let got = pool
+            .chunksize(1)
+            .map(crate::common::sleep_ms, [1500u64; 4])
+            .unwrap();
+        assert_eq!(got, [1500; 4]);
+        let took = began.elapsed();
+        assert!(
+            took < Duration::from_millis(2700),
+            "round {round}: {took:?} (one agent ran tasks another's idle workers could have)"
+        );
+    }
+}
+
 fn pid() -> u32 {
     std::process::id()
 }
@@ -332,6 +353,7 @@ per_start_method!(
     stats_per_agent_and_worker,
     whole_api,
     order_across_agents,
+    long_tasks_spread_over_every_agent,
     worker_settings,
     cancel_and_terminate,
     an_agent_runs_no_more_than_its_workers_across_pools
