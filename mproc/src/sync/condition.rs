@@ -29,6 +29,11 @@ const _: () = assert!(std::mem::offset_of!(Words, waiters) == 4);
 /// A condition variable shared between processes, over a [`Lock`]: Python's
 /// `multiprocessing.Condition`.
 ///
+/// As with `std::sync::Condvar`, check what you wait for in a loop: a wait may end without
+/// the change it waits for. And where a waiter may be killed, wait with a timeout: a
+/// [`notify(1)`](Self::notify) whose waiter is killed after it was woken, before it took the
+/// lock again, wakes nobody else (CPython's `notify` would wait for that waiter for ever).
+///
 /// ```
 /// use mproc::{Condition, Lock};
 /// use std::time::Duration;
