@@ -561,45 +561,31 @@ fn apply_section(plan: &Plan, pinned: bool, res: &mut Results) -> Result<(), mpr
             SKIPPED.into(),
         ),
     }
-    match (call, spin) {
-        (Some(call), Some(spin)) => res.row(
-            1,
-            "raw encoded call, shared page, both spinning",
-            call.n.to_string(),
-            format!("p50 {:.2} µs  p99 {:.2} µs", call.p50, call.p99),
-            format!(
-                "{:.1}x spin; apply back to back is {:.1}x it (a lower bound)",
-                call.p50 / spin.p50,
-                alone_mp.p50 / call.p50
-            ),
-        ),
-        _ => res.row(
-            1,
-            "raw encoded call",
-            "-".into(),
-            "-".into(),
-            SKIPPED.into(),
-        ),
-    }
-    match (duty, spin) {
-        (Some(duty), Some(spin)) => res.row(
-            1,
-            "raw call with a pool's duties, both spinning",
-            duty.n.to_string(),
-            format!("p50 {:.2} µs  p99 {:.2} µs", duty.p50, duty.p99),
-            format!(
-                "{:.1}x spin; apply back to back is {:.1}x it (a lean design's floor)",
-                duty.p50 / spin.p50,
-                alone_mp.p50 / duty.p50
-            ),
-        ),
-        _ => res.row(
-            1,
+    // The call floors beside the spin: apply's ratio to each.
+    let floors = [
+        (call, "raw encoded call", ", shared page", "a lower bound"),
+        (
+            duty,
             "raw call with a pool's duties",
-            "-".into(),
-            "-".into(),
-            SKIPPED.into(),
+            "",
+            "a lean design's floor",
         ),
+    ];
+    for (floor, name, page, what) in floors {
+        match (floor, spin) {
+            (Some(floor), Some(spin)) => res.row(
+                1,
+                &format!("{name}{page}, both spinning"),
+                floor.n.to_string(),
+                format!("p50 {:.2} µs  p99 {:.2} µs", floor.p50, floor.p99),
+                format!(
+                    "{:.1}x spin; apply back to back is {:.1}x it ({what})",
+                    floor.p50 / spin.p50,
+                    alone_mp.p50 / floor.p50
+                ),
+            ),
+            _ => res.row(1, name, "-".into(), "-".into(), SKIPPED.into()),
+        }
     }
     // The ratio the check reads: each block's calls over the same block's spin.
     let ratio = blocks.as_ref().map(|blocks| {

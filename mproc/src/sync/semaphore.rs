@@ -142,8 +142,7 @@ impl Semaphore {
             if self.take_now() {
                 return Ok(());
             }
-            let slice = Instant::now() + crate::sys::shared::WAKE_LOST;
-            let until = deadline.map_or(slice, |d| d.min(slice));
+            let until = crate::sys::shared::next_look(deadline);
             let woke = sleep(&self.words().waiters, &self.words().count, 0, Some(until));
             if !woke.map_err(|e| Error::os("waiting on a semaphore", e))?
                 && deadline.is_some_and(|d| Instant::now() >= d)

@@ -870,19 +870,23 @@ impl Drop for SpareSignalsHeld {
     }
 }
 
+/// The set of the signals a spare catches ([`SPARE_CAUGHT`]).
+fn spare_caught_set() -> libc::sigset_t {
+    let mut set = empty_sigset();
+    for sig in SPARE_CAUGHT {
+        // SAFETY: `set` is an initialised set; `sig` is a valid signal number.
+        unsafe { libc::sigaddset(&mut set, sig) };
+    }
+    set
+}
+
 impl SpareSignals {
     /// In the fork server, about to fork a spare: see [`SpareSignalsHeld`].
     pub(crate) fn hold() -> SpareSignalsHeld {
-        let mut mask = empty_sigset();
+        let mask = spare_caught_set();
         let mut old = empty_sigset();
-        // SAFETY: both sets are initialised storage of the type pthread_sigmask takes; the
-        // signals added are valid.
-        unsafe {
-            for sig in SPARE_CAUGHT {
-                libc::sigaddset(&mut mask, sig);
-            }
-            libc::pthread_sigmask(libc::SIG_BLOCK, &mask, &mut old);
-        }
+        // SAFETY: both sets are initialised storage of the type pthread_sigmask takes.
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &mask, &mut old) };
         SpareSignalsHeld(old)
     }
 
@@ -935,15 +939,10 @@ impl SpareSignals {
             // Gone before it asked: as if its death came now (dead unless taken meanwhile).
             die_if_untaken(word, idle, dead);
         }
-        let mut mask = empty_sigset();
+        let mask = spare_caught_set();
         // SAFETY: `mask` is an initialised set of valid signals; the old mask is not asked for
         // (a null pointer, which pthread_sigmask accepts).
-        unsafe {
-            for sig in SPARE_CAUGHT {
-                libc::sigaddset(&mut mask, sig);
-            }
-            libc::pthread_sigmask(libc::SIG_UNBLOCK, &mask, ptr::null_mut());
-        }
+        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &mask, ptr::null_mut()) };
         Ok(SpareSignals { replaced })
     }
 

@@ -230,6 +230,13 @@ impl AsFd for Block {
 /// wake-up lost with a killed waiter costs the others.
 pub(crate) const WAKE_LOST: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// When a waiter with `deadline` next looks again: [`WAKE_LOST`] from now, or its deadline if
+/// sooner.
+pub(crate) fn next_look(deadline: Option<Instant>) -> Instant {
+    let slice = Instant::now() + WAKE_LOST;
+    deadline.map_or(slice, |d| d.min(slice))
+}
+
 /// A process-shared, robust `pthread_mutex_t` living in a [`Block`].
 #[repr(transparent)]
 pub(crate) struct RobustMutex(UnsafeCell<libc::pthread_mutex_t>);
@@ -325,9 +332,7 @@ impl RobustMutex {
             return Ok(Some(taken));
         }
         loop {
-            let slice = Instant::now() + WAKE_LOST;
-            let until = deadline.map_or(slice, |d| d.min(slice));
-            let at = monotonic_deadline(until);
+            let at = monotonic_deadline(next_look(deadline));
             // SAFETY: the mutex was set up by `init` and lives as long as `self`; `at` is a
             // valid timespec on this frame.
             match unsafe { pthread_mutex_clocklock(self.0.get(), libc::CLOCK_MONOTONIC, &at) } {

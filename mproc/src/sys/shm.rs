@@ -325,24 +325,20 @@ pub(crate) fn shm_link(file: BorrowedFd<'_>, name: &str) -> io::Result<()> {
 /// description): for a process that must tell its own opening of the file from everyone
 /// else's (see [`try_write_lease`]).
 pub(crate) fn reopen_read_only(file: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
-    Ok(rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?)
+    reopen_as(file, OFlags::RDONLY)
 }
 
 /// A new open file description of `file` for reading and writing (not a duplicate descriptor
 /// of the same description): one whose lifetime, and the locks it holds, are its own (see
 /// `queue::ring`'s handles in flight).
 pub(crate) fn reopen(file: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    reopen_as(file, OFlags::RDWR)
+}
+
+/// A new open file description of `file`, with `access`, through `/proc/self/fd`.
+fn reopen_as(file: BorrowedFd<'_>, access: OFlags) -> io::Result<OwnedFd> {
     let path = format!("/proc/self/fd/{}", file.as_raw_fd());
-    Ok(rustix::fs::open(
-        path,
-        OFlags::RDWR | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?)
+    Ok(rustix::fs::open(path, access | OFlags::CLOEXEC, Mode::empty())?)
 }
 
 /// Opens the named shared memory `name` read-only, without following a symbolic link or
