@@ -1915,7 +1915,80 @@ fn per_call_timeouts(m: StartMethod) {
     );
 }
 
+/// The CPU `pid`'s main thread last ran on (`/proc/<pid>/stat`, field 39).
+fn last_cpu(pid: u32) -> Option<usize> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the name's closing parenthesis, field 3 on: the CPU is field 39.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(36)?
+        .parse()
+        .ok()
+}
+
+/// A worker that finds itself on its caller's CPU moves to another it may run on: the two
+/// would otherwise take turns at one CPU, a yield each way per call (about 9 µs a call on
+/// the development VM, against 0.6 on CPUs of their own), and the kernel leaves two threads
+/// that yield to each other where they are. Here the caller is held on one CPU and the
+/// worker put there with it (its own CPUs widened again after, as a kernel's placement
+/// leaves it); it must move off within the test's patience, and its CPUs stay its own.
+fn a_worker_on_its_callers_cpu_moves_off_it(m: StartMethod) {
+    use rustix::process::Pid;
+    use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
+    let mine = sched_getaffinity(None).unwrap();
+    let Some(cpu) = (0..CpuSet::MAX_CPU).find(|&c| mine.is_set(c)) else {
+        panic!("this thread may run nowhere");
+    };
+    if mine.count() < 2 {
+        eprintln!("one CPU only: a worker has nowhere to move to");
+        return;
+    }
+    let p = pool(m, 1);
+    let worker = p.apply(pid, ()).unwrap();
+    let its_pid = Pid::from_raw(worker as i32).unwrap();
+    // What it inherited: this process's CPUs (read here, not from the worker, which may be
+    // in the middle of a move, its set narrowed for the moment).
+    let its_own = mine;
+    let mut one = CpuSet::new();
+    one.set(cpu);
+    sched_setaffinity(None, &one).unwrap();
+    // A worker moving itself just then (it may have shared this thread's CPU before) puts
+    // its own CPUs back after this narrowed them: narrowed again until it holds.
+    let pinned = (0..100).any(|_| {
+        sched_setaffinity(Some(its_pid), &one).unwrap();
+        for i in 0..100 {
+            assert_eq!(p.apply(square, (i,)).unwrap(), i * i);
+        }
+        sched_getaffinity(Some(its_pid)).unwrap().count() == 1
+    });
+    assert!(pinned, "the worker could not be held on one CPU");
+    assert_eq!(
+        last_cpu(worker),
+        Some(cpu),
+        "the worker was put on the caller's CPU"
+    );
+    sched_setaffinity(Some(its_pid), &its_own).unwrap();
+    // Within 5,000 calls back to back: a worker moves at its first look at its CPU once it
+    // runs out of work for a moment (some 64 looks, a few microseconds). Left there, the two
+    // took turns for seconds here: the kernel parts them when the worker sleeps and is woken
+    // (it then takes an idle CPU), which a caller that never pauses does not let happen.
+    for i in 0..5000 {
+        assert_eq!(p.apply(square, (i,)).unwrap(), i * i);
+    }
+    let moved = last_cpu(worker).is_some_and(|c| c != cpu);
+    sched_setaffinity(None, &mine).unwrap();
+    assert!(moved, "the worker stayed on its caller's CPU");
+    assert_eq!(p.apply(pid, ()).unwrap(), worker, "the same worker");
+    // Read again while a move of its own may have it narrowed for a moment.
+    crate::common::wait_until("the worker's CPUs are its own again", || {
+        let now = sched_getaffinity(Some(its_pid)).unwrap();
+        (0..CpuSet::MAX_CPU).all(|c| now.is_set(c) == its_own.is_set(c))
+    });
+}
+
 per_start_method!(
+    a_worker_on_its_callers_cpu_moves_off_it,
     a_worker_killed_as_it_starts_loses_at_most_its_running_task,
     per_call_timeouts,
     a_call_to_an_idle_worker_keeps_its_time_limit,

@@ -496,6 +496,20 @@ impl<L: Link> Dispatcher<L> {
         (0..).find(|s| !used.contains(s)).unwrap_or(0)
     }
 
+    /// Says to every worker holding chunks that the calling thread (a waiter reading the
+    /// lanes) runs on its CPU now; whether any of them last ran there too, or never said
+    /// where it runs: the waiter, spinning, then lets the CPU go now and then (see
+    /// `Lane::shares_cpu`).
+    pub(crate) fn shares_cpu(&self) -> bool {
+        let cpu = crate::sys::proc::current_cpu();
+        let mut shared = false;
+        for w in self.workers.iter().filter(|w| !w.in_flight.is_empty()) {
+            // Every one is told, not only up to the first that shares.
+            shared |= w.link.shares_cpu(cpu) != Some(false);
+        }
+        shared
+    }
+
     /// Whether the dispatcher thread must look (a deadline to set, or bytes still to write)
     /// after a submitting thread assigned chunks itself.
     fn needs_attention(&self) -> bool {
@@ -746,7 +760,11 @@ impl<L: Link> Dispatcher<L> {
             return Err(call);
         };
         match w.link.send_small(call.id, call.entry, payload, &mut self.scratch) {
-            Some(Sent::Placed) => {}
+            Some(Sent::Placed) => {
+                // Where the caller runs, for the worker lingering after it answers (it lets
+                // its CPU go only if the caller may need it).
+                w.link.shares_cpu(crate::sys::proc::current_cpu());
+            }
             Some(Sent::Broken(e)) => {
                 w.condemn_front(e);
                 return Err(call);

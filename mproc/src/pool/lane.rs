@@ -89,6 +89,18 @@ shared_layout! {
         /// What the worker says of its work, for the pool's statistics (never trusted for
         /// anything else).
         work: Line<Work>,
+        /// The CPU each side last said it runs on (see [`Lane::shares_cpu`]).
+        cpus: Line<Cpus>,
+    }
+}
+
+shared_layout! {
+    /// The CPU each side of a lane last said it runs on, plus one (`0`: not said). Written
+    /// only when it changes, so a side reading its peer's word costs no cache line's bounce;
+    /// a hint for spinning, never trusted for anything else.
+    struct Cpus {
+        worker: AtomicU64,
+        parent: AtomicU64,
     }
 }
 
@@ -125,6 +137,7 @@ const _: () = {
     assert!(offset_of!(Id, capacity) == 8);
     assert!(offset_of!(Header, marks) == 6 * 64);
     assert!(offset_of!(Header, work) == 6 * 64 + MARKS * 8);
+    assert!(offset_of!(Header, cpus) == 7 * 64 + MARKS * 8);
     assert!(std::mem::size_of::<Header>() <= HEADER);
 };
 
@@ -446,6 +459,30 @@ impl Lane {
     /// Says this side is awake (no wake-up needed).
     pub(crate) fn awake(&self) {
         self.asleep(true).store(0, Ordering::Relaxed);
+    }
+
+    /// Says this side runs on `cpu` now; whether the peer last said the same (`None`: it
+    /// never said). A side spinning while it waits for the other lets its CPU go
+    /// (`sched_yield`) only when they share it, as the other may be waiting for that very
+    /// CPU; on CPUs of their own neither yields, so that a process at lower priority on
+    /// either CPU (a build at `nice 19`, say) never takes a spinner's turn (issue 15, item 4:
+    /// a yield to such a process cost each call a time slice).
+    pub(crate) fn shares_cpu(&self, cpu: u32) -> Option<bool> {
+        let cpus = &self.header().cpus;
+        let (mine, peer) = if self.parent {
+            (&cpus.parent, &cpus.worker)
+        } else {
+            (&cpus.worker, &cpus.parent)
+        };
+        let said = u64::from(cpu) + 1;
+        // Read first: storing the same value again would still take the line from the peer.
+        if mine.load(Ordering::Relaxed) != said {
+            mine.store(said, Ordering::Relaxed);
+        }
+        match peer.load(Ordering::Relaxed) {
+            0 => None,
+            peer => Some(peer == said),
+        }
     }
 
     /// After publishing: whether the peer sleeps and must be woken (at most once per sleep).

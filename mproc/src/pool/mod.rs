@@ -59,6 +59,13 @@ pub use state::{WithState, with_state};
 /// `Err(WorkerLost)`, and is replaced; nothing hangs. Dropping the pool terminates it, like
 /// Python's `with Pool() as pool:`.
 ///
+/// A quick task's answer is picked up without a wake-up: an idle worker watches its lane for
+/// a moment (50 µs) before it sleeps, and a thread in `get` reads the lanes itself for a
+/// while (200 µs). Either lets its CPU go only when the other side runs on the same CPU. A
+/// worker that finds itself on the CPU of the thread waiting for it moves to another CPU it
+/// may run on (its CPU set narrowed by that one CPU for the moment of the move, then its own
+/// again), at most once a millisecond: the two would otherwise take turns at one CPU.
+///
 /// ```
 /// use mproc::Pool;
 ///

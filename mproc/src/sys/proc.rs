@@ -427,6 +427,33 @@ pub(crate) fn getpid() -> u32 {
     super::pid::getpid()
 }
 
+/// The CPU the calling thread runs on (getcpu(2), from the vDSO: a few nanoseconds); it may
+/// move at any time, so a hint only.
+pub(crate) fn current_cpu() -> u32 {
+    rustix::thread::sched_getcpu() as u32
+}
+
+/// Moves the calling thread off `cpu` to another CPU it may run on, then lets it run
+/// wherever it could before: the kernel moves a thread at once when its CPU leaves its set,
+/// and does not move it back when the set is widened again. `false` where `cpu` is the only
+/// CPU it may run on, or the system refused.
+pub(crate) fn move_off_cpu(cpu: u32) -> bool {
+    use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
+    let cpu = cpu as usize;
+    let Ok(allowed) = sched_getaffinity(None) else {
+        return false;
+    };
+    if cpu >= CpuSet::MAX_CPU || !allowed.is_set(cpu) || allowed.count() < 2 {
+        return false;
+    }
+    let mut elsewhere = allowed;
+    elsewhere.unset(cpu);
+    let moved = sched_setaffinity(None, &elsewhere).is_ok();
+    // Its own set again (should that be refused, it stays allowed every CPU but `cpu`).
+    let _ = sched_setaffinity(None, &allowed);
+    moved
+}
+
 /// Whether the calling thread is the process's main thread (gettid(2) equals getpid(2)).
 pub(crate) fn is_main_thread() -> bool {
     rustix::thread::gettid().as_raw_nonzero().get() as u32 == getpid()

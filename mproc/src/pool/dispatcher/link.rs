@@ -130,6 +130,13 @@ pub(crate) trait Link: Sized {
     /// The reader is awake: the worker publishes answers without waking anyone.
     fn awake(&self);
 
+    /// Says that the thread reading it runs on `cpu`; whether the worker last said it runs
+    /// there too (`None`: it never said, or it is not a process of this host).
+    fn shares_cpu(&self, cpu: u32) -> Option<bool> {
+        let _ = cpu;
+        None
+    }
+
     /// Adds the descriptors to wait on for it to `fds` (`write`: wait for room to write what
     /// is queued, too); returns how many.
     fn watch(&self, fds: &mut Vec<(RawFd, bool)>, write: bool) -> usize;

@@ -492,6 +492,10 @@ impl Link for LocalLink {
         self.lane.awake();
     }
 
+    fn shares_cpu(&self, cpu: u32) -> Option<bool> {
+        self.lane.shares_cpu(cpu)
+    }
+
     /// Its exit descriptor and, while open, its control socket.
     fn watch(&self, fds: &mut Vec<(RawFd, bool)>, write: bool) -> usize {
         fds.push((self.child.exit_fd().as_raw_fd(), false));

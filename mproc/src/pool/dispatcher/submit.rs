@@ -124,9 +124,13 @@ impl Shared {
                 {
                     break;
                 }
-                // Let a worker or the dispatcher that waits for this CPU have it.
+                // Let a worker that may wait for this CPU have it; a worker on a CPU of its
+                // own does not, and a yield would only hand the turn to whatever else runs
+                // here (see `Lane::shares_cpu`).
                 if round % 64 == 0 {
-                    std::thread::yield_now();
+                    if d.shares_cpu() {
+                        std::thread::yield_now();
+                    }
                     // An answer that came meanwhile is not timed by the reading before.
                     now = Instant::now();
                 } else {
