@@ -245,6 +245,22 @@ impl<'a> Table<'a> {
         })
     }
 
+    /// The live slots of table `which`, in slot order. Only a slot found live is read whole:
+    /// this scan of every slot is most of what `entries` and `compact` cost, and reading
+    /// each slot's five words through `slot` made it three to seven times slower.
+    fn live_slots(&self, which: usize) -> Result<Vec<Slot>, Error> {
+        let at = self.table_at(which);
+        let table = self.m.get(at..at + self.slots * SLOT_BYTES).ok_or_else(corrupt)?;
+        let live = (LIVE | self.epoch << STATE_BITS).to_le_bytes();
+        let mut found = Vec::with_capacity(self.len()?.min(self.slots));
+        for (i, s) in table.chunks_exact(SLOT_BYTES).enumerate() {
+            if s[..8] == live {
+                found.push(self.slot(which, i)?);
+            }
+        }
+        Ok(found)
+    }
+
     fn write_slot(&mut self, which: usize, i: usize, s: Slot) -> Result<(), Error> {
         let at = self.table_at(which) + i * SLOT_BYTES;
         let state = (self.epoch << STATE_BITS) | s.state;
@@ -487,13 +503,7 @@ impl<'a> Table<'a> {
     /// Every live entry, in insertion order: (key, value) bytes.
     pub(super) fn entries(&self) -> Result<Vec<Entry>, Error> {
         let active = self.active()?;
-        let mut live = Vec::with_capacity(self.len()?.min(self.slots));
-        for i in 0..self.slots {
-            let s = self.slot(active, i)?;
-            if s.state == LIVE {
-                live.push(s);
-            }
-        }
+        let mut live = self.live_slots(active)?;
         live.sort_unstable_by_key(|s| s.seq);
         live.iter()
             .map(|s| {
@@ -516,11 +526,7 @@ impl<'a> Table<'a> {
         let mask = self.slots - 1;
         let mut top = 0usize;
         let mut len = 0usize;
-        for i in 0..self.slots {
-            let s = self.slot(active, i)?;
-            if s.state != LIVE {
-                continue;
-            }
+        for s in self.live_slots(active)? {
             let n = s.key_len() + s.val_len();
             let off = usize::try_from(s.off).map_err(|_| corrupt())?;
             if off.checked_add(n).is_none_or(|end| end > self.cap) || top + n > self.cap {
