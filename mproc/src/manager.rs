@@ -19,6 +19,7 @@
 
 mod table;
 
+use std::any::type_name;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -202,7 +203,22 @@ fn encode<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>, Error> {
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Error> {
-    codec::decode(bytes).map_err(|e| Error::codec(format!("a managed container's {what}"), "decode", e))
+    codec::decode(bytes).map_err(|e| {
+        let value = format!("a managed container's {what} as `{}`", type_name::<T>());
+        Error::codec(value, "decode", e)
+    })
+}
+
+/// Decodes a value about to be taken out (removed or replaced), under the lock: one that
+/// does not decode as `T` (written through a handle of other types) is refused and stays.
+fn decode_taken<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Error> {
+    codec::decode(bytes).map_err(|e| {
+        let value = format!(
+            "a managed container's {what} as `{}` (left where it was)",
+            type_name::<T>()
+        );
+        Error::codec(value, "decode", e)
+    })
 }
 
 /// What a dict holds, for its `PhantomData` (a function type: `Dict` is `Send` and `Sync`
@@ -248,6 +264,15 @@ impl<K, V> Clone for Dict<K, V> {
 impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V> {
     /// Stores `value` under `key`; returns the value it replaced.
     ///
+    /// # Errors
+    ///
+    /// A `Codec` error if the value under `key` does not decode as `V` (it was written
+    /// through a handle of other types: a handle carries no types, so one sent through a
+    /// [`Connection`](crate::Connection) may be received as a `Dict` of others). Then nothing
+    /// changes: that value stays, for a handle of its own types to read or remove, and
+    /// `value` is not stored. `Full` if there is no room for `value`; `InvalidArgument` if
+    /// it could never fit.
+    ///
     /// ```
     /// let d = mproc::Manager::new()?.dict::<u8, String>()?;
     /// assert_eq!(d.insert(1, "a".into())?, None);
@@ -256,8 +281,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     /// ```
     pub fn insert(&self, key: K, value: V) -> Result<Option<V>, Error> {
         let (k, v) = (encode(&key, "key")?, encode(&value, "value")?);
-        let old = self.shared.table(|t| t.insert(&k, &v))?;
-        old.map(|b| decode(&b, "value")).transpose()
+        self.shared.table(|t| t.insert(&k, &v, |old| decode_taken(old, "value")))
     }
 
     /// The value under `key`, if any.
@@ -276,6 +300,11 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
 
     /// Removes `key`; returns its value.
     ///
+    /// # Errors
+    ///
+    /// A `Codec` error if the value does not decode as `V` (it was written through a handle
+    /// of other types); then it is not removed.
+    ///
     /// ```
     /// let d = mproc::Manager::new()?.dict::<u8, u8>()?;
     /// d.insert(1, 10)?;
@@ -285,8 +314,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     /// ```
     pub fn remove(&self, key: &K) -> Result<Option<V>, Error> {
         let k = encode(key, "key")?;
-        let old = self.shared.table(|t| t.remove(&k))?;
-        old.map(|b| decode(&b, "value")).transpose()
+        self.shared.table(|t| t.remove(&k, |old| decode_taken(old, "value")))
     }
 
     /// Whether `key` is there.
@@ -411,7 +439,8 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
         self.shared.table(|t| {
             let old = t.get(&k)?.map(|b| decode(&b, "value")).transpose()?;
             let new = f(old);
-            t.insert(&k, &encode(&new, "value")?)?;
+            // `old` decoded: nothing unread is replaced.
+            t.insert(&k, &encode(&new, "value")?, drop_unread)?;
             Ok(new)
         })
     }
@@ -448,6 +477,11 @@ impl<T> Clone for List<T> {
     }
 }
 
+/// For a change that replaces a value without returning it: the old value is not read.
+fn drop_unread(_: &[u8]) -> Result<(), Error> {
+    Ok(())
+}
+
 /// An item's key: its index.
 fn at(i: usize) -> [u8; 8] {
     (i as u64).to_le_bytes()
@@ -466,11 +500,17 @@ impl<T: Serialize + DeserializeOwned> List<T> {
         let v = encode(&value, "item")?;
         self.shared.table(|t| {
             let n = t.len()?;
-            t.insert(&at(n), &v).map(drop)
+            // Past the end: no item is replaced.
+            t.insert(&at(n), &v, drop_unread).map(drop)
         })
     }
 
     /// Removes and returns the last item.
+    ///
+    /// # Errors
+    ///
+    /// A `Codec` error if the item does not decode as `T` (it was written through a handle of
+    /// another type); then it is not removed.
     ///
     /// ```
     /// let l = mproc::Manager::new()?.list::<u8>()?;
@@ -479,11 +519,10 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn pop(&self) -> Result<Option<T>, Error> {
-        let last = self.shared.table(|t| match t.len()? {
+        self.shared.table(|t| match t.len()? {
             0 => Ok(None),
-            n => t.remove(&at(n - 1)),
-        })?;
-        last.map(|b| decode(&b, "item")).transpose()
+            n => t.remove(&at(n - 1), |old| decode_taken(old, "item")),
+        })
     }
 
     /// The item at `index`, if there is one.
@@ -499,7 +538,8 @@ impl<T: Serialize + DeserializeOwned> List<T> {
         found.map(|b| decode(&b, "item")).transpose()
     }
 
-    /// Replaces the item at `index`; an index past the end is an `InvalidArgument` error.
+    /// Replaces the item at `index`; an index past the end is an `InvalidArgument` error. The
+    /// item replaced is not read (nor returned), so one of another type is replaced too.
     ///
     /// ```
     /// let l = mproc::Manager::new()?.list::<u8>()?;
@@ -518,7 +558,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
                     "index {index} is past the end of a managed list of {n} items"
                 )));
             }
-            t.insert(&at(index), &v).map(drop)
+            t.insert(&at(index), &v, drop_unread).map(drop)
         })
     }
 

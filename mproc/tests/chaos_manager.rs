@@ -15,6 +15,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use mproc::{
@@ -293,41 +294,134 @@ fn forged_handles_are_refused(m: StartMethod) {
     // Types confused: the bytes of a u64 read as a string.
     let d = manager.dict::<u64, u64>().unwrap();
     d.insert(1, u64::MAX).unwrap();
-    let same = reinterpret(d.clone());
+    let same: Dict<u64, String> = retype(&d);
     let e = same.get(&1).unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::Codec(_)), "{e}");
     assert!(same.items().is_err() && same.values().is_err());
     assert_eq!(same.len().unwrap(), 1);
 }
 
-/// The same container seen with other types (its handle carries none).
-fn reinterpret(d: Dict<u64, u64>) -> Dict<u64, String> {
-    let (x, y) = mproc::pipe::<Retyped>().unwrap();
-    x.send(Retyped::From(d)).unwrap();
-    match y.recv().unwrap() {
-        Retyped::To(d) => d,
-        Retyped::From(_) => unreachable!(),
+/// The same container seen with other types (its handle carries none): sent through a pipe
+/// as an `A`, received as a `B`.
+fn retype<A: Serialize + Clone, B: DeserializeOwned>(handle: &A) -> B {
+    let (x, y) = mproc::pipe::<Retyped<A, B>>().unwrap();
+    x.send(Retyped::Sent(handle.clone())).unwrap();
+    match y.recv_timeout(PATIENCE).unwrap() {
+        Retyped::Received(b) => b,
+        Retyped::Sent(_) => unreachable!("received as a `B`"),
     }
 }
 
-enum Retyped {
-    From(Dict<u64, u64>),
-    To(Dict<u64, String>),
+/// Serializes as the `A` it was sent as, deserializes as a `B`.
+enum Retyped<A, B> {
+    Sent(A),
+    Received(B),
 }
 
-impl Serialize for Retyped {
+impl<A: Serialize, B> Serialize for Retyped<A, B> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            Retyped::From(d) => d.serialize(s),
-            Retyped::To(d) => d.serialize(s),
+            Retyped::Sent(a) => a.serialize(s),
+            Retyped::Received(_) => Err(serde::ser::Error::custom("only what is sent is encoded")),
         }
     }
 }
 
-impl<'de> Deserialize<'de> for Retyped {
+impl<'de, A, B: Deserialize<'de>> Deserialize<'de> for Retyped<A, B> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Dict::deserialize(d).map(Retyped::To)
+        B::deserialize(d).map(Retyped::Received)
     }
+}
+
+/// Writes words into a dict and a list (what another program's types would write).
+fn write_words(d: Dict<u8, String>, l: List<String>) {
+    d.update([(1, "one".to_string()), (2, "two".to_string())])
+        .unwrap();
+    l.extend(["a".to_string(), "b".to_string()]).unwrap();
+}
+
+/// Every call that takes a value out of `d` and `l`, or replaces one, on containers that
+/// hold values of another type; each outcome as a line (a value taken is a bug).
+fn try_takes<V>(d: &Dict<u8, V>, l: &List<V>, new: V) -> Vec<String>
+where
+    V: Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    let said = |r: Result<Option<V>, mproc::Error>| match r {
+        Ok(v) => format!("taken: {v:?}"),
+        Err(e) => match e.kind() {
+            ErrorKind::Codec(c) => format!("Codec {}: {} ({})", c.direction, c.value, c.message),
+            k => format!("{k:?}"),
+        },
+    };
+    vec![
+        said(d.remove(&1)),
+        said(d.remove(&2)),
+        said(d.insert(1, new.clone())),
+        said(d.update_with(2, |_| new.clone()).map(Some)),
+        said(l.pop()),
+    ]
+}
+
+fn take_words(d: Dict<u8, String>, l: List<String>) -> Vec<String> {
+    try_takes(&d, &l, "new".to_string())
+}
+
+/// Each outcome of [`try_takes`] is a decode error that names the type asked for.
+fn assert_refused(seen: &[String], asked: &str, m: StartMethod) {
+    assert_eq!(seen.len(), 5, "{m}: {seen:?}");
+    for s in seen {
+        let named = s.contains(&format!("as `{asked}`"));
+        assert!(s.starts_with("Codec decode") && named, "{m}: {s}");
+    }
+    // Those that take or replace say the value stayed (update_with only reads it).
+    for s in [&seen[0], &seen[1], &seen[2], &seen[4]] {
+        assert!(s.contains("left where it was"), "{m}: {s}");
+    }
+}
+
+/// A dict and a list reached with other types than they were written with (a handle carries
+/// none): a child writes words and this process takes them out as numbers, then this
+/// process writes numbers and a child takes them out as words. Every `remove`, `pop` and
+/// `insert` over such a value is a `Codec` error and the value stays, whole, for a handle of
+/// its own type (they were removed from the table before being decoded, and lost).
+fn a_value_of_another_type_is_refused_and_kept(m: StartMethod) {
+    let manager = Manager::new().unwrap();
+    let (words, word_list) = (
+        manager.dict::<u8, String>().unwrap(),
+        manager.list().unwrap(),
+    );
+    start(m, write_words, (words.clone(), word_list.clone()))
+        .join_timeout(PATIENCE)
+        .unwrap();
+    let (as_numbers, list_as_numbers): (Dict<u8, u64>, List<u64>) =
+        (retype(&words), retype(&word_list));
+    assert_refused(&try_takes(&as_numbers, &list_as_numbers, 9), "u64", m);
+    assert_eq!(
+        (as_numbers.len().unwrap(), list_as_numbers.len().unwrap()),
+        (2, 2),
+        "{m}"
+    );
+    let one = (1, "one".to_string());
+    assert_eq!(
+        words.items().unwrap(),
+        [one.clone(), (2, "two".into())],
+        "{m}"
+    );
+    assert_eq!(word_list.pop().unwrap().as_deref(), Some("b"), "{m}");
+    assert_eq!(words.remove(&2).unwrap().as_deref(), Some("two"), "{m}");
+    assert_eq!(words.items().unwrap(), [one], "{m}");
+
+    let (numbers, number_list) = (manager.dict::<u8, u64>().unwrap(), manager.list().unwrap());
+    numbers.update([(1, u64::MAX), (2, 7)]).unwrap();
+    number_list.extend([5u64, 6]).unwrap();
+    let seen = start(m, take_words, (retype(&numbers), retype(&number_list)))
+        .join_timeout(PATIENCE)
+        .unwrap();
+    assert_refused(&seen, "alloc::string::String", m);
+    assert_eq!(numbers.items().unwrap(), [(1, u64::MAX), (2, 7)], "{m}");
+    assert_eq!(number_list.to_vec().unwrap(), [5, 6], "{m}");
+    assert_eq!(numbers.remove(&1).unwrap(), Some(u64::MAX), "{m}");
+    assert_eq!(number_list.pop().unwrap(), Some(6), "{m}");
 }
 
 /// Calls every method on a dict and list for `ms` milliseconds, whatever they return;
@@ -627,5 +721,6 @@ per_start_method!(
     a_holder_killed_inside_update_with_frees_every_waiter,
     churners_killed_while_threads_read_by_reference,
     forged_handles_are_refused,
+    a_value_of_another_type_is_refused_and_kept,
     a_scribbled_container_gives_errors_not_panics,
 );
