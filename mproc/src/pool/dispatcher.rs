@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 pub(crate) use chunk::{Call, Chunk, Chunks, Verdict};
 pub(crate) use config::{Config, Gated};
-use link::{Link, Note, Sent};
+use link::{Link, Note, Peer, Sent};
 use local::LocalLink;
 use state::{Departure, WorkerState};
 use worker::{Now, Worker};
@@ -298,6 +298,8 @@ struct Dispatcher<L: Link = LocalLink> {
     /// Whether a chunk with its own time limit (`pool.timeout(d)`) ever came: from then on
     /// the dispatcher thread looks after every hand-over, as with a pool-wide `task_timeout`.
     timed: bool,
+    /// The CPUs this process may use (`std::thread::available_parallelism`, at the start).
+    cpus: usize,
     /// Whether the answer to a chunk just handed to a worker that held nothing may already be
     /// in its lane, with its reader's word saying awake (see [`Dispatcher::set_owed_words`]):
     /// someone must read the lanes. Cleared when they are read.
@@ -354,6 +356,7 @@ impl<L: Link> Dispatcher<L> {
             ended: Ended::default(),
             taken_back: 0,
             timed: false,
+            cpus: std::thread::available_parallelism().map_or(1, usize::from),
             unread: false,
             unlaunched: 0,
         };
@@ -499,15 +502,25 @@ impl<L: Link> Dispatcher<L> {
     /// Says to every worker holding chunks that the calling thread (a waiter reading the
     /// lanes) runs on its CPU now; whether any of them last ran there too, or never said
     /// where it runs: the waiter, spinning, then lets the CPU go now and then (see
-    /// `Lane::shares_cpu`).
+    /// `Lane::say_cpu`).
     pub(crate) fn shares_cpu(&self) -> bool {
         let cpu = crate::sys::proc::current_cpu();
+        let room = self.room(0);
         let mut shared = false;
         for w in self.workers.iter().filter(|w| !w.in_flight.is_empty()) {
             // Every one is told, not only up to the first that shares.
-            shared |= w.link.shares_cpu(cpu) != Some(false);
+            shared |= w.link.say_cpu(cpu, room) != Peer::Elsewhere;
         }
         shared
+    }
+
+    /// Whether the workers holding chunks, `more` about to, and one thread waiting for them
+    /// number no more than the CPUs this process may use: a worker on the waiter's CPU may
+    /// then move to another (`Worker::linger`). With more (a `map` on every CPU) it would
+    /// only crowd a CPU where another worker runs.
+    fn room(&self, more: usize) -> bool {
+        let busy = self.workers.iter().filter(|w| !w.in_flight.is_empty()).count();
+        busy + more < self.cpus
     }
 
     /// Whether the dispatcher thread must look (a deadline to set, or bytes still to write)
@@ -751,6 +764,7 @@ impl<L: Link> Dispatcher<L> {
         let crate::memfile::Payload::Bytes(payload) = &call.payload else {
             return Err(call);
         };
+        let room = self.room(1);
         // The first worker that holds nothing: the least loaded, as `assign` would pick.
         let idle = self
             .workers
@@ -763,7 +777,7 @@ impl<L: Link> Dispatcher<L> {
             Some(Sent::Placed) => {
                 // Where the caller runs, for the worker lingering after it answers (it lets
                 // its CPU go only if the caller may need it).
-                w.link.shares_cpu(crate::sys::proc::current_cpu());
+                w.link.say_cpu(crate::sys::proc::current_cpu(), room);
             }
             Some(Sent::Broken(e)) => {
                 w.condemn_front(e);

@@ -89,15 +89,33 @@ shared_layout! {
         /// What the worker says of its work, for the pool's statistics (never trusted for
         /// anything else).
         work: Line<Work>,
-        /// The CPU each side last said it runs on (see [`Lane::shares_cpu`]).
+        /// The CPU each side last said it runs on (see [`Lane::say_cpu`]).
         cpus: Line<Cpus>,
     }
 }
 
+/// Where the other side of a lane last said it runs ([`Lane::say_cpu`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Peer {
+    /// It never said.
+    Unsaid,
+    /// On another CPU.
+    Elsewhere,
+    /// On this side's CPU; `room`: the dispatcher's side says a worker there may move to
+    /// another (the pool's busy workers and the thread waiting for them number no more than
+    /// its CPUs).
+    Here { room: bool },
+}
+
+/// A CPU word: the CPU plus one in its low bits (`0`: not said), and the dispatcher's
+/// `room` at this bit.
+const ROOM_SHIFT: u32 = 32;
+const CPU_MASK: u64 = (1 << ROOM_SHIFT) - 1;
+
 shared_layout! {
-    /// The CPU each side of a lane last said it runs on, plus one (`0`: not said). Written
-    /// only when it changes, so a side reading its peer's word costs no cache line's bounce;
-    /// a hint for spinning, never trusted for anything else.
+    /// The CPU each side of a lane last said it runs on (see [`ROOM_SHIFT`]). Written only
+    /// when it changes, so a side reading its peer's word costs no cache line's bounce; a
+    /// hint for spinning, never trusted for anything else.
     struct Cpus {
         worker: AtomicU64,
         parent: AtomicU64,
@@ -461,27 +479,31 @@ impl Lane {
         self.asleep(true).store(0, Ordering::Relaxed);
     }
 
-    /// Says this side runs on `cpu` now; whether the peer last said the same (`None`: it
-    /// never said). A side spinning while it waits for the other lets its CPU go
-    /// (`sched_yield`) only when they share it, as the other may be waiting for that very
-    /// CPU; on CPUs of their own neither yields, so that a process at lower priority on
-    /// either CPU (a build at `nice 19`, say) never takes a spinner's turn (issue 15, item 4:
-    /// a yield to such a process cost each call a time slice).
-    pub(crate) fn shares_cpu(&self, cpu: u32) -> Option<bool> {
+    /// Says this side runs on `cpu` now (the dispatcher's side adds whether a worker on its
+    /// CPU may move to another: `room`); where the peer last said it runs. A side spinning
+    /// while it waits for the other lets its CPU go (`sched_yield`) only when they share it,
+    /// as the other may be waiting for that very CPU; on CPUs of their own neither yields,
+    /// so that a process at lower priority on either CPU (a build at `nice 19`, say) never
+    /// takes a spinner's turn (issue 15, item 4: a yield to such a process cost each call a
+    /// time slice).
+    pub(crate) fn say_cpu(&self, cpu: u32, room: bool) -> Peer {
         let cpus = &self.header().cpus;
         let (mine, peer) = if self.parent {
             (&cpus.parent, &cpus.worker)
         } else {
             (&cpus.worker, &cpus.parent)
         };
-        let said = u64::from(cpu) + 1;
+        let said = (u64::from(cpu) + 1) | (u64::from(room && self.parent) << ROOM_SHIFT);
         // Read first: storing the same value again would still take the line from the peer.
         if mine.load(Ordering::Relaxed) != said {
             mine.store(said, Ordering::Relaxed);
         }
         match peer.load(Ordering::Relaxed) {
-            0 => None,
-            peer => Some(peer == said),
+            0 => Peer::Unsaid,
+            word if word & CPU_MASK == u64::from(cpu) + 1 => Peer::Here {
+                room: (word >> ROOM_SHIFT) & 1 == 1,
+            },
+            _ => Peer::Elsewhere,
         }
     }
 
@@ -769,6 +791,22 @@ mod tests {
         let (parent, file) = Lane::create().unwrap();
         let worker = Lane::open(file.as_fd()).unwrap();
         (parent, worker)
+    }
+
+    /// Each side hears where the other last said it runs, and the worker hears whether the
+    /// dispatcher's side says it may move; a worker's word carries no such say.
+    #[test]
+    fn each_side_hears_where_the_other_runs() {
+        let (p, w) = pair();
+        assert_eq!(p.say_cpu(3, true), Peer::Unsaid);
+        assert_eq!(w.say_cpu(3, true), Peer::Here { room: true });
+        assert_eq!(p.say_cpu(3, false), Peer::Here { room: false });
+        assert_eq!(w.say_cpu(3, false), Peer::Here { room: false });
+        assert_eq!(w.say_cpu(0, false), Peer::Elsewhere);
+        assert_eq!(p.say_cpu(0, true), Peer::Here { room: false });
+        assert_eq!(w.say_cpu(0, false), Peer::Here { room: true });
+        // CPU 0 is said as a word of its own, never read as "not said".
+        assert_eq!(p.say_cpu(1, true), Peer::Elsewhere);
     }
 
     #[test]

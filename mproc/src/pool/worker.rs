@@ -11,7 +11,7 @@
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use super::lane::{FRAME_OVERHEAD, Lane};
+use super::lane::{FRAME_OVERHEAD, Lane, Peer};
 use crate::channel::Channel;
 use crate::memfile::{self, AnswerPlace, Mapped, Received, Spares};
 use crate::error::{Error, ErrorKind};
@@ -253,21 +253,22 @@ impl Worker<'_> {
         let (lane, moved_at) = (&self.lane, &mut self.moved_at);
         let mut crowded = |now: u64| {
             let cpu = proc::current_cpu();
-            match lane.shares_cpu(cpu) {
-                Some(false) => false,
-                // The caller never said where it runs: it may be here.
-                None => true,
+            match lane.say_cpu(cpu, false) {
+                Peer::Elsewhere => false,
+                // The caller never said where it runs (it may be here), or says every CPU
+                // is busy with the pool (a move would crowd another worker's).
+                Peer::Unsaid | Peer::Here { room: false } => true,
                 // On the caller's CPU the two would take turns at it, a yield each way per
                 // call (9 µs against 0.6 µs on CPUs of their own), and the kernel leaves two
                 // threads that yield to each other where they are. So the worker moves to
-                // another CPU it may run on, at most every `MOVE_EVERY`.
-                Some(true) => {
+                // another CPU it may run on, at most every `MOVE_EVERY_NS`.
+                Peer::Here { room: true } => {
                     if now.saturating_sub(*moved_at) < MOVE_EVERY_NS {
                         return true;
                     }
                     *moved_at = now;
                     !proc::move_off_cpu(cpu)
-                        || lane.shares_cpu(proc::current_cpu()) != Some(false)
+                        || lane.say_cpu(proc::current_cpu(), false) != Peer::Elsewhere
                 }
             }
         };

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use super::chunk::Chunk;
 use super::config::Config;
+pub(crate) use crate::pool::lane::Peer;
 use crate::error::Error;
 use crate::sys::fd;
 
@@ -130,11 +131,12 @@ pub(crate) trait Link: Sized {
     /// The reader is awake: the worker publishes answers without waking anyone.
     fn awake(&self);
 
-    /// Says that the thread reading it runs on `cpu`; whether the worker last said it runs
-    /// there too (`None`: it never said, or it is not a process of this host).
-    fn shares_cpu(&self, cpu: u32) -> Option<bool> {
-        let _ = cpu;
-        None
+    /// Says that the thread reading it runs on `cpu`, and whether a worker on that CPU may
+    /// move to another (`room`); where the worker last said it runs (`Unsaid` for a worker
+    /// that is not a process of this host).
+    fn say_cpu(&self, cpu: u32, room: bool) -> Peer {
+        let _ = (cpu, room);
+        Peer::Unsaid
     }
 
     /// Adds the descriptors to wait on for it to `fds` (`write`: wait for room to write what

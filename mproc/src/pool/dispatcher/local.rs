@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use super::chunk::Chunk;
+use super::link::Peer;
 use super::config::Config;
 use super::link::{Answer, Link, Note, Polled, Sent};
 use crate::channel::{self, Outbox};
@@ -492,8 +493,8 @@ impl Link for LocalLink {
         self.lane.awake();
     }
 
-    fn shares_cpu(&self, cpu: u32) -> Option<bool> {
-        self.lane.shares_cpu(cpu)
+    fn say_cpu(&self, cpu: u32, room: bool) -> Peer {
+        self.lane.say_cpu(cpu, room)
     }
 
     /// Its exit descriptor and, while open, its control socket.

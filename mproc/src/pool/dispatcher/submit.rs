@@ -126,7 +126,7 @@ impl Shared {
                 }
                 // Let a worker that may wait for this CPU have it; a worker on a CPU of its
                 // own does not, and a yield would only hand the turn to whatever else runs
-                // here (see `Lane::shares_cpu`).
+                // here (see `Lane::say_cpu`).
                 if round % 64 == 0 {
                     if d.shares_cpu() {
                         std::thread::yield_now();
