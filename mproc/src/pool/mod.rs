@@ -64,7 +64,7 @@ pub use state::{WithState, with_state};
 /// while (200 µs). Either lets its CPU go only when the other side runs on the same CPU. A
 /// worker that finds itself on the CPU of the thread waiting for it moves to another CPU it
 /// may run on (its CPU set narrowed by that one CPU for the moment of the move, then its own
-/// again), at most once a millisecond, when the busy workers and that thread number fewer
+/// again), at most once a millisecond, when the busy workers and that thread number no more
 /// than the process's CPUs: the two would otherwise take turns at one CPU.
 ///
 /// ```

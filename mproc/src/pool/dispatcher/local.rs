@@ -8,9 +8,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use super::chunk::Chunk;
-use super::link::Peer;
 use super::config::Config;
-use super::link::{Answer, Link, Note, Polled, Sent};
+use super::link::{Answer, Link, Note, Peer, Polled, Sent};
 use crate::channel::{self, Outbox};
 use crate::error::{Error, ErrorKind};
 use crate::memfile::{Mapped, Payload, Received, Spares, WORTH_A_FILE};
