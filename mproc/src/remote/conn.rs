@@ -318,8 +318,12 @@ impl Conn {
             // long Redis was away before.
             if left.is_zero() && failures > 1 {
                 self.unreachable = true;
+                let why = match e.kind() {
+                    ErrorKind::Broker(why) => why.clone(),
+                    _ => e.to_string(),
+                };
                 return Err(ErrorKind::Broker(format!(
-                    "{e}; Redis at {} was not reached again within {within:?}",
+                    "{why}; Redis at {} was not reached again within {within:?}",
                     self.endpoint.shown()
                 ))
                 .into());
@@ -991,6 +995,7 @@ mod tests {
         );
         assert!(matches!(e.kind(), ErrorKind::Broker(_)), "{e}");
         assert!(e.to_string().contains("not reached again within 500ms"), "{e}");
+        assert_eq!(e.to_string().matches("remote pool broker").count(), 1, "{e}");
         // Not reached once: the next command tries once.
         let at = std::time::Instant::now();
         con.send("set", redis::cmd("SET").arg("k").arg("v").get_packed_command(), 1)
