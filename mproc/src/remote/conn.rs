@@ -274,7 +274,7 @@ impl Conn {
 
     /// After a failed command: a connection that may have failed under it (dropped, silent
     /// past its timeout, garbled) is not used again. With `redial`, one dropped or silent
-    /// keeps its unread pipelines, to send them again on the next ([`lost`](Self::lost));
+    /// keeps its unread pipelines, to send them again on the next (`lost`);
     /// else it is replaced before its next use, its unread pipelines dropped.
     fn failed_under(&mut self, e: &redis::RedisError) {
         let dropped = e.is_io_error() || e.is_timeout() || e.is_connection_dropped();

@@ -514,6 +514,8 @@ impl Submitter {
 
     /// Terminate: agents skip or kill what they hold of this pool (its key goes first).
     fn abandon(&mut self) {
+        // One try: the pool ends now, whether Redis answers or not.
+        self.con.hurry();
         let _ = self.settle();
         let key = self.keys.pool(self.pool);
         let _ = self
