@@ -975,6 +975,40 @@ mod tests {
         }
     }
 
+    /// A server silent past a redialing connection's reply timeout (all clients paused, as
+    /// a NAT that drops a connection without a word looks): the command goes again on a new
+    /// connection once the server answers, and the old one's late reply is read by no one.
+    #[test]
+    fn a_redialing_connection_whose_server_went_silent_asks_again() {
+        let (_server, sock) = server();
+        let mut admin = Conn::open(&at(&sock, ""), Duration::ZERO).unwrap();
+        for polled in [true, false] {
+            let mut con = Conn::open_with(&at(&sock, ""), Duration::ZERO, polled)
+                .unwrap()
+                .redialing(Duration::from_secs(5), format!("silent-{polled}"));
+            con.run("set", |c| redis::cmd("SET").arg("k").arg("v").query::<()>(c))
+                .unwrap();
+            con.read_timeout = Duration::from_millis(200);
+            con.set_timeout().unwrap();
+            admin
+                .run("pausing", |c| {
+                    redis::cmd("CLIENT").arg("PAUSE").arg(700).arg("ALL").query::<()>(c)
+                })
+                .unwrap();
+            let at = std::time::Instant::now();
+            let got = con
+                .ask("get", redis::cmd("GET").arg("k").get_packed_command(), 1)
+                .unwrap();
+            assert_eq!(got, [Value::BulkString(b"v".to_vec())]);
+            assert!(at.elapsed() >= Duration::from_millis(500), "{:?}", at.elapsed());
+            assert!(con.take_reconnected());
+            let n: i64 = con
+                .run("incr", |c| redis::cmd("INCR").arg(format!("n{polled}")).query(c))
+                .unwrap();
+            assert_eq!(n, 1);
+        }
+    }
+
     /// Redis gone: a redialing connection's command fails once `redial` has passed, saying
     /// so; and after [`Conn::hurry`], at the first failed try.
     #[test]
