@@ -59,12 +59,17 @@ fn next(seed: &mut u64) -> u64 {
 
 /// The caller's connections (its thread's, its result reader's, or both) killed by id at
 /// random moments, many times, under `map` of 3000 quick items, `imap` and `apply_async` of
-/// slower ones with callbacks, for longer than the pool's TTL (1 s here: its heartbeat must
-/// go on): every value comes once and right, every callback is called once, each task went
-/// to the task stream once and got one result, and the pool serves on.
+/// slower ones with callbacks, for twice the pool's TTL (2 s here: its heartbeat must go on):
+/// every value comes once and right, every callback is called once, each task went to the
+/// task stream once and got one result, and the pool serves on. (The agents' heartbeats
+/// live 5 s: none is taken for dead on a busy machine, which would re-queue its entries.)
 fn callers_connections_killed_at_random_lose_no_answer(m: StartMethod) {
-    let c = Cluster::new(m, 2, 2);
-    let remote = c.remote().heartbeat_ttl(Duration::from_millis(250));
+    let mut c = Cluster::new(m, 0, 2);
+    for _ in 0..2 {
+        c.add_agent(2, &[("MPROC_HEARTBEAT_MS", "5000")]);
+    }
+    c.wait_agents(2);
+    let remote = c.remote().heartbeat_ttl(Duration::from_millis(500));
     let pool = Pool::builder().remote(remote).build().unwrap();
     assert_eq!(pool.apply(mix, (1,)).unwrap(), mix(1));
     let tasks_before = added(&c, "mproc:*:tasks");
@@ -87,7 +92,7 @@ fn callers_connections_killed_at_random_lose_no_answer(m: StartMethod) {
             it.unwrap().collect::<Vec<_>>()
         });
         let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let until = Instant::now() + Duration::from_secs(3);
+        let until = Instant::now() + Duration::from_secs(4);
         while Instant::now() < until || kills < 8 {
             std::thread::sleep(Duration::from_millis(20 + next(&mut seed) % 150));
             let which = match next(&mut seed) % 3 {
@@ -126,6 +131,7 @@ fn callers_connections_killed_at_random_lose_no_answer(m: StartMethod) {
     assert_eq!(pool.apply(mix, (2,)).unwrap(), mix(2));
     assert_eq!(clients_named(&c.redis, "mproc-caller-").len(), 1);
     assert_eq!(clients_named(&c.redis, "mproc-results-").len(), 1);
+    eprintln!("{kills} kills, {busy} of them under work");
     assert!(
         busy >= 4,
         "the work ended before the connections were killed"
