@@ -31,3 +31,6 @@ mod chaos;
 
 #[path = "remote/callers.rs"]
 mod callers;
+
+#[path = "remote/redial.rs"]
+mod redial;

@@ -6,7 +6,7 @@
 
 use std::os::fd::RawFd;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{Connection, Value};
 
@@ -132,7 +132,8 @@ impl Endpoint {
 /// [`send`](Conn::send) whose replies were not read yet (callers send only commands that may
 /// run twice: a submitter's batch of tasks goes through the `SUBMIT` script, which writes a
 /// batch sent again only once). [`Conn::take_reconnected`] tells the caller, who may have to look again at
-/// what a lost reply would have said (a consumer's pending entries).
+/// what a lost reply would have said (a consumer's pending entries). A connection made
+/// [`redialing`](Conn::redialing) survives being dropped the same way, within a bound.
 pub(crate) struct Conn {
     endpoint: Endpoint,
     con: Connection,
@@ -148,6 +149,17 @@ pub(crate) struct Conn {
     stale: bool,
     /// Pipelines sent and not read yet, oldest first, with how many replies each has.
     unread: std::collections::VecDeque<(Vec<u8>, usize)>,
+    /// How long a connection that was dropped (or went silent) is dialled again before its
+    /// failure is the caller's ([`redialing`](Conn::redialing); zero: not at all).
+    redial: Duration,
+    /// The connection failed under a command and is not replaced yet (only with `redial`):
+    /// its unread pipelines go again, in order, on the next one.
+    lost: bool,
+    /// Redis was not reached again within `redial` once: a next failure is dialled again
+    /// once only.
+    unreachable: bool,
+    /// The name each connection gives itself (`CLIENT SETNAME`), for `CLIENT LIST`.
+    name: Option<String>,
     /// Where `fd` is known, replies are read off it here, not through the crate (whose
     /// parser costs several microseconds a reply): bytes read and not parsed yet.
     inbox: Inbox,
@@ -218,10 +230,120 @@ impl Conn {
             read_timeout: REPLY_TIMEOUT + block,
             reconnected: false,
             unread: std::collections::VecDeque::new(),
+            redial: Duration::ZERO,
+            lost: false,
+            unreachable: false,
+            name: None,
             inbox: Inbox::default(),
         };
         conn.set_timeout()?;
         Ok(conn)
+    }
+
+    /// The same connection, named `name` (in `CLIENT LIST`; a server that refuses the name
+    /// is not an error), and dialled again when it is dropped or goes silent: a `CLIENT
+    /// KILL`, a proxy's or a NAT's timeout, a server's `timeout` closing idle clients. Its
+    /// commands are then sent again on the new one, unread pipelines first, in order; so
+    /// every command it is given must be one that may run twice (a submitter's batch goes
+    /// through the `SUBMIT` script, which writes a batch sent again only once). Past
+    /// `within` of tries, the command fails: Redis counts as gone.
+    pub(crate) fn redialing(mut self, within: Duration, name: String) -> Conn {
+        self.redial = within;
+        self.name = Some(name);
+        // Lost already: the first command dials again.
+        self.lost = self.set_name().is_err();
+        self
+    }
+
+    /// Names the connection, if it has a name: before any command of its own is sent. A
+    /// refusal (an ACL without `+client|setname`) leaves it unnamed and fine; a connection
+    /// that failed under it is not used.
+    fn set_name(&mut self) -> Result<(), Error> {
+        let Some(name) = &self.name else {
+            return Ok(());
+        };
+        let what = "naming the Redis connection";
+        match redis::cmd("CLIENT").arg("SETNAME").arg(name).query::<()>(&mut self.con) {
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                Err(broker(what, &e))
+            }
+            Err(e) if e.kind() == redis::ErrorKind::Parse => Err(broker(what, &e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// After a failed command: a connection that may have failed under it (dropped, silent
+    /// past its timeout, garbled) is not used again. With `redial`, one dropped or silent
+    /// keeps its unread pipelines, to send them again on the next (`lost`);
+    /// else it is replaced before its next use, its unread pipelines dropped.
+    fn failed_under(&mut self, e: &redis::RedisError) {
+        let dropped = e.is_io_error() || e.is_timeout() || e.is_connection_dropped();
+        if dropped && !self.redial.is_zero() {
+            self.lost = true;
+        } else if dropped || e.kind() == redis::ErrorKind::Parse {
+            self.stale = true;
+        }
+    }
+
+    /// Runs `op`; if the connection fails under it and this one redials, again on a new
+    /// connection (its unread pipelines sent again first) until it succeeds, fails for
+    /// another reason, or `redial` has passed since the first failure. No command is added
+    /// when nothing fails: the hot path costs a flag's test.
+    fn redialed<T>(
+        &mut self,
+        what: &str,
+        mut op: impl FnMut(&mut Conn) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut since: Option<Instant> = None;
+        let mut pause = Duration::ZERO;
+        let mut failures = 0;
+        loop {
+            let tried = match self.lost {
+                true => self.restore(what),
+                false => Ok(()),
+            };
+            let e = match tried.and_then(|()| op(self)) {
+                Ok(v) => {
+                    self.unreachable = false;
+                    return Ok(v);
+                }
+                Err(e) if self.lost => e,
+                Err(e) => return Err(e),
+            };
+            failures += 1;
+            let since = *since.get_or_insert_with(Instant::now);
+            let within = if self.unreachable { Duration::ZERO } else { self.redial };
+            let left = within.saturating_sub(since.elapsed());
+            // A connection dropped between two commands is dialled again once, however
+            // long Redis was away before.
+            if left.is_zero() && failures > 1 {
+                self.unreachable = true;
+                let why = match e.kind() {
+                    ErrorKind::Broker(why) => why.clone(),
+                    _ => e.to_string(),
+                };
+                return Err(ErrorKind::Broker(format!(
+                    "{why}; Redis at {} was not reached again within {within:?}",
+                    self.endpoint.shown()
+                ))
+                .into());
+            }
+            std::thread::sleep(pause.min(left));
+            pause = (pause * 2).clamp(Duration::from_millis(5), Duration::from_millis(100));
+        }
+    }
+
+    /// A lost connection replaced, its unread pipelines sent again; still lost on failure.
+    fn restore(&mut self, what: &str) -> Result<(), Error> {
+        self.reconnect(what)?;
+        self.lost = false;
+        Ok(())
+    }
+
+    /// From now on, a connection that fails under a command is dialled again once only (for
+    /// a pool's last words: its end need not wait for Redis again).
+    pub(crate) fn hurry(&mut self) {
+        self.unreachable = true;
     }
 
     fn connect(endpoint: &Endpoint, polled: bool) -> Result<(Connection, Option<RawFd>), Error> {
@@ -252,6 +374,7 @@ impl Conn {
         self.inbox.clear();
         (self.con, self.fd) = Conn::connect(&self.endpoint, self.polled)?;
         self.set_timeout()?;
+        self.set_name()?;
         self.reconnected = true;
         for (packed, _) in &self.unread {
             self.con
@@ -268,6 +391,14 @@ impl Conn {
         what: &str,
         mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, Error> {
+        self.redialed(what, |c| c.run_once(what, &mut f))
+    }
+
+    fn run_once<T>(
+        &mut self,
+        what: &str,
+        f: &mut impl FnMut(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, Error> {
         // Bytes this side read and did not parse would be another command's reply: the
         // connection is out of step (never seen; a server's push message could do it).
         if self.inbox.lo != self.inbox.hi {
@@ -279,7 +410,7 @@ impl Conn {
         loop {
             match f(&mut self.con) {
                 Ok(v) => return Ok(v),
-                Err(e) if interrupted(&e) && tries < 5 => {
+                Err(e) if interrupted(&e) && tries < 5 && self.redial.is_zero() => {
                     tries += 1;
                     self.reconnect(what)?;
                 }
@@ -289,13 +420,7 @@ impl Conn {
                     // next read, but this side reads some replies itself and would not. The
                     // connection is replaced before its next use. (A server's error reply,
                     // or one of the wrong type, was read whole: the connection is fine.)
-                    if e.is_io_error()
-                        || e.is_timeout()
-                        || e.is_connection_dropped()
-                        || e.kind() == redis::ErrorKind::Parse
-                    {
-                        self.stale = true;
-                    }
+                    self.failed_under(&e);
                     return Err(broker(what, &e));
                 }
             }
@@ -307,12 +432,20 @@ impl Conn {
     pub(crate) fn send(&mut self, what: &str, packed: Vec<u8>, replies: usize) -> Result<(), Error> {
         self.fresh(what)?;
         self.unread.push_back((packed, replies));
+        // Restoring a lost connection sends every unread pipeline, this one included.
+        if self.lost {
+            return self.redialed(what, |_| Ok(()));
+        }
         let last = &self.unread.back().expect("just pushed").0;
         match self.con.send_packed_command(last) {
             Ok(()) => Ok(()),
             // Reconnecting sends every unread pipeline, this one included.
-            Err(e) if interrupted(&e) => self.reconnect(what),
+            Err(e) if interrupted(&e) && self.redial.is_zero() => self.reconnect(what),
             Err(e) => {
+                self.failed_under(&e);
+                if self.lost {
+                    return self.redialed(what, |_| Ok(()));
+                }
                 self.stale = true;
                 Err(broker(what, &e))
             }
@@ -342,11 +475,18 @@ impl Conn {
     /// Reads the replies of the oldest pipeline sent with [`send`](Self::send) (none: an
     /// empty list).
     pub(crate) fn recv(&mut self, what: &str) -> Result<Vec<Value>, Error> {
+        self.redialed(what, |c| c.recv_once(what))
+    }
+
+    fn recv_once(&mut self, what: &str) -> Result<Vec<Value>, Error> {
         let Some(&(_, n)) = self.unread.front() else {
             return Ok(Vec::new());
         };
         if let Some(sock) = self.fd {
             let got = self.recv_direct(sock, n, what);
+            if got.is_err() && self.lost {
+                return got; // it goes again, whole, on the next connection
+            }
             self.unread.pop_front();
             // On an error, some of this pipeline's replies may still come; with every reply
             // read, bytes left over answer nothing sent (never seen): either way the
@@ -364,12 +504,14 @@ impl Conn {
             let got: Vec<redis::RedisResult<Value>> =
                 (0..n).map(|_| self.con.recv_response()).collect();
             if let Some(e) = got.iter().find_map(|r| r.as_ref().err()) {
-                if interrupted(e) && tries < 5 {
+                if interrupted(e) && tries < 5 && self.redial.is_zero() {
                     tries += 1;
                     self.reconnect(what)?;
                     continue;
                 }
-                self.stale = true; // some of this pipeline's replies may still come
+                self.failed_under(e);
+                // Some of this pipeline's replies may still come.
+                self.stale |= !self.lost;
                 return Err(broker(what, e));
             }
             self.unread.pop_front();
@@ -388,7 +530,8 @@ impl Conn {
     /// on the socket) as well as by the answer; one asleep in poll is woken by the answer
     /// alone.
     fn recv_direct(&mut self, sock: RawFd, n: usize, what: &str) -> Result<Vec<Value>, Error> {
-        let gone = |why: &str| -> Error {
+        let gone = |c: &mut Conn, why: &str| -> Error {
+            c.lost = !c.redial.is_zero();
             ErrorKind::Broker(format!(
                 "{what}: {why} (the Redis server went away or stopped answering)"
             ))
@@ -415,7 +558,7 @@ impl Conn {
                 }
             }
             match fd::recv_number(sock, self.inbox.room()) {
-                Ok(0) => return Err(gone("the connection closed")),
+                Ok(0) => return Err(gone(self, "the connection closed")),
                 Ok(got) => {
                     self.inbox.hi += got;
                     deadline = fd::deadline_after(self.read_timeout);
@@ -423,11 +566,14 @@ impl Conn {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     match fd::poll_numbers(&[(sock, false)], deadline) {
                         Ok(r) if r.iter().any(|r| r.readable || r.hangup) => {}
-                        Ok(_) => return Err(gone(&format!("no reply in {:?}", self.read_timeout))),
+                        Ok(_) => {
+                            let why = format!("no reply in {:?}", self.read_timeout);
+                            return Err(gone(self, &why));
+                        }
                         Err(e) => return Err(Error::os(what.to_owned(), e)),
                     }
                 }
-                Err(e) => return Err(gone(&e.to_string())),
+                Err(e) => return Err(gone(self, &e.to_string())),
             }
         }
         Ok(out)
@@ -740,6 +886,155 @@ mod tests {
             .unwrap();
         assert_eq!(got.as_deref(), Some("v"));
         get_after_the_late_reply(&mut con);
+    }
+
+    /// The ids of the connections named `name` (`CLIENT LIST`).
+    fn ids_named(admin: &mut Conn, name: &str) -> Vec<String> {
+        let list: String = admin
+            .run("listing clients", |c| redis::cmd("CLIENT").arg("LIST").query(c))
+            .unwrap();
+        list.lines()
+            .filter(|l| l.split(' ').any(|f| f == format!("name={name}")))
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn kill(admin: &mut Conn, name: &str) {
+        let ids = ids_named(admin, name);
+        assert_eq!(ids.len(), 1, "one connection named {name}: {ids:?}");
+        let killed: i64 = admin
+            .run("killing", |c| {
+                redis::cmd("CLIENT").arg("KILL").arg("ID").arg(&ids[0]).query(c)
+            })
+            .unwrap();
+        assert_eq!(killed, 1);
+    }
+
+    /// A redialing connection killed under it (`CLIENT KILL`): between commands, with
+    /// pipelines sent and not read, and under a blocked read. Each is dialled again, under
+    /// its name, and what was lost goes again in order: every reply comes, once.
+    #[test]
+    fn a_redialing_connection_killed_under_it_sends_again_what_was_lost() {
+        let (_server, sock) = server();
+        let mut admin = Conn::open(&at(&sock, ""), Duration::ZERO).unwrap();
+        for polled in [true, false] {
+            let name = format!("redial-{polled}");
+            let block = Duration::from_millis(100);
+            let mut con = Conn::open_with(&at(&sock, ""), block, polled)
+                .unwrap()
+                .redialing(Duration::from_secs(5), name.clone());
+            assert_eq!(con.fd.is_some(), polled);
+            // Between two commands.
+            kill(&mut admin, &name);
+            let set = |k: &str, v: &str| redis::cmd("SET").arg(k).arg(v).get_packed_command();
+            con.run("set", |c| redis::cmd("SET").arg("a").arg("1").query::<()>(c))
+                .unwrap();
+            // Pipelines sent, the connection killed before their replies are read: both go
+            // again, in order, on the next one.
+            kill(&mut admin, &name);
+            con.send("set", set("b", "2"), 1).unwrap();
+            let mut two = set("c", "3");
+            two.extend(redis::cmd("GET").arg("b").get_packed_command());
+            con.send("set and get", two, 2).unwrap();
+            assert_eq!(con.recv("set").unwrap(), [Value::Okay]);
+            let got = con.recv("set and get").unwrap();
+            assert_eq!(got, [Value::Okay, Value::BulkString(b"2".to_vec())]);
+            // Under a blocked read.
+            let read = redis::cmd("XREAD")
+                .arg("BLOCK")
+                .arg(2000)
+                .arg("STREAMS")
+                .arg("s")
+                .arg("0-0")
+                .get_packed_command();
+            let killer = {
+                let mut admin = Conn::open(&at(&sock, ""), Duration::ZERO).unwrap();
+                let name = name.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(200));
+                    kill(&mut admin, &name);
+                    std::thread::sleep(Duration::from_millis(200));
+                    admin
+                        .run("xadd", |c| {
+                            redis::cmd("XADD").arg("s").arg("*").arg("f").arg("v").query::<()>(c)
+                        })
+                        .unwrap();
+                })
+            };
+            let at = std::time::Instant::now();
+            let got = con.ask("xread", read, 1).unwrap();
+            killer.join().unwrap();
+            assert!(at.elapsed() < Duration::from_secs(2), "{:?}", at.elapsed());
+            assert_eq!(stream_entries(got.into_iter().next().unwrap()).len(), 1);
+            assert!(con.take_reconnected());
+            assert_eq!(ids_named(&mut admin, &name).len(), 1, "named again");
+            admin
+                .run("clean", |c| redis::cmd("DEL").arg("s").query::<()>(c))
+                .unwrap();
+        }
+    }
+
+    /// A server silent past a redialing connection's reply timeout (all clients paused, as
+    /// a NAT that drops a connection without a word looks): the command goes again on a new
+    /// connection once the server answers, and the old one's late reply is read by no one.
+    #[test]
+    fn a_redialing_connection_whose_server_went_silent_asks_again() {
+        let (_server, sock) = server();
+        let mut admin = Conn::open(&at(&sock, ""), Duration::ZERO).unwrap();
+        for polled in [true, false] {
+            let mut con = Conn::open_with(&at(&sock, ""), Duration::ZERO, polled)
+                .unwrap()
+                .redialing(Duration::from_secs(5), format!("silent-{polled}"));
+            con.run("set", |c| redis::cmd("SET").arg("k").arg("v").query::<()>(c))
+                .unwrap();
+            con.read_timeout = Duration::from_millis(200);
+            con.set_timeout().unwrap();
+            admin
+                .run("pausing", |c| {
+                    redis::cmd("CLIENT").arg("PAUSE").arg(700).arg("ALL").query::<()>(c)
+                })
+                .unwrap();
+            let at = std::time::Instant::now();
+            let got = con
+                .ask("get", redis::cmd("GET").arg("k").get_packed_command(), 1)
+                .unwrap();
+            assert_eq!(got, [Value::BulkString(b"v".to_vec())]);
+            assert!(at.elapsed() >= Duration::from_millis(500), "{:?}", at.elapsed());
+            assert!(con.take_reconnected());
+            let n: i64 = con
+                .run("incr", |c| redis::cmd("INCR").arg(format!("n{polled}")).query(c))
+                .unwrap();
+            assert_eq!(n, 1);
+        }
+    }
+
+    /// Redis gone: a redialing connection's command fails once `redial` has passed, saying
+    /// so; and after [`Conn::hurry`], at the first failed try.
+    #[test]
+    fn redis_gone_past_the_redial_bound_is_a_clear_error() {
+        let (server, sock) = server();
+        let mut con = Conn::open_polled(&at(&sock, ""), Duration::ZERO)
+            .unwrap()
+            .redialing(Duration::from_millis(500), "gone".into());
+        drop(server);
+        let at = std::time::Instant::now();
+        let e = con
+            .run("get", |c| redis::cmd("GET").arg("k").query::<Option<String>>(c))
+            .unwrap_err();
+        let took = at.elapsed();
+        assert!(
+            took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        assert!(matches!(e.kind(), ErrorKind::Broker(_)), "{e}");
+        assert!(e.to_string().contains("not reached again within 500ms"), "{e}");
+        assert_eq!(e.to_string().matches("remote pool broker").count(), 1, "{e}");
+        // Not reached once: the next command tries once.
+        let at = std::time::Instant::now();
+        con.send("set", redis::cmd("SET").arg("k").arg("v").get_packed_command(), 1)
+            .unwrap_err();
+        assert!(at.elapsed() < Duration::from_millis(200), "{:?}", at.elapsed());
     }
 
     #[test]

@@ -4,6 +4,14 @@
 //! each chunk. Every chunk is answered: with its result, an error an agent recorded, a lost
 //! host's `WorkerLost`, `Cancelled`, `Terminated`, or a broker error when Redis goes away or
 //! loses the pool.
+//!
+//! Each thread's connection is dialled again when it is dropped while Redis stays up (a
+//! `CLIENT KILL`, a proxy's or a NAT's timeout, a server's `timeout` closing idle clients),
+//! for up to the pool's TTL ([`pool_ttl`]: past it Redis drops the pool anyway). What was in
+//! flight goes again: batches of tasks whose replies were not read (the `SUBMIT` script
+//! writes a batch once, however often it is sent), the reader's `XREAD` from the last result
+//! it took (reading takes nothing away, and an answer is taken once: its chunk leaves the
+//! books), the heartbeat and the reaper. Only Redis not reached again ends the pool.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -119,7 +127,9 @@ fn start(
     let pool = crate::sys::proc::random_u64()
         .map_err(|e| Error::os("choosing the remote pool's id", e))?;
     let endpoint = remote.endpoint.clone();
-    let mut con = Conn::open_polled(&endpoint, Duration::ZERO)?;
+    let pool_ttl = pool_ttl(remote.ttl);
+    let mut con = Conn::open_polled(&endpoint, Duration::ZERO)?
+        .redialing(pool_ttl, format!("mproc-caller-{pool:x}"));
     conn::ensure_group(&mut con, &keys.tasks())?;
     let frame = PoolFrame {
         pool,
@@ -142,7 +152,6 @@ fn start(
             remote.max_frame
         )));
     }
-    let pool_ttl = pool_ttl(remote.ttl);
     let (submit,): (String,) = con.run("registering the remote pool", |c| {
         redis::pipe()
             .cmd("SET")
@@ -198,7 +207,8 @@ fn start(
     };
     s.refresh_size()?;
     let reader = {
-        let con = Conn::open_polled(&s.endpoint, Duration::from_millis(BLOCK_MS))?;
+        let con = Conn::open_polled(&s.endpoint, Duration::from_millis(BLOCK_MS))?
+            .redialing(pool_ttl, format!("mproc-results-{pool:x}"));
         let (flight, shared, key) = (Arc::clone(&s.flight), Arc::clone(&s.shared), s.key.clone());
         let (stream, pool) = (s.keys.results(pool), pool);
         std::thread::Builder::new()
@@ -504,6 +514,8 @@ impl Submitter {
 
     /// Terminate: agents skip or kill what they hold of this pool (its key goes first).
     fn abandon(&mut self) {
+        // One try: the pool ends now, whether Redis answers or not.
+        self.con.hurry();
         let _ = self.settle();
         let key = self.keys.pool(self.pool);
         let _ = self
@@ -526,14 +538,12 @@ impl Submitter {
             pipe.cmd("DEL").arg(k).ignore();
         }
         pipe.cmd("HDEL").arg(self.keys.pools()).arg(self.pool).ignore();
+        // One try: a pool that ends because Redis was not reached again need not wait for
+        // it once more. (A connection dropped meanwhile is dialled again once.)
+        self.con.hurry();
         let _ = self.settle();
-        // A pool that ends because its connection was dropped (the reader's, or this one)
-        // deletes its keys on a new one: the failed try left this one stale, so the second
-        // reconnects. (Redis really gone fails both at once.)
         let what = "deleting the pool's keys";
-        if self.con.run(what, |c| pipe.query::<()>(c)).is_err() {
-            let _ = self.con.run(what, |c| pipe.query::<()>(c));
-        }
+        let _ = self.con.run(what, |c| pipe.query::<()>(c));
         for chunk in self.queue.drain(..) {
             chunk.fail(why.clone());
         }

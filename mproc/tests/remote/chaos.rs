@@ -302,52 +302,6 @@ fn noted_run_pair(arg: (String, u64)) -> u64 {
     noted_run(arg.0, arg.1)
 }
 
-/// The caller's connections killed under it (an administrator's `CLIENT KILL`, a proxy
-/// restarted), while it writes tasks and reads results: its waits end with a Broker error,
-/// none hangs, and the agents serve the next pool. (The caller connects over TCP as the ACL
-/// user, the agents as the default user: `CLIENT KILL USER` picks the caller's.)
-#[test]
-fn a_callers_connections_killed_end_its_waits() {
-    let redis = crate::harness::RedisServer::start_tcp_acl().unwrap_or_else(|e| panic!("{e}"));
-    let url = redis.tcp_url_for_agent();
-    let c = Cluster::on(redis, StartMethod::Forkserver, 1, 2);
-    let remote = || mproc::Remote::redis(&url).unwrap().key_file(&c.key);
-    for round in 0..3u64 {
-        let pool = mproc::Pool::builder().remote(remote()).build().unwrap();
-        let r = pool
-            .chunksize(1)
-            .map_async(sleep_ms, vec![20u64; 300])
-            .unwrap();
-        let one = pool.apply_async(sleep_ms, (30,)).unwrap();
-        std::thread::sleep(Duration::from_millis(50 * round));
-        let killed = c
-            .redis
-            .cmd(&["CLIENT", "KILL", "USER", crate::harness::AGENT_USER]);
-        assert!(
-            matches!(killed, Ok(crate::harness::Reply::Int(n)) if n >= 2),
-            "{killed:?}"
-        );
-        let at = Instant::now();
-        let e = r.get_timeout(Duration::from_secs(20)).unwrap_err();
-        assert!(matches!(e.kind(), mproc::ErrorKind::Broker(_)), "{e}");
-        if let Err(e) = one.get_timeout(Duration::from_secs(20)) {
-            assert!(matches!(e.kind(), mproc::ErrorKind::Broker(_)), "{e}");
-        }
-        let e = pool.apply(mix, (1,)).unwrap_err();
-        assert!(matches!(e.kind(), mproc::ErrorKind::Broker(_)), "{e}");
-        assert!(at.elapsed() < Duration::from_secs(15), "{:?}", at.elapsed());
-    }
-    // Nothing of them is left in Redis (each deleted its keys on a new connection).
-    assert!(
-        c.keys("mproc:*:pool:*").is_empty(),
-        "{:?}",
-        c.keys("mproc:*:pool:*")
-    );
-    let next = c.pool();
-    let r = next.apply_async(mix, (3,)).unwrap();
-    assert_eq!(r.get_timeout(Duration::from_secs(20)), Ok(mix(3)));
-}
-
 /// Redis killed, or restarted empty, under agents serving a pool: each agent ends (it serves
 /// until Redis goes away) within a bounded time, with status 1 and the reason on its stderr
 /// (for a supervisor to restart it).
