@@ -500,16 +500,19 @@ impl<L: Link> Dispatcher<L> {
     }
 
     /// Says to every worker holding chunks that the calling thread (a waiter reading the
-    /// lanes) runs on its CPU now; whether any of them last ran there too, or never said
-    /// where it runs: the waiter, spinning, then lets the CPU go now and then (see
-    /// `Lane::say_cpu`).
-    pub(crate) fn shares_cpu(&self) -> bool {
+    /// lanes, or one that has just handed out chunks) runs on its CPU now, with no room (see
+    /// `Lane::say_cpu`: only a call placed on an idle worker says there is room, where the
+    /// pool's work is one call at a time; a room said at a moment when fewer workers were
+    /// busy, such as a `map`'s last chunks, moved a worker onto another's CPU as the next
+    /// `map` began); whether this thread should let its CPU go now and then as it spins:
+    /// unless every such worker said it runs on another CPU and the busy workers and this
+    /// thread number no more than the CPUs.
+    pub(crate) fn say_cpu(&self) -> bool {
         let cpu = crate::sys::proc::current_cpu();
-        let room = self.room(0);
-        let mut shared = false;
+        let mut shared = !self.room(0);
         for w in self.workers.iter().filter(|w| !w.in_flight.is_empty()) {
             // Every one is told, not only up to the first that shares.
-            shared |= w.link.say_cpu(cpu, room) != Peer::Elsewhere;
+            shared |= !matches!(w.link.say_cpu(cpu, false), Peer::Elsewhere { .. });
         }
         shared
     }
@@ -749,6 +752,12 @@ impl<L: Link> Dispatcher<L> {
         for chunk in back.into_iter().rev() {
             self.queue.push_front(chunk);
         }
+        // Where the thread that placed them runs, and no room: what the workers' lingering
+        // goes by once these are done (a call placed earlier may have said there was room).
+        // Chunks placed here (a `map`, or calls queued behind others) keep the pool's thread
+        // or the caller busy beside the workers, and a worker that kept its CPU while
+        // lingering could hold up the very thread that hands it its next chunk.
+        self.say_cpu();
     }
 
     /// A call's quick way, for a submitting thread that holds the state with nothing queued:

@@ -94,16 +94,17 @@ shared_layout! {
     }
 }
 
-/// Where the other side of a lane last said it runs ([`Lane::say_cpu`]).
+/// Where the other side of a lane last said it runs ([`Lane::say_cpu`]); `room`, heard by a
+/// worker only: the dispatcher's side says the pool's busy workers and the thread that placed
+/// a call on it number no more than its CPUs (so a worker on that thread's CPU may move to
+/// another, and one on a CPU of its own need not let it go).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Peer {
     /// It never said.
     Unsaid,
     /// On another CPU.
-    Elsewhere,
-    /// On this side's CPU; `room`: the dispatcher's side says a worker there may move to
-    /// another (the pool's busy workers and the thread waiting for them number no more than
-    /// its CPUs).
+    Elsewhere { room: bool },
+    /// On this side's CPU.
     Here { room: bool },
 }
 
@@ -498,12 +499,12 @@ impl Lane {
         if mine.load(Ordering::Relaxed) != said {
             mine.store(said, Ordering::Relaxed);
         }
-        match peer.load(Ordering::Relaxed) {
+        let word = peer.load(Ordering::Relaxed);
+        let room = (word >> ROOM_SHIFT) & 1 == 1;
+        match word & CPU_MASK {
             0 => Peer::Unsaid,
-            word if word & CPU_MASK == u64::from(cpu) + 1 => Peer::Here {
-                room: (word >> ROOM_SHIFT) & 1 == 1,
-            },
-            _ => Peer::Elsewhere,
+            at if at == u64::from(cpu) + 1 => Peer::Here { room },
+            _ => Peer::Elsewhere { room },
         }
     }
 
@@ -802,11 +803,12 @@ mod tests {
         assert_eq!(w.say_cpu(3, true), Peer::Here { room: true });
         assert_eq!(p.say_cpu(3, false), Peer::Here { room: false });
         assert_eq!(w.say_cpu(3, false), Peer::Here { room: false });
-        assert_eq!(w.say_cpu(0, false), Peer::Elsewhere);
+        assert_eq!(w.say_cpu(0, false), Peer::Elsewhere { room: false });
         assert_eq!(p.say_cpu(0, true), Peer::Here { room: false });
         assert_eq!(w.say_cpu(0, false), Peer::Here { room: true });
         // CPU 0 is said as a word of its own, never read as "not said".
-        assert_eq!(p.say_cpu(1, true), Peer::Elsewhere);
+        assert_eq!(p.say_cpu(1, true), Peer::Elsewhere { room: false });
+        assert_eq!(w.say_cpu(0, false), Peer::Elsewhere { room: true });
     }
 
     #[test]

@@ -64,8 +64,9 @@ pub use state::{WithState, with_state};
 /// while (200 µs). Either lets its CPU go only when the other side runs on the same CPU. A
 /// worker that finds itself on the CPU of the thread waiting for it moves to another CPU it
 /// may run on (its CPU set narrowed by that one CPU for the moment of the move, then its own
-/// again), at most once a millisecond, when the busy workers and that thread number no more
-/// than the process's CPUs: the two would otherwise take turns at one CPU.
+/// again), at most once a millisecond, when its task was a call placed on it while idle and
+/// the busy workers and that thread number no more than the process's CPUs: the two would
+/// otherwise take turns at one CPU.
 ///
 /// ```
 /// use mproc::Pool;

@@ -254,10 +254,13 @@ impl Worker<'_> {
         let mut crowded = |now: u64| {
             let cpu = proc::current_cpu();
             match lane.say_cpu(cpu, false) {
-                Peer::Elsewhere => false,
-                // The caller never said where it runs (it may be here), or says every CPU
-                // is busy with the pool (a move would crowd another worker's).
-                Peer::Unsaid | Peer::Here { room: false } => true,
+                Peer::Elsewhere { room: true } => false,
+                // The caller never said where it runs (it may be here), or says the pool's
+                // busy workers and it are more than the CPUs: some CPU is shared, maybe this
+                // one (and a move would crowd another worker's).
+                Peer::Unsaid | Peer::Here { room: false } | Peer::Elsewhere { room: false } => {
+                    true
+                }
                 // On the caller's CPU the two would take turns at it, a yield each way per
                 // call (9 µs against 0.6 µs on CPUs of their own), and the kernel leaves two
                 // threads that yield to each other where they are. So the worker moves to
@@ -268,7 +271,7 @@ impl Worker<'_> {
                     }
                     *moved_at = now;
                     !proc::move_off_cpu(cpu)
-                        || lane.say_cpu(proc::current_cpu(), false) != Peer::Elsewhere
+                        || !matches!(lane.say_cpu(proc::current_cpu(), false), Peer::Elsewhere { .. })
                 }
             }
         };
