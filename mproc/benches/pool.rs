@@ -388,6 +388,73 @@ fn interleaved(pool: &Pool, plan: &Plan) -> Result<Vec<(f64, f64)>, mproc::Error
     Ok(blocks)
 }
 
+/// Back-to-back calls from a caller held on one CPU (as a latency-minded program pins its
+/// thread), to a worker put on that CPU first and then let go (where a wake-up may leave it).
+/// Two threads spinning and yielding to each other stay where they are: before the worker
+/// moved itself off its caller's CPU, such calls took turns at one CPU, about 10 µs each,
+/// for seconds. `None` where this process has one CPU. Also how long the worker took to
+/// leave (read from `/proc` every 100 calls).
+fn after_sharing_a_cpu(pool: &Pool, plan: &Plan) -> Result<Option<(String, Pct)>, mproc::Error> {
+    use rustix::process::Pid;
+    use rustix::thread::{CpuSet, sched_getaffinity, sched_getcpu, sched_setaffinity};
+    let Ok(mine) = sched_getaffinity(None) else {
+        return Ok(None);
+    };
+    if mine.count() < 2 {
+        return Ok(None);
+    }
+    let worker = pool.apply(worker_pid, ())?;
+    let Some(its_pid) = Pid::from_raw(worker as i32) else {
+        return Ok(None);
+    };
+    let cpu = sched_getcpu();
+    let mut one = CpuSet::new();
+    one.set(cpu);
+    let held = sched_setaffinity(None, &one).is_ok();
+    let put = held && sched_setaffinity(Some(its_pid), &one).is_ok();
+    for i in 0..200u64 {
+        assert_eq!(pool.apply(ident, (i,))?, i);
+    }
+    let _ = sched_setaffinity(Some(its_pid), &mine);
+    let last_cpu = || {
+        std::fs::read_to_string(format!("/proc/{worker}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')?
+                    .1
+                    .split_whitespace()
+                    .nth(36)?
+                    .parse::<usize>()
+                    .ok()
+            })
+    };
+    // Nothing else between the calls (a look at `/proc` takes long enough for the worker to
+    // sleep, and a wake-up may put it back on the caller's CPU).
+    let mut samples = Vec::with_capacity(plan.apply);
+    for i in 0..plan.apply as u64 {
+        let t = Instant::now();
+        let r = pool.apply_async(ident, (i,)).and_then(|r| r.get());
+        samples.push(us(t));
+        assert_eq!(r.expect("apply"), i);
+    }
+    let apart = last_cpu().is_some_and(|c| c != cpu);
+    let _ = sched_setaffinity(None, &mine);
+    if !put {
+        return Ok(None);
+    }
+    let calls = Pct::of(&samples);
+    let slow = samples.iter().filter(|&&t| t > 5.0).count();
+    let said = format!(
+        "{slow} calls over 5 µs (turns at one CPU); the worker {} at the end",
+        if apart {
+            "on another CPU"
+        } else {
+            "still on the caller's"
+        }
+    );
+    Ok(Some((said, calls)))
+}
+
 /// How many times this process's pool threads (`mproc-pool`) have been switched to, from
 /// `/proc` (their voluntary and involuntary context switches together).
 fn dispatcher_switches() -> u64 {
@@ -463,6 +530,10 @@ fn apply_section(plan: &Plan, pinned: bool, res: &mut Results) -> Result<(), mpr
     let blocks = match pinned {
         true => None,
         false => Some(interleaved(&pool, plan)?),
+    };
+    let together = match pinned {
+        true => None,
+        false => after_sharing_a_cpu(&pool, plan)?,
     };
     let mut raw = Vec::with_capacity(plan.apply);
     let mut via = Vec::with_capacity(plan.apply);
@@ -541,6 +612,18 @@ fn apply_section(plan: &Plan, pinned: bool, res: &mut Results) -> Result<(), mpr
             plan.apply + plan.apply_warmup
         ),
     );
+    if let Some((cpu_time, calls)) = together {
+        res.row(
+            1,
+            "apply back to back, caller held on one CPU, worker put there first",
+            calls.n.to_string(),
+            format!(
+                "p50 {:.2} µs  p99 {:.1} µs  mean {:.2} µs",
+                calls.p50, calls.p99, calls.mean
+            ),
+            format!("the worker then let go (as a wake-up may leave it): {cpu_time}"),
+        );
+    }
     const SKIPPED: &str = "skipped: pinned to one CPU, two spinning processes measure time slices";
     match spin {
         Some(spin) => res.row(

@@ -500,19 +500,20 @@ impl<L: Link> Dispatcher<L> {
     }
 
     /// Says to every worker holding chunks that the calling thread (a waiter reading the
-    /// lanes, or one that has just handed out chunks) runs on its CPU now, with no room (see
+    /// lanes, or one that has just handed out chunks) runs on its CPU now, and `room` (see
     /// `Lane::say_cpu`: only a call placed on an idle worker says there is room, where the
-    /// pool's work is one call at a time; a room said at a moment when fewer workers were
-    /// busy, such as a `map`'s last chunks, moved a worker onto another's CPU as the next
-    /// `map` began); whether this thread should let its CPU go now and then as it spins:
-    /// unless every such worker said it runs on another CPU and the busy workers and this
-    /// thread number no more than the CPUs.
-    pub(crate) fn say_cpu(&self) -> bool {
+    /// pool's work is one call at a time; chunks handed out any other way say there is none;
+    /// a waiter leaves it as it was: a room said by a waiter as a `map`'s last chunks
+    /// finished moved a worker onto another's CPU as the next `map` began); whether this
+    /// thread should let its CPU go now and then as it spins: unless every such worker said
+    /// it runs on another CPU and the busy workers and this thread number no more than the
+    /// CPUs.
+    pub(crate) fn say_cpu(&self, room: Option<bool>) -> bool {
         let cpu = crate::sys::proc::current_cpu();
         let mut shared = !self.room(0);
         for w in self.workers.iter().filter(|w| !w.in_flight.is_empty()) {
             // Every one is told, not only up to the first that shares.
-            shared |= !matches!(w.link.say_cpu(cpu, false), Peer::Elsewhere { .. });
+            shared |= !matches!(w.link.say_cpu(cpu, room), Peer::Elsewhere { .. });
         }
         shared
     }
@@ -757,7 +758,7 @@ impl<L: Link> Dispatcher<L> {
         // Chunks placed here (a `map`, or calls queued behind others) keep the pool's thread
         // or the caller busy beside the workers, and a worker that kept its CPU while
         // lingering could hold up the very thread that hands it its next chunk.
-        self.say_cpu();
+        self.say_cpu(Some(false));
     }
 
     /// A call's quick way, for a submitting thread that holds the state with nothing queued:
@@ -786,7 +787,7 @@ impl<L: Link> Dispatcher<L> {
             Some(Sent::Placed) => {
                 // Where the caller runs, for the worker lingering after it answers (it lets
                 // its CPU go only if the caller may need it).
-                w.link.say_cpu(crate::sys::proc::current_cpu(), room);
+                w.link.say_cpu(crate::sys::proc::current_cpu(), Some(room));
             }
             Some(Sent::Broken(e)) => {
                 w.condemn_front(e);

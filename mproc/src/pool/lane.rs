@@ -481,22 +481,25 @@ impl Lane {
     }
 
     /// Says this side runs on `cpu` now (the dispatcher's side adds whether a worker on its
-    /// CPU may move to another: `room`); where the peer last said it runs. A side spinning
+    /// CPU may move to another: `room`, or as it last said with `None`); where the peer last
+    /// said it runs. A side spinning
     /// while it waits for the other lets its CPU go (`sched_yield`) only when they share it,
     /// as the other may be waiting for that very CPU; on CPUs of their own neither yields,
     /// so that a process at lower priority on either CPU (a build at `nice 19`, say) never
     /// takes a spinner's turn (issue 15, item 4: a yield to such a process cost each call a
     /// time slice).
-    pub(crate) fn say_cpu(&self, cpu: u32, room: bool) -> Peer {
+    pub(crate) fn say_cpu(&self, cpu: u32, room: Option<bool>) -> Peer {
         let cpus = &self.header().cpus;
         let (mine, peer) = if self.parent {
             (&cpus.parent, &cpus.worker)
         } else {
             (&cpus.worker, &cpus.parent)
         };
-        let said = (u64::from(cpu) + 1) | (u64::from(room && self.parent) << ROOM_SHIFT);
         // Read first: storing the same value again would still take the line from the peer.
-        if mine.load(Ordering::Relaxed) != said {
+        let was = mine.load(Ordering::Relaxed);
+        let room = room.unwrap_or((was >> ROOM_SHIFT) & 1 == 1) && self.parent;
+        let said = (u64::from(cpu) + 1) | (u64::from(room) << ROOM_SHIFT);
+        if was != said {
             mine.store(said, Ordering::Relaxed);
         }
         let word = peer.load(Ordering::Relaxed);
@@ -799,16 +802,19 @@ mod tests {
     #[test]
     fn each_side_hears_where_the_other_runs() {
         let (p, w) = pair();
-        assert_eq!(p.say_cpu(3, true), Peer::Unsaid);
-        assert_eq!(w.say_cpu(3, true), Peer::Here { room: true });
-        assert_eq!(p.say_cpu(3, false), Peer::Here { room: false });
-        assert_eq!(w.say_cpu(3, false), Peer::Here { room: false });
-        assert_eq!(w.say_cpu(0, false), Peer::Elsewhere { room: false });
-        assert_eq!(p.say_cpu(0, true), Peer::Here { room: false });
-        assert_eq!(w.say_cpu(0, false), Peer::Here { room: true });
+        assert_eq!(p.say_cpu(3, Some(true)), Peer::Unsaid);
+        assert_eq!(w.say_cpu(3, Some(true)), Peer::Here { room: true });
+        assert_eq!(p.say_cpu(3, Some(false)), Peer::Here { room: false });
+        assert_eq!(w.say_cpu(3, Some(false)), Peer::Here { room: false });
+        assert_eq!(w.say_cpu(0, Some(false)), Peer::Elsewhere { room: false });
+        assert_eq!(p.say_cpu(0, Some(true)), Peer::Here { room: false });
+        assert_eq!(w.say_cpu(0, Some(false)), Peer::Here { room: true });
         // CPU 0 is said as a word of its own, never read as "not said".
-        assert_eq!(p.say_cpu(1, true), Peer::Elsewhere { room: false });
-        assert_eq!(w.say_cpu(0, false), Peer::Elsewhere { room: true });
+        assert_eq!(p.say_cpu(1, Some(true)), Peer::Elsewhere { room: false });
+        assert_eq!(w.say_cpu(0, Some(false)), Peer::Elsewhere { room: true });
+        // The CPU said again, the room as it was.
+        assert_eq!(p.say_cpu(0, None), Peer::Here { room: false });
+        assert_eq!(w.say_cpu(1, None), Peer::Elsewhere { room: true });
     }
 
     #[test]

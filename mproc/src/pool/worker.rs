@@ -253,7 +253,7 @@ impl Worker<'_> {
         let (lane, moved_at) = (&self.lane, &mut self.moved_at);
         let mut crowded = |now: u64| {
             let cpu = proc::current_cpu();
-            match lane.say_cpu(cpu, false) {
+            match lane.say_cpu(cpu, None) {
                 Peer::Elsewhere { room: true } => false,
                 // The caller never said where it runs (it may be here), or says the pool's
                 // busy workers and it are more than the CPUs: some CPU is shared, maybe this
@@ -271,7 +271,7 @@ impl Worker<'_> {
                     }
                     *moved_at = now;
                     !proc::move_off_cpu(cpu)
-                        || !matches!(lane.say_cpu(proc::current_cpu(), false), Peer::Elsewhere { .. })
+                        || !matches!(lane.say_cpu(proc::current_cpu(), None), Peer::Elsewhere { .. })
                 }
             }
         };

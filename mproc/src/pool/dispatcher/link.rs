@@ -132,9 +132,9 @@ pub(crate) trait Link: Sized {
     fn awake(&self);
 
     /// Says that the thread reading it runs on `cpu`, and whether a worker on that CPU may
-    /// move to another (`room`); where the worker last said it runs (`Unsaid` for a worker
-    /// that is not a process of this host).
-    fn say_cpu(&self, cpu: u32, room: bool) -> Peer {
+    /// move to another (`room`; `None`: as last said); where the worker last said it runs
+    /// (`Unsaid` for a worker that is not a process of this host).
+    fn say_cpu(&self, cpu: u32, room: Option<bool>) -> Peer {
         let _ = (cpu, room);
         Peer::Unsaid
     }

@@ -492,7 +492,7 @@ impl Link for LocalLink {
         self.lane.awake();
     }
 
-    fn say_cpu(&self, cpu: u32, room: bool) -> Peer {
+    fn say_cpu(&self, cpu: u32, room: Option<bool>) -> Peer {
         self.lane.say_cpu(cpu, room)
     }
 

@@ -128,7 +128,7 @@ impl Shared {
                 // own does not, and a yield would only hand the turn to whatever else runs
                 // here (see `Lane::say_cpu`).
                 if round % 64 == 0 {
-                    if d.say_cpu() {
+                    if d.say_cpu(None) {
                         std::thread::yield_now();
                     }
                     // An answer that came meanwhile is not timed by the reading before.
