@@ -691,6 +691,7 @@ impl<L: Link> Dispatcher<L> {
         if one_each {
             return self.assign_gated(&mut now);
         }
+        let mut placed = false;
         while let Some(chunk) = self.queue.pop_front() {
             if chunk.answered() {
                 chunk.finish(Err(ErrorKind::Cancelled.into())); // cancelled while queued: a no-op
@@ -703,11 +704,16 @@ impl<L: Link> Dispatcher<L> {
             });
             let Some(at) = policy::least_loaded(loads) else {
                 self.queue.push_front(chunk);
-                return;
+                break;
             };
-            if let Some(back) = self.place(at, chunk, &mut now) {
-                self.queue.push_front(back);
+            match self.place(at, chunk, &mut now) {
+                Some(back) => self.queue.push_front(back),
+                None => placed = true,
             }
+        }
+        if placed {
+            // No room: see `assign_gated`'s end.
+            self.say_cpu(Some(false));
         }
     }
 

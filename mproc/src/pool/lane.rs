@@ -484,10 +484,8 @@ impl Lane {
     /// CPU may move to another: `room`, or as it last said with `None`); where the peer last
     /// said it runs. A side spinning
     /// while it waits for the other lets its CPU go (`sched_yield`) only when they share it,
-    /// as the other may be waiting for that very CPU; on CPUs of their own neither yields,
-    /// so that a process at lower priority on either CPU (a build at `nice 19`, say) never
-    /// takes a spinner's turn (issue 15, item 4: a yield to such a process cost each call a
-    /// time slice).
+    /// as the other may be waiting for that very CPU; on CPUs of their own neither yields:
+    /// a yield would only hand the turn to whatever else runs there.
     pub(crate) fn say_cpu(&self, cpu: u32, room: Option<bool>) -> Peer {
         let cpus = &self.header().cpus;
         let (mine, peer) = if self.parent {
@@ -508,6 +506,16 @@ impl Lane {
             0 => Peer::Unsaid,
             at if at == u64::from(cpu) + 1 => Peer::Here { room },
             _ => Peer::Elsewhere { room },
+        }
+    }
+
+    /// Takes back what this side said of its CPU (before it sleeps: a wake-up may put it
+    /// anywhere, and a peer trusting the old word would spin beside it without yielding).
+    pub(crate) fn unsay_cpu(&self) {
+        let cpus = &self.header().cpus;
+        let mine = if self.parent { &cpus.parent } else { &cpus.worker };
+        if mine.load(Ordering::Relaxed) != 0 {
+            mine.store(0, Ordering::Relaxed);
         }
     }
 
@@ -815,6 +823,9 @@ mod tests {
         // The CPU said again, the room as it was.
         assert_eq!(p.say_cpu(0, None), Peer::Here { room: false });
         assert_eq!(w.say_cpu(1, None), Peer::Elsewhere { room: true });
+        // A side about to sleep takes its word back.
+        w.unsay_cpu();
+        assert_eq!(p.say_cpu(1, None), Peer::Unsaid);
     }
 
     #[test]

@@ -62,11 +62,12 @@ pub use state::{WithState, with_state};
 /// A quick task's answer is picked up without a wake-up: an idle worker watches its lane for
 /// a moment (50 µs) before it sleeps, and a thread in `get` reads the lanes itself for a
 /// while (200 µs). Either lets its CPU go only when the other side runs on the same CPU. A
-/// worker that finds itself on the CPU of the thread waiting for it moves to another CPU it
-/// may run on (its CPU set narrowed by that one CPU for the moment of the move, then its own
-/// again), at most once a millisecond, when its task was a call placed on it while idle and
-/// the busy workers and that thread number no more than the process's CPUs: the two would
-/// otherwise take turns at one CPU.
+/// worker that finds itself on the CPU of the thread waiting for it moves to another CPU, at
+/// most once a millisecond, when its task was a call placed on it while idle and the busy
+/// workers and that thread number no more than the process's CPUs: the two would otherwise
+/// take turns at one CPU. Only a worker that may run on every online CPU moves (its CPU set
+/// narrowed by that one CPU for the moment of the move, then every CPU again); one given a
+/// narrower set (by an initializer, `taskset`, a cpuset) keeps it and never moves.
 ///
 /// ```
 /// use mproc::Pool;

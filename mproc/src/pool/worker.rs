@@ -176,6 +176,8 @@ impl Worker<'_> {
             if seen.is_some() || !self.lane.prepare_sleep() {
                 continue;
             }
+            // Woken, it may be anywhere: until it lingers again, the caller yields.
+            self.lane.unsay_cpu();
             let message = self.ctrl.recv::<ToWorker<Vec<u8>>>(None);
             self.lane.awake();
             let Ok(message) = message else {

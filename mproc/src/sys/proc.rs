@@ -427,31 +427,48 @@ pub(crate) fn getpid() -> u32 {
     super::pid::getpid()
 }
 
-/// The CPU the calling thread runs on (getcpu(2), from the vDSO: a few nanoseconds); it may
-/// move at any time, so a hint only.
+/// The CPU the calling thread runs on (getcpu(2): a few nanoseconds where the vDSO has it,
+/// as on x86-64; a system call elsewhere); it may move at any time, so a hint only.
 pub(crate) fn current_cpu() -> u32 {
     rustix::thread::sched_getcpu() as u32
 }
 
-/// Moves the calling thread off `cpu` to another CPU it may run on, then lets it run
-/// wherever it could before: the kernel moves a thread at once when its CPU leaves its set,
-/// and does not move it back when the set is widened again. `false` where `cpu` is the only
-/// CPU it may run on, or the system refused.
+/// Moves the calling thread off `cpu` to another CPU, for a thread that may run on every
+/// online CPU: its set is narrowed by `cpu` (the kernel moves a thread at once when its CPU
+/// leaves its set), then widened to every CPU, which the kernel does not move it back for.
+/// Only such a thread moves: a set read back and written again would be kept as the
+/// thread's own, and CPUs a cpuset gives later, or that come online later, would never reach
+/// it; while "every CPU" is no narrower than the set it had. A set someone else gives it
+/// meanwhile (`taskset -p`) is left as they gave it. `false` where it did not move.
 pub(crate) fn move_off_cpu(cpu: u32) -> bool {
     use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
     let cpu = cpu as usize;
     let Ok(allowed) = sched_getaffinity(None) else {
         return false;
     };
-    if cpu >= CpuSet::MAX_CPU || !allowed.is_set(cpu) || allowed.count() < 2 {
+    let count = allowed.count() as usize;
+    if cpu >= CpuSet::MAX_CPU || !allowed.is_set(cpu) || count < 2 || count != online_cpus() {
         return false;
     }
     let mut elsewhere = allowed;
     elsewhere.unset(cpu);
-    let moved = sched_setaffinity(None, &elsewhere).is_ok();
-    // Its own set again (should that be refused, it stays allowed every CPU but `cpu`).
-    let _ = sched_setaffinity(None, &allowed);
-    moved
+    if sched_setaffinity(None, &elsewhere).is_err() {
+        return false;
+    }
+    if sched_getaffinity(None).is_ok_and(|now| now == elsewhere) {
+        let mut every = CpuSet::new();
+        (0..CpuSet::MAX_CPU).for_each(|c| every.set(c));
+        // Refused only where no CPU of it may be used, which `allowed` disproves; should it
+        // be, the thread keeps every CPU but `cpu`.
+        let _ = sched_setaffinity(None, &every);
+    }
+    true
+}
+
+/// How many CPUs are online (sysconf(3) `_SC_NPROCESSORS_ONLN`); 0 where unknown.
+fn online_cpus() -> usize {
+    // SAFETY: sysconf takes a name and touches no memory of the caller's; -1 on failure.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(0)
 }
 
 /// Whether the calling thread is the process's main thread (gettid(2) equals getpid(2)).

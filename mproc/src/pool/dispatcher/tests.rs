@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::link::{Answer, Link, Note, Polled, Sent};
+use super::link::{Answer, Link, Note, Peer, Polled, Sent};
 use super::{Call, Chunk, Config, Dispatcher, LAUNCH_BATCH, Shared};
 use crate::error::{Error, ErrorKind};
 use crate::pool::job::JobState;
@@ -28,6 +28,8 @@ struct Fake {
     dead: bool,
     /// Times its reader's word was set asleep.
     sleeps: usize,
+    /// The room its reader last said (`Link::say_cpu`), if it said one.
+    room: Option<bool>,
 }
 
 type Handle = Rc<RefCell<Fake>>;
@@ -86,6 +88,11 @@ impl Link for FakeLink {
         fake.answers.is_empty()
     }
     fn awake(&self) {}
+    fn say_cpu(&self, _: u32, room: Option<bool>) -> Peer {
+        let mut fake = self.0.borrow_mut();
+        fake.room = room.or(fake.room);
+        Peer::Unsaid
+    }
     fn watch(&self, _: &mut Vec<(RawFd, bool)>, _: bool) -> usize {
         0
     }
@@ -620,6 +627,47 @@ fn a_call_placed_whose_answer_is_already_back_needs_the_lanes_read() {
     d.drain_lanes(None);
     assert_eq!(outcome(&job, 0), Some(None));
     assert!(!d.needs_attention());
+}
+
+/// Only a call placed on an idle worker says there is room for the worker to move off its
+/// caller's CPU, and only while the busy workers and the caller are no more than the CPUs;
+/// chunks handed out otherwise (a `map`) say there is none, and a waiter keeps what was said.
+#[test]
+fn only_a_call_placed_on_an_idle_worker_says_there_is_room() {
+    let mut d = dispatcher(2, |_| {});
+    d.cpus = 2;
+    let fakes = launched();
+    fakes.iter().for_each(ready);
+    round(&mut d);
+    let call = |id| Call {
+        id,
+        entry: 0,
+        payload: Vec::new().into(),
+        handles: Vec::new(),
+        timeout: None,
+    };
+    assert!(d.place_call(call(7)).is_ok());
+    assert_eq!(fakes[0].borrow().room, Some(true), "one busy worker and its caller: room");
+    // A waiter says its CPU, and leaves the room as the call said it.
+    d.say_cpu(None);
+    assert_eq!(fakes[0].borrow().room, Some(true));
+    // A second call while the first runs: two busy workers and the caller on two CPUs.
+    assert!(d.place_call(call(8)).is_ok());
+    assert_eq!(fakes[1].borrow().room, Some(false), "no room");
+    answer(&fakes[0], 7);
+    answer(&fakes[1], 8);
+    d.drain_lanes(None);
+    // A `map`'s chunks, handed out by `assign`: no room, even for the worker a call said
+    // there was room for.
+    let job = JobState::new();
+    for id in [9, 10] {
+        let index = job.add_chunk(id, 1);
+        d.enqueue(Chunk::new(id, 0, Vec::new().into(), Arc::clone(&job), index, 1));
+    }
+    d.assign();
+    assert_eq!(fakes[0].borrow().sent.last(), Some(&9));
+    assert_eq!(fakes[0].borrow().room, Some(false), "a map's chunk says no room");
+    assert_eq!(fakes[1].borrow().room, Some(false));
 }
 
 /// Every way the inbox starts refusing is seen by `check_open` at once, before the
