@@ -1987,7 +1987,51 @@ fn a_worker_on_its_callers_cpu_moves_off_it(m: StartMethod) {
     });
 }
 
+/// Pins the calling process's thread to `cpu` (a worker's initializer).
+fn pin_to(cpu: usize) {
+    let mut one = rustix::thread::CpuSet::new();
+    one.set(cpu);
+    rustix::thread::sched_setaffinity(None, &one).unwrap();
+}
+
+/// A worker whose initializer pinned it keeps its CPU: sharing it with its caller, it never
+/// moves (only a worker free to run on every online CPU does), and its set stays the one it
+/// chose.
+fn a_worker_pinned_by_its_initializer_stays_pinned(m: StartMethod) {
+    use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
+    let mine = sched_getaffinity(None).unwrap();
+    let Some(cpu) = (0..CpuSet::MAX_CPU).find(|&c| mine.is_set(c)) else {
+        panic!("this thread may run nowhere");
+    };
+    if mine.count() < 2 {
+        eprintln!("one CPU only: there is no other CPU to move to");
+        return;
+    }
+    let p = Pool::builder()
+        .processes(1)
+        .start_method(m)
+        .initializer(pin_to, (cpu,))
+        .build()
+        .unwrap();
+    let mut one = CpuSet::new();
+    one.set(cpu);
+    sched_setaffinity(None, &one).unwrap();
+    let worker = p.apply(pid, ()).unwrap();
+    for i in 0..5000 {
+        assert_eq!(p.apply(square, (i,)).unwrap(), i * i);
+    }
+    sched_setaffinity(None, &mine).unwrap();
+    let its = sched_getaffinity(Some(rustix::process::Pid::from_raw(worker as i32).unwrap()));
+    let its = its.unwrap();
+    assert!(
+        its.count() == 1 && its.is_set(cpu),
+        "the worker's own CPU set was changed"
+    );
+    assert_eq!(last_cpu(worker), Some(cpu));
+}
+
 per_start_method!(
+    a_worker_pinned_by_its_initializer_stays_pinned,
     a_worker_on_its_callers_cpu_moves_off_it,
     a_worker_killed_as_it_starts_loses_at_most_its_running_task,
     per_call_timeouts,
