@@ -455,6 +455,27 @@ fn after_sharing_a_cpu(pool: &Pool, plan: &Plan) -> Result<Option<(String, Pct)>
     Ok(Some((said, calls)))
 }
 
+/// Calls in a burst of [`bursts_after_a_rest`].
+const BURST: usize = 50;
+
+/// Bursts of [`BURST`] back-to-back calls, each after 300 µs without one (the worker, past
+/// its 50 µs of lingering, sleeps; the burst's first call wakes it): each burst timed whole.
+/// A wake-up over a socket asks the kernel to run the woken thread on the waker's CPU, and a
+/// worker left there took turns with its caller for the whole burst (about 10 µs a call)
+/// until it moved off that CPU at once.
+fn bursts_after_a_rest(pool: &Pool) -> Result<Pct, mproc::Error> {
+    let mut samples = Vec::with_capacity(500);
+    for _ in 0..500 {
+        std::thread::sleep(Duration::from_micros(300));
+        let t = Instant::now();
+        for i in 0..BURST as u64 {
+            assert_eq!(pool.apply_async(ident, (i,))?.get()?, i);
+        }
+        samples.push(us(t));
+    }
+    Ok(Pct::of(&samples))
+}
+
 /// How many times this process's pool threads (`mproc-pool`) have been switched to, from
 /// `/proc` (their voluntary and involuntary context switches together).
 fn dispatcher_switches() -> u64 {
@@ -535,6 +556,7 @@ fn apply_section(plan: &Plan, pinned: bool, res: &mut Results) -> Result<(), mpr
         true => None,
         false => after_sharing_a_cpu(&pool, plan)?,
     };
+    let bursts = bursts_after_a_rest(&pool)?;
     let mut raw = Vec::with_capacity(plan.apply);
     let mut via = Vec::with_capacity(plan.apply);
     let mut mp = Vec::with_capacity(plan.apply);
@@ -624,6 +646,20 @@ fn apply_section(plan: &Plan, pinned: bool, res: &mut Results) -> Result<(), mpr
             format!("the worker then let go (as a wake-up may leave it): {cpu_time}"),
         );
     }
+    res.row(
+        1,
+        "apply in bursts of 50 after 300 µs idle (the worker asleep)",
+        bursts.n.to_string(),
+        format!(
+            "p50 {:.0} µs  p90 {:.0} µs  mean {:.0} µs a burst",
+            bursts.p50, bursts.p90, bursts.mean
+        ),
+        format!(
+            "{:.2} µs a call at the mean, its wake-up included (back to back: {:.2} µs)",
+            bursts.mean / BURST as f64,
+            alone_mp.mean
+        ),
+    );
     const SKIPPED: &str = "skipped: pinned to one CPU, two spinning processes measure time slices";
     match spin {
         Some(spin) => res.row(
