@@ -63,7 +63,7 @@ pub use state::{WithState, with_state};
 /// a moment (50 µs) before it sleeps, and a thread in `get` reads the lanes itself for a
 /// while (200 µs). Either lets its CPU go only when the other side runs on the same CPU. A
 /// worker that finds itself on the CPU of the thread waiting for it moves to another CPU, at
-/// most once a millisecond, when its task was a call placed on it while idle and the busy
+/// most once every 100 µs, when its task was a call placed on it while idle and the busy
 /// workers and that thread number no more than the process's CPUs: the two would otherwise
 /// take turns at one CPU. Only a worker that may run on every online CPU moves (its CPU set
 /// narrowed by that one CPU for the moment of the move, then every CPU again); one given a
