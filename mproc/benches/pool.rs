@@ -623,10 +623,7 @@ fn apply_section(plan: &Plan, pinned: bool, res: &mut Results) -> Result<(), mpr
         1,
         "mproc apply_async(f,(x,)).get(), back to back",
         alone_mp.n.to_string(),
-        format!(
-            "p50 {:.2} µs  p99 {:.1} µs  mean {:.2} µs",
-            alone_mp.p50, alone_mp.p99, alone_mp.mean
-        ),
+        alone_mp.p50_p99_mean(),
         format!(
             "(timed alone and back to back, as the floors below; the pool's thread ran {} \
              times in {} calls)",
@@ -634,16 +631,13 @@ fn apply_section(plan: &Plan, pinned: bool, res: &mut Results) -> Result<(), mpr
             plan.apply + plan.apply_warmup
         ),
     );
-    if let Some((cpu_time, calls)) = together {
+    if let Some((said, calls)) = together {
         res.row(
             1,
             "apply back to back, caller held on one CPU, worker put there first",
             calls.n.to_string(),
-            format!(
-                "p50 {:.2} µs  p99 {:.1} µs  mean {:.2} µs",
-                calls.p50, calls.p99, calls.mean
-            ),
-            format!("the worker then let go (as a wake-up may leave it): {cpu_time}"),
+            calls.p50_p99_mean(),
+            format!("the worker then let go (as a wake-up may leave it): {said}"),
         );
     }
     res.row(
@@ -1238,6 +1232,14 @@ struct Pct {
 }
 
 impl Pct {
+    /// A back-to-back row's result: p50, p99 and mean.
+    fn p50_p99_mean(&self) -> String {
+        format!(
+            "p50 {:.2} µs  p99 {:.1} µs  mean {:.2} µs",
+            self.p50, self.p99, self.mean
+        )
+    }
+
     fn of(xs: &[f64]) -> Pct {
         let mut v = xs.to_vec();
         v.sort_by(f64::total_cmp);

@@ -203,20 +203,19 @@ fn encode<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>, Error> {
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Error> {
-    codec::decode(bytes).map_err(|e| {
-        let value = format!("a managed container's {what} as `{}`", type_name::<T>());
-        Error::codec(value, "decode", e)
-    })
+    decode_saying(bytes, what, "")
 }
 
 /// Decodes a value about to be taken out (removed or replaced), under the lock: one that
 /// does not decode as `T` (written through a handle of other types) is refused and stays.
 fn decode_taken<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Error> {
+    decode_saying(bytes, what, " (left where it was)")
+}
+
+/// Decodes a container's `what` as `T`; an error names `T`, then says `after`.
+fn decode_saying<T: DeserializeOwned>(bytes: &[u8], what: &str, after: &str) -> Result<T, Error> {
     codec::decode(bytes).map_err(|e| {
-        let value = format!(
-            "a managed container's {what} as `{}` (left where it was)",
-            type_name::<T>()
-        );
+        let value = format!("a managed container's {what} as `{}`{after}", type_name::<T>());
         Error::codec(value, "decode", e)
     })
 }

@@ -1927,6 +1927,27 @@ fn last_cpu(pid: u32) -> Option<usize> {
         .ok()
 }
 
+/// The set of `cpu` alone.
+fn only(cpu: usize) -> rustix::thread::CpuSet {
+    let mut one = rustix::thread::CpuSet::new();
+    one.set(cpu);
+    one
+}
+
+/// This thread's CPUs and the first of them, where there are two or more (a worker has
+/// somewhere to move to); `None`, said on stderr, where there is one.
+fn two_cpus_or_more() -> Option<(rustix::thread::CpuSet, usize)> {
+    use rustix::thread::{CpuSet, sched_getaffinity};
+    let mine = sched_getaffinity(None).unwrap();
+    let cpu = (0..CpuSet::MAX_CPU).find(|&c| mine.is_set(c));
+    let cpu = cpu.expect("this thread may run somewhere");
+    if mine.count() < 2 {
+        eprintln!("one CPU only: a worker has nowhere to move to");
+        return None;
+    }
+    Some((mine, cpu))
+}
+
 /// A worker that finds itself on its caller's CPU moves to another it may run on: the two
 /// would otherwise take turns at one CPU, a yield each way per call (about 9 µs a call on
 /// the development VM, against 0.6 on CPUs of their own), and the kernel leaves two threads
@@ -1935,23 +1956,17 @@ fn last_cpu(pid: u32) -> Option<usize> {
 /// leaves it); it must move off within the test's patience, and its CPUs stay its own.
 fn a_worker_on_its_callers_cpu_moves_off_it(m: StartMethod) {
     use rustix::process::Pid;
-    use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
-    let mine = sched_getaffinity(None).unwrap();
-    let Some(cpu) = (0..CpuSet::MAX_CPU).find(|&c| mine.is_set(c)) else {
-        panic!("this thread may run nowhere");
-    };
-    if mine.count() < 2 {
-        eprintln!("one CPU only: a worker has nowhere to move to");
+    use rustix::thread::{sched_getaffinity, sched_setaffinity};
+    let Some((mine, cpu)) = two_cpus_or_more() else {
         return;
-    }
+    };
     let p = pool(m, 1);
     let worker = p.apply(pid, ()).unwrap();
     let its_pid = Pid::from_raw(worker as i32).unwrap();
     // What it inherited: this process's CPUs (read here, not from the worker, which may be
     // in the middle of a move, its set narrowed for the moment).
     let its_own = mine;
-    let mut one = CpuSet::new();
-    one.set(cpu);
+    let one = only(cpu);
     sched_setaffinity(None, &one).unwrap();
     // A worker moving itself just then (it may have shared this thread's CPU before) puts
     // its own CPUs back after this narrowed them: narrowed again until it holds.
@@ -1982,40 +1997,30 @@ fn a_worker_on_its_callers_cpu_moves_off_it(m: StartMethod) {
     assert_eq!(p.apply(pid, ()).unwrap(), worker, "the same worker");
     // Read again while a move of its own may have it narrowed for a moment.
     crate::common::wait_until("the worker's CPUs are its own again", || {
-        let now = sched_getaffinity(Some(its_pid)).unwrap();
-        (0..CpuSet::MAX_CPU).all(|c| now.is_set(c) == its_own.is_set(c))
+        sched_getaffinity(Some(its_pid)).unwrap() == its_own
     });
 }
 
 /// Pins the calling process's thread to `cpu` (a worker's initializer).
 fn pin_to(cpu: usize) {
-    let mut one = rustix::thread::CpuSet::new();
-    one.set(cpu);
-    rustix::thread::sched_setaffinity(None, &one).unwrap();
+    rustix::thread::sched_setaffinity(None, &only(cpu)).unwrap();
 }
 
 /// A worker whose initializer pinned it keeps its CPU: sharing it with its caller, it never
 /// moves (only a worker free to run on every online CPU does), and its set stays the one it
 /// chose.
 fn a_worker_pinned_by_its_initializer_stays_pinned(m: StartMethod) {
-    use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
-    let mine = sched_getaffinity(None).unwrap();
-    let Some(cpu) = (0..CpuSet::MAX_CPU).find(|&c| mine.is_set(c)) else {
-        panic!("this thread may run nowhere");
-    };
-    if mine.count() < 2 {
-        eprintln!("one CPU only: there is no other CPU to move to");
+    use rustix::thread::{sched_getaffinity, sched_setaffinity};
+    let Some((mine, cpu)) = two_cpus_or_more() else {
         return;
-    }
+    };
     let p = Pool::builder()
         .processes(1)
         .start_method(m)
         .initializer(pin_to, (cpu,))
         .build()
         .unwrap();
-    let mut one = CpuSet::new();
-    one.set(cpu);
-    sched_setaffinity(None, &one).unwrap();
+    sched_setaffinity(None, &only(cpu)).unwrap();
     let worker = p.apply(pid, ()).unwrap();
     for i in 0..5000 {
         assert_eq!(p.apply(square, (i,)).unwrap(), i * i);

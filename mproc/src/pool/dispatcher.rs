@@ -510,12 +510,14 @@ impl<L: Link> Dispatcher<L> {
     /// CPUs.
     pub(crate) fn say_cpu(&self, room: Option<bool>) -> bool {
         let cpu = crate::sys::proc::current_cpu();
-        let mut shared = !self.room(0);
+        let (mut busy, mut shared) = (0, false);
         for w in self.workers.iter().filter(|w| !w.in_flight.is_empty()) {
             // Every one is told, not only up to the first that shares.
             shared |= !matches!(w.link.say_cpu(cpu, room), Peer::Elsewhere { .. });
+            busy += 1;
         }
-        shared
+        // No room (as `room(0)` says): one of them surely shares this CPU.
+        shared || busy >= self.cpus
     }
 
     /// Whether the workers holding chunks, `more` about to, and one thread waiting for them

@@ -296,6 +296,15 @@ impl Lane {
         }
     }
 
+    /// This side's CPU word, then the peer's.
+    fn cpu_words(&self) -> (&AtomicU64, &AtomicU64) {
+        let cpus = &self.header().cpus;
+        match self.parent {
+            true => (&cpus.parent, &cpus.worker),
+            false => (&cpus.worker, &cpus.parent),
+        }
+    }
+
     fn asleep(&self, mine: bool) -> &AtomicU64 {
         let h = self.header();
         if mine == self.parent {
@@ -487,12 +496,7 @@ impl Lane {
     /// as the other may be waiting for that very CPU; on CPUs of their own neither yields:
     /// a yield would only hand the turn to whatever else runs there.
     pub(crate) fn say_cpu(&self, cpu: u32, room: Option<bool>) -> Peer {
-        let cpus = &self.header().cpus;
-        let (mine, peer) = if self.parent {
-            (&cpus.parent, &cpus.worker)
-        } else {
-            (&cpus.worker, &cpus.parent)
-        };
+        let (mine, peer) = self.cpu_words();
         // Read first: storing the same value again would still take the line from the peer.
         let was = mine.load(Ordering::Relaxed);
         let room = room.unwrap_or((was >> ROOM_SHIFT) & 1 == 1) && self.parent;
@@ -512,8 +516,7 @@ impl Lane {
     /// Takes back what this side said of its CPU (before it sleeps: a wake-up may put it
     /// anywhere, and a peer trusting the old word would spin beside it without yielding).
     pub(crate) fn unsay_cpu(&self) {
-        let cpus = &self.header().cpus;
-        let mine = if self.parent { &cpus.parent } else { &cpus.worker };
+        let (mine, _) = self.cpu_words();
         if mine.load(Ordering::Relaxed) != 0 {
             mine.store(0, Ordering::Relaxed);
         }
