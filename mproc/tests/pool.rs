@@ -2088,7 +2088,40 @@ per_start_method!(
     large_tasks_with_workers_killed_at_random,
     back_to_back_calls_from_threads_with_workers_killed_at_random,
     answers_nobody_waits_for_are_read,
+    a_calls_job_is_reused_only_once_nothing_holds_it,
 );
+
+/// A call's job is made into the next call's on its thread once its result is dropped
+/// (`AsyncResult`'s drop), but only if nothing else holds it: a result dropped while its task
+/// runs (the pool still holds its job, to give it the answer), or one whose callback holds
+/// it, leaves its job alone, and each later call gets its own value, the late answer
+/// included nowhere else.
+fn a_calls_job_is_reused_only_once_nothing_holds_it(m: StartMethod) {
+    let p = pool(m, 2);
+    // Dropped while it runs: its answer comes later, into its own job.
+    drop(p.apply_async(nap_then, (150, 1)).unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    for i in 0..200u64 {
+        let r = p.apply_async(nap_then, (0, 10 + i)).unwrap();
+        if i % 50 == 0 {
+            // A callback keeps the job until it has run.
+            let seen = Arc::clone(&seen);
+            r.on_complete(move |v| seen.lock().unwrap().push(v.unwrap()));
+        }
+        assert_eq!(r.get_timeout(PATIENCE).unwrap(), 10 + i);
+        drop(r);
+        // Its job is this thread's next one: still its own answer, the call after.
+        let again = p.apply_async(square, (i,)).unwrap();
+        assert_eq!(again.get_timeout(PATIENCE).unwrap(), i * i);
+    }
+    // The dropped call's answer has come meanwhile (or comes now), and changed nothing.
+    sleep_ms(200);
+    for i in 0..50u64 {
+        assert_eq!(p.apply(square, (i,)).unwrap(), i * i);
+    }
+    wait_until("every callback ran", || seen.lock().unwrap().len() == 4);
+    assert_eq!(*seen.lock().unwrap(), [10, 60, 110, 160]);
+}
 
 /// A pool and a pending result the parent keeps in globals, which a fork child inherits.
 static FORKED_POOL: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();

@@ -791,6 +791,12 @@ impl<L: Link> Dispatcher<L> {
         let Some(w) = idle else {
             return Err(call);
         };
+        // Its word is set before the call goes (it holds nothing, and every answer it sent
+        // has been read): the caller lets go without reading the lanes (it may never wait),
+        // and the call's answer cannot come before the call. Set after it, the word would
+        // need a fence and a look at the lane, which races the worker for the line its
+        // answer goes in.
+        w.link.asleep_before_send();
         match w.link.send_small(call.id, call.entry, payload, &mut self.scratch) {
             Some(Sent::Placed) => {
                 // Where the caller runs, for the worker lingering after it answers (it lets
@@ -806,9 +812,7 @@ impl<L: Link> Dispatcher<L> {
         self.timed = self.timed || call.timeout.is_some();
         let (chunk, job) = call.into_chunk();
         w.hold(chunk, &mut Now::later(), self.config.max_tasks_per_child);
-        // The caller lets go without reading the lanes (it may never wait): the word is set
-        // now, off the way of the answer.
-        self.unread |= !w.set_owed_word();
+        w.word_owed = false; // set above
         Ok(job)
     }
 

@@ -484,9 +484,28 @@ impl Lane {
         }
     }
 
-    /// Says this side is awake (no wake-up needed).
+    /// Says this side is awake (no wake-up needed). A reader says so at every look at the
+    /// ring: the word is stored only when it changes, as a store of the same value would
+    /// still take the line from a worker that has read it since (and the reader's next locked
+    /// instruction would wait for that).
     pub(crate) fn awake(&self) {
-        self.asleep(true).store(0, Ordering::Relaxed);
+        let word = self.asleep(true);
+        if word.load(Ordering::Relaxed) != 0 {
+            word.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The dispatcher's side, before it pushes a frame to a worker whose every answer it has
+    /// read: asks to be woken by the worker's next answer, with no fence and no look at the
+    /// ring ([`Lane::prepare_sleep`] does both). Nothing can come before that answer, and the
+    /// frame, stored after this word and released, shows the worker the word before it can
+    /// run what the frame brings (the worker acquires the frame).
+    pub(crate) fn asleep_before_push(&self) {
+        debug_assert!(self.parent, "only the dispatcher asks so");
+        let word = self.asleep(true);
+        if word.load(Ordering::Relaxed) != 1 {
+            word.store(1, Ordering::Relaxed);
+        }
     }
 
     /// Says this side runs on `cpu` now (the dispatcher's side adds whether a worker on its

@@ -129,7 +129,8 @@ impl fmt::Display for Progress {
 /// # Ok::<(), mproc::Error>(())
 /// ```
 pub struct AsyncResult<R> {
-    job: Arc<JobState>,
+    /// Its job: `None` only once dropped (see its `Drop`).
+    held: Option<Arc<JobState>>,
     decode: Decoder<R>,
     target: &'static str,
     pool: Arc<Shared>,
@@ -144,7 +145,7 @@ impl<R> AsyncResult<R> {
         pool: Arc<Shared>,
     ) -> Self {
         AsyncResult {
-            job,
+            held: Some(job),
             decode,
             target,
             pool,
@@ -153,9 +154,8 @@ impl<R> AsyncResult<R> {
     }
 
     /// The job it waits on.
-    #[cfg(feature = "progress")]
     pub(crate) fn job(&self) -> &Arc<JobState> {
-        &self.job
+        self.held.as_ref().expect("a result's job is taken only as it is dropped")
     }
 
     /// Tells `watch` (with `index`) once the task has finished (`as_completed`, `wait`): at
@@ -165,7 +165,7 @@ impl<R> AsyncResult<R> {
         if self.pool.foreign() {
             watch.push(index);
         } else {
-            self.job.watch(watch, index);
+            self.job().watch(watch, index);
         }
     }
 
@@ -188,7 +188,7 @@ impl<R> AsyncResult<R> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn progress(&self) -> Progress {
-        let (done, total) = self.job.progress();
+        let (done, total) = self.job().progress();
         Progress { done, total }
     }
 
@@ -205,7 +205,7 @@ impl<R> AsyncResult<R> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn ready(&self) -> bool {
-        self.job.is_complete()
+        self.job().is_complete()
     }
 
     /// Waits until the task has finished (successfully or not: [`get`](Self::get) says which).
@@ -250,7 +250,7 @@ impl<R> AsyncResult<R> {
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<(), Error> {
-        wait_complete(&self.job, &self.pool, deadline).map(drop)
+        wait_complete(self.job(), &self.pool, deadline).map(drop)
     }
 
     /// Whether the task finished without an error.
@@ -276,7 +276,7 @@ impl<R> AsyncResult<R> {
     where
         R: DeserializeOwned,
     {
-        let inner = self.job.lock();
+        let inner = self.job().lock();
         if !inner.complete() {
             return Err(ErrorKind::NotReady.into());
         }
@@ -306,7 +306,7 @@ impl<R> AsyncResult<R> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn cancel(&self) -> bool {
-        let ids = self.job.fail_waiting(&ErrorKind::Cancelled.into());
+        let ids = self.job().fail_waiting(&ErrorKind::Cancelled.into());
         let any = !ids.is_empty();
         if any {
             self.pool.cancel(ids);
@@ -344,9 +344,9 @@ impl<R> AsyncResult<R> {
     where
         R: DeserializeOwned + 'static,
     {
-        let job = Arc::clone(&self.job);
+        let job = Arc::clone(self.job());
         let (decode, target) = (self.decode, self.target);
-        self.job.on_complete(Box::new(move || {
+        self.job().on_complete(Box::new(move || {
             let value = decode(&job.lock().slots, target);
             callback(value)
         }));
@@ -378,7 +378,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn get(&self) -> Result<R, Error> {
-        let inner = wait_complete(&self.job, &self.pool, None)?;
+        let inner = wait_complete(self.job(), &self.pool, None)?;
         (self.decode)(&inner.slots, self.target)
     }
 
@@ -399,8 +399,18 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn get_timeout(&self, timeout: Duration) -> Result<R, Error> {
-        let inner = wait_complete(&self.job, &self.pool, fd::deadline_after(timeout))?;
+        let inner = wait_complete(self.job(), &self.pool, fd::deadline_after(timeout))?;
         (self.decode)(&inner.slots, self.target)
+    }
+}
+
+impl<R> Drop for AsyncResult<R> {
+    /// Its job, if no one else holds it, is kept for this thread's next call
+    /// ([`job::recycle`]).
+    fn drop(&mut self) {
+        if let Some(job) = self.held.take() {
+            super::job::recycle(job);
+        }
     }
 }
 
@@ -408,7 +418,7 @@ impl<R: DeserializeOwned> Future for AsyncResult<R> {
     type Output = Result<R, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut inner = self.job.lock();
+        let mut inner = self.job().lock();
         if inner.complete() {
             return Poll::Ready((self.decode)(&inner.slots, self.target));
         }

@@ -131,6 +131,11 @@ pub(crate) trait Link: Sized {
     /// The reader is awake: the worker publishes answers without waking anyone.
     fn awake(&self);
 
+    /// Before a chunk is sent to a worker whose every answer has been read: marks the reader
+    /// asleep, so the worker wakes it after its next answer (as [`Link::prepare_sleep`] with
+    /// no `ahead`, without looking for answers: none can come before the chunk).
+    fn asleep_before_send(&self);
+
     /// Says that the thread reading it runs on `cpu`, and whether a worker on that CPU may
     /// move to another (`room`; `None`: as last said); where the worker last said it runs
     /// (`Unsaid` for a worker that is not a process of this host).

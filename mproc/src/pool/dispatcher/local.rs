@@ -132,6 +132,13 @@ impl LocalLink {
                 Err(Corrupt) => return Err(Error::protocol("a pool worker corrupted its lane")),
             }
             // Borrowed from the frame, and copied inline if it is small (see `Received`).
+            if let Some((id, bytes)) = crate::wire::message::read_done_ok(scratch) {
+                let answer = Answered {
+                    bytes: Received::copy_of(bytes),
+                    handles: Vec::new(),
+                };
+                return Ok(Some((id, Ok(answer))));
+            }
             match codec::decode_borrowed::<FromWorkerOf<&serde_bytes::Bytes>>(scratch) {
                 Ok(FromWorkerOf::Done { id, result }) => {
                     let answer = result.map(|b| Answered {
@@ -490,6 +497,10 @@ impl Link for LocalLink {
 
     fn awake(&self) {
         self.lane.awake();
+    }
+
+    fn asleep_before_send(&self) {
+        self.lane.asleep_before_push();
     }
 
     fn say_cpu(&self, cpu: u32, room: Option<bool>) -> Peer {

@@ -28,6 +28,9 @@ struct Fake {
     dead: bool,
     /// Times its reader's word was set asleep.
     sleeps: usize,
+    /// How many chunks it had been sent when its word was last set before a send
+    /// (`Link::asleep_before_send`).
+    asleep_before: Option<usize>,
     /// The room its reader last said (`Link::say_cpu`), if it said one.
     room: Option<bool>,
 }
@@ -88,6 +91,11 @@ impl Link for FakeLink {
         fake.answers.is_empty()
     }
     fn awake(&self) {}
+    fn asleep_before_send(&self) {
+        let mut fake = self.0.borrow_mut();
+        fake.sleeps += 1;
+        fake.asleep_before = Some(fake.sent.len());
+    }
     fn say_cpu(&self, _: u32, room: Option<bool>) -> Peer {
         let mut fake = self.0.borrow_mut();
         fake.room = room.or(fake.room);
@@ -601,16 +609,15 @@ fn a_readers_word_is_set_for_workers_holding_chunks_and_when_an_idle_one_is_hand
 }
 
 /// A call put straight into the lane of a worker that holds nothing (`place_call`) has the
-/// worker's word set once it is in the books; an answer already there by then (a quick
-/// worker) makes the lanes need reading.
+/// worker's word set before it is sent, once: the worker's answer, which cannot come before the
+/// call, then finds it set, and nothing needs the lanes read after the call is placed.
 #[test]
-fn a_call_placed_whose_answer_is_already_back_needs_the_lanes_read() {
+fn a_call_placed_on_an_idle_worker_sets_its_word_before_it_is_sent() {
     let mut d = dispatcher(1, |_| {});
     let fakes = launched();
     fakes.iter().for_each(ready);
     round(&mut d);
-    let sleeps = fakes[0].borrow().sleeps;
-    answer(&fakes[0], 7);
+    let (sleeps, sent) = (fakes[0].borrow().sleeps, fakes[0].borrow().sent.len());
     let call = Call {
         id: 7,
         entry: 0,
@@ -621,12 +628,15 @@ fn a_call_placed_whose_answer_is_already_back_needs_the_lanes_read() {
     let Ok(job) = d.place_call(call) else {
         panic!("a call to an idle worker is placed at once");
     };
-    assert_eq!(fakes[0].borrow().sent, [7]);
-    assert_eq!(fakes[0].borrow().sleeps, sleeps + 1);
-    assert!(d.needs_attention(), "an answer may wait unread");
+    assert_eq!(fakes[0].borrow().sent[sent..], [7]);
+    assert_eq!(fakes[0].borrow().sleeps, sleeps + 1, "set once");
+    assert_eq!(fakes[0].borrow().asleep_before, Some(sent), "before the send");
+    assert!(!d.needs_attention());
+    answer(&fakes[0], 7);
     d.drain_lanes(None);
     assert_eq!(outcome(&job, 0), Some(None));
-    assert!(!d.needs_attention());
+    assert_eq!(d.prepare_sleep(false), Some(false));
+    assert_eq!(fakes[0].borrow().sleeps, sleeps + 1, "it holds nothing again");
 }
 
 /// Only a call placed on an idle worker says there is room for the worker to move off its
