@@ -405,9 +405,9 @@ impl<R: DeserializeOwned> AsyncResult<R> {
 }
 
 impl<R> Drop for AsyncResult<R> {
-    /// Its job, if no one else holds it, is kept for this thread's next call
-    /// ([`job::recycle`]).
     fn drop(&mut self) {
+        // Its job, if no one else holds it, is kept for this thread's next call
+        // (`job::recycle`).
         if let Some(job) = self.held.take() {
             super::job::recycle(job);
         }

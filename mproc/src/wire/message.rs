@@ -279,6 +279,33 @@ mod tests {
     use super::*;
     use crate::wire::codec;
 
+    /// One of each message a worker sends, `answer` the bytes of those that carry some.
+    fn every_answer(answer: &[u8]) -> [FromWorker; 7] {
+        [
+        FromWorker::Ready,
+        FromWorker::Done {
+            id: 7,
+            result: Ok(serde_bytes::ByteBuf::from(answer.to_vec())),
+        },
+        FromWorker::Done {
+            id: 8,
+            result: Err(Error::protocol("no")),
+        },
+        FromWorker::Wake,
+        FromWorker::OnSocket,
+        FromWorker::DoneInFile {
+            id: 9,
+            len: 10,
+            handles: 1,
+        },
+        FromWorker::DoneWithHandles {
+            id: 11,
+            result: serde_bytes::ByteBuf::from(answer.to_vec()),
+            handles: 2,
+        },
+    ]
+    }
+
     /// The quick writing and reading of a `Done` with `Ok` bytes make and find what the codec
     /// does, and the reading finds nothing in any other message, a cut one, or one with bytes
     /// after its end.
@@ -308,27 +335,13 @@ mod tests {
             longer.push(0);
             assert_eq!(read_done_ok(&longer), None);
         }
-        let others = [
-            FromWorker::Ready,
-            FromWorker::Done {
-                id: 8,
-                result: Err(Error::protocol("no")),
-            },
-            FromWorker::Wake,
-            FromWorker::OnSocket,
-            FromWorker::DoneInFile {
-                id: 9,
-                len: 10,
-                handles: 1,
-            },
-            FromWorker::DoneWithHandles {
-                id: 11,
-                result: serde_bytes::ByteBuf::from(answer.clone()),
-                handles: 2,
-            },
-        ];
-        for message in others {
-            assert_eq!(read_done_ok(&codec::encode(&message).unwrap()), None);
+        for message in every_answer(&answer) {
+            let frame = codec::encode(&message).unwrap();
+            let quick = read_done_ok(&frame);
+            match message {
+                FromWorker::Done { id, result: Ok(b) } => assert_eq!(quick, Some((id, &b[..]))),
+                _ => assert_eq!(quick, None),
+            }
         }
     }
 
@@ -336,31 +349,7 @@ mod tests {
     /// bytes a worker sends (`FromWorker`, owned) read the same that way, every variant.
     #[test]
     fn answers_read_borrowed_are_the_answers_sent() {
-        let answer = vec![1u8, 2, 3, 250];
-        let sent = [
-            FromWorker::Ready,
-            FromWorker::Done {
-                id: 7,
-                result: Ok(serde_bytes::ByteBuf::from(answer.clone())),
-            },
-            FromWorker::Done {
-                id: 8,
-                result: Err(Error::protocol("no")),
-            },
-            FromWorker::Wake,
-            FromWorker::OnSocket,
-            FromWorker::DoneInFile {
-                id: 9,
-                len: 10,
-                handles: 1,
-            },
-            FromWorker::DoneWithHandles {
-                id: 11,
-                result: serde_bytes::ByteBuf::from(answer.clone()),
-                handles: 2,
-            },
-        ];
-        for msg in sent {
+        for msg in every_answer(&[1u8, 2, 3, 250]) {
             let bytes = codec::encode(&msg).unwrap();
             let read: FromWorkerOf<&serde_bytes::Bytes> = codec::decode_borrowed(&bytes).unwrap();
             let same = match (&msg, &read) {
