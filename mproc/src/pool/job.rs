@@ -535,9 +535,28 @@ thread_local! {
 
 /// Keeps `job` (an [`AsyncResult`](crate::AsyncResult) dropped) for this thread's next
 /// [`JobState::single`] if nothing else holds it (a callback, a watcher, another result's
-/// copy); else lets it go. The count is a hint: `single` checks again before it reuses it.
-pub(crate) fn recycle(job: Arc<JobState>) {
-    if Arc::strong_count(&job) == 1 && Arc::weak_count(&job) == 0 {
+/// copy) and it holds nothing worth freeing now: one chunk, its answer small enough to lie
+/// inline or not there (a `map`'s slots, a large answer's buffer or memory file, are let go
+/// at once, not kept until this thread's next call, which may never come).
+pub(crate) fn recycle(mut job: Arc<JobState>) {
+    let Some(state) = Arc::get_mut(&mut job) else {
+        return;
+    };
+    let inner = state.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+    let small = |outcome: &Option<ChunkOutcome>| match outcome {
+        None => true,
+        Some(Ok(answered)) => {
+            matches!(answered.bytes, crate::memfile::Received::Small(..))
+                && answered.handles.is_empty()
+        }
+        Some(Err(_)) => false,
+    };
+    let kept = inner.slots.len() == 1
+        && inner.slots.front().is_some_and(|s| small(&s.outcome))
+        && inner.callbacks.is_empty()
+        && inner.watchers.is_empty()
+        && inner.answered.is_none();
+    if kept {
         // What it replaces (nothing, nearly always) drops outside the slot's access.
         let _before = SPARE_JOB.try_with(|spare| spare.replace(Some(job)));
     }
