@@ -639,6 +639,38 @@ fn a_call_placed_on_an_idle_worker_sets_its_word_before_it_is_sent() {
     assert_eq!(fakes[0].borrow().sleeps, sleeps + 1, "it holds nothing again");
 }
 
+/// A reader stops reading a worker's lane once the worker holds nothing: nothing it sends
+/// then can be an answer (a well-behaved worker sends none), and the look at the next frame's
+/// line, which the worker wrote last (zeroing it ahead), would cost a waiting caller a cache
+/// miss between its answer and its next call. What such a worker sent is read, and judged,
+/// once it is handed a chunk again.
+#[test]
+fn a_lane_is_not_read_while_its_worker_holds_nothing() {
+    let mut d = dispatcher(1, |_| {});
+    let fakes = launched();
+    fakes.iter().for_each(ready);
+    round(&mut d);
+    let job = submit(&d, &[1]);
+    round(&mut d);
+    answer(&fakes[0], 1);
+    answer(&fakes[0], 99); // nothing it holds
+    d.drain_lanes(None);
+    assert_eq!(outcome(&job, 0), Some(None));
+    assert_eq!(fakes[0].borrow().answers.len(), 1, "left unread");
+    d.drain_lanes(None);
+    assert_eq!(fakes[0].borrow().answers.len(), 1, "still unread");
+    assert!(!d.workers[0].state.is_condemned());
+    // Handed a chunk, it is read: an answer out of order, and the worker is condemned.
+    let next = submit(&d, &[2]);
+    round(&mut d);
+    assert!(fakes[0].borrow().answers.is_empty());
+    assert_eq!(fakes[0].borrow().sent, [1, 2]);
+    // It had taken the chunk (its count says so): the chunk fails with it, as any chunk a
+    // worker that breaks the protocol had taken.
+    assert!(d.workers.is_empty(), "the worker is gone");
+    assert!(matches!(outcome(&next, 0), Some(Some(ErrorKind::WorkerLost(_)))));
+}
+
 /// Only a call placed on an idle worker says there is room for the worker to move off its
 /// caller's CPU, and only while the busy workers and the caller are no more than the CPUs;
 /// chunks handed out otherwise (a `map`) say there is none, and a waiter keeps what was said.

@@ -288,16 +288,28 @@ impl<L: Link> Worker<L> {
         }
     }
 
-    /// Accepts every answer it has published, in order. `seen`: a clock reading its reader
+    /// Accepts every answer it has published, in order, up to the answer to the last chunk it
+    /// holds: a worker that holds nothing has nothing to answer, and its lane is not read
+    /// then (the look at the next frame's line, written last by the worker as it zeroed it
+    /// ahead, cost a waiting caller a cache miss between its answer and its next call; what
+    /// a misbehaving worker sent meanwhile is read once it holds a chunk again). `seen`: a clock reading its reader
     /// took a moment before it looked (a waiting thread's, see `Shared::help`), good enough
     /// for the running average of its chunks' times, so that a quick call's answer does not
     /// wait for the clock; the chunk it runs next starts its time at a fresh reading.
     pub(super) fn drain(&mut self, scratch: &mut Vec<u8>, seen: Option<Instant>) {
+        if self.in_flight.is_empty() {
+            return;
+        }
         let answered = self.answered;
         let (since, chunks) = (self.front_since, self.chunks);
         loop {
             match self.link.next_answer(scratch) {
-                Ok(Some(answer)) => self.accept(answer),
+                Ok(Some(answer)) => {
+                    self.accept(answer);
+                    if self.in_flight.is_empty() {
+                        break;
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => return self.condemn_front(e),
             }
