@@ -728,6 +728,15 @@ const SMALL: usize = 30;
 const _: () = assert!(SMALL <= u8::MAX as usize);
 
 impl Received {
+    /// Its bytes, if they are in this process's memory (not left in a file).
+    pub(crate) fn in_memory(&self) -> Option<&[u8]> {
+        match self {
+            Received::Bytes(b) => Some(b),
+            Received::Small(len, b) => Some(&b[..usize::from(*len)]),
+            Received::InFile(_) => None,
+        }
+    }
+
     /// A copy of `bytes`, inline if they are few.
     pub(crate) fn copy_of(bytes: &[u8]) -> Received {
         if bytes.len() <= SMALL {

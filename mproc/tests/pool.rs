@@ -2089,6 +2089,7 @@ per_start_method!(
     back_to_back_calls_from_threads_with_workers_killed_at_random,
     answers_nobody_waits_for_are_read,
     a_calls_job_is_reused_only_once_nothing_holds_it,
+    a_quick_answer_is_read_while_a_slow_task_behind_it_runs,
 );
 
 /// A call's job is made into the next call's on its thread once its result is dropped
@@ -2121,6 +2122,29 @@ fn a_calls_job_is_reused_only_once_nothing_holds_it(m: StartMethod) {
     }
     wait_until("every callback ran", || seen.lock().unwrap().len() == 4);
     assert_eq!(*seen.lock().unwrap(), [10, 60, 110, 160]);
+}
+
+/// A worker that answers a quick task with a slow one behind it in its lane wakes the
+/// sleeping pool's thread for the answer before it starts the slow task: nobody here reads
+/// the lanes but that thread (`ready` only looks), and the answer is seen long before the slow
+/// task ends.
+fn a_quick_answer_is_read_while_a_slow_task_behind_it_runs(m: StartMethod) {
+    let p = pool(m, 1);
+    assert_eq!(p.apply(square, (2,)).unwrap(), 4); // started, and idle again
+    for round in 0..3u64 {
+        let quick = p.apply_async(nap_then, (0, round)).unwrap();
+        let slow = p.apply_async(nap_then, (3_000, 100 + round)).unwrap();
+        let began = Instant::now();
+        wait_until("the quick answer is read", || quick.ready());
+        assert!(
+            began.elapsed() < Duration::from_millis(1_500),
+            "read only after {:?}",
+            began.elapsed()
+        );
+        assert!(!slow.ready());
+        assert_eq!(quick.get_timeout(PATIENCE).unwrap(), round);
+        assert_eq!(slow.get_timeout(PATIENCE).unwrap(), 100 + round);
+    }
 }
 
 /// A pool and a pending result the parent keeps in globals, which a fork child inherits.

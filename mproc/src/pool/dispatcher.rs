@@ -809,10 +809,15 @@ impl<L: Link> Dispatcher<L> {
             }
             Some(Sent::Full | Sent::Refused(_)) | None => return Err(call),
         }
+        // The clock read while the frame's line leaves this CPU (the next locked instruction
+        // waits for that); the worker's books and the caller's wait start from it.
+        let now = Instant::now();
         self.timed = self.timed || call.timeout.is_some();
         let (chunk, job) = call.into_chunk();
-        w.hold(chunk, &mut Now::later(), self.config.max_tasks_per_child);
+        w.hold(chunk, &mut Now::at(now), self.config.max_tasks_per_child);
+        crate::pool::job::note_placed(&job, now);
         w.word_owed = false; // set above
+        w.link.wake_if_asleep();
         Ok(job)
     }
 

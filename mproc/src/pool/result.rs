@@ -47,7 +47,7 @@ fn wait_complete<'a>(
         let inner = job.lock();
         return if inner.complete() { Ok(inner) } else { Err(why()) };
     }
-    let mut now = Instant::now();
+    let mut now = super::job::placed_at(job).unwrap_or_else(Instant::now);
     let spin_until = deadline.map_or(now + SPIN, |d| d.min(now + SPIN));
     let done = || job.is_done();
     while !done() && now < spin_until {

@@ -80,6 +80,7 @@ pub(crate) fn serve(
         files: Mapped::default(),
         last_entry: None,
         moved_at: 0,
+        wake_owed: false,
     };
     match worker.serve() {
         Ok(()) => 0,
@@ -113,6 +114,10 @@ struct Worker<'a> {
     last_entry: Option<(i64, image::Entry)>,
     /// When it last moved off the caller's CPU (`CLOCK_MONOTONIC` ns; see `Worker::linger`).
     moved_at: u64,
+    /// Whether it has published an answer since it last looked whether the reader sleeps
+    /// (see [`Worker::wake_if_asleep`]): looked at before it takes its next task, or once it
+    /// has done its books of going idle.
+    wake_owed: bool,
 }
 
 /// A task that came on the socket: id, entry, payload (or why it could not be read), and its
@@ -132,7 +137,14 @@ impl Worker<'_> {
         let mut seen: Option<u64> = None;
         let mut panics = 0;
         loop {
+            // A reader that sleeps is woken for the last answer before the next task runs
+            // (looked at with that task still in the lane, as a deferred wake-up counts it;
+            // and again once it is taken, should it have come only after that look).
+            if self.wake_owed && !self.lane.is_empty() {
+                self.wake_if_asleep(true)?;
+            }
             if self.lane.pop_into(&mut frame).map_err(|_| 1)? {
+                self.wake_if_asleep(true)?;
                 if run.is_none() {
                     let now = seen.take().unwrap_or_else(monotonic_ns);
                     self.lane.begin_run(now);
@@ -172,6 +184,11 @@ impl Worker<'_> {
             if let Some(since) = run.take() {
                 self.lane.end_run(since, idle_since);
             }
+            // The last answer's look at the reader's word, put off until now: a caller that
+            // waits for it is by now reading the lane, its word cleared, so the look costs
+            // it nothing; looked at as the answer went, the word was often still set, and
+            // the look took its line from the caller just before the caller cleared it.
+            self.wake_if_asleep(false)?;
             if stopping {
                 return Ok(());
             }
@@ -349,7 +366,7 @@ impl Worker<'_> {
     }
 
     /// Publishes a task's answer (in the lane, or on the socket with a placeholder in the
-    /// lane), and wakes the dispatcher if it sleeps.
+    /// lane); the dispatcher, if it sleeps, is woken by `serve` (see [`Worker::wake_owed`]).
     fn answer(
         &mut self,
         id: u64,
@@ -408,13 +425,24 @@ impl Worker<'_> {
                 }
             }
         }
-        self.wake_if_asleep()
+        // Looked at before the next task, or once this worker has done its books of going
+        // idle (see `serve`).
+        self.wake_owed = true;
+        Ok(())
     }
 
-    /// Wakes the dispatcher if it sleeps (after an answer), unless a reader comes back within
-    /// [`WAKE_GRACE`].
-    fn wake_if_asleep(&mut self) -> Result<(), i32> {
-        if self.lane.peer_needs_wake_unless_back(WAKE_GRACE) {
+    /// Wakes the dispatcher if it sleeps and an answer was published since the last look (as
+    /// it asked: a deferred wake-up waits for the task it named, see `Lane::peer_needs_wake`);
+    /// unless, with nothing to do (`!busy`), a reader comes back within [`WAKE_GRACE`].
+    fn wake_if_asleep(&mut self, busy: bool) -> Result<(), i32> {
+        if !std::mem::take(&mut self.wake_owed) {
+            return Ok(());
+        }
+        let wake = match busy {
+            true => self.lane.peer_needs_wake(),
+            false => self.lane.peer_needs_wake_unless_back(WAKE_GRACE),
+        };
+        if wake {
             self.ctrl.send(&FromWorker::Wake, &[]).map_err(|_| 0)?;
         }
         Ok(())

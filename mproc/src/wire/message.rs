@@ -180,11 +180,13 @@ pub(crate) fn read_done_ok(frame: &[u8]) -> Option<(u64, &[u8])> {
 /// Writes `FromWorker::Done { id, result: Ok(bytes) }` at the end of `out`, as the codec
 /// would (see [`read_done_ok`]), without its two passes: a pool worker's every quick answer.
 pub(crate) fn write_done_ok(out: &mut Vec<u8>, id: u64, bytes: &[u8]) {
-    out.reserve(24 + bytes.len());
-    out.extend_from_slice(&DONE.to_le_bytes());
-    out.extend_from_slice(&id.to_le_bytes());
-    out.extend_from_slice(&OK.to_le_bytes());
-    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    let mut head = [0; 24];
+    head[..4].copy_from_slice(&DONE.to_le_bytes());
+    head[4..12].copy_from_slice(&id.to_le_bytes());
+    head[12..16].copy_from_slice(&OK.to_le_bytes());
+    head[16..].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+    out.reserve(head.len() + bytes.len());
+    out.extend_from_slice(&head);
     out.extend_from_slice(bytes);
 }
 

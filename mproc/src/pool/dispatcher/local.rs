@@ -101,13 +101,19 @@ impl LocalLink {
     /// worker is woken now, not when this turn ends: it starts on this chunk while the
     /// dispatcher places the rest (and reads the other lanes).
     fn pushed(&mut self, pushed: Result<bool, Corrupt>) -> Sent {
+        let sent = self.pushed_unwoken(pushed);
+        if let Sent::Placed = sent {
+            self.wake_if_asleep();
+        }
+        sent
+    }
+
+    /// [`pushed`](Self::pushed), leaving the worker asleep if it is: the caller wakes it
+    /// ([`Link::wake_if_asleep`]) before it lets go.
+    fn pushed_unwoken(&mut self, pushed: Result<bool, Corrupt>) -> Sent {
         match pushed {
             Ok(true) => {
                 self.given += 1;
-                if self.lane.peer_needs_wake() {
-                    let _ = self.outbox.push(&ToWorker::<&[u8]>::Wake);
-                    let _ = self.outbox.flush(self.child.channel());
-                }
                 Sent::Placed
             }
             Ok(false) => Sent::Full,
@@ -311,6 +317,9 @@ impl Link for LocalLink {
             && chunk.handles.is_empty()
             && let Some(sent) = self.send_small(chunk.id, chunk.entry, payload, scratch)
         {
+            if let Sent::Placed = sent {
+                self.wake_if_asleep();
+            }
             return sent;
         }
         scratch.clear(); // it may hold the task, encoded and found too large
@@ -362,7 +371,14 @@ impl Link for LocalLink {
             && codec::encode_into(scratch, &task).is_ok()
             && Lane::fits(scratch.len());
         let pushed = small.then(|| self.lane.push(scratch))?;
-        Some(self.pushed(pushed))
+        Some(self.pushed_unwoken(pushed))
+    }
+
+    fn wake_if_asleep(&mut self) {
+        if self.lane.peer_needs_wake() {
+            let _ = self.outbox.push(&ToWorker::<&[u8]>::Wake);
+            let _ = self.outbox.flush(self.child.channel());
+        }
     }
 
     fn stop(&mut self) {
