@@ -531,9 +531,6 @@ thread_local! {
     /// holding it: the next call's job, made without an allocation (issue 15, item 4: made and
     /// freed, a job cost about 48 ns of each back-to-back `apply`).
     static SPARE_JOB: Cell<Option<Arc<JobState>>> = const { Cell::new(None) };
-}
-
-thread_local! {
     /// The job of this thread's last call placed on an idle worker, and the clock as read
     /// then (for its worker's books; see [`placed_at`]).
     static PLACED: Cell<Option<(usize, Instant)>> = const { Cell::new(None) };
@@ -558,8 +555,9 @@ pub(crate) fn placed_at(job: &JobState) -> Option<Instant> {
 /// Keeps `job` (an [`AsyncResult`](crate::AsyncResult) dropped) for this thread's next
 /// [`JobState::single`] if nothing else holds it (a callback, a watcher, another result's
 /// copy) and it holds nothing worth freeing now: one chunk, its answer small enough to lie
-/// inline or not there (a `map`'s slots, a large answer's buffer or memory file, are let go
-/// at once, not kept until this thread's next call, which may never come).
+/// inline or not there, no executor's waker (a `map`'s slots, a large answer's buffer or
+/// memory file, are let go at once, not kept until this thread's next call, which may never
+/// come).
 pub(crate) fn recycle(mut job: Arc<JobState>) {
     let Some(state) = Arc::get_mut(&mut job) else {
         return;
@@ -577,6 +575,7 @@ pub(crate) fn recycle(mut job: Arc<JobState>) {
         && inner.slots.front().is_some_and(|s| small(&s.outcome))
         && inner.callbacks.is_empty()
         && inner.watchers.is_empty()
+        && inner.waker.is_none()
         && inner.answered.is_none();
     if kept {
         // What it replaces (nothing, nearly always) drops outside the slot's access.
