@@ -177,6 +177,37 @@ pub(crate) fn read_done_ok(frame: &[u8]) -> Option<(u64, &[u8])> {
     .then_some((u64::from_le_bytes(*id), bytes))
 }
 
+/// `Task`'s index among `ToWorker`'s variants.
+const TASK: u32 = 0;
+
+/// Writes `ToWorker::Task { id, entry, payload, handles: 0 }` at the end of `out`, as the
+/// codec would (a test holds the two together), without its two passes: every call's frame.
+pub(crate) fn write_task(out: &mut Vec<u8>, id: u64, entry: i64, payload: &[u8]) {
+    let mut head = [0; 28];
+    head[..4].copy_from_slice(&TASK.to_le_bytes());
+    head[4..12].copy_from_slice(&id.to_le_bytes());
+    head[12..20].copy_from_slice(&entry.to_le_bytes());
+    head[20..].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.reserve(head.len() + payload.len() + 4);
+    out.extend_from_slice(&head);
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&0u32.to_le_bytes());
+}
+
+/// A `ToWorker::Task` with no handles read without serde: its id, entry and payload,
+/// borrowed; `None` for anything else, or a frame it does not fill exactly (those go the
+/// codec's way, which says what is wrong).
+pub(crate) fn read_task(frame: &[u8]) -> Option<(u64, i64, &[u8])> {
+    let (head, rest) = frame.split_first_chunk::<28>()?;
+    let (variant, head) = head.split_first_chunk::<4>()?;
+    let (id, head) = head.split_first_chunk::<8>()?;
+    let (entry, len) = head.split_first_chunk::<8>()?;
+    let len = usize::try_from(u64::from_le_bytes(*len.first_chunk::<8>()?)).ok()?;
+    let (payload, handles) = rest.split_at_checked(len)?;
+    (u32::from_le_bytes(*variant) == TASK && handles == [0; 4])
+        .then_some((u64::from_le_bytes(*id), i64::from_le_bytes(*entry), payload))
+}
+
 /// Writes `FromWorker::Done { id, result: Ok(bytes) }` at the end of `out`, as the codec
 /// would (see [`read_done_ok`]), without its two passes: a pool worker's every quick answer.
 pub(crate) fn write_done_ok(out: &mut Vec<u8>, id: u64, bytes: &[u8]) {
@@ -306,6 +337,57 @@ mod tests {
             handles: 2,
         },
     ]
+    }
+
+    /// The quick writing and reading of a call's `Task` make and find what the codec does,
+    /// and the reading finds nothing in any other message, a cut one, one with handles, or
+    /// one with bytes after its end.
+    #[test]
+    fn a_task_written_and_read_quickly_is_the_task_the_codec_writes_and_reads() {
+        for (id, entry, payload) in [
+            (7u64, 5i64, &[1u8, 2, 3][..]),
+            (u64::MAX, i64::MIN, &[][..]),
+            (1 << 40, -9, &[9; 300][..]),
+        ] {
+            let task = ToWorker::Task {
+                id,
+                entry,
+                payload,
+                handles: 0,
+            };
+            let frame = codec::encode(&task).unwrap();
+            let mut written = vec![5];
+            write_task(&mut written, id, entry, payload);
+            assert_eq!(written[1..], frame);
+            assert_eq!(read_task(&frame), Some((id, entry, payload)));
+            for cut in 0..frame.len() {
+                assert_eq!(read_task(&frame[..cut]), None, "cut at {cut}");
+            }
+            let mut longer = frame.clone();
+            longer.push(0);
+            assert_eq!(read_task(&longer), None);
+            let with_handles = ToWorker::Task {
+                id,
+                entry,
+                payload,
+                handles: 1,
+            };
+            assert_eq!(read_task(&codec::encode(&with_handles).unwrap()), None);
+        }
+        for other in [
+            ToWorker::<&[u8]>::Stop,
+            ToWorker::Lane,
+            ToWorker::Wake,
+            ToWorker::OnSocket,
+            ToWorker::TaskInFile {
+                id: 1,
+                entry: 2,
+                len: 3,
+                handles: 0,
+            },
+        ] {
+            assert_eq!(read_task(&codec::encode(&other).unwrap()), None);
+        }
     }
 
     /// The quick writing and reading of a `Done` with `Ok` bytes make and find what the codec

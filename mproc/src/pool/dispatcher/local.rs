@@ -359,17 +359,13 @@ impl Link for LocalLink {
         scratch: &mut Vec<u8>,
     ) -> Option<Sent> {
         scratch.clear();
-        let task = ToWorker::Task {
-            id,
-            entry,
-            payload,
-            handles: 0,
-        };
-        // Sized first only when it may not fit (see `FRAME_OVERHEAD`).
-        let small = (Lane::fits(payload.len() + FRAME_OVERHEAD)
-            || codec::encoded_len(&task).is_ok_and(Lane::fits))
-            && codec::encode_into(scratch, &task).is_ok()
-            && Lane::fits(scratch.len());
+        // A frame is the payload and a few words (see `FRAME_OVERHEAD`), written without the
+        // codec's passes.
+        if !Lane::fits(payload.len() + FRAME_OVERHEAD) {
+            return None;
+        }
+        crate::wire::message::write_task(scratch, id, entry, payload);
+        let small = Lane::fits(scratch.len());
         let pushed = small.then(|| self.lane.push(scratch))?;
         Some(self.pushed_unwoken(pushed))
     }
