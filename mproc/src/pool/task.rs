@@ -277,7 +277,8 @@ mod tests {
             let general = codec::encode(&vec![Ok::<T, Box<PanicReport>>(value.clone())]).unwrap();
             assert_eq!(codec::encode(&OneOk(&value)).unwrap(), general);
             let answered = Answered::from(general.clone());
-            assert_eq!(one_ok(&general).map(|b| codec::decode::<T>(b).unwrap()), Some(value.clone()));
+            let quick = one_ok(&general).map(|b| codec::decode::<T>(b).unwrap());
+            assert_eq!(quick, Some(value.clone()));
             assert!(matches!(decode_one_bare::<T>(&answered), Some(Ok(v)) if v == value));
             let args = codec::encode(&vec![value.clone()]).unwrap();
             assert!(matches!(decode_items::<T>(&args), Ok(Items::One(v)) if v == value));
@@ -289,7 +290,8 @@ mod tests {
         check(vec![1.5f64, -2.0, f64::MAX]);
         check((3u8, String::from("x"), Some(vec![1u16, 2])));
         check(Vec::<u8>::new());
-        // (Slices, as the pool encodes them: an array is a tuple, with no count.) Not one `Ok`: a panic's report, two items, none.
+        // Not one `Ok` (in slices, as the pool encodes them: an array is a tuple, with no
+        // count): a panic's report, two items, none.
         let panicked = PanicReport {
             message: "boom".into(),
             location: None,
@@ -298,8 +300,10 @@ mod tests {
         };
         let report = codec::encode(&vec![Err::<u64, _>(Box::new(panicked))]).unwrap();
         assert_eq!(one_ok(&report), None);
-        assert_eq!(one_ok(&codec::encode(&vec![Ok::<u64, Box<PanicReport>>(1), Ok(2)]).unwrap()), None);
-        assert_eq!(one_ok(&codec::encode(&Vec::<Result<u64, Box<PanicReport>>>::new()).unwrap()), None);
+        let two = codec::encode(&vec![Ok::<u64, Box<PanicReport>>(1), Ok(2)]).unwrap();
+        assert_eq!(one_ok(&two), None);
+        let none = codec::encode(&Vec::<Result<u64, Box<PanicReport>>>::new()).unwrap();
+        assert_eq!(one_ok(&none), None);
         // Arguments that do not decode as the tuple go the general way, which says so.
         assert!(decode_items::<(u64,)>(&[1, 0, 0, 0, 0, 0, 0, 0, 9]).is_err());
     }

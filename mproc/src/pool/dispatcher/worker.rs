@@ -292,10 +292,11 @@ impl<L: Link> Worker<L> {
     /// holds: a worker that holds nothing has nothing to answer, and its lane is not read
     /// then (the look at the next frame's line, written last by the worker as it zeroed it
     /// ahead, cost a waiting caller a cache miss between its answer and its next call; what
-    /// a misbehaving worker sent meanwhile is read once it holds a chunk again). `seen`: a clock reading its reader
-    /// took a moment before it looked (a waiting thread's, see `Shared::help`), good enough
-    /// for the running average of its chunks' times, so that a quick call's answer does not
-    /// wait for the clock; the chunk it runs next starts its time at a fresh reading.
+    /// a misbehaving worker sent meanwhile is read once it holds a chunk again). `seen`: a
+    /// clock reading its reader took a moment before it looked (a waiting thread's, see
+    /// `Shared::help`), good enough for the running average of its chunks' times, so that a
+    /// quick call's answer does not wait for the clock; the chunk it runs next starts its
+    /// time at a fresh reading.
     pub(super) fn drain(&mut self, scratch: &mut Vec<u8>, seen: Option<Instant>) {
         if self.in_flight.is_empty() {
             return;
