@@ -2090,6 +2090,7 @@ per_start_method!(
     answers_nobody_waits_for_are_read,
     a_calls_job_is_reused_only_once_nothing_holds_it,
     a_quick_answer_is_read_while_a_slow_task_behind_it_runs,
+    a_call_left_to_the_pools_thread_right_after_a_get_is_read,
 );
 
 /// A call's job is made into the next call's on its thread once its result is dropped
@@ -2144,6 +2145,39 @@ fn a_quick_answer_is_read_while_a_slow_task_behind_it_runs(m: StartMethod) {
         assert!(!slow.ready());
         assert_eq!(quick.get_timeout(PATIENCE).unwrap(), round);
         assert_eq!(slow.get_timeout(PATIENCE).unwrap(), 100 + round);
+    }
+}
+
+/// A call nobody waits for, placed on the worker that has just answered a call this thread
+/// read itself (`get`): the worker may still be watching its reader's word for that answer
+/// (`WAKE_GRACE`) as the new call sets the word again, or may be lingering, or asleep. Only
+/// the pool's thread reads the new call's answer (`ready` only looks), so a wake-up lost
+/// between the call's word, its frame, the worker's late look and its sleep leaves it unread.
+fn a_call_left_to_the_pools_thread_right_after_a_get_is_read(m: StartMethod) {
+    let p = pool(m, 1);
+    assert_eq!(p.apply(square, (1,)).unwrap(), 1);
+    for i in 0..400u64 {
+        assert_eq!(p.apply(square, (i,)).unwrap(), i * i);
+        // None, around the worker's grace (2 µs), or past its linger (50 µs: asleep).
+        let pause = match i % 8 {
+            0..=4 => Duration::from_nanos(i % 5 * 800),
+            5 | 6 => Duration::from_micros(20),
+            _ => Duration::from_micros(300),
+        };
+        let until = Instant::now() + pause;
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        let r = p.apply_async(square, (i + 1,)).unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        while !r.ready() {
+            assert!(
+                Instant::now() < deadline,
+                "call {i}: an answer left to the pool's thread was never read"
+            );
+            std::thread::yield_now();
+        }
+        assert_eq!(r.get().unwrap(), (i + 1) * (i + 1));
     }
 }
 
