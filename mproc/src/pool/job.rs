@@ -197,6 +197,10 @@ impl JobState {
     /// what `add_chunk` and `seal` make of a new job, without taking its lock. The job of
     /// this thread's last call is made into it if no one holds that any more ([`recycle`]).
     pub(crate) fn single(id: u64, items: usize) -> Arc<JobState> {
+        // A reading this thread kept for an earlier call is no one's now: this job may lie
+        // where that call's did (made of it, or put there by the allocator), and would be
+        // taken for it (see [`placed_at`]).
+        let _ = PLACED.try_with(|p| p.set(None));
         let inner = JobInner {
             slots: Slots::one(Slot::new(id, items)),
             added: 1,
@@ -829,5 +833,28 @@ mod tests {
         run_callbacks(outer);
         assert_eq!(*ran.lock().unwrap(), [0, 3, 1, 2, 4]);
         assert!(defer_callbacks(vec![cb(5)]).is_some(), "every scope closed");
+    }
+
+    /// The clock reading of a call placed on an idle worker belongs to that call's job only:
+    /// a later job of this thread at the same address (the dropped job made into it, or a
+    /// new one where the allocator put the old) is not given it, or its `get` would start
+    /// its wait from a reading of the past and skip its spin, sleeping at once.
+    #[test]
+    fn a_placed_calls_reading_is_not_a_later_jobs_at_the_same_address() {
+        let placed = JobState::single(1, 1);
+        let long_ago = Instant::now();
+        note_placed(&placed, long_ago);
+        let at = Arc::as_ptr(&placed);
+        // Its result dropped without a `get`: kept as this thread's spare, then made into
+        // the next call's job, which goes the queue's way (no reading of its own).
+        recycle(placed);
+        let next = JobState::single(2, 1);
+        assert_eq!(Arc::as_ptr(&next), at, "the spare was reused");
+        assert_eq!(placed_at(&next), None, "the old call's reading given to the next");
+        // A placed call's own reading still reaches its `get`.
+        let now = Instant::now();
+        note_placed(&next, now);
+        assert_eq!(placed_at(&next), Some(now));
+        assert_eq!(placed_at(&next), None, "taken: asked once");
     }
 }
