@@ -170,6 +170,15 @@ const fn revoked(task: u64) -> u64 {
     task << 1
 }
 
+/// Stores `value` in one of this side's words (relaxed) only if it holds another: storing
+/// the same value again would still take the word's line from a peer that has read it since
+/// (and this side's next locked instruction would wait for that).
+fn store_if_changed(word: &AtomicU64, value: u64) {
+    if word.load(Ordering::Relaxed) != value {
+        word.store(value, Ordering::Relaxed);
+    }
+}
+
 /// The peer wrote something a well-behaved peer never writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Corrupt;
@@ -485,14 +494,9 @@ impl Lane {
     }
 
     /// Says this side is awake (no wake-up needed). A reader says so at every look at the
-    /// ring: the word is stored only when it changes, as a store of the same value would
-    /// still take the line from a worker that has read it since (and the reader's next locked
-    /// instruction would wait for that).
+    /// ring: the word is stored only when it changes ([`store_if_changed`]).
     pub(crate) fn awake(&self) {
-        let word = self.asleep(true);
-        if word.load(Ordering::Relaxed) != 0 {
-            word.store(0, Ordering::Relaxed);
-        }
+        store_if_changed(self.asleep(true), 0);
     }
 
     /// The dispatcher's side, before it pushes a frame to a worker whose every answer it has
@@ -502,10 +506,7 @@ impl Lane {
     /// run what the frame brings (the worker acquires the frame).
     pub(crate) fn asleep_before_push(&self) {
         debug_assert!(self.parent, "only the dispatcher asks so");
-        let word = self.asleep(true);
-        if word.load(Ordering::Relaxed) != 1 {
-            word.store(1, Ordering::Relaxed);
-        }
+        store_if_changed(self.asleep(true), 1);
     }
 
     /// Says this side runs on `cpu` now (the dispatcher's side adds whether a worker on its
@@ -516,13 +517,9 @@ impl Lane {
     /// a yield would only hand the turn to whatever else runs there.
     pub(crate) fn say_cpu(&self, cpu: u32, room: Option<bool>) -> Peer {
         let (mine, peer) = self.cpu_words();
-        // Read first: storing the same value again would still take the line from the peer.
         let was = mine.load(Ordering::Relaxed);
         let room = room.unwrap_or((was >> ROOM_SHIFT) & 1 == 1) && self.parent;
-        let said = (u64::from(cpu) + 1) | (u64::from(room) << ROOM_SHIFT);
-        if was != said {
-            mine.store(said, Ordering::Relaxed);
-        }
+        store_if_changed(mine, (u64::from(cpu) + 1) | (u64::from(room) << ROOM_SHIFT));
         let word = peer.load(Ordering::Relaxed);
         let room = (word >> ROOM_SHIFT) & 1 == 1;
         match word & CPU_MASK {
@@ -535,10 +532,7 @@ impl Lane {
     /// Takes back what this side said of its CPU (before it sleeps: a wake-up may put it
     /// anywhere, and a peer trusting the old word would spin beside it without yielding).
     pub(crate) fn unsay_cpu(&self) {
-        let (mine, _) = self.cpu_words();
-        if mine.load(Ordering::Relaxed) != 0 {
-            mine.store(0, Ordering::Relaxed);
-        }
+        store_if_changed(self.cpu_words().0, 0);
     }
 
     /// After publishing: whether the peer sleeps and must be woken (at most once per sleep).

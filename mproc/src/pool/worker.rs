@@ -150,7 +150,8 @@ impl Worker<'_> {
                     self.lane.begin_run(now);
                     run = Some(now);
                 }
-                // Nearly every frame is a task, read without serde (`read_task`).
+                // A task is read without serde (`read_task` takes every frame the codec would
+                // read as a `Task` without handles); anything else, the codec's way.
                 if let Some((id, entry, payload)) = crate::wire::message::read_task(&frame) {
                     let mine = self.lane.claim();
                     let (result, place) = self.run_if(mine, entry, payload, None, vec![]);
@@ -159,17 +160,6 @@ impl Worker<'_> {
                     continue;
                 }
                 match codec::decode_borrowed::<ToWorker<&[u8]>>(&frame) {
-                    Ok(ToWorker::Task {
-                        id,
-                        entry,
-                        payload,
-                        handles: 0,
-                    }) => {
-                        let mine = self.lane.claim();
-                        let (result, place) = self.run_if(mine, entry, payload, None, vec![]);
-                        self.publish_panics(&mut panics);
-                        self.answer(id, result, place)?;
-                    }
                     Ok(ToWorker::OnSocket) => {
                         let mine = self.lane.claim();
                         let (id, entry, payload, fds) = self.task_from_socket()?;
