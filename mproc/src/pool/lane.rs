@@ -499,14 +499,21 @@ impl Lane {
         store_if_changed(self.asleep(true), 0);
     }
 
-    /// The dispatcher's side, before it pushes a frame to a worker whose every answer it has
-    /// read: asks to be woken by the worker's next answer, with no fence and no look at the
-    /// ring ([`Lane::prepare_sleep`] does both). Nothing can come before that answer, and the
-    /// frame, stored after this word and released, shows the worker the word before it can
-    /// run what the frame brings (the worker acquires the frame).
-    pub(crate) fn asleep_before_push(&self) {
+    /// The dispatcher's side, before it pushes task number `task` (counting from 1) to a
+    /// worker whose every answer it has read: asks to be woken by the answer to that task (or
+    /// by one after which the worker has nothing more to take), with no fence and no look at
+    /// the ring ([`Lane::prepare_sleep_until`] does both). Nothing can come before that answer,
+    /// and the frame, stored after this word and released, shows the worker the word before it
+    /// can run what the frame brings (the worker acquires the frame).
+    ///
+    /// The word names the task, not just "the next answer": a worker still on its way from
+    /// its last answer (already read) to idle, which finds this word and this task already in
+    /// its lane, would otherwise take the word for that answer's and wake the pool's thread
+    /// for nothing (measured: hundreds to thousands of times a second with back-to-back calls,
+    /// each a system call on both sides).
+    pub(crate) fn asleep_before_push(&self, task: u64) {
         debug_assert!(self.parent, "only the dispatcher asks so");
-        store_if_changed(self.asleep(true), 1);
+        store_if_changed(self.asleep(true), task.saturating_add(1));
     }
 
     /// Says this side runs on `cpu` now (the dispatcher's side adds whether a worker on its
@@ -992,6 +999,30 @@ mod tests {
         assert!(p.prepare_sleep_until(0));
         assert!(w.push(b"answer").unwrap());
         assert!(w.peer_needs_wake());
+    }
+
+    /// A call placed on a worker still on its way from its last answer (read already) to
+    /// idle: the word set for the new task is not the last answer's, and wakes no one until
+    /// the new task is answered.
+    #[test]
+    fn a_word_set_for_the_next_task_is_not_taken_for_the_last_answers() {
+        use std::time::Duration;
+        let (mut p, mut w) = pair();
+        let mut buf = Vec::new();
+        assert!(p.push(b"task 1").unwrap());
+        assert!(w.pop_into(&mut buf).unwrap() && w.claim());
+        assert!(w.push(b"answer 1").unwrap());
+        assert!(p.pop_into(&mut buf).unwrap(), "the caller reads it itself");
+        // The caller places task 2 before the worker looks whether its reader sleeps.
+        p.asleep_before_push(2);
+        assert!(p.push(b"task 2").unwrap());
+        assert!(!w.peer_needs_wake(), "task 1's answer was read");
+        assert!(!w.peer_needs_wake_unless_back(Duration::from_millis(1)));
+        // Task 2's answer, unread, wakes the caller that left without waiting, once.
+        assert!(w.pop_into(&mut buf).unwrap() && w.claim());
+        assert!(w.push(b"answer 2").unwrap());
+        assert!(w.peer_needs_wake_unless_back(Duration::from_millis(1)));
+        assert!(!w.peer_needs_wake(), "one wake per sleep");
     }
 
     #[test]

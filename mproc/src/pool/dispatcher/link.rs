@@ -139,8 +139,8 @@ pub(crate) trait Link: Sized {
     fn awake(&self);
 
     /// Before a chunk is sent to a worker whose every answer has been read: marks the reader
-    /// asleep, so the worker wakes it after its next answer (as [`Link::prepare_sleep`] with
-    /// no `ahead`, without looking for answers: none can come before the chunk).
+    /// asleep, so the worker wakes it after its answer to that chunk (as
+    /// [`Link::prepare_sleep`], without looking for answers: none can come before the chunk).
     fn asleep_before_send(&self);
 
     /// Says that the thread reading it runs on `cpu`, and whether a worker on that CPU may

@@ -512,7 +512,8 @@ impl Link for LocalLink {
     }
 
     fn asleep_before_send(&self) {
-        self.lane.asleep_before_push();
+        // The task this chunk will be (see `Lane::asleep_before_push`).
+        self.lane.asleep_before_push(self.given + 1);
     }
 
     fn say_cpu(&self, cpu: u32, room: Option<bool>) -> Peer {
