@@ -513,7 +513,9 @@ impl Lane {
     /// each a system call on both sides).
     pub(crate) fn asleep_before_push(&self, task: u64) {
         debug_assert!(self.parent, "only the dispatcher asks so");
-        store_if_changed(self.asleep(true), task.saturating_add(1));
+        // Stored without a look first: the word names a new task each time (a look at a line
+        // the worker has just read costs a miss on the call's way).
+        self.asleep(true).store(task.saturating_add(1), Ordering::Relaxed);
     }
 
     /// Says this side runs on `cpu` now (the dispatcher's side adds whether a worker on its
