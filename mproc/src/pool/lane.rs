@@ -369,6 +369,30 @@ impl Lane {
     /// Publishes `body` as one frame; `Ok(false)` (nothing written) when the ring is full or
     /// the body too large.
     pub(crate) fn push(&mut self, body: &[u8]) -> Result<bool, Corrupt> {
+        self.push_asleep(body, None)
+    }
+
+    /// [`Lane::push`]; with `Some(task)`, the dispatcher's side pushes task number `task`
+    /// (counting from 1) to a worker whose every answer it has read, and asks to be woken by
+    /// the answer to that task (or by one after which the worker has nothing more to take),
+    /// with no fence and no look at the ring ([`Lane::prepare_sleep_until`] does both).
+    /// Nothing can come before that answer, and the frame, stored after this word and
+    /// released, shows the worker the word before it can run what the frame brings (the
+    /// worker acquires the frame).
+    ///
+    /// The word names the task, not just "the next answer": a worker still on its way from
+    /// its last answer (already read) to idle, which finds this word and this task already in
+    /// its lane, would otherwise take the word for that answer's and wake the pool's thread
+    /// for nothing (measured: hundreds to thousands of times a second with back-to-back calls,
+    /// each a system call on both sides).
+    ///
+    /// The word is stored after the frame's bytes, without a look at it first: the worker
+    /// reads its line after each answer, so the store waits for the line, and every store
+    /// after it waits too (x86 keeps stores in order). Stored before the bytes, their copy
+    /// out of the frame just encoded (small stores, read back by wider loads) waited for it
+    /// as well, and the frame's own line was asked for only after it: two waits in a row on
+    /// a call's way instead of two at once (issue 15, item 4).
+    pub(crate) fn push_asleep(&mut self, body: &[u8], task: Option<u64>) -> Result<bool, Corrupt> {
         let Some((skip, released)) = self.room(body.len())? else {
             return Ok(false);
         };
@@ -389,6 +413,11 @@ impl Lane {
                 self.frame_word_at(self.out, end)?.store(0, Ordering::Relaxed);
             }
             self.zeroed = end + FRAME_HEADER as u64;
+        }
+        if let Some(task) = task {
+            debug_assert!(self.parent, "only the dispatcher asks so");
+            self.asleep(true)
+                .store(task.saturating_add(1), Ordering::Relaxed);
         }
         self.frame_word(data)?
             .store(frame_word_of(at, body.len() as u32), Ordering::Release);
@@ -497,25 +526,6 @@ impl Lane {
     /// ring: the word is stored only when it changes ([`store_if_changed`]).
     pub(crate) fn awake(&self) {
         store_if_changed(self.asleep(true), 0);
-    }
-
-    /// The dispatcher's side, before it pushes task number `task` (counting from 1) to a
-    /// worker whose every answer it has read: asks to be woken by the answer to that task (or
-    /// by one after which the worker has nothing more to take), with no fence and no look at
-    /// the ring ([`Lane::prepare_sleep_until`] does both). Nothing can come before that answer,
-    /// and the frame, stored after this word and released, shows the worker the word before it
-    /// can run what the frame brings (the worker acquires the frame).
-    ///
-    /// The word names the task, not just "the next answer": a worker still on its way from
-    /// its last answer (already read) to idle, which finds this word and this task already in
-    /// its lane, would otherwise take the word for that answer's and wake the pool's thread
-    /// for nothing (measured: hundreds to thousands of times a second with back-to-back calls,
-    /// each a system call on both sides).
-    pub(crate) fn asleep_before_push(&self, task: u64) {
-        debug_assert!(self.parent, "only the dispatcher asks so");
-        // Stored without a look first: the word names a new task each time (a look at a line
-        // the worker has just read costs a miss on the call's way).
-        self.asleep(true).store(task.saturating_add(1), Ordering::Relaxed);
     }
 
     /// Says this side runs on `cpu` now (the dispatcher's side adds whether a worker on its
@@ -1016,8 +1026,7 @@ mod tests {
         assert!(w.push(b"answer 1").unwrap());
         assert!(p.pop_into(&mut buf).unwrap(), "the caller reads it itself");
         // The caller places task 2 before the worker looks whether its reader sleeps.
-        p.asleep_before_push(2);
-        assert!(p.push(b"task 2").unwrap());
+        assert!(p.push_asleep(b"task 2", Some(2)).unwrap());
         assert!(!w.peer_needs_wake(), "task 1's answer was read");
         assert!(!w.peer_needs_wake_unless_back(Duration::from_millis(1)));
         // Task 2's answer, unread, wakes the caller that left without waiting, once.

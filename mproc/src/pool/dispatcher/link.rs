@@ -141,7 +141,8 @@ pub(crate) trait Link: Sized {
     /// Before a chunk is sent to a worker whose every answer has been read: marks the reader
     /// asleep, so the worker wakes it after its answer to that chunk (as
     /// [`Link::prepare_sleep`], without looking for answers: none can come before the chunk).
-    fn asleep_before_send(&self);
+    /// The mark goes with the next [`Link::send_small`], stored before its frame is.
+    fn asleep_before_send(&mut self);
 
     /// Says that the thread reading it runs on `cpu`, and whether a worker on that CPU may
     /// move to another (`room`; `None`: as last said); where the worker last said it runs

@@ -94,6 +94,9 @@ pub(crate) struct LocalLink {
     /// it was given (one that does is not one of ours any more).
     given: u64,
     answered: u64,
+    /// The task number the reader's word names, stored with the next frame sent
+    /// ([`Link::asleep_before_send`]).
+    asleep_for: Option<u64>,
 }
 
 impl LocalLink {
@@ -306,11 +309,13 @@ impl Link for LocalLink {
             spares: Spares::default(),
             files: Mapped::default(),
             given: 0,
+            asleep_for: None,
             answered: 0,
         })
     }
 
     fn send(&mut self, chunk: &Chunk, scratch: &mut Vec<u8>) -> Sent {
+        self.asleep_for = None; // asked only before `send_small`
         // Small tasks go in the lane; a large one (or one carrying handles' descriptors) on
         // the socket, with a placeholder in the lane that keeps its place in the order.
         if let Payload::Bytes(payload) = &chunk.payload
@@ -358,6 +363,7 @@ impl Link for LocalLink {
         payload: &[u8],
         scratch: &mut Vec<u8>,
     ) -> Option<Sent> {
+        let asleep = self.asleep_for.take();
         scratch.clear();
         // A frame is the payload and a few words (see `FRAME_OVERHEAD`), written without the
         // codec's passes.
@@ -366,7 +372,7 @@ impl Link for LocalLink {
         }
         crate::wire::message::write_task(scratch, id, entry, payload);
         let small = Lane::fits(scratch.len());
-        let pushed = small.then(|| self.lane.push(scratch))?;
+        let pushed = small.then(|| self.lane.push_asleep(scratch, asleep))?;
         Some(self.pushed_unwoken(pushed))
     }
 
@@ -511,9 +517,10 @@ impl Link for LocalLink {
         self.lane.awake();
     }
 
-    fn asleep_before_send(&self) {
-        // The task this chunk will be (see `Lane::asleep_before_push`).
-        self.lane.asleep_before_push(self.given + 1);
+    fn asleep_before_send(&mut self) {
+        // Stored with the frame, after its bytes (see `Lane::push_asleep`): the task this
+        // chunk will be.
+        self.asleep_for = Some(self.given + 1);
     }
 
     fn say_cpu(&self, cpu: u32, room: Option<bool>) -> Peer {

@@ -91,7 +91,7 @@ impl Link for FakeLink {
         fake.answers.is_empty()
     }
     fn awake(&self) {}
-    fn asleep_before_send(&self) {
+    fn asleep_before_send(&mut self) {
         let mut fake = self.0.borrow_mut();
         fake.sleeps += 1;
         fake.asleep_before = Some(fake.sent.len());
