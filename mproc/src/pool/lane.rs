@@ -1034,6 +1034,16 @@ mod tests {
         assert!(w.push(b"answer 2").unwrap());
         assert!(w.peer_needs_wake_unless_back(Duration::from_millis(1)));
         assert!(!w.peer_needs_wake(), "one wake per sleep");
+        // The same with the word set after the push, with a look (a thread that handed the
+        // worker its task and lets go without reading the lanes).
+        assert!(p.pop_into(&mut buf).unwrap(), "answer 2, read");
+        assert!(p.push(b"task 3").unwrap());
+        assert!(p.prepare_sleep_until(3));
+        assert!(!w.peer_needs_wake(), "task 2's answer was read");
+        assert!(!w.peer_needs_wake_unless_back(Duration::from_millis(1)));
+        assert!(w.pop_into(&mut buf).unwrap() && w.claim());
+        assert!(w.push(b"answer 3").unwrap());
+        assert!(w.peer_needs_wake_unless_back(Duration::from_millis(1)));
     }
 
     #[test]

@@ -135,6 +135,12 @@ pub(crate) trait Link: Sized {
     /// (read it first).
     fn prepare_sleep(&self, ahead: u64) -> bool;
 
+    /// [`prepare_sleep`](Link::prepare_sleep)`(0)` for a worker whose every answer was read
+    /// before it was handed the `held` chunks it holds now: the worker wakes the reader only
+    /// at an answer to one of those, so that a worker still on its way from its last answer
+    /// (read already) does not take the word for that answer's (see `Lane::push_asleep`).
+    fn prepare_sleep_held(&self, held: u64) -> bool;
+
     /// The reader is awake: the worker publishes answers without waking anyone.
     fn awake(&self);
 

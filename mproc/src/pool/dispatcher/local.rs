@@ -513,6 +513,12 @@ impl Link for LocalLink {
         self.lane.prepare_sleep_until(started)
     }
 
+    fn prepare_sleep_held(&self, held: u64) -> bool {
+        // The first of them: the task number the last one given was, less the others.
+        let first = (self.given + 1).saturating_sub(held).max(1);
+        self.lane.prepare_sleep_until(first)
+    }
+
     fn awake(&self) {
         self.lane.awake();
     }

@@ -31,6 +31,9 @@ struct Fake {
     /// How many chunks it had been sent when its word was last set before a send
     /// (`Link::asleep_before_send`).
     asleep_before: Option<usize>,
+    /// How many chunks it held when its word was last set as owed
+    /// (`Link::prepare_sleep_held`).
+    held_word: Option<u64>,
     /// The room its reader last said (`Link::say_cpu`), if it said one.
     room: Option<bool>,
 }
@@ -89,6 +92,10 @@ impl Link for FakeLink {
         let mut fake = self.0.borrow_mut();
         fake.sleeps += 1;
         fake.answers.is_empty()
+    }
+    fn prepare_sleep_held(&self, held: u64) -> bool {
+        self.0.borrow_mut().held_word = Some(held);
+        self.prepare_sleep(0)
     }
     fn awake(&self) {}
     fn asleep_before_send(&mut self) {
@@ -602,6 +609,7 @@ fn a_readers_word_is_set_for_workers_holding_chunks_and_when_an_idle_one_is_hand
     assert_eq!(sleeps(), (a + 1, b), "not as it is placed");
     d.set_owed_words();
     assert_eq!(sleeps(), (a + 2, b));
+    assert_eq!(fakes[0].borrow().held_word, Some(1), "the word names what it holds");
     assert!(d.needs_attention(), "an answer may wait unread");
     d.drain_lanes(None);
     assert_eq!(outcome(&job, 0), Some(None));

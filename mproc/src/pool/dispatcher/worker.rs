@@ -180,10 +180,12 @@ impl<L: Link> Worker<L> {
         self.word_owed |= first;
     }
 
-    /// Sets its reader's word if it owes it (see [`Worker::hold`]); `false` if an answer is
-    /// already there (someone must read the lanes).
+    /// Sets its reader's word if it owes it (see [`Worker::hold`]): it held nothing, every
+    /// answer it sent was read, and all it holds was handed to it since, which the word names;
+    /// `false` if an answer is already there (someone must read the lanes).
     pub(super) fn set_owed_word(&mut self) -> bool {
-        !std::mem::take(&mut self.word_owed) || self.link.prepare_sleep(0)
+        !std::mem::take(&mut self.word_owed)
+            || self.link.prepare_sleep_held(self.in_flight.len() as u64)
     }
 
     /// Gives it nothing more and tells it to leave once it has done what it holds.
