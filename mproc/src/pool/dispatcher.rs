@@ -791,13 +791,12 @@ impl<L: Link> Dispatcher<L> {
         let Some(w) = idle else {
             return Err(call);
         };
-        // Its word is set before the call goes (it holds nothing, and every answer it sent
+        // Its word is set with the call's frame (it holds nothing, and every answer it sent
         // has been read): the caller lets go without reading the lanes (it may never wait),
         // and the call's answer cannot come before the call. Set after it, the word would
         // need a fence and a look at the lane, which races the worker for the line its
         // answer goes in.
-        w.link.asleep_before_send();
-        match w.link.send_small(call.id, call.entry, payload, &mut self.scratch) {
+        match w.link.send_small(call.id, call.entry, payload, &mut self.scratch, true) {
             Some(Sent::Placed) => {
                 // Where the caller runs, for the worker lingering after it answers (it lets
                 // its CPU go only if the caller may need it).

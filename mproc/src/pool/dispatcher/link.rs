@@ -92,14 +92,19 @@ pub(crate) trait Link: Sized {
     /// books, before it lets go (the look at the worker's word needs a fence, which, right
     /// after the push, waited for the frame's line to leave this CPU: some 40 ns of each
     /// call's way).
+    ///
+    /// With `asleep`, for a worker whose every answer has been read: the reader is marked
+    /// asleep with the frame, so the worker wakes it after its answer to this chunk (as
+    /// [`Link::prepare_sleep`], without looking for answers: none can come before the chunk).
     fn send_small(
         &mut self,
         id: u64,
         entry: i64,
         payload: &[u8],
         scratch: &mut Vec<u8>,
+        asleep: bool,
     ) -> Option<Sent> {
-        let _ = (id, entry, payload, scratch);
+        let _ = (id, entry, payload, scratch, asleep);
         None
     }
 
@@ -143,12 +148,6 @@ pub(crate) trait Link: Sized {
 
     /// The reader is awake: the worker publishes answers without waking anyone.
     fn awake(&self);
-
-    /// Before a chunk is sent to a worker whose every answer has been read: marks the reader
-    /// asleep, so the worker wakes it after its answer to that chunk (as
-    /// [`Link::prepare_sleep`], without looking for answers: none can come before the chunk).
-    /// The mark goes with the next [`Link::send_small`], stored before its frame is.
-    fn asleep_before_send(&mut self);
 
     /// Says that the thread reading it runs on `cpu`, and whether a worker on that CPU may
     /// move to another (`room`; `None`: as last said); where the worker last said it runs

@@ -94,9 +94,6 @@ pub(crate) struct LocalLink {
     /// it was given (one that does is not one of ours any more).
     given: u64,
     answered: u64,
-    /// The task number the reader's word names, stored with the next frame sent
-    /// ([`Link::asleep_before_send`]).
-    asleep_for: Option<u64>,
 }
 
 impl LocalLink {
@@ -309,18 +306,16 @@ impl Link for LocalLink {
             spares: Spares::default(),
             files: Mapped::default(),
             given: 0,
-            asleep_for: None,
             answered: 0,
         })
     }
 
     fn send(&mut self, chunk: &Chunk, scratch: &mut Vec<u8>) -> Sent {
-        self.asleep_for = None; // asked only before `send_small`
         // Small tasks go in the lane; a large one (or one carrying handles' descriptors) on
         // the socket, with a placeholder in the lane that keeps its place in the order.
         if let Payload::Bytes(payload) = &chunk.payload
             && chunk.handles.is_empty()
-            && let Some(sent) = self.send_small(chunk.id, chunk.entry, payload, scratch)
+            && let Some(sent) = self.send_small(chunk.id, chunk.entry, payload, scratch, false)
         {
             if let Sent::Placed = sent {
                 self.wake_if_asleep();
@@ -362,8 +357,8 @@ impl Link for LocalLink {
         entry: i64,
         payload: &[u8],
         scratch: &mut Vec<u8>,
+        asleep: bool,
     ) -> Option<Sent> {
-        let asleep = self.asleep_for.take();
         scratch.clear();
         // A frame is the payload and a few words (see `FRAME_OVERHEAD`), written without the
         // codec's passes.
@@ -372,6 +367,9 @@ impl Link for LocalLink {
         }
         crate::wire::message::write_task(scratch, id, entry, payload);
         let small = Lane::fits(scratch.len());
+        // The reader's word, stored with the frame, after its bytes (see `Lane::push_asleep`),
+        // names the task this chunk will be.
+        let asleep = asleep.then_some(self.given + 1);
         let pushed = small.then(|| self.lane.push_asleep(scratch, asleep))?;
         Some(self.pushed_unwoken(pushed))
     }
@@ -521,12 +519,6 @@ impl Link for LocalLink {
 
     fn awake(&self) {
         self.lane.awake();
-    }
-
-    fn asleep_before_send(&mut self) {
-        // Stored with the frame, after its bytes (see `Lane::push_asleep`): the task this
-        // chunk will be.
-        self.asleep_for = Some(self.given + 1);
     }
 
     fn say_cpu(&self, cpu: u32, room: Option<bool>) -> Peer {

@@ -29,7 +29,7 @@ struct Fake {
     /// Times its reader's word was set asleep.
     sleeps: usize,
     /// How many chunks it had been sent when its word was last set before a send
-    /// (`Link::asleep_before_send`).
+    /// (`Link::send_small` with `asleep`).
     asleep_before: Option<usize>,
     /// How many chunks it held when its word was last set as owed
     /// (`Link::prepare_sleep_held`).
@@ -65,8 +65,20 @@ impl Link for FakeLink {
         self.0.borrow_mut().sent.push(chunk.id);
         Sent::Placed
     }
-    fn send_small(&mut self, id: u64, _: i64, _: &[u8], _: &mut Vec<u8>) -> Option<Sent> {
-        self.0.borrow_mut().sent.push(id);
+    fn send_small(
+        &mut self,
+        id: u64,
+        _: i64,
+        _: &[u8],
+        _: &mut Vec<u8>,
+        asleep: bool,
+    ) -> Option<Sent> {
+        let mut fake = self.0.borrow_mut();
+        if asleep {
+            fake.sleeps += 1;
+            fake.asleep_before = Some(fake.sent.len());
+        }
+        fake.sent.push(id);
         Some(Sent::Placed)
     }
     fn stop(&mut self) {
@@ -98,11 +110,6 @@ impl Link for FakeLink {
         self.prepare_sleep(0)
     }
     fn awake(&self) {}
-    fn asleep_before_send(&mut self) {
-        let mut fake = self.0.borrow_mut();
-        fake.sleeps += 1;
-        fake.asleep_before = Some(fake.sent.len());
-    }
     fn say_cpu(&self, _: u32, room: Option<bool>) -> Peer {
         let mut fake = self.0.borrow_mut();
         fake.room = room.or(fake.room);
