@@ -17,8 +17,9 @@
 //!    (result handles, books under a lock, rings of frames, a claim, a function table, sleep
 //!    words read: `DutyEcho`, a lean design's floor); a ping-pong through a word of a shared page
 //!    where both sides sleep in `FUTEX_WAIT` (each wake-up finds its CPU idle: what that costs
-//!    here, for reference); and, once the pool is warm, `apply` itself (issue 15's target:
-//!    p50 <= 3x the spin ping-pong). The target is checked on the spin floor and back-to-back
+//!    here, for reference); and, once the pool is warm, `pool.apply(f, (x,))` itself (issue
+//!    15's target: p50 <= 3x the spin ping-pong; beside it `apply_async(f, (x,))?.get()`,
+//!    which makes a result handle first). The target is checked on the spin floor and back-to-back
 //!    `apply` timed again in six alternating pairs of blocks, each block's ratio of p50s taken
 //!    and the median checked: a floor timed alone once can meet another moment of the machine
 //!    than the calls (its p50 read 0.37-0.41 µs, the blocks' 0.12-0.13, in two runs of four,
@@ -373,7 +374,7 @@ fn interleaved(pool: &Pool, plan: &Plan) -> Result<Vec<(f64, f64)>, mproc::Error
         };
         let mut failed = None;
         let calls = timed(
-            |i| match pool.apply_async(ident, (i,)).and_then(|r| r.get()) {
+            |i| match pool.apply(ident, (i,)) {
                 Ok(r) => assert_eq!(r, i),
                 Err(e) => failed = Some(e),
             },
@@ -433,7 +434,7 @@ fn after_sharing_a_cpu(pool: &Pool, plan: &Plan) -> Result<Option<(String, Pct)>
     let mut samples = Vec::with_capacity(plan.apply);
     for i in 0..plan.apply as u64 {
         let t = Instant::now();
-        let r = pool.apply_async(ident, (i,)).and_then(|r| r.get());
+        let r = pool.apply(ident, (i,));
         samples.push(us(t));
         assert_eq!(r.expect("apply"), i);
     }
@@ -469,7 +470,7 @@ fn bursts_after_a_rest(pool: &Pool) -> Result<Pct, mproc::Error> {
         std::thread::sleep(Duration::from_micros(300));
         let t = Instant::now();
         for i in 0..BURST as u64 {
-            assert_eq!(pool.apply_async(ident, (i,))?.get()?, i);
+            assert_eq!(pool.apply(ident, (i,))?, i);
         }
         samples.push(us(t));
     }
@@ -541,13 +542,18 @@ fn apply_section(plan: &Plan, pinned: bool, res: &mut Results) -> Result<(), mpr
     // calls around it tens of microseconds on two CPUs.
     let switches = dispatcher_switches();
     let alone_mp = alone(
-        |i| {
-            let r = pool.apply_async(ident, (i,)).and_then(|r| r.get());
-            assert_eq!(r.expect("apply"), i);
-        },
+        |i| assert_eq!(pool.apply(ident, (i,)).expect("apply"), i),
         plan,
     );
     let switches = dispatcher_switches() - switches;
+    // The same through a result handle: the job a later `get` waits on is made for it.
+    let alone_async = alone(
+        |i| {
+            let r = pool.apply_async(ident, (i,)).and_then(|r| r.get());
+            assert_eq!(r.expect("apply_async"), i);
+        },
+        plan,
+    );
     let blocks = match pinned {
         true => None,
         false => Some(interleaved(&pool, plan)?),
@@ -621,7 +627,7 @@ fn apply_section(plan: &Plan, pinned: bool, res: &mut Results) -> Result<(), mpr
     );
     res.row(
         1,
-        "mproc apply_async(f,(x,)).get(), back to back",
+        "mproc apply(f,(x,)), back to back",
         alone_mp.n.to_string(),
         alone_mp.p50_p99_mean(),
         format!(
@@ -629,6 +635,16 @@ fn apply_section(plan: &Plan, pinned: bool, res: &mut Results) -> Result<(), mpr
              times in {} calls)",
             switches,
             plan.apply + plan.apply_warmup
+        ),
+    );
+    res.row(
+        1,
+        "mproc apply_async(f,(x,)).get(), back to back",
+        alone_async.n.to_string(),
+        alone_async.p50_p99_mean(),
+        format!(
+            "{:.2}x apply (a result handle made for a later get)",
+            alone_async.p50 / alone_mp.p50
         ),
     );
     if let Some((said, calls)) = together {

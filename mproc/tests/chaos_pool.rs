@@ -133,7 +133,7 @@ fn mixed_load(m: StartMethod, kill: bool) {
                     while began.elapsed() < run_for {
                         let x = (t << 40) | i;
                         i += 1;
-                        match i % 13 {
+                        match i % 15 {
                             0..=2 => {
                                 let r = p.apply_async(quick, (x,)).unwrap();
                                 check(x, r.get_timeout(PATIENCE), pids, kill);
@@ -238,6 +238,34 @@ fn mixed_load(m: StartMethod, kill: bool) {
                                 let r = p.apply_async(quick, (x,)).unwrap();
                                 let got = futures::executor::block_on(r);
                                 check(x, got, pids, kill);
+                            }
+                            12 | 13 => {
+                                // `apply`, whose caller may read a lane itself (no job made):
+                                // quick, spinning, large and panicking in turn.
+                                match i / 15 % 4 {
+                                    0 => {
+                                        check(x, p.apply(quick, (x,)), pids, kill);
+                                    }
+                                    1 => {
+                                        check(x, p.apply(spin, (x, 30)), pids, kill);
+                                    }
+                                    2 => match p.apply(large, (x,)) {
+                                        Ok((v, pid)) => {
+                                            assert!(v == bytes_of(x, LARGE), "large {x:#x}");
+                                            pids.lock().unwrap().push(pid);
+                                        }
+                                        Err(e) => assert!(kill && lost_or_cancelled(&e), "{e}"),
+                                    },
+                                    _ => {
+                                        let e = p.apply(panics, (x,)).unwrap_err();
+                                        match e.kind() {
+                                            ErrorKind::Panicked(rep) => {
+                                                assert_eq!(rep.message, format!("task {x} panics"))
+                                            }
+                                            _ => assert!(kill && lost_or_cancelled(&e), "{e}"),
+                                        }
+                                    }
+                                };
                             }
                             _ => {
                                 let r = p.apply_async(quick, (x,)).unwrap();
@@ -698,9 +726,13 @@ fn retiring_workers_under_threads(m: StartMethod) {
                             });
                             assert_eq!(r.get_timeout(PATIENCE).unwrap().0, expect(x));
                         }
-                        _ => {
+                        2 => {
                             let r = p.apply_async(spin, (x, i % 3 * 40)).unwrap();
                             assert_eq!(r.get_timeout(PATIENCE).unwrap().0, expect(x));
+                        }
+                        _ => {
+                            // `apply`: its caller may read the lane itself (no job made).
+                            assert_eq!(p.apply(spin, (x, i % 3 * 40)).unwrap().0, expect(x));
                         }
                     }
                 }

@@ -307,6 +307,19 @@ fn a_dying_worker_fails_only_its_task(m: StartMethod) {
             );
         }
     }
+    // `apply` on an idle pool: its caller reads the worker's lane itself (no job made), and
+    // a death there, quick (abort) or after the caller's spin (the kill), is told all the
+    // same, and only to it.
+    for (how, signal) in [("abort", libc::SIGABRT), ("kill", libc::SIGKILL)] {
+        for _ in 0..3 {
+            let e = p.apply(die, (how.to_string(),)).unwrap_err();
+            let ErrorKind::WorkerLost(lost) = e.kind() else {
+                panic!("apply, {how}: {e:?}")
+            };
+            assert_eq!(lost.signal, Some(signal), "apply, {how}: {e}");
+            assert_eq!(p.apply(square, (5,)).unwrap(), 25, "after {how}");
+        }
+    }
     // Replacements keep the pool at full strength.
     let pids: HashSet<u32> = (0..40)
         .map(|_| p.apply_async(pid, ()).unwrap())
@@ -913,7 +926,7 @@ fn quick_echo(n: u64) -> (u64, u32) {
     (n, std::process::id())
 }
 
-/// `apply` back to back from four threads at once, workers killed at random meanwhile: the
+/// Calls back to back from four threads at once, workers killed at random meanwhile: the
 /// waiting threads take turns reading the lanes, and the pool's thread takes the state from
 /// them when a worker dies or wakes it. Each call gives its own value or `WorkerLost`, none
 /// hangs, and a kill loses at most the one call its worker was running.
@@ -931,11 +944,16 @@ fn back_to_back_calls_from_threads_with_workers_killed_at_random(m: StartMethod)
                     while i < 500 || began.elapsed() < Duration::from_millis(400) {
                         let x = (t << 32) | i;
                         i += 1;
-                        match p
-                            .apply_async(quick_echo, (x,))
-                            .unwrap()
-                            .get_timeout(PATIENCE)
-                        {
+                        // Half by `apply`, whose caller may read a lane itself (no job
+                        // made), half by a result's `get`.
+                        let got = match i % 2 {
+                            0 => p.apply(quick_echo, (x,)),
+                            _ => p
+                                .apply_async(quick_echo, (x,))
+                                .unwrap()
+                                .get_timeout(PATIENCE),
+                        };
+                        match got {
                             Ok((v, worker)) => {
                                 assert_eq!(v, x, "another call's value");
                                 values += 1;

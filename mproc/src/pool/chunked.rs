@@ -8,10 +8,10 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::dispatcher::{Call, Chunk, Shared};
+use super::dispatcher::{Call, Chunk, Shared, Waited};
 use super::imap::{self, Imap};
 use super::job::{self, JobState};
-use super::result::AsyncResult;
+use super::result::{self, AsyncResult};
 use super::task;
 use crate::error::Error;
 use crate::wire::target::Target;
@@ -152,7 +152,20 @@ impl<'p> Chunked<'p> {
         A: Serialize + DeserializeOwned + Send + 'static,
         F::Output: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.apply_async(f, args)?.get()
+        let _ = f;
+        let target = type_name::<F>();
+        // As `apply_async` and its `get`, but a worker that holds nothing may be handed the
+        // task and read by this thread with no job made (`Shared::submit_waited`).
+        match self.shared.submit_waited(self.call::<F, A>(&args, target)?, result::SPIN)? {
+            Waited::Answered(answered) => job::decode_answer::<F::Output>(answered, target),
+            Waited::Job(job) => AsyncResult::new(
+                job,
+                job::decode_one::<F::Output>,
+                target,
+                Arc::clone(self.shared),
+            )
+            .get(),
+        }
     }
 
     /// [`Pool::apply_async`](crate::Pool::apply_async) under this view's time limit.
@@ -175,26 +188,33 @@ impl<'p> Chunked<'p> {
         F::Output: Serialize + DeserializeOwned + Send + 'static,
     {
         let _ = f;
-        self.shared.check_open()?;
         let target = type_name::<F>();
-        let (payload, fds) = task::encode_chunk(
-            std::slice::from_ref(&args),
-            target,
-            self.shared.large_in_files(),
-        )?;
-        let job = self.shared.submit_call(Call {
-            id: self.shared.chunk_id(),
-            entry: task::chunk_entry::<F, A>(),
-            payload,
-            handles: fds,
-            timeout: self.timeout,
-        })?;
+        let job = self.shared.submit_call(self.call::<F, A>(&args, target)?)?;
         Ok(AsyncResult::new(
             job,
             job::decode_one::<F::Output>,
             target,
             Arc::clone(self.shared),
         ))
+    }
+
+    /// A call of `F` on `args`, its arguments encoded, once the pool is seen to take it.
+    fn call<F, A>(&self, args: &A, target: &str) -> Result<Call, Error>
+    where
+        F: Target<A>,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.shared.check_open()?;
+        let (payload, fds) =
+            task::encode_chunk(std::slice::from_ref(args), target, self.shared.large_in_files())?;
+        Ok(Call {
+            id: self.shared.chunk_id(),
+            entry: task::chunk_entry::<F, A>(),
+            payload,
+            handles: fds,
+            timeout: self.timeout,
+        })
     }
 
     /// The same map family, drawing a progress bar on stderr (feature `progress`): items

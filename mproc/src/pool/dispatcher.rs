@@ -46,7 +46,8 @@ use std::time::{Duration, Instant};
 
 pub(crate) use chunk::{Call, Chunk, Chunks, Verdict};
 pub(crate) use config::{Config, Gated};
-use link::{Link, Note, Peer, Sent};
+pub(crate) use submit::Waited;
+use link::{Answer, Link, Note, Peer, Sent};
 use local::LocalLink;
 use state::{Departure, WorkerState};
 use worker::{Now, Worker};
@@ -307,6 +308,17 @@ struct Dispatcher<L: Link = LocalLink> {
     /// Workers `new` left to the dispatcher thread to start (see `serve`); they hold their
     /// slots meanwhile.
     unlaunched: usize,
+}
+
+/// What the caller of a waited call found in its worker's lane
+/// ([`Dispatcher::look_waited`]).
+enum Look {
+    /// Nothing yet.
+    Nothing,
+    /// Its answer, booked.
+    Answered(job::Answered),
+    /// Something else, to judge with the call in the books.
+    Other(Result<Answer, Error>),
 }
 
 /// How often a pool with `memory_limit_per_child` looks at its busy workers' memory.
@@ -776,21 +788,11 @@ impl<L: Link> Dispatcher<L> {
     /// before the answer is read, as when a chunk is placed whole. The call comes back when it
     /// cannot go so (it is then queued as any chunk).
     fn place_call(&mut self, call: Call) -> Result<Arc<JobState>, Call> {
-        if !self.queue.is_empty() || self.config.gated.is_some() || !call.handles.is_empty() {
-            return Err(call);
-        }
-        let crate::memfile::Payload::Bytes(payload) = &call.payload else {
+        let Some((at, payload)) = self.idle_for(&call) else {
             return Err(call);
         };
         let room = self.room(1);
-        // The first worker that holds nothing: the least loaded, as `assign` would pick.
-        let idle = self
-            .workers
-            .iter_mut()
-            .find(|w| w.state.accepting() && w.in_flight.is_empty() && !w.starting());
-        let Some(w) = idle else {
-            return Err(call);
-        };
+        let w = &mut self.workers[at];
         // Its word is set with the call's frame (it holds nothing, and every answer it sent
         // has been read): the caller lets go without reading the lanes (it may never wait),
         // and the call's answer cannot come before the call. Set after it, the word would
@@ -818,6 +820,115 @@ impl<L: Link> Dispatcher<L> {
         w.word_owed = false; // set above
         w.link.wake_if_asleep();
         Ok(job)
+    }
+
+    /// The worker a call may go straight to, and the call's bytes: the first that holds
+    /// nothing (the least loaded, as `assign` would pick), when nothing is queued before the
+    /// call and its arguments are bytes without handles' descriptors.
+    fn idle_for<'c>(&self, call: &'c Call) -> Option<(usize, &'c [u8])> {
+        if !self.queue.is_empty() || self.config.gated.is_some() || !call.handles.is_empty() {
+            return None;
+        }
+        let crate::memfile::Payload::Bytes(payload) = &call.payload else {
+            return None;
+        };
+        let at = self
+            .workers
+            .iter()
+            .position(|w| w.state.accepting() && w.in_flight.is_empty() && !w.starting())?;
+        Some((at, payload))
+    }
+
+    /// A call whose caller waits for it at once, holding the state (`Shared::submit_waited`):
+    /// its task goes straight into the lane of a worker that holds nothing, as in
+    /// [`place_call`](Self::place_call), but nothing is made or booked for it. The caller
+    /// reads its answer from that lane itself ([`look_waited`](Self::look_waited)), or puts
+    /// the call in the books before it lets go ([`hold_waited`](Self::hold_waited)). Until
+    /// then the worker holds nothing in the books, and no one else reads its lane: no one
+    /// else has the state. Its reader's word is left saying awake (a worker holding nothing
+    /// has it so): its answer wakes no one. The worker's index; `None` when the call cannot
+    /// go so (it is then submitted as any call). Not for a pool whose dispatcher thread
+    /// looks after every hand-over (time limits, a memory limit).
+    fn place_waited(&mut self, call: &Call) -> Option<usize> {
+        if self.config.task_timeout.is_some()
+            || self.config.memory_limit_per_child.is_some()
+            || self.timed
+            || call.timeout.is_some()
+        {
+            return None;
+        }
+        let (at, payload) = self.idle_for(call)?;
+        let room = self.room(1);
+        let w = &mut self.workers[at];
+        match w.link.send_small(call.id, call.entry, payload, &mut self.scratch, false)? {
+            Sent::Placed => {}
+            Sent::Broken(e) => {
+                w.condemn_front(e);
+                return None;
+            }
+            Sent::Full | Sent::Refused(_) => return None,
+        }
+        w.link.wake_if_asleep();
+        w.link.say_cpu(crate::sys::proc::current_cpu(), Some(room));
+        Some(at)
+    }
+
+    /// What worker `at`'s lane holds for the waited call `id` placed at `placed`
+    /// ([`place_waited`](Self::place_waited)). Its answer is booked as a chunk's would be
+    /// (`seen`: a clock reading taken a moment before the look). Anything else there (another
+    /// task's answer, an error for the whole call, garbage) is returned as read, for
+    /// [`hold_waited`](Self::hold_waited) to judge with the call in the books. A large answer
+    /// on the socket is not here: the dispatcher thread, woken by the socket, wants the state,
+    /// and the caller lets go.
+    fn look_waited(&mut self, at: usize, id: u64, placed: Instant, seen: Instant) -> Look {
+        let w = &mut self.workers[at];
+        let read = match w.link.next_answer(&mut self.scratch) {
+            Ok(None) => return Look::Nothing,
+            Ok(Some((got, Ok(answered)))) if got == id => {
+                if w.book_waited(id, placed, seen, self.config.max_tasks_per_child) {
+                    w.link.flush(); // its `Stop`
+                }
+                return Look::Answered(answered);
+            }
+            Ok(Some(answer)) => Ok(answer),
+            Err(e) => Err(e),
+        };
+        Look::Other(read)
+    }
+
+    /// Puts a waited call ([`place_waited`](Self::place_waited)) in worker `at`'s books as a
+    /// chunk handed to it at `placed`, with what its caller read from the lane since, if
+    /// anything (judged as any reader judges it): its caller lets go of the state before the
+    /// answer. The call's job, to wait on.
+    fn hold_waited(
+        &mut self,
+        at: usize,
+        call: Call,
+        placed: Instant,
+        read: Option<Result<Answer, Error>>,
+    ) -> Arc<JobState> {
+        let (chunk, job) = call.into_chunk();
+        let w = &mut self.workers[at];
+        w.hold(chunk, &mut Now::at(placed), self.config.max_tasks_per_child);
+        crate::pool::job::note_placed(&job, placed);
+        match read {
+            Some(Ok(answer)) => w.accept(answer),
+            Some(Err(e)) => w.condemn_front(e),
+            None => {}
+        }
+        // Every answer it sent was read (it held nothing before): its word is set as the
+        // caller lets go if it still holds the call, and is not owed otherwise.
+        w.word_owed = false;
+        job
+    }
+
+    /// Says to the worker running a waited call, and to every worker holding chunks, that the
+    /// caller runs on its CPU now; whether the caller should let its CPU go now and then as
+    /// it spins (see [`say_cpu`](Self::say_cpu)).
+    fn say_cpu_waited(&self, at: usize) -> bool {
+        let cpu = crate::sys::proc::current_cpu();
+        let shared = !matches!(self.workers[at].link.say_cpu(cpu, None), Peer::Elsewhere { .. });
+        self.say_cpu(None) || shared
     }
 
     /// Puts `chunk` in worker `at`'s lane; gives it back when it must wait in the queue.

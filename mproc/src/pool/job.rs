@@ -629,6 +629,25 @@ pub(crate) fn decode_one<R: DeserializeOwned>(
         .ok_or_else(|| Error::protocol("a task's answer held no value"))
 }
 
+/// One value, from the answer to a call read by its caller itself (`Pool::apply`), as
+/// [`decode_one`] decodes it from a job's one chunk.
+pub(crate) fn decode_answer<R: DeserializeOwned>(
+    answered: Answered,
+    target: &str,
+) -> Result<R, Error> {
+    if answered.handles.is_empty()
+        && let Some(one) =
+            crate::handle::providing(Vec::new(), || task::decode_one_bare::<R>(&answered))
+    {
+        return one.map_err(|p| panicked(*p));
+    }
+    let slot = Slot {
+        outcome: Some(Ok(answered)),
+        ..Slot::new(0, 1)
+    };
+    decode_one(&Slots::one(slot), target)
+}
+
 /// Every item of every chunk, in order; the first failure (by position) is the error.
 pub(crate) fn decode_all<R: DeserializeOwned>(
     slots: &Slots,

@@ -739,7 +739,7 @@ impl Pool {
         A: Serialize + DeserializeOwned + Send + 'static,
         F::Output: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.apply_async(f, args)?.get()
+        self.default_chunks().apply(f, args)
     }
 
     /// Runs `f(args)` in a worker; the [`AsyncResult`] gives its value later.

@@ -19,7 +19,7 @@ use crate::sys::fd;
 /// How long a waiter stays awake (reading the lanes itself, or yielding its CPU) before it
 /// sleeps: a few wake-ups' cost here, so a quick answer is picked up without the dispatcher
 /// or the waiter having to be woken, even when the machine is busy.
-const SPIN: Duration = Duration::from_micros(200);
+pub(crate) const SPIN: Duration = Duration::from_micros(200);
 
 /// Waits for the whole job. For a short while the waiter does the dispatcher's reading
 /// itself, if the dispatcher sleeps (see [`Shared::help`]): a quick answer then reaches it

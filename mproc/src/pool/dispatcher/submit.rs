@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::chunk::{Call, Chunks};
-use super::{Command, Dispatcher, Inbox, Shared};
+use super::{Command, Dispatcher, Inbox, Look, Shared};
 use crate::error::{Error, ErrorKind};
 use crate::pool::job;
 use crate::sys::fd::EventFd;
@@ -104,56 +104,99 @@ impl Shared {
         }
         let _unwind = WakeOnUnwind(&self.wake);
         let callbacks = job::deferring_callbacks(|| {
-            // The clock every eighth round: a round is a few tens of nanoseconds. An answer is
-            // timed by the last reading, so that none waits for the clock (see
-            // `Worker::drain`).
-            let mut now = now;
-            for round in 1u32.. {
-                d.drain_lanes(Some(now));
-                if done() {
+            let mut spin = Spin::new(now, until, posted);
+            loop {
+                d.drain_lanes(Some(spin.now));
+                if done() || !spin.next(self, || d.say_cpu(None)) {
                     break;
                 }
-                if round % 8 == 0 {
-                    now = Instant::now();
-                    if now >= until {
-                        break;
-                    }
-                }
-                if self.posted.load(Ordering::Relaxed) != posted
-                    || self.wanted.load(Ordering::Relaxed)
-                {
-                    break;
-                }
-                // Let a worker that may wait for this CPU have it; a worker on a CPU of its
-                // own does not, and a yield would only hand the turn to whatever else runs
-                // here (see `Lane::say_cpu`).
-                if round % 64 == 0 {
-                    if d.say_cpu(None) {
-                        std::thread::yield_now();
-                    }
-                    // An answer that came meanwhile is not timed by the reading before.
-                    now = Instant::now();
-                } else {
-                    std::hint::spin_loop();
-                }
             }
-            d.assign();
-            d.flush();
-            let rested = (0..4).any(|_| {
-                // Not deferred: the dispatcher thread sleeps without a deadline for it.
-                let rested = d.prepare_sleep(false).is_some();
-                if !rested {
-                    d.drain_lanes(None);
-                }
-                rested
-            });
-            if !rested || d.needs_attention() {
-                self.wake.notify();
-            }
+            self.let_go(d);
         });
         drop(state);
         job::run_callbacks(callbacks);
         true
+    }
+
+    /// What a reader of the lanes does as it lets go of the state: hands out what is queued,
+    /// sets the sleep words of the workers that hold chunks (the plain word, woken at the
+    /// next answer, never a deferred one: the dispatcher's sleep may have no deadline), and
+    /// wakes the dispatcher if anything arrived meanwhile, so nothing published goes unseen.
+    fn let_go(&self, d: &mut Dispatcher) {
+        d.assign();
+        d.flush();
+        let rested = (0..4).any(|_| {
+            let rested = d.prepare_sleep(false).is_some();
+            if !rested {
+                d.drain_lanes(None);
+            }
+            rested
+        });
+        if !rested || d.needs_attention() {
+            self.wake.notify();
+        }
+    }
+
+    /// Submits a call whose caller waits for its value at once (`Pool::apply`). When this
+    /// thread finds the state free and a worker that holds nothing (as
+    /// [`submit_call`](Shared::submit_call) may), it keeps the state while the worker runs
+    /// the task and reads the answer from that worker's lane itself, as a waiter helping the
+    /// dispatcher would (`help`), but with no job, chunk or books made for the call, and no
+    /// other lane read or sleep word set (`Dispatcher::place_waited`). It lets go as `help`
+    /// does, after `spin`, or at a command for the dispatcher or the dispatcher thread wanting
+    /// the state (a worker's exit, an answer on a socket), or at anything but the answer in
+    /// the lane: the call is then put in the books as `submit_call` would have put it, and
+    /// its job is returned to wait on.
+    pub(crate) fn submit_waited(&self, call: Call, spin: Duration) -> Result<Waited, Error> {
+        // A callback on the pool's own thread is refused its wait, whether or not a worker is
+        // idle (see `on_own_thread`).
+        if self.foreign() || self.direct.get().is_some() || self.on_own_thread() {
+            return self.submit_call(call).map(Waited::Job);
+        }
+        event!(target: "mproc::pool", tracing::Level::DEBUG, chunks = 1, items = 1,
+            first_task = call.id, "tasks submitted");
+        let inbox = self.inbox();
+        if let Some(e) = refusal(&inbox, true) {
+            return Err(e);
+        }
+        let placed = self.state_to_assign(&inbox).and_then(|mut state| {
+            let at = state.as_mut()?.place_waited(&call)?;
+            Some((state, at))
+        });
+        let Some((mut state, at)) = placed else {
+            return Ok(Waited::Job(self.call_open(inbox, call)));
+        };
+        // Commands posted from here on make this thread let go (and wake the dispatcher).
+        let posted = self.posted.load(Ordering::Relaxed);
+        drop(inbox);
+        let placed = Instant::now();
+        let d = state.as_mut().expect("placed by it");
+        let mut spin = Spin::new(placed, placed + spin, posted);
+        let read = loop {
+            match d.look_waited(at, call.id, placed, spin.now) {
+                Look::Nothing => {}
+                Look::Answered(answered) => {
+                    drop(state);
+                    if let crate::memfile::Payload::Bytes(bytes) = call.payload {
+                        // This thread's buffer for its next call's arguments.
+                        crate::memfile::give_back_buffer(bytes);
+                    }
+                    return Ok(Waited::Answered(answered));
+                }
+                Look::Other(read) => break Some(read),
+            }
+            if !spin.next(self, || d.say_cpu_waited(at)) {
+                break None;
+            }
+        };
+        let mut job = None;
+        let callbacks = job::deferring_callbacks(|| {
+            job = Some(d.hold_waited(at, call, placed, read));
+            self.let_go(d);
+        });
+        drop(state);
+        job::run_callbacks(callbacks);
+        Ok(Waited::Job(job.expect("made above")))
     }
 
     /// The pool can run nothing more: every later submission fails with `why` (the first
@@ -221,6 +264,11 @@ impl Shared {
         if let Some(e) = refusal(&inbox, true) {
             return Err(e);
         }
+        Ok(self.call_open(inbox, call))
+    }
+
+    /// [`submit_call`](Shared::submit_call) once the inbox (held) has accepted the call.
+    fn call_open(&self, inbox: MutexGuard<'_, Inbox>, call: Call) -> Arc<job::JobState> {
         if self.direct.get().is_none()
             && let Some(mut state) = self.state_to_assign(&inbox)
             && let Some(d) = state.as_mut()
@@ -231,7 +279,7 @@ impl Shared {
                     if d.needs_attention() {
                         self.wake.notify();
                     }
-                    return Ok(job);
+                    return job;
                 }
                 Err(back) => {
                     let (chunk, job) = back.into_chunk();
@@ -239,13 +287,13 @@ impl Shared {
                     drop(state);
                     drop(inbox);
                     job::run_callbacks(callbacks);
-                    return Ok(job);
+                    return job;
                 }
             }
         }
         let (chunk, job) = call.into_chunk();
         self.submit_open(inbox, chunk.into());
-        Ok(job)
+        job
     }
 
     /// Submits chunks the inbox (held) accepts.
@@ -373,6 +421,67 @@ impl Shared {
         while !inbox.finished {
             inbox = self.finished.wait(inbox).unwrap_or_else(|e| e.into_inner());
         }
+    }
+}
+
+/// What a call whose caller waits for it at once came to ([`Shared::submit_waited`]).
+pub(crate) enum Waited {
+    /// Its answer, read by the caller itself.
+    Answered(job::Answered),
+    /// Its job, to wait on as any call's.
+    Job(Arc<job::JobState>),
+}
+
+/// A thread's spin while it reads lanes holding the state (`Shared::help`,
+/// [`Shared::submit_waited`]): until a deadline, a command for the dispatcher, or the
+/// dispatcher thread wanting the state.
+struct Spin {
+    /// The clock, read every eighth round (a round is a few tens of nanoseconds): an answer
+    /// is timed by the last reading, so that none waits for the clock (see `Worker::drain`).
+    now: Instant,
+    until: Instant,
+    posted: u64,
+    round: u32,
+}
+
+impl Spin {
+    fn new(now: Instant, until: Instant, posted: u64) -> Spin {
+        Spin {
+            now,
+            until,
+            posted,
+            round: 0,
+        }
+    }
+
+    /// Waits a moment before the next look; `false` when the spin must end. `share`: whether
+    /// to let this CPU go now and then, asked every 64th round.
+    fn next(&mut self, pool: &Shared, share: impl FnOnce() -> bool) -> bool {
+        self.round = self.round.wrapping_add(1);
+        if self.round.is_multiple_of(8) {
+            self.now = Instant::now();
+            if self.now >= self.until {
+                return false;
+            }
+        }
+        if pool.posted.load(Ordering::Relaxed) != self.posted
+            || pool.wanted.load(Ordering::Relaxed)
+        {
+            return false;
+        }
+        // Let a worker that may wait for this CPU have it; a worker on a CPU of its own does
+        // not, and a yield would only hand the turn to whatever else runs here (see
+        // `Lane::say_cpu`).
+        if self.round.is_multiple_of(64) {
+            if share() {
+                std::thread::yield_now();
+            }
+            // An answer that came meanwhile is not timed by the reading before.
+            self.now = Instant::now();
+        } else {
+            std::hint::spin_loop();
+        }
+        true
     }
 }
 

@@ -727,6 +727,127 @@ fn only_a_call_placed_on_an_idle_worker_says_there_is_room() {
     assert_eq!(fakes[1].borrow().room, Some(false));
 }
 
+fn call(id: u64) -> Call {
+    Call {
+        id,
+        entry: 0,
+        payload: Vec::new().into(),
+        handles: Vec::new(),
+        timeout: None,
+    }
+}
+
+/// A call its caller waits for at once (`place_waited`) goes straight to an idle worker with
+/// nothing made or booked and no word set; its caller reads the answer itself
+/// (`look_waited`), and the books then say what a chunk's answer read by `drain` would: the
+/// worker given one task and done with it, idle again, its statistics counting it.
+#[test]
+fn a_waited_call_is_read_by_its_caller_and_booked_as_a_chunk_would_be() {
+    let mut d = dispatcher(2, |_| {});
+    let fakes = launched();
+    fakes.iter().for_each(ready);
+    round(&mut d);
+    let (sleeps, sent) = (fakes[0].borrow().sleeps, fakes[0].borrow().sent.len());
+    let placed = Instant::now();
+    let at = d.place_waited(&call(7)).expect("an idle worker takes it");
+    assert_eq!(at, 0);
+    assert_eq!(fakes[0].borrow().sent[sent..], [7]);
+    assert!(d.workers[0].in_flight.is_empty(), "nothing booked yet");
+    assert!(matches!(d.look_waited(at, 7, placed, placed), super::Look::Nothing));
+    answer(&fakes[0], 7);
+    let seen = Instant::now();
+    let super::Look::Answered(answered) = d.look_waited(at, 7, placed, seen) else {
+        panic!("its answer is read");
+    };
+    assert_eq!(answered.bytes.in_memory(), Some(&7u64.to_le_bytes()[..]));
+    let w = &d.workers[0];
+    assert_eq!((w.given, w.answered, w.items, w.chunks), (1, 1, 1, 1));
+    assert!(w.in_flight.is_empty() && !w.word_owed);
+    assert_eq!(w.front_since, seen);
+    assert_eq!(fakes[0].borrow().sleeps, sleeps, "no word set");
+    assert_eq!(d.stats().tasks(), 1);
+    // The worker holds nothing: the next call, waited or not, may go to it again.
+    assert_eq!(d.place_waited(&call(8)), Some(0));
+}
+
+/// A waited call whose caller lets go before the answer (`hold_waited`) is in the books as a
+/// placed call is: the worker holds its chunk, any reader completes its job, and the worker
+/// owes no word (the reader letting go sets it).
+#[test]
+fn a_waited_call_let_go_before_its_answer_is_held_as_a_placed_call() {
+    let mut d = dispatcher(1, |_| {});
+    let fakes = launched();
+    fakes.iter().for_each(ready);
+    round(&mut d);
+    let placed = Instant::now();
+    let at = d.place_waited(&call(7)).unwrap();
+    let job = d.hold_waited(at, call(7), placed, None);
+    assert_eq!(d.workers[0].front(), Some(7));
+    assert_eq!(d.workers[0].front_since, placed);
+    assert_eq!(crate::pool::job::placed_at(&job), Some(placed));
+    assert!(!d.workers[0].word_owed);
+    assert_eq!(outcome(&job, 0), None);
+    answer(&fakes[0], 7);
+    d.drain_lanes(None);
+    assert_eq!(outcome(&job, 0), Some(None));
+    assert_eq!(d.workers[0].given, 1);
+}
+
+/// Whatever else a waited call's caller finds in the lane (here another task's answer, from a
+/// worker that holds nothing else) is judged with the call in the books, as any reader judges
+/// it: the worker is condemned, and the call fails with it.
+#[test]
+fn a_waited_calls_worker_answering_another_task_fails_the_call_with_it() {
+    let mut d = dispatcher(1, |_| {});
+    let fakes = launched();
+    fakes.iter().for_each(ready);
+    round(&mut d);
+    let placed = Instant::now();
+    let at = d.place_waited(&call(7)).unwrap();
+    answer(&fakes[0], 99);
+    let super::Look::Other(read) = d.look_waited(at, 7, placed, placed) else {
+        panic!("another task's answer is not the call's");
+    };
+    let job = d.hold_waited(at, call(7), placed, Some(read));
+    assert!(d.workers[0].state.is_condemned());
+    round(&mut d);
+    assert!(matches!(outcome(&job, 0), Some(Some(ErrorKind::WorkerLost(_)))));
+}
+
+/// A waited call counts toward `max_tasks_per_child` as any chunk: the worker it makes the
+/// last of its quota is told to stop. Pools whose dispatcher thread looks after every
+/// hand-over (a time limit, a memory limit) take no waited call.
+#[test]
+fn waited_calls_count_toward_retirement_and_skip_watched_pools() {
+    let mut d = dispatcher(1, |c| c.max_tasks_per_child = Some(1));
+    let fakes = launched();
+    fakes.iter().for_each(ready);
+    round(&mut d);
+    let placed = Instant::now();
+    let at = d.place_waited(&call(7)).unwrap();
+    answer(&fakes[0], 7);
+    assert!(matches!(d.look_waited(at, 7, placed, placed), super::Look::Answered(_)));
+    assert!(fakes[0].borrow().stopped, "retired after its one task");
+    assert!(d.workers[0].retired);
+    for tweak in [
+        (|c: &mut Config| c.task_timeout = Some(Duration::from_secs(1))) as fn(&mut Config),
+        |c| c.memory_limit_per_child = Some(1 << 30),
+    ] {
+        let mut d = dispatcher(1, tweak);
+        launched().last().map(ready);
+        round(&mut d);
+        assert_eq!(d.place_waited(&call(7)), None);
+    }
+    let mut d = dispatcher(1, |_| {});
+    launched().last().map(ready);
+    round(&mut d);
+    let timed = Call {
+        timeout: Some(Duration::from_secs(1)),
+        ..call(7)
+    };
+    assert_eq!(d.place_waited(&timed), None, "a call with its own limit");
+}
+
 /// Every way the inbox starts refusing is seen by `check_open` at once, before the
 /// dispatcher's next turn.
 #[test]

@@ -172,12 +172,63 @@ impl<L: Link> Worker<L> {
             items = chunk.items, worker = self.link.name(), pid = self.link.pid(),
             "task handed to a worker");
         self.in_flight.push_back(chunk);
+        self.count_given(max_tasks_per_child);
+        self.word_owed |= first;
+    }
+
+    /// Counts a chunk handed to it; retires it (`Stop`) once it has been given
+    /// `max_tasks_per_child`, and says so.
+    fn count_given(&mut self, max_tasks_per_child: Option<usize>) -> bool {
         self.given += 1;
-        if policy::retire(self.given, max_tasks_per_child) {
+        let retire = policy::retire(self.given, max_tasks_per_child);
+        if retire {
             self.retired = true;
             self.stop();
         }
-        self.word_owed |= first;
+        retire
+    }
+
+    /// Books the answer to a call whose caller read it from the lane itself, the worker
+    /// holding nothing else (`Dispatcher::call_waited`): as [`hold`](Self::hold),
+    /// [`accept`](Self::accept) and [`drain`](Self::drain) book a chunk of one item handed to
+    /// it at `placed` and answered by `read` (a clock reading taken a moment before its
+    /// answer was seen). Whether it was retired by it (its `Stop` is queued, to flush).
+    pub(super) fn book_waited(
+        &mut self,
+        id: u64,
+        placed: Instant,
+        read: Instant,
+        max_tasks_per_child: Option<usize>,
+    ) -> bool {
+        event!(target: "mproc::pool", tracing::Level::TRACE, task = id, items = 1,
+            worker = self.link.name(), pid = self.link.pid(), "task handed to a worker");
+        let retired = self.count_given(max_tasks_per_child);
+        self.count_answered(id, 1, None);
+        #[cfg(feature = "tracing")]
+        self.trace_panics(id);
+        self.front_since = read;
+        self.average = policy::average_after(self.average, read.saturating_duration_since(placed), 1);
+        if let Some(max) = self.memory_cap {
+            self.check_memory_after_task(max);
+        }
+        retired
+    }
+
+    /// Counts the answer to chunk `id` of `items` items, and the items of a failed one by its
+    /// error's kind.
+    #[cfg_attr(not(feature = "tracing"), expect(unused_variables))]
+    fn count_answered(&mut self, id: u64, items: usize, failed: Option<&Error>) {
+        self.answered += 1;
+        self.items += items as u64;
+        self.chunks += 1;
+        if let Some(e) = failed {
+            *self.failed.entry(e.kind().name()).or_default() += items as u64;
+            event!(target: "mproc::pool", tracing::Level::WARN, task = id,
+                worker = self.link.name(), pid = self.link.pid(), error = %e, "task failed");
+        } else {
+            event!(target: "mproc::pool", tracing::Level::DEBUG, task = id, items,
+                worker = self.link.name(), pid = self.link.pid(), "task finished");
+        }
     }
 
     /// Sets its reader's word if it owes it (see [`Worker::hold`]): it held nothing, every
@@ -243,7 +294,7 @@ impl<L: Link> Worker<L> {
 
     /// Accepts the answer to the chunk it was running (its oldest). Its next chunk's time is
     /// started by the caller, [`Worker::drain`].
-    fn accept(&mut self, (id, result): Answer) {
+    pub(super) fn accept(&mut self, (id, result): Answer) {
         if self
             .in_flight
             .front()
@@ -256,18 +307,7 @@ impl<L: Link> Worker<L> {
         }
         if self.front() == Some(id) {
             let chunk = self.in_flight.pop_front().expect("just looked");
-            self.answered += 1;
-            self.items += chunk.items as u64;
-            self.chunks += 1;
-            if let Err(e) = &result {
-                *self.failed.entry(e.kind().name()).or_default() += chunk.items as u64;
-                event!(target: "mproc::pool", tracing::Level::WARN, task = id,
-                    worker = self.link.name(), pid = self.link.pid(), error = %e, "task failed");
-            } else {
-                event!(target: "mproc::pool", tracing::Level::DEBUG, task = id,
-                    items = chunk.items, worker = self.link.name(), pid = self.link.pid(),
-                    "task finished");
-            }
+            self.count_answered(id, chunk.items, result.as_ref().err());
             #[cfg(feature = "tracing")]
             self.trace_panics(id);
             chunk.finish(result);
