@@ -835,6 +835,7 @@ pub(crate) fn lend_files(spares: Spares) {
 /// a memory file if they came in one. Returns what `run` returned and where its answer went
 /// (into one of the files [`lend_files`] lent, or its bytes). The file of arguments the task
 /// did not read, and where its answer went, are let go afterwards, even if `run` unwinds.
+#[inline]
 pub(crate) fn with_payload<R>(payload: Option<InFile>, run: impl FnOnce() -> R) -> (R, AnswerPlace) {
     /// Clears what this task was lent and left, if `run` unwinds (forgotten otherwise: the
     /// task's end clears it in one go).
