@@ -439,6 +439,23 @@ fn terminate_under_waiters(m: StartMethod) {
                     }
                 });
             }
+            // And `apply` back to back, whose caller may be reading a lane itself (no job
+            // made) when the pool is terminated: its value, `Terminated`, then `PoolClosed`.
+            let (p, done) = (&p, &done);
+            s.spawn(move || {
+                for i in 0.. {
+                    let x = (3 << 32) | i;
+                    match p.apply(quick, (x,)) {
+                        Ok((v, _)) => assert_eq!(v, expect(x)),
+                        Err(e) if e.kind() == &ErrorKind::Terminated => {}
+                        Err(e) => {
+                            assert_eq!(e.kind(), &ErrorKind::PoolClosed, "{e}");
+                            break;
+                        }
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            });
             std::thread::sleep(Duration::from_millis(20 + round * 17));
             p.terminate();
         });

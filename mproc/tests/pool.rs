@@ -1596,6 +1596,11 @@ fn a_worker_that_corrupts_its_lane_is_replaced(m: StartMethod) {
         .unwrap();
     assert_ne!(first, next, "the corrupt worker was replaced");
     assert_eq!(p.apply(square, (9,)).unwrap(), 81);
+    // The same through `apply`, whose caller reads the lane itself (no job made): the damage
+    // is seen at the next push, and that call goes to the replacement.
+    let first = p.apply(scribble_on_lane, (0, String::new(), 0)).unwrap();
+    let next = p.apply(pid, ()).unwrap();
+    assert_ne!(first, next, "the corrupt worker was replaced (apply)");
     // Where the worker writes its next answer, damaged while it naps: the dispatcher sees it
     // when another worker's answer wakes it.
     let p = pool(m, 2);
@@ -1622,6 +1627,30 @@ fn a_worker_that_corrupts_its_lane_is_replaced(m: StartMethod) {
     assert!(matches!(e.kind(), ErrorKind::Protocol(_)), "{e}");
     let all: Vec<u64> = p.map(square, 0..100).unwrap();
     assert_eq!(all.len(), 100);
+    // Where its answers go, damaged while its caller reads the lane itself (`apply`, an idle
+    // worker): each call gives its own value or `Protocol`, a damage is seen, and the pool
+    // goes on with a replacement.
+    let p = pool(m, 1);
+    let mut seen = 0;
+    for round in 0..3u64 {
+        let calls = std::iter::once(None).chain((0..5).map(Some));
+        for call in calls {
+            let got = match call {
+                None => p.apply(scribble_on_answers, (String::new(), 0)).map(|_| None),
+                Some(i) => p.apply(square, (round * 10 + i,)).map(Some),
+            };
+            match got {
+                Ok(Some(v)) => assert_eq!(Some(v), call.map(|i| (round * 10 + i).pow(2))),
+                Ok(None) => {}
+                Err(e) => {
+                    assert!(matches!(e.kind(), ErrorKind::Protocol(_)), "{e}");
+                    seen += 1;
+                }
+            }
+        }
+    }
+    assert!(seen > 0, "no damage seen");
+    assert_eq!(p.apply(square, (12,)).unwrap(), 144);
 }
 
 /// A pool without an initializer hands its first tasks to workers still starting (they wait

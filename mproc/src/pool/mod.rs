@@ -721,6 +721,11 @@ impl Pool {
 
     /// Runs `f(args)` in a worker and waits for its value.
     ///
+    /// The quickest call there is: with a worker idle, the calling thread hands it the task
+    /// and reads its answer itself, with no result handle made (about 0.8 of
+    /// `apply_async(f, args)?.get()`'s time for a quick task; see BENCHMARKS.md). A worker that
+    /// dies meanwhile fails the call with `WorkerLost`, as any call.
+    ///
     /// # Errors
     ///
     /// As [`AsyncResult::get`], and `PoolClosed` after [`close`](Self::close).
