@@ -1636,7 +1636,9 @@ fn a_worker_that_corrupts_its_lane_is_replaced(m: StartMethod) {
         let calls = std::iter::once(None).chain((0..5).map(Some));
         for call in calls {
             let got = match call {
-                None => p.apply(scribble_on_answers, (String::new(), 0)).map(|_| None),
+                None => p
+                    .apply(scribble_on_answers, (String::new(), 0))
+                    .map(|_| None),
                 Some(i) => p.apply(square, (round * 10 + i,)).map(Some),
             };
             match got {

@@ -305,6 +305,9 @@ struct Dispatcher<L: Link = LocalLink> {
     /// in its lane, with its reader's word saying awake (see [`Dispatcher::set_owed_words`]):
     /// someone must read the lanes. Cleared when they are read.
     unread: bool,
+    /// Commands taken from the inbox so far: equal to `Shared::posted` when none waits there
+    /// (read with the state held; see `Shared::submit_waited`).
+    taken: u64,
     /// Workers `new` left to the dispatcher thread to start (see `serve`); they hold their
     /// slots meanwhile.
     unlaunched: usize,
@@ -370,6 +373,7 @@ impl<L: Link> Dispatcher<L> {
             timed: false,
             cpus: std::thread::available_parallelism().map_or(1, usize::from),
             unread: false,
+            taken: 0,
             unlaunched: 0,
         };
         // With the fork server, the first worker is started here (its start error reaches
@@ -654,6 +658,7 @@ impl<L: Link> Dispatcher<L> {
     /// Applies queued commands; `Some(error)` when the pool must stop now.
     fn take_commands(&mut self) -> Option<Error> {
         let commands = std::mem::take(&mut self.shared.inbox().commands);
+        self.taken += commands.len() as u64;
         for command in commands {
             match command {
                 Command::Submit(chunks) => match &self.broken {

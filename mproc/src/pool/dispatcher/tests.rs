@@ -848,6 +848,29 @@ fn waited_calls_count_toward_retirement_and_skip_watched_pools() {
     assert_eq!(d.place_waited(&timed), None, "a call with its own limit");
 }
 
+/// A waited call is taken past the inbox (without its lock) only when no command waits there
+/// before it: the dispatcher's count of commands taken meets the count posted only once it has
+/// taken every one (`Shared::state_for_waited`).
+#[test]
+fn a_waited_call_never_overtakes_a_command_waiting_in_the_inbox() {
+    use std::sync::atomic::Ordering;
+    let mut d = dispatcher(1, |_| {});
+    launched().iter().for_each(ready);
+    round(&mut d);
+    assert_eq!(d.taken, d.shared.posted.load(Ordering::Relaxed));
+    // Submitted while this test holds the dispatcher (as another thread would find the state
+    // taken): a command in the inbox.
+    let job = submit(&d, &[1]);
+    d.shared.cancel(vec![99]);
+    assert_eq!(d.taken + 2, d.shared.posted.load(Ordering::Relaxed), "two wait");
+    d.take_commands();
+    assert_eq!(d.taken, d.shared.posted.load(Ordering::Relaxed), "none waits");
+    assert_eq!(d.workers[0].front(), None);
+    d.assign();
+    assert_eq!(d.workers[0].front(), Some(1), "the submitted chunk went first");
+    drop(job);
+}
+
 /// Every way the inbox starts refusing is seen by `check_open` at once, before the
 /// dispatcher's next turn.
 #[test]
