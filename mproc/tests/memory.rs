@@ -52,7 +52,9 @@ fn a_leaking_worker_is_replaced_after_its_task(m: StartMethod) {
         .max_memory_per_child(cap)
         .build()
         .unwrap();
-    let runs: Vec<(u32, u64)> = (0..4).map(|_| pool.apply(leak, (40,)).unwrap()).collect();
+    // Three calls: a fourth would take the replacement past the cap too, and its retirement
+    // may be counted before the statistics below are read (seen under load).
+    let runs: Vec<(u32, u64)> = (0..3).map(|_| pool.apply(leak, (40,)).unwrap()).collect();
     // 40 MiB kept: under the cap; 80: over, so its worker leaves after that task.
     assert_eq!(runs[0].0, runs[1].0, "{runs:?}");
     assert_eq!((runs[0].1, runs[1].1), (40, 80), "{runs:?}");
