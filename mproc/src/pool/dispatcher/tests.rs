@@ -775,10 +775,7 @@ fn a_waited_call_is_read_by_its_caller_and_booked_as_a_chunk_would_be() {
 /// owes no word (the reader letting go sets it).
 #[test]
 fn a_waited_call_let_go_before_its_answer_is_held_as_a_placed_call() {
-    let mut d = dispatcher(1, |_| {});
-    let fakes = launched();
-    fakes.iter().for_each(ready);
-    round(&mut d);
+    let (mut d, fake) = one_ready_worker(|_| {});
     let placed = Instant::now();
     let at = d.place_waited(&call(7)).unwrap();
     let job = d.hold_waited(at, call(7), placed, None);
@@ -787,7 +784,7 @@ fn a_waited_call_let_go_before_its_answer_is_held_as_a_placed_call() {
     assert_eq!(crate::pool::job::placed_at(&job), Some(placed));
     assert!(!d.workers[0].word_owed);
     assert_eq!(outcome(&job, 0), None);
-    answer(&fakes[0], 7);
+    answer(&fake, 7);
     d.drain_lanes(None);
     assert_eq!(outcome(&job, 0), Some(None));
     assert_eq!(d.workers[0].given, 1);
@@ -798,13 +795,10 @@ fn a_waited_call_let_go_before_its_answer_is_held_as_a_placed_call() {
 /// it: the worker is condemned, and the call fails with it.
 #[test]
 fn a_waited_calls_worker_answering_another_task_fails_the_call_with_it() {
-    let mut d = dispatcher(1, |_| {});
-    let fakes = launched();
-    fakes.iter().for_each(ready);
-    round(&mut d);
+    let (mut d, fake) = one_ready_worker(|_| {});
     let placed = Instant::now();
     let at = d.place_waited(&call(7)).unwrap();
-    answer(&fakes[0], 99);
+    answer(&fake, 99);
     let super::Look::Other(read) = d.look_waited(at, 7, placed, placed) else {
         panic!("another task's answer is not the call's");
     };
@@ -819,15 +813,12 @@ fn a_waited_calls_worker_answering_another_task_fails_the_call_with_it() {
 /// hand-over (a time limit, a memory limit) take no waited call.
 #[test]
 fn waited_calls_count_toward_retirement_and_skip_watched_pools() {
-    let mut d = dispatcher(1, |c| c.max_tasks_per_child = Some(1));
-    let fakes = launched();
-    fakes.iter().for_each(ready);
-    round(&mut d);
+    let (mut d, fake) = one_ready_worker(|c| c.max_tasks_per_child = Some(1));
     let placed = Instant::now();
     let at = d.place_waited(&call(7)).unwrap();
-    answer(&fakes[0], 7);
+    answer(&fake, 7);
     assert!(matches!(d.look_waited(at, 7, placed, placed), super::Look::Answered(_)));
-    assert!(fakes[0].borrow().stopped, "retired after its one task");
+    assert!(fake.borrow().stopped, "retired after its one task");
     assert!(d.workers[0].retired);
     for tweak in [
         (|c: &mut Config| c.task_timeout = Some(Duration::from_secs(1))) as fn(&mut Config),
@@ -846,6 +837,7 @@ fn waited_calls_count_toward_retirement_and_skip_watched_pools() {
         ..call(7)
     };
     assert_eq!(d.place_waited(&timed), None, "a call with its own limit");
+    assert_eq!(d.place_waited(&call(8)), Some(0), "the same pool takes one without");
 }
 
 /// A waited call is taken past the inbox (without its lock) only when no command waits there
@@ -854,9 +846,7 @@ fn waited_calls_count_toward_retirement_and_skip_watched_pools() {
 #[test]
 fn a_waited_call_never_overtakes_a_command_waiting_in_the_inbox() {
     use std::sync::atomic::Ordering;
-    let mut d = dispatcher(1, |_| {});
-    launched().iter().for_each(ready);
-    round(&mut d);
+    let (mut d, _fake) = one_ready_worker(|_| {});
     assert_eq!(d.taken, d.shared.posted.load(Ordering::Relaxed));
     // Submitted while this test holds the dispatcher (as another thread would find the state
     // taken): a command in the inbox.
