@@ -92,16 +92,6 @@ impl Shared {
             return false;
         };
         let posted = self.posted.load(Ordering::Relaxed);
-        // If this unwinds (a bug), the sleep words may be left clear: wake the dispatcher,
-        // whose next turn reads every lane and sets them again.
-        struct WakeOnUnwind<'a>(&'a EventFd);
-        impl Drop for WakeOnUnwind<'_> {
-            fn drop(&mut self) {
-                if std::thread::panicking() {
-                    self.0.notify();
-                }
-            }
-        }
         let _unwind = WakeOnUnwind(&self.wake);
         let callbacks = job::deferring_callbacks(|| {
             let mut spin = Spin::new(now, until, posted);
@@ -194,6 +184,8 @@ impl Shared {
                 break None;
             }
         };
+        // Before this, the call was in no books and the words as they were: nothing to mend.
+        let _unwind = WakeOnUnwind(&self.wake);
         let mut job = None;
         let callbacks = job::deferring_callbacks(|| {
             job = Some(d.hold_waited(at, call, placed, read));
@@ -440,6 +432,19 @@ impl Shared {
         let mut inbox = self.inbox();
         while !inbox.finished {
             inbox = self.finished.wait(inbox).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Wakes the dispatcher if a thread reading the lanes unwinds (a bug): the sleep words may be
+/// left clear, or a call left out of the books; the dispatcher's next turn reads every lane and
+/// sets the words again.
+struct WakeOnUnwind<'a>(&'a EventFd);
+
+impl Drop for WakeOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.notify();
         }
     }
 }
