@@ -4,6 +4,7 @@
 #[macro_use]
 mod common;
 
+mod apply_waited;
 mod bootstrap;
 mod buffer;
 mod chaos_forkserver;
