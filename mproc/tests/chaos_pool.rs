@@ -711,6 +711,33 @@ fn a_cancel_of_a_running_call_spares_the_calls_behind_it(m: StartMethod) {
     );
 }
 
+/// `join` after `close` returns once the last call's answer is read, whoever reads it: here
+/// its waiter (`get` reads the lanes itself while the pool's thread sleeps), after the pool's
+/// thread took the `Close` with the call still running. The waiter let go without waking the
+/// pool's thread, which never looked again to see the closed pool idle: `join` waited for
+/// ever.
+fn join_returns_when_a_waiter_reads_a_closed_pools_last_answer(m: StartMethod) {
+    for round in 0..100u64 {
+        let p = Arc::new(pool(m, 1));
+        let r = p.apply_async(spin, (round, 1_000)).unwrap();
+        p.close();
+        // The pool's thread takes the `Close` meanwhile; the waiter then reads the answer.
+        std::thread::sleep(Duration::from_micros(200 + round % 4 * 200));
+        assert_eq!(r.get_timeout(PATIENCE).unwrap().0, expect(round));
+        let joiner = Arc::clone(&p);
+        let joining = std::thread::spawn(move || joiner.join());
+        let deadline = Instant::now() + PATIENCE;
+        while !joining.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: join did not return"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        joining.join().unwrap().unwrap();
+    }
+}
+
 /// Workers retired every few tasks (`max_tasks_per_child`) while threads call back to back,
 /// large values among small ones, callbacks counting: every value right, no call failing.
 fn retiring_workers_under_threads(m: StartMethod) {
@@ -916,6 +943,7 @@ per_start_method!(
     futures_on_a_runtime,
     large_values_kept_while_the_worker_goes_on,
     close_and_join_under_waiters,
+    join_returns_when_a_waiter_reads_a_closed_pools_last_answer,
     cancels_hit_only_their_own_calls,
     a_cancel_of_a_running_call_spares_the_calls_behind_it,
     retiring_workers_under_threads,

@@ -545,8 +545,11 @@ impl<L: Link> Dispatcher<L> {
         busy + more < self.cpus
     }
 
-    /// Whether the dispatcher thread must look (a deadline to set, or bytes still to write)
-    /// after a submitting thread assigned chunks itself.
+    /// Whether the dispatcher thread must look (a deadline to set, bytes still to write, or a
+    /// closed pool with nothing left to run, to end) after a submitting thread assigned chunks
+    /// itself or a waiter read the lanes. The last answer of a closed pool read by a waiter
+    /// (`Shared::help`) wakes no one else: the dispatcher thread, asleep since it took the
+    /// `Close` with calls still running, would never look again, and `join` would wait for ever.
     fn needs_attention(&self) -> bool {
         self.config.task_timeout.is_some()
             || self.config.memory_limit_per_child.is_some()
@@ -555,6 +558,7 @@ impl<L: Link> Dispatcher<L> {
             || (!self.queue.is_empty() && !self.queue_waits_for_an_answer())
             || self.workers.iter().any(|w| w.link.queued())
             || self.rebalance_deadline().is_some()
+            || (self.closed && self.idle())
     }
 
     /// Whether chunks left queued wait for an event that wakes the dispatcher anyway: in a
