@@ -349,10 +349,43 @@ fn close_and_join_under_lane_readers(m: StartMethod) {
     }
 }
 
+/// A worker past `max_memory_per_child` after an `apply` whose caller read the answer from
+/// its lane is told to stop then: it exits with nothing else happening in the pool, and is
+/// replaced. (Its `Stop` was queued and left unsent: it went only at the pool's thread's
+/// next turn, which nothing brought, the retired worker idle and alive meanwhile, its
+/// memory held and its slot lost to the pool.)
+fn a_worker_past_its_memory_cap_after_an_apply_read_by_its_caller_exits(m: StartMethod) {
+    let p = Pool::builder()
+        .processes(2)
+        .start_method(m)
+        .max_memory_per_child(1)
+        .build()
+        .unwrap();
+    for i in 0..6u64 {
+        let (x, n, pid) = p.apply(tick, (i,)).unwrap();
+        assert_eq!(
+            (x, n),
+            (i, 1),
+            "each worker runs one task (every one is past 1 byte)"
+        );
+        crate::common::wait_until(&format!("call {i}: worker {pid} has exited"), || {
+            crate::common::has_ended(pid)
+        });
+    }
+    // Six at least: a worker that skipped a call taken back from it (a call placed while it
+    // started, run by the other) is past the cap after that answer too.
+    crate::common::wait_until("six retirements counted", || {
+        p.stats().restarts.over_memory >= 6
+    });
+    let s = p.stats();
+    assert_eq!(s.restarts.total(), s.restarts.over_memory, "{s:?}");
+}
+
 per_start_method!(
     an_apply_never_overtakes_its_threads_earlier_call,
     other_workers_answers_reach_their_waiters_past_lane_readers,
     the_books_match_what_each_worker_ran,
     large_answers_to_calls_read_by_their_callers,
     close_and_join_under_lane_readers,
+    a_worker_past_its_memory_cap_after_an_apply_read_by_its_caller_exits,
 );

@@ -189,10 +189,12 @@ impl<L: Link> Worker<L> {
     }
 
     /// Books the answer to a call whose caller read it from the lane itself, the worker
-    /// holding nothing else (`Dispatcher::call_waited`): as [`hold`](Self::hold),
+    /// holding nothing else (`Dispatcher::look_waited`): as [`hold`](Self::hold),
     /// [`accept`](Self::accept) and [`drain`](Self::drain) book a chunk of one item handed to
     /// it at `placed` and answered by `read` (a clock reading taken a moment before its
-    /// answer was seen). Whether it was retired by it (its `Stop` is queued, to flush).
+    /// answer was seen). Whether it was retired by it, at `max_tasks_per_child` or past its
+    /// memory cap (its `Stop` is queued, to flush: the caller lets go without the dispatcher
+    /// thread's turn that would send it).
     pub(super) fn book_waited(
         &mut self,
         id: u64,
@@ -202,16 +204,18 @@ impl<L: Link> Worker<L> {
     ) -> bool {
         event!(target: "mproc::pool", tracing::Level::TRACE, task = id, items = 1,
             worker = self.link.name(), pid = self.link.pid(), "task handed to a worker");
-        let retired = self.count_given(max_tasks_per_child);
+        let mut stopped = self.count_given(max_tasks_per_child);
         self.count_answered(id, 1, None);
         #[cfg(feature = "tracing")]
         self.trace_panics(id);
         self.front_since = read;
         self.average = policy::average_after(self.average, read.saturating_duration_since(placed), 1);
         if let Some(max) = self.memory_cap {
+            // Retired past the cap, its `Stop` is queued too (it was accepting: not before).
             self.check_memory_after_task(max);
+            stopped |= self.over_memory;
         }
-        retired
+        stopped
     }
 
     /// Counts the answer to chunk `id` of `items` items, and the items of a failed one by its
