@@ -66,8 +66,9 @@ pub(crate) const DEFERRED: Duration = Duration::from_micros(500);
 
 /// The running average of a worker's chunk times after one took `took`.
 pub(crate) fn next_average(average: Duration, took: Duration) -> Duration {
-    // In whole nanoseconds (a `u64` holds 584 years): `Duration`'s own operators divide by a
-    // number they are passed, several 64-bit divisions (~40 ns on this path, every answer).
+    // In whole nanoseconds (a `u64` holds 584 years): `Duration`'s own operators divide by
+    // the number they are passed, several 64-bit divisions on every answer (a quick `apply`
+    // read 376 ns against 386 without them).
     Duration::from_nanos(nanos(average).saturating_mul(7).saturating_add(nanos(took)) / 8)
 }
 
