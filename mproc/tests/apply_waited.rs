@@ -51,6 +51,17 @@ fn tick_large(x: u64) -> (Vec<u8>, u64, u32) {
     (crate::common::pattern(x as u8, 300 * 1024), n, pid)
 }
 
+/// A pool of `n` workers, to share with threads of its own.
+fn shared_pool(m: StartMethod, n: usize) -> Arc<Pool> {
+    Arc::new(
+        Pool::builder()
+            .processes(n)
+            .start_method(m)
+            .build()
+            .unwrap(),
+    )
+}
+
 /// Runs `body(pool, t)` on `threads` threads of their own; fails if they have not all
 /// finished within `within` (a call that never returns fails the test, not stalls it).
 fn on_threads<F>(pool: &Arc<Pool>, threads: u64, within: Duration, body: F)
@@ -84,13 +95,7 @@ where
 /// and leaves its call in the inbox, where the `apply` after it must not pass it (the
 /// caller of `apply` checks that the dispatcher has taken every command posted before it).
 fn an_apply_never_overtakes_its_threads_earlier_call(m: StartMethod) {
-    let p = Arc::new(
-        Pool::builder()
-            .processes(1)
-            .start_method(m)
-            .build()
-            .unwrap(),
-    );
+    let p = shared_pool(m, 1);
     on_threads(&p, 4, PATIENCE * 3, |p, t| {
         for i in 0..500u64 {
             let x = (t << 32) | i;
@@ -126,13 +131,7 @@ fn an_apply_never_overtakes_its_threads_earlier_call(m: StartMethod) {
 fn other_workers_answers_reach_their_waiters_past_lane_readers(m: StartMethod) {
     for workers in [2, 3] {
         let readers = workers - 1;
-        let p = Arc::new(
-            Pool::builder()
-                .processes(workers as usize)
-                .start_method(m)
-                .build()
-                .unwrap(),
-        );
+        let p = shared_pool(m, workers as usize);
         let stop = Arc::new(AtomicBool::new(false));
         let stop_readers = Arc::clone(&stop);
         on_threads(&p, readers + 1, PATIENCE * 2, move |p, t| {
@@ -277,13 +276,7 @@ fn the_books_match_what_each_worker_ran(m: StartMethod) {
 /// read by their callers, among quick ones, from threads, on one worker and on two.
 fn large_answers_to_calls_read_by_their_callers(m: StartMethod) {
     for n in [1, 2] {
-        let p = Arc::new(
-            Pool::builder()
-                .processes(n)
-                .start_method(m)
-                .build()
-                .unwrap(),
-        );
+        let p = shared_pool(m, n);
         on_threads(&p, 3, PATIENCE * 3, |p, t| {
             for i in 0..40u64 {
                 let x = (t << 32) | i;
@@ -306,13 +299,7 @@ fn large_answers_to_calls_read_by_their_callers(m: StartMethod) {
 /// ends only once every accepted call has its answer, and `join` returns.
 fn close_and_join_under_lane_readers(m: StartMethod) {
     for round in 0..4u64 {
-        let p = Arc::new(
-            Pool::builder()
-                .processes(2)
-                .start_method(m)
-                .build()
-                .unwrap(),
-        );
+        let p = shared_pool(m, 2);
         let answered = Arc::new(AtomicU64::new(0));
         let counted = Arc::clone(&answered);
         let closer = Arc::clone(&p);

@@ -801,24 +801,18 @@ impl<L: Link> Dispatcher<L> {
             return Err(call);
         };
         let room = self.room(1);
-        let w = &mut self.workers[at];
         // Its word is set with the call's frame (it holds nothing, and every answer it sent
         // has been read): the caller lets go without reading the lanes (it may never wait),
         // and the call's answer cannot come before the call. Set after it, the word would
         // need a fence and a look at the lane, which races the worker for the line its
         // answer goes in.
-        match w.link.send_small(call.id, call.entry, payload, &mut self.scratch, true) {
-            Some(Sent::Placed) => {
-                // Where the caller runs, for the worker lingering after it answers (it lets
-                // its CPU go only if the caller may need it).
-                w.link.say_cpu(crate::sys::proc::current_cpu(), Some(room));
-            }
-            Some(Sent::Broken(e)) => {
-                w.condemn_front(e);
-                return Err(call);
-            }
-            Some(Sent::Full | Sent::Refused(_)) | None => return Err(call),
+        if !self.send_call(at, &call, payload, true) {
+            return Err(call);
         }
+        let w = &mut self.workers[at];
+        // Where the caller runs, for the worker lingering after it answers (it lets its CPU
+        // go only if the caller may need it).
+        w.link.say_cpu(crate::sys::proc::current_cpu(), Some(room));
         // The clock read while the frame's line leaves this CPU (the next locked instruction
         // waits for that); the worker's books and the caller's wait start from it.
         let now = Instant::now();
@@ -848,6 +842,22 @@ impl<L: Link> Dispatcher<L> {
         Some((at, payload))
     }
 
+    /// Sends `call`'s task (its bytes, `payload`) into the lane of worker `at` (see
+    /// [`idle_for`](Self::idle_for)), the reader's word set with its frame when `asleep`;
+    /// whether it went. A lane found damaged condemns its worker.
+    #[inline]
+    fn send_call(&mut self, at: usize, call: &Call, payload: &[u8], asleep: bool) -> bool {
+        let w = &mut self.workers[at];
+        match w.link.send_small(call.id, call.entry, payload, &mut self.scratch, asleep) {
+            Some(Sent::Placed) => true,
+            Some(Sent::Broken(e)) => {
+                w.condemn_front(e);
+                false
+            }
+            Some(Sent::Full | Sent::Refused(_)) | None => false,
+        }
+    }
+
     /// A call whose caller waits for it at once, holding the state (`Shared::submit_waited`):
     /// its task goes straight into the lane of a worker that holds nothing, as in
     /// [`place_call`](Self::place_call), but nothing is made or booked for it. The caller
@@ -868,15 +878,10 @@ impl<L: Link> Dispatcher<L> {
         }
         let (at, payload) = self.idle_for(call)?;
         let room = self.room(1);
-        let w = &mut self.workers[at];
-        match w.link.send_small(call.id, call.entry, payload, &mut self.scratch, false)? {
-            Sent::Placed => {}
-            Sent::Broken(e) => {
-                w.condemn_front(e);
-                return None;
-            }
-            Sent::Full | Sent::Refused(_) => return None,
+        if !self.send_call(at, call, payload, false) {
+            return None;
         }
+        let w = &mut self.workers[at];
         w.link.wake_if_asleep();
         w.link.say_cpu(crate::sys::proc::current_cpu(), Some(room));
         Some(at)

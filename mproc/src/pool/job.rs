@@ -618,15 +618,23 @@ pub(crate) fn decode_one<R: DeserializeOwned>(
     if let (1, Some(slot)) = (slots.len(), slots.front())
         && slot.items == 1
         && let Some(Ok(answered)) = &slot.outcome
-        && answered.handles.is_empty()
-        && let Some(one) =
-            crate::handle::providing(Vec::new(), || task::decode_one_bare::<R>(answered))
+        && let Some(one) = one_bare::<R>(answered)
     {
-        return one.map_err(|p| panicked(*p));
+        return one;
     }
     let mut all = decode_all::<R>(slots, target)?;
     all.pop()
         .ok_or_else(|| Error::protocol("a task's answer held no value"))
+}
+
+/// The one value of an answer of one item that brought no handles, decoded without a `Vec`;
+/// `None` when it does not decode so (the general way then says what is wrong).
+fn one_bare<R: DeserializeOwned>(answered: &Answered) -> Option<Result<R, Error>> {
+    if !answered.handles.is_empty() {
+        return None;
+    }
+    let one = crate::handle::providing(Vec::new(), || task::decode_one_bare::<R>(answered))?;
+    Some(one.map_err(|p| panicked(*p)))
 }
 
 /// One value, from the answer to a call read by its caller itself (`Pool::apply`), as
@@ -635,11 +643,8 @@ pub(crate) fn decode_answer<R: DeserializeOwned>(
     answered: Answered,
     target: &str,
 ) -> Result<R, Error> {
-    if answered.handles.is_empty()
-        && let Some(one) =
-            crate::handle::providing(Vec::new(), || task::decode_one_bare::<R>(&answered))
-    {
-        return one.map_err(|p| panicked(*p));
+    if let Some(one) = one_bare::<R>(&answered) {
+        return one;
     }
     let slot = Slot {
         outcome: Some(Ok(answered)),

@@ -261,11 +261,6 @@ impl Shared {
         if let Some(e) = refusal(&inbox, true) {
             return Err(e);
         }
-        Ok(self.call_open(inbox, call))
-    }
-
-    /// [`submit_call`](Shared::submit_call) once the inbox (held) has accepted the call.
-    fn call_open(&self, inbox: MutexGuard<'_, Inbox>, call: Call) -> Arc<job::JobState> {
         if self.direct.get().is_none()
             && let Some(mut state) = self.state_to_assign(&inbox)
             && let Some(d) = state.as_mut()
@@ -276,7 +271,7 @@ impl Shared {
                     if d.needs_attention() {
                         self.wake.notify();
                     }
-                    return job;
+                    return Ok(job);
                 }
                 Err(back) => {
                     let (chunk, job) = back.into_chunk();
@@ -284,13 +279,13 @@ impl Shared {
                     drop(state);
                     drop(inbox);
                     job::run_callbacks(callbacks);
-                    return job;
+                    return Ok(job);
                 }
             }
         }
         let (chunk, job) = call.into_chunk();
         self.submit_open(inbox, chunk.into());
-        job
+        Ok(job)
     }
 
     /// Submits chunks the inbox (held) accepts.
