@@ -65,9 +65,11 @@ pub use state::{WithState, with_state};
 /// worker that finds itself on the CPU of the thread waiting for it moves to another CPU, at
 /// most once every 100 µs, when its task was a call placed on it while idle and the busy
 /// workers and that thread number no more than the process's CPUs: the two would otherwise
-/// take turns at one CPU. Only a worker that may run on every online CPU moves (its CPU set
-/// narrowed by that one CPU for the moment of the move, then every CPU again); one given a
-/// narrower set (by an initializer, `taskset`, a cpuset) keeps it and never moves.
+/// take turns at one CPU. Only a worker that may run on every CPU it can have moves: every
+/// online CPU, or all of its cpuset's (in a container given some of the machine's CPUs); its
+/// CPU set is narrowed by that one CPU for the moment of the move, then every CPU again,
+/// which the kernel keeps within the cpuset. One given a narrower set by hand (by an
+/// initializer, `taskset`) keeps it and never moves.
 ///
 /// ```
 /// use mproc::Pool;

@@ -433,21 +433,25 @@ pub(crate) fn current_cpu() -> u32 {
     rustix::thread::sched_getcpu() as u32
 }
 
-/// Moves the calling thread off `cpu` to another CPU, for a thread that may run on every
-/// online CPU: its set is narrowed by `cpu` (the kernel moves a thread at once when its CPU
-/// leaves its set), then widened to every CPU, which the kernel does not move it back for.
-/// Only such a thread moves: a set read back and written again would be kept as the
-/// thread's own, and CPUs a cpuset gives later, or that come online later, would never reach
-/// it; while "every CPU" is no narrower than the set it had. A set someone else gives it
-/// meanwhile (`taskset -p`) is left as they gave it. `false` where it did not move.
+/// Moves the calling thread off `cpu` to another CPU, for a thread that may run on every CPU
+/// its cpuset gives (every online CPU outside a cpuset): its set is narrowed by `cpu` (the
+/// kernel moves a thread at once when its CPU leaves its set), then widened to every CPU,
+/// which the kernel does not move it back for and narrows to the cpuset's again. Only such a
+/// thread moves: a set read back and written again would be kept as the thread's own, and
+/// CPUs a cpuset gives later, or that come online later, would never reach it; while "every
+/// CPU" is no narrower than the set it had. A thread whose set was narrowed by hand (`taskset`,
+/// an initializer) never moves. A set someone else gives it meanwhile (`taskset -p`) is left
+/// as they gave it. `false` where it did not move.
 pub(crate) fn move_off_cpu(cpu: u32) -> bool {
     use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
     let cpu = cpu as usize;
     let Ok(allowed) = sched_getaffinity(None) else {
         return false;
     };
-    let count = allowed.count() as usize;
-    if cpu >= CpuSet::MAX_CPU || !allowed.is_set(cpu) || count < 2 || count != online_cpus() {
+    if cpu >= CpuSet::MAX_CPU
+        || !allowed.is_set(cpu)
+        || !free_to_move(&allowed, online_cpus(), cpuset_cpus())
+    {
         return false;
     }
     let mut elsewhere = allowed;
@@ -463,6 +467,85 @@ pub(crate) fn move_off_cpu(cpu: u32) -> bool {
         let _ = sched_setaffinity(None, &every);
     }
     true
+}
+
+/// Whether a thread that may run on `allowed` may move itself ([`move_off_cpu`]): it has two
+/// CPUs or more, and its set is every online CPU (`online` of them) or its cpuset's whole
+/// (`cpuset`: in a container or a service given some CPUs of the machine), so that nobody
+/// narrowed it by hand.
+fn free_to_move(allowed: &rustix::thread::CpuSet, online: usize, cpuset: Option<&rustix::thread::CpuSet>) -> bool {
+    let count = allowed.count() as usize;
+    count >= 2 && (count == online || cpuset == Some(allowed))
+}
+
+/// The CPUs this process's cpuset gives (cgroup v2's `cpuset.cpus.effective`, or v1's
+/// `cpuset.effective_cpus`, of its cgroup or the nearest ancestor that says), read once:
+/// `None` where there is no cpuset to read.
+fn cpuset_cpus() -> Option<&'static rustix::thread::CpuSet> {
+    static CPUSET: std::sync::OnceLock<Option<rustix::thread::CpuSet>> = std::sync::OnceLock::new();
+    CPUSET
+        .get_or_init(|| {
+            let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+            cpuset_file(&cgroups, |path| std::fs::read_to_string(path).ok())
+        })
+        .as_ref()
+}
+
+/// The CPUs in the cpuset file for the cgroups `cgroups` lists (`/proc/self/cgroup`'s text),
+/// each file read by `read`: v1's cpuset hierarchy first, then v2's, each from the process's
+/// cgroup up to the root.
+fn cpuset_file(cgroups: &str, read: impl Fn(&str) -> Option<String>) -> Option<rustix::thread::CpuSet> {
+    let mut places = Vec::new();
+    for line in cgroups.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if controllers.split(',').any(|c| c == "cpuset") {
+            places.insert(0, ("/sys/fs/cgroup/cpuset", path, "cpuset.effective_cpus"));
+        } else if controllers.is_empty() {
+            places.push(("/sys/fs/cgroup", path, "cpuset.cpus.effective"));
+        }
+    }
+    for (root, path, file) in places {
+        let mut at = path.trim_end_matches('/');
+        loop {
+            if let Some(cpus) = read(&format!("{root}{at}/{file}")).and_then(|t| parse_cpu_list(&t))
+            {
+                return Some(cpus);
+            }
+            match at.rfind('/') {
+                Some(cut) => at = &at[..cut],
+                None => break,
+            }
+        }
+    }
+    None
+}
+
+/// A CPU list as the kernel writes one (`0-3,8,10-11`); `None` if malformed, empty, or past
+/// the CPUs a set can hold.
+fn parse_cpu_list(text: &str) -> Option<rustix::thread::CpuSet> {
+    let mut set = rustix::thread::CpuSet::new();
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    for part in text.split(',') {
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<usize>().ok()?, b.parse::<usize>().ok()?),
+            None => {
+                let one = part.parse::<usize>().ok()?;
+                (one, one)
+            }
+        };
+        if first > last || last >= rustix::thread::CpuSet::MAX_CPU {
+            return None;
+        }
+        (first..=last).for_each(|c| set.set(c));
+    }
+    Some(set)
 }
 
 /// How many CPUs are online (sysconf(3) `_SC_NPROCESSORS_ONLN`); 0 where unknown.
@@ -1496,5 +1579,68 @@ mod tests {
         assert!(kill_me_on_hangup(handed_on.as_fd(), getpid()).unwrap());
         disown(handed_on.as_fd()).unwrap();
     }
-}
 
+    fn cpus(list: &[usize]) -> rustix::thread::CpuSet {
+        let mut set = rustix::thread::CpuSet::new();
+        list.iter().for_each(|&c| set.set(c));
+        set
+    }
+
+    #[test]
+    fn cpu_lists_are_read_as_the_kernel_writes_them() {
+        assert_eq!(parse_cpu_list("0-3,8,10-11\n"), Some(cpus(&[0, 1, 2, 3, 8, 10, 11])));
+        assert_eq!(parse_cpu_list("5"), Some(cpus(&[5])));
+        for bad in ["", "\n", "3-1", "a", "1,", "-2", "0-99999"] {
+            assert_eq!(parse_cpu_list(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_thread_moves_when_its_set_is_every_cpu_or_its_cpusets_whole() {
+        let four = cpus(&[4, 5, 6, 7]);
+        // Every online CPU: as before.
+        assert!(free_to_move(&cpus(&[0, 1]), 2, None));
+        // A container's cpuset of 4 CPUs of 16, the set untouched: it may move (it never could).
+        assert!(free_to_move(&four, 16, Some(&four)));
+        // Narrowed by hand within the cpuset, or without one: it stays.
+        assert!(!free_to_move(&cpus(&[4, 5]), 16, Some(&four)));
+        assert!(!free_to_move(&cpus(&[4, 5]), 16, None));
+        // One CPU: nowhere to go.
+        assert!(!free_to_move(&cpus(&[4]), 16, Some(&cpus(&[4]))));
+    }
+
+    #[test]
+    fn the_cpuset_is_found_in_either_cgroup_version_or_an_ancestor() {
+        let files = |have: &'static [(&'static str, &'static str)]| {
+            move |path: &str| have.iter().find(|(p, _)| *p == path).map(|(_, t)| (*t).to_owned())
+        };
+        // v1: the process's own cgroup says nothing; its parent does.
+        let v1 = "12:pids:/a\n3:cpuset,cpu:/kube/pod1/c\n0::/\n";
+        let read = files(&[("/sys/fs/cgroup/cpuset/kube/pod1/cpuset.effective_cpus", "2-3\n")]);
+        assert_eq!(cpuset_file(v1, read), Some(cpus(&[2, 3])));
+        // v2 only.
+        let v2 = "0::/system.slice/app.service\n";
+        let read = files(&[(
+            "/sys/fs/cgroup/system.slice/app.service/cpuset.cpus.effective",
+            "0,2\n",
+        )]);
+        assert_eq!(cpuset_file(v2, read), Some(cpus(&[0, 2])));
+        // The root's file, the cgroup being "/".
+        let read = files(&[("/sys/fs/cgroup/cpuset.cpus.effective", "0-1\n")]);
+        assert_eq!(cpuset_file("0::/\n", read), Some(cpus(&[0, 1])));
+        // Nothing to read.
+        assert_eq!(cpuset_file(v2, |_: &str| None), None);
+        assert_eq!(cpuset_file("garbage", |_: &str| Some("0".to_owned())), None);
+    }
+
+    #[test]
+    fn this_process_cpuset_if_any_holds_the_cpu_it_runs_on() {
+        // Where this machine has a cpuset to read, it gives every CPU this thread may use.
+        if let Some(set) = cpuset_cpus() {
+            let allowed = rustix::thread::sched_getaffinity(None).unwrap();
+            for cpu in 0..rustix::thread::CpuSet::MAX_CPU {
+                assert!(!allowed.is_set(cpu) || set.is_set(cpu), "CPU {cpu} allowed, not in {set:?}");
+            }
+        }
+    }
+}
