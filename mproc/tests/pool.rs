@@ -1629,15 +1629,22 @@ fn a_worker_that_corrupts_its_lane_is_replaced(m: StartMethod) {
     assert_eq!(all.len(), 100);
     // Where its answers go, damaged while its caller reads the lane itself (`apply`, an idle
     // worker): each call gives its own value or `Protocol`, a damage is seen, and the pool
-    // goes on with a replacement.
+    // goes on with a replacement. A reader sees the damage only if it looks at a damaged line
+    // before the worker's next answer covers it: the damaging call naps 5 ms after it (the
+    // caller spins on its answer's line for the first 200 µs), and rounds go on until a damage
+    // was seen (under load the two may not run together in a round: three rounds saw none in
+    // 25 runs of 30 with both CPUs kept busy).
     let p = pool(m, 1);
     let mut seen = 0;
-    for round in 0..3u64 {
+    for round in 0..40u64 {
+        if seen > 0 && round >= 3 {
+            break;
+        }
         let calls = std::iter::once(None).chain((0..5).map(Some));
         for call in calls {
             let got = match call {
                 None => p
-                    .apply(scribble_on_answers, (String::new(), 0))
+                    .apply(scribble_on_answers, (String::new(), 5))
                     .map(|_| None),
                 Some(i) => p.apply(square, (round * 10 + i,)).map(Some),
             };
