@@ -480,6 +480,14 @@ impl<'a> Table<'a> {
             }
             found = self.find(key, h)?;
         }
+        self.place(key, value, h, found)?;
+        Ok(old)
+    }
+
+    /// Appends `key` and `value` (hashed `h`) to the arena and commits them: in place of the
+    /// record `found` (the key keeps its place in the order), or as a new record and slot.
+    fn place(&mut self, key: &[u8], value: &[u8], h: u64, found: Found) -> Result<(), Error> {
+        let need = key.len() + value.len();
         let (active, top) = (self.active()?, self.w(TOP)? as usize);
         // Checked again: another process may scribble while this one holds the lock.
         if top > self.cap - need {
@@ -493,7 +501,6 @@ impl<'a> Table<'a> {
         dst[key.len()..].copy_from_slice(value);
         let lens = Record::lens(key.len(), value.len());
         let journal = match found {
-            // In place: the key keeps its place in the order.
             Found::At(hit) => {
                 let at = self.record_at(active, hit.number);
                 Journal::default().with(at + 8, top as u64).with(at + 16, lens)
@@ -510,8 +517,7 @@ impl<'a> Table<'a> {
                     .with(LEN, (len as u64).saturating_add(1))
             }
         };
-        self.commit(journal.with(TOP, (top + need) as u64))?;
-        Ok(old)
+        self.commit(journal.with(TOP, (top + need) as u64))
     }
 
     /// Removes `key`; returns what `take` makes of its value. `take` reads the value in place,
