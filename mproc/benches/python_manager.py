@@ -1,7 +1,8 @@
-"""Python's Manager().dict(): get and set of one key among 1000, timed here.
+"""Python's Manager().dict(): get and set of one key among 1000, and items() of a dict of 3,
+timed here.
 
-Prints `get <ns>` and `set <ns>`: the median of 7 rounds of N operations, in nanoseconds per
-operation. Run by benches/manager.rs (N from argv[1]).
+Prints `get <ns>`, `set <ns>` and `items <ns>`: the median of 7 rounds of N operations, in
+nanoseconds per operation. Run by benches/manager.rs (N from argv[1]).
 """
 import multiprocessing as mp
 import statistics
@@ -15,7 +16,15 @@ def main():
         d = m.dict()
         for i in range(1000):
             d[f"key-{i}"] = i
-        for name, op in (("get", lambda: d["key-500"]), ("set", lambda: d.__setitem__("key-500", 7))):
+        small = m.dict()
+        for i in range(3):
+            small[f"key-{i}"] = i
+        ops = (
+            ("get", lambda: d["key-500"]),
+            ("set", lambda: d.__setitem__("key-500", 7)),
+            ("items", lambda: small.items()),
+        )
+        for name, op in ops:
             for _ in range(n // 10):
                 op()
             rounds = []

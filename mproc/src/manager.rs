@@ -13,7 +13,10 @@
 //!
 //! Capacity is fixed when a container is made: entries (a hash table's slots) and bytes (its
 //! arena; the memory file is sparse, so only what is used is resident). A container at its
-//! capacity refuses more with `ErrorKind::Full`; `with_capacity` sets both. An update writes
+//! capacity refuses more with `ErrorKind::Full`; `with_capacity` sets both. No call costs
+//! the capacity: `items`, `keys`, `values`, `clear` and the compactions cost what the
+//! container holds (`items` of 3 entries takes the same fraction of a microsecond at 65 536
+//! entries as at a million). An update writes
 //! the new bytes beside the old until a compaction drops them, so one entry may take at most
 //! half of `bytes` if it is ever to be replaced.
 

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use mproc::{
-    Buffer, Connection, Dict, ErrorKind, Event, List, Lock, Manager, Process, StartMethod,
+    Buffer, Connection, Dict, ErrorKind, Event, List, Lock, Manager, Process, StartMethod, Value,
 };
 
 use crate::common::{PATIENCE, alone, open_fds, start};
@@ -717,7 +717,135 @@ fn a_clear_costs_what_is_stored_not_the_capacity() {
     assert_eq!(big.items().unwrap(), [(7, 7)]);
 }
 
+/// `items()` and the compactions of a dict made for a million entries that holds three cost
+/// what it holds: `items()` well under a millisecond (it scanned every slot: 3 ms here), and
+/// compactions make none of its index resident (each zeroed the other index: 80 MiB).
+#[test]
+fn items_and_compactions_cost_what_is_held_not_the_capacity() {
+    if !alone() {
+        return; // it measures this process's resident memory
+    }
+    let big = Manager::new()
+        .unwrap()
+        .dict_with_capacity::<u32, Vec<u8>>(1 << 20, 1 << 20)
+        .unwrap();
+    big.update((0..3).map(|i| (i, vec![i as u8; 10]))).unwrap();
+    let before = resident_shared_kib().unwrap();
+    let fastest = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            assert_eq!(big.items().unwrap().len(), 3);
+            t.elapsed()
+        })
+        .min()
+        .unwrap();
+    assert!(
+        fastest < Duration::from_micros(200),
+        "items() of 3 took {fastest:?}"
+    );
+    // 64 KiB updates into a 1 MiB arena: a compaction every 15 or so.
+    for round in 0..40u8 {
+        big.insert(1, vec![round; 64 << 10]).unwrap();
+    }
+    let grew = resident_shared_kib().unwrap().saturating_sub(before);
+    // Two arenas of 1 MiB at most, and a few pages of the header, index and order.
+    assert!(grew < 3 << 10, "compactions made {grew} KiB resident");
+    let items = big.items().unwrap();
+    let seen: Vec<_> = items.iter().map(|(k, v)| (*k, v[0], v.len())).collect();
+    assert_eq!(seen, [(0, 0, 10), (1, 39, 64 << 10), (2, 2, 10)]);
+}
+
+/// One change of [`change_in_order`]'s, made from its seed and number alone.
+#[derive(Debug)]
+enum Change {
+    Insert(u16, Vec<u8>),
+    Remove(u16),
+    Clear,
+}
+
+fn change(seed: u64, n: u64) -> Change {
+    let mut r = (seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
+    for _ in 0..3 {
+        r ^= r << 13;
+        r ^= r >> 7;
+        r ^= r << 17;
+    }
+    let key = (r >> 20) as u16 % 40;
+    match r % 64 {
+        0 => Change::Clear,
+        1..=24 => Change::Remove(key),
+        _ => Change::Insert(key, vec![n as u8; (r >> 40) as usize % 48]),
+    }
+}
+
+/// Makes changes `0..` from `seed` to `d` forever, counting each made in `done`.
+fn change_in_order(d: Dict<u16, Vec<u8>>, done: Value<u64>, seed: u64) {
+    for n in 0.. {
+        match change(seed, n) {
+            Change::Insert(k, v) => drop(d.insert(k, v).unwrap()),
+            Change::Remove(k) => drop(d.remove(&k).unwrap()),
+            Change::Clear => d.clear().unwrap(),
+        }
+        done.set(n + 1).unwrap();
+    }
+}
+
+/// Python's dict after changes `0..n` from `seed` to `from`: an update keeps its key's
+/// place, a key removed and inserted again goes last.
+fn model(mut from: Vec<(u16, Vec<u8>)>, seed: u64, n: u64) -> Vec<(u16, Vec<u8>)> {
+    for i in 0..n {
+        match change(seed, i) {
+            Change::Insert(k, v) => match from.iter_mut().find(|(key, _)| *key == k) {
+                Some(entry) => entry.1 = v,
+                None => from.push((k, v)),
+            },
+            Change::Remove(k) => from.retain(|(key, _)| *key != k),
+            Change::Clear => from.clear(),
+        }
+    }
+    from
+}
+
+/// A child SIGKILLed at random points of its inserts, updates, removes, clears and the
+/// compactions they bring (48 entries and 4 KiB: one every few dozen changes): after each
+/// kill, `items()` is Python's dict as the changes the child counted, or as one more (the
+/// one it made but was killed before counting), in Python's order.
+fn a_child_killed_mid_change_leaves_the_models_dict(m: StartMethod) {
+    let d = Manager::new()
+        .unwrap()
+        .dict_with_capacity::<u16, Vec<u8>>(48, 4 << 10)
+        .unwrap();
+    let done = Value::new(0u64).unwrap();
+    let mut r = 0x2545_f491_4f6c_dd1du64;
+    for round in 0..40u64 {
+        let base = d.items().unwrap();
+        done.set(0).unwrap();
+        let seed = round.wrapping_mul(0x1000_0000_01b3) ^ r;
+        let mut child = start(m, change_in_order, (d.clone(), done.clone(), seed));
+        let until = Instant::now() + PATIENCE;
+        while done.get().unwrap() == 0 {
+            assert!(Instant::now() < until, "{m}: the child made no change");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        r ^= r << 13;
+        r ^= r >> 7;
+        r ^= r << 17;
+        std::thread::sleep(Duration::from_micros(r % 5_000));
+        child.kill().unwrap();
+        let _ = child.join_timeout(PATIENCE);
+        let n = done.get().unwrap();
+        let seen = d.items().unwrap();
+        assert_eq!(d.len().unwrap(), seen.len(), "{m}, round {round}");
+        let (counted, one_more) = (model(base.clone(), seed, n), model(base, seed, n + 1));
+        assert!(
+            seen == counted || seen == one_more,
+            "{m}, round {round}, after {n} changes: {seen:?}\nnot {counted:?}\nnor {one_more:?}"
+        );
+    }
+}
+
 per_start_method!(
+    a_child_killed_mid_change_leaves_the_models_dict,
     a_holder_killed_inside_update_with_frees_every_waiter,
     churners_killed_while_threads_read_by_reference,
     forged_handles_are_refused,
