@@ -718,8 +718,10 @@ fn a_clear_costs_what_is_stored_not_the_capacity() {
 }
 
 /// `items()` and the compactions of a dict made for a million entries that holds three cost
-/// what it holds: `items()` well under a millisecond (it scanned every slot: 3 ms here), and
-/// compactions make none of its index resident (each zeroed the other index: 80 MiB).
+/// what it holds, told by the pages they touch (its time is the manager bench's): `items()`
+/// reads none of its index (it scanned every slot, making the index resident: tens of MiB,
+/// 3 ms here), and compactions make none of it resident (each zeroed the other index: 80
+/// MiB).
 #[test]
 fn items_and_compactions_cost_what_is_held_not_the_capacity() {
     if !alone() {
@@ -731,18 +733,11 @@ fn items_and_compactions_cost_what_is_held_not_the_capacity() {
         .unwrap();
     big.update((0..3).map(|i| (i, vec![i as u8; 10]))).unwrap();
     let before = resident_shared_kib().unwrap();
-    let fastest = (0..20)
-        .map(|_| {
-            let t = Instant::now();
-            assert_eq!(big.items().unwrap().len(), 3);
-            t.elapsed()
-        })
-        .min()
-        .unwrap();
-    assert!(
-        fastest < Duration::from_micros(200),
-        "items() of 3 took {fastest:?}"
-    );
+    for _ in 0..20 {
+        assert_eq!(big.items().unwrap().len(), 3);
+    }
+    let read = resident_shared_kib().unwrap().saturating_sub(before);
+    assert!(read < 256, "items() made {read} KiB resident");
     // 64 KiB updates into a 1 MiB arena: a compaction every 15 or so.
     for round in 0..40u8 {
         big.insert(1, vec![round; 64 << 10]).unwrap();
