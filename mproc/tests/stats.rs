@@ -108,29 +108,36 @@ fn busy_and_waiting_time(m: StartMethod) {
 fn quick_calls_count_no_idleness(m: StartMethod) {
     let pool = builder(m, 1).build().unwrap();
     pool.apply(nap, (0,)).unwrap(); // ready
+    // The worker's busy time over `calls` calls, the time they took, and how much of it this
+    // thread slept between them.
     let busy_over = |gap: Duration, calls: usize| {
         let t = Instant::now();
         let before = pool.stats().workers[0].busy;
+        let mut slept = Duration::ZERO;
         for _ in 0..calls {
             pool.apply(nap, (0,)).unwrap();
             if !gap.is_zero() {
+                let s = Instant::now();
                 std::thread::sleep(gap);
+                slept += s.elapsed();
             }
         }
         let busy = pool.stats().workers[0].busy - before;
-        (busy, t.elapsed())
+        (busy, t.elapsed(), slept)
     };
-    let (busy, took) = busy_over(Duration::ZERO, 2000);
+    let (busy, took, _) = busy_over(Duration::ZERO, 2000);
     assert!(
         busy > Duration::ZERO && busy <= took,
         "{busy:?} of {took:?}"
     );
     // Past the worker's linger (50 µs) between calls: it sleeps, and its idleness must not
-    // count.
-    let (busy, took) = busy_over(Duration::from_micros(300), 200);
+    // count: most of the time this thread slept is not the worker's busy time. (Not a share
+    // of the whole: on a loaded machine a run a worker is kept from its CPU in counts that
+    // wait, and spaced calls read 30% busy with both CPUs kept busy.)
+    let (busy, took, slept) = busy_over(Duration::from_micros(300), 200);
     assert!(
-        busy > Duration::ZERO && busy < took / 4,
-        "{busy:?} of {took:?}"
+        busy > Duration::ZERO && busy + slept / 2 <= took,
+        "{busy:?} of {took:?}, {slept:?} of it asleep"
     );
 }
 
