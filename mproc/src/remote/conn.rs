@@ -255,6 +255,16 @@ impl Conn {
         self
     }
 
+    /// The same connection, named `name` (in `CLIENT LIST`, and again on each connection that
+    /// replaces it; a server that refuses the name is not an error), not dialled again by
+    /// itself: its owner decides what a lost connection means. A connection lost under the
+    /// name is replaced at its next use.
+    pub(crate) fn named(mut self, name: &str) -> Conn {
+        self.name = Some(name.to_owned());
+        self.stale |= self.set_name().is_err();
+        self
+    }
+
     /// Names the connection, if it has a name: before any command of its own is sent. A
     /// refusal (an ACL without `+client|setname`) leaves it unnamed and fine; a connection
     /// that failed under it is not used.

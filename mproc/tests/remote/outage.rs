@@ -1,0 +1,222 @@
+//! An agent whose Redis goes away (its connections dropped, the server killed, restarted
+//! empty, or refusing it for a while): it keeps dialling, keeps its local workers and their
+//! tasks, and serves again once Redis answers; an answer that waited is recorded once if its
+//! pool still exists. Past `MPROC_REDIAL_MS` (for ever by default) it exits with status 1.
+
+use std::time::{Duration, Instant};
+
+use mproc::{ErrorKind, StartMethod};
+
+use crate::cluster::Cluster;
+use crate::common::{sleep_ms, wait_until};
+use crate::harness::{AGENT_USER, Agent, RedisServer, Reply};
+use crate::redial::{clients_named, kill_named};
+
+fn mix(n: u64) -> u64 {
+    n.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17) ^ n
+}
+
+/// How long an agent may take to serve again once Redis is back: it tries at least once a
+/// second, and registers again at once.
+const BACK_WITHIN: Duration = Duration::from_secs(10);
+
+/// The ids the agents are registered under now.
+fn agent_ids(c: &Cluster) -> Vec<Vec<u8>> {
+    let mut ids = Vec::new();
+    for key in c.keys("mproc:*:agents") {
+        if let Ok(Reply::Array(fields)) = c.redis.cmd(&[b"HKEYS".as_slice(), &key]) {
+            ids.extend(fields.into_iter().filter_map(|f| match f {
+                Reply::Bulk(b) => Some(b),
+                _ => None,
+            }));
+        }
+    }
+    ids
+}
+
+/// The agent's output says it lost Redis and found it again (each of its threads says so
+/// at its next try, a second at most after Redis is back), and nothing panicked.
+fn said_out_and_back(agent: &Agent) {
+    wait_until("the agent says Redis answers again", || {
+        agent.output().contains("answers again")
+    });
+    let out = agent.output();
+    assert!(out.contains("is out of reach"), "{out}");
+    assert!(!out.contains("panicked"), "{out}");
+}
+
+/// Redis killed, and started again empty on the same socket 3 s later (past the agent's
+/// heartbeat TTL and its longest pause between tries) while the agent is idle: the agent
+/// does not exit, registers again, and the same process runs a pool made afterwards.
+fn an_idle_agent_serves_again_after_redis_restarts(m: StartMethod) {
+    let mut c = Cluster::new(m, 1, 2);
+    let pid = c.agents[0].pid();
+    {
+        let pool = c.pool();
+        assert_eq!(pool.apply(mix, (1,)).unwrap(), mix(1));
+    }
+    c.redis.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        c.agents[0].is_running(),
+        "the agent exited with Redis down: {}",
+        c.agents[0].output()
+    );
+    c.redis.restart().unwrap();
+    let at = Instant::now();
+    c.wait_agents(1);
+    let pool = c.pool();
+    let r = pool.map_async(mix, 0..200u64).unwrap();
+    let want: Vec<u64> = (0..200).map(mix).collect();
+    assert_eq!(r.get_timeout(BACK_WITHIN).unwrap(), want);
+    assert!(at.elapsed() < BACK_WITHIN, "{:?}", at.elapsed());
+    assert!(c.agents[0].is_running(), "{}", c.agents[0].output());
+    assert_eq!(c.agents[0].pid(), pid);
+    assert_eq!(c.registered(), 1);
+    said_out_and_back(&c.agents[0]);
+}
+
+/// Every connection of the agent killed (`CLIENT KILL`) five times while Redis stays up,
+/// under a long task and a `map`: the agent goes on under the same name, the long task's
+/// worker is kept and its answer recorded (it would be `WorkerLost` had the agent been taken
+/// for dead), every value comes, and its connections are back under their names.
+fn agents_connections_killed_while_redis_stays_up(m: StartMethod) {
+    let mut c = Cluster::new(m, 1, 2);
+    let pid = c.agents[0].pid();
+    let ids = agent_ids(&c);
+    let pool = c.pool();
+    let long = pool.apply_async(sleep_ms, (1500,)).unwrap();
+    wait_until("the agent runs the long task", || c.running() == 1);
+    let mapped = pool
+        .chunksize(1)
+        .map_async(sleep_ms, vec![5u64; 200])
+        .unwrap();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            kill_named(&c.redis, "mproc-agent-") >= 1,
+            "no agent connection"
+        );
+    }
+    assert_eq!(long.get_timeout(Duration::from_secs(20)), Ok(1500));
+    assert_eq!(
+        mapped.get_timeout(Duration::from_secs(20)).unwrap(),
+        vec![5; 200]
+    );
+    assert_eq!(pool.apply(mix, (3,)).unwrap(), mix(3));
+    assert!(c.agents[0].is_running(), "{}", c.agents[0].output());
+    assert_eq!(c.agents[0].pid(), pid);
+    assert_eq!(agent_ids(&c), ids, "registered again under another name");
+    wait_until("the agent's three connections are back", || {
+        clients_named(&c.redis, "mproc-agent-").len() == 3
+    });
+    said_out_and_back(&c.agents[0]);
+}
+
+per_start_method!(
+    an_idle_agent_serves_again_after_redis_restarts,
+    agents_connections_killed_while_redis_stays_up
+);
+
+/// Redis restarted empty while the agent runs a long task of a pool: the caller gets a
+/// Broker error (its pool is lost) or the value, never a hang; the agent drops the task's
+/// answer (its pool is gone: nothing of it is written back) and serves a new pool.
+#[test]
+fn redis_restarted_under_a_running_task() {
+    let mut c = Cluster::new(StartMethod::Forkserver, 1, 2);
+    let pid = c.agents[0].pid();
+    let pool = c.pool();
+    let long = pool.apply_async(sleep_ms, (3000,)).unwrap();
+    wait_until("the agent runs the long task", || c.running() == 1);
+    let old = c.keys("mproc:*:pool:*");
+    assert_eq!(old.len(), 1);
+    let old = String::from_utf8(old[0].clone())
+        .unwrap()
+        .replace(":pool:", ":results:");
+    c.redis.restart().unwrap();
+    let at = Instant::now();
+    match long.get_timeout(Duration::from_secs(20)) {
+        Ok(v) => assert_eq!(v, 3000),
+        Err(e) => assert!(matches!(e.kind(), ErrorKind::Broker(_)), "{e}"),
+    }
+    assert!(at.elapsed() < Duration::from_secs(15), "{:?}", at.elapsed());
+    let e = pool.apply(mix, (1,)).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::Broker(_)), "{e}");
+    drop(pool);
+    c.wait_agents(1);
+    let pool = c.pool();
+    let r = pool.map_async(mix, 0..50u64).unwrap();
+    let want: Vec<u64> = (0..50).map(mix).collect();
+    assert_eq!(r.get_timeout(BACK_WITHIN).unwrap(), want);
+    // The long task's end (3 s after it started) is past: its answer was dropped.
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(at.elapsed()));
+    assert_eq!(pool.apply(mix, (2,)).unwrap(), mix(2));
+    assert!(
+        c.keys(&old).is_empty(),
+        "the lost pool's answer was written back"
+    );
+    assert!(c.agents[0].is_running(), "{}", c.agents[0].output());
+    assert_eq!(c.agents[0].pid(), pid);
+    said_out_and_back(&c.agents[0]);
+}
+
+/// Redis up, with its data, but refusing the agent for 2.5 s (its user switched off and its
+/// connections dropped) while it runs a task that ends meanwhile: the answer waits, and is
+/// recorded once when Redis lets the agent in again (the agent's heartbeat TTL, 5 s, outlives
+/// the outage: it is not taken for dead). The caller is on the Unix socket as another user.
+#[test]
+fn an_answer_waits_for_redis_and_is_recorded_once() {
+    let redis = RedisServer::start_tcp_acl().unwrap_or_else(|e| panic!("{e}"));
+    let url = redis.tcp_url_for_agent();
+    let mut c = Cluster::on(redis, StartMethod::Forkserver, 0, 2);
+    let env = [
+        ("MPROC_HEARTBEAT_MS", "5000"),
+        ("MPROC_START_METHOD", "forkserver"),
+    ];
+    c.agents.push(Agent::start(&url, &c.key, 2, &env));
+    c.wait_agents(1);
+    let pool = c.pool();
+    assert_eq!(pool.apply(mix, (1,)).unwrap(), mix(1));
+    let long = pool.apply_async(sleep_ms, (1000,)).unwrap();
+    wait_until("the agent runs the task", || c.running() == 1);
+    let off = c.redis.cmd(&["ACL", "SETUSER", AGENT_USER, "off"]);
+    assert_eq!(off, Ok(Reply::Status("OK".into())));
+    let killed = c.redis.cmd(&["CLIENT", "KILL", "USER", AGENT_USER]);
+    assert!(matches!(killed, Ok(Reply::Int(n)) if n >= 3), "{killed:?}");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!long.ready(), "answered while the agent was locked out");
+    assert!(c.agents[0].is_running(), "{}", c.agents[0].output());
+    let on = c.redis.cmd(&["ACL", "SETUSER", AGENT_USER, "on"]);
+    assert_eq!(on, Ok(Reply::Status("OK".into())));
+    assert_eq!(long.get_timeout(BACK_WITHIN), Ok(1000));
+    assert_eq!(pool.apply(mix, (2,)).unwrap(), mix(2));
+    let results = c.keys("mproc:*:results:*");
+    assert_eq!(results.len(), 1);
+    assert_eq!(c.entries_added(&results[0]), 3, "an answer recorded twice");
+    said_out_and_back(&c.agents[0]);
+}
+
+/// With `MPROC_REDIAL_MS=1500`, Redis killed and not started again: the agent keeps trying
+/// for 1.5 s, then exits with status 1 and says why.
+#[test]
+fn an_agent_gives_up_past_its_redial_limit() {
+    let mut c = Cluster::new(StartMethod::Forkserver, 0, 1);
+    c.add_agent(1, &[("MPROC_REDIAL_MS", "1500")]);
+    c.wait_agents(1);
+    let at = Instant::now();
+    c.redis.kill();
+    assert_eq!(c.agents[0].wait_timeout(Duration::from_millis(1000)), None);
+    let status = c.agents[0].wait_timeout(Duration::from_secs(15));
+    let took = at.elapsed();
+    let out = c.agents[0].output();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{out}");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    assert!(
+        out.contains("(MPROC_REMOTE is set): remote pool broker"),
+        "{out}"
+    );
+    assert!(out.contains("was not reached again within 1.5s"), "{out}");
+}
