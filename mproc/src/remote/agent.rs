@@ -805,7 +805,16 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
     let left = match engine.stranded {
         // SIGTERM with Redis out of reach: what this agent holds is the reaper's.
         true => outcome,
-        false => outcome.and_then(|()| engine.leave()),
+        false => outcome.map(|()| {
+            // Drained: a Redis out of reach now only leaves the agent's registration to
+            // expire (the reaper then re-queues what it held, at no charge).
+            if let Err(e) = engine.leave() {
+                log(&format!(
+                    "drained, but Redis could not be told ({e}): what this agent held is \
+                     re-queued once its heartbeat expires"
+                ));
+            }
+        }),
     };
     // The local pools close once the agent has left (what they still hold is re-queued).
     drop(locals);
@@ -1027,8 +1036,10 @@ impl Engine {
         c.reread.store(true, Ordering::SeqCst);
         if let Some(id) = self.reaped_meanwhile.take()
             && id == c.id()
+            && let Err(e) = self.reaped()
         {
-            self.reaped()?;
+            self.reaped_meanwhile = Some(id);
+            return Err(e);
         }
         Ok(())
     }

@@ -3,11 +3,12 @@
 //! `MPROC_CA_FILE=<pem>`), serves remote pools and never runs `main`, as a spawned local
 //! worker never does (`start/bootstrap.rs` has the mechanism and its reasons).
 //!
-//! It exits 0 once drained (SIGTERM), and 1 with a message on stderr if it cannot start (no
-//! key, bad URL, no server at its start), or when Redis stays out of reach longer than
-//! `MPROC_REDIAL_MS` (unset: it keeps dialling for ever; see `Remote::redial_for`): a lost
-//! connection, or a Redis that went down or restarted, is dialled again, and the agent serves
-//! on once Redis answers.
+//! It exits 0 once drained (SIGTERM; with Redis out of reach then, it tries for one
+//! heartbeat TTL and leaves what it held to the reaper), and 1 with a message on stderr if it
+//! cannot start (no key, bad URL, no server at its start), or when Redis stays out of reach
+//! longer than `MPROC_REDIAL_MS` (unset: it keeps dialling for ever; see
+//! `Remote::redial_for`): a lost connection, or a Redis that went down or restarted, is
+//! dialled again, and the agent serves on once Redis answers.
 
 #![allow(unsafe_code)]
 

@@ -220,3 +220,28 @@ fn an_agent_gives_up_past_its_redial_limit() {
     );
     assert!(out.contains("was not reached again within 1.5s"), "{out}");
 }
+
+/// SIGTERM while Redis is down: the agent, idle or running a task, leaves within a bounded
+/// time (it tries Redis for one heartbeat TTL), with status 0: what it held is the reaper's
+/// once its heartbeat expires, as for a host that died.
+#[test]
+fn sigterm_while_redis_is_down_leaves() {
+    for busy in [false, true] {
+        let mut c = Cluster::new(StartMethod::Forkserver, 1, 1);
+        let pool = c.pool();
+        let r = pool.apply_async(sleep_ms, (200,)).unwrap();
+        if busy {
+            wait_until("the agent runs the task", || c.running() == 1);
+        } else {
+            assert_eq!(r.get_timeout(Duration::from_secs(10)), Ok(200));
+        }
+        c.redis.kill();
+        std::thread::sleep(Duration::from_millis(500));
+        let at = Instant::now();
+        let status = c.agents[0].terminate().unwrap();
+        let out = c.agents[0].output();
+        assert!(status.success(), "busy {busy}: {status:?}: {out}");
+        assert!(at.elapsed() < Duration::from_secs(5), "{:?}", at.elapsed());
+        assert!(!out.contains("panicked"), "{out}");
+    }
+}
