@@ -184,6 +184,10 @@ struct Task {
     raw: Option<RawTask>,
     /// When a worker got it (marked running); `None` while it waits (held).
     started: Option<Instant>,
+    /// The engine cancelled it (its task was cancelled, or its pool is gone): a `Cancelled`
+    /// answer is its own. Any other `Cancelled` is the local pool's dropping it unrun,
+    /// its start not sent (the hub's connection failed).
+    cancelled: bool,
 }
 
 impl Common {
@@ -371,6 +375,16 @@ impl Common {
         let Some(t) = hub.tasks.remove(&id) else {
             return; // dropped or refused: not recorded
         };
+        let dropped = matches!(&outcome, Err(e) if *e.kind() == ErrorKind::Cancelled);
+        if dropped && !t.cancelled {
+            // Dropped unrun by its local pool (its start failed with the hub's connection,
+            // whichever thread sent it): still pending for this agent, read again.
+            hub.wake_waiting();
+            drop(hub);
+            self.reread.store(true, Ordering::SeqCst);
+            self.release(1);
+            return;
+        }
         if let Some(started) = t.started {
             hub.pace.note(started.elapsed(), self.workers, &self.window);
             hub.wake_waiting();
@@ -735,6 +749,11 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
     // The hub's: polled, so that its `STEP` replies are parsed by mproc, not the crate.
     let mut con = Conn::open_polled(&remote.endpoint, Duration::ZERO)?.named(HUB_NAME);
     conn::ensure_group(&mut con, &keys.tasks())?;
+    // Every connection made before the agent registers: once it is registered, a Redis
+    // that fails is dialled again, never the end of a start half made.
+    let beat_con = Conn::open(&remote.endpoint, Duration::ZERO)?.named(HEARTBEAT_NAME);
+    let block = Duration::from_millis(BLOCK_MS);
+    let read_con = Conn::open_polled(&remote.endpoint, block)?.named(READER_NAME);
     // Before any thread starts, so that all inherit the blocked SIGTERM (local workers start
     // with a clean mask).
     let term = crate::sys::proc::sigterm_fd()
@@ -773,8 +792,7 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
     };
     let beat = {
         let c = Arc::clone(&common);
-        let con = Conn::open(&common.endpoint, Duration::ZERO)?.named(HEARTBEAT_NAME);
-        spawn("mproc-agent-heartbeat", Box::new(move || heartbeat(con, &c)))?
+        spawn("mproc-agent-heartbeat", Box::new(move || heartbeat(beat_con, &c)))?
     };
     {
         let tx = tx.clone();
@@ -789,14 +807,10 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
         )?;
     }
     drop(tx);
-    let reader = {
-        let con = Conn::open_polled(&common.endpoint, Duration::from_millis(BLOCK_MS))?
-            .named(READER_NAME);
-        std::thread::Builder::new()
-            .name("mproc-agent-reader".into())
-            .spawn(move || intake.run(con))
-            .map_err(|e| Error::os("starting an agent thread", e))?
-    };
+    let reader = std::thread::Builder::new()
+        .name("mproc-agent-reader".into())
+        .spawn(move || intake.run(read_con))
+        .map_err(|e| Error::os("starting an agent thread", e))?;
     let outcome = engine.run(&rx);
     common.stop.store(true, Ordering::Relaxed);
     common.room.notify_all();
@@ -1046,10 +1060,14 @@ impl Engine {
 
     /// Cancels the running entries `ids` (their task was cancelled, or their pool is gone).
     fn cancel_ids(&self, ids: &[String]) {
-        let hub = self.common.hub();
+        let mut hub = self.common.hub();
         let raws: Vec<RawTask> = ids
             .iter()
-            .filter_map(|id| hub.tasks.get(id).and_then(|t| t.raw.clone()))
+            .filter_map(|id| {
+                let t = hub.tasks.get_mut(id)?;
+                t.cancelled = true;
+                t.raw.clone()
+            })
             .collect();
         drop(hub);
         self.cancel_all(raws);
@@ -1423,6 +1441,7 @@ impl Intake {
                 max_frame,
                 raw: None,
                 started: None,
+                cancelled: false,
             },
         );
         let submitted = match &local.pool {
@@ -1676,6 +1695,36 @@ mod tests {
         *c.id.lock().unwrap() = "a1".into();
         c.hub().step = step;
         (Arc::new(c), rx)
+    }
+
+    /// A `Cancelled` answer the engine did not ask for is the local pool's dropping the
+    /// entry unrun (its start's `STEP` failed, on whichever thread): nothing is recorded, its
+    /// room is free, and the reader reads it again. One the engine asked for is recorded.
+    #[test]
+    fn an_entry_dropped_unrun_is_read_again_not_answered() {
+        let (_server, sock) = server();
+        let (c, _rx) = common(&sock);
+        for (id, cancelled) in [("1-1", false), ("2-2", true)] {
+            let task = Task {
+                pool: 7,
+                task: 1,
+                max_frame: 1 << 20,
+                raw: None,
+                started: Some(Instant::now()),
+                cancelled,
+            };
+            c.hub().tasks.insert(id.into(), task);
+            c.outstanding.fetch_add(1, Ordering::SeqCst);
+            c.answered(id.into(), Err(ErrorKind::Cancelled.into()));
+            let hub = c.hub();
+            assert!(!hub.tasks.contains_key(id));
+            assert_eq!(hub.records.len(), usize::from(cancelled), "{id}");
+            drop(hub);
+            assert_eq!(c.reread.swap(false, Ordering::SeqCst), !cancelled);
+            // Released now, or once its answer is sent.
+            let out = c.outstanding.load(Ordering::SeqCst);
+            assert_eq!(out, usize::from(cancelled), "{id}");
+        }
     }
 
     /// An entry of pool 7's task `task`, read by `a1`: its id.
