@@ -28,14 +28,18 @@ mod submitter;
 pub use config::Remote;
 
 impl Remote {
-    /// Serves remote pools on this host until Redis goes away (or the process is killed):
-    /// what an executable started with `MPROC_REMOTE` does before `main`, for a program that
-    /// prefers to decide in code. Blocks.
+    /// Serves remote pools on this host until SIGTERM (it finishes the tasks it runs, hands
+    /// back those it holds, and returns `Ok`), or the process is killed: what an executable
+    /// started with `MPROC_REMOTE` does before `main`, for a program that prefers to decide in
+    /// code. Blocks. Redis lost meanwhile (a dropped connection, a server down or restarted)
+    /// is dialled again, for as long as [`redial_for`](Self::redial_for) allows (for ever by
+    /// default): the agent keeps its workers and their tasks, and serves on once Redis
+    /// answers.
     ///
     /// # Errors
     ///
-    /// `InvalidArgument` without a key (or a bad one); `Broker` if Redis cannot be reached,
-    /// or fails later.
+    /// `InvalidArgument` without a key (or a bad one); `Broker` if Redis cannot be reached
+    /// at the start, or stays out of reach past `redial_for`.
     ///
     /// ```no_run
     /// mproc::Remote::redis("redis://10.0.0.5:6379/0")?

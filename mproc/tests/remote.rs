@@ -34,3 +34,6 @@ mod callers;
 
 #[path = "remote/redial.rs"]
 mod redial;
+
+#[path = "remote/outage.rs"]
+mod outage;

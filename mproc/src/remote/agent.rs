@@ -21,6 +21,17 @@
 //!   through another thread.
 //! - the engine (the calling thread): acts on what the others report (cancels, refusals,
 //!   being declared dead, SIGTERM, Redis gone) and reads replies left unread.
+//!
+//! Redis lost (a connection dropped, the server down or restarted): each thread dials again
+//! on its own ([`Redial`]: at once, then after 50 ms doubling up to 1 s), for as long as
+//! [`Remote::redial_for`] allows (for ever by default), and the local pools and their workers
+//! stay as they are. Nothing starts while the hub's connection is down; answers gathered
+//! meanwhile, and those of `STEP`s whose replies were lost, are sent again once it is back
+//! (the script records each task once, and drops the answers of pools that are gone);
+//! entries that were to start are read again. The heartbeat and the reader see whether Redis
+//! still knows the agent (it forgets it when restarted empty, or reaps it after an outage
+//! longer than the heartbeat TTL): if not, the engine registers it again under a new id, as
+//! when it was declared dead, and the reader recreates the consumer group if it is gone.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -67,13 +78,31 @@ enum Event {
     Cancel(Vec<String>),
     /// Entries the `STEP` script refused to start: take them back from their local pools.
     Refused(Vec<RawTask>),
-    /// The heartbeat (or a `STEP` reply) found the agent declared dead.
-    Reaped,
-    /// A thread failed to reach Redis: it is gone.
+    /// The heartbeat, the reader or a `STEP` reply found the agent of this id declared dead,
+    /// or forgotten (Redis restarted without its data).
+    Reaped(String),
+    /// The hub's connection failed, the one of this epoch ([`Hub::epoch`]): dial again.
+    Lost(Error, u64),
+    /// A thread gave up on Redis (out of reach past [`Remote::redial_for`]): the agent ends.
     Failed(Error),
     /// SIGTERM: finish what runs, hand back what is held, leave.
     Drain,
 }
+
+/// The names of the agent's connections (`CLIENT LIST`).
+const HUB_NAME: &str = "mproc-agent-hub";
+const READER_NAME: &str = "mproc-agent-reader";
+const HEARTBEAT_NAME: &str = "mproc-agent-heartbeat";
+
+/// The first pause between two tries to reach Redis again (the first try is at once).
+const FIRST_PAUSE: Duration = Duration::from_millis(50);
+
+/// The longest pause between two tries.
+const LAST_PAUSE: Duration = Duration::from_secs(1);
+
+/// An answer to record: (entry id, pool, task, sealed result); an empty entry id for a frame
+/// that was never started (refused).
+type Record = (String, u64, u64, Vec<u8>);
 
 /// What the threads share.
 struct Common {
@@ -82,6 +111,14 @@ struct Common {
     key: Key,
     ttl: Duration,
     workers: usize,
+    /// How long Redis may stay out of reach ([`Remote::redial_for`]; `None`: for ever).
+    redial_for: Option<Duration>,
+    /// How many threads are dialling Redis again now (the first says so, and the last once
+    /// it answers).
+    down: AtomicUsize,
+    /// Set when entries this agent read may have been dropped unrun (their start failed
+    /// with the hub's connection): the reader reads its pending entries again.
+    reread: AtomicBool,
     /// The consumer name and heartbeat key in use (a new one after being declared dead).
     id: Mutex<String>,
     /// Entries read and not yet recorded or dropped: the reader reads only what fits.
@@ -104,8 +141,12 @@ struct Hub {
     con: Conn,
     /// Entries handed to a local pool and not answered yet.
     tasks: HashMap<String, Task>,
-    /// Answers to record: (entry id, pool, task, sealed result).
-    records: Vec<(String, u64, u64, Vec<u8>)>,
+    /// Answers to record.
+    records: Vec<Record>,
+    /// Answers sent once, whose `STEP` failed or whose reply was lost with the connection:
+    /// sent again once the hub's connection is back (a task is recorded once, however often
+    /// its answer comes). Their room was freed when they were first sent.
+    resend: Vec<Record>,
     /// Entries a local worker is about to get, to mark running: (entry id, pool, task).
     starting: Vec<(String, u64, u64)>,
     /// Entries whose answers are recorded (their `STEP`'s reply came, and was no error), to
@@ -117,10 +158,13 @@ struct Hub {
     step: String,
     /// Per pipeline sent and not read yet (the connection keeps their bytes), oldest first.
     unsettled: VecDeque<Unsettled>,
-    /// The failure of a `STEP` or of reading its reply: from then on nothing more is sent
-    /// (the agent is ending; what is pending is the reaper's), and nothing more is taken for
-    /// recorded.
+    /// The failure of a `STEP` or of reading its reply: from then on nothing more is sent,
+    /// and nothing more is taken for recorded, until the engine has dialled Redis again and
+    /// replaced the connection. Meanwhile nothing starts.
     broken: Option<Error>,
+    /// Which connection this is: one more each time the engine replaces it (a failure told
+    /// of an older one is over).
+    epoch: u64,
     /// When the last pipeline went out (its replies may still be on their way).
     sent: Instant,
     /// What wakes each local pool's dispatcher, by remote pool.
@@ -140,6 +184,10 @@ struct Task {
     raw: Option<RawTask>,
     /// When a worker got it (marked running); `None` while it waits (held).
     started: Option<Instant>,
+    /// The engine cancelled it (its task was cancelled, or its pool is gone): a `Cancelled`
+    /// answer is its own. Any other `Cancelled` is the local pool's dropping it unrun,
+    /// its start not sent (the hub's connection failed).
+    cancelled: bool,
 }
 
 impl Common {
@@ -147,7 +195,7 @@ impl Common {
     fn new(
         endpoint: Endpoint,
         (keys, key): (Keys, Key),
-        ttl: Duration,
+        (ttl, redial_for): (Duration, Option<Duration>),
         workers: usize,
         tx: Sender<Event>,
         con: Conn,
@@ -158,6 +206,9 @@ impl Common {
             key,
             ttl,
             workers,
+            redial_for,
+            down: AtomicUsize::new(0),
+            reread: AtomicBool::new(false),
             id: Mutex::new(String::new()),
             outstanding: AtomicUsize::new(0),
             room: Condvar::new(),
@@ -172,11 +223,13 @@ impl Common {
                 con,
                 tasks: HashMap::new(),
                 records: Vec::new(),
+                resend: Vec::new(),
                 starting: Vec::new(),
                 acked: Vec::new(),
                 step: String::new(),
                 unsettled: VecDeque::new(),
                 broken: None,
+                epoch: 0,
                 sent: Instant::now(),
                 wakers: HashMap::new(),
                 waiting: HashSet::new(),
@@ -231,14 +284,16 @@ impl Common {
     /// A local worker is picked for entry `id`: it is to be marked running with the next
     /// [`flush`](Self::flush), unless it was dropped (declared dead, or draining), or the
     /// agent's workers are all busy (its local pools together run no more than the workers it
-    /// announced: this one waits, and is woken when one is free). On a local pool's thread.
+    /// announced: this one waits, and is woken when one is free), or the hub's connection is
+    /// down (it waits until Redis is reached again). On a local pool's thread.
     fn gate(&self, id: &str) -> Verdict {
         let mut hub = self.hub();
         let running = hub.tasks.values().filter(|t| t.started.is_some()).count();
+        let broken = hub.broken.is_some();
         let Some(t) = hub.tasks.get_mut(id) else {
             return Verdict::Drop;
         };
-        if running >= self.workers {
+        if running >= self.workers || broken {
             let pool = t.pool;
             hub.waiting.insert(pool);
             return Verdict::Later;
@@ -250,9 +305,10 @@ impl Common {
     }
 
     /// Sends the answers gathered and marks the entries about to start running, in one
-    /// script; `false` if Redis is gone (told to the engine; the entries are not run). From
-    /// a local pool's dispatcher (before its workers get the entries, and at the end of each
-    /// turn) and from the engine.
+    /// script; `false` if the hub's connection is down (the engine is told, and dials again;
+    /// the entries are not run, and are read again once Redis answers). From a local pool's
+    /// dispatcher (before its workers get the entries, and at the end of each turn) and from
+    /// the engine.
     fn flush(&self) -> bool {
         self.flush_with(false)
     }
@@ -262,31 +318,54 @@ impl Common {
     fn flush_with(&self, acks: bool) -> bool {
         let mut hub = self.hub();
         let acks_wait = acks && !hub.acked.is_empty();
-        if hub.records.is_empty() && hub.starting.is_empty() && !acks_wait {
+        if hub.records.is_empty() && hub.resend.is_empty() && hub.starting.is_empty() && !acks_wait
+        {
             return true;
         }
+        let (told, epoch) = (hub.broken.is_some(), hub.epoch);
         let sent = hub.send(self, acks);
-        if sent.is_err() {
-            // Not run, not recorded: Redis is gone.
-            for (id, ..) in std::mem::take(&mut hub.starting) {
-                hub.tasks.remove(&id);
+        let Err(e) = sent else {
+            drop(hub);
+            if let Ok(settled) = sent {
+                settled.tell(self);
             }
+            return true;
+        };
+        // Not run, not marked: still pending for this agent, read again once Redis answers.
+        let dropped = std::mem::take(&mut hub.starting);
+        for (id, ..) in &dropped {
+            hub.tasks.remove(id);
         }
         drop(hub);
-        self.failed(sent)
+        if !dropped.is_empty() {
+            self.reread.store(true, Ordering::SeqCst);
+            self.release(dropped.len());
+        }
+        if !told {
+            let _ = self.tx.send(Event::Lost(e, epoch));
+        }
+        false
     }
 
-    /// Passes on what reading replies found; `false` on a failure (told to the engine).
-    fn failed(&self, sent: Result<Settled, Error>) -> bool {
-        match sent {
-            Ok(settled) => {
-                settled.tell(self);
-                true
+    /// The reader, the heartbeat and the engine's dialling again: waits `pause`, less if
+    /// the agent is stopping.
+    fn nap(&self, pause: Duration) {
+        let until = Instant::now() + pause;
+        while !self.stop.load(Ordering::Relaxed) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
             }
-            Err(e) => {
-                let _ = self.tx.send(Event::Failed(e));
-                false
-            }
+            std::thread::sleep(left.min(Duration::from_millis(20)));
+        }
+    }
+
+    /// After telling the engine that agent `id` was declared dead: waits (bounded) until it
+    /// has registered again under a new id.
+    fn wait_for_new_id(&self, id: &str) {
+        let until = Instant::now() + self.ttl;
+        while self.id() == id && Instant::now() < until && !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -296,6 +375,16 @@ impl Common {
         let Some(t) = hub.tasks.remove(&id) else {
             return; // dropped or refused: not recorded
         };
+        let dropped = matches!(&outcome, Err(e) if *e.kind() == ErrorKind::Cancelled);
+        if dropped && !t.cancelled {
+            // Dropped unrun by its local pool (its start failed with the hub's connection,
+            // whichever thread sent it): still pending for this agent, read again.
+            hub.wake_waiting();
+            drop(hub);
+            self.reread.store(true, Ordering::SeqCst);
+            self.release(1);
+            return;
+        }
         if let Some(started) = t.started {
             hub.pace.note(started.elapsed(), self.workers, &self.window);
             hub.wake_waiting();
@@ -312,7 +401,7 @@ impl Common {
         task: u64,
         limit: usize,
         outcome: Result<Vec<u8>, Error>,
-    ) -> Option<(String, u64, u64, Vec<u8>)> {
+    ) -> Option<Record> {
         let outcome = match outcome {
             Ok(b) if b.len() + 512 > limit => Err(Error::invalid(format!(
                 "the task's results encode to {} bytes, over the remote pool's frame limit of \
@@ -357,12 +446,87 @@ impl Common {
     }
 }
 
+/// A thread's dialling of Redis again after a command failed: how long it waits before
+/// each try (none before the first, then [`FIRST_PAUSE`] doubling up to [`LAST_PAUSE`]: never
+/// a busy loop), and whether the agent's limit ([`Remote::redial_for`]) has passed.
+#[derive(Default)]
+struct Redial {
+    /// When the first failure of this outage came (`None`: Redis answers).
+    since: Option<Instant>,
+    pause: Duration,
+    /// When Redis last answered again: a failure within a second of it goes on from the
+    /// pause reached (a server that takes connections and fails every command is not
+    /// hammered).
+    ended: Option<Instant>,
+}
+
+impl Redial {
+    /// A command failed with `e`: how long to wait before trying again, or, past the limit,
+    /// the error that ends the agent.
+    fn failed(&mut self, c: &Common, e: &Error) -> Result<Duration, Error> {
+        let since = *self.since.get_or_insert_with(|| {
+            if self.ended.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                self.pause = Duration::ZERO;
+            }
+            if c.down.fetch_add(1, Ordering::SeqCst) == 0 {
+                let how_long = match c.redial_for {
+                    Some(limit) => format!("for up to {limit:?} (Remote::redial_for)"),
+                    None => "until it answers".into(),
+                };
+                log(&format!(
+                    "Redis at {} is out of reach ({e}); dialling it again {how_long}, keeping \
+                     the local workers and their tasks",
+                    c.endpoint.shown()
+                ));
+            }
+            Instant::now()
+        });
+        let left = match c.redial_for {
+            Some(limit) if since.elapsed() >= limit => {
+                let why = match e.kind() {
+                    ErrorKind::Broker(why) => why.clone(),
+                    _ => e.to_string(),
+                };
+                return Err(ErrorKind::Broker(format!(
+                    "{why}; Redis at {} was not reached again within {limit:?} \
+                     (Remote::redial_for; MPROC_REDIAL_MS for an agent started by the \
+                     environment)",
+                    c.endpoint.shown()
+                ))
+                .into());
+            }
+            Some(limit) => limit - since.elapsed(),
+            None => Duration::MAX,
+        };
+        let pause = self.pause;
+        self.pause = (pause * 2).clamp(FIRST_PAUSE, LAST_PAUSE);
+        Ok(pause.min(left))
+    }
+
+    /// A command succeeded: Redis answers (again).
+    fn reached(&mut self, c: &Common) {
+        if let Some(since) = self.since.take() {
+            self.ended = Some(Instant::now());
+            if c.down.fetch_sub(1, Ordering::SeqCst) == 1 {
+                log(&format!(
+                    "Redis at {} answers again (out of reach for {:.1?}); serving on",
+                    c.endpoint.shown(),
+                    since.elapsed()
+                ));
+            }
+        }
+    }
+}
+
 /// One `STEP` sent, its reply not read yet.
 struct Unsettled {
+    /// The agent's id it was sent under.
+    id: String,
     /// The entries it started, whose verdicts it carries.
     starts: Vec<String>,
-    /// The entries whose answers it records: acknowledged once its reply says so.
-    recorded: Vec<String>,
+    /// The answers it records: acknowledged once its reply says so, sent again if it is
+    /// lost.
+    recorded: Vec<Record>,
     /// The entries it acknowledges (still pending in Redis until it runs).
     acks: Vec<String>,
 }
@@ -371,7 +535,8 @@ struct Unsettled {
 #[derive(Default)]
 struct Settled {
     refused: Vec<RawTask>,
-    reaped: bool,
+    /// The agent's id a `STEP` found declared dead.
+    reaped: Option<String>,
 }
 
 impl Settled {
@@ -379,8 +544,8 @@ impl Settled {
         if !self.refused.is_empty() {
             let _ = c.tx.send(Event::Refused(self.refused));
         }
-        if self.reaped {
-            let _ = c.tx.send(Event::Reaped);
+        if let Some(id) = self.reaped {
+            let _ = c.tx.send(Event::Reaped(id));
         }
     }
 }
@@ -398,7 +563,10 @@ impl Hub {
         }
         let keys = &c.keys;
         let me = c.id();
-        let records = std::mem::take(&mut self.records);
+        let fresh = std::mem::take(&mut self.records);
+        let mut records = std::mem::take(&mut self.resend);
+        let again = records.len();
+        records.extend(fresh);
         let starting = std::mem::take(&mut self.starting);
         let acks: Vec<String> = match all_acks || self.acked.len() >= ACK_BATCH {
             true => {
@@ -431,25 +599,37 @@ impl Hub {
             1,
         );
         if let Err(e) = sent {
+            // Nothing of it went: all of it goes again once Redis answers, but the entries
+            // to start (the caller drops them).
             self.broken = Some(e.clone());
-            self.unsettled.clear();
+            self.records = records.split_off(again);
+            self.resend = records;
+            self.acked.extend(acks);
+            self.starting = starting;
+            self.lose_unsettled();
             return Err(e);
         }
         // Answered entries are done with here (acknowledged by a later script, once this
-        // one's reply says they are recorded): their room is free.
-        let recorded: Vec<String> = records
-            .into_iter()
-            .map(|r| r.0)
-            .filter(|id| !id.is_empty())
-            .collect();
-        c.release(recorded.len());
+        // one's reply says they are recorded): their room is free (that of answers sent
+        // again was freed when they first went).
+        c.release(records[again..].iter().filter(|r| !r.0.is_empty()).count());
         self.sent = Instant::now();
         self.unsettled.push_back(Unsettled {
+            id: me,
             starts: starting.into_iter().map(|s| s.0).collect(),
-            recorded,
+            recorded: records,
             acks,
         });
         self.settle(c, UNSETTLED)
+    }
+
+    /// The connection failed: the replies of the `STEP`s in flight will not come. Their
+    /// answers go again, and their acknowledgements (sending them twice is harmless).
+    fn lose_unsettled(&mut self) {
+        for u in std::mem::take(&mut self.unsettled) {
+            self.resend.extend(u.recorded);
+            self.acked.extend(u.acks);
+        }
     }
 
     /// Reads the replies of sent pipelines until at most `keep` are unread. An entry the
@@ -472,18 +652,22 @@ impl Hub {
                 Err(e) => {
                     // This `STEP` and the ones after it may have recorded nothing: none of
                     // their answers is taken for recorded, and none is read again (the
-                    // connection's own list of them may be gone with it).
+                    // connection's own list of them may be gone with it). They go again
+                    // once the connection is replaced.
                     self.broken = Some(e.clone());
-                    self.unsettled.clear();
+                    self.unsettled.push_front(step);
+                    self.lose_unsettled();
                     return Err(e);
                 }
             };
             let Unsettled {
+                id: me,
                 starts: ids,
                 recorded,
                 ..
             } = step;
-            self.acked.extend(recorded);
+            self.acked
+                .extend(recorded.into_iter().map(|r| r.0).filter(|id| !id.is_empty()));
             if ids.is_empty() {
                 continue;
             }
@@ -515,7 +699,9 @@ impl Hub {
                 refused += usize::from(pending);
             }
             c.release(refused);
-            out.reaped |= verdicts.is_empty();
+            if verdicts.is_empty() {
+                out.reaped = Some(me);
+            }
         }
         Ok(out)
     }
@@ -533,11 +719,12 @@ impl Hub {
     /// answered, or answered and not acknowledged yet.
     fn knows(&self, id: &str) -> bool {
         self.tasks.contains_key(id)
-            || self.records.iter().any(|r| r.0 == id)
+            || self.records.iter().chain(&self.resend).any(|r| r.0 == id)
             || self.acked.iter().any(|a| a == id)
-            || self.unsettled.iter().any(|u| {
-                u.recorded.iter().chain(&u.acks).any(|a| a == id)
-            })
+            || self
+                .unsettled
+                .iter()
+                .any(|u| u.recorded.iter().any(|r| r.0 == id) || u.acks.iter().any(|a| a == id))
     }
 }
 
@@ -549,7 +736,8 @@ struct Local {
     max_frame: usize,
 }
 
-/// Serves remote pools until Redis fails (or the process is killed).
+/// Serves remote pools until SIGTERM, or until Redis stays out of reach past
+/// [`Remote::redial_for`] (or the process is killed).
 pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
     let key = remote.load_key()?;
     let workers = remote.processes.unwrap_or_else(crate::cpu_count).max(1);
@@ -559,8 +747,13 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "host".into());
     // The hub's: polled, so that its `STEP` replies are parsed by mproc, not the crate.
-    let mut con = Conn::open_polled(&remote.endpoint, Duration::ZERO)?;
+    let mut con = Conn::open_polled(&remote.endpoint, Duration::ZERO)?.named(HUB_NAME);
     conn::ensure_group(&mut con, &keys.tasks())?;
+    // Every connection made before the agent registers: once it is registered, a Redis
+    // that fails is dialled again, never the end of a start half made.
+    let beat_con = Conn::open(&remote.endpoint, Duration::ZERO)?.named(HEARTBEAT_NAME);
+    let block = Duration::from_millis(BLOCK_MS);
+    let read_con = Conn::open_polled(&remote.endpoint, block)?.named(READER_NAME);
     // Before any thread starts, so that all inherit the blocked SIGTERM (local workers start
     // with a clean mask).
     let term = crate::sys::proc::sigterm_fd()
@@ -569,7 +762,7 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
     let common = Arc::new(Common::new(
         remote.endpoint.clone(),
         (keys, key),
-        remote.ttl,
+        (remote.ttl, remote.redial_for),
         workers,
         tx.clone(),
         con,
@@ -578,6 +771,9 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
         common: Arc::clone(&common),
         host: host.clone(),
         draining: false,
+        stranded: false,
+        redial: Redial::default(),
+        reaped_meanwhile: None,
     };
     engine.register()?;
     let intake = Intake {
@@ -596,8 +792,7 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
     };
     let beat = {
         let c = Arc::clone(&common);
-        let con = Conn::open(&common.endpoint, Duration::ZERO)?;
-        spawn("mproc-agent-heartbeat", Box::new(move || heartbeat(con, &c)))?
+        spawn("mproc-agent-heartbeat", Box::new(move || heartbeat(beat_con, &c)))?
     };
     {
         let tx = tx.clone();
@@ -612,19 +807,29 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
         )?;
     }
     drop(tx);
-    let reader = {
-        let con = Conn::open_polled(&common.endpoint, Duration::from_millis(BLOCK_MS))?;
-        std::thread::Builder::new()
-            .name("mproc-agent-reader".into())
-            .spawn(move || intake.run(con))
-            .map_err(|e| Error::os("starting an agent thread", e))?
-    };
+    let reader = std::thread::Builder::new()
+        .name("mproc-agent-reader".into())
+        .spawn(move || intake.run(read_con))
+        .map_err(|e| Error::os("starting an agent thread", e))?;
     let outcome = engine.run(&rx);
     common.stop.store(true, Ordering::Relaxed);
     common.room.notify_all();
     let _ = beat.join();
     let locals = reader.join();
-    let left = outcome.and_then(|()| engine.leave());
+    let left = match engine.stranded {
+        // SIGTERM with Redis out of reach: what this agent holds is the reaper's.
+        true => outcome,
+        false => outcome.map(|()| {
+            // Drained: a Redis out of reach now only leaves the agent's registration to
+            // expire (the reaper then re-queues what it held, at no charge).
+            if let Err(e) = engine.leave() {
+                log(&format!(
+                    "drained, but Redis could not be told ({e}): what this agent held is \
+                     re-queued once its heartbeat expires"
+                ));
+            }
+        }),
+    };
     // The local pools close once the agent has left (what they still hold is re-queued).
     drop(locals);
     left
@@ -635,6 +840,23 @@ struct Engine {
     host: String,
     /// SIGTERM came: nothing new starts; the run ends once what runs is recorded.
     draining: bool,
+    /// SIGTERM came while Redis was out of reach: the agent leaves without a word to Redis
+    /// (its heartbeat expires, and the reaper re-queues what it held, or fails or re-runs
+    /// what it ran, as for a host that died).
+    stranded: bool,
+    /// The hub's connection dialled again.
+    redial: Redial,
+    /// The agent found declared dead (this id) while the hub's connection was down: it
+    /// registers again once it is back.
+    reaped_meanwhile: Option<String>,
+}
+
+/// Why the engine's turn stopped short.
+enum Halt {
+    /// The hub's connection failed: dial again.
+    Lost(Error),
+    /// The agent ends with this error.
+    Failed(Error),
 }
 
 impl Engine {
@@ -673,74 +895,182 @@ impl Engine {
         Ok(())
     }
 
+    /// Acts on what the threads report until the agent ends: `Ok` once drained (or on
+    /// SIGTERM while Redis is out of reach), the error once Redis was out of reach past the
+    /// limit.
     fn run(&mut self, rx: &Receiver<Event>) -> Result<(), Error> {
         loop {
-            // Replies left unread are read once the hub has been quiet for a while (then they
-            // are here: reading them does not hold the hub waiting), and answered entries
-            // still pending are acknowledged.
-            let idle = {
-                let hub = self.common.hub();
-                match hub.unsettled.is_empty() && hub.acked.is_empty() {
-                    true => Duration::from_secs(1),
-                    false => QUIET,
-                }
-            };
-            let first = match rx.recv_timeout(idle) {
-                Ok(e) => Some(e),
-                Err(RecvTimeoutError::Timeout) => {
-                    let c = &self.common;
-                    let mut hub = c.hub();
-                    if hub.sent.elapsed() >= QUIET {
-                        let settled = hub.settle(c, 0)?;
-                        let acks = !hub.acked.is_empty();
-                        drop(hub);
-                        settled.tell(c);
-                        if acks {
-                            c.flush_with(true);
-                        }
+            match self.turn(rx) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(Halt::Lost(e)) => {
+                    if !self.recover(rx, e)? {
+                        return Ok(());
                     }
-                    None
                 }
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
-            };
-            let mut reaped = false;
-            for event in first.into_iter().chain(rx.try_iter()) {
-                match event {
-                    Event::Cancel(ids) => {
-                        let hub = self.common.hub();
-                        let raws: Vec<RawTask> = ids
-                            .iter()
-                            .filter_map(|id| hub.tasks.get(id).and_then(|t| t.raw.clone()))
-                            .collect();
-                        drop(hub);
-                        self.cancel_all(raws);
+                Err(Halt::Failed(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// One wait for events, and what follows; `true` once the agent is done.
+    fn turn(&mut self, rx: &Receiver<Event>) -> Result<bool, Halt> {
+        // Replies left unread are read once the hub has been quiet for a while (then they
+        // are here: reading them does not hold the hub waiting), and answered entries
+        // still pending are acknowledged.
+        let idle = {
+            let hub = self.common.hub();
+            match hub.unsettled.is_empty() && hub.acked.is_empty() {
+                true => Duration::from_secs(1),
+                false => QUIET,
+            }
+        };
+        let first = match rx.recv_timeout(idle) {
+            Ok(e) => Some(e),
+            Err(RecvTimeoutError::Timeout) => {
+                let c = &self.common;
+                let mut hub = c.hub();
+                if hub.sent.elapsed() >= QUIET {
+                    let settled = hub.settle(c, 0).map_err(Halt::Lost)?;
+                    let acks = !hub.acked.is_empty();
+                    drop(hub);
+                    settled.tell(c);
+                    if acks {
+                        c.flush_with(true);
                     }
-                    Event::Refused(raws) => self.cancel_all(raws),
-                    Event::Reaped => reaped = true,
-                    Event::Failed(e) => return Err(e),
-                    Event::Drain => {
+                }
+                None
+            }
+            Err(RecvTimeoutError::Disconnected) => return Ok(true),
+        };
+        let mut reaped = false;
+        for event in first.into_iter().chain(rx.try_iter()) {
+            match event {
+                Event::Cancel(ids) => self.cancel_ids(&ids),
+                Event::Refused(raws) => self.cancel_all(raws),
+                Event::Reaped(id) => reaped |= id == self.common.id(),
+                Event::Lost(e, epoch) => {
+                    if epoch == self.common.hub().epoch {
+                        self.reaped_meanwhile = reaped.then(|| self.common.id());
+                        return Err(Halt::Lost(e));
+                    }
+                    // A connection replaced since.
+                }
+                Event::Failed(e) => return Err(Halt::Failed(e)),
+                Event::Drain => {
+                    log("SIGTERM: finishing the running tasks, then leaving");
+                    self.draining = true;
+                    self.common.stop.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        if reaped && let Err(e) = self.reaped() {
+            // Registered again once the hub's connection is back.
+            self.reaped_meanwhile = Some(self.common.id());
+            return Err(Halt::Lost(e));
+        }
+        if self.draining {
+            // Still pending for this agent: re-queued when it leaves.
+            let held = self.common.drop_held();
+            self.cancel_all(held);
+        }
+        self.common.flush();
+        if self.draining {
+            let hub = self.common.hub();
+            if hub.tasks.is_empty() && hub.records.is_empty() && hub.resend.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The hub's connection failed with `e`: dials Redis again, with pauses (see
+    /// [`Redial`]), until it answers (`true`: the agent serves on, and what the failure left
+    /// unsent goes again), or the limit passes (the error). Draining (SIGTERM came before or
+    /// meanwhile), it tries for one heartbeat TTL at most, then leaves without Redis
+    /// (`false`).
+    fn recover(&mut self, rx: &Receiver<Event>, mut e: Error) -> Result<bool, Error> {
+        loop {
+            let out_for = self.redial.since.map_or(Duration::ZERO, |t| t.elapsed());
+            if self.draining && out_for >= self.common.ttl {
+                log(&format!(
+                    "draining with Redis out of reach ({e}): leaving now; what this agent \
+                     held is re-queued by the reaper once its heartbeat expires"
+                ));
+                self.stranded = true;
+                return Ok(false);
+            }
+            let pause = self.redial.failed(&self.common, &e)?;
+            let until = Instant::now() + pause;
+            loop {
+                let left = until.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(Event::Drain) => {
                         log("SIGTERM: finishing the running tasks, then leaving");
                         self.draining = true;
                         self.common.stop.store(true, Ordering::Relaxed);
                     }
+                    Ok(Event::Failed(e)) => return Err(e),
+                    Ok(Event::Cancel(ids)) => self.cancel_ids(&ids),
+                    Ok(Event::Refused(raws)) => self.cancel_all(raws),
+                    Ok(Event::Reaped(id)) => self.reaped_meanwhile = Some(id),
+                    Ok(Event::Lost(..)) => {}
+                    Err(_) => break,
                 }
             }
-            if reaped {
-                self.reaped()?;
-            }
-            if self.draining {
-                // Still pending for this agent: re-queued when it leaves.
-                let held = self.common.drop_held();
-                self.cancel_all(held);
-            }
-            self.common.flush();
-            if self.draining {
-                let hub = self.common.hub();
-                if hub.tasks.is_empty() && hub.records.is_empty() {
-                    return Ok(());
+            match self.reconnect() {
+                Ok(()) => {
+                    self.redial.reached(&self.common);
+                    return Ok(true);
                 }
+                Err(again) => e = again,
             }
         }
+    }
+
+    /// A new connection for the hub, with the consumer group and the `STEP` script there
+    /// (Redis may have restarted without them); what the old one left unsent goes on it.
+    /// The reader reads its pending entries again (some may have been dropped unrun), and
+    /// the agent registers again if it was found declared dead meanwhile.
+    fn reconnect(&mut self) -> Result<(), Error> {
+        let c = Arc::clone(&self.common);
+        let mut con = Conn::open_polled(&c.endpoint, Duration::ZERO)?.named(HUB_NAME);
+        conn::ensure_group(&mut con, &c.keys.tasks())?;
+        let step: String = con.run("loading the agent's script", |k| {
+            redis::cmd("SCRIPT").arg("LOAD").arg(scripts::STEP).query(k)
+        })?;
+        let mut hub = c.hub();
+        hub.lose_unsettled();
+        hub.con = con;
+        hub.step = step;
+        hub.broken = None;
+        hub.epoch += 1;
+        hub.wake_waiting();
+        drop(hub);
+        c.reread.store(true, Ordering::SeqCst);
+        if let Some(id) = self.reaped_meanwhile.take()
+            && id == c.id()
+            && let Err(e) = self.reaped()
+        {
+            self.reaped_meanwhile = Some(id);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Cancels the running entries `ids` (their task was cancelled, or their pool is gone).
+    fn cancel_ids(&self, ids: &[String]) {
+        let mut hub = self.common.hub();
+        let raws: Vec<RawTask> = ids
+            .iter()
+            .filter_map(|id| {
+                let t = hub.tasks.get_mut(id)?;
+                t.cancelled = true;
+                t.raw.clone()
+            })
+            .collect();
+        drop(hub);
+        self.cancel_all(raws);
     }
 
     fn cancel_all(&self, raws: Vec<RawTask>) {
@@ -753,7 +1083,10 @@ impl Engine {
     /// drop them; running ones finish and are recorded only if nobody else recorded them
     /// first. Then join again under a new id.
     fn reaped(&mut self) -> Result<(), Error> {
-        log("this agent was declared dead (silent past its heartbeat TTL); rejoining");
+        log(
+            "this agent was declared dead (silent past its heartbeat TTL), or Redis forgot it \
+             (restarted without its data); rejoining",
+        );
         let held = self.common.drop_held();
         self.cancel_all(held);
         self.register()
@@ -796,16 +1129,21 @@ struct Intake {
 impl Intake {
     /// The reader's loop: takes at most the free part of the window. After its connection
     /// was replaced (a stop and continue interrupted a read whose entries may be lost in
-    /// flight), it reads this consumer's pending entries again, and drops those it has.
-    /// Returns the local pools, to close once the agent has left.
+    /// flight, or Redis was out of reach), it reads this consumer's pending entries again,
+    /// and drops those it has. After a failure it dials Redis again (see [`Redial`]), and
+    /// before it reads again it makes sure the consumer group is there and Redis still knows
+    /// this agent (else the engine registers it again: entries read under a forgotten name
+    /// would be no one's). Returns the local pools, to close once the agent has left.
     fn run(mut self, mut con: Conn) -> HashMap<u64, Local> {
         let c = Arc::clone(&self.common);
         let mut again = false;
+        let mut check = false;
+        let mut redial = Redial::default();
         let mut told = Instant::now();
         let mut stats_failing = false;
         while !c.stop.load(Ordering::Relaxed) {
             self.retire();
-            if told.elapsed() >= STATS_EVERY {
+            if told.elapsed() >= STATS_EVERY && !check {
                 told = Instant::now();
                 // Statistics are for people: one that cannot be written is said, not fatal
                 // (a lost server fails the read below, and is handled there).
@@ -818,54 +1156,117 @@ impl Intake {
                     Ok(()) => stats_failing = false,
                 }
             }
-            let window = c.window.load(Ordering::Relaxed);
-            let out = c.outstanding.load(Ordering::SeqCst);
-            if !again && !c.may_read(out) {
-                c.wait_for_room();
-                continue;
-            }
-            let (id, tasks) = (c.id(), c.keys.tasks());
-            let (count, from) = if again {
-                (100_000, "0")
-            } else {
-                (window.saturating_sub(out).max(1), ">")
-            };
-            let read = redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(GROUP)
-                .arg(&id)
-                .arg("COUNT")
-                .arg(count)
-                .arg("BLOCK")
-                .arg(BLOCK_MS)
-                .arg("STREAMS")
-                .arg(&tasks)
-                .arg(from)
-                .get_packed_command();
-            let reread = again;
-            let reply = con.ask("reading the task stream", read, 1);
-            again = con.take_reconnected();
-            let entries = match reply {
-                Ok(mut v) => conn::stream_entries(v.pop().unwrap_or(Value::Nil)),
-                Err(e) => {
-                    let _ = c.tx.send(Event::Failed(e));
-                    break;
+            let failed = if check {
+                match self.known(&mut con) {
+                    Ok(true) => {
+                        check = false;
+                        again = true;
+                        None
+                    }
+                    Ok(false) => {
+                        redial.reached(&c);
+                        let id = c.id();
+                        let _ = c.tx.send(Event::Reaped(id.clone()));
+                        c.wait_for_new_id(&id);
+                        continue;
+                    }
+                    Err(e) => Some(e),
                 }
+            } else {
+                None
             };
-            c.outstanding.fetch_add(entries.len(), Ordering::AcqRel);
-            if c.stop.load(Ordering::Relaxed) {
-                // Draining: still pending for this agent, re-queued when it leaves.
-                c.release(entries.len());
-                break;
+            let failed = failed.or_else(|| {
+                again |= c.reread.swap(false, Ordering::SeqCst);
+                self.read(&mut con, &mut again).err()
+            });
+            match failed {
+                None => redial.reached(&c),
+                Some(e) => {
+                    check = true;
+                    match redial.failed(&c, &e) {
+                        Ok(pause) => c.nap(pause),
+                        Err(e) => {
+                            let _ = c.tx.send(Event::Failed(e));
+                            break;
+                        }
+                    }
+                }
             }
-            if let Err(e) = self.take(&mut con, entries, reread) {
-                let _ = c.tx.send(Event::Failed(e));
-                break;
-            }
-            // Refused entries' answers (the local pools flush their own).
-            c.flush();
         }
         self.locals
+    }
+
+    /// Whether Redis still knows this agent (its heartbeat, or its registration), once the
+    /// consumer group is there again.
+    fn known(&self, con: &mut Conn) -> Result<bool, Error> {
+        let c = &self.common;
+        conn::ensure_group(con, &c.keys.tasks())?;
+        let id = c.id();
+        let (hb, agents) = (c.keys.heartbeat(&id), c.keys.agents());
+        let (beats, registered): (bool, bool) = con.run("looking for the agent's registration", |k| {
+            redis::pipe()
+                .cmd("EXISTS")
+                .arg(&hb)
+                .cmd("HEXISTS")
+                .arg(&agents)
+                .arg(&id)
+                .query(k)
+        })?;
+        Ok(beats || registered)
+    }
+
+    /// One read of the task stream (if the window has room), its entries handed to their
+    /// local pools. `again`: this consumer's pending entries are read (set again when the
+    /// connection was replaced under the read, or on a failure).
+    fn read(&mut self, con: &mut Conn, again: &mut bool) -> Result<(), Error> {
+        let c = Arc::clone(&self.common);
+        let window = c.window.load(Ordering::Relaxed);
+        let out = c.outstanding.load(Ordering::SeqCst);
+        if !*again && !c.may_read(out) {
+            c.wait_for_room();
+            return Ok(());
+        }
+        let (id, tasks) = (c.id(), c.keys.tasks());
+        let (count, from) = if *again {
+            (100_000, "0")
+        } else {
+            (window.saturating_sub(out).max(1), ">")
+        };
+        let read = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&id)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(BLOCK_MS)
+            .arg("STREAMS")
+            .arg(&tasks)
+            .arg(from)
+            .get_packed_command();
+        let reread = *again;
+        let reply = con.ask("reading the task stream", read, 1);
+        *again = con.take_reconnected();
+        let entries = match reply {
+            Ok(mut v) => conn::stream_entries(v.pop().unwrap_or(Value::Nil)),
+            Err(e) => {
+                *again = true;
+                return Err(e);
+            }
+        };
+        c.outstanding.fetch_add(entries.len(), Ordering::AcqRel);
+        if c.stop.load(Ordering::Relaxed) {
+            // Draining: still pending for this agent, re-queued when it leaves.
+            c.release(entries.len());
+            return Ok(());
+        }
+        if let Err(e) = self.take(con, entries, reread) {
+            *again = true;
+            return Err(e);
+        }
+        // Refused entries' answers (the local pools flush their own).
+        c.flush();
+        Ok(())
     }
 
     /// Checks entries the reader took and hands the good ones to their local pools; a bad
@@ -874,9 +1275,14 @@ impl Intake {
     ///
     /// `reread`: this consumer's pending entries read again (after a reconnection), some of
     /// which it has; new entries (`>`) are never among them, and are not looked for.
+    ///
+    /// Redis failing under it (reading a pool's frame): the entries not handed on yet are let
+    /// go (still pending for this agent, read again once Redis answers), and the error is
+    /// the caller's.
     fn take(&mut self, con: &mut Conn, entries: Vec<conn::Entry>, reread: bool) -> Result<(), Error> {
         let c = Arc::clone(&self.common);
-        for entry in entries {
+        let total = entries.len();
+        for (at, entry) in entries.into_iter().enumerate() {
             if reread && c.hub().knows(&entry.id) {
                 // Read again after a reconnection: already here.
                 c.release(1);
@@ -893,11 +1299,15 @@ impl Intake {
                     Error::from(ErrorKind::ExecutableMismatch),
                 )),
                 Ok(frame) => match self.local(con, frame.pool) {
-                    Ok(()) => {
+                    Ok(Ok(())) => {
                         self.start(entry.id, frame);
                         continue;
                     }
-                    Err(e) => Err((frame.pool, frame.task, e)),
+                    Ok(Err(e)) => Err((frame.pool, frame.task, e)),
+                    Err(e) => {
+                        c.release(total - at);
+                        return Err(e);
+                    }
                 },
                 Err(e) => {
                     log(&format!("task entry {} refused, not run: {e}", entry.id));
@@ -943,18 +1353,19 @@ impl Intake {
         Ok(())
     }
 
-    /// Makes sure the local pool of remote pool `pool` exists (reading its frame).
-    fn local(&mut self, con: &mut Conn, pool: u64) -> Result<(), Error> {
+    /// Makes sure the local pool of remote pool `pool` exists (reading its frame): the
+    /// error it cannot be served with inside, Redis's failure outside.
+    fn local(&mut self, con: &mut Conn, pool: u64) -> Result<Result<(), Error>, Error> {
         if let Some(l) = self.locals.get_mut(&pool) {
             l.used = Instant::now();
-            return l.pool.as_ref().map(|_| ()).map_err(Clone::clone);
+            return Ok(l.pool.as_ref().map(|_| ()).map_err(Clone::clone));
         }
         let c = Arc::clone(&self.common);
         let key = c.keys.pool(pool);
         let sealed: Option<Vec<u8>> =
             con.run("reading a pool's frame", |k| redis::cmd("GET").arg(&key).query(k))?;
         let Some(sealed) = sealed else {
-            return Err(ErrorKind::PoolClosed.into());
+            return Ok(Err(ErrorKind::PoolClosed.into()));
         };
         let opened = frame::open::<PoolFrame>(&c.key, Kind::Pool, &sealed);
         let max_frame = opened
@@ -1006,7 +1417,7 @@ impl Intake {
                 max_frame,
             },
         );
-        ok
+        Ok(ok)
     }
 
     /// Hands an entry to its local pool, where it waits for a worker (its gate marks it
@@ -1030,6 +1441,7 @@ impl Intake {
                 max_frame,
                 raw: None,
                 started: None,
+                cancelled: false,
             },
         );
         let submitted = match &local.pool {
@@ -1125,61 +1537,73 @@ fn read_ahead(mean_us: f64, workers: usize) -> usize {
 }
 
 /// The heartbeat's loop: keeps the agent alive, reaps dead ones, and watches running tasks
-/// for cancels and gone pools.
+/// for cancels and gone pools. Redis out of reach: it dials again (see [`Redial`]) until it
+/// answers, or ends the agent past the limit.
 fn heartbeat(mut con: Conn, c: &Common) {
     let tx = &c.tx;
     let period = c.ttl / 4;
-    let ttl_ms = c.ttl.as_millis() as u64;
     let mut last_reap = Instant::now();
-    let beat = redis::Script::new(scripts::HEARTBEAT);
+    let mut redial = Redial::default();
+    let script = redis::Script::new(scripts::HEARTBEAT);
     while !c.stop.load(Ordering::Relaxed) {
         let id = c.id();
-        let key = c.keys.heartbeat(&id);
-        let alive = con.run("refreshing the agent's heartbeat", |k| {
-            beat.key(&key)
-                .key(c.keys.agents())
-                .arg(&id)
-                .arg(ttl_ms)
-                .invoke::<i64>(k)
-        });
-        match alive {
-            Ok(1) => {}
-            Ok(_) => {
-                // Expired: the reaper has taken (or will take) what this agent held.
-                if tx.send(Event::Reaped).is_err() {
+        match beat(&mut con, c, (&script, &id), &mut last_reap) {
+            Ok(true) => redial.reached(c),
+            Ok(false) => {
+                redial.reached(c);
+                // Expired: the reaper has taken (or will take) what this agent held; or
+                // Redis restarted and forgot it.
+                if tx.send(Event::Reaped(id.clone())).is_err() {
                     return;
                 }
                 // Wait for the engine to rejoin under a new id.
-                let until = Instant::now() + c.ttl;
-                while c.id() == id && Instant::now() < until && !c.stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+                c.wait_for_new_id(&id);
                 continue;
             }
-            Err(e) => {
-                let _ = tx.send(Event::Failed(e));
-                return;
-            }
-        }
-        if last_reap.elapsed() >= Duration::from_millis(250) {
-            last_reap = Instant::now();
-            if let Err(e) = reap(&mut con, &c.keys, c.ttl) {
-                let _ = tx.send(Event::Failed(e));
-                return;
-            }
-            match cancelled(&mut con, c) {
-                Ok(ids) if !ids.is_empty() => {
-                    let _ = tx.send(Event::Cancel(ids));
+            Err(e) => match redial.failed(c, &e) {
+                Ok(pause) => {
+                    c.nap(pause);
+                    continue;
                 }
-                Ok(_) => {}
                 Err(e) => {
                     let _ = tx.send(Event::Failed(e));
                     return;
                 }
-            }
+            },
         }
         std::thread::sleep(period.min(Duration::from_millis(250)));
     }
+}
+
+/// One heartbeat of agent `id` (`false`: it was declared dead, or forgotten), and, every
+/// 250 ms, the reaper and the look for cancelled tasks.
+fn beat(
+    con: &mut Conn,
+    c: &Common,
+    (beat, id): (&redis::Script, &str),
+    last_reap: &mut Instant,
+) -> Result<bool, Error> {
+    let key = c.keys.heartbeat(id);
+    let ttl_ms = c.ttl.as_millis() as u64;
+    let alive = con.run("refreshing the agent's heartbeat", |k| {
+        beat.key(&key)
+            .key(c.keys.agents())
+            .arg(id)
+            .arg(ttl_ms)
+            .invoke::<i64>(k)
+    })?;
+    if alive != 1 {
+        return Ok(false);
+    }
+    if last_reap.elapsed() >= Duration::from_millis(250) {
+        *last_reap = Instant::now();
+        reap(con, &c.keys, c.ttl)?;
+        let ids = cancelled(con, c)?;
+        if !ids.is_empty() {
+            let _ = c.tx.send(Event::Cancel(ids));
+        }
+    }
+    Ok(true)
 }
 
 /// Running entries whose task is done (cancelled, or answered by another agent after this
@@ -1266,10 +1690,41 @@ mod tests {
         })
         .unwrap();
         let (tx, rx) = mpsc::channel();
-        let c = Common::new(endpoint, (keys, key), Duration::from_secs(1), 1, tx, con);
+        let ttl = (Duration::from_secs(1), None);
+        let c = Common::new(endpoint, (keys, key), ttl, 1, tx, con);
         *c.id.lock().unwrap() = "a1".into();
         c.hub().step = step;
         (Arc::new(c), rx)
+    }
+
+    /// A `Cancelled` answer the engine did not ask for is the local pool's dropping the
+    /// entry unrun (its start's `STEP` failed, on whichever thread): nothing is recorded, its
+    /// room is free, and the reader reads it again. One the engine asked for is recorded.
+    #[test]
+    fn an_entry_dropped_unrun_is_read_again_not_answered() {
+        let (_server, sock) = server();
+        let (c, _rx) = common(&sock);
+        for (id, cancelled) in [("1-1", false), ("2-2", true)] {
+            let task = Task {
+                pool: 7,
+                task: 1,
+                max_frame: 1 << 20,
+                raw: None,
+                started: Some(Instant::now()),
+                cancelled,
+            };
+            c.hub().tasks.insert(id.into(), task);
+            c.outstanding.fetch_add(1, Ordering::SeqCst);
+            c.answered(id.into(), Err(ErrorKind::Cancelled.into()));
+            let hub = c.hub();
+            assert!(!hub.tasks.contains_key(id));
+            assert_eq!(hub.records.len(), usize::from(cancelled), "{id}");
+            drop(hub);
+            assert_eq!(c.reread.swap(false, Ordering::SeqCst), !cancelled);
+            // Released now, or once its answer is sent.
+            let out = c.outstanding.load(Ordering::SeqCst);
+            assert_eq!(out, usize::from(cancelled), "{id}");
+        }
     }
 
     /// An entry of pool 7's task `task`, read by `a1`: its id.

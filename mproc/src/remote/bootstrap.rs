@@ -3,9 +3,12 @@
 //! `MPROC_CA_FILE=<pem>`), serves remote pools and never runs `main`, as a spawned local
 //! worker never does (`start/bootstrap.rs` has the mechanism and its reasons).
 //!
-//! It exits 0 once drained (SIGTERM), and 1 with a message on stderr if it cannot start (no
-//! key, bad URL, no server) or when Redis goes away or fails later (for a supervisor to
-//! restart it).
+//! It exits 0 once drained (SIGTERM; with Redis out of reach then, it tries for one
+//! heartbeat TTL and leaves what it held to the reaper), and 1 with a message on stderr if it
+//! cannot start (no key, bad URL, no server at its start), or when Redis stays out of reach
+//! longer than `MPROC_REDIAL_MS` (unset: it keeps dialling for ever; see
+//! `Remote::redial_for`): a lost connection, or a Redis that went down or restarted, is
+//! dialled again, and the agent serves on once Redis answers.
 
 #![allow(unsafe_code)]
 
@@ -21,6 +24,7 @@ pub(crate) const KEY_FILE: &str = "MPROC_KEY_FILE";
 pub(crate) const PROCESSES: &str = "MPROC_PROCESSES";
 pub(crate) const CA_FILE: &str = "MPROC_CA_FILE";
 pub(crate) const TTL_MS: &str = "MPROC_HEARTBEAT_MS";
+pub(crate) const REDIAL_MS: &str = "MPROC_REDIAL_MS";
 pub(crate) const METHOD: &str = "MPROC_START_METHOD";
 
 // SAFETY: placing a function pointer in `.init_array` is sound because `agent_before_main`
@@ -57,6 +61,9 @@ extern "C" fn agent_before_main() {
         }
         if let Some(ms) = env(TTL_MS).and_then(|n| n.parse().ok()) {
             r = r.heartbeat_ttl(Duration::from_millis(ms));
+        }
+        if let Some(ms) = env(REDIAL_MS).and_then(|n| n.parse().ok()) {
+            r = r.redial_for(Some(Duration::from_millis(ms)));
         }
         r
     });

@@ -45,6 +45,8 @@ pub struct Remote {
     pub(crate) method: Option<StartMethod>,
     pub(crate) ttl: Duration,
     pub(crate) max_frame: usize,
+    /// For [`serve`](Self::serve): how long Redis may stay out of reach (`None`: for ever).
+    pub(crate) redial_for: Option<Duration>,
 }
 
 impl Remote {
@@ -77,6 +79,7 @@ impl Remote {
             method: None,
             ttl: DEFAULT_TTL,
             max_frame: DEFAULT_MAX_FRAME,
+            redial_for: None,
         })
     }
 
@@ -145,6 +148,36 @@ impl Remote {
     /// ```
     pub fn heartbeat_ttl(mut self, ttl: Duration) -> Remote {
         self.ttl = ttl.max(Duration::from_millis(100));
+        self
+    }
+
+    /// For [`serve`](Self::serve): how long this agent keeps dialling Redis again once it is
+    /// lost (its connections dropped, the server down or restarting), before it gives up and
+    /// `serve` returns a `Broker` error (an agent started by the environment then exits with
+    /// status 1). Default `None`: for ever, as a worker daemon should (Celery's workers keep
+    /// retrying their broker too); `MPROC_REDIAL_MS=<ms>` for an agent started by the
+    /// environment. `Some(Duration::ZERO)` gives up at the first failure, for a supervisor that
+    /// restarts it instead.
+    ///
+    /// While Redis is away the agent keeps its local workers and the tasks they run, and dials
+    /// again after 0, 50, 100, 200 ms, ... then every second. Once Redis answers again it
+    /// serves on: the answers of the tasks it ran meanwhile are recorded if their pool still
+    /// exists (once each, as always) and dropped if it does not (a restart without persistence
+    /// loses every pool, and their callers get a `Broker` error); if Redis forgot the agent (a
+    /// restart, or an outage longer than its heartbeat TTL), it registers again under a new
+    /// name, and serves the pools made from then on.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// // Give up after a minute without Redis (a supervisor restarts the agent).
+    /// mproc::Remote::redis("redis://10.0.0.5:6379/0")?
+    ///     .key_file("/etc/myapp/mproc.key")
+    ///     .redial_for(Some(Duration::from_secs(60)))
+    ///     .serve()?;
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn redial_for(mut self, limit: Option<Duration>) -> Remote {
+        self.redial_for = limit;
         self
     }
 

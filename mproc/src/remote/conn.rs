@@ -95,11 +95,14 @@ impl Endpoint {
         if !self.is_unix() {
             return Ok((self.connect()?, None));
         }
-        let before: std::collections::HashSet<RawFd> = fd::socket_numbers().into_iter().collect();
+        let before: std::collections::HashSet<(RawFd, u64)> = fd::sockets().into_iter().collect();
         let mut con = self.connect()?;
-        let new: Vec<RawFd> = fd::socket_numbers()
+        // By inode too: a number another thread closed meanwhile may be this connection's
+        // now (threads of an agent dial again together), and was in `before`.
+        let new: Vec<RawFd> = fd::sockets()
             .into_iter()
-            .filter(|n| !before.contains(n))
+            .filter(|s| !before.contains(s))
+            .map(|s| s.0)
             .collect();
         if new.is_empty() {
             return Ok((con, None));
@@ -252,6 +255,16 @@ impl Conn {
         self.name = Some(name);
         // Lost already: the first command dials again.
         self.lost = self.set_name().is_err();
+        self
+    }
+
+    /// The same connection, named `name` (in `CLIENT LIST`, and again on each connection that
+    /// replaces it; a server that refuses the name is not an error), not dialled again by
+    /// itself: its owner decides what a lost connection means. A connection lost under the
+    /// name is replaced at its next use.
+    pub(crate) fn named(mut self, name: &str) -> Conn {
+        self.name = Some(name.to_owned());
+        self.stale |= self.set_name().is_err();
         self
     }
 
@@ -606,7 +619,7 @@ pub(crate) fn broker(what: impl std::fmt::Display, e: &redis::RedisError) -> Err
         " (the task stream's consumer group is gone: was Redis restarted without persistence?)"
     } else if e.code() == Some("NOSCRIPT") {
         " (the server forgot mproc's scripts: was Redis restarted, or SCRIPT FLUSH run? \
-         Pools then end; restart the agents)"
+         A pool then ends; agents load them again)"
     } else if e.is_connection_dropped() || e.is_io_error() || e.is_timeout() {
         " (the Redis server went away or stopped answering)"
     } else {
@@ -759,7 +772,7 @@ mod tests {
         let (_server, sock) = server();
         let mut polled = Conn::open_polled(&at(&sock, ""), Duration::ZERO).unwrap();
         let found = polled.fd.expect("the socket under the connection");
-        assert!(fd::socket_numbers().contains(&found));
+        assert!(fd::sockets().iter().any(|s| s.0 == found));
         let set = redis::cmd("SET").arg("k").arg("v").get_packed_command();
         let get = redis::cmd("GET").arg("k").get_packed_command();
         let mut both = set;
@@ -788,6 +801,40 @@ mod tests {
         assert_eq!(refused.fd, None);
         let got = refused.ask("get", get.clone(), 1).unwrap();
         assert_eq!(got, [Value::BulkString(b"v".to_vec())]);
+    }
+
+    /// Connections made while another thread closes sockets and opens new ones (an agent's
+    /// threads dial again together, its local pools start workers): each finds its own
+    /// socket, at once, though its number may have been another socket's a moment before.
+    #[test]
+    fn a_connection_made_while_sockets_come_and_go_finds_its_own() {
+        let (_server, sock) = server();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn = {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let pairs: Vec<_> = (0..4)
+                        .map(|_| std::os::unix::net::UnixStream::pair().unwrap())
+                        .collect();
+                    drop(pairs);
+                }
+            })
+        };
+        let mut slowest = Duration::ZERO;
+        for _ in 0..100 {
+            let at = std::time::Instant::now();
+            let con = Conn::open_polled(&at_sock(&sock), Duration::ZERO).unwrap();
+            slowest = slowest.max(at.elapsed());
+            assert!(con.fd.is_some(), "the connection's socket not found");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        churn.join().unwrap();
+        assert!(slowest < Duration::from_secs(2), "{slowest:?}");
+    }
+
+    fn at_sock(sock: &std::path::Path) -> Endpoint {
+        at(sock, "")
     }
 
     /// Replies read off the socket by mproc's parser: large ones (past the first buffer),

@@ -178,10 +178,11 @@ pub(crate) struct Ready {
     pub(crate) writable: bool,
 }
 
-/// The numbers of this process's open descriptors that are sockets (from `/proc/self/fd`).
-/// A snapshot: other threads may open and close descriptors meanwhile.
+/// This process's open descriptors that are sockets, each with its socket's inode (from
+/// `/proc/self/fd`). A snapshot: other threads may open and close descriptors meanwhile, and
+/// a number closed and opened again names another inode.
 #[cfg(feature = "remote")]
-pub(crate) fn socket_numbers() -> Vec<RawFd> {
+pub(crate) fn sockets() -> Vec<(RawFd, u64)> {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return Vec::new();
     };
@@ -189,7 +190,8 @@ pub(crate) fn socket_numbers() -> Vec<RawFd> {
         let e = e.ok()?;
         let n: RawFd = e.file_name().to_str()?.parse().ok()?;
         let target = std::fs::read_link(e.path()).ok()?;
-        target.to_str()?.starts_with("socket:").then_some(n)
+        let inode = target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?;
+        Some((n, inode.parse().ok()?))
     })
     .collect()
 }
@@ -421,7 +423,7 @@ mod tests {
     use std::os::unix::net::UnixStream;
     use std::time::{Duration, Instant};
 
-    use super::{peek_for, socket_numbers};
+    use super::{peek_for, sockets};
 
     fn soon(ms: u64) -> Option<Instant> {
         Some(Instant::now() + Duration::from_millis(ms))
@@ -432,7 +434,7 @@ mod tests {
         let (mut a, mut b) = UnixStream::pair().unwrap();
         let (mut c, d) = UnixStream::pair().unwrap();
         let among = [d.as_raw_fd(), b.as_raw_fd()];
-        assert!(socket_numbers().contains(&b.as_raw_fd()));
+        assert!(sockets().iter().any(|s| s.0 == b.as_raw_fd()));
         // Another socket holding other bytes is passed over.
         c.write_all(b"$5\r\nother\r\n").unwrap();
         // The answer comes in two parts: the first is not taken for it.

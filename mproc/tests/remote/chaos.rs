@@ -302,13 +302,23 @@ fn noted_run_pair(arg: (String, u64)) -> u64 {
     noted_run(arg.0, arg.1)
 }
 
-/// Redis killed, or restarted empty, under agents serving a pool: each agent ends (it serves
-/// until Redis goes away) within a bounded time, with status 1 and the reason on its stderr
-/// (for a supervisor to restart it).
+/// Redis killed, or restarted empty, under agents serving a pool. Restarted: the agents
+/// (dialling again for ever, by default) serve a new pool, the same processes. Killed, for
+/// agents whose limit is `MPROC_REDIAL_MS=1000`: each ends within a bounded time, with status
+/// 1 and the reason on its stderr (for a supervisor to restart it).
 #[test]
-fn agents_end_when_redis_goes_away() {
+fn agents_outlive_a_restart_and_end_past_their_redial_limit() {
     for restart in [false, true] {
-        let mut c = Cluster::new(StartMethod::Forkserver, 2, 1);
+        let mut c = Cluster::new(StartMethod::Forkserver, 0, 1);
+        let limit = if restart {
+            &[][..]
+        } else {
+            &[("MPROC_REDIAL_MS", "1000")][..]
+        };
+        for _ in 0..2 {
+            c.add_agent(1, limit);
+        }
+        c.wait_agents(2);
         let pool = c.pool();
         let r = pool
             .chunksize(1)
@@ -321,14 +331,22 @@ fn agents_end_when_redis_goes_away() {
             c.redis.kill();
         }
         assert!(r.get_timeout(Duration::from_secs(20)).is_err());
+        if restart {
+            c.wait_agents(2);
+            drop(pool);
+            let pool = c.pool();
+            let got = pool.map_async(mix, 0..100u64).unwrap();
+            let want: Vec<u64> = (0..100).map(mix).collect();
+            assert_eq!(got.get_timeout(Duration::from_secs(20)).unwrap(), want);
+            for a in &mut c.agents {
+                assert!(a.is_running(), "{}", a.output());
+            }
+            continue;
+        }
         for a in &mut c.agents {
             let status = a.wait_timeout(Duration::from_secs(20));
             let out = a.output();
-            assert_eq!(
-                status.and_then(|s| s.code()),
-                Some(1),
-                "restart {restart}: {out}"
-            );
+            assert_eq!(status.and_then(|s| s.code()), Some(1), "{out}");
             assert!(
                 out.contains("(MPROC_REMOTE is set): remote pool broker"),
                 "{out}"

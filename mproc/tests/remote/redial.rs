@@ -16,7 +16,7 @@ fn mix(n: u64) -> u64 {
 }
 
 /// The ids of the connections whose name starts with `prefix` (`CLIENT LIST`).
-fn clients_named(redis: &RedisServer, prefix: &str) -> Vec<String> {
+pub(crate) fn clients_named(redis: &RedisServer, prefix: &str) -> Vec<String> {
     let Ok(Reply::Bulk(list)) = redis.cmd(&["CLIENT", "LIST"]) else {
         panic!("CLIENT LIST")
     };
@@ -34,7 +34,7 @@ fn clients_named(redis: &RedisServer, prefix: &str) -> Vec<String> {
 }
 
 /// Kills the connections named `prefix…`; how many there were.
-fn kill_named(redis: &RedisServer, prefix: &str) -> usize {
+pub(crate) fn kill_named(redis: &RedisServer, prefix: &str) -> usize {
     let ids = clients_named(redis, prefix);
     for id in &ids {
         // A connection may be gone already (killed with the other, or replaced).
