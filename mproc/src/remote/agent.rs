@@ -503,6 +503,21 @@ impl Redial {
         Ok(pause.min(left))
     }
 
+    /// A thread's command failed with `e`: naps before its next try (`true`), or, past the
+    /// limit, tells the engine that the agent ends (`false`).
+    fn nap_after(&mut self, c: &Common, e: &Error) -> bool {
+        match self.failed(c, e) {
+            Ok(pause) => {
+                c.nap(pause);
+                true
+            }
+            Err(e) => {
+                let _ = c.tx.send(Event::Failed(e));
+                false
+            }
+        }
+    }
+
     /// A command succeeded: Redis answers (again).
     fn reached(&mut self, c: &Common) {
         if let Some(since) = self.since.take() {
@@ -1183,12 +1198,8 @@ impl Intake {
                 None => redial.reached(&c),
                 Some(e) => {
                     check = true;
-                    match redial.failed(&c, &e) {
-                        Ok(pause) => c.nap(pause),
-                        Err(e) => {
-                            let _ = c.tx.send(Event::Failed(e));
-                            break;
-                        }
+                    if !redial.nap_after(&c, &e) {
+                        break;
                     }
                 }
             }
@@ -1560,16 +1571,8 @@ fn heartbeat(mut con: Conn, c: &Common) {
                 c.wait_for_new_id(&id);
                 continue;
             }
-            Err(e) => match redial.failed(c, &e) {
-                Ok(pause) => {
-                    c.nap(pause);
-                    continue;
-                }
-                Err(e) => {
-                    let _ = tx.send(Event::Failed(e));
-                    return;
-                }
-            },
+            Err(e) if redial.nap_after(c, &e) => continue,
+            Err(_) => return,
         }
         std::thread::sleep(period.min(Duration::from_millis(250)));
     }

@@ -10,11 +10,7 @@ use mproc::{ErrorKind, StartMethod};
 use crate::cluster::Cluster;
 use crate::common::{sleep_ms, wait_until};
 use crate::harness::{AGENT_USER, Agent, RedisServer, Reply};
-use crate::redial::{clients_named, kill_named};
-
-fn mix(n: u64) -> u64 {
-    n.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17) ^ n
-}
+use crate::redial::{clients_named, kill_named, mix, next};
 
 /// How long an agent may take to serve again once Redis is back: it tries at least once a
 /// second, and registers again at once.
@@ -281,13 +277,6 @@ fn scripts_flushed_under_a_running_task() {
     assert_eq!(c.entries_added(&results[0]), 1);
     assert!(c.agents[0].is_running(), "{}", c.agents[0].output());
     said_out_and_back(&c.agents[0]);
-}
-
-fn next(seed: &mut u64) -> u64 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    *seed
 }
 
 /// Redis restarted empty (at once, or after 300 ms down) at random moments under a pool's

@@ -11,7 +11,8 @@ use crate::cluster::Cluster;
 use crate::common::sleep_ms;
 use crate::harness::{RedisServer, Reply};
 
-fn mix(n: u64) -> u64 {
+/// A task: `n` mixed (a value the caller checks by computing it again).
+pub(crate) fn mix(n: u64) -> u64 {
     n.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17) ^ n
 }
 
@@ -50,7 +51,8 @@ fn added(c: &Cluster, pattern: &str) -> i64 {
     c.entries_added(&keys[0])
 }
 
-fn next(seed: &mut u64) -> u64 {
+/// The next of a xorshift sequence from `seed`.
+pub(crate) fn next(seed: &mut u64) -> u64 {
     *seed ^= *seed << 13;
     *seed ^= *seed >> 7;
     *seed ^= *seed << 17;
