@@ -34,12 +34,15 @@ impl Remote {
     /// code. Blocks. Redis lost meanwhile (a dropped connection, a server down or restarted)
     /// is dialled again, for as long as [`redial_for`](Self::redial_for) allows (for ever by
     /// default): the agent keeps its workers and their tasks, and serves on once Redis
-    /// answers.
+    /// answers. A Redis not there yet when it starts (not started, loading its data) is
+    /// waited for the same way, so that agents may start before their Redis; SIGTERM while
+    /// it waits returns `Ok` at once.
     ///
     /// # Errors
     ///
-    /// `InvalidArgument` without a key (or a bad one); `Broker` if Redis cannot be reached
-    /// at the start, or stays out of reach past `redial_for`.
+    /// `InvalidArgument` without a key (or a bad one); `Broker` at once if Redis refuses the
+    /// agent at its start (a wrong password or user, a certificate rejected) or the URL is
+    /// bad, and if Redis stays out of reach past `redial_for`.
     ///
     /// ```no_run
     /// mproc::Remote::redis("redis://10.0.0.5:6379/0")?

@@ -37,3 +37,6 @@ mod redial;
 
 #[path = "remote/outage.rs"]
 mod outage;
+
+#[path = "remote/first_dial.rs"]
+mod first_dial;

@@ -32,8 +32,10 @@
 //! still knows the agent (it forgets it when restarted empty, or reaps it after an outage
 //! longer than the heartbeat TTL): if not, the engine registers it again under a new id, as
 //! when it was declared dead, and the reader recreates the consumer group if it is gone.
+//! A Redis not there yet at the agent's start is waited for the same way ([`dial_at_start`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -50,6 +52,7 @@ use super::scripts;
 use super::submitter::{log, reap};
 use crate::error::{Error, ErrorKind};
 use crate::pool::{Gated, Pool, RawTask, Verdict, Waker};
+use crate::sys::fd;
 
 /// A local pool unused this long is retired (its workers exit).
 const RETIRE_AFTER: Duration = Duration::from_secs(10);
@@ -761,18 +764,17 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "host".into());
-    // The hub's: polled, so that its `STEP` replies are parsed by mproc, not the crate.
-    let mut con = Conn::open_polled(&remote.endpoint, Duration::ZERO)?.named(HUB_NAME);
-    conn::ensure_group(&mut con, &keys.tasks())?;
-    // Every connection made before the agent registers: once it is registered, a Redis
-    // that fails is dialled again, never the end of a start half made.
-    let beat_con = Conn::open(&remote.endpoint, Duration::ZERO)?.named(HEARTBEAT_NAME);
-    let block = Duration::from_millis(BLOCK_MS);
-    let read_con = Conn::open_polled(&remote.endpoint, block)?.named(READER_NAME);
     // Before any thread starts, so that all inherit the blocked SIGTERM (local workers start
-    // with a clean mask).
+    // with a clean mask); and before Redis is waited for, which SIGTERM ends.
     let term = crate::sys::proc::sigterm_fd()
         .map_err(|e| Error::os("watching for SIGTERM", e))?;
+    // Every connection made before the agent registers: once it is registered, a Redis
+    // that fails is dialled again, never the end of a start half made.
+    let Some([con, beat_con, read_con]) = dial_at_start(&remote, &keys.tasks(), term.as_fd())?
+    else {
+        log("SIGTERM before Redis answered: the agent leaves, having taken nothing");
+        return Ok(());
+    };
     let (tx, rx) = mpsc::channel();
     let common = Arc::new(Common::new(
         remote.endpoint.clone(),
@@ -848,6 +850,93 @@ pub(crate) fn serve(remote: Remote) -> Result<(), Error> {
     // The local pools close once the agent has left (what they still hold is re-queued).
     drop(locals);
     left
+}
+
+/// The agent's first connections: the hub's (polled, so that its `STEP` replies are parsed
+/// by mproc, not the crate) with the task stream's group made, the heartbeat's, and the
+/// reader's; made once Redis answers. Redis out of reach in a way that may pass (not started
+/// yet, loading its data: [`conn::may_pass`]) is dialled again as after a loss (at once, then
+/// [`FIRST_PAUSE`] doubling up to [`LAST_PAUSE`]) for as long as [`Remote::redial_for`]
+/// allows, so that agents may start before their Redis (a container or a unit started
+/// first); one that will not pass (a password refused, a certificate rejected, a bad URL)
+/// ends the agent at once. `None` if SIGTERM came first.
+fn dial_at_start(
+    remote: &Remote,
+    tasks: &str,
+    term: BorrowedFd<'_>,
+) -> Result<Option<[Conn; 3]>, Error> {
+    let endpoint = &remote.endpoint;
+    let open = || -> Result<[Conn; 3], Error> {
+        let mut hub = Conn::open_polled(endpoint, Duration::ZERO)?.named(HUB_NAME);
+        conn::ensure_group(&mut hub, tasks)?;
+        let beat = Conn::open(endpoint, Duration::ZERO)?.named(HEARTBEAT_NAME);
+        let block = Duration::from_millis(BLOCK_MS);
+        let read = Conn::open_polled(endpoint, block)?.named(READER_NAME);
+        Ok([hub, beat, read])
+    };
+    let mut since: Option<Instant> = None;
+    let mut pause = Duration::ZERO;
+    loop {
+        let (e, passes) = match endpoint.reach() {
+            Ok(()) => match open() {
+                Ok(cons) => {
+                    if let Some(at) = since {
+                        log(&format!(
+                            "Redis at {} answers (waited {:.1?}); serving",
+                            endpoint.shown(),
+                            at.elapsed()
+                        ));
+                    }
+                    return Ok(Some(cons));
+                }
+                // Redis went away again between the look and the connections: that
+                // failure is looked at as the first was.
+                Err(e) => match endpoint.reach() {
+                    Ok(()) => return Err(e),
+                    Err(failed) => failed,
+                },
+            },
+            Err(failed) => failed,
+        };
+        if !passes {
+            return Err(e);
+        }
+        let since = *since.get_or_insert_with(|| {
+            let how_long = match remote.redial_for {
+                Some(limit) => format!("for up to {limit:?} (Remote::redial_for)"),
+                None => "until it answers".into(),
+            };
+            log(&format!(
+                "Redis at {} is out of reach at the agent's start ({e}); dialling it again \
+                 {how_long}",
+                endpoint.shown()
+            ));
+            Instant::now()
+        });
+        let left = match remote.redial_for {
+            Some(limit) if since.elapsed() >= limit => {
+                let why = match e.kind() {
+                    ErrorKind::Broker(why) => why.clone(),
+                    _ => e.to_string(),
+                };
+                return Err(ErrorKind::Broker(format!(
+                    "{why}; Redis at {} was not reached within {limit:?} of the agent's start \
+                     (Remote::redial_for; MPROC_REDIAL_MS for an agent started by the \
+                     environment)",
+                    endpoint.shown()
+                ))
+                .into());
+            }
+            Some(limit) => limit - since.elapsed(),
+            None => Duration::MAX,
+        };
+        let woke = fd::poll_read(&[term], fd::deadline_after(pause.min(left)))
+            .map_err(|e| Error::os("waiting for SIGTERM", e))?;
+        if woke[0].readable {
+            return Ok(None);
+        }
+        pause = (pause * 2).clamp(FIRST_PAUSE, LAST_PAUSE);
+    }
 }
 
 struct Engine {

@@ -4,11 +4,12 @@
 //! worker never does (`start/bootstrap.rs` has the mechanism and its reasons).
 //!
 //! It exits 0 once drained (SIGTERM; with Redis out of reach then, it tries for one
-//! heartbeat TTL and leaves what it held to the reaper), and 1 with a message on stderr if it
-//! cannot start (no key, bad URL, no server at its start), or when Redis stays out of reach
-//! longer than `MPROC_REDIAL_MS` (unset: it keeps dialling for ever; see
-//! `Remote::redial_for`): a lost connection, or a Redis that went down or restarted, is
-//! dialled again, and the agent serves on once Redis answers.
+//! heartbeat TTL and leaves what it held to the reaper; with Redis not reached yet, at once),
+//! and 1 with a message on stderr if it cannot start (no key, bad URL, a password or
+//! certificate refused), or when Redis stays out of reach longer than `MPROC_REDIAL_MS`
+//! (unset: it keeps dialling for ever; see `Remote::redial_for`): a Redis not there yet at its
+//! start, a lost connection, or a Redis that went down or restarted, is dialled again, and the
+//! agent serves once Redis answers.
 
 #![allow(unsafe_code)]
 

@@ -152,7 +152,8 @@ impl Remote {
     }
 
     /// For [`serve`](Self::serve): how long this agent keeps dialling Redis again once it is
-    /// lost (its connections dropped, the server down or restarting), before it gives up and
+    /// lost (its connections dropped, the server down or restarting), or while it is not there
+    /// yet at the agent's start (not started, loading its data), before it gives up and
     /// `serve` returns a `Broker` error (an agent started by the environment then exits with
     /// status 1). Default `None`: for ever, as a worker daemon should (Celery's workers keep
     /// retrying their broker too); `MPROC_REDIAL_MS=<ms>` for an agent started by the

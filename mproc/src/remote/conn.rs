@@ -81,6 +81,24 @@ impl Endpoint {
         Ok(con)
     }
 
+    /// Whether Redis answers now: a connection made (authenticated, as the URL says) and a
+    /// `PING` answered; a refusal of the `PING` itself (an ACL without `+ping`) is an answer
+    /// too. On failure, the error and whether it may pass by itself ([`may_pass`]).
+    pub(crate) fn reach(&self) -> Result<(), (Error, bool)> {
+        let client = self.client().map_err(|e| (e, false))?;
+        let what = || format!("connecting to Redis at {}", self.shown());
+        let mut con = client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .map_err(|e| (broker(what(), &e), may_pass(&e)))?;
+        con.set_read_timeout(Some(REPLY_TIMEOUT))
+            .and_then(|()| con.set_write_timeout(Some(REPLY_TIMEOUT)))
+            .map_err(|e| (broker("setting the Redis connection's timeouts", &e), false))?;
+        match redis::cmd("PING").query::<Value>(&mut con) {
+            Err(e) if may_pass(&e) => Err((broker(what(), &e), true)),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether connections go through a Unix socket.
     fn is_unix(&self) -> bool {
         self.url.starts_with("unix:") || self.url.starts_with("redis+unix:")
@@ -620,12 +638,52 @@ pub(crate) fn broker(what: impl std::fmt::Display, e: &redis::RedisError) -> Err
     } else if e.code() == Some("NOSCRIPT") {
         " (the server forgot mproc's scripts: was Redis restarted, or SCRIPT FLUSH run? \
          A pool then ends; agents load them again)"
-    } else if e.is_connection_dropped() || e.is_io_error() || e.is_timeout() {
+    } else if (e.is_connection_dropped() || e.is_io_error() || e.is_timeout()) && may_pass(e) {
         " (the Redis server went away or stopped answering)"
     } else {
         ""
     };
     ErrorKind::Broker(format!("{what}: {e}{hint}")).into()
+}
+
+/// Whether a failure to reach Redis may pass by itself: the server not there yet (the
+/// connection refused, its socket file missing), silent, its name not resolved yet, loading
+/// its data, or a failover under way. One that will not: a password or user refused, a
+/// certificate rejected (a TLS error anywhere in the error's sources), a socket this user may
+/// not open, a bad URL.
+pub(crate) fn may_pass(e: &redis::RedisError) -> bool {
+    use std::error::Error as StdError;
+    use std::io::ErrorKind as Io;
+    type Shared = std::sync::Arc<dyn StdError + Send + Sync>;
+    // The crate keeps its cause behind an `Arc` (whose `source` is the cause's own, skipping
+    // it) and an `io::Error` its payload (the same): both are opened by hand.
+    let mut next: Option<&(dyn StdError + 'static)> = e.source();
+    while let Some(s) = next {
+        if let Some(inner) = s.downcast_ref::<Shared>() {
+            next = Some(&**inner);
+            continue;
+        }
+        if s.is::<rustls::Error>() {
+            return false;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                Io::PermissionDenied | Io::InvalidData | Io::InvalidInput | Io::Unsupported
+            ) {
+                return false;
+            }
+            if let Some(inner) = io.get_ref() {
+                next = Some(inner);
+                continue;
+            }
+        }
+        next = s.source();
+    }
+    match e.kind() {
+        redis::ErrorKind::Io => true,
+        _ => matches!(e.retry_method(), redis::RetryMethod::WaitAndRetry),
+    }
 }
 
 /// One stream entry: its id and its fields.
@@ -1082,6 +1140,40 @@ mod tests {
         con.send("set", redis::cmd("SET").arg("k").arg("v").get_packed_command(), 1)
             .unwrap_err();
         assert!(at.elapsed() < Duration::from_millis(200), "{:?}", at.elapsed());
+    }
+
+    /// What may pass by itself (a server not there yet, silent, loading) and what will not
+    /// (a password refused, a certificate rejected, a socket not ours to open), as the
+    /// crate's errors carry them.
+    #[test]
+    fn which_failures_may_pass() {
+        use std::io::{Error as IoError, ErrorKind as Io};
+        let io = |kind: Io| redis::RedisError::from(IoError::from(kind));
+        for kind in [Io::ConnectionRefused, Io::NotFound, Io::TimedOut, Io::ConnectionReset] {
+            assert!(may_pass(&io(kind)), "{kind:?}");
+        }
+        for kind in [Io::PermissionDenied, Io::InvalidData] {
+            assert!(!may_pass(&io(kind)), "{kind:?}");
+        }
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        assert!(!may_pass(&IoError::other(tls).into()));
+        let auth = (redis::ErrorKind::AuthenticationFailed, "refused");
+        assert!(!may_pass(&auth.into()));
+        let config = (redis::ErrorKind::InvalidClientConfig, "bad");
+        assert!(!may_pass(&config.into()));
+        let loading = redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading);
+        assert!(may_pass(&(loading, "loading").into()));
+        // A real server: reached; an unknown command's error will not pass; once it is gone,
+        // not reached, and that may pass.
+        let (server, sock) = server();
+        let endpoint = at(&sock, "");
+        assert_eq!(endpoint.reach().map_err(|(e, _)| e.to_string()), Ok(()));
+        let mut con = endpoint.connect().unwrap();
+        let e = redis::cmd("NO-SUCH-COMMAND").query::<Value>(&mut con).unwrap_err();
+        assert!(!may_pass(&e), "{e}");
+        drop(server);
+        let (e, passes) = endpoint.reach().unwrap_err();
+        assert!(passes, "{e}");
     }
 
     #[test]
