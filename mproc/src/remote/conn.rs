@@ -184,6 +184,9 @@ pub(crate) struct Conn {
     /// Where `fd` is known, replies are read off it here, not through the crate (whose
     /// parser costs several microseconds a reply): bytes read and not parsed yet.
     inbox: Inbox,
+    /// The scripts its pipelines call by digest, loaded again when the server says it has
+    /// forgotten them ([`loads_again`](Conn::loads_again)).
+    scripts: &'static [&'static str],
 }
 
 /// Bytes read off a connection's socket, `buf[lo..hi]` not parsed yet.
@@ -256,6 +259,7 @@ impl Conn {
             unreachable: false,
             name: None,
             inbox: Inbox::default(),
+            scripts: &[],
         };
         conn.set_timeout()?;
         Ok(conn)
@@ -273,6 +277,18 @@ impl Conn {
         self.name = Some(name);
         // Lost already: the first command dials again.
         self.lost = self.set_name().is_err();
+        self
+    }
+
+    /// The same connection, whose pipelines call `scripts` by digest (`EVALSHA`): a pipeline
+    /// the server answers `NOSCRIPT` (it forgot them: restarted, even with its data, or
+    /// `SCRIPT FLUSH` run) has them loaded again and goes again, when nothing was sent after
+    /// it (else its error is the caller's, as without this). A pipeline that goes again may
+    /// run twice in part: its commands must be ones that may (as for [`redialing`]).
+    ///
+    /// [`redialing`]: Conn::redialing
+    pub(crate) fn loads_again(mut self, scripts: &'static [&'static str]) -> Conn {
+        self.scripts = scripts;
         self
     }
 
@@ -510,47 +526,90 @@ impl Conn {
     }
 
     fn recv_once(&mut self, what: &str) -> Result<Vec<Value>, Error> {
+        // Scripts forgotten again at once, three times in a row, are not loaded a fourth.
+        self.recv_pipeline(what, 3)
+    }
+
+    fn recv_pipeline(&mut self, what: &str, reloads: u32) -> Result<Vec<Value>, Error> {
         let Some(&(_, n)) = self.unread.front() else {
             return Ok(Vec::new());
         };
-        if let Some(sock) = self.fd {
+        let got = if let Some(sock) = self.fd {
             let got = self.recv_direct(sock, n, what);
             if got.is_err() && self.lost {
                 return got; // it goes again, whole, on the next connection
             }
-            self.unread.pop_front();
             // On an error, some of this pipeline's replies may still come; with every reply
             // read, bytes left over answer nothing sent (never seen): either way the
             // connection is replaced before its next use.
-            if got.is_err() || (self.unread.is_empty() && self.inbox.lo != self.inbox.hi) {
+            if got.is_err() || (self.unread.len() == 1 && self.inbox.lo != self.inbox.hi) {
                 self.stale = true;
             }
-            return got?
-                .into_iter()
-                .map(|v| v.extract_error().map_err(|e| broker(what, &e)))
-                .collect();
-        }
-        let mut tries = 0;
-        loop {
-            let got: Vec<redis::RedisResult<Value>> =
-                (0..n).map(|_| self.con.recv_response()).collect();
-            if let Some(e) = got.iter().find_map(|r| r.as_ref().err()) {
-                if interrupted(e) && tries < 5 && self.redial.is_zero() {
-                    tries += 1;
-                    self.reconnect(what)?;
-                    continue;
+            got.inspect_err(|_| drop(self.unread.pop_front()))?
+        } else {
+            let mut tries = 0;
+            loop {
+                let got: Vec<redis::RedisResult<Value>> =
+                    (0..n).map(|_| self.con.recv_response()).collect();
+                if let Some(e) = got.iter().find_map(|r| r.as_ref().err()) {
+                    if interrupted(e) && tries < 5 && self.redial.is_zero() {
+                        tries += 1;
+                        self.reconnect(what)?;
+                        continue;
+                    }
+                    self.failed_under(e);
+                    // Some of this pipeline's replies may still come.
+                    self.stale |= !self.lost;
+                    return Err(broker(what, e));
                 }
-                self.failed_under(e);
-                // Some of this pipeline's replies may still come.
-                self.stale |= !self.lost;
-                return Err(broker(what, e));
+                break got.into_iter().map(|r| r.expect("no error")).collect();
             }
-            self.unread.pop_front();
-            return got
-                .into_iter()
-                .map(|r| r.and_then(Value::extract_error).map_err(|e| broker(what, &e)))
-                .collect();
+        };
+        let (packed, _) = self.unread.pop_front().expect("the pipeline read");
+        if reloads > 0 && self.forgot_scripts(&got) {
+            self.load_scripts(what)?;
+            // Nothing unread: it goes again alone, and its replies are the next to come.
+            self.unread.push_back((packed, n));
+            let again = &self.unread.back().expect("just pushed").0;
+            if let Err(e) = self.con.send_packed_command(again) {
+                self.failed_under(&e);
+                self.stale |= !self.lost;
+                return Err(broker(what, &e));
+            }
+            return self.recv_pipeline(what, reloads - 1);
         }
+        got.into_iter()
+            .map(|v| v.extract_error().map_err(|e| broker(what, &e)))
+            .collect()
+    }
+
+    /// Whether a pipeline's replies say the server forgot the scripts it called, and they may
+    /// be loaded again and the pipeline sent again at once: this connection knows them, and
+    /// nothing was sent after it (nor left unparsed).
+    fn forgot_scripts(&self, replies: &[Value]) -> bool {
+        !self.scripts.is_empty()
+            && !self.stale
+            && self.unread.is_empty()
+            && self.inbox.lo == self.inbox.hi
+            && replies
+                .iter()
+                .any(|v| matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT"))
+    }
+
+    /// Loads this connection's scripts on the server (nothing is unread).
+    fn load_scripts(&mut self, what: &str) -> Result<(), Error> {
+        for script in self.scripts {
+            let loaded = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(*script)
+                .query::<String>(&mut self.con);
+            if let Err(e) = loaded {
+                self.failed_under(&e);
+                self.stale |= !self.lost;
+                return Err(broker(what, &e));
+            }
+        }
+        Ok(())
     }
 
     /// `n` replies read off socket `sock` (`self.con`'s, open for this call) and parsed
@@ -610,12 +669,9 @@ impl Conn {
         Ok(out)
     }
 
-    /// Reads the replies of every pipeline sent with [`send`](Self::send) and not read yet.
-    pub(crate) fn settle(&mut self, what: &str) -> Result<(), Error> {
-        while !self.unread.is_empty() {
-            self.recv(what)?;
-        }
-        Ok(())
+    /// Whether replies of pipelines sent with [`send`](Self::send) are still to be read.
+    pub(crate) fn unread(&self) -> bool {
+        !self.unread.is_empty()
     }
 
     /// Whether the connection was replaced since the last call.
@@ -636,8 +692,7 @@ pub(crate) fn broker(what: impl std::fmt::Display, e: &redis::RedisError) -> Err
     let hint = if e.code() == Some("NOGROUP") {
         " (the task stream's consumer group is gone: was Redis restarted without persistence?)"
     } else if e.code() == Some("NOSCRIPT") {
-        " (the server forgot mproc's scripts: was Redis restarted, or SCRIPT FLUSH run? \
-         A pool then ends; agents load them again)"
+        " (the server forgot mproc's scripts: was Redis restarted, or SCRIPT FLUSH run?)"
     } else if (e.is_connection_dropped() || e.is_io_error() || e.is_timeout()) && may_pass(e) {
         " (the Redis server went away or stopped answering)"
     } else {

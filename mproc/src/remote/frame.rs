@@ -12,7 +12,7 @@
 //! | `pool:<pool>` | string | the sealed pool frame; its absence means the pool is gone |
 //! | `done:<pool>` | hash | task → 1 once a result is recorded (exactly one result), `c` once cancelled (none is) |
 //! | `attempts:<pool>` | hash | task → runs lost with a dead agent |
-//! | `sent:<pool>` | string | the number of the submitter's last batch of tasks written (`SUBMIT`) |
+//! | `sent:<pool>` | string | the number of the submitter's last batch of tasks written (`SUBMIT`): a batch sent again is dropped, and one Redis lost is found |
 //! | `alive:<pool>` | string, TTL | the pool's heartbeat, refreshed by its submitter: once it expires, the reaper drops the pool |
 //! | `pools` | hash | pool → 1 while it is registered (for the reaper) |
 //! | `stats:<pool>` | hash | agent → its sealed statistics for the pool (`Pool::stats`), refreshed every 250 ms |

@@ -12,13 +12,23 @@
 /// script per batch, not per task: it costs the server less than the `XADD`s it replaces
 /// sent one by one.)
 ///
-/// KEYS: tasks, `sent:<pool>`. ARGV: the batch's number, the pool, its `max_retries`, then
-/// (task, sealed frame) per task. Returns 1, or 0 for a batch sent again.
+/// The same number tells a Redis that lost batches: one restarted with data older than they
+/// are (a snapshot, an append-only file synced a second ago) or a replica that lagged taking
+/// over holds a number below the last batch the submitter saw written. A batch says the
+/// lowest number Redis may hold for it to be written (the one before it; for a batch that
+/// sends lost tasks again, what Redis was found to hold); below that, nothing is written and
+/// the number Redis holds comes back, so that the submitter sends the lost tasks again first.
+///
+/// KEYS: tasks, `sent:<pool>`. ARGV: the batch's number, the pool, its `max_retries`, the
+/// lowest number held, then (task, sealed frame) per task. Returns 1; 0 for a batch sent
+/// again; `-1 - held` where Redis holds `held`, lower than the lowest number.
 pub(crate) const SUBMIT: &str = r#"
 local n = tonumber(ARGV[1])
-if n <= (tonumber(redis.call('GET', KEYS[2])) or 0) then return 0 end
+local held = tonumber(redis.call('GET', KEYS[2])) or 0
+if n <= held then return 0 end
+if held < tonumber(ARGV[4]) then return -1 - held end
 redis.call('SET', KEYS[2], n)
-for i = 4, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   redis.call('XADD', KEYS[1], '*', 'f', ARGV[i + 1], 'p', ARGV[2], 'k', ARGV[i], 'm', ARGV[3])
 end
 return 1
@@ -427,25 +437,32 @@ mod tests {
 
     /// A batch of tasks sent again (its connection replaced before its reply was read) is
     /// written once, as is one older than the last written; the next one is written, its
-    /// entries with the fields the agents and the reaper read.
+    /// entries with the fields the agents and the reaper read. One that finds batches lost
+    /// (the number held below the lowest it allows) writes nothing and says what is held;
+    /// the batch that sends the lost tasks again, allowing that, is written.
     #[test]
     fn a_batch_of_tasks_sent_again_is_written_once() {
         let (_server, sock) = server();
         let mut con = Conn::open(&at(&sock, ""), Duration::ZERO).unwrap();
-        let mut submit = |n: &str, tasks: &[&str]| {
+        let mut submit = |n: &str, lowest: &str, tasks: &[&str]| {
             let mut words = vec!["EVAL", SUBMIT, "2", "t:tasks", "t:sent:7", n, "7", "2"];
+            words.push(lowest);
             for t in tasks {
                 words.extend([*t, "F"]);
             }
             int(run(&mut con, &words))
         };
-        assert_eq!(submit("1", &["1", "2"]), 1);
-        assert_eq!(submit("1", &["1", "2"]), 0);
-        assert_eq!(submit("2", &["3"]), 1);
-        assert_eq!(submit("1", &["1", "2"]), 0);
-        assert_eq!(submit("2", &["3"]), 0);
+        assert_eq!(submit("1", "0", &["1", "2"]), 1);
+        assert_eq!(submit("1", "0", &["1", "2"]), 0);
+        assert_eq!(submit("2", "1", &["3"]), 1);
+        assert_eq!(submit("1", "0", &["1", "2"]), 0);
+        assert_eq!(submit("2", "1", &["3"]), 0);
+        // Batch 4 finds 2 held, not 3: nothing written; batch 5 sends batch 3's again.
+        assert_eq!(submit("4", "3", &["9"]), -3);
+        assert_eq!(submit("5", "2", &["4", "9"]), 1);
+        assert_eq!(submit("5", "2", &["4", "9"]), 0);
         let mut con = Conn::open(&at(&sock, ""), Duration::ZERO).unwrap();
-        assert_eq!(int(run(&mut con, &["XLEN", "t:tasks"])), 3);
+        assert_eq!(int(run(&mut con, &["XLEN", "t:tasks"])), 5);
         let Value::Array(all) = run(&mut con, &["XRANGE", "t:tasks", "-", "+"]) else {
             panic!("XRANGE")
         };
@@ -454,7 +471,7 @@ mod tests {
             Value::Array(all),
         ])]));
         let tasks: Vec<_> = entries.iter().map(|e| e.text("k").unwrap()).collect();
-        assert_eq!(tasks, ["1", "2", "3"]);
+        assert_eq!(tasks, ["1", "2", "3", "4", "9"]);
         let e = &entries[2];
         let fields = [e.text("f"), e.text("p"), e.text("m")];
         assert_eq!(fields, [Some("F"), Some("7"), Some("2")]);

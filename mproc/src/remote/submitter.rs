@@ -12,6 +12,14 @@
 //! writes a batch once, however often it is sent), the reader's `XREAD` from the last result
 //! it took (reading takes nothing away, and an answer is taken once: its chunk leaves the
 //! books), the heartbeat and the reaper. Only Redis not reached again ends the pool.
+//!
+//! A Redis that comes back with its data is no loss either: scripts it forgot (restarted, or
+//! `SCRIPT FLUSH`) are loaded again ([`Conn::loads_again`]); and if its data is older than
+//! batches this pool wrote (a snapshot or an append-only file a second behind, a replica that
+//! lagged taking over), the next batch or the next tick finds it (`SUBMIT` and the number
+//! Redis holds, `sent:<pool>`) and the chunks not answered of the lost batches go again (their
+//! frames are kept until answered; an agent that read one before the loss may run it twice,
+//! and its answer is recorded once).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -44,8 +52,8 @@ const BLOCK_MS: u64 = 100;
 
 /// What both threads see.
 struct Flight {
-    /// Chunks sent and not answered, by task id, with their frame's size.
-    chunks: Mutex<HashMap<u64, (Chunk, usize)>>,
+    /// Chunks sent and not answered, by task id.
+    chunks: Mutex<HashMap<u64, Sent>>,
     /// The reader's failure (Redis gone): the pool fails with it.
     failed: Mutex<Option<Error>>,
     stop: AtomicBool,
@@ -60,9 +68,18 @@ struct Flight {
 }
 
 impl Flight {
-    fn chunks(&self) -> MutexGuard<'_, HashMap<u64, (Chunk, usize)>> {
+    fn chunks(&self) -> MutexGuard<'_, HashMap<u64, Sent>> {
         self.chunks.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// A chunk sent and not answered: its sealed frame, kept so that it can go again should
+/// Redis lose it ([`Submitter::send_again`]; the window bounds what is kept: at most
+/// [`WINDOW_BYTES`] and one frame), and the number of the batch it went in last.
+struct Sent {
+    chunk: Chunk,
+    frame: Vec<u8>,
+    batch: u64,
 }
 
 /// The error for a handle among a remote task's arguments.
@@ -129,7 +146,8 @@ fn start(
     let endpoint = remote.endpoint.clone();
     let pool_ttl = pool_ttl(remote.ttl);
     let mut con = Conn::open_polled(&endpoint, Duration::ZERO)?
-        .redialing(pool_ttl, format!("mproc-caller-{pool:x}"));
+        .redialing(pool_ttl, format!("mproc-caller-{pool:x}"))
+        .loads_again(&[scripts::SUBMIT]);
     conn::ensure_group(&mut con, &keys.tasks())?;
     let frame = PoolFrame {
         pool,
@@ -368,19 +386,11 @@ impl Submitter {
             return Ok(());
         }
         let window = self.processes.load(Ordering::Relaxed).max(1);
-        let mut batch = redis::cmd("EVALSHA");
-        batch
-            .arg(&self.submit)
-            .arg(2)
-            .arg(self.keys.tasks())
-            .arg(self.keys.sent(self.pool))
-            .arg(self.batches + 1)
-            .arg(self.pool)
-            .arg(self.max_retries);
+        let mut batch = self.next_batch(self.batches);
         let mut sent = 0;
         {
             let mut chunks = self.flight.chunks();
-            let mut bytes: usize = chunks.values().map(|(_, n)| n).sum();
+            let mut bytes: usize = chunks.values().map(|s| s.frame.len()).sum();
             while chunks.len() < window && (chunks.is_empty() || bytes < WINDOW_BYTES) {
                 let Some(mut chunk) = self.queue.pop_front() else {
                     break;
@@ -399,7 +409,13 @@ impl Submitter {
                 batch.arg(chunk.id).arg(&sealed);
                 bytes += sealed.len();
                 // In the books before it is written: its answer may come at once.
-                chunks.insert(chunk.id, (chunk, sealed.len()));
+                let number = self.batches + 1;
+                let sent_chunk = Sent {
+                    chunk,
+                    frame: sealed,
+                    batch: number,
+                };
+                chunks.insert(sent_chunk.chunk.id, sent_chunk);
                 sent += 1;
             }
         }
@@ -412,6 +428,52 @@ impl Submitter {
             self.con.send(WRITING, batch.get_packed_command(), 1)?;
         }
         Ok(())
+    }
+
+    /// The `SUBMIT` call of the next batch, written only if Redis holds `lowest` batches of
+    /// this pool or more (fewer: it lost some); its chunks to add (two arguments each: the
+    /// task id and its sealed frame).
+    fn next_batch(&self, lowest: u64) -> redis::Cmd {
+        let mut batch = redis::cmd("EVALSHA");
+        batch
+            .arg(&self.submit)
+            .arg(2)
+            .arg(self.keys.tasks())
+            .arg(self.keys.sent(self.pool))
+            .arg(self.batches + 1)
+            .arg(self.pool)
+            .arg(self.max_retries)
+            .arg(lowest);
+        batch
+    }
+
+    /// Redis holds `held` of the batches this pool wrote, fewer than it wrote: it lost the
+    /// others (restarted with data older than they are, from a snapshot or an
+    /// append-only file synced a second ago, or a replica that lagged took over). Their chunks
+    /// not answered yet go again, in a batch of their own (which also sets the count right).
+    /// One an agent had read before the loss may run twice; its answer is recorded once.
+    fn send_again(&mut self, held: u64) -> Result<(), Error> {
+        let mut batch = self.next_batch(held);
+        let number = self.batches + 1;
+        let mut again = 0;
+        {
+            let mut chunks = self.flight.chunks();
+            let mut lost: Vec<(&u64, &mut Sent)> =
+                chunks.iter_mut().filter(|(_, s)| s.batch > held).collect();
+            lost.sort_unstable_by_key(|(id, _)| **id);
+            for (id, s) in lost {
+                batch.arg(*id).arg(&s.frame);
+                s.batch = number;
+                again += 1;
+            }
+        }
+        log(&format!(
+            "Redis holds {held} of the {} batches of tasks this pool wrote (was it restarted \
+             with older data?): the {again} tasks of the others not answered yet are sent again",
+            self.batches
+        ));
+        self.batches = number;
+        self.con.send(WRITING, batch.get_packed_command(), 1)
     }
 
     /// A chunk's task frame, sealed. A large one's arguments are copied out of the memory
@@ -433,9 +495,25 @@ impl Submitter {
     }
 
     /// Reads the replies of the task pipelines written and not read yet: an error there (the
-    /// server refused an entry) ends the pool.
+    /// server refused an entry) ends the pool. A batch that found batches lost (`SUBMIT`'s
+    /// `-1 - held`) wrote nothing: the chunks not answered of the lost batches and of the
+    /// batches after them go again ([`send_again`](Self::send_again)).
     fn settle(&mut self) -> Result<(), Error> {
-        self.con.settle(WRITING)
+        loop {
+            let mut lost = None;
+            while self.con.unread() {
+                for reply in self.con.recv(WRITING)? {
+                    if let Value::Int(r @ ..0) = reply {
+                        let held = u64::try_from(-1 - r).unwrap_or(0);
+                        lost = Some(lost.map_or(held, |l: u64| l.min(held)));
+                    }
+                }
+            }
+            match lost {
+                Some(held) => self.send_again(held)?,
+                None => return Ok(()),
+            }
+        }
     }
 
     /// Cancels chunks: dropped if queued; if sent, agents skip them, or kill the worker
@@ -445,7 +523,7 @@ impl Submitter {
         {
             let mut chunks = self.flight.chunks();
             for id in &ids {
-                if let Some((chunk, _)) = chunks.remove(id) {
+                if let Some(Sent { chunk, .. }) = chunks.remove(id) {
                     chunk.fail(ErrorKind::Cancelled.into());
                     gone.push(*id);
                 }
@@ -483,8 +561,14 @@ impl Submitter {
         let registered: bool = self.con.run("keeping the remote pool alive", |c| {
             beat.key(&alive).key(&pools).arg(self.pool).arg(ms).invoke(c)
         })?;
-        let known: bool = self.con.run("checking the remote pool", |c| {
-            redis::cmd("EXISTS").arg(&pool).query(c)
+        let sent = self.keys.sent(self.pool);
+        let (known, held): (bool, Option<u64>) = self.con.run("checking the remote pool", |c| {
+            redis::pipe()
+                .cmd("EXISTS")
+                .arg(&pool)
+                .cmd("GET")
+                .arg(&sent)
+                .query(c)
         })?;
         if !(registered && known) {
             return Err(ErrorKind::Broker(format!(
@@ -494,6 +578,13 @@ impl Submitter {
                 self.pool_ttl
             ))
             .into());
+        }
+        // Every batch written has been answered (`settle` above): Redis holds them all,
+        // unless it lost some.
+        let held = held.unwrap_or(0);
+        if held < self.batches {
+            self.send_again(held)?;
+            self.settle()?;
         }
         reap(&mut self.con, &self.keys, self.ttl)?;
         self.refresh_size()
@@ -548,7 +639,7 @@ impl Submitter {
             chunk.fail(why.clone());
         }
         let left: Vec<_> = self.flight.chunks().drain().collect();
-        for (_, (chunk, _)) in left {
+        for (_, Sent { chunk, .. }) in left {
             chunk.fail(why.clone());
         }
         for c in self.shared.take_commands() {
@@ -684,7 +775,7 @@ fn read_results(
                 left = Some(chunks.len());
                 chunk
             };
-            if let Some((chunk, _)) = chunk {
+            if let Some(Sent { chunk, .. }) = chunk {
                 chunk.finish(outcome.map(Into::into));
             }
         }

@@ -259,8 +259,8 @@ fn sigterm_while_redis_is_down_leaves() {
 
 /// The server forgets the scripts (`SCRIPT FLUSH`, as a restart does) while the agent runs
 /// a task: the `STEP` recording its answer finds no script, and the agent loads it again and
-/// records the answer, once. (The caller sends nothing meanwhile: its own script would be
-/// missing too.)
+/// records the answer, once. (The caller sends nothing meanwhile; for a caller's own script,
+/// see `a_pool_outlives_its_scripts_forgotten`.)
 #[test]
 fn scripts_flushed_under_a_running_task() {
     let mut c = Cluster::new(StartMethod::Forkserver, 1, 1);
@@ -333,4 +333,65 @@ fn an_agent_serves_on_through_restarts_at_random_moments() {
     assert!(at.elapsed() < Duration::from_secs(10), "{:?}", at.elapsed());
     assert_eq!(c.agents[0].pid(), pid);
     assert!(!c.agents[0].output().contains("panicked"));
+}
+
+/// The server forgets the scripts while a pool is idle (`SCRIPT FLUSH`), and again under a
+/// `map`, then restarts with its data (a snapshot taken with `SAVE` and loaded at its start,
+/// as a server with persistence does; scripts are never saved): the pool loads its own script
+/// again and goes on, each task answered once.
+#[test]
+fn a_pool_outlives_its_scripts_forgotten() {
+    let mut c = Cluster::new(StartMethod::Forkserver, 1, 2);
+    let pool = c.pool();
+    let want: Vec<u64> = (0..200).map(mix).collect();
+    assert_eq!(pool.map(mix, 0..200u64).unwrap(), want);
+    let flush = || {
+        assert_eq!(
+            c.redis.cmd(&["SCRIPT", "FLUSH"]),
+            Ok(Reply::Status("OK".into()))
+        )
+    };
+    flush();
+    assert_eq!(pool.apply(mix, (7,)).unwrap(), mix(7));
+    assert_eq!(pool.map(mix, 0..200u64).unwrap(), want);
+    let mapped = pool
+        .chunksize(1)
+        .map_async(sleep_ms, vec![2u64; 300])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    flush();
+    assert_eq!(
+        mapped.get_timeout(Duration::from_secs(20)),
+        Ok(vec![2; 300])
+    );
+    assert_eq!(c.redis.cmd(&["SAVE"]), Ok(Reply::Status("OK".into())));
+    c.redis.restart().unwrap();
+    assert_eq!(pool.map(mix, 0..200u64).unwrap(), want);
+    let results = c.keys("mproc:*:results:*");
+    assert_eq!(results.len(), 1);
+    assert!(c.agents[0].is_running(), "{}", c.agents[0].output());
+}
+
+/// Redis restarted from a snapshot older than the tasks of a `map` (taken with `SAVE` before
+/// it, as a server with persistence loses its last writes, or a replica that lagged takes
+/// over): the tasks waiting in the stream (the pool allows 8 in flight, the agent runs 2) are
+/// gone from Redis, and the pool sends them again; every value comes, in a bounded time.
+/// (Before, the `map` waited for ever.) With 8 tasks, all were written before the restart
+/// (the pool finds the loss by itself); with 12, the next batch finds it.
+#[test]
+fn a_pool_outlives_redis_restarted_with_older_data() {
+    let mut c = Cluster::new(StartMethod::Forkserver, 1, 2);
+    let pool = c.builder().processes(8).build().unwrap();
+    for n in [8u64, 12] {
+        assert_eq!(pool.apply(mix, (n,)).unwrap(), mix(n));
+        assert_eq!(c.redis.cmd(&["SAVE"]), Ok(Reply::Status("OK".into())));
+        let want: Vec<u64> = (0..n).map(|i| 200 + i).collect();
+        let mapped = pool.chunksize(1).map_async(sleep_ms, want.clone()).unwrap();
+        wait_until("the agent runs two tasks", || c.running() == 2);
+        c.redis.restart().unwrap();
+        assert_eq!(mapped.get_timeout(Duration::from_secs(20)), Ok(want), "{n}");
+        c.wait_agents(1);
+    }
+    assert_eq!(pool.apply(mix, (1,)).unwrap(), mix(1));
+    assert!(c.agents[0].is_running(), "{}", c.agents[0].output());
 }
