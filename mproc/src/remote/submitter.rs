@@ -22,6 +22,7 @@
 //! and its answer is recorded once).
 
 use std::collections::{HashMap, VecDeque};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -231,7 +232,17 @@ fn start(
         let (stream, pool) = (s.keys.results(pool), pool);
         std::thread::Builder::new()
             .name("mproc-remote-results".into())
-            .spawn(move || read_results(con, &flight, &shared, &key, &stream, pool))
+            .spawn(move || {
+                // A panic in it (a bug) fails the pool, as Redis lost would: it does not
+                // leave the chunks waiting for answers nobody reads.
+                let read = || read_results(con, &flight, &shared, &key, &stream, pool);
+                if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(read)) {
+                    std::mem::forget(payload);
+                    let why = Error::protocol("the remote pool's result reader failed");
+                    *flight.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                    shared.nudge();
+                }
+            })
             .map_err(|e| Error::os("starting the remote pool's result reader", e))?
     };
     let shared = Arc::clone(&s.shared);
@@ -260,7 +271,13 @@ fn start(
     std::thread::Builder::new()
         .name("mproc-remote".into())
         .spawn(move || {
-            let why = serve(&shared, &s);
+            // A panic in it (a bug) still ends the pool cleanly, as the local dispatcher's
+            // does: every chunk left is answered below.
+            let served = panic::catch_unwind(AssertUnwindSafe(|| serve(&shared, &s)));
+            let why = served.unwrap_or_else(|payload| {
+                std::mem::forget(payload);
+                Error::protocol("the remote pool's thread failed; the pool was stopped")
+            });
             let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
             s.flight.stop.store(true, Ordering::Relaxed);
             let _ = reader.join();
