@@ -395,3 +395,43 @@ fn a_pool_outlives_redis_restarted_with_older_data() {
     assert_eq!(pool.apply(mix, (1,)).unwrap(), mix(1));
     assert!(c.agents[0].is_running(), "{}", c.agents[0].output());
 }
+
+/// Redis restarted with its data (a snapshot taken at a random moment, loaded at its start)
+/// at random moments under a `map` and calls of a pool allowing 8 tasks in flight, four
+/// times: every value comes (none is lost with the writes after the snapshot, and none
+/// fails: the pool goes on), within a bounded time, from the same agent.
+#[test]
+fn a_pool_serves_on_through_restarts_with_data_at_random_moments() {
+    let mut c = Cluster::new(StartMethod::Forkserver, 1, 2);
+    let pid = c.agents[0].pid();
+    let pool = c.builder().processes(8).build().unwrap();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for round in 0..4u64 {
+        c.wait_agents(1);
+        let mapped = pool
+            .chunksize(1)
+            .map_async(sleep_ms, vec![12u64; 150])
+            .unwrap();
+        let calls: Vec<_> = (0..10u64)
+            .map(|i| pool.apply_async(sleep_ms, (20 * i,)).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(50 + next(&mut seed) % 400));
+        assert_eq!(c.redis.cmd(&["SAVE"]), Ok(Reply::Status("OK".into())));
+        std::thread::sleep(Duration::from_millis(next(&mut seed) % 200));
+        let at = Instant::now();
+        c.redis.restart().unwrap();
+        let got = mapped.get_timeout(Duration::from_secs(20));
+        assert_eq!(got, Ok(vec![12; 150]), "round {round}: {}", state(&c));
+        for (i, r) in (0..).zip(&calls) {
+            assert_eq!(
+                r.get_timeout(Duration::from_secs(20)),
+                Ok(20 * i),
+                "round {round}"
+            );
+        }
+        assert!(at.elapsed() < Duration::from_secs(20), "{:?}", at.elapsed());
+        assert!(c.agents[0].is_running(), "{}", c.agents[0].output());
+    }
+    assert_eq!(c.agents[0].pid(), pid);
+    assert!(!c.agents[0].output().contains("panicked"));
+}
