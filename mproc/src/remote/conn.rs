@@ -549,29 +549,30 @@ impl Conn {
         } else {
             let mut tries = 0;
             loop {
-                let got: Vec<redis::RedisResult<Value>> =
+                let got: redis::RedisResult<Vec<Value>> =
                     (0..n).map(|_| self.con.recv_response()).collect();
-                if let Some(e) = got.iter().find_map(|r| r.as_ref().err()) {
-                    if interrupted(e) && tries < 5 && self.redial.is_zero() {
+                match got {
+                    Ok(got) => break got,
+                    Err(e) if interrupted(&e) && tries < 5 && self.redial.is_zero() => {
                         tries += 1;
                         self.reconnect(what)?;
-                        continue;
                     }
-                    self.failed_under(e);
-                    // Some of this pipeline's replies may still come.
-                    self.stale |= !self.lost;
-                    return Err(broker(what, e));
+                    Err(e) => {
+                        self.failed_under(&e);
+                        // Some of this pipeline's replies may still come.
+                        self.stale |= !self.lost;
+                        return Err(broker(what, &e));
+                    }
                 }
-                break got.into_iter().map(|r| r.expect("no error")).collect();
             }
         };
-        let (packed, _) = self.unread.pop_front().expect("the pipeline read");
+        let (packed, _) = self.unread.pop_front().unwrap_or_default();
         if reloads > 0 && self.forgot_scripts(&got) {
             self.load_scripts(what)?;
             // Nothing unread: it goes again alone, and its replies are the next to come.
+            let sent = self.con.send_packed_command(&packed);
             self.unread.push_back((packed, n));
-            let again = &self.unread.back().expect("just pushed").0;
-            if let Err(e) = self.con.send_packed_command(again) {
+            if let Err(e) = sent {
                 self.failed_under(&e);
                 self.stale |= !self.lost;
                 return Err(broker(what, &e));
