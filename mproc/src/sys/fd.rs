@@ -136,9 +136,13 @@ pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Duplicates `fd` to a number at or above `min`, close-on-exec.
+/// Duplicates `fd` to a number at or above `min`, close-on-exec. A descriptor limit at or
+/// below `min` (which fcntl(2) calls `EINVAL`) is `EMFILE`: no number is free there.
 pub(crate) fn dup_above(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
-    Ok(rustix::io::fcntl_dupfd_cloexec(fd, min)?)
+    match rustix::io::fcntl_dupfd_cloexec(fd, min) {
+        Err(Errno::INVAL) => Err(Errno::MFILE.into()),
+        r => Ok(r?),
+    }
 }
 
 /// Takes ownership of a descriptor number inherited from the parent, after checking that it
@@ -477,5 +481,20 @@ mod tests {
         assert_eq!(peek_for(&[b.as_raw_fd()], b"$5\r\ntoken\r\n", soon(100)), None);
         let took = t.elapsed();
         assert!(took >= Duration::from_millis(100) && took < Duration::from_secs(5), "{took:?}");
+    }
+}
+
+#[cfg(test)]
+mod limits {
+    use super::*;
+
+    /// A number past the descriptor limit asked for is "too many open files", not the
+    /// "invalid argument" fcntl(2) says: no number is free there.
+    #[test]
+    fn a_duplicate_past_the_limit_is_emfile() {
+        let (read, _write) = pipe().unwrap();
+        let e = dup_above(read.as_fd(), RawFd::MAX - 1).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
+        assert!(dup_above(read.as_fd(), 3).unwrap().as_raw_fd() >= 3);
     }
 }
