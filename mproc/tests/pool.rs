@@ -2091,7 +2091,91 @@ fn a_worker_pinned_by_its_initializer_stays_pinned(m: StartMethod) {
     assert_eq!(last_cpu(worker), Some(cpu));
 }
 
+fn inner_sum(inner: StartMethod, n: u64) -> Result<u64, String> {
+    let pool = pool(inner, 2);
+    let squares = pool.map(square_u64, 0..n).map_err(|e| e.to_string())?;
+    let mut p = mproc::Process::new(square_u64, (n,)).start_method(inner);
+    p.start().map_err(|e| e.to_string())?;
+    let last = p.join_timeout(PATIENCE).map_err(|e| e.to_string())?;
+    Ok(squares.iter().sum::<u64>() + last)
+}
+
+fn square_u64(x: u64) -> u64 {
+    x * x
+}
+
+/// Writes this process's pid as a file named `tag-<pid>` in `dir`, then sleeps.
+fn note_pid_and_sleep(dir: String, tag: String, ms: u64) -> u64 {
+    std::fs::write(format!("{dir}/{tag}-{}", std::process::id()), b"").unwrap();
+    sleep_ms(ms)
+}
+
+/// A task that runs a pool of its own (two workers, each running a long task) and waits.
+fn a_pool_inside(inner: StartMethod, dir: String) -> u64 {
+    let pool = pool(inner, 2);
+    let long: Vec<_> = (0..2)
+        .map(|_| {
+            let args = (dir.clone(), "inner".to_owned(), 60_000);
+            pool.apply_async(note_pid_and_sleep, args).unwrap()
+        })
+        .collect();
+    note_pid_and_sleep(dir, "outer".into(), 0);
+    long[0].get().unwrap_or(0)
+}
+
+/// Pools nest, as Python's cannot (its workers are daemonic and may not have children): a
+/// pool task runs a pool and a process of its own under each start method. And a worker
+/// SIGKILLed while its own pool runs takes that pool's workers with it: its task fails with
+/// `WorkerLost`, and no worker of the inner pool is left running.
+fn pools_nest_and_die_with_their_worker(m: StartMethod) {
+    let outer = pool(m, 2);
+    let methods = [
+        StartMethod::Fork,
+        StartMethod::Spawn,
+        StartMethod::Forkserver,
+    ];
+    for inner in methods {
+        let got = outer.apply(inner_sum, (inner, 10)).unwrap();
+        assert_eq!(got, Ok(285 + 100), "{m} in {inner}");
+    }
+    for inner in methods {
+        let dir =
+            std::env::temp_dir().join(format!("mproc-nest-{}-{m}-{inner}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.to_str().unwrap().to_owned();
+        let r = outer.apply_async(a_pool_inside, (inner, d)).unwrap();
+        let pids = |tag: &str| -> Vec<u32> {
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .filter_map(|e| {
+                    let name = e.ok()?.file_name().into_string().ok()?;
+                    name.strip_prefix(&format!("{tag}-"))?.parse().ok()
+                })
+                .collect()
+        };
+        wait_until("the inner pool's two tasks and the outer task run", || {
+            pids("inner").len() == 2 && pids("outer").len() == 1
+        });
+        let outer_pid = pids("outer")[0];
+        // SAFETY: kill(2) on a pid this test saw its own worker write.
+        assert_eq!(unsafe { libc::kill(outer_pid as i32, libc::SIGKILL) }, 0);
+        let e = r.get_timeout(PATIENCE).unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::WorkerLost(_)),
+            "{m} in {inner}: {e}"
+        );
+        for pid in pids("inner") {
+            wait_until("the inner pool's worker ends with its parent", || {
+                has_ended(pid)
+            });
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    assert_eq!(outer.apply(square_u64, (3,)).unwrap(), 9);
+}
+
 per_start_method!(
+    pools_nest_and_die_with_their_worker,
     a_worker_pinned_by_its_initializer_stays_pinned,
     a_worker_on_its_callers_cpu_moves_off_it,
     a_worker_killed_as_it_starts_loses_at_most_its_running_task,
