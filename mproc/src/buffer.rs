@@ -13,8 +13,9 @@ use crate::sys::fd::InternalFd;
 use crate::sys::proc;
 use crate::sys::shm::Frozen;
 
-/// Where a buffer's memory file says what it holds: "mprocBuf", the size of one element, and how
-/// many there are (little-endian `u64`s); the elements follow at [`data_at`].
+/// Where a buffer's memory file says what it holds: "mprocBuf", the size of one element, how
+/// many there are, and where they start ([`data_at`] of the sender's type), as little-endian
+/// `u64`s.
 const HEADER: usize = 64;
 const MAGIC: u64 = u64::from_le_bytes(*b"mprocBuf");
 
@@ -51,7 +52,8 @@ fn aligned_enough<T>() -> bool {
 /// Clones share the memory, which is freed when the last holder in any process drops it.
 ///
 /// `T` is [`Pod`](crate::Pod), not zero-sized, and aligned to at most a page (4096 bytes). A buffer received as a `Buffer<U>` whose
-/// elements differ in size from the sender's is refused.
+/// elements differ in size from the sender's is refused; one of the same size reads the
+/// sender's elements as `U`s, or is refused where they are not aligned for a `U`.
 ///
 /// ```
 /// use mproc::{Buffer, Pool};
@@ -73,6 +75,8 @@ fn aligned_enough<T>() -> bool {
 /// ```
 pub struct Buffer<T> {
     shared: Arc<Shared>,
+    /// Where the elements start in the mapping (the sender's [`data_at`]).
+    at: usize,
     len: usize,
     _t: PhantomData<T>,
 }
@@ -124,10 +128,11 @@ impl<T: bytemuck::Pod> Buffer<T> {
             bytes[..8].copy_from_slice(&MAGIC.to_le_bytes());
             bytes[8..16].copy_from_slice(&(size_of::<T>() as u64).to_le_bytes());
             bytes[16..24].copy_from_slice(&(len as u64).to_le_bytes());
+            bytes[24..32].copy_from_slice(&(data_at::<T>() as u64).to_le_bytes());
             fill(bytemuck::cast_slice_mut(&mut bytes[data_at::<T>()..]));
         })
         .map_err(|e| Error::os("creating a shared buffer", e))?;
-        Ok(Buffer::from_parts(frozen, file, len))
+        Ok(Buffer::from_parts(frozen, file, data_at::<T>(), len))
     }
 
     /// A buffer holding a copy of `items` (one copy, into shared memory).
@@ -153,17 +158,18 @@ impl<T: bytemuck::Pod> Buffer<T> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn as_slice(&self) -> &[T] {
-        let at = data_at::<T>();
+        let at = self.at;
         bytemuck::cast_slice(&self.shared.frozen.bytes()[at..at + self.len * size_of::<T>()])
     }
 
-    fn from_parts(frozen: Frozen, file: InternalFd, len: usize) -> Buffer<T> {
+    fn from_parts(frozen: Frozen, file: InternalFd, at: usize, len: usize) -> Buffer<T> {
         Buffer {
             shared: Arc::new(Shared {
                 frozen,
                 file,
                 generation: proc::fork_generation(),
             }),
+            at,
             len,
             _t: PhantomData,
         }
@@ -197,15 +203,27 @@ impl<T: bytemuck::Pod> Buffer<T> {
                 std::any::type_name::<T>()
             ));
         }
+        // Where the sender's elements start (its type's alignment may differ from `T`'s:
+        // reading at `T`'s own offset would shift every element).
+        let at = word(24)
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&at| at >= HEADER)
+            .ok_or("a received Buffer does not say where its elements start")?;
+        if !at.is_multiple_of(align_of::<T>()) {
+            return Err(format!(
+                "a received Buffer's elements are not aligned for {} (they start at byte {at})",
+                std::any::type_name::<T>()
+            ));
+        }
         let len = word(16)
             .and_then(|n| usize::try_from(n).ok())
             .filter(|&n| {
                 n.checked_mul(size_of::<T>())
-                    .and_then(|b| b.checked_add(data_at::<T>()))
+                    .and_then(|b| b.checked_add(at))
                     .is_some_and(|end| end <= bytes.len())
             })
             .ok_or("a received Buffer is shorter than it says")?;
-        Ok(Buffer::from_parts(frozen, InternalFd::new(file), len))
+        Ok(Buffer::from_parts(frozen, InternalFd::new(file), at, len))
     }
 }
 
@@ -250,6 +268,7 @@ impl<T> Clone for Buffer<T> {
     fn clone(&self) -> Self {
         Buffer {
             shared: Arc::clone(&self.shared),
+            at: self.at,
             len: self.len,
             _t: PhantomData,
         }
@@ -304,6 +323,44 @@ mod tests {
         assert_eq!(&b[..], [1, 2, 3]);
     }
 
+    /// Bytes aligned to 128 (a cache line), 128 of them.
+    #[derive(Clone, Copy)]
+    #[repr(C, align(128))]
+    struct Line([u8; 128]);
+    // A test's own Pod type (bytemuck's derive is not a dependency).
+    #[allow(unsafe_code)]
+    // SAFETY: plain bytes, no padding (size equals the array's), any bit pattern valid.
+    unsafe impl bytemuck::Zeroable for Line {}
+    #[allow(unsafe_code)]
+    // SAFETY: as above.
+    unsafe impl bytemuck::Pod for Line {}
+
+    /// A buffer received as another type of the same size but another alignment reads the
+    /// sender's elements (which start where the sender's type put them), or is refused where
+    /// they are not aligned for the receiver's: never elements shifted by the difference.
+    #[test]
+    fn a_buffer_received_as_another_alignment_reads_the_senders_elements() {
+        let lines = Buffer::new_with(3, |l: &mut [Line]| {
+            for (i, line) in l.iter_mut().enumerate() {
+                line.0 = [i as u8 + 1; 128];
+            }
+        })
+        .unwrap();
+        let dup = crate::sys::fd::dup_above(lines.shared.file.as_fd(), 0).unwrap();
+        let bytes = Buffer::<[u8; 128]>::received(dup).unwrap();
+        assert_eq!(bytes.len(), 3);
+        for (i, b) in bytes.iter().enumerate() {
+            assert_eq!(b, &[i as u8 + 1; 128], "element {i}");
+        }
+        // The other way: bytes start at 64, not aligned for a `Line`.
+        let back = crate::sys::fd::dup_above(bytes.shared.file.as_fd(), 0).unwrap();
+        assert_eq!(Buffer::<Line>::received(back).unwrap()[2].0, [3; 128]);
+        let plain = Buffer::from_slice(&[[9u8; 128]; 2]).unwrap();
+        let dup = crate::sys::fd::dup_above(plain.shared.file.as_fd(), 0).unwrap();
+        let e = Buffer::<Line>::received(dup).unwrap_err();
+        assert!(e.contains("not aligned"), "{e}");
+    }
+
     #[test]
     fn what_is_received_is_checked() {
         let b = Buffer::from_slice(&[7u64; 10]).unwrap();
@@ -322,9 +379,21 @@ mod tests {
                 b[..8].copy_from_slice(&MAGIC.to_le_bytes());
                 b[8..16].copy_from_slice(&size.to_le_bytes());
                 b[16..24].copy_from_slice(&len.to_le_bytes());
+                b[24..32].copy_from_slice(&64u64.to_le_bytes());
             })
             .unwrap();
             assert!(Buffer::<u64>::received(liar.into_owned()).is_err(), "{size} {len}");
+        }
+        // Elements said to start inside the header, where no `u64` is aligned, or past the end.
+        for at in [0u64, 8, 60, 68, 4096, 1 << 62] {
+            let (_, liar) = Frozen::create("t", 4096, |b| {
+                b[..8].copy_from_slice(&MAGIC.to_le_bytes());
+                b[8..16].copy_from_slice(&8u64.to_le_bytes());
+                b[16..24].copy_from_slice(&1u64.to_le_bytes());
+                b[24..32].copy_from_slice(&at.to_le_bytes());
+            })
+            .unwrap();
+            assert!(Buffer::<u64>::received(liar.into_owned()).is_err(), "at {at}");
         }
         // Elements aligned beyond a page, as the sender's same-sized bytes: refused, where
         // casting the page-aligned bytes would panic.

@@ -781,7 +781,75 @@ fn forged_buffers_are_refused(m: StartMethod) {
     );
 }
 
+/// 128 bytes aligned to 128 (a cache line).
+#[derive(Clone, Copy)]
+#[repr(C, align(128))]
+struct Line([u8; 128]);
+// SAFETY: plain bytes, no padding (size equals the array's), any bit pattern valid.
+unsafe impl bytemuck::Zeroable for Line {}
+// SAFETY: as above.
+unsafe impl bytemuck::Pod for Line {}
+
+/// Sent as a buffer of `Line`s, received as one of `[u8; 128]`: the same size, another
+/// alignment (a peer built from other sources, or a type changed on one side).
+enum Pun {
+    Lines(Buffer<Line>),
+    Bytes(Buffer<[u8; 128]>),
+}
+
+impl Serialize for Pun {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Pun::Lines(b) => b.serialize(s),
+            Pun::Bytes(b) => b.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Pun {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Buffer::<[u8; 128]>::deserialize(d).map(Pun::Bytes)
+    }
+}
+
+/// `n` lines, line `i` all `i + 1`.
+fn lines(n: usize) -> Pun {
+    Pun::Lines(
+        Buffer::new_with(n, |l: &mut [Line]| {
+            for (i, line) in l.iter_mut().enumerate() {
+                line.0 = [i as u8 + 1; 128];
+            }
+        })
+        .unwrap(),
+    )
+}
+
+fn check_lines(got: Pun, n: usize) {
+    let Pun::Bytes(b) = got else {
+        panic!("received as lines")
+    };
+    assert_eq!(b.len(), n);
+    for (i, l) in b.iter().enumerate() {
+        assert!(l == &[i as u8 + 1; 128], "line {i} shifted: {:?}", &l[..8]);
+    }
+}
+
+/// A buffer received as another type of the same size and another alignment, from a process,
+/// a pool task and a pipe: the receiver reads the sender's elements, not elements shifted by
+/// the difference between where each type starts them.
+fn a_buffer_received_as_another_alignment_keeps_its_elements(m: StartMethod) {
+    let mut p = Process::new(lines, (5,)).start_method(m);
+    p.start().unwrap();
+    check_lines(p.join_timeout(PATIENCE).unwrap(), 5);
+    let workers = pool(m, 1);
+    check_lines(workers.apply(lines, (7,)).unwrap(), 7);
+    let (a, b) = pipe::<Pun>().unwrap();
+    a.send(lines(3)).unwrap();
+    check_lines(b.recv_timeout(PATIENCE).unwrap(), 3);
+}
+
 per_start_method!(
+    a_buffer_received_as_another_alignment_keeps_its_elements,
     a_worker_killed_reading_a_buffer_fails_its_task_alone,
     workers_killed_while_buffer_results_are_in_flight,
     buffer_results_outlive_their_pool,
