@@ -221,8 +221,12 @@ pub(crate) fn export_with(
     };
     OUTGOING.with_borrow_mut(|all| {
         let raw = fd.as_raw_fd();
-        // The codec sizes a value before writing it: the same handle is met twice.
-        let at = match all[start..].iter().position(|(f, _)| *f == raw) {
+        // The codec sizes a value before writing it: the same handle is met twice. Met by its
+        // number, and the same file: a handle made while the value is encoded and dropped
+        // before the next is made (a buffer made on the fly by a `serialize_with`) frees its
+        // number for the next one, another file, which must travel as itself.
+        let met = |(f, copy): &(RawFd, OwnedFd)| *f == raw && crate::sys::fd::same_file(fd, copy.as_fd());
+        let at = match all[start..].iter().position(met) {
             Some(at) => at,
             None => {
                 let copy =
@@ -281,6 +285,26 @@ mod tests {
         drop(got);
         assert!(export(a.as_fd()).is_err(), "outside a message");
         assert!(import(0).is_err());
+    }
+
+    /// A number met again in one message stands for the same handle only while it is the
+    /// same file: one closed and its number given to another file (a handle made and dropped
+    /// while the value is encoded) is another handle, with its own index and descriptor.
+    #[test]
+    fn a_number_given_to_another_file_is_another_handle() {
+        let (mut a, _a2) = crate::sys::fd::pipe().unwrap();
+        let (b, _b2) = crate::sys::fd::pipe().unwrap();
+        let (indices, fds) = collecting(|| {
+            let first = export(a.as_fd()).unwrap();
+            let again = export(a.as_fd()).unwrap();
+            // The number of `a` now stands for `b`'s file.
+            rustix::io::dup2(&b, &mut a).unwrap();
+            [first, again, export(a.as_fd()).unwrap(), export(a.as_fd()).unwrap()]
+        });
+        assert_eq!(indices, [0, 0, 1, 1]);
+        assert_eq!(fds.len(), 2);
+        assert!(!crate::sys::fd::same_file(fds[0].as_fd(), fds[1].as_fd()));
+        assert!(crate::sys::fd::same_file(fds[1].as_fd(), b.as_fd()));
     }
 
     /// A fork child closes the scopes it inherited open: the parent's descriptors are not its

@@ -848,7 +848,74 @@ fn a_buffer_received_as_another_alignment_keeps_its_elements(m: StartMethod) {
     check_lines(b.recv_timeout(PATIENCE).unwrap(), 3);
 }
 
+/// Bytes sent as a buffer made on the fly while the value is encoded (`serialize_with`), and
+/// read back into a `Vec` on the other side: an idiom for large fields.
+mod as_buffer {
+    use mproc::Buffer;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u64], s: S) -> Result<S::Ok, S::Error> {
+        // The buffer lives while it is encoded, then is dropped: its descriptor's number is
+        // free again for the next field's buffer.
+        Buffer::from_slice(v)
+            .map_err(serde::ser::Error::custom)?
+            .serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+        Ok(Buffer::<u64>::deserialize(d)?.to_vec())
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
+struct TwoFields {
+    #[serde(with = "as_buffer")]
+    a: Vec<u64>,
+    #[serde(with = "as_buffer")]
+    b: Vec<u64>,
+    many: Vec<OnTheFly>,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
+struct OnTheFly(#[serde(with = "as_buffer")] Vec<u64>);
+
+fn two_fields(seed: u64) -> TwoFields {
+    TwoFields {
+        a: vec![seed; 10],
+        b: vec![seed + 1; 20],
+        many: (0..5).map(|k| OnTheFly(vec![seed + 2 + k; 3])).collect(),
+    }
+}
+
+fn echo_fields(f: TwoFields) -> TwoFields {
+    f
+}
+
+/// Values whose buffers are made on the fly as they are encoded, each dropped before the
+/// next is made (so the next may get the same descriptor number): every field arrives with
+/// its own bytes, not another field's, whichever way it travels.
+fn buffers_made_while_encoding_keep_their_own_bytes(m: StartMethod) {
+    let (a, b) = pipe::<TwoFields>().unwrap();
+    a.send(two_fields(10)).unwrap();
+    assert_eq!(b.recv_timeout(PATIENCE).unwrap(), two_fields(10));
+    let workers = pool(m, 1);
+    assert_eq!(
+        workers.apply(echo_fields, (two_fields(20),)).unwrap(),
+        two_fields(20)
+    );
+    assert_eq!(workers.apply(two_fields, (30,)).unwrap(), two_fields(30));
+    let got = workers
+        .chunksize(3)
+        .map(echo_fields, (0..6).map(|k| two_fields(100 * k)))
+        .unwrap();
+    assert_eq!(got, (0..6).map(|k| two_fields(100 * k)).collect::<Vec<_>>());
+    let mut p = Process::new(echo_fields, (two_fields(40),)).start_method(m);
+    p.start().unwrap();
+    assert_eq!(p.join_timeout(PATIENCE).unwrap(), two_fields(40));
+}
+
 per_start_method!(
+    buffers_made_while_encoding_keep_their_own_bytes,
     a_buffer_received_as_another_alignment_keeps_its_elements,
     a_worker_killed_reading_a_buffer_fails_its_task_alone,
     workers_killed_while_buffer_results_are_in_flight,
