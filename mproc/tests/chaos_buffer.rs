@@ -435,6 +435,12 @@ fn lower_descriptor_limit(room: u64) {
     }
 }
 
+static KEPT: std::sync::OnceLock<Vec<Buffer<u64>>> = std::sync::OnceLock::new();
+
+fn many_tables_kept() -> Vec<Buffer<u64>> {
+    KEPT.get().unwrap().clone()
+}
+
 fn many_tables(n: usize) -> Vec<Buffer<u64>> {
     (0..n).map(|k| table(k as u64, 4)).collect()
 }
@@ -475,15 +481,16 @@ fn check_around(rs: Vec<mproc::AsyncResult<u64>>) {
 
 /// At a low descriptor limit (a child that lowered its own): making buffers until none can be
 /// made, a pipe message and a pool task's answer that carry more buffers than there is room
-/// for. Each fails with an error that says why (the answer's task alone: the tasks around it
-/// give their values, and its worker, not at fault, is kept); with room again, everything
-/// works. Returns what the errors said.
+/// for, a process's value and arguments that hold 100. Each fails with an error that says why
+/// (a pool answer's task alone: the tasks around it give their values, and its worker, not at
+/// fault, is kept); with room again, everything works. Returns what the errors said.
 fn at_the_descriptor_limit(m: StartMethod) -> Vec<String> {
     let mut said = Vec::new();
     let p = pool(m, 1);
     let worker = p.apply(pid, ()).unwrap();
     let (a, b) = pipe::<Vec<Buffer<u64>>>().unwrap();
     a.send(many_tables(100)).unwrap();
+    let _ = KEPT.set(many_tables(100));
     // Room for the pool's own work and a few descriptors more.
     lower_descriptor_limit(30);
     let mut made = Vec::new();
@@ -514,6 +521,18 @@ fn at_the_descriptor_limit(m: StartMethod) -> Vec<String> {
         check_around(after);
     }
     assert_eq!(p.apply(pid, ()).unwrap(), worker, "the worker was replaced");
+    // A process that returns 100 buffers; one given 100 (it starts with this limit).
+    let mut c = Process::new(many_tables, (100,)).start_method(m);
+    c.start().unwrap();
+    said.push(format!(
+        "join: {:?}",
+        c.join_timeout(PATIENCE).map(|v| v.len())
+    ));
+    let mut c = Process::new(sum_all, (many_tables_kept(), vec![])).start_method(m);
+    match c.start() {
+        Ok(()) => said.push(format!("args: {:?}", c.join_timeout(PATIENCE))),
+        Err(e) => said.push(format!("args start: {e}")),
+    }
     // With room again, the pool and the pipe work.
     raise_descriptor_limit();
     let got = p
@@ -540,10 +559,17 @@ fn descriptor_limit_gives_clear_errors(m: StartMethod) {
     let mut p = Process::new(at_the_descriptor_limit, (m,)).start_method(m);
     p.start().unwrap();
     let said = p.join_timeout(PATIENCE * 3).unwrap();
-    assert_eq!(said.len(), 4, "{said:#?}");
+    assert_eq!(said.len(), 6, "{said:#?}");
     assert!(said[0].contains("creating a shared buffer"), "{said:#?}");
-    for e in &said[1..] {
+    for e in &said[1..4] {
         assert!(e.contains("descriptor limit"), "{said:#?}");
+    }
+    // The process's value, or its arguments: whichever side ran out says so.
+    for e in &said[4..] {
+        assert!(
+            e.contains("Too many open files") || e.contains("descriptor limit"),
+            "{said:#?}"
+        );
     }
 }
 
@@ -781,6 +807,43 @@ fn forged_buffers_are_refused(m: StartMethod) {
     );
 }
 
+/// How many descriptors and mappings of buffers' memory files the calling process holds.
+fn buffer_files_here() -> (usize, usize) {
+    buffer_files()
+}
+
+/// A worker that was given buffers, returned them, or made them, holds none of them once its
+/// tasks are done (each would hold its memory for the worker's life): checked in the worker
+/// itself. A worker that replaced a dead one holds no buffer's descriptor either; under fork
+/// it has the mappings of the buffers its parent held when it was forked (every fork child
+/// inherits its parent's memory, as Python's do), which it can read but not pass on.
+fn workers_hold_no_buffer_after_their_tasks(m: StartMethod) {
+    let p = pool(m, 1);
+    assert_eq!(p.apply(buffer_files_here, ()).unwrap(), (0, 0));
+    let t = table(4, 10_000);
+    assert_eq!(p.apply(sum_table, (t.clone(),)).unwrap(), sum_of(4, 10_000));
+    let (made, _) = p.apply(make_table, (5, 1000)).unwrap();
+    let back = p
+        .chunksize(4)
+        .starmap(make_table, (0..20).map(|k| (k, 100)))
+        .unwrap();
+    let got: Vec<u64> = p
+        .chunksize(3)
+        .map(sum_table, std::iter::repeat_n(t.clone(), 10))
+        .unwrap();
+    assert_eq!(got, vec![sum_of(4, 10_000); 10]);
+    wait_until("the worker holds no buffer", || {
+        p.apply(buffer_files_here, ()).unwrap() == (0, 0)
+    });
+    assert!(p.apply(read_then_maybe_die, (t.clone(), true)).is_err());
+    let (fds, maps) = p.apply(buffer_files_here, ()).unwrap();
+    assert_eq!(fds, 0, "the replacement holds buffers' descriptors");
+    if m != StartMethod::Fork {
+        assert_eq!(maps, 0, "the replacement maps buffers");
+    }
+    drop((made, back));
+}
+
 /// 128 bytes aligned to 128 (a cache line).
 #[derive(Clone, Copy)]
 #[repr(C, align(128))]
@@ -915,6 +978,7 @@ fn buffers_made_while_encoding_keep_their_own_bytes(m: StartMethod) {
 }
 
 per_start_method!(
+    workers_hold_no_buffer_after_their_tasks,
     buffers_made_while_encoding_keep_their_own_bytes,
     a_buffer_received_as_another_alignment_keeps_its_elements,
     a_worker_killed_reading_a_buffer_fails_its_task_alone,
