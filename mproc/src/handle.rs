@@ -16,6 +16,8 @@ use std::cell::{Cell, RefCell};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::thread::LocalKey;
 
+use crate::sys::fd::InternalFd;
+
 thread_local! {
     /// Descriptors of the handles met while encoding, in index order (each once) within each
     /// open scope ([`collecting`]; an inner scope's follow its outer one's): the handle's
@@ -126,7 +128,7 @@ impl<T: 'static> Drop for Scope<T> {
 thread_local! {
     /// The descriptors of the handles among the values a pool task just returned, left by its
     /// chunk trampoline for the worker to send with the answer.
-    static RETURNED: RefCell<Vec<OwnedFd>> = const { RefCell::new(Vec::new()) };
+    static RETURNED: RefCell<Vec<InternalFd>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Sets up this thread's slots for descriptors (`OUTGOING`, `INCOMING`, `RETURNED`) now: the
@@ -141,30 +143,32 @@ pub(crate) fn prepare() {
 
 /// Leaves `fds` for [`take_returned`] (see `RETURNED`), which always takes what is there: none
 /// is left from an earlier task.
-pub(crate) fn stash_returned(fds: Vec<OwnedFd>) {
+pub(crate) fn stash_returned(fds: Vec<InternalFd>) {
     if !fds.is_empty() {
         RETURNED.with(|r| *r.borrow_mut() = fds);
     }
 }
 
 /// The descriptors the last task's values left (none, usually).
-pub(crate) fn take_returned() -> Vec<OwnedFd> {
+pub(crate) fn take_returned() -> Vec<InternalFd> {
     RETURNED.with(|r| std::mem::take(&mut *r.borrow_mut()))
 }
 
 /// Runs `encode` (which serializes handles) and returns its result with owned copies of the
-/// descriptors the handles stand for, in index order.
+/// descriptors the handles stand for, in index order. The copies are listed as internal: a
+/// child forked while they are held (a pool's queued task, its initializer's arguments, a
+/// process not yet started) does not inherit them, nor the memory of the buffers they keep.
 ///
 /// Inlined, as [`providing`], [`Scope`]'s methods and `memfile::with_payload` are: as calls, a
 /// quick `apply` paid about 20 ns for them on its three passes through (issue 15, item 4).
 #[inline]
-pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
+pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<InternalFd>) {
     let scope = Scope::open(&OUTGOING, &OUTGOING_FROM, Vec::new());
     let result = encode();
     let met = scope.close();
     let fds = match met.is_empty() {
         true => Vec::new(),
-        false => met.into_iter().map(|(_, fd)| fd).collect(),
+        false => met.into_iter().map(|(_, fd)| InternalFd::new(fd)).collect(),
     };
     (result, fds)
 }
@@ -172,7 +176,7 @@ pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
 /// Like [`providing`], with copies of `fds`, which stay the caller's: a returned value kept
 /// by its parent may be decoded again (each decoded handle owns its own descriptor).
 pub(crate) fn providing_copies<R>(
-    fds: &[OwnedFd],
+    fds: &[impl AsFd],
     decode: impl FnOnce() -> R,
 ) -> Result<R, crate::Error> {
     let copies = fds
@@ -275,6 +279,7 @@ mod tests {
         });
         assert_eq!(indices, [0, 1, 0]);
         assert_eq!(fds.len(), 2);
+        let fds = fds.into_iter().map(InternalFd::into_owned).collect();
         let got = providing(fds, || {
             let x = import(1).unwrap();
             let y = import(1).unwrap();
@@ -319,6 +324,7 @@ mod tests {
             assert!(import(0).is_err(), "the parent's descriptor");
             let (at, fds) = collecting(|| export(a.as_fd()).unwrap());
             assert_eq!((at, fds.len()), (0, 1));
+            let fds = fds.into_iter().map(InternalFd::into_owned).collect();
             assert!(providing(fds, || import(0).is_ok()));
         });
         assert!(import(0).is_err());
@@ -352,7 +358,7 @@ mod tests {
         assert_eq!((outer, inner_fds, unwound, last), (0, 2, true, [0, 1]));
         assert_eq!(fds.len(), 2);
         assert!(export(a.as_fd()).is_err(), "every scope closed");
-        let marks = |fds: &[OwnedFd]| {
+        let marks = |fds: &[InternalFd]| {
             fds.iter()
                 .map(|f| crate::sys::fd::dup_above(f.as_fd(), 0).unwrap())
                 .collect::<Vec<_>>()

@@ -818,6 +818,10 @@ fn buffer_files_here() -> (usize, usize) {
 /// it has the mappings of the buffers its parent held when it was forked (every fork child
 /// inherits its parent's memory, as Python's do), which it can read but not pass on.
 fn workers_hold_no_buffer_after_their_tasks(m: StartMethod) {
+    // Alone: a fork child here inherits the mappings of every buffer this process holds.
+    if !alone() {
+        return;
+    }
     let p = pool(m, 1);
     assert_eq!(p.apply(buffer_files_here, ()).unwrap(), (0, 0));
     let t = table(4, 10_000);
@@ -842,6 +846,83 @@ fn workers_hold_no_buffer_after_their_tasks(m: StartMethod) {
         assert_eq!(maps, 0, "the replacement maps buffers");
     }
     drop((made, back));
+}
+
+/// Children started while results holding buffers are kept (by an `AsyncResult`, a joined
+/// `Process`, a pipe message being read) hold none of those buffers' descriptors: each would
+/// keep the buffer's memory for the child's life (and the child never asked for it).
+fn children_inherit_no_kept_buffer(m: StartMethod) {
+    // Alone: a fork child here inherits the mappings of every buffer this process holds.
+    if !alone() {
+        return;
+    }
+    let p = pool(m, 1);
+    let r = p.apply_async(make_table, (1, 1000)).unwrap();
+    r.wait_timeout(PATIENCE).unwrap();
+    let mut maker = Process::new(make_table, (2, 1000)).start_method(m);
+    maker.start().unwrap();
+    let (kept, _) = maker.join_timeout(PATIENCE).unwrap();
+    let mut c = Process::new(buffer_files_here, ()).start_method(m);
+    c.start().unwrap();
+    let (fds, maps) = c.join_timeout(PATIENCE).unwrap();
+    assert_eq!(fds, 0, "a child holds descriptors of its parent's buffers");
+    if m != StartMethod::Fork {
+        assert_eq!(maps, 0);
+    }
+    let p2 = pool(m, 1);
+    assert_eq!(
+        p2.apply(buffer_files_here, ()).unwrap().0,
+        0,
+        "a new worker holds them"
+    );
+    drop((r, kept));
+}
+
+static STORED: std::sync::OnceLock<Buffer<u64>> = std::sync::OnceLock::new();
+
+/// A worker's initializer: keeps the table for the worker's tasks.
+fn store_table(t: Buffer<u64>) {
+    STORED.set(t).unwrap();
+}
+
+/// Sums the stored table; SIGKILLs its worker first when `die`.
+fn sum_stored(die: bool) -> (u64, u32) {
+    if die {
+        kill_self();
+    }
+    (sum(STORED.get().unwrap()), std::process::id())
+}
+
+/// A table handed to every worker once, by the pool's initializer (the caller dropping its own
+/// handle at once): workers killed along the way are replaced, and each replacement gets the
+/// table again; every task reads it whole.
+fn a_buffer_given_by_the_initializer_survives_worker_deaths(m: StartMethod) {
+    let t = table(6, 100_000);
+    let p = Pool::builder()
+        .processes(1)
+        .start_method(m)
+        .initializer(store_table, (t.clone(),))
+        .build()
+        .unwrap();
+    drop(t);
+    let mut workers = std::collections::HashSet::new();
+    for round in 0..4 {
+        let rs: Vec<_> = (0..6)
+            .map(|k| p.apply_async(sum_stored, (k == 2,)).unwrap())
+            .collect();
+        for (k, r) in rs.into_iter().enumerate() {
+            match r.get_timeout(PATIENCE) {
+                Ok((s, pid)) => {
+                    assert!(k != 2, "round {round}: the dying task returned");
+                    assert_eq!(s, sum_of(6, 100_000), "round {round}, task {k}");
+                    workers.insert(pid);
+                }
+                Err(e) => assert!(k == 2 && lost(&e), "round {round}, task {k}: {e}"),
+            }
+        }
+    }
+    // One worker at a time: each death made a replacement, which read the table too.
+    assert!(workers.len() >= 4, "workers: {workers:?}");
 }
 
 /// 128 bytes aligned to 128 (a cache line).
@@ -978,6 +1059,8 @@ fn buffers_made_while_encoding_keep_their_own_bytes(m: StartMethod) {
 }
 
 per_start_method!(
+    children_inherit_no_kept_buffer,
+    a_buffer_given_by_the_initializer_survives_worker_deaths,
     workers_hold_no_buffer_after_their_tasks,
     buffers_made_while_encoding_keep_their_own_bytes,
     a_buffer_received_as_another_alignment_keeps_its_elements,
