@@ -848,9 +848,10 @@ fn workers_hold_no_buffer_after_their_tasks(m: StartMethod) {
     drop((made, back));
 }
 
-/// Children started while results holding buffers are kept (by an `AsyncResult`, a joined
-/// `Process`, a pipe message being read) hold none of those buffers' descriptors: each would
-/// keep the buffer's memory for the child's life (and the child never asked for it).
+/// Children started while descriptors of buffers are kept (by an `AsyncResult` and a joined
+/// `Process` whose values hold buffers, a pool's initializer arguments, a queued task's, a
+/// process not started yet) hold none of them: each would keep the buffer's memory for the
+/// child's life (and the child never asked for it).
 fn children_inherit_no_kept_buffer(m: StartMethod) {
     // Alone: a fork child here inherits the mappings of every buffer this process holds.
     if !alone() {
@@ -862,6 +863,17 @@ fn children_inherit_no_kept_buffer(m: StartMethod) {
     let mut maker = Process::new(make_table, (2, 1000)).start_method(m);
     maker.start().unwrap();
     let (kept, _) = maker.join_timeout(PATIENCE).unwrap();
+    // A pool whose initializer was given a buffer, one whose worker is busy while a task
+    // given a buffer waits, and a process given one, not started: each keeps its copy.
+    let initialized = Pool::builder()
+        .processes(1)
+        .start_method(m)
+        .initializer(store_table, (table(3, 10),))
+        .build()
+        .unwrap();
+    let busy = p.apply_async(nap_then_table, (300, 4)).unwrap();
+    let queued = p.apply_async(sum_table, (table(5, 10),)).unwrap();
+    let unstarted = Process::new(sum_table, (table(6, 10),)).start_method(m);
     let mut c = Process::new(buffer_files_here, ()).start_method(m);
     c.start().unwrap();
     let (fds, maps) = c.join_timeout(PATIENCE).unwrap();
@@ -875,7 +887,9 @@ fn children_inherit_no_kept_buffer(m: StartMethod) {
         0,
         "a new worker holds them"
     );
-    drop((r, kept));
+    assert_eq!(queued.get_timeout(PATIENCE).unwrap(), sum_of(5, 10));
+    check_table(&busy.get_timeout(PATIENCE).unwrap(), 4, 5000);
+    drop((r, kept, initialized, unstarted));
 }
 
 static STORED: std::sync::OnceLock<Buffer<u64>> = std::sync::OnceLock::new();
