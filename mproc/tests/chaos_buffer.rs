@@ -892,6 +892,34 @@ fn children_inherit_no_kept_buffer(m: StartMethod) {
     drop((r, kept, initialized, unstarted));
 }
 
+/// Where a buffer cannot go (a queue of any kind, a manager's dict or list), a careless user
+/// gets an error that says where it can go, never a panic, and the container works on.
+fn where_a_buffer_cannot_go_says_so(m: StartMethod) {
+    let says = |e: mproc::Error| {
+        assert!(matches!(e.kind(), ErrorKind::Codec(_)), "{e}");
+        assert!(e.to_string().contains("Connection"), "{e}");
+    };
+    let q = mproc::SimpleQueue::<Buffer<u64>>::new().unwrap();
+    says(q.put(table(1, 3)).unwrap_err());
+    let q = mproc::JoinableQueue::<(u8, Vec<Buffer<u64>>)>::new().unwrap();
+    says(q.put((1, vec![table(1, 3); 3])).unwrap_err());
+    q.put((2, vec![])).unwrap();
+    assert_eq!(q.get_timeout(PATIENCE).unwrap().0, 2);
+    let manager = mproc::Manager::new().unwrap();
+    let d = manager.dict::<u8, Buffer<u64>>().unwrap();
+    says(d.insert(1, table(2, 3)).unwrap_err());
+    assert_eq!(d.len().unwrap(), 0);
+    let l = manager.list::<Option<Buffer<u64>>>().unwrap();
+    says(l.push(Some(table(3, 3))).unwrap_err());
+    l.push(None).unwrap();
+    assert_eq!(l.len().unwrap(), 1);
+    // A pool task can still take one.
+    assert_eq!(
+        pool(m, 1).apply(sum_table, (table(4, 3),)).unwrap(),
+        sum_of(4, 3)
+    );
+}
+
 static STORED: std::sync::OnceLock<Buffer<u64>> = std::sync::OnceLock::new();
 
 /// A worker's initializer: keeps the table for the worker's tasks.
@@ -1073,6 +1101,7 @@ fn buffers_made_while_encoding_keep_their_own_bytes(m: StartMethod) {
 }
 
 per_start_method!(
+    where_a_buffer_cannot_go_says_so,
     children_inherit_no_kept_buffer,
     a_buffer_given_by_the_initializer_survives_worker_deaths,
     workers_hold_no_buffer_after_their_tasks,
