@@ -177,7 +177,7 @@ impl<T: bytemuck::Pod> Buffer<T> {
 
     /// A received memory file as a buffer of `T`, after checking that it is frozen, says it
     /// holds `T`-sized elements, and is long enough for them.
-    fn received(file: std::os::fd::OwnedFd) -> Result<Buffer<T>, String> {
+    fn received(file: InternalFd) -> Result<Buffer<T>, String> {
         let frozen = Frozen::open(file.as_fd()).map_err(|e| format!("a received Buffer: {e}"))?;
         let bytes = frozen.bytes();
         let word = |at: usize| {
@@ -223,7 +223,7 @@ impl<T: bytemuck::Pod> Buffer<T> {
                     .is_some_and(|end| end <= bytes.len())
             })
             .ok_or("a received Buffer is shorter than it says")?;
-        Ok(Buffer::from_parts(frozen, InternalFd::new(file), at, len))
+        Ok(Buffer::from_parts(frozen, file, at, len))
     }
 }
 
@@ -310,6 +310,11 @@ impl<'de, T: bytemuck::Pod> Deserialize<'de> for Buffer<T> {
 mod tests {
     use super::*;
 
+    /// A copy of `fd`, as a received buffer's file is held.
+    fn listed_dup(fd: std::os::fd::BorrowedFd<'_>, min: i32) -> Result<InternalFd, std::io::Error> {
+        crate::sys::fd::dup_above(fd, min).map(InternalFd::new)
+    }
+
     #[test]
     fn frozen_means_frozen() {
         let b = Buffer::from_slice(&[1u32, 2, 3]).unwrap();
@@ -346,17 +351,17 @@ mod tests {
             }
         })
         .unwrap();
-        let dup = crate::sys::fd::dup_above(lines.shared.file.as_fd(), 0).unwrap();
+        let dup = listed_dup(lines.shared.file.as_fd(), 0).unwrap();
         let bytes = Buffer::<[u8; 128]>::received(dup).unwrap();
         assert_eq!(bytes.len(), 3);
         for (i, b) in bytes.iter().enumerate() {
             assert_eq!(b, &[i as u8 + 1; 128], "element {i}");
         }
         // The other way: bytes start at 64, not aligned for a `Line`.
-        let back = crate::sys::fd::dup_above(bytes.shared.file.as_fd(), 0).unwrap();
+        let back = listed_dup(bytes.shared.file.as_fd(), 0).unwrap();
         assert_eq!(Buffer::<Line>::received(back).unwrap()[2].0, [3; 128]);
         let plain = Buffer::from_slice(&[[9u8; 128]; 2]).unwrap();
-        let dup = crate::sys::fd::dup_above(plain.shared.file.as_fd(), 0).unwrap();
+        let dup = listed_dup(plain.shared.file.as_fd(), 0).unwrap();
         let e = Buffer::<Line>::received(dup).unwrap_err();
         assert!(e.contains("not aligned"), "{e}");
     }
@@ -364,16 +369,16 @@ mod tests {
     #[test]
     fn what_is_received_is_checked() {
         let b = Buffer::from_slice(&[7u64; 10]).unwrap();
-        let dup = || crate::sys::fd::dup_above(b.shared.file.as_fd(), 0).unwrap();
+        let dup = || listed_dup(b.shared.file.as_fd(), 0).unwrap();
         assert_eq!(&Buffer::<u64>::received(dup()).unwrap()[..], [7; 10]);
         assert_eq!(Buffer::<i64>::received(dup()).unwrap().len(), 10);
         let e = Buffer::<u32>::received(dup()).unwrap_err();
         assert!(e.contains("8-byte elements, not 4"), "{e}");
         // An ordinary memory file, one that could still be written, one that lies.
-        let e = Buffer::<u8>::received(crate::sys::shm::testing::unsealed_memfd(4096)).unwrap_err();
+        let e = Buffer::<u8>::received(InternalFd::new(crate::sys::shm::testing::unsealed_memfd(4096))).unwrap_err();
         assert!(e.contains("sealed"), "{e}");
         let (_, open) = crate::sys::shm::Mapping::create("t", 4096).unwrap();
-        assert!(Buffer::<u8>::received(open.into_owned()).is_err());
+        assert!(Buffer::<u8>::received(open).is_err());
         for (size, len) in [(8u64, 1u64 << 60), (8, 505), (0, 1)] {
             let (_, liar) = Frozen::create("t", 4096, |b| {
                 b[..8].copy_from_slice(&MAGIC.to_le_bytes());
@@ -382,7 +387,7 @@ mod tests {
                 b[24..32].copy_from_slice(&64u64.to_le_bytes());
             })
             .unwrap();
-            assert!(Buffer::<u64>::received(liar.into_owned()).is_err(), "{size} {len}");
+            assert!(Buffer::<u64>::received(liar).is_err(), "{size} {len}");
         }
         // Elements said to start inside the header, where no `u64` is aligned, or past the end.
         for at in [0u64, 8, 60, 68, 4096, 1 << 62] {
@@ -393,7 +398,7 @@ mod tests {
                 b[24..32].copy_from_slice(&at.to_le_bytes());
             })
             .unwrap();
-            assert!(Buffer::<u64>::received(liar.into_owned()).is_err(), "at {at}");
+            assert!(Buffer::<u64>::received(liar).is_err(), "at {at}");
         }
         // Elements aligned beyond a page, as the sender's same-sized bytes: refused, where
         // casting the page-aligned bytes would panic.
@@ -413,7 +418,7 @@ mod tests {
             b[16..24].copy_from_slice(&1u64.to_le_bytes());
         })
         .unwrap();
-        let dup = || crate::sys::fd::dup_above(roomy.as_fd(), 0).unwrap();
+        let dup = || listed_dup(roomy.as_fd(), 0).unwrap();
         for _ in 0..4 {
             let e = Buffer::<Huge>::received(dup()).unwrap_err();
             assert!(e.contains("aligned to 65536 bytes"), "{e}");

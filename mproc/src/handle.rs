@@ -22,13 +22,13 @@ thread_local! {
     /// Descriptors of the handles met while encoding, in index order (each once) within each
     /// open scope ([`collecting`]; an inner scope's follow its outer one's): the handle's
     /// number, and the descriptor that travels (a duplicate, or what [`export_with`] made).
-    static OUTGOING: RefCell<Vec<(RawFd, OwnedFd)>> = const { RefCell::new(Vec::new()) };
+    static OUTGOING: RefCell<Vec<(RawFd, InternalFd)>> = const { RefCell::new(Vec::new()) };
     /// Where the innermost open scope's descriptors start in `OUTGOING`, and its length.
     static OUTGOING_FROM: Marks = const { Cell::new((None, 0)) };
     /// Descriptors received with the message being decoded, by index within each open scope
     /// ([`providing`]), as `OUTGOING` (a handle that appears several times in the message
     /// shares one; each decoded handle gets its own copy).
-    static INCOMING: RefCell<Vec<OwnedFd>> = const { RefCell::new(Vec::new()) };
+    static INCOMING: RefCell<Vec<InternalFd>> = const { RefCell::new(Vec::new()) };
     /// Where the innermost open scope's descriptors start in `INCOMING`, and its length.
     static INCOMING_FROM: Marks = const { Cell::new((None, 0)) };
 }
@@ -168,7 +168,7 @@ pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<InternalFd>) 
     let met = scope.close();
     let fds = match met.is_empty() {
         true => Vec::new(),
-        false => met.into_iter().map(|(_, fd)| InternalFd::new(fd)).collect(),
+        false => met.into_iter().map(|(_, fd)| fd).collect(),
     };
     (result, fds)
 }
@@ -181,16 +181,26 @@ pub(crate) fn providing_copies<R>(
 ) -> Result<R, crate::Error> {
     let copies = fds
         .iter()
-        .map(|fd| crate::sys::fd::dup_above(fd.as_fd(), 0))
+        .map(|fd| listed_copy(fd.as_fd()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| crate::Error::os("taking a returned handle", e))?;
-    Ok(providing(copies, decode))
+    Ok(providing_listed(copies, decode))
 }
 
 /// Runs `decode` with `fds` (received with the bytes) available to the handles it decodes.
-/// They are closed afterwards (each decoded handle holds its own copy).
+/// They are closed afterwards (each decoded handle holds its own copy). Listed as internal
+/// while they are here: a child forked meanwhile does not inherit them.
 #[inline]
 pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
+    let fds = match fds.is_empty() {
+        true => Vec::new(),
+        false => fds.into_iter().map(InternalFd::new).collect(),
+    };
+    providing_listed(fds, decode)
+}
+
+#[inline]
+fn providing_listed<R>(fds: Vec<InternalFd>, decode: impl FnOnce() -> R) -> R {
     let scope = Scope::open(&INCOMING, &INCOMING_FROM, fds);
     let result = decode();
     drop(scope);
@@ -209,7 +219,14 @@ pub(crate) fn forget_inherited_scopes() {
 
 /// Called by a handle's `Serialize`: the index that stands for `fd` in this message.
 pub(crate) fn export(fd: BorrowedFd<'_>) -> Result<u32, String> {
-    export_with(fd, || crate::sys::fd::dup_above(fd, 0))
+    export_with(fd, || listed_copy(fd))
+}
+
+/// A copy of `fd`, made and listed as internal at once (under the list's lock, which a fork
+/// holds): no child forked by another thread ever inherits it.
+fn listed_copy(fd: BorrowedFd<'_>) -> std::io::Result<InternalFd> {
+    let [copy] = crate::sys::fd::create_internal(|| Ok([crate::sys::fd::dup_above(fd, 0)?]))?;
+    Ok(copy)
 }
 
 /// Like [`export`], with `travel` making the descriptor that travels when `fd` first joins this
@@ -218,7 +235,7 @@ pub(crate) fn export(fd: BorrowedFd<'_>) -> Result<u32, String> {
 /// its way (see `queue::ring`).
 pub(crate) fn export_with(
     fd: BorrowedFd<'_>,
-    travel: impl FnOnce() -> std::io::Result<OwnedFd>,
+    travel: impl FnOnce() -> std::io::Result<InternalFd>,
 ) -> Result<u32, String> {
     let (Some(start), _) = OUTGOING_FROM.get() else {
         return Err(NOT_HERE.to_string());
@@ -229,7 +246,9 @@ pub(crate) fn export_with(
         // number, and the same file: a handle made while the value is encoded and dropped
         // before the next is made (a buffer made on the fly by a `serialize_with`) frees its
         // number for the next one, another file, which must travel as itself.
-        let met = |(f, copy): &(RawFd, OwnedFd)| *f == raw && crate::sys::fd::same_file(fd, copy.as_fd());
+        let met = |(f, copy): &(RawFd, InternalFd)| {
+            *f == raw && crate::sys::fd::same_file(fd, copy.as_fd())
+        };
         let at = match all[start..].iter().position(met) {
             Some(at) => at,
             None => {
@@ -244,8 +263,9 @@ pub(crate) fn export_with(
     })
 }
 
-/// Called by a handle's `Deserialize`: the descriptor that index `at` stands for.
-pub(crate) fn import(at: u32) -> Result<OwnedFd, String> {
+/// Called by a handle's `Deserialize`: the descriptor that index `at` stands for (a copy of
+/// its own, listed as internal).
+pub(crate) fn import(at: u32) -> Result<InternalFd, String> {
     let (Some(start), _) = INCOMING_FROM.get() else {
         return Err(NOT_HERE.to_string());
     };
@@ -253,7 +273,7 @@ pub(crate) fn import(at: u32) -> Result<OwnedFd, String> {
         let fd = all[start..]
             .get(at as usize)
             .ok_or_else(|| format!("handle {at} did not arrive with its message"))?;
-        crate::sys::fd::dup_above(fd.as_fd(), 0)
+        listed_copy(fd.as_fd())
             .map_err(|e| format!("duplicating a received handle's descriptor: {e}"))
     })
 }
@@ -283,7 +303,7 @@ mod tests {
         let got = providing(fds, || {
             let x = import(1).unwrap();
             let y = import(1).unwrap();
-            assert_ne!(x.as_raw_fd(), y.as_raw_fd(), "each gets its own copy");
+            assert_ne!(x.as_fd().as_raw_fd(), y.as_fd().as_raw_fd(), "each gets its own copy");
             assert!(import(7).is_err());
             x
         });
