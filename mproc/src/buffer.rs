@@ -366,6 +366,35 @@ mod tests {
         assert!(e.contains("not aligned"), "{e}");
     }
 
+    /// What a hostile peer could send that is sealed, yet still written: a memory file sealed
+    /// against future writes (`F_SEAL_FUTURE_WRITE`, which leaves its sender's writable
+    /// mapping writable) against everything else too, with a true header; and files that are
+    /// no memory file (a pipe, `/dev/zero`, a named file in `/dev/shm`). Each is refused.
+    #[test]
+    fn sealed_but_still_writable_files_are_refused() {
+        use rustix::fs::SealFlags;
+        let file = crate::sys::shm::testing::unsealed_memfd(4096);
+        rustix::fs::fcntl_add_seals(&file, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+        let writer = crate::sys::shm::Mapping::open(file.as_fd()).unwrap();
+        writer.write_at(0, &MAGIC.to_le_bytes()).unwrap();
+        writer.write_at(8, &8u64.to_le_bytes()).unwrap();
+        writer.write_at(16, &1u64.to_le_bytes()).unwrap();
+        writer.write_at(24, &64u64.to_le_bytes()).unwrap();
+        rustix::fs::fcntl_add_seals(&file, SealFlags::FUTURE_WRITE | SealFlags::SEAL).unwrap();
+        // The sender's mapping still writes, after the seal.
+        writer.write_at(64, &7u64.to_le_bytes()).unwrap();
+        let dup = || listed_dup(file.as_fd(), 0).unwrap();
+        let e = Buffer::<u64>::received(dup()).unwrap_err();
+        assert!(e.contains("sealed against writing"), "{e}");
+        let (pipe, _other) = crate::sys::fd::pipe().unwrap();
+        assert!(Buffer::<u8>::received(InternalFd::new(pipe)).is_err());
+        let zero = std::fs::File::open("/dev/zero").unwrap();
+        assert!(Buffer::<u8>::received(InternalFd::new(zero.into())).is_err());
+        if let Ok(named) = crate::sys::shm::shm_create_unnamed(4096) {
+            assert!(Buffer::<u8>::received(InternalFd::new(named)).is_err());
+        }
+    }
+
     #[test]
     fn what_is_received_is_checked() {
         let b = Buffer::from_slice(&[7u64; 10]).unwrap();
