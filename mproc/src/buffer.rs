@@ -13,8 +13,9 @@ use crate::sys::fd::InternalFd;
 use crate::sys::proc;
 use crate::sys::shm::Frozen;
 
-/// Where a buffer's memory file says what it holds: "mprocBuf", the size of one element, and how
-/// many there are (little-endian `u64`s); the elements follow at [`data_at`].
+/// Where a buffer's memory file says what it holds: "mprocBuf", the size of one element, how
+/// many there are, and where they start ([`data_at`] of the sender's type), as little-endian
+/// `u64`s.
 const HEADER: usize = 64;
 const MAGIC: u64 = u64::from_le_bytes(*b"mprocBuf");
 
@@ -51,7 +52,8 @@ fn aligned_enough<T>() -> bool {
 /// Clones share the memory, which is freed when the last holder in any process drops it.
 ///
 /// `T` is [`Pod`](crate::Pod), not zero-sized, and aligned to at most a page (4096 bytes). A buffer received as a `Buffer<U>` whose
-/// elements differ in size from the sender's is refused.
+/// elements differ in size from the sender's is refused; one of the same size reads the
+/// sender's elements as `U`s, or is refused where they are not aligned for a `U`.
 ///
 /// ```
 /// use mproc::{Buffer, Pool};
@@ -73,6 +75,8 @@ fn aligned_enough<T>() -> bool {
 /// ```
 pub struct Buffer<T> {
     shared: Arc<Shared>,
+    /// Where the elements start in the mapping (the sender's [`data_at`]).
+    at: usize,
     len: usize,
     _t: PhantomData<T>,
 }
@@ -124,10 +128,11 @@ impl<T: bytemuck::Pod> Buffer<T> {
             bytes[..8].copy_from_slice(&MAGIC.to_le_bytes());
             bytes[8..16].copy_from_slice(&(size_of::<T>() as u64).to_le_bytes());
             bytes[16..24].copy_from_slice(&(len as u64).to_le_bytes());
+            bytes[24..32].copy_from_slice(&(data_at::<T>() as u64).to_le_bytes());
             fill(bytemuck::cast_slice_mut(&mut bytes[data_at::<T>()..]));
         })
         .map_err(|e| Error::os("creating a shared buffer", e))?;
-        Ok(Buffer::from_parts(frozen, file, len))
+        Ok(Buffer::from_parts(frozen, file, data_at::<T>(), len))
     }
 
     /// A buffer holding a copy of `items` (one copy, into shared memory).
@@ -153,17 +158,18 @@ impl<T: bytemuck::Pod> Buffer<T> {
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn as_slice(&self) -> &[T] {
-        let at = data_at::<T>();
+        let at = self.at;
         bytemuck::cast_slice(&self.shared.frozen.bytes()[at..at + self.len * size_of::<T>()])
     }
 
-    fn from_parts(frozen: Frozen, file: InternalFd, len: usize) -> Buffer<T> {
+    fn from_parts(frozen: Frozen, file: InternalFd, at: usize, len: usize) -> Buffer<T> {
         Buffer {
             shared: Arc::new(Shared {
                 frozen,
                 file,
                 generation: proc::fork_generation(),
             }),
+            at,
             len,
             _t: PhantomData,
         }
@@ -171,7 +177,7 @@ impl<T: bytemuck::Pod> Buffer<T> {
 
     /// A received memory file as a buffer of `T`, after checking that it is frozen, says it
     /// holds `T`-sized elements, and is long enough for them.
-    fn received(file: std::os::fd::OwnedFd) -> Result<Buffer<T>, String> {
+    fn received(file: InternalFd) -> Result<Buffer<T>, String> {
         let frozen = Frozen::open(file.as_fd()).map_err(|e| format!("a received Buffer: {e}"))?;
         let bytes = frozen.bytes();
         let word = |at: usize| {
@@ -197,15 +203,27 @@ impl<T: bytemuck::Pod> Buffer<T> {
                 std::any::type_name::<T>()
             ));
         }
+        // Where the sender's elements start (its type's alignment may differ from `T`'s:
+        // reading at `T`'s own offset would shift every element).
+        let at = word(24)
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&at| at >= HEADER)
+            .ok_or("a received Buffer does not say where its elements start")?;
+        if !at.is_multiple_of(align_of::<T>()) {
+            return Err(format!(
+                "a received Buffer's elements are not aligned for {} (they start at byte {at})",
+                std::any::type_name::<T>()
+            ));
+        }
         let len = word(16)
             .and_then(|n| usize::try_from(n).ok())
             .filter(|&n| {
                 n.checked_mul(size_of::<T>())
-                    .and_then(|b| b.checked_add(data_at::<T>()))
+                    .and_then(|b| b.checked_add(at))
                     .is_some_and(|end| end <= bytes.len())
             })
             .ok_or("a received Buffer is shorter than it says")?;
-        Ok(Buffer::from_parts(frozen, InternalFd::new(file), len))
+        Ok(Buffer::from_parts(frozen, file, at, len))
     }
 }
 
@@ -250,6 +268,7 @@ impl<T> Clone for Buffer<T> {
     fn clone(&self) -> Self {
         Buffer {
             shared: Arc::clone(&self.shared),
+            at: self.at,
             len: self.len,
             _t: PhantomData,
         }
@@ -291,6 +310,11 @@ impl<'de, T: bytemuck::Pod> Deserialize<'de> for Buffer<T> {
 mod tests {
     use super::*;
 
+    /// A copy of `fd`, as a received buffer's file is held.
+    fn listed_dup(fd: std::os::fd::BorrowedFd<'_>, min: i32) -> Result<InternalFd, std::io::Error> {
+        crate::sys::fd::dup_above(fd, min).map(InternalFd::new)
+    }
+
     #[test]
     fn frozen_means_frozen() {
         let b = Buffer::from_slice(&[1u32, 2, 3]).unwrap();
@@ -304,27 +328,106 @@ mod tests {
         assert_eq!(&b[..], [1, 2, 3]);
     }
 
+    /// Bytes aligned to 128 (a cache line), 128 of them.
+    #[derive(Clone, Copy)]
+    #[repr(C, align(128))]
+    struct Line([u8; 128]);
+    // A test's own Pod type (bytemuck's derive is not a dependency).
+    #[allow(unsafe_code)]
+    // SAFETY: plain bytes, no padding (size equals the array's), any bit pattern valid.
+    unsafe impl bytemuck::Zeroable for Line {}
+    #[allow(unsafe_code)]
+    // SAFETY: as above.
+    unsafe impl bytemuck::Pod for Line {}
+
+    /// A buffer received as another type of the same size but another alignment reads the
+    /// sender's elements (which start where the sender's type put them), or is refused where
+    /// they are not aligned for the receiver's: never elements shifted by the difference.
+    #[test]
+    fn a_buffer_received_as_another_alignment_reads_the_senders_elements() {
+        let lines = Buffer::new_with(3, |l: &mut [Line]| {
+            for (i, line) in l.iter_mut().enumerate() {
+                line.0 = [i as u8 + 1; 128];
+            }
+        })
+        .unwrap();
+        let dup = listed_dup(lines.shared.file.as_fd(), 0).unwrap();
+        let bytes = Buffer::<[u8; 128]>::received(dup).unwrap();
+        assert_eq!(bytes.len(), 3);
+        for (i, b) in bytes.iter().enumerate() {
+            assert_eq!(b, &[i as u8 + 1; 128], "element {i}");
+        }
+        // The other way: bytes start at 64, not aligned for a `Line`.
+        let back = listed_dup(bytes.shared.file.as_fd(), 0).unwrap();
+        assert_eq!(Buffer::<Line>::received(back).unwrap()[2].0, [3; 128]);
+        let plain = Buffer::from_slice(&[[9u8; 128]; 2]).unwrap();
+        let dup = listed_dup(plain.shared.file.as_fd(), 0).unwrap();
+        let e = Buffer::<Line>::received(dup).unwrap_err();
+        assert!(e.contains("not aligned"), "{e}");
+    }
+
+    /// What a hostile peer could send that is sealed, yet still written: a memory file sealed
+    /// against future writes (`F_SEAL_FUTURE_WRITE`, which leaves its sender's writable
+    /// mapping writable) against everything else too, with a true header; and files that are
+    /// no memory file (a pipe, `/dev/zero`, a named file in `/dev/shm`). Each is refused.
+    #[test]
+    fn sealed_but_still_writable_files_are_refused() {
+        use rustix::fs::SealFlags;
+        let file = crate::sys::shm::testing::unsealed_memfd(4096);
+        rustix::fs::fcntl_add_seals(&file, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+        let writer = crate::sys::shm::Mapping::open(file.as_fd()).unwrap();
+        writer.write_at(0, &MAGIC.to_le_bytes()).unwrap();
+        writer.write_at(8, &8u64.to_le_bytes()).unwrap();
+        writer.write_at(16, &1u64.to_le_bytes()).unwrap();
+        writer.write_at(24, &64u64.to_le_bytes()).unwrap();
+        rustix::fs::fcntl_add_seals(&file, SealFlags::FUTURE_WRITE | SealFlags::SEAL).unwrap();
+        // The sender's mapping still writes, after the seal.
+        writer.write_at(64, &7u64.to_le_bytes()).unwrap();
+        let dup = || listed_dup(file.as_fd(), 0).unwrap();
+        let e = Buffer::<u64>::received(dup()).unwrap_err();
+        assert!(e.contains("sealed against writing"), "{e}");
+        let (pipe, _other) = crate::sys::fd::pipe().unwrap();
+        assert!(Buffer::<u8>::received(InternalFd::new(pipe)).is_err());
+        let zero = std::fs::File::open("/dev/zero").unwrap();
+        assert!(Buffer::<u8>::received(InternalFd::new(zero.into())).is_err());
+        if let Ok(named) = crate::sys::shm::shm_create_unnamed(4096) {
+            assert!(Buffer::<u8>::received(InternalFd::new(named)).is_err());
+        }
+    }
+
     #[test]
     fn what_is_received_is_checked() {
         let b = Buffer::from_slice(&[7u64; 10]).unwrap();
-        let dup = || crate::sys::fd::dup_above(b.shared.file.as_fd(), 0).unwrap();
+        let dup = || listed_dup(b.shared.file.as_fd(), 0).unwrap();
         assert_eq!(&Buffer::<u64>::received(dup()).unwrap()[..], [7; 10]);
         assert_eq!(Buffer::<i64>::received(dup()).unwrap().len(), 10);
         let e = Buffer::<u32>::received(dup()).unwrap_err();
         assert!(e.contains("8-byte elements, not 4"), "{e}");
         // An ordinary memory file, one that could still be written, one that lies.
-        let e = Buffer::<u8>::received(crate::sys::shm::testing::unsealed_memfd(4096)).unwrap_err();
+        let e = Buffer::<u8>::received(InternalFd::new(crate::sys::shm::testing::unsealed_memfd(4096))).unwrap_err();
         assert!(e.contains("sealed"), "{e}");
         let (_, open) = crate::sys::shm::Mapping::create("t", 4096).unwrap();
-        assert!(Buffer::<u8>::received(open.into_owned()).is_err());
+        assert!(Buffer::<u8>::received(open).is_err());
         for (size, len) in [(8u64, 1u64 << 60), (8, 505), (0, 1)] {
             let (_, liar) = Frozen::create("t", 4096, |b| {
                 b[..8].copy_from_slice(&MAGIC.to_le_bytes());
                 b[8..16].copy_from_slice(&size.to_le_bytes());
                 b[16..24].copy_from_slice(&len.to_le_bytes());
+                b[24..32].copy_from_slice(&64u64.to_le_bytes());
             })
             .unwrap();
-            assert!(Buffer::<u64>::received(liar.into_owned()).is_err(), "{size} {len}");
+            assert!(Buffer::<u64>::received(liar).is_err(), "{size} {len}");
+        }
+        // Elements said to start inside the header, where no `u64` is aligned, or past the end.
+        for at in [0u64, 8, 60, 68, 4096, 1 << 62] {
+            let (_, liar) = Frozen::create("t", 4096, |b| {
+                b[..8].copy_from_slice(&MAGIC.to_le_bytes());
+                b[8..16].copy_from_slice(&8u64.to_le_bytes());
+                b[16..24].copy_from_slice(&1u64.to_le_bytes());
+                b[24..32].copy_from_slice(&at.to_le_bytes());
+            })
+            .unwrap();
+            assert!(Buffer::<u64>::received(liar).is_err(), "at {at}");
         }
         // Elements aligned beyond a page, as the sender's same-sized bytes: refused, where
         // casting the page-aligned bytes would panic.
@@ -344,7 +447,7 @@ mod tests {
             b[16..24].copy_from_slice(&1u64.to_le_bytes());
         })
         .unwrap();
-        let dup = || crate::sys::fd::dup_above(roomy.as_fd(), 0).unwrap();
+        let dup = || listed_dup(roomy.as_fd(), 0).unwrap();
         for _ in 0..4 {
             let e = Buffer::<Huge>::received(dup()).unwrap_err();
             assert!(e.contains("aligned to 65536 bytes"), "{e}");

@@ -31,6 +31,9 @@ pub(crate) struct Channel {
     sock: InternalFd,
     decoder: FrameDecoder,
     fds: Vec<OwnedFd>,
+    /// Whether the kernel dropped descriptors that came with a message (see
+    /// [`Channel::take_fds_dropped`]).
+    fds_dropped: bool,
     eof: bool,
 }
 
@@ -40,6 +43,7 @@ impl Channel {
             sock,
             decoder: FrameDecoder::default(),
             fds: Vec::new(),
+            fds_dropped: false,
             eof: false,
         }
     }
@@ -109,7 +113,11 @@ impl Channel {
             }
             let want = self.decoder.wanted().clamp(MIN_READ, MAX_READ);
             let buf = self.decoder.read_buf(want);
-            let got = socket::recv(self.sock.as_fd(), buf, &mut self.fds, true);
+            let got = socket::recv_message(self.sock.as_fd(), buf, &mut self.fds, true);
+            let got = got.map(|got| {
+                self.fds_dropped |= got.fds_dropped;
+                got.bytes
+            });
             self.decoder.filled(want, *got.as_ref().unwrap_or(&0));
             match got {
                 Ok(0) => self.eof = true,
@@ -165,6 +173,13 @@ impl Channel {
         self.fds.drain(..n).collect()
     }
 
+    /// Whether the kernel dropped descriptors that came with a message since this was last
+    /// asked (this process was at its descriptor limit when they arrived): a message that has
+    /// fewer than it announced then lost them here, through no fault of its sender.
+    pub(crate) fn take_fds_dropped(&mut self) -> bool {
+        std::mem::take(&mut self.fds_dropped)
+    }
+
     /// How many received descriptors no message has taken yet.
     pub(crate) fn pending_fds(&self) -> usize {
         self.fds.len()
@@ -174,6 +189,18 @@ impl Channel {
     pub(crate) fn take_fds(&mut self) -> Vec<OwnedFd> {
         std::mem::take(&mut self.fds)
     }
+}
+
+/// Why a message came without all its descriptors when the kernel dropped them here
+/// ([`Channel::take_fds_dropped`]): `what` was being received.
+pub(crate) fn fds_dropped_error(what: &str) -> Error {
+    Error::os(
+        what,
+        io::Error::other(
+            "the descriptors that came with it could not be received (this process is at its \
+             descriptor limit?)",
+        ),
+    )
 }
 
 /// Frames waiting to be written to a peer that reads at its own pace: nothing blocks, and a

@@ -386,7 +386,9 @@ impl<T> Serialize for Connection<T> {
 impl<'de, T> Deserialize<'de> for Connection<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let at = u32::deserialize(d)?;
-        let sock = crate::handle::import(at).map_err(serde::de::Error::custom)?;
+        let sock = crate::handle::import(at)
+            .map_err(serde::de::Error::custom)?
+            .into_owned();
         if !socket::is_seqpacket(sock.as_fd()) {
             return Err(serde::de::Error::custom("not an mproc pipe"));
         }

@@ -16,17 +16,19 @@ use std::cell::{Cell, RefCell};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::thread::LocalKey;
 
+use crate::sys::fd::InternalFd;
+
 thread_local! {
     /// Descriptors of the handles met while encoding, in index order (each once) within each
     /// open scope ([`collecting`]; an inner scope's follow its outer one's): the handle's
     /// number, and the descriptor that travels (a duplicate, or what [`export_with`] made).
-    static OUTGOING: RefCell<Vec<(RawFd, OwnedFd)>> = const { RefCell::new(Vec::new()) };
+    static OUTGOING: RefCell<Vec<(RawFd, InternalFd)>> = const { RefCell::new(Vec::new()) };
     /// Where the innermost open scope's descriptors start in `OUTGOING`, and its length.
     static OUTGOING_FROM: Marks = const { Cell::new((None, 0)) };
     /// Descriptors received with the message being decoded, by index within each open scope
     /// ([`providing`]), as `OUTGOING` (a handle that appears several times in the message
     /// shares one; each decoded handle gets its own copy).
-    static INCOMING: RefCell<Vec<OwnedFd>> = const { RefCell::new(Vec::new()) };
+    static INCOMING: RefCell<Vec<InternalFd>> = const { RefCell::new(Vec::new()) };
     /// Where the innermost open scope's descriptors start in `INCOMING`, and its length.
     static INCOMING_FROM: Marks = const { Cell::new((None, 0)) };
 }
@@ -126,7 +128,7 @@ impl<T: 'static> Drop for Scope<T> {
 thread_local! {
     /// The descriptors of the handles among the values a pool task just returned, left by its
     /// chunk trampoline for the worker to send with the answer.
-    static RETURNED: RefCell<Vec<OwnedFd>> = const { RefCell::new(Vec::new()) };
+    static RETURNED: RefCell<Vec<InternalFd>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Sets up this thread's slots for descriptors (`OUTGOING`, `INCOMING`, `RETURNED`) now: the
@@ -141,24 +143,26 @@ pub(crate) fn prepare() {
 
 /// Leaves `fds` for [`take_returned`] (see `RETURNED`), which always takes what is there: none
 /// is left from an earlier task.
-pub(crate) fn stash_returned(fds: Vec<OwnedFd>) {
+pub(crate) fn stash_returned(fds: Vec<InternalFd>) {
     if !fds.is_empty() {
         RETURNED.with(|r| *r.borrow_mut() = fds);
     }
 }
 
 /// The descriptors the last task's values left (none, usually).
-pub(crate) fn take_returned() -> Vec<OwnedFd> {
+pub(crate) fn take_returned() -> Vec<InternalFd> {
     RETURNED.with(|r| std::mem::take(&mut *r.borrow_mut()))
 }
 
 /// Runs `encode` (which serializes handles) and returns its result with owned copies of the
-/// descriptors the handles stand for, in index order.
+/// descriptors the handles stand for, in index order. The copies are listed as internal: a
+/// child forked while they are held (a pool's queued task, its initializer's arguments, a
+/// process not yet started) does not inherit them, nor the memory of the buffers they keep.
 ///
 /// Inlined, as [`providing`], [`Scope`]'s methods and `memfile::with_payload` are: as calls, a
 /// quick `apply` paid about 20 ns for them on its three passes through (issue 15, item 4).
 #[inline]
-pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
+pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<InternalFd>) {
     let scope = Scope::open(&OUTGOING, &OUTGOING_FROM, Vec::new());
     let result = encode();
     let met = scope.close();
@@ -172,21 +176,31 @@ pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
 /// Like [`providing`], with copies of `fds`, which stay the caller's: a returned value kept
 /// by its parent may be decoded again (each decoded handle owns its own descriptor).
 pub(crate) fn providing_copies<R>(
-    fds: &[OwnedFd],
+    fds: &[impl AsFd],
     decode: impl FnOnce() -> R,
 ) -> Result<R, crate::Error> {
     let copies = fds
         .iter()
-        .map(|fd| crate::sys::fd::dup_above(fd.as_fd(), 0))
+        .map(|fd| listed_copy(fd.as_fd()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| crate::Error::os("taking a returned handle", e))?;
-    Ok(providing(copies, decode))
+    Ok(providing_listed(copies, decode))
 }
 
 /// Runs `decode` with `fds` (received with the bytes) available to the handles it decodes.
-/// They are closed afterwards (each decoded handle holds its own copy).
+/// They are closed afterwards (each decoded handle holds its own copy). Listed as internal
+/// while they are here: a child forked meanwhile does not inherit them.
 #[inline]
 pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
+    let fds = match fds.is_empty() {
+        true => Vec::new(),
+        false => fds.into_iter().map(InternalFd::new).collect(),
+    };
+    providing_listed(fds, decode)
+}
+
+#[inline]
+fn providing_listed<R>(fds: Vec<InternalFd>, decode: impl FnOnce() -> R) -> R {
     let scope = Scope::open(&INCOMING, &INCOMING_FROM, fds);
     let result = decode();
     drop(scope);
@@ -205,7 +219,14 @@ pub(crate) fn forget_inherited_scopes() {
 
 /// Called by a handle's `Serialize`: the index that stands for `fd` in this message.
 pub(crate) fn export(fd: BorrowedFd<'_>) -> Result<u32, String> {
-    export_with(fd, || crate::sys::fd::dup_above(fd, 0))
+    export_with(fd, || listed_copy(fd))
+}
+
+/// A copy of `fd`, made and listed as internal at once (under the list's lock, which a fork
+/// holds): no child forked by another thread ever inherits it.
+fn listed_copy(fd: BorrowedFd<'_>) -> std::io::Result<InternalFd> {
+    let [copy] = crate::sys::fd::create_internal(|| Ok([crate::sys::fd::dup_above(fd, 0)?]))?;
+    Ok(copy)
 }
 
 /// Like [`export`], with `travel` making the descriptor that travels when `fd` first joins this
@@ -214,15 +235,21 @@ pub(crate) fn export(fd: BorrowedFd<'_>) -> Result<u32, String> {
 /// its way (see `queue::ring`).
 pub(crate) fn export_with(
     fd: BorrowedFd<'_>,
-    travel: impl FnOnce() -> std::io::Result<OwnedFd>,
+    travel: impl FnOnce() -> std::io::Result<InternalFd>,
 ) -> Result<u32, String> {
     let (Some(start), _) = OUTGOING_FROM.get() else {
         return Err(NOT_HERE.to_string());
     };
     OUTGOING.with_borrow_mut(|all| {
         let raw = fd.as_raw_fd();
-        // The codec sizes a value before writing it: the same handle is met twice.
-        let at = match all[start..].iter().position(|(f, _)| *f == raw) {
+        // The codec sizes a value before writing it: the same handle is met twice. Met by its
+        // number, and the same file: a handle made while the value is encoded and dropped
+        // before the next is made (a buffer made on the fly by a `serialize_with`) frees its
+        // number for the next one, another file, which must travel as itself.
+        let met = |(f, copy): &(RawFd, InternalFd)| {
+            *f == raw && crate::sys::fd::same_file(fd, copy.as_fd())
+        };
+        let at = match all[start..].iter().position(met) {
             Some(at) => at,
             None => {
                 let copy =
@@ -236,8 +263,9 @@ pub(crate) fn export_with(
     })
 }
 
-/// Called by a handle's `Deserialize`: the descriptor that index `at` stands for.
-pub(crate) fn import(at: u32) -> Result<OwnedFd, String> {
+/// Called by a handle's `Deserialize`: the descriptor that index `at` stands for (a copy of
+/// its own, listed as internal).
+pub(crate) fn import(at: u32) -> Result<InternalFd, String> {
     let (Some(start), _) = INCOMING_FROM.get() else {
         return Err(NOT_HERE.to_string());
     };
@@ -245,7 +273,7 @@ pub(crate) fn import(at: u32) -> Result<OwnedFd, String> {
         let fd = all[start..]
             .get(at as usize)
             .ok_or_else(|| format!("handle {at} did not arrive with its message"))?;
-        crate::sys::fd::dup_above(fd.as_fd(), 0)
+        listed_copy(fd.as_fd())
             .map_err(|e| format!("duplicating a received handle's descriptor: {e}"))
     })
 }
@@ -271,16 +299,37 @@ mod tests {
         });
         assert_eq!(indices, [0, 1, 0]);
         assert_eq!(fds.len(), 2);
+        let fds = fds.into_iter().map(InternalFd::into_owned).collect();
         let got = providing(fds, || {
             let x = import(1).unwrap();
             let y = import(1).unwrap();
-            assert_ne!(x.as_raw_fd(), y.as_raw_fd(), "each gets its own copy");
+            assert_ne!(x.as_fd().as_raw_fd(), y.as_fd().as_raw_fd(), "each gets its own copy");
             assert!(import(7).is_err());
             x
         });
         drop(got);
         assert!(export(a.as_fd()).is_err(), "outside a message");
         assert!(import(0).is_err());
+    }
+
+    /// A number met again in one message stands for the same handle only while it is the
+    /// same file: one closed and its number given to another file (a handle made and dropped
+    /// while the value is encoded) is another handle, with its own index and descriptor.
+    #[test]
+    fn a_number_given_to_another_file_is_another_handle() {
+        let (mut a, _a2) = crate::sys::fd::pipe().unwrap();
+        let (b, _b2) = crate::sys::fd::pipe().unwrap();
+        let (indices, fds) = collecting(|| {
+            let first = export(a.as_fd()).unwrap();
+            let again = export(a.as_fd()).unwrap();
+            // The number of `a` now stands for `b`'s file.
+            rustix::io::dup2(&b, &mut a).unwrap();
+            [first, again, export(a.as_fd()).unwrap(), export(a.as_fd()).unwrap()]
+        });
+        assert_eq!(indices, [0, 0, 1, 1]);
+        assert_eq!(fds.len(), 2);
+        assert!(!crate::sys::fd::same_file(fds[0].as_fd(), fds[1].as_fd()));
+        assert!(crate::sys::fd::same_file(fds[1].as_fd(), b.as_fd()));
     }
 
     /// A fork child closes the scopes it inherited open: the parent's descriptors are not its
@@ -295,6 +344,7 @@ mod tests {
             assert!(import(0).is_err(), "the parent's descriptor");
             let (at, fds) = collecting(|| export(a.as_fd()).unwrap());
             assert_eq!((at, fds.len()), (0, 1));
+            let fds = fds.into_iter().map(InternalFd::into_owned).collect();
             assert!(providing(fds, || import(0).is_ok()));
         });
         assert!(import(0).is_err());
@@ -328,7 +378,7 @@ mod tests {
         assert_eq!((outer, inner_fds, unwound, last), (0, 2, true, [0, 1]));
         assert_eq!(fds.len(), 2);
         assert!(export(a.as_fd()).is_err(), "every scope closed");
-        let marks = |fds: &[OwnedFd]| {
+        let marks = |fds: &[InternalFd]| {
             fds.iter()
                 .map(|f| crate::sys::fd::dup_above(f.as_fd(), 0).unwrap())
                 .collect::<Vec<_>>()

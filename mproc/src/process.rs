@@ -66,7 +66,7 @@ enum State {
     Done {
         exit: Exit,
         /// The encoded value and the descriptors of the handles in it, or why there is none.
-        outcome: Result<(Vec<u8>, Vec<std::os::fd::OwnedFd>), Error>,
+        outcome: Result<(Vec<u8>, Vec<crate::sys::fd::InternalFd>), Error>,
     },
 }
 
@@ -550,7 +550,7 @@ impl<R> Process<R> {
     /// Says how the child ended: `info` when it returned, `warn` for a panic (with its
     /// report), `error` when it was lost.
     #[cfg(feature = "tracing")]
-    fn trace_end(&self, exit: Exit, outcome: &Result<(Vec<u8>, Vec<std::os::fd::OwnedFd>), Error>) {
+    fn trace_end(&self, exit: Exit, outcome: &Result<(Vec<u8>, Vec<crate::sys::fd::InternalFd>), Error>) {
         let pid = self.pid.unwrap_or(0);
         let code = exit.python_code();
         match outcome.as_ref().map_err(Error::kind) {
@@ -570,7 +570,7 @@ impl<R> Process<R> {
         &self,
         child: &mut Child,
         exit: Exit,
-    ) -> Result<(Vec<u8>, Vec<std::os::fd::OwnedFd>), Error> {
+    ) -> Result<(Vec<u8>, Vec<crate::sys::fd::InternalFd>), Error> {
         match child.take_outcome() {
             Some(Ok(Outcome::Returned(bytes))) => Ok((bytes, child.take_returned())),
             Some(Ok(Outcome::Panicked(report))) => Err(ErrorKind::Panicked(report).into()),

@@ -393,7 +393,9 @@ impl<'de> Deserialize<'de> for SharedMemory {
                 "a shared memory handle with a malformed name",
             ));
         }
-        let file = crate::handle::import(wire.file).map_err(D::Error::custom)?;
+        let file = crate::handle::import(wire.file)
+            .map_err(D::Error::custom)?
+            .into_owned();
         if !shm::is_regular_file(file.as_fd()) {
             return Err(D::Error::custom("a shared memory handle without its file"));
         }

@@ -108,7 +108,9 @@ pub(crate) fn deserialize_block<'de, D: Deserializer<'de>>(
     kind: u32,
 ) -> Result<Arc<Block>, D::Error> {
     let at = u32::deserialize(d)?;
-    let fd = crate::handle::import(at).map_err(serde::de::Error::custom)?;
+    let fd = crate::handle::import(at)
+        .map_err(serde::de::Error::custom)?
+        .into_owned();
     Block::open(fd, kind, mutexes_of(kind))
         .map(Arc::new)
         .map_err(serde::de::Error::custom)

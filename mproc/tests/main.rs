@@ -7,6 +7,7 @@ mod common;
 mod apply_waited;
 mod bootstrap;
 mod buffer;
+mod chaos_buffer;
 mod chaos_forkserver;
 mod chaos_ipc;
 mod chaos_manager;

@@ -71,7 +71,7 @@ where
 }
 
 /// A chunk's encoded arguments and the descriptors of the handles among them.
-pub(crate) type Encoded = (Payload, Vec<std::os::fd::OwnedFd>);
+pub(crate) type Encoded = (Payload, Vec<crate::sys::fd::InternalFd>);
 
 /// Encodes a chunk of argument tuples in the parent (into a memory file when large and
 /// `in_file`: see [`Payload::encode`]).
@@ -92,7 +92,9 @@ pub(crate) fn encode_chunk<A: Serialize>(
 #[derive(Debug, Default)]
 pub(crate) struct Answered {
     pub(crate) bytes: Received,
-    pub(crate) handles: Vec<std::os::fd::OwnedFd>,
+    /// Kept while the answer is (it may be decoded again), listed as internal: a child forked
+    /// meanwhile does not inherit them.
+    pub(crate) handles: Vec<crate::sys::fd::InternalFd>,
 }
 
 impl From<Vec<u8>> for Answered {

@@ -12,7 +12,7 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use super::lane::{FRAME_OVERHEAD, Lane, Peer};
-use crate::channel::Channel;
+use crate::channel::{self, Channel};
 use crate::memfile::{self, AnswerPlace, Mapped, Received, Spares};
 use crate::error::{Error, ErrorKind};
 use crate::panics::catch_uncounted;
@@ -333,6 +333,11 @@ impl Worker<'_> {
                 handles,
             } => {
                 let fds = self.ctrl.take_fds_n(handles as usize);
+                if fds.len() != handles as usize && self.ctrl.take_fds_dropped() {
+                    // Lost here, at this worker's descriptor limit: the task fails alone.
+                    let e = channel::fds_dropped_error("receiving a pool task");
+                    return Ok(Ok((id, entry, Err(e), Vec::new())));
+                }
                 Ok(Ok((id, entry, Ok(Received::Bytes(payload)), fds)))
             }
             ToWorker::TaskInFile {
@@ -358,6 +363,12 @@ impl Worker<'_> {
         let want = handles as usize + 1;
         let mut fds = self.ctrl.take_fds_n(want);
         if fds.len() != want {
+            if self.ctrl.take_fds_dropped() {
+                // Lost here, at this worker's descriptor limit (its file among them): the task
+                // fails alone, as one whose file cannot be mapped does.
+                let e = channel::fds_dropped_error("receiving a pool task");
+                return Ok((id, entry, Err(e), Vec::new()));
+            }
             return Err(1);
         }
         let file = fds.pop().ok_or(1)?;

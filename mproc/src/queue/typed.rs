@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::KIND_JOINABLE;
+use crate::sys::fd::InternalFd;
 use super::holders::Shared;
 use super::ring::{Push, Ring, Wait};
 use crate::error::{Error, ErrorKind};
@@ -215,7 +216,7 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
 
     pub(super) fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let ring = &self.shared.ring;
-        let at = crate::handle::export_with(ring.as_fd(), || ring.lend())
+        let at = crate::handle::export_with(ring.as_fd(), || ring.lend().map(InternalFd::new))
             .map_err(serde::ser::Error::custom)?;
         at.serialize(s)
     }
@@ -225,7 +226,9 @@ impl<T: Serialize + DeserializeOwned> Core<T> {
         kind: u32,
     ) -> Result<Self, D::Error> {
         let at = u32::deserialize(d)?;
-        let fd = crate::handle::import(at).map_err(serde::de::Error::custom)?;
+        let fd = crate::handle::import(at)
+            .map_err(serde::de::Error::custom)?
+            .into_owned();
         let ring = Ring::open(fd, kind).map_err(serde::de::Error::custom)?;
         let shared = Shared::new(ring, kind).map_err(serde::de::Error::custom)?;
         // Attached first, then no longer in flight: never a moment when neither counts.

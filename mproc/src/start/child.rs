@@ -46,7 +46,9 @@ pub(crate) struct Child {
     reaper: Reaper,
     outcome: Option<Result<Outcome, Error>>,
     /// The descriptors that came with the outcome (of handles in the returned value).
-    returned: Vec<std::os::fd::OwnedFd>,
+    /// Listed as internal (kept while the outcome is): a child forked meanwhile does not
+    /// inherit them.
+    returned: Vec<InternalFd>,
     exit: Option<Exit>,
 }
 
@@ -115,7 +117,7 @@ impl Child {
         match self.ctrl.try_recv_frame() {
             Ok(Some(frame)) => {
                 self.outcome = Some(channel::decode_message(&frame));
-                self.returned = self.ctrl.take_fds();
+                self.returned = self.ctrl.take_fds().into_iter().map(InternalFd::new).collect();
             }
             Ok(None) => {}
             // The peer closed without a frame: no outcome; the exit status tells why.
@@ -198,7 +200,7 @@ impl Child {
     }
 
     /// Takes the descriptors that came with the outcome.
-    pub(crate) fn take_returned(&mut self) -> Vec<std::os::fd::OwnedFd> {
+    pub(crate) fn take_returned(&mut self) -> Vec<InternalFd> {
         std::mem::take(&mut self.returned)
     }
 

@@ -151,7 +151,7 @@ fn serve(ctrl: InternalFd) -> i32 {
 
 /// Sends the outcome, with the descriptors of the handles in its value; the exit code says
 /// what the parent will have received.
-fn report(ctrl: &Channel, outcome: Outcome, handles: &[std::os::fd::OwnedFd]) -> i32 {
+fn report(ctrl: &Channel, outcome: Outcome, handles: &[crate::sys::fd::InternalFd]) -> i32 {
     let fds: Vec<_> = handles.iter().map(std::os::fd::AsFd::as_fd).collect();
     match ctrl.send(&outcome, &fds) {
         Ok(()) => exit_code_after(&outcome),

@@ -145,6 +145,15 @@ pub(crate) fn dup_above(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
     }
 }
 
+/// Whether `a` and `b` stand for the same file (the same device and inode): two descriptors
+/// of one open file, or two openings of it. `false` if either cannot be examined.
+pub(crate) fn same_file(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
+    match (rustix::fs::fstat(a), rustix::fs::fstat(b)) {
+        (Ok(a), Ok(b)) => (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino),
+        _ => false,
+    }
+}
+
 /// Takes ownership of a descriptor number inherited from the parent, after checking that it
 /// is open. Used only by the worker bootstrap, with numbers read from the worker marker.
 pub(crate) fn adopt_inherited(fd: RawFd) -> io::Result<OwnedFd> {

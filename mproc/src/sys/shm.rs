@@ -584,10 +584,29 @@ impl Frozen {
     }
 
     fn map(file: BorrowedFd<'_>, len: usize) -> io::Result<Frozen> {
+        match Frozen::map_as(file, len, true) {
+            // Linux before 6.7 refuses any shared mapping of a write-sealed file made through a
+            // descriptor open for writing (every memory file's is), even a read-only one: a
+            // private one then. Nothing can write the file, so it maps the very same pages, and
+            // no process can change them (this one could only by making its own mapping
+            // writable, which copies the pages it writes).
+            Err(e) if e.raw_os_error() == Some(Errno::PERM.raw_os_error()) => {
+                Frozen::map_as(file, len, false)
+            }
+            mapped => mapped,
+        }
+    }
+
+    /// Maps the first `len` bytes of `file` read-only: `shared` (`MAP_SHARED`, which since
+    /// Linux 6.7 the write seal keeps from ever becoming writable) or private.
+    fn map_as(file: BorrowedFd<'_>, len: usize, shared: bool) -> io::Result<Frozen> {
         if len == 0 {
             return Err(io::ErrorKind::InvalidInput.into());
         }
-        let ptr = map_shared(file, len, ProtFlags::READ, MapFlags::empty())?;
+        let ptr = match shared {
+            true => map_shared(file, len, ProtFlags::READ, MapFlags::empty())?,
+            false => map_private(file, len, ProtFlags::READ)?,
+        };
         Ok(Frozen {
             ptr: NonNull::new(ptr.cast()).ok_or(io::ErrorKind::InvalidData)?,
             len,
@@ -621,6 +640,17 @@ fn map_shared(
     // SAFETY: a fresh shared mapping of a descriptor we hold; the kernel picks the address,
     // so no existing memory is replaced.
     Ok(unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED | flags, file, 0)? })
+}
+
+/// A fresh private mapping of `len` bytes of `file` (`MAP_PRIVATE`), where the kernel chooses.
+fn map_private(
+    file: BorrowedFd<'_>,
+    len: usize,
+    prot: ProtFlags,
+) -> io::Result<*mut std::ffi::c_void> {
+    // SAFETY: a fresh private mapping of a descriptor we hold; the kernel picks the address,
+    // so no existing memory is replaced.
+    Ok(unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::PRIVATE, file, 0)? })
 }
 
 /// A zero-filled memory file of `len` bytes (close-on-exec, sealable), listed as internal.
@@ -786,6 +816,33 @@ mod tests {
         assert_eq!(Mapping::open_prefix(file.as_fd(), 100).unwrap().len(), 100);
         // Named shared memory cannot be sealed: it is mapped as it is.
         assert!(Mapping::open_named(unsealed.as_fd()).is_ok());
+    }
+
+    /// Where the kernel refuses a shared mapping of a write-sealed memory file (Linux before
+    /// 6.7), a frozen file is mapped privately: the same bytes, read-only, shared with every
+    /// other holder's mapping (nothing can write the file).
+    #[test]
+    fn a_frozen_file_maps_privately_where_shared_is_refused() {
+        let (shared, file) = Frozen::create("mproc-test-frozen", 8192, |b| {
+            b[..5].copy_from_slice(b"first");
+            b[8191] = 7;
+        })
+        .unwrap();
+        let private = Frozen::map_as(file.as_fd(), 8192, false).unwrap();
+        assert_eq!(private.bytes(), shared.bytes());
+        let at = private.bytes().as_ptr() as usize;
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let line = maps
+            .lines()
+            .find(|l| l.starts_with(&format!("{at:x}-")))
+            .expect("the private mapping is listed");
+        assert!(line.contains(" r--p "), "{line}");
+        assert!(line.contains("memfd:mproc-test-frozen"), "{line}");
+        // Still nobody can write the file, nor map it writable.
+        assert_eq!(rustix::io::pwrite(&file, b"x", 0), Err(Errno::PERM));
+        assert!(Mapping::open(file.as_fd()).is_err());
+        drop(shared);
+        assert_eq!(&private.bytes()[..5], b"first");
     }
 
     #[test]

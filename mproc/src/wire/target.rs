@@ -137,7 +137,7 @@ where
 
 /// Encodes an argument tuple for `F` in the parent.
 /// Encoded arguments and the descriptors of the handles among them.
-pub(crate) type EncodedArgs = (Vec<u8>, Vec<std::os::fd::OwnedFd>);
+pub(crate) type EncodedArgs = (Vec<u8>, Vec<crate::sys::fd::InternalFd>);
 
 /// Encodes a target's arguments, with the descriptors of the handles among them.
 pub(crate) fn encode_args<F, A: Serialize>(args: &A) -> Result<EncodedArgs, Error> {
@@ -156,7 +156,7 @@ pub(crate) fn encode_args<F, A: Serialize>(args: &A) -> Result<EncodedArgs, Erro
 /// handles among it (`handles` is lent: it may be decoded again).
 pub(crate) fn decode_output<R: DeserializeOwned>(
     bytes: &[u8],
-    handles: &[std::os::fd::OwnedFd],
+    handles: &[crate::sys::fd::InternalFd],
     target: &str,
 ) -> Result<R, Error> {
     crate::handle::providing_copies(handles, || codec::decode(bytes))?

@@ -2,13 +2,13 @@
 //! answered. Dropped unanswered (the pool is going away), it answers `Terminated`, so no
 //! waiter is ever left without an answer.
 
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind};
 use crate::memfile::Payload;
 use crate::pool::job::{ChunkOutcome, JobState};
+use crate::sys::fd::InternalFd;
 
 /// One chunk: its arguments (encoded) and where its answer goes.
 pub(crate) struct Chunk {
@@ -25,7 +25,7 @@ pub(crate) struct Chunk {
     /// the inert entry left in that worker's order; a copy went back to the queue.
     pub(super) revoked: bool,
     /// Descriptors of the handles among its arguments: such a chunk goes on the socket.
-    pub(super) handles: Vec<OwnedFd>,
+    pub(super) handles: Vec<InternalFd>,
     /// Asked when a worker is picked for it, until it says `Go` or `Drop`.
     pub(super) on_start: Option<OnStart>,
     /// Its own time limit per task (`pool.timeout(d)`), instead of the pool's `task_timeout`.
@@ -40,7 +40,7 @@ pub(crate) struct Call {
     /// Its arguments, encoded.
     pub(crate) payload: Payload,
     /// Descriptors of the handles among its arguments.
-    pub(crate) handles: Vec<OwnedFd>,
+    pub(crate) handles: Vec<InternalFd>,
     /// Its own time limit (`pool.timeout(d)`).
     pub(crate) timeout: Option<Duration>,
 }
@@ -167,7 +167,7 @@ impl Chunk {
     }
 
     /// The descriptors of the handles among its arguments.
-    pub(crate) fn with_handles(mut self, handles: Vec<OwnedFd>) -> Chunk {
+    pub(crate) fn with_handles(mut self, handles: Vec<InternalFd>) -> Chunk {
         self.handles = handles;
         self
     }

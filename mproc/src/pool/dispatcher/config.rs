@@ -1,9 +1,9 @@
 //! What a pool asks of its workers: how many, how they start, and their limits.
 
-use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use crate::start::StartMethod;
+use crate::sys::fd::InternalFd;
 
 /// How workers are made, and the pool's limits on them.
 pub(crate) struct Config {
@@ -11,7 +11,7 @@ pub(crate) struct Config {
     pub(crate) method: StartMethod,
     pub(crate) init: Option<(i64, Vec<u8>)>,
     /// Descriptors of the handles among the initializer's arguments, sent to every worker.
-    pub(crate) init_fds: Vec<OwnedFd>,
+    pub(crate) init_fds: Vec<InternalFd>,
     /// The initializer's arguments, kept as long as a worker may still be started: every new
     /// worker decodes them again, so the handles among them are still held by this process
     /// (a queue waited on here must not conclude that nobody can put while one worker

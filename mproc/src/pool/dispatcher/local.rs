@@ -431,33 +431,45 @@ impl Link for LocalLink {
                 }) => {
                     let want = handles as usize;
                     let handles = self.child.channel().take_fds_n(want);
-                    if handles.len() != want {
+                    if handles.len() == want {
+                        let answer = Answered {
+                            bytes: Received::Bytes(result.into_vec()),
+                            handles: handles.into_iter().map(fd::InternalFd::new).collect(),
+                        };
+                        self.socket_answers.push_back((id, Ok(answer)));
+                    } else if self.child.channel().take_fds_dropped() {
+                        // Lost here (at this process's descriptor limit): that task fails
+                        // alone, its worker is fine.
+                        let e = channel::fds_dropped_error("receiving a pool task's answer");
+                        self.socket_answers.push_back((id, Err(e)));
+                    } else {
                         self.ctrl_open = false;
                         return Some(Note::Garbage(Error::protocol(
                             "a pool worker's answer came without the descriptors it announced",
                         )));
                     }
-                    let answer = Answered {
-                        bytes: Received::Bytes(result.into_vec()),
-                        handles,
-                    };
-                    self.socket_answers.push_back((id, Ok(answer)));
                 }
                 Ok(FromWorker::DoneInFile { id, len, handles }) => {
                     let want = handles as usize + 1;
                     let mut fds = self.child.channel().take_fds_n(want);
-                    let (Some(file), true) = (fds.pop(), fds.len() + 1 == want) else {
-                        self.ctrl_open = false;
-                        return Some(Note::Garbage(Error::protocol(
-                            "a pool worker's answer in a memory file came without its \
-                             descriptors",
-                        )));
-                    };
-                    let answer = self.files.keep(file.as_fd(), len).map(|m| Answered {
-                        bytes: Received::InFile(m),
-                        handles: fds,
-                    });
-                    self.socket_answers.push_back((id, answer));
+                    if fds.len() != want && self.child.channel().take_fds_dropped() {
+                        // As above: its file, or handles, lost here.
+                        let e = channel::fds_dropped_error("receiving a pool task's answer");
+                        self.socket_answers.push_back((id, Err(e)));
+                    } else {
+                        let (Some(file), true) = (fds.pop(), fds.len() + 1 == want) else {
+                            self.ctrl_open = false;
+                            return Some(Note::Garbage(Error::protocol(
+                                "a pool worker's answer in a memory file came without its \
+                                 descriptors",
+                            )));
+                        };
+                        let answer = self.files.keep(file.as_fd(), len).map(|m| Answered {
+                            bytes: Received::InFile(m),
+                            handles: fds.into_iter().map(fd::InternalFd::new).collect(),
+                        });
+                        self.socket_answers.push_back((id, answer));
+                    }
                 }
                 Ok(FromWorker::Wake) => {}
                 Ok(FromWorker::OnSocket) => {
