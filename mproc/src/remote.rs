@@ -36,7 +36,8 @@ impl Remote {
     /// default): the agent keeps its workers and their tasks, and serves on once Redis
     /// answers. A Redis not there yet when it starts (not started, loading its data) is
     /// waited for the same way, so that agents may start before their Redis; SIGTERM while
-    /// it waits returns `Ok` at once.
+    /// it waits returns `Ok` between two tries. It reads SIGTERM from a `signalfd`: the
+    /// calling thread has SIGTERM blocked from its start, and still once it returns.
     ///
     /// # Errors
     ///

@@ -2135,8 +2135,12 @@ fn pools_nest_and_die_with_their_worker(m: StartMethod) {
         StartMethod::Forkserver,
     ];
     for inner in methods {
-        let got = outer.apply(inner_sum, (inner, 10)).unwrap();
-        assert_eq!(got, Ok(285 + 100), "{m} in {inner}");
+        let got = outer.apply_async(inner_sum, (inner, 10)).unwrap();
+        assert_eq!(
+            got.get_timeout(PATIENCE),
+            Ok(Ok(285 + 100)),
+            "{m} in {inner}"
+        );
     }
     for inner in methods {
         let dir =
@@ -2171,7 +2175,8 @@ fn pools_nest_and_die_with_their_worker(m: StartMethod) {
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
-    assert_eq!(outer.apply(square_u64, (3,)).unwrap(), 9);
+    let r = outer.apply_async(square_u64, (3,)).unwrap();
+    assert_eq!(r.get_timeout(PATIENCE), Ok(9));
 }
 
 per_start_method!(

@@ -876,6 +876,8 @@ fn dial_at_start(
     };
     let mut since: Option<Instant> = None;
     let mut pause = Duration::ZERO;
+    // Connections that failed in a row while Redis answered.
+    let mut refused = 0;
     loop {
         let (e, passes) = match endpoint.reach() {
             Ok(()) => match open() {
@@ -890,9 +892,14 @@ fn dial_at_start(
                     return Ok(Some(cons));
                 }
                 // Redis went away again between the look and the connections: that
-                // failure is looked at as the first was.
+                // failure is looked at as the first was. Reached again, the failure was the
+                // connections' own (a command refused), unless Redis went away and came back
+                // meanwhile: three in a row are taken for their own.
                 Err(e) => match endpoint.reach() {
-                    Ok(()) => return Err(e),
+                    Ok(()) => {
+                        refused += 1;
+                        (e, refused < 3)
+                    }
                     Err(failed) => failed,
                 },
             },

@@ -184,7 +184,9 @@ impl Remote {
 
     /// The largest task or result frame, in bytes (default 8 MiB): a task whose arguments
     /// encode larger fails with `InvalidArgument` before it is sent; a larger result fails
-    /// its task. For big data, share it another way and send its name.
+    /// its task. For big data, share it another way and send its name. A pool keeps the
+    /// frames of its tasks in flight until they are answered (64 MiB of them at most, and
+    /// one more), so that those Redis loses can be sent again.
     ///
     /// ```
     /// let remote = mproc::Remote::redis("redis://127.0.0.1/")?.max_frame(32 << 20);

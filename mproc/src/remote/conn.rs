@@ -566,38 +566,40 @@ impl Conn {
                 }
             }
         };
-        let (packed, _) = self.unread.pop_front().unwrap_or_default();
         if reloads > 0 && self.forgot_scripts(&got) {
+            // It stays the first unread while its scripts are loaded and it goes again: a
+            // connection lost meanwhile sends it again on the next one.
             self.load_scripts(what)?;
-            // Nothing unread: it goes again alone, and its replies are the next to come.
-            let sent = self.con.send_packed_command(&packed);
-            self.unread.push_back((packed, n));
-            if let Err(e) = sent {
+            if let Some((packed, _)) = self.unread.front()
+                && let Err(e) = self.con.send_packed_command(packed)
+            {
                 self.failed_under(&e);
                 self.stale |= !self.lost;
                 return Err(broker(what, &e));
             }
             return self.recv_pipeline(what, reloads - 1);
         }
+        self.unread.pop_front();
         got.into_iter()
             .map(|v| v.extract_error().map_err(|e| broker(what, &e)))
             .collect()
     }
 
-    /// Whether a pipeline's replies say the server forgot the scripts it called, and they may
-    /// be loaded again and the pipeline sent again at once: this connection knows them, and
-    /// nothing was sent after it (nor left unparsed).
+    /// Whether the replies of the first unread pipeline say the server forgot the scripts it
+    /// called, and they may be loaded again and the pipeline sent again at once: this
+    /// connection knows them, and nothing was sent after it (nor left unparsed).
     fn forgot_scripts(&self, replies: &[Value]) -> bool {
         !self.scripts.is_empty()
             && !self.stale
-            && self.unread.is_empty()
+            && self.unread.len() == 1
             && self.inbox.lo == self.inbox.hi
             && replies
                 .iter()
                 .any(|v| matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT"))
     }
 
-    /// Loads this connection's scripts on the server (nothing is unread).
+    /// Loads this connection's scripts on the server (the only unread pipeline's replies were
+    /// all read).
     fn load_scripts(&mut self, what: &str) -> Result<(), Error> {
         for script in self.scripts {
             let loaded = redis::cmd("SCRIPT")

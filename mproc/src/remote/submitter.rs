@@ -237,8 +237,11 @@ fn start(
                 // leave the chunks waiting for answers nobody reads.
                 let read = || read_results(con, &flight, &shared, &key, &stream, pool);
                 if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(read)) {
+                    let why = Error::protocol(format!(
+                        "the remote pool's result reader failed ({})",
+                        panic_text(&*payload)
+                    ));
                     std::mem::forget(payload);
-                    let why = Error::protocol("the remote pool's result reader failed");
                     *flight.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
                     shared.nudge();
                 }
@@ -272,16 +275,31 @@ fn start(
         .name("mproc-remote".into())
         .spawn(move || {
             // A panic in it (a bug) still ends the pool cleanly, as the local dispatcher's
-            // does: every chunk left is answered below.
+            // does: every chunk left is answered below. (The payload is forgotten, not
+            // dropped: a payload's own drop may panic.)
             let served = panic::catch_unwind(AssertUnwindSafe(|| serve(&shared, &s)));
             let why = served.unwrap_or_else(|payload| {
+                let why = Error::protocol(format!(
+                    "the remote pool's thread failed ({}); the pool was stopped",
+                    panic_text(&*payload)
+                ));
                 std::mem::forget(payload);
-                Error::protocol("the remote pool's thread failed; the pool was stopped")
+                why
             });
             let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
             s.flight.stop.store(true, Ordering::Relaxed);
             let _ = reader.join();
-            s.end(&why);
+            if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| s.end(&why))) {
+                // Ended half way (a bug): what is left is answered without Redis.
+                std::mem::forget(payload);
+                if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| s.answer_all(&why)))
+                {
+                    std::mem::forget(payload);
+                }
+            }
+            // Whatever happened above, waiters for the pool's end are told (chunks dropped
+            // with the submitter answer `Terminated`).
+            shared.mark_finished(&why);
         })
         .map_err(|e| Error::os("starting the remote pool's thread", e))
 }
@@ -440,7 +458,13 @@ impl Submitter {
             // The reply is read before the next batch or command (`settle`), by when it is
             // there: no wait for it here, so neither this thread nor a caller writing its own
             // task (`apply`) sleeps until Redis answers.
+            let before = self.batches;
             self.settle()?;
+            if self.batches != before {
+                // The last batch was found lost, and what was in flight went again, this
+                // batch's chunks (booked above) with it.
+                return Ok(());
+            }
             self.batches += 1;
             self.con.send(WRITING, batch.get_packed_command(), 1)?;
         }
@@ -470,6 +494,14 @@ impl Submitter {
     /// not answered yet go again, in a batch of their own (which also sets the count right).
     /// One an agent had read before the loss may run twice; its answer is recorded once.
     fn send_again(&mut self, held: u64) -> Result<(), Error> {
+        // Restarted with no data at all: the pool is gone too, and nothing is sent again.
+        let pool = self.keys.pool(self.pool);
+        let known: bool = self.con.run("checking the remote pool", |c| {
+            redis::cmd("EXISTS").arg(&pool).query(c)
+        })?;
+        if !known {
+            return Err(self.forgotten());
+        }
         let mut batch = self.next_batch(held);
         let number = self.batches + 1;
         let mut again = 0;
@@ -517,20 +549,26 @@ impl Submitter {
     /// batches after them go again ([`send_again`](Self::send_again)).
     fn settle(&mut self) -> Result<(), Error> {
         loop {
-            let mut lost = None;
-            while self.con.unread() {
-                for reply in self.con.recv(WRITING)? {
-                    if let Value::Int(r @ ..0) = reply {
-                        let held = u64::try_from(-1 - r).unwrap_or(0);
-                        lost = Some(lost.map_or(held, |l: u64| l.min(held)));
-                    }
-                }
-            }
-            match lost {
+            match self.read_replies()? {
                 Some(held) => self.send_again(held)?,
                 None => return Ok(()),
             }
         }
+    }
+
+    /// Reads the replies of the task pipelines not read yet; how many batches Redis holds
+    /// if one found some lost (the fewest any said), else `None`.
+    fn read_replies(&mut self) -> Result<Option<u64>, Error> {
+        let mut lost = None;
+        while self.con.unread() {
+            for reply in self.con.recv(WRITING)? {
+                if let Value::Int(r @ ..0) = reply {
+                    let held = u64::try_from(-1 - r).unwrap_or(0);
+                    lost = Some(lost.map_or(held, |l: u64| l.min(held)));
+                }
+            }
+        }
+        Ok(lost)
     }
 
     /// Cancels chunks: dropped if queued; if sent, agents skip them, or kill the worker
@@ -588,13 +626,7 @@ impl Submitter {
                 .query(c)
         })?;
         if !(registered && known) {
-            return Err(ErrorKind::Broker(format!(
-                "Redis no longer knows this pool (it was restarted without persistence, its \
-                 keys were deleted, or this program was silent past {:?}, stopped say, and \
-                 the pool was taken for abandoned): its tasks cannot be answered",
-                self.pool_ttl
-            ))
-            .into());
+            return Err(self.forgotten());
         }
         // Every batch written has been answered (`settle` above): Redis holds them all,
         // unless it lost some.
@@ -605,6 +637,17 @@ impl Submitter {
         }
         reap(&mut self.con, &self.keys, self.ttl)?;
         self.refresh_size()
+    }
+
+    /// Why the pool ends when Redis no longer knows it.
+    fn forgotten(&self) -> Error {
+        ErrorKind::Broker(format!(
+            "Redis no longer knows this pool (it was restarted without persistence, its keys \
+             were deleted, or this program was silent past {:?}, stopped say, and the pool was \
+             taken for abandoned): its tasks cannot be answered",
+            self.pool_ttl
+        ))
+        .into()
     }
 
     /// The pool's size: `processes(n)`, or the workers the live agents announce.
@@ -622,9 +665,10 @@ impl Submitter {
 
     /// Terminate: agents skip or kill what they hold of this pool (its key goes first).
     fn abandon(&mut self) {
-        // One try: the pool ends now, whether Redis answers or not.
+        // One try: the pool ends now, whether Redis answers or not (and nothing lost is sent
+        // again).
         self.con.hurry();
-        let _ = self.settle();
+        let _ = self.read_replies();
         let key = self.keys.pool(self.pool);
         let _ = self
             .con
@@ -649,9 +693,15 @@ impl Submitter {
         // One try: a pool that ends because Redis was not reached again need not wait for
         // it once more. (A connection dropped meanwhile is dialled again once.)
         self.con.hurry();
-        let _ = self.settle();
+        let _ = self.read_replies();
         let what = "deleting the pool's keys";
         let _ = self.con.run(what, |c| pipe.query::<()>(c));
+        self.answer_all(&why);
+    }
+
+    /// Answers every chunk left, queued, in flight or not taken yet, with `why`, and tells the
+    /// pool it has finished; nothing asked of Redis.
+    fn answer_all(&mut self, why: &Error) {
         for chunk in self.queue.drain(..) {
             chunk.fail(why.clone());
         }
@@ -664,7 +714,16 @@ impl Submitter {
                 chunks.into_iter().for_each(|c| c.fail(why.clone()));
             }
         }
-        self.shared.mark_finished(&why);
+        self.shared.mark_finished(why);
+    }
+}
+
+/// The text of a caught panic's payload, for the error that ends the pool.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
+    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(s), _) => s,
+        (None, Some(s)) => s,
+        (None, None) => "a panic",
     }
 }
 

@@ -493,6 +493,7 @@ mod tests {
     }
 }
 
+/// Tests of every build (`tests` needs the feature `remote`).
 #[cfg(test)]
 mod limits {
     use super::*;

@@ -335,14 +335,35 @@ fn an_agent_serves_on_through_restarts_at_random_moments() {
     assert!(!c.agents[0].output().contains("panicked"));
 }
 
+/// A cluster whose pool's caller reaches Redis on its Unix socket (the crate's replies
+/// parsed by mproc), or over TCP as the README's ACL user (parsed by the crate); the agent is
+/// on the Unix socket.
+fn cluster_and_pool(tcp: bool, processes: Option<usize>) -> (Cluster, mproc::Pool) {
+    let (c, remote) = if tcp {
+        let redis = RedisServer::start_tcp_acl().unwrap_or_else(|e| panic!("{e}"));
+        let url = redis.tcp_url_for_agent();
+        let c = Cluster::on(redis, StartMethod::Forkserver, 1, 2);
+        let remote = mproc::Remote::redis(&url).unwrap().key_file(&c.key);
+        (c, remote)
+    } else {
+        let c = Cluster::new(StartMethod::Forkserver, 1, 2);
+        let remote = c.remote();
+        (c, remote)
+    };
+    let mut builder = mproc::Pool::builder().remote(remote);
+    if let Some(n) = processes {
+        builder = builder.processes(n);
+    }
+    let pool = builder.build().unwrap();
+    (c, pool)
+}
+
 /// The server forgets the scripts while a pool is idle (`SCRIPT FLUSH`), and again under a
 /// `map`, then restarts with its data (a snapshot taken with `SAVE` and loaded at its start,
 /// as a server with persistence does; scripts are never saved): the pool loads its own script
-/// again and goes on, each task answered once.
-#[test]
-fn a_pool_outlives_its_scripts_forgotten() {
-    let mut c = Cluster::new(StartMethod::Forkserver, 1, 2);
-    let pool = c.pool();
+/// again and goes on, each task answered once. (Before, the pool ended with `NOSCRIPT`.)
+fn a_pool_outlives_its_scripts_forgotten(tcp: bool) {
+    let (mut c, pool) = cluster_and_pool(tcp, None);
     let want: Vec<u64> = (0..200).map(mix).collect();
     assert_eq!(pool.map(mix, 0..200u64).unwrap(), want);
     let flush = || {
@@ -366,10 +387,20 @@ fn a_pool_outlives_its_scripts_forgotten() {
     );
     assert_eq!(c.redis.cmd(&["SAVE"]), Ok(Reply::Status("OK".into())));
     c.redis.restart().unwrap();
-    assert_eq!(pool.map(mix, 0..200u64).unwrap(), want);
-    let results = c.keys("mproc:*:results:*");
-    assert_eq!(results.len(), 1);
+    let r = pool.map_async(mix, 0..200u64).unwrap();
+    assert_eq!(r.get_timeout(Duration::from_secs(20)), Ok(want));
+    assert_eq!(c.keys("mproc:*:results:*").len(), 1);
     assert!(c.agents[0].is_running(), "{}", c.agents[0].output());
+}
+
+#[test]
+fn a_pool_outlives_its_scripts_forgotten_on_a_unix_socket() {
+    a_pool_outlives_its_scripts_forgotten(false);
+}
+
+#[test]
+fn a_pool_outlives_its_scripts_forgotten_over_tcp() {
+    a_pool_outlives_its_scripts_forgotten(true);
 }
 
 /// Redis restarted from a snapshot older than the tasks of a `map` (taken with `SAVE` before
@@ -378,10 +409,8 @@ fn a_pool_outlives_its_scripts_forgotten() {
 /// gone from Redis, and the pool sends them again; every value comes, in a bounded time.
 /// (Before, the `map` waited for ever.) With 8 tasks, all were written before the restart
 /// (the pool finds the loss by itself); with 12, the next batch finds it.
-#[test]
-fn a_pool_outlives_redis_restarted_with_older_data() {
-    let mut c = Cluster::new(StartMethod::Forkserver, 1, 2);
-    let pool = c.builder().processes(8).build().unwrap();
+fn a_pool_outlives_redis_restarted_with_older_data(tcp: bool) {
+    let (mut c, pool) = cluster_and_pool(tcp, Some(8));
     for n in [8u64, 12] {
         assert_eq!(pool.apply(mix, (n,)).unwrap(), mix(n));
         assert_eq!(c.redis.cmd(&["SAVE"]), Ok(Reply::Status("OK".into())));
@@ -392,8 +421,38 @@ fn a_pool_outlives_redis_restarted_with_older_data() {
         assert_eq!(mapped.get_timeout(Duration::from_secs(20)), Ok(want), "{n}");
         c.wait_agents(1);
     }
-    assert_eq!(pool.apply(mix, (1,)).unwrap(), mix(1));
+    let r = pool.apply_async(mix, (1,)).unwrap();
+    assert_eq!(r.get_timeout(Duration::from_secs(20)), Ok(mix(1)));
     assert!(c.agents[0].is_running(), "{}", c.agents[0].output());
+}
+
+#[test]
+fn a_pool_outlives_redis_restarted_with_older_data_on_a_unix_socket() {
+    a_pool_outlives_redis_restarted_with_older_data(false);
+}
+
+#[test]
+fn a_pool_outlives_redis_restarted_with_older_data_over_tcp() {
+    a_pool_outlives_redis_restarted_with_older_data(true);
+}
+
+/// Redis restarted with no data under a `map` of a pool allowing 8 tasks in flight: the
+/// next batch finds every earlier one lost, and the pool, which Redis no longer knows, ends
+/// at once with a Broker error that says so (nothing is sent again), every wait answered.
+#[test]
+fn a_pool_whose_redis_restarted_empty_ends_saying_so() {
+    let (mut c, pool) = cluster_and_pool(false, Some(8));
+    assert_eq!(pool.apply(mix, (1,)).unwrap(), mix(1));
+    let mapped = pool
+        .chunksize(1)
+        .map_async(sleep_ms, vec![50u64; 40])
+        .unwrap();
+    wait_until("the agent runs two tasks", || c.running() == 2);
+    c.redis.restart().unwrap();
+    let e = mapped.get_timeout(Duration::from_secs(20)).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::Broker(_)), "{e}");
+    assert!(e.to_string().contains("no longer knows this pool"), "{e}");
+    assert!(c.keys("mproc:*:tasks").iter().all(|k| c.len(k) == 0));
 }
 
 /// Redis restarted with its data (a snapshot taken at a random moment, loaded at its start)
