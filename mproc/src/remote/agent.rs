@@ -900,10 +900,16 @@ fn dial_at_start(
                         refused += 1;
                         (e, refused < 3)
                     }
-                    Err(failed) => failed,
+                    Err(failed) => {
+                        refused = 0;
+                        failed
+                    }
                 },
             },
-            Err(failed) => failed,
+            Err(failed) => {
+                refused = 0;
+                failed
+            }
         };
         if !passes {
             return Err(e);
