@@ -457,16 +457,31 @@ fn the_result_reader_sleeps_once_per_answer() {
     );
 }
 
+/// Runs until the file `gate` exists (looked for every 5 ms), `cap_ms` at most; returns
+/// whether it was let go (not capped).
+fn held_until(gate: String, cap_ms: u64) -> bool {
+    let until = Instant::now() + Duration::from_millis(cap_ms);
+    while Instant::now() < until {
+        if std::path::Path::new(&gate).exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
 /// One task that runs long must not keep in Redis the entries of every task answered after
 /// it (found in review: a trim of the stream's head alone stops at the oldest pending entry).
+/// The long task runs until the test lets it go (it was a 6 s sleep, which 400 calls beside a
+/// loaded CI run outlasted).
 #[test]
 fn a_long_task_pins_no_entries_behind_it() {
     let c = Cluster::new(StartMethod::Fork, 1, 2);
     let pool = c.pool();
-    // The answers behind it must all come while it runs: 400 quick calls, through Redis on
-    // the one other worker, take about a second with CPU hogs beside them (1 000 of them
-    // took more than its 4 s then, and the set-up's check below failed).
-    let long = pool.apply_async(sleep_ms, (6000,)).unwrap();
+    let gate = c.dir.path().join("gate").to_str().unwrap().to_owned();
+    let long = pool
+        .apply_async(held_until, (gate.clone(), 120_000))
+        .unwrap();
     let n = 400;
     let got = pool.chunksize(1).map(square, 0..n).unwrap();
     assert_eq!(got.len(), n as usize);
@@ -487,7 +502,8 @@ fn a_long_task_pins_no_entries_behind_it() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(!long.ready(), "set-up: the long task ran through the check");
-    assert_eq!(long.get_timeout(Duration::from_secs(20)).unwrap(), 6000);
+    std::fs::write(&gate, b"").unwrap();
+    assert_eq!(long.get_timeout(Duration::from_secs(20)), Ok(true));
 }
 
 #[test]
