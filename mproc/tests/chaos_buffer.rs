@@ -11,15 +11,7 @@ use std::time::Duration;
 use mproc::{Buffer, Connection, ErrorKind, Lock, Pool, Process, Queue, StartMethod, Value, pipe};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::common::{PATIENCE, alone, wait_until};
-
-fn pool(m: StartMethod, n: usize) -> Pool {
-    Pool::builder()
-        .processes(n)
-        .start_method(m)
-        .build()
-        .unwrap()
-}
+use crate::common::{PATIENCE, alone, held, pool, wait_until};
 
 fn value_at(seed: u64, i: usize) -> u64 {
     (i as u64 ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15)
@@ -63,20 +55,6 @@ fn buffer_files() -> (usize, usize) {
         .filter(|l| l.contains("memfd:mproc-buffer"))
         .count();
     (fds, maps)
-}
-
-/// What this process holds open: the kinds of its descriptors other than sockets, and how
-/// many sockets (a fork server's client keeps the sockets of the spares it makes ahead, from
-/// two to five pairs of them, new ones as spares are used: see `no_descriptor_leaks_over_1000_cycles`).
-fn held() -> (Vec<String>, usize) {
-    let mut kinds: Vec<String> = crate::common::open_fds()
-        .into_iter()
-        .map(|(_, target)| target.split(":[").next().unwrap_or("").to_owned())
-        .collect();
-    kinds.sort();
-    let sockets = kinds.iter().filter(|k| k.as_str() == "socket").count();
-    kinds.retain(|k| k != "socket");
-    (kinds, sockets)
 }
 
 /// Waits (bounded) until no buffer's memory file is open or mapped here, and this process

@@ -10,15 +10,7 @@ use std::time::{Duration, Instant};
 
 use mproc::{AsyncResult, Error, ErrorKind, Pool, StartMethod};
 
-use crate::common::PATIENCE;
-
-fn pool(m: StartMethod, n: usize) -> Pool {
-    Pool::builder()
-        .processes(n)
-        .start_method(m)
-        .build()
-        .unwrap()
-}
+use crate::common::{PATIENCE, pool};
 
 const LARGE: usize = 300 * 1024;
 

@@ -162,6 +162,29 @@ pub(crate) fn open_fds() -> Vec<(i32, String)> {
     out
 }
 
+/// What this process holds open: the kinds of its descriptors other than sockets (what
+/// `/proc/self/fd` names them, sorted), and how many sockets (a fork server's client keeps
+/// the sockets of the spares it makes ahead, new ones as spares are used).
+pub(crate) fn held() -> (Vec<String>, usize) {
+    let mut kinds: Vec<String> = open_fds()
+        .into_iter()
+        .map(|(_, target)| target.split(":[").next().unwrap_or("").to_owned())
+        .collect();
+    kinds.sort();
+    let sockets = kinds.iter().filter(|k| k.as_str() == "socket").count();
+    kinds.retain(|k| k != "socket");
+    (kinds, sockets)
+}
+
+/// A pool of `n` workers started with `m` (panics if it cannot be built).
+pub(crate) fn pool(m: mproc::StartMethod, n: usize) -> mproc::Pool {
+    mproc::Pool::builder()
+        .processes(n)
+        .start_method(m)
+        .build()
+        .unwrap()
+}
+
 /// Sleeps for `ms` milliseconds: a target for processes that must stay alive a while.
 pub(crate) fn sleep_ms(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use mproc::{Barrier, ErrorKind, Event, Pool, Process, StartMethod};
 
-use crate::common::{PATIENCE, alone, exists, has_ended, open_fds, sleep_ms, wait_until};
+use crate::common::{PATIENCE, alone, exists, has_ended, held, open_fds, sleep_ms, wait_until};
 
 const ORPHAN_DRIVER: &str = "MPROC_TEST_ORPHAN_DRIVER";
 
@@ -189,23 +189,13 @@ fn no_descriptor_leaks_over_1000_cycles(m: StartMethod) {
     // the spares it makes ahead (see `forkserver::Kit`), from two to five socket pairs of them
     // as spares are lent, used and made, and new ones each time. A leak in 1000 cycles would
     // be hundreds.
-    let kinds = || {
-        let mut kinds: Vec<String> = open_fds()
-            .into_iter()
-            .map(|(_, target)| target.split(":[").next().unwrap_or("").to_owned())
-            .collect();
-        kinds.sort();
-        let sockets = kinds.iter().filter(|k| k.as_str() == "socket").count();
-        kinds.retain(|k| k != "socket");
-        (kinds, sockets)
-    };
-    let (before, sockets_before) = kinds();
+    let (before, sockets_before) = held();
     for _ in 0..1000 {
         let mut p = Process::new(nothing, ()).start_method(m);
         p.start().unwrap();
         p.join_timeout(PATIENCE).unwrap();
     }
-    let (after, sockets_after) = kinds();
+    let (after, sockets_after) = held();
     assert_eq!(
         before, after,
         "descriptors other than sockets before and after 1000 start+join cycles"

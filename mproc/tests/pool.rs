@@ -9,15 +9,7 @@ use std::time::{Duration, Instant};
 
 use mproc::{ErrorKind, Pool, StartMethod};
 
-use crate::common::{PATIENCE, alone, has_ended, sleep_ms, wait_until};
-
-fn pool(m: StartMethod, n: usize) -> Pool {
-    Pool::builder()
-        .processes(n)
-        .start_method(m)
-        .build()
-        .unwrap()
-}
+use crate::common::{PATIENCE, alone, has_ended, pool, sleep_ms, wait_until};
 
 /// An argument that cannot be encoded: a pool that refuses new jobs says so before it tries.
 #[derive(Debug)]

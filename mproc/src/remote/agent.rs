@@ -472,35 +472,17 @@ impl Redial {
                 self.pause = Duration::ZERO;
             }
             if c.down.fetch_add(1, Ordering::SeqCst) == 0 {
-                let how_long = match c.redial_for {
-                    Some(limit) => format!("for up to {limit:?} (Remote::redial_for)"),
-                    None => "until it answers".into(),
-                };
                 log(&format!(
-                    "Redis at {} is out of reach ({e}); dialling it again {how_long}, keeping \
-                     the local workers and their tasks",
-                    c.endpoint.shown()
+                    "Redis at {} is out of reach ({e}); dialling it again {}, keeping the \
+                     local workers and their tasks",
+                    c.endpoint.shown(),
+                    redial_span(c.redial_for)
                 ));
             }
             Instant::now()
         });
-        let left = match c.redial_for {
-            Some(limit) if since.elapsed() >= limit => {
-                let why = match e.kind() {
-                    ErrorKind::Broker(why) => why.clone(),
-                    _ => e.to_string(),
-                };
-                return Err(ErrorKind::Broker(format!(
-                    "{why}; Redis at {} was not reached again within {limit:?} \
-                     (Remote::redial_for; MPROC_REDIAL_MS for an agent started by the \
-                     environment)",
-                    c.endpoint.shown()
-                ))
-                .into());
-            }
-            Some(limit) => limit - since.elapsed(),
-            None => Duration::MAX,
-        };
+        let within = |limit| format!("again within {limit:?}");
+        let left = time_left(e, &c.endpoint, c.redial_for, since, within)?;
         let pause = self.pause;
         self.pause = (pause * 2).clamp(FIRST_PAUSE, LAST_PAUSE);
         Ok(pause.min(left))
@@ -879,70 +861,45 @@ fn dial_at_start(
     // Connections that failed in a row while Redis answered.
     let mut refused = 0;
     loop {
-        let (e, passes) = match endpoint.reach() {
-            Ok(()) => match open() {
-                Ok(cons) => {
-                    if let Some(at) = since {
-                        log(&format!(
-                            "Redis at {} answers (waited {:.1?}); serving",
-                            endpoint.shown(),
-                            at.elapsed()
-                        ));
-                    }
-                    return Ok(Some(cons));
+        let (e, passes) = match open() {
+            Ok(cons) => {
+                if let Some(at) = since {
+                    log(&format!(
+                        "Redis at {} answers (waited {:.1?}); serving",
+                        endpoint.shown(),
+                        at.elapsed()
+                    ));
                 }
-                // Redis went away again between the look and the connections: that
-                // failure is looked at as the first was. Reached again, the failure was the
-                // connections' own (a command refused), unless Redis went away and came back
-                // meanwhile: three in a row are taken for their own.
-                Err(e) => match endpoint.reach() {
-                    Ok(()) => {
-                        refused += 1;
-                        (e, refused < 3)
-                    }
-                    Err(failed) => {
-                        refused = 0;
-                        failed
-                    }
-                },
-            },
-            Err(failed) => {
-                refused = 0;
-                failed
+                return Ok(Some(cons));
             }
+            // What failed is told by a look at Redis alone: out of reach, and whether that
+            // may pass. Reached, the failure was the connections' own (a command refused),
+            // unless Redis went away and came back meanwhile: three in a row are taken for
+            // their own.
+            Err(e) => match endpoint.reach() {
+                Ok(()) => {
+                    refused += 1;
+                    (e, refused < 3)
+                }
+                Err(failed) => {
+                    refused = 0;
+                    failed
+                }
+            },
         };
         if !passes {
             return Err(e);
         }
         let since = *since.get_or_insert_with(|| {
-            let how_long = match remote.redial_for {
-                Some(limit) => format!("for up to {limit:?} (Remote::redial_for)"),
-                None => "until it answers".into(),
-            };
             log(&format!(
-                "Redis at {} is out of reach at the agent's start ({e}); dialling it again \
-                 {how_long}",
-                endpoint.shown()
+                "Redis at {} is out of reach at the agent's start ({e}); dialling it again {}",
+                endpoint.shown(),
+                redial_span(remote.redial_for)
             ));
             Instant::now()
         });
-        let left = match remote.redial_for {
-            Some(limit) if since.elapsed() >= limit => {
-                let why = match e.kind() {
-                    ErrorKind::Broker(why) => why.clone(),
-                    _ => e.to_string(),
-                };
-                return Err(ErrorKind::Broker(format!(
-                    "{why}; Redis at {} was not reached within {limit:?} of the agent's start \
-                     (Remote::redial_for; MPROC_REDIAL_MS for an agent started by the \
-                     environment)",
-                    endpoint.shown()
-                ))
-                .into());
-            }
-            Some(limit) => limit - since.elapsed(),
-            None => Duration::MAX,
-        };
+        let within = |limit| format!("within {limit:?} of the agent's start");
+        let left = time_left(&e, endpoint, remote.redial_for, since, within)?;
         let woke = fd::poll_read(&[term], fd::deadline_after(pause.min(left)))
             .map_err(|e| Error::os("waiting for SIGTERM", e))?;
         if woke[0].readable {
@@ -950,6 +907,44 @@ fn dial_at_start(
         }
         pause = (pause * 2).clamp(FIRST_PAUSE, LAST_PAUSE);
     }
+}
+
+/// How long an agent keeps dialling Redis, for its log: `redial_for`'s limit, or for ever.
+fn redial_span(limit: Option<Duration>) -> String {
+    match limit {
+        Some(limit) => format!("for up to {limit:?} (Remote::redial_for)"),
+        None => "until it answers".into(),
+    }
+}
+
+/// How long an agent may still dial Redis, out of reach since `since`, within `limit`
+/// (`None`: for ever); past it, the error that ends the agent, from `e`, the last failure:
+/// "Redis … was not reached " and what `within` says of the limit.
+fn time_left(
+    e: &Error,
+    endpoint: &Endpoint,
+    limit: Option<Duration>,
+    since: Instant,
+    within: impl FnOnce(Duration) -> String,
+) -> Result<Duration, Error> {
+    let Some(limit) = limit else {
+        return Ok(Duration::MAX);
+    };
+    let left = limit.saturating_sub(since.elapsed());
+    if !left.is_zero() {
+        return Ok(left);
+    }
+    let why = match e.kind() {
+        ErrorKind::Broker(why) => why.clone(),
+        _ => e.to_string(),
+    };
+    let within = within(limit);
+    Err(ErrorKind::Broker(format!(
+        "{why}; Redis at {} was not reached {within} (Remote::redial_for; MPROC_REDIAL_MS for \
+         an agent started by the environment)",
+        endpoint.shown()
+    ))
+    .into())
 }
 
 struct Engine {

@@ -71,13 +71,20 @@ impl Endpoint {
 
     /// A new connection, with timeouts.
     pub(crate) fn connect(&self) -> Result<Connection, Error> {
-        let client = self.client()?;
+        self.dial().map_err(|(e, _)| e)
+    }
+
+    /// A new connection, with timeouts; on failure, the error and whether it may pass by
+    /// itself ([`may_pass`]).
+    fn dial(&self) -> Result<Connection, (Error, bool)> {
+        let client = self.client().map_err(|e| (e, false))?;
+        let what = format!("connecting to Redis at {}", self.shown());
         let con = client
             .get_connection_with_timeout(Duration::from_secs(5))
-            .map_err(|e| broker(format!("connecting to Redis at {}", self.shown()), &e))?;
+            .map_err(|e| (broker(what, &e), may_pass(&e)))?;
         con.set_read_timeout(Some(REPLY_TIMEOUT))
             .and_then(|()| con.set_write_timeout(Some(REPLY_TIMEOUT)))
-            .map_err(|e| broker("setting the Redis connection's timeouts", &e))?;
+            .map_err(|e| (broker("setting the Redis connection's timeouts", &e), false))?;
         Ok(con)
     }
 
@@ -85,16 +92,11 @@ impl Endpoint {
     /// `PING` answered; a refusal of the `PING` itself (an ACL without `+ping`) is an answer
     /// too. On failure, the error and whether it may pass by itself ([`may_pass`]).
     pub(crate) fn reach(&self) -> Result<(), (Error, bool)> {
-        let client = self.client().map_err(|e| (e, false))?;
-        let what = || format!("connecting to Redis at {}", self.shown());
-        let mut con = client
-            .get_connection_with_timeout(Duration::from_secs(5))
-            .map_err(|e| (broker(what(), &e), may_pass(&e)))?;
-        con.set_read_timeout(Some(REPLY_TIMEOUT))
-            .and_then(|()| con.set_write_timeout(Some(REPLY_TIMEOUT)))
-            .map_err(|e| (broker("setting the Redis connection's timeouts", &e), false))?;
+        let mut con = self.dial()?;
         match redis::cmd("PING").query::<Value>(&mut con) {
-            Err(e) if may_pass(&e) => Err((broker(what(), &e), true)),
+            Err(e) if may_pass(&e) => {
+                Err((broker(format!("connecting to Redis at {}", self.shown()), &e), true))
+            }
             _ => Ok(()),
         }
     }

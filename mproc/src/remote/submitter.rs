@@ -493,15 +493,8 @@ impl Submitter {
     /// append-only file synced a second ago, or a replica that lagged took over). Their chunks
     /// not answered yet go again, in a batch of their own (which also sets the count right).
     /// One an agent had read before the loss may run twice; its answer is recorded once.
+    /// Redis must still know the pool (the caller checks).
     fn send_again(&mut self, held: u64) -> Result<(), Error> {
-        // Restarted with no data at all: the pool is gone too, and nothing is sent again.
-        let pool = self.keys.pool(self.pool);
-        let known: bool = self.con.run("checking the remote pool", |c| {
-            redis::cmd("EXISTS").arg(&pool).query(c)
-        })?;
-        if !known {
-            return Err(self.forgotten());
-        }
         let mut batch = self.next_batch(held);
         let number = self.batches + 1;
         let mut again = 0;
@@ -549,10 +542,18 @@ impl Submitter {
     /// batches after them go again ([`send_again`](Self::send_again)).
     fn settle(&mut self) -> Result<(), Error> {
         loop {
-            match self.read_replies()? {
-                Some(held) => self.send_again(held)?,
-                None => return Ok(()),
+            let Some(held) = self.read_replies()? else {
+                return Ok(());
+            };
+            // Restarted with no data at all: the pool is gone too, and nothing is sent again.
+            let pool = self.keys.pool(self.pool);
+            let known: bool = self.con.run("checking the remote pool", |c| {
+                redis::cmd("EXISTS").arg(&pool).query(c)
+            })?;
+            if !known {
+                return Err(self.forgotten());
             }
+            self.send_again(held)?;
         }
     }
 

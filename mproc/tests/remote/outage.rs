@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use mproc::{ErrorKind, StartMethod};
+use mproc::{AsyncResult, ErrorKind, StartMethod};
 
 use crate::cluster::Cluster;
 use crate::common::{sleep_ms, wait_until};
@@ -279,6 +279,19 @@ fn scripts_flushed_under_a_running_task() {
     said_out_and_back(&c.agents[0]);
 }
 
+/// The load of the restart scenarios: a `map` of 150 tasks of 12 ms, one at a time, and ten
+/// calls of 0 to 180 ms beside it.
+fn map_and_calls(pool: &mproc::Pool) -> (AsyncResult<Vec<u64>>, Vec<AsyncResult<u64>>) {
+    let mapped = pool
+        .chunksize(1)
+        .map_async(sleep_ms, vec![12u64; 150])
+        .unwrap();
+    let calls = (0..10u64)
+        .map(|i| pool.apply_async(sleep_ms, (20 * i,)).unwrap())
+        .collect();
+    (mapped, calls)
+}
+
 /// Redis restarted empty (at once, or after 300 ms down) at random moments under a pool's
 /// `map` and calls, four times: every wait ends with its value or a Broker error, within a
 /// bounded time, and the same agent serves each new pool. At the end, a `map` of 200 tasks
@@ -292,13 +305,7 @@ fn an_agent_serves_on_through_restarts_at_random_moments() {
     for round in 0..4u64 {
         c.wait_agents(1);
         let pool = c.pool();
-        let mapped = pool
-            .chunksize(1)
-            .map_async(sleep_ms, vec![12u64; 150])
-            .unwrap();
-        let calls: Vec<_> = (0..10u64)
-            .map(|i| pool.apply_async(sleep_ms, (20 * i,)).unwrap())
-            .collect();
+        let (mapped, calls) = map_and_calls(&pool);
         std::thread::sleep(Duration::from_millis(50 + next(&mut seed) % 400));
         let at = Instant::now();
         if round % 2 == 0 {
@@ -467,13 +474,7 @@ fn a_pool_serves_on_through_restarts_with_data_at_random_moments() {
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     for round in 0..4u64 {
         c.wait_agents(1);
-        let mapped = pool
-            .chunksize(1)
-            .map_async(sleep_ms, vec![12u64; 150])
-            .unwrap();
-        let calls: Vec<_> = (0..10u64)
-            .map(|i| pool.apply_async(sleep_ms, (20 * i,)).unwrap())
-            .collect();
+        let (mapped, calls) = map_and_calls(&pool);
         std::thread::sleep(Duration::from_millis(50 + next(&mut seed) % 400));
         assert_eq!(c.redis.cmd(&["SAVE"]), Ok(Reply::Status("OK".into())));
         std::thread::sleep(Duration::from_millis(next(&mut seed) % 200));
