@@ -30,7 +30,8 @@ const MAX_READ: usize = 256 * 1024;
 pub(crate) struct Channel {
     sock: InternalFd,
     decoder: FrameDecoder,
-    fds: Vec<OwnedFd>,
+    /// Received, not taken yet; listed as internal from their arrival.
+    fds: Vec<InternalFd>,
     /// Whether the kernel dropped descriptors that came with a message (see
     /// [`Channel::take_fds_dropped`]).
     fds_dropped: bool,
@@ -113,7 +114,7 @@ impl Channel {
             }
             let want = self.decoder.wanted().clamp(MIN_READ, MAX_READ);
             let buf = self.decoder.read_buf(want);
-            let got = socket::recv_message(self.sock.as_fd(), buf, &mut self.fds, true);
+            let got = socket::recv_message(self.sock.as_fd(), buf, &mut self.fds);
             let got = got.map(|got| {
                 self.fds_dropped |= got.fds_dropped;
                 got.bytes
@@ -168,7 +169,7 @@ impl Channel {
 
     /// The first `n` descriptors received (those of the message just read; later messages'
     /// may have arrived in the same read and stay for them).
-    pub(crate) fn take_fds_n(&mut self, n: usize) -> Vec<OwnedFd> {
+    pub(crate) fn take_fds_n(&mut self, n: usize) -> Vec<InternalFd> {
         let n = n.min(self.fds.len());
         self.fds.drain(..n).collect()
     }
@@ -186,7 +187,7 @@ impl Channel {
     }
 
     /// Descriptors received so far, in arrival order.
-    pub(crate) fn take_fds(&mut self) -> Vec<OwnedFd> {
+    pub(crate) fn take_fds(&mut self) -> Vec<InternalFd> {
         std::mem::take(&mut self.fds)
     }
 }
@@ -412,7 +413,7 @@ mod tests {
         assert!(got.iter().all(|&b| b == 42));
         let fds = rx.take_fds();
         assert_eq!(fds.len(), 1);
-        let mut w = std::fs::File::from(fds.into_iter().next().unwrap());
+        let mut w = std::fs::File::from(fds.into_iter().next().unwrap().into_owned());
         w.write_all(b"through").unwrap();
         drop(w);
         let mut s = String::new();

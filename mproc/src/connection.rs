@@ -291,7 +291,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
         let (mut state, got) = loop {
             let mut state = self.end.receiving.lock().unwrap_or_else(|e| e.into_inner());
             state.buf.resize(1 + INLINE, 0);
-            match socket::recv_message(sock, &mut state.buf, &mut fds, true) {
+            match socket::recv_message(sock, &mut state.buf, &mut fds) {
                 Ok(got) => break (state, got),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     drop(state);
@@ -342,7 +342,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
         state: &mut Receiving,
         buf: &[u8],
         n: usize,
-        mut fds: Vec<OwnedFd>,
+        mut fds: Vec<InternalFd>,
     ) -> Result<T, Error> {
         if n == 0 {
             return Err(ErrorKind::Closed.into());

@@ -13,7 +13,7 @@
 //! error with a sentence that says where handles may go.
 
 use std::cell::{Cell, RefCell};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::thread::LocalKey;
 
 use crate::sys::fd::InternalFd;
@@ -184,23 +184,14 @@ pub(crate) fn providing_copies<R>(
         .map(|fd| listed_copy(fd.as_fd()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| crate::Error::os("taking a returned handle", e))?;
-    Ok(providing_listed(copies, decode))
+    Ok(providing(copies, decode))
 }
 
-/// Runs `decode` with `fds` (received with the bytes) available to the handles it decodes.
-/// They are closed afterwards (each decoded handle holds its own copy). Listed as internal
-/// while they are here: a child forked meanwhile does not inherit them.
+/// Runs `decode` with `fds` (received with the bytes, listed as internal since they arrived:
+/// a child forked meanwhile does not inherit them) available to the handles it decodes. They
+/// are closed afterwards (each decoded handle holds its own copy).
 #[inline]
-pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
-    let fds = match fds.is_empty() {
-        true => Vec::new(),
-        false => fds.into_iter().map(InternalFd::new).collect(),
-    };
-    providing_listed(fds, decode)
-}
-
-#[inline]
-fn providing_listed<R>(fds: Vec<InternalFd>, decode: impl FnOnce() -> R) -> R {
+pub(crate) fn providing<R>(fds: Vec<InternalFd>, decode: impl FnOnce() -> R) -> R {
     let scope = Scope::open(&INCOMING, &INCOMING_FROM, fds);
     let result = decode();
     drop(scope);
@@ -299,7 +290,6 @@ mod tests {
         });
         assert_eq!(indices, [0, 1, 0]);
         assert_eq!(fds.len(), 2);
-        let fds = fds.into_iter().map(InternalFd::into_owned).collect();
         let got = providing(fds, || {
             let x = import(1).unwrap();
             let y = import(1).unwrap();
@@ -338,13 +328,12 @@ mod tests {
     fn a_fork_childs_inherited_scopes_are_closed_to_it() {
         let (a, _a2) = crate::sys::fd::pipe().unwrap();
         let copy = crate::sys::fd::dup_above(a.as_fd(), 0).unwrap();
-        providing(vec![copy], || {
+        providing(vec![InternalFd::new(copy)], || {
             assert!(import(0).is_ok());
             forget_inherited_scopes(); // as a child forked here does first
             assert!(import(0).is_err(), "the parent's descriptor");
             let (at, fds) = collecting(|| export(a.as_fd()).unwrap());
             assert_eq!((at, fds.len()), (0, 1));
-            let fds = fds.into_iter().map(InternalFd::into_owned).collect();
             assert!(providing(fds, || import(0).is_ok()));
         });
         assert!(import(0).is_err());
@@ -380,7 +369,7 @@ mod tests {
         assert!(export(a.as_fd()).is_err(), "every scope closed");
         let marks = |fds: &[InternalFd]| {
             fds.iter()
-                .map(|f| crate::sys::fd::dup_above(f.as_fd(), 0).unwrap())
+                .map(|f| InternalFd::new(crate::sys::fd::dup_above(f.as_fd(), 0).unwrap()))
                 .collect::<Vec<_>>()
         };
         let (outer_fds, inner_fds) = (marks(&fds), marks(&fds[1..]));

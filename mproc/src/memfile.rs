@@ -1027,7 +1027,7 @@ mod tests {
         };
         let mut got = Vec::new();
         let mut receive = || {
-            socket::recv(rx.as_fd(), &mut [0u8; 8], &mut got, true).unwrap();
+            socket::recv(rx.as_fd(), &mut [0u8; 8], &mut got).unwrap();
             Mapping::open(got.last().unwrap().as_fd()).unwrap()
         };
         let identity =

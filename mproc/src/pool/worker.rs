@@ -16,7 +16,7 @@ use crate::channel::{self, Channel};
 use crate::memfile::{self, AnswerPlace, Mapped, Received, Spares};
 use crate::error::{Error, ErrorKind};
 use crate::panics::catch_uncounted;
-use crate::sys::fd;
+use crate::sys::fd::{self, InternalFd};
 use crate::sys::image;
 use crate::sys::proc;
 use crate::sys::time::monotonic_ns;
@@ -54,7 +54,7 @@ pub(crate) fn serve(
     ctrl: &mut Channel,
     identity: u64,
     spec: PoolWorkerSpec,
-    init_handles: Vec<std::os::fd::OwnedFd>,
+    init_handles: Vec<InternalFd>,
 ) -> i32 {
     crate::panics::quiet_in_this_process();
     let lane = match open_lane(ctrl) {
@@ -122,7 +122,7 @@ struct Worker<'a> {
 
 /// A task that came on the socket: id, entry, payload (or why it could not be read), and its
 /// handles' descriptors.
-type SocketTask = (u64, i64, Result<Received, Error>, Vec<std::os::fd::OwnedFd>);
+type SocketTask = (u64, i64, Result<Received, Error>, Vec<InternalFd>);
 
 impl Worker<'_> {
     /// Runs tasks until told to stop (`Ok`) or until it cannot go on (`Err(exit code)`).
@@ -222,7 +222,7 @@ impl Worker<'_> {
         entry: i64,
         payload: &[u8],
         in_file: Option<memfile::InFile>,
-        handles: Vec<std::os::fd::OwnedFd>,
+        handles: Vec<InternalFd>,
     ) -> (Result<Vec<u8>, Error>, AnswerPlace) {
         if !mine {
             return (Err(ErrorKind::Cancelled.into()), AnswerPlace::Bytes);

@@ -54,10 +54,10 @@ pub(crate) fn create(name: &str, len: usize) -> Result<OwnedFd, Error> {
         let deadline = fd::deadline_after(PATIENCE);
         match ask(request.as_fd(), &msg, deadline).map_err(|e| Error::os(asking(), e))? {
             Some((0, fds)) => {
-                let [file] = <[OwnedFd; 1]>::try_from(fds).map_err(|_| {
+                let [file] = <[InternalFd; 1]>::try_from(fds).map_err(|_| {
                     Error::protocol("the shared-memory keeper's answer lacked its file")
                 })?;
-                return Ok(file);
+                return Ok(file.into_owned());
             }
             Some((libc::ENOLCK, _)) => {
                 return Err(Error::os(
@@ -200,7 +200,7 @@ fn ask(
     sock: BorrowedFd<'_>,
     msg: &[u8],
     deadline: Option<Instant>,
-) -> io::Result<Option<(i32, Vec<OwnedFd>)>> {
+) -> io::Result<Option<(i32, Vec<InternalFd>)>> {
     // Internal: a fork child of another thread that kept a copy of `theirs` would keep the
     // reply socket open after the keeper's death, and this wait would last to its deadline.
     let [reply, theirs] = fd::create_internal(|| {
@@ -227,7 +227,7 @@ fn ask(
 fn answer(
     sock: BorrowedFd<'_>,
     deadline: Option<Instant>,
-) -> io::Result<Option<(i32, Vec<OwnedFd>)>> {
+) -> io::Result<Option<(i32, Vec<InternalFd>)>> {
     loop {
         let ready = fd::poll_read(&[sock], deadline)?;
         if !ready[0].readable && !ready[0].hangup {
@@ -235,7 +235,7 @@ fn answer(
         }
         let mut buf = [0u8; 8];
         let mut fds = Vec::new();
-        match socket::recv(sock, &mut buf, &mut fds, true) {
+        match socket::recv(sock, &mut buf, &mut fds) {
             Ok(0) => return Ok(None),
             Ok(n) if n >= 4 => {
                 let errno = i32::from_le_bytes(buf[..4].try_into().expect("4 bytes"));

@@ -15,7 +15,7 @@ use super::records::{
 };
 use crate::error::Error;
 use crate::start::role::{self, RoleFn};
-use crate::sys::fd;
+use crate::sys::fd::{self, InternalFd};
 use crate::sys::watch::{Event, Watcher};
 use crate::sys::{dir, proc, shm, socket};
 
@@ -162,7 +162,7 @@ impl Server {
             };
             let mut buf = [0u8; MAX_REQUEST + 1];
             let mut fds = Vec::new();
-            let n = match socket::recv(request.as_fd(), &mut buf, &mut fds, true) {
+            let n = match socket::recv(request.as_fd(), &mut buf, &mut fds) {
                 Ok(0) if hung_up => 0,
                 // An empty message, or an end of file that the next poll will report.
                 Ok(0) => return,
@@ -183,7 +183,7 @@ impl Server {
                 Ok(Request::Create { len, name }) => self.create(name, len),
                 Err(errno) => Err(io::Error::from_raw_os_error(errno)),
             };
-            let Ok([reply]) = <[OwnedFd; 1]>::try_from(fds) else {
+            let Ok([reply]) = <[InternalFd; 1]>::try_from(fds) else {
                 continue; // nowhere to answer
             };
             // If the creator is gone, the file closes with the message, and its release is

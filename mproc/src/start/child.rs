@@ -117,7 +117,7 @@ impl Child {
         match self.ctrl.try_recv_frame() {
             Ok(Some(frame)) => {
                 self.outcome = Some(channel::decode_message(&frame));
-                self.returned = self.ctrl.take_fds().into_iter().map(InternalFd::new).collect();
+                self.returned = self.ctrl.take_fds();
             }
             Ok(None) => {}
             // The peer closed without a frame: no outcome; the exit status tells why.

@@ -81,7 +81,8 @@ fn fork_holding_the_rest(
     let [parent_end, child_end] = super::socket_pair()?;
     let parent = proc::getpid();
     let from_main_thread = proc::is_main_thread();
-    let internal = fd::lock_internal();
+    // Last: it holds off other threads' receives of descriptors until the fork is done.
+    let internal = fd::lock_for_fork();
     let forked = proc::fork().map_err(|e| Error::os("fork", e))?;
     match forked {
         Forked::Child => {
@@ -122,5 +123,54 @@ fn watch_parent(parent: u32, from_main_thread: bool, alive_read: OwnedFd) {
         drop(alive_read);
     } else {
         alive::tie_forked(alive_read);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Barrier};
+    use std::time::Duration;
+
+    /// A fork's hold on the list of internal descriptors waits for a receive under way (it may
+    /// have descriptors the kernel put in the table and nobody listed yet), and a receive that
+    /// starts while a fork holds it waits for the fork to be done.
+    #[test]
+    fn a_fork_and_the_receives_of_descriptors_wait_for_each_other() {
+        // Forks are one at a time: as `launch` does, under the fork server's slot.
+        let slot = forkserver::lock();
+        let (entered, left) = (Arc::new(Barrier::new(2)), Arc::new(AtomicBool::new(false)));
+        let receiver = {
+            let (entered, left) = (Arc::clone(&entered), Arc::clone(&left));
+            std::thread::spawn(move || {
+                let receiving = fd::receiving();
+                entered.wait();
+                std::thread::sleep(Duration::from_millis(50));
+                left.store(true, Ordering::SeqCst);
+                drop(receiving);
+            })
+        };
+        entered.wait();
+        let snapshot = fd::lock_for_fork();
+        assert!(left.load(Ordering::SeqCst), "the fork went ahead of a receive under way");
+        receiver.join().unwrap();
+        let (started, received) = (Arc::new(Barrier::new(2)), Arc::new(AtomicBool::new(false)));
+        let late = {
+            let (started, received) = (Arc::clone(&started), Arc::clone(&received));
+            std::thread::spawn(move || {
+                started.wait();
+                let receiving = fd::receiving();
+                received.store(true, Ordering::SeqCst);
+                drop(receiving);
+            })
+        };
+        started.wait();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!received.load(Ordering::SeqCst), "a receive began during the fork");
+        drop(snapshot);
+        late.join().unwrap();
+        assert!(received.load(Ordering::SeqCst));
+        drop(slot);
     }
 }

@@ -672,7 +672,7 @@ impl Asked {
         };
         let child = Child::new(
             forked.pid,
-            InternalFd::new(pidfd),
+            pidfd,
             ctrl,
             Reaper::Server(status),
         );
@@ -1275,11 +1275,11 @@ fn wait_as_spare(
             if sock.recv_frame(None).is_err() {
                 proc::exit_now(0);
             }
-            let Ok([ctrl, status]) = <[OwnedFd; 2]>::try_from(sock.take_fds()) else {
+            let Ok([ctrl, status]) = <[InternalFd; 2]>::try_from(sock.take_fds()) else {
                 proc::exit_now(0)
             };
             drop(sock);
-            run_child(ctrl, status, me)
+            run_child(ctrl.into_owned(), status.into_owned(), me)
         }
         _ => proc::exit_now(0),
     }
@@ -1355,8 +1355,8 @@ impl Serving<'_, '_> {
                             served.requests += 1;
                             let fds = request.take_fds_n(2);
                             self.take_kit(request, kit);
-                            if let Ok([ctrl, status]) = <[OwnedFd; 2]>::try_from(fds) {
-                                self.start_child(ctrl, status);
+                            if let Ok([ctrl, status]) = <[InternalFd; 2]>::try_from(fds) {
+                                self.start_child(ctrl.into_owned(), status.into_owned());
                             }
                         }
                         Ok(ToServer::Took { pid, kit, late }) => {
@@ -1384,11 +1384,11 @@ impl Serving<'_, '_> {
     /// Keeps kit `id`, if a message named one, whose two descriptors come next on `request`.
     fn take_kit(&mut self, request: &mut Channel, id: Option<u64>) {
         let Some(id) = id else { return };
-        if let Ok([ctrl_child, status]) = <[OwnedFd; 2]>::try_from(request.take_fds_n(2)) {
+        if let Ok([ctrl_child, status]) = <[InternalFd; 2]>::try_from(request.take_fds_n(2)) {
             self.kits.push_back(ServerKit {
                 id,
-                ctrl_child: InternalFd::new(ctrl_child),
-                status: InternalFd::new(status),
+                ctrl_child,
+                status,
             });
         }
     }

@@ -19,6 +19,7 @@ use std::os::fd::OwnedFd;
 
 use crate::Error;
 use crate::channel::Channel;
+use crate::sys::fd::InternalFd;
 use crate::sys::image::{self, Entry};
 use crate::wire::message::PoolWorkerSpec;
 
@@ -28,7 +29,7 @@ pub(crate) enum RoleFn {
     /// A pool worker, entered once the child has read its `Start`: its control channel (which
     /// may hold what followed the start), its build identity, the role's data, and the
     /// descriptors that came with the start. Returns the exit code.
-    Worker(fn(&mut Channel, u64, PoolWorkerSpec, Vec<OwnedFd>) -> i32),
+    Worker(fn(&mut Channel, u64, PoolWorkerSpec, Vec<InternalFd>) -> i32),
     /// A process spawned for the role alone, entered before `main`: its control socket and
     /// its creator's liveness pipe. Never returns.
     Spawned(fn(OwnedFd, OwnedFd) -> !),
@@ -73,7 +74,7 @@ pub(crate) fn named_by(offset: i64) -> Result<RoleFn, Error> {
 mod tests {
     use super::*;
 
-    fn worker(_: &mut Channel, _: u64, _: PoolWorkerSpec, _: Vec<OwnedFd>) -> i32 {
+    fn worker(_: &mut Channel, _: u64, _: PoolWorkerSpec, _: Vec<InternalFd>) -> i32 {
         7
     }
 
@@ -88,7 +89,7 @@ mod tests {
     #[test]
     fn an_offset_names_the_role_its_entry_claims_and_nothing_else() {
         let role = named_by(offset_of(worker_entry)).unwrap();
-        let expected: fn(&mut Channel, u64, PoolWorkerSpec, Vec<OwnedFd>) -> i32 = worker;
+        let expected: fn(&mut Channel, u64, PoolWorkerSpec, Vec<InternalFd>) -> i32 = worker;
         assert!(matches!(role, RoleFn::Worker(f) if f as usize == expected as usize));
         let e = named_by(offset_of(not_a_role))
             .err()

@@ -83,9 +83,10 @@ fn serve(ctrl: InternalFd) -> i32 {
             .filter(|r| matches!(r, Redirect::File))
             .count(),
     );
+    let files = files.into_iter().map(InternalFd::into_owned).collect();
     let _forwarding = start.log.and_then(|level| {
         let pipe = ctrl.take_fds_n(1).into_iter().next()?;
-        crate::relay::forward(pipe, level)
+        crate::relay::forward(pipe.into_owned(), level)
     });
     let entry = match image::entry_for(start.identity, start.entry) {
         Ok(entry) => entry,

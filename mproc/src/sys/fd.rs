@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -95,19 +96,115 @@ pub(crate) fn create_internal<const N: usize>(
     }))
 }
 
+/// Receives that may bring descriptors, under way in this process (the low bits; see
+/// [`receiving`]), and [`FORKING`] while a fork waits for them to end or runs.
+///
+/// The kernel puts a received descriptor in the process's table inside recvmsg(2), before mproc
+/// can list it as internal: a child forked by another thread in between would inherit it
+/// unlisted, and keep it (a buffer's memory, a queue's socket) for its whole life (13% of
+/// `Fork` children started beside a thread receiving buffers, before this). So a receive and
+/// the listing of what it brought are one step as a fork sees them: a fork waits for the
+/// receives under way to end, and the next wait for it to be done ([`lock_for_fork`]). A
+/// counter, not a lock: receives on different sockets never wait for each other.
+static RECEIVES: AtomicU32 = AtomicU32::new(0);
+
+/// Set in [`RECEIVES`] by a fork that is waiting for the receives under way, or running.
+const FORKING: u32 = 1 << 31;
+
+/// A receive under way (see [`RECEIVES`]): the descriptors it brings are listed as internal
+/// ([`Receiving::list`]) before it is dropped.
+pub(crate) struct Receiving(());
+
+/// Enters a receive that may bring descriptors; waits first while a fork runs. The receive
+/// must not block (a fork would wait for it).
+pub(crate) fn receiving() -> Receiving {
+    loop {
+        let was = RECEIVES.fetch_add(1, Ordering::Acquire);
+        if was & FORKING == 0 {
+            return Receiving(());
+        }
+        // A fork waits for the receives under way: step back, and wait for it to be done.
+        leave_receiving();
+        loop {
+            let now = RECEIVES.load(Ordering::Acquire);
+            if now & FORKING == 0 {
+                break;
+            }
+            let _ = super::futex::wait(&RECEIVES, now, None);
+        }
+    }
+}
+
+fn leave_receiving() {
+    let was = RECEIVES.fetch_sub(1, Ordering::Release);
+    if was == FORKING | 1 {
+        // The last receive a fork waits for.
+        super::futex::wake(&RECEIVES, u32::MAX);
+    }
+}
+
+impl Receiving {
+    /// Lists `fds`, just received, as internal, and appends them to `into`.
+    pub(crate) fn list(&self, fds: impl Iterator<Item = OwnedFd>, into: &mut Vec<InternalFd>) {
+        let owner = super::pid::getpid();
+        let mut list = None;
+        for fd in fds {
+            list.get_or_insert_with(internal).insert(fd.as_raw_fd());
+            into.push(InternalFd {
+                fd: ManuallyDrop::new(fd),
+                owner,
+            });
+        }
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        leave_receiving();
+    }
+}
+
 /// Holds the internal list locked across a `fork`, so the child inherits it in a consistent
 /// state and can rewrite it.
-pub(crate) struct InternalSnapshot(MutexGuard<'static, BTreeSet<RawFd>>);
+pub(crate) struct InternalSnapshot {
+    list: MutexGuard<'static, BTreeSet<RawFd>>,
+    /// Whether it holds receives off too ([`lock_for_fork`]).
+    fork: bool,
+}
 
+/// Locks the internal list (a mapping made where a fork must not copy it, say).
 pub(crate) fn lock_internal() -> InternalSnapshot {
-    InternalSnapshot(internal())
+    InternalSnapshot {
+        list: internal(),
+        fork: false,
+    }
+}
+
+/// Locks the internal list for a fork: first waits for the receives under way to list what
+/// they brought, and holds new ones off until the snapshot is dropped or consumed (see
+/// [`RECEIVES`]). Forks are one at a time (the callers hold the fork server's slot).
+pub(crate) fn lock_for_fork() -> InternalSnapshot {
+    let was = RECEIVES.fetch_or(FORKING, Ordering::AcqRel);
+    debug_assert_eq!(was & FORKING, 0, "one fork at a time");
+    loop {
+        let now = RECEIVES.load(Ordering::Acquire);
+        if now == FORKING {
+            break;
+        }
+        // Each receive under way is one nonblocking system call and a listing.
+        let _ = super::futex::wait(&RECEIVES, now, None);
+    }
+    InternalSnapshot {
+        list: internal(),
+        fork: true,
+    }
 }
 
 impl InternalSnapshot {
     /// In a freshly forked child: closes every internal descriptor except `keep`, and forgets
-    /// them all (the child starts its own list).
+    /// them all (the child starts its own list, and has no receive under way).
     pub(crate) fn close_all_except(mut self, keep: &[RawFd]) {
-        for &fd in self.0.iter() {
+        for &fd in self.list.iter() {
             if !keep.contains(&fd) {
                 // SAFETY: `fd` was an internal descriptor of the parent; in the child its
                 // owning `InternalFd` closes nothing when dropped (it belongs to another pid),
@@ -115,13 +212,24 @@ impl InternalSnapshot {
                 drop(unsafe { OwnedFd::from_raw_fd(fd) });
             }
         }
-        self.0.clear();
+        self.list.clear();
+        self.fork = false;
+        RECEIVES.store(0, Ordering::Release);
     }
 
     /// In a fork server's child, whose inherited descriptors were all closed at once: forgets
     /// the list without closing anything again.
     pub(crate) fn forget_all(mut self) {
-        self.0.clear();
+        self.list.clear();
+    }
+}
+
+impl Drop for InternalSnapshot {
+    fn drop(&mut self) {
+        if self.fork {
+            RECEIVES.fetch_and(!FORKING, Ordering::Release);
+            super::futex::wake(&RECEIVES, u32::MAX);
+        }
     }
 }
 

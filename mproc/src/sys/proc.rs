@@ -733,14 +733,16 @@ pub(crate) fn map_in_code(stop: impl FnMut() -> bool) -> bool {
     if !cpu_free(std::thread::available_parallelism().map_or(1, |n| n.get())) {
         return false;
     }
-    map_in(stop);
+    map_in(MAP_IN_BUDGET, stop);
     true
 }
 
-/// [`map_in_code`], whatever the machine's load.
-fn map_in(mut stop: impl FnMut() -> bool) {
+/// How many bytes of code and libraries [`map_in_code`] looks at, at most.
+const MAP_IN_BUDGET: usize = 64 << 20;
+
+/// [`map_in_code`], whatever the machine's load, looking at `budget` bytes at most.
+fn map_in(mut budget: usize, mut stop: impl FnMut() -> bool) {
     let page = rustix::param::page_size();
-    let mut budget: usize = 64 << 20;
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
         return;
     };
@@ -1386,7 +1388,7 @@ mod tests {
         }
         // Asked to stop at its third look: two slices, then it returns.
         let mut looks = 0;
-        map_in(|| {
+        map_in(MAP_IN_BUDGET, || {
             looks += 1;
             looks == 3
         });
@@ -1401,7 +1403,7 @@ mod tests {
         let mut code = Vec::new();
         for _ in 0..5 {
             std::fs::read(&exe).unwrap();
-            map_in(|| false);
+            map_in(MAP_IN_BUDGET, || false);
             code = mapped_kib(exe.to_str().unwrap(), "r-xp");
             assert_eq!(code.len(), 1, "this executable has one code mapping");
             if code[0].0 == code[0].1 {
@@ -1491,8 +1493,10 @@ mod tests {
             eprintln!("{shown}: the page cache kept {before} pages; skipped");
             return;
         }
-        // What the drop left cached (nothing, usually) is mapped in; nothing else is read.
-        map_in(|| false);
+        // What the drop left cached (nothing, usually) is mapped in; nothing else is read. No
+        // budget: run beside other tests, this process may have mapped in its whole
+        // executable (to print a backtrace), which would take the budget.
+        map_in(usize::MAX, || false);
         assert_eq!(cached(0, len), before, "no page was read in");
         assert_eq!(
             mapped_kib(&shown, "r--p"),
@@ -1510,7 +1514,7 @@ mod tests {
             now >= len / 2 / page && now <= len / 2 / page + before,
             "{now} pages cached"
         );
-        map_in(|| false);
+        map_in(usize::MAX, || false);
         assert_eq!(cached(0, len), now, "no page was read in");
         assert_eq!(
             mapped_kib(&shown, "r--p"),

@@ -10,6 +10,8 @@ use rustix::net::{
     SendAncillaryBuffer, SendAncillaryMessage, SendFlags, Shutdown, SocketFlags, SocketType,
 };
 
+use super::fd::{self, InternalFd};
+
 /// The most descriptors one `sendmsg` carries (the kernel's `SCM_MAX_FD`); more are an error,
 /// not a truncation.
 pub(crate) const MAX_FDS: usize = 253;
@@ -117,20 +119,20 @@ pub(crate) fn send(
     }
 }
 
-/// Receives into `buf`; descriptors that arrive are appended to `fds` (close-on-exec).
-/// Returns the byte count, 0 at end of file. With `nonblocking`, `WouldBlock` when nothing is
-/// there. Descriptors the kernel could not install (this process is at its descriptor limit,
-/// or a message carried more than [`MAX_FDS`]) are dropped and the bytes still returned: a
-/// receiver checks that it got the descriptors it expects.
+/// Receives into `buf` without blocking; descriptors that arrive are appended to `fds`
+/// (close-on-exec, and listed as internal at once, so no child forked meanwhile inherits them;
+/// see [`fd::receiving`]). Returns the byte count, 0 at end of file; `WouldBlock` when nothing
+/// is there. Descriptors the kernel could not install (this process is at its descriptor
+/// limit, or a message carried more than [`MAX_FDS`]) are dropped and the bytes still
+/// returned: a receiver checks that it got the descriptors it expects.
 ///
 /// See recvmsg(2), unix(7).
 pub(crate) fn recv(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
-    fds: &mut Vec<OwnedFd>,
-    nonblocking: bool,
+    fds: &mut Vec<InternalFd>,
 ) -> io::Result<usize> {
-    recv_message(sock, buf, fds, nonblocking).map(|got| got.bytes)
+    recv_message(sock, buf, fds).map(|got| got.bytes)
 }
 
 /// What one [`recv_message`] took.
@@ -151,16 +153,14 @@ pub(crate) struct Received {
 pub(crate) fn recv_message(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
-    fds: &mut Vec<OwnedFd>,
-    nonblocking: bool,
+    fds: &mut Vec<InternalFd>,
 ) -> io::Result<Received> {
     let mut iov = [IoSliceMut::new(buf)];
     let mut space = [MaybeUninit::uninit(); CONTROL];
     let mut control = RecvAncillaryBuffer::new(&mut space);
-    let mut flags = RecvFlags::CMSG_CLOEXEC;
-    if nonblocking {
-        flags |= RecvFlags::DONTWAIT;
-    }
+    // Never blocks: a fork waits for the receives under way.
+    let flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT;
+    let receiving = fd::receiving();
     let msg = loop {
         match rustix::net::recvmsg(sock, &mut iov, &mut control, flags) {
             Ok(msg) => break msg,
@@ -170,9 +170,10 @@ pub(crate) fn recv_message(
     };
     for message in control.drain() {
         if let RecvAncillaryMessage::ScmRights(arrived) = message {
-            fds.extend(arrived);
+            receiving.list(arrived, fds);
         }
     }
+    drop(receiving);
     Ok(Received {
         bytes: msg.bytes,
         fds_dropped: msg.flags.contains(ReturnFlags::CTRUNC),

@@ -434,7 +434,7 @@ impl Link for LocalLink {
                     if handles.len() == want {
                         let answer = Answered {
                             bytes: Received::Bytes(result.into_vec()),
-                            handles: handles.into_iter().map(fd::InternalFd::new).collect(),
+                            handles,
                         };
                         self.socket_answers.push_back((id, Ok(answer)));
                     } else if self.child.channel().take_fds_dropped() {
@@ -466,7 +466,7 @@ impl Link for LocalLink {
                         };
                         let answer = self.files.keep(file.as_fd(), len).map(|m| Answered {
                             bytes: Received::InFile(m),
-                            handles: fds.into_iter().map(fd::InternalFd::new).collect(),
+                            handles: fds,
                         });
                         self.socket_answers.push_back((id, answer));
                     }
