@@ -7,7 +7,7 @@
 //! the part of a frame already read.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -211,7 +211,7 @@ pub(crate) fn fds_dropped_error(what: &str) -> Error {
 pub(crate) struct Outbox {
     /// Each frame: its bytes, how many are written, and descriptors to attach to its first
     /// byte.
-    frames: std::collections::VecDeque<(Vec<u8>, usize, Vec<OwnedFd>)>,
+    frames: std::collections::VecDeque<(Vec<u8>, usize, Vec<InternalFd>)>,
 }
 
 impl Outbox {
@@ -224,7 +224,7 @@ impl Outbox {
     pub(crate) fn push_with_fds<T: Serialize>(
         &mut self,
         msg: &T,
-        fds: Vec<OwnedFd>,
+        fds: Vec<InternalFd>,
     ) -> Result<(), Error> {
         let failed = |e| {
             Error::codec(

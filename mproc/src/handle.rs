@@ -181,7 +181,7 @@ pub(crate) fn providing_copies<R>(
 ) -> Result<R, crate::Error> {
     let copies = fds
         .iter()
-        .map(|fd| listed_copy(fd.as_fd()))
+        .map(|fd| crate::sys::fd::dup_internal(fd.as_fd()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| crate::Error::os("taking a returned handle", e))?;
     Ok(providing(copies, decode))
@@ -210,14 +210,7 @@ pub(crate) fn forget_inherited_scopes() {
 
 /// Called by a handle's `Serialize`: the index that stands for `fd` in this message.
 pub(crate) fn export(fd: BorrowedFd<'_>) -> Result<u32, String> {
-    export_with(fd, || listed_copy(fd))
-}
-
-/// A copy of `fd`, made and listed as internal at once (under the list's lock, which a fork
-/// holds): no child forked by another thread ever inherits it.
-fn listed_copy(fd: BorrowedFd<'_>) -> std::io::Result<InternalFd> {
-    let [copy] = crate::sys::fd::create_internal(|| Ok([crate::sys::fd::dup_above(fd, 0)?]))?;
-    Ok(copy)
+    export_with(fd, || crate::sys::fd::dup_internal(fd))
 }
 
 /// Like [`export`], with `travel` making the descriptor that travels when `fd` first joins this
@@ -264,7 +257,7 @@ pub(crate) fn import(at: u32) -> Result<InternalFd, String> {
         let fd = all[start..]
             .get(at as usize)
             .ok_or_else(|| format!("handle {at} did not arrive with its message"))?;
-        listed_copy(fd.as_fd())
+        crate::sys::fd::dup_internal(fd.as_fd())
             .map_err(|e| format!("duplicating a received handle's descriptor: {e}"))
     })
 }

@@ -14,7 +14,7 @@
 //! ([`TaskFile`], in a [`Payload`]), which the dispatcher sends as it is: no thread copies
 //! them on the way to the worker.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::Error;
 use crate::sys::layout::SharedReader;
+use crate::sys::fd::InternalFd;
 use crate::sys::{fd, futex, proc};
 use crate::sys::shm::Mapping;
 use crate::wire::codec;
@@ -67,7 +68,8 @@ const KEEP_MAPPINGS: usize = 16;
 /// A memory file sent, kept for reuse.
 struct Spare {
     map: Mapping,
-    file: OwnedFd,
+    /// Internal: a child forked meanwhile does not inherit it (and the memory it holds).
+    file: InternalFd,
     /// A pipe's, in flight: since when it has looked taken by a receiver that has not named
     /// itself yet (see [`Spare::worth_keeping`]).
     unclaimed_since: Option<Instant>,
@@ -152,7 +154,7 @@ impl Spares {
         len: usize,
         sock: BorrowedFd<'_>,
         fill: impl FnOnce(&mut [u8]) -> Result<(), Error>,
-    ) -> Result<OwnedFd, Error> {
+    ) -> Result<InternalFd, Error> {
         debug_assert!(self.paced);
         let need = FILE_HEADER.saturating_add(len);
         loop {
@@ -188,7 +190,7 @@ impl Spares {
         &mut self,
         len: usize,
         fill: impl FnOnce(&mut [u8]) -> Result<(), Error>,
-    ) -> Result<OwnedFd, Error> {
+    ) -> Result<InternalFd, Error> {
         let need = FILE_HEADER
             .checked_add(len)
             .ok_or_else(|| Error::invalid("a message longer than memory"))?;
@@ -222,7 +224,7 @@ impl Spares {
                 }
                 spares.push(Spare {
                     map,
-                    file: file.into_owned(),
+                    file,
                     unclaimed_since: None,
                 });
                 spares.len() - 1
@@ -230,7 +232,7 @@ impl Spares {
         };
         let spare = &mut spares[at];
         fill(&mut spare.map.bytes_mut_from(FILE_HEADER)[..len])?;
-        let copy = fd::dup_above(spare.file.as_fd(), 0)
+        let copy = fd::dup_internal(spare.file.as_fd())
             .map_err(|e| Error::os("duplicating a message's memory file", e))?;
         spare.map.word(0).store(1, Ordering::Relaxed);
         self.keep_within(at);
@@ -821,7 +823,7 @@ pub(crate) enum AnswerPlace {
     /// In the bytes the task returned.
     Bytes,
     /// Into this memory file of the worker's, `len` bytes long (the bytes returned are empty).
-    File(OwnedFd, usize),
+    File(InternalFd, usize),
 }
 
 /// Lends `spares`, a pool worker's memory files, to every task this thread runs from now on,
@@ -948,7 +950,8 @@ mod tests {
         let unwound = std::panic::catch_unwind(|| {
             with_payload(None, || {
                 // As a trampoline that put its answer into a file, then panicked.
-                let file = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+                let file = std::os::fd::OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+                let file = InternalFd::new(file);
                 LENDING.with_borrow_mut(|l| l.place = AnswerPlace::File(file, 1));
                 panic!("after its answer");
             })
@@ -1187,7 +1190,7 @@ mod tests {
                 })
                 .unwrap()
         };
-        let id = |f: &OwnedFd| crate::sys::shm::file_identity(f.as_fd()).unwrap();
+        let id = |f: &InternalFd| crate::sys::shm::file_identity(f.as_fd()).unwrap();
         let f1 = write();
         let held = mapped.keep(f1.as_fd(), len).unwrap();
         // Held unread: the next message goes in another file.

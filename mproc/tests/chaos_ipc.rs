@@ -851,7 +851,70 @@ fn a_set_then_clear_releases_the_waiters_asleep_at_the_set() {
     }
 }
 
+fn echo_bytes(v: Vec<u8>) -> Vec<u8> {
+    v
+}
+
+/// How many descriptors of mproc's message files (a large message's memory, kept to be
+/// used again) the calling process holds.
+fn message_files_here() -> usize {
+    crate::common::open_fds()
+        .iter()
+        .filter(|(_, l)| l.contains("memfd:mproc-message"))
+        .count()
+}
+
+/// Children started after large messages went through a pool and a pipe (each side keeping
+/// the memory files they went in, to use again), and while they go, hold none of those files:
+/// each would keep up to 64 MiB of this process's memory for the child's whole life, after
+/// the pool or pipe is gone.
+fn children_inherit_no_message_file(m: StartMethod) {
+    // Alone: the count is of every message file in the child.
+    if !crate::common::alone() {
+        return;
+    }
+    let big = vec![7u8; 1 << 20];
+    let workers = crate::common::pool(m, 1);
+    assert_eq!(workers.apply(echo_bytes, (big.clone(),)).unwrap(), big);
+    let (tx, rx) = pipe::<Vec<u8>>().unwrap();
+    tx.send(big.clone()).unwrap();
+    assert_eq!(rx.recv_timeout(PATIENCE).unwrap(), big);
+    let child = || {
+        let mut c = mproc::Process::new(message_files_here, ()).start_method(m);
+        c.start().unwrap();
+        c.join_timeout(PATIENCE).unwrap()
+    };
+    assert_eq!(
+        child(),
+        0,
+        "a child holds message files kept by a pool and a pipe"
+    );
+    // And while they go, from other threads.
+    let stop = AtomicBool::new(false);
+    let leaked = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                assert_eq!(workers.apply(echo_bytes, (big.clone(),)).unwrap(), big);
+            }
+        });
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                tx.send(big.clone()).unwrap();
+                assert_eq!(rx.recv_timeout(PATIENCE).unwrap(), big);
+            }
+        });
+        let leaked: Vec<usize> = (0..60).map(|_| child()).filter(|&n| n != 0).collect();
+        stop.store(true, Ordering::Relaxed);
+        leaked
+    });
+    assert!(
+        leaked.is_empty(),
+        "children holding message files: {leaked:?}"
+    );
+}
+
 per_start_method!(
+    children_inherit_no_message_file,
     producers_killed_at_random_lose_no_published_item,
     consumers_killed_at_random_get_each_item_at_most_once,
     a_pipe_reader_killed_at_random_ends_its_senders_wait,

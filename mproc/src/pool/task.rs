@@ -262,7 +262,7 @@ pub(crate) fn worker_entry() -> i64 {
 #[cfg(test)]
 mod tests {
     use std::cell::{Cell, RefCell};
-    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::fd::AsFd;
 
     use super::*;
     use crate::memfile::{AnswerPlace, Mapped, Spares};
@@ -362,7 +362,7 @@ mod tests {
         mapped.keep(file.as_fd(), payload.len() as u64).unwrap()
     }
 
-    fn id(f: &OwnedFd) -> (u64, u64) {
+    fn id(f: &impl AsFd) -> (u64, u64) {
         crate::sys::shm::file_identity(f.as_fd()).unwrap()
     }
 

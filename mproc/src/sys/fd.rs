@@ -96,6 +96,13 @@ pub(crate) fn create_internal<const N: usize>(
     }))
 }
 
+/// A copy of `fd` (close-on-exec), made and listed as internal in one step: no child forked by
+/// another thread ever inherits it.
+pub(crate) fn dup_internal(fd: BorrowedFd<'_>) -> io::Result<InternalFd> {
+    let [copy] = create_internal(|| Ok([dup_above(fd, 0)?]))?;
+    Ok(copy)
+}
+
 /// Receives that may bring descriptors, under way in this process (the low bits; see
 /// [`receiving`]), and [`FORKING`] while a fork waits for them to end or runs.
 ///

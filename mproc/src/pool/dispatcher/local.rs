@@ -4,7 +4,7 @@
 //! through its outbox, so one slow worker never blocks the others.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::Instant;
 
 use super::chunk::Chunk;
@@ -18,7 +18,7 @@ use crate::pool::task;
 use crate::process;
 use crate::start::{self, Child, StartMethod};
 use crate::sys::exe;
-use crate::sys::fd;
+use crate::sys::fd::{self, InternalFd};
 use crate::pool::lane::{Corrupt, FRAME_OVERHEAD, Lane};
 use crate::sys::proc::Exit;
 use crate::wire::codec;
@@ -164,9 +164,9 @@ impl LocalLink {
     /// Queues a task on the socket with the descriptors of its handles (`fds`); a large one
     /// with its payload in a memory file, whose descriptor follows them: the caller's own file
     /// if it encoded the payload into one, else one of this link's, the payload copied in.
-    fn push_on_socket(&mut self, chunk: &Chunk, mut fds: Vec<OwnedFd>) -> Result<(), Error> {
+    fn push_on_socket(&mut self, chunk: &Chunk, mut fds: Vec<InternalFd>) -> Result<(), Error> {
         let file = match &chunk.payload {
-            Payload::File(file) => fd::dup_above(file.fd(), 0)
+            Payload::File(file) => fd::dup_internal(file.fd())
                 .map_err(|e| Error::os("passing a task's memory file to a pool worker", e))?,
             Payload::Bytes(bytes) if bytes.len() >= WORTH_A_FILE => {
                 self.spares.write(bytes.len(), |b| {
@@ -329,7 +329,7 @@ impl Link for LocalLink {
                 let copies = chunk
                     .handles
                     .iter()
-                    .map(|fd| fd::dup_above(fd.as_fd(), 0))
+                    .map(|fd| fd::dup_internal(fd.as_fd()))
                     .collect::<Result<Vec<_>, _>>();
                 let pushed = match copies {
                     Ok(fds) => self.push_on_socket(chunk, fds),
