@@ -856,18 +856,18 @@ fn echo_bytes(v: Vec<u8>) -> Vec<u8> {
 }
 
 /// How many descriptors of mproc's message files (a large message's memory, kept to be
-/// used again) the calling process holds.
+/// used again) and eventfds (a pool's thread is woken by one) the calling process holds.
 fn message_files_here() -> usize {
     crate::common::open_fds()
         .iter()
-        .filter(|(_, l)| l.contains("memfd:mproc-message"))
+        .filter(|(_, l)| l.contains("memfd:mproc-message") || l.contains("[eventfd]"))
         .count()
 }
 
 /// Children started after large messages went through a pool and a pipe (each side keeping
 /// the memory files they went in, to use again), and while they go, hold none of those files:
 /// each would keep up to 64 MiB of this process's memory for the child's whole life, after
-/// the pool or pipe is gone.
+/// the pool or pipe is gone. Nor the pool's eventfd, which is of no use to them.
 fn children_inherit_no_message_file(m: StartMethod) {
     // Alone: the count is of every message file in the child.
     if !crate::common::alone() {

@@ -501,11 +501,14 @@ pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
 
 /// An eventfd(2): a counter one thread bumps to wake another out of `poll`.
 #[derive(Debug)]
-pub(crate) struct EventFd(OwnedFd);
+pub(crate) struct EventFd(InternalFd);
 
 impl EventFd {
+    /// A new eventfd, listed as internal from birth (a child forked by another thread has no
+    /// use for it).
     pub(crate) fn new() -> io::Result<Self> {
-        Ok(EventFd(eventfd()?))
+        let [fd] = create_internal(|| Ok([eventfd()?]))?;
+        Ok(EventFd(fd))
     }
 
     /// Makes the descriptor readable until the next [`EventFd::drain`].
@@ -520,7 +523,7 @@ impl EventFd {
 }
 
 /// A new eventfd, close-on-exec and non-blocking, for [`notify`] and [`drain`] (an
-/// [`EventFd`] where it must be an internal descriptor).
+/// [`EventFd`] keeps one, listed as internal).
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
     Ok(rustix::event::eventfd(0, flags)?)
