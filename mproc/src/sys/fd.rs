@@ -111,9 +111,18 @@ pub(crate) fn dup_internal(fd: BorrowedFd<'_>) -> io::Result<InternalFd> {
 /// unlisted, and keep it (a buffer's memory, a queue's socket) for its whole life (13% of
 /// `Fork` children started beside a thread receiving buffers, before this). So a receive and
 /// the listing of what it brought are one step as a fork sees them: a fork waits for the
-/// receives under way to end, and the next wait for it to be done ([`lock_for_fork`]). A
-/// counter, not a lock: receives on different sockets never wait for each other.
+/// receives under way to end, and receives that begin meanwhile wait for it to be done
+/// ([`lock_for_fork`]). A counter, not a lock: receives on different sockets never wait for
+/// each other. Zero in every fork child, whoever forked ([`no_receives_in_a_fork_child`]).
 static RECEIVES: AtomicU32 = AtomicU32::new(0);
+
+/// A fork child's only thread is the one that forked, which was not receiving: none is under
+/// way there. Registered with pthread_atfork(3) at the first receive, so that a child forked
+/// by the user's own fork(2) while another thread received does not keep a count that would
+/// make its first `Fork` start wait for ever.
+extern "C" fn no_receives_in_a_fork_child() {
+    RECEIVES.store(0, Ordering::Relaxed);
+}
 
 /// Set in [`RECEIVES`] by a fork that is waiting for the receives under way, or running.
 const FORKING: u32 = 1 << 31;
@@ -125,6 +134,15 @@ pub(crate) struct Receiving(());
 /// Enters a receive that may bring descriptors; waits first while a fork runs. The receive
 /// must not block (a fork would wait for it).
 pub(crate) fn receiving() -> Receiving {
+    // A flag, not a `Once`: a child forked while another thread registers would inherit a
+    // `Once` running for ever.
+    static AT_FORK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !AT_FORK.load(Ordering::Relaxed) && !AT_FORK.swap(true, Ordering::Relaxed) {
+        // SAFETY: registers a child handler that only stores to an atomic
+        // (async-signal-safe); it stays valid for the life of the process. A failure
+        // (ENOMEM) leaves only `lock_for_fork`'s reset in our own fork children.
+        unsafe { libc::pthread_atfork(None, None, Some(no_receives_in_a_fork_child)) };
+    }
     loop {
         let was = RECEIVES.fetch_add(1, Ordering::Acquire);
         if was & FORKING == 0 {
@@ -624,5 +642,43 @@ mod limits {
         let e = dup_above(read.as_fd(), RawFd::MAX - 1).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
         assert!(dup_above(read.as_fd(), 3).unwrap().as_raw_fd() >= 3);
+    }
+}
+
+#[cfg(test)]
+mod receives {
+    use super::*;
+    use std::sync::{Arc, Barrier};
+
+    /// A child forked by anyone (here a bare fork(2), as a user's own would be) while another
+    /// thread receives starts with no receive under way: its first `Fork` start would
+    /// otherwise wait for ever for a receive that does not exist there.
+    #[test]
+    fn a_fork_child_has_no_receive_under_way_whoever_forked() {
+        let (entered, leave) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+        let receiver = {
+            let (entered, leave) = (Arc::clone(&entered), Arc::clone(&leave));
+            std::thread::spawn(move || {
+                let receiving = receiving();
+                entered.wait();
+                leave.wait();
+                drop(receiving);
+            })
+        };
+        entered.wait();
+        assert_ne!(RECEIVES.load(Ordering::Relaxed), 0);
+        // SAFETY: fork(2); the child only reads an atomic and calls _exit(2), both
+        // async-signal-safe.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let code = i32::from(RECEIVES.load(Ordering::Relaxed) != 0);
+            // SAFETY: ends the child at once, running nothing of the parent's.
+            unsafe { libc::_exit(code) };
+        }
+        assert!(pid > 0, "fork failed");
+        leave.wait();
+        receiver.join().unwrap();
+        let exit = crate::sys::proc::reap_blocking(pid as u32).unwrap();
+        assert_eq!(exit, crate::sys::proc::Exit::Code(0), "the child counted a receive");
     }
 }
