@@ -16,6 +16,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, kill_process, kill_process_group};
@@ -376,14 +377,13 @@ impl RedisServer {
     fn launch(&mut self) -> Result<(), String> {
         let log = fs::File::create(self.log()).map_err(|e| format!("cannot create log: {e}"))?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new("redis-server")
-            .arg(self.config())
+        let mut cmd = Command::new("redis-server");
+        cmd.arg(self.config())
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(spawn_error)?;
+            .stderr(log2);
+        let child = spawn_tied(cmd).map_err(spawn_error)?;
         let child = self.child.insert(child);
         let deadline = Instant::now() + READY_WITHIN;
         let socket = self.dir.path().join("redis.sock");
@@ -576,6 +576,51 @@ fn write_certificates(dir: &Path) -> Result<(), String> {
 /// and exits at once (and the test sees an agent that never came up, not a second test run).
 const NO_TEST: [&str; 2] = ["__mproc_agent_runs_no_test__", "--exact"];
 
+/// Spawns `cmd` tied to this test process: the kernel SIGKILLs the child when the process
+/// dies, so a test killed (by nextest's timeout, or by hand) leaves no Redis server or agent
+/// running (an agent would dial its Redis for ever). The parent-death signal follows the
+/// thread that forked, not the process, and a test's own threads may end before what they
+/// start: every child is spawned by one thread that lives as long as the process.
+fn spawn_tied(mut cmd: Command) -> io::Result<Child> {
+    type Request = (Command, mpsc::Sender<io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("harness-spawner".into())
+            .spawn(move || {
+                for (mut cmd, answer) in rx {
+                    let _ = answer.send(cmd.spawn());
+                }
+            })
+            .expect("the harness's spawner thread");
+        Mutex::new(tx)
+    });
+    let parent = std::process::id();
+    // SAFETY: the hook runs in the child between fork and exec, and calls only prctl(2),
+    // getppid(2) and _exit(2), which are async-signal-safe, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1); // the test process died before the signal was armed
+            }
+            Ok(())
+        });
+    }
+    let (answer, answered) = mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((cmd, answer))
+        .expect("the spawner thread lives as long as the process");
+    answered
+        .recv()
+        .expect("the spawner thread answers every request")
+}
+
 /// The environment that makes a run of this binary an agent.
 fn agent_env(
     url: &str,
@@ -627,16 +672,15 @@ impl Agent {
         let out =
             |name: &str| fs::File::create(dir.path().join(name)).expect("the agent's output file");
         let exe = std::env::current_exe().expect("this test binary");
-        let child = Command::new(exe)
-            .args(args)
+        let mut cmd = Command::new(exe);
+        cmd.args(args)
             .envs(env)
             .stdin(Stdio::null())
             .stdout(out("stdout"))
             .stderr(out("stderr"))
             // Its own group: a host's death (or the test's end) takes its local workers too.
-            .process_group(0)
-            .spawn()
-            .expect("re-run this test binary as an agent");
+            .process_group(0);
+        let child = spawn_tied(cmd).expect("re-run this test binary as an agent");
         Agent {
             child,
             status: None,
@@ -1261,6 +1305,67 @@ mod selftest {
         );
         wait_state(child, dead, "dead");
         assert!(agent.output().contains("stub up: "));
+    }
+
+    /// Set in the run of this binary that [`owner_stub`] plays a test in.
+    const OWNER: &str = "MPROC_HARNESS_OWNER";
+
+    /// In a run made by [`a_killed_test_leaves_no_redis_server_or_agent`] (with [`OWNER`]
+    /// set): a test that starts a Redis server and an agent, says their pids, and waits to be
+    /// killed (30 s at most). Otherwise: nothing.
+    #[test]
+    fn owner_stub() {
+        if std::env::var_os(OWNER).is_none() {
+            return;
+        }
+        let server = must(RedisServer::start());
+        let dir = TempDir::new("key").unwrap();
+        let agent = Agent::start(&server.url(), &key_file(dir.path()), 1, &[]);
+        println!(
+            "owner up: redis {} agent {} .",
+            server.pid().unwrap(),
+            agent.pid()
+        );
+        std::thread::sleep(Duration::from_secs(30));
+    }
+
+    /// A test process killed (as nextest kills one past its time) leaves no Redis server or
+    /// agent of its own running: the kernel kills them with it (an agent would otherwise dial
+    /// its Redis for ever, and the server serve it).
+    #[test]
+    fn a_killed_test_leaves_no_redis_server_or_agent() {
+        let base = TempDir::new("owner").unwrap();
+        let path = module_path!();
+        let name = format!("{}::owner_stub", path.split_once("::").unwrap().1);
+        // Its temporary directories go in `base`, removed when this test ends.
+        let mut owner = Agent::spawn(
+            &[&name, "--exact", "--nocapture", "--test-threads=1"],
+            vec![
+                (OWNER.into(), "1".into()),
+                ("TMPDIR".into(), base.path().as_os_str().to_owned()),
+            ],
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (redis, agent) = loop {
+            let out = fs::read_to_string(owner.stdout_path()).unwrap();
+            if let Some((_, line)) = out.split_once("owner up: ") {
+                let w: Vec<&str> = line.split_whitespace().collect();
+                break (w[1].parse::<u32>().unwrap(), w[3].parse::<u32>().unwrap());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "owner not up: {}",
+                owner.output()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(!dead(state(redis)) && !dead(state(agent)));
+        // The test process alone, not its group (the server is in it).
+        let pid = Pid::from_raw(owner.pid() as i32).unwrap();
+        kill_process(pid, Signal::KILL).unwrap();
+        assert!(owner.wait_timeout(Duration::from_secs(10)).is_some());
+        wait_state(redis, dead, "dead");
+        wait_state(agent, dead, "dead");
     }
 
     #[test]
