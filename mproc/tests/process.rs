@@ -382,7 +382,58 @@ fn daemon_is_inherited_by_default(m: StartMethod) {
     assert!(pool.apply(am_i_daemonic, (0,)).unwrap());
 }
 
+/// How many pidfds the calling process holds.
+fn pidfds_here() -> usize {
+    crate::common::open_fds()
+        .iter()
+        .filter(|(_, l)| l == "anon_inode:[pidfd]")
+        .count()
+}
+
+/// Children started while another thread drops handles of children it did not join (each drop
+/// copies the child's pidfd for the thread that reaps it) hold none of those pidfds.
+fn children_started_beside_dropped_handles_hold_no_pidfd(m: StartMethod) {
+    // Alone: the count is of every pidfd in the child.
+    if !crate::common::alone() {
+        return;
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dropper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut dropped = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut p = Process::new(sleep_ms, (0,)).start_method(m);
+                p.start().unwrap();
+                drop(p);
+                dropped += 1;
+            }
+            dropped
+        })
+    };
+    let mut held = Vec::new();
+    for i in 0..150 {
+        let mut c = Process::new(pidfds_here, ()).start_method(m);
+        c.start().unwrap();
+        let n = c.join_timeout(crate::common::PATIENCE).unwrap();
+        if n != 0 {
+            held.push((i, n));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let dropped = dropper.join().unwrap();
+    assert!(
+        dropped > 20,
+        "handles were dropped while the children started ({dropped})"
+    );
+    assert!(
+        held.is_empty(),
+        "children holding pidfds (child, how many): {held:?}"
+    );
+}
+
 per_start_method!(
+    children_started_beside_dropped_handles_hold_no_pidfd,
     daemon_is_inherited_by_default,
     the_childs_environment_directory_and_streams,
     a_pools_workers_environment_and_directory,
