@@ -446,17 +446,16 @@ fn children_started_beside_threads_making_and_receiving_pipes_hold_no_end(m: Sta
     }
     let (tx, rx) = pipe::<Connection<u8>>().unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let made = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let maker = {
-        let stop = stop.clone();
+        let (stop, made) = (stop.clone(), made.clone());
         std::thread::spawn(move || {
-            let mut sent = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let (a, b) = pipe::<u8>().unwrap();
                 tx.send(b).unwrap();
                 drop(a);
-                sent += 1;
+                made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            sent
         })
     };
     let receiver = std::thread::spawn(move || {
@@ -467,8 +466,18 @@ fn children_started_beside_threads_making_and_receiving_pipes_hold_no_end(m: Sta
         }
         got
     });
+    // At least 150 children, and for as long as it takes 150 pipes to go by meanwhile.
+    let deadline = Instant::now() + PATIENCE;
     let mut held = Vec::new();
-    for i in 0..150 {
+    for i in 0.. {
+        let made = made.load(std::sync::atomic::Ordering::Relaxed);
+        if i >= 150 && made >= 150 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{made} pipes made beside {i} children"
+        );
         let mut c = mproc::Process::new(pipe_ends_here, ()).start_method(m);
         c.start().unwrap();
         let ends = c.join_timeout(PATIENCE).unwrap();
@@ -477,12 +486,12 @@ fn children_started_beside_threads_making_and_receiving_pipes_hold_no_end(m: Sta
         }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let sent = maker.join().unwrap();
+    maker.join().unwrap();
     let got = receiver.join().unwrap();
-    assert_eq!(got, sent, "every end sent was received");
-    assert!(
-        got > 150,
-        "pipes were made while the children started ({got})"
+    assert_eq!(
+        got,
+        made.load(std::sync::atomic::Ordering::Relaxed),
+        "every end sent was received"
     );
     assert!(
         held.is_empty(),
