@@ -17,7 +17,7 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -102,7 +102,13 @@ pub struct Connection<T> {
 /// # Ok::<(), mproc::Error>(())
 /// ```
 pub fn pipe<T>() -> Result<(Connection<T>, Connection<T>), Error> {
-    let (a, b) = socket::seqpacket_pair().map_err(|e| Error::os("creating a pipe", e))?;
+    // Listed as internal as they are made: a child forked by another thread meanwhile would
+    // otherwise keep both ends open for its life (and a reader would not see end of file).
+    let [a, b] = fd::create_internal(|| {
+        let (a, b) = socket::seqpacket_pair()?;
+        Ok([a, b])
+    })
+    .map_err(|e| Error::os("creating a pipe", e))?;
     Ok((Connection::from_sock(a), Connection::from_sock(b)))
 }
 
@@ -138,10 +144,10 @@ impl End {
 }
 
 impl<T> Connection<T> {
-    fn from_sock(sock: OwnedFd) -> Self {
+    fn from_sock(sock: InternalFd) -> Self {
         Connection {
             end: Arc::new(End {
-                sock: InternalFd::new(sock),
+                sock,
                 generation: proc::fork_generation(),
                 sending: Mutex::new(()),
                 receiving: Mutex::new(Receiving::default()),
@@ -386,9 +392,8 @@ impl<T> Serialize for Connection<T> {
 impl<'de, T> Deserialize<'de> for Connection<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let at = u32::deserialize(d)?;
-        let sock = crate::handle::import(at)
-            .map_err(serde::de::Error::custom)?
-            .into_owned();
+        // Kept listed as internal from its arrival on (see `pipe`).
+        let sock = crate::handle::import(at).map_err(serde::de::Error::custom)?;
         if !socket::is_seqpacket(sock.as_fd()) {
             return Err(serde::de::Error::custom("not an mproc pipe"));
         }
@@ -447,7 +452,7 @@ mod tests {
     /// the receiver.
     fn receive_from_a_sender_that_shrinks_the_file() -> Result<(), String> {
         let (a, b) = socket::seqpacket_pair().map_err(|e| e.to_string())?;
-        let conn = Connection::<Shrinking>::from_sock(b);
+        let conn = Connection::<Shrinking>::from_sock(InternalFd::new(b));
         let body = codec::encode(&vec![7u8; 1 << 20]).map_err(|e| e.to_string())?;
         let file = testing::unsealed_memfd(FILE_HEADER + body.len());
         let writer = File::from(file.try_clone().map_err(|e| e.to_string())?);
@@ -476,7 +481,7 @@ mod tests {
     #[test]
     fn malformed_messages_are_errors_and_the_pipe_goes_on() {
         let (raw, b) = socket::seqpacket_pair().unwrap();
-        let conn = Connection::<Vec<u64>>::from_sock(b);
+        let conn = Connection::<Vec<u64>>::from_sock(InternalFd::new(b));
         let (stray, stray_peer) = socket::seqpacket_pair().unwrap();
         let (_map, small) = crate::sys::shm::Mapping::create_inherited("mproc-test", 4096).unwrap();
         let file = |len: u64| [&[TAG_FILE][..], &len.to_le_bytes()].concat();

@@ -98,3 +98,67 @@ fn a_fork_child_never_inherits_the_list_of_children_locked() {
     let ended = crate::common::join_race(&mut p, Duration::from_secs(20));
     assert_eq!(ended, 800);
 }
+
+fn echo_len(v: serde_bytes::ByteBuf) -> usize {
+    v.len()
+}
+
+/// Runs `body` while two threads pass large values (each a memory file's descriptor) through
+/// a pipe and a pool's worker (started with `m`) answers large tasks: receives of descriptors
+/// under way in other threads all along. Returns what `body` returned.
+fn beside_receives<R>(m: StartMethod, body: impl FnOnce() -> R) -> R {
+    let (tx, rx) = mproc::pipe::<serde_bytes::ByteBuf>().unwrap();
+    let workers = crate::common::pool(m, 1);
+    let big = serde_bytes::ByteBuf::from(vec![3u8; 300 << 10]);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                tx.send(big.clone()).unwrap();
+                assert_eq!(rx.recv_timeout(PATIENCE).unwrap().len(), big.len());
+            }
+        });
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                assert_eq!(workers.apply(echo_len, (big.clone(),)).unwrap(), big.len());
+            }
+        });
+        let got = body();
+        stop.store(true, Ordering::Relaxed);
+        got
+    })
+}
+
+/// In a child: starts 20 `Fork` grandchildren one after another beside receives of
+/// descriptors; how many ended.
+fn forks_beside_receives(m: StartMethod) -> u32 {
+    beside_receives(m, || {
+        let mut ended = 0;
+        for _ in 0..20 {
+            let mut p = Process::new(nothing, ()).start_method(StartMethod::Fork);
+            p.start().unwrap();
+            p.join_timeout(PATIENCE).unwrap();
+            ended += 1;
+        }
+        ended
+    })
+}
+
+/// A `Fork` start waits for the receives of descriptors under way in other threads, and holds
+/// new ones off while it forks: in children started (with `m`) while this process receives,
+/// which then receive, start a pool and fork in turn, no fork waits for a receive that exists
+/// only in its parent, and none for ever.
+fn children_receive_and_fork_beside_receives(m: StartMethod) {
+    let ended = beside_receives(m, || {
+        (0..8)
+            .map(|_| {
+                let mut p = Process::new(forks_beside_receives, (m,)).start_method(m);
+                p.start().unwrap();
+                p.join_timeout(PATIENCE).unwrap()
+            })
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(ended, [20; 8]);
+}
+
+per_start_method!(children_receive_and_fork_beside_receives);

@@ -415,7 +415,92 @@ fn a_sender_waiting_on_a_reader_that_leaves_is_told_closed(m: StartMethod) {
     );
 }
 
+/// How many sequenced-packet sockets (a pipe's ends) the calling process holds, from
+/// `/proc/self/fd` and `/proc/self/net/unix`.
+fn pipe_ends_here() -> usize {
+    let seqpacket: std::collections::HashSet<String> =
+        std::fs::read_to_string("/proc/self/net/unix")
+            .unwrap()
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(4) == Some(&"0005")).then(|| f.get(6).map(|i| i.to_string()))?
+            })
+            .collect();
+    crate::common::open_fds()
+        .iter()
+        .filter_map(|(_, l)| l.strip_prefix("socket:[")?.strip_suffix(']'))
+        .filter(|inode| seqpacket.contains(*inode))
+        .count()
+}
+
+/// Children started while other threads make pipes and receive ends of pipes hold none of
+/// them: an end made, or received, and not yet listed as mproc's own when another thread forks
+/// would stay open in the child for its whole life, and its peer would not see end of file
+/// until the child ends (a `Fork` child holds only the ends passed to it).
+fn children_started_beside_threads_making_and_receiving_pipes_hold_no_end(m: StartMethod) {
+    // Alone: the count is of every pipe end in the child.
+    if !crate::common::alone() {
+        return;
+    }
+    let (tx, rx) = pipe::<Connection<u8>>().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let made = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let maker = {
+        let (stop, made) = (stop.clone(), made.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (a, b) = pipe::<u8>().unwrap();
+                tx.send(b).unwrap();
+                drop(a);
+                made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
+    let receiver = std::thread::spawn(move || {
+        let mut got = 0u64;
+        while let Ok(end) = rx.recv_timeout(Duration::from_secs(2)) {
+            drop(end);
+            got += 1;
+        }
+        got
+    });
+    // At least 150 children, and for as long as it takes 150 pipes to go by meanwhile.
+    let deadline = Instant::now() + PATIENCE;
+    let mut held = Vec::new();
+    for i in 0.. {
+        let made = made.load(std::sync::atomic::Ordering::Relaxed);
+        if i >= 150 && made >= 150 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{made} pipes made beside {i} children"
+        );
+        let mut c = mproc::Process::new(pipe_ends_here, ()).start_method(m);
+        c.start().unwrap();
+        let ends = c.join_timeout(PATIENCE).unwrap();
+        if ends != 0 {
+            held.push((i, ends));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    maker.join().unwrap();
+    let got = receiver.join().unwrap();
+    assert_eq!(
+        got,
+        made.load(std::sync::atomic::Ordering::Relaxed),
+        "every end sent was received"
+    );
+    assert!(
+        held.is_empty(),
+        "children holding ends of pipes (child, how many): {held:?}"
+    );
+}
+
 per_start_method!(
+    children_started_beside_threads_making_and_receiving_pipes_hold_no_end,
     messages_cross_in_order_both_ways,
     large_values_cross_through_shared_memory,
     a_dead_peer_is_an_error_at_once,

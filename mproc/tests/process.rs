@@ -382,7 +382,63 @@ fn daemon_is_inherited_by_default(m: StartMethod) {
     assert!(pool.apply(am_i_daemonic, (0,)).unwrap());
 }
 
+/// How many pidfds the calling process holds.
+fn pidfds_here() -> usize {
+    crate::common::open_fds()
+        .iter()
+        .filter(|(_, l)| l == "anon_inode:[pidfd]")
+        .count()
+}
+
+/// Children started while another thread drops handles of children it did not join (each drop
+/// copies the child's pidfd for the thread that reaps it) hold none of those pidfds.
+fn children_started_beside_dropped_handles_hold_no_pidfd(m: StartMethod) {
+    // Alone: the count is of every pidfd in the child.
+    if !crate::common::alone() {
+        return;
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let dropper = {
+        let (stop, dropped) = (stop.clone(), dropped.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut p = Process::new(sleep_ms, (0,)).start_method(m);
+                p.start().unwrap();
+                drop(p);
+                dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
+    // At least 150 children, and for as long as it takes 50 handles to be dropped meanwhile.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut held = Vec::new();
+    for i in 0.. {
+        let dropped = dropped.load(std::sync::atomic::Ordering::Relaxed);
+        if i >= 150 && dropped >= 50 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{dropped} handles dropped beside {i} children"
+        );
+        let mut c = Process::new(pidfds_here, ()).start_method(m);
+        c.start().unwrap();
+        let n = c.join_timeout(PATIENCE).unwrap();
+        if n != 0 {
+            held.push((i, n));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    dropper.join().unwrap();
+    assert!(
+        held.is_empty(),
+        "children holding pidfds (child, how many): {held:?}"
+    );
+}
+
 per_start_method!(
+    children_started_beside_dropped_handles_hold_no_pidfd,
     daemon_is_inherited_by_default,
     the_childs_environment_directory_and_streams,
     a_pools_workers_environment_and_directory,

@@ -15,7 +15,9 @@
 //!    (`children.rs`), the record of its log relay (`relay.rs`), and the pipe its own events
 //!    go to its parent on (`relay.rs`; taken by any event, so it is last);
 //! 5. the liveness pipe's slot (`alive::lock`), the process's identity (`current::lock`), and
-//!    the list of internal descriptors.
+//!    the list of internal descriptors, taken by `fd::lock_for_fork` once it has waited for
+//!    the receives of descriptors under way (each takes nothing but that list, so a thread may
+//!    receive holding any lock) and while it holds new ones off until the fork is done.
 //!
 //! The standard streams come first because they are the user's locks: a thread may hold
 //! `stdout().lock()` (or stderr's) while it makes a queue, which takes the list of queues, or

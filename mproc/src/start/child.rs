@@ -235,7 +235,9 @@ impl Drop for Child {
         if self.exit.is_some() || matches!(self.reaper, Reaper::Server(_)) {
             return;
         }
-        let Ok(pidfd) = fd::dup_above(self.pidfd.as_fd(), 3).map(InternalFd::new) else {
+        // Listed as it is made: a child forked by another thread meanwhile does not keep it.
+        let pidfd = self.pidfd.as_fd();
+        let Ok([pidfd]) = fd::create_internal(|| Ok([fd::dup_above(pidfd, 3)?])) else {
             return;
         };
         let _ = std::thread::Builder::new()
