@@ -42,6 +42,10 @@ pub(crate) const EXIT_BAD_MARKER: i32 = 121;
 static BOOTSTRAP: extern "C" fn() = bootstrap;
 
 extern "C" fn bootstrap() {
+    // Fork handlers registered while the process has one thread: none can be registering
+    // when some fork comes (see `fd::watch_forks`, `proc::fork_generation`).
+    fd::watch_forks();
+    proc::fork_generation();
     let Some(value) = std::env::var_os(MARKER) else {
         return;
     };

@@ -117,9 +117,9 @@ pub(crate) fn dup_internal(fd: BorrowedFd<'_>) -> io::Result<InternalFd> {
 static RECEIVES: AtomicU32 = AtomicU32::new(0);
 
 /// A fork child's only thread is the one that forked, which was not receiving: none is under
-/// way there. Registered with pthread_atfork(3) at the first receive, so that a child forked
-/// by the user's own fork(2) while another thread received does not keep a count that would
-/// make its first `Fork` start wait for ever.
+/// way there. Registered with pthread_atfork(3) before `main` ([`watch_forks`]), so that a
+/// child forked by the user's own fork(2) while another thread received does not keep a count
+/// that would make its first `Fork` start wait for ever.
 extern "C" fn no_receives_in_a_fork_child() {
     RECEIVES.store(0, Ordering::Relaxed);
 }
@@ -127,13 +127,11 @@ extern "C" fn no_receives_in_a_fork_child() {
 /// Set in [`RECEIVES`] by a fork that is waiting for the receives under way, or running.
 const FORKING: u32 = 1 << 31;
 
-/// A receive under way (see [`RECEIVES`]): the descriptors it brings are listed as internal
-/// ([`Receiving::list`]) before it is dropped.
-pub(crate) struct Receiving(());
-
-/// Enters a receive that may bring descriptors; waits first while a fork runs. The receive
-/// must not block (a fork would wait for it).
-pub(crate) fn receiving() -> Receiving {
+/// Registers [`no_receives_in_a_fork_child`] with pthread_atfork(3), once. Called before
+/// `main` by the crate's constructor (`start::bootstrap`), while the process has one thread,
+/// so that no fork can come between a first receive and the registration; and at every
+/// receive, where it is one load (a program whose constructor did not run, registering late).
+pub(crate) fn watch_forks() {
     // A flag, not a `Once`: a child forked while another thread registers would inherit a
     // `Once` running for ever.
     static AT_FORK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -143,6 +141,16 @@ pub(crate) fn receiving() -> Receiving {
         // (ENOMEM) leaves only `lock_for_fork`'s reset in our own fork children.
         unsafe { libc::pthread_atfork(None, None, Some(no_receives_in_a_fork_child)) };
     }
+}
+
+/// A receive under way (see [`RECEIVES`]): the descriptors it brings are listed as internal
+/// ([`Receiving::list`]) before it is dropped.
+pub(crate) struct Receiving(());
+
+/// Enters a receive that may bring descriptors; waits first while a fork runs. The receive
+/// must not block (a fork would wait for it).
+pub(crate) fn receiving() -> Receiving {
+    watch_forks();
     loop {
         let was = RECEIVES.fetch_add(1, Ordering::Acquire);
         if was & FORKING == 0 {
