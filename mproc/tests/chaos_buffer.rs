@@ -790,6 +790,11 @@ fn buffer_files_here() -> (usize, usize) {
     buffer_files()
 }
 
+/// How many descriptors of buffers' memory files the calling process holds.
+fn buffer_fds_here() -> usize {
+    buffer_files().0
+}
+
 /// A worker that was given buffers, returned them, or made them, holds none of them once its
 /// tasks are done (each would hold its memory for the worker's life): checked in the worker
 /// itself. A worker that replaced a dead one holds no buffer's descriptor either; under fork
@@ -1112,24 +1117,10 @@ fn children_started_beside_a_receiving_thread_inherit_no_buffer(m: StartMethod) 
         got
     });
     // At least 150 children, and for as long as it takes 150 buffers to go by meanwhile.
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let mut leaked = Vec::new();
-    for i in 0.. {
+    let leaked = crate::common::children_counting(m, buffer_fds_here, 150, || {
         let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
-        if i >= 150 && sent >= 150 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{sent} buffers sent beside {i} children"
-        );
-        let mut c = Process::new(buffer_files_here, ()).start_method(m);
-        c.start().unwrap();
-        let (fds, _) = c.join_timeout(PATIENCE).unwrap();
-        if fds != 0 {
-            leaked.push((i, fds));
-        }
-    }
+        (sent >= 150, format!("{sent} buffers sent"))
+    });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = sender.join().unwrap();
     let got = receiver.join().unwrap();

@@ -35,6 +35,35 @@ where
     p
 }
 
+/// Starts children of start method `m` one after another, each running `count` (how many of
+/// something it holds) and joined: at least `at_least` of them, and until `went_by()` (traffic
+/// on other threads) says `(true, _)`, within [`PATIENCE`] (its message names what went by
+/// when that is exceeded). Returns each child's number and count where the count was not 0.
+pub(crate) fn children_counting<F>(
+    m: mproc::StartMethod,
+    count: F,
+    at_least: usize,
+    went_by: impl Fn() -> (bool, String),
+) -> Vec<(usize, usize)>
+where
+    F: mproc::Target<(), Output = usize> + Copy,
+{
+    let deadline = Instant::now() + PATIENCE;
+    let mut held = Vec::new();
+    for i in 0.. {
+        let (enough, what) = went_by();
+        if i >= at_least && enough {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{what} beside {i} children");
+        let n = start(m, count, ()).join_timeout(PATIENCE).unwrap();
+        if n != 0 {
+            held.push((i, n));
+        }
+    }
+    held
+}
+
 /// Set in a run of this binary made by [`alone`]: the one test it runs is alone in it.
 const ALONE: &str = "MPROC_TEST_ALONE";
 

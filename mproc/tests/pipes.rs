@@ -467,24 +467,10 @@ fn children_started_beside_threads_making_and_receiving_pipes_hold_no_end(m: Sta
         got
     });
     // At least 150 children, and for as long as it takes 150 pipes to go by meanwhile.
-    let deadline = Instant::now() + PATIENCE;
-    let mut held = Vec::new();
-    for i in 0.. {
+    let held = crate::common::children_counting(m, pipe_ends_here, 150, || {
         let made = made.load(std::sync::atomic::Ordering::Relaxed);
-        if i >= 150 && made >= 150 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{made} pipes made beside {i} children"
-        );
-        let mut c = mproc::Process::new(pipe_ends_here, ()).start_method(m);
-        c.start().unwrap();
-        let ends = c.join_timeout(PATIENCE).unwrap();
-        if ends != 0 {
-            held.push((i, ends));
-        }
-    }
+        (made >= 150, format!("{made} pipes made"))
+    });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     maker.join().unwrap();
     let got = receiver.join().unwrap();

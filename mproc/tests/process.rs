@@ -411,24 +411,10 @@ fn children_started_beside_dropped_handles_hold_no_pidfd(m: StartMethod) {
         })
     };
     // At least 150 children, and for as long as it takes 50 handles to be dropped meanwhile.
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let mut held = Vec::new();
-    for i in 0.. {
+    let held = crate::common::children_counting(m, pidfds_here, 150, || {
         let dropped = dropped.load(std::sync::atomic::Ordering::Relaxed);
-        if i >= 150 && dropped >= 50 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{dropped} handles dropped beside {i} children"
-        );
-        let mut c = Process::new(pidfds_here, ()).start_method(m);
-        c.start().unwrap();
-        let n = c.join_timeout(PATIENCE).unwrap();
-        if n != 0 {
-            held.push((i, n));
-        }
-    }
+        (dropped >= 50, format!("{dropped} handles dropped"))
+    });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     dropper.join().unwrap();
     assert!(
