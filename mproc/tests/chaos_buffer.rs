@@ -1094,20 +1094,6 @@ fn children_started_beside_a_receiving_thread_inherit_no_buffer(m: StartMethod) 
         return;
     }
     let (tx, rx) = pipe::<Buffer<u64>>().unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let sender = {
-        let (stop, sent) = (stop.clone(), sent.clone());
-        std::thread::spawn(move || {
-            let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                tx.send(table(n, 16)).unwrap();
-                n += 1;
-                sent.store(n, std::sync::atomic::Ordering::Relaxed);
-            }
-            n
-        })
-    };
     let receiver = std::thread::spawn(move || {
         let mut got = 0u64;
         while let Ok(b) = rx.recv_timeout(Duration::from_secs(2)) {
@@ -1117,12 +1103,9 @@ fn children_started_beside_a_receiving_thread_inherit_no_buffer(m: StartMethod) 
         got
     });
     // At least 150 children, and for as long as it takes 150 buffers to go by meanwhile.
-    let leaked = crate::common::children_counting(m, buffer_fds_here, 150, || {
-        let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
-        (sent >= 150, format!("{sent} buffers sent"))
+    let (leaked, sent) = crate::common::children_beside(m, buffer_fds_here, 150, 150, move |n| {
+        tx.send(table(n, 16)).unwrap()
     });
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let sent = sender.join().unwrap();
     let got = receiver.join().unwrap();
     assert_eq!(got, sent, "every buffer sent was received");
     assert!(

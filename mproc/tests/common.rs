@@ -35,33 +35,58 @@ where
     p
 }
 
-/// Starts children of start method `m` one after another, each running `count` (how many of
-/// something it holds) and joined: at least `at_least` of them, and until `went_by()` (traffic
-/// on other threads) says `(true, _)`, within [`PATIENCE`] (its message names what went by
-/// when that is exceeded). Returns each child's number and count where the count was not 0.
-pub(crate) fn children_counting<F>(
+/// Runs `round(0)`, `round(1)`, ... on a thread of its own (the traffic), while children of
+/// start method `m` are started one after another, each running `count` (how many of
+/// something it holds) and joined: at least `children` of them, and until `rounds` rounds
+/// have run meanwhile, within [`PATIENCE`]. Then stops the traffic (dropping `round` on its
+/// thread) and returns each child's number and count where the count was not 0, and how many
+/// rounds ran.
+pub(crate) fn children_beside<F>(
     m: mproc::StartMethod,
     count: F,
-    at_least: usize,
-    went_by: impl Fn() -> (bool, String),
-) -> Vec<(usize, usize)>
+    children: usize,
+    rounds: u64,
+    mut round: impl FnMut(u64) + Send + 'static,
+) -> (Vec<(usize, usize)>, u64)
 where
     F: mproc::Target<(), Output = usize> + Copy,
 {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let (stop, done) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let traffic = {
+        let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                round(n);
+                n += 1;
+                done.store(n, Ordering::Relaxed);
+            }
+        })
+    };
     let deadline = Instant::now() + PATIENCE;
     let mut held = Vec::new();
     for i in 0.. {
-        let (enough, what) = went_by();
-        if i >= at_least && enough {
+        let ran = done.load(Ordering::Relaxed);
+        if i >= children && ran >= rounds {
             break;
         }
-        assert!(Instant::now() < deadline, "{what} beside {i} children");
+        assert!(
+            Instant::now() < deadline,
+            "{ran} rounds beside {i} children"
+        );
         let n = start(m, count, ()).join_timeout(PATIENCE).unwrap();
         if n != 0 {
             held.push((i, n));
         }
     }
-    held
+    stop.store(true, Ordering::Relaxed);
+    traffic.join().unwrap();
+    (held, done.load(Ordering::Relaxed))
 }
 
 /// Set in a run of this binary made by [`alone`]: the one test it runs is alone in it.

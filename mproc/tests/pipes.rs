@@ -445,19 +445,6 @@ fn children_started_beside_threads_making_and_receiving_pipes_hold_no_end(m: Sta
         return;
     }
     let (tx, rx) = pipe::<Connection<u8>>().unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let made = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let maker = {
-        let (stop, made) = (stop.clone(), made.clone());
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let (a, b) = pipe::<u8>().unwrap();
-                tx.send(b).unwrap();
-                drop(a);
-                made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        })
-    };
     let receiver = std::thread::spawn(move || {
         let mut got = 0u64;
         while let Ok(end) = rx.recv_timeout(Duration::from_secs(2)) {
@@ -467,18 +454,13 @@ fn children_started_beside_threads_making_and_receiving_pipes_hold_no_end(m: Sta
         got
     });
     // At least 150 children, and for as long as it takes 150 pipes to go by meanwhile.
-    let held = crate::common::children_counting(m, pipe_ends_here, 150, || {
-        let made = made.load(std::sync::atomic::Ordering::Relaxed);
-        (made >= 150, format!("{made} pipes made"))
+    let (held, made) = crate::common::children_beside(m, pipe_ends_here, 150, 150, move |_| {
+        let (a, b) = pipe::<u8>().unwrap();
+        tx.send(b).unwrap();
+        drop(a);
     });
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    maker.join().unwrap();
     let got = receiver.join().unwrap();
-    assert_eq!(
-        got,
-        made.load(std::sync::atomic::Ordering::Relaxed),
-        "every end sent was received"
-    );
+    assert_eq!(got, made, "every end sent was received");
     assert!(
         held.is_empty(),
         "children holding ends of pipes (child, how many): {held:?}"

@@ -397,26 +397,12 @@ fn children_started_beside_dropped_handles_hold_no_pidfd(m: StartMethod) {
     if !crate::common::alone() {
         return;
     }
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let dropper = {
-        let (stop, dropped) = (stop.clone(), dropped.clone());
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let mut p = Process::new(sleep_ms, (0,)).start_method(m);
-                p.start().unwrap();
-                drop(p);
-                dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        })
-    };
     // At least 150 children, and for as long as it takes 50 handles to be dropped meanwhile.
-    let held = crate::common::children_counting(m, pidfds_here, 150, || {
-        let dropped = dropped.load(std::sync::atomic::Ordering::Relaxed);
-        (dropped >= 50, format!("{dropped} handles dropped"))
+    let (held, _) = crate::common::children_beside(m, pidfds_here, 150, 50, move |_| {
+        let mut p = Process::new(sleep_ms, (0,)).start_method(m);
+        p.start().unwrap();
+        drop(p);
     });
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    dropper.join().unwrap();
     assert!(
         held.is_empty(),
         "children holding pidfds (child, how many): {held:?}"
