@@ -104,11 +104,8 @@ pub struct Connection<T> {
 pub fn pipe<T>() -> Result<(Connection<T>, Connection<T>), Error> {
     // Listed as internal as they are made: a child forked by another thread meanwhile would
     // otherwise keep both ends open for its life (and a reader would not see end of file).
-    let [a, b] = fd::create_internal(|| {
-        let (a, b) = socket::seqpacket_pair()?;
-        Ok([a, b])
-    })
-    .map_err(|e| Error::os("creating a pipe", e))?;
+    let [a, b] = socket::internal_seqpacket_pair()
+        .map_err(|e| Error::os("creating a pipe", e))?;
     Ok((Connection::from_sock(a), Connection::from_sock(b)))
 }
 

@@ -158,10 +158,7 @@ fn start() -> Result<Keeper, Error> {
     // The marker wants a liveness descriptor; the keeper closes it at once (it must outlive
     // its creator).
     let alive_read = alive::reader()?;
-    let [request, keeper_end] = fd::create_internal(|| {
-        let (a, b) = socket::seqpacket_pair()?;
-        Ok([a, b])
-    })
+    let [request, keeper_end] = socket::internal_seqpacket_pair()
     .map_err(|e| Error::os("creating a socket pair", e))?;
     let pid = spawn::spawn_role(
         crate::start::role::offset_of(super::server::keeper_role),
@@ -203,10 +200,7 @@ fn ask(
 ) -> io::Result<Option<(i32, Vec<InternalFd>)>> {
     // Internal: a fork child of another thread that kept a copy of `theirs` would keep the
     // reply socket open after the keeper's death, and this wait would last to its deadline.
-    let [reply, theirs] = fd::create_internal(|| {
-        let (a, b) = socket::seqpacket_pair()?;
-        Ok([a, b])
-    })?;
+    let [reply, theirs] = socket::internal_seqpacket_pair()?;
     loop {
         match socket::send(sock, &[msg], &[theirs.as_fd()]) {
             Ok(_) => break,

@@ -233,9 +233,5 @@ pub(crate) fn pidfd_for_our_child(pid: u32) -> Result<crate::sys::fd::InternalFd
 
 /// A connected socket pair, both ends listed as internal from birth.
 pub(crate) fn socket_pair() -> Result<[crate::sys::fd::InternalFd; 2], Error> {
-    crate::sys::fd::create_internal(|| {
-        let (a, b) = crate::sys::socket::socketpair()?;
-        Ok([a, b])
-    })
-    .map_err(|e| Error::os("creating a socket pair", e))
+    crate::sys::socket::internal_socketpair().map_err(|e| Error::os("creating a socket pair", e))
 }

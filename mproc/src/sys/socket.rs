@@ -23,19 +23,40 @@ const MAX_BUFS: usize = 64;
 /// Room for one `SCM_RIGHTS` message of [`MAX_FDS`] descriptors.
 const CONTROL: usize = rustix::cmsg_space!(ScmRights(MAX_FDS));
 
-/// A connected pair of Unix stream sockets, both close-on-exec.
+/// A connected pair of Unix stream sockets, both close-on-exec, listed as internal as they
+/// are made: a child forked by another thread meanwhile never holds them.
 ///
 /// See socketpair(2).
+pub(crate) fn internal_socketpair() -> io::Result<[InternalFd; 2]> {
+    internal_pair(SocketType::STREAM)
+}
+
+/// A connected pair of Unix sequenced-packet sockets (each send arrives whole, as one message,
+/// whatever else is sent on the same socket), both close-on-exec, listed as internal as they
+/// are made.
+///
+/// See socketpair(2), unix(7).
+pub(crate) fn internal_seqpacket_pair() -> io::Result<[InternalFd; 2]> {
+    internal_pair(SocketType::SEQPACKET)
+}
+
+/// A stream pair not listed as internal, for tests that play a peer.
+#[cfg(test)]
 pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     pair(SocketType::STREAM)
 }
 
-/// A connected pair of Unix sequenced-packet sockets (each send arrives whole, as one message,
-/// whatever else is sent on the same socket), both close-on-exec.
-///
-/// See socketpair(2), unix(7).
+/// A sequenced-packet pair not listed as internal, for tests that play a peer.
+#[cfg(test)]
 pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     pair(SocketType::SEQPACKET)
+}
+
+fn internal_pair(kind: SocketType) -> io::Result<[InternalFd; 2]> {
+    fd::create_internal(|| {
+        let (a, b) = pair(kind)?;
+        Ok([a, b])
+    })
 }
 
 fn pair(kind: SocketType) -> io::Result<(OwnedFd, OwnedFd)> {
